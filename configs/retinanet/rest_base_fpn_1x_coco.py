@@ -1,0 +1,9 @@
+# RetinaNet with ResT-Base (paper: box AP 42.0).
+_base_ = './rest_small_fpn_1x_coco.py'
+arch = 'base'
+model = dict(
+    backbone=dict(
+        arch=arch,
+        drop_path_rate=0.2,
+        init_cfg=dict(checkpoint=f'checkpoints/rest_{arch}.pth')),
+    neck=dict(in_channels=[192, 384, 768]))

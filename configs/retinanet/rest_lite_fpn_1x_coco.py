@@ -1,0 +1,6 @@
+# RetinaNet with ResT-Lite: not in the paper, same recipe as ResT-Small.
+_base_ = './rest_small_fpn_1x_coco.py'
+arch = 'lite'
+model = dict(
+    backbone=dict(
+        arch=arch, init_cfg=dict(checkpoint=f'checkpoints/rest_{arch}.pth')))

@@ -1,0 +1,610 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""ResT: An Efficient Transformer for Visual Recognition (NeurIPS 2021).
+
+The network follows ``SPEC.md`` exactly and keeps the authors' state-dict
+names, so their ImageNet checkpoints load without conversion. Two things
+differ from the authors' code, neither changes an output:
+
+* spatial sizes come from the convolution outputs, so any input size works
+  (the authors' ``H // 2`` breaks on sizes that are not multiples of 32);
+* the attention core of EMSA is computed by an exact reformulation that is
+  faster and needs far less memory (see :func:`emsa_attention`).
+"""
+import copy
+import warnings
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import load_backbone_state_dict
+
+# Elements of one query chunk's attention logits (batch x heads x rows x M).
+# About 4 MB in float32: small enough to stay in cache while the chunk is
+# mixed, normalised and multiplied by the values.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mix: Optional[torch.Tensor],
+                     mix_bias: Optional[torch.Tensor], attn_drop: float,
+                     training: bool):
+    """One query chunk of :func:`emsa_attention`.
+
+    Returns the centred attention times the values and the chunk's sum of
+    squared centred probabilities per (batch, head).
+    """
+    attn = q @ k.transpose(-2, -1)                        # (B, h, n, M)
+    if mix is not None:  # the 1x1 conv over heads, as one matrix product
+        b, h, n, m = attn.shape
+        attn = torch.baddbmm(mix_bias.view(1, h, 1), mix.expand(b, h, h),
+                             attn.view(b, h, n * m)).view(b, h, n, m)
+    # softmax minus its known mean 1 / M: the InstanceNorm's centring.
+    centred = attn.softmax(dim=-1).sub_(1.0 / attn.shape[-1])
+    sq_sum = centred.square().sum(dim=(2, 3))
+    if attn_drop > 0 and training:
+        centred = F.dropout(centred, attn_drop, training=True)
+    return centred @ v, sq_sum
+
+
+def emsa_attention(q: torch.Tensor,
+                   k: torch.Tensor,
+                   v: torch.Tensor,
+                   mix: Optional[torch.Tensor] = None,
+                   mix_bias: Optional[torch.Tensor] = None,
+                   attn_drop: float = 0.,
+                   training: bool = False,
+                   eps: float = 1e-5,
+                   chunk_elements: int = _CHUNK_ELEMENTS) -> torch.Tensor:
+    """EMSA's attention core, computed exactly without N x M intermediates.
+
+    The literal computation (SPEC, EMSA steps 4-6) is::
+
+        A = Conv1x1(q @ k^T)            # mixes heads, with a bias
+        A = InstanceNorm(softmax(A))    # per head over all N x M entries
+        out = A @ v
+
+    Three exact identities remove its cost:
+
+    * the 1x1 conv is a matrix product over heads (its bias, constant along
+      the softmax axis, changes nothing, and is added inside that product
+      for free so that it keeps its exact, zero, gradient);
+    * every softmax row sums to 1, so the InstanceNorm mean is exactly
+      ``1 / M`` and its variance is ``mean((P - 1/M)^2)``, a sum that can
+      be accumulated query chunk by query chunk;
+    * the InstanceNorm's division is one scalar per (batch, head), so it
+      commutes with ``@ v`` and is applied to the small (N, d) result.
+
+    Queries are processed in chunks whose logits stay in cache, and during
+    training each chunk is recomputed in the backward pass instead of being
+    stored, so no N x M matrix is ever kept. With one head there is no
+    transform and the core is plain softmax attention (a fused kernel).
+
+    Args:
+        q (Tensor): Queries already multiplied by the scale, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor, optional): The (h, h) weight of the head-mixing 1x1
+            convolution; None for the one-head form (softmax only).
+        mix_bias (Tensor, optional): The (h, ) bias of that convolution.
+        attn_drop (float): Dropout on the normalised attention.
+        training (bool): Whether dropout is active.
+        eps (float): The InstanceNorm epsilon.
+        chunk_elements (int): Logit elements per query chunk.
+
+    Returns:
+        Tensor: The attention output, (B, h, N, d).
+    """
+    if mix is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=attn_drop if training else 0., scale=1.0)
+
+    B, h, N, _ = q.shape
+    M = k.shape[2]
+    rows = max(1, chunk_elements // max(1, B * h * M))
+    if mix_bias is None:
+        mix_bias = mix.new_zeros(h)
+    recompute = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, mix, mix_bias))
+    outs, sq_sum = [], 0.
+    for q_chunk in q.split(rows, dim=2):
+        if recompute:
+            out, sq = cp.checkpoint(
+                _attention_chunk, q_chunk, k, v, mix, mix_bias, attn_drop,
+                training, use_reentrant=False)
+        else:
+            out, sq = _attention_chunk(q_chunk, k, v, mix, mix_bias,
+                                       attn_drop, training)
+        outs.append(out)
+        sq_sum = sq_sum + sq
+    var = sq_sum / (N * M)                                 # biased, as IN
+    inv_std = torch.rsqrt(var + eps)[:, :, None, None]
+    return torch.cat(outs, dim=2) * inv_std
+
+
+class PixelAttention(nn.Module):
+    """Positional encoding as pixel attention: ``x * sigmoid(dwconv(x))``.
+
+    Args:
+        channels (int): Number of channels.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pa_conv = nn.Conv2d(
+            channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.pa_conv(x))
+
+
+class Stem(nn.Module):
+    """The stride-4 convolutional stem: three 3x3 convs and pixel attention.
+
+    Args:
+        in_channels (int): Input image channels.
+        out_channels (int): Output channels (``embed_dims[0]``).
+        norm_cfg (dict): Config of the two BatchNorms.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        mid = out_channels // 2
+        self.conv1 = nn.Conv2d(in_channels, mid, 3, 2, 1, bias=False)
+        self.norm1 = build_norm_layer(norm_cfg, mid)[1]
+        self.conv2 = nn.Conv2d(mid, mid, 3, 1, 1, bias=False)
+        self.norm2 = build_norm_layer(norm_cfg, mid)[1]
+        self.conv3 = nn.Conv2d(mid, out_channels, 3, 2, 1, bias=False)
+        self.pos = PixelAttention(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        return self.pos(self.conv3(x))
+
+
+class PatchEmbed(nn.Module):
+    """Overlapping stride-2 patch embedding: conv 3x3, BatchNorm, PA.
+
+    Args:
+        in_channels (int): Channels of the previous stage.
+        out_channels (int): Channels of this stage.
+        norm_cfg (dict): Config of the BatchNorm.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.norm = build_norm_layer(norm_cfg, out_channels)[1]
+        self.pos = PixelAttention(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos(self.norm(self.conv(x)))
+
+
+class EMSA(nn.Module):
+    """Efficient multi-head self-attention.
+
+    Keys and values come from a depth-wise strided convolution of the
+    tokens (when ``sr_ratio > 1``); with more than one head, a 1x1
+    convolution mixes the heads' attention maps, which are then
+    instance-normalised (the "transform").
+
+    Args:
+        embed_dims (int): Token channels C.
+        num_heads (int): Number of heads h.
+        sr_ratio (int): Spatial reduction s of keys and values.
+        qkv_bias (bool): Whether q and kv have a bias.
+        qk_scale (float, optional): Overrides the scale ``d ** -0.5``.
+        attn_drop (float): Dropout on the attention.
+        proj_drop (float): Dropout after the output projection.
+        apply_transform (bool): Whether to mix and normalise the heads'
+            attention maps (only effective with more than one head).
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int = 8,
+                 sr_ratio: int = 1,
+                 qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 apply_transform: bool = True):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = qk_scale or (embed_dims // num_heads)**-0.5
+        self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+        self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(
+                embed_dims,
+                embed_dims,
+                kernel_size=sr_ratio + 1,
+                stride=sr_ratio,
+                padding=sr_ratio // 2,
+                groups=embed_dims)
+            self.sr_norm = nn.LayerNorm(embed_dims)
+        self.apply_transform = apply_transform and num_heads > 1
+        if self.apply_transform:
+            self.transform_conv = nn.Conv2d(num_heads, num_heads, 1)
+
+    def project_qkv(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        """Queries (scaled), keys and values, each (B, h, *, d)."""
+        B, N, C = x.shape
+        h = self.num_heads
+        q = self.q(x).reshape(B, N, h, C // h).transpose(1, 2) * self.scale
+        if self.sr_ratio > 1:
+            x = x.transpose(1, 2).reshape(B, C, *hw_shape)
+            x = self.sr_norm(self.sr(x).flatten(2).transpose(1, 2))
+        kv = self.kv(x).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        return q, kv[0], kv[1]
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        B, N, C = x.shape
+        q, k, v = self.project_qkv(x, hw_shape)
+        mix = mix_bias = None
+        if self.apply_transform:
+            mix = self.transform_conv.weight.view(self.num_heads,
+                                                  self.num_heads)
+            mix_bias = self.transform_conv.bias
+        out = emsa_attention(q, k, v, mix, mix_bias, self.attn_drop,
+                             self.training)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class Mlp(nn.Module):
+    """Linear, GELU, Linear.
+
+    Args:
+        in_features (int): Input and output channels.
+        hidden_features (int): Hidden channels.
+        drop (float): Dropout after each Linear.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int,
+                 drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """A pre-norm Transformer block with EMSA.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): EMSA heads.
+        mlp_ratio (float): Hidden channels of the MLP over ``embed_dims``.
+        sr_ratio (int): EMSA spatial reduction.
+        qkv_bias (bool): Whether q and kv have a bias.
+        drop (float): Dropout after projections.
+        attn_drop (float): Dropout on the attention.
+        drop_path (float): Stochastic depth rate of this block.
+        apply_transform (bool): EMSA's head mixing and normalisation.
+        with_cp (bool): Gradient checkpointing of the whole block.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 mlp_ratio: float = 4.,
+                 sr_ratio: int = 1,
+                 qkv_bias: bool = True,
+                 drop: float = 0.,
+                 attn_drop: float = 0.,
+                 drop_path: float = 0.,
+                 apply_transform: bool = True,
+                 with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = EMSA(
+            embed_dims,
+            num_heads,
+            sr_ratio,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            apply_transform=apply_transform)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else \
+            nn.Identity()
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop)
+
+    def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(
+                self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+def _check_index(name: str, value: int, low: int, high: int = 3):
+    if not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f'{name} must be an integer from {low} to {high}, '
+                         f'got {value!r}')
+
+
+class ResT(BaseModule):
+    """ResT backbone: multi-scale Transformer with efficient attention.
+
+    A PyTorch implementation of `ResT: An Efficient Transformer for Visual
+    Recognition <https://arxiv.org/abs/2105.13677>`_ (NeurIPS 2021).
+
+    Args:
+        arch (str | dict): A variant name, one of ``'lite'``, ``'small'``,
+            ``'base'`` and ``'large'``, or a dict with the keys
+            ``embed_dims``, ``depths``, ``num_heads``, ``sr_ratios`` and
+            ``mlp_ratios`` (four entries each), and optionally ``qkv_bias``
+            (default True) and ``apply_transform`` (default True).
+            Defaults to ``'small'``.
+        in_channels (int): Input image channels. Defaults to 3.
+        out_indices (Sequence[int]): Stages (0-3) whose feature maps are
+            returned, with strides 4, 8, 16 and 32. Defaults to all four.
+        frozen_stages (int): Stages to freeze (eval mode and no gradients):
+            -1 freezes nothing, 0 the stem, ``i`` the stem and stages 1 to
+            ``i`` (each with its patch embedding and output norm).
+            Defaults to -1.
+        norm_eval (bool): Keep the BatchNorms in eval mode while training.
+            Defaults to False.
+        with_cp (bool): Gradient checkpointing of each block: less memory,
+            same outputs and gradients. Defaults to False.
+        drop_rate (float): Dropout after projections. Defaults to 0.
+        attn_drop_rate (float): Dropout on the attention. Defaults to 0.
+        drop_path_rate (float): Stochastic depth, rising linearly over the
+            blocks to this rate. Defaults to 0.
+        norm_cfg (dict): Config of the BatchNorms of the stem and the patch
+            embeddings. Defaults to ``dict(type='BN')``.
+        init_cfg (dict | list[dict], optional): Initialisation config. With
+            ``dict(type='Pretrained', checkpoint=path)`` the authors'
+            ImageNet checkpoints load as they are (a plain state dict or
+            one under ``model`` or ``state_dict``; the classifier ``head``
+            is dropped); add ``prefix='backbone.'`` to take the backbone of
+            a detector checkpoint. Defaults to None: truncated-normal init.
+
+    Example:
+        >>> import torch
+        >>> from mmrest import ResT
+        >>> model = ResT(arch='lite').eval()
+        >>> outs = model(torch.rand(1, 3, 97, 131))
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 64, 25, 33), (1, 128, 13, 17), (1, 256, 7, 9), (1, 512, 4, 5)]
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        **dict.fromkeys(['l', 'lite'], {
+            'embed_dims': [64, 128, 256, 512],
+            'depths': [2, 2, 2, 2],
+            'num_heads': [1, 2, 4, 8],
+            'sr_ratios': [8, 4, 2, 1],
+            'mlp_ratios': [4, 4, 4, 4],
+        }),
+        **dict.fromkeys(['s', 'small'], {
+            'embed_dims': [64, 128, 256, 512],
+            'depths': [2, 2, 6, 2],
+            'num_heads': [1, 2, 4, 8],
+            'sr_ratios': [8, 4, 2, 1],
+            'mlp_ratios': [4, 4, 4, 4],
+        }),
+        **dict.fromkeys(['b', 'base'], {
+            'embed_dims': [96, 192, 384, 768],
+            'depths': [2, 2, 6, 2],
+            'num_heads': [1, 2, 4, 8],
+            'sr_ratios': [8, 4, 2, 1],
+            'mlp_ratios': [4, 4, 4, 4],
+        }),
+        **dict.fromkeys(['lg', 'large'], {
+            'embed_dims': [96, 192, 384, 768],
+            'depths': [2, 2, 18, 2],
+            'num_heads': [1, 2, 4, 8],
+            'sr_ratios': [8, 4, 2, 1],
+            'mlp_ratios': [4, 4, 4, 4],
+        }),
+    }
+    essential_keys = ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
+                      'mlp_ratios')
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'small',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        embed_dims = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise TypeError('out_indices must be a non-empty sequence of '
+                            f'stage indices, got {out_indices!r}')
+        out_indices = sorted(set(out_indices))
+        for index in out_indices:
+            _check_index('Each of out_indices', index, 0)
+        _check_index('frozen_stages', frozen_stages, -1)
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(
+                f'in_channels must be a positive integer, got {in_channels!r}')
+        self.in_channels = in_channels
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.embed_dims = list(embed_dims)
+
+        self.stem = Stem(in_channels, embed_dims[0], norm_cfg)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        for i in range(self.num_stages):
+            if i > 0:
+                self.add_module(
+                    f'patch_embed_{i + 1}',
+                    PatchEmbed(embed_dims[i - 1], embed_dims[i], norm_cfg))
+            start = sum(depths[:i])
+            stage = nn.ModuleList([
+                Block(
+                    embed_dims[i],
+                    self.arch_settings['num_heads'][i],
+                    self.arch_settings['mlp_ratios'][i],
+                    self.arch_settings['sr_ratios'][i],
+                    qkv_bias=self.arch_settings['qkv_bias'],
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=rates[start + j],
+                    apply_transform=self.arch_settings['apply_transform'],
+                    with_cp=with_cp) for j in range(depths[i])
+            ])
+            self.add_module(f'stage{i + 1}', stage)
+            # Output norms: norm1..norm3 for returned stages 1-3, and the
+            # final `norm` (the classifier's) always on stage 4.
+            if i < 3 and i in self.out_indices:
+                self.add_module(f'norm{i + 1}', nn.LayerNorm(embed_dims[i]))
+        self.norm = nn.LayerNorm(embed_dims[3])
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise KeyError(f'Unknown ResT arch {arch!r}; choose one of '
+                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
+                               f'with the keys {list(cls.essential_keys)}')
+            settings = copy.deepcopy(cls.arch_zoo[key])
+        elif isinstance(arch, dict):
+            missing = [k for k in cls.essential_keys if k not in arch]
+            if missing:
+                raise KeyError(f'The ResT arch dict lacks the keys {missing}; '
+                               f'it needs {list(cls.essential_keys)}')
+            unknown = set(arch) - set(cls.essential_keys) - {
+                'qkv_bias', 'apply_transform'}
+            if unknown:
+                raise KeyError(f'Unknown keys in the ResT arch dict: '
+                               f'{sorted(unknown)}')
+            settings = copy.deepcopy(dict(arch))
+            for key in cls.essential_keys:
+                value = settings[key]
+                if not isinstance(value, Sequence) or len(value) != 4:
+                    raise ValueError(
+                        f'arch[{key!r}] must list one value per stage (4), '
+                        f'got {value!r}')
+                settings[key] = list(value)
+        else:
+            raise TypeError(
+                f'arch must be a str or a dict, got {type(arch).__name__}')
+        settings.setdefault('qkv_bias', True)
+        settings.setdefault('apply_transform', True)
+        return settings
+
+    # ------------------------------------------------------------- weights
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            load_backbone_state_dict(
+                self,
+                self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'),
+                strict_shapes=self.init_cfg.get('strict', True),
+                map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
+                if m.weight is not None:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------- forward
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        """Modules of stage ``i`` (0-3): the stem or patch embedding, the
+        blocks and the output norm."""
+        embed = self.stem if i == 0 else getattr(self, f'patch_embed_{i + 1}')
+        mods = [embed, getattr(self, f'stage{i + 1}')]
+        if i == 3:
+            mods.append(self.norm)
+        elif hasattr(self, f'norm{i + 1}'):
+            mods.append(getattr(self, f'norm{i + 1}'))
+        return mods
+
+    def _freeze_stages(self):
+        frozen = [self.stem] if self.frozen_stages >= 0 else []
+        for i in range(self.frozen_stages):
+            frozen += self._stage_modules(i)
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def forward(self, x: torch.Tensor):
+        if x.dim() != 4:
+            raise ValueError('ResT expects an image batch of shape '
+                             f'(B, C, H, W), got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'ResT was built for {self.in_channels} input channels, got '
+                f'a batch with {x.shape[1]} (shape {tuple(x.shape)})')
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
+        outs = []
+        for i in range(self.num_stages):
+            x = self.stem(x) if i == 0 else \
+                getattr(self, f'patch_embed_{i + 1}')(x)
+            B, C, H, W = x.shape
+            x = x.flatten(2).transpose(1, 2)
+            for block in getattr(self, f'stage{i + 1}'):
+                x = block(x, (H, W))
+            if i == 3:
+                x = self.norm(x)
+            if i in self.out_indices:
+                out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
+                outs.append(out.transpose(1, 2).reshape(B, C, H, W))
+            x = x.transpose(1, 2).reshape(B, C, H, W)
+        return tuple(outs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self

@@ -1,0 +1,186 @@
+"""ResT against SPEC.md and the authors' reference data."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmrest import ResT
+from conftest import relative_error
+
+ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
+             'qkv_bias', 'apply_transform')
+# The authors' classifiers, 1000-class head included (SPEC, "Variants").
+PARAMS_M = {'lite': 10.51, 'small': 13.68, 'base': 30.33, 'large': 51.68}
+
+
+def golden_model(golden, **kwargs):
+    arch = {k: golden['config'][k] for k in ARCH_KEYS}
+    model = ResT(arch=arch, **kwargs)
+    state = {k: v for k, v in golden['state_dict'].items()
+             if not k.startswith('head.')}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def classifier_logits(model, golden, x):
+    """The authors' classifier: pooled `norm`-ed stage 4, then `head`."""
+    stage4 = model(x)[-1]
+    return F.linear(stage4.mean(dim=(2, 3)), golden['state_dict']['head.weight'],
+                    golden['state_dict']['head.bias'])
+
+
+@pytest.mark.parametrize('case', ['224x224', '256x352'])
+def test_golden_outputs(golden, case):
+    model = golden_model(golden).eval()
+    data = golden['cases'][case]
+    with torch.no_grad():
+        outs = model(data['input'])
+        logits = classifier_logits(model, golden, data['input'])
+    assert len(outs) == 4
+    for i, (out, expected) in enumerate(zip(outs, data['backbone_outputs'])):
+        assert out.shape == expected.shape, f'stage {i + 1}'
+        assert relative_error(out, expected) < 1e-4, f'stage {i + 1}'
+    assert relative_error(logits, data['logits']) < 1e-4
+
+
+def test_golden_detects_a_wrong_weight(golden):
+    """The comparison is sharp: one perturbed weight breaks it."""
+    model = golden_model(golden).eval()
+    with torch.no_grad():
+        model.stage3[1].attn.transform_conv.weight[0, 1] += 0.05
+        out = model(golden['cases']['224x224']['input'])[2]
+    expected = golden['cases']['224x224']['backbone_outputs'][2]
+    assert relative_error(out, expected) > 1e-3
+
+
+@pytest.mark.parametrize('arch', list(PARAMS_M))
+def test_keys_shapes_and_params_match_the_authors(arch, official_shapes):
+    # Stage 4 only: the classifier has no norm1..norm3.
+    model = ResT(arch=arch, out_indices=(3, ))
+    official = official_shapes[f'rest_{arch}']
+    head = {k: v for k, v in official.items() if k.startswith('head.')}
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: v for k, v in official.items() if k not in head}
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_params += sum(torch.Size(s).numel() for s in head.values())
+    assert round(n_params / 1e6, 2) == PARAMS_M[arch]
+
+
+def test_output_norms_exist_only_for_returned_stages():
+    model = ResT(arch='lite', out_indices=(1, 3))
+    names = {n.split('.')[0] for n, _ in model.named_parameters()}
+    assert 'norm2' in names and 'norm' in names
+    assert not {'norm1', 'norm3'} & names
+    outs = model.eval()(torch.rand(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [128, 512]
+
+
+@pytest.mark.parametrize('arch', ['lite', 'small', 'base', 'large'])
+def test_any_input_size(arch):
+    model = ResT(arch=arch).eval()
+    dims = model.embed_dims
+    for h, w in [(800, 1333), (225, 225), (97, 131)]:
+        with torch.no_grad():
+            outs = model(torch.rand(1, 3, h, w))
+        for i, out in enumerate(outs):
+            # every stride-2 conv gives ceil(size / 2)
+            eh, ew = h, w
+            for _ in range(i + 2):
+                eh, ew = -(-eh // 2), -(-ew // 2)
+            assert out.shape == (1, dims[i], eh, ew), (h, w, i)
+            assert torch.isfinite(out).all()
+        if arch != 'lite':
+            break  # the rest of the sizes once is enough for big variants
+
+
+def test_odd_sizes_match_literal_attention():
+    from mmrest.testing import to_literal
+    model = ResT(arch='lite').eval()
+    literal = to_literal(model)
+    x = torch.rand(1, 3, 97, 131)
+    with torch.no_grad():
+        for a, b in zip(model(x), literal(x)):
+            assert relative_error(a, b) < 1e-4
+
+
+def _trainable(module):
+    return [p.requires_grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
+def test_frozen_stages(frozen_stages):
+    model = ResT(arch='lite', frozen_stages=frozen_stages)
+    assert model.train() is model
+    model.train()  # a second call keeps them frozen
+    # level 0: the stem; level i: patch embedding, blocks and norm of stage i
+    levels = [[model.stem]] + [
+        [m for m in model._stage_modules(i) if m is not model.stem]
+        for i in range(4)
+    ]
+    assert len(levels[1]) == 2 and len(levels[4]) == 3
+    for level, modules in enumerate(levels):
+        frozen = level <= frozen_stages if level else frozen_stages >= 0
+        for module in modules:
+            assert all(not p.requires_grad
+                       for p in module.parameters()) == frozen, level
+            assert all(not p.requires_grad or m.training
+                       for m in module.modules()
+                       for p in m.parameters(recurse=False))
+            assert all(not m.training
+                       for m in module.modules()) == frozen, level
+
+
+def test_frozen_stages_get_no_gradient():
+    model = ResT(arch='lite', frozen_stages=2).train()
+    sum(o.sum() for o in model(torch.rand(2, 3, 64, 64))).backward()
+    assert model.stage2[0].attn.q.weight.grad is None
+    assert model.patch_embed_2.conv.weight.grad is None
+    assert model.stage3[0].attn.q.weight.grad is not None
+
+
+def test_norm_eval():
+    model = ResT(arch='lite', norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not bn.training for bn in bns)
+    assert model.stage1[0].training
+    before = model.stem.norm1.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(before, model.stem.norm1.running_mean)
+    assert all(bn.training for bn in ResT(arch='lite').train().modules()
+               if isinstance(bn, nn.BatchNorm2d))
+
+
+def test_with_cp_same_outputs_and_gradients():
+    plain = ResT(arch='lite', drop_path_rate=0.)
+    cp = ResT(arch='lite', with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    plain.train(), cp.train()
+    x = torch.rand(2, 3, 64, 96)
+    outs_a, outs_b = plain(x), cp(x)
+    for a, b in zip(outs_a, outs_b):
+        assert torch.allclose(a, b, atol=1e-6)
+    sum(o.square().sum() for o in outs_a).backward()
+    sum(o.square().sum() for o in outs_b).backward()
+    for (name, a), b in zip(plain.named_parameters(), cp.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_init_weights_follow_spec():
+    model = ResT(arch='lite')
+    model.init_weights()
+    q = model.stage2[0].attn.q
+    assert abs(q.weight.std().item() - 0.02) < 0.004
+    assert q.weight.abs().max() <= 0.04 + 1e-6  # truncated at 2 std
+    assert torch.all(q.bias == 0)
+    assert torch.all(model.norm.weight == 1) and torch.all(model.norm.bias == 0)
+    assert torch.all(model.stem.pos.pa_conv.bias == 0)
+
+
+def test_drop_path_rates_rise_linearly():
+    model = ResT(arch='small', drop_path_rate=0.1)
+    rates = [b.drop_path.drop_prob for i in range(1, 5)
+             for b in getattr(model, f'stage{i}')[:]
+             if not isinstance(b.drop_path, nn.Identity)]
+    assert len(rates) == 11  # the first block's rate is 0
+    assert rates[-1] == pytest.approx(0.1)
