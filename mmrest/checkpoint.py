@@ -5,8 +5,9 @@ Every checkpoint mmrest loads goes through ``torch.load(weights_only=True)``:
 a file carrying a pickled payload is refused and the payload never runs.
 mmengine 0.10.7 checkpoints hold a few non-tensor types (its message hub's
 ``HistoryBuffer`` and the numpy arrays and scalars inside it); importing
-mmrest allow-lists exactly those, so ``resume`` and ``load_from`` work under
-torch >= 2.6 without switching the safety check off.
+mmrest allow-lists exactly those (and keeps ``HistoryBuffer`` from pickling
+functions), so ``resume`` and ``load_from`` work under torch >= 2.6 without
+switching the safety check off.
 """
 import argparse
 import os
@@ -44,12 +45,31 @@ def checkpoint_safe_globals() -> List:
     return [HistoryBuffer, argparse.Namespace] + _numpy_globals()
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Allow-list what mmengine checkpoints hold for ``weights_only`` loads.
+def _history_buffer_state(self) -> dict:
+    """``HistoryBuffer.__getstate__`` without the statistics functions.
 
-    The check itself stays on: a pickle that names any other global (a
-    function to call, a class to build) is still refused.
+    mmengine pickles the class-level table of statistics methods with every
+    buffer, as ``getattr(HistoryBuffer, 'min')`` calls; allowing ``getattr``
+    in a weights-only load would let any file reach any attribute. The table
+    is rebuilt by ``__setstate__`` anyway (defaults, plus what the running
+    process registered), so the checkpoint does not need it.
     """
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let mmengine checkpoints load with ``weights_only=True``.
+
+    Allow-lists the types they hold (mmengine's ``HistoryBuffer`` and numpy
+    arrays and scalars) and stops ``HistoryBuffer`` from pickling functions
+    (see :func:`_history_buffer_state`). The check itself stays on: a pickle
+    that names any other global (a function to call, a class to build) is
+    still refused.
+    """
+    from mmengine.logging import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_state
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:  # torch >= 2.4
         add(checkpoint_safe_globals())

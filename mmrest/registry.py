@@ -4,17 +4,24 @@ import importlib
 
 
 def register_all() -> None:
-    """Register ``ResT`` in mmdet's and (when installed) mmseg's MODELS.
+    """Register ``ResT`` in mmdet's and (when installed) mmseg's MODELS,
+    mmrest's hooks in their HOOKS, and the atomic checkpoint file backend.
 
     mmdet is required; mmsegmentation is optional.
     """
     from .backbones import ResT
+    from .engine import (AtomicCheckpointHook, IterSeedHook,
+                         register_atomic_backend)
+    register_atomic_backend()
     for name in ('mmdet.registry', 'mmseg.registry'):
         try:
-            registry = importlib.import_module(name).MODELS
+            module = importlib.import_module(name)
         except ImportError:
             if name == 'mmdet.registry':
                 raise
             continue
-        if registry.module_dict.get('ResT') is not ResT:
-            registry.register_module(module=ResT, force=True)
+        for registry, cls in ((module.MODELS, ResT),
+                              (module.HOOKS, AtomicCheckpointHook),
+                              (module.HOOKS, IterSeedHook)):
+            if registry.module_dict.get(cls.__name__) is not cls:
+                registry.register_module(module=cls, force=True)

@@ -186,3 +186,14 @@ def test_mmengine_checkpoint_saves_and_resumes(tmp_path):
                        prefix='backbone.')
     assert torch.equal(model.stage4[0].attn.q.weight,
                        ckpt['state_dict']['backbone.stage4.0.attn.q.weight'])
+
+
+def test_allow_list_is_narrow():
+    """Only data types are allowed: nothing that calls or looks up."""
+    import builtins
+    allowed = torch.serialization.get_safe_globals()
+    for dangerous in (builtins.getattr, builtins.eval, builtins.exec,
+                      os.system, __import__):
+        assert dangerous not in allowed
+    from mmengine.logging import HistoryBuffer
+    assert HistoryBuffer in allowed

@@ -39,15 +39,22 @@ def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio,
         (out_a * g).sum().backward()
         (out_b * g).sum().backward()
         assert relative_error(xa.grad, xb.grad) < 1e-4
+        # With the transform, the true gradient of these biases is zero: a
+        # softmax cannot see transform_conv's bias nor a shift shared by all
+        # keys, and each normalised attention row sums to 0, so a shift
+        # shared by all values cancels (kv.bias and sr_norm.bias shift all
+        # keys and values alike). Both implementations give rounding noise.
+        zero_grad = {'transform_conv.bias', 'kv.bias', 'sr_norm.bias'} \
+            if num_heads > 1 else set()
+        scale = literal.kv.weight.grad.norm()
         for (name, pa), pb in zip(fast.named_parameters(),
                                   literal.parameters()):
             assert pa.grad is not None, name
-            if name == 'transform_conv.bias':
-                # a softmax cannot see this bias: its gradient is zero
-                assert pa.grad.abs().max() < 1e-4 * g.abs().max()
-                assert pb.grad.abs().max() < 1e-4 * g.abs().max()
-                continue
-            assert relative_error(pa.grad, pb.grad) < 1e-4, name
+            if name in zero_grad:
+                assert pa.grad.norm() < 1e-4 * scale, name
+                assert pb.grad.norm() < 1e-4 * scale, name
+            else:
+                assert relative_error(pa.grad, pb.grad) < 1e-4, name
         fast.zero_grad(), literal.zero_grad()
 
 
@@ -80,16 +87,30 @@ def test_no_attention_map_is_stored_for_backward():
     assert max(saved) < 4 * 2048 * 512 // 8
 
 
-def test_whole_backbone_matches_literal_in_train_mode():
-    model = ResT(arch='lite').train()
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_whole_backbone_matches_literal_in_train_mode(dtype):
+    """Train mode (BatchNorm on batch statistics), outputs and gradients.
+
+    Through a whole network at random init, float32 rounding of either
+    implementation moves some gradients by more than 1e-4 (the literal one
+    against itself in float64 as much), so gradients are compared in
+    float64, where any difference in the mathematics would show.
+    """
+    model = ResT(arch='lite').train().to(dtype)
     literal = to_literal(model)
-    x = torch.rand(2, 3, 96, 128)
+    x = torch.rand(2, 3, 96, 128, dtype=dtype)
     outs_a, outs_b = model(x), literal(x)
     for a, b in zip(outs_a, outs_b):
         assert relative_error(a, b) < 1e-4
+    if dtype == torch.float32:
+        return
     sum(o.square().mean() for o in outs_a).backward()
     sum(o.square().mean() for o in outs_b).backward()
+    total = torch.stack([p.grad.norm() for p in literal.parameters()]).norm()
     for (name, pa), pb in zip(model.named_parameters(), literal.parameters()):
-        if name.endswith('transform_conv.bias'):
-            continue
-        assert relative_error(pa.grad, pb.grad) < 1e-4, name
+        if pb.grad.norm() < 1e-12 * total:
+            # zero true gradient (biases before a BatchNorm in train mode,
+            # and those above): both give float64 rounding noise
+            assert pa.grad.norm() < 1e-12 * total, name
+        else:
+            assert relative_error(pa.grad, pb.grad) < 1e-8, name

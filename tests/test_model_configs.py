@@ -19,7 +19,7 @@ def test_mask_rcnn_from_config_trains_and_predicts():
     register_all_modules()
     model = MODELS.build(cfg.model)
     assert type(model.backbone).__name__ == 'ResT'
-    packed = demo_mm_inputs(2, [[3, 160, 224]], with_mask=True,
+    packed = demo_mm_inputs(2, [(3, 160, 224)] * 2, with_mask=True,
                             num_classes=80)
     data = model.data_preprocessor(packed, True)
     model.train()

@@ -17,11 +17,16 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512]))
 
 # Multi-scale training: shorter side 640, 672, ..., 800 (longer side at most
-# 1333), after a random relative crop of 0.9 x 0.9.
+# 1333), after a random relative crop of 0.9 x 0.9. As detectron2 does with
+# masks on, the boxes of cropped objects are recomputed from their masks.
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomCrop', crop_type='relative', crop_size=(0.9, 0.9)),
+    dict(
+        type='RandomCrop',
+        crop_type='relative',
+        crop_size=(0.9, 0.9),
+        recompute_bbox=True),
     dict(
         type='RandomChoiceResize',
         scales=[(1333, s) for s in range(640, 801, 32)],

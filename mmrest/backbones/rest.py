@@ -26,6 +26,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_backbone_state_dict
+from ..pretrained import check_pretrained_file
 
 # Elements of one query chunk's attention logits (batch x heads x rows x M).
 # About 4 MB in float32: small enough to stay in cache while the chunk is
@@ -47,8 +48,9 @@ def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         b, h, n, m = attn.shape
         attn = torch.baddbmm(mix_bias.view(1, h, 1), mix.expand(b, h, h),
                              attn.view(b, h, n * m)).view(b, h, n, m)
-    # softmax minus its known mean 1 / M: the InstanceNorm's centring.
-    centred = attn.softmax(dim=-1).sub_(1.0 / attn.shape[-1])
+    # softmax minus its known mean 1 / M: the InstanceNorm's centring
+    # (not in place: the softmax's backward needs its output).
+    centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
     sq_sum = centred.square().sum(dim=(2, 3))
     if attn_drop > 0 and training:
         centred = F.dropout(centred, attn_drop, training=True)
@@ -532,6 +534,7 @@ class ResT(BaseModule):
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
+            check_pretrained_file(self.init_cfg['checkpoint'])
             load_backbone_state_dict(
                 self,
                 self.init_cfg['checkpoint'],

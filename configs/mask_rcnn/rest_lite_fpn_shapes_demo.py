@@ -1,0 +1,92 @@
+# Mask R-CNN with ResT-Lite trained from scratch on the embedded shapes set
+# (mmrest.datasets.generate_shapes_coco): `make demo`. The model is the COCO
+# config's; only the data, the classes, the image size and the schedule
+# differ, plus the RoI counts below, which are sized for 128 x 128 images
+# with a handful of objects and for training on 2 CPU cores.
+_base_ = './rest_lite_fpn_1x_coco.py'
+
+data_root = 'data/shapes/'
+classes = ('circle', 'square', 'triangle', 'star')  # = mmrest SHAPES_CLASSES
+metainfo = dict(classes=classes)
+img_scale = (128, 128)  # the generated images' size: no rescaling
+
+model = dict(
+    # No ImageNet weights here: the backbone starts from its own
+    # truncated-normal initialisation.
+    backbone=dict(init_cfg=None),
+    roi_head=dict(
+        bbox_head=dict(num_classes=len(classes)),
+        mask_head=dict(num_classes=len(classes))),
+    # A 128 x 128 image has about 4k anchors and at most a few objects: the
+    # COCO numbers (2000 -> 1000 proposals, 512 sampled RoIs, 100
+    # detections) would spend almost all the time on empty background. The
+    # mask head costs ~1 GFLOP a RoI, so fewer positive RoIs is the main
+    # saving.
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(max_per_img=20)))
+
+# The shapes are drawn upright-free (any rotation), so flips are the only
+# augmentation; no crop or multi-scale at this size.
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+]
+# Loading a 128 px PNG is cheap next to a training step: on 2 cores a
+# worker process would only compete with the model for the CPU.
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+
+# Schedule: a few epochs over 800 images, evaluated once at the end.
+max_epochs = 6
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+optim_wrapper = dict(optimizer=dict(lr=4e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=100),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs,
+         T_max=max_epochs, eta_min_ratio=0.01, convert_to_iter_based=True),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+log_processor = dict(window_size=10)

@@ -1,0 +1,266 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""What ``tools/train.py`` and ``tools/test.py`` do.
+
+Both take mmdet's usual command-line options and hand the work to
+mmengine's ``Runner``. On top of mmdet's tools they
+
+* stop a training run at once, before any data is loaded, when the
+  backbone's pretrained checkpoint is missing (the error names the path and
+  says where to get the file);
+* run distributed on machines without CUDA (``torchrun`` with
+  ``--launcher pytorch``): the gloo backend, and DDP without device ids.
+"""
+import argparse
+import datetime
+import os
+import os.path as osp
+from typing import List, Optional
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
+
+from .pretrained import check_pretrained_files
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--work-dir', help='folder for logs and checkpoints (default: '
+        './work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value (for example '
+        'model.backbone.init_cfg=None or train_dataloader.batch_size=4); '
+        'lists as key="[a,b]", no spaces')
+    parser.add_argument(
+        '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2) or
+    # --local_rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """mmdet's training options."""
+    parser = argparse.ArgumentParser(
+        description='Train a detector with a ResT backbone')
+    parser.add_argument('config', help='training config file')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or without a path from the '
+        'latest checkpoint in the work dir')
+    parser.add_argument(
+        '--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by the actual batch size over the config\'s '
+        'auto_scale_lr.base_batch_size')
+    _common_args(parser)
+    return parser
+
+
+def test_parser() -> argparse.ArgumentParser:
+    """mmdet's testing options."""
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a detector with a ResT backbone')
+    parser.add_argument('config', help='test config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out', help='also dump the predictions to this pickle file')
+    parser.add_argument(
+        '--show', action='store_true', help='show the predictions')
+    parser.add_argument(
+        '--show-dir',
+        help='save images with the predictions drawn, in this folder under '
+        'the run\'s timestamped folder in the work dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2,
+        help='seconds each image is shown with --show')
+    parser.add_argument(
+        '--tta', action='store_true',
+        help='test-time augmentation (horizontal flip), boxes only')
+    _common_args(parser)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config with the launcher, ``--cfg-options`` and the work dir."""
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'Config file not found: {args.config!r}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def setup_train_cfg(args: argparse.Namespace) -> Config:
+    """The training config after the command-line options.
+
+    Raises FileNotFoundError before anything is built when the backbone's
+    pretrained checkpoint or the ``--resume`` checkpoint is missing.
+    """
+    cfg = load_config(args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        scale = cfg.get('auto_scale_lr')
+        if not scale or 'base_batch_size' not in scale:
+            raise RuntimeError(
+                f'--auto-scale-lr needs auto_scale_lr = dict('
+                f'base_batch_size=...) in the config; {args.config!r} has '
+                f'auto_scale_lr={scale!r}')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise FileNotFoundError(
+                f'--resume: checkpoint not found: {args.resume!r}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    # mmengine initialises the weights (loading the backbone's ImageNet
+    # checkpoint) only after building the datasets: check now.
+    check_pretrained_files(cfg.model)
+    return cfg
+
+
+def add_flip_tta(cfg: Config) -> Config:
+    """Test with mmdet's DetTTAModel: each image as is and flipped, the
+    boxes merged by NMS. Uses the config's ``tta_model`` and
+    ``tta_pipeline`` when it has them."""
+    roi_head = cfg.model.get('roi_head') or {}
+    if roi_head.get('mask_head') is not None:
+        raise ValueError(
+            '--tta: mmdet\'s DetTTAModel merges boxes only and does not '
+            'support instance masks; test Mask R-CNN without --tta')
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(
+            type='DetTTAModel',
+            tta_cfg=dict(
+                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:  # dataset wrappers
+            dataset = dataset.dataset
+        pipeline = [dict(t) for t in dataset.pipeline]
+        pack = dict(pipeline[-1])
+        pack['meta_keys'] = ('img_id', 'img_path', 'ori_shape', 'img_shape',
+                             'scale_factor', 'flip', 'flip_direction')
+        pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[[
+                dict(type='RandomFlip', prob=1.),
+                dict(type='RandomFlip', prob=0.)
+            ], [pack]])
+        cfg.tta_pipeline = pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
+
+
+def setup_test_cfg(args: argparse.Namespace) -> Config:
+    """The testing config after the command-line options."""
+    from mmdet.engine.hooks.utils import trigger_visualization_hook
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f'Checkpoint file not found: {args.checkpoint!r}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must name a .pkl or .pickle file, got '
+                         f'{args.out!r}')
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = add_flip_tta(cfg)
+    return cfg
+
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Let a distributed run work without CUDA.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device``, which a
+    CPU-only torch does not have, and its DDP wrapper passes a device id.
+    Without CUDA this starts the process group itself on the gloo backend
+    (the Runner then uses it) and wraps the model in DDP without device
+    ids. Nothing changes where CUDA is available.
+    """
+    if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise RuntimeError(
+            f'Distributed runs without CUDA support --launcher pytorch '
+            f'(torchrun, tools/dist_train.sh) only, got --launcher '
+            f'{cfg.launcher}')
+    env_cfg = cfg.setdefault('env_cfg', ConfigDict())
+    dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict())
+    if dist_cfg.get('backend', 'gloo') != 'gloo':
+        print_log(
+            f'No CUDA: distributed backend {dist_cfg.backend!r} replaced by '
+            f'\'gloo\'', logger='current')
+    dist_cfg.backend = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False),
+            device_ids=None)
+    else:
+        wrapper.setdefault('device_ids', None)
+    if not torch.distributed.is_initialized():
+        kwargs = {k: v for k, v in dist_cfg.items() if k != 'backend'}
+        if kwargs.get('timeout') is not None:
+            kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+        torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+
+def build_runner(cfg: Config):
+    """mmengine's Runner (or the config's ``runner_type``)."""
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+    from mmengine.runner import Runner
+    setup_cache_size_limit_of_dynamo()
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        from mmdet.registry import RUNNERS
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train(argv: Optional[List[str]] = None) -> None:
+    """``tools/train.py``."""
+    cfg = setup_train_cfg(parse_args(train_parser(), argv))
+    build_runner(cfg).train()
+
+
+def test(argv: Optional[List[str]] = None) -> dict:
+    """``tools/test.py``. Returns the metrics."""
+    from mmdet.evaluation import DumpDetResults
+    args = parse_args(test_parser(), argv)
+    runner = build_runner(setup_test_cfg(args))
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    return runner.test()

@@ -1,0 +1,16 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Test (and evaluate on COCO) a detector with a ResT backbone.
+
+    python tools/test.py CONFIG CHECKPOINT [--out results.pkl]
+        [--show-dir vis] [--show --wait-time 2] [--tta] [--work-dir DIR]
+        [--cfg-options key=value ...]
+    bash tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS [options]
+
+The configs evaluate with mmdet's CocoMetric: bbox AP, and segm AP for
+Mask R-CNN. The work is done by :func:`mmrest.launch.test` and mmengine's
+Runner.
+"""
+from mmrest.launch import test
+
+if __name__ == '__main__':
+    test()

@@ -1,0 +1,14 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Train a detector with a ResT backbone: mmdet's usual options.
+
+    python tools/train.py configs/mask_rcnn/rest_small_fpn_1x_coco.py
+    python tools/train.py CONFIG --work-dir DIR --resume [CHECKPOINT] \
+        --amp --auto-scale-lr --cfg-options key=value ...
+    bash tools/dist_train.sh CONFIG NUM_GPUS [options]
+
+The work is done by :func:`mmrest.launch.train` and mmengine's Runner.
+"""
+from mmrest.launch import train
+
+if __name__ == '__main__':
+    train()
