@@ -1,0 +1,88 @@
+"""Bad arguments and bad input end in errors that name what was wrong."""
+import pytest
+import torch
+
+from mmrest import ResT
+
+TINY = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
+            mlp_ratios=[2, 2, 2, 2])
+
+
+def test_unknown_arch_lists_the_valid_ones():
+    with pytest.raises(KeyError) as info:
+        ResT(arch='medium')
+    message = str(info.value)
+    assert "'medium'" in message
+    for name in ('lite', 'small', 'base', 'large'):
+        assert name in message
+
+
+def test_arch_dict_with_missing_keys():
+    arch = dict(TINY)
+    del arch['sr_ratios'], arch['mlp_ratios']
+    with pytest.raises(KeyError, match=r"\['sr_ratios', 'mlp_ratios'\]"):
+        ResT(arch=arch)
+
+
+def test_arch_dict_with_unknown_keys():
+    with pytest.raises(KeyError, match='qk_bias'):
+        ResT(arch=dict(TINY, qk_bias=True))
+
+
+@pytest.mark.parametrize('key,value', [('depths', [1, 1, 1]),
+                                       ('num_heads', [1, 2, 4, 8, 8])])
+def test_arch_dict_with_wrong_lengths(key, value):
+    with pytest.raises(ValueError, match=f"arch\\['{key}'\\].*4"):
+        ResT(arch=dict(TINY, **{key: value}))
+
+
+def test_heads_that_do_not_divide_the_channels():
+    with pytest.raises(ValueError, match='not divisible by num_heads 3'):
+        ResT(arch=dict(TINY, num_heads=[1, 2, 3, 8]))
+
+
+@pytest.mark.parametrize('out_indices', [(0, 4), (-1, ), (), 'all'])
+def test_out_indices_out_of_range(out_indices):
+    with pytest.raises((ValueError, TypeError), match='out_indices'):
+        ResT(arch=TINY, out_indices=out_indices)
+
+
+@pytest.mark.parametrize('frozen_stages', [-2, 4, 1.5])
+def test_frozen_stages_out_of_range(frozen_stages):
+    with pytest.raises(ValueError, match='frozen_stages .* from -1 to 3'):
+        ResT(arch=TINY, frozen_stages=frozen_stages)
+
+
+@pytest.mark.parametrize('shape', [(3, 32, 32), (1, 1, 3, 32, 32)])
+def test_input_that_is_not_4d(shape):
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\).*' +
+                       str(tuple(shape)).replace('(', r'\(').replace(
+                           ')', r'\)')):
+        ResT(arch=TINY)(torch.rand(shape))
+
+
+def test_wrong_channel_count():
+    model = ResT(arch=TINY, in_channels=3)
+    with pytest.raises(ValueError, match='3 input channels.*with 1'):
+        model(torch.rand(1, 1, 32, 32))
+    assert len(ResT(arch=TINY, in_channels=1).eval()(
+        torch.rand(1, 1, 32, 32))) == 4
+
+
+def test_no_input_is_too_small():
+    """Every conv has padding and kernel <= stride + 1 + 2 * pad, so even a
+    1x1 image gives 1x1 maps at every stage: there is no minimum size."""
+    model = ResT(arch='lite').eval()
+    for h, w in [(1, 1), (2, 3), (5, 1)]:
+        with torch.no_grad():
+            outs = model(torch.rand(1, 3, h, w))
+        assert all(o.shape[2:] == (1, 1) for o in outs[2:])
+        assert all(torch.isfinite(o).all() for o in outs)
+    with pytest.raises(ValueError, match='Empty input'):
+        model(torch.rand(1, 3, 0, 8))
+
+
+def test_arch_of_wrong_type():
+    with pytest.raises(TypeError, match='arch must be a str or a dict'):
+        ResT(arch=['small'])
