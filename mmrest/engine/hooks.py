@@ -40,6 +40,8 @@ class AtomicCheckpointHook(CheckpointHook):
     ``default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))``.
     """
 
+    atomic = False  # set in before_train: out_dir is local
+
     def before_train(self, runner) -> None:
         out_dir = self.out_dir if self.out_dir is not None else \
             runner.work_dir

@@ -1,0 +1,173 @@
+"""Dataset paths that do not exist end in an error naming them, before
+any training starts."""
+import os.path as osp
+import shutil
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmrest.datasets import generate_shapes_coco
+from mmrest.utils import check_data_paths
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = [
+    'configs/mask_rcnn/rest_small_fpn_1x_coco.py',
+    'configs/retinanet/rest_small_fpn_1x_coco.py',
+]
+SPLITS = ('train', 'val', 'test')
+
+
+def _config(name):
+    return Config.fromfile(osp.join(ROOT, name))
+
+
+def _point_at(cfg, data_root, splits=SPLITS, ann='instances_{}2017.json',
+              img='{}2017/'):
+    """Point every split of a COCO config at ``data_root``, as a user
+    would with --cfg-options."""
+    data_root = str(data_root).rstrip('/') + '/'
+    options = {}
+    for split in splits:
+        name = 'train' if split == 'train' else 'val'
+        options.update({
+            f'{split}_dataloader.dataset.data_root': data_root,
+            f'{split}_dataloader.dataset.ann_file':
+            'annotations/' + ann.format(name),
+            f'{split}_dataloader.dataset.data_prefix': dict(
+                img=img.format(name)),
+        })
+        if split != 'train':
+            options[f'{split}_evaluator.ann_file'] = \
+                data_root + 'annotations/' + ann.format(name)
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    generate_shapes_coco(str(root), splits={'train': 2, 'val': 1},
+                         image_size=(64, 64))
+    return root
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_missing_data_root_names_every_path(config, tmp_path):
+    missing = tmp_path / 'no_such_coco'
+    cfg = _point_at(_config(config), missing)
+    with pytest.raises(FileNotFoundError) as info:
+        check_data_paths(cfg, ('train', 'val'))
+    message = str(info.value)
+    for split in ('train', 'val'):
+        assert f"{split}_dataloader.dataset.ann_file: " \
+            f"'{missing}/annotations/instances_{split}2017.json' " \
+            "does not exist" in message
+        assert f"{split}_dataloader.dataset.data_prefix.img: " \
+            f"'{missing}/{split}2017/' does not exist" in message
+        assert f"{split}_dataloader.dataset.data_root: '{missing}/' does " \
+            'not exist' in message
+    assert f"val_evaluator.ann_file: '{missing}/annotations/" \
+        "instances_val2017.json' does not exist" in message
+    # Training does not read the test split.
+    assert 'test_dataloader' not in message
+    assert 'test_evaluator' not in message
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_complete_data_passes_and_a_missing_image_folder_is_named(
+        config, shapes):
+    cfg = _point_at(_config(config), shapes, ann='instances_{}.json',
+                    img='{}/')
+    check_data_paths(cfg, SPLITS)  # everything there: no error
+
+    # The annotations are there but the training images are not: mmdet
+    # would only fail at the first image a worker reads.
+    cfg.train_dataloader.dataset.data_prefix.img = 'train_images_moved/'
+    with pytest.raises(FileNotFoundError) as info:
+        check_data_paths(cfg, SPLITS)
+    message = str(info.value)
+    assert f"train_dataloader.dataset.data_prefix.img: " \
+        f"'{shapes}/train_images_moved/' does not exist" in message
+    assert message.count(' does not exist') == 1, message
+
+
+def test_a_file_where_a_folder_belongs_is_named(shapes):
+    cfg = _point_at(
+        _config(CONFIGS[0]), shapes, ann='instances_{}.json', img='{}/')
+    cfg.val_dataloader.dataset.data_prefix.img = 'annotations/' \
+        'instances_val.json'
+    cfg.val_dataloader.dataset.ann_file = 'val/'
+    with pytest.raises(FileNotFoundError) as info:
+        check_data_paths(cfg, ('val', ))
+    message = str(info.value)
+    assert f"val_dataloader.dataset.ann_file: '{shapes}/val/' is not a " \
+        'file' in message
+    assert f"val_dataloader.dataset.data_prefix.img: '{shapes}/" \
+        "annotations/instances_val.json' is not a folder" in message
+
+
+def test_relative_paths_are_shown_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _point_at(_config(CONFIGS[0]), 'data/coco', splits=('train', ))
+    with pytest.raises(FileNotFoundError,
+                       match=f"'data/coco/annotations/instances_train2017"
+                       f".json' \\(resolved as '{tmp_path}/data/coco/"
+                       "annotations/instances_train2017.json'\\)"):
+        check_data_paths(cfg, ('train', ))
+
+
+def test_dataset_wrappers_are_looked_into(shapes, tmp_path):
+    good = dict(type='CocoDataset', data_root=str(shapes),
+                ann_file='annotations/instances_train.json',
+                data_prefix=dict(img='train/'))
+    bad = dict(good, ann_file='annotations/instances_missing.json')
+    cfg = dict(
+        train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=1),
+        train_dataloader=dict(dataset=dict(
+            type='RepeatDataset', times=2,
+            dataset=dict(type='ConcatDataset', datasets=[good, bad]))))
+    with pytest.raises(FileNotFoundError) as info:
+        check_data_paths(cfg, ('train', ))
+    assert "train_dataloader.dataset.dataset.datasets[1].ann_file: " \
+        f"'{shapes}/annotations/instances_missing.json' does not exist" \
+        in str(info.value)
+    assert 'datasets[0]' not in str(info.value)
+
+
+def test_splits_without_a_loop_and_remote_data_are_not_checked(tmp_path):
+    cfg = _point_at(_config(CONFIGS[0]), tmp_path / 'missing')
+    cfg.val_cfg = None  # no validation: the Runner never reads val data
+    cfg.train_dataloader.dataset.data_root = 's3://bucket/coco/'
+    check_data_paths(cfg, ('train', 'val'))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'missing')
+    cfg.train_dataloader.dataset.backend_args = dict(backend='petrel')
+    check_data_paths(cfg, ('train', 'val'))
+
+
+def test_mmdet_itself_names_a_missing_annotation_file_before_training(
+        tmp_path):
+    """Without the check, mmdet's Runner still stops before the first
+    iteration with an error that names the missing annotation file."""
+    from mmengine.runner import Runner
+    missing = tmp_path / 'no_such_coco'
+    cfg = _point_at(_config(CONFIGS[0]), missing)
+    cfg.model.backbone.arch = dict(
+        embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+        num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
+        mlp_ratios=[2, 2, 2, 2])
+    cfg.model.backbone.init_cfg = None
+    cfg.model.neck.in_channels = [8, 16, 32, 64]
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    with pytest.raises(FileNotFoundError,
+                       match=f'{missing}/annotations/instances_train2017'
+                       '.json'):
+        runner.train()
+    # Nothing trained: no loss logged, weights untouched, no checkpoint.
+    assert 'train/loss' not in runner.message_hub.log_scalars
+    state = runner.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    assert not list((tmp_path / 'work').rglob('*.pth'))
+    shutil.rmtree(tmp_path / 'work')
