@@ -21,6 +21,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from .pretrained import check_pretrained_files
+from .utils import check_data_paths
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -85,7 +86,8 @@ def test_parser() -> argparse.ArgumentParser:
         help='seconds each image is shown with --show')
     parser.add_argument(
         '--tta', action='store_true',
-        help='test-time augmentation (horizontal flip), boxes only')
+        help='test-time augmentation: the config\'s tta_model and '
+        'tta_pipeline, or else each image as is and flipped (boxes only)')
     _common_args(parser)
     return parser
 
@@ -141,8 +143,10 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
         cfg.resume = True
         cfg.load_from = args.resume
     # mmengine initialises the weights (loading the backbone's ImageNet
-    # checkpoint) only after building the datasets: check now.
+    # checkpoint) only after building the datasets: check now, and check
+    # that the data is where the config says.
     check_pretrained_files(cfg.model)
+    check_data_paths(cfg, ('train', 'val'))
     return cfg
 
 
@@ -190,6 +194,7 @@ def setup_test_cfg(args: argparse.Namespace) -> Config:
         raise ValueError(f'--out must name a .pkl or .pickle file, got '
                          f'{args.out!r}')
     cfg = load_config(args)
+    check_data_paths(cfg, ('test', ))
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

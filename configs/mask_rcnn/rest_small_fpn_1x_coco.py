@@ -51,7 +51,13 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
          milestones=[8, 11], gamma=0.1),
 ]
-# Stop with a message when the loss becomes NaN or infinite.
-custom_hooks = [dict(type='CheckInvalidLossHook', interval=50)]
+# Checkpoints are written whole or not at all; each iteration is reseeded
+# from (seed, iteration), so a resumed run draws the same random numbers;
+# training stops with a message when the loss becomes NaN or infinite.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [
+    dict(type='CheckInvalidLossHook', interval=50),
+    dict(type='IterSeedHook'),
+]
 # 8 GPUs x 2 images; --auto-scale-lr rescales the lr for other batch sizes.
 auto_scale_lr = dict(base_batch_size=16)

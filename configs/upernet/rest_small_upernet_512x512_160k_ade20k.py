@@ -17,3 +17,7 @@ model = dict(
                       checkpoint=f'checkpoints/rest_{arch}.pth')),
     decode_head=dict(in_channels=[64, 128, 256, 512]),
     auxiliary_head=dict(in_channels=256))
+# Checkpoints are written whole or not at all; each iteration is reseeded
+# from (seed, iteration), so a resumed run draws the same random numbers.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='IterSeedHook')]

@@ -1,0 +1,290 @@
+"""tools/train.py, tools/test.py, tools/get_flops.py and mmdet's own
+tools/train.py on the COCO configs: option handling, and tiny real runs on
+a COCO-format set the test writes."""
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+RETINANET = 'configs/retinanet/rest_lite_fpn_1x_coco.py'
+MASK_RCNN = 'configs/mask_rcnn/rest_lite_fpn_1x_coco.py'
+
+
+def flat_options(options, validate=True):
+    """``key=value`` strings; without validation, no val_* entries and
+    none of the val/test data overrides."""
+    if not validate:
+        options = {
+            k: v
+            for k, v in options.items() if not k.startswith(('val', 'test'))
+        }
+        options.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
+    return [f'{k}={v}' for k, v in options.items()]
+
+
+@pytest.fixture(scope='module')
+def tiny_coco(tmp_path_factory):
+    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
+    root = tmp_path_factory.mktemp('coco')
+    write_tiny_coco(str(root), num_train=1, num_val=1, image_size=(64, 64))
+    options = tiny_coco_overrides(str(root))
+    # test infrastructure: data loading in the main process
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options[f'{loader}.num_workers'] = 0
+        options[f'{loader}.persistent_workers'] = False
+    return options
+
+
+def run(args, cwd=ROOT, timeout=900, env=None):
+    result = subprocess.run([str(a) for a in args], cwd=cwd, timeout=timeout,
+                            capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def scalars(work_dir):
+    """The records of mmengine's LocalVisBackend log of the latest run."""
+    (path, ) = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))[-1:]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------- option handling
+def train_args(*argv):
+    from mmrest.launch import parse_args, train_parser
+    return parse_args(train_parser(), [str(a) for a in argv])
+
+
+def test_train_options(tmp_path, monkeypatch):
+    from mmrest.launch import setup_train_cfg
+    monkeypatch.chdir(ROOT)
+    scratch = ['--cfg-options', 'model.backbone.init_cfg=None']
+    cfg = setup_train_cfg(train_args(MASK_RCNN, *scratch))
+    assert cfg.model.backbone.init_cfg is None
+    assert cfg.work_dir == './work_dirs/rest_lite_fpn_1x_coco'
+    assert cfg.launcher == 'none' and not cfg.resume
+    assert not cfg.auto_scale_lr.enable
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+
+    cfg = setup_train_cfg(
+        train_args(MASK_RCNN, '--amp', '--auto-scale-lr', '--resume',
+                   '--work-dir', tmp_path, '--launcher', 'pytorch', *scratch,
+                   'train_dataloader.batch_size=4'))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.optim_wrapper.clip_grad.max_norm == 1.0  # kept
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    assert cfg.resume is True and cfg.load_from is None  # latest in work dir
+    assert cfg.work_dir == str(tmp_path)
+    assert cfg.launcher == 'pytorch'
+    assert cfg.train_dataloader.batch_size == 4
+
+    checkpoint = tmp_path / 'epoch_3.pth'
+    checkpoint.write_bytes(b'')
+    cfg = setup_train_cfg(
+        train_args(MASK_RCNN, '--resume', checkpoint, *scratch))
+    assert cfg.resume is True and cfg.load_from == str(checkpoint)
+    with pytest.raises(FileNotFoundError, match='epoch_9.pth'):
+        setup_train_cfg(train_args(MASK_RCNN, '--resume',
+                                   tmp_path / 'epoch_9.pth', *scratch))
+
+
+def test_train_options_bad_input(tmp_path, monkeypatch):
+    from mmrest.launch import setup_train_cfg
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no_such_config.py'):
+        setup_train_cfg(train_args('no_such_config.py'))
+    config = tmp_path / 'no_scaling.py'
+    config.write_text(f"_base_ = '{ROOT / RETINANET}'\nauto_scale_lr = None\n")
+    with pytest.raises(RuntimeError, match='auto_scale_lr'):
+        setup_train_cfg(train_args(config, '--auto-scale-lr'))
+    with pytest.raises(SystemExit):  # argparse: not a launcher
+        train_args(RETINANET, '--launcher', 'ssh')
+
+
+def test_train_stops_at_once_without_pretrained_weights(tmp_path,
+                                                         monkeypatch):
+    """Before anything is built: the error names the missing file, says
+    where to get it and how to train from scratch instead."""
+    from mmrest.launch import setup_train_cfg
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        setup_train_cfg(train_args(ROOT / MASK_RCNN))
+    message = str(error.value)
+    assert "'checkpoints/rest_lite.pth'" in message
+    assert str(tmp_path / 'checkpoints/rest_lite.pth') in message
+    assert 'https://github.com/wofmanaf/ResT' in message
+    assert '--cfg-options model.backbone.init_cfg=None' in message
+    # with the file in place the check passes
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints/rest_lite.pth').write_bytes(b'')
+    setup_train_cfg(train_args(ROOT / MASK_RCNN))
+
+
+def test_local_rank_option(monkeypatch):
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    args = train_args(RETINANET, '--local-rank', '3')
+    assert args.local_rank == 3 and os.environ['LOCAL_RANK'] == '3'
+    monkeypatch.setenv('LOCAL_RANK', '1')  # set by torchrun: kept
+    train_args(RETINANET, '--local_rank', '0')
+    assert os.environ['LOCAL_RANK'] == '1'
+
+
+def test_test_options(tmp_path, monkeypatch):
+    from mmrest.launch import parse_args, setup_test_cfg, test_parser
+    monkeypatch.chdir(ROOT)
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'')
+
+    def cfg_of(config, *argv):
+        return setup_test_cfg(
+            parse_args(test_parser(),
+                       [config, str(checkpoint), *map(str, argv)]))
+
+    cfg = cfg_of(MASK_RCNN, '--show-dir', 'vis', '--work-dir', tmp_path)
+    assert cfg.load_from == str(checkpoint)
+    assert cfg.work_dir == str(tmp_path)
+    hook = cfg.default_hooks.visualization
+    assert hook.draw and hook.test_out_dir == 'vis'
+    cfg = cfg_of(RETINANET, '--show', '--wait-time', '0.5')
+    assert cfg.default_hooks.visualization.show
+    assert cfg.default_hooks.visualization.wait_time == 0.5
+
+    cfg = cfg_of(RETINANET, '--tta')
+    assert cfg.model.type == 'DetTTAModel'
+    assert cfg.model.module.backbone.type == 'ResT'
+    tta = cfg.test_dataloader.dataset.pipeline[-1]
+    assert tta.type == 'TestTimeAug'
+    # mmdet's RetinaNet base config brings its own TTA: 3 scales x 2 flips
+    assert [t.get('prob') for t in tta.transforms[1]] == [1., 0.]
+    assert len(tta.transforms[0]) == 3
+    with pytest.raises(ValueError, match='masks'):
+        cfg_of(MASK_RCNN, '--tta')
+    with pytest.raises(ValueError, match='results.json'):
+        cfg_of(RETINANET, '--out', 'results.json')
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        setup_test_cfg(parse_args(
+            test_parser(), [RETINANET, str(tmp_path / 'missing.pth')]))
+
+
+def test_cpu_distributed_needs_torchrun():
+    from mmengine.config import Config
+    from mmrest.launch import setup_cpu_distributed
+    if torch.cuda.is_available():
+        pytest.skip('only without CUDA')
+    cfg = Config(dict(launcher='slurm', env_cfg=dict(dist_cfg=dict(
+        backend='nccl'))))
+    with pytest.raises(RuntimeError, match='--launcher pytorch'):
+        setup_cpu_distributed(cfg)
+    cfg = Config(dict(launcher='none'))
+    setup_cpu_distributed(cfg)  # nothing to do
+    assert 'model_wrapper_cfg' not in cfg
+
+
+# ------------------------------------------------------------------ FLOPs
+def test_flop_count_of_the_attention_matches_the_literal_emsa():
+    """The FLOP handles added for EMSA (fused attention, head mixing)
+    count what the literal computation's matmuls and 1x1 conv count."""
+    from mmengine.analysis import FlopAnalyzer
+    from mmrest import ResT
+    from mmrest.analysis import EXTRA_FLOP_HANDLES
+    from mmrest.testing import to_literal
+    model = ResT(arch='lite').eval()
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        ours = FlopAnalyzer(model, x).set_op_handle(**EXTRA_FLOP_HANDLES)
+        literal = FlopAnalyzer(to_literal(model), x)
+        for analyzer in (ours, literal):
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+        # the literal model's InstanceNorm is element-wise work, which
+        # neither count includes otherwise
+        expected = literal.total() - literal.by_operator()['instance_norm']
+        assert ours.total() == expected
+        assert not {'aten::scaled_dot_product_attention',
+                    'aten::baddbmm'} & set(ours.unsupported_ops())
+
+
+def test_get_flops_tool(tmp_path):
+    out = tmp_path / 'flops.json'
+    text = run([PY, 'tools/get_flops.py', RETINANET, '--shape', '128', '192',
+                '--json', out])
+    result = json.loads(out.read_text())
+    assert result['shape'] == [128, 192]
+    assert result['params'] == 20229656  # tests/test_coco_configs.py
+    assert 0 < result['backbone_flops'] < result['flops']
+    counted = {'aten::_convolution', 'aten::linear', 'aten::matmul',
+               'aten::scaled_dot_product_attention', 'aten::baddbmm'}
+    assert not counted & set(result['unsupported_ops'])
+    assert f'FLOPs: {result["flops"] / 1e9:.1f} G' in text
+    assert 'input shape (H, W): (128, 192)' in text
+
+
+# --------------------------------------------------------------- real runs
+def test_train_test_and_resume(tiny_coco, tmp_path):
+    """tools/train.py trains an epoch and validates it with CocoMetric;
+    tools/test.py evaluates the checkpoint, dumps and draws the results;
+    --resume continues from the latest checkpoint."""
+    work = tmp_path / 'work'
+    scratch = {
+        'model.backbone.init_cfg': None,
+        # from scratch no score reaches 0.05: keep all for CocoMetric
+        'model.test_cfg.score_thr': 0.0,
+    }
+    options = flat_options({**tiny_coco, **scratch})
+    # mmengine validates after the last epoch whatever val_interval says
+    no_validation = flat_options({**tiny_coco, **scratch}, validate=False)
+    run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
+         '--cfg-options', 'train_cfg.max_epochs=1', *options])
+    assert (work / 'epoch_1.pth').is_file()
+    train, val = scalars(work)
+    assert train['epoch'] == 1 and train['iter'] == 1
+    assert train['lr'] == pytest.approx(1e-7)  # warm-up from 0.001
+    assert 'loss_cls' in train and 'grad_norm' in train
+    assert 0 <= val['coco/bbox_mAP'] <= 1
+
+    preds = tmp_path / 'preds.pkl'
+    text = run([PY, 'tools/test.py', RETINANET, work / 'epoch_1.pth',
+                '--work-dir', work, '--out', preds, '--show-dir', 'vis',
+                '--cfg-options', *options])
+    assert 'coco/bbox_mAP' in text and 'Load checkpoint from' in text
+    with open(preds, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 1 and len(results[0]['pred_instances']['bboxes'])
+    assert len(list(work.glob('*/vis/*.png'))) == 1
+
+    text = run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
+                '--resume', '--cfg-options', 'train_cfg.max_epochs=2',
+                *no_validation])
+    assert 'resumed epoch: 1, iter: 1' in text
+    assert (work / 'epoch_2.pth').is_file()
+    (record, ) = scalars(work)
+    assert record['epoch'] == 2 and record['iter'] == 2
+    shutil.rmtree(work)  # checkpoints of 240 MB each
+
+
+def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):
+    """mmdet's own tools/train.py, shipped inside the mmdet package,
+    trains our Mask R-CNN config (mmrest comes in by custom_imports)."""
+    import mmdet
+    tool = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
+    assert tool.is_file()
+    work = tmp_path / 'work'
+    run([PY, tool, ROOT / MASK_RCNN, '--work-dir', work, '--cfg-options',
+         'model.backbone.init_cfg=None', 'train_cfg.max_epochs=1',
+         *flat_options(tiny_coco, validate=False)],
+        cwd=tmp_path)
+    assert (work / 'epoch_1.pth').is_file()
+    (record, ) = scalars(work)
+    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(
+        record)
+    shutil.rmtree(work)
