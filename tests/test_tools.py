@@ -64,7 +64,15 @@ def train_args(*argv):
     return parse_args(train_parser(), [str(a) for a in argv])
 
 
-def test_train_options(tmp_path, monkeypatch):
+@pytest.fixture
+def no_data_check(monkeypatch):
+    """Option handling only: the data under data/coco is not here (the
+    check that names missing data is tested in test_bad_data.py)."""
+    monkeypatch.setattr('mmrest.launch.check_data_paths',
+                        lambda *args, **kwargs: None)
+
+
+def test_train_options(tmp_path, monkeypatch, no_data_check):
     from mmrest.launch import setup_train_cfg
     monkeypatch.chdir(ROOT)
     scratch = ['--cfg-options', 'model.backbone.init_cfg=None']
@@ -111,8 +119,8 @@ def test_train_options_bad_input(tmp_path, monkeypatch):
         train_args(RETINANET, '--launcher', 'ssh')
 
 
-def test_train_stops_at_once_without_pretrained_weights(tmp_path,
-                                                         monkeypatch):
+def test_train_stops_at_once_without_pretrained_weights(
+        tmp_path, monkeypatch, no_data_check):
     """Before anything is built: the error names the missing file, says
     where to get it and how to train from scratch instead."""
     from mmrest.launch import setup_train_cfg
@@ -139,7 +147,7 @@ def test_local_rank_option(monkeypatch):
     assert os.environ['LOCAL_RANK'] == '1'
 
 
-def test_test_options(tmp_path, monkeypatch):
+def test_test_options(tmp_path, monkeypatch, no_data_check):
     from mmrest.launch import parse_args, setup_test_cfg, test_parser
     monkeypatch.chdir(ROOT)
     checkpoint = tmp_path / 'model.pth'
