@@ -159,6 +159,7 @@ def test_mmdet_itself_names_a_missing_annotation_file_before_training(
     cfg.model.backbone.init_cfg = None
     cfg.model.neck.in_channels = [8, 16, 32, 64]
     cfg.work_dir = str(tmp_path / 'work')
+    cfg.visualizer.name = f'visualizer_{tmp_path.name}'  # its own folder
     runner = Runner.from_cfg(cfg)
     weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
     with pytest.raises(FileNotFoundError,

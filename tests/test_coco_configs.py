@@ -337,10 +337,10 @@ def test_missing_pretrained_stops_training_before_any_iteration(
     monkeypatch.chdir(tmp_path)  # checkpoints/rest_lite.pth: not here
     cfg = with_data(load('retinanet', 'lite'), tiny_coco)
     cfg.work_dir = str(tmp_path / 'work')
-    # mmengine names a run by the second it starts and reuses a visualizer
-    # of the same name: a run started in the same second as another test's
-    # would write into that test's (removed) folder.
-    cfg.experiment_name = f'missing_pretrained_{tmp_path.name}'
+    # mmdet's configs name their visualizer 'visualizer', and mmengine
+    # reuses an instance of that name, with the folder of the test that
+    # made it first: give this run its own.
+    cfg.visualizer.name = f'visualizer_{tmp_path.name}'
     runner = Runner.from_cfg(cfg)
     with pytest.raises(FileNotFoundError) as error:
         runner.train()
