@@ -8,9 +8,12 @@ shape says nothing about its class: a detector has to learn the shapes.
 The same seed writes the same files, byte for byte.
 """
 import json
+import numbers
 import os
 import os.path as osp
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+import zlib
 
 import cv2
 import numpy as np
@@ -113,8 +116,43 @@ def make_image(rng: np.random.RandomState, h: int, w: int,
     return np.round(img).astype(np.uint8), anns
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_args(splits, image_size, max_objects, object_size, seed):
+    if not splits:
+        raise ValueError('splits must name at least one split, got {}')
+    for split, count in splits.items():
+        if not isinstance(split, str) or not split or \
+                not split.replace('_', '').isalnum():
+            raise ValueError(f'A split name must be a non-empty word '
+                             f'(letters, digits, _), got {split!r}')
+        if not _is_int(count) or count < 1:
+            raise ValueError(f'splits[{split!r}] must be a positive number '
+                             f'of images, got {count!r}')
+    if not isinstance(image_size, Sequence) or len(image_size) != 2 or \
+            not all(
+            _is_int(v) and v >= 16 for v in image_size):
+        raise ValueError('image_size must be (height, width), integers '
+                         f'>= 16, got {image_size!r}')
+    if not _is_int(max_objects) or max_objects < 1:
+        raise ValueError(
+            f'max_objects must be an integer >= 1, got {max_objects!r}')
+    if not isinstance(object_size, Sequence) or len(object_size) != 2 or \
+            not all(
+            isinstance(v, numbers.Real) for v in object_size) or \
+            not 4 <= object_size[0] <= object_size[1] <= min(image_size):
+        raise ValueError(
+            'object_size must be (min, max) diameters with 4 <= min <= max '
+            f'<= the smaller image side {min(image_size)}, got '
+            f'{object_size!r}')
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
+
+
 def generate_shapes_coco(out_dir: str,
-                         splits: Dict[str, int] = None,
+                         splits: Optional[Dict[str, int]] = None,
                          image_size: Sequence[int] = (128, 128),
                          max_objects: int = 4,
                          object_size: Sequence[float] = (20, 60),
@@ -131,22 +169,30 @@ def generate_shapes_coco(out_dir: str,
         seed (int): The seed; the same seed gives the same files.
 
     Returns:
-        dict: The annotation file of each split.
+        dict: The annotation file of each split. Each file's ``info`` holds
+        the arguments that made it (see :func:`shapes_info`).
     """
-    splits = splits or {'train': 800, 'val': 100}
-    h, w = image_size
+    splits = {'train': 800, 'val': 100} if splits is None else dict(splits)
+    _check_args(splits, image_size, max_objects, object_size, seed)
+    h, w = (int(v) for v in image_size)
+    min_size, max_size = (float(v) for v in object_size)
     categories = [
         dict(id=i + 1, name=name, supercategory='shape')
         for i, name in enumerate(CLASSES)
     ]
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
-    for split_index, (split, count) in enumerate(sorted(splits.items())):
-        rng = np.random.RandomState([seed, split_index])
+    params = dict(image_size=[h, w], max_objects=int(max_objects),
+                  object_size=[min_size, max_size], seed=int(seed))
+    for split, count in sorted(splits.items()):
+        # Each split's stream depends only on the seed and the split's name,
+        # so generating 'val' alone gives the same val images.
+        rng = np.random.RandomState([seed, zlib.crc32(split.encode())])
         os.makedirs(osp.join(out_dir, split), exist_ok=True)
         images, annotations = [], []
         for image_id in range(1, count + 1):
-            img, anns = make_image(rng, h, w, max_objects, *object_size)
+            img, anns = make_image(rng, h, w, max_objects, min_size,
+                                   max_size)
             file_name = f'{image_id:06d}.png'
             cv2.imwrite(osp.join(out_dir, split, file_name), img)
             images.append(
@@ -156,8 +202,22 @@ def generate_shapes_coco(out_dir: str,
                     dict(id=len(annotations) + 1, image_id=image_id, **ann))
         ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
         with open(ann_file, 'w') as f:
+            info = dict(
+                description=f'mmrest synthetic shapes, split {split}',
+                generator='mmrest.datasets.generate_shapes_coco',
+                params=dict(params, split=split, num_images=count))
             json.dump(
-                dict(images=images, annotations=annotations,
+                dict(info=info, images=images, annotations=annotations,
                      categories=categories), f)
         ann_files[split] = ann_file
     return ann_files
+
+
+def shapes_info(ann_file: str) -> Optional[dict]:
+    """The generator arguments recorded in an annotation file written by
+    :func:`generate_shapes_coco` (None for any other file)."""
+    with open(ann_file) as f:
+        info = json.load(f).get('info') or {}
+    if info.get('generator') != 'mmrest.datasets.generate_shapes_coco':
+        return None
+    return info.get('params')

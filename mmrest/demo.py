@@ -1,0 +1,392 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""The demo: embedded data in, a trained Mask R-CNN out, measured.
+
+:func:`run_demo` is what ``make demo`` runs (through ``tools/run_demo.py``):
+it generates the shapes set when it is absent, trains the detector of a
+config with mmengine's ``Runner`` (the machinery of the COCO configs),
+evaluates COCO bbox and segm mAP on the val split and writes
+``metrics.json``, ``loss.png`` and ``predictions.png`` to the work dir.
+:func:`predict_image` is ``tools/demo.py``: one image, its predictions drawn.
+
+The set is described in the config by a top-level ``shapes_data`` dict: the
+keyword arguments of :func:`mmrest.datasets.generate_shapes_coco` (its
+``out_dir`` defaults to the dataloaders' ``data_root``).
+"""
+import json
+import os
+import os.path as osp
+import time
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+
+from .datasets import generate_shapes_coco, shapes_info
+
+# What the demo must reach on the val split (issue 4).
+TARGETS = {'coco/bbox_mAP': 0.50, 'coco/segm_mAP': 0.45}
+METRIC_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75',
+               'coco/segm_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP_75')
+
+
+def set_cpu_threads(num_threads: Optional[int] = None) -> int:
+    """Use one torch thread per CPU this process may run on (or
+    ``num_threads``); more threads than cores only adds contention."""
+    if num_threads is None:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            num_threads = os.cpu_count() or 1
+    if num_threads < 1:
+        raise ValueError(f'num_threads must be >= 1, got {num_threads}')
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def _annotation_files(cfg: Config) -> Dict[str, str]:
+    files = {}
+    for split in ('train', 'val'):
+        dataset = cfg[f'{split}_dataloader']['dataset']
+        files[split] = osp.join(dataset.get('data_root') or '',
+                                dataset['ann_file'])
+    return files
+
+
+def set_data_root(cfg: Config, data_root: str) -> None:
+    """Point the config's datasets and COCO evaluators at ``data_root``
+    (the annotation and image paths under it stay as they are)."""
+    old = cfg.train_dataloader.dataset.get('data_root') or ''
+    data_root = osp.join(data_root, '')
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        if loader:
+            loader.dataset.data_root = data_root
+        evaluator = cfg.get(f'{split}_evaluator')
+        if evaluator and 'ann_file' in evaluator:
+            ann = evaluator.ann_file
+            if old and ann.startswith(old):
+                ann = ann[len(old):]
+            evaluator.ann_file = osp.join(data_root, ann)
+
+
+def _expected_info(kwargs: dict) -> Dict[str, dict]:
+    """What :func:`shapes_info` reads back from each split's file when the
+    set was generated with ``kwargs``."""
+    import inspect
+    args = {
+        k: p.default
+        for k, p in inspect.signature(generate_shapes_coco).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    args.update(kwargs)
+    splits = args['splits'] or {'train': 800, 'val': 100}
+    common = dict(
+        image_size=[int(v) for v in args['image_size']],
+        max_objects=int(args['max_objects']),
+        object_size=[float(v) for v in args['object_size']],
+        seed=int(args['seed']))
+    return {
+        split: dict(common, split=split, num_images=int(count))
+        for split, count in splits.items()
+    }
+
+
+def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
+    """Generate the config's shapes set unless it is there already.
+
+    The set is regenerated when an annotation file is missing or was
+    generated with other arguments than the config's ``shapes_data``; a
+    COCO file that the generator did not write is left alone.
+
+    Returns:
+        bool: Whether the set was generated.
+    """
+    if 'shapes_data' not in cfg:
+        raise KeyError('The config has no `shapes_data` dict: it does not '
+                       'describe a generated shapes set')
+    kwargs = dict(cfg.shapes_data)
+    kwargs.setdefault('out_dir', cfg.train_dataloader.dataset.data_root)
+    files = _annotation_files(cfg)
+    expected = _expected_info(
+        {k: v for k, v in kwargs.items() if k != 'out_dir'})
+    missing = [s for s in files if s not in expected]
+    if missing:
+        raise ValueError(f'The config reads the splits {missing}, which '
+                         f'shapes_data.splits ({sorted(expected)}) lacks')
+    if not force and all(osp.isfile(f) for f in files.values()):
+        infos = {s: shapes_info(f) for s, f in files.items()}
+        if all(info is None or info == expected[s]
+               for s, info in infos.items()):
+            return False
+    written = generate_shapes_coco(**kwargs)
+    unread = [f for f in files.values()
+              if osp.abspath(f) not in map(osp.abspath, written.values())]
+    if unread:
+        raise ValueError(
+            f'shapes_data wrote {sorted(written.values())} but the config '
+            f'reads {unread}: data_root and ann_file do not match the '
+            'generated layout <data_root>/annotations/instances_<split>.json')
+    return True
+
+
+class _KeepMetrics(Hook):
+    """Keeps the metrics of the last validation of a training run."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.metrics = None
+
+    def after_val_epoch(self, runner, metrics=None):
+        self.metrics = dict(metrics or {})
+
+
+def read_scalars(path: str) -> List[dict]:
+    """The records of mmengine's ``vis_data/scalars.json`` (JSON lines)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss(records: Sequence[dict], out_file: str) -> None:
+    """Plot the training losses logged by mmengine against the iteration."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    train = [r for r in records if 'loss' in r]
+    if not train:
+        raise ValueError('No training loss in the logged scalars')
+    keys = ['loss'] + sorted(k for k in train[0]
+                             if k.startswith('loss_') and k != 'loss')
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    steps = [r['step'] for r in train]
+    for key in keys:
+        ax.plot(steps, [r.get(key, np.nan) for r in train], label=key,
+                linewidth=2.2 if key == 'loss' else 1.0)
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('loss (mean over the logging window)')
+    ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title('Mask R-CNN, ResT backbone from scratch: training loss')
+    fig.tight_layout()
+    fig.savefig(out_file)
+    plt.close(fig)
+
+
+def _colours(n: int) -> np.ndarray:
+    import matplotlib
+    return np.array(
+        [matplotlib.colormaps['tab10'](i % 10)[:3] for i in range(n)])
+
+
+def draw_instances(ax, image: np.ndarray, instances, classes: Sequence[str],
+                   score_thr: float = 0.0, title: str = '') -> None:
+    """Draw an RGB image with instance masks, boxes and labels on ``ax``.
+
+    ``instances`` is mmdet's ``InstanceData`` (``bboxes``, ``labels``,
+    optional ``masks`` and ``scores``); masks may be bitmaps, mmdet
+    ``BitmapMasks``/``PolygonMasks`` or boolean tensors.
+    """
+    from matplotlib.patches import Rectangle
+    h, w = image.shape[:2]
+    canvas = image.astype(np.float32) / 255.
+    bboxes = instances.bboxes
+    bboxes = bboxes.tensor if hasattr(bboxes, 'tensor') else bboxes
+    bboxes = np.asarray(torch.as_tensor(bboxes).cpu(), dtype=np.float32)
+    labels = np.asarray(torch.as_tensor(instances.labels).cpu())
+    scores = instances.scores.cpu().numpy() \
+        if 'scores' in instances else None
+    keep = np.ones(len(labels), bool) if scores is None else \
+        scores >= score_thr
+    masks = None
+    if 'masks' in instances:
+        masks = instances.masks
+        if hasattr(masks, 'to_ndarray'):
+            masks = masks.to_ndarray()
+        masks = np.asarray(torch.as_tensor(masks).cpu()).astype(bool)
+    colours = _colours(len(classes))
+    if masks is not None:
+        for i in np.nonzero(keep)[0]:
+            m = masks[i]
+            canvas[m] = 0.45 * canvas[m] + 0.55 * colours[labels[i]]
+    ax.imshow(canvas, extent=(0, w, h, 0), interpolation='nearest')
+    for i in np.nonzero(keep)[0]:
+        x1, y1, x2, y2 = bboxes[i]
+        colour = colours[labels[i]]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
+                               edgecolor=colour, linewidth=1.5))
+        text = classes[labels[i]]
+        if scores is not None:
+            text += f' {scores[i]:.2f}'
+        ax.text(x1, y1, text, fontsize=6, color='white', va='bottom',
+                bbox=dict(facecolor=colour, alpha=0.8, pad=0.5,
+                          linewidth=0))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_title(title, fontsize=8)
+    ax.axis('off')
+
+
+def _rgb(path: str) -> np.ndarray:
+    import mmcv
+    return mmcv.imread(path, channel_order='rgb')
+
+
+def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
+                     score_thr: float = 0.3) -> None:
+    """Ground truth beside predictions for the first val images."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from mmengine.dataset import pseudo_collate
+    num_images = min(num_images, len(dataset))
+    if num_images < 1:
+        raise ValueError('The dataset is empty: nothing to draw')
+    classes = dataset.metainfo['classes']
+    cols = 2  # pairs of (ground truth, prediction) per row
+    rows = (num_images + cols - 1) // cols
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3 * 2 * cols, 3 * rows),
+                             dpi=110, squeeze=False)
+    model.eval()
+    for k in range(rows * cols):
+        ax_gt, ax_pred = axes[k // cols, 2 * (k % cols)], \
+            axes[k // cols, 2 * (k % cols) + 1]
+        if k >= num_images:
+            ax_gt.axis('off')
+            ax_pred.axis('off')
+            continue
+        with torch.no_grad():
+            sample = model.test_step(pseudo_collate([dataset[k]]))[0]
+        image = _rgb(sample.img_path)
+        name = osp.basename(sample.img_path)
+        draw_instances(ax_gt, image, sample.gt_instances, classes,
+                       title=f'{name}: ground truth')
+        draw_instances(ax_pred, image, sample.pred_instances, classes,
+                       score_thr=score_thr,
+                       title=f'prediction (score >= {score_thr})')
+    fig.tight_layout()
+    fig.savefig(out_file)
+    plt.close(fig)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f'{int(seconds) // 60} min {seconds % 60:04.1f} s'
+
+
+def run_demo(config: Union[str, Config],
+             work_dir: str = 'work_dirs/demo',
+             num_threads: Optional[int] = None,
+             cfg_options: Optional[dict] = None,
+             data_root: Optional[str] = None) -> dict:
+    """Generate the data if absent, train, evaluate and write the outputs.
+
+    Args:
+        config (str | Config): The demo config (with ``shapes_data``).
+        work_dir (str): Where checkpoints, logs and outputs go.
+        num_threads (int, optional): torch threads; default one per CPU.
+        cfg_options (dict, optional): Overrides merged into the config.
+        data_root (str, optional): Read (or generate) the set here instead
+            of the config's ``data_root``.
+
+    Returns:
+        dict: What ``metrics.json`` holds: the val metrics (mmdet names),
+        the timings and the targets.
+    """
+    from mmengine.runner import Runner
+    start = time.time()
+    threads = set_cpu_threads(num_threads)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if data_root is not None:
+        set_data_root(cfg, data_root)
+    cfg.work_dir = work_dir
+    os.makedirs(work_dir, exist_ok=True)
+
+    generated = prepare_shapes_data(cfg)
+    data_s = time.time() - start
+    print(f'[demo] data: {"generated" if generated else "found"} '
+          f'{_annotation_files(cfg)} ({data_s:.1f} s); '
+          f'{threads} torch threads', flush=True)
+
+    runner = Runner.from_cfg(cfg)
+    keeper = _KeepMetrics()
+    runner.register_hook(keeper)
+    runner.train()
+    if keeper.metrics is None:  # no validation ran during training
+        keeper.metrics = runner.val_loop.run()
+    train_end = time.time()
+
+    metrics = {k: float(v) for k, v in keeper.metrics.items()}
+    missing = [k for k in TARGETS if k not in metrics]
+    if missing:
+        raise KeyError(f'The evaluation gave no {missing}; got '
+                       f'{sorted(metrics)}: the config must evaluate with '
+                       "CocoMetric(metric=['bbox', 'segm'])")
+    plot_loss(
+        read_scalars(osp.join(runner.log_dir, 'vis_data', 'scalars.json')),
+        osp.join(work_dir, 'loss.png'))
+    plot_predictions(runner.model, runner.val_dataloader.dataset,
+                     osp.join(work_dir, 'predictions.png'))
+    total_s = time.time() - start
+    summary = dict(
+        metrics,
+        targets=TARGETS,
+        targets_met=all(metrics[k] >= v for k, v in TARGETS.items()),
+        time_s=dict(
+            data=round(data_s, 1),
+            train_and_eval=round(train_end - start - data_s, 1),
+            total=round(total_s, 1)),
+        data_generated=generated,
+        torch_threads=threads,
+        config=cfg.filename,
+        iterations=runner.iter,
+        epochs=runner.epoch)
+    with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    print('[demo] ' + '  '.join(f'{k}: {metrics[k]:.3f}'
+                                for k in METRIC_KEYS if k in metrics))
+    for key, target in TARGETS.items():
+        verdict = 'reached' if metrics[key] >= target else 'NOT reached'
+        print(f'[demo] target {key} >= {target}: {verdict}')
+    print(f'[demo] wall time {_fmt_seconds(total_s)} (data '
+          f'{data_s:.1f} s); outputs in {work_dir}: metrics.json, '
+          'loss.png, predictions.png', flush=True)
+    return summary
+
+
+def predict_image(image: str, config: Union[str, Config], checkpoint: str,
+                  out_file: str, score_thr: float = 0.3,
+                  device: str = 'cpu') -> dict:
+    """Run a detector on one image and save it with its predictions drawn.
+
+    Returns:
+        dict: ``bboxes``, ``labels`` (class names) and ``scores`` of the
+        predictions at or above ``score_thr``.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from mmdet.apis import inference_detector, init_detector
+    for path, what in ((image, 'image'), (checkpoint, 'checkpoint')):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'No {what} file at {path!r}')
+    model = init_detector(config, checkpoint, device=device)
+    classes = model.dataset_meta['classes']
+    result = inference_detector(model, image)
+    rgb = _rgb(image)
+    h, w = rgb.shape[:2]
+    scale = max(1., 512 / max(h, w))  # small images are drawn larger
+    fig = plt.figure(figsize=(w * scale / 100, h * scale / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    draw_instances(ax, rgb, result.pred_instances, classes,
+                   score_thr=score_thr)
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
+    fig.savefig(out_file)
+    plt.close(fig)
+    pred = result.pred_instances
+    keep = pred.scores >= score_thr
+    return dict(bboxes=pred.bboxes[keep].tolist(),
+                labels=[classes[i] for i in pred.labels[keep].tolist()],
+                scores=pred.scores[keep].tolist())

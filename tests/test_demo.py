@@ -1,0 +1,191 @@
+"""The embedded shapes set, the demo's training and evaluation through its
+config, and tools/demo.py."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / 'configs/mask_rcnn/rest_lite_fpn_shapes_demo.py'
+SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
+             max_objects=4, object_size=(16, 48))
+
+
+def _files(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob('*')) if p.is_file()
+    }
+
+
+def test_generator_same_seed_same_bytes(tmp_path):
+    generate_shapes_coco(str(tmp_path / 'a'), seed=3, **SMALL)
+    generate_shapes_coco(str(tmp_path / 'b'), seed=3, **SMALL)
+    generate_shapes_coco(str(tmp_path / 'c'), seed=4, **SMALL)
+    a, b, c = (_files(tmp_path / n) for n in 'abc')
+    assert len(a) == 12 + 6 + 2
+    assert a == b
+    assert a.keys() == c.keys() and a != c
+    # a split's content depends on the seed and its name only
+    generate_shapes_coco(str(tmp_path / 'd'), seed=3,
+                         **dict(SMALL, splits=dict(val=6)))
+    d = _files(tmp_path / 'd')
+    assert all(d[k] == a[k] for k in d if not k.endswith('.json'))
+    assert len(d) == 6 + 1
+
+
+def test_generator_is_valid_coco(tmp_path):
+    from pycocotools.coco import COCO
+    files = generate_shapes_coco(str(tmp_path), seed=0, **SMALL)
+    assert sorted(files) == ['train', 'val']
+    seen_labels = set()
+    for split, ann_file in files.items():
+        coco = COCO(ann_file)
+        assert len(coco.getImgIds()) == SMALL['splits'][split]
+        assert len(coco.getAnnIds()) > 0, f'{split} has no annotation'
+        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == \
+            list(SHAPES_CLASSES)
+        assert shapes_info(ann_file)['num_images'] == SMALL['splits'][split]
+        for img in coco.loadImgs(coco.getImgIds()):
+            image = np.asarray(
+                __import__('cv2').imread(str(tmp_path / split /
+                                             img['file_name'])))
+            assert image.shape == (96, 128, 3)
+            assert (img['height'], img['width']) == (96, 128)
+        for ann in coco.loadAnns(coco.getAnnIds()):
+            seen_labels.add(ann['category_id'])
+            assert ann['iscrowd'] == 0 and ann['segmentation']
+            mask = coco.annToMask(ann)
+            assert mask.shape == (96, 128)
+            ys, xs = np.nonzero(mask)
+            assert len(xs) > 0, f'annotation {ann["id"]} has an empty mask'
+            x, y, w, h = ann['bbox']
+            assert w > 0 and h > 0
+            assert xs.min() >= x and xs.max() + 1 <= x + w, ann['id']
+            assert ys.min() >= y and ys.max() + 1 <= y + h, ann['id']
+            # the polygons describe the visible pixels counted in `area`
+            assert abs(mask.sum() - ann['area']) <= 0.5 * ann['area']
+    assert seen_labels == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(splits={}), 'splits'),
+    (dict(splits=dict(train=0)), r"splits\['train'\]"),
+    (dict(splits={'../x': 2}), 'split name'),
+    (dict(image_size=(8, 128)), 'image_size'),
+    (dict(image_size=128), 'image_size'),
+    (dict(max_objects=0), 'max_objects'),
+    (dict(object_size=(30, 20)), 'object_size'),
+    (dict(object_size=(20, 500)), 'object_size'),
+    (dict(seed=-1), 'seed'),
+])
+def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate_shapes_coco(str(tmp_path), **kwargs)
+
+
+def test_demo_config_only_changes_data_and_schedule():
+    cfg = Config.fromfile(DEMO_CONFIG)
+    coco = Config.fromfile(ROOT / 'configs/mask_rcnn/rest_lite_fpn_1x_coco.py')
+    assert cfg.model.backbone.type == 'ResT'
+    assert cfg.model.backbone.arch == coco.model.backbone.arch
+    assert cfg.model.backbone.init_cfg is None  # from scratch
+    assert cfg.model.neck == coco.model.neck
+    assert cfg.model.roi_head.bbox_head.num_classes == len(SHAPES_CLASSES)
+    assert cfg.model.roi_head.mask_head.num_classes == len(SHAPES_CLASSES)
+    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == \
+        SHAPES_CLASSES
+    assert set(cfg.val_evaluator.metric) == {'bbox', 'segm'}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A two-iteration training and evaluation through the demo config on
+    a tiny generated split."""
+    from mmrest.demo import run_demo
+    tmp = tmp_path_factory.mktemp('demo')
+    options = {
+        'shapes_data.splits': dict(train=4, val=2),
+        'train_dataloader.batch_size': 2,
+        'val_dataloader.batch_size': 2,
+        'train_cfg.max_epochs': 1,
+        'train_cfg.val_interval': 1,
+        'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': 1,
+    }
+    summary = run_demo(str(DEMO_CONFIG), str(tmp / 'work'), num_threads=2,
+                       cfg_options=options, data_root=str(tmp / 'data'))
+    return tmp, summary
+
+
+def test_demo_trains_and_evaluates(trained):
+    from mmrest.demo import read_scalars
+    tmp, summary = trained
+    work = tmp / 'work'
+    assert (tmp / 'data/annotations/instances_train.json').is_file()
+    assert summary['data_generated'] is True
+    assert summary['iterations'] == 2 and summary['epochs'] == 1
+    on_disk = json.loads((work / 'metrics.json').read_text())
+    assert on_disk == summary
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50',
+                'coco/segm_mAP_75'):
+        assert 0.0 <= on_disk[key] <= 1.0, key
+    assert on_disk['targets_met'] == (
+        on_disk['coco/bbox_mAP'] >= 0.5 and on_disk['coco/segm_mAP'] >= 0.45)
+    # mmengine logged both iterations' losses; loss.png plots them
+    scalars = next(work.glob('*/vis_data/scalars.json'))
+    losses = [r for r in read_scalars(str(scalars)) if 'loss' in r]
+    assert [r['step'] for r in losses] == [1, 2]
+    assert all(np.isfinite(r['loss_mask']) for r in losses)
+    import cv2
+    for name in ('loss.png', 'predictions.png'):
+        image = cv2.imread(str(work / name))
+        assert image is not None and image.std() > 0, name
+    assert (work / 'epoch_1.pth').is_file()
+
+
+def test_demo_reuses_data(trained, tmp_path):
+    from mmrest.demo import prepare_shapes_data, set_data_root
+    tmp, _ = trained
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.merge_from_dict({'shapes_data.splits': dict(train=4, val=2)})
+    set_data_root(cfg, str(tmp / 'data'))
+    assert cfg.val_evaluator.ann_file == str(
+        tmp / 'data/annotations/instances_val.json')
+    assert prepare_shapes_data(cfg) is False  # same arguments: kept
+    cfg.merge_from_dict({'shapes_data.splits': dict(train=4, val=3)})
+    set_data_root(cfg, str(tmp_path))
+    assert prepare_shapes_data(cfg) is True
+    assert prepare_shapes_data(cfg) is False
+    cfg.merge_from_dict({'shapes_data.seed': 1})  # other arguments: remade
+    assert prepare_shapes_data(cfg) is True
+
+
+def test_tools_demo_draws_predictions(trained):
+    tmp, _ = trained
+    out = tmp / 'drawn.png'
+    image = tmp / 'data/val/000001.png'
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/demo.py'), str(image),
+         str(DEMO_CONFIG), str(tmp / 'work/epoch_1.pth'), '--out-file',
+         str(out), '--score-thr', '0'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'drawn to' in proc.stdout
+    import cv2
+    drawn = cv2.imread(str(out))
+    assert drawn is not None and drawn.shape[:2] == (512, 512)
+
+
+def test_predict_image_names_a_missing_file(trained, tmp_path):
+    from mmrest.demo import predict_image
+    tmp, _ = trained
+    with pytest.raises(FileNotFoundError, match='nothing.png'):
+        predict_image(str(tmp_path / 'nothing.png'), str(DEMO_CONFIG),
+                      str(tmp / 'work/epoch_1.pth'), str(tmp_path / 'o.png'))

@@ -1,0 +1,33 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""`make demo`: generate the shapes set if absent, train Mask R-CNN with a
+ResT backbone from scratch, evaluate COCO bbox/segm mAP on val and write
+metrics.json, loss.png and predictions.png to the work dir."""
+import argparse
+
+from mmengine.config import DictAction
+
+from mmrest.demo import run_demo
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        '--config', default='configs/mask_rcnn/rest_lite_fpn_shapes_demo.py')
+    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--data-root', default=None,
+                        help="the shapes set's folder (default: the config's)")
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: one per CPU)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='config overrides, key=value')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    run_demo(args.config, args.work_dir, num_threads=args.threads,
+             cfg_options=args.cfg_options, data_root=args.data_root)
+
+
+if __name__ == '__main__':
+    main()
