@@ -86,3 +86,28 @@ def test_no_input_is_too_small():
 def test_arch_of_wrong_type():
     with pytest.raises(TypeError, match='arch must be a str or a dict'):
         ResT(arch=['small'])
+
+
+@pytest.mark.parametrize('det', ['retinanet', 'mask_rcnn'])
+def test_nan_loss_stops_training_with_a_message(det):
+    """The COCO configs check the loss every iteration (mmdet's hook)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from mmengine.config import Config
+    from mmdet.registry import HOOKS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.fromfile(root / f'configs/{det}/rest_lite_fpn_1x_coco.py')
+    hooks = [HOOKS.build(h) for h in cfg.custom_hooks
+             if h['type'] == 'CheckInvalidLossHook']
+    assert len(hooks) == 1 and hooks[0].interval == 1
+    runner = SimpleNamespace(iter=6, logger=mock.Mock())
+    hooks[0].after_train_iter(runner, 6, outputs=dict(loss=torch.tensor(1.)))
+    for bad in (float('nan'), float('inf')):
+        with pytest.raises(AssertionError):
+            hooks[0].after_train_iter(runner, 6,
+                                      outputs=dict(loss=torch.tensor(bad)))
+    runner.logger.info.assert_called_with('loss become infinite or NaN!')

@@ -52,7 +52,7 @@ param_scheduler = [
 # training stops with a message when the loss becomes NaN or infinite.
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
-    dict(type='CheckInvalidLossHook', interval=50),
+    dict(type='CheckInvalidLossHook', interval=1),
     dict(type='IterSeedHook'),
 ]
 # 8 GPUs x 2 images; --auto-scale-lr rescales the lr for other batch sizes.
