@@ -2,13 +2,24 @@
 """ResT: An Efficient Transformer for Visual Recognition (NeurIPS 2021).
 
 The network follows ``SPEC.md`` exactly and keeps the authors' state-dict
-names, so their ImageNet checkpoints load without conversion. Two things
-differ from the authors' code, neither changes an output:
+names, so their ImageNet checkpoints load without conversion. Some things
+differ from the authors' code, none changes an output beyond float32
+rounding:
 
 * spatial sizes come from the convolution outputs, so any input size works
   (the authors' ``H // 2`` breaks on sizes that are not multiples of 32);
 * the attention core of EMSA is computed by an exact reformulation that is
-  faster and needs far less memory (see :func:`emsa_attention`).
+  faster and needs far less memory (see :func:`emsa_attention`);
+* feature maps between the stages are kept channels-last, the memory
+  layout of the tokens, so that going from tokens to maps and back copies
+  nothing; the returned feature maps are ordinary contiguous NCHW tensors;
+* in inference (eval mode, no autograd) the BatchNorms are folded into the
+  convolutions before them, the attention keeps its intermediates in
+  reused buffers, and the MLP runs over chunks of tokens so that its
+  4x-wide hidden activations stay in cache.
+
+:mod:`mmrest.testing.literal` holds the literal computation these are
+tested against.
 """
 import copy
 import warnings
@@ -26,19 +37,39 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_backbone_state_dict
-from ..pretrained import check_pretrained_file
 
-# Elements of one query chunk's attention logits (batch x heads x rows x M).
-# About 4 MB in float32: small enough to stay in cache while the chunk is
-# mixed, normalised and multiplied by the values.
+# Elements of one query chunk's attention logits (batch x heads x rows x M)
+# per intra-op thread (up to 4). About 4 MB in float32 per thread: the chunk
+# is mixed, normalised and multiplied by the values while it is in cache.
 _CHUNK_ELEMENTS = 1 << 20
+# Elements of one token chunk of the MLP's hidden activations per thread
+# (inference).
+_MLP_CHUNK_ELEMENTS = 1 << 20
+
+
+def _per_call(elements_per_thread: int) -> int:
+    """A chunk size for all the intra-op threads that share the work: the
+    same size per thread, and fewer, larger operations."""
+    return elements_per_thread * min(4, max(1, torch.get_num_threads()))
+
+
+def _is_inference(module: nn.Module) -> bool:
+    """Eval mode and no autograd: dropout is off and nothing is saved for a
+    backward pass, so buffers may be reused and work may be reordered.
+
+    Never while tracing: a traced graph must not bake in chunk counts of
+    one input size, and tools that count FLOPs on a trace see the literal
+    sequence of operators.
+    """
+    return not (module.training or torch.is_grad_enabled()
+                or torch.jit.is_tracing())
 
 
 def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mix: Optional[torch.Tensor],
                      mix_bias: Optional[torch.Tensor], attn_drop: float,
                      training: bool):
-    """One query chunk of :func:`emsa_attention`.
+    """One query chunk of :func:`emsa_attention` (with autograd).
 
     Returns the centred attention times the values and the chunk's sum of
     squared centred probabilities per (batch, head).
@@ -47,14 +78,64 @@ def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if mix is not None:  # the 1x1 conv over heads, as one matrix product
         b, h, n, m = attn.shape
         attn = torch.baddbmm(mix_bias.view(1, h, 1), mix.expand(b, h, h),
-                             attn.view(b, h, n * m)).view(b, h, n, m)
-    # softmax minus its known mean 1 / M: the InstanceNorm's centring
-    # (not in place: the softmax's backward needs its output).
+                             attn.reshape(b, h, n * m)).view(b, h, n, m)
+    # softmax minus its known mean 1 / M: the InstanceNorm's centring.
     centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
     sq_sum = centred.square().sum(dim=(2, 3))
     if attn_drop > 0 and training:
         centred = F.dropout(centred, attn_drop, training=True)
     return centred @ v, sq_sum
+
+
+def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mix: torch.Tensor, eps: float,
+                       chunk_elements: int) -> torch.Tensor:
+    """The multi-head core of :func:`emsa_attention` without autograd.
+
+    The computation of :func:`_attention_chunk` over query chunks, with as
+    few operations per chunk as possible and no allocation: two buffers of
+    one chunk's logits serve every chunk, in place. The head mixing's bias
+    is left out (a softmax cannot see it), the centred probabilities' sum
+    of squares is kept per query row (norms over M, summed at the end) and
+    each chunk's ``@ v`` is written straight into the output. With B == 1
+    the output is laid out as (B, N, h, d), so merging the heads back into
+    tokens copies nothing.
+    """
+    B, h, N, d = q.shape
+    M = k.shape[2]
+    bh = B * h
+    q = q.reshape(bh, N, d)  # a view when B == 1
+    k_t = k.reshape(bh, M, d).transpose(1, 2)
+    v = v.reshape(bh, M, d)
+    mix = mix.expand(B, h, h)
+    rows = max(1, min(N, chunk_elements // max(1, bh * M)))
+    logits = q.new_empty(bh * rows * M)
+    probs = q.new_empty(bh * rows * M)
+    row_norms = q.new_empty(bh, N)
+    if B == 1:
+        out = q.new_empty(N, h, d)
+        out_heads = out.transpose(0, 1)                   # (h, N, d) view
+    else:
+        out_heads = q.new_empty(bh, N, d)
+    for start in range(0, N, rows):
+        n = min(rows, N - start)
+        size = bh * n * M
+        attn = torch.bmm(
+            q[:, start:start + n], k_t, out=logits[:size].view(bh, n, M))
+        attn = torch.bmm(
+            mix, attn.view(B, h, n * M),
+            out=probs[:size].view(B, h, n * M)).view(bh, n, M)
+        torch.softmax(attn, dim=-1, out=attn)
+        attn.sub_(1.0 / M)
+        torch.linalg.vector_norm(
+            attn, dim=-1, out=row_norms[:, start:start + n])
+        torch.bmm(attn, v, out=out_heads[:, start:start + n])
+    var = row_norms.square_().sum(dim=-1).div_(N * M)    # biased, as IN
+    inv_std = var.add_(eps).rsqrt_()
+    out_heads.mul_(inv_std.view(bh, 1, 1))
+    if B == 1:
+        return out_heads.unsqueeze(0)
+    return out_heads.view(B, h, N, d)
 
 
 def emsa_attention(q: torch.Tensor,
@@ -65,7 +146,7 @@ def emsa_attention(q: torch.Tensor,
                    attn_drop: float = 0.,
                    training: bool = False,
                    eps: float = 1e-5,
-                   chunk_elements: int = _CHUNK_ELEMENTS) -> torch.Tensor:
+                   chunk_elements: Optional[int] = None) -> torch.Tensor:
     """EMSA's attention core, computed exactly without N x M intermediates.
 
     The literal computation (SPEC, EMSA steps 4-6) is::
@@ -87,8 +168,11 @@ def emsa_attention(q: torch.Tensor,
 
     Queries are processed in chunks whose logits stay in cache, and during
     training each chunk is recomputed in the backward pass instead of being
-    stored, so no N x M matrix is ever kept. With one head there is no
-    transform and the core is plain softmax attention (a fused kernel).
+    stored, so no N x M matrix is ever kept. Without autograd (and without
+    dropout) the chunks reuse two preallocated buffers in place and the
+    mixing bias is left out altogether (see :func:`_attention_no_grad`).
+    With one head there is no transform and the core is plain softmax
+    attention (a fused kernel).
 
     Args:
         q (Tensor): Queries already multiplied by the scale, (B, h, N, d).
@@ -100,25 +184,35 @@ def emsa_attention(q: torch.Tensor,
         attn_drop (float): Dropout on the normalised attention.
         training (bool): Whether dropout is active.
         eps (float): The InstanceNorm epsilon.
-        chunk_elements (int): Logit elements per query chunk.
+        chunk_elements (int, optional): Logit elements per query chunk.
+            Defaults to the module's ``_CHUNK_ELEMENTS`` per intra-op
+            thread.
 
     Returns:
         Tensor: The attention output, (B, h, N, d).
     """
-    if mix is None:
+    if mix is None:  # keys and values are small; the kernel prefers them
+        # contiguous
         return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=attn_drop if training else 0., scale=1.0)
+            q, k.contiguous(), v.contiguous(),
+            dropout_p=attn_drop if training else 0., scale=1.0)
 
+    if chunk_elements is None:
+        chunk_elements = _per_call(_CHUNK_ELEMENTS)
     B, h, N, _ = q.shape
     M = k.shape[2]
-    rows = max(1, chunk_elements // max(1, B * h * M))
     if mix_bias is None:
         mix_bias = mix.new_zeros(h)
-    recompute = torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, mix, mix_bias))
+    dropout = attn_drop > 0 and training
+    if not (needs_grad or dropout or torch.jit.is_tracing()):
+        return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
+
+    rows = max(1, chunk_elements // max(1, B * h * M))
     outs, sq_sum = [], 0.
     for q_chunk in q.split(rows, dim=2):
-        if recompute:
+        if needs_grad:
             out, sq = cp.checkpoint(
                 _attention_chunk, q_chunk, k, v, mix, mix_bias, attn_drop,
                 training, use_reentrant=False)
@@ -130,6 +224,32 @@ def emsa_attention(q: torch.Tensor,
     var = sq_sum / (N * M)                                 # biased, as IN
     inv_std = torch.rsqrt(var + eps)[:, :, None, None]
     return torch.cat(outs, dim=2) * inv_std
+
+
+def _conv_norm(conv: nn.Conv2d, norm: nn.Module,
+               x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))``; an eval-mode BatchNorm is folded into the conv.
+
+    A BatchNorm that uses its running statistics is an affine map per
+    channel, so it is folded into the convolution's weight and bias (the
+    same function, one pass over the feature map fewer). Gradients flow
+    through the folding to the conv and norm parameters alike. Not while
+    tracing (see :func:`_is_inference`).
+    """
+    if not (isinstance(norm, _BatchNorm) and not norm.training
+            and norm.running_mean is not None
+            and not torch.jit.is_tracing()):
+        return norm(conv(x))
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    bias = -norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    if norm.bias is not None:
+        bias = bias + norm.bias
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return conv._conv_forward(x, weight, bias)
 
 
 class PixelAttention(nn.Module):
@@ -145,6 +265,8 @@ class PixelAttention(nn.Module):
             channels, channels, 3, padding=1, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _is_inference(self):  # the same arithmetic, in place
+            return torch.sigmoid_(self.pa_conv(x)).mul_(x)
         return x * torch.sigmoid(self.pa_conv(x))
 
 
@@ -168,8 +290,8 @@ class Stem(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        x = F.relu(_conv_norm(self.conv1, self.norm1, x), inplace=True)
+        x = F.relu(_conv_norm(self.conv2, self.norm2, x), inplace=True)
         return self.pos(self.conv3(x))
 
 
@@ -189,7 +311,7 @@ class PatchEmbed(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos(self.norm(self.conv(x)))
+        return self.pos(_conv_norm(self.conv, self.norm, x))
 
 
 class EMSA(nn.Module):
@@ -247,13 +369,21 @@ class EMSA(nn.Module):
             self.transform_conv = nn.Conv2d(num_heads, num_heads, 1)
 
     def project_qkv(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        """Queries (scaled), keys and values, each (B, h, *, d)."""
+        """Queries (scaled), keys and values, each (B, h, *, d).
+
+        The scale is folded into the query projection's weight and bias
+        (C x C numbers instead of N x C), and the strided convolution reads
+        the tokens as a channels-last feature map, without a copy.
+        """
         B, N, C = x.shape
         h = self.num_heads
-        q = self.q(x).reshape(B, N, h, C // h).transpose(1, 2) * self.scale
+        bias = self.q.bias * self.scale if self.q.bias is not None else None
+        q = F.linear(x, self.q.weight * self.scale, bias)
+        q = q.view(B, N, h, C // h).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = x.transpose(1, 2).reshape(B, C, *hw_shape)
-            x = self.sr_norm(self.sr(x).flatten(2).transpose(1, 2))
+            x = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
+            x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
+            x = self.sr_norm(x)
         kv = self.kv(x).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
         return q, kv[0], kv[1]
 
@@ -339,7 +469,30 @@ class Block(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def _forward_inference(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        """:meth:`_forward` in eval mode without autograd.
+
+        The MLP acts on each token alone, so it runs over chunks of tokens
+        and adds its output in place: its hidden activations (4x the
+        tokens' size) never exist whole, stay in cache and reuse memory.
+        The second Linear's bias is added to all tokens at the end (each
+        chunk's LayerNorm has read its tokens by then).
+        """
+        x = (x + self.attn(self.norm1(x), hw_shape)).contiguous()
+        mlp = self.mlp
+        fc2_weight_t = mlp.fc2.weight.t()
+        rows = max(1,
+                   _per_call(_MLP_CHUNK_ELEMENTS) // mlp.fc1.out_features)
+        for chunk in x.view(-1, x.shape[-1]).split(rows):
+            hidden = mlp.act(mlp.fc1(self.norm2(chunk)))
+            chunk.addmm_(hidden, fc2_weight_t)  # x += hidden @ W2^T
+        if mlp.fc2.bias is not None:
+            x.add_(mlp.fc2.bias)
+        return x
+
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        if _is_inference(self):
+            return self._forward_inference(x, hw_shape)
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(
                 self._forward, x, hw_shape, use_reentrant=False)
@@ -588,19 +741,23 @@ class ResT(BaseModule):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'Empty input of shape {tuple(x.shape)}')
         outs = []
+        # Channels-last maps share the tokens' memory layout (B, H, W, C):
+        # maps -> tokens -> maps is a view, not a copy.
+        x = x.contiguous(memory_format=torch.channels_last)
         for i in range(self.num_stages):
             x = self.stem(x) if i == 0 else \
                 getattr(self, f'patch_embed_{i + 1}')(x)
             B, C, H, W = x.shape
-            x = x.flatten(2).transpose(1, 2)
+            x = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
             for block in getattr(self, f'stage{i + 1}'):
                 x = block(x, (H, W))
             if i == 3:
                 x = self.norm(x)
             if i in self.out_indices:
                 out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
-                outs.append(out.transpose(1, 2).reshape(B, C, H, W))
-            x = x.transpose(1, 2).reshape(B, C, H, W)
+                outs.append(out.reshape(B, H, W, C).permute(
+                    0, 3, 1, 2).contiguous())
+            x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
         return tuple(outs)
 
     def train(self, mode: bool = True):

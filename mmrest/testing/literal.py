@@ -1,16 +1,31 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The literal EMSA of SPEC.md, step by step, as the authors compute it.
+"""ResT computed literally, step by step, as SPEC.md and the authors do.
 
-It is the yardstick for :func:`mmrest.backbones.rest.emsa_attention`: the
-tests check that both give the same outputs and gradients, and
-``tools/benchmark.py`` measures both. It is never used by the model.
+It is the yardstick for :mod:`mmrest.backbones.rest`: the tests check that
+both give the same outputs and gradients, and ``tools/benchmark.py``
+measures both. It is never used by the model.
+
+:func:`to_literal` swaps, in place of the model's fast paths, the literal
+computation of each part that has one:
+
+* :class:`LiteralEMSA`: N x M attention maps, the 1x1 conv over heads, the
+  softmax and the InstanceNorm (the authors' EMSA);
+* :class:`LiteralBlock`: the MLP on all tokens at once;
+* :class:`LiteralStem`, :class:`LiteralPatchEmbed` and
+  :class:`LiteralPixelAttention`: conv, then BatchNorm, then the pixel
+  attention, each as its own module call;
+* :class:`LiteralResT`: contiguous NCHW feature maps between the stages,
+  flattened to tokens and reshaped back with copies.
 """
 import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 
-from ..backbones.rest import EMSA
+from ..backbones.rest import (EMSA, Block, PatchEmbed, PixelAttention, ResT,
+                              Stem)
 
 
 class LiteralEMSA(EMSA):
@@ -40,11 +55,85 @@ class LiteralEMSA(EMSA):
         return self.proj_drop(self.proj(x))
 
 
+class LiteralPixelAttention(PixelAttention):
+    """``x * sigmoid(dwconv(x))``, out of place."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.pa_conv(x))
+
+
+class LiteralStem(Stem):
+    """The stem with its BatchNorms applied as modules of their own."""
+
+    def forward(self, x):
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        return self.pos(self.conv3(x))
+
+
+class LiteralPatchEmbed(PatchEmbed):
+    """Conv, BatchNorm and PA, each a module call."""
+
+    def forward(self, x):
+        return self.pos(self.norm(self.conv(x)))
+
+
+class LiteralBlock(Block):
+    """The pre-norm block on all tokens at once, in every mode."""
+
+    def forward(self, x, hw_shape):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(
+                self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+    def _forward(self, x, hw_shape):
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class LiteralResT(ResT):
+    """ResT with contiguous NCHW maps between the stages (authors' code)."""
+
+    def forward(self, x):
+        outs = []
+        for i in range(self.num_stages):
+            x = self.stem(x) if i == 0 else \
+                getattr(self, f'patch_embed_{i + 1}')(x)
+            B, C, H, W = x.shape
+            x = x.flatten(2).transpose(1, 2)
+            for block in getattr(self, f'stage{i + 1}'):
+                x = block(x, (H, W))
+            if i == 3:
+                x = self.norm(x)
+            if i in self.out_indices:
+                out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
+                outs.append(out.transpose(1, 2).reshape(B, C, H, W))
+            x = x.transpose(1, 2).reshape(B, C, H, W)
+        return tuple(outs)
+
+
+_LITERAL = {
+    EMSA: LiteralEMSA,
+    PixelAttention: LiteralPixelAttention,
+    Stem: LiteralStem,
+    PatchEmbed: LiteralPatchEmbed,
+    Block: LiteralBlock,
+    ResT: LiteralResT,
+}
+
+
 def to_literal(model: nn.Module, copy_model: bool = True) -> nn.Module:
-    """The same model (a copy by default) with every EMSA made literal."""
+    """The same model (a copy by default) computed literally.
+
+    Every EMSA, block, stem, patch embedding, pixel attention and ResT in
+    ``model`` (the model itself included) gets the literal computation of
+    its class; parameters, buffers and modes are kept.
+    """
     if copy_model:
         model = copy.deepcopy(model)
     for module in model.modules():
-        if type(module) is EMSA:
-            module.__class__ = LiteralEMSA
+        literal = _LITERAL.get(type(module))
+        if literal is not None:
+            module.__class__ = literal
     return model
