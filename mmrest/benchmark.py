@@ -1,125 +1,455 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Speed and memory of ResT against the literal EMSA and mmdet's backbones.
+"""Speed and memory of ResT backbones against the literal EMSA and mmdet's.
 
-Figures are medians of several runs after a warm-up, in float32 on the CPU
-(or on a GPU with ``device='cuda'``). The training-step peak memory is
-measured in a fresh process per model: the peak resident set size after one
-forward and backward pass at the detection size, minus the peak before it
-(model and input already built), so each model's figure is its own.
+What is measured, for each backbone (float32, CPU, a fixed number of
+intra-op threads):
+
+* ``params``: number of parameters;
+* ``ips_224``: images per second at 224 x 224, batch 16, eval mode, no
+  autograd;
+* ``spi_800``: seconds per image at 800 x 1344, batch 1, eval mode, no
+  autograd;
+* ``train_peak_800``: peak memory of one training step (train mode,
+  forward and backward of the sum of the mean of every output, no
+  optimizer) at 800 x 1344, batch 1.
+
+Speeds are medians over ``repeats`` rounds after one warm-up call per
+model; the models take turns within each round (interleaved), so a change
+in the machine's load hits all of them alike and ratios stay fair.
+
+Peak memory is measured in a fresh Python process per backbone: it builds
+the model, runs one small training step (64 x 64) so that libraries and
+their caches are initialised, creates the input, reads its resident set
+size (RSS, ``/proc/self/statm``), runs the training step and reads the
+kernel's high-water mark of the RSS (``getrusage(RUSAGE_SELF).ru_maxrss``).
+The figure is the high-water mark minus that baseline: all the memory the
+step itself needed (activations saved for backward, gradients,
+temporaries, allocator overhead), whatever allocates it.
+
+Backbones (``BACKBONES``): ``rest_{lite,small,base,large}`` (ResT as
+shipped), ``rest_{arch}_literal`` (the same model computed literally,
+:func:`mmrest.testing.to_literal`: N x M attention maps, 1x1 conv over
+heads, InstanceNorm, BatchNorms as separate ops, NCHW maps between stages,
+the MLP on all tokens at once), ``resnet50``, ``swin_t`` and ``pvt_small``
+from mmdet, each configured as in mmdet's detection configs (Mask R-CNN
+R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights.
 """
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-BACKBONES = ('rest_lite', 'rest_small', 'rest_base', 'rest_large',
-             'rest_small_literal', 'resnet50', 'swin_t', 'pvt_small')
+ARCHS = ('lite', 'small', 'base', 'large')
+BACKBONES = tuple([f'rest_{a}' for a in ARCHS] +
+                  [f'rest_{a}_literal' for a in ARCHS] +
+                  ['resnet50', 'swin_t', 'pvt_small'])
+# the quick table: ResT-S, its literal form and the goal's reference
+QUICK = ('rest_small', 'rest_small_literal', 'resnet50')
+# drop_path_rate of the detection configs (SPEC, "Variants")
+_REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2)
+SIZE_224 = (224, 224)
+BATCH_224 = 16
+SIZE_800 = (800, 1344)
 
 
 def build_backbone(name: str) -> nn.Module:
-    """One backbone of the table, with default (random) weights."""
+    """A backbone of the table by name (``BACKBONES``), in eval mode, with
+    its default (random) initialisation.
+
+    Raises:
+        KeyError: For an unknown name.
+    """
+    if name not in BACKBONES:
+        raise KeyError(f'unknown backbone {name!r}; choose from '
+                       f'{list(BACKBONES)}')
     if name.startswith('rest_'):
         from mmrest import ResT
         arch = name.split('_')[1]
-        model = ResT(arch=arch)
+        model = ResT(arch=arch, drop_path_rate=_REST_DROP_PATH[arch])
+        model.init_weights()
         if name.endswith('_literal'):
             from mmrest.testing import to_literal
             model = to_literal(model, copy_model=False)
-        return model
-    import mmrest  # noqa: F401  (mmdet's registry and checkpoints)
-    from mmdet.models.backbones import (PyramidVisionTransformer, ResNet,
-                                        SwinTransformer)
-    if name == 'resnet50':
-        return ResNet(depth=50, out_indices=(0, 1, 2, 3))
-    if name == 'swin_t':
-        return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2),
-                               num_heads=(3, 6, 12, 24), window_size=7)
-    if name == 'pvt_small':
-        return PyramidVisionTransformer(num_layers=[3, 4, 6, 3])
-    raise KeyError(f'unknown backbone {name!r}; choose from {BACKBONES}')
+    else:
+        import mmrest  # noqa: F401  (registers mmdet's modules)
+        from mmdet.models.backbones import (PyramidVisionTransformer,
+                                            ResNet, SwinTransformer)
+        if name == 'resnet50':  # mmdet's Mask R-CNN R-50-FPN backbone
+            model = ResNet(
+                depth=50,
+                num_stages=4,
+                out_indices=(0, 1, 2, 3),
+                frozen_stages=1,
+                norm_cfg=dict(type='BN', requires_grad=True),
+                norm_eval=True,
+                style='pytorch')
+        elif name == 'swin_t':  # mmdet's Mask R-CNN Swin-T backbone
+            model = SwinTransformer(
+                embed_dims=96,
+                depths=[2, 2, 6, 2],
+                num_heads=[3, 6, 12, 24],
+                window_size=7,
+                mlp_ratio=4,
+                qkv_bias=True,
+                drop_path_rate=0.2,
+                patch_norm=True,
+                out_indices=(0, 1, 2, 3))
+        else:  # mmdet's RetinaNet PVT-Small backbone
+            model = PyramidVisionTransformer(num_layers=[3, 4, 6, 3])
+        model.init_weights()
+    model.eval()  # mmdet's ResNet.train() returns None: do not chain
+    return model
 
 
-def _median_time(fn: Callable, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
-def measure_speed(name: str, repeats: int = 3, batch: int = 16,
-                  small=(224, 224), large=(800, 1344)) -> Dict:
-    model = build_backbone(name)
-    model.eval()  # (mmdet's ResNet.train returns None: no chaining)
-    row = dict(model=name,
-               params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+def _seconds(fn: Callable) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_interleaved(models: Dict[str, nn.Module],
+                     shape: Sequence[int],
+                     repeats: int = 3,
+                     warmup: int = 1,
+                     log: Optional[Callable[[str], None]] = print
+                     ) -> Dict[str, List[float]]:
+    """Seconds per forward pass of each model on one ``shape`` batch.
+
+    Eval mode, no autograd. Every model runs ``warmup`` times, then the
+    models take turns for ``repeats`` rounds, so that a change in the
+    machine's load during the run hits all of them alike.
+
+    Returns:
+        dict: name -> the ``repeats`` timings in seconds.
+    """
+    torch.manual_seed(0)
+    x = torch.rand(*shape)
+    times = {name: [] for name in models}
     with torch.no_grad():
-        x = torch.rand(batch, 3, *small)
-        row['img_per_s_224_b16'] = batch / _median_time(lambda: model(x),
-                                                         repeats)
-        x = torch.rand(1, 3, *large)
-        row['s_per_img_800x1344'] = _median_time(lambda: model(x), repeats)
-    return row
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        for r in range(repeats):
+            for name, model in models.items():
+                times[name].append(_seconds(lambda: model(x)))
+            if log:
+                log(f'  round {r + 1}/{repeats}: ' + ', '.join(
+                    f'{n} {t[-1]:.3f} s' for n, t in times.items()))
+    return times
 
 
-def train_step_peak_mb(name: str, size=(800, 1344)) -> float:
-    """Peak memory of one training step, in a fresh process (MB)."""
-    code = ('import sys; from mmrest.benchmark import _peak_in_process; '
-            f'print(_peak_in_process({name!r}, {tuple(size)!r}))')
-    out = subprocess.run([sys.executable, '-c', code], check=True,
-                         capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+def measure_speed(name: str, repeats: int = 3, batch: int = BATCH_224,
+                  small: Sequence[int] = SIZE_224,
+                  large: Sequence[int] = SIZE_800) -> Dict:
+    """Parameters and the two speeds of one backbone on its own.
+
+    Returns:
+        dict: a table row: ``model``, ``params_M``, ``img_per_s_224_b16``
+        (``batch`` images of ``small`` size) and ``s_per_img_800x1344``
+        (one image of ``large`` size), medians of ``repeats`` timings after
+        one warm-up.
+    """
+    model = build_backbone(name)
+    models = {name: model}
+    t_small = time_interleaved(models, (batch, 3, *small), repeats, log=None)
+    t_large = time_interleaved(models, (1, 3, *large), repeats, log=None)
+    return dict(
+        model=name,
+        params_M=count_params(model) / 1e6,
+        img_per_s_224_b16=batch / statistics.median(t_small[name]),
+        s_per_img_800x1344=statistics.median(t_large[name]))
 
 
-def _peak_in_process(name: str, size) -> float:
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is in kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _training_step(model: nn.Module, x: torch.Tensor):
+    sum(out.mean() for out in model(x)).backward()
+
+
+def train_step_peak_memory_here(name: str, size: Sequence[int] = SIZE_800,
+                                threads: int = 2) -> Dict:
+    """Peak memory of one training step, measured in this process.
+
+    Meant for a fresh process (:func:`train_step_peak_memory` starts one):
+    the kernel's RSS high-water mark cannot be reset.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
     model = build_backbone(name)
     model.train()
+    _training_step(model, torch.rand(1, 3, 64, 64))  # initialise libraries
+    model.zero_grad(set_to_none=True)
     x = torch.rand(1, 3, *size)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sum(o.float().mean() for o in model(x)).backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) / 1024  # ru_maxrss is in KB on Linux
+    baseline = _rss_bytes()
+    seconds = _seconds(lambda: _training_step(model, x))
+    peak = _peak_rss_bytes()
+    return dict(
+        model=name,
+        size=list(size),
+        baseline_rss=baseline,
+        peak_rss=peak,
+        peak_increase=peak - baseline,
+        step_seconds=seconds)
 
 
-def run(names: List[str], repeats: int = 3, memory: bool = True) -> List:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
-    for name in names:
-        row = measure_speed(name, repeats)
-        if memory:
-            row['train_peak_MB_800x1344'] = train_step_peak_mb(name)
-        rows.append(row)
-        print(format_row(row), flush=True)
-    return rows
+def train_step_peak_memory(name: str,
+                           size: Sequence[int] = SIZE_800,
+                           threads: int = 2,
+                           timeout: Optional[float] = None) -> Dict:
+    """:func:`train_step_peak_memory_here` in a fresh Python process.
+
+    Returns:
+        dict: its result, or ``dict(error=...)`` when the process failed
+        (for example killed for lack of memory).
+    """
+    cmd = [
+        sys.executable, '-m', 'mmrest.benchmark', 'train-memory', name,
+        f'{size[0]}x{size[1]}',
+        str(threads)
+    ]
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (root, env.get('PYTHONPATH')) if p)
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(error=f'timed out after {timeout} s')
+    lines = [line for line in proc.stdout.splitlines()
+             if line.startswith('{')]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
+        return dict(error=f'exit status {proc.returncode}: ' +
+                    ' | '.join(tail))
+    return json.loads(lines[-1])
 
 
-HEADER = (f'{"backbone":<20}{"params (M)":>11}{"224 b16 img/s":>15}'
-          f'{"800x1344 s/img":>16}{"train peak MB":>15}')
+def machine_info(threads: int) -> Dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return dict(
+        cpu=cpu,
+        logical_cpus=os.cpu_count(),
+        threads=threads,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        dtype='float32',
+        device='cpu')
+
+
+def _load_average() -> List[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+METHOD = dict(
+    speed='wall-clock time of model(x) in eval mode under torch.no_grad; '
+    'one warm-up call per model, then the models take turns for R rounds '
+    '(interleaved) and the median of each model\'s R timings is reported',
+    memory='one training step (train mode, forward, backward of the sum of '
+    'the outputs\' means, no optimizer) in a fresh Python process per '
+    'backbone, after a 64x64 warm-up step: the kernel\'s peak resident set '
+    'size (getrusage ru_maxrss) minus the resident set size just before '
+    'the step; MB = 2^20 bytes')
+
+
+def run(names: Sequence[str] = BACKBONES,
+        repeats: int = 3,
+        memory: bool = True,
+        threads: int = 2,
+        memory_names: Optional[Sequence[str]] = None,
+        log: Callable[[str], None] = print) -> Dict:
+    """Measure the backbones ``names``; see the module docstring.
+
+    Args:
+        names: Backbone names (``BACKBONES``).
+        repeats: Timed rounds per speed (the median is reported).
+        memory: Measure the training-step peak memory.
+        threads: ``torch.set_num_threads`` (here and in the memory
+            processes).
+        memory_names: The backbones whose memory is measured (default:
+            all of ``names``).
+
+    Returns:
+        dict: ``machine``, ``settings``, ``method``, ``load_average_start``
+        and ``_end`` (1, 5 and 15 minutes), ``rows`` (one dict per
+        backbone, see :func:`measure_speed`, with ``train_peak_MB_800x1344``
+        and the raw timings) and ``comparisons``.
+    """
+    for name in list(names) + list(memory_names or []):
+        if name not in BACKBONES:  # fail before an hour of measuring
+            raise KeyError(f'unknown backbone {name!r}; choose from '
+                           f'{list(BACKBONES)}')
+    torch.set_num_threads(threads)
+    started = time.time()
+    report = dict(
+        machine=machine_info(threads),
+        settings=dict(
+            repeats=repeats,
+            warmup=1,
+            size_224=list(SIZE_224),
+            batch_224=BATCH_224,
+            size_800=list(SIZE_800),
+            batch_800=1),
+        method=METHOD,
+        load_average_start=_load_average())
+    models = {name: build_backbone(name) for name in names}
+    rows = {
+        name: dict(model=name, params_M=count_params(model) / 1e6)
+        for name, model in models.items()
+    }
+    log(f'224x224, batch {BATCH_224}, {threads} threads, {repeats} rounds')
+    times = time_interleaved(models, (BATCH_224, 3, *SIZE_224), repeats,
+                             log=log)
+    for name, ts in times.items():
+        rows[name].update(
+            img_per_s_224_b16=BATCH_224 / statistics.median(ts),
+            seconds_224_b16=ts)
+    log(f'800x1344, batch 1, {threads} threads, {repeats} rounds')
+    times = time_interleaved(models, (1, 3, *SIZE_800), repeats, log=log)
+    for name, ts in times.items():
+        rows[name].update(
+            s_per_img_800x1344=statistics.median(ts), seconds_800x1344=ts)
+    del models
+    if memory:
+        for name in memory_names if memory_names is not None else names:
+            log(f'training-step peak memory of {name} at 800x1344')
+            result = train_step_peak_memory(name, SIZE_800, threads)
+            if 'error' in result:
+                log(f'  failed: {result["error"]}')
+                rows[name]['train_peak_error'] = result['error']
+            else:
+                mb = result['peak_increase'] / 2**20
+                log(f'  {mb:.0f} MB')
+                rows[name]['train_peak_MB_800x1344'] = mb
+    report['load_average_end'] = _load_average()
+    report['seconds'] = round(time.time() - started, 1)
+    report['rows'] = list(rows.values())
+    report['comparisons'] = compare(report['rows'])
+    return report
+
+
+def compare(rows: Sequence[Dict]) -> Dict:
+    """Each ResT against its literal form and against ResNet-50."""
+    by_name = {row['model']: row for row in rows}
+    r50 = by_name.get('resnet50', {})
+    out = {}
+    for arch in ARCHS:
+        fast = by_name.get(f'rest_{arch}')
+        lit = by_name.get(f'rest_{arch}_literal', {})
+        if not fast:
+            continue
+        item = {}
+
+        def ratio(key, a, b, num, den):
+            if num in a and den in b:
+                item[key] = a[num] / b[den]
+
+        ratio('speedup_800x1344_vs_literal', lit, fast, 's_per_img_800x1344',
+              's_per_img_800x1344')
+        ratio('speedup_224_b16_vs_literal', fast, lit, 'img_per_s_224_b16',
+              'img_per_s_224_b16')
+        ratio('train_memory_vs_literal', fast, lit, 'train_peak_MB_800x1344',
+              'train_peak_MB_800x1344')
+        ratio('time_800x1344_vs_resnet50', fast, r50, 's_per_img_800x1344',
+              's_per_img_800x1344')
+        if item:
+            out[f'rest_{arch}'] = item
+    return out
+
+
+HEADER = ('| backbone | params (M) | 224x224 b16 (img/s) | '
+          '800x1344 b1 (s/img) | train step peak @800x1344 (MB) |\n'
+          '|---|---:|---:|---:|---:|')
 
 
 def format_row(row: Dict) -> str:
-    peak = row.get('train_peak_MB_800x1344')
-    return (f'{row["model"]:<20}{row["params_M"]:>11.2f}'
-            f'{row["img_per_s_224_b16"]:>15.1f}'
-            f'{row["s_per_img_800x1344"]:>16.2f}'
-            f'{"-" if peak is None else f"{peak:.0f}":>15}')
+    """One backbone as a row of the Markdown table (``HEADER``)."""
+
+    def fmt(key, spec):
+        return format(row[key], spec) if key in row else '-'
+
+    peak = 'failed' if 'train_peak_error' in row else \
+        fmt('train_peak_MB_800x1344', '.0f')
+    return (f'| {row["model"]} | {row["params_M"]:.2f} | '
+            f'{fmt("img_per_s_224_b16", ".1f")} | '
+            f'{fmt("s_per_img_800x1344", ".2f")} | {peak} |')
 
 
-def write_json(rows: List, path: str) -> None:
-    import os
-    import platform
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    meta = dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                machine=platform.processor() or platform.machine(),
-                dtype='float32', device='cpu')
+def format_table(report: Dict) -> str:
+    """The report as Markdown: the table, the ratios and how they were
+    measured."""
+    lines = [HEADER] + [format_row(row) for row in report['rows']] + ['']
+    texts = dict(
+        speedup_800x1344_vs_literal='{:.2f}x as fast as its literal form '
+        'at 800x1344',
+        speedup_224_b16_vs_literal='{:.2f}x at 224x224 b16',
+        train_memory_vs_literal='training-step peak {:.2f} of the '
+        'literal form\'s',
+        time_800x1344_vs_resnet50='{:.2f}x the time of ResNet-50 at '
+        '800x1344')
+    for name, item in report['comparisons'].items():
+        lines.append(f'- {name}: ' + '; '.join(
+            texts[key].format(value) for key, value in item.items()))
+    m = report['machine']
+    lines += [
+        '',
+        f'{m["cpu"]}, {m["logical_cpus"]} logical CPUs, '
+        f'torch.set_num_threads({m["threads"]}), torch {m["torch"]}, '
+        f'float32. Load average (1, 5, 15 min): '
+        f'{report["load_average_start"]} at the start, '
+        f'{report["load_average_end"]} at the end. '
+        f'{report["settings"]["repeats"]} rounds. Speed: '
+        f'{report["method"]["speed"]}. Memory: {report["method"]["memory"]}.'
+    ]
+    return '\n'.join(lines)
+
+
+def write_json(report: Dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=2)
+        json.dump(report, f, indent=1)
+
+
+def _main(argv: Sequence[str]):
+    # the child process of train_step_peak_memory
+    if len(argv) != 4 or argv[0] != 'train-memory':
+        raise SystemExit('usage: python -m mmrest.benchmark train-memory '
+                         'NAME HxW THREADS')
+    size = [int(s) for s in argv[2].split('x')]
+    print(json.dumps(train_step_peak_memory_here(argv[1], size,
+                                                 int(argv[3]))))
+
+
+if __name__ == '__main__':
+    _main(sys.argv[1:])
