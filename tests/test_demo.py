@@ -10,6 +10,7 @@ import pytest
 from mmengine.config import Config
 
 from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
+from mmrest.datasets.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / 'configs/mask_rcnn/rest_lite_fpn_shapes_demo.py'
@@ -165,6 +166,56 @@ def test_demo_reuses_data(trained, tmp_path):
     assert prepare_shapes_data(cfg) is False
     cfg.merge_from_dict({'shapes_data.seed': 1})  # other arguments: remade
     assert prepare_shapes_data(cfg) is True
+    # a set written by an older generator (same arguments, other images)
+    ann_file = tmp_path / 'annotations/instances_val.json'
+    data = json.loads(ann_file.read_text())
+    data['info']['params']['version'] = GENERATOR_VERSION - 1
+    ann_file.write_text(json.dumps(data))
+    assert prepare_shapes_data(cfg) is True
+    assert shapes_info(str(ann_file))['version'] == GENERATOR_VERSION
+
+
+def test_shapes_stand_out_from_the_background(tmp_path):
+    """Each shape's colour is MIN_CONTRAST away from the background it
+    was painted on, measured as the visible part's colour against the mean
+    of the pixels just outside its box that no shape covers. That mean is
+    not the background under the shape, so the bounds have a margin; random
+    colours (MIN_CONTRAST = 0) give a minimum of about 30 and a 5th
+    percentile of about 75 here, the generator about 90 and 175."""
+    from pycocotools import mask as mask_utils
+    import cv2
+    files = generate_shapes_coco(str(tmp_path), seed=5,
+                                 splits=dict(val=150))
+    data = json.loads(open(files['val']).read())
+    covered = {}
+    for ann in data['annotations']:
+        rle = mask_utils.frPyObjects(ann['segmentation'], 128, 128)
+        m = mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+        covered[ann['image_id']] = covered.get(ann['image_id'], False) | m
+    diffs = []
+    for ann in data['annotations']:
+        img = cv2.imread(str(tmp_path / 'val' / f"{ann['image_id']:06d}.png"))
+        rle = mask_utils.frPyObjects(ann['segmentation'], 128, 128)
+        inside = mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+        x, y, w, h = (int(v) for v in ann['bbox'])
+        ring = np.zeros_like(inside)
+        ring[max(0, y - 3):y + h + 3, max(0, x - 3):x + w + 3] = True
+        ring[y:y + h, x:x + w] = False
+        ring &= ~covered[ann['image_id']]
+        if ring.sum() < 20:
+            continue
+        colour = np.median(img[inside & ~_eroded_edge(inside)], axis=0)
+        background = img[ring].astype(float).mean(axis=0)
+        diffs.append(np.abs(colour - background).sum())
+    assert len(diffs) >= 300
+    assert min(diffs) > MIN_CONTRAST / 3
+    assert np.percentile(diffs, 5) > 0.75 * MIN_CONTRAST
+
+
+def _eroded_edge(mask):
+    import cv2
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+    return mask & ~inner.astype(bool)
 
 
 def test_tools_demo_draws_predictions(trained):

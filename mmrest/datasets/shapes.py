@@ -19,11 +19,19 @@ import cv2
 import numpy as np
 
 CLASSES = ('circle', 'square', 'triangle', 'star')
+# Bumped whenever the same arguments would draw different images; recorded
+# in each annotation file so that a set of an older version is remade.
+GENERATOR_VERSION = 2
+# A shape's colour differs from the mean background colour under it by at
+# least this much (sum of the absolute differences of the 3 channels, out
+# of 765): shapes are hard to see, never invisible.
+MIN_CONTRAST = 200
 
 
 def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
-    """A textured background: smooth colour noise plus stripes or checks."""
-    low = rng.randint(0, 256, size=(4, 4, 3)).astype(np.float32)
+    """A textured background: smooth, muted colour noise (channels in
+    [64, 192]) plus stripes, checks or fine noise."""
+    low = rng.randint(64, 193, size=(4, 4, 3)).astype(np.float32)
     img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     kind = rng.randint(3)
@@ -38,7 +46,7 @@ def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
     else:
         texture = rng.uniform(-1, 1, size=(h, w)).astype(np.float32)
         texture = cv2.GaussianBlur(texture, (0, 0), 1.5) * 2
-    img += texture[..., None] * rng.uniform(10, 35)
+    img += texture[..., None] * rng.uniform(8, 24)
     return np.clip(img, 0, 255)
 
 
@@ -70,6 +78,18 @@ def _shape_mask(rng: np.random.RandomState, label: int, h: int, w: int,
     return mask
 
 
+def _contrasting_colour(rng: np.random.RandomState,
+                        under: np.ndarray) -> np.ndarray:
+    """A random colour at least ``MIN_CONTRAST`` away from ``under``."""
+    for _ in range(50):
+        colour = rng.randint(0, 256, size=3) * rng.uniform(0.75, 1.0)
+        if np.abs(colour - under).sum() >= MIN_CONTRAST:
+            break
+    else:  # the colour farthest from it (channel by channel)
+        colour = np.where(under < 128, 255., 0.)
+    return colour.astype(np.float32)
+
+
 def _polygons(mask: np.ndarray) -> List[List[float]]:
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
@@ -88,9 +108,8 @@ def make_image(rng: np.random.RandomState, h: int, w: int,
     for _ in range(rng.randint(1, max_objects + 1)):
         label = rng.randint(len(CLASSES))
         mask = _shape_mask(rng, label, h, w, rng.uniform(min_size, max_size))
-        colour = rng.randint(0, 256, size=3).astype(np.float32)
-        shade = rng.uniform(0.75, 1.0)
-        img[mask > 0] = colour * shade
+        colour = _contrasting_colour(rng, img[mask > 0].mean(axis=0))
+        img[mask > 0] = colour
         # occlusion: this shape hides what lies under it
         for other in shapes:
             other['mask'][mask > 0] = 0
@@ -183,7 +202,8 @@ def generate_shapes_coco(out_dir: str,
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
     params = dict(image_size=[h, w], max_objects=int(max_objects),
-                  object_size=[min_size, max_size], seed=int(seed))
+                  object_size=[min_size, max_size], seed=int(seed),
+                  version=GENERATOR_VERSION)
     for split, count in sorted(splits.items()):
         # Each split's stream depends only on the seed and the split's name,
         # so generating 'val' alone gives the same val images.
