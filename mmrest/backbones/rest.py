@@ -37,6 +37,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_backbone_state_dict
+from ..pretrained import check_pretrained_file
 
 # Elements of one query chunk's attention logits (batch x heads x rows x M)
 # per intra-op thread (up to 4). About 4 MB in float32 per thread: the chunk
