@@ -20,11 +20,15 @@ in the machine's load hits all of them alike and ratios stay fair.
 Peak memory is measured in a fresh Python process per backbone: it builds
 the model, runs one small training step (64 x 64) so that libraries and
 their caches are initialised, creates the input, reads its resident set
-size (RSS, ``/proc/self/statm``), runs the training step and reads the
-kernel's high-water mark of the RSS (``getrusage(RUSAGE_SELF).ru_maxrss``).
+size (RSS, ``/proc/self/statm``), resets the kernel's high-water mark of
+the RSS to it (``/proc/self/clear_refs``), runs the training step and reads
+the high-water mark (``VmHWM`` in ``/proc/self/status``).
 The figure is the high-water mark minus that baseline: all the memory the
 step itself needed (activations saved for backward, gradients,
-temporaries, allocator overhead), whatever allocates it.
+temporaries, allocator overhead), whatever allocates it. The process runs
+with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (``MMAP_THRESHOLD``), so that
+memory freed during the step leaves the RSS and the figure does not depend
+on how the allocator happened to reuse it.
 
 Backbones (``BACKBONES``): ``rest_{lite,small,base,large}`` (ResT as
 shipped), ``rest_{arch}_literal`` (the same model computed literally,
@@ -177,8 +181,30 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
+def _reset_peak_rss() -> bool:
+    """Set the kernel's RSS high-water mark of this process to its current
+    RSS (``/proc/self/clear_refs``, Linux >= 4.0); False where refused."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_bytes() -> int:
-    # ru_maxrss is in kilobytes on Linux
+    """The RSS high-water mark of this process's memory (``VmHWM``).
+
+    Not ``getrusage``'s ``ru_maxrss``: that survives ``execve``, so a child
+    started by a large parent reports at least the parent's size.
+    """
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -201,6 +227,7 @@ def train_step_peak_memory_here(name: str, size: Sequence[int] = SIZE_800,
     model.zero_grad(set_to_none=True)
     x = torch.rand(1, 3, *size)
     baseline = _rss_bytes()
+    reset = _reset_peak_rss()
     seconds = _seconds(lambda: _training_step(model, x))
     peak = _peak_rss_bytes()
     return dict(
@@ -209,14 +236,26 @@ def train_step_peak_memory_here(name: str, size: Sequence[int] = SIZE_800,
         baseline_rss=baseline,
         peak_rss=peak,
         peak_increase=peak - baseline,
+        peak_reset=reset,
+        malloc_mmap_threshold=os.environ.get('MALLOC_MMAP_THRESHOLD_'),
         step_seconds=seconds)
+
+
+# glibc's malloc keeps freed blocks for reuse and raises its mmap threshold
+# as it goes, so the same step's peak RSS varied by 30% from run to run
+# (rest_small: 1.9 to 2.6 GB). Blocks of 64 KiB or more mapped on their own
+# and unmapped when freed make the peak RSS follow the live tensors: the
+# same figure, to the MB, run after run.
+MMAP_THRESHOLD = 64 * 1024
 
 
 def train_step_peak_memory(name: str,
                            size: Sequence[int] = SIZE_800,
                            threads: int = 2,
                            timeout: Optional[float] = None) -> Dict:
-    """:func:`train_step_peak_memory_here` in a fresh Python process.
+    """:func:`train_step_peak_memory_here` in a fresh Python process,
+    with ``MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD`` unless the environment
+    sets it.
 
     Returns:
         dict: its result, or ``dict(error=...)`` when the process failed
@@ -228,6 +267,7 @@ def train_step_peak_memory(name: str,
         str(threads)
     ]
     env = dict(os.environ)
+    env.setdefault('MALLOC_MMAP_THRESHOLD_', str(MMAP_THRESHOLD))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env['PYTHONPATH'] = os.pathsep.join(
         p for p in (root, env.get('PYTHONPATH')) if p)
@@ -279,8 +319,11 @@ METHOD = dict(
     memory='one training step (train mode, forward, backward of the sum of '
     'the outputs\' means, no optimizer) in a fresh Python process per '
     'backbone, after a 64x64 warm-up step: the kernel\'s peak resident set '
-    'size (getrusage ru_maxrss) minus the resident set size just before '
-    'the step; MB = 2^20 bytes')
+    'size (VmHWM, reset just before the step) minus the resident set size '
+    'just before '
+    'the step, with glibc mapping every block of 64 KiB or more on its own '
+    '(MALLOC_MMAP_THRESHOLD_=65536) so that freed memory leaves the RSS; '
+    'MB = 2^20 bytes')
 
 
 def run(names: Sequence[str] = BACKBONES,

@@ -15,3 +15,66 @@ def test_every_backbone_builds_and_is_measured():
         assert sum(p.numel() for p in build_backbone(name).parameters())
     with pytest.raises(KeyError, match='resnet101'):
         build_backbone('resnet101')
+
+
+def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
+    """The whole report at tiny sizes: speeds, memory from a fresh process,
+    the ratios against the literal form and ResNet-50, the Markdown table
+    and the JSON file."""
+    import json
+
+    from mmrest import benchmark
+    monkeypatch.setattr(benchmark, 'SIZE_224', (64, 64))
+    monkeypatch.setattr(benchmark, 'BATCH_224', 2)
+    monkeypatch.setattr(benchmark, 'SIZE_800', (64, 96))
+    names = ['rest_lite', 'rest_lite_literal', 'resnet50']
+    report = benchmark.run(names, repeats=2, threads=1,
+                           memory_names=['rest_lite', 'rest_lite_literal'],
+                           log=lambda line: None)
+    rows = {row['model']: row for row in report['rows']}
+    assert list(rows) == names
+    for row in rows.values():
+        assert len(row['seconds_224_b16']) == 2
+        assert row['img_per_s_224_b16'] > 0 and row['s_per_img_800x1344'] > 0
+    assert rows['rest_lite']['params_M'] == \
+        rows['rest_lite_literal']['params_M']
+    assert rows['rest_lite']['train_peak_MB_800x1344'] > 0
+    assert 'train_peak_MB_800x1344' not in rows['resnet50']
+    ratios = report['comparisons']['rest_lite']
+    lite, lit = rows['rest_lite'], rows['rest_lite_literal']
+    assert ratios['speedup_800x1344_vs_literal'] == pytest.approx(
+        lit['s_per_img_800x1344'] / lite['s_per_img_800x1344'])
+    assert ratios['train_memory_vs_literal'] == pytest.approx(
+        lite['train_peak_MB_800x1344'] / lit['train_peak_MB_800x1344'])
+    assert set(ratios) == {'speedup_800x1344_vs_literal',
+                           'speedup_224_b16_vs_literal',
+                           'train_memory_vs_literal',
+                           'time_800x1344_vs_resnet50'}
+    table = benchmark.format_table(report)
+    assert table.count('\n| rest_lite') == 2 and '| resnet50 |' in table
+    assert '| - |' in table  # ResNet-50's memory was not measured
+    path = tmp_path / 'bench' / 'report.json'
+    benchmark.write_json(report, str(path))
+    assert json.loads(path.read_text())['rows'][0]['model'] == 'rest_lite'
+
+
+def test_unknown_backbone_is_named_before_measuring():
+    from mmrest import benchmark
+    with pytest.raises(KeyError, match='swin_b'):
+        benchmark.run(['rest_lite', 'swin_b'], log=lambda line: None)
+
+
+def test_training_memory_is_the_childs_own():
+    """The child's peak is its own, not its parent's: a 1.5 GB parent and a
+    tiny training step (getrusage's ru_maxrss would report the parent's
+    size, since it survives execve)."""
+    import numpy as np
+
+    from mmrest.benchmark import train_step_peak_memory
+    ballast = np.ones(3 * 2**26)  # 1.5 GB, every page touched
+    result = train_step_peak_memory('rest_lite', size=(64, 96), threads=1)
+    assert 'error' not in result, result
+    assert result['peak_reset'] is True
+    assert result['malloc_mmap_threshold'] == '65536'
+    assert 0 < result['peak_increase'] < 300 * 2**20
+    assert result['peak_rss'] < ballast.nbytes
