@@ -742,24 +742,40 @@ class ResT(BaseModule):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'Empty input of shape {tuple(x.shape)}')
         outs = []
-        # Channels-last maps share the tokens' memory layout (B, H, W, C):
-        # maps -> tokens -> maps is a view, not a copy.
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = self._input_layout(x)
         for i in range(self.num_stages):
             x = self.stem(x) if i == 0 else \
                 getattr(self, f'patch_embed_{i + 1}')(x)
-            B, C, H, W = x.shape
-            x = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+            shape = x.shape
+            x = self._to_tokens(x)
             for block in getattr(self, f'stage{i + 1}'):
-                x = block(x, (H, W))
+                x = block(x, shape[2:])
             if i == 3:
                 x = self.norm(x)
             if i in self.out_indices:
                 out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
-                outs.append(out.reshape(B, H, W, C).permute(
-                    0, 3, 1, 2).contiguous())
-            x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+                outs.append(self._to_map(out, shape).contiguous())
+            x = self._to_map(x, shape)
         return tuple(outs)
+
+    # Channels-last maps share the tokens' memory layout (B, H, W, C): maps
+    # -> tokens -> maps is a view, not a copy. (mmrest.testing.literal
+    # overrides these three with the authors' NCHW layout.)
+    @staticmethod
+    def _input_layout(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) map -> (B, H * W, C) tokens."""
+        B, C, H, W = x.shape
+        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+    @staticmethod
+    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
+        B, C, H, W = shape
+        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -22,7 +22,6 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
 from ..backbones.rest import (EMSA, Block, PatchEmbed, PixelAttention, ResT,
                               Stem)
@@ -81,36 +80,24 @@ class LiteralPatchEmbed(PatchEmbed):
 class LiteralBlock(Block):
     """The pre-norm block on all tokens at once, in every mode."""
 
-    def forward(self, x, hw_shape):
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(
-                self._forward, x, hw_shape, use_reentrant=False)
+    def _forward_inference(self, x, hw_shape):
         return self._forward(x, hw_shape)
-
-    def _forward(self, x, hw_shape):
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class LiteralResT(ResT):
     """ResT with contiguous NCHW maps between the stages (authors' code)."""
 
-    def forward(self, x):
-        outs = []
-        for i in range(self.num_stages):
-            x = self.stem(x) if i == 0 else \
-                getattr(self, f'patch_embed_{i + 1}')(x)
-            B, C, H, W = x.shape
-            x = x.flatten(2).transpose(1, 2)
-            for block in getattr(self, f'stage{i + 1}'):
-                x = block(x, (H, W))
-            if i == 3:
-                x = self.norm(x)
-            if i in self.out_indices:
-                out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
-                outs.append(out.transpose(1, 2).reshape(B, C, H, W))
-            x = x.transpose(1, 2).reshape(B, C, H, W)
-        return tuple(outs)
+    @staticmethod
+    def _input_layout(x):
+        return x
+
+    @staticmethod
+    def _to_tokens(x):
+        return x.flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def _to_map(x, shape):
+        return x.transpose(1, 2).reshape(shape)
 
 
 _LITERAL = {
