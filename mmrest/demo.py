@@ -24,7 +24,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from .datasets import generate_shapes_coco, shapes_info
-from .datasets.shapes import GENERATOR_VERSION
+from .datasets.shapes import recorded_params
 
 # What the demo must reach on the val split (issue 4).
 TARGETS = {'coco/bbox_mAP': 0.50, 'coco/segm_mAP': 0.45}
@@ -83,16 +83,8 @@ def _expected_info(kwargs: dict) -> Dict[str, dict]:
     }
     args.update(kwargs)
     splits = args['splits'] or {'train': 800, 'val': 100}
-    common = dict(
-        image_size=[int(v) for v in args['image_size']],
-        max_objects=int(args['max_objects']),
-        object_size=[float(v) for v in args['object_size']],
-        seed=int(args['seed']),
-        version=GENERATOR_VERSION)
-    return {
-        split: dict(common, split=split, num_images=int(count))
-        for split, count in splits.items()
-    }
+    return recorded_params(splits, args['image_size'], args['max_objects'],
+                           args['object_size'], args['seed'])
 
 
 def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:

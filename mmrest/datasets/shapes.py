@@ -201,9 +201,8 @@ def generate_shapes_coco(out_dir: str,
     ]
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
-    params = dict(image_size=[h, w], max_objects=int(max_objects),
-                  object_size=[min_size, max_size], seed=int(seed),
-                  version=GENERATOR_VERSION)
+    params = recorded_params(splits, image_size, max_objects, object_size,
+                             seed)
     for split, count in sorted(splits.items()):
         # Each split's stream depends only on the seed and the split's name,
         # so generating 'val' alone gives the same val images.
@@ -225,12 +224,30 @@ def generate_shapes_coco(out_dir: str,
             info = dict(
                 description=f'mmrest synthetic shapes, split {split}',
                 generator='mmrest.datasets.generate_shapes_coco',
-                params=dict(params, split=split, num_images=count))
+                params=params[split])
             json.dump(
                 dict(info=info, images=images, annotations=annotations,
                      categories=categories), f)
         ann_files[split] = ann_file
     return ann_files
+
+
+def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
+                    max_objects: int, object_size: Sequence[float],
+                    seed: int) -> Dict[str, dict]:
+    """What each split's annotation file records as ``info.params`` (read
+    back by :func:`shapes_info`) when :func:`generate_shapes_coco` is given
+    these arguments."""
+    common = dict(
+        image_size=[int(v) for v in image_size],
+        max_objects=int(max_objects),
+        object_size=[float(v) for v in object_size],
+        seed=int(seed),
+        version=GENERATOR_VERSION)
+    return {
+        split: dict(common, split=split, num_images=int(count))
+        for split, count in splits.items()
+    }
 
 
 def shapes_info(ann_file: str) -> Optional[dict]:
