@@ -154,26 +154,50 @@ def time_interleaved(models: Dict[str, nn.Module],
     return times
 
 
+def measure_speeds(models: Dict[str, nn.Module],
+                   repeats: int = 3,
+                   batch: int = BATCH_224,
+                   small: Sequence[int] = SIZE_224,
+                   large: Sequence[int] = SIZE_800,
+                   log: Optional[Callable[[str], None]] = print
+                   ) -> Dict[str, Dict]:
+    """Parameters and the two speeds of each model, timed interleaved.
+
+    Returns:
+        dict: name -> a table row: ``model``, ``params_M``,
+        ``img_per_s_224_b16`` (``batch`` images of ``small`` size) and
+        ``s_per_img_800x1344`` (one image of ``large`` size), medians of
+        ``repeats`` timings after one warm-up, with the raw timings
+        (``seconds_224_b16``, ``seconds_800x1344``).
+    """
+    rows = {
+        name: dict(model=name, params_M=count_params(model) / 1e6)
+        for name, model in models.items()
+    }
+    if log:
+        log(f'{small[0]}x{small[1]}, batch {batch}, '
+            f'{torch.get_num_threads()} threads, {repeats} rounds')
+    times = time_interleaved(models, (batch, 3, *small), repeats, log=log)
+    for name, ts in times.items():
+        rows[name].update(
+            img_per_s_224_b16=batch / statistics.median(ts),
+            seconds_224_b16=ts)
+    if log:
+        log(f'{large[0]}x{large[1]}, batch 1, '
+            f'{torch.get_num_threads()} threads, {repeats} rounds')
+    times = time_interleaved(models, (1, 3, *large), repeats, log=log)
+    for name, ts in times.items():
+        rows[name].update(
+            s_per_img_800x1344=statistics.median(ts), seconds_800x1344=ts)
+    return rows
+
+
 def measure_speed(name: str, repeats: int = 3, batch: int = BATCH_224,
                   small: Sequence[int] = SIZE_224,
                   large: Sequence[int] = SIZE_800) -> Dict:
-    """Parameters and the two speeds of one backbone on its own.
-
-    Returns:
-        dict: a table row: ``model``, ``params_M``, ``img_per_s_224_b16``
-        (``batch`` images of ``small`` size) and ``s_per_img_800x1344``
-        (one image of ``large`` size), medians of ``repeats`` timings after
-        one warm-up.
-    """
-    model = build_backbone(name)
-    models = {name: model}
-    t_small = time_interleaved(models, (batch, 3, *small), repeats, log=None)
-    t_large = time_interleaved(models, (1, 3, *large), repeats, log=None)
-    return dict(
-        model=name,
-        params_M=count_params(model) / 1e6,
-        img_per_s_224_b16=batch / statistics.median(t_small[name]),
-        s_per_img_800x1344=statistics.median(t_large[name]))
+    """:func:`measure_speeds` of one backbone, by name, silently."""
+    return measure_speeds({name: build_backbone(name)}, repeats, batch,
+                          small, large, log=None)[name]
 
 
 def _rss_bytes() -> int:
@@ -346,7 +370,7 @@ def run(names: Sequence[str] = BACKBONES,
     Returns:
         dict: ``machine``, ``settings``, ``method``, ``load_average_start``
         and ``_end`` (1, 5 and 15 minutes), ``rows`` (one dict per
-        backbone, see :func:`measure_speed`, with ``train_peak_MB_800x1344``
+        backbone, see :func:`measure_speeds`, with ``train_peak_MB_800x1344``
         and the raw timings) and ``comparisons``.
     """
     for name in list(names) + list(memory_names or []):
@@ -367,22 +391,8 @@ def run(names: Sequence[str] = BACKBONES,
         method=METHOD,
         load_average_start=_load_average())
     models = {name: build_backbone(name) for name in names}
-    rows = {
-        name: dict(model=name, params_M=count_params(model) / 1e6)
-        for name, model in models.items()
-    }
-    log(f'224x224, batch {BATCH_224}, {threads} threads, {repeats} rounds')
-    times = time_interleaved(models, (BATCH_224, 3, *SIZE_224), repeats,
-                             log=log)
-    for name, ts in times.items():
-        rows[name].update(
-            img_per_s_224_b16=BATCH_224 / statistics.median(ts),
-            seconds_224_b16=ts)
-    log(f'800x1344, batch 1, {threads} threads, {repeats} rounds')
-    times = time_interleaved(models, (1, 3, *SIZE_800), repeats, log=log)
-    for name, ts in times.items():
-        rows[name].update(
-            s_per_img_800x1344=statistics.median(ts), seconds_800x1344=ts)
+    rows = measure_speeds(models, repeats, BATCH_224, SIZE_224, SIZE_800,
+                          log)
     del models
     if memory:
         for name in memory_names if memory_names is not None else names:
