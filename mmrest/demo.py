@@ -84,7 +84,8 @@ def _expected_info(kwargs: dict) -> Dict[str, dict]:
     args.update(kwargs)
     splits = args['splits'] or {'train': 800, 'val': 100}
     return recorded_params(splits, args['image_size'], args['max_objects'],
-                           args['object_size'], args['seed'])
+                           args['object_size'], args['max_rotation'],
+                           args['seed'])
 
 
 def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:

@@ -84,11 +84,51 @@ def test_generator_is_valid_coco(tmp_path):
     (dict(max_objects=0), 'max_objects'),
     (dict(object_size=(30, 20)), 'object_size'),
     (dict(object_size=(20, 500)), 'object_size'),
+    (dict(max_rotation=-5), 'max_rotation'),
+    (dict(max_rotation=181), 'max_rotation'),
+    (dict(max_rotation='0'), 'max_rotation'),
     (dict(seed=-1), 'seed'),
 ])
 def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate_shapes_coco(str(tmp_path), **kwargs)
+
+
+def _square_masks(max_rotation):
+    """Masks of squares drawn alone (no occlusion) at random poses."""
+    from mmrest.datasets.shapes import _shape_mask
+    rng = np.random.RandomState(0)
+    square = SHAPES_CLASSES.index('square')
+    return [
+        _shape_mask(rng, square, 96, 96, 40., max_rotation)
+        for _ in range(20)
+    ]
+
+
+def test_generator_rotation_range():
+    """max_rotation=0 draws every square axis-aligned (it fills its box);
+    the default turns them any way (many fill only part of it)."""
+    def box_fill(mask):
+        ys, xs = np.nonzero(mask)
+        return mask.sum() / ((xs.ptp() + 1) * (ys.ptp() + 1))
+
+    upright = [box_fill(m) for m in _square_masks(0)]
+    turned = [box_fill(m) for m in _square_masks(180)]
+    assert min(upright) > 0.97
+    assert sum(f < 0.8 for f in turned) >= 5
+
+
+def test_generator_records_max_rotation(tmp_path):
+    files = generate_shapes_coco(str(tmp_path), seed=1, max_rotation=15,
+                                 **SMALL)
+    assert shapes_info(files['val'])['max_rotation'] == 15.0
+    # same seed, other poses: other images
+    generate_shapes_coco(str(tmp_path / 'any'), seed=1, **SMALL)
+    generate_shapes_coco(str(tmp_path / 'up'), seed=1, max_rotation=0,
+                         **SMALL)
+    any_, up = _files(tmp_path / 'any'), _files(tmp_path / 'up')
+    assert any_.keys() == up.keys()
+    assert any(any_[k] != up[k] for k in any_ if k.endswith('.png'))
 
 
 def test_demo_config_only_changes_data_and_schedule():

@@ -51,13 +51,17 @@ def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
 
 
 def _shape_mask(rng: np.random.RandomState, label: int, h: int, w: int,
-                size: float) -> np.ndarray:
-    """A filled binary mask of one shape of class ``label``."""
+                size: float, max_rotation: float = 180.) -> np.ndarray:
+    """A filled binary mask of one shape of class ``label``, turned by up to
+    ``max_rotation`` degrees either way from its base pose (a square's sides
+    along the axes, a triangle's or a star's first point to the right)."""
     mask = np.zeros((h, w), np.uint8)
     r = size / 2
     cx = rng.uniform(r * 0.6, w - r * 0.6)
     cy = rng.uniform(r * 0.6, h - r * 0.6)
     rot = rng.uniform(0, 2 * np.pi)
+    if max_rotation < 180:  # the same draw, mapped onto [-max, max)
+        rot = (rot / np.pi - 1) * np.deg2rad(max_rotation)
     name = CLASSES[label]
     if name == 'circle':
         cv2.circle(mask, (int(round(cx)), int(round(cy))), int(round(r)), 1,
@@ -101,13 +105,15 @@ def _polygons(mask: np.ndarray) -> List[List[float]]:
 
 
 def make_image(rng: np.random.RandomState, h: int, w: int,
-               max_objects: int, min_size: float, max_size: float):
+               max_objects: int, min_size: float, max_size: float,
+               max_rotation: float = 180.):
     """One image and its visible-part annotations (without ids)."""
     img = _background(rng, h, w)
     shapes = []
     for _ in range(rng.randint(1, max_objects + 1)):
         label = rng.randint(len(CLASSES))
-        mask = _shape_mask(rng, label, h, w, rng.uniform(min_size, max_size))
+        mask = _shape_mask(rng, label, h, w, rng.uniform(min_size, max_size),
+                           max_rotation)
         colour = _contrasting_colour(rng, img[mask > 0].mean(axis=0))
         img[mask > 0] = colour
         # occlusion: this shape hides what lies under it
@@ -139,7 +145,8 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_args(splits, image_size, max_objects, object_size, seed):
+def _check_args(splits, image_size, max_objects, object_size, max_rotation,
+                seed):
     if not splits:
         raise ValueError('splits must name at least one split, got {}')
     for split, count in splits.items():
@@ -166,6 +173,11 @@ def _check_args(splits, image_size, max_objects, object_size, seed):
             'object_size must be (min, max) diameters with 4 <= min <= max '
             f'<= the smaller image side {min(image_size)}, got '
             f'{object_size!r}')
+    if isinstance(max_rotation, bool) or \
+            not isinstance(max_rotation, numbers.Real) or \
+            not 0 <= max_rotation <= 180:
+        raise ValueError('max_rotation must be a number of degrees in '
+                         f'[0, 180], got {max_rotation!r}')
     if not _is_int(seed) or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
 
@@ -175,6 +187,7 @@ def generate_shapes_coco(out_dir: str,
                          image_size: Sequence[int] = (128, 128),
                          max_objects: int = 4,
                          object_size: Sequence[float] = (20, 60),
+                         max_rotation: float = 180.,
                          seed: int = 0) -> Dict[str, str]:
     """Write the set: ``<out_dir>/<split>/*.png`` and
     ``<out_dir>/annotations/instances_<split>.json``.
@@ -185,6 +198,10 @@ def generate_shapes_coco(out_dir: str,
         image_size (tuple): (height, width) of every image.
         max_objects (int): At most this many shapes an image (at least 1).
         object_size (tuple): Range of a shape's diameter in pixels.
+        max_rotation (float): A shape is turned by a random angle of at
+            most this many degrees either way from its base pose; 180 (the
+            default) allows any rotation, 0 draws every shape of a class in
+            the same pose (squares axis-aligned).
         seed (int): The seed; the same seed gives the same files.
 
     Returns:
@@ -192,7 +209,8 @@ def generate_shapes_coco(out_dir: str,
         the arguments that made it (see :func:`shapes_info`).
     """
     splits = {'train': 800, 'val': 100} if splits is None else dict(splits)
-    _check_args(splits, image_size, max_objects, object_size, seed)
+    _check_args(splits, image_size, max_objects, object_size, max_rotation,
+                seed)
     h, w = (int(v) for v in image_size)
     min_size, max_size = (float(v) for v in object_size)
     categories = [
@@ -202,7 +220,7 @@ def generate_shapes_coco(out_dir: str,
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
     params = recorded_params(splits, image_size, max_objects, object_size,
-                             seed)
+                             max_rotation, seed)
     for split, count in sorted(splits.items()):
         # Each split's stream depends only on the seed and the split's name,
         # so generating 'val' alone gives the same val images.
@@ -211,7 +229,7 @@ def generate_shapes_coco(out_dir: str,
         images, annotations = [], []
         for image_id in range(1, count + 1):
             img, anns = make_image(rng, h, w, max_objects, min_size,
-                                   max_size)
+                                   max_size, max_rotation)
             file_name = f'{image_id:06d}.png'
             cv2.imwrite(osp.join(out_dir, split, file_name), img)
             images.append(
@@ -234,7 +252,7 @@ def generate_shapes_coco(out_dir: str,
 
 def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
                     max_objects: int, object_size: Sequence[float],
-                    seed: int) -> Dict[str, dict]:
+                    max_rotation: float, seed: int) -> Dict[str, dict]:
     """What each split's annotation file records as ``info.params`` (read
     back by :func:`shapes_info`) when :func:`generate_shapes_coco` is given
     these arguments."""
@@ -242,6 +260,7 @@ def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
         image_size=[int(v) for v in image_size],
         max_objects=int(max_objects),
         object_size=[float(v) for v in object_size],
+        max_rotation=float(max_rotation),
         seed=int(seed),
         version=GENERATOR_VERSION)
     return {
