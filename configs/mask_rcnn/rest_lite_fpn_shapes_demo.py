@@ -12,7 +12,7 @@ img_scale = (128, 128)  # the generated images' size: no rescaling
 # The set `make demo` generates when data_root lacks it: the arguments of
 # mmrest.datasets.generate_shapes_coco (deterministic: same seed, same files).
 shapes_data = dict(
-    splits=dict(train=900, val=100),
+    splits=dict(train=1000, val=100),
     image_size=img_scale,
     max_objects=4,
     object_size=(24, 64),
@@ -88,7 +88,7 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # Schedule: what fits in the 20-minute budget on 2 CPU cores (about 1 s a
-# step of 2 images): 2 epochs over 900 images, evaluated once at the end.
+# step of 2 images): 2 epochs over 1000 images, evaluated once at the end.
 max_epochs = 2
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 # lr for batch 2 from scratch. fused=True: torch's one-pass AdamW, the same
