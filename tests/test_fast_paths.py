@@ -118,3 +118,42 @@ def test_train_mode_without_autograd_keeps_dropout():
     with torch.no_grad():
         a, b = model(x)[-1], model(x)[-1]
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize('qkv_bias', [True, False])
+@pytest.mark.parametrize('sr_ratio', [1, 4])
+def test_one_head_emsa_folds_projections_exactly(qkv_bias, sr_ratio):
+    """With one head, inference folds the query and output projections into
+    the keys and values (a per-key bias from the query bias): the literal
+    EMSA's output."""
+    emsa = randomised(
+        rest_module.EMSA(32, 1, sr_ratio, qkv_bias=qkv_bias)).eval()
+    literal = to_literal(emsa)
+    x = torch.randn(2, 9 * 11, 32)
+    with torch.no_grad():
+        out, expected = emsa(x, (9, 11)), literal(x, (9, 11))
+    assert relative_error(out, expected) < 1e-5
+    # the training path (autograd) does not fold; it gives the same output
+    out_grad = emsa(x, (9, 11))
+    assert out_grad.requires_grad
+    assert relative_error(out_grad.detach(), expected) < 1e-5
+
+
+@pytest.mark.parametrize('gelu', [False, True])
+@pytest.mark.parametrize('onednn', [True, False])
+def test_inference_linear_is_f_linear(gelu, onednn):
+    """oneDNN's linear (bias and GELU applied as it writes) and the fallback
+    both compute F.linear (then the exact GELU)."""
+    x, w, b = torch.randn(3, 70, 24), torch.randn(40, 24), torch.randn(40)
+    expected = torch.nn.functional.linear(x, w, b)
+    if gelu:
+        expected = torch.nn.functional.gelu(expected)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+        out = rest_module._linear(x, w, b, gelu=gelu)
+        no_bias = rest_module._linear(x, w, None)
+    assert relative_error(out, expected) < 1e-5
+    assert relative_error(no_bias, x @ w.t()) < 1e-5
+    # anything needing a gradient takes F.linear, which has autograd
+    w.requires_grad_(True)
+    rest_module._linear(x, w, b, gelu=gelu).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0

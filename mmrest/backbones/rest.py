@@ -66,6 +66,44 @@ def _is_inference(module: nn.Module) -> bool:
                 or torch.jit.is_tracing())
 
 
+def _onednn_linear_op():
+    """oneDNN's linear kernel (``mkldnn::_linear_pointwise``), or None."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor] = None,
+            gelu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then the exact, erf GELU when ``gelu``), for inference.
+
+    On the CPU in float32 this calls oneDNN's linear kernel, which adds the
+    bias and applies the GELU while it writes the output. ``F.linear``
+    first fills the output with the bias and then accumulates the product
+    into it, and the GELU is another pass: on ResT's many-token, few-channel
+    linears those passes cost as much as the product itself. Same formula,
+    no approximation. The kernel has no autograd, so it is only used where
+    nothing needs a gradient (see :func:`_is_inference`).
+    """
+    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.enabled
+            and not (torch.is_grad_enabled() and
+                     (x.requires_grad or weight.requires_grad))):
+        if gelu:
+            return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
+        return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
+
+
 def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mix: Optional[torch.Tensor],
                      mix_bias: Optional[torch.Tensor], attn_drop: float,
@@ -373,22 +411,65 @@ class EMSA(nn.Module):
         """Queries (scaled), keys and values, each (B, h, *, d).
 
         The scale is folded into the query projection's weight and bias
-        (C x C numbers instead of N x C), and the strided convolution reads
-        the tokens as a channels-last feature map, without a copy.
+        (C x C numbers instead of N x C).
         """
         B, N, C = x.shape
         h = self.num_heads
         bias = self.q.bias * self.scale if self.q.bias is not None else None
-        q = F.linear(x, self.q.weight * self.scale, bias)
+        linear = _linear if _is_inference(self) else F.linear
+        q = linear(x, self.q.weight * self.scale, bias)
         q = q.view(B, N, h, C // h).transpose(1, 2)
+        k, v = self.keys_values(x, hw_shape)
+        return q, k, v
+
+    def keys_values(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        """Keys and values, each (B, h, M, d); M = N / sr_ratio^2.
+
+        The strided convolution reads the tokens as a channels-last feature
+        map, without a copy.
+        """
+        B, N, C = x.shape
+        h = self.num_heads
         if self.sr_ratio > 1:
             x = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
             x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
             x = self.sr_norm(x)
-        kv = self.kv(x).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
-        return q, kv[0], kv[1]
+        linear = _linear if _is_inference(self) else F.linear
+        kv = linear(x, self.kv.weight, self.kv.bias)
+        kv = kv.reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def _forward_one_head(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        """:meth:`forward` with one head, in inference: the query and the
+        output projections folded into the keys and the values.
+
+        With one head the output is ``softmax(q k^T) v Wp^T + bp`` and
+        ``q = x Wq^T + bq`` (scale included), so::
+
+            q k^T = x (k Wq)^T + (k bq)^T    # a bias per key, per image
+            (A v) Wp^T = A (v Wp^T)
+
+        The two C x C projections of all N tokens become products of the M
+        keys and values (M = N / sr_ratio^2), and the attention reads the
+        tokens themselves. The per-key bias is the attention's additive
+        mask. Exact: the same sums, grouped otherwise.
+        """
+        k, v = self.keys_values(x, hw_shape)                 # (B, 1, M, C)
+        keys = k @ (self.q.weight * self.scale)
+        mask = None
+        if self.q.bias is not None:
+            mask = (k @ (self.q.bias * self.scale)).unsqueeze(-2)
+        values = v @ self.proj.weight.t()
+        out = F.scaled_dot_product_attention(
+            x.unsqueeze(1), keys, values, attn_mask=mask, scale=1.0)
+        out = out.squeeze(1)
+        if self.proj.bias is not None:
+            out.add_(self.proj.bias)
+        return out
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        if self.num_heads == 1 and _is_inference(self):
+            return self._forward_one_head(x, hw_shape)
         B, N, C = x.shape
         q, k, v = self.project_qkv(x, hw_shape)
         mix = mix_bias = None
@@ -399,11 +480,13 @@ class EMSA(nn.Module):
         out = emsa_attention(q, k, v, mix, mix_bias, self.attn_drop,
                              self.training)
         out = out.transpose(1, 2).reshape(B, N, C)
+        if _is_inference(self):
+            return _linear(out, self.proj.weight, self.proj.bias)
         return self.proj_drop(self.proj(out))
 
 
 class Mlp(nn.Module):
-    """Linear, GELU, Linear.
+    """Linear, GELU (exact, erf), Linear.
 
     Args:
         in_features (int): Input and output channels.
@@ -485,7 +568,8 @@ class Block(nn.Module):
         rows = max(1,
                    _per_call(_MLP_CHUNK_ELEMENTS) // mlp.fc1.out_features)
         for chunk in x.view(-1, x.shape[-1]).split(rows):
-            hidden = mlp.act(mlp.fc1(self.norm2(chunk)))
+            hidden = _linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias,
+                             gelu=True)
             chunk.addmm_(hidden, fc2_weight_t)  # x += hidden @ W2^T
         if mlp.fc2.bias is not None:
             x.add_(mlp.fc2.bias)
