@@ -13,9 +13,11 @@ intra-op threads):
   forward and backward of the sum of the mean of every output, no
   optimizer) at 800 x 1344, batch 1.
 
-Speeds are medians over ``repeats`` rounds after one warm-up call per
-model; the models take turns within each round (interleaved), so a change
-in the machine's load hits all of them alike and ratios stay fair.
+Speeds are medians over ``repeats`` rounds (``repeats_224`` at 224 x 224,
+where a round is short and more rounds steady the median) after one
+warm-up call per model; the models take turns within each round
+(interleaved), so a change in the machine's load hits all of them alike
+and ratios stay fair.
 
 Peak memory is measured in a fresh Python process per backbone: it builds
 the model, runs one small training step (64 x 64) so that libraries and
@@ -159,9 +161,11 @@ def measure_speeds(models: Dict[str, nn.Module],
                    batch: int = BATCH_224,
                    small: Sequence[int] = SIZE_224,
                    large: Sequence[int] = SIZE_800,
-                   log: Optional[Callable[[str], None]] = print
-                   ) -> Dict[str, Dict]:
-    """Parameters and the two speeds of each model, timed interleaved.
+                   log: Optional[Callable[[str], None]] = print,
+                   repeats_small: Optional[int] = None) -> Dict[str, Dict]:
+    """Parameters and the two speeds of each model, timed interleaved:
+    ``repeats_small`` rounds (default ``repeats``) at the ``small`` size and
+    ``repeats`` at the ``large`` one.
 
     Returns:
         dict: name -> a table row: ``model``, ``params_M``,
@@ -174,10 +178,12 @@ def measure_speeds(models: Dict[str, nn.Module],
         name: dict(model=name, params_M=count_params(model) / 1e6)
         for name, model in models.items()
     }
+    repeats_small = repeats if repeats_small is None else repeats_small
     if log:
         log(f'{small[0]}x{small[1]}, batch {batch}, '
-            f'{torch.get_num_threads()} threads, {repeats} rounds')
-    times = time_interleaved(models, (batch, 3, *small), repeats, log=log)
+            f'{torch.get_num_threads()} threads, {repeats_small} rounds')
+    times = time_interleaved(models, (batch, 3, *small), repeats_small,
+                             log=log)
     for name, ts in times.items():
         rows[name].update(
             img_per_s_224_b16=batch / statistics.median(ts),
@@ -355,17 +361,19 @@ def run(names: Sequence[str] = BACKBONES,
         memory: bool = True,
         threads: int = 2,
         memory_names: Optional[Sequence[str]] = None,
-        log: Callable[[str], None] = print) -> Dict:
+        log: Callable[[str], None] = print,
+        repeats_224: Optional[int] = None) -> Dict:
     """Measure the backbones ``names``; see the module docstring.
 
     Args:
         names: Backbone names (``BACKBONES``).
-        repeats: Timed rounds per speed (the median is reported).
+        repeats: Timed rounds at 800 x 1344 (the median is reported).
         memory: Measure the training-step peak memory.
         threads: ``torch.set_num_threads`` (here and in the memory
             processes).
         memory_names: The backbones whose memory is measured (default:
             all of ``names``).
+        repeats_224: Timed rounds at 224 x 224 (default ``repeats``).
 
     Returns:
         dict: ``machine``, ``settings``, ``method``, ``load_average_start``
@@ -377,12 +385,14 @@ def run(names: Sequence[str] = BACKBONES,
         if name not in BACKBONES:  # fail before an hour of measuring
             raise KeyError(f'unknown backbone {name!r}; choose from '
                            f'{list(BACKBONES)}')
+    repeats_224 = repeats if repeats_224 is None else repeats_224
     torch.set_num_threads(threads)
     started = time.time()
     report = dict(
         machine=machine_info(threads),
         settings=dict(
             repeats=repeats,
+            repeats_224=repeats_224,
             warmup=1,
             size_224=list(SIZE_224),
             batch_224=BATCH_224,
@@ -392,7 +402,7 @@ def run(names: Sequence[str] = BACKBONES,
         load_average_start=_load_average())
     models = {name: build_backbone(name) for name in names}
     rows = measure_speeds(models, repeats, BATCH_224, SIZE_224, SIZE_800,
-                          log)
+                          log, repeats_small=repeats_224)
     del models
     if memory:
         for name in memory_names if memory_names is not None else names:
@@ -482,10 +492,16 @@ def format_table(report: Dict) -> str:
         f'float32. Load average (1, 5, 15 min): '
         f'{report["load_average_start"]} at the start, '
         f'{report["load_average_end"]} at the end. '
-        f'{report["settings"]["repeats"]} rounds. Speed: '
+        f'{_rounds(report["settings"])}. Speed: '
         f'{report["method"]["speed"]}. Memory: {report["method"]["memory"]}.'
     ]
     return '\n'.join(lines)
+
+
+def _rounds(settings: Dict) -> str:
+    at_224 = settings.get('repeats_224', settings['repeats'])
+    return (f'{at_224} rounds at 224x224, {settings["repeats"]} at '
+            '800x1344')
 
 
 def write_json(report: Dict, path: str) -> None:

@@ -30,11 +30,12 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     names = ['rest_lite', 'rest_lite_literal', 'resnet50']
     report = benchmark.run(names, repeats=2, threads=1,
                            memory_names=['rest_lite', 'rest_lite_literal'],
-                           log=lambda line: None)
+                           log=lambda line: None, repeats_224=3)
     rows = {row['model']: row for row in report['rows']}
     assert list(rows) == names
     for row in rows.values():
-        assert len(row['seconds_224_b16']) == 2
+        assert len(row['seconds_224_b16']) == 3
+        assert len(row['seconds_800x1344']) == 2
         assert row['img_per_s_224_b16'] > 0 and row['s_per_img_800x1344'] > 0
     assert rows['rest_lite']['params_M'] == \
         rows['rest_lite_literal']['params_M']
@@ -53,6 +54,7 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     table = benchmark.format_table(report)
     assert table.count('\n| rest_lite') == 2 and '| resnet50 |' in table
     assert '| - |' in table  # ResNet-50's memory was not measured
+    assert '3 rounds at 224x224, 2 at 800x1344' in table
     path = tmp_path / 'bench' / 'report.json'
     benchmark.write_json(report, str(path))
     assert json.loads(path.read_text())['rows'][0]['model'] == 'rest_lite'

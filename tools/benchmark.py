@@ -26,10 +26,15 @@ def parse_args():
         help='backbones to measure (default: all)')
     parser.add_argument(
         '--quick', action='store_true',
-        help=f'only {", ".join(QUICK)}, 2 rounds')
+        help=f'only {", ".join(QUICK)}, 2 rounds (4 at 224x224)')
     parser.add_argument(
         '--repeats', type=int, default=3,
-        help='timed rounds, after one warm-up (median reported)')
+        help='timed rounds at 800x1344, after one warm-up (median '
+        'reported)')
+    parser.add_argument(
+        '--repeats-224', type=int, default=10,
+        help='timed rounds at 224x224 (a round takes seconds, not '
+        'minutes: more rounds steady the median)')
     parser.add_argument(
         '--threads', type=int, default=2,
         help='torch.set_num_threads (default 2)')
@@ -44,9 +49,12 @@ def parse_args():
     if args.quick:
         args.models = args.models or list(QUICK)
         args.repeats = min(args.repeats, 2)
+        args.repeats_224 = min(args.repeats_224, 4)
     args.models = args.models or list(BACKBONES)
-    if args.repeats < 1:
-        parser.error(f'--repeats must be at least 1, got {args.repeats}')
+    for name in ('repeats', 'repeats_224'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be at least 1, '
+                         f'got {getattr(args, name)}')
     if args.threads < 1:
         parser.error(f'--threads must be at least 1, got {args.threads}')
     missing = set(args.memory_models or []) - set(args.models)
@@ -59,7 +67,8 @@ def parse_args():
 def main():
     args = parse_args()
     report = run(args.models, args.repeats, memory=not args.no_memory,
-                 threads=args.threads, memory_names=args.memory_models)
+                 threads=args.threads, memory_names=args.memory_models,
+                 repeats_224=args.repeats_224)
     table = format_table(report)
     print('\n' + table)
     if args.out:
