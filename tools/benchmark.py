@@ -28,7 +28,7 @@ def parse_args():
         '--quick', action='store_true',
         help=f'only {", ".join(QUICK)}, 2 rounds (4 at 224x224)')
     parser.add_argument(
-        '--repeats', type=int, default=3,
+        '--repeats', type=int, default=5,
         help='timed rounds at 800x1344, after one warm-up (median '
         'reported)')
     parser.add_argument(
