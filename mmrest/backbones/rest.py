@@ -15,8 +15,10 @@ rounding:
   nothing; the returned feature maps are ordinary contiguous NCHW tensors;
 * in inference (eval mode, no autograd) the BatchNorms are folded into the
   convolutions before them, the attention keeps its intermediates in
-  reused buffers, and the MLP runs over chunks of tokens so that its
-  4x-wide hidden activations stay in cache.
+  reused buffers, the MLP runs over chunks of tokens so that its 4x-wide
+  hidden activations stay in cache, the linears use oneDNN's kernel (bias
+  and GELU applied as the output is written), and one-head attention has
+  its query and output projections folded into its keys and values.
 
 :mod:`mmrest.testing.literal` holds the literal computation these are
 tested against.
