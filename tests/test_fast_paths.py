@@ -157,3 +157,6 @@ def test_inference_linear_is_f_linear(gelu, onednn):
     w.requires_grad_(True)
     rest_module._linear(x, w, b, gelu=gelu).sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
+    b.requires_grad_(True)  # a bias alone needing one counts too
+    rest_module._linear(x, w.detach(), b, gelu=gelu).sum().backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0

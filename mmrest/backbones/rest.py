@@ -84,21 +84,23 @@ _ONEDNN_LINEAR = _onednn_linear_op()
 def _linear(x: torch.Tensor, weight: torch.Tensor,
             bias: Optional[torch.Tensor] = None,
             gelu: bool = False) -> torch.Tensor:
-    """``F.linear`` (then the exact, erf GELU when ``gelu``), for inference.
+    """``F.linear`` (then the exact, erf GELU when ``gelu``).
 
-    On the CPU in float32 this calls oneDNN's linear kernel, which adds the
-    bias and applies the GELU while it writes the output. ``F.linear``
-    first fills the output with the bias and then accumulates the product
-    into it, and the GELU is another pass: on ResT's many-token, few-channel
-    linears those passes cost as much as the product itself. Same formula,
-    no approximation. The kernel has no autograd, so it is only used where
-    nothing needs a gradient (see :func:`_is_inference`).
+    When nothing needs a gradient, on the CPU in float32, this calls
+    oneDNN's linear kernel, which adds the bias and applies the GELU while
+    it writes the output. ``F.linear`` first fills the output with the bias
+    and then accumulates the product into it, and the GELU is another pass:
+    on ResT's many-token, few-channel linears those passes cost as much as
+    the product itself. Same formula, no approximation. The kernel has no
+    autograd, and a trace must see the literal operators (see
+    :func:`_is_inference`), so otherwise it is ``F.linear``.
     """
-    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu'
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias))
+    if (_ONEDNN_LINEAR is not None and not needs_grad
+            and not torch.jit.is_tracing() and x.device.type == 'cpu'
             and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.backends.mkldnn.enabled
-            and not (torch.is_grad_enabled() and
-                     (x.requires_grad or weight.requires_grad))):
+            and torch.backends.mkldnn.enabled):
         if gelu:
             return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
         return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
@@ -418,8 +420,7 @@ class EMSA(nn.Module):
         B, N, C = x.shape
         h = self.num_heads
         bias = self.q.bias * self.scale if self.q.bias is not None else None
-        linear = _linear if _is_inference(self) else F.linear
-        q = linear(x, self.q.weight * self.scale, bias)
+        q = _linear(x, self.q.weight * self.scale, bias)
         q = q.view(B, N, h, C // h).transpose(1, 2)
         k, v = self.keys_values(x, hw_shape)
         return q, k, v
@@ -436,8 +437,7 @@ class EMSA(nn.Module):
             x = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
             x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
             x = self.sr_norm(x)
-        linear = _linear if _is_inference(self) else F.linear
-        kv = linear(x, self.kv.weight, self.kv.bias)
+        kv = _linear(x, self.kv.weight, self.kv.bias)
         kv = kv.reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
@@ -484,7 +484,7 @@ class EMSA(nn.Module):
         out = out.transpose(1, 2).reshape(B, N, C)
         if _is_inference(self):
             return _linear(out, self.proj.weight, self.proj.bias)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(out))  # the module, hooks and all
 
 
 class Mlp(nn.Module):
