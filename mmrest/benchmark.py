@@ -499,9 +499,8 @@ def format_table(report: Dict) -> str:
 
 
 def _rounds(settings: Dict) -> str:
-    at_224 = settings.get('repeats_224', settings['repeats'])
-    return (f'{at_224} rounds at 224x224, {settings["repeats"]} at '
-            '800x1344')
+    return (f'{settings["repeats_224"]} rounds at 224x224, '
+            f'{settings["repeats"]} at 800x1344')
 
 
 def write_json(report: Dict, path: str) -> None:
