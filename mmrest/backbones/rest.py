@@ -42,11 +42,15 @@ from ..checkpoint import load_backbone_state_dict
 from ..pretrained import check_pretrained_file
 
 # Elements of one query chunk's attention logits (batch x heads x rows x M)
-# per intra-op thread (up to 4). About 4 MB in float32 per thread: the chunk
-# is mixed, normalised and multiplied by the values while it is in cache.
+# per intra-op thread (up to 4) on the CPU. About 4 MB in float32 per
+# thread: the chunk is mixed, normalised and multiplied by the values while
+# it is in cache.
 _CHUNK_ELEMENTS = 1 << 20
+# On a GPU the chunk only bounds memory (128 MB of float32 logits): at
+# detection sizes most attentions are one chunk, a few large kernels.
+_GPU_CHUNK_ELEMENTS = 1 << 25
 # Elements of one token chunk of the MLP's hidden activations per thread
-# (inference).
+# (CPU inference).
 _MLP_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -56,16 +60,46 @@ def _per_call(elements_per_thread: int) -> int:
     return elements_per_thread * min(4, max(1, torch.get_num_threads()))
 
 
-def _is_inference(module: nn.Module) -> bool:
-    """Eval mode and no autograd: dropout is off and nothing is saved for a
-    backward pass, so buffers may be reused and work may be reordered.
+def _chunk_elements(device: torch.device) -> int:
+    """Logit elements per query chunk of the attention on ``device``."""
+    if device.type == 'cpu':
+        return _per_call(_CHUNK_ELEMENTS)
+    return _GPU_CHUNK_ELEMENTS
 
-    Never while tracing: a traced graph must not bake in chunk counts of
-    one input size, and tools that count FLOPs on a trace see the literal
-    sequence of operators.
+
+def _graph_capture() -> bool:
+    """Whether the forward is being recorded as a graph: ``torch.jit``
+    tracing or scripting (ONNX export with TorchScript, mmengine's FLOP
+    counter), ``torch.compile`` or ``torch.export`` (the dynamo ONNX
+    exporter).
+
+    A recorded graph must hold for every input size, so it gets no
+    Python-level chunk loop, no buffer reuse and no CPU-only kernel: it
+    gets the same exact formulas as plain tensor operations
+    (:func:`_attention_chunk` over all queries at once).
     """
+    compiler = getattr(torch, 'compiler', None)
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting()
+        or (compiler is not None and (
+            compiler.is_compiling() or getattr(
+                compiler, 'is_exporting', lambda: False)())))
+
+
+def _is_inference(module: nn.Module) -> bool:
+    """Eval mode and no autograd, in eager mode: dropout is off and
+    nothing is saved for a backward pass, so buffers may be reused and work
+    may be reordered (never while a graph is recorded, see
+    :func:`_graph_capture`)."""
     return not (module.training or torch.is_grad_enabled()
-                or torch.jit.is_tracing())
+                or _graph_capture())
+
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    """Float32 on the CPU outside autocast: where the cache-sized chunks of
+    the MLP and oneDNN's fused linear pay off."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu'))
 
 
 def _onednn_linear_op():
@@ -92,14 +126,15 @@ def _linear(x: torch.Tensor, weight: torch.Tensor,
     and then accumulates the product into it, and the GELU is another pass:
     on ResT's many-token, few-channel linears those passes cost as much as
     the product itself. Same formula, no approximation. The kernel has no
-    autograd, and a trace must see the literal operators (see
-    :func:`_is_inference`), so otherwise it is ``F.linear``.
+    autograd, knows no autocast, and a recorded graph must see the literal
+    operators (see :func:`_graph_capture`), so otherwise it is
+    ``F.linear``.
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if (_ONEDNN_LINEAR is not None and not needs_grad
-            and not torch.jit.is_tracing() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not _graph_capture() and _cpu_float32(x)
+            and weight.dtype == torch.float32
             and torch.backends.mkldnn.enabled):
         if gelu:
             return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
@@ -209,13 +244,21 @@ def emsa_attention(q: torch.Tensor,
     * the InstanceNorm's division is one scalar per (batch, head), so it
       commutes with ``@ v`` and is applied to the small (N, d) result.
 
-    Queries are processed in chunks whose logits stay in cache, and during
-    training each chunk is recomputed in the backward pass instead of being
-    stored, so no N x M matrix is ever kept. Without autograd (and without
-    dropout) the chunks reuse two preallocated buffers in place and the
-    mixing bias is left out altogether (see :func:`_attention_no_grad`).
-    With one head there is no transform and the core is plain softmax
-    attention (a fused kernel).
+    Queries are processed in chunks whose logits stay in cache (on a GPU,
+    chunks only bound the memory), and during training each chunk is
+    recomputed in the backward pass instead of being stored, so no N x M
+    matrix is ever kept. Without autograd (and without dropout) the chunks
+    reuse two preallocated buffers in place and the mixing bias is left out
+    altogether (see :func:`_attention_no_grad`). With one head there is no
+    transform and the core is plain softmax attention (a fused kernel).
+    While a graph is recorded (tracing, ONNX export, ``torch.compile``)
+    all queries form one chunk, so the graph holds for any input size.
+
+    The core always runs in at least float32, also under autocast: the
+    InstanceNorm divides by the small spread of the probabilities and so
+    amplifies any rounding of the logits. The inputs keep their dtype (the
+    projections around the core run in the autocast dtype) and the output
+    is returned in the dtype of ``q``.
 
     Args:
         q (Tensor): Queries already multiplied by the scale, (B, h, N, d).
@@ -228,28 +271,47 @@ def emsa_attention(q: torch.Tensor,
         training (bool): Whether dropout is active.
         eps (float): The InstanceNorm epsilon.
         chunk_elements (int, optional): Logit elements per query chunk.
-            Defaults to the module's ``_CHUNK_ELEMENTS`` per intra-op
-            thread.
+            Defaults to ``_CHUNK_ELEMENTS`` per intra-op thread on the CPU
+            and ``_GPU_CHUNK_ELEMENTS`` elsewhere.
 
     Returns:
-        Tensor: The attention output, (B, h, N, d).
+        Tensor: The attention output, (B, h, N, d), in the dtype of ``q``.
     """
+    dtype = q.dtype
+    core = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(core), k.to(core), v.to(core)
+        if mix is not None:
+            mix = mix.to(core)
+            mix_bias = mix.new_zeros(mix.shape[0]) if mix_bias is None \
+                else mix_bias.to(core)
+        out = _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
+                         chunk_elements)
+    return out.to(dtype)
+
+
+def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
+               chunk_elements):
+    """:func:`emsa_attention` on tensors of one dtype, outside autocast."""
+    dropout = attn_drop > 0 and training
     if mix is None:  # keys and values are small; the kernel prefers them
         # contiguous
         return F.scaled_dot_product_attention(
             q, k.contiguous(), v.contiguous(),
-            dropout_p=attn_drop if training else 0., scale=1.0)
-
-    if chunk_elements is None:
-        chunk_elements = _per_call(_CHUNK_ELEMENTS)
+            dropout_p=attn_drop if dropout else 0., scale=1.0)
     B, h, N, _ = q.shape
     M = k.shape[2]
-    if mix_bias is None:
-        mix_bias = mix.new_zeros(h)
+    if _graph_capture():  # one chunk: no size is baked into the graph
+        out, sq_sum = _attention_chunk(q, k, v, mix, mix_bias, attn_drop,
+                                       training)
+        inv_std = torch.rsqrt(sq_sum / (N * M) + eps)
+        return out * inv_std[:, :, None, None]
+
+    if chunk_elements is None:
+        chunk_elements = _chunk_elements(q.device)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, mix, mix_bias))
-    dropout = attn_drop > 0 and training
-    if not (needs_grad or dropout or torch.jit.is_tracing()):
+    if not (needs_grad or dropout):
         return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
 
     rows = max(1, chunk_elements // max(1, B * h * M))
@@ -276,12 +338,12 @@ def _conv_norm(conv: nn.Conv2d, norm: nn.Module,
     A BatchNorm that uses its running statistics is an affine map per
     channel, so it is folded into the convolution's weight and bias (the
     same function, one pass over the feature map fewer). Gradients flow
-    through the folding to the conv and norm parameters alike. Not while
-    tracing (see :func:`_is_inference`).
+    through the folding to the conv and norm parameters alike. Not while a
+    graph is recorded (see :func:`_graph_capture`): tools that count FLOPs
+    on a trace see the literal sequence of operators.
     """
     if not (isinstance(norm, _BatchNorm) and not norm.training
-            and norm.running_mean is not None
-            and not torch.jit.is_tracing()):
+            and norm.running_mean is not None and not _graph_capture()):
         return norm(conv(x))
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
@@ -309,7 +371,10 @@ class PixelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _is_inference(self):  # the same arithmetic, in place
-            return torch.sigmoid_(self.pa_conv(x)).mul_(x)
+            gate = torch.sigmoid_(self.pa_conv(x))
+            if gate.dtype == x.dtype:  # (under autocast it may not be)
+                return gate.mul_(x)
+            return x * gate
         return x * torch.sigmoid(self.pa_conv(x))
 
 
@@ -470,7 +535,8 @@ class EMSA(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        if self.num_heads == 1 and _is_inference(self):
+        if self.num_heads == 1 and _is_inference(self) and \
+                not torch.is_autocast_enabled(x.device.type):
             return self._forward_one_head(x, hw_shape)
         B, N, C = x.shape
         q, k, v = self.project_qkv(x, hw_shape)
@@ -556,7 +622,8 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def _forward_inference(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        """:meth:`_forward` in eval mode without autograd.
+        """:meth:`_forward` in eval mode without autograd, on the CPU in
+        float32.
 
         The MLP acts on each token alone, so it runs over chunks of tokens
         and adds its output in place: its hidden activations (4x the
@@ -578,7 +645,7 @@ class Block(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        if _is_inference(self):
+        if _is_inference(self) and _cpu_float32(x):
             return self._forward_inference(x, hw_shape)
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(
@@ -817,7 +884,7 @@ class ResT(BaseModule):
             for param in module.parameters():
                 param.requires_grad = False
 
-    def forward(self, x: torch.Tensor):
+    def _check_input(self, x: torch.Tensor):
         if x.dim() != 4:
             raise ValueError('ResT expects an image batch of shape '
                              f'(B, C, H, W), got shape {tuple(x.shape)}')
@@ -827,6 +894,10 @@ class ResT(BaseModule):
                 f'a batch with {x.shape[1]} (shape {tuple(x.shape)})')
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f'Empty input of shape {tuple(x.shape)}')
+
+    def forward(self, x: torch.Tensor):
+        if not torch.jit.is_tracing():  # a trace would bake the checks in
+            self._check_input(x)
         outs = []
         x = self._input_layout(x)
         for i in range(self.num_stages):

@@ -1,0 +1,193 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""ONNX export of a config's backbone (and neck), checked with onnxruntime.
+
+The graph has dynamic batch, height and width: ResT takes every size from
+the convolutions, and while a graph is recorded its attention runs all
+queries as one chunk, so nothing of the export size is baked in. The check
+runs the exported file in onnxruntime at several sizes and compares it with
+the eager PyTorch module on the same input.
+
+Needs ``onnx`` and ``onnxruntime`` (``requirements/deploy.txt``), and
+``onnxscript`` for the dynamo exporter.
+"""
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+#: The exporters :func:`export_onnx` knows: torch's TorchScript-based one
+#: (what mmdeploy uses) and the ``torch.export``-based one.
+EXPORTERS = ('torchscript', 'dynamo')
+
+
+class FeatureExtractor(nn.Module):
+    """The backbone, optionally followed by the neck, as one module whose
+    output is a tuple of feature maps.
+
+    Args:
+        backbone (nn.Module): The backbone.
+        neck (nn.Module, optional): A neck such as FPN.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: Optional[nn.Module] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = self.backbone(x)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        return tuple(feats)
+
+
+def build_feature_extractor(config: str,
+                            checkpoint: Optional[str] = None,
+                            with_neck: bool = False,
+                            cfg_options: Optional[dict] = None
+                            ) -> FeatureExtractor:
+    """The backbone (and neck) of a detector or segmentor config, in eval
+    mode, with the weights of ``checkpoint`` (a whole-model checkpoint of
+    that config) or, without one, from scratch (no pretrained file needed).
+    """
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from .checkpoint import (CheckpointError, extract_state_dict,
+                             load_checkpoint_file)
+
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'Config file not found: {config!r}')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS as registry
+    else:
+        from mmdet.registry import MODELS as registry
+    backbone_cfg = dict(cfg.model.backbone)
+    backbone_cfg['init_cfg'] = None
+    backbone = registry.build(backbone_cfg)
+    neck = None
+    if with_neck:
+        if cfg.model.get('neck') is None:
+            raise ValueError(f'{config} has no neck to export')
+        neck_cfg = cfg.model.neck
+        neck = registry.build(neck_cfg if not isinstance(neck_cfg, list)
+                              else neck_cfg[0])
+    model = FeatureExtractor(backbone, neck)
+    if checkpoint is not None:
+        weights = extract_state_dict(
+            load_checkpoint_file(checkpoint), source=repr(checkpoint))
+        missing = [k for k in model.state_dict() if k not in weights]
+        if missing:
+            raise CheckpointError(
+                f'{checkpoint!r} is not a checkpoint of {config}: it lacks '
+                f'{len(missing)} of the exported weights, e.g. {missing[:3]}')
+        model.load_state_dict(
+            {k: weights[k] for k in model.state_dict()})
+    else:
+        backbone.init_weights()
+        if neck is not None:
+            neck.init_weights()
+    return model.eval()
+
+
+def export_onnx(model: nn.Module,
+                out_file: str,
+                shape: Sequence[int] = (640, 960),
+                exporter: str = 'torchscript',
+                opset_version: int = 17) -> List[str]:
+    """Export ``model`` (image batch in, tuple of maps out) to ONNX with
+    dynamic batch, height and width; returns the output names.
+
+    Args:
+        model (nn.Module): The module to export, in eval mode.
+        out_file (str): The ``.onnx`` file to write.
+        shape (Sequence[int]): Height and width of the example input.
+        exporter (str): ``'torchscript'`` or ``'dynamo'``.
+        opset_version (int): The ONNX opset.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f'exporter must be one of {EXPORTERS}, got '
+                         f'{exporter!r}')
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f'shape must be (height, width), got {shape!r}')
+    in_channels = getattr(_backbone_of(model), 'in_channels', 3)
+    x = torch.randn(1, in_channels, *shape)
+    with torch.no_grad():
+        num_outputs = len(model(x))
+    names = [f'out{i}' for i in range(num_outputs)]
+    if exporter == 'torchscript':
+        axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+        for name in names:
+            axes[name] = {0: 'batch', 2: f'{name}_h', 3: f'{name}_w'}
+        torch.onnx.export(
+            model, (x, ),
+            out_file,
+            dynamo=False,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=opset_version)
+    else:
+        dim = torch.export.Dim
+        dynamic = {'x': {0: dim('batch', max=64), 2: dim('height', min=1,
+                                                          max=4096),
+                         3: dim('width', min=1, max=4096)}}
+        program = torch.onnx.export(
+            model, (x, ),
+            dynamo=True,
+            input_names=['input'],
+            output_names=names,
+            dynamic_shapes=dynamic,
+            opset_version=max(opset_version, 18))
+        program.save(out_file)
+    return names
+
+
+def _backbone_of(model: nn.Module) -> nn.Module:
+    return getattr(model, 'backbone', model)
+
+
+def check_onnx(onnx_file: str, model: nn.Module,
+               sizes: Sequence[Sequence[int]],
+               batch: int = 1) -> Dict[str, List[float]]:
+    """Run ``onnx_file`` in onnxruntime at each (height, width) of
+    ``sizes`` and compare it with the eager ``model``.
+
+    Returns:
+        dict: ``'HxW'`` -> the relative error ``||ort - eager|| /
+        ||eager||`` of each output.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        onnx_file, providers=['CPUExecutionProvider'])
+    input_name = session.get_inputs()[0].name
+    in_channels = getattr(_backbone_of(model), 'in_channels', 3)
+    errors = {}
+    for height, width in sizes:
+        x = torch.randn(batch, in_channels, height, width)
+        with torch.no_grad():
+            expected = model(x)
+        actual = session.run(None, {input_name: x.numpy()})
+        if len(actual) != len(expected):
+            raise RuntimeError(
+                f'{onnx_file} gives {len(actual)} outputs at {height}x'
+                f'{width}, the model {len(expected)}')
+        errs = []
+        for got, ref in zip(actual, expected):
+            if tuple(got.shape) != tuple(ref.shape):
+                raise RuntimeError(
+                    f'{onnx_file} at {height}x{width}: output shape '
+                    f'{tuple(got.shape)}, the model gives {tuple(ref.shape)}')
+            ref = ref.double()
+            diff = torch.from_numpy(np.asarray(got, dtype=np.float64)) - ref
+            errs.append((diff.norm() / ref.norm()).item())
+        errors[f'{height}x{width}'] = errs
+    return errors
