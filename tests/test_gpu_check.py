@@ -1,0 +1,229 @@
+"""The prepared GPU check (tools/gpu_check.py) and its mmcv ops shim.
+
+The shim's plain-PyTorch RoIAlign and NMS are checked against mmcv's
+compiled ops (an independent implementation, in C++); the whole check runs
+in its CPU quick mode with the shim forced in, so that Mask R-CNN's forward
+and backward go through it as they do on the GPU machine (mmcv-lite).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrest import gpu_check
+from mmrest.testing import ops_shim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------
+# ops shim against mmcv's compiled ops
+# --------------------------------------------------------------------------
+def _rois(num_images, height, width, scale, gen):
+    """Boxes (in image coordinates) of all kinds: inside, crossing and
+    outside the border, degenerate (zero width), tiny and large."""
+    h, w = height / scale, width / scale
+    boxes = []
+    for _ in range(40):
+        x1 = float(torch.rand(1, generator=gen)) * w * 1.2 - 0.1 * w
+        y1 = float(torch.rand(1, generator=gen)) * h * 1.2 - 0.1 * h
+        bw = float(torch.rand(1, generator=gen)) * w * 0.8
+        bh = float(torch.rand(1, generator=gen)) * h * 0.8
+        b = float(torch.randint(num_images, (1, ), generator=gen))
+        boxes.append([b, x1, y1, x1 + bw, y1 + bh])
+    boxes += [[0, 3.0, 4.0, 3.0, 9.0], [1, 0.0, 0.0, w, h],
+              [0, -5.0, -5.0, -1.0, -2.0], [1, 0.2, 0.3, 0.9, 0.8],
+              [0, w - 1.5, h - 2.5, w + 3.0, h + 1.0]]
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+@pytest.mark.parametrize('scale,ratio,aligned', [(0.25, 0, True),
+                                                 (0.125, 2, True),
+                                                 (0.5, 0, False),
+                                                 (1.0, 3, False)])
+def test_roi_align_torch_matches_mmcv(scale, ratio, aligned):
+    from mmcv.ops import roi_align
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 19, 23, generator=gen, dtype=torch.float32)
+    rois = _rois(2, 19, 23, scale, gen)
+    grad = torch.randn(rois.shape[0], 3, 7, 5, generator=gen)
+
+    x1 = x.clone().requires_grad_()
+    expected = roi_align(x1, rois, (7, 5), scale, ratio, 'avg', aligned)
+    expected.backward(grad)
+
+    x2 = x.clone().requires_grad_()
+    actual = ops_shim.roi_align_torch(x2, rois, 7, 5, scale, ratio, aligned)
+    actual.backward(grad)
+
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_shim_ext_functions_match_mmcv_signatures():
+    """The stand-in functions, called as mmcv/ops/roi_align.py and
+    mmcv/ops/nms.py call mmcv._ext, write what mmcv's ops compute."""
+    from mmcv.ops import nms, roi_align
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 16, 20, generator=gen)
+    rois = _rois(2, 16, 20, 0.5, gen)
+    ops_shim._BACKEND['name'] = 'torch'
+    out = x.new_zeros(rois.shape[0], 4, 7, 7)
+    ops_shim.roi_align_forward(x, rois, out, x.new_zeros(0), x.new_zeros(0),
+                               aligned_height=7, aligned_width=7,
+                               spatial_scale=0.5, sampling_ratio=0,
+                               pool_mode=1, aligned=True)
+    torch.testing.assert_close(
+        out, roi_align(x, rois, 7, 0.5, 0, 'avg', True), rtol=1e-5,
+        atol=1e-5)
+    g = torch.randn(out.shape, generator=gen)
+    gin = torch.zeros_like(x)
+    ops_shim.roi_align_backward(g, rois, x.new_zeros(0), x.new_zeros(0), gin,
+                                aligned_height=7, aligned_width=7,
+                                spatial_scale=0.5, sampling_ratio=0,
+                                pool_mode=1, aligned=True)
+    xr = x.clone().requires_grad_()
+    roi_align(xr, rois, 7, 0.5, 0, 'avg', True).backward(g)
+    torch.testing.assert_close(gin, xr.grad, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="pool_mode='avg'"):
+        ops_shim.roi_align_forward(x, rois, out, out, out, 7, 7, 0.5, 0, 0,
+                                   True)
+
+    boxes = torch.rand(300, 4, generator=gen) * 60
+    boxes[:, 2:] += boxes[:, :2] * 0.5 + 1
+    scores = torch.rand(300, generator=gen)
+    for offset in (0, 1):
+        for thr in (0.3, 0.7):
+            _, expected = nms(boxes, scores, thr, offset=offset)
+            actual = ops_shim.nms(boxes, scores, iou_threshold=thr,
+                                  offset=offset)
+            assert actual.tolist() == expected.tolist()
+
+
+def test_ext_stand_in_module():
+    mod = ops_shim.make_ext_module()
+    assert hasattr(mod, 'nms') and hasattr(mod, 'anything_else')
+    with pytest.raises(NotImplementedError, match='mmcv._ext.ball_query'):
+        mod.ball_query_forward()
+    with pytest.raises(AttributeError):
+        mod.__path__  # not a package for the import system
+
+
+# --------------------------------------------------------------------------
+# helpers and bookkeeping of the check
+# --------------------------------------------------------------------------
+def test_error_measures():
+    ref = [torch.tensor([1.0, -4.0]), torch.tensor([2.0])]
+    out = [torch.tensor([1.5, -4.0]), torch.tensor([2.0 + 1e-3])]
+    # worst of 0.5 / 4 and 1e-3 / 2
+    assert gpu_check.output_error(out, ref) == pytest.approx(0.125)
+    assert gpu_check.output_error([torch.tensor([float('nan')])],
+                                  [torch.tensor([1.0])]) == float('inf')
+    g = dict(a=torch.tensor([3.0, 0.0]), b=torch.tensor([0.0, 4.0]))
+    r = dict(a=torch.tensor([3.0, 1.0]), b=torch.tensor([0.0, 4.0]))
+    assert gpu_check.grad_error(g, r) == pytest.approx(1 / 26**0.5)
+    assert gpu_check.grad_error({}, r) == float('inf')
+
+
+def test_sections_are_independent_and_saved(tmp_path):
+    check = gpu_check.GpuCheck('cpu', str(tmp_path),
+                               gpu_check.Settings(quick=True),
+                               log=lambda msg: None)
+
+    def broken(sec):
+        sec['rows'].append(dict(kind='maskrcnn', model='m'))
+        raise ValueError('boom in section')
+
+    def rows(sec):
+        check._guarded_row(sec, dict(kind='maskrcnn', model='ok'),
+                           lambda: dict(iter_ms=12.5, peak_MiB=None))
+        check._guarded_row(sec, dict(kind='maskrcnn', model='bad'),
+                           lambda: 1 / 0)
+
+    check.run_section('equality', broken)
+    check.run_section('maskrcnn', rows)
+    saved = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert saved['sections']['equality']['status'] == 'error'
+    assert 'boom in section' in saved['sections']['equality']['error']
+    mr = saved['sections']['maskrcnn']
+    assert mr['status'] == 'errors in some rows'
+    assert mr['rows'][0]['iter_ms'] == 12.5
+    assert 'ZeroDivisionError' in mr['rows'][1]['error']
+    md = (tmp_path / 'gpu_check.md').read_text()
+    assert '### equality: error (ValueError: boom in section)' in md
+    assert '| ok | - | 12 |' in md or '| ok | - | 13 |' in md
+    assert 'error: ZeroDivisionError' in md
+
+    late = gpu_check.GpuCheck('cpu', str(tmp_path / 'late'),
+                              gpu_check.Settings(quick=True),
+                              deadline_s=0.0, log=lambda msg: None)
+    late.run_section('throughput', lambda sec: 1 / 0)
+    assert late.results['sections']['throughput']['status'] == 'skipped'
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(['--sections', 'equality,speed'])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(['--device', 'tpu'])
+
+
+# --------------------------------------------------------------------------
+# the whole check, quick mode on the CPU, ops shim forced in
+# --------------------------------------------------------------------------
+def test_quick_cpu_run_with_ops_shim(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MMREST_FORCE_OPS_SHIM='1',
+               PYTHONWARNINGS='ignore')
+    t = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
+         '--out', str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=170)
+    seconds = time.monotonic() - t
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / 'gpu_check.json').read_text())
+    meta = res['meta']
+    assert meta['ops_shim']['used'] is True
+    assert meta['ops_shim']['backend'] in ('torch', 'torchvision')
+    secs = res['sections']
+    for name in ('equality', 'throughput', 'maskrcnn'):
+        assert secs[name]['status'] not in ('error', 'skipped'), secs[name]
+    assert secs['compile']['status'] == 'skipped'
+
+    eq = [r for r in secs['equality']['rows'] if r['kind'] == 'equality']
+    assert len(eq) >= 2 * 4 * 3  # sizes x modes x dtypes for ResT-Small
+    fp32 = [r for r in eq if r['dtype'] == 'float32']
+    for r in fp32:  # float32: both paths close to the float64 reference
+        assert 'error' not in r, r
+        assert 0 < r['err_literal'] < 1e-4 and r['err_fast'] < 1e-4, r
+        assert r['pass'] is True, r
+    for r in eq:  # every low-precision row has figures or an error text
+        assert 'err_fast' in r or r.get('error'), r
+    steps = [r for r in secs['equality']['rows'] if r['kind'] == 'amp_steps']
+    assert {r['path'] for r in steps} == {'fast', 'literal'}
+    lit = [r for r in steps if r['path'] == 'literal'][0]
+    assert len(lit['steps']) == 3 and 'pass' in lit, lit
+
+    tp = {r['model']: r for r in secs['throughput']['rows']}
+    assert set(tp) == set(gpu_check.THROUGHPUT_MAIN)
+    for name in ('rest_small_literal', 'swin_t', 'resnet50'):
+        r = tp[name]
+        assert 'error' not in r, r
+        assert r['small_fp32_img_s'] > 0 and r['large_fp32_ms'] > 0, r
+        assert r['train_fp32_step_ms'] > 0, r
+
+    mr = {r['model']: r for r in secs['maskrcnn']['rows']}
+    assert set(mr) == {'mask_rcnn_rest_small', 'mask_rcnn_swin_t'}
+    for r in mr.values():  # forward and backward through the shim's ops
+        assert 'error' not in r, r
+        assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
+    md = (tmp_path / 'gpu_check.md').read_text()
+    for header in ('### equality', '### throughput', '### maskrcnn'):
+        assert header in md
+    assert md.strip() in proc.stdout  # the table is printed last
+    assert seconds < 120, f'quick mode took {seconds:.0f} s'
