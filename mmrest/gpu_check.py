@@ -101,8 +101,9 @@ class Settings:
             self.eq_arch = QUICK_REST_ARCH
             self.eq_shapes = [(1, 3, 33, 47)]
             self.eq_modes = ('eval_nograd', 'train_grad_cp')
+            self.eq_amp = (torch.float16, )
             self.amp_steps_shape = (1, 3, 33, 47)
-            self.amp_steps = 2
+            self.amp_steps = 1
             self.small = (1, 3, 64, 64)  # stands for 224x224 batch 64
             self.large = (1, 3, 64, 96)  # stands for 800x1344 batch 1
             self.mr_image = (96, 128)  # H, W; stands for 800 x 1333
@@ -118,6 +119,7 @@ class Settings:
             self.eq_shapes = [(2, 3, 224, 288), (1, 3, 97, 131)]
             self.eq_modes = ('eval_nograd', 'eval_grad', 'train_grad',
                              'train_grad_cp')
+            self.eq_amp = (torch.float16, torch.bfloat16)
             self.amp_steps_shape = (2, 3, 224, 288)
             self.amp_steps = 3
             self.amp = torch.float16
@@ -581,7 +583,7 @@ class GpuCheck:
 
         base = dict(kind='equality', model=name, input=shape_s, mode=mode)
         self._guarded_row(sec, dict(base, dtype='float32'), fp32_row)
-        for amp in (torch.float16, torch.bfloat16):
+        for amp in self.s.eq_amp:
             dname = str(amp).replace('torch.', '')
 
             def amp_row(amp=amp):
@@ -1034,7 +1036,8 @@ def to_markdown(results: Dict) -> str:
                 lines.append('| ' + ' | '.join(cells) + ' |')
             steps = [r for r in rows if r.get('kind') == 'amp_steps']
             if steps:
-                lines += ['', '| fp16 + GradScaler, 3 steps | input | '
+                n = len(steps[0].get('steps', [])) or '?'
+                lines += ['', f'| fp16 + GradScaler, {n} steps | input | '
                           'loss scale | skipped steps | non-finite grads | '
                           'pass |', '|' + '---|' * 6]
                 for r in steps:

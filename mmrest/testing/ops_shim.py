@@ -63,33 +63,16 @@ def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, pooled: int,
     return low, high, w_low, w_high
 
 
-def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, out_h: int,
-                    out_w: int, spatial_scale: float, sampling_ratio: int,
-                    aligned: bool, max_elements: int = 1 << 24
-                    ) -> torch.Tensor:
-    """RoIAlign (average pooling) as mmcv computes it, in plain PyTorch.
-
-    Args:
-        input (Tensor): Feature maps, B x C x H x W.
-        rois (Tensor): K x 5 boxes ``(batch index, x1, y1, x2, y2)``.
-        out_h (int): Output height.
-        out_w (int): Output width.
-        spatial_scale (float): Scale from box to feature coordinates.
-        sampling_ratio (int): Samples per bin along each axis; 0 or less
-            for ``ceil(roi size / output size)``.
-        aligned (bool): Shift the boxes by half a pixel (``aligned=True``
-            in mmcv and torchvision).
-        max_elements (int): Bound on the gathered samples held at once.
-
-    Returns:
-        Tensor: K x C x out_h x out_w, differentiable in ``input``.
-    """
-    _, C, H, W = input.shape
-    K = rois.shape[0]
-    out = input.new_zeros(K, C, out_h, out_w)
-    if K == 0:
-        return out
-    r = rois.to(input.dtype)
+def _roi_groups(rois: torch.Tensor, out_h: int, out_w: int,
+                spatial_scale: float, sampling_ratio: int, aligned: bool,
+                height: int, width: int, channels: int, dtype, device,
+                max_elements: int):
+    """The sampling of mmcv's RoIAlign, by groups of RoIs with the same
+    number of samples per bin: yields ``(rois, grid_h, grid_w, corners)``
+    where ``corners`` are four ``(flat index, weight)`` pairs, each
+    (R, out_h*grid_h, out_w*grid_w), indexing the input as a
+    (B*H*W, C) matrix."""
+    r = rois.to(dtype)
     offset = 0.5 if aligned else 0.0
     x1 = r[:, 1] * spatial_scale - offset
     y1 = r[:, 2] * spatial_scale - offset
@@ -112,24 +95,90 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, out_h: int,
         if gh * gw == 0:
             continue  # an empty RoI: mmcv divides a zero sum by 1
         idx = ((pairs[:, 0] == gh) & (pairs[:, 1] == gw)).nonzero()[:, 0]
-        idx = idx.to(input.device)
-        per_roi = out_h * gh * out_w * gw * C
+        idx = idx.to(device)
+        per_roi = out_h * gh * out_w * gw * channels
         step = max(1, max_elements // per_roi)
         for s in range(0, idx.numel(), step):
             j = idx[s:s + step]
-            yl, yh, wyl, wyh = _axis_samples(y1[j], bin_h[j], out_h, gh, H)
-            xl, xh, wxl, wxh = _axis_samples(x1[j], bin_w[j], out_w, gw, W)
-            b = batch[j][:, None, None]
-            val = 0
+            yl, yh, wyl, wyh = _axis_samples(y1[j], bin_h[j], out_h, gh,
+                                             height)
+            xl, xh, wxl, wxh = _axis_samples(x1[j], bin_w[j], out_w, gw,
+                                             width)
+            base = (batch[j] * (height * width))[:, None, None]
+            corners = []
             for yi, wy in ((yl, wyl), (yh, wyh)):
                 for xi, wx in ((xl, wxl), (xh, wxh)):
-                    g = input[b, :, yi[:, :, None], xi[:, None, :]]
-                    val = val + g * (wy[:, :, None, None] *
-                                     wx[:, None, :, None])
-            val = val.reshape(j.numel(), out_h, gh, out_w, gw, C)
-            val = val.sum(dim=(2, 4)) / (gh * gw)
-            out = out.index_copy(0, j, val.permute(0, 3, 1, 2))
+                    flat = base + yi[:, :, None] * width + xi[:, None, :]
+                    corners.append((flat, wy[:, :, None] * wx[:, None, :]))
+            yield j, gh, gw, corners
+
+
+def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, out_h: int,
+                    out_w: int, spatial_scale: float, sampling_ratio: int,
+                    aligned: bool, max_elements: int = 1 << 24
+                    ) -> torch.Tensor:
+    """RoIAlign (average pooling) as mmcv computes it, in plain PyTorch
+    (forward only; see :func:`roi_align_torch_backward`).
+
+    Args:
+        input (Tensor): Feature maps, B x C x H x W.
+        rois (Tensor): K x 5 boxes ``(batch index, x1, y1, x2, y2)``.
+        out_h (int): Output height.
+        out_w (int): Output width.
+        spatial_scale (float): Scale from box to feature coordinates.
+        sampling_ratio (int): Samples per bin along each axis; 0 or less
+            for ``ceil(roi size / output size)``.
+        aligned (bool): Shift the boxes by half a pixel (``aligned=True``
+            in mmcv and torchvision).
+        max_elements (int): Bound on the gathered samples held at once.
+
+    Returns:
+        Tensor: K x C x out_h x out_w.
+    """
+    B, C, H, W = input.shape
+    out = input.new_zeros(rois.shape[0], C, out_h, out_w)
+    if rois.shape[0] == 0:
+        return out
+    feat = input.detach().permute(0, 2, 3, 1).reshape(B * H * W, C)
+    for j, gh, gw, corners in _roi_groups(rois, out_h, out_w, spatial_scale,
+                                          sampling_ratio, aligned, H, W, C,
+                                          input.dtype, input.device,
+                                          max_elements):
+        val = 0
+        for flat, w in corners:
+            val = val + feat.index_select(0, flat.reshape(-1)).view(
+                *flat.shape, C) * w[..., None]
+        val = val.view(j.numel(), out_h, gh, out_w, gw, C)
+        val = val.sum(dim=(2, 4)) / (gh * gw)
+        out.index_copy_(0, j, val.permute(0, 3, 1, 2))
     return out
+
+
+def roi_align_torch_backward(grad_output: torch.Tensor, rois: torch.Tensor,
+                             input_shape, spatial_scale: float,
+                             sampling_ratio: int, aligned: bool,
+                             max_elements: int = 1 << 24) -> torch.Tensor:
+    """The gradient of :func:`roi_align_torch` with respect to its input
+    (RoIAlign is linear in it: each sample's weights, scattered back).
+
+    Returns:
+        Tensor: Of ``input_shape`` (B x C x H x W).
+    """
+    B, C, H, W = input_shape
+    K, _, out_h, out_w = grad_output.shape
+    grad = grad_output.new_zeros(B * H * W, C)
+    if K == 0:
+        return grad.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    for j, gh, gw, corners in _roi_groups(rois, out_h, out_w, spatial_scale,
+                                          sampling_ratio, aligned, H, W, C,
+                                          grad_output.dtype,
+                                          grad_output.device, max_elements):
+        g = grad_output.index_select(0, j).permute(0, 2, 3, 1) / (gh * gw)
+        g = g.repeat_interleave(gh, dim=1).repeat_interleave(gw, dim=2)
+        for flat, w in corners:
+            grad.index_add_(0, flat.reshape(-1),
+                            (g * w[..., None]).reshape(-1, C))
+    return grad.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
 
 
 def nms_torch(boxes: torch.Tensor, scores: torch.Tensor,
@@ -210,19 +259,15 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x,
     output.copy_(y)
 
 
-def _roi_align_backward_autograd(grad, rois, grad_input, out_h, out_w,
-                                 spatial_scale, sampling_ratio, aligned,
-                                 use_tv):
-    """RoIAlign is linear in its input: its backward is the vector-Jacobian
-    product of the forward at any input, zeros here."""
+def _roi_align_backward_tv_autograd(grad, rois, grad_input, out_h, out_w,
+                                    spatial_scale, sampling_ratio, aligned):
+    """torchvision's RoIAlign backward through autograd: RoIAlign is linear
+    in its input, so its vector-Jacobian product at zeros is the gradient.
+    """
     x = torch.zeros(grad_input.shape, dtype=torch.float32,
                     device=grad_input.device, requires_grad=True)
     with torch.enable_grad():
-        if use_tv:
-            y = _tv_ops().roi_align(x, rois, (out_h, out_w), spatial_scale,
-                                    sampling_ratio, aligned)
-        else:
-            y = roi_align_torch(x, rois, out_h, out_w, spatial_scale,
+        y = _tv_ops().roi_align(x, rois, (out_h, out_w), spatial_scale,
                                 sampling_ratio, aligned)
         (g, ) = torch.autograd.grad(y, x, grad)
     return g
@@ -246,11 +291,10 @@ def roi_align_backward(grad_output, rois, argmax_y, argmax_x, grad_input,
             g = torch.ops.torchvision._roi_align_backward(
                 grad, r, args[0], h, w, B, C, H, W, args[1], args[2])
         except (AttributeError, RuntimeError, TypeError):
-            g = _roi_align_backward_autograd(grad, r, grad_input, h, w,
-                                             *args, use_tv=True)
+            g = _roi_align_backward_tv_autograd(grad, r, grad_input, h, w,
+                                                *args)
     else:
-        g = _roi_align_backward_autograd(grad, r, grad_input, h, w, *args,
-                                         use_tv=False)
+        g = roi_align_torch_backward(grad, r, grad_input.shape, *args)
     grad_input.copy_(g)
 
 
@@ -447,4 +491,4 @@ def patch_package_lookup() -> Optional[str]:
 
 
 __all__ = ['install', 'self_check', 'make_ext_module', 'roi_align_torch',
-           'nms_torch', 'patch_package_lookup', 'FORCE_ENV']
+           'roi_align_torch_backward', 'nms_torch', 'patch_package_lookup', 'FORCE_ENV']
