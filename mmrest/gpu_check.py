@@ -904,23 +904,33 @@ def compile_worker(args: Dict):
                    ).to(dev)
     res = dict(backend=args['backend'])
     amp = torch.float16
-    with torch.no_grad(), _autocast(dev, amp):
-        eager = [o.float() for o in model(x)]
-        ms = time_calls(lambda: model(x), dev, args['repeats'],
-                        args['warmup'])
-    res['eager_ms'] = statistics.median(ms)
-    compiled = torch.compile(model, backend=args['backend'])
-    t = time.perf_counter()
-    with torch.no_grad(), _autocast(dev, amp):
-        outs = [o.float() for o in compiled(x)]
-        _sync(dev)
-        res['compile_s'] = time.perf_counter() - t
-        ms = time_calls(lambda: compiled(x), dev, args['repeats'],
-                        args['warmup'])
-    res['compiled_ms'] = statistics.median(ms)
-    res['img_s'] = args['shape'][0] * 1e3 / res['compiled_ms']
-    res['speedup'] = res['eager_ms'] / res['compiled_ms']
-    res['err_vs_eager'] = output_error(outs, eager)
+    eager = None
+    try:
+        with torch.no_grad(), _autocast(dev, amp):
+            eager = [o.float() for o in model(x)]
+            ms = time_calls(lambda: model(x), dev, args['repeats'],
+                            args['warmup'])
+        res['eager_ms'] = statistics.median(ms)
+    except Exception as e:  # noqa: BLE001 (compile is still tried)
+        res['eager_error'] = _short_error(e)
+    try:
+        compiled = torch.compile(model, backend=args['backend'])
+        t = time.perf_counter()
+        with torch.no_grad(), _autocast(dev, amp):
+            outs = [o.float() for o in compiled(x)]
+            _sync(dev)
+            res['compile_s'] = time.perf_counter() - t
+            ms = time_calls(lambda: compiled(x), dev, args['repeats'],
+                            args['warmup'])
+        res['compiled_ms'] = statistics.median(ms)
+        res['img_s'] = args['shape'][0] * 1e3 / res['compiled_ms']
+        if eager is not None:
+            res['speedup'] = res['eager_ms'] / res['compiled_ms']
+            res['err_vs_eager'] = output_error(outs, eager)
+    except Exception as e:  # noqa: BLE001
+        res['error'] = 'torch.compile: ' + _short_error(e)
+    if 'eager_error' in res and 'error' not in res:
+        res['error'] = 'eager: ' + res['eager_error']
     print('COMPILE_RESULT ' + json.dumps(res), flush=True)
 
 
