@@ -6,6 +6,7 @@ in its CPU quick mode with the shim forced in, so that Mask R-CNN's forward
 and backward go through it as they do on the GPU machine (mmcv-lite).
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -52,6 +53,91 @@ def _rois(num_images, height, width, scale, gen):
               [0, -5.0, -5.0, -1.0, -2.0], [1, 0.2, 0.3, 0.9, 0.8],
               [0, w - 1.5, h - 2.5, w + 3.0, h + 1.0]]
     return torch.tensor(boxes, dtype=torch.float32)
+
+
+def _bilinear_loop(height, width, y, x):
+    """mmcv's bilinear_interpolate, one sample: [(y, x, weight)]."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return []
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx),
+            (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+
+
+def _roi_align_loop(x, rois, out_h, out_w, scale, ratio, aligned, grad):
+    """mmcv's RoIAlign CUDA kernels (average mode) transcribed as scalar
+    loops, float64: the forward and the input gradient for ``grad``."""
+    B, C, H, W = x.shape
+    out = torch.zeros(rois.shape[0], C, out_h, out_w, dtype=torch.float64)
+    gin = torch.zeros(B, C, H, W, dtype=torch.float64)
+    off = 0.5 if aligned else 0.0
+    for n, (b, x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+        sw, sh = x1 * scale - off, y1 * scale - off
+        rw, rh = x2 * scale - off - sw, y2 * scale - off - sh
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bh, bw = rh / out_h, rw / out_w
+        gh = ratio if ratio > 0 else int(math.ceil(rh / out_h))
+        gw = ratio if ratio > 0 else int(math.ceil(rw / out_w))
+        count = max(gh * gw, 1)
+        for ph in range(out_h):
+            for pw in range(out_w):
+                for iy in range(gh):
+                    yy = sh + ph * bh + (iy + .5) * bh / gh
+                    for ix in range(gw):
+                        xx = sw + pw * bw + (ix + .5) * bw / gw
+                        for yi, xi, w in _bilinear_loop(H, W, yy, xx):
+                            out[n, :, ph, pw] += w * x[int(b), :, yi, xi] / count
+                            gin[int(b), :, yi, xi] += (
+                                w * grad[n, :, ph, pw] / count)
+    return out, gin
+
+
+@pytest.mark.parametrize('scale,ratio,aligned', [(0.5, 0, True),
+                                                 (0.25, 2, False)])
+def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned):
+    """Against mmcv's kernels written out as loops (no mmcv needed)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 2, 9, 11, generator=gen, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 2.0, 13.0, 15.0], [1, -4.0, -3.0, 9.0, 6.5],
+                         [0, 15.0, 12.0, 30.0, 22.0], [1, 6.0, 6.0, 6.0, 9.0],
+                         [0, 0.0, 0.0, 44.0, 36.0], [1, 2.3, 4.1, 5.2, 6.9]],
+                        dtype=torch.float64)
+    grad = torch.randn(6, 2, 3, 4, generator=gen, dtype=torch.float64)
+    exp_out, exp_grad = _roi_align_loop(x, rois, 3, 4, scale, ratio,
+                                        aligned, grad)
+    out = ops_shim.roi_align_torch(x, rois, 3, 4, scale, ratio, aligned)
+    gin = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale,
+                                            ratio, aligned)
+    torch.testing.assert_close(out, exp_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gin, exp_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_nms_torch_greedy():
+    """Hand-made boxes, greedy by score, and mmcv's ``offset=1``."""
+    boxes = torch.tensor([[0., 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30],
+                          [0, 0, 9, 9]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # offset 0: IoU(box3, box0) = 81 / 100, IoU(box3, box1) = 64 / 117
+    assert ops_shim.nms_torch(boxes, scores, 0.5).tolist() == [3, 2]
+    assert ops_shim.nms_torch(boxes, scores, 0.7).tolist() == [3, 1, 2]
+    # offset 1: IoU(box3, box0) = 100 / 121, IoU(box3, box1) = 81 / 140
+    assert ops_shim.nms_torch(boxes, scores, 0.6, offset=1).tolist() == [
+        3, 1, 2]
+    assert ops_shim.nms_torch(boxes[:0], scores[:0], 0.5).numel() == 0
 
 
 @needs_mmcv_ops
