@@ -1,0 +1,331 @@
+"""The prepared GPU check (tools/gpu_check.py) and its mmcv ops shim.
+
+The shim's plain-PyTorch RoIAlign and NMS are checked against mmcv's
+compiled ops (an independent implementation, in C++); the whole check runs
+in its CPU quick mode with the shim forced in, so that Mask R-CNN's forward
+and backward go through it as they do on the GPU machine (mmcv-lite).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrest import gpu_check
+from mmrest.testing import ops_shim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _real_mmcv_ops():
+    try:
+        import mmcv._ext  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_mmcv_ops = pytest.mark.skipif(
+    not _real_mmcv_ops(), reason='needs mmcv with compiled ops (the '
+    'project requirement) as the independent reference')
+
+
+# --------------------------------------------------------------------------
+# ops shim against mmcv's compiled ops
+# --------------------------------------------------------------------------
+def _rois(num_images, height, width, scale, gen):
+    """Boxes (in image coordinates) of all kinds: inside, crossing and
+    outside the border, degenerate (zero width), tiny and large."""
+    h, w = height / scale, width / scale
+    boxes = []
+    for _ in range(40):
+        x1 = float(torch.rand(1, generator=gen)) * w * 1.2 - 0.1 * w
+        y1 = float(torch.rand(1, generator=gen)) * h * 1.2 - 0.1 * h
+        bw = float(torch.rand(1, generator=gen)) * w * 0.8
+        bh = float(torch.rand(1, generator=gen)) * h * 0.8
+        b = float(torch.randint(num_images, (1, ), generator=gen))
+        boxes.append([b, x1, y1, x1 + bw, y1 + bh])
+    boxes += [[0, 3.0, 4.0, 3.0, 9.0], [1, 0.0, 0.0, w, h],
+              [0, -5.0, -5.0, -1.0, -2.0], [1, 0.2, 0.3, 0.9, 0.8],
+              [0, w - 1.5, h - 2.5, w + 3.0, h + 1.0]]
+    return torch.tensor(boxes, dtype=torch.float32)
+
+
+def _bilinear_loop(height, width, y, x):
+    """mmcv's bilinear_interpolate, one sample: [(y, x, weight)]."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return []
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx),
+            (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+
+
+def _roi_align_loop(x, rois, out_h, out_w, scale, ratio, aligned, grad):
+    """mmcv's RoIAlign CUDA kernels (average mode) transcribed as scalar
+    loops, float64: the forward and the input gradient for ``grad``."""
+    B, C, H, W = x.shape
+    out = torch.zeros(rois.shape[0], C, out_h, out_w, dtype=torch.float64)
+    gin = torch.zeros(B, C, H, W, dtype=torch.float64)
+    off = 0.5 if aligned else 0.0
+    for n, (b, x1, y1, x2, y2) in enumerate(rois.double().tolist()):
+        sw, sh = x1 * scale - off, y1 * scale - off
+        rw, rh = x2 * scale - off - sw, y2 * scale - off - sh
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bh, bw = rh / out_h, rw / out_w
+        gh = ratio if ratio > 0 else int(math.ceil(rh / out_h))
+        gw = ratio if ratio > 0 else int(math.ceil(rw / out_w))
+        count = max(gh * gw, 1)
+        for ph in range(out_h):
+            for pw in range(out_w):
+                for iy in range(gh):
+                    yy = sh + ph * bh + (iy + .5) * bh / gh
+                    for ix in range(gw):
+                        xx = sw + pw * bw + (ix + .5) * bw / gw
+                        for yi, xi, w in _bilinear_loop(H, W, yy, xx):
+                            out[n, :, ph, pw] += w * x[int(b), :, yi, xi] / count
+                            gin[int(b), :, yi, xi] += (
+                                w * grad[n, :, ph, pw] / count)
+    return out, gin
+
+
+@pytest.mark.parametrize('scale,ratio,aligned', [(0.5, 0, True),
+                                                 (0.25, 2, False)])
+def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned):
+    """Against mmcv's kernels written out as loops (no mmcv needed)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 2, 9, 11, generator=gen, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 2.0, 13.0, 15.0], [1, -4.0, -3.0, 9.0, 6.5],
+                         [0, 15.0, 12.0, 30.0, 22.0], [1, 6.0, 6.0, 6.0, 9.0],
+                         [0, 0.0, 0.0, 44.0, 36.0], [1, 2.3, 4.1, 5.2, 6.9]],
+                        dtype=torch.float64)
+    grad = torch.randn(6, 2, 3, 4, generator=gen, dtype=torch.float64)
+    exp_out, exp_grad = _roi_align_loop(x, rois, 3, 4, scale, ratio,
+                                        aligned, grad)
+    out = ops_shim.roi_align_torch(x, rois, 3, 4, scale, ratio, aligned)
+    gin = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale,
+                                            ratio, aligned)
+    torch.testing.assert_close(out, exp_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gin, exp_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_nms_torch_greedy():
+    """Hand-made boxes, greedy by score, and mmcv's ``offset=1``."""
+    boxes = torch.tensor([[0., 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30],
+                          [0, 0, 9, 9]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    # offset 0: IoU(box3, box0) = 81 / 100, IoU(box3, box1) = 64 / 117
+    assert ops_shim.nms_torch(boxes, scores, 0.5).tolist() == [3, 2]
+    assert ops_shim.nms_torch(boxes, scores, 0.7).tolist() == [3, 1, 2]
+    # offset 1: IoU(box3, box0) = 100 / 121, IoU(box3, box1) = 81 / 140
+    assert ops_shim.nms_torch(boxes, scores, 0.6, offset=1).tolist() == [
+        3, 1, 2]
+    assert ops_shim.nms_torch(boxes[:0], scores[:0], 0.5).numel() == 0
+
+
+@needs_mmcv_ops
+@pytest.mark.parametrize('scale,ratio,aligned', [(0.25, 0, True),
+                                                 (0.125, 2, True),
+                                                 (0.5, 0, False),
+                                                 (1.0, 3, False)])
+def test_roi_align_torch_matches_mmcv(scale, ratio, aligned):
+    from mmcv.ops import roi_align
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 19, 23, generator=gen, dtype=torch.float32)
+    rois = _rois(2, 19, 23, scale, gen)
+    grad = torch.randn(rois.shape[0], 3, 7, 5, generator=gen)
+
+    x1 = x.clone().requires_grad_()
+    expected = roi_align(x1, rois, (7, 5), scale, ratio, 'avg', aligned)
+    expected.backward(grad)
+
+    actual = ops_shim.roi_align_torch(x, rois, 7, 5, scale, ratio, aligned)
+    grad_in = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale,
+                                                ratio, aligned)
+
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(grad_in, x1.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_mmcv_ops
+def test_shim_ext_functions_match_mmcv_signatures():
+    """The stand-in functions, called as mmcv/ops/roi_align.py and
+    mmcv/ops/nms.py call mmcv._ext, write what mmcv's ops compute."""
+    from mmcv.ops import nms, roi_align
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 16, 20, generator=gen)
+    rois = _rois(2, 16, 20, 0.5, gen)
+    ops_shim._BACKEND['name'] = 'torch'
+    out = x.new_zeros(rois.shape[0], 4, 7, 7)
+    ops_shim.roi_align_forward(x, rois, out, x.new_zeros(0), x.new_zeros(0),
+                               aligned_height=7, aligned_width=7,
+                               spatial_scale=0.5, sampling_ratio=0,
+                               pool_mode=1, aligned=True)
+    torch.testing.assert_close(
+        out, roi_align(x, rois, 7, 0.5, 0, 'avg', True), rtol=1e-5,
+        atol=1e-5)
+    g = torch.randn(out.shape, generator=gen)
+    gin = torch.zeros_like(x)
+    ops_shim.roi_align_backward(g, rois, x.new_zeros(0), x.new_zeros(0), gin,
+                                aligned_height=7, aligned_width=7,
+                                spatial_scale=0.5, sampling_ratio=0,
+                                pool_mode=1, aligned=True)
+    xr = x.clone().requires_grad_()
+    roi_align(xr, rois, 7, 0.5, 0, 'avg', True).backward(g)
+    torch.testing.assert_close(gin, xr.grad, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="pool_mode='avg'"):
+        ops_shim.roi_align_forward(x, rois, out, out, out, 7, 7, 0.5, 0, 0,
+                                   True)
+
+    boxes = torch.rand(300, 4, generator=gen) * 60
+    boxes[:, 2:] += boxes[:, :2] * 0.5 + 1
+    scores = torch.rand(300, generator=gen)
+    for offset in (0, 1):
+        for thr in (0.3, 0.7):
+            _, expected = nms(boxes, scores, thr, offset=offset)
+            actual = ops_shim.nms(boxes, scores, iou_threshold=thr,
+                                  offset=offset)
+            assert actual.tolist() == expected.tolist()
+
+
+def test_ext_stand_in_module():
+    mod = ops_shim.make_ext_module()
+    assert hasattr(mod, 'nms') and hasattr(mod, 'anything_else')
+    with pytest.raises(NotImplementedError, match='mmcv._ext.ball_query'):
+        mod.ball_query_forward()
+    with pytest.raises(AttributeError):
+        mod.__path__  # not a package for the import system
+
+
+# --------------------------------------------------------------------------
+# helpers and bookkeeping of the check
+# --------------------------------------------------------------------------
+def test_error_measures():
+    ref = [torch.tensor([1.0, -4.0]), torch.tensor([2.0])]
+    out = [torch.tensor([1.5, -4.0]), torch.tensor([2.0 + 1e-3])]
+    # worst of 0.5 / 4 and 1e-3 / 2
+    assert gpu_check.output_error(out, ref) == pytest.approx(0.125)
+    assert gpu_check.output_error([torch.tensor([float('nan')])],
+                                  [torch.tensor([1.0])]) == float('inf')
+    g = dict(a=torch.tensor([3.0, 0.0]), b=torch.tensor([0.0, 4.0]))
+    r = dict(a=torch.tensor([3.0, 1.0]), b=torch.tensor([0.0, 4.0]))
+    assert gpu_check.grad_error(g, r) == pytest.approx(1 / 26**0.5)
+    assert gpu_check.grad_error({}, r) == float('inf')
+
+
+def test_sections_are_independent_and_saved(tmp_path):
+    check = gpu_check.GpuCheck('cpu', str(tmp_path),
+                               gpu_check.Settings(quick=True),
+                               log=lambda msg: None)
+
+    def broken(sec):
+        sec['rows'].append(dict(kind='maskrcnn', model='m'))
+        raise ValueError('boom in section')
+
+    def rows(sec):
+        check._guarded_row(sec, dict(kind='maskrcnn', model='ok'),
+                           lambda: dict(iter_ms=12.5, peak_MiB=None))
+        check._guarded_row(sec, dict(kind='maskrcnn', model='bad'),
+                           lambda: 1 / 0)
+
+    check.run_section('equality', broken)
+    check.run_section('maskrcnn', rows)
+    saved = json.loads((tmp_path / 'gpu_check.json').read_text())
+    assert saved['sections']['equality']['status'] == 'error'
+    assert 'boom in section' in saved['sections']['equality']['error']
+    mr = saved['sections']['maskrcnn']
+    assert mr['status'] == 'errors in some rows'
+    assert mr['rows'][0]['iter_ms'] == 12.5
+    assert 'ZeroDivisionError' in mr['rows'][1]['error']
+    md = (tmp_path / 'gpu_check.md').read_text()
+    assert '### equality: error (ValueError: boom in section)' in md
+    assert '| ok | - | 12 |' in md or '| ok | - | 13 |' in md
+    assert 'error: ZeroDivisionError' in md
+
+    late = gpu_check.GpuCheck('cpu', str(tmp_path / 'late'),
+                              gpu_check.Settings(quick=True),
+                              deadline_s=0.0, log=lambda msg: None)
+    late.run_section('throughput', lambda sec: 1 / 0)
+    assert late.results['sections']['throughput']['status'] == 'skipped'
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(['--sections', 'equality,speed'])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(['--device', 'tpu'])
+
+
+# --------------------------------------------------------------------------
+# the whole check, quick mode on the CPU, ops shim forced in
+# --------------------------------------------------------------------------
+def test_quick_cpu_run_with_ops_shim(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MMREST_FORCE_OPS_SHIM='1',
+               PYTHONWARNINGS='ignore')
+    proc = subprocess.run(
+        [sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
+         '--out', str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / 'gpu_check.json').read_text())
+    meta = res['meta']
+    assert meta['ops_shim']['used'] is True
+    assert meta['ops_shim']['backend'] in ('torch', 'torchvision')
+    secs = res['sections']
+    for name in ('equality', 'throughput', 'maskrcnn'):
+        assert secs[name]['status'] not in ('error', 'skipped'), secs[name]
+    assert secs['compile']['status'] == 'skipped'
+
+    eq = [r for r in secs['equality']['rows'] if r['kind'] == 'equality']
+    # quick mode: one size, two modes (eval without autograd, train with
+    # autograd and with_cp), float32 and fp16
+    assert len(eq) == 1 * 2 * 2
+    fp32 = [r for r in eq if r['dtype'] == 'float32']
+    for r in fp32:  # float32: both paths close to the float64 reference
+        assert 'error' not in r, r
+        assert 0 < r['err_literal'] < 1e-4 and r['err_fast'] < 1e-4, r
+        assert r['err_fast'] <= 4 * r['err_literal'] + gpu_check.FP32_FLOOR
+        if r['mode'] != 'eval_nograd':  # gradients measured, both paths
+            assert r['grad_err_fast'] >= 0 and r['grad_err_literal'] >= 0
+    for r in eq:  # every low-precision row has figures or an error text
+        assert 'err_fast' in r or r.get('error'), r
+    steps = [r for r in secs['equality']['rows'] if r['kind'] == 'amp_steps']
+    assert {r['path'] for r in steps} == {'fast', 'literal'}
+    lit = [r for r in steps if r['path'] == 'literal'][0]
+    assert len(lit['steps']) == 1 and 'pass' in lit, lit
+
+    tp = {r['model']: r for r in secs['throughput']['rows']}
+    assert set(tp) == set(gpu_check.THROUGHPUT_MAIN)
+    for name in ('rest_small_literal', 'swin_t', 'resnet50'):
+        r = tp[name]
+        assert 'error' not in r, r
+        assert r['small_fp32_img_s'] > 0 and r['large_fp32_ms'] > 0, r
+        assert r['train_fp32_step_ms'] > 0, r
+
+    mr = {r['model']: r for r in secs['maskrcnn']['rows']}
+    assert set(mr) == {'mask_rcnn_rest_small', 'mask_rcnn_swin_t'}
+    for r in mr.values():  # forward and backward through the shim's ops
+        assert 'error' not in r, r
+        assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
+    md = (tmp_path / 'gpu_check.md').read_text()
+    for header in ('### equality', '### throughput', '### maskrcnn'):
+        assert header in md
+    assert md.strip() in proc.stdout  # the table is printed last
