@@ -37,7 +37,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -49,6 +48,64 @@ from .rest import PixelAttention, _check_index
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
+# Elements of one token chunk of the MLP's hidden activations per intra-op
+# thread (eager inference): about 4 MB in float32, kept in cache.
+_MLP_CHUNK_ELEMENTS = 1 << 20
+
+
+def _plain_eager() -> bool:
+    """Not tracing, not compiling, not exporting to ONNX: the code runs as
+    plain Python on real tensors, so it may loop over chunks, write in place
+    and call backend kernels. Graphs (trace, ONNX, ``torch.compile``) see
+    only the standard operators, the same for every input size."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+
+def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """Eval mode, no autograd, no autocast, plain eager execution: nothing
+    is saved for a backward pass and no dtype is chosen per operator, so
+    buffers may be written in place and work may be reordered."""
+    return not (module.training or torch.is_grad_enabled()
+                or torch.is_autocast_enabled(x.device.type)) \
+        and _plain_eager()
+
+
+def _onednn_linear_op():
+    """oneDNN's linear kernel (``mkldnn::_linear_pointwise``), or None."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor] = None,
+            gelu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then the exact, erf GELU when ``gelu``).
+
+    On the CPU in float32, when nothing needs a gradient, outside autocast
+    and in plain eager execution (:func:`_plain_eager`), this is oneDNN's
+    linear kernel, which adds the bias and applies the GELU as it writes
+    the output (``F.linear`` fills the output with the bias first, and the
+    GELU is another pass). Same formula.
+    """
+    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled('cpu')
+            and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (x, weight, bias))) and _plain_eager()):
+        return _ONEDNN_LINEAR(x, weight, bias, 'gelu' if gelu else 'none',
+                              [], 'none' if gelu else '')
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
 
 
 class ConvStemV2(nn.Module):
@@ -150,12 +207,15 @@ class AttentionV2(nn.Module):
         self.up_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor,
-                hw_shape: Sequence[int]) -> torch.Tensor:
+    def attend(self, x: torch.Tensor,
+               hw_shape: Sequence[int]) -> torch.Tensor:
+        """Everything before the output projection: the attention output
+        plus the normalised value branch, (B, N, C)."""
         B, N, C = x.shape
         H, W = hw_shape
         h = self.num_heads
-        q = self.q(x).view(B, N, h, C // h).transpose(1, 2)
+        q = _linear(x, self.q.weight, self.q.bias)
+        q = q.view(B, N, h, C // h).transpose(1, 2)
         if self.sr_ratio > 1:
             # Tokens read as a (channels-last) map without a copy.
             kv_map = self.sr(x.reshape(B, H, W, C).permute(0, 3, 1, 2))
@@ -163,7 +223,7 @@ class AttentionV2(nn.Module):
             x = self.sr_norm(kv_map.permute(0, 2, 3, 1).reshape(B, -1, C))
         else:
             Hs, Ws = H, W
-        kv = self.kv(x).view(B, -1, 2, C)
+        kv = _linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
         k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
         v_tokens = kv[:, :, 1]                             # (B, M, C)
         v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
@@ -174,7 +234,14 @@ class AttentionV2(nn.Module):
         # 3x3 to s*s*C channels, PixelShuffle(s), cropped to (H, W).
         up = self.up(v_tokens.reshape(B, Hs, Ws, C).permute(0, 3, 1, 2))
         up = up[:, :, :H, :W].permute(0, 2, 3, 1).reshape(B, N, C)
-        return self.proj(out + self.up_norm(up))
+        branch = self.up_norm(up)
+        if _eager_inference(self, out):  # the same sum, in place
+            return branch.add_(out)
+        return out + branch
+
+    def forward(self, x: torch.Tensor,
+                hw_shape: Sequence[int]) -> torch.Tensor:
+        return self.proj(self.attend(x, hw_shape))
 
 
 class MlpV2(nn.Module):
@@ -228,8 +295,37 @@ class BlockV2(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def _forward_inference(self, x: torch.Tensor,
+                           hw_shape: Sequence[int]) -> torch.Tensor:
+        """:meth:`_forward` in eager inference (:func:`_eager_inference`).
+
+        The output projection and the MLP's second Linear accumulate into
+        the tokens in place (``x += y @ W^T``, then the bias), and the MLP
+        runs over chunks of tokens: it acts on each token alone, so its 4x
+        wide hidden activations never exist whole and stay in cache. Each
+        chunk's LayerNorm reads its tokens before they are updated. The
+        same sums, grouped otherwise.
+        """
+        C = x.shape[-1]
+        y = self.attn.attend(self.norm1(x), hw_shape)
+        x = x.contiguous()
+        tokens = x.view(-1, C)
+        proj = self.attn.proj
+        tokens.addmm_(y.reshape(-1, C), proj.weight.t())
+        tokens.add_(proj.bias)
+        mlp = self.mlp
+        rows = max(1, _MLP_CHUNK_ELEMENTS * min(4, torch.get_num_threads())
+                   // mlp.fc1.out_features)
+        for chunk in tokens.split(rows):
+            hidden = _linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias,
+                             gelu=True)
+            chunk.addmm_(hidden, mlp.fc2.weight.t())
+        return x.add_(mlp.fc2.bias)
+
     def forward(self, x: torch.Tensor,
                 hw_shape: Sequence[int]) -> torch.Tensor:
+        if _eager_inference(self, x):
+            return self._forward_inference(x, hw_shape)
         if self.with_cp and self.training and torch.is_grad_enabled():
             return cp.checkpoint(
                 self._forward, x, hw_shape, use_reentrant=False)

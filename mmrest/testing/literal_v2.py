@@ -10,6 +10,7 @@ give the same outputs and gradients. Never used by the model.
   ``softmax(q k^T * scale)`` built explicitly and multiplied by ``v``, the
   value branch reshaped from ``v`` as the authors do (generalised to any
   size by the crop of SPEC);
+* :class:`LiteralBlockV2`: the MLP on all tokens at once, out of place;
 * :class:`LiteralPixelAttention`: ``x * sigmoid(dwconv(x))`` out of place;
 * :class:`LiteralResTV2`: contiguous NCHW maps, flattened to tokens and
   reshaped back with copies, and the dense outputs through the authors'
@@ -21,14 +22,14 @@ import torch
 import torch.nn as nn
 
 from ..backbones.rest import PixelAttention
-from ..backbones.rest_v2 import AttentionV2, ResTV2
+from ..backbones.rest_v2 import AttentionV2, BlockV2, ResTV2
 from .literal import LiteralPixelAttention
 
 
 class LiteralAttentionV2(AttentionV2):
     """The authors' attention: explicit softmax(q k^T) @ v, explicit maps."""
 
-    def forward(self, x, hw_shape):
+    def attend(self, x, hw_shape):
         B, N, C = x.shape
         H, W = hw_shape
         h = self.num_heads
@@ -50,7 +51,18 @@ class LiteralAttentionV2(AttentionV2):
         identity = v.transpose(-1, -2).reshape(B, C, Hs, Ws)
         identity = self.up(identity)[:, :, :H, :W]
         identity = identity.flatten(2).transpose(1, 2)
-        return self.proj(out + self.up_norm(identity))
+        return out + self.up_norm(identity)
+
+    def forward(self, x, hw_shape):
+        return self.proj(self.attend(x, hw_shape))
+
+
+class LiteralBlockV2(BlockV2):
+    """The pre-norm block on all tokens at once, out of place, in every
+    mode."""
+
+    def _forward_inference(self, x, hw_shape):
+        return self._forward(x, hw_shape)
 
 
 def channels_first_layer_norm(x: torch.Tensor, norm: nn.LayerNorm):
@@ -84,6 +96,7 @@ class LiteralResTV2(ResTV2):
 
 _LITERAL = {
     AttentionV2: LiteralAttentionV2,
+    BlockV2: LiteralBlockV2,
     PixelAttention: LiteralPixelAttention,
     ResTV2: LiteralResTV2,
 }
