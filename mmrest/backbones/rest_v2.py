@@ -24,6 +24,11 @@ float32 rounding:
 
 None of these needs a branch for tracing, ONNX export or ``torch.compile``:
 the forward pass is the same sequence of operators for every input size.
+Only in plain eager inference (eval mode, no autograd, no autocast, not
+tracing, compiling or exporting) do the blocks take a leaner route: oneDNN
+linears with the bias and GELU applied as the output is written, the
+output projection and the MLP accumulated into the tokens in place, and
+the MLP run over chunks of tokens (see :meth:`BlockV2._forward_inference`).
 :mod:`mmrest.testing.literal_v2` holds the literal computation (the
 authors' explicit ``softmax(q k^T) @ v``, NCHW maps, explicit reshapes) that
 the tests compare against.
