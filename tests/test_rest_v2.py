@@ -391,10 +391,11 @@ def test_autocast_inference(golden, dtype):
     close to the float64 result as the literal path under autocast is."""
     model = golden_model(golden).eval()
     literal = to_literal_v2(model)
-    x = golden['cases']['224x224']['input']
+    x = golden['cases']['224x224']['input'][:1]
     with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
         outs, lits = model(x), literal(x)
-    exact = golden['cases']['224x224']['backbone_outputs_f64']
+    exact = [o[:1] for o in
+             golden['cases']['224x224']['backbone_outputs_f64']]
     floor = 4 * torch.finfo(dtype).eps
     for out, lit, ref in zip(outs, lits, exact):
         assert torch.isfinite(out).all()
@@ -404,7 +405,7 @@ def test_autocast_inference(golden, dtype):
 
 def test_fp16_autocast_training_step_has_finite_gradients(golden):
     model = golden_model(golden).train()
-    x = golden['cases']['224x224']['input']
+    x = golden['cases']['224x224']['input'][:, :, :96, :128]
     with torch.autocast('cpu', dtype=torch.float16):
         loss = sum(o.float().square().mean() for o in model(x))
     loss.backward()
