@@ -9,7 +9,7 @@ def register_all() -> None:
 
     mmdet is required; mmsegmentation is optional.
     """
-    from .backbones import ResT
+    from .backbones import ResT, ResTV2
     from .engine import (AtomicCheckpointHook, IterSeedHook,
                          register_atomic_backend)
     register_atomic_backend()
@@ -21,6 +21,7 @@ def register_all() -> None:
                 raise
             continue
         for registry, cls in ((module.MODELS, ResT),
+                              (module.MODELS, ResTV2),
                               (module.HOOKS, AtomicCheckpointHook),
                               (module.HOOKS, IterSeedHook)):
             if registry.module_dict.get(cls.__name__) is not cls:

@@ -1,3 +1,4 @@
 from .rest import EMSA, ResT, emsa_attention
+from .rest_v2 import ResTV2
 
-__all__ = ['ResT', 'EMSA', 'emsa_attention']
+__all__ = ['ResT', 'ResTV2', 'EMSA', 'emsa_attention']

@@ -1,0 +1,639 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""ResT V2: Simpler, Faster and Stronger (NeurIPS 2022).
+
+The network follows the "ResT v2" part of ``SPEC.md`` and keeps the
+authors' state-dict names (``stem.proj.*``, ``patch_{2,3,4}``,
+``stage{1..4}``, ``attn.up.0``, ``attn.up_norm``, dense output norms
+``norm_1..norm_4``), so their ImageNet and dense checkpoints load with a
+plain ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+
+What differs from the authors' code, none of it changing an output beyond
+float32 rounding:
+
+* spatial sizes come from the convolution outputs, so any input size works;
+  the upsampled value branch has ``ceil(H / s) * s >= H`` rows and columns
+  and is cropped to the token grid (the authors' ``H // s`` reshape needs
+  multiples of 32; wherever it runs, the crop removes nothing);
+* the attention is one fused ``F.scaled_dot_product_attention`` call (no
+  N x M matrix is kept for the backward pass);
+* feature maps are channels-last between the stages, the memory layout of
+  the tokens, so maps -> tokens -> maps copies nothing; the returned maps
+  are ordinary contiguous NCHW tensors;
+* the channels-first output LayerNorms are computed on the tokens (the
+  same normalisation over the channels of each position).
+
+None of these needs a branch for tracing, ONNX export or ``torch.compile``:
+the forward pass is the same sequence of operators for every input size.
+Only in plain eager inference (eval mode, no autograd, no autocast, not
+tracing, compiling or exporting) do the blocks take a leaner route: oneDNN
+linears with the bias and GELU applied as the output is written, the
+output projection and the MLP accumulated into the tokens in place, and
+the MLP run over chunks of tokens (see :meth:`BlockV2._forward_inference`).
+:mod:`mmrest.testing.literal_v2` holds the literal computation (the
+authors' explicit ``softmax(q k^T) @ v``, NCHW maps, explicit reshapes) that
+the tests compare against.
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import load_backbone_state_dict
+from ..checkpoint_family import check_checkpoint_family
+from ..pretrained import check_pretrained_file
+from .rest import PixelAttention, _check_index
+
+#: LayerNorm epsilon of every norm in ResT v2 (SPEC).
+LN_EPS = 1e-6
+# Elements of one token chunk of the MLP's hidden activations per intra-op
+# thread (eager inference): about 4 MB in float32, kept in cache.
+_MLP_CHUNK_ELEMENTS = 1 << 20
+
+
+def _plain_eager() -> bool:
+    """Not tracing, not compiling, not exporting to ONNX: the code runs as
+    plain Python on real tensors, so it may loop over chunks, write in place
+    and call backend kernels. Graphs (trace, ONNX, ``torch.compile``) see
+    only the standard operators, the same for every input size."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+
+def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """Eval mode, no autograd, no autocast, plain eager execution: nothing
+    is saved for a backward pass and no dtype is chosen per operator, so
+    buffers may be written in place and work may be reordered."""
+    return not (module.training or torch.is_grad_enabled()
+                or torch.is_autocast_enabled(x.device.type)) \
+        and _plain_eager()
+
+
+def _onednn_linear_op():
+    """oneDNN's linear kernel (``mkldnn::_linear_pointwise``), or None."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor,
+            bias: Optional[torch.Tensor] = None,
+            gelu: bool = False) -> torch.Tensor:
+    """``F.linear`` (then the exact, erf GELU when ``gelu``).
+
+    On the CPU in float32, when nothing needs a gradient, outside autocast
+    and in plain eager execution (:func:`_plain_eager`), this is oneDNN's
+    linear kernel, which adds the bias and applies the GELU as it writes
+    the output (``F.linear`` fills the output with the bias first, and the
+    GELU is another pass). Same formula.
+    """
+    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled('cpu')
+            and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (x, weight, bias))) and _plain_eager()):
+        return _ONEDNN_LINEAR(x, weight, bias, 'gelu' if gelu else 'none',
+                              [], 'none' if gelu else '')
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if gelu else out
+
+
+class ConvStemV2(nn.Module):
+    """The stride-4 stem: two 3x3 stride-2 convs with BatchNorm and ReLU, a
+    1x1 conv, pixel attention, then a LayerNorm on the tokens.
+
+    Keys ``proj.{0,1,3,4,6}``, ``pos.pa_conv`` and ``norm``, as the authors'.
+
+    Args:
+        in_channels (int): Input image channels.
+        out_channels (int): Output channels (``embed_dims[0]``).
+        norm_cfg (dict): Config of the two BatchNorms.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        mid = out_channels // 2
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_channels, mid, 3, 2, 1, bias=False),
+            build_norm_layer(norm_cfg, mid)[1],
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, 3, 2, 1, bias=False),
+            build_norm_layer(norm_cfg, out_channels)[1],
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1),
+        )
+        self.pos = PixelAttention(out_channels)
+        self.norm = nn.LayerNorm(out_channels, eps=LN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map (B, C0, H/4, W/4), before the token norm."""
+        return self.pos(self.proj(x))
+
+
+class PatchEmbedV2(nn.Module):
+    """Stride-2 patch embedding: conv 3x3 (bias), pixel attention, then a
+    LayerNorm on the tokens (keys ``proj``, ``pos.pa_conv``, ``norm``).
+
+    Args:
+        in_channels (int): Channels of the previous stage.
+        out_channels (int): Channels of this stage.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.pos = PixelAttention(out_channels)
+        self.norm = nn.LayerNorm(out_channels, eps=LN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map, before the token norm."""
+        return self.pos(self.proj(x))
+
+
+class AttentionV2(nn.Module):
+    """ResT v2's attention: plain softmax attention over spatially reduced
+    keys and values, plus an upsampled value branch.
+
+    ``proj(softmax(q k^T * scale) v + up_norm(PixelShuffle(dwconv(v))))``,
+    with ``v`` seen as a (B, C, ceil(H/s), ceil(W/s)) map whose channels are
+    ordered head-major, the upsampled branch cropped to the (H, W) grid.
+
+    Args:
+        embed_dims (int): Token channels C.
+        num_heads (int): Number of heads h (C must be divisible by h).
+        sr_ratio (int): Spatial reduction s of keys and values.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int = 1):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                             f'num_heads {num_heads}')
+        if not isinstance(sr_ratio, int) or sr_ratio < 1:
+            raise ValueError(
+                f'sr_ratio must be a positive integer, got {sr_ratio!r}')
+        self.num_heads = num_heads
+        self.scale = (embed_dims // num_heads)**-0.5
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(embed_dims, embed_dims)
+        self.kv = nn.Linear(embed_dims, embed_dims * 2)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(
+                embed_dims,
+                embed_dims,
+                kernel_size=sr_ratio + 1,
+                stride=sr_ratio,
+                padding=sr_ratio // 2,
+                groups=embed_dims)
+            self.sr_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.up = nn.Sequential(
+            nn.Conv2d(
+                embed_dims,
+                sr_ratio * sr_ratio * embed_dims,
+                kernel_size=3,
+                padding=1,
+                groups=embed_dims),
+            nn.PixelShuffle(sr_ratio))
+        self.up_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def attend(self, x: torch.Tensor,
+               hw_shape: Sequence[int]) -> torch.Tensor:
+        """Everything before the output projection: the attention output
+        plus the normalised value branch, (B, N, C)."""
+        B, N, C = x.shape
+        H, W = hw_shape
+        h = self.num_heads
+        q = _linear(x, self.q.weight, self.q.bias)
+        q = q.view(B, N, h, C // h).transpose(1, 2)
+        if self.sr_ratio > 1:
+            # Tokens read as a (channels-last) map without a copy.
+            kv_map = self.sr(x.reshape(B, H, W, C).permute(0, 3, 1, 2))
+            Hs, Ws = kv_map.shape[2:]
+            x = self.sr_norm(kv_map.permute(0, 2, 3, 1).reshape(B, -1, C))
+        else:
+            Hs, Ws = H, W
+        kv = _linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
+        k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
+        v_tokens = kv[:, :, 1]                             # (B, M, C)
+        v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, N, C)
+
+        # The value branch: v as a map (channel = head * d + j), depth-wise
+        # 3x3 to s*s*C channels, PixelShuffle(s), cropped to (H, W).
+        up = self.up(v_tokens.reshape(B, Hs, Ws, C).permute(0, 3, 1, 2))
+        up = up[:, :, :H, :W].permute(0, 2, 3, 1).reshape(B, N, C)
+        branch = self.up_norm(up)
+        if _eager_inference(self, out):  # the same sum, in place
+            return branch.add_(out)
+        return out + branch
+
+    def forward(self, x: torch.Tensor,
+                hw_shape: Sequence[int]) -> torch.Tensor:
+        return self.proj(self.attend(x, hw_shape))
+
+
+class MlpV2(nn.Module):
+    """Linear(C, rC), GELU (exact, erf), Linear(rC, C).
+
+    Args:
+        in_features (int): Input and output channels.
+        hidden_features (int): Hidden channels.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class BlockV2(nn.Module):
+    """A pre-norm Transformer block with :class:`AttentionV2`.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): Attention heads.
+        mlp_ratio (float): Hidden channels of the MLP over ``embed_dims``.
+        sr_ratio (int): Spatial reduction of keys and values.
+        drop_path (float): Stochastic depth rate of this block.
+        with_cp (bool): Gradient checkpointing of the whole block.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 mlp_ratio: float = 4.,
+                 sr_ratio: int = 1,
+                 drop_path: float = 0.,
+                 with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.attn = AttentionV2(embed_dims, num_heads, sr_ratio)
+        self.norm2 = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.mlp = MlpV2(embed_dims, int(embed_dims * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else \
+            nn.Identity()
+
+    def _forward(self, x: torch.Tensor,
+                 hw_shape: Sequence[int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_inference(self, x: torch.Tensor,
+                           hw_shape: Sequence[int]) -> torch.Tensor:
+        """:meth:`_forward` in eager inference (:func:`_eager_inference`).
+
+        The output projection and the MLP's second Linear accumulate into
+        the tokens in place (``x += y @ W^T``, then the bias), and the MLP
+        runs over chunks of tokens: it acts on each token alone, so its 4x
+        wide hidden activations never exist whole and stay in cache. Each
+        chunk's LayerNorm reads its tokens before they are updated. The
+        same sums, grouped otherwise.
+        """
+        C = x.shape[-1]
+        y = self.attn.attend(self.norm1(x), hw_shape)
+        x = x.contiguous()
+        tokens = x.view(-1, C)
+        proj = self.attn.proj
+        tokens.addmm_(y.reshape(-1, C), proj.weight.t())
+        tokens.add_(proj.bias)
+        mlp = self.mlp
+        rows = max(1, _MLP_CHUNK_ELEMENTS * min(4, torch.get_num_threads())
+                   // mlp.fc1.out_features)
+        for chunk in tokens.split(rows):
+            hidden = _linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias,
+                             gelu=True)
+            chunk.addmm_(hidden, mlp.fc2.weight.t())
+        return x.add_(mlp.fc2.bias)
+
+    def forward(self, x: torch.Tensor,
+                hw_shape: Sequence[int]) -> torch.Tensor:
+        if _eager_inference(self, x):
+            return self._forward_inference(x, hw_shape)
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return cp.checkpoint(
+                self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+class ResTV2(BaseModule):
+    """ResT v2 backbone for dense prediction.
+
+    A PyTorch implementation of `ResT V2: Simpler, Faster and Stronger
+    <https://arxiv.org/abs/2204.07366>`_ (NeurIPS 2022): ResT with plain
+    softmax attention over spatially reduced keys and values, plus an
+    upsampled value branch that restores the detail the reduction removes.
+    Each returned stage goes through a channels-first LayerNorm
+    ``norm_{i+1}``, as in the authors' detection and segmentation code.
+
+    Args:
+        arch (str | dict): A variant, one of ``'tiny'`` (``'t'``),
+            ``'small'`` (``'s'``), ``'base'`` (``'b'``) and ``'large'``
+            (``'lg'``), or a dict with the keys ``embed_dims``, ``depths``
+            and ``num_heads`` (four entries each) and optionally
+            ``sr_ratios`` (default ``[8, 4, 2, 1]``) and ``mlp_ratios``
+            (default ``[4, 4, 4, 4]``). Defaults to ``'tiny'``.
+        in_channels (int): Input image channels. Defaults to 3.
+        out_indices (Sequence[int]): Stages (0-3) whose feature maps are
+            returned, with strides 4, 8, 16 and 32. Defaults to all four.
+        frozen_stages (int): Stages to freeze (eval mode and no gradients):
+            -1 freezes nothing, 0 the stem, ``i`` the stem and stages 1 to
+            ``i`` (each with its patch embedding and output norm).
+            Defaults to -1.
+        norm_eval (bool): Keep the stem's BatchNorms in eval mode while
+            training. Defaults to False.
+        with_cp (bool): Gradient checkpointing of each block: less memory,
+            same outputs and gradients. Defaults to False.
+        drop_path_rate (float): Stochastic depth, rising linearly over the
+            blocks to this rate. Defaults to 0.
+        norm_cfg (dict): Config of the stem's BatchNorms. Defaults to
+            ``dict(type='BN')``.
+        init_cfg (dict | list[dict], optional): Initialisation config. With
+            ``dict(type='Pretrained', checkpoint=path)`` the authors'
+            ImageNet checkpoints (under ``model``; the classifier's ``norm``
+            and ``head`` are dropped, ``norm_1..norm_4`` keep their init)
+            and their dense checkpoints load as they are; add
+            ``prefix='backbone.'`` to take the backbone of a detector
+            checkpoint. A ResT v1 checkpoint is refused. Defaults to None:
+            truncated-normal init.
+
+    Example:
+        >>> import torch
+        >>> from mmrest import ResTV2
+        >>> model = ResTV2(arch='tiny').eval()
+        >>> outs = model(torch.rand(1, 3, 97, 131))
+        >>> [tuple(o.shape) for o in outs]
+        [(1, 96, 25, 33), (1, 192, 13, 17), (1, 384, 7, 9), (1, 768, 4, 5)]
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        **dict.fromkeys(['t', 'tiny'], {
+            'embed_dims': [96, 192, 384, 768],
+            'depths': [1, 2, 6, 2],
+            'num_heads': [1, 2, 4, 8],
+        }),
+        **dict.fromkeys(['s', 'small'], {
+            'embed_dims': [96, 192, 384, 768],
+            'depths': [1, 2, 12, 2],
+            'num_heads': [1, 2, 4, 8],
+        }),
+        **dict.fromkeys(['b', 'base'], {
+            'embed_dims': [96, 192, 384, 768],
+            'depths': [1, 3, 16, 3],
+            'num_heads': [1, 2, 4, 8],
+        }),
+        # The ImageNet checkpoint decides (SPEC): depths 2, 3, 16, 2 and
+        # heads 2, 4, 8, 16, as in the authors' classifier.
+        **dict.fromkeys(['lg', 'large'], {
+            'embed_dims': [128, 256, 512, 1024],
+            'depths': [2, 3, 16, 2],
+            'num_heads': [2, 4, 8, 16],
+        }),
+    }
+    essential_keys = ('embed_dims', 'depths', 'num_heads')
+    optional_keys = {'sr_ratios': [8, 4, 2, 1], 'mlp_ratios': [4, 4, 4, 4]}
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 drop_path_rate: float = 0.,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        embed_dims = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise TypeError('out_indices must be a non-empty sequence of '
+                            f'stage indices, got {out_indices!r}')
+        out_indices = sorted(set(out_indices))
+        for index in out_indices:
+            _check_index('Each of out_indices', index, 0)
+        _check_index('frozen_stages', frozen_stages, -1)
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(
+                f'in_channels must be a positive integer, got {in_channels!r}')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(
+                f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        self.in_channels = in_channels
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.embed_dims = list(embed_dims)
+
+        self.stem = ConvStemV2(in_channels, embed_dims[0], norm_cfg)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        for i in range(self.num_stages):
+            if i > 0:
+                self.add_module(f'patch_{i + 1}',
+                                PatchEmbedV2(embed_dims[i - 1], embed_dims[i]))
+            start = sum(depths[:i])
+            self.add_module(
+                f'stage{i + 1}',
+                nn.ModuleList([
+                    BlockV2(
+                        embed_dims[i],
+                        self.arch_settings['num_heads'][i],
+                        self.arch_settings['mlp_ratios'][i],
+                        self.arch_settings['sr_ratios'][i],
+                        drop_path=rates[start + j],
+                        with_cp=with_cp) for j in range(depths[i])
+                ]))
+        # Dense output norms (channels-first LayerNorms in the authors'
+        # code), only for the returned stages, as theirs.
+        for i in self.out_indices:
+            self.add_module(f'norm_{i + 1}',
+                            nn.LayerNorm(embed_dims[i], eps=LN_EPS))
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise KeyError(f'Unknown ResTV2 arch {arch!r}; choose one of '
+                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
+                               f'with the keys {list(cls.essential_keys)}')
+            settings = copy.deepcopy(cls.arch_zoo[key])
+        elif isinstance(arch, dict):
+            missing = [k for k in cls.essential_keys if k not in arch]
+            if missing:
+                raise KeyError(
+                    f'The ResTV2 arch dict lacks the keys {missing}; it '
+                    f'needs {list(cls.essential_keys)}')
+            unknown = set(arch) - set(cls.essential_keys) - set(
+                cls.optional_keys)
+            if unknown:
+                raise KeyError(f'Unknown keys in the ResTV2 arch dict: '
+                               f'{sorted(unknown)}; allowed: '
+                               f'{list(cls.essential_keys)} and '
+                               f'{list(cls.optional_keys)}')
+            settings = copy.deepcopy(dict(arch))
+        else:
+            raise TypeError(
+                f'arch must be a str or a dict, got {type(arch).__name__}')
+        for key, default in cls.optional_keys.items():
+            settings.setdefault(key, list(default))
+        for key in (*cls.essential_keys, *cls.optional_keys):
+            value = settings[key]
+            if not isinstance(value, Sequence) or len(value) != 4:
+                raise ValueError(
+                    f'arch[{key!r}] must list one value per stage (4), got '
+                    f'{value!r}')
+            settings[key] = list(value)
+        for key in ('embed_dims', 'depths', 'num_heads', 'sr_ratios'):
+            low = 0 if key == 'depths' else 1
+            for value in settings[key]:
+                if not isinstance(value, int) or value < low:
+                    raise ValueError(
+                        f'arch[{key!r}] must hold integers >= {low}, got '
+                        f'{settings[key]!r}')
+        return settings
+
+    # ------------------------------------------------------------- weights
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            self._init_from_scratch()  # what the checkpoint lacks
+            path = self.init_cfg['checkpoint']
+            prefix = self.init_cfg.get('prefix')
+            map_location = self.init_cfg.get('map_location', 'cpu')
+            check_pretrained_file(path)
+            check_checkpoint_family(path, 'v2', prefix, map_location)
+            load_backbone_state_dict(
+                self,
+                path,
+                prefix=prefix,
+                strict_shapes=self.init_cfg.get('strict', True),
+                map_location=map_location,
+                ignore=('head.', 'norm.'))
+            self._is_init = True
+            return
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        self._init_from_scratch()
+
+    def _init_from_scratch(self):
+        """Truncated normal (std 0.02) conv and linear weights, zero biases,
+        norms 1 and 0 (SPEC)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
+                if m.weight is not None:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------- forward
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        """Modules of stage ``i`` (0-3): the stem or patch embedding, the
+        blocks and the output norm (when the stage is returned)."""
+        embed = self.stem if i == 0 else getattr(self, f'patch_{i + 1}')
+        mods = [embed, getattr(self, f'stage{i + 1}')]
+        if hasattr(self, f'norm_{i + 1}'):
+            mods.append(getattr(self, f'norm_{i + 1}'))
+        return mods
+
+    def _freeze_stages(self):
+        frozen = [self.stem] if self.frozen_stages >= 0 else []
+        for i in range(self.frozen_stages):
+            frozen += self._stage_modules(i)
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError('ResTV2 expects an image batch of shape '
+                             f'(B, C, H, W), got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'ResTV2 was built for {self.in_channels} input channels, '
+                f'got a batch with {x.shape[1]} (shape {tuple(x.shape)})')
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
+        outs = []
+        x = self._input_layout(x)
+        for i in range(self.num_stages):
+            embed = self.stem if i == 0 else getattr(self, f'patch_{i + 1}')
+            x = embed(x)
+            shape = x.shape
+            x = embed.norm(self._to_tokens(x))
+            for block in getattr(self, f'stage{i + 1}'):
+                x = block(x, shape[2:])
+            if i in self.out_indices:
+                outs.append(self._output_norm(i, x, shape))
+            x = self._to_map(x, shape)
+        return tuple(outs)
+
+    def _output_norm(self, i: int, x: torch.Tensor,
+                     shape: Sequence[int]) -> torch.Tensor:
+        """``norm_{i+1}`` of stage ``i``'s tokens, as a contiguous NCHW map.
+
+        The authors' channels-first LayerNorm normalises each position over
+        its channels: on the tokens that is an ordinary LayerNorm.
+        """
+        out = getattr(self, f'norm_{i + 1}')(x)
+        return self._to_map(out, shape).contiguous()
+
+    # Channels-last maps share the tokens' memory layout (B, H, W, C): maps
+    # -> tokens -> maps is a view, not a copy. (mmrest.testing.literal_v2
+    # overrides these with the authors' NCHW layout.)
+    @staticmethod
+    def _input_layout(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) map -> (B, H * W, C) tokens."""
+        B, C, H, W = x.shape
+        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+    @staticmethod
+    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
+        B, C, H, W = shape
+        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self

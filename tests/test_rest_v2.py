@@ -1,0 +1,569 @@
+"""ResT v2 against SPEC.md ("ResT v2"), the authors' reference data and
+float64 computations: outputs, logits, keys, parameter counts, sizes,
+gradients, precision, training options, weights and the COCO configs."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import REFERENCE, relative_error
+from mmrest import ResT, ResTV2
+from mmrest.checkpoint import CheckpointError
+from mmrest.checkpoint_family import (check_checkpoint_family,
+                                      checkpoint_family)
+from mmrest.testing.literal_v2 import to_literal_v2
+
+ROOT = Path(__file__).resolve().parents[1]
+# The authors' classifiers, 1000-class head included (SPEC, "Variants (v2)").
+PARAMS_M = {'tiny': 30.43, 'small': 41.21, 'base': 55.97, 'large': 86.53}
+# Mask R-CNN with these backbones, measured with mmdet (SPEC).
+MASK_RCNN_PARAMS_M = {'tiny': 49.94, 'small': 60.71, 'base': 75.47}
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+# Error bounds: a float32 result may be 4x as far from the float64 one as the
+# authors' own float32 result is, plus a few units of float32 rounding of the
+# result itself (the floor); float64 results likewise with float64's eps.
+FACTOR = 4
+FLOOR32 = 4 * EPS32
+FLOOR64 = 64 * EPS64
+
+
+def reference_file(name):
+    """Reference data: tests/data/ when present, else the shared folder."""
+    local = ROOT / 'tests' / 'data' / name
+    return local if local.is_file() else REFERENCE / name
+
+
+@pytest.fixture(scope='module')
+def golden():
+    path = reference_file('rest_v2_tiny_golden.pt')
+    assert path.is_file(), f'reference data missing: {path}'
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def official_shapes():
+    path = reference_file('rest_v2_state_dict_shapes.json')
+    assert path.is_file(), f'reference data missing: {path}'
+    return json.loads(path.read_text())
+
+
+def golden_arch(golden):
+    return {k: golden['config'][k]
+            for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios')}
+
+
+def backbone_state(golden):
+    """The golden state dict without the classifier's `norm` and `head`."""
+    return {k: v for k, v in golden['state_dict'].items()
+            if not k.startswith(('norm.', 'head.'))}
+
+
+def golden_model(golden, **kwargs):
+    model = ResTV2(arch=golden_arch(golden), **kwargs)
+    model.load_state_dict(backbone_state(golden), strict=True)
+    return model
+
+
+def classifier_logits(model, golden, x):
+    """The authors' classifier from the state dict: LayerNorm `norm` (eps
+    1e-6) on the stage-4 tokens, the mean over tokens, Linear `head`."""
+    tokens = []
+    hook = model.stage4[-1].register_forward_hook(
+        lambda m, args, out: tokens.append(out))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    sd = golden['state_dict']
+    dtype = tokens[0].dtype
+    x = F.layer_norm(tokens[0], tokens[0].shape[-1:],
+                     sd['norm.weight'].to(dtype), sd['norm.bias'].to(dtype),
+                     eps=1e-6)
+    return F.linear(x.mean(dim=1), sd['head.weight'].to(dtype),
+                    sd['head.bias'].to(dtype))
+
+
+CASES = ['224x224', '256x352']
+
+
+# ----------------------------------------------------------- reference data
+@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('path', ['fast', 'graph', 'literal'])
+def test_golden_outputs_within_the_authors_float32_error(golden, case, path):
+    """'fast': eval mode without autograd (the eager inference path);
+    'graph': with autograd on, the standard operators that traces, exports
+    and training see; 'literal': the authors' computation."""
+    model = golden_model(golden).eval()
+    if path == 'literal':
+        model = to_literal_v2(model)
+    data = golden['cases'][case]
+    with torch.set_grad_enabled(path == 'graph'):
+        outs = model(data['input'])
+        logits = classifier_logits(model, golden, data['input'])
+    outs, logits = [o.detach() for o in outs], logits.detach()
+    assert len(outs) == 4
+    pairs = list(zip(outs, data['backbone_outputs'],
+                     data['backbone_outputs_f64']))
+    pairs.append((logits, data['logits'], data['logits_f64']))
+    for i, (ours, authors, exact) in enumerate(pairs):
+        assert ours.shape == exact.shape and ours.dtype == torch.float32, i
+        authors_err = relative_error(authors.double(), exact)
+        err = relative_error(ours.double(), exact)
+        assert err <= FACTOR * authors_err + FLOOR32, (i, err, authors_err)
+
+
+@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('path', ['fast', 'literal'])
+def test_golden_outputs_in_float64(golden, case, path):
+    """Run in float64, the model equals the authors' float64 computation to
+    float64 rounding."""
+    model = golden_model(golden).double().eval()
+    if path == 'literal':
+        model = to_literal_v2(model)
+    data = golden['cases'][case]
+    with torch.no_grad():
+        x = data['input'].double()
+        outs = list(model(x)) + [classifier_logits(model, golden, x)]
+    exact = list(data['backbone_outputs_f64']) + [data['logits_f64']]
+    authors = list(data['backbone_outputs']) + [data['logits']]
+    for i, (ours, ref, f32) in enumerate(zip(outs, exact, authors)):
+        # The authors' float32 error, scaled to float64's precision.
+        bound = FACTOR * relative_error(f32.double(), ref) * EPS64 / EPS32
+        assert relative_error(ours, ref) <= bound + FLOOR64, i
+
+
+def test_golden_detects_a_perturbed_weight(golden):
+    """The bound is sharp: a 1e-3 change of one value-branch weight breaks
+    it."""
+    model = golden_model(golden).eval()
+    with torch.no_grad():
+        model.stage2[0].attn.up[0].weight[5, 0, 1, 1] += 1e-3
+        out = model(golden['cases']['224x224']['input'])[1]
+    data = golden['cases']['224x224']
+    exact = data['backbone_outputs_f64'][1]
+    bound = FACTOR * relative_error(data['backbone_outputs'][1].double(),
+                                    exact) + FLOOR32
+    assert relative_error(out.double(), exact) > bound
+
+
+# ---------------------------------------------------- names and parameters
+@pytest.mark.parametrize('arch', list(PARAMS_M))
+def test_keys_shapes_and_params_match_the_authors(arch, official_shapes):
+    model = ResTV2(arch=arch)
+    official = official_shapes[f'restv2_{arch}']
+    classifier = {k: v for k, v in official.items()
+                  if k.startswith(('norm.', 'head.'))}
+    assert set(classifier) == {'norm.weight', 'norm.bias', 'head.weight',
+                               'head.bias'}
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    dense = {f'norm_{i}.{p}' for i in range(1, 5) for p in ('weight', 'bias')}
+    assert set(ours) - set(official) == dense
+    assert {k: v for k, v in ours.items() if k not in dense} == {
+        k: v for k, v in official.items() if k not in classifier}
+    # classifier params: backbone without norm_1..4, plus norm and head
+    n_params = sum(p.numel() for n, p in model.named_parameters()
+                   if not n.startswith('norm_'))
+    n_params += sum(torch.Size(s).numel() for s in classifier.values())
+    assert round(n_params / 1e6, 2) == PARAMS_M[arch]
+
+
+def test_arch_aliases_dict_and_errors():
+    assert ResTV2('t').arch_settings == ResTV2('tiny').arch_settings
+    assert ResTV2('LARGE').arch_settings['num_heads'] == [2, 4, 8, 16]
+    custom = ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                         num_heads=[1, 2, 4, 8]))
+    assert custom.arch_settings['sr_ratios'] == [8, 4, 2, 1]
+    assert custom.arch_settings['mlp_ratios'] == [4, 4, 4, 4]
+    with pytest.raises(KeyError, match='Unknown ResTV2 arch'):
+        ResTV2('lite')
+    with pytest.raises(KeyError, match='lacks the keys'):
+        ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1]))
+    with pytest.raises(KeyError, match='Unknown keys'):
+        ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                    num_heads=[1, 2, 4, 8], qkv_bias=False))
+    with pytest.raises(ValueError, match='one value per stage'):
+        ResTV2(dict(embed_dims=[8, 16, 32], depths=[1, 1, 1, 1],
+                    num_heads=[1, 2, 4, 8]))
+    with pytest.raises(ValueError, match='not divisible'):
+        ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                    num_heads=[3, 2, 4, 8]))
+    with pytest.raises(ValueError, match='out_indices'):
+        ResTV2('tiny', out_indices=(0, 4))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        ResTV2('tiny', frozen_stages=4)
+    with pytest.raises(ValueError, match='3 input channels'):
+        ResTV2(custom.arch_settings)(torch.rand(1, 4, 32, 32))
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+        ResTV2(custom.arch_settings)(torch.rand(3, 32, 32))
+
+
+def test_output_norms_exist_only_for_returned_stages():
+    model = ResTV2('tiny', out_indices=(1, 3))
+    names = {n.split('.')[0] for n, _ in model.named_parameters()}
+    assert {'norm_2', 'norm_4'} <= names
+    assert not {'norm_1', 'norm_3', 'norm'} & names
+    outs = model.eval()(torch.rand(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 192, 8, 8), (1, 768, 2, 2)]
+
+
+def test_registered_in_mmdet_and_mmseg():
+    from mmdet.registry import MODELS as DET
+    model = DET.build(dict(type='ResTV2', arch='tiny'))
+    assert isinstance(model, ResTV2)
+    mmseg = pytest.importorskip('mmseg.registry')
+    assert mmseg.MODELS.get('ResTV2') is ResTV2
+
+
+# -------------------------------------------------------------- any size
+def expected_size(size, stage):
+    for _ in range(stage + 2):  # each stride-2 conv gives ceil(size / 2)
+        size = -(-size // 2)
+    return size
+
+
+SIZES = [(1, 1), (2, 3), (31, 17), (97, 131), (225, 225), (800, 1333)]
+
+
+@pytest.mark.parametrize('hw', SIZES)
+def test_any_size_matches_the_literal_and_float64(golden, hw):
+    """Any input size, value branch cropped to the token grid: the fast and
+    the literal float32 paths are within a factor of each other's error,
+    both against float64. The float64 reference is the literal path, or at
+    800x1333 (where it is slow) the fast path, which equals the literal one
+    in float64 (the golden and gradient tests)."""
+    model = golden_model(golden).eval()
+    literal = to_literal_v2(model)
+    if hw == (800, 1333):
+        exact_model = golden_model(golden).double().eval()
+    else:
+        exact_model = to_literal_v2(model).double()
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad():
+        fast, lit, exact = model(x), literal(x), exact_model(x.double())
+    for i, (a, b, ref) in enumerate(zip(fast, lit, exact)):
+        assert a.shape == (1, model.embed_dims[i], expected_size(hw[0], i),
+                           expected_size(hw[1], i)), (hw, i)
+        err_fast = relative_error(a.double(), ref)
+        err_lit = relative_error(b.double(), ref)
+        # each within the other's bound: a formula error shared by the
+        # reference and one path shows as a large error of the other path
+        assert err_fast <= FACTOR * err_lit + FLOOR32, (hw, i)
+        assert err_lit <= FACTOR * err_fast + FLOOR32, (hw, i)
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'large'])
+def test_variants_any_size_shapes(arch):
+    model = ResTV2(arch=arch).eval()
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 97, 131))
+    for i, out in enumerate(outs):
+        assert out.shape == (1, model.embed_dims[i], expected_size(97, i),
+                             expected_size(131, i))
+        assert torch.isfinite(out).all()
+
+
+# -------------------------------------------------------------- gradients
+def _grads(model, x, seed=0):
+    outs = model(x)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
+               for o in outs)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_gradients_match_the_literal_and_float64(golden):
+    """Training mode (BatchNorm on batch statistics): every parameter's
+    float32 gradient is within the bound of the literal path's float32
+    error, against the literal path in float64."""
+    x = torch.randn(2, 3, 70, 90)
+    fast = _grads(golden_model(golden).train(), x)
+    lit = _grads(to_literal_v2(golden_model(golden)).train(), x)
+    exact = _grads(to_literal_v2(golden_model(golden)).double().train(),
+                   x.double())
+    whole = [torch.cat([g[n].flatten().double() for n in exact])
+             for g in (fast, lit)]
+    ref = torch.cat([g.flatten() for g in exact.values()])
+    assert relative_error(whole[0], ref) <= \
+        FACTOR * relative_error(whole[1], ref) + FLOOR32
+    for name, ref in exact.items():
+        err_lit = relative_error(lit[name].double(), ref)
+        assert relative_error(fast[name].double(), ref) <= \
+            FACTOR * err_lit + FLOOR32, name
+
+
+def test_float64_gradients_equal_the_literal(golden):
+    x = torch.randn(1, 3, 45, 61, dtype=torch.float64)
+    fast = _grads(golden_model(golden).double().train(), x)
+    lit = _grads(to_literal_v2(golden_model(golden)).double().train(), x)
+    for name, ref in lit.items():
+        assert relative_error(fast[name], ref) <= 1e3 * EPS64, name
+
+
+# ---------------------------------------------------------- training options
+def test_with_cp_same_outputs_and_gradients(golden):
+    plain = golden_model(golden, drop_path_rate=0.).double().train()
+    cp = golden_model(golden, with_cp=True).double().train()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    for a, b in zip(plain(x), cp(x)):
+        assert torch.equal(a, b)
+    ga, gb = _grads(plain, x), _grads(cp, x)
+    for name in ga:
+        assert relative_error(gb[name], ga[name]) <= 1e3 * EPS64, name
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
+def test_frozen_stages(frozen_stages):
+    model = ResTV2('tiny', frozen_stages=frozen_stages)
+    assert model.train() is model
+    model.train()  # a second call keeps them frozen
+    levels = [[model.stem]] + [
+        [m for m in model._stage_modules(i) if m is not model.stem]
+        for i in range(4)
+    ]
+    assert len(levels[1]) == 2 and len(levels[2]) == 3
+    for level, modules in enumerate(levels):
+        frozen = level <= frozen_stages if level else frozen_stages >= 0
+        for module in modules:
+            assert all(not p.requires_grad
+                       for p in module.parameters()) == frozen, level
+            assert all(not m.training
+                       for m in module.modules()) == frozen, level
+
+
+def test_frozen_stages_get_no_gradient():
+    model = ResTV2('tiny', frozen_stages=2).train()
+    sum(o.sum() for o in model(torch.rand(2, 3, 64, 64))).backward()
+    assert model.stage2[0].attn.q.weight.grad is None
+    assert model.patch_2.proj.weight.grad is None
+    assert model.norm_2.weight.grad is None
+    assert model.stage3[0].attn.up[0].weight.grad is not None
+    assert model.patch_3.proj.weight.grad is not None
+
+
+def test_norm_eval():
+    model = ResTV2('tiny', norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 and all(not bn.training for bn in bns)
+    assert model.stage1[0].training
+    before = model.stem.proj[1].running_mean.clone()
+    model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(before, model.stem.proj[1].running_mean)
+    assert all(bn.training for bn in ResTV2('tiny').train().modules()
+               if isinstance(bn, nn.BatchNorm2d))
+
+
+def test_drop_path_rates_rise_linearly():
+    model = ResTV2('small', drop_path_rate=0.2)
+    rates = [b.drop_path.drop_prob for i in range(1, 5)
+             for b in getattr(model, f'stage{i}')
+             if not isinstance(b.drop_path, nn.Identity)]
+    assert len(rates) == 16  # 17 blocks, the first one's rate is 0
+    assert rates[-1] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match='drop_path_rate'):
+        ResTV2('tiny', drop_path_rate=1.0)
+
+
+def test_init_weights_follow_spec():
+    model = ResTV2('tiny')
+    model.init_weights()
+    up = model.stage1[0].attn.up[0]
+    for w in (model.stage2[0].attn.q.weight, up.weight):
+        assert abs(w.std().item() - 0.02) < 0.002
+        assert abs(w.mean().item()) < 0.002
+    assert torch.all(up.bias == 0)
+    for norm in (model.norm_1, model.stage1[0].attn.up_norm,
+                 model.stem.norm, model.stem.proj[1]):
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    assert all(m.eps == 1e-6 for m in model.modules()
+               if isinstance(m, nn.LayerNorm))
+
+
+# --------------------------------------------------------------- precision
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_inference(golden, dtype):
+    """Under CPU autocast the fast path runs without dtype errors and is as
+    close to the float64 result as the literal path under autocast is."""
+    model = golden_model(golden).eval()
+    literal = to_literal_v2(model)
+    x = golden['cases']['224x224']['input'][:1]
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+        outs, lits = model(x), literal(x)
+    exact = [o[:1] for o in
+             golden['cases']['224x224']['backbone_outputs_f64']]
+    floor = 4 * torch.finfo(dtype).eps
+    for out, lit, ref in zip(outs, lits, exact):
+        assert torch.isfinite(out).all()
+        assert relative_error(out.double(), ref) <= \
+            FACTOR * relative_error(lit.double(), ref) + floor
+
+
+def test_fp16_autocast_training_step_has_finite_gradients(golden):
+    model = golden_model(golden).train()
+    x = golden['cases']['224x224']['input'][:, :, :96, :128]
+    with torch.autocast('cpu', dtype=torch.float16):
+        loss = sum(o.float().square().mean() for o in model(x))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_trace_is_size_generic(golden):
+    """A trace at one size runs at another and equals eager there."""
+    model = golden_model(golden).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 96),
+                                 check_trace=False)
+        x = torch.randn(1, 3, 96, 64)
+        for a, b in zip(traced(x), model(x)):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- weights
+def imagenet_checkpoint(golden):
+    """The golden weights as the authors' classifier checkpoint: under
+    `model`, with `norm` and `head`, without norm_1..4."""
+    return {'model': {k: v for k, v in golden['state_dict'].items()
+                      if not k.startswith('norm_')}}
+
+
+def pretrained(golden, path, **kwargs):
+    model = ResTV2(arch=golden_arch(golden),
+                   init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                 **kwargs))
+    model.init_weights()
+    return model
+
+
+def test_imagenet_checkpoint_loads_through_init_cfg(golden, tmp_path):
+    import logging
+
+    from mmengine.logging import MMLogger
+    path = tmp_path / 'restv2_tiny_224.pth'
+    torch.save(imagenet_checkpoint(golden), path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model = pretrained(golden, path)
+    finally:
+        logger.removeHandler(handler)
+    own = model.state_dict()
+    for key, value in golden['state_dict'].items():
+        if key.startswith(('norm.', 'head.')):
+            assert key not in own
+        elif key.startswith('norm_'):  # not in the checkpoint: initialised
+            assert torch.all(own[key] == (1 if 'weight' in key else 0)), key
+        else:
+            assert torch.equal(own[key], value), key
+    # the log names the output norms left as initialised
+    assert any('norm_1.weight' in r and 'norm_4.bias' in r for r in records)
+
+
+@pytest.mark.parametrize('prefix', [None, 'backbone.'])
+def test_dense_checkpoint_loads_and_gives_the_golden_outputs(
+        golden, tmp_path, prefix):
+    state = backbone_state(golden)
+    if prefix:
+        state = {prefix + k: v for k, v in state.items()}
+        state['neck.lateral.weight'] = torch.zeros(3)
+    path = tmp_path / 'dense.pth'
+    torch.save({'state_dict': state}, path)
+    model = pretrained(golden, path, prefix=prefix).eval()
+    data = golden['cases']['256x352']
+    with torch.no_grad():
+        outs = model(data['input'])
+    for ours, authors, exact in zip(outs, data['backbone_outputs'],
+                                    data['backbone_outputs_f64']):
+        assert relative_error(ours.double(), exact) <= \
+            FACTOR * relative_error(authors.double(), exact) + FLOOR32
+
+
+def test_v1_checkpoint_is_refused_by_v2(tmp_path):
+    # ResT-Base has ResTv2-Tiny's widths: many keys would fit.
+    state = ResT(arch='base', out_indices=(3, )).state_dict()
+    path = tmp_path / 'rest_base.pth'
+    torch.save({'model': state}, path)
+    model = ResTV2('tiny', init_cfg=dict(type='Pretrained',
+                                         checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=r'ResT \(v1\) checkpoint'):
+        model.init_weights()
+
+
+def test_v2_checkpoint_is_detected_for_v1(golden, tmp_path):
+    path = tmp_path / 'restv2.pth'
+    torch.save(imagenet_checkpoint(golden), path)
+    with pytest.raises(CheckpointError, match='ResT v2 checkpoint'):
+        check_checkpoint_family(str(path), 'v1')
+    check_checkpoint_family(str(path), 'v2')  # passes
+
+
+def test_checkpoint_family_from_keys(golden):
+    assert checkpoint_family(golden['state_dict']) == 'v2'
+    assert checkpoint_family(ResT('lite').state_dict()) == 'v1'
+    assert checkpoint_family(['stage1.0.attn.q.weight']) is None
+    assert checkpoint_family(['stem.conv1.weight', 'patch_2.proj.weight'
+                              ]) is None
+
+
+# ---------------------------------------------------------- COCO configs
+def _build_detector(name):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg = Config.fromfile(ROOT / 'configs' / name)
+    cfg.model.backbone.init_cfg = None
+    return cfg, MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize('arch', list(MASK_RCNN_PARAMS_M))
+def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
+    cfg, model = _build_detector(f'mask_rcnn/restv2_{arch}_fpn_3x_coco.py')
+    assert isinstance(model.backbone, ResTV2)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M[arch]
+    # the recipe (SPEC, "Published v2 results")
+    assert cfg.model.backbone.init_cfg is None  # cleared above
+    raw = cfg.__class__.fromfile(
+        ROOT / 'configs' / 'mask_rcnn' / f'restv2_{arch}_fpn_3x_coco.py')
+    assert raw.model.backbone.init_cfg.checkpoint == \
+        f'checkpoints/restv2_{arch}_224.pth'
+    assert raw.train_cfg.max_epochs == 36
+    step = [s for s in raw.param_scheduler if s.type == 'MultiStepLR'][0]
+    assert step.milestones == [27, 33]
+    assert raw.optim_wrapper.type == 'AmpOptimWrapper'
+    assert raw.optim_wrapper.optimizer.type == 'AdamW'
+    assert raw.optim_wrapper.optimizer.lr == 1e-4
+    assert raw.optim_wrapper.optimizer.weight_decay == 0.05
+    assert raw.optim_wrapper.clip_grad.max_norm > 0
+    assert raw.auto_scale_lr.base_batch_size == 16
+    pipeline = raw.train_dataloader.dataset.pipeline
+    types = [t.type for t in pipeline]
+    assert types.index('RandomCrop') < types.index('RandomChoiceResize')
+    crop = pipeline[types.index('RandomCrop')]
+    assert crop.crop_type == 'relative' and tuple(crop.crop_size) == (0.9,
+                                                                       0.9)
+    sides = [s[1] for s in pipeline[types.index('RandomChoiceResize')].scales]
+    assert min(sides) == 480 and max(sides) == 800
+
+
+def test_mask_rcnn_1x_and_retinanet_tiny_configs():
+    cfg, model = _build_detector('mask_rcnn/restv2_tiny_fpn_1x_coco.py')
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M['tiny']
+    assert cfg.train_cfg.max_epochs == 12
+    cfg, model = _build_detector('retinanet/restv2_tiny_fpn_1x_coco.py')
+    assert isinstance(model.backbone, ResTV2)
+    assert model.backbone.out_indices == (1, 2, 3)
+    with torch.no_grad():
+        feats = model.extract_feat(torch.rand(1, 3, 97, 131))
+    assert len(feats) == 5 and all(f.shape[1] == 256 for f in feats)
