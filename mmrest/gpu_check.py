@@ -70,7 +70,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-SECTIONS = ('equality', 'throughput', 'maskrcnn', 'compile')
+SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'compile')
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REST_MASKRCNN_CONFIG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn',
                                 'rest_small_fpn_1x_coco.py')
@@ -452,6 +452,46 @@ class GpuCheck:
         self.log(f'section {name}: {sec["status"]} '
                  f'({time.monotonic() - t:.1f} s)')
         self.save()
+
+    # -- SyncBN ------------------------------------------------------------
+    def syncbn(self, sec: Dict):
+        """``norm_cfg=dict(type='SyncBN')`` in a one-process group: a
+        training step (torch's SyncBatchNorm path on the device) and eval
+        outputs equal to the same weights with plain BatchNorm."""
+        import torch.distributed as dist
+        from mmrest import ResT
+        dev = self.device
+        own_group = not dist.is_initialized()
+        if own_group:
+            dist.init_process_group(
+                'nccl' if dev.type == 'cuda' else 'gloo',
+                init_method='tcp://127.0.0.1:29533', rank=0, world_size=1)
+        try:
+            torch.manual_seed(0)
+            sync = ResT(arch='lite', norm_cfg=dict(type='SyncBN'))
+            sync.init_weights()
+            plain = ResT(arch='lite')
+            plain.load_state_dict(sync.state_dict())
+            sync, plain = sync.to(dev).train(), plain.to(dev).train()
+            x = torch.randn(2, 3, 224, 288, device=dev)
+            outs = sync(x)
+            sum(o.float().mean() for o in outs).backward()
+            finite = all(torch.isfinite(p.grad).all().item()
+                         for p in sync.parameters() if p.grad is not None)
+            ref = plain(x)
+            train_err = output_error(outs, ref)
+            sync.eval(), plain.eval()
+            with torch.no_grad():
+                eval_err = output_error(sync(x), plain(x))
+            kinds = sorted({type(m).__name__ for m in sync.modules()
+                            if 'Norm' in type(m).__name__})
+            self._row(sec, dict(
+                kind='syncbn', model='rest_lite', norms=kinds,
+                grads_finite=finite, train_err_vs_bn=train_err,
+                eval_err_vs_bn=eval_err))
+        finally:
+            if own_group:
+                dist.destroy_process_group()
 
     # -- a. equality -------------------------------------------------------
     def equality(self, sec: Dict):
@@ -1111,6 +1151,17 @@ def to_markdown(results: Dict) -> str:
                     _fmt(r.get('loss_last'), '.3f')
                 ])
                 lines.append('| ' + ' | '.join(cells) + ' |')
+        elif name == 'syncbn':
+            lines += ['', '| model | norms | grads finite | train err vs BN '
+                      '| eval err vs BN |', '|' + '---|' * 5]
+            for r in rows:
+                st_ = _status(r)
+                cells = [r['model']]
+                cells += ([st_, '', '', ''] if st_ else [
+                    ', '.join(r.get('norms', [])), str(r.get('grads_finite')),
+                    _fmt(r.get('train_err_vs_bn')),
+                    _fmt(r.get('eval_err_vs_bn'))])
+                lines.append('| ' + ' | '.join(cells) + ' |')
         elif name == 'compile':
             lines += ['', '| model | backend | compile s | eager ms | '
                       'compiled ms | speed-up | err vs eager |',
@@ -1210,6 +1261,8 @@ def main(argv=None) -> Dict:
     want = set(args.sections)
     if 'equality' in want:
         check.run_section('equality', check.equality)
+    if 'syncbn' in want:
+        check.run_section('syncbn', check.syncbn)
     if 'throughput' in want:
         check.run_section(
             'throughput',
