@@ -26,6 +26,14 @@ EPS32 = torch.finfo(torch.float32).eps
 # missing normalisation, a transposed weight) is off by 1e-3 to 1, hundreds
 # to millions of times the float32 error.
 ERROR_FACTOR = 4.0
+# The same for gradients. A parameter's gradient is a reduction over all
+# tokens of back-propagated quantities that each carry the forward error,
+# and a small tensor (a 2 x 2 head-mixing weight) has few entries to
+# average the rounding over, so the ratio of two float32 errors spreads
+# more: measured up to 2.7x (one thread, norm_eval training of ResT-Lite),
+# against 1.8x for outputs. The float64 tests check every gradient formula
+# to 1e-8, so the wider float32 margin hides no formula error.
+GRADIENT_FACTOR = 8.0
 
 # Where the literal path is by chance very accurate (small ops, lucky
 # cancellation), a ratio of two tiny errors is noise: below a floor every
@@ -71,10 +79,11 @@ def float32_errors(fast: torch.Tensor, literal: torch.Tensor,
 
 def assert_float32_close(fast: torch.Tensor, literal: torch.Tensor,
                          reference: torch.Tensor, *, depth: int = 1,
-                         scale: Optional[float] = None, name: str = ''):
+                         scale: Optional[float] = None, name: str = '',
+                         factor: float = ERROR_FACTOR):
     """Assert that a float32 result is as accurate as float32 allows.
 
-    ``err(fast) <= ERROR_FACTOR * err(literal) + float32_floor(depth)``,
+    ``err(fast) <= factor * err(literal) + float32_floor(depth)``,
     both errors measured against the exact (float64) ``reference``, where
     ``literal`` is the literal (authors') computation in float32 of the same
     thing on this CPU. ``scale`` sets what the errors are relative to (the
@@ -86,14 +95,14 @@ def assert_float32_close(fast: torch.Tensor, literal: torch.Tensor,
     """
     assert fast.dtype != torch.float64, 'compare float32 results'
     err_fast, err_literal = float32_errors(fast, literal, reference, scale)
-    bound = ERROR_FACTOR * err_literal + float32_floor(depth)
+    bound = factor * err_literal + float32_floor(depth)
     if os.environ.get('MMREST_BOUND_LOG'):  # to see the margins on a CPU
         with open(os.environ['MMREST_BOUND_LOG'], 'a') as f:
             f.write(f'{os.environ.get("PYTEST_CURRENT_TEST", "")}\t{name}\t'
                     f'{err_fast:.3e}\t{err_literal:.3e}\t{bound:.3e}\n')
     assert err_fast <= bound, (
         f'{name}: error {err_fast:.3g} against float64, more than '
-        f'{ERROR_FACTOR} x the literal float32 error {err_literal:.3g} + '
+        f'{factor} x the literal float32 error {err_literal:.3g} + '
         f'{float32_floor(depth):.3g}')
     return err_fast, err_literal, bound
 
@@ -138,7 +147,8 @@ def float64_literal(model: torch.nn.Module) -> torch.nn.Module:
 
 def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
                            reference: torch.nn.Module, *, depth: int = 1):
-    """:func:`assert_float32_close` on the gradient of every parameter.
+    """:func:`assert_float32_close` on the gradient of every parameter
+    (with ``GRADIENT_FACTOR``).
 
     The three modules hold the same parameters (``reference`` in float64)
     and have each run a backward pass of the same loss. Where the exact
@@ -161,7 +171,8 @@ def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
         exact_zero = pr.grad.norm().item() <= 1e-9 * total
         assert_float32_close(pf.grad, pl.grad, pr.grad, depth=depth,
                              scale=total if exact_zero else None,
-                             name=f'gradient of {name}')
+                             name=f'gradient of {name}',
+                             factor=GRADIENT_FACTOR)
         checked += 1
     assert checked > 0
 

@@ -177,18 +177,22 @@ def test_norm_eval():
 
 
 def test_with_cp_same_outputs_and_gradients():
+    """Checkpointing against the plain model (as accurate) and both against
+    the literal computation in float64."""
     plain = ResT(arch='lite', drop_path_rate=0.)
     cp = ResT(arch='lite', with_cp=True)
     cp.load_state_dict(plain.state_dict())
     plain.train(), cp.train()
+    exact = float64_literal(plain).train()
     x = torch.rand(2, 3, 64, 96)
-    outs_a, outs_b = plain(x), cp(x)
-    for a, b in zip(outs_a, outs_b):
-        assert torch.allclose(a, b, atol=1e-6)
-    sum(o.square().sum() for o in outs_a).backward()
-    sum(o.square().sum() for o in outs_b).backward()
-    for (name, a), b in zip(plain.named_parameters(), cp.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    outs_plain, outs_cp = plain(x), cp(x)
+    outs_exact = exact(x.double())
+    depths = stage_depths(plain)
+    for depth, a, b, ref in zip(depths, outs_cp, outs_plain, outs_exact):
+        assert_float32_close(a, b, ref, depth=depth)
+    for outs in (outs_plain, outs_cp, outs_exact):
+        sum(o.square().sum() for o in outs).backward()
+    assert_gradients_close(cp, plain, exact, depth=depths[-1])
 
 
 def test_init_weights_follow_spec():
