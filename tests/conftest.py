@@ -1,32 +1,50 @@
-import os
+"""Fixtures shared by the tests. The reference data lives in the
+repository, in ``tests/data`` (see its README): the tests need nothing
+outside a clone."""
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('MMREST_SHARED', ROOT.parent / 'shared'))
-REFERENCE = SHARED / 'reference'
+DATA = Path(__file__).resolve().parent / 'data'
+# Older name of the same folder (the COCO config tests read the shapes).
+REFERENCE = DATA
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected||."""
-    return ((actual - expected).norm() / expected.norm()).item()
+def _data_file(name: str) -> Path:
+    path = DATA / name
+    assert path.is_file(), (
+        f'reference data missing: {path} (it is part of the repository; '
+        'see tests/data/README.md)')
+    return path
 
 
 @pytest.fixture(scope='session')
 def golden():
-    path = REFERENCE / 'rest_v1_tiny_golden.pt'
-    assert path.is_file(), f'reference data missing: {path}'
-    return torch.load(path, weights_only=True)
+    """ResT v1 tiny: weights, inputs, float32 and float64 outputs."""
+    return torch.load(_data_file('rest_v1_tiny_golden.pt'),
+                      weights_only=True)
 
 
 @pytest.fixture(scope='session')
 def official_shapes():
-    import json
-    path = REFERENCE / 'rest_v1_state_dict_shapes.json'
-    assert path.is_file(), f'reference data missing: {path}'
-    return json.loads(path.read_text())
+    """The authors' ResT v1 state-dict shapes, per variant."""
+    return json.loads(_data_file('rest_v1_state_dict_shapes.json').read_text())
+
+
+@pytest.fixture(scope='session')
+def golden_v2():
+    """ResT v2 tiny: weights, inputs, float32 and float64 outputs."""
+    return torch.load(_data_file('rest_v2_tiny_golden.pt'),
+                      weights_only=True)
+
+
+@pytest.fixture(scope='session')
+def official_shapes_v2():
+    """The authors' ResT v2 state-dict shapes, per variant."""
+    return json.loads(
+        _data_file('rest_v2_state_dict_shapes.json').read_text())
 
 
 @pytest.fixture(autouse=True)

@@ -5,52 +5,77 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmrest import ResT
-from conftest import relative_error
+from mmrest.testing import to_literal
+from _helpers import (assert_float32_close, assert_float64_equal,
+                      assert_gradients_close, float32_errors, float32_floor,
+                      float64_literal, golden_model, stage_depths,
+                      ERROR_FACTOR)
 
-ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
-             'qkv_bias', 'apply_transform')
 # The authors' classifiers, 1000-class head included (SPEC, "Variants").
 PARAMS_M = {'lite': 10.51, 'small': 13.68, 'base': 30.33, 'large': 51.68}
 
 
-def golden_model(golden, **kwargs):
-    arch = {k: golden['config'][k] for k in ARCH_KEYS}
-    model = ResT(arch=arch, **kwargs)
-    state = {k: v for k, v in golden['state_dict'].items()
-             if not k.startswith('head.')}
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def classifier_logits(model, golden, x):
+def classifier_logits(stage4, golden):
     """The authors' classifier: pooled `norm`-ed stage 4, then `head`."""
-    stage4 = model(x)[-1]
-    return F.linear(stage4.mean(dim=(2, 3)), golden['state_dict']['head.weight'],
-                    golden['state_dict']['head.bias'])
+    state = golden['state_dict']
+    return F.linear(stage4.mean(dim=(2, 3)),
+                    state['head.weight'].to(stage4.dtype),
+                    state['head.bias'].to(stage4.dtype))
 
 
 @pytest.mark.parametrize('case', ['224x224', '256x352'])
 def test_golden_outputs(golden, case):
+    """Float32 outputs as close to the authors' float64 ones as the literal
+    (authors') computation's own float32 outputs are on this CPU."""
     model = golden_model(golden).eval()
+    literal = to_literal(model)
     data = golden['cases'][case]
     with torch.no_grad():
-        outs = model(data['input'])
-        logits = classifier_logits(model, golden, data['input'])
+        outs, literal_outs = model(data['input']), literal(data['input'])
     assert len(outs) == 4
-    for i, (out, expected) in enumerate(zip(outs, data['backbone_outputs'])):
-        assert out.shape == expected.shape, f'stage {i + 1}'
-        assert relative_error(out, expected) < 1e-4, f'stage {i + 1}'
-    assert relative_error(logits, data['logits']) < 1e-4
+    depths = stage_depths(model)
+    for i, (out, lit, exact) in enumerate(
+            zip(outs, literal_outs, data['backbone_outputs_f64'])):
+        assert out.shape == exact.shape, f'stage {i + 1}'
+        assert_float32_close(out, lit, exact, depth=depths[i],
+                             name=f'stage {i + 1}')
+    assert_float32_close(
+        classifier_logits(outs[-1], golden),
+        classifier_logits(literal_outs[-1], golden), data['logits_f64'],
+        depth=depths[-1] + 1, name='logits')
+
+
+@pytest.mark.parametrize('case', ['224x224', '256x352'])
+def test_golden_outputs_in_float64(golden, case):
+    """In float64 both the fast and the literal computation give the
+    authors' float64 outputs (1e-8: any difference in the formula shows)."""
+    model = golden_model(golden).eval().double()
+    literal = to_literal(model)
+    data = golden['cases'][case]
+    x = data['input'].double()
+    with torch.no_grad():
+        outs, literal_outs = model(x), literal(x)
+    for i, (out, lit, exact) in enumerate(
+            zip(outs, literal_outs, data['backbone_outputs_f64'])):
+        assert_float64_equal(out, exact, f'fast, stage {i + 1}')
+        assert_float64_equal(lit, exact, f'literal, stage {i + 1}')
+    assert_float64_equal(classifier_logits(outs[-1], golden),
+                         data['logits_f64'], 'logits')
 
 
 def test_golden_detects_a_wrong_weight(golden):
-    """The comparison is sharp: one perturbed weight breaks it."""
+    """The comparison is sharp: one perturbed weight breaks the bound."""
     model = golden_model(golden).eval()
+    literal = to_literal(model)
+    data = golden['cases']['224x224']
     with torch.no_grad():
         model.stage3[1].attn.transform_conv.weight[0, 1] += 0.05
-        out = model(golden['cases']['224x224']['input'])[2]
-    expected = golden['cases']['224x224']['backbone_outputs'][2]
-    assert relative_error(out, expected) > 1e-3
+        out = model(data['input'])[2]
+        lit = literal(data['input'])[2]
+    err, err_literal = float32_errors(out, lit,
+                                      data['backbone_outputs_f64'][2])
+    depth = stage_depths(model)[2]
+    assert err > 10 * (ERROR_FACTOR * err_literal + float32_floor(depth))
 
 
 @pytest.mark.parametrize('arch', list(PARAMS_M))
@@ -80,7 +105,7 @@ def test_output_norms_exist_only_for_returned_stages():
 def test_any_input_size(arch):
     model = ResT(arch=arch).eval()
     dims = model.embed_dims
-    for h, w in [(800, 1333), (225, 225), (97, 131)]:
+    for h, w in [(97, 131), (225, 225), (800, 1333)]:
         with torch.no_grad():
             outs = model(torch.rand(1, 3, h, w))
         for i, out in enumerate(outs):
@@ -91,17 +116,17 @@ def test_any_input_size(arch):
             assert out.shape == (1, dims[i], eh, ew), (h, w, i)
             assert torch.isfinite(out).all()
         if arch != 'lite':
-            break  # the rest of the sizes once is enough for big variants
+            break  # the other sizes once (lite) are enough
 
 
 def test_odd_sizes_match_literal_attention():
-    from mmrest.testing import to_literal
     model = ResT(arch='lite').eval()
-    literal = to_literal(model)
+    literal, exact = to_literal(model), float64_literal(model)
     x = torch.rand(1, 3, 97, 131)
     with torch.no_grad():
-        for a, b in zip(model(x), literal(x)):
-            assert relative_error(a, b) < 1e-4
+        outs = zip(model(x), literal(x), exact(x.double()))
+        for depth, (a, b, ref) in zip(stage_depths(model), outs):
+            assert_float32_close(a, b, ref, depth=depth)
 
 
 def _trainable(module):
@@ -152,18 +177,22 @@ def test_norm_eval():
 
 
 def test_with_cp_same_outputs_and_gradients():
+    """Checkpointing against the plain model (as accurate) and both against
+    the literal computation in float64."""
     plain = ResT(arch='lite', drop_path_rate=0.)
     cp = ResT(arch='lite', with_cp=True)
     cp.load_state_dict(plain.state_dict())
     plain.train(), cp.train()
+    exact = float64_literal(plain).train()
     x = torch.rand(2, 3, 64, 96)
-    outs_a, outs_b = plain(x), cp(x)
-    for a, b in zip(outs_a, outs_b):
-        assert torch.allclose(a, b, atol=1e-6)
-    sum(o.square().sum() for o in outs_a).backward()
-    sum(o.square().sum() for o in outs_b).backward()
-    for (name, a), b in zip(plain.named_parameters(), cp.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    outs_plain, outs_cp = plain(x), cp(x)
+    outs_exact = exact(x.double())
+    depths = stage_depths(plain)
+    for depth, a, b, ref in zip(depths, outs_cp, outs_plain, outs_exact):
+        assert_float32_close(a, b, ref, depth=depth)
+    for outs in (outs_plain, outs_cp, outs_exact):
+        sum(o.square().sum() for o in outs).backward()
+    assert_gradients_close(cp, plain, exact, depth=depths[-1])
 
 
 def test_init_weights_follow_spec():

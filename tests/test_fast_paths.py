@@ -1,18 +1,37 @@
 """The inference fast paths of ResT (eval mode, no autograd: reused
-attention buffers, chunked MLP, BatchNorm folding, channels-last maps)
-against the literal computation of SPEC.md, with one chunk and with many."""
+attention buffers, chunked MLP, BatchNorm folding, channels-last maps,
+oneDNN linears, one-head folding) against the literal computation of
+SPEC.md, with one chunk and with many; and probes that each fast path
+really runs (a silent fallback fails) and that the literal model really
+takes the literal path (so that no test compares fast with fast)."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmrest import ResT
 from mmrest.backbones import emsa_attention
 from mmrest.backbones import rest as rest_module
 from mmrest.testing import to_literal
 from mmrest.testing.literal import (LiteralBlock, LiteralEMSA,
-                                    LiteralPatchEmbed, LiteralResT,
-                                    LiteralStem)
-from conftest import relative_error
+                                    LiteralPatchEmbed, LiteralPixelAttention,
+                                    LiteralResT, LiteralStem)
+from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
+                      assert_float64_equal, assert_gradients_close,
+                      float32_floor, float64_literal, golden_model,
+                      literal_attention, relative_error, stage_depths)
+
+LITERAL_CLASSES = {
+    LiteralEMSA: rest_module.EMSA,
+    LiteralBlock: rest_module.Block,
+    LiteralStem: rest_module.Stem,
+    LiteralPatchEmbed: rest_module.PatchEmbed,
+    LiteralPixelAttention: rest_module.PixelAttention,
+    LiteralResT: rest_module.ResT,
+}
+# The functions of the fast paths, which the literal model never calls.
+FAST_FUNCTIONS = ('emsa_attention', '_attention_no_grad', '_attention_chunk',
+                  '_linear', '_conv_norm')
 
 
 def randomised(model):
@@ -31,14 +50,79 @@ def randomised(model):
     return model
 
 
+def count_batchnorm_calls(model):
+    """A list whose length is the number of BatchNorm module calls."""
+    calls = []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
 def test_to_literal_swaps_every_fast_part():
     literal = to_literal(ResT(arch='lite'))
     assert type(literal) is LiteralResT
     assert type(literal.stem) is LiteralStem
+    assert type(literal.stem.pos) is LiteralPixelAttention
     assert type(literal.patch_embed_2) is LiteralPatchEmbed
     assert type(literal.stage1[0]) is LiteralBlock
     assert type(literal.stage1[0].attn) is LiteralEMSA
     assert type(ResT(arch='lite').stage1[0].attn) is not LiteralEMSA
+
+
+@pytest.mark.parametrize('literal_cls', list(LITERAL_CLASSES),
+                         ids=lambda c: c.__name__)
+def test_literal_classes_override_real_methods(literal_cls):
+    """Each method a literal class defines replaces one of its fast class:
+    renaming a fast method leaves no literal override silently unused."""
+    base = LITERAL_CLASSES[literal_cls]
+    assert literal_cls.__bases__ == (base, )
+    names = [n for n, v in vars(literal_cls).items()
+             if not n.startswith('__')
+             and (isinstance(v, (staticmethod, classmethod)) or callable(v))]
+    assert names, literal_cls
+    for name in names:
+        assert name in dir(base), f'{literal_cls.__name__}.{name} ' \
+            f'overrides nothing in {base.__name__}'
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_literal_model_takes_the_literal_path(train, monkeypatch):
+    """The yardstick of these tests is really literal: it calls none of
+    the fast functions and runs every BatchNorm, EMSA and layout hook of its
+    own; the fast model does the opposite."""
+    model = randomised(ResT(arch='lite')).train(train)
+    literal = to_literal(model)
+    fast_calls = {name: CallCounter(monkeypatch, rest_module, name)
+                  for name in FAST_FUNCTIONS}
+    one_head = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
+    literal_emsa = CallCounter(monkeypatch, LiteralEMSA, 'forward')
+    literal_tokens = CallCounter(monkeypatch, LiteralResT, '_to_tokens')
+    bn_literal = count_batchnorm_calls(literal)
+    bn_fast = count_batchnorm_calls(model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.set_grad_enabled(train):
+        literal(x)
+    assert {n: c.count for n, c in fast_calls.items()} == dict.fromkeys(
+        FAST_FUNCTIONS, 0)
+    assert one_head.count == 0
+    assert literal_emsa.count == 8  # every block of ResT-Lite
+    assert literal_tokens.count == 4
+    assert len(bn_literal) == 5  # 2 in the stem, 1 per patch embedding
+    with torch.set_grad_enabled(train):
+        model(x)
+    assert literal_emsa.count == 8 and literal_tokens.count == 4
+    assert fast_calls['_conv_norm'].count == 5
+    if train:
+        assert fast_calls['emsa_attention'].count == 8
+        assert fast_calls['_attention_chunk'].count > 0
+        assert len(bn_fast) == 5  # batch statistics: nothing to fold
+    else:
+        assert one_head.count == 2  # the two one-head blocks of stage 1
+        assert fast_calls['emsa_attention'].count == 6  # the others
+        assert fast_calls['_attention_no_grad'].count == 6
+        assert fast_calls['_linear'].count > 0
+        assert len(bn_fast) == 0  # all five folded into their convs
 
 
 @pytest.mark.parametrize('chunks', ['one', 'many'])
@@ -49,66 +133,148 @@ def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
         monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 700)
         monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 3000)
     model = randomised(ResT(arch=arch)).eval()
-    literal = to_literal(model)
+    literal, exact = to_literal(model), float64_literal(model)
     x = torch.rand(batch, 3, *size)
     x_before = x.clone()
     with torch.no_grad():
         outs, expected = model(x), literal(x)
+        exact_outs = exact(x.double())
     assert torch.equal(x, x_before)  # the input is not written to
-    for out, exp in zip(outs, expected):
-        assert out.shape == exp.shape
+    for i, (out, lit, ref) in enumerate(zip(outs, expected, exact_outs)):
+        assert out.shape == lit.shape
         assert out.is_contiguous()  # plain NCHW, like the authors'
-        assert relative_error(out, exp) < 1e-4
+        assert_float32_close(out, lit, ref, depth=stage_depths(model)[i],
+                             name=f'stage {i + 1}')
 
 
 def test_golden_outputs_with_many_chunks(golden, monkeypatch):
-    from test_backbone import golden_model
     monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 500)
     monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 2000)
+    chunks = CallCounter(monkeypatch, torch, 'bmm')
     model = golden_model(golden).eval()
+    literal = to_literal(model)
     data = golden['cases']['256x352']
     with torch.no_grad():
         outs = model(data['input'])
-    for out, expected in zip(outs, data['backbone_outputs']):
-        assert relative_error(out, expected) < 1e-4
+        n_bmm = chunks.count
+        literal_outs = literal(data['input'])
+    # 500 logits per chunk and thread are a few query rows: hundreds of
+    # chunks of 3 batched products each (one chunk per attention: 12)
+    assert n_bmm > 300
+    for i, (out, lit, ref) in enumerate(
+            zip(outs, literal_outs, data['backbone_outputs_f64'])):
+        assert_float32_close(out, lit, ref, depth=stage_depths(model)[i],
+                             name=f'stage {i + 1}')
 
 
 @pytest.mark.parametrize('batch', [1, 3])
-def test_no_grad_attention_core_matches_the_autograd_one(batch):
+def test_attention_core_matches_the_literal_one(batch, monkeypatch):
+    """The chunked core, without autograd (reused buffers, no mixing bias)
+    and with it, against SPEC's literal attention in float64: to 1e-8 in
+    float64, and as accurate as the literal one in float32."""
     q = torch.randn(batch, 4, 50, 16)
     k, v = torch.randn(2, batch, 4, 30, 16)
     mix, mix_bias = torch.randn(4, 4), torch.randn(4) * 10
-    expected = emsa_attention(q.requires_grad_(), k, v, mix, mix_bias,
-                              chunk_elements=1 << 30).detach()
-    q = q.detach()
-    with torch.no_grad():
-        for chunk_elements in (1, 700, 5000, 1 << 30):
+    args64 = [t.double() for t in (q, k, v, mix, mix_bias)]
+    exact = literal_attention(*args64)
+    literal = literal_attention(q, k, v, mix, mix_bias)
+    no_grad = CallCounter(monkeypatch, rest_module, '_attention_no_grad')
+    for chunk_elements in (1, 700, 5000, 1 << 30):
+        with torch.no_grad():
             out = emsa_attention(q, k, v, mix, mix_bias,
                                  chunk_elements=chunk_elements)
-            assert out.shape == expected.shape
-            assert relative_error(out, expected) < 1e-5, chunk_elements
+            out64 = emsa_attention(*args64, chunk_elements=chunk_elements)
+        assert no_grad.count == 2
+        no_grad.count = 0
+        assert_float32_close(out, literal, exact,
+                             name=f'no autograd, {chunk_elements}')
+        assert_float64_equal(out64, exact, f'no autograd, {chunk_elements}')
+        out = emsa_attention(q.requires_grad_(), k, v, mix, mix_bias,
+                             chunk_elements=chunk_elements)
+        q.requires_grad_(False)
+        assert no_grad.count == 0 and out.requires_grad
+        assert_float32_close(out.detach(), literal, exact,
+                             name=f'autograd, {chunk_elements}')
+
+
+def test_attention_runs_in_query_chunks(monkeypatch):
+    """A small _CHUNK_ELEMENTS makes the core work query row by query row,
+    with and without autograd (counted: a fallback to one chunk fails)."""
+    q = torch.randn(1, 2, 40, 8)
+    k, v = torch.randn(2, 1, 2, 10, 8)
+    mix = torch.randn(2, 2)
+    bmm = CallCounter(monkeypatch, torch, 'bmm')
+    chunk = CallCounter(monkeypatch, rest_module, '_attention_chunk')
+    with torch.no_grad():
+        emsa_attention(q, k, v, mix)
+    one_chunk = bmm.count
+    assert one_chunk <= 3
+    emsa_attention(q, k, v, mix.requires_grad_())
+    assert chunk.count == 1
+    monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 1)  # one row each
+    bmm.count = chunk.count = 0
+    with torch.no_grad():
+        emsa_attention(q, k, v, mix)
+    assert bmm.count >= 40  # at least one product per query row
+    emsa_attention(q, k, v, mix)
+    assert chunk.count == 40
+
+
+def test_mlp_runs_in_token_chunks(monkeypatch):
+    """In inference the MLP runs over chunks of tokens (counted), with the
+    literal block's output."""
+    block = randomised(rest_module.Block(32, 2, sr_ratio=2)).eval()
+    literal, exact = to_literal(block), float64_literal(block)
+    x = torch.randn(1, 6 * 8, 32)
+    linear = CallCounter(monkeypatch, rest_module, '_linear', record=True)
+    with torch.no_grad():
+        expected, ref = literal(x, (6, 8)), exact(x.double(), (6, 8))
+        assert linear.count == 0
+        block(x, (6, 8))
+        gelu_calls = [c for c in linear.calls if c[1].get('gelu')]
+        assert len(gelu_calls) == 1  # one chunk of 48 tokens
+        monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 1)
+        linear.calls.clear()
+        out = block(x.clone(), (6, 8))
+    gelu_calls = [c for c in linear.calls if c[1].get('gelu')]
+    assert len(gelu_calls) == 48  # one token per chunk
+    assert_float32_close(out, expected, ref)
 
 
 def test_folded_batchnorm_gives_exact_gradients():
     """BatchNorms in eval mode (norm_eval) are folded into the convs even
-    when training the rest; gradients reach conv and norm alike."""
+    when training the rest (no BatchNorm module runs); gradients reach conv
+    and norm alike, as accurate as the literal ones."""
     model = randomised(ResT(arch='lite', norm_eval=True)).train()
     literal = to_literal(model)
+    exact = float64_literal(model).train()
+    bn_fast, bn_literal = count_batchnorm_calls(model), \
+        count_batchnorm_calls(literal)
     x = torch.rand(2, 3, 64, 80)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    outs_a, outs_b = model(xa), literal(xb)
-    for a, b in zip(outs_a, outs_b):
-        assert relative_error(a, b) < 1e-4
-    sum(o.square().mean() for o in outs_a).backward()
-    sum(o.square().mean() for o in outs_b).backward()
-    assert relative_error(xa.grad, xb.grad) < 1e-4
-    folded = 0
-    for (name, pa), pb in zip(model.named_parameters(),
-                              literal.parameters()):
-        if name.startswith(('stem.', 'patch_embed_')):
-            assert relative_error(pa.grad, pb.grad) < 1e-4, name
-            folded += '.norm' in name
-    assert folded == 2 * 2 + 3 * 2  # weight and bias of 5 BatchNorms
+    xc = x.double().requires_grad_()
+    outs_a, outs_b, outs_c = model(xa), literal(xb), exact(xc)
+    assert len(bn_fast) == 0, 'a BatchNorm was run, not folded'
+    assert len(bn_literal) == 5
+    depths = stage_depths(model)
+    for depth, a, b, c in zip(depths, outs_a, outs_b, outs_c):
+        assert_float32_close(a, b, c, depth=depth)
+    for outs in (outs_a, outs_b, outs_c):
+        sum(o.square().mean() for o in outs).backward()
+    assert_float32_close(xa.grad, xb.grad, xc.grad, depth=depths[-1],
+                         name='input grad', factor=GRADIENT_FACTOR)
+    assert_gradients_close(model, literal, exact, depth=depths[-1])
+    for name, p in model.named_parameters():
+        if '.norm' in name and name.startswith(('stem.', 'patch_embed_')):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_inference_folds_batchnorm():
+    model = randomised(ResT(arch='lite')).eval()
+    calls = count_batchnorm_calls(model)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64))
+    assert len(calls) == 0, 'a BatchNorm was run, not folded'
 
 
 def test_train_mode_without_autograd_keeps_dropout():
@@ -122,41 +288,77 @@ def test_train_mode_without_autograd_keeps_dropout():
 
 @pytest.mark.parametrize('qkv_bias', [True, False])
 @pytest.mark.parametrize('sr_ratio', [1, 4])
-def test_one_head_emsa_folds_projections_exactly(qkv_bias, sr_ratio):
+def test_one_head_emsa_folds_projections_exactly(qkv_bias, sr_ratio,
+                                                 monkeypatch):
     """With one head, inference folds the query and output projections into
     the keys and values (a per-key bias from the query bias): the literal
     EMSA's output."""
     emsa = randomised(
         rest_module.EMSA(32, 1, sr_ratio, qkv_bias=qkv_bias)).eval()
-    literal = to_literal(emsa)
+    literal, exact = to_literal(emsa), float64_literal(emsa)
+    folded = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
     x = torch.randn(2, 9 * 11, 32)
     with torch.no_grad():
         out, expected = emsa(x, (9, 11)), literal(x, (9, 11))
-    assert relative_error(out, expected) < 1e-5
+        ref = exact(x.double(), (9, 11))
+        assert folded.count == 1
+        assert_float64_equal(emsa.double()(x.double(), (9, 11)), ref)
+        emsa.float()
+    assert folded.count == 2
+    assert_float32_close(out, expected, ref, name='folded')
     # the training path (autograd) does not fold; it gives the same output
     out_grad = emsa(x, (9, 11))
+    assert folded.count == 2
     assert out_grad.requires_grad
-    assert relative_error(out_grad.detach(), expected) < 1e-5
+    assert_float32_close(out_grad.detach(), expected, ref, name='autograd')
 
 
 @pytest.mark.parametrize('gelu', [False, True])
-@pytest.mark.parametrize('onednn', [True, False])
-def test_inference_linear_is_f_linear(gelu, onednn):
-    """oneDNN's linear (bias and GELU applied as it writes) and the fallback
-    both compute F.linear (then the exact GELU)."""
+def test_inference_linear_uses_onednn(gelu, monkeypatch):
+    """Without autograd, float32 linears run oneDNN's kernel (counted: a
+    silent fallback fails) and compute F.linear (then the exact GELU);
+    anything needing a gradient, or oneDNN switched off, takes F.linear."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip('this build of torch has no oneDNN')
+    onednn = CallCounter(monkeypatch, rest_module, '_ONEDNN_LINEAR')
     x, w, b = torch.randn(3, 70, 24), torch.randn(40, 24), torch.randn(40)
-    expected = torch.nn.functional.linear(x, w, b)
-    if gelu:
-        expected = torch.nn.functional.gelu(expected)
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=onednn):
+
+    def literal(x, w, b):
+        out = F.linear(x, w, b)
+        return F.gelu(out) if gelu else out
+
+    exact = literal(x.double(), w.double(), b.double())
+    expected = literal(x, w, b)
+    with torch.no_grad():
         out = rest_module._linear(x, w, b, gelu=gelu)
         no_bias = rest_module._linear(x, w, None)
-    assert relative_error(out, expected) < 1e-5
-    assert relative_error(no_bias, x @ w.t()) < 1e-5
+    assert onednn.count == 2
+    assert_float32_close(out, expected, exact)
+    assert_float32_close(no_bias, x @ w.t(), x.double() @ w.double().t())
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        out = rest_module._linear(x, w, b, gelu=gelu)
+    assert onednn.count == 2
+    assert_float32_close(out, expected, exact)
     # anything needing a gradient takes F.linear, which has autograd
     w.requires_grad_(True)
     rest_module._linear(x, w, b, gelu=gelu).sum().backward()
-    assert w.grad is not None and w.grad.abs().sum() > 0
+    w64 = w.detach().double().requires_grad_()
+    literal(x.double(), w64, b.double()).sum().backward()
+    assert relative_error(w.grad, w64.grad) <= float32_floor()
     b.requires_grad_(True)  # a bias alone needing one counts too
     rest_module._linear(x, w.detach(), b, gelu=gelu).sum().backward()
     assert b.grad is not None and b.grad.abs().sum() > 0
+    assert onednn.count == 2
+
+
+def test_model_inference_uses_onednn(monkeypatch):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip('this build of torch has no oneDNN')
+    onednn = CallCounter(monkeypatch, rest_module, '_ONEDNN_LINEAR')
+    model = ResT(arch='lite').eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64))
+    assert onednn.count > 0
+    onednn.count = 0
+    model(torch.rand(1, 3, 64, 64))  # autograd: none
+    assert onednn.count == 0

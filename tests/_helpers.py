@@ -1,0 +1,212 @@
+"""Helpers shared by the tests (imported by test files; never a test file
+itself, so that no test module imports another)."""
+import inspect
+import math
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmrest import ResT
+from mmrest.testing import to_literal
+
+# float32 machine epsilon, 2**-23.
+EPS32 = torch.finfo(torch.float32).eps
+
+# How much larger than the literal (authors') path's own float32 error the
+# error of a fast path may be. A correct fast path computes the same sums
+# in another order or grouping (chunks, folded BatchNorms, other kernels).
+# The rounding error of a float32 sum is bounded by the number of terms and
+# the depth of the summation tree, not by their order, so reorderings have
+# errors of the same order of magnitude: measured against the authors'
+# float64 outputs, mmrest's fast path is 1.3x to 1.5x the literal one's
+# error (ResT-S and ResT-L, issue 11). 4 leaves room for CPUs that round
+# differently (another SIMD width or kernel) while a wrong formula (a
+# missing normalisation, a transposed weight) is off by 1e-3 to 1, hundreds
+# to millions of times the float32 error.
+ERROR_FACTOR = 4.0
+# The same for gradients. A parameter's gradient is a reduction over all
+# tokens of back-propagated quantities that each carry the forward error,
+# and a small tensor (a 2 x 2 head-mixing weight) has few entries to
+# average the rounding over, so the ratio of two float32 errors spreads
+# more: measured up to 2.7x (one thread, norm_eval training of ResT-Lite),
+# against 1.8x for outputs. The float64 tests check every gradient formula
+# to 1e-8, so the wider float32 margin hides no formula error.
+GRADIENT_FACTOR = 8.0
+
+# Where the literal path is by chance very accurate (small ops, lucky
+# cancellation), a ratio of two tiny errors is noise: below a floor every
+# float32 result is as good as float32 gets. A float32 sum of K terms, each
+# rounded with a relative error up to EPS32 / 2 in random direction, is off
+# by about EPS32 * sqrt(K) (the random-walk model of rounding; the worst
+# case K * EPS32 is far too pessimistic in practice). ResT's longest
+# reductions are over the M keys of an attention row or the N x M entries
+# of one InstanceNorm, about 4096 terms in these tests, and each of `depth`
+# layers adds an independent error of that size: the floor is
+# EPS32 * sqrt(4096 * depth), 7.6e-6 for one layer and 2.6e-5 for the 12
+# layers of a ResT-Lite. That is 40 to 1000 times below the error of a
+# wrong formula, so the floor cannot hide one.
+REDUCTION_TERMS = 4096
+
+
+def float32_floor(depth: int = 1, terms: int = REDUCTION_TERMS) -> float:
+    """The error below which any float32 result is acceptable (see above)."""
+    return EPS32 * math.sqrt(terms * depth)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected||, computed in float64."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def float32_errors(fast: torch.Tensor, literal: torch.Tensor,
+                   reference: torch.Tensor,
+                   scale: Optional[float] = None):
+    """The errors of ``fast`` and ``literal`` against the float64
+    ``reference``, relative to ``scale`` (default: the reference's norm)."""
+    assert reference.dtype == torch.float64, 'the reference must be float64'
+    assert fast.shape == reference.shape == literal.shape, \
+        (fast.shape, literal.shape, reference.shape)
+    if scale is None:
+        scale = reference.norm().item()
+    assert scale > 0
+    err_fast = (fast.double() - reference).norm().item() / scale
+    err_literal = (literal.double() - reference).norm().item() / scale
+    return err_fast, err_literal
+
+
+def assert_float32_close(fast: torch.Tensor, literal: torch.Tensor,
+                         reference: torch.Tensor, *, depth: int = 1,
+                         scale: Optional[float] = None, name: str = '',
+                         factor: float = ERROR_FACTOR):
+    """Assert that a float32 result is as accurate as float32 allows.
+
+    ``err(fast) <= factor * err(literal) + float32_floor(depth)``,
+    both errors measured against the exact (float64) ``reference``, where
+    ``literal`` is the literal (authors') computation in float32 of the same
+    thing on this CPU. ``scale`` sets what the errors are relative to (the
+    reference's norm by default; give another norm where the exact result
+    is zero, e.g. a gradient that must vanish).
+
+    Returns:
+        tuple: ``(err_fast, err_literal, bound)``.
+    """
+    assert fast.dtype != torch.float64, 'compare float32 results'
+    err_fast, err_literal = float32_errors(fast, literal, reference, scale)
+    bound = factor * err_literal + float32_floor(depth)
+    if os.environ.get('MMREST_BOUND_LOG'):  # to see the margins on a CPU
+        with open(os.environ['MMREST_BOUND_LOG'], 'a') as f:
+            f.write(f'{os.environ.get("PYTEST_CURRENT_TEST", "")}\t{name}\t'
+                    f'{err_fast:.3e}\t{err_literal:.3e}\t{bound:.3e}\n')
+    assert err_fast <= bound, (
+        f'{name}: error {err_fast:.3g} against float64, more than '
+        f'{factor} x the literal float32 error {err_literal:.3g} + '
+        f'{float32_floor(depth):.3g}')
+    return err_fast, err_literal, bound
+
+
+def assert_float64_equal(actual: torch.Tensor, expected: torch.Tensor,
+                         name: str = '', tol: float = 1e-8):
+    """Two float64 computations of the same formula: equal to 1e-8 (float64
+    rounding is ~1e-16 per operation; 1e-8 still spots any formula change).
+    """
+    assert actual.dtype == expected.dtype == torch.float64
+    err = relative_error(actual, expected)
+    assert err < tol, f'{name}: relative difference {err:.3g}'
+
+
+ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
+             'qkv_bias', 'apply_transform')
+
+
+def golden_model(golden: dict, **kwargs) -> ResT:
+    """The ResT v1 of the golden file, its weights loaded (no head)."""
+    arch = {k: golden['config'][k] for k in ARCH_KEYS}
+    model = ResT(arch=arch, **kwargs)
+    state = {k: v for k, v in golden['state_dict'].items()
+             if not k.startswith('head.')}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def stage_depths(model: ResT) -> Sequence[int]:
+    """Layers each returned feature map has gone through (stem or patch
+    embedding and blocks of every stage up to it): the ``depth`` of its
+    float32 floor."""
+    depths = model.arch_settings['depths']
+    return [sum(depths[:i + 1]) + i + 1 for i in model.out_indices]
+
+
+def float64_literal(model: torch.nn.Module) -> torch.nn.Module:
+    """The literal computation of ``model`` in float64: the exact result
+    the float32 paths are measured against."""
+    return to_literal(model).double()
+
+
+def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
+                           reference: torch.nn.Module, *, depth: int = 1):
+    """:func:`assert_float32_close` on the gradient of every parameter
+    (with ``GRADIENT_FACTOR``).
+
+    The three modules hold the same parameters (``reference`` in float64)
+    and have each run a backward pass of the same loss. Where the exact
+    gradient is zero (a bias that a softmax or a train-mode BatchNorm
+    cannot see), both float32 paths give rounding noise: it is measured
+    against the norm of all the gradients instead of its own.
+    """
+    named = list(fast.named_parameters())
+    literal_params = list(literal.parameters())
+    reference_params = list(reference.parameters())
+    assert len(named) == len(literal_params) == len(reference_params)
+    total = torch.stack([p.grad.norm() for p in reference_params
+                         if p.grad is not None]).norm().item()
+    checked = 0
+    for (name, pf), pl, pr in zip(named, literal_params, reference_params):
+        if pr.grad is None:
+            assert pf.grad is None and pl.grad is None, name
+            continue
+        assert pf.grad is not None, f'{name}: no gradient'
+        exact_zero = pr.grad.norm().item() <= 1e-9 * total
+        assert_float32_close(pf.grad, pl.grad, pr.grad, depth=depth,
+                             scale=total if exact_zero else None,
+                             name=f'gradient of {name}',
+                             factor=GRADIENT_FACTOR)
+        checked += 1
+    assert checked > 0
+
+
+def literal_attention(q, k, v, mix, mix_bias, attn_drop=0., eps=1e-5):
+    """SPEC's EMSA steps 4-6 as written, on scaled queries: the N x M maps,
+    a 1x1 conv over the heads (bias included), softmax, InstanceNorm,
+    (dropout), ``@ v``."""
+    h = q.shape[1]
+    attn = q @ k.transpose(-2, -1)
+    attn = F.conv2d(attn, mix.view(h, h, 1, 1), mix_bias)
+    attn = F.instance_norm(attn.softmax(dim=-1), eps=eps)
+    attn = F.dropout(attn, attn_drop, training=attn_drop > 0)
+    return attn @ v
+
+
+class CallCounter:
+    """Replaces ``owner.name`` (via pytest's ``monkeypatch``, which raises
+    if there is no such attribute: a renamed hook fails the test instead
+    of leaving it silently unprobed) with a wrapper that counts the calls
+    and passes them on; with ``record`` it keeps each call's arguments."""
+
+    def __init__(self, monkeypatch, owner, name: str, record: bool = False):
+        original = getattr(owner, name)
+        assert original is not None, f'{owner}.{name} is None'
+        self.count = 0
+        self.calls = []
+
+        def wrapper(*args, **kwargs):
+            self.count += 1
+            if record:
+                self.calls.append((args, kwargs))
+            return original(*args, **kwargs)
+
+        if isinstance(inspect.getattr_static(owner, name), staticmethod):
+            wrapper = staticmethod(wrapper)
+        monkeypatch.setattr(owner, name, wrapper)
