@@ -774,13 +774,8 @@ class ResT(BaseModule):
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
-            check_pretrained_file(self.init_cfg['checkpoint'])
-            load_backbone_state_dict(
-                self,
-                self.init_cfg['checkpoint'],
-                prefix=self.init_cfg.get('prefix'),
-                strict_shapes=self.init_cfg.get('strict', True),
-                map_location=self.init_cfg.get('map_location', 'cpu'))
+            from ..checkpoint import load_pretrained_init_cfg
+            load_pretrained_init_cfg(self, self.init_cfg)
             self._is_init = True
             return
         if self.init_cfg is not None:
