@@ -491,3 +491,29 @@ def test_checkpoint_hook_guard(monkeypatch):
     with pytest.raises(RuntimeError, match='_save_checkpoint_with_step.*'
                        r'mmengine>=0\.10\.0,<0\.11'):
         AtomicCheckpointHook(interval=1)
+
+
+def test_url_checkpoint_is_downloaded_then_loaded_weights_only(
+        tmp_path, monkeypatch, reference):
+    """mmengine's http loader would load with weights_only=False; mmrest
+    downloads the file (here: a stand-in for the download) and loads it
+    weights-only."""
+    import shutil
+    state, arch = reference
+    marker = tmp_path / 'pwned'
+    files = {'good.pth': state,
+             'evil.pth': dict(state, evil=Reduce(os.system,
+                                                 f'touch {marker}'))}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    monkeypatch.setattr(
+        torch.hub, 'download_url_to_file',
+        lambda url, dst, progress=True: shutil.copy(
+            tmp_path / url.rsplit('/', 1)[1], dst))
+    model = pretrained('https://example.com/w/good.pth', arch)
+    assert torch.equal(model.stem.conv1.weight, state['stem.conv1.weight'])
+    assert (tmp_path / 'hub' / 'checkpoints' / 'good.pth').is_file()
+    with pytest.raises(CheckpointError, match='Refused'):
+        pretrained('https://example.com/w/evil.pth', arch)
+    assert not marker.exists()
