@@ -15,15 +15,23 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmrest', 'mmrest.*']),
-    python_requires='>=3.8',
+    # Floors are what the code needs, ceilings the releases it was written
+    # against (tested: torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0, mmdet
+    # 3.3.0, mmsegmentation 1.2.2; requirements/constraints.txt pins them).
+    python_requires='>=3.9',  # torch 2.6 needs 3.9
     install_requires=[
-        'torch>=1.8',
-        'mmengine>=0.10.0,<1.0',
+        # 2.1: SDPA's scale=; 2.6: torch.load is weights-only by default and
+        # torch.serialization.safe_globals (2.5) scopes mmrest's allow-list:
+        # the safe-loading guarantees rely on both.
+        'torch>=2.6',
+        # AtomicCheckpointHook overrides CheckpointHook's private
+        # _save_checkpoint_with_step, the same from 0.10.0 to 0.10.7.
+        'mmengine>=0.10.0,<0.11',
         'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet>=3.0.0,<3.4.0',
     ],
     extras_require={
-        'seg': ['mmsegmentation>=1.0.0', 'ftfy', 'regex'],
+        'seg': ['mmsegmentation>=1.0.0,<1.3', 'ftfy', 'regex'],
         'tests': ['pytest', 'pycocotools'],
     },
     license='Apache License 2.0',

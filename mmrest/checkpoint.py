@@ -3,76 +3,178 @@
 
 Every checkpoint mmrest loads goes through ``torch.load(weights_only=True)``:
 a file carrying a pickled payload is refused and the payload never runs.
-mmengine 0.10.7 checkpoints hold a few non-tensor types (its message hub's
-``HistoryBuffer`` and the numpy arrays and scalars inside it); importing
-mmrest allow-lists exactly those (and keeps ``HistoryBuffer`` from pickling
-functions), so ``resume`` and ``load_from`` work under torch >= 2.6 without
-switching the safety check off.
+
+mmengine 0.10.7 checkpoints hold a few non-tensor objects: its message hub's
+``HistoryBuffer`` (pickled with a table of its statistics methods, written
+as ``getattr(HistoryBuffer, 'min')`` and so on), numpy arrays, scalars and
+dtypes. torch's weights-only loader refuses them. :func:`safe_loading`
+allow-lists stand-ins for exactly those, for the duration of a load that
+mmrest performs, and removes them afterwards: ``import mmrest`` changes
+nothing in torch or mmengine, and a ``torch.load`` made elsewhere in the
+process never sees the allow-list (except while one of mmrest's loads runs:
+torch's allow-list is one per process, not per thread).
+
+The allow-list holds data classes (``HistoryBuffer``, ``argparse.Namespace``,
+numpy's non-object dtype classes) and five functions of mmrest's own that
+stand in for the globals such files name, each refusing anything but plain
+data (see ``tests/test_checkpoint.py``, which feeds them hostile pickles):
+
+- ``builtins.getattr`` -> :func:`_history_buffer_getattr`: only
+  ``HistoryBuffer``'s four default statistics methods;
+- ``numpy.core.multiarray._reconstruct`` -> :func:`_safe_reconstruct`: an
+  empty plain ``numpy.ndarray`` (its data comes from ``__setstate__``);
+- ``numpy.core.multiarray.scalar`` -> :func:`_safe_scalar`: a numeric scalar
+  from raw bytes;
+- ``numpy.dtype`` -> :func:`_safe_dtype`: a dtype from its string code,
+  never the object dtype (object arrays are refused);
+- ``builtins.bytes`` -> :func:`_empty_bytes`: ``bytes()`` only (protocol 2
+  writes an empty array's data so).
+
+The real ``getattr``, ``bytes``, ``numpy.dtype``, ``_reconstruct`` and
+``scalar`` are never allow-listed.
 """
 import argparse
+import contextlib
+import io
 import os
 import pickle
 import zipfile
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
+#: ``HistoryBuffer``'s statistics methods that a checkpoint may name.
+HISTORY_STATISTICS = ('min', 'max', 'mean', 'current')
+#: :func:`load_backbone_state_dict` refuses a checkpoint that sets fewer
+#: than this share of the module's parameter tensors (see there).
+MIN_MATCHED_SHARE = 0.5
+#: The keys a ``type='Pretrained'`` init_cfg may hold for mmrest backbones.
+PRETRAINED_CFG_KEYS = ('type', 'checkpoint', 'prefix', 'strict',
+                       'allow_partial', 'map_location')
 
-def _numpy_globals() -> List:
-    """The numpy types that numpy arrays and scalars pickle as."""
+
+def _multiarray():
     core = getattr(np, '_core', None)
     multiarray = getattr(core, 'multiarray', None) if core else None
     if multiarray is None:  # numpy < 2
         from numpy.core import multiarray
-    types = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    # numpy >= 1.25 pickles dtypes through their own classes.
-    dtypes = getattr(np, 'dtypes', None)
-    if dtypes is not None:
-        types += [
-            getattr(dtypes, name) for name in dir(dtypes)
-            if name.endswith('DType') and isinstance(
-                getattr(dtypes, name), type)
-        ]
-    return types
+    return multiarray
+
+
+def _history_buffer_getattr(obj, name):
+    """Stands in for ``builtins.getattr`` in mmrest's loads.
+
+    mmengine pickles ``HistoryBuffer``'s table of statistics methods as
+    ``getattr(HistoryBuffer, 'min')`` calls (pickle protocol 2 writes a
+    method that way). Only those lookups are answered; any other (the way a
+    hostile file would reach ``os.system`` or a method that writes files)
+    is refused.
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and name in HISTORY_STATISTICS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'refused getattr({obj!r}, {name!r}): a checkpoint may only name '
+        f'HistoryBuffer.{"/".join(HISTORY_STATISTICS)}')
+
+
+def _safe_reconstruct(subtype, shape, typecode):
+    """Stands in for numpy's ``_reconstruct``: an empty plain ndarray."""
+    if subtype is not np.ndarray or typecode != b'b' or not (
+            isinstance(shape, tuple)
+            and all(type(n) is int for n in shape)):
+        raise pickle.UnpicklingError(
+            f'refused numpy _reconstruct{(subtype, shape, typecode)!r}: '
+            'only a plain numpy.ndarray may be rebuilt')
+    return _multiarray()._reconstruct(np.ndarray, shape, typecode)
+
+
+def _safe_dtype(spec, align=False, copy=False):
+    """Stands in for ``numpy.dtype``: a dtype from its string code, never
+    one that holds Python objects."""
+    if type(spec) is not str:
+        raise pickle.UnpicklingError(
+            f'refused numpy.dtype({spec!r}): only string codes are loaded')
+    dtype = np.dtype(spec, bool(align), bool(copy))
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(
+            f'refused numpy.dtype({spec!r}): arrays of Python objects are '
+            'not loaded')
+    return dtype
+
+
+def _safe_scalar(dtype, data=None):
+    """Stands in for numpy's ``scalar``: a number from its raw bytes."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or \
+            type(data) is not bytes:
+        raise pickle.UnpicklingError(
+            f'refused numpy scalar({dtype!r}, {type(data).__name__}): only '
+            'numbers from raw bytes are loaded')
+    return _multiarray().scalar(dtype, data)
+
+
+def _empty_bytes(*args):
+    """Stands in for ``builtins.bytes``: pickle protocol 2 writes ``b''``
+    (the data of an empty numpy array) as ``bytes()``; nothing else."""
+    if args:
+        raise pickle.UnpicklingError(
+            f'refused bytes{args!r}: only bytes() is loaded')
+    return b''
 
 
 def checkpoint_safe_globals() -> List:
-    """Types allowed in checkpoints beside tensors and plain containers."""
-    from mmengine.logging import HistoryBuffer
-    return [HistoryBuffer, argparse.Namespace] + _numpy_globals()
+    """What :func:`safe_loading` allow-lists (see the module docstring).
 
-
-def _history_buffer_state(self) -> dict:
-    """``HistoryBuffer.__getstate__`` without the statistics functions.
-
-    mmengine pickles the class-level table of statistics methods with every
-    buffer, as ``getattr(HistoryBuffer, 'min')`` calls; allowing ``getattr``
-    in a weights-only load would let any file reach any attribute. The table
-    is rebuilt by ``__setstate__`` anyway (defaults, plus what the running
-    process registered), so the checkpoint does not need it.
-    """
-    state = dict(self.__dict__)
-    state.pop('statistics_methods', None)
-    return state
-
-
-def allow_mmengine_checkpoints() -> None:
-    """Let mmengine checkpoints load with ``weights_only=True``.
-
-    Allow-lists the types they hold (mmengine's ``HistoryBuffer`` and numpy
-    arrays and scalars) and stops ``HistoryBuffer`` from pickling functions
-    (see :func:`_history_buffer_state`). The check itself stays on: a pickle
-    that names any other global (a function to call, a class to build) is
-    still refused.
+    Returns:
+        list: Classes, and ``(stand-in, 'module.name')`` pairs.
     """
     from mmengine.logging import HistoryBuffer
-    HistoryBuffer.__getstate__ = _history_buffer_state
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is not None:  # torch >= 2.4
-        add(checkpoint_safe_globals())
+    allowed = [HistoryBuffer, argparse.Namespace, np.ndarray,
+               (_history_buffer_getattr, 'builtins.getattr'),
+               (_empty_bytes, 'builtins.bytes'),
+               (_safe_dtype, 'numpy.dtype')]
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        allowed += [(_safe_reconstruct, f'{module}._reconstruct'),
+                    (_safe_scalar, f'{module}.scalar')]
+    # The classes of dtype instances, so that their state can be set;
+    # the object dtype's class is left out.
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25
+    classes = {
+        type(np.dtype(code))
+        for code in np.typecodes['All'] + 'MmV' if code != 'O'
+    }
+    if dtypes is not None:
+        classes |= {
+            getattr(dtypes, name) for name in dir(dtypes)
+            if name.endswith('DType') and isinstance(getattr(dtypes, name),
+                                                     type)
+        }
+    classes.discard(type(np.dtype(object)))
+    allowed += sorted(classes, key=lambda c: c.__qualname__)
+    return allowed
+
+
+@contextlib.contextmanager
+def safe_loading() -> Iterator[None]:
+    """Allow-list :func:`checkpoint_safe_globals` for the loads inside.
+
+    ``torch.load(weights_only=True)`` inside the ``with`` block accepts
+    mmengine checkpoints (saved by a process that imported mmrest or not);
+    afterwards the allow-list is as before (entries the caller had added
+    themselves stay). Needs torch >= 2.5 (``torch.serialization
+    .safe_globals``).
+
+    Example:
+        >>> with safe_loading():
+        ...     ckpt = torch.load('iter_100.pth', weights_only=True)
+    """
+    current = torch.serialization.get_safe_globals()
+    new = [g for g in checkpoint_safe_globals() if g not in current]
+    with torch.serialization.safe_globals(new):
+        yield
 
 
 class CheckpointError(RuntimeError):
@@ -80,24 +182,62 @@ class CheckpointError(RuntimeError):
     """
 
 
+def is_http_url(path) -> bool:
+    """Whether ``path`` is an http(s) URL."""
+    return isinstance(path, str) and path.startswith(('http://', 'https://'))
+
+
+def download_checkpoint(url: str) -> str:
+    """Download ``url`` into torch hub's checkpoint cache (the folder that
+    ``torch.hub.load_state_dict_from_url`` uses) unless it is there; return
+    the local path. Loading it stays the caller's business, so that it can
+    be weights-only (mmengine's http loader and
+    ``load_state_dict_from_url`` load with ``weights_only=False``)."""
+    from urllib.parse import urlparse
+    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(urlparse(url).path))
+    if not os.path.isfile(path):
+        torch.hub.download_url_to_file(url, path, progress=False)
+    return path
+
+
 def load_checkpoint_file(path: str, map_location='cpu') -> Dict:
     """Load a checkpoint with ``weights_only=True`` and clear errors.
 
+    mmengine checkpoints load under :func:`safe_loading`.
+
     Args:
-        path (str): A local file, or a URL / other mmengine backend path.
-        map_location: As for :func:`torch.load`.
+        path (str): A local file, an http(s) URL (downloaded into torch
+            hub's cache first), or a path of another mmengine file backend
+            (``s3://`` and the like; read as bytes).
+        map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
 
     Returns:
         dict: The checkpoint.
     """
-    if '://' in str(path):
-        from mmengine.runner import CheckpointLoader
-        return CheckpointLoader.load_checkpoint(path, map_location)
-    path = os.path.expanduser(str(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Checkpoint file not found: {path!r}')
+    path = str(path)
+    if is_http_url(path):
+        path = download_checkpoint(path)
+    if '://' in path:
+        from mmengine.fileio import get
+        try:
+            source = io.BytesIO(get(path))
+        except Exception as e:
+            raise CheckpointError(
+                f'Cannot read {path!r} ({type(e).__name__}: {e}). mmrest '
+                'loads local files, http(s) URLs and mmengine file backends '
+                '(s3:// and the like); for another scheme, download the file '
+                'and give its path.') from e
+    else:
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'Checkpoint file not found: {path!r}')
+        source = path
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with safe_loading():
+            return torch.load(source, map_location=map_location,
+                              weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f'Refused to load {path!r}: it holds objects other than weights '
@@ -109,13 +249,27 @@ def load_checkpoint_file(path: str, map_location='cpu') -> Dict:
             f'corrupt ({type(e).__name__}: {str(e).splitlines()[0]})') from e
 
 
+def _examples(keys: Sequence[str], n: int = 4) -> str:
+    keys = list(keys)
+    shown = ', '.join(keys[:n])
+    return shown + (f', ... ({len(keys)} in all)' if len(keys) > n else '')
+
+
 def extract_state_dict(checkpoint: Dict, prefix: Optional[str] = None,
                        source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
     """The model weights of a checkpoint, as a flat state dict.
 
-    Accepts a plain state dict or one under ``state_dict`` or ``model``;
-    strips a ``module.`` wrapper prefix; with ``prefix`` (for example
-    ``'backbone.'``) keeps only the keys under it, prefix removed.
+    Args:
+        checkpoint (dict): A plain state dict, or a checkpoint holding one
+            under ``state_dict`` or ``model`` (the authors' layouts and
+            mmengine's).
+        prefix (str, optional): Keep only the keys under this prefix (for
+            example ``'backbone.'`` for a detector checkpoint), prefix
+            removed. Defaults to None.
+        source (str): How to name the checkpoint in errors.
+
+    Returns:
+        dict: Tensor entries, a ``module.`` wrapper prefix stripped.
     """
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{source} holds a {type(checkpoint).__name__}'
@@ -130,28 +284,68 @@ def extract_state_dict(checkpoint: Dict, prefix: Optional[str] = None,
     }
     if prefix:
         prefix = prefix if prefix.endswith('.') else prefix + '.'
-        state_dict = {
+        kept = {
             k[len(prefix):]: v
             for k, v in state_dict.items() if k.startswith(prefix)
         }
-        if not state_dict:
-            raise CheckpointError(f'{source} has no keys under the prefix '
-                                  f'{prefix!r}')
+        if not kept:
+            raise CheckpointError(
+                f'{source} has no keys under the prefix {prefix!r} (its keys: '
+                f'{_examples(state_dict)}). Drop prefix from init_cfg for a '
+                'classifier checkpoint, or give the prefix its keys use.')
+        state_dict = kept
     return state_dict
+
+
+def _likely_prefix(keys: Sequence[str], wanted: Mapping) -> Optional[str]:
+    """The leading ``name.`` under which most of ``wanted`` lies."""
+    best, best_count = None, 0
+    for prefix in {k.split('.', 1)[0] + '.' for k in keys if '.' in k}:
+        count = sum(k[len(prefix):] in wanted for k in keys
+                    if k.startswith(prefix))
+        if count > best_count:
+            best, best_count = prefix, count
+    return best if best_count >= MIN_MATCHED_SHARE * len(wanted) else None
 
 
 def load_backbone_state_dict(module: nn.Module,
                              path: str,
                              prefix: Optional[str] = None,
                              strict_shapes: bool = True,
+                             allow_partial: bool = False,
                              map_location='cpu',
                              ignore=('head.', )) -> None:
     """Load a (classifier or detector) checkpoint into a backbone.
 
-    The classifier ``head`` is dropped. Keys whose shapes differ (a
-    checkpoint of another variant, say) raise a :class:`CheckpointError`
-    that lists them, unless ``strict_shapes=False``, which skips them with a
-    warning. Missing and unexpected keys are reported in the log.
+    The call behind ``init_cfg=dict(type='Pretrained', ...)`` of mmrest's
+    backbones (see :func:`load_pretrained_init_cfg`).
+
+    A checkpoint that sets fewer than half (:data:`MIN_MATCHED_SHARE`) of
+    the module's parameter tensors is an error, naming the likely cause:
+    keys under a prefix (a detector or segmentor checkpoint given without
+    ``prefix='backbone.'``) or another network's file, with example keys of
+    both. Half, because the two cases lie far apart: a checkpoint of the
+    right network sets every parameter but those of layers the backbone adds
+    for its outputs (ResT's ``norm1``-``norm3``: 6 of 146 tensors for
+    ResT-Lite, 96%), while a file of another network or variant sets none
+    or a few (norms of matching width).
+
+    Args:
+        module (nn.Module): The backbone.
+        path (str): The checkpoint (local path or URL).
+        prefix (str, optional): Load only the keys under this prefix,
+            prefix removed (``'backbone.'`` for a detector checkpoint).
+            Defaults to None.
+        strict_shapes (bool): Keys whose shapes differ from the module's
+            (a checkpoint of another variant, say) raise a
+            :class:`CheckpointError` that lists them; with False they are
+            skipped with a warning. Defaults to True.
+        allow_partial (bool): Load whatever matches, however little, with a
+            warning instead of the error above (for example to start only
+            the first stages from a checkpoint). Defaults to False.
+        map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
+        ignore (tuple[str]): Key prefixes dropped before matching (the
+            classifier ``head.``).
     """
     state_dict = extract_state_dict(
         load_checkpoint_file(path, map_location), prefix, repr(path))
@@ -182,6 +376,32 @@ def load_backbone_state_dict(module: nn.Module,
             for k, v in state_dict.items()
             if k not in own or v.shape == own[k].shape
         }
+    params = dict(module.named_parameters())
+    matched = [k for k in params if k in state_dict]
+    share = len(matched) / max(len(params), 1)
+    if share < MIN_MATCHED_SHARE:
+        found = (f'{path!r} sets {len(matched)} of the {len(params)} '
+                 f'parameter tensors of this {type(module).__name__} '
+                 f'({share:.0%}; at least {MIN_MATCHED_SHARE:.0%} expected)')
+        if not allow_partial:
+            likely = _likely_prefix(list(state_dict), params)
+            if likely is not None:
+                cause = (f'its weights lie under {likely!r} (a detector or '
+                         f'segmentor checkpoint?): add prefix={likely!r} to '
+                         'init_cfg')
+            elif mismatched:
+                cause = ('most of its tensors have other shapes: a '
+                         'checkpoint of another variant')
+            else:
+                cause = ('it is the checkpoint of another network (or '
+                         'another prefix of it)')
+            raise CheckpointError(
+                f'{found}. Likely cause: {cause}.\n  checkpoint keys: '
+                f'{_examples(list(state_dict))}\n  model keys: '
+                f'{_examples(list(own))}\nPass allow_partial=True in '
+                'init_cfg to load what matches anyway.')
+        print_log(f'{found}; loading them as allow_partial=True asks.',
+                  logger='current', level=30)
     missing, unexpected = module.load_state_dict(state_dict, strict=False)
     print_log(
         f'Loaded {len(state_dict) - len(unexpected)} tensors from {path!r}',
@@ -192,3 +412,49 @@ def load_backbone_state_dict(module: nn.Module,
     if unexpected:
         print_log(f'Unexpected keys in {path!r} (ignored): {unexpected}',
                   logger='current', level=30)
+
+
+def load_pretrained_init_cfg(module: nn.Module,
+                             init_cfg: Mapping,
+                             family: Optional[str] = None,
+                             ignore: Sequence[str] = ('head.', )) -> None:
+    """Apply a ``type='Pretrained'`` init_cfg to an mmrest backbone.
+
+    Args:
+        module (nn.Module): The backbone.
+        family (str, optional): ``'v1'`` or ``'v2'``: a checkpoint of the
+            other ResT generation is refused with a message that says so.
+        ignore (Sequence[str]): Key prefixes of the checkpoint that are
+            not the backbone's (the classifier).
+        init_cfg (dict): ``type='Pretrained'`` and ``checkpoint`` (a path or
+            URL), optionally ``prefix`` (e.g. ``'backbone.'`` for a
+            detector checkpoint), ``strict`` (default True: keys of another
+            shape are an error), ``allow_partial`` (default False: a
+            checkpoint that sets under half the parameters is an error) and
+            ``map_location`` (default ``'cpu'``); see
+            :func:`load_backbone_state_dict`. Any other key is an error (a
+            misspelt option would otherwise be ignored).
+    """
+    from .pretrained import check_pretrained_file
+    unknown = sorted(set(init_cfg) - set(PRETRAINED_CFG_KEYS))
+    if unknown:
+        raise KeyError(f'Unknown keys {unknown} in the Pretrained init_cfg of '
+                       f'{type(module).__name__}; valid keys: '
+                       f'{list(PRETRAINED_CFG_KEYS)}')
+    if 'checkpoint' not in init_cfg:
+        raise KeyError('The Pretrained init_cfg of '
+                       f'{type(module).__name__} has no checkpoint')
+    check_pretrained_file(init_cfg['checkpoint'])
+    map_location = init_cfg.get('map_location', 'cpu')
+    if family is not None:
+        from .checkpoint_family import check_checkpoint_family
+        check_checkpoint_family(init_cfg['checkpoint'], family,
+                                init_cfg.get('prefix'), map_location)
+    load_backbone_state_dict(
+        module,
+        init_cfg['checkpoint'],
+        prefix=init_cfg.get('prefix'),
+        strict_shapes=init_cfg.get('strict', True),
+        allow_partial=init_cfg.get('allow_partial', False),
+        map_location=map_location,
+        ignore=tuple(ignore))

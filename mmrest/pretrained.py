@@ -14,9 +14,11 @@ from typing import Any, List
 
 #: The authors' repository, which publishes the ImageNet-1K checkpoints.
 WEIGHTS_SOURCE = 'https://github.com/wofmanaf/ResT'
-#: The checkpoints it publishes, one per variant.
+#: The checkpoints it publishes, one per variant (ResT, then ResT v2).
 WEIGHTS_FILES = ('rest_lite.pth', 'rest_small.pth', 'rest_base.pth',
-                 'rest_large.pth')
+                 'rest_large.pth', 'restv2_tiny_224.pth',
+                 'restv2_small_224.pth', 'restv2_base_224.pth',
+                 'restv2_large_224.pth')
 
 
 def missing_weights_message(path: str) -> str:

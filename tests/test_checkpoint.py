@@ -1,30 +1,35 @@
-"""Checkpoints: the authors' format through init_cfg, mmengine's own, and
-files that must be refused."""
+"""Checkpoints: the authors' format through init_cfg (the reference weights
+themselves), mmengine's own (saved with and without mmrest), files that must
+be refused, and a loader that cannot fail silently."""
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModel
-from torch.utils.data import Dataset
 
+from conftest import relative_error
 from mmrest import ResT
-from mmrest.checkpoint import CheckpointError
+from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
+                               safe_loading)
+from mmrest.testing import to_literal
+
+ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
+             'qkv_bias', 'apply_transform')
 
 
-def authors_checkpoint(arch='lite', seed=1):
-    """A classifier state dict as the authors save it (with its head)."""
-    torch.manual_seed(seed)
-    model = ResT(arch=arch, out_indices=(3, ))
-    model.init_weights()
-    state = model.state_dict()
-    state['head.weight'] = torch.randn(1000, model.embed_dims[3])
-    state['head.bias'] = torch.randn(1000)
-    return state
+@pytest.fixture
+def reference(golden):
+    """The authors' classifier state dict (head included) and its arch."""
+    arch = {k: golden['config'][k] for k in ARCH_KEYS}
+    return dict(golden['state_dict']), arch
 
 
-def pretrained(path, arch='lite', **kwargs):
+def pretrained(path, arch, **kwargs):
     model = ResT(arch=arch,
                  init_cfg=dict(type='Pretrained', checkpoint=str(path),
                                **kwargs))
@@ -33,83 +38,184 @@ def pretrained(path, arch='lite', **kwargs):
 
 
 @pytest.mark.parametrize('wrap', [None, 'model', 'state_dict'])
-def test_authors_checkpoint_loads_through_init_cfg(tmp_path, wrap):
-    state = authors_checkpoint()
-    path = tmp_path / 'rest_lite.pth'
-    torch.save(state if wrap is None else {wrap: state}, path)
-    model = pretrained(path)
+def test_reference_weights_load_through_init_cfg(tmp_path, golden, reference,
+                                                 wrap):
+    """The authors' own tensors, in each of their layouts, give the
+    backbone the reference parameters and the reference outputs."""
+    state, arch = reference
+    path = tmp_path / 'rest_tiny.pth'
+    torch.save(state if wrap is None else {wrap: state, 'epoch': 300}, path)
+    torch.manual_seed(123)  # random initial weights, to be overwritten
+    model = pretrained(path, arch).eval()
     own = model.state_dict()
-    for key, value in state.items():
-        if key.startswith('head.'):
-            assert key not in own
-        else:
-            assert torch.equal(own[key], value), key
-    # norm1..norm3 are not in a classifier checkpoint: left initialised
-    assert torch.all(model.norm1.weight == 1)
+    assert not any(k.startswith('head.') for k in own)
+    assert set(own) == {k for k in state if not k.startswith('head.')}
+    for key, value in own.items():
+        assert torch.equal(value, state[key]), key
+
+    # Outputs against the float64 reference: the model within 4x the
+    # literal (authors') path's own float32 error, and that path within 4x
+    # the error of the authors' float32 outputs (another CPU rounds
+    # differently), each plus a floor of a few float32 roundings (1e-6 ~ 8
+    # eps). Wrong weights fail the second bound.
+    data = golden['cases']['224x224']
+    literal = to_literal(model)
+    with torch.no_grad():
+        outs = model(data['input'])
+        literal_outs = literal(data['input'])
+    for i, (out, lit, authors, exact) in enumerate(
+            zip(outs, literal_outs, data['backbone_outputs'],
+                data['backbone_outputs_f64'])):
+        err = relative_error(out.double(), exact)
+        err_literal = relative_error(lit.double(), exact)
+        err_authors = relative_error(authors.double(), exact)
+        assert err_literal <= 4 * err_authors + 1e-6, (
+            f'stage {i + 1}', err_literal, err_authors)
+        assert err <= 4 * err_literal + 1e-6, (f'stage {i + 1}', err,
+                                               err_literal)
 
 
-def test_detector_checkpoint_with_prefix(tmp_path):
-    state = {f'backbone.{k}': v for k, v in authors_checkpoint().items()}
-    state['neck.lateral.weight'] = torch.zeros(3)
-    torch.save({'state_dict': state, 'meta': {'epoch': 12}},
+def test_detector_checkpoint_with_prefix(tmp_path, reference):
+    state, arch = reference
+    det = {f'backbone.{k}': v for k, v in state.items()}
+    det['neck.lateral.weight'] = torch.zeros(3)
+    torch.save({'state_dict': det, 'meta': {'epoch': 12}},
                tmp_path / 'det.pth')
-    model = pretrained(tmp_path / 'det.pth', prefix='backbone.')
-    assert torch.equal(model.stage1[0].attn.q.weight,
-                       state['backbone.stage1.0.attn.q.weight'])
+    model = pretrained(tmp_path / 'det.pth', arch, prefix='backbone.')
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
-def test_missing_checkpoint_names_the_path(tmp_path):
+def test_detector_checkpoint_without_prefix_is_an_error(tmp_path, reference):
+    """The most common pretrained-weights mistake: nothing would load and
+    training would start from random weights."""
+    state, arch = reference
+    det = {f'backbone.{k}': v for k, v in state.items()}
+    torch.save({'state_dict': det, 'meta': {'epoch': 12}},
+               tmp_path / 'det.pth')
+    with pytest.raises(CheckpointError) as info:
+        pretrained(tmp_path / 'det.pth', arch)
+    message = str(info.value)
+    assert "sets 0 of the" in message
+    assert "prefix='backbone.'" in message
+    assert 'checkpoint keys: backbone.' in message
+    assert 'model keys: stem.conv1.weight' in message
+    assert 'allow_partial=True' in message
+
+
+def test_prefix_that_matches_nothing_shows_the_keys(tmp_path, reference):
+    state, arch = reference
+    torch.save(state, tmp_path / 'cls.pth')
+    with pytest.raises(CheckpointError, match=r"no keys under the prefix "
+                       r"'backbone\.' \(its keys: head\.bias"):
+        pretrained(tmp_path / 'cls.pth', arch, prefix='backbone.')
+
+
+def test_another_networks_checkpoint_is_an_error(tmp_path, reference):
+    _, arch = reference
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8),
+                          nn.Linear(8, 4))
+    torch.save({'state_dict': other.state_dict()}, tmp_path / 'other.pth')
+    with pytest.raises(CheckpointError) as info:
+        pretrained(tmp_path / 'other.pth', arch)
+    message = str(info.value)
+    assert 'sets 0 of the' in message and 'another network' in message
+    assert 'checkpoint keys: 0.weight' in message
+    assert 'model keys: stem.conv1.weight' in message
+
+
+def test_partial_checkpoint_needs_the_opt_out(tmp_path, reference):
+    """Under half of the parameter tensors is an error; allow_partial=True
+    loads what there is, and exactly that."""
+    state, arch = reference
+    params = [k for k, _ in ResT(arch=arch).named_parameters()]
+    n = int(0.4 * len(params))
+    partial = {k: state[k] for k in params[:n]}
+    torch.save(partial, tmp_path / 'part.pth')
+    with pytest.raises(CheckpointError, match=f'sets {n} of the '
+                       f'{len(params)} parameter tensors'):
+        pretrained(tmp_path / 'part.pth', arch)
+    torch.manual_seed(5)
+    model = pretrained(tmp_path / 'part.pth', arch, allow_partial=True)
+    own = dict(model.named_parameters())
+    assert all(torch.equal(own[k], state[k]) for k in params[:n])
+    assert not any(torch.equal(own[k], state[k]) for k in params[n:]
+                   if state[k].numel() > 1 and state[k].std() > 0)
+    # over half loads without the opt-out
+    torch.save({k: state[k] for k in params[:len(params) // 2 + 1]},
+               tmp_path / 'most.pth')
+    pretrained(tmp_path / 'most.pth', arch)
+
+
+def test_misspelt_init_cfg_key_is_an_error(tmp_path, reference):
+    state, arch = reference
+    torch.save(state, tmp_path / 'w.pth')
+    with pytest.raises(KeyError, match='allow_parital'):
+        pretrained(tmp_path / 'w.pth', arch, allow_parital=True)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path, reference):
     path = tmp_path / 'nowhere' / 'rest_small.pth'
     with pytest.raises(FileNotFoundError, match='rest_small.pth'):
-        pretrained(path)
+        pretrained(path, reference[1])
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'garbage'])
-def test_corrupt_checkpoint_names_the_file(tmp_path, damage):
-    path = tmp_path / 'rest_lite.pth'
-    torch.save(authors_checkpoint(), path)
+def test_corrupt_checkpoint_names_the_file(tmp_path, reference, damage):
+    state, arch = reference
+    path = tmp_path / 'rest_tiny.pth'
+    torch.save(state, path)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2] if damage == 'truncate' else
                      b'not a checkpoint at all' * 100)
-    with pytest.raises(CheckpointError, match='rest_lite.pth'):
-        pretrained(path)
+    with pytest.raises(CheckpointError, match='rest_tiny.pth'):
+        pretrained(path, arch)
 
 
-def test_checkpoint_of_another_variant_lists_the_keys(tmp_path):
-    path = tmp_path / 'rest_base.pth'
-    state = authors_checkpoint('base')
-    state['stem.norm1.num_batches_tracked'] = torch.tensor(7)
+def test_checkpoint_of_another_variant_lists_the_keys(tmp_path, reference):
+    state, _ = reference  # embed dims 16..128; ResT-Lite's are 64..512
+    state = dict(state, **{'stem.norm1.num_batches_tracked': torch.tensor(7)})
+    path = tmp_path / 'rest_tiny.pth'
     torch.save(state, path)
     with pytest.raises(CheckpointError) as info:
-        pretrained(path, arch='lite')
+        pretrained(path, 'lite')
     message = str(info.value)
-    assert 'rest_base.pth' in message
-    assert 'stem.conv1.weight: checkpoint (48, 3, 3, 3) vs model ' \
+    assert 'rest_tiny.pth' in message
+    assert 'stem.conv1.weight: checkpoint (8, 3, 3, 3) vs model ' \
            '(32, 3, 3, 3)' in message
-    # a non-strict load is the user's explicit choice: what fits loads
-    model = pretrained(path, arch='lite', strict=False)
+    # strict=False skips what differs, and then too little is left
+    with pytest.raises(CheckpointError, match='another variant'):
+        pretrained(path, 'lite', strict=False)
+    # both opt-outs: what fits loads
+    model = pretrained(path, 'lite', strict=False, allow_partial=True)
     assert model.stem.norm1.num_batches_tracked.item() == 7
     assert model.stem.conv1.weight.shape == (32, 3, 3, 3)
 
 
-class Payload:
-    """Pickles as a call to os.system: what a hostile checkpoint does."""
+# ------------------------------------------------------ hostile files
+class Reduce:
+    """Pickles as ``func(*args)``: what a hostile checkpoint holds."""
 
-    def __init__(self, marker):
-        self.marker = marker
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
 
     def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
+        return self.func, self.args
 
 
-def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+def _multiarray():
+    core = getattr(np, '_core', None)
+    return getattr(core, 'multiarray', None) or np.core.multiarray
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, reference):
+    state, arch = reference
     marker = tmp_path / 'pwned'
-    path = tmp_path / 'rest_lite.pth'
-    state = authors_checkpoint()
-    state['evil'] = Payload(marker)
-    torch.save(state, path)
+    path = tmp_path / 'rest_tiny.pth'
+    torch.save(dict(state, evil=Reduce(os.system, f'touch {marker}')), path)
     with pytest.raises(CheckpointError, match='Refused'):
-        pretrained(path)
+        pretrained(path, arch)
     assert not marker.exists()
     # the same file through mmengine's loader is refused too
     from mmengine.runner import load_checkpoint
@@ -118,82 +224,296 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-class RandomImages(Dataset):
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.rand(3, 32, 32, generator=g),
-                    label=torch.tensor(i % 2))
-
-
-class ToyClassifier(BaseModel):
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = ResT(arch=dict(embed_dims=[8, 16, 32, 64],
-                                       depths=[1, 1, 1, 1],
-                                       num_heads=[1, 2, 4, 8],
-                                       sr_ratios=[8, 4, 2, 1],
-                                       mlp_ratios=[2, 2, 2, 2]),
-                             out_indices=(3, ))
-        self.head = nn.Linear(64, 2)
-
-    def forward(self, inputs, label, mode='loss'):
-        logits = self.head(self.backbone(inputs)[0].mean(dim=(2, 3)))
-        if mode == 'loss':
-            return dict(loss=nn.functional.cross_entropy(logits, label))
-        return logits
-
-
-def _runner(work_dir, max_iters, resume=False):
-    from mmengine.runner import Runner
-    return Runner(
-        model=ToyClassifier(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=RandomImages(), batch_size=4,
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
-        param_scheduler=dict(type='MultiStepLR', milestones=[2],
-                             by_epoch=False),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook',
-                                           interval=2, by_epoch=False)),
-        randomness=dict(seed=0),
-        resume=resume,
-        default_scope='mmdet')
+def _hostile_cases():
+    """Pickles that would reach code or Python objects, and the refusal of
+    the stand-in that must stop each."""
+    from mmengine.logging import HistoryBuffer
+    ma = _multiarray()
+    getattr_refused = 'refused getattr.*may only name HistoryBuffer'
+    return {
+        # getattr reaches anything from an allowed class: only the four
+        # statistics methods of HistoryBuffer are answered
+        'getattr_init': (Reduce(getattr, HistoryBuffer, '__init__'),
+                         getattr_refused),
+        'getattr_register': (Reduce(getattr, HistoryBuffer,
+                                    'register_statistics'), getattr_refused),
+        'getattr_globals': (Reduce(getattr, HistoryBuffer.min,
+                                   '__globals__'), getattr_refused),
+        'getattr_ndarray': (Reduce(getattr, np.ndarray, 'tofile'),
+                            getattr_refused),
+        # _reconstruct builds any subtype it is given
+        'reconstruct_subtype': (Reduce(ma._reconstruct, HistoryBuffer, (0, ),
+                                       b'b'), 'refused numpy _reconstruct'),
+        # arrays and scalars of Python objects
+        'object_array': (np.array([1, 'x'], dtype=object),
+                         r'refused numpy.dtype.*Python objects'),
+        'object_scalar': (Reduce(ma.scalar, np.dtype(object), [1]),
+                          r'refused numpy.dtype.*Python objects'),
+        'scalar_not_bytes': (Reduce(ma.scalar, np.dtype('f8'), 1.5),
+                             'refused numpy scalar'),
+        'bytes_call': (Reduce(bytes, 10**6), r'refused bytes\(1000000,\)'),
+    }
 
 
-def test_mmengine_checkpoint_saves_and_resumes(tmp_path):
-    runner = _runner(tmp_path, 2)
-    runner.train()
+@pytest.mark.parametrize('case', sorted(_hostile_cases()))
+def test_stand_ins_refuse_all_but_data(tmp_path, case):
+    """The callables that safe_loading allow-lists (stand-ins for getattr,
+    bytes, numpy's _reconstruct, scalar and dtype) refuse every use but
+    plain data: each of these pickles would reach code or Python objects,
+    and is stopped by the stand-in named in the message."""
+    obj, refusal = _hostile_cases()[case]
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'x': obj}, path)
+    with pytest.raises(pickle.UnpicklingError, match=refusal):
+        with safe_loading():
+            torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match='Refused'):
+        from mmrest.checkpoint import load_checkpoint_file
+        load_checkpoint_file(path)
+
+
+def test_scalar_stand_in_refuses_objects():
+    import mmrest.checkpoint as ck
+    with pytest.raises(pickle.UnpicklingError, match='refused numpy scalar'):
+        ck._safe_scalar(np.dtype(object), b'12345678')
+    assert ck._safe_scalar(np.dtype('<f4'), np.float32(2.5).tobytes()) == 2.5
+
+
+def test_stand_ins_load_plain_numpy_data(tmp_path):
+    data = {'a': np.arange(6, dtype=np.int32).reshape(2, 3),
+            'f': np.float32(1.25), 'i': np.int64(-3), 'b': np.bool_(True),
+            's': np.array(['ab', 'c']), 'e': np.zeros((0, 2))}
+    torch.save(data, tmp_path / 'np.pth')
+    with safe_loading():
+        out = torch.load(tmp_path / 'np.pth', weights_only=True)
+    for key, value in data.items():
+        assert type(out[key]) is type(value) and out[key].dtype == \
+            value.dtype and np.array_equal(out[key], value), key
+
+
+def test_allow_list_is_scoped_and_narrow():
+    """Only inside safe_loading, only data classes and mmrest's stand-ins;
+    numpy's own _reconstruct / scalar and builtins.getattr never."""
+    import argparse
+    import builtins
+
+    from mmengine.logging import HistoryBuffer
+
+    import mmrest.checkpoint as ck
+    before = list(torch.serialization.get_safe_globals())
+    with safe_loading():
+        during = torch.serialization.get_safe_globals()
+    assert torch.serialization.get_safe_globals() == before
+    added = [g for g in during if g not in before]
+    assert added
+    stand_ins = {ck._history_buffer_getattr, ck._safe_reconstruct,
+                 ck._safe_scalar, ck._safe_dtype, ck._empty_bytes}
+    ma = _multiarray()
+    for entry in added:
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        assert obj not in (builtins.getattr, builtins.eval, builtins.exec,
+                           builtins.bytes, os.system, __import__,
+                           ma._reconstruct, ma.scalar, np.dtype,
+                           type(np.dtype(object)))
+        assert obj in stand_ins or obj in (HistoryBuffer, argparse.Namespace,
+                                           np.ndarray) or \
+            (isinstance(obj, type) and issubclass(obj, np.dtype)), entry
+    assert set(checkpoint_safe_globals()) == set(added)
+
+
+def test_import_mmrest_changes_no_global_state():
+    code = textwrap.dedent('''
+        import torch
+        from mmengine.logging import HistoryBuffer
+        before = (list(torch.serialization.get_safe_globals()),
+                  HistoryBuffer.__getstate__, HistoryBuffer.__setstate__)
+        import mmrest
+        after = (list(torch.serialization.get_safe_globals()),
+                 HistoryBuffer.__getstate__, HistoryBuffer.__setstate__)
+        assert before[1:] == after[1:], 'HistoryBuffer patched'
+        # torch registers its own DTensor classes when mmengine / mmdet
+        # import torch.distributed.tensor; nothing else may appear
+        added = [g for g in after[0] if g not in before[0]]
+        names = [g[1] if isinstance(g, tuple) else
+                 f'{g.__module__}.{g.__qualname__}' for g in added]
+        assert all(n.startswith('torch.') for n in names), names
+        print('unchanged')
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, env=_env(), timeout=300)
+    assert out.returncode == 0 and 'unchanged' in out.stdout, out.stderr
+
+
+# ------------------------------------------------ mmengine checkpoints
+TOY = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+    from torch.utils.data import Dataset
+
+
+    class RandomImages(Dataset):
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return dict(inputs=torch.rand(3, 8, 8, generator=g),
+                        label=torch.tensor(i % 2))
+
+
+    class Toy(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, inputs, label, mode='loss'):
+            logits = self.head(self.backbone(inputs).mean(dim=(2, 3)))
+            if mode == 'loss':
+                return dict(loss=nn.functional.cross_entropy(logits, label))
+            return logits
+
+
+    def runner(work_dir, max_iters, checkpoint_hook, resume=False,
+               load_from=None):
+        from mmengine.runner import Runner
+        return Runner(
+            model=Toy(),
+            work_dir=str(work_dir),
+            train_dataloader=dict(
+                dataset=RandomImages(), batch_size=4,
+                sampler=dict(type='DefaultSampler', shuffle=True),
+                collate_fn=dict(type='default_collate')),
+            optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+            param_scheduler=dict(type='MultiStepLR', milestones=[2],
+                                 by_epoch=False),
+            train_cfg=dict(by_epoch=False, max_iters=max_iters),
+            default_hooks=dict(checkpoint=checkpoint_hook),
+            randomness=dict(seed=0),
+            resume=resume,
+            load_from=load_from)
+''')
+_toy = {}
+exec(compile(TOY, 'toy', 'exec'), _toy)
+
+
+def _env():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ,
+                PYTHONPATH=os.pathsep.join(
+                    [root] + os.environ.get('PYTHONPATH', '').split(
+                        os.pathsep)))
+
+
+def _save_without_mmrest(work_dir):
+    """Two iterations and a checkpoint, by a process that never imports
+    mmrest (mmengine's own CheckpointHook)."""
+    code = TOY + textwrap.dedent(f'''
+        import sys
+        runner({str(work_dir)!r}, 2,
+               dict(type='CheckpointHook', interval=2, by_epoch=False)
+               ).train()
+        assert 'mmrest' not in sys.modules
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _atomic_hook():
+    from mmrest.engine import AtomicCheckpointHook
+    return AtomicCheckpointHook(interval=2, by_epoch=False)
+
+
+@pytest.mark.parametrize('saved_by', ['mmrest', 'plain mmengine'])
+def test_mmengine_checkpoint_resumes(tmp_path, saved_by):
+    if saved_by == 'mmrest':
+        _toy['runner'](tmp_path, 2, _atomic_hook()).train()
+    else:
+        _save_without_mmrest(tmp_path)
     path = tmp_path / 'iter_2.pth'
     assert path.is_file()
-    # the checkpoint holds more than tensors (message hub, numpy values) ...
-    ckpt = torch.load(path, weights_only=True)
+    # more than tensors (message hub: HistoryBuffer, numpy values): a
+    # plain weights-only load refuses it, in this process too ...
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    with safe_loading():
+        ckpt = torch.load(path, weights_only=True)
     assert {'meta', 'state_dict', 'optimizer', 'message_hub'} <= set(ckpt)
-    # ... and resuming reads all of it back
-    resumed = _runner(tmp_path, 4, resume=True)
+    # ... and resuming through AtomicCheckpointHook reads all of it back
+    resumed = _toy['runner'](tmp_path, 4, _atomic_hook(), resume=True)
     resumed.train()
     assert resumed.iter == 4
+    assert resumed.message_hub.get_scalar('train/lr').data[0].size == 4
     assert (tmp_path / 'iter_4.pth').is_file()
-    # load_from into a detector-style prefix works through init_cfg too
-    model = pretrained(path, arch=ToyClassifier().backbone.arch_settings,
-                       prefix='backbone.')
-    assert torch.equal(model.stage4[0].attn.q.weight,
-                       ckpt['state_dict']['backbone.stage4.0.attn.q.weight'])
+    # load_from (no resume) works the same way
+    fresh = _toy['runner'](tmp_path / 'b', 2, _atomic_hook(),
+                           load_from=str(path))
+    fresh.call_hook('before_run')  # as train / val / test do, then load
+    fresh.load_or_resume()
+    assert torch.equal(fresh.model.head.weight,
+                       ckpt['state_dict']['head.weight'])
+    # and the allow-list is gone again
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
 
 
-def test_allow_list_is_narrow():
-    """Only data types are allowed: nothing that calls or looks up."""
-    import builtins
-    allowed = torch.serialization.get_safe_globals()
-    for dangerous in (builtins.getattr, builtins.eval, builtins.exec,
-                      os.system, __import__):
-        assert dangerous not in allowed
-    from mmengine.logging import HistoryBuffer
-    assert HistoryBuffer in allowed
+def test_mmengine_checkpoint_loads_into_a_backbone(tmp_path, reference):
+    """A detector-style mmengine checkpoint (message hub and all), loaded
+    through init_cfg with a prefix."""
+    state, arch = reference
+    model = nn.Module()
+    model.backbone = ResT(arch=arch)
+    model.backbone.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith('head.')})
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('test_checkpoint_hub')
+    hub.update_scalar('train/loss', np.float32(0.5))
+    torch.save({'meta': {'iter': np.int64(3)},
+                'state_dict': model.state_dict(),
+                'message_hub': hub.state_dict()}, tmp_path / 'det.pth')
+    loaded = pretrained(tmp_path / 'det.pth', arch, prefix='backbone.')
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_checkpoint_hook_guard(monkeypatch):
+    """AtomicCheckpointHook overrides a private mmengine method: without it
+    (another mmengine) the hook says so instead of silently not being
+    atomic."""
+    from mmengine.hooks import CheckpointHook
+
+    from mmrest.engine import AtomicCheckpointHook
+    monkeypatch.delattr(CheckpointHook, '_save_checkpoint_with_step')
+    with pytest.raises(RuntimeError, match='_save_checkpoint_with_step.*'
+                       r'mmengine>=0\.10\.0,<0\.11'):
+        AtomicCheckpointHook(interval=1)
+
+
+def test_url_checkpoint_is_downloaded_then_loaded_weights_only(
+        tmp_path, monkeypatch, reference):
+    """mmengine's http loader would load with weights_only=False; mmrest
+    downloads the file (here: a stand-in for the download) and loads it
+    weights-only."""
+    import shutil
+    state, arch = reference
+    marker = tmp_path / 'pwned'
+    files = {'good.pth': state,
+             'evil.pth': dict(state, evil=Reduce(os.system,
+                                                 f'touch {marker}'))}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    monkeypatch.setattr(
+        torch.hub, 'download_url_to_file',
+        lambda url, dst, progress=True: shutil.copy(
+            tmp_path / url.rsplit('/', 1)[1], dst))
+    model = pretrained('https://example.com/w/good.pth', arch)
+    assert torch.equal(model.stem.conv1.weight, state['stem.conv1.weight'])
+    assert (tmp_path / 'hub' / 'checkpoints' / 'good.pth').is_file()
+    with pytest.raises(CheckpointError, match='Refused'):
+        pretrained('https://example.com/w/evil.pth', arch)
+    assert not marker.exists()

@@ -1,6 +1,7 @@
 """Bad arguments and bad input end in errors that name what was wrong."""
 import pytest
 import torch
+from torch import nn
 
 from mmrest import ResT
 
@@ -111,3 +112,129 @@ def test_nan_loss_stops_training_with_a_message(det):
             hooks[0].after_train_iter(runner, 6,
                                       outputs=dict(loss=torch.tensor(bad)))
     runner.logger.info.assert_called_with('loss become infinite or NaN!')
+
+
+# ------------------------------------------------------- import hygiene
+def _import_mmrest_in_child(tmp_path, prelude=''):
+    """``import mmrest`` in a fresh interpreter, after ``prelude``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[1])
+    code = prelude + '\n' + '\n'.join([
+        'import warnings', 'warnings.simplefilter("always")',
+        'import mmrest', 'from mmdet.registry import MODELS',
+        'model = MODELS.build(dict(type="ResT", arch="lite"))',
+        'assert type(model) is mmrest.ResT', 'print("mmdet works")'
+    ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), root] + os.environ.get('PYTHONPATH', '').split(
+            os.pathsep)))
+    return subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=str(tmp_path))
+
+
+def test_broken_mmseg_leaves_mmrest_and_mmdet_working(tmp_path):
+    """An mmseg whose import fails (here its mmcv version assertion) turns
+    mmseg support off with a one-line warning; nothing else changes."""
+    fake = tmp_path / 'mmseg'
+    fake.mkdir()
+    (fake / '__init__.py').write_text(
+        "raise AssertionError('MMCV==2.2.0 is used but incompatible. "
+        "Please install mmcv>=2.0.0rc4.')\n")
+    out = _import_mmrest_in_child(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'mmdet works' in out.stdout
+    lines = [line for line in out.stderr.splitlines() if 'mmrest:' in line]
+    assert len(lines) == 1, out.stderr
+    assert 'mmsegmentation support is off' in lines[0]
+    assert 'AssertionError: MMCV==2.2.0' in lines[0]
+
+
+@pytest.mark.parametrize('error', [AssertionError('mmcv too new'),
+                                   RuntimeError('CUDA extension'),
+                                   ImportError('cannot import name x')])
+def test_any_mmseg_import_failure_is_a_warning(monkeypatch, error):
+    import importlib
+
+    import mmrest.registry as registry
+    real = importlib.import_module
+
+    def import_module(name, *args):
+        if name.startswith('mmseg'):
+            raise error
+        return real(name, *args)
+
+    monkeypatch.setattr(registry.importlib, 'import_module', import_module)
+    with pytest.warns(UserWarning, match='mmsegmentation support is off.*'
+                      f'{type(error).__name__}: {error}'):
+        registry.register_all()
+    from mmdet.registry import MODELS
+    assert MODELS.get('ResT') is ResT
+
+
+def test_mmseg_not_installed_is_silent(monkeypatch):
+    import importlib
+    import warnings
+
+    import mmrest.registry as registry
+    real = importlib.import_module
+
+    def import_module(name, *args):
+        if name.startswith('mmseg'):  # as Python says it when not installed
+            raise ModuleNotFoundError("No module named 'mmseg'", name='mmseg')
+        return real(name, *args)
+
+    monkeypatch.setattr(registry.importlib, 'import_module', import_module)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        registry.register_all()
+
+
+def test_another_rest_in_mmdet_is_not_replaced(monkeypatch):
+    """No force-registration over a different class of the same name."""
+    from mmdet.registry import MODELS
+
+    import mmrest.registry as registry
+
+    class ResT(nn.Module):  # someone else's
+        pass
+
+    monkeypatch.setitem(MODELS._module_dict, 'ResT', ResT)
+    with pytest.raises(registry.RegistryConflictError) as info:
+        registry.register_all()
+    message = str(info.value)
+    assert 'test_errors' in message and 'mmrest.backbones' in message
+    assert MODELS.get('ResT') is ResT  # left alone
+
+
+def test_another_rest_in_mmseg_turns_mmseg_support_off(monkeypatch):
+    pytest.importorskip('mmseg')
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmseg.registry import MODELS
+
+    import mmrest.registry as registry
+
+    class ResT(nn.Module):
+        pass
+
+    monkeypatch.setitem(MODELS._module_dict, 'ResT', ResT)
+    with pytest.warns(UserWarning, match='mmsegmentation support is off.*'
+                      'RegistryConflictError'):
+        registry.register_all()
+    assert MODELS.get('ResT') is ResT
+    assert DET_MODELS.get('ResT') is globals()['ResT']
+
+
+def test_registering_again_is_fine(monkeypatch):
+    """The same class (or the same class of a re-imported mmrest)."""
+    from mmdet.registry import MODELS
+
+    import mmrest.registry as registry
+    registry.register_all()
+    reimported = type('ResT', (nn.Module, ), {
+        '__module__': ResT.__module__, '__qualname__': ResT.__qualname__})
+    monkeypatch.setitem(MODELS._module_dict, 'ResT', reimported)
+    registry.register_all()
+    assert MODELS.get('ResT') is ResT

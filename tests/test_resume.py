@@ -4,9 +4,13 @@ Each run is a child process training a tiny ResT classifier with
 mmengine's Runner on CPU, one thread, deterministic algorithms: by-iteration
 training, a shuffling sampler seeded by the run's seed, stochastic depth on,
 AdamW with gradient clipping and two lr schedulers, mmrest's
-AtomicCheckpointHook and IterSeedHook. A child kills itself with SIGKILL at
-a chosen moment: after an iteration, or in the middle of writing a
-checkpoint or the ``last_checkpoint`` pointer.
+AtomicCheckpointHook and IterSeedHook. The data set is fixed tensors
+without random augmentation, loaded in the main process (``num_workers=0``):
+the set-up in which a resumed run repeats the uninterrupted one exactly
+(random augmentation is not reseeded; see IterSeedHook's docstring). A child
+kills itself with SIGKILL at a chosen moment: after an iteration, or in the
+middle of writing a checkpoint or the ``last_checkpoint`` pointer. The
+resumed child loads its checkpoint weights-only (AtomicCheckpointHook).
 """
 import json
 import multiprocessing
@@ -20,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmrest.checkpoint import safe_loading
 from mmrest.engine import atomic_write, remove_stale_temp_files
 
 MAX_ITERS = 12
@@ -199,8 +204,9 @@ def _check_killed(code, work_dir):
 
 
 def _weights(path):
-    return torch.load(path, map_location='cpu', weights_only=True)[
-        'state_dict']
+    with safe_loading():  # mmengine checkpoints: message hub and all
+        return torch.load(path, map_location='cpu', weights_only=True)[
+            'state_dict']
 
 
 def _assert_same_weights(actual, expected):
@@ -264,8 +270,9 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(
     assert len(partial) == 1, list(tmp_path.iterdir())
     # The pointer still names the complete previous checkpoint.
     assert _pointer(tmp_path) == str(tmp_path / 'iter_6.pth')
-    ckpt = torch.load(_pointer(tmp_path), map_location='cpu',
-                      weights_only=True)
+    with safe_loading():
+        ckpt = torch.load(_pointer(tmp_path), map_location='cpu',
+                          weights_only=True)
     assert ckpt['meta']['iter'] == 6
     if victim == 'iter_9.pth':
         assert not (tmp_path / 'iter_9.pth').exists()

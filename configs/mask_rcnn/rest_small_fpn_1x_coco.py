@@ -51,9 +51,14 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
          milestones=[8, 11], gamma=0.1),
 ]
-# Checkpoints are written whole or not at all; each iteration is reseeded
-# from (seed, iteration), so a resumed run draws the same random numbers;
-# training stops with a message when the loss becomes NaN or infinite.
+# Checkpoints are written whole or not at all, and resume / load_from read
+# them weights-only (AtomicCheckpointHook). Each iteration reseeds the main
+# process from (seed, iteration), so after a resume the model's own random
+# draws (stochastic depth, proposal sampling) repeat; the augmentation in
+# the persistent dataloader workers is not reseeded: a resumed run sees the
+# same images in the same order, cropped / scaled / flipped differently
+# (see IterSeedHook). Training stops with a message when the loss becomes
+# NaN or infinite.
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
     dict(type='CheckInvalidLossHook', interval=1),

@@ -17,7 +17,12 @@ model = dict(
                       checkpoint=f'checkpoints/rest_{arch}.pth')),
     decode_head=dict(in_channels=[64, 128, 256, 512]),
     auxiliary_head=dict(in_channels=256))
-# Checkpoints are written whole or not at all; each iteration is reseeded
-# from (seed, iteration), so a resumed run draws the same random numbers.
+# Checkpoints are written whole or not at all, and resume / load_from read
+# them weights-only (AtomicCheckpointHook). Each iteration reseeds the main
+# process from (seed, iteration), so after a resume the model's own random
+# draws (stochastic depth) repeat. The augmentation in the dataloader
+# workers is not reseeded by it: mmengine replays the skipped batches from
+# freshly seeded workers, and whether that repeats the uninterrupted run's
+# crops and flips exactly is not tested (see IterSeedHook).
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [dict(type='IterSeedHook')]

@@ -24,7 +24,6 @@ rounding:
 tested against.
 """
 import copy
-import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -33,13 +32,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import load_backbone_state_dict
-from ..pretrained import check_pretrained_file
+from ..checkpoint import load_pretrained_init_cfg
 
 # Elements of one query chunk's attention logits (batch x heads x rows x M)
 # per intra-op thread (up to 4) on the CPU. About 4 MB in float32 per
@@ -841,13 +838,7 @@ class ResT(BaseModule):
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
-            check_pretrained_file(self.init_cfg['checkpoint'])
-            load_backbone_state_dict(
-                self,
-                self.init_cfg['checkpoint'],
-                prefix=self.init_cfg.get('prefix'),
-                strict_shapes=self.init_cfg.get('strict', True),
-                map_location=self.init_cfg.get('map_location', 'cpu'))
+            load_pretrained_init_cfg(self, self.init_cfg, family='v1')
             self._is_init = True
             return
         if self.init_cfg is not None:

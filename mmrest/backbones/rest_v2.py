@@ -46,9 +46,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import load_backbone_state_dict
-from ..checkpoint_family import check_checkpoint_family
-from ..pretrained import check_pretrained_file
+from ..checkpoint import load_pretrained_init_cfg
 from .rest import PixelAttention, _check_index
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
@@ -525,18 +523,8 @@ class ResTV2(BaseModule):
         if isinstance(self.init_cfg, dict) and \
                 self.init_cfg.get('type') == 'Pretrained':
             self._init_from_scratch()  # what the checkpoint lacks
-            path = self.init_cfg['checkpoint']
-            prefix = self.init_cfg.get('prefix')
-            map_location = self.init_cfg.get('map_location', 'cpu')
-            check_pretrained_file(path)
-            check_checkpoint_family(path, 'v2', prefix, map_location)
-            load_backbone_state_dict(
-                self,
-                path,
-                prefix=prefix,
-                strict_shapes=self.init_cfg.get('strict', True),
-                map_location=map_location,
-                ignore=('head.', 'norm.'))
+            load_pretrained_init_cfg(self, self.init_cfg, family='v2',
+                                     ignore=('head.', 'norm.'))
             self._is_init = True
             return
         if self.init_cfg is not None:

@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Hooks that let a training run be killed at any moment and resumed."""
+import functools
 import os.path as osp
 import random
 
@@ -36,11 +37,59 @@ class AtomicCheckpointHook(CheckpointHook):
     ``out_dir`` (``s3://`` and the like) is written as by CheckpointHook:
     object stores make a put all-or-nothing themselves.
 
+    It also loads the runner's ``resume`` / ``load_from`` checkpoint under
+    :func:`mmrest.checkpoint.safe_loading`: torch >= 2.6 loads with
+    ``weights_only=True`` and refuses mmengine's checkpoints (their message
+    hub holds numpy arrays and ``HistoryBuffer`` objects); the hook
+    allow-lists those types for that load only (in
+    :meth:`before_run`, it wraps this runner's ``load_checkpoint``, which
+    ``resume`` calls too). This works for checkpoints saved with or without
+    mmrest imported. An http(s) URL is downloaded into torch hub's cache
+    first and loaded weights-only as well (mmengine's own http loader uses
+    ``weights_only=False``); mmengine's other schemes (``open-mmlab://``,
+    ``torchvision://``, ...) are left to mmengine.
+
     Use it in a config with
     ``default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))``.
+
+    It overrides ``CheckpointHook._save_checkpoint_with_step``, a private
+    method of mmengine 0.10.x; building the hook with an mmengine that lacks
+    it raises a RuntimeError.
     """
 
     atomic = False  # set in before_train: out_dir is local
+
+    def __init__(self, *args, **kwargs) -> None:
+        if not callable(getattr(CheckpointHook, '_save_checkpoint_with_step',
+                                None)):
+            import mmengine
+            raise RuntimeError(
+                'AtomicCheckpointHook overrides CheckpointHook.'
+                '_save_checkpoint_with_step, which mmengine '
+                f'{mmengine.__version__} does not have; it supports '
+                'mmengine>=0.10.0,<0.11. Install such an mmengine, or use '
+                "type='CheckpointHook' (not safe to kill mid-write).")
+        super().__init__(*args, **kwargs)
+
+    def before_run(self, runner) -> None:
+        super().before_run(runner)
+        load = runner.load_checkpoint
+        if getattr(load, '_mmrest_safe_loading', False):
+            return
+
+        @functools.wraps(load)
+        def load_checkpoint(filename, *args, **kwargs):
+            from ..checkpoint import (download_checkpoint, is_http_url,
+                                      safe_loading)
+            if is_http_url(filename):  # mmengine would load it unsafely
+                filename = download_checkpoint(filename)
+            with safe_loading():
+                return load(filename, *args, **kwargs)
+
+        load_checkpoint._mmrest_safe_loading = True
+        # On this runner only: Runner.load_or_resume runs after before_run
+        # and calls it, directly (load_from) or through resume.
+        runner.load_checkpoint = load_checkpoint
 
     def before_train(self, runner) -> None:
         out_dir = self.out_dir if self.out_dir is not None else \
@@ -107,19 +156,27 @@ class IterSeedHook(Hook):
     """Reseed every training iteration from the run's seed and iteration.
 
     mmengine's ``resume`` restores the weights, optimizer, schedulers,
-    iteration and seed, but not the state of the random number generators:
-    a resumed run draws different stochastic-depth masks, dropout masks and
-    proposal samples than the uninterrupted run would have. This hook seeds
-    torch (CPU and CUDA), numpy and ``random`` before each training
-    iteration from ``(runner.seed, runner.iter)``, so iteration ``i`` draws
-    the same numbers however the run got there: straight through or
-    killed and resumed.
+    iteration and seed, but not the state of the random number generators.
+    This hook seeds torch (CPU and CUDA), numpy and ``random`` in the main
+    process before each training iteration from ``(runner.seed,
+    runner.iter)``: the random numbers the model draws in iteration ``i``
+    (stochastic-depth and dropout masks, proposal sampling) are the same
+    whether the run went straight through or was killed and resumed.
 
-    Augmentations drawn in dataloader workers are seeded by mmengine's
-    ``worker_init_fn`` when the workers start, not here: they repeat after a
-    resume in by-iteration training (the dataloader replays the skipped
-    batches), not in by-epoch training with ``persistent_workers``, whose
-    workers carry their generator state from epoch to epoch.
+    What it does not cover: the data. It runs after the batch of iteration
+    ``i`` was fetched, so random augmentation is not reseeded by it. Drawn
+    in the main process (``num_workers=0``), the augmentation of a batch
+    uses the state left by the previous iteration, which a resumed run does
+    not have; drawn in dataloader workers, it follows mmengine's
+    ``worker_init_fn`` seeding when the workers start, which a resumed
+    by-epoch run with ``persistent_workers`` (the COCO configs) does not
+    repeat either. The sampler's order is seeded by mmengine per epoch and
+    does repeat. So a resumed run gives exactly the uninterrupted weights
+    when loading the data draws no random numbers; that case (by-iteration
+    training, a shuffling sampler, ``num_workers=0``, stochastic depth) is
+    what ``tests/test_resume.py`` checks. With random augmentation, a
+    resumed run can see its images augmented differently than the
+    uninterrupted run would have.
 
     Use it in a config with ``custom_hooks = [dict(type='IterSeedHook')]``.
     """
