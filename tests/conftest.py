@@ -8,8 +8,6 @@ import pytest
 import torch
 
 DATA = Path(__file__).resolve().parent / 'data'
-# Older name of the same folder (the COCO config tests read the shapes).
-REFERENCE = DATA
 
 
 def _data_file(name: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import relative_error
+from _helpers import relative_error
 from mmrest import ResT
 from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
                                safe_loading)

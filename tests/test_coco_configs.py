@@ -9,9 +9,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import REFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / 'tests' / 'data'  # the reference data (see its README)
 DETECTORS = ('retinanet', 'mask_rcnn')
 ARCHS = ('lite', 'small', 'base', 'large')
 ALL = [(d, a) for d in DETECTORS for a in ARCHS]
@@ -54,7 +54,7 @@ def official_backbone_params(arch):
     """Trainable parameters of the authors' classifier without its head,
     from the reference state-dict shapes (BatchNorm buffers excluded)."""
     shapes = json.loads(
-        (REFERENCE / 'rest_v1_state_dict_shapes.json').read_text())
+        (DATA / 'rest_v1_state_dict_shapes.json').read_text())
     total = 0
     for key, shape in shapes[f'rest_{arch}'].items():
         if key.startswith('head.') or key.endswith(

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REFERENCE, relative_error
+from _helpers import relative_error
 from mmrest import ResT, ResTV2
 from mmrest.checkpoint import CheckpointError
 from mmrest.checkpoint_family import (check_checkpoint_family,
@@ -31,24 +31,14 @@ FLOOR32 = 4 * EPS32
 FLOOR64 = 64 * EPS64
 
 
-def reference_file(name):
-    """Reference data: tests/data/ when present, else the shared folder."""
-    local = ROOT / 'tests' / 'data' / name
-    return local if local.is_file() else REFERENCE / name
+@pytest.fixture(scope='module')
+def golden(golden_v2):
+    return golden_v2
 
 
 @pytest.fixture(scope='module')
-def golden():
-    path = reference_file('rest_v2_tiny_golden.pt')
-    assert path.is_file(), f'reference data missing: {path}'
-    return torch.load(path, weights_only=True)
-
-
-@pytest.fixture(scope='module')
-def official_shapes():
-    path = reference_file('rest_v2_state_dict_shapes.json')
-    assert path.is_file(), f'reference data missing: {path}'
-    return json.loads(path.read_text())
+def official_shapes(official_shapes_v2):
+    return official_shapes_v2
 
 
 def golden_arch(golden):

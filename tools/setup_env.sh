@@ -51,8 +51,9 @@ else
 fi
 "${pipc[@]}" -q "$wheel"
 
-step "mmengine, mmdet, mmsegmentation, test tools and mmrest (editable)"
-"${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt"
+step "mmengine, mmdet, mmsegmentation, test and ONNX tools and mmrest (editable)"
+"${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
+    -r "$root/requirements/deploy.txt"
 "${pipc[@]}" -q --no-build-isolation --no-deps -e "$root"
 
 "$venv/bin/python" - <<'PY'
