@@ -38,7 +38,9 @@ shipped), ``rest_{arch}_literal`` (the same model computed literally,
 heads, InstanceNorm, BatchNorms as separate ops, NCHW maps between stages,
 the MLP on all tokens at once), ``rest_small_compiled`` (ResT-Small through
 ``torch.compile``, Inductor, one graph per input size, compiled in the
-warm-up; no memory figure), ``resnet50``, ``swin_t`` and ``pvt_small``
+warm-up; no memory figure), ``restv2_tiny`` and ``restv2_tiny_literal``
+(ResT v2-T and :func:`mmrest.testing.literal_v2.to_literal_v2`),
+``resnet50``, ``swin_t`` and ``pvt_small``
 from mmdet, each configured as in mmdet's detection configs (Mask R-CNN
 R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights.
 """
@@ -58,7 +60,8 @@ import torch.nn as nn
 ARCHS = ('lite', 'small', 'base', 'large')
 BACKBONES = tuple([f'rest_{a}' for a in ARCHS] +
                   [f'rest_{a}_literal' for a in ARCHS] +
-                  ['rest_small_compiled', 'resnet50', 'swin_t', 'pvt_small'])
+                  ['rest_small_compiled', 'restv2_tiny', 'restv2_tiny_literal',
+                   'resnet50', 'swin_t', 'pvt_small'])
 # compiled on their first call at each size (the warm-up): their training
 # memory would count the compiler's, so the memory column leaves them out
 COMPILED = ('rest_small_compiled', )
@@ -81,7 +84,14 @@ def build_backbone(name: str) -> nn.Module:
     if name not in BACKBONES:
         raise KeyError(f'unknown backbone {name!r}; choose from '
                        f'{list(BACKBONES)}')
-    if name.startswith('rest_'):
+    if name.startswith('restv2_'):  # drop path of the authors' 3x config
+        from mmrest import ResTV2
+        model = ResTV2(arch='tiny', drop_path_rate=0.1)
+        model.init_weights()
+        if name.endswith('_literal'):
+            from mmrest.testing.literal_v2 import to_literal_v2
+            model = to_literal_v2(model, copy_model=False)
+    elif name.startswith('rest_'):
         from mmrest import ResT
         arch = name.split('_')[1]
         model = ResT(arch=arch, drop_path_rate=_REST_DROP_PATH[arch])
