@@ -16,6 +16,10 @@ computation of each part that has one:
   attention, each as its own module call;
 * :class:`LiteralResT`: contiguous NCHW feature maps between the stages,
   flattened to tokens and reshaped back with copies.
+
+The BatchNorms' incoming gradients are laid out as their inputs (see
+:func:`batch_norm_call`): PyTorch's CPU BatchNorm backward gets them wrong
+otherwise, for a batch of one.
 """
 import copy
 
@@ -25,6 +29,35 @@ import torch.nn.functional as F
 
 from ..backbones.rest import (EMSA, Block, PatchEmbed, PixelAttention, ResT,
                               Stem)
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format ``x`` is dense in (NCHW where it is both or none)."""
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, the module call, its gradient laid out as ``x`` is.
+
+    Works around a bug of PyTorch's CPU ``native_batch_norm_backward`` (seen
+    in torch 2.13): its fast path runs when input and gradient are each
+    dense in some format and ``suggest_memory_format()`` names the same one
+    for both, then reads both buffers in that format. For a batch of one, a
+    channels-last gradient whose batch stride is not ``C * H * W`` (legal
+    for a dimension of size one; what reaches a patch embedding from the
+    tokens here) is suggested NCHW: it is read in the wrong order, and the
+    input, weight and bias gradients are wrong (eval and train modes) while
+    the output is right. A gradient dense in the input's own layout avoids
+    this; the forward computation is untouched.
+    """
+    out = norm(x)
+    if out.requires_grad:
+        layout = _layout_of(x)
+        out.register_hook(lambda grad: grad.contiguous(memory_format=layout))
+    return out
 
 
 class LiteralEMSA(EMSA):
@@ -65,8 +98,8 @@ class LiteralStem(Stem):
     """The stem with its BatchNorms applied as modules of their own."""
 
     def forward(self, x):
-        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
+        x = F.relu(batch_norm_call(self.norm1, self.conv1(x)), inplace=True)
+        x = F.relu(batch_norm_call(self.norm2, self.conv2(x)), inplace=True)
         return self.pos(self.conv3(x))
 
 
@@ -74,7 +107,7 @@ class LiteralPatchEmbed(PatchEmbed):
     """Conv, BatchNorm and PA, each a module call."""
 
     def forward(self, x):
-        return self.pos(self.norm(self.conv(x)))
+        return self.pos(batch_norm_call(self.norm, self.conv(x)))
 
 
 class LiteralBlock(Block):
