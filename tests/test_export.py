@@ -56,7 +56,7 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     pytest.importorskip('onnxruntime')
     if exporter == 'dynamo':
         pytest.importorskip('onnxscript')
-    from mmrest.onnx_export import check_onnx, export_onnx
+    from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
     model = tiny_model()
     path = str(tmp_path / 'rest.onnx')
     assert export_onnx(model, path, SIZES[0], exporter) == [
@@ -69,7 +69,8 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
         assert_matches_float64([torch.from_numpy(o) for o in outs], model, x)
     errors = check_onnx(path, model, SIZES[1:2])  # the tool's own check
     assert list(errors) == ['{}x{}'.format(*SIZES[1])]
-    assert len(errors['{}x{}'.format(*SIZES[1])]) == 4
+    errs = errors['{}x{}'.format(*SIZES[1])]
+    assert len(errs) == 4 and all(onnx_matches(*e) for e in errs)
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
@@ -139,3 +140,11 @@ def test_compiled_training_step_matches_eager():
         assert_float32_close(a, b, c, depth=depth, name=f'stage {i + 1}')
     assert_gradients_close(model, literal, reference,
                            depth=sum(stage_depths(model)))
+
+
+def test_onnx_matches_compares_with_the_eager_error():
+    from mmrest.onnx_export import onnx_matches
+    assert onnx_matches(4e-4, 1e-4)            # 4x the eager error
+    assert onnx_matches(1e-5, 0.)              # the floor
+    assert not onnx_matches(5e-4, 1e-4)
+    assert not onnx_matches(0.5, 1e-6)         # a wrong graph
