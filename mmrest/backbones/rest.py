@@ -656,7 +656,63 @@ def _check_index(name: str, value: int, low: int, high: int = 3):
                          f'got {value!r}')
 
 
-class ResT(BaseModule):
+class TokenMapsMixin:
+    """What ResT and ResT v2 share beyond their modules: the layout of the
+    maps between the stages and ``train`` with frozen stages and
+    ``norm_eval``.
+
+    Channels-last maps share the tokens' memory layout (B, H, W, C): maps
+    -> tokens -> maps is a view, not a copy. (The literal computations in
+    :mod:`mmrest.testing` override the three layout methods with the
+    authors' NCHW layout.)
+    """
+
+    @staticmethod
+    def _input_layout(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) map -> (B, H * W, C) tokens."""
+        B, C, H, W = x.shape
+        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+    @staticmethod
+    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
+        B, C, H, W = shape
+        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _check_stage_args(out_indices, frozen_stages: int,
+                          in_channels: int) -> List[int]:
+        """Validate the arguments both backbones share; returns the sorted
+        stage indices."""
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise TypeError('out_indices must be a non-empty sequence of '
+                            f'stage indices, got {out_indices!r}')
+        out_indices = sorted(set(out_indices))
+        for index in out_indices:
+            _check_index('Each of out_indices', index, 0)
+        _check_index('frozen_stages', frozen_stages, -1)
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(
+                f'in_channels must be a positive integer, got {in_channels!r}')
+        return out_indices
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
+class ResT(TokenMapsMixin, BaseModule):
     """ResT backbone: multi-scale Transformer with efficient attention.
 
     A PyTorch implementation of `ResT: An Efficient Transformer for Visual
@@ -753,18 +809,8 @@ class ResT(BaseModule):
         embed_dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
 
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence) or not out_indices:
-            raise TypeError('out_indices must be a non-empty sequence of '
-                            f'stage indices, got {out_indices!r}')
-        out_indices = sorted(set(out_indices))
-        for index in out_indices:
-            _check_index('Each of out_indices', index, 0)
-        _check_index('frozen_stages', frozen_stages, -1)
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(
-                f'in_channels must be a positive integer, got {in_channels!r}')
+        out_indices = self._check_stage_args(out_indices, frozen_stages,
+                                             in_channels)
         self.in_channels = in_channels
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
@@ -906,30 +952,3 @@ class ResT(BaseModule):
             x = self._to_map(x, shape)
         return tuple(outs)
 
-    # Channels-last maps share the tokens' memory layout (B, H, W, C): maps
-    # -> tokens -> maps is a view, not a copy. (mmrest.testing.literal
-    # overrides these three with the authors' NCHW layout.)
-    @staticmethod
-    def _input_layout(x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) map -> (B, H * W, C) tokens."""
-        B, C, H, W = x.shape
-        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-
-    @staticmethod
-    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
-        B, C, H, W = shape
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self

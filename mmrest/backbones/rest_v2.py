@@ -47,7 +47,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_pretrained_init_cfg
-from .rest import PixelAttention, _check_index
+from .rest import (PixelAttention, TokenMapsMixin, _is_inference,
+                   _linear)
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
@@ -56,59 +57,13 @@ LN_EPS = 1e-6
 _MLP_CHUNK_ELEMENTS = 1 << 20
 
 
-def _plain_eager() -> bool:
-    """Not tracing, not compiling, not exporting to ONNX: the code runs as
-    plain Python on real tensors, so it may loop over chunks, write in place
-    and call backend kernels. Graphs (trace, ONNX, ``torch.compile``) see
-    only the standard operators, the same for every input size."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export())
-
-
 def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
-    """Eval mode, no autograd, no autocast, plain eager execution: nothing
-    is saved for a backward pass and no dtype is chosen per operator, so
-    buffers may be written in place and work may be reordered."""
-    return not (module.training or torch.is_grad_enabled()
-                or torch.is_autocast_enabled(x.device.type)) \
-        and _plain_eager()
-
-
-def _onednn_linear_op():
-    """oneDNN's linear kernel (``mkldnn::_linear_pointwise``), or None."""
-    try:
-        if torch.backends.mkldnn.is_available():
-            return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        pass
-    return None
-
-
-_ONEDNN_LINEAR = _onednn_linear_op()
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor,
-            bias: Optional[torch.Tensor] = None,
-            gelu: bool = False) -> torch.Tensor:
-    """``F.linear`` (then the exact, erf GELU when ``gelu``).
-
-    On the CPU in float32, when nothing needs a gradient, outside autocast
-    and in plain eager execution (:func:`_plain_eager`), this is oneDNN's
-    linear kernel, which adds the bias and applies the GELU as it writes
-    the output (``F.linear`` fills the output with the bias first, and the
-    GELU is another pass). Same formula.
-    """
-    if (_ONEDNN_LINEAR is not None and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu')
-            and not (torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad
-                for t in (x, weight, bias))) and _plain_eager()):
-        return _ONEDNN_LINEAR(x, weight, bias, 'gelu' if gelu else 'none',
-                              [], 'none' if gelu else '')
-    out = F.linear(x, weight, bias)
-    return F.gelu(out) if gelu else out
+    """Eval mode, no autograd, no autocast, plain eager execution (rest.py's
+    :func:`~mmrest.backbones.rest._is_inference`): nothing is saved for a
+    backward pass and no dtype is chosen per operator, so buffers may be
+    written in place and work may be reordered."""
+    return _is_inference(module) and \
+        not torch.is_autocast_enabled(x.device.type)
 
 
 class ConvStemV2(nn.Module):
@@ -335,7 +290,7 @@ class BlockV2(nn.Module):
         return self._forward(x, hw_shape)
 
 
-class ResTV2(BaseModule):
+class ResTV2(TokenMapsMixin, BaseModule):
     """ResT v2 backbone for dense prediction.
 
     A PyTorch implementation of `ResT V2: Simpler, Faster and Stronger
@@ -428,18 +383,8 @@ class ResTV2(BaseModule):
         embed_dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
 
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence) or not out_indices:
-            raise TypeError('out_indices must be a non-empty sequence of '
-                            f'stage indices, got {out_indices!r}')
-        out_indices = sorted(set(out_indices))
-        for index in out_indices:
-            _check_index('Each of out_indices', index, 0)
-        _check_index('frozen_stages', frozen_stages, -1)
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(
-                f'in_channels must be a positive integer, got {in_channels!r}')
+        out_indices = self._check_stage_args(out_indices, frozen_stages,
+                                             in_channels)
         if not 0 <= drop_path_rate < 1:
             raise ValueError(
                 f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
@@ -598,30 +543,3 @@ class ResTV2(BaseModule):
         out = getattr(self, f'norm_{i + 1}')(x)
         return self._to_map(out, shape).contiguous()
 
-    # Channels-last maps share the tokens' memory layout (B, H, W, C): maps
-    # -> tokens -> maps is a view, not a copy. (mmrest.testing.literal_v2
-    # overrides these with the authors' NCHW layout.)
-    @staticmethod
-    def _input_layout(x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) map -> (B, H * W, C) tokens."""
-        B, C, H, W = x.shape
-        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-
-    @staticmethod
-    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
-        B, C, H, W = shape
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
