@@ -5,15 +5,16 @@ leaves autocast and runs in float32 on both). The bar of the issue: under
 the same autocast, each output is at most 1.5x as far from the float32
 result as the authors' computation (the literal path) is, plus 1e-3.
 """
+from pathlib import Path
+
 import pytest
 import torch
 
-from mmrest import ResT
+from _helpers import golden_model
+
 from mmrest.testing import to_literal
 
-TINY = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1],
-            num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
-            mlp_ratios=[4, 4, 4, 4])
+GOLDEN = Path(__file__).resolve().parent / 'data' / 'rest_v1_tiny_golden.pt'
 DTYPES = [torch.bfloat16, torch.float16]
 
 
@@ -23,16 +24,11 @@ def rel(a, b):
 
 
 def tiny_model(with_cp=False):
-    torch.manual_seed(0)
-    model = ResT(arch=TINY, with_cp=with_cp)
-    model.init_weights()
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for name, buf in model.named_buffers():
-            if name.endswith('running_mean'):
-                buf.normal_(0, 0.1)
-            elif name.endswith('running_var'):
-                buf.uniform_(0.5, 1.5)
-    return model
+    """The tiny ResT of the reference data with the authors' non-trivial
+    weights (random initialisation makes every attention map nearly
+    uniform, which hides errors in the normalisation)."""
+    return golden_model(torch.load(GOLDEN, weights_only=True),
+                        with_cp=with_cp)
 
 
 def outputs(model, x, dtype=None, grad=False):
@@ -73,18 +69,6 @@ def test_train_mode_under_autocast(dtype, with_cp):
     literal = to_literal(fast)
     x = torch.randn(2, 3, 72, 104)
     assert_as_close_as_the_authors(fast, literal, x, dtype, grad=True)
-
-
-def test_the_attention_core_is_closer_to_float32_than_the_authors():
-    """The sensitive part (logits, softmax, centring, variance) runs in
-    float32 under autocast, so the error is well below the authors'."""
-    fast = tiny_model().eval()
-    literal = to_literal(fast)
-    x = torch.randn(2, 3, 72, 104)
-    err = rel(outputs(fast, x, torch.bfloat16)[3], outputs(fast, x)[3])
-    authors = rel(outputs(literal, x, torch.bfloat16)[3],
-                  outputs(literal, x)[3])
-    assert err < 0.5 * authors, (err, authors)
 
 
 @pytest.mark.parametrize('with_cp', [False, True])
