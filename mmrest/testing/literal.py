@@ -117,8 +117,10 @@ class LiteralBlock(Block):
         return self._forward(x, hw_shape)
 
 
-class LiteralResT(ResT):
-    """ResT with contiguous NCHW maps between the stages (authors' code)."""
+class LiteralLayoutMixin:
+    """Contiguous NCHW maps between the stages, flattened to tokens and
+    reshaped back with copies (the authors' code), in place of
+    :class:`~mmrest.backbones.rest.TokenMapsMixin`'s channels-last views."""
 
     @staticmethod
     def _input_layout(x):
@@ -131,6 +133,10 @@ class LiteralResT(ResT):
     @staticmethod
     def _to_map(x, shape):
         return x.transpose(1, 2).reshape(shape)
+
+
+class LiteralResT(LiteralLayoutMixin, ResT):
+    """ResT with contiguous NCHW maps between the stages (authors' code)."""
 
 
 _LITERAL = {

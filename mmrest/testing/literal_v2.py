@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..backbones.rest import PixelAttention
 from ..backbones.rest_v2 import AttentionV2, BlockV2, ResTV2
-from .literal import LiteralPixelAttention
+from .literal import LiteralLayoutMixin, LiteralPixelAttention
 
 
 class LiteralAttentionV2(AttentionV2):
@@ -73,21 +73,9 @@ def channels_first_layer_norm(x: torch.Tensor, norm: nn.LayerNorm):
     return norm.weight[:, None, None] * x + norm.bias[:, None, None]
 
 
-class LiteralResTV2(ResTV2):
+class LiteralResTV2(LiteralLayoutMixin, ResTV2):
     """ResTV2 with contiguous NCHW maps (the authors' layout) and their
     channels-first output norms."""
-
-    @staticmethod
-    def _input_layout(x):
-        return x
-
-    @staticmethod
-    def _to_tokens(x):
-        return x.flatten(2).transpose(1, 2)
-
-    @staticmethod
-    def _to_map(x, shape):
-        return x.transpose(1, 2).reshape(shape)
 
     def _output_norm(self, i, x, shape):
         return channels_first_layer_norm(
