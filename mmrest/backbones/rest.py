@@ -657,9 +657,9 @@ def _check_index(name: str, value: int, low: int, high: int = 3):
 
 
 class TokenMapsMixin:
-    """What ResT and ResT v2 share beyond their modules: the layout of the
-    maps between the stages and ``train`` with frozen stages and
-    ``norm_eval``.
+    """What ResT and ResT v2 share beyond their modules: initialisation
+    from scratch, frozen stages, input and argument checks, the layout of
+    the maps between the stages and ``train`` with ``norm_eval``.
 
     Channels-last maps share the tokens' memory layout (B, H, W, C): maps
     -> tokens -> maps is a view, not a copy. (The literal computations in
@@ -682,6 +682,43 @@ class TokenMapsMixin:
         """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
         B, C, H, W = shape
         return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    #: The backbone's name in error messages.
+    display_name = 'ResT'
+
+    def _init_from_scratch(self):
+        """Truncated normal (std 0.02) conv and linear weights, zero biases,
+        norms 1 and 0 (SPEC, both generations)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
+                if m.weight is not None:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    def _freeze_stages(self):
+        frozen = [self.stem] if self.frozen_stages >= 0 else []
+        for i in range(self.frozen_stages):
+            frozen += self._stage_modules(i)
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def _check_input(self, x: torch.Tensor):
+        name = self.display_name
+        if x.dim() != 4:
+            raise ValueError(f'{name} expects an image batch of shape '
+                             f'(B, C, H, W), got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'{name} was built for {self.in_channels} input channels, '
+                f'got a batch with {x.shape[1]} (shape {tuple(x.shape)})')
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
 
     @staticmethod
     def _check_stage_args(out_indices, frozen_stages: int,
@@ -890,15 +927,7 @@ class ResT(TokenMapsMixin, BaseModule):
         if self.init_cfg is not None:
             super().init_weights()
             return
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+        self._init_from_scratch()
 
     # ------------------------------------------------------------- forward
     def _stage_modules(self, i: int) -> List[nn.Module]:
@@ -911,26 +940,6 @@ class ResT(TokenMapsMixin, BaseModule):
         elif hasattr(self, f'norm{i + 1}'):
             mods.append(getattr(self, f'norm{i + 1}'))
         return mods
-
-    def _freeze_stages(self):
-        frozen = [self.stem] if self.frozen_stages >= 0 else []
-        for i in range(self.frozen_stages):
-            frozen += self._stage_modules(i)
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def _check_input(self, x: torch.Tensor):
-        if x.dim() != 4:
-            raise ValueError('ResT expects an image batch of shape '
-                             f'(B, C, H, W), got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'ResT was built for {self.in_channels} input channels, got '
-                f'a batch with {x.shape[1]} (shape {tuple(x.shape)})')
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
 
     def forward(self, x: torch.Tensor):
         if not torch.jit.is_tracing():  # a trace would bake the checks in

@@ -43,8 +43,6 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_pretrained_init_cfg
 from .rest import (PixelAttention, TokenMapsMixin, _is_inference,
@@ -340,6 +338,8 @@ class ResTV2(TokenMapsMixin, BaseModule):
         [(1, 96, 25, 33), (1, 192, 13, 17), (1, 384, 7, 9), (1, 768, 4, 5)]
     """
 
+    display_name = 'ResTV2'
+
     arch_zoo: Dict[str, dict] = {
         **dict.fromkeys(['t', 'tiny'], {
             'embed_dims': [96, 192, 384, 768],
@@ -477,19 +477,6 @@ class ResTV2(TokenMapsMixin, BaseModule):
             return
         self._init_from_scratch()
 
-    def _init_from_scratch(self):
-        """Truncated normal (std 0.02) conv and linear weights, zero biases,
-        norms 1 and 0 (SPEC)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-
     # ------------------------------------------------------------- forward
     def _stage_modules(self, i: int) -> List[nn.Module]:
         """Modules of stage ``i`` (0-3): the stem or patch embedding, the
@@ -500,25 +487,9 @@ class ResTV2(TokenMapsMixin, BaseModule):
             mods.append(getattr(self, f'norm_{i + 1}'))
         return mods
 
-    def _freeze_stages(self):
-        frozen = [self.stem] if self.frozen_stages >= 0 else []
-        for i in range(self.frozen_stages):
-            frozen += self._stage_modules(i)
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if x.dim() != 4:
-            raise ValueError('ResTV2 expects an image batch of shape '
-                             f'(B, C, H, W), got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'ResTV2 was built for {self.in_channels} input channels, '
-                f'got a batch with {x.shape[1]} (shape {tuple(x.shape)})')
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
+        if not torch.jit.is_tracing():  # a trace would bake the checks in
+            self._check_input(x)
         outs = []
         x = self._input_layout(x)
         for i in range(self.num_stages):

@@ -156,10 +156,17 @@ def to_literal(model: nn.Module, copy_model: bool = True) -> nn.Module:
     ``model`` (the model itself included) gets the literal computation of
     its class; parameters, buffers and modes are kept.
     """
+    return swap_classes(model, _LITERAL, copy_model)
+
+
+def swap_classes(model: nn.Module, table: dict,
+                 copy_model: bool = True) -> nn.Module:
+    """``model`` (a copy by default) with each module whose type is a key
+    of ``table`` given the class it maps to (its literal computation)."""
     if copy_model:
         model = copy.deepcopy(model)
     for module in model.modules():
-        literal = _LITERAL.get(type(module))
+        literal = table.get(type(module))
         if literal is not None:
             module.__class__ = literal
     return model

@@ -16,14 +16,14 @@ give the same outputs and gradients. Never used by the model.
   reshaped back with copies, and the dense outputs through the authors'
   channels-first LayerNorm formula.
 """
-import copy
 
 import torch
 import torch.nn as nn
 
 from ..backbones.rest import PixelAttention
 from ..backbones.rest_v2 import AttentionV2, BlockV2, ResTV2
-from .literal import LiteralLayoutMixin, LiteralPixelAttention
+from .literal import (LiteralLayoutMixin, LiteralPixelAttention,
+                      swap_classes)
 
 
 class LiteralAttentionV2(AttentionV2):
@@ -97,10 +97,4 @@ def to_literal_v2(model: nn.Module, copy_model: bool = True) -> nn.Module:
     itself included) gets the literal computation of its class;
     parameters, buffers and modes are kept.
     """
-    if copy_model:
-        model = copy.deepcopy(model)
-    for module in model.modules():
-        literal = _LITERAL.get(type(module))
-        if literal is not None:
-            module.__class__ = literal
-    return model
+    return swap_classes(model, _LITERAL, copy_model)
