@@ -51,9 +51,11 @@ else
 fi
 "${pipc[@]}" -q "$wheel"
 
-step "mmengine, mmdet, mmsegmentation, test and ONNX tools and mmrest (editable)"
+step "mmengine, mmdet, mmsegmentation, test, ONNX and mmdeploy tools and mmrest (editable)"
 "${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
     -r "$root/requirements/deploy.txt"
+# mmdeploy without its protobuf pin (requirements/mmdeploy.txt says why).
+"${pipc[@]}" -q --no-deps -r "$root/requirements/mmdeploy.txt"
 "${pipc[@]}" -q --no-build-isolation --no-deps -e "$root"
 
 "$venv/bin/python" - <<'PY'
