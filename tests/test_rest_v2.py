@@ -415,6 +415,79 @@ def test_trace_is_size_generic(golden):
             assert torch.allclose(a, b, rtol=0, atol=1e-5)
 
 
+
+# ----------------------------------------------------- export and compile
+GRAPH_SIZES = [(64, 96), (96, 64), (97, 131), (33, 47)]  # the first is traced
+
+
+def assert_like_the_literal(outs, model, x, name=''):
+    """Graph outputs as accurate as the eager literal float32 path, both
+    against the literal float64 computation."""
+    with torch.no_grad():
+        lits = to_literal_v2(model)(x)
+        exact = to_literal_v2(model).double()(x.double())
+    assert len(outs) == len(exact) == 4
+    for i, (a, b, ref) in enumerate(zip(outs, lits, exact)):
+        assert tuple(a.shape) == tuple(ref.shape), (name, i)
+        assert relative_error(a.detach().double(), ref) <= \
+            FACTOR * relative_error(b.double(), ref) + FLOOR32, (name, i)
+
+
+@pytest.mark.parametrize('exporter', ['torchscript', 'dynamo'])
+def test_onnx_export_runs_in_onnxruntime_at_other_sizes(golden, exporter,
+                                                        tmp_path):
+    """Exported with dynamic height and width at one size, the ONNX graph
+    gives the eager accuracy at three others in onnxruntime."""
+    ort = pytest.importorskip('onnxruntime')
+    if exporter == 'dynamo':
+        pytest.importorskip('onnxscript')
+    from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
+    model = golden_model(golden).eval()
+    path = str(tmp_path / 'restv2.onnx')
+    assert export_onnx(model, path, GRAPH_SIZES[0], exporter) == [
+        'out0', 'out1', 'out2', 'out3']
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for size in GRAPH_SIZES[1:]:
+        x = torch.randn(2, 3, *size)
+        outs = session.run(None, {'input': x.numpy()})
+        assert_like_the_literal([torch.from_numpy(o) for o in outs], model,
+                                x, name=size)
+    errors = check_onnx(path, model, GRAPH_SIZES[2:3])  # the tool's check
+    assert all(onnx_matches(*e) for e in errors['97x131'])
+
+
+def test_compile_has_no_graph_break(golden):
+    explanation = torch._dynamo.explain(golden_model(golden).eval())(
+        torch.randn(1, 3, 64, 96))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_compiled_graph_holds_at_other_sizes(golden):
+    """Dynamic shapes through dynamo and AOTAutograd (``aot_eager``; the
+    v1 tests and ``make bench`` run Inductor)."""
+    model = golden_model(golden).eval()
+    compiled = torch.compile(model, backend='aot_eager', dynamic=True)
+    for size in GRAPH_SIZES[1:]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            assert_like_the_literal(compiled(x), model, x, name=size)
+
+
+def test_compiled_training_step_matches_eager(golden):
+    """Every parameter's gradient of a compiled training step within the
+    bound of the literal float32 gradients, against float64."""
+    x = torch.randn(2, 3, 70, 90)
+    model = golden_model(golden).train()
+    _grads(torch.compile(model, backend='aot_eager', dynamic=True), x)
+    fast = {n: p.grad for n, p in model.named_parameters()}
+    lit = _grads(to_literal_v2(golden_model(golden)).train(), x)
+    exact = _grads(to_literal_v2(golden_model(golden)).double().train(),
+                   x.double())
+    for name, ref in exact.items():
+        err_lit = relative_error(lit[name].double(), ref)
+        assert relative_error(fast[name].double(), ref) <= \
+            FACTOR * err_lit + FLOOR32, name
+
 # ---------------------------------------------------------------- weights
 def imagenet_checkpoint(golden):
     """The golden weights as the authors' classifier checkpoint: under

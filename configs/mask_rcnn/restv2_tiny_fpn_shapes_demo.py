@@ -1,0 +1,15 @@
+# `make demo` with ResT v2-Tiny instead of ResT-Lite: the demo config with
+# only the backbone (from scratch) and the neck's input widths changed, to
+# compare the two families on the same data, schedule and budget
+# (docs/demo.md): `.venv/bin/python tools/run_demo.py --config
+# configs/mask_rcnn/restv2_tiny_fpn_shapes_demo.py --work-dir work_dirs/demo_v2`.
+_base_ = './rest_lite_fpn_shapes_demo.py'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ResTV2',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.1,
+        init_cfg=None),
+    neck=dict(in_channels=[96, 192, 384, 768]))
