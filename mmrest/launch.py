@@ -12,6 +12,7 @@ mmengine's ``Runner``. On top of mmdet's tools they
 """
 import argparse
 import datetime
+import logging
 import os
 import os.path as osp
 from typing import List, Optional
@@ -203,6 +204,33 @@ def setup_test_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def replace_sync_bn(node, path: str = 'model') -> List[str]:
+    """Replace ``type='SyncBN'`` (and mmcv's ``'MMSyncBN'``) by ``'BN'`` in
+    a model config, in place.
+
+    Args:
+        node (dict | list | Any): A config node (``cfg.model``).
+        path (str): The node's name, for the returned list.
+
+    Returns:
+        list[str]: Where it replaced one, e.g. ``model.decode_head.norm_cfg``.
+    """
+    replaced = []
+    if isinstance(node, dict):
+        if node.get('type') in SYNC_BN_TYPES:
+            node['type'] = 'BN'
+            replaced.append(path)
+        for key, value in node.items():
+            replaced += replace_sync_bn(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            replaced += replace_sync_bn(value, f'{path}[{i}]')
+    return replaced
+
+
 def setup_cpu_distributed(cfg: Config) -> None:
     """Let a distributed run work without CUDA.
 
@@ -210,10 +238,26 @@ def setup_cpu_distributed(cfg: Config) -> None:
     CPU-only torch does not have, and its DDP wrapper passes a device id.
     Without CUDA this starts the process group itself on the gloo backend
     (the Runner then uses it) and wraps the model in DDP without device
-    ids. Nothing changes where CUDA is available.
+    ids. torch's SyncBatchNorm cannot synchronise CPU tensors: SyncBN in
+    the model config becomes BatchNorm, with a warning (and ``sync_bn`` is
+    ignored). Nothing changes where CUDA is available.
+
+    Not distributed (one GPU, the CPU), mmengine's Runner itself turns
+    SyncBN layers into BatchNorm and says so in its log.
     """
     if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
         return
+    replaced = replace_sync_bn(cfg.get('model'))
+    if replaced or cfg.get('sync_bn'):
+        print_log(
+            'No CUDA: torch\'s SyncBatchNorm cannot synchronise CPU tensors '
+            '(it raises "SyncBatchNorm expected input tensor to be on GPU"); '
+            f'using BatchNorm instead in {", ".join(replaced) or "the model"}'
+            ' (statistics per process, not across processes)'
+            + (f' and ignoring sync_bn={cfg.sync_bn!r}' if cfg.get('sync_bn')
+               else ''),
+            logger='current', level=logging.WARNING)
+        cfg.sync_bn = None
     if cfg.launcher != 'pytorch':
         raise RuntimeError(
             f'Distributed runs without CUDA support --launcher pytorch '
