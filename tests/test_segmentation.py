@@ -26,6 +26,12 @@ V1 = ('rest_small', 'rest_base')
 ALL = tuple(PAPER_PARAMS) + V1
 
 
+def metafile_models() -> dict:
+    import yaml
+    meta = yaml.safe_load((CONFIGS / 'metafile.yml').read_text())
+    return {m['Name'].split('_upernet')[0]: m for m in meta['Models']}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -117,6 +123,7 @@ def test_config_builds_the_paper_model(name):
     params = sum(p.numel() for p in model.parameters())
     if name in PAPER_PARAMS:
         assert round(params / 1e6, 2) == PAPER_PARAMS[name]
+    assert params == metafile_models()[name]['Metadata']['Parameters']
     # The heads take what the backbone gives.
     assert list(cfg.model.decode_head.in_channels) == \
         model.backbone.embed_dims
@@ -294,3 +301,31 @@ def test_replace_sync_bn_names_what_it_changed():
                                     'model.heads[1].norm_cfg']
     assert cfg['heads'][1]['norm_cfg'] == dict(type='BN', eps=1e-3)
     assert cfg['backbone']['norm_cfg'] == dict(type='BN')
+
+
+def test_metafile():
+    """configs/upernet/metafile.yml lists every config, with the published
+    mIoU (multi-scale + flip only: no single-scale number was published)
+    and the parameters of the built segmentor."""
+    import yaml
+    meta = yaml.safe_load((CONFIGS / 'metafile.yml').read_text())
+    models = {m['Name']: m for m in meta['Models']}
+    assert set(models) == {NAME.format(n)[:-3] for n in ALL}
+    published = {'restv2_tiny': 47.3, 'restv2_small': 49.2,
+                 'restv2_base': 49.6}
+    root = CONFIGS.parents[1]
+    for name in ALL:
+        model = models[NAME.format(name)[:-3]]
+        assert (root / model['Config']).is_file()
+        assert model['In Collection'] == meta['Collections'][0]['Name']
+        params = model['Metadata']['Parameters']
+        if name in published:
+            assert model['Results']['Metrics'] == {
+                'mIoU(ms+flip)': published[name]}
+            assert round(params / 1e6, 2) == PAPER_PARAMS[name]
+            assert model['Weights'].startswith('https://pan.baidu.com/')
+        else:
+            assert 'Results' not in model and 'Weights' not in model
+    tiny = built('restv2_tiny')
+    assert models[NAME.format('restv2_tiny')[:-3]]['Metadata'][
+        'Parameters'] == sum(p.numel() for p in tiny.parameters())
