@@ -329,3 +329,46 @@ def test_metafile():
     tiny = built('restv2_tiny')
     assert models[NAME.format('restv2_tiny')[:-3]]['Metadata'][
         'Parameters'] == sum(p.numel() for p in tiny.parameters())
+
+
+def test_test_tool_options_for_segmentation(tmp_path, monkeypatch):
+    """tools/test.py on a segmentation config does what mmseg's does:
+    --tta wraps the model in SegTTAModel with the multi-scale + flip
+    pipeline, --show-dir draws through SegVisualizationHook, --out is a
+    folder for the label maps."""
+    from mmrest.launch import (is_segmentation, parse_args, setup_test_cfg,
+                               test_parser)
+    # Option handling only: ADE20K is not here (the data check is tested
+    # in test_bad_data.py).
+    monkeypatch.setattr('mmrest.launch.check_data_paths',
+                        lambda *args, **kwargs: None)
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'')
+    config = str(CONFIGS / NAME.format('restv2_tiny'))
+
+    def cfg_of(*argv):
+        return setup_test_cfg(
+            parse_args(test_parser(),
+                       [config, str(checkpoint), *map(str, argv)]))
+
+    cfg = cfg_of('--tta', '--show-dir', 'vis', '--out', tmp_path / 'pred')
+    assert is_segmentation(cfg)
+    assert cfg.load_from == str(checkpoint)
+    assert cfg.model.type == 'SegTTAModel'
+    assert cfg.model.module.type == 'EncoderDecoder'
+    assert cfg.model.module.backbone.type == 'ResTV2'
+    assert cfg.test_dataloader.dataset.pipeline == cfg.tta_pipeline
+    assert cfg.default_hooks.visualization.type == 'SegVisualizationHook'
+    assert cfg.default_hooks.visualization.draw
+    assert cfg.default_hooks.visualization.interval == 1
+    assert cfg.visualizer.save_dir == 'vis'
+    assert cfg.test_evaluator.output_dir == str(tmp_path / 'pred')
+    assert cfg.test_evaluator.keep_results
+    cfg = cfg_of('--show', '--wait-time', '0.5')
+    assert cfg.model.type == 'EncoderDecoder'  # single scale
+    assert cfg.default_hooks.visualization.show
+    assert cfg.default_hooks.visualization.wait_time == 0.5
+    assert cfg.test_evaluator.type == 'IoUMetric'
+    assert 'output_dir' not in cfg.test_evaluator
+    with pytest.raises(ValueError, match='no tta_model'):
+        cfg_of('--tta', '--cfg-options', 'tta_model=None')
