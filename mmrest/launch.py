@@ -2,16 +2,22 @@
 """What ``tools/train.py`` and ``tools/test.py`` do.
 
 Both take mmdet's usual command-line options and hand the work to
-mmengine's ``Runner``. On top of mmdet's tools they
+mmengine's ``Runner``; they serve detection and segmentation configs
+alike (a config with ``default_scope = 'mmseg'`` is tested as mmseg's
+``tools/test.py`` does: ``--tta`` with the config's SegTTAModel, ``--show-dir``
+through the SegVisualizationHook, ``--out`` a folder of label maps). On top
+of mmdet's / mmseg's tools they
 
 * stop a training run at once, before any data is loaded, when the
   backbone's pretrained checkpoint is missing (the error names the path and
   says where to get the file);
 * run distributed on machines without CUDA (``torchrun`` with
-  ``--launcher pytorch``): the gloo backend, and DDP without device ids.
+  ``--launcher pytorch``): the gloo backend, DDP without device ids, and
+  BatchNorm where the config says SyncBN (with a warning).
 """
 import argparse
 import datetime
+import logging
 import os
 import os.path as osp
 from typing import List, Optional
@@ -47,7 +53,7 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 def train_parser() -> argparse.ArgumentParser:
     """mmdet's training options."""
     parser = argparse.ArgumentParser(
-        description='Train a detector with a ResT backbone')
+        description='Train a detector or segmentor with a ResT backbone')
     parser.add_argument('config', help='training config file')
     parser.add_argument(
         '--resume',
@@ -68,26 +74,31 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def test_parser() -> argparse.ArgumentParser:
-    """mmdet's testing options."""
+    """mmdet's (and mmseg's) testing options."""
     parser = argparse.ArgumentParser(
-        description='Test (and evaluate) a detector with a ResT backbone')
+        description='Test (and evaluate) a detector or segmentor with a ResT '
+        'backbone')
     parser.add_argument('config', help='test config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
-        '--out', help='also dump the predictions to this pickle file')
+        '--out', help='also dump the predictions to this pickle file '
+        '(detection), or save the predicted label maps in this folder '
+        '(segmentation, as mmseg\'s tools/test.py)')
     parser.add_argument(
         '--show', action='store_true', help='show the predictions')
     parser.add_argument(
         '--show-dir',
         help='save images with the predictions drawn, in this folder under '
-        'the run\'s timestamped folder in the work dir')
+        'the run\'s timestamped folder in the work dir (detection), or in '
+        'its vis_data/vis_image (segmentation, as mmseg\'s tools/test.py)')
     parser.add_argument(
         '--wait-time', type=float, default=2,
         help='seconds each image is shown with --show')
     parser.add_argument(
         '--tta', action='store_true',
         help='test-time augmentation: the config\'s tta_model and '
-        'tta_pipeline, or else each image as is and flipped (boxes only)')
+        'tta_pipeline (segmentation: mmseg\'s multi-scale + flip), or else '
+        'each image as is and flipped (detection, boxes only)')
     _common_args(parser)
     return parser
 
@@ -184,23 +195,95 @@ def add_flip_tta(cfg: Config) -> Config:
     return cfg
 
 
+def is_segmentation(cfg: Config) -> bool:
+    """An mmseg config (``default_scope = 'mmseg'``, as mmseg's bases set
+    it); anything else is tested the mmdet way."""
+    return cfg.get('default_scope') == 'mmseg'
+
+
+def setup_seg_test_cfg(cfg: Config, args: argparse.Namespace) -> Config:
+    """What mmseg's ``tools/test.py`` does with ``--show``, ``--show-dir``,
+    ``--tta`` and ``--out`` (a folder for the predicted label maps), except
+    that ``--show`` / ``--show-dir`` draw every image, not every 50th."""
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise RuntimeError(
+                '--show / --show-dir need a visualization hook in '
+                'default_hooks (mmseg\'s SegVisualizationHook)')
+        hook['draw'] = True
+        hook['interval'] = 1  # every test image (mmseg's default: 50th)
+        if args.show:
+            hook['show'] = True
+            hook['wait_time'] = args.wait_time
+        if args.show_dir:
+            cfg.visualizer['save_dir'] = args.show_dir
+    if args.tta:
+        missing = [k for k in ('tta_model', 'tta_pipeline')
+                   if not cfg.get(k)]
+        if missing:
+            raise ValueError(
+                f'--tta: the config has no {" and no ".join(missing)} '
+                '(mmseg\'s bases give SegTTAModel and the ADE20K '
+                'multi-scale + flip pipeline)')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.out is not None:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg
+
+
 def setup_test_cfg(args: argparse.Namespace) -> Config:
-    """The testing config after the command-line options."""
+    """The testing config after the command-line options: mmdet's way, or
+    mmseg's for a segmentation config (:func:`is_segmentation`)."""
     from mmdet.engine.hooks.utils import trigger_visualization_hook
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(
             f'Checkpoint file not found: {args.checkpoint!r}')
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+    cfg = load_config(args)
+    segmentation = is_segmentation(cfg)
+    if args.out is not None and not segmentation and \
+            not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must name a .pkl or .pickle file, got '
                          f'{args.out!r}')
-    cfg = load_config(args)
     check_data_paths(cfg, ('test', ))
     cfg.load_from = args.checkpoint
+    if segmentation:
+        return setup_seg_test_cfg(cfg, args)
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.tta:
         cfg = add_flip_tta(cfg)
     return cfg
+
+
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def replace_sync_bn(node, path: str = 'model') -> List[str]:
+    """Replace ``type='SyncBN'`` (and mmcv's ``'MMSyncBN'``) by ``'BN'`` in
+    a model config, in place.
+
+    Args:
+        node (dict | list | Any): A config node (``cfg.model``).
+        path (str): The node's name, for the returned list.
+
+    Returns:
+        list[str]: Where it replaced one, e.g. ``model.decode_head.norm_cfg``.
+    """
+    replaced = []
+    if isinstance(node, dict):
+        if node.get('type') in SYNC_BN_TYPES:
+            node['type'] = 'BN'
+            replaced.append(path)
+        for key, value in node.items():
+            replaced += replace_sync_bn(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            replaced += replace_sync_bn(value, f'{path}[{i}]')
+    return replaced
 
 
 def setup_cpu_distributed(cfg: Config) -> None:
@@ -210,10 +293,26 @@ def setup_cpu_distributed(cfg: Config) -> None:
     CPU-only torch does not have, and its DDP wrapper passes a device id.
     Without CUDA this starts the process group itself on the gloo backend
     (the Runner then uses it) and wraps the model in DDP without device
-    ids. Nothing changes where CUDA is available.
+    ids. torch's SyncBatchNorm cannot synchronise CPU tensors: SyncBN in
+    the model config becomes BatchNorm, with a warning (and ``sync_bn`` is
+    ignored). Nothing changes where CUDA is available.
+
+    Not distributed (one GPU, the CPU), mmengine's Runner itself turns
+    SyncBN layers into BatchNorm and says so in its log.
     """
     if cfg.get('launcher', 'none') == 'none' or torch.cuda.is_available():
         return
+    replaced = replace_sync_bn(cfg.get('model'))
+    if replaced or cfg.get('sync_bn'):
+        print_log(
+            'No CUDA: torch\'s SyncBatchNorm cannot synchronise CPU tensors '
+            '(it raises "SyncBatchNorm expected input tensor to be on GPU"); '
+            f'using BatchNorm instead in {", ".join(replaced) or "the model"}'
+            ' (statistics per process, not across processes)'
+            + (f' and ignoring sync_bn={cfg.sync_bn!r}' if cfg.get('sync_bn')
+               else ''),
+            logger='current', level=logging.WARNING)
+        cfg.sync_bn = None
     if cfg.launcher != 'pytorch':
         raise RuntimeError(
             f'Distributed runs without CUDA support --launcher pytorch '
@@ -264,8 +363,9 @@ def test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``. Returns the metrics."""
     from mmdet.evaluation import DumpDetResults
     args = parse_args(test_parser(), argv)
-    runner = build_runner(setup_test_cfg(args))
-    if args.out is not None:
+    cfg = setup_test_cfg(args)
+    runner = build_runner(cfg)
+    if args.out is not None and not is_segmentation(cfg):
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     return runner.test()

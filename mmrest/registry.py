@@ -51,13 +51,20 @@ def _register_in(package: str) -> None:
 def register_all() -> None:
     """Register ``ResT`` and ``ResTV2`` in mmdet's and (when it imports)
     mmseg's MODELS,
-    mmrest's hooks in their HOOKS, and the atomic checkpoint file backend.
+    mmrest's hooks in their HOOKS, ``ResTLayerDecayOptimizerConstructor``
+    in mmengine's OPTIM_WRAPPER_CONSTRUCTORS (which every downstream scope
+    searches) and the atomic checkpoint file backend.
 
     mmdet is required; mmsegmentation is optional (see the module
     docstring).
     """
-    from .engine import register_atomic_backend
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    from .engine import (ResTLayerDecayOptimizerConstructor,
+                         register_atomic_backend)
     register_atomic_backend()
+    # mmengine's root registry: found from every scope (mmdet, mmseg).
+    _register(OPTIM_WRAPPER_CONSTRUCTORS, ResTLayerDecayOptimizerConstructor)
     _register_in('mmdet')
     try:
         _register_in('mmseg')

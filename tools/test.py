@@ -1,14 +1,17 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Test (and evaluate on COCO) a detector with a ResT backbone.
+"""Test (and evaluate) a detector or segmentor with a ResT backbone.
 
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl]
         [--show-dir vis] [--show --wait-time 2] [--tta] [--work-dir DIR]
         [--cfg-options key=value ...]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS [options]
 
-The configs evaluate with mmdet's CocoMetric: bbox AP, and segm AP for
-Mask R-CNN. The work is done by :func:`mmrest.launch.test` and mmengine's
-Runner.
+Detection configs evaluate with mmdet's CocoMetric (bbox AP, and segm AP
+for Mask R-CNN). Segmentation configs (configs/upernet, default scope
+mmseg) evaluate mIoU with mmseg's IoUMetric; there ``--tta`` is mmseg's
+multi-scale + flip testing and ``--out DIR`` saves the predicted label
+maps, as in mmseg's tools/test.py. The work is done by
+:func:`mmrest.launch.test` and mmengine's Runner.
 """
 from mmrest.launch import test
 
