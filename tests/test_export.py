@@ -114,13 +114,18 @@ def test_inductor_gives_the_eager_outputs():
         assert_matches_float64(compiled(x), model, x)
 
 
-def test_compiled_training_step_matches_eager():
+@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
+def test_compiled_training_step_matches_eager(backend):
     """Outputs and every parameter's gradient of a compiled training step,
-    against the float64 literal model (the bar of the eager tests)."""
+    against the float64 literal model (the bar of the eager tests).
+    ``aot_eager`` with dynamic shapes; Inductor (the default backend, whose
+    C++ compilation of the forward and backward graphs takes a few minutes
+    on two cores) at one static size."""
     model = tiny_model().train()
     literal = to_literal(model)
     reference = float64_literal(model)
-    compiled = torch.compile(model, backend='aot_eager', dynamic=True)
+    dynamic = backend == 'aot_eager'
+    compiled = torch.compile(model, backend=backend, dynamic=dynamic)
     x = torch.randn(2, 3, 64, 96)
     g = [torch.randn(2, c, *s) for c, s in zip(
         TINY['embed_dims'], [(16, 24), (8, 12), (4, 6), (2, 3)])]

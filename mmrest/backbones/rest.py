@@ -24,7 +24,7 @@ rounding:
 tested against.
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -686,6 +686,63 @@ class TokenMapsMixin:
     #: The backbone's name in error messages.
     display_name = 'ResT'
 
+    #: Named variants (aliases as mmpretrain's: 't', 's', 'b', 'l').
+    arch_zoo: Dict[str, dict] = {}
+    #: Keys an arch dict must have, one value per stage.
+    essential_keys: Tuple[str, ...] = ()
+    #: Keys an arch dict may have, with their defaults (lists: one value
+    #: per stage).
+    optional_keys: Dict[str, object] = {}
+    #: Per-stage integer keys and their smallest allowed value.
+    integer_keys = {'embed_dims': 1, 'depths': 0, 'num_heads': 1,
+                    'sr_ratios': 1}
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        """The settings of ``arch``: a zoo name or alias, or a dict."""
+        name = cls.display_name
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise KeyError(f'Unknown {name} arch {arch!r}; choose one of '
+                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
+                               f'with the keys {list(cls.essential_keys)}')
+            settings = copy.deepcopy(cls.arch_zoo[key])
+        elif isinstance(arch, dict):
+            missing = [k for k in cls.essential_keys if k not in arch]
+            if missing:
+                raise KeyError(
+                    f'The {name} arch dict lacks the keys {missing}; it '
+                    f'needs {list(cls.essential_keys)}')
+            unknown = set(arch) - set(cls.essential_keys) - set(
+                cls.optional_keys)
+            if unknown:
+                raise KeyError(f'Unknown keys in the {name} arch dict: '
+                               f'{sorted(unknown)}; allowed: '
+                               f'{list(cls.essential_keys)} and '
+                               f'{list(cls.optional_keys)}')
+            settings = copy.deepcopy(dict(arch))
+        else:
+            raise TypeError(
+                f'arch must be a str or a dict, got {type(arch).__name__}')
+        for key, default in cls.optional_keys.items():
+            settings.setdefault(key, copy.deepcopy(default))
+        for key, value in settings.items():
+            if key not in cls.essential_keys and \
+                    not isinstance(cls.optional_keys[key], list):
+                continue
+            if not isinstance(value, Sequence) or len(value) != 4:
+                raise ValueError(
+                    f'arch[{key!r}] must list one value per stage (4), got '
+                    f'{value!r}')
+            settings[key] = list(value)
+            low = cls.integer_keys.get(key)
+            if low is not None and any(
+                    not isinstance(v, int) or v < low for v in value):
+                raise ValueError(f'arch[{key!r}] must hold integers >= '
+                                 f'{low}, got {settings[key]!r}')
+        return settings
+
     def _init_from_scratch(self):
         """Truncated normal (std 0.02) conv and linear weights, zero biases,
         norms 1 and 0 (SPEC, both generations)."""
@@ -756,8 +813,9 @@ class ResT(TokenMapsMixin, BaseModule):
     Recognition <https://arxiv.org/abs/2105.13677>`_ (NeurIPS 2021).
 
     Args:
-        arch (str | dict): A variant name, one of ``'lite'``, ``'small'``,
-            ``'base'`` and ``'large'``, or a dict with the keys
+        arch (str | dict): A variant name, one of ``'lite'``, ``'small'``
+            (``'s'``), ``'base'`` (``'b'``) and ``'large'`` (``'l'``, as in
+            mmpretrain; lite has no one-letter alias), or a dict with the keys
             ``embed_dims``, ``depths``, ``num_heads``, ``sr_ratios`` and
             ``mlp_ratios`` (four entries each), and optionally ``qkv_bias``
             (default True) and ``apply_transform`` (default True).
@@ -796,7 +854,7 @@ class ResT(TokenMapsMixin, BaseModule):
     """
 
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['l', 'lite'], {
+        **dict.fromkeys(['lite'], {
             'embed_dims': [64, 128, 256, 512],
             'depths': [2, 2, 2, 2],
             'num_heads': [1, 2, 4, 8],
@@ -817,7 +875,7 @@ class ResT(TokenMapsMixin, BaseModule):
             'sr_ratios': [8, 4, 2, 1],
             'mlp_ratios': [4, 4, 4, 4],
         }),
-        **dict.fromkeys(['lg', 'large'], {
+        **dict.fromkeys(['l', 'large'], {
             'embed_dims': [96, 192, 384, 768],
             'depths': [2, 2, 18, 2],
             'num_heads': [1, 2, 4, 8],
@@ -827,6 +885,7 @@ class ResT(TokenMapsMixin, BaseModule):
     }
     essential_keys = ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
                       'mlp_ratios')
+    optional_keys = {'qkv_bias': True, 'apply_transform': True}
     num_stages = 4
 
     def __init__(self,
@@ -882,40 +941,6 @@ class ResT(TokenMapsMixin, BaseModule):
                 self.add_module(f'norm{i + 1}', nn.LayerNorm(embed_dims[i]))
         self.norm = nn.LayerNorm(embed_dims[3])
         self._freeze_stages()
-
-    @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise KeyError(f'Unknown ResT arch {arch!r}; choose one of '
-                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
-                               f'with the keys {list(cls.essential_keys)}')
-            settings = copy.deepcopy(cls.arch_zoo[key])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.essential_keys if k not in arch]
-            if missing:
-                raise KeyError(f'The ResT arch dict lacks the keys {missing}; '
-                               f'it needs {list(cls.essential_keys)}')
-            unknown = set(arch) - set(cls.essential_keys) - {
-                'qkv_bias', 'apply_transform'}
-            if unknown:
-                raise KeyError(f'Unknown keys in the ResT arch dict: '
-                               f'{sorted(unknown)}')
-            settings = copy.deepcopy(dict(arch))
-            for key in cls.essential_keys:
-                value = settings[key]
-                if not isinstance(value, Sequence) or len(value) != 4:
-                    raise ValueError(
-                        f'arch[{key!r}] must list one value per stage (4), '
-                        f'got {value!r}')
-                settings[key] = list(value)
-        else:
-            raise TypeError(
-                f'arch must be a str or a dict, got {type(arch).__name__}')
-        settings.setdefault('qkv_bias', True)
-        settings.setdefault('apply_transform', True)
-        return settings
 
     # ------------------------------------------------------------- weights
     def init_weights(self):

@@ -33,7 +33,6 @@ the MLP run over chunks of tokens (see :meth:`BlockV2._forward_inference`).
 authors' explicit ``softmax(q k^T) @ v``, NCHW maps, explicit reshapes) that
 the tests compare against.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -301,7 +300,7 @@ class ResTV2(TokenMapsMixin, BaseModule):
     Args:
         arch (str | dict): A variant, one of ``'tiny'`` (``'t'``),
             ``'small'`` (``'s'``), ``'base'`` (``'b'``) and ``'large'``
-            (``'lg'``), or a dict with the keys ``embed_dims``, ``depths``
+            (``'l'``, as in mmpretrain), or a dict with the keys ``embed_dims``, ``depths``
             and ``num_heads`` (four entries each) and optionally
             ``sr_ratios`` (default ``[8, 4, 2, 1]``) and ``mlp_ratios``
             (default ``[4, 4, 4, 4]``). Defaults to ``'tiny'``.
@@ -358,7 +357,7 @@ class ResTV2(TokenMapsMixin, BaseModule):
         }),
         # The ImageNet checkpoint decides (SPEC): depths 2, 3, 16, 2 and
         # heads 2, 4, 8, 16, as in the authors' classifier.
-        **dict.fromkeys(['lg', 'large'], {
+        **dict.fromkeys(['l', 'large'], {
             'embed_dims': [128, 256, 512, 1024],
             'depths': [2, 3, 16, 2],
             'num_heads': [2, 4, 8, 16],
@@ -418,50 +417,6 @@ class ResTV2(TokenMapsMixin, BaseModule):
             self.add_module(f'norm_{i + 1}',
                             nn.LayerNorm(embed_dims[i], eps=LN_EPS))
         self._freeze_stages()
-
-    @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise KeyError(f'Unknown ResTV2 arch {arch!r}; choose one of '
-                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
-                               f'with the keys {list(cls.essential_keys)}')
-            settings = copy.deepcopy(cls.arch_zoo[key])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.essential_keys if k not in arch]
-            if missing:
-                raise KeyError(
-                    f'The ResTV2 arch dict lacks the keys {missing}; it '
-                    f'needs {list(cls.essential_keys)}')
-            unknown = set(arch) - set(cls.essential_keys) - set(
-                cls.optional_keys)
-            if unknown:
-                raise KeyError(f'Unknown keys in the ResTV2 arch dict: '
-                               f'{sorted(unknown)}; allowed: '
-                               f'{list(cls.essential_keys)} and '
-                               f'{list(cls.optional_keys)}')
-            settings = copy.deepcopy(dict(arch))
-        else:
-            raise TypeError(
-                f'arch must be a str or a dict, got {type(arch).__name__}')
-        for key, default in cls.optional_keys.items():
-            settings.setdefault(key, list(default))
-        for key in (*cls.essential_keys, *cls.optional_keys):
-            value = settings[key]
-            if not isinstance(value, Sequence) or len(value) != 4:
-                raise ValueError(
-                    f'arch[{key!r}] must list one value per stage (4), got '
-                    f'{value!r}')
-            settings[key] = list(value)
-        for key in ('embed_dims', 'depths', 'num_heads', 'sr_ratios'):
-            low = 0 if key == 'depths' else 1
-            for value in settings[key]:
-                if not isinstance(value, int) or value < low:
-                    raise ValueError(
-                        f'arch[{key!r}] must hold integers >= {low}, got '
-                        f'{settings[key]!r}')
-        return settings
 
     # ------------------------------------------------------------- weights
     def init_weights(self):
