@@ -131,6 +131,27 @@ def golden_model(golden: dict, **kwargs) -> ResT:
     return model
 
 
+def golden_arch_v2(golden: dict) -> dict:
+    """The arch dict of the golden v2 file's model."""
+    return {k: golden['config'][k]
+            for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios')}
+
+
+def golden_backbone_state_v2(golden: dict) -> dict:
+    """The golden v2 state dict without the classifier's ``norm`` and
+    ``head``."""
+    return {k: v for k, v in golden['state_dict'].items()
+            if not k.startswith(('norm.', 'head.'))}
+
+
+def golden_model_v2(golden: dict, **kwargs) -> 'ResTV2':
+    """The ResT v2 of the golden v2 file, its backbone weights loaded."""
+    from mmrest import ResTV2
+    model = ResTV2(arch=golden_arch_v2(golden), **kwargs)
+    model.load_state_dict(golden_backbone_state_v2(golden), strict=True)
+    return model
+
+
 def stage_depths(model: ResT) -> Sequence[int]:
     """Layers each returned feature map has gone through (stem or patch
     embedding and blocks of every stage up to it): the ``depth`` of its

@@ -1,4 +1,5 @@
-"""Mixed precision: every path under bf16 and fp16 autocast on the CPU.
+"""Mixed precision: every path under bf16 and fp16 autocast on the CPU,
+for ResT and ResT v2.
 
 CPU autocast takes the same code paths as CUDA autocast (the attention core
 leaves autocast and runs in float32 on both). The bar of the issue: under
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import golden_model
+from _helpers import golden_model, golden_model_v2
 
 from mmrest.testing import to_literal
+from mmrest.testing.literal_v2 import to_literal_v2
 
-GOLDEN = Path(__file__).resolve().parent / 'data' / 'rest_v1_tiny_golden.pt'
+DATA = Path(__file__).resolve().parent / 'data'
 DTYPES = [torch.bfloat16, torch.float16]
+FAMILIES = ['v1', 'v2']
 
 
 def rel(a, b):
@@ -23,12 +26,16 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def tiny_model(with_cp=False):
-    """The tiny ResT of the reference data with the authors' non-trivial
-    weights (random initialisation makes every attention map nearly
-    uniform, which hides errors in the normalisation)."""
-    return golden_model(torch.load(GOLDEN, weights_only=True),
-                        with_cp=with_cp)
+def tiny_model(family, with_cp=False):
+    """The tiny ResT (``'v1'``) or ResT v2 (``'v2'``) of the reference data
+    with the authors' non-trivial weights (random initialisation makes
+    every attention map nearly uniform, which hides errors in the
+    normalisation), and the function that gives its literal form."""
+    golden = torch.load(DATA / f'rest_{family}_tiny_golden.pt',
+                        weights_only=True)
+    if family == 'v1':
+        return golden_model(golden, with_cp=with_cp), to_literal
+    return golden_model_v2(golden, with_cp=with_cp), to_literal_v2
 
 
 def outputs(model, x, dtype=None, grad=False):
@@ -53,29 +60,34 @@ def assert_as_close_as_the_authors(fast, literal, x, dtype, grad):
             f'{authors:.3g}')
 
 
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('grad', [False, True])
-def test_eval_under_autocast(dtype, grad):
-    fast = tiny_model().eval()
-    literal = to_literal(fast)
+def test_eval_under_autocast(family, dtype, grad):
+    fast, literal_of = tiny_model(family)
+    fast.eval()
+    literal = literal_of(fast)
     x = torch.randn(2, 3, 72, 104)
     assert_as_close_as_the_authors(fast, literal, x, dtype, grad)
 
 
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('with_cp', [False, True])
-def test_train_mode_under_autocast(dtype, with_cp):
-    fast = tiny_model(with_cp).train()
-    literal = to_literal(fast)
+def test_train_mode_under_autocast(family, dtype, with_cp):
+    fast, literal_of = tiny_model(family, with_cp)
+    fast.train()
+    literal = literal_of(fast)
     x = torch.randn(2, 3, 72, 104)
     assert_as_close_as_the_authors(fast, literal, x, dtype, grad=True)
 
 
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('with_cp', [False, True])
-def test_fp16_training_steps_with_a_grad_scaler(with_cp):
+def test_fp16_training_steps_with_a_grad_scaler(family, with_cp):
     """As mmengine's AmpOptimWrapper: fp16 autocast, a GradScaler. Every
     gradient is finite and no step is skipped."""
-    model = tiny_model(with_cp).train()
+    model = tiny_model(family, with_cp)[0].train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler('cpu', init_scale=2.**16)
     x = torch.randn(2, 3, 72, 104)
