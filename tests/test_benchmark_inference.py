@@ -1,0 +1,47 @@
+"""tools/benchmark_inference.py: CPU inference time of a config's detector
+(mmdet's benchmark.py needs CUDA). Figures are not asserted, only that every
+timed call happened and the result is complete."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RETINANET = ROOT / 'configs/retinanet/rest_lite_fpn_1x_coco.py'
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_inference', ROOT / 'tools' / 'benchmark_inference.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_inference_tool(tmp_path, capsys):
+    out = tmp_path / 'speed.json'
+    code = load_tool().main([
+        str(RETINANET), '--shape', '64', '96', '--repeats', '2', '--warmup',
+        '0', '--json', str(out), '--threads', '1'
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert 'detector:' in printed and 'backbone:' in printed
+    result = json.loads(out.read_text())
+    assert result['shape'] == [64, 96] and result['threads'] == 1
+    for name in ('detector', 'backbone'):
+        assert len(result[f'{name}_all']) == 2
+        assert result[f'{name}_s'] == sum(result[f'{name}_all']) / 2
+        assert all(t > 0 for t in result[f'{name}_all'])
+
+
+def test_benchmark_inference_refuses_an_unpadded_shape():
+    from mmengine.config import Config
+
+    from mmrest.analysis import detector_inference_time
+    cfg = Config.fromfile(str(RETINANET))
+    with pytest.raises(ValueError, match='pad_size_divisor 32'):
+        detector_inference_time(cfg, (65, 96))
+    with pytest.raises(ValueError, match='repeats'):
+        detector_inference_time(cfg, (64, 96), repeats=0)
