@@ -144,7 +144,7 @@ def golden_backbone_state_v2(golden: dict) -> dict:
             if not k.startswith(('norm.', 'head.'))}
 
 
-def golden_model_v2(golden: dict, **kwargs) -> 'ResTV2':
+def golden_model_v2(golden: dict, **kwargs) -> torch.nn.Module:
     """The ResT v2 of the golden v2 file, its backbone weights loaded."""
     from mmrest import ResTV2
     model = ResTV2(arch=golden_arch_v2(golden), **kwargs)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmrest.backbones import EMSA, ResT, emsa_attention
-from mmrest.backbones import rest as rest_module
+from mmrest.backbones import kernels
 from mmrest.testing import LiteralEMSA, to_literal
 from _helpers import (GRADIENT_FACTOR, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
@@ -34,7 +34,7 @@ def many_chunks(monkeypatch, num_heads, sr_ratio, batch=2):
     threads, 1 to 4): each checkpointed chunk costs time."""
     keys = [n if sr_ratio == 1 else (n + 2 * (sr_ratio // 2) - sr_ratio - 1)
             // sr_ratio + 1 for n in HW]
-    monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS',
+    monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS',
                         24 * batch * num_heads * keys[0] * keys[1])
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mmrest import ResT
 from mmrest.backbones import emsa_attention
+from mmrest.backbones import kernels
 from mmrest.backbones import rest as rest_module
 from mmrest.testing import to_literal
 from mmrest.testing.literal import (LiteralBlock, LiteralEMSA,
@@ -31,7 +32,7 @@ LITERAL_CLASSES = {
 }
 # The functions of the fast paths, which the literal model never calls.
 FAST_FUNCTIONS = ('emsa_attention', '_attention_no_grad', '_attention_chunk',
-                  '_linear', '_conv_norm')
+                  'linear', 'conv_norm')
 
 
 def randomised(model):
@@ -95,7 +96,7 @@ def test_literal_model_takes_the_literal_path(train, monkeypatch):
     own; the fast model does the opposite."""
     model = randomised(ResT(arch='lite')).train(train)
     literal = to_literal(model)
-    fast_calls = {name: CallCounter(monkeypatch, rest_module, name)
+    fast_calls = {name: CallCounter(monkeypatch, kernels, name)
                   for name in FAST_FUNCTIONS}
     one_head = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
     literal_emsa = CallCounter(monkeypatch, LiteralEMSA, 'forward')
@@ -114,7 +115,7 @@ def test_literal_model_takes_the_literal_path(train, monkeypatch):
     with torch.set_grad_enabled(train):
         model(x)
     assert literal_emsa.count == 8 and literal_tokens.count == 4
-    assert fast_calls['_conv_norm'].count == 5
+    assert fast_calls['conv_norm'].count == 5
     if train:
         assert fast_calls['emsa_attention'].count == 8
         assert fast_calls['_attention_chunk'].count > 0
@@ -123,7 +124,7 @@ def test_literal_model_takes_the_literal_path(train, monkeypatch):
         assert one_head.count == 2  # the two one-head blocks of stage 1
         assert fast_calls['emsa_attention'].count == 6  # the others
         assert fast_calls['_attention_no_grad'].count == 6
-        assert fast_calls['_linear'].count > 0
+        assert fast_calls['linear'].count > 0
         assert len(bn_fast) == 0  # all five folded into their convs
 
 
@@ -132,8 +133,8 @@ def test_literal_model_takes_the_literal_path(train, monkeypatch):
                                              ('small', 2, (70, 45))])
 def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
     if chunks == 'many':  # a few query rows and tokens per chunk
-        monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 700)
-        monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 3000)
+        monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS', 700)
+        monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 3000)
     model = randomised(ResT(arch=arch)).eval()
     literal, exact = to_literal(model), float64_literal(model)
     x = torch.rand(batch, 3, *size)
@@ -150,8 +151,8 @@ def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
 
 
 def test_golden_outputs_with_many_chunks(golden, monkeypatch):
-    monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 500)
-    monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 2000)
+    monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS', 500)
+    monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 2000)
     chunks = CallCounter(monkeypatch, torch, 'bmm')
     model = golden_model(golden).eval()
     literal = to_literal(model)
@@ -180,7 +181,7 @@ def test_attention_core_matches_the_literal_one(batch, monkeypatch):
     args64 = [t.double() for t in (q, k, v, mix, mix_bias)]
     exact = literal_attention(*args64)
     literal = literal_attention(q, k, v, mix, mix_bias)
-    no_grad = CallCounter(monkeypatch, rest_module, '_attention_no_grad')
+    no_grad = CallCounter(monkeypatch, kernels, '_attention_no_grad')
     for chunk_elements in (1, 700, 5000, 1 << 30):
         with torch.no_grad():
             out = emsa_attention(q, k, v, mix, mix_bias,
@@ -206,14 +207,14 @@ def test_attention_runs_in_query_chunks(monkeypatch):
     k, v = torch.randn(2, 1, 2, 10, 8)
     mix = torch.randn(2, 2)
     bmm = CallCounter(monkeypatch, torch, 'bmm')
-    chunk = CallCounter(monkeypatch, rest_module, '_attention_chunk')
+    chunk = CallCounter(monkeypatch, kernels, '_attention_chunk')
     with torch.no_grad():
         emsa_attention(q, k, v, mix)
     one_chunk = bmm.count
     assert one_chunk <= 3
     emsa_attention(q, k, v, mix.requires_grad_())
     assert chunk.count == 1
-    monkeypatch.setattr(rest_module, '_CHUNK_ELEMENTS', 1)  # one row each
+    monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS', 1)  # one row each
     bmm.count = chunk.count = 0
     with torch.no_grad():
         emsa_attention(q, k, v, mix)
@@ -228,14 +229,14 @@ def test_mlp_runs_in_token_chunks(monkeypatch):
     block = randomised(rest_module.Block(32, 2, sr_ratio=2)).eval()
     literal, exact = to_literal(block), float64_literal(block)
     x = torch.randn(1, 6 * 8, 32)
-    linear = CallCounter(monkeypatch, rest_module, '_linear', record=True)
+    linear = CallCounter(monkeypatch, kernels, 'linear', record=True)
     with torch.no_grad():
         expected, ref = literal(x, (6, 8)), exact(x.double(), (6, 8))
         assert linear.count == 0
         block(x, (6, 8))
         gelu_calls = [c for c in linear.calls if c[1].get('gelu')]
         assert len(gelu_calls) == 1  # one chunk of 48 tokens
-        monkeypatch.setattr(rest_module, '_MLP_CHUNK_ELEMENTS', 1)
+        monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 1)
         linear.calls.clear()
         out = block(x.clone(), (6, 8))
     gelu_calls = [c for c in linear.calls if c[1].get('gelu')]
@@ -322,7 +323,7 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
     anything needing a gradient, or oneDNN switched off, takes F.linear."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip('this build of torch has no oneDNN')
-    onednn = CallCounter(monkeypatch, rest_module, '_ONEDNN_LINEAR')
+    onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     x, w, b = torch.randn(3, 70, 24), torch.randn(40, 24), torch.randn(40)
 
     def literal(x, w, b):
@@ -332,23 +333,23 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
     exact = literal(x.double(), w.double(), b.double())
     expected = literal(x, w, b)
     with torch.no_grad():
-        out = rest_module._linear(x, w, b, gelu=gelu)
-        no_bias = rest_module._linear(x, w, None)
+        out = kernels.linear(x, w, b, gelu=gelu)
+        no_bias = kernels.linear(x, w, None)
     assert onednn.count == 2
     assert_float32_close(out, expected, exact)
     assert_float32_close(no_bias, x @ w.t(), x.double() @ w.double().t())
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
-        out = rest_module._linear(x, w, b, gelu=gelu)
+        out = kernels.linear(x, w, b, gelu=gelu)
     assert onednn.count == 2
     assert_float32_close(out, expected, exact)
     # anything needing a gradient takes F.linear, which has autograd
     w.requires_grad_(True)
-    rest_module._linear(x, w, b, gelu=gelu).sum().backward()
+    kernels.linear(x, w, b, gelu=gelu).sum().backward()
     w64 = w.detach().double().requires_grad_()
     literal(x.double(), w64, b.double()).sum().backward()
     assert relative_error(w.grad, w64.grad) <= float32_floor()
     b.requires_grad_(True)  # a bias alone needing one counts too
-    rest_module._linear(x, w.detach(), b, gelu=gelu).sum().backward()
+    kernels.linear(x, w.detach(), b, gelu=gelu).sum().backward()
     assert b.grad is not None and b.grad.abs().sum() > 0
     assert onednn.count == 2
 
@@ -356,7 +357,7 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
 def test_model_inference_uses_onednn(monkeypatch):
     if not torch.backends.mkldnn.is_available():
         pytest.skip('this build of torch has no oneDNN')
-    onednn = CallCounter(monkeypatch, rest_module, '_ONEDNN_LINEAR')
+    onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     model = ResT(arch='lite').eval()
     with torch.no_grad():
         model(torch.rand(1, 3, 64, 64))
@@ -364,3 +365,45 @@ def test_model_inference_uses_onednn(monkeypatch):
     onednn.count = 0
     model(torch.rand(1, 3, 64, 64))  # autograd: none
     assert onednn.count == 0
+
+
+# ------------------------------------------------- private APIs, guarded
+def test_onednn_linear_is_used_only_if_it_computes_the_linear():
+    """The private oneDNN operator is probed: one that raises with these
+    arguments (a changed signature) or computes something else is not
+    used, and ``linear`` falls back to ``F.linear``."""
+    import torch.nn.functional as F
+
+    def other_signature(x, w, b, attr):
+        return F.linear(x, w, b)
+
+    def other_result(x, w, b, attr, scalars, algorithm):
+        return F.linear(x, w, b) + 1e-3
+
+    def right(x, w, b, attr, scalars, algorithm):
+        out = F.linear(x, w, b)
+        return F.gelu(out) if attr == 'gelu' else out
+
+    assert kernels.checked_linear_op(other_signature) is None
+    assert kernels.checked_linear_op(other_result) is None
+    assert kernels.checked_linear_op(right) is right
+    if torch.backends.mkldnn.is_available():
+        assert kernels.ONEDNN_LINEAR is not None, (
+            'torch.ops.mkldnn._linear_pointwise is missing or changed: '
+            'the CPU inference path lost its fused linears')
+
+
+def test_conv_norm_folds_only_zero_padded_convs():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode='reflect')
+    norm = torch.nn.BatchNorm2d(4).eval()
+    torch.nn.init.uniform_(norm.running_var, 0.5, 2.)
+    torch.nn.init.normal_(norm.running_mean)
+    x = torch.randn(1, 3, 9, 11)
+    with torch.no_grad():
+        expected = norm(conv(x))
+        assert torch.allclose(kernels.conv_norm(conv, norm, x), expected,
+                              atol=1e-6)
+        conv.padding_mode = 'zeros'
+        expected = norm(conv(x))
+        assert torch.allclose(kernels.conv_norm(conv, norm, x), expected,
+                              atol=1e-5)

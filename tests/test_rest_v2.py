@@ -1,7 +1,6 @@
 """ResT v2 against SPEC.md ("ResT v2"), the authors' reference data and
 float64 computations: outputs, logits, keys, parameter counts, sizes,
 gradients, precision, training options, weights and the COCO configs."""
-import json
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,5 @@
-from .rest import EMSA, ResT, emsa_attention
+from .kernels import emsa_attention
+from .rest import EMSA, ResT
 from .rest_v2 import ResTV2
 
 __all__ = ['ResT', 'ResTV2', 'EMSA', 'emsa_attention']

@@ -9,7 +9,8 @@ rounding:
 * spatial sizes come from the convolution outputs, so any input size works
   (the authors' ``H // 2`` breaks on sizes that are not multiples of 32);
 * the attention core of EMSA is computed by an exact reformulation that is
-  faster and needs far less memory (see :func:`emsa_attention`);
+  faster and needs far less memory
+  (:func:`mmrest.backbones.kernels.emsa_attention`);
 * feature maps between the stages are kept channels-last, the memory
   layout of the tokens, so that going from tokens to maps and back copies
   nothing; the returned feature maps are ordinary contiguous NCHW tensors;
@@ -37,321 +38,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_pretrained_init_cfg
-
-# Elements of one query chunk's attention logits (batch x heads x rows x M)
-# per intra-op thread (up to 4) on the CPU. About 4 MB in float32 per
-# thread: the chunk is mixed, normalised and multiplied by the values while
-# it is in cache.
-_CHUNK_ELEMENTS = 1 << 20
-# On a GPU the chunk only bounds memory (128 MB of float32 logits): at
-# detection sizes most attentions are one chunk, a few large kernels.
-_GPU_CHUNK_ELEMENTS = 1 << 25
-# Elements of one token chunk of the MLP's hidden activations per thread
-# (CPU inference).
-_MLP_CHUNK_ELEMENTS = 1 << 20
-
-
-def _per_call(elements_per_thread: int) -> int:
-    """A chunk size for all the intra-op threads that share the work: the
-    same size per thread, and fewer, larger operations."""
-    return elements_per_thread * min(4, max(1, torch.get_num_threads()))
-
-
-def _chunk_elements(device: torch.device) -> int:
-    """Logit elements per query chunk of the attention on ``device``."""
-    if device.type == 'cpu':
-        return _per_call(_CHUNK_ELEMENTS)
-    return _GPU_CHUNK_ELEMENTS
-
-
-def _graph_capture() -> bool:
-    """Whether the forward is being recorded as a graph: ``torch.jit``
-    tracing or scripting (ONNX export with TorchScript, mmengine's FLOP
-    counter), ``torch.compile`` or ``torch.export`` (the dynamo ONNX
-    exporter).
-
-    A recorded graph must hold for every input size, so it gets no
-    Python-level chunk loop, no buffer reuse and no CPU-only kernel: it
-    gets the same exact formulas as plain tensor operations
-    (:func:`_attention_chunk` over all queries at once).
-    """
-    compiler = getattr(torch, 'compiler', None)
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting()
-        or (compiler is not None and (
-            compiler.is_compiling() or getattr(
-                compiler, 'is_exporting', lambda: False)())))
-
-
-def _is_inference(module: nn.Module) -> bool:
-    """Eval mode and no autograd, in eager mode: dropout is off and
-    nothing is saved for a backward pass, so buffers may be reused and work
-    may be reordered (never while a graph is recorded, see
-    :func:`_graph_capture`)."""
-    return not (module.training or torch.is_grad_enabled()
-                or _graph_capture())
-
-
-def _cpu_float32(x: torch.Tensor) -> bool:
-    """Float32 on the CPU outside autocast: where the cache-sized chunks of
-    the MLP and oneDNN's fused linear pay off."""
-    return (x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu'))
-
-
-def _onednn_linear_op():
-    """oneDNN's linear kernel (``mkldnn::_linear_pointwise``), or None."""
-    try:
-        if torch.backends.mkldnn.is_available():
-            return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        pass
-    return None
-
-
-_ONEDNN_LINEAR = _onednn_linear_op()
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor,
-            bias: Optional[torch.Tensor] = None,
-            gelu: bool = False) -> torch.Tensor:
-    """``F.linear`` (then the exact, erf GELU when ``gelu``).
-
-    When nothing needs a gradient, on the CPU in float32, this calls
-    oneDNN's linear kernel, which adds the bias and applies the GELU while
-    it writes the output. ``F.linear`` first fills the output with the bias
-    and then accumulates the product into it, and the GELU is another pass:
-    on ResT's many-token, few-channel linears those passes cost as much as
-    the product itself. Same formula, no approximation. The kernel has no
-    autograd, knows no autocast, and a recorded graph must see the literal
-    operators (see :func:`_graph_capture`), so otherwise it is
-    ``F.linear``.
-    """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias))
-    if (_ONEDNN_LINEAR is not None and not needs_grad
-            and not _graph_capture() and _cpu_float32(x)
-            and weight.dtype == torch.float32
-            and torch.backends.mkldnn.enabled):
-        if gelu:
-            return _ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
-        return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
-    out = F.linear(x, weight, bias)
-    return F.gelu(out) if gelu else out
-
-
-def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mix: Optional[torch.Tensor],
-                     mix_bias: Optional[torch.Tensor], attn_drop: float,
-                     training: bool):
-    """One query chunk of :func:`emsa_attention` (with autograd).
-
-    Returns the centred attention times the values and the chunk's sum of
-    squared centred probabilities per (batch, head).
-    """
-    attn = q @ k.transpose(-2, -1)                        # (B, h, n, M)
-    if mix is not None:  # the 1x1 conv over heads, as one matrix product
-        b, h, n, m = attn.shape
-        attn = torch.baddbmm(mix_bias.view(1, h, 1), mix.expand(b, h, h),
-                             attn.reshape(b, h, n * m)).view(b, h, n, m)
-    # softmax minus its known mean 1 / M: the InstanceNorm's centring.
-    centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
-    sq_sum = centred.square().sum(dim=(2, 3))
-    if attn_drop > 0 and training:
-        centred = F.dropout(centred, attn_drop, training=True)
-    return centred @ v, sq_sum
-
-
-def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       mix: torch.Tensor, eps: float,
-                       chunk_elements: int) -> torch.Tensor:
-    """The multi-head core of :func:`emsa_attention` without autograd.
-
-    The computation of :func:`_attention_chunk` over query chunks, with as
-    few operations per chunk as possible and no allocation: two buffers of
-    one chunk's logits serve every chunk, in place. The head mixing's bias
-    is left out (a softmax cannot see it), the centred probabilities' sum
-    of squares is kept per query row (norms over M, summed at the end) and
-    each chunk's ``@ v`` is written straight into the output. With B == 1
-    the output is laid out as (B, N, h, d), so merging the heads back into
-    tokens copies nothing.
-    """
-    B, h, N, d = q.shape
-    M = k.shape[2]
-    bh = B * h
-    q = q.reshape(bh, N, d)  # a view when B == 1
-    k_t = k.reshape(bh, M, d).transpose(1, 2)
-    v = v.reshape(bh, M, d)
-    mix = mix.expand(B, h, h)
-    rows = max(1, min(N, chunk_elements // max(1, bh * M)))
-    logits = q.new_empty(bh * rows * M)
-    probs = q.new_empty(bh * rows * M)
-    row_norms = q.new_empty(bh, N)
-    if B == 1:
-        out = q.new_empty(N, h, d)
-        out_heads = out.transpose(0, 1)                   # (h, N, d) view
-    else:
-        out_heads = q.new_empty(bh, N, d)
-    for start in range(0, N, rows):
-        n = min(rows, N - start)
-        size = bh * n * M
-        attn = torch.bmm(
-            q[:, start:start + n], k_t, out=logits[:size].view(bh, n, M))
-        attn = torch.bmm(
-            mix, attn.view(B, h, n * M),
-            out=probs[:size].view(B, h, n * M)).view(bh, n, M)
-        torch.softmax(attn, dim=-1, out=attn)
-        attn.sub_(1.0 / M)
-        torch.linalg.vector_norm(
-            attn, dim=-1, out=row_norms[:, start:start + n])
-        torch.bmm(attn, v, out=out_heads[:, start:start + n])
-    var = row_norms.square_().sum(dim=-1).div_(N * M)    # biased, as IN
-    inv_std = var.add_(eps).rsqrt_()
-    out_heads.mul_(inv_std.view(bh, 1, 1))
-    if B == 1:
-        return out_heads.unsqueeze(0)
-    return out_heads.view(B, h, N, d)
-
-
-def emsa_attention(q: torch.Tensor,
-                   k: torch.Tensor,
-                   v: torch.Tensor,
-                   mix: Optional[torch.Tensor] = None,
-                   mix_bias: Optional[torch.Tensor] = None,
-                   attn_drop: float = 0.,
-                   training: bool = False,
-                   eps: float = 1e-5,
-                   chunk_elements: Optional[int] = None) -> torch.Tensor:
-    """EMSA's attention core, computed exactly without N x M intermediates.
-
-    The literal computation (SPEC, EMSA steps 4-6) is::
-
-        A = Conv1x1(q @ k^T)            # mixes heads, with a bias
-        A = InstanceNorm(softmax(A))    # per head over all N x M entries
-        out = A @ v
-
-    Three exact identities remove its cost:
-
-    * the 1x1 conv is a matrix product over heads (its bias, constant along
-      the softmax axis, changes nothing, and is added inside that product
-      for free so that it keeps its exact, zero, gradient);
-    * every softmax row sums to 1, so the InstanceNorm mean is exactly
-      ``1 / M`` and its variance is ``mean((P - 1/M)^2)``, a sum that can
-      be accumulated query chunk by query chunk;
-    * the InstanceNorm's division is one scalar per (batch, head), so it
-      commutes with ``@ v`` and is applied to the small (N, d) result.
-
-    Queries are processed in chunks whose logits stay in cache (on a GPU,
-    chunks only bound the memory), and during training each chunk is
-    recomputed in the backward pass instead of being stored, so no N x M
-    matrix is ever kept. Without autograd (and without dropout) the chunks
-    reuse two preallocated buffers in place and the mixing bias is left out
-    altogether (see :func:`_attention_no_grad`). With one head there is no
-    transform and the core is plain softmax attention (a fused kernel).
-    While a graph is recorded (tracing, ONNX export, ``torch.compile``)
-    all queries form one chunk, so the graph holds for any input size.
-
-    The core always runs in at least float32, also under autocast: the
-    InstanceNorm divides by the small spread of the probabilities and so
-    amplifies any rounding of the logits. The inputs keep their dtype (the
-    projections around the core run in the autocast dtype) and the output
-    is returned in the dtype of ``q``.
-
-    Args:
-        q (Tensor): Queries already multiplied by the scale, (B, h, N, d).
-        k (Tensor): Keys, (B, h, M, d).
-        v (Tensor): Values, (B, h, M, d).
-        mix (Tensor, optional): The (h, h) weight of the head-mixing 1x1
-            convolution; None for the one-head form (softmax only).
-        mix_bias (Tensor, optional): The (h, ) bias of that convolution.
-        attn_drop (float): Dropout on the normalised attention.
-        training (bool): Whether dropout is active.
-        eps (float): The InstanceNorm epsilon.
-        chunk_elements (int, optional): Logit elements per query chunk.
-            Defaults to ``_CHUNK_ELEMENTS`` per intra-op thread on the CPU
-            and ``_GPU_CHUNK_ELEMENTS`` elsewhere.
-
-    Returns:
-        Tensor: The attention output, (B, h, N, d), in the dtype of ``q``.
-    """
-    dtype = q.dtype
-    core = torch.promote_types(dtype, torch.float32)
-    with torch.autocast(q.device.type, enabled=False):
-        q, k, v = q.to(core), k.to(core), v.to(core)
-        if mix is not None:
-            mix = mix.to(core)
-            mix_bias = mix.new_zeros(mix.shape[0]) if mix_bias is None \
-                else mix_bias.to(core)
-        out = _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
-                         chunk_elements)
-    return out.to(dtype)
-
-
-def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
-               chunk_elements):
-    """:func:`emsa_attention` on tensors of one dtype, outside autocast."""
-    dropout = attn_drop > 0 and training
-    if mix is None:  # keys and values are small; the kernel prefers them
-        # contiguous
-        return F.scaled_dot_product_attention(
-            q, k.contiguous(), v.contiguous(),
-            dropout_p=attn_drop if dropout else 0., scale=1.0)
-    B, h, N, _ = q.shape
-    M = k.shape[2]
-    if _graph_capture():  # one chunk: no size is baked into the graph
-        out, sq_sum = _attention_chunk(q, k, v, mix, mix_bias, attn_drop,
-                                       training)
-        inv_std = torch.rsqrt(sq_sum / (N * M) + eps)
-        return out * inv_std[:, :, None, None]
-
-    if chunk_elements is None:
-        chunk_elements = _chunk_elements(q.device)
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, v, mix, mix_bias))
-    if not (needs_grad or dropout):
-        return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
-
-    rows = max(1, chunk_elements // max(1, B * h * M))
-    outs, sq_sum = [], 0.
-    for q_chunk in q.split(rows, dim=2):
-        if needs_grad:
-            out, sq = cp.checkpoint(
-                _attention_chunk, q_chunk, k, v, mix, mix_bias, attn_drop,
-                training, use_reentrant=False)
-        else:
-            out, sq = _attention_chunk(q_chunk, k, v, mix, mix_bias,
-                                       attn_drop, training)
-        outs.append(out)
-        sq_sum = sq_sum + sq
-    var = sq_sum / (N * M)                                 # biased, as IN
-    inv_std = torch.rsqrt(var + eps)[:, :, None, None]
-    return torch.cat(outs, dim=2) * inv_std
-
-
-def _conv_norm(conv: nn.Conv2d, norm: nn.Module,
-               x: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(x))``; an eval-mode BatchNorm is folded into the conv.
-
-    A BatchNorm that uses its running statistics is an affine map per
-    channel, so it is folded into the convolution's weight and bias (the
-    same function, one pass over the feature map fewer). Gradients flow
-    through the folding to the conv and norm parameters alike. Not while a
-    graph is recorded (see :func:`_graph_capture`): tools that count FLOPs
-    on a trace see the literal sequence of operators.
-    """
-    if not (isinstance(norm, _BatchNorm) and not norm.training
-            and norm.running_mean is not None and not _graph_capture()):
-        return norm(conv(x))
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    bias = -norm.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    if norm.bias is not None:
-        bias = bias + norm.bias
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return conv._conv_forward(x, weight, bias)
+from . import kernels
 
 
 class PixelAttention(nn.Module):
@@ -367,7 +54,7 @@ class PixelAttention(nn.Module):
             channels, channels, 3, padding=1, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_inference(self):  # the same arithmetic, in place
+        if kernels.is_inference(self):  # the same arithmetic, in place
             gate = torch.sigmoid_(self.pa_conv(x))
             if gate.dtype == x.dtype:  # (under autocast it may not be)
                 return gate.mul_(x)
@@ -395,8 +82,8 @@ class Stem(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(_conv_norm(self.conv1, self.norm1, x), inplace=True)
-        x = F.relu(_conv_norm(self.conv2, self.norm2, x), inplace=True)
+        x = F.relu(kernels.conv_norm(self.conv1, self.norm1, x), inplace=True)
+        x = F.relu(kernels.conv_norm(self.conv2, self.norm2, x), inplace=True)
         return self.pos(self.conv3(x))
 
 
@@ -416,7 +103,7 @@ class PatchEmbed(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos(_conv_norm(self.conv, self.norm, x))
+        return self.pos(kernels.conv_norm(self.conv, self.norm, x))
 
 
 class EMSA(nn.Module):
@@ -482,7 +169,7 @@ class EMSA(nn.Module):
         B, N, C = x.shape
         h = self.num_heads
         bias = self.q.bias * self.scale if self.q.bias is not None else None
-        q = _linear(x, self.q.weight * self.scale, bias)
+        q = kernels.linear(x, self.q.weight * self.scale, bias)
         q = q.view(B, N, h, C // h).transpose(1, 2)
         k, v = self.keys_values(x, hw_shape)
         return q, k, v
@@ -499,7 +186,7 @@ class EMSA(nn.Module):
             x = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
             x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
             x = self.sr_norm(x)
-        kv = _linear(x, self.kv.weight, self.kv.bias)
+        kv = kernels.linear(x, self.kv.weight, self.kv.bias)
         kv = kv.reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
@@ -532,7 +219,7 @@ class EMSA(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        if self.num_heads == 1 and _is_inference(self) and \
+        if self.num_heads == 1 and kernels.is_inference(self) and \
                 not torch.is_autocast_enabled(x.device.type):
             return self._forward_one_head(x, hw_shape)
         B, N, C = x.shape
@@ -542,11 +229,11 @@ class EMSA(nn.Module):
             mix = self.transform_conv.weight.view(self.num_heads,
                                                   self.num_heads)
             mix_bias = self.transform_conv.bias
-        out = emsa_attention(q, k, v, mix, mix_bias, self.attn_drop,
+        out = kernels.emsa_attention(q, k, v, mix, mix_bias, self.attn_drop,
                              self.training)
         out = out.transpose(1, 2).reshape(B, N, C)
-        if _is_inference(self):
-            return _linear(out, self.proj.weight, self.proj.bias)
+        if kernels.is_inference(self):
+            return kernels.linear(out, self.proj.weight, self.proj.bias)
         return self.proj_drop(self.proj(out))  # the module, hooks and all
 
 
@@ -631,18 +318,18 @@ class Block(nn.Module):
         x = (x + self.attn(self.norm1(x), hw_shape)).contiguous()
         mlp = self.mlp
         fc2_weight_t = mlp.fc2.weight.t()
-        rows = max(1,
-                   _per_call(_MLP_CHUNK_ELEMENTS) // mlp.fc1.out_features)
+        rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
+                   mlp.fc1.out_features)
         for chunk in x.view(-1, x.shape[-1]).split(rows):
-            hidden = _linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias,
-                             gelu=True)
+            hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
+                                    mlp.fc1.bias, gelu=True)
             chunk.addmm_(hidden, fc2_weight_t)  # x += hidden @ W2^T
         if mlp.fc2.bias is not None:
             x.add_(mlp.fc2.bias)
         return x
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        if _is_inference(self) and _cpu_float32(x):
+        if kernels.is_inference(self) and kernels.cpu_float32(x):
             return self._forward_inference(x, hw_shape)
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(

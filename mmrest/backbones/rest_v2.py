@@ -44,22 +44,18 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from ..checkpoint import load_pretrained_init_cfg
-from .rest import (PixelAttention, TokenMapsMixin, _is_inference,
-                   _linear)
+from . import kernels
+from .rest import PixelAttention, TokenMapsMixin
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
-# Elements of one token chunk of the MLP's hidden activations per intra-op
-# thread (eager inference): about 4 MB in float32, kept in cache.
-_MLP_CHUNK_ELEMENTS = 1 << 20
-
 
 def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
     """Eval mode, no autograd, no autocast, plain eager execution (rest.py's
-    :func:`~mmrest.backbones.rest._is_inference`): nothing is saved for a
+    :func:`~mmrest.backbones.kernels.is_inference`): nothing is saved for a
     backward pass and no dtype is chosen per operator, so buffers may be
     written in place and work may be reordered."""
-    return _is_inference(module) and \
+    return kernels.is_inference(module) and \
         not torch.is_autocast_enabled(x.device.type)
 
 
@@ -169,7 +165,7 @@ class AttentionV2(nn.Module):
         B, N, C = x.shape
         H, W = hw_shape
         h = self.num_heads
-        q = _linear(x, self.q.weight, self.q.bias)
+        q = kernels.linear(x, self.q.weight, self.q.bias)
         q = q.view(B, N, h, C // h).transpose(1, 2)
         if self.sr_ratio > 1:
             # Tokens read as a (channels-last) map without a copy.
@@ -178,7 +174,7 @@ class AttentionV2(nn.Module):
             x = self.sr_norm(kv_map.permute(0, 2, 3, 1).reshape(B, -1, C))
         else:
             Hs, Ws = H, W
-        kv = _linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
+        kv = kernels.linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
         k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
         v_tokens = kv[:, :, 1]                             # (B, M, C)
         v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
@@ -269,11 +265,11 @@ class BlockV2(nn.Module):
         tokens.addmm_(y.reshape(-1, C), proj.weight.t())
         tokens.add_(proj.bias)
         mlp = self.mlp
-        rows = max(1, _MLP_CHUNK_ELEMENTS * min(4, torch.get_num_threads())
-                   // mlp.fc1.out_features)
+        rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
+                   mlp.fc1.out_features)
         for chunk in tokens.split(rows):
-            hidden = _linear(self.norm2(chunk), mlp.fc1.weight, mlp.fc1.bias,
-                             gelu=True)
+            hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
+                                    mlp.fc1.bias, gelu=True)
             chunk.addmm_(hidden, mlp.fc2.weight.t())
         return x.add_(mlp.fc2.bias)
 
@@ -300,8 +296,9 @@ class ResTV2(TokenMapsMixin, BaseModule):
     Args:
         arch (str | dict): A variant, one of ``'tiny'`` (``'t'``),
             ``'small'`` (``'s'``), ``'base'`` (``'b'``) and ``'large'``
-            (``'l'``, as in mmpretrain), or a dict with the keys ``embed_dims``, ``depths``
-            and ``num_heads`` (four entries each) and optionally
+            (``'l'``, as in mmpretrain), or a dict with the keys
+            ``embed_dims``, ``depths`` and ``num_heads`` (four entries each)
+            and optionally
             ``sr_ratios`` (default ``[8, 4, 2, 1]``) and ``mlp_ratios``
             (default ``[4, 4, 4, 4]``). Defaults to ``'tiny'``.
         in_channels (int): Input image channels. Defaults to 3.

@@ -44,7 +44,7 @@ def main():
     ops_shim.install(device='cuda')
     ops_shim.patch_package_lookup()
     import mmrest
-    from mmrest.backbones import rest
+    from mmrest.backbones import kernels
     from mmrest.gpu_check import GpuCheck, Settings
     from mmrest.testing import to_literal
     from mmdet.registry import MODELS
@@ -58,7 +58,7 @@ def main():
                 ('literal', 1 << 25, True)]
     orig_build = MODELS.build
     for name, chunk, literal in variants:
-        rest._GPU_CHUNK_ELEMENTS = chunk
+        kernels.GPU_CHUNK_ELEMENTS = chunk
         MODELS.build = orig_build
         if literal:
             def build(cfg_, *a, **k):
