@@ -13,7 +13,8 @@ def test_mask_rcnn_from_config_trains_and_predicts():
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
-    cfg = Config.fromfile(CONFIGS / 'mask_rcnn/rest_small_fpn_1x_coco.py')
+    cfg = Config.fromfile(
+        CONFIGS / 'mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py')
     assert cfg.custom_imports == dict(imports=['mmrest'],
                                       allow_failed_imports=False)
     register_all_modules()

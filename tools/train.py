@@ -1,7 +1,7 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Train a detector with a ResT backbone: mmdet's usual options.
 
-    python tools/train.py configs/mask_rcnn/rest_small_fpn_1x_coco.py
+    python tools/train.py configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py
     python tools/train.py CONFIG --work-dir DIR --resume [CHECKPOINT] \
         --amp --auto-scale-lr --cfg-options key=value ...
     bash tools/dist_train.sh CONFIG NUM_GPUS [options]
