@@ -1,4 +1,38 @@
+import os
+import os.path as osp
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+
+# What OpenMMLab's `mim` reads from an installed package: <package>/.mim/
+# holds the model index, the configs and the tools (`mim search mmrest`,
+# `mim train mmrest CONFIG`). They live at the repository root; a wheel or
+# an sdist gets copies (made here, ignored by git).
+MIM_FILES = ('model-index.yml', 'configs', 'tools')
+
+
+def add_mim_extension():
+    """Copy MIM_FILES into mmrest/.mim when a distribution is built."""
+    building = {'bdist_wheel', 'sdist', 'build', 'build_py', 'install'}
+    if not building & set(sys.argv[1:]):
+        return
+    root = osp.dirname(osp.abspath(__file__))
+    if not osp.isfile(osp.join(root, 'model-index.yml')):
+        return  # not a source tree with the files: keep mmrest/.mim as it is
+    target_root = osp.join(root, 'mmrest', '.mim')
+    os.makedirs(target_root, exist_ok=True)
+    for name in MIM_FILES:
+        source, target = osp.join(root, name), osp.join(target_root, name)
+        if osp.isdir(target) and not osp.islink(target):
+            shutil.rmtree(target)
+        elif osp.lexists(target):
+            os.remove(target)
+        if osp.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
+                '__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(source, target)
 
 
 def version():
@@ -8,6 +42,7 @@ def version():
     return scope['__version__']
 
 
+add_mim_extension()
 setup(
     name='mmrest',
     version=version(),
@@ -15,6 +50,13 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmrest', 'mmrest.*']),
+    package_data={
+        'mmrest': [
+            '.mim/model-index.yml', '.mim/configs/**/*.py',
+            '.mim/configs/**/*.yml', '.mim/tools/**/*.py',
+            '.mim/tools/**/*.sh'
+        ]
+    },
     # Floors are what the code needs, ceilings the releases it was written
     # against (tested: torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0, mmdet
     # 3.3.0, mmsegmentation 1.2.2; requirements/constraints.txt pins them).

@@ -31,10 +31,10 @@ only) measures, and writes to ``--out`` as ``gpu_check.json`` and
 ``maskrcnn``
     One AMP training iteration (fp16 autocast, GradScaler, AdamW and the
     config's gradient clipping) of Mask R-CNN ResT-Small
-    (``configs/mask_rcnn/rest_small_fpn_1x_coco.py``) and of mmdet's Mask
-    R-CNN Swin-T, at 1333x800, batch 2, synthetic boxes and masks through
-    the model's data preprocessor and ``loss``: median time of the timed
-    iterations after two warm-ups, and peak memory.
+    (``configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py``) and of
+    mmdet's Mask R-CNN Swin-T, at 1333x800, batch 2, synthetic boxes and
+    masks through the model's data preprocessor and ``loss``: median time of
+    the timed iterations after two warm-ups, and peak memory.
 ``compile``
     ``torch.compile`` of ResT-Small (eval, fp16 autocast, 224x224 batch 64)
     in a child process with a time limit: compile time, speed, difference
@@ -73,7 +73,7 @@ import torch.nn as nn
 SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'compile')
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REST_MASKRCNN_CONFIG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn',
-                                'rest_small_fpn_1x_coco.py')
+                                'mask-rcnn_rest-small_fpn_1x_coco.py')
 SWIN_MASKRCNN_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 # backbones of the throughput table, the main comparison first
 THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'swin_t', 'resnet50')

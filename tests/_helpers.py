@@ -231,3 +231,15 @@ class CallCounter:
         if isinstance(inspect.getattr_static(owner, name), staticmethod):
             wrapper = staticmethod(wrapper)
         monkeypatch.setattr(owner, name, wrapper)
+
+
+def build_detector(config):
+    """The mmdet model of a config file (a path), its backbone from scratch
+    (no ImageNet checkpoint needed). Returns ``(cfg, model)``."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.init_cfg = None
+    return cfg, MODELS.build(cfg.model)

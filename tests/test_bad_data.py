@@ -12,8 +12,8 @@ from mmrest.utils import check_data_paths
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = [
-    'configs/mask_rcnn/rest_small_fpn_1x_coco.py',
-    'configs/retinanet/rest_small_fpn_1x_coco.py',
+    'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py',
+    'configs/retinanet/retinanet_rest-small_fpn_1x_coco.py',
 ]
 SPLITS = ('train', 'val', 'test')
 

@@ -31,7 +31,8 @@ SCALES = [(1333, s) for s in (640, 672, 704, 736, 768, 800)]
 
 
 def config_path(det, arch):
-    return ROOT / 'configs' / det / f'rest_{arch}_fpn_1x_coco.py'
+    name = det.replace('_', '-')  # mask_rcnn/mask-rcnn_..., retinanet/...
+    return ROOT / 'configs' / det / f'{name}_rest-{arch}_fpn_1x_coco.py'
 
 
 def load(det, arch):

@@ -13,7 +13,7 @@ from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 from mmrest.datasets.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / 'configs/mask_rcnn/rest_lite_fpn_shapes_demo.py'
+DEMO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
 SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
              max_objects=4, object_size=(16, 48))
 
@@ -133,7 +133,8 @@ def test_generator_records_max_rotation(tmp_path):
 
 def test_demo_config_only_changes_data_and_schedule():
     cfg = Config.fromfile(DEMO_CONFIG)
-    coco = Config.fromfile(ROOT / 'configs/mask_rcnn/rest_lite_fpn_1x_coco.py')
+    coco = Config.fromfile(
+        ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'ResT'
     assert cfg.model.backbone.arch == coco.model.backbone.arch
     assert cfg.model.backbone.init_cfg is None  # from scratch

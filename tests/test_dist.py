@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = 'configs/mask_rcnn/rest_lite_fpn_1x_coco.py'
+CONFIG = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
 
 
 def free_port():

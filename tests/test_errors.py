@@ -101,7 +101,9 @@ def test_nan_loss_stops_training_with_a_message(det):
     from mmdet.utils import register_all_modules
     register_all_modules()
     root = Path(__file__).resolve().parents[1]
-    cfg = Config.fromfile(root / f'configs/{det}/rest_lite_fpn_1x_coco.py')
+    name = det.replace('_', '-')  # mask_rcnn/mask-rcnn_..., retinanet/...
+    cfg = Config.fromfile(
+        root / f'configs/{det}/{name}_rest-lite_fpn_1x_coco.py')
     hooks = [HOOKS.build(h) for h in cfg.custom_hooks
              if h['type'] == 'CheckInvalidLossHook']
     assert len(hooks) == 1 and hooks[0].interval == 1

@@ -79,7 +79,7 @@ def test_export_tool_backbone_and_neck(tmp_path, capsys):
     spec.loader.exec_module(tool)
     out = tmp_path / 'lite_fpn.onnx'
     code = tool.main([
-        str(root / 'configs/retinanet/rest_lite_fpn_1x_coco.py'),
+        str(root / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'),
         '--with-neck', '--out', str(out), '--shape', '128', '160',
         '--check', '96x128', '65x97'
     ])

@@ -576,14 +576,16 @@ def _build_detector(name):
 
 @pytest.mark.parametrize('arch', list(MASK_RCNN_PARAMS_M))
 def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
-    cfg, model = _build_detector(f'mask_rcnn/restv2_{arch}_fpn_3x_coco.py')
+    cfg, model = _build_detector(
+        f'mask_rcnn/mask-rcnn_restv2-{arch}_fpn_3x_coco.py')
     assert isinstance(model.backbone, ResTV2)
     n_params = sum(p.numel() for p in model.parameters())
     assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M[arch]
     # the recipe (SPEC, "Published v2 results")
     assert cfg.model.backbone.init_cfg is None  # cleared above
     raw = cfg.__class__.fromfile(
-        ROOT / 'configs' / 'mask_rcnn' / f'restv2_{arch}_fpn_3x_coco.py')
+        ROOT / 'configs' / 'mask_rcnn' /
+        f'mask-rcnn_restv2-{arch}_fpn_3x_coco.py')
     assert raw.model.backbone.init_cfg.checkpoint == \
         f'checkpoints/restv2_{arch}_224.pth'
     assert raw.train_cfg.max_epochs == 36
@@ -606,11 +608,13 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
 
 
 def test_mask_rcnn_1x_and_retinanet_tiny_configs():
-    cfg, model = _build_detector('mask_rcnn/restv2_tiny_fpn_1x_coco.py')
+    cfg, model = _build_detector(
+        'mask_rcnn/mask-rcnn_restv2-tiny_fpn_1x_coco.py')
     n_params = sum(p.numel() for p in model.parameters())
     assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M['tiny']
     assert cfg.train_cfg.max_epochs == 12
-    cfg, model = _build_detector('retinanet/restv2_tiny_fpn_1x_coco.py')
+    cfg, model = _build_detector(
+        'retinanet/retinanet_restv2-tiny_fpn_1x_coco.py')
     assert isinstance(model.backbone, ResTV2)
     assert model.backbone.out_indices == (1, 2, 3)
     with torch.no_grad():

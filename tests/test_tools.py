@@ -14,8 +14,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-RETINANET = 'configs/retinanet/rest_lite_fpn_1x_coco.py'
-MASK_RCNN = 'configs/mask_rcnn/rest_lite_fpn_1x_coco.py'
+RETINANET = 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
+MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
 
 
 def flat_options(options, validate=True):
@@ -78,7 +78,7 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
     scratch = ['--cfg-options', 'model.backbone.init_cfg=None']
     cfg = setup_train_cfg(train_args(MASK_RCNN, *scratch))
     assert cfg.model.backbone.init_cfg is None
-    assert cfg.work_dir == './work_dirs/rest_lite_fpn_1x_coco'
+    assert cfg.work_dir == './work_dirs/mask-rcnn_rest-lite_fpn_1x_coco'
     assert cfg.launcher == 'none' and not cfg.resume
     assert not cfg.auto_scale_lr.enable
     assert cfg.optim_wrapper.type == 'OptimWrapper'

@@ -1,7 +1,8 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Export a config's backbone (and neck) to ONNX and check it in onnxruntime.
 
-    python tools/export_onnx.py configs/mask_rcnn/rest_small_fpn_1x_coco.py
+    python tools/export_onnx.py \
+        configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py
     python tools/export_onnx.py CONFIG --checkpoint epoch_12.pth --with-neck \
         --shape 800 1344 --out rest_small_fpn.onnx --check 320x448 97x131
 

@@ -1,7 +1,8 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """FLOPs and parameters of the detector of a config, on one image.
 
-    python tools/get_flops.py configs/retinanet/rest_small_fpn_1x_coco.py
+    python tools/get_flops.py \
+        configs/retinanet/retinanet_rest-small_fpn_1x_coco.py
     python tools/get_flops.py CONFIG --shape 800 1280 --json out.json
 
 ``--shape H W`` (default 800 1280: a COCO image at test scale, shorter side

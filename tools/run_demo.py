@@ -12,7 +12,8 @@ from mmrest.demo import run_demo
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        '--config', default='configs/mask_rcnn/rest_lite_fpn_shapes_demo.py')
+        '--config',
+        default='configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default=None,
                         help="the shapes set's folder (default: the config's)")

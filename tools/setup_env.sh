@@ -51,11 +51,11 @@ else
 fi
 "${pipc[@]}" -q "$wheel"
 
-step "mmengine, mmdet, mmsegmentation, test, ONNX and mmdeploy tools and mmrest (editable)"
+step "mmengine, mmdet, mmsegmentation, test, ONNX, mmdeploy, analysis and mim tools and mmrest (editable)"
 "${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
-    -r "$root/requirements/deploy.txt"
-# mmdeploy without its protobuf pin (requirements/mmdeploy.txt says why).
-"${pipc[@]}" -q --no-deps -r "$root/requirements/mmdeploy.txt"
+    -r "$root/requirements/deploy.txt" -r "$root/requirements/tools.txt"
+# mmdeploy without its protobuf pin, mim without opendatalab (the files say why).
+"${pipc[@]}" -q --no-deps -r "$root/requirements/mmdeploy.txt" -r "$root/requirements/mim.txt"
 "${pipc[@]}" -q --no-build-isolation --no-deps -e "$root"
 
 "$venv/bin/python" - <<'PY'

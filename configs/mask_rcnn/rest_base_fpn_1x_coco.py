@@ -1,10 +1,5 @@
-# Mask R-CNN with ResT-Base (paper: box AP 41.6, mask AP 38.7).
-_base_ = './rest_small_fpn_1x_coco.py'
-arch = 'base'
-pretrained = f'checkpoints/rest_{arch}.pth'
-model = dict(
-    backbone=dict(
-        arch=arch,
-        drop_path_rate=0.2,
-        init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+# Former name of the config below, kept so that existing commands work:
+# the same config and the default work dir of the new name (the RetinaNet
+# and Mask R-CNN configs had equal former names, hence one work dir).
+_base_ = './mask-rcnn_rest-base_fpn_1x_coco.py'
+work_dir = './work_dirs/mask-rcnn_rest-base_fpn_1x_coco'

@@ -1,5 +1,5 @@
-# Mask R-CNN with ResT-Large: not in the paper, same recipe as ResT-Base.
-_base_ = './rest_base_fpn_1x_coco.py'
-arch = 'large'
-pretrained = f'checkpoints/rest_{arch}.pth'
-model = dict(backbone=dict(arch=arch, init_cfg=dict(checkpoint=pretrained)))
+# Former name of the config below, kept so that existing commands work:
+# the same config and the default work dir of the new name (the RetinaNet
+# and Mask R-CNN configs had equal former names, hence one work dir).
+_base_ = './mask-rcnn_rest-large_fpn_1x_coco.py'
+work_dir = './work_dirs/mask-rcnn_rest-large_fpn_1x_coco'

@@ -1,5 +1,5 @@
-# RetinaNet with ResT-Lite: not in the paper, same recipe as ResT-Small.
-_base_ = './rest_small_fpn_1x_coco.py'
-arch = 'lite'
-pretrained = f'checkpoints/rest_{arch}.pth'
-model = dict(backbone=dict(arch=arch, init_cfg=dict(checkpoint=pretrained)))
+# Former name of the config below, kept so that existing commands work:
+# the same config and the default work dir of the new name (the RetinaNet
+# and Mask R-CNN configs had equal former names, hence one work dir).
+_base_ = './retinanet_rest-lite_fpn_1x_coco.py'
+work_dir = './work_dirs/retinanet_rest-lite_fpn_1x_coco'

@@ -49,7 +49,7 @@ def main():
     from mmrest.testing import to_literal
     from mmdet.registry import MODELS
     check = GpuCheck('cuda', args.out, Settings(False), deadline_s=1e9)
-    cfg = 'configs/mask_rcnn/rest_small_fpn_1x_coco.py'
+    cfg = 'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py'
     rows = []
     variants = [('chunks 32M (default)', 1 << 25, False),
                 ('chunks 256M', 1 << 28, False),

@@ -1,0 +1,5 @@
+# Mask R-CNN with ResT-Lite: not in the paper, same recipe as ResT-Small.
+_base_ = './mask-rcnn_rest-small_fpn_1x_coco.py'
+arch = 'lite'
+pretrained = f'checkpoints/rest_{arch}.pth'
+model = dict(backbone=dict(arch=arch, init_cfg=dict(checkpoint=pretrained)))

@@ -1,0 +1,109 @@
+# Mask R-CNN with ResT-Lite trained from scratch on the embedded shapes set
+# (mmrest.datasets.generate_shapes_coco): `make demo`. The model is the COCO
+# config's; only the data, the classes, the image size and the schedule
+# differ, plus the RoI counts below, which are sized for 128 x 128 images
+# with a handful of objects and for training on 2 CPU cores.
+_base_ = './mask-rcnn_rest-lite_fpn_1x_coco.py'
+
+data_root = 'data/shapes/'
+classes = ('circle', 'square', 'triangle', 'star')  # = mmrest SHAPES_CLASSES
+metainfo = dict(classes=classes)
+img_scale = (128, 128)  # the generated images' size: no rescaling
+# The set `make demo` generates when data_root lacks it: the arguments of
+# mmrest.datasets.generate_shapes_coco (deterministic: same seed, same files).
+shapes_data = dict(
+    splits=dict(train=1000, val=100),
+    image_size=img_scale,
+    max_objects=4,
+    object_size=(24, 64),
+    # Every shape of a class in the same pose (squares axis-aligned). With
+    # any rotation (180) the detector needs about twice the steps to tell
+    # the classes apart (README, "The demo").
+    max_rotation=0,
+    seed=0)
+
+model = dict(
+    # No ImageNet weights here: the backbone starts from its own
+    # truncated-normal initialisation.
+    backbone=dict(init_cfg=None),
+    roi_head=dict(
+        bbox_head=dict(num_classes=len(classes)),
+        mask_head=dict(num_classes=len(classes))),
+    # A 128 x 128 image has about 4k anchors and at most a few objects: the
+    # COCO numbers (2000 -> 1000 proposals, 512 sampled RoIs, 100
+    # detections) would spend almost all the time on empty background. The
+    # mask head (4 convs of 256 channels at 14 x 14) costs ~0.5 GMACs a
+    # positive RoI, more than the whole ResT-Lite at 128 x 128, so fewer
+    # sampled RoIs (16 an image, at most 4 positive) is the main saving.
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=dict(sampler=dict(num=16))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=100),
+        rcnn=dict(max_per_img=10)))
+
+# The images are all 128 x 128: flips are the only augmentation, no crop or
+# multi-scale.
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor')),
+]
+# Loading a 128 px PNG is cheap next to a training step: on 2 cores a
+# worker process would only compete with the model for the CPU.
+train_dataloader = dict(
+    batch_size=2,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+
+# Schedule: what fits in the 20-minute budget on 2 CPU cores (about 1 s a
+# step of 2 images): 2 epochs over 1000 images, evaluated once at the end.
+max_epochs = 2
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+# lr for batch 2 from scratch. fused=True: torch's one-pass AdamW, the same
+# update; the default per-tensor loop over Mask R-CNN's 30M parameters is a
+# sizeable share of a 2-image step on the CPU.
+optim_wrapper = dict(optimizer=dict(lr=2e-4, fused=True))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=50),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs,
+         T_max=max_epochs, eta_min_ratio=0.01, convert_to_iter_based=True),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=2)
+
+default_hooks = dict(
+    logger=dict(interval=50),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+log_processor = dict(window_size=50)

@@ -1,0 +1,5 @@
+# RetinaNet with ResT-Large: not in the paper, same recipe as ResT-Base.
+_base_ = './retinanet_rest-base_fpn_1x_coco.py'
+arch = 'large'
+pretrained = f'checkpoints/rest_{arch}.pth'
+model = dict(backbone=dict(arch=arch, init_cfg=dict(checkpoint=pretrained)))

@@ -1,0 +1,106 @@
+"""model-index.yml and the configs' metafile.yml (OpenMMLab's model-index
+format, read by ``mim search``): every file they name exists, every config
+builds, and every figure they state is what the config builds."""
+from pathlib import Path
+
+import pytest
+import yaml
+from mmengine.config import Config
+
+from _helpers import build_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+INDEX = ROOT / 'model-index.yml'
+# The figures and the decimals they are stated to (see a metafile's header).
+PARAMS, PARAMS_DECIMALS = 'Parameters (M)', 2
+FLOPS, FLOPS_DECIMALS = 'FLOPs (G)', 1
+FLOPS_SHAPE = (800, 1280)  # H x W
+METRICS = {'Object Detection': 'box AP', 'Instance Segmentation': 'mask AP',
+           'Semantic Segmentation': 'mIoU'}
+
+
+def _load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _metafiles():
+    return [ROOT / p for p in _load(INDEX)['Import']]
+
+
+def _models():
+    return [pytest.param(model, id=model['Name'])
+            for path in _metafiles() if path.is_file()
+            for model in _load(path)['Models']]
+
+
+def _with_metadata(key):
+    return [p for p in _models() if key in p.values[0]['Metadata']]
+
+
+def test_index_imports_every_metafile():
+    imported = _metafiles()
+    assert imported, 'model-index.yml imports nothing'
+    missing = [str(p) for p in imported if not p.is_file()]
+    assert not missing, f'model-index.yml imports missing files: {missing}'
+    on_disk = sorted((ROOT / 'configs').glob('*/metafile.yml'))
+    assert sorted(imported) == on_disk, (
+        'model-index.yml must import exactly the configs/*/metafile.yml')
+
+
+def test_collections():
+    names = []
+    for path in _metafiles():
+        for collection in _load(path)['Collections']:
+            names.append(collection['Name'])
+            assert collection['Metadata']['Training Data']
+            paper = collection['Paper']
+            assert paper['URL'].startswith('https://') and paper['Title']
+            assert (ROOT / collection['README']).is_file(), collection
+            assert collection['Code']['URL'].startswith('https://')
+    assert len(names) == len(set(names)), f'a collection twice: {names}'
+
+
+def test_models_name_their_config_and_collection():
+    collections = {c['Name'] for path in _metafiles()
+                   for c in _load(path)['Collections']}
+    names = []
+    for param in _models():
+        model = param.values[0]
+        names.append(model['Name'])
+        config = ROOT / model['Config']
+        assert config.is_file(), f'{model["Name"]}: no {config}'
+        # mmdet's convention: a model is named after its config file
+        assert config.stem == model['Name']
+        assert model['In Collection'] in collections, model['Name']
+        for result in model.get('Results', []):
+            assert result['Dataset'] in ('COCO', 'ADE20K'), model['Name']
+            assert set(result['Metrics']) == {METRICS[result['Task']]}
+    assert len(names) == len(set(names)), f'a model twice: {names}'
+
+
+@pytest.mark.parametrize('model', _models())
+def test_config_builds_and_matches_its_metadata(model):
+    """The config builds with its ResT backbone; its epochs and its number
+    of parameters are the metafile's."""
+    cfg, detector = build_detector(ROOT / model['Config'])
+    assert type(detector.backbone).__name__ in ('ResT', 'ResTV2')
+    metadata = model['Metadata']
+    assert metadata['Epochs'] == cfg.train_cfg.max_epochs
+    params = sum(p.numel() for p in detector.parameters())
+    assert round(params / 1e6, PARAMS_DECIMALS) == metadata[PARAMS], (
+        f'{model["Name"]}: the config builds {params} parameters')
+    if model.get('Results') and 'mask' in model['Name']:  # Mask R-CNN
+        assert {r['Task'] for r in model['Results']} == {
+            'Object Detection', 'Instance Segmentation'}
+
+
+@pytest.mark.parametrize('model', _with_metadata(FLOPS))
+def test_flops_match_the_config(model):
+    """The FLOPs the metafile states are tools/get_flops.py's figure for
+    the config at 800 x 1280."""
+    from mmrest.analysis import detector_complexity
+    cfg = Config.fromfile(ROOT / model['Config'])
+    flops = detector_complexity(cfg, FLOPS_SHAPE)['flops']
+    assert round(flops / 1e9, FLOPS_DECIMALS) == model['Metadata'][FLOPS], (
+        f'{model["Name"]}: {flops / 1e9:.2f} G at {FLOPS_SHAPE}')
