@@ -285,7 +285,7 @@ def synthetic_image(shape: Sequence[int], seed: int = 0):
     return img.clip(0, 255).astype(np.uint8)
 
 
-def predict(model, data) -> 'object':
+def predict(model, data):
     """``pred_instances`` of the first image of ``data``, without
     autograd."""
     with torch.no_grad():

@@ -7,39 +7,43 @@ model's error must be of the size of the eager float32 detector's own error
 (the rule of ``tests/_helpers.py``). Random weights score every box about
 the same, so which of two near-equal boxes survives NMS, or is cut at a top-k,
 would be decided by rounding: the classifiers are set (deterministically,
-from one eager run) so that a few boxes per class clearly win, and the test
-first checks that the detections' scores are far apart and that there are
-few of them, so that sorted outputs can be compared one to one.
+from eager runs on the test images) so that a few boxes per class clearly
+win, and the test first checks that there are few detections and that their
+scores are far apart, so that sorted outputs can be compared one to one.
 """
 import copy
+import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from _helpers import ERROR_FACTOR, float32_floor
+from mmengine.config import Config
 
-pytest.importorskip('mmdeploy')
-pytest.importorskip('onnxruntime')
-
-from mmengine.config import Config  # noqa: E402
-
-from mmrest.deploy import (build_detector, build_ort_model,  # noqa: E402
-                           export_detector, make_input, predict,
+from mmrest import deploy
+from mmrest.deploy import (build_detector, build_ort_model, export_detector,
+                           make_input, mmdeploy_torch_shims, predict,
                            synthetic_image)
+
+needs_mmdeploy = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None
+        for name in ('mmdeploy', 'onnx', 'onnxruntime')),
+    reason='needs mmdeploy, onnx and onnxruntime')
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 # The test pipeline's Resize scale (w, h) and two images, fed as they are at
-# 96 x 128 (this one also to export) and at 128 x 96. (Sizes that are not multiples of 32 are padded, and mmdeploy's
-# graph clips boxes to the padded size where mmdet clips to the image: the
-# boxes at the right and bottom edges would differ.)
+# 96 x 128 (this one also to export) and at 128 x 96. (Sizes that are not
+# multiples of 32 are padded, and mmdeploy's graph clips boxes to the padded
+# size where mmdet clips to the image: boxes at the right and bottom edges
+# would differ.)
 SCALE = (128, 96)
 IMAGES = [(96, 128), (128, 96)]
 SCORE_THR = 0.05  # the configs' and mmdeploy's score threshold
 WINNERS = (3, 17, 42, 60)  # classes given a few clearly winning boxes
-# Scores are set ~1 apart on the logit scale; the premise of the comparison
-# is that they are at least SEPARATION times as far apart as the eager
-# float32 detector is from the float64 one.
+# The premise of the comparison: the scores of a class are at least
+# SEPARATION times as far apart (and from the threshold) as the eager
+# float32 detector's scores are from the float64 one's.
 SEPARATION = 10
 # Layers between the image and the outputs (ResT-Lite: 4 patch embeddings
 # and 8 blocks; FPN: 2; head: up to 5 convolutions or 2 fc + 4 mask convs):
@@ -55,9 +59,8 @@ def model_config(name: str) -> Config:
     if name == 'mask_rcnn':
         # mmdeploy's RPN post-processing is not mmdet's: it runs one NMS
         # over all levels (mmdet: one per level) with a score threshold of
-        # 0.05 (mmdet: none). Both are switched off so that both keep every
-        # anchor as a proposal: then the proposals, and
-        # the detections, can be compared.
+        # 0.05 (mmdet: none). Both are switched off, so that both keep
+        # every anchor as a proposal and the detections can be compared.
         # One anchor shape per place keeps the second stage fast.
         cfg.model.rpn_head.anchor_generator.ratios = [1.0]
         rpn = cfg.model.test_cfg.rpn
@@ -215,6 +218,47 @@ def relative_errors(got, eager, exact):
             ((eager.double() - exact).norm() / norm).item())
 
 
+def test_shims_are_scoped():
+    import torch.onnx.symbolic_opset9 as opset9
+    export = torch.onnx.export
+    had_cast = hasattr(opset9, '_cast_Long')
+    with mmdeploy_torch_shims():
+        assert torch.onnx.export is not export
+        assert torch.onnx.export.__wrapped__ is export
+        assert hasattr(opset9, '_cast_Long')
+    assert torch.onnx.export is export
+    assert hasattr(opset9, '_cast_Long') == had_cast
+    with pytest.raises(KeyError):  # undone on errors too
+        with mmdeploy_torch_shims():
+            raise KeyError
+    assert torch.onnx.export is export
+
+
+def test_missing_packages_are_named(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, 'find_spec',
+        lambda name, *a: None if name in ('mmdeploy', 'onnxruntime')
+        else find_spec(name, *a))
+    with pytest.raises(ImportError, match='needs mmdeploy, onnxruntime'):
+        deploy.check_requirements()
+    with pytest.raises(ImportError, match='mmdeploy'):
+        build_detector(str(CONFIGS / 'retinanet' /
+                           'rest_lite_fpn_1x_coco.py'))
+
+
+def test_deploy_cfg_errors():
+    with pytest.raises(ValueError, match="task must be one of"):
+        deploy.ort_deploy_cfg('segmentation')
+    with pytest.raises(FileNotFoundError, match='neither'):
+        deploy.load_deploy_cfg('no_such_deploy_cfg.py')
+    cfg = deploy.load_deploy_cfg('instance-seg')
+    assert cfg.onnx_config.output_names == ['dets', 'labels', 'masks']
+    assert cfg.onnx_config.dynamic_axes['input'] == {
+        0: 'batch', 2: 'height', 3: 'width'}
+
+
+@needs_mmdeploy
 @pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn'])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
                                             float64_detector):
@@ -227,6 +271,9 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
     onnx_file = export_detector(processor, model, images[0], str(tmp_path),
                                 task)
     assert 'forward' not in model.__dict__  # mmdeploy's forward was removed
+    import onnx
+    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    assert domains <= {'', 'ai.onnx'}, f'custom operators: {domains}'
     ort_model = build_ort_model(processor, onnx_file)
     exact_model = copy.deepcopy(model).double()
     floor = float32_floor(DEPTH)

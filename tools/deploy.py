@@ -4,7 +4,8 @@
     python tools/deploy.py configs/retinanet/rest_small_fpn_1x_coco.py \
         work_dirs/rest_small_fpn_1x_coco/epoch_12.pth --out deploy/retinanet
     python tools/deploy.py configs/mask_rcnn/rest_small_fpn_1x_coco.py \
-        epoch_12.pth --deploy-cfg instance-seg --image demo.jpg --out deploy/mrcnn
+        epoch_12.pth --deploy-cfg instance-seg --image demo.jpg \
+        --out deploy/mask_rcnn
 
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
@@ -12,8 +13,7 @@ and masks; or the path of an mmdeploy deploy-config file), then runs the
 image through the PyTorch detector and through the ONNX file (mmdeploy's
 ONNX Runtime backend model) and compares the detections; the command fails
 if they differ (see ``--box-iou``). Without a checkpoint the weights are
-random and nearly every box scores the same, so the comparison means
-little. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
+random and no box scores above the threshold: nothing is compared. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
 :mod:`mmrest.deploy` for the two torch compatibility shims it applies.
 """
 import argparse
@@ -65,6 +65,11 @@ def main(argv=None) -> int:
                      predict(build_ort_model(processor, onnx_file), data))
     print(', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in report.items()))
+    if report['num_ref'] == 0:
+        print('nothing to compare: PyTorch finds no object on this image '
+              '(with random weights no score reaches the threshold); give a '
+              'checkpoint and an image with objects')
+        return 0
     ok = (report['num_paired'] == report['num_ref'] and
           report['min_box_iou'] >= args.box_iou and
           report.get('min_mask_iou', 1.) >= args.box_iou)
