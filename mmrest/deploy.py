@@ -1,0 +1,348 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Whole detectors to ONNX Runtime with mmdeploy 1.3.1 on torch >= 2.9.
+
+mmdeploy 1.3.1 (its latest release) predates torch 2.9 and fails with it in
+two places, both fixed for the duration of :func:`mmdeploy_torch_shims`:
+
+1. It calls ``torch.onnx.export`` without ``dynamo=``. Since torch 2.9 the
+   default is the ``torch.export``-based exporter, which needs
+   ``onnxscript`` and, more to the point, ignores everything mmdeploy does
+   to the graph (its symbolic functions for mmcv's NMS and RoIAlign, its
+   function rewrites, its ``_model_to_graph`` hook are all written for the
+   TorchScript exporter). The shim makes ``dynamo=False`` the default.
+2. Its RoIAlign symbolic (ONNX Runtime, opset < 16) imports
+   ``torch.onnx.symbolic_opset9._cast_Long``, a private helper torch has
+   removed. The shim puts back the one-line equivalent (``Cast`` to INT64)
+   if, and only if, it is missing.
+
+With them, :func:`export_detector` does what mmdeploy's ``torch2onnx`` does
+(mmdeploy's ``tools/deploy.py`` for ONNX Runtime), with the deploy configs
+of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``
+and ``instance-seg_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no
+config files). :func:`build_ort_model` wraps the file in mmdeploy's ONNX
+Runtime backend model, which takes the same ``test_step`` data as the
+PyTorch detector.
+
+Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``
+(``requirements/deploy.txt`` and ``requirements/mmdeploy.txt``).
+"""
+import contextlib
+import copy
+import importlib.util
+import os
+import os.path as osp
+from typing import Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+
+#: The tasks :func:`ort_deploy_cfg` knows, as mmdeploy names them.
+DEPLOY_TASKS = ('detection', 'instance-seg')
+
+_INSTALL = ('pip install -r requirements/deploy.txt -c '
+            'requirements/constraints.txt && pip install --no-deps -r '
+            'requirements/mmdeploy.txt')
+
+
+def check_requirements() -> None:
+    """Raise an ImportError naming what is missing among ``mmdeploy``,
+    ``onnx`` and ``onnxruntime``."""
+    missing = [name for name in ('mmdeploy', 'onnx', 'onnxruntime')
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f'Deploying with mmdeploy needs {", ".join(missing)}, which '
+            f'{"is" if len(missing) == 1 else "are"} not installed. Install '
+            f'with: {_INSTALL}')
+
+
+def ort_deploy_cfg(task: str = 'detection') -> dict:
+    """mmdeploy 1.3.1's ONNX Runtime deploy config with dynamic shapes, as a
+    dict: ``configs/mmdet/detection/detection_onnxruntime_dynamic.py`` or
+    ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py`` with
+    their bases flattened (opset 11; dynamic batch, height and width; at
+    most 100 detections).
+
+    Args:
+        task (str): ``'detection'`` (boxes) or ``'instance-seg'`` (boxes
+            and masks).
+    """
+    if task not in DEPLOY_TASKS:
+        raise ValueError(f'task must be one of {DEPLOY_TASKS}, got {task!r}')
+    output_names = ['dets', 'labels']
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
+            'dets': {0: 'batch', 1: 'num_dets'},
+            'labels': {0: 'batch', 1: 'num_dets'}}
+    post_processing = dict(
+        score_threshold=0.05, confidence_threshold=0.005,
+        iou_threshold=0.5, max_output_boxes_per_class=200, pre_top_k=5000,
+        keep_top_k=100, background_label_id=-1)
+    if task == 'instance-seg':
+        output_names.append('masks')
+        axes['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
+        post_processing['export_postprocess_mask'] = False
+    return dict(
+        onnx_config=dict(
+            type='onnx', export_params=True,
+            keep_initializers_as_inputs=False, opset_version=11,
+            save_file='end2end.onnx', input_names=['input'],
+            output_names=output_names, input_shape=None, optimize=True,
+            dynamic_axes=axes),
+        codebase_config=dict(
+            type='mmdet', task='ObjectDetection', model_type='end2end',
+            post_processing=post_processing),
+        backend_config=dict(type='onnxruntime'))
+
+
+def load_deploy_cfg(deploy_cfg: Union[str, dict]):
+    """A deploy config as an mmengine ``Config``: a task name of
+    :data:`DEPLOY_TASKS`, an mmdeploy deploy-config file, or a dict."""
+    from mmengine.config import Config
+    if isinstance(deploy_cfg, dict):
+        return Config(copy.deepcopy(deploy_cfg))
+    if deploy_cfg in DEPLOY_TASKS:
+        return Config(ort_deploy_cfg(deploy_cfg))
+    if not osp.isfile(deploy_cfg):
+        raise FileNotFoundError(
+            f'deploy config must be one of {DEPLOY_TASKS} or a file of '
+            f'mmdeploy deploy config; {deploy_cfg!r} is neither')
+    return Config.fromfile(deploy_cfg)
+
+
+def _cast_long(g, x, non_blocking=False):
+    """torch's removed ``symbolic_opset9._cast_Long``: Cast to INT64."""
+    return g.op('Cast', x, to_i=7)  # onnx.TensorProto.INT64
+
+
+@contextlib.contextmanager
+def mmdeploy_torch_shims() -> Iterator[None]:
+    """Make mmdeploy 1.3.1's ONNX export work with torch >= 2.9, for the
+    duration of the ``with`` block (see the module's docstring):
+    ``torch.onnx.export`` defaults to ``dynamo=False``, and
+    ``torch.onnx.symbolic_opset9._cast_Long`` exists. Both are undone on
+    exit; an explicit ``dynamo=`` and an existing ``_cast_Long`` are left as
+    they are.
+    """
+    import torch.onnx.symbolic_opset9 as opset9
+    export = torch.onnx.export
+
+    def export_torchscript(*args, **kwargs):
+        kwargs.setdefault('dynamo', False)
+        return export(*args, **kwargs)
+
+    export_torchscript.__wrapped__ = export
+    add_cast = not hasattr(opset9, '_cast_Long')
+    torch.onnx.export = export_torchscript
+    if add_cast:
+        opset9._cast_Long = _cast_long
+    try:
+        yield
+    finally:
+        torch.onnx.export = export
+        if add_cast and getattr(opset9, '_cast_Long', None) is _cast_long:
+            del opset9._cast_Long
+
+
+def build_detector(config, deploy_cfg: Union[str, dict] = 'detection',
+                   checkpoint: Optional[str] = None,
+                   device: str = 'cpu',
+                   cfg_options: Optional[dict] = None):
+    """mmdeploy's task processor for a detector config and the PyTorch
+    detector in eval mode.
+
+    Args:
+        config (str | Config): The mmdet config (file or Config).
+        deploy_cfg (str | dict): See :func:`load_deploy_cfg`.
+        checkpoint (str, optional): A whole-detector checkpoint of that
+            config. Without one, the weights are initialised from scratch
+            (the backbone's pretrained ``init_cfg`` is dropped, so no file is
+            needed).
+        device (str): Where to build the detector.
+        cfg_options (dict, optional): Overrides of config entries.
+
+    Returns:
+        tuple: ``(task_processor, model)``.
+    """
+    check_requirements()
+    from mmengine.config import Config
+
+    import mmrest  # noqa: F401  (registers ResT)
+    from .checkpoint import (CheckpointError, extract_state_dict,
+                             load_checkpoint_file)
+    if isinstance(config, str):
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'Config file not found: {config!r}')
+        config = Config.fromfile(config)
+    else:
+        config = copy.deepcopy(config)
+    if cfg_options:
+        config.merge_from_dict(cfg_options)
+    config.model.backbone.init_cfg = None
+    deploy_cfg = load_deploy_cfg(deploy_cfg)
+    from mmdeploy.apis import build_task_processor
+    task_processor = build_task_processor(config, deploy_cfg, device)
+    model = task_processor.build_pytorch_model(None)
+    if checkpoint is None:
+        model.init_weights()
+    else:
+        weights = extract_state_dict(
+            load_checkpoint_file(checkpoint), source=repr(checkpoint))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing:
+            raise CheckpointError(
+                f'{checkpoint!r} is not a checkpoint of this detector: it '
+                f'lacks {len(missing)} of its weights, e.g. {missing[:3]}')
+    return task_processor, model.to(device).eval()
+
+
+def make_input(task_processor, model, image):
+    """``test_step`` data and the ONNX model's input for ``image`` (a file
+    name or an HxWx3 uint8 BGR array), through the config's test
+    pipeline."""
+    data, inputs = task_processor.create_input(
+        image, None, data_preprocessor=model.data_preprocessor)
+    if isinstance(inputs, list) and len(inputs) == 1:
+        inputs = inputs[0]
+    return data, inputs
+
+
+def export_detector(task_processor, model, image, out_dir: str,
+                    deploy_cfg) -> str:
+    """Export ``model`` with mmdeploy as its ``torch2onnx`` would, within
+    :func:`mmdeploy_torch_shims`; returns the ``.onnx`` file.
+
+    mmdeploy's graph optimiser is a C++ extension the wheel does not ship,
+    so ``optimize`` is off (mmdeploy would warn and skip it).
+
+    Args:
+        task_processor: From :func:`build_detector`.
+        model: The PyTorch detector, in eval mode. mmdeploy leaves its
+            rewritten ``forward`` bound on the instance; it is removed, so the
+            model stays usable.
+        image: The example image (file name or HxWx3 uint8 BGR array).
+        out_dir (str): Where to write the file (created if needed).
+        deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
+    """
+    from mmdeploy.apis.core.pipeline_manager import no_mp
+    from mmdeploy.apis.onnx import export
+    from mmdeploy.utils import get_backend, get_dynamic_axes, get_onnx_config
+    from mmengine.config import Config
+    if not isinstance(deploy_cfg, Config):
+        deploy_cfg = load_deploy_cfg(deploy_cfg)
+    onnx_cfg = get_onnx_config(deploy_cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = osp.join(out_dir,
+                      osp.splitext(onnx_cfg.get('save_file',
+                                                'end2end.onnx'))[0])
+    data, inputs = make_input(task_processor, model, image)
+    names = onnx_cfg['input_names'] + onnx_cfg['output_names']
+    had_forward = 'forward' in model.__dict__
+    try:
+        with mmdeploy_torch_shims(), no_mp():
+            export(model, inputs,
+                   output_path_prefix=prefix,
+                   backend=get_backend(deploy_cfg).value,
+                   input_metas={'data_samples': data['data_samples'],
+                                'mode': 'predict'},
+                   context_info={'deploy_cfg': deploy_cfg},
+                   input_names=onnx_cfg['input_names'],
+                   output_names=onnx_cfg['output_names'],
+                   opset_version=onnx_cfg.get('opset_version', 11),
+                   dynamic_axes=get_dynamic_axes(deploy_cfg, names),
+                   keep_initializers_as_inputs=onnx_cfg.get(
+                       'keep_initializers_as_inputs', False),
+                   optimize=False)
+    finally:
+        if not had_forward:
+            model.__dict__.pop('forward', None)
+    return prefix + '.onnx'
+
+
+def build_ort_model(task_processor, onnx_file: str):
+    """mmdeploy's ONNX Runtime backend model of ``onnx_file``; its
+    ``test_step(data)`` returns ``DetDataSample``s like the detector's."""
+    if not osp.isfile(onnx_file):
+        raise FileNotFoundError(f'ONNX file not found: {onnx_file!r}')
+    return task_processor.build_backend_model([onnx_file])
+
+
+def synthetic_image(shape: Sequence[int], seed: int = 0):
+    """A deterministic HxWx3 uint8 picture with some structure (coloured
+    rectangles on a gradient, a little noise), to export and check with
+    when no image is at hand. (On plain noise the features of a detector
+    barely change from place to place.)"""
+    import numpy as np
+    h, w = shape
+    if h < 16 or w < 16:
+        raise ValueError(f'image shape must be at least 16x16, got {shape}')
+    rng = np.random.default_rng(seed)
+    img = np.linspace(0, 255, w)[None, :, None] * rng.uniform(0, 1, 3)
+    img = np.broadcast_to(img, (h, w, 3)).copy()
+    for _ in range(6):
+        y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        img[y:y + rng.integers(8, h // 2), x:x + rng.integers(8, w // 2)] = \
+            rng.uniform(0, 255, 3)
+    img += rng.normal(0, 8, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def predict(model, data):
+    """``pred_instances`` of the first image of ``data``, without
+    autograd."""
+    with torch.no_grad():
+        return model.test_step(copy.copy(data))[0].pred_instances
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix of two sets of (x1, y1, x2, y2) boxes."""
+    a, b = a.double(), b.double()
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(
+        min=1e-12)
+
+
+def match_detections(ref, got) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pair the detections of two ``pred_instances``: each of ``ref``, in
+    order of score, with the unpaired one of ``got`` of the same label and
+    the highest IoU. Returns the IoUs of the pairs (0 where none is left)
+    and the index into ``got`` (-1 where none)."""
+    iou = box_iou(ref.bboxes, got.bboxes)
+    iou[ref.labels[:, None] != got.labels[None, :]] = -1
+    ious = torch.zeros(len(ref), dtype=torch.float64)
+    index = torch.full((len(ref), ), -1, dtype=torch.long)
+    for i in torch.argsort(ref.scores, descending=True).tolist():
+        if iou.shape[1] == 0:
+            break
+        best, j = iou[i].max(0)
+        if best >= 0:
+            ious[i], index[i] = best, j
+            iou[:, j] = -1
+    return ious, index
+
+
+def compare(ref, got) -> dict:
+    """How two detectors' ``pred_instances`` on one image differ, for the
+    check of ``tools/deploy.py``: numbers of detections, and over the
+    detections of ``ref`` paired by :func:`match_detections`, the lowest box
+    IoU, the largest score and box-corner differences and (with masks) the
+    lowest mask IoU."""
+    ious, index = match_detections(ref, got)
+    paired = index >= 0
+    out = dict(num_ref=len(ref), num_got=len(got),
+               num_paired=int(paired.sum()),
+               min_box_iou=float(ious.min()) if len(ious) else 1.0)
+    i, j = paired.nonzero()[:, 0], index[paired]
+    if len(i):
+        out['max_score_diff'] = float(
+            (ref.scores[i].double() - got.scores[j].double()).abs().max())
+        out['max_box_diff'] = float(
+            (ref.bboxes[i].double() - got.bboxes[j].double()).abs().max())
+        if 'masks' in ref and 'masks' in got:
+            a, b = ref.masks[i].bool(), got.masks[j].bool()
+            inter = (a & b).flatten(1).sum(1).double()
+            union = (a | b).flatten(1).sum(1).double().clamp(min=1)
+            out['min_mask_iou'] = float((inter / union).min())
+    return out

@@ -1,0 +1,323 @@
+"""mmdeploy: a whole detector with a ResT backbone, exported by mmdeploy 1.3.1
+for ONNX Runtime (``mmrest.deploy``), gives the PyTorch detector's boxes,
+scores, labels and masks at two input sizes (dynamic axes).
+
+The comparison is made against the eager detector run in float64: the ONNX
+model's error must be of the size of the eager float32 detector's own error
+(the rule of ``tests/_helpers.py``). Random weights score every box about
+the same, so which of two near-equal boxes survives NMS, or is cut at a top-k,
+would be decided by rounding: the classifiers are set (deterministically,
+from eager runs on the test images) so that a few boxes per class clearly
+win, and the test first checks that there are few detections and that their
+scores are far apart, so that sorted outputs can be compared one to one.
+"""
+import copy
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import ERROR_FACTOR, float32_floor
+from mmengine.config import Config
+
+from mmrest import deploy
+from mmrest.deploy import (build_detector, build_ort_model, export_detector,
+                           make_input, mmdeploy_torch_shims, predict,
+                           synthetic_image)
+
+needs_mmdeploy = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None
+        for name in ('mmdeploy', 'onnx', 'onnxruntime')),
+    reason='needs mmdeploy, onnx and onnxruntime')
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+# The test pipeline's Resize scale (w, h) and two images, fed as they are at
+# 96 x 128 (this one also to export) and at 128 x 96. (Sizes that are not
+# multiples of 32 are padded, and mmdeploy's graph clips boxes to the padded
+# size where mmdet clips to the image: boxes at the right and bottom edges
+# would differ.)
+SCALE = (128, 96)
+IMAGES = [(96, 128), (128, 96)]
+SCORE_THR = 0.05  # the configs' and mmdeploy's score threshold
+WINNERS = (3, 17, 42, 60)  # classes given a few clearly winning boxes
+# The premise of the comparison: the scores of a class are at least
+# SEPARATION times as far apart (and from the threshold) as the eager
+# float32 detector's scores are from the float64 one's.
+SEPARATION = 10
+# Layers between the image and the outputs (ResT-Lite: 4 patch embeddings
+# and 8 blocks; FPN: 2; head: up to 5 convolutions or 2 fc + 4 mask convs):
+# sets the float32 floor, see _helpers.float32_floor.
+DEPTH = 20
+
+
+def model_config(name: str) -> Config:
+    cfg = Config.fromfile(str(CONFIGS / name / 'rest_lite_fpn_1x_coco.py'))
+    for t in cfg.test_pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = SCALE
+    if name == 'mask_rcnn':
+        # mmdeploy's RPN post-processing is not mmdet's: it runs one NMS
+        # over all levels (mmdet: one per level) with a score threshold of
+        # 0.05 (mmdet: none). Both are switched off, so that both keep
+        # every anchor as a proposal and the detections can be compared.
+        # One anchor shape per place keeps the second stage fast.
+        cfg.model.rpn_head.anchor_generator.ratios = [1.0]
+        rpn = cfg.model.test_cfg.rpn
+        rpn.nms_pre = -1
+        # 1024 anchors at both sizes (strides 4 to 64). mmdeploy pads the
+        # output of its NMS with one zero box scored 0: with no more
+        # proposals than max_per_img, that box would become a proposal.
+        rpn.max_per_img = 1024
+        rpn.score_thr = 0.
+        rpn.nms.iou_threshold = 1.
+    return cfg
+
+
+def inputs_of(module, model, datas):
+    """The inputs of ``module`` (one per call) in eager runs on ``datas``."""
+    inputs = []
+    handle = module.register_forward_hook(
+        lambda m, args, out: inputs.append(args[0].detach().clone()))
+    try:
+        for data in datas:
+            predict(model, data)
+    finally:
+        handle.remove()
+    return inputs
+
+
+def separate(weight, bias, feats, num_classes, background=None):
+    """Set the classes ``WINNERS`` of a classifier so that on the test images
+    a few boxes of each score above the threshold, with gaps far larger
+    than rounding, and the rest well below; every other class is switched
+    off (logit -30).
+
+    Class ``WINNERS[i]`` reads one input feature only, the one whose 8
+    largest values on image ``i % 2`` are the most spread out relative to
+    its largest value on both images, scaled so that these span 6 on the
+    logit scale (no score comes near 1, where float32 ties); its
+    threshold falls in the middle of the widest gap between the 12 largest
+    logits on both images that leaves 2 to 7 boxes of image ``i % 2`` above
+    it, so that each image has detections (else the next feature is
+    taken). (A dot product with all
+    inputs would barely vary from box to box with random weights, and
+    scaling it up would amplify its rounding as much as its spread.) Only
+    the first anchor of each place scores (anchors at one place overlap and
+    would score the same).
+
+    Args:
+        weight, bias: The classifier's parameters (a 3x3 convolution or a
+            linear layer); output ``a * num_classes + c`` is class ``c`` of
+            anchor ``a``.
+        feats (list[Tensor]): Its input features on each test image, as
+            (places, channels).
+        background (int, optional): The softmax background class: logit 0.
+    """
+    w = weight.view(-1, num_classes, *weight.shape[1:])
+    b = bias.view(-1, num_classes)
+    w.zero_()
+    b.fill_(-30.)
+    if background is not None:
+        b[:, background] = 0.
+    threshold = math.log(SCORE_THR / (1 - SCORE_THR))
+    every = torch.cat(feats).double()
+    highest = every.max(0).values
+    chosen = []
+    for i, c in enumerate(WINNERS):
+        x = feats[i % len(feats)].double()
+        top = x.topk(8, dim=0).values
+        spread = (top[0] - top[7]) / highest.abs().clamp(min=1e-12)
+        for j in spread.argsort(descending=True).tolist():
+            if j in chosen:
+                continue
+            scale = 6. / (highest[j] - top[7, j])
+            cut = widest_gap(scale * every[:, j], scale * x[:, j])
+            if cut is not None:
+                break
+        chosen.append(j)
+        tap = (0, c, j) + tuple(n // 2 for n in w.shape[3:])
+        w[tap] = scale
+        b[0, c] = threshold - cut
+
+
+def widest_gap(logits, mine, ranks=64):
+    """The middle of the widest gap between the ``ranks`` largest
+    ``logits`` that leaves 2 to 7 of ``mine`` (and at most 12 of all) above
+    it, or None."""
+    ranked = logits.topk(min(ranks, len(logits))).values
+    best = None
+    for m in range(2, min(13, len(ranked))):
+        cut = (ranked[m - 1] + ranked[m]) / 2
+        gap = ranked[m - 1] - ranked[m]
+        if 2 <= (mine > cut).sum() <= 7 and (best is None or gap > best[0]):
+            best = (gap, cut)
+    return None if best is None else best[1]
+
+
+def set_classifiers(name, model, datas):
+    """Make a few boxes per class clearly win (see :func:`separate`)."""
+    with torch.no_grad():
+        if name == 'retinanet':
+            head = model.bbox_head
+            conv = head.retina_cls
+            feats = inputs_of(conv, model, datas)  # per image and level
+            levels = len(feats) // len(datas)
+            feats = [torch.cat([
+                f.permute(0, 2, 3, 1).flatten(0, 2)
+                for f in feats[i:i + levels]])
+                for i in range(0, len(feats), levels)]
+            separate(conv.weight, conv.bias, feats, head.cls_out_channels)
+        else:
+            head = model.roi_head.bbox_head
+            # one box regression for all classes: mmdeploy decodes each RoI
+            # with the regression of its best class only (mmdet: per class)
+            reg = head.fc_reg
+            reg.weight.copy_(reg.weight[:4].repeat(head.num_classes, 1))
+            reg.bias.copy_(reg.bias[:4].repeat(head.num_classes))
+            fc = head.fc_cls
+            separate(fc.weight, fc.bias, inputs_of(fc, model, datas),
+                     head.num_classes + 1, background=head.num_classes)
+
+
+@pytest.fixture
+def float64_detector(monkeypatch):
+    """Let the detector run in float64. mmcv's compiled NMS takes float32
+    only: it decides on float32 copies of the boxes and scores (the scores
+    are far apart, checked by the test, so this changes no decision).
+    mmdet pastes masks with a float32 sampling grid: it is cast to the
+    masks' dtype."""
+    import importlib
+
+    import torch.nn.functional as F
+    ext = importlib.import_module('mmcv.ops.nms').ext_module
+    nms, grid_sample = ext.nms, F.grid_sample
+
+    def nms_any_dtype(boxes, scores, **kwargs):
+        return nms(boxes.float(), scores.float(), **kwargs)
+
+    def grid_sample_any_dtype(input, grid, *args, **kwargs):
+        return grid_sample(input, grid.to(input.dtype), *args, **kwargs)
+
+    monkeypatch.setattr(ext, 'nms', nms_any_dtype)
+    monkeypatch.setattr(F, 'grid_sample', grid_sample_any_dtype)
+
+
+def sorted_by_class_and_score(instances):
+    """By label, then by decreasing score (scores are below 1)."""
+    key = instances.labels.double() * 2 - instances.scores.double()
+    return instances[torch.argsort(key, stable=True)]
+
+
+def relative_errors(got, eager, exact):
+    """Errors of the ONNX and of the eager float32 outputs against the
+    float64 detector, relative to the float64 outputs' norm."""
+    exact = exact.double()
+    norm = exact.norm()
+    return (((got.double() - exact).norm() / norm).item(),
+            ((eager.double() - exact).norm() / norm).item())
+
+
+def test_shims_are_scoped():
+    import torch.onnx.symbolic_opset9 as opset9
+    export = torch.onnx.export
+    had_cast = hasattr(opset9, '_cast_Long')
+    with mmdeploy_torch_shims():
+        assert torch.onnx.export is not export
+        assert torch.onnx.export.__wrapped__ is export
+        assert hasattr(opset9, '_cast_Long')
+    assert torch.onnx.export is export
+    assert hasattr(opset9, '_cast_Long') == had_cast
+    with pytest.raises(KeyError):  # undone on errors too
+        with mmdeploy_torch_shims():
+            raise KeyError
+    assert torch.onnx.export is export
+
+
+def test_missing_packages_are_named(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, 'find_spec',
+        lambda name, *a: None if name in ('mmdeploy', 'onnxruntime')
+        else find_spec(name, *a))
+    with pytest.raises(ImportError, match='needs mmdeploy, onnxruntime'):
+        deploy.check_requirements()
+    with pytest.raises(ImportError, match='mmdeploy'):
+        build_detector(str(CONFIGS / 'retinanet' /
+                           'rest_lite_fpn_1x_coco.py'))
+
+
+def test_deploy_cfg_errors():
+    with pytest.raises(ValueError, match="task must be one of"):
+        deploy.ort_deploy_cfg('segmentation')
+    with pytest.raises(FileNotFoundError, match='neither'):
+        deploy.load_deploy_cfg('no_such_deploy_cfg.py')
+    cfg = deploy.load_deploy_cfg('instance-seg')
+    assert cfg.onnx_config.output_names == ['dets', 'labels', 'masks']
+    assert cfg.onnx_config.dynamic_axes['input'] == {
+        0: 'batch', 2: 'height', 3: 'width'}
+
+
+@needs_mmdeploy
+@pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn'])
+def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
+                                            float64_detector):
+    task = 'instance-seg' if name == 'mask_rcnn' else 'detection'
+    torch.manual_seed(0)
+    processor, model = build_detector(model_config(name), task)
+    images = [synthetic_image(hw, seed) for seed, hw in enumerate(IMAGES)]
+    datas = [make_input(processor, model, img)[0] for img in images]
+    set_classifiers(name, model, datas)
+    onnx_file = export_detector(processor, model, images[0], str(tmp_path),
+                                task)
+    assert 'forward' not in model.__dict__  # mmdeploy's forward was removed
+    import onnx
+    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    assert domains <= {'', 'ai.onnx'}, f'custom operators: {domains}'
+    ort_model = build_ort_model(processor, onnx_file)
+    exact_model = copy.deepcopy(model).double()
+    floor = float32_floor(DEPTH)
+    shapes = set()
+    for img, data in zip(images, datas):
+        inputs = data['inputs'][0]
+        shapes.add(tuple(inputs.shape[-2:]))
+        eager = sorted_by_class_and_score(predict(model, data))
+        exact = sorted_by_class_and_score(predict(exact_model, data))
+        got = sorted_by_class_and_score(predict(ort_model, data))
+        where = f'{name} at {tuple(inputs.shape[-2:])}'
+        # the premise: a few detections with scores far apart
+        n = len(exact)
+        assert 2 <= n < 50, f'{where}: {n} detections'
+        assert len(eager) == n, f'{where}: float32 {len(eager)}, float64 {n}'
+        rounding = (eager.scores.double() - exact.scores).abs().max()
+        # (NMS and the threshold compare scores of one class only)
+        same = exact.labels[:-1] == exact.labels[1:]
+        gaps = torch.cat([(exact.scores[:-1] - exact.scores[1:])[same],
+                          exact.scores - SCORE_THR])
+        assert gaps.min() > SEPARATION * rounding, (
+            f'{where}: scores {exact.scores} too close for rounding '
+            f'{rounding:.2g}')
+        # the same detections
+        assert len(got) == n, f'{where}: ONNX {len(got)}, PyTorch {n}'
+        assert torch.equal(got.labels, exact.labels), where
+        assert torch.equal(eager.labels, exact.labels), where
+        for key in ('scores', 'bboxes'):
+            err, err_eager = relative_errors(got[key], eager[key], exact[key])
+            bound = ERROR_FACTOR * err_eager + floor
+            assert err <= bound, (
+                f'{where}: {key} off by {err:.3g} relative to float64, more '
+                f'than {ERROR_FACTOR} x the eager float32 error '
+                f'{err_eager:.3g} + {floor:.3g}')
+        if name == 'mask_rcnn':
+            ref = exact.masks.bool()
+            assert ref.flatten(1).any(1).all() and (~ref).any(), \
+                f'{where}: masks empty or full'
+            # a pixel flips only where the mask probability lies within
+            # rounding of 0.5: as few as float32 rounding flips in the
+            # eager model, plus one per instance
+            wrong = (got.masks.bool() != ref).sum().item()
+            wrong_eager = (eager.masks.bool() != ref).sum().item()
+            assert wrong <= ERROR_FACTOR * wrong_eager + n, (
+                f'{where}: {wrong} mask pixels differ from float64 (eager '
+                f'float32: {wrong_eager}) of {ref.sum().item()}')
+    assert len(shapes) == 2, shapes
