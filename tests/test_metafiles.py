@@ -15,8 +15,12 @@ INDEX = ROOT / 'model-index.yml'
 PARAMS, PARAMS_DECIMALS = 'Parameters (M)', 2
 FLOPS, FLOPS_DECIMALS = 'FLOPs (G)', 1
 FLOPS_SHAPE = (800, 1280)  # H x W
-METRICS = {'Object Detection': 'box AP', 'Instance Segmentation': 'mask AP',
-           'Semantic Segmentation': 'mIoU'}
+METRICS = {'Object Detection': {'box AP'},
+           'Instance Segmentation': {'mask AP'},
+           'Semantic Segmentation': {'mIoU', 'mIoU(ms+flip)'}}
+# The detection metafiles' figures are checked here; configs/upernet's
+# (mmseg's format) in test_segmentation.py.
+DETECTION = ('mask_rcnn', 'retinanet')
 
 
 def _load(path):
@@ -28,14 +32,15 @@ def _metafiles():
     return [ROOT / p for p in _load(INDEX)['Import']]
 
 
-def _models():
+def _models(folders=None):
     return [pytest.param(model, id=model['Name'])
             for path in _metafiles() if path.is_file()
+            and (folders is None or path.parent.name in folders)
             for model in _load(path)['Models']]
 
 
 def _with_metadata(key):
-    return [p for p in _models() if key in p.values[0]['Metadata']]
+    return [p for p in _models(DETECTION) if key in p.values[0]['Metadata']]
 
 
 def test_index_imports_every_metafile():
@@ -73,13 +78,14 @@ def test_models_name_their_config_and_collection():
         # mmdet's convention: a model is named after its config file
         assert config.stem == model['Name']
         assert model['In Collection'] in collections, model['Name']
-        for result in model.get('Results', []):
+        results = model.get('Results', [])
+        for result in [results] if isinstance(results, dict) else results:
             assert result['Dataset'] in ('COCO', 'ADE20K'), model['Name']
-            assert set(result['Metrics']) == {METRICS[result['Task']]}
+            assert set(result['Metrics']) <= METRICS[result['Task']]
     assert len(names) == len(set(names)), f'a model twice: {names}'
 
 
-@pytest.mark.parametrize('model', _models())
+@pytest.mark.parametrize('model', _models(DETECTION))
 def test_config_builds_and_matches_its_metadata(model):
     """The config builds with its ResT backbone; its epochs and its number
     of parameters are the metafile's."""

@@ -1,9 +1,10 @@
 # `make demo` with ResT v2-Tiny instead of ResT-Lite: the demo config with
 # only the backbone (from scratch) and the neck's input widths changed, to
 # compare the two families on the same data, schedule and budget
-# (docs/demo.md): `.venv/bin/python tools/run_demo.py --config
-# configs/mask_rcnn/restv2_tiny_fpn_shapes_demo.py --work-dir work_dirs/demo_v2`.
-_base_ = './rest_lite_fpn_shapes_demo.py'
+# (README, "The demo"): `.venv/bin/python tools/run_demo.py --config
+# configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --work-dir
+# work_dirs/demo_v2`.
+_base_ = './mask-rcnn_rest-lite_fpn_2e_shapes.py'
 model = dict(
     backbone=dict(
         _delete_=True,
