@@ -20,6 +20,8 @@ CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'
 BASE = ROOT / 'configs/upernet/_base_/rest_upernet_8xb2-160k_ade20k-512x512.py'
 SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
              max_objects=4, object_size=(16, 48))
+TWO_ITERATIONS = {'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+                  'default_hooks.checkpoint.interval': 2}
 
 
 def _files(root: Path) -> dict:
@@ -139,18 +141,14 @@ def test_demo_config_changes_what_the_demo_needs():
 def trained(tmp_path_factory):
     """Two iterations and an evaluation through the demo config on a tiny
     generated split."""
-    return run_tiny_demo(
-        tmp_path_factory, CONFIG, dict(train=4, val=3), {
-            'train_cfg.max_iters': 2,
-            'train_cfg.val_interval': 2,
-            'default_hooks.checkpoint.interval': 2,
-        })
+    return run_tiny_demo(tmp_path_factory, CONFIG, dict(train=4, val=3),
+                         TWO_ITERATIONS)
 
 
 def test_demo_trains_and_evaluates(trained):
-    tmp, summary = trained
-    work = tmp / 'work'
-    assert (tmp / 'data/val_labels/000003.png').is_file()
+    data, work = (trained[0] / name for name in ('data', 'work'))
+    summary = trained[1]
+    assert (data / 'val_labels/000003.png').is_file()
     assert summary['iterations'] == 2
     assert summary['targets'] == {'mIoU': 0.6}  # the issue's target
     assert isinstance(summary['targets_met'], bool)
