@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-seg bench clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -12,6 +12,9 @@ test: setup
 
 demo: setup
 	$(PY) tools/run_demo.py
+
+demo-seg: setup
+	$(PY) tools/run_demo.py --config configs/upernet/rest_lite_upernet_shapes_demo.py --work-dir work_dirs/demo_seg
 
 bench: setup
 	$(PY) tools/benchmark.py --out work_dirs/bench/benchmark.json

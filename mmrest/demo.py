@@ -1,10 +1,12 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The demo: embedded data in, a trained Mask R-CNN out, measured.
+"""The demos: embedded data in, a trained Mask R-CNN or UperNet out,
+measured.
 
-:func:`run_demo` is what ``make demo`` runs (through ``tools/run_demo.py``):
-it generates the shapes set when it is absent, trains the detector of a
-config with mmengine's ``Runner`` (the machinery of the COCO configs),
-evaluates COCO bbox and segm mAP on the val split and writes
+:func:`run_demo` is what ``make demo`` and ``make demo-seg`` run (through
+``tools/run_demo.py``): it generates the shapes set when it is absent,
+trains the detector or segmentor of a config with mmengine's ``Runner``
+(the machinery of the COCO and ADE20K configs), evaluates it on the val
+split (COCO bbox and segm mAP; mIoU and each class's IoU) and writes
 ``metrics.json``, ``loss.png`` and ``predictions.png`` to the work dir.
 :func:`predict_image` is ``tools/demo.py``: one image, its predictions drawn.
 
@@ -26,13 +28,19 @@ from mmengine.hooks import Hook
 from .datasets import generate_shapes_coco, shapes_info
 from .datasets.shapes import recorded_params
 
-# What the demo must reach on the val split (issue 4).
+# What the demos must reach on the val split: the detection demo (issue 4)
+# and the segmentation demo (issue 15; mIoU as a fraction).
 TARGETS = {'coco/bbox_mAP': 0.50, 'coco/segm_mAP': 0.45}
+SEG_TARGETS = {'mIoU': 0.60}
 
 
-def targets_met(metrics: dict) -> bool:
-    """Whether every metric of :data:`TARGETS` reaches its target."""
-    return all(metrics[k] >= v for k, v in TARGETS.items())
+def targets_met(metrics: dict, targets: Optional[dict] = None) -> bool:
+    """Whether every metric of ``targets`` (default :data:`TARGETS`)
+    reaches its target."""
+    targets = TARGETS if targets is None else targets
+    return all(metrics[k] >= v for k, v in targets.items())
+
+
 METRIC_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75',
                'coco/segm_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP_75')
 
@@ -51,12 +59,35 @@ def set_cpu_threads(num_threads: Optional[int] = None) -> int:
     return num_threads
 
 
+def is_segmentation_demo(cfg: Config) -> bool:
+    """An mmseg config (``default_scope = 'mmseg'``): the segmentation
+    demo; anything else is the detection demo."""
+    return cfg.get('default_scope') == 'mmseg'
+
+
 def _annotation_files(cfg: Config) -> Dict[str, str]:
+    """The annotation file of each split the config reads. A detection
+    config names it (``ann_file``); a segmentation config reads the images
+    of ``<data_root>/<split>/`` and the label maps of ``<split>_labels/``,
+    and the generator's record of that split is its COCO file."""
     files = {}
     for split in ('train', 'val'):
         dataset = cfg[f'{split}_dataloader']['dataset']
-        files[split] = osp.join(dataset.get('data_root') or '',
-                                dataset['ann_file'])
+        root = dataset.get('data_root') or ''
+        if not is_segmentation_demo(cfg):
+            files[split] = osp.join(root, dataset['ann_file'])
+            continue
+        prefix = dataset.get('data_prefix') or {}
+        name = osp.normpath(prefix.get('img_path', ''))
+        expected = dict(img_path=name, seg_map_path=f'{name}_labels')
+        if {k: osp.normpath(prefix.get(k, '')) for k in expected} != \
+                expected or osp.sep in name or name in ('.', '..'):
+            raise ValueError(
+                f'{split}_dataloader.dataset.data_prefix must be '
+                "dict(img_path='<split>/', seg_map_path='<split>_labels/') "
+                f'(the layout the shapes generator writes), got {prefix!r}')
+        files[name] = osp.join(root, 'annotations',
+                               f'instances_{name}.json')
     return files
 
 
@@ -90,7 +121,23 @@ def _expected_info(kwargs: dict) -> Dict[str, dict]:
     splits = args['splits'] or {'train': 800, 'val': 100}
     return recorded_params(splits, args['image_size'], args['max_objects'],
                            args['object_size'], args['max_rotation'],
-                           args['seed'])
+                           args['seed'], args['semantic_labels'])
+
+
+def _label_maps_present(cfg: Config, infos: Dict[str, dict]) -> bool:
+    """Whether a segmentation config's label maps are all there (true for
+    a detection config)."""
+    if not is_segmentation_demo(cfg):
+        return True
+    root = cfg.train_dataloader.dataset.get('data_root') or ''
+    for split, info in infos.items():
+        if info is None:  # not the generator's: left alone
+            continue
+        folder = osp.join(root, f'{split}_labels')
+        names = [f'{i:06d}.png' for i in range(1, info['num_images'] + 1)]
+        if not all(osp.isfile(osp.join(folder, n)) for n in names):
+            return False
+    return True
 
 
 def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
@@ -108,6 +155,9 @@ def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
                        'describe a generated shapes set')
     kwargs = dict(cfg.shapes_data)
     kwargs.setdefault('out_dir', cfg.train_dataloader.dataset.data_root)
+    if is_segmentation_demo(cfg) and not kwargs.get('semantic_labels'):
+        raise ValueError('A segmentation config reads label maps: its '
+                         'shapes_data needs semantic_labels=True')
     files = _annotation_files(cfg)
     expected = _expected_info(
         {k: v for k, v in kwargs.items() if k != 'out_dir'})
@@ -118,7 +168,8 @@ def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
     if not force and all(osp.isfile(f) for f in files.values()):
         infos = {s: shapes_info(f) for s, f in files.items()}
         if all(info is None or info == expected[s]
-               for s, info in infos.items()):
+               for s, info in infos.items()) and \
+                _label_maps_present(cfg, infos):
             return False
     written = generate_shapes_coco(**kwargs)
     unread = [f for f in files.values()
@@ -132,14 +183,68 @@ def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
 
 
 class _KeepMetrics(Hook):
-    """Keeps the metrics of the last validation of a training run."""
+    """Keeps the metrics of the last validation of a training run, and
+    times the training iterations (validation excluded): wall-clock
+    seconds and the CPU seconds of this process (all its threads), which
+    other jobs on a loaded machine do not inflate as much."""
     priority = 'LOWEST'
 
     def __init__(self):
         self.metrics = None
+        self.start = self.end = None  # (wall, cpu) seconds
+
+    def before_train(self, runner):
+        self.start = (time.time(), time.process_time())
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        self.end = (time.time(), time.process_time())
 
     def after_val_epoch(self, runner, metrics=None):
         self.metrics = dict(metrics or {})
+
+
+class _SegAreas(Hook):
+    """Sums each class's intersection, union, predicted and true areas
+    over the last validation (mmseg's ``IoUMetric.intersect_and_union``):
+    the per-class IoU that mmseg's ``IoUMetric`` logs but does not
+    return."""
+    priority = 'LOWEST'
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.areas = None
+
+    def before_val_epoch(self, runner):
+        self.areas = None
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None,
+                       outputs=None):
+        from mmseg.evaluation import IoUMetric
+        for sample in outputs:
+            pred = sample.pred_sem_seg.data.squeeze()
+            areas = IoUMetric.intersect_and_union(
+                pred, sample.gt_sem_seg.data.squeeze().to(pred),
+                self.num_classes, self.ignore_index)
+            self.areas = areas if self.areas is None else tuple(
+                total + a for total, a in zip(self.areas, areas))
+
+
+def seg_metrics(areas, classes: Sequence[str]) -> dict:
+    """mIoU (a fraction, as mmseg's ``IoUMetric`` computes it before
+    rounding and scaling by 100), the pixel accuracy ``aAcc`` and each
+    class's IoU from the summed areas of :class:`_SegAreas`. A class in
+    neither the labels nor the predictions has no IoU (None) and does not
+    count in the mean, as in mmseg."""
+    from mmseg.evaluation import IoUMetric
+    result = IoUMetric.total_area_to_metrics(*areas, ['mIoU'])
+    iou = np.asarray(result['IoU'], dtype=np.float64)
+    return dict(
+        mIoU=float(np.nanmean(iou)),
+        aAcc=float(result['aAcc']),
+        IoU={c: (None if np.isnan(v) else float(v))
+             for c, v in zip(classes, iou)})
 
 
 def read_scalars(path: str) -> List[dict]:
@@ -148,8 +253,12 @@ def read_scalars(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_loss(records: Sequence[dict], out_file: str) -> None:
-    """Plot the training losses logged by mmengine against the iteration."""
+def plot_loss(records: Sequence[dict], out_file: str,
+              title: str = 'Mask R-CNN, ResT backbone from scratch: '
+              'training loss') -> None:
+    """Plot the training losses logged by mmengine against the iteration:
+    the total ``loss`` and each logged term with ``loss`` in its name
+    (mmdet's ``loss_rpn_cls``, mmseg's ``decode.loss_ce``, ...)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -157,7 +266,7 @@ def plot_loss(records: Sequence[dict], out_file: str) -> None:
     if not train:
         raise ValueError('No training loss in the logged scalars')
     keys = ['loss'] + sorted(k for k in train[0]
-                             if k.startswith('loss_') and k != 'loss')
+                             if 'loss' in k and k != 'loss')
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     steps = [r['step'] for r in train]
     for key in keys:
@@ -168,7 +277,7 @@ def plot_loss(records: Sequence[dict], out_file: str) -> None:
     ax.set_yscale('log')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title('Mask R-CNN, ResT backbone from scratch: training loss')
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_file)
     plt.close(fig)
@@ -228,14 +337,32 @@ def draw_instances(ax, image: np.ndarray, instances, classes: Sequence[str],
     ax.axis('off')
 
 
+def draw_label_map(ax, label_map: np.ndarray, palette: Sequence,
+                   title: str = '', ignore_index: int = 255) -> None:
+    """Draw a semantic label map on ``ax``, class ``k`` in the RGB colour
+    ``palette[k]`` (0-255; ignored pixels white)."""
+    label_map = np.asarray(label_map)
+    colours = np.asarray(palette, dtype=np.float64) / 255.
+    canvas = np.ones(label_map.shape + (3, ))
+    valid = (label_map != ignore_index) & (label_map < len(colours))
+    canvas[valid] = colours[label_map[valid]]
+    ax.imshow(canvas, interpolation='nearest')
+    ax.set_title(title, fontsize=8)
+    ax.axis('off')
+
+
 def _rgb(path: str) -> np.ndarray:
     import mmcv
     return mmcv.imread(path, channel_order='rgb')
 
 
-def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
-                     score_thr: float = 0.3) -> None:
-    """Ground truth beside predictions for the first val images."""
+def _plot_val_samples(model, dataset, out_file: str, num_images: int,
+                      panels: int, draw, per_row: int = 2,
+                      legend=None) -> None:
+    """A grid of the first val images, ``per_row`` a row, each drawn on
+    ``panels`` axes by ``draw(axes, sample)`` with ``sample`` the model's
+    prediction (its ``test_step`` output, which carries the ground
+    truth); ``legend`` (handles) goes under the grid."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -243,35 +370,79 @@ def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
     num_images = min(num_images, len(dataset))
     if num_images < 1:
         raise ValueError('The dataset is empty: nothing to draw')
-    classes = dataset.metainfo['classes']
-    cols = 2  # pairs of (ground truth, prediction) per row
-    rows = (num_images + cols - 1) // cols
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3 * 2 * cols, 3 * rows),
+    rows = (num_images + per_row - 1) // per_row
+    fig, axes = plt.subplots(rows, panels * per_row,
+                             figsize=(3 * panels * per_row, 3 * rows),
                              dpi=110, squeeze=False)
     model.eval()
-    for k in range(rows * cols):
-        ax_gt, ax_pred = axes[k // cols, 2 * (k % cols)], \
-            axes[k // cols, 2 * (k % cols) + 1]
+    for k in range(rows * per_row):
+        row = axes[k // per_row]
+        cells = row[panels * (k % per_row):panels * (k % per_row + 1)]
         if k >= num_images:
-            ax_gt.axis('off')
-            ax_pred.axis('off')
+            for ax in cells:
+                ax.axis('off')
             continue
         with torch.no_grad():
             sample = model.test_step(pseudo_collate([dataset[k]]))[0]
-        image = _rgb(sample.img_path)
-        name = osp.basename(sample.img_path)
-        draw_instances(ax_gt, image, sample.gt_instances, classes,
-                       title=f'{name}: ground truth')
-        draw_instances(ax_pred, image, sample.pred_instances, classes,
-                       score_thr=score_thr,
-                       title=f'prediction (score >= {score_thr})')
-    fig.tight_layout()
+        draw(cells, sample)
+    if legend:
+        fig.legend(handles=legend, loc='lower center', ncol=len(legend),
+                   fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 if legend else 0, 1, 1))
     fig.savefig(out_file)
     plt.close(fig)
 
 
+def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
+                     score_thr: float = 0.3) -> None:
+    """Ground truth beside predictions for the first val images."""
+    classes = dataset.metainfo['classes']
+
+    def draw(axes, sample):
+        image = _rgb(sample.img_path)
+        name = osp.basename(sample.img_path)
+        draw_instances(axes[0], image, sample.gt_instances, classes,
+                       title=f'{name}: ground truth')
+        draw_instances(axes[1], image, sample.pred_instances, classes,
+                       score_thr=score_thr,
+                       title=f'prediction (score >= {score_thr})')
+
+    _plot_val_samples(model, dataset, out_file, num_images, 2, draw)
+
+
+def plot_seg_predictions(model, dataset, out_file: str,
+                         num_images: int = 6) -> None:
+    """The first val images, each with its ground-truth label map and the
+    segmentor's predicted one, in the colours of the dataset's palette."""
+    from matplotlib.patches import Patch
+    classes = dataset.metainfo['classes']
+    palette = dataset.metainfo['palette']
+
+    def draw(axes, sample):
+        name = osp.basename(sample.img_path)
+        axes[0].imshow(_rgb(sample.img_path))
+        axes[0].set_title(name, fontsize=8)
+        axes[0].axis('off')
+        draw_label_map(axes[1], sample.gt_sem_seg.data[0].cpu().numpy(),
+                       palette, 'ground truth')
+        draw_label_map(axes[2], sample.pred_sem_seg.data[0].cpu().numpy(),
+                       palette, 'prediction')
+
+    legend = [Patch(facecolor=np.asarray(c) / 255., edgecolor='grey',
+                    label=n) for c, n in zip(palette, classes)]
+    _plot_val_samples(model, dataset, out_file, num_images, 3, draw,
+                      legend=legend)
+
+
 def _fmt_seconds(seconds: float) -> str:
     return f'{int(seconds) // 60} min {seconds % 60:04.1f} s'
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # not on Unix
+        return None
 
 
 def run_demo(config: Union[str, Config],
@@ -280,6 +451,12 @@ def run_demo(config: Union[str, Config],
              cfg_options: Optional[dict] = None,
              data_root: Optional[str] = None) -> dict:
     """Generate the data if absent, train, evaluate and write the outputs.
+
+    The detection demo (a detector's config) evaluates COCO bbox and segm
+    mAP; the segmentation demo (an mmseg config, ``default_scope =
+    'mmseg'``, reading the label maps of ``shapes_data`` with
+    ``semantic_labels=True``) evaluates mIoU with mmseg's ``IoUMetric``
+    and adds each class's IoU.
 
     Args:
         config (str | Config): The demo config (with ``shapes_data``).
@@ -290,11 +467,14 @@ def run_demo(config: Union[str, Config],
             of the config's ``data_root``.
 
     Returns:
-        dict: What ``metrics.json`` holds: the val metrics (mmdet names),
-        the timings and the targets.
+        dict: What ``metrics.json`` holds: the val metrics (mmdet's names;
+        for segmentation ``mIoU``, ``aAcc`` and ``IoU`` as fractions and
+        ``mmseg_metrics`` as mmseg logs them, in percent), the timings, the
+        load average and the targets.
     """
     from mmengine.runner import Runner
     start = time.time()
+    load_before = _load_average()
     threads = set_cpu_threads(num_threads)
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
@@ -303,6 +483,8 @@ def run_demo(config: Union[str, Config],
         set_data_root(cfg, data_root)
     cfg.work_dir = work_dir
     os.makedirs(work_dir, exist_ok=True)
+    segmentation = is_segmentation_demo(cfg)
+    targets = SEG_TARGETS if segmentation else TARGETS
 
     generated = prepare_shapes_data(cfg)
     data_s = time.time() - start
@@ -313,31 +495,66 @@ def run_demo(config: Union[str, Config],
     runner = Runner.from_cfg(cfg)
     keeper = _KeepMetrics()
     runner.register_hook(keeper)
+    if segmentation:
+        classes = runner.val_dataloader.dataset.metainfo['classes']
+        areas = _SegAreas(len(classes),
+                          cfg.val_evaluator.get('ignore_index', 255))
+        runner.register_hook(areas)
     runner.train()
     if keeper.metrics is None:  # no validation ran during training
         keeper.metrics = runner.val_loop.run()
     train_end = time.time()
 
     metrics = {k: float(v) for k, v in keeper.metrics.items()}
-    missing = [k for k in TARGETS if k not in metrics]
-    if missing:
-        raise KeyError(f'The evaluation gave no {missing}; got '
-                       f'{sorted(metrics)}: the config must evaluate with '
-                       "CocoMetric(metric=['bbox', 'segm'])")
-    plot_loss(
-        read_scalars(osp.join(runner.log_dir, 'vis_data', 'scalars.json')),
-        osp.join(work_dir, 'loss.png'))
-    plot_predictions(runner.model, runner.val_dataloader.dataset,
-                     osp.join(work_dir, 'predictions.png'))
+    if segmentation:
+        if 'mIoU' not in metrics:
+            raise KeyError(f'The evaluation gave no mIoU; got '
+                           f'{sorted(metrics)}: the config must evaluate '
+                           "with IoUMetric(iou_metrics=['mIoU'])")
+        mmseg_metrics = metrics
+        metrics = seg_metrics(areas.areas, classes)
+        # mmseg rounds the percentage to 2 decimals
+        if abs(100 * metrics['mIoU'] - mmseg_metrics['mIoU']) > 0.0051:
+            raise RuntimeError(
+                f"The per-class IoUs give mIoU {metrics['mIoU']:.5f}, "
+                f"mmseg's IoUMetric {mmseg_metrics['mIoU']} %")
+        metrics['mmseg_metrics'] = mmseg_metrics
+        plot_loss(
+            read_scalars(osp.join(runner.log_dir, 'vis_data',
+                                  'scalars.json')),
+            osp.join(work_dir, 'loss.png'),
+            title='UperNet, ResT backbone from scratch: training loss')
+        plot_seg_predictions(runner.model, runner.val_dataloader.dataset,
+                             osp.join(work_dir, 'predictions.png'))
+    else:
+        missing = [k for k in TARGETS if k not in metrics]
+        if missing:
+            raise KeyError(f'The evaluation gave no {missing}; got '
+                           f'{sorted(metrics)}: the config must evaluate '
+                           "with CocoMetric(metric=['bbox', 'segm'])")
+        plot_loss(
+            read_scalars(osp.join(runner.log_dir, 'vis_data',
+                                  'scalars.json')),
+            osp.join(work_dir, 'loss.png'))
+        plot_predictions(runner.model, runner.val_dataloader.dataset,
+                         osp.join(work_dir, 'predictions.png'))
     total_s = time.time() - start
+    wall_s, cpu_s = (keeper.end[0] - keeper.start[0],
+                     keeper.end[1] - keeper.start[1]) \
+        if keeper.end else (0.0, 0.0)
+    iters = max(runner.iter, 1)
     summary = dict(
         metrics,
-        targets=TARGETS,
-        targets_met=targets_met(metrics),
+        targets=targets,
+        targets_met=targets_met(metrics, targets),
         time_s=dict(
             data=round(data_s, 1),
             train_and_eval=round(train_end - start - data_s, 1),
-            total=round(total_s, 1)),
+            total=round(total_s, 1),
+            train_iterations=round(wall_s, 1),
+            per_iteration=round(wall_s / iters, 4),
+            cpu_per_iteration=round(cpu_s / iters, 4)),
+        load_average=dict(start=load_before, end=_load_average()),
         data_generated=generated,
         torch_threads=threads,
         config=cfg.filename,
@@ -345,14 +562,23 @@ def run_demo(config: Union[str, Config],
         epochs=runner.epoch)
     with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
         json.dump(summary, f, indent=2)
-    print('[demo] ' + '  '.join(f'{k}: {metrics[k]:.3f}'
-                                for k in METRIC_KEYS if k in metrics))
-    for key, target in TARGETS.items():
+    if segmentation:
+        print(f"[demo] mIoU: {metrics['mIoU']:.3f}  aAcc: "
+              f"{metrics['aAcc']:.3f}  IoU: " + '  '.join(
+                  f'{c} {v:.3f}' for c, v in metrics['IoU'].items()
+                  if v is not None))
+    else:
+        print('[demo] ' + '  '.join(f'{k}: {metrics[k]:.3f}'
+                                    for k in METRIC_KEYS if k in metrics))
+    for key, target in targets.items():
         verdict = 'reached' if metrics[key] >= target else 'NOT reached'
         print(f'[demo] target {key} >= {target}: {verdict}')
     print(f'[demo] wall time {_fmt_seconds(total_s)} (data '
-          f'{data_s:.1f} s); outputs in {work_dir}: metrics.json, '
-          'loss.png, predictions.png', flush=True)
+          f'{data_s:.1f} s; {runner.iter} iterations, '
+          f'{summary["time_s"]["per_iteration"]:.3f} s each, '
+          f'{summary["time_s"]["cpu_per_iteration"]:.3f} CPU s; load '
+          f'average {load_before} at the start); outputs in {work_dir}: '
+          'metrics.json, loss.png, predictions.png', flush=True)
     return summary
 
 

@@ -243,3 +243,42 @@ def build_detector(config):
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
     return cfg, MODELS.build(cfg.model)
+
+
+def run_tiny_demo(tmp_path_factory, config, splits: dict,
+                  schedule: dict):
+    """:func:`mmrest.demo.run_demo` on a tiny generated set: ``splits``
+    images, batches of 2, every iteration logged, the ``schedule``
+    overrides; the set goes to ``tmp/data``, the outputs to ``tmp/work``
+    (``tmp`` a new folder of pytest's ``tmp_path_factory``). Returns
+    ``tmp`` and the summary (metrics.json)."""
+    from mmrest.demo import run_demo
+    tmp = tmp_path_factory.mktemp('demo')
+    options = {
+        'shapes_data.splits': splits,
+        'train_dataloader.batch_size': 2,
+        'val_dataloader.batch_size': 2,
+        'default_hooks.logger.interval': 1,
+        **schedule,
+    }
+    summary = run_demo(str(config), str(tmp / 'work'), num_threads=2,
+                       cfg_options=options, data_root=str(tmp / 'data'))
+    assert summary['data_generated'] is True
+    return tmp, summary
+
+
+def demo_training_records(work, summary: dict) -> list:
+    """Checks what every demo writes to its work dir ``work``: metrics.json
+    (equal to ``summary``), a loss curve and a picture of predictions that
+    are not blank. Returns mmengine's logged training records."""
+    import json
+
+    import cv2
+
+    from mmrest.demo import read_scalars
+    assert json.loads((work / 'metrics.json').read_text()) == summary
+    for name in ('loss.png', 'predictions.png'):
+        image = cv2.imread(str(work / name))
+        assert image is not None and image.std() > 0, name
+    scalars = next(work.glob('*/vis_data/scalars.json'))
+    return [r for r in read_scalars(str(scalars)) if 'loss' in r]

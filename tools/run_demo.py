@@ -1,7 +1,12 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """`make demo`: generate the shapes set if absent, train Mask R-CNN with a
 ResT backbone from scratch, evaluate COCO bbox/segm mAP on val and write
-metrics.json, loss.png and predictions.png to the work dir."""
+metrics.json, loss.png and predictions.png to the work dir.
+
+`make demo-seg` is the same with
+``--config configs/upernet/rest_lite_upernet_shapes_demo.py --work-dir
+work_dirs/demo_seg``: UperNet, the set's label maps, mIoU and each class's
+IoU."""
 import argparse
 
 from mmengine.config import DictAction

@@ -3,24 +3,16 @@
 # config's; only the data, the classes, the image size and the schedule
 # differ, plus the RoI counts below, which are sized for 128 x 128 images
 # with a handful of objects and for training on 2 CPU cores.
-_base_ = './mask-rcnn_rest-lite_fpn_1x_coco.py'
+_base_ = [
+    './mask-rcnn_rest-lite_fpn_1x_coco.py', '../_base_/shapes_demo_data.py'
+]
 
 data_root = 'data/shapes/'
 classes = ('circle', 'square', 'triangle', 'star')  # = mmrest SHAPES_CLASSES
 metainfo = dict(classes=classes)
 img_scale = (128, 128)  # the generated images' size: no rescaling
-# The set `make demo` generates when data_root lacks it: the arguments of
-# mmrest.datasets.generate_shapes_coco (deterministic: same seed, same files).
-shapes_data = dict(
-    splits=dict(train=1000, val=100),
-    image_size=img_scale,
-    max_objects=4,
-    object_size=(24, 64),
-    # Every shape of a class in the same pose (squares axis-aligned). With
-    # any rotation (180) the detector needs about twice the steps to tell
-    # the classes apart (README, "The demo").
-    max_rotation=0,
-    seed=0)
+# The set (shapes_data) is the shared base's: 1000 train and 100 val images
+# of 128 x 128, every shape of a class in the same pose.
 
 model = dict(
     # No ImageNet weights here: the backbone starts from its own

@@ -6,6 +6,12 @@ backgrounds; later shapes occlude earlier ones, and every annotation
 describes the visible part only (polygons, box and area). The colour of a
 shape says nothing about its class: a detector has to learn the shapes.
 The same seed writes the same files, byte for byte.
+
+With ``semantic_labels=True`` the generator also writes a label map of each
+image (a PNG, 0 the background and ``k`` the class ``CLASSES[k - 1]`` of
+the shape seen at that pixel): the same images as a semantic-segmentation
+set in the layout of mmseg's ``BaseSegDataset`` (images in ``<split>/``,
+label maps of the same names in ``<split>_labels/``).
 """
 import json
 import numbers
@@ -106,9 +112,16 @@ def _polygons(mask: np.ndarray) -> List[List[float]]:
 
 def make_image(rng: np.random.RandomState, h: int, w: int,
                max_objects: int, min_size: float, max_size: float,
-               max_rotation: float = 180.):
-    """One image and its visible-part annotations (without ids)."""
+               max_rotation: float = 180., semantic: bool = False):
+    """One image and its visible-part annotations (without ids).
+
+    With ``semantic`` it also returns the image's label map (uint8, 0 the
+    background, ``label + 1`` where a shape is seen: every visible pixel,
+    also of the shapes too hidden to be annotated). The random draws are
+    the same either way, so the image is too.
+    """
     img = _background(rng, h, w)
+    labels = np.zeros((h, w), np.uint8)
     shapes = []
     for _ in range(rng.randint(1, max_objects + 1)):
         label = rng.randint(len(CLASSES))
@@ -116,6 +129,7 @@ def make_image(rng: np.random.RandomState, h: int, w: int,
                            max_rotation)
         colour = _contrasting_colour(rng, img[mask > 0].mean(axis=0))
         img[mask > 0] = colour
+        labels[mask > 0] = label + 1
         # occlusion: this shape hides what lies under it
         for other in shapes:
             other['mask'][mask > 0] = 0
@@ -138,7 +152,8 @@ def make_image(rng: np.random.RandomState, h: int, w: int,
                 bbox=[x0, y0, float(xs.max()) - x0 + 1,
                       float(ys.max()) - y0 + 1],
                 iscrowd=0))
-    return np.round(img).astype(np.uint8), anns
+    img = np.round(img).astype(np.uint8)
+    return (img, anns, labels) if semantic else (img, anns)
 
 
 def _is_int(value) -> bool:
@@ -146,7 +161,7 @@ def _is_int(value) -> bool:
 
 
 def _check_args(splits, image_size, max_objects, object_size, max_rotation,
-                seed):
+                seed, semantic_labels=False):
     if not splits:
         raise ValueError('splits must name at least one split, got {}')
     for split, count in splits.items():
@@ -180,6 +195,9 @@ def _check_args(splits, image_size, max_objects, object_size, max_rotation,
                          f'[0, 180], got {max_rotation!r}')
     if not _is_int(seed) or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
+    if not isinstance(semantic_labels, bool):
+        raise ValueError('semantic_labels must be True or False, got '
+                         f'{semantic_labels!r}')
 
 
 def generate_shapes_coco(out_dir: str,
@@ -188,9 +206,11 @@ def generate_shapes_coco(out_dir: str,
                          max_objects: int = 4,
                          object_size: Sequence[float] = (20, 60),
                          max_rotation: float = 180.,
-                         seed: int = 0) -> Dict[str, str]:
+                         seed: int = 0,
+                         semantic_labels: bool = False) -> Dict[str, str]:
     """Write the set: ``<out_dir>/<split>/*.png`` and
-    ``<out_dir>/annotations/instances_<split>.json``.
+    ``<out_dir>/annotations/instances_<split>.json`` (and the label maps
+    ``<out_dir>/<split>_labels/*.png`` with ``semantic_labels``).
 
     Args:
         out_dir (str): Root folder of the set.
@@ -203,6 +223,10 @@ def generate_shapes_coco(out_dir: str,
             default) allows any rotation, 0 draws every shape of a class in
             the same pose (squares axis-aligned).
         seed (int): The seed; the same seed gives the same files.
+        semantic_labels (bool): Also write each image's label map (uint8
+            PNG of the same name, 0 background, ``k`` the class
+            ``CLASSES[k - 1]``). The images and annotation lists are the
+            same with or without it.
 
     Returns:
         dict: The annotation file of each split. Each file's ``info`` holds
@@ -210,7 +234,7 @@ def generate_shapes_coco(out_dir: str,
     """
     splits = {'train': 800, 'val': 100} if splits is None else dict(splits)
     _check_args(splits, image_size, max_objects, object_size, max_rotation,
-                seed)
+                seed, semantic_labels)
     h, w = (int(v) for v in image_size)
     min_size, max_size = (float(v) for v in object_size)
     categories = [
@@ -220,18 +244,24 @@ def generate_shapes_coco(out_dir: str,
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     ann_files = {}
     params = recorded_params(splits, image_size, max_objects, object_size,
-                             max_rotation, seed)
+                             max_rotation, seed, semantic_labels)
     for split, count in sorted(splits.items()):
         # Each split's stream depends only on the seed and the split's name,
         # so generating 'val' alone gives the same val images.
         rng = np.random.RandomState([seed, zlib.crc32(split.encode())])
         os.makedirs(osp.join(out_dir, split), exist_ok=True)
+        if semantic_labels:
+            os.makedirs(osp.join(out_dir, f'{split}_labels'), exist_ok=True)
         images, annotations = [], []
         for image_id in range(1, count + 1):
-            img, anns = make_image(rng, h, w, max_objects, min_size,
-                                   max_size, max_rotation)
+            img, anns, *label_map = make_image(
+                rng, h, w, max_objects, min_size, max_size, max_rotation,
+                semantic=semantic_labels)
             file_name = f'{image_id:06d}.png'
             cv2.imwrite(osp.join(out_dir, split, file_name), img)
+            if semantic_labels:
+                cv2.imwrite(osp.join(out_dir, f'{split}_labels', file_name),
+                            label_map[0])
             images.append(
                 dict(id=image_id, file_name=file_name, height=h, width=w))
             for ann in anns:
@@ -252,10 +282,12 @@ def generate_shapes_coco(out_dir: str,
 
 def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
                     max_objects: int, object_size: Sequence[float],
-                    max_rotation: float, seed: int) -> Dict[str, dict]:
+                    max_rotation: float, seed: int,
+                    semantic_labels: bool = False) -> Dict[str, dict]:
     """What each split's annotation file records as ``info.params`` (read
     back by :func:`shapes_info`) when :func:`generate_shapes_coco` is given
-    these arguments."""
+    these arguments. ``semantic_labels`` is recorded only when set, so that
+    the sets written before it existed stay valid."""
     common = dict(
         image_size=[int(v) for v in image_size],
         max_objects=int(max_objects),
@@ -263,6 +295,8 @@ def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
         max_rotation=float(max_rotation),
         seed=int(seed),
         version=GENERATOR_VERSION)
+    if semantic_labels:
+        common['semantic_labels'] = True
     return {
         split: dict(common, split=split, num_images=int(count))
         for split, count in splits.items()
