@@ -3,6 +3,7 @@ itself, so that no test module imports another)."""
 import inspect
 import math
 import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -10,6 +11,9 @@ import torch.nn.functional as F
 
 from mmrest import ResT
 from mmrest.testing import to_literal
+
+#: The repository root.
+ROOT = Path(__file__).resolve().parents[1]
 
 # float32 machine epsilon, 2**-23.
 EPS32 = torch.finfo(torch.float32).eps

@@ -45,6 +45,21 @@ def official_shapes_v2():
         _data_file('rest_v2_state_dict_shapes.json').read_text())
 
 
+@pytest.fixture(scope='session')
+def tiny_coco(tmp_path_factory):
+    """A one-image COCO set (train and val, 64 x 64, made by
+    :mod:`mmrest.testing.coco`) as config overrides, the data loaders
+    running in the test process."""
+    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
+    root = tmp_path_factory.mktemp('coco')
+    write_tiny_coco(str(root), num_train=1, num_val=1, image_size=(64, 64))
+    options = tiny_coco_overrides(str(root))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options[f'{loader}.num_workers'] = 0
+        options[f'{loader}.persistent_workers'] = False
+    return options
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

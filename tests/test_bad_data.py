@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmrest.datasets import generate_shapes_coco
 from mmrest.utils import check_data_paths
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _helpers import ROOT
 CONFIGS = [
     'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py',
     'configs/retinanet/retinanet_rest-small_fpn_1x_coco.py',

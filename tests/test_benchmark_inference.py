@@ -3,11 +3,10 @@
 timed call happened and the result is complete."""
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 RETINANET = ROOT / 'configs/retinanet/rest_lite_fpn_1x_coco.py'
 
 

@@ -3,14 +3,13 @@ their lite/large siblings: recipe, sizes, pipelines, one training
 iteration and one CocoMetric evaluation on a tiny COCO-format set."""
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 DATA = ROOT / 'tests' / 'data'  # the reference data (see its README)
 DETECTORS = ('retinanet', 'mask_rcnn')
 ARCHS = ('lite', 'small', 'base', 'large')
@@ -65,20 +64,10 @@ def official_backbone_params(arch):
     return total
 
 
-@pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory):
-    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
-    root = tmp_path_factory.mktemp('coco')
-    write_tiny_coco(str(root), num_train=1, num_val=1, image_size=(64, 64))
-    return tiny_coco_overrides(str(root))
-
-
 def with_data(cfg, overrides):
-    """Only the data set paths change; workers run in the test process."""
+    """Only the data set paths change (``tiny_coco``: the loaders run in
+    the test process)."""
     cfg.merge_from_dict(overrides)
-    for loader in ('train_dataloader', 'val_dataloader'):
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
     return cfg
 
 

@@ -13,7 +13,7 @@ from _helpers import demo_training_records, run_tiny_demo
 from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 from mmrest.datasets.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 DEMO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
 SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
              max_objects=4, object_size=(16, 48))

@@ -15,7 +15,7 @@ from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 
 pytest.importorskip('mmseg')
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'
 BASE = ROOT / 'configs/upernet/_base_/rest_upernet_8xb2-160k_ade20k-512x512.py'
 SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),

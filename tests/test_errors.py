@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from _helpers import ROOT
 
 from mmrest import ResT
 
@@ -92,7 +93,6 @@ def test_arch_of_wrong_type():
 @pytest.mark.parametrize('det', ['retinanet', 'mask_rcnn'])
 def test_nan_loss_stops_training_with_a_message(det):
     """The COCO configs check the loss every iteration (mmdet's hook)."""
-    from pathlib import Path
     from types import SimpleNamespace
     from unittest import mock
 
@@ -100,7 +100,7 @@ def test_nan_loss_stops_training_with_a_message(det):
     from mmdet.registry import HOOKS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     name = det.replace('_', '-')  # mask_rcnn/mask-rcnn_..., retinanet/...
     cfg = Config.fromfile(
         root / f'configs/{det}/{name}_rest-lite_fpn_1x_coco.py')
@@ -122,8 +122,7 @@ def _import_mmrest_in_child(tmp_path, prelude=''):
     import os
     import subprocess
     import sys
-    from pathlib import Path
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     code = prelude + '\n' + '\n'.join([
         'import warnings', 'warnings.simplefilter("always")',
         'import mmrest', 'from mmdet.registry import MODELS',

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import ROOT
 from _helpers import (assert_float32_close, assert_gradients_close,
                       float64_literal, golden_model, stage_depths)
 
@@ -71,8 +72,7 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
     pytest.importorskip('onnxruntime')
     import importlib.util
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location(
         'export_onnx', root / 'tools' / 'export_onnx.py')
     tool = importlib.util.module_from_spec(spec)

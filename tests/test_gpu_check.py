@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import torch
 from mmrest import gpu_check
 from mmrest.testing import ops_shim
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 
 
 def _real_mmcv_ops():

@@ -1,7 +1,6 @@
 """model-index.yml and the configs' metafile.yml (OpenMMLab's model-index
 format, read by ``mim search``): every file they name exists, every config
 builds, and every figure they state is what the config builds."""
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,7 +8,7 @@ from mmengine.config import Config
 
 from _helpers import build_detector
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 INDEX = ROOT / 'model-index.yml'
 # The figures and the decimals they are stated to (see a metafile's header).
 PARAMS, PARAMS_DECIMALS = 'Parameters (M)', 2

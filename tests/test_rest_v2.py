@@ -1,7 +1,6 @@
 """ResT v2 against SPEC.md ("ResT v2"), the authors' reference data and
 float64 computations: outputs, logits, keys, parameter counts, sizes,
 gradients, precision, training options, weights and the COCO configs."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from mmrest.checkpoint_family import (check_checkpoint_family,
                                       checkpoint_family)
 from mmrest.testing.literal_v2 import to_literal_v2
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 # The authors' classifiers, 1000-class head included (SPEC, "Variants (v2)").
 PARAMS_M = {'tiny': 30.43, 'small': 41.21, 'base': 55.97, 'large': 86.53}
 # Mask R-CNN with these backbones, measured with mmdet (SPEC).

@@ -27,7 +27,7 @@ from mmengine.config import Config
 
 pytest.importorskip('mmseg')
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 CONFIG = ROOT / 'configs/upernet/restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py'
 NUM_CLASSES = 150
 # The validation images: (grey level, class predicted for it). The rule's

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers import ROOT
 PY = sys.executable
 RETINANET = 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
 MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
@@ -28,19 +28,6 @@ def flat_options(options, validate=True):
         }
         options.update(val_cfg=None, val_dataloader=None, val_evaluator=None)
     return [f'{k}={v}' for k, v in options.items()]
-
-
-@pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory):
-    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
-    root = tmp_path_factory.mktemp('coco')
-    write_tiny_coco(str(root), num_train=1, num_val=1, image_size=(64, 64))
-    options = tiny_coco_overrides(str(root))
-    # test infrastructure: data loading in the main process
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        options[f'{loader}.num_workers'] = 0
-        options[f'{loader}.persistent_workers'] = False
-    return options
 
 
 def run(args, cwd=ROOT, timeout=900, env=None):
