@@ -17,7 +17,7 @@ from mmrest.checkpoint_family import (check_checkpoint_family,
                                       checkpoint_family)
 from mmrest.testing.literal_v2 import to_literal_v2
 
-from _helpers import ROOT
+from _helpers import ROOT, build_detector
 # The authors' classifiers, 1000-class head included (SPEC, "Variants (v2)").
 PARAMS_M = {'tiny': 30.43, 'small': 41.21, 'base': 55.97, 'large': 86.53}
 # Mask R-CNN with these backbones, measured with mmdet (SPEC).
@@ -564,13 +564,7 @@ def test_checkpoint_family_from_keys(golden):
 
 # ---------------------------------------------------------- COCO configs
 def _build_detector(name):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    register_all_modules()
-    cfg = Config.fromfile(ROOT / 'configs' / name)
-    cfg.model.backbone.init_cfg = None
-    return cfg, MODELS.build(cfg.model)
+    return build_detector(ROOT / 'configs' / name)
 
 
 @pytest.mark.parametrize('arch', list(MASK_RCNN_PARAMS_M))
