@@ -199,3 +199,52 @@ def test_whole_backbone_matches_literal_in_train_mode(dtype):
             assert pa.grad.norm() < 1e-12 * total, name
         else:
             assert relative_error(pa.grad, pb.grad) < 1e-8, name
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 2, 4, 3), (3, 8, 6, 2)])
+def test_mix_heads_matches_the_1x1_conv_in_float64(shape):
+    """MixHeads (the head mixing with the GPU-friendly backward): output and
+    the gradients of the logits, the weight and the bias equal those of the
+    literal 1x1 convolution over heads, in float64."""
+    gen = torch.Generator().manual_seed(0)
+    h = shape[1]
+    attn, mix, bias = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                       for s in (shape, (h, h), (h, )))
+    grad = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (kernels.MixHeads.apply,
+               lambda a, w, b: torch.nn.functional.conv2d(
+                   a, w[:, :, None, None], b)):
+        inputs = [t.clone().requires_grad_() for t in (attn, mix, bias)]
+        out = fn(*inputs)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in inputs])
+    for got, want in zip(*results):
+        assert relative_error(got, want) < 1e-12
+    assert torch.autograd.gradcheck(
+        kernels.MixHeads.apply,
+        [t[..., :2].clone().requires_grad_() if t.dim() == 4
+         else t.clone().requires_grad_() for t in (attn, mix, bias)])
+
+
+def test_mix_heads_dispatch(monkeypatch):
+    """Off the CPU (a 'meta' tensor stands for a GPU one) the head mixing
+    goes through MixHeads; on the CPU through autograd's baddbmm."""
+    calls = []
+    apply = kernels.MixHeads.apply
+    monkeypatch.setattr(kernels.MixHeads, 'apply',
+                        lambda *a: calls.append(a[0].device.type) or apply(*a))
+    for device in ('cpu', 'meta'):
+        out = kernels.mix_heads(torch.randn(2, 3, 4, 5, device=device),
+                                torch.randn(3, 3, device=device),
+                                torch.randn(3, device=device))
+        assert out.shape == (2, 3, 4, 5)
+    assert calls == ['meta']
+
+
+def test_whole_backbone_trains_through_mix_heads(monkeypatch):
+    """The GPU's head mixing, forced on the CPU: a training step of the
+    whole backbone gives the literal computation's outputs and gradients
+    in float64."""
+    monkeypatch.setattr(kernels, 'mix_heads', kernels.MixHeads.apply)
+    test_whole_backbone_matches_literal_in_train_mode(torch.float64)

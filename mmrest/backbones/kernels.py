@@ -151,6 +151,63 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return F.gelu(out) if gelu else out
 
 
+class MixHeads(torch.autograd.Function):
+    """EMSA's 1x1 convolution over heads on logits ``attn`` (B, h, n, M):
+    ``out[b, i] = sum_j mix[i, j] attn[b, j] + bias[i]``, one matrix
+    product, with a backward whose shapes suit every BLAS.
+
+    As autograd derives it from ``baddbmm``, the gradient of ``mix`` is an
+    (h, n M) by (n M, h) product: a long reduction into a tiny (h, h)
+    result, which cuBLAS runs as a batched matrix-vector kernel with no
+    parallelism along the reduction (on an H200, 72% of ResT-Small's
+    training step at 800x1344, docs/results/gpu_profile_h200_before.json).
+    Here it is one (h, M) by (M, h) product per query row, batched over the
+    rows, and summed: the same sum, grouped otherwise.
+    """
+
+    @staticmethod
+    def forward(ctx, attn, mix, bias):
+        b, h, n, m = attn.shape
+        ctx.save_for_backward(attn, mix)
+        return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
+                             attn.reshape(b, h, n * m)).view(b, h, n, m)
+
+    @staticmethod
+    def backward(ctx, grad):
+        attn, mix = ctx.saved_tensors
+        b, h, n, m = attn.shape
+        grad = grad.contiguous()
+        grad_attn = grad_mix = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = torch.matmul(mix.t(), grad.view(b, h, n * m))
+            grad_attn = grad_attn.view(b, h, n, m)
+        if ctx.needs_input_grad[1]:
+            # per batch item: (n, h, M) @ (n, M, h), strided views, no copy
+            grad_mix = sum(
+                torch.bmm(grad[i].transpose(0, 1),
+                          attn[i].permute(1, 2, 0)).sum(0) for i in range(b))
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_attn, grad_mix, grad_bias
+
+
+def mix_heads(attn: torch.Tensor, mix: torch.Tensor,
+              bias: torch.Tensor) -> torch.Tensor:
+    """The 1x1 convolution over heads of logits (B, h, n, M), as one
+    ``baddbmm`` (its bias added inside the product, so that it keeps its
+    exact, zero, gradient through the softmax).
+
+    On a GPU, outside a recorded graph, through :class:`MixHeads`, whose
+    backward cuBLAS runs fast; on the CPU MKL runs autograd's own backward
+    of ``baddbmm`` faster (measured at the CPU's chunk sizes).
+    """
+    if attn.device.type != 'cpu' and not graph_capture():
+        return MixHeads.apply(attn, mix, bias)
+    b, h, n, m = attn.shape
+    return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
+                         attn.reshape(b, h, n * m)).view(b, h, n, m)
+
+
 def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mix: Optional[torch.Tensor],
                      mix_bias: Optional[torch.Tensor], attn_drop: float,
@@ -161,10 +218,8 @@ def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     squared centred probabilities per (batch, head).
     """
     attn = q @ k.transpose(-2, -1)                        # (B, h, n, M)
-    if mix is not None:  # the 1x1 conv over heads, as one matrix product
-        b, h, n, m = attn.shape
-        attn = torch.baddbmm(mix_bias.view(1, h, 1), mix.expand(b, h, h),
-                             attn.reshape(b, h, n * m)).view(b, h, n, m)
+    if mix is not None:
+        attn = mix_heads(attn, mix, mix_bias)
     # softmax minus its known mean 1 / M: the InstanceNorm's centring.
     centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
     sq_sum = centred.square().sum(dim=(2, 3))
@@ -257,16 +312,18 @@ def emsa_attention(q: torch.Tensor,
     recomputed in the backward pass instead of being stored, so no N x M
     matrix is ever kept. Without autograd (and without dropout) the chunks
     reuse two preallocated buffers in place and the mixing bias is left out
-    altogether (see :func:`_attention_no_grad`). With one head there is no
-    transform and the core is plain softmax attention (a fused kernel).
+    altogether (see :func:`_attention_no_grad`).
     While a graph is recorded (tracing, ONNX export, ``torch.compile``)
     all queries form one chunk, so the graph holds for any input size.
 
-    The core always runs in at least float32, also under autocast: the
-    InstanceNorm divides by the small spread of the probabilities and so
-    amplifies any rounding of the logits. The inputs keep their dtype (the
-    projections around the core run in the autocast dtype) and the output
-    is returned in the dtype of ``q``.
+    The multi-head core always runs in at least float32, also under
+    autocast: the InstanceNorm divides by the small spread of the
+    probabilities and so amplifies any rounding of the logits. The inputs
+    keep their dtype (the projections around the core run in the autocast
+    dtype) and the output is returned in the dtype of ``q``. With one head
+    there is no transform and no InstanceNorm: the core is plain softmax
+    attention, one fused kernel in the inputs' dtype (its products
+    accumulate in float32; in float16 on a GPU, a flash-attention kernel).
 
     Args:
         q (Tensor): Queries already multiplied by the scale, (B, h, N, d).
@@ -285,6 +342,11 @@ def emsa_attention(q: torch.Tensor,
     Returns:
         Tensor: The attention output, (B, h, N, d), in the dtype of ``q``.
     """
+    if mix is None:  # one head: plain softmax attention, in the inputs' dtype
+        return F.scaled_dot_product_attention(
+            q, k.contiguous(), v.contiguous(),
+            dropout_p=attn_drop if attn_drop > 0 and training else 0.,
+            scale=1.0)
     dtype = q.dtype
     core = torch.promote_types(dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
@@ -302,11 +364,6 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
                chunk_elements):
     """:func:`emsa_attention` on tensors of one dtype, outside autocast."""
     dropout = attn_drop > 0 and training
-    if mix is None:  # keys and values are small; the kernel prefers them
-        # contiguous
-        return F.scaled_dot_product_attention(
-            q, k.contiguous(), v.contiguous(),
-            dropout_p=attn_drop if dropout else 0., scale=1.0)
     B, h, N, _ = q.shape
     M = k.shape[2]
     if graph_capture():  # one chunk: no size is baked into the graph
