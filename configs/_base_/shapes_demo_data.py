@@ -9,6 +9,6 @@ shapes_data = dict(
     object_size=(24, 64),
     # Every shape of a class in the same pose (squares axis-aligned). With
     # any rotation (180) the detector needs about twice the steps to tell
-    # the classes apart (README, "The demo").
+    # the classes apart (docs/demo.md, "How the configuration was chosen").
     max_rotation=0,
     seed=0)

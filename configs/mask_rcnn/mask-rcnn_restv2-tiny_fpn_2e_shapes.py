@@ -1,7 +1,8 @@
 # `make demo` with ResT v2-Tiny instead of ResT-Lite: the demo config with
 # only the backbone (from scratch) and the neck's input widths changed, to
 # compare the two families on the same data, schedule and budget
-# (README, "The demo"): `.venv/bin/python tools/run_demo.py --config
+# (docs/demo.md, "ResT v2 in the demo"): `.venv/bin/python
+# tools/run_demo.py --config
 # configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --work-dir
 # work_dirs/demo_v2`.
 _base_ = './mask-rcnn_rest-lite_fpn_2e_shapes.py'

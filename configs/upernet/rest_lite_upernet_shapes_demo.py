@@ -43,8 +43,8 @@ model = dict(
     # less than the backbone, and 5 classes need no more.
     # The background is 84 % of the pixels (the shapes 3 to 6 % each):
     # weighted 0.25, it no longer drowns the loss of telling the shapes
-    # apart (measured: mIoU 0.26 -> 0.35 after 500 iterations; README, "The
-    # segmentation demo").
+    # apart (measured: mIoU 0.26 -> 0.35 after 500 iterations; docs/demo.md,
+    # "Semantic segmentation").
     decode_head=dict(
         channels=64,
         num_classes=len(classes),
@@ -98,8 +98,8 @@ test_dataloader = val_dataloader
 # Schedule: the base's warm-up then poly decay, shortened; evaluated once at
 # the end. 500 iterations of 8 images (4 epochs) took 0.83 CPU s each on
 # this 2-core machine (9 to 16 min wall under other jobs' load). It does
-# not reach the issue's mIoU target of 0.60 (see README, "The
-# segmentation demo").
+# not reach the issue's mIoU target of 0.60 (see docs/demo.md,
+# "Semantic segmentation").
 max_iters = 500
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
