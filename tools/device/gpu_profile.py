@@ -66,7 +66,7 @@ def step_fn(model, x, backward, dtype=torch.float16):
 
 
 def build(name):
-    from mmrest.gpu_check import build_backbone, build_rest
+    from mmrest_tools.gpu_check import build_backbone, build_rest
     if name.startswith('restv2_'):
         model = build_rest('v2_' + name[7:], drop_path_rate=0.1)
     else:

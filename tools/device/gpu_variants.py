@@ -45,7 +45,7 @@ def main():
     ops_shim.patch_package_lookup()
     import mmrest
     from mmrest.backbones import kernels
-    from mmrest.gpu_check import GpuCheck, Settings
+    from mmrest_tools.gpu_check import GpuCheck, Settings
     from mmrest.testing import to_literal
     from mmdet.registry import MODELS
     check = GpuCheck('cuda', args.out, Settings(False), deadline_s=1e9)

@@ -913,7 +913,7 @@ class GpuCheck:
         env['PYTHONPATH'] = os.pathsep.join(
             [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(
                 os.pathsep) if p])
-        code = ('import json, sys; from mmrest.gpu_check import '
+        code = ('import json, sys; from mmrest_tools.gpu_check import '
                 'compile_worker; compile_worker(json.loads(sys.argv[1]))')
         proc = subprocess.Popen([sys.executable, '-c', code, json.dumps(args)],
                                 stdout=subprocess.PIPE,

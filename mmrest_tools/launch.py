@@ -26,8 +26,8 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from .pretrained import check_pretrained_files
-from .utils import check_data_paths
+from mmrest.pretrained import check_pretrained_files
+from mmrest.utils import check_data_paths
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
