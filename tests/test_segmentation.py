@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmrest.pretrained import WEIGHTS_FILES
+from mmrest.checkpoint import WEIGHTS_FILES
 
 pytest.importorskip('mmseg')
 
