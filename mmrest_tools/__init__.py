@@ -14,5 +14,6 @@ is all a config needs); the library never imports this package.
 - :mod:`mmrest_tools.analysis`: FLOPs, parameters and CPU inference time of
   a detector (``tools/get_flops.py``, ``tools/benchmark_inference.py``).
 - :mod:`mmrest_tools.gpu_check`: the prepared GPU check
-  (``tools/gpu_check.py``).
+  (``tools/gpu_check.py``), and :mod:`mmrest_tools.ops_shim`, its
+  stand-ins for mmcv's compiled ops where only ``mmcv-lite`` is installed.
 """

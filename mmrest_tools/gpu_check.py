@@ -1242,7 +1242,7 @@ def main(argv=None) -> Dict:
                 deadline_s=args.deadline_s)
     check.log(f'out: {osp.abspath(args.out)}')
     # Before anything imports mmcv.ops: stand in for missing compiled ops.
-    from mmrest.testing import ops_shim
+    from mmrest_tools import ops_shim
     try:
         meta['ops_shim'] = ops_shim.install(
             force=True if args.force_ops_shim else None,

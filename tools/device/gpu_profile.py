@@ -280,7 +280,7 @@ def main():
     if args.smoke:
         DEVICE, SCALE = 'cpu', 8
     else:
-        from mmrest.testing import ops_shim
+        from mmrest_tools import ops_shim
         ops_shim.install(device='cuda')
         ops_shim.patch_package_lookup()
         print(torch.__version__, torch.version.cuda,

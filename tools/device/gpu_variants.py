@@ -40,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--out', default='work_dirs/gpu_variants')
     args = parser.parse_args()
-    from mmrest.testing import ops_shim
+    from mmrest_tools import ops_shim
     ops_shim.install(device='cuda')
     ops_shim.patch_package_lookup()
     import mmrest
