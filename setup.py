@@ -49,7 +49,9 @@ setup(
     description='ResT (NeurIPS 2021) backbone for OpenMMLab: mmdet and mmseg',
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['mmrest', 'mmrest.*']),
+    # mmrest is the library; mmrest_tools the programs of tools/*.py,
+    # shipped too: `mim train mmrest` runs the copies in mmrest/.mim/tools.
+    packages=find_packages(include=['mmrest', 'mmrest.*', 'mmrest_tools']),
     package_data={
         'mmrest': [
             '.mim/model-index.yml', '.mim/configs/**/*.py',

@@ -8,6 +8,26 @@ mmdet's and
 changes nothing else in the process: no torch or mmengine setting, no
 allow-list of ``torch.load`` (mmrest's own loads use a scoped one, see
 :mod:`mmrest.checkpoint`).
+
+The library, by concern:
+
+- :mod:`mmrest.backbones`: the models (ResT, ResTV2) and their attention
+  kernels;
+- :mod:`mmrest.checkpoint`: checkpoint loading, checkpoint families, the
+  authors' pretrained weights, atomic checkpoint files;
+- :mod:`mmrest.engine`: the training hooks and the layer-decay optimizer
+  constructor;
+- :mod:`mmrest.registry`: their registration in mmdet's / mmseg's
+  registries;
+- :mod:`mmrest.utils`: checks of a config's files before a run;
+- :mod:`mmrest.onnx_export`, :mod:`mmrest.deploy`: export to ONNX (a
+  backbone) and to ONNX Runtime with mmdeploy (a whole detector);
+- :mod:`mmrest.datasets`: the synthetic shapes data set;
+- :mod:`mmrest.testing`: for the tests and the benchmark: the literal
+  (authors') computation of ResT and a tiny COCO set.
+
+The programs of the repository (demo, benchmarks, launchers, GPU check) are
+in the separate package :mod:`mmrest_tools`.
 """
 from .backbones import ResT, ResTV2
 from .registry import register_all

@@ -60,8 +60,8 @@ def register_all() -> None:
     """
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-    from .engine import (ResTLayerDecayOptimizerConstructor,
-                         register_atomic_backend)
+    from .checkpoint import register_atomic_backend
+    from .engine import ResTLayerDecayOptimizerConstructor
     register_atomic_backend()
     # mmengine's root registry: found from every scope (mmdet, mmseg).
     _register(OPTIM_WRAPPER_CONSTRUCTORS, ResTLayerDecayOptimizerConstructor)

@@ -251,12 +251,12 @@ def build_detector(config):
 
 def run_tiny_demo(tmp_path_factory, config, splits: dict,
                   schedule: dict):
-    """:func:`mmrest.demo.run_demo` on a tiny generated set: ``splits``
+    """:func:`mmrest_tools.demo.run_demo` on a tiny generated set: ``splits``
     images, batches of 2, every iteration logged, the ``schedule``
     overrides; the set goes to ``tmp/data``, the outputs to ``tmp/work``
     (``tmp`` a new folder of pytest's ``tmp_path_factory``). Returns
     ``tmp`` and the summary (metrics.json)."""
-    from mmrest.demo import run_demo
+    from mmrest_tools.demo import run_demo
     tmp = tmp_path_factory.mktemp('demo')
     options = {
         'shapes_data.splits': splits,
@@ -279,7 +279,7 @@ def demo_training_records(work, summary: dict) -> list:
 
     import cv2
 
-    from mmrest.demo import read_scalars
+    from mmrest_tools.demo import read_scalars
     assert json.loads((work / 'metrics.json').read_text()) == summary
     for name in ('loss.png', 'predictions.png'):
         image = cv2.imread(str(work / name))

@@ -2,12 +2,21 @@
 repository, in ``tests/data`` (see its README): the tests need nothing
 outside a clone."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 DATA = Path(__file__).resolve().parent / 'data'
+
+# The repository's programs (mmrest_tools, beside mmrest) import from the
+# clone under test, also with ``pytest tests`` (``python -m pytest`` puts the
+# working directory first already) and an editable install made before
+# mmrest_tools existed.
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 
 def _data_file(name: str) -> Path:

@@ -1,7 +1,7 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
 import pytest
 
-from mmrest.benchmark import BACKBONES, build_backbone, format_row, \
+from mmrest_tools.benchmark import BACKBONES, build_backbone, format_row, \
     measure_speed
 
 
@@ -23,7 +23,7 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     and the JSON file."""
     import json
 
-    from mmrest import benchmark
+    from mmrest_tools import benchmark
     monkeypatch.setattr(benchmark, 'SIZE_224', (64, 64))
     monkeypatch.setattr(benchmark, 'BATCH_224', 2)
     monkeypatch.setattr(benchmark, 'SIZE_800', (64, 96))
@@ -61,7 +61,7 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
 
 
 def test_unknown_backbone_is_named_before_measuring():
-    from mmrest import benchmark
+    from mmrest_tools import benchmark
     with pytest.raises(KeyError, match='swin_b'):
         benchmark.run(['rest_lite', 'swin_b'], log=lambda line: None)
 
@@ -72,7 +72,7 @@ def test_training_memory_is_the_childs_own():
     size, since it survives execve)."""
     import numpy as np
 
-    from mmrest.benchmark import train_step_peak_memory
+    from mmrest_tools.benchmark import train_step_peak_memory
     ballast = np.ones(3 * 2**26)  # 1.5 GB, every page touched
     result = train_step_peak_memory('rest_lite', size=(64, 96), threads=1)
     assert 'error' not in result, result

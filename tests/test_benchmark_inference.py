@@ -38,7 +38,7 @@ def test_benchmark_inference_tool(tmp_path, capsys):
 def test_benchmark_inference_refuses_an_unpadded_shape():
     from mmengine.config import Config
 
-    from mmrest.analysis import detector_inference_time
+    from mmrest_tools.analysis import detector_inference_time
     cfg = Config.fromfile(str(RETINANET))
     with pytest.raises(ValueError, match='pad_size_divisor 32'):
         detector_inference_time(cfg, (65, 96))

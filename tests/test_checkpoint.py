@@ -273,7 +273,7 @@ def test_stand_ins_refuse_all_but_data(tmp_path, case):
 
 
 def test_scalar_stand_in_refuses_objects():
-    import mmrest.checkpoint as ck
+    import mmrest.checkpoint.loading as ck
     with pytest.raises(pickle.UnpicklingError, match='refused numpy scalar'):
         ck._safe_scalar(np.dtype(object), b'12345678')
     assert ck._safe_scalar(np.dtype('<f4'), np.float32(2.5).tobytes()) == 2.5
@@ -299,7 +299,7 @@ def test_allow_list_is_scoped_and_narrow():
 
     from mmengine.logging import HistoryBuffer
 
-    import mmrest.checkpoint as ck
+    import mmrest.checkpoint.loading as ck
     before = list(torch.serialization.get_safe_globals())
     with safe_loading():
         during = torch.serialization.get_safe_globals()

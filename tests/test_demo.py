@@ -178,7 +178,7 @@ def test_demo_trains_and_evaluates(trained):
 
 
 def test_demo_reuses_data(trained, tmp_path):
-    from mmrest.demo import prepare_shapes_data, set_data_root
+    from mmrest_tools.demo import prepare_shapes_data, set_data_root
     tmp, _ = trained
     cfg = Config.fromfile(DEMO_CONFIG)
     cfg.merge_from_dict({'shapes_data.splits': dict(train=4, val=2)})
@@ -261,7 +261,7 @@ def test_tools_demo_draws_predictions(trained):
 
 
 def test_predict_image_names_a_missing_file(trained, tmp_path):
-    from mmrest.demo import predict_image
+    from mmrest_tools.demo import predict_image
     tmp, _ = trained
     with pytest.raises(FileNotFoundError, match='nothing.png'):
         predict_image(str(tmp_path / 'nothing.png'), str(DEMO_CONFIG),
@@ -273,6 +273,6 @@ def test_predict_image_names_a_missing_file(trained, tmp_path):
     (0.9, 0.4499, False), (0.0, 0.0, False)])
 def test_targets_met(bbox, segm, met):
     """The issue's targets: bbox mAP >= 0.50 and segm mAP >= 0.45."""
-    from mmrest.demo import targets_met
+    from mmrest_tools.demo import targets_met
     assert targets_met({'coco/bbox_mAP': bbox, 'coco/segm_mAP': segm,
                         'coco/bbox_mAP_50': 1.0}) is met

@@ -1,5 +1,5 @@
 """The segmentation demo (``make demo-seg``): the shapes set's label maps,
-the demo config, its training and evaluation through mmrest.demo, and the
+the demo config, its training and evaluation through mmrest_tools.demo, and the
 per-class IoU it reports."""
 import json
 from pathlib import Path
@@ -167,7 +167,7 @@ def test_demo_trains_and_evaluates(trained):
 
 
 def test_demo_reuses_and_remakes_data(trained, tmp_path):
-    from mmrest.demo import prepare_shapes_data, set_data_root
+    from mmrest_tools.demo import prepare_shapes_data, set_data_root
     tmp, _ = trained
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict({'shapes_data.splits': dict(train=4, val=3)})
@@ -195,7 +195,7 @@ def test_demo_reuses_and_remakes_data(trained, tmp_path):
      'data_prefix'),
 ])
 def test_demo_data_layout_errors(tmp_path, options, match):
-    from mmrest.demo import prepare_shapes_data, set_data_root
+    from mmrest_tools.demo import prepare_shapes_data, set_data_root
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict(options)
     set_data_root(cfg, str(tmp_path))
@@ -204,14 +204,14 @@ def test_demo_data_layout_errors(tmp_path, options, match):
 
 
 def test_seg_metrics_against_pixel_counts():
-    """The per-class IoU and mIoU of mmrest.demo.seg_metrics (from the
+    """The per-class IoU and mIoU of mmrest_tools.demo.seg_metrics (from the
     areas mmseg's IoUMetric sums) against IoUs counted here with numpy,
     over two images, an ignored pixel value and a class in neither.
     mmseg sums the areas exactly (integers below 2**24 in float32) and
     divides in float32: one rounding, a relative error of at most EPS32."""
     from mmseg.evaluation import IoUMetric
 
-    from mmrest.demo import seg_metrics
+    from mmrest_tools.demo import seg_metrics
     rng = np.random.RandomState(0)
     classes = ('bg', 'a', 'b', 'c')  # 'c' is never labelled nor predicted
     pairs = []
@@ -248,6 +248,6 @@ def test_seg_metrics_against_pixel_counts():
                                        (0.5999, False), (0.0, False)])
 def test_seg_target(miou, met):
     """The issue's target: mIoU >= 0.60 on val."""
-    from mmrest.demo import SEG_TARGETS, targets_met
+    from mmrest_tools.demo import SEG_TARGETS, targets_met
     assert SEG_TARGETS == {'mIoU': 0.60}
     assert targets_met({'mIoU': miou}, SEG_TARGETS) is met

@@ -14,8 +14,7 @@ import sys
 import pytest
 import torch
 
-from mmrest import gpu_check
-from mmrest.testing import ops_shim
+from mmrest_tools import gpu_check, ops_shim
 
 from _helpers import ROOT
 

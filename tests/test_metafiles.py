@@ -104,7 +104,7 @@ def test_config_builds_and_matches_its_metadata(model):
 def test_flops_match_the_config(model):
     """The FLOPs the metafile states are tools/get_flops.py's figure for
     the config at 800 x 1280."""
-    from mmrest.analysis import detector_complexity
+    from mmrest_tools.analysis import detector_complexity
     cfg = Config.fromfile(ROOT / model['Config'])
     flops = detector_complexity(cfg, FLOPS_SHAPE)['flops']
     assert round(flops / 1e9, FLOPS_DECIMALS) == model['Metadata'][FLOPS], (

@@ -12,9 +12,8 @@ from _helpers import golden_backbone_state_v2 as backbone_state
 from _helpers import golden_model_v2 as golden_model
 from _helpers import relative_error
 from mmrest import ResT, ResTV2
-from mmrest.checkpoint import CheckpointError
-from mmrest.checkpoint_family import (check_checkpoint_family,
-                                      checkpoint_family)
+from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
+                               checkpoint_family)
 from mmrest.testing.literal_v2 import to_literal_v2
 
 from _helpers import ROOT, build_detector

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrest.checkpoint import safe_loading
-from mmrest.engine import atomic_write, remove_stale_temp_files
+from mmrest.checkpoint import (atomic_write, remove_stale_temp_files,
+                               safe_loading)
 
 MAX_ITERS = 12
 INTERVAL = 3  # checkpoints after iterations 3, 6, 9 and 12

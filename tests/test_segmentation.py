@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmrest.pretrained import WEIGHTS_FILES
+from mmrest.checkpoint import WEIGHTS_FILES
 
 pytest.importorskip('mmseg')
 
@@ -236,7 +236,7 @@ def _sync_bn_layers(model):
 def test_runner_turns_sync_bn_into_bn_when_not_distributed(tmp_path):
     """tools/train.py on one GPU or the CPU: mmengine's Runner reverts the
     heads' SyncBN to BatchNorm and logs it."""
-    from mmrest.launch import build_runner
+    from mmrest_tools.launch import build_runner
     cfg = narrow(load('restv2_tiny'))
     cfg.work_dir = str(tmp_path)
     cfg.launcher = 'none'
@@ -252,9 +252,9 @@ def test_runner_turns_sync_bn_into_bn_when_not_distributed(tmp_path):
 
 def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
     """tools/dist_train.sh without CUDA: torch's SyncBatchNorm raises on CPU
-    tensors in a process group, so mmrest.launch builds BatchNorm instead
+    tensors in a process group, so mmrest_tools.launch builds BatchNorm instead
     and warns; the segmentor then trains a step in the (gloo) group."""
-    from mmrest import launch
+    from mmrest_tools import launch
     if torch.cuda.is_available():
         pytest.skip('the CPU-only path')
     if torch.distributed.is_initialized():
@@ -296,7 +296,7 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
 
 
 def test_replace_sync_bn_names_what_it_changed():
-    from mmrest.launch import replace_sync_bn
+    from mmrest_tools.launch import replace_sync_bn
     cfg = dict(backbone=dict(norm_cfg=dict(type='BN')),
                heads=[dict(norm_cfg=dict(type='SyncBN')),
                       dict(norm_cfg=dict(type='MMSyncBN', eps=1e-3))])
@@ -339,11 +339,11 @@ def test_test_tool_options_for_segmentation(tmp_path, monkeypatch):
     --tta wraps the model in SegTTAModel with the multi-scale + flip
     pipeline, --show-dir draws through SegVisualizationHook, --out is a
     folder for the label maps."""
-    from mmrest.launch import (is_segmentation, parse_args, setup_test_cfg,
-                               test_parser)
+    from mmrest_tools.launch import (is_segmentation, parse_args,
+                                     setup_test_cfg, test_parser)
     # Option handling only: ADE20K is not here (the data check is tested
     # in test_bad_data.py).
-    monkeypatch.setattr('mmrest.launch.check_data_paths',
+    monkeypatch.setattr('mmrest_tools.launch.check_data_paths',
                         lambda *args, **kwargs: None)
     checkpoint = tmp_path / 'model.pth'
     checkpoint.write_bytes(b'')

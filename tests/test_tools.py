@@ -47,7 +47,7 @@ def scalars(work_dir):
 
 # --------------------------------------------------------- option handling
 def train_args(*argv):
-    from mmrest.launch import parse_args, train_parser
+    from mmrest_tools.launch import parse_args, train_parser
     return parse_args(train_parser(), [str(a) for a in argv])
 
 
@@ -55,12 +55,12 @@ def train_args(*argv):
 def no_data_check(monkeypatch):
     """Option handling only: the data under data/coco is not here (the
     check that names missing data is tested in test_bad_data.py)."""
-    monkeypatch.setattr('mmrest.launch.check_data_paths',
+    monkeypatch.setattr('mmrest_tools.launch.check_data_paths',
                         lambda *args, **kwargs: None)
 
 
 def test_train_options(tmp_path, monkeypatch, no_data_check):
-    from mmrest.launch import setup_train_cfg
+    from mmrest_tools.launch import setup_train_cfg
     monkeypatch.chdir(ROOT)
     scratch = ['--cfg-options', 'model.backbone.init_cfg=None']
     cfg = setup_train_cfg(train_args(MASK_RCNN, *scratch))
@@ -94,7 +94,7 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
 
 
 def test_train_options_bad_input(tmp_path, monkeypatch):
-    from mmrest.launch import setup_train_cfg
+    from mmrest_tools.launch import setup_train_cfg
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match='no_such_config.py'):
         setup_train_cfg(train_args('no_such_config.py'))
@@ -110,7 +110,7 @@ def test_train_stops_at_once_without_pretrained_weights(
         tmp_path, monkeypatch, no_data_check):
     """Before anything is built: the error names the missing file, says
     where to get it and how to train from scratch instead."""
-    from mmrest.launch import setup_train_cfg
+    from mmrest_tools.launch import setup_train_cfg
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as error:
         setup_train_cfg(train_args(ROOT / MASK_RCNN))
@@ -135,7 +135,7 @@ def test_local_rank_option(monkeypatch):
 
 
 def test_test_options(tmp_path, monkeypatch, no_data_check):
-    from mmrest.launch import parse_args, setup_test_cfg, test_parser
+    from mmrest_tools.launch import parse_args, setup_test_cfg, test_parser
     monkeypatch.chdir(ROOT)
     checkpoint = tmp_path / 'model.pth'
     checkpoint.write_bytes(b'')
@@ -173,7 +173,7 @@ def test_test_options(tmp_path, monkeypatch, no_data_check):
 
 def test_cpu_distributed_needs_torchrun():
     from mmengine.config import Config
-    from mmrest.launch import setup_cpu_distributed
+    from mmrest_tools.launch import setup_cpu_distributed
     if torch.cuda.is_available():
         pytest.skip('only without CUDA')
     cfg = Config(dict(launcher='slurm', env_cfg=dict(dist_cfg=dict(
@@ -191,7 +191,7 @@ def test_flop_count_of_the_attention_matches_the_literal_emsa():
     count what the literal computation's matmuls and 1x1 conv count."""
     from mmengine.analysis import FlopAnalyzer
     from mmrest import ResT
-    from mmrest.analysis import EXTRA_FLOP_HANDLES
+    from mmrest_tools.analysis import EXTRA_FLOP_HANDLES
     from mmrest.testing import to_literal
     model = ResT(arch='lite').eval()
     x = torch.rand(1, 3, 96, 128)

@@ -9,12 +9,19 @@ ResNet-50, Swin-T and PVT-Small (``make bench``).
 
 Float32 on the CPU. Prints a Markdown table; ``--out`` also writes it as
 JSON with every raw timing (and the table as Markdown beside it, ``.md``).
-What is measured and how: :mod:`mmrest.benchmark`.
+What is measured and how: :mod:`mmrest_tools.benchmark`.
 """
 import argparse
 import os
+import os.path as osp
+import sys
 
-from mmrest.benchmark import BACKBONES, QUICK, format_table, run, write_json
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.benchmark import (  # noqa: E402
+    BACKBONES, QUICK, format_table, run, write_json)
 
 
 def parse_args():

@@ -8,15 +8,21 @@
 
 One synthetic image of ``--shape`` (padded size), ``mode='predict'``, eval
 mode, no autograd: the median seconds per image of the whole detector and of
-its backbone alone. See :func:`mmrest.analysis.detector_inference_time`.
+its backbone alone. See :func:`mmrest_tools.analysis.detector_inference_time`.
 """
 import argparse
 import json
+import os.path as osp
+import sys
 
 import torch
 from mmengine.config import Config, DictAction
 
-from mmrest.analysis import detector_inference_time
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.analysis import detector_inference_time  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -9,8 +9,14 @@ Example (after `make demo`)::
         work_dirs/demo/epoch_4.pth --out-file work_dirs/demo/000001_pred.png
 """
 import argparse
+import os.path as osp
+import sys
 
-from mmrest.demo import predict_image
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.demo import predict_image  # noqa: E402
 
 
 def parse_args():

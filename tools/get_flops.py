@@ -8,14 +8,20 @@
 ``--shape H W`` (default 800 1280: a COCO image at test scale, shorter side
 800, padded to a multiple of 32). One multiply-add counts as one FLOP, as in
 fvcore and mmdet. No data set and no pretrained weights are needed. See
-:func:`mmrest.analysis.detector_complexity`.
+:func:`mmrest_tools.analysis.detector_complexity`.
 """
 import argparse
 import json
+import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 
-from mmrest.analysis import detector_complexity
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.analysis import detector_complexity  # noqa: E402
 
 
 def parse_args():

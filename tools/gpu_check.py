@@ -1,5 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The prepared GPU check of issue 12 (see :mod:`mmrest.gpu_check`).
+"""The prepared GPU check of issue 12 (see :mod:`mmrest_tools.gpu_check`).
 
 Usage (on a machine with one CUDA GPU, from the repository root)::
 
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmrest.gpu_check import main  # noqa: E402
+from mmrest_tools.gpu_check import main  # noqa: E402
 
 if __name__ == '__main__':
     main()

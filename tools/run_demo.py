@@ -8,10 +8,16 @@ metrics.json, loss.png and predictions.png to the work dir.
 work_dirs/demo_seg``: UperNet, the set's label maps, mIoU and each class's
 IoU."""
 import argparse
+import os.path as osp
+import sys
 
 from mmengine.config import DictAction
 
-from mmrest.demo import run_demo
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.demo import run_demo  # noqa: E402
 
 
 def parse_args():

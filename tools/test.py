@@ -11,9 +11,16 @@ for Mask R-CNN). Segmentation configs (configs/upernet, default scope
 mmseg) evaluate mIoU with mmseg's IoUMetric; there ``--tta`` is mmseg's
 multi-scale + flip testing and ``--out DIR`` saves the predicted label
 maps, as in mmseg's tools/test.py. The work is done by
-:func:`mmrest.launch.test` and mmengine's Runner.
+:func:`mmrest_tools.launch.test` and mmengine's Runner.
 """
-from mmrest.launch import test
+import os.path as osp
+import sys
+
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.launch import test  # noqa: E402
 
 if __name__ == '__main__':
     test()

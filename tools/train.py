@@ -8,9 +8,16 @@
         --amp --auto-scale-lr --cfg-options key=value ...
     bash tools/dist_train.sh CONFIG NUM_GPUS [options]
 
-The work is done by :func:`mmrest.launch.train` and mmengine's Runner.
+The work is done by :func:`mmrest_tools.launch.train` and mmengine's Runner.
 """
-from mmrest.launch import train
+import os.path as osp
+import sys
+
+# Run from a clone, the programs in mmrest_tools/ (beside tools/) are
+# found without reinstalling.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmrest_tools.launch import train  # noqa: E402
 
 if __name__ == '__main__':
     train()

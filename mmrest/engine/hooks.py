@@ -10,8 +10,8 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook, Hook
 
-from .checkpoint_io import (ATOMIC_BACKEND, atomic_write,
-                            remove_stale_temp_files)
+from ..checkpoint.atomic_io import (ATOMIC_BACKEND, atomic_write,
+                                    remove_stale_temp_files)
 
 
 class AtomicCheckpointHook(CheckpointHook):

@@ -8,7 +8,7 @@
 # pyyaml, rich, pillow, packaging, six, tqdm, setuptools. Missing: the
 # OpenMMLab stack and its small dependencies. mmcv 2.1.0 has no wheel on
 # PyPI (sdist only, its ops need a long compile): mmcv-lite 2.1.0 is the
-# same Python package without the compiled ops; mmrest.testing.ops_shim
+# same Python package without the compiled ops; mmrest_tools.ops_shim
 # stands in for the three that Mask R-CNN needs.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"

@@ -66,7 +66,7 @@ def step_fn(model, x, backward, dtype=torch.float16):
 
 
 def build(name):
-    from mmrest.gpu_check import build_backbone, build_rest
+    from mmrest_tools.gpu_check import build_backbone, build_rest
     if name.startswith('restv2_'):
         model = build_rest('v2_' + name[7:], drop_path_rate=0.1)
     else:
@@ -280,7 +280,7 @@ def main():
     if args.smoke:
         DEVICE, SCALE = 'cpu', 8
     else:
-        from mmrest.testing import ops_shim
+        from mmrest_tools import ops_shim
         ops_shim.install(device='cuda')
         ops_shim.patch_package_lookup()
         print(torch.__version__, torch.version.cuda,

@@ -40,12 +40,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--out', default='work_dirs/gpu_variants')
     args = parser.parse_args()
-    from mmrest.testing import ops_shim
+    from mmrest_tools import ops_shim
     ops_shim.install(device='cuda')
     ops_shim.patch_package_lookup()
     import mmrest
     from mmrest.backbones import kernels
-    from mmrest.gpu_check import GpuCheck, Settings
+    from mmrest_tools.gpu_check import GpuCheck, Settings
     from mmrest.testing import to_literal
     from mmdet.registry import MODELS
     check = GpuCheck('cuda', args.out, Settings(False), deadline_s=1e9)

@@ -19,7 +19,7 @@
 # SyncBN: tools/train.py (mmengine's Runner) turns it into BatchNorm on its
 # own when the run is not distributed (one GPU, the CPU); a distributed run
 # without CUDA (tools/dist_train.sh on CPUs) gets BatchNorm with a warning
-# from mmrest.launch. Everything not set here is mmseg's.
+# from mmrest_tools.launch. Everything not set here is mmseg's.
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py',
     'mmseg::_base_/datasets/ade20k.py',

@@ -1,5 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Safe checkpoint loading.
+"""Safe checkpoint loading, and loading a backbone's weights from one.
 
 Every checkpoint mmrest loads goes through ``torch.load(weights_only=True)``:
 a file carrying a pickled payload is refused and the payload never runs.
@@ -447,7 +447,7 @@ def load_pretrained_init_cfg(module: nn.Module,
     check_pretrained_file(init_cfg['checkpoint'])
     map_location = init_cfg.get('map_location', 'cpu')
     if family is not None:
-        from .checkpoint_family import check_checkpoint_family
+        from .family import check_checkpoint_family
         check_checkpoint_family(init_cfg['checkpoint'], family,
                                 init_cfg.get('prefix'), map_location)
     load_backbone_state_dict(

@@ -45,7 +45,7 @@ the JSON and the table) and the run goes on. After ``--deadline-s``
 seconds no new step starts. ``--device cpu --quick`` runs every section's
 code at tiny sizes (the test suite does).
 
-Where mmcv has no compiled ops (``mmcv-lite``), :mod:`mmrest.testing.ops_shim`
+Where mmcv has no compiled ops (``mmcv-lite``), :mod:`mmrest_tools.ops_shim`
 stands in for the three that Mask R-CNN needs; the JSON's ``meta.ops_shim``
 says whether it was used.
 """
@@ -913,7 +913,7 @@ class GpuCheck:
         env['PYTHONPATH'] = os.pathsep.join(
             [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(
                 os.pathsep) if p])
-        code = ('import json, sys; from mmrest.gpu_check import '
+        code = ('import json, sys; from mmrest_tools.gpu_check import '
                 'compile_worker; compile_worker(json.loads(sys.argv[1]))')
         proc = subprocess.Popen([sys.executable, '-c', code, json.dumps(args)],
                                 stdout=subprocess.PIPE,
@@ -1242,7 +1242,7 @@ def main(argv=None) -> Dict:
                 deadline_s=args.deadline_s)
     check.log(f'out: {osp.abspath(args.out)}')
     # Before anything imports mmcv.ops: stand in for missing compiled ops.
-    from mmrest.testing import ops_shim
+    from mmrest_tools import ops_shim
     try:
         meta['ops_shim'] = ops_shim.install(
             force=True if args.force_ops_shim else None,

@@ -310,7 +310,7 @@ def train_step_peak_memory(name: str,
         (for example killed for lack of memory).
     """
     cmd = [
-        sys.executable, '-m', 'mmrest.benchmark', 'train-memory', name,
+        sys.executable, '-m', 'mmrest_tools.benchmark', 'train-memory', name,
         f'{size[0]}x{size[1]}',
         str(threads)
     ]
@@ -532,8 +532,8 @@ def write_json(report: Dict, path: str) -> None:
 def _main(argv: Sequence[str]):
     # the child process of train_step_peak_memory
     if len(argv) != 4 or argv[0] != 'train-memory':
-        raise SystemExit('usage: python -m mmrest.benchmark train-memory '
-                         'NAME HxW THREADS')
+        raise SystemExit('usage: python -m mmrest_tools.benchmark '
+                         'train-memory NAME HxW THREADS')
     size = [int(s) for s in argv[2].split('x')]
     print(json.dumps(train_step_peak_memory_here(argv[1], size,
                                                  int(argv[3]))))

@@ -25,8 +25,8 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
-from .datasets import generate_shapes_coco, shapes_info
-from .datasets.shapes import recorded_params
+from mmrest.datasets import generate_shapes_coco, shapes_info
+from mmrest.datasets.shapes import recorded_params
 
 # What the demos must reach on the val split: the detection demo (issue 4)
 # and the segmentation demo (issue 15; mIoU as a fraction).
@@ -598,7 +598,7 @@ def predict_image(image: str, config: Union[str, Config], checkpoint: str,
     for path, what in ((image, 'image'), (checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             raise FileNotFoundError(f'No {what} file at {path!r}')
-    from .checkpoint import safe_loading
+    from mmrest.checkpoint import safe_loading
     with safe_loading():  # an mmengine checkpoint, weights only
         model = init_detector(config, checkpoint, device=device)
     classes = model.dataset_meta['classes']

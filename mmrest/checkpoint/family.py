@@ -14,8 +14,8 @@ from typing import Iterable, Optional
 
 import torch
 
-from .checkpoint import (CheckpointError, extract_state_dict,
-                         load_checkpoint_file)
+from .loading import (CheckpointError, extract_state_dict,
+                      load_checkpoint_file)
 
 FAMILY_NAMES = {'v1': 'ResT (v1)', 'v2': 'ResT v2'}
 

@@ -26,8 +26,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from .pretrained import check_pretrained_files
-from .utils import check_data_paths
+from mmrest.utils import check_data_paths, check_pretrained_files
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 

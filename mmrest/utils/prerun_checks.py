@@ -1,15 +1,24 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Check a config's dataset paths before anything is built.
+"""Checks of a config's files, run before anything is built.
 
-mmdet names a missing COCO annotation file when the Runner builds the
-dataset (pycocotools' ``FileNotFoundError``), but a missing image folder
-only surfaces at the first image a dataloader worker reads, after the run
-has started, and mmseg's folder-scanning datasets fail in their own ways.
-:func:`check_data_paths` looks at every local path a split's dataset (and
-its evaluator) will read and names all the missing ones at once.
+A missing file should stop a run at once, with a message that names it,
+not after minutes of building or at the first batch:
+
+* :func:`check_pretrained_files`: the backbone's pretrained checkpoints
+  (``type='Pretrained'`` init configs). The loader would name a missing one
+  too (:func:`mmrest.checkpoint.check_pretrained_file`, same message), but
+  only once the model is built and initialised, after the datasets.
+* :func:`check_data_paths`: mmdet names a missing COCO annotation file when
+  the Runner builds the dataset (pycocotools' ``FileNotFoundError``), but a
+  missing image folder only surfaces at the first image a dataloader worker
+  reads, after the run has started, and mmseg's folder-scanning datasets
+  fail in their own ways. It looks at every local path a split's dataset
+  (and its evaluator) will read and names all the missing ones at once.
 """
 import os.path as osp
-from typing import List, Sequence
+from typing import Any, List, Sequence
+
+from ..checkpoint.pretrained import is_local_path, missing_weights_message
 
 # Config keys of the datasets that wrap other datasets.
 _WRAPPED = ('dataset', 'datasets')
@@ -127,3 +136,29 @@ def check_data_paths(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
             f'Dataset paths not found:\n  {listing}\nPoint data_root (or '
             f'these entries) at your copy of the data, in the config or with '
             f'--cfg-options.')
+
+
+def find_missing_pretrained(cfg: Any) -> List[str]:
+    """Local checkpoints named by ``type='Pretrained'`` init configs
+    anywhere in ``cfg`` (a config, dict or list) that do not exist."""
+    missing = []
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'Pretrained' and is_local_path(
+                cfg.get('checkpoint')):
+            path = str(cfg['checkpoint'])
+            if not osp.isfile(osp.expanduser(path)):
+                missing.append(path)
+        for value in cfg.values():
+            missing += find_missing_pretrained(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            missing += find_missing_pretrained(value)
+    return missing
+
+
+def check_pretrained_files(model_cfg: Any) -> None:
+    """Raise FileNotFoundError for the first missing local ``Pretrained``
+    checkpoint in a model config, naming the path and where to get it."""
+    missing = find_missing_pretrained(model_cfg)
+    if missing:
+        raise FileNotFoundError(missing_weights_message(missing[0]))

@@ -1,16 +1,17 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Where the authors' ImageNet weights come from, and an early check.
+"""Where the authors' ImageNet weights come from, and the error for a
+missing one.
 
 The detection and segmentation configs start the backbone from
 ``checkpoints/rest_<arch>.pth``. When that file is missing, the error names
 the path it looked for and says where to get the file (or how to train from
-scratch instead). :func:`check_pretrained_files` runs that check on a whole
-config before anything is built, so ``tools/train.py`` stops at once instead
-of after loading a dataset.
+scratch instead). :func:`mmrest.utils.check_pretrained_files` runs that
+check on a whole config before anything is built, so ``tools/train.py``
+stops at once instead of after loading a dataset.
 """
 import os
 import os.path as osp
-from typing import Any, List
+from typing import Any
 
 #: The authors' repository, which publishes the ImageNet-1K checkpoints.
 WEIGHTS_SOURCE = 'https://github.com/wofmanaf/ResT'
@@ -33,7 +34,8 @@ def missing_weights_message(path: str) -> str:
         f'instead, pass --cfg-options model.backbone.init_cfg=None.')
 
 
-def _is_local(path: Any) -> bool:
+def is_local_path(path: Any) -> bool:
+    """A path of the local file system (not a URL or another backend's)."""
     return isinstance(path, (str, os.PathLike)) and '://' not in str(path)
 
 
@@ -41,31 +43,5 @@ def check_pretrained_file(path: str) -> None:
     """Raise FileNotFoundError with :func:`missing_weights_message` when
     ``path`` is a local file path that does not exist (URLs and other
     storage backends are left to the loader)."""
-    if _is_local(path) and not osp.isfile(osp.expanduser(str(path))):
+    if is_local_path(path) and not osp.isfile(osp.expanduser(str(path))):
         raise FileNotFoundError(missing_weights_message(str(path)))
-
-
-def find_missing_pretrained(cfg: Any) -> List[str]:
-    """Local checkpoints named by ``type='Pretrained'`` init configs
-    anywhere in ``cfg`` (a config, dict or list) that do not exist."""
-    missing = []
-    if isinstance(cfg, dict):
-        if cfg.get('type') == 'Pretrained' and _is_local(
-                cfg.get('checkpoint')):
-            path = str(cfg['checkpoint'])
-            if not osp.isfile(osp.expanduser(path)):
-                missing.append(path)
-        for value in cfg.values():
-            missing += find_missing_pretrained(value)
-    elif isinstance(cfg, (list, tuple)):
-        for value in cfg:
-            missing += find_missing_pretrained(value)
-    return missing
-
-
-def check_pretrained_files(model_cfg: Any) -> None:
-    """Raise FileNotFoundError for the first missing local ``Pretrained``
-    checkpoint in a model config, naming the path and where to get it."""
-    missing = find_missing_pretrained(model_cfg)
-    if missing:
-        raise FileNotFoundError(missing_weights_message(missing[0]))

@@ -311,7 +311,7 @@ def _stub(name: str):
         raise NotImplementedError(
             f'mmcv._ext.{name} is not available: mmcv has no compiled ops '
             'here (mmcv-lite), and the GPU check\'s shim '
-            '(mmrest.testing.ops_shim) provides only '
+            '(mmrest_tools.ops_shim) provides only '
             f'{sorted(_PROVIDED)}')
 
     missing.__name__ = name
@@ -327,7 +327,7 @@ def _module_getattr(name: str):
 def make_ext_module() -> types.ModuleType:
     """A module standing in for ``mmcv._ext`` (see the module docstring)."""
     mod = types.ModuleType(
-        'mmcv._ext', 'mmcv._ext stand-in (mmrest.testing.ops_shim)')
+        'mmcv._ext', 'mmcv._ext stand-in (mmrest_tools.ops_shim)')
     mod.__dict__.update(_PROVIDED)
     mod.__getattr__ = _module_getattr
     mod.MMREST_OPS_SHIM = True

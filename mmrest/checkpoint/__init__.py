@@ -1,0 +1,34 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Checkpoint handling, all of it.
+
+- :mod:`.loading`: safe loading (``torch.load(weights_only=True)`` with a
+  scoped allow-list for mmengine's checkpoints) and a backbone's weights
+  from a checkpoint (``type='Pretrained'`` init configs);
+- :mod:`.family`: which ResT generation (v1 or v2) a checkpoint holds;
+- :mod:`.pretrained`: where the authors' ImageNet weights come from, and
+  the error for a missing one;
+- :mod:`.atomic_io`: checkpoint files written atomically (the file backend
+  of :class:`mmrest.engine.AtomicCheckpointHook`).
+"""
+from .atomic_io import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write,
+                        register_atomic_backend, remove_stale_temp_files)
+from .family import FAMILY_NAMES, check_checkpoint_family, checkpoint_family
+from .loading import (MIN_MATCHED_SHARE, PRETRAINED_CFG_KEYS, CheckpointError,
+                      checkpoint_safe_globals, download_checkpoint,
+                      extract_state_dict, is_http_url,
+                      load_backbone_state_dict, load_checkpoint_file,
+                      load_pretrained_init_cfg, safe_loading)
+from .pretrained import (WEIGHTS_FILES, WEIGHTS_SOURCE, check_pretrained_file,
+                         is_local_path, missing_weights_message)
+
+__all__ = [
+    'ATOMIC_BACKEND', 'AtomicLocalBackend', 'CheckpointError',
+    'FAMILY_NAMES', 'MIN_MATCHED_SHARE', 'PRETRAINED_CFG_KEYS',
+    'WEIGHTS_FILES', 'WEIGHTS_SOURCE', 'atomic_write',
+    'check_checkpoint_family', 'check_pretrained_file', 'checkpoint_family',
+    'checkpoint_safe_globals', 'download_checkpoint', 'extract_state_dict',
+    'is_http_url', 'is_local_path', 'load_backbone_state_dict',
+    'load_checkpoint_file', 'load_pretrained_init_cfg',
+    'missing_weights_message', 'register_atomic_backend',
+    'remove_stale_temp_files', 'safe_loading'
+]
