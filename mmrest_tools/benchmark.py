@@ -39,7 +39,7 @@ heads, InstanceNorm, BatchNorms as separate ops, NCHW maps between stages,
 the MLP on all tokens at once), ``rest_small_compiled`` (ResT-Small through
 ``torch.compile``, Inductor, one graph per input size, compiled in the
 warm-up; no memory figure), ``restv2_tiny`` and ``restv2_tiny_literal``
-(ResT v2-T and :func:`mmrest.testing.literal_v2.to_literal_v2`),
+(ResT v2-T and :func:`mmrest.testing.to_literal`),
 ``resnet50``, ``swin_t`` and ``pvt_small``
 from mmdet, each configured as in mmdet's detection configs (Mask R-CNN
 R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights.
@@ -89,8 +89,8 @@ def build_backbone(name: str) -> nn.Module:
         model = ResTV2(arch='tiny', drop_path_rate=0.1)
         model.init_weights()
         if name.endswith('_literal'):
-            from mmrest.testing.literal_v2 import to_literal_v2
-            model = to_literal_v2(model, copy_model=False)
+            from mmrest.testing import to_literal
+            model = to_literal(model, copy_model=False)
     elif name.startswith('rest_'):
         from mmrest import ResT
         arch = name.split('_')[1]

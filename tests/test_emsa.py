@@ -7,7 +7,8 @@ import torch
 
 from mmrest.backbones import EMSA, ResT, emsa_attention
 from mmrest.backbones import kernels
-from mmrest.testing import LiteralEMSA, to_literal
+from mmrest.testing import to_literal
+from mmrest.testing.literal import is_literal
 from _helpers import (GRADIENT_FACTOR, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float64_literal, literal_attention, relative_error,
@@ -20,7 +21,7 @@ def make_pair(embed_dims, num_heads, sr_ratio):
         for p in fast.parameters():
             p.normal_(0, 0.3)
     literal = to_literal(fast)
-    assert type(literal) is LiteralEMSA and type(fast) is EMSA
+    assert is_literal(literal) and not is_literal(fast)
     return fast, literal
 
 

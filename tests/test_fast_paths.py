@@ -2,8 +2,9 @@
 attention buffers, chunked MLP, BatchNorm folding, channels-last maps,
 oneDNN linears, one-head folding) against the literal computation of
 SPEC.md, with one chunk and with many; and probes that each fast path
-really runs (a silent fallback fails) and that the literal model really
-takes the literal path (so that no test compares fast with fast)."""
+really runs (a silent fallback fails) and that the switch
+``kernels.literal()`` really selects the literal path (so that no test
+compares fast with fast)."""
 import pytest
 import torch
 import torch.nn as nn
@@ -14,23 +15,13 @@ from mmrest.backbones import emsa_attention
 from mmrest.backbones import kernels
 from mmrest.backbones import rest as rest_module
 from mmrest.testing import to_literal
-from mmrest.testing.literal import (LiteralBlock, LiteralEMSA,
-                                    LiteralPatchEmbed, LiteralPixelAttention,
-                                    LiteralResT, LiteralStem)
+from mmrest.testing.literal import is_literal
 from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float32_floor, float64_literal, golden_model,
                       literal_attention, relative_error, stage_depths)
 
-LITERAL_CLASSES = {
-    LiteralEMSA: rest_module.EMSA,
-    LiteralBlock: rest_module.Block,
-    LiteralStem: rest_module.Stem,
-    LiteralPatchEmbed: rest_module.PatchEmbed,
-    LiteralPixelAttention: rest_module.PixelAttention,
-    LiteralResT: rest_module.ResT,
-}
-# The functions of the fast paths, which the literal model never calls.
+# The functions of the fast paths, which the literal computation never calls.
 FAST_FUNCTIONS = ('emsa_attention', '_attention_no_grad', '_attention_chunk',
                   'linear', 'conv_norm')
 
@@ -60,72 +51,170 @@ def count_batchnorm_calls(model):
     return calls
 
 
-def test_to_literal_swaps_every_fast_part():
-    literal = to_literal(ResT(arch='lite'))
-    assert type(literal) is LiteralResT
-    assert type(literal.stem) is LiteralStem
-    assert type(literal.stem.pos) is LiteralPixelAttention
-    assert type(literal.patch_embed_2) is LiteralPatchEmbed
-    assert type(literal.stage1[0]) is LiteralBlock
-    assert type(literal.stage1[0].attn) is LiteralEMSA
-    assert type(ResT(arch='lite').stage1[0].attn) is not LiteralEMSA
+def map_layouts(model):
+    """A list that collects, for each call of the stem or a patch
+    embedding, the layout of its input map: 'nchw' (contiguous),
+    'channels_last' or 'strided'."""
+    layouts = []
+
+    def record(module, args):
+        x = args[0]
+        layouts.append(
+            'nchw' if x.is_contiguous() else 'channels_last'
+            if x.is_contiguous(memory_format=torch.channels_last) else
+            'strided')
+
+    for m in model.modules():
+        if isinstance(m, (rest_module.Stem, rest_module.PatchEmbed)):
+            m.register_forward_pre_hook(record)
+    return layouts
 
 
-@pytest.mark.parametrize('literal_cls', list(LITERAL_CLASSES),
-                         ids=lambda c: c.__name__)
-def test_literal_classes_override_real_methods(literal_cls):
-    """Each method a literal class defines replaces one of its fast class:
-    renaming a fast method leaves no literal override silently unused."""
-    base = LITERAL_CLASSES[literal_cls]
-    assert base in literal_cls.__bases__
-    # the literal class and its literal mixins (LiteralLayoutMixin)
-    own = [c for c in literal_cls.__mro__ if c not in base.__mro__]
-    names = [n for c in own for n, v in vars(c).items()
-             if not n.startswith('__')
-             and (isinstance(v, (staticmethod, classmethod)) or callable(v))]
-    assert names, literal_cls
-    for name in names:
-        assert name in dir(base), f'{literal_cls.__name__}.{name} ' \
-            f'overrides nothing in {base.__name__}'
+def test_the_switch_restores_its_setting():
+    """``kernels.literal()`` is on within its block only, nests, and is
+    restored when the block raises."""
+    assert not kernels.use_literal() and kernels.fast_paths_allowed()
+    with kernels.literal():
+        assert kernels.use_literal() and not kernels.fast_paths_allowed()
+        with kernels.literal(False):
+            assert not kernels.use_literal()
+            assert kernels.fast_paths_allowed()
+        assert kernels.use_literal()
+    assert not kernels.use_literal() and kernels.fast_paths_allowed()
+    with pytest.raises(RuntimeError, match='inside'):
+        with kernels.literal():
+            raise RuntimeError('inside')
+    assert not kernels.use_literal()
+    model = ResT(arch='lite').eval()
+    with pytest.raises(ValueError, match='input channels'):
+        with kernels.literal():
+            model(torch.rand(1, 4, 32, 32))  # a clear error from within
+    assert not kernels.use_literal()
 
 
 @pytest.mark.parametrize('train', [False, True])
-def test_literal_model_takes_the_literal_path(train, monkeypatch):
-    """The yardstick of these tests is really literal: it calls none of
-    the fast functions and runs every BatchNorm, EMSA and layout hook of its
-    own; the fast model does the opposite."""
+def test_the_switch_selects_the_literal_path(train, monkeypatch):
+    """With ``kernels.literal()`` on, the model calls none of the fast
+    functions and runs every BatchNorm, literal EMSA and NCHW map; with it
+    off, the same model does the opposite (so that no test compares fast
+    with fast)."""
     model = randomised(ResT(arch='lite')).train(train)
-    literal = to_literal(model)
     fast_calls = {name: CallCounter(monkeypatch, kernels, name)
                   for name in FAST_FUNCTIONS}
+    sdpa = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
     one_head = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
-    literal_emsa = CallCounter(monkeypatch, LiteralEMSA, 'forward')
-    literal_tokens = CallCounter(monkeypatch, LiteralResT, '_to_tokens')
-    bn_literal = count_batchnorm_calls(literal)
-    bn_fast = count_batchnorm_calls(model)
+    chunked_mlp = CallCounter(monkeypatch, rest_module.Block,
+                              '_forward_inference')
+    literal_emsa = CallCounter(monkeypatch, rest_module.EMSA,
+                               '_literal_forward')
+    bn_calls = count_batchnorm_calls(model)
+    layouts = map_layouts(model)
     x = torch.rand(1, 3, 64, 64)
-    with torch.set_grad_enabled(train):
-        literal(x)
+    with torch.set_grad_enabled(train), kernels.literal():
+        model(x)
     assert {n: c.count for n, c in fast_calls.items()} == dict.fromkeys(
         FAST_FUNCTIONS, 0)
-    assert one_head.count == 0
+    assert sdpa.count == one_head.count == chunked_mlp.count == 0
     assert literal_emsa.count == 8  # every block of ResT-Lite
-    assert literal_tokens.count == 4
-    assert len(bn_literal) == 5  # 2 in the stem, 1 per patch embedding
+    assert len(bn_calls) == 5  # 2 in the stem, 1 per patch embedding
+    assert layouts == ['nchw'] * 4  # the authors' maps, stem and embeddings
+    bn_calls.clear(), layouts.clear()
     with torch.set_grad_enabled(train):
         model(x)
-    assert literal_emsa.count == 8 and literal_tokens.count == 4
+    assert literal_emsa.count == 8
+    assert layouts == ['channels_last'] * 4
     assert fast_calls['conv_norm'].count == 5
     if train:
         assert fast_calls['emsa_attention'].count == 8
         assert fast_calls['_attention_chunk'].count > 0
-        assert len(bn_fast) == 5  # batch statistics: nothing to fold
+        assert len(bn_calls) == 5  # batch statistics: nothing to fold
     else:
         assert one_head.count == 2  # the two one-head blocks of stage 1
+        assert chunked_mlp.count == 8
         assert fast_calls['emsa_attention'].count == 6  # the others
         assert fast_calls['_attention_no_grad'].count == 6
         assert fast_calls['linear'].count > 0
-        assert len(bn_fast) == 0  # all five folded into their convs
+        assert len(bn_calls) == 0  # all five folded into their convs
+
+
+def test_the_switch_selects_the_literal_path_of_rest_v2(monkeypatch):
+    """ResT v2 under the switch: the authors' explicit attention in every
+    block, no fused attention, no oneDNN linear, no in-place block."""
+    from mmrest import ResTV2
+    from mmrest.backbones import rest_v2
+    model = ResTV2(arch=dict(embed_dims=[16, 32, 64, 128],
+                             depths=[1, 1, 2, 1],
+                             num_heads=[1, 2, 4, 8])).eval()
+    linear = CallCounter(monkeypatch, kernels, 'linear')
+    sdpa = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
+    in_place = CallCounter(monkeypatch, rest_v2.BlockV2, '_forward_inference')
+    literal_attend = CallCounter(monkeypatch, rest_v2.AttentionV2,
+                                 '_literal_attend')
+    cf_norm = CallCounter(monkeypatch, rest_v2, 'channels_first_layer_norm')
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad(), kernels.literal():
+        model(x)
+    assert linear.count == sdpa.count == in_place.count == 0
+    assert literal_attend.count == 5 and cf_norm.count == 4
+    with torch.no_grad():
+        model(x)
+    assert literal_attend.count == 5 and cf_norm.count == 4
+    assert in_place.count == sdpa.count == 5 and linear.count > 0
+
+
+def test_to_literal_runs_every_call_under_the_switch(monkeypatch):
+    """``to_literal`` gives a copy (same class, same state dict) whose
+    calls run under the switch, restored after each call, also when the
+    call raises; the original model stays fast."""
+    model = randomised(ResT(arch='lite')).eval()
+    literal = to_literal(model)
+    assert type(literal) is ResT and literal is not model
+    assert is_literal(literal) and not is_literal(model)
+    assert list(literal.state_dict()) == list(model.state_dict())
+    seen = []
+    monkeypatch.setattr(rest_module.EMSA, '_literal_forward',
+                        lambda self, x, hw: seen.append(1) or x)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        literal(x)
+        assert len(seen) == 8 and not kernels.use_literal()
+        model(x)
+        assert len(seen) == 8
+        with pytest.raises(ValueError, match='input channels'):
+            literal(torch.rand(1, 4, 32, 32))
+    assert not kernels.use_literal()
+    assert is_literal(to_literal(literal)) and is_literal(
+        literal.double())
+    in_place = to_literal(model, copy_model=False)
+    assert in_place is model and is_literal(model)
+
+
+@pytest.mark.parametrize('literal_forward', [True, False])
+def test_checkpointed_blocks_recompute_under_the_forward_switch(
+        literal_forward, monkeypatch):
+    """Gradient checkpointing recomputes each block in the backward pass
+    with the switch as it was in the forward pass, wherever the backward
+    pass runs: the gradients are those of the same computation without
+    checkpointing, bit for bit."""
+    torch.manual_seed(0)
+    model = randomised(ResT(arch='lite', with_cp=True)).train()
+    plain = randomised(ResT(arch='lite')).train()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    grads = []
+    for m in (plain, model):
+        with kernels.literal(literal_forward):
+            outs = m(x)
+        fast_calls = {name: CallCounter(monkeypatch, kernels, name)
+                      for name in FAST_FUNCTIONS}
+        with kernels.literal(not literal_forward):  # the other setting
+            sum((o * o.detach().sign()).sum() for o in outs).backward()
+        if literal_forward:
+            assert sum(c.count for c in fast_calls.values()) == 0
+        grads.append([p.grad for p in m.parameters()])
+        monkeypatch.undo()
+    for name, a, b in zip(dict(model.named_parameters()), *grads):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize('chunks', ['one', 'many'])
@@ -136,11 +225,13 @@ def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
         monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS', 700)
         monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 3000)
     model = randomised(ResT(arch=arch)).eval()
-    literal, exact = to_literal(model), float64_literal(model)
+    exact = float64_literal(model)
     x = torch.rand(batch, 3, *size)
     x_before = x.clone()
     with torch.no_grad():
-        outs, expected = model(x), literal(x)
+        outs = model(x)
+        with kernels.literal():
+            expected = model(x)
         exact_outs = exact(x.double())
     assert torch.equal(x, x_before)  # the input is not written to
     for i, (out, lit, ref) in enumerate(zip(outs, expected, exact_outs)):
@@ -155,12 +246,12 @@ def test_golden_outputs_with_many_chunks(golden, monkeypatch):
     monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 2000)
     chunks = CallCounter(monkeypatch, torch, 'bmm')
     model = golden_model(golden).eval()
-    literal = to_literal(model)
     data = golden['cases']['256x352']
     with torch.no_grad():
         outs = model(data['input'])
         n_bmm = chunks.count
-        literal_outs = literal(data['input'])
+        with kernels.literal():
+            literal_outs = model(data['input'])
     # 500 logits per chunk and thread are a few query rows: hundreds of
     # chunks of 3 batched products each (one chunk per attention: 12)
     assert n_bmm > 300
@@ -227,11 +318,13 @@ def test_mlp_runs_in_token_chunks(monkeypatch):
     """In inference the MLP runs over chunks of tokens (counted), with the
     literal block's output."""
     block = randomised(rest_module.Block(32, 2, sr_ratio=2)).eval()
-    literal, exact = to_literal(block), float64_literal(block)
+    exact = float64_literal(block)
     x = torch.randn(1, 6 * 8, 32)
     linear = CallCounter(monkeypatch, kernels, 'linear', record=True)
     with torch.no_grad():
-        expected, ref = literal(x, (6, 8)), exact(x.double(), (6, 8))
+        with kernels.literal():
+            expected = block(x, (6, 8))
+        ref = exact(x.double(), (6, 8))
         assert linear.count == 0
         block(x, (6, 8))
         gelu_calls = [c for c in linear.calls if c[1].get('gelu')]

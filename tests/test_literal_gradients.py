@@ -8,15 +8,15 @@ alone. Here both are checked against the function itself.
 A batch of one matters: PyTorch's CPU BatchNorm backward misreads, for a
 batch of one, a gradient laid out channels-last with a non-canonical batch
 stride when its input is NCHW (see
-:func:`mmrest.testing.literal.batch_norm_call`), and the literal model's
+:func:`mmrest.backbones.kernels.batch_norm_call`), and the literal model's
 NCHW patch embeddings receive such gradients from the tokens.
 """
 import pytest
 import torch
 
 from mmrest import ResT
+from mmrest.backbones.kernels import batch_norm_call
 from mmrest.testing import to_literal
-from mmrest.testing.literal import batch_norm_call
 
 TINY = dict(embed_dims=[8, 16, 32, 64],
             depths=[1, 1, 1, 1],

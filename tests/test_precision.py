@@ -14,7 +14,6 @@ import torch
 from _helpers import golden_model, golden_model_v2
 
 from mmrest.testing import to_literal
-from mmrest.testing.literal_v2 import to_literal_v2
 
 DATA = Path(__file__).resolve().parent / 'data'
 DTYPES = [torch.bfloat16, torch.float16]
@@ -35,7 +34,7 @@ def tiny_model(family, with_cp=False):
                         weights_only=True)
     if family == 'v1':
         return golden_model(golden, with_cp=with_cp), to_literal
-    return golden_model_v2(golden, with_cp=with_cp), to_literal_v2
+    return golden_model_v2(golden, with_cp=with_cp), to_literal
 
 
 def outputs(model, x, dtype=None, grad=False):

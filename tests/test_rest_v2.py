@@ -14,7 +14,7 @@ from _helpers import relative_error
 from mmrest import ResT, ResTV2
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
-from mmrest.testing.literal_v2 import to_literal_v2
+from mmrest.testing import to_literal
 
 from _helpers import ROOT, build_detector
 # The authors' classifiers, 1000-class head included (SPEC, "Variants (v2)").
@@ -72,7 +72,7 @@ def test_golden_outputs_within_the_authors_float32_error(golden, case, path):
     and training see; 'literal': the authors' computation."""
     model = golden_model(golden).eval()
     if path == 'literal':
-        model = to_literal_v2(model)
+        model = to_literal(model)
     data = golden['cases'][case]
     with torch.set_grad_enabled(path == 'graph'):
         outs = model(data['input'])
@@ -96,7 +96,7 @@ def test_golden_outputs_in_float64(golden, case, path):
     float64 rounding."""
     model = golden_model(golden).double().eval()
     if path == 'literal':
-        model = to_literal_v2(model)
+        model = to_literal(model)
     data = golden['cases'][case]
     with torch.no_grad():
         x = data['input'].double()
@@ -219,11 +219,11 @@ def test_any_size_matches_the_literal_and_float64(golden, hw):
     800x1333 (where it is slow) the fast path, which equals the literal one
     in float64 (the golden and gradient tests)."""
     model = golden_model(golden).eval()
-    literal = to_literal_v2(model)
+    literal = to_literal(model)
     if hw == (800, 1333):
         exact_model = golden_model(golden).double().eval()
     else:
-        exact_model = to_literal_v2(model).double()
+        exact_model = to_literal(model).double()
     torch.manual_seed(1)
     x = torch.randn(1, 3, *hw)
     with torch.no_grad():
@@ -266,8 +266,8 @@ def test_gradients_match_the_literal_and_float64(golden):
     error, against the literal path in float64."""
     x = torch.randn(2, 3, 70, 90)
     fast = _grads(golden_model(golden).train(), x)
-    lit = _grads(to_literal_v2(golden_model(golden)).train(), x)
-    exact = _grads(to_literal_v2(golden_model(golden)).double().train(),
+    lit = _grads(to_literal(golden_model(golden)).train(), x)
+    exact = _grads(to_literal(golden_model(golden)).double().train(),
                    x.double())
     whole = [torch.cat([g[n].flatten().double() for n in exact])
              for g in (fast, lit)]
@@ -283,7 +283,7 @@ def test_gradients_match_the_literal_and_float64(golden):
 def test_float64_gradients_equal_the_literal(golden):
     x = torch.randn(1, 3, 45, 61, dtype=torch.float64)
     fast = _grads(golden_model(golden).double().train(), x)
-    lit = _grads(to_literal_v2(golden_model(golden)).double().train(), x)
+    lit = _grads(to_literal(golden_model(golden)).double().train(), x)
     for name, ref in lit.items():
         assert relative_error(fast[name], ref) <= 1e3 * EPS64, name
 
@@ -373,7 +373,7 @@ def test_autocast_inference(golden, dtype):
     """Under CPU autocast the fast path runs without dtype errors and is as
     close to the float64 result as the literal path under autocast is."""
     model = golden_model(golden).eval()
-    literal = to_literal_v2(model)
+    literal = to_literal(model)
     x = golden['cases']['224x224']['input'][:1]
     with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
         outs, lits = model(x), literal(x)
@@ -417,8 +417,8 @@ def assert_like_the_literal(outs, model, x, name=''):
     """Graph outputs as accurate as the eager literal float32 path, both
     against the literal float64 computation."""
     with torch.no_grad():
-        lits = to_literal_v2(model)(x)
-        exact = to_literal_v2(model).double()(x.double())
+        lits = to_literal(model)(x)
+        exact = to_literal(model).double()(x.double())
     assert len(outs) == len(exact) == 4
     for i, (a, b, ref) in enumerate(zip(outs, lits, exact)):
         assert tuple(a.shape) == tuple(ref.shape), (name, i)
@@ -464,8 +464,8 @@ def test_compiled_training_step_matches_eager(golden):
     model = golden_model(golden).train()
     _grads(torch.compile(model, backend='aot_eager', dynamic=False), x)
     fast = {n: p.grad for n, p in model.named_parameters()}
-    lit = _grads(to_literal_v2(golden_model(golden)).train(), x)
-    exact = _grads(to_literal_v2(golden_model(golden)).double().train(),
+    lit = _grads(to_literal(golden_model(golden)).train(), x)
+    exact = _grads(to_literal(golden_model(golden)).double().train(),
                    x.double())
     for name, ref in exact.items():
         err_lit = relative_error(lit[name].double(), ref)

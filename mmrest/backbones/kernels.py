@@ -1,7 +1,16 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The exact fast kernels of ResT and ResT v2, and the one rule that decides
-when they may run.
+"""The exact fast kernels of ResT and ResT v2, the switch that selects the
+literal computation instead, and the one rule that decides when a fast path
+may run.
 
+* :func:`literal` / :func:`use_literal`: the switch. With it on, every
+  module computes SPEC.md literally, the authors' operators in the
+  authors' order (N x M attention maps, the 1x1 conv over heads and the
+  InstanceNorm, BatchNorms as module calls, NCHW maps between the stages);
+  the tests and the benchmarks measure the fast paths against it;
+* :func:`fast_paths_allowed` / :func:`is_inference`: when a fast path may
+  run (never with the switch on, never while a graph is recorded; the
+  inference paths also need eval mode and no autograd);
 * :func:`emsa_attention`: EMSA's attention core (``q k^T``, the 1x1 head
   mixing, softmax, InstanceNorm, ``@ v``) without N x M maps kept whole:
   query chunks, the InstanceNorm's mean known exactly (1/M), its variance
@@ -9,13 +18,14 @@ when they may run.
 * :func:`linear`: oneDNN's fused linear (bias and GELU applied as the output
   is written) where nothing needs a gradient, on the CPU in float32;
 * :func:`conv_norm`: an eval-mode BatchNorm folded into its convolution;
-* :func:`is_inference` / :func:`graph_capture`: when a fast path may run
-  (eval mode and no autograd; never while a graph is recorded).
+* :func:`checkpoint`: gradient checkpointing whose recomputation keeps the
+  forward pass's setting of the switch.
 
-Every kernel computes the same formula as the literal computation in
-:mod:`mmrest.testing.literal` (the authors' operators, which the tests
-compare against), grouped otherwise.
+Every kernel computes the same formula as the literal computation (each
+module's literal branch, which the tests compare against), grouped
+otherwise.
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -50,6 +60,87 @@ def _chunk_elements(device: torch.device) -> int:
     return GPU_CHUNK_ELEMENTS
 
 
+# The literal switch (see :func:`literal`). A module-level flag, as timm's
+# ``use_fused_attn``: ``torch.compile`` guards on it, where it cannot trace
+# a ``ContextVar`` and does not guard a ``threading.local``.
+_use_literal = False
+
+
+def use_literal() -> bool:
+    """Whether the literal computation of SPEC.md is selected (see
+    :func:`literal`)."""
+    return _use_literal
+
+
+@contextlib.contextmanager
+def literal(enabled: bool = True):
+    """Selects the literal computation of SPEC.md everywhere.
+
+    Within the ``with`` block every ResT and ResT v2 module computes
+    literally, the authors' operators in the authors' order: EMSA builds
+    its N x M attention maps, mixes them with the 1x1 conv and
+    instance-normalises them; ResT v2's attention builds
+    ``softmax(q k^T) @ v`` explicitly; BatchNorms, linears and MLPs are
+    plain module calls on all tokens at once; the maps between the stages
+    are contiguous NCHW tensors, flattened to tokens and reshaped back.
+    No fast path runs (:func:`fast_paths_allowed` is False): no oneDNN
+    linear, no BatchNorm folding, no chunked attention, no one-head
+    folding, no MLP chunking, no in-place update. Parameters, state-dict
+    keys and outputs (up to float32 rounding) are those of the fast model:
+    the tests and the benchmarks measure the fast paths against this
+    computation.
+
+    The switch is process-wide (not per thread) and restored on exit, also
+    on an exception; ``literal(False)`` turns it off within a block.
+    Gradient checkpointing recomputes each block under the setting of its
+    forward pass (see :func:`checkpoint`), so a backward pass may run
+    outside the block.
+
+    Args:
+        enabled (bool): Whether to select the literal computation within
+            the block. Defaults to True.
+
+    Example:
+        >>> import torch
+        >>> from mmrest import ResT
+        >>> from mmrest.backbones import kernels
+        >>> model = ResT(arch='lite').eval()
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> with torch.no_grad(), kernels.literal():
+        ...     literal_outs = model(x)
+        >>> kernels.use_literal()
+        False
+    """
+    global _use_literal
+    previous = _use_literal
+    _use_literal = bool(enabled)
+    try:
+        yield
+    finally:
+        _use_literal = previous
+
+
+def checkpoint(function, *args):
+    """``function(*args)`` with non-reentrant gradient checkpointing; its
+    recomputation in the backward pass runs under the setting of the
+    literal switch of the forward pass (:func:`literal`), so that it
+    repeats the same operators wherever the backward pass runs.
+
+    Args:
+        function (callable): The function to checkpoint.
+        *args: Its arguments.
+    """
+    if graph_capture():  # a compiled graph is recorded once, as it runs
+        return cp.checkpoint(function, *args, use_reentrant=False)
+    enabled = _use_literal
+
+    def run(*inputs):
+        with literal(enabled):
+            return function(*inputs)
+
+    return cp.checkpoint(run, *args, use_reentrant=False)
+
+
 def graph_capture() -> bool:
     """Whether the forward is being recorded as a graph: ``torch.jit``
     tracing or scripting (ONNX export with TorchScript, mmengine's FLOP
@@ -69,13 +160,23 @@ def graph_capture() -> bool:
                 compiler, 'is_exporting', lambda: False)())))
 
 
+def fast_paths_allowed() -> bool:
+    """Whether a fast path may run at all: the literal switch is off (see
+    :func:`literal`) and no graph is being recorded (see
+    :func:`graph_capture`).
+
+    The one rule every fast path obeys; the inference paths add eval mode
+    and no autograd (:func:`is_inference`).
+    """
+    return not (_use_literal or graph_capture())
+
+
 def is_inference(module: nn.Module) -> bool:
     """Eval mode and no autograd, in eager mode: dropout is off and
     nothing is saved for a backward pass, so buffers may be reused and work
-    may be reordered (never while a graph is recorded, see
-    :func:`graph_capture`)."""
-    return not (module.training or torch.is_grad_enabled()
-                or graph_capture())
+    may be reordered (only where :func:`fast_paths_allowed`)."""
+    return not (module.training or torch.is_grad_enabled()) \
+        and fast_paths_allowed()
 
 
 def cpu_float32(x: torch.Tensor) -> bool:
@@ -135,13 +236,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     on ResT's many-token, few-channel linears those passes cost as much as
     the product itself. Same formula, no approximation. The kernel has no
     autograd, knows no autocast, and a recorded graph must see the literal
-    operators (see :func:`graph_capture`), so otherwise it is
-    ``F.linear``.
+    operators (see :func:`graph_capture`), so otherwise (and with the
+    literal switch on, see :func:`fast_paths_allowed`) it is ``F.linear``.
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if (ONEDNN_LINEAR is not None and not needs_grad
-            and not graph_capture() and cpu_float32(x)
+            and fast_paths_allowed() and cpu_float32(x)
             and weight.dtype == torch.float32
             and torch.backends.mkldnn.enabled):
         if gelu:
@@ -403,13 +504,13 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module,
     A BatchNorm that uses its running statistics is an affine map per
     channel, so it is folded into the convolution's weight and bias (the
     same function, one pass over the feature map fewer). Gradients flow
-    through the folding to the conv and norm parameters alike. Not while a
-    graph is recorded (see :func:`graph_capture`): tools that count FLOPs
-    on a trace see the literal sequence of operators. The folded conv is
-    ``F.conv2d`` with the module's own arguments (zero padding only).
+    through the folding to the conv and norm parameters alike. Only where
+    :func:`fast_paths_allowed`: tools that count FLOPs on a trace see the
+    literal sequence of operators. The folded conv is ``F.conv2d`` with the
+    module's own arguments (zero padding only).
     """
     if not (isinstance(norm, _BatchNorm) and not norm.training
-            and norm.running_mean is not None and not graph_capture()
+            and norm.running_mean is not None and fast_paths_allowed()
             and conv.padding_mode == 'zeros'):
         return norm(conv(x))
     scale = torch.rsqrt(norm.running_var + norm.eps)
@@ -423,3 +524,37 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module,
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding,
                     conv.dilation, conv.groups)
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format ``x`` is dense in (NCHW where it is both or none)."""
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, the module call of the literal computation, its
+    gradient laid out as ``x`` is.
+
+    Works around a bug of PyTorch's CPU ``native_batch_norm_backward`` (seen
+    in torch 2.13): its fast path runs when input and gradient are each
+    dense in some format and ``suggest_memory_format()`` names the same one
+    for both, then reads both buffers in that format. For a batch of one, a
+    channels-last gradient whose batch stride is not ``C * H * W`` (legal
+    for a dimension of size one; what reaches a patch embedding from the
+    tokens of the literal NCHW layout) is suggested NCHW: it is read in the
+    wrong order, and the input, weight and bias gradients are wrong (eval
+    and train modes) while the output is right. A gradient dense in the
+    input's own layout avoids this; the forward computation is untouched.
+
+    Args:
+        norm (nn.Module): The BatchNorm.
+        x (Tensor): Its input.
+    """
+    out = norm(x)
+    if out.requires_grad:
+        layout = _layout_of(x)
+        out.register_hook(lambda grad: grad.contiguous(memory_format=layout))
+    return out

@@ -21,8 +21,10 @@ rounding:
   and GELU applied as the output is written), and one-head attention has
   its query and output projections folded into its keys and values.
 
-:mod:`mmrest.testing.literal` holds the literal computation these are
-tested against.
+Each module also holds the literal computation, the authors' operators in
+the authors' order, beside its fast one: :func:`kernels.literal()
+<mmrest.backbones.kernels.literal>` selects it everywhere, and the tests
+measure the fast paths against it.
 """
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -30,7 +32,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
@@ -43,6 +44,10 @@ from . import kernels
 
 class PixelAttention(nn.Module):
     """Positional encoding as pixel attention: ``x * sigmoid(dwconv(x))``.
+
+    In inference the gate is computed and applied in place; the literal
+    computation (:func:`~mmrest.backbones.kernels.literal`) and training
+    compute it out of place.
 
     Args:
         channels (int): Number of channels.
@@ -82,8 +87,16 @@ class Stem(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(kernels.conv_norm(self.conv1, self.norm1, x), inplace=True)
-        x = F.relu(kernels.conv_norm(self.conv2, self.norm2, x), inplace=True)
+        if kernels.use_literal():  # conv, then BatchNorm, then ReLU
+            x = F.relu(kernels.batch_norm_call(self.norm1, self.conv1(x)),
+                       inplace=True)
+            x = F.relu(kernels.batch_norm_call(self.norm2, self.conv2(x)),
+                       inplace=True)
+        else:  # eval-mode BatchNorms folded into the convs
+            x = F.relu(kernels.conv_norm(self.conv1, self.norm1, x),
+                       inplace=True)
+            x = F.relu(kernels.conv_norm(self.conv2, self.norm2, x),
+                       inplace=True)
         return self.pos(self.conv3(x))
 
 
@@ -103,6 +116,8 @@ class PatchEmbed(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.use_literal():  # conv, then BatchNorm
+            return self.pos(kernels.batch_norm_call(self.norm, self.conv(x)))
         return self.pos(kernels.conv_norm(self.conv, self.norm, x))
 
 
@@ -113,6 +128,11 @@ class EMSA(nn.Module):
     tokens (when ``sr_ratio > 1``); with more than one head, a 1x1
     convolution mixes the heads' attention maps, which are then
     instance-normalised (the "transform").
+
+    :meth:`_literal_forward` computes this as SPEC.md and the authors do;
+    the fast computation is exact and needs no N x M map
+    (:func:`~mmrest.backbones.kernels.emsa_attention`, and in inference
+    :meth:`_forward_one_head` for one head).
 
     Args:
         embed_dims (int): Token channels C.
@@ -218,7 +238,34 @@ class EMSA(nn.Module):
             out.add_(self.proj.bias)
         return out
 
+    def _literal_forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        """SPEC's EMSA step by step, the authors' operators: the N x M
+        attention maps, the 1x1 conv over heads, softmax, InstanceNorm."""
+        B, N, C = x.shape
+        h = self.num_heads
+        q = self.q(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
+        if self.sr_ratio > 1:
+            x_ = x.permute(0, 2, 1).reshape(B, C, *hw_shape)
+            x_ = self.sr(x_).reshape(B, C, -1).permute(0, 2, 1)
+            x_ = self.sr_norm(x_)
+        else:
+            x_ = x
+        kv = self.kv(x_).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        if self.apply_transform:
+            attn = self.transform_conv(attn)
+            attn = attn.softmax(dim=-1)
+            attn = F.instance_norm(attn, eps=1e-5)
+        else:
+            attn = attn.softmax(dim=-1)
+        attn = F.dropout(attn, self.attn_drop, self.training)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        if kernels.use_literal():
+            return self._literal_forward(x, hw_shape)
         if self.num_heads == 1 and kernels.is_inference(self) and \
                 not torch.is_autocast_enabled(x.device.type):
             return self._forward_one_head(x, hw_shape)
@@ -329,11 +376,12 @@ class Block(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
+        # The literal computation (kernels.literal) is _forward: the MLP on
+        # all tokens at once (is_inference is False with it).
         if kernels.is_inference(self) and kernels.cpu_float32(x):
             return self._forward_inference(x, hw_shape)
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(
-                self._forward, x, hw_shape, use_reentrant=False)
+            return kernels.checkpoint(self._forward, x, hw_shape)
         return self._forward(x, hw_shape)
 
 
@@ -349,24 +397,32 @@ class TokenMapsMixin:
     the maps between the stages and ``train`` with ``norm_eval``.
 
     Channels-last maps share the tokens' memory layout (B, H, W, C): maps
-    -> tokens -> maps is a view, not a copy. (The literal computations in
-    :mod:`mmrest.testing` override the three layout methods with the
-    authors' NCHW layout.)
+    -> tokens -> maps is a view, not a copy. The literal computation
+    (:func:`~mmrest.backbones.kernels.literal`) keeps the authors'
+    contiguous NCHW maps, flattened to tokens and transposed back as their
+    code does.
     """
 
     @staticmethod
     def _input_layout(x: torch.Tensor) -> torch.Tensor:
+        """The input image in the layout of the maps."""
+        if kernels.use_literal():
+            return x
         return x.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
     def _to_tokens(x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) map -> (B, H * W, C) tokens."""
+        if kernels.use_literal():
+            return x.flatten(2).transpose(1, 2)
         B, C, H, W = x.shape
         return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
     @staticmethod
     def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
+        if kernels.use_literal():
+            return x.transpose(1, 2).reshape(shape)
         B, C, H, W = shape
         return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
 

@@ -29,16 +29,17 @@ tracing, compiling or exporting) do the blocks take a leaner route: oneDNN
 linears with the bias and GELU applied as the output is written, the
 output projection and the MLP accumulated into the tokens in place, and
 the MLP run over chunks of tokens (see :meth:`BlockV2._forward_inference`).
-:mod:`mmrest.testing.literal_v2` holds the literal computation (the
-authors' explicit ``softmax(q k^T) @ v``, NCHW maps, explicit reshapes) that
-the tests compare against.
+
+Each module also holds the literal computation (the authors' explicit
+``softmax(q k^T) @ v``, NCHW maps, explicit reshapes, the channels-first
+output LayerNorm), which :func:`kernels.literal()
+<mmrest.backbones.kernels.literal>` selects and the tests compare against.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
@@ -50,11 +51,12 @@ from .rest import PixelAttention, TokenMapsMixin
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
 
+
 def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
-    """Eval mode, no autograd, no autocast, plain eager execution (rest.py's
-    :func:`~mmrest.backbones.kernels.is_inference`): nothing is saved for a
-    backward pass and no dtype is chosen per operator, so buffers may be
-    written in place and work may be reordered."""
+    """Eval mode, no autograd, no autocast, plain eager execution, no
+    literal switch (:func:`~mmrest.backbones.kernels.is_inference`): nothing
+    is saved for a backward pass and no dtype is chosen per operator, so
+    buffers may be written in place and work may be reordered."""
     return kernels.is_inference(module) and \
         not torch.is_autocast_enabled(x.device.type)
 
@@ -119,6 +121,9 @@ class AttentionV2(nn.Module):
     with ``v`` seen as a (B, C, ceil(H/s), ceil(W/s)) map whose channels are
     ordered head-major, the upsampled branch cropped to the (H, W) grid.
 
+    :meth:`_literal_attend` computes this as the authors do; the fast
+    computation is one fused ``F.scaled_dot_product_attention`` call.
+
     Args:
         embed_dims (int): Token channels C.
         num_heads (int): Number of heads h (C must be divisible by h).
@@ -158,10 +163,40 @@ class AttentionV2(nn.Module):
         self.up_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
+    def _literal_attend(self, x: torch.Tensor,
+                        hw_shape: Sequence[int]) -> torch.Tensor:
+        """:meth:`attend` as the authors compute it: the N x M matrix
+        ``softmax(q k^T * scale)`` built explicitly and multiplied by ``v``,
+        the value branch reshaped from ``v`` (cropped, see SPEC)."""
+        B, N, C = x.shape
+        H, W = hw_shape
+        h = self.num_heads
+        q = self.q(x).reshape(B, N, h, C // h).permute(0, 2, 1, 3)
+        if self.sr_ratio > 1:
+            x_ = x.permute(0, 2, 1).reshape(B, C, H, W)
+            x_ = self.sr(x_)
+            Hs, Ws = x_.shape[2:]
+            x_ = x_.reshape(B, C, -1).permute(0, 2, 1)
+            x_ = self.sr_norm(x_)
+        else:
+            x_, Hs, Ws = x, H, W
+        kv = self.kv(x_).reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(B, N, C)
+
+        identity = v.transpose(-1, -2).reshape(B, C, Hs, Ws)
+        identity = self.up(identity)[:, :, :H, :W]
+        identity = identity.flatten(2).transpose(1, 2)
+        return out + self.up_norm(identity)
+
     def attend(self, x: torch.Tensor,
                hw_shape: Sequence[int]) -> torch.Tensor:
         """Everything before the output projection: the attention output
         plus the normalised value branch, (B, N, C)."""
+        if kernels.use_literal():
+            return self._literal_attend(x, hw_shape)
         B, N, C = x.shape
         H, W = hw_shape
         h = self.num_heads
@@ -275,11 +310,12 @@ class BlockV2(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 hw_shape: Sequence[int]) -> torch.Tensor:
+        # The literal computation (kernels.literal) is _forward, out of
+        # place on all tokens at once (_eager_inference is False with it).
         if _eager_inference(self, x):
             return self._forward_inference(x, hw_shape)
         if self.with_cp and self.training and torch.is_grad_enabled():
-            return cp.checkpoint(
-                self._forward, x, hw_shape, use_reentrant=False)
+            return kernels.checkpoint(self._forward, x, hw_shape)
         return self._forward(x, hw_shape)
 
 
@@ -461,8 +497,27 @@ class ResTV2(TokenMapsMixin, BaseModule):
         """``norm_{i+1}`` of stage ``i``'s tokens, as a contiguous NCHW map.
 
         The authors' channels-first LayerNorm normalises each position over
-        its channels: on the tokens that is an ordinary LayerNorm.
+        its channels: on the tokens that is an ordinary LayerNorm. The
+        literal computation applies their formula to the map.
         """
-        out = getattr(self, f'norm_{i + 1}')(x)
-        return self._to_map(out, shape).contiguous()
+        norm = getattr(self, f'norm_{i + 1}')
+        if kernels.use_literal():
+            return channels_first_layer_norm(self._to_map(x, shape), norm)
+        return self._to_map(norm(x), shape).contiguous()
+
+
+def channels_first_layer_norm(x: torch.Tensor,
+                              norm: nn.LayerNorm) -> torch.Tensor:
+    """The authors' channels-first LayerNorm of a (B, C, H, W) map: each
+    position normalised over its channels, with the weight, bias and
+    epsilon of ``norm``.
+
+    Args:
+        x (Tensor): The map, (B, C, H, W).
+        norm (nn.LayerNorm): The LayerNorm over C whose parameters apply.
+    """
+    u = x.mean(1, keepdim=True)
+    s = (x - u).pow(2).mean(1, keepdim=True)
+    x = (x - u) / torch.sqrt(s + norm.eps)
+    return norm.weight[:, None, None] * x + norm.bias[:, None, None]
 

@@ -1,4 +1,4 @@
 """Test and benchmark helpers. Nothing here is on the model's path."""
-from .literal import LiteralEMSA, to_literal
+from .literal import to_literal
 
-__all__ = ['LiteralEMSA', 'to_literal']
+__all__ = ['to_literal']
