@@ -224,6 +224,12 @@ def _onednn_linear_op():
 ONEDNN_LINEAR = _onednn_linear_op()
 
 
+def is_exact_gelu(act: nn.Module) -> bool:
+    """Whether ``act`` is the exact (erf) GELU that :func:`linear` can fuse
+    (``gelu=True``); any other activation is applied as its module."""
+    return type(act) is nn.GELU and act.approximate == 'none'
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor,
             bias: Optional[torch.Tensor] = None,
             gelu: bool = False) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
+from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
@@ -144,6 +144,8 @@ class EMSA(nn.Module):
         proj_drop (float): Dropout after the output projection.
         apply_transform (bool): Whether to mix and normalise the heads'
             attention maps (only effective with more than one head).
+        token_norm_cfg (dict): Config of the LayerNorm of the reduced
+            tokens. Defaults to ``dict(type='LN')``.
     """
 
     def __init__(self,
@@ -154,7 +156,8 @@ class EMSA(nn.Module):
                  qk_scale: Optional[float] = None,
                  attn_drop: float = 0.,
                  proj_drop: float = 0.,
-                 apply_transform: bool = True):
+                 apply_transform: bool = True,
+                 token_norm_cfg: dict = dict(type='LN')):
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims {embed_dims} is not divisible by '
@@ -175,7 +178,7 @@ class EMSA(nn.Module):
                 stride=sr_ratio,
                 padding=sr_ratio // 2,
                 groups=embed_dims)
-            self.sr_norm = nn.LayerNorm(embed_dims)
+            self.sr_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.apply_transform = apply_transform and num_heads > 1
         if self.apply_transform:
             self.transform_conv = nn.Conv2d(num_heads, num_heads, 1)
@@ -285,19 +288,21 @@ class EMSA(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear, GELU (exact, erf), Linear.
+    """Linear, activation (GELU, exact, erf, by default), Linear.
 
     Args:
         in_features (int): Input and output channels.
         hidden_features (int): Hidden channels.
         drop (float): Dropout after each Linear.
+        act_cfg (dict): Config of the activation. Defaults to
+            ``dict(type='GELU')``.
     """
 
     def __init__(self, in_features: int, hidden_features: int,
-                 drop: float = 0.):
+                 drop: float = 0., act_cfg: dict = dict(type='GELU')):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
+        self.act = build_activation_layer(act_cfg)
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
@@ -319,6 +324,10 @@ class Block(nn.Module):
         drop_path (float): Stochastic depth rate of this block.
         apply_transform (bool): EMSA's head mixing and normalisation.
         with_cp (bool): Gradient checkpointing of the whole block.
+        token_norm_cfg (dict): Config of the LayerNorms. Defaults to
+            ``dict(type='LN')``.
+        act_cfg (dict): Config of the MLP's activation. Defaults to
+            ``dict(type='GELU')``.
     """
 
     def __init__(self,
@@ -331,10 +340,12 @@ class Block(nn.Module):
                  attn_drop: float = 0.,
                  drop_path: float = 0.,
                  apply_transform: bool = True,
-                 with_cp: bool = False):
+                 with_cp: bool = False,
+                 token_norm_cfg: dict = dict(type='LN'),
+                 act_cfg: dict = dict(type='GELU')):
         super().__init__()
         self.with_cp = with_cp
-        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm1 = build_token_norm(token_norm_cfg, embed_dims)
         self.attn = EMSA(
             embed_dims,
             num_heads,
@@ -342,11 +353,13 @@ class Block(nn.Module):
             qkv_bias=qkv_bias,
             attn_drop=attn_drop,
             proj_drop=drop,
-            apply_transform=apply_transform)
+            apply_transform=apply_transform,
+            token_norm_cfg=token_norm_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
-        self.norm2 = nn.LayerNorm(embed_dims)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop)
+        self.norm2 = build_token_norm(token_norm_cfg, embed_dims)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop,
+                       act_cfg)
 
     def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
@@ -367,9 +380,12 @@ class Block(nn.Module):
         fc2_weight_t = mlp.fc2.weight.t()
         rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
                    mlp.fc1.out_features)
+        gelu = kernels.is_exact_gelu(mlp.act)  # fused in the linear
         for chunk in x.view(-1, x.shape[-1]).split(rows):
             hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
-                                    mlp.fc1.bias, gelu=True)
+                                    mlp.fc1.bias, gelu=gelu)
+            if not gelu:
+                hidden = mlp.act(hidden)
             chunk.addmm_(hidden, fc2_weight_t)  # x += hidden @ W2^T
         if mlp.fc2.bias is not None:
             x.add_(mlp.fc2.bias)
@@ -383,6 +399,17 @@ class Block(nn.Module):
         if self.with_cp and x.requires_grad:
             return kernels.checkpoint(self._forward, x, hw_shape)
         return self._forward(x, hw_shape)
+
+
+def build_token_norm(cfg: dict, num_features: int) -> nn.Module:
+    """A norm of tokens (B, N, C) over their C channels, from ``cfg``
+    (mmcv's ``build_norm_layer``): a LayerNorm, or a subclass of it."""
+    norm = build_norm_layer(cfg, num_features)[1]
+    if not isinstance(norm, nn.LayerNorm):
+        raise TypeError(
+            f'token_norm_cfg must build a LayerNorm (each token normalised '
+            f'over its channels), got {type(norm).__name__} from {cfg!r}')
+    return norm
 
 
 def _check_index(name: str, value: int, low: int, high: int = 3):
@@ -580,6 +607,12 @@ class ResT(TokenMapsMixin, BaseModule):
             blocks to this rate. Defaults to 0.
         norm_cfg (dict): Config of the BatchNorms of the stem and the patch
             embeddings. Defaults to ``dict(type='BN')``.
+        token_norm_cfg (dict): Config of the LayerNorms on tokens (blocks,
+            reduced keys, stage outputs); it must build a LayerNorm, e.g.
+            with another ``eps``. Defaults to ``dict(type='LN')`` (eps
+            1e-5, the paper's).
+        act_cfg (dict): Config of the MLPs' activation. Defaults to
+            ``dict(type='GELU')`` (exact, the paper's).
         init_cfg (dict | list[dict], optional): Initialisation config. With
             ``dict(type='Pretrained', checkpoint=path)`` the authors'
             ImageNet checkpoints load as they are (a plain state dict or
@@ -642,6 +675,8 @@ class ResT(TokenMapsMixin, BaseModule):
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
                  norm_cfg: dict = dict(type='BN'),
+                 token_norm_cfg: dict = dict(type='LN'),
+                 act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -675,14 +710,18 @@ class ResT(TokenMapsMixin, BaseModule):
                     attn_drop=attn_drop_rate,
                     drop_path=rates[start + j],
                     apply_transform=self.arch_settings['apply_transform'],
-                    with_cp=with_cp) for j in range(depths[i])
+                    with_cp=with_cp,
+                    token_norm_cfg=token_norm_cfg,
+                    act_cfg=act_cfg) for j in range(depths[i])
             ])
             self.add_module(f'stage{i + 1}', stage)
             # Output norms: norm1..norm3 for returned stages 1-3, and the
             # final `norm` (the classifier's) always on stage 4.
             if i < 3 and i in self.out_indices:
-                self.add_module(f'norm{i + 1}', nn.LayerNorm(embed_dims[i]))
-        self.norm = nn.LayerNorm(embed_dims[3])
+                self.add_module(f'norm{i + 1}',
+                                build_token_norm(token_norm_cfg,
+                                                 embed_dims[i]))
+        self.norm = build_token_norm(token_norm_cfg, embed_dims[3])
         self._freeze_stages()
 
     # ------------------------------------------------------------- weights

@@ -40,16 +40,18 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
+from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from ..checkpoint import load_pretrained_init_cfg
 from . import kernels
-from .rest import PixelAttention, TokenMapsMixin
+from .rest import PixelAttention, TokenMapsMixin, build_token_norm
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
+#: The default config of the token norms.
+TOKEN_NORM_CFG = dict(type='LN', eps=LN_EPS)
 
 
 def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
@@ -71,9 +73,11 @@ class ConvStemV2(nn.Module):
         in_channels (int): Input image channels.
         out_channels (int): Output channels (``embed_dims[0]``).
         norm_cfg (dict): Config of the two BatchNorms.
+        token_norm_cfg (dict): Config of the token LayerNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict,
+                 token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         mid = out_channels // 2
         self.proj = nn.Sequential(
@@ -86,7 +90,7 @@ class ConvStemV2(nn.Module):
             nn.Conv2d(out_channels, out_channels, 1),
         )
         self.pos = PixelAttention(out_channels)
-        self.norm = nn.LayerNorm(out_channels, eps=LN_EPS)
+        self.norm = build_token_norm(token_norm_cfg, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map (B, C0, H/4, W/4), before the token norm."""
@@ -100,13 +104,15 @@ class PatchEmbedV2(nn.Module):
     Args:
         in_channels (int): Channels of the previous stage.
         out_channels (int): Channels of this stage.
+        token_norm_cfg (dict): Config of the token LayerNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int,
+                 token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
         self.pos = PixelAttention(out_channels)
-        self.norm = nn.LayerNorm(out_channels, eps=LN_EPS)
+        self.norm = build_token_norm(token_norm_cfg, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map, before the token norm."""
@@ -128,9 +134,12 @@ class AttentionV2(nn.Module):
         embed_dims (int): Token channels C.
         num_heads (int): Number of heads h (C must be divisible by h).
         sr_ratio (int): Spatial reduction s of keys and values.
+        token_norm_cfg (dict): Config of the LayerNorms of the reduced
+            tokens and of the value branch.
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int = 1):
+    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int = 1,
+                 token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims {embed_dims} is not divisible by '
@@ -151,7 +160,7 @@ class AttentionV2(nn.Module):
                 stride=sr_ratio,
                 padding=sr_ratio // 2,
                 groups=embed_dims)
-            self.sr_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
+            self.sr_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.up = nn.Sequential(
             nn.Conv2d(
                 embed_dims,
@@ -160,7 +169,7 @@ class AttentionV2(nn.Module):
                 padding=1,
                 groups=embed_dims),
             nn.PixelShuffle(sr_ratio))
-        self.up_norm = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.up_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def _literal_attend(self, x: torch.Tensor,
@@ -231,17 +240,21 @@ class AttentionV2(nn.Module):
 
 
 class MlpV2(nn.Module):
-    """Linear(C, rC), GELU (exact, erf), Linear(rC, C).
+    """Linear(C, rC), activation (GELU, exact, erf, by default),
+    Linear(rC, C).
 
     Args:
         in_features (int): Input and output channels.
         hidden_features (int): Hidden channels.
+        act_cfg (dict): Config of the activation. Defaults to
+            ``dict(type='GELU')``.
     """
 
-    def __init__(self, in_features: int, hidden_features: int):
+    def __init__(self, in_features: int, hidden_features: int,
+                 act_cfg: dict = dict(type='GELU')):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU()
+        self.act = build_activation_layer(act_cfg)
         self.fc2 = nn.Linear(hidden_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,6 +271,8 @@ class BlockV2(nn.Module):
         sr_ratio (int): Spatial reduction of keys and values.
         drop_path (float): Stochastic depth rate of this block.
         with_cp (bool): Gradient checkpointing of the whole block.
+        token_norm_cfg (dict): Config of the LayerNorms.
+        act_cfg (dict): Config of the MLP's activation.
     """
 
     def __init__(self,
@@ -266,13 +281,16 @@ class BlockV2(nn.Module):
                  mlp_ratio: float = 4.,
                  sr_ratio: int = 1,
                  drop_path: float = 0.,
-                 with_cp: bool = False):
+                 with_cp: bool = False,
+                 token_norm_cfg: dict = TOKEN_NORM_CFG,
+                 act_cfg: dict = dict(type='GELU')):
         super().__init__()
         self.with_cp = with_cp
-        self.norm1 = nn.LayerNorm(embed_dims, eps=LN_EPS)
-        self.attn = AttentionV2(embed_dims, num_heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(embed_dims, eps=LN_EPS)
-        self.mlp = MlpV2(embed_dims, int(embed_dims * mlp_ratio))
+        self.norm1 = build_token_norm(token_norm_cfg, embed_dims)
+        self.attn = AttentionV2(embed_dims, num_heads, sr_ratio,
+                                token_norm_cfg)
+        self.norm2 = build_token_norm(token_norm_cfg, embed_dims)
+        self.mlp = MlpV2(embed_dims, int(embed_dims * mlp_ratio), act_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
 
@@ -302,9 +320,12 @@ class BlockV2(nn.Module):
         mlp = self.mlp
         rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
                    mlp.fc1.out_features)
+        gelu = kernels.is_exact_gelu(mlp.act)  # fused in the linear
         for chunk in tokens.split(rows):
             hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
-                                    mlp.fc1.bias, gelu=True)
+                                    mlp.fc1.bias, gelu=gelu)
+            if not gelu:
+                hidden = mlp.act(hidden)
             chunk.addmm_(hidden, mlp.fc2.weight.t())
         return x.add_(mlp.fc2.bias)
 
@@ -352,6 +373,12 @@ class ResTV2(TokenMapsMixin, BaseModule):
             blocks to this rate. Defaults to 0.
         norm_cfg (dict): Config of the stem's BatchNorms. Defaults to
             ``dict(type='BN')``.
+        token_norm_cfg (dict): Config of the LayerNorms on tokens (stem,
+            patch embeddings, blocks, attention, stage outputs); it must
+            build a LayerNorm. Defaults to ``dict(type='LN', eps=1e-6)``
+            (the paper's).
+        act_cfg (dict): Config of the MLPs' activation. Defaults to
+            ``dict(type='GELU')`` (exact, the paper's).
         init_cfg (dict | list[dict], optional): Initialisation config. With
             ``dict(type='Pretrained', checkpoint=path)`` the authors'
             ImageNet checkpoints (under ``model``; the classifier's ``norm``
@@ -409,6 +436,8 @@ class ResTV2(TokenMapsMixin, BaseModule):
                  with_cp: bool = False,
                  drop_path_rate: float = 0.,
                  norm_cfg: dict = dict(type='BN'),
+                 token_norm_cfg: dict = TOKEN_NORM_CFG,
+                 act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -426,12 +455,15 @@ class ResTV2(TokenMapsMixin, BaseModule):
         self.norm_eval = norm_eval
         self.embed_dims = list(embed_dims)
 
-        self.stem = ConvStemV2(in_channels, embed_dims[0], norm_cfg)
+        self.stem = ConvStemV2(in_channels, embed_dims[0], norm_cfg,
+                               token_norm_cfg)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         for i in range(self.num_stages):
             if i > 0:
-                self.add_module(f'patch_{i + 1}',
-                                PatchEmbedV2(embed_dims[i - 1], embed_dims[i]))
+                self.add_module(
+                    f'patch_{i + 1}',
+                    PatchEmbedV2(embed_dims[i - 1], embed_dims[i],
+                                 token_norm_cfg))
             start = sum(depths[:i])
             self.add_module(
                 f'stage{i + 1}',
@@ -442,13 +474,15 @@ class ResTV2(TokenMapsMixin, BaseModule):
                         self.arch_settings['mlp_ratios'][i],
                         self.arch_settings['sr_ratios'][i],
                         drop_path=rates[start + j],
-                        with_cp=with_cp) for j in range(depths[i])
+                        with_cp=with_cp,
+                        token_norm_cfg=token_norm_cfg,
+                        act_cfg=act_cfg) for j in range(depths[i])
                 ]))
         # Dense output norms (channels-first LayerNorms in the authors'
         # code), only for the returned stages, as theirs.
         for i in self.out_indices:
             self.add_module(f'norm_{i + 1}',
-                            nn.LayerNorm(embed_dims[i], eps=LN_EPS))
+                            build_token_norm(token_norm_cfg, embed_dims[i]))
         self._freeze_stages()
 
     # ------------------------------------------------------------- weights
