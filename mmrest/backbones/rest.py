@@ -513,6 +513,48 @@ class TokenMapsMixin:
                                  f'{low}, got {settings[key]!r}')
         return settings
 
+    # What init_weights does with type='Pretrained': the checkpoint family,
+    # the checkpoint's keys that are not the backbone's, and whether to
+    # initialise first what no checkpoint of the family holds.
+    checkpoint_family = 'v1'
+    checkpoint_ignore: Sequence[str] = ('head.', )
+    init_before_loading = False
+
+    def _setup(self, arch: Union[str, dict], in_channels: int,
+               out_indices: Sequence[int], frozen_stages: int,
+               norm_eval: bool, drop_path_rate: float) -> List[float]:
+        """Parse and check the arguments both families share and keep them;
+        return each block's stochastic depth rate, rising linearly from 0 to
+        ``drop_path_rate``."""
+        self.arch_settings = self._parse_arch(arch)
+        out_indices = self._check_stage_args(out_indices, frozen_stages,
+                                             in_channels)
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(
+                f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        self.in_channels = in_channels
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.embed_dims = list(self.arch_settings['embed_dims'])
+        depths = self.arch_settings['depths']
+        return torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            if self.init_before_loading:
+                self._init_from_scratch()
+            load_pretrained_init_cfg(self, self.init_cfg,
+                                     family=self.checkpoint_family,
+                                     ignore=self.checkpoint_ignore)
+            self._is_init = True
+            return
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        self._init_from_scratch()
+
     def _init_from_scratch(self):
         """Truncated normal (std 0.02) conv and linear weights, zero biases,
         norms 1 and 0 (SPEC, both generations)."""
@@ -679,20 +721,12 @@ class ResT(TokenMapsMixin, BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch)
-        embed_dims = self.arch_settings['embed_dims']
+        rates = self._setup(arch, in_channels, out_indices, frozen_stages,
+                            norm_eval, drop_path_rate)
+        embed_dims = self.embed_dims
         depths = self.arch_settings['depths']
 
-        out_indices = self._check_stage_args(out_indices, frozen_stages,
-                                             in_channels)
-        self.in_channels = in_channels
-        self.out_indices = tuple(out_indices)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.embed_dims = list(embed_dims)
-
         self.stem = Stem(in_channels, embed_dims[0], norm_cfg)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         for i in range(self.num_stages):
             if i > 0:
                 self.add_module(
@@ -723,18 +757,6 @@ class ResT(TokenMapsMixin, BaseModule):
                                                  embed_dims[i]))
         self.norm = build_token_norm(token_norm_cfg, embed_dims[3])
         self._freeze_stages()
-
-    # ------------------------------------------------------------- weights
-    def init_weights(self):
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            load_pretrained_init_cfg(self, self.init_cfg, family='v1')
-            self._is_init = True
-            return
-        if self.init_cfg is not None:
-            super().init_weights()
-            return
-        self._init_from_scratch()
 
     # ------------------------------------------------------------- forward
     def _stage_modules(self, i: int) -> List[nn.Module]:

@@ -44,7 +44,6 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ..checkpoint import load_pretrained_init_cfg
 from . import kernels
 from .rest import PixelAttention, TokenMapsMixin, build_token_norm
 
@@ -426,6 +425,11 @@ class ResTV2(TokenMapsMixin, BaseModule):
     essential_keys = ('embed_dims', 'depths', 'num_heads')
     optional_keys = {'sr_ratios': [8, 4, 2, 1], 'mlp_ratios': [4, 4, 4, 4]}
     num_stages = 4
+    # The ImageNet checkpoints hold neither the dense output norms norm_1..4
+    # (initialised first) nor use for the classifier's norm and head.
+    checkpoint_family = 'v2'
+    checkpoint_ignore = ('head.', 'norm.')
+    init_before_loading = True
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -440,24 +444,13 @@ class ResTV2(TokenMapsMixin, BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self._parse_arch(arch)
-        embed_dims = self.arch_settings['embed_dims']
+        rates = self._setup(arch, in_channels, out_indices, frozen_stages,
+                            norm_eval, drop_path_rate)
+        embed_dims = self.embed_dims
         depths = self.arch_settings['depths']
-
-        out_indices = self._check_stage_args(out_indices, frozen_stages,
-                                             in_channels)
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(
-                f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        self.in_channels = in_channels
-        self.out_indices = tuple(out_indices)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.embed_dims = list(embed_dims)
 
         self.stem = ConvStemV2(in_channels, embed_dims[0], norm_cfg,
                                token_norm_cfg)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         for i in range(self.num_stages):
             if i > 0:
                 self.add_module(
@@ -484,20 +477,6 @@ class ResTV2(TokenMapsMixin, BaseModule):
             self.add_module(f'norm_{i + 1}',
                             build_token_norm(token_norm_cfg, embed_dims[i]))
         self._freeze_stages()
-
-    # ------------------------------------------------------------- weights
-    def init_weights(self):
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            self._init_from_scratch()  # what the checkpoint lacks
-            load_pretrained_init_cfg(self, self.init_cfg, family='v2',
-                                     ignore=('head.', 'norm.'))
-            self._is_init = True
-            return
-        if self.init_cfg is not None:
-            super().init_weights()
-            return
-        self._init_from_scratch()
 
     # ------------------------------------------------------------- forward
     def _stage_modules(self, i: int) -> List[nn.Module]:
