@@ -171,13 +171,7 @@ class EMSA(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(
-                embed_dims,
-                embed_dims,
-                kernel_size=sr_ratio + 1,
-                stride=sr_ratio,
-                padding=sr_ratio // 2,
-                groups=embed_dims)
+            self.sr = reduction_conv(embed_dims, sr_ratio)
             self.sr_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.apply_transform = apply_transform and num_heads > 1
         if self.apply_transform:
@@ -399,6 +393,19 @@ class Block(nn.Module):
         if self.with_cp and x.requires_grad:
             return kernels.checkpoint(self._forward, x, hw_shape)
         return self._forward(x, hw_shape)
+
+
+def reduction_conv(embed_dims: int, sr_ratio: int) -> nn.Conv2d:
+    """The depth-wise convolution that reduces the keys' and values'
+    tokens by ``sr_ratio`` in each direction (SPEC: kernel s + 1, stride s,
+    padding s // 2), in EMSA and in ResT v2's attention alike."""
+    return nn.Conv2d(
+        embed_dims,
+        embed_dims,
+        kernel_size=sr_ratio + 1,
+        stride=sr_ratio,
+        padding=sr_ratio // 2,
+        groups=embed_dims)
 
 
 def build_token_norm(cfg: dict, num_features: int) -> nn.Module:

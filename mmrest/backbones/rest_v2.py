@@ -45,7 +45,8 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from . import kernels
-from .rest import PixelAttention, TokenMapsMixin, build_token_norm
+from .rest import (PixelAttention, TokenMapsMixin, build_token_norm,
+                   reduction_conv)
 
 #: LayerNorm epsilon of every norm in ResT v2 (SPEC).
 LN_EPS = 1e-6
@@ -152,13 +153,7 @@ class AttentionV2(nn.Module):
         self.q = nn.Linear(embed_dims, embed_dims)
         self.kv = nn.Linear(embed_dims, embed_dims * 2)
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(
-                embed_dims,
-                embed_dims,
-                kernel_size=sr_ratio + 1,
-                stride=sr_ratio,
-                padding=sr_ratio // 2,
-                groups=embed_dims)
+            self.sr = reduction_conv(embed_dims, sr_ratio)
             self.sr_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.up = nn.Sequential(
             nn.Conv2d(
