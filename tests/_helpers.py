@@ -286,3 +286,25 @@ def demo_training_records(work, summary: dict) -> list:
         assert image is not None and image.std() > 0, name
     scalars = next(work.glob('*/vis_data/scalars.json'))
     return [r for r in read_scalars(str(scalars)) if 'loss' in r]
+
+
+def assert_frozen_stages(model, frozen_stages: int, sizes: Sequence[int]):
+    """``model.train()`` (twice) keeps the frozen levels frozen: level 0 is
+    the stem, level i the patch embedding, blocks and output norm of stage
+    i; a frozen level has no parameter that needs a gradient and every
+    module in eval mode, the others the reverse. ``sizes``: the number of
+    modules of levels 1 to 4."""
+    assert model.train() is model
+    model.train()  # a second call keeps them frozen
+    levels = [[model.stem]] + [
+        [m for m in model._stage_modules(i) if m is not model.stem]
+        for i in range(4)
+    ]
+    assert [len(level) for level in levels[1:]] == list(sizes)
+    for level, modules in enumerate(levels):
+        frozen = level <= frozen_stages if level else frozen_stages >= 0
+        for module in modules:
+            assert all(not p.requires_grad
+                       for p in module.parameters()) == frozen, level
+            assert all(m.training != frozen
+                       for m in module.modules()), level

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmrest import ResT
 from mmrest.testing import to_literal
 from _helpers import (assert_float32_close, assert_float64_equal,
+                      assert_frozen_stages,
                       assert_gradients_close, float32_errors, float32_floor,
                       float64_literal, golden_model, stage_depths,
                       ERROR_FACTOR)
@@ -140,25 +141,10 @@ def _trainable(module):
 
 @pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
 def test_frozen_stages(frozen_stages):
-    model = ResT(arch='lite', frozen_stages=frozen_stages)
-    assert model.train() is model
-    model.train()  # a second call keeps them frozen
-    # level 0: the stem; level i: patch embedding, blocks and norm of stage i
-    levels = [[model.stem]] + [
-        [m for m in model._stage_modules(i) if m is not model.stem]
-        for i in range(4)
-    ]
-    assert len(levels[1]) == 2 and len(levels[4]) == 3
-    for level, modules in enumerate(levels):
-        frozen = level <= frozen_stages if level else frozen_stages >= 0
-        for module in modules:
-            assert all(not p.requires_grad
-                       for p in module.parameters()) == frozen, level
-            assert all(not p.requires_grad or m.training
-                       for m in module.modules()
-                       for p in m.parameters(recurse=False))
-            assert all(not m.training
-                       for m in module.modules()) == frozen, level
+    # stages 1-3 have an output norm only when returned (all here), stage 4
+    # the final norm
+    assert_frozen_stages(ResT(arch='lite', frozen_stages=frozen_stages),
+                         frozen_stages, sizes=[2, 3, 3, 3])
 
 
 def test_frozen_stages_get_no_gradient():

@@ -112,7 +112,7 @@ def test_semantic_labels_must_be_a_bool(tmp_path):
 
 def test_demo_config_changes_what_the_demo_needs():
     """The demo config is the ADE20K base's model and recipe with the data,
-    5 classes, 128 x 128, narrow heads, BN and a short schedule."""
+    5 classes, 96 x 96 inputs, narrow heads, BN and a short schedule."""
     cfg = Config.fromfile(CONFIG)
     base = Config.fromfile(BASE)
     assert cfg.default_scope == 'mmseg'
@@ -134,7 +134,18 @@ def test_demo_config_changes_what_the_demo_needs():
     assert [s.type for s in cfg.param_scheduler] == ['LinearLR', 'PolyLR']
     assert cfg.param_scheduler[1].end == cfg.train_cfg.max_iters
     assert cfg.shapes_data.semantic_labels is True
-    assert tuple(cfg.shapes_data.image_size) == cfg.crop_size == (128, 128)
+    # 128 x 128 images, seen resized to 96 x 96; label maps read after
+    # the test resize, so that mIoU is measured at the images' size
+    assert tuple(cfg.shapes_data.image_size) == (128, 128)
+    assert cfg.crop_size == (96, 96)
+    assert tuple(cfg.model.data_preprocessor.size) == cfg.crop_size
+    train = [t.type for t in cfg.train_pipeline]
+    test = [t.type for t in cfg.test_pipeline]
+    assert train.index('Resize') > train.index('LoadAnnotations')
+    assert test.index('Resize') < test.index('LoadAnnotations')
+    for pipeline in (cfg.train_pipeline, cfg.test_pipeline):
+        resize = [t for t in pipeline if t.type == 'Resize'][0]
+        assert tuple(resize.scale) == cfg.crop_size
 
 
 @pytest.fixture(scope='module')

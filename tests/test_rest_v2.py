@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from _helpers import golden_arch_v2 as golden_arch
 from _helpers import golden_backbone_state_v2 as backbone_state
 from _helpers import golden_model_v2 as golden_model
-from _helpers import relative_error
+from _helpers import assert_frozen_stages, relative_error
 from mmrest import ResT, ResTV2
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
@@ -302,21 +302,9 @@ def test_with_cp_same_outputs_and_gradients(golden):
 
 @pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
 def test_frozen_stages(frozen_stages):
-    model = ResTV2('tiny', frozen_stages=frozen_stages)
-    assert model.train() is model
-    model.train()  # a second call keeps them frozen
-    levels = [[model.stem]] + [
-        [m for m in model._stage_modules(i) if m is not model.stem]
-        for i in range(4)
-    ]
-    assert len(levels[1]) == 2 and len(levels[2]) == 3
-    for level, modules in enumerate(levels):
-        frozen = level <= frozen_stages if level else frozen_stages >= 0
-        for module in modules:
-            assert all(not p.requires_grad
-                       for p in module.parameters()) == frozen, level
-            assert all(not m.training
-                       for m in module.modules()) == frozen, level
+    # the stem holds stage 1's token norm; every returned stage has norm_i
+    assert_frozen_stages(ResTV2('tiny', frozen_stages=frozen_stages),
+                         frozen_stages, sizes=[2, 3, 3, 3])
 
 
 def test_frozen_stages_get_no_gradient():

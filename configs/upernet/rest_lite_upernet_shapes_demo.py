@@ -4,9 +4,9 @@
 # ADE20K configs' (the shared base through the ResT v1 config: UPerHead +
 # FCN auxiliary head on ResT, AdamW, a linear warm-up then a poly decay,
 # mmseg's IoUMetric); what differs, and why, is said at each change: the
-# data and its 5 classes, the 128 x 128 size, ResT-Lite from scratch, the
+# data and its 5 classes, the 96 x 96 input, ResT-Lite from scratch, the
 # heads' widths, BN for SyncBN, the learning rate and the schedule, all
-# sized for training on 2 CPU cores.
+# sized for training on 2 CPU cores (how they were chosen: docs/demo.md).
 _base_ = [
     './rest_small_upernet_8xb2-160k_ade20k-512x512.py',
     '../_base_/shapes_demo_data.py'
@@ -20,7 +20,12 @@ palette = [[0, 0, 0], [255, 127, 14], [44, 160, 44], [214, 39, 40],
            [148, 103, 189]]
 metainfo = dict(classes=classes, palette=palette)
 class_weight = [0.25, 1.0, 1.0, 1.0, 1.0]  # the loss's, see the heads
-crop_size = (128, 128)  # the generated images' size: no resize, no crop
+# The generated images are 128 x 128; the model sees them resized to
+# 96 x 96 (no crop): measured on the same schedule, mIoU 0.45 against 0.30
+# after 850 iterations, 0.68 after 1700, at 0.56 of the cost of an
+# iteration (64 x 64: 0.40 after 1275 iterations against 0.63 at 96). The
+# predictions are resized back and evaluated on the 128 x 128 label maps.
+crop_size = (96, 96)
 # The detection demo's set (the shared base: 1000 train and 100 val images
 # of 128 x 128, every shape of a class in the same pose) with its label
 # maps, in its own folder, so that the two demos do not remake each
@@ -56,15 +61,19 @@ model = dict(
         norm_cfg=norm_cfg,
         loss_decode=dict(class_weight=class_weight)))
 
-# The images are all 128 x 128: flips are the only augmentation.
+# The images are all 128 x 128: the resize and flips are the only
+# augmentation. In test the label maps are loaded after the resize, at
+# their own size.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
@@ -96,11 +105,10 @@ test_dataloader = val_dataloader
 # mmseg's IoUMetric (mIoU) from the base.
 
 # Schedule: the base's warm-up then poly decay, shortened; evaluated once at
-# the end. 500 iterations of 8 images (4 epochs) took 0.83 CPU s each on
-# this 2-core machine (9 to 16 min wall under other jobs' load). It does
-# not reach the issue's mIoU target of 0.60 (see docs/demo.md,
-# "Semantic segmentation").
-max_iters = 500
+# the end. 1700 iterations of 8 images (13.6 epochs): 0.51 CPU s each on
+# one thread of this 2-core machine (docs/demo.md has the runs and the
+# wall times). Seeded, so that a run can be repeated.
+max_iters = 2200
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 # lr for batch 8 from scratch (the base's 6e-5 is for ImageNet weights and
@@ -118,3 +126,4 @@ default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False, window_size=25)
+randomness = dict(seed=0)
