@@ -105,9 +105,10 @@ test_dataloader = val_dataloader
 # mmseg's IoUMetric (mIoU) from the base.
 
 # Schedule: the base's warm-up then poly decay, shortened; evaluated once at
-# the end. 1700 iterations of 8 images (13.6 epochs): 0.51 CPU s each on
-# one thread of this 2-core machine (docs/demo.md has the runs and the
-# wall times). Seeded, so that a run can be repeated.
+# the end. 2200 iterations of 8 images (17.6 epochs): 0.37 s each with two
+# threads on an idle 2-core machine, 13 min 57 s for `make demo-seg`, mIoU
+# 0.605 (docs/demo.md has the runs). Seeded; runs still differ with the
+# number of threads (the order of floating-point sums).
 max_iters = 2200
 train_cfg = dict(
     type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
