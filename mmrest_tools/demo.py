@@ -507,37 +507,10 @@ def run_demo(config: Union[str, Config],
 
     metrics = {k: float(v) for k, v in keeper.metrics.items()}
     if segmentation:
-        if 'mIoU' not in metrics:
-            raise KeyError(f'The evaluation gave no mIoU; got '
-                           f'{sorted(metrics)}: the config must evaluate '
-                           "with IoUMetric(iou_metrics=['mIoU'])")
-        mmseg_metrics = metrics
-        metrics = seg_metrics(areas.areas, classes)
-        # mmseg rounds the percentage to 2 decimals
-        if abs(100 * metrics['mIoU'] - mmseg_metrics['mIoU']) > 0.0051:
-            raise RuntimeError(
-                f"The per-class IoUs give mIoU {metrics['mIoU']:.5f}, "
-                f"mmseg's IoUMetric {mmseg_metrics['mIoU']} %")
-        metrics['mmseg_metrics'] = mmseg_metrics
-        plot_loss(
-            read_scalars(osp.join(runner.log_dir, 'vis_data',
-                                  'scalars.json')),
-            osp.join(work_dir, 'loss.png'),
-            title='UperNet, ResT backbone from scratch: training loss')
-        plot_seg_predictions(runner.model, runner.val_dataloader.dataset,
-                             osp.join(work_dir, 'predictions.png'))
+        metrics = _segmentation_outputs(runner, metrics, areas, classes,
+                                        work_dir)
     else:
-        missing = [k for k in TARGETS if k not in metrics]
-        if missing:
-            raise KeyError(f'The evaluation gave no {missing}; got '
-                           f'{sorted(metrics)}: the config must evaluate '
-                           "with CocoMetric(metric=['bbox', 'segm'])")
-        plot_loss(
-            read_scalars(osp.join(runner.log_dir, 'vis_data',
-                                  'scalars.json')),
-            osp.join(work_dir, 'loss.png'))
-        plot_predictions(runner.model, runner.val_dataloader.dataset,
-                         osp.join(work_dir, 'predictions.png'))
+        _detection_outputs(runner, metrics, work_dir)
     total_s = time.time() - start
     wall_s, cpu_s = (keeper.end[0] - keeper.start[0],
                      keeper.end[1] - keeper.start[1]) \
@@ -562,6 +535,56 @@ def run_demo(config: Union[str, Config],
         epochs=runner.epoch)
     with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
         json.dump(summary, f, indent=2)
+    _print_summary(summary, segmentation, targets, total_s, data_s,
+                   runner.iter, load_before, work_dir)
+    return summary
+
+
+def _segmentation_outputs(runner, metrics: dict, areas, classes,
+                          work_dir: str) -> dict:
+    """The segmentation demo's metrics (each class's IoU from the val
+    areas, checked against mmseg's mIoU), loss.png and predictions.png."""
+    if 'mIoU' not in metrics:
+        raise KeyError(f'The evaluation gave no mIoU; got '
+                       f'{sorted(metrics)}: the config must evaluate '
+                       "with IoUMetric(iou_metrics=['mIoU'])")
+    mmseg_metrics = metrics
+    metrics = seg_metrics(areas.areas, classes)
+    # mmseg rounds the percentage to 2 decimals
+    if abs(100 * metrics['mIoU'] - mmseg_metrics['mIoU']) > 0.0051:
+        raise RuntimeError(
+            f"The per-class IoUs give mIoU {metrics['mIoU']:.5f}, "
+            f"mmseg's IoUMetric {mmseg_metrics['mIoU']} %")
+    metrics['mmseg_metrics'] = mmseg_metrics
+    plot_loss(
+        read_scalars(osp.join(runner.log_dir, 'vis_data', 'scalars.json')),
+        osp.join(work_dir, 'loss.png'),
+        title='UperNet, ResT backbone from scratch: training loss')
+    plot_seg_predictions(runner.model, runner.val_dataloader.dataset,
+                         osp.join(work_dir, 'predictions.png'))
+    return metrics
+
+
+def _detection_outputs(runner, metrics: dict, work_dir: str) -> None:
+    """The detection demo's checks on its metrics, loss.png and
+    predictions.png."""
+    missing = [k for k in TARGETS if k not in metrics]
+    if missing:
+        raise KeyError(f'The evaluation gave no {missing}; got '
+                       f'{sorted(metrics)}: the config must evaluate '
+                       "with CocoMetric(metric=['bbox', 'segm'])")
+    plot_loss(
+        read_scalars(osp.join(runner.log_dir, 'vis_data', 'scalars.json')),
+        osp.join(work_dir, 'loss.png'))
+    plot_predictions(runner.model, runner.val_dataloader.dataset,
+                     osp.join(work_dir, 'predictions.png'))
+
+
+def _print_summary(summary: dict, segmentation: bool, targets: dict,
+                   total_s: float, data_s: float, iterations: int,
+                   load_before, work_dir: str) -> None:
+    """The demo's last lines: the metrics, the targets, the times."""
+    metrics = summary
     if segmentation:
         print(f"[demo] mIoU: {metrics['mIoU']:.3f}  aAcc: "
               f"{metrics['aAcc']:.3f}  IoU: " + '  '.join(
@@ -574,12 +597,11 @@ def run_demo(config: Union[str, Config],
         verdict = 'reached' if metrics[key] >= target else 'NOT reached'
         print(f'[demo] target {key} >= {target}: {verdict}')
     print(f'[demo] wall time {_fmt_seconds(total_s)} (data '
-          f'{data_s:.1f} s; {runner.iter} iterations, '
+          f'{data_s:.1f} s; {iterations} iterations, '
           f'{summary["time_s"]["per_iteration"]:.3f} s each, '
           f'{summary["time_s"]["cpu_per_iteration"]:.3f} CPU s; load '
           f'average {load_before} at the start); outputs in {work_dir}: '
           'metrics.json, loss.png, predictions.png', flush=True)
-    return summary
 
 
 def predict_image(image: str, config: Union[str, Config], checkpoint: str,
