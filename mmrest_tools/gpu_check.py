@@ -1038,6 +1038,156 @@ def _status(row: Dict) -> Optional[str]:
     return None
 
 
+def _md_equality(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``equality`` section: the equality rows and the GradScaler steps."""
+    lines: List[str] = []
+    if sec.get('criteria'):
+        lines.append('Criteria: fp32 ' + sec['criteria']['fp32'] +
+                     '; autocast ' + sec['criteria']['amp'] + '.')
+    lines += ['', '| model | input | mode | dtype | out err fast | '
+              'out err literal | ratio | grad err fast | '
+              'grad err literal | pass |', '|' + '---|' * 10]
+    for r in rows:
+        if r.get('kind') != 'equality':
+            continue
+        st = _status(r)
+        cells = [r['model'], r['input'], r['mode'], r['dtype']]
+        if st:
+            cells += [st, '', '', '', '', '']
+        else:
+            cells += [_fmt(r.get('err_fast')),
+                      _fmt(r.get('err_literal')),
+                      _fmt(r.get('ratio'), '.2f'),
+                      _fmt(r.get('grad_err_fast')),
+                      _fmt(r.get('grad_err_literal')),
+                      _fmt(r.get('pass'))]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    steps = [r for r in rows if r.get('kind') == 'amp_steps']
+    if steps:
+        n = len(steps[0].get('steps', [])) or '?'
+        lines += ['', f'| fp16 + GradScaler, {n} steps | input | '
+                  'loss scale | skipped steps | non-finite grads | '
+                  'pass |', '|' + '---|' * 6]
+        for r in steps:
+            st = _status(r)
+            cells = [f'{r["model"]} {r["path"]}', r['input']]
+            cells += ([st, '', '', ''] if st else [
+                _fmt(r.get('scale')), _fmt(r.get('skipped_steps')),
+                _fmt(r.get('nonfinite_grads')), _fmt(r.get('pass'))
+            ])
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``throughput`` section: backbone speed and memory."""
+    lines: List[str] = []
+    st = sec.get('settings', {})
+    small, large = st.get('small', '?'), st.get('large', '?')
+    amp = st.get('amp', 'float16')
+    amp = 'fp16' if amp == 'float16' else amp
+    lines += [
+        f'Eval, no autograd, median of {st.get("repeats")} CUDA-event '
+        f'timings after {st.get("warmup")} warm-ups; train step: '
+        'peak memory above what was allocated before the step.', '',
+        f'| backbone | params (M) | {small} fp32 img/s | {small} {amp} '
+        f'img/s | {large} fp32 ms | {large} {amp} ms | train step '
+        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 8]
+    for r in rows:
+        st_ = _status(r)
+        cells = [r['model']]
+        if st_:
+            cells += [st_] + [''] * 6
+        else:
+            def cell(key, spec):
+                err = r.get('_'.join(key.split('_')[:2]) + '_error')
+                if key in r:
+                    return _fmt(r[key], spec)
+                return f'error: {err[:80]}' if err else '-'
+            cells += [
+                _fmt(r.get('params_M'), '.1f'),
+                cell('small_fp32_img_s', '.0f'),
+                cell('small_fp16_img_s', '.0f'),
+                cell('large_fp32_ms', '.1f'),
+                cell('large_fp16_ms', '.1f'),
+                cell('train_fp32_step_peak_MiB', '.0f'),
+                cell('train_amp_step_peak_MiB', '.0f')
+            ]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``maskrcnn`` section: the Mask R-CNN training iteration."""
+    lines: List[str] = []
+    st = sec.get('settings', {})
+    lines += [
+        f'One training iteration at {st.get("image")}, batch '
+        f'{st.get("batch")}: {st.get("amp")}; median of '
+        f'{st.get("timed_iters")} timed iterations after '
+        f'{st.get("warmup")} warm-ups.', '',
+        '| model | params (M) | iteration ms | peak MiB | '
+        'skipped steps | last loss |', '|' + '---|' * 6]
+    for r in rows:
+        st_ = _status(r)
+        cells = [r['model']]
+        cells += ([st_, '', '', '', ''] if st_ else [
+            _fmt(r.get('params_M'), '.1f'),
+            _fmt(r.get('iter_ms'), '.0f'),
+            _fmt(r.get('peak_MiB'), '.0f'),
+            _fmt(r.get('skipped_steps')),
+            _fmt(r.get('loss_last'), '.3f')
+        ])
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _md_syncbn(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``syncbn`` section: SyncBatchNorm against BatchNorm."""
+    lines: List[str] = []
+    lines += ['', '| model | norms | grads finite | train err vs BN '
+              '| eval err vs BN |', '|' + '---|' * 5]
+    for r in rows:
+        st_ = _status(r)
+        cells = [r['model']]
+        cells += ([st_, '', '', ''] if st_ else [
+            ', '.join(r.get('norms', [])), str(r.get('grads_finite')),
+            _fmt(r.get('train_err_vs_bn')),
+            _fmt(r.get('eval_err_vs_bn'))])
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``compile`` section: torch.compile against eager."""
+    lines: List[str] = []
+    lines += ['', '| model | backend | compile s | eager ms | '
+              'compiled ms | speed-up | err vs eager |',
+              '|' + '---|' * 7]
+    for r in rows:
+        st_ = _status(r)
+        cells = [r['model'], str(sec.get('settings', {}).get(
+            'backend'))]
+        cells += ([st_, '', '', '', ''] if st_ else [
+            _fmt(r.get('compile_s'), '.0f'),
+            _fmt(r.get('eager_ms'), '.1f'),
+            _fmt(r.get('compiled_ms'), '.1f'),
+            _fmt(r.get('speedup'), '.2f'),
+            _fmt(r.get('err_vs_eager'))
+        ])
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+_SECTION_MARKDOWN = {
+    'equality': _md_equality,
+    'throughput': _md_throughput,
+    'maskrcnn': _md_maskrcnn,
+    'syncbn': _md_syncbn,
+    'compile': _md_compile,
+}
+
+
 def to_markdown(results: Dict) -> str:
     """The tables of a result dict (``gpu_check.json``)."""
     meta = results.get('meta', {})
@@ -1062,122 +1212,7 @@ def to_markdown(results: Dict) -> str:
         if sec.get('note'):
             lines.append(f'{sec["note"]}')
         rows = sec.get('rows', [])
-        if name == 'equality':
-            if sec.get('criteria'):
-                lines.append('Criteria: fp32 ' + sec['criteria']['fp32'] +
-                             '; autocast ' + sec['criteria']['amp'] + '.')
-            lines += ['', '| model | input | mode | dtype | out err fast | '
-                      'out err literal | ratio | grad err fast | '
-                      'grad err literal | pass |', '|' + '---|' * 10]
-            for r in rows:
-                if r.get('kind') != 'equality':
-                    continue
-                st = _status(r)
-                cells = [r['model'], r['input'], r['mode'], r['dtype']]
-                if st:
-                    cells += [st, '', '', '', '', '']
-                else:
-                    cells += [_fmt(r.get('err_fast')),
-                              _fmt(r.get('err_literal')),
-                              _fmt(r.get('ratio'), '.2f'),
-                              _fmt(r.get('grad_err_fast')),
-                              _fmt(r.get('grad_err_literal')),
-                              _fmt(r.get('pass'))]
-                lines.append('| ' + ' | '.join(cells) + ' |')
-            steps = [r for r in rows if r.get('kind') == 'amp_steps']
-            if steps:
-                n = len(steps[0].get('steps', [])) or '?'
-                lines += ['', f'| fp16 + GradScaler, {n} steps | input | '
-                          'loss scale | skipped steps | non-finite grads | '
-                          'pass |', '|' + '---|' * 6]
-                for r in steps:
-                    st = _status(r)
-                    cells = [f'{r["model"]} {r["path"]}', r['input']]
-                    cells += ([st, '', '', ''] if st else [
-                        _fmt(r.get('scale')), _fmt(r.get('skipped_steps')),
-                        _fmt(r.get('nonfinite_grads')), _fmt(r.get('pass'))
-                    ])
-                    lines.append('| ' + ' | '.join(cells) + ' |')
-        elif name == 'throughput':
-            st = sec.get('settings', {})
-            small, large = st.get('small', '?'), st.get('large', '?')
-            amp = st.get('amp', 'float16')
-            amp = 'fp16' if amp == 'float16' else amp
-            lines += [
-                f'Eval, no autograd, median of {st.get("repeats")} CUDA-event '
-                f'timings after {st.get("warmup")} warm-ups; train step: '
-                'peak memory above what was allocated before the step.', '',
-                f'| backbone | params (M) | {small} fp32 img/s | {small} {amp} '
-                f'img/s | {large} fp32 ms | {large} {amp} ms | train step '
-                f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 8]
-            for r in rows:
-                st_ = _status(r)
-                cells = [r['model']]
-                if st_:
-                    cells += [st_] + [''] * 6
-                else:
-                    def cell(key, spec):
-                        err = r.get('_'.join(key.split('_')[:2]) + '_error')
-                        if key in r:
-                            return _fmt(r[key], spec)
-                        return f'error: {err[:80]}' if err else '-'
-                    cells += [
-                        _fmt(r.get('params_M'), '.1f'),
-                        cell('small_fp32_img_s', '.0f'),
-                        cell('small_fp16_img_s', '.0f'),
-                        cell('large_fp32_ms', '.1f'),
-                        cell('large_fp16_ms', '.1f'),
-                        cell('train_fp32_step_peak_MiB', '.0f'),
-                        cell('train_amp_step_peak_MiB', '.0f')
-                    ]
-                lines.append('| ' + ' | '.join(cells) + ' |')
-        elif name == 'maskrcnn':
-            st = sec.get('settings', {})
-            lines += [
-                f'One training iteration at {st.get("image")}, batch '
-                f'{st.get("batch")}: {st.get("amp")}; median of '
-                f'{st.get("timed_iters")} timed iterations after '
-                f'{st.get("warmup")} warm-ups.', '',
-                '| model | params (M) | iteration ms | peak MiB | '
-                'skipped steps | last loss |', '|' + '---|' * 6]
-            for r in rows:
-                st_ = _status(r)
-                cells = [r['model']]
-                cells += ([st_, '', '', '', ''] if st_ else [
-                    _fmt(r.get('params_M'), '.1f'),
-                    _fmt(r.get('iter_ms'), '.0f'),
-                    _fmt(r.get('peak_MiB'), '.0f'),
-                    _fmt(r.get('skipped_steps')),
-                    _fmt(r.get('loss_last'), '.3f')
-                ])
-                lines.append('| ' + ' | '.join(cells) + ' |')
-        elif name == 'syncbn':
-            lines += ['', '| model | norms | grads finite | train err vs BN '
-                      '| eval err vs BN |', '|' + '---|' * 5]
-            for r in rows:
-                st_ = _status(r)
-                cells = [r['model']]
-                cells += ([st_, '', '', ''] if st_ else [
-                    ', '.join(r.get('norms', [])), str(r.get('grads_finite')),
-                    _fmt(r.get('train_err_vs_bn')),
-                    _fmt(r.get('eval_err_vs_bn'))])
-                lines.append('| ' + ' | '.join(cells) + ' |')
-        elif name == 'compile':
-            lines += ['', '| model | backend | compile s | eager ms | '
-                      'compiled ms | speed-up | err vs eager |',
-                      '|' + '---|' * 7]
-            for r in rows:
-                st_ = _status(r)
-                cells = [r['model'], str(sec.get('settings', {}).get(
-                    'backend'))]
-                cells += ([st_, '', '', '', ''] if st_ else [
-                    _fmt(r.get('compile_s'), '.0f'),
-                    _fmt(r.get('eager_ms'), '.1f'),
-                    _fmt(r.get('compiled_ms'), '.1f'),
-                    _fmt(r.get('speedup'), '.2f'),
-                    _fmt(r.get('err_vs_eager'))
-                ])
-                lines.append('| ' + ' | '.join(cells) + ' |')
+        lines += _SECTION_MARKDOWN.get(name, lambda sec, rows: [])(sec, rows)
     return '\n'.join(lines) + '\n'
 
 
