@@ -274,10 +274,8 @@ class MixHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, attn, mix, bias):
-        b, h, n, m = attn.shape
         ctx.save_for_backward(attn, mix)
-        return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
-                             attn.reshape(b, h, n * m)).view(b, h, n, m)
+        return mix_heads_baddbmm(attn, mix, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -310,6 +308,13 @@ def mix_heads(attn: torch.Tensor, mix: torch.Tensor,
     """
     if attn.device.type != 'cpu' and not graph_capture():
         return MixHeads.apply(attn, mix, bias)
+    return mix_heads_baddbmm(attn, mix, bias)
+
+
+def mix_heads_baddbmm(attn: torch.Tensor, mix: torch.Tensor,
+                      bias: torch.Tensor) -> torch.Tensor:
+    """:func:`mix_heads` as one ``baddbmm``, with autograd's own backward
+    (the forward of :class:`MixHeads` too)."""
     b, h, n, m = attn.shape
     return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
                          attn.reshape(b, h, n * m)).view(b, h, n, m)

@@ -197,11 +197,6 @@ def variant_rows(name='rest_small'):
     from mmrest.backbones import kernels
     mix_heads, emsa_attention = kernels.mix_heads, kernels.emsa_attention
 
-    def mix_by_baddbmm(attn, mix, bias):
-        b, h, n, m = attn.shape
-        return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
-                             attn.reshape(b, h, n * m)).view(b, h, n, m)
-
     def one_head_float32(q, k, v, mix=None, *args, **kwargs):
         if mix is None:
             with torch.autocast(q.device.type, enabled=False):
@@ -210,9 +205,10 @@ def variant_rows(name='rest_small'):
         return emsa_attention(q, k, v, mix, *args, **kwargs)
 
     variants = [('this version', mix_heads, emsa_attention),
-                ('mix heads by baddbmm', mix_by_baddbmm, emsa_attention),
+                ('mix heads by baddbmm', kernels.mix_heads_baddbmm, emsa_attention),
                 ('one head in float32', mix_heads, one_head_float32),
-                ('both (the former code)', mix_by_baddbmm, one_head_float32)]
+                ('both (the former code)', kernels.mix_heads_baddbmm,
+                 one_head_float32)]
     model, x = build(name), image()
     rows = []
     try:
