@@ -130,7 +130,10 @@ def test_demo_config_changes_what_the_demo_needs():
     assert tuple(classes) == ('background', ) + SHAPES_CLASSES
     assert cfg.val_evaluator == base.val_evaluator  # IoUMetric, mIoU
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
-    assert cfg.optim_wrapper.paramwise_cfg == base.optim_wrapper.paramwise_cfg
+    # the base's no-decay-on-norms kept, the heads' lr ten times higher
+    custom_keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+    assert custom_keys.norm == base.optim_wrapper.paramwise_cfg.custom_keys.norm
+    assert custom_keys.head == dict(lr_mult=10.0)
     assert [s.type for s in cfg.param_scheduler] == ['LinearLR', 'PolyLR']
     assert cfg.param_scheduler[1].end == cfg.train_cfg.max_iters
     assert cfg.shapes_data.semantic_labels is True
@@ -154,6 +157,34 @@ def trained(tmp_path_factory):
     generated split."""
     return run_tiny_demo(tmp_path_factory, CONFIG, dict(train=4, val=3),
                          TWO_ITERATIONS)
+
+
+def test_demo_optimizer_groups():
+    """The built optimizer: the heads' parameters at ten times the
+    backbone's lr, weight decay on everything but the backbone's norms."""
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(CONFIG)
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lr = cfg.optim_wrapper.optimizer.lr
+    wd = cfg.optim_wrapper.optimizer.weight_decay
+    group_of = {id(p): g for g in wrapper.optimizer.param_groups
+                for p in g['params']}
+    names = dict(model.named_parameters())
+    heads = [n for n in names if n.startswith(('decode_head.',
+                                                'auxiliary_head.'))]
+    assert len(heads) > 10 and not [n for n in names if 'head' in n and
+                                    n not in heads]
+    for name, param in names.items():
+        group = group_of[id(param)]
+        is_head = name in heads
+        assert group['lr'] == pytest.approx(lr * (10 if is_head else 1)), name
+        no_decay = 'norm' in name and not is_head
+        assert group['weight_decay'] == (0 if no_decay else wd), name
+    assert any('norm' in n for n in names if n not in heads)
 
 
 def test_demo_trains_and_evaluates(trained):
