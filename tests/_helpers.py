@@ -308,3 +308,14 @@ def assert_frozen_stages(model, frozen_stages: int, sizes: Sequence[int]):
                        for p in module.parameters()) == frozen, level
             assert all(m.training != frozen
                        for m in module.modules()), level
+
+
+def settings_by_param(optim_wrapper):
+    """{id(param): (lr, weight_decay)} over the optimizer's groups; each
+    parameter in exactly one group."""
+    out = {}
+    for group in optim_wrapper.optimizer.param_groups:
+        for p in group['params']:
+            assert id(p) not in out, 'a parameter in two groups'
+            out[id(p)] = (group['lr'], group['weight_decay'])
+    return out

@@ -21,6 +21,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmrest import ResT, ResTV2
 
+from _helpers import settings_by_param
+
 BASE_LR = 1e-3
 BASE_WD = 0.05
 NARROW = {ResT: [8, 16, 32, 64], ResTV2: [16, 32, 64, 128]}
@@ -57,17 +59,6 @@ def build(model, decay_type, rate=0.9, **paramwise):
         paramwise_cfg=dict(decay_rate=rate, decay_type=decay_type,
                            **paramwise))
     return build_optim_wrapper(model, cfg)
-
-
-def settings_by_param(optim_wrapper):
-    """{id(param): (lr, weight_decay)} over the optimizer's groups; each
-    parameter in exactly one group."""
-    out = {}
-    for group in optim_wrapper.optimizer.param_groups:
-        for p in group['params']:
-            assert id(p) not in out, 'a parameter in two groups'
-            out[id(p)] = (group['lr'], group['weight_decay'])
-    return out
 
 
 def expected_layer_id(name: str, depths, decay_type: str) -> int:
