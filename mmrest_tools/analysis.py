@@ -13,8 +13,8 @@ operators ResT uses are not in mmengine's table and are added here:
 * ``baddbmm`` (EMSA's head mixing): as ``bmm``.
 
 mmdet's stock ``tools/analysis_tools/get_flops.py`` lacks both handles, so
-it prints less for ResT detectors (issue 13 reports 234 G against 250.6 G
-for Mask R-CNN ResT-S at 800 x 1280) and lists the attention's modules as
+it prints less for ResT detectors (docs/benchmarks.md, "FLOPs and
+parameters") and lists the attention's modules as
 never called.
 
 :func:`detector_inference_time` is the CPU counterpart of mmdet's

@@ -67,7 +67,7 @@ BACKBONES = tuple([f'rest_{a}' for a in ARCHS] +
 COMPILED = ('rest_small_compiled', )
 # the quick table: ResT-S, its literal form and the goal's reference
 QUICK = ('rest_small', 'rest_small_literal', 'resnet50')
-# drop_path_rate of the detection configs (SPEC, "Variants")
+# drop_path_rate of the detection configs (docs/network.md)
 _REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2)
 SIZE_224 = (224, 224)
 BATCH_224 = 16

@@ -28,8 +28,8 @@ from mmengine.hooks import Hook
 from mmrest.datasets import generate_shapes_coco, shapes_info
 from mmrest.datasets.shapes import recorded_params
 
-# What the demos must reach on the val split: the detection demo (issue 4)
-# and the segmentation demo (issue 15; mIoU as a fraction).
+# What the demos must reach on the val split (docs/demo.md): the detection
+# demo and the segmentation demo (mIoU as a fraction).
 TARGETS = {'coco/bbox_mAP': 0.50, 'coco/segm_mAP': 0.45}
 SEG_TARGETS = {'mIoU': 0.60}
 

@@ -1,5 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The prepared GPU check (issue 12): equality, speed and memory on CUDA.
+"""The prepared GPU check: equality, speed and memory on CUDA.
 
 One run (``tools/gpu_check.py``, under 8 minutes on one GPU, synthetic data
 only) measures, and writes to ``--out`` as ``gpu_check.json`` and
@@ -16,7 +16,8 @@ only) measures, and writes to ``--out`` as ``gpu_check.json`` and
     four stages), and for the gradients of all parameters (loss: a fixed
     random weighting of the outputs) the relative L2 distance. fp16 and
     bf16 autocast: each path against its own float32 result, with the
-    criterion of issue 12, ``err_fast <= 1.5 * err_literal + 1e-3``, and
+    autocast criterion of docs/precision_and_export.md,
+    ``err_fast <= 1.5 * err_literal + 1e-3``, and
     finite gradients. Then three fp16 training steps with a GradScaler as
     mmengine's ``AmpOptimWrapper`` (loss scale 2**16, dynamic): finite
     gradients and no skipped step.
@@ -86,7 +87,7 @@ QUICK_REST_ARCH = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1],
                        num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
                        mlp_ratios=[4, 4, 4, 4])
 FP32_FLOOR = 100 * torch.finfo(torch.float32).eps  # the fp32 criterion's floor
-AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # issue 12's criterion under autocast
+AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # the autocast criterion
 
 
 class Settings:
@@ -1221,7 +1222,7 @@ def to_markdown(results: Dict) -> str:
 # --------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Prepared GPU check of mmrest (issue 12): equality '
+        description='Prepared GPU check of mmrest: equality '
         'under fp32/fp16/bf16, backbone throughput and memory, one AMP '
         'Mask R-CNN training iteration; JSON and Markdown to --out.')
     parser.add_argument('--device', default=None,

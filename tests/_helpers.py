@@ -203,7 +203,7 @@ def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
 
 
 def literal_attention(q, k, v, mix, mix_bias, attn_drop=0., eps=1e-5):
-    """SPEC's EMSA steps 4-6 as written, on scaled queries: the N x M maps,
+    """network.md's EMSA steps 4-6 as written, on scaled queries: N x M maps,
     a 1x1 conv over the heads (bias included), softmax, InstanceNorm,
     (dropout), ``@ v``."""
     h = q.shape[1]

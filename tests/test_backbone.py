@@ -1,4 +1,4 @@
-"""ResT against SPEC.md and the authors' reference data."""
+"""ResT against docs/network.md and the authors' reference data."""
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from _helpers import (assert_float32_close, assert_float64_equal,
                       float64_literal, golden_model, stage_depths,
                       ERROR_FACTOR)
 
-# The authors' classifiers, 1000-class head included (SPEC, "Variants").
+# The authors' classifiers, 1000-class head included (docs/network.md).
 PARAMS_M = {'lite': 10.51, 'small': 13.68, 'base': 30.33, 'large': 51.68}
 
 

@@ -14,7 +14,7 @@ DATA = ROOT / 'tests' / 'data'  # the reference data (see its README)
 DETECTORS = ('retinanet', 'mask_rcnn')
 ARCHS = ('lite', 'small', 'base', 'large')
 ALL = [(d, a) for d in DETECTORS for a in ARCHS]
-# The paper's parameter counts (SPEC.md, "Published results"), in millions.
+# The paper's parameter counts (docs/network.md), in millions.
 PAPER_PARAMS = {
     ('retinanet', 'small'): 23.4,
     ('retinanet', 'base'): 40.5,

@@ -1,4 +1,4 @@
-"""The fast EMSA against the literal one of SPEC.md: same outputs and
+"""The fast EMSA against the literal one of docs/network.md: same outputs and
 gradients, in eval and train mode, with one chunk or many. Float32 results
 are measured against the literal computation in float64 (see
 ``_helpers.assert_float32_close``)."""

@@ -1,7 +1,7 @@
 """The inference fast paths of ResT (eval mode, no autograd: reused
 attention buffers, chunked MLP, BatchNorm folding, channels-last maps,
 oneDNN linears, one-head folding) against the literal computation of
-SPEC.md, with one chunk and with many; and probes that each fast path
+docs/network.md, with one chunk and with many; and probes that each fast path
 really runs (a silent fallback fails) and that the switch
 ``kernels.literal()`` really selects the literal path (so that no test
 compares fast with fast)."""
@@ -264,7 +264,7 @@ def test_golden_outputs_with_many_chunks(golden, monkeypatch):
 @pytest.mark.parametrize('batch', [1, 3])
 def test_attention_core_matches_the_literal_one(batch, monkeypatch):
     """The chunked core, without autograd (reused buffers, no mixing bias)
-    and with it, against SPEC's literal attention in float64: to 1e-8 in
+    and with it, against network.md's literal attention in float64: to 1e-8 in
     float64, and as accurate as the literal one in float32."""
     q = torch.randn(batch, 4, 50, 16)
     k, v = torch.randn(2, batch, 4, 30, 16)

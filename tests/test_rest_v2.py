@@ -1,5 +1,5 @@
-"""ResT v2 against SPEC.md ("ResT v2"), the authors' reference data and
-float64 computations: outputs, logits, keys, parameter counts, sizes,
+"""ResT v2 against docs/network.md ("ResT v2"), the authors' reference data
+and float64 computations: outputs, logits, keys, parameter counts, sizes,
 gradients, precision, training options, weights and the COCO configs."""
 
 import pytest
@@ -17,9 +17,9 @@ from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
 from mmrest.testing import to_literal
 
 from _helpers import ROOT, build_detector
-# The authors' classifiers, 1000-class head included (SPEC, "Variants (v2)").
+# The authors' classifiers, 1000-class head included (docs/network.md).
 PARAMS_M = {'tiny': 30.43, 'small': 41.21, 'base': 55.97, 'large': 86.53}
-# Mask R-CNN with these backbones, measured with mmdet (SPEC).
+# Mask R-CNN with these backbones, measured with mmdet (docs/network.md).
 MASK_RCNN_PARAMS_M = {'tiny': 49.94, 'small': 60.71, 'base': 75.47}
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
@@ -561,7 +561,7 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
     assert isinstance(model.backbone, ResTV2)
     n_params = sum(p.numel() for p in model.parameters())
     assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M[arch]
-    # the recipe (SPEC, "Published v2 results")
+    # the recipe (docs/network.md, "Published results")
     assert cfg.model.backbone.init_cfg is None  # cleared above
     raw = cfg.__class__.fromfile(
         ROOT / 'configs' / 'mask_rcnn' /

@@ -18,7 +18,7 @@ pytest.importorskip('mmseg')
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'upernet'
 NAME = '{}_upernet_8xb2-160k_ade20k-512x512.py'
 # Millions of parameters of the whole segmentor (backbone, UPerHead and the
-# FCN auxiliary head, 150 classes): SPEC's "measured here with mmseg's
+# FCN auxiliary head, 150 classes): network.md's "measured here with mmseg's
 # UperNet", which round to the paper's 62.1 / 72.9 / 87.6 M.
 PAPER_PARAMS = {'restv2_tiny': 62.09, 'restv2_small': 72.86,
                 'restv2_base': 87.62}

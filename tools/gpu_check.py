@@ -1,5 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The prepared GPU check of issue 12 (see :mod:`mmrest_tools.gpu_check`).
+"""The prepared GPU check (see :mod:`mmrest_tools.gpu_check`).
 
 Usage (on a machine with one CUDA GPU, from the repository root)::
 

@@ -4,7 +4,7 @@ literal computation instead, and the one rule that decides when a fast path
 may run.
 
 * :func:`literal` / :func:`use_literal`: the switch. With it on, every
-  module computes SPEC.md literally, the authors' operators in the
+  module computes docs/network.md literally, the authors' operators in the
   authors' order (N x M attention maps, the 1x1 conv over heads and the
   InstanceNorm, BatchNorms as module calls, NCHW maps between the stages);
   the tests and the benchmarks measure the fast paths against it;
@@ -67,14 +67,14 @@ _use_literal = False
 
 
 def use_literal() -> bool:
-    """Whether the literal computation of SPEC.md is selected (see
+    """Whether the literal computation of docs/network.md is selected (see
     :func:`literal`)."""
     return _use_literal
 
 
 @contextlib.contextmanager
 def literal(enabled: bool = True):
-    """Selects the literal computation of SPEC.md everywhere.
+    """Selects the literal computation of docs/network.md everywhere.
 
     Within the ``with`` block every ResT and ResT v2 module computes
     literally, the authors' operators in the authors' order: EMSA builds
@@ -402,7 +402,7 @@ def emsa_attention(q: torch.Tensor,
                    chunk_elements: Optional[int] = None) -> torch.Tensor:
     """EMSA's attention core, computed exactly without N x M intermediates.
 
-    The literal computation (SPEC, EMSA steps 4-6) is::
+    The literal computation (docs/network.md, EMSA steps 4-6) is::
 
         A = Conv1x1(q @ k^T)            # mixes heads, with a bias
         A = InstanceNorm(softmax(A))    # per head over all N x M entries

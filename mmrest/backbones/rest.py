@@ -1,7 +1,7 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """ResT: An Efficient Transformer for Visual Recognition (NeurIPS 2021).
 
-The network follows ``SPEC.md`` exactly and keeps the authors' state-dict
+The network follows ``docs/network.md`` exactly, keeps the authors' state-dict
 names, so their ImageNet checkpoints load without conversion. Some things
 differ from the authors' code, none changes an output beyond float32
 rounding:
@@ -129,7 +129,7 @@ class EMSA(nn.Module):
     convolution mixes the heads' attention maps, which are then
     instance-normalised (the "transform").
 
-    :meth:`_literal_forward` computes this as SPEC.md and the authors do;
+    :meth:`_literal_forward` computes this as the authors do;
     the fast computation is exact and needs no N x M map
     (:func:`~mmrest.backbones.kernels.emsa_attention`, and in inference
     :meth:`_forward_one_head` for one head).
@@ -236,7 +236,7 @@ class EMSA(nn.Module):
         return out
 
     def _literal_forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        """SPEC's EMSA step by step, the authors' operators: the N x M
+        """EMSA step by step (docs/network.md), the authors' operators: N x M
         attention maps, the 1x1 conv over heads, softmax, InstanceNorm."""
         B, N, C = x.shape
         h = self.num_heads
@@ -397,8 +397,9 @@ class Block(nn.Module):
 
 def reduction_conv(embed_dims: int, sr_ratio: int) -> nn.Conv2d:
     """The depth-wise convolution that reduces the keys' and values'
-    tokens by ``sr_ratio`` in each direction (SPEC: kernel s + 1, stride s,
-    padding s // 2), in EMSA and in ResT v2's attention alike."""
+    tokens by ``sr_ratio`` in each direction (network.md:
+    kernel s + 1, stride s, padding s // 2), in EMSA and in ResT v2's
+    attention alike."""
     return nn.Conv2d(
         embed_dims,
         embed_dims,
@@ -564,7 +565,7 @@ class TokenMapsMixin:
 
     def _init_from_scratch(self):
         """Truncated normal (std 0.02) conv and linear weights, zero biases,
-        norms 1 and 0 (SPEC, both generations)."""
+        norms 1 and 0 (docs/network.md, both generations)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 trunc_normal_(m.weight, std=.02)

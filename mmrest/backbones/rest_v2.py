@@ -1,7 +1,7 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """ResT V2: Simpler, Faster and Stronger (NeurIPS 2022).
 
-The network follows the "ResT v2" part of ``SPEC.md`` and keeps the
+The network follows the "ResT v2" part of ``docs/network.md`` and keeps the
 authors' state-dict names (``stem.proj.*``, ``patch_{2,3,4}``,
 ``stage{1..4}``, ``attn.up.0``, ``attn.up_norm``, dense output norms
 ``norm_1..norm_4``), so their ImageNet and dense checkpoints load with a
@@ -48,7 +48,7 @@ from . import kernels
 from .rest import (PixelAttention, TokenMapsMixin, build_token_norm,
                    reduction_conv)
 
-#: LayerNorm epsilon of every norm in ResT v2 (SPEC).
+#: LayerNorm epsilon of every norm in ResT v2 (docs/network.md).
 LN_EPS = 1e-6
 #: The default config of the token norms.
 TOKEN_NORM_CFG = dict(type='LN', eps=LN_EPS)
@@ -170,7 +170,7 @@ class AttentionV2(nn.Module):
                         hw_shape: Sequence[int]) -> torch.Tensor:
         """:meth:`attend` as the authors compute it: the N x M matrix
         ``softmax(q k^T * scale)`` built explicitly and multiplied by ``v``,
-        the value branch reshaped from ``v`` (cropped, see SPEC)."""
+        the value branch reshaped from ``v`` (cropped, network.md)."""
         B, N, C = x.shape
         H, W = hw_shape
         h = self.num_heads
@@ -409,7 +409,7 @@ class ResTV2(TokenMapsMixin, BaseModule):
             'depths': [1, 3, 16, 3],
             'num_heads': [1, 2, 4, 8],
         }),
-        # The ImageNet checkpoint decides (SPEC): depths 2, 3, 16, 2 and
+        # The ImageNet checkpoint decides (network.md): depths 2, 3, 16, 2 and
         # heads 2, 4, 8, 16, as in the authors' classifier.
         **dict.fromkeys(['l', 'large'], {
             'embed_dims': [128, 256, 512, 1024],
