@@ -2,7 +2,8 @@
 """CPU inference time of the detector of a config (mmdet's
 ``tools/analysis_tools/benchmark.py`` needs CUDA).
 
-    python tools/benchmark_inference.py configs/retinanet/rest_small_fpn_1x_coco.py
+    python tools/benchmark_inference.py \
+        configs/retinanet/retinanet_rest-small_fpn_1x_coco.py
     python tools/benchmark_inference.py CONFIG --checkpoint epoch_12.pth \\
         --shape 800 1344 --repeats 5 --threads 2
 

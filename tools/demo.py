@@ -6,7 +6,7 @@ Example (after `make demo`)::
 
     python tools/demo.py data/shapes/val/000001.png \
         configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py \
-        work_dirs/demo/epoch_4.pth --out-file work_dirs/demo/000001_pred.png
+        work_dirs/demo/epoch_2.pth --out-file work_dirs/demo/000001_pred.png
 """
 import argparse
 import os.path as osp

@@ -1,11 +1,15 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Export a whole detector to ONNX Runtime with mmdeploy and check it.
 
-    python tools/deploy.py configs/retinanet/rest_small_fpn_1x_coco.py \
-        work_dirs/rest_small_fpn_1x_coco/epoch_12.pth --out deploy/retinanet
-    python tools/deploy.py configs/mask_rcnn/rest_small_fpn_1x_coco.py \
-        epoch_12.pth --deploy-cfg instance-seg --image demo.jpg \
-        --out deploy/mask_rcnn
+    python tools/deploy.py \
+        configs/retinanet/retinanet_rest-small_fpn_1x_coco.py \
+        work_dirs/retinanet_rest-small_fpn_1x_coco/epoch_12.pth \
+        --out deploy/retinanet
+    python tools/deploy.py \
+        configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py \
+        work_dirs/mask-rcnn_rest-small_fpn_1x_coco/epoch_12.pth \
+        --deploy-cfg instance-seg \
+        --image data/coco/val2017/000000000139.jpg --out deploy/mask_rcnn
 
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
