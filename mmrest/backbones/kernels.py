@@ -26,6 +26,7 @@ module's literal branch, which the tests compare against), grouped
 otherwise.
 """
 import contextlib
+import math
 from typing import Optional
 
 import torch
@@ -459,6 +460,9 @@ def emsa_attention(q: torch.Tensor,
             q, k.contiguous(), v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
+    if (_emsa_core_name != 'chunked' and fast_paths_allowed()
+            and not (attn_drop > 0 and training)):  # see use_emsa_core
+        return _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements)
     dtype = q.dtype
     core = torch.promote_types(dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
@@ -569,3 +573,282 @@ def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         layout = _layout_of(x)
         out.register_hook(lambda grad: grad.contiguous(memory_format=layout))
     return out
+
+
+# --------------------------------------------------------------------------
+# Other formulations of EMSA's multi-head core, for the GPU
+# --------------------------------------------------------------------------
+# :func:`emsa_attention` runs its multi-head core with the formulation
+# named here (see :func:`use_emsa_core`). 'chunked' is the default, on every
+# device; the others are candidates for CUDA that the prepared GPU check
+# (mmrest_tools/gpu_check.py, section ``variants``) times against it, the
+# literal path and Swin-T. Each computes the same formula (the tests compare
+# them with the literal computation in float64, outputs and gradients).
+EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'literal',
+              'literal_compiled')
+_emsa_core_name = 'chunked'
+# torch.compile backend of the 'literal_compiled' core (tests use a cheaper
+# one on the CPU)
+LITERAL_COMPILE_BACKEND = 'inductor'
+_compiled_literal = {}
+
+
+def emsa_core() -> str:
+    """The formulation of EMSA's multi-head core that
+    :func:`emsa_attention` uses (see :func:`use_emsa_core`)."""
+    return _emsa_core_name
+
+
+@contextlib.contextmanager
+def use_emsa_core(name: str):
+    """Selects the formulation of EMSA's multi-head core (more than one
+    head: ``q k^T``, the 1x1 head mixing, softmax, InstanceNorm, ``@ v``)
+    within the block; process-wide, restored on exit.
+
+    * ``'chunked'`` (the default): :func:`_emsa_core`, query chunks in at
+      least float32, no N x M map kept;
+    * ``'sdpa'``: :func:`mixed_query_attention`, the mixed heads as
+      attention over all C channels (``F.scaled_dot_product_attention``, in
+      the inputs' dtype), the InstanceNorm's variance from per-row
+      log-sum-exps computed by chunks in float32;
+    * ``'sdpa_padded'``: the same with the values zero-padded to C
+      channels (queries, keys and values of one head size, as flash
+      attention kernels require);
+    * ``'sdpa_lse_kernel'``: ``'sdpa'`` whose forward takes the row
+      log-sum-exps from a fused attention kernel (CUDA: memory-efficient
+      attention; CPU: the flash kernel), the backward by chunks;
+    * ``'literal'``: :func:`literal_attention_core`, the N x M maps in the
+      autocast dtypes, as the literal path computes them;
+    * ``'literal_compiled'``: the same under ``torch.compile``
+      (``dynamic=True``, backend ``LITERAL_COMPILE_BACKEND``).
+
+    Attention dropout in training, a recorded graph and the literal switch
+    keep the default computation.
+
+    Args:
+        name (str): One of ``EMSA_CORES``.
+    """
+    global _emsa_core_name
+    if name not in EMSA_CORES:
+        raise ValueError(f'unknown EMSA core {name!r}; choose from '
+                         f'{EMSA_CORES}')
+    previous = _emsa_core_name
+    _emsa_core_name = name
+    try:
+        yield
+    finally:
+        _emsa_core_name = previous
+
+
+def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
+    """The selected non-default core (see :func:`use_emsa_core`)."""
+    if _emsa_core_name == 'literal':
+        return literal_attention_core(q, k, v, mix, mix_bias, eps)
+    if _emsa_core_name == 'literal_compiled':
+        fn = _compiled_literal.get(LITERAL_COMPILE_BACKEND)
+        if fn is None:
+            fn = torch.compile(literal_attention_core, dynamic=True,
+                               backend=LITERAL_COMPILE_BACKEND)
+            _compiled_literal[LITERAL_COMPILE_BACKEND] = fn
+        return fn(q, k, v, mix, mix_bias, eps)
+    lse = 'kernel' if _emsa_core_name == 'sdpa_lse_kernel' else 'chunks'
+    return mixed_query_attention(
+        q, k, v, mix, mix_bias, eps,
+        pad_values=_emsa_core_name == 'sdpa_padded', lse_source=lse,
+        chunk_elements=chunk_elements)
+
+
+def literal_attention_core(q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor, mix: torch.Tensor,
+                           mix_bias: Optional[torch.Tensor],
+                           eps: float = 1e-5) -> torch.Tensor:
+    """EMSA's multi-head core as written (docs/network.md, steps 4-6), in
+    the dtypes autocast gives (as ``EMSA._literal_forward``): N x M logits,
+    the head mixing (:func:`mix_heads`, one product; through
+    :class:`MixHeads` on a GPU), softmax, ``F.instance_norm``, ``@ v``.
+
+    Args:
+        q (Tensor): Scaled queries, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor): The (h, h) head-mixing weight.
+        mix_bias (Tensor, optional): Its (h, ) bias.
+        eps (float): The InstanceNorm epsilon.
+    """
+    attn = q @ k.transpose(-2, -1)
+    if mix_bias is None:
+        mix_bias = mix.new_zeros(mix.shape[0])
+    attn = mix_heads(attn, mix.to(attn.dtype), mix_bias.to(attn.dtype))
+    attn = F.instance_norm(attn.softmax(dim=-1), eps=eps)
+    return attn @ v.to(attn.dtype)
+
+
+def _row_lse_chunks(q, k, rows):
+    """Per query row, the log-sum-exps of the logits ``q k^T`` and of the
+    doubled logits, by query chunks, in at least float32."""
+    core = torch.promote_types(q.dtype, torch.float32)
+    k_t = k.to(core).transpose(-2, -1)
+    s1, s2 = [], []
+    for q_chunk in q.split(rows, dim=2):
+        logits = q_chunk.to(core) @ k_t
+        s1.append(torch.logsumexp(logits, dim=-1))
+        s2.append(torch.logsumexp(logits * 2, dim=-1))
+    return torch.cat(s1, dim=2), torch.cat(s2, dim=2)
+
+
+def _row_lse_kernel(q, k):
+    """:func:`_row_lse_chunks` from a fused attention kernel's log-sum-exp
+    output: memory-efficient attention on CUDA, the flash kernel on the CPU.
+    """
+    B, H, N, C = q.shape
+    k = k.expand(B, H, *k.shape[2:]).contiguous()
+    out = []
+    for qq in (q.contiguous(), (q * 2).contiguous()):
+        if q.device.type == 'cpu':
+            lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qq, k, k, 0.0, False, scale=1.0)[1]
+        else:
+            # the values only occupy the kernel; 8 channels (alignment)
+            dummy = k.new_zeros(B, H, k.shape[2], 8)
+            lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                qq, k, dummy, None, True, 0.0, False, scale=1.0)[1]
+        out.append(lse[..., :N].to(torch.promote_types(q.dtype,
+                                                       torch.float32)))
+    return out[0], out[1]
+
+
+class RowLseGap(torch.autograd.Function):
+    """Per query row ``n`` of the logits ``l = q k^T``:
+    ``gap_n = LSE_m(2 l_nm) - 2 LSE_m(l_nm) = log sum_m P_nm^2`` with
+    ``P = softmax(l)``, and its gradient, without N x M maps kept.
+
+    The gradient of ``gap_n`` by the logits is ``2 (softmax(2 l) - P)``; the
+    backward recomputes both by query chunks (float32 or better) and
+    multiplies them by the keys and the queries. Keys of one head
+    (``k.shape[1] == 1``) are shared by all query heads.
+
+    Args (of ``apply``):
+        q (Tensor): (B, H, N, C).
+        k (Tensor): (B, H or 1, M, C).
+        rows (int): Query rows per chunk.
+        source (str): ``'chunks'`` or ``'kernel'`` (the forward's
+            log-sum-exps from a fused attention kernel).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, rows, source):
+        if source == 'kernel':
+            s1, s2 = _row_lse_kernel(q, k)
+        else:
+            s1, s2 = _row_lse_chunks(q, k, rows)
+        ctx.save_for_backward(q, k, s1, s2)
+        ctx.rows = rows
+        return s2 - 2 * s1
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, s1, s2 = ctx.saved_tensors
+        core = torch.promote_types(q.dtype, torch.float32)
+        kc = k.to(core)
+        k_t = kc.transpose(-2, -1)
+        grad_q, grad_k = [], torch.zeros_like(kc)
+        rows = ctx.rows
+        for start in range(0, q.shape[2], rows):
+            sl = slice(start, start + rows)
+            q_chunk = q[:, :, sl].to(core)
+            logits = q_chunk @ k_t
+            g = grad[:, :, sl, None].to(core)
+            dl = (torch.exp(logits * 2 - s2[:, :, sl, None]) -
+                  torch.exp(logits - s1[:, :, sl, None])) * (2 * g)
+            grad_q.append(dl @ kc)
+            dk = dl.transpose(-2, -1) @ q_chunk
+            grad_k += dk.sum(dim=1, keepdim=True) if k.shape[1] == 1 else dk
+        grad_q = torch.cat(grad_q, dim=2).to(q.dtype)
+        return grad_q, grad_k.to(k.dtype), None, None
+
+
+def mixed_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          mix: torch.Tensor,
+                          mix_bias: Optional[torch.Tensor] = None,
+                          eps: float = 1e-5, pad_values: bool = False,
+                          lse_source: str = 'chunks',
+                          chunk_elements: Optional[int] = None
+                          ) -> torch.Tensor:
+    """EMSA's multi-head core as softmax attention over all C = h d channels
+    with mixed queries: fused attention kernels apply.
+
+    The mixed logits of head ``g`` are
+    ``sum_j W[g, j] q_j k_j^T + b_g = Q_g K^T + b_g`` with
+    ``Q_g = concat_j(W[g, j] q_j)`` (N x C) and ``K = concat_j k_j``
+    (M x C): one attention per head over C channels, the keys shared. The
+    bias ``b_g`` is constant along each softmax row and cancels (its
+    gradient is exactly zero). With ``P_g = softmax(Q_g K^T)``:
+
+    * the InstanceNorm's mean is exactly ``1 / M`` (rows sum to 1), so
+      ``(P_g - 1/M) v_g = P_g (v_g - mean_m v_g)``: the values are centred
+      and ``F.scaled_dot_product_attention`` gives the centred product;
+    * its variance is ``sum_nm P^2 / (N M) - 1 / M^2``, and each row's
+      ``sum_m P_nm^2 = exp(LSE(2 l_n) - 2 LSE(l_n))``
+      (:class:`RowLseGap`); written ``(1 / (N M^2)) sum_n expm1(gap_n +
+      log M)``, with the keys centred over M (each row of logits sums to
+      0, a shift the softmax cannot see), so that the log-sum-exps are
+      small numbers and their difference keeps its precision;
+    * the division by the standard deviation, one scalar per (batch, head),
+      is applied to the (N, d) result.
+
+    The attention runs in the inputs' dtype (the autocast dtype); the
+    log-sum-exps, the variance and the output's scaling in float32 or
+    better. No N x M map is kept: the attention kernel fuses them, the
+    log-sum-exps are computed by query chunks (or by a kernel, see
+    ``lse_source``) and recomputed in the backward pass.
+
+    Args:
+        q (Tensor): Scaled queries, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor): The (h, h) head-mixing weight.
+        mix_bias (Tensor, optional): Its (h, ) bias: cancels; kept in the
+            graph only so that its gradient is an exact zero, as in the
+            literal computation.
+        eps (float): The InstanceNorm epsilon.
+        pad_values (bool): Zero-pad the values to C channels (one head
+            size for queries, keys and values, as flash kernels need).
+        lse_source (str): ``'chunks'`` or ``'kernel'`` (see
+            :class:`RowLseGap`).
+        chunk_elements (int, optional): Logit elements per query chunk of
+            the log-sum-exps; defaults as in :func:`emsa_attention`.
+
+    Returns:
+        Tensor: (B, h, N, d), in the dtype of ``q``.
+    """
+    if lse_source not in ('chunks', 'kernel'):
+        raise ValueError(f"lse_source must be 'chunks' or 'kernel', got "
+                         f'{lse_source!r}')
+    B, h, N, d = q.shape
+    M = k.shape[2]
+    C = h * d
+    dtype = q.dtype
+    core = torch.promote_types(dtype, torch.float32)
+    # Q_g = concat_j(W[g, j] q_j): (B, h, N, C); K: (B, 1, M, C), centred
+    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype), q).reshape(
+        B, h, N, C)
+    with torch.autocast(q.device.type, enabled=False):
+        k32, v32 = k.to(core), v.to(core)
+        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
+        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
+    keys = k_c.transpose(1, 2).reshape(B, 1, M, C)
+    values = F.pad(v_c, (0, C - d)) if pad_values and C != d else v_c
+    out = F.scaled_dot_product_attention(
+        q_mix, keys.expand(B, h, M, C), values, scale=1.0)
+    if values is not v_c:
+        out = out[..., :d]
+    if chunk_elements is None:
+        chunk_elements = _chunk_elements(q.device)
+    rows = max(1, chunk_elements // max(1, B * h * M))
+    gap = RowLseGap.apply(q_mix, keys, rows, lse_source)   # (B, h, N)
+    with torch.autocast(q.device.type, enabled=False):
+        if mix_bias is not None:  # cancels: an exact zero gradient
+            gap = gap + (mix_bias.to(gap.dtype) * 0)[None, :, None]
+        var = torch.expm1(gap + math.log(M)).sum(dim=-1) / (N * M * M)
+        inv_std = torch.rsqrt(var + eps)[:, :, None, None]
+        return (out.to(core) * inv_std).to(dtype)

@@ -1,0 +1,219 @@
+"""The other formulations of EMSA's multi-head core (kernels.use_emsa_core,
+candidates for CUDA that the prepared GPU check times): each against the
+literal computation of docs/network.md (N x M maps, the 1x1 conv over heads
+with its bias, softmax, InstanceNorm, ``@ v``), outputs and gradients, in
+float64 to 1e-8 and in float32 against the float64 result as accurately as
+the literal float32 computation."""
+import math
+
+import pytest
+import torch
+
+from mmrest.backbones import kernels
+from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+                      assert_float64_equal, literal_attention,
+                      relative_error)
+from test_emsa import HW, make_pair
+
+# (B, h, N, M, d): h in {2, 4, 8}, N != M both ways, odd sizes, M = 2
+SHAPES = [(2, 2, 13, 7, 5), (1, 4, 31, 9, 3), (3, 8, 11, 17, 4),
+          (1, 2, 6, 2, 2)]
+CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'literal')
+
+
+def _inputs(shape, dtype, seed=0, q_scale=1.0):
+    B, h, N, M, d = shape
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, n, d, generator=gen, dtype=dtype)
+               for n in (N, M, M))
+    k = k + 3.0  # keys far from centred: a shift the softmax cannot see
+    mix = torch.randn(h, h, generator=gen, dtype=dtype)
+    bias = torch.randn(h, generator=gen, dtype=dtype)
+    return [q * q_scale, k, v, mix, bias]
+
+
+def _core(name, chunk_elements=None):
+    """The core ``name`` as a function of (q, k, v, mix, bias)."""
+    if name == 'literal':
+        return lambda q, k, v, w, b: kernels.literal_attention_core(
+            q, k, v, w, b)
+    return lambda q, k, v, w, b: kernels.mixed_query_attention(
+        q, k, v, w, b, pad_values=name == 'sdpa_padded',
+        lse_source='kernel' if name == 'sdpa_lse_kernel' else 'chunks',
+        chunk_elements=chunk_elements)
+
+
+def _run(fn, inputs, weight):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*inputs)
+    grads = torch.autograd.grad((out * weight.to(out.dtype)).sum(), inputs)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('core', CORES)
+@pytest.mark.parametrize('chunks', ['one', 'many'])
+def test_core_matches_literal_in_float64(core, shape, chunks):
+    """Output and the gradients of q, k, v, the mixing weight and bias:
+    equal to the literal computation to 1e-8 in float64; the bias's
+    gradient is an exact zero (the literal one is zero up to rounding)."""
+    if chunks == 'many' and core == 'literal':
+        pytest.skip('the literal core has no chunks')
+    B, h, N, M, d = shape
+    rows = 3  # several query chunks of the log-sum-exps, the last shorter
+    inputs = _inputs(shape, torch.float64)
+    want = literal_attention(*inputs)
+    weight = torch.randn(want.shape, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
+    ref_out, ref_grads = _run(literal_attention, inputs, weight)
+    out, grads = _run(
+        _core(core, rows * B * h * M if chunks == 'many' else None), inputs,
+        weight)
+    assert out.dtype == torch.float64 and out.shape == (B, h, N, d)
+    assert_float64_equal(out, ref_out, 'output')
+    for name, g, r in zip(('q', 'k', 'v', 'mix'), grads, ref_grads):
+        assert_float64_equal(g, r, f'grad {name}')
+    total = torch.cat([g.flatten() for g in ref_grads[:4]]).norm()
+    assert ref_grads[4].norm() < 1e-12 * total  # rounding noise
+    assert grads[4].norm() < 1e-12 * total
+
+
+@pytest.mark.parametrize('shape', [(2, 4, 64, 49, 8), (1, 8, 50, 17, 4)])
+@pytest.mark.parametrize('q_scale', [1.0, 0.02])
+@pytest.mark.parametrize('core', ('sdpa', 'sdpa_lse_kernel'))
+def test_core_float32_as_accurate_as_literal(core, shape, q_scale):
+    """Float32: against the float64 literal result, as accurate as the
+    literal float32 computation (the tests' criterion, _helpers), also
+    for almost uniform attention (small queries), where the variance from
+    log-sum-exps is a small difference."""
+    inputs = _inputs(shape, torch.float64, seed=2, q_scale=q_scale)
+    weight = torch.randn(shape[:3] + shape[4:], dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(3))
+    ref_out, ref_grads = _run(literal_attention, inputs, weight)
+    in32 = [t.float() for t in inputs]
+    lit_out, lit_grads = _run(literal_attention, in32, weight)
+    out, grads = _run(_core(core), in32, weight)
+    assert out.dtype == torch.float32
+    assert_float32_close(out, lit_out, ref_out, name='output')
+    for name, g, lg, r in zip(('q', 'k', 'v', 'mix'), grads, lit_grads,
+                              ref_grads):
+        assert_float32_close(g, lg, r, name=f'grad {name}',
+                             factor=GRADIENT_FACTOR)
+
+
+@pytest.mark.parametrize('core', CORES)
+def test_one_key_gives_zeros(core):
+    """With one key (M = 1) every softmax is 1 and the InstanceNorm of a
+    constant map is 0: the output and every gradient are zero, finite."""
+    inputs = _inputs((2, 4, 5, 1, 3), torch.float64)
+    weight = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    ref_out, ref_grads = _run(literal_attention, inputs, weight)
+    out, grads = _run(_core(core), inputs, weight)
+    assert ref_out.abs().max() == 0
+    assert out.abs().max() == 0
+    for g in grads:
+        assert torch.isfinite(g).all() and g.abs().max() < 1e-12
+
+
+def test_row_lse_gap_gradcheck():
+    """RowLseGap = log sum_m softmax(q k^T)^2 per row: its value from
+    torch.logsumexp, its backward by finite differences (float64), with
+    per-head keys and with one set of keys shared by all heads."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 3, 5, 4, generator=gen, dtype=torch.float64)
+    for k in (torch.randn(2, 3, 7, 4, generator=gen, dtype=torch.float64),
+              torch.randn(2, 1, 7, 4, generator=gen, dtype=torch.float64)):
+        logits = q @ k.transpose(-2, -1)
+        want = torch.log(logits.softmax(-1).square().sum(-1))
+        for source in ('chunks', 'kernel'):
+            got = kernels.RowLseGap.apply(q, k, 2, source)
+            assert_float64_equal(got, want, source)
+        assert torch.autograd.gradcheck(
+            lambda a, b: kernels.RowLseGap.apply(a, b, 2, 'chunks'),
+            (q.clone().requires_grad_(), k.clone().requires_grad_()))
+
+
+def test_mixed_query_attention_under_autocast():
+    """Under bfloat16 autocast (CPU): the attention in bfloat16, the result
+    in the queries' dtype, as close to the float64 result as the literal
+    computation under the same autocast (the autocast criterion of
+    docs/precision_and_export.md)."""
+    shape = (2, 4, 40, 25, 8)
+    inputs = _inputs(shape, torch.float64, seed=5)
+    ref = literal_attention(*inputs)
+    in32 = [t.float() for t in inputs]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        lit = kernels.literal_attention_core(*in32)
+        out = kernels.mixed_query_attention(
+            *[t.bfloat16() if i < 3 else t for i, t in enumerate(in32)])
+    assert out.dtype == torch.bfloat16
+    err_fast, err_lit = (relative_error(o, ref) for o in (out, lit))
+    assert err_fast <= 1.5 * err_lit + 1e-3, (err_fast, err_lit)
+
+
+def test_use_emsa_core_dispatch(monkeypatch):
+    """The default is 'chunked' and stays so outside the block; the block
+    routes emsa_attention's multi-head core, except for attention dropout
+    in training; an unknown name is an error naming the choices."""
+    assert kernels.emsa_core() == 'chunked'
+    calls = []
+    real = kernels.mixed_query_attention
+    monkeypatch.setattr(kernels, 'mixed_query_attention',
+                        lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    q, k, v, mix, bias = _inputs((1, 2, 6, 5, 3), torch.float32)
+    with kernels.use_emsa_core('sdpa_padded'):
+        assert kernels.emsa_core() == 'sdpa_padded'
+        kernels.emsa_attention(q, k, v, mix, bias)
+        kernels.emsa_attention(q, k, v, mix, bias, attn_drop=0.5,
+                               training=True)
+        kernels.emsa_attention(q, k, v)  # one head: plain softmax
+    assert kernels.emsa_core() == 'chunked'
+    assert len(calls) == 1 and calls[0]['pad_values'] is True
+    with pytest.raises(ValueError, match="unknown EMSA core 'flash'.*sdpa"):
+        with kernels.use_emsa_core('flash'):
+            pass
+    with pytest.raises(ValueError, match='lse_source'):
+        kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
+
+
+@pytest.mark.parametrize('core', CORES + ('literal_compiled', ))
+@pytest.mark.parametrize('embed_dims,num_heads,sr_ratio',
+                         [(32, 2, 4), (64, 8, 1)])
+def test_emsa_module_with_core(core, embed_dims, num_heads, sr_ratio,
+                               monkeypatch):
+    """The EMSA module with each core, train mode with autograd: outputs
+    and all parameters' gradients equal the literal module's in float64
+    (the compiled core through torch.compile's 'aot_eager' backend on the
+    CPU: the same graph capture, without a C++ compiler)."""
+    monkeypatch.setattr(kernels, 'LITERAL_COMPILE_BACKEND', 'aot_eager')
+    fast, literal = make_pair(embed_dims, num_heads, sr_ratio)
+    fast, literal = fast.double().train(), literal.double().train()
+    x = torch.randn(2, HW[0] * HW[1], embed_dims, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with kernels.use_emsa_core(core):
+        out_a = fast(xa, HW)
+    out_b = literal(xb, HW)
+    assert_float64_equal(out_a, out_b, 'output')
+    g = torch.randn_like(out_a)
+    (out_a * g).sum().backward()
+    (out_b * g).sum().backward()
+    assert_float64_equal(xa.grad, xb.grad, 'input grad')
+    total = torch.stack([p.grad.norm() for p in literal.parameters()]).norm()
+    for (name, pa), pb in zip(fast.named_parameters(), literal.parameters()):
+        if pb.grad.norm() < 1e-12 * total:  # exact zero (biases that cancel)
+            assert pa.grad is None or pa.grad.norm() < 1e-12 * total, name
+        else:
+            assert_float64_equal(pa.grad, pb.grad, name)
+
+
+def test_variance_identity():
+    """The identity the 'sdpa' cores rest on, by itself: for one softmax
+    row, sum_m P^2 = exp(LSE(2 l) - 2 LSE(l)), and the InstanceNorm's
+    biased variance over N rows is sum_n expm1(gap_n + log M) / (N M^2)."""
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(7, 11, generator=gen, dtype=torch.float64) * 2
+    p = logits.softmax(-1)
+    gap = torch.logsumexp(2 * logits, -1) - 2 * torch.logsumexp(logits, -1)
+    assert_float64_equal(torch.exp(gap), p.square().sum(-1))
+    var = torch.expm1(gap + math.log(11)).sum() / (7 * 11**2)
+    assert_float64_equal(var, p.var(unbiased=False))
