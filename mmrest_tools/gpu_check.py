@@ -23,19 +23,31 @@ only) measures, and writes to ``--out`` as ``gpu_check.json`` and
     gradients and no skipped step.
 ``throughput``
     Backbones in eval mode without autograd, ResT lite/small/base/large
-    (fast and literal), mmdet's Swin-T and ResNet-50 as in mmdet's Mask
-    R-CNN configs: images/s at 224x224 batch 64 and ms at 800x1344 batch 1,
-    in float32 and under fp16 autocast (median of CUDA-event timings after
-    warm-up, ``cudnn.benchmark`` on); and the peak memory of one training
-    step at 800x1344 (``max_memory_allocated`` minus what was allocated
-    before the step), float32 and fp16 autocast.
+    (fast and literal), ResT v2-Tiny, mmdet's Swin-T and ResNet-50 as in
+    mmdet's Mask R-CNN configs: images/s at 224x224 batch 64 and ms at
+    800x1344 batch 1, in float32 and under fp16 autocast (median of
+    CUDA-event timings after warm-up); and the training step at 2x3x800x1344
+    (train mode, forward and backward), float32 and fp16 autocast: the
+    median of 5 timed steps after 2 warm-ups, each between two
+    synchronisations (:func:`time_steps`), and its peak memory
+    (``max_memory_allocated`` minus what was allocated before the steps).
 ``maskrcnn``
     One AMP training iteration (fp16 autocast, GradScaler, AdamW and the
     config's gradient clipping) of Mask R-CNN ResT-Small
-    (``configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py``) and of
-    mmdet's Mask R-CNN Swin-T, at 1333x800, batch 2, synthetic boxes and
-    masks through the model's data preprocessor and ``loss``: median time of
-    the timed iterations after two warm-ups, and peak memory.
+    (``configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py``), ResT v2-T
+    (``mask-rcnn_restv2-tiny_fpn_1x_coco.py``) and mmdet's Mask R-CNN
+    Swin-T, at 1333x800, batch 2, synthetic boxes and masks through the
+    model's data preprocessor and ``loss``: median time of the timed
+    iterations after two warm-ups (:func:`time_steps`), and peak memory.
+``variants``
+    ResT-Small with each formulation of EMSA's multi-head core
+    (``kernels.use_emsa_core``) beside its literal path, ResT v2-Tiny and
+    Swin-T: training step at 2x3x800x1344 under fp16 and bf16 autocast,
+    inference, memory and each core's errors (see :meth:`GpuCheck.variants`).
+
+``torch.backends.cudnn.benchmark`` is set explicitly in each timing section
+(``CUDNN_BENCHMARK``: on for the backbones, off for Mask R-CNN as mmdet's
+default), recorded in the section's settings and printed.
 ``compile``
     ``torch.compile`` of ResT-Small (eval, fp16 autocast, 224x224 batch 64)
     in a child process with a time limit: compile time, speed, difference
@@ -71,16 +83,27 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'compile')
+SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'variants',
+            'compile')
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REST_MASKRCNN_CONFIG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn',
                                 'mask-rcnn_rest-small_fpn_1x_coco.py')
 SWIN_MASKRCNN_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+RESTV2_MASKRCNN_CONFIG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn',
+                                  'mask-rcnn_restv2-tiny_fpn_1x_coco.py')
+MASKRCNN_MODELS = (('mask_rcnn_rest_small', REST_MASKRCNN_CONFIG),
+                   ('mask_rcnn_restv2_tiny', RESTV2_MASKRCNN_CONFIG),
+                   ('mask_rcnn_swin_t', SWIN_MASKRCNN_CONFIG))
 # backbones of the throughput table, the main comparison first
-THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'swin_t', 'resnet50')
+THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'restv2_tiny',
+                   'swin_t', 'resnet50')
 THROUGHPUT_MORE = ('rest_lite', 'rest_lite_literal', 'rest_base',
                    'rest_base_literal', 'rest_large', 'rest_large_literal')
-_REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2)
+_REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2, tiny=0.1)
+# cuDNN autotuning of each section (torch.backends.cudnn.benchmark, set
+# explicitly and recorded): on for the backbone timings (fixed input sizes);
+# off for Mask R-CNN, mmdet's default (env_cfg) for its varying sizes.
+CUDNN_BENCHMARK = dict(throughput=True, variants=True, maskrcnn=False)
 # ResT-Small's structure (1, 2, 4, 8 heads; sr 8, 4, 2, 1) at a fraction of
 # its width and depth: every code path in seconds (quick mode)
 QUICK_REST_ARCH = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1],
@@ -107,6 +130,7 @@ class Settings:
             self.amp_steps = 1
             self.small = (1, 3, 64, 64)  # stands for 224x224 batch 64
             self.large = (1, 3, 64, 96)  # stands for 800x1344 batch 1
+            self.train = (2, 3, 64, 96)  # stands for 800x1344 batch 2
             self.mr_image = (96, 128)  # H, W; stands for 800 x 1333
             self.mr_batch = 1
             self.mr_warmup = 0
@@ -126,6 +150,7 @@ class Settings:
             self.amp = torch.float16
             self.small = (64, 3, 224, 224)
             self.large = (1, 3, 800, 1344)
+            self.train = (2, 3, 800, 1344)
             self.mr_image = (800, 1333)
             self.mr_batch = 2
             self.mr_warmup = 2
@@ -136,6 +161,14 @@ class Settings:
         self.warmup = warmup if warmup is not None else (0 if quick else 3)
         self.mr_iters = mr_iters if mr_iters is not None else (1 if quick
                                                                else 5)
+        # training steps (backbones): untimed warm-ups, then the median of
+        # the timed steps, each between two synchronisations
+        self.train_warmup = 1 if quick else 2
+        self.train_repeats = 2 if quick else 5
+        # EMSA cores of the variants section (kernels.EMSA_CORES; the
+        # compiled one is skipped with --compile-backend off)
+        from mmrest.backbones import kernels
+        self.variant_cores = tuple(kernels.EMSA_CORES)
         self.amp_name = str(self.amp).replace('torch.', '') if self.amp \
             else 'float32 (quick mode)'
 
@@ -155,6 +188,11 @@ def _mib(n: Optional[float]) -> Optional[float]:
 def _sync(device: torch.device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    """'float16', 'bfloat16'; None (no autocast) is 'float32'."""
+    return 'float32' if dtype is None else str(dtype).replace('torch.', '')
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -188,6 +226,53 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int,
         fn()
         times.append((time.perf_counter() - t) * 1e3)
     return times
+
+
+def time_steps(step: Callable[[], object], device: torch.device,
+               repeats: int, warmup: int,
+               clock: Callable[[], float] = time.perf_counter,
+               sync: Optional[Callable[[torch.device], None]] = None
+               ) -> List[float]:
+    """Milliseconds of each of ``repeats`` calls of ``step`` (a training
+    step: forward, backward, maybe an optimizer step) after ``warmup``
+    untimed ones (cuDNN autotuning, the caching allocator's first
+    allocations, lazy initialisations).
+
+    Each timed call lies between two synchronisations of the device (the
+    kernels queued before it are done when the clock starts, its own when
+    it stops), so a step's figure is its whole time whatever it
+    synchronises inside. Report the median of the list.
+
+    Args:
+        step (callable): One step.
+        device (torch.device): Where it runs.
+        repeats (int): Timed calls (at least 1).
+        warmup (int): Untimed calls before them.
+        clock (callable): Seconds (tests pass a fake clock).
+        sync (callable, optional): Waits for ``device``; defaults to
+            ``torch.cuda.synchronize`` on CUDA, nothing elsewhere.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f'time_steps needs repeats >= 1 and warmup >= 0, '
+                         f'got {repeats} and {warmup}')
+    sync = sync or _sync
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = clock()
+        step()
+        sync(device)
+        times.append((clock() - t) * 1e3)
+    return times
+
+
+def set_cudnn_benchmark(section: str) -> bool:
+    """Sets ``torch.backends.cudnn.benchmark`` as ``CUDNN_BENCHMARK`` says
+    for ``section`` and returns it (each section records it)."""
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK[section]
+    return torch.backends.cudnn.benchmark
 
 
 def output_error(outs: Sequence[torch.Tensor],
@@ -269,14 +354,17 @@ def device_info(device: torch.device) -> Dict:
 # --------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------
-def build_rest(arch, **kwargs) -> nn.Module:
+def build_rest(arch, v2: bool = False, **kwargs) -> nn.Module:
     """``mmrest.ResT`` (``'lite'``, ..., or an arch dict) or, for
-    ``'v2_tiny'`` etc., ``mmrest.ResTV2``, initialised, in eval mode."""
+    ``'v2_tiny'`` etc. (or ``v2=True``), ``mmrest.ResTV2``, initialised, in
+    eval mode; ``arch=None`` with ``v2``: the narrow quick-mode arch."""
     import mmrest
-    if isinstance(arch, str) and arch.startswith('v2_'):
+    if v2 or (isinstance(arch, str) and arch.startswith('v2_')):
         if not hasattr(mmrest, 'ResTV2'):
             raise ImportError('mmrest has no ResTV2')
-        model = mmrest.ResTV2(arch=arch[3:], **kwargs)
+        arch = QUICK_REST_ARCH if arch is None else arch
+        model = mmrest.ResTV2(
+            arch=arch[3:] if isinstance(arch, str) else arch, **kwargs)
     else:
         model = mmrest.ResT(arch=arch, **kwargs)
     model.init_weights()
@@ -287,14 +375,19 @@ def build_backbone(name: str, quick: bool = False) -> nn.Module:
     """A backbone of the throughput table by name, in eval mode.
 
     ``rest_{arch}`` and ``rest_{arch}_literal`` (ResT with the drop-path
-    rate of its detection config), ``swin_t`` and ``resnet50`` (mmdet's, as
-    in mmdet's Mask R-CNN configs, without pretrained weights).
+    rate of its detection config), ``restv2_tiny`` (ResT v2), ``swin_t``
+    and ``resnet50`` (mmdet's, as in mmdet's Mask R-CNN configs, without
+    pretrained weights).
     ``quick``: narrow versions (the same code at a fraction of the cost).
     """
-    if name.startswith('rest_'):
+    if name.startswith(('rest_', 'restv2_')):
         arch = name.split('_')[1]
-        model = build_rest(QUICK_REST_ARCH if quick else arch,
-                           drop_path_rate=_REST_DROP_PATH[arch])
+        if name.startswith('restv2_'):
+            model = build_rest(None if quick else 'v2_' + arch, v2=True,
+                               drop_path_rate=_REST_DROP_PATH[arch])
+        else:
+            model = build_rest(QUICK_REST_ARCH if quick else arch,
+                               drop_path_rate=_REST_DROP_PATH[arch])
         if name.endswith('_literal'):
             from mmrest.testing import to_literal
             model = to_literal(model, copy_model=False)
@@ -437,7 +530,8 @@ class GpuCheck:
             self.check_deadline(f'section {name}')
             fn(sec)
             bad = [r for r in sec['rows'] if 'error' in r]
-            skipped = [r for r in sec['rows'] if 'skipped' in r]
+            skipped = [r for r in sec['rows'] if str(
+                r.get('skipped', '')).startswith('not started')]
             sec['status'] = ('errors in some rows' if bad else
                              'partly skipped (deadline)' if skipped else 'ok')
         except DeadlinePassed as e:
@@ -707,14 +801,18 @@ class GpuCheck:
 
     # -- b. throughput -----------------------------------------------------
     def throughput(self, sec: Dict, names: Sequence[str]):
-        torch.backends.cudnn.benchmark = True
+        bench = set_cudnn_benchmark('throughput')
+        self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         sec['settings'] = dict(
-            cudnn_benchmark=True,
+            cudnn_benchmark=bench,
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
             tf32_cudnn=torch.backends.cudnn.allow_tf32,
             repeats=self.s.repeats, warmup=self.s.warmup,
             small='x'.join(map(str, self.s.small)),
-            large='x'.join(map(str, self.s.large)))
+            large='x'.join(map(str, self.s.large)),
+            train='x'.join(map(str, self.s.train)),
+            train_warmup=self.s.train_warmup,
+            train_repeats=self.s.train_repeats)
         sec['settings']['amp'] = self.s.amp_name
         for name in names:
             self.log(f'  throughput {name}')
@@ -744,7 +842,7 @@ class GpuCheck:
                     row[f'{tag}_error'] = _short_error(e)
                     self._free()
             del x
-        x = torch.rand(*self.s.large, generator=gen).to(dev)
+        x = torch.rand(*self.s.train, generator=gen).to(dev)
         for amp in ('fp32', 'amp'):
             tag = f'train_{amp}'
             amp = self.s.amp if amp == 'amp' else None
@@ -761,41 +859,55 @@ class GpuCheck:
         return row
 
     def _train_step_memory(self, model, x, amp) -> Dict:
+        """A backbone's training step (train mode, forward, a loss of all
+        outputs, backward; under ``amp`` autocast): the median of
+        ``train_repeats`` timed steps after ``train_warmup`` untimed ones
+        (:func:`time_steps`), each step's milliseconds, and the peak memory
+        of a step (``max_memory_allocated`` over the timed steps minus
+        what was allocated before them: parameters and input, no
+        gradients; CUDA only)."""
         dev = self.device
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            with _autocast(dev, amp):
+                outs = model(x)
+                loss = sum(o.float().mean() for o in outs)
+            loss.backward()
+
         model.train()
-        model.zero_grad(set_to_none=True)
-        if dev.type == 'cuda':
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            before = torch.cuda.memory_allocated(dev)
-        t = time.perf_counter()
-        with _autocast(dev, amp):
-            outs = model(x)
-            loss = sum(o.float().mean() for o in outs)
-        loss.backward()
-        _sync(dev)
-        out = dict(step_ms=(time.perf_counter() - t) * 1e3)
-        if dev.type == 'cuda':
-            peak = torch.cuda.max_memory_allocated(dev)
-            out.update(peak_MiB=_mib(peak), step_peak_MiB=_mib(peak - before))
-        else:
-            out.update(peak_MiB=None, step_peak_MiB=None)
-        del outs, loss
-        model.zero_grad(set_to_none=True)
-        model.eval()
+        try:
+            for _ in range(self.s.train_warmup):
+                step()
+            model.zero_grad(set_to_none=True)
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                before = torch.cuda.memory_allocated(dev)
+            times = time_steps(step, dev, self.s.train_repeats, 0)
+            out = dict(step_ms=statistics.median(times), step_all_ms=times)
+            if dev.type == 'cuda':
+                peak = torch.cuda.max_memory_allocated(dev)
+                out.update(peak_MiB=_mib(peak),
+                           step_peak_MiB=_mib(peak - before))
+            else:
+                out.update(peak_MiB=None, step_peak_MiB=None)
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.eval()
         return out
 
     # -- c. Mask R-CNN -----------------------------------------------------
     def maskrcnn(self, sec: Dict):
-        torch.backends.cudnn.benchmark = False  # mmdet's env_cfg default
+        bench = set_cudnn_benchmark('maskrcnn')  # mmdet's env_cfg default
+        self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         sec['settings'] = dict(
             image='x'.join(map(str, self.s.mr_image)), batch=self.s.mr_batch,
             warmup=self.s.mr_warmup, timed_iters=self.s.mr_iters,
             amp=f'{self.s.amp_name} autocast, GradScaler(init_scale=2**16, '
             'dynamic), AdamW lr 1e-4 wd 0.05, the config\'s clip_grad',
-            cudnn_benchmark=False)
-        for name, cfg in (('mask_rcnn_rest_small', REST_MASKRCNN_CONFIG),
-                          ('mask_rcnn_swin_t', SWIN_MASKRCNN_CONFIG)):
+            cudnn_benchmark=bench)
+        for name, cfg in MASKRCNN_MODELS:
             self.log(f'  Mask R-CNN {name}')
             self._guarded_row(sec, dict(kind='maskrcnn', model=name),
                               lambda: self._maskrcnn_one(cfg), need_s=20.0)
@@ -832,8 +944,8 @@ class GpuCheck:
         if self.s.quick:  # narrow backbones, fewer RoIs: seconds on a CPU
             cfg.model.train_cfg.rpn_proposal.max_per_img = 100
             cfg.model.train_cfg.rcnn.sampler.num = 64
-            if cfg.model.backbone.type == 'ResT':
-                cfg.model.backbone.arch = self.s.eq_arch
+            if cfg.model.backbone.type in ('ResT', 'ResTV2'):
+                cfg.model.backbone.arch = QUICK_REST_ARCH
                 cfg.model.neck.in_channels = self.s.eq_arch['embed_dims']
             else:
                 cfg.model.backbone.update(embed_dims=32, depths=[1, 1, 1, 1],
@@ -851,7 +963,6 @@ class GpuCheck:
         iters = []
 
         def step():
-            t = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with _autocast(dev, self.s.amp):
                 d = model.data_preprocessor(data, True)
@@ -866,21 +977,23 @@ class GpuCheck:
             before = float(scaler.get_scale())
             scaler.step(opt)
             scaler.update()
-            _sync(dev)
-            iters.append(dict(ms=(time.perf_counter() - t) * 1e3,
-                              loss=float(loss), skipped=float(
-                                  scaler.get_scale()) < before))
+            iters.append(dict(loss=float(loss), skipped=float(
+                scaler.get_scale()) < before))
 
         for _ in range(self.s.mr_warmup):
             step()
         if dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(self.s.mr_iters):
-            step()
+        # warm-ups above; the timed iterations each between two
+        # synchronisations (their float() reads wait for the device too)
+        times = [None] * self.s.mr_warmup + time_steps(
+            step, dev, self.s.mr_iters, 0)
+        iters = [dict(i, ms=ms) for ms, i in zip(times, iters)]
         timed = iters[self.s.mr_warmup:]
         row = dict(
             config=used, params_M=sum(p.numel()
                                       for p in model.parameters()) / 1e6,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
             iter_ms=statistics.median(i['ms'] for i in timed),
             iters=iters, skipped_steps=sum(i['skipped'] for i in iters),
             loss_last=iters[-1]['loss'], clip_grad=clip,
@@ -894,6 +1007,172 @@ class GpuCheck:
         del model, opt, scaler
         self._free()
         return row
+
+    # -- variants of EMSA's multi-head core ----------------------------------
+    def variants(self, sec: Dict, compile_backend: str):
+        """ResT-Small with each formulation of EMSA's multi-head core
+        (``kernels.use_emsa_core``), beside its literal path, ResT v2-Tiny
+        and Swin-T, all with the same settings: the backbone training step
+        at ``train`` (2x3x800x1344) under fp16 and bf16 autocast (median
+        after warm-ups, peak memory), inference at ``small`` and
+        ``large`` in float32 and fp16 autocast, and each core's errors
+        (random norm parameters and statistics, as in ``equality``):
+        float32 outputs and gradients (eval mode, autograd) against the
+        literal path in float64, fp16 / bf16 outputs against the same
+        model's float32 ones beside the literal path's (the autocast
+        criterion). The next GPU session picks the fastest core that passes.
+        """
+        from mmrest.backbones import kernels
+        bench = set_cudnn_benchmark('variants')
+        self.log(f'  torch.backends.cudnn.benchmark = {bench}')
+        amps = (None, ) if self.s.amp is None else (torch.float16,
+                                                    torch.bfloat16)
+        sec['settings'] = dict(
+            cudnn_benchmark=bench,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            train='x'.join(map(str, self.s.train)),
+            small='x'.join(map(str, self.s.small)),
+            large='x'.join(map(str, self.s.large)),
+            eq_input='x'.join(map(str, self.s.eq_shapes[-1])),
+            train_amp=[_dtype_name(a) for a in amps],
+            amp=self.s.amp_name, warmup=self.s.warmup,
+            repeats=self.s.repeats, train_warmup=self.s.train_warmup,
+            train_repeats=self.s.train_repeats,
+            compile_backend=compile_backend,
+            criteria=dict(
+                fp32=f'err <= 4 * err_literal + {FP32_FLOOR:.2e}',
+                amp=f'err <= {AMP_FACTOR} * err_literal + {AMP_FLOOR}'))
+        state = dict(model=build_backbone('rest_small', self.s.quick))
+        randomize_norms(state['model'])  # as the equality section
+        state['weights'] = copy.deepcopy(state['model'].state_dict())
+        # the compiled core last: its compilations may take the deadline
+        cores = sorted(self.s.variant_cores,
+                       key=lambda c: c == 'literal_compiled')
+        rows = [('rest_small_literal', None)]
+        rows += [('rest_small', c) for c in cores if c != 'literal_compiled']
+        rows += [('restv2_tiny', None), ('swin_t', None)]
+        rows += [('rest_small', c) for c in cores if c == 'literal_compiled']
+        for name, core in rows:
+            self.log(f'  variants {name} {core or ""}')
+            base = dict(kind='variant', model=name, core=core)
+            if core == 'literal_compiled' and compile_backend == 'off':
+                self._row(sec, dict(base, skipped='--compile-backend off'))
+                continue
+            self._guarded_row(
+                sec, base, lambda: self._variant_one(
+                    name, core, amps, state, compile_backend),
+                need_s=60.0 if core == 'literal_compiled' else 10.0)
+        del state
+        self._free()
+
+    def _variant_one(self, name: str, core: Optional[str], amps,
+                     state: Dict, compile_backend: str) -> Dict:
+        from mmrest.backbones import kernels
+        dev = self.device
+        if name.startswith('rest_small'):
+            model = build_backbone(name, self.s.quick)
+            model.load_state_dict(state['weights'])
+        else:
+            model = build_backbone(name, self.s.quick)
+        model.to(dev)
+        row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        ctx = contextlib.nullcontext()
+        if core is not None:
+            kernels.LITERAL_COMPILE_BACKEND = compile_backend
+            ctx = kernels.use_emsa_core(core)
+        with ctx:
+            if name.startswith('rest_small'):
+                row.update(self._variant_errors(model, state, amps))
+                lit = state.get('literal_errors')
+                if name.endswith('_literal'):
+                    state['literal_errors'] = dict(row)
+                elif lit:
+                    row['pass'] = bool(
+                        row['err_fp32'] <= 4 * lit['err_fp32'] + FP32_FLOOR
+                        and row['grad_err_fp32'] <=
+                        4 * lit['grad_err_fp32'] + FP32_FLOOR and all(
+                            row[f'err_{a}'] <= AMP_FACTOR * lit[f'err_{a}']
+                            + AMP_FLOOR for a in map(_dtype_name, amps)
+                            if a != 'float32') and row['grads_finite'])
+            gen = torch.Generator().manual_seed(7)
+            x = torch.rand(*self.s.train, generator=gen).to(dev)
+            for amp in amps:
+                tag = f'train_{_dtype_name(amp)}'
+                try:
+                    res = self._train_step_memory(model, x, amp)
+                    row.update({f'{tag}_{k}': v for k, v in res.items()})
+                except Exception as e:  # noqa: BLE001
+                    row[f'{tag}_error'] = _short_error(e)
+                    self._free()
+            del x
+            for key, shape in (('small', self.s.small),
+                               ('large', self.s.large)):
+                x = torch.rand(*shape, generator=gen).to(dev)
+                for amp in (None, self.s.amp) if self.s.amp else (None, ):
+                    tag = f'{key}_{"fp32" if amp is None else "fp16"}'
+                    try:
+                        with torch.no_grad(), _autocast(dev, amp):
+                            ms = time_calls(lambda: model(x), dev,
+                                            self.s.repeats, self.s.warmup)
+                        row[f'{tag}_ms'] = statistics.median(ms)
+                        row[f'{tag}_img_s'] = shape[0] * 1e3 / row[
+                            f'{tag}_ms']
+                    except Exception as e:  # noqa: BLE001
+                        row[f'{tag}_error'] = _short_error(e)
+                        self._free()
+                del x
+        del model
+        self._free()
+        return row
+
+    def _variant_errors(self, model: nn.Module, state: Dict, amps) -> Dict:
+        """Errors of ``model`` (ResT-Small, the weights in ``state``), eval
+        mode with autograd: float32 outputs and gradients against the
+        literal path in float64 (computed once), each autocast dtype's
+        outputs against the model's own float32 ones."""
+        from mmrest.testing import to_literal
+        dev = self.device
+        if 'x' not in state:
+            gen = torch.Generator().manual_seed(8)
+            state['x'] = torch.randn(*self.s.eq_shapes[-1], generator=gen,
+                                     dtype=torch.float64).to(dev)
+            ref = to_literal(state['model']).double().to(dev).eval()
+            state['ref'] = self._outs_grads(ref, state['x'], None, state)
+            del ref
+        model.eval()
+        x32 = state['x'].float()
+        outs, grads = self._outs_grads(model, x32, None, state)
+        ref_o, ref_g = state['ref']
+        row = dict(err_fp32=output_error(outs, ref_o),
+                   grad_err_fp32=grad_error(grads, ref_g),
+                   grads_finite=True)
+        for amp in amps:
+            if amp is None:
+                continue
+            o, g = self._outs_grads(model, x32, amp, state)
+            row[f'err_{_dtype_name(amp)}'] = output_error(o, outs)
+            row['grads_finite'] = row['grads_finite'] and all(
+                bool(torch.isfinite(t).all()) for t in g.values())
+        return row
+
+    @staticmethod
+    def _outs_grads(model, x, amp, state):
+        """Outputs (float64) and parameter gradients of a fixed random
+        weighting of the outputs (``state['w']``, made on first use)."""
+        model.zero_grad(set_to_none=True)
+        with _autocast(x.device, amp):
+            outs = [o.double() for o in model(x)]
+        if 'w' not in state:
+            gen = torch.Generator().manual_seed(9)
+            state['w'] = [(torch.randn(o.shape, generator=gen,
+                                       dtype=torch.float64) /
+                           math.sqrt(o.numel())).to(x.device) for o in outs]
+        sum((o * w).sum() for o, w in zip(outs, state['w'])).backward()
+        grads = {n: p.grad.detach().double().clone()
+                 for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return [o.detach() for o in outs], grads
 
     # -- compile -----------------------------------------------------------
     def compile(self, sec: Dict, backend: str):
@@ -1035,7 +1314,8 @@ def _status(row: Dict) -> Optional[str]:
     if 'error' in row:
         return f'error: {row["error"][:160]}'
     if 'skipped' in row:
-        return 'skipped (deadline)'
+        return ('skipped (deadline)' if str(row['skipped']).startswith(
+            'not started') else f'skipped: {row["skipped"]}')
     return None
 
 
@@ -1088,17 +1368,23 @@ def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
     amp = st.get('amp', 'float16')
     amp = 'fp16' if amp == 'float16' else amp
     lines += [
-        f'Eval, no autograd, median of {st.get("repeats")} CUDA-event '
-        f'timings after {st.get("warmup")} warm-ups; train step: '
-        'peak memory above what was allocated before the step.', '',
+        f'cudnn.benchmark {st.get("cudnn_benchmark")}. Eval, no autograd, '
+        f'median of {st.get("repeats")} CUDA-event timings after '
+        f'{st.get("warmup")} warm-ups; train step at '
+        f'{st.get("train", large)} (train mode, forward + backward): '
+        f'median of {st.get("train_repeats", 1)} timed steps after '
+        f'{st.get("train_warmup", 0)} warm-ups, each between two '
+        'synchronisations, and the peak memory above what was allocated '
+        'before the steps.', '',
         f'| backbone | params (M) | {small} fp32 img/s | {small} {amp} '
         f'img/s | {large} fp32 ms | {large} {amp} ms | train step '
-        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 8]
+        f'fp32 ms | train step {amp} ms | train step '
+        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 10]
     for r in rows:
         st_ = _status(r)
         cells = [r['model']]
         if st_:
-            cells += [st_] + [''] * 6
+            cells += [st_] + [''] * 8
         else:
             def cell(key, spec):
                 err = r.get('_'.join(key.split('_')[:2]) + '_error')
@@ -1111,6 +1397,8 @@ def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
                 cell('small_fp16_img_s', '.0f'),
                 cell('large_fp32_ms', '.1f'),
                 cell('large_fp16_ms', '.1f'),
+                cell('train_fp32_step_ms', '.1f'),
+                cell('train_amp_step_ms', '.1f'),
                 cell('train_fp32_step_peak_MiB', '.0f'),
                 cell('train_amp_step_peak_MiB', '.0f')
             ]
@@ -1180,7 +1468,59 @@ def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
     return lines
 
 
+def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
+    """Markdown lines of the ``variants`` section: EMSA's cores against the
+    literal path, ResT v2-Tiny and Swin-T."""
+    st = sec.get('settings', {})
+    amps = st.get('train_amp', ['float16', 'bfloat16'])
+    lines = [
+        f'cudnn.benchmark {st.get("cudnn_benchmark")}; training step at '
+        f'{st.get("train")} (train mode, forward + backward): median of '
+        f'{st.get("train_repeats")} after {st.get("train_warmup")} '
+        f'warm-ups, each between two synchronisations; inference: median '
+        f'of {st.get("repeats")} after {st.get("warmup")}; errors on '
+        f'{st.get("eq_input")}, eval mode with autograd: fp32 against the '
+        'literal path in float64, autocast against the same model in '
+        f'float32; pass: fp32 {st.get("criteria", {}).get("fp32")}, '
+        f'autocast {st.get("criteria", {}).get("amp")} (err_literal: the '
+        'rest_small_literal row).', '',
+        '| ' + ' | '.join(
+            ['model', 'EMSA core', 'fp32 err', 'fp32 grad err']
+            + [f'{a} err' for a in amps if a != 'float32'] + ['pass']
+            + [f'train {a} ms' for a in amps]
+            + [f'train {a} MiB' for a in amps]
+            + [f'{st.get("small")} fp32 img/s',
+               f'{st.get("small")} fp16 img/s',
+               f'{st.get("large")} fp32 ms', f'{st.get("large")} fp16 ms'])
+        + ' |']
+    ncols = lines[-1].count('|') - 1
+    lines.append('|' + '---|' * ncols)
+    for r in rows:
+        cells = [r['model'], str(r.get('core') or '-')]
+        st_ = _status(r)
+        if st_:
+            cells += [st_] + [''] * (ncols - 3)
+        else:
+            cells += [_fmt(r.get('err_fp32')), _fmt(r.get('grad_err_fp32'))]
+            cells += [_fmt(r.get(f'err_{a}')) for a in amps
+                      if a != 'float32']
+            cells.append(_fmt(r.get('pass')))
+            cells += [_fmt(r.get(f'train_{a}_step_ms'), '.1f')
+                      if f'train_{a}_step_ms' in r else
+                      'error: ' + r.get(f'train_{a}_error', '-')[:80]
+                      for a in amps]
+            cells += [_fmt(r.get(f'train_{a}_step_peak_MiB'), '.0f')
+                      for a in amps]
+            cells += [_fmt(r.get('small_fp32_img_s'), '.0f'),
+                      _fmt(r.get('small_fp16_img_s'), '.0f'),
+                      _fmt(r.get('large_fp32_ms'), '.1f'),
+                      _fmt(r.get('large_fp16_ms'), '.1f')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 _SECTION_MARKDOWN = {
+    'variants': _md_variants,
     'equality': _md_equality,
     'throughput': _md_throughput,
     'maskrcnn': _md_maskrcnn,
@@ -1305,6 +1645,9 @@ def main(argv=None) -> Dict:
             lambda sec: check.throughput(sec, check.s.throughput_models))
     if 'maskrcnn' in want:
         check.run_section('maskrcnn', check.maskrcnn)
+    if 'variants' in want:
+        check.run_section(
+            'variants', lambda sec: check.variants(sec, args.compile_backend))
     if 'throughput' in want and check.s.more_models:
         check.run_section(
             'throughput',

@@ -5,6 +5,7 @@ compiled ops (an independent implementation, in C++); the whole check runs
 in its CPU quick mode with the shim forced in, so that Mask R-CNN's forward
 and backward go through it as they do on the GPU machine (mmcv-lite).
 """
+import functools
 import json
 import math
 import os
@@ -265,6 +266,111 @@ def test_sections_are_independent_and_saved(tmp_path):
     assert late.results['sections']['throughput']['status'] == 'skipped'
 
 
+class FakeClock:
+    """A clock whose every step call advances it by the next of
+    ``durations`` (seconds), and a device sync that logs itself."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.log = 100.0, list(durations), []
+
+    def step(self):
+        self.log.append('step')
+        self.now += self.durations.pop(0)
+
+    def clock(self):
+        self.log.append('clock')
+        return self.now
+
+    def sync(self, device):
+        self.log.append('sync')
+
+
+def test_time_steps_warms_up_then_times_each_step_between_syncs():
+    """Warm-up steps are untimed (their durations, the slowest, never
+    show), each timed step lies between a sync and the clock on either
+    side, and the figures are milliseconds per step."""
+    fake = FakeClock([5.0, 4.0, 0.010, 0.030, 0.020])
+    ms = gpu_check.time_steps(fake.step, torch.device('cpu'), repeats=3,
+                              warmup=2, clock=fake.clock, sync=fake.sync)
+    assert ms == pytest.approx([10.0, 30.0, 20.0])
+    assert fake.log == ['step'] * 2 + ['sync', 'clock', 'step', 'sync',
+                                       'clock'] * 3
+    with pytest.raises(ValueError, match='repeats >= 1'):
+        gpu_check.time_steps(fake.step, torch.device('cpu'), 0, 1)
+
+
+def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
+    """The backbone training-step column: train_warmup untimed steps, then
+    the median of train_repeats timed ones (one slow first step, as
+    cuDNN's autotuning makes it, does not move the figure); the model is
+    left in eval mode without gradients."""
+    settings = gpu_check.Settings(quick=True)
+    settings.train_warmup, settings.train_repeats = 2, 3
+    check = gpu_check.GpuCheck('cpu', str(tmp_path), settings,
+                               log=lambda msg: None)
+    durations = [9.0, 1.0, 0.008, 0.004, 0.002]
+    now = [0.0]
+    model = torch.nn.Conv2d(3, 4, 3)
+    calls = []
+
+    def forward_hook(module, args, out):
+        calls.append(module.training)
+        now[0] += durations[len(calls) - 1]
+
+    model.register_forward_hook(forward_hook)
+    monkeypatch.setattr(gpu_check.time, 'perf_counter', lambda: now[0])
+    monkeypatch.setattr(gpu_check, 'time_steps', functools.partial(
+        gpu_check.time_steps, clock=lambda: now[0]))
+    wrapped = lambda x: [model(x)]  # noqa: E731 (outputs as a list)
+    holder = torch.nn.Module()
+    holder.forward = wrapped
+    holder.add_module('conv', model)
+    out = check._train_step_memory(holder, torch.randn(1, 3, 8, 8), None)
+    assert calls == [True] * 5  # 2 warm-ups + 3 timed, in train mode
+    assert out['step_all_ms'] == pytest.approx([8.0, 4.0, 2.0])
+    assert out['step_ms'] == pytest.approx(4.0)
+    assert not holder.training and model.weight.grad is None
+
+
+def test_cudnn_benchmark_is_set_per_section():
+    before = torch.backends.cudnn.benchmark
+    try:
+        assert gpu_check.set_cudnn_benchmark('throughput') is True
+        assert torch.backends.cudnn.benchmark is True
+        assert gpu_check.set_cudnn_benchmark('maskrcnn') is False
+        assert torch.backends.cudnn.benchmark is False
+        assert gpu_check.CUDNN_BENCHMARK['variants'] is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_variants_markdown_lists_every_core():
+    """The variants table: one line per row, errors and skips as text."""
+    from mmrest.backbones import kernels
+    rows = [dict(kind='variant', model='rest_small', core=c, err_fp32=1e-6,
+                 grad_err_fp32=2e-6, err_float16=1e-3, err_bfloat16=1e-2,
+                 **{'pass': True}, train_float16_step_ms=120.0,
+                 train_bfloat16_step_ms=121.0,
+                 train_float16_step_peak_MiB=3000.0, small_fp16_img_s=5e3)
+            for c in kernels.EMSA_CORES[:-1]]
+    rows.append(dict(kind='variant', model='rest_small',
+                     core='literal_compiled', skipped='--compile-backend off'))
+    rows.append(dict(kind='variant', model='swin_t', core=None,
+                     error='RuntimeError: boom'))
+    md = gpu_check.to_markdown(dict(meta={}, sections=dict(variants=dict(
+        status='ok', rows=rows, settings=dict(
+            train='2x3x800x1344', train_amp=['float16', 'bfloat16'])))))
+    lines = [ln for ln in md.splitlines() if ln.startswith('| rest_small')
+             or ln.startswith('| swin_t')]
+    assert len(lines) == len(rows)
+    assert '| rest_small | sdpa | 1e-06 | 2e-06 | 0.001 | 0.01 | yes | 120.0' \
+        in md
+    assert 'skipped: --compile-backend off' in lines[-2]
+    assert 'error: RuntimeError' in lines[-1]
+    width = {ln.count('|') for ln in md.splitlines() if ln.startswith('|')}
+    assert len(width) == 1, width  # every line of the table has all cells
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         gpu_check.parse_args(['--sections', 'equality,speed'])
@@ -288,7 +394,7 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert meta['ops_shim']['used'] is True
     assert meta['ops_shim']['backend'] in ('torch', 'torchvision')
     secs = res['sections']
-    for name in ('equality', 'throughput', 'maskrcnn'):
+    for name in ('equality', 'throughput', 'maskrcnn', 'variants'):
         assert secs[name]['status'] not in ('error', 'skipped'), secs[name]
     assert secs['compile']['status'] == 'skipped'
 
@@ -317,13 +423,36 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         assert 'error' not in r, r
         assert r['small_fp32_img_s'] > 0 and r['large_fp32_ms'] > 0, r
         assert r['train_fp32_step_ms'] > 0, r
+        # a median over the timed steps, after warm-ups
+        assert len(r['train_fp32_step_all_ms']) == 2, r
+    assert secs['throughput']['settings']['cudnn_benchmark'] is True
+    assert secs['maskrcnn']['settings']['cudnn_benchmark'] is False
 
     mr = {r['model']: r for r in secs['maskrcnn']['rows']}
-    assert set(mr) == {'mask_rcnn_rest_small', 'mask_rcnn_swin_t'}
+    assert set(mr) == {'mask_rcnn_rest_small', 'mask_rcnn_restv2_tiny',
+                       'mask_rcnn_swin_t'}
     for r in mr.values():  # forward and backward through the shim's ops
         assert 'error' not in r, r
         assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
+    from mmrest.backbones import kernels
+    var = secs['variants']['rows']
+    assert [(r['model'], r['core']) for r in var] == (
+        [('rest_small_literal', None)] +
+        [('rest_small', c) for c in kernels.EMSA_CORES
+         if c != 'literal_compiled'] +
+        [('restv2_tiny', None), ('swin_t', None),
+         ('rest_small', 'literal_compiled')])
+    for r in var:
+        if r['core'] == 'literal_compiled':  # --compile-backend off
+            assert 'skipped' in r
+            continue
+        assert 'error' not in r, r
+        assert r['train_float32_step_ms'] > 0 and r['large_fp32_ms'] > 0, r
+        if r['model'] == 'rest_small':  # each core as exact as the literal
+            assert r['pass'] is True, r
+            assert r['err_fp32'] < 1e-4 and r['grad_err_fp32'] < 1e-4, r
     md = (tmp_path / 'gpu_check.md').read_text()
-    for header in ('### equality', '### throughput', '### maskrcnn'):
+    for header in ('### equality', '### throughput', '### maskrcnn',
+                   '### variants'):
         assert header in md
     assert md.strip() in proc.stdout  # the table is printed last
