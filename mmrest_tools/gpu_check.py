@@ -1053,6 +1053,9 @@ class GpuCheck:
         rows += [('rest_small', c) for c in cores if c != 'literal_compiled']
         rows += [('restv2_tiny', None), ('swin_t', None)]
         rows += [('rest_small', c) for c in cores if c == 'literal_compiled']
+        self.log('  variants: which SDPA backends take the mixed queries')
+        self._guarded_row(sec, dict(kind='sdpa_backends'),
+                          self._sdpa_backends)
         for name, core in rows:
             self.log(f'  variants {name} {core or ""}')
             base = dict(kind='variant', model=name, core=core)
@@ -1065,6 +1068,45 @@ class GpuCheck:
                 need_s=60.0 if core == 'literal_compiled' else 10.0)
         del state
         self._free()
+
+    def _sdpa_backends(self) -> Dict:
+        """Which ``F.scaled_dot_product_attention`` backends run (forward
+        and backward, in the autocast dtype) the mixed-query attention of
+        ResT-Small's stages 2 to 4 (C = 128, 256, 512 channels; h = 2, 4,
+        8 heads; keys shared by the heads, an expanded tensor), with values
+        of one head (d = C / h channels, ``'sdpa'``) and zero-padded to C
+        (``'sdpa_padded'``): 'ok' or the error."""
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        dev = self.device
+        dtype = self.s.amp or torch.float32
+        gen = torch.Generator().manual_seed(10)
+        res = {}
+        for C, h in ((128, 2), (256, 4), (512, 8)):
+            for values in ('d', 'C'):
+                for backend in ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION',
+                                'CUDNN_ATTENTION', 'MATH'):
+                    key = f'C{C}_h{h}_v{values}_{backend.lower()}'
+                    be = getattr(SDPBackend, backend, None)
+                    if be is None:
+                        res[key] = 'no such backend in this torch'
+                        continue
+                    q = torch.randn(1, h, 64, C, generator=gen).to(
+                        dev, dtype).requires_grad_()
+                    k = torch.randn(1, 1, 48, C, generator=gen).to(
+                        dev, dtype).requires_grad_()
+                    v = torch.randn(1, h, 48, C // h if values == 'd' else C,
+                                    generator=gen).to(dev, dtype)
+                    v.requires_grad_()
+                    try:
+                        with sdpa_kernel(be):
+                            out = F.scaled_dot_product_attention(
+                                q, k.expand(1, h, 48, C), v, scale=1.0)
+                            out.float().sum().backward()
+                        res[key] = 'ok'
+                    except Exception as e:  # noqa: BLE001 (recorded)
+                        res[key] = _short_error(e, 120)
+        return dict(backends=res)
 
     def _variant_one(self, name: str, core: Optional[str], amps,
                      state: Dict, compile_backend: str) -> Dict:
@@ -1496,6 +1538,8 @@ def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
     ncols = lines[-1].count('|') - 1
     lines.append('|' + '---|' * ncols)
     for r in rows:
+        if r.get('kind') != 'variant':
+            continue
         cells = [r['model'], str(r.get('core') or '-')]
         st_ = _status(r)
         if st_:
@@ -1516,6 +1560,13 @@ def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
                       _fmt(r.get('large_fp32_ms'), '.1f'),
                       _fmt(r.get('large_fp16_ms'), '.1f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
+    for r in rows:
+        if r.get('kind') == 'sdpa_backends':
+            lines += ['', 'SDPA backends for the mixed-query attention '
+                      '(forward and backward; values of d or C channels): '
+                      + (_status(r) or ', '.join(
+                          f'{k}: {v}' for k, v in r.get(
+                              'backends', {}).items()))]
     return lines
 
 
