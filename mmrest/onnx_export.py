@@ -82,11 +82,29 @@ def build_feature_extractor(config: str,
     if checkpoint is not None:
         weights = extract_state_dict(
             load_checkpoint_file(checkpoint), source=repr(checkpoint))
-        missing = [k for k in model.state_dict() if k not in weights]
+        wanted = model.state_dict()
+        missing = [k for k in wanted if k not in weights]
         if missing:
             raise CheckpointError(
                 f'{checkpoint!r} is not a checkpoint of {config}: it lacks '
                 f'{len(missing)} of the exported weights, e.g. {missing[:3]}')
+        # A deeper variant holds all of a shallower one's keys: its extra
+        # blocks, or other widths, mean another model.
+        modules = ('backbone.', 'neck.') if with_neck else ('backbone.', )
+        extra = [k for k in weights
+                 if k.startswith(modules) and k not in wanted]
+        wrong = [f'{k} {tuple(weights[k].shape)} (expected '
+                 f'{tuple(v.shape)})' for k, v in wanted.items()
+                 if weights[k].shape != v.shape]
+        if extra or wrong:
+            raise CheckpointError(
+                f'{checkpoint!r} is not a checkpoint of {config}: ' +
+                '; '.join(filter(None, [
+                    extra and f'it holds {len(extra)} weights that model '
+                    f'lacks, e.g. {extra[:3]}',
+                    wrong and f'{len(wrong)} weights differ in shape, e.g. '
+                    f'{wrong[:3]}'])) +
+                ' (a checkpoint of another variant?)')
         model.load_state_dict(
             {k: weights[k] for k in model.state_dict()})
     else:

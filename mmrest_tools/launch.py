@@ -10,7 +10,8 @@ of mmdet's / mmseg's tools they
 
 * stop a training run at once, before any data is loaded, when the
   backbone's pretrained checkpoint is missing (the error names the path and
-  says where to get the file);
+  says where to get the file), unless the run loads (``load_from``) or
+  resumes a checkpoint that holds the backbone's weights;
 * run distributed on machines without CUDA (``torchrun`` with
   ``--launcher pytorch``): the gloo backend, DDP without device ids, and
   BatchNorm where the config says SyncBN (with a warning).
@@ -26,7 +27,8 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from mmrest.utils import check_data_paths, check_pretrained_files
+from mmrest.utils import (check_data_paths, check_pretrained_files,
+                          skip_pretrained_loaded_over)
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -129,7 +131,9 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
     """The training config after the command-line options.
 
     Raises FileNotFoundError before anything is built when the backbone's
-    pretrained checkpoint or the ``--resume`` checkpoint is missing.
+    pretrained checkpoint (and no checkpoint to load or resume holds the
+    backbone: :func:`mmrest.utils.skip_pretrained_loaded_over`), the
+    ``--resume`` checkpoint or the ``load_from`` one is missing.
     """
     cfg = load_config(args)
     if args.amp:
@@ -152,9 +156,17 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
                 f'--resume: checkpoint not found: {args.resume!r}')
         cfg.resume = True
         cfg.load_from = args.resume
+    load_from = cfg.get('load_from')
+    if load_from and '://' not in str(load_from) and \
+            not osp.isfile(osp.expanduser(str(load_from))):
+        raise FileNotFoundError(
+            f'load_from: checkpoint not found: {load_from!r}')
     # mmengine initialises the weights (loading the backbone's ImageNet
     # checkpoint) only after building the datasets: check now, and check
-    # that the data is where the config says.
+    # that the data is where the config says. A run that loads or resumes
+    # a checkpoint holding the backbone needs no ImageNet file.
+    for note in skip_pretrained_loaded_over(cfg):
+        print_log(note, logger='current')
     check_pretrained_files(cfg.model)
     check_data_paths(cfg, ('train', 'val'))
     return cfg

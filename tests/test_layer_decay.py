@@ -183,7 +183,7 @@ def test_num_layers_is_checked():
     (dict(decay_rate=0.9, decay_type='block_wise'), 'decay_type must be'),
     (dict(decay_rate=1.5), r'decay_rate must be a number in \(0, 1\]'),
     (dict(decay_type='stage_wise'), 'decay_rate must be'),
-    (dict(decay_rate=0.9, custom_keys={}), "unknown paramwise_cfg keys"),
+    (dict(decay_rate=0.9, lr_mult=2.), "unknown paramwise_cfg keys"),
 ])
 def test_bad_paramwise_cfg(paramwise, match):
     cfg = dict(
@@ -213,3 +213,208 @@ def test_frozen_stages_and_a_training_step():
     out = model.backbone(torch.rand(1, 3, 64, 64))[-1]
     wrapper.update_params(model.decode_head(out).square().mean())
     assert torch.equal(stem, before)
+
+
+# ------------------------------------------- mmengine's paramwise options
+# How they combine with the decay (mmrest/engine/layer_decay.py's
+# docstring), written out again here from the parameter's name and module:
+# the longest custom key contained in '<module>.<param>' (ties: the
+# alphabetically first) multiplies the layer-decayed lr by its lr_mult and,
+# if it has a decay_mult, sets the weight decay to weight_decay *
+# decay_mult; otherwise the rule's weight decay stays. Without a custom
+# key: bias_lr_mult multiplies the lr of biases outside norm layers; the
+# weight decay is weight_decay times norm_decay_mult (norm layers), else
+# bias_decay_mult (biases), else dwconv_decay_mult (depth-wise convs, when
+# given), else flat_decay_mult (1-D), else 1; the first three default to 0.
+NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
+
+
+def expected_settings(model, depths, decay_type, rate, paramwise):
+    """{parameter name: (lr, weight decay)} by the rule above."""
+    max_id = (4 if decay_type == 'stage_wise' else sum(depths)) + 1
+    custom = paramwise.get('custom_keys', {})
+    mults = dict(norm=paramwise.get('norm_decay_mult', 0.),
+                 bias=paramwise.get('bias_decay_mult', 0.),
+                 dwconv=paramwise.get('dwconv_decay_mult'),
+                 flat=paramwise.get('flat_decay_mult', 0.))
+    out = {}
+    for mod_name, module in model.named_modules():
+        for p_name, param in module.named_parameters(recurse=False):
+            name = f'{mod_name}.{p_name}'
+            lr = BASE_LR * rate**(max_id - expected_layer_id(
+                name, depths, decay_type))
+            is_norm = isinstance(module, NORMS)
+            if is_norm:
+                decay = mults['norm']
+            elif p_name == 'bias':
+                decay = mults['bias']
+            elif (isinstance(module, nn.Conv2d)
+                  and module.groups == module.in_channels
+                  and mults['dwconv'] is not None):
+                decay = mults['dwconv']
+            elif param.dim() == 1:
+                decay = mults['flat']
+            else:
+                decay = 1.
+            matches = [k for k in custom if k in name]
+            if matches:
+                longest = max(len(k) for k in matches)
+                key = min(k for k in matches if len(k) == longest)
+                lr *= custom[key].get('lr_mult', 1.)
+                decay = custom[key].get('decay_mult', decay)
+            elif p_name == 'bias' and not is_norm:
+                lr *= paramwise.get('bias_lr_mult', 1.)
+            out[name] = (lr, BASE_WD * decay)
+    return out
+
+
+CUSTOM_KEYS = {
+    'decode_head': dict(lr_mult=10.),
+    'pos.pa_conv': dict(decay_mult=0.),
+    'attn': dict(lr_mult=0.5),
+    'attn.q': dict(lr_mult=2., decay_mult=2.),  # longer than 'attn'
+    # both in 'backbone.stage*.*.attn.kv.bias', equally long: 'attn.kv'
+    'attn.kv': dict(lr_mult=3.),
+    'kv.bias': dict(lr_mult=5., decay_mult=1.),
+    'norm1': dict(decay_mult=1.),  # norms decayed after all
+}
+OPTION_CASES = {
+    'custom_keys': dict(custom_keys=CUSTOM_KEYS),
+    'decay_mults': dict(norm_decay_mult=1., bias_decay_mult=0.5,
+                        dwconv_decay_mult=0.1, bias_lr_mult=2.),
+    'both': dict(custom_keys=CUSTOM_KEYS, norm_decay_mult=0.3,
+                 dwconv_decay_mult=0., bias_lr_mult=4.,
+                 bypass_duplicate=True),
+}
+
+
+@pytest.mark.parametrize('case', list(OPTION_CASES))
+@pytest.mark.parametrize('decay_type', ['stage_wise', 'layer_wise'])
+@pytest.mark.parametrize('cls,arch', [(ResT, 'small'), (ResTV2, 'small')],
+                         ids=['ResT-small', 'ResTV2-small'])
+def test_mmengine_options_with_the_decay(cls, arch, decay_type, case):
+    """Every parameter's lr and weight decay with custom_keys and the
+    decay multipliers, against the rule written out above."""
+    paramwise = OPTION_CASES[case]
+    model = narrow_model(cls, arch)
+    depths = cls.arch_zoo[arch]['depths']
+    got = settings_by_param(build(model, decay_type, rate=0.8,
+                                  **paramwise))
+    want = expected_settings(model, depths, decay_type, 0.8, paramwise)
+    assert len(got) == len(want) == len(list(model.parameters()))
+    for name, param in model.named_parameters():
+        lr, wd = got[id(param)]
+        assert lr == pytest.approx(want[name][0], rel=1e-12), name
+        assert wd == pytest.approx(want[name][1], rel=1e-12, abs=0), name
+
+
+def test_custom_keys_literal_values():
+    """Hand-written values: ResT-Small stage-wise, decay 0.9 (ids 0..5)."""
+    model = narrow_model(ResT, 'small')
+    got = settings_by_param(build(model, 'stage_wise', rate=0.9,
+                                  custom_keys=CUSTOM_KEYS))
+    named = dict(model.named_parameters())
+
+    def check(name, lr, wd):
+        assert got[id(named[name])] == (pytest.approx(lr, rel=1e-12),
+                                        pytest.approx(wd, rel=1e-12)), name
+
+    # the head at 10x; its BatchNorm keeps no weight decay (no decay_mult)
+    check('decode_head.0.weight', 1e-2, BASE_WD)
+    check('decode_head.1.weight', 1e-2, 0.)
+    # no decay for the positional encodings' kernels, lr still decayed
+    check('backbone.stem.pos.pa_conv.weight', 1e-3 * 0.59049, 0.)
+    check('backbone.patch_embed_3.pos.pa_conv.weight', 1e-3 * 0.81, 0.)
+    # 'attn.q' (longest) over 'attn'
+    check('backbone.stage2.0.attn.q.weight', 1e-3 * 0.729 * 2, 0.1)
+    check('backbone.stage2.0.attn.proj.weight', 1e-3 * 0.729 * 0.5,
+          BASE_WD)
+    check('backbone.stage2.0.attn.proj.bias', 1e-3 * 0.729 * 0.5, 0.)
+    # 'attn.kv' and 'kv.bias' tie: 'attn.kv' goes first alphabetically
+    check('backbone.stage4.1.attn.kv.bias', 1e-3 * 0.9 * 3, 0.)
+    check('backbone.stage4.1.attn.kv.weight', 1e-3 * 0.9 * 3, BASE_WD)
+    # a norm decayed through its key
+    check('backbone.stage3.5.norm1.weight', 1e-3 * 0.81, BASE_WD)
+    check('backbone.norm1.bias', 1e-3, BASE_WD)
+    check('backbone.stage3.5.norm2.weight', 1e-3 * 0.81, 0.)
+
+
+def test_decay_multipliers_literal_values():
+    model = narrow_model(ResTV2, 'tiny')
+    got = settings_by_param(build(
+        model, 'stage_wise', rate=0.5, norm_decay_mult=1.,
+        bias_decay_mult=0.5, dwconv_decay_mult=0.1, bias_lr_mult=2.))
+    named = dict(model.named_parameters())
+
+    def check(name, lr, wd):
+        assert got[id(named[name])] == (pytest.approx(lr, rel=1e-12),
+                                        pytest.approx(wd, rel=1e-12)), name
+
+    check('backbone.stem.proj.1.weight', 1e-3 / 32, BASE_WD)  # BatchNorm
+    check('backbone.stem.proj.1.bias', 1e-3 / 32, BASE_WD)  # not 2x lr
+    check('backbone.stem.pos.pa_conv.weight', 1e-3 / 32, BASE_WD * 0.1)
+    check('backbone.stem.pos.pa_conv.bias', 1e-3 / 16, BASE_WD * 0.5)
+    check('backbone.stage1.0.attn.q.weight', 1e-3 / 16, BASE_WD)
+    check('backbone.stage1.0.attn.q.bias', 1e-3 / 8, BASE_WD * 0.5)
+    check('decode_head.2.bias', 2e-3, BASE_WD * 0.5)
+
+
+def test_shared_parameters_are_in_one_group():
+    """A module used twice (its parameters under two names) is in one
+    group, with or without bypass_duplicate (torch refuses a parameter in
+    two groups)."""
+    model = narrow_model(ResTV2, 'tiny')
+    model.aux_head = model.decode_head  # shared
+    for bypass in (False, True):
+        got = settings_by_param(build(model, 'stage_wise',
+                                      bypass_duplicate=bypass,
+                                      custom_keys={'aux_head': dict(
+                                          lr_mult=7.)}))
+        # the first name (decode_head) decides
+        assert got[id(model.decode_head[0].weight)][0] == \
+            pytest.approx(BASE_LR)
+        assert len(got) == len(list(model.parameters()))
+
+
+def test_custom_keys_training_step():
+    """The groups with custom entries make a working AdamW step; a key's
+    other entries (here betas) reach its group."""
+    model = narrow_model(ResTV2, 'tiny')
+    wrapper = build(model, 'stage_wise', custom_keys={
+        'decode_head': dict(lr_mult=10., betas=(0.5, 0.6))})
+    head = model.decode_head[0].weight
+    (group, ) = [g for g in wrapper.optimizer.param_groups
+                 if any(p is head for p in g['params'])]
+    assert group['betas'] == (0.5, 0.6) and group['lr'] == pytest.approx(
+        1e-2)
+    before = head.detach().clone()
+    out = model.backbone(torch.rand(1, 3, 64, 64))[-1]
+    wrapper.update_params(model.decode_head(out).square().mean())
+    assert not torch.equal(head, before)
+
+
+@pytest.mark.parametrize('paramwise,error,match', [
+    (dict(custom_keys=[('head', {})]), TypeError, 'custom_keys must be a'),
+    (dict(custom_keys={'head': 10.}), TypeError,
+     r"custom_keys\['head'\] must be a dict"),
+    (dict(custom_keys={'head': dict(lr_mult=-1)}), ValueError,
+     r"custom_keys\['head'\].lr_mult must be a number >= 0"),
+    (dict(norm_decay_mult='0'), ValueError, 'norm_decay_mult must be'),
+    (dict(dcn_offset_lr_mult=0.1), ValueError, 'not supported'),
+    (dict(decay_multt=0.1), ValueError, r"unknown paramwise_cfg keys "
+     r"\['decay_multt'\]"),
+])
+def test_bad_mmengine_options(paramwise, error, match):
+    with pytest.raises(error, match=match):
+        build(narrow_model(ResTV2, 'tiny'), 'stage_wise', **paramwise)
+
+
+def test_decay_multipliers_need_a_weight_decay():
+    """As mmengine: a decay multiplier with no optimizer weight_decay is an
+    error, not a silent no-op."""
+    cfg = dict(
+        type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR),
+        constructor='ResTLayerDecayOptimizerConstructor',
+        paramwise_cfg=dict(decay_rate=0.9, norm_decay_mult=1.))
+    with pytest.raises(ValueError, match='base_wd should not be None'):
+        build_optim_wrapper(narrow_model(ResTV2, 'tiny'), cfg)

@@ -11,6 +11,10 @@ the set-up in which a resumed run repeats the uninterrupted one exactly
 kills itself with SIGKILL at a chosen moment: after an iteration, or in the
 middle of writing a checkpoint or the ``last_checkpoint`` pointer. The
 resumed child loads its checkpoint weights-only (AtomicCheckpointHook).
+
+The same runs by epoch (EpochBasedTrainLoop), and with a validation after
+every epoch whose best checkpoint AtomicCheckpointHook keeps
+(``save_best``), are tested at the end of the file.
 """
 import json
 import multiprocessing
@@ -29,6 +33,7 @@ from mmrest.checkpoint import (atomic_write, remove_stale_temp_files,
 
 MAX_ITERS = 12
 INTERVAL = 3  # checkpoints after iterations 3, 6, 9 and 12
+MAX_EPOCHS = 5  # by epoch: 5 iterations per epoch (10 images, batches of 2)
 TINY_ARCH = dict(
     embed_dims=[8, 16, 32, 64],
     depths=[1, 1, 1, 1],
@@ -50,7 +55,8 @@ def _child(opts: dict) -> None:
     from mmengine.runner import Runner
     from torch.utils.data import Dataset
 
-    from mmdet.registry import MODELS
+    from mmdet.registry import METRICS, MODELS
+    from mmengine.evaluator import BaseMetric
 
     from mmrest import ResT
 
@@ -84,8 +90,24 @@ def _child(opts: dict) -> None:
                 return dict(loss=F.cross_entropy(logits, labels))
             return logits
 
+    class CrossEntropy(BaseMetric):
+        """The mean cross-entropy on the set, as a score that save_best
+        keeps the greatest of: it grows over the first epochs of these runs
+        (eval-mode BatchNorm statistics still near their start), so a best
+        checkpoint is replaced; which epochs improve is read off the
+        uninterrupted run's records."""
+
+        def process(self, data_batch, data_samples):
+            logits = torch.stack(list(data_samples))
+            self.results.append(F.cross_entropy(
+                logits, data_batch['labels'], reduction='sum').item())
+
+        def compute_metrics(self, results):
+            return dict(ce=sum(results) / 10)
+
     # Built by the Runner from its config, after it has seeded the run.
     MODELS.register_module(module=TinyNet, force=True)
+    METRICS.register_module(module=CrossEntropy, force=True)
     armed = {'on': False}
 
     class KillHook(Hook):
@@ -106,6 +128,15 @@ def _child(opts: dict) -> None:
         def before_train(self, runner):
             with open(osp.join(runner.work_dir, 'start_iter.json'), 'w') as f:
                 json.dump(runner.iter, f)
+            with open(osp.join(runner.work_dir, 'start_epoch.json'),
+                      'w') as f:
+                json.dump(runner.epoch, f)
+
+        def after_val_epoch(self, runner, metrics=None):
+            # before the checkpoint hook (VERY_LOW) writes the best one
+            with open(osp.join(runner.work_dir, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps(dict(epoch=runner.epoch, **metrics)) +
+                        '\n')
 
     if opts.get('kill_write'):
         # Die in the middle of writing that file: half of it written, not
@@ -122,6 +153,18 @@ def _child(opts: dict) -> None:
 
         os.fsync = fsync
 
+    by_epoch = opts.get('by_epoch', False)
+    validation = {}
+    if opts.get('save_best'):  # validate on the training set, every epoch
+        validation = dict(
+            val_dataloader=dict(
+                dataset=TinySet(),
+                sampler=dict(type='DefaultSampler', shuffle=False),
+                collate_fn=dict(type='default_collate'),
+                batch_size=5,
+                num_workers=0),
+            val_cfg=dict(),
+            val_evaluator=dict(type='CrossEntropy'))
     runner = Runner(
         model=dict(type='TinyNet'),
         work_dir=opts['work_dir'],
@@ -131,7 +174,9 @@ def _child(opts: dict) -> None:
             collate_fn=dict(type='default_collate'),
             batch_size=2,
             num_workers=0),
-        train_cfg=dict(by_epoch=False, max_iters=MAX_ITERS),
+        train_cfg=dict(by_epoch=True, max_epochs=MAX_EPOCHS, val_interval=1)
+        if by_epoch else dict(by_epoch=False, max_iters=MAX_ITERS),
+        **validation,
         optim_wrapper=dict(
             optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
             clip_grad=dict(max_norm=1.0)),
@@ -144,9 +189,11 @@ def _child(opts: dict) -> None:
             logger=dict(type='LoggerHook', interval=4),
             checkpoint=dict(
                 type='AtomicCheckpointHook',
-                interval=INTERVAL,
-                by_epoch=False,
-                max_keep_ckpts=opts.get('max_keep_ckpts', -1))),
+                interval=opts.get('interval', INTERVAL),
+                by_epoch=by_epoch,
+                max_keep_ckpts=opts.get('max_keep_ckpts', -1),
+                save_best=opts.get('save_best'),
+                rule='greater' if opts.get('save_best') else None)),
         custom_hooks=[
             dict(type='IterSeedHook'),
             KillHook(),
@@ -317,6 +364,146 @@ def test_remove_stale_temp_files_only_removes_dead_writers(tmp_path):
     assert remove_stale_temp_files(str(tmp_path)) == [str(stale)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, other.name])
+
+
+# ------------------------------------------------ by epoch, best and last
+# 5 epochs of 5 iterations; checkpoints after every epoch (interval 1), or
+# after epochs 2 and 4 and, by save_last, 5 (interval 2).
+EPOCH_ITERS = 5
+
+
+def _start_epoch(work_dir):
+    return json.loads((Path(work_dir) / 'start_epoch.json').read_text())
+
+
+def _metrics(work_dir):
+    """{epoch: ce} of the validations run (the last record of an
+    epoch validated twice)."""
+    lines = (Path(work_dir) / 'metrics.jsonl').read_text().splitlines()
+    return {r['epoch']: r['ce'] for r in map(json.loads, lines)}
+
+
+def _best_files(work_dir):
+    return sorted(p.name for p in Path(work_dir).glob('best_*.pth'))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_by_epoch(tmp_path_factory, forkserver):
+    """A by-epoch run that went straight through, validated after every
+    epoch with save_best: its work dir."""
+    work_dir = tmp_path_factory.mktemp('straight_epochs')
+    _check_ok(_run(forkserver, work_dir, by_epoch=True, interval=1,
+                   save_best='ce'), work_dir)
+    return work_dir
+
+
+@pytest.mark.parametrize('kill_after,saved_epoch', [(13, 2), (10, 1)])
+def test_epoch_training_killed_and_resumed(tmp_path, forkserver,
+                                           uninterrupted_by_epoch,
+                                           kill_after, saved_epoch):
+    """EpochBasedTrainLoop: SIGKILL in the middle of epoch 3 (iteration 13,
+    after epoch_2.pth), or after the last iteration of epoch 2 but before
+    its checkpoint; --resume continues from the last complete epoch and
+    ends with the uninterrupted run's weights (the criterion of the
+    by-iteration test: the same data order, per-epoch sampler seeds and
+    per-iteration random draws, so equal bit for bit)."""
+    straight = uninterrupted_by_epoch
+    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=1,
+                       kill_after=kill_after), tmp_path)
+    assert _pointer(tmp_path) == str(tmp_path / f'epoch_{saved_epoch}.pth')
+    assert not (tmp_path / f'epoch_{saved_epoch + 1}.pth').exists()
+    # the checkpoint the kill left equals the straight run's of that epoch
+    _assert_same_weights(_weights(_pointer(tmp_path)),
+                         _weights(straight / f'epoch_{saved_epoch}.pth'))
+
+    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=1,
+                   resume=True), tmp_path)
+    assert _start_epoch(tmp_path) == saved_epoch
+    assert _start_iter(tmp_path) == saved_epoch * EPOCH_ITERS
+    for epoch in range(saved_epoch + 1, MAX_EPOCHS + 1):
+        _assert_same_weights(_weights(tmp_path / f'epoch_{epoch}.pth'),
+                             _weights(straight / f'epoch_{epoch}.pth'))
+    assert _pointer(tmp_path) == str(tmp_path / f'epoch_{MAX_EPOCHS}.pth')
+
+
+def test_save_best_keeps_the_best_epoch(uninterrupted_by_epoch):
+    """save_best='ce' (greater is better): one best checkpoint, of
+    the first epoch with the highest validation score, holding that
+    epoch's weights; no temporary file left."""
+    work = uninterrupted_by_epoch
+    scores = _metrics(work)
+    assert sorted(scores) == list(range(1, MAX_EPOCHS + 1))
+    best = max(scores, key=lambda e: (scores[e], -e))
+    assert _best_files(work) == [f'best_ce_epoch_{best}.pth']
+    _assert_same_weights(_weights(work / _best_files(work)[0]),
+                         _weights(work / f'epoch_{best}.pth'))
+    assert not list(work.glob('.*.tmp'))
+
+
+@needs_proc
+def test_kill_while_writing_a_new_best_keeps_the_previous_one(
+        tmp_path, forkserver, uninterrupted_by_epoch):
+    """SIGKILL halfway through writing a new best checkpoint: the previous
+    best is still there, complete (mmengine's hook deletes it before it
+    writes the new one); the new one exists only as a temporary file. The
+    resumed run ends with the uninterrupted weights, one best checkpoint
+    and no temporary file."""
+    scores = _metrics(uninterrupted_by_epoch)
+    improved, best = [], float('-inf')
+    for epoch in sorted(scores):
+        if scores[epoch] > best:
+            improved.append(epoch)
+            best = scores[epoch]
+    assert len(improved) >= 2, scores  # a previous best to keep
+    first, second = improved[:2]
+    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=1,
+                       save_best='ce', kill_write='best_ce',
+                       kill_write_at=second * EPOCH_ITERS), tmp_path)
+    assert _best_files(tmp_path) == [f'best_ce_epoch_{first}.pth']
+    _assert_same_weights(_weights(tmp_path / _best_files(tmp_path)[0]),
+                         _weights(tmp_path / f'epoch_{first}.pth'))
+    partial = list(tmp_path.glob(f'.best_ce_epoch_{second}.pth.*.tmp'))
+    assert len(partial) == 1, list(tmp_path.iterdir())
+
+    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=1,
+                   save_best='ce', resume=True), tmp_path)
+    assert _start_epoch(tmp_path) == second  # epoch_<second>.pth was written
+    _assert_same_weights(
+        _weights(tmp_path / f'epoch_{MAX_EPOCHS}.pth'),
+        _weights(uninterrupted_by_epoch / f'epoch_{MAX_EPOCHS}.pth'))
+    assert not list(tmp_path.glob('.*.tmp')), 'stale temporary file left'
+    (name, ) = _best_files(tmp_path)
+    epoch = int(name[len('best_ce_epoch_'):-len('.pth')])
+    _assert_same_weights(_weights(tmp_path / name),
+                         _weights(tmp_path / f'epoch_{epoch}.pth'))
+
+
+@needs_proc
+@pytest.mark.parametrize('victim', [f'epoch_{MAX_EPOCHS}.pth',
+                                    'last_checkpoint'])
+def test_save_last_by_epoch_is_atomic(tmp_path, forkserver,
+                                      uninterrupted_by_epoch, victim):
+    """interval=2 over 5 epochs: epochs 2 and 4 by the interval, 5 by
+    save_last. A kill halfway through writing the last checkpoint or its
+    pointer leaves the pointer on epoch_4.pth; resumed, the run writes
+    epoch_5.pth with the uninterrupted weights."""
+    last = f'epoch_{MAX_EPOCHS}.pth'
+    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=2,
+                       kill_write=victim,
+                       kill_write_at=MAX_EPOCHS * EPOCH_ITERS), tmp_path)
+    assert len(list(tmp_path.glob(f'.{victim}.*.tmp'))) == 1
+    assert _pointer(tmp_path) == str(tmp_path / 'epoch_4.pth')
+    assert (tmp_path / last).exists() == (victim == 'last_checkpoint')
+
+    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=2,
+                   resume=True), tmp_path)
+    assert _start_epoch(tmp_path) == 4
+    assert sorted(p.name for p in tmp_path.glob('epoch_*.pth')) == [
+        'epoch_2.pth', 'epoch_4.pth', last]
+    assert _pointer(tmp_path) == str(tmp_path / last)
+    _assert_same_weights(_weights(tmp_path / last),
+                         _weights(uninterrupted_by_epoch / last))
+    assert not list(tmp_path.glob('.*.tmp'))
 
 
 if __name__ == '__main__':  # one run by hand: python THIS '{"work_dir": ...}'

@@ -23,14 +23,19 @@ class AtomicCheckpointHook(CheckpointHook):
     one. A kill during that sequence can leave a half-written checkpoint
     under a name ``resume`` picks (when a run overwrites its own checkpoint,
     for instance after resuming from an earlier one), an empty pointer, or a
-    pointer to a checkpoint already deleted. This hook takes the same
-    arguments and:
+    pointer to a checkpoint already deleted; with ``save_best`` it deletes
+    the previous best checkpoint before writing the new one. This hook
+    takes the same arguments and:
 
-    - writes every checkpoint file (interval, last and best) to a temporary
-      file in the same folder and renames it into place once complete;
+    - writes every checkpoint file (interval, ``save_last`` and
+      ``save_best``) to a temporary file in the same folder and renames it
+      into place once complete;
     - replaces ``last_checkpoint`` the same way, after the checkpoint is in
       place;
     - deletes checkpoints beyond ``max_keep_ckpts`` only after both;
+    - with ``save_best``, deletes the previous best checkpoint only once the
+      new one is in place (mmengine deletes it first); a kill in between
+      leaves both;
     - removes the temporary files of a killed run when training starts.
 
     At any moment, ``last_checkpoint`` names a complete checkpoint. A remote
@@ -110,6 +115,28 @@ class AtomicCheckpointHook(CheckpointHook):
                     f'Removed {path}, a checkpoint whose writing was '
                     'interrupted.')
 
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        if not self.atomic:
+            return super()._save_best_checkpoint(runner, metrics)
+        # mmengine deletes the previous best checkpoint before it writes the
+        # new one: a kill in between would leave none. Its removals are
+        # held back until the new best checkpoint is in place.
+        held = []
+        backend = self.file_backend
+        self.file_backend = _DeferredRemoval(backend, held)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        if not is_main_process():
+            return
+        kept = {str(p) for p in [getattr(self, 'best_ckpt_path', None)] +
+                list((getattr(self, 'best_ckpt_path_dict', None)
+                      or {}).values()) if p}
+        for method, path in held:
+            if str(path) not in kept:  # not the one just written
+                getattr(backend, method)(path)
+
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         if not self.atomic:
             return super()._save_checkpoint_with_step(runner, step, meta)
@@ -150,6 +177,24 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # deepspeed checkpoints
                 self.file_backend.rmtree(path)
+
+
+class _DeferredRemoval:
+    """A file backend whose ``remove`` and ``rmtree`` only note the path in
+    ``held``; everything else is the wrapped backend's."""
+
+    def __init__(self, backend, held: list):
+        self._backend = backend
+        self._held = held
+
+    def remove(self, path) -> None:
+        self._held.append(('remove', path))
+
+    def rmtree(self, path) -> None:
+        self._held.append(('rmtree', path))
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
 
 
 class IterSeedHook(Hook):

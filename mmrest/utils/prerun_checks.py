@@ -8,6 +8,10 @@ not after minutes of building or at the first batch:
   (``type='Pretrained'`` init configs). The loader would name a missing one
   too (:func:`mmrest.checkpoint.check_pretrained_file`, same message), but
   only once the model is built and initialised, after the datasets.
+  A run that loads (``load_from``) or resumes a checkpoint takes the
+  backbone's weights from it: :func:`skip_pretrained_loaded_over` drops the
+  pretrained init configs whose file is missing when that checkpoint holds
+  the weights of their modules.
 * :func:`check_data_paths`: mmdet names a missing COCO annotation file when
   the Runner builds the dataset (pycocotools' ``FileNotFoundError``), but a
   missing image folder only surfaces at the first image a dataloader worker
@@ -16,8 +20,12 @@ not after minutes of building or at the first batch:
   (and its evaluator) will read and names all the missing ones at once.
 """
 import os.path as osp
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
+import torch
+
+from ..checkpoint.loading import (extract_state_dict, load_checkpoint_file,
+                                  safe_loading)
 from ..checkpoint.pretrained import is_local_path, missing_weights_message
 
 # Config keys of the datasets that wrap other datasets.
@@ -162,3 +170,131 @@ def check_pretrained_files(model_cfg: Any) -> None:
     missing = find_missing_pretrained(model_cfg)
     if missing:
         raise FileNotFoundError(missing_weights_message(missing[0]))
+
+
+def checkpoint_to_load(cfg) -> Optional[str]:
+    """The checkpoint that mmengine's Runner will load or resume from once
+    it has initialised the weights, as ``Runner.load_or_resume`` decides:
+    ``load_from`` (with ``resume`` or not); with ``resume`` and no
+    ``load_from``, the checkpoint that ``<work_dir>/last_checkpoint``
+    names; None when there is none (mmengine then starts afresh).
+
+    Args:
+        cfg (Config | dict): The full config, ``work_dir`` set.
+    """
+    load_from = cfg.get('load_from')
+    if load_from:
+        return str(load_from)
+    if not cfg.get('resume') or not cfg.get('work_dir'):
+        return None
+    pointer = osp.join(cfg['work_dir'], 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        latest = f.read().strip()
+    return latest or None
+
+
+def _state_dict_keys(path: str) -> List[str]:
+    """The weight names of a local checkpoint; its tensors memory-mapped,
+    not read, where the format allows. Raises a clear error for a file that
+    cannot be read."""
+    checkpoint = None
+    try:
+        with safe_loading():
+            checkpoint = torch.load(
+                osp.expanduser(path), map_location='cpu', weights_only=True,
+                mmap=True)
+    except Exception:  # legacy format, unsafe or corrupt: the loader says
+        checkpoint = load_checkpoint_file(path)
+    return list(extract_state_dict(checkpoint, source=repr(path)))
+
+
+def _pretrained_init_cfgs(node, module: tuple, found: list) -> None:
+    """``(module path, holder, init)`` for each ``type='Pretrained'`` entry
+    of an ``init_cfg`` (a dict or a list) in a model config; the module
+    path is the config keys (and list indices) that lead to it, as the
+    built model names the module."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == 'init_cfg':
+                inits = value if isinstance(value, (list, tuple)) else [value]
+                for init in inits:
+                    if isinstance(init, dict) and \
+                            init.get('type') == 'Pretrained':
+                        found.append((module, node, init))
+            else:
+                _pretrained_init_cfgs(value, module + (str(key), ), found)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _pretrained_init_cfgs(value, module + (str(i), ), found)
+
+
+def skip_pretrained_loaded_over(cfg) -> List[str]:
+    """Drop the pretrained init configs whose file is missing and whose
+    weights the run loads from its checkpoint anyway.
+
+    mmengine initialises the model (loading ``type='Pretrained'``
+    checkpoints such as the backbone's ImageNet weights) and then loads
+    ``load_from`` or resumes (:func:`checkpoint_to_load`), which replaces
+    those weights. So when the checkpoint holds weights of the module an
+    init config initialises (keys under ``backbone.`` for
+    ``model.backbone.init_cfg``), a missing pretrained file is not needed:
+    that init config is removed (the module starts from its default
+    initialisation, then gets the checkpoint's weights). A remote checkpoint
+    (``https://``, ``s3://``...) is not read beforehand and is taken to hold
+    them (mmengine's loader warns about missing keys). Init configs whose
+    file exists are left as they are.
+
+    Args:
+        cfg (Config): The full config, changed in place.
+
+    Returns:
+        list[str]: One line per init config removed, for the log.
+
+    Raises:
+        FileNotFoundError: A missing pretrained file that is still needed:
+            there is no checkpoint to load (also ``resume`` with no
+            checkpoint in the work dir), or it holds no weights of that
+            module. The message names both.
+    """
+    model = cfg.get('model')
+    found: list = []
+    _pretrained_init_cfgs(model, (), found)
+    missing = [(module, holder, init) for module, holder, init in found
+               if is_local_path(init.get('checkpoint')) and
+               not osp.isfile(osp.expanduser(str(init['checkpoint'])))]
+    if not missing:
+        return []
+    checkpoint = checkpoint_to_load(cfg)
+    if checkpoint is None:
+        if cfg.get('resume'):
+            raise FileNotFoundError(
+                missing_weights_message(missing[0][2]['checkpoint']) +
+                f' (--resume found no checkpoint in the work dir '
+                f'{cfg.get("work_dir")!r}: the run starts afresh and needs '
+                'it.)')
+        return []  # check_pretrained_files names it
+    keys = _state_dict_keys(checkpoint) if is_local_path(checkpoint) \
+        else None
+    notes = []
+    for module, holder, init in missing:
+        prefix = '.'.join(module) + '.' if module else ''
+        name = '.'.join(('model', ) + module)
+        if keys is not None and not any(k.startswith(prefix) for k in keys):
+            raise FileNotFoundError(
+                missing_weights_message(init['checkpoint']) +
+                f' The checkpoint this run loads, {checkpoint!r}, holds no '
+                f'weights of {name} (no key starts with {prefix!r}), so '
+                'that module still needs its pretrained file.')
+        inits = holder['init_cfg']
+        if isinstance(inits, (list, tuple)):
+            rest = [i for i in inits if i is not init]
+            holder['init_cfg'] = rest or None
+        else:
+            holder['init_cfg'] = None
+        notes.append(
+            f'{name}.init_cfg: {init["checkpoint"]!r} is missing and not '
+            f'needed: the run loads the weights of {name} from '
+            f'{checkpoint!r}.')
+    return notes
