@@ -63,8 +63,15 @@ def train_parser() -> argparse.ArgumentParser:
         const='auto',
         help='resume from this checkpoint, or without a path from the '
         'latest checkpoint in the work dir')
-    parser.add_argument(
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
         '--amp', action='store_true', help='automatic mixed precision')
+    precision.add_argument(
+        '--no-amp',
+        action='store_true',
+        help='train in float32 although the config uses AmpOptimWrapper '
+        '(mmengine\'s AMP wrapper needs a GPU: e.g. the ResT v2 3x configs '
+        'on a CPU)')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -127,6 +134,32 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def set_precision(cfg: Config, amp: bool = False, no_amp: bool = False,
+                  accelerator: Optional[bool] = None) -> None:
+    """``--amp`` / ``--no-amp`` applied to ``cfg.optim_wrapper``.
+
+    mmengine's ``AmpOptimWrapper`` asserts a GPU (or NPU / MLU) only after
+    the data sets are built; without one this fails at once, naming
+    ``--no-amp``. ``accelerator`` defaults to what mmengine detects.
+    """
+    wrapper = cfg.optim_wrapper
+    if amp:
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.loss_scale = 'dynamic'
+    elif no_amp and wrapper.get('type') == 'AmpOptimWrapper':
+        wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
+    if accelerator is None:
+        from mmengine.device import get_device
+        accelerator = get_device() != 'cpu'
+    if wrapper.get('type') == 'AmpOptimWrapper' and not accelerator:
+        raise RuntimeError(
+            'this config trains with mixed precision (optim_wrapper.type='
+            "'AmpOptimWrapper'), which mmengine supports on a GPU only and "
+            'no GPU was found: pass --no-amp to train in float32 on the CPU')
+
+
 def setup_train_cfg(args: argparse.Namespace) -> Config:
     """The training config after the command-line options.
 
@@ -136,9 +169,7 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
     ``--resume`` checkpoint or the ``load_from`` one is missing.
     """
     cfg = load_config(args)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+    set_precision(cfg, amp=args.amp, no_amp=args.no_amp)
     if args.auto_scale_lr:
         scale = cfg.get('auto_scale_lr')
         if not scale or 'base_batch_size' not in scale:

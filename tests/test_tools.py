@@ -70,6 +70,8 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
     assert not cfg.auto_scale_lr.enable
     assert cfg.optim_wrapper.type == 'OptimWrapper'
 
+    # --amp needs a GPU (test_train_precision_options): pretend there is one
+    monkeypatch.setattr('mmengine.device.get_device', lambda: 'cuda')
     cfg = setup_train_cfg(
         train_args(MASK_RCNN, '--amp', '--auto-scale-lr', '--resume',
                    '--work-dir', tmp_path, '--launcher', 'pytorch', *scratch,
@@ -91,6 +93,43 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
     with pytest.raises(FileNotFoundError, match='epoch_9.pth'):
         setup_train_cfg(train_args(MASK_RCNN, '--resume',
                                    tmp_path / 'epoch_9.pth', *scratch))
+
+
+def test_train_precision_options(monkeypatch, no_data_check):
+    """A config with AmpOptimWrapper (the ResT v2 3x ones) fails at once
+    on a machine without a GPU, naming --no-amp; --no-amp gives a plain
+    OptimWrapper without the AMP-only keys, its other settings kept."""
+    from mmengine.config import Config
+
+    from mmrest_tools.launch import setup_train_cfg
+    monkeypatch.chdir(ROOT)
+    v2 = 'configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_3x_coco.py'
+    scratch = ['--cfg-options', 'model.backbone.init_cfg=None']
+    monkeypatch.setattr('mmengine.device.get_device', lambda: 'cpu')
+    with pytest.raises(RuntimeError, match='--no-amp'):
+        setup_train_cfg(train_args(v2, *scratch))
+    with pytest.raises(RuntimeError, match='--no-amp'):
+        setup_train_cfg(train_args(MASK_RCNN, '--amp', *scratch))
+    with pytest.raises(SystemExit):  # argparse: not both
+        train_args(v2, '--amp', '--no-amp')
+    amp = Config.fromfile(v2).optim_wrapper
+    cfg = setup_train_cfg(train_args(v2, '--no-amp', *scratch))
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert 'loss_scale' not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.optimizer == amp.optimizer
+    assert cfg.optim_wrapper.clip_grad == amp.clip_grad
+    assert cfg.optim_wrapper.get('paramwise_cfg') == amp.get('paramwise_cfg')
+    # the wrapper that mmengine builds from it takes every key left
+    from mmengine.optim import build_optim_wrapper
+    model = torch.nn.Linear(2, 2)
+    wrapper_cfg = dict(cfg.optim_wrapper)
+    wrapper_cfg.pop('paramwise_cfg', None)
+    assert type(build_optim_wrapper(model, wrapper_cfg)).__name__ == \
+        'OptimWrapper'
+    # with a GPU, the config's AMP stays
+    monkeypatch.setattr('mmengine.device.get_device', lambda: 'cuda')
+    cfg = setup_train_cfg(train_args(v2, *scratch))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
 
 
 def test_train_options_bad_input(tmp_path, monkeypatch):
