@@ -19,6 +19,9 @@ The library, by concern:
   constructor;
 - :mod:`mmrest.registry`: their registration in mmdet's / mmseg's
   registries;
+- :mod:`mmrest.models`: ``Detectron2RetinaHead``, detectron2's RetinaNet
+  post-processing for the authors' converted detectors (registered when
+  imported, see ``docs/detectron2_checkpoints.md``);
 - :mod:`mmrest.utils`: checks of a config's files before a run;
 - :mod:`mmrest.onnx_export`, :mod:`mmrest.deploy`: export to ONNX (a
   backbone) and to ONNX Runtime with mmdeploy (a whole detector);

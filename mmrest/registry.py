@@ -82,3 +82,14 @@ def _warn_mmseg(error: BaseException) -> None:
         f'in mmseg failed: {type(error).__name__}: {first}); mmdet support '
         'is unaffected.',
         stacklevel=3)
+
+
+def register_detectron2_modules() -> None:
+    """Register :mod:`mmrest.models` (``Detectron2RetinaHead``) in mmdet's
+    MODELS. Called when :mod:`mmrest.models` is imported (the ``*_d2.py``
+    configs name it in ``custom_imports``), so that ``import mmrest`` does
+    not import all of mmdet's models."""
+    from mmdet.registry import MODELS
+
+    from .models.detectron2_heads import Detectron2RetinaHead
+    _register(MODELS, Detectron2RetinaHead)

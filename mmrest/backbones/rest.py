@@ -663,6 +663,15 @@ class ResT(TokenMapsMixin, BaseModule):
             1e-5, the paper's).
         act_cfg (dict): Config of the MLPs' activation. Defaults to
             ``dict(type='GELU')`` (exact, the paper's).
+        out_norms_feed_next_stage (bool): Pass the output of ``norm1`` ..
+            ``norm3`` (the normalised feature map of a returned stage) on to
+            the next stage, as the authors' detectron2 backbone does
+            (``object_detection/restv2/rest.py`` of wofmanaf/ResT reassigns
+            the stage's tokens to the normalised ones): the setting of their
+            published v1 detectors, which give other detections without
+            it. With False the norms only make the returned maps and the
+            next stage gets the stage's unnormalised tokens. Defaults to
+            False.
         init_cfg (dict | list[dict], optional): Initialisation config. With
             ``dict(type='Pretrained', checkpoint=path)`` the authors'
             ImageNet checkpoints load as they are (a plain state dict or
@@ -727,12 +736,14 @@ class ResT(TokenMapsMixin, BaseModule):
                  norm_cfg: dict = dict(type='BN'),
                  token_norm_cfg: dict = dict(type='LN'),
                  act_cfg: dict = dict(type='GELU'),
+                 out_norms_feed_next_stage: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         rates = self._setup(arch, in_channels, out_indices, frozen_stages,
                             norm_eval, drop_path_rate)
         embed_dims = self.embed_dims
         depths = self.arch_settings['depths']
+        self.out_norms_feed_next_stage = bool(out_norms_feed_next_stage)
 
         self.stem = Stem(in_channels, embed_dims[0], norm_cfg)
         for i in range(self.num_stages):
@@ -795,6 +806,8 @@ class ResT(TokenMapsMixin, BaseModule):
             if i in self.out_indices:
                 out = x if i == 3 else getattr(self, f'norm{i + 1}')(x)
                 outs.append(self._to_map(out, shape).contiguous())
+                if self.out_norms_feed_next_stage:
+                    x = out
             x = self._to_map(x, shape)
         return tuple(outs)
 

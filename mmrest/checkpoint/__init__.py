@@ -8,7 +8,9 @@
 - :mod:`.pretrained`: where the authors' ImageNet weights come from, and
   the error for a missing one;
 - :mod:`.atomic_io`: checkpoint files written atomically (the file backend
-  of :class:`mmrest.engine.AtomicCheckpointHook`).
+  of :class:`mmrest.engine.AtomicCheckpointHook`);
+- :mod:`.detectron2`: the authors' detectron2 detectors converted for
+  mmdet (``tools/model_converters/detectron2_to_mmdet.py``).
 """
 from .atomic_io import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write,
                         register_atomic_backend, remove_stale_temp_files)

@@ -1,0 +1,391 @@
+"""The authors' detectron2 detectors in mmdet: conversion, and equality of
+the converted detectors' detections with detectron2's own.
+
+``tests/data/detectron2`` holds three small detectors with random weights,
+built and run by detectron2 with the authors' backbone code (RetinaNet +
+ResT v1, Mask R-CNN + ResT v1, Mask R-CNN + ResT v2; how they were made:
+the README there), their detectron2 checkpoints, three images of odd sizes
+and detectron2's detections on them. Here each checkpoint is converted
+with ``mmrest.checkpoint.detectron2``, loaded strictly into the model of
+the matching ``*_d2.py`` config (narrowed to the test detectors' widths,
+the same test-time code paths), run through that config's test pipeline on
+the same PNG files, and its detections are compared with detectron2's.
+detectron2 is not needed to run these tests.
+"""
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from _helpers import ROOT
+from mmrest.checkpoint import CheckpointError
+from mmrest.checkpoint.detectron2 import (anchor_permutation,
+                                          convert_detectron2_checkpoint,
+                                          convert_state_dict,
+                                          load_detectron2_checkpoint)
+
+DATA = ROOT / 'tests/data/detectron2'
+META = json.loads((DATA / 'reference.json').read_text())
+CONFIGS = {
+    'retinanet_rest_v1':
+    'configs/retinanet/retinanet_rest-small_fpn_1x_coco_d2.py',
+    'mask_rcnn_rest_v1':
+    'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco_d2.py',
+    'mask_rcnn_rest_v2':
+    'configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_3x_coco_d2.py',
+}
+NUM_IMAGES = len(META['image_sizes_hw'])
+
+# Bounds of the comparison (see _compare). Measured on this data (CPU, torch
+# 2.13): boxes within 2.9e-4 px of detectron2's, scores within 1.0e-4 (the
+# largest: the v1 Mask R-CNN, image1; RetinaNet 1.1e-6), masks identical
+# pixel for pixel, counts and labels equal. The two runs compute the same
+# formulas in float32 with other kernels and in another order (mmrest's
+# attention, mmcv's RoIAlign and NMS against the reference's stand-ins);
+# random untrained weights amplify those 1e-7 relative differences more
+# than trained ones would. The bounds leave a factor of about 7-10 for other
+# CPUs; an error in the mapping or the test-time settings moves boxes by
+# pixels and changes counts and labels (see the anchor test below).
+BOX_TOL = 2e-3  # pixels, in the original image
+SCORE_TOL = 1e-3
+MASK_PIXELS_TOL = 0.01  # share of a mask's pixels that may differ
+
+
+def small_config(name: str) -> Config:
+    """The ``*_d2.py`` config of the detector, narrowed to the widths of
+    the test detectors, with the reference's input normalisation and test
+    scale set explicitly."""
+    cfg = Config.fromfile(ROOT / CONFIGS[name])
+    meta = META['models'][name]
+    dims, depths = META['embed_dims'], META['depths']
+    channels, classes = META['fpn_channels'], META['num_classes']
+    model = cfg.model
+    if name.endswith('_v1'):
+        model.backbone.arch = dict(
+            embed_dims=dims, depths=depths, num_heads=[1, 2, 4, 8],
+            sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4])
+    else:
+        model.backbone.arch = dict(embed_dims=dims, depths=depths,
+                                   num_heads=[1, 2, 4, 8])
+    model.backbone.init_cfg = None
+    model.neck.out_channels = channels
+    if name.startswith('retinanet'):
+        model.neck.in_channels = dims[1:]
+        model.bbox_head.update(in_channels=channels, feat_channels=channels,
+                               num_classes=classes)
+    else:
+        model.neck.in_channels = dims
+        model.rpn_head.update(in_channels=channels, feat_channels=channels)
+        roi = model.roi_head
+        roi.bbox_roi_extractor.out_channels = channels
+        roi.mask_roi_extractor.out_channels = channels
+        roi.bbox_head.update(in_channels=channels,
+                             fc_out_channels=META['box_fc_dim'],
+                             num_classes=classes)
+        roi.mask_head.update(in_channels=channels,
+                             conv_out_channels=META['mask_conv_dim'],
+                             num_classes=classes)
+    rgb = meta['input_format'] == 'RGB'
+    model.data_preprocessor.update(
+        mean=meta['pixel_mean'], std=meta['pixel_std'], bgr_to_rgb=rgb)
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step.type == 'Resize':
+            step.scale = (META['max_size_test'], META['min_size_test'])
+    return cfg
+
+
+def build(cfg: Config, state_dict):
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def predict(cfg: Config, model, index: int):
+    """Detections and the resized uint8 image (as the pipeline made it)."""
+    from mmcv.transforms import Compose
+    from mmdet.registry import TRANSFORMS  # noqa: F401
+    steps = [s for s in cfg.test_dataloader.dataset.pipeline
+             if s.type != 'LoadAnnotations']
+    load_resize = Compose(steps[:2])
+    pack = Compose(steps[2:])
+    results = load_resize(
+        dict(img_path=str(DATA / f'image{index}.png'), img_id=index))
+    resized = results['img'].copy()
+    data = pack(results)
+    with torch.no_grad():
+        out = model.test_step(
+            dict(inputs=[data['inputs']], data_samples=[data['data_samples']]))
+    return out[0].pred_instances, resized
+
+
+def reference(name: str, index: int):
+    ref = np.load(DATA / f'{name}.npz')
+    found = {k.split('_', 1)[1]: ref[k] for k in ref.files
+             if k.startswith(f'image{index}_')}
+    h, w = META['image_sizes_hw'][index]
+    if 'masks' in found:
+        count = len(found['scores'])
+        found['masks'] = np.unpackbits(
+            found['masks'])[:count * h * w].reshape(count, h, w).astype(bool)
+    return found
+
+
+@pytest.fixture(scope='module')
+def converted():
+    out = {}
+    for name in CONFIGS:
+        state = load_detectron2_checkpoint(DATA / f'{name}.pth')
+        out[name] = convert_state_dict(state)
+    return out
+
+
+def _compare(ref, pred, tag):
+    """Same count and labels in score order; boxes, scores and masks within
+    the bounds above. Returns the measured differences."""
+    scores = pred.scores.numpy()
+    order = np.argsort(-scores, kind='stable')
+    boxes = pred.bboxes.numpy()[order]
+    labels = pred.labels.numpy()[order]
+    assert len(scores) == len(ref['scores']), \
+        f'{tag}: {len(scores)} detections, detectron2 {len(ref["scores"])}'
+    assert (labels == ref['labels']).all(), f'{tag}: labels differ'
+    measured = dict(count=len(scores), box=0.0, score=0.0, mask=0.0)
+    if len(scores) == 0:
+        return measured
+    measured['box'] = float(np.abs(boxes - ref['boxes']).max())
+    measured['score'] = float(np.abs(scores[order] - ref['scores']).max())
+    assert measured['box'] <= BOX_TOL, (tag, measured)
+    assert measured['score'] <= SCORE_TOL, (tag, measured)
+    if 'masks' in ref:
+        masks = pred.masks.numpy()[order]
+        differ = (masks != ref['masks']).reshape(len(masks), -1).sum(1)
+        area = np.maximum(ref['masks'].reshape(len(masks), -1).sum(1), 1)
+        measured['mask'] = float((differ / area).max())
+        measured['mask_pixels'] = int(differ.max())
+        assert measured['mask'] <= MASK_PIXELS_TOL, (tag, measured)
+    return measured
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_converted_detector_gives_detectron2_detections(name, converted):
+    state, info = converted[name]
+    cfg = small_config(name)
+    model = build(cfg, state)
+    for index in range(NUM_IMAGES):
+        ref = reference(name, index)
+        pred, resized = predict(cfg, model, index)
+        # The same input pixels: Pillow's bilinear resize to the same size.
+        assert list(resized.shape[:2]) == list(ref['resized_hw'])
+        digest = hashlib.sha256(np.ascontiguousarray(resized)).digest()
+        assert digest == ref['resized_sha256'].tobytes(), \
+            f'{name} image{index}: resized pixels differ from detectron2'
+        tag = f'{name} image{index}'
+        print(f'\n{tag}', _compare(ref, pred, tag))
+
+
+def test_retinanet_without_anchor_reordering_differs():
+    """The equality test above sees the anchor order: with detectron2's
+    order left as it is, the detections change."""
+    name = 'retinanet_rest_v1'
+    state = load_detectron2_checkpoint(DATA / f'{name}.pth')
+    wrong, _ = convert_state_dict(state, permute_anchors=False)
+    cfg = small_config(name)
+    model = build(cfg, wrong)
+    failures = 0
+    for index in range(NUM_IMAGES):
+        ref = reference(name, index)
+        pred, _ = predict(cfg, model, index)
+        try:
+            _compare(ref, pred, name)
+        except AssertionError:
+            failures += 1
+    assert failures >= 2
+
+
+def test_anchor_permutation_matches_both_generators():
+    """Independent of the converter's code: detectron2's cell anchors
+    (size-major, written out from DefaultAnchorGenerator's formula, float64)
+    reordered by anchor_permutation are mmdet's AnchorGenerator's base
+    anchors of the RetinaNet config, level by level."""
+    from mmdet.models.task_modules.prior_generators import AnchorGenerator
+    cfg = Config.fromfile(ROOT / CONFIGS['retinanet_rest_v1'])
+    gen = AnchorGenerator(**{
+        k: v for k, v in cfg.model.bbox_head.anchor_generator.items()
+        if k != 'type'})
+    perm = anchor_permutation(3, 3)
+    for level, base in enumerate(gen.gen_base_anchors()):
+        size = 32 * 2**level
+        d2 = []
+        for s in (size, size * 2**(1 / 3), size * 2**(2 / 3)):
+            for ratio in (0.5, 1.0, 2.0):
+                w = np.sqrt(s * s / ratio)
+                h = ratio * w
+                d2.append([-w / 2, -h / 2, w / 2, h / 2])
+        d2 = torch.tensor(d2, dtype=torch.float64)
+        assert torch.allclose(base.double(), d2[perm], atol=1e-3), level
+        assert not torch.allclose(base.double(), d2, atol=1e-3)
+
+
+# ------------------------------------------------------- refusals, files
+def _d2_file(tmp_path, state, name='model.pth', **extra):
+    path = tmp_path / name
+    torch.save(dict(model=state, **extra), path)
+    return path
+
+
+def test_refuses_other_kinds_of_file(tmp_path):
+    src = DATA / 'mask_rcnn_rest_v1.pth'
+    state = torch.load(src, weights_only=True)['model']
+    backbone = {k[len('backbone.bottom_up.'):]: v for k, v in state.items()
+                if k.startswith('backbone.bottom_up.')}
+    cases = {}
+    # an ImageNet classifier (the authors' layout: a plain state dict)
+    classifier = dict(backbone, **{'head.weight': torch.zeros(10, 64),
+                                   'head.bias': torch.zeros(10)})
+    torch.save(classifier, tmp_path / 'cls.pth')
+    cases['cls.pth'] = 'ImageNet classifier state dict (ResT (v1))'
+    # an mmdet checkpoint (converted already)
+    convert_detectron2_checkpoint(src, tmp_path / 'mmdet.pth')
+    cases['mmdet.pth'] = 'an mmdet checkpoint (already converted?)'
+    # detectron2 with a ResNet backbone
+    resnet = {'backbone.bottom_up.res2.0.conv1.weight': torch.zeros(1),
+              'backbone.fpn_lateral2.weight': torch.zeros(1)}
+    _d2_file(tmp_path, resnet, 'resnet.pth')
+    cases['resnet.pth'] = 'backbone is not ResT or ResT v2'
+    # a plain pickle (detectron2's .pkl format)
+    with open(tmp_path / 'model.pkl', 'wb') as f:
+        pickle.dump(dict(model={'a': np.zeros(2)}, __author__='x'), f)
+    cases['model.pkl'] = 'plain pickle'
+    # truncated
+    data = (src).read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    cases['cut.pth'] = 'truncated or corrupt'
+    for file, message in cases.items():
+        with pytest.raises(CheckpointError, match=message.replace(
+                '(', r'\(').replace(')', r'\)').replace('?', r'\?')):
+            convert_detectron2_checkpoint(tmp_path / file, tmp_path / 'o.pth')
+    assert not (tmp_path / 'o.pth').exists()
+
+
+class _Payload:
+
+    def __reduce__(self):
+        return (os.system, ('touch pwned',))
+
+
+def test_refuses_code_and_runs_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(dict(model={'backbone.bottom_up.stem.conv1.weight':
+                           torch.zeros(1), 'x': _Payload()}), 'evil.pth')
+    with pytest.raises(CheckpointError, match='holds objects other than'):
+        convert_detectron2_checkpoint('evil.pth', 'out.pth')
+    assert not (tmp_path / 'pwned').exists()
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_refuses_unknown_keys(tmp_path):
+    state = torch.load(DATA / 'mask_rcnn_rest_v1.pth',
+                       weights_only=True)['model']
+    state['roi_heads.keypoint_head.conv_fcn1.weight'] = torch.zeros(1)
+    with pytest.raises(CheckpointError,
+                       match='1 keys map to nothing.*keypoint_head'):
+        convert_state_dict(state)
+
+
+def test_failed_conversion_leaves_the_output_as_it_was(tmp_path,
+                                                       monkeypatch):
+    dst = tmp_path / 'out.pth'
+    dst.write_bytes(b'old')
+    src = DATA / 'retinanet_rest_v1.pth'
+    # the wrong config: nothing written
+    with pytest.raises(CheckpointError, match='does not fit the model'):
+        convert_detectron2_checkpoint(src, dst, ROOT / CONFIGS[
+            'mask_rcnn_rest_v1'])
+    # killed while writing: the old file stays, no temporary file is left
+    import mmrest.checkpoint.atomic_io as atomic_io
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic_io.os, 'replace', boom)
+    with pytest.raises(KeyboardInterrupt):
+        convert_detectron2_checkpoint(src, dst)
+    assert dst.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.pth']
+
+
+def test_cli(tmp_path):
+    tool = ROOT / 'tools/model_converters/detectron2_to_mmdet.py'
+    cfg = small_config('retinanet_rest_v1')
+    cfg_path = tmp_path / 'small_retinanet.py'
+    cfg.dump(cfg_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ok = subprocess.run(
+        [sys.executable, str(tool), str(DATA / 'retinanet_rest_v1.pth'),
+         str(tmp_path / 'out.pth'), '--config', str(cfg_path)],
+        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert 'RetinaNet with v1 ResT' in ok.stdout
+    assert 'warning' not in ok.stderr
+    ckpt = torch.load(tmp_path / 'out.pth', weights_only=True)
+    assert set(ckpt) == {'state_dict', 'meta'}
+    assert ckpt['meta']['detector'] == 'RetinaNet'
+    # the paper config without the ReLU before P7 and with RGB input
+    cfg.model.neck.relu_before_extra_convs = False
+    cfg.model.data_preprocessor.update(
+        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True)
+    cfg.dump(cfg_path)
+    warn = subprocess.run(
+        [sys.executable, str(tool), str(DATA / 'retinanet_rest_v1.pth'),
+         str(tmp_path / 'out2.pth'), '--config', str(cfg_path)],
+        capture_output=True, text=True, env=env)
+    assert warn.returncode == 0
+    assert 'relu_before_extra_convs' in warn.stderr
+    assert 'data_preprocessor' in warn.stderr
+    bad = subprocess.run(
+        [sys.executable, str(tool), str(DATA / 'image0.png'),
+         str(tmp_path / 'out3.pth')], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and 'error:' in bad.stderr
+    assert not (tmp_path / 'out3.pth').exists()
+
+
+@pytest.mark.parametrize('path', sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*_d2.py')))
+def test_d2_configs_build_with_detectron2_test_time(path):
+    """Each of the seven ``*_d2.py`` configs builds, with the settings the
+    test detectors above use (the full-size models differ only in widths,
+    depths and classes)."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(ROOT / path)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    v1 = type(model.backbone).__name__ == 'ResT'
+    pre = cfg.model.data_preprocessor
+    if v1:
+        assert model.backbone.out_norms_feed_next_stage
+        assert pre.mean == [103.53, 116.28, 123.675] and pre.std == [1] * 3
+        assert not pre.bgr_to_rgb
+    else:
+        assert pre.std == [58.395, 57.12, 57.375] and pre.bgr_to_rgb
+    if 'retinanet' in path:
+        assert type(model.bbox_head).__name__ == 'Detectron2RetinaHead'
+        assert model.neck.relu_before_extra_convs
+        assert not model.bbox_head.bbox_coder.clip_border
+    resize = [s for s in cfg.test_dataloader.dataset.pipeline
+              if s.type == 'Resize'][0]
+    assert resize.backend == 'pillow' and resize.scale == (1333, 800)
+    assert cfg.model.backbone.init_cfg is None
+    assert model.roi_head.bbox_head.num_classes == 80 if not 'retinanet' \
+        in path else model.bbox_head.num_classes == 80
