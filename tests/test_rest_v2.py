@@ -575,7 +575,7 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
     assert raw.optim_wrapper.optimizer.type == 'AdamW'
     assert raw.optim_wrapper.optimizer.lr == 1e-4
     assert raw.optim_wrapper.optimizer.weight_decay == 0.05
-    assert raw.optim_wrapper.clip_grad.max_norm > 0
+    assert raw.optim_wrapper.clip_grad == dict(max_norm=0.01, norm_type=2)
     assert raw.auto_scale_lr.base_batch_size == 16
     pipeline = raw.train_dataloader.dataset.pipeline
     types = [t.type for t in pipeline]

@@ -78,7 +78,8 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
                    'train_dataloader.batch_size=4'))
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
-    assert cfg.optim_wrapper.clip_grad.max_norm == 1.0  # kept
+    # the authors' Mask R-CNN clipping, kept
+    assert cfg.optim_wrapper.clip_grad.max_norm == 0.01
     assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
     assert cfg.resume is True and cfg.load_from is None  # latest in work dir
     assert cfg.work_dir == str(tmp_path)

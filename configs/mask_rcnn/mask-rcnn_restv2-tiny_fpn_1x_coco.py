@@ -5,7 +5,7 @@ _base_ = './mask-rcnn_restv2-tiny_fpn_3x_coco.py'
 train_cfg = dict(max_epochs=12)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1000),
+         end=1001),
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
          milestones=[8, 11], gamma=0.1),
 ]

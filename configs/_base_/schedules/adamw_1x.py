@@ -1,9 +1,15 @@
-# The ResT detection schedule (the authors' detectron2 recipe, SPEC.md):
-# mmdet's 1x schedule (12 epochs, lr / 10 after epochs 8 and 11) with AdamW,
-# lr 1e-4, weight decay 0.05, gradient-norm clipping over the whole model
-# (detectron2's full_model clipping, max norm 1.0) and a linear warm-up over
-# 1000 iterations. Batch 16 (8 GPUs x 2 images, mmdet's base_batch_size):
-# --auto-scale-lr rescales the lr for other batch sizes.
+# The ResT detection schedule (the authors' detectron2 recipe,
+# wofmanaf/ResT object_detection/configs/Base-RCNN-FPN.yaml and
+# Base-RetinaNet.yaml with their ResTv1/*.yaml, detectron2's
+# config/defaults.py for what they leave unset; docs/detection.md, "The
+# recipe", item by item): AdamW, lr 1e-4, weight decay 0.05 on weights and
+# biases and none on the parameters of any normalisation layer (detectron2's
+# WEIGHT_DECAY_NORM 0.0); mmdet's 1x schedule (12 epochs, lr / 10 after
+# epochs 8 and 11) with a linear warm-up from 0.001 x lr over 1000
+# iterations. Batch 16 (8 GPUs x 2 images, mmdet's base_batch_size):
+# --auto-scale-lr rescales the lr for other batch sizes. No gradient
+# clipping here: the detector configs set their own (Mask R-CNN clips the
+# total gradient norm at 0.01, RetinaNet does not clip).
 _base_ = 'mmdet::_base_/schedules/schedule_1x.py'
 
 optim_wrapper = dict(
@@ -11,10 +17,14 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999),
                    weight_decay=0.05),
-    clip_grad=dict(max_norm=1.0, norm_type=2))
+    paramwise_cfg=dict(norm_decay_mult=0.0))
+# The warm-up is detectron2's WarmupMultiStepLR one (WARMUP_FACTOR 1/1000,
+# WARMUP_ITERS 1000, linear): factor 0.001 + 0.999 * i / 1000 at iteration
+# i, 1 from iteration 1000. mmengine's LinearLR reaches its end factor at
+# iteration end - 1, hence end=1001.
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1000),
+         end=1001),
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True,
          milestones=[8, 11], gamma=0.1),
 ]

@@ -1,8 +1,9 @@
 # The ResT ADE20K recipe shared by configs/upernet: mmseg's UperNet (the
 # heads of its Swin config: UPerHead with 512 channels and an FCN auxiliary
 # head on stage 3, SyncBN in both), ADE20K with 512 x 512 crops, 160k
-# iterations at 2 images on each of 8 GPUs (batch 16), AdamW with a linear
-# warm-up over 1500 iterations and then a poly (power 1) decay to 0.
+# iterations at 2 images on each of 8 GPUs (batch 16), AdamW with a poly
+# (power 1) decay to 0 over the 160k iterations, multiplied by a linear
+# warm-up over the first 1500 (docs/segmentation.md, "The recipe").
 #
 # The optimiser is the authors' ResT v2-Tiny one (wofmanaf/ResT,
 # semantic_segmentation/configs/ResTv2/upernet_restv2_tiny_512_160k_ade20k.py),
@@ -47,16 +48,24 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys=dict(norm=dict(decay_mult=0.))))
+# The authors' mmseg 0.x lr_config (policy 'poly', power 1, min_lr 0,
+# linear warm-up over 1500 iterations from 1e-6): the poly decay runs over
+# all 160k iterations from iteration 0 and the warm-up factor
+# (1e-6 + (1 - 1e-6) * i / 1500 at iteration i) multiplies it during the
+# first 1500; mmengine's two schedulers compose the same way when both
+# start at 0. mmengine's LinearLR and PolyLR run their course over
+# end - begin - 1 iterations, hence end=1501 (full lr from iteration 1500)
+# and end=160001 (lr x (1 - i / 160000) at iteration i).
 param_scheduler = [
     dict(
         type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1500),
+        end=1501),
     dict(
         type='PolyLR',
         eta_min=0.0,
         power=1.0,
-        begin=1500,
-        end=160000,
+        begin=0,
+        end=160001,
         by_epoch=False),
 ]
 # 8 GPUs x 2 images; --auto-scale-lr scales the lr to another batch.
