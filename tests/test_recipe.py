@@ -471,6 +471,44 @@ def test_backbone(path):
                                     'retinanet': (1, 2, 3)}[det]
 
 
+@pytest.mark.parametrize('path', [p for p in DETECTION
+                                  if DETECTION[p][1] == 'v1'])
+def test_v1_next_stage_sees_the_normed_output(path):
+    """The authors' v1 detection backbone (object_detection/restv2/
+    rest.py, forward) replaces a returned stage's tokens by their output
+    LayerNorm before the next patch embedding: what the next stage receives
+    equals what the norm returned (observed with hooks, whatever the
+    option is called)."""
+    _, model = build(path)
+    backbone = model.backbone.eval()
+    seen = {}
+    hooks = []
+    # stage i's output norm feeds patch_embed_{i + 2}; stage 4 has none
+    for i in backbone.out_indices:
+        if i == 3:
+            continue
+        norm = getattr(backbone, f'norm{i + 1}')
+        embed = getattr(backbone, f'patch_embed_{i + 2}')
+        hooks.append(norm.register_forward_hook(
+            lambda m, a, out, i=i: seen.__setitem__(('norm', i), out)))
+        hooks.append(embed.register_forward_pre_hook(
+            lambda m, a, i=i: seen.__setitem__(('next', i), a[0])))
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 64, 96))
+    for h in hooks:
+        h.remove()
+    checked = 0
+    for i in backbone.out_indices:
+        if i == 3:
+            continue
+        normed, nxt = seen['norm', i], seen['next', i]
+        if normed.dim() == 3:  # tokens (B, N, C) -> the map (B, C, H, W)
+            normed = normed.transpose(1, 2).reshape(nxt.shape)
+        torch.testing.assert_close(nxt, normed, rtol=0, atol=0)
+        checked += 1
+    assert checked == {'mask_rcnn': 3, 'retinanet': 2}[DETECTION[path][0]]
+
+
 def _d2_anchors(sizes, ratios):
     """detectron2's DefaultAnchorGenerator cell anchors (OFFSET 0.0) in
     float64: (x0, y0, x1, y1) rows, sorted."""

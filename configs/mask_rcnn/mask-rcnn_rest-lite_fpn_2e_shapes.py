@@ -25,7 +25,7 @@ model = dict(
         bgr_to_rgb=True),
     # No ImageNet weights here: the backbone starts from its own
     # truncated-normal initialisation.
-    backbone=dict(init_cfg=None),
+    backbone=dict(init_cfg=None, out_norms_feed_next_stage=False),
     # mmdet's initialisation of the FPN and the box head, as the demo was
     # tuned with (the COCO configs take detectron2's).
     neck=dict(

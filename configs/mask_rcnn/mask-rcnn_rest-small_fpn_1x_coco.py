@@ -39,6 +39,11 @@ model = dict(
         # patch_embed_0); the only values it builds with freeze nothing,
         # as their v2 code does (frozen_stages=-1). Nothing frozen.
         frozen_stages=-1,
+        # The authors' v1 detection backbone (restv2/rest.py, forward)
+        # replaces a returned stage's tokens by their output norm (norm1 ..
+        # norm3) before the next stage; their classifier does not. The
+        # published detectors were trained so.
+        out_norms_feed_next_stage=True,
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     # detectron2's initialisation of the new layers where mmdet's differs

@@ -38,6 +38,11 @@ model = dict(
         # The authors' FREEZE_AT = 2 cannot build as released (see the
         # Mask R-CNN config): nothing frozen.
         frozen_stages=-1,
+        # The authors' v1 detection backbone (restv2/rest.py, forward)
+        # replaces a returned stage's tokens by their output norm (norm1 ..
+        # norm3) before the next stage; their classifier does not. The
+        # published detectors were trained so.
+        out_norms_feed_next_stage=True,
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(
