@@ -620,8 +620,8 @@ def predict_image(image: str, config: Union[str, Config], checkpoint: str,
     for path, what in ((image, 'image'), (checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             raise FileNotFoundError(f'No {what} file at {path!r}')
-    from mmrest.checkpoint import safe_loading
-    with safe_loading():  # an mmengine checkpoint, weights only
+    from mmrest.checkpoint import mmengine_safe_loading
+    with mmengine_safe_loading():  # an mmengine checkpoint, weights only
         model = init_detector(config, checkpoint, device=device)
     classes = model.dataset_meta['classes']
     result = inference_detector(model, image)
