@@ -78,6 +78,35 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     assert len(errs) == 4 and all(onnx_matches(*e) for e in errs)
 
 
+def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
+    """The torch 2.1 path (its exporter fails on an explicit SDPA scale, so
+    the formula is written out while exporting), forced on any torch: the
+    ONNX graph still gives the eager accuracy, and eager calls still use
+    the fused SDPA."""
+    pytest.importorskip('onnxruntime')
+    import torch.nn.functional as F
+
+    from mmrest.onnx_export import export_onnx
+    monkeypatch.setattr(torch_compat, 'ONNX_SDPA_SCALE_FAILS', True)
+    model = tiny_model()
+    exporting = []  # for each fused SDPA call: whether ONNX export ran
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, 'scaled_dot_product_attention',
+        lambda *a, **k: exporting.append(torch.onnx.is_in_onnx_export())
+        or sdpa(*a, **k))
+    path = str(tmp_path / 'rest.onnx')
+    export_onnx(model, path, SIZES[0])
+    # the eager run that counts the outputs used the fused kernel; the
+    # export wrote the formula out
+    assert exporting and not any(exporting)
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, *SIZES[1])
+    outs = session.run(None, {'input': x.numpy()})
+    assert_matches_float64([torch.from_numpy(o) for o in outs], model, x)
+
+
 def test_dynamo_exporter_needs_torch_2_5(monkeypatch, tmp_path):
     """Without torch.onnx.export(dynamo=...) (torch < 2.5), the dynamo
     exporter is an error naming the torch it needs and the exporter that
