@@ -29,7 +29,8 @@ def test_is_autocast_enabled(monkeypatch, takes_device):
         with torch.autocast('cpu', enabled=False):
             assert not torch_compat.is_autocast_enabled('cpu')
     assert not torch_compat.is_autocast_enabled('cpu')
-    assert not torch_compat.is_autocast_enabled('no_such_device')
+    if not takes_device:  # a device torch < 2.4 has no query for
+        assert not torch_compat.is_autocast_enabled('no_such_device')
 
 
 def test_is_compiling_inside_torch_compile():
