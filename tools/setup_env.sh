@@ -17,8 +17,8 @@
 # forward and backward), installed at interpreter start-up when
 # MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
 #
-# The one slow step is mmcv 2.1.0, which has no CPU wheel (and none at all
-# for torch 2.13) and is compiled from source with its ops (about 9 minutes
+# The one slow step is mmcv 2.1.0, which has no wheel on PyPI (and none at
+# all for torch 2.13) and is compiled from source with its ops (about 9 minutes
 # on 2 cores). The built wheel is cached in $MMREST_CACHE (default
 # ~/.cache/mmrest), outside the repository, one per torch, and reused by
 # every later set-up.
