@@ -87,3 +87,32 @@ def test_grad_scaler_without_torch_amp(monkeypatch):
         scaler = torch_compat.grad_scaler('cuda')
     assert type(scaler).__module__.startswith('torch.')
     assert hasattr(scaler, 'scale') and hasattr(scaler, 'step')
+
+
+def test_cpu_fused_adamw_flag():
+    """The flag says whether AdamW(fused=True) takes CPU parameters."""
+    param = torch.zeros(2, requires_grad=True)
+    try:
+        torch.optim.AdamW([param], fused=True)
+        works = True
+    except RuntimeError:
+        works = False
+    assert torch_compat.CPU_FUSED_ADAMW is works
+
+
+@pytest.mark.parametrize('has_cpu_fused', [True, False])
+def test_drop_unsupported_fused(monkeypatch, has_cpu_fused):
+    """fused=True goes only for the CPU on a torch without the CPU kernel;
+    the rest of the optimizer config stays."""
+    monkeypatch.setattr(torch_compat, 'CPU_FUSED_ADAMW', has_cpu_fused)
+    cfg = dict(type='AdamW', lr=1e-3, fused=True)
+    assert torch_compat.drop_unsupported_fused(cfg, 'cpu') is (
+        not has_cpu_fused)
+    assert cfg == (dict(type='AdamW', lr=1e-3, fused=True) if has_cpu_fused
+                   else dict(type='AdamW', lr=1e-3))
+    cfg = dict(type='AdamW', lr=1e-3, fused=True)
+    assert not torch_compat.drop_unsupported_fused(cfg, 'cuda')
+    assert cfg['fused'] is True
+    cfg = dict(type='AdamW', lr=1e-3)
+    assert not torch_compat.drop_unsupported_fused(cfg, 'cpu')
+    assert cfg == dict(type='AdamW', lr=1e-3)

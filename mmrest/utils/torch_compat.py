@@ -123,3 +123,34 @@ def grad_scaler(device_type: str = 'cuda', **kwargs):
             f'A GradScaler for {device_type!r} needs torch >= 2.3 '
             f'(torch.amp.GradScaler); this is torch {torch.__version__}')
     return torch.cuda.amp.GradScaler(**kwargs)
+
+
+def _cpu_fused_adamw() -> bool:
+    param = torch.zeros(1, requires_grad=True)
+    try:
+        torch.optim.AdamW([param], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+#: Whether ``torch.optim.AdamW(fused=True)`` takes CPU parameters (torch
+#: >= 2.4; before, CUDA ones only).
+CPU_FUSED_ADAMW = _cpu_fused_adamw()
+
+
+def drop_unsupported_fused(optimizer_cfg: dict, device_type: str) -> bool:
+    """Remove ``fused=True`` from an AdamW / Adam optimizer config when this
+    torch has no fused kernel for ``device_type`` (the CPU before torch
+    2.4): the same update, computed per tensor. Returns whether it did.
+
+    Args:
+        optimizer_cfg (dict): ``optim_wrapper.optimizer`` of a config,
+            changed in place.
+        device_type (str): Where the parameters will be (``'cpu'``, ...).
+    """
+    if not optimizer_cfg.get('fused') or device_type != 'cpu' or \
+            CPU_FUSED_ADAMW:
+        return False
+    optimizer_cfg.pop('fused')
+    return True
