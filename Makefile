@@ -2,13 +2,23 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test demo demo-seg bench clean
+.PHONY: setup test setup-oldest test-oldest demo demo-seg bench clean
 
 setup:
 	@bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The oldest supported stack (torch 2.1.2, requirements/constraints-oldest.txt)
+# in its own environment, .venv-torch2.1, mmcv without compiled ops unless
+# MMREST_MMCV_OPS=1 (then the ops shim steps aside); docs/testing.md has its
+# results.
+setup-oldest:
+	@bash tools/setup_env.sh oldest
+
+test-oldest: setup-oldest
+	MMREST_OPS_SHIM=1 .venv-torch2.1/bin/python -m pytest -q tests
 
 demo: setup
 	$(PY) tools/run_demo.py

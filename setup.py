@@ -61,13 +61,18 @@ setup(
     },
     # Floors are what the code needs, ceilings the releases it was written
     # against (tested: torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0, mmdet
-    # 3.3.0, mmsegmentation 1.2.2; requirements/constraints.txt pins them).
-    python_requires='>=3.9',  # torch 2.6 needs 3.9
+    # 3.3.0, mmsegmentation 1.2.2, pinned by requirements/constraints.txt;
+    # and the oldest stack, torch 2.1.2 with the same OpenMMLab releases,
+    # pinned by requirements/constraints-oldest.txt: docs/testing.md).
+    python_requires='>=3.9',
     install_requires=[
-        # 2.1: SDPA's scale=; 2.6: torch.load is weights-only by default and
-        # torch.serialization.safe_globals (2.5) scopes mmrest's allow-list:
-        # the safe-loading guarantees rely on both.
-        'torch>=2.6',
+        # 2.1: SDPA's scale=, torch.load(mmap=), and the torch that
+        # OpenMMLab's mmcv 2.1.0 CUDA wheels are built for. Newer APIs are
+        # used where torch has them, with the same behaviour provided
+        # otherwise (mmrest/utils/torch_compat.py); safe loading uses torch's
+        # weights-only loader with a scoped allow-list on torch >= 2.6 and
+        # mmrest's restricted unpickler before (mmrest/checkpoint/loading.py).
+        'torch>=2.1',
         # AtomicCheckpointHook overrides CheckpointHook's private
         # _save_checkpoint_with_step, the same from 0.10.0 to 0.10.7.
         'mmengine>=0.10.0,<0.11',

@@ -35,6 +35,8 @@ from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .utils import torch_compat
+
 #: The tasks :func:`ort_deploy_cfg` knows, as mmdeploy names them.
 DEPLOY_TASKS = ('detection', 'instance-seg')
 
@@ -117,7 +119,8 @@ def _cast_long(g, x, non_blocking=False):
 def mmdeploy_torch_shims() -> Iterator[None]:
     """Make mmdeploy 1.3.1's ONNX export work with torch >= 2.9, for the
     duration of the ``with`` block (see the module's docstring):
-    ``torch.onnx.export`` defaults to ``dynamo=False``, and
+    ``torch.onnx.export`` defaults to ``dynamo=False`` (where it has the
+    argument, torch >= 2.5), and
     ``torch.onnx.symbolic_opset9._cast_Long`` exists. Both are undone on
     exit; an explicit ``dynamo=`` and an existing ``_cast_Long`` are left as
     they are.
@@ -126,7 +129,8 @@ def mmdeploy_torch_shims() -> Iterator[None]:
     export = torch.onnx.export
 
     def export_torchscript(*args, **kwargs):
-        kwargs.setdefault('dynamo', False)
+        if torch_compat.ONNX_EXPORT_HAS_DYNAMO:  # torch < 2.5: no choice
+            kwargs.setdefault('dynamo', False)
         return export(*args, **kwargs)
 
     export_torchscript.__wrapped__ = export

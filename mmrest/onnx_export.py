@@ -8,13 +8,18 @@ runs the exported file in onnxruntime at several sizes and compares it with
 the eager PyTorch module on the same input.
 
 Needs ``onnx`` and ``onnxruntime`` (``requirements/deploy.txt``), and
-``onnxscript`` for the dynamo exporter.
+``onnxscript`` for the dynamo exporter. The dynamo exporter
+(``torch.onnx.export(dynamo=True)``) needs torch >= 2.5; on an older torch
+asking for it is an error that says so, and the TorchScript exporter (the
+default, what mmdeploy uses) works on every supported torch.
 """
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+
+from .utils import torch_compat
 
 #: The exporters :func:`export_onnx` knows: torch's TorchScript-based one
 #: (what mmdeploy uses) and the ``torch.export``-based one.
@@ -126,12 +131,18 @@ def export_onnx(model: nn.Module,
         model (nn.Module): The module to export, in eval mode.
         out_file (str): The ``.onnx`` file to write.
         shape (Sequence[int]): Height and width of the example input.
-        exporter (str): ``'torchscript'`` or ``'dynamo'``.
+        exporter (str): ``'torchscript'`` or ``'dynamo'`` (torch >= 2.5).
         opset_version (int): The ONNX opset.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f'exporter must be one of {EXPORTERS}, got '
                          f'{exporter!r}')
+    if exporter == 'dynamo' and not torch_compat.ONNX_EXPORT_HAS_DYNAMO:
+        raise RuntimeError(
+            f"exporter='dynamo' needs torch.onnx.export(dynamo=True), which "
+            f'torch {torch.__version__} does not have (torch >= 2.5 does). '
+            "Use exporter='torchscript' (--exporter torchscript), which "
+            'works with this torch, or a newer torch.')
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f'shape must be (height, width), got {shape!r}')
     in_channels = getattr(_backbone_of(model), 'in_channels', 3)
@@ -143,10 +154,14 @@ def export_onnx(model: nn.Module,
         axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
         for name in names:
             axes[name] = {0: 'batch', 2: f'{name}_h', 3: f'{name}_w'}
+        # dynamo=False where torch has the choice: the default is the
+        # dynamo exporter since torch 2.9
+        choice = dict(dynamo=False) if torch_compat.ONNX_EXPORT_HAS_DYNAMO \
+            else {}
         torch.onnx.export(
             model, (x, ),
             out_file,
-            dynamo=False,
+            **choice,
             input_names=['input'],
             output_names=names,
             dynamic_axes=axes,

@@ -154,8 +154,8 @@ def detector_inference_time(cfg: Config,
     model = build_detector_without_weights(cfg, height, width)
     if checkpoint:
         from mmengine.runner import load_checkpoint
-        from mmrest.checkpoint import safe_loading
-        with safe_loading():
+        from mmrest.checkpoint import mmengine_safe_loading
+        with mmengine_safe_loading():
             load_checkpoint(model, checkpoint, map_location='cpu')
     inputs, samples = dummy_detection_batch(model, height, width)
     calls = dict(

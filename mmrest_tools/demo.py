@@ -483,6 +483,13 @@ def run_demo(config: Union[str, Config],
         set_data_root(cfg, data_root)
     cfg.work_dir = work_dir
     os.makedirs(work_dir, exist_ok=True)
+    from mmrest.utils.torch_compat import drop_unsupported_fused
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if drop_unsupported_fused(cfg.optim_wrapper.get('optimizer', {}),
+                              device):
+        print(f'[demo] torch {torch.__version__} has no fused AdamW on the '
+              'CPU (torch >= 2.4 has): the per-tensor one, the same update',
+              flush=True)
     segmentation = is_segmentation_demo(cfg)
     targets = SEG_TARGETS if segmentation else TARGETS
 
@@ -620,8 +627,8 @@ def predict_image(image: str, config: Union[str, Config], checkpoint: str,
     for path, what in ((image, 'image'), (checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             raise FileNotFoundError(f'No {what} file at {path!r}')
-    from mmrest.checkpoint import safe_loading
-    with safe_loading():  # an mmengine checkpoint, weights only
+    from mmrest.checkpoint import mmengine_safe_loading
+    with mmengine_safe_loading():  # an mmengine checkpoint, weights only
         model = init_detector(config, checkpoint, device=device)
     classes = model.dataset_meta['classes']
     result = inference_detector(model, image)

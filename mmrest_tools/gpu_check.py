@@ -765,7 +765,8 @@ class GpuCheck:
         model.to(dev).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4,
                                 weight_decay=0.05)
-        scaler = torch.amp.GradScaler(dev.type)
+        from mmrest.utils.torch_compat import grad_scaler
+        scaler = grad_scaler(dev.type)
         gen = torch.Generator().manual_seed(3)
         x = torch.randn(*self.s.amp_steps_shape, generator=gen).to(dev)
         steps = []
@@ -958,7 +959,8 @@ class GpuCheck:
         clip = (cfg.get('optim_wrapper', {}) or {}).get('clip_grad')
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4,
                                 betas=(0.9, 0.999), weight_decay=0.05)
-        scaler = torch.amp.GradScaler(dev.type)
+        from mmrest.utils.torch_compat import grad_scaler
+        scaler = grad_scaler(dev.type)
         data = synthetic_det_batch(self.s.mr_batch, *self.s.mr_image)
         iters = []
 

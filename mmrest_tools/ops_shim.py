@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Stand-ins for mmcv's compiled ops, for the GPU check only.
+"""Stand-ins for mmcv's compiled ops, for the GPU check and the oldest
+stack's environment (``make test-oldest``, mmcv without compiled ops).
 
 The GPU machines of the project have no compiler time to spare and no
 internet: there, mmcv is installed as ``mmcv-lite`` (the same Python code
@@ -331,6 +332,10 @@ def make_ext_module() -> types.ModuleType:
     mod.__dict__.update(_PROVIDED)
     mod.__getattr__ = _module_getattr
     mod.MMREST_OPS_SHIM = True
+    # A module spec without a loader: mmengine's mmcv_full_available()
+    # (pkgutil.find_loader) then answers False instead of failing.
+    import importlib.machinery
+    mod.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', None)
     return mod
 
 

@@ -15,8 +15,31 @@ import torch.nn as nn
 from _helpers import relative_error
 from mmrest import ResT
 from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
-                               safe_loading)
+                               load_checkpoint_file, mmengine_safe_loading,
+                               restricted_globals, safe_loading,
+                               safe_torch_load)
 from mmrest.testing import to_literal
+from mmrest.utils import torch_compat
+
+#: Both safe-loading paths: torch's weights-only loader with the scoped
+#: allow-list (torch >= 2.6) and mmrest's restricted unpickler (the path of
+#: torch < 2.6, forced here on any torch).
+LOADERS = [
+    pytest.param('torch allow-list', marks=pytest.mark.skipif(
+        not torch_compat.TORCH_SCOPED_ALLOW_LIST,
+        reason='torch < 2.6 has no scoped weights-only allow-list')),
+    'restricted unpickler',
+]
+
+
+@pytest.fixture(params=LOADERS)
+def loader(request, monkeypatch):
+    """Selects the safe-loading path for everything mmrest loads in the
+    test (mmrest's loaders read the switch at each load)."""
+    restricted = request.param == 'restricted unpickler'
+    monkeypatch.setattr(torch_compat, 'TORCH_SCOPED_ALLOW_LIST',
+                        not restricted)
+    return request.param
 
 ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
              'qkv_bias', 'apply_transform')
@@ -217,11 +240,19 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, reference):
     with pytest.raises(CheckpointError, match='Refused'):
         pretrained(path, arch)
     assert not marker.exists()
-    # the same file through mmengine's loader is refused too
+    # the same file through mmengine's loader, as mmrest's hook runs it,
+    # is refused too
     from mmengine.runner import load_checkpoint
-    with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint(nn.Linear(1, 1), str(path))
+    with pytest.raises((pickle.UnpicklingError, CheckpointError)):
+        with mmengine_safe_loading():
+            load_checkpoint(nn.Linear(1, 1), str(path))
     assert not marker.exists()
+    if torch_compat.TORCH_SCOPED_ALLOW_LIST:
+        # and, torch >= 2.6 loading weights-only by default, without it
+        # (mmengine's own torch.load on an older torch runs the payload)
+        with pytest.raises(pickle.UnpicklingError):
+            load_checkpoint(nn.Linear(1, 1), str(path))
+        assert not marker.exists()
 
 
 def _hostile_cases():
@@ -256,19 +287,17 @@ def _hostile_cases():
 
 
 @pytest.mark.parametrize('case', sorted(_hostile_cases()))
-def test_stand_ins_refuse_all_but_data(tmp_path, case):
+def test_stand_ins_refuse_all_but_data(tmp_path, case, loader):
     """The callables that safe_loading allow-lists (stand-ins for getattr,
     bytes, numpy's _reconstruct, scalar and dtype) refuse every use but
     plain data: each of these pickles would reach code or Python objects,
-    and is stopped by the stand-in named in the message."""
+    and is stopped by the stand-in named in the message, on both paths."""
     obj, refusal = _hostile_cases()[case]
     path = tmp_path / 'ckpt.pth'
     torch.save({'x': obj}, path)
     with pytest.raises(pickle.UnpicklingError, match=refusal):
-        with safe_loading():
-            torch.load(path, weights_only=True)
+        safe_torch_load(path)
     with pytest.raises(CheckpointError, match='Refused'):
-        from mmrest.checkpoint import load_checkpoint_file
         load_checkpoint_file(path)
 
 
@@ -279,18 +308,21 @@ def test_scalar_stand_in_refuses_objects():
     assert ck._safe_scalar(np.dtype('<f4'), np.float32(2.5).tobytes()) == 2.5
 
 
-def test_stand_ins_load_plain_numpy_data(tmp_path):
+def test_stand_ins_load_plain_numpy_data(tmp_path, loader):
     data = {'a': np.arange(6, dtype=np.int32).reshape(2, 3),
             'f': np.float32(1.25), 'i': np.int64(-3), 'b': np.bool_(True),
             's': np.array(['ab', 'c']), 'e': np.zeros((0, 2))}
     torch.save(data, tmp_path / 'np.pth')
-    with safe_loading():
-        out = torch.load(tmp_path / 'np.pth', weights_only=True)
+    out = safe_torch_load(tmp_path / 'np.pth')
     for key, value in data.items():
         assert type(out[key]) is type(value) and out[key].dtype == \
             value.dtype and np.array_equal(out[key], value), key
 
 
+@pytest.mark.skipif(not torch_compat.TORCH_SCOPED_ALLOW_LIST,
+                    reason='torch < 2.6 has no scoped weights-only '
+                    'allow-list (safe_loading refuses to run, see '
+                    'test_safe_loading_on_old_torch_says_so)')
 def test_allow_list_is_scoped_and_narrow():
     """Only inside safe_loading, only data classes and mmrest's stand-ins;
     numpy's own _reconstruct / scalar and builtins.getattr never."""
@@ -321,16 +353,135 @@ def test_allow_list_is_scoped_and_narrow():
     assert set(checkpoint_safe_globals()) == set(added)
 
 
+def _dangerous_globals():
+    import builtins
+    import codecs
+    ma = _multiarray()
+    return (builtins.getattr, builtins.eval, builtins.exec, builtins.bytes,
+            builtins.open, os.system, __import__, ma._reconstruct, ma.scalar,
+            np.dtype, type(np.dtype(object)), codecs.encode, pickle.loads,
+            subprocess.Popen)
+
+
+def test_restricted_unpickler_table_is_narrow():
+    """What the restricted unpickler resolves: torch's tensor globals
+    (torch's own weights-only list), data classes and mmrest's stand-ins
+    under the names they replace; never the real getattr, bytes, numpy
+    constructors or anything that runs code."""
+    import argparse
+
+    from mmengine.logging import HistoryBuffer
+
+    import mmrest.checkpoint.loading as ck
+    table = restricted_globals()
+    stand_ins = {'builtins.getattr': ck._history_buffer_getattr,
+                 'builtins.bytes': ck._empty_bytes,
+                 'numpy.dtype': ck._safe_dtype,
+                 '_codecs.encode': ck._latin1_encode}
+    for name, obj in stand_ins.items():
+        assert table[name] is obj, name
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        assert table[f'{module}._reconstruct'] is ck._safe_reconstruct
+        assert table[f'{module}.scalar'] is ck._safe_scalar
+    for name, obj in table.items():
+        assert not any(obj is bad for bad in _dangerous_globals()), name
+        assert (name.startswith(('torch.', 'collections.')) or
+                name in ('builtins.set', 'builtins.frozenset',
+                         'builtins.complex', 'builtins.bytearray') or
+                obj in (HistoryBuffer, argparse.Namespace, np.ndarray) or
+                obj in stand_ins.values() or
+                obj in (ck._safe_reconstruct, ck._safe_scalar) or
+                (isinstance(obj, type) and issubclass(obj, np.dtype))), name
+        if name.startswith('torch.') and callable(obj) and \
+                not isinstance(obj, type):
+            # torch's own rebuild functions only
+            assert obj.__name__.startswith(('_rebuild', '_get_layout')), name
+
+
+def test_restricted_unpickler_refuses_os_system_loads_checkpoint(
+        tmp_path, reference, loader):
+    """A checkpoint whose pickle calls os.system is refused before the call
+    (no marker file), and a real checkpoint (the authors' weights in an
+    mmengine-style file with a message hub) loads, on both paths."""
+    state, _ = reference
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save(dict(state, evil=Reduce(os.system, f'touch {marker}')), evil)
+    with pytest.raises(pickle.UnpicklingError):
+        safe_torch_load(evil)
+    with pytest.raises(CheckpointError, match='Refused'):
+        load_checkpoint_file(evil)
+    assert not marker.exists()
+    from mmengine.logging import HistoryBuffer, MessageHub
+    hub = MessageHub.get_instance(f'test_restricted_{loader}')
+    hub.update_scalar('train/loss', np.float32(0.5))
+    good = tmp_path / 'good.pth'
+    torch.save({'meta': {'iter': np.int64(3)}, 'state_dict': state,
+                'message_hub': hub.state_dict()}, good)
+    for ckpt in (safe_torch_load(good), load_checkpoint_file(good),
+                 safe_torch_load(good, mmap=True)):
+        assert set(ckpt['state_dict']) == set(state)
+        for key, value in state.items():
+            assert torch.equal(ckpt['state_dict'][key], value), key
+        assert ckpt['meta']['iter'] == 3
+        buffer = ckpt['message_hub']['log_scalars']['train/loss']
+        assert type(buffer) is HistoryBuffer and buffer.current() == 0.5
+
+
+def test_restricted_unpickler_changes_no_global_state(tmp_path, reference,
+                                                      monkeypatch):
+    """The restricted path registers nothing: torch's allow-list (where it
+    has one) is the same during and after the load, and mmengine's loader
+    of local files is back after mmengine_safe_loading."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    import mmrest.checkpoint.loading as ck
+    state, _ = reference
+    path = tmp_path / 'w.pth'
+    torch.save(state, path)
+    get = getattr(torch.serialization, 'get_safe_globals', lambda: [])
+    before = (list(get()), CheckpointLoader._schemes.get(''))
+    during = []
+    find_class = ck.RestrictedUnpickler.find_class
+
+    def spy(self, module, name):  # torch's allow-list in mid-load
+        during.append(list(get()))
+        return find_class(self, module, name)
+
+    monkeypatch.setattr(ck.RestrictedUnpickler, 'find_class', spy)
+    out = safe_torch_load(path, restricted=True)
+    assert during and all(d == before[0] for d in during)
+    assert set(out) == set(state)
+    monkeypatch.setattr(torch_compat, 'TORCH_SCOPED_ALLOW_LIST', False)
+    with mmengine_safe_loading():
+        assert CheckpointLoader._schemes.get('') is not before[1]
+    assert (list(get()), CheckpointLoader._schemes.get('')) == before
+
+
+def test_safe_loading_on_old_torch_says_so(monkeypatch):
+    """On a torch without the scoped allow-list, safe_loading (torch's
+    path) refuses to run and names the loader that works there."""
+    monkeypatch.setattr(torch_compat, 'TORCH_SCOPED_ALLOW_LIST', False)
+    with pytest.raises(RuntimeError,
+                       match='torch >= 2.6.*load_checkpoint_file'):
+        with safe_loading():
+            pass
+
+
 def test_import_mmrest_changes_no_global_state():
     code = textwrap.dedent('''
         import torch
         from mmengine.logging import HistoryBuffer
-        before = (list(torch.serialization.get_safe_globals()),
-                  HistoryBuffer.__getstate__, HistoryBuffer.__setstate__)
+        from mmengine.runner.checkpoint import CheckpointLoader
+        get = getattr(torch.serialization, 'get_safe_globals', lambda: [])
+        before = (list(get()),
+                  HistoryBuffer.__getstate__, HistoryBuffer.__setstate__,
+                  CheckpointLoader._schemes.get(''))
         import mmrest
-        after = (list(torch.serialization.get_safe_globals()),
-                 HistoryBuffer.__getstate__, HistoryBuffer.__setstate__)
-        assert before[1:] == after[1:], 'HistoryBuffer patched'
+        after = (list(get()),
+                 HistoryBuffer.__getstate__, HistoryBuffer.__setstate__,
+                 CheckpointLoader._schemes.get(''))
+        assert before[1:] == after[1:], 'HistoryBuffer or mmengine patched'
         # torch registers its own DTensor classes when mmengine / mmdet
         # import torch.distributed.tensor; nothing else may appear
         added = [g for g in after[0] if g not in before[0]]
@@ -429,7 +580,7 @@ def _atomic_hook():
 
 
 @pytest.mark.parametrize('saved_by', ['mmrest', 'plain mmengine'])
-def test_mmengine_checkpoint_resumes(tmp_path, saved_by):
+def test_mmengine_checkpoint_resumes(tmp_path, saved_by, loader):
     if saved_by == 'mmrest':
         _toy['runner'](tmp_path, 2, _atomic_hook()).train()
     else:
@@ -440,8 +591,7 @@ def test_mmengine_checkpoint_resumes(tmp_path, saved_by):
     # plain weights-only load refuses it, in this process too ...
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
-    with safe_loading():
-        ckpt = torch.load(path, weights_only=True)
+    ckpt = load_checkpoint_file(path)
     assert {'meta', 'state_dict', 'optimizer', 'message_hub'} <= set(ckpt)
     # ... and resuming through AtomicCheckpointHook reads all of it back
     resumed = _toy['runner'](tmp_path, 4, _atomic_hook(), resume=True)

@@ -167,8 +167,11 @@ def test_demo_optimizer_groups():
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules()
+    from mmrest.utils.torch_compat import drop_unsupported_fused
     cfg = Config.fromfile(CONFIG)
     model = MODELS.build(cfg.model)
+    # as the demo runs it (no CPU fused AdamW before torch 2.4)
+    drop_unsupported_fused(cfg.optim_wrapper.optimizer, 'cpu')
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     lr = cfg.optim_wrapper.optimizer.lr
     wd = cfg.optim_wrapper.optimizer.weight_decay

@@ -47,7 +47,16 @@ def test_a_trace_holds_at_every_size():
             assert_matches_float64(traced(x), model, x)
 
 
-@pytest.mark.parametrize('exporter', ['torchscript', 'dynamo'])
+from mmrest.utils import torch_compat
+
+#: The exporters this torch has (the dynamo one needs torch >= 2.5; before,
+#: asking for it is the error of test_dynamo_exporter_needs_torch_2_5).
+EXPORTERS = ['torchscript', pytest.param('dynamo', marks=pytest.mark.skipif(
+    not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
+    reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))]
+
+
+@pytest.mark.parametrize('exporter', EXPORTERS)
 def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     pytest.importorskip('onnxruntime')
     if exporter == 'dynamo':
@@ -67,6 +76,67 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     assert list(errors) == ['{}x{}'.format(*SIZES[1])]
     errs = errors['{}x{}'.format(*SIZES[1])]
     assert len(errs) == 4 and all(onnx_matches(*e) for e in errs)
+
+
+def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
+    """The torch 2.1 path (its exporter fails on an explicit SDPA scale, so
+    the formula is written out while exporting), forced on any torch: the
+    ONNX graph still gives the eager accuracy, and eager calls still use
+    the fused SDPA."""
+    pytest.importorskip('onnxruntime')
+    import torch.nn.functional as F
+
+    from mmrest.onnx_export import export_onnx
+    monkeypatch.setattr(torch_compat, 'ONNX_SDPA_SCALE_FAILS', True)
+    model = tiny_model()
+    exporting = []  # for each fused SDPA call: whether ONNX export ran
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, 'scaled_dot_product_attention',
+        lambda *a, **k: exporting.append(torch.onnx.is_in_onnx_export())
+        or sdpa(*a, **k))
+    path = str(tmp_path / 'rest.onnx')
+    export_onnx(model, path, SIZES[0])
+    # the eager run that counts the outputs used the fused kernel; the
+    # export wrote the formula out
+    assert exporting and not any(exporting)
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    x = torch.randn(2, 3, *SIZES[1])
+    outs = session.run(None, {'input': x.numpy()})
+    assert_matches_float64([torch.from_numpy(o) for o in outs], model, x)
+
+
+def test_dynamo_exporter_needs_torch_2_5(monkeypatch, tmp_path):
+    """Without torch.onnx.export(dynamo=...) (torch < 2.5), the dynamo
+    exporter is an error naming the torch it needs and the exporter that
+    works, before anything is exported."""
+    from mmrest.onnx_export import export_onnx
+    monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', False)
+    called = []
+    monkeypatch.setattr(torch.onnx, 'export',
+                        lambda *a, **k: called.append(k))
+    with pytest.raises(RuntimeError,
+                       match=r"dynamo=True.*torch >= 2\.5.*torchscript"):
+        export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), (64, 96),
+                    'dynamo')
+    assert not called
+
+
+@pytest.mark.parametrize('has_dynamo', [True, False])
+def test_torchscript_export_passes_dynamo_only_where_torch_has_it(
+        monkeypatch, tmp_path, has_dynamo):
+    """torch >= 2.5 gets dynamo=False (its default is the dynamo exporter
+    since 2.9); an older torch, whose export has no such argument, none."""
+    from mmrest.onnx_export import export_onnx
+    monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', has_dynamo)
+    called = []
+    monkeypatch.setattr(torch.onnx, 'export',
+                        lambda *a, **k: called.append(k))
+    export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), (64, 96))
+    assert len(called) == 1
+    assert called[0].get('dynamo', 'absent') == (
+        False if has_dynamo else 'absent')
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):

@@ -234,6 +234,24 @@ def test_shims_are_scoped():
     assert torch.onnx.export is export
 
 
+@pytest.mark.parametrize('has_dynamo', [True, False])
+def test_shim_sets_dynamo_only_where_torch_has_it(monkeypatch, has_dynamo):
+    """Inside the shims, torch.onnx.export gets dynamo=False where it takes
+    the argument (torch >= 2.5) and no such argument before; an explicit
+    dynamo= is passed on as it is."""
+    from mmrest.utils import torch_compat
+    monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', has_dynamo)
+    called = []
+    monkeypatch.setattr(torch.onnx, 'export',
+                        lambda *a, **k: called.append(k))
+    with mmdeploy_torch_shims():
+        torch.onnx.export('model', 'args', 'file', opset_version=11)
+        torch.onnx.export('model', 'args', 'file', dynamo=True)
+    assert called[0] == (dict(opset_version=11, dynamo=False) if has_dynamo
+                         else dict(opset_version=11))
+    assert called[1] == dict(dynamo=True)
+
+
 def test_missing_packages_are_named(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(

@@ -15,6 +15,7 @@ from mmrest import ResT, ResTV2
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
 from mmrest.testing import to_literal
+from mmrest.utils import torch_compat
 
 from _helpers import ROOT, build_detector
 # The authors' classifiers, 1000-class head included (docs/network.md).
@@ -414,7 +415,11 @@ def assert_like_the_literal(outs, model, x, name=''):
             FACTOR * relative_error(b.double(), ref) + FLOOR32, (name, i)
 
 
-@pytest.mark.parametrize('exporter', ['torchscript', 'dynamo'])
+@pytest.mark.parametrize('exporter', [
+    'torchscript',
+    pytest.param('dynamo', marks=pytest.mark.skipif(
+        not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
+        reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))])
 def test_onnx_export_runs_in_onnxruntime_at_other_sizes(golden, exporter,
                                                         tmp_path):
     """Exported with dynamic height and width at one size, the ONNX graph

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrest.checkpoint import (atomic_write, remove_stale_temp_files,
-                               safe_loading)
+from mmrest.checkpoint import (atomic_write, load_checkpoint_file,
+                               remove_stale_temp_files)
 
 MAX_ITERS = 12
 INTERVAL = 3  # checkpoints after iterations 3, 6, 9 and 12
@@ -251,9 +251,8 @@ def _check_killed(code, work_dir):
 
 
 def _weights(path):
-    with safe_loading():  # mmengine checkpoints: message hub and all
-        return torch.load(path, map_location='cpu', weights_only=True)[
-            'state_dict']
+    # mmengine checkpoints (message hub and all), weights-only
+    return load_checkpoint_file(path)['state_dict']
 
 
 def _assert_same_weights(actual, expected):
@@ -317,9 +316,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(
     assert len(partial) == 1, list(tmp_path.iterdir())
     # The pointer still names the complete previous checkpoint.
     assert _pointer(tmp_path) == str(tmp_path / 'iter_6.pth')
-    with safe_loading():
-        ckpt = torch.load(_pointer(tmp_path), map_location='cpu',
-                          weights_only=True)
+    ckpt = load_checkpoint_file(_pointer(tmp_path))
     assert ckpt['meta']['iter'] == 6
     if victim == 'iter_9.pth':
         assert not (tmp_path / 'iter_9.pth').exists()

@@ -1,18 +1,54 @@
 #!/usr/bin/env bash
-# Creates (or completes) the virtual environment at .venv with everything
-# mmrest needs on a CPU machine. Idempotent: a second run only checks.
+# Creates (or completes) a virtual environment with everything mmrest needs
+# on a CPU machine. Idempotent: a second run only checks.
 #
-# The one slow step is mmcv 2.1.0, which has no wheel for torch 2.13 and is
-# compiled from source with its ops (about 9 minutes on 2 cores). The built
-# wheel is cached in $MMREST_CACHE (default ~/.cache/mmrest), outside the
-# repository, and reused by every later set-up.
+#   tools/setup_env.sh          .venv: torch 2.13.0 (CPU), the pins of
+#                               requirements/constraints.txt (`make setup`)
+#   tools/setup_env.sh oldest   .venv-torch2.1: the oldest supported stack,
+#                               torch 2.1.2 from PyPI, the pins of
+#                               requirements/constraints-oldest.txt
+#                               (`make setup-oldest`, `make test-oldest`)
+#
+# MMREST_MMCV_OPS=1 or 0 builds mmcv with or without its compiled ops. The
+# default is 1 for .venv; for the oldest stack it is 0 (mmcv's Python code
+# in about a minute, instead of 10 to 90 minutes of compiling on 2 busy
+# cores): its environment then gets mmrest_tools/ops_shim.py, pure-PyTorch
+# stand-ins for the three ops the tests' detectors use (NMS and RoIAlign
+# forward and backward), installed at interpreter start-up when
+# MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
+#
+# The one slow step is mmcv 2.1.0, which has no wheel on PyPI (and none at
+# all for torch 2.13) and is compiled from source with its ops (about 9 minutes
+# on 2 cores). The built wheel is cached in $MMREST_CACHE (default
+# ~/.cache/mmrest), outside the repository, one per torch, and reused by
+# every later set-up.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.venv"
 py="${PYTHON:-python3}"
 cache="${MMREST_CACHE:-$HOME/.cache/mmrest}"
-constraints="$root/requirements/constraints.txt"
+case "${1:-main}" in
+    main)
+        venv="$root/.venv"
+        constraints="$root/requirements/constraints.txt"
+        torch_version=2.13.0
+        torch_note="torch 2.13.0 (CPU)"
+        ops="${MMREST_MMCV_OPS:-1}"
+        wheels="$cache/wheels" ;;
+    oldest)
+        venv="$root/.venv-torch2.1"
+        constraints="$root/requirements/constraints-oldest.txt"
+        torch_version=2.1.2
+        # PyPI's torch 2.1.2 is its CUDA 12.1 build (a 670 MB wheel and
+        # about 2 GB of CUDA libraries); it runs on the CPU as well.
+        torch_note="torch 2.1.2 (PyPI's CUDA build, used on the CPU)"
+        ops="${MMREST_MMCV_OPS:-0}"
+        wheels="$cache/wheels-torch$torch_version"
+        [ "$ops" = 1 ] || wheels="$wheels-noops" ;;
+    *)
+        echo "usage: $0 [main|oldest]" >&2
+        exit 2 ;;
+esac
 stamp="$venv/.mmrest-installed"
 
 # Re-run only when the requirement files changed since the last full set-up.
@@ -29,39 +65,88 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 pipc=("${pip[@]}" install -c "$constraints")
 
-step "torch 2.13.0 (CPU) and build tools"
+step "$torch_note and build tools"
 "${pipc[@]}" -q --upgrade pip wheel 'setuptools<81' ninja
-"${pipc[@]}" -q torch==2.13.0 'numpy<2'
+"${pipc[@]}" -q "torch==$torch_version" 'numpy<2'
 
-mkdir -p "$cache/wheels"
-wheel=$(ls "$cache"/wheels/mmcv-2.1.0-*.whl 2>/dev/null | head -n 1 || true)
+# Without its ops, mmcv's set-up names the distribution mmcv-lite.
+dist=mmcv
+[ "$ops" = 1 ] || dist=mmcv_lite
+mkdir -p "$wheels"
+wheel=$(ls "$wheels"/$dist-2.1.0-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$wheel" ]; then
-    step "building mmcv 2.1.0 with ops from source (one time, about 9 minutes)"
+    if [ "$ops" = 1 ]; then
+        step "building mmcv 2.1.0 with ops from source (one time, about 9 minutes)"
+    else
+        step "building mmcv 2.1.0 without its compiled ops (one time, about a minute)"
+    fi
     # mmcv's setup.py imports torch and pkg_resources: no build isolation.
     "${pipc[@]}" -q addict packaging pillow pyyaml yapf mmengine==0.10.7 opencv-python
     tmp=$(mktemp -d)
-    MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
-        "${pip[@]}" wheel -c "$constraints" --no-build-isolation --no-deps \
-        mmcv==2.1.0 -w "$tmp"
-    mv "$tmp"/mmcv-2.1.0-*.whl "$cache/wheels/"
+    if [ "$ops" = 1 ]; then
+        MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
+            "${pip[@]}" wheel -c "$constraints" --no-build-isolation --no-deps \
+            mmcv==2.1.0 -w "$tmp"
+    else
+        # pip refuses a distribution named other than asked for: the
+        # source is fetched as mmcv, then built from the file.
+        "${pip[@]}" download -c "$constraints" --no-build-isolation --no-deps \
+            --no-binary mmcv mmcv==2.1.0 -d "$tmp/src"
+        MMCV_WITH_OPS=0 "${pip[@]}" wheel --no-build-isolation --no-deps \
+            "$tmp"/src/mmcv-2.1.0.tar.gz -w "$tmp"
+    fi
+    mv "$tmp"/$dist-2.1.0-*.whl "$wheels/"
     rm -rf "$tmp"
-    wheel=$(ls "$cache"/wheels/mmcv-2.1.0-*.whl | head -n 1)
+    wheel=$(ls "$wheels"/$dist-2.1.0-*.whl | head -n 1)
 else
     step "mmcv 2.1.0 from the cache: $wheel"
 fi
 "${pipc[@]}" -q "$wheel"
 
 step "mmengine, mmdet, mmsegmentation, test, ONNX, mmdeploy, analysis and mim tools and mmrest (editable)"
-"${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
-    -r "$root/requirements/deploy.txt" -r "$root/requirements/tools.txt"
+if [ "$ops" = 1 ]; then
+    "${pipc[@]}" -q -r "$root/requirements/runtime.txt" -r "$root/requirements/tests.txt" \
+        -r "$root/requirements/deploy.txt" -r "$root/requirements/tools.txt"
+else
+    # mmcv-lite does not satisfy mmdet's and mmseg's requirement on mmcv (pip
+    # would compile mmcv with its ops for it): they are installed without
+    # dependencies, then what else they require.
+    reqs=$(mktemp)
+    cat "$root/requirements/runtime.txt" "$root/requirements/tests.txt" \
+        "$root/requirements/deploy.txt" "$root/requirements/tools.txt" |
+        grep -v -E '^(mmcv|mmdet|mmsegmentation)[=<> ]' > "$reqs"
+    "${pipc[@]}" -q -r "$reqs"
+    grep -E '^(mmdet|mmsegmentation)[=<> ]' "$root/requirements/runtime.txt" > "$reqs"
+    "${pipc[@]}" -q --no-deps -r "$reqs"
+    "$venv/bin/python" - > "$reqs" <<'PY'
+import re
+from importlib.metadata import requires
+for dist in ('mmdet', 'mmsegmentation'):
+    for req in requires(dist) or ():
+        name = re.split(r'[ ;<>=!~\[]', req, maxsplit=1)[0]
+        if 'extra ==' not in req and name.lower() not in ('mmcv', 'mmengine'):
+            print(req)
+PY
+    "${pipc[@]}" -q -r "$reqs"
+    rm -f "$reqs"
+fi
 # mmdeploy without its protobuf pin, mim without opendatalab (the files say why).
 "${pipc[@]}" -q --no-deps -r "$root/requirements/mmdeploy.txt" -r "$root/requirements/mim.txt"
 "${pipc[@]}" -q --no-build-isolation --no-deps -e "$root"
 
-"$venv/bin/python" - <<'PY'
+if [ "$ops" != 1 ]; then
+    # The ops shim at start-up, only when MMREST_OPS_SHIM=1 (and only while
+    # mmcv has no compiled ops: the shim steps aside for the real ones).
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "import os; os.environ.get('MMREST_OPS_SHIM') == '1' and __import__('mmrest_tools.ops_shim').ops_shim.install()" \
+        > "$site/mmrest_ops_shim.pth"
+fi
+
+MMREST_OPS_SHIM="$([ "$ops" = 1 ] || echo 1)" MMREST_TORCH="$torch_version" "$venv/bin/python" - <<'PY'
+import os
 import torch, mmcv, mmdet, mmseg, mmengine
-from mmcv.ops import nms, RoIAlign  # noqa: F401  (the compiled ops load)
-assert torch.__version__.startswith('2.13.0'), torch.__version__
+from mmcv.ops import nms, RoIAlign  # noqa: F401  (the compiled ops, or the shim, load)
+assert torch.__version__.startswith(os.environ['MMREST_TORCH']), torch.__version__
 print(f'torch {torch.__version__}, mmengine {mmengine.__version__}, '
       f'mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}')
 PY

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..utils import torch_compat
+
 # Elements of one query chunk's attention logits (batch x heads x rows x M)
 # per intra-op thread (up to 4) on the CPU. About 4 MB in float32 per
 # thread: the chunk is mixed, normalised and multiplied by the values while
@@ -153,12 +155,9 @@ def graph_capture() -> bool:
     gets the same exact formulas as plain tensor operations
     (:func:`_attention_chunk` over all queries at once).
     """
-    compiler = getattr(torch, 'compiler', None)
     return bool(
         torch.jit.is_tracing() or torch.jit.is_scripting()
-        or (compiler is not None and (
-            compiler.is_compiling() or getattr(
-                compiler, 'is_exporting', lambda: False)())))
+        or torch_compat.is_compiling() or torch_compat.is_exporting())
 
 
 def fast_paths_allowed() -> bool:
@@ -184,7 +183,27 @@ def cpu_float32(x: torch.Tensor) -> bool:
     """Float32 on the CPU outside autocast: where the cache-sized chunks of
     the MLP and oneDNN's fused linear pay off."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu'))
+            and not torch_compat.is_autocast_enabled('cpu'))
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+         attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.,
+         scale: Optional[float] = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; while torch 2.1 exports to ONNX
+    (whose exporter fails on an explicit ``scale``,
+    :data:`~mmrest.utils.torch_compat.ONNX_SDPA_SCALE_FAILS`), the same
+    formula written out: ``softmax(q k^T scale + mask) @ v``."""
+    if scale is not None and torch_compat.ONNX_SDPA_SCALE_FAILS and \
+            torch.onnx.is_in_onnx_export():
+        attn = (q * scale) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            attn = attn + attn_mask
+        attn = attn.softmax(dim=-1)
+        if dropout_p > 0:
+            attn = F.dropout(attn, dropout_p)
+        return attn @ v
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 
 def checked_linear_op(op):
@@ -456,7 +475,7 @@ def emsa_attention(q: torch.Tensor,
         Tensor: The attention output, (B, h, N, d), in the dtype of ``q``.
     """
     if mix is None:  # one head: plain softmax attention, in the inputs' dtype
-        return F.scaled_dot_product_attention(
+        return sdpa(
             q, k.contiguous(), v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
@@ -464,7 +483,9 @@ def emsa_attention(q: torch.Tensor,
             and not (attn_drop > 0 and training)):  # see use_emsa_core
         return _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements)
     dtype = q.dtype
-    core = torch.promote_types(dtype, torch.float32)
+    # torch.promote_types(dtype, torch.float32) for floating dtypes,
+    # without a call that torch 2.1's dynamo breaks its graph on
+    core = torch.float64 if dtype == torch.float64 else torch.float32
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(core), k.to(core), v.to(core)
         if mix is not None:

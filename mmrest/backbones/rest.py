@@ -39,6 +39,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_pretrained_init_cfg
+from ..utils import torch_compat
 from . import kernels
 
 
@@ -264,7 +265,7 @@ class EMSA(nn.Module):
         if kernels.use_literal():
             return self._literal_forward(x, hw_shape)
         if self.num_heads == 1 and kernels.is_inference(self) and \
-                not torch.is_autocast_enabled(x.device.type):
+                not torch_compat.is_autocast_enabled(x.device.type):
             return self._forward_one_head(x, hw_shape)
         B, N, C = x.shape
         q, k, v = self.project_qkv(x, hw_shape)

@@ -44,6 +44,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from ..utils import torch_compat
 from . import kernels
 from .rest import (PixelAttention, TokenMapsMixin, build_token_norm,
                    reduction_conv)
@@ -60,7 +61,7 @@ def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
     is saved for a backward pass and no dtype is chosen per operator, so
     buffers may be written in place and work may be reordered."""
     return kernels.is_inference(module) and \
-        not torch.is_autocast_enabled(x.device.type)
+        not torch_compat.is_autocast_enabled(x.device.type)
 
 
 class ConvStemV2(nn.Module):
@@ -216,7 +217,7 @@ class AttentionV2(nn.Module):
         k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
         v_tokens = kv[:, :, 1]                             # (B, M, C)
         v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = kernels.sdpa(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
 
         # The value branch: v as a map (channel = head * d + j), depth-wise

@@ -2,7 +2,8 @@
 """Checkpoint handling, all of it.
 
 - :mod:`.loading`: safe loading (``torch.load(weights_only=True)`` with a
-  scoped allow-list for mmengine's checkpoints) and a backbone's weights
+  scoped allow-list for mmengine's checkpoints on torch >= 2.6, mmrest's
+  restricted unpickler with the same allow-list before) and a backbone's weights
   from a checkpoint (``type='Pretrained'`` init configs);
 - :mod:`.family`: which ResT generation (v1 or v2) a checkpoint holds;
 - :mod:`.pretrained`: where the authors' ImageNet weights come from, and
@@ -15,17 +16,21 @@
 from .atomic_io import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write,
                         register_atomic_backend, remove_stale_temp_files)
 from .family import FAMILY_NAMES, check_checkpoint_family, checkpoint_family
-from .loading import (MIN_MATCHED_SHARE, PRETRAINED_CFG_KEYS, CheckpointError,
+from .loading import (MIN_MATCHED_SHARE, PRETRAINED_CFG_KEYS,
+                      RESTRICTED_PICKLE, CheckpointError, RestrictedUnpickler,
                       checkpoint_safe_globals, download_checkpoint,
                       extract_state_dict, is_http_url,
                       load_backbone_state_dict, load_checkpoint_file,
-                      load_pretrained_init_cfg, safe_loading)
+                      load_pretrained_init_cfg, mmengine_safe_loading,
+                      restricted_globals, safe_loading, safe_torch_load)
 from .pretrained import (WEIGHTS_FILES, WEIGHTS_SOURCE, check_pretrained_file,
                          is_local_path, missing_weights_message)
 
 __all__ = [
     'ATOMIC_BACKEND', 'AtomicLocalBackend', 'CheckpointError',
     'FAMILY_NAMES', 'MIN_MATCHED_SHARE', 'PRETRAINED_CFG_KEYS',
+    'RESTRICTED_PICKLE', 'RestrictedUnpickler', 'mmengine_safe_loading',
+    'restricted_globals', 'safe_torch_load',
     'WEIGHTS_FILES', 'WEIGHTS_SOURCE', 'atomic_write',
     'check_checkpoint_family', 'check_pretrained_file', 'checkpoint_family',
     'checkpoint_safe_globals', 'download_checkpoint', 'extract_state_dict',

@@ -12,10 +12,8 @@ error and leave the rest at random. Each family has keys of its own:
 """
 from typing import Iterable, Optional
 
-import torch
-
 from .loading import (CheckpointError, extract_state_dict,
-                      load_checkpoint_file)
+                      load_checkpoint_file, safe_torch_load)
 
 FAMILY_NAMES = {'v1': 'ResT (v1)', 'v2': 'ResT v2'}
 
@@ -43,8 +41,7 @@ def _peek_keys(path: str, prefix: Optional[str], map_location):
     checkpoint = None
     if '://' not in str(path):
         try:
-            checkpoint = torch.load(
-                path, map_location='cpu', weights_only=True, mmap=True)
+            checkpoint = safe_torch_load(path, map_location='cpu', mmap=True)
         except Exception:  # legacy format, unreadable: read it plainly
             checkpoint = None
     try:

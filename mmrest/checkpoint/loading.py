@@ -1,8 +1,19 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Safe checkpoint loading, and loading a backbone's weights from one.
 
-Every checkpoint mmrest loads goes through ``torch.load(weights_only=True)``:
-a file carrying a pickled payload is refused and the payload never runs.
+Every checkpoint mmrest loads is loaded weights-only: a file carrying a
+pickled payload is refused and the payload never runs. Two paths, chosen by
+what torch offers (:data:`mmrest.utils.torch_compat.TORCH_SCOPED_ALLOW_LIST`):
+
+- torch >= 2.6: ``torch.load(weights_only=True)``, torch's own restricted
+  unpickler, with the allow-list below added for the duration of the load
+  (:func:`safe_loading`);
+- torch 2.1 to 2.5 (no scoped allow-list with stand-ins): ``torch.load``
+  with ``pickle_module=`` :data:`RESTRICTED_PICKLE`, mmrest's restricted
+  unpickler, which resolves a global only from a fixed table: the tensor,
+  storage and dtype globals torch's weights-only loader accepts plus the
+  same allow-list. Nothing is registered anywhere: the table exists only in
+  that unpickler, which only mmrest's loads use.
 
 mmengine 0.10.7 checkpoints hold a few non-tensor objects: its message hub's
 ``HistoryBuffer`` (pickled with a table of its statistics methods, written
@@ -28,16 +39,23 @@ data (see ``tests/test_checkpoint.py``, which feeds them hostile pickles):
 - ``numpy.dtype`` -> :func:`_safe_dtype`: a dtype from its string code,
   never the object dtype (object arrays are refused);
 - ``builtins.bytes`` -> :func:`_empty_bytes`: ``bytes()`` only (protocol 2
-  writes an empty array's data so).
+  writes an empty array's data so);
+- ``_codecs.encode`` -> :func:`_latin1_encode` (restricted unpickler only;
+  torch's loader has its own): a ``str`` to bytes in latin-1, the way
+  protocol 2 writes bytes.
 
 The real ``getattr``, ``bytes``, ``numpy.dtype``, ``_reconstruct`` and
 ``scalar`` are never allow-listed.
 """
+import _compat_pickle
 import argparse
+import codecs
+import collections
 import contextlib
 import io
 import os
 import pickle
+import types
 import zipfile
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -45,6 +63,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+
+from ..utils import torch_compat
 
 #: ``HistoryBuffer``'s statistics methods that a checkpoint may name.
 HISTORY_STATISTICS = ('min', 'max', 'mean', 'current')
@@ -125,6 +145,17 @@ def _empty_bytes(*args):
     return b''
 
 
+def _latin1_encode(obj, encoding='latin1'):
+    """Stands in for ``_codecs.encode`` (restricted unpickler): pickle
+    protocol 2 writes ``bytes`` as ``encode(str, 'latin1')``; nothing else.
+    """
+    if type(obj) is not str or encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(
+            f'refused _codecs.encode({type(obj).__name__}, {encoding!r}): '
+            'only latin-1 text is loaded')
+    return codecs.encode(obj, 'latin1')
+
+
 def checkpoint_safe_globals() -> List:
     """What :func:`safe_loading` allow-lists (see the module docstring).
 
@@ -171,10 +202,183 @@ def safe_loading() -> Iterator[None]:
         >>> with safe_loading():
         ...     ckpt = torch.load('iter_100.pth', weights_only=True)
     """
+    if not torch_compat.TORCH_SCOPED_ALLOW_LIST:
+        raise RuntimeError(
+            f'safe_loading needs torch >= 2.6 (a scoped weights-only '
+            f'allow-list, torch.serialization.safe_globals); this is torch '
+            f'{torch.__version__}. Load with '
+            'mmrest.checkpoint.load_checkpoint_file, which uses mmrest\'s '
+            'restricted unpickler on this torch.')
     current = torch.serialization.get_safe_globals()
     new = [g for g in checkpoint_safe_globals() if g not in current]
     with torch.serialization.safe_globals(new):
         yield
+
+
+def _global_name(entry) -> str:
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f'{entry.__module__}.{entry.__qualname__}'
+
+
+def _torch_globals() -> Dict[str, object]:
+    """The tensor, storage, dtype and layout globals of torch's weights-only
+    loader (``torch._weights_only_unpickler``), those this torch has."""
+    found = {
+        'collections.OrderedDict': collections.OrderedDict,
+        'collections.Counter': collections.Counter,
+        'torch.nn.parameter.Parameter': torch.nn.Parameter,
+        'torch.Size': torch.Size,
+        'torch.Tensor': torch.Tensor,
+        'torch.device': torch.device,
+        'builtins.set': set,
+        'builtins.frozenset': frozenset,
+        'builtins.complex': complex,
+        'builtins.bytearray': bytearray,
+    }
+    layout = getattr(torch.serialization, '_get_layout', None)
+    if layout is not None:
+        found['torch.serialization._get_layout'] = layout
+    for name in dir(torch):
+        value = getattr(torch, name, None)
+        if isinstance(value, (torch.dtype, torch.layout,
+                              torch.memory_format)) or (
+                type(value).__name__ == 'qscheme'):
+            found[f'torch.{name}'] = value
+    for cls in list(torch._tensor_classes) + list(torch._storage_classes):
+        found[f'{cls.__module__}.{cls.__name__}'] = cls
+    for name in ('_rebuild_parameter', '_rebuild_parameter_with_state',
+                 '_rebuild_qtensor', '_rebuild_tensor', '_rebuild_tensor_v2',
+                 '_rebuild_tensor_v3', '_rebuild_sparse_tensor',
+                 '_rebuild_meta_tensor_no_storage', '_rebuild_nested_tensor',
+                 '_rebuild_device_tensor_from_numpy',
+                 '_rebuild_device_tensor_from_cpu_tensor'):
+        function = getattr(torch._utils, name, None)
+        if function is not None:
+            found[f'torch._utils.{name}'] = function
+    found['torch._tensor._rebuild_from_type_v2'] = \
+        torch._tensor._rebuild_from_type_v2
+    return found
+
+
+def restricted_globals() -> Dict[str, object]:
+    """What :class:`RestrictedUnpickler` resolves, by ``'module.name'``:
+    torch's tensor globals and :func:`checkpoint_safe_globals` (stand-ins
+    under the names they replace), plus ``_codecs.encode`` ->
+    :func:`_latin1_encode`."""
+    table = _torch_globals()
+    for entry in checkpoint_safe_globals():
+        table[_global_name(entry)] = entry[0] if isinstance(
+            entry, tuple) else entry
+    table['_codecs.encode'] = _latin1_encode
+    return table
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of
+    :func:`restricted_globals`: any other (``os.system``, ``eval``, a class
+    with side effects) is an :class:`pickle.UnpicklingError` before anything
+    runs. mmrest's loads on torch < 2.6 use it through
+    ``torch.load(pickle_module=RESTRICTED_PICKLE)`` (see the module
+    docstring); it can be used on any torch.
+    """
+
+    def find_class(self, module: str, name: str):
+        # Python 2 names (pickle protocol 2 writes builtins as
+        # __builtin__), mapped as pickle's own find_class does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        found = _RESTRICTED.get(f'{module}.{name}')
+        if found is None:
+            raise pickle.UnpicklingError(
+                f'refused global {module}.{name}: not a tensor, number or '
+                'the data of an mmengine checkpoint')
+        return found
+
+
+def _restricted_load(file, **kwargs):
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+def _restricted_loads(data, **kwargs):
+    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
+
+
+#: A stand-in ``pickle`` module for ``torch.load(pickle_module=...)``:
+#: :class:`RestrictedUnpickler` as its ``Unpickler``.
+RESTRICTED_PICKLE = types.ModuleType('mmrest_restricted_pickle')
+RESTRICTED_PICKLE.Unpickler = RestrictedUnpickler
+RESTRICTED_PICKLE.load = _restricted_load
+RESTRICTED_PICKLE.loads = _restricted_loads
+RESTRICTED_PICKLE.UnpicklingError = pickle.UnpicklingError
+RESTRICTED_PICKLE.__version__ = pickle.format_version
+_RESTRICTED = restricted_globals()
+
+
+def safe_torch_load(source, map_location='cpu', mmap: bool = False,
+                    restricted: Optional[bool] = None):
+    """``torch.load`` weights-only with mmrest's allow-list, on any torch.
+
+    Args:
+        source (str | file): What :func:`torch.load` reads.
+        map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
+        mmap (bool): Memory-map the file (a path). Defaults to False.
+        restricted (bool, optional): True: mmrest's restricted unpickler;
+            False: torch's weights-only loader under :func:`safe_loading`
+            (torch >= 2.6). Defaults to None: the latter where torch has
+            it (:data:`~mmrest.utils.torch_compat.TORCH_SCOPED_ALLOW_LIST`).
+
+    Raises:
+        pickle.UnpicklingError: The file names a global outside the
+            allow-list (its code never runs).
+    """
+    if restricted is None:
+        restricted = not torch_compat.TORCH_SCOPED_ALLOW_LIST
+    extra = {}
+    if mmap:  # torch < 2.2 memory-maps str paths only
+        source, extra = os.fspath(source), dict(mmap=True)
+    if restricted:
+        return torch.load(source, map_location=map_location,
+                          pickle_module=RESTRICTED_PICKLE, weights_only=False,
+                          **extra)
+    with safe_loading():
+        return torch.load(source, map_location=map_location,
+                          weights_only=True, **extra)
+
+
+@contextlib.contextmanager
+def mmengine_safe_loading() -> Iterator[None]:
+    """mmengine's checkpoint loads (``runner.load_checkpoint``, ``resume``,
+    ``mmengine.runner.load_checkpoint``) of local files are weights-only
+    inside the ``with`` block, with mmrest's allow-list, on every torch:
+    :func:`safe_loading` on torch >= 2.6 (mmengine's ``torch.load`` is
+    weights-only by default there); before, mmengine's loader of local
+    files is replaced by :func:`safe_torch_load` for the duration of the
+    block (like torch's allow-list, that is process-wide while it lasts).
+    """
+    if torch_compat.TORCH_SCOPED_ALLOW_LIST:
+        with safe_loading():
+            yield
+        return
+    from mmengine.runner.checkpoint import CheckpointLoader
+    previous = CheckpointLoader._schemes.get('')
+
+    def load_from_local(filename, map_location):
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return safe_torch_load(filename, map_location=map_location)
+
+    CheckpointLoader._schemes[''] = load_from_local
+    try:
+        yield
+    finally:
+        if previous is None:
+            CheckpointLoader._schemes.pop('', None)
+        else:
+            CheckpointLoader._schemes[''] = previous
 
 
 class CheckpointError(RuntimeError):
@@ -203,9 +407,8 @@ def download_checkpoint(url: str) -> str:
 
 
 def load_checkpoint_file(path: str, map_location='cpu') -> Dict:
-    """Load a checkpoint with ``weights_only=True`` and clear errors.
-
-    mmengine checkpoints load under :func:`safe_loading`.
+    """Load a checkpoint weights-only (:func:`safe_torch_load`) with clear
+    errors; mmengine checkpoints load too.
 
     Args:
         path (str): A local file, an http(s) URL (downloaded into torch
@@ -235,9 +438,7 @@ def load_checkpoint_file(path: str, map_location='cpu') -> Dict:
             raise FileNotFoundError(f'Checkpoint file not found: {path!r}')
         source = path
     try:
-        with safe_loading():
-            return torch.load(source, map_location=map_location,
-                              weights_only=True)
+        return safe_torch_load(source, map_location=map_location)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f'Refused to load {path!r}: it holds objects other than weights '

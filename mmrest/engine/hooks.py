@@ -43,10 +43,12 @@ class AtomicCheckpointHook(CheckpointHook):
     object stores make a put all-or-nothing themselves.
 
     It also loads the runner's ``resume`` / ``load_from`` checkpoint under
-    :func:`mmrest.checkpoint.safe_loading`: torch >= 2.6 loads with
-    ``weights_only=True`` and refuses mmengine's checkpoints (their message
-    hub holds numpy arrays and ``HistoryBuffer`` objects); the hook
-    allow-lists those types for that load only (in
+    :func:`mmrest.checkpoint.mmengine_safe_loading`: torch >= 2.6 loads
+    with ``weights_only=True`` and refuses mmengine's checkpoints (their
+    message hub holds numpy arrays and ``HistoryBuffer`` objects); the hook
+    allow-lists those types for that load only. On torch < 2.6, where
+    mmengine's ``torch.load`` would unpickle anything, the load goes
+    through mmrest's restricted unpickler with the same allow-list (in
     :meth:`before_run`, it wraps this runner's ``load_checkpoint``, which
     ``resume`` calls too). This works for checkpoints saved with or without
     mmrest imported. An http(s) URL is downloaded into torch hub's cache
@@ -85,10 +87,10 @@ class AtomicCheckpointHook(CheckpointHook):
         @functools.wraps(load)
         def load_checkpoint(filename, *args, **kwargs):
             from ..checkpoint import (download_checkpoint, is_http_url,
-                                      safe_loading)
+                                      mmengine_safe_loading)
             if is_http_url(filename):  # mmengine would load it unsafely
                 filename = download_checkpoint(filename)
-            with safe_loading():
+            with mmengine_safe_loading():
                 return load(filename, *args, **kwargs)
 
         load_checkpoint._mmrest_safe_loading = True

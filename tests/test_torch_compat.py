@@ -1,0 +1,118 @@
+"""mmrest.utils.torch_compat: the same answers from the torch >= 2.x APIs
+and from their torch 2.1 replacements (each replacement forced here on the
+installed torch, and checked against what is actually the case)."""
+import pytest
+import torch
+
+from mmrest.utils import torch_compat
+
+
+@pytest.mark.parametrize('version, expected', [
+    ('2.1.2+cu121', (2, 1)), ('2.13.0', (2, 13)), ('2.6.0a0+git1234', (2, 6)),
+    ('2.10.0.dev20260101', (2, 10))])
+def test_torch_version(monkeypatch, version, expected):
+    monkeypatch.setattr(torch, '__version__', version)
+    assert torch_compat.torch_version() == expected
+
+
+@pytest.mark.parametrize('takes_device', [True, False])
+def test_is_autocast_enabled(monkeypatch, takes_device):
+    """With and without the device argument (torch < 2.4), CPU autocast is
+    reported inside its block and nowhere else."""
+    if takes_device and not torch_compat._AUTOCAST_TAKES_DEVICE:
+        pytest.skip('torch < 2.4: is_autocast_enabled takes no device')
+    monkeypatch.setattr(torch_compat, '_AUTOCAST_TAKES_DEVICE', takes_device)
+    assert not torch_compat.is_autocast_enabled('cpu')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch_compat.is_autocast_enabled('cpu')
+        assert not torch_compat.is_autocast_enabled('cuda')
+        with torch.autocast('cpu', enabled=False):
+            assert not torch_compat.is_autocast_enabled('cpu')
+    assert not torch_compat.is_autocast_enabled('cpu')
+    if not takes_device:  # a device torch < 2.4 has no query for
+        assert not torch_compat.is_autocast_enabled('no_such_device')
+
+
+def test_is_compiling_inside_torch_compile():
+    """False in eager mode, True while torch.compile traces (the graph
+    records the branch taken)."""
+    assert not torch_compat.is_compiling()
+
+    def f(x):
+        return x + 1 if torch_compat.is_compiling() else x - 1
+
+    x = torch.zeros(3)
+    assert torch.equal(f(x), x - 1)
+    assert torch.equal(torch.compile(f, backend='eager')(x), x + 1)
+
+
+def test_is_compiling_fallback_is_torch_dynamo():
+    """The torch < 2.3 replacement is dynamo's own flag, where torch has
+    it; on a torch with torch.compiler.is_compiling that is the one used."""
+    function = torch_compat._is_compiling_function()
+    compiler = getattr(torch.compiler, 'is_compiling', None)
+    if compiler is not None:
+        assert function is compiler
+    else:
+        from torch._dynamo import is_compiling
+        assert function is is_compiling
+
+
+def test_onnx_export_has_dynamo_matches_the_signature():
+    import inspect
+    has = 'dynamo' in inspect.signature(torch.onnx.export).parameters
+    assert torch_compat.ONNX_EXPORT_HAS_DYNAMO is has
+    assert has == (torch_compat.torch_version() >= (2, 5))
+
+
+def test_scoped_allow_list_flag():
+    assert torch_compat.TORCH_SCOPED_ALLOW_LIST == (
+        torch_compat.torch_version() >= (2, 6))
+    if torch_compat.TORCH_SCOPED_ALLOW_LIST:
+        assert hasattr(torch.serialization, 'safe_globals')
+
+
+def test_grad_scaler_without_torch_amp(monkeypatch):
+    """Before torch.amp.GradScaler (torch < 2.3) a CUDA scaler is
+    torch.cuda.amp's, and another device is an error that says why."""
+    if hasattr(torch, 'amp') and hasattr(torch.amp, 'GradScaler'):
+        scaler = torch_compat.grad_scaler('cpu')
+        assert isinstance(scaler, torch.amp.GradScaler)
+        monkeypatch.delattr(torch.amp, 'GradScaler')
+    with pytest.raises(RuntimeError, match=r"'cpu'.*torch >= 2\.3"):
+        torch_compat.grad_scaler('cpu')
+    import warnings
+    with warnings.catch_warnings():  # no CUDA here; deprecated on new torch
+        warnings.simplefilter('ignore')
+        scaler = torch_compat.grad_scaler('cuda')
+    assert type(scaler).__module__.startswith('torch.')
+    assert hasattr(scaler, 'scale') and hasattr(scaler, 'step')
+
+
+def test_cpu_fused_adamw_flag():
+    """The flag says whether AdamW(fused=True) takes CPU parameters."""
+    param = torch.zeros(2, requires_grad=True)
+    try:
+        torch.optim.AdamW([param], fused=True)
+        works = True
+    except RuntimeError:
+        works = False
+    assert torch_compat.CPU_FUSED_ADAMW is works
+
+
+@pytest.mark.parametrize('has_cpu_fused', [True, False])
+def test_drop_unsupported_fused(monkeypatch, has_cpu_fused):
+    """fused=True goes only for the CPU on a torch without the CPU kernel;
+    the rest of the optimizer config stays."""
+    monkeypatch.setattr(torch_compat, 'CPU_FUSED_ADAMW', has_cpu_fused)
+    cfg = dict(type='AdamW', lr=1e-3, fused=True)
+    assert torch_compat.drop_unsupported_fused(cfg, 'cpu') is (
+        not has_cpu_fused)
+    assert cfg == (dict(type='AdamW', lr=1e-3, fused=True) if has_cpu_fused
+                   else dict(type='AdamW', lr=1e-3))
+    cfg = dict(type='AdamW', lr=1e-3, fused=True)
+    assert not torch_compat.drop_unsupported_fused(cfg, 'cuda')
+    assert cfg['fused'] is True
+    cfg = dict(type='AdamW', lr=1e-3)
+    assert not torch_compat.drop_unsupported_fused(cfg, 'cpu')
+    assert cfg == dict(type='AdamW', lr=1e-3)
