@@ -30,10 +30,10 @@ EPS32 = torch.finfo(torch.float32).eps
 # dominates the literal error); before that work, kernels that accumulate
 # differently (oneDNN's channels-last convolution and long linears) made it
 # up to 2.4x (ResT v2-L, stage 4): the ratio of two float32 errors moves by
-# that much between kernels, so between CPUs. 4 leaves room for CPUs that round differently (another SIMD
-# width or kernel) while a wrong formula (a missing normalisation, a
-# transposed weight) is off by 1e-3 to 1, hundreds to millions of times
-# the float32 error.
+# that much between kernels, so between CPUs. 4 leaves room for CPUs that
+# round differently (another SIMD width or kernel) while a wrong formula (a
+# missing normalisation, a transposed weight) is off by 1e-3 to 1, hundreds
+# to millions of times the float32 error.
 ERROR_FACTOR = 4.0
 # The same for gradients. A parameter's gradient is a reduction over all
 # tokens of back-propagated quantities that each carry the forward error,

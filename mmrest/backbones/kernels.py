@@ -14,10 +14,17 @@ may run.
 * :func:`emsa_attention`: EMSA's attention core (``q k^T``, the 1x1 head
   mixing, softmax, InstanceNorm, ``@ v``) without N x M maps kept whole:
   query chunks, the InstanceNorm's mean known exactly (1/M), its variance
-  accumulated chunk by chunk and its division applied after ``@ v``;
+  accumulated chunk by chunk and its division applied after ``@ v``; in
+  inference the centred probabilities without cancellation
+  (:func:`centred_softmax_`);
 * :func:`linear`: oneDNN's fused linear (bias and GELU applied as the output
-  is written) where nothing needs a gradient, on the CPU in float32;
+  is written) where nothing needs a gradient, on the CPU in float32, for up
+  to ``ONEDNN_MAX_IN_FEATURES`` input features;
+* :func:`add_residual_mlp_`: the MLP over chunks of tokens, added to them
+  in place;
 * :func:`conv_norm`: an eval-mode BatchNorm folded into its convolution;
+  :func:`run_conv`: dense convolutions of channels-last maps on NCHW
+  copies in inference (oneDNN's NCHW kernel is the more accurate);
 * :func:`checkpoint`: gradient checkpointing whose recomputation keeps the
   forward pass's setting of the switch.
 

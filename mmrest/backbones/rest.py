@@ -17,9 +17,12 @@ rounding:
 * in inference (eval mode, no autograd) the BatchNorms are folded into the
   convolutions before them, the attention keeps its intermediates in
   reused buffers, the MLP runs over chunks of tokens so that its 4x-wide
-  hidden activations stay in cache, the linears use oneDNN's kernel (bias
-  and GELU applied as the output is written), and one-head attention has
-  its query and output projections folded into its keys and values.
+  hidden activations stay in cache, the narrower linears use oneDNN's
+  kernel (bias and GELU applied as the output is written), the dense
+  convolutions read NCHW copies of the maps (oneDNN's channels-last kernel
+  is less accurate, see :func:`kernels.run_conv
+  <mmrest.backbones.kernels.run_conv>`), and one-head attention has its
+  query and output projections folded into its keys and values.
 
 Each module also holds the literal computation, the authors' operators in
 the authors' order, beside its fast one: :func:`kernels.literal()
