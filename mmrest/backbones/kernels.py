@@ -14,10 +14,17 @@ may run.
 * :func:`emsa_attention`: EMSA's attention core (``q k^T``, the 1x1 head
   mixing, softmax, InstanceNorm, ``@ v``) without N x M maps kept whole:
   query chunks, the InstanceNorm's mean known exactly (1/M), its variance
-  accumulated chunk by chunk and its division applied after ``@ v``;
+  accumulated chunk by chunk and its division applied after ``@ v``; in
+  inference the centred probabilities without cancellation
+  (:func:`centred_softmax_`);
 * :func:`linear`: oneDNN's fused linear (bias and GELU applied as the output
-  is written) where nothing needs a gradient, on the CPU in float32;
+  is written) where nothing needs a gradient, on the CPU in float32, for up
+  to ``ONEDNN_MAX_IN_FEATURES`` input features;
+* :func:`add_residual_mlp_`: the MLP over chunks of tokens, added to them
+  in place;
 * :func:`conv_norm`: an eval-mode BatchNorm folded into its convolution;
+  :func:`run_conv`: dense convolutions of channels-last maps on NCHW
+  copies in inference (oneDNN's NCHW kernel is the more accurate);
 * :func:`checkpoint`: gradient checkpointing whose recomputation keeps the
   forward pass's setting of the switch.
 
@@ -250,6 +257,10 @@ def is_exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == 'none'
 
 
+# The longest input (reduction) of a linear run by oneDNN (see :func:`linear`).
+ONEDNN_MAX_IN_FEATURES = 192
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor,
             bias: Optional[torch.Tensor] = None,
             gelu: bool = False) -> torch.Tensor:
@@ -264,10 +275,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     autograd, knows no autocast, and a recorded graph must see the literal
     operators (see :func:`graph_capture`), so otherwise (and with the
     literal switch on, see :func:`fast_paths_allowed`) it is ``F.linear``.
+
+    Only for up to ``ONEDNN_MAX_IN_FEATURES`` input features: oneDNN
+    accumulates each output over all of them in one chain, where MKL's
+    ``F.linear`` blocks longer sums, and from 224 input features on
+    oneDNN's float32 error against float64 was 1.4x (256, 384) to 1.5x
+    (768) MKL's (below, the two are equal; AMD EPYC, torch 2.13). These are
+    ResT's wide stages, whose few tokens and long products make the extra
+    bias and GELU passes cheap.
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if (ONEDNN_LINEAR is not None and not needs_grad
+            and x.shape[-1] <= ONEDNN_MAX_IN_FEATURES
             and fast_paths_allowed() and cpu_float32(x)
             and weight.dtype == torch.float32
             and torch.backends.mkldnn.enabled):
@@ -276,6 +296,50 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
         return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
     out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def add_residual_mlp_(tokens: torch.Tensor, norm: nn.Module,
+                      mlp: nn.Module) -> torch.Tensor:
+    """``tokens += mlp(norm(tokens))`` in place, over chunks of tokens
+    (eval-mode inference without autograd).
+
+    The MLP (``fc1``, ``act``, ``fc2``) acts on each token alone, so it runs
+    over chunks of ``MLP_CHUNK_ELEMENTS`` hidden activations per thread:
+    they never exist whole, stay in cache and reuse memory; each chunk's
+    LayerNorm reads its tokens before they are updated. ``fc1`` and the
+    exact GELU are one :func:`linear`. ``fc2`` (bias included, as
+    ``F.linear``) writes into a chunk-sized buffer that is then added to
+    the tokens: accumulating the product into the tokens themselves
+    (``addmm_``) adds each of MKL's partial sums over the 4C hidden
+    channels to the large residual, one rounding at the residual's scale
+    per block, and made ResT v2's stage 3 and 4 outputs 1.06x to 1.08x as
+    far from float64 as the literal ``x + fc2(...)``.
+
+    Args:
+        tokens (Tensor): (B, N, C) tokens, contiguous; updated in place.
+        norm (nn.Module): The LayerNorm before the MLP.
+        mlp (nn.Module): A module with ``fc1``, ``act`` and ``fc2``.
+
+    Returns:
+        Tensor: ``tokens``.
+    """
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    flat = tokens.view(-1, tokens.shape[-1])
+    rows = max(1, per_call(MLP_CHUNK_ELEMENTS) // fc1.out_features)
+    gelu = is_exact_gelu(mlp.act)  # fused in the linear
+    weight_t = fc2.weight.t()
+    out = flat.new_empty(min(rows, flat.shape[0]), flat.shape[1])
+    for chunk in flat.split(rows):
+        hidden = linear(norm(chunk), fc1.weight, fc1.bias, gelu=gelu)
+        if not gelu:
+            hidden = mlp.act(hidden)
+        part = out[:chunk.shape[0]]
+        if fc2.bias is None:
+            torch.mm(hidden, weight_t, out=part)
+        else:
+            torch.addmm(fc2.bias, hidden, weight_t, out=part)
+        chunk.add_(part)
+    return tokens
 
 
 class MixHeads(torch.autograd.Function):
@@ -360,6 +424,51 @@ def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return centred @ v, sq_sum
 
 
+def centred_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits, -1) - 1 / M`` in place, without cancellation.
+
+    EMSA's InstanceNorm centres the probabilities of each row, which lie
+    close to their mean ``1 / M`` when the attention is spread out, and
+    divides by their small spread. Computed as ``softmax - 1 / M`` (or as
+    the authors do, softmax then InstanceNorm), each probability's rounding
+    error (a few units of float32 epsilon relative to ``1 / M``, from the
+    ``exp`` and the division) survives the subtraction while the centred
+    value is much smaller, and the division by the spread amplifies it:
+    with the authors' initialisation this is nearly all of the float32
+    error of a ResT (measured with ``tools/precision_report.py``).
+
+    Here, with any shift ``c`` per row, ``e = exp(x - c)``, ``z = e - 1``
+    and ``S = sum e = M + sum z``, the same value is::
+
+        softmax(x) - 1 / M = (e - mean e) / S = (z - mean z) / S.
+
+    ``z = expm1(x - c)`` is accurate relative to itself however small, and
+    ``z - mean z`` cancels nothing of size ``1 / M``, so on a spread-out row
+    the centred values keep float32 accuracy relative to themselves. ``c``
+    is ``max(mean x, max x - log M)``: both are lower bounds of the log of
+    the mean of ``exp(x)``, so ``M <= S`` (the ``- 1`` of a small ``e``
+    costs no more than ``- 1 / M`` does) and ``e <= M`` (no overflow); on
+    a spread-out row ``c`` is the mean. The same formula, no approximation;
+    six passes over the row in cache (mean, max, subtract, expm1, sum, one
+    fused scale) against softmax's three and the subtraction.
+
+    Args:
+        logits (Tensor): (..., M) logits, overwritten.
+
+    Returns:
+        Tensor: ``logits``, holding the centred probabilities.
+    """
+    M = logits.shape[-1]
+    shift = torch.maximum(logits.mean(dim=-1, keepdim=True),
+                          logits.amax(dim=-1, keepdim=True).sub_(math.log(M)))
+    torch.expm1(logits.sub_(shift), out=logits)      # z = e - 1
+    excess = logits.sum(dim=-1, keepdim=True)         # S - M
+    inv_sum = (excess + M).reciprocal_()              # 1 / S
+    # (z - excess / M) / S, in one pass
+    return torch.addcmul(excess.div_(-M).mul_(inv_sum), logits, inv_sum,
+                         out=logits)
+
+
 def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mix: torch.Tensor, eps: float,
                        chunk_elements: int) -> torch.Tensor:
@@ -368,11 +477,12 @@ def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The computation of :func:`_attention_chunk` over query chunks, with as
     few operations per chunk as possible and no allocation: two buffers of
     one chunk's logits serve every chunk, in place. The head mixing's bias
-    is left out (a softmax cannot see it), the centred probabilities' sum
-    of squares is kept per query row (norms over M, summed at the end) and
-    each chunk's ``@ v`` is written straight into the output. With B == 1
-    the output is laid out as (B, N, h, d), so merging the heads back into
-    tokens copies nothing.
+    is left out (a softmax cannot see it), the centred probabilities come
+    from :func:`centred_softmax_` (without the cancellation of
+    ``softmax - 1 / M``), their sum of squares is kept per query row (norms
+    over M, summed at the end) and each chunk's ``@ v`` is written straight
+    into the output. With B == 1 the output is laid out as (B, N, h, d), so
+    merging the heads back into tokens copies nothing.
     """
     B, h, N, d = q.shape
     M = k.shape[2]
@@ -398,8 +508,7 @@ def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         attn = torch.bmm(
             mix, attn.view(B, h, n * M),
             out=probs[:size].view(B, h, n * M)).view(bh, n, M)
-        torch.softmax(attn, dim=-1, out=attn)
-        attn.sub_(1.0 / M)
+        centred_softmax_(attn)
         torch.linalg.vector_norm(
             attn, dim=-1, out=row_norms[:, start:start + n])
         torch.bmm(attn, v, out=out_heads[:, start:start + n])
@@ -533,6 +642,52 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
     return torch.cat(outs, dim=2) * inv_std
 
 
+# Terms of a convolution's reduction (in_channels / groups x kernel taps)
+# from which the CPU's float32 inference runs it on an NCHW input (see
+# :func:`run_conv`).
+NCHW_CONV_TERMS = 128
+
+
+def _nchw_conv(conv: nn.Conv2d, x: torch.Tensor, *params) -> bool:
+    """Whether :func:`run_conv` runs ``conv`` on an NCHW copy of ``x``."""
+    terms = conv.in_channels // conv.groups * conv.kernel_size[0] * \
+        conv.kernel_size[1]
+    return (terms >= NCHW_CONV_TERMS and conv.groups == 1
+            and fast_paths_allowed() and cpu_float32(x)
+            and _layout_of(x) == torch.channels_last
+            and torch.backends.mkldnn.enabled
+            and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, *params))))
+
+
+def run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, in CPU float32 inference (no autograd) of a dense
+    convolution on a channels-last map computed on an NCHW copy of ``x``
+    and returned channels-last (the same values, the layout of the maps).
+
+    For a channels-last input oneDNN (3.x, in torch 2.13) picks its brgemm
+    convolution, which accumulates each output over all of its
+    ``in_channels x kh x kw`` terms in one chain; for NCHW it picks its
+    blocked direct convolution. The first has 1.7x (48 input channels) to
+    4.3x (384) the float32 error of the second against float64 on ResT's
+    3x3 patch embeddings (AMD EPYC), which made the channels-last maps
+    twice as far from float64 as the authors' NCHW computation at ResT
+    v2's stage 4 (``tools/precision_report.py``). Depth-wise and 1x1
+    convolutions, and reductions of fewer than ``NCHW_CONV_TERMS`` terms
+    (the stems' first conv, 27), are as accurate in either layout and are
+    left alone. The cost is two copies of maps per dense convolution
+    (memory-bound passes, small beside the convolution's arithmetic).
+
+    Args:
+        conv (nn.Conv2d): The convolution (called as a module).
+        x (Tensor): Its input map.
+    """
+    if _nchw_conv(conv, x, conv.weight, conv.bias):
+        return conv(x.contiguous()).contiguous(
+            memory_format=torch.channels_last)
+    return conv(x)
+
+
 def conv_norm(conv: nn.Conv2d, norm: nn.Module,
                x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))``; an eval-mode BatchNorm is folded into the conv.
@@ -558,8 +713,10 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module,
     if norm.bias is not None:
         bias = bias + norm.bias
     weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding,
-                    conv.dilation, conv.groups)
+    nchw = _nchw_conv(conv, x, weight, bias)  # see :func:`run_conv`
+    out = F.conv2d(x.contiguous() if nchw else x, weight, bias, conv.stride,
+                   conv.padding, conv.dilation, conv.groups)
+    return out.contiguous(memory_format=torch.channels_last) if nchw else out
 
 
 def _layout_of(x: torch.Tensor) -> torch.memory_format:

@@ -17,9 +17,12 @@ rounding:
 * in inference (eval mode, no autograd) the BatchNorms are folded into the
   convolutions before them, the attention keeps its intermediates in
   reused buffers, the MLP runs over chunks of tokens so that its 4x-wide
-  hidden activations stay in cache, the linears use oneDNN's kernel (bias
-  and GELU applied as the output is written), and one-head attention has
-  its query and output projections folded into its keys and values.
+  hidden activations stay in cache, the narrower linears use oneDNN's
+  kernel (bias and GELU applied as the output is written), the dense
+  convolutions read NCHW copies of the maps (oneDNN's channels-last kernel
+  is less accurate, see :func:`kernels.run_conv
+  <mmrest.backbones.kernels.run_conv>`), and one-head attention has its
+  query and output projections folded into its keys and values.
 
 Each module also holds the literal computation, the authors' operators in
 the authors' order, beside its fast one: :func:`kernels.literal()
@@ -98,7 +101,7 @@ class Stem(nn.Module):
                        inplace=True)
             x = F.relu(kernels.conv_norm(self.conv2, self.norm2, x),
                        inplace=True)
-        return self.pos(self.conv3(x))
+        return self.pos(kernels.run_conv(self.conv3, x))
 
 
 class PatchEmbed(nn.Module):
@@ -366,25 +369,11 @@ class Block(nn.Module):
 
         The MLP acts on each token alone, so it runs over chunks of tokens
         and adds its output in place: its hidden activations (4x the
-        tokens' size) never exist whole, stay in cache and reuse memory.
-        The second Linear's bias is added to all tokens at the end (each
-        chunk's LayerNorm has read its tokens by then).
+        tokens' size) never exist whole, stay in cache and reuse memory
+        (:func:`~mmrest.backbones.kernels.add_residual_mlp_`).
         """
         x = (x + self.attn(self.norm1(x), hw_shape)).contiguous()
-        mlp = self.mlp
-        fc2_weight_t = mlp.fc2.weight.t()
-        rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
-                   mlp.fc1.out_features)
-        gelu = kernels.is_exact_gelu(mlp.act)  # fused in the linear
-        for chunk in x.view(-1, x.shape[-1]).split(rows):
-            hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
-                                    mlp.fc1.bias, gelu=gelu)
-            if not gelu:
-                hidden = mlp.act(hidden)
-            chunk.addmm_(hidden, fc2_weight_t)  # x += hidden @ W2^T
-        if mlp.fc2.bias is not None:
-            x.add_(mlp.fc2.bias)
-        return x
+        return kernels.add_residual_mlp_(x, self.norm2, self.mlp)
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
         # The literal computation (kernels.literal) is _forward: the MLP on

@@ -95,7 +95,12 @@ class ConvStemV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map (B, C0, H/4, W/4), before the token norm."""
-        return self.pos(self.proj(x))
+        if kernels.use_literal():
+            return self.pos(self.proj(x))
+        for layer in self.proj:  # dense convs as kernels.run_conv runs them
+            x = kernels.run_conv(layer, x) if isinstance(layer, nn.Conv2d) \
+                else layer(x)
+        return self.pos(x)
 
 
 class PatchEmbedV2(nn.Module):
@@ -117,7 +122,7 @@ class PatchEmbedV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map, before the token norm."""
-        return self.pos(self.proj(x))
+        return self.pos(kernels.run_conv(self.proj, x))
 
 
 class AttentionV2(nn.Module):
@@ -298,31 +303,19 @@ class BlockV2(nn.Module):
                            hw_shape: Sequence[int]) -> torch.Tensor:
         """:meth:`_forward` in eager inference (:func:`_eager_inference`).
 
-        The output projection and the MLP's second Linear accumulate into
-        the tokens in place (``x += y @ W^T``, then the bias), and the MLP
-        runs over chunks of tokens: it acts on each token alone, so its 4x
-        wide hidden activations never exist whole and stay in cache. Each
-        chunk's LayerNorm reads its tokens before they are updated. The
-        same sums, grouped otherwise.
+        The output projection (a :func:`~mmrest.backbones.kernels.linear`)
+        and the MLP are added to the tokens in place, and the MLP runs over
+        chunks of tokens: it acts on each token alone, so its 4x wide
+        hidden activations never exist whole and stay in cache
+        (:func:`~mmrest.backbones.kernels.add_residual_mlp_`). Each
+        product is rounded before it is added to the residual, as in
+        ``x + proj(y)``. The same sums, grouped otherwise.
         """
-        C = x.shape[-1]
         y = self.attn.attend(self.norm1(x), hw_shape)
-        x = x.contiguous()
-        tokens = x.view(-1, C)
         proj = self.attn.proj
-        tokens.addmm_(y.reshape(-1, C), proj.weight.t())
-        tokens.add_(proj.bias)
-        mlp = self.mlp
-        rows = max(1, kernels.per_call(kernels.MLP_CHUNK_ELEMENTS) //
-                   mlp.fc1.out_features)
-        gelu = kernels.is_exact_gelu(mlp.act)  # fused in the linear
-        for chunk in tokens.split(rows):
-            hidden = kernels.linear(self.norm2(chunk), mlp.fc1.weight,
-                                    mlp.fc1.bias, gelu=gelu)
-            if not gelu:
-                hidden = mlp.act(hidden)
-            chunk.addmm_(hidden, mlp.fc2.weight.t())
-        return x.add_(mlp.fc2.bias)
+        x = x.contiguous()
+        x.add_(kernels.linear(y, proj.weight, proj.bias))
+        return kernels.add_residual_mlp_(x, self.norm2, self.mlp)
 
     def forward(self, x: torch.Tensor,
                 hw_shape: Sequence[int]) -> torch.Tensor:
