@@ -167,6 +167,36 @@ def graph_capture() -> bool:
         or torch_compat.is_compiling() or torch_compat.is_exporting())
 
 
+def token_map(x: torch.Tensor, hw_shape) -> torch.Tensor:
+    """Tokens (B, H * W, C) as the channels-last (B, C, H, W) map of
+    ``hw_shape``: a view, no copy.
+
+    Under ``torch.compile`` the map is a contiguous (NCHW) copy, the same
+    values: Inductor cannot order the strides of a view that it keeps for
+    the backward pass when the sizes are symbolic (automatic dynamic
+    shapes after a second input size; torch 2.13 fails with ``cannot
+    determine truth value of Relational``), and it drops a copy in the
+    view's own layout.
+
+    Args:
+        x (Tensor): Tokens, (B, H * W, C).
+        hw_shape (Sequence[int]): ``(H, W)``.
+    """
+    B, _, C = x.shape
+    out = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
+    if is_compiling():
+        return out.contiguous()
+    return out
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing (not ``torch.export``: the
+    exported graphs, ONNX's included, keep their operators)."""
+    compiler = getattr(torch, 'compiler', None)
+    return compiler is not None and compiler.is_compiling() and not getattr(
+        compiler, 'is_exporting', lambda: False)()
+
+
 def fast_paths_allowed() -> bool:
     """Whether a fast path may run at all: the literal switch is off (see
     :func:`literal`) and no graph is being recorded (see
@@ -392,7 +422,23 @@ def mix_heads(attn: torch.Tensor, mix: torch.Tensor,
     """
     if attn.device.type != 'cpu' and not graph_capture():
         return MixHeads.apply(attn, mix, bias)
+    if is_compiling():
+        return mix_heads_pointwise(attn, mix, bias)
     return mix_heads_baddbmm(attn, mix, bias)
+
+
+def mix_heads_pointwise(attn: torch.Tensor, mix: torch.Tensor,
+                        bias: torch.Tensor) -> torch.Tensor:
+    """:func:`mix_heads` as ``bias[i] + sum_j mix[i, j] attn[:, j]``, one
+    multiply-add per head (2 to 8), for ``torch.compile``: Inductor fuses
+    them with the softmax around them, and no view of a product is kept
+    for the backward pass (with symbolic sizes, torch 2.13's Inductor
+    cannot order the strides of one, see :func:`token_map`)."""
+    h = attn.shape[1]
+    out = bias.view(1, h, 1, 1)
+    for j in range(h):
+        out = out + mix[:, j].view(1, h, 1, 1) * attn[:, j:j + 1]
+    return out
 
 
 def mix_heads_baddbmm(attn: torch.Tensor, mix: torch.Tensor,

@@ -199,12 +199,12 @@ class EMSA(nn.Module):
         """Keys and values, each (B, h, M, d); M = N / sr_ratio^2.
 
         The strided convolution reads the tokens as a channels-last feature
-        map, without a copy.
+        map, without a copy (:func:`~mmrest.backbones.kernels.token_map`).
         """
         B, N, C = x.shape
         h = self.num_heads
         if self.sr_ratio > 1:
-            x = x.reshape(B, *hw_shape, C).permute(0, 3, 1, 2)
+            x = kernels.token_map(x, hw_shape)
             x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
             x = self.sr_norm(x)
         kv = kernels.linear(x, self.kv.weight, self.kv.bias)
@@ -448,8 +448,7 @@ class TokenMapsMixin:
         """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
         if kernels.use_literal():
             return x.transpose(1, 2).reshape(shape)
-        B, C, H, W = shape
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return kernels.token_map(x, shape[2:])
 
     #: The backbone's name in error messages.
     display_name = 'ResT'

@@ -22,8 +22,10 @@ float32 rounding:
 * the channels-first output LayerNorms are computed on the tokens (the
   same normalisation over the channels of each position).
 
-None of these needs a branch for tracing, ONNX export or ``torch.compile``:
-the forward pass is the same sequence of operators for every input size.
+None of these needs a branch for tracing or ONNX export: the forward pass
+is the same sequence of operators for every input size (under
+``torch.compile`` the maps read from the tokens are copies, not views; see
+:func:`~mmrest.backbones.kernels.token_map`).
 Only in plain eager inference (eval mode, no autograd, no autocast, not
 tracing, compiling or exporting) do the blocks take a leaner route: oneDNN
 linears with the bias and GELU applied as the output is written, the
@@ -213,7 +215,7 @@ class AttentionV2(nn.Module):
         q = q.view(B, N, h, C // h).transpose(1, 2)
         if self.sr_ratio > 1:
             # Tokens read as a (channels-last) map without a copy.
-            kv_map = self.sr(x.reshape(B, H, W, C).permute(0, 3, 1, 2))
+            kv_map = self.sr(kernels.token_map(x, (H, W)))
             Hs, Ws = kv_map.shape[2:]
             x = self.sr_norm(kv_map.permute(0, 2, 3, 1).reshape(B, -1, C))
         else:
@@ -227,7 +229,7 @@ class AttentionV2(nn.Module):
 
         # The value branch: v as a map (channel = head * d + j), depth-wise
         # 3x3 to s*s*C channels, PixelShuffle(s), cropped to (H, W).
-        up = self.up(v_tokens.reshape(B, Hs, Ws, C).permute(0, 3, 1, 2))
+        up = self.up(kernels.token_map(v_tokens, (Hs, Ws)))
         up = up[:, :, :H, :W].permute(0, 2, 3, 1).reshape(B, N, C)
         branch = self.up_norm(up)
         if _eager_inference(self, out):  # the same sum, in place

@@ -1,0 +1,215 @@
+"""torch.compile as users turn it on: a multi-scale training run under
+automatic dynamic shapes (the default ``dynamic=None``: the first input size
+compiles a static graph, a second size recompiles once with symbolic sizes,
+and that graph serves every later size) and mmengine's ``compile=True``.
+
+Inductor (the default backend) compiles the forward and backward graphs to
+C++, which takes many minutes on a small shared CPU: its runs are on request
+(``MMREST_INDUCTOR_TRAINING=1``, as in tests/test_export.py). Every run
+checks the same steps through dynamo and AOTAutograd with the ``aot_eager``
+backend, which is where the model's Python code meets symbolic sizes."""
+import copy
+import os
+
+import pytest
+import torch
+from _helpers import (assert_float32_close, assert_gradients_close,
+                      float64_literal, golden_model, golden_model_v2,
+                      relative_error, stage_depths)
+
+from mmrest.testing import to_literal
+
+# Four sizes, each differing from the previous one in height and width;
+# the last two are not multiples of 32.
+SIZES = [(64, 96), (96, 64), (80, 80), (88, 72)]
+
+INDUCTOR = pytest.param(
+    'inductor', marks=pytest.mark.skipif(
+        not os.environ.get('MMREST_INDUCTOR_TRAINING'),
+        reason='Inductor compiles the forward and backward graphs to C++: '
+        'many minutes on two cores; set MMREST_INDUCTOR_TRAINING=1'))
+
+
+def recording_backend(name: str):
+    """The dynamo backend ``name`` and a list that gets, for each graph
+    dynamo hands it, whether the graph has symbolic sizes."""
+    inner = torch._dynamo.lookup_backend(name)
+    symbolic = []
+
+    def backend(gm, example_inputs):
+        symbolic.append(any(
+            isinstance(v, torch.SymInt)
+            or (isinstance(v, torch.Tensor)
+                and any(isinstance(d, torch.SymInt) for d in v.shape))
+            for v in example_inputs))
+        return inner(gm, example_inputs)
+
+    return backend, symbolic
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """No compiled frame and no automatic-dynamic history from other tests
+    (a frame seen at two sizes before would start symbolic)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def models(golden, golden_v2):
+    return {'v1': lambda: golden_model(golden),
+            'v2': lambda: golden_model_v2(golden_v2)}
+
+
+V2_RECOMPILES = pytest.mark.xfail(
+    strict=True,
+    reason='ResT v2 recompiles (symbolically) at each new size: dynamo '
+    'guards on size relations of the value branch (the crop to the token '
+    'grid, AttentionV2.attend); its outputs and gradients pass at every size')
+
+
+@pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
+@pytest.mark.parametrize('family', ['v1', pytest.param(
+    'v2', marks=V2_RECOMPILES)])
+def test_multi_scale_training_compiles_dynamically(family, backend, golden,
+                                                   golden_v2, fresh_dynamo):
+    """Training steps at four sizes under ``torch.compile`` with automatic
+    dynamic shapes: one static graph, then symbolic graphs that serve the
+    later sizes (fewer graphs than sizes); at every size the outputs and
+    every parameter's
+    gradient are as accurate as the literal float32 computation's, against
+    float64 (the bar of the eager tests, tests/_helpers.py)."""
+    model = models(golden, golden_v2)[family]().train()
+    literal = to_literal(model)
+    reference = float64_literal(model)
+    compiled_backend, symbolic = recording_backend(backend)
+    compiled = torch.compile(model, backend=compiled_backend)  # dynamic=None
+    gen = torch.Generator().manual_seed(0)
+    for size in SIZES:
+        x = torch.randn(2, 3, *size, generator=gen)
+        results, weights = [], None
+        for module, runner, inp in ((model, compiled, x),
+                                    (literal, literal, x),
+                                    (reference, reference, x.double())):
+            module.zero_grad(set_to_none=True)
+            outs = runner(inp)
+            if weights is None:  # the loss: random weights on every output
+                weights = [torch.randn(o.shape, generator=gen) for o in outs]
+            sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights)
+                ).backward()
+            results.append([o.detach() for o in outs])
+        for i, (a, b, c, depth) in enumerate(
+                zip(*results, stage_depths(model))):
+            assert_float32_close(a, b, c, depth=depth,
+                                 name=f'{size}: stage {i + 1}')
+        assert_gradients_close(model, literal, reference,
+                               depth=sum(stage_depths(model)))
+    # ResT v2 recompiles once more (still symbolic) at the first size that
+    # is not a multiple of 32 (measured: [False, True, True]).
+    assert not symbolic[0] and all(symbolic[1:]) and \
+        len(symbolic) < len(SIZES), (
+            f'expected a static graph, then symbolic graphs that serve the '
+            f'later sizes; got symbolic={symbolic} for {len(SIZES)} sizes')
+
+
+class _MultiScaleSet(torch.utils.data.Dataset):
+    """Images of the sizes in ``SIZES``, in turn (a multi-scale run)."""
+
+    def __len__(self):
+        return 2 * len(SIZES)
+
+    def __getitem__(self, i):
+        gen = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(3, *SIZES[i % len(SIZES)],
+                                       generator=gen))
+
+
+def _tiny_model(golden):
+    """An mmengine model around the golden ResT: the training loss is a
+    fixed random weighting of the four feature maps."""
+    from mmengine.model import BaseModel
+
+    class Tiny(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = golden_model(golden)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            outs = self.backbone(torch.stack(inputs))
+            if mode != 'loss':
+                return outs
+            return dict(loss=sum((o.square().mean() * (i + 1))
+                                 for i, o in enumerate(outs)))
+
+        def init_weights(self):  # keep the golden weights in both runs
+            pass
+
+    return Tiny()
+
+
+def _run(model, tmp_path, name, compile_cfg):
+    from mmengine.runner import Runner
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path / name),
+        train_dataloader=dict(
+            dataset=_MultiScaleSet(),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='pseudo_collate'),
+            batch_size=1,
+            num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05)),
+        train_cfg=dict(by_epoch=False, max_iters=len(SIZES) * 2),
+        default_hooks=dict(checkpoint=None, logger=None),
+        log_level='WARNING',
+        cfg=dict(compile=compile_cfg))  # what a config's `compile = ...` sets
+    runner.train()
+    return runner
+
+
+@pytest.mark.xfail(
+    reason='open: the compiled run ends with parameter updates 14% to 35% '
+    'off the eager run\'s (measured, cause not found yet)')
+@pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
+def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
+                                               fresh_dynamo):
+    """mmengine 0.10.7's ``compile`` (``Runner._maybe_compile`` wraps
+    ``model.train_step`` in ``torch.compile(**cfg)``; ``compile=True`` is
+    ``cfg = {}``, here ``dict(backend=...)`` names the backend) on a
+    multi-scale run: it compiles with automatic
+    dynamic shapes (one static graph, then symbolic ones, not one graph per
+    size) and trains as the eager run does.
+
+    The bound: each step's gradients agree with the eager ones to float32
+    rounding (the test above; about 1e-6 relative), so the parameters'
+    total updates over the run agree to far better than 1e-3 relative,
+    while a wrong graph (a missing term, a size baked in) changes the
+    updates by 1e-2 or more.
+    """
+    eager_model = _tiny_model(golden)
+    compiled_model = copy.deepcopy(eager_model)
+    start = {k: v.clone() for k, v in eager_model.state_dict().items()}
+    compiled_backend, symbolic = recording_backend(backend)
+    # compile=True is dict(): torch.compile's defaults (Inductor, dynamic
+    # None); the backend here is that backend, recording the graphs.
+    # By name, as a config holds it (mmengine prints the config).
+    name = f'mmrest_recording_{backend}_{id(symbolic)}'
+    torch._dynamo.register_backend(compiled_backend, name=name)
+    runner = _run(compiled_model, tmp_path, 'compiled', dict(backend=name))
+    assert hasattr(runner.model.train_step, '_torchdynamo_orig_callable'), \
+        'mmengine did not compile train_step'
+    _run(eager_model, tmp_path, 'eager', False)
+    assert symbolic and symbolic[0] is False and True in symbolic, symbolic
+    assert len(symbolic) < 2 * len(SIZES), (
+        f'{len(symbolic)} graphs for {len(SIZES)} sizes: not dynamic')
+    compiled_state = compiled_model.state_dict()
+    for name, p_eager in eager_model.state_dict().items():
+        if not p_eager.is_floating_point():
+            continue
+        delta_eager = (p_eager - start[name]).double()
+        delta_compiled = (compiled_state[name] - start[name]).double()
+        if delta_eager.norm() == 0:
+            assert delta_compiled.norm() == 0, name
+            continue
+        assert relative_error(delta_compiled, delta_eager) < 1e-3, name
