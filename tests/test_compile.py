@@ -168,9 +168,11 @@ def _run(model, tmp_path, name, compile_cfg):
     return runner
 
 
-@pytest.mark.xfail(
-    reason='open: the compiled run ends with parameter updates 14% to 35% '
-    'off the eager run\'s (measured, cause not found yet)')
+@pytest.mark.skipif(
+    not os.environ.get('MMREST_MMENGINE_COMPILE'),
+    reason='open, run on request (MMREST_MMENGINE_COMPILE=1): the compiled '
+    'run ends with parameter updates 14% to 35% off the eager run\'s '
+    '(measured, cause not found yet; a non-strict xfail could not fail)')
 @pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
 def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
                                                fresh_dynamo):
