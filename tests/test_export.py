@@ -49,9 +49,6 @@ def test_a_trace_holds_at_every_size():
 
 @pytest.mark.parametrize('exporter', ['torchscript', 'dynamo'])
 def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
-    pytest.importorskip('onnxruntime')
-    if exporter == 'dynamo':
-        pytest.importorskip('onnxscript')
     from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
     model = tiny_model()
     path = str(tmp_path / 'rest.onnx')
@@ -70,7 +67,6 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
-    pytest.importorskip('onnxruntime')
     import importlib.util
     root = ROOT
     spec = importlib.util.spec_from_file_location(

@@ -427,8 +427,8 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
     """Without autograd, float32 linears run oneDNN's kernel (counted: a
     silent fallback fails) and compute F.linear (then the exact GELU);
     anything needing a gradient, or oneDNN switched off, takes F.linear."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip('this build of torch has no oneDNN')
+    # torch's CPU wheels (the set-up's) are built with oneDNN
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
     onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     x, w, b = torch.randn(3, 70, 24), torch.randn(40, 24), torch.randn(40)
 
@@ -461,8 +461,8 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
 
 
 def test_model_inference_uses_onednn(monkeypatch):
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip('this build of torch has no oneDNN')
+    # torch's CPU wheels (the set-up's) are built with oneDNN
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
     onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     model = ResT(arch='lite').eval()
     with torch.no_grad():
@@ -493,10 +493,10 @@ def test_onednn_linear_is_used_only_if_it_computes_the_linear():
     assert kernels.checked_linear_op(other_signature) is None
     assert kernels.checked_linear_op(other_result) is None
     assert kernels.checked_linear_op(right) is right
-    if torch.backends.mkldnn.is_available():
-        assert kernels.ONEDNN_LINEAR is not None, (
-            'torch.ops.mkldnn._linear_pointwise is missing or changed: '
-            'the CPU inference path lost its fused linears')
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
+    assert kernels.ONEDNN_LINEAR is not None, (
+        'torch.ops.mkldnn._linear_pointwise is missing or changed: '
+        'the CPU inference path lost its fused linears')
 
 
 def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
