@@ -80,3 +80,14 @@ def tiny_coco(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The number of intra-op threads each test starts with: tools run in
+    the test process (benchmark_inference.py --threads 1, the demo, the
+    benchmark) set it for the rest of the process, and the float32 results
+    of later tests depend on it (their reductions are grouped by thread)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
