@@ -264,12 +264,12 @@ def _run_demo_tool(image, checkpoint, out, score_thr):
 
 
 def test_tools_demo_draws_predictions(trained):
-    """tools/demo.py draws each prediction it prints: the outline of its
-    box, in its class's colour (matplotlib's tab10 colours in the order of
-    the classes), lies on the middle of the box's left, right and bottom
-    edges in the drawing (a 128 x 128 image drawn 4x, at 512 x 512). Drawn
-    with the best prediction alone (--score-thr at its printed score), so
-    that no other box crosses its edges."""
+    """tools/demo.py draws the predictions it prints. Checked on the best
+    prediction drawn alone (--score-thr at its printed score, so that no
+    other box crosses its edges): the outline of its box, in its class's
+    colour (matplotlib's tab10 colours in the order of the classes), lies
+    on the middle of the box's left, right and bottom edges in the drawing
+    (a 128 x 128 image drawn 4x, at 512 x 512)."""
     import cv2
     import matplotlib
     tmp, _ = trained
