@@ -299,6 +299,9 @@ def run_tiny_demo(tmp_path_factory, config, splits: dict,
         'train_dataloader.batch_size': 2,
         'val_dataloader.batch_size': 2,
         'default_hooks.logger.interval': 1,
+        # a visualizer of its own: mmengine hands out an existing instance
+        # of the same name (another test's, writing to its folder)
+        'visualizer.name': f'visualizer_{tmp.name}_{id(tmp)}',
         **schedule,
     }
     summary = run_demo(str(config), str(tmp / 'work'), num_threads=2,
