@@ -271,6 +271,42 @@ class CallCounter:
         monkeypatch.setattr(owner, name, wrapper)
 
 
+class SavedForBackward:
+    """A ``with`` block that records what autograd saves for the backward
+    pass of the computations run inside it
+    (``torch.autograd.graph.saved_tensors_hooks``). ``nbytes`` is the
+    memory those tensors hold: the bytes of their storages, each storage
+    counted once (a view, or a tensor saved by two operations, shares
+    one). The tensors stay referenced here, so no storage is freed and
+    reused while the block runs.
+
+    Gradient checkpointing (non-reentrant) saves the inputs of each
+    checkpointed function through the hooks seen here, and what the
+    function itself saves through its own hooks: that is not recorded,
+    it is recomputed in the backward pass."""
+
+    def __enter__(self):
+        self.tensors, self.storages = [], {}
+
+        def pack(t):
+            self.tensors.append(t)
+            storage = t.untyped_storage()
+            self.storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(
+            pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+
 def build_detector(config):
     """The mmdet model of a config file (a path), its backbone from scratch
     (no ImageNet checkpoint needed). Returns ``(cfg, model)``."""
@@ -297,6 +333,9 @@ def run_tiny_demo(tmp_path_factory, config, splits: dict,
         'train_dataloader.batch_size': 2,
         'val_dataloader.batch_size': 2,
         'default_hooks.logger.interval': 1,
+        # a visualizer of its own: mmengine hands out an existing instance
+        # of the same name (another test's, writing to its folder)
+        'visualizer.name': f'visualizer_{tmp.name}_{id(tmp)}',
         **schedule,
     }
     summary = run_demo(str(config), str(tmp / 'work'), num_threads=2,

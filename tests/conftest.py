@@ -2,6 +2,7 @@
 repository, in ``tests/data`` (see its README): the tests need nothing
 outside a clone."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,13 @@ DATA = Path(__file__).resolve().parent / 'data'
 _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
+# The programs the tests run in subprocesses (tools/*.py, mmdet's packaged
+# tools/train.py, ``python -c``) import this clone's mmrest and mmrest_tools
+# too, whatever clone an editable install or an inherited PYTHONPATH names
+# (tests/test_tools.py::test_subprocesses_import_this_clone).
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [_REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+               if p and p != _REPO])
 
 
 def _data_file(name: str) -> Path:
@@ -72,3 +80,14 @@ def tiny_coco(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The number of intra-op threads each test starts with: tools run in
+    the test process (benchmark_inference.py --threads 1, the demo, the
+    benchmark) set it for the rest of the process, and the float32 results
+    of later tests depend on it (their reductions are grouped by thread)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -3,6 +3,7 @@ their lite/large siblings: recipe, sizes, pipelines, one training
 iteration and one CocoMetric evaluation on a tiny COCO-format set."""
 import copy
 import json
+import uuid
 
 import pytest
 import torch
@@ -254,6 +255,10 @@ def test_train_iteration_and_coco_evaluation(det, arch, tiny_coco):
     (test_cfg.rcnn if det == 'mask_rcnn' else test_cfg).score_thr = 0.
     model = MODELS.build(cfg.model)
     model.init_weights()
+    # a message hub of this test's own (the current instance from now on,
+    # and the optimizer wrapper's): no value logged by an earlier test
+    hub = MessageHub.get_instance(f'test_grad_norm_{uuid.uuid4().hex}')
+    assert 'train/grad_norm' not in hub.log_scalars
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
 
     (batch, ) = list(Runner.build_dataloader(cfg.train_dataloader))
@@ -265,7 +270,8 @@ def test_train_iteration_and_coco_evaluation(det, arch, tiny_coco):
     }
     assert expected <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
-    grad_norm = MessageHub.get_current_instance().get_scalar(
+    assert optim.message_hub is hub
+    grad_norm = hub.get_scalar(
         'train/grad_norm').current()  # logged by the gradient clipping
     assert grad_norm > 0
     changed = [

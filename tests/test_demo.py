@@ -1,6 +1,7 @@
 """The embedded shapes set, the demo's training and evaluation through its
 config, and tools/demo.py."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,20 +245,57 @@ def _eroded_edge(mask):
     return mask & ~inner.astype(bool)
 
 
-def test_tools_demo_draws_predictions(trained):
-    tmp, _ = trained
-    out = tmp / 'drawn.png'
-    image = tmp / 'data/val/000001.png'
+def _run_demo_tool(image, checkpoint, out, score_thr):
+    """tools/demo.py on one image; the (class, score, box) it prints."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / 'tools/demo.py'), str(image),
-         str(DEMO_CONFIG), str(tmp / 'work/epoch_1.pth'), '--out-file',
-         str(out), '--score-thr', '0'],
+         str(DEMO_CONFIG), str(checkpoint), '--out-file', str(out),
+         '--score-thr', str(score_thr)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'drawn to' in proc.stdout
+    assert f'drawn to {out}' in proc.stdout
+    preds = []
+    for line in proc.stdout.splitlines():
+        match = re.fullmatch(r'(\w+)\s+([\d.]+)\s+box ([-\d. ]+)', line)
+        if match:
+            box = [float(v) for v in match.group(3).split()]
+            preds.append((match.group(1), float(match.group(2)), box))
+    return preds
+
+
+def test_tools_demo_draws_predictions(trained):
+    """tools/demo.py draws the predictions it prints. Checked on the best
+    prediction drawn alone (--score-thr at its printed score, so that no
+    other box crosses its edges): the outline of its box, in its class's
+    colour (matplotlib's tab10 colours in the order of the classes), lies
+    on the middle of the box's left, right and bottom edges in the drawing
+    (a 128 x 128 image drawn 4x, at 512 x 512)."""
     import cv2
+    import matplotlib
+    tmp, _ = trained
+    image = tmp / 'data/val/000001.png'
+    checkpoint = tmp / 'work/epoch_1.pth'
+    everything = _run_demo_tool(image, checkpoint, tmp / 'all.png', 0)
+    assert everything, 'no prediction at --score-thr 0'
+    best = max(score for _, score, _ in everything)
+    out = tmp / 'drawn.png'
+    # printed to 3 decimals: the best one, and any within that rounding
+    preds = _run_demo_tool(image, checkpoint, out, best - 5e-4)
+    assert 1 <= len(preds) < len(everything)
     drawn = cv2.imread(str(out))
     assert drawn is not None and drawn.shape[:2] == (512, 512)
+    scale = 512 / cv2.imread(str(image)).shape[0]
+    for name, score, (x1, y1, x2, y2) in preds:
+        rgb = matplotlib.colormaps['tab10'](SHAPES_CLASSES.index(name))[:3]
+        bgr = np.array(rgb[::-1]) * 255
+        for x, y in (((x1), (y1 + y2) / 2), (x2, (y1 + y2) / 2),
+                     ((x1 + x2) / 2, y2)):
+            # the nearest pixels to the edge (the line is 2 pixels wide)
+            col = int(min(max(round(x * scale), 2), 509))
+            row = int(min(max(round(y * scale), 2), 509))
+            patch = drawn[row - 2:row + 3, col - 2:col + 3].reshape(-1, 3)
+            distance = np.abs(patch - bgr).max(axis=1).min()
+            assert distance <= 8, (name, score, (x, y), patch, bgr)
 
 
 def test_predict_image_names_a_missing_file(trained, tmp_path):

@@ -211,7 +211,6 @@ def test_another_rest_in_mmdet_is_not_replaced(monkeypatch):
 
 
 def test_another_rest_in_mmseg_turns_mmseg_support_off(monkeypatch):
-    pytest.importorskip('mmseg')
     from mmdet.registry import MODELS as DET_MODELS
     from mmseg.registry import MODELS
 

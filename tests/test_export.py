@@ -58,9 +58,6 @@ EXPORTERS = ['torchscript', pytest.param('dynamo', marks=pytest.mark.skipif(
 
 @pytest.mark.parametrize('exporter', EXPORTERS)
 def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
-    pytest.importorskip('onnxruntime')
-    if exporter == 'dynamo':
-        pytest.importorskip('onnxscript')
     from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
     model = tiny_model()
     path = str(tmp_path / 'rest.onnx')
@@ -140,7 +137,6 @@ def test_torchscript_export_passes_dynamo_only_where_torch_has_it(
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
-    pytest.importorskip('onnxruntime')
     import importlib.util
     root = ROOT
     spec = importlib.util.spec_from_file_location(

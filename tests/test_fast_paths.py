@@ -193,24 +193,37 @@ def test_to_literal_runs_every_call_under_the_switch(monkeypatch):
 def test_checkpointed_blocks_recompute_under_the_forward_switch(
         literal_forward, monkeypatch):
     """Gradient checkpointing recomputes each block in the backward pass
-    with the switch as it was in the forward pass, wherever the backward
-    pass runs: the gradients are those of the same computation without
+    (counted: once per block, none without checkpointing) with the switch
+    as it was in the forward pass, wherever the backward pass runs: after
+    a literal forward pass no fast function runs in the backward pass, and
+    the gradients are those of the same computation without
     checkpointing, bit for bit."""
     torch.manual_seed(0)
     model = randomised(ResT(arch='lite', with_cp=True)).train()
     plain = randomised(ResT(arch='lite')).train()
     plain.load_state_dict(model.state_dict())
+    blocks = sum(model.arch_settings['depths'])
     x = torch.rand(2, 3, 64, 64)
     grads = []
-    for m in (plain, model):
+    for m, recomputed in ((plain, 0), (model, blocks)):
+        # (before the forward pass: checkpointing keeps the bound method)
+        block_calls = CallCounter(monkeypatch, rest_module.Block, '_forward')
         with kernels.literal(literal_forward):
             outs = m(x)
+        assert block_calls.count == blocks
+        block_calls.count = 0
         fast_calls = {name: CallCounter(monkeypatch, kernels, name)
                       for name in FAST_FUNCTIONS}
+        literal_calls = CallCounter(monkeypatch, rest_module.EMSA,
+                                    '_literal_forward')
         with kernels.literal(not literal_forward):  # the other setting
             sum((o * o.detach().sign()).sum() for o in outs).backward()
+        assert block_calls.count == recomputed
         if literal_forward:
             assert sum(c.count for c in fast_calls.values()) == 0
+            assert literal_calls.count == recomputed  # one EMSA per block
+        else:
+            assert literal_calls.count == 0
         grads.append([p.grad for p in m.parameters()])
         monkeypatch.undo()
     for name, a, b in zip(dict(model.named_parameters()), *grads):
@@ -414,8 +427,8 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
     """Without autograd, float32 linears run oneDNN's kernel (counted: a
     silent fallback fails) and compute F.linear (then the exact GELU);
     anything needing a gradient, or oneDNN switched off, takes F.linear."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip('this build of torch has no oneDNN')
+    # torch's CPU wheels (the set-up's) are built with oneDNN
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
     onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     x, w, b = torch.randn(3, 70, 24), torch.randn(40, 24), torch.randn(40)
 
@@ -448,8 +461,8 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
 
 
 def test_model_inference_uses_onednn(monkeypatch):
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip('this build of torch has no oneDNN')
+    # torch's CPU wheels (the set-up's) are built with oneDNN
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
     onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
     model = ResT(arch='lite').eval()
     with torch.no_grad():
@@ -480,23 +493,49 @@ def test_onednn_linear_is_used_only_if_it_computes_the_linear():
     assert kernels.checked_linear_op(other_signature) is None
     assert kernels.checked_linear_op(other_result) is None
     assert kernels.checked_linear_op(right) is right
-    if torch.backends.mkldnn.is_available():
-        assert kernels.ONEDNN_LINEAR is not None, (
-            'torch.ops.mkldnn._linear_pointwise is missing or changed: '
-            'the CPU inference path lost its fused linears')
+    assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
+    assert kernels.ONEDNN_LINEAR is not None, (
+        'torch.ops.mkldnn._linear_pointwise is missing or changed: '
+        'the CPU inference path lost its fused linears')
 
 
-def test_conv_norm_folds_only_zero_padded_convs():
+def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
+    """An eval-mode BatchNorm after a zero-padded conv is folded into it:
+    one ``F.conv2d`` with the folded weight and bias (``w * g / sqrt(var +
+    eps)``, ``(b - mean) * g / sqrt(var + eps) + beta``, computed here in
+    float64) and no BatchNorm call. After a reflect-padded conv (whose
+    padded border the folded bias would not see as the BatchNorm does) the
+    two modules run as they are. Both give ``norm(conv(x))``."""
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode='reflect')
     norm = torch.nn.BatchNorm2d(4).eval()
     torch.nn.init.uniform_(norm.running_var, 0.5, 2.)
     torch.nn.init.normal_(norm.running_mean)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    torch.nn.init.normal_(norm.bias)
     x = torch.randn(1, 3, 9, 11)
+    bn_calls = count_batchnorm_calls(norm)
+    conv2d = CallCounter(monkeypatch, F, 'conv2d', record=True)
     with torch.no_grad():
         expected = norm(conv(x))
-        assert torch.allclose(kernels.conv_norm(conv, norm, x), expected,
-                              atol=1e-6)
+        bn_calls.clear(), conv2d.calls.clear()
+        out = kernels.conv_norm(conv, norm, x)
+        assert len(bn_calls) == 1, 'the reflect-padded conv was folded'
+        ((args, _), ) = conv2d.calls
+        assert args[1] is conv.weight
+        assert torch.allclose(out, expected, atol=1e-6)
+
         conv.padding_mode = 'zeros'
         expected = norm(conv(x))
-        assert torch.allclose(kernels.conv_norm(conv, norm, x), expected,
-                              atol=1e-5)
+        bn_calls.clear(), conv2d.calls.clear()
+        out = kernels.conv_norm(conv, norm, x)
+        assert len(bn_calls) == 0, 'the zero-padded conv was not folded'
+        ((args, _), ) = conv2d.calls
+        scale = norm.weight.double() / torch.sqrt(
+            norm.running_var.double() + norm.eps)
+        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+        bias = (conv.bias.double() - norm.running_mean.double()) * scale + \
+            norm.bias.double()
+        # float32 folding: a few roundings of 6e-8 each
+        assert relative_error(args[1].double(), weight) < 1e-6
+        assert relative_error(args[2].double(), bias) < 1e-6
+        assert torch.allclose(out, expected, atol=1e-5)

@@ -203,10 +203,26 @@ def test_other_backbone_is_a_clear_error():
 
 
 def test_frozen_stages_and_a_training_step():
-    """Frozen parameters keep their group (and get no update); a step with
-    the groups runs."""
+    """Frozen parameters keep their group: each is in the optimizer with
+    the learning rate and weight decay the rule gives its name, as if it
+    were not frozen (so that unfreezing it later needs no new groups), and
+    gets no update; a step with the groups runs."""
     model = narrow_model(ResTV2, 'tiny', frozen_stages=1)
     wrapper = build(model, 'stage_wise')
+    got = settings_by_param(wrapper)
+    depths = ResTV2.arch_zoo['tiny']['depths']
+    no_decay = no_decay_names(model)
+    frozen = [(n, p) for n, p in model.named_parameters()
+              if not p.requires_grad]
+    # the stem (stage 1's embedding, id 0) and stage 1 (id 1) at least
+    assert {expected_layer_id(n, depths, 'stage_wise')
+            for n, _ in frozen} >= {0, 1}
+    for name, p in frozen:
+        assert id(p) in got, f'{name} is in no group'
+        layer_id = expected_layer_id(name, depths, 'stage_wise')
+        assert got[id(p)] == (
+            pytest.approx(BASE_LR * 0.9**(5 - layer_id), rel=1e-12),
+            0. if name in no_decay else BASE_WD), name
     stem = model.backbone.stem.proj[0].weight
     assert not stem.requires_grad
     before = stem.detach().clone()

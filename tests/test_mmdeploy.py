@@ -27,11 +27,6 @@ from mmrest.deploy import (build_detector, build_ort_model, export_detector,
                            make_input, mmdeploy_torch_shims, predict,
                            synthetic_image)
 
-needs_mmdeploy = pytest.mark.skipif(
-    any(importlib.util.find_spec(name) is None
-        for name in ('mmdeploy', 'onnx', 'onnxruntime')),
-    reason='needs mmdeploy, onnx and onnxruntime')
-
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 # The test pipeline's Resize scale (w, h) and two images, fed as they are at
 # 96 x 128 (this one also to export) and at 128 x 96. (Sizes that are not
@@ -277,7 +272,6 @@ def test_deploy_cfg_errors():
         0: 'batch', 2: 'height', 3: 'width'}
 
 
-@needs_mmdeploy
 @pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn'])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
                                             float64_detector):

@@ -336,6 +336,20 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
     shutil.rmtree(work)  # checkpoints of 240 MB each
 
 
+def test_subprocesses_import_this_clone(tmp_path):
+    """A program run from another folder, as the tests run tools (mmdet's
+    packaged train tool included), imports this clone's mmrest and
+    mmrest_tools, not those of another clone that an editable install
+    names (tests/conftest.py sets PYTHONPATH)."""
+    out = run([PY, '-c', 'import mmrest, mmrest_tools\n'
+               'for m in (mmrest, mmrest_tools): print("FROM", m.__file__)'],
+              cwd=tmp_path)
+    paths = [line[5:] for line in out.splitlines() if line.startswith('FROM ')]
+    assert len(paths) == 2, out
+    for path in paths:
+        assert Path(path).resolve().is_relative_to(ROOT), path
+
+
 def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):
     """mmdet's own tools/train.py, shipped inside the mmdet package,
     trains our Mask R-CNN config (mmrest comes in by custom_imports)."""
