@@ -133,14 +133,24 @@ def test_generator_records_max_rotation(tmp_path):
     assert any(any_[k] != up[k] for k in any_ if k.endswith('.png'))
 
 
-def test_demo_config_only_changes_data_and_schedule():
+def test_demo_config_is_the_coco_model_as_tuned():
+    """The demo's model is the ResT-Lite Mask R-CNN of the COCO config
+    (same backbone arch, same FPN) from scratch, with the shapes' classes;
+    where the COCO config follows detectron2 it keeps what the demo was
+    tuned with: mmdet's FPN initialisation, and the classifier's
+    computation between stages."""
     cfg = Config.fromfile(DEMO_CONFIG)
     coco = Config.fromfile(
         ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'ResT'
     assert cfg.model.backbone.arch == coco.model.backbone.arch
     assert cfg.model.backbone.init_cfg is None  # from scratch
-    assert cfg.model.neck == coco.model.neck
+    assert cfg.model.backbone.out_norms_feed_next_stage is False
+    neck, coco_neck = dict(cfg.model.neck), dict(coco.model.neck)
+    assert neck.pop('init_cfg') == dict(
+        type='Xavier', layer='Conv2d', distribution='uniform')  # mmdet's
+    coco_neck.pop('init_cfg')
+    assert neck == coco_neck
     assert cfg.model.roi_head.bbox_head.num_classes == len(SHAPES_CLASSES)
     assert cfg.model.roi_head.mask_head.num_classes == len(SHAPES_CLASSES)
     assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == \
