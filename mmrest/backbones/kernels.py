@@ -192,9 +192,7 @@ def token_map(x: torch.Tensor, hw_shape) -> torch.Tensor:
 def is_compiling() -> bool:
     """Whether ``torch.compile`` is tracing (not ``torch.export``: the
     exported graphs, ONNX's included, keep their operators)."""
-    compiler = getattr(torch, 'compiler', None)
-    return compiler is not None and compiler.is_compiling() and not getattr(
-        compiler, 'is_exporting', lambda: False)()
+    return torch_compat.is_compiling() and not torch_compat.is_exporting()
 
 
 def fast_paths_allowed() -> bool:
