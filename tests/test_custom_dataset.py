@@ -455,3 +455,81 @@ def test_det_inferencer_names_your_classes(finetuned, custom_set, tmp_path):
     labels = out['predictions'][0]['labels']
     assert labels and set(labels) <= {0, 1, 2}
     assert (tmp_path / 'vis/000001.png').is_file()
+
+
+# ------------------------------------------ the class check on other models
+def _mm_config(tmp_path, base):
+    """One of mmdet's or mmseg's own configs, as they ship it."""
+    path = tmp_path / 'config.py'
+    path.write_text(f'_base_ = {base!r}\n')
+    return Config.fromfile(path)
+
+
+@pytest.mark.parametrize('base,heads,change,named', [
+    ('mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py',
+     ['model.roi_head.bbox_head[0].num_classes',
+      'model.roi_head.bbox_head[1].num_classes',
+      'model.roi_head.bbox_head[2].num_classes',
+      'model.roi_head.mask_head.num_classes'],
+     'model.roi_head.bbox_head.1.num_classes',
+     'model.roi_head.bbox_head[1].num_classes = 5'),
+    ('mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
+     ['model.panoptic_head.num_things_classes + num_stuff_classes',
+      'model.panoptic_fusion_head.num_things_classes + num_stuff_classes'],
+     'model.panoptic_head.num_stuff_classes',
+     'model.panoptic_head.num_things_classes + num_stuff_classes = 85'),
+    ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
+     ['model.bbox_head.num_classes'],
+     'model.bbox_head.num_classes', 'model.bbox_head.num_classes = 5'),
+    # HTC's semantic head predicts COCO-stuff's 183 classes: not compared
+    ('mmdet::htc/htc_r50_fpn_1x_coco.py',
+     ['model.roi_head.bbox_head[0].num_classes',
+      'model.roi_head.bbox_head[1].num_classes',
+      'model.roi_head.bbox_head[2].num_classes',
+      'model.roi_head.mask_head[0].num_classes',
+      'model.roi_head.mask_head[1].num_classes',
+      'model.roi_head.mask_head[2].num_classes'],
+     'model.roi_head.mask_head.2.num_classes',
+     'model.roi_head.mask_head[2].num_classes = 5'),
+])
+def test_class_check_on_mmdet_detectors(base, heads, change, named,
+                                        tmp_path):
+    """mmdet's own COCO configs pass (every head has COCO's 80 classes; the
+    RPN's and HTC's semantic head's are not compared); a head changed is
+    named, and only it."""
+    from mmrest.utils import check_classes, head_class_counts
+    cfg = _mm_config(tmp_path, base)
+    counts = head_class_counts(cfg.model)
+    assert [key for key, _ in counts] == heads
+    assert all(n == 80 for _, n in counts)
+    check_classes(cfg, ('train', 'val', 'test'))  # no data needed
+    cfg.merge_from_dict({change: 5})
+    with pytest.raises(ValueError) as error:
+        check_classes(cfg, ('train', ))
+    message = str(error.value)
+    assert 'train_dataloader.dataset has 80 classes (the classes of ' \
+        'CocoDataset' in message
+    assert named in message
+    assert message.count(' = ') == 1
+
+
+def test_class_check_on_mmseg_segmentors(tmp_path):
+    """mmseg: the decode and auxiliary heads against the dataset class's
+    classes (ADE20K's 150); the shapes demo's 5 from its metainfo."""
+    from mmrest.utils import check_classes, head_class_counts
+    cfg = _mm_config(tmp_path,
+                     'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py')
+    assert head_class_counts(cfg.model) == [
+        ('model.decode_head.num_classes', 150),
+        ('model.auxiliary_head.num_classes', 150)]
+    check_classes(cfg, ('train', 'val', 'test'))
+    demo = Config.fromfile(ROOT / 'configs/upernet/'
+                           'rest_lite_upernet_shapes_demo.py')
+    check_classes(demo, ('train', 'val'))
+    demo.model.auxiliary_head.num_classes = 150
+    with pytest.raises(ValueError,
+                       match=r"train_dataloader.dataset has 5 classes "
+                       r"\(metainfo.classes: 'background', 'circle', "
+                       r"'square', 'triangle', 'star'\), but\n    "
+                       r"model.auxiliary_head.num_classes = 150\n"):
+        check_classes(demo, ('train', ))
