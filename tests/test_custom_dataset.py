@@ -4,11 +4,8 @@ tools/train.py from a detector checkpoint on a generated set with other
 classes, and the errors that stop a run before it starts (wrong class
 counts or names, missing annotation or image files)."""
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,8 @@ from mmrest.datasets import generate_shapes_coco
 
 from _helpers import ROOT
 
-CONFIG = ROOT / 'configs/custom/mask-rcnn_restv2-tiny_fpn_ft-12e_custom-coco.py'
+CONFIG = ROOT / 'configs/custom' / \
+    'mask-rcnn_restv2-tiny_fpn_ft-12e_custom-coco.py'
 # The paper config it fine-tunes (the detector of load_from was trained so).
 COCO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_3x_coco.py'
 # The custom set's classes, as its annotation files name them, in their

@@ -218,8 +218,9 @@ def check_data_paths(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
     checks the dataset's ``data_root``, ``ann_file`` and ``data_prefix``
     folders, through dataset wrappers (``dataset`` / ``datasets`` keys), and
     the evaluator's ``ann_file``; for a COCO-format (JSON) ``ann_file``, also
-    every image file it lists, under ``data_prefix.img``. Remote paths (``s3://``...) and datasets
-    read through a non-local file backend are not checked.
+    every image file it lists, under ``data_prefix.img``. Remote paths
+    (``s3://``...) and datasets read through a non-local file backend are
+    not checked.
 
     Args:
         cfg (Config | dict): The full config.
