@@ -412,6 +412,27 @@ def test_missing_annotation_file_stops_before_training(
     assert 'val_dataloader' not in message
 
 
+def test_tools_test_checks_the_test_split(custom_set, coco_detector,
+                                          tmp_path, monkeypatch):
+    """tools/test.py checks the test split's classes before testing."""
+    from mmrest_tools.launch import parse_args, setup_test_cfg, test_parser
+    monkeypatch.chdir(tmp_path)
+
+    def setup(**options):
+        argv = [str(CONFIG), str(coco_detector), '--cfg-options',
+                *flat({**data_options(custom_set), **options})]
+        return setup_test_cfg(parse_args(test_parser(), argv))
+
+    assert setup().load_from == str(coco_detector)
+    with pytest.raises(ValueError, match=r"test_dataloader.dataset.metainfo"
+                       r".classes: 'washr' not among the categories"):
+        setup(**{'test_dataloader.dataset.metainfo.classes':
+                 "('bolt','nut','washr')"})
+    with pytest.raises(ValueError, match=r'model.roi_head.bbox_head.'
+                       r'num_classes = 4'):
+        setup(**{'model.roi_head.bbox_head.num_classes': 4})
+
+
 def test_missing_image_files_stop_before_training(
         coco_detector, tmp_path, monkeypatch, no_runner):
     """The annotation file lists images the folder lacks: mmdet would fail
