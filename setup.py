@@ -71,7 +71,7 @@ setup(
         # used where torch has them, with the same behaviour provided
         # otherwise (mmrest/utils/torch_compat.py); safe loading uses torch's
         # weights-only loader with a scoped allow-list on torch >= 2.6 and
-        # mmrest's restricted unpickler before (mmrest/checkpoint/loading.py).
+        # mmrest's restricted unpickler before (mmrest/checkpoint/safe_load.py).
         'torch>=2.1',
         # AtomicCheckpointHook overrides CheckpointHook's private
         # _save_checkpoint_with_step, the same from 0.10.0 to 0.10.7.

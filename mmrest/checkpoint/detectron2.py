@@ -60,7 +60,7 @@ import torch
 
 from .atomic_io import atomic_write
 from .family import FAMILY_NAMES, checkpoint_family
-from .loading import CheckpointError, load_checkpoint_file
+from .files import CheckpointError, load_checkpoint_file
 
 #: Anchors per location of the authors' detectors: (sizes, aspect ratios).
 RETINANET_ANCHORS = (3, 3)
