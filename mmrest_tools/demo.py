@@ -11,7 +11,7 @@ split (COCO bbox and segm mAP; mIoU and each class's IoU) and writes
 :func:`predict_image` is ``tools/demo.py``: one image, its predictions drawn.
 
 The set is described in the config by a top-level ``shapes_data`` dict: the
-keyword arguments of :func:`mmrest.datasets.generate_shapes_coco` (its
+keyword arguments of :func:`mmrest.synthetic.generate_shapes_coco` (its
 ``out_dir`` defaults to the dataloaders' ``data_root``).
 """
 import json
@@ -25,8 +25,8 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
-from mmrest.datasets import generate_shapes_coco, shapes_info
-from mmrest.datasets.shapes import recorded_params
+from mmrest.synthetic import generate_shapes_coco, shapes_info
+from mmrest.synthetic.shapes import recorded_params
 
 # What the demos must reach on the val split (docs/demo.md): the detection
 # demo and the segmentation demo (mIoU as a fraction).
