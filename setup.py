@@ -51,7 +51,8 @@ setup(
     long_description_content_type='text/markdown',
     # mmrest is the library; mmrest_tools the programs of tools/*.py,
     # shipped too: `mim train mmrest` runs the copies in mmrest/.mim/tools.
-    packages=find_packages(include=['mmrest', 'mmrest.*', 'mmrest_tools']),
+    packages=find_packages(
+        include=['mmrest', 'mmrest.*', 'mmrest_tools', 'mmrest_tools.*']),
     package_data={
         'mmrest': [
             '.mim/model-index.yml', '.mim/configs/**/*.py',
