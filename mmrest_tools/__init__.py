@@ -10,7 +10,9 @@ is all a config needs); the library never imports this package.
 - :mod:`mmrest_tools.launch`: ``tools/train.py`` and ``tools/test.py``;
   :mod:`mmrest_tools.prerun_checks`, its checks of a config's files.
 - :mod:`mmrest_tools.demo`: the shapes demo (``make demo``,
-  ``tools/run_demo.py``, ``tools/demo.py``).
+  ``tools/run_demo.py``, ``tools/demo.py``);
+  :mod:`mmrest_tools.demo_step_time`, the training step of several demo
+  configs timed side by side (``tools/demo_step_time.py``).
 - :mod:`mmrest_tools.benchmark`: the backbone benchmark (``make bench``).
 - :mod:`mmrest_tools.analysis`: FLOPs, parameters and CPU inference time of
   a detector (``tools/get_flops.py``, ``tools/benchmark_inference.py``).
