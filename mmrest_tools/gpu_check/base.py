@@ -1,6 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Running the sections: the deadline, the rows, the saved results.
-"""
+"""Running the sections: the deadline, the rows, the saved results."""
 import datetime
 import json
 import os

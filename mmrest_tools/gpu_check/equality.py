@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Section ``equality``: the fast and the literal path against the literal
-path in float64, under float32, fp16 and bf16, and fp16 GradScaler steps.
-"""
+path in float64, under float32, fp16 and bf16, and fp16 GradScaler steps."""
 import copy
 import functools
 import math

@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Section ``maskrcnn``: one AMP training iteration of whole Mask R-CNN
-detectors on synthetic data.
-"""
+detectors on synthetic data."""
 import functools
 import os.path as osp
 import statistics

@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Small helpers of every section: timing, error measures, device and
-version records.
-"""
+version records."""
 import contextlib
 import math
 import platform

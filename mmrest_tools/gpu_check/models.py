@@ -1,6 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The backbones the sections build.
-"""
+"""The backbones the sections build."""
 import torch.nn as nn
 
 from .settings import QUICK_REST_ARCH, _REST_DROP_PATH

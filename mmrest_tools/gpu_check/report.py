@@ -1,6 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""The Markdown report of a run's results.
-"""
+"""The Markdown report of a run's results."""
 from typing import Dict, List, Optional
 
 

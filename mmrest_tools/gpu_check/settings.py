@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """What a run measures, and at which sizes: the sections, the
-models, the criteria and :class:`Settings`.
-"""
+models, the criteria and :class:`Settings`."""
 import os.path as osp
 from typing import Optional
 

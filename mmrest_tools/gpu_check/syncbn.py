@@ -1,6 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Section ``syncbn``: SyncBN in a one-process group.
-"""
+"""Section ``syncbn``: SyncBN in a one-process group."""
 from typing import Dict
 
 import torch

@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Section ``throughput``: backbone speed and memory, inference and the
-training step.
-"""
+training step."""
 import statistics
 from typing import Dict, Sequence
 

@@ -1,7 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Section ``compile``: ``torch.compile`` of ResT-Small in a child process
-with a time limit.
-"""
+with a time limit."""
 import json
 import os
 import signal

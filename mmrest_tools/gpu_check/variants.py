@@ -1,6 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Section ``variants``: each formulation of EMSA's multi-head core.
-"""
+"""Section ``variants``: each formulation of EMSA's multi-head core."""
 import contextlib
 import copy
 import math
