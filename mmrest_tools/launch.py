@@ -27,8 +27,9 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from mmrest.utils import (check_data_paths, check_pretrained_files,
-                          skip_pretrained_loaded_over)
+from mmrest_tools.prerun_checks import (check_data_paths,
+                                        check_pretrained_files,
+                                        skip_pretrained_loaded_over)
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -165,8 +166,8 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
 
     Raises FileNotFoundError before anything is built when the backbone's
     pretrained checkpoint (and no checkpoint to load or resume holds the
-    backbone: :func:`mmrest.utils.skip_pretrained_loaded_over`), the
-    ``--resume`` checkpoint or the ``load_from`` one is missing.
+    backbone: :func:`~mmrest_tools.prerun_checks.skip_pretrained_loaded_over`),
+    the ``--resume`` checkpoint or the ``load_from`` one is missing.
     """
     cfg = load_config(args)
     set_precision(cfg, amp=args.amp, no_amp=args.no_amp)

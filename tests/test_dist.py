@@ -20,7 +20,7 @@ def free_port():
 
 
 def test_two_process_training(tmp_path):
-    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
+    from _tiny_coco import tiny_coco_overrides, write_tiny_coco
     root = tmp_path / 'coco'
     # 4 training images, 1 a batch: 2 iterations on each of the 2 ranks
     # (each rank's endless sampler draws from its own half);

@@ -111,7 +111,7 @@ def test_only_the_missing_pretrained_entry_is_dropped(tmp_path):
     Pretrained init of a module the checkpoint covers too (the neck's)."""
     from mmengine.config import Config
 
-    from mmrest.utils import skip_pretrained_loaded_over
+    from mmrest_tools.prerun_checks import skip_pretrained_loaded_over
     ckpt = fake_checkpoint(tmp_path / 'coco.pth')
     cfg = Config(dict(
         load_from=str(ckpt),
