@@ -11,8 +11,9 @@ allow-list of ``torch.load`` (mmrest's own loads use a scoped one, see
 
 The library, by concern:
 
-- :mod:`mmrest.backbones`: the models (ResT, ResTV2) and their attention
-  kernels;
+- :mod:`mmrest.backbones`: the models (ResT, ResTV2), their attention
+  kernels and the switch to the authors' literal computation
+  (``literal``, ``to_literal``);
 - :mod:`mmrest.checkpoint`: checkpoint loading, checkpoint families, the
   authors' pretrained weights, atomic checkpoint files;
 - :mod:`mmrest.engine`: the training hooks and the layer-decay optimizer
@@ -26,8 +27,7 @@ The library, by concern:
 - :mod:`mmrest.onnx_export`, :mod:`mmrest.deploy`: export to ONNX (a
   backbone) and to ONNX Runtime with mmdeploy (a whole detector);
 - :mod:`mmrest.datasets`: the synthetic shapes data set;
-- :mod:`mmrest.testing`: for the tests and the benchmark: the literal
-  (authors') computation of ResT and a tiny COCO set.
+- :mod:`mmrest.testing`: for the tests: a tiny COCO set.
 
 The programs of the repository (demo, benchmarks, launchers, GPU check) are
 in the separate package :mod:`mmrest_tools`.
