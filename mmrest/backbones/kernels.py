@@ -130,7 +130,8 @@ def literal(enabled: bool = True):
     computation.
 
     The switch is process-wide (not per thread) and restored on exit, also
-    on an exception; ``literal(False)`` turns it off within a block.
+    on an exception; ``literal(False)`` turns it off within a block (a
+    model made literal by :func:`to_literal` stays literal).
     Gradient checkpointing recomputes each block under the setting of its
     forward pass (see :func:`checkpoint`), so a backward pass may run
     outside the block.
