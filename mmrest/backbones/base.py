@@ -85,8 +85,9 @@ class Mlp(nn.Module):
     """Linear, activation (GELU, exact, erf, by default), Linear, with
     optional dropout after each Linear (ResT; ResT v2 has none).
 
-    The authors' names ``fc1``, ``act``, ``fc2``; the inference path runs it
-    over chunks of tokens (:func:`~mmrest.backbones.kernels.add_residual_mlp_`).
+    The authors' names ``fc1``, ``act``, ``fc2``; the inference path runs
+    it over chunks of tokens
+    (:func:`~mmrest.backbones.kernels.add_residual_mlp_`).
 
     Args:
         in_features (int): Input and output channels.
