@@ -11,8 +11,9 @@ allow-list of ``torch.load`` (mmrest's own loads use a scoped one, see
 
 The library, by concern:
 
-- :mod:`mmrest.backbones`: the models (ResT, ResTV2) and their attention
-  kernels;
+- :mod:`mmrest.backbones`: the models (ResT, ResTV2), their attention
+  kernels and the switch to the authors' literal computation
+  (``literal``, ``to_literal``);
 - :mod:`mmrest.checkpoint`: checkpoint loading, checkpoint families, the
   authors' pretrained weights, atomic checkpoint files;
 - :mod:`mmrest.engine`: the training hooks and the layer-decay optimizer
@@ -27,8 +28,6 @@ The library, by concern:
   backbone) and to ONNX Runtime with mmdeploy (a whole detector);
 - :mod:`mmrest.synthetic`: the generator of the synthetic shapes set
   (``mmrest.datasets`` is its former name, kept as an alias);
-- :mod:`mmrest.testing`: for the tests and the benchmark: the literal
-  (authors') computation of ResT.
 
 The programs of the repository (demo, benchmarks, launchers, GPU check) are
 in the separate package :mod:`mmrest_tools`.

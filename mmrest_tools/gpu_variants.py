@@ -78,7 +78,7 @@ def main(argv=None):
 def _literal_build(orig_build):
     """mmdet's ``MODELS.build``, the built detector's backbone turned into
     its literal computation."""
-    from mmrest.testing import to_literal
+    from mmrest.backbones import to_literal
 
     def build(cfg_, *a, **k):
         m = orig_build(cfg_, *a, **k)
@@ -92,7 +92,7 @@ def _literal_build(orig_build):
 def _variant_row(check, literal: bool) -> dict:
     """The backbone training step, then the Mask R-CNN AMP iteration."""
     import mmrest
-    from mmrest.testing import to_literal
+    from mmrest.backbones import to_literal
     row = {}
     torch.manual_seed(0)
     bb = mmrest.ResT(arch='small', drop_path_rate=0.1)

@@ -18,7 +18,7 @@ from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
                                load_checkpoint_file, mmengine_safe_loading,
                                restricted_globals, safe_loading,
                                safe_torch_load)
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
 #: Both safe-loading paths: torch's weights-only loader with the scoped

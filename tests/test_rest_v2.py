@@ -16,7 +16,7 @@ from _helpers import (assert_float32_close, assert_frozen_stages,
 from mmrest import ResT, ResTV2
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
 from _helpers import ROOT, CallCounter, SavedForBackward, build_detector

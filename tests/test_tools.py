@@ -232,7 +232,7 @@ def test_flop_count_of_the_attention_matches_the_literal_emsa():
     from mmengine.analysis import FlopAnalyzer
     from mmrest import ResT
     from mmrest_tools.analysis import EXTRA_FLOP_HANDLES
-    from mmrest.testing import to_literal
+    from mmrest.backbones import to_literal
     model = ResT(arch='lite').eval()
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 # Mask R-CNN with ResT-Lite trained from scratch on the embedded shapes set
-# (mmrest.datasets.generate_shapes_coco): `make demo`. The model is the COCO
+# (mmrest.synthetic.generate_shapes_coco): `make demo`. The model is the COCO
 # config's; only the data, the classes, the image size and the schedule
 # differ, plus the RoI counts below, which are sized for 128 x 128 images
 # with a handful of objects and for training on 2 CPU cores.

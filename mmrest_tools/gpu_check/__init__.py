@@ -10,7 +10,7 @@ only) measures, and writes to ``--out`` as ``gpu_check.json`` and
     weights and random BatchNorm statistics, on a 2x3x224x288 batch and a
     1x3x97x131 image, in four modes (eval without autograd, eval and train
     with autograd, train with ``with_cp=True``). Float32: the fast path and
-    the literal path (:func:`mmrest.testing.to_literal`) against the literal
+    the literal path (:func:`mmrest.backbones.to_literal`) against the literal
     path in float64 on the device; error = the largest absolute difference
     of an output over that output's largest magnitude (the worst of the
     four stages), and for the gradients of all parameters (loss: a fixed

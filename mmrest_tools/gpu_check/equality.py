@@ -18,7 +18,7 @@ class EqualitySection:
     """The ``equality`` section of :class:`~.GpuCheck`."""
 
     def equality(self, sec: Dict):
-        from mmrest.testing import to_literal
+        from mmrest.backbones import to_literal
         import mmrest
         dev = self.device
         sec['criteria'] = dict(

@@ -40,7 +40,7 @@ def build_backbone(name: str, quick: bool = False) -> nn.Module:
             model = build_rest(QUICK_REST_ARCH if quick else arch,
                                drop_path_rate=_REST_DROP_PATH[arch])
         if name.endswith('_literal'):
-            from mmrest.testing import to_literal
+            from mmrest.backbones import to_literal
             model = to_literal(model, copy_model=False)
         return model.eval()
     import mmrest  # noqa: F401  (registers mmrest in mmdet)

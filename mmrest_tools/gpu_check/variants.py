@@ -183,7 +183,7 @@ class VariantsSection:
         mode with autograd: float32 outputs and gradients against the
         literal path in float64 (computed once), each autocast dtype's
         outputs against the model's own float32 ones."""
-        from mmrest.testing import to_literal
+        from mmrest.backbones import to_literal
         dev = self.device
         if 'x' not in state:
             gen = torch.Generator().manual_seed(8)
