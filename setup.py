@@ -51,7 +51,8 @@ setup(
     long_description_content_type='text/markdown',
     # mmrest is the library; mmrest_tools the programs of tools/*.py,
     # shipped too: `mim train mmrest` runs the copies in mmrest/.mim/tools.
-    packages=find_packages(include=['mmrest', 'mmrest.*', 'mmrest_tools']),
+    packages=find_packages(
+        include=['mmrest', 'mmrest.*', 'mmrest_tools', 'mmrest_tools.*']),
     package_data={
         'mmrest': [
             '.mim/model-index.yml', '.mim/configs/**/*.py',
@@ -71,7 +72,7 @@ setup(
         # used where torch has them, with the same behaviour provided
         # otherwise (mmrest/utils/torch_compat.py); safe loading uses torch's
         # weights-only loader with a scoped allow-list on torch >= 2.6 and
-        # mmrest's restricted unpickler before (mmrest/checkpoint/loading.py).
+        # mmrest's restricted unpickler before (mmrest/checkpoint/safe_load.py).
         'torch>=2.1',
         # AtomicCheckpointHook overrides CheckpointHook's private
         # _save_checkpoint_with_step, the same from 0.10.0 to 0.10.7.

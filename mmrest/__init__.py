@@ -11,8 +11,9 @@ allow-list of ``torch.load`` (mmrest's own loads use a scoped one, see
 
 The library, by concern:
 
-- :mod:`mmrest.backbones`: the models (ResT, ResTV2) and their attention
-  kernels;
+- :mod:`mmrest.backbones`: the models (ResT, ResTV2), their attention
+  kernels and the switch to the authors' literal computation
+  (``literal``, ``to_literal``);
 - :mod:`mmrest.checkpoint`: checkpoint loading, checkpoint families, the
   authors' pretrained weights, atomic checkpoint files;
 - :mod:`mmrest.engine`: the training hooks and the layer-decay optimizer
@@ -22,12 +23,11 @@ The library, by concern:
 - :mod:`mmrest.models`: ``Detectron2RetinaHead``, detectron2's RetinaNet
   post-processing for the authors' converted detectors (registered when
   imported, see ``docs/detectron2_checkpoints.md``);
-- :mod:`mmrest.utils`: checks of a config's files before a run;
+- :mod:`mmrest.utils`: ``torch_compat``, what differs between torch versions;
 - :mod:`mmrest.onnx_export`, :mod:`mmrest.deploy`: export to ONNX (a
   backbone) and to ONNX Runtime with mmdeploy (a whole detector);
-- :mod:`mmrest.datasets`: the synthetic shapes data set;
-- :mod:`mmrest.testing`: for the tests and the benchmark: the literal
-  (authors') computation of ResT and a tiny COCO set.
+- :mod:`mmrest.synthetic`: the generator of the synthetic shapes set
+  (``mmrest.datasets`` is its former name, kept as an alias);
 
 The programs of the repository (demo, benchmarks, launchers, GPU check) are
 in the separate package :mod:`mmrest_tools`.

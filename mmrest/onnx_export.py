@@ -59,9 +59,6 @@ def build_feature_extractor(config: str,
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from .checkpoint import (CheckpointError, extract_state_dict,
-                             load_checkpoint_file)
-
     if not osp.isfile(config):
         raise FileNotFoundError(f'Config file not found: {config!r}')
     cfg = Config.fromfile(config)
@@ -85,38 +82,48 @@ def build_feature_extractor(config: str,
                               else neck_cfg[0])
     model = FeatureExtractor(backbone, neck)
     if checkpoint is not None:
-        weights = extract_state_dict(
-            load_checkpoint_file(checkpoint), source=repr(checkpoint))
-        wanted = model.state_dict()
-        missing = [k for k in wanted if k not in weights]
-        if missing:
-            raise CheckpointError(
-                f'{checkpoint!r} is not a checkpoint of {config}: it lacks '
-                f'{len(missing)} of the exported weights, e.g. {missing[:3]}')
-        # A deeper variant holds all of a shallower one's keys: its extra
-        # blocks, or other widths, mean another model.
-        modules = ('backbone.', 'neck.') if with_neck else ('backbone.', )
-        extra = [k for k in weights
-                 if k.startswith(modules) and k not in wanted]
-        wrong = [f'{k} {tuple(weights[k].shape)} (expected '
-                 f'{tuple(v.shape)})' for k, v in wanted.items()
-                 if weights[k].shape != v.shape]
-        if extra or wrong:
-            raise CheckpointError(
-                f'{checkpoint!r} is not a checkpoint of {config}: ' +
-                '; '.join(filter(None, [
-                    extra and f'it holds {len(extra)} weights that model '
-                    f'lacks, e.g. {extra[:3]}',
-                    wrong and f'{len(wrong)} weights differ in shape, e.g. '
-                    f'{wrong[:3]}'])) +
-                ' (a checkpoint of another variant?)')
-        model.load_state_dict(
-            {k: weights[k] for k in model.state_dict()})
+        _load_whole_model_weights(model, checkpoint, config, with_neck)
     else:
         backbone.init_weights()
         if neck is not None:
             neck.init_weights()
     return model.eval()
+
+
+def _load_whole_model_weights(model: FeatureExtractor, checkpoint: str,
+                              config: str, with_neck: bool) -> None:
+    """Load the backbone's (and neck's) weights of a whole-model checkpoint
+    of ``config``; a checkpoint that lacks some, or holds more or other
+    shapes (another variant), is a :class:`CheckpointError`."""
+    from .checkpoint import (CheckpointError, extract_state_dict,
+                             load_checkpoint_file)
+    weights = extract_state_dict(
+        load_checkpoint_file(checkpoint), source=repr(checkpoint))
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in weights]
+    if missing:
+        raise CheckpointError(
+            f'{checkpoint!r} is not a checkpoint of {config}: it lacks '
+            f'{len(missing)} of the exported weights, e.g. {missing[:3]}')
+    # A deeper variant holds all of a shallower one's keys: its extra
+    # blocks, or other widths, mean another model.
+    modules = ('backbone.', 'neck.') if with_neck else ('backbone.', )
+    extra = [k for k in weights
+             if k.startswith(modules) and k not in wanted]
+    wrong = [f'{k} {tuple(weights[k].shape)} (expected '
+             f'{tuple(v.shape)})' for k, v in wanted.items()
+             if weights[k].shape != v.shape]
+    if extra or wrong:
+        raise CheckpointError(
+            f'{checkpoint!r} is not a checkpoint of {config}: ' +
+            '; '.join(filter(None, [
+                extra and f'it holds {len(extra)} weights that model '
+                f'lacks, e.g. {extra[:3]}',
+                wrong and f'{len(wrong)} weights differ in shape, e.g. '
+                f'{wrong[:3]}'])) +
+            ' (a checkpoint of another variant?)')
+    model.load_state_dict(
+        {k: weights[k] for k in model.state_dict()})
 
 
 def export_onnx(model: nn.Module,

@@ -34,12 +34,12 @@ on how the allocator happened to reuse it.
 
 Backbones (``BACKBONES``): ``rest_{lite,small,base,large}`` (ResT as
 shipped), ``rest_{arch}_literal`` (the same model computed literally,
-:func:`mmrest.testing.to_literal`: N x M attention maps, 1x1 conv over
+:func:`mmrest.backbones.to_literal`: N x M attention maps, 1x1 conv over
 heads, InstanceNorm, BatchNorms as separate ops, NCHW maps between stages,
 the MLP on all tokens at once), ``rest_small_compiled`` (ResT-Small through
 ``torch.compile``, Inductor, one graph per input size, compiled in the
 warm-up; no memory figure), ``restv2_tiny`` and ``restv2_tiny_literal``
-(ResT v2-T and :func:`mmrest.testing.to_literal`),
+(ResT v2-T and :func:`mmrest.backbones.to_literal`),
 ``resnet50``, ``swin_t`` and ``pvt_small``
 from mmdet, each configured as in mmdet's detection configs (Mask R-CNN
 R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights.
@@ -89,7 +89,7 @@ def build_backbone(name: str) -> nn.Module:
         model = ResTV2(arch='tiny', drop_path_rate=0.1)
         model.init_weights()
         if name.endswith('_literal'):
-            from mmrest.testing import to_literal
+            from mmrest.backbones import to_literal
             model = to_literal(model, copy_model=False)
     elif name.startswith('rest_'):
         from mmrest import ResT
@@ -97,7 +97,7 @@ def build_backbone(name: str) -> nn.Module:
         model = ResT(arch=arch, drop_path_rate=_REST_DROP_PATH[arch])
         model.init_weights()
         if name.endswith('_literal'):
-            from mmrest.testing import to_literal
+            from mmrest.backbones import to_literal
             model = to_literal(model, copy_model=False)
         if name.endswith('_compiled'):  # Inductor, one graph per size
             model.eval()

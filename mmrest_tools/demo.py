@@ -11,7 +11,7 @@ split (COCO bbox and segm mAP; mIoU and each class's IoU) and writes
 :func:`predict_image` is ``tools/demo.py``: one image, its predictions drawn.
 
 The set is described in the config by a top-level ``shapes_data`` dict: the
-keyword arguments of :func:`mmrest.datasets.generate_shapes_coco` (its
+keyword arguments of :func:`mmrest.synthetic.generate_shapes_coco` (its
 ``out_dir`` defaults to the dataloaders' ``data_root``).
 """
 import json
@@ -25,8 +25,8 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
-from mmrest.datasets import generate_shapes_coco, shapes_info
-from mmrest.datasets.shapes import recorded_params
+from mmrest.synthetic import generate_shapes_coco, shapes_info
+from mmrest.synthetic.shapes import recorded_params
 
 # What the demos must reach on the val split (docs/demo.md): the detection
 # demo and the segmentation demo (mIoU as a fraction).
@@ -472,10 +472,54 @@ def run_demo(config: Union[str, Config],
         ``mmseg_metrics`` as mmseg logs them, in percent), the timings, the
         load average and the targets.
     """
-    from mmengine.runner import Runner
     start = time.time()
     load_before = _load_average()
     threads = set_cpu_threads(num_threads)
+    cfg = _demo_config(config, work_dir, cfg_options, data_root)
+    segmentation = is_segmentation_demo(cfg)
+    targets = SEG_TARGETS if segmentation else TARGETS
+
+    generated = prepare_shapes_data(cfg)
+    data_s = time.time() - start
+    print(f'[demo] data: {"generated" if generated else "found"} '
+          f'{_annotation_files(cfg)} ({data_s:.1f} s); '
+          f'{threads} torch threads', flush=True)
+
+    runner, keeper, areas, classes = _train_and_validate(cfg, segmentation)
+    train_end = time.time()
+
+    metrics = {k: float(v) for k, v in keeper.metrics.items()}
+    if segmentation:
+        metrics = _segmentation_outputs(runner, metrics, areas, classes,
+                                        work_dir)
+    else:
+        _detection_outputs(runner, metrics, work_dir)
+    total_s = time.time() - start
+    summary = dict(
+        metrics,
+        targets=targets,
+        targets_met=targets_met(metrics, targets),
+        time_s=_timings(keeper, runner.iter, data_s,
+                        train_end - start - data_s, total_s),
+        load_average=dict(start=load_before, end=_load_average()),
+        data_generated=generated,
+        torch_threads=threads,
+        config=cfg.filename,
+        iterations=runner.iter,
+        epochs=runner.epoch)
+    with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    _print_summary(summary, segmentation, targets, total_s, data_s,
+                   runner.iter, load_before, work_dir)
+    return summary
+
+
+def _demo_config(config: Union[str, Config], work_dir: str,
+                 cfg_options: Optional[dict],
+                 data_root: Optional[str]) -> Config:
+    """The demo's config with the caller's changes, the work dir made, and
+    the optimizer's ``fused`` dropped where this torch has no fused AdamW
+    on the device."""
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -490,18 +534,19 @@ def run_demo(config: Union[str, Config],
         print(f'[demo] torch {torch.__version__} has no fused AdamW on the '
               'CPU (torch >= 2.4 has): the per-tensor one, the same update',
               flush=True)
-    segmentation = is_segmentation_demo(cfg)
-    targets = SEG_TARGETS if segmentation else TARGETS
+    return cfg
 
-    generated = prepare_shapes_data(cfg)
-    data_s = time.time() - start
-    print(f'[demo] data: {"generated" if generated else "found"} '
-          f'{_annotation_files(cfg)} ({data_s:.1f} s); '
-          f'{threads} torch threads', flush=True)
 
+def _train_and_validate(cfg: Config, segmentation: bool):
+    """Train with mmengine's Runner and validate (once more when no
+    validation ran during training); returns the runner, the hook that kept
+    the metrics and timings, and for segmentation the hook that counted
+    each class's areas and the class names (None otherwise)."""
+    from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
     keeper = _KeepMetrics()
     runner.register_hook(keeper)
+    areas = classes = None
     if segmentation:
         classes = runner.val_dataloader.dataset.metainfo['classes']
         areas = _SegAreas(len(classes),
@@ -510,41 +555,24 @@ def run_demo(config: Union[str, Config],
     runner.train()
     if keeper.metrics is None:  # no validation ran during training
         keeper.metrics = runner.val_loop.run()
-    train_end = time.time()
+    return runner, keeper, areas, classes
 
-    metrics = {k: float(v) for k, v in keeper.metrics.items()}
-    if segmentation:
-        metrics = _segmentation_outputs(runner, metrics, areas, classes,
-                                        work_dir)
-    else:
-        _detection_outputs(runner, metrics, work_dir)
-    total_s = time.time() - start
+
+def _timings(keeper, iterations: int, data_s: float, train_and_eval_s: float,
+             total_s: float) -> dict:
+    """``metrics.json``'s ``time_s``: seconds of each phase, and wall and
+    CPU seconds per training iteration."""
     wall_s, cpu_s = (keeper.end[0] - keeper.start[0],
                      keeper.end[1] - keeper.start[1]) \
         if keeper.end else (0.0, 0.0)
-    iters = max(runner.iter, 1)
-    summary = dict(
-        metrics,
-        targets=targets,
-        targets_met=targets_met(metrics, targets),
-        time_s=dict(
-            data=round(data_s, 1),
-            train_and_eval=round(train_end - start - data_s, 1),
-            total=round(total_s, 1),
-            train_iterations=round(wall_s, 1),
-            per_iteration=round(wall_s / iters, 4),
-            cpu_per_iteration=round(cpu_s / iters, 4)),
-        load_average=dict(start=load_before, end=_load_average()),
-        data_generated=generated,
-        torch_threads=threads,
-        config=cfg.filename,
-        iterations=runner.iter,
-        epochs=runner.epoch)
-    with open(osp.join(work_dir, 'metrics.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
-    _print_summary(summary, segmentation, targets, total_s, data_s,
-                   runner.iter, load_before, work_dir)
-    return summary
+    iters = max(iterations, 1)
+    return dict(
+        data=round(data_s, 1),
+        train_and_eval=round(train_and_eval_s, 1),
+        total=round(total_s, 1),
+        train_iterations=round(wall_s, 1),
+        per_iteration=round(wall_s / iters, 4),
+        cpu_per_iteration=round(cpu_s / iters, 4))
 
 
 def _segmentation_outputs(runner, metrics: dict, areas, classes,

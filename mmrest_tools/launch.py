@@ -15,7 +15,7 @@ of mmdet's / mmseg's tools they
 * stop a run before anything is built when the data is not where the
   config says (annotation files, image folders, the images a COCO file
   lists) or when the model's heads and the data set disagree on the
-  classes (:mod:`mmrest.utils.prerun_checks`);
+  classes (:mod:`mmrest_tools.prerun_checks`);
 * run distributed on machines without CUDA (``torchrun`` with
   ``--launcher pytorch``): the gloo backend, DDP without device ids, and
   BatchNorm where the config says SyncBN (with a warning).
@@ -31,8 +31,9 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from mmrest.utils import (check_classes, check_data_paths,
-                          check_pretrained_files, skip_pretrained_loaded_over)
+from mmrest_tools.prerun_checks import (check_classes, check_data_paths,
+                                        check_pretrained_files,
+                                        skip_pretrained_loaded_over)
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -169,10 +170,11 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
 
     Raises FileNotFoundError before anything is built when the backbone's
     pretrained checkpoint (and no checkpoint to load or resume holds the
-    backbone: :func:`mmrest.utils.skip_pretrained_loaded_over`), the
-    ``--resume`` checkpoint or the ``load_from`` one is missing, or data
-    (:func:`mmrest.utils.check_data_paths`); ValueError when the heads'
-    classes and the data's disagree (:func:`mmrest.utils.check_classes`).
+    backbone: :func:`~mmrest_tools.prerun_checks.skip_pretrained_loaded_over`),
+    the ``--resume`` checkpoint or the ``load_from`` one is missing, or data
+    (:func:`~mmrest_tools.prerun_checks.check_data_paths`); ValueError when
+    the heads' classes and the data's disagree
+    (:func:`~mmrest_tools.prerun_checks.check_classes`).
     """
     cfg = load_config(args)
     set_precision(cfg, amp=args.amp, no_amp=args.no_amp)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrest import ResT
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]

@@ -65,9 +65,9 @@ def official_shapes_v2():
 @pytest.fixture(scope='session')
 def tiny_coco(tmp_path_factory):
     """A one-image COCO set (train and val, 64 x 64, made by
-    :mod:`mmrest.testing.coco`) as config overrides, the data loaders
+    ``tests/_tiny_coco.py``) as config overrides, the data loaders
     running in the test process."""
-    from mmrest.testing.coco import tiny_coco_overrides, write_tiny_coco
+    from _tiny_coco import tiny_coco_overrides, write_tiny_coco
     root = tmp_path_factory.mktemp('coco')
     write_tiny_coco(str(root), num_train=1, num_val=1, image_size=(64, 64))
     options = tiny_coco_overrides(str(root))

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmrest import ResT
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 from mmrest.backbones import rest as rest_module
 from _helpers import (CallCounter, SavedForBackward, assert_float32_close,
                       assert_float64_equal, assert_frozen_stages,

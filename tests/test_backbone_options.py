@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mmrest import ResT
 from mmrest.backbones import EMSA, emsa_attention, kernels
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_gradients_close, float32_errors, float32_floor,

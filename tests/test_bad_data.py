@@ -7,8 +7,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmrest.datasets import generate_shapes_coco
-from mmrest.utils import check_data_paths
+from mmrest.synthetic import generate_shapes_coco
+from mmrest_tools.prerun_checks import check_data_paths
 
 from _helpers import ROOT
 CONFIGS = [

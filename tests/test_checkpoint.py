@@ -18,7 +18,7 @@ from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
                                load_checkpoint_file, mmengine_safe_loading,
                                restricted_globals, safe_loading,
                                safe_torch_load)
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
 #: Both safe-loading paths: torch's weights-only loader with the scoped
@@ -302,7 +302,7 @@ def test_stand_ins_refuse_all_but_data(tmp_path, case, loader):
 
 
 def test_scalar_stand_in_refuses_objects():
-    import mmrest.checkpoint.loading as ck
+    import mmrest.checkpoint.safe_load as ck
     with pytest.raises(pickle.UnpicklingError, match='refused numpy scalar'):
         ck._safe_scalar(np.dtype(object), b'12345678')
     assert ck._safe_scalar(np.dtype('<f4'), np.float32(2.5).tobytes()) == 2.5
@@ -331,7 +331,7 @@ def test_allow_list_is_scoped_and_narrow():
 
     from mmengine.logging import HistoryBuffer
 
-    import mmrest.checkpoint.loading as ck
+    import mmrest.checkpoint.safe_load as ck
     before = list(torch.serialization.get_safe_globals())
     with safe_loading():
         during = torch.serialization.get_safe_globals()
@@ -372,7 +372,7 @@ def test_restricted_unpickler_table_is_narrow():
 
     from mmengine.logging import HistoryBuffer
 
-    import mmrest.checkpoint.loading as ck
+    import mmrest.checkpoint.safe_load as ck
     table = restricted_globals()
     stand_ins = {'builtins.getattr': ck._history_buffer_getattr,
                  'builtins.bytes': ck._empty_bytes,
@@ -435,7 +435,7 @@ def test_restricted_unpickler_changes_no_global_state(tmp_path, reference,
     of local files is back after mmengine_safe_loading."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    import mmrest.checkpoint.loading as ck
+    import mmrest.checkpoint.safe_load as ck
     state, _ = reference
     path = tmp_path / 'w.pth'
     torch.save(state, path)

@@ -106,8 +106,8 @@ def test_recipe(det, arch):
     assert optim.paramwise_cfg == dict(norm_decay_mult=0.0)
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.auto_scale_lr.base_batch_size == 16
-    assert cfg.train_cfg.type == 'EpochBasedTrainLoop'
-    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.train_cfg.type == 'IterBasedTrainLoop'
+    assert cfg.train_cfg.max_iters == 90000
 
     train = [t.type for t in cfg.train_pipeline]
     expected = ['LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
@@ -139,44 +139,38 @@ def test_recipe(det, arch):
 @pytest.mark.parametrize('det', DETECTORS)
 def test_learning_rate_schedule(det):
     """Warm-up from 0.001 x lr over 1000 iterations (detectron2's: full lr
-    from iteration 1000), then lr / 10 after epochs 8 and 11, stepping the
-    schedulers as mmengine's hook does."""
+    from iteration 1000), then lr / 10 from iterations 60,000 and 80,000 of
+    90,000, stepping the schedulers as mmengine's hook does (every
+    iteration; the full schedule of every config: test_recipe.py)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import PARAM_SCHEDULERS
     cfg = load(det, 'small')
     model = torch.nn.Linear(2, 2)
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    epoch_len = 400  # iterations per epoch (COCO at batch 16: 7330)
     schedulers = [
-        PARAM_SCHEDULERS.build(
-            s, default_args=dict(optimizer=optim, epoch_length=epoch_len))
+        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=optim))
         for s in copy.deepcopy(cfg.param_scheduler)
     ]
-    lr_at = {}  # (epoch, iteration in epoch) -> lr used by that iteration
-    for epoch in range(cfg.train_cfg.max_epochs):
-        for i in range(epoch_len):
-            lr_at[epoch, i] = optim.get_lr()['lr'][0]
-            for s in schedulers:
-                if not s.by_epoch:
-                    s.step()
+    assert not any(s.by_epoch for s in schedulers)
+    lr = []  # the lr each iteration uses
+    for _ in range(cfg.train_cfg.max_iters):
+        lr.append(optim.get_lr()['lr'][0])
         for s in schedulers:
-            if s.by_epoch:
-                s.step()
+            s.step()
 
-    def lr(it):
-        return lr_at[divmod(it, epoch_len)]
-
-    assert lr(0) == pytest.approx(1e-7)
+    assert len(lr) == 90000
+    assert lr[0] == pytest.approx(1e-7)
     # linear, detectron2's: 0.001 + 0.999 i / 1000, full lr at 1000
-    warm_up = [lr(i) for i in range(1001)]
+    warm_up = lr[:1001]
     assert all(a < b for a, b in zip(warm_up, warm_up[1:]))
-    assert lr(500) == pytest.approx(1e-4 * (0.001 + 0.999 * 500 / 1000))
-    assert lr(999) == pytest.approx(1e-4 * (0.001 + 0.999 * 999 / 1000))
-    assert lr(1000) == pytest.approx(1e-4) and lr(1001) == pytest.approx(1e-4)
-    assert lr_at[7, epoch_len - 1] == pytest.approx(1e-4)
-    assert lr_at[8, 0] == pytest.approx(1e-5)
-    assert lr_at[10, epoch_len - 1] == pytest.approx(1e-5)
-    assert lr_at[11, 0] == pytest.approx(1e-6)
+    assert lr[500] == pytest.approx(1e-4 * (0.001 + 0.999 * 500 / 1000))
+    assert lr[999] == pytest.approx(1e-4 * (0.001 + 0.999 * 999 / 1000))
+    assert lr[1000] == pytest.approx(1e-4) and lr[1001] == pytest.approx(1e-4)
+    assert lr[59999] == pytest.approx(1e-4)
+    assert lr[60000] == pytest.approx(1e-5)
+    assert lr[79999] == pytest.approx(1e-5)
+    assert lr[80000] == pytest.approx(1e-6)
+    assert lr[89999] == pytest.approx(1e-6)
 
 
 @pytest.mark.parametrize('det,arch', [(d, a) for d in DETECTORS

@@ -17,7 +17,7 @@ from _helpers import (assert_float32_close, assert_gradients_close,
                       float64_literal, golden_model, golden_model_v2,
                       relative_error, stage_depths)
 
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 # Four sizes, each differing from the previous one in height and width;
 # the last two are not multiples of 32.

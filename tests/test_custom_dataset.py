@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmrest.datasets import generate_shapes_coco
+from mmrest.synthetic import generate_shapes_coco
 
 from _helpers import ROOT
 
@@ -516,7 +516,7 @@ def test_class_check_on_mmdet_detectors(base, heads, change, named,
     """mmdet's own COCO configs pass (every head has COCO's 80 classes; the
     RPN's and HTC's semantic head's are not compared); a head changed is
     named, and only it."""
-    from mmrest.utils import check_classes, head_class_counts
+    from mmrest_tools.prerun_checks import check_classes, head_class_counts
     cfg = _mm_config(tmp_path, base)
     counts = head_class_counts(cfg.model)
     assert [key for key, _ in counts] == heads
@@ -535,7 +535,7 @@ def test_class_check_on_mmdet_detectors(base, heads, change, named,
 def test_class_check_on_mmseg_segmentors(tmp_path):
     """mmseg: the decode and auxiliary heads against the dataset class's
     classes (ADE20K's 150); the shapes demo's 5 from its metainfo."""
-    from mmrest.utils import check_classes, head_class_counts
+    from mmrest_tools.prerun_checks import check_classes, head_class_counts
     cfg = _mm_config(tmp_path,
                      'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py')
     assert head_class_counts(cfg.model) == [

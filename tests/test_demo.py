@@ -11,8 +11,8 @@ import pytest
 from mmengine.config import Config
 
 from _helpers import demo_training_records, run_tiny_demo
-from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
-from mmrest.datasets.shapes import GENERATOR_VERSION, MIN_CONTRAST
+from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
+from mmrest.synthetic.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
 from _helpers import ROOT
 DEMO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
@@ -98,7 +98,7 @@ def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
 
 def _square_masks(max_rotation):
     """Masks of squares drawn alone (no occlusion) at random poses."""
-    from mmrest.datasets.shapes import _shape_mask
+    from mmrest.synthetic.shapes import _shape_mask
     rng = np.random.RandomState(0)
     square = SHAPES_CLASSES.index('square')
     return [

@@ -13,7 +13,7 @@ import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 
 from _helpers import (EPS32, demo_training_records, run_tiny_demo,
                       settings_by_param)
-from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco, shapes_info
+from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 
 from _helpers import ROOT
 CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'

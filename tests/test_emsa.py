@@ -7,8 +7,8 @@ import torch
 
 from mmrest.backbones import EMSA, ResT, emsa_attention
 from mmrest.backbones import kernels
-from mmrest.testing import to_literal
-from mmrest.testing.literal import is_literal
+from mmrest.backbones import to_literal
+from mmrest.backbones.kernels import is_literal
 from _helpers import (GRADIENT_FACTOR, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float64_literal, literal_attention, relative_error,

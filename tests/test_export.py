@@ -9,7 +9,7 @@ from _helpers import ROOT
 from _helpers import (assert_float32_close, assert_gradients_close,
                       float64_literal, golden_model, stage_depths)
 
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 GOLDEN = Path(__file__).resolve().parent / 'data' / 'rest_v1_tiny_golden.pt'
 TINY = dict(embed_dims=[16, 32, 64, 128])  # the golden model's widths

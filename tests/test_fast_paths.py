@@ -14,8 +14,8 @@ from mmrest import ResT
 from mmrest.backbones import emsa_attention
 from mmrest.backbones import kernels
 from mmrest.backbones import rest as rest_module
-from mmrest.testing import to_literal
-from mmrest.testing.literal import is_literal
+from mmrest.backbones import to_literal
+from mmrest.backbones.kernels import is_literal
 from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float32_floor, float64_literal, golden_model,
@@ -539,3 +539,44 @@ def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
         assert relative_error(args[1].double(), weight) < 1e-6
         assert relative_error(args[2].double(), bias) < 1e-6
         assert torch.allclose(out, expected, atol=1e-5)
+
+
+TINY_V1 = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1],
+               num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
+               mlp_ratios=[2, 2, 2, 2])
+TINY_V2 = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1],
+               num_heads=[1, 2, 4, 8])
+
+
+@pytest.mark.parametrize('family', ['v1', 'v2'])
+@pytest.mark.parametrize('case', ['frozen stem, train', 'eval'])
+def test_with_cp_checkpoints_wherever_autograd_records(family, case,
+                                                      monkeypatch):
+    """One rule for ``with_cp`` in both families: every block is
+    checkpointed whenever autograd records, in train and eval mode, also
+    the blocks behind a frozen stem whose input needs no gradient (counted:
+    each block recomputed once in the backward pass); the gradients are
+    those of the same model without checkpointing (float64)."""
+    from mmrest import ResTV2
+    from mmrest.backbones import rest_v2
+    cls, arch, block = (ResT, TINY_V1, rest_module.Block) if family == 'v1' \
+        else (ResTV2, TINY_V2, rest_v2.BlockV2)
+    frozen = 0 if case.startswith('frozen') else -1
+    models = [randomised(cls(arch, with_cp=with_cp, frozen_stages=frozen))
+              for with_cp in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    grads = []
+    for model, recomputed in zip(models, (0, sum(arch['depths']))):
+        model.double().train(frozen == 0)
+        calls = CallCounter(monkeypatch, block, '_forward')
+        outs = model(x)
+        calls.count = 0
+        sum((o * o.detach().sign()).sum() for o in outs).backward()
+        assert calls.count == recomputed
+        grads.append({n: p.grad for n, p in model.named_parameters()
+                      if p.requires_grad})
+        monkeypatch.undo()
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert relative_error(grads[1][name], grad) <= 1e-12, name

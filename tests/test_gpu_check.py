@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -303,9 +304,11 @@ def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
         now[0] += durations[len(calls) - 1]
 
     model.register_forward_hook(forward_hook)
-    monkeypatch.setattr(gpu_check.time, 'perf_counter', lambda: now[0])
-    monkeypatch.setattr(gpu_check, 'time_steps', functools.partial(
-        gpu_check.time_steps, clock=lambda: now[0]))
+    monkeypatch.setattr(time, 'perf_counter', lambda: now[0])
+    # the throughput section's module times the steps
+    monkeypatch.setattr(gpu_check.throughput, 'time_steps',
+                        functools.partial(gpu_check.time_steps,
+                                          clock=lambda: now[0]))
     wrapped = lambda x: [model(x)]  # noqa: E731 (outputs as a list)
     holder = torch.nn.Module()
     holder.forward = wrapped
@@ -450,3 +453,47 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
                    '### variants'):
         assert header in md
     assert md.strip() in proc.stdout  # the table is printed last
+
+
+# --------------------------------------------------------------------------
+# the GPU experiments beside the check (mmrest_tools.gpu_profile and
+# gpu_variants, behind tools/device/*.py)
+# --------------------------------------------------------------------------
+def test_depthwise_by_slices_is_a_depthwise_convolution():
+    """gpu_profile's candidate kernel computes what F.conv2d with one group
+    per channel computes (float64, ResT's reduction and PA shapes)."""
+    import torch.nn.functional as F
+
+    from mmrest_tools.gpu_profile import depthwise_by_slices
+    gen = torch.Generator().manual_seed(0)
+    for c, h, w, k, s, p in ((4, 17, 23, 9, 8, 4), (3, 10, 9, 5, 4, 2),
+                             (2, 7, 8, 3, 1, 1)):
+        x = torch.randn(2, c, h, w, generator=gen, dtype=torch.float64)
+        wt = torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64)
+        b = torch.randn(c, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(
+            depthwise_by_slices(x, wt, b, s, p),
+            F.conv2d(x, wt, b, s, p, groups=c), rtol=1e-12, atol=1e-12)
+
+
+def test_gpu_experiment_command_lines(tmp_path):
+    """tools/device/*.py are thin command lines over mmrest_tools: their
+    options come from the programs; gpu_profile's CPU smoke run of the
+    convolution timings writes every row (5 convolutions, 2 dtypes, 4
+    kernels)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS='ignore')
+    for tool, option in (('gpu_profile', '--smoke'),
+                         ('gpu_variants', '--out')):
+        proc = subprocess.run(
+            [sys.executable, f'tools/device/{tool}.py', '--help'], cwd=ROOT,
+            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and option in proc.stdout, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, 'tools/device/gpu_profile.py', '--smoke',
+         '--sections', 'convs', '--out', str(tmp_path)], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / 'profile.json').read_text())['convs']
+    assert len(rows) == 5 * 2 * 4
+    assert {r['variant'] for r in rows} == {'cudnn', 'cudnn benchmark',
+                                            'native', 'slices'}

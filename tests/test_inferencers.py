@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 
-from mmrest.datasets import SHAPES_CLASSES, generate_shapes_coco
+from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco
 
 from _helpers import ROOT
 

@@ -16,7 +16,7 @@ import torch
 
 from mmrest import ResT
 from mmrest.backbones.kernels import batch_norm_call
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 TINY = dict(embed_dims=[8, 16, 32, 64],
             depths=[1, 1, 1, 1],

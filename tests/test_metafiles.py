@@ -106,13 +106,18 @@ def test_models_name_their_config_and_collection():
 
 @pytest.mark.parametrize('model', _models(DETECTION))
 def test_config_builds_and_matches_its_metadata(model):
-    """The config builds with its ResT backbone; its epochs and its number
+    """The config builds with its ResT backbone; its schedule length
+    (iterations or epochs, as the config counts) and its number
     of parameters are the metafile's (a drift guard: the metafile's count
     was made by this code; see test_published_parameter_counts)."""
     cfg, detector = build_detector(ROOT / model['Config'])
     assert type(detector.backbone).__name__ in ('ResT', 'ResTV2')
     metadata = model['Metadata']
-    assert metadata['Epochs'] == cfg.train_cfg.max_epochs
+    if cfg.train_cfg.type == 'IterBasedTrainLoop':  # detectron2's runs
+        assert metadata['Iterations'] == cfg.train_cfg.max_iters
+        assert 'Epochs' not in metadata
+    else:
+        assert metadata['Epochs'] == cfg.train_cfg.max_epochs
     params = sum(p.numel() for p in detector.parameters())
     assert round(params / 1e6, PARAMS_DECIMALS) == metadata[PARAMS], (
         f'{model["Name"]}: the config builds {params} parameters')

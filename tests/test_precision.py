@@ -18,7 +18,7 @@ import torch
 from _helpers import (assert_float32_close, autocast_floor, float64_literal,
                       golden_model, golden_model_v2, stage_depths)
 
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 
 DATA = Path(__file__).resolve().parent / 'data'
 DTYPES = [torch.bfloat16, torch.float16]

@@ -15,6 +15,8 @@ built detectors. Values are never read from the configs to be compared
 with themselves.
 """
 import copy
+import functools
+import json
 import math
 
 import numpy as np
@@ -69,12 +71,17 @@ DROP_PATH = {('v1', 'lite'): 0.1, ('v1', 'small'): 0.1, ('v1', 'base'): 0.2,
              ('v1', 'large'): 0.2, ('v2', 'tiny'): 0.1, ('v2', 'small'): 0.2,
              ('v2', 'base'): 0.3}
 # Warm-up (detectron2 defaults): linear, WARMUP_FACTOR 1/1000,
-# WARMUP_ITERS 1000; GAMMA 0.1. Steps 60k / 80k of 90k (1x) and 210k /
-# 250k of 270k (3x), in mmdet's epochs of COCO at batch 16 (the decision
-# documented in docs/detection.md): after epochs 8 / 11 of 12, 27 / 33 of
-# 36.
+# WARMUP_ITERS 1000; GAMMA 0.1. SOLVER.MAX_ITER and STEPS: 90k with steps
+# at 60k / 80k (Base-*.yaml, 1x) and 270k with 210k / 250k (ResTv2 yaml
+# files, 3x), in iterations at batch 16.
 WARMUP_FACTOR, WARMUP_ITERS, GAMMA = 1e-3, 1000, 0.1
-EPOCHS = {'1x': (12, (8, 11)), '3x': (36, (27, 33))}
+ITERS = {'1x': (90000, (60000, 80000)), '3x': (270000, (210000, 250000))}
+# TEST.EVAL_PERIOD: unset (0, at the end only) for v1; 20000 in the v2 Mask
+# R-CNN yaml files, 30000 in the v2 RetinaNet one. CHECKPOINT_PERIOD unset:
+# detectron2's 5000. The training sampler (DATALOADER.SAMPLER_TRAIN
+# TrainingSampler) is an endless shuffled stream.
+EVAL_PERIOD = {('mask_rcnn', 'v2'): 20000, ('retinanet', 'v2'): 30000}
+CHECKPOINT_PERIOD = 5000
 # Base-RCNN-FPN.yaml (RPN) and detectron2's defaults (RPN / ROI_HEADS).
 RPN = dict(pos=0.7, neg=0.3, num=256, pos_fraction=0.5, pre_train=2000,
            post_train=1000, pre_test=1000, post_test=1000, nms=0.7)
@@ -265,44 +272,61 @@ def test_gradient_clipping(path):
         p.grad = None
 
 
-@pytest.mark.parametrize('path', list(DETECTION))
-def test_amp_and_schedule(path):
-    """AMP as the yaml says; the warm-up (linear from 1/1000 over 1000
-    iterations, full lr from iteration 1000) and the steps, stepping the
-    schedulers as mmengine's hook does."""
+@functools.lru_cache(maxsize=None)
+def _lr_per_iteration(schedulers_json, max_iters):
+    """The lr of every iteration 0 .. max_iters - 1 under the schedulers
+    (their configs as JSON), stepped as mmengine's hook steps iteration-based ones."""
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
-    _, family, _, schedule = DETECTION[path]
+    layer = nn.Linear(1, 1)
+    wrapper = OptimWrapper(torch.optim.AdamW(layer.parameters(), lr=LR))
+    schedulers = [
+        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper))
+        for s in json.loads(schedulers_json)
+    ]
+    assert not any(s.by_epoch for s in schedulers)
+    group = wrapper.optimizer.param_groups[0]
+    lrs = np.empty(max_iters)
+    for it in range(max_iters):
+        lrs[it] = group['lr']
+        for s in schedulers:
+            s.step()
+    return lrs
+
+
+@pytest.mark.parametrize('path', list(DETECTION))
+def test_amp_and_schedule(path):
+    """AMP as the yaml says; detectron2's run counted in iterations: the
+    iteration-based loop over an endless sampler, the warm-up (linear from
+    1/1000 over 1000 iterations, full lr from iteration 1000) and the steps
+    at the yaml's iterations, the lr of every iteration checked against
+    detectron2's formula; evaluation and checkpoints at its periods."""
+    detector, family, _, schedule = DETECTION[path]
     cfg = load(path)
     assert (cfg.optim_wrapper.type == 'AmpOptimWrapper') == AMP[family]
     if AMP[family]:
         assert cfg.optim_wrapper.loss_scale == 'dynamic'
-    max_epochs, steps = EPOCHS[schedule]
-    assert cfg.train_cfg.type == 'EpochBasedTrainLoop'
-    assert cfg.train_cfg.max_epochs == max_epochs
-    layer = nn.Linear(1, 1)
-    wrapper = OptimWrapper(torch.optim.AdamW(layer.parameters(), lr=LR))
-    epoch_len = 1300  # iterations an epoch; COCO at batch 16: 7330
-    schedulers = [
-        PARAM_SCHEDULERS.build(
-            s, default_args=dict(optimizer=wrapper, epoch_length=epoch_len))
-        for s in copy.deepcopy(cfg.param_scheduler)
-    ]
-    it = 0
-    for epoch in range(max_epochs):
-        for i in range(epoch_len):
-            warm = WARMUP_FACTOR * (1 - it / WARMUP_ITERS) + it / \
-                WARMUP_ITERS if it < WARMUP_ITERS else 1.0
-            decay = GAMMA**sum(epoch >= s for s in steps)
-            assert wrapper.get_lr()['lr'][0] == pytest.approx(
-                LR * warm * decay, rel=1e-9), (epoch, i)
-            for s in schedulers:
-                if not s.by_epoch:
-                    s.step()
-            it += 1
-        for s in schedulers:
-            if s.by_epoch:
-                s.step()
+    max_iters, steps = ITERS[schedule]
+    assert cfg.train_cfg.type == 'IterBasedTrainLoop'
+    assert cfg.train_cfg.max_iters == max_iters
+    assert cfg.train_cfg.val_interval == EVAL_PERIOD.get((detector, family),
+                                                         max_iters)
+    assert cfg.train_dataloader.sampler.type == 'InfiniteSampler'
+    assert cfg.train_dataloader.sampler.get('shuffle', True)
+    assert cfg.train_dataloader.batch_sampler.type == \
+        'AspectRatioBatchSampler'
+    checkpoint = cfg.default_hooks.checkpoint
+    assert not checkpoint.by_epoch
+    assert checkpoint.interval == CHECKPOINT_PERIOD
+    assert not cfg.log_processor.by_epoch
+    schedulers = [dict(s) for s in cfg.param_scheduler]
+    lrs = _lr_per_iteration(json.dumps(schedulers), max_iters)
+    it = np.arange(max_iters)
+    warm = np.where(
+        it < WARMUP_ITERS,
+        WARMUP_FACTOR * (1 - it / WARMUP_ITERS) + it / WARMUP_ITERS, 1.0)
+    decay = GAMMA**sum((it >= s).astype(float) for s in steps)
+    np.testing.assert_allclose(lrs, LR * warm * decay, rtol=1e-9, atol=0)
 
 
 # ----------------------------------------------------------------- input

@@ -16,7 +16,7 @@ from _helpers import (assert_float32_close, assert_frozen_stages,
 from mmrest import ResT, ResTV2
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
-from mmrest.testing import to_literal
+from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
 from _helpers import ROOT, CallCounter, SavedForBackward, build_detector
@@ -638,9 +638,9 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
         f'mask-rcnn_restv2-{arch}_fpn_3x_coco.py')
     assert raw.model.backbone.init_cfg.checkpoint == \
         f'checkpoints/restv2_{arch}_224.pth'
-    assert raw.train_cfg.max_epochs == 36
+    assert raw.train_cfg.max_iters == 270000
     step = [s for s in raw.param_scheduler if s.type == 'MultiStepLR'][0]
-    assert step.milestones == [27, 33]
+    assert step.milestones == [210000, 250000] and not step.by_epoch
     assert raw.optim_wrapper.type == 'AmpOptimWrapper'
     assert raw.optim_wrapper.optimizer.type == 'AdamW'
     assert raw.optim_wrapper.optimizer.lr == 1e-4
@@ -662,7 +662,7 @@ def test_mask_rcnn_1x_and_retinanet_tiny_configs():
         'mask_rcnn/mask-rcnn_restv2-tiny_fpn_1x_coco.py')
     n_params = sum(p.numel() for p in model.parameters())
     assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M['tiny']
-    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.train_cfg.max_iters == 90000
     cfg, model = _build_detector(
         'retinanet/retinanet_restv2-tiny_fpn_1x_coco.py')
     assert isinstance(model.backbone, ResTV2)

@@ -232,7 +232,7 @@ def test_flop_count_of_the_attention_matches_the_literal_emsa():
     from mmengine.analysis import FlopAnalyzer
     from mmrest import ResT
     from mmrest_tools.analysis import EXTRA_FLOP_HANDLES
-    from mmrest.testing import to_literal
+    from mmrest.backbones import to_literal
     model = ResT(arch='lite').eval()
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
@@ -295,7 +295,8 @@ def test_get_flops_tool(tmp_path, official_shapes):
 
 # --------------------------------------------------------------- real runs
 def test_train_test_and_resume(tiny_coco, tmp_path):
-    """tools/train.py trains an epoch and validates it with CocoMetric;
+    """tools/train.py trains an iteration (the paper configs count
+    detectron2's iterations) and validates it with CocoMetric at the end;
     tools/test.py evaluates the checkpoint, dumps and draws the results;
     --resume continues from the latest checkpoint."""
     work = tmp_path / 'work'
@@ -305,13 +306,14 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
         'model.test_cfg.score_thr': 0.0,
     }
     options = flat_options({**tiny_coco, **scratch})
-    # mmengine validates after the last epoch whatever val_interval says
+    # mmengine validates after the last iteration whatever val_interval says
     no_validation = flat_options({**tiny_coco, **scratch}, validate=False)
     run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
-         '--cfg-options', 'train_cfg.max_epochs=1', *options])
-    assert (work / 'epoch_1.pth').is_file()
+         '--cfg-options', 'train_cfg.max_iters=1', *options])
+    assert (work / 'iter_1.pth').is_file()
+    assert not list(work.glob('epoch_*.pth'))
     train, val = scalars(work)
-    assert train['epoch'] == 1 and train['iter'] == 1
+    assert train['iter'] == 1
     assert train['lr'] == pytest.approx(1e-7)  # warm-up from 0.001
     assert 'loss_cls' in train
     # the authors clip no RetinaNet gradient: no clipping, no logged norm
@@ -319,7 +321,7 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
     assert 0 <= val['coco/bbox_mAP'] <= 1
 
     preds = tmp_path / 'preds.pkl'
-    text = run([PY, 'tools/test.py', RETINANET, work / 'epoch_1.pth',
+    text = run([PY, 'tools/test.py', RETINANET, work / 'iter_1.pth',
                 '--work-dir', work, '--out', preds, '--show-dir', 'vis',
                 '--cfg-options', *options])
     assert 'coco/bbox_mAP' in text and 'Load checkpoint from' in text
@@ -329,12 +331,12 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
     assert len(list(work.glob('*/vis/*.png'))) == 1
 
     text = run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
-                '--resume', '--cfg-options', 'train_cfg.max_epochs=2',
+                '--resume', '--cfg-options', 'train_cfg.max_iters=2',
                 *no_validation])
-    assert 'resumed epoch: 1, iter: 1' in text
-    assert (work / 'epoch_2.pth').is_file()
+    assert 'resumed epoch: 0, iter: 1' in text
+    assert (work / 'iter_2.pth').is_file()
     (record, ) = scalars(work)
-    assert record['epoch'] == 2 and record['iter'] == 2
+    assert record['iter'] == 2
     shutil.rmtree(work)  # checkpoints of 240 MB each
 
 
@@ -360,10 +362,10 @@ def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):
     assert tool.is_file()
     work = tmp_path / 'work'
     run([PY, tool, ROOT / MASK_RCNN, '--work-dir', work, '--cfg-options',
-         'model.backbone.init_cfg=None', 'train_cfg.max_epochs=1',
+         'model.backbone.init_cfg=None', 'train_cfg.max_iters=1',
          *flat_options(tiny_coco, validate=False)],
         cwd=tmp_path)
-    assert (work / 'epoch_1.pth').is_file()
+    assert (work / 'iter_1.pth').is_file()
     (record, ) = scalars(work)
     assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(
         record)

@@ -111,7 +111,7 @@ def test_only_the_missing_pretrained_entry_is_dropped(tmp_path):
     Pretrained init of a module the checkpoint covers too (the neck's)."""
     from mmengine.config import Config
 
-    from mmrest.utils import skip_pretrained_loaded_over
+    from mmrest_tools.prerun_checks import skip_pretrained_loaded_over
     ckpt = fake_checkpoint(tmp_path / 'coco.pth')
     cfg = Config(dict(
         load_from=str(ckpt),
@@ -144,7 +144,7 @@ def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco,
     ckpt = tmp_path / 'coco.pth'
     torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
     work = tmp_path / 'work'
-    options = {**tiny_coco, 'train_cfg.max_epochs': 1,
+    options = {**tiny_coco, 'train_cfg.max_iters': 1,
                'optim_wrapper.optimizer.lr': 0.0, 'load_from': str(ckpt),
                'val_cfg': None, 'val_dataloader': None,
                'val_evaluator': None}
@@ -162,7 +162,7 @@ def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco,
     assert 'is missing and not needed' in output
     assert 'Load checkpoint from' in output
     with safe_loading():  # an mmengine checkpoint: message hub and all
-        saved = torch.load(work / 'epoch_1.pth', map_location='cpu',
+        saved = torch.load(work / 'iter_1.pth', map_location='cpu',
                            weights_only=True)['state_dict']
     for name, param in model.named_parameters():
         assert torch.equal(saved[name], param), name

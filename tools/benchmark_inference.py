@@ -4,7 +4,7 @@
 
     python tools/benchmark_inference.py \
         configs/retinanet/retinanet_rest-small_fpn_1x_coco.py
-    python tools/benchmark_inference.py CONFIG --checkpoint epoch_12.pth \\
+    python tools/benchmark_inference.py CONFIG --checkpoint iter_90000.pth \\
         --shape 800 1344 --repeats 5 --threads 2
 
 One synthetic image of ``--shape`` (padded size), ``mode='predict'``, eval

@@ -3,11 +3,11 @@
 
     python tools/deploy.py \
         configs/retinanet/retinanet_rest-small_fpn_1x_coco.py \
-        work_dirs/retinanet_rest-small_fpn_1x_coco/epoch_12.pth \
+        work_dirs/retinanet_rest-small_fpn_1x_coco/iter_90000.pth \
         --out deploy/retinanet
     python tools/deploy.py \
         configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py \
-        work_dirs/mask-rcnn_rest-small_fpn_1x_coco/epoch_12.pth \
+        work_dirs/mask-rcnn_rest-small_fpn_1x_coco/iter_90000.pth \
         --deploy-cfg instance-seg \
         --image data/coco/val2017/000000000139.jpg --out deploy/mask_rcnn
 

@@ -3,7 +3,7 @@
 
     python tools/export_onnx.py \
         configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py
-    python tools/export_onnx.py CONFIG --checkpoint epoch_12.pth --with-neck \
+    python tools/export_onnx.py CONFIG --checkpoint iter_90000.pth --with-neck \
         --shape 800 1344 --out rest_small_fpn.onnx --check 320x448 97x131
 
 The graph has dynamic batch, height and width. After the export the file is

@@ -3,10 +3,8 @@
 # Checkpoints are written whole or not at all, and resume / load_from read
 # them weights-only (AtomicCheckpointHook). Each iteration reseeds the main
 # process from (seed, iteration), so after a resume the model's own random
-# draws (stochastic depth, proposal sampling) repeat; the augmentation in
-# the persistent dataloader workers is not reseeded: a resumed run sees the
-# same images in the same order, cropped / scaled / flipped differently
-# (see IterSeedHook). Training stops with a message when the loss becomes
+# draws (stochastic depth, proposal sampling) repeat; the augmentation
+# drawn in the dataloader workers is not reseeded by it (see IterSeedHook). Training stops with a message when the loss becomes
 # NaN or infinite.
 _base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['mmrest'], allow_failed_imports=False)

@@ -1,5 +1,5 @@
 # The embedded shapes set of the demos (`make demo`, `make demo-seg`): the
-# arguments of mmrest.datasets.generate_shapes_coco, which the demos call
+# arguments of mmrest.synthetic.generate_shapes_coco, which the demos call
 # when the config's data_root lacks the set (deterministic: same seed, same
 # files; a set made with other arguments is regenerated).
 shapes_data = dict(

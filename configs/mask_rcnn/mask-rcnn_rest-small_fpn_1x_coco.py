@@ -107,7 +107,15 @@ test_pipeline = [
         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
                    'scale_factor')),
 ]
+# detectron2's iteration-based run: an endless shuffled stream of images
+# (its TrainingSampler; mmengine's InfiniteSampler), batches of one aspect-
+# ratio group (mmdet's AspectRatioBatchSampler, from the data set base), a
+# checkpoint every 5,000 iterations (SOLVER.CHECKPOINT_PERIOD), logs counted
+# in iterations.
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=5000))
+log_processor = dict(by_epoch=False)
 train_dataloader = dict(
+    sampler=dict(type='InfiniteSampler'),
     dataset=dict(
         filter_cfg=dict(filter_empty_gt=True, min_size=0),
         pipeline=train_pipeline))

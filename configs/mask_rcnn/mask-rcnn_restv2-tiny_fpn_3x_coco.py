@@ -4,8 +4,8 @@
 # mask_rcnn_restv2_tiny_FPN_3x.yaml on ../Base-RCNN-FPN.yaml): the ResT
 # Mask R-CNN config (its heads, clipping at 0.01, optimiser, augmentation)
 # with what the v2 yaml files change: the backbone, RGB input with
-# ImageNet statistics, shorter sides from 480 to 800, 36 epochs with mixed
-# precision. docs/detection.md, "The recipe", lists every setting.
+# ImageNet statistics, shorter sides from 480 to 800, 270,000 iterations
+# with mixed precision. docs/detection.md, "The recipe", lists every setting.
 _base_ = './mask-rcnn_rest-small_fpn_1x_coco.py'
 
 arch = 'tiny'
@@ -40,13 +40,16 @@ optim_wrapper = dict(
     loss_scale='dynamic',
     paramwise_cfg=dict(
         custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
-# 3x: 36 epochs, lr / 10 after epochs 27 and 33, the 1x warm-up.
-train_cfg = dict(max_epochs=36)
+# 3x: 270,000 iterations, lr / 10 at 210,000 and 250,000 (SOLVER.MAX_ITER,
+# STEPS), the 1x warm-up; evaluated every 20,000 iterations
+# (TEST.EVAL_PERIOD).
+max_iters = 270000
+train_cfg = dict(max_iters=max_iters, val_interval=20000)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
          end=1001),
-    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True,
-         milestones=[27, 33], gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,
+         milestones=[210000, 250000], gamma=0.1),
 ]
 
 # The ResT pipeline with the v2 yaml's shorter sides (their list as it is,

@@ -7,8 +7,8 @@
 # build_retinanet_restv2_fpn_backbone, is used here: ResT v2 stages 2-4 into
 # the FPN, P6 and P7 on the last stage's output. Everything else is the
 # yaml's: RGB input with ImageNet statistics, shorter sides 384 to 1024 in
-# steps of 128 (longer side at most 1333), AMP, 36 epochs with lr / 10
-# after epochs 27 and 33, and, as for every RetinaNet of theirs, no
+# steps of 128 (longer side at most 1333), AMP, 270,000 iterations with lr /
+# 10 at 210,000 and 250,000, and, as for every RetinaNet of theirs, no
 # gradient clipping. docs/detection.md, "The recipe", lists every setting.
 _base_ = './retinanet_rest-small_fpn_1x_coco.py'
 
@@ -41,12 +41,15 @@ optim_wrapper = dict(
     loss_scale='dynamic',
     paramwise_cfg=dict(
         custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
-train_cfg = dict(max_epochs=36)
+# 3x: 270,000 iterations, lr / 10 at 210,000 and 250,000, the 1x warm-up;
+# evaluated every 30,000 iterations (the yaml's TEST.EVAL_PERIOD).
+max_iters = 270000
+train_cfg = dict(max_iters=max_iters, val_interval=30000)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
          end=1001),
-    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True,
-         milestones=[27, 33], gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,
+         milestones=[210000, 250000], gamma=0.1),
 ]
 
 train_pipeline = [

@@ -1,5 +1,5 @@
 # UperNet with ResT-Lite trained from scratch on the embedded shapes set,
-# as semantic segmentation (mmrest.datasets.generate_shapes_coco with
+# as semantic segmentation (mmrest.synthetic.generate_shapes_coco with
 # semantic_labels=True): `make demo-seg`. The model and recipe are the
 # ADE20K configs' (the shared base through the ResT v1 config: UPerHead +
 # FCN auxiliary head on ResT, AdamW, a linear warm-up then a poly decay,
@@ -13,7 +13,7 @@ _base_ = [
 ]
 
 data_root = 'data/shapes_seg/'
-# 0 is the background; 1..4 are mmrest.datasets.SHAPES_CLASSES.
+# 0 is the background; 1..4 are mmrest.synthetic.SHAPES_CLASSES.
 classes = ('background', 'circle', 'square', 'triangle', 'star')
 # The background black, the shapes in the colours of matplotlib's tab10.
 palette = [[0, 0, 0], [255, 127, 14], [44, 160, 44], [214, 39, 40],

@@ -1,16 +1,43 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """The exact fast kernels of ResT and ResT v2, the switch that selects the
-literal computation instead, and the one rule that decides when a fast path
+literal computation instead, and the rules that decide when a fast path
 may run.
 
-* :func:`literal` / :func:`use_literal`: the switch. With it on, every
-  module computes docs/network.md literally, the authors' operators in the
-  authors' order (N x M attention maps, the 1x1 conv over heads and the
-  InstanceNorm, BatchNorms as module calls, NCHW maps between the stages);
-  the tests and the benchmarks measure the fast paths against it;
-* :func:`fast_paths_allowed` / :func:`is_inference`: when a fast path may
-  run (never with the switch on, never while a graph is recorded; the
-  inference paths also need eval mode and no autograd);
+The rules (written once here, obeyed by every module of both families):
+
+1. **Literal or fast.** A module computes literally, the authors' operators
+   in the authors' order, when :func:`use_literal` says so for it: the
+   process-wide switch :func:`literal` is on, or the model was made literal
+   by :func:`to_literal` (a per-module attribute ``literal``, read on each
+   call as timm reads ``fused_attn``). Otherwise it takes its fast path.
+2. **No fast path in a recorded graph.** :func:`fast_paths_allowed` is
+   False with the literal computation and while a graph is recorded
+   (:func:`graph_capture`: tracing, scripting, ``torch.compile``,
+   ``torch.export``): such graphs get the exact formulas as plain tensor
+   operations, valid for every input size.
+3. **The inference path.** :func:`is_inference` (eval mode, no autograd,
+   fast paths allowed, no autocast), on any device and dtype: nothing is
+   saved for a backward pass and no dtype is chosen per operator, so the
+   modules may write buffers in place, reorder work and run the MLP over
+   chunks of tokens. Which kernel then runs is the kernel's own choice by
+   device and dtype (:func:`linear`'s oneDNN kernel and :func:`run_conv`'s
+   NCHW copy only on the CPU in float32, :func:`cpu_float32`).
+4. **Gradient checkpointing.** A block built with ``with_cp`` runs under
+   :func:`checkpoint` wherever autograd records (``torch.is_grad_enabled()``
+   and not the inference path), in train and eval mode alike
+   (:class:`~mmrest.backbones.base.PreNormBlock`). Non-reentrant
+   checkpointing needs no input that requires a gradient, so a block
+   behind a frozen stage is checkpointed too (mmdet's ``x.requires_grad``
+   gate dates from reentrant checkpointing, which does). The recomputation
+   keeps the forward pass's setting of the switch.
+
+The pieces:
+
+* :func:`literal` / :func:`use_literal` / :func:`to_literal`: the switch,
+  process-wide or per model. With it on, every module computes
+  docs/network.md literally (N x M attention maps, the 1x1 conv over heads
+  and the InstanceNorm, BatchNorms as module calls, NCHW maps between the
+  stages); the tests and the benchmarks measure the fast paths against it;
 * :func:`emsa_attention`: EMSA's attention core (``q k^T``, the 1x1 head
   mixing, softmax, InstanceNorm, ``@ v``) without N x M maps kept whole:
   query chunks, the InstanceNorm's mean known exactly (1/M), its variance
@@ -21,7 +48,7 @@ may run.
   is written) where nothing needs a gradient, on the CPU in float32, for up
   to ``ONEDNN_MAX_IN_FEATURES`` input features;
 * :func:`add_residual_mlp_`: the MLP over chunks of tokens, added to them
-  in place;
+  in place (the inference path of both families' blocks);
 * :func:`conv_norm`: an eval-mode BatchNorm folded into its convolution;
   :func:`run_conv`: dense convolutions of channels-last maps on NCHW
   copies in inference (oneDNN's NCHW kernel is the more accurate);
@@ -33,6 +60,7 @@ module's literal branch, which the tests compare against), grouped
 otherwise.
 """
 import contextlib
+import copy
 import math
 from typing import Optional
 
@@ -76,10 +104,11 @@ def _chunk_elements(device: torch.device) -> int:
 _use_literal = False
 
 
-def use_literal() -> bool:
-    """Whether the literal computation of docs/network.md is selected (see
-    :func:`literal`)."""
-    return _use_literal
+def use_literal(module: Optional[nn.Module] = None) -> bool:
+    """Whether the literal computation of docs/network.md is selected: by
+    the process-wide switch (:func:`literal`) or, for ``module``, by
+    :func:`to_literal` (its attribute ``literal``)."""
+    return _use_literal or getattr(module, 'literal', False) is True
 
 
 @contextlib.contextmanager
@@ -101,7 +130,8 @@ def literal(enabled: bool = True):
     computation.
 
     The switch is process-wide (not per thread) and restored on exit, also
-    on an exception; ``literal(False)`` turns it off within a block.
+    on an exception; ``literal(False)`` turns it off within a block (a
+    model made literal by :func:`to_literal` stays literal).
     Gradient checkpointing recomputes each block under the setting of its
     forward pass (see :func:`checkpoint`), so a backward pass may run
     outside the block.
@@ -128,6 +158,40 @@ def literal(enabled: bool = True):
         yield
     finally:
         _use_literal = previous
+
+
+def to_literal(model: nn.Module, copy_model: bool = True) -> nn.Module:
+    """The same model (a copy by default) computed literally in every call.
+
+    Every module of ``model`` gets the attribute ``literal = True``, which
+    :func:`use_literal` reads on each call (as timm's attention modules read
+    ``fused_attn``): the returned model is ``model`` in every other respect
+    (class, parameters, buffers, modes, state-dict keys, ``.double()``,
+    ``.train()``), and so is each of its modules called on its own. Its
+    checkpointed blocks recompute literally too, wherever the backward
+    pass runs. To compute a model literally for a while, ``with
+    literal():`` is enough.
+
+    Args:
+        model (nn.Module): A ResT, a ResT v2, a module of theirs, or a
+            model that holds one (e.g. a detector).
+        copy_model (bool): Whether to return a deep copy and leave
+            ``model`` as it is; otherwise ``model`` itself becomes literal.
+            Defaults to True.
+
+    Returns:
+        nn.Module: The literal model.
+    """
+    if copy_model:
+        model = copy.deepcopy(model)
+    for module in model.modules():
+        module.literal = True
+    return model
+
+
+def is_literal(model: nn.Module) -> bool:
+    """Whether ``model`` was made literal by :func:`to_literal`."""
+    return getattr(model, 'literal', False) is True
 
 
 def checkpoint(function, *args):
@@ -195,28 +259,28 @@ def is_compiling() -> bool:
     return torch_compat.is_compiling() and not torch_compat.is_exporting()
 
 
-def fast_paths_allowed() -> bool:
-    """Whether a fast path may run at all: the literal switch is off (see
-    :func:`literal`) and no graph is being recorded (see
-    :func:`graph_capture`).
-
-    The one rule every fast path obeys; the inference paths add eval mode
-    and no autograd (:func:`is_inference`).
-    """
-    return not (_use_literal or graph_capture())
+def fast_paths_allowed(module: Optional[nn.Module] = None) -> bool:
+    """Whether a fast path may run at all (rules 1 and 2 of this module):
+    the literal computation is not selected (:func:`use_literal`, for
+    ``module`` where one is given) and no graph is being recorded
+    (:func:`graph_capture`)."""
+    return not (use_literal(module) or graph_capture())
 
 
-def is_inference(module: nn.Module) -> bool:
-    """Eval mode and no autograd, in eager mode: dropout is off and
-    nothing is saved for a backward pass, so buffers may be reused and work
-    may be reordered (only where :func:`fast_paths_allowed`)."""
+def is_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` takes its inference path on input ``x`` (rule 3):
+    eval mode, no autograd, fast paths allowed (:func:`fast_paths_allowed`)
+    and no autocast on ``x``'s device. Dropout is off, nothing is saved for
+    a backward pass and every operator keeps its inputs' dtype, so buffers
+    may be written in place and work reordered, on any device and dtype."""
     return not (module.training or torch.is_grad_enabled()) \
-        and fast_paths_allowed()
+        and fast_paths_allowed(module) \
+        and not torch_compat.is_autocast_enabled(x.device.type)
 
 
 def cpu_float32(x: torch.Tensor) -> bool:
-    """Float32 on the CPU outside autocast: where the cache-sized chunks of
-    the MLP and oneDNN's fused linear pay off."""
+    """Float32 on the CPU outside autocast: where oneDNN's fused linear
+    (:func:`linear`) and the NCHW convolutions (:func:`run_conv`) run."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and not torch_compat.is_autocast_enabled('cpu'))
 
@@ -697,7 +761,7 @@ def _nchw_conv(conv: nn.Conv2d, x: torch.Tensor, *params) -> bool:
     terms = conv.in_channels // conv.groups * conv.kernel_size[0] * \
         conv.kernel_size[1]
     return (terms >= NCHW_CONV_TERMS and conv.groups == 1
-            and fast_paths_allowed() and cpu_float32(x)
+            and fast_paths_allowed(conv) and cpu_float32(x)
             and _layout_of(x) == torch.channels_last
             and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and any(
@@ -745,7 +809,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module,
     module's own arguments (zero padding only).
     """
     if not (isinstance(norm, _BatchNorm) and not norm.training
-            and norm.running_mean is not None and fast_paths_allowed()
+            and norm.running_mean is not None and fast_paths_allowed(conv)
             and conv.padding_mode == 'zeros'):
         return norm(conv(x))
     scale = torch.rsqrt(norm.running_var + norm.eps)

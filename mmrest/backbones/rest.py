@@ -29,46 +29,18 @@ the authors' order, beside its fast one: :func:`kernels.literal()
 <mmrest.backbones.kernels.literal>` selects it everywhere, and the tests
 measure the fast paths against it.
 """
-import copy
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import load_pretrained_init_cfg
-from ..utils import torch_compat
 from . import kernels
-
-
-class PixelAttention(nn.Module):
-    """Positional encoding as pixel attention: ``x * sigmoid(dwconv(x))``.
-
-    In inference the gate is computed and applied in place; the literal
-    computation (:func:`~mmrest.backbones.kernels.literal`) and training
-    compute it out of place.
-
-    Args:
-        channels (int): Number of channels.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.pa_conv = nn.Conv2d(
-            channels, channels, 3, padding=1, groups=channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.is_inference(self):  # the same arithmetic, in place
-            gate = torch.sigmoid_(self.pa_conv(x))
-            if gate.dtype == x.dtype:  # (under autocast it may not be)
-                return gate.mul_(x)
-            return x * gate
-        return x * torch.sigmoid(self.pa_conv(x))
+from .base import (Mlp, PixelAttention, PreNormBlock, TokenMapsMixin,
+                   build_token_norm, reduction_conv)
 
 
 class Stem(nn.Module):
@@ -79,6 +51,10 @@ class Stem(nn.Module):
         out_channels (int): Output channels (``embed_dims[0]``).
         norm_cfg (dict): Config of the two BatchNorms.
     """
+
+    #: Compute literally in every call (set per instance by
+    #: :func:`~mmrest.backbones.kernels.to_literal`).
+    literal = False
 
     def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
         super().__init__()
@@ -91,7 +67,7 @@ class Stem(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.use_literal():  # conv, then BatchNorm, then ReLU
+        if kernels.use_literal(self):  # conv, then BatchNorm, then ReLU
             x = F.relu(kernels.batch_norm_call(self.norm1, self.conv1(x)),
                        inplace=True)
             x = F.relu(kernels.batch_norm_call(self.norm2, self.conv2(x)),
@@ -113,6 +89,10 @@ class PatchEmbed(nn.Module):
         norm_cfg (dict): Config of the BatchNorm.
     """
 
+    #: Compute literally in every call (set per instance by
+    #: :func:`~mmrest.backbones.kernels.to_literal`).
+    literal = False
+
     def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
@@ -120,7 +100,7 @@ class PatchEmbed(nn.Module):
         self.pos = PixelAttention(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.use_literal():  # conv, then BatchNorm
+        if kernels.use_literal(self):  # conv, then BatchNorm
             return self.pos(kernels.batch_norm_call(self.norm, self.conv(x)))
         return self.pos(kernels.conv_norm(self.conv, self.norm, x))
 
@@ -151,6 +131,10 @@ class EMSA(nn.Module):
         token_norm_cfg (dict): Config of the LayerNorm of the reduced
             tokens. Defaults to ``dict(type='LN')``.
     """
+
+    #: Compute literally in every call (set per instance by
+    #: :func:`~mmrest.backbones.kernels.to_literal`).
+    literal = False
 
     def __init__(self,
                  embed_dims: int,
@@ -265,10 +249,9 @@ class EMSA(nn.Module):
         return self.proj_drop(self.proj(x))
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        if kernels.use_literal():
+        if kernels.use_literal(self):
             return self._literal_forward(x, hw_shape)
-        if self.num_heads == 1 and kernels.is_inference(self) and \
-                not torch_compat.is_autocast_enabled(x.device.type):
+        if self.num_heads == 1 and kernels.is_inference(self, x):
             return self._forward_one_head(x, hw_shape)
         B, N, C = x.shape
         q, k, v = self.project_qkv(x, hw_shape)
@@ -278,37 +261,14 @@ class EMSA(nn.Module):
                                                   self.num_heads)
             mix_bias = self.transform_conv.bias
         out = kernels.emsa_attention(q, k, v, mix, mix_bias, self.attn_drop,
-                             self.training)
+                                     self.training)
         out = out.transpose(1, 2).reshape(B, N, C)
-        if kernels.is_inference(self):
+        if kernels.is_inference(self, out):
             return kernels.linear(out, self.proj.weight, self.proj.bias)
         return self.proj_drop(self.proj(out))  # the module, hooks and all
 
 
-class Mlp(nn.Module):
-    """Linear, activation (GELU, exact, erf, by default), Linear.
-
-    Args:
-        in_features (int): Input and output channels.
-        hidden_features (int): Hidden channels.
-        drop (float): Dropout after each Linear.
-        act_cfg (dict): Config of the activation. Defaults to
-            ``dict(type='GELU')``.
-    """
-
-    def __init__(self, in_features: int, hidden_features: int,
-                 drop: float = 0., act_cfg: dict = dict(type='GELU')):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Linear(hidden_features, in_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class Block(nn.Module):
+class Block(PreNormBlock):
     """A pre-norm Transformer block with EMSA.
 
     Args:
@@ -359,13 +319,9 @@ class Block(nn.Module):
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop,
                        act_cfg)
 
-    def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
     def _forward_inference(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        """:meth:`_forward` in eval mode without autograd, on the CPU in
-        float32.
+        """:meth:`_forward` on the inference path
+        (:func:`~mmrest.backbones.kernels.is_inference`).
 
         The MLP acts on each token alone, so it runs over chunks of tokens
         and adds its output in place: its hidden activations (4x the
@@ -375,244 +331,9 @@ class Block(nn.Module):
         x = (x + self.attn(self.norm1(x), hw_shape)).contiguous()
         return kernels.add_residual_mlp_(x, self.norm2, self.mlp)
 
-    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]):
-        # The literal computation (kernels.literal) is _forward: the MLP on
-        # all tokens at once (is_inference is False with it).
-        if kernels.is_inference(self) and kernels.cpu_float32(x):
-            return self._forward_inference(x, hw_shape)
-        if self.with_cp and x.requires_grad:
-            return kernels.checkpoint(self._forward, x, hw_shape)
-        return self._forward(x, hw_shape)
 
-
-def reduction_conv(embed_dims: int, sr_ratio: int) -> nn.Conv2d:
-    """The depth-wise convolution that reduces the keys' and values'
-    tokens by ``sr_ratio`` in each direction (network.md:
-    kernel s + 1, stride s, padding s // 2), in EMSA and in ResT v2's
-    attention alike."""
-    return nn.Conv2d(
-        embed_dims,
-        embed_dims,
-        kernel_size=sr_ratio + 1,
-        stride=sr_ratio,
-        padding=sr_ratio // 2,
-        groups=embed_dims)
-
-
-def build_token_norm(cfg: dict, num_features: int) -> nn.Module:
-    """A norm of tokens (B, N, C) over their C channels, from ``cfg``
-    (mmcv's ``build_norm_layer``): a LayerNorm, or a subclass of it."""
-    norm = build_norm_layer(cfg, num_features)[1]
-    if not isinstance(norm, nn.LayerNorm):
-        raise TypeError(
-            f'token_norm_cfg must build a LayerNorm (each token normalised '
-            f'over its channels), got {type(norm).__name__} from {cfg!r}')
-    return norm
-
-
-def _check_index(name: str, value: int, low: int, high: int = 3):
-    if not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f'{name} must be an integer from {low} to {high}, '
-                         f'got {value!r}')
-
-
-class TokenMapsMixin:
-    """What ResT and ResT v2 share beyond their modules: initialisation
-    from scratch, frozen stages, input and argument checks, the layout of
-    the maps between the stages and ``train`` with ``norm_eval``.
-
-    Channels-last maps share the tokens' memory layout (B, H, W, C): maps
-    -> tokens -> maps is a view, not a copy. The literal computation
-    (:func:`~mmrest.backbones.kernels.literal`) keeps the authors'
-    contiguous NCHW maps, flattened to tokens and transposed back as their
-    code does.
-    """
-
-    @staticmethod
-    def _input_layout(x: torch.Tensor) -> torch.Tensor:
-        """The input image in the layout of the maps."""
-        if kernels.use_literal():
-            return x
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) map -> (B, H * W, C) tokens."""
-        if kernels.use_literal():
-            return x.flatten(2).transpose(1, 2)
-        B, C, H, W = x.shape
-        return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-
-    @staticmethod
-    def _to_map(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """(B, H * W, C) tokens -> the (B, C, H, W) map of ``shape``."""
-        if kernels.use_literal():
-            return x.transpose(1, 2).reshape(shape)
-        return kernels.token_map(x, shape[2:])
-
-    #: The backbone's name in error messages.
-    display_name = 'ResT'
-
-    #: Named variants (aliases as mmpretrain's: 't', 's', 'b', 'l').
-    arch_zoo: Dict[str, dict] = {}
-    #: Keys an arch dict must have, one value per stage.
-    essential_keys: Tuple[str, ...] = ()
-    #: Keys an arch dict may have, with their defaults (lists: one value
-    #: per stage).
-    optional_keys: Dict[str, object] = {}
-    #: Per-stage integer keys and their smallest allowed value.
-    integer_keys = {'embed_dims': 1, 'depths': 0, 'num_heads': 1,
-                    'sr_ratios': 1}
-
-    @classmethod
-    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
-        """The settings of ``arch``: a zoo name or alias, or a dict."""
-        name = cls.display_name
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise KeyError(f'Unknown {name} arch {arch!r}; choose one of '
-                               f'{sorted(set(cls.arch_zoo))} or pass a dict '
-                               f'with the keys {list(cls.essential_keys)}')
-            settings = copy.deepcopy(cls.arch_zoo[key])
-        elif isinstance(arch, dict):
-            missing = [k for k in cls.essential_keys if k not in arch]
-            if missing:
-                raise KeyError(
-                    f'The {name} arch dict lacks the keys {missing}; it '
-                    f'needs {list(cls.essential_keys)}')
-            unknown = set(arch) - set(cls.essential_keys) - set(
-                cls.optional_keys)
-            if unknown:
-                raise KeyError(f'Unknown keys in the {name} arch dict: '
-                               f'{sorted(unknown)}; allowed: '
-                               f'{list(cls.essential_keys)} and '
-                               f'{list(cls.optional_keys)}')
-            settings = copy.deepcopy(dict(arch))
-        else:
-            raise TypeError(
-                f'arch must be a str or a dict, got {type(arch).__name__}')
-        for key, default in cls.optional_keys.items():
-            settings.setdefault(key, copy.deepcopy(default))
-        for key, value in settings.items():
-            if key not in cls.essential_keys and \
-                    not isinstance(cls.optional_keys[key], list):
-                continue
-            if not isinstance(value, Sequence) or len(value) != 4:
-                raise ValueError(
-                    f'arch[{key!r}] must list one value per stage (4), got '
-                    f'{value!r}')
-            settings[key] = list(value)
-            low = cls.integer_keys.get(key)
-            if low is not None and any(
-                    not isinstance(v, int) or v < low for v in value):
-                raise ValueError(f'arch[{key!r}] must hold integers >= '
-                                 f'{low}, got {settings[key]!r}')
-        return settings
-
-    # What init_weights does with type='Pretrained': the checkpoint family,
-    # the checkpoint's keys that are not the backbone's, and whether to
-    # initialise first what no checkpoint of the family holds.
-    checkpoint_family = 'v1'
-    checkpoint_ignore: Sequence[str] = ('head.', )
-    init_before_loading = False
-
-    def _setup(self, arch: Union[str, dict], in_channels: int,
-               out_indices: Sequence[int], frozen_stages: int,
-               norm_eval: bool, drop_path_rate: float) -> List[float]:
-        """Parse and check the arguments both families share and keep them;
-        return each block's stochastic depth rate, rising linearly from 0 to
-        ``drop_path_rate``."""
-        self.arch_settings = self._parse_arch(arch)
-        out_indices = self._check_stage_args(out_indices, frozen_stages,
-                                             in_channels)
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(
-                f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        self.in_channels = in_channels
-        self.out_indices = tuple(out_indices)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.embed_dims = list(self.arch_settings['embed_dims'])
-        depths = self.arch_settings['depths']
-        return torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-
-    def init_weights(self):
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
-            if self.init_before_loading:
-                self._init_from_scratch()
-            load_pretrained_init_cfg(self, self.init_cfg,
-                                     family=self.checkpoint_family,
-                                     ignore=self.checkpoint_ignore)
-            self._is_init = True
-            return
-        if self.init_cfg is not None:
-            super().init_weights()
-            return
-        self._init_from_scratch()
-
-    def _init_from_scratch(self):
-        """Truncated normal (std 0.02) conv and linear weights, zero biases,
-        norms 1 and 0 (docs/network.md, both generations)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-
-    def _freeze_stages(self):
-        frozen = [self.stem] if self.frozen_stages >= 0 else []
-        for i in range(self.frozen_stages):
-            frozen += self._stage_modules(i)
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def _check_input(self, x: torch.Tensor):
-        name = self.display_name
-        if x.dim() != 4:
-            raise ValueError(f'{name} expects an image batch of shape '
-                             f'(B, C, H, W), got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f'{name} was built for {self.in_channels} input channels, '
-                f'got a batch with {x.shape[1]} (shape {tuple(x.shape)})')
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f'Empty input of shape {tuple(x.shape)}')
-
-    @staticmethod
-    def _check_stage_args(out_indices, frozen_stages: int,
-                          in_channels: int) -> List[int]:
-        """Validate the arguments both backbones share; returns the sorted
-        stage indices."""
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence) or not out_indices:
-            raise TypeError('out_indices must be a non-empty sequence of '
-                            f'stage indices, got {out_indices!r}')
-        out_indices = sorted(set(out_indices))
-        for index in out_indices:
-            _check_index('Each of out_indices', index, 0)
-        _check_index('frozen_stages', frozen_stages, -1)
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(
-                f'in_channels must be a positive integer, got {in_channels!r}')
-        return out_indices
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
+_STAGE_SETTINGS = dict(
+    num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4])
 
 
 class ResT(TokenMapsMixin, BaseModule):
@@ -677,40 +398,25 @@ class ResT(TokenMapsMixin, BaseModule):
         [(1, 64, 25, 33), (1, 128, 13, 17), (1, 256, 7, 9), (1, 512, 4, 5)]
     """
 
+    # Heads, reductions and MLP ratios are those of every variant
+    # (network.md); the variants differ in widths and depths.
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['lite'], {
-            'embed_dims': [64, 128, 256, 512],
-            'depths': [2, 2, 2, 2],
-            'num_heads': [1, 2, 4, 8],
-            'sr_ratios': [8, 4, 2, 1],
-            'mlp_ratios': [4, 4, 4, 4],
-        }),
-        **dict.fromkeys(['s', 'small'], {
-            'embed_dims': [64, 128, 256, 512],
-            'depths': [2, 2, 6, 2],
-            'num_heads': [1, 2, 4, 8],
-            'sr_ratios': [8, 4, 2, 1],
-            'mlp_ratios': [4, 4, 4, 4],
-        }),
-        **dict.fromkeys(['b', 'base'], {
-            'embed_dims': [96, 192, 384, 768],
-            'depths': [2, 2, 6, 2],
-            'num_heads': [1, 2, 4, 8],
-            'sr_ratios': [8, 4, 2, 1],
-            'mlp_ratios': [4, 4, 4, 4],
-        }),
-        **dict.fromkeys(['l', 'large'], {
-            'embed_dims': [96, 192, 384, 768],
-            'depths': [2, 2, 18, 2],
-            'num_heads': [1, 2, 4, 8],
-            'sr_ratios': [8, 4, 2, 1],
-            'mlp_ratios': [4, 4, 4, 4],
-        }),
+        **dict.fromkeys(['lite'], dict(
+            embed_dims=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['s', 'small'], dict(
+            embed_dims=[64, 128, 256, 512], depths=[2, 2, 6, 2],
+            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['b', 'base'], dict(
+            embed_dims=[96, 192, 384, 768], depths=[2, 2, 6, 2],
+            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['l', 'large'], dict(
+            embed_dims=[96, 192, 384, 768], depths=[2, 2, 18, 2],
+            **_STAGE_SETTINGS)),
     }
     essential_keys = ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
                       'mlp_ratios')
     optional_keys = {'qkv_bias': True, 'apply_transform': True}
-    num_stages = 4
 
     def __init__(self,
                  arch: Union[str, dict] = 'small',

@@ -41,29 +41,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+import torch.nn.functional as F  # noqa: F401 (tools patch rest_v2.F)
+from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ..utils import torch_compat
 from . import kernels
-from .rest import (PixelAttention, TokenMapsMixin, build_token_norm,
-                   reduction_conv)
+from .base import (Mlp, PixelAttention, PreNormBlock, TokenMapsMixin,
+                   build_token_norm, reduction_conv)
 
 #: LayerNorm epsilon of every norm in ResT v2 (docs/network.md).
 LN_EPS = 1e-6
 #: The default config of the token norms.
 TOKEN_NORM_CFG = dict(type='LN', eps=LN_EPS)
-
-
-def _eager_inference(module: nn.Module, x: torch.Tensor) -> bool:
-    """Eval mode, no autograd, no autocast, plain eager execution, no
-    literal switch (:func:`~mmrest.backbones.kernels.is_inference`): nothing
-    is saved for a backward pass and no dtype is chosen per operator, so
-    buffers may be written in place and work may be reordered."""
-    return kernels.is_inference(module) and \
-        not torch_compat.is_autocast_enabled(x.device.type)
 
 
 class ConvStemV2(nn.Module):
@@ -78,6 +68,10 @@ class ConvStemV2(nn.Module):
         norm_cfg (dict): Config of the two BatchNorms.
         token_norm_cfg (dict): Config of the token LayerNorm.
     """
+
+    #: Compute literally in every call (set per instance by
+    #: :func:`~mmrest.backbones.kernels.to_literal`).
+    literal = False
 
     def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
@@ -97,7 +91,7 @@ class ConvStemV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map (B, C0, H/4, W/4), before the token norm."""
-        if kernels.use_literal():
+        if kernels.use_literal(self):
             return self.pos(self.proj(x))
         for layer in self.proj:  # dense convs as kernels.run_conv runs them
             x = kernels.run_conv(layer, x) if isinstance(layer, nn.Conv2d) \
@@ -145,6 +139,10 @@ class AttentionV2(nn.Module):
         token_norm_cfg (dict): Config of the LayerNorms of the reduced
             tokens and of the value branch.
     """
+
+    #: Compute literally in every call (set per instance by
+    #: :func:`~mmrest.backbones.kernels.to_literal`).
+    literal = False
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int = 1,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
@@ -206,7 +204,7 @@ class AttentionV2(nn.Module):
                hw_shape: Sequence[int]) -> torch.Tensor:
         """Everything before the output projection: the attention output
         plus the normalised value branch, (B, N, C)."""
-        if kernels.use_literal():
+        if kernels.use_literal(self):
             return self._literal_attend(x, hw_shape)
         B, N, C = x.shape
         H, W = hw_shape
@@ -232,7 +230,7 @@ class AttentionV2(nn.Module):
         up = self.up(kernels.token_map(v_tokens, (Hs, Ws)))
         up = up[:, :, :H, :W].permute(0, 2, 3, 1).reshape(B, N, C)
         branch = self.up_norm(up)
-        if _eager_inference(self, out):  # the same sum, in place
+        if kernels.is_inference(self, out):  # the same sum, in place
             return branch.add_(out)
         return out + branch
 
@@ -241,29 +239,7 @@ class AttentionV2(nn.Module):
         return self.proj(self.attend(x, hw_shape))
 
 
-class MlpV2(nn.Module):
-    """Linear(C, rC), activation (GELU, exact, erf, by default),
-    Linear(rC, C).
-
-    Args:
-        in_features (int): Input and output channels.
-        hidden_features (int): Hidden channels.
-        act_cfg (dict): Config of the activation. Defaults to
-            ``dict(type='GELU')``.
-    """
-
-    def __init__(self, in_features: int, hidden_features: int,
-                 act_cfg: dict = dict(type='GELU')):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Linear(hidden_features, in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class BlockV2(nn.Module):
+class BlockV2(PreNormBlock):
     """A pre-norm Transformer block with :class:`AttentionV2`.
 
     Args:
@@ -292,18 +268,15 @@ class BlockV2(nn.Module):
         self.attn = AttentionV2(embed_dims, num_heads, sr_ratio,
                                 token_norm_cfg)
         self.norm2 = build_token_norm(token_norm_cfg, embed_dims)
-        self.mlp = MlpV2(embed_dims, int(embed_dims * mlp_ratio), act_cfg)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio),
+                       act_cfg=act_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
 
-    def _forward(self, x: torch.Tensor,
-                 hw_shape: Sequence[int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
     def _forward_inference(self, x: torch.Tensor,
                            hw_shape: Sequence[int]) -> torch.Tensor:
-        """:meth:`_forward` in eager inference (:func:`_eager_inference`).
+        """:meth:`_forward` on the inference path
+        (:func:`~mmrest.backbones.kernels.is_inference`).
 
         The output projection (a :func:`~mmrest.backbones.kernels.linear`)
         and the MLP are added to the tokens in place, and the MLP runs over
@@ -319,15 +292,9 @@ class BlockV2(nn.Module):
         x.add_(kernels.linear(y, proj.weight, proj.bias))
         return kernels.add_residual_mlp_(x, self.norm2, self.mlp)
 
-    def forward(self, x: torch.Tensor,
-                hw_shape: Sequence[int]) -> torch.Tensor:
-        # The literal computation (kernels.literal) is _forward, out of
-        # place on all tokens at once (_eager_inference is False with it).
-        if _eager_inference(self, x):
-            return self._forward_inference(x, hw_shape)
-        if self.with_cp and self.training and torch.is_grad_enabled():
-            return kernels.checkpoint(self._forward, x, hw_shape)
-        return self._forward(x, hw_shape)
+
+#: Widths and heads of ResT v2 tiny, small and base.
+_WIDTHS_96 = dict(embed_dims=[96, 192, 384, 768], num_heads=[1, 2, 4, 8])
 
 
 class ResTV2(TokenMapsMixin, BaseModule):
@@ -389,33 +356,23 @@ class ResTV2(TokenMapsMixin, BaseModule):
 
     display_name = 'ResTV2'
 
+    # sr_ratios and mlp_ratios are the defaults (optional_keys) in every
+    # variant; tiny, small and base differ only in depth.
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['t', 'tiny'], {
-            'embed_dims': [96, 192, 384, 768],
-            'depths': [1, 2, 6, 2],
-            'num_heads': [1, 2, 4, 8],
-        }),
-        **dict.fromkeys(['s', 'small'], {
-            'embed_dims': [96, 192, 384, 768],
-            'depths': [1, 2, 12, 2],
-            'num_heads': [1, 2, 4, 8],
-        }),
-        **dict.fromkeys(['b', 'base'], {
-            'embed_dims': [96, 192, 384, 768],
-            'depths': [1, 3, 16, 3],
-            'num_heads': [1, 2, 4, 8],
-        }),
+        **dict.fromkeys(['t', 'tiny'], dict(
+            depths=[1, 2, 6, 2], **_WIDTHS_96)),
+        **dict.fromkeys(['s', 'small'], dict(
+            depths=[1, 2, 12, 2], **_WIDTHS_96)),
+        **dict.fromkeys(['b', 'base'], dict(
+            depths=[1, 3, 16, 3], **_WIDTHS_96)),
         # The ImageNet checkpoint decides (network.md): depths 2, 3, 16, 2 and
         # heads 2, 4, 8, 16, as in the authors' classifier.
-        **dict.fromkeys(['l', 'large'], {
-            'embed_dims': [128, 256, 512, 1024],
-            'depths': [2, 3, 16, 2],
-            'num_heads': [2, 4, 8, 16],
-        }),
+        **dict.fromkeys(['l', 'large'], dict(
+            embed_dims=[128, 256, 512, 1024], depths=[2, 3, 16, 2],
+            num_heads=[2, 4, 8, 16])),
     }
     essential_keys = ('embed_dims', 'depths', 'num_heads')
     optional_keys = {'sr_ratios': [8, 4, 2, 1], 'mlp_ratios': [4, 4, 4, 4]}
-    num_stages = 4
     # The ImageNet checkpoints hold neither the dense output norms norm_1..4
     # (initialised first) nor use for the classifier's norm and head.
     checkpoint_family = 'v2'
@@ -505,7 +462,7 @@ class ResTV2(TokenMapsMixin, BaseModule):
         literal computation applies their formula to the map.
         """
         norm = getattr(self, f'norm_{i + 1}')
-        if kernels.use_literal():
+        if kernels.use_literal(self):
             return channels_first_layer_norm(self._to_map(x, shape), norm)
         return self._to_map(norm(x), shape).contiguous()
 

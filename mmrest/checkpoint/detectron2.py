@@ -60,7 +60,7 @@ import torch
 
 from .atomic_io import atomic_write
 from .family import FAMILY_NAMES, checkpoint_family
-from .loading import CheckpointError, load_checkpoint_file
+from .files import CheckpointError, load_checkpoint_file
 
 #: Anchors per location of the authors' detectors: (sizes, aspect ratios).
 RETINANET_ANCHORS = (3, 3)
@@ -184,27 +184,14 @@ def convert_state_dict(state: Dict[str, torch.Tensor],
     """
     state = {(k[len('module.'):] if k.startswith('module.') else k): v
              for k, v in state.items() if isinstance(v, torch.Tensor)}
-    prefix = 'backbone.bottom_up.'
-    backbone = {k[len(prefix):]: v for k, v in state.items()
-                if k.startswith(prefix)}
+    backbone = {k[len(_BACKBONE):]: v for k, v in state.items()
+                if k.startswith(_BACKBONE)}
     family = checkpoint_family(backbone)
     if not backbone or family is None:
         raise CheckpointError(
             f'not a detectron2 checkpoint of a ResT detector: it is '
             f'{identify({"model": state})}')
-    if any(k.startswith('head.cls_subnet.') for k in state):
-        detector = 'RetinaNet'
-    elif any(k.startswith('proposal_generator.rpn_head.') for k in state):
-        detector = 'MaskRCNN' if any(
-            k.startswith('roi_heads.mask_head.') for k in state) \
-            else 'FasterRCNN'
-    else:
-        raise CheckpointError(
-            'a detectron2 checkpoint with a ResT backbone but neither a '
-            'RetinaNet head (head.cls_subnet.*) nor an RPN '
-            '(proposal_generator.rpn_head.*): keys '
-            f'{_describe([k for k in state if not k.startswith(prefix)])}')
-
+    detector = _detector_type(state)
     fpn_levels = sorted({
         int(m.group(1)) for k in state
         for m in [re.match(r'backbone\.fpn_lateral(\d)\.', k)] if m
@@ -212,93 +199,22 @@ def convert_state_dict(state: Dict[str, torch.Tensor],
     out = OrderedDict()
     dropped, unknown = [], []
     for key, value in state.items():
-        new = None
-        if key.startswith(prefix):
-            new = 'backbone.' + key[len(prefix):]
-            # ResT v2's dense output norms: nn.Sequential(LayerNorm) in the
-            # authors' detection code, a LayerNorm in mmrest (and in their
-            # segmentation code)
-            new = re.sub(r'^backbone\.norm_(\d)\.0\.', r'backbone.norm_\1.',
-                         new)
-        elif m := re.match(r'backbone\.fpn_(lateral|output)(\d)\.(.+)$', key):
-            kind, level, rest = m.groups()
-            i = fpn_levels.index(int(level))
-            convs = 'lateral_convs' if kind == 'lateral' else 'fpn_convs'
-            new = f'neck.{convs}.{i}.conv.{rest}'
-        elif m := re.match(r'backbone\.top_block\.p([67])\.(.+)$', key):
-            i = len(fpn_levels) + int(m.group(1)) - 6
-            new = f'neck.fpn_convs.{i}.conv.{m.group(2)}'
-        elif m := re.match(r'proposal_generator\.rpn_head\.'
-                           r'(conv|objectness_logits|anchor_deltas)\.(.+)$',
-                           key):
-            name = dict(conv='rpn_conv', objectness_logits='rpn_cls',
-                        anchor_deltas='rpn_reg')[m.group(1)]
-            new = f'rpn_head.{name}.{m.group(2)}'
-        elif m := re.match(r'roi_heads\.box_head\.fc(\d)\.(.+)$', key):
-            new = f'roi_head.bbox_head.shared_fcs.{int(m.group(1)) - 1}.' \
-                  f'{m.group(2)}'
-        elif m := re.match(r'roi_heads\.box_predictor\.(cls_score|bbox_pred)'
-                           r'\.(.+)$', key):
-            name = 'fc_cls' if m.group(1) == 'cls_score' else 'fc_reg'
-            new = f'roi_head.bbox_head.{name}.{m.group(2)}'
-        elif m := re.match(r'roi_heads\.mask_head\.mask_fcn(\d)\.(.+)$', key):
-            new = f'roi_head.mask_head.convs.{int(m.group(1)) - 1}.conv.' \
-                  f'{m.group(2)}'
-        elif m := re.match(r'roi_heads\.mask_head\.(deconv|predictor)\.(.+)$',
-                           key):
-            name = 'upsample' if m.group(1) == 'deconv' else 'conv_logits'
-            new = f'roi_head.mask_head.{name}.{m.group(2)}'
-        elif m := re.match(r'head\.(cls|bbox)_subnet\.(\d+)\.(.+)$', key):
-            index = int(m.group(2))
-            if index % 2:
-                unknown.append(key)  # the subnets' ReLUs have no weights
-                continue
-            convs = 'cls_convs' if m.group(1) == 'cls' else 'reg_convs'
-            new = f'bbox_head.{convs}.{index // 2}.conv.{m.group(3)}'
-        elif m := re.match(r'head\.(cls_score|bbox_pred)\.(.+)$', key):
-            if m.group(1) == 'cls_score':
-                new = f'bbox_head.retina_cls.{m.group(2)}'
-            else:
-                new = f'bbox_head.retina_reg.{m.group(2)}'
-        elif D2_BUFFERS.match(key):
+        new = _mmdet_key(key, fpn_levels)
+        if new is _DROPPED:
             dropped.append(key)
-            continue
-        if new is None:
+        elif new is None:
             unknown.append(key)
-            continue
-        out[new] = value
+        else:
+            out[new] = value
     if unknown:
         raise CheckpointError(
             f'a detectron2 {detector} with a {FAMILY_NAMES[family]} backbone, '
             f'but {len(unknown)} keys map to nothing in mmdet\'s {detector} '
             f'(another head or option?): {_describe(unknown)}')
-
     if detector == 'RetinaNet':
-        num_anchors = RETINANET_ANCHORS[0] * RETINANET_ANCHORS[1]
-        cls_channels = out['bbox_head.retina_cls.weight'].shape[0]
-        if cls_channels % num_anchors or \
-                out['bbox_head.retina_reg.weight'].shape[0] != num_anchors * 4:
-            raise CheckpointError(
-                f'RetinaNet head with {cls_channels} class channels and '
-                f'{out["bbox_head.retina_reg.weight"].shape[0]} box channels:'
-                f' not {num_anchors} anchors per location (3 sizes x 3 '
-                'aspect ratios) as in the authors\' configs')
-        num_classes = cls_channels // num_anchors
-        if permute_anchors:
-            for name, per_anchor in (('retina_cls', num_classes),
-                                     ('retina_reg', 4)):
-                for part in ('weight', 'bias'):
-                    key = f'bbox_head.{name}.{part}'
-                    out[key] = _reorder_anchor_channels(
-                        out[key], per_anchor, RETINANET_ANCHORS)
+        num_classes = _retinanet_classes(out, permute_anchors)
     else:
-        num_classes = out['roi_head.bbox_head.fc_cls.weight'].shape[0] - 1
-        rpn_anchors = out['rpn_head.rpn_cls.weight'].shape[0]
-        if rpn_anchors != 3:
-            raise CheckpointError(
-                f'RPN with {rpn_anchors} anchors per location; the authors\''
-                ' detectors (and this converter) have 3 (one size per FPN '
-                'level, 3 aspect ratios)')
+        num_classes = _rcnn_classes(out)
     info = dict(
         detector=detector,
         family=family,
@@ -307,6 +223,127 @@ def convert_state_dict(state: Dict[str, torch.Tensor],
         fpn_inputs=[f'stage{level - 1}' for level in fpn_levels],
         dropped=dropped)
     return out, info
+
+
+#: The backbone's keys in detectron2's detectors.
+_BACKBONE = 'backbone.bottom_up.'
+#: What :func:`_mmdet_key` returns for detectron2's buffers (dropped).
+_DROPPED = object()
+
+
+def _detector_type(state: Dict[str, torch.Tensor]) -> str:
+    """``'RetinaNet'``, ``'MaskRCNN'`` or ``'FasterRCNN'``, from the heads'
+    keys."""
+    if any(k.startswith('head.cls_subnet.') for k in state):
+        return 'RetinaNet'
+    if any(k.startswith('proposal_generator.rpn_head.') for k in state):
+        return 'MaskRCNN' if any(
+            k.startswith('roi_heads.mask_head.') for k in state) \
+            else 'FasterRCNN'
+    raise CheckpointError(
+        'a detectron2 checkpoint with a ResT backbone but neither a '
+        'RetinaNet head (head.cls_subnet.*) nor an RPN '
+        '(proposal_generator.rpn_head.*): keys '
+        f'{_describe([k for k in state if not k.startswith(_BACKBONE)])}')
+
+
+def _mmdet_key(key: str, fpn_levels: List[int]):
+    """mmdet's name of a detectron2 key: the backbone's and the neck's,
+    then the heads' (:func:`_mmdet_head_key`); :data:`_DROPPED` for
+    detectron2's buffers, None for a key no rule maps."""
+    if key.startswith(_BACKBONE):
+        new = 'backbone.' + key[len(_BACKBONE):]
+        # ResT v2's dense output norms: nn.Sequential(LayerNorm) in the
+        # authors' detection code, a LayerNorm in mmrest (and in their
+        # segmentation code)
+        return re.sub(r'^backbone\.norm_(\d)\.0\.', r'backbone.norm_\1.',
+                      new)
+    if m := re.match(r'backbone\.fpn_(lateral|output)(\d)\.(.+)$', key):
+        kind, level, rest = m.groups()
+        i = fpn_levels.index(int(level))
+        convs = 'lateral_convs' if kind == 'lateral' else 'fpn_convs'
+        return f'neck.{convs}.{i}.conv.{rest}'
+    if m := re.match(r'backbone\.top_block\.p([67])\.(.+)$', key):
+        i = len(fpn_levels) + int(m.group(1)) - 6
+        return f'neck.fpn_convs.{i}.conv.{m.group(2)}'
+    new = _mmdet_head_key(key)
+    if new is None and D2_BUFFERS.match(key):
+        return _DROPPED
+    return new
+
+
+def _mmdet_head_key(key: str) -> Optional[str]:
+    """mmdet's name of a key of the RPN, the RoI heads or RetinaNet's head
+    (None for others, and for the subnets' ReLUs, which have no weights).
+    """
+    if m := re.match(r'proposal_generator\.rpn_head\.'
+                     r'(conv|objectness_logits|anchor_deltas)\.(.+)$', key):
+        name = dict(conv='rpn_conv', objectness_logits='rpn_cls',
+                    anchor_deltas='rpn_reg')[m.group(1)]
+        return f'rpn_head.{name}.{m.group(2)}'
+    if m := re.match(r'roi_heads\.box_head\.fc(\d)\.(.+)$', key):
+        return f'roi_head.bbox_head.shared_fcs.{int(m.group(1)) - 1}.' \
+               f'{m.group(2)}'
+    if m := re.match(r'roi_heads\.box_predictor\.(cls_score|bbox_pred)'
+                     r'\.(.+)$', key):
+        name = 'fc_cls' if m.group(1) == 'cls_score' else 'fc_reg'
+        return f'roi_head.bbox_head.{name}.{m.group(2)}'
+    if m := re.match(r'roi_heads\.mask_head\.mask_fcn(\d)\.(.+)$', key):
+        return f'roi_head.mask_head.convs.{int(m.group(1)) - 1}.conv.' \
+               f'{m.group(2)}'
+    if m := re.match(r'roi_heads\.mask_head\.(deconv|predictor)\.(.+)$',
+                     key):
+        name = 'upsample' if m.group(1) == 'deconv' else 'conv_logits'
+        return f'roi_head.mask_head.{name}.{m.group(2)}'
+    if m := re.match(r'head\.(cls|bbox)_subnet\.(\d+)\.(.+)$', key):
+        index = int(m.group(2))
+        if index % 2:
+            return None  # the subnets' ReLUs have no weights
+        convs = 'cls_convs' if m.group(1) == 'cls' else 'reg_convs'
+        return f'bbox_head.{convs}.{index // 2}.conv.{m.group(3)}'
+    if m := re.match(r'head\.(cls_score|bbox_pred)\.(.+)$', key):
+        if m.group(1) == 'cls_score':
+            return f'bbox_head.retina_cls.{m.group(2)}'
+        return f'bbox_head.retina_reg.{m.group(2)}'
+    return None
+
+
+def _retinanet_classes(out: Dict[str, torch.Tensor],
+                       permute_anchors: bool) -> int:
+    """The number of classes of RetinaNet's head (which must have the
+    authors' 9 anchors a location); its anchor channels reordered in
+    ``out`` with ``permute_anchors``."""
+    num_anchors = RETINANET_ANCHORS[0] * RETINANET_ANCHORS[1]
+    cls_channels = out['bbox_head.retina_cls.weight'].shape[0]
+    if cls_channels % num_anchors or \
+            out['bbox_head.retina_reg.weight'].shape[0] != num_anchors * 4:
+        raise CheckpointError(
+            f'RetinaNet head with {cls_channels} class channels and '
+            f'{out["bbox_head.retina_reg.weight"].shape[0]} box channels:'
+            f' not {num_anchors} anchors per location (3 sizes x 3 '
+            'aspect ratios) as in the authors\' configs')
+    num_classes = cls_channels // num_anchors
+    if permute_anchors:
+        for name, per_anchor in (('retina_cls', num_classes),
+                                 ('retina_reg', 4)):
+            for part in ('weight', 'bias'):
+                key = f'bbox_head.{name}.{part}'
+                out[key] = _reorder_anchor_channels(
+                    out[key], per_anchor, RETINANET_ANCHORS)
+    return num_classes
+
+
+def _rcnn_classes(out: Dict[str, torch.Tensor]) -> int:
+    """The number of classes of a Faster / Mask R-CNN (whose RPN must have
+    the authors' 3 anchors a location)."""
+    num_classes = out['roi_head.bbox_head.fc_cls.weight'].shape[0] - 1
+    rpn_anchors = out['rpn_head.rpn_cls.weight'].shape[0]
+    if rpn_anchors != 3:
+        raise CheckpointError(
+            f'RPN with {rpn_anchors} anchors per location; the authors\''
+            ' detectors (and this converter) have 3 (one size per FPN '
+            'level, 3 aspect ratios)')
+    return num_classes
 
 
 def load_detectron2_checkpoint(path: str) -> Dict[str, torch.Tensor]:
@@ -397,34 +434,47 @@ def check_against_config(state_dict: Dict[str, torch.Tensor], info: Dict,
         model_cfg.backbone.init_cfg = None  # build only; no weights to read
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(model_cfg)
-    own = model.state_dict()
+    _check_fit(model.state_dict(), state_dict, info)
+    if type(model).__name__ != info['detector']:
+        raise CheckpointError(
+            f'the checkpoint is a {info["detector"]}, the config builds a '
+            f'{type(model).__name__}')
+    return _test_time_warnings(cfg, info)
+
+
+def _check_fit(own: Dict[str, torch.Tensor],
+               state_dict: Dict[str, torch.Tensor], info: Dict) -> None:
+    """Raise :class:`CheckpointError` listing the keys missing on either
+    side and those of other shapes."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [
         f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
         for k, v in state_dict.items() if k in own and v.shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        lines = []
-        if missing:
-            lines.append(f'missing from the checkpoint: {_describe(missing)}')
-        if unexpected:
-            lines.append(f'not in the model: {_describe(unexpected)}')
-        if shapes:
-            lines.append('other shapes: ' + '; '.join(shapes[:5]) +
-                         (f' ... ({len(shapes)} in all)'
-                          if len(shapes) > 5 else ''))
-        variant = info.get('variant') or 'a non-standard'
-        raise CheckpointError(
-            f'The converted {info["detector"]} ({FAMILY_NAMES[info["family"]]}'
-            f' {variant}, {info["num_classes"]} classes) does not fit the '
-            f'model of the config:\n  ' + '\n  '.join(lines) +
-            '\nUse the config of the same detector and variant (see '
-            'docs/detectron2_checkpoints.md).')
-    if type(model).__name__ != info['detector']:
-        raise CheckpointError(
-            f'the checkpoint is a {info["detector"]}, the config builds a '
-            f'{type(model).__name__}')
+    if not (missing or unexpected or shapes):
+        return
+    lines = []
+    if missing:
+        lines.append(f'missing from the checkpoint: {_describe(missing)}')
+    if unexpected:
+        lines.append(f'not in the model: {_describe(unexpected)}')
+    if shapes:
+        lines.append('other shapes: ' + '; '.join(shapes[:5]) +
+                     (f' ... ({len(shapes)} in all)'
+                      if len(shapes) > 5 else ''))
+    variant = info.get('variant') or 'a non-standard'
+    raise CheckpointError(
+        f'The converted {info["detector"]} ({FAMILY_NAMES[info["family"]]}'
+        f' {variant}, {info["num_classes"]} classes) does not fit the '
+        f'model of the config:\n  ' + '\n  '.join(lines) +
+        '\nUse the config of the same detector and variant (see '
+        'docs/detectron2_checkpoints.md).')
+
+
+def _test_time_warnings(cfg, info: Dict) -> List[str]:
+    """What the config sets otherwise than detectron2's test time as the
+    authors ran it (see :func:`check_against_config`)."""
     warnings = []
     if info['family'] == 'v1' and \
             not cfg.model.backbone.get('out_norms_feed_next_stage', False):

@@ -12,8 +12,8 @@ error and leave the rest at random. Each family has keys of its own:
 """
 from typing import Iterable, Optional
 
-from .loading import (CheckpointError, extract_state_dict,
-                      load_checkpoint_file, safe_torch_load)
+from .files import CheckpointError, extract_state_dict, load_checkpoint_file
+from .safe_load import safe_torch_load
 
 FAMILY_NAMES = {'v1': 'ResT (v1)', 'v2': 'ResT v2'}
 

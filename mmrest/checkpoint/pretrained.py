@@ -5,9 +5,10 @@ missing one.
 The detection and segmentation configs start the backbone from
 ``checkpoints/rest_<arch>.pth``. When that file is missing, the error names
 the path it looked for and says where to get the file (or how to train from
-scratch instead). :func:`mmrest.utils.check_pretrained_files` runs that
-check on a whole config before anything is built, so ``tools/train.py``
-stops at once instead of after loading a dataset.
+scratch instead). ``tools/train.py`` runs that check on a whole config
+before anything is built
+(:func:`mmrest_tools.prerun_checks.check_pretrained_files`), so it stops at
+once instead of after loading a dataset.
 """
 import os
 import os.path as osp

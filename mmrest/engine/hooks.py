@@ -216,9 +216,10 @@ class IterSeedHook(Hook):
     uses the state left by the previous iteration, which a resumed run does
     not have; drawn in dataloader workers, it follows mmengine's
     ``worker_init_fn`` seeding when the workers start, which a resumed
-    by-epoch run with ``persistent_workers`` (the COCO configs) does not
-    repeat either. The sampler's order is seeded by mmengine per epoch and
-    does repeat. So a resumed run gives exactly the uninterrupted weights
+    by-epoch run with ``persistent_workers`` does not repeat either. The
+    sampler's order is seeded by mmengine and does repeat (a by-iteration
+    run, as the COCO configs are, replays its data loader up to the
+    resumed iteration). So a resumed run gives exactly the uninterrupted weights
     when loading the data draws no random numbers; that case (by-iteration
     training, a shuffling sampler, ``num_workers=0``, stochastic depth) is
     what ``tests/test_resume.py`` checks. With random augmentation, a

@@ -20,7 +20,7 @@ alone, except where a feature exists earlier in an incomplete form):
 - :data:`TORCH_SCOPED_ALLOW_LIST` (``torch.serialization.safe_globals`` with
   ``(function, 'module.name')`` entries, torch 2.6): whether mmrest's safe
   loading uses torch's weights-only loader or its own restricted unpickler
-  (:mod:`mmrest.checkpoint.loading`).
+  (:mod:`mmrest.checkpoint.safe_load`).
 """
 import inspect
 from typing import Tuple

@@ -1,10 +1,11 @@
-# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""A tiny stand-in for COCO 2017, laid out exactly like it, for tests.
+"""A tiny stand-in for COCO 2017, laid out exactly like it, for the tests
+(a helper module, never a test file itself; the ``tiny_coco`` fixture of
+``conftest.py`` and ``test_dist.py`` use it).
 
 ``<root>/annotations/instances_{train,val}2017.json`` and the images in
 ``<root>/train2017/`` and ``<root>/val2017/``, so a COCO config runs on it
 with only its data root (and the evaluator's annotation file) changed. The
-images and instances come from :func:`mmrest.datasets.generate_shapes_coco`;
+images and instances come from :func:`mmrest.synthetic.generate_shapes_coco`;
 the category list is replaced by COCO's 80 categories (the shapes become
 the first four of them), so the configs' 80-class heads, CocoDataset's
 class filter and CocoMetric's label-to-category mapping all apply unchanged.
@@ -13,7 +14,7 @@ import json
 import os.path as osp
 from typing import Dict, Sequence
 
-from ..datasets import generate_shapes_coco
+from mmrest.synthetic import generate_shapes_coco
 
 
 def write_tiny_coco(root: str,

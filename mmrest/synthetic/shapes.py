@@ -32,6 +32,12 @@ GENERATOR_VERSION = 2
 # least this much (sum of the absolute differences of the 3 channels, out
 # of 765): shapes are hard to see, never invisible.
 MIN_CONTRAST = 200
+# What each annotation file records as ``info.generator``, and what
+# :func:`shapes_info` looks for: the generator's name when the files were
+# first written (the package was renamed from mmrest.datasets to
+# mmrest.synthetic since), kept so that the files stay byte for byte the
+# same and the sets written before stay valid.
+GENERATOR_TAG = 'mmrest.datasets.generate_shapes_coco'
 
 
 def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
@@ -271,7 +277,7 @@ def generate_shapes_coco(out_dir: str,
         with open(ann_file, 'w') as f:
             info = dict(
                 description=f'mmrest synthetic shapes, split {split}',
-                generator='mmrest.datasets.generate_shapes_coco',
+                generator=GENERATOR_TAG,
                 params=params[split])
             json.dump(
                 dict(info=info, images=images, annotations=annotations,
@@ -308,6 +314,6 @@ def shapes_info(ann_file: str) -> Optional[dict]:
     :func:`generate_shapes_coco` (None for any other file)."""
     with open(ann_file) as f:
         info = json.load(f).get('info') or {}
-    if info.get('generator') != 'mmrest.datasets.generate_shapes_coco':
+    if info.get('generator') != GENERATOR_TAG:
         return None
     return info.get('params')

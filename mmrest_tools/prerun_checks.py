@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Checks of a config's files, run before anything is built.
+"""Checks of a config's files, run before anything is built (by
+:mod:`mmrest_tools.launch`, behind ``tools/train.py`` and ``tools/test.py``).
 
 A missing file should stop a run at once, with a message that names it,
 not after minutes of building or at the first batch:
@@ -35,9 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint.loading import (extract_state_dict, load_checkpoint_file,
-                                  safe_loading)
-from ..checkpoint.pretrained import is_local_path, missing_weights_message
+from mmrest.checkpoint import (extract_state_dict, is_local_path,
+                               load_checkpoint_file, missing_weights_message,
+                               safe_loading)
 
 # Config keys of the datasets that wrap other datasets.
 _WRAPPED = ('dataset', 'datasets')

@@ -1,0 +1,135 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""The command line (``tools/gpu_check.py``)."""
+import argparse
+import datetime
+import os.path as osp
+import sys
+from typing import Dict
+
+import torch
+
+from .check import GpuCheck
+from .measure import _short_error, device_info, versions
+from .report import to_markdown
+from .settings import SECTIONS, Settings
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Prepared GPU check of mmrest: equality '
+        'under fp32/fp16/bf16, backbone throughput and memory, one AMP '
+        'Mask R-CNN training iteration; JSON and Markdown to --out.')
+    parser.add_argument('--device', default=None,
+                        help='cuda or cpu (default: cuda when available)')
+    parser.add_argument('--out', default='work_dirs/gpu_check',
+                        help='output folder (gpu_check.json, gpu_check.md)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny sizes, one repeat: a smoke test')
+    parser.add_argument('--sections', default=','.join(SECTIONS),
+                        help=f'comma-separated subset of {SECTIONS}')
+    parser.add_argument('--deadline-s', type=float, default=420.0,
+                        help='no new step starts after this many seconds')
+    parser.add_argument('--repeats', type=int, default=None,
+                        help='timed calls per throughput figure')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help='untimed calls before timing')
+    parser.add_argument('--mr-iters', type=int, default=None,
+                        help='timed Mask R-CNN iterations')
+    parser.add_argument('--compile-backend', default=None,
+                        help='torch.compile backend (default inductor; '
+                        '"off" skips; quick mode: off)')
+    parser.add_argument('--compile-budget-s', type=float, default=150.0,
+                        help='time limit of the torch.compile child')
+    parser.add_argument('--force-ops-shim', action='store_true',
+                        help='use the mmcv ops shim even where mmcv._ext '
+                        'imports (testing)')
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(',') if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f'unknown sections {unknown}; choose from {SECTIONS}')
+    args.sections = sections
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.device not in ('cuda', 'cpu'):
+        parser.error(f'--device must be cuda or cpu, got {args.device!r}')
+    if args.compile_backend is None:
+        args.compile_backend = 'off' if args.quick else 'inductor'
+    return args
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds')
+    check = GpuCheck(args.device, args.out,
+                     Settings(args.quick, args.repeats, args.warmup,
+                              args.mr_iters),
+                     deadline_s=args.deadline_s,
+                     compile_budget_s=args.compile_budget_s)
+    meta = check.results['meta']
+    meta.update(started=started, quick=args.quick, argv=sys.argv[1:],
+                deadline_s=args.deadline_s)
+    check.log(f'out: {osp.abspath(args.out)}')
+    _prepare_environment(check, args)
+    check.save()
+    _run_sections(check, args)
+    meta['finished'] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds')
+    check.save()
+    check.log(f'wrote {check.json_path} and {check.md_path}')
+    print(to_markdown(check.results), flush=True)
+    return check.results
+
+
+def _prepare_environment(check: GpuCheck, args: argparse.Namespace):
+    """The ops shim where mmcv has no compiled ops, and the device and
+    versions in the results' ``meta``."""
+    meta = check.results['meta']
+    # Before anything imports mmcv.ops: stand in for missing compiled ops.
+    from mmrest_tools import ops_shim
+    try:
+        meta['ops_shim'] = ops_shim.install(
+            force=True if args.force_ops_shim else None,
+            device=args.device)
+    except Exception as e:  # noqa: BLE001
+        meta['ops_shim'] = dict(used=False, error=_short_error(e))
+    try:
+        meta['package_lookup_patch'] = ops_shim.patch_package_lookup()
+    except Exception as e:  # noqa: BLE001
+        meta['package_lookup_patch'] = f'failed: {_short_error(e)}'
+    meta['device'] = device_info(check.device)
+    meta['versions'] = versions()
+    check.log(f'device: {meta["device"].get("name")}; torch '
+              f'{torch.__version__}; ops shim: {meta["ops_shim"]}')
+
+
+def _run_sections(check: GpuCheck, args: argparse.Namespace):
+    """The sections ``--sections`` names, in the order of the check (the
+    further throughput models after the variants)."""
+    want = set(args.sections)
+    if 'equality' in want:
+        check.run_section('equality', check.equality)
+    if 'syncbn' in want:
+        check.run_section('syncbn', check.syncbn)
+    if 'throughput' in want:
+        check.run_section(
+            'throughput',
+            lambda sec: check.throughput(sec, check.s.throughput_models))
+    if 'maskrcnn' in want:
+        check.run_section('maskrcnn', check.maskrcnn)
+    if 'variants' in want:
+        check.run_section(
+            'variants', lambda sec: check.variants(sec, args.compile_backend))
+    if 'throughput' in want and check.s.more_models:
+        check.run_section(
+            'throughput',
+            lambda sec: check.throughput(sec, check.s.more_models))
+    if 'compile' in want:
+        if args.compile_backend == 'off':
+            check.results['sections']['compile'] = dict(
+                status='skipped', error='--compile-backend off', rows=[])
+        else:
+            check.run_section(
+                'compile', lambda sec: check.compile(sec,
+                                                     args.compile_backend))

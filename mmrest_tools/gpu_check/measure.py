@@ -1,0 +1,188 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Small helpers of every section: timing, error measures, device and
+version records."""
+import contextlib
+import math
+import platform
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .settings import CUDNN_BENCHMARK
+
+
+def _short_error(e: BaseException, limit: int = 300) -> str:
+    text = f'{type(e).__name__}: {e}'.strip().replace('\n', ' ')
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _mib(n: Optional[float]) -> Optional[float]:
+    return None if n is None else n / 2**20
+
+
+def _sync(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    """'float16', 'bfloat16'; None (no autocast) is 'float32'."""
+    return 'float32' if dtype is None else str(dtype).replace('torch.', '')
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, repeats: int,
+               warmup: int) -> List[float]:
+    """Milliseconds per call of ``fn``: CUDA events on the GPU (one
+    synchronisation at the end), wall clock elsewhere, after ``warmup``
+    untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.type == 'cuda':
+        events = []
+        for _ in range(repeats):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in events]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def time_steps(step: Callable[[], object], device: torch.device,
+               repeats: int, warmup: int,
+               clock: Callable[[], float] = time.perf_counter,
+               sync: Optional[Callable[[torch.device], None]] = None
+               ) -> List[float]:
+    """Milliseconds of each of ``repeats`` calls of ``step`` (a training
+    step: forward, backward, maybe an optimizer step) after ``warmup``
+    untimed ones (cuDNN autotuning, the caching allocator's first
+    allocations, lazy initialisations).
+
+    Each timed call lies between two synchronisations of the device (the
+    kernels queued before it are done when the clock starts, its own when
+    it stops), so a step's figure is its whole time whatever it
+    synchronises inside. Report the median of the list.
+
+    Args:
+        step (callable): One step.
+        device (torch.device): Where it runs.
+        repeats (int): Timed calls (at least 1).
+        warmup (int): Untimed calls before them.
+        clock (callable): Seconds (tests pass a fake clock).
+        sync (callable, optional): Waits for ``device``; defaults to
+            ``torch.cuda.synchronize`` on CUDA, nothing elsewhere.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f'time_steps needs repeats >= 1 and warmup >= 0, '
+                         f'got {repeats} and {warmup}')
+    sync = sync or _sync
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = clock()
+        step()
+        sync(device)
+        times.append((clock() - t) * 1e3)
+    return times
+
+
+def set_cudnn_benchmark(section: str) -> bool:
+    """Sets ``torch.backends.cudnn.benchmark`` as ``CUDNN_BENCHMARK`` says
+    for ``section`` and returns it (each section records it)."""
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK[section]
+    return torch.backends.cudnn.benchmark
+
+
+def output_error(outs: Sequence[torch.Tensor],
+                 refs: Sequence[torch.Tensor]) -> float:
+    """The worst, over the outputs, of max |out - ref| / max |ref|."""
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        o, r = o.double(), r.double()
+        scale = float(r.abs().max())
+        diff = float((o - r).abs().max())
+        if not math.isfinite(diff):
+            return float('inf')
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
+def grad_error(grads: Dict[str, torch.Tensor],
+               refs: Dict[str, torch.Tensor]) -> float:
+    """||g - g_ref|| / ||g_ref|| over all parameters' gradients at once."""
+    num = den = 0.0
+    for name, r in refs.items():
+        g = grads.get(name)
+        if g is None:
+            return float('inf')
+        num += float(((g.double() - r.double())**2).sum())
+        den += float((r.double()**2).sum())
+    if not math.isfinite(num):
+        return float('inf')
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0):
+    """Random affine parameters and running statistics of every BatchNorm,
+    and random affine parameters of every LayerNorm / GroupNorm, so that the
+    folded and the separate normalisations are really compared."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
+                              nn.GroupNorm)):
+                if getattr(m, 'weight', None) is not None:
+                    m.weight.copy_(1 + 0.2 * torch.randn(
+                        m.weight.shape, generator=gen))
+                if getattr(m, 'bias', None) is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape,
+                                                   generator=gen))
+
+
+def versions() -> Dict[str, Optional[str]]:
+    found = {}
+    for name in ('numpy', 'torchvision', 'mmengine', 'mmcv', 'mmdet'):
+        try:
+            mod = __import__(name)
+            found[name] = getattr(mod, '__version__', '?')
+        except Exception as e:  # noqa: BLE001
+            found[name] = f'not importable ({_short_error(e, 80)})'
+    return found
+
+
+def device_info(device: torch.device) -> Dict:
+    info = dict(type=device.type, torch=torch.__version__,
+                cuda=torch.version.cuda, python=platform.python_version(),
+                machine=platform.machine(), cpu_threads=torch.get_num_threads())
+    if device.type == 'cuda':
+        p = torch.cuda.get_device_properties(device)
+        info.update(name=p.name, capability=f'{p.major}.{p.minor}',
+                    total_memory_MiB=p.total_memory / 2**20,
+                    multiprocessors=p.multi_processor_count,
+                    cudnn=torch.backends.cudnn.version())
+    else:
+        info['name'] = platform.processor() or 'cpu'
+    return info

@@ -1,0 +1,112 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Section ``throughput``: backbone speed and memory, inference and the
+training step."""
+import statistics
+from typing import Dict, Sequence
+
+import torch
+
+from .measure import (_autocast, _mib, _short_error, set_cudnn_benchmark,
+                      time_calls, time_steps)
+from .models import build_backbone
+
+
+class ThroughputSection:
+    """The ``throughput`` section of :class:`~.GpuCheck`."""
+
+    def throughput(self, sec: Dict, names: Sequence[str]):
+        bench = set_cudnn_benchmark('throughput')
+        self.log(f'  torch.backends.cudnn.benchmark = {bench}')
+        sec['settings'] = dict(
+            cudnn_benchmark=bench,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            repeats=self.s.repeats, warmup=self.s.warmup,
+            small='x'.join(map(str, self.s.small)),
+            large='x'.join(map(str, self.s.large)),
+            train='x'.join(map(str, self.s.train)),
+            train_warmup=self.s.train_warmup,
+            train_repeats=self.s.train_repeats)
+        sec['settings']['amp'] = self.s.amp_name
+        for name in names:
+            self.log(f'  throughput {name}')
+            self._guarded_row(sec, dict(kind='throughput', model=name),
+                              lambda: self._throughput_one(name),
+                              need_s=10.0)
+
+    def _throughput_one(self, name: str) -> Dict:
+        dev = self.device
+        model = build_backbone(name, quick=self.s.quick).to(dev)
+        row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        gen = torch.Generator().manual_seed(4)
+        for key, shape in (('small', self.s.small), ('large', self.s.large)):
+            x = torch.rand(*shape, generator=gen).to(dev)
+            for amp in ('fp32', 'fp16'):
+                tag = f'{key}_{amp}'
+                amp = self.s.amp if amp == 'fp16' else None
+                try:
+                    with torch.no_grad(), _autocast(dev, amp):
+                        ms = time_calls(lambda: model(x), dev,
+                                        self.s.repeats, self.s.warmup)
+                    med = statistics.median(ms)
+                    row[f'{tag}_ms'] = med
+                    row[f'{tag}_img_s'] = shape[0] * 1e3 / med
+                    row[f'{tag}_all_ms'] = ms
+                except Exception as e:  # noqa: BLE001
+                    row[f'{tag}_error'] = _short_error(e)
+                    self._free()
+            del x
+        x = torch.rand(*self.s.train, generator=gen).to(dev)
+        for amp in ('fp32', 'amp'):
+            tag = f'train_{amp}'
+            amp = self.s.amp if amp == 'amp' else None
+            try:
+                row.update({
+                    f'{tag}_{k}': v
+                    for k, v in self._train_step_memory(model, x, amp).items()
+                })
+            except Exception as e:  # noqa: BLE001
+                row[f'{tag}_error'] = _short_error(e)
+                self._free()
+        del model, x
+        self._free()
+        return row
+
+    def _train_step_memory(self, model, x, amp) -> Dict:
+        """A backbone's training step (train mode, forward, a loss of all
+        outputs, backward; under ``amp`` autocast): the median of
+        ``train_repeats`` timed steps after ``train_warmup`` untimed ones
+        (:func:`time_steps`), each step's milliseconds, and the peak memory
+        of a step (``max_memory_allocated`` over the timed steps minus
+        what was allocated before them: parameters and input, no
+        gradients; CUDA only)."""
+        dev = self.device
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            with _autocast(dev, amp):
+                outs = model(x)
+                loss = sum(o.float().mean() for o in outs)
+            loss.backward()
+
+        model.train()
+        try:
+            for _ in range(self.s.train_warmup):
+                step()
+            model.zero_grad(set_to_none=True)
+            if dev.type == 'cuda':
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                before = torch.cuda.memory_allocated(dev)
+            times = time_steps(step, dev, self.s.train_repeats, 0)
+            out = dict(step_ms=statistics.median(times), step_all_ms=times)
+            if dev.type == 'cuda':
+                peak = torch.cuda.max_memory_allocated(dev)
+                out.update(peak_MiB=_mib(peak),
+                           step_peak_MiB=_mib(peak - before))
+            else:
+                out.update(peak_MiB=None, step_peak_MiB=None)
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.eval()
+        return out

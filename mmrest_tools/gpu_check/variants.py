@@ -1,0 +1,227 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Section ``variants``: each formulation of EMSA's multi-head core."""
+import contextlib
+import copy
+import math
+import statistics
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from .measure import (_autocast, _dtype_name, _short_error, grad_error,
+                      output_error, randomize_norms, set_cudnn_benchmark,
+                      time_calls)
+from .models import build_backbone
+from .settings import AMP_FACTOR, AMP_FLOOR, FP32_FLOOR
+
+
+class VariantsSection:
+    """The ``variants`` section of :class:`~.GpuCheck`."""
+
+    def variants(self, sec: Dict, compile_backend: str):
+        """ResT-Small with each formulation of EMSA's multi-head core
+        (``kernels.use_emsa_core``), beside its literal path, ResT v2-Tiny
+        and Swin-T, all with the same settings: the backbone training step
+        at ``train`` (2x3x800x1344) under fp16 and bf16 autocast (median
+        after warm-ups, peak memory), inference at ``small`` and
+        ``large`` in float32 and fp16 autocast, and each core's errors
+        (random norm parameters and statistics, as in ``equality``):
+        float32 outputs and gradients (eval mode, autograd) against the
+        literal path in float64, fp16 / bf16 outputs against the same
+        model's float32 ones beside the literal path's (the autocast
+        criterion). The next GPU session picks the fastest core that passes.
+        """
+        from mmrest.backbones import kernels
+        bench = set_cudnn_benchmark('variants')
+        self.log(f'  torch.backends.cudnn.benchmark = {bench}')
+        amps = (None, ) if self.s.amp is None else (torch.float16,
+                                                    torch.bfloat16)
+        sec['settings'] = dict(
+            cudnn_benchmark=bench,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_cudnn=torch.backends.cudnn.allow_tf32,
+            train='x'.join(map(str, self.s.train)),
+            small='x'.join(map(str, self.s.small)),
+            large='x'.join(map(str, self.s.large)),
+            eq_input='x'.join(map(str, self.s.eq_shapes[-1])),
+            train_amp=[_dtype_name(a) for a in amps],
+            amp=self.s.amp_name, warmup=self.s.warmup,
+            repeats=self.s.repeats, train_warmup=self.s.train_warmup,
+            train_repeats=self.s.train_repeats,
+            compile_backend=compile_backend,
+            criteria=dict(
+                fp32=f'err <= 4 * err_literal + {FP32_FLOOR:.2e}',
+                amp=f'err <= {AMP_FACTOR} * err_literal + {AMP_FLOOR}'))
+        state = dict(model=build_backbone('rest_small', self.s.quick))
+        randomize_norms(state['model'])  # as the equality section
+        state['weights'] = copy.deepcopy(state['model'].state_dict())
+        # the compiled core last: its compilations may take the deadline
+        cores = sorted(self.s.variant_cores,
+                       key=lambda c: c == 'literal_compiled')
+        rows = [('rest_small_literal', None)]
+        rows += [('rest_small', c) for c in cores if c != 'literal_compiled']
+        rows += [('restv2_tiny', None), ('swin_t', None)]
+        rows += [('rest_small', c) for c in cores if c == 'literal_compiled']
+        self.log('  variants: which SDPA backends take the mixed queries')
+        self._guarded_row(sec, dict(kind='sdpa_backends'),
+                          self._sdpa_backends)
+        for name, core in rows:
+            self.log(f'  variants {name} {core or ""}')
+            base = dict(kind='variant', model=name, core=core)
+            if core == 'literal_compiled' and compile_backend == 'off':
+                self._row(sec, dict(base, skipped='--compile-backend off'))
+                continue
+            self._guarded_row(
+                sec, base, lambda: self._variant_one(
+                    name, core, amps, state, compile_backend),
+                need_s=60.0 if core == 'literal_compiled' else 10.0)
+        del state
+        self._free()
+
+    def _sdpa_backends(self) -> Dict:
+        """Which ``F.scaled_dot_product_attention`` backends run (forward
+        and backward, in the autocast dtype) the mixed-query attention of
+        ResT-Small's stages 2 to 4 (C = 128, 256, 512 channels; h = 2, 4,
+        8 heads; keys shared by the heads, an expanded tensor), with values
+        of one head (d = C / h channels, ``'sdpa'``) and zero-padded to C
+        (``'sdpa_padded'``): 'ok' or the error."""
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        dev = self.device
+        dtype = self.s.amp or torch.float32
+        gen = torch.Generator().manual_seed(10)
+        res = {}
+        for C, h in ((128, 2), (256, 4), (512, 8)):
+            for values in ('d', 'C'):
+                for backend in ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION',
+                                'CUDNN_ATTENTION', 'MATH'):
+                    key = f'C{C}_h{h}_v{values}_{backend.lower()}'
+                    be = getattr(SDPBackend, backend, None)
+                    if be is None:
+                        res[key] = 'no such backend in this torch'
+                        continue
+                    q = torch.randn(1, h, 64, C, generator=gen).to(
+                        dev, dtype).requires_grad_()
+                    k = torch.randn(1, 1, 48, C, generator=gen).to(
+                        dev, dtype).requires_grad_()
+                    v = torch.randn(1, h, 48, C // h if values == 'd' else C,
+                                    generator=gen).to(dev, dtype)
+                    v.requires_grad_()
+                    try:
+                        with sdpa_kernel(be):
+                            out = F.scaled_dot_product_attention(
+                                q, k.expand(1, h, 48, C), v, scale=1.0)
+                            out.float().sum().backward()
+                        res[key] = 'ok'
+                    except Exception as e:  # noqa: BLE001 (recorded)
+                        res[key] = _short_error(e, 120)
+        return dict(backends=res)
+
+    def _variant_one(self, name: str, core: Optional[str], amps,
+                     state: Dict, compile_backend: str) -> Dict:
+        from mmrest.backbones import kernels
+        dev = self.device
+        if name.startswith('rest_small'):
+            model = build_backbone(name, self.s.quick)
+            model.load_state_dict(state['weights'])
+        else:
+            model = build_backbone(name, self.s.quick)
+        model.to(dev)
+        row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
+        ctx = contextlib.nullcontext()
+        if core is not None:
+            kernels.LITERAL_COMPILE_BACKEND = compile_backend
+            ctx = kernels.use_emsa_core(core)
+        with ctx:
+            if name.startswith('rest_small'):
+                row.update(self._variant_errors(model, state, amps))
+                lit = state.get('literal_errors')
+                if name.endswith('_literal'):
+                    state['literal_errors'] = dict(row)
+                elif lit:
+                    row['pass'] = bool(
+                        row['err_fp32'] <= 4 * lit['err_fp32'] + FP32_FLOOR
+                        and row['grad_err_fp32'] <=
+                        4 * lit['grad_err_fp32'] + FP32_FLOOR and all(
+                            row[f'err_{a}'] <= AMP_FACTOR * lit[f'err_{a}']
+                            + AMP_FLOOR for a in map(_dtype_name, amps)
+                            if a != 'float32') and row['grads_finite'])
+            gen = torch.Generator().manual_seed(7)
+            x = torch.rand(*self.s.train, generator=gen).to(dev)
+            for amp in amps:
+                tag = f'train_{_dtype_name(amp)}'
+                try:
+                    res = self._train_step_memory(model, x, amp)
+                    row.update({f'{tag}_{k}': v for k, v in res.items()})
+                except Exception as e:  # noqa: BLE001
+                    row[f'{tag}_error'] = _short_error(e)
+                    self._free()
+            del x
+            for key, shape in (('small', self.s.small),
+                               ('large', self.s.large)):
+                x = torch.rand(*shape, generator=gen).to(dev)
+                for amp in (None, self.s.amp) if self.s.amp else (None, ):
+                    tag = f'{key}_{"fp32" if amp is None else "fp16"}'
+                    try:
+                        with torch.no_grad(), _autocast(dev, amp):
+                            ms = time_calls(lambda: model(x), dev,
+                                            self.s.repeats, self.s.warmup)
+                        row[f'{tag}_ms'] = statistics.median(ms)
+                        row[f'{tag}_img_s'] = shape[0] * 1e3 / row[
+                            f'{tag}_ms']
+                    except Exception as e:  # noqa: BLE001
+                        row[f'{tag}_error'] = _short_error(e)
+                        self._free()
+                del x
+        del model
+        self._free()
+        return row
+
+    def _variant_errors(self, model: nn.Module, state: Dict, amps) -> Dict:
+        """Errors of ``model`` (ResT-Small, the weights in ``state``), eval
+        mode with autograd: float32 outputs and gradients against the
+        literal path in float64 (computed once), each autocast dtype's
+        outputs against the model's own float32 ones."""
+        from mmrest.backbones import to_literal
+        dev = self.device
+        if 'x' not in state:
+            gen = torch.Generator().manual_seed(8)
+            state['x'] = torch.randn(*self.s.eq_shapes[-1], generator=gen,
+                                     dtype=torch.float64).to(dev)
+            ref = to_literal(state['model']).double().to(dev).eval()
+            state['ref'] = self._outs_grads(ref, state['x'], None, state)
+            del ref
+        model.eval()
+        x32 = state['x'].float()
+        outs, grads = self._outs_grads(model, x32, None, state)
+        ref_o, ref_g = state['ref']
+        row = dict(err_fp32=output_error(outs, ref_o),
+                   grad_err_fp32=grad_error(grads, ref_g),
+                   grads_finite=True)
+        for amp in amps:
+            if amp is None:
+                continue
+            o, g = self._outs_grads(model, x32, amp, state)
+            row[f'err_{_dtype_name(amp)}'] = output_error(o, outs)
+            row['grads_finite'] = row['grads_finite'] and all(
+                bool(torch.isfinite(t).all()) for t in g.values())
+        return row
+
+    @staticmethod
+    def _outs_grads(model, x, amp, state):
+        """Outputs (float64) and parameter gradients of a fixed random
+        weighting of the outputs (``state['w']``, made on first use)."""
+        model.zero_grad(set_to_none=True)
+        with _autocast(x.device, amp):
+            outs = [o.double() for o in model(x)]
+        if 'w' not in state:
+            gen = torch.Generator().manual_seed(9)
+            state['w'] = [(torch.randn(o.shape, generator=gen,
+                                       dtype=torch.float64) /
+                           math.sqrt(o.numel())).to(x.device) for o in outs]
+        sum((o * w).sum() for o, w in zip(outs, state['w'])).backward()
+        grads = {n: p.grad.detach().double().clone()
+                 for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return [o.detach() for o in outs], grads

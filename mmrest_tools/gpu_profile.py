@@ -1,0 +1,303 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Where a ResT training step spends its GPU time (beside the GPU check,
+:mod:`mmrest_tools.gpu_check`).
+
+    python3 tools/device/gpu_profile.py --out DIR
+
+gpu_check's throughput table has ResT-Small's forward at 800x1344 as fast as
+Swin-T's (10.6 against 10.3 ms), yet its Mask R-CNN AMP iteration takes 497
+against 106 ms, and the literal backbone is as slow: the backward pass, in
+operators both computations share. This script times forward and
+forward + backward of the backbones (fp16 autocast, 2x3x800x1344, with and
+without ``cudnn.benchmark``), lists the profiler's top CUDA kernels of one
+ResT step, times ResT's depthwise convolutions alone (cuDNN, cuDNN
+autotuned, PyTorch's native kernel), in float32 and float16, and times the
+training step with each GPU change of kernels.py undone. Writes
+profile.json (one list of rows per section).
+
+Found with it: the gradient of EMSA's head mixing (a long reduction into an
+h x h result) ran as cuBLAS batched matrix-vector kernels, 72% of the step;
+see kernels.MixHeads.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+DEVICE = 'cuda'
+SCALE = 1  # sizes divided by this (a CPU smoke test: --smoke)
+
+
+def sync():
+    if DEVICE == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats=5, warmup=2):
+    times = []
+    for i in range(repeats + warmup):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    return round(statistics.median(times), 2)
+
+
+def step_fn(model, x, backward, dtype=torch.float16):
+    def run():
+        with torch.autocast(DEVICE, dtype=dtype,
+                            enabled=dtype != torch.float32):
+            with torch.set_grad_enabled(backward):
+                outs = model(x)
+        if backward:
+            sum(o.float().mean() for o in outs).backward()
+    return run
+
+
+def build(name):
+    from mmrest_tools.gpu_check import build_backbone, build_rest
+    if name.startswith('restv2_'):
+        model = build_rest('v2_' + name[7:], drop_path_rate=0.1)
+    else:
+        model = build_backbone(name)
+    model.to(DEVICE).train()  # (mmdet's Swin.train returns None)
+    return model
+
+
+def image():
+    return torch.randn(2, 3, 800 // SCALE, 1344 // SCALE, device=DEVICE)
+
+
+def model_rows(names):
+    rows = []
+    x = image()
+    for name in names:
+        try:
+            model = build(name)
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(model=name, error=f'{type(e).__name__}: {e}'))
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        for bench in (False, True):
+            torch.backends.cudnn.benchmark = bench
+            for dtype in (torch.float16, torch.float32):
+                row = dict(model=name, cudnn_benchmark=bench,
+                           dtype=str(dtype).split('.')[-1])
+                row['fwd_ms'] = timed(step_fn(model, x, False, dtype))
+                row['fwd_bwd_ms'] = timed(step_fn(model, x, True, dtype))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        torch.backends.cudnn.benchmark = False
+        del model
+        if DEVICE == 'cuda':
+            torch.cuda.empty_cache()
+    return rows
+
+
+def profile_rows(name, top=15):
+    from torch.profiler import ProfilerActivity, profile
+    model = build(name)
+    run = step_fn(model, image(), True)
+    run()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if DEVICE == 'cuda'
+                             else ProfilerActivity.CPU]) as prof:
+        run()
+        sync()
+    events = sorted(
+        prof.key_averages(), reverse=True,
+        key=lambda e: getattr(e, 'self_device_time_total',
+                              getattr(e, 'self_cpu_time_total', 0)))
+    rows = []
+    for e in events[:top]:
+        t = getattr(e, 'self_device_time_total', 0) or getattr(
+            e, 'self_cpu_time_total', 0)
+        rows.append(dict(model=name, kernel=e.key[:110], calls=e.count,
+                         self_ms=round(t / 1e3, 2)))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def depthwise_by_slices(x, weight, bias, stride, padding):
+    """A depthwise convolution as a sum of k*k strided slices (a candidate
+    replacement whose backward is elementwise)."""
+    k = weight.shape[-1]
+    xp = F.pad(x, (padding, ) * 4)
+    ho = (x.shape[2] + 2 * padding - k) // stride + 1
+    wo = (x.shape[3] + 2 * padding - k) // stride + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            part = xp[:, :, i:i + stride * (ho - 1) + 1:stride,
+                      j:j + stride * (wo - 1) + 1:stride]
+            term = part * weight[:, 0, i, j].view(1, -1, 1, 1)
+            out = term if out is None else out + term
+    return out + bias.view(1, -1, 1, 1)
+
+
+def conv_rows():
+    # (what, channels, H, W, kernel, stride, padding): ResT-Small at
+    # 800x1344, batch 2
+    cases = [('sr stage 1', 64, 200, 336, 9, 8, 4),
+             ('sr stage 2', 128, 100, 168, 5, 4, 2),
+             ('sr stage 3', 256, 50, 84, 3, 2, 1),
+             ('PA stage 1', 64, 200, 336, 3, 1, 1),
+             ('PA stage 2', 128, 100, 168, 3, 1, 1)]
+    rows = []
+    for what, c, h, w, k, s, p in cases:
+        h, w = h // SCALE, w // SCALE
+        for dtype in (torch.float16, torch.float32):
+            x = torch.randn(2, c, h, w, device=DEVICE, dtype=dtype,
+                            requires_grad=True)
+            wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype,
+                             requires_grad=True)
+            b = torch.randn(c, device=DEVICE, dtype=dtype, requires_grad=True)
+            variants = {
+                'cudnn': (True, False, None),
+                'cudnn benchmark': (True, True, None),
+                'native': (False, False, None),
+                'slices': (True, False, depthwise_by_slices),
+            }
+            for name, (cudnn, bench, fn) in variants.items():
+                torch.backends.cudnn.enabled = cudnn
+                torch.backends.cudnn.benchmark = bench
+
+                def run(fn=fn):
+                    if fn is None:
+                        y = F.conv2d(x, wt, b, s, p, groups=c)
+                    else:
+                        y = fn(x, wt, b, s, p)
+                    y.float().sum().backward()
+                try:
+                    ms = timed(run)
+                except Exception as e:  # noqa: BLE001
+                    ms = f'{type(e).__name__}: {e}'[:120]
+                row = dict(conv=what, dtype=str(dtype).split('.')[-1],
+                           variant=name, fwd_bwd_ms=ms)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            torch.backends.cudnn.enabled = True
+            torch.backends.cudnn.benchmark = False
+    return rows
+
+
+def variant_rows(name='rest_small'):
+    """fp16 training step of ``name`` with this version's two GPU changes
+    undone one at a time (the attributions of the speed-up)."""
+    from mmrest.backbones import kernels
+    mix_heads, emsa_attention = kernels.mix_heads, kernels.emsa_attention
+
+    def one_head_float32(q, k, v, mix=None, *args, **kwargs):
+        if mix is None:
+            with torch.autocast(q.device.type, enabled=False):
+                return emsa_attention(q.float(), k.float(), v.float(), mix,
+                                      *args, **kwargs).to(q.dtype)
+        return emsa_attention(q, k, v, mix, *args, **kwargs)
+
+    variants = [('this version', mix_heads, emsa_attention),
+                ('mix heads by baddbmm', kernels.mix_heads_baddbmm,
+                 emsa_attention),
+                ('one head in float32', mix_heads, one_head_float32),
+                ('both (the former code)', kernels.mix_heads_baddbmm,
+                 one_head_float32)]
+    model, x = build(name), image()
+    rows = []
+    try:
+        for what, mix_fn, attn_fn in variants:
+            kernels.mix_heads, kernels.emsa_attention = mix_fn, attn_fn
+            row = dict(model=name, variant=what,
+                       fwd_bwd_fp16_ms=timed(step_fn(model, x, True)))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        kernels.mix_heads, kernels.emsa_attention = mix_heads, emsa_attention
+    return rows
+
+
+def eval224_rows(names=('rest_base', 'rest_lite', 'swin_t'), rounds=3):
+    """Inference throughput at 64x3x224x224 under fp16 autocast, with the
+    one-head attention in float16 (this version) and in float32 (the
+    former code), interleaved round by round."""
+    from mmrest.backbones import kernels
+    emsa_attention = kernels.emsa_attention
+
+    def one_head_float32(q, k, v, mix=None, *args, **kwargs):
+        if mix is None:
+            with torch.autocast(q.device.type, enabled=False):
+                return emsa_attention(q.float(), k.float(), v.float(), mix,
+                                      *args, **kwargs).to(q.dtype)
+        return emsa_attention(q, k, v, mix, *args, **kwargs)
+
+    x = torch.randn(64, 3, 224 // SCALE, 224 // SCALE, device=DEVICE)
+    rows = []
+    models = {name: build(name) for name in names}
+    for model in models.values():
+        model.eval()
+    try:
+        for r in range(rounds):
+            for name, model in models.items():
+                for what, fn in (('this version', emsa_attention),
+                                 ('one head in float32', one_head_float32)):
+                    if what != 'this version' and not name.startswith('rest'):
+                        continue
+                    kernels.emsa_attention = fn
+                    ms = timed(step_fn(model, x, False), repeats=10, warmup=3)
+                    rows.append(dict(round=r, model=name, variant=what,
+                                     img_s=round(64 / ms * 1e3)))
+                    print(json.dumps(rows[-1]), flush=True)
+    finally:
+        kernels.emsa_attention = emsa_attention
+    return rows
+
+
+SECTIONS = ('variants', 'profile', 'models', 'convs', 'eval224')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Where a ResT training step spends its GPU time; '
+        'profile.json in --out.')
+    parser.add_argument('--out', default='work_dirs/gpu_profile')
+    parser.add_argument('--smoke', action='store_true',
+                        help='CPU, sizes / 8: checks that the script runs')
+    parser.add_argument('--sections', nargs='+', default=SECTIONS,
+                        choices=SECTIONS)
+    parser.add_argument('--models', nargs='+',
+                        default=['rest_small', 'restv2_tiny', 'swin_t'])
+    args = parser.parse_args(argv)
+    global DEVICE, SCALE
+    if args.smoke:
+        DEVICE, SCALE = 'cpu', 8
+    else:
+        from mmrest_tools import ops_shim
+        ops_shim.install(device='cuda')
+        ops_shim.patch_package_lookup()
+        print(torch.__version__, torch.version.cuda,
+              torch.backends.cudnn.version(), torch.cuda.get_device_name(0),
+              flush=True)
+    import mmrest  # noqa: F401
+    os.makedirs(args.out, exist_ok=True)
+    result = {}
+    t0 = time.time()
+    sections = dict(
+        variants=variant_rows, convs=conv_rows, eval224=eval224_rows,
+        profile=lambda: profile_rows('rest_small') + profile_rows(
+            'restv2_tiny'),
+        models=lambda: model_rows(args.models))
+    for key in args.sections:
+        fn = sections[key]
+        try:
+            result[key] = fn()
+        except Exception as e:  # noqa: BLE001
+            result[key] = f'{type(e).__name__}: {e}'[:500]
+            print(key, result[key], flush=True)
+        print(f'== {key} done at {time.time() - t0:.0f} s', flush=True)
+        with open(osp.join(args.out, 'profile.json'), 'w') as f:
+            json.dump(result, f, indent=1)
