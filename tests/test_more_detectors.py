@@ -636,3 +636,53 @@ def test_train_steps_and_coco_evaluation(path, tiny_coco, monkeypatch):
     for kind in METRICS[det]:
         for key in ('mAP', 'mAP_50', 'mAP_75'):
             assert 0 <= results[f'coco/{kind}_{key}'] <= 1
+
+
+# ------------------------------------------------ the training tools
+@pytest.mark.parametrize('tool,path', [('mmrest', CASCADE_V2T),
+                                       ('mmdet', DINO)])
+def test_training_tools(tool, path, tiny_coco, tmp_path):
+    """The repository's tools/train.py (on the CPU with --no-amp: the v2
+    Cascade config asks for AMP; SyncBN turned into BN by mmengine's Runner
+    without a distributed launch) and mmdet's own packaged tools/train.py
+    train one epoch and validate it with CocoMetric. The run's config is
+    the test's shrunk one (tiny_cfg), dumped to a file."""
+    import subprocess
+    import sys
+
+    import mmdet
+    det = CONFIG[path][0]
+    cfg = tiny_cfg(path, tiny_coco)
+    cfg.train_cfg.max_epochs = 1
+    if det == 'cascade':
+        cfg.model.test_cfg.rcnn.score_thr = 0.0
+        cfg.model.train_cfg.rpn_proposal.max_per_img = 100
+        for stage in cfg.model.train_cfg.rcnn:
+            stage.sampler.num = 64
+        cfg.model.test_cfg.rpn.max_per_img = 100
+        cfg.model.test_cfg.rcnn.max_per_img = 20
+    config = tmp_path / 'config.py'
+    cfg.dump(str(config))
+    work = tmp_path / 'work'
+    if tool == 'mmrest':
+        args = [ROOT / 'tools' / 'train.py', config, '--no-amp']
+    else:
+        args = [Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py',
+                config]
+    result = subprocess.run(
+        [sys.executable, *map(str, args), '--work-dir', str(work)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert (work / 'epoch_1.pth').is_file()
+    (log, ) = work.glob('*/vis_data/scalars.json')
+    train, val = [json.loads(line) for line in log.read_text().splitlines()]
+    assert LOSSES[det] <= set(train)
+    assert train['grad_norm'] > 0  # clipped
+    if det == 'cascade':  # warm-up from 0.001 x lr
+        assert train['lr'] == pytest.approx(0.001 * LR)
+        assert 'SyncBatchNorm' in output  # reverted to BatchNorm
+    else:  # DINO has no warm-up
+        assert train['lr'] == pytest.approx(LR)
+    for kind in METRICS[det]:
+        assert 0 <= val[f'coco/{kind}_mAP'] <= 1
