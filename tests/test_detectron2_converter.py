@@ -46,7 +46,10 @@ NUM_IMAGES = len(META['image_sizes_hw'])
 # Bounds of the comparison (see _compare). Measured on this data (CPU, torch
 # 2.13): boxes within 2.9e-4 px of detectron2's, scores within 1.0e-4 (the
 # largest: the v1 Mask R-CNN, image1; RetinaNet 1.1e-6), masks identical
-# pixel for pixel, counts and labels equal. The two runs compute the same
+# pixel for pixel on an AMD EPYC, one pixel of a 34-pixel mask flipped on
+# an Intel Xeon (v1 Mask R-CNN, image1; its box and score agree as the
+# others do, so a pixel whose probability rounds across the 0.5 threshold),
+# counts and labels equal. The two runs compute the same
 # formulas in float32 with other kernels and in another order (mmrest's
 # attention, mmcv's RoIAlign and NMS against the reference's stand-ins);
 # random untrained weights amplify those 1e-7 relative differences more
@@ -55,7 +58,8 @@ NUM_IMAGES = len(META['image_sizes_hw'])
 # pixels and changes counts and labels (see the anchor test below).
 BOX_TOL = 2e-3  # pixels, in the original image
 SCORE_TOL = 1e-3
-MASK_PIXELS_TOL = 0.01  # share of a mask's pixels that may differ
+MASK_PIXELS_TOL = 0.01  # share of a mask's pixels that may differ ...
+MASK_PIXELS_MIN = 2  # ... or this many pixels, for small masks
 
 
 def small_config(name: str) -> Config:
@@ -172,7 +176,8 @@ def _compare(ref, pred, tag):
         area = np.maximum(ref['masks'].reshape(len(masks), -1).sum(1), 1)
         measured['mask'] = float((differ / area).max())
         measured['mask_pixels'] = int(differ.max())
-        assert measured['mask'] <= MASK_PIXELS_TOL, (tag, measured)
+        allowed = np.maximum(MASK_PIXELS_TOL * area, MASK_PIXELS_MIN)
+        assert (differ <= allowed).all(), (tag, measured)
     return measured
 
 
