@@ -147,16 +147,15 @@ def _check_listed_images(ann_file: str, img_dir: str, key: str,
 
 
 def _check_dataset(cfg, key: str, missing: List[str]) -> None:
-    if not isinstance(cfg, dict):  # a built dataset: nothing to check
-        return
-    if any(k in cfg for k in _WRAPPED):
-        inner = cfg.get('datasets', cfg.get('dataset'))
-        if isinstance(inner, (list, tuple)):
-            for i, sub in enumerate(inner):
-                _check_dataset(sub, f'{key}.datasets[{i}]', missing)
-        else:
-            _check_dataset(inner, f'{key}.dataset', missing)
-        return
+    """The files of each dataset a (wrapped) dataset config reads; a built
+    dataset is not checked."""
+    leaves: list = []
+    _leaf_datasets(cfg, key, leaves)
+    for leaf_key, leaf in leaves:
+        _check_leaf_dataset(leaf, leaf_key, missing)
+
+
+def _check_leaf_dataset(cfg: dict, key: str, missing: List[str]) -> None:
     if not _is_local(cfg.get('backend_args')):
         return
     data_root = cfg.get('data_root') or ''

@@ -564,13 +564,12 @@ METRICS = {'cascade': ['bbox', 'segm'], 'dino': ['bbox'],
            'mask2former': ['bbox', 'segm']}
 
 
-@pytest.mark.parametrize('path', [CASCADE_V1, CASCADE_V2T, DINO,
-                                  MASK2FORMER])
+@pytest.mark.parametrize('path', [CASCADE_V1, CASCADE_V2T, CASCADE_V2S,
+                                  DINO, MASK2FORMER])
 def test_train_steps_and_coco_evaluation(path, tiny_coco, monkeypatch):
     """A training step through the config's own pipeline (sizes shrunk),
     optimizer and clipping, then a COCO evaluation by the config's
-    CocoMetric. ResT v2-S's Cascade config differs from v2-T's only in the
-    backbone's arch and drop-path rate (test_backbone_and_plugin)."""
+    CocoMetric."""
     from mmcv.ops import multi_scale_deform_attn as msda
     from mmengine.evaluator import Evaluator
     from mmengine.logging import MessageHub
