@@ -255,7 +255,9 @@ def test_train_iteration_and_coco_evaluation(det, arch, tiny_coco):
     assert 'train/grad_norm' not in hub.log_scalars
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
 
-    (batch, ) = list(Runner.build_dataloader(cfg.train_dataloader))
+    # The first batch of the config's endless sampler (InfiniteSampler,
+    # detectron2's TrainingSampler): listing the loader would never end.
+    batch = next(iter(Runner.build_dataloader(cfg.train_dataloader)))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
     losses = model.train_step(batch, optim)

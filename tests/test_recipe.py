@@ -407,7 +407,8 @@ def test_train_pipeline(path):
     recomputed from the masks; then the shorter side drawn from the yaml's
     list with PIL bilinear resizing as detectron2's ResizeShortestEdge
     does (shape and pixels); horizontal flip 0.5; no minimum image size;
-    batches of 2 images of one aspect-ratio group."""
+    batches of 2 images of one aspect-ratio group, drawn from an endless
+    shuffled stream (detectron2's TrainingSampler)."""
     det, family, _, _ = DETECTION[path]
     cfg = load(path)
     pipeline = cfg.train_dataloader.dataset.pipeline
@@ -441,8 +442,9 @@ def test_train_pipeline(path):
     assert cfg.auto_scale_lr.base_batch_size == 16
     assert cfg.train_dataloader.batch_sampler.type == \
         'AspectRatioBatchSampler'
+    # detectron2's TrainingSampler: an endless, shuffled stream of indices.
     sampler = cfg.train_dataloader.sampler
-    assert (sampler.type, sampler.shuffle) == ('DefaultSampler', True)
+    assert (sampler.type, sampler.shuffle) == ('InfiniteSampler', True)
     # Each candidate scale as one Resize: shape and pixels of detectron2's.
     rng = np.random.default_rng(1)
     for h, w in ((480, 640), (300, 1000), (427, 213)):

@@ -3,14 +3,15 @@
 # (wofmanaf/ResT object_detection/configs/ResTv1/
 # mask_rcnn_rest_small_FPN_1x.yaml on ../Base-RCNN-FPN.yaml, and
 # detectron2's config/defaults.py for what they leave unset). mmdet's
-# Mask R-CNN R-50-FPN 1x with the ResT backbone, the ResT schedule (AdamW,
-# ../_base_/schedules/adamw_1x.py) and mmrest's runtime hooks
-# (../_base_/det_runtime.py); what differs from mmdet's R-50 config is set
-# here. Every setting, its source and where mmdet cannot follow the
-# authors: docs/detection.md, "The recipe".
+# Mask R-CNN R-50-FPN 1x with the ResT backbone, COCO read and augmented as
+# detectron2 does (../_base_/datasets/coco_instance_detectron2.py), the
+# ResT schedule (AdamW, ../_base_/schedules/adamw_1x.py) and mmrest's
+# runtime hooks (../_base_/det_runtime.py); what differs from mmdet's R-50
+# config is set here. Every setting, its source and where mmdet cannot
+# follow the authors: docs/detection.md, "The recipe".
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
+    '../_base_/datasets/coco_instance_detectron2.py',
     '../_base_/schedules/adamw_1x.py',
     '../_base_/det_runtime.py',
 ]
@@ -71,53 +72,8 @@ model = dict(
 # (the total gradient norm of the whole model clipped to 0.01 every step).
 optim_wrapper = dict(clip_grad=dict(max_norm=0.01, norm_type=2))
 
-# As detectron2 reads and augments COCO: images decoded and resized with
-# PIL; polygons kept as polygons (INPUT.MASK_FORMAT polygon), cropped
-# geometrically; a random relative crop of 0.9 x 0.9 first, kept even when
-# no object is left in it; the boxes of cropped objects recomputed from
-# their masks; then the shorter side drawn from 640, 672, ..., 800 (longer
-# side at most 1333); horizontal flip. No minimum image size.
-train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True,
-         poly2mask=False),
-    dict(
-        type='RandomCrop',
-        crop_type='relative',
-        crop_size=(0.9, 0.9),
-        allow_negative_crop=True,
-        recompute_bbox=True),
-    dict(
-        type='RandomChoiceResize',
-        scales=[(1333, s) for s in range(640, 801, 32)],
-        keep_ratio=True,
-        backend='pillow'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True,
-         backend='pillow'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
-]
-# detectron2's iteration-based run: an endless shuffled stream of images
-# (its TrainingSampler; mmengine's InfiniteSampler), batches of one aspect-
-# ratio group (mmdet's AspectRatioBatchSampler, from the data set base), a
-# checkpoint every 5,000 iterations (SOLVER.CHECKPOINT_PERIOD), logs counted
-# in iterations.
+# detectron2's iteration-based run (the endless sampler is the data set
+# base's): a checkpoint every 5,000 iterations (SOLVER.CHECKPOINT_PERIOD),
+# logs counted in iterations.
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=5000))
 log_processor = dict(by_epoch=False)
-train_dataloader = dict(
-    sampler=dict(type='InfiniteSampler'),
-    dataset=dict(
-        filter_cfg=dict(filter_empty_gt=True, min_size=0),
-        pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

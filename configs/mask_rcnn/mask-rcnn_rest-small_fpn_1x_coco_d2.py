@@ -8,7 +8,8 @@
 # - the input the v1 detectors were trained on: detectron2's defaults, BGR,
 #   mean [103.53, 116.28, 123.675], std 1;
 # - images decoded and resized with Pillow (bilinear), as detectron2's
-#   read_image and ResizeShortestEdge (800, longer side at most 1333) do.
+#   read_image and ResizeShortestEdge (800, longer side at most 1333) do:
+#   the test pipeline of ../_base_/datasets/coco_instance_detectron2.py.
 # The weights come from the converted checkpoint: no ImageNet file is read.
 _base_ = './mask-rcnn_rest-small_fpn_1x_coco.py'
 
@@ -17,15 +18,3 @@ model = dict(
     data_preprocessor=dict(
         mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0],
         bgr_to_rgb=False))
-
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend='pillow'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor')),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

@@ -52,26 +52,15 @@ param_scheduler = [
          milestones=[210000, 250000], gamma=0.1),
 ]
 
-# The ResT pipeline with the v2 yaml's shorter sides (their list as it is,
-# 534 included).
+# The v2 yaml's shorter sides (their list as it is, 534 included; longer
+# side at most 1333); every other step is the data set base's
+# (../_base_/datasets/coco_instance_detectron2.py). mmengine replaces a list
+# whole when configs merge, so the pipeline is the base's with its
+# RandomChoiceResize step rebuilt.
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True,
-         poly2mask=False),
-    dict(
-        type='RandomCrop',
-        crop_type='relative',
-        crop_size=(0.9, 0.9),
-        allow_negative_crop=True,
-        recompute_bbox=True),
-    dict(
-        type='RandomChoiceResize',
-        scales=[(1333, s) for s in (480, 512, 534, 576, 640, 672, 704, 736,
-                                    768, 800)],
-        keep_ratio=True,
-        backend='pillow'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
+    dict(step, scales=[(1333, s) for s in (480, 512, 534, 576, 640, 672, 704,
+                                           736, 768, 800)])
+    if step.type == 'RandomChoiceResize' else step
+    for step in _base_.train_pipeline
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

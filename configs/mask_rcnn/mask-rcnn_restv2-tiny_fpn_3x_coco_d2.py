@@ -6,7 +6,8 @@
 # - the input the v2 detectors were trained on (INPUT.FORMAT "RGB"): RGB,
 #   mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375];
 # - images decoded and resized with Pillow (bilinear), as detectron2's
-#   read_image and ResizeShortestEdge (800, longer side at most 1333) do.
+#   read_image and ResizeShortestEdge (800, longer side at most 1333) do:
+#   the test pipeline of ../_base_/datasets/coco_instance_detectron2.py.
 # The weights come from the converted checkpoint: no ImageNet file is read.
 _base_ = './mask-rcnn_restv2-tiny_fpn_3x_coco.py'
 
@@ -15,15 +16,3 @@ model = dict(
     data_preprocessor=dict(
         mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True))
-
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend='pillow'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                    'scale_factor')),
-]
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

@@ -3,14 +3,15 @@
 # (wofmanaf/ResT object_detection/configs/ResTv1/
 # retinanet_rest_small_FPN_1x.yaml on ../Base-RetinaNet.yaml, and
 # detectron2's config/defaults.py for what they leave unset). mmdet's
-# RetinaNet R-50-FPN 1x with the ResT backbone, the ResT schedule (AdamW,
-# ../_base_/schedules/adamw_1x.py) and mmrest's runtime hooks
-# (../_base_/det_runtime.py); what differs from mmdet's R-50 config is set
-# here. Every setting, its source and where mmdet cannot follow the
-# authors: docs/detection.md, "The recipe".
+# RetinaNet R-50-FPN 1x with the ResT backbone, COCO read and augmented as
+# detectron2 does (../_base_/datasets/coco_detection_detectron2.py), the
+# ResT schedule (AdamW, ../_base_/schedules/adamw_1x.py) and mmrest's
+# runtime hooks (../_base_/det_runtime.py); what differs from mmdet's R-50
+# config is set here. Every setting, its source and where mmdet cannot
+# follow the authors: docs/detection.md, "The recipe".
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
-    'mmdet::_base_/datasets/coco_detection.py',
+    '../_base_/datasets/coco_detection_detectron2.py',
     '../_base_/schedules/adamw_1x.py',
     '../_base_/det_runtime.py',
     'mmdet::retinanet/retinanet_tta.py',
@@ -55,43 +56,8 @@ model = dict(
 # Base-RetinaNet.yaml enables no gradient clipping (detectron2's default
 # CLIP_GRADIENTS.ENABLED False): none, which is what adamw_1x.py leaves.
 
-# As detectron2 reads and augments COCO: images decoded and resized with
-# PIL; the shorter side drawn from 640, 672, ..., 800 (longer side at most
-# 1333); horizontal flip; no crop; no minimum image size.
-train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='RandomChoiceResize',
-        scales=[(1333, s) for s in range(640, 801, 32)],
-        keep_ratio=True,
-        backend='pillow'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True,
-         backend='pillow'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                   'scale_factor')),
-]
-# detectron2's iteration-based run: an endless shuffled stream of images
-# (its TrainingSampler; mmengine's InfiniteSampler), batches of one aspect-
-# ratio group (mmdet's AspectRatioBatchSampler, from the data set base), a
-# checkpoint every 5,000 iterations (SOLVER.CHECKPOINT_PERIOD), logs counted
-# in iterations.
+# detectron2's iteration-based run (the endless sampler is the data set
+# base's): a checkpoint every 5,000 iterations (SOLVER.CHECKPOINT_PERIOD),
+# logs counted in iterations.
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=5000))
 log_processor = dict(by_epoch=False)
-train_dataloader = dict(
-    sampler=dict(type='InfiniteSampler'),
-    dataset=dict(
-        filter_cfg=dict(filter_empty_gt=True, min_size=0),
-        pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

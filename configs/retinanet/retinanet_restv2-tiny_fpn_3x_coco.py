@@ -52,16 +52,13 @@ param_scheduler = [
          milestones=[210000, 250000], gamma=0.1),
 ]
 
+# The v2 yaml's shorter sides (longer side at most 1333); every other step
+# is the data set base's (../_base_/datasets/coco_detection_detectron2.py).
+# mmengine replaces a list whole when configs merge, so the pipeline is the
+# base's with its RandomChoiceResize step rebuilt.
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='RandomChoiceResize',
-        scales=[(1333, s) for s in (384, 512, 640, 768, 896, 1024)],
-        keep_ratio=True,
-        backend='pillow'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
+    dict(step, scales=[(1333, s) for s in (384, 512, 640, 768, 896, 1024)])
+    if step.type == 'RandomChoiceResize' else step
+    for step in _base_.train_pipeline
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
