@@ -12,6 +12,10 @@ of mmdet's / mmseg's tools they
   backbone's pretrained checkpoint is missing (the error names the path and
   says where to get the file), unless the run loads (``load_from``) or
   resumes a checkpoint that holds the backbone's weights;
+* stop a run before anything is built when the data is not where the
+  config says (annotation files, image folders, the images a COCO file
+  lists) or when the model's heads and the data set disagree on the
+  classes (:mod:`mmrest_tools.prerun_checks`);
 * run distributed on machines without CUDA (``torchrun`` with
   ``--launcher pytorch``): the gloo backend, DDP without device ids, and
   BatchNorm where the config says SyncBN (with a warning).
@@ -27,7 +31,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from mmrest_tools.prerun_checks import (check_data_paths,
+from mmrest_tools.prerun_checks import (check_classes, check_data_paths,
                                         check_pretrained_files,
                                         skip_pretrained_loaded_over)
 
@@ -167,7 +171,10 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
     Raises FileNotFoundError before anything is built when the backbone's
     pretrained checkpoint (and no checkpoint to load or resume holds the
     backbone: :func:`~mmrest_tools.prerun_checks.skip_pretrained_loaded_over`),
-    the ``--resume`` checkpoint or the ``load_from`` one is missing.
+    the ``--resume`` checkpoint or the ``load_from`` one is missing, or data
+    (:func:`~mmrest_tools.prerun_checks.check_data_paths`); ValueError when
+    the heads' classes and the data's disagree
+    (:func:`~mmrest_tools.prerun_checks.check_classes`).
     """
     cfg = load_config(args)
     set_precision(cfg, amp=args.amp, no_amp=args.no_amp)
@@ -201,6 +208,7 @@ def setup_train_cfg(args: argparse.Namespace) -> Config:
         print_log(note, logger='current')
     check_pretrained_files(cfg.model)
     check_data_paths(cfg, ('train', 'val'))
+    check_classes(cfg, ('train', 'val'))
     return cfg
 
 
@@ -292,6 +300,7 @@ def setup_test_cfg(args: argparse.Namespace) -> Config:
         raise ValueError(f'--out must name a .pkl or .pickle file, got '
                          f'{args.out!r}')
     check_data_paths(cfg, ('test', ))
+    check_classes(cfg, ('test', ))
     cfg.load_from = args.checkpoint
     if segmentation:
         return setup_seg_test_cfg(cfg, args)
