@@ -2,7 +2,6 @@ import os
 import os.path as osp
 import shutil
 import sys
-
 from setuptools import find_packages, setup
 
 # What OpenMMLab's `mim` reads from an installed package: <package>/.mim/
@@ -29,8 +28,10 @@ def add_mim_extension():
         elif osp.lexists(target):
             os.remove(target)
         if osp.isdir(source):
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-                '__pycache__', '*.pyc'))
+            shutil.copytree(
+                source,
+                target,
+                ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
         else:
             shutil.copyfile(source, target)
 
@@ -56,8 +57,7 @@ setup(
     package_data={
         'mmrest': [
             '.mim/model-index.yml', '.mim/configs/**/*.py',
-            '.mim/configs/**/*.yml', '.mim/tools/**/*.py',
-            '.mim/tools/**/*.sh'
+            '.mim/configs/**/*.yml', '.mim/tools/**/*.py', '.mim/tools/**/*.sh'
         ]
     },
     # Floors are what the code needs, ceilings the releases it was written
@@ -72,7 +72,8 @@ setup(
         # used where torch has them, with the same behaviour provided
         # otherwise (mmrest/utils/torch_compat.py); safe loading uses torch's
         # weights-only loader with a scoped allow-list on torch >= 2.6 and
-        # mmrest's restricted unpickler before (mmrest/checkpoint/safe_load.py).
+        # mmrest's restricted unpickler before
+        # (mmrest/checkpoint/safe_load.py).
         'torch>=2.1',
         # AtomicCheckpointHook overrides CheckpointHook's private
         # _save_checkpoint_with_step, the same from 0.10.0 to 0.10.7.

@@ -48,8 +48,10 @@ _INSTALL = ('pip install -r requirements/deploy.txt -c '
 def check_requirements() -> None:
     """Raise an ImportError naming what is missing among ``mmdeploy``,
     ``onnx`` and ``onnxruntime``."""
-    missing = [name for name in ('mmdeploy', 'onnx', 'onnxruntime')
-               if importlib.util.find_spec(name) is None]
+    missing = [
+        name for name in ('mmdeploy', 'onnx', 'onnxruntime')
+        if importlib.util.find_spec(name) is None
+    ]
     if missing:
         raise ImportError(
             f'Deploying with mmdeploy needs {", ".join(missing)}, which '
@@ -71,26 +73,49 @@ def ort_deploy_cfg(task: str = 'detection') -> dict:
     if task not in DEPLOY_TASKS:
         raise ValueError(f'task must be one of {DEPLOY_TASKS}, got {task!r}')
     output_names = ['dets', 'labels']
-    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'},
-            'dets': {0: 'batch', 1: 'num_dets'},
-            'labels': {0: 'batch', 1: 'num_dets'}}
+    axes = {
+        'input': {
+            0: 'batch',
+            2: 'height',
+            3: 'width'
+        },
+        'dets': {
+            0: 'batch',
+            1: 'num_dets'
+        },
+        'labels': {
+            0: 'batch',
+            1: 'num_dets'
+        }
+    }
     post_processing = dict(
-        score_threshold=0.05, confidence_threshold=0.005,
-        iou_threshold=0.5, max_output_boxes_per_class=200, pre_top_k=5000,
-        keep_top_k=100, background_label_id=-1)
+        score_threshold=0.05,
+        confidence_threshold=0.005,
+        iou_threshold=0.5,
+        max_output_boxes_per_class=200,
+        pre_top_k=5000,
+        keep_top_k=100,
+        background_label_id=-1)
     if task == 'instance-seg':
         output_names.append('masks')
         axes['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
         post_processing['export_postprocess_mask'] = False
     return dict(
         onnx_config=dict(
-            type='onnx', export_params=True,
-            keep_initializers_as_inputs=False, opset_version=11,
-            save_file='end2end.onnx', input_names=['input'],
-            output_names=output_names, input_shape=None, optimize=True,
+            type='onnx',
+            export_params=True,
+            keep_initializers_as_inputs=False,
+            opset_version=11,
+            save_file='end2end.onnx',
+            input_names=['input'],
+            output_names=output_names,
+            input_shape=None,
+            optimize=True,
             dynamic_axes=axes),
         codebase_config=dict(
-            type='mmdet', task='ObjectDetection', model_type='end2end',
+            type='mmdet',
+            task='ObjectDetection',
+            model_type='end2end',
             post_processing=post_processing),
         backend_config=dict(type='onnxruntime'))
 
@@ -146,7 +171,8 @@ def mmdeploy_torch_shims() -> Iterator[None]:
             del opset9._cast_Long
 
 
-def build_detector(config, deploy_cfg: Union[str, dict] = 'detection',
+def build_detector(config,
+                   deploy_cfg: Union[str, dict] = 'detection',
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',
                    cfg_options: Optional[dict] = None):
@@ -234,27 +260,31 @@ def export_detector(task_processor, model, image, out_dir: str,
         deploy_cfg = load_deploy_cfg(deploy_cfg)
     onnx_cfg = get_onnx_config(deploy_cfg)
     os.makedirs(out_dir, exist_ok=True)
-    prefix = osp.join(out_dir,
-                      osp.splitext(onnx_cfg.get('save_file',
-                                                'end2end.onnx'))[0])
+    prefix = osp.join(
+        out_dir,
+        osp.splitext(onnx_cfg.get('save_file', 'end2end.onnx'))[0])
     data, inputs = make_input(task_processor, model, image)
     names = onnx_cfg['input_names'] + onnx_cfg['output_names']
     had_forward = 'forward' in model.__dict__
     try:
         with mmdeploy_torch_shims(), no_mp():
-            export(model, inputs,
-                   output_path_prefix=prefix,
-                   backend=get_backend(deploy_cfg).value,
-                   input_metas={'data_samples': data['data_samples'],
-                                'mode': 'predict'},
-                   context_info={'deploy_cfg': deploy_cfg},
-                   input_names=onnx_cfg['input_names'],
-                   output_names=onnx_cfg['output_names'],
-                   opset_version=onnx_cfg.get('opset_version', 11),
-                   dynamic_axes=get_dynamic_axes(deploy_cfg, names),
-                   keep_initializers_as_inputs=onnx_cfg.get(
-                       'keep_initializers_as_inputs', False),
-                   optimize=False)
+            export(
+                model,
+                inputs,
+                output_path_prefix=prefix,
+                backend=get_backend(deploy_cfg).value,
+                input_metas={
+                    'data_samples': data['data_samples'],
+                    'mode': 'predict'
+                },
+                context_info={'deploy_cfg': deploy_cfg},
+                input_names=onnx_cfg['input_names'],
+                output_names=onnx_cfg['output_names'],
+                opset_version=onnx_cfg.get('opset_version', 11),
+                dynamic_axes=get_dynamic_axes(deploy_cfg, names),
+                keep_initializers_as_inputs=onnx_cfg.get(
+                    'keep_initializers_as_inputs', False),
+                optimize=False)
     finally:
         if not had_forward:
             model.__dict__.pop('forward', None)
@@ -304,8 +334,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = (rb - lt).clamp(min=0).prod(-1)
     area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
     area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(
-        min=1e-12)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
 
 
 def match_detections(ref, got) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -335,9 +364,11 @@ def compare(ref, got) -> dict:
     lowest mask IoU."""
     ious, index = match_detections(ref, got)
     paired = index >= 0
-    out = dict(num_ref=len(ref), num_got=len(got),
-               num_paired=int(paired.sum()),
-               min_box_iou=float(ious.min()) if len(ious) else 1.0)
+    out = dict(
+        num_ref=len(ref),
+        num_got=len(got),
+        num_paired=int(paired.sum()),
+        min_box_iou=float(ious.min()) if len(ious) else 1.0)
     i, j = paired.nonzero()[:, 0], index[paired]
     if len(i):
         out['max_score_diff'] = float(

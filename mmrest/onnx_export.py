@@ -47,11 +47,11 @@ class FeatureExtractor(nn.Module):
         return tuple(feats)
 
 
-def build_feature_extractor(config: str,
-                            checkpoint: Optional[str] = None,
-                            with_neck: bool = False,
-                            cfg_options: Optional[dict] = None
-                            ) -> FeatureExtractor:
+def build_feature_extractor(
+        config: str,
+        checkpoint: Optional[str] = None,
+        with_neck: bool = False,
+        cfg_options: Optional[dict] = None) -> FeatureExtractor:
     """The backbone (and neck) of a detector or segmentor config, in eval
     mode, with the weights of ``checkpoint`` (a whole-model checkpoint of
     that config) or, without one, from scratch (no pretrained file needed).
@@ -78,8 +78,8 @@ def build_feature_extractor(config: str,
         if cfg.model.get('neck') is None:
             raise ValueError(f'{config} has no neck to export')
         neck_cfg = cfg.model.neck
-        neck = registry.build(neck_cfg if not isinstance(neck_cfg, list)
-                              else neck_cfg[0])
+        neck = registry.build(
+            neck_cfg if not isinstance(neck_cfg, list) else neck_cfg[0])
     model = FeatureExtractor(backbone, neck)
     if checkpoint is not None:
         _load_whole_model_weights(model, checkpoint, config, with_neck)
@@ -108,22 +108,22 @@ def _load_whole_model_weights(model: FeatureExtractor, checkpoint: str,
     # A deeper variant holds all of a shallower one's keys: its extra
     # blocks, or other widths, mean another model.
     modules = ('backbone.', 'neck.') if with_neck else ('backbone.', )
-    extra = [k for k in weights
-             if k.startswith(modules) and k not in wanted]
-    wrong = [f'{k} {tuple(weights[k].shape)} (expected '
-             f'{tuple(v.shape)})' for k, v in wanted.items()
-             if weights[k].shape != v.shape]
+    extra = [k for k in weights if k.startswith(modules) and k not in wanted]
+    wrong = [
+        f'{k} {tuple(weights[k].shape)} (expected '
+        f'{tuple(v.shape)})' for k, v in wanted.items()
+        if weights[k].shape != v.shape
+    ]
     if extra or wrong:
         raise CheckpointError(
-            f'{checkpoint!r} is not a checkpoint of {config}: ' +
-            '; '.join(filter(None, [
-                extra and f'it holds {len(extra)} weights that model '
-                f'lacks, e.g. {extra[:3]}',
-                wrong and f'{len(wrong)} weights differ in shape, e.g. '
-                f'{wrong[:3]}'])) +
-            ' (a checkpoint of another variant?)')
-    model.load_state_dict(
-        {k: weights[k] for k in model.state_dict()})
+            f'{checkpoint!r} is not a checkpoint of {config}: ' + '; '.join(
+                filter(None, [
+                    extra and f'it holds {len(extra)} weights that model '
+                    f'lacks, e.g. {extra[:3]}', wrong
+                    and f'{len(wrong)} weights differ in shape, e.g. '
+                    f'{wrong[:3]}'
+                ])) + ' (a checkpoint of another variant?)')
+    model.load_state_dict({k: weights[k] for k in model.state_dict()})
 
 
 def export_onnx(model: nn.Module,
@@ -177,9 +177,13 @@ def export_onnx(model: nn.Module,
         # torch.export specialises sizes 0 and 1 and the last stage's map
         # is 1 x 1 below 33 pixels: the dynamo graph takes 33 and more
         dim = torch.export.Dim
-        dynamic = {'x': {0: dim('batch', min=1, max=64),
-                         2: dim('height', min=33, max=4096),
-                         3: dim('width', min=33, max=4096)}}
+        dynamic = {
+            'x': {
+                0: dim('batch', min=1, max=64),
+                2: dim('height', min=33, max=4096),
+                3: dim('width', min=33, max=4096)
+            }
+        }
         program = torch.onnx.export(
             model, (x.expand(2, -1, -1, -1).contiguous(), ),
             dynamo=True,
@@ -195,7 +199,8 @@ def _backbone_of(model: nn.Module) -> nn.Module:
     return getattr(model, 'backbone', model)
 
 
-def check_onnx(onnx_file: str, model: nn.Module,
+def check_onnx(onnx_file: str,
+               model: nn.Module,
                sizes: Sequence[Sequence[int]],
                batch: int = 1) -> Dict[str, List[Tuple[float, float]]]:
     """Run ``onnx_file`` in onnxruntime at each (height, width) of
@@ -211,11 +216,12 @@ def check_onnx(onnx_file: str, model: nn.Module,
         of the authors' float32 error (:func:`onnx_matches`); the eager
         fast path's inference kernels are more accurate than both.
     """
-    from .backbones import kernels
     import copy
 
     import numpy as np
     import onnxruntime as ort
+
+    from .backbones import kernels
 
     session = ort.InferenceSession(
         onnx_file, providers=['CPUExecutionProvider'])
@@ -255,7 +261,8 @@ ERROR_FACTOR = 4.0
 ERROR_FLOOR = 1e-5
 
 
-def onnx_matches(err_onnx: float, err_eager: float,
+def onnx_matches(err_onnx: float,
+                 err_eager: float,
                  factor: float = ERROR_FACTOR,
                  floor: float = ERROR_FLOOR) -> bool:
     """Whether an ONNX output is as accurate as the eager float32 one."""

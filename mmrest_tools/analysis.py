@@ -91,8 +91,8 @@ def build_detector_without_weights(cfg: Config, height: int, width: int):
     return model
 
 
-def detector_complexity(cfg: Config,
-                        shape: Sequence[int] = (800, 1280)) -> Dict:
+def detector_complexity(
+    cfg: Config, shape: Sequence[int] = (800, 1280)) -> Dict:
     """FLOPs and parameters of ``cfg.model`` on one (H, W) image.
 
     The backbone is built without its pretrained checkpoint (the numbers do
@@ -105,8 +105,7 @@ def detector_complexity(cfg: Config,
     height, width = (int(s) for s in shape)
     model = build_detector_without_weights(cfg, height, width)
     inputs, samples = dummy_detection_batch(model, height, width)
-    model.forward = partial(model.forward, data_samples=samples,
-                            mode='tensor')
+    model.forward = partial(model.forward, data_samples=samples, mode='tensor')
     with torch.no_grad():
         analyzer = FlopAnalyzer(model, inputs)
         analyzer.set_op_handle(**EXTRA_FLOP_HANDLES)
@@ -154,6 +153,7 @@ def detector_inference_time(cfg: Config,
     model = build_detector_without_weights(cfg, height, width)
     if checkpoint:
         from mmengine.runner import load_checkpoint
+
         from mmrest.checkpoint import mmengine_safe_loading
         with mmengine_safe_loading():
             load_checkpoint(model, checkpoint, map_location='cpu')

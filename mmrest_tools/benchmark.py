@@ -58,10 +58,11 @@ import torch
 import torch.nn as nn
 
 ARCHS = ('lite', 'small', 'base', 'large')
-BACKBONES = tuple([f'rest_{a}' for a in ARCHS] +
-                  [f'rest_{a}_literal' for a in ARCHS] +
-                  ['rest_small_compiled', 'restv2_tiny', 'restv2_tiny_literal',
-                   'resnet50', 'swin_t', 'pvt_small'])
+BACKBONES = tuple([f'rest_{a}'
+                   for a in ARCHS] + [f'rest_{a}_literal' for a in ARCHS] + [
+                       'rest_small_compiled', 'restv2_tiny',
+                       'restv2_tiny_literal', 'resnet50', 'swin_t', 'pvt_small'
+                   ])
 # compiled on their first call at each size (the warm-up): their training
 # memory would count the compiler's, so the memory column leaves them out
 COMPILED = ('rest_small_compiled', )
@@ -103,9 +104,10 @@ def build_backbone(name: str) -> nn.Module:
             model.eval()
             return torch.compile(model, dynamic=False)
     else:
+        from mmdet.models.backbones import (PyramidVisionTransformer, ResNet,
+                                            SwinTransformer)
+
         import mmrest  # noqa: F401  (registers mmdet's modules)
-        from mmdet.models.backbones import (PyramidVisionTransformer,
-                                            ResNet, SwinTransformer)
         if name == 'resnet50':  # mmdet's Mask R-CNN R-50-FPN backbone
             model = ResNet(
                 depth=50,
@@ -143,12 +145,13 @@ def _seconds(fn: Callable) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(models: Dict[str, nn.Module],
-                     shape: Sequence[int],
-                     repeats: int = 3,
-                     warmup: int = 1,
-                     log: Optional[Callable[[str], None]] = print
-                     ) -> Dict[str, List[float]]:
+def time_interleaved(
+        models: Dict[str, nn.Module],
+        shape: Sequence[int],
+        repeats: int = 3,
+        warmup: int = 1,
+        log: Optional[Callable[[str],
+                               None]] = print) -> Dict[str, List[float]]:
     """Seconds per forward pass of each model on one ``shape`` batch.
 
     Eval mode, no autograd. Every model runs ``warmup`` times, then the
@@ -169,8 +172,8 @@ def time_interleaved(models: Dict[str, nn.Module],
             for name, model in models.items():
                 times[name].append(_seconds(lambda: model(x)))
             if log:
-                log(f'  round {r + 1}/{repeats}: ' + ', '.join(
-                    f'{n} {t[-1]:.3f} s' for n, t in times.items()))
+                log(f'  round {r + 1}/{repeats}: ' +
+                    ', '.join(f'{n} {t[-1]:.3f} s' for n, t in times.items()))
     return times
 
 
@@ -200,8 +203,8 @@ def measure_speeds(models: Dict[str, nn.Module],
     if log:
         log(f'{small[0]}x{small[1]}, batch {batch}, '
             f'{torch.get_num_threads()} threads, {repeats_small} rounds')
-    times = time_interleaved(models, (batch, 3, *small), repeats_small,
-                             log=log)
+    times = time_interleaved(
+        models, (batch, 3, *small), repeats_small, log=log)
     for name, ts in times.items():
         rows[name].update(
             img_per_s_224_b16=batch / statistics.median(ts),
@@ -216,12 +219,18 @@ def measure_speeds(models: Dict[str, nn.Module],
     return rows
 
 
-def measure_speed(name: str, repeats: int = 3, batch: int = BATCH_224,
+def measure_speed(name: str,
+                  repeats: int = 3,
+                  batch: int = BATCH_224,
                   small: Sequence[int] = SIZE_224,
                   large: Sequence[int] = SIZE_800) -> Dict:
     """:func:`measure_speeds` of one backbone, by name, silently."""
-    return measure_speeds({name: build_backbone(name)}, repeats, batch,
-                          small, large, log=None)[name]
+    return measure_speeds({name: build_backbone(name)},
+                          repeats,
+                          batch,
+                          small,
+                          large,
+                          log=None)[name]
 
 
 def _rss_bytes() -> int:
@@ -260,7 +269,8 @@ def _training_step(model: nn.Module, x: torch.Tensor):
     sum(out.mean() for out in model(x)).backward()
 
 
-def train_step_peak_memory_here(name: str, size: Sequence[int] = SIZE_800,
+def train_step_peak_memory_here(name: str,
+                                size: Sequence[int] = SIZE_800,
                                 threads: int = 2) -> Dict:
     """Peak memory of one training step, measured in this process.
 
@@ -324,8 +334,7 @@ def train_step_peak_memory(name: str,
             cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return dict(error=f'timed out after {timeout} s')
-    lines = [line for line in proc.stdout.splitlines()
-             if line.startswith('{')]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
         return dict(error=f'exit status {proc.returncode}: ' +
@@ -419,8 +428,14 @@ def run(names: Sequence[str] = BACKBONES,
         method=METHOD,
         load_average_start=_load_average())
     models = {name: build_backbone(name) for name in names}
-    rows = measure_speeds(models, repeats, BATCH_224, SIZE_224, SIZE_800,
-                          log, repeats_small=repeats_224)
+    rows = measure_speeds(
+        models,
+        repeats,
+        BATCH_224,
+        SIZE_224,
+        SIZE_800,
+        log,
+        repeats_small=repeats_224)
     del models
     if memory:
         if memory_names is None:
@@ -502,12 +517,11 @@ def format_table(report: Dict) -> str:
         time_800x1344_vs_resnet50='{:.2f}x the time of ResNet-50 at '
         '800x1344')
     for name, item in report['comparisons'].items():
-        lines.append(f'- {name}: ' + '; '.join(
-            texts[key].format(value) for key, value in item.items()))
+        lines.append(f'- {name}: ' + '; '.join(texts[key].format(value)
+                                               for key, value in item.items()))
     m = report['machine']
     lines += [
-        '',
-        f'{m["cpu"]}, {m["logical_cpus"]} logical CPUs, '
+        '', f'{m["cpu"]}, {m["logical_cpus"]} logical CPUs, '
         f'torch.set_num_threads({m["threads"]}), torch {m["torch"]}, '
         f'float32. Load average (1, 5, 15 min): '
         f'{report["load_average_start"]} at the start, '
@@ -535,8 +549,7 @@ def _main(argv: Sequence[str]):
         raise SystemExit('usage: python -m mmrest_tools.benchmark '
                          'train-memory NAME HxW THREADS')
     size = [int(s) for s in argv[2].split('x')]
-    print(json.dumps(train_step_peak_memory_here(argv[1], size,
-                                                 int(argv[3]))))
+    print(json.dumps(train_step_peak_memory_here(argv[1], size, int(argv[3]))))
 
 
 if __name__ == '__main__':

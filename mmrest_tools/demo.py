@@ -86,8 +86,7 @@ def _annotation_files(cfg: Config) -> Dict[str, str]:
                 f'{split}_dataloader.dataset.data_prefix must be '
                 "dict(img_path='<split>/', seg_map_path='<split>_labels/') "
                 f'(the layout the shapes generator writes), got {prefix!r}')
-        files[name] = osp.join(root, 'annotations',
-                               f'instances_{name}.json')
+        files[name] = osp.join(root, 'annotations', f'instances_{name}.json')
     return files
 
 
@@ -159,8 +158,10 @@ def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
         raise ValueError('A segmentation config reads label maps: its '
                          'shapes_data needs semantic_labels=True')
     files = _annotation_files(cfg)
-    expected = _expected_info(
-        {k: v for k, v in kwargs.items() if k != 'out_dir'})
+    expected = _expected_info({
+        k: v
+        for k, v in kwargs.items() if k != 'out_dir'
+    })
     missing = [s for s in files if s not in expected]
     if missing:
         raise ValueError(f'The config reads the splits {missing}, which '
@@ -172,8 +173,10 @@ def prepare_shapes_data(cfg: Config, force: bool = False) -> bool:
                 _label_maps_present(cfg, infos):
             return False
     written = generate_shapes_coco(**kwargs)
-    unread = [f for f in files.values()
-              if osp.abspath(f) not in map(osp.abspath, written.values())]
+    unread = [
+        f for f in files.values()
+        if osp.abspath(f) not in map(osp.abspath, written.values())
+    ]
     if unread:
         raise ValueError(
             f'shapes_data wrote {sorted(written.values())} but the config '
@@ -196,7 +199,10 @@ class _KeepMetrics(Hook):
     def before_train(self, runner):
         self.start = (time.time(), time.process_time())
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         self.end = (time.time(), time.process_time())
 
@@ -219,14 +225,14 @@ class _SegAreas(Hook):
     def before_val_epoch(self, runner):
         self.areas = None
 
-    def after_val_iter(self, runner, batch_idx, data_batch=None,
-                       outputs=None):
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         from mmseg.evaluation import IoUMetric
         for sample in outputs:
             pred = sample.pred_sem_seg.data.squeeze()
             areas = IoUMetric.intersect_and_union(
-                pred, sample.gt_sem_seg.data.squeeze().to(pred),
-                self.num_classes, self.ignore_index)
+                pred,
+                sample.gt_sem_seg.data.squeeze().to(pred), self.num_classes,
+                self.ignore_index)
             self.areas = areas if self.areas is None else tuple(
                 total + a for total, a in zip(self.areas, areas))
 
@@ -243,8 +249,10 @@ def seg_metrics(areas, classes: Sequence[str]) -> dict:
     return dict(
         mIoU=float(np.nanmean(iou)),
         aAcc=float(result['aAcc']),
-        IoU={c: (None if np.isnan(v) else float(v))
-             for c, v in zip(classes, iou)})
+        IoU={
+            c: (None if np.isnan(v) else float(v))
+            for c, v in zip(classes, iou)
+        })
 
 
 def read_scalars(path: str) -> List[dict]:
@@ -253,9 +261,12 @@ def read_scalars(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_loss(records: Sequence[dict], out_file: str,
-              title: str = 'Mask R-CNN, ResT backbone from scratch: '
-              'training loss') -> None:
+def plot_loss(
+    records: Sequence[dict],
+    out_file: str,
+    title: str = 'Mask R-CNN, ResT backbone from scratch: '
+    'training loss'
+) -> None:
     """Plot the training losses logged by mmengine against the iteration:
     the total ``loss`` and each logged term with ``loss`` in its name
     (mmdet's ``loss_rpn_cls``, mmseg's ``decode.loss_ce``, ...)."""
@@ -265,13 +276,15 @@ def plot_loss(records: Sequence[dict], out_file: str,
     train = [r for r in records if 'loss' in r]
     if not train:
         raise ValueError('No training loss in the logged scalars')
-    keys = ['loss'] + sorted(k for k in train[0]
-                             if 'loss' in k and k != 'loss')
+    keys = ['loss'] + sorted(k
+                             for k in train[0] if 'loss' in k and k != 'loss')
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     steps = [r['step'] for r in train]
     for key in keys:
-        ax.plot(steps, [r.get(key, np.nan) for r in train], label=key,
-                linewidth=2.2 if key == 'loss' else 1.0)
+        ax.plot(
+            steps, [r.get(key, np.nan) for r in train],
+            label=key,
+            linewidth=2.2 if key == 'loss' else 1.0)
     ax.set_xlabel('iteration')
     ax.set_ylabel('loss (mean over the logging window)')
     ax.set_yscale('log')
@@ -289,8 +302,12 @@ def _colours(n: int) -> np.ndarray:
         [matplotlib.colormaps['tab10'](i % 10)[:3] for i in range(n)])
 
 
-def draw_instances(ax, image: np.ndarray, instances, classes: Sequence[str],
-                   score_thr: float = 0.0, title: str = '') -> None:
+def draw_instances(ax,
+                   image: np.ndarray,
+                   instances,
+                   classes: Sequence[str],
+                   score_thr: float = 0.0,
+                   title: str = '') -> None:
     """Draw an RGB image with instance masks, boxes and labels on ``ax``.
 
     ``instances`` is mmdet's ``InstanceData`` (``bboxes``, ``labels``,
@@ -323,22 +340,35 @@ def draw_instances(ax, image: np.ndarray, instances, classes: Sequence[str],
     for i in np.nonzero(keep)[0]:
         x1, y1, x2, y2 = bboxes[i]
         colour = colours[labels[i]]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
-                               edgecolor=colour, linewidth=1.5))
+        ax.add_patch(
+            Rectangle((x1, y1),
+                      x2 - x1,
+                      y2 - y1,
+                      fill=False,
+                      edgecolor=colour,
+                      linewidth=1.5))
         text = classes[labels[i]]
         if scores is not None:
             text += f' {scores[i]:.2f}'
-        ax.text(x1, y1, text, fontsize=6, color='white', va='bottom',
-                bbox=dict(facecolor=colour, alpha=0.8, pad=0.5,
-                          linewidth=0))
+        ax.text(
+            x1,
+            y1,
+            text,
+            fontsize=6,
+            color='white',
+            va='bottom',
+            bbox=dict(facecolor=colour, alpha=0.8, pad=0.5, linewidth=0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_title(title, fontsize=8)
     ax.axis('off')
 
 
-def draw_label_map(ax, label_map: np.ndarray, palette: Sequence,
-                   title: str = '', ignore_index: int = 255) -> None:
+def draw_label_map(ax,
+                   label_map: np.ndarray,
+                   palette: Sequence,
+                   title: str = '',
+                   ignore_index: int = 255) -> None:
     """Draw a semantic label map on ``ax``, class ``k`` in the RGB colour
     ``palette[k]`` (0-255; ignored pixels white)."""
     label_map = np.asarray(label_map)
@@ -356,8 +386,13 @@ def _rgb(path: str) -> np.ndarray:
     return mmcv.imread(path, channel_order='rgb')
 
 
-def _plot_val_samples(model, dataset, out_file: str, num_images: int,
-                      panels: int, draw, per_row: int = 2,
+def _plot_val_samples(model,
+                      dataset,
+                      out_file: str,
+                      num_images: int,
+                      panels: int,
+                      draw,
+                      per_row: int = 2,
                       legend=None) -> None:
     """A grid of the first val images, ``per_row`` a row, each drawn on
     ``panels`` axes by ``draw(axes, sample)`` with ``sample`` the model's
@@ -371,9 +406,12 @@ def _plot_val_samples(model, dataset, out_file: str, num_images: int,
     if num_images < 1:
         raise ValueError('The dataset is empty: nothing to draw')
     rows = (num_images + per_row - 1) // per_row
-    fig, axes = plt.subplots(rows, panels * per_row,
-                             figsize=(3 * panels * per_row, 3 * rows),
-                             dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        panels * per_row,
+        figsize=(3 * panels * per_row, 3 * rows),
+        dpi=110,
+        squeeze=False)
     model.eval()
     for k in range(rows * per_row):
         row = axes[k // per_row]
@@ -386,14 +424,17 @@ def _plot_val_samples(model, dataset, out_file: str, num_images: int,
             sample = model.test_step(pseudo_collate([dataset[k]]))[0]
         draw(cells, sample)
     if legend:
-        fig.legend(handles=legend, loc='lower center', ncol=len(legend),
-                   fontsize=8)
+        fig.legend(
+            handles=legend, loc='lower center', ncol=len(legend), fontsize=8)
     fig.tight_layout(rect=(0, 0.05 if legend else 0, 1, 1))
     fig.savefig(out_file)
     plt.close(fig)
 
 
-def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
+def plot_predictions(model,
+                     dataset,
+                     out_file: str,
+                     num_images: int = 6,
                      score_thr: float = 0.3) -> None:
     """Ground truth beside predictions for the first val images."""
     classes = dataset.metainfo['classes']
@@ -401,16 +442,26 @@ def plot_predictions(model, dataset, out_file: str, num_images: int = 6,
     def draw(axes, sample):
         image = _rgb(sample.img_path)
         name = osp.basename(sample.img_path)
-        draw_instances(axes[0], image, sample.gt_instances, classes,
-                       title=f'{name}: ground truth')
-        draw_instances(axes[1], image, sample.pred_instances, classes,
-                       score_thr=score_thr,
-                       title=f'prediction (score >= {score_thr})')
+        draw_instances(
+            axes[0],
+            image,
+            sample.gt_instances,
+            classes,
+            title=f'{name}: ground truth')
+        draw_instances(
+            axes[1],
+            image,
+            sample.pred_instances,
+            classes,
+            score_thr=score_thr,
+            title=f'prediction (score >= {score_thr})')
 
     _plot_val_samples(model, dataset, out_file, num_images, 2, draw)
 
 
-def plot_seg_predictions(model, dataset, out_file: str,
+def plot_seg_predictions(model,
+                         dataset,
+                         out_file: str,
                          num_images: int = 6) -> None:
     """The first val images, each with its ground-truth label map and the
     segmentor's predicted one, in the colours of the dataset's palette."""
@@ -428,10 +479,12 @@ def plot_seg_predictions(model, dataset, out_file: str,
         draw_label_map(axes[2], sample.pred_sem_seg.data[0].cpu().numpy(),
                        palette, 'prediction')
 
-    legend = [Patch(facecolor=np.asarray(c) / 255., edgecolor='grey',
-                    label=n) for c, n in zip(palette, classes)]
-    _plot_val_samples(model, dataset, out_file, num_images, 3, draw,
-                      legend=legend)
+    legend = [
+        Patch(facecolor=np.asarray(c) / 255., edgecolor='grey', label=n)
+        for c, n in zip(palette, classes)
+    ]
+    _plot_val_samples(
+        model, dataset, out_file, num_images, 3, draw, legend=legend)
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -481,9 +534,11 @@ def run_demo(config: Union[str, Config],
 
     generated = prepare_shapes_data(cfg)
     data_s = time.time() - start
-    print(f'[demo] data: {"generated" if generated else "found"} '
-          f'{_annotation_files(cfg)} ({data_s:.1f} s); '
-          f'{threads} torch threads', flush=True)
+    print(
+        f'[demo] data: {"generated" if generated else "found"} '
+        f'{_annotation_files(cfg)} ({data_s:.1f} s); '
+        f'{threads} torch threads',
+        flush=True)
 
     runner, keeper, areas, classes = _train_and_validate(cfg, segmentation)
     train_end = time.time()
@@ -529,11 +584,11 @@ def _demo_config(config: Union[str, Config], work_dir: str,
     os.makedirs(work_dir, exist_ok=True)
     from mmrest.utils.torch_compat import drop_unsupported_fused
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if drop_unsupported_fused(cfg.optim_wrapper.get('optimizer', {}),
-                              device):
-        print(f'[demo] torch {torch.__version__} has no fused AdamW on the '
-              'CPU (torch >= 2.4 has): the per-tensor one, the same update',
-              flush=True)
+    if drop_unsupported_fused(cfg.optim_wrapper.get('optimizer', {}), device):
+        print(
+            f'[demo] torch {torch.__version__} has no fused AdamW on the '
+            'CPU (torch >= 2.4 has): the per-tensor one, the same update',
+            flush=True)
     return cfg
 
 
@@ -549,8 +604,8 @@ def _train_and_validate(cfg: Config, segmentation: bool):
     areas = classes = None
     if segmentation:
         classes = runner.val_dataloader.dataset.metainfo['classes']
-        areas = _SegAreas(len(classes),
-                          cfg.val_evaluator.get('ignore_index', 255))
+        areas = _SegAreas(
+            len(classes), cfg.val_evaluator.get('ignore_index', 255))
         runner.register_hook(areas)
     runner.train()
     if keeper.metrics is None:  # no validation ran during training
@@ -616,31 +671,36 @@ def _detection_outputs(runner, metrics: dict, work_dir: str) -> None:
 
 
 def _print_summary(summary: dict, segmentation: bool, targets: dict,
-                   total_s: float, data_s: float, iterations: int,
-                   load_before, work_dir: str) -> None:
+                   total_s: float, data_s: float, iterations: int, load_before,
+                   work_dir: str) -> None:
     """The demo's last lines: the metrics, the targets, the times."""
     metrics = summary
     if segmentation:
         print(f"[demo] mIoU: {metrics['mIoU']:.3f}  aAcc: "
-              f"{metrics['aAcc']:.3f}  IoU: " + '  '.join(
-                  f'{c} {v:.3f}' for c, v in metrics['IoU'].items()
-                  if v is not None))
+              f"{metrics['aAcc']:.3f}  IoU: " +
+              '  '.join(f'{c} {v:.3f}'
+                        for c, v in metrics['IoU'].items() if v is not None))
     else:
         print('[demo] ' + '  '.join(f'{k}: {metrics[k]:.3f}'
                                     for k in METRIC_KEYS if k in metrics))
     for key, target in targets.items():
         verdict = 'reached' if metrics[key] >= target else 'NOT reached'
         print(f'[demo] target {key} >= {target}: {verdict}')
-    print(f'[demo] wall time {_fmt_seconds(total_s)} (data '
-          f'{data_s:.1f} s; {iterations} iterations, '
-          f'{summary["time_s"]["per_iteration"]:.3f} s each, '
-          f'{summary["time_s"]["cpu_per_iteration"]:.3f} CPU s; load '
-          f'average {load_before} at the start); outputs in {work_dir}: '
-          'metrics.json, loss.png, predictions.png', flush=True)
+    print(
+        f'[demo] wall time {_fmt_seconds(total_s)} (data '
+        f'{data_s:.1f} s; {iterations} iterations, '
+        f'{summary["time_s"]["per_iteration"]:.3f} s each, '
+        f'{summary["time_s"]["cpu_per_iteration"]:.3f} CPU s; load '
+        f'average {load_before} at the start); outputs in {work_dir}: '
+        'metrics.json, loss.png, predictions.png',
+        flush=True)
 
 
-def predict_image(image: str, config: Union[str, Config], checkpoint: str,
-                  out_file: str, score_thr: float = 0.3,
+def predict_image(image: str,
+                  config: Union[str, Config],
+                  checkpoint: str,
+                  out_file: str,
+                  score_thr: float = 0.3,
                   device: str = 'cpu') -> dict:
     """Run a detector on one image and save it with its predictions drawn.
 
@@ -665,13 +725,14 @@ def predict_image(image: str, config: Union[str, Config], checkpoint: str,
     scale = max(1., 512 / max(h, w))  # small images are drawn larger
     fig = plt.figure(figsize=(w * scale / 100, h * scale / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
-    draw_instances(ax, rgb, result.pred_instances, classes,
-                   score_thr=score_thr)
+    draw_instances(
+        ax, rgb, result.pred_instances, classes, score_thr=score_thr)
     os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
     fig.savefig(out_file)
     plt.close(fig)
     pred = result.pred_instances
     keep = pred.scores >= score_thr
-    return dict(bboxes=pred.bboxes[keep].tolist(),
-                labels=[classes[i] for i in pred.labels[keep].tolist()],
-                scores=pred.scores[keep].tolist())
+    return dict(
+        bboxes=pred.bboxes[keep].tolist(),
+        labels=[classes[i] for i in pred.labels[keep].tolist()],
+        scores=pred.scores[keep].tolist())

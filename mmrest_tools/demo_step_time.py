@@ -49,8 +49,9 @@ def main(argv=None):
             start = time.perf_counter()
             data = model.data_preprocessor(batches[r % len(batches)], True)
             losses = model(**data, mode='loss')
-            loss = sum(v if torch.is_tensor(v) else sum(v)
-                       for k, v in losses.items() if 'loss' in k)
+            loss = sum(
+                v if torch.is_tensor(v) else sum(v) for k, v in losses.items()
+                if 'loss' in k)
             optims[path].zero_grad()
             loss.backward()
             optims[path].step()

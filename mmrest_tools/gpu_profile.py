@@ -51,13 +51,15 @@ def timed(fn, repeats=5, warmup=2):
 
 
 def step_fn(model, x, backward, dtype=torch.float16):
+
     def run():
-        with torch.autocast(DEVICE, dtype=dtype,
-                            enabled=dtype != torch.float32):
+        with torch.autocast(
+                DEVICE, dtype=dtype, enabled=dtype != torch.float32):
             with torch.set_grad_enabled(backward):
                 outs = model(x)
         if backward:
             sum(o.float().mean() for o in outs).backward()
+
     return run
 
 
@@ -88,8 +90,10 @@ def model_rows(names):
         for bench in (False, True):
             torch.backends.cudnn.benchmark = bench
             for dtype in (torch.float16, torch.float32):
-                row = dict(model=name, cudnn_benchmark=bench,
-                           dtype=str(dtype).split('.')[-1])
+                row = dict(
+                    model=name,
+                    cudnn_benchmark=bench,
+                    dtype=str(dtype).split('.')[-1])
                 row['fwd_ms'] = timed(step_fn(model, x, False, dtype))
                 row['fwd_bwd_ms'] = timed(step_fn(model, x, True, dtype))
                 print(json.dumps(row), flush=True)
@@ -107,20 +111,26 @@ def profile_rows(name, top=15):
     run = step_fn(model, image(), True)
     run()
     sync()
-    with profile(activities=[ProfilerActivity.CUDA if DEVICE == 'cuda'
-                             else ProfilerActivity.CPU]) as prof:
+    with profile(activities=[
+            ProfilerActivity.CUDA if DEVICE == 'cuda' else ProfilerActivity.CPU
+    ]) as prof:
         run()
         sync()
     events = sorted(
-        prof.key_averages(), reverse=True,
+        prof.key_averages(),
+        reverse=True,
         key=lambda e: getattr(e, 'self_device_time_total',
                               getattr(e, 'self_cpu_time_total', 0)))
     rows = []
     for e in events[:top]:
         t = getattr(e, 'self_device_time_total', 0) or getattr(
             e, 'self_cpu_time_total', 0)
-        rows.append(dict(model=name, kernel=e.key[:110], calls=e.count,
-                         self_ms=round(t / 1e3, 2)))
+        rows.append(
+            dict(
+                model=name,
+                kernel=e.key[:110],
+                calls=e.count,
+                self_ms=round(t / 1e3, 2)))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -154,10 +164,10 @@ def conv_rows():
     for what, c, h, w, k, s, p in cases:
         h, w = h // SCALE, w // SCALE
         for dtype in (torch.float16, torch.float32):
-            x = torch.randn(2, c, h, w, device=DEVICE, dtype=dtype,
-                            requires_grad=True)
-            wt = torch.randn(c, 1, k, k, device=DEVICE, dtype=dtype,
-                             requires_grad=True)
+            x = torch.randn(
+                2, c, h, w, device=DEVICE, dtype=dtype, requires_grad=True)
+            wt = torch.randn(
+                c, 1, k, k, device=DEVICE, dtype=dtype, requires_grad=True)
             b = torch.randn(c, device=DEVICE, dtype=dtype, requires_grad=True)
             variants = {
                 'cudnn': (True, False, None),
@@ -175,12 +185,16 @@ def conv_rows():
                     else:
                         y = fn(x, wt, b, s, p)
                     y.float().sum().backward()
+
                 try:
                     ms = timed(run)
                 except Exception as e:  # noqa: BLE001
                     ms = f'{type(e).__name__}: {e}'[:120]
-                row = dict(conv=what, dtype=str(dtype).split('.')[-1],
-                           variant=name, fwd_bwd_ms=ms)
+                row = dict(
+                    conv=what,
+                    dtype=str(dtype).split('.')[-1],
+                    variant=name,
+                    fwd_bwd_ms=ms)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             torch.backends.cudnn.enabled = True
@@ -201,19 +215,21 @@ def variant_rows(name='rest_small'):
                                       *args, **kwargs).to(q.dtype)
         return emsa_attention(q, k, v, mix, *args, **kwargs)
 
-    variants = [('this version', mix_heads, emsa_attention),
-                ('mix heads by baddbmm', kernels.mix_heads_baddbmm,
-                 emsa_attention),
-                ('one head in float32', mix_heads, one_head_float32),
-                ('both (the former code)', kernels.mix_heads_baddbmm,
-                 one_head_float32)]
+    variants = [
+        ('this version', mix_heads, emsa_attention),
+        ('mix heads by baddbmm', kernels.mix_heads_baddbmm, emsa_attention),
+        ('one head in float32', mix_heads, one_head_float32),
+        ('both (the former code)', kernels.mix_heads_baddbmm, one_head_float32)
+    ]
     model, x = build(name), image()
     rows = []
     try:
         for what, mix_fn, attn_fn in variants:
             kernels.mix_heads, kernels.emsa_attention = mix_fn, attn_fn
-            row = dict(model=name, variant=what,
-                       fwd_bwd_fp16_ms=timed(step_fn(model, x, True)))
+            row = dict(
+                model=name,
+                variant=what,
+                fwd_bwd_fp16_ms=timed(step_fn(model, x, True)))
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:
@@ -249,8 +265,12 @@ def eval224_rows(names=('rest_base', 'rest_lite', 'swin_t'), rounds=3):
                         continue
                     kernels.emsa_attention = fn
                     ms = timed(step_fn(model, x, False), repeats=10, warmup=3)
-                    rows.append(dict(round=r, model=name, variant=what,
-                                     img_s=round(64 / ms * 1e3)))
+                    rows.append(
+                        dict(
+                            round=r,
+                            model=name,
+                            variant=what,
+                            img_s=round(64 / ms * 1e3)))
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         kernels.emsa_attention = emsa_attention
@@ -265,12 +285,14 @@ def main(argv=None):
         description='Where a ResT training step spends its GPU time; '
         'profile.json in --out.')
     parser.add_argument('--out', default='work_dirs/gpu_profile')
-    parser.add_argument('--smoke', action='store_true',
-                        help='CPU, sizes / 8: checks that the script runs')
-    parser.add_argument('--sections', nargs='+', default=SECTIONS,
-                        choices=SECTIONS)
-    parser.add_argument('--models', nargs='+',
-                        default=['rest_small', 'restv2_tiny', 'swin_t'])
+    parser.add_argument(
+        '--smoke',
+        action='store_true',
+        help='CPU, sizes / 8: checks that the script runs')
+    parser.add_argument(
+        '--sections', nargs='+', default=SECTIONS, choices=SECTIONS)
+    parser.add_argument(
+        '--models', nargs='+', default=['rest_small', 'restv2_tiny', 'swin_t'])
     args = parser.parse_args(argv)
     global DEVICE, SCALE
     if args.smoke:
@@ -279,17 +301,22 @@ def main(argv=None):
         from mmrest_tools import ops_shim
         ops_shim.install(device='cuda')
         ops_shim.patch_package_lookup()
-        print(torch.__version__, torch.version.cuda,
-              torch.backends.cudnn.version(), torch.cuda.get_device_name(0),
-              flush=True)
+        print(
+            torch.__version__,
+            torch.version.cuda,
+            torch.backends.cudnn.version(),
+            torch.cuda.get_device_name(0),
+            flush=True)
     import mmrest  # noqa: F401
     os.makedirs(args.out, exist_ok=True)
     result = {}
     t0 = time.time()
     sections = dict(
-        variants=variant_rows, convs=conv_rows, eval224=eval224_rows,
-        profile=lambda: profile_rows('rest_small') + profile_rows(
-            'restv2_tiny'),
+        variants=variant_rows,
+        convs=conv_rows,
+        eval224=eval224_rows,
+        profile=lambda: profile_rows('rest_small') + profile_rows('restv2_tiny'
+                                                                  ),
         models=lambda: model_rows(args.models))
     for key in args.sections:
         fn = sections[key]

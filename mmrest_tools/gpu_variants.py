@@ -35,10 +35,8 @@ def backbone_step_ms(model, x, repeats=5):
 
 #: (name, kernels.GPU_CHUNK_ELEMENTS, literal backbone) of each row
 VARIANTS = [('chunks 32M (default)', 1 << 25, False),
-            ('chunks 256M', 1 << 28, False),
-            ('one chunk', 1 << 40, False),
-            ('chunks 8M', 1 << 23, False),
-            ('literal', 1 << 25, True)]
+            ('chunks 256M', 1 << 28, False), ('one chunk', 1 << 40, False),
+            ('chunks 8M', 1 << 23, False), ('literal', 1 << 25, True)]
 MASKRCNN_CONFIG = 'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py'
 
 
@@ -107,9 +105,10 @@ def _variant_row(check, literal: bool) -> dict:
     del bb, x
     torch.cuda.empty_cache()
     r = check._maskrcnn_one(MASKRCNN_CONFIG)
-    row.update(maskrcnn_iter_ms=r['iter_ms'],
-               maskrcnn_peak_MiB=r['peak_MiB'],
-               skipped=r['skipped_steps'])
+    row.update(
+        maskrcnn_iter_ms=r['iter_ms'],
+        maskrcnn_peak_MiB=r['peak_MiB'],
+        skipped=r['skipped_steps'])
     return row
 
 
@@ -123,5 +122,5 @@ def print_table(rows):
               f"{r.get('backbone_step_ms', float('nan')):.0f}"
               f" | {r.get('backbone_peak_MiB', float('nan')):.0f} | "
               f"{r.get('maskrcnn_iter_ms', float('nan')):.0f} | "
-              f"{r.get('maskrcnn_peak_MiB', float('nan')):.0f} |"
-              + (f" {r['error']}" if 'error' in r else ''))
+              f"{r.get('maskrcnn_peak_MiB', float('nan')):.0f} |" +
+              (f" {r['error']}" if 'error' in r else ''))

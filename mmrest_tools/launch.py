@@ -40,7 +40,8 @@ LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        '--work-dir', help='folder for logs and checkpoints (default: '
+        '--work-dir',
+        help='folder for logs and checkpoints (default: '
         './work_dirs/<config name>)')
     parser.add_argument(
         '--cfg-options',
@@ -94,7 +95,8 @@ def test_parser() -> argparse.ArgumentParser:
     parser.add_argument('config', help='test config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
-        '--out', help='also dump the predictions to this pickle file '
+        '--out',
+        help='also dump the predictions to this pickle file '
         '(detection), or save the predicted label maps in this folder '
         '(segmentation, as mmseg\'s tools/test.py)')
     parser.add_argument(
@@ -105,10 +107,13 @@ def test_parser() -> argparse.ArgumentParser:
         'the run\'s timestamped folder in the work dir (detection), or in '
         'its vis_data/vis_image (segmentation, as mmseg\'s tools/test.py)')
     parser.add_argument(
-        '--wait-time', type=float, default=2,
+        '--wait-time',
+        type=float,
+        default=2,
         help='seconds each image is shown with --show')
     parser.add_argument(
-        '--tta', action='store_true',
+        '--tta',
+        action='store_true',
         help='test-time augmentation: the config\'s tta_model and '
         'tta_pipeline (segmentation: mmseg\'s multi-scale + flip), or else '
         'each image as is and flipped (detection, boxes only)')
@@ -139,7 +144,9 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def set_precision(cfg: Config, amp: bool = False, no_amp: bool = False,
+def set_precision(cfg: Config,
+                  amp: bool = False,
+                  no_amp: bool = False,
                   accelerator: Optional[bool] = None) -> None:
     """``--amp`` / ``--no-amp`` applied to ``cfg.optim_wrapper``.
 
@@ -270,8 +277,7 @@ def setup_seg_test_cfg(cfg: Config, args: argparse.Namespace) -> Config:
         if args.show_dir:
             cfg.visualizer['save_dir'] = args.show_dir
     if args.tta:
-        missing = [k for k in ('tta_model', 'tta_pipeline')
-                   if not cfg.get(k)]
+        missing = [k for k in ('tta_model', 'tta_pipeline') if not cfg.get(k)]
         if missing:
             raise ValueError(
                 f'--tta: the config has no {" and no ".join(missing)} '
@@ -360,10 +366,11 @@ def setup_cpu_distributed(cfg: Config) -> None:
             'No CUDA: torch\'s SyncBatchNorm cannot synchronise CPU tensors '
             '(it raises "SyncBatchNorm expected input tensor to be on GPU"); '
             f'using BatchNorm instead in {", ".join(replaced) or "the model"}'
-            ' (statistics per process, not across processes)'
-            + (f' and ignoring sync_bn={cfg.sync_bn!r}' if cfg.get('sync_bn')
-               else ''),
-            logger='current', level=logging.WARNING)
+            ' (statistics per process, not across processes)' +
+            (f' and ignoring sync_bn={cfg.sync_bn!r}'
+             if cfg.get('sync_bn') else ''),
+            logger='current',
+            level=logging.WARNING)
         cfg.sync_bn = None
     if cfg.launcher != 'pytorch':
         raise RuntimeError(
@@ -375,7 +382,8 @@ def setup_cpu_distributed(cfg: Config) -> None:
     if dist_cfg.get('backend', 'gloo') != 'gloo':
         print_log(
             f'No CUDA: distributed backend {dist_cfg.backend!r} replaced by '
-            f'\'gloo\'', logger='current')
+            f'\'gloo\'',
+            logger='current')
     dist_cfg.backend = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:

@@ -49,8 +49,9 @@ def _axis_samples(start: torch.Tensor, bin_size: torch.Tensor, pooled: int,
     dev = start.device
     p = torch.arange(pooled, device=dev).repeat_interleave(grid)
     i = torch.arange(grid, device=dev).repeat(pooled)
-    pos = (start[:, None] + p[None, :].to(start.dtype) * bin_size[:, None] +
-           (i[None, :].to(start.dtype) + 0.5) * bin_size[:, None] / grid)
+    pos = (
+        start[:, None] + p[None, :].to(start.dtype) * bin_size[:, None] +
+        (i[None, :].to(start.dtype) + 0.5) * bin_size[:, None] / grid)
     inside = (pos >= -1.0) & (pos <= size)
     pos = pos.clamp(min=0)
     low = pos.floor().long()
@@ -103,8 +104,7 @@ def _roi_groups(rois: torch.Tensor, out_h: int, out_w: int,
             j = idx[s:s + step]
             yl, yh, wyl, wyh = _axis_samples(y1[j], bin_h[j], out_h, gh,
                                              height)
-            xl, xh, wxl, wxh = _axis_samples(x1[j], bin_w[j], out_w, gw,
-                                             width)
+            xl, xh, wxl, wxh = _axis_samples(x1[j], bin_w[j], out_w, gw, width)
             base = (batch[j] * (height * width))[:, None, None]
             corners = []
             for yi, wy in ((yl, wyl), (yh, wyh)):
@@ -114,10 +114,14 @@ def _roi_groups(rois: torch.Tensor, out_h: int, out_w: int,
             yield j, gh, gw, corners
 
 
-def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, out_h: int,
-                    out_w: int, spatial_scale: float, sampling_ratio: int,
-                    aligned: bool, max_elements: int = 1 << 24
-                    ) -> torch.Tensor:
+def roi_align_torch(input: torch.Tensor,
+                    rois: torch.Tensor,
+                    out_h: int,
+                    out_w: int,
+                    spatial_scale: float,
+                    sampling_ratio: int,
+                    aligned: bool,
+                    max_elements: int = 1 << 24) -> torch.Tensor:
     """RoIAlign (average pooling) as mmcv computes it, in plain PyTorch
     (forward only; see :func:`roi_align_torch_backward`).
 
@@ -155,9 +159,12 @@ def roi_align_torch(input: torch.Tensor, rois: torch.Tensor, out_h: int,
     return out
 
 
-def roi_align_torch_backward(grad_output: torch.Tensor, rois: torch.Tensor,
-                             input_shape, spatial_scale: float,
-                             sampling_ratio: int, aligned: bool,
+def roi_align_torch_backward(grad_output: torch.Tensor,
+                             rois: torch.Tensor,
+                             input_shape,
+                             spatial_scale: float,
+                             sampling_ratio: int,
+                             aligned: bool,
                              max_elements: int = 1 << 24) -> torch.Tensor:
     """The gradient of :func:`roi_align_torch` with respect to its input
     (RoIAlign is linear in it: each sample's weights, scattered back).
@@ -182,8 +189,10 @@ def roi_align_torch_backward(grad_output: torch.Tensor, rois: torch.Tensor,
     return grad.view(B, H, W, C).permute(0, 3, 1, 2).contiguous()
 
 
-def nms_torch(boxes: torch.Tensor, scores: torch.Tensor,
-              iou_threshold: float, offset: int = 0) -> torch.Tensor:
+def nms_torch(boxes: torch.Tensor,
+              scores: torch.Tensor,
+              iou_threshold: float,
+              offset: int = 0) -> torch.Tensor:
     """Greedy NMS as mmcv computes it (``offset`` added to widths and
     heights), on the CPU.
 
@@ -195,8 +204,8 @@ def nms_torch(boxes: torch.Tensor, scores: torch.Tensor,
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=device)
     b = boxes.detach().float().cpu()
-    order = torch.argsort(scores.detach().float().cpu(), descending=True,
-                          stable=True)
+    order = torch.argsort(
+        scores.detach().float().cpu(), descending=True, stable=True)
     b = b[order]
     x1, y1, x2, y2 = b.unbind(1)
     area = (x2 - x1 + offset) * (y2 - y1 + offset)
@@ -250,9 +259,10 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x,
     r = rois.float()
     with torch.no_grad():
         if _BACKEND['name'] == 'torchvision':
-            y = _tv_ops().roi_align(
-                x, r, (int(aligned_height), int(aligned_width)),
-                float(spatial_scale), int(sampling_ratio), bool(aligned))
+            y = _tv_ops().roi_align(x, r,
+                                    (int(aligned_height), int(aligned_width)),
+                                    float(spatial_scale), int(sampling_ratio),
+                                    bool(aligned))
         else:
             y = roi_align_torch(x, r, int(aligned_height), int(aligned_width),
                                 float(spatial_scale), int(sampling_ratio),
@@ -265,8 +275,11 @@ def _roi_align_backward_tv_autograd(grad, rois, grad_input, out_h, out_w,
     """torchvision's RoIAlign backward through autograd: RoIAlign is linear
     in its input, so its vector-Jacobian product at zeros is the gradient.
     """
-    x = torch.zeros(grad_input.shape, dtype=torch.float32,
-                    device=grad_input.device, requires_grad=True)
+    x = torch.zeros(
+        grad_input.shape,
+        dtype=torch.float32,
+        device=grad_input.device,
+        requires_grad=True)
     with torch.enable_grad():
         y = _tv_ops().roi_align(x, rois, (out_h, out_w), spatial_scale,
                                 sampling_ratio, aligned)
@@ -327,8 +340,8 @@ def _module_getattr(name: str):
 
 def make_ext_module() -> types.ModuleType:
     """A module standing in for ``mmcv._ext`` (see the module docstring)."""
-    mod = types.ModuleType(
-        'mmcv._ext', 'mmcv._ext stand-in (mmrest_tools.ops_shim)')
+    mod = types.ModuleType('mmcv._ext',
+                           'mmcv._ext stand-in (mmrest_tools.ops_shim)')
     mod.__dict__.update(_PROVIDED)
     mod.__getattr__ = _module_getattr
     mod.MMREST_OPS_SHIM = True
@@ -360,10 +373,10 @@ def self_check(device: str = 'cpu') -> Dict:
         return report
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 13, 17, generator=gen).to(device)
-    boxes = torch.tensor(
-        [[0, 1.0, 2.0, 9.0, 11.0], [1, -3.0, -2.0, 5.5, 4.0],
-         [0, 10.0, 7.0, 16.9, 12.9], [1, 2.2, 3.3, 2.2, 8.0],
-         [0, 0.0, 0.0, 33.0, 25.0], [1, 4.0, 4.0, 40.0, 30.0]]).to(device)
+    boxes = torch.tensor([[0, 1.0, 2.0, 9.0, 11.0], [1, -3.0, -2.0, 5.5, 4.0],
+                          [0, 10.0, 7.0, 16.9, 12.9], [1, 2.2, 3.3, 2.2, 8.0],
+                          [0, 0.0, 0.0, 33.0, 25.0], [1, 4.0, 4.0, 40.0,
+                                                      30.0]]).to(device)
     grad = torch.randn(6, 3, 7, 5, generator=gen).to(device)
     try:
         diffs = {}
@@ -438,8 +451,8 @@ def install(force: Optional[bool] = None, device: str = 'cpu') -> Dict:
         force = os.environ.get(FORCE_ENV, '') not in ('', '0')
     existing = sys.modules.get('mmcv._ext')
     if getattr(existing, 'MMREST_OPS_SHIM', False):
-        return dict(used=True, reason='already installed',
-                    backend=_BACKEND['name'])
+        return dict(
+            used=True, reason='already installed', backend=_BACKEND['name'])
     if force:
         reason = f'forced ({FORCE_ENV} or force=True)'
         loaded = [m for m in sys.modules if m.startswith('mmcv.ops')]
@@ -453,8 +466,8 @@ def install(force: Optional[bool] = None, device: str = 'cpu') -> Dict:
             return dict(used=False, reason='mmcv._ext imports')
     check = self_check(device)
     sys.modules['mmcv._ext'] = make_ext_module()
-    return dict(used=True, reason=reason, backend=_BACKEND['name'],
-                self_check=check)
+    return dict(
+        used=True, reason=reason, backend=_BACKEND['name'], self_check=check)
 
 
 # --------------------------------------------------------------------------
@@ -495,5 +508,8 @@ def patch_package_lookup() -> Optional[str]:
     return 'mmengine package lookup without pkg_resources'
 
 
-__all__ = ['install', 'self_check', 'make_ext_module', 'roi_align_torch',
-           'roi_align_torch_backward', 'nms_torch', 'patch_package_lookup', 'FORCE_ENV']
+__all__ = [
+    'install', 'self_check', 'make_ext_module', 'roi_align_torch',
+    'roi_align_torch_backward', 'nms_torch', 'patch_package_lookup',
+    'FORCE_ENV'
+]

@@ -47,8 +47,15 @@ def build(family: str, arch: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _literal_emsa_core(q, k, v, mix=None, mix_bias=None, attn_drop=0.,
-                       training=False, eps=1e-5, chunk_elements=None):
+def _literal_emsa_core(q,
+                       k,
+                       v,
+                       mix=None,
+                       mix_bias=None,
+                       attn_drop=0.,
+                       training=False,
+                       eps=1e-5,
+                       chunk_elements=None):
     """EMSA's core as the authors compute it (on scaled queries)."""
     attn = q @ k.transpose(-2, -1)
     if mix is not None:
@@ -64,8 +71,7 @@ def _literal_emsa_core(q, k, v, mix=None, mix_bias=None, attn_drop=0.,
 def literal_component(name: Optional[str]):
     """Within the block, the fast component ``name`` (see the module
     docstring) computes literally; None changes nothing."""
-    from mmrest.backbones import kernels
-    from mmrest.backbones import rest, rest_v2
+    from mmrest.backbones import kernels, rest, rest_v2
     saved = []
 
     def patch(owner, attr, value):
@@ -87,17 +93,21 @@ def literal_component(name: Optional[str]):
         patch(kernels, 'emsa_attention', _literal_emsa_core)
         patch(rest.kernels, 'emsa_attention', _literal_emsa_core)
     elif name == 'one_head':
+
         def general(self, x, hw_shape):
             B, N, C = x.shape
             q, k, v = self.project_qkv(x, hw_shape)
             out = kernels.emsa_attention(q, k, v)
             out = out.transpose(1, 2).reshape(B, N, C)
             return kernels.linear(out, self.proj.weight, self.proj.bias)
+
         patch(rest.EMSA, '_forward_one_head', general)
     elif name == 'sdpa_v2':
+
         def sdpa(q, k, v, scale=None, **kwargs):
             attn = (q @ k.transpose(-2, -1)) * scale
             return attn.softmax(dim=-1) @ v
+
         patch(rest_v2.F, 'scaled_dot_product_attention', sdpa)
     else:
         raise ValueError(f'unknown component {name!r}; choose from '
@@ -116,13 +126,18 @@ def stage_errors(outs: Sequence[torch.Tensor],
     rows = []
     for out, ref in zip(outs, exact):
         diff = out.double() - ref
-        rows.append(dict(rel=(diff.norm() / ref.norm()).item(),
-                         max_abs=diff.abs().max().item()))
+        rows.append(
+            dict(
+                rel=(diff.norm() / ref.norm()).item(),
+                max_abs=diff.abs().max().item()))
     return rows
 
 
-def measure(family: str, arch: str, size: Sequence[int] = (224, 224),
-            seed: int = 0, components: Iterable[Optional[str]] = (None, ),
+def measure(family: str,
+            arch: str,
+            size: Sequence[int] = (224, 224),
+            seed: int = 0,
+            components: Iterable[Optional[str]] = (None, ),
             model: Optional[torch.nn.Module] = None) -> dict:
     """The errors of the fast path (with each of ``components`` computed
     literally; None: all fast) and of the literal path against float64.
@@ -145,16 +160,18 @@ def measure(family: str, arch: str, size: Sequence[int] = (224, 224),
         result = dict(literal=stage_errors(literal, exact), fast={})
         for name in components:
             with literal_component(name):
-                result['fast'][name or 'all fast'] = stage_errors(
-                    model(x), exact)
+                result['fast'][name
+                               or 'all fast'] = stage_errors(model(x), exact)
     return result
 
 
 def format_rows(family: str, arch: str, result: dict) -> List[str]:
     """Markdown rows: variant, path, per stage ``rel (factor)``."""
     lit = result['literal']
-    rows = [f'| {family} {arch} | literal fp32 | ' + ' | '.join(
-        f'{s["rel"]:.2e} ({s["max_abs"]:.1e})' for s in lit) + ' |']
+    rows = [
+        f'| {family} {arch} | literal fp32 | ' +
+        ' | '.join(f'{s["rel"]:.2e} ({s["max_abs"]:.1e})' for s in lit) + ' |'
+    ]
     for name, errs in result['fast'].items():
         rows.append(f'| {family} {arch} | fast: {name} | ' + ' | '.join(
             f'{s["rel"]:.2e} ({s["max_abs"]:.1e}) x{s["rel"] / l["rel"]:.2f}'

@@ -49,8 +49,7 @@ def _is_remote(path: str) -> bool:
 
 
 def _is_local(backend_args) -> bool:
-    return not backend_args or backend_args.get('backend',
-                                                 'local') == 'local'
+    return not backend_args or backend_args.get('backend', 'local') == 'local'
 
 
 def _describe(path: str) -> str:
@@ -182,8 +181,8 @@ def _check_leaf_dataset(cfg: dict, key: str, missing: List[str]) -> None:
             if not osp.isdir(path):
                 missing.append(
                     f'{key}.data_prefix.{name}: {_describe(path)} ' +
-                    ('is not a folder'
-                     if osp.exists(path) else 'does not exist'))
+                    ('is not a folder' if osp.exists(path
+                                                     ) else 'does not exist'))
     img_prefix = prefixes.get('img', '') if isinstance(prefixes, dict) \
         else ''
     if isinstance(ann_file, str) and ann_file and \
@@ -206,8 +205,7 @@ def _check_evaluator(cfg, key: str, missing: List[str]) -> None:
                 _is_local(evaluator.get('backend_args')) and \
                 not osp.isfile(ann_file):
             missing.append(f'{name}.ann_file: {_describe(ann_file)} ' + (
-                'is not a file' if osp.exists(ann_file) else
-                'does not exist'))
+                'is not a file' if osp.exists(ann_file) else 'does not exist'))
 
 
 def check_data_paths(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
@@ -235,8 +233,8 @@ def check_data_paths(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
         loader = cfg.get(f'{split}_dataloader')
         if not loader or cfg.get(f'{split}_cfg') is None:
             continue
-        _check_dataset(loader.get('dataset'), f'{split}_dataloader.dataset',
-                       missing)
+        _check_dataset(
+            loader.get('dataset'), f'{split}_dataloader.dataset', missing)
         _check_evaluator(
             cfg.get(f'{split}_evaluator'), f'{split}_evaluator', missing)
     if missing:
@@ -255,8 +253,8 @@ _NOT_CLASS_HEADS = ('rpn_head', 'semantic_head', 'train_cfg', 'test_cfg',
                     'data_preprocessor', 'init_cfg')
 
 
-def head_class_counts(model_cfg: Any, path: str = 'model'
-                      ) -> List[Tuple[str, int]]:
+def head_class_counts(model_cfg: Any,
+                      path: str = 'model') -> List[Tuple[str, int]]:
     """Each head's number of classes in a model config, with its key:
     ``num_classes`` (mmdet's box and mask heads, a Cascade R-CNN's list of
     box heads, RetinaNet's and DINO's heads, mmseg's decode and auxiliary
@@ -270,9 +268,8 @@ def head_class_counts(model_cfg: Any, path: str = 'model'
         things = model_cfg.get('num_things_classes')
         stuff = model_cfg.get('num_stuff_classes', 0)
         if isinstance(things, int) and isinstance(stuff, int):
-            counts.append(
-                (f'{path}.num_things_classes + num_stuff_classes',
-                 things + stuff))
+            counts.append((f'{path}.num_things_classes + num_stuff_classes',
+                           things + stuff))
         for key, value in model_cfg.items():
             if key not in _NOT_CLASS_HEADS:
                 counts += head_class_counts(value, f'{path}.{key}')
@@ -317,8 +314,8 @@ def _leaf_datasets(cfg, key: str, found: list) -> None:
     found.append((key, cfg))
 
 
-def _dataset_classes(dataset: dict, scope: Optional[str]
-                     ) -> Tuple[Optional[tuple], str]:
+def _dataset_classes(dataset: dict,
+                     scope: Optional[str]) -> Tuple[Optional[tuple], str]:
     """The classes a dataset config gives its data set and where they come
     from: ``metainfo.classes`` in the config, else the dataset class's
     ``METAINFO``."""
@@ -410,8 +407,8 @@ def check_classes(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
         if not loader or cfg.get(f'{split}_cfg') is None:
             continue
         leaves: list = []
-        _leaf_datasets(loader.get('dataset'), f'{split}_dataloader.dataset',
-                       leaves)
+        _leaf_datasets(
+            loader.get('dataset'), f'{split}_dataloader.dataset', leaves)
         for key, dataset in leaves:
             classes, where = _dataset_classes(dataset, scope)
             if classes is None:
@@ -498,7 +495,9 @@ def _state_dict_keys(path: str) -> List[str]:
     try:
         with safe_loading():
             checkpoint = torch.load(
-                osp.expanduser(path), map_location='cpu', weights_only=True,
+                osp.expanduser(path),
+                map_location='cpu',
+                weights_only=True,
                 mmap=True)
     except Exception:  # legacy format, unsafe or corrupt: the loader says
         checkpoint = load_checkpoint_file(path)
@@ -557,8 +556,8 @@ def skip_pretrained_loaded_over(cfg) -> List[str]:
     found: list = []
     _pretrained_init_cfgs(model, (), found)
     missing = [(module, holder, init) for module, holder, init in found
-               if is_local_path(init.get('checkpoint')) and
-               not osp.isfile(osp.expanduser(str(init['checkpoint'])))]
+               if is_local_path(init.get('checkpoint'))
+               and not osp.isfile(osp.expanduser(str(init['checkpoint'])))]
     if not missing:
         return []
     checkpoint = checkpoint_to_load(cfg)

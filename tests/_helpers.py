@@ -71,8 +71,8 @@ def v2_reduction_terms(model) -> int:
     the MLP's second linear (4 x the channels); 576 for the reference
     model, against 4096 for ResT."""
     dims = model.embed_dims
-    ratio = max(block.mlp.fc1.out_features // dims[i]
-                for i in range(4) for block in getattr(model, f'stage{i + 1}'))
+    ratio = max(block.mlp.fc1.out_features // dims[i] for i in range(4)
+                for block in getattr(model, f'stage{i + 1}'))
     return max(max(9 * c for c in dims[:3]), ratio * dims[3])
 
 
@@ -95,7 +95,8 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-def float32_errors(fast: torch.Tensor, literal: torch.Tensor,
+def float32_errors(fast: torch.Tensor,
+                   literal: torch.Tensor,
                    reference: torch.Tensor,
                    scale: Optional[float] = None):
     """The errors of ``fast`` and ``literal`` against the float64
@@ -111,9 +112,13 @@ def float32_errors(fast: torch.Tensor, literal: torch.Tensor,
     return err_fast, err_literal
 
 
-def assert_float32_close(fast: torch.Tensor, literal: torch.Tensor,
-                         reference: torch.Tensor, *, depth: int = 1,
-                         scale: Optional[float] = None, name: str = '',
+def assert_float32_close(fast: torch.Tensor,
+                         literal: torch.Tensor,
+                         reference: torch.Tensor,
+                         *,
+                         depth: int = 1,
+                         scale: Optional[float] = None,
+                         name: str = '',
                          factor: float = ERROR_FACTOR,
                          floor: Optional[float] = None):
     """Assert that a float32 result is as accurate as float32 allows.
@@ -145,8 +150,10 @@ def assert_float32_close(fast: torch.Tensor, literal: torch.Tensor,
     return err_fast, err_literal, bound
 
 
-def assert_float64_equal(actual: torch.Tensor, expected: torch.Tensor,
-                         name: str = '', tol: float = 1e-8):
+def assert_float64_equal(actual: torch.Tensor,
+                         expected: torch.Tensor,
+                         name: str = '',
+                         tol: float = 1e-8):
     """Two float64 computations of the same formula: equal to 1e-8 (float64
     rounding is ~1e-16 per operation; 1e-8 still spots any formula change).
     """
@@ -163,23 +170,30 @@ def golden_model(golden: dict, **kwargs) -> ResT:
     """The ResT v1 of the golden file, its weights loaded (no head)."""
     arch = {k: golden['config'][k] for k in ARCH_KEYS}
     model = ResT(arch=arch, **kwargs)
-    state = {k: v for k, v in golden['state_dict'].items()
-             if not k.startswith('head.')}
+    state = {
+        k: v
+        for k, v in golden['state_dict'].items() if not k.startswith('head.')
+    }
     model.load_state_dict(state, strict=True)
     return model
 
 
 def golden_arch_v2(golden: dict) -> dict:
     """The arch dict of the golden v2 file's model."""
-    return {k: golden['config'][k]
-            for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios')}
+    return {
+        k: golden['config'][k]
+        for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios')
+    }
 
 
 def golden_backbone_state_v2(golden: dict) -> dict:
     """The golden v2 state dict without the classifier's ``norm`` and
     ``head``."""
-    return {k: v for k, v in golden['state_dict'].items()
-            if not k.startswith(('norm.', 'head.'))}
+    return {
+        k: v
+        for k, v in golden['state_dict'].items()
+        if not k.startswith(('norm.', 'head.'))
+    }
 
 
 def golden_model_v2(golden: dict, **kwargs) -> torch.nn.Module:
@@ -204,8 +218,11 @@ def float64_literal(model: torch.nn.Module) -> torch.nn.Module:
     return to_literal(model).double()
 
 
-def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
-                           reference: torch.nn.Module, *, depth: int = 1):
+def assert_gradients_close(fast: torch.nn.Module,
+                           literal: torch.nn.Module,
+                           reference: torch.nn.Module,
+                           *,
+                           depth: int = 1):
     """:func:`assert_float32_close` on the gradient of every parameter
     (with ``GRADIENT_FACTOR``).
 
@@ -219,8 +236,9 @@ def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
     literal_params = list(literal.parameters())
     reference_params = list(reference.parameters())
     assert len(named) == len(literal_params) == len(reference_params)
-    total = torch.stack([p.grad.norm() for p in reference_params
-                         if p.grad is not None]).norm().item()
+    total = torch.stack([
+        p.grad.norm() for p in reference_params if p.grad is not None
+    ]).norm().item()
     checked = 0
     for (name, pf), pl, pr in zip(named, literal_params, reference_params):
         if pr.grad is None:
@@ -228,10 +246,14 @@ def assert_gradients_close(fast: torch.nn.Module, literal: torch.nn.Module,
             continue
         assert pf.grad is not None, f'{name}: no gradient'
         exact_zero = pr.grad.norm().item() <= 1e-9 * total
-        assert_float32_close(pf.grad, pl.grad, pr.grad, depth=depth,
-                             scale=total if exact_zero else None,
-                             name=f'gradient of {name}',
-                             factor=GRADIENT_FACTOR)
+        assert_float32_close(
+            pf.grad,
+            pl.grad,
+            pr.grad,
+            depth=depth,
+            scale=total if exact_zero else None,
+            name=f'gradient of {name}',
+            factor=GRADIENT_FACTOR)
         checked += 1
     assert checked > 0
 
@@ -319,8 +341,7 @@ def build_detector(config):
     return cfg, MODELS.build(cfg.model)
 
 
-def run_tiny_demo(tmp_path_factory, config, splits: dict,
-                  schedule: dict):
+def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
     """:func:`mmrest_tools.demo.run_demo` on a tiny generated set: ``splits``
     images, batches of 2, every iteration logged, the ``schedule``
     overrides; the set goes to ``tmp/data``, the outputs to ``tmp/work``
@@ -338,8 +359,12 @@ def run_tiny_demo(tmp_path_factory, config, splits: dict,
         'visualizer.name': f'visualizer_{tmp.name}_{id(tmp)}',
         **schedule,
     }
-    summary = run_demo(str(config), str(tmp / 'work'), num_threads=2,
-                       cfg_options=options, data_root=str(tmp / 'data'))
+    summary = run_demo(
+        str(config),
+        str(tmp / 'work'),
+        num_threads=2,
+        cfg_options=options,
+        data_root=str(tmp / 'data'))
     assert summary['data_generated'] is True
     return tmp, summary
 
@@ -369,18 +394,16 @@ def assert_frozen_stages(model, frozen_stages: int, sizes: Sequence[int]):
     modules of levels 1 to 4."""
     assert model.train() is model
     model.train()  # a second call keeps them frozen
-    levels = [[model.stem]] + [
-        [m for m in model._stage_modules(i) if m is not model.stem]
-        for i in range(4)
-    ]
+    levels = [[model.stem]
+              ] + [[m for m in model._stage_modules(i) if m is not model.stem]
+                   for i in range(4)]
     assert [len(level) for level in levels[1:]] == list(sizes)
     for level, modules in enumerate(levels):
         frozen = level <= frozen_stages if level else frozen_stages >= 0
         for module in modules:
             assert all(not p.requires_grad
                        for p in module.parameters()) == frozen, level
-            assert all(m.training != frozen
-                       for m in module.modules()), level
+            assert all(m.training != frozen for m in module.modules()), level
 
 
 def settings_by_param(optim_wrapper):

@@ -26,7 +26,10 @@ def write_tiny_coco(root: str,
     from mmdet.datasets import CocoDataset
     ann_files = generate_shapes_coco(
         root,
-        splits={'train2017': num_train, 'val2017': num_val},
+        splits={
+            'train2017': num_train,
+            'val2017': num_val
+        },
         image_size=tuple(image_size),
         max_objects=3,
         object_size=(min(image_size) / 4, min(image_size) / 2),

@@ -22,9 +22,10 @@ if _REPO not in sys.path:
 # tools/train.py, ``python -c``) import this clone's mmrest and mmrest_tools
 # too, whatever clone an editable install or an inherited PYTHONPATH names
 # (tests/test_tools.py::test_subprocesses_import_this_clone).
-os.environ['PYTHONPATH'] = os.pathsep.join(
-    [_REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
-               if p and p != _REPO])
+os.environ['PYTHONPATH'] = os.pathsep.join([_REPO] + [
+    p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+    if p and p != _REPO
+])
 
 
 def _data_file(name: str) -> Path:
@@ -38,8 +39,7 @@ def _data_file(name: str) -> Path:
 @pytest.fixture(scope='session')
 def golden():
     """ResT v1 tiny: weights, inputs, float32 and float64 outputs."""
-    return torch.load(_data_file('rest_v1_tiny_golden.pt'),
-                      weights_only=True)
+    return torch.load(_data_file('rest_v1_tiny_golden.pt'), weights_only=True)
 
 
 @pytest.fixture(scope='session')
@@ -51,15 +51,13 @@ def official_shapes():
 @pytest.fixture(scope='session')
 def golden_v2():
     """ResT v2 tiny: weights, inputs, float32 and float64 outputs."""
-    return torch.load(_data_file('rest_v2_tiny_golden.pt'),
-                      weights_only=True)
+    return torch.load(_data_file('rest_v2_tiny_golden.pt'), weights_only=True)
 
 
 @pytest.fixture(scope='session')
 def official_shapes_v2():
     """The authors' ResT v2 state-dict shapes, per variant."""
-    return json.loads(
-        _data_file('rest_v2_state_dict_shapes.json').read_text())
+    return json.loads(_data_file('rest_v2_state_dict_shapes.json').read_text())
 
 
 @pytest.fixture(scope='session')

@@ -3,15 +3,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _helpers import (ERROR_FACTOR, CallCounter, SavedForBackward,
+                      assert_float32_close, assert_float64_equal,
+                      assert_frozen_stages, assert_gradients_close,
+                      float32_errors, float32_floor, float64_literal,
+                      golden_model, stage_depths)
 
 from mmrest import ResT
-from mmrest.backbones import to_literal
 from mmrest.backbones import rest as rest_module
-from _helpers import (CallCounter, SavedForBackward, assert_float32_close,
-                      assert_float64_equal, assert_frozen_stages,
-                      assert_gradients_close, float32_errors, float32_floor,
-                      float64_literal, golden_model, stage_depths,
-                      ERROR_FACTOR)
+from mmrest.backbones import to_literal
 
 # The authors' classifiers, 1000-class head included (docs/network.md).
 PARAMS_M = {'lite': 10.51, 'small': 13.68, 'base': 30.33, 'large': 51.68}
@@ -20,9 +20,9 @@ PARAMS_M = {'lite': 10.51, 'small': 13.68, 'base': 30.33, 'large': 51.68}
 def classifier_logits(stage4, golden):
     """The authors' classifier: pooled `norm`-ed stage 4, then `head`."""
     state = golden['state_dict']
-    return F.linear(stage4.mean(dim=(2, 3)),
-                    state['head.weight'].to(stage4.dtype),
-                    state['head.bias'].to(stage4.dtype))
+    return F.linear(
+        stage4.mean(dim=(2, 3)), state['head.weight'].to(stage4.dtype),
+        state['head.bias'].to(stage4.dtype))
 
 
 @pytest.mark.parametrize('case', ['224x224', '256x352'])
@@ -41,15 +41,17 @@ def test_golden_outputs(golden, case):
             zip(outs, literal_outs, data['backbone_outputs'],
                 data['backbone_outputs_f64'])):
         assert out.shape == exact.shape, f'stage {i + 1}'
-        assert_float32_close(out, lit, exact, depth=depths[i],
-                             name=f'stage {i + 1}')
+        assert_float32_close(
+            out, lit, exact, depth=depths[i], name=f'stage {i + 1}')
         err_literal, err_authors = float32_errors(lit, authors, exact)
         assert err_literal <= ERROR_FACTOR * err_authors + float32_floor(
             depths[i]), (f'literal, stage {i + 1}', err_literal, err_authors)
     assert_float32_close(
         classifier_logits(outs[-1], golden),
-        classifier_logits(literal_outs[-1], golden), data['logits_f64'],
-        depth=depths[-1] + 1, name='logits')
+        classifier_logits(literal_outs[-1], golden),
+        data['logits_f64'],
+        depth=depths[-1] + 1,
+        name='logits')
 
 
 @pytest.mark.parametrize('case', ['224x224', '256x352'])
@@ -66,8 +68,8 @@ def test_golden_outputs_in_float64(golden, case):
             zip(outs, literal_outs, data['backbone_outputs_f64'])):
         assert_float64_equal(out, exact, f'fast, stage {i + 1}')
         assert_float64_equal(lit, exact, f'literal, stage {i + 1}')
-    assert_float64_equal(classifier_logits(outs[-1], golden),
-                         data['logits_f64'], 'logits')
+    assert_float64_equal(
+        classifier_logits(outs[-1], golden), data['logits_f64'], 'logits')
 
 
 def test_golden_detects_a_wrong_weight(golden):
@@ -144,8 +146,10 @@ def _trainable(module):
 def test_frozen_stages(frozen_stages):
     # stages 1-3 have an output norm only when returned (all here), stage 4
     # the final norm
-    assert_frozen_stages(ResT(arch='lite', frozen_stages=frozen_stages),
-                         frozen_stages, sizes=[2, 3, 3, 3])
+    assert_frozen_stages(
+        ResT(arch='lite', frozen_stages=frozen_stages),
+        frozen_stages,
+        sizes=[2, 3, 3, 3])
 
 
 def test_frozen_stages_get_no_gradient():
@@ -164,8 +168,9 @@ def test_norm_eval():
     before = model.stem.norm1.running_mean.clone()
     model(torch.rand(2, 3, 64, 64))
     assert torch.equal(before, model.stem.norm1.running_mean)
-    assert all(bn.training for bn in ResT(arch='lite').train().modules()
-               if isinstance(bn, nn.BatchNorm2d))
+    assert all(
+        bn.training for bn in ResT(arch='lite').train().modules()
+        if isinstance(bn, nn.BatchNorm2d))
 
 
 def test_with_cp_recomputes_every_block_and_saves_less(monkeypatch):
@@ -211,7 +216,8 @@ def test_init_weights_follow_spec():
     assert abs(q.weight.std().item() - 0.02) < 0.002
     assert abs(q.weight.mean().item()) < 0.002
     assert torch.all(q.bias == 0)
-    assert torch.all(model.norm.weight == 1) and torch.all(model.norm.bias == 0)
+    assert torch.all(model.norm.weight == 1) and torch.all(
+        model.norm.bias == 0)
     assert torch.all(model.stem.pos.pa_conv.bias == 0)
 
 

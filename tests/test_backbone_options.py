@@ -25,15 +25,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from mmrest import ResT
-from mmrest.backbones import EMSA, emsa_attention, kernels
-from mmrest.backbones import to_literal
-
 from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_gradients_close, float32_errors, float32_floor,
                       float64_literal, golden_model, golden_model_v2,
                       literal_attention, stage_depths)
+
+from mmrest import ResT
+from mmrest.backbones import EMSA, emsa_attention, kernels, to_literal
 
 TINY_ARCH = dict(
     embed_dims=[16, 32, 64, 128],
@@ -62,11 +60,18 @@ def emsa_reference(module: EMSA, x: torch.Tensor, hw) -> torch.Tensor:
     reduced = x
     if s > 1:
         fmap = x.transpose(1, 2).reshape(B, C, *hw)
-        fmap = F.conv2d(fmap, p['sr.weight'], p['sr.bias'], stride=s,
-                        padding=s // 2, groups=C)
-        reduced = F.layer_norm(fmap.flatten(2).transpose(1, 2), (C, ),
-                               p['sr_norm.weight'], p['sr_norm.bias'],
-                               eps=1e-5)
+        fmap = F.conv2d(
+            fmap,
+            p['sr.weight'],
+            p['sr.bias'],
+            stride=s,
+            padding=s // 2,
+            groups=C)
+        reduced = F.layer_norm(
+            fmap.flatten(2).transpose(1, 2), (C, ),
+            p['sr_norm.weight'],
+            p['sr_norm.bias'],
+            eps=1e-5)
     kv = linear(reduced, 'kv')
     M = kv.shape[1]
     k = kv[..., :C].reshape(B, M, h, d).transpose(1, 2)
@@ -108,8 +113,12 @@ def test_emsa_options_against_the_paper_in_float64(embed_dims, num_heads,
     literal path give the paper's EMSA: the literal float32 error against
     the float64 formula is float32 rounding (below the float32 floor), and
     the fast path's is within the usual factor of it; gradients too."""
-    fast = randomised_emsa(embed_dims, num_heads, sr_ratio,
-                           qkv_bias=qkv_bias, apply_transform=transform)
+    fast = randomised_emsa(
+        embed_dims,
+        num_heads,
+        sr_ratio,
+        qkv_bias=qkv_bias,
+        apply_transform=transform)
     assert (fast.q.bias is None) == (fast.kv.bias is None) == (not qkv_bias)
     assert hasattr(fast, 'transform_conv') == (transform and num_heads > 1)
     literal = to_literal(fast)
@@ -132,8 +141,12 @@ def test_emsa_options_against_the_paper_in_float64(embed_dims, num_heads,
     g = torch.randn_like(outs[0])
     for out in outs:
         (out * g.to(out.dtype)).sum().backward()
-    assert_float32_close(xa.grad, xb.grad, xc.grad, name='input gradient',
-                         factor=GRADIENT_FACTOR)
+    assert_float32_close(
+        xa.grad,
+        xb.grad,
+        xc.grad,
+        name='input gradient',
+        factor=GRADIENT_FACTOR)
     assert_gradients_close(fast, literal, reference)
 
 
@@ -141,12 +154,15 @@ def test_qkv_bias_false_has_no_q_kv_bias_keys():
     """The authors' names: ``stageS.J.attn.q.bias`` and ``.kv.bias`` are
     the only keys that ``qkv_bias=False`` removes; ``apply_transform=False``
     removes ``attn.transform_conv.*`` and nothing else."""
+
     def keys(**options):
         return set(ResT(arch={**TINY_ARCH, **options}).state_dict())
 
     full = keys()
-    bias_keys = {k for k in full if k.endswith(('.attn.q.bias',
-                                                '.attn.kv.bias'))}
+    bias_keys = {
+        k
+        for k in full if k.endswith(('.attn.q.bias', '.attn.kv.bias'))
+    }
     assert len(bias_keys) == 2 * sum(TINY_ARCH['depths'])
     assert keys(qkv_bias=False) == full - bias_keys
     transform_keys = {k for k in full if '.attn.transform_conv.' in k}
@@ -161,8 +177,10 @@ def test_backbone_without_bias_and_transform_matches_float64():
     """A whole ResT with ``qkv_bias=False, apply_transform=False``: eval
     and train-mode outputs, and gradients, as close to the float64 model as
     float32 allows."""
-    model = ResT(arch={**TINY_ARCH, 'qkv_bias': False,
-                       'apply_transform': False})
+    model = ResT(arch={
+        **TINY_ARCH, 'qkv_bias': False,
+        'apply_transform': False
+    })
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() > 1:
@@ -197,8 +215,10 @@ def _binomial_tolerance(p: float, n: int) -> float:
 
 
 def _dropout_modules(model):
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.Dropout)}
+    return {
+        n: m
+        for n, m in model.named_modules() if isinstance(m, nn.Dropout)
+    }
 
 
 def test_drop_rate_is_applied_where_the_authors_apply_it():
@@ -209,8 +229,10 @@ def test_drop_rate_is_applied_where_the_authors_apply_it():
     rest by 1 / (1 - p)."""
     p = 0.25
     model = ResT(arch=TINY_ARCH, drop_rate=p).train()
-    blocks = [f'stage{s}.{j}' for s in range(1, 5)
-              for j in range(TINY_ARCH['depths'][s - 1])]
+    blocks = [
+        f'stage{s}.{j}' for s in range(1, 5)
+        for j in range(TINY_ARCH['depths'][s - 1])
+    ]
     expected = {f'{b}.attn.proj_drop' for b in blocks} | \
         {f'{b}.mlp.drop' for b in blocks}
     dropouts = _dropout_modules(model)
@@ -230,8 +252,9 @@ def test_drop_rate_is_applied_where_the_authors_apply_it():
                                    TINY_ARCH['mlp_ratios']):
         widths = [c[1].shape[-1] for c in calls if c[0].startswith(block)]
         names = [c[0] for c in calls if c[0].startswith(block)]
-        assert names == [f'{block}.attn.proj_drop', f'{block}.mlp.drop',
-                         f'{block}.mlp.drop'], names
+        assert names == [
+            f'{block}.attn.proj_drop', f'{block}.mlp.drop', f'{block}.mlp.drop'
+        ], names
         assert widths == [width, width * ratio, width], widths
     dropped = kept = 0
     for name, inp, out in calls:
@@ -239,9 +262,8 @@ def test_drop_rate_is_applied_where_the_authors_apply_it():
         zero = (out == 0) & live
         dropped += zero.sum().item()
         kept += (live & ~zero).sum().item()
-        torch.testing.assert_close(out[live & ~zero],
-                                   inp[live & ~zero] / (1 - p),
-                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            out[live & ~zero], inp[live & ~zero] / (1 - p), rtol=1e-6, atol=0)
     n = dropped + kept
     assert n > 20000
     assert abs(dropped / n - p) < _binomial_tolerance(p, n), dropped / n
@@ -249,8 +271,7 @@ def test_drop_rate_is_applied_where_the_authors_apply_it():
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('num_heads', [1, 4])
-def test_attention_dropout_without_transform_keeps_its_rate(dtype,
-                                                            num_heads):
+def test_attention_dropout_without_transform_keeps_its_rate(dtype, num_heads):
     """The attention without the head mixing (one head, or
     ``apply_transform=False``) drops a share ``p`` of the softmax
     attention's entries and scales the rest by 1 / (1 - p). With the
@@ -269,14 +290,16 @@ def test_attention_dropout_without_transform_keeps_its_rate(dtype,
     share = dropped.double().mean().item()
     assert abs(share - p) < _binomial_tolerance(p, out.numel()), share
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(out[~dropped], expected[~dropped] / (1 - p),
-                               rtol=tol, atol=0)
+    torch.testing.assert_close(
+        out[~dropped], expected[~dropped] / (1 - p), rtol=tol, atol=0)
     # no dropout out of training, or at rate 0
-    for kwargs in (dict(attn_drop=p, training=False),
-                   dict(attn_drop=0., training=True)):
+    for kwargs in (dict(attn_drop=p,
+                        training=False), dict(attn_drop=0., training=True)):
         torch.testing.assert_close(
-            emsa_attention(q, k, v, **kwargs).double(), expected,
-            rtol=tol, atol=tol * expected.abs().max().item())
+            emsa_attention(q, k, v, **kwargs).double(),
+            expected,
+            rtol=tol,
+            atol=tol * expected.abs().max().item())
 
 
 def test_attn_drop_rate_reaches_every_attention(monkeypatch):
@@ -287,8 +310,8 @@ def test_attn_drop_rate_reaches_every_attention(monkeypatch):
     for arch in (TINY_ARCH, {**TINY_ARCH, 'apply_transform': False}):
         model = ResT(arch=arch, attn_drop_rate=p)
         assert all(m.p == 0 for m in _dropout_modules(model).values())
-        counter = CallCounter(monkeypatch, kernels, 'emsa_attention',
-                              record=True)
+        counter = CallCounter(
+            monkeypatch, kernels, 'emsa_attention', record=True)
         model.train()(torch.randn(1, 3, 64, 64))
         blocks = sum(arch['depths'])
         assert counter.count == blocks
@@ -333,8 +356,8 @@ def test_dropout_rates_in_train_and_eval_mode():
         assert same(out, run(models[name], 0)), name  # the seed repeats
         assert not same(out, run(models[name], 1)), name
         assert not same(out, plain), name
-        assert same(run(models[name], 0, train=False),
-                    run(base, 1, train=False)), name
+        assert same(
+            run(models[name], 0, train=False), run(base, 1, train=False)), name
 
 
 # ------------------------------------------------- with_cp and compile

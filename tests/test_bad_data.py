@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 import torch
+from _helpers import ROOT
 from mmengine.config import Config
 
 from mmrest.synthetic import generate_shapes_coco
 from mmrest_tools.prerun_checks import check_data_paths
 
-from _helpers import ROOT
 CONFIGS = [
     'configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py',
     'configs/retinanet/retinanet_rest-small_fpn_1x_coco.py',
@@ -22,7 +22,10 @@ def _config(name):
     return Config.fromfile(osp.join(ROOT, name))
 
 
-def _point_at(cfg, data_root, splits=SPLITS, ann='instances_{}2017.json',
+def _point_at(cfg,
+              data_root,
+              splits=SPLITS,
+              ann='instances_{}2017.json',
               img='{}2017/'):
     """Point every split of a COCO config at ``data_root``, as a user
     would with --cfg-options."""
@@ -31,11 +34,12 @@ def _point_at(cfg, data_root, splits=SPLITS, ann='instances_{}2017.json',
     for split in splits:
         name = 'train' if split == 'train' else 'val'
         options.update({
-            f'{split}_dataloader.dataset.data_root': data_root,
+            f'{split}_dataloader.dataset.data_root':
+            data_root,
             f'{split}_dataloader.dataset.ann_file':
             'annotations/' + ann.format(name),
-            f'{split}_dataloader.dataset.data_prefix': dict(
-                img=img.format(name)),
+            f'{split}_dataloader.dataset.data_prefix':
+            dict(img=img.format(name)),
         })
         if split != 'train':
             options[f'{split}_evaluator.ann_file'] = \
@@ -47,8 +51,11 @@ def _point_at(cfg, data_root, splits=SPLITS, ann='instances_{}2017.json',
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp('shapes')
-    generate_shapes_coco(str(root), splits={'train': 2, 'val': 1},
-                         image_size=(64, 64))
+    generate_shapes_coco(
+        str(root), splits={
+            'train': 2,
+            'val': 1
+        }, image_size=(64, 64))
     return root
 
 
@@ -77,8 +84,8 @@ def test_missing_data_root_names_every_path(config, tmp_path):
 @pytest.mark.parametrize('config', CONFIGS)
 def test_complete_data_passes_and_a_missing_image_folder_is_named(
         config, shapes):
-    cfg = _point_at(_config(config), shapes, ann='instances_{}.json',
-                    img='{}/')
+    cfg = _point_at(
+        _config(config), shapes, ann='instances_{}.json', img='{}/')
     check_data_paths(cfg, SPLITS)  # everything there: no error
 
     # The annotations are there but the training images are not: mmdet
@@ -110,23 +117,28 @@ def test_a_file_where_a_folder_belongs_is_named(shapes):
 def test_relative_paths_are_shown_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _point_at(_config(CONFIGS[0]), 'data/coco', splits=('train', ))
-    with pytest.raises(FileNotFoundError,
-                       match=f"'data/coco/annotations/instances_train2017"
-                       f".json' \\(resolved as '{tmp_path}/data/coco/"
-                       "annotations/instances_train2017.json'\\)"):
+    with pytest.raises(
+            FileNotFoundError,
+            match=f"'data/coco/annotations/instances_train2017"
+            f".json' \\(resolved as '{tmp_path}/data/coco/"
+            "annotations/instances_train2017.json'\\)"):
         check_data_paths(cfg, ('train', ))
 
 
 def test_dataset_wrappers_are_looked_into(shapes, tmp_path):
-    good = dict(type='CocoDataset', data_root=str(shapes),
-                ann_file='annotations/instances_train.json',
-                data_prefix=dict(img='train/'))
+    good = dict(
+        type='CocoDataset',
+        data_root=str(shapes),
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'))
     bad = dict(good, ann_file='annotations/instances_missing.json')
     cfg = dict(
         train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=1),
-        train_dataloader=dict(dataset=dict(
-            type='RepeatDataset', times=2,
-            dataset=dict(type='ConcatDataset', datasets=[good, bad]))))
+        train_dataloader=dict(
+            dataset=dict(
+                type='RepeatDataset',
+                times=2,
+                dataset=dict(type='ConcatDataset', datasets=[good, bad]))))
     with pytest.raises(FileNotFoundError) as info:
         check_data_paths(cfg, ('train', ))
     assert "train_dataloader.dataset.dataset.datasets[1].ann_file: " \
@@ -153,8 +165,10 @@ def test_mmdet_itself_names_a_missing_annotation_file_before_training(
     missing = tmp_path / 'no_such_coco'
     cfg = _point_at(_config(CONFIGS[0]), missing)
     cfg.model.backbone.arch = dict(
-        embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-        num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
+        embed_dims=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 2, 4, 8],
+        sr_ratios=[8, 4, 2, 1],
         mlp_ratios=[2, 2, 2, 2])
     cfg.model.backbone.init_cfg = None
     cfg.model.neck.in_channels = [8, 16, 32, 64]
@@ -162,9 +176,10 @@ def test_mmdet_itself_names_a_missing_annotation_file_before_training(
     cfg.visualizer.name = f'visualizer_{tmp_path.name}'  # its own folder
     runner = Runner.from_cfg(cfg)
     weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
-    with pytest.raises(FileNotFoundError,
-                       match=f'{missing}/annotations/instances_train2017'
-                       '.json'):
+    with pytest.raises(
+            FileNotFoundError,
+            match=f'{missing}/annotations/instances_train2017'
+            '.json'):
         runner.train()
     # Nothing trained: no loss logged, weights untouched, no checkpoint.
     assert 'train/loss' not in runner.message_hub.log_scalars

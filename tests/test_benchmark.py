@@ -1,13 +1,17 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
 import pytest
 
-from mmrest_tools.benchmark import BACKBONES, build_backbone, format_row, \
-    measure_speed
+from mmrest_tools.benchmark import (BACKBONES, build_backbone, format_row,
+                                    measure_speed)
 
 
 def test_every_backbone_builds_and_is_measured():
-    row = measure_speed('rest_small_literal', repeats=1, batch=2,
-                        small=(64, 64), large=(72, 104))
+    row = measure_speed(
+        'rest_small_literal',
+        repeats=1,
+        batch=2,
+        small=(64, 64),
+        large=(72, 104))
     assert row['params_M'] == pytest.approx(13.17, abs=0.01)  # no head
     assert row['img_per_s_224_b16'] > 0 and row['s_per_img_800x1344'] > 0
     assert 'rest_small_literal' in format_row(row)
@@ -28,9 +32,13 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, 'BATCH_224', 2)
     monkeypatch.setattr(benchmark, 'SIZE_800', (64, 96))
     names = ['rest_lite', 'rest_lite_literal', 'resnet50']
-    report = benchmark.run(names, repeats=2, threads=1,
-                           memory_names=['rest_lite', 'rest_lite_literal'],
-                           log=lambda line: None, repeats_224=3)
+    report = benchmark.run(
+        names,
+        repeats=2,
+        threads=1,
+        memory_names=['rest_lite', 'rest_lite_literal'],
+        log=lambda line: None,
+        repeats_224=3)
     rows = {row['model']: row for row in report['rows']}
     assert list(rows) == names
     for row in rows.values():
@@ -47,10 +55,10 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
         lit['s_per_img_800x1344'] / lite['s_per_img_800x1344'])
     assert ratios['train_memory_vs_literal'] == pytest.approx(
         lite['train_peak_MB_800x1344'] / lit['train_peak_MB_800x1344'])
-    assert set(ratios) == {'speedup_800x1344_vs_literal',
-                           'speedup_224_b16_vs_literal',
-                           'train_memory_vs_literal',
-                           'time_800x1344_vs_resnet50'}
+    assert set(ratios) == {
+        'speedup_800x1344_vs_literal', 'speedup_224_b16_vs_literal',
+        'train_memory_vs_literal', 'time_800x1344_vs_resnet50'
+    }
     table = benchmark.format_table(report)
     assert table.count('\n| rest_lite') == 2 and '| resnet50 |' in table
     assert '| - |' in table  # ResNet-50's memory was not measured

@@ -5,8 +5,8 @@ import importlib.util
 import json
 
 import pytest
-
 from _helpers import ROOT
+
 RETINANET = ROOT / 'configs/retinanet/rest_lite_fpn_1x_coco.py'
 
 
@@ -22,7 +22,8 @@ def test_benchmark_inference_tool(tmp_path, capsys):
     out = tmp_path / 'speed.json'
     code = load_tool().main([
         str(RETINANET), '--shape', '64', '96', '--repeats', '2', '--warmup',
-        '0', '--json', str(out), '--threads', '1'
+        '0', '--json',
+        str(out), '--threads', '1'
     ])
     assert code == 0
     printed = capsys.readouterr().out

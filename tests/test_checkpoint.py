@@ -11,23 +11,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from _helpers import relative_error
+
 from mmrest import ResT
+from mmrest.backbones import to_literal
 from mmrest.checkpoint import (CheckpointError, checkpoint_safe_globals,
                                load_checkpoint_file, mmengine_safe_loading,
                                restricted_globals, safe_loading,
                                safe_torch_load)
-from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
 #: Both safe-loading paths: torch's weights-only loader with the scoped
 #: allow-list (torch >= 2.6) and mmrest's restricted unpickler (the path of
 #: torch < 2.6, forced here on any torch).
 LOADERS = [
-    pytest.param('torch allow-list', marks=pytest.mark.skipif(
-        not torch_compat.TORCH_SCOPED_ALLOW_LIST,
-        reason='torch < 2.6 has no scoped weights-only allow-list')),
+    pytest.param(
+        'torch allow-list',
+        marks=pytest.mark.skipif(
+            not torch_compat.TORCH_SCOPED_ALLOW_LIST,
+            reason='torch < 2.6 has no scoped weights-only allow-list')),
     'restricted unpickler',
 ]
 
@@ -41,6 +43,7 @@ def loader(request, monkeypatch):
                         not restricted)
     return request.param
 
+
 ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios',
              'qkv_bias', 'apply_transform')
 
@@ -53,9 +56,9 @@ def reference(golden):
 
 
 def pretrained(path, arch, **kwargs):
-    model = ResT(arch=arch,
-                 init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                               **kwargs))
+    model = ResT(
+        arch=arch,
+        init_cfg=dict(type='Pretrained', checkpoint=str(path), **kwargs))
     model.init_weights()
     return model
 
@@ -92,8 +95,9 @@ def test_reference_weights_load_through_init_cfg(tmp_path, golden, reference,
         err = relative_error(out.double(), exact)
         err_literal = relative_error(lit.double(), exact)
         err_authors = relative_error(authors.double(), exact)
-        assert err_literal <= 4 * err_authors + 1e-6, (
-            f'stage {i + 1}', err_literal, err_authors)
+        assert err_literal <= 4 * err_authors + 1e-6, (f'stage {i + 1}',
+                                                       err_literal,
+                                                       err_authors)
         assert err <= 4 * err_literal + 1e-6, (f'stage {i + 1}', err,
                                                err_literal)
 
@@ -102,8 +106,12 @@ def test_detector_checkpoint_with_prefix(tmp_path, reference):
     state, arch = reference
     det = {f'backbone.{k}': v for k, v in state.items()}
     det['neck.lateral.weight'] = torch.zeros(3)
-    torch.save({'state_dict': det, 'meta': {'epoch': 12}},
-               tmp_path / 'det.pth')
+    torch.save({
+        'state_dict': det,
+        'meta': {
+            'epoch': 12
+        }
+    }, tmp_path / 'det.pth')
     model = pretrained(tmp_path / 'det.pth', arch, prefix='backbone.')
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -114,8 +122,12 @@ def test_detector_checkpoint_without_prefix_is_an_error(tmp_path, reference):
     training would start from random weights."""
     state, arch = reference
     det = {f'backbone.{k}': v for k, v in state.items()}
-    torch.save({'state_dict': det, 'meta': {'epoch': 12}},
-               tmp_path / 'det.pth')
+    torch.save({
+        'state_dict': det,
+        'meta': {
+            'epoch': 12
+        }
+    }, tmp_path / 'det.pth')
     with pytest.raises(CheckpointError) as info:
         pretrained(tmp_path / 'det.pth', arch)
     message = str(info.value)
@@ -129,16 +141,18 @@ def test_detector_checkpoint_without_prefix_is_an_error(tmp_path, reference):
 def test_prefix_that_matches_nothing_shows_the_keys(tmp_path, reference):
     state, arch = reference
     torch.save(state, tmp_path / 'cls.pth')
-    with pytest.raises(CheckpointError, match=r"no keys under the prefix "
-                       r"'backbone\.' \(its keys: head\.bias"):
+    with pytest.raises(
+            CheckpointError,
+            match=r"no keys under the prefix "
+            r"'backbone\.' \(its keys: head\.bias"):
         pretrained(tmp_path / 'cls.pth', arch, prefix='backbone.')
 
 
 def test_another_networks_checkpoint_is_an_error(tmp_path, reference):
     _, arch = reference
     torch.manual_seed(0)
-    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8),
-                          nn.Linear(8, 4))
+    other = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4))
     torch.save({'state_dict': other.state_dict()}, tmp_path / 'other.pth')
     with pytest.raises(CheckpointError) as info:
         pretrained(tmp_path / 'other.pth', arch)
@@ -156,18 +170,21 @@ def test_partial_checkpoint_needs_the_opt_out(tmp_path, reference):
     n = int(0.4 * len(params))
     partial = {k: state[k] for k in params[:n]}
     torch.save(partial, tmp_path / 'part.pth')
-    with pytest.raises(CheckpointError, match=f'sets {n} of the '
-                       f'{len(params)} parameter tensors'):
+    with pytest.raises(
+            CheckpointError,
+            match=f'sets {n} of the '
+            f'{len(params)} parameter tensors'):
         pretrained(tmp_path / 'part.pth', arch)
     torch.manual_seed(5)
     model = pretrained(tmp_path / 'part.pth', arch, allow_partial=True)
     own = dict(model.named_parameters())
     assert all(torch.equal(own[k], state[k]) for k in params[:n])
-    assert not any(torch.equal(own[k], state[k]) for k in params[n:]
-                   if state[k].numel() > 1 and state[k].std() > 0)
+    assert not any(
+        torch.equal(own[k], state[k])
+        for k in params[n:] if state[k].numel() > 1 and state[k].std() > 0)
     # over half loads without the opt-out
-    torch.save({k: state[k] for k in params[:len(params) // 2 + 1]},
-               tmp_path / 'most.pth')
+    torch.save({k: state[k]
+                for k in params[:len(params) // 2 + 1]}, tmp_path / 'most.pth')
     pretrained(tmp_path / 'most.pth', arch)
 
 
@@ -190,8 +207,8 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, reference, damage):
     path = tmp_path / 'rest_tiny.pth'
     torch.save(state, path)
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2] if damage == 'truncate' else
-                     b'not a checkpoint at all' * 100)
+    path.write_bytes(data[:len(data) // 2] if damage ==
+                     'truncate' else b'not a checkpoint at all' * 100)
     with pytest.raises(CheckpointError, match='rest_tiny.pth'):
         pretrained(path, arch)
 
@@ -264,24 +281,25 @@ def _hostile_cases():
     return {
         # getattr reaches anything from an allowed class: only the four
         # statistics methods of HistoryBuffer are answered
-        'getattr_init': (Reduce(getattr, HistoryBuffer, '__init__'),
-                         getattr_refused),
+        'getattr_init': (Reduce(getattr, HistoryBuffer,
+                                '__init__'), getattr_refused),
         'getattr_register': (Reduce(getattr, HistoryBuffer,
                                     'register_statistics'), getattr_refused),
         'getattr_globals': (Reduce(getattr, HistoryBuffer.min,
                                    '__globals__'), getattr_refused),
-        'getattr_ndarray': (Reduce(getattr, np.ndarray, 'tofile'),
-                            getattr_refused),
+        'getattr_ndarray': (Reduce(getattr, np.ndarray,
+                                   'tofile'), getattr_refused),
         # _reconstruct builds any subtype it is given
         'reconstruct_subtype': (Reduce(ma._reconstruct, HistoryBuffer, (0, ),
                                        b'b'), 'refused numpy _reconstruct'),
         # arrays and scalars of Python objects
-        'object_array': (np.array([1, 'x'], dtype=object),
-                         r'refused numpy.dtype.*Python objects'),
-        'object_scalar': (Reduce(ma.scalar, np.dtype(object), [1]),
-                          r'refused numpy.dtype.*Python objects'),
-        'scalar_not_bytes': (Reduce(ma.scalar, np.dtype('f8'), 1.5),
-                             'refused numpy scalar'),
+        'object_array':
+        (np.array([1, 'x'],
+                  dtype=object), r'refused numpy.dtype.*Python objects'),
+        'object_scalar': (Reduce(ma.scalar, np.dtype(object),
+                                 [1]), r'refused numpy.dtype.*Python objects'),
+        'scalar_not_bytes': (Reduce(ma.scalar, np.dtype('f8'),
+                                    1.5), 'refused numpy scalar'),
         'bytes_call': (Reduce(bytes, 10**6), r'refused bytes\(1000000,\)'),
     }
 
@@ -309,9 +327,14 @@ def test_scalar_stand_in_refuses_objects():
 
 
 def test_stand_ins_load_plain_numpy_data(tmp_path, loader):
-    data = {'a': np.arange(6, dtype=np.int32).reshape(2, 3),
-            'f': np.float32(1.25), 'i': np.int64(-3), 'b': np.bool_(True),
-            's': np.array(['ab', 'c']), 'e': np.zeros((0, 2))}
+    data = {
+        'a': np.arange(6, dtype=np.int32).reshape(2, 3),
+        'f': np.float32(1.25),
+        'i': np.int64(-3),
+        'b': np.bool_(True),
+        's': np.array(['ab', 'c']),
+        'e': np.zeros((0, 2))
+    }
     torch.save(data, tmp_path / 'np.pth')
     out = safe_torch_load(tmp_path / 'np.pth')
     for key, value in data.items():
@@ -319,10 +342,11 @@ def test_stand_ins_load_plain_numpy_data(tmp_path, loader):
             value.dtype and np.array_equal(out[key], value), key
 
 
-@pytest.mark.skipif(not torch_compat.TORCH_SCOPED_ALLOW_LIST,
-                    reason='torch < 2.6 has no scoped weights-only '
-                    'allow-list (safe_loading refuses to run, see '
-                    'test_safe_loading_on_old_torch_says_so)')
+@pytest.mark.skipif(
+    not torch_compat.TORCH_SCOPED_ALLOW_LIST,
+    reason='torch < 2.6 has no scoped weights-only '
+    'allow-list (safe_loading refuses to run, see '
+    'test_safe_loading_on_old_torch_says_so)')
 def test_allow_list_is_scoped_and_narrow():
     """Only inside safe_loading, only data classes and mmrest's stand-ins;
     numpy's own _reconstruct / scalar and builtins.getattr never."""
@@ -338,8 +362,10 @@ def test_allow_list_is_scoped_and_narrow():
     assert torch.serialization.get_safe_globals() == before
     added = [g for g in during if g not in before]
     assert added
-    stand_ins = {ck._history_buffer_getattr, ck._safe_reconstruct,
-                 ck._safe_scalar, ck._safe_dtype, ck._empty_bytes}
+    stand_ins = {
+        ck._history_buffer_getattr, ck._safe_reconstruct, ck._safe_scalar,
+        ck._safe_dtype, ck._empty_bytes
+    }
     ma = _multiarray()
     for entry in added:
         obj = entry[0] if isinstance(entry, tuple) else entry
@@ -374,10 +400,12 @@ def test_restricted_unpickler_table_is_narrow():
 
     import mmrest.checkpoint.safe_load as ck
     table = restricted_globals()
-    stand_ins = {'builtins.getattr': ck._history_buffer_getattr,
-                 'builtins.bytes': ck._empty_bytes,
-                 'numpy.dtype': ck._safe_dtype,
-                 '_codecs.encode': ck._latin1_encode}
+    stand_ins = {
+        'builtins.getattr': ck._history_buffer_getattr,
+        'builtins.bytes': ck._empty_bytes,
+        'numpy.dtype': ck._safe_dtype,
+        '_codecs.encode': ck._latin1_encode
+    }
     for name, obj in stand_ins.items():
         assert table[name] is obj, name
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
@@ -385,13 +413,13 @@ def test_restricted_unpickler_table_is_narrow():
         assert table[f'{module}.scalar'] is ck._safe_scalar
     for name, obj in table.items():
         assert not any(obj is bad for bad in _dangerous_globals()), name
-        assert (name.startswith(('torch.', 'collections.')) or
-                name in ('builtins.set', 'builtins.frozenset',
-                         'builtins.complex', 'builtins.bytearray') or
-                obj in (HistoryBuffer, argparse.Namespace, np.ndarray) or
-                obj in stand_ins.values() or
-                obj in (ck._safe_reconstruct, ck._safe_scalar) or
-                (isinstance(obj, type) and issubclass(obj, np.dtype))), name
+        assert (name.startswith(('torch.', 'collections.'))
+                or name in ('builtins.set', 'builtins.frozenset',
+                            'builtins.complex', 'builtins.bytearray')
+                or obj in (HistoryBuffer, argparse.Namespace, np.ndarray)
+                or obj in stand_ins.values()
+                or obj in (ck._safe_reconstruct, ck._safe_scalar)
+                or (isinstance(obj, type) and issubclass(obj, np.dtype))), name
         if name.startswith('torch.') and callable(obj) and \
                 not isinstance(obj, type):
             # torch's own rebuild functions only
@@ -416,8 +444,14 @@ def test_restricted_unpickler_refuses_os_system_loads_checkpoint(
     hub = MessageHub.get_instance(f'test_restricted_{loader}')
     hub.update_scalar('train/loss', np.float32(0.5))
     good = tmp_path / 'good.pth'
-    torch.save({'meta': {'iter': np.int64(3)}, 'state_dict': state,
-                'message_hub': hub.state_dict()}, good)
+    torch.save(
+        {
+            'meta': {
+                'iter': np.int64(3)
+            },
+            'state_dict': state,
+            'message_hub': hub.state_dict()
+        }, good)
     for ckpt in (safe_torch_load(good), load_checkpoint_file(good),
                  safe_torch_load(good, mmap=True)):
         assert set(ckpt['state_dict']) == set(state)
@@ -462,8 +496,8 @@ def test_safe_loading_on_old_torch_says_so(monkeypatch):
     """On a torch without the scoped allow-list, safe_loading (torch's
     path) refuses to run and names the loader that works there."""
     monkeypatch.setattr(torch_compat, 'TORCH_SCOPED_ALLOW_LIST', False)
-    with pytest.raises(RuntimeError,
-                       match='torch >= 2.6.*load_checkpoint_file'):
+    with pytest.raises(
+            RuntimeError, match='torch >= 2.6.*load_checkpoint_file'):
         with safe_loading():
             pass
 
@@ -490,8 +524,11 @@ def test_import_mmrest_changes_no_global_state():
         assert all(n.startswith('torch.') for n in names), names
         print('unchanged')
     ''')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                         text=True, env=_env(), timeout=300)
+    out = subprocess.run([sys.executable, '-c', code],
+                         capture_output=True,
+                         text=True,
+                         env=_env(),
+                         timeout=300)
     assert out.returncode == 0 and 'unchanged' in out.stdout, out.stderr
 
 
@@ -553,10 +590,10 @@ exec(compile(TOY, 'toy', 'exec'), _toy)
 
 def _env():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ,
-                PYTHONPATH=os.pathsep.join(
-                    [root] + os.environ.get('PYTHONPATH', '').split(
-                        os.pathsep)))
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [root] + os.environ.get('PYTHONPATH', '').split(os.pathsep)))
 
 
 def _save_without_mmrest(work_dir):
@@ -569,8 +606,11 @@ def _save_without_mmrest(work_dir):
                ).train()
         assert 'mmrest' not in sys.modules
     ''')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                         text=True, env=_env(), timeout=300)
+    out = subprocess.run([sys.executable, '-c', code],
+                         capture_output=True,
+                         text=True,
+                         env=_env(),
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -600,8 +640,8 @@ def test_mmengine_checkpoint_resumes(tmp_path, saved_by, loader):
     assert resumed.message_hub.get_scalar('train/lr').data[0].size == 4
     assert (tmp_path / 'iter_4.pth').is_file()
     # load_from (no resume) works the same way
-    fresh = _toy['runner'](tmp_path / 'b', 2, _atomic_hook(),
-                           load_from=str(path))
+    fresh = _toy['runner'](
+        tmp_path / 'b', 2, _atomic_hook(), load_from=str(path))
     fresh.call_hook('before_run')  # as train / val / test do, then load
     fresh.load_or_resume()
     assert torch.equal(fresh.model.head.weight,
@@ -617,14 +657,21 @@ def test_mmengine_checkpoint_loads_into_a_backbone(tmp_path, reference):
     state, arch = reference
     model = nn.Module()
     model.backbone = ResT(arch=arch)
-    model.backbone.load_state_dict(
-        {k: v for k, v in state.items() if not k.startswith('head.')})
+    model.backbone.load_state_dict({
+        k: v
+        for k, v in state.items() if not k.startswith('head.')
+    })
     from mmengine.logging import MessageHub
     hub = MessageHub.get_instance('test_checkpoint_hub')
     hub.update_scalar('train/loss', np.float32(0.5))
-    torch.save({'meta': {'iter': np.int64(3)},
-                'state_dict': model.state_dict(),
-                'message_hub': hub.state_dict()}, tmp_path / 'det.pth')
+    torch.save(
+        {
+            'meta': {
+                'iter': np.int64(3)
+            },
+            'state_dict': model.state_dict(),
+            'message_hub': hub.state_dict()
+        }, tmp_path / 'det.pth')
     loaded = pretrained(tmp_path / 'det.pth', arch, prefix='backbone.')
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -638,8 +685,10 @@ def test_checkpoint_hook_guard(monkeypatch):
 
     from mmrest.engine import AtomicCheckpointHook
     monkeypatch.delattr(CheckpointHook, '_save_checkpoint_with_step')
-    with pytest.raises(RuntimeError, match='_save_checkpoint_with_step.*'
-                       r'mmengine>=0\.10\.0,<0\.11'):
+    with pytest.raises(
+            RuntimeError,
+            match='_save_checkpoint_with_step.*'
+            r'mmengine>=0\.10\.0,<0\.11'):
         AtomicCheckpointHook(interval=1)
 
 
@@ -651,14 +700,16 @@ def test_url_checkpoint_is_downloaded_then_loaded_weights_only(
     import shutil
     state, arch = reference
     marker = tmp_path / 'pwned'
-    files = {'good.pth': state,
-             'evil.pth': dict(state, evil=Reduce(os.system,
-                                                 f'touch {marker}'))}
+    files = {
+        'good.pth': state,
+        'evil.pth': dict(state, evil=Reduce(os.system, f'touch {marker}'))
+    }
     for name, content in files.items():
         torch.save(content, tmp_path / name)
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     monkeypatch.setattr(
-        torch.hub, 'download_url_to_file',
+        torch.hub,
+        'download_url_to_file',
         lambda url, dst, progress=True: shutil.copy(
             tmp_path / url.rsplit('/', 1)[1], dst))
     model = pretrained('https://example.com/w/good.pth', arch)

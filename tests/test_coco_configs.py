@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 import torch
+from _helpers import ROOT
 from mmengine.config import Config
 
-
-from _helpers import ROOT
 DATA = ROOT / 'tests' / 'data'  # the reference data (see its README)
 DETECTORS = ('retinanet', 'mask_rcnn')
 ARCHS = ('lite', 'small', 'base', 'large')
@@ -54,12 +53,11 @@ def count_params(det, arch, _cache={}):
 def official_backbone_params(arch):
     """Trainable parameters of the authors' classifier without its head,
     from the reference state-dict shapes (BatchNorm buffers excluded)."""
-    shapes = json.loads(
-        (DATA / 'rest_v1_state_dict_shapes.json').read_text())
+    shapes = json.loads((DATA / 'rest_v1_state_dict_shapes.json').read_text())
     total = 0
     for key, shape in shapes[f'rest_{arch}'].items():
-        if key.startswith('head.') or key.endswith(
-            ('running_mean', 'running_var', 'num_batches_tracked')):
+        buffers = ('running_mean', 'running_var', 'num_batches_tracked')
+        if key.startswith('head.') or key.endswith(buffers):
             continue
         total += int(torch.tensor(shape).prod())
     return total
@@ -76,8 +74,8 @@ def with_data(cfg, overrides):
 @pytest.mark.parametrize('det,arch', ALL)
 def test_recipe(det, arch):
     cfg = load(det, arch)
-    assert cfg.custom_imports == dict(imports=['mmrest'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmrest'], allow_failed_imports=False)
     backbone = cfg.model.backbone
     assert backbone.type == 'ResT' and backbone.arch == arch
     assert backbone.init_cfg == dict(
@@ -110,8 +108,10 @@ def test_recipe(det, arch):
     assert cfg.train_cfg.max_iters == 90000
 
     train = [t.type for t in cfg.train_pipeline]
-    expected = ['LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
-                'RandomFlip', 'PackDetInputs']
+    expected = [
+        'LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
+        'RandomFlip', 'PackDetInputs'
+    ]
     if det == 'mask_rcnn':
         expected.insert(2, 'RandomCrop')
         crop = cfg.train_pipeline[2]
@@ -173,8 +173,8 @@ def test_learning_rate_schedule(det):
     assert lr[89999] == pytest.approx(1e-6)
 
 
-@pytest.mark.parametrize('det,arch', [(d, a) for d in DETECTORS
-                                      for a in SIBLING])
+@pytest.mark.parametrize('det,arch',
+                         [(d, a) for d in DETECTORS for a in SIBLING])
 def test_lite_and_large_change_only_the_backbone(det, arch):
     """A lite/large config is its paper sibling with another backbone."""
     cfg = load(det, arch).to_dict()
@@ -192,8 +192,8 @@ def test_parameters_match_the_paper(det, arch):
     assert round(count_params(det, arch) / 1e6, 1) == PAPER_PARAMS[det, arch]
 
 
-@pytest.mark.parametrize('det,arch', [(d, a) for d in DETECTORS
-                                      for a in SIBLING])
+@pytest.mark.parametrize('det,arch',
+                         [(d, a) for d in DETECTORS for a in SIBLING])
 def test_parameters_of_lite_and_large(det, arch):
     """No paper value: the count must differ from the paper sibling's by
     exactly the difference between the authors' backbones."""
@@ -234,12 +234,12 @@ def test_train_iteration_and_coco_evaluation(det, arch, tiny_coco):
     optimizer (backbone from scratch), then a prediction evaluated by the
     config's CocoMetric. lite/large differ from these only in the backbone
     (test_lite_and_large_change_only_the_backbone)."""
+    from mmdet.registry import METRICS, MODELS
+    from mmdet.utils import register_all_modules
     from mmengine.evaluator import Evaluator
     from mmengine.logging import MessageHub
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
-    from mmdet.registry import METRICS, MODELS
-    from mmdet.utils import register_all_modules
     register_all_modules()
     cfg = with_data(load(det, arch), tiny_coco)
     cfg.model.backbone.init_cfg = None
@@ -301,10 +301,10 @@ def test_coco_metric_scores_ground_truth_as_perfect(tiny_coco, tmp_path):
     """The tiny set and the configs' CocoMetric agree: the ground truth,
     given as predictions, scores AP 1 for boxes and masks."""
     import numpy as np
-    from mmengine.structures import InstanceData
     from mmdet.registry import METRICS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
+    from mmengine.structures import InstanceData
     from pycocotools.coco import COCO
     register_all_modules()
     cfg = with_data(load('mask_rcnn', 'small'), tiny_coco)
@@ -317,15 +317,17 @@ def test_coco_metric_scores_ground_truth_as_perfect(tiny_coco, tmp_path):
         img = coco.loadImgs(img_id)[0]
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         pred = InstanceData()
-        pred.bboxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in
-                                    (a['bbox'] for a in anns)])
+        pred.bboxes = torch.tensor([[x, y, x + w, y + h]
+                                    for x, y, w, h in (a['bbox']
+                                                       for a in anns)])
         pred.scores = torch.ones(len(anns))
         pred.labels = torch.tensor(
             [cat_ids.index(a['category_id']) for a in anns])
         pred.masks = torch.from_numpy(
             np.stack([coco.annToMask(a) for a in anns])).bool()
-        sample = DetDataSample(metainfo=dict(
-            img_id=img_id, ori_shape=(img['height'], img['width'])))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_id=img_id, ori_shape=(img['height'], img['width'])))
         sample.pred_instances = pred
         metric.process({}, [sample.to_dict()])
     results = metric.evaluate(len(coco.getImgIds()))

@@ -144,8 +144,7 @@ def function_lengths(path: Path) -> Dict[str, int]:
                 if body and isinstance(body[0], ast.Expr) and isinstance(
                         body[0].value, ast.Constant) and isinstance(
                             body[0].value.value, str):
-                    lines -= set(range(body[0].lineno,
-                                       body[0].end_lineno + 1))
+                    lines -= set(range(body[0].lineno, body[0].end_lineno + 1))
                 lengths[name] = len(lines - not_code)
                 walk(child, name + '.<locals>.')
             elif isinstance(child, ast.ClassDef):
@@ -174,55 +173,59 @@ def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
     """The situation of mmrest/checkpoint before it was split: ``family``
     imports ``loading`` at the top, ``loading`` imports ``family`` inside a
     function. That is a cycle; a graph of top-level imports misses it."""
-    files = _write(tmp_path, {
-        'mmrest/__init__.py': '',
-        'mmrest/checkpoint/__init__.py': 'from .family import f\n',
-        'mmrest/checkpoint/family.py':
+    files = _write(
+        tmp_path, {
+            'mmrest/__init__.py':
+            '',
+            'mmrest/checkpoint/__init__.py':
+            'from .family import f\n',
+            'mmrest/checkpoint/family.py':
             'from .loading import load\n\ndef f():\n    return load\n',
-        'mmrest/checkpoint/loading.py':
+            'mmrest/checkpoint/loading.py':
             'import os\n\ndef load():\n'
             '    from .family import f\n    return f\n',
-        'mmrest_tools/__init__.py': '',
-        'mmrest_tools/demo.py':
+            'mmrest_tools/__init__.py':
+            '',
+            'mmrest_tools/demo.py':
             'import mmrest.checkpoint.family\n'
             'from mmrest import checkpoint\n',
-    })
+        })
     graph = import_graph(files)
     assert graph['mmrest.checkpoint'] == {'mmrest.checkpoint.family'}
     assert graph['mmrest.checkpoint.loading'] == {'mmrest.checkpoint.family'}
-    assert graph['mmrest_tools.demo'] == {'mmrest.checkpoint.family',
-                                          'mmrest.checkpoint'}
+    assert graph['mmrest_tools.demo'] == {
+        'mmrest.checkpoint.family', 'mmrest.checkpoint'
+    }
     cycle = find_cycle(graph)
     assert cycle is not None and set(cycle) == {
-        'mmrest.checkpoint.family', 'mmrest.checkpoint.loading'}
+        'mmrest.checkpoint.family', 'mmrest.checkpoint.loading'
+    }
     graph['mmrest.checkpoint.loading'] = set()
     assert find_cycle(graph) is None
 
 
 def test_function_lengths_count_code_only(tmp_path):
     path = tmp_path / 'm.py'
-    path.write_text(
-        'def f(a,\n'          # 1: code
-        '      b):\n'         # 2: code
-        '    """Doc.\n'       # docstring
-        '\n'
-        '    More."""\n'
-        '    # a comment\n'
-        '\n'
-        '    x = (a +\n'      # 3: code
-        '         b)  # c\n'  # 4: code
-        '    s = """two\n'    # 5: a string that is not the docstring
-        'lines"""\n'          # 6
-        '    return x, s\n'   # 7
-        '\n'
-        'class C:\n'
-        '    def g(self):\n'  # 1
-        '        def h():\n'  # 2 (and 1 of h)
-        '            pass\n'  # 3 (and 2 of h)
-        '        return h\n'  # 4
-    )
-    assert function_lengths(path) == {
-        'f': 7, 'C.g': 4, 'C.g.<locals>.h': 2}
+    path.write_text('def f(a,\n'  # 1: code
+                    '      b):\n'  # 2: code
+                    '    """Doc.\n'  # docstring
+                    '\n'
+                    '    More."""\n'
+                    '    # a comment\n'
+                    '\n'
+                    '    x = (a +\n'  # 3: code
+                    '         b)  # c\n'  # 4: code
+                    '    s = """two\n'  # 5: a string that is not the docstring
+                    'lines"""\n'  # 6
+                    '    return x, s\n'  # 7
+                    '\n'
+                    'class C:\n'
+                    '    def g(self):\n'  # 1
+                    '        def h():\n'  # 2 (and 1 of h)
+                    '            pass\n'  # 3 (and 2 of h)
+                    '        return h\n'  # 4
+                    )
+    assert function_lengths(path) == {'f': 7, 'C.g': 4, 'C.g.<locals>.h': 2}
 
 
 def test_no_import_cycle():
@@ -237,10 +240,9 @@ def test_no_import_cycle():
 def test_library_never_imports_the_programs():
     """The layers: tools/ -> mmrest_tools/ -> mmrest/, never back."""
     graph = import_graph(module_files())
-    back = sorted(f'{module} -> {target}'
-                  for module, targets in graph.items()
-                  if module.split('.')[0] == 'mmrest'
-                  for target in targets if target.startswith('mmrest_tools'))
+    back = sorted(f'{module} -> {target}' for module, targets in graph.items()
+                  if module.split('.')[0] == 'mmrest' for target in targets
+                  if target.startswith('mmrest_tools'))
     assert not back, back
 
 

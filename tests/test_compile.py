@@ -24,7 +24,8 @@ from mmrest.backbones import to_literal
 SIZES = [(64, 96), (96, 64), (80, 80), (88, 72)]
 
 INDUCTOR = pytest.param(
-    'inductor', marks=pytest.mark.skipif(
+    'inductor',
+    marks=pytest.mark.skipif(
         not os.environ.get('MMREST_INDUCTOR_TRAINING'),
         reason='Inductor compiles the forward and backward graphs to C++: '
         'many minutes on two cores; set MMREST_INDUCTOR_TRAINING=1'))
@@ -37,11 +38,12 @@ def recording_backend(name: str):
     symbolic = []
 
     def backend(gm, example_inputs):
-        symbolic.append(any(
-            isinstance(v, torch.SymInt)
-            or (isinstance(v, torch.Tensor)
-                and any(isinstance(d, torch.SymInt) for d in v.shape))
-            for v in example_inputs))
+        symbolic.append(
+            any(
+                isinstance(v, torch.SymInt) or (
+                    isinstance(v, torch.Tensor) and any(
+                        isinstance(d, torch.SymInt) for d in v.shape))
+                for v in example_inputs))
         return inner(gm, example_inputs)
 
     return backend, symbolic
@@ -57,8 +59,10 @@ def fresh_dynamo():
 
 
 def models(golden, golden_v2):
-    return {'v1': lambda: golden_model(golden),
-            'v2': lambda: golden_model_v2(golden_v2)}
+    return {
+        'v1': lambda: golden_model(golden),
+        'v2': lambda: golden_model_v2(golden_v2)
+    }
 
 
 V2_RECOMPILES = pytest.mark.xfail(
@@ -69,8 +73,8 @@ V2_RECOMPILES = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
-@pytest.mark.parametrize('family', ['v1', pytest.param(
-    'v2', marks=V2_RECOMPILES)])
+@pytest.mark.parametrize('family',
+                         ['v1', pytest.param('v2', marks=V2_RECOMPILES)])
 def test_multi_scale_training_compiles_dynamically(family, backend, golden,
                                                    golden_v2, fresh_dynamo):
     """Training steps at four sizes under ``torch.compile`` with automatic
@@ -88,22 +92,22 @@ def test_multi_scale_training_compiles_dynamically(family, backend, golden,
     for size in SIZES:
         x = torch.randn(2, 3, *size, generator=gen)
         results, weights = [], None
-        for module, runner, inp in ((model, compiled, x),
-                                    (literal, literal, x),
+        for module, runner, inp in ((model, compiled, x), (literal, literal,
+                                                           x),
                                     (reference, reference, x.double())):
             module.zero_grad(set_to_none=True)
             outs = runner(inp)
             if weights is None:  # the loss: random weights on every output
                 weights = [torch.randn(o.shape, generator=gen) for o in outs]
-            sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights)
-                ).backward()
+            sum((o * w.to(o.dtype)).sum()
+                for o, w in zip(outs, weights)).backward()
             results.append([o.detach() for o in outs])
-        for i, (a, b, c, depth) in enumerate(
-                zip(*results, stage_depths(model))):
-            assert_float32_close(a, b, c, depth=depth,
-                                 name=f'{size}: stage {i + 1}')
-        assert_gradients_close(model, literal, reference,
-                               depth=sum(stage_depths(model)))
+        for i, (a, b, c,
+                depth) in enumerate(zip(*results, stage_depths(model))):
+            assert_float32_close(
+                a, b, c, depth=depth, name=f'{size}: stage {i + 1}')
+        assert_gradients_close(
+            model, literal, reference, depth=sum(stage_depths(model)))
     # ResT v2 recompiles once more (still symbolic) at the first size that
     # is not a multiple of 32 (measured: [False, True, True]).
     assert not symbolic[0] and all(symbolic[1:]) and \
@@ -120,8 +124,8 @@ class _MultiScaleSet(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         gen = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(3, *SIZES[i % len(SIZES)],
-                                       generator=gen))
+        return dict(
+            inputs=torch.randn(3, *SIZES[i % len(SIZES)], generator=gen))
 
 
 def _tiny_model(golden):
@@ -139,8 +143,9 @@ def _tiny_model(golden):
             outs = self.backbone(torch.stack(inputs))
             if mode != 'loss':
                 return outs
-            return dict(loss=sum((o.square().mean() * (i + 1))
-                                 for i, o in enumerate(outs)))
+            return dict(
+                loss=sum(
+                    (o.square().mean() * (i + 1)) for i, o in enumerate(outs)))
 
         def init_weights(self):  # keep the golden weights in both runs
             pass

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from _helpers import ROOT
 from mmengine.config import Config
 
 from mmrest.synthetic import generate_shapes_coco
-
-from _helpers import ROOT
 
 CONFIG = ROOT / 'configs/custom' / \
     'mask-rcnn_restv2-tiny_fpn_ft-12e_custom-coco.py'
@@ -31,8 +30,12 @@ def write_custom_coco(root, splits, seed=0):
     shapes folded onto 3 classes), in the layout the config expects;
     nothing of the generator's own record left in the files."""
     files = generate_shapes_coco(
-        str(root), splits=splits, image_size=(64, 64), max_objects=3,
-        object_size=(16, 32), seed=seed)
+        str(root),
+        splits=splits,
+        image_size=(64, 64),
+        max_objects=3,
+        object_size=(16, 32),
+        seed=seed)
     for path in files.values():
         with open(path) as f:
             data = json.load(f)
@@ -42,8 +45,8 @@ def write_custom_coco(root, splits, seed=0):
             for i, name in zip(CATEGORY_IDS, CLASSES)
         ]
         for ann in data['annotations']:
-            ann['category_id'] = CATEGORY_IDS[min(ann['category_id'],
-                                                  len(CLASSES)) - 1]
+            ann['category_id'] = CATEGORY_IDS[
+                min(ann['category_id'], len(CLASSES)) - 1]
         with open(path, 'w') as f:
             json.dump(data, f)
     return files
@@ -93,9 +96,10 @@ def coco_detector(tmp_path_factory):
     model = MODELS.build(cfg.model)
     model.init_weights()
     path = tmp_path_factory.mktemp('detector') / 'mask-rcnn_restv2-tiny.pth'
-    save_checkpoint(dict(state_dict=weights_to_cpu(model.state_dict()),
-                         meta=dict(note='a freshly built COCO detector')),
-                    str(path))
+    save_checkpoint(
+        dict(
+            state_dict=weights_to_cpu(model.state_dict()),
+            meta=dict(note='a freshly built COCO detector')), str(path))
     return path
 
 
@@ -183,8 +187,8 @@ def test_a_learning_rate_warm_up_of_one_epoch():
     epoch_len = 7
     schedulers = [
         PARAM_SCHEDULERS.build(
-            dict(s), default_args=dict(optimizer=optim,
-                                       epoch_length=epoch_len))
+            dict(s),
+            default_args=dict(optimizer=optim, epoch_length=epoch_len))
         for s in cfg.param_scheduler
     ]
     lrs = []
@@ -224,11 +228,16 @@ def finetuned(custom_set, coco_detector, tmp_path_factory):
         'model.test_cfg.rcnn.score_thr': 0.0,
         'visualizer.name': f'visualizer_{tmp.name}',
     }
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/train.py'), str(CONFIG),
-         '--work-dir', str(work), '--no-amp', '--cfg-options',
-         *flat(options)],
-        cwd=tmp, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([
+        sys.executable,
+        str(ROOT / 'tools/train.py'),
+        str(CONFIG), '--work-dir',
+        str(work), '--no-amp', '--cfg-options', *flat(options)
+    ],
+                          cwd=tmp,
+                          capture_output=True,
+                          text=True,
+                          timeout=1800)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     return work, output
@@ -302,38 +311,46 @@ def test_finetuning_starts_from_the_detector(finetuned, coco_detector):
 # ------------------------------------------- errors before training starts
 def _setup(*argv):
     from mmrest_tools.launch import parse_args, setup_train_cfg, train_parser
-    return setup_train_cfg(parse_args(train_parser(),
-                                      [str(a) for a in argv]))
+    return setup_train_cfg(parse_args(train_parser(), [str(a) for a in argv]))
 
 
 @pytest.fixture
 def no_runner(monkeypatch):
     """Fails the test if tools/train.py gets as far as building a Runner."""
+
     def build_runner(cfg):
         raise AssertionError('a Runner was built')
+
     monkeypatch.setattr('mmrest_tools.launch.build_runner', build_runner)
 
 
 def _train(tmp_path, custom_set, coco_detector, **options):
     from mmrest_tools.launch import train
-    train([str(CONFIG), '--work-dir', str(tmp_path / 'work'), '--no-amp',
-           '--cfg-options', *flat({**data_options(custom_set),
-                                   'load_from': str(coco_detector),
-                                   **options})])
+    train([
+        str(CONFIG), '--work-dir',
+        str(tmp_path / 'work'), '--no-amp', '--cfg-options',
+        *flat({
+            **data_options(custom_set), 'load_from': str(coco_detector),
+            **options
+        })
+    ])
 
 
 def test_correct_set_passes_the_checks(custom_set, coco_detector, tmp_path,
                                        monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = _setup(CONFIG, '--no-amp', '--cfg-options',
-                 *flat({**data_options(custom_set),
-                        'load_from': str(coco_detector)}))
+    cfg = _setup(
+        CONFIG, '--no-amp', '--cfg-options',
+        *flat({
+            **data_options(custom_set), 'load_from': str(coco_detector)
+        }))
     assert cfg.model.backbone.init_cfg is None  # from the detector
 
 
 @pytest.mark.parametrize('head', ['bbox_head', 'mask_head'])
-def test_wrong_class_count_stops_before_training(
-        head, custom_set, coco_detector, tmp_path, monkeypatch, no_runner):
+def test_wrong_class_count_stops_before_training(head, custom_set,
+                                                 coco_detector, tmp_path,
+                                                 monkeypatch, no_runner):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError) as error:
         _train(tmp_path, custom_set, coco_detector,
@@ -355,9 +372,11 @@ def test_classes_changed_without_the_heads_stop_before_training(
     monkeypatch.chdir(tmp_path)
     two = "('bolt','nut')"
     with pytest.raises(ValueError) as error:
-        _train(tmp_path, custom_set, coco_detector, **{
-            f'{s}_dataloader.dataset.metainfo.classes': two
-            for s in ('train', 'val', 'test')})
+        _train(
+            tmp_path, custom_set, coco_detector, **{
+                f'{s}_dataloader.dataset.metainfo.classes': two
+                for s in ('train', 'val', 'test')
+            })
     message = str(error.value)
     assert 'train_dataloader.dataset has 2 classes' in message
     assert 'model.roi_head.bbox_head.num_classes = 3' in message
@@ -370,17 +389,19 @@ def test_misspelt_or_reordered_classes_stop_before_training(
     classes in the annotation file's order."""
     monkeypatch.chdir(tmp_path)
     for classes, expected in (
-            ("('bolt','nut','washr')",
-             "train_dataloader.dataset.metainfo.classes: 'washr' not among "
-             "the categories ('bolt', 'nut', 'washer') of"),
-            ("('nut','bolt','washer')",
-             "train_dataloader.dataset.metainfo.classes lists 'nut', "
-             "'bolt', 'washer', but mmdet numbers the classes in the order "
-             "of the categories ('bolt', 'nut', 'washer') of")):
+        ("('bolt','nut','washr')",
+         "train_dataloader.dataset.metainfo.classes: 'washr' not among "
+         "the categories ('bolt', 'nut', 'washer') of"),
+        ("('nut','bolt','washer')",
+         "train_dataloader.dataset.metainfo.classes lists 'nut', "
+         "'bolt', 'washer', but mmdet numbers the classes in the order "
+         "of the categories ('bolt', 'nut', 'washer') of")):
         with pytest.raises(ValueError) as error:
-            _train(tmp_path, custom_set, coco_detector, **{
-                f'{s}_dataloader.dataset.metainfo.classes': classes
-                for s in ('train', 'val', 'test')})
+            _train(
+                tmp_path, custom_set, coco_detector, **{
+                    f'{s}_dataloader.dataset.metainfo.classes': classes
+                    for s in ('train', 'val', 'test')
+                })
         message = str(error.value)
         assert expected in message
         assert "categories ('bolt', 'nut', 'washer')" in message
@@ -388,23 +409,28 @@ def test_misspelt_or_reordered_classes_stop_before_training(
         assert 'val_dataloader.dataset.metainfo.classes' in message
 
 
-def test_train_and_val_classes_must_agree(custom_set, coco_detector,
-                                          tmp_path, monkeypatch, no_runner):
+def test_train_and_val_classes_must_agree(custom_set, coco_detector, tmp_path,
+                                          monkeypatch, no_runner):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"val_dataloader.dataset has the "
-                       r"classes 'bolt', 'nut', train_dataloader.dataset "
-                       r"'bolt', 'nut', 'washer'"):
-        _train(tmp_path, custom_set, coco_detector, **{
-            'val_dataloader.dataset.metainfo.classes': "('bolt','nut')"})
+    with pytest.raises(
+            ValueError,
+            match=r"val_dataloader.dataset has the "
+            r"classes 'bolt', 'nut', train_dataloader.dataset "
+            r"'bolt', 'nut', 'washer'"):
+        _train(tmp_path, custom_set, coco_detector,
+               **{'val_dataloader.dataset.metainfo.classes': "('bolt','nut')"})
 
 
-def test_missing_annotation_file_stops_before_training(
-        custom_set, coco_detector, tmp_path, monkeypatch, no_runner):
+def test_missing_annotation_file_stops_before_training(custom_set,
+                                                       coco_detector, tmp_path,
+                                                       monkeypatch, no_runner):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as error:
-        _train(tmp_path, custom_set, coco_detector, **{
-            'train_dataloader.dataset.ann_file':
-            'annotations/instances_training.json'})
+        _train(
+            tmp_path, custom_set, coco_detector, **{
+                'train_dataloader.dataset.ann_file':
+                'annotations/instances_training.json'
+            })
     message = str(error.value)
     assert "train_dataloader.dataset.ann_file: " \
         f"'{custom_set}/annotations/instances_training.json' does not " \
@@ -412,29 +438,39 @@ def test_missing_annotation_file_stops_before_training(
     assert 'val_dataloader' not in message
 
 
-def test_tools_test_checks_the_test_split(custom_set, coco_detector,
-                                          tmp_path, monkeypatch):
+def test_tools_test_checks_the_test_split(custom_set, coco_detector, tmp_path,
+                                          monkeypatch):
     """tools/test.py checks the test split's classes before testing."""
     from mmrest_tools.launch import parse_args, setup_test_cfg, test_parser
     monkeypatch.chdir(tmp_path)
 
     def setup(**options):
-        argv = [str(CONFIG), str(coco_detector), '--cfg-options',
-                *flat({**data_options(custom_set), **options})]
+        argv = [
+            str(CONFIG),
+            str(coco_detector), '--cfg-options', *flat({
+                **data_options(custom_set),
+                **options
+            })
+        ]
         return setup_test_cfg(parse_args(test_parser(), argv))
 
     assert setup().load_from == str(coco_detector)
-    with pytest.raises(ValueError, match=r"test_dataloader.dataset.metainfo"
-                       r".classes: 'washr' not among the categories"):
-        setup(**{'test_dataloader.dataset.metainfo.classes':
-                 "('bolt','nut','washr')"})
-    with pytest.raises(ValueError, match=r'model.roi_head.bbox_head.'
-                       r'num_classes = 4'):
+    with pytest.raises(
+            ValueError,
+            match=r"test_dataloader.dataset.metainfo"
+            r".classes: 'washr' not among the categories"):
+        setup(**{
+            'test_dataloader.dataset.metainfo.classes':
+            "('bolt','nut','washr')"
+        })
+    with pytest.raises(
+            ValueError, match=r'model.roi_head.bbox_head.'
+            r'num_classes = 4'):
         setup(**{'model.roi_head.bbox_head.num_classes': 4})
 
 
-def test_missing_image_files_stop_before_training(
-        coco_detector, tmp_path, monkeypatch, no_runner):
+def test_missing_image_files_stop_before_training(coco_detector, tmp_path,
+                                                  monkeypatch, no_runner):
     """The annotation file lists images the folder lacks: mmdet would fail
     only at the first of them that a dataloader worker reads."""
     monkeypatch.chdir(tmp_path)
@@ -459,18 +495,20 @@ def test_det_inferencer_names_your_classes(finetuned, custom_set, tmp_path):
     checkpoint: loaded under mmrest's weights-only allow-list, as
     docs/demo.md says) takes the classes from it."""
     from mmdet.apis import DetInferencer
+
     from mmrest.checkpoint import mmengine_safe_loading
     work, _ = finetuned
     cfg = Config.fromfile(CONFIG)
     cfg.model.test_cfg.rcnn.score_thr = 0.0  # as in the run: 2 iterations
     with mmengine_safe_loading():
-        inferencer = DetInferencer(model=cfg,
-                                   weights=str(work / 'epoch_2.pth'),
-                                   device='cpu')
+        inferencer = DetInferencer(
+            model=cfg, weights=str(work / 'epoch_2.pth'), device='cpu')
     assert tuple(inferencer.model.dataset_meta['classes']) == CLASSES
-    out = inferencer(str(custom_set / 'val/000001.png'),
-                     out_dir=str(tmp_path), no_save_pred=False,
-                     pred_score_thr=0.0)
+    out = inferencer(
+        str(custom_set / 'val/000001.png'),
+        out_dir=str(tmp_path),
+        no_save_pred=False,
+        pred_score_thr=0.0)
     labels = out['predictions'][0]['labels']
     assert labels and set(labels) <= {0, 1, 2}
     assert (tmp_path / 'vis/000001.png').is_file()
@@ -484,35 +522,36 @@ def _mm_config(tmp_path, base):
     return Config.fromfile(path)
 
 
-@pytest.mark.parametrize('base,heads,change,named', [
-    ('mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py',
-     ['model.roi_head.bbox_head[0].num_classes',
-      'model.roi_head.bbox_head[1].num_classes',
-      'model.roi_head.bbox_head[2].num_classes',
-      'model.roi_head.mask_head.num_classes'],
-     'model.roi_head.bbox_head.1.num_classes',
-     'model.roi_head.bbox_head[1].num_classes = 5'),
-    ('mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
-     ['model.panoptic_head.num_things_classes + num_stuff_classes',
-      'model.panoptic_fusion_head.num_things_classes + num_stuff_classes'],
-     'model.panoptic_head.num_stuff_classes',
-     'model.panoptic_head.num_things_classes + num_stuff_classes = 85'),
-    ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
-     ['model.bbox_head.num_classes'],
-     'model.bbox_head.num_classes', 'model.bbox_head.num_classes = 5'),
-    # HTC's semantic head predicts COCO-stuff's 183 classes: not compared
-    ('mmdet::htc/htc_r50_fpn_1x_coco.py',
-     ['model.roi_head.bbox_head[0].num_classes',
-      'model.roi_head.bbox_head[1].num_classes',
-      'model.roi_head.bbox_head[2].num_classes',
-      'model.roi_head.mask_head[0].num_classes',
-      'model.roi_head.mask_head[1].num_classes',
-      'model.roi_head.mask_head[2].num_classes'],
-     'model.roi_head.mask_head.2.num_classes',
-     'model.roi_head.mask_head[2].num_classes = 5'),
-])
-def test_class_check_on_mmdet_detectors(base, heads, change, named,
-                                        tmp_path):
+@pytest.mark.parametrize(
+    'base,heads,change,named',
+    [
+        ('mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py', [
+            'model.roi_head.bbox_head[0].num_classes',
+            'model.roi_head.bbox_head[1].num_classes',
+            'model.roi_head.bbox_head[2].num_classes',
+            'model.roi_head.mask_head.num_classes'
+        ], 'model.roi_head.bbox_head.1.num_classes',
+         'model.roi_head.bbox_head[1].num_classes = 5'),
+        ('mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py', [
+            'model.panoptic_head.num_things_classes + num_stuff_classes',
+            'model.panoptic_fusion_head.num_things_classes + num_stuff_classes'
+        ], 'model.panoptic_head.num_stuff_classes',
+         'model.panoptic_head.num_things_classes + num_stuff_classes = 85'),
+        ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', [
+            'model.bbox_head.num_classes'
+        ], 'model.bbox_head.num_classes', 'model.bbox_head.num_classes = 5'),
+        # HTC's semantic head predicts COCO-stuff's 183 classes: not compared
+        ('mmdet::htc/htc_r50_fpn_1x_coco.py', [
+            'model.roi_head.bbox_head[0].num_classes',
+            'model.roi_head.bbox_head[1].num_classes',
+            'model.roi_head.bbox_head[2].num_classes',
+            'model.roi_head.mask_head[0].num_classes',
+            'model.roi_head.mask_head[1].num_classes',
+            'model.roi_head.mask_head[2].num_classes'
+        ], 'model.roi_head.mask_head.2.num_classes',
+         'model.roi_head.mask_head[2].num_classes = 5'),
+    ])
+def test_class_check_on_mmdet_detectors(base, heads, change, named, tmp_path):
     """mmdet's own COCO configs pass (every head has COCO's 80 classes; the
     RPN's and HTC's semantic head's are not compared); a head changed is
     named, and only it."""
@@ -540,15 +579,17 @@ def test_class_check_on_mmseg_segmentors(tmp_path):
                      'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py')
     assert head_class_counts(cfg.model) == [
         ('model.decode_head.num_classes', 150),
-        ('model.auxiliary_head.num_classes', 150)]
+        ('model.auxiliary_head.num_classes', 150)
+    ]
     check_classes(cfg, ('train', 'val', 'test'))
     demo = Config.fromfile(ROOT / 'configs/upernet/'
                            'rest_lite_upernet_shapes_demo.py')
     check_classes(demo, ('train', 'val'))
     demo.model.auxiliary_head.num_classes = 150
-    with pytest.raises(ValueError,
-                       match=r"train_dataloader.dataset has 5 classes "
-                       r"\(metainfo.classes: 'background', 'circle', "
-                       r"'square', 'triangle', 'star'\), but\n    "
-                       r"model.auxiliary_head.num_classes = 150\n"):
+    with pytest.raises(
+            ValueError,
+            match=r"train_dataloader.dataset has 5 classes "
+            r"\(metainfo.classes: 'background', 'circle', "
+            r"'square', 'triangle', 'star'\), but\n    "
+            r"model.auxiliary_head.num_classes = 150\n"):
         check_classes(demo, ('train', ))

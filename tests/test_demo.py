@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import ROOT, demo_training_records, run_tiny_demo
 from mmengine.config import Config
 
-from _helpers import demo_training_records, run_tiny_demo
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 from mmrest.synthetic.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
-from _helpers import ROOT
 DEMO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
-SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
-             max_objects=4, object_size=(16, 48))
+SMALL = dict(
+    splits=dict(train=12, val=6),
+    image_size=(96, 128),
+    max_objects=4,
+    object_size=(16, 48))
 
 
 def _files(root: Path) -> dict:
@@ -36,8 +38,8 @@ def test_generator_same_seed_same_bytes(tmp_path):
     assert a == b
     assert a.keys() == c.keys() and a != c
     # a split's content depends on the seed and its name only
-    generate_shapes_coco(str(tmp_path / 'd'), seed=3,
-                         **dict(SMALL, splits=dict(val=6)))
+    generate_shapes_coco(
+        str(tmp_path / 'd'), seed=3, **dict(SMALL, splits=dict(val=6)))
     d = _files(tmp_path / 'd')
     assert all(d[k] == a[k] for k in d if not k.endswith('.json'))
     assert len(d) == 6 + 1
@@ -57,8 +59,8 @@ def test_generator_is_valid_coco(tmp_path):
         assert shapes_info(ann_file)['num_images'] == SMALL['splits'][split]
         for img in coco.loadImgs(coco.getImgIds()):
             image = np.asarray(
-                __import__('cv2').imread(str(tmp_path / split /
-                                             img['file_name'])))
+                __import__('cv2').imread(
+                    str(tmp_path / split / img['file_name'])))
             assert image.shape == (96, 128, 3)
             assert (img['height'], img['width']) == (96, 128)
         for ann in coco.loadAnns(coco.getAnnIds()):
@@ -102,14 +104,14 @@ def _square_masks(max_rotation):
     rng = np.random.RandomState(0)
     square = SHAPES_CLASSES.index('square')
     return [
-        _shape_mask(rng, square, 96, 96, 40., max_rotation)
-        for _ in range(20)
+        _shape_mask(rng, square, 96, 96, 40., max_rotation) for _ in range(20)
     ]
 
 
 def test_generator_rotation_range():
     """max_rotation=0 draws every square axis-aligned (it fills its box);
     the default turns them any way (many fill only part of it)."""
+
     def box_fill(mask):
         ys, xs = np.nonzero(mask)
         return mask.sum() / ((xs.ptp() + 1) * (ys.ptp() + 1))
@@ -121,13 +123,12 @@ def test_generator_rotation_range():
 
 
 def test_generator_records_max_rotation(tmp_path):
-    files = generate_shapes_coco(str(tmp_path), seed=1, max_rotation=15,
-                                 **SMALL)
+    files = generate_shapes_coco(
+        str(tmp_path), seed=1, max_rotation=15, **SMALL)
     assert shapes_info(files['val'])['max_rotation'] == 15.0
     # same seed, other poses: other images
     generate_shapes_coco(str(tmp_path / 'any'), seed=1, **SMALL)
-    generate_shapes_coco(str(tmp_path / 'up'), seed=1, max_rotation=0,
-                         **SMALL)
+    generate_shapes_coco(str(tmp_path / 'up'), seed=1, max_rotation=0, **SMALL)
     any_, up = _files(tmp_path / 'any'), _files(tmp_path / 'up')
     assert any_.keys() == up.keys()
     assert any(any_[k] != up[k] for k in any_ if k.endswith('.png'))
@@ -219,10 +220,9 @@ def test_shapes_stand_out_from_the_background(tmp_path):
     not the background under the shape, so the bounds have a margin; random
     colours (MIN_CONTRAST = 0) give a minimum of about 30 and a 5th
     percentile of about 75 here, the generator about 90 and 175."""
-    from pycocotools import mask as mask_utils
     import cv2
-    files = generate_shapes_coco(str(tmp_path), seed=5,
-                                 splits=dict(val=150))
+    from pycocotools import mask as mask_utils
+    files = generate_shapes_coco(str(tmp_path), seed=5, splits=dict(val=150))
     data = json.loads(open(files['val']).read())
     covered = {}
     for ann in data['annotations']:
@@ -257,11 +257,19 @@ def _eroded_edge(mask):
 
 def _run_demo_tool(image, checkpoint, out, score_thr):
     """tools/demo.py on one image; the (class, score, box) it prints."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/demo.py'), str(image),
-         str(DEMO_CONFIG), str(checkpoint), '--out-file', str(out),
-         '--score-thr', str(score_thr)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([
+        sys.executable,
+        str(ROOT / 'tools/demo.py'),
+        str(image),
+        str(DEMO_CONFIG),
+        str(checkpoint), '--out-file',
+        str(out), '--score-thr',
+        str(score_thr)
+    ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f'drawn to {out}' in proc.stdout
     preds = []
@@ -312,15 +320,21 @@ def test_predict_image_names_a_missing_file(trained, tmp_path):
     from mmrest_tools.demo import predict_image
     tmp, _ = trained
     with pytest.raises(FileNotFoundError, match='nothing.png'):
-        predict_image(str(tmp_path / 'nothing.png'), str(DEMO_CONFIG),
-                      str(tmp / 'work/epoch_1.pth'), str(tmp_path / 'o.png'))
+        predict_image(
+            str(tmp_path / 'nothing.png'), str(DEMO_CONFIG),
+            str(tmp / 'work/epoch_1.pth'), str(tmp_path / 'o.png'))
 
 
-@pytest.mark.parametrize('bbox,segm,met', [
-    (0.50, 0.45, True), (0.9, 0.9, True), (0.4999, 0.9, False),
-    (0.9, 0.4499, False), (0.0, 0.0, False)])
+@pytest.mark.parametrize('bbox,segm,met', [(0.50, 0.45, True),
+                                           (0.9, 0.9, True),
+                                           (0.4999, 0.9, False),
+                                           (0.9, 0.4499, False),
+                                           (0.0, 0.0, False)])
 def test_targets_met(bbox, segm, met):
     """The issue's targets: bbox mAP >= 0.50 and segm mAP >= 0.45."""
     from mmrest_tools.demo import targets_met
-    assert targets_met({'coco/bbox_mAP': bbox, 'coco/segm_mAP': segm,
-                        'coco/bbox_mAP_50': 1.0}) is met
+    assert targets_met({
+        'coco/bbox_mAP': bbox,
+        'coco/segm_mAP': segm,
+        'coco/bbox_mAP_50': 1.0
+    }) is met

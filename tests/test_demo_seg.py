@@ -5,23 +5,28 @@ import json
 from pathlib import Path
 
 import cv2
+import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
-import mmseg  # noqa: F401  (the set-up installs it: missing fails)
-
-from _helpers import (EPS32, demo_training_records, run_tiny_demo,
+from _helpers import (EPS32, ROOT, demo_training_records, run_tiny_demo,
                       settings_by_param)
+from mmengine.config import Config
+
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 
-from _helpers import ROOT
 CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'
 BASE = ROOT / 'configs/upernet/_base_/rest_upernet_8xb2-160k_ade20k-512x512.py'
-SMALL = dict(splits=dict(train=12, val=6), image_size=(96, 128),
-             max_objects=4, object_size=(16, 48))
-TWO_ITERATIONS = {'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
-                  'default_hooks.checkpoint.interval': 2}
+SMALL = dict(
+    splits=dict(train=12, val=6),
+    image_size=(96, 128),
+    max_objects=4,
+    object_size=(16, 48))
+TWO_ITERATIONS = {
+    'train_cfg.max_iters': 2,
+    'train_cfg.val_interval': 2,
+    'default_hooks.checkpoint.interval': 2
+}
 
 
 def _files(root: Path) -> dict:
@@ -41,8 +46,8 @@ def test_label_maps_deterministic_same_images(tmp_path):
     """Same seed, same bytes; the images and annotations are those of the
     set without label maps (only the recorded arguments differ)."""
     for name in 'ab':
-        generate_shapes_coco(str(tmp_path / name), seed=3,
-                             semantic_labels=True, **SMALL)
+        generate_shapes_coco(
+            str(tmp_path / name), seed=3, semantic_labels=True, **SMALL)
     generate_shapes_coco(str(tmp_path / 'plain'), seed=3, **SMALL)
     a, b, plain = (_files(tmp_path / n) for n in ('a', 'b', 'plain'))
     assert a == b
@@ -70,9 +75,13 @@ def test_label_maps_match_the_instance_masks(tmp_path):
     (dilated by a pixel) are the few shapes COCO leaves out, hidden for
     70 % or more."""
     from pycocotools.coco import COCO
-    files = generate_shapes_coco(str(tmp_path), seed=0,
-                                 semantic_labels=True, splits=dict(val=60),
-                                 object_size=(24, 64), max_rotation=0)
+    files = generate_shapes_coco(
+        str(tmp_path),
+        seed=0,
+        semantic_labels=True,
+        splits=dict(val=60),
+        object_size=(24, 64),
+        max_rotation=0)
     coco = COCO(files['val'])
     kernel = np.ones((3, 3), np.uint8)
     inside = shapes = unexplained = 0
@@ -132,7 +141,8 @@ def test_demo_config_changes_what_the_demo_needs():
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
     # the base's no-decay-on-norms kept, the heads' lr ten times higher
     custom_keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
-    assert custom_keys.norm == base.optim_wrapper.paramwise_cfg.custom_keys.norm
+    base_keys = base.optim_wrapper.paramwise_cfg.custom_keys
+    assert custom_keys.norm == base_keys.norm
     assert custom_keys.head == dict(lr_mult=10.0)
     assert [s.type for s in cfg.param_scheduler] == ['LinearLR', 'PolyLR']
     assert cfg.param_scheduler[1].end == cfg.train_cfg.max_iters
@@ -176,10 +186,12 @@ def test_demo_optimizer_groups():
     wd = cfg.optim_wrapper.optimizer.weight_decay
     settings = settings_by_param(wrapper)
     names = dict(model.named_parameters())
-    heads = [n for n in names if n.startswith(('decode_head.',
-                                                'auxiliary_head.'))]
-    assert len(heads) > 10 and not [n for n in names if 'head' in n and
-                                    n not in heads]
+    heads = [
+        n for n in names if n.startswith(('decode_head.', 'auxiliary_head.'))
+    ]
+    assert len(heads) > 10 and not [
+        n for n in names if 'head' in n and n not in heads
+    ]
     for name, param in names.items():
         group_lr, group_wd = settings[id(param)]
         is_head = name in heads
@@ -226,17 +238,21 @@ def test_demo_reuses_and_remakes_data(trained, tmp_path):
     cfg.merge_from_dict({'shapes_data.seed': 1})  # other arguments: remade
     assert prepare_shapes_data(cfg) is True
     # the detection demo's set (no label maps) is remade with them
-    generate_shapes_coco(str(tmp_path), **dict(
-        cfg.shapes_data, semantic_labels=False))
+    generate_shapes_coco(
+        str(tmp_path), **dict(cfg.shapes_data, semantic_labels=False))
     assert prepare_shapes_data(cfg) is True
 
 
 @pytest.mark.parametrize('options, match', [
-    ({'shapes_data.semantic_labels': False}, 'semantic_labels=True'),
-    ({'val_dataloader.dataset.data_prefix.seg_map_path': 'labels/'},
-     'data_prefix'),
-    ({'train_dataloader.dataset.data_prefix.img_path': '../x/'},
-     'data_prefix'),
+    ({
+        'shapes_data.semantic_labels': False
+    }, 'semantic_labels=True'),
+    ({
+        'val_dataloader.dataset.data_prefix.seg_map_path': 'labels/'
+    }, 'data_prefix'),
+    ({
+        'train_dataloader.dataset.data_prefix.img_path': '../x/'
+    }, 'data_prefix'),
 ])
 def test_demo_data_layout_errors(tmp_path, options, match):
     from mmrest_tools.demo import prepare_shapes_data, set_data_root
@@ -262,14 +278,14 @@ def test_seg_metrics_against_pixel_counts():
     for _ in range(2):
         gt = rng.randint(0, 3, size=(16, 16))
         gt[0, :5] = 255
-        pred = np.where(rng.rand(16, 16) < 0.7, gt, rng.randint(0, 3,
-                                                                (16, 16)))
+        pred = np.where(
+            rng.rand(16, 16) < 0.7, gt, rng.randint(0, 3, (16, 16)))
         pred[pred == 255] = 1
         pairs.append((pred, gt))
     areas = None
     for pred, gt in pairs:
-        a = IoUMetric.intersect_and_union(torch.from_numpy(pred),
-                                          torch.from_numpy(gt), 4, 255)
+        a = IoUMetric.intersect_and_union(
+            torch.from_numpy(pred), torch.from_numpy(gt), 4, 255)
         areas = a if areas is None else tuple(x + y for x, y in zip(areas, a))
     result = seg_metrics(areas, classes)
     preds = np.concatenate([p[g != 255] for p, g in pairs])
@@ -281,8 +297,7 @@ def test_seg_metrics_against_pixel_counts():
             np.sum((preds == k) & (gts == k)) / union
     assert expected['c'] is None and result['IoU']['c'] is None
     for name in classes[:3]:
-        assert result['IoU'][name] == pytest.approx(expected[name],
-                                                    rel=EPS32)
+        assert result['IoU'][name] == pytest.approx(expected[name], rel=EPS32)
     assert result['mIoU'] == pytest.approx(
         np.mean([expected[n] for n in classes[:3]]), rel=EPS32)
     assert result['aAcc'] == pytest.approx(np.mean(preds == gts), rel=EPS32)

@@ -22,9 +22,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _helpers import ROOT
 from mmengine.config import Config
 
-from _helpers import ROOT
 from mmrest.checkpoint import CheckpointError
 from mmrest.checkpoint.detectron2 import (anchor_permutation,
                                           convert_detectron2_checkpoint,
@@ -73,29 +73,34 @@ def small_config(name: str) -> Config:
     model = cfg.model
     if name.endswith('_v1'):
         model.backbone.arch = dict(
-            embed_dims=dims, depths=depths, num_heads=[1, 2, 4, 8],
-            sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4])
+            embed_dims=dims,
+            depths=depths,
+            num_heads=[1, 2, 4, 8],
+            sr_ratios=[8, 4, 2, 1],
+            mlp_ratios=[4, 4, 4, 4])
     else:
-        model.backbone.arch = dict(embed_dims=dims, depths=depths,
-                                   num_heads=[1, 2, 4, 8])
+        model.backbone.arch = dict(
+            embed_dims=dims, depths=depths, num_heads=[1, 2, 4, 8])
     model.backbone.init_cfg = None
     model.neck.out_channels = channels
     if name.startswith('retinanet'):
         model.neck.in_channels = dims[1:]
-        model.bbox_head.update(in_channels=channels, feat_channels=channels,
-                               num_classes=classes)
+        model.bbox_head.update(
+            in_channels=channels, feat_channels=channels, num_classes=classes)
     else:
         model.neck.in_channels = dims
         model.rpn_head.update(in_channels=channels, feat_channels=channels)
         roi = model.roi_head
         roi.bbox_roi_extractor.out_channels = channels
         roi.mask_roi_extractor.out_channels = channels
-        roi.bbox_head.update(in_channels=channels,
-                             fc_out_channels=META['box_fc_dim'],
-                             num_classes=classes)
-        roi.mask_head.update(in_channels=channels,
-                             conv_out_channels=META['mask_conv_dim'],
-                             num_classes=classes)
+        roi.bbox_head.update(
+            in_channels=channels,
+            fc_out_channels=META['box_fc_dim'],
+            num_classes=classes)
+        roi.mask_head.update(
+            in_channels=channels,
+            conv_out_channels=META['mask_conv_dim'],
+            num_classes=classes)
     rgb = meta['input_format'] == 'RGB'
     model.data_preprocessor.update(
         mean=meta['pixel_mean'], std=meta['pixel_std'], bgr_to_rgb=rgb)
@@ -118,8 +123,10 @@ def predict(cfg: Config, model, index: int):
     """Detections and the resized uint8 image (as the pipeline made it)."""
     from mmcv.transforms import Compose
     from mmdet.registry import TRANSFORMS  # noqa: F401
-    steps = [s for s in cfg.test_dataloader.dataset.pipeline
-             if s.type != 'LoadAnnotations']
+    steps = [
+        s for s in cfg.test_dataloader.dataset.pipeline
+        if s.type != 'LoadAnnotations'
+    ]
     load_resize = Compose(steps[:2])
     pack = Compose(steps[2:])
     results = load_resize(
@@ -134,13 +141,15 @@ def predict(cfg: Config, model, index: int):
 
 def reference(name: str, index: int):
     ref = np.load(DATA / f'{name}.npz')
-    found = {k.split('_', 1)[1]: ref[k] for k in ref.files
-             if k.startswith(f'image{index}_')}
+    found = {
+        k.split('_', 1)[1]: ref[k]
+        for k in ref.files if k.startswith(f'image{index}_')
+    }
     h, w = META['image_sizes_hw'][index]
     if 'masks' in found:
         count = len(found['scores'])
-        found['masks'] = np.unpackbits(
-            found['masks'])[:count * h * w].reshape(count, h, w).astype(bool)
+        found['masks'] = np.unpackbits(found['masks'])[:count * h * w].reshape(
+            count, h, w).astype(bool)
     return found
 
 
@@ -224,9 +233,12 @@ def test_anchor_permutation_matches_both_generators():
     anchors of the RetinaNet config, level by level."""
     from mmdet.models.task_modules.prior_generators import AnchorGenerator
     cfg = Config.fromfile(ROOT / CONFIGS['retinanet_rest_v1'])
-    gen = AnchorGenerator(**{
-        k: v for k, v in cfg.model.bbox_head.anchor_generator.items()
-        if k != 'type'})
+    gen = AnchorGenerator(
+        **{
+            k: v
+            for k, v in cfg.model.bbox_head.anchor_generator.items()
+            if k != 'type'
+        })
     perm = anchor_permutation(3, 3)
     for level, base in enumerate(gen.gen_base_anchors()):
         size = 32 * 2**level
@@ -251,20 +263,27 @@ def _d2_file(tmp_path, state, name='model.pth', **extra):
 def test_refuses_other_kinds_of_file(tmp_path):
     src = DATA / 'mask_rcnn_rest_v1.pth'
     state = torch.load(src, weights_only=True)['model']
-    backbone = {k[len('backbone.bottom_up.'):]: v for k, v in state.items()
-                if k.startswith('backbone.bottom_up.')}
+    backbone = {
+        k[len('backbone.bottom_up.'):]: v
+        for k, v in state.items() if k.startswith('backbone.bottom_up.')
+    }
     cases = {}
     # an ImageNet classifier (the authors' layout: a plain state dict)
-    classifier = dict(backbone, **{'head.weight': torch.zeros(10, 64),
-                                   'head.bias': torch.zeros(10)})
+    classifier = dict(
+        backbone, **{
+            'head.weight': torch.zeros(10, 64),
+            'head.bias': torch.zeros(10)
+        })
     torch.save(classifier, tmp_path / 'cls.pth')
     cases['cls.pth'] = 'ImageNet classifier state dict (ResT (v1))'
     # an mmdet checkpoint (converted already)
     convert_detectron2_checkpoint(src, tmp_path / 'mmdet.pth')
     cases['mmdet.pth'] = 'an mmdet checkpoint (already converted?)'
     # detectron2 with a ResNet backbone
-    resnet = {'backbone.bottom_up.res2.0.conv1.weight': torch.zeros(1),
-              'backbone.fpn_lateral2.weight': torch.zeros(1)}
+    resnet = {
+        'backbone.bottom_up.res2.0.conv1.weight': torch.zeros(1),
+        'backbone.fpn_lateral2.weight': torch.zeros(1)
+    }
     _d2_file(tmp_path, resnet, 'resnet.pth')
     cases['resnet.pth'] = 'backbone is not ResT or ResT v2'
     # a plain pickle (detectron2's .pkl format)
@@ -276,8 +295,10 @@ def test_refuses_other_kinds_of_file(tmp_path):
     (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
     cases['cut.pth'] = 'truncated or corrupt'
     for file, message in cases.items():
-        with pytest.raises(CheckpointError, match=message.replace(
-                '(', r'\(').replace(')', r'\)').replace('?', r'\?')):
+        with pytest.raises(
+                CheckpointError,
+                match=message.replace('(', r'\(').replace(')', r'\)').replace(
+                    '?', r'\?')):
             convert_detectron2_checkpoint(tmp_path / file, tmp_path / 'o.pth')
     assert not (tmp_path / 'o.pth').exists()
 
@@ -285,13 +306,17 @@ def test_refuses_other_kinds_of_file(tmp_path):
 class _Payload:
 
     def __reduce__(self):
-        return (os.system, ('touch pwned',))
+        return (os.system, ('touch pwned', ))
 
 
 def test_refuses_code_and_runs_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    torch.save(dict(model={'backbone.bottom_up.stem.conv1.weight':
-                           torch.zeros(1), 'x': _Payload()}), 'evil.pth')
+    torch.save(
+        dict(
+            model={
+                'backbone.bottom_up.stem.conv1.weight': torch.zeros(1),
+                'x': _Payload()
+            }), 'evil.pth')
     with pytest.raises(CheckpointError, match='holds objects other than'):
         convert_detectron2_checkpoint('evil.pth', 'out.pth')
     assert not (tmp_path / 'pwned').exists()
@@ -299,23 +324,22 @@ def test_refuses_code_and_runs_none(tmp_path, monkeypatch):
 
 
 def test_refuses_unknown_keys(tmp_path):
-    state = torch.load(DATA / 'mask_rcnn_rest_v1.pth',
-                       weights_only=True)['model']
+    state = torch.load(
+        DATA / 'mask_rcnn_rest_v1.pth', weights_only=True)['model']
     state['roi_heads.keypoint_head.conv_fcn1.weight'] = torch.zeros(1)
-    with pytest.raises(CheckpointError,
-                       match='1 keys map to nothing.*keypoint_head'):
+    with pytest.raises(
+            CheckpointError, match='1 keys map to nothing.*keypoint_head'):
         convert_state_dict(state)
 
 
-def test_failed_conversion_leaves_the_output_as_it_was(tmp_path,
-                                                       monkeypatch):
+def test_failed_conversion_leaves_the_output_as_it_was(tmp_path, monkeypatch):
     dst = tmp_path / 'out.pth'
     dst.write_bytes(b'old')
     src = DATA / 'retinanet_rest_v1.pth'
     # the wrong config: nothing written
     with pytest.raises(CheckpointError, match='does not fit the model'):
-        convert_detectron2_checkpoint(src, dst, ROOT / CONFIGS[
-            'mask_rcnn_rest_v1'])
+        convert_detectron2_checkpoint(src, dst,
+                                      ROOT / CONFIGS['mask_rcnn_rest_v1'])
     # killed while writing: the old file stays, no temporary file is left
     import mmrest.checkpoint.atomic_io as atomic_io
 
@@ -335,10 +359,16 @@ def test_cli(tmp_path):
     cfg_path = tmp_path / 'small_retinanet.py'
     cfg.dump(cfg_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    ok = subprocess.run(
-        [sys.executable, str(tool), str(DATA / 'retinanet_rest_v1.pth'),
-         str(tmp_path / 'out.pth'), '--config', str(cfg_path)],
-        capture_output=True, text=True, env=env)
+    ok = subprocess.run([
+        sys.executable,
+        str(tool),
+        str(DATA / 'retinanet_rest_v1.pth'),
+        str(tmp_path / 'out.pth'), '--config',
+        str(cfg_path)
+    ],
+                        capture_output=True,
+                        text=True,
+                        env=env)
     assert ok.returncode == 0, ok.stderr
     assert 'RetinaNet with v1 ResT' in ok.stdout
     assert 'warning' not in ok.stderr
@@ -348,25 +378,40 @@ def test_cli(tmp_path):
     # the paper config without the ReLU before P7 and with RGB input
     cfg.model.neck.relu_before_extra_convs = False
     cfg.model.data_preprocessor.update(
-        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True)
     cfg.dump(cfg_path)
-    warn = subprocess.run(
-        [sys.executable, str(tool), str(DATA / 'retinanet_rest_v1.pth'),
-         str(tmp_path / 'out2.pth'), '--config', str(cfg_path)],
-        capture_output=True, text=True, env=env)
+    warn = subprocess.run([
+        sys.executable,
+        str(tool),
+        str(DATA / 'retinanet_rest_v1.pth'),
+        str(tmp_path / 'out2.pth'), '--config',
+        str(cfg_path)
+    ],
+                          capture_output=True,
+                          text=True,
+                          env=env)
     assert warn.returncode == 0
     assert 'relu_before_extra_convs' in warn.stderr
     assert 'data_preprocessor' in warn.stderr
-    bad = subprocess.run(
-        [sys.executable, str(tool), str(DATA / 'image0.png'),
-         str(tmp_path / 'out3.pth')], capture_output=True, text=True, env=env)
+    bad = subprocess.run([
+        sys.executable,
+        str(tool),
+        str(DATA / 'image0.png'),
+        str(tmp_path / 'out3.pth')
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=env)
     assert bad.returncode == 1 and 'error:' in bad.stderr
     assert not (tmp_path / 'out3.pth').exists()
 
 
-@pytest.mark.parametrize('path', sorted(
-    str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*_d2.py')))
+@pytest.mark.parametrize(
+    'path',
+    sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*_d2.py')))
 def test_d2_configs_build_with_detectron2_test_time(path):
     """Each of the seven ``*_d2.py`` configs builds, with the settings the
     test detectors above use (the full-size models differ only in widths,
@@ -388,9 +433,10 @@ def test_d2_configs_build_with_detectron2_test_time(path):
         assert type(model.bbox_head).__name__ == 'Detectron2RetinaHead'
         assert model.neck.relu_before_extra_convs
         assert not model.bbox_head.bbox_coder.clip_border
-    resize = [s for s in cfg.test_dataloader.dataset.pipeline
-              if s.type == 'Resize'][0]
+    resize = [
+        s for s in cfg.test_dataloader.dataset.pipeline if s.type == 'Resize'
+    ][0]
     assert resize.backend == 'pillow' and resize.scale == (1333, 800)
     assert cfg.model.backbone.init_cfg is None
-    assert model.roi_head.bbox_head.num_classes == 80 if not 'retinanet' \
+    assert model.roi_head.bbox_head.num_classes == 80 if 'retinanet' not \
         in path else model.bbox_head.num_classes == 80

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import torch
-
 from _helpers import ROOT
+
 CONFIG = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
 
 
@@ -46,10 +46,15 @@ def test_two_process_training(tmp_path):
         'OMP_NUM_THREADS': '1',
     }
     result = subprocess.run(
-        ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
-         str(work), '--cfg-options'] + [f'{k}={v}' for k, v in
-                                         options.items()],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        [
+            'bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
+            str(work), '--cfg-options'
+        ] + [f'{k}={v}' for k, v in options.items()],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     (log, ) = work.glob('*/*.log')  # rank 0 writes the log

@@ -4,15 +4,13 @@ are measured against the literal computation in float64 (see
 ``_helpers.assert_float32_close``)."""
 import pytest
 import torch
-
-from mmrest.backbones import EMSA, ResT, emsa_attention
-from mmrest.backbones import kernels
-from mmrest.backbones import to_literal
-from mmrest.backbones.kernels import is_literal
-from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+from _helpers import (GRADIENT_FACTOR, SavedForBackward, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float64_literal, literal_attention, relative_error,
-                      stage_depths, SavedForBackward)
+                      stage_depths)
+
+from mmrest.backbones import EMSA, ResT, emsa_attention, kernels, to_literal
+from mmrest.backbones.kernels import is_literal
 
 
 def make_pair(embed_dims, num_heads, sr_ratio):
@@ -33,16 +31,18 @@ def many_chunks(monkeypatch, num_heads, sr_ratio, batch=2):
     """A _CHUNK_ELEMENTS that cuts the HW queries into a few chunks of
     24 to 96 rows (the last one shorter; the factor is the number of
     threads, 1 to 4): each checkpointed chunk costs time."""
-    keys = [n if sr_ratio == 1 else (n + 2 * (sr_ratio // 2) - sr_ratio - 1)
-            // sr_ratio + 1 for n in HW]
+    keys = [
+        n if sr_ratio == 1 else
+        (n + 2 * (sr_ratio // 2) - sr_ratio - 1) // sr_ratio + 1 for n in HW
+    ]
     monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS',
                         24 * batch * num_heads * keys[0] * keys[1])
 
 
 @pytest.mark.parametrize('embed_dims,num_heads,sr_ratio', CASES)
 @pytest.mark.parametrize('chunks', ['one', 'many'])
-def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio,
-                                    chunks, monkeypatch):
+def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio, chunks,
+                                    monkeypatch):
     if chunks == 'many':
         many_chunks(monkeypatch, num_heads, sr_ratio)
     fast, literal = make_pair(embed_dims, num_heads, sr_ratio)
@@ -53,8 +53,11 @@ def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio,
         for m in (fast, literal, exact):
             m.train(mode)
         with torch.no_grad():  # the inference paths (eval) and train mode
-            assert_float32_close(fast(x, hw), literal(x, hw),
-                                 exact(x.double(), hw), name='no autograd')
+            assert_float32_close(
+                fast(x, hw),
+                literal(x, hw),
+                exact(x.double(), hw),
+                name='no autograd')
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         xc = x.double().requires_grad_()
         out_a, out_b, out_c = fast(xa, hw), literal(xb, hw), exact(xc, hw)
@@ -63,8 +66,12 @@ def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio,
         (out_a * g).sum().backward()
         (out_b * g).sum().backward()
         (out_c * g.double()).sum().backward()
-        assert_float32_close(xa.grad, xb.grad, xc.grad, name='input grad',
-                             factor=GRADIENT_FACTOR)
+        assert_float32_close(
+            xa.grad,
+            xb.grad,
+            xc.grad,
+            name='input grad',
+            factor=GRADIENT_FACTOR)
         # With the transform, the exact gradient of transform_conv.bias,
         # kv.bias and sr_norm.bias is zero (a softmax cannot see a shift
         # shared by all keys, and each normalised attention row sums to 0,
@@ -76,8 +83,8 @@ def test_same_outputs_and_gradients(embed_dims, num_heads, sr_ratio,
 
 
 @pytest.mark.parametrize('embed_dims,num_heads,sr_ratio', CASES)
-def test_same_outputs_and_gradients_in_float64(embed_dims, num_heads,
-                                               sr_ratio, monkeypatch):
+def test_same_outputs_and_gradients_in_float64(embed_dims, num_heads, sr_ratio,
+                                               monkeypatch):
     """In float64 the fast EMSA is the literal one to 1e-8, over many
     chunks too."""
     many_chunks(monkeypatch, num_heads, sr_ratio)
@@ -121,15 +128,21 @@ def test_attention_dropout_keeps_its_rate(chunk_elements):
     v = torch.eye(M, dtype=torch.float64).expand(B, h, M, M)
     mix, mix_bias = torch.randn(h, h).double(), torch.randn(h).double()
     expected = literal_attention(q, k, v, mix, mix_bias)
-    out = emsa_attention(q, k, v, mix, mix_bias, attn_drop=p, training=True,
-                         chunk_elements=chunk_elements)
+    out = emsa_attention(
+        q,
+        k,
+        v,
+        mix,
+        mix_bias,
+        attn_drop=p,
+        training=True,
+        chunk_elements=chunk_elements)
     dropped = out == 0
     kept = ~dropped
     n = out.numel()
     # 5 standard deviations of a binomial share: fails with probability
     # < 1e-6 for a correct rate, and a rate off by 0.05 shows
-    assert abs(dropped.double().mean().item() - p) < 5 * (p * (1 - p) /
-                                                          n) ** 0.5
+    assert abs(dropped.double().mean().item() - p) < 5 * (p * (1 - p) / n)**0.5
     assert_float64_equal(out[kept], expected[kept] / (1 - p), tol=1e-12)
     assert (expected[dropped] != 0).all()
     # every group of 8 query rows (several chunks) drops at that rate too
@@ -168,8 +181,9 @@ def test_no_attention_map_is_stored_for_backward():
         emsa_attention(q, k, v, mix, chunk_elements=1 << 16).sum()
     assert saved.nbytes > 0
     element = q.element_size()
-    bound = element * (2 * B * h * N * d + 2 * B * h * M * d  # q, out; k, v
-                       + h * h + 2 * h + 2 * B * h)  # mix, bias; scales
+    bound = element * (
+        2 * B * h * N * d + 2 * B * h * M * d  # q, out; k, v
+        + h * h + 2 * h + 2 * B * h)  # mix, bias; scales
     attention_map = element * B * h * N * M
     assert bound < attention_map / 12
     assert saved.nbytes <= bound, (saved.nbytes, bound)
@@ -215,23 +229,24 @@ def test_mix_heads_matches_the_1x1_conv_in_float64(shape):
     literal 1x1 convolution over heads, in float64."""
     gen = torch.Generator().manual_seed(0)
     h = shape[1]
-    attn, mix, bias = (torch.randn(*s, generator=gen, dtype=torch.float64)
-                       for s in (shape, (h, h), (h, )))
+    attn, mix, bias = (
+        torch.randn(*s, generator=gen, dtype=torch.float64)
+        for s in (shape, (h, h), (h, )))
     grad = torch.randn(*shape, generator=gen, dtype=torch.float64)
     results = []
-    for fn in (kernels.MixHeads.apply,
-               lambda a, w, b: torch.nn.functional.conv2d(
-                   a, w[:, :, None, None], b)):
+    for fn in (kernels.MixHeads.apply, lambda a, w, b: torch.nn.functional.
+               conv2d(a, w[:, :, None, None], b)):
         inputs = [t.clone().requires_grad_() for t in (attn, mix, bias)]
         out = fn(*inputs)
         out.backward(grad)
         results.append([out] + [t.grad for t in inputs])
     for got, want in zip(*results):
         assert relative_error(got, want) < 1e-12
-    assert torch.autograd.gradcheck(
-        kernels.MixHeads.apply,
-        [t[..., :2].clone().requires_grad_() if t.dim() == 4
-         else t.clone().requires_grad_() for t in (attn, mix, bias)])
+    assert torch.autograd.gradcheck(kernels.MixHeads.apply, [
+        t[..., :2].clone().requires_grad_()
+        if t.dim() == 4 else t.clone().requires_grad_()
+        for t in (attn, mix, bias)
+    ])
 
 
 def test_mix_heads_dispatch(monkeypatch):
@@ -242,9 +257,9 @@ def test_mix_heads_dispatch(monkeypatch):
     monkeypatch.setattr(kernels.MixHeads, 'apply',
                         lambda *a: calls.append(a[0].device.type) or apply(*a))
     for device in ('cpu', 'meta'):
-        out = kernels.mix_heads(torch.randn(2, 3, 4, 5, device=device),
-                                torch.randn(3, 3, device=device),
-                                torch.randn(3, device=device))
+        out = kernels.mix_heads(
+            torch.randn(2, 3, 4, 5, device=device),
+            torch.randn(3, 3, device=device), torch.randn(3, device=device))
         assert out.shape == (2, 3, 4, 5)
     assert calls == ['meta']
 
@@ -270,8 +285,8 @@ def test_centred_softmax_is_exact_and_cancels_nothing(scale):
     x[0, :, 0] += 10 * scale  # a row with an outlier either way
     x[1, :, 0] -= 10 * scale
     exact = x.softmax(dim=-1) - 1.0 / M
-    assert_float64_equal(kernels.centred_softmax_(x.clone()), exact,
-                         'float64', tol=1e-12)
+    assert_float64_equal(
+        kernels.centred_softmax_(x.clone()), exact, 'float64', tol=1e-12)
     x32 = x.float()
     exact = x32.double().softmax(dim=-1) - 1.0 / M  # of the float32 input
     fast = kernels.centred_softmax_(x32.clone())

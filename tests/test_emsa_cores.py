@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
+from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+                      assert_float64_equal, literal_attention, relative_error)
+from test_emsa import HW, make_pair
 
 from mmrest.backbones import kernels
-from _helpers import (GRADIENT_FACTOR, assert_float32_close,
-                      assert_float64_equal, literal_attention,
-                      relative_error)
-from test_emsa import HW, make_pair
 
 # (B, h, N, M, d): h in {2, 4, 8}, N != M both ways, odd sizes, M = 2
 SHAPES = [(2, 2, 13, 7, 5), (1, 4, 31, 9, 3), (3, 8, 11, 17, 4),
@@ -24,8 +23,8 @@ CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'literal')
 def _inputs(shape, dtype, seed=0, q_scale=1.0):
     B, h, N, M, d = shape
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, h, n, d, generator=gen, dtype=dtype)
-               for n in (N, M, M))
+    q, k, v = (
+        torch.randn(B, h, n, d, generator=gen, dtype=dtype) for n in (N, M, M))
     k = k + 3.0  # keys far from centred: a shift the softmax cannot see
     mix = torch.randn(h, h, generator=gen, dtype=dtype)
     bias = torch.randn(h, generator=gen, dtype=dtype)
@@ -38,7 +37,12 @@ def _core(name, chunk_elements=None):
         return lambda q, k, v, w, b: kernels.literal_attention_core(
             q, k, v, w, b)
     return lambda q, k, v, w, b: kernels.mixed_query_attention(
-        q, k, v, w, b, pad_values=name == 'sdpa_padded',
+        q,
+        k,
+        v,
+        w,
+        b,
+        pad_values=name == 'sdpa_padded',
         lse_source='kernel' if name == 'sdpa_lse_kernel' else 'chunks',
         chunk_elements=chunk_elements)
 
@@ -63,8 +67,10 @@ def test_core_matches_literal_in_float64(core, shape, chunks):
     rows = 3  # several query chunks of the log-sum-exps, the last shorter
     inputs = _inputs(shape, torch.float64)
     want = literal_attention(*inputs)
-    weight = torch.randn(want.shape, dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(
+        want.shape,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(1))
     ref_out, ref_grads = _run(literal_attention, inputs, weight)
     out, grads = _run(
         _core(core, rows * B * h * M if chunks == 'many' else None), inputs,
@@ -87,8 +93,10 @@ def test_core_float32_as_accurate_as_literal(core, shape, q_scale):
     for almost uniform attention (small queries), where the variance from
     log-sum-exps is a small difference."""
     inputs = _inputs(shape, torch.float64, seed=2, q_scale=q_scale)
-    weight = torch.randn(shape[:3] + shape[4:], dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(3))
+    weight = torch.randn(
+        shape[:3] + shape[4:],
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(3))
     ref_out, ref_grads = _run(literal_attention, inputs, weight)
     in32 = [t.float() for t in inputs]
     lit_out, lit_grads = _run(literal_attention, in32, weight)
@@ -97,8 +105,8 @@ def test_core_float32_as_accurate_as_literal(core, shape, q_scale):
     assert_float32_close(out, lit_out, ref_out, name='output')
     for name, g, lg, r in zip(('q', 'k', 'v', 'mix'), grads, lit_grads,
                               ref_grads):
-        assert_float32_close(g, lg, r, name=f'grad {name}',
-                             factor=GRADIENT_FACTOR)
+        assert_float32_close(
+            g, lg, r, name=f'grad {name}', factor=GRADIENT_FACTOR)
 
 
 @pytest.mark.parametrize('core', CORES)
@@ -164,8 +172,8 @@ def test_use_emsa_core_dispatch(monkeypatch):
     with kernels.use_emsa_core('sdpa_padded'):
         assert kernels.emsa_core() == 'sdpa_padded'
         kernels.emsa_attention(q, k, v, mix, bias)
-        kernels.emsa_attention(q, k, v, mix, bias, attn_drop=0.5,
-                               training=True)
+        kernels.emsa_attention(
+            q, k, v, mix, bias, attn_drop=0.5, training=True)
         kernels.emsa_attention(q, k, v)  # one head: plain softmax
     assert kernels.emsa_core() == 'chunked'
     assert len(calls) == 1 and calls[0]['pad_values'] is True
@@ -177,8 +185,8 @@ def test_use_emsa_core_dispatch(monkeypatch):
 
 
 @pytest.mark.parametrize('core', CORES + ('literal_compiled', ))
-@pytest.mark.parametrize('embed_dims,num_heads,sr_ratio',
-                         [(32, 2, 4), (64, 8, 1)])
+@pytest.mark.parametrize('embed_dims,num_heads,sr_ratio', [(32, 2, 4),
+                                                           (64, 8, 1)])
 def test_emsa_module_with_core(core, embed_dims, num_heads, sr_ratio,
                                monkeypatch):
     """The EMSA module with each core, train mode with autograd: outputs

@@ -1,14 +1,17 @@
 """Bad arguments and bad input end in errors that name what was wrong."""
 import pytest
 import torch
-from torch import nn
 from _helpers import ROOT
+from torch import nn
 
 from mmrest import ResT
 
-TINY = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-            num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
-            mlp_ratios=[2, 2, 2, 2])
+TINY = dict(
+    embed_dims=[8, 16, 32, 64],
+    depths=[1, 1, 1, 1],
+    num_heads=[1, 2, 4, 8],
+    sr_ratios=[8, 4, 2, 1],
+    mlp_ratios=[2, 2, 2, 2])
 
 
 def test_unknown_arch_lists_the_valid_ones():
@@ -58,9 +61,10 @@ def test_frozen_stages_out_of_range(frozen_stages):
 
 @pytest.mark.parametrize('shape', [(3, 32, 32), (1, 1, 3, 32, 32)])
 def test_input_that_is_not_4d(shape):
-    with pytest.raises(ValueError, match=r'\(B, C, H, W\).*' +
-                       str(tuple(shape)).replace('(', r'\(').replace(
-                           ')', r'\)')):
+    with pytest.raises(
+            ValueError,
+            match=r'\(B, C, H, W\).*' +
+            str(tuple(shape)).replace('(', r'\(').replace(')', r'\)')):
         ResT(arch=TINY)(torch.rand(shape))
 
 
@@ -68,8 +72,8 @@ def test_wrong_channel_count():
     model = ResT(arch=TINY, in_channels=3)
     with pytest.raises(ValueError, match='3 input channels.*with 1'):
         model(torch.rand(1, 1, 32, 32))
-    assert len(ResT(arch=TINY, in_channels=1).eval()(
-        torch.rand(1, 1, 32, 32))) == 4
+    assert len(
+        ResT(arch=TINY, in_channels=1).eval()(torch.rand(1, 1, 32, 32))) == 4
 
 
 def test_no_input_is_too_small():
@@ -96,23 +100,25 @@ def test_nan_loss_stops_training_with_a_message(det):
     from types import SimpleNamespace
     from unittest import mock
 
-    from mmengine.config import Config
     from mmdet.registry import HOOKS
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
     register_all_modules()
     root = ROOT
     name = det.replace('_', '-')  # mask_rcnn/mask-rcnn_..., retinanet/...
-    cfg = Config.fromfile(
-        root / f'configs/{det}/{name}_rest-lite_fpn_1x_coco.py')
-    hooks = [HOOKS.build(h) for h in cfg.custom_hooks
-             if h['type'] == 'CheckInvalidLossHook']
+    cfg = Config.fromfile(root /
+                          f'configs/{det}/{name}_rest-lite_fpn_1x_coco.py')
+    hooks = [
+        HOOKS.build(h) for h in cfg.custom_hooks
+        if h['type'] == 'CheckInvalidLossHook'
+    ]
     assert len(hooks) == 1 and hooks[0].interval == 1
     runner = SimpleNamespace(iter=6, logger=mock.Mock())
     hooks[0].after_train_iter(runner, 6, outputs=dict(loss=torch.tensor(1.)))
     for bad in (float('nan'), float('inf')):
         with pytest.raises(AssertionError):
-            hooks[0].after_train_iter(runner, 6,
-                                      outputs=dict(loss=torch.tensor(bad)))
+            hooks[0].after_train_iter(
+                runner, 6, outputs=dict(loss=torch.tensor(bad)))
     runner.logger.info.assert_called_with('loss become infinite or NaN!')
 
 
@@ -124,16 +130,22 @@ def _import_mmrest_in_child(tmp_path, prelude=''):
     import sys
     root = str(ROOT)
     code = prelude + '\n' + '\n'.join([
-        'import warnings', 'warnings.simplefilter("always")',
-        'import mmrest', 'from mmdet.registry import MODELS',
+        'import warnings', 'warnings.simplefilter("always")', 'import mmrest',
+        'from mmdet.registry import MODELS',
         'model = MODELS.build(dict(type="ResT", arch="lite"))',
         'assert type(model) is mmrest.ResT', 'print("mmdet works")'
     ])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(tmp_path), root] + os.environ.get('PYTHONPATH', '').split(
-            os.pathsep)))
-    return subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=str(tmp_path))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), root] +
+            os.environ.get('PYTHONPATH', '').split(os.pathsep)))
+    return subprocess.run([sys.executable, '-c', code],
+                          capture_output=True,
+                          text=True,
+                          env=env,
+                          timeout=300,
+                          cwd=str(tmp_path))
 
 
 def test_broken_mmseg_leaves_mmrest_and_mmdet_working(tmp_path):
@@ -153,9 +165,11 @@ def test_broken_mmseg_leaves_mmrest_and_mmdet_working(tmp_path):
     assert 'AssertionError: MMCV==2.2.0' in lines[0]
 
 
-@pytest.mark.parametrize('error', [AssertionError('mmcv too new'),
-                                   RuntimeError('CUDA extension'),
-                                   ImportError('cannot import name x')])
+@pytest.mark.parametrize('error', [
+    AssertionError('mmcv too new'),
+    RuntimeError('CUDA extension'),
+    ImportError('cannot import name x')
+])
 def test_any_mmseg_import_failure_is_a_warning(monkeypatch, error):
     import importlib
 
@@ -168,8 +182,10 @@ def test_any_mmseg_import_failure_is_a_warning(monkeypatch, error):
         return real(name, *args)
 
     monkeypatch.setattr(registry.importlib, 'import_module', import_module)
-    with pytest.warns(UserWarning, match='mmsegmentation support is off.*'
-                      f'{type(error).__name__}: {error}'):
+    with pytest.warns(
+            UserWarning,
+            match='mmsegmentation support is off.*'
+            f'{type(error).__name__}: {error}'):
         registry.register_all()
     from mmdet.registry import MODELS
     assert MODELS.get('ResT') is ResT
@@ -220,8 +236,10 @@ def test_another_rest_in_mmseg_turns_mmseg_support_off(monkeypatch):
         pass
 
     monkeypatch.setitem(MODELS._module_dict, 'ResT', ResT)
-    with pytest.warns(UserWarning, match='mmsegmentation support is off.*'
-                      'RegistryConflictError'):
+    with pytest.warns(
+            UserWarning,
+            match='mmsegmentation support is off.*'
+            'RegistryConflictError'):
         registry.register_all()
     assert MODELS.get('ResT') is ResT
     assert DET_MODELS.get('ResT') is globals()['ResT']
@@ -234,7 +252,9 @@ def test_registering_again_is_fine(monkeypatch):
     import mmrest.registry as registry
     registry.register_all()
     reimported = type('ResT', (nn.Module, ), {
-        '__module__': ResT.__module__, '__qualname__': ResT.__qualname__})
+        '__module__': ResT.__module__,
+        '__qualname__': ResT.__qualname__
+    })
     monkeypatch.setitem(MODELS._module_dict, 'ResT', reimported)
     registry.register_all()
     assert MODELS.get('ResT') is ResT

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import ROOT
-from _helpers import (assert_float32_close, assert_gradients_close,
+from _helpers import (ROOT, assert_float32_close, assert_gradients_close,
                       float64_literal, golden_model, stage_depths)
 
 from mmrest.backbones import to_literal
+from mmrest.utils import torch_compat
 
 GOLDEN = Path(__file__).resolve().parent / 'data' / 'rest_v1_tiny_golden.pt'
 TINY = dict(embed_dims=[16, 32, 64, 128])  # the golden model's widths
@@ -39,21 +39,24 @@ def assert_matches_float64(outs, model, x):
 def test_a_trace_holds_at_every_size():
     model = tiny_model()
     with torch.no_grad():
-        traced = torch.jit.trace(model, torch.randn(1, 3, *SIZES[0]),
-                                 check_trace=False)
+        traced = torch.jit.trace(
+            model, torch.randn(1, 3, *SIZES[0]), check_trace=False)
     for size in SIZES:
         x = torch.randn(2, 3, *size)
         with torch.no_grad():
             assert_matches_float64(traced(x), model, x)
 
 
-from mmrest.utils import torch_compat
-
 #: The exporters this torch has (the dynamo one needs torch >= 2.5; before,
 #: asking for it is the error of test_dynamo_exporter_needs_torch_2_5).
-EXPORTERS = ['torchscript', pytest.param('dynamo', marks=pytest.mark.skipif(
-    not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
-    reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))]
+EXPORTERS = [
+    'torchscript',
+    pytest.param(
+        'dynamo',
+        marks=pytest.mark.skipif(
+            not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
+            reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))
+]
 
 
 @pytest.mark.parametrize('exporter', EXPORTERS)
@@ -61,8 +64,8 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
     model = tiny_model()
     path = str(tmp_path / 'rest.onnx')
-    assert export_onnx(model, path, SIZES[0], exporter) == [
-        'out0', 'out1', 'out2', 'out3']
+    assert export_onnx(model, path, SIZES[0],
+                       exporter) == ['out0', 'out1', 'out2', 'out3']
     import onnxruntime as ort
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for size in SIZES:
@@ -89,9 +92,8 @@ def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
     exporting = []  # for each fused SDPA call: whether ONNX export ran
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(
-        F, 'scaled_dot_product_attention',
-        lambda *a, **k: exporting.append(torch.onnx.is_in_onnx_export())
-        or sdpa(*a, **k))
+        F, 'scaled_dot_product_attention', lambda *a, **k: exporting.append(
+            torch.onnx.is_in_onnx_export()) or sdpa(*a, **k))
     path = str(tmp_path / 'rest.onnx')
     export_onnx(model, path, SIZES[0])
     # the eager run that counts the outputs used the fused kernel; the
@@ -111,12 +113,10 @@ def test_dynamo_exporter_needs_torch_2_5(monkeypatch, tmp_path):
     from mmrest.onnx_export import export_onnx
     monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', False)
     called = []
-    monkeypatch.setattr(torch.onnx, 'export',
-                        lambda *a, **k: called.append(k))
-    with pytest.raises(RuntimeError,
-                       match=r"dynamo=True.*torch >= 2\.5.*torchscript"):
-        export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), (64, 96),
-                    'dynamo')
+    monkeypatch.setattr(torch.onnx, 'export', lambda *a, **k: called.append(k))
+    with pytest.raises(
+            RuntimeError, match=r"dynamo=True.*torch >= 2\.5.*torchscript"):
+        export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), (64, 96), 'dynamo')
     assert not called
 
 
@@ -128,12 +128,11 @@ def test_torchscript_export_passes_dynamo_only_where_torch_has_it(
     from mmrest.onnx_export import export_onnx
     monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', has_dynamo)
     called = []
-    monkeypatch.setattr(torch.onnx, 'export',
-                        lambda *a, **k: called.append(k))
+    monkeypatch.setattr(torch.onnx, 'export', lambda *a, **k: called.append(k))
     export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), (64, 96))
     assert len(called) == 1
-    assert called[0].get('dynamo', 'absent') == (
-        False if has_dynamo else 'absent')
+    assert called[0].get('dynamo',
+                         'absent') == (False if has_dynamo else 'absent')
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
@@ -146,8 +145,8 @@ def test_export_tool_backbone_and_neck(tmp_path, capsys):
     out = tmp_path / 'lite_fpn.onnx'
     code = tool.main([
         str(root / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'),
-        '--with-neck', '--out', str(out), '--shape', '128', '160',
-        '--check', '96x128', '65x97'
+        '--with-neck', '--out',
+        str(out), '--shape', '128', '160', '--check', '96x128', '65x97'
     ])
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -182,7 +181,8 @@ def test_inductor_gives_the_eager_outputs():
 
 
 INDUCTOR_TRAINING = pytest.param(
-    'inductor', marks=pytest.mark.skipif(
+    'inductor',
+    marks=pytest.mark.skipif(
         not os.environ.get('MMREST_INDUCTOR_TRAINING'),
         reason='Inductor compiles the forward and backward graphs to C++: '
         '5 to 20 minutes on two cores; set MMREST_INDUCTOR_TRAINING=1'))
@@ -201,23 +201,25 @@ def test_compiled_training_step_matches_eager(backend):
     dynamic = backend == 'aot_eager'
     compiled = torch.compile(model, backend=backend, dynamic=dynamic)
     x = torch.randn(2, 3, 64, 96)
-    g = [torch.randn(2, c, *s) for c, s in zip(
-        TINY['embed_dims'], [(16, 24), (8, 12), (4, 6), (2, 3)])]
+    g = [
+        torch.randn(2, c, *s)
+        for c, s in zip(TINY['embed_dims'], [(16, 24), (8, 12), (4, 6), (2,
+                                                                         3)])
+    ]
     results = []
     for m, inp in ((compiled, x), (literal, x), (reference, x.double())):
         outs = m(inp)
         sum((o * gi.to(o.dtype)).sum() for o, gi in zip(outs, g)).backward()
         results.append([o.detach() for o in outs])
-    for i, (a, b, c, depth) in enumerate(
-            zip(*results, stage_depths(model))):
+    for i, (a, b, c, depth) in enumerate(zip(*results, stage_depths(model))):
         assert_float32_close(a, b, c, depth=depth, name=f'stage {i + 1}')
-    assert_gradients_close(model, literal, reference,
-                           depth=sum(stage_depths(model)))
+    assert_gradients_close(
+        model, literal, reference, depth=sum(stage_depths(model)))
 
 
 def test_onnx_matches_compares_with_the_eager_error():
     from mmrest.onnx_export import onnx_matches
-    assert onnx_matches(4e-4, 1e-4)            # 4x the eager error
-    assert onnx_matches(1e-5, 0.)              # the floor
+    assert onnx_matches(4e-4, 1e-4)  # 4x the eager error
+    assert onnx_matches(1e-5, 0.)  # the floor
     assert not onnx_matches(5e-4, 1e-4)
-    assert not onnx_matches(0.5, 1e-6)         # a wrong graph
+    assert not onnx_matches(0.5, 1e-6)  # a wrong graph

@@ -9,17 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from mmrest import ResT
-from mmrest.backbones import emsa_attention
-from mmrest.backbones import kernels
-from mmrest.backbones import rest as rest_module
-from mmrest.backbones import to_literal
-from mmrest.backbones.kernels import is_literal
 from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_float64_equal, assert_gradients_close,
                       float32_floor, float64_literal, golden_model,
                       literal_attention, relative_error, stage_depths)
+
+from mmrest import ResT
+from mmrest.backbones import emsa_attention, kernels
+from mmrest.backbones import rest as rest_module
+from mmrest.backbones import to_literal
+from mmrest.backbones.kernels import is_literal
 
 # The functions of the fast paths, which the literal computation never calls.
 FAST_FUNCTIONS = ('emsa_attention', '_attention_no_grad', '_attention_chunk',
@@ -59,10 +58,9 @@ def map_layouts(model):
 
     def record(module, args):
         x = args[0]
-        layouts.append(
-            'nchw' if x.is_contiguous() else 'channels_last'
-            if x.is_contiguous(memory_format=torch.channels_last) else
-            'strided')
+        layouts.append('nchw' if x.is_contiguous() else 'channels_last' if x.
+                       is_contiguous(
+                           memory_format=torch.channels_last) else 'strided')
 
     for m in model.modules():
         if isinstance(m, (rest_module.Stem, rest_module.PatchEmbed)):
@@ -99,8 +97,10 @@ def test_the_switch_selects_the_literal_path(train, monkeypatch):
     off, the same model does the opposite (so that no test compares fast
     with fast)."""
     model = randomised(ResT(arch='lite')).train(train)
-    fast_calls = {name: CallCounter(monkeypatch, kernels, name)
-                  for name in FAST_FUNCTIONS}
+    fast_calls = {
+        name: CallCounter(monkeypatch, kernels, name)
+        for name in FAST_FUNCTIONS
+    }
     sdpa = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
     one_head = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
     chunked_mlp = CallCounter(monkeypatch, rest_module.Block,
@@ -112,8 +112,10 @@ def test_the_switch_selects_the_literal_path(train, monkeypatch):
     x = torch.rand(1, 3, 64, 64)
     with torch.set_grad_enabled(train), kernels.literal():
         model(x)
-    assert {n: c.count for n, c in fast_calls.items()} == dict.fromkeys(
-        FAST_FUNCTIONS, 0)
+    assert {
+        n: c.count
+        for n, c in fast_calls.items()
+    } == dict.fromkeys(FAST_FUNCTIONS, 0)
     assert sdpa.count == one_head.count == chunked_mlp.count == 0
     assert literal_emsa.count == 8  # every block of ResT-Lite
     assert len(bn_calls) == 5  # 2 in the stem, 1 per patch embedding
@@ -142,9 +144,11 @@ def test_the_switch_selects_the_literal_path_of_rest_v2(monkeypatch):
     block, no fused attention, no oneDNN linear, no in-place block."""
     from mmrest import ResTV2
     from mmrest.backbones import rest_v2
-    model = ResTV2(arch=dict(embed_dims=[16, 32, 64, 128],
-                             depths=[1, 1, 2, 1],
-                             num_heads=[1, 2, 4, 8])).eval()
+    model = ResTV2(
+        arch=dict(
+            embed_dims=[16, 32, 64, 128],
+            depths=[1, 1, 2, 1],
+            num_heads=[1, 2, 4, 8])).eval()
     linear = CallCounter(monkeypatch, kernels, 'linear')
     sdpa = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
     in_place = CallCounter(monkeypatch, rest_v2.BlockV2, '_forward_inference')
@@ -183,8 +187,7 @@ def test_to_literal_runs_every_call_under_the_switch(monkeypatch):
         with pytest.raises(ValueError, match='input channels'):
             literal(torch.rand(1, 4, 32, 32))
     assert not kernels.use_literal()
-    assert is_literal(to_literal(literal)) and is_literal(
-        literal.double())
+    assert is_literal(to_literal(literal)) and is_literal(literal.double())
     in_place = to_literal(model, copy_model=False)
     assert in_place is model and is_literal(model)
 
@@ -212,8 +215,10 @@ def test_checkpointed_blocks_recompute_under_the_forward_switch(
             outs = m(x)
         assert block_calls.count == blocks
         block_calls.count = 0
-        fast_calls = {name: CallCounter(monkeypatch, kernels, name)
-                      for name in FAST_FUNCTIONS}
+        fast_calls = {
+            name: CallCounter(monkeypatch, kernels, name)
+            for name in FAST_FUNCTIONS
+        }
         literal_calls = CallCounter(monkeypatch, rest_module.EMSA,
                                     '_literal_forward')
         with kernels.literal(not literal_forward):  # the other setting
@@ -250,8 +255,8 @@ def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
     for i, (out, lit, ref) in enumerate(zip(outs, expected, exact_outs)):
         assert out.shape == lit.shape
         assert out.is_contiguous()  # plain NCHW, like the authors'
-        assert_float32_close(out, lit, ref, depth=stage_depths(model)[i],
-                             name=f'stage {i + 1}')
+        assert_float32_close(
+            out, lit, ref, depth=stage_depths(model)[i], name=f'stage {i + 1}')
 
 
 def test_golden_outputs_with_many_chunks(golden, monkeypatch):
@@ -270,8 +275,8 @@ def test_golden_outputs_with_many_chunks(golden, monkeypatch):
     assert n_bmm > 300
     for i, (out, lit, ref) in enumerate(
             zip(outs, literal_outs, data['backbone_outputs_f64'])):
-        assert_float32_close(out, lit, ref, depth=stage_depths(model)[i],
-                             name=f'stage {i + 1}')
+        assert_float32_close(
+            out, lit, ref, depth=stage_depths(model)[i], name=f'stage {i + 1}')
 
 
 @pytest.mark.parametrize('batch', [1, 3])
@@ -288,20 +293,25 @@ def test_attention_core_matches_the_literal_one(batch, monkeypatch):
     no_grad = CallCounter(monkeypatch, kernels, '_attention_no_grad')
     for chunk_elements in (1, 700, 5000, 1 << 30):
         with torch.no_grad():
-            out = emsa_attention(q, k, v, mix, mix_bias,
-                                 chunk_elements=chunk_elements)
+            out = emsa_attention(
+                q, k, v, mix, mix_bias, chunk_elements=chunk_elements)
             out64 = emsa_attention(*args64, chunk_elements=chunk_elements)
         assert no_grad.count == 2
         no_grad.count = 0
-        assert_float32_close(out, literal, exact,
-                             name=f'no autograd, {chunk_elements}')
+        assert_float32_close(
+            out, literal, exact, name=f'no autograd, {chunk_elements}')
         assert_float64_equal(out64, exact, f'no autograd, {chunk_elements}')
-        out = emsa_attention(q.requires_grad_(), k, v, mix, mix_bias,
-                             chunk_elements=chunk_elements)
+        out = emsa_attention(
+            q.requires_grad_(),
+            k,
+            v,
+            mix,
+            mix_bias,
+            chunk_elements=chunk_elements)
         q.requires_grad_(False)
         assert no_grad.count == 0 and out.requires_grad
-        assert_float32_close(out.detach(), literal, exact,
-                             name=f'autograd, {chunk_elements}')
+        assert_float32_close(
+            out.detach(), literal, exact, name=f'autograd, {chunk_elements}')
 
 
 def test_attention_runs_in_query_chunks(monkeypatch):
@@ -370,8 +380,13 @@ def test_folded_batchnorm_gives_exact_gradients():
         assert_float32_close(a, b, c, depth=depth)
     for outs in (outs_a, outs_b, outs_c):
         sum(o.square().mean() for o in outs).backward()
-    assert_float32_close(xa.grad, xb.grad, xc.grad, depth=depths[-1],
-                         name='input grad', factor=GRADIENT_FACTOR)
+    assert_float32_close(
+        xa.grad,
+        xb.grad,
+        xc.grad,
+        depth=depths[-1],
+        name='input grad',
+        factor=GRADIENT_FACTOR)
     assert_gradients_close(model, literal, exact, depth=depths[-1])
     for name, p in model.named_parameters():
         if '.norm' in name and name.startswith(('stem.', 'patch_embed_')):
@@ -402,8 +417,8 @@ def test_one_head_emsa_folds_projections_exactly(qkv_bias, sr_ratio,
     """With one head, inference folds the query and output projections into
     the keys and values (a per-key bias from the query bias): the literal
     EMSA's output."""
-    emsa = randomised(
-        rest_module.EMSA(32, 1, sr_ratio, qkv_bias=qkv_bias)).eval()
+    emsa = randomised(rest_module.EMSA(32, 1, sr_ratio,
+                                       qkv_bias=qkv_bias)).eval()
     literal, exact = to_literal(emsa), float64_literal(emsa)
     folded = CallCounter(monkeypatch, rest_module.EMSA, '_forward_one_head')
     x = torch.randn(2, 9 * 11, 32)
@@ -530,8 +545,8 @@ def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
         out = kernels.conv_norm(conv, norm, x)
         assert len(bn_calls) == 0, 'the zero-padded conv was not folded'
         ((args, _), ) = conv2d.calls
-        scale = norm.weight.double() / torch.sqrt(
-            norm.running_var.double() + norm.eps)
+        scale = norm.weight.double() / torch.sqrt(norm.running_var.double() +
+                                                  norm.eps)
         weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
         bias = (conv.bias.double() - norm.running_mean.double()) * scale + \
             norm.bias.double()
@@ -541,17 +556,20 @@ def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
         assert torch.allclose(out, expected, atol=1e-5)
 
 
-TINY_V1 = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1],
-               num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
-               mlp_ratios=[2, 2, 2, 2])
-TINY_V2 = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1],
-               num_heads=[1, 2, 4, 8])
+TINY_V1 = dict(
+    embed_dims=[8, 16, 32, 64],
+    depths=[1, 1, 2, 1],
+    num_heads=[1, 2, 4, 8],
+    sr_ratios=[8, 4, 2, 1],
+    mlp_ratios=[2, 2, 2, 2])
+TINY_V2 = dict(
+    embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8])
 
 
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 @pytest.mark.parametrize('case', ['frozen stem, train', 'eval'])
 def test_with_cp_checkpoints_wherever_autograd_records(family, case,
-                                                      monkeypatch):
+                                                       monkeypatch):
     """One rule for ``with_cp`` in both families: every block is
     checkpointed whenever autograd records, in train and eval mode, also
     the blocks behind a frozen stem whose input needs no gradient (counted:
@@ -562,8 +580,10 @@ def test_with_cp_checkpoints_wherever_autograd_records(family, case,
     cls, arch, block = (ResT, TINY_V1, rest_module.Block) if family == 'v1' \
         else (ResTV2, TINY_V2, rest_v2.BlockV2)
     frozen = 0 if case.startswith('frozen') else -1
-    models = [randomised(cls(arch, with_cp=with_cp, frozen_stages=frozen))
-              for with_cp in (False, True)]
+    models = [
+        randomised(cls(arch, with_cp=with_cp, frozen_stages=frozen))
+        for with_cp in (False, True)
+    ]
     models[1].load_state_dict(models[0].state_dict())
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     grads = []
@@ -574,8 +594,10 @@ def test_with_cp_checkpoints_wherever_autograd_records(family, case,
         calls.count = 0
         sum((o * o.detach().sign()).sum() for o in outs).backward()
         assert calls.count == recomputed
-        grads.append({n: p.grad for n, p in model.named_parameters()
-                      if p.requires_grad})
+        grads.append({
+            n: p.grad
+            for n, p in model.named_parameters() if p.requires_grad
+        })
         monkeypatch.undo()
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():

@@ -4,11 +4,10 @@ checkpoint's weights, every one of them; a missing, corrupt or foreign
 checkpoint is a clear error."""
 import pytest
 import torch
+from _helpers import ROOT, build_detector
 
 from mmrest.checkpoint import CheckpointError
 from mmrest.onnx_export import build_feature_extractor
-
-from _helpers import ROOT, build_detector
 
 CONFIG = str(ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py')
 
@@ -31,11 +30,10 @@ def detector_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize('with_neck', [False, True])
-def test_loads_every_weight_of_the_checkpoint(detector_checkpoint,
-                                              with_neck):
+def test_loads_every_weight_of_the_checkpoint(detector_checkpoint, with_neck):
     state, path = detector_checkpoint
-    model = build_feature_extractor(CONFIG, checkpoint=str(path),
-                                    with_neck=with_neck)
+    model = build_feature_extractor(
+        CONFIG, checkpoint=str(path), with_neck=with_neck)
     assert not model.training
     got = model.state_dict()
     modules = ('backbone.', 'neck.') if with_neck else ('backbone.', )
@@ -69,15 +67,15 @@ def _save(tmp_path, name, state):
     return str(path)
 
 
-def test_foreign_checkpoints_are_refused(tmp_path, detector_checkpoint,
-                                         golden, golden_v2):
+def test_foreign_checkpoints_are_refused(tmp_path, detector_checkpoint, golden,
+                                         golden_v2):
     state, _ = detector_checkpoint
     # a ResT v2 detector's backbone for a ResT v1 config
     v2 = {f'backbone.{k}': v for k, v in golden_v2['state_dict'].items()}
-    with pytest.raises(CheckpointError,
-                       match=r'is not a checkpoint of .*lacks'):
-        build_feature_extractor(CONFIG,
-                                checkpoint=_save(tmp_path, 'v2.pth', v2))
+    with pytest.raises(
+            CheckpointError, match=r'is not a checkpoint of .*lacks'):
+        build_feature_extractor(
+            CONFIG, checkpoint=_save(tmp_path, 'v2.pth', v2))
     # the authors' ImageNet classifier checkpoint (no backbone. prefix)
     path = tmp_path / 'imagenet.pth'
     torch.save(dict(model=golden['state_dict']), path)
@@ -87,14 +85,15 @@ def test_foreign_checkpoints_are_refused(tmp_path, detector_checkpoint,
     deeper = dict(state)
     for key in [k for k in state if k.startswith('backbone.stage3.1.')]:
         deeper[key.replace('stage3.1.', 'stage3.2.')] = state[key]
-    with pytest.raises(CheckpointError,
-                       match=r'holds \d+ weights that model lacks.*stage3.2'):
+    with pytest.raises(
+            CheckpointError,
+            match=r'holds \d+ weights that model lacks.*stage3.2'):
         build_feature_extractor(
             CONFIG, checkpoint=_save(tmp_path, 'deeper.pth', deeper))
     # other widths under the same names
     wider = dict(state)
     wider['backbone.stem.conv1.weight'] = torch.zeros(48, 3, 3, 3)
-    with pytest.raises(CheckpointError,
-                       match=r'differ in shape.*stem.conv1.weight'):
+    with pytest.raises(
+            CheckpointError, match=r'differ in shape.*stem.conv1.weight'):
         build_feature_extractor(
             CONFIG, checkpoint=_save(tmp_path, 'wider.pth', wider))

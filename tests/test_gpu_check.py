@@ -15,10 +15,9 @@ import time
 
 import pytest
 import torch
+from _helpers import ROOT
 
 from mmrest_tools import gpu_check, ops_shim
-
-from _helpers import ROOT
 
 
 # --------------------------------------------------------------------------
@@ -87,7 +86,8 @@ def _roi_align_loop(x, rois, out_h, out_w, scale, ratio, aligned, grad):
                     for ix in range(gw):
                         xx = sw + pw * bw + (ix + .5) * bw / gw
                         for yi, xi, w in _bilinear_loop(H, W, yy, xx):
-                            out[n, :, ph, pw] += w * x[int(b), :, yi, xi] / count
+                            out[n, :, ph,
+                                pw] += w * x[int(b), :, yi, xi] / count
                             gin[int(b), :, yi, xi] += (
                                 w * grad[n, :, ph, pw] / count)
     return out, gin
@@ -104,11 +104,11 @@ def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned):
                          [0, 0.0, 0.0, 44.0, 36.0], [1, 2.3, 4.1, 5.2, 6.9]],
                         dtype=torch.float64)
     grad = torch.randn(6, 2, 3, 4, generator=gen, dtype=torch.float64)
-    exp_out, exp_grad = _roi_align_loop(x, rois, 3, 4, scale, ratio,
-                                        aligned, grad)
+    exp_out, exp_grad = _roi_align_loop(x, rois, 3, 4, scale, ratio, aligned,
+                                        grad)
     out = ops_shim.roi_align_torch(x, rois, 3, 4, scale, ratio, aligned)
-    gin = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale,
-                                            ratio, aligned)
+    gin = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale, ratio,
+                                            aligned)
     torch.testing.assert_close(out, exp_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gin, exp_grad, rtol=1e-10, atol=1e-10)
 
@@ -122,8 +122,8 @@ def test_nms_torch_greedy():
     assert ops_shim.nms_torch(boxes, scores, 0.5).tolist() == [3, 2]
     assert ops_shim.nms_torch(boxes, scores, 0.7).tolist() == [3, 1, 2]
     # offset 1: IoU(box3, box0) = 100 / 121, IoU(box3, box1) = 81 / 140
-    assert ops_shim.nms_torch(boxes, scores, 0.6, offset=1).tolist() == [
-        3, 1, 2]
+    assert ops_shim.nms_torch(
+        boxes, scores, 0.6, offset=1).tolist() == [3, 1, 2]
     assert ops_shim.nms_torch(boxes[:0], scores[:0], 0.5).numel() == 0
 
 
@@ -146,8 +146,7 @@ def test_roi_align_torch_matches_mmcv(scale, ratio, aligned):
     grad_in = ops_shim.roi_align_torch_backward(grad, rois, x.shape, scale,
                                                 ratio, aligned)
 
-    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_in, x1.grad, rtol=1e-5, atol=1e-5)
 
 
@@ -160,19 +159,34 @@ def test_shim_ext_functions_match_mmcv_signatures(monkeypatch):
     rois = _rois(2, 16, 20, 0.5, gen)
     monkeypatch.setitem(ops_shim._BACKEND, 'name', 'torch')  # restored
     out = x.new_zeros(rois.shape[0], 4, 7, 7)
-    ops_shim.roi_align_forward(x, rois, out, x.new_zeros(0), x.new_zeros(0),
-                               aligned_height=7, aligned_width=7,
-                               spatial_scale=0.5, sampling_ratio=0,
-                               pool_mode=1, aligned=True)
+    ops_shim.roi_align_forward(
+        x,
+        rois,
+        out,
+        x.new_zeros(0),
+        x.new_zeros(0),
+        aligned_height=7,
+        aligned_width=7,
+        spatial_scale=0.5,
+        sampling_ratio=0,
+        pool_mode=1,
+        aligned=True)
     torch.testing.assert_close(
-        out, roi_align(x, rois, 7, 0.5, 0, 'avg', True), rtol=1e-5,
-        atol=1e-5)
+        out, roi_align(x, rois, 7, 0.5, 0, 'avg', True), rtol=1e-5, atol=1e-5)
     g = torch.randn(out.shape, generator=gen)
     gin = torch.zeros_like(x)
-    ops_shim.roi_align_backward(g, rois, x.new_zeros(0), x.new_zeros(0), gin,
-                                aligned_height=7, aligned_width=7,
-                                spatial_scale=0.5, sampling_ratio=0,
-                                pool_mode=1, aligned=True)
+    ops_shim.roi_align_backward(
+        g,
+        rois,
+        x.new_zeros(0),
+        x.new_zeros(0),
+        gin,
+        aligned_height=7,
+        aligned_width=7,
+        spatial_scale=0.5,
+        sampling_ratio=0,
+        pool_mode=1,
+        aligned=True)
     xr = x.clone().requires_grad_()
     roi_align(xr, rois, 7, 0.5, 0, 'avg', True).backward(g)
     torch.testing.assert_close(gin, xr.grad, rtol=1e-5, atol=1e-5)
@@ -186,8 +200,8 @@ def test_shim_ext_functions_match_mmcv_signatures(monkeypatch):
     for offset in (0, 1):
         for thr in (0.3, 0.7):
             _, expected = nms(boxes, scores, thr, offset=offset)
-            actual = ops_shim.nms(boxes, scores, iou_threshold=thr,
-                                  offset=offset)
+            actual = ops_shim.nms(
+                boxes, scores, iou_threshold=thr, offset=offset)
             assert actual.tolist() == expected.tolist()
 
 
@@ -217,9 +231,11 @@ def test_error_measures():
 
 
 def test_sections_are_independent_and_saved(tmp_path):
-    check = gpu_check.GpuCheck('cpu', str(tmp_path),
-                               gpu_check.Settings(quick=True),
-                               log=lambda msg: None)
+    check = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path),
+        gpu_check.Settings(quick=True),
+        log=lambda msg: None)
 
     def broken(sec):
         sec['rows'].append(dict(kind='maskrcnn', model='m'))
@@ -245,9 +261,12 @@ def test_sections_are_independent_and_saved(tmp_path):
     assert '| ok | - | 12 |' in md or '| ok | - | 13 |' in md
     assert 'error: ZeroDivisionError' in md
 
-    late = gpu_check.GpuCheck('cpu', str(tmp_path / 'late'),
-                              gpu_check.Settings(quick=True),
-                              deadline_s=0.0, log=lambda msg: None)
+    late = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path / 'late'),
+        gpu_check.Settings(quick=True),
+        deadline_s=0.0,
+        log=lambda msg: None)
     late.run_section('throughput', lambda sec: 1 / 0)
     assert late.results['sections']['throughput']['status'] == 'skipped'
 
@@ -276,11 +295,16 @@ def test_time_steps_warms_up_then_times_each_step_between_syncs():
     show), each timed step lies between a sync and the clock on either
     side, and the figures are milliseconds per step."""
     fake = FakeClock([5.0, 4.0, 0.010, 0.030, 0.020])
-    ms = gpu_check.time_steps(fake.step, torch.device('cpu'), repeats=3,
-                              warmup=2, clock=fake.clock, sync=fake.sync)
+    ms = gpu_check.time_steps(
+        fake.step,
+        torch.device('cpu'),
+        repeats=3,
+        warmup=2,
+        clock=fake.clock,
+        sync=fake.sync)
     assert ms == pytest.approx([10.0, 30.0, 20.0])
-    assert fake.log == ['step'] * 2 + ['sync', 'clock', 'step', 'sync',
-                                       'clock'] * 3
+    assert fake.log == ['step'
+                        ] * 2 + ['sync', 'clock', 'step', 'sync', 'clock'] * 3
     with pytest.raises(ValueError, match='repeats >= 1'):
         gpu_check.time_steps(fake.step, torch.device('cpu'), 0, 1)
 
@@ -292,8 +316,8 @@ def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
     left in eval mode without gradients."""
     settings = gpu_check.Settings(quick=True)
     settings.train_warmup, settings.train_repeats = 2, 3
-    check = gpu_check.GpuCheck('cpu', str(tmp_path), settings,
-                               log=lambda msg: None)
+    check = gpu_check.GpuCheck(
+        'cpu', str(tmp_path), settings, log=lambda msg: None)
     durations = [9.0, 1.0, 0.008, 0.004, 0.002]
     now = [0.0]
     model = torch.nn.Conv2d(3, 4, 3)
@@ -306,9 +330,9 @@ def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
     model.register_forward_hook(forward_hook)
     monkeypatch.setattr(time, 'perf_counter', lambda: now[0])
     # the throughput section's module times the steps
-    monkeypatch.setattr(gpu_check.throughput, 'time_steps',
-                        functools.partial(gpu_check.time_steps,
-                                          clock=lambda: now[0]))
+    monkeypatch.setattr(
+        gpu_check.throughput, 'time_steps',
+        functools.partial(gpu_check.time_steps, clock=lambda: now[0]))
     wrapped = lambda x: [model(x)]  # noqa: E731 (outputs as a list)
     holder = torch.nn.Module()
     holder.forward = wrapped
@@ -335,21 +359,47 @@ def test_cudnn_benchmark_is_set_per_section():
 def test_variants_markdown_lists_every_core():
     """The variants table: one line per row, errors and skips as text."""
     from mmrest.backbones import kernels
-    rows = [dict(kind='variant', model='rest_small', core=c, err_fp32=1e-6,
-                 grad_err_fp32=2e-6, err_float16=1e-3, err_bfloat16=1e-2,
-                 **{'pass': True}, train_float16_step_ms=120.0,
-                 train_bfloat16_step_ms=121.0,
-                 train_float16_step_peak_MiB=3000.0, small_fp16_img_s=5e3)
-            for c in kernels.EMSA_CORES[:-1]]
-    rows.append(dict(kind='variant', model='rest_small',
-                     core='literal_compiled', skipped='--compile-backend off'))
-    rows.append(dict(kind='variant', model='swin_t', core=None,
-                     error='RuntimeError: boom'))
-    md = gpu_check.to_markdown(dict(meta={}, sections=dict(variants=dict(
-        status='ok', rows=rows, settings=dict(
-            train='2x3x800x1344', train_amp=['float16', 'bfloat16'])))))
-    lines = [ln for ln in md.splitlines() if ln.startswith('| rest_small')
-             or ln.startswith('| swin_t')]
+    rows = [
+        dict(
+            kind='variant',
+            model='rest_small',
+            core=c,
+            err_fp32=1e-6,
+            grad_err_fp32=2e-6,
+            err_float16=1e-3,
+            err_bfloat16=1e-2,
+            **{'pass': True},
+            train_float16_step_ms=120.0,
+            train_bfloat16_step_ms=121.0,
+            train_float16_step_peak_MiB=3000.0,
+            small_fp16_img_s=5e3) for c in kernels.EMSA_CORES[:-1]
+    ]
+    rows.append(
+        dict(
+            kind='variant',
+            model='rest_small',
+            core='literal_compiled',
+            skipped='--compile-backend off'))
+    rows.append(
+        dict(
+            kind='variant',
+            model='swin_t',
+            core=None,
+            error='RuntimeError: boom'))
+    md = gpu_check.to_markdown(
+        dict(
+            meta={},
+            sections=dict(
+                variants=dict(
+                    status='ok',
+                    rows=rows,
+                    settings=dict(
+                        train='2x3x800x1344',
+                        train_amp=['float16', 'bfloat16'])))))
+    lines = [
+        ln for ln in md.splitlines()
+        if ln.startswith('| rest_small') or ln.startswith('| swin_t')
+    ]
     assert len(lines) == len(rows)
     assert '| rest_small | sdpa | 1e-06 | 2e-06 | 0.001 | 0.01 | yes | 120.0' \
         in md
@@ -370,14 +420,23 @@ def test_bad_arguments():
 # the whole check, quick mode on the CPU, ops shim forced in
 # --------------------------------------------------------------------------
 def test_quick_cpu_run_with_ops_shim(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MMREST_FORCE_OPS_SHIM='1',
-               PYTHONWARNINGS='ignore')
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        MMREST_FORCE_OPS_SHIM='1',
+        PYTHONWARNINGS='ignore')
     # no deadline: every row runs however loaded the CPU (the deadline's
     # logic: test_sections_are_independent_and_saved)
-    proc = subprocess.run(
-        [sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
-         '--deadline-s', '100000', '--out', str(tmp_path)], cwd=ROOT,
-        env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([
+        sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
+        '--deadline-s', '100000', '--out',
+        str(tmp_path)
+    ],
+                          cwd=ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / 'gpu_check.json').read_text())
     meta = res['meta']
@@ -419,8 +478,9 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert secs['maskrcnn']['settings']['cudnn_benchmark'] is False
 
     mr = {r['model']: r for r in secs['maskrcnn']['rows']}
-    assert set(mr) == {'mask_rcnn_rest_small', 'mask_rcnn_restv2_tiny',
-                       'mask_rcnn_swin_t'}
+    assert set(mr) == {
+        'mask_rcnn_rest_small', 'mask_rcnn_restv2_tiny', 'mask_rcnn_swin_t'
+    }
     for r in mr.values():  # forward and backward through the shim's ops
         assert 'error' not in r, r
         assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
@@ -433,12 +493,12 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert found['C128_h2_vd_math'] == 'ok' and found['C512_h8_vC_math'] \
         == 'ok', found
     var = [r for r in var if r['kind'] == 'variant']
-    assert [(r['model'], r['core']) for r in var] == (
-        [('rest_small_literal', None)] +
-        [('rest_small', c) for c in kernels.EMSA_CORES
-         if c != 'literal_compiled'] +
-        [('restv2_tiny', None), ('swin_t', None),
-         ('rest_small', 'literal_compiled')])
+    assert [(r['model'], r['core']) for r in var
+            ] == ([('rest_small_literal', None)] +
+                  [('rest_small', c)
+                   for c in kernels.EMSA_CORES if c != 'literal_compiled'] +
+                  [('restv2_tiny', None), ('swin_t', None),
+                   ('rest_small', 'literal_compiled')])
     for r in var:
         if r['core'] == 'literal_compiled':  # --compile-backend off
             assert 'skipped' in r
@@ -473,7 +533,9 @@ def test_depthwise_by_slices_is_a_depthwise_convolution():
         b = torch.randn(c, generator=gen, dtype=torch.float64)
         torch.testing.assert_close(
             depthwise_by_slices(x, wt, b, s, p),
-            F.conv2d(x, wt, b, s, p, groups=c), rtol=1e-12, atol=1e-12)
+            F.conv2d(x, wt, b, s, p, groups=c),
+            rtol=1e-12,
+            atol=1e-12)
 
 
 def test_gpu_experiment_command_lines(tmp_path):
@@ -482,18 +544,28 @@ def test_gpu_experiment_command_lines(tmp_path):
     convolution timings writes every row (5 convolutions, 2 dtypes, 4
     kernels)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS='ignore')
-    for tool, option in (('gpu_profile', '--smoke'),
-                         ('gpu_variants', '--out')):
+    for tool, option in (('gpu_profile', '--smoke'), ('gpu_variants',
+                                                      '--out')):
         proc = subprocess.run(
-            [sys.executable, f'tools/device/{tool}.py', '--help'], cwd=ROOT,
-            env=env, capture_output=True, text=True, timeout=300)
+            [sys.executable, f'tools/device/{tool}.py', '--help'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300)
         assert proc.returncode == 0 and option in proc.stdout, proc.stderr
-    proc = subprocess.run(
-        [sys.executable, 'tools/device/gpu_profile.py', '--smoke',
-         '--sections', 'convs', '--out', str(tmp_path)], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([
+        sys.executable, 'tools/device/gpu_profile.py', '--smoke', '--sections',
+        'convs', '--out',
+        str(tmp_path)
+    ],
+                          cwd=ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((tmp_path / 'profile.json').read_text())['convs']
     assert len(rows) == 5 * 2 * 4
-    assert {r['variant'] for r in rows} == {'cudnn', 'cudnn benchmark',
-                                            'native', 'slices'}
+    assert {r['variant']
+            for r in rows} == {'cudnn', 'cudnn benchmark', 'native', 'slices'}

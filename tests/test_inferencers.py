@@ -12,11 +12,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from _helpers import ROOT
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco
-
-from _helpers import ROOT
 
 DET_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
 SEG_CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'
@@ -35,6 +34,7 @@ def _checkpoint(config, scope, path):
     with mmengine's save_checkpoint and the classes (and palette) of the
     config's data set in its meta, as a training run saves them."""
     import importlib
+
     from mmengine.runner.checkpoint import save_checkpoint, weights_to_cpu
     importlib.import_module(f'{scope}.utils').register_all_modules()
     registry = importlib.import_module(f'{scope}.registry')
@@ -43,15 +43,20 @@ def _checkpoint(config, scope, path):
     model = registry.MODELS.build(cfg.model)
     model.init_weights()
     dataset_meta = dict(cfg.test_dataloader.dataset.metainfo)
-    save_checkpoint(dict(state_dict=weights_to_cpu(model.state_dict()),
-                         meta=dict(dataset_meta=dataset_meta)), str(path))
+    save_checkpoint(
+        dict(
+            state_dict=weights_to_cpu(model.state_dict()),
+            meta=dict(dataset_meta=dataset_meta)), str(path))
     return path, dataset_meta
 
 
 def _run(script, cwd):
     """``script`` in a fresh Python; the JSON it prints last."""
-    proc = subprocess.run([sys.executable, '-c', script], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, '-c', script],
+                          cwd=cwd,
+                          capture_output=True,
+                          text=True,
+                          timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,8 +80,7 @@ def test_det_inferencer(image, tmp_path):
         '    prediction=out["predictions"][0])))\n',
         cwd=tmp_path)
     assert result['backbone'] == 'mmrest.backbones.rest.ResT'
-    assert tuple(result['classes']) == SHAPES_CLASSES == tuple(
-        meta['classes'])
+    assert tuple(result['classes']) == SHAPES_CLASSES == tuple(meta['classes'])
     pred = result['prediction']
     assert len(pred['labels']) > 0
     assert set(pred['labels']) <= set(range(len(SHAPES_CLASSES)))
@@ -84,10 +88,10 @@ def test_det_inferencer(image, tmp_path):
     model = init_detector(str(DET_CONFIG), str(checkpoint), device='cpu')
     expected = inference_detector(model, str(image)).pred_instances
     assert pred['labels'] == expected.labels.tolist()
-    np.testing.assert_allclose(pred['scores'], expected.scores.numpy(),
-                               rtol=0, atol=1e-5)
-    np.testing.assert_allclose(pred['bboxes'], expected.bboxes.numpy(),
-                               rtol=0, atol=1e-3)
+    np.testing.assert_allclose(
+        pred['scores'], expected.scores.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        pred['bboxes'], expected.bboxes.numpy(), rtol=0, atol=1e-3)
     assert len(pred['masks']) == len(expected.masks)
 
     drawn = cv2.imread(str(out / 'vis' / image.name))
@@ -127,6 +131,6 @@ def test_mmseg_inferencer(image, tmp_path):
 
     drawn = cv2.imread(str(out / 'vis' / image.name))
     assert drawn is not None and drawn.shape == (128, 128, 3)
-    saved = cv2.imread(str(out / 'pred' / '00000000_pred.png'),
-                       cv2.IMREAD_UNCHANGED)
+    saved = cv2.imread(
+        str(out / 'pred' / '00000000_pred.png'), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(saved, pred)

@@ -16,19 +16,17 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import settings_by_param
 from mmengine.optim import build_optim_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmrest import ResT, ResTV2
 
-from _helpers import settings_by_param
-
 BASE_LR = 1e-3
 BASE_WD = 0.05
 NARROW = {ResT: [8, 16, 32, 64], ResTV2: [16, 32, 64, 128]}
-VARIANTS = [(ResT, a) for a in ('lite', 'small', 'base', 'large')] + [
-    (ResTV2, a) for a in ('tiny', 'small', 'base', 'large')
-]
+VARIANTS = [(ResT, a) for a in ('lite', 'small', 'base', 'large')
+            ] + [(ResTV2, a) for a in ('tiny', 'small', 'base', 'large')]
 
 
 class Segmentor(nn.Module):
@@ -56,8 +54,8 @@ def build(model, decay_type, rate=0.9, **paramwise):
         type='OptimWrapper',
         optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD),
         constructor='ResTLayerDecayOptimizerConstructor',
-        paramwise_cfg=dict(decay_rate=rate, decay_type=decay_type,
-                           **paramwise))
+        paramwise_cfg=dict(
+            decay_rate=rate, decay_type=decay_type, **paramwise))
     return build_optim_wrapper(model, cfg)
 
 
@@ -93,8 +91,8 @@ def no_decay_names(model: nn.Module):
 
 
 @pytest.mark.parametrize('decay_type', ['stage_wise', 'layer_wise'])
-@pytest.mark.parametrize('cls,arch', VARIANTS,
-                         ids=[f'{c.__name__}-{a}' for c, a in VARIANTS])
+@pytest.mark.parametrize(
+    'cls,arch', VARIANTS, ids=[f'{c.__name__}-{a}' for c, a in VARIANTS])
 def test_every_parameter_gets_the_rule(cls, arch, decay_type):
     model = narrow_model(cls, arch)
     depths = cls.arch_zoo[arch]['depths']
@@ -106,8 +104,8 @@ def test_every_parameter_gets_the_rule(cls, arch, decay_type):
         layer_id = expected_layer_id(name, depths, decay_type)
         ids_seen.add(layer_id)
         lr, wd = got[id(p)]
-        assert lr == pytest.approx(BASE_LR * 0.9**(max_id - layer_id),
-                                   rel=1e-12), name
+        assert lr == pytest.approx(
+            BASE_LR * 0.9**(max_id - layer_id), rel=1e-12), name
         assert wd == (0. if name in no_decay else BASE_WD), name
     assert len(got) == len(list(model.parameters()))
     # Every id from the stem to the head is used.
@@ -150,18 +148,15 @@ def test_literal_values_v1_small_layer_wise():
 
     assert lr('backbone.stem.conv1.weight') == pytest.approx(1e-3 / 2**13)
     assert lr('backbone.stage1.0.mlp.fc1.weight') == pytest.approx(1e-3 /
-                                                                  2**12)
+                                                                   2**12)
     assert lr('backbone.stage1.1.mlp.fc1.weight') == pytest.approx(1e-3 /
-                                                                  2**11)
+                                                                   2**11)
     # Stage 2's patch embedding with stage 2's first block (id 3).
     assert lr('backbone.patch_embed_2.conv.weight') == pytest.approx(1e-3 /
-                                                                    2**10)
-    assert lr('backbone.stage2.0.attn.q.weight') == pytest.approx(1e-3 /
-                                                                 2**10)
-    assert lr('backbone.stage3.5.attn.kv.weight') == pytest.approx(1e-3 /
-                                                                  2**3)
-    assert lr('backbone.stage4.1.attn.proj.weight') == pytest.approx(1e-3 /
-                                                                    2)
+                                                                     2**10)
+    assert lr('backbone.stage2.0.attn.q.weight') == pytest.approx(1e-3 / 2**10)
+    assert lr('backbone.stage3.5.attn.kv.weight') == pytest.approx(1e-3 / 2**3)
+    assert lr('backbone.stage4.1.attn.proj.weight') == pytest.approx(1e-3 / 2)
     assert lr('backbone.norm1.weight') == pytest.approx(1e-3)
     assert lr('backbone.norm.weight') == pytest.approx(1e-3)
     assert got[id(named['backbone.stem.norm1.weight'])][1] == 0.
@@ -220,9 +215,9 @@ def test_frozen_stages_and_a_training_step():
     for name, p in frozen:
         assert id(p) in got, f'{name} is in no group'
         layer_id = expected_layer_id(name, depths, 'stage_wise')
-        assert got[id(p)] == (
-            pytest.approx(BASE_LR * 0.9**(5 - layer_id), rel=1e-12),
-            0. if name in no_decay else BASE_WD), name
+        assert got[id(p)] == (pytest.approx(
+            BASE_LR * 0.9**(5 - layer_id),
+            rel=1e-12), 0. if name in no_decay else BASE_WD), name
     stem = model.backbone.stem.proj[0].weight
     assert not stem.requires_grad
     before = stem.detach().clone()
@@ -249,16 +244,17 @@ def expected_settings(model, depths, decay_type, rate, paramwise):
     """{parameter name: (lr, weight decay)} by the rule above."""
     max_id = (4 if decay_type == 'stage_wise' else sum(depths)) + 1
     custom = paramwise.get('custom_keys', {})
-    mults = dict(norm=paramwise.get('norm_decay_mult', 0.),
-                 bias=paramwise.get('bias_decay_mult', 0.),
-                 dwconv=paramwise.get('dwconv_decay_mult'),
-                 flat=paramwise.get('flat_decay_mult', 0.))
+    mults = dict(
+        norm=paramwise.get('norm_decay_mult', 0.),
+        bias=paramwise.get('bias_decay_mult', 0.),
+        dwconv=paramwise.get('dwconv_decay_mult'),
+        flat=paramwise.get('flat_decay_mult', 0.))
     out = {}
     for mod_name, module in model.named_modules():
         for p_name, param in module.named_parameters(recurse=False):
             name = f'{mod_name}.{p_name}'
-            lr = BASE_LR * rate**(max_id - expected_layer_id(
-                name, depths, decay_type))
+            lr = BASE_LR * rate**(
+                max_id - expected_layer_id(name, depths, decay_type))
             is_norm = isinstance(module, NORMS)
             if is_norm:
                 decay = mults['norm']
@@ -295,27 +291,36 @@ CUSTOM_KEYS = {
     'norm1': dict(decay_mult=1.),  # norms decayed after all
 }
 OPTION_CASES = {
-    'custom_keys': dict(custom_keys=CUSTOM_KEYS),
-    'decay_mults': dict(norm_decay_mult=1., bias_decay_mult=0.5,
-                        dwconv_decay_mult=0.1, bias_lr_mult=2.),
-    'both': dict(custom_keys=CUSTOM_KEYS, norm_decay_mult=0.3,
-                 dwconv_decay_mult=0., bias_lr_mult=4.,
-                 bypass_duplicate=True),
+    'custom_keys':
+    dict(custom_keys=CUSTOM_KEYS),
+    'decay_mults':
+    dict(
+        norm_decay_mult=1.,
+        bias_decay_mult=0.5,
+        dwconv_decay_mult=0.1,
+        bias_lr_mult=2.),
+    'both':
+    dict(
+        custom_keys=CUSTOM_KEYS,
+        norm_decay_mult=0.3,
+        dwconv_decay_mult=0.,
+        bias_lr_mult=4.,
+        bypass_duplicate=True),
 }
 
 
 @pytest.mark.parametrize('case', list(OPTION_CASES))
 @pytest.mark.parametrize('decay_type', ['stage_wise', 'layer_wise'])
-@pytest.mark.parametrize('cls,arch', [(ResT, 'small'), (ResTV2, 'small')],
-                         ids=['ResT-small', 'ResTV2-small'])
+@pytest.mark.parametrize(
+    'cls,arch', [(ResT, 'small'), (ResTV2, 'small')],
+    ids=['ResT-small', 'ResTV2-small'])
 def test_mmengine_options_with_the_decay(cls, arch, decay_type, case):
     """Every parameter's lr and weight decay with custom_keys and the
     decay multipliers, against the rule written out above."""
     paramwise = OPTION_CASES[case]
     model = narrow_model(cls, arch)
     depths = cls.arch_zoo[arch]['depths']
-    got = settings_by_param(build(model, decay_type, rate=0.8,
-                                  **paramwise))
+    got = settings_by_param(build(model, decay_type, rate=0.8, **paramwise))
     want = expected_settings(model, depths, decay_type, 0.8, paramwise)
     assert len(got) == len(want) == len(list(model.parameters()))
     for name, param in model.named_parameters():
@@ -327,8 +332,8 @@ def test_mmengine_options_with_the_decay(cls, arch, decay_type, case):
 def test_custom_keys_literal_values():
     """Hand-written values: ResT-Small stage-wise, decay 0.9 (ids 0..5)."""
     model = narrow_model(ResT, 'small')
-    got = settings_by_param(build(model, 'stage_wise', rate=0.9,
-                                  custom_keys=CUSTOM_KEYS))
+    got = settings_by_param(
+        build(model, 'stage_wise', rate=0.9, custom_keys=CUSTOM_KEYS))
     named = dict(model.named_parameters())
 
     def check(name, lr, wd):
@@ -343,8 +348,7 @@ def test_custom_keys_literal_values():
     check('backbone.patch_embed_3.pos.pa_conv.weight', 1e-3 * 0.81, 0.)
     # 'attn.q' (longest) over 'attn'
     check('backbone.stage2.0.attn.q.weight', 1e-3 * 0.729 * 2, 0.1)
-    check('backbone.stage2.0.attn.proj.weight', 1e-3 * 0.729 * 0.5,
-          BASE_WD)
+    check('backbone.stage2.0.attn.proj.weight', 1e-3 * 0.729 * 0.5, BASE_WD)
     check('backbone.stage2.0.attn.proj.bias', 1e-3 * 0.729 * 0.5, 0.)
     # 'attn.kv' and 'kv.bias' tie: 'attn.kv' goes first alphabetically
     check('backbone.stage4.1.attn.kv.bias', 1e-3 * 0.9 * 3, 0.)
@@ -357,9 +361,15 @@ def test_custom_keys_literal_values():
 
 def test_decay_multipliers_literal_values():
     model = narrow_model(ResTV2, 'tiny')
-    got = settings_by_param(build(
-        model, 'stage_wise', rate=0.5, norm_decay_mult=1.,
-        bias_decay_mult=0.5, dwconv_decay_mult=0.1, bias_lr_mult=2.))
+    got = settings_by_param(
+        build(
+            model,
+            'stage_wise',
+            rate=0.5,
+            norm_decay_mult=1.,
+            bias_decay_mult=0.5,
+            dwconv_decay_mult=0.1,
+            bias_lr_mult=2.))
     named = dict(model.named_parameters())
 
     def check(name, lr, wd):
@@ -382,10 +392,12 @@ def test_shared_parameters_are_in_one_group():
     model = narrow_model(ResTV2, 'tiny')
     model.aux_head = model.decode_head  # shared
     for bypass in (False, True):
-        got = settings_by_param(build(model, 'stage_wise',
-                                      bypass_duplicate=bypass,
-                                      custom_keys={'aux_head': dict(
-                                          lr_mult=7.)}))
+        got = settings_by_param(
+            build(
+                model,
+                'stage_wise',
+                bypass_duplicate=bypass,
+                custom_keys={'aux_head': dict(lr_mult=7.)}))
         # the first name (decode_head) decides
         assert got[id(model.decode_head[0].weight)][0] == \
             pytest.approx(BASE_LR)
@@ -396,13 +408,16 @@ def test_custom_keys_training_step():
     """The groups with custom entries make a working AdamW step; a key's
     other entries (here betas) reach its group."""
     model = narrow_model(ResTV2, 'tiny')
-    wrapper = build(model, 'stage_wise', custom_keys={
-        'decode_head': dict(lr_mult=10., betas=(0.5, 0.6))})
+    wrapper = build(
+        model,
+        'stage_wise',
+        custom_keys={'decode_head': dict(lr_mult=10., betas=(0.5, 0.6))})
     head = model.decode_head[0].weight
-    (group, ) = [g for g in wrapper.optimizer.param_groups
-                 if any(p is head for p in g['params'])]
-    assert group['betas'] == (0.5, 0.6) and group['lr'] == pytest.approx(
-        1e-2)
+    (group, ) = [
+        g for g in wrapper.optimizer.param_groups
+        if any(p is head for p in g['params'])
+    ]
+    assert group['betas'] == (0.5, 0.6) and group['lr'] == pytest.approx(1e-2)
     before = head.detach().clone()
     out = model.backbone(torch.rand(1, 3, 64, 64))[-1]
     wrapper.update_params(model.decode_head(out).square().mean())
@@ -429,7 +444,8 @@ def test_decay_multipliers_need_a_weight_decay():
     """As mmengine: a decay multiplier with no optimizer weight_decay is an
     error, not a silent no-op."""
     cfg = dict(
-        type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR),
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=BASE_LR),
         constructor='ResTLayerDecayOptimizerConstructor',
         paramwise_cfg=dict(decay_rate=0.9, norm_decay_mult=1.))
     with pytest.raises(ValueError, match='base_wd should not be None'):

@@ -6,13 +6,15 @@ import subprocess
 import sys
 
 import pytest
-
 from _helpers import ROOT
 
 
 def _python_files():
-    out = subprocess.run(['git', 'ls-files', '*.py'], cwd=ROOT, text=True,
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(['git', 'ls-files', '*.py'],
+                         cwd=ROOT,
+                         text=True,
+                         capture_output=True,
+                         check=True).stdout
     files = [f for f in out.split() if (ROOT / f).is_file()]
     assert len(files) > 50, 'not a clone of the repository?'
     return files
@@ -24,9 +26,10 @@ def _python_files():
     ['yapf', '--diff'],
 ])
 def test_checker_finds_nothing(checker):
-    result = subprocess.run([sys.executable, '-m', *checker,
-                             *_python_files()],
-                            cwd=ROOT, text=True, capture_output=True)
+    result = subprocess.run([sys.executable, '-m', *checker, *_python_files()],
+                            cwd=ROOT,
+                            text=True,
+                            capture_output=True)
     report = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0 and not result.stdout.strip(), (
         f'{checker[0]} (settings in setup.cfg) reports:\n{report}\n'

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from mmrest import ResT
-from mmrest.backbones.kernels import batch_norm_call
 from mmrest.backbones import to_literal
+from mmrest.backbones.kernels import batch_norm_call
 
-TINY = dict(embed_dims=[8, 16, 32, 64],
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 2, 4, 8],
-            sr_ratios=[8, 4, 2, 1],
-            mlp_ratios=[4, 4, 4, 4])
+TINY = dict(
+    embed_dims=[8, 16, 32, 64],
+    depths=[1, 1, 1, 1],
+    num_heads=[1, 2, 4, 8],
+    sr_ratios=[8, 4, 2, 1],
+    mlp_ratios=[4, 4, 4, 4])
 EPS64 = torch.finfo(torch.float64).eps
 
 
@@ -120,8 +121,9 @@ def test_batch_norm_call_with_a_channels_last_gradient(mode):
         norm.bias.normal_()
     x = torch.randn(1, C, H, W, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(1, C, H, W, dtype=torch.float64)
-    odd = torch.empty(H * W * C, dtype=torch.float64).as_strided(
-        (1, C, H, W), (C, 1, W * C, C))
+    odd = torch.empty(
+        H * W * C, dtype=torch.float64).as_strided((1, C, H, W),
+                                                   (C, 1, W * C, C))
     odd.copy_(grad)
     params = (x, norm.weight, norm.bias)
     got = torch.autograd.grad(batch_norm_call(norm, x), params, odd)

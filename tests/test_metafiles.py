@@ -14,19 +14,19 @@ import os
 
 import pytest
 import yaml
+from _helpers import ROOT, build_detector
 from mmengine.config import Config
 
-from _helpers import build_detector
-
-from _helpers import ROOT
 INDEX = ROOT / 'model-index.yml'
 # The figures and the decimals they are stated to (see a metafile's header).
 PARAMS, PARAMS_DECIMALS = 'Parameters (M)', 2
 FLOPS, FLOPS_DECIMALS = 'FLOPs (G)', 1
 FLOPS_SHAPE = (800, 1280)  # H x W
-METRICS = {'Object Detection': {'box AP'},
-           'Instance Segmentation': {'mask AP'},
-           'Semantic Segmentation': {'mIoU', 'mIoU(ms+flip)'}}
+METRICS = {
+    'Object Detection': {'box AP'},
+    'Instance Segmentation': {'mask AP'},
+    'Semantic Segmentation': {'mIoU', 'mIoU(ms+flip)'}
+}
 # The detection metafiles' figures are checked here; configs/upernet's
 # (mmseg's format) in test_segmentation.py.
 DETECTION = ('mask_rcnn', 'retinanet', 'cascade_rcnn', 'dino', 'mask2former')
@@ -59,10 +59,11 @@ def _metafiles():
 
 
 def _models(folders=None):
-    return [pytest.param(model, id=model['Name'])
-            for path in _metafiles() if path.is_file()
-            and (folders is None or path.parent.name in folders)
-            for model in _load(path)['Models']]
+    return [
+        pytest.param(model, id=model['Name']) for path in _metafiles()
+        if path.is_file() and (folders is None or path.parent.name in folders)
+        for model in _load(path)['Models']
+    ]
 
 
 def _with_metadata(key):
@@ -73,9 +74,11 @@ def _flops_params():
     slow = pytest.mark.skipif(
         not os.environ.get(SLOW_FLOPS_ENV),
         reason=f'minutes on a CPU: set {SLOW_FLOPS_ENV}=1 to run')
-    return [pytest.param(*p.values, id=p.id, marks=slow)
-            if p.values[0]['Config'].split('/')[1] in SLOW_FLOPS else p
-            for p in _with_metadata(FLOPS)]
+    return [
+        pytest.param(*p.values, id=p.id, marks=slow)
+        if p.values[0]['Config'].split('/')[1] in SLOW_FLOPS else p
+        for p in _with_metadata(FLOPS)
+    ]
 
 
 def test_index_imports_every_metafile():
@@ -102,8 +105,11 @@ def test_collections():
 
 
 def test_models_name_their_config_and_collection():
-    collections = {c['Name'] for path in _metafiles()
-                   for c in _load(path)['Collections']}
+    collections = {
+        c['Name']
+        for path in _metafiles()
+        for c in _load(path)['Collections']
+    }
     names = []
     for param in _models():
         model = param.values[0]
@@ -140,8 +146,9 @@ def test_config_builds_and_matches_its_metadata(model):
     assert round(params / 1e6, PARAMS_DECIMALS) == metadata[PARAMS], (
         f'{model["Name"]}: the config builds {params} parameters')
     if model.get('Results') and 'mask' in model['Name']:  # Mask R-CNN
-        assert {r['Task'] for r in model['Results']} == {
-            'Object Detection', 'Instance Segmentation'}
+        assert {r['Task']
+                for r in model['Results']
+                } == {'Object Detection', 'Instance Segmentation'}
 
 
 def test_published_parameter_counts():

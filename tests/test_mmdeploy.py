@@ -159,10 +159,12 @@ def set_classifiers(name, model, datas):
             conv = head.retina_cls
             feats = inputs_of(conv, model, datas)  # per image and level
             levels = len(feats) // len(datas)
-            feats = [torch.cat([
-                f.permute(0, 2, 3, 1).flatten(0, 2)
-                for f in feats[i:i + levels]])
-                for i in range(0, len(feats), levels)]
+            feats = [
+                torch.cat([
+                    f.permute(0, 2, 3, 1).flatten(0, 2)
+                    for f in feats[i:i + levels]
+                ]) for i in range(0, len(feats), levels)
+            ]
             separate(conv.weight, conv.bias, feats, head.cls_out_channels)
         else:
             head = model.roi_head.bbox_head
@@ -172,8 +174,12 @@ def set_classifiers(name, model, datas):
             reg.weight.copy_(reg.weight[:4].repeat(head.num_classes, 1))
             reg.bias.copy_(reg.bias[:4].repeat(head.num_classes))
             fc = head.fc_cls
-            separate(fc.weight, fc.bias, inputs_of(fc, model, datas),
-                     head.num_classes + 1, background=head.num_classes)
+            separate(
+                fc.weight,
+                fc.bias,
+                inputs_of(fc, model, datas),
+                head.num_classes + 1,
+                background=head.num_classes)
 
 
 @pytest.fixture
@@ -238,27 +244,25 @@ def test_shim_sets_dynamo_only_where_torch_has_it(monkeypatch, has_dynamo):
     from mmrest.utils import torch_compat
     monkeypatch.setattr(torch_compat, 'ONNX_EXPORT_HAS_DYNAMO', has_dynamo)
     called = []
-    monkeypatch.setattr(torch.onnx, 'export',
-                        lambda *a, **k: called.append(k))
+    monkeypatch.setattr(torch.onnx, 'export', lambda *a, **k: called.append(k))
     with mmdeploy_torch_shims():
         torch.onnx.export('model', 'args', 'file', opset_version=11)
         torch.onnx.export('model', 'args', 'file', dynamo=True)
-    assert called[0] == (dict(opset_version=11, dynamo=False) if has_dynamo
-                         else dict(opset_version=11))
+    assert called[0] == (
+        dict(opset_version=11, dynamo=False) if has_dynamo else dict(
+            opset_version=11))
     assert called[1] == dict(dynamo=True)
 
 
 def test_missing_packages_are_named(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, 'find_spec',
-        lambda name, *a: None if name in ('mmdeploy', 'onnxruntime')
-        else find_spec(name, *a))
+        importlib.util, 'find_spec', lambda name, *a: None
+        if name in ('mmdeploy', 'onnxruntime') else find_spec(name, *a))
     with pytest.raises(ImportError, match='needs mmdeploy, onnxruntime'):
         deploy.check_requirements()
     with pytest.raises(ImportError, match='mmdeploy'):
-        build_detector(str(CONFIGS / 'retinanet' /
-                           'rest_lite_fpn_1x_coco.py'))
+        build_detector(str(CONFIGS / 'retinanet' / 'rest_lite_fpn_1x_coco.py'))
 
 
 def test_deploy_cfg_errors():
@@ -269,12 +273,15 @@ def test_deploy_cfg_errors():
     cfg = deploy.load_deploy_cfg('instance-seg')
     assert cfg.onnx_config.output_names == ['dets', 'labels', 'masks']
     assert cfg.onnx_config.dynamic_axes['input'] == {
-        0: 'batch', 2: 'height', 3: 'width'}
+        0: 'batch',
+        2: 'height',
+        3: 'width'
+    }
 
 
 @pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn'])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
-                                            float64_detector):
+                                              float64_detector):
     task = 'instance-seg' if name == 'mask_rcnn' else 'detection'
     torch.manual_seed(0)
     processor, model = build_detector(model_config(name), task)

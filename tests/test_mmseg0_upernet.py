@@ -15,15 +15,16 @@ import json
 
 import pytest
 import torch
-from mmengine.config import Config
-
 from _helpers import ROOT
+from mmengine.config import Config
 
 pytest.importorskip('mmseg')
 
 DATA = ROOT / 'tests/data/mmseg0'
 META = json.loads((DATA / 'reference.json').read_text())
-CONFIG = ROOT / 'configs/upernet/restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py'
+CONFIG = (
+    ROOT / 'configs/upernet/'
+    'restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py')
 # Largest difference of a class probability measured on this data (float32,
 # the same operators in another order: mmrest's fused attention and token
 # layout, mmseg 1.x's resize): 2.1e-7; 1e-5 leaves room for
@@ -38,17 +39,21 @@ def _model():
     cfg = Config.fromfile(CONFIG)
     m = cfg.model
     m.backbone.update(
-        arch=dict(embed_dims=META['embed_dims'], depths=META['depths'],
-                  num_heads=[1, 2, 4, 8]),
+        arch=dict(
+            embed_dims=META['embed_dims'],
+            depths=META['depths'],
+            num_heads=[1, 2, 4, 8]),
         init_cfg=None)
-    m.decode_head.update(in_channels=META['embed_dims'],
-                         channels=META['channels'],
-                         num_classes=META['num_classes'],
-                         norm_cfg=dict(type='BN', requires_grad=True))
-    m.auxiliary_head.update(in_channels=META['embed_dims'][2],
-                            channels=META['aux_channels'],
-                            num_classes=META['num_classes'],
-                            norm_cfg=dict(type='BN', requires_grad=True))
+    m.decode_head.update(
+        in_channels=META['embed_dims'],
+        channels=META['channels'],
+        num_classes=META['num_classes'],
+        norm_cfg=dict(type='BN', requires_grad=True))
+    m.auxiliary_head.update(
+        in_channels=META['embed_dims'][2],
+        channels=META['aux_channels'],
+        num_classes=META['num_classes'],
+        norm_cfg=dict(type='BN', requires_grad=True))
     m.test_cfg = dict(mode='whole')
     init_default_scope('mmseg')
     return MODELS.build(m).eval()
@@ -60,14 +65,19 @@ def test_mmseg0_checkpoint_loads_unchanged_and_matches():
     model = _model()
     # As tools/test.py loads it (mmengine's load_checkpoint), strictly: every
     # key of the mmseg 0.x file is a key of the mmseg 1.x model, none missing.
-    load_checkpoint(model, str(DATA / 'upernet_restv2_mmseg0.pth'),
-                    map_location='cpu', strict=True)
-    ref = torch.load(DATA / 'upernet_restv2_mmseg0_output.pt',
-                     weights_only=True)
+    load_checkpoint(
+        model,
+        str(DATA / 'upernet_restv2_mmseg0.pth'),
+        map_location='cpu',
+        strict=True)
+    ref = torch.load(
+        DATA / 'upernet_restv2_mmseg0_output.pt', weights_only=True)
     x = ref['input']
     h, w = x.shape[2:]
-    sample = SegDataSample(metainfo=dict(
-        ori_shape=tuple(ref['ori_hw']), img_shape=(h, w), pad_shape=(h, w)))
+    sample = SegDataSample(
+        metainfo=dict(
+            ori_shape=tuple(ref['ori_hw']), img_shape=(h, w), pad_shape=(h,
+                                                                         w)))
     with torch.no_grad():
         out = model.predict(x, [sample])[0]
     probs = out.seg_logits.data.softmax(dim=0)
@@ -76,4 +86,3 @@ def test_mmseg0_checkpoint_loads_unchanged_and_matches():
     print('largest probability difference', err)
     assert err <= PROB_TOL
     assert (out.pred_sem_seg.data[0] == ref['probs'][0].argmax(0)).all()
-

@@ -15,43 +15,48 @@ def test_mask_rcnn_from_config_trains_and_predicts():
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
-    cfg = Config.fromfile(
-        CONFIGS / 'mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py')
-    assert cfg.custom_imports == dict(imports=['mmrest'],
-                                      allow_failed_imports=False)
+    cfg = Config.fromfile(CONFIGS /
+                          'mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py')
+    assert cfg.custom_imports == dict(
+        imports=['mmrest'], allow_failed_imports=False)
     register_all_modules()
     model = MODELS.build(cfg.model)
     assert type(model.backbone).__name__ == 'ResT'
-    packed = demo_mm_inputs(2, [(3, 160, 224)] * 2, with_mask=True,
-                            num_classes=80)
+    packed = demo_mm_inputs(
+        2, [(3, 160, 224)] * 2, with_mask=True, num_classes=80)
     data = model.data_preprocessor(packed, True)
     model.train()
     losses = model(**data, mode='loss')
-    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(
-        losses)
-    total = sum(v if torch.is_tensor(v) else sum(v) for k, v in
-                losses.items() if 'loss' in k)
+    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox',
+            'loss_mask'} <= set(losses)
+    total = sum(
+        v if torch.is_tensor(v) else sum(v) for k, v in losses.items()
+        if 'loss' in k)
     assert torch.isfinite(total)
     total.backward()
     assert model.backbone.stage1[0].attn.q.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(packed, False),
-                        mode='predict')
+        results = model(
+            **model.data_preprocessor(packed, False), mode='predict')
     assert len(results) == 2 and hasattr(results[0], 'pred_instances')
 
 
 # ------------------------------------------- config names and work dirs
 def _top_level(path):
     """``{name: value node}`` of a config file's top-level assignments."""
-    return {t.id: node.value for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name)}
+    return {
+        t.id: node.value
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Assign) for t in node.targets
+        if isinstance(t, ast.Name)
+    }
 
 
 def _configs():
-    return sorted(p for p in CONFIGS.rglob('*.py')
-                  if '_base_' not in p.relative_to(CONFIGS).parts)
+    return sorted(
+        p for p in CONFIGS.rglob('*.py')
+        if '_base_' not in p.relative_to(CONFIGS).parts)
 
 
 def _former_names():
@@ -73,8 +78,8 @@ def _default_work_dir(path):
         f'./work_dirs/{path.stem}'
 
 
-@pytest.mark.parametrize('path,target', list(_former_names().items()),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    'path,target', list(_former_names().items()), ids=lambda p: p.name)
 def test_former_config_names_are_the_new_configs(path, target):
     """A former name builds the same config as the file it names, and
     trains in that file's work dir."""
@@ -91,8 +96,8 @@ def test_every_config_has_its_own_work_dir():
     former = _former_names()
     owners = {}
     for path in _configs():
-        owners.setdefault(_default_work_dir(path), set()).add(
-            former.get(path, path.resolve()))
+        owners.setdefault(_default_work_dir(path),
+                          set()).add(former.get(path, path.resolve()))
     shared = {d: sorted(map(str, o)) for d, o in owners.items() if len(o) > 1}
     assert not shared, f'configs sharing a work dir: {shared}'
     assert len(former) == 14  # the documented former paths, demo included

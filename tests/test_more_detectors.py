@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import ROOT, CallCounter, settings_by_param
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
-
-from _helpers import ROOT, CallCounter, settings_by_param
 
 CONFIGS = ROOT / 'configs'
 DATA = ROOT / 'tests' / 'data'
@@ -50,7 +49,7 @@ CONFIG = {
 # differences listed in DIFFERENCES).
 MMDET_BASE = {
     'cascade': 'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-'
-               'giou_amp-ms-crop-3x_coco.py',
+    'giou_amp-ms-crop-3x_coco.py',
     'dino': 'dino/dino-4scale_r50_8xb2-12e_coco.py',
     'mask2former': 'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
 }
@@ -58,23 +57,33 @@ MMDET_BASE = {
 # backbone, the width of what reads the backbone, the optimisation
 # (Cascade: the ResT Mask R-CNN one; Mask2Former: the backbone's norms as
 # mmdet's Swin config lists Swin's), and the config's own variables.
-OWN_VARIABLES = {'arch', 'pretrained', 'depths', 'backbone_norm_multi',
-                 'custom_keys'}
-DIFFERENCES = {
-    'cascade': {'custom_imports', 'default_hooks', 'custom_hooks', 'model',
-                'optim_wrapper'},
-    'dino': {'custom_imports', 'default_hooks', 'custom_hooks', 'model'},
-    'mask2former': {'custom_imports', 'default_hooks', 'custom_hooks',
-                    'model', 'optim_wrapper'},
+OWN_VARIABLES = {
+    'arch', 'pretrained', 'depths', 'backbone_norm_multi', 'custom_keys'
 }
-MODEL_DIFFERENCES = {'cascade': ('backbone', 'neck'),
-                     'dino': ('backbone', 'neck'),
-                     'mask2former': ('backbone', 'panoptic_head')}
+DIFFERENCES = {
+    'cascade': {
+        'custom_imports', 'default_hooks', 'custom_hooks', 'model',
+        'optim_wrapper'
+    },
+    'dino': {'custom_imports', 'default_hooks', 'custom_hooks', 'model'},
+    'mask2former': {
+        'custom_imports', 'default_hooks', 'custom_hooks', 'model',
+        'optim_wrapper'
+    },
+}
+MODEL_DIFFERENCES = {
+    'cascade': ('backbone', 'neck'),
+    'dino': ('backbone', 'neck'),
+    'mask2former': ('backbone', 'panoptic_head')
+}
 # The stages each detector reads: Cascade (FPN) and Mask2Former (pixel
 # decoder) all four, DINO stages 2-4 (mmdet's DINO recipe with a
 # transformer backbone).
-OUT_INDICES = {'cascade': (0, 1, 2, 3), 'dino': (1, 2, 3),
-               'mask2former': (0, 1, 2, 3)}
+OUT_INDICES = {
+    'cascade': (0, 1, 2, 3),
+    'dino': (1, 2, 3),
+    'mask2former': (0, 1, 2, 3)
+}
 STRIDES = (4, 8, 16, 32)
 # The authors' stochastic depth per variant (their detection backbones).
 DROP_PATH = {('v1', 'small'): 0.1, ('v2', 'tiny'): 0.1, ('v2', 'small'): 0.2}
@@ -91,11 +100,15 @@ LR = 1e-4
 OPTIM = {
     'cascade': dict(wd=0.05, backbone_lr=LR, clip=0.01, norm_wd=0.0),
     'dino': dict(wd=1e-4, backbone_lr=0.1 * LR, clip=0.1, norm_wd=1e-4),
-    'mask2former': dict(wd=0.05, backbone_lr=0.1 * LR, clip=0.01,
-                        norm_wd=0.0),
+    'mask2former': dict(wd=0.05, backbone_lr=0.1 * LR, clip=0.01, norm_wd=0.0),
 }
-AMP = {CASCADE_V1: False, CASCADE_V2T: True, CASCADE_V2S: True,
-       DINO: False, MASK2FORMER: False}
+AMP = {
+    CASCADE_V1: False,
+    CASCADE_V2T: True,
+    CASCADE_V2S: True,
+    DINO: False,
+    MASK2FORMER: False
+}
 # Mask2Former's embeddings without weight decay (mmdet's custom keys).
 M2F_EMBEDDINGS = ('query_embed', 'query_feat', 'level_embed')
 # torch's norm layers, as mmengine's norm_decay_mult recognises them.
@@ -161,7 +174,8 @@ def authors_widths_and_params(family, arch, out_indices):
     embed = 'patch_embed_' if family == 'v1' else 'patch_'
     # each stage's width: the bias of its pixel attention
     widths = [shapes['stem.pos.pa_conv.bias'][0]] + [
-        shapes[f'{embed}{i}.pos.pa_conv.bias'][0] for i in (2, 3, 4)]
+        shapes[f'{embed}{i}.pos.pa_conv.bias'][0] for i in (2, 3, 4)
+    ]
     dropped = ('head.', ) if family == 'v1' else ('head.', 'norm.')
     total = sum(
         math.prod(shape) for key, shape in shapes.items()
@@ -189,10 +203,11 @@ def _base_chain(path: Path):
     chain = []
     while True:
         tree = ast.parse(path.read_text())
-        (base, ) = [ast.literal_eval(n.value) for n in tree.body
-                    if isinstance(n, ast.Assign)
-                    and any(getattr(t, 'id', '') == '_base_'
-                            for t in n.targets)]
+        (base, ) = [
+            ast.literal_eval(n.value) for n in tree.body
+            if isinstance(n, ast.Assign) and any(
+                getattr(t, 'id', '') == '_base_' for t in n.targets)
+        ]
         assert isinstance(base, str), f'{path}: one base expected'
         chain.append(base)
         if base.startswith('mmdet::'):
@@ -212,9 +227,11 @@ def test_written_on_mmdet_bases_with_only_the_differences(path):
     assert chain[-1] == f'mmdet::{MMDET_BASE[det]}'
     assert not any('mask_rcnn' in b or 'schedules' in b for b in chain)
     ours = _unscoped(load(path).to_dict())
-    base = Config.fromfile(str(mmdet_config(MMDET_BASE[det])),
-                           import_custom_modules=False).to_dict()
-    changed = {k for k in set(ours) | set(base)
+    base = Config.fromfile(
+        str(mmdet_config(MMDET_BASE[det])),
+        import_custom_modules=False).to_dict()
+    changed = {k
+               for k in set(ours) | set(base)
                if ours.get(k) != base.get(k)} - OWN_VARIABLES
     assert changed <= DIFFERENCES[det], changed - DIFFERENCES[det]
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader',
@@ -223,8 +240,11 @@ def test_written_on_mmdet_bases_with_only_the_differences(path):
         assert ours[key] == base[key], key
     model, base_model = ours['model'], base['model']
     reader = MODEL_DIFFERENCES[det][1]
-    changed = {k for k in set(model) | set(base_model)
-               if model.get(k) != base_model.get(k)}
+    changed = {
+        k
+        for k in set(model) | set(base_model)
+        if model.get(k) != base_model.get(k)
+    }
     assert changed <= set(MODEL_DIFFERENCES[det]), changed
     # what reads the backbone: only its input widths
     ours_reader = dict(model[reader], in_channels=None)
@@ -240,19 +260,19 @@ def test_written_on_mmdet_bases_with_only_the_differences(path):
 def test_backbone_and_plugin(path):
     det, family, arch = CONFIG[path]
     cfg = load(path)
-    assert cfg.custom_imports == dict(imports=['mmrest'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmrest'], allow_failed_imports=False)
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
-    assert [h.type for h in cfg.custom_hooks] == [
-        'CheckInvalidLossHook', 'IterSeedHook']
+    assert [h.type for h in cfg.custom_hooks
+            ] == ['CheckInvalidLossHook', 'IterSeedHook']
     backbone = cfg.model.backbone
     assert backbone.type == {'v1': 'ResT', 'v2': 'ResTV2'}[family]
     assert backbone.arch == arch
     assert tuple(backbone.out_indices) == OUT_INDICES[det]
     assert backbone.drop_path_rate == DROP_PATH[family, arch]
     assert backbone.frozen_stages == -1
-    checkpoint = (f'checkpoints/rest_{arch}.pth' if family == 'v1' else
-                  f'checkpoints/restv2_{arch}_224.pth')
+    checkpoint = (f'checkpoints/rest_{arch}.pth'
+                  if family == 'v1' else f'checkpoints/restv2_{arch}_224.pth')
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=checkpoint)
     if family == 'v1':  # as the authors' v1 detection backbone
         assert backbone.out_norms_feed_next_stage is True
@@ -274,8 +294,8 @@ def test_backbone_outputs_match_what_reads_them(path):
         feats = model.backbone(torch.rand(1, 3, h, w))
     assert [f.shape[1] for f in feats] == expected
     strides = [STRIDES[i] for i in OUT_INDICES[det]]
-    assert [tuple(f.shape[2:]) for f in feats] == [
-        (math.ceil(h / s), math.ceil(w / s)) for s in strides]
+    assert [tuple(f.shape[2:]) for f in feats
+            ] == [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
     if det == 'cascade':
         assert list(model.neck.in_channels) == expected
         with torch.no_grad():
@@ -292,8 +312,8 @@ def test_backbone_outputs_match_what_reads_them(path):
         # strides 8, 16, 32 and the extra stride-2 conv's 64
         assert len(outs) == 4 == model.num_feature_levels
         assert [o.shape[1] for o in outs] == [256] * 4
-        assert tuple(outs[3].shape[2:]) == (
-            math.ceil(outs[2].shape[2] / 2), math.ceil(outs[2].shape[3] / 2))
+        assert tuple(outs[3].shape[2:]) == (math.ceil(outs[2].shape[2] / 2),
+                                            math.ceil(outs[2].shape[3] / 2))
         for layer in model.encoder.layers:
             assert layer.self_attn.num_levels == 4
         for layer in model.decoder.layers:
@@ -326,8 +346,8 @@ def test_parameters_are_the_authors_backbone_and_mmdets_heads(path):
         family, arch, OUT_INDICES[det])
     assert sum(p.numel() for p in model.backbone.parameters()) == \
         backbone_params
-    base = Config.fromfile(str(mmdet_config(MMDET_BASE[det])),
-                           import_custom_modules=False)
+    base = Config.fromfile(
+        str(mmdet_config(MMDET_BASE[det])), import_custom_modules=False)
     if det == 'cascade':  # ConvNeXt needs mmpretrain: any backbone will do
         base.model.backbone = dict(type='ResNet', depth=18)
     else:
@@ -349,8 +369,10 @@ def expected_settings(det, family, model):
     output_norms = set()
     if det == 'cascade' and family == 'v2':
         # the authors' v2 output norms, not a torch norm in their code
-        output_norms = {f'backbone.norm_{i + 1}'
-                        for i in model.backbone.out_indices}
+        output_norms = {
+            f'backbone.norm_{i + 1}'
+            for i in model.backbone.out_indices
+        }
     expected = {}
     for name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
@@ -381,13 +403,16 @@ def test_every_parameter_lr_and_weight_decay(path):
         assert lr == pytest.approx(expected[name][0]), name
         assert wd == pytest.approx(expected[name][1]), name
     # every kind of norm of the backbone is there to be checked
-    kinds = {type(m) for m in model.backbone.modules()
-             if isinstance(m, NORM_TYPES)}
+    kinds = {
+        type(m)
+        for m in model.backbone.modules() if isinstance(m, NORM_TYPES)
+    }
     assert {nn.BatchNorm2d, nn.LayerNorm} <= kinds
     if det != 'dino':  # the recipe's zero decay reaches every backbone norm
-        norms = [p for m in model.backbone.modules()
-                 if isinstance(m, NORM_TYPES)
-                 for p in m.parameters(recurse=False)]
+        norms = [
+            p for m in model.backbone.modules() if isinstance(m, NORM_TYPES)
+            for p in m.parameters(recurse=False)
+        ]
         zero = [p for p in norms if got[id(p)][1] == 0.0]
         output = 8 if (det == 'cascade' and family == 'v2') else 0
         assert len(zero) == len(norms) - output > 50
@@ -409,14 +434,15 @@ def test_gradient_clipping_and_precision(path):
         p.grad = g.clone()
     before = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
     wrapper._clip_grad()
-    after = math.sqrt(sum(float(p.grad.double().pow(2).sum())
-                          for p in params))
+    after = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
     assert before > 100 * max_norm
     assert after == pytest.approx(max_norm, rel=1e-3)
     for p, g in zip(params[:20], grads[:20]):
-        torch.testing.assert_close(p.grad.double(),
-                                   g.double() * max_norm / before,
-                                   rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close(
+            p.grad.double(),
+            g.double() * max_norm / before,
+            rtol=1e-3,
+            atol=1e-12)
     for p in params:
         p.grad = None
     optim = cfg.optim_wrapper
@@ -468,7 +494,10 @@ def test_deformable_attention_falls_back_to_pytorch_on_cpu(monkeypatch):
                           'multi_scale_deformable_attn_pytorch')
     dims, heads, h, w = 8, 2, 5, 7
     attn = msda.MultiScaleDeformableAttention(
-        embed_dims=dims, num_heads=heads, num_levels=1, num_points=1,
+        embed_dims=dims,
+        num_heads=heads,
+        num_levels=1,
+        num_points=1,
         batch_first=True).eval()  # eval: no dropout
     with torch.no_grad():
         for layer in (attn.sampling_offsets, attn.attention_weights):
@@ -481,10 +510,13 @@ def test_deformable_attention_falls_back_to_pytorch_on_cpu(monkeypatch):
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     ref = torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h],
                       -1)[None, :, None, :]  # (1, queries, levels, 2)
-    out = attn(query=torch.zeros(1, h * w, dims), value=value,
-               identity=torch.zeros(1, h * w, dims), reference_points=ref,
-               spatial_shapes=torch.tensor([[h, w]]),
-               level_start_index=torch.tensor([0]))
+    out = attn(
+        query=torch.zeros(1, h * w, dims),
+        value=value,
+        identity=torch.zeros(1, h * w, dims),
+        reference_points=ref,
+        spatial_shapes=torch.tensor([[h, w]]),
+        level_start_index=torch.tensor([0]))
     assert counter.count == 1
     torch.testing.assert_close(out, value, rtol=1e-5, atol=1e-5)
 
@@ -506,9 +538,10 @@ def shrink_sizes(node, factor):
             shrink_sizes(item, factor)
     elif isinstance(node, dict):
         for key in ('scale', 'scales', 'crop_size', 'size'):
-            if key in node and node.get('type') in (
-                    'Resize', 'RandomResize', 'RandomChoiceResize',
-                    'RandomCrop', 'BatchFixedSizePad'):
+            if key in node and node.get('type') in ('Resize', 'RandomResize',
+                                                    'RandomChoiceResize',
+                                                    'RandomCrop',
+                                                    'BatchFixedSizePad'):
                 node[key] = _divided(node[key], factor)
         for value in node.values():
             if isinstance(value, (list, dict)):
@@ -531,53 +564,66 @@ def tiny_cfg(path, tiny_coco):
     cfg.model.backbone.init_cfg = None
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         shrink_sizes(cfg[key].dataset.pipeline, factor)
-    shrink_sizes(cfg.model.data_preprocessor.get('batch_augments') or [],
-                 factor)
+    shrink_sizes(
+        cfg.model.data_preprocessor.get('batch_augments') or [], factor)
     return cfg
 
 
 LOSSES = {
     # three stages, each with class, box and mask losses, and the RPN
-    'cascade': {f's{i}.{k}' for i in range(3)
-                for k in ('loss_cls', 'loss_bbox', 'loss_mask')}
+    'cascade': {
+        f's{i}.{k}'
+        for i in range(3)
+        for k in ('loss_cls', 'loss_bbox', 'loss_mask')
+    }
     | {'loss_rpn_cls', 'loss_rpn_bbox'},
     # the last decoder layer, five earlier ones (d0-d4), the encoder's
     # proposals, and the denoising queries of every layer
-    'dino': {'loss_cls', 'loss_bbox', 'loss_iou', 'enc_loss_cls',
-             'enc_loss_bbox', 'enc_loss_iou', 'dn_loss_cls', 'dn_loss_bbox',
-             'dn_loss_iou'}
-    | {f'd{i}.{k}' for i in range(5) for k in (
-        'loss_cls', 'loss_bbox', 'loss_iou', 'dn_loss_cls', 'dn_loss_bbox',
-        'dn_loss_iou')},
+    'dino': {
+        'loss_cls', 'loss_bbox', 'loss_iou', 'enc_loss_cls', 'enc_loss_bbox',
+        'enc_loss_iou', 'dn_loss_cls', 'dn_loss_bbox', 'dn_loss_iou'
+    }
+    | {
+        f'd{i}.{k}'
+        for i in range(5)
+        for k in ('loss_cls', 'loss_bbox', 'loss_iou', 'dn_loss_cls',
+                  'dn_loss_bbox', 'dn_loss_iou')
+    },
     # the last of the 9 decoder layers and the 9 predictions before it
     # (from the learned queries, d0, to layer 8, d8)
     'mask2former': {'loss_cls', 'loss_mask', 'loss_dice'}
-    | {f'd{i}.{k}' for i in range(9)
-       for k in ('loss_cls', 'loss_mask', 'loss_dice')},
+    | {
+        f'd{i}.{k}'
+        for i in range(9)
+        for k in ('loss_cls', 'loss_mask', 'loss_dice')
+    },
 }
 # Deformable attention layers run in one training forward: DINO's 6
 # encoder and 6 decoder layers; Mask2Former's pixel decoder, 6.
 DEFORMABLE_CALLS = {'cascade': 0, 'dino': 12, 'mask2former': 6}
 # Detections per image at test time (mmdet's test_cfg).
 MAX_PER_IMAGE = {'dino': 300, 'mask2former': 100}
-METRICS = {'cascade': ['bbox', 'segm'], 'dino': ['bbox'],
-           'mask2former': ['bbox', 'segm']}
+METRICS = {
+    'cascade': ['bbox', 'segm'],
+    'dino': ['bbox'],
+    'mask2former': ['bbox', 'segm']
+}
 
 
-@pytest.mark.parametrize('path', [CASCADE_V1, CASCADE_V2T, CASCADE_V2S,
-                                  DINO, MASK2FORMER])
+@pytest.mark.parametrize(
+    'path', [CASCADE_V1, CASCADE_V2T, CASCADE_V2S, DINO, MASK2FORMER])
 def test_train_steps_and_coco_evaluation(path, tiny_coco, monkeypatch):
     """A training step through the config's own pipeline (sizes shrunk),
     optimizer and clipping, then a COCO evaluation by the config's
     CocoMetric."""
     from mmcv.ops import multi_scale_deform_attn as msda
+    from mmdet.registry import METRICS as METRIC_REGISTRY
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
     from mmengine.evaluator import Evaluator
     from mmengine.logging import MessageHub
     from mmengine.model import revert_sync_batchnorm
     from mmengine.runner import Runner
-    from mmdet.registry import METRICS as METRIC_REGISTRY
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
     register_all_modules()
     det = CONFIG[path][0]
     cfg = tiny_cfg(path, tiny_coco)
@@ -611,8 +657,10 @@ def test_train_steps_and_coco_evaluation(path, tiny_coco, monkeypatch):
     # logged by the clipping: the gradient norm before it
     assert hub.get_scalar('train/grad_norm').current() > 0
     assert counter.count == DEFORMABLE_CALLS[det]
-    changed = [n for n, p in model.named_parameters()
-               if not torch.equal(p, before[n])]
+    changed = [
+        n for n, p in model.named_parameters()
+        if not torch.equal(p, before[n])
+    ]
     assert any(n.startswith('backbone.stage1.') for n in changed)
     assert any(not n.startswith('backbone.') for n in changed)
 
@@ -666,11 +714,16 @@ def test_training_tools(tool, path, tiny_coco, tmp_path):
     if tool == 'mmrest':
         args = [ROOT / 'tools' / 'train.py', config, '--no-amp']
     else:
-        args = [Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py',
-                config]
+        args = [
+            Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py', config
+        ]
     result = subprocess.run(
-        [sys.executable, *map(str, args), '--work-dir', str(work)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        [sys.executable, *map(str, args), '--work-dir',
+         str(work)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert (work / 'epoch_1.pth').is_file()

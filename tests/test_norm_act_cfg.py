@@ -6,13 +6,13 @@ float64); a config that builds no LayerNorm is refused by name."""
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import assert_float32_close, float64_literal, stage_depths
 
 from mmrest import ResT, ResTV2
 from mmrest.backbones import kernels
-from _helpers import assert_float32_close, float64_literal, stage_depths
 
-TINY_V2 = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-               num_heads=[1, 2, 4, 8])
+TINY_V2 = dict(
+    embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
 BUILD = {
     'v1': lambda **kw: ResT(arch='lite', **kw),
     'v2': lambda **kw: ResTV2(arch=TINY_V2, **kw),
@@ -34,15 +34,15 @@ def test_defaults_are_the_papers(family):
     norms, acts = layer_norms(model), activations(model)
     assert norms and all(type(n) is nn.LayerNorm for n in norms)
     assert {n.eps for n in norms} == {PAPER_EPS[family]}
-    assert acts and all(type(a) is nn.GELU and a.approximate == 'none'
-                        for a in acts)
+    assert acts and all(
+        type(a) is nn.GELU and a.approximate == 'none' for a in acts)
 
 
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 def test_configs_reach_every_norm_and_mlp(family):
     default = BUILD[family]()
-    model = BUILD[family](token_norm_cfg=dict(type='LN', eps=1e-3),
-                          act_cfg=dict(type='ReLU'))
+    model = BUILD[family](
+        token_norm_cfg=dict(type='LN', eps=1e-3), act_cfg=dict(type='ReLU'))
     assert len(layer_norms(model)) == len(layer_norms(default))
     assert {n.eps for n in layer_norms(model)} == {1e-3}
     assert len(activations(model)) == len(activations(default))
@@ -54,8 +54,7 @@ def test_configs_reach_every_norm_and_mlp(family):
 
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 @pytest.mark.parametrize('act', ['ReLU', 'SiLU'])
-def test_other_activation_keeps_the_fast_path_exact(family, act,
-                                                    monkeypatch):
+def test_other_activation_keeps_the_fast_path_exact(family, act, monkeypatch):
     """The fast inference path fuses only the exact GELU into oneDNN's
     linear; any other activation is applied to each chunk of hidden
     activations: the result equals the literal computation's (measured
@@ -80,12 +79,13 @@ def test_other_activation_keeps_the_fast_path_exact(family, act,
     # the chunked path ran: the activation was called once per chunk
     assert fast_calls > len(activations(model))
     for i, (out, lit, r) in enumerate(zip(outs, expected, ref)):
-        assert_float32_close(out, lit, r, depth=stage_depths(model)[i],
-                             name=f'stage {i + 1}')
+        assert_float32_close(
+            out, lit, r, depth=stage_depths(model)[i], name=f'stage {i + 1}')
 
 
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 def test_token_norm_cfg_must_build_a_layer_norm(family):
-    with pytest.raises(TypeError, match='token_norm_cfg must build a '
-                       'LayerNorm.*BatchNorm'):
+    with pytest.raises(
+            TypeError, match='token_norm_cfg must build a '
+            'LayerNorm.*BatchNorm'):
         BUILD[family](token_norm_cfg=dict(type='BN'))

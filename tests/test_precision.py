@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import (assert_float32_close, autocast_floor, float64_literal,
                       golden_model, golden_model_v2, stage_depths)
 
@@ -30,8 +29,8 @@ def tiny_model(family, with_cp=False):
     with the authors' non-trivial weights (random initialisation makes
     every attention map nearly uniform, which hides errors in the
     normalisation), and the function that gives its literal form."""
-    golden = torch.load(DATA / f'rest_{family}_tiny_golden.pt',
-                        weights_only=True)
+    golden = torch.load(
+        DATA / f'rest_{family}_tiny_golden.pt', weights_only=True)
     if family == 'v1':
         return golden_model(golden, with_cp=with_cp), to_literal
     return golden_model_v2(golden, with_cp=with_cp), to_literal
@@ -52,12 +51,16 @@ def assert_as_close_as_the_authors(fast, literal, x, dtype, grad):
         exact = float64_literal(fast)(x.double())
     low_fast = outputs(fast, x, dtype, grad)
     low_lit = outputs(literal, x, dtype, grad)
-    for i, (a, c, ref, depth) in enumerate(zip(low_fast, low_lit, exact,
-                                                stage_depths(fast))):
+    for i, (a, c, ref, depth) in enumerate(
+            zip(low_fast, low_lit, exact, stage_depths(fast))):
         assert torch.isfinite(a).all(), f'stage {i + 1}'
-        assert_float32_close(a, c, ref, depth=depth,
-                             floor=autocast_floor(dtype, depth),
-                             name=f'{dtype} stage {i + 1}')
+        assert_float32_close(
+            a,
+            c,
+            ref,
+            depth=depth,
+            floor=autocast_floor(dtype, depth),
+            name=f'{dtype} stage {i + 1}')
 
 
 @pytest.mark.parametrize('family', FAMILIES)
@@ -97,8 +100,10 @@ def test_fp16_training_steps_with_a_grad_scaler(family, with_cp):
             loss = sum(o.float().square().mean() for o in model(x))
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        bad = [n for n, p in model.named_parameters()
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad = [
+            n for n, p in model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
         assert not bad, f'non-finite gradients in {bad}'
         scale = scaler.get_scale()
         scaler.step(optimizer)

@@ -23,11 +23,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import ROOT, settings_by_param
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
-
-from _helpers import ROOT, settings_by_param
 
 CONFIGS = ROOT / 'configs'
 
@@ -67,9 +66,15 @@ SIZE_DIVISIBILITY = 32
 # SOLVER.AMP.ENABLED: True in the v2 yaml files, False (default) for v1.
 AMP = {'v1': False, 'v2': True}
 # Drop path: build_rest_backbone / build_restv2_backbone.
-DROP_PATH = {('v1', 'lite'): 0.1, ('v1', 'small'): 0.1, ('v1', 'base'): 0.2,
-             ('v1', 'large'): 0.2, ('v2', 'tiny'): 0.1, ('v2', 'small'): 0.2,
-             ('v2', 'base'): 0.3}
+DROP_PATH = {
+    ('v1', 'lite'): 0.1,
+    ('v1', 'small'): 0.1,
+    ('v1', 'base'): 0.2,
+    ('v1', 'large'): 0.2,
+    ('v2', 'tiny'): 0.1,
+    ('v2', 'small'): 0.2,
+    ('v2', 'base'): 0.3
+}
 # Warm-up (detectron2 defaults): linear, WARMUP_FACTOR 1/1000,
 # WARMUP_ITERS 1000; GAMMA 0.1. SOLVER.MAX_ITER and STEPS: 90k with steps
 # at 60k / 80k (Base-*.yaml, 1x) and 270k with 210k / 250k (ResTv2 yaml
@@ -83,13 +88,35 @@ ITERS = {'1x': (90000, (60000, 80000)), '3x': (270000, (210000, 250000))}
 EVAL_PERIOD = {('mask_rcnn', 'v2'): 20000, ('retinanet', 'v2'): 30000}
 CHECKPOINT_PERIOD = 5000
 # Base-RCNN-FPN.yaml (RPN) and detectron2's defaults (RPN / ROI_HEADS).
-RPN = dict(pos=0.7, neg=0.3, num=256, pos_fraction=0.5, pre_train=2000,
-           post_train=1000, pre_test=1000, post_test=1000, nms=0.7)
-ROI = dict(iou=0.5, num=512, pos_fraction=0.25, score=0.05, nms=0.5,
-           dets=100, box_pool=7, mask_pool=14)
+RPN = dict(
+    pos=0.7,
+    neg=0.3,
+    num=256,
+    pos_fraction=0.5,
+    pre_train=2000,
+    post_train=1000,
+    pre_test=1000,
+    post_test=1000,
+    nms=0.7)
+ROI = dict(
+    iou=0.5,
+    num=512,
+    pos_fraction=0.25,
+    score=0.05,
+    nms=0.5,
+    dets=100,
+    box_pool=7,
+    mask_pool=14)
 # Base-RetinaNet.yaml and detectron2's RETINANET defaults.
-RETINA = dict(neg=0.4, pos=0.5, gamma=2.0, alpha=0.25, topk=1000,
-              score=0.05, nms=0.5, dets=100)
+RETINA = dict(
+    neg=0.4,
+    pos=0.5,
+    gamma=2.0,
+    alpha=0.25,
+    topk=1000,
+    score=0.05,
+    nms=0.5,
+    dets=100)
 
 # The paper configs: (detector, family, arch, schedule).
 PAPER = {
@@ -101,16 +128,16 @@ PAPER = {
     ('mask_rcnn', 'v2', 'tiny', '3x'),
     'mask_rcnn/mask-rcnn_restv2-small_fpn_3x_coco.py':
     ('mask_rcnn', 'v2', 'small', '3x'),
-    'mask_rcnn/mask-rcnn_restv2-base_fpn_3x_coco.py':
-    ('mask_rcnn', 'v2', 'base', '3x'),
-    'retinanet/retinanet_rest-small_fpn_1x_coco.py':
-    ('retinanet', 'v1', 'small', '1x'),
-    'retinanet/retinanet_rest-base_fpn_1x_coco.py':
-    ('retinanet', 'v1', 'base', '1x'),
+    'mask_rcnn/mask-rcnn_restv2-base_fpn_3x_coco.py': ('mask_rcnn', 'v2',
+                                                       'base', '3x'),
+    'retinanet/retinanet_rest-small_fpn_1x_coco.py': ('retinanet', 'v1',
+                                                      'small', '1x'),
+    'retinanet/retinanet_rest-base_fpn_1x_coco.py': ('retinanet', 'v1', 'base',
+                                                     '1x'),
     # The authors' v2 RetinaNet yaml (no published result; its backbone
     # builder does not exist, ResT v2 stages 2-4 chosen).
-    'retinanet/retinanet_restv2-tiny_fpn_3x_coco.py':
-    ('retinanet', 'v2', 'tiny', '3x'),
+    'retinanet/retinanet_restv2-tiny_fpn_3x_coco.py': ('retinanet', 'v2',
+                                                       'tiny', '3x'),
 }
 # The same recipe on backbones or schedules the authors did not publish.
 SIBLINGS = {
@@ -122,17 +149,19 @@ SIBLINGS = {
     ('mask_rcnn', 'v2', 'tiny', '1x'),
     'retinanet/retinanet_rest-lite_fpn_1x_coco.py':
     ('retinanet', 'v1', 'lite', '1x'),
-    'retinanet/retinanet_rest-large_fpn_1x_coco.py':
-    ('retinanet', 'v1', 'large', '1x'),
-    'retinanet/retinanet_restv2-tiny_fpn_1x_coco.py':
-    ('retinanet', 'v2', 'tiny', '1x'),
+    'retinanet/retinanet_rest-large_fpn_1x_coco.py': ('retinanet', 'v1',
+                                                      'large', '1x'),
+    'retinanet/retinanet_restv2-tiny_fpn_1x_coco.py': ('retinanet', 'v2',
+                                                       'tiny', '1x'),
 }
 DETECTION = {**PAPER, **SIBLINGS}
 # The corrected-input variants: the paper config with RGB / ImageNet input.
 RGB_VARIANTS = {
     f'{det}/{det.replace("_", "-")}_rest-{arch}_fpn_rgb-imagenet-norm-'
-    f'1x_coco.py': f'{det}/{det.replace("_", "-")}_rest-{arch}_fpn_1x_coco.py'
-    for det in ('mask_rcnn', 'retinanet') for arch in ('small', 'base')
+    f'1x_coco.py':
+    f'{det}/{det.replace("_", "-")}_rest-{arch}_fpn_1x_coco.py'
+    for det in ('mask_rcnn', 'retinanet')
+    for arch in ('small', 'base')
 }
 
 # torch's norm layers (detectron2's get_default_optimizer_params lists
@@ -185,8 +214,11 @@ def output_norms_of_authors_layernorm(model, family):
     if family != 'v2':
         return set()
     backbone = model.backbone
-    return {id(p) for i in backbone.out_indices
-            for p in getattr(backbone, f'norm_{i + 1}').parameters()}
+    return {
+        id(p)
+        for i in backbone.out_indices
+        for p in getattr(backbone, f'norm_{i + 1}').parameters()
+    }
 
 
 def expected_decay(model, family):
@@ -230,9 +262,11 @@ def test_every_parameter_lr_and_weight_decay(path):
         assert p.requires_grad, name
     assert counts[NORM_WD] > 0 and counts[WD] > 0
     # Their norms: the stem's BatchNorms and the blocks' LayerNorms.
-    norm_kinds = {type(m) for m in model.backbone.modules()
-                  if isinstance(m, NORM_TYPES) and any(
-                      True for _ in m.parameters(recurse=False))}
+    norm_kinds = {
+        type(m)
+        for m in model.backbone.modules() if isinstance(m, NORM_TYPES) and any(
+            True for _ in m.parameters(recurse=False))
+    }
     assert {nn.BatchNorm2d, nn.LayerNorm} <= norm_kinds
 
 
@@ -255,19 +289,18 @@ def test_gradient_clipping(path):
             cfg.optim_wrapper.clip_grad is None
         return
     max_norm, norm_type = CLIP[det]
-    assert wrapper.clip_grad_kwargs == dict(max_norm=max_norm,
-                                           norm_type=norm_type)
+    assert wrapper.clip_grad_kwargs == dict(
+        max_norm=max_norm, norm_type=norm_type)
     wrapper._clip_grad()
-    after = math.sqrt(
-        sum(float(p.grad.double().pow(2).sum()) for p in params))
+    after = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
     assert before > 1000 * max_norm
     # (torch sums the squares in float32: a relative error of about 1e-4)
     assert after == pytest.approx(max_norm, rel=1e-3)
     # One factor for all: the direction is kept.
     scale = max_norm / before
     for p, g in zip(params[:50], grads[:50]):
-        torch.testing.assert_close(p.grad.double(), g.double() * scale,
-                                   rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close(
+            p.grad.double(), g.double() * scale, rtol=1e-3, atol=1e-12)
     for p in params:
         p.grad = None
 
@@ -275,7 +308,8 @@ def test_gradient_clipping(path):
 @functools.lru_cache(maxsize=None)
 def _lr_per_iteration(schedulers_json, max_iters):
     """The lr of every iteration 0 .. max_iters - 1 under the schedulers
-    (their configs as JSON), stepped as mmengine's hook steps iteration-based ones."""
+    (their configs as JSON), stepped as mmengine's hook steps
+    iteration-based ones."""
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
     layer = nn.Linear(1, 1)
@@ -335,9 +369,13 @@ def _preprocess(model, image_bgr):
     from mmdet.structures import DetDataSample
     data = dict(
         inputs=[torch.from_numpy(image_bgr).permute(2, 0, 1).contiguous()],
-        data_samples=[DetDataSample(metainfo=dict(
-            img_shape=image_bgr.shape[:2], pad_shape=image_bgr.shape[:2],
-            batch_input_shape=image_bgr.shape[:2]))])
+        data_samples=[
+            DetDataSample(
+                metainfo=dict(
+                    img_shape=image_bgr.shape[:2],
+                    pad_shape=image_bgr.shape[:2],
+                    batch_input_shape=image_bgr.shape[:2]))
+        ])
     return model.data_preprocessor(data, False)['inputs'][0]
 
 
@@ -359,8 +397,8 @@ def test_input_normalisation_and_padding(path):
         pixels = pixels.flip(0)
     mean = torch.tensor(mean, dtype=torch.float64)[:, None, None]
     std = torch.tensor(std, dtype=torch.float64)[:, None, None]
-    torch.testing.assert_close(out[:, :45, :70], (pixels - mean) / std,
-                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        out[:, :45, :70], (pixels - mean) / std, rtol=1e-6, atol=1e-5)
     assert out[:, 45:].abs().max() == 0 and out[:, :, 70:].abs().max() == 0
 
 
@@ -396,8 +434,8 @@ def _apply(transform_cfg, image):
     register_all_modules()
     transform = TRANSFORMS.build(copy.deepcopy(transform_cfg))
     h, w = image.shape[:2]
-    return transform(dict(img=image.copy(), img_shape=(h, w),
-                          ori_shape=(h, w)))
+    return transform(
+        dict(img=image.copy(), img_shape=(h, w), ori_shape=(h, w)))
 
 
 @pytest.mark.parametrize('path', list(DETECTION))
@@ -413,8 +451,10 @@ def test_train_pipeline(path):
     cfg = load(path)
     pipeline = cfg.train_dataloader.dataset.pipeline
     types = [t.type for t in pipeline]
-    expected = ['LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
-                'RandomFlip', 'PackDetInputs']
+    expected = [
+        'LoadImageFromFile', 'LoadAnnotations', 'RandomChoiceResize',
+        'RandomFlip', 'PackDetInputs'
+    ]
     if CROP[det]:
         expected.insert(2, 'RandomCrop')
     assert types == expected
@@ -431,8 +471,7 @@ def test_train_pipeline(path):
         assert not load_ann.get('with_mask', False)
     resize = pipeline[types.index('RandomChoiceResize')]
     shorts = SHORT_SIDES[det, family]
-    assert [tuple(s) for s in resize.scales] == [(MAX_SIZE, s)
-                                                 for s in shorts]
+    assert [tuple(s) for s in resize.scales] == [(MAX_SIZE, s) for s in shorts]
     flip = pipeline[types.index('RandomFlip')]
     assert flip.prob == 0.5 and flip.get('direction',
                                          'horizontal') == 'horizontal'
@@ -455,8 +494,8 @@ def test_train_pipeline(path):
             out = _apply(one, image)['img']
             newh, neww = _d2_resize_shape(h, w, short)
             assert out.shape == (newh, neww, 3)
-            np.testing.assert_array_equal(
-                out, _pil_bilinear(image, newh, neww))
+            np.testing.assert_array_equal(out,
+                                          _pil_bilinear(image, newh, neww))
 
 
 @pytest.mark.parametrize('path', list(DETECTION))
@@ -489,16 +528,20 @@ def test_backbone(path):
     backbone.train()
     assert all(p.requires_grad for p in backbone.parameters())
     assert all(m.training for m in backbone.modules())
-    rates = [getattr(b.drop_path, 'drop_prob', 0.) for i in range(4)
-             for b in getattr(backbone, f'stage{i + 1}')]
+    rates = [
+        getattr(b.drop_path, 'drop_prob', 0.) for i in range(4)
+        for b in getattr(backbone, f'stage{i + 1}')
+    ]
     assert rates[0] == 0
     assert rates[-1] == pytest.approx(DROP_PATH[family, arch])
-    assert backbone.out_indices == {'mask_rcnn': (0, 1, 2, 3),
-                                    'retinanet': (1, 2, 3)}[det]
+    assert backbone.out_indices == {
+        'mask_rcnn': (0, 1, 2, 3),
+        'retinanet': (1, 2, 3)
+    }[det]
 
 
-@pytest.mark.parametrize('path', [p for p in DETECTION
-                                  if DETECTION[p][1] == 'v1'])
+@pytest.mark.parametrize('path',
+                         [p for p in DETECTION if DETECTION[p][1] == 'v1'])
 def test_v1_next_stage_sees_the_normed_output(path):
     """The authors' v1 detection backbone (object_detection/restv2/
     rest.py, forward) replaces a returned stage's tokens by their output
@@ -515,10 +558,12 @@ def test_v1_next_stage_sees_the_normed_output(path):
             continue
         norm = getattr(backbone, f'norm{i + 1}')
         embed = getattr(backbone, f'patch_embed_{i + 2}')
-        hooks.append(norm.register_forward_hook(
-            lambda m, a, out, i=i: seen.__setitem__(('norm', i), out)))
-        hooks.append(embed.register_forward_pre_hook(
-            lambda m, a, i=i: seen.__setitem__(('next', i), a[0])))
+        hooks.append(
+            norm.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(
+                ('norm', i), out)))
+        hooks.append(
+            embed.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(
+                ('next', i), a[0])))
     with torch.no_grad():
         backbone(torch.randn(1, 3, 64, 96))
     for h in hooks:
@@ -556,8 +601,8 @@ def _assert_same_anchors(generator, expected):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
 
 
-@pytest.mark.parametrize('path', [p for p in DETECTION
-                                  if DETECTION[p][0] == 'mask_rcnn'])
+@pytest.mark.parametrize(
+    'path', [p for p in DETECTION if DETECTION[p][0] == 'mask_rcnn'])
 def test_mask_rcnn_heads(path):
     """RPN and RoI heads as Base-RCNN-FPN.yaml and detectron2's defaults
     set them, and detectron2's initialisation of the FPN and box fcs."""
@@ -565,19 +610,20 @@ def test_mask_rcnn_heads(path):
     # Anchors: SIZES [[32], [64], [128], [256], [512]], ratios 0.5, 1, 2.
     gen = model.rpn_head.prior_generator
     assert gen.strides == [(s, s) for s in (4, 8, 16, 32, 64)]
-    _assert_same_anchors(gen, [_d2_anchors([s], [0.5, 1.0, 2.0])
-                               for s in (32, 64, 128, 256, 512)])
+    _assert_same_anchors(
+        gen,
+        [_d2_anchors([s], [0.5, 1.0, 2.0]) for s in (32, 64, 128, 256, 512)])
     assert all(c == 0 for c in np.ravel(gen.center_offset))
     rpn = cfg.model.train_cfg.rpn
     # IOU_THRESHOLDS [0.3, 0.7], low-quality matches at any IoU.
-    assert (rpn.assigner.pos_iou_thr, rpn.assigner.neg_iou_thr) == (
-        RPN['pos'], RPN['neg'])
+    assert (rpn.assigner.pos_iou_thr, rpn.assigner.neg_iou_thr) == (RPN['pos'],
+                                                                    RPN['neg'])
     assert rpn.assigner.match_low_quality and rpn.assigner.min_pos_iou == 0
-    assert (rpn.sampler.num, rpn.sampler.pos_fraction) == (
-        RPN['num'], RPN['pos_fraction'])
+    assert (rpn.sampler.num, rpn.sampler.pos_fraction) == (RPN['num'],
+                                                           RPN['pos_fraction'])
     assert rpn.allowed_border == -1  # BOUNDARY_THRESH -1
     for stage, (pre, post) in (('rpn_proposal', ('pre_train',
-                                                  'post_train')),):
+                                                 'post_train')), ):
         proposal = cfg.model.train_cfg[stage]
         assert (proposal.nms_pre, proposal.max_per_img) == (RPN[pre],
                                                             RPN[post])
@@ -593,8 +639,8 @@ def test_mask_rcnn_heads(path):
     assert rcnn.assigner.pos_iou_thr == rcnn.assigner.neg_iou_thr == \
         ROI['iou']
     assert rcnn.assigner.match_low_quality is False
-    assert (rcnn.sampler.num, rcnn.sampler.pos_fraction) == (
-        ROI['num'], ROI['pos_fraction'])
+    assert (rcnn.sampler.num,
+            rcnn.sampler.pos_fraction) == (ROI['num'], ROI['pos_fraction'])
     assert rcnn.sampler.add_gt_as_proposals
     test_rcnn = cfg.model.test_cfg.rcnn
     assert (test_rcnn.score_thr, test_rcnn.nms.iou_threshold,
@@ -626,12 +672,12 @@ def test_mask_rcnn_heads(path):
         fan_in = weight[0].numel()
         bound = math.sqrt(3 / fan_in)
         assert float(weight.detach().abs().max()) <= bound
-        assert float(weight.detach().double().std()) == pytest.approx(bound / math.sqrt(3),
-                                                      rel=0.02)
+        assert float(weight.detach().double().std()) == pytest.approx(
+            bound / math.sqrt(3), rel=0.02)
 
 
-@pytest.mark.parametrize('path', [p for p in DETECTION
-                                  if DETECTION[p][0] == 'retinanet'])
+@pytest.mark.parametrize(
+    'path', [p for p in DETECTION if DETECTION[p][0] == 'retinanet'])
 def test_retinanet_head(path):
     """Base-RetinaNet.yaml and detectron2's RETINANET defaults."""
     cfg, model = build(path)
@@ -672,8 +718,8 @@ def test_retinanet_head(path):
                    model.neck.fpn_convs[-1].conv.weight):
         bound = math.sqrt(3 / weight[0].numel())
         assert float(weight.detach().abs().max()) <= bound
-        assert float(weight.detach().double().std()) == pytest.approx(bound / math.sqrt(3),
-                                                      rel=0.02)
+        assert float(weight.detach().double().std()) == pytest.approx(
+            bound / math.sqrt(3), rel=0.02)
 
 
 # ========================================================== segmentation
@@ -691,8 +737,11 @@ SEG = {
 # 0.x matches the key as a substring of the parameter's name). small and
 # base: AdamW lr 1.5e-4, wd 0.05, stage-wise lr decay 0.9 (their
 # constructor is not in the release: docs/segmentation.md).
-SEG_OPTIM = {'tiny': (6e-5, 0.01), 'small': (1.5e-4, 0.05),
-             'base': (1.5e-4, 0.05)}
+SEG_OPTIM = {
+    'tiny': (6e-5, 0.01),
+    'small': (1.5e-4, 0.05),
+    'base': (1.5e-4, 0.05)
+}
 SEG_DROP_PATH = {'tiny': 0.1, 'small': 0.2, 'base': 0.3}
 SEG_ITERS, SEG_WARMUP, SEG_WARMUP_RATIO, SEG_POWER = 160000, 1500, 1e-6, 1.0
 SEG_CROP = (512, 512)
@@ -754,8 +803,10 @@ def test_segmentation_every_parameter(path):
                 lr * 0.9**(5 - _stage_id(name)), rel=1e-12), name
             assert got_wd == (0. if no_decay else wd), name
         assert p.requires_grad, name
-    rates = [getattr(b.drop_path, 'drop_prob', 0.) for i in range(4)
-             for b in getattr(model.backbone, f'stage{i + 1}')]
+    rates = [
+        getattr(b.drop_path, 'drop_prob', 0.) for i in range(4)
+        for b in getattr(model.backbone, f'stage{i + 1}')
+    ]
     assert rates[-1] == pytest.approx(SEG_DROP_PATH[arch])
 
 
@@ -771,8 +822,10 @@ def test_segmentation_schedule(path):
     base = SEG_OPTIM[SEG[path]][0]
     layer = nn.Linear(1, 1)
     wrapper = OptimWrapper(torch.optim.AdamW(layer.parameters(), lr=base))
-    schedulers = [PARAM_SCHEDULERS.build(s, default_args=dict(
-        optimizer=wrapper)) for s in copy.deepcopy(cfg.param_scheduler)]
+    schedulers = [
+        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper))
+        for s in copy.deepcopy(cfg.param_scheduler)
+    ]
     assert not any(s.by_epoch for s in schedulers)
     for it in range(SEG_ITERS):
         if it < 3000 or it % 997 == 0 or it > SEG_ITERS - 3:
@@ -790,24 +843,27 @@ def test_segmentation_data(path):
     """RGB / ImageNet mean-std, padded to the 512 crop with 0 (labels
     255); ADE20K's pipeline of mmseg 0.x; whole-image test at (2048, 512);
     multi-scale + flip TTA; 2 images x 8 GPUs."""
-    from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
     cfg, model = build_seg(path)
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8)
     label = torch.from_numpy(rng.integers(0, 150, size=(1, 45, 70)))
     sample = SegDataSample(gt_sem_seg=PixelData(data=label))
     sample.set_metainfo(dict(img_shape=(45, 70), ori_shape=(45, 70)))
-    data = model.data_preprocessor(dict(
-        inputs=[torch.from_numpy(image).permute(2, 0, 1).contiguous()],
-        data_samples=[sample]), True)
+    data = model.data_preprocessor(
+        dict(
+            inputs=[torch.from_numpy(image).permute(2, 0, 1).contiguous()],
+            data_samples=[sample]), True)
     out = data['inputs'][0].double()
     assert out.shape == (3, ) + SEG_CROP
-    mean, std = [torch.tensor(v, dtype=torch.float64)[:, None, None]
-                 for v in INPUT['v2'][1:]]
+    mean, std = [
+        torch.tensor(v, dtype=torch.float64)[:, None, None]
+        for v in INPUT['v2'][1:]
+    ]
     rgb = torch.from_numpy(image).double().permute(2, 0, 1).flip(0)
-    torch.testing.assert_close(out[:, :45, :70], (rgb - mean) / std,
-                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        out[:, :45, :70], (rgb - mean) / std, rtol=1e-6, atol=1e-5)
     assert out[:, 45:].abs().max() == 0 and out[:, :, 70:].abs().max() == 0
     seg = data['data_samples'][0].gt_sem_seg.data
     assert (seg[:, 45:] == 255).all() and (seg[:, :45, :70] == label).all()
@@ -815,7 +871,8 @@ def test_segmentation_data(path):
     pipeline = cfg.train_dataloader.dataset.pipeline  # what is trained on
     assert [t.type for t in pipeline] == [
         'LoadImageFromFile', 'LoadAnnotations', 'RandomResize', 'RandomCrop',
-        'RandomFlip', 'PhotoMetricDistortion', 'PackSegInputs']
+        'RandomFlip', 'PhotoMetricDistortion', 'PackSegInputs'
+    ]
     assert pipeline[1].reduce_zero_label
     resize = pipeline[2]
     assert (tuple(resize.scale), tuple(resize.ratio_range),
@@ -825,8 +882,8 @@ def test_segmentation_data(path):
     assert pipeline[4].prob == 0.5
     test = cfg.test_dataloader.dataset.pipeline
     (test_resize, ) = [t for t in test if t.type == 'Resize']
-    assert (tuple(test_resize.scale), test_resize.keep_ratio) == (
-        (2048, 512), True)
+    assert (tuple(test_resize.scale), test_resize.keep_ratio) == ((2048, 512),
+                                                                  True)
     assert cfg.model.test_cfg == dict(mode='whole')
     (tta, ) = [t for t in cfg.tta_pipeline if t.type == 'TestTimeAug']
     assert [t.scale_factor for t in tta.transforms[0]] == SEG_TTA_RATIOS
@@ -841,5 +898,5 @@ def test_segmentation_data(path):
                                               0.1, 'SyncBN', False, 1.0)
     assert (aux.type, aux.in_index, aux.channels, aux.num_convs,
             aux.concat_input, aux.dropout_ratio, aux.norm_cfg.type,
-            aux.loss_decode.loss_weight) == ('FCNHead', 2, 256, 1, False,
-                                             0.1, 'SyncBN', 0.4)
+            aux.loss_decode.loss_weight) == ('FCNHead', 2, 256, 1, False, 0.1,
+                                             'SyncBN', 0.4)

@@ -6,20 +6,20 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
+from _helpers import (ROOT, CallCounter, SavedForBackward,
+                      assert_float32_close, assert_frozen_stages,
+                      build_detector, float32_floor)
 from _helpers import golden_arch_v2 as golden_arch
 from _helpers import golden_backbone_state_v2 as backbone_state
 from _helpers import golden_model_v2 as golden_model
-from _helpers import (assert_float32_close, assert_frozen_stages,
-                      float32_floor, relative_error, stage_depths,
-                      v2_reduction_terms)
+from _helpers import relative_error, stage_depths, v2_reduction_terms
+
 from mmrest import ResT, ResTV2
+from mmrest.backbones import to_literal
 from mmrest.checkpoint import (CheckpointError, check_checkpoint_family,
                                checkpoint_family)
-from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
 
-from _helpers import ROOT, CallCounter, SavedForBackward, build_detector
 # The authors' classifiers, 1000-class head included (docs/network.md).
 PARAMS_M = {'tiny': 30.43, 'small': 41.21, 'base': 55.97, 'large': 86.53}
 # Mask R-CNN with these backbones, measured with mmdet (docs/network.md).
@@ -56,11 +56,14 @@ def classifier_logits(model, golden, x):
         hook.remove()
     sd = golden['state_dict']
     dtype = tokens[0].dtype
-    x = F.layer_norm(tokens[0], tokens[0].shape[-1:],
-                     sd['norm.weight'].to(dtype), sd['norm.bias'].to(dtype),
-                     eps=1e-6)
-    return F.linear(x.mean(dim=1), sd['head.weight'].to(dtype),
-                    sd['head.bias'].to(dtype))
+    x = F.layer_norm(
+        tokens[0],
+        tokens[0].shape[-1:],
+        sd['norm.weight'].to(dtype),
+        sd['norm.bias'].to(dtype),
+        eps=1e-6)
+    return F.linear(
+        x.mean(dim=1), sd['head.weight'].to(dtype), sd['head.bias'].to(dtype))
 
 
 CASES = ['224x224', '256x352']
@@ -87,18 +90,19 @@ def test_golden_outputs_within_the_literal_float32_error(golden, case, path):
     exact = list(data['backbone_outputs_f64']) + [data['logits_f64']]
     depths = stage_depths(model)
     depths.append(depths[-1] + 1)  # the classifier's norm and head
-    for i, (ours, lit, ref, depth) in enumerate(zip(outs, lits, exact,
-                                                    depths)):
+    for i, (ours, lit, ref,
+            depth) in enumerate(zip(outs, lits, exact, depths)):
         assert ours.shape == ref.shape and ours.dtype == torch.float32, i
-        assert_float32_close(ours.detach(), lit, ref,
-                             name=f'{path} output {i + 1}',
-                             floor=float32_floor(depth,
-                                                 v2_reduction_terms(model)))
+        assert_float32_close(
+            ours.detach(),
+            lit,
+            ref,
+            name=f'{path} output {i + 1}',
+            floor=float32_floor(depth, v2_reduction_terms(model)))
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_literal_golden_outputs_within_the_authors_float32_error(golden,
-                                                                 case):
+def test_literal_golden_outputs_within_the_authors_float32_error(golden, case):
     """The literal computation on this CPU as close to the authors' float64
     outputs as the authors' own float32 outputs (made on another CPU), by
     the same rule (``ERROR_FACTOR`` and the depth floor)."""
@@ -111,12 +115,14 @@ def test_literal_golden_outputs_within_the_authors_float32_error(golden,
     exact = list(data['backbone_outputs_f64']) + [data['logits_f64']]
     depths = stage_depths(literal)
     depths.append(depths[-1] + 1)
-    for i, (ours, theirs, ref, depth) in enumerate(zip(outs, authors, exact,
-                                                       depths)):
-        assert_float32_close(ours, theirs, ref,
-                             name=f'literal output {i + 1}',
-                             floor=float32_floor(depth,
-                                                 v2_reduction_terms(literal)))
+    for i, (ours, theirs, ref,
+            depth) in enumerate(zip(outs, authors, exact, depths)):
+        assert_float32_close(
+            ours,
+            theirs,
+            ref,
+            name=f'literal output {i + 1}',
+            floor=float32_floor(depth, v2_reduction_terms(literal)))
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -150,10 +156,13 @@ def test_golden_detects_a_perturbed_weight(golden):
         out = model(data['input'])[1]
         lit = literal(data['input'])[1]
     with pytest.raises(AssertionError, match='stage 2'):
-        assert_float32_close(out, lit, data['backbone_outputs_f64'][1],
-                             name='stage 2', floor=float32_floor(
-                                 stage_depths(model)[1],
-                                 v2_reduction_terms(model)))
+        assert_float32_close(
+            out,
+            lit,
+            data['backbone_outputs_f64'][1],
+            name='stage 2',
+            floor=float32_floor(
+                stage_depths(model)[1], v2_reduction_terms(model)))
 
 
 # ---------------------------------------------------- names and parameters
@@ -161,15 +170,23 @@ def test_golden_detects_a_perturbed_weight(golden):
 def test_keys_shapes_and_params_match_the_authors(arch, official_shapes):
     model = ResTV2(arch=arch)
     official = official_shapes[f'restv2_{arch}']
-    classifier = {k: v for k, v in official.items()
-                  if k.startswith(('norm.', 'head.'))}
-    assert set(classifier) == {'norm.weight', 'norm.bias', 'head.weight',
-                               'head.bias'}
+    classifier = {
+        k: v
+        for k, v in official.items() if k.startswith(('norm.', 'head.'))
+    }
+    assert set(classifier) == {
+        'norm.weight', 'norm.bias', 'head.weight', 'head.bias'
+    }
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     dense = {f'norm_{i}.{p}' for i in range(1, 5) for p in ('weight', 'bias')}
     assert set(ours) - set(official) == dense
-    assert {k: v for k, v in ours.items() if k not in dense} == {
-        k: v for k, v in official.items() if k not in classifier}
+    assert {
+        k: v
+        for k, v in ours.items() if k not in dense
+    } == {
+        k: v
+        for k, v in official.items() if k not in classifier
+    }
     # classifier params: backbone without norm_1..4, plus norm and head
     n_params = sum(p.numel() for n, p in model.named_parameters()
                    if not n.startswith('norm_'))
@@ -190,8 +207,11 @@ def test_arch_aliases_dict_and_errors():
             ResT(name)
     with pytest.raises(ValueError, match='integers >= 1'):
         ResT(dict(ResT('lite').arch_settings, embed_dims=[64, 128, 256, .5]))
-    custom = ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                         num_heads=[1, 2, 4, 8]))
+    custom = ResTV2(
+        dict(
+            embed_dims=[8, 16, 32, 64],
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 4, 8]))
     assert custom.arch_settings['sr_ratios'] == [8, 4, 2, 1]
     assert custom.arch_settings['mlp_ratios'] == [4, 4, 4, 4]
     with pytest.raises(KeyError, match='Unknown ResTV2 arch'):
@@ -199,14 +219,24 @@ def test_arch_aliases_dict_and_errors():
     with pytest.raises(KeyError, match='lacks the keys'):
         ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1]))
     with pytest.raises(KeyError, match='Unknown keys'):
-        ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                    num_heads=[1, 2, 4, 8], qkv_bias=False))
+        ResTV2(
+            dict(
+                embed_dims=[8, 16, 32, 64],
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 2, 4, 8],
+                qkv_bias=False))
     with pytest.raises(ValueError, match='one value per stage'):
-        ResTV2(dict(embed_dims=[8, 16, 32], depths=[1, 1, 1, 1],
-                    num_heads=[1, 2, 4, 8]))
+        ResTV2(
+            dict(
+                embed_dims=[8, 16, 32],
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 2, 4, 8]))
     with pytest.raises(ValueError, match='not divisible'):
-        ResTV2(dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                    num_heads=[3, 2, 4, 8]))
+        ResTV2(
+            dict(
+                embed_dims=[8, 16, 32, 64],
+                depths=[1, 1, 1, 1],
+                num_heads=[3, 2, 4, 8]))
     with pytest.raises(ValueError, match='out_indices'):
         ResTV2('tiny', out_indices=(0, 4))
     with pytest.raises(ValueError, match='frozen_stages'):
@@ -300,10 +330,12 @@ def test_gradients_match_the_literal_and_float64(golden):
     x = torch.randn(2, 3, 70, 90)
     fast = _grads(golden_model(golden).train(), x)
     lit = _grads(to_literal(golden_model(golden)).train(), x)
-    exact = _grads(to_literal(golden_model(golden)).double().train(),
-                   x.double())
-    whole = [torch.cat([g[n].flatten().double() for n in exact])
-             for g in (fast, lit)]
+    exact = _grads(
+        to_literal(golden_model(golden)).double().train(), x.double())
+    whole = [
+        torch.cat([g[n].flatten().double() for n in exact])
+        for g in (fast, lit)
+    ]
     ref = torch.cat([g.flatten() for g in exact.values()])
     assert relative_error(whole[0], ref) <= \
         FACTOR * relative_error(whole[1], ref) + FLOOR32
@@ -322,8 +354,7 @@ def test_float64_gradients_equal_the_literal(golden):
 
 
 # ---------------------------------------------------------- training options
-def test_with_cp_recomputes_every_block_and_saves_less(golden,
-                                                      monkeypatch):
+def test_with_cp_recomputes_every_block_and_saves_less(golden, monkeypatch):
     """Gradient checkpointing: every block's forward runs again in the
     backward pass (without with_cp never), autograd keeps under half the
     plain model's memory for the backward pass, and outputs and
@@ -345,8 +376,8 @@ def test_with_cp_recomputes_every_block_and_saves_less(golden,
     assert saved_cp.nbytes < saved_plain.nbytes / 2, (saved_cp.nbytes,
                                                       saved_plain.nbytes)
     grads = []
-    for model, outs, recomputed in ((plain, outs_plain, 0),
-                                    (cp, outs_cp, blocks)):
+    for model, outs, recomputed in ((plain, outs_plain, 0), (cp, outs_cp,
+                                                             blocks)):
         calls.count = 0
         g = torch.Generator().manual_seed(0)
         sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
@@ -361,8 +392,10 @@ def test_with_cp_recomputes_every_block_and_saves_less(golden,
 @pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
 def test_frozen_stages(frozen_stages):
     # the stem holds stage 1's token norm; every returned stage has norm_i
-    assert_frozen_stages(ResTV2('tiny', frozen_stages=frozen_stages),
-                         frozen_stages, sizes=[2, 3, 3, 3])
+    assert_frozen_stages(
+        ResTV2('tiny', frozen_stages=frozen_stages),
+        frozen_stages,
+        sizes=[2, 3, 3, 3])
 
 
 def test_frozen_stages_get_no_gradient():
@@ -383,8 +416,9 @@ def test_norm_eval():
     before = model.stem.proj[1].running_mean.clone()
     model(torch.rand(2, 3, 64, 64))
     assert torch.equal(before, model.stem.proj[1].running_mean)
-    assert all(bn.training for bn in ResTV2('tiny').train().modules()
-               if isinstance(bn, nn.BatchNorm2d))
+    assert all(
+        bn.training for bn in ResTV2('tiny').train().modules()
+        if isinstance(bn, nn.BatchNorm2d))
 
 
 def test_drop_path_rates_rise_linearly():
@@ -414,8 +448,8 @@ def test_init_weights_follow_spec():
         assert abs(w.std().item() - 0.02) < 0.002
         assert abs(w.mean().item()) < 0.002
     assert torch.all(up.bias == 0)
-    for norm in (model.norm_1, model.stage1[0].attn.up_norm,
-                 model.stem.norm, model.stem.proj[1]):
+    for norm in (model.norm_1, model.stage1[0].attn.up_norm, model.stem.norm,
+                 model.stem.proj[1]):
         assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
     assert all(m.eps == 1e-6 for m in model.modules()
                if isinstance(m, nn.LayerNorm))
@@ -431,8 +465,7 @@ def test_autocast_inference(golden, dtype):
     x = golden['cases']['224x224']['input'][:1]
     with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
         outs, lits = model(x), literal(x)
-    exact = [o[:1] for o in
-             golden['cases']['224x224']['backbone_outputs_f64']]
+    exact = [o[:1] for o in golden['cases']['224x224']['backbone_outputs_f64']]
     floor = 4 * torch.finfo(dtype).eps
     for out, lit, ref in zip(outs, lits, exact):
         assert torch.isfinite(out).all()
@@ -455,11 +488,10 @@ def test_trace_is_size_generic(golden):
     literal float32 path (both against float64)."""
     model = golden_model(golden).eval()
     with torch.no_grad():
-        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 96),
-                                 check_trace=False)
+        traced = torch.jit.trace(
+            model, torch.randn(1, 3, 64, 96), check_trace=False)
         x = torch.randn(1, 3, 96, 64)
         assert_like_the_literal(traced(x), model, x, 'trace')
-
 
 
 # ----------------------------------------------------- export and compile
@@ -473,35 +505,44 @@ def assert_like_the_literal(outs, model, x, name=''):
         lits = to_literal(model)(x)
         exact = to_literal(model).double()(x.double())
     assert len(outs) == len(exact) == 4
-    for i, (a, b, ref, depth) in enumerate(zip(outs, lits, exact,
-                                               stage_depths(model))):
+    for i, (a, b, ref,
+            depth) in enumerate(zip(outs, lits, exact, stage_depths(model))):
         assert tuple(a.shape) == tuple(ref.shape), (name, i)
-        assert_float32_close(a.detach(), b, ref, name=f'{name} stage {i + 1}',
-                             floor=float32_floor(depth,
-                                                 v2_reduction_terms(model)))
+        assert_float32_close(
+            a.detach(),
+            b,
+            ref,
+            name=f'{name} stage {i + 1}',
+            floor=float32_floor(depth, v2_reduction_terms(model)))
 
 
 @pytest.mark.parametrize('exporter', [
     'torchscript',
-    pytest.param('dynamo', marks=pytest.mark.skipif(
-        not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
-        reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))])
-def test_onnx_export_runs_in_onnxruntime_at_other_sizes(golden, exporter,
-                                                        tmp_path):
+    pytest.param(
+        'dynamo',
+        marks=pytest.mark.skipif(
+            not torch_compat.ONNX_EXPORT_HAS_DYNAMO,
+            reason='torch < 2.5: no torch.onnx.export(dynamo=True)'))
+])
+def test_onnx_export_runs_in_onnxruntime_at_other_sizes(
+        golden, exporter, tmp_path):
     """Exported with dynamic height and width at one size, the ONNX graph
     gives the eager accuracy at three others in onnxruntime."""
     import onnxruntime as ort
+
     from mmrest.onnx_export import check_onnx, export_onnx, onnx_matches
     model = golden_model(golden).eval()
     path = str(tmp_path / 'restv2.onnx')
-    assert export_onnx(model, path, GRAPH_SIZES[0], exporter) == [
-        'out0', 'out1', 'out2', 'out3']
+    assert export_onnx(model, path, GRAPH_SIZES[0],
+                       exporter) == ['out0', 'out1', 'out2', 'out3']
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for size in GRAPH_SIZES[1:]:
         x = torch.randn(2, 3, *size)
         outs = session.run(None, {'input': x.numpy()})
-        assert_like_the_literal([torch.from_numpy(o) for o in outs], model,
-                                x, name=size)
+        assert_like_the_literal([torch.from_numpy(o) for o in outs],
+                                model,
+                                x,
+                                name=size)
     errors = check_onnx(path, model, GRAPH_SIZES[2:3])  # the tool's check
     assert all(onnx_matches(*e) for e in errors['97x131'])
 
@@ -523,25 +564,31 @@ def test_compiled_training_step_at_one_size_matches_eager(golden):
     _grads(torch.compile(model, backend='aot_eager', dynamic=False), x)
     fast = {n: p.grad for n, p in model.named_parameters()}
     lit = _grads(to_literal(golden_model(golden)).train(), x)
-    exact = _grads(to_literal(golden_model(golden)).double().train(),
-                   x.double())
+    exact = _grads(
+        to_literal(golden_model(golden)).double().train(), x.double())
     for name, ref in exact.items():
         err_lit = relative_error(lit[name].double(), ref)
         assert relative_error(fast[name].double(), ref) <= \
             FACTOR * err_lit + FLOOR32, name
 
+
 # ---------------------------------------------------------------- weights
 def imagenet_checkpoint(golden):
     """The golden weights as the authors' classifier checkpoint: under
     `model`, with `norm` and `head`, without norm_1..4."""
-    return {'model': {k: v for k, v in golden['state_dict'].items()
-                      if not k.startswith('norm_')}}
+    return {
+        'model': {
+            k: v
+            for k, v in golden['state_dict'].items()
+            if not k.startswith('norm_')
+        }
+    }
 
 
 def pretrained(golden, path, **kwargs):
-    model = ResTV2(arch=golden_arch(golden),
-                   init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                                 **kwargs))
+    model = ResTV2(
+        arch=golden_arch(golden),
+        init_cfg=dict(type='Pretrained', checkpoint=str(path), **kwargs))
     model.init_weights()
     return model
 
@@ -597,8 +644,8 @@ def test_v1_checkpoint_is_refused_by_v2(tmp_path):
     state = ResT(arch='base', out_indices=(3, )).state_dict()
     path = tmp_path / 'rest_base.pth'
     torch.save({'model': state}, path)
-    model = ResTV2('tiny', init_cfg=dict(type='Pretrained',
-                                         checkpoint=str(path)))
+    model = ResTV2(
+        'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(CheckpointError, match=r'ResT \(v1\) checkpoint'):
         model.init_weights()
 
@@ -615,8 +662,8 @@ def test_checkpoint_family_from_keys(golden):
     assert checkpoint_family(golden['state_dict']) == 'v2'
     assert checkpoint_family(ResT('lite').state_dict()) == 'v1'
     assert checkpoint_family(['stage1.0.attn.q.weight']) is None
-    assert checkpoint_family(['stem.conv1.weight', 'patch_2.proj.weight'
-                              ]) is None
+    assert checkpoint_family(['stem.conv1.weight',
+                              'patch_2.proj.weight']) is None
 
 
 # ---------------------------------------------------------- COCO configs
@@ -633,9 +680,8 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
     assert round(n_params / 1e6, 2) == MASK_RCNN_PARAMS_M[arch]
     # the recipe (docs/network.md, "Published results")
     assert cfg.model.backbone.init_cfg is None  # cleared above
-    raw = cfg.__class__.fromfile(
-        ROOT / 'configs' / 'mask_rcnn' /
-        f'mask-rcnn_restv2-{arch}_fpn_3x_coco.py')
+    raw = cfg.__class__.fromfile(ROOT / 'configs' / 'mask_rcnn' /
+                                 f'mask-rcnn_restv2-{arch}_fpn_3x_coco.py')
     assert raw.model.backbone.init_cfg.checkpoint == \
         f'checkpoints/restv2_{arch}_224.pth'
     assert raw.train_cfg.max_iters == 270000
@@ -651,8 +697,7 @@ def test_mask_rcnn_3x_configs_are_the_papers_models(arch):
     types = [t.type for t in pipeline]
     assert types.index('RandomCrop') < types.index('RandomChoiceResize')
     crop = pipeline[types.index('RandomCrop')]
-    assert crop.crop_type == 'relative' and tuple(crop.crop_size) == (0.9,
-                                                                       0.9)
+    assert crop.crop_type == 'relative' and tuple(crop.crop_size) == (0.9, 0.9)
     sides = [s[1] for s in pipeline[types.index('RandomChoiceResize')].scales]
     assert min(sides) == 480 and max(sides) == 800
 

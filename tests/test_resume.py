@@ -50,13 +50,12 @@ def _child(opts: dict) -> None:
     """One training run; ``opts`` as passed by :func:`_run`."""
     import torch.nn as nn
     import torch.nn.functional as F
+    from mmdet.registry import METRICS, MODELS
+    from mmengine.evaluator import BaseMetric
     from mmengine.hooks import Hook
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
     from torch.utils.data import Dataset
-
-    from mmdet.registry import METRICS, MODELS
-    from mmengine.evaluator import BaseMetric
 
     from mmrest import ResT
 
@@ -99,8 +98,9 @@ def _child(opts: dict) -> None:
 
         def process(self, data_batch, data_samples):
             logits = torch.stack(list(data_samples))
-            self.results.append(F.cross_entropy(
-                logits, data_batch['labels'], reduction='sum').item())
+            self.results.append(
+                F.cross_entropy(logits, data_batch['labels'],
+                                reduction='sum').item())
 
         def compute_metrics(self, results):
             return dict(ce=sum(results) / 10)
@@ -118,7 +118,10 @@ def _child(opts: dict) -> None:
         def before_train_iter(self, runner, batch_idx, data_batch=None):
             armed['on'] = runner.iter + 1 == opts.get('kill_write_at')
 
-        def after_train_iter(self, runner, batch_idx, data_batch=None,
+        def after_train_iter(self,
+                             runner,
+                             batch_idx,
+                             data_batch=None,
                              outputs=None):
             if runner.iter + 1 == opts.get('kill_after'):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -128,15 +131,13 @@ def _child(opts: dict) -> None:
         def before_train(self, runner):
             with open(osp.join(runner.work_dir, 'start_iter.json'), 'w') as f:
                 json.dump(runner.iter, f)
-            with open(osp.join(runner.work_dir, 'start_epoch.json'),
-                      'w') as f:
+            with open(osp.join(runner.work_dir, 'start_epoch.json'), 'w') as f:
                 json.dump(runner.epoch, f)
 
         def after_val_epoch(self, runner, metrics=None):
             # before the checkpoint hook (VERY_LOW) writes the best one
             with open(osp.join(runner.work_dir, 'metrics.jsonl'), 'a') as f:
-                f.write(json.dumps(dict(epoch=runner.epoch, **metrics)) +
-                        '\n')
+                f.write(json.dumps(dict(epoch=runner.epoch, **metrics)) + '\n')
 
     if opts.get('kill_write'):
         # Die in the middle of writing that file: half of it written, not
@@ -182,8 +183,8 @@ def _child(opts: dict) -> None:
             clip_grad=dict(max_norm=1.0)),
         param_scheduler=[
             dict(type='LinearLR', start_factor=0.1, by_epoch=False, end=4),
-            dict(type='MultiStepLR', by_epoch=False, milestones=[8],
-                 gamma=0.1)
+            dict(
+                type='MultiStepLR', by_epoch=False, milestones=[8], gamma=0.1)
         ],
         default_hooks=dict(
             logger=dict(type='LoggerHook', interval=4),
@@ -194,11 +195,9 @@ def _child(opts: dict) -> None:
                 max_keep_ckpts=opts.get('max_keep_ckpts', -1),
                 save_best=opts.get('save_best'),
                 rule='greater' if opts.get('save_best') else None)),
-        custom_hooks=[
-            dict(type='IterSeedHook'),
-            KillHook(),
-            RecordStart()
-        ],
+        custom_hooks=[dict(type='IterSeedHook'),
+                      KillHook(),
+                      RecordStart()],
         randomness=dict(seed=42, deterministic=True),
         resume=opts.get('resume', False),
         default_scope='mmdet')
@@ -286,13 +285,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
         tmp_path, uninterrupted, forkserver):
     # Killed after iteration 8: the last checkpoint is iteration 6, so the
     # resumed run redoes 7 and 8 (with the same data and random draws).
-    _check_killed(_run(forkserver, tmp_path, kill_after=8, max_keep_ckpts=2),
-                  tmp_path)
+    _check_killed(
+        _run(forkserver, tmp_path, kill_after=8, max_keep_ckpts=2), tmp_path)
     assert _pointer(tmp_path) == str(tmp_path / 'iter_6.pth')
     assert not (tmp_path / f'iter_{MAX_ITERS}.pth').exists()
 
-    _check_ok(_run(forkserver, tmp_path, resume=True, max_keep_ckpts=2),
-              tmp_path)
+    _check_ok(
+        _run(forkserver, tmp_path, resume=True, max_keep_ckpts=2), tmp_path)
     assert _start_iter(tmp_path) == 6
     _assert_same_weights(
         _weights(tmp_path / f'iter_{MAX_ITERS}.pth'), uninterrupted)
@@ -308,8 +307,12 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(
     # max_keep_ckpts=1: mmengine's own hook deletes iter_6.pth before it
     # writes iter_9.pth, and a kill in between leaves nothing to resume.
     _check_killed(
-        _run(forkserver, tmp_path, kill_write=victim, kill_write_at=9,
-             max_keep_ckpts=1), tmp_path)
+        _run(
+            forkserver,
+            tmp_path,
+            kill_write=victim,
+            kill_write_at=9,
+            max_keep_ckpts=1), tmp_path)
 
     # The kill really hit the write: a half-written temporary file is left.
     partial = list(tmp_path.glob(f'.{victim}.*.tmp'))
@@ -321,11 +324,11 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(
     if victim == 'iter_9.pth':
         assert not (tmp_path / 'iter_9.pth').exists()
     else:  # iter_9.pth complete, but not yet the one resume takes
-        assert _weights(tmp_path / 'iter_9.pth').keys() == ckpt[
-            'state_dict'].keys()
+        assert _weights(tmp_path /
+                        'iter_9.pth').keys() == ckpt['state_dict'].keys()
 
-    _check_ok(_run(forkserver, tmp_path, resume=True, max_keep_ckpts=1),
-              tmp_path)
+    _check_ok(
+        _run(forkserver, tmp_path, resume=True, max_keep_ckpts=1), tmp_path)
     assert _start_iter(tmp_path) == 6
     _assert_same_weights(
         _weights(tmp_path / f'iter_{MAX_ITERS}.pth'), uninterrupted)
@@ -389,15 +392,16 @@ def uninterrupted_by_epoch(tmp_path_factory, forkserver):
     """A by-epoch run that went straight through, validated after every
     epoch with save_best: its work dir."""
     work_dir = tmp_path_factory.mktemp('straight_epochs')
-    _check_ok(_run(forkserver, work_dir, by_epoch=True, interval=1,
-                   save_best='ce'), work_dir)
+    _check_ok(
+        _run(forkserver, work_dir, by_epoch=True, interval=1, save_best='ce'),
+        work_dir)
     return work_dir
 
 
 @pytest.mark.parametrize('kill_after,saved_epoch', [(13, 2), (10, 1)])
 def test_epoch_training_killed_and_resumed(tmp_path, forkserver,
-                                           uninterrupted_by_epoch,
-                                           kill_after, saved_epoch):
+                                           uninterrupted_by_epoch, kill_after,
+                                           saved_epoch):
     """EpochBasedTrainLoop: SIGKILL in the middle of epoch 3 (iteration 13,
     after epoch_2.pth), or after the last iteration of epoch 2 but before
     its checkpoint; --resume continues from the last complete epoch and
@@ -405,21 +409,29 @@ def test_epoch_training_killed_and_resumed(tmp_path, forkserver,
     by-iteration test: the same data order, per-epoch sampler seeds and
     per-iteration random draws, so equal bit for bit)."""
     straight = uninterrupted_by_epoch
-    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=1,
-                       kill_after=kill_after), tmp_path)
+    _check_killed(
+        _run(
+            forkserver,
+            tmp_path,
+            by_epoch=True,
+            interval=1,
+            kill_after=kill_after), tmp_path)
     assert _pointer(tmp_path) == str(tmp_path / f'epoch_{saved_epoch}.pth')
     assert not (tmp_path / f'epoch_{saved_epoch + 1}.pth').exists()
     # the checkpoint the kill left equals the straight run's of that epoch
-    _assert_same_weights(_weights(_pointer(tmp_path)),
-                         _weights(straight / f'epoch_{saved_epoch}.pth'))
+    _assert_same_weights(
+        _weights(_pointer(tmp_path)),
+        _weights(straight / f'epoch_{saved_epoch}.pth'))
 
-    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=1,
-                   resume=True), tmp_path)
+    _check_ok(
+        _run(forkserver, tmp_path, by_epoch=True, interval=1, resume=True),
+        tmp_path)
     assert _start_epoch(tmp_path) == saved_epoch
     assert _start_iter(tmp_path) == saved_epoch * EPOCH_ITERS
     for epoch in range(saved_epoch + 1, MAX_EPOCHS + 1):
-        _assert_same_weights(_weights(tmp_path / f'epoch_{epoch}.pth'),
-                             _weights(straight / f'epoch_{epoch}.pth'))
+        _assert_same_weights(
+            _weights(tmp_path / f'epoch_{epoch}.pth'),
+            _weights(straight / f'epoch_{epoch}.pth'))
     assert _pointer(tmp_path) == str(tmp_path / f'epoch_{MAX_EPOCHS}.pth')
 
 
@@ -432,8 +444,9 @@ def test_save_best_keeps_the_best_epoch(uninterrupted_by_epoch):
     assert sorted(scores) == list(range(1, MAX_EPOCHS + 1))
     best = max(scores, key=lambda e: (scores[e], -e))
     assert _best_files(work) == [f'best_ce_epoch_{best}.pth']
-    _assert_same_weights(_weights(work / _best_files(work)[0]),
-                         _weights(work / f'epoch_{best}.pth'))
+    _assert_same_weights(
+        _weights(work / _best_files(work)[0]),
+        _weights(work / f'epoch_{best}.pth'))
     assert not list(work.glob('.*.tmp'))
 
 
@@ -453,17 +466,30 @@ def test_kill_while_writing_a_new_best_keeps_the_previous_one(
             best = scores[epoch]
     assert len(improved) >= 2, scores  # a previous best to keep
     first, second = improved[:2]
-    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=1,
-                       save_best='ce', kill_write='best_ce',
-                       kill_write_at=second * EPOCH_ITERS), tmp_path)
+    _check_killed(
+        _run(
+            forkserver,
+            tmp_path,
+            by_epoch=True,
+            interval=1,
+            save_best='ce',
+            kill_write='best_ce',
+            kill_write_at=second * EPOCH_ITERS), tmp_path)
     assert _best_files(tmp_path) == [f'best_ce_epoch_{first}.pth']
-    _assert_same_weights(_weights(tmp_path / _best_files(tmp_path)[0]),
-                         _weights(tmp_path / f'epoch_{first}.pth'))
+    _assert_same_weights(
+        _weights(tmp_path / _best_files(tmp_path)[0]),
+        _weights(tmp_path / f'epoch_{first}.pth'))
     partial = list(tmp_path.glob(f'.best_ce_epoch_{second}.pth.*.tmp'))
     assert len(partial) == 1, list(tmp_path.iterdir())
 
-    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=1,
-                   save_best='ce', resume=True), tmp_path)
+    _check_ok(
+        _run(
+            forkserver,
+            tmp_path,
+            by_epoch=True,
+            interval=1,
+            save_best='ce',
+            resume=True), tmp_path)
     assert _start_epoch(tmp_path) == second  # epoch_<second>.pth was written
     _assert_same_weights(
         _weights(tmp_path / f'epoch_{MAX_EPOCHS}.pth'),
@@ -471,13 +497,13 @@ def test_kill_while_writing_a_new_best_keeps_the_previous_one(
     assert not list(tmp_path.glob('.*.tmp')), 'stale temporary file left'
     (name, ) = _best_files(tmp_path)
     epoch = int(name[len('best_ce_epoch_'):-len('.pth')])
-    _assert_same_weights(_weights(tmp_path / name),
-                         _weights(tmp_path / f'epoch_{epoch}.pth'))
+    _assert_same_weights(
+        _weights(tmp_path / name), _weights(tmp_path / f'epoch_{epoch}.pth'))
 
 
 @needs_proc
-@pytest.mark.parametrize('victim', [f'epoch_{MAX_EPOCHS}.pth',
-                                    'last_checkpoint'])
+@pytest.mark.parametrize('victim',
+                         [f'epoch_{MAX_EPOCHS}.pth', 'last_checkpoint'])
 def test_save_last_by_epoch_is_atomic(tmp_path, forkserver,
                                       uninterrupted_by_epoch, victim):
     """interval=2 over 5 epochs: epochs 2 and 4 by the interval, 5 by
@@ -485,21 +511,28 @@ def test_save_last_by_epoch_is_atomic(tmp_path, forkserver,
     pointer leaves the pointer on epoch_4.pth; resumed, the run writes
     epoch_5.pth with the uninterrupted weights."""
     last = f'epoch_{MAX_EPOCHS}.pth'
-    _check_killed(_run(forkserver, tmp_path, by_epoch=True, interval=2,
-                       kill_write=victim,
-                       kill_write_at=MAX_EPOCHS * EPOCH_ITERS), tmp_path)
+    _check_killed(
+        _run(
+            forkserver,
+            tmp_path,
+            by_epoch=True,
+            interval=2,
+            kill_write=victim,
+            kill_write_at=MAX_EPOCHS * EPOCH_ITERS), tmp_path)
     assert len(list(tmp_path.glob(f'.{victim}.*.tmp'))) == 1
     assert _pointer(tmp_path) == str(tmp_path / 'epoch_4.pth')
     assert (tmp_path / last).exists() == (victim == 'last_checkpoint')
 
-    _check_ok(_run(forkserver, tmp_path, by_epoch=True, interval=2,
-                   resume=True), tmp_path)
+    _check_ok(
+        _run(forkserver, tmp_path, by_epoch=True, interval=2, resume=True),
+        tmp_path)
     assert _start_epoch(tmp_path) == 4
     assert sorted(p.name for p in tmp_path.glob('epoch_*.pth')) == [
-        'epoch_2.pth', 'epoch_4.pth', last]
+        'epoch_2.pth', 'epoch_4.pth', last
+    ]
     assert _pointer(tmp_path) == str(tmp_path / last)
-    _assert_same_weights(_weights(tmp_path / last),
-                         _weights(uninterrupted_by_epoch / last))
+    _assert_same_weights(
+        _weights(tmp_path / last), _weights(uninterrupted_by_epoch / last))
     assert not list(tmp_path.glob('.*.tmp'))
 
 

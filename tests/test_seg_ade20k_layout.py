@@ -20,14 +20,16 @@ import sys
 from pathlib import Path
 
 import cv2
+import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
-import mmseg  # noqa: F401  (the set-up installs it: missing fails)
-
 from _helpers import ROOT
-CONFIG = ROOT / 'configs/upernet/restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py'
+from mmengine.config import Config
+
+CONFIG = (
+    ROOT / 'configs/upernet/'
+    'restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py')
 NUM_CLASSES = 150
 # The validation images: (grey level, class predicted for it). The rule's
 # classes: one present in the image's labels, one present elsewhere only,
@@ -61,8 +63,9 @@ def ade(tmp_path_factory):
             else:
                 grey = int(rng.randint(0, 256))
             image = np.full((h, w, 3), grey, np.uint8)
-            assert cv2.imwrite(str(root / 'images' / split / f'{name}.jpg'),
-                               image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+            assert cv2.imwrite(
+                str(root / 'images' / split / f'{name}.jpg'), image,
+                [cv2.IMWRITE_JPEG_QUALITY, 100])
             assert cv2.imwrite(
                 str(root / 'annotations' / split / f'{name}.png'), label)
             if split == 'validation':
@@ -94,25 +97,25 @@ def tiny_cfg(data_root: Path, work_dir: Path) -> Config:
     BN, the tiny set, no worker processes and two TTA scales; its
     datasets, pipelines and evaluator are the config's."""
     cfg = Config.fromfile(CONFIG)
-    cfg.model.backbone.arch = dict(embed_dims=[16, 32, 64, 128],
-                                   depths=[1, 1, 2, 1],
-                                   num_heads=[1, 2, 4, 8])
+    cfg.model.backbone.arch = dict(
+        embed_dims=[16, 32, 64, 128],
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8])
     cfg.model.backbone.init_cfg = None
     norm_cfg = dict(type='BN', requires_grad=True)
-    cfg.model.decode_head.update(in_channels=[16, 32, 64, 128], channels=16,
-                                 norm_cfg=norm_cfg)
-    cfg.model.auxiliary_head.update(in_channels=64, channels=8,
-                                    norm_cfg=norm_cfg)
+    cfg.model.decode_head.update(
+        in_channels=[16, 32, 64, 128], channels=16, norm_cfg=norm_cfg)
+    cfg.model.auxiliary_head.update(
+        in_channels=64, channels=8, norm_cfg=norm_cfg)
     for split in ('train', 'val', 'test'):
         loader = cfg[f'{split}_dataloader']
         loader.update(num_workers=0, persistent_workers=False)
         loader.dataset.data_root = str(data_root)
     (tta, ) = [t for t in cfg.tta_pipeline if t.type == 'TestTimeAug']
     resizes = tta.transforms[0]
-    assert [t.scale_factor for t in resizes] == [0.5, 0.75, 1.0, 1.25,
-                                                 1.5, 1.75]
-    tta.transforms[0] = [dict(resizes[0], scale_factor=s)
-                         for s in TTA_SCALES]
+    assert [t.scale_factor
+            for t in resizes] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    tta.transforms[0] = [dict(resizes[0], scale_factor=s) for s in TTA_SCALES]
     cfg.work_dir = str(work_dir)
     return cfg
 
@@ -129,8 +132,7 @@ class RuleOfGrey:
     def __call__(self, inputs, batch_img_metas):
         pre = self.model.data_preprocessor
         grey = (inputs * pre.std + pre.mean).flatten(1).median(dim=1).values
-        logits = torch.zeros(inputs.shape[0], NUM_CLASSES,
-                             *inputs.shape[2:])
+        logits = torch.zeros(inputs.shape[0], NUM_CLASSES, *inputs.shape[2:])
         for i, g in enumerate(grey.tolist()):
             (cls, ) = [c for level, c in VAL if abs(level - g) < 10]
             logits[i, cls] = 1.
@@ -188,8 +190,8 @@ def test_iou_metric_single_scale(ade, tmp_path):
     assert len(rule.calls) == len(VAL)
     assert all(not flip for _, flip in rule.calls)
     # IoUMetric reports percent, rounded to 2 decimals
-    assert metrics['mIoU'] == pytest.approx(100 * expected_miou(labels),
-                                            abs=0.005 + 1e-9)
+    assert metrics['mIoU'] == pytest.approx(
+        100 * expected_miou(labels), abs=0.005 + 1e-9)
     assert 0 < metrics['mIoU'] < 50  # the rule is a poor segmentor
 
 
@@ -202,8 +204,8 @@ def test_iou_metric_through_tta(ade, tmp_path):
     assert sum(flip for _, flip in rule.calls) == len(VAL) * len(TTA_SCALES)
     # the first image (48 x 64) at the two scales
     assert {shape for shape, _ in rule.calls[:4]} == {(48, 64), (72, 96)}
-    assert metrics['mIoU'] == pytest.approx(100 * expected_miou(labels),
-                                            abs=0.005 + 1e-9)
+    assert metrics['mIoU'] == pytest.approx(
+        100 * expected_miou(labels), abs=0.005 + 1e-9)
 
 
 def test_tools_test_tta_show_dir_out(ade, tmp_path):
@@ -220,12 +222,19 @@ def test_tools_test_tta_show_dir_out(ade, tmp_path):
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
     config = tmp_path / 'tiny_config.py'
     cfg.dump(str(config))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/test.py'), str(config),
-         str(checkpoint), '--tta', '--show-dir', str(tmp_path / 'vis'),
-         '--out', str(tmp_path / 'pred'), '--work-dir',
-         str(tmp_path / 'work')],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([
+        sys.executable,
+        str(ROOT / 'tools/test.py'),
+        str(config),
+        str(checkpoint), '--tta', '--show-dir',
+        str(tmp_path / 'vis'), '--out',
+        str(tmp_path / 'pred'), '--work-dir',
+        str(tmp_path / 'work')
+    ],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'mIoU' in proc.stdout + proc.stderr
     # SegVisualizationHook's names: test_<image file>_<step>

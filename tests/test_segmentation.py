@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import pytest
 import torch
 from mmengine.config import Config
-import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 
 from mmrest.checkpoint import WEIGHTS_FILES
 
@@ -22,8 +22,11 @@ NAME = '{}_upernet_8xb2-160k_ade20k-512x512.py'
 # Millions of parameters of the whole segmentor (backbone, UPerHead and the
 # FCN auxiliary head, 150 classes): network.md's "measured here with mmseg's
 # UperNet", which round to the paper's 62.1 / 72.9 / 87.6 M.
-PAPER_PARAMS = {'restv2_tiny': 62.09, 'restv2_small': 72.86,
-                'restv2_base': 87.62}
+PAPER_PARAMS = {
+    'restv2_tiny': 62.09,
+    'restv2_small': 72.86,
+    'restv2_base': 87.62
+}
 V1 = ('rest_small', 'rest_base')
 ALL = tuple(PAPER_PARAMS) + V1
 # Set in the fresh process that runs a test needing one.
@@ -72,9 +75,10 @@ def built(name: str):
 def narrow(cfg: Config) -> Config:
     """The config with a narrow ResT v2 backbone and heads (fast)."""
     cfg.model.backbone.type = 'ResTV2'
-    cfg.model.backbone.arch = dict(embed_dims=[16, 32, 64, 128],
-                                   depths=[1, 1, 2, 1],
-                                   num_heads=[1, 2, 4, 8])
+    cfg.model.backbone.arch = dict(
+        embed_dims=[16, 32, 64, 128],
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8])
     cfg.model.backbone.init_cfg = None
     cfg.model.decode_head.in_channels = [16, 32, 64, 128]
     cfg.model.decode_head.channels = 16
@@ -91,31 +95,33 @@ def seg_batch(num=2, size=(64, 64), classes=150):
         sample = SegDataSample()
         sample.gt_sem_seg = PixelData(
             data=torch.randint(0, classes, (1, ) + size))
-        sample.set_metainfo(dict(img_shape=size, ori_shape=size,
-                                 pad_shape=size))
+        sample.set_metainfo(
+            dict(img_shape=size, ori_shape=size, pad_shape=size))
         samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, ) + size).float()
-                        for _ in range(num)], data_samples=samples)
+    return dict(
+        inputs=[
+            torch.randint(0, 256, (3, ) + size).float() for _ in range(num)
+        ],
+        data_samples=samples)
 
 
 def test_the_configs_are_these():
     """The ADE20K configs, and the segmentation demo's (tested in
     test_demo_seg.py)."""
     found = {p.name for p in CONFIGS.glob('*.py')}
-    assert found == {NAME.format(n) for n in ALL} | {
-        'rest_lite_upernet_shapes_demo.py'}
+    assert found == {NAME.format(n)
+                     for n in ALL} | {'rest_lite_upernet_shapes_demo.py'}
 
 
 @pytest.mark.parametrize('name', ALL)
 def test_config_builds_the_paper_model(name):
     cfg = load(name)
-    assert cfg.custom_imports == dict(imports=['mmrest'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmrest'], allow_failed_imports=False)
     assert cfg.default_scope == 'mmseg'
     arch = name.split('_')[1]
     backbone = cfg.model.backbone
-    assert backbone.type == ('ResTV2' if name.startswith('restv2') else
-                             'ResT')
+    assert backbone.type == ('ResTV2' if name.startswith('restv2') else 'ResT')
     assert backbone.arch == arch
     assert backbone.out_indices == (0, 1, 2, 3)
     checkpoint = Path(backbone.init_cfg.checkpoint)
@@ -156,16 +162,16 @@ def test_recipe(name):
     # mmengine's schedulers span end - begin - 1 iterations: warm-up over
     # 1500, poly over 160k from 0 (mmcv 0.x's; values: test_recipe.py)
     assert (warmup.type, warmup.begin, warmup.end) == ('LinearLR', 0, 1501)
-    assert (poly.type, poly.begin, poly.end, poly.power, poly.eta_min) == (
-        'PolyLR', 0, 160001, 1.0, 0.0)
+    assert (poly.type, poly.begin, poly.end, poly.power,
+            poly.eta_min) == ('PolyLR', 0, 160001, 1.0, 0.0)
     optim = cfg.optim_wrapper
     assert optim.optimizer.type == 'AdamW'
     if name in ('restv2_small', 'restv2_base'):
         assert (optim.optimizer.lr, optim.optimizer.weight_decay) == (1.5e-4,
                                                                       0.05)
         assert optim.constructor == 'ResTLayerDecayOptimizerConstructor'
-        assert optim.paramwise_cfg == dict(decay_rate=0.9,
-                                           decay_type='stage_wise')
+        assert optim.paramwise_cfg == dict(
+            decay_rate=0.9, decay_type='stage_wise')
     else:
         assert (optim.optimizer.lr, optim.optimizer.weight_decay) == (6e-5,
                                                                       0.01)
@@ -230,13 +236,14 @@ def test_small_config_optimiser_decays_by_stage():
         'auxiliary_head.conv_seg.bias': (1.5e-4, 0.),
     }
     for name, (lr, wd) in expected.items():
-        assert setting[id(named[name])] == (pytest.approx(lr, rel=1e-12),
-                                            wd), name
+        assert setting[id(named[name])] == (pytest.approx(lr,
+                                                          rel=1e-12), wd), name
 
 
 def _sync_bn_layers(model):
-    return [m for m in model.modules()
-            if isinstance(m, torch.nn.SyncBatchNorm)]
+    return [
+        m for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)
+    ]
 
 
 def test_runner_turns_sync_bn_into_bn_when_not_distributed(tmp_path):
@@ -269,11 +276,17 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
         pytest.skip('the CPU-only path')
     if not os.environ.get(FRESH_PROCESS):
         node = f'{__file__}::test_cpu_distributed_run_replaces_sync_bn'
-        proc = subprocess.run(
-            [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-             node], env={**os.environ, FRESH_PROCESS: '1'},
-            cwd=CONFIGS.parents[1],
-            capture_output=True, text=True, timeout=900)
+        proc = subprocess.run([
+            sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+            node
+        ],
+                              env={
+                                  **os.environ, FRESH_PROCESS: '1'
+                              },
+                              cwd=CONFIGS.parents[1],
+                              capture_output=True,
+                              text=True,
+                              timeout=900)
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0 and '1 passed' in output, output[-4000:]
         return
@@ -283,9 +296,9 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
     original = build_segmentor(cfg.model)
     logs = []
     monkeypatch.setattr(
-        launch, 'print_log',
-        lambda msg, logger=None, level=logging.INFO: logs.append(
-            (level, msg)))
+        launch,
+        'print_log',
+        lambda msg, logger=None, level=logging.INFO: logs.append((level, msg)))
     monkeypatch.setenv('RANK', '0')
     monkeypatch.setenv('WORLD_SIZE', '1')
     monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
@@ -295,8 +308,10 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
         launch.setup_cpu_distributed(cfg)
         assert torch.distributed.get_backend() == 'gloo'
         original.train()
-        with pytest.raises(ValueError, match='SyncBatchNorm expected input '
-                           'tensor to be on GPU'):
+        with pytest.raises(
+                ValueError,
+                match='SyncBatchNorm expected input '
+                'tensor to be on GPU'):
             original(**data, mode='loss')  # what a user would get
         model = build_segmentor(cfg.model)
         assert not _sync_bn_layers(model)
@@ -316,11 +331,15 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
 
 def test_replace_sync_bn_names_what_it_changed():
     from mmrest_tools.launch import replace_sync_bn
-    cfg = dict(backbone=dict(norm_cfg=dict(type='BN')),
-               heads=[dict(norm_cfg=dict(type='SyncBN')),
-                      dict(norm_cfg=dict(type='MMSyncBN', eps=1e-3))])
-    assert replace_sync_bn(cfg) == ['model.heads[0].norm_cfg',
-                                    'model.heads[1].norm_cfg']
+    cfg = dict(
+        backbone=dict(norm_cfg=dict(type='BN')),
+        heads=[
+            dict(norm_cfg=dict(type='SyncBN')),
+            dict(norm_cfg=dict(type='MMSyncBN', eps=1e-3))
+        ])
+    assert replace_sync_bn(cfg) == [
+        'model.heads[0].norm_cfg', 'model.heads[1].norm_cfg'
+    ]
     assert cfg['heads'][1]['norm_cfg'] == dict(type='BN', eps=1e-3)
     assert cfg['backbone']['norm_cfg'] == dict(type='BN')
 
@@ -333,8 +352,11 @@ def test_metafile():
     meta = yaml.safe_load((CONFIGS / 'metafile.yml').read_text())
     models = {m['Name']: m for m in meta['Models']}
     assert set(models) == {NAME.format(n)[:-3] for n in ALL}
-    published = {'restv2_tiny': 47.3, 'restv2_small': 49.2,
-                 'restv2_base': 49.6}
+    published = {
+        'restv2_tiny': 47.3,
+        'restv2_small': 49.2,
+        'restv2_base': 49.6
+    }
     root = CONFIGS.parents[1]
     for name in ALL:
         model = models[NAME.format(name)[:-3]]
@@ -343,14 +365,16 @@ def test_metafile():
         params = model['Metadata']['Parameters']
         if name in published:
             assert model['Results']['Metrics'] == {
-                'mIoU(ms+flip)': published[name]}
+                'mIoU(ms+flip)': published[name]
+            }
             assert round(params / 1e6, 2) == PAPER_PARAMS[name]
             assert model['Weights'].startswith('https://pan.baidu.com/')
         else:
             assert 'Results' not in model and 'Weights' not in model
     tiny = built('restv2_tiny')
-    assert models[NAME.format('restv2_tiny')[:-3]]['Metadata'][
-        'Parameters'] == sum(p.numel() for p in tiny.parameters())
+    assert models[NAME.format('restv2_tiny')
+                  [:-3]]['Metadata']['Parameters'] == sum(
+                      p.numel() for p in tiny.parameters())
 
 
 def test_test_tool_options_for_segmentation(tmp_path, monkeypatch):
@@ -360,6 +384,7 @@ def test_test_tool_options_for_segmentation(tmp_path, monkeypatch):
     folder for the label maps."""
     from mmrest_tools.launch import (is_segmentation, parse_args,
                                      setup_test_cfg, test_parser)
+
     # Option handling only: ADE20K is not here (the data check is tested
     # in test_bad_data.py).
     monkeypatch.setattr('mmrest_tools.launch.check_data_paths',

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _helpers import ROOT
+
 PY = sys.executable
 RETINANET = 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
 MASK_RCNN = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
@@ -31,9 +31,15 @@ def flat_options(options, validate=True):
 
 
 def run(args, cwd=ROOT, timeout=900, env=None):
-    result = subprocess.run([str(a) for a in args], cwd=cwd, timeout=timeout,
-                            capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run([str(a) for a in args],
+                            cwd=cwd,
+                            timeout=timeout,
+                            capture_output=True,
+                            text=True,
+                            env={
+                                **os.environ,
+                                **(env or {})
+                            })
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
@@ -92,8 +98,9 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
         train_args(MASK_RCNN, '--resume', checkpoint, *scratch))
     assert cfg.resume is True and cfg.load_from == str(checkpoint)
     with pytest.raises(FileNotFoundError, match='epoch_9.pth'):
-        setup_train_cfg(train_args(MASK_RCNN, '--resume',
-                                   tmp_path / 'epoch_9.pth', *scratch))
+        setup_train_cfg(
+            train_args(MASK_RCNN, '--resume', tmp_path / 'epoch_9.pth',
+                       *scratch))
 
 
 def test_train_precision_options(monkeypatch, no_data_check):
@@ -207,17 +214,19 @@ def test_test_options(tmp_path, monkeypatch, no_data_check):
     with pytest.raises(ValueError, match='results.json'):
         cfg_of(RETINANET, '--out', 'results.json')
     with pytest.raises(FileNotFoundError, match='missing.pth'):
-        setup_test_cfg(parse_args(
-            test_parser(), [RETINANET, str(tmp_path / 'missing.pth')]))
+        setup_test_cfg(
+            parse_args(test_parser(),
+                       [RETINANET, str(tmp_path / 'missing.pth')]))
 
 
 def test_cpu_distributed_needs_torchrun():
     from mmengine.config import Config
+
     from mmrest_tools.launch import setup_cpu_distributed
     if torch.cuda.is_available():
         pytest.skip('only without CUDA')
-    cfg = Config(dict(launcher='slurm', env_cfg=dict(dist_cfg=dict(
-        backend='nccl'))))
+    cfg = Config(
+        dict(launcher='slurm', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
     with pytest.raises(RuntimeError, match='--launcher pytorch'):
         setup_cpu_distributed(cfg)
     cfg = Config(dict(launcher='none'))
@@ -230,9 +239,10 @@ def test_flop_count_of_the_attention_matches_the_literal_emsa():
     """The FLOP handles added for EMSA (fused attention, head mixing)
     count what the literal computation's matmuls and 1x1 conv count."""
     from mmengine.analysis import FlopAnalyzer
+
     from mmrest import ResT
-    from mmrest_tools.analysis import EXTRA_FLOP_HANDLES
     from mmrest.backbones import to_literal
+    from mmrest_tools.analysis import EXTRA_FLOP_HANDLES
     model = ResT(arch='lite').eval()
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
@@ -245,8 +255,8 @@ def test_flop_count_of_the_attention_matches_the_literal_emsa():
         # neither count includes otherwise
         expected = literal.total() - literal.by_operator()['instance_norm']
         assert ours.total() == expected
-        assert not {'aten::scaled_dot_product_attention',
-                    'aten::baddbmm'} & set(ours.unsupported_ops())
+        assert not {'aten::scaled_dot_product_attention', 'aten::baddbmm'
+                    } & set(ours.unsupported_ops())
 
 
 def retinanet_params_by_hand(official_shapes):
@@ -278,16 +288,20 @@ def retinanet_params_by_hand(official_shapes):
 
 def test_get_flops_tool(tmp_path, official_shapes):
     out = tmp_path / 'flops.json'
-    text = run([PY, 'tools/get_flops.py', RETINANET, '--shape', '128', '192',
-                '--json', out])
+    text = run([
+        PY, 'tools/get_flops.py', RETINANET, '--shape', '128', '192', '--json',
+        out
+    ])
     result = json.loads(out.read_text())
     assert result['shape'] == [128, 192]
     backbone, total = retinanet_params_by_hand(official_shapes)
     assert result['backbone_params'] == backbone
     assert result['params'] == total
     assert 0 < result['backbone_flops'] < result['flops']
-    counted = {'aten::_convolution', 'aten::linear', 'aten::matmul',
-               'aten::scaled_dot_product_attention', 'aten::baddbmm'}
+    counted = {
+        'aten::_convolution', 'aten::linear', 'aten::matmul',
+        'aten::scaled_dot_product_attention', 'aten::baddbmm'
+    }
     assert not counted & set(result['unsupported_ops'])
     assert f'FLOPs: {result["flops"] / 1e9:.1f} G' in text
     assert 'input shape (H, W): (128, 192)' in text
@@ -308,8 +322,10 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
     options = flat_options({**tiny_coco, **scratch})
     # mmengine validates after the last iteration whatever val_interval says
     no_validation = flat_options({**tiny_coco, **scratch}, validate=False)
-    run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
-         '--cfg-options', 'train_cfg.max_iters=1', *options])
+    run([
+        PY, 'tools/train.py', RETINANET, '--work-dir', work, '--cfg-options',
+        'train_cfg.max_iters=1', *options
+    ])
     assert (work / 'iter_1.pth').is_file()
     assert not list(work.glob('epoch_*.pth'))
     train, val = scalars(work)
@@ -321,19 +337,29 @@ def test_train_test_and_resume(tiny_coco, tmp_path):
     assert 0 <= val['coco/bbox_mAP'] <= 1
 
     preds = tmp_path / 'preds.pkl'
-    text = run([PY, 'tools/test.py', RETINANET, work / 'iter_1.pth',
-                '--work-dir', work, '--out', preds, '--show-dir', 'vis',
-                '--cfg-options', *options])
+    text = run([
+        PY, 'tools/test.py', RETINANET, work / 'iter_1.pth', '--work-dir',
+        work, '--out', preds, '--show-dir', 'vis', '--cfg-options', *options
+    ])
     assert 'coco/bbox_mAP' in text and 'Load checkpoint from' in text
     with open(preds, 'rb') as f:
         results = pickle.load(f)
     assert len(results) == 1 and len(results[0]['pred_instances']['bboxes'])
     assert len(list(work.glob('*/vis/*.png'))) == 1
 
-    text = run([PY, 'tools/train.py', RETINANET, '--work-dir', work,
-                '--resume', '--cfg-options', 'train_cfg.max_iters=2',
-                # by iteration, the log comes every `interval` iterations
-                'default_hooks.logger.interval=1', *no_validation])
+    text = run([
+        PY,
+        'tools/train.py',
+        RETINANET,
+        '--work-dir',
+        work,
+        '--resume',
+        '--cfg-options',
+        'train_cfg.max_iters=2',
+        # by iteration, the log comes every `interval` iterations
+        'default_hooks.logger.interval=1',
+        *no_validation
+    ])
     assert 'resumed epoch: 0, iter: 1' in text
     assert (work / 'iter_2.pth').is_file()
     records = scalars(work)
@@ -347,8 +373,10 @@ def test_subprocesses_import_this_clone(tmp_path):
     packaged train tool included), imports this clone's mmrest and
     mmrest_tools, not those of another clone that an editable install
     names (tests/conftest.py sets PYTHONPATH)."""
-    out = run([PY, '-c', 'import mmrest, mmrest_tools\n'
-               'for m in (mmrest, mmrest_tools): print("FROM", m.__file__)'],
+    out = run([
+        PY, '-c', 'import mmrest, mmrest_tools\n'
+        'for m in (mmrest, mmrest_tools): print("FROM", m.__file__)'
+    ],
               cwd=tmp_path)
     paths = [line[5:] for line in out.splitlines() if line.startswith('FROM ')]
     assert len(paths) == 2, out
@@ -363,12 +391,14 @@ def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):
     tool = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
     assert tool.is_file()
     work = tmp_path / 'work'
-    run([PY, tool, ROOT / MASK_RCNN, '--work-dir', work, '--cfg-options',
-         'model.backbone.init_cfg=None', 'train_cfg.max_iters=1',
-         *flat_options(tiny_coco, validate=False)],
+    run([
+        PY, tool, ROOT / MASK_RCNN, '--work-dir', work, '--cfg-options',
+        'model.backbone.init_cfg=None', 'train_cfg.max_iters=1',
+        *flat_options(tiny_coco, validate=False)
+    ],
         cwd=tmp_path)
     assert (work / 'iter_1.pth').is_file()
     (record, ) = scalars(work)
-    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(
-        record)
+    assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox',
+            'loss_mask'} <= set(record)
     shutil.rmtree(work)

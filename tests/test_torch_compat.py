@@ -7,9 +7,10 @@ import torch
 from mmrest.utils import torch_compat
 
 
-@pytest.mark.parametrize('version, expected', [
-    ('2.1.2+cu121', (2, 1)), ('2.13.0', (2, 13)), ('2.6.0a0+git1234', (2, 6)),
-    ('2.10.0.dev20260101', (2, 10))])
+@pytest.mark.parametrize('version, expected',
+                         [('2.1.2+cu121', (2, 1)), ('2.13.0', (2, 13)),
+                          ('2.6.0a0+git1234', (2, 6)),
+                          ('2.10.0.dev20260101', (2, 10))])
 def test_torch_version(monkeypatch, version, expected):
     monkeypatch.setattr(torch, '__version__', version)
     assert torch_compat.torch_version() == expected
@@ -106,10 +107,11 @@ def test_drop_unsupported_fused(monkeypatch, has_cpu_fused):
     the rest of the optimizer config stays."""
     monkeypatch.setattr(torch_compat, 'CPU_FUSED_ADAMW', has_cpu_fused)
     cfg = dict(type='AdamW', lr=1e-3, fused=True)
-    assert torch_compat.drop_unsupported_fused(cfg, 'cpu') is (
-        not has_cpu_fused)
-    assert cfg == (dict(type='AdamW', lr=1e-3, fused=True) if has_cpu_fused
-                   else dict(type='AdamW', lr=1e-3))
+    assert torch_compat.drop_unsupported_fused(cfg,
+                                               'cpu') is (not has_cpu_fused)
+    assert cfg == (
+        dict(type='AdamW', lr=1e-3, fused=True) if has_cpu_fused else dict(
+            type='AdamW', lr=1e-3))
     cfg = dict(type='AdamW', lr=1e-3, fused=True)
     assert not torch_compat.drop_unsupported_fused(cfg, 'cuda')
     assert cfg['fused'] is True

@@ -11,10 +11,9 @@ import sys
 
 import pytest
 import torch
+from _helpers import ROOT, build_detector
 
 from mmrest.checkpoint import CheckpointError, safe_loading
-
-from _helpers import ROOT, build_detector
 
 MASK_RCNN = str(ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py')
 RETINANET = str(ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py')
@@ -23,8 +22,7 @@ IMAGENET = 'checkpoints/rest_lite.pth'  # the configs' path, relative
 
 def setup(*argv):
     from mmrest_tools.launch import parse_args, setup_train_cfg, train_parser
-    return setup_train_cfg(parse_args(train_parser(), [str(a)
-                                                       for a in argv]))
+    return setup_train_cfg(parse_args(train_parser(), [str(a) for a in argv]))
 
 
 @pytest.fixture
@@ -62,14 +60,14 @@ def test_resume_from_a_path_needs_no_imagenet_file(no_imagenet):
     assert cfg.resume and cfg.load_from == str(ckpt)
 
 
-def test_auto_resume_needs_the_file_only_with_nothing_to_resume(
-        no_imagenet):
+def test_auto_resume_needs_the_file_only_with_nothing_to_resume(no_imagenet):
     work = no_imagenet / 'work'
     work.mkdir()
     # nothing in the work dir: mmengine starts afresh, the file is needed
-    with pytest.raises(FileNotFoundError,
-                       match=r"rest_lite.pth.*found no checkpoint in the "
-                       r"work dir"):
+    with pytest.raises(
+            FileNotFoundError,
+            match=r"rest_lite.pth.*found no checkpoint in the "
+            r"work dir"):
         setup(MASK_RCNN, '--resume', '--work-dir', work)
     ckpt = fake_checkpoint(work / 'epoch_2.pth')
     (work / 'last_checkpoint').write_text(str(ckpt))
@@ -79,17 +77,19 @@ def test_auto_resume_needs_the_file_only_with_nothing_to_resume(
 
 
 def test_a_checkpoint_without_the_backbone_does_not_replace_it(no_imagenet):
-    ckpt = fake_checkpoint(no_imagenet / 'head_only.pth',
-                           prefixes=('roi_head.', ))
-    with pytest.raises(FileNotFoundError,
-                       match=r"rest_lite.pth.*head_only.pth.*holds no "
-                       r"weights of model.backbone"):
+    ckpt = fake_checkpoint(
+        no_imagenet / 'head_only.pth', prefixes=('roi_head.', ))
+    with pytest.raises(
+            FileNotFoundError,
+            match=r"rest_lite.pth.*head_only.pth.*holds no "
+            r"weights of model.backbone"):
         setup(MASK_RCNN, '--cfg-options', f'load_from={ckpt}')
 
 
 def test_bad_load_from(no_imagenet):
-    with pytest.raises(FileNotFoundError,
-                       match=r"load_from: checkpoint not found: .*nope.pth"):
+    with pytest.raises(
+            FileNotFoundError,
+            match=r"load_from: checkpoint not found: .*nope.pth"):
         setup(MASK_RCNN, '--cfg-options', 'load_from=nope.pth')
     broken = no_imagenet / 'broken.pth'
     broken.write_bytes(b'not a checkpoint')
@@ -102,8 +102,8 @@ def test_with_the_imagenet_file_nothing_changes(no_imagenet):
     open(IMAGENET, 'wb').close()
     ckpt = fake_checkpoint(no_imagenet / 'coco.pth')
     cfg = setup(MASK_RCNN, '--cfg-options', f'load_from={ckpt}')
-    assert cfg.model.backbone.init_cfg == dict(type='Pretrained',
-                                               checkpoint=IMAGENET)
+    assert cfg.model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint=IMAGENET)
 
 
 def test_only_the_missing_pretrained_entry_is_dropped(tmp_path):
@@ -113,25 +113,30 @@ def test_only_the_missing_pretrained_entry_is_dropped(tmp_path):
 
     from mmrest_tools.prerun_checks import skip_pretrained_loaded_over
     ckpt = fake_checkpoint(tmp_path / 'coco.pth')
-    cfg = Config(dict(
-        load_from=str(ckpt),
-        model=dict(
-            backbone=dict(init_cfg=[
-                dict(type='Pretrained', checkpoint=str(tmp_path / 'x.pth')),
-                dict(type='Constant', val=1, layer='Conv2d')]),
-            neck=dict(init_cfg=dict(type='Pretrained',
-                                    checkpoint=str(tmp_path / 'y.pth'))),
-            head=dict(init_cfg=dict(type='Normal', std=0.01)))))
+    cfg = Config(
+        dict(
+            load_from=str(ckpt),
+            model=dict(
+                backbone=dict(init_cfg=[
+                    dict(
+                        type='Pretrained', checkpoint=str(tmp_path / 'x.pth')),
+                    dict(type='Constant', val=1, layer='Conv2d')
+                ]),
+                neck=dict(
+                    init_cfg=dict(
+                        type='Pretrained', checkpoint=str(tmp_path /
+                                                          'y.pth'))),
+                head=dict(init_cfg=dict(type='Normal', std=0.01)))))
     notes = skip_pretrained_loaded_over(cfg)
     assert cfg.model.backbone.init_cfg == [
-        dict(type='Constant', val=1, layer='Conv2d')]
+        dict(type='Constant', val=1, layer='Conv2d')
+    ]
     assert cfg.model.neck.init_cfg is None
     assert cfg.model.head.init_cfg == dict(type='Normal', std=0.01)
     assert len(notes) == 2 and 'model.backbone' in notes[0]
 
 
-def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco,
-                                                         tmp_path):
+def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco, tmp_path):
     """tools/train.py, started where checkpoints/rest_lite.pth does not
     exist, trains one iteration from a COCO checkpoint given as load_from.
     With a zero learning rate the weights it saves are the checkpoint's:
@@ -144,26 +149,37 @@ def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco,
     ckpt = tmp_path / 'coco.pth'
     torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
     work = tmp_path / 'work'
-    options = {**tiny_coco, 'train_cfg.max_iters': 1,
-               'optim_wrapper.optimizer.lr': 0.0, 'load_from': str(ckpt),
-               'val_cfg': None, 'val_dataloader': None,
-               'val_evaluator': None}
-    options = {k: v for k, v in options.items()
-               if not k.startswith(('val_dataloader.', 'val_evaluator.',
-                                    'test_'))}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/train.py'), RETINANET,
-         '--work-dir', str(work), '--cfg-options',
-         *[f'{k}={v}' for k, v in options.items()]],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    options = {
+        **tiny_coco, 'train_cfg.max_iters': 1,
+        'optim_wrapper.optimizer.lr': 0.0,
+        'load_from': str(ckpt),
+        'val_cfg': None,
+        'val_dataloader': None,
+        'val_evaluator': None
+    }
+    options = {
+        k: v
+        for k, v in options.items()
+        if not k.startswith(('val_dataloader.', 'val_evaluator.', 'test_'))
+    }
+    result = subprocess.run([
+        sys.executable,
+        str(ROOT / 'tools/train.py'), RETINANET, '--work-dir',
+        str(work), '--cfg-options', *[f'{k}={v}' for k, v in options.items()]
+    ],
+                            cwd=tmp_path,
+                            capture_output=True,
+                            text=True,
+                            timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert not (tmp_path / IMAGENET).exists()
     assert 'is missing and not needed' in output
     assert 'Load checkpoint from' in output
     with safe_loading():  # an mmengine checkpoint: message hub and all
-        saved = torch.load(work / 'iter_1.pth', map_location='cpu',
-                           weights_only=True)['state_dict']
+        saved = torch.load(
+            work / 'iter_1.pth', map_location='cpu',
+            weights_only=True)['state_dict']
     for name, param in model.named_parameters():
         assert torch.equal(saved[name], param), name
     for path in work.glob('*.pth'):  # 100 MB each

@@ -20,8 +20,8 @@ import sys
 # found without reinstalling.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmrest_tools.benchmark import (  # noqa: E402
-    BACKBONES, QUICK, format_table, run, write_json)
+from mmrest_tools.benchmark import QUICK  # noqa: E402
+from mmrest_tools.benchmark import BACKBONES, format_table, run, write_json
 
 
 def parse_args():
@@ -29,26 +29,41 @@ def parse_args():
         description='Speed and training memory of ResT, its literal EMSA '
         'and mmdet backbones (CPU, float32)')
     parser.add_argument(
-        '--models', nargs='+', default=None, choices=BACKBONES,
+        '--models',
+        nargs='+',
+        default=None,
+        choices=BACKBONES,
         help='backbones to measure (default: all)')
     parser.add_argument(
-        '--quick', action='store_true',
+        '--quick',
+        action='store_true',
         help=f'only {", ".join(QUICK)}, 2 rounds (4 at 224x224)')
     parser.add_argument(
-        '--repeats', type=int, default=5,
+        '--repeats',
+        type=int,
+        default=5,
         help='timed rounds at 800x1344, after one warm-up (median '
         'reported)')
     parser.add_argument(
-        '--repeats-224', type=int, default=10,
+        '--repeats-224',
+        type=int,
+        default=10,
         help='timed rounds at 224x224 (a round takes seconds, not '
         'minutes: more rounds steady the median)')
     parser.add_argument(
-        '--threads', type=int, default=2,
+        '--threads',
+        type=int,
+        default=2,
         help='torch.set_num_threads (default 2)')
-    parser.add_argument('--no-memory', action='store_true',
-                        help='skip the training-step peak memory')
     parser.add_argument(
-        '--memory-models', nargs='+', default=None, choices=BACKBONES,
+        '--no-memory',
+        action='store_true',
+        help='skip the training-step peak memory')
+    parser.add_argument(
+        '--memory-models',
+        nargs='+',
+        default=None,
+        choices=BACKBONES,
         help='measure the training memory of these only (default: all '
         'measured backbones)')
     parser.add_argument('--out', help='also write the report as JSON here')
@@ -73,9 +88,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    report = run(args.models, args.repeats, memory=not args.no_memory,
-                 threads=args.threads, memory_names=args.memory_models,
-                 repeats_224=args.repeats_224)
+    report = run(
+        args.models,
+        args.repeats,
+        memory=not args.no_memory,
+        threads=args.threads,
+        memory_names=args.memory_models,
+        repeats_224=args.repeats_224)
     table = format_table(report)
     print('\n' + table)
     if args.out:

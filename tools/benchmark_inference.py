@@ -31,15 +31,26 @@ def parse_args(argv=None):
         description='CPU inference time of a detector')
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='weights (random otherwise)')
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344],
-                        metavar=('H', 'W'), help='padded input size')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=[800, 1344],
+        metavar=('H', 'W'),
+        help='padded input size')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch threads (default: torch\'s)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch threads (default: torch\'s)')
     parser.add_argument('--json', help='also write the result to this file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value')
     return parser.parse_args(argv)
 
 

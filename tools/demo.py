@@ -25,23 +25,32 @@ def parse_args():
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='config file of the detector')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-file', default='work_dirs/demo/result.png',
-                        help='where the drawn image goes')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='draw predictions scoring at least this')
+    parser.add_argument(
+        '--out-file',
+        default='work_dirs/demo/result.png',
+        help='where the drawn image goes')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='draw predictions scoring at least this')
     parser.add_argument('--device', default='cpu')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    preds = predict_image(args.image, args.config, args.checkpoint,
-                          args.out_file, score_thr=args.score_thr,
-                          device=args.device)
+    preds = predict_image(
+        args.image,
+        args.config,
+        args.checkpoint,
+        args.out_file,
+        score_thr=args.score_thr,
+        device=args.device)
     for label, score, box in zip(preds['labels'], preds['scores'],
                                  preds['bboxes']):
-        print(f'{label:10s} {score:.3f}  box ' +
-              ' '.join(f'{v:.1f}' for v in box))
+        print(f'{label:10s} {score:.3f}  box ' + ' '.join(f'{v:.1f}'
+                                                          for v in box))
     print(f'{len(preds["labels"])} predictions with score >= '
           f'{args.score_thr}; drawn to {args.out_file}')
 

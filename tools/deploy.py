@@ -17,7 +17,8 @@ and masks; or the path of an mmdeploy deploy-config file), then runs the
 image through the PyTorch detector and through the ONNX file (mmdeploy's
 ONNX Runtime backend model) and compares the detections; the command fails
 if they differ (see ``--box-iou``). Without a checkpoint the weights are
-random and no box scores above the threshold: nothing is compared. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
+random and no box scores above the threshold: nothing is compared. Needs
+``mmdeploy``, ``onnx`` and ``onnxruntime``; see
 :mod:`mmrest.deploy` for the two torch compatibility shims it applies.
 """
 import argparse
@@ -37,19 +38,29 @@ def parse_args(argv=None):
         'check it against PyTorch')
     parser.add_argument('config', help='mmdet config file')
     parser.add_argument('checkpoint', nargs='?', help='detector checkpoint')
-    parser.add_argument('--deploy-cfg', default='detection',
-                        help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
-                        'Runtime dynamic configs) or a deploy-config file')
+    parser.add_argument(
+        '--deploy-cfg',
+        default='detection',
+        help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
+        'Runtime dynamic configs) or a deploy-config file')
     parser.add_argument('--out', default='deploy', help='output folder')
-    parser.add_argument('--image', help='image to export with and check '
-                        'on (default: a synthetic 480x640 picture)')
+    parser.add_argument(
+        '--image',
+        help='image to export with and check '
+        'on (default: a synthetic 480x640 picture)')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--box-iou', type=float, default=0.9,
-                        help='fail unless every PyTorch detection has an '
-                        'ONNX one of the same label with at least this box '
-                        'IoU (and mask IoU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value')
+    parser.add_argument(
+        '--box-iou',
+        type=float,
+        default=0.9,
+        help='fail unless every PyTorch detection has an '
+        'ONNX one of the same label with at least this box '
+        'IoU (and mask IoU)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value')
     return parser.parse_args(argv)
 
 
@@ -65,8 +76,9 @@ def main(argv=None) -> int:
                                 args.deploy_cfg)
     print(f'wrote {onnx_file}')
     data, _ = make_input(processor, model, image)
-    report = compare(predict(model, data),
-                     predict(build_ort_model(processor, onnx_file), data))
+    report = compare(
+        predict(model, data),
+        predict(build_ort_model(processor, onnx_file), data))
     print(', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in report.items()))
     if report['num_ref'] == 0:
@@ -74,9 +86,10 @@ def main(argv=None) -> int:
               '(with random weights no score reaches the threshold); give a '
               'checkpoint and an image with objects')
         return 0
-    ok = (report['num_paired'] == report['num_ref'] and
-          report['min_box_iou'] >= args.box_iou and
-          report.get('min_mask_iou', 1.) >= args.box_iou)
+    ok = (
+        report['num_paired'] == report['num_ref']
+        and report['min_box_iou'] >= args.box_iou
+        and report.get('min_mask_iou', 1.) >= args.box_iou)
     print(f'ONNX Runtime {"agrees with" if ok else "DIFFERS FROM"} PyTorch '
           f'({report["num_paired"]} of {report["num_ref"]} detections paired'
           f' with box IoU >= {args.box_iou:g})')

@@ -3,14 +3,16 @@
 
     python tools/export_onnx.py \
         configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py
-    python tools/export_onnx.py CONFIG --checkpoint iter_90000.pth --with-neck \
+    python tools/export_onnx.py CONFIG --checkpoint iter_90000.pth \
+        --with-neck \
         --shape 800 1344 --out rest_small_fpn.onnx --check 320x448 97x131
 
 The graph has dynamic batch, height and width. After the export the file is
 run in onnxruntime at the export size and at each ``--check`` size, compared
 with eager PyTorch, and the relative error of every output is printed; the
 command fails when an output's error against the float64 model exceeds
-``--factor`` (4) times the eager float32 model's own error plus 1e-5. Without ``--checkpoint`` the
+``--factor`` (4) times the eager float32 model's own error plus 1e-5.
+Without ``--checkpoint`` the
 weights are random (no pretrained file is needed). Needs
 ``pip install -r requirements/deploy.txt -c requirements/constraints.txt``.
 See :mod:`mmrest.onnx_export`.
@@ -43,21 +45,34 @@ def parse_args(argv=None):
     parser.add_argument('config', help='detector or segmentor config file')
     parser.add_argument('--checkpoint', help='whole-model checkpoint')
     parser.add_argument('--out', default='backbone.onnx', help='ONNX file')
-    parser.add_argument('--with-neck', action='store_true',
-                        help='export backbone and neck')
-    parser.add_argument('--shape', type=int, nargs=2, default=[640, 960],
-                        metavar=('H', 'W'), help='export input size')
-    parser.add_argument('--check', type=size, nargs='*',
-                        default=[(320, 448), (97, 131), (800, 1344)],
-                        help='other sizes to check in onnxruntime')
-    parser.add_argument('--exporter', choices=EXPORTERS,
-                        default='torchscript')
+    parser.add_argument(
+        '--with-neck', action='store_true', help='export backbone and neck')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=[640, 960],
+        metavar=('H', 'W'),
+        help='export input size')
+    parser.add_argument(
+        '--check',
+        type=size,
+        nargs='*',
+        default=[(320, 448), (97, 131), (800, 1344)],
+        help='other sizes to check in onnxruntime')
+    parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript')
     parser.add_argument('--opset', type=int, default=17)
-    parser.add_argument('--factor', type=float, default=ERROR_FACTOR,
-                        help='accept ONNX errors up to this many times the '
-                        'eager float32 error (both against float64)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value')
+    parser.add_argument(
+        '--factor',
+        type=float,
+        default=ERROR_FACTOR,
+        help='accept ONNX errors up to this many times the '
+        'eager float32 error (both against float64)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value')
     return parser.parse_args(argv)
 
 
@@ -65,8 +80,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = build_feature_extractor(args.config, args.checkpoint,
                                     args.with_neck, args.cfg_options)
-    names = export_onnx(model, args.out, args.shape, args.exporter,
-                        args.opset)
+    names = export_onnx(model, args.out, args.shape, args.exporter, args.opset)
     print(f'wrote {args.out} ({len(names)} outputs, {args.exporter})')
     sizes = [tuple(args.shape)] + list(args.check)
     ok = True
@@ -74,9 +88,9 @@ def main(argv=None) -> int:
         good = [onnx_matches(e, ref, args.factor) for e, ref in errs]
         ok = ok and all(good)
         print(f'{key:>10}: relative error against float64, onnxruntime / '
-              'eager float32: ' + ', '.join(
-                  f'{e:.1e}/{ref:.1e}{"" if g else " (!)"}'
-                  for (e, ref), g in zip(errs, good)))
+              'eager float32: ' +
+              ', '.join(f'{e:.1e}/{ref:.1e}{"" if g else " (!)"}'
+                        for (e, ref), g in zip(errs, good)))
     print(f'onnxruntime {"matches" if ok else "DIFFERS FROM"} PyTorch (ONNX '
           f'error within {args.factor:g}x the eager float32 error + '
           f'{ERROR_FLOOR:g})')

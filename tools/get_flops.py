@@ -29,11 +29,16 @@ def parse_args():
         description='FLOPs and parameters of a detector')
     parser.add_argument('config', help='config file')
     parser.add_argument(
-        '--shape', type=int, nargs='+', default=[800, 1280],
+        '--shape',
+        type=int,
+        nargs='+',
+        default=[800, 1280],
         help='input height and width (one value: square)')
     parser.add_argument('--json', help='also write the figures to this file')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
         help='override config entries, key=value')
     args = parser.parse_args()
     if len(args.shape) == 1:

@@ -19,22 +19,34 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmrest_tools.precision import (  # noqa: E402
-    COMPONENTS, V1_ARCHS, V2_ARCHS, format_rows, measure)
+from mmrest_tools.precision import V1_ARCHS  # noqa: E402
+from mmrest_tools.precision import COMPONENTS, V2_ARCHS, format_rows, measure
 
 ALL = [f'v1:{a}' for a in V1_ARCHS] + [f'v2:{a}' for a in V2_ARCHS]
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--models', nargs='+', default=ALL, choices=ALL,
-                        help='family:arch (default: all)')
-    parser.add_argument('--size', nargs=2, type=int, default=[224, 224],
-                        metavar=('H', 'W'), help='input size')
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        default=ALL,
+        choices=ALL,
+        help='family:arch (default: all)')
+    parser.add_argument(
+        '--size',
+        nargs=2,
+        type=int,
+        default=[224, 224],
+        metavar=('H', 'W'),
+        help='input size')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--components', nargs='*', default=[],
-                        help=f'fast components to compute literally, one at '
-                        f'a time ({", ".join(COMPONENTS)}, or all)')
+    parser.add_argument(
+        '--components',
+        nargs='*',
+        default=[],
+        help=f'fast components to compute literally, one at '
+        f'a time ({", ".join(COMPONENTS)}, or all)')
     return parser.parse_args()
 
 

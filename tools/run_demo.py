@@ -26,19 +26,31 @@ def parse_args():
         '--config',
         default='configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--data-root', default=None,
-                        help="the shapes set's folder (default: the config's)")
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch threads (default: one per CPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='config overrides, key=value')
+    parser.add_argument(
+        '--data-root',
+        default=None,
+        help="the shapes set's folder (default: the config's)")
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch threads (default: one per CPU)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='config overrides, key=value')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    run_demo(args.config, args.work_dir, num_threads=args.threads,
-             cfg_options=args.cfg_options, data_root=args.data_root)
+    run_demo(
+        args.config,
+        args.work_dir,
+        num_threads=args.threads,
+        cfg_options=args.cfg_options,
+        data_root=args.data_root)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@
 # them weights-only (AtomicCheckpointHook). Each iteration reseeds the main
 # process from (seed, iteration), so after a resume the model's own random
 # draws (stochastic depth, proposal sampling) repeat; the augmentation
-# drawn in the dataloader workers is not reseeded by it (see IterSeedHook). Training stops with a message when the loss becomes
+# drawn in the dataloader workers is not reseeded by it (see IterSeedHook).
+# Training stops with a message when the loss becomes
 # NaN or infinite.
 _base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['mmrest'], allow_failed_imports=False)

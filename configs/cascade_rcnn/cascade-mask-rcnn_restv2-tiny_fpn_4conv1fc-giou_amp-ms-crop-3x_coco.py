@@ -30,5 +30,4 @@ model = dict(
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    paramwise_cfg=dict(
-        custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
+    paramwise_cfg=dict(custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))

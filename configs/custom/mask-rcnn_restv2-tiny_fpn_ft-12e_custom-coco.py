@@ -71,15 +71,28 @@ train_cfg = dict(
 val_cfg = dict(_delete_=True, type='ValLoop')
 test_cfg = dict(_delete_=True, type='TestLoop')
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=True, begin=0, end=1,
-         convert_to_iter_based=True),
-    dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs,
-         milestones=[8, 11], gamma=0.1),
+    dict(
+        type='LinearLR',
+        start_factor=0.001,
+        by_epoch=True,
+        begin=0,
+        end=1,
+        convert_to_iter_based=True),
+    dict(
+        type='MultiStepLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        milestones=[8, 11],
+        gamma=0.1),
 ]
 # A checkpoint after each epoch, the last two kept and the best by mask AP.
 default_hooks = dict(
     checkpoint=dict(
-        by_epoch=True, interval=1, max_keep_ckpts=2,
-        save_best='coco/segm_mAP', rule='greater'),
+        by_epoch=True,
+        interval=1,
+        max_keep_ckpts=2,
+        save_best='coco/segm_mAP',
+        rule='greater'),
     logger=dict(interval=50))
 log_processor = dict(by_epoch=True)

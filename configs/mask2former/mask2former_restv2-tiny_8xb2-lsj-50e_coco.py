@@ -59,7 +59,8 @@ custom_keys.update({
     for stage in range(1, len(depths))
 })
 custom_keys.update({
-    f'backbone.stage{stage + 1}.{block}.{norm}': backbone_norm_multi
+    f'backbone.stage{stage + 1}.{block}.{norm}':
+    backbone_norm_multi
     for stage, num_blocks in enumerate(depths)
     for block in range(num_blocks)
     for norm in ('norm', 'attn.sr_norm', 'attn.up_norm')

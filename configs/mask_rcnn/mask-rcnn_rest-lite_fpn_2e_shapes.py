@@ -30,7 +30,9 @@ model = dict(
     # tuned with (the COCO configs take detectron2's).
     neck=dict(
         init_cfg=dict(
-            _delete_=True, type='Xavier', layer='Conv2d',
+            _delete_=True,
+            type='Xavier',
+            layer='Conv2d',
             distribution='uniform')),
     roi_head=dict(
         bbox_head=dict(num_classes=len(classes), init_cfg=None),
@@ -46,11 +48,10 @@ model = dict(
     train_cfg=dict(
         rpn=dict(assigner=dict(min_pos_iou=0.3)),
         rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(
-            assigner=dict(match_low_quality=True), sampler=dict(num=16))),
+        rcnn=dict(assigner=dict(match_low_quality=True),
+                  sampler=dict(num=16))),
     test_cfg=dict(
-        rpn=dict(nms_pre=500, max_per_img=100),
-        rcnn=dict(max_per_img=10)))
+        rpn=dict(nms_pre=500, max_per_img=100), rcnn=dict(max_per_img=10)))
 
 # The images are all 128 x 128: flips are the only augmentation, no crop or
 # multi-scale.
@@ -120,10 +121,15 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=1.0, norm_type=2),
     paramwise_cfg=dict(_delete_=True))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs,
-         T_max=max_epochs, eta_min_ratio=0.01, convert_to_iter_based=True),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        T_max=max_epochs,
+        eta_min_ratio=0.01,
+        convert_to_iter_based=True),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=2)
 

@@ -27,9 +27,7 @@ model = dict(
     # numbers come from, and their checkpoints expect, this input. The
     # ..._rgb-imagenet-norm_... variants correct it.
     data_preprocessor=dict(
-        mean=[103.53, 116.28, 123.675],
-        std=[1.0, 1.0, 1.0],
-        bgr_to_rgb=False),
+        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0], bgr_to_rgb=False),
     backbone=dict(
         _delete_=True,
         type='ResT',
@@ -52,15 +50,24 @@ model = dict(
     # get c2_xavier_fill (Kaiming uniform with a=1 on fan-in), not Xavier.
     neck=dict(
         in_channels=[64, 128, 256, 512],
-        init_cfg=dict(type='Kaiming', layer='Conv2d', a=1, mode='fan_in',
-                      nonlinearity='leaky_relu', distribution='uniform')),
+        init_cfg=dict(
+            type='Kaiming',
+            layer='Conv2d',
+            a=1,
+            mode='fan_in',
+            nonlinearity='leaky_relu',
+            distribution='uniform')),
     roi_head=dict(
         bbox_head=dict(init_cfg=[
             dict(type='Normal', std=0.01, override=dict(name='fc_cls')),
             dict(type='Normal', std=0.001, override=dict(name='fc_reg')),
-            dict(type='Kaiming', a=1, mode='fan_in',
-                 nonlinearity='leaky_relu', distribution='uniform',
-                 override=dict(name='shared_fcs')),
+            dict(
+                type='Kaiming',
+                a=1,
+                mode='fan_in',
+                nonlinearity='leaky_relu',
+                distribution='uniform',
+                override=dict(name='shared_fcs')),
         ])),
     train_cfg=dict(
         # detectron2's RPN matcher promotes each box's best anchors

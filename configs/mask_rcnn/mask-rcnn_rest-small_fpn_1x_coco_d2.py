@@ -16,5 +16,4 @@ _base_ = './mask-rcnn_rest-small_fpn_1x_coco.py'
 model = dict(
     backbone=dict(init_cfg=None, out_norms_feed_next_stage=True),
     data_preprocessor=dict(
-        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0],
-        bgr_to_rgb=False))
+        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0], bgr_to_rgb=False))

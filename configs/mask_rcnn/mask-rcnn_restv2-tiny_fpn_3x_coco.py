@@ -38,18 +38,23 @@ model = dict(
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    paramwise_cfg=dict(
-        custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
+    paramwise_cfg=dict(custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
 # 3x: 270,000 iterations, lr / 10 at 210,000 and 250,000 (SOLVER.MAX_ITER,
 # STEPS), the 1x warm-up; evaluated every 20,000 iterations
 # (TEST.EVAL_PERIOD).
 max_iters = 270000
 train_cfg = dict(max_iters=max_iters, val_interval=20000)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1001),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,
-         milestones=[210000, 250000], gamma=0.1),
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=1001),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_iters,
+        by_epoch=False,
+        milestones=[210000, 250000],
+        gamma=0.1),
 ]
 
 # The v2 yaml's shorter sides (their list as it is, 534 included; longer
@@ -58,9 +63,11 @@ param_scheduler = [
 # whole when configs merge, so the pipeline is the base's with its
 # RandomChoiceResize step rebuilt.
 train_pipeline = [
-    dict(step, scales=[(1333, s) for s in (480, 512, 534, 576, 640, 672, 704,
-                                           736, 768, 800)])
-    if step.type == 'RandomChoiceResize' else step
+    dict(
+        step,
+        scales=[(1333, s)
+                for s in (480, 512, 534, 576, 640, 672, 704, 736, 768,
+                          800)]) if step.type == 'RandomChoiceResize' else step
     for step in _base_.train_pipeline
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

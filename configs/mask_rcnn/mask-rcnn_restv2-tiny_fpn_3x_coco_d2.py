@@ -14,5 +14,6 @@ _base_ = './mask-rcnn_restv2-tiny_fpn_3x_coco.py'
 model = dict(
     backbone=dict(init_cfg=None),
     data_preprocessor=dict(
-        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True))

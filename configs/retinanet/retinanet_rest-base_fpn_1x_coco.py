@@ -4,7 +4,5 @@ arch = 'base'
 pretrained = f'checkpoints/rest_{arch}.pth'
 model = dict(
     backbone=dict(
-        arch=arch,
-        drop_path_rate=0.2,
-        init_cfg=dict(checkpoint=pretrained)),
+        arch=arch, drop_path_rate=0.2, init_cfg=dict(checkpoint=pretrained)),
     neck=dict(in_channels=[192, 384, 768]))

@@ -24,9 +24,7 @@ model = dict(
     # their v1 yaml files leave as they are): BGR, mean [103.53, 116.28,
     # 123.675], std 1. The ..._rgb-imagenet-norm_... variants correct it.
     data_preprocessor=dict(
-        mean=[103.53, 116.28, 123.675],
-        std=[1.0, 1.0, 1.0],
-        bgr_to_rgb=False),
+        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0], bgr_to_rgb=False),
     # Stages 2-4 feed the FPN; P6 and P7 are built on the last stage's
     # output, with a ReLU between them (detectron2's LastLevelP6P7); the
     # FPN's convs get detectron2's c2_xavier_fill (Kaiming uniform with a=1
@@ -51,8 +49,13 @@ model = dict(
         start_level=0,
         add_extra_convs='on_input',
         relu_before_extra_convs=True,
-        init_cfg=dict(type='Kaiming', layer='Conv2d', a=1, mode='fan_in',
-                      nonlinearity='leaky_relu', distribution='uniform')))
+        init_cfg=dict(
+            type='Kaiming',
+            layer='Conv2d',
+            a=1,
+            mode='fan_in',
+            nonlinearity='leaky_relu',
+            distribution='uniform')))
 # Base-RetinaNet.yaml enables no gradient clipping (detectron2's default
 # CLIP_GRADIENTS.ENABLED False): none, which is what adamw_1x.py leaves.
 

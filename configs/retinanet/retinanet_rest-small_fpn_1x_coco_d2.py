@@ -23,8 +23,7 @@ custom_imports = dict(
 model = dict(
     backbone=dict(init_cfg=None, out_norms_feed_next_stage=True),
     data_preprocessor=dict(
-        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0],
-        bgr_to_rgb=False),
+        mean=[103.53, 116.28, 123.675], std=[1.0, 1.0, 1.0], bgr_to_rgb=False),
     neck=dict(relu_before_extra_convs=True),
     bbox_head=dict(
         type='Detectron2RetinaHead', bbox_coder=dict(clip_border=False)),

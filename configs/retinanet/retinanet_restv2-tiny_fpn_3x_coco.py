@@ -39,17 +39,22 @@ model = dict(
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    paramwise_cfg=dict(
-        custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
+    paramwise_cfg=dict(custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
 # 3x: 270,000 iterations, lr / 10 at 210,000 and 250,000, the 1x warm-up;
 # evaluated every 30,000 iterations (the yaml's TEST.EVAL_PERIOD).
 max_iters = 270000
 train_cfg = dict(max_iters=max_iters, val_interval=30000)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1001),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,
-         milestones=[210000, 250000], gamma=0.1),
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=1001),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_iters,
+        by_epoch=False,
+        milestones=[210000, 250000],
+        gamma=0.1),
 ]
 
 # The v2 yaml's shorter sides (longer side at most 1333); every other step

@@ -123,10 +123,14 @@ optim_wrapper = dict(
     optimizer=dict(lr=1e-3, fused=True),
     paramwise_cfg=dict(custom_keys=dict(head=dict(lr_mult=10.0))))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters,
-         by_epoch=False),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=1.0,
+        begin=50,
+        end=max_iters,
+        by_epoch=False),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 

@@ -97,8 +97,11 @@ class Mlp(nn.Module):
             ``dict(type='GELU')``.
     """
 
-    def __init__(self, in_features: int, hidden_features: int,
-                 drop: float = 0., act_cfg: dict = dict(type='GELU')):
+    def __init__(self,
+                 in_features: int,
+                 hidden_features: int,
+                 drop: float = 0.,
+                 act_cfg: dict = dict(type='GELU')):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = build_activation_layer(act_cfg)
@@ -197,8 +200,12 @@ class TokenMapsMixin:
     #: per stage).
     optional_keys: Dict[str, object] = {}
     #: Per-stage integer keys and their smallest allowed value.
-    integer_keys = {'embed_dims': 1, 'depths': 0, 'num_heads': 1,
-                    'sr_ratios': 1}
+    integer_keys = {
+        'embed_dims': 1,
+        'depths': 0,
+        'num_heads': 1,
+        'sr_ratios': 1
+    }
     num_stages = 4
     # What init_weights does with type='Pretrained': the checkpoint family,
     # the checkpoint's keys that are not the backbone's, and whether to
@@ -279,15 +286,15 @@ class TokenMapsMixin:
                              f'({cls.num_stages}), got {value!r}')
         value = list(value)
         low = cls.integer_keys.get(key)
-        if low is not None and any(
-                not isinstance(v, int) or v < low for v in value):
+        if low is not None and any(not isinstance(v, int) or v < low
+                                   for v in value):
             raise ValueError(
                 f'arch[{key!r}] must hold integers >= {low}, got {value!r}')
         return value
 
     def _setup(self, arch: Union[str, dict], in_channels: int,
-               out_indices: Sequence[int], frozen_stages: int,
-               norm_eval: bool, drop_path_rate: float) -> List[float]:
+               out_indices: Sequence[int], frozen_stages: int, norm_eval: bool,
+               drop_path_rate: float) -> List[float]:
         """Parse and check the arguments both families share and keep them;
         return each block's stochastic depth rate, rising linearly from 0 to
         ``drop_path_rate``."""
@@ -323,9 +330,11 @@ class TokenMapsMixin:
                 self.init_cfg.get('type') == 'Pretrained':
             if self.init_before_loading:
                 self._init_from_scratch()
-            load_pretrained_init_cfg(self, self.init_cfg,
-                                     family=self.checkpoint_family,
-                                     ignore=self.checkpoint_ignore)
+            load_pretrained_init_cfg(
+                self,
+                self.init_cfg,
+                family=self.checkpoint_family,
+                ignore=self.checkpoint_ignore)
             self._is_init = True
             return
         if self.init_cfg is not None:

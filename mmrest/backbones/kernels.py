@@ -226,9 +226,8 @@ def graph_capture() -> bool:
     gets the same exact formulas as plain tensor operations
     (:func:`_attention_chunk` over all queries at once).
     """
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting()
-        or torch_compat.is_compiling() or torch_compat.is_exporting())
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch_compat.is_compiling() or torch_compat.is_exporting())
 
 
 def token_map(x: torch.Tensor, hw_shape) -> torch.Tensor:
@@ -285,8 +284,11 @@ def cpu_float32(x: torch.Tensor) -> bool:
             and not torch_compat.is_autocast_enabled('cpu'))
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-         attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.,
+def sdpa(q: torch.Tensor,
+         k: torch.Tensor,
+         v: torch.Tensor,
+         attn_mask: Optional[torch.Tensor] = None,
+         dropout_p: float = 0.,
          scale: Optional[float] = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention``; while torch 2.1 exports to ONNX
     (whose exporter fails on an explicit ``scale``,
@@ -315,9 +317,9 @@ def checked_linear_op(op):
         with torch.no_grad():
             plain = op(x, w, b, 'none', [], '')
             gelu = op(x, w, b, 'gelu', [], 'none')
-            ok = (torch.allclose(plain, F.linear(x, w, b), atol=1e-5)
-                  and torch.allclose(gelu, F.gelu(F.linear(x, w, b)),
-                                     atol=1e-5))
+            ok = (
+                torch.allclose(plain, F.linear(x, w, b), atol=1e-5)
+                and torch.allclose(gelu, F.gelu(F.linear(x, w, b)), atol=1e-5))
     except (RuntimeError, TypeError, ValueError):
         return None
     return op if ok else None
@@ -353,9 +355,10 @@ def is_exact_gelu(act: nn.Module) -> bool:
 ONEDNN_MAX_IN_FEATURES = 192
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor,
-            bias: Optional[torch.Tensor] = None,
-            gelu: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor,
+           weight: torch.Tensor,
+           bias: Optional[torch.Tensor] = None,
+           gelu: bool = False) -> torch.Tensor:
     """``F.linear`` (then the exact, erf GELU when ``gelu``).
 
     When nothing needs a gradient, on the CPU in float32, this calls
@@ -379,9 +382,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if (ONEDNN_LINEAR is not None and not needs_grad
-            and x.shape[-1] <= ONEDNN_MAX_IN_FEATURES
-            and fast_paths_allowed() and cpu_float32(x)
-            and weight.dtype == torch.float32
+            and x.shape[-1] <= ONEDNN_MAX_IN_FEATURES and fast_paths_allowed()
+            and cpu_float32(x) and weight.dtype == torch.float32
             and torch.backends.mkldnn.enabled):
         if gelu:
             return ONEDNN_LINEAR(x, weight, bias, 'gelu', [], 'none')
@@ -465,8 +467,8 @@ class MixHeads(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # per batch item: (n, h, M) @ (n, M, h), strided views, no copy
             grad_mix = sum(
-                torch.bmm(grad[i].transpose(0, 1),
-                          attn[i].permute(1, 2, 0)).sum(0) for i in range(b))
+                torch.bmm(grad[i].transpose(0, 1), attn[i].permute(
+                    1, 2, 0)).sum(0) for i in range(b))
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_attn, grad_mix, grad_bias
@@ -508,8 +510,9 @@ def mix_heads_baddbmm(attn: torch.Tensor, mix: torch.Tensor,
     """:func:`mix_heads` as one ``baddbmm``, with autograd's own backward
     (the forward of :class:`MixHeads` too)."""
     b, h, n, m = attn.shape
-    return torch.baddbmm(bias.view(1, h, 1), mix.expand(b, h, h),
-                         attn.reshape(b, h, n * m)).view(b, h, n, m)
+    return torch.baddbmm(
+        bias.view(1, h, 1), mix.expand(b, h, h),
+        attn.reshape(b, h, n * m)).view(b, h, n, m)
 
 
 def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -521,7 +524,7 @@ def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns the centred attention times the values and the chunk's sum of
     squared centred probabilities per (batch, head).
     """
-    attn = q @ k.transpose(-2, -1)                        # (B, h, n, M)
+    attn = q @ k.transpose(-2, -1)  # (B, h, n, M)
     if mix is not None:
         attn = mix_heads(attn, mix, mix_bias)
     # softmax minus its known mean 1 / M: the InstanceNorm's centring.
@@ -567,14 +570,15 @@ def centred_softmax_(logits: torch.Tensor) -> torch.Tensor:
         Tensor: ``logits``, holding the centred probabilities.
     """
     M = logits.shape[-1]
-    shift = torch.maximum(logits.mean(dim=-1, keepdim=True),
-                          logits.amax(dim=-1, keepdim=True).sub_(math.log(M)))
-    torch.expm1(logits.sub_(shift), out=logits)      # z = e - 1
-    excess = logits.sum(dim=-1, keepdim=True)         # S - M
-    inv_sum = (excess + M).reciprocal_()              # 1 / S
+    shift = torch.maximum(
+        logits.mean(dim=-1, keepdim=True),
+        logits.amax(dim=-1, keepdim=True).sub_(math.log(M)))
+    torch.expm1(logits.sub_(shift), out=logits)  # z = e - 1
+    excess = logits.sum(dim=-1, keepdim=True)  # S - M
+    inv_sum = (excess + M).reciprocal_()  # 1 / S
     # (z - excess / M) / S, in one pass
-    return torch.addcmul(excess.div_(-M).mul_(inv_sum), logits, inv_sum,
-                         out=logits)
+    return torch.addcmul(
+        excess.div_(-M).mul_(inv_sum), logits, inv_sum, out=logits)
 
 
 def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -605,7 +609,7 @@ def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     row_norms = q.new_empty(bh, N)
     if B == 1:
         out = q.new_empty(N, h, d)
-        out_heads = out.transpose(0, 1)                   # (h, N, d) view
+        out_heads = out.transpose(0, 1)  # (h, N, d) view
     else:
         out_heads = q.new_empty(bh, N, d)
     for start in range(0, N, rows):
@@ -620,7 +624,7 @@ def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         torch.linalg.vector_norm(
             attn, dim=-1, out=row_norms[:, start:start + n])
         torch.bmm(attn, v, out=out_heads[:, start:start + n])
-    var = row_norms.square_().sum(dim=-1).div_(N * M)    # biased, as IN
+    var = row_norms.square_().sum(dim=-1).div_(N * M)  # biased, as IN
     inv_std = var.add_(eps).rsqrt_()
     out_heads.mul_(inv_std.view(bh, 1, 1))
     if B == 1:
@@ -693,7 +697,9 @@ def emsa_attention(q: torch.Tensor,
     """
     if mix is None:  # one head: plain softmax attention, in the inputs' dtype
         return sdpa(
-            q, k.contiguous(), v.contiguous(),
+            q,
+            k.contiguous(),
+            v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
     if (_emsa_core_name != 'chunked' and fast_paths_allowed()
@@ -738,14 +744,21 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
     for q_chunk in q.split(rows, dim=2):
         if needs_grad:
             out, sq = cp.checkpoint(
-                _attention_chunk, q_chunk, k, v, mix, mix_bias, attn_drop,
-                training, use_reentrant=False)
+                _attention_chunk,
+                q_chunk,
+                k,
+                v,
+                mix,
+                mix_bias,
+                attn_drop,
+                training,
+                use_reentrant=False)
         else:
-            out, sq = _attention_chunk(q_chunk, k, v, mix, mix_bias,
-                                       attn_drop, training)
+            out, sq = _attention_chunk(q_chunk, k, v, mix, mix_bias, attn_drop,
+                                       training)
         outs.append(out)
         sq_sum = sq_sum + sq
-    var = sq_sum / (N * M)                                 # biased, as IN
+    var = sq_sum / (N * M)  # biased, as IN
     inv_std = torch.rsqrt(var + eps)[:, :, None, None]
     return torch.cat(outs, dim=2) * inv_std
 
@@ -791,13 +804,13 @@ def run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         x (Tensor): Its input map.
     """
     if _nchw_conv(conv, x, conv.weight, conv.bias):
-        return conv(x.contiguous()).contiguous(
-            memory_format=torch.channels_last)
+        return conv(
+            x.contiguous()).contiguous(memory_format=torch.channels_last)
     return conv(x)
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module,
-               x: torch.Tensor) -> torch.Tensor:
+              x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))``; an eval-mode BatchNorm is folded into the conv.
 
     A BatchNorm that uses its running statistics is an affine map per
@@ -933,19 +946,29 @@ def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
     if _emsa_core_name == 'literal_compiled':
         fn = _compiled_literal.get(LITERAL_COMPILE_BACKEND)
         if fn is None:
-            fn = torch.compile(literal_attention_core, dynamic=True,
-                               backend=LITERAL_COMPILE_BACKEND)
+            fn = torch.compile(
+                literal_attention_core,
+                dynamic=True,
+                backend=LITERAL_COMPILE_BACKEND)
             _compiled_literal[LITERAL_COMPILE_BACKEND] = fn
         return fn(q, k, v, mix, mix_bias, eps)
     lse = 'kernel' if _emsa_core_name == 'sdpa_lse_kernel' else 'chunks'
     return mixed_query_attention(
-        q, k, v, mix, mix_bias, eps,
-        pad_values=_emsa_core_name == 'sdpa_padded', lse_source=lse,
+        q,
+        k,
+        v,
+        mix,
+        mix_bias,
+        eps,
+        pad_values=_emsa_core_name == 'sdpa_padded',
+        lse_source=lse,
         chunk_elements=chunk_elements)
 
 
-def literal_attention_core(q: torch.Tensor, k: torch.Tensor,
-                           v: torch.Tensor, mix: torch.Tensor,
+def literal_attention_core(q: torch.Tensor,
+                           k: torch.Tensor,
+                           v: torch.Tensor,
+                           mix: torch.Tensor,
                            mix_bias: Optional[torch.Tensor],
                            eps: float = 1e-5) -> torch.Tensor:
     """EMSA's multi-head core as written (docs/network.md, steps 4-6), in
@@ -998,8 +1021,8 @@ def _row_lse_kernel(q, k):
             dummy = k.new_zeros(B, H, k.shape[2], 8)
             lse = torch.ops.aten._scaled_dot_product_efficient_attention(
                 qq, k, dummy, None, True, 0.0, False, scale=1.0)[1]
-        out.append(lse[..., :N].to(torch.promote_types(q.dtype,
-                                                       torch.float32)))
+        out.append(lse[..., :N].to(
+            torch.promote_types(q.dtype, torch.float32)))
     return out[0], out[1]
 
 
@@ -1053,13 +1076,16 @@ class RowLseGap(torch.autograd.Function):
         return grad_q, grad_k.to(k.dtype), None, None
 
 
-def mixed_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          mix: torch.Tensor,
-                          mix_bias: Optional[torch.Tensor] = None,
-                          eps: float = 1e-5, pad_values: bool = False,
-                          lse_source: str = 'chunks',
-                          chunk_elements: Optional[int] = None
-                          ) -> torch.Tensor:
+def mixed_query_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mix: torch.Tensor,
+        mix_bias: Optional[torch.Tensor] = None,
+        eps: float = 1e-5,
+        pad_values: bool = False,
+        lse_source: str = 'chunks',
+        chunk_elements: Optional[int] = None) -> torch.Tensor:
     """EMSA's multi-head core as softmax attention over all C = h d channels
     with mixed queries: fused attention kernels apply.
 
@@ -1116,8 +1142,8 @@ def mixed_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     dtype = q.dtype
     core = torch.promote_types(dtype, torch.float32)
     # Q_g = concat_j(W[g, j] q_j): (B, h, N, C); K: (B, 1, M, C), centred
-    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype), q).reshape(
-        B, h, N, C)
+    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
+                         q).reshape(B, h, N, C)
     with torch.autocast(q.device.type, enabled=False):
         k32, v32 = k.to(core), v.to(core)
         k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
@@ -1131,7 +1157,7 @@ def mixed_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if chunk_elements is None:
         chunk_elements = _chunk_elements(q.device)
     rows = max(1, chunk_elements // max(1, B * h * M))
-    gap = RowLseGap.apply(q_mix, keys, rows, lse_source)   # (B, h, N)
+    gap = RowLseGap.apply(q_mix, keys, rows, lse_source)  # (B, h, N)
     with torch.autocast(q.device.type, enabled=False):
         if mix_bias is not None:  # cancels: an exact zero gradient
             gap = gap + (mix_bias.to(gap.dtype) * 0)[None, :, None]

@@ -68,15 +68,17 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.use_literal(self):  # conv, then BatchNorm, then ReLU
-            x = F.relu(kernels.batch_norm_call(self.norm1, self.conv1(x)),
-                       inplace=True)
-            x = F.relu(kernels.batch_norm_call(self.norm2, self.conv2(x)),
-                       inplace=True)
+            x = F.relu(
+                kernels.batch_norm_call(self.norm1, self.conv1(x)),
+                inplace=True)
+            x = F.relu(
+                kernels.batch_norm_call(self.norm2, self.conv2(x)),
+                inplace=True)
         else:  # eval-mode BatchNorms folded into the convs
-            x = F.relu(kernels.conv_norm(self.conv1, self.norm1, x),
-                       inplace=True)
-            x = F.relu(kernels.conv_norm(self.conv2, self.norm2, x),
-                       inplace=True)
+            x = F.relu(
+                kernels.conv_norm(self.conv1, self.norm1, x), inplace=True)
+            x = F.relu(
+                kernels.conv_norm(self.conv2, self.norm2, x), inplace=True)
         return self.pos(kernels.run_conv(self.conv3, x))
 
 
@@ -210,7 +212,7 @@ class EMSA(nn.Module):
         tokens themselves. The per-key bias is the attention's additive
         mask. Exact: the same sums, grouped otherwise.
         """
-        k, v = self.keys_values(x, hw_shape)                 # (B, 1, M, C)
+        k, v = self.keys_values(x, hw_shape)  # (B, 1, M, C)
         keys = k @ (self.q.weight * self.scale)
         mask = None
         if self.q.bias is not None:
@@ -316,8 +318,7 @@ class Block(PreNormBlock):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
         self.norm2 = build_token_norm(token_norm_cfg, embed_dims)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop,
-                       act_cfg)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop, act_cfg)
 
     def _forward_inference(self, x: torch.Tensor, hw_shape: Sequence[int]):
         """:meth:`_forward` on the inference path
@@ -401,18 +402,26 @@ class ResT(TokenMapsMixin, BaseModule):
     # Heads, reductions and MLP ratios are those of every variant
     # (network.md); the variants differ in widths and depths.
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['lite'], dict(
-            embed_dims=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-            **_STAGE_SETTINGS)),
-        **dict.fromkeys(['s', 'small'], dict(
-            embed_dims=[64, 128, 256, 512], depths=[2, 2, 6, 2],
-            **_STAGE_SETTINGS)),
-        **dict.fromkeys(['b', 'base'], dict(
-            embed_dims=[96, 192, 384, 768], depths=[2, 2, 6, 2],
-            **_STAGE_SETTINGS)),
-        **dict.fromkeys(['l', 'large'], dict(
-            embed_dims=[96, 192, 384, 768], depths=[2, 2, 18, 2],
-            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['lite'],
+                        dict(
+                            embed_dims=[64, 128, 256, 512],
+                            depths=[2, 2, 2, 2],
+                            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['s', 'small'],
+                        dict(
+                            embed_dims=[64, 128, 256, 512],
+                            depths=[2, 2, 6, 2],
+                            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['b', 'base'],
+                        dict(
+                            embed_dims=[96, 192, 384, 768],
+                            depths=[2, 2, 6, 2],
+                            **_STAGE_SETTINGS)),
+        **dict.fromkeys(['l', 'large'],
+                        dict(
+                            embed_dims=[96, 192, 384, 768],
+                            depths=[2, 2, 18, 2],
+                            **_STAGE_SETTINGS)),
     }
     essential_keys = ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
                       'mlp_ratios')
@@ -466,9 +475,9 @@ class ResT(TokenMapsMixin, BaseModule):
             # Output norms: norm1..norm3 for returned stages 1-3, and the
             # final `norm` (the classifier's) always on stage 4.
             if i < 3 and i in self.out_indices:
-                self.add_module(f'norm{i + 1}',
-                                build_token_norm(token_norm_cfg,
-                                                 embed_dims[i]))
+                self.add_module(
+                    f'norm{i + 1}',
+                    build_token_norm(token_norm_cfg, embed_dims[i]))
         self.norm = build_token_norm(token_norm_cfg, embed_dims[3])
         self._freeze_stages()
 
@@ -505,4 +514,3 @@ class ResT(TokenMapsMixin, BaseModule):
                     x = out
             x = self._to_map(x, shape)
         return tuple(outs)
-

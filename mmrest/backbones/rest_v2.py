@@ -73,7 +73,10 @@ class ConvStemV2(nn.Module):
     #: :func:`~mmrest.backbones.kernels.to_literal`).
     literal = False
 
-    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict,
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 norm_cfg: dict,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         mid = out_channels // 2
@@ -109,7 +112,9 @@ class PatchEmbedV2(nn.Module):
         token_norm_cfg (dict): Config of the token LayerNorm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int,
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
@@ -144,7 +149,10 @@ class AttentionV2(nn.Module):
     #: :func:`~mmrest.backbones.kernels.to_literal`).
     literal = False
 
-    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int = 1,
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 sr_ratio: int = 1,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
         if embed_dims % num_heads:
@@ -167,8 +175,7 @@ class AttentionV2(nn.Module):
                 sr_ratio * sr_ratio * embed_dims,
                 kernel_size=3,
                 padding=1,
-                groups=embed_dims),
-            nn.PixelShuffle(sr_ratio))
+                groups=embed_dims), nn.PixelShuffle(sr_ratio))
         self.up_norm = build_token_norm(token_norm_cfg, embed_dims)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
@@ -200,8 +207,7 @@ class AttentionV2(nn.Module):
         identity = identity.flatten(2).transpose(1, 2)
         return out + self.up_norm(identity)
 
-    def attend(self, x: torch.Tensor,
-               hw_shape: Sequence[int]) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:
         """Everything before the output projection: the attention output
         plus the normalised value branch, (B, N, C)."""
         if kernels.use_literal(self):
@@ -220,7 +226,7 @@ class AttentionV2(nn.Module):
             Hs, Ws = H, W
         kv = kernels.linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
         k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
-        v_tokens = kv[:, :, 1]                             # (B, M, C)
+        v_tokens = kv[:, :, 1]  # (B, M, C)
         v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
         out = kernels.sdpa(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
@@ -268,8 +274,8 @@ class BlockV2(PreNormBlock):
         self.attn = AttentionV2(embed_dims, num_heads, sr_ratio,
                                 token_norm_cfg)
         self.norm2 = build_token_norm(token_norm_cfg, embed_dims)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio),
-                       act_cfg=act_cfg)
+        self.mlp = Mlp(
+            embed_dims, int(embed_dims * mlp_ratio), act_cfg=act_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else \
             nn.Identity()
 
@@ -358,19 +364,22 @@ class ResTV2(TokenMapsMixin, BaseModule):
 
     # sr_ratios and mlp_ratios are the defaults (optional_keys) in every
     # variant; tiny, small and base differ only in depth.
+    # yapf: disable
     arch_zoo: Dict[str, dict] = {
-        **dict.fromkeys(['t', 'tiny'], dict(
-            depths=[1, 2, 6, 2], **_WIDTHS_96)),
-        **dict.fromkeys(['s', 'small'], dict(
-            depths=[1, 2, 12, 2], **_WIDTHS_96)),
-        **dict.fromkeys(['b', 'base'], dict(
-            depths=[1, 3, 16, 3], **_WIDTHS_96)),
+        **dict.fromkeys(['t', 'tiny'],
+                        dict(depths=[1, 2, 6, 2], **_WIDTHS_96)),
+        **dict.fromkeys(['s', 'small'],
+                        dict(depths=[1, 2, 12, 2], **_WIDTHS_96)),
+        **dict.fromkeys(['b', 'base'],
+                        dict(depths=[1, 3, 16, 3], **_WIDTHS_96)),
         # The ImageNet checkpoint decides (network.md): depths 2, 3, 16, 2 and
         # heads 2, 4, 8, 16, as in the authors' classifier.
-        **dict.fromkeys(['l', 'large'], dict(
-            embed_dims=[128, 256, 512, 1024], depths=[2, 3, 16, 2],
-            num_heads=[2, 4, 8, 16])),
+        **dict.fromkeys(['l', 'large'],
+                        dict(embed_dims=[128, 256, 512, 1024],
+                             depths=[2, 3, 16, 2],
+                             num_heads=[2, 4, 8, 16])),
     }
+    # yapf: enable
     essential_keys = ('embed_dims', 'depths', 'num_heads')
     optional_keys = {'sr_ratios': [8, 4, 2, 1], 'mlp_ratios': [4, 4, 4, 4]}
     # The ImageNet checkpoints hold neither the dense output norms norm_1..4
@@ -481,4 +490,3 @@ def channels_first_layer_norm(x: torch.Tensor,
     s = (x - u).pow(2).mean(1, keepdim=True)
     x = (x - u) / torch.sqrt(s + norm.eps)
     return norm.weight[:, None, None] * x + norm.bias[:, None, None]
-

@@ -31,11 +31,10 @@ from .safe_load import (RESTRICTED_PICKLE, RestrictedUnpickler,
                         restricted_globals, safe_loading, safe_torch_load)
 
 __all__ = [
-    'ATOMIC_BACKEND', 'AtomicLocalBackend', 'CheckpointError',
-    'FAMILY_NAMES', 'MIN_MATCHED_SHARE', 'PRETRAINED_CFG_KEYS',
-    'RESTRICTED_PICKLE', 'RestrictedUnpickler', 'mmengine_safe_loading',
-    'restricted_globals', 'safe_torch_load',
-    'WEIGHTS_FILES', 'WEIGHTS_SOURCE', 'atomic_write',
+    'ATOMIC_BACKEND', 'AtomicLocalBackend', 'CheckpointError', 'FAMILY_NAMES',
+    'MIN_MATCHED_SHARE', 'PRETRAINED_CFG_KEYS', 'RESTRICTED_PICKLE',
+    'RestrictedUnpickler', 'mmengine_safe_loading', 'restricted_globals',
+    'safe_torch_load', 'WEIGHTS_FILES', 'WEIGHTS_SOURCE', 'atomic_write',
     'check_checkpoint_family', 'check_pretrained_file', 'checkpoint_family',
     'checkpoint_safe_globals', 'download_checkpoint', 'extract_state_dict',
     'is_http_url', 'is_local_path', 'load_backbone_state_dict',

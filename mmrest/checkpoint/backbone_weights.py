@@ -130,8 +130,10 @@ def _check_matched_share(module: nn.Module, state_dict: Dict, path: str,
              f'parameter tensors of this {type(module).__name__} '
              f'({share:.0%}; at least {MIN_MATCHED_SHARE:.0%} expected)')
     if allow_partial:
-        print_log(f'{found}; loading them as allow_partial=True asks.',
-                  logger='current', level=30)
+        print_log(
+            f'{found}; loading them as allow_partial=True asks.',
+            logger='current',
+            level=30)
         return
     cause = _likely_cause(list(state_dict), params, shapes_differed)
     raise CheckpointError(
@@ -158,20 +160,27 @@ def _likely_cause(keys: Sequence[str], params: Mapping,
 
 def _log_loaded(path: str, loaded: int, missing: Sequence[str],
                 unexpected: Sequence[str]) -> None:
-    print_log(f'Loaded {loaded - len(unexpected)} tensors from {path!r}',
-              logger='current')
+    print_log(
+        f'Loaded {loaded - len(unexpected)} tensors from {path!r}',
+        logger='current')
     if missing:
-        print_log(f'Keys missing from {path!r} (left as initialised): '
-                  f'{missing}', logger='current', level=30)
+        print_log(
+            f'Keys missing from {path!r} (left as initialised): '
+            f'{missing}',
+            logger='current',
+            level=30)
     if unexpected:
-        print_log(f'Unexpected keys in {path!r} (ignored): {unexpected}',
-                  logger='current', level=30)
+        print_log(
+            f'Unexpected keys in {path!r} (ignored): {unexpected}',
+            logger='current',
+            level=30)
 
 
-def load_pretrained_init_cfg(module: nn.Module,
-                             init_cfg: Mapping,
-                             family: Optional[str] = None,
-                             ignore: Sequence[str] = ('head.', )) -> None:
+def load_pretrained_init_cfg(
+    module: nn.Module,
+    init_cfg: Mapping,
+    family: Optional[str] = None,
+    ignore: Sequence[str] = ('head.', )) -> None:
     """Apply a ``type='Pretrained'`` init_cfg to an mmrest backbone.
 
     Args:

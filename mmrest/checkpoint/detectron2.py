@@ -98,8 +98,9 @@ def identify(checkpoint) -> str:
         keys = list(checkpoint['state_dict'])
         if any(k.startswith('decode_head.') for k in keys):
             return 'an mmseg (segmentor) checkpoint'
-        if any(k.startswith(('neck.', 'rpn_head.', 'roi_head.', 'bbox_head.'))
-               for k in keys):
+        if any(
+                k.startswith(('neck.', 'rpn_head.', 'roi_head.', 'bbox_head.'))
+                for k in keys):
             return 'an mmdet checkpoint (already converted?)'
         if any(k.startswith(('backbone.', 'head.')) for k in keys):
             return 'an mmpretrain / mmengine classifier checkpoint'
@@ -110,16 +111,19 @@ def identify(checkpoint) -> str:
     keys = [k for k, v in state.items() if isinstance(v, torch.Tensor)]
     if not keys:
         return f'a dict without tensors (keys: {_describe(list(state))})'
-    stripped = [k[len('module.'):] if k.startswith('module.') else k
-                for k in keys]
+    stripped = [
+        k[len('module.'):] if k.startswith('module.') else k for k in keys
+    ]
     family = checkpoint_family(stripped)
     if family is not None and any(k.startswith('head.') for k in stripped):
         return f'an ImageNet classifier state dict ({FAMILY_NAMES[family]})'
     if family is not None:
         return f'a bare {FAMILY_NAMES[family]} backbone state dict'
     if any(k.startswith('backbone.bottom_up.') for k in keys):
-        inner = [k[len('backbone.bottom_up.'):] for k in keys
-                 if k.startswith('backbone.bottom_up.')]
+        inner = [
+            k[len('backbone.bottom_up.'):] for k in keys
+            if k.startswith('backbone.bottom_up.')
+        ]
         return ('a detectron2 checkpoint whose backbone is not ResT or ResT '
                 f'v2 (backbone keys: {_describe(inner)})')
     return f'an unknown state dict (keys: {_describe(keys)})'
@@ -128,8 +132,10 @@ def identify(checkpoint) -> str:
 def _variant(family: str, backbone: Dict[str, torch.Tensor]) -> Optional[str]:
     depths = []
     for stage in range(1, 5):
-        blocks = {int(k.split('.')[1]) for k in backbone
-                  if k.startswith(f'stage{stage}.')}
+        blocks = {
+            int(k.split('.')[1])
+            for k in backbone if k.startswith(f'stage{stage}.')
+        }
         depths.append(len(blocks))
     stem = 'stem.conv3.weight' if family == 'v1' else 'stem.proj.6.weight'
     width = backbone[stem].shape[0] if stem in backbone else None
@@ -142,8 +148,7 @@ def anchor_permutation(num_sizes: int, num_ratios: int) -> torch.Tensor:
     mmdet anchor ``r * num_sizes + s`` (ratio-major) is detectron2 anchor
     ``s * num_ratios + r`` (size-major)."""
     return torch.tensor([
-        s * num_ratios + r for r in range(num_ratios)
-        for s in range(num_sizes)
+        s * num_ratios + r for r in range(num_ratios) for s in range(num_sizes)
     ])
 
 
@@ -162,9 +167,10 @@ def _reorder_anchor_channels(tensor: torch.Tensor, per_anchor: int,
     return blocks[perm].reshape(tensor.shape).contiguous()
 
 
-def convert_state_dict(state: Dict[str, torch.Tensor],
-                       permute_anchors: bool = True
-                       ) -> Tuple['OrderedDict[str, torch.Tensor]', Dict]:
+def convert_state_dict(
+    state: Dict[str, torch.Tensor],
+    permute_anchors: bool = True
+) -> Tuple['OrderedDict[str, torch.Tensor]', Dict]:
     """Map a detectron2 ResT detector's state dict to mmdet's names.
 
     Args:
@@ -182,10 +188,14 @@ def convert_state_dict(state: Dict[str, torch.Tensor],
         CheckpointError: keys that no rule maps (another detector or head),
             or a backbone that is neither ResT nor ResT v2.
     """
-    state = {(k[len('module.'):] if k.startswith('module.') else k): v
-             for k, v in state.items() if isinstance(v, torch.Tensor)}
-    backbone = {k[len(_BACKBONE):]: v for k, v in state.items()
-                if k.startswith(_BACKBONE)}
+    state = {
+        (k[len('module.'):] if k.startswith('module.') else k): v
+        for k, v in state.items() if isinstance(v, torch.Tensor)
+    }
+    backbone = {
+        k[len(_BACKBONE):]: v
+        for k, v in state.items() if k.startswith(_BACKBONE)
+    }
     family = checkpoint_family(backbone)
     if not backbone or family is None:
         raise CheckpointError(
@@ -193,7 +203,8 @@ def convert_state_dict(state: Dict[str, torch.Tensor],
             f'{identify({"model": state})}')
     detector = _detector_type(state)
     fpn_levels = sorted({
-        int(m.group(1)) for k in state
+        int(m.group(1))
+        for k in state
         for m in [re.match(r'backbone\.fpn_lateral(\d)\.', k)] if m
     })
     out = OrderedDict()
@@ -256,8 +267,7 @@ def _mmdet_key(key: str, fpn_levels: List[int]):
         # ResT v2's dense output norms: nn.Sequential(LayerNorm) in the
         # authors' detection code, a LayerNorm in mmrest (and in their
         # segmentation code)
-        return re.sub(r'^backbone\.norm_(\d)\.0\.', r'backbone.norm_\1.',
-                      new)
+        return re.sub(r'^backbone\.norm_(\d)\.0\.', r'backbone.norm_\1.', new)
     if m := re.match(r'backbone\.fpn_(lateral|output)(\d)\.(.+)$', key):
         kind, level, rest = m.groups()
         i = fpn_levels.index(int(level))
@@ -276,23 +286,26 @@ def _mmdet_head_key(key: str) -> Optional[str]:
     """mmdet's name of a key of the RPN, the RoI heads or RetinaNet's head
     (None for others, and for the subnets' ReLUs, which have no weights).
     """
-    if m := re.match(r'proposal_generator\.rpn_head\.'
-                     r'(conv|objectness_logits|anchor_deltas)\.(.+)$', key):
-        name = dict(conv='rpn_conv', objectness_logits='rpn_cls',
-                    anchor_deltas='rpn_reg')[m.group(1)]
+    if m := re.match(
+            r'proposal_generator\.rpn_head\.'
+            r'(conv|objectness_logits|anchor_deltas)\.(.+)$', key):
+        name = dict(
+            conv='rpn_conv',
+            objectness_logits='rpn_cls',
+            anchor_deltas='rpn_reg')[m.group(1)]
         return f'rpn_head.{name}.{m.group(2)}'
     if m := re.match(r'roi_heads\.box_head\.fc(\d)\.(.+)$', key):
         return f'roi_head.bbox_head.shared_fcs.{int(m.group(1)) - 1}.' \
                f'{m.group(2)}'
-    if m := re.match(r'roi_heads\.box_predictor\.(cls_score|bbox_pred)'
-                     r'\.(.+)$', key):
+    if m := re.match(
+            r'roi_heads\.box_predictor\.(cls_score|bbox_pred)'
+            r'\.(.+)$', key):
         name = 'fc_cls' if m.group(1) == 'cls_score' else 'fc_reg'
         return f'roi_head.bbox_head.{name}.{m.group(2)}'
     if m := re.match(r'roi_heads\.mask_head\.mask_fcn(\d)\.(.+)$', key):
         return f'roi_head.mask_head.convs.{int(m.group(1)) - 1}.conv.' \
                f'{m.group(2)}'
-    if m := re.match(r'roi_heads\.mask_head\.(deconv|predictor)\.(.+)$',
-                     key):
+    if m := re.match(r'roi_heads\.mask_head\.(deconv|predictor)\.(.+)$', key):
         name = 'upsample' if m.group(1) == 'deconv' else 'conv_logits'
         return f'roi_head.mask_head.{name}.{m.group(2)}'
     if m := re.match(r'head\.(cls|bbox)_subnet\.(\d+)\.(.+)$', key):
@@ -324,12 +337,12 @@ def _retinanet_classes(out: Dict[str, torch.Tensor],
             'aspect ratios) as in the authors\' configs')
     num_classes = cls_channels // num_anchors
     if permute_anchors:
-        for name, per_anchor in (('retina_cls', num_classes),
-                                 ('retina_reg', 4)):
+        for name, per_anchor in (('retina_cls', num_classes), ('retina_reg',
+                                                               4)):
             for part in ('weight', 'bias'):
                 key = f'bbox_head.{name}.{part}'
-                out[key] = _reorder_anchor_channels(
-                    out[key], per_anchor, RETINANET_ANCHORS)
+                out[key] = _reorder_anchor_channels(out[key], per_anchor,
+                                                    RETINANET_ANCHORS)
     return num_classes
 
 
@@ -423,11 +436,11 @@ def check_against_config(state_dict: Dict[str, torch.Tensor], info: Dict,
         list[str]: Warnings (empty when the config matches detectron2's
         test time as the authors ran it).
     """
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     import mmrest.models  # noqa: F401  (registers ResT, ResTV2 and heads)
-    from mmdet.registry import MODELS
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     model_cfg = cfg.model.copy()
     if model_cfg.get('backbone', {}).get('init_cfg') is not None:
@@ -460,9 +473,8 @@ def _check_fit(own: Dict[str, torch.Tensor],
     if unexpected:
         lines.append(f'not in the model: {_describe(unexpected)}')
     if shapes:
-        lines.append('other shapes: ' + '; '.join(shapes[:5]) +
-                     (f' ... ({len(shapes)} in all)'
-                      if len(shapes) > 5 else ''))
+        lines.append('other shapes: ' + '; '.join(shapes[:5]) + (
+            f' ... ({len(shapes)} in all)' if len(shapes) > 5 else ''))
     variant = info.get('variant') or 'a non-standard'
     raise CheckpointError(
         f'The converted {info["detector"]} ({FAMILY_NAMES[info["family"]]}'

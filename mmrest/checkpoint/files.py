@@ -91,7 +91,8 @@ def key_examples(keys: Sequence[str], n: int = 4) -> str:
     return shown + (f', ... ({len(keys)} in all)' if len(keys) > n else '')
 
 
-def extract_state_dict(checkpoint: Dict, prefix: Optional[str] = None,
+def extract_state_dict(checkpoint: Dict,
+                       prefix: Optional[str] = None,
                        source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
     """The model weights of a checkpoint, as a flat state dict.
 

@@ -47,7 +47,6 @@ data (see ``tests/test_checkpoint.py``, which feeds them hostile pickles):
 The real ``getattr``, ``bytes``, ``numpy.dtype``, ``_reconstruct`` and
 ``scalar`` are never allow-listed.
 """
-import _compat_pickle
 import argparse
 import codecs
 import collections
@@ -58,6 +57,7 @@ import pickle
 import types
 from typing import Dict, Iterator, List, Optional
 
+import _compat_pickle
 import numpy as np
 import torch
 
@@ -94,9 +94,8 @@ def _history_buffer_getattr(obj, name):
 
 def _safe_reconstruct(subtype, shape, typecode):
     """Stands in for numpy's ``_reconstruct``: an empty plain ndarray."""
-    if subtype is not np.ndarray or typecode != b'b' or not (
-            isinstance(shape, tuple)
-            and all(type(n) is int for n in shape)):
+    if subtype is not np.ndarray or typecode != b'b' or not (isinstance(
+            shape, tuple) and all(type(n) is int for n in shape)):
         raise pickle.UnpicklingError(
             f'refused numpy _reconstruct{(subtype, shape, typecode)!r}: '
             'only a plain numpy.ndarray may be rebuilt')
@@ -154,10 +153,11 @@ def checkpoint_safe_globals() -> List:
         list: Classes, and ``(stand-in, 'module.name')`` pairs.
     """
     from mmengine.logging import HistoryBuffer
-    allowed = [HistoryBuffer, argparse.Namespace, np.ndarray,
-               (_history_buffer_getattr, 'builtins.getattr'),
-               (_empty_bytes, 'builtins.bytes'),
-               (_safe_dtype, 'numpy.dtype')]
+    allowed = [
+        HistoryBuffer, argparse.Namespace, np.ndarray,
+        (_history_buffer_getattr, 'builtins.getattr'),
+        (_empty_bytes, 'builtins.bytes'), (_safe_dtype, 'numpy.dtype')
+    ]
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         allowed += [(_safe_reconstruct, f'{module}._reconstruct'),
                     (_safe_scalar, f'{module}.scalar')]
@@ -170,9 +170,9 @@ def checkpoint_safe_globals() -> List:
     }
     if dtypes is not None:
         classes |= {
-            getattr(dtypes, name) for name in dir(dtypes)
-            if name.endswith('DType') and isinstance(getattr(dtypes, name),
-                                                     type)
+            getattr(dtypes, name)
+            for name in dir(dtypes) if name.endswith('DType')
+            and isinstance(getattr(dtypes, name), type)
         }
     classes.discard(type(np.dtype(object)))
     allowed += sorted(classes, key=lambda c: c.__qualname__)
@@ -232,9 +232,9 @@ def _torch_globals() -> Dict[str, object]:
         found['torch.serialization._get_layout'] = layout
     for name in dir(torch):
         value = getattr(torch, name, None)
-        if isinstance(value, (torch.dtype, torch.layout,
-                              torch.memory_format)) or (
-                type(value).__name__ == 'qscheme'):
+        if isinstance(value,
+                      (torch.dtype, torch.layout, torch.memory_format)) or (
+                          type(value).__name__ == 'qscheme'):
             found[f'torch.{name}'] = value
     for cls in list(torch._tensor_classes) + list(torch._storage_classes):
         found[f'{cls.__module__}.{cls.__name__}'] = cls
@@ -259,8 +259,8 @@ def restricted_globals() -> Dict[str, object]:
     :func:`_latin1_encode`."""
     table = _torch_globals()
     for entry in checkpoint_safe_globals():
-        table[_global_name(entry)] = entry[0] if isinstance(
-            entry, tuple) else entry
+        table[_global_name(entry)] = entry[0] if isinstance(entry,
+                                                            tuple) else entry
     table['_codecs.encode'] = _latin1_encode
     return table
 
@@ -308,7 +308,9 @@ RESTRICTED_PICKLE.__version__ = pickle.format_version
 _RESTRICTED = restricted_globals()
 
 
-def safe_torch_load(source, map_location='cpu', mmap: bool = False,
+def safe_torch_load(source,
+                    map_location='cpu',
+                    mmap: bool = False,
                     restricted: Optional[bool] = None):
     """``torch.load`` weights-only with mmrest's allow-list, on any torch.
 
@@ -331,12 +333,15 @@ def safe_torch_load(source, map_location='cpu', mmap: bool = False,
     if mmap:  # torch < 2.2 memory-maps str paths only
         source, extra = os.fspath(source), dict(mmap=True)
     if restricted:
-        return torch.load(source, map_location=map_location,
-                          pickle_module=RESTRICTED_PICKLE, weights_only=False,
-                          **extra)
+        return torch.load(
+            source,
+            map_location=map_location,
+            pickle_module=RESTRICTED_PICKLE,
+            weights_only=False,
+            **extra)
     with safe_loading():
-        return torch.load(source, map_location=map_location,
-                          weights_only=True, **extra)
+        return torch.load(
+            source, map_location=map_location, weights_only=True, **extra)
 
 
 @contextlib.contextmanager

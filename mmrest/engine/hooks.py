@@ -67,8 +67,8 @@ class AtomicCheckpointHook(CheckpointHook):
     atomic = False  # set in before_train: out_dir is local
 
     def __init__(self, *args, **kwargs) -> None:
-        if not callable(getattr(CheckpointHook, '_save_checkpoint_with_step',
-                                None)):
+        if not callable(
+                getattr(CheckpointHook, '_save_checkpoint_with_step', None)):
             import mmengine
             raise RuntimeError(
                 'AtomicCheckpointHook overrides CheckpointHook.'
@@ -132,9 +132,12 @@ class AtomicCheckpointHook(CheckpointHook):
             self.file_backend = backend
         if not is_main_process():
             return
-        kept = {str(p) for p in [getattr(self, 'best_ckpt_path', None)] +
-                list((getattr(self, 'best_ckpt_path_dict', None)
-                      or {}).values()) if p}
+        kept = {
+            str(p)
+            for p in [getattr(self, 'best_ckpt_path', None)] +
+            list((getattr(self, 'best_ckpt_path_dict', None) or {}).values())
+            if p
+        }
         for method, path in held:
             if str(path) not in kept:  # not the one just written
                 getattr(backend, method)(path)
@@ -219,12 +222,12 @@ class IterSeedHook(Hook):
     by-epoch run with ``persistent_workers`` does not repeat either. The
     sampler's order is seeded by mmengine and does repeat (a by-iteration
     run, as the COCO configs are, replays its data loader up to the
-    resumed iteration). So a resumed run gives exactly the uninterrupted weights
-    when loading the data draws no random numbers; that case (by-iteration
-    training, a shuffling sampler, ``num_workers=0``, stochastic depth) is
-    what ``tests/test_resume.py`` checks. With random augmentation, a
-    resumed run can see its images augmented differently than the
-    uninterrupted run would have.
+    resumed iteration). So a resumed run gives exactly the uninterrupted
+    weights when loading the data draws no random numbers; that case
+    (by-iteration training, a shuffling sampler, ``num_workers=0``,
+    stochastic depth) is what ``tests/test_resume.py`` checks. With random
+    augmentation, a resumed run can see its images augmented differently
+    than the uninterrupted run would have.
 
     Use it in a config with ``custom_hooks = [dict(type='IterSeedHook')]``.
     """
@@ -232,8 +235,9 @@ class IterSeedHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
-        seed = int(np.random.SeedSequence(
-            [runner.seed % (1 << 32), runner.iter]).generate_state(1)[0])
+        seed = int(
+            np.random.SeedSequence([runner.seed % (1 << 32),
+                                    runner.iter]).generate_state(1)[0])
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # seeds every CUDA device as well

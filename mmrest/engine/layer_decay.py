@@ -106,8 +106,8 @@ MMENGINE_KEYS = ('custom_keys', 'bias_lr_mult', 'bias_decay_mult',
                  'bypass_duplicate')
 #: The default weight-decay multipliers: the rule (no decay for norms,
 #: biases and other 1-D parameters).
-DEFAULT_DECAY_MULTS = dict(norm_decay_mult=0., bias_decay_mult=0.,
-                           flat_decay_mult=0.)
+DEFAULT_DECAY_MULTS = dict(
+    norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.)
 #: Norm layers, as mmengine's constructor tells them.
 NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -145,7 +145,8 @@ class ResTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             the module docstring). No other key.
     """
 
-    def __init__(self, optim_wrapper_cfg: dict,
+    def __init__(self,
+                 optim_wrapper_cfg: dict,
                  paramwise_cfg: Optional[dict] = None):
         name = 'ResTLayerDecayOptimizerConstructor'
         paramwise_cfg = dict(paramwise_cfg or {})
@@ -240,8 +241,8 @@ class ResTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             if s > 1:
                 prefixes.append((f'{embed}{s}.', stage_id))
             for j in range(depth):
-                prefixes.append((f'stage{s}.{j}.',
-                                 s if stage_wise else first_block + j))
+                prefixes.append(
+                    (f'stage{s}.{j}.', s if stage_wise else first_block + j))
             first_block += depth
 
         ids = OrderedDict()
@@ -351,8 +352,7 @@ class ResTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             layer_id = ids[name]
             scale = self.decay_rate**(max_id - layer_id)
             mod_name, mod, p_name = owners[name]
-            settings = self.param_settings(mod_name, mod, p_name, param,
-                                           scale)
+            settings = self.param_settings(mod_name, mod, p_name, param, scale)
             wd = settings.get('weight_decay')
             key = f'layer_{layer_id}_' + ('no_decay' if wd == 0 else 'decay')
             if wd not in (0, None, self.base_wd):
@@ -363,8 +363,8 @@ class ResTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             elif settings['lr'] != self.base_lr * scale:
                 key += '_bias_lr'
             if key not in groups:
-                groups[key] = dict(params=[], lr_scale=scale, group_name=key,
-                                   **settings)
+                groups[key] = dict(
+                    params=[], lr_scale=scale, group_name=key, **settings)
             groups[key]['params'].append(param)
         params.extend(groups.values())
         rank, _ = get_dist_info()

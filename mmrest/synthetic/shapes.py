@@ -17,9 +17,8 @@ import json
 import numbers
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
-
 import zlib
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -53,8 +52,8 @@ def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
     if kind == 0:
         texture = np.sin(2 * np.pi * phase)
     elif kind == 1:
-        texture = np.sign(np.sin(np.pi * xx / period) *
-                          np.sin(np.pi * yy / period))
+        texture = np.sign(
+            np.sin(np.pi * xx / period) * np.sin(np.pi * yy / period))
     else:
         texture = rng.uniform(-1, 1, size=(h, w)).astype(np.float32)
         texture = cv2.GaussianBlur(texture, (0, 0), 1.5) * 2
@@ -62,8 +61,12 @@ def _background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
-def _shape_mask(rng: np.random.RandomState, label: int, h: int, w: int,
-                size: float, max_rotation: float = 180.) -> np.ndarray:
+def _shape_mask(rng: np.random.RandomState,
+                label: int,
+                h: int,
+                w: int,
+                size: float,
+                max_rotation: float = 180.) -> np.ndarray:
     """A filled binary mask of one shape of class ``label``, turned by up to
     ``max_rotation`` degrees either way from its base pose (a square's sides
     along the axes, a triangle's or a star's first point to the right)."""
@@ -116,9 +119,14 @@ def _polygons(mask: np.ndarray) -> List[List[float]]:
     return polys
 
 
-def make_image(rng: np.random.RandomState, h: int, w: int,
-               max_objects: int, min_size: float, max_size: float,
-               max_rotation: float = 180., semantic: bool = False):
+def make_image(rng: np.random.RandomState,
+               h: int,
+               w: int,
+               max_objects: int,
+               min_size: float,
+               max_size: float,
+               max_rotation: float = 180.,
+               semantic: bool = False):
     """One image and its visible-part annotations (without ids).
 
     With ``semantic`` it also returns the image's label map (uint8, 0 the
@@ -155,8 +163,11 @@ def make_image(rng: np.random.RandomState, h: int, w: int,
                 category_id=s['label'] + 1,
                 segmentation=polys,
                 area=float(visible),
-                bbox=[x0, y0, float(xs.max()) - x0 + 1,
-                      float(ys.max()) - y0 + 1],
+                bbox=[
+                    x0, y0,
+                    float(xs.max()) - x0 + 1,
+                    float(ys.max()) - y0 + 1
+                ],
                 iscrowd=0))
     img = np.round(img).astype(np.uint8)
     return (img, anns, labels) if semantic else (img, anns)
@@ -166,8 +177,13 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_args(splits, image_size, max_objects, object_size, max_rotation,
-                seed, semantic_labels=False):
+def _check_args(splits,
+                image_size,
+                max_objects,
+                object_size,
+                max_rotation,
+                seed,
+                semantic_labels=False):
     if not splits:
         raise ValueError('splits must name at least one split, got {}')
     for split, count in splits.items():
@@ -243,6 +259,7 @@ def generate_shapes_coco(out_dir: str,
                 seed, semantic_labels)
     h, w = (int(v) for v in image_size)
     min_size, max_size = (float(v) for v in object_size)
+    drawing = (h, w, max_objects, min_size, max_size, max_rotation)
     categories = [
         dict(id=i + 1, name=name, supercategory='shape')
         for i, name in enumerate(CLASSES)
@@ -261,13 +278,13 @@ def generate_shapes_coco(out_dir: str,
         images, annotations = [], []
         for image_id in range(1, count + 1):
             img, anns, *label_map = make_image(
-                rng, h, w, max_objects, min_size, max_size, max_rotation,
-                semantic=semantic_labels)
+                rng, *drawing, semantic=semantic_labels)
             file_name = f'{image_id:06d}.png'
             cv2.imwrite(osp.join(out_dir, split, file_name), img)
             if semantic_labels:
-                cv2.imwrite(osp.join(out_dir, f'{split}_labels', file_name),
-                            label_map[0])
+                cv2.imwrite(
+                    osp.join(out_dir, f'{split}_labels', file_name),
+                    label_map[0])
             images.append(
                 dict(id=image_id, file_name=file_name, height=h, width=w))
             for ann in anns:
@@ -280,15 +297,21 @@ def generate_shapes_coco(out_dir: str,
                 generator=GENERATOR_TAG,
                 params=params[split])
             json.dump(
-                dict(info=info, images=images, annotations=annotations,
-                     categories=categories), f)
+                dict(
+                    info=info,
+                    images=images,
+                    annotations=annotations,
+                    categories=categories), f)
         ann_files[split] = ann_file
     return ann_files
 
 
-def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
-                    max_objects: int, object_size: Sequence[float],
-                    max_rotation: float, seed: int,
+def recorded_params(splits: Dict[str, int],
+                    image_size: Sequence[int],
+                    max_objects: int,
+                    object_size: Sequence[float],
+                    max_rotation: float,
+                    seed: int,
                     semantic_labels: bool = False) -> Dict[str, dict]:
     """What each split's annotation file records as ``info.params`` (read
     back by :func:`shapes_info`) when :func:`generate_shapes_coco` is given

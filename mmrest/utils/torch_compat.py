@@ -107,8 +107,7 @@ ONNX_SDPA_SCALE_FAILS = torch_version() < (2, 2)
 #: ``(function, 'module.name')`` entries: torch >= 2.6). Otherwise mmrest
 #: loads through its own restricted unpickler.
 TORCH_SCOPED_ALLOW_LIST = (
-    torch_version() >= (2, 6)
-    and hasattr(torch.serialization, 'safe_globals')
+    torch_version() >= (2, 6) and hasattr(torch.serialization, 'safe_globals')
     and hasattr(torch.serialization, 'get_safe_globals'))
 
 

@@ -31,8 +31,12 @@ class CheckRunner:
         log (callable): Progress printer.
     """
 
-    def __init__(self, device: str, out_dir: str, settings: Settings,
-                 deadline_s: float = 420.0, compile_budget_s: float = 150.0,
+    def __init__(self,
+                 device: str,
+                 out_dir: str,
+                 settings: Settings,
+                 deadline_s: float = 420.0,
+                 compile_budget_s: float = 150.0,
                  log: Optional[Callable[[str], None]] = None):
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
@@ -48,8 +52,7 @@ class CheckRunner:
 
     # -- bookkeeping -------------------------------------------------------
     def _print(self, msg: str):
-        now = datetime.datetime.now(datetime.timezone.utc).strftime(
-            '%H:%M:%S')
+        now = datetime.datetime.now(datetime.timezone.utc).strftime('%H:%M:%S')
         print(f'[gpu_check {now} +{self.elapsed():6.1f}s] {msg}', flush=True)
 
     def log(self, msg: str):
@@ -90,7 +93,10 @@ class CheckRunner:
         self.save()
         return row
 
-    def _guarded_row(self, sec: Dict, base: Dict, fn: Callable[[], Dict],
+    def _guarded_row(self,
+                     sec: Dict,
+                     base: Dict,
+                     fn: Callable[[], Dict],
                      need_s: float = 0.0):
         """Run ``fn`` for one row; its error or a passed deadline is
         recorded in the row and the section goes on."""
@@ -125,8 +131,10 @@ class CheckRunner:
             self.check_deadline(f'section {name}')
             fn(sec)
             bad = [r for r in sec['rows'] if 'error' in r]
-            skipped = [r for r in sec['rows'] if str(
-                r.get('skipped', '')).startswith('not started')]
+            skipped = [
+                r for r in sec['rows']
+                if str(r.get('skipped', '')).startswith('not started')
+            ]
             sec['status'] = ('errors in some rows' if bad else
                              'partly skipped (deadline)' if skipped else 'ok')
         except DeadlinePassed as e:

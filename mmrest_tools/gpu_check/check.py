@@ -10,9 +10,8 @@ from .torch_compile import CompileSection
 from .variants import VariantsSection
 
 
-class GpuCheck(CheckRunner, EqualitySection, SyncBNSection,
-               ThroughputSection, MaskRCNNSection, VariantsSection,
-               CompileSection):
+class GpuCheck(CheckRunner, EqualitySection, SyncBNSection, ThroughputSection,
+               MaskRCNNSection, VariantsSection, CompileSection):
     """Runs the sections and records their results (arguments: see
     :class:`~.base.CheckRunner`). Each section is a method, ``equality``,
     ``syncbn``, ``throughput``, ``maskrcnn``, ``variants`` and

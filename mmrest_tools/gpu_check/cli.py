@@ -14,35 +14,64 @@ from .report import to_markdown
 from .settings import SECTIONS, Settings
 
 
-def parse_args(argv=None):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Prepared GPU check of mmrest: equality '
         'under fp32/fp16/bf16, backbone throughput and memory, one AMP '
         'Mask R-CNN training iteration; JSON and Markdown to --out.')
-    parser.add_argument('--device', default=None,
-                        help='cuda or cpu (default: cuda when available)')
-    parser.add_argument('--out', default='work_dirs/gpu_check',
-                        help='output folder (gpu_check.json, gpu_check.md)')
-    parser.add_argument('--quick', action='store_true',
-                        help='tiny sizes, one repeat: a smoke test')
-    parser.add_argument('--sections', default=','.join(SECTIONS),
-                        help=f'comma-separated subset of {SECTIONS}')
-    parser.add_argument('--deadline-s', type=float, default=420.0,
-                        help='no new step starts after this many seconds')
-    parser.add_argument('--repeats', type=int, default=None,
-                        help='timed calls per throughput figure')
-    parser.add_argument('--warmup', type=int, default=None,
-                        help='untimed calls before timing')
-    parser.add_argument('--mr-iters', type=int, default=None,
-                        help='timed Mask R-CNN iterations')
-    parser.add_argument('--compile-backend', default=None,
-                        help='torch.compile backend (default inductor; '
-                        '"off" skips; quick mode: off)')
-    parser.add_argument('--compile-budget-s', type=float, default=150.0,
-                        help='time limit of the torch.compile child')
-    parser.add_argument('--force-ops-shim', action='store_true',
-                        help='use the mmcv ops shim even where mmcv._ext '
-                        'imports (testing)')
+    parser.add_argument(
+        '--device',
+        default=None,
+        help='cuda or cpu (default: cuda when available)')
+    parser.add_argument(
+        '--out',
+        default='work_dirs/gpu_check',
+        help='output folder (gpu_check.json, gpu_check.md)')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='tiny sizes, one repeat: a smoke test')
+    parser.add_argument(
+        '--sections',
+        default=','.join(SECTIONS),
+        help=f'comma-separated subset of {SECTIONS}')
+    parser.add_argument(
+        '--deadline-s',
+        type=float,
+        default=420.0,
+        help='no new step starts after this many seconds')
+    parser.add_argument(
+        '--repeats',
+        type=int,
+        default=None,
+        help='timed calls per throughput figure')
+    parser.add_argument(
+        '--warmup', type=int, default=None, help='untimed calls before timing')
+    parser.add_argument(
+        '--mr-iters',
+        type=int,
+        default=None,
+        help='timed Mask R-CNN iterations')
+    parser.add_argument(
+        '--compile-backend',
+        default=None,
+        help='torch.compile backend (default inductor; '
+        '"off" skips; quick mode: off)')
+    parser.add_argument(
+        '--compile-budget-s',
+        type=float,
+        default=150.0,
+        help='time limit of the torch.compile child')
+    parser.add_argument(
+        '--force-ops-shim',
+        action='store_true',
+        help='use the mmcv ops shim even where mmcv._ext '
+        'imports (testing)')
+    return parser
+
+
+def parse_args(argv=None):
+    parser = _parser()
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(',') if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
@@ -60,22 +89,26 @@ def parse_args(argv=None):
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds')
-    check = GpuCheck(args.device, args.out,
-                     Settings(args.quick, args.repeats, args.warmup,
-                              args.mr_iters),
-                     deadline_s=args.deadline_s,
-                     compile_budget_s=args.compile_budget_s)
+    started = datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec='seconds')
+    check = GpuCheck(
+        args.device,
+        args.out,
+        Settings(args.quick, args.repeats, args.warmup, args.mr_iters),
+        deadline_s=args.deadline_s,
+        compile_budget_s=args.compile_budget_s)
     meta = check.results['meta']
-    meta.update(started=started, quick=args.quick, argv=sys.argv[1:],
-                deadline_s=args.deadline_s)
+    meta.update(
+        started=started,
+        quick=args.quick,
+        argv=sys.argv[1:],
+        deadline_s=args.deadline_s)
     check.log(f'out: {osp.abspath(args.out)}')
     _prepare_environment(check, args)
     check.save()
     _run_sections(check, args)
-    meta['finished'] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds')
+    meta['finished'] = datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec='seconds')
     check.save()
     check.log(f'wrote {check.json_path} and {check.md_path}')
     print(to_markdown(check.results), flush=True)
@@ -90,8 +123,7 @@ def _prepare_environment(check: GpuCheck, args: argparse.Namespace):
     from mmrest_tools import ops_shim
     try:
         meta['ops_shim'] = ops_shim.install(
-            force=True if args.force_ops_shim else None,
-            device=args.device)
+            force=True if args.force_ops_shim else None, device=args.device)
     except Exception as e:  # noqa: BLE001
         meta['ops_shim'] = dict(used=False, error=_short_error(e))
     try:
@@ -131,5 +163,5 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
                 status='skipped', error='--compile-backend off', rows=[])
         else:
             check.run_section(
-                'compile', lambda sec: check.compile(sec,
-                                                     args.compile_backend))
+                'compile',
+                lambda sec: check.compile(sec, args.compile_backend))

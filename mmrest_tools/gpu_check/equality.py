@@ -18,9 +18,8 @@ class EqualitySection:
     """The ``equality`` section of :class:`~.GpuCheck`."""
 
     def equality(self, sec: Dict):
-        from mmrest.backbones import to_literal
         import mmrest
-        dev = self.device
+        from mmrest.backbones import to_literal
         sec['criteria'] = dict(
             fp32=f'err_fast <= 4 * err_literal + {FP32_FLOOR:.2e} '
             '(100 float32 eps), both against the literal path in float64',
@@ -41,9 +40,8 @@ class EqualitySection:
         sec['tf32'] = 'off (matmul and cuDNN) in this section'
         try:
             for arch in archs:
-                name = ('restv2_tiny' if arch == 'v2_tiny' else
-                        'rest_small' if arch == 'small' else
-                        'rest_small_narrow_quick')
+                name = ('restv2_tiny' if arch == 'v2_tiny' else 'rest_small'
+                        if arch == 'small' else 'rest_small_narrow_quick')
                 base = build_rest(arch)
                 randomize_norms(base)
                 state = copy.deepcopy(base.state_dict())
@@ -56,11 +54,12 @@ class EqualitySection:
                     self.log(f'  fp16 GradScaler steps {name} {path}')
                     self._guarded_row(
                         sec,
-                        dict(kind='amp_steps', model=name, path=path,
-                             input='x'.join(map(str,
-                                                self.s.amp_steps_shape))),
-                        lambda: self._amp_steps(arch, state, path,
-                                                to_literal))
+                        dict(
+                            kind='amp_steps',
+                            model=name,
+                            path=path,
+                            input='x'.join(map(str, self.s.amp_steps_shape))),
+                        lambda: self._amp_steps(arch, state, path, to_literal))
         finally:
             (torch.backends.cuda.matmul.allow_tf32,
              torch.backends.cudnn.allow_tf32) = tf32
@@ -70,8 +69,7 @@ class EqualitySection:
         autocast dtype against the float32 result (:class:`EqualityCase`).
         """
         case = EqualityCase(self.device, arch, state, shape, mode, to_literal)
-        base = dict(kind='equality', model=name, input=case.shape_s,
-                    mode=mode)
+        base = dict(kind='equality', model=name, input=case.shape_s, mode=mode)
         self._guarded_row(sec, dict(base, dtype='float32'), case.fp32_row)
         for amp in self.s.eq_amp:
             dname = str(amp).replace('torch.', '')
@@ -89,8 +87,7 @@ class EqualitySection:
         if path == 'literal':
             model = to_literal(model, copy_model=False)
         model.to(dev).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4,
-                                weight_decay=0.05)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         from mmrest.utils.torch_compat import grad_scaler
         scaler = grad_scaler(dev.type)
         gen = torch.Generator().manual_seed(3)
@@ -104,27 +101,33 @@ class EqualitySection:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             nonfinite = [
-                n for n, p in model.named_parameters()
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                n for n, p in model.named_parameters() if p.grad is not None
+                and not bool(torch.isfinite(p.grad).all())
             ]
             before = float(scaler.get_scale())
             scaler.step(opt)
             scaler.update()
             after = float(scaler.get_scale())
-            steps.append(dict(loss=float(loss), scale_before=before,
-                              scale_after=after, skipped=after < before,
-                              nonfinite_grads=len(nonfinite),
-                              nonfinite_examples=nonfinite[:3]))
+            steps.append(
+                dict(
+                    loss=float(loss),
+                    scale_before=before,
+                    scale_after=after,
+                    skipped=after < before,
+                    nonfinite_grads=len(nonfinite),
+                    nonfinite_examples=nonfinite[:3]))
         skipped = sum(s['skipped'] for s in steps)
         nonfinite = sum(s['nonfinite_grads'] for s in steps)
         ok = skipped == 0 and nonfinite == 0 and all(
             math.isfinite(s['loss']) for s in steps)
         return {
-            'steps': steps, 'skipped_steps': skipped,
+            'steps': steps,
+            'skipped_steps': skipped,
             'nonfinite_grads': nonfinite,
             'scale': f'{steps[0]["scale_before"]:g} -> '
-                     f'{steps[-1]["scale_after"]:g}',
-            'pass': bool(ok)}
+            f'{steps[-1]["scale_after"]:g}',
+            'pass': bool(ok)
+        }
 
 
 class EqualityCase:
@@ -165,8 +168,8 @@ class EqualityCase:
                 m.train(self.train)
         built.update(fast=fast, lit=lit, ref=ref)
         gen = torch.Generator().manual_seed(1)
-        built['x'] = torch.randn(*self.shape, generator=gen,
-                                 dtype=torch.float64).to(self.dev)
+        built['x'] = torch.randn(
+            *self.shape, generator=gen, dtype=torch.float64).to(self.dev)
         return {}
 
     def run(self, model, dtype, amp):
@@ -183,16 +186,14 @@ class EqualityCase:
             if 'w' not in built:
                 gen = torch.Generator().manual_seed(2)
                 built['w'] = [
-                    (torch.randn(o.shape, generator=gen,
-                                 dtype=torch.float64) /
+                    (torch.randn(o.shape, generator=gen, dtype=torch.float64) /
                      math.sqrt(o.numel())).to(self.dev) for o in outs
                 ]
             loss = sum((o * w).sum() for o, w in zip(outs, built['w']))
             loss.backward()
             grads = {
                 n: p.grad.detach().double().clone()
-                for n, p in model.named_parameters()
-                if p.grad is not None
+                for n, p in model.named_parameters() if p.grad is not None
             }
             model.zero_grad(set_to_none=True)
         return [o.detach() for o in outs], grads
@@ -205,8 +206,8 @@ class EqualityCase:
         built['ref_o'], built['ref_g'] = ref_o, ref_g
         fo, fg = run(built['fast'], torch.float32, None)
         built['fast32'] = (fo, fg)
-        row = dict(reference=built['reference'],
-                   err_fast=output_error(fo, ref_o))
+        row = dict(
+            reference=built['reference'], err_fast=output_error(fo, ref_o))
         if grad:
             row['grad_err_fast'] = grad_error(fg, ref_g)
         if built['lit'] is not None:
@@ -215,12 +216,11 @@ class EqualityCase:
             row['err_literal'] = output_error(lo, ref_o)
             if grad:
                 row['grad_err_literal'] = grad_error(lg, ref_g)
-            row['ratio'] = row['err_fast'] / max(row['err_literal'],
-                                                 1e-300)
+            row['ratio'] = row['err_fast'] / max(row['err_literal'], 1e-300)
             row['pass'] = bool(
-                row['err_fast'] <= 4 * row['err_literal'] + FP32_FLOOR and
-                (not grad or row['grad_err_fast'] <=
-                 4 * row['grad_err_literal'] + FP32_FLOOR))
+                row['err_fast'] <= 4 * row['err_literal'] + FP32_FLOOR
+                and (not grad or row['grad_err_fast']
+                     <= 4 * row['grad_err_literal'] + FP32_FLOOR))
         return row
 
     def amp_row(self, amp):
@@ -232,8 +232,7 @@ class EqualityCase:
         fo, fg = run(built['fast'], torch.float32, amp)
         f32o, f32g = built['fast32']
         row = dict(err_fast=output_error(fo, f32o))
-        finite = all(bool(torch.isfinite(g).all())
-                     for g in fg.values())
+        finite = all(bool(torch.isfinite(g).all()) for g in fg.values())
         if grad:
             row['grad_err_fast'] = grad_error(fg, f32g)
             row['grads_finite_fast'] = finite
@@ -244,12 +243,9 @@ class EqualityCase:
             if grad:
                 row['grad_err_literal'] = grad_error(lg, l32g)
                 row['grads_finite_literal'] = all(
-                    bool(torch.isfinite(g).all())
-                    for g in lg.values())
-            row['ratio'] = row['err_fast'] / max(
-                row['err_literal'], 1e-300)
+                    bool(torch.isfinite(g).all()) for g in lg.values())
+            row['ratio'] = row['err_fast'] / max(row['err_literal'], 1e-300)
             row['pass'] = bool(
-                row['err_fast'] <=
-                AMP_FACTOR * row['err_literal'] + AMP_FLOOR and
-                (not grad or finite))
+                row['err_fast'] <= AMP_FACTOR * row['err_literal'] + AMP_FLOOR
+                and (not grad or finite))
         return row

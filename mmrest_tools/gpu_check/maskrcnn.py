@@ -21,15 +21,20 @@ class MaskRCNNSection:
         bench = set_cudnn_benchmark('maskrcnn')  # mmdet's env_cfg default
         self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         sec['settings'] = dict(
-            image='x'.join(map(str, self.s.mr_image)), batch=self.s.mr_batch,
-            warmup=self.s.mr_warmup, timed_iters=self.s.mr_iters,
+            image='x'.join(map(str, self.s.mr_image)),
+            batch=self.s.mr_batch,
+            warmup=self.s.mr_warmup,
+            timed_iters=self.s.mr_iters,
             amp=f'{self.s.amp_name} autocast, GradScaler(init_scale=2**16, '
             'dynamic), AdamW lr 1e-4 wd 0.05, the config\'s clip_grad',
             cudnn_benchmark=bench)
         for name, cfg in MASKRCNN_MODELS:
             self.log(f'  Mask R-CNN {name}')
-            self._guarded_row(sec, dict(kind='maskrcnn', model=name),
-                              lambda: self._maskrcnn_one(cfg), need_s=20.0)
+            self._guarded_row(
+                sec,
+                dict(kind='maskrcnn', model=name),
+                lambda: self._maskrcnn_one(cfg),
+                need_s=20.0)
 
     def _load_det_config(self, path: str):
         from mmengine.config import Config
@@ -43,8 +48,9 @@ class MaskRCNNSection:
                 return Config.fromfile(f), path
         except Exception as e:  # noqa: BLE001
             import mmdet
-            direct = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
-                              path.split('::', 1)[1])
+            direct = osp.join(
+                osp.dirname(mmdet.__file__), '.mim', 'configs',
+                path.split('::', 1)[1])
             self.log(f'  {path} via mmengine failed ({_short_error(e, 120)})'
                      f'; reading {direct}')
             return Config.fromfile(direct), direct
@@ -54,31 +60,33 @@ class MaskRCNNSection:
         model, cfg, used = self._build_detector(cfg_path)
         model.to(dev).train()
         clip = (cfg.get('optim_wrapper', {}) or {}).get('clip_grad')
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4,
-                                betas=(0.9, 0.999), weight_decay=0.05)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
         from mmrest.utils.torch_compat import grad_scaler
         scaler = grad_scaler(dev.type)
         data = synthetic_det_batch(self.s.mr_batch, *self.s.mr_image)
         iters = []
-        step = functools.partial(self._amp_train_iteration, model, opt,
-                                 scaler, clip, data, iters)
+        step = functools.partial(self._amp_train_iteration, model, opt, scaler,
+                                 clip, data, iters)
         for _ in range(self.s.mr_warmup):
             step()
         if dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(dev)
         # warm-ups above; the timed iterations each between two
         # synchronisations (their float() reads wait for the device too)
-        times = [None] * self.s.mr_warmup + time_steps(
-            step, dev, self.s.mr_iters, 0)
+        times = [None] * self.s.mr_warmup + time_steps(step, dev,
+                                                       self.s.mr_iters, 0)
         iters = [dict(i, ms=ms) for ms, i in zip(times, iters)]
         timed = iters[self.s.mr_warmup:]
         row = dict(
-            config=used, params_M=sum(p.numel()
-                                      for p in model.parameters()) / 1e6,
+            config=used,
+            params_M=sum(p.numel() for p in model.parameters()) / 1e6,
             cudnn_benchmark=torch.backends.cudnn.benchmark,
             iter_ms=statistics.median(i['ms'] for i in timed),
-            iters=iters, skipped_steps=sum(i['skipped'] for i in iters),
-            loss_last=iters[-1]['loss'], clip_grad=clip,
+            iters=iters,
+            skipped_steps=sum(i['skipped'] for i in iters),
+            loss_last=iters[-1]['loss'],
+            clip_grad=clip,
             loss_scale=float(scaler.get_scale()))
         if dev.type == 'cuda':
             row.update(
@@ -93,8 +101,9 @@ class MaskRCNNSection:
     def _build_detector(self, cfg_path: str):
         """The config's detector without pretrained weights (narrowed in
         quick mode), initialised; with the config and the path read."""
-        import mmrest  # noqa: F401
         from mmengine.registry import init_default_scope
+
+        import mmrest  # noqa: F401
         cfg, used = self._load_det_config(cfg_path)
         init_default_scope('mmdet')
         import mmdet.models  # noqa: F401
@@ -109,8 +118,9 @@ class MaskRCNNSection:
                 cfg.model.backbone.arch = QUICK_REST_ARCH
                 cfg.model.neck.in_channels = self.s.eq_arch['embed_dims']
             else:
-                cfg.model.backbone.update(embed_dims=32, depths=[1, 1, 1, 1],
-                                          num_heads=[1, 2, 4, 8])  # as
+                cfg.model.backbone.update(
+                    embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4,
+                                                                   8])  # as
                 # build_backbone's quick Swin
                 cfg.model.neck.in_channels = [32, 64, 128, 256]
         model = MODELS.build(cfg.model)
@@ -131,17 +141,19 @@ class MaskRCNNSection:
         if clip:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.grad is not None],
-                **clip)
+                [p for p in model.parameters() if p.grad is not None], **clip)
         before = float(scaler.get_scale())
         scaler.step(opt)
         scaler.update()
-        iters.append(dict(loss=float(loss), skipped=float(
-            scaler.get_scale()) < before))
+        iters.append(
+            dict(loss=float(loss), skipped=float(scaler.get_scale()) < before))
 
 
-def synthetic_det_batch(batch: int, height: int, width: int,
-                        objects: int = 4, seed: int = 0) -> Dict:
+def synthetic_det_batch(batch: int,
+                        height: int,
+                        width: int,
+                        objects: int = 4,
+                        seed: int = 0) -> Dict:
     """A batch as mmdet's ``PackDetInputs`` makes it: uint8 images
     (3 x H x W) and ``DetDataSample`` s with boxes, labels and
     ``BitmapMasks`` (ellipses inside the boxes)."""
@@ -153,8 +165,9 @@ def synthetic_det_batch(batch: int, height: int, width: int,
     inputs, samples = [], []
     yy, xx = np.mgrid[:height, :width]
     for i in range(batch):
-        inputs.append(torch.from_numpy(
-            rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
+        inputs.append(
+            torch.from_numpy(
+                rng.integers(0, 256, (3, height, width), dtype=np.uint8)))
         boxes, masks = [], []
         for _ in range(objects):
             w = rng.uniform(0.1, 0.4) * width
@@ -163,12 +176,17 @@ def synthetic_det_batch(batch: int, height: int, width: int,
             y1 = rng.uniform(0, height - h)
             boxes.append([x1, y1, x1 + w, y1 + h])
             cx, cy = x1 + w / 2, y1 + h / 2
-            masks.append((((xx - cx) / (w / 2))**2 +
-                          ((yy - cy) / (h / 2))**2 <= 1).astype(np.uint8))
-        sample = DetDataSample(metainfo=dict(
-            img_id=i, img_path=f'synthetic_{i}.jpg', ori_shape=(height, width),
-            img_shape=(height, width), scale_factor=(1.0, 1.0), flip=False,
-            flip_direction=None))
+            masks.append((((xx - cx) / (w / 2))**2 + ((yy - cy) / (h / 2))**2
+                          <= 1).astype(np.uint8))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_id=i,
+                img_path=f'synthetic_{i}.jpg',
+                ori_shape=(height, width),
+                img_shape=(height, width),
+                scale_factor=(1.0, 1.0),
+                flip=False,
+                flip_direction=None))
         gt = InstanceData()
         gt.bboxes = torch.tensor(boxes, dtype=torch.float32)
         gt.labels = torch.from_numpy(rng.integers(0, 80, objects)).long()

@@ -65,11 +65,13 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int,
     return times
 
 
-def time_steps(step: Callable[[], object], device: torch.device,
-               repeats: int, warmup: int,
-               clock: Callable[[], float] = time.perf_counter,
-               sync: Optional[Callable[[torch.device], None]] = None
-               ) -> List[float]:
+def time_steps(
+        step: Callable[[], object],
+        device: torch.device,
+        repeats: int,
+        warmup: int,
+        clock: Callable[[], float] = time.perf_counter,
+        sync: Optional[Callable[[torch.device], None]] = None) -> List[float]:
     """Milliseconds of each of ``repeats`` calls of ``step`` (a training
     step: forward, backward, maybe an optimizer step) after ``warmup``
     untimed ones (cuDNN autotuning, the caching allocator's first
@@ -152,14 +154,15 @@ def randomize_norms(model: nn.Module, seed: int = 0):
                 n = m.num_features
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
-                              nn.GroupNorm)):
+            norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
+                     nn.GroupNorm)
+            if isinstance(m, norms):
                 if getattr(m, 'weight', None) is not None:
-                    m.weight.copy_(1 + 0.2 * torch.randn(
-                        m.weight.shape, generator=gen))
+                    m.weight.copy_(1 + 0.2 *
+                                   torch.randn(m.weight.shape, generator=gen))
                 if getattr(m, 'bias', None) is not None:
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape,
-                                                   generator=gen))
+                    m.bias.copy_(0.1 *
+                                 torch.randn(m.bias.shape, generator=gen))
 
 
 def versions() -> Dict[str, Optional[str]]:
@@ -174,15 +177,21 @@ def versions() -> Dict[str, Optional[str]]:
 
 
 def device_info(device: torch.device) -> Dict:
-    info = dict(type=device.type, torch=torch.__version__,
-                cuda=torch.version.cuda, python=platform.python_version(),
-                machine=platform.machine(), cpu_threads=torch.get_num_threads())
+    info = dict(
+        type=device.type,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpu_threads=torch.get_num_threads())
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
-        info.update(name=p.name, capability=f'{p.major}.{p.minor}',
-                    total_memory_MiB=p.total_memory / 2**20,
-                    multiprocessors=p.multi_processor_count,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            name=p.name,
+            capability=f'{p.major}.{p.minor}',
+            total_memory_MiB=p.total_memory / 2**20,
+            multiprocessors=p.multi_processor_count,
+            cudnn=torch.backends.cudnn.version())
     else:
         info['name'] = platform.processor() or 'cpu'
     return info

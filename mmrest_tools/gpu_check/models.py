@@ -2,7 +2,7 @@
 """The backbones the sections build."""
 import torch.nn as nn
 
-from .settings import QUICK_REST_ARCH, _REST_DROP_PATH
+from .settings import _REST_DROP_PATH, QUICK_REST_ARCH
 
 
 def build_rest(arch, v2: bool = False, **kwargs) -> nn.Module:
@@ -34,11 +34,14 @@ def build_backbone(name: str, quick: bool = False) -> nn.Module:
     if name.startswith(('rest_', 'restv2_')):
         arch = name.split('_')[1]
         if name.startswith('restv2_'):
-            model = build_rest(None if quick else 'v2_' + arch, v2=True,
-                               drop_path_rate=_REST_DROP_PATH[arch])
+            model = build_rest(
+                None if quick else 'v2_' + arch,
+                v2=True,
+                drop_path_rate=_REST_DROP_PATH[arch])
         else:
-            model = build_rest(QUICK_REST_ARCH if quick else arch,
-                               drop_path_rate=_REST_DROP_PATH[arch])
+            model = build_rest(
+                QUICK_REST_ARCH if quick else arch,
+                drop_path_rate=_REST_DROP_PATH[arch])
         if name.endswith('_literal'):
             from mmrest.backbones import to_literal
             model = to_literal(model, copy_model=False)
@@ -46,21 +49,38 @@ def build_backbone(name: str, quick: bool = False) -> nn.Module:
     import mmrest  # noqa: F401  (registers mmrest in mmdet)
     if name == 'swin_t':
         from mmdet.models.backbones import SwinTransformer
-        narrow = dict(embed_dims=32, depths=[1, 1, 1, 1],
-                      num_heads=[1, 2, 4, 8]) if quick else {}
-        model = SwinTransformer(**{
-            **dict(embed_dims=96, depths=[2, 2, 6, 2],
-                   num_heads=[3, 6, 12, 24]), **narrow},
-            window_size=7, mlp_ratio=4, qkv_bias=True, qk_scale=None,
-            drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2,
-            patch_norm=True, out_indices=(0, 1, 2, 3), with_cp=False,
+        narrow = dict(
+            embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8
+                                                           ]) if quick else {}
+        model = SwinTransformer(
+            **{
+                **dict(
+                    embed_dims=96,
+                    depths=[2, 2, 6, 2],
+                    num_heads=[3, 6, 12, 24]),
+                **narrow
+            },
+            window_size=7,
+            mlp_ratio=4,
+            qkv_bias=True,
+            qk_scale=None,
+            drop_rate=0.,
+            attn_drop_rate=0.,
+            drop_path_rate=0.2,
+            patch_norm=True,
+            out_indices=(0, 1, 2, 3),
+            with_cp=False,
             convert_weights=False)
     elif name == 'resnet50':
         from mmdet.models.backbones import ResNet
         model = ResNet(
-            depth=18 if quick else 50, num_stages=4, out_indices=(0, 1, 2, 3),
-            frozen_stages=1, norm_cfg=dict(type='BN', requires_grad=True),
-            norm_eval=True, style='pytorch')
+            depth=18 if quick else 50,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            frozen_stages=1,
+            norm_cfg=dict(type='BN', requires_grad=True),
+            norm_eval=True,
+            style='pytorch')
     else:
         raise KeyError(f'unknown backbone {name!r}')
     model.init_weights()

@@ -17,20 +17,24 @@ def _status(row: Dict) -> Optional[str]:
     if 'error' in row:
         return f'error: {row["error"][:160]}'
     if 'skipped' in row:
-        return ('skipped (deadline)' if str(row['skipped']).startswith(
-            'not started') else f'skipped: {row["skipped"]}')
+        return ('skipped (deadline)'
+                if str(row['skipped']).startswith('not started') else
+                f'skipped: {row["skipped"]}')
     return None
 
 
 def _md_equality(sec: Dict, rows: List[Dict]) -> List[str]:
-    """Markdown lines of the ``equality`` section: the equality rows and the GradScaler steps."""
+    """Markdown lines of the ``equality`` section: the equality rows and
+    the GradScaler steps."""
     lines: List[str] = []
     if sec.get('criteria'):
         lines.append('Criteria: fp32 ' + sec['criteria']['fp32'] +
                      '; autocast ' + sec['criteria']['amp'] + '.')
-    lines += ['', '| model | input | mode | dtype | out err fast | '
-              'out err literal | ratio | grad err fast | '
-              'grad err literal | pass |', '|' + '---|' * 10]
+    lines += [
+        '', '| model | input | mode | dtype | out err fast | '
+        'out err literal | ratio | grad err fast | '
+        'grad err literal | pass |', '|' + '---|' * 10
+    ]
     for r in rows:
         if r.get('kind') != 'equality':
             continue
@@ -39,32 +43,39 @@ def _md_equality(sec: Dict, rows: List[Dict]) -> List[str]:
         if st:
             cells += [st, '', '', '', '', '']
         else:
-            cells += [_fmt(r.get('err_fast')),
-                      _fmt(r.get('err_literal')),
-                      _fmt(r.get('ratio'), '.2f'),
-                      _fmt(r.get('grad_err_fast')),
-                      _fmt(r.get('grad_err_literal')),
-                      _fmt(r.get('pass'))]
+            cells += [
+                _fmt(r.get('err_fast')),
+                _fmt(r.get('err_literal')),
+                _fmt(r.get('ratio'), '.2f'),
+                _fmt(r.get('grad_err_fast')),
+                _fmt(r.get('grad_err_literal')),
+                _fmt(r.get('pass'))
+            ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     steps = [r for r in rows if r.get('kind') == 'amp_steps']
     if steps:
         n = len(steps[0].get('steps', [])) or '?'
-        lines += ['', f'| fp16 + GradScaler, {n} steps | input | '
-                  'loss scale | skipped steps | non-finite grads | '
-                  'pass |', '|' + '---|' * 6]
+        lines += [
+            '', f'| fp16 + GradScaler, {n} steps | input | '
+            'loss scale | skipped steps | non-finite grads | '
+            'pass |', '|' + '---|' * 6
+        ]
         for r in steps:
             st = _status(r)
             cells = [f'{r["model"]} {r["path"]}', r['input']]
             cells += ([st, '', '', ''] if st else [
-                _fmt(r.get('scale')), _fmt(r.get('skipped_steps')),
-                _fmt(r.get('nonfinite_grads')), _fmt(r.get('pass'))
+                _fmt(r.get('scale')),
+                _fmt(r.get('skipped_steps')),
+                _fmt(r.get('nonfinite_grads')),
+                _fmt(r.get('pass'))
             ])
             lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
 
 
 def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
-    """Markdown lines of the ``throughput`` section: backbone speed and memory."""
+    """Markdown lines of the ``throughput`` section: backbone speed and
+    memory."""
     lines: List[str] = []
     st = sec.get('settings', {})
     small, large = st.get('small', '?'), st.get('large', '?')
@@ -82,18 +93,21 @@ def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
         f'| backbone | params (M) | {small} fp32 img/s | {small} {amp} '
         f'img/s | {large} fp32 ms | {large} {amp} ms | train step '
         f'fp32 ms | train step {amp} ms | train step '
-        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 10]
+        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 10
+    ]
     for r in rows:
         st_ = _status(r)
         cells = [r['model']]
         if st_:
             cells += [st_] + [''] * 8
         else:
+
             def cell(key, spec):
                 err = r.get('_'.join(key.split('_')[:2]) + '_error')
                 if key in r:
                     return _fmt(r[key], spec)
                 return f'error: {err[:80]}' if err else '-'
+
             cells += [
                 _fmt(r.get('params_M'), '.1f'),
                 cell('small_fp32_img_s', '.0f'),
@@ -110,7 +124,8 @@ def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
 
 
 def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
-    """Markdown lines of the ``maskrcnn`` section: the Mask R-CNN training iteration."""
+    """Markdown lines of the ``maskrcnn`` section: the Mask R-CNN
+    training iteration."""
     lines: List[str] = []
     st = sec.get('settings', {})
     lines += [
@@ -119,7 +134,8 @@ def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
         f'{st.get("timed_iters")} timed iterations after '
         f'{st.get("warmup")} warm-ups.', '',
         '| model | params (M) | iteration ms | peak MiB | '
-        'skipped steps | last loss |', '|' + '---|' * 6]
+        'skipped steps | last loss |', '|' + '---|' * 6
+    ]
     for r in rows:
         st_ = _status(r)
         cells = [r['model']]
@@ -135,31 +151,37 @@ def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
 
 
 def _md_syncbn(sec: Dict, rows: List[Dict]) -> List[str]:
-    """Markdown lines of the ``syncbn`` section: SyncBatchNorm against BatchNorm."""
+    """Markdown lines of the ``syncbn`` section: SyncBatchNorm against
+    BatchNorm."""
     lines: List[str] = []
-    lines += ['', '| model | norms | grads finite | train err vs BN '
-              '| eval err vs BN |', '|' + '---|' * 5]
+    lines += [
+        '', '| model | norms | grads finite | train err vs BN '
+        '| eval err vs BN |', '|' + '---|' * 5
+    ]
     for r in rows:
         st_ = _status(r)
         cells = [r['model']]
         cells += ([st_, '', '', ''] if st_ else [
-            ', '.join(r.get('norms', [])), str(r.get('grads_finite')),
+            ', '.join(r.get('norms', [])),
+            str(r.get('grads_finite')),
             _fmt(r.get('train_err_vs_bn')),
-            _fmt(r.get('eval_err_vs_bn'))])
+            _fmt(r.get('eval_err_vs_bn'))
+        ])
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
 
 
 def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
-    """Markdown lines of the ``compile`` section: torch.compile against eager."""
+    """Markdown lines of the ``compile`` section: torch.compile against
+    eager."""
     lines: List[str] = []
-    lines += ['', '| model | backend | compile s | eager ms | '
-              'compiled ms | speed-up | err vs eager |',
-              '|' + '---|' * 7]
+    lines += [
+        '', '| model | backend | compile s | eager ms | '
+        'compiled ms | speed-up | err vs eager |', '|' + '---|' * 7
+    ]
     for r in rows:
         st_ = _status(r)
-        cells = [r['model'], str(sec.get('settings', {}).get(
-            'backend'))]
+        cells = [r['model'], str(sec.get('settings', {}).get('backend'))]
         cells += ([st_, '', '', '', ''] if st_ else [
             _fmt(r.get('compile_s'), '.0f'),
             _fmt(r.get('eager_ms'), '.1f'),
@@ -169,6 +191,31 @@ def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
         ])
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
+
+
+def _variant_cells(r: Dict, amps, ncols: int) -> List[str]:
+    """The cells of one row of the ``variants`` table."""
+    cells = [r['model'], str(r.get('core') or '-')]
+    st_ = _status(r)
+    if st_:
+        cells += [st_] + [''] * (ncols - 3)
+    else:
+        cells += [_fmt(r.get('err_fp32')), _fmt(r.get('grad_err_fp32'))]
+        cells += [_fmt(r.get(f'err_{a}')) for a in amps if a != 'float32']
+        cells.append(_fmt(r.get('pass')))
+        cells += [
+            _fmt(r.get(f'train_{a}_step_ms'), '.1f') if f'train_{a}_step_ms'
+            in r else 'error: ' + r.get(f'train_{a}_error', '-')[:80]
+            for a in amps
+        ]
+        cells += [_fmt(r.get(f'train_{a}_step_peak_MiB'), '.0f') for a in amps]
+        cells += [
+            _fmt(r.get('small_fp32_img_s'), '.0f'),
+            _fmt(r.get('small_fp16_img_s'), '.0f'),
+            _fmt(r.get('large_fp32_ms'), '.1f'),
+            _fmt(r.get('large_fp16_ms'), '.1f')
+        ]
+    return cells
 
 
 def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
@@ -186,48 +233,32 @@ def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
         'literal path in float64, autocast against the same model in '
         f'float32; pass: fp32 {st.get("criteria", {}).get("fp32")}, '
         f'autocast {st.get("criteria", {}).get("amp")} (err_literal: the '
-        'rest_small_literal row).', '',
-        '| ' + ' | '.join(
-            ['model', 'EMSA core', 'fp32 err', 'fp32 grad err']
-            + [f'{a} err' for a in amps if a != 'float32'] + ['pass']
-            + [f'train {a} ms' for a in amps]
-            + [f'train {a} MiB' for a in amps]
-            + [f'{st.get("small")} fp32 img/s',
-               f'{st.get("small")} fp16 img/s',
-               f'{st.get("large")} fp32 ms', f'{st.get("large")} fp16 ms'])
-        + ' |']
+        'rest_small_literal row).', '', '| ' + ' | '.join(
+            ['model', 'EMSA core', 'fp32 err', 'fp32 grad err'] +
+            [f'{a} err' for a in amps if a != 'float32'] + ['pass'] +
+            [f'train {a} ms'
+             for a in amps] + [f'train {a} MiB' for a in amps] + [
+                 f'{st.get("small")} fp32 img/s',
+                 f'{st.get("small")} fp16 img/s', f'{st.get("large")} fp32 ms',
+                 f'{st.get("large")} fp16 ms'
+             ]) + ' |'
+    ]
     ncols = lines[-1].count('|') - 1
     lines.append('|' + '---|' * ncols)
     for r in rows:
         if r.get('kind') != 'variant':
             continue
-        cells = [r['model'], str(r.get('core') or '-')]
-        st_ = _status(r)
-        if st_:
-            cells += [st_] + [''] * (ncols - 3)
-        else:
-            cells += [_fmt(r.get('err_fp32')), _fmt(r.get('grad_err_fp32'))]
-            cells += [_fmt(r.get(f'err_{a}')) for a in amps
-                      if a != 'float32']
-            cells.append(_fmt(r.get('pass')))
-            cells += [_fmt(r.get(f'train_{a}_step_ms'), '.1f')
-                      if f'train_{a}_step_ms' in r else
-                      'error: ' + r.get(f'train_{a}_error', '-')[:80]
-                      for a in amps]
-            cells += [_fmt(r.get(f'train_{a}_step_peak_MiB'), '.0f')
-                      for a in amps]
-            cells += [_fmt(r.get('small_fp32_img_s'), '.0f'),
-                      _fmt(r.get('small_fp16_img_s'), '.0f'),
-                      _fmt(r.get('large_fp32_ms'), '.1f'),
-                      _fmt(r.get('large_fp16_ms'), '.1f')]
+        cells = _variant_cells(r, amps, ncols)
         lines.append('| ' + ' | '.join(cells) + ' |')
     for r in rows:
         if r.get('kind') == 'sdpa_backends':
-            lines += ['', 'SDPA backends for the mixed-query attention '
-                      '(forward and backward; values of d or C channels): '
-                      + (_status(r) or ', '.join(
-                          f'{k}: {v}' for k, v in r.get(
-                              'backends', {}).items()))]
+            lines += [
+                '', 'SDPA backends for the mixed-query attention '
+                '(forward and backward; values of d or C channels): ' +
+                (_status(r)
+                 or ', '.join(f'{k}: {v}'
+                              for k, v in r.get('backends', {}).items()))
+            ]
     return lines
 
 
@@ -246,22 +277,28 @@ def to_markdown(results: Dict) -> str:
     meta = results.get('meta', {})
     dev = meta.get('device', {})
     lines = [
-        f'## GPU check: {dev.get("name", "?")}', '',
+        f'## GPU check: {dev.get("name", "?")}',
+        '',
         f'torch {dev.get("torch")}, CUDA {dev.get("cuda")}, cuDNN '
-        f'{dev.get("cudnn")}, Python {dev.get("python")}; '
-        + ', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())
-        + f'; started {meta.get("started")}, {_fmt(meta.get("elapsed_s"), ".0f")} s'
-        + (' (quick mode)' if meta.get('quick') else ''),
+        f'{dev.get("cudnn")}, Python {dev.get("python")}; ' +
+        ', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items()) +
+        f'; started {meta.get("started")}, '
+        f'{_fmt(meta.get("elapsed_s"), ".0f")} s' +
+        (' (quick mode)' if meta.get('quick') else ''),
     ]
     shim = meta.get('ops_shim') or {}
     if shim:
         lines.append(
-            f'mmcv ops shim: {"used, " + str(shim.get("backend")) if shim.get("used") else "not used"}'
-            f' ({shim.get("reason", "")})'[:300])
+            ('mmcv ops shim: ' +
+             ('used, ' +
+              str(shim.get('backend')) if shim.get('used') else 'not used') +
+             f' ({shim.get("reason", "")})')[:300])
     secs = results.get('sections', {})
     for name, sec in secs.items():
-        lines += ['', f'### {name}: {sec.get("status")}'
-                  + (f' ({sec["error"]})' if sec.get('error') else '')]
+        lines += [
+            '', f'### {name}: {sec.get("status")}' +
+            (f' ({sec["error"]})' if sec.get('error') else '')
+        ]
         if sec.get('note'):
             lines.append(f'{sec["note"]}')
         rows = sec.get('rows', [])

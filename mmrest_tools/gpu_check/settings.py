@@ -6,12 +6,10 @@ from typing import Optional
 
 import torch
 
-
 SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'variants',
             'compile')
 # the repository: mmrest_tools/gpu_check/settings.py, three levels up
-REPO_ROOT = osp.dirname(
-    osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 REST_MASKRCNN_CONFIG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn',
                                 'mask-rcnn_rest-small_fpn_1x_coco.py')
 SWIN_MASKRCNN_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
@@ -21,8 +19,8 @@ MASKRCNN_MODELS = (('mask_rcnn_rest_small', REST_MASKRCNN_CONFIG),
                    ('mask_rcnn_restv2_tiny', RESTV2_MASKRCNN_CONFIG),
                    ('mask_rcnn_swin_t', SWIN_MASKRCNN_CONFIG))
 # backbones of the throughput table, the main comparison first
-THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'restv2_tiny',
-                   'swin_t', 'resnet50')
+THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'restv2_tiny', 'swin_t',
+                   'resnet50')
 THROUGHPUT_MORE = ('rest_lite', 'rest_lite_literal', 'rest_base',
                    'rest_base_literal', 'rest_large', 'rest_large_literal')
 _REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2, tiny=0.1)
@@ -32,9 +30,12 @@ _REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2, tiny=0.1)
 CUDNN_BENCHMARK = dict(throughput=True, variants=True, maskrcnn=False)
 # ResT-Small's structure (1, 2, 4, 8 heads; sr 8, 4, 2, 1) at a fraction of
 # its width and depth: every code path in seconds (quick mode)
-QUICK_REST_ARCH = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 2, 1],
-                       num_heads=[1, 2, 4, 8], sr_ratios=[8, 4, 2, 1],
-                       mlp_ratios=[4, 4, 4, 4])
+QUICK_REST_ARCH = dict(
+    embed_dims=[16, 32, 64, 128],
+    depths=[1, 1, 2, 1],
+    num_heads=[1, 2, 4, 8],
+    sr_ratios=[8, 4, 2, 1],
+    mlp_ratios=[4, 4, 4, 4])
 FP32_FLOOR = 100 * torch.finfo(torch.float32).eps  # the fp32 criterion's floor
 AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # the autocast criterion
 
@@ -43,7 +44,9 @@ class Settings:
     """Sizes and counts of one run (full, or ``quick`` for a CPU smoke test).
     """
 
-    def __init__(self, quick: bool, repeats: Optional[int] = None,
+    def __init__(self,
+                 quick: bool,
+                 repeats: Optional[int] = None,
                  warmup: Optional[int] = None,
                  mr_iters: Optional[int] = None):
         self.quick = quick
@@ -82,11 +85,10 @@ class Settings:
             self.mr_warmup = 2
             self.throughput_models = THROUGHPUT_MAIN
             self.more_models = THROUGHPUT_MORE
-        self.repeats = repeats if repeats is not None else (1 if quick
-                                                            else 10)
+        self.repeats = repeats if repeats is not None else (1 if quick else 10)
         self.warmup = warmup if warmup is not None else (0 if quick else 3)
-        self.mr_iters = mr_iters if mr_iters is not None else (1 if quick
-                                                               else 5)
+        self.mr_iters = mr_iters if mr_iters is not None else (
+            1 if quick else 5)
         # training steps (backbones): untimed warm-ups, then the median of
         # the timed steps, each between two synchronisations
         self.train_warmup = 1 if quick else 2

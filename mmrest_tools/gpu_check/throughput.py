@@ -21,7 +21,8 @@ class ThroughputSection:
             cudnn_benchmark=bench,
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
             tf32_cudnn=torch.backends.cudnn.allow_tf32,
-            repeats=self.s.repeats, warmup=self.s.warmup,
+            repeats=self.s.repeats,
+            warmup=self.s.warmup,
             small='x'.join(map(str, self.s.small)),
             large='x'.join(map(str, self.s.large)),
             train='x'.join(map(str, self.s.train)),
@@ -30,9 +31,11 @@ class ThroughputSection:
         sec['settings']['amp'] = self.s.amp_name
         for name in names:
             self.log(f'  throughput {name}')
-            self._guarded_row(sec, dict(kind='throughput', model=name),
-                              lambda: self._throughput_one(name),
-                              need_s=10.0)
+            self._guarded_row(
+                sec,
+                dict(kind='throughput', model=name),
+                lambda: self._throughput_one(name),
+                need_s=10.0)
 
     def _throughput_one(self, name: str) -> Dict:
         dev = self.device
@@ -46,8 +49,11 @@ class ThroughputSection:
                 amp = self.s.amp if amp == 'fp16' else None
                 try:
                     with torch.no_grad(), _autocast(dev, amp):
-                        ms = time_calls(lambda: model(x), dev,
-                                        self.s.repeats, self.s.warmup)
+                        ms = time_calls(
+                            lambda m=model, t=x: m(t),
+                            dev,
+                            self.s.repeats,
+                            self.s.warmup)
                     med = statistics.median(ms)
                     row[f'{tag}_ms'] = med
                     row[f'{tag}_img_s'] = shape[0] * 1e3 / med
@@ -102,8 +108,8 @@ class ThroughputSection:
             out = dict(step_ms=statistics.median(times), step_all_ms=times)
             if dev.type == 'cuda':
                 peak = torch.cuda.max_memory_allocated(dev)
-                out.update(peak_MiB=_mib(peak),
-                           step_peak_MiB=_mib(peak - before))
+                out.update(
+                    peak_MiB=_mib(peak), step_peak_MiB=_mib(peak - before))
             else:
                 out.update(peak_MiB=None, step_peak_MiB=None)
         finally:

@@ -32,31 +32,38 @@ class CompileSection:
 
     def _compile_child(self, backend: str, budget: float) -> Dict:
         self._free()
-        args = dict(device=str(self.device),
-                    shape=list(self.s.small), repeats=self.s.repeats,
-                    warmup=self.s.warmup, backend=backend)
+        args = dict(
+            device=str(self.device),
+            shape=list(self.s.small),
+            repeats=self.s.repeats,
+            warmup=self.s.warmup,
+            backend=backend)
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(
-            [REPO_ROOT] + [p for p in env.get('PYTHONPATH', '').split(
-                os.pathsep) if p])
+            [REPO_ROOT] +
+            [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
         code = ('import json, sys; from mmrest_tools.gpu_check import '
                 'compile_worker; compile_worker(json.loads(sys.argv[1]))')
-        proc = subprocess.Popen([sys.executable, '-c', code, json.dumps(args)],
+        proc = subprocess.Popen([sys.executable, '-c', code,
+                                 json.dumps(args)],
                                 stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env,
+                                stderr=subprocess.STDOUT,
+                                text=True,
+                                env=env,
                                 start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=budget)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
-            return dict(error=f'timed out after {budget:.0f} s',
-                        log_tail=out[-1500:])
+            return dict(
+                error=f'timed out after {budget:.0f} s', log_tail=out[-1500:])
         for line in out.splitlines()[::-1]:
             if line.startswith('COMPILE_RESULT '):
                 return json.loads(line[len('COMPILE_RESULT '):])
-        return dict(error=f'child exited {proc.returncode} without a result',
-                    log_tail=out[-1500:])
+        return dict(
+            error=f'child exited {proc.returncode} without a result',
+            log_tail=out[-1500:])
 
 
 def compile_worker(args: Dict):
@@ -66,8 +73,8 @@ def compile_worker(args: Dict):
     dev = torch.device(args['device'])
     torch.backends.cudnn.benchmark = True
     model = build_rest('small').to(dev)
-    x = torch.rand(*args['shape'], generator=torch.Generator().manual_seed(5)
-                   ).to(dev)
+    x = torch.rand(
+        *args['shape'], generator=torch.Generator().manual_seed(5)).to(dev)
     res = dict(backend=args['backend'])
     amp = torch.float16
     eager = None

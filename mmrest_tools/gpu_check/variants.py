@@ -16,6 +16,16 @@ from .models import build_backbone
 from .settings import AMP_FACTOR, AMP_FLOOR, FP32_FLOOR
 
 
+def _passes(row: Dict, lit: Dict, amps) -> bool:
+    """The equality criteria of a core's row against the literal row."""
+    fp32 = (
+        row['err_fp32'] <= 4 * lit['err_fp32'] + FP32_FLOOR
+        and row['grad_err_fp32'] <= 4 * lit['grad_err_fp32'] + FP32_FLOOR)
+    amp = all(row[f'err_{a}'] <= AMP_FACTOR * lit[f'err_{a}'] + AMP_FLOOR
+              for a in map(_dtype_name, amps) if a != 'float32')
+    return bool(fp32 and amp and row['grads_finite'])
+
+
 class VariantsSection:
     """The ``variants`` section of :class:`~.GpuCheck`."""
 
@@ -32,7 +42,6 @@ class VariantsSection:
         model's float32 ones beside the literal path's (the autocast
         criterion). The next GPU session picks the fastest core that passes.
         """
-        from mmrest.backbones import kernels
         bench = set_cudnn_benchmark('variants')
         self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         amps = (None, ) if self.s.amp is None else (torch.float16,
@@ -46,8 +55,10 @@ class VariantsSection:
             large='x'.join(map(str, self.s.large)),
             eq_input='x'.join(map(str, self.s.eq_shapes[-1])),
             train_amp=[_dtype_name(a) for a in amps],
-            amp=self.s.amp_name, warmup=self.s.warmup,
-            repeats=self.s.repeats, train_warmup=self.s.train_warmup,
+            amp=self.s.amp_name,
+            warmup=self.s.warmup,
+            repeats=self.s.repeats,
+            train_warmup=self.s.train_warmup,
             train_repeats=self.s.train_repeats,
             compile_backend=compile_backend,
             criteria=dict(
@@ -57,15 +68,14 @@ class VariantsSection:
         randomize_norms(state['model'])  # as the equality section
         state['weights'] = copy.deepcopy(state['model'].state_dict())
         # the compiled core last: its compilations may take the deadline
-        cores = sorted(self.s.variant_cores,
-                       key=lambda c: c == 'literal_compiled')
+        cores = sorted(
+            self.s.variant_cores, key=lambda c: c == 'literal_compiled')
         rows = [('rest_small_literal', None)]
         rows += [('rest_small', c) for c in cores if c != 'literal_compiled']
         rows += [('restv2_tiny', None), ('swin_t', None)]
         rows += [('rest_small', c) for c in cores if c == 'literal_compiled']
         self.log('  variants: which SDPA backends take the mixed queries')
-        self._guarded_row(sec, dict(kind='sdpa_backends'),
-                          self._sdpa_backends)
+        self._guarded_row(sec, dict(kind='sdpa_backends'), self._sdpa_backends)
         for name, core in rows:
             self.log(f'  variants {name} {core or ""}')
             base = dict(kind='variant', model=name, core=core)
@@ -73,8 +83,10 @@ class VariantsSection:
                 self._row(sec, dict(base, skipped='--compile-backend off'))
                 continue
             self._guarded_row(
-                sec, base, lambda: self._variant_one(
-                    name, core, amps, state, compile_backend),
+                sec,
+                base,
+                lambda state=state: self._variant_one(name, core, amps, state,
+                                                      compile_backend),
                 need_s=60.0 if core == 'literal_compiled' else 10.0)
         del state
         self._free()
@@ -101,12 +113,18 @@ class VariantsSection:
                     if be is None:
                         res[key] = 'no such backend in this torch'
                         continue
-                    q = torch.randn(1, h, 64, C, generator=gen).to(
-                        dev, dtype).requires_grad_()
-                    k = torch.randn(1, 1, 48, C, generator=gen).to(
-                        dev, dtype).requires_grad_()
-                    v = torch.randn(1, h, 48, C // h if values == 'd' else C,
-                                    generator=gen).to(dev, dtype)
+                    q = torch.randn(
+                        1, h, 64, C, generator=gen).to(dev,
+                                                       dtype).requires_grad_()
+                    k = torch.randn(
+                        1, 1, 48, C, generator=gen).to(dev,
+                                                       dtype).requires_grad_()
+                    v = torch.randn(
+                        1,
+                        h,
+                        48,
+                        C // h if values == 'd' else C,
+                        generator=gen).to(dev, dtype)
                     v.requires_grad_()
                     try:
                         with sdpa_kernel(be):
@@ -118,15 +136,13 @@ class VariantsSection:
                         res[key] = _short_error(e, 120)
         return dict(backends=res)
 
-    def _variant_one(self, name: str, core: Optional[str], amps,
-                     state: Dict, compile_backend: str) -> Dict:
+    def _variant_one(self, name: str, core: Optional[str], amps, state: Dict,
+                     compile_backend: str) -> Dict:
         from mmrest.backbones import kernels
         dev = self.device
+        model = build_backbone(name, self.s.quick)
         if name.startswith('rest_small'):
-            model = build_backbone(name, self.s.quick)
             model.load_state_dict(state['weights'])
-        else:
-            model = build_backbone(name, self.s.quick)
         model.to(dev)
         row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
         ctx = contextlib.nullcontext()
@@ -140,13 +156,7 @@ class VariantsSection:
                 if name.endswith('_literal'):
                     state['literal_errors'] = dict(row)
                 elif lit:
-                    row['pass'] = bool(
-                        row['err_fp32'] <= 4 * lit['err_fp32'] + FP32_FLOOR
-                        and row['grad_err_fp32'] <=
-                        4 * lit['grad_err_fp32'] + FP32_FLOOR and all(
-                            row[f'err_{a}'] <= AMP_FACTOR * lit[f'err_{a}']
-                            + AMP_FLOOR for a in map(_dtype_name, amps)
-                            if a != 'float32') and row['grads_finite'])
+                    row['pass'] = _passes(row, lit, amps)
             gen = torch.Generator().manual_seed(7)
             x = torch.rand(*self.s.train, generator=gen).to(dev)
             for amp in amps:
@@ -158,18 +168,20 @@ class VariantsSection:
                     row[f'{tag}_error'] = _short_error(e)
                     self._free()
             del x
-            for key, shape in (('small', self.s.small),
-                               ('large', self.s.large)):
+            for key, shape in (('small', self.s.small), ('large',
+                                                         self.s.large)):
                 x = torch.rand(*shape, generator=gen).to(dev)
                 for amp in (None, self.s.amp) if self.s.amp else (None, ):
                     tag = f'{key}_{"fp32" if amp is None else "fp16"}'
                     try:
                         with torch.no_grad(), _autocast(dev, amp):
-                            ms = time_calls(lambda: model(x), dev,
-                                            self.s.repeats, self.s.warmup)
+                            ms = time_calls(
+                                lambda m=model, t=x: m(t),
+                                dev,
+                                self.s.repeats,
+                                self.s.warmup)
                         row[f'{tag}_ms'] = statistics.median(ms)
-                        row[f'{tag}_img_s'] = shape[0] * 1e3 / row[
-                            f'{tag}_ms']
+                        row[f'{tag}_img_s'] = shape[0] * 1e3 / row[f'{tag}_ms']
                     except Exception as e:  # noqa: BLE001
                         row[f'{tag}_error'] = _short_error(e)
                         self._free()
@@ -187,8 +199,9 @@ class VariantsSection:
         dev = self.device
         if 'x' not in state:
             gen = torch.Generator().manual_seed(8)
-            state['x'] = torch.randn(*self.s.eq_shapes[-1], generator=gen,
-                                     dtype=torch.float64).to(dev)
+            state['x'] = torch.randn(
+                *self.s.eq_shapes[-1], generator=gen,
+                dtype=torch.float64).to(dev)
             ref = to_literal(state['model']).double().to(dev).eval()
             state['ref'] = self._outs_grads(ref, state['x'], None, state)
             del ref
@@ -196,9 +209,10 @@ class VariantsSection:
         x32 = state['x'].float()
         outs, grads = self._outs_grads(model, x32, None, state)
         ref_o, ref_g = state['ref']
-        row = dict(err_fp32=output_error(outs, ref_o),
-                   grad_err_fp32=grad_error(grads, ref_g),
-                   grads_finite=True)
+        row = dict(
+            err_fp32=output_error(outs, ref_o),
+            grad_err_fp32=grad_error(grads, ref_g),
+            grads_finite=True)
         for amp in amps:
             if amp is None:
                 continue
@@ -217,11 +231,14 @@ class VariantsSection:
             outs = [o.double() for o in model(x)]
         if 'w' not in state:
             gen = torch.Generator().manual_seed(9)
-            state['w'] = [(torch.randn(o.shape, generator=gen,
-                                       dtype=torch.float64) /
-                           math.sqrt(o.numel())).to(x.device) for o in outs]
+            state['w'] = [
+                (torch.randn(o.shape, generator=gen, dtype=torch.float64) /
+                 math.sqrt(o.numel())).to(x.device) for o in outs
+            ]
         sum((o * w).sum() for o, w in zip(outs, state['w'])).backward()
-        grads = {n: p.grad.detach().double().clone()
-                 for n, p in model.named_parameters() if p.grad is not None}
+        grads = {
+            n: p.grad.detach().double().clone()
+            for n, p in model.named_parameters() if p.grad is not None
+        }
         model.zero_grad(set_to_none=True)
         return [o.detach() for o in outs], grads

@@ -49,9 +49,8 @@ def main(argv=None) -> int:
     variant = meta['variant'] or 'non-standard widths/depths'
     print(f'{args.src} -> {args.dst}: {meta["detector"]} with '
           f'{meta["family"]} ResT ({variant}), {meta["num_classes"]} '
-          f'classes, FPN on {", ".join(meta["fpn_inputs"])}'
-          + (f'; dropped buffers: {meta["dropped"]}' if meta['dropped']
-             else ''))
+          f'classes, FPN on {", ".join(meta["fpn_inputs"])}' +
+          (f'; dropped buffers: {meta["dropped"]}' if meta['dropped'] else ''))
     for warning in meta.get('config_check') or []:
         print(f'warning: {warning}', file=sys.stderr)
     return 0

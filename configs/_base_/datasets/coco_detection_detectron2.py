@@ -11,8 +11,10 @@ _base_ = 'mmdet::_base_/datasets/coco_detection.py'
 # 1333); horizontal flip; no crop. The ResT v2 config changes only the
 # shorter sides (the RandomChoiceResize step).
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
+    dict(
+        type='LoadImageFromFile',
+        imdecode_backend='pillow',
+        backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='RandomChoiceResize',
@@ -26,10 +28,11 @@ train_pipeline = [
 # most 1333), resized with PIL (bilinear), as its read_image and
 # ResizeShortestEdge do.
 test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True,
-         backend='pillow'),
+    dict(
+        type='LoadImageFromFile',
+        imdecode_backend='pillow',
+        backend_args={{_base_.backend_args}}),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend='pillow'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='PackDetInputs',

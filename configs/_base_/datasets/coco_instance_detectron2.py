@@ -14,10 +14,15 @@ _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 # side at most 1333); horizontal flip. The ResT v2 configs change only the
 # shorter sides (the RandomChoiceResize step).
 train_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True,
-         poly2mask=False),
+    dict(
+        type='LoadImageFromFile',
+        imdecode_backend='pillow',
+        backend_args={{_base_.backend_args}}),
+    dict(
+        type='LoadAnnotations',
+        with_bbox=True,
+        with_mask=True,
+        poly2mask=False),
     dict(
         type='RandomCrop',
         crop_type='relative',
@@ -36,10 +41,11 @@ train_pipeline = [
 # most 1333), resized with PIL (bilinear), as its read_image and
 # ResizeShortestEdge do.
 test_pipeline = [
-    dict(type='LoadImageFromFile', imdecode_backend='pillow',
-         backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True,
-         backend='pillow'),
+    dict(
+        type='LoadImageFromFile',
+        imdecode_backend='pillow',
+        backend_args={{_base_.backend_args}}),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True, backend='pillow'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='PackDetInputs',

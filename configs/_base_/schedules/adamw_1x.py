@@ -26,8 +26,8 @@ train_cfg = dict(
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999),
-                   weight_decay=0.05),
+    optimizer=dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0))
 # The warm-up is detectron2's WarmupMultiStepLR one (WARMUP_FACTOR 1/1000,
 # WARMUP_ITERS 1000, linear): factor 0.001 + 0.999 * i / 1000 at iteration
@@ -35,8 +35,14 @@ optim_wrapper = dict(
 # iteration end - 1, hence end=1001. The steps: iteration 60,000 (counted
 # from 0) is the first at lr / 10, as in detectron2.
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=1001),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,
-         milestones=[60000, 80000], gamma=0.1),
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+        end=1001),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_iters,
+        by_epoch=False,
+        milestones=[60000, 80000],
+        gamma=0.1),
 ]

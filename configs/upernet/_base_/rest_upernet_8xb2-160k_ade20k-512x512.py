@@ -58,8 +58,7 @@ optim_wrapper = dict(
 # and end=160001 (lr x (1 - i / 160000) at iteration i).
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1501),
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1501),
     dict(
         type='PolyLR',
         eta_min=0.0,

@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Make the detectron2 reference data of ``tests/test_detectron2_converter.py``.
+"""Make the detectron2 reference data of
+``tests/test_detectron2_converter.py``.
 
 Run ONLY in a scratch environment that has detectron2 and the authors'
 ``object_detection`` code (see ``README.md`` beside this file for how that
@@ -47,8 +48,8 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY  # noqa: E402
-from detectron2.modeling.backbone.fpn import (FPN, LastLevelMaxPool,  # noqa
-                                              LastLevelP6P7)
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 
 #: Small widths (the authors' variants use 64-512 or 96-768) so that the
 #: committed checkpoints stay small; everything else is the authors'.
@@ -78,15 +79,23 @@ def register_small_backbones(ResT, ResTV2):
     :data:`EMBED_DIMS` / :data:`DEPTHS` instead of a named variant."""
 
     def bottom_up_v1(cfg):
-        model = ResT(cfg, in_ch=3, embed_dims=EMBED_DIMS, qkv_bias=True,
-                     drop_path_rate=0.1, depths=DEPTHS, apply_transform=True,
-                     out_features=cfg.MODEL.REST.OUT_FEATURES)
+        model = ResT(
+            cfg,
+            in_ch=3,
+            embed_dims=EMBED_DIMS,
+            qkv_bias=True,
+            drop_path_rate=0.1,
+            depths=DEPTHS,
+            apply_transform=True,
+            out_features=cfg.MODEL.REST.OUT_FEATURES)
         return _shapes(model)
 
     def bottom_up_v2(cfg):
-        model = ResTV2(embed_dims=EMBED_DIMS, depths=DEPTHS,
-                       drop_path_rate=0.1,
-                       out_features=cfg.MODEL.RESTV2.OUT_FEATURES)
+        model = ResTV2(
+            embed_dims=EMBED_DIMS,
+            depths=DEPTHS,
+            drop_path_rate=0.1,
+            out_features=cfg.MODEL.RESTV2.OUT_FEATURES)
         return _shapes(model)
 
     def _shapes(model):
@@ -97,14 +106,19 @@ def register_small_backbones(ResT, ResTV2):
 
     def fpn(cfg, bottom_up, retina):
         if retina:
-            top = LastLevelP6P7(bottom_up.output_shape()['stage4'].channels,
-                                cfg.MODEL.FPN.OUT_CHANNELS, in_feature='stage4')
+            top = LastLevelP6P7(
+                bottom_up.output_shape()['stage4'].channels,
+                cfg.MODEL.FPN.OUT_CHANNELS,
+                in_feature='stage4')
         else:
             top = LastLevelMaxPool()
-        return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
-                   out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-                   norm=cfg.MODEL.FPN.NORM, top_block=top,
-                   fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+        return FPN(
+            bottom_up=bottom_up,
+            in_features=cfg.MODEL.FPN.IN_FEATURES,
+            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+            norm=cfg.MODEL.FPN.NORM,
+            top_block=top,
+            fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
 
     @BACKBONE_REGISTRY.register()
     def build_small_rest_fpn_backbone(cfg, input_shape: ShapeSpec):
@@ -167,8 +181,9 @@ def randomize(model, seed, cls_bias):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear,
-                                   torch.nn.ConvTranspose2d)):
+            layers = (torch.nn.Conv2d, torch.nn.Linear,
+                      torch.nn.ConvTranspose2d)
+            if isinstance(module, layers):
                 w = module.weight
                 fan_in = w[0].numel() if not isinstance(
                     module, torch.nn.ConvTranspose2d) else w.shape[0]
@@ -181,17 +196,17 @@ def randomize(model, seed, cls_bias):
                     type(module).__name__ == 'LayerNorm':
                 if getattr(module, 'weight', None) is not None:
                     module.weight.copy_(
-                        1 + 0.1 * torch.randn(module.weight.shape,
-                                              generator=g))
+                        1 +
+                        0.1 * torch.randn(module.weight.shape, generator=g))
                     module.bias.copy_(
                         0.1 * torch.randn(module.bias.shape, generator=g))
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.running_mean.copy_(
-                        0.1 * torch.randn(module.running_mean.shape,
-                                          generator=g))
+                        0.1 *
+                        torch.randn(module.running_mean.shape, generator=g))
                     module.running_var.copy_(
-                        1 + 0.5 * torch.rand(module.running_var.shape,
-                                             generator=g))
+                        1 + 0.5 *
+                        torch.rand(module.running_var.shape, generator=g))
         for name, p in model.named_parameters():
             # RetinaNet's head.cls_score and the box predictor's
             # roi_heads.box_predictor.cls_score: spread and shift
@@ -260,8 +275,10 @@ def run(cfg, paths):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--rest-code', required=True,
-                        help="the authors' object_detection folder")
+    parser.add_argument(
+        '--rest-code',
+        required=True,
+        help="the authors' object_detection folder")
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
     rest_code = osp.abspath(args.rest_code)
@@ -280,10 +297,16 @@ def main():
         torch=torch.__version__,
         detectron2=detectron2.__version__,
         numpy=np.__version__,
-        embed_dims=EMBED_DIMS, depths=DEPTHS, num_classes=NUM_CLASSES,
-        fpn_channels=FPN_CHANNELS, box_fc_dim=BOX_FC_DIM,
-        mask_conv_dim=MASK_CONV_DIM, min_size_test=MIN_SIZE_TEST,
-        max_size_test=MAX_SIZE_TEST, image_sizes_hw=IMAGE_SIZES, models={})
+        embed_dims=EMBED_DIMS,
+        depths=DEPTHS,
+        num_classes=NUM_CLASSES,
+        fpn_channels=FPN_CHANNELS,
+        box_fc_dim=BOX_FC_DIM,
+        mask_conv_dim=MASK_CONV_DIM,
+        min_size_test=MIN_SIZE_TEST,
+        max_size_test=MAX_SIZE_TEST,
+        image_sizes_hw=IMAGE_SIZES,
+        models={})
     for name, (seed, cls_bias) in models.items():
         cfg = make_cfg(rest_code, name)
         torch.manual_seed(seed)
@@ -299,7 +322,9 @@ def main():
         results, margins = run(cfg2, paths)
         np.savez_compressed(osp.join(args.out, name + '.npz'), **results)
         meta['models'][name] = dict(
-            seed=seed, cls_bias=cls_bias, margins=margins,
+            seed=seed,
+            cls_bias=cls_bias,
+            margins=margins,
             input_format=cfg.INPUT.FORMAT,
             pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
             pixel_std=list(cfg.MODEL.PIXEL_STD),

@@ -79,10 +79,14 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width,
         pw = torch.arange(pooled_width).repeat_interleave(grid_w)
         ix = torch.arange(grid_w).repeat(pooled_width)
         f = torch.float32
-        y = (torch.tensor(y1, dtype=f) + ph.to(f) * torch.tensor(bin_h, dtype=f)
-             + (iy.to(f) + 0.5) * torch.tensor(bin_h / grid_h, dtype=f))
-        x = (torch.tensor(x1, dtype=f) + pw.to(f) * torch.tensor(bin_w, dtype=f)
-             + (ix.to(f) + 0.5) * torch.tensor(bin_w / grid_w, dtype=f))
+        y = (
+            torch.tensor(y1, dtype=f) +
+            ph.to(f) * torch.tensor(bin_h, dtype=f) +
+            (iy.to(f) + 0.5) * torch.tensor(bin_h / grid_h, dtype=f))
+        x = (
+            torch.tensor(x1, dtype=f) +
+            pw.to(f) * torch.tensor(bin_w, dtype=f) +
+            (ix.to(f) + 0.5) * torch.tensor(bin_w / grid_w, dtype=f))
 
         def axis(v, size):
             valid = (v >= -1.0) & (v <= size)
@@ -98,10 +102,11 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width,
         vy, yl, yh, hy, ly = axis(y, height)
         vx, xl, xh, hx, lx = axis(x, width)
         feat = input[b]
-        val = (hy[:, None] * hx[None, :] * feat[:, yl][:, :, xl]
-               + hy[:, None] * lx[None, :] * feat[:, yl][:, :, xh]
-               + ly[:, None] * hx[None, :] * feat[:, yh][:, :, xl]
-               + ly[:, None] * lx[None, :] * feat[:, yh][:, :, xh])
+        val = (
+            hy[:, None] * hx[None, :] * feat[:, yl][:, :, xl] +
+            hy[:, None] * lx[None, :] * feat[:, yl][:, :, xh] +
+            ly[:, None] * hx[None, :] * feat[:, yh][:, :, xl] +
+            ly[:, None] * lx[None, :] * feat[:, yh][:, :, xh])
         val = val * (vy[:, None] & vx[None, :]).to(val.dtype)
         val = val.reshape(channels, pooled_height, grid_h, pooled_width,
                           grid_w)
@@ -126,5 +131,3 @@ def install_torchvision_fallbacks():
     box_ops._assert_has_ops = lambda: None
     roi_align_module = sys.modules['torchvision.ops.roi_align']
     roi_align_module._roi_align = _roi_align_cpu
-
-
