@@ -686,13 +686,15 @@ def test_train_steps_and_coco_evaluation(path, tiny_coco, monkeypatch):
 
 
 # ------------------------------------------------ the training tools
-@pytest.mark.parametrize('tool,path', [('mmrest', CASCADE_V2T),
-                                       ('mmdet', DINO)])
+@pytest.mark.parametrize('tool,path',
+                         [('mmrest', CASCADE_V2T), ('mmdet', DINO),
+                          ('mmrest', MASK2FORMER)])
 def test_training_tools(tool, path, tiny_coco, tmp_path):
     """The repository's tools/train.py (on the CPU with --no-amp: the v2
     Cascade config asks for AMP; SyncBN turned into BN by mmengine's Runner
     without a distributed launch) and mmdet's own packaged tools/train.py
-    train one epoch and validate it with CocoMetric. The run's config is
+    train one epoch (Mask2Former, by iteration: one iteration) and
+    validate it with CocoMetric. The run's config is
     the test's shrunk one (tiny_cfg), dumped to a file."""
     import subprocess
     import sys
@@ -700,7 +702,12 @@ def test_training_tools(tool, path, tiny_coco, tmp_path):
     import mmdet
     det = CONFIG[path][0]
     cfg = tiny_cfg(path, tiny_coco)
-    cfg.train_cfg.max_epochs = 1
+    by_iteration = cfg.train_cfg.type == 'IterBasedTrainLoop'
+    if by_iteration:
+        cfg.train_cfg.max_iters = 1
+        cfg.default_hooks.logger.interval = 1
+    else:
+        cfg.train_cfg.max_epochs = 1
     if det == 'cascade':
         cfg.model.test_cfg.rcnn.score_thr = 0.0
         cfg.model.train_cfg.rpn_proposal.max_per_img = 100
@@ -726,7 +733,7 @@ def test_training_tools(tool, path, tiny_coco, tmp_path):
         timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert (work / 'epoch_1.pth').is_file()
+    assert (work / ('iter_1.pth' if by_iteration else 'epoch_1.pth')).is_file()
     (log, ) = work.glob('*/vis_data/scalars.json')
     train, val = [json.loads(line) for line in log.read_text().splitlines()]
     assert LOSSES[det] <= set(train)
@@ -734,6 +741,9 @@ def test_training_tools(tool, path, tiny_coco, tmp_path):
     if det == 'cascade':  # warm-up from 0.001 x lr
         assert train['lr'] == pytest.approx(0.001 * LR)
         assert 'SyncBatchNorm' in output  # reverted to BatchNorm
+    elif det == 'mask2former':  # no warm-up; mmengine logs the first
+        # parameter group's lr: the backbone's (lr_mult 0.1)
+        assert train['lr'] == pytest.approx(0.1 * LR)
     else:  # DINO has no warm-up
         assert train['lr'] == pytest.approx(LR)
     for kind in METRICS[det]:
