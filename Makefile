@@ -24,7 +24,7 @@ demo: setup
 	$(PY) tools/run_demo.py
 
 demo-seg: setup
-	$(PY) tools/run_demo.py --config configs/upernet/rest_lite_upernet_shapes_demo.py --work-dir work_dirs/demo_seg
+	$(PY) tools/run_demo.py --config configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py --work-dir work_dirs/demo_seg
 
 bench: setup
 	$(PY) tools/benchmark.py --out work_dirs/bench/benchmark.json

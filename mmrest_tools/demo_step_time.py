@@ -4,8 +4,8 @@ detectors of several configs on the same batches of the first config's
 training set, the models taking turns so that load changes hit all alike.
 
     python tools/demo_step_time.py \\
-        configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py \\
-        configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --threads 1
+        configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py \\
+        configs/demo/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --threads 1
 
 Prints the parameters and the median step time of each (the first round,
 a warm-up, left out). The data set must exist (``make demo`` makes it).

@@ -7,7 +7,7 @@ import json
 import pytest
 from _helpers import ROOT
 
-RETINANET = ROOT / 'configs/retinanet/rest_lite_fpn_1x_coco.py'
+RETINANET = ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
 
 
 def load_tool():

@@ -582,8 +582,8 @@ def test_class_check_on_mmseg_segmentors(tmp_path):
         ('model.auxiliary_head.num_classes', 150)
     ]
     check_classes(cfg, ('train', 'val', 'test'))
-    demo = Config.fromfile(ROOT / 'configs/upernet/'
-                           'rest_lite_upernet_shapes_demo.py')
+    demo = Config.fromfile(ROOT / 'configs/demo/'
+                           'rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
     check_classes(demo, ('train', 'val'))
     demo.model.auxiliary_head.num_classes = 150
     with pytest.raises(

@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 from mmrest.synthetic.shapes import GENERATOR_VERSION, MIN_CONTRAST
 
-DEMO_CONFIG = ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py'
+DEMO_CONFIG = ROOT / 'configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py'
 SMALL = dict(
     splits=dict(train=12, val=6),
     image_size=(96, 128),

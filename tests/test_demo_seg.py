@@ -15,7 +15,7 @@ from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 
-CONFIG = ROOT / 'configs/upernet/rest_lite_upernet_shapes_demo.py'
+CONFIG = ROOT / 'configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py'
 BASE = ROOT / 'configs/upernet/_base_/rest_upernet_8xb2-160k_ade20k-512x512.py'
 SMALL = dict(
     splits=dict(train=12, val=6),

@@ -48,7 +48,9 @@ DEPTH = 20
 
 
 def model_config(name: str) -> Config:
-    cfg = Config.fromfile(str(CONFIGS / name / 'rest_lite_fpn_1x_coco.py'))
+    algorithm = name.replace('_', '-')  # mask_rcnn -> mask-rcnn
+    cfg = Config.fromfile(
+        str(CONFIGS / name / f'{algorithm}_rest-lite_fpn_1x_coco.py'))
     for t in cfg.test_pipeline:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
@@ -262,7 +264,8 @@ def test_missing_packages_are_named(monkeypatch):
     with pytest.raises(ImportError, match='needs mmdeploy, onnxruntime'):
         deploy.check_requirements()
     with pytest.raises(ImportError, match='mmdeploy'):
-        build_detector(str(CONFIGS / 'retinanet' / 'rest_lite_fpn_1x_coco.py'))
+        build_detector(
+            str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py'))
 
 
 def test_deploy_cfg_errors():

@@ -78,15 +78,54 @@ def _default_work_dir(path):
         f'./work_dirs/{path.stem}'
 
 
+# The one former name left beside the current configs: the command users
+# were given (tools/train.py configs/mask_rcnn/rest_small_fpn_1x_coco.py).
+KEPT_IN_PLACE = CONFIGS / 'mask_rcnn/rest_small_fpn_1x_coco.py'
+FORMER = CONFIGS / 'former_names'
+
+
+def _documented_former_names():
+    """``{former: current}`` paths from configs/former_names/README.md."""
+    import re
+    rows = re.findall(r'^\| `([^`]+\.py)` \| `([^`]+\.py)` \|$',
+                      (FORMER / 'README.md').read_text(), re.M)
+    return {CONFIGS / a: (CONFIGS / b).resolve() for a, b in rows}
+
+
 @pytest.mark.parametrize(
     'path,target', list(_former_names().items()), ids=lambda p: p.name)
 def test_former_config_names_are_the_new_configs(path, target):
     """A former name builds the same config as the file it names, and
-    trains in that file's work dir."""
-    assert target.is_file() and target.parent == path.parent
+    trains in that file's work dir; it lives in configs/former_names (but
+    for the one users were told to run) and names a current config."""
+    assert target.is_file()
+    assert FORMER in path.parents or path == KEPT_IN_PLACE
+    assert FORMER not in target.parents
     former = Config.fromfile(path).to_dict()
     assert former.pop('work_dir') == f'./work_dirs/{target.stem}'
     assert former == Config.fromfile(target).to_dict()
+
+
+def test_former_names_are_the_documented_ones():
+    """configs/former_names/README.md lists every former name with the
+    config it names, and nothing else sits in configs/former_names."""
+    documented = _documented_former_names()
+    assert documented == _former_names()
+    assert set(FORMER.rglob('*.py')) == set(documented) - {KEPT_IN_PLACE}
+    assert KEPT_IN_PLACE in documented
+
+
+def test_demo_configs_sit_apart_from_the_model_zoo():
+    """The demos' configs (generated shapes data) are in configs/demo; the
+    model zoo's folders hold only configs of real data sets."""
+    former = _former_names()
+    demos = {
+        path
+        for path in _configs() if path not in former
+        and 'shapes' in Config.fromfile(path).get('data_root', '')
+    }
+    assert demos == set((CONFIGS / 'demo').glob('*.py'))
+    assert len(demos) == 3  # make demo's two detectors, make demo-seg's
 
 
 def test_every_config_has_its_own_work_dir():
@@ -100,4 +139,3 @@ def test_every_config_has_its_own_work_dir():
                           set()).add(former.get(path, path.resolve()))
     shared = {d: sorted(map(str, o)) for d, o in owners.items() if len(o) > 1}
     assert not shared, f'configs sharing a work dir: {shared}'
-    assert len(former) == 14  # the documented former paths, demo included

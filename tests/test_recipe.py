@@ -729,9 +729,9 @@ def test_retinanet_head(path):
 # _base_/datasets/ade20k.py, default_runtime.py, schedules/schedule_160k.py,
 # which the release does not copy).
 SEG = {
-    'upernet/restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py': 'tiny',
-    'upernet/restv2_small_upernet_8xb2-160k_ade20k-512x512.py': 'small',
-    'upernet/restv2_base_upernet_8xb2-160k_ade20k-512x512.py': 'base',
+    'upernet/restv2-tiny_upernet_8xb2-160k_ade20k-512x512.py': 'tiny',
+    'upernet/restv2-small_upernet_8xb2-160k_ade20k-512x512.py': 'small',
+    'upernet/restv2-base_upernet_8xb2-160k_ade20k-512x512.py': 'base',
 }
 # tiny: AdamW lr 6e-5, wd 0.01, custom_keys 'norm' -> decay_mult 0 (mmcv
 # 0.x matches the key as a substring of the parameter's name). small and

@@ -29,7 +29,7 @@ from mmengine.config import Config
 
 CONFIG = (
     ROOT / 'configs/upernet/'
-    'restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py')
+    'restv2-tiny_upernet_8xb2-160k_ade20k-512x512.py')
 NUM_CLASSES = 150
 # The validation images: (grey level, class predicted for it). The rule's
 # classes: one present in the image's labels, one present elsewhere only,

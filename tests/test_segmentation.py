@@ -23,11 +23,11 @@ NAME = '{}_upernet_8xb2-160k_ade20k-512x512.py'
 # FCN auxiliary head, 150 classes): network.md's "measured here with mmseg's
 # UperNet", which round to the paper's 62.1 / 72.9 / 87.6 M.
 PAPER_PARAMS = {
-    'restv2_tiny': 62.09,
-    'restv2_small': 72.86,
-    'restv2_base': 87.62
+    'restv2-tiny': 62.09,
+    'restv2-small': 72.86,
+    'restv2-base': 87.62
 }
-V1 = ('rest_small', 'rest_base')
+V1 = ('rest-small', 'rest-base')
 ALL = tuple(PAPER_PARAMS) + V1
 # Set in the fresh process that runs a test needing one.
 FRESH_PROCESS = 'MMREST_TEST_IN_FRESH_PROCESS'
@@ -67,7 +67,7 @@ def built(name: str):
     cfg = load(name)
     cfg.model.backbone.init_cfg = None
     model = build_segmentor(cfg.model)
-    if name in ('restv2_tiny', 'restv2_small'):
+    if name in ('restv2-tiny', 'restv2-small'):
         _BUILT[name] = model
     return model
 
@@ -106,11 +106,10 @@ def seg_batch(num=2, size=(64, 64), classes=150):
 
 
 def test_the_configs_are_these():
-    """The ADE20K configs, and the segmentation demo's (tested in
-    test_demo_seg.py)."""
+    """The ADE20K configs (the segmentation demo's is in configs/demo,
+    tested in test_demo_seg.py)."""
     found = {p.name for p in CONFIGS.glob('*.py')}
-    assert found == {NAME.format(n)
-                     for n in ALL} | {'rest_lite_upernet_shapes_demo.py'}
+    assert found == {NAME.format(n) for n in ALL}
 
 
 @pytest.mark.parametrize('name', ALL)
@@ -119,7 +118,7 @@ def test_config_builds_the_paper_model(name):
     assert cfg.custom_imports == dict(
         imports=['mmrest'], allow_failed_imports=False)
     assert cfg.default_scope == 'mmseg'
-    arch = name.split('_')[1]
+    arch = name.split('-')[1]
     backbone = cfg.model.backbone
     assert backbone.type == ('ResTV2' if name.startswith('restv2') else 'ResT')
     assert backbone.arch == arch
@@ -166,7 +165,7 @@ def test_recipe(name):
             poly.eta_min) == ('PolyLR', 0, 160001, 1.0, 0.0)
     optim = cfg.optim_wrapper
     assert optim.optimizer.type == 'AdamW'
-    if name in ('restv2_small', 'restv2_base'):
+    if name in ('restv2-small', 'restv2-base'):
         assert (optim.optimizer.lr, optim.optimizer.weight_decay) == (1.5e-4,
                                                                       0.05)
         assert optim.constructor == 'ResTLayerDecayOptimizerConstructor'
@@ -189,7 +188,7 @@ def test_loss_and_predict_on_a_tiny_batch():
     """The ResT v2-Tiny config as it is (SyncBN included: torch falls back
     to BatchNorm without a process group) trains a step on 2 images of
     32 x 32 and predicts."""
-    model = built('restv2_tiny')
+    model = built('restv2-tiny')
     data = model.data_preprocessor(seg_batch(), True)
     assert data['inputs'].shape == (2, 3, 512, 512)  # padded to the crop
     data = model.data_preprocessor(seg_batch(size=(32, 32)), False)
@@ -211,8 +210,8 @@ def test_small_config_optimiser_decays_by_stage():
     1.5e-4 * 0.9 ** (5 - id) with ids stem 0, stage s s, heads 5."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
-    cfg = load('restv2_small')
-    model = built('restv2_small')
+    cfg = load('restv2-small')
+    model = built('restv2-small')
     with DefaultScope.overwrite_default_scope('mmseg'):
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     setting = {}
@@ -250,7 +249,7 @@ def test_runner_turns_sync_bn_into_bn_when_not_distributed(tmp_path):
     """tools/train.py on one GPU or the CPU: mmengine's Runner reverts the
     heads' SyncBN to BatchNorm and logs it."""
     from mmrest_tools.launch import build_runner
-    cfg = narrow(load('restv2_tiny'))
+    cfg = narrow(load('restv2-tiny'))
     cfg.work_dir = str(tmp_path)
     cfg.launcher = 'none'
     assert _sync_bn_layers(build_segmentor(cfg.model))
@@ -291,7 +290,7 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
         assert proc.returncode == 0 and '1 passed' in output, output[-4000:]
         return
     assert not torch.distributed.is_initialized()  # a fresh process
-    cfg = narrow(load('restv2_tiny'))
+    cfg = narrow(load('restv2-tiny'))
     cfg.launcher = 'pytorch'
     original = build_segmentor(cfg.model)
     logs = []
@@ -353,9 +352,9 @@ def test_metafile():
     models = {m['Name']: m for m in meta['Models']}
     assert set(models) == {NAME.format(n)[:-3] for n in ALL}
     published = {
-        'restv2_tiny': 47.3,
-        'restv2_small': 49.2,
-        'restv2_base': 49.6
+        'restv2-tiny': 47.3,
+        'restv2-small': 49.2,
+        'restv2-base': 49.6
     }
     root = CONFIGS.parents[1]
     for name in ALL:
@@ -371,8 +370,8 @@ def test_metafile():
             assert model['Weights'].startswith('https://pan.baidu.com/')
         else:
             assert 'Results' not in model and 'Weights' not in model
-    tiny = built('restv2_tiny')
-    assert models[NAME.format('restv2_tiny')
+    tiny = built('restv2-tiny')
+    assert models[NAME.format('restv2-tiny')
                   [:-3]]['Metadata']['Parameters'] == sum(
                       p.numel() for p in tiny.parameters())
 
@@ -391,7 +390,7 @@ def test_test_tool_options_for_segmentation(tmp_path, monkeypatch):
                         lambda *args, **kwargs: None)
     checkpoint = tmp_path / 'model.pth'
     checkpoint.write_bytes(b'')
-    config = str(CONFIGS / NAME.format('restv2_tiny'))
+    config = str(CONFIGS / NAME.format('restv2-tiny'))
 
     def cfg_of(*argv):
         return setup_test_cfg(

@@ -3,8 +3,8 @@
 batches (see :mod:`mmrest_tools.demo_step_time`).
 
     python tools/demo_step_time.py \\
-        configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py \\
-        configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --threads 1
+        configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py \\
+        configs/demo/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --threads 1
 """
 import os.path as osp
 import sys

@@ -4,7 +4,7 @@ ResT backbone from scratch, evaluate COCO bbox/segm mAP on val and write
 metrics.json, loss.png and predictions.png to the work dir.
 
 `make demo-seg` is the same with
-``--config configs/upernet/rest_lite_upernet_shapes_demo.py --work-dir
+``--config configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py --work-dir
 work_dirs/demo_seg``: UperNet, the set's label maps, mIoU and each class's
 IoU."""
 import argparse
@@ -24,7 +24,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         '--config',
-        default='configs/mask_rcnn/mask-rcnn_rest-lite_fpn_2e_shapes.py')
+        default='configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument(
         '--data-root',

@@ -4,7 +4,7 @@
     python tools/train.py \
         configs/mask_rcnn/mask-rcnn_rest-small_fpn_1x_coco.py
     python tools/train.py \
-        configs/upernet/restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py
+        configs/upernet/restv2-tiny_upernet_8xb2-160k_ade20k-512x512.py
     python tools/train.py CONFIG --work-dir DIR --resume [CHECKPOINT] \
         --amp --auto-scale-lr --cfg-options key=value ...
     bash tools/dist_train.sh CONFIG NUM_GPUS [options]

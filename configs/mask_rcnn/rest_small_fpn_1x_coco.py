@@ -1,5 +1,5 @@
-# Former name of the config below, kept so that existing commands work:
-# the same config and the default work dir of the new name (the RetinaNet
-# and Mask R-CNN configs had equal former names, hence one work dir).
+# A former config name, kept so that existing commands work: the same
+# config as the one below, trained into its work dir (every former name:
+# configs/former_names/README.md).
 _base_ = './mask-rcnn_rest-small_fpn_1x_coco.py'
 work_dir = './work_dirs/mask-rcnn_rest-small_fpn_1x_coco'

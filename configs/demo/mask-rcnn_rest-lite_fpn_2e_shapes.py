@@ -4,7 +4,8 @@
 # differ, plus the RoI counts below, which are sized for 128 x 128 images
 # with a handful of objects and for training on 2 CPU cores.
 _base_ = [
-    './mask-rcnn_rest-lite_fpn_1x_coco.py', '../_base_/shapes_demo_data.py'
+    '../mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py',
+    '../_base_/datasets/shapes_demo.py'
 ]
 
 data_root = 'data/shapes/'

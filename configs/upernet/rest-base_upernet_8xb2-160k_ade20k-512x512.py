@@ -1,7 +1,7 @@
 # UperNet with ResT-Base (v1) on ADE20K: the ResT-Small config with the
 # base backbone. No published number (the ResT paper has no segmentation
 # results).
-_base_ = './rest_small_upernet_8xb2-160k_ade20k-512x512.py'
+_base_ = './rest-small_upernet_8xb2-160k_ade20k-512x512.py'
 
 arch = 'base'
 # rest_base.pth: README of https://github.com/wofmanaf/ResT.

@@ -7,7 +7,7 @@
 # lacks; mmrest's ResTLayerDecayOptimizerConstructor implements the rule,
 # see mmrest/engine/layer_decay.py: stem x0.9^5, stage s x0.9^(5-s), heads
 # and output norms x1; no weight decay on norms and biases).
-_base_ = './restv2_tiny_upernet_8xb2-160k_ade20k-512x512.py'
+_base_ = './restv2-tiny_upernet_8xb2-160k_ade20k-512x512.py'
 
 arch = 'small'
 # restv2_small_224.pth: README of https://github.com/wofmanaf/ResT

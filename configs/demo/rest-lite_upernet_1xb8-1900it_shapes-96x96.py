@@ -8,8 +8,8 @@
 # heads' widths, BN for SyncBN, the learning rate and the schedule, all
 # sized for training on 2 CPU cores (how they were chosen: docs/demo.md).
 _base_ = [
-    './rest_small_upernet_8xb2-160k_ade20k-512x512.py',
-    '../_base_/shapes_demo_data.py'
+    '../upernet/rest-small_upernet_8xb2-160k_ade20k-512x512.py',
+    '../_base_/datasets/shapes_demo.py'
 ]
 
 data_root = 'data/shapes_seg/'

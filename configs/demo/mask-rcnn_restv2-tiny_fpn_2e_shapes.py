@@ -3,7 +3,7 @@
 # compare the two families on the same data, schedule and budget
 # (docs/demo.md, "ResT v2 in the demo"): `.venv/bin/python
 # tools/run_demo.py --config
-# configs/mask_rcnn/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --work-dir
+# configs/demo/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --work-dir
 # work_dirs/demo_v2`.
 _base_ = './mask-rcnn_rest-lite_fpn_2e_shapes.py'
 model = dict(

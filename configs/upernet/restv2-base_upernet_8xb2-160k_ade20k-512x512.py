@@ -3,7 +3,7 @@
 # parameters; single-scale not published) with the authors' recipe, the
 # small config's (AdamW lr 1.5e-4, weight decay 0.05, stage-wise lr decay
 # 0.9).
-_base_ = './restv2_small_upernet_8xb2-160k_ade20k-512x512.py'
+_base_ = './restv2-small_upernet_8xb2-160k_ade20k-512x512.py'
 
 arch = 'base'
 # restv2_base_224.pth: README of https://github.com/wofmanaf/ResT

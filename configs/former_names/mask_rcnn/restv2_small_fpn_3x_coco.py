@@ -1,0 +1,5 @@
+# A former config name, kept so that existing commands work: the same
+# config as the one below, trained into its work dir (every former name:
+# configs/former_names/README.md).
+_base_ = '../../mask_rcnn/mask-rcnn_restv2-small_fpn_3x_coco.py'
+work_dir = './work_dirs/mask-rcnn_restv2-small_fpn_3x_coco'
