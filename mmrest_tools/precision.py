@@ -165,6 +165,37 @@ def measure(family: str,
     return result
 
 
+def autocast_errors(family: str,
+                    arch: str,
+                    dtype: torch.dtype,
+                    size: Sequence[int] = (224, 288),
+                    batch: int = 2,
+                    seed: int = 0,
+                    model: Optional[torch.nn.Module] = None) -> dict:
+    """Each path's outputs under CPU autocast in ``dtype`` against the same
+    path's float32 outputs (eval mode, no autograd): the literal path is
+    the authors' code under autocast, the fast path mmrest's (its attention
+    core runs in float32 under autocast).
+
+    Returns:
+        dict: ``{'literal': [per stage], 'fast': [per stage]}``, each stage
+        a dict of ``rel`` and ``max_abs`` (:func:`stage_errors`).
+    """
+    from mmrest.backbones import kernels
+    if model is None:
+        model = build(family, arch, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, 3, *size, generator=gen)
+    result = {}
+    with torch.no_grad():
+        for path in ('literal', 'fast'):
+            with kernels.literal(path == 'literal'):
+                ref = [out.double() for out in model(x)]
+                with torch.autocast('cpu', dtype=dtype):
+                    result[path] = stage_errors(model(x), ref)
+    return result
+
+
 def format_rows(family: str, arch: str, result: dict) -> List[str]:
     """Markdown rows: variant, path, per stage ``rel (factor)``."""
     lit = result['literal']

@@ -5,22 +5,28 @@
     python tools/precision_report.py                      # all 8 variants
     python tools/precision_report.py --models v1:large --size 224 224
     python tools/precision_report.py --models v1:small --components all
+    python tools/precision_report.py --models v1:small --autocast bf16 fp16
 
 Prints a Markdown table: per stage the relative error
 ``||out - exact|| / ||exact||`` (the maximum absolute difference in
 brackets) and, for the fast path, its factor over the literal path's
 error. ``--components all`` also runs the fast path with each fast
 component computed literally, one at a time (see
-:mod:`mmrest_tools.precision`).
+:mod:`mmrest_tools.precision`). ``--autocast`` instead prints, per stage,
+how far each path's output under CPU autocast is from its own float32
+output (the literal path is the authors' code under autocast).
 """
 import argparse
 import os.path as osp
 import sys
 
+import torch
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmrest_tools.precision import V1_ARCHS  # noqa: E402
-from mmrest_tools.precision import COMPONENTS, V2_ARCHS, format_rows, measure
+from mmrest_tools.precision import (COMPONENTS, V2_ARCHS, autocast_errors,
+                                    format_rows, measure)
 
 ALL = [f'v1:{a}' for a in V1_ARCHS] + [f'v2:{a}' for a in V2_ARCHS]
 
@@ -37,7 +43,7 @@ def parse_args():
         '--size',
         nargs=2,
         type=int,
-        default=[224, 224],
+        default=None,
         metavar=('H', 'W'),
         help='input size')
     parser.add_argument('--seed', type=int, default=0)
@@ -47,11 +53,45 @@ def parse_args():
         default=[],
         help=f'fast components to compute literally, one at '
         f'a time ({", ".join(COMPONENTS)}, or all)')
-    return parser.parse_args()
+    parser.add_argument(
+        '--autocast',
+        nargs='+',
+        default=[],
+        choices=['bf16', 'fp16'],
+        help='report the error under CPU autocast against float32 '
+        '(batch 2; --size defaults to 224 288 here) instead')
+    args = parser.parse_args()
+    args.size_given = args.size is not None
+    if args.size is None:
+        args.size = [224, 224]
+    return args
+
+
+def report_autocast(args):
+    dtypes = dict(bf16=torch.bfloat16, fp16=torch.float16)
+    size = args.size if args.size_given else (224, 288)
+    print(f'Batch 2 x 3 x {size[0]} x {size[1]}; per stage '
+          '||out - out_fp32|| / ||out_fp32|| (max abs difference)')
+    print('| variant | autocast | path | stage 1 | stage 2 | stage 3 | '
+          'stage 4 |')
+    print('|---|---|---|---|---|---|---|')
+    for spec in args.models:
+        family, arch = spec.split(':')
+        for name in args.autocast:
+            result = autocast_errors(
+                family, arch, dtypes[name], size, seed=args.seed)
+            for path, errs in result.items():
+                print(
+                    f'| {family} {arch} | {name} | {path} | ' +
+                    ' | '.join(f'{s["rel"]:.2e} ({s["max_abs"]:.1e})'
+                               for s in errs) + ' |',
+                    flush=True)
 
 
 def main():
     args = parse_args()
+    if args.autocast:
+        return report_autocast(args)
     components = list(COMPONENTS) if 'all' in args.components else \
         args.components
     for name in components:
