@@ -196,15 +196,20 @@ def autocast_errors(family: str,
     return result
 
 
+def format_cell(stage: Dict[str, float]) -> str:
+    """One stage's ``rel (max_abs)`` as the report's tables print it."""
+    return f'{stage["rel"]:.2e} ({stage["max_abs"]:.1e})'
+
+
 def format_rows(family: str, arch: str, result: dict) -> List[str]:
     """Markdown rows: variant, path, per stage ``rel (factor)``."""
     lit = result['literal']
     rows = [
         f'| {family} {arch} | literal fp32 | ' +
-        ' | '.join(f'{s["rel"]:.2e} ({s["max_abs"]:.1e})' for s in lit) + ' |'
+        ' | '.join(format_cell(s) for s in lit) + ' |'
     ]
     for name, errs in result['fast'].items():
-        rows.append(f'| {family} {arch} | fast: {name} | ' + ' | '.join(
-            f'{s["rel"]:.2e} ({s["max_abs"]:.1e}) x{s["rel"] / l["rel"]:.2f}'
-            for s, l in zip(errs, lit)) + ' |')
+        rows.append(f'| {family} {arch} | fast: {name} | ' +
+                    ' | '.join(f'{format_cell(s)} x{s["rel"] / l["rel"]:.2f}'
+                               for s, l in zip(errs, lit)) + ' |')
     return rows

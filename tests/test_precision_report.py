@@ -5,22 +5,25 @@ import sys
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ERROR_FACTOR, ROOT, float32_floor
 
 from mmrest_tools import precision
 
 
 def test_float32_errors_against_float64():
-    """The fast and the literal float32 paths are within float32 rounding
-    of float64 at every stage (EMSA's InstanceNorm over the softmax
-    amplifies it to about 2e-4 at the later stages; a wrong formula is off
-    by far more), and every requested component is reported."""
+    """The fast float32 path is as close to float64 as the project's rule
+    allows (tests/_helpers.py: ERROR_FACTOR times the literal path's own
+    float32 error plus the floor of ResT-Lite's 12 layers) at every stage,
+    for every requested component."""
     result = precision.measure(
         'v1', 'lite', size=(64, 96), components=(None, 'emsa_core'))
-    assert len(result['literal']) == 4
-    for errs in [result['literal']] + list(result['fast'].values()):
-        assert all(0 < s['rel'] < 1e-3 for s in errs), errs
+    literal = [s['rel'] for s in result['literal']]
+    assert len(literal) == 4 and all(e > 0 for e in literal)
     assert set(result['fast']) == {'all fast', 'emsa_core'}
+    for name, errs in result['fast'].items():
+        for stage, (s, lit) in enumerate(zip(errs, literal)):
+            bound = ERROR_FACTOR * lit + float32_floor(depth=12)
+            assert s['rel'] <= bound, (name, stage, s['rel'], bound)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])

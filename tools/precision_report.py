@@ -26,7 +26,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmrest_tools.precision import V1_ARCHS  # noqa: E402
 from mmrest_tools.precision import (COMPONENTS, V2_ARCHS, autocast_errors,
-                                    format_rows, measure)
+                                    format_cell, format_rows, measure)
 
 ALL = [f'v1:{a}' for a in V1_ARCHS] + [f'v2:{a}' for a in V2_ARCHS]
 
@@ -83,8 +83,7 @@ def report_autocast(args):
             for path, errs in result.items():
                 print(
                     f'| {family} {arch} | {name} | {path} | ' +
-                    ' | '.join(f'{s["rel"]:.2e} ({s["max_abs"]:.1e})'
-                               for s in errs) + ' |',
+                    ' | '.join(format_cell(s) for s in errs) + ' |',
                     flush=True)
 
 

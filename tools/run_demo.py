@@ -3,8 +3,8 @@
 ResT backbone from scratch, evaluate COCO bbox/segm mAP on val and write
 metrics.json, loss.png and predictions.png to the work dir.
 
-`make demo-seg` is the same with
-``--config configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py --work-dir
+`make demo-seg` is the same with ``--config
+configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py --work-dir
 work_dirs/demo_seg``: UperNet, the set's label maps, mIoU and each class's
 IoU."""
 import argparse
