@@ -224,38 +224,51 @@ def assert_gradients_close(fast: torch.nn.Module,
                            *,
                            depth: int = 1):
     """:func:`assert_float32_close` on the gradient of every parameter
-    (with ``GRADIENT_FACTOR``).
+    (with ``GRADIENT_FACTOR``; :func:`assert_named_float32_close`).
 
     The three modules hold the same parameters (``reference`` in float64)
-    and have each run a backward pass of the same loss. Where the exact
-    gradient is zero (a bias that a softmax or a train-mode BatchNorm
-    cannot see), both float32 paths give rounding noise: it is measured
-    against the norm of all the gradients instead of its own.
+    and have each run a backward pass of the same loss.
     """
     named = list(fast.named_parameters())
     literal_params = list(literal.parameters())
     reference_params = list(reference.parameters())
     assert len(named) == len(literal_params) == len(reference_params)
-    total = torch.stack([
-        p.grad.norm() for p in reference_params if p.grad is not None
-    ]).norm().item()
-    checked = 0
+    triples = {}
     for (name, pf), pl, pr in zip(named, literal_params, reference_params):
         if pr.grad is None:
             assert pf.grad is None and pl.grad is None, name
             continue
         assert pf.grad is not None, f'{name}: no gradient'
-        exact_zero = pr.grad.norm().item() <= 1e-9 * total
+        triples[f'gradient of {name}'] = (pf.grad, pl.grad, pr.grad)
+    assert_named_float32_close(triples, depth=depth)
+
+
+def assert_named_float32_close(triples: dict,
+                               *,
+                               depth: int = 1,
+                               factor: float = GRADIENT_FACTOR):
+    """:func:`assert_float32_close` on each ``name: (fast, literal,
+    reference)`` of ``triples``: the gradients, or the updates, of a
+    model's parameters.
+
+    Where the exact tensor is zero (the gradient of a bias that a softmax
+    or a train-mode BatchNorm cannot see), both float32 results are
+    rounding noise: it is measured against the norm of all the reference
+    tensors instead of its own.
+    """
+    assert triples, 'nothing to compare'
+    total = torch.stack([r.norm()
+                         for _, _, r in triples.values()]).norm().item()
+    for name, (fast, literal, reference) in triples.items():
+        exact_zero = reference.norm().item() <= 1e-9 * total
         assert_float32_close(
-            pf.grad,
-            pl.grad,
-            pr.grad,
+            fast,
+            literal,
+            reference,
             depth=depth,
             scale=total if exact_zero else None,
-            name=f'gradient of {name}',
-            factor=GRADIENT_FACTOR)
-        checked += 1
-    assert checked > 0
+            name=name,
+            factor=factor)
 
 
 def literal_attention(q, k, v, mix, mix_bias, attn_drop=0., eps=1e-5):
