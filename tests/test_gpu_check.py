@@ -463,7 +463,10 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     steps = [r for r in secs['equality']['rows'] if r['kind'] == 'amp_steps']
     assert {r['path'] for r in steps} == {'fast', 'literal'}
     lit = [r for r in steps if r['path'] == 'literal'][0]
-    assert len(lit['steps']) == 1 and 'pass' in lit, lit
+    if hasattr(torch.amp, 'GradScaler'):
+        assert len(lit['steps']) == 1 and 'pass' in lit, lit
+    else:  # torch < 2.3 has no GradScaler for the CPU: the row says so
+        assert 'needs torch >= 2.3' in lit['error'], lit
 
     tp = {r['model']: r for r in secs['throughput']['rows']}
     assert set(tp) == set(gpu_check.THROUGHPUT_MAIN)
@@ -502,6 +505,10 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     for r in var:
         if r['core'] == 'literal_compiled':  # --compile-backend off
             assert 'skipped' in r
+            continue
+        if r['core'] == 'sdpa_lse_kernel' and not \
+                kernels.cpu_flash_attention_available():  # torch 2.1
+            assert 'no CPU flash attention kernel' in r['error'], r
             continue
         assert 'error' not in r, r
         assert r['train_float32_step_ms'] > 0 and r['large_fp32_ms'] > 0, r

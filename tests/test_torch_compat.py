@@ -88,6 +88,18 @@ def test_grad_scaler_without_torch_amp(monkeypatch):
         scaler = torch_compat.grad_scaler('cuda')
     assert type(scaler).__module__.startswith('torch.')
     assert hasattr(scaler, 'scale') and hasattr(scaler, 'step')
+    # disabled (no autocast): a pass-through on any device
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        scaler = torch_compat.grad_scaler('cpu', enabled=False)
+    param = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=0.5)
+    loss = (param * 3).sum()
+    assert scaler.scale(loss) is loss
+    loss.backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(param.detach(), torch.full((2, ), -0.5))
 
 
 def test_cpu_fused_adamw_flag():
@@ -118,3 +130,32 @@ def test_drop_unsupported_fused(monkeypatch, has_cpu_fused):
     cfg = dict(type='AdamW', lr=1e-3)
     assert not torch_compat.drop_unsupported_fused(cfg, 'cpu')
     assert cfg == dict(type='AdamW', lr=1e-3)
+
+
+@pytest.mark.parametrize('old_torch', [False, True])
+def test_sdpa_backend(monkeypatch, old_torch):
+    """One SDPA backend alone: through torch.nn.attention (torch >= 2.3) or,
+    before it (forced here), torch.backends.cuda.sdp_kernel's flags; a
+    backend this torch lacks is None. On the CPU the math backend runs the
+    attention, and only it."""
+    import warnings
+
+    import torch.nn.functional as F
+    if old_torch:
+        monkeypatch.setattr(torch_compat, '_sdpa_kernel_api', lambda: None)
+    if torch_compat._sdpa_kernel_api() is None:
+        assert torch_compat.sdpa_backend('CUDNN_ATTENTION') is None
+    assert torch_compat.sdpa_backend('NO_SUCH_BACKEND') is None
+    q, k, v = (
+        torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(i))
+        for i in range(3))
+    exact = torch.softmax(q @ k.transpose(-1, -2) / 2, -1) @ v
+    with warnings.catch_warnings():  # sdp_kernel is deprecated on new torch
+        warnings.simplefilter('ignore')
+        with torch_compat.sdpa_backend('MATH'):
+            out = F.scaled_dot_product_attention(q, k, v)
+        assert torch.allclose(out, exact, atol=1e-6)
+        if not old_torch:  # torch.nn.attention: the CPU has no flash here
+            with pytest.raises(RuntimeError):
+                with torch_compat.sdpa_backend('EFFICIENT_ATTENTION'):
+                    F.scaled_dot_product_attention(q, k, v)

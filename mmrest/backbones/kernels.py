@@ -1005,11 +1005,24 @@ def _row_lse_chunks(q, k, rows):
     return torch.cat(s1, dim=2), torch.cat(s2, dim=2)
 
 
+def cpu_flash_attention_available() -> bool:
+    """Whether this torch has the CPU flash attention kernel whose
+    log-sum-exps the ``'sdpa_lse_kernel'`` core reads on the CPU (torch 2.1
+    has none)."""
+    return hasattr(torch.ops.aten,
+                   '_scaled_dot_product_flash_attention_for_cpu')
+
+
 def _row_lse_kernel(q, k):
     """:func:`_row_lse_chunks` from a fused attention kernel's log-sum-exp
     output: memory-efficient attention on CUDA, the flash kernel on the CPU.
     """
     B, H, N, C = q.shape
+    if q.device.type == 'cpu' and not cpu_flash_attention_available():
+        raise NotImplementedError(
+            f'this torch ({torch.__version__}) has no CPU flash attention '
+            'kernel (aten::_scaled_dot_product_flash_attention_for_cpu) for '
+            "the EMSA core 'sdpa_lse_kernel'; use the 'sdpa' core")
     k = k.expand(B, H, *k.shape[2:]).contiguous()
     out = []
     for qq in (q.contiguous(), (q * 2).contiguous()):

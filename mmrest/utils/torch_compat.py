@@ -113,15 +113,52 @@ TORCH_SCOPED_ALLOW_LIST = (
 
 def grad_scaler(device_type: str = 'cuda', **kwargs):
     """``torch.amp.GradScaler(device_type)`` (torch >= 2.3), or before it
-    ``torch.cuda.amp.GradScaler`` for CUDA (the one device it had)."""
+    ``torch.cuda.amp.GradScaler`` for CUDA (the one device it had) and, on
+    any device, as a disabled scaler (``enabled=False``: a pass-through)."""
     amp_scaler = getattr(getattr(torch, 'amp', None), 'GradScaler', None)
     if amp_scaler is not None:
         return amp_scaler(device_type, **kwargs)
-    if device_type != 'cuda':
+    if device_type != 'cuda' and kwargs.get('enabled', True):
         raise RuntimeError(
             f'A GradScaler for {device_type!r} needs torch >= 2.3 '
             f'(torch.amp.GradScaler); this is torch {torch.__version__}')
     return torch.cuda.amp.GradScaler(**kwargs)
+
+
+# torch.backends.cuda.sdp_kernel's flag of each SDPA backend (torch < 2.3)
+_SDP_KERNEL_FLAGS = {
+    'FLASH_ATTENTION': 'enable_flash',
+    'EFFICIENT_ATTENTION': 'enable_mem_efficient',
+    'MATH': 'enable_math',
+}
+
+
+def _sdpa_kernel_api():
+    """``(SDPBackend, sdpa_kernel)`` of ``torch.nn.attention`` (torch >=
+    2.3), or None."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return None
+    return SDPBackend, sdpa_kernel
+
+
+def sdpa_backend(name: str):
+    """A context in which ``F.scaled_dot_product_attention`` may use only
+    the backend ``name`` (``'FLASH_ATTENTION'``, ``'EFFICIENT_ATTENTION'``,
+    ``'CUDNN_ATTENTION'``, ``'MATH'``), or None where this torch has no such
+    backend: ``torch.nn.attention.sdpa_kernel`` (torch >= 2.3), before it
+    ``torch.backends.cuda.sdp_kernel`` with that backend's flag alone."""
+    api = _sdpa_kernel_api()
+    if api is None:
+        if name not in _SDP_KERNEL_FLAGS:
+            return None
+        return torch.backends.cuda.sdp_kernel(**{
+            flag: key == name
+            for key, flag in _SDP_KERNEL_FLAGS.items()
+        })
+    backend = getattr(api[0], name, None)
+    return None if backend is None else api[1](backend)
 
 
 def _cpu_fused_adamw() -> bool:

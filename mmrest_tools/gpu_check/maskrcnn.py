@@ -63,7 +63,9 @@ class MaskRCNNSection:
         opt = torch.optim.AdamW(
             model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
         from mmrest.utils.torch_compat import grad_scaler
-        scaler = grad_scaler(dev.type)
+
+        # no autocast (quick mode): no scaling either
+        scaler = grad_scaler(dev.type, enabled=self.s.amp is not None)
         data = synthetic_det_batch(self.s.mr_batch, *self.s.mr_image)
         iters = []
         step = functools.partial(self._amp_train_iteration, model, opt, scaler,

@@ -99,7 +99,7 @@ class VariantsSection:
         of one head (d = C / h channels, ``'sdpa'``) and zero-padded to C
         (``'sdpa_padded'``): 'ok' or the error."""
         import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from mmrest.utils.torch_compat import sdpa_backend
         dev = self.device
         dtype = self.s.amp or torch.float32
         gen = torch.Generator().manual_seed(10)
@@ -109,8 +109,8 @@ class VariantsSection:
                 for backend in ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION',
                                 'CUDNN_ATTENTION', 'MATH'):
                     key = f'C{C}_h{h}_v{values}_{backend.lower()}'
-                    be = getattr(SDPBackend, backend, None)
-                    if be is None:
+                    only = sdpa_backend(backend)
+                    if only is None:
                         res[key] = 'no such backend in this torch'
                         continue
                     q = torch.randn(
@@ -127,7 +127,7 @@ class VariantsSection:
                         generator=gen).to(dev, dtype)
                     v.requires_grad_()
                     try:
-                        with sdpa_kernel(be):
+                        with only:
                             out = F.scaled_dot_product_attention(
                                 q, k.expand(1, h, 48, C), v, scale=1.0)
                             out.float().sum().backward()
