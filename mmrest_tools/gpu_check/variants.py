@@ -99,6 +99,7 @@ class VariantsSection:
         of one head (d = C / h channels, ``'sdpa'``) and zero-padded to C
         (``'sdpa_padded'``): 'ok' or the error."""
         import torch.nn.functional as F
+
         from mmrest.utils.torch_compat import sdpa_backend
         dev = self.device
         dtype = self.s.amp or torch.float32
