@@ -34,7 +34,10 @@ INDUCTOR = pytest.param(
 def recording_backend(name: str):
     """The dynamo backend ``name`` and a list that gets, for each graph
     dynamo hands it, whether the graph has symbolic sizes."""
-    inner = torch._dynamo.lookup_backend(name)
+    # torch._dynamo.lookup_backend from torch 2.2; the registry has it in
+    # every supported torch
+    from torch._dynamo.backends.registry import lookup_backend
+    inner = lookup_backend(name)
     symbolic = []
 
     def backend(gm, example_inputs):
