@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +58,32 @@ GRADIENT_FACTOR = 8.0
 # layers of a ResT-Lite. That is 40 to 1000 times below the error of a
 # wrong formula, so the floor cannot hide one.
 REDUCTION_TERMS = 4096
+
+
+def _cpu_float16_autocast() -> bool:
+    """Whether this torch autocasts to float16 on the CPU (torch 2.1 only to
+    bfloat16 there; on CUDA every supported torch has both)."""
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with torch.autocast('cpu', dtype=torch.float16):
+                return True
+    except RuntimeError:
+        return False
+
+
+# Tests of float16 autocast on the CPU, and of a GradScaler there, where the
+# installed torch has them: a capability of the platform (as CUDA is), so
+# skipped where it is absent (the oldest stack, torch 2.1).
+NEEDS_CPU_FLOAT16 = pytest.mark.skipif(
+    not _cpu_float16_autocast(),
+    reason=f'torch {torch.__version__} has no float16 autocast on the CPU')
+NEEDS_CPU_GRAD_SCALER = pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler'),
+    reason=f'torch {torch.__version__} has no GradScaler for the CPU '
+    '(torch.amp.GradScaler: torch >= 2.3)')
+CPU_FLOAT16 = pytest.param(torch.float16, marks=NEEDS_CPU_FLOAT16)
 
 
 def float32_floor(depth: int = 1, terms: int = REDUCTION_TERMS) -> float:

@@ -83,4 +83,12 @@ def test_mmseg0_checkpoint_loads_unchanged_and_matches():
     err = (probs - ref['probs'][0]).abs().max().item()
     print('largest probability difference', err)
     assert err <= PROB_TOL
-    assert (out.pred_sem_seg.data[0] == ref['probs'][0].argmax(0)).all()
+    # the predicted class of every pixel is the reference's, but where the
+    # reference's best two classes are closer than the tolerance allows
+    # (a near tie, decided by rounding): there it is one of the tied ones
+    pred = out.pred_sem_seg.data[0]
+    ref_probs = ref['probs'][0]
+    best = ref_probs.max(dim=0).values
+    chosen = ref_probs.gather(0, pred[None].long())[0]
+    assert (best - chosen <= 2 * PROB_TOL).all()
+    assert (pred == ref_probs.argmax(0)).float().mean() > 0.99

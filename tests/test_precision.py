@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import (assert_float32_close, autocast_floor, float64_literal,
+from _helpers import (CPU_FLOAT16, NEEDS_CPU_FLOAT16, NEEDS_CPU_GRAD_SCALER,
+                      assert_float32_close, autocast_floor, float64_literal,
                       golden_model, golden_model_v2, stage_depths)
 
 from mmrest.backbones import to_literal
 
 DATA = Path(__file__).resolve().parent / 'data'
-DTYPES = [torch.bfloat16, torch.float16]
+DTYPES = [torch.bfloat16, CPU_FLOAT16]
 FAMILIES = ['v1', 'v2']
 
 
@@ -85,6 +86,8 @@ def test_train_mode_under_autocast(family, dtype, with_cp):
     assert_as_close_as_the_authors(fast, literal, x, dtype, grad=True)
 
 
+@NEEDS_CPU_FLOAT16
+@NEEDS_CPU_GRAD_SCALER
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('with_cp', [False, True])
 def test_fp16_training_steps_with_a_grad_scaler(family, with_cp):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import ERROR_FACTOR, ROOT, float32_floor
+from _helpers import CPU_FLOAT16, ERROR_FACTOR, ROOT, float32_floor
 
 from mmrest_tools import precision
 
@@ -26,7 +26,7 @@ def test_float32_errors_against_float64():
             assert s['rel'] <= bound, (name, stage, s['rel'], bound)
 
 
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, CPU_FLOAT16])
 def test_autocast_errors_authors_code_against_mmrest(dtype):
     """Under autocast the authors' computation (the literal path: its
     InstanceNorm over the softmax in half precision) is far further from

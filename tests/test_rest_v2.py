@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import (ROOT, CallCounter, SavedForBackward,
-                      assert_float32_close, assert_frozen_stages,
-                      build_detector, float32_floor)
+from _helpers import (CPU_FLOAT16, NEEDS_CPU_FLOAT16, ROOT, CallCounter,
+                      SavedForBackward, assert_float32_close,
+                      assert_frozen_stages, build_detector, float32_floor)
 from _helpers import golden_arch_v2 as golden_arch
 from _helpers import golden_backbone_state_v2 as backbone_state
 from _helpers import golden_model_v2 as golden_model
@@ -456,7 +456,7 @@ def test_init_weights_follow_spec():
 
 
 # --------------------------------------------------------------- precision
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, CPU_FLOAT16])
 def test_autocast_inference(golden, dtype):
     """Under CPU autocast the fast path runs without dtype errors and is as
     close to the float64 result as the literal path under autocast is."""
@@ -473,6 +473,7 @@ def test_autocast_inference(golden, dtype):
             FACTOR * relative_error(lit.double(), ref) + floor
 
 
+@NEEDS_CPU_FLOAT16
 def test_fp16_autocast_training_step_has_finite_gradients(golden):
     model = golden_model(golden).train()
     x = golden['cases']['224x224']['input'][:, :, :96, :128]
