@@ -13,7 +13,7 @@ import pytest
 import torch
 from _helpers import ROOT, build_detector
 
-from mmrest.checkpoint import CheckpointError, safe_loading
+from mmrest.checkpoint import CheckpointError, load_checkpoint_file
 
 MASK_RCNN = str(ROOT / 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py')
 RETINANET = str(ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py')
@@ -176,10 +176,9 @@ def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco, tmp_path):
     assert not (tmp_path / IMAGENET).exists()
     assert 'is missing and not needed' in output
     assert 'Load checkpoint from' in output
-    with safe_loading():  # an mmengine checkpoint: message hub and all
-        saved = torch.load(
-            work / 'iter_1.pth', map_location='cpu',
-            weights_only=True)['state_dict']
+    # an mmengine checkpoint (message hub and all), weights-only on every
+    # supported torch
+    saved = load_checkpoint_file(str(work / 'iter_1.pth'))['state_dict']
     for name, param in model.named_parameters():
         assert torch.equal(saved[name], param), name
     for path in work.glob('*.pth'):  # 100 MB each
