@@ -79,8 +79,9 @@ def _cpu_float16_autocast() -> bool:
 NEEDS_CPU_FLOAT16 = pytest.mark.skipif(
     not _cpu_float16_autocast(),
     reason=f'torch {torch.__version__} has no float16 autocast on the CPU')
+CPU_GRAD_SCALER = hasattr(torch.amp, 'GradScaler')  # torch >= 2.3
 NEEDS_CPU_GRAD_SCALER = pytest.mark.skipif(
-    not hasattr(torch.amp, 'GradScaler'),
+    not CPU_GRAD_SCALER,
     reason=f'torch {torch.__version__} has no GradScaler for the CPU '
     '(torch.amp.GradScaler: torch >= 2.3)')
 CPU_FLOAT16 = pytest.param(torch.float16, marks=NEEDS_CPU_FLOAT16)

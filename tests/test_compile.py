@@ -22,6 +22,8 @@ from mmrest.backbones import to_literal
 # Four sizes, each differing from the previous one in height and width;
 # the last two are not multiples of 32.
 SIZES = [(64, 96), (96, 64), (80, 80), (88, 72)]
+# the mmengine runs below: every size twice, one image a step
+RUN_STEPS = 2 * len(SIZES)
 
 INDUCTOR = pytest.param(
     'inductor',
@@ -123,7 +125,7 @@ class _MultiScaleSet(torch.utils.data.Dataset):
     """Images of the sizes in ``SIZES``, in turn (a multi-scale run)."""
 
     def __len__(self):
-        return 2 * len(SIZES)
+        return RUN_STEPS
 
     def __getitem__(self, i):
         gen = torch.Generator().manual_seed(i)
@@ -176,7 +178,7 @@ def _run(model, tmp_path, name, compile_cfg):
             batch_size=1,
             num_workers=0),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=RUN_LR)),
-        train_cfg=dict(by_epoch=False, max_iters=len(SIZES) * 2),
+        train_cfg=dict(by_epoch=False, max_iters=RUN_STEPS),
         default_hooks=dict(checkpoint=None, logger=None),
         log_level='WARNING',
         cfg=dict(compile=compile_cfg))  # what a config's `compile = ...` sets
@@ -212,7 +214,7 @@ def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
     _run(eager_model, tmp_path, 'eager', False)
     _run(exact_model, tmp_path, 'float64', False)
     assert symbolic and symbolic[0] is False and True in symbolic, symbolic
-    assert len(symbolic) < 2 * len(SIZES), (
+    assert len(symbolic) < RUN_STEPS, (
         f'{len(symbolic)} graphs for {len(SIZES)} sizes: not dynamic')
     states = [m.state_dict() for m in (compiled_model, eager_model)]
     updates = {}
@@ -223,6 +225,5 @@ def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
             state[key] - start[key]
             for state in states) + (exact - start[key].double(), )
     # the floor's depth: every step's layers, one step after the other
-    steps = len(SIZES) * 2
     assert_named_float32_close(
-        updates, depth=steps * stage_depths(eager_model.backbone)[-1])
+        updates, depth=RUN_STEPS * stage_depths(eager_model.backbone)[-1])

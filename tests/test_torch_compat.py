@@ -3,6 +3,7 @@ and from their torch 2.1 replacements (each replacement forced here on the
 installed torch, and checked against what is actually the case)."""
 import pytest
 import torch
+from _helpers import assert_float64_equal
 
 from mmrest.utils import torch_compat
 
@@ -147,15 +148,17 @@ def test_sdpa_backend(monkeypatch, old_torch):
         assert torch_compat.sdpa_backend('CUDNN_ATTENTION') is None
     assert torch_compat.sdpa_backend('NO_SUCH_BACKEND') is None
     q, k, v = (
-        torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(i))
+        torch.randn(1, 2, 5, 4,
+                    generator=torch.Generator().manual_seed(i)).double()
         for i in range(3))
     exact = torch.softmax(q @ k.transpose(-1, -2) / 2, -1) @ v
     with warnings.catch_warnings():  # sdp_kernel is deprecated on new torch
         warnings.simplefilter('ignore')
         with torch_compat.sdpa_backend('MATH'):
             out = F.scaled_dot_product_attention(q, k, v)
-        assert torch.allclose(out, exact, atol=1e-6)
+        assert_float64_equal(out, exact, 'math backend')
         if not old_torch:  # torch.nn.attention: the CPU has no flash here
             with pytest.raises(RuntimeError):
                 with torch_compat.sdpa_backend('EFFICIENT_ATTENTION'):
-                    F.scaled_dot_product_attention(q, k, v)
+                    F.scaled_dot_product_attention(q.float(), k.float(),
+                                                   v.float())
