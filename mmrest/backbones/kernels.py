@@ -252,6 +252,32 @@ def token_map(x: torch.Tensor, hw_shape) -> torch.Tensor:
     return out
 
 
+def crop_to_tokens(x: torch.Tensor, hw_shape) -> torch.Tensor:
+    """The top-left ``hw_shape`` crop of the map ``x`` (B, C, H', W'), as
+    (B, H * W, C) tokens.
+
+    Eagerly a reshape of the cropped channels-last view: no copy when the
+    crop keeps the whole map and ``x`` is channels-last. Under
+    ``torch.compile`` a copy into a new (B, H, W, C) tensor: the reshape
+    asks whether the view is contiguous, i.e. whether ``W == W'``, which
+    with symbolic sizes is a guard, so each input size that answers it
+    otherwise would recompile (ResT v2's value branch, ``W' = s ceil(W /
+    s)``); the copy asks nothing.
+
+    Args:
+        x (Tensor): The map, (B, C, H', W') with ``H' >= H``, ``W' >= W``.
+        hw_shape (Sequence[int]): ``(H, W)``.
+    """
+    B, C = x.shape[:2]
+    H, W = hw_shape
+    crop = x.permute(0, 2, 3, 1)[:, :H, :W]
+    if not is_compiling():
+        return crop.reshape(B, H * W, C)
+    out = x.new_empty(B, H, W, C)
+    out.copy_(crop)
+    return out.view(B, H * W, C)
+
+
 def is_compiling() -> bool:
     """Whether ``torch.compile`` is tracing (not ``torch.export``: the
     exported graphs, ONNX's included, keep their operators)."""

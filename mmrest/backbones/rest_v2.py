@@ -234,8 +234,7 @@ class AttentionV2(nn.Module):
         # The value branch: v as a map (channel = head * d + j), depth-wise
         # 3x3 to s*s*C channels, PixelShuffle(s), cropped to (H, W).
         up = self.up(kernels.token_map(v_tokens, (Hs, Ws)))
-        up = up[:, :, :H, :W].permute(0, 2, 3, 1).reshape(B, N, C)
-        branch = self.up_norm(up)
+        branch = self.up_norm(kernels.crop_to_tokens(up, (H, W)))
         if kernels.is_inference(self, out):  # the same sum, in place
             return branch.add_(out)
         return out + branch
