@@ -34,8 +34,12 @@ in the separate package :mod:`mmrest_tools`.
 """
 from .backbones import ResT, ResTV2
 from .registry import register_all
+from .utils import torch_compat
 from .version import __version__
 
 register_all()
+# Inductor's training graphs of ResT under dynamic shapes fail on torch 2.13
+# without it (a torch bug; no-op where torch does not have it)
+torch_compat.patch_inductor_stride_check()
 
 __all__ = ['ResT', 'ResTV2', '__version__']

@@ -162,3 +162,58 @@ def test_sdpa_backend(monkeypatch, old_torch):
                 with torch_compat.sdpa_backend('EFFICIENT_ATTENTION'):
                     F.scaled_dot_product_attention(q.float(), k.float(),
                                                    v.float())
+
+
+def _stage_strides():
+    """A stage's width W and area H * W under dynamic shapes, as Inductor
+    writes a map's strides (floor divisions of the input size, the product
+    expanded), over symbols of a shape environment; and the environment."""
+    import sympy
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from torch.utils._sympy.functions import FloorDiv
+    env = ShapeEnv()
+    h = env.create_symbol(64, ConstantSource('h'))
+    w = env.create_symbol(96, ConstantSource('w'))
+    width = FloorDiv(w - 1, 16) + 1
+    return width, sympy.expand((FloorDiv(h - 1, 16) + 1) * width), env
+
+
+def test_inductor_stride_check_patch():
+    """Where torch's range analysis raises on Inductor's stride comparison
+    (torch 2.13), ``import mmrest`` has patched it to answer "unknown"
+    (False), the function's own answer when it cannot decide, and every
+    answer torch can give is unchanged; elsewhere torch is left as is."""
+    ir = pytest.importorskip('torch._inductor.ir')
+    from types import SimpleNamespace
+
+    from torch._inductor.sizevars import SizeVarAllocator
+    from torch._inductor.virtualized import V
+    from torch.utils._sympy.value_ranges import ValueRangeError
+
+    import mmrest  # noqa: F401  (applies the patch)
+    check = getattr(ir.Layout, '_stride_expr_ge_or_false', None)
+    if check is None:
+        assert not torch_compat.patch_inductor_stride_check()
+        pytest.skip(f'torch {torch.__version__}: no such Inductor function')
+    patched = getattr(check, 'mmrest_patch', False)
+    assert patched == torch_compat._inductor_stride_check_raises()
+    if not patched:
+        pytest.skip(f'torch {torch.__version__}: no range-analysis failure')
+    width, area, env = _stage_strides()
+    with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator(env))):
+        with pytest.raises(ValueRangeError):  # torch's own function
+            check.__wrapped__(width, area)
+        assert bool(check(width, area)) is False
+        # decidable questions: the same answers as torch's
+        for left, right, expected in ((area, width, True), (2 * width, width,
+                                                            True),
+                                      (width, 0, True), (0, width, False)):
+            assert bool(check(left, right)) is expected
+            assert bool(check.__wrapped__(left, right)) is expected
+
+
+def test_inductor_stride_check_patch_can_be_refused(monkeypatch):
+    """``MMREST_NO_INDUCTOR_PATCH=1``: nothing patched."""
+    monkeypatch.setenv('MMREST_NO_INDUCTOR_PATCH', '1')
+    assert not torch_compat.patch_inductor_stride_check()
