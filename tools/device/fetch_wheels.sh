@@ -29,11 +29,16 @@ packages=(
   terminaltables==3.1.10
   pycocotools==2.0.11
   shapely==2.2.0
+  ninja==1.13.0
 )
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 --platform any -d "$dest" "${packages[@]}"
+# mmcv 2.1.0's source, for tools/device/build_mmcv.sh (its metadata step
+# imports torch: the repository's .venv has it)
+"${PYTHON:-.venv/bin/python}" -m pip download --no-deps --no-binary=:all: \
+  --no-build-isolation -d "$dest" mmcv==2.1.0
 ls -la "$dest"
 du -sh "$dest"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# mmcv 2.1.0 with its compiled CUDA ops, as a wheel in .whl/ for the GPU
+# machine (OpenMMLab's mmcv CUDA wheels exist for torch 2.0 / 2.1 only; the
+# machine has torch 2.11), from the repository root:
+#
+#   PYTHON=/path/to/python3.12 TORCH_CUDA_ARCH_LIST=9.0 \
+#     bash tools/device/build_mmcv.sh
+#
+# Runs where nvcc and the GPU machine's Python and torch are: on the GPU
+# machine itself, or on a machine with the same Python and torch (CUDA
+# build, from PyPI) and a CUDA toolkit of torch's CUDA major version; the
+# build needs no GPU. Compiles the sdist that tools/device/fetch_wheels.sh
+# put in .whl/ for TORCH_CUDA_ARCH_LIST (default: the card's), with
+# MAX_JOBS (default: the CPUs) in BUILD_DIR (default /tmp/mmcv-build;
+# ninja resumes an interrupted build there), and prints how long it took.
+# tools/device/run_gpu_check.sh installs the wheel instead of mmcv-lite.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+python="${PYTHON:-python3}"
+sdist=.whl/mmcv-2.1.0.tar.gz
+build="${BUILD_DIR:-/tmp/mmcv-build}"
+[ -f "$sdist" ] || { echo "no $sdist: run tools/device/fetch_wheels.sh"; exit 2; }
+nvcc_path=$(command -v nvcc || ls "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" 2>/dev/null) ||
+  { echo "no nvcc (CUDA_HOME=${CUDA_HOME:-unset}): the ops cannot be compiled here"; exit 2; }
+export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")}"
+"$python" -c 'import torch, ninja, wheel' ||
+  { echo "$python needs torch, ninja and wheel"; exit 2; }
+arch="${TORCH_CUDA_ARCH_LIST:-$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}"
+echo "$("$nvcc_path" --version | tail -1); CUDA_HOME=$CUDA_HOME"
+"$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
+echo "arch $arch, $(nproc) CPUs, in $build"
+mkdir -p "$build"
+[ -d "$build/mmcv-2.1.0" ] || tar -xzf "$sdist" -C "$build"
+start=$(date +%s)
+(cd "$build/mmcv-2.1.0" && PATH="$(dirname "$("$python" -c 'import sys; print(sys.executable)')"):$PATH" \
+  MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" \
+  MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$python" setup.py -q bdist_wheel)
+echo "built in $(($(date +%s) - start)) s (this run; an interrupted build's earlier part not counted)"
+wheel=$(ls "$build"/mmcv-2.1.0/dist/mmcv-2.1.0-*.whl)
+cp "$wheel" .whl/
+ls -la ".whl/$(basename "$wheel")"
