@@ -165,18 +165,14 @@ def test_sdpa_backend(monkeypatch, old_torch):
 
 
 def _stage_strides():
-    """A stage's width W and area H * W under dynamic shapes, as Inductor
-    writes a map's strides (floor divisions of the input size, the product
-    expanded), over symbols of a shape environment; and the environment."""
-    import sympy
+    """:func:`torch_compat._stage_width_and_area` over symbols of a shape
+    environment (as Inductor's are), and the environment."""
     from torch._dynamo.source import ConstantSource
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    from torch.utils._sympy.functions import FloorDiv
     env = ShapeEnv()
     h = env.create_symbol(64, ConstantSource('h'))
     w = env.create_symbol(96, ConstantSource('w'))
-    width = FloorDiv(w - 1, 16) + 1
-    return width, sympy.expand((FloorDiv(h - 1, 16) + 1) * width), env
+    return (*torch_compat._stage_width_and_area(h, w), env)
 
 
 def test_inductor_stride_check_patch():

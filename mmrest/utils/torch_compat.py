@@ -198,6 +198,16 @@ def drop_unsupported_fused(optimizer_cfg: dict, device_type: str) -> bool:
     return True
 
 
+def _stage_width_and_area(h, w):
+    """A stage's width W and area H * W at stride 16 as Inductor writes a
+    map's strides under dynamic shapes (floor divisions of the input's
+    height ``h`` and width ``w``, the product expanded)."""
+    import sympy
+    from torch.utils._sympy.functions import FloorDiv
+    width = FloorDiv(w - 1, 16) + 1
+    return width, sympy.expand((FloorDiv(h - 1, 16) + 1) * width)
+
+
 def _inductor_stride_check_raises() -> bool:
     """Whether torch's range analysis raises on the divisibility question
     that Inductor asks of two strides of a map whose sizes are floor
@@ -210,12 +220,10 @@ def _inductor_stride_check_raises() -> bool:
     negative exponent instead of answering "unknown".
     """
     import sympy
-    from torch.utils._sympy.functions import FloorDiv
     from torch.utils._sympy.value_ranges import (ValueRangeError, ValueRanges,
                                                  bound_sympy)
     h, w = sympy.symbols('h w', integer=True, positive=True)
-    width = FloorDiv(w - 1, 16) + 1
-    area = sympy.expand((FloorDiv(h - 1, 16) + 1) * width)
+    width, area = _stage_width_and_area(h, w)
     quiet = logging.getLogger('torch.utils._sympy.interp')
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it logs the failure as a warning too
