@@ -5,9 +5,12 @@ Importing this package registers ``ResT``, ``ResTV2`` and mmrest's hooks in
 mmdet's and
 (when it imports) mmseg's registries, so
 ``custom_imports=dict(imports=['mmrest'])`` is all a config needs. It
-changes nothing else in the process: no torch or mmengine setting, no
-allow-list of ``torch.load`` (mmrest's own loads use a scoped one, see
-:mod:`mmrest.checkpoint`).
+changes no torch or mmengine setting and no allow-list of ``torch.load``
+(mmrest's own loads use a scoped one, see :mod:`mmrest.checkpoint`). One
+exception, for a torch bug: where Inductor's stride comparison fails on
+ResT's dynamic-shape training graphs (torch 2.13), that one function is
+patched to answer "unknown" (``torch_compat.patch_inductor_stride_check``;
+``MMREST_NO_INDUCTOR_PATCH=1`` refuses it).
 
 The library, by concern:
 

@@ -1,6 +1,10 @@
 """mmrest.utils.torch_compat: the same answers from the torch >= 2.x APIs
 and from their torch 2.1 replacements (each replacement forced here on the
 installed torch, and checked against what is actually the case)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from _helpers import assert_float64_equal
@@ -209,7 +213,25 @@ def test_inductor_stride_check_patch():
             assert bool(check.__wrapped__(left, right)) is expected
 
 
-def test_inductor_stride_check_patch_can_be_refused(monkeypatch):
-    """``MMREST_NO_INDUCTOR_PATCH=1``: nothing patched."""
-    monkeypatch.setenv('MMREST_NO_INDUCTOR_PATCH', '1')
-    assert not torch_compat.patch_inductor_stride_check()
+@pytest.mark.parametrize('refuse', ['1', None])
+def test_inductor_stride_check_patch_can_be_refused(monkeypatch, refuse):
+    """``MMREST_NO_INDUCTOR_PATCH=1`` set before ``import mmrest``: torch's
+    function stays torch's (checked in a fresh interpreter, where nothing
+    imported mmrest before); without it, the function is patched exactly
+    where the failure is detected."""
+    pytest.importorskip('torch._inductor.ir')
+    if refuse:
+        monkeypatch.setenv('MMREST_NO_INDUCTOR_PATCH', refuse)
+        assert not torch_compat.patch_inductor_stride_check()
+    else:
+        monkeypatch.delenv('MMREST_NO_INDUCTOR_PATCH', raising=False)
+    probe = ('import mmrest; from torch._inductor import ir; '
+             'f = getattr(ir.Layout, "_stride_expr_ge_or_false", None); '
+             'print(getattr(f, "mmrest_patch", False))')
+    result = subprocess.run([sys.executable, '-c', probe],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                            env=os.environ.copy())
+    expected = not refuse and torch_compat._inductor_stride_check_raises()
+    assert result.stdout.strip() == str(expected), result.stdout

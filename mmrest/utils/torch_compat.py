@@ -253,7 +253,9 @@ def patch_inductor_stride_check() -> bool:
     backward graph (``ValueRangeError: Invalid ranges [0:-1]``). The patch
     turns that one exception into the function's own "unknown". Applied by
     ``import mmrest`` only where the function exists and the range
-    analysis raises; ``MMREST_NO_INDUCTOR_PATCH=1`` leaves torch as it is.
+    analysis raises; ``MMREST_NO_INDUCTOR_PATCH=1``, set before
+    ``import mmrest``, leaves torch as it is (set later, it does not undo
+    a patch already applied).
     Returns whether it patched (now or before).
     """
     if os.environ.get('MMREST_NO_INDUCTOR_PATCH', '') not in ('', '0'):
