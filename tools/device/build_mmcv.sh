@@ -29,6 +29,13 @@ arch="${TORCH_CUDA_ARCH_LIST:-$("$python" -c 'import torch; print("%d.%d" % torc
 echo "$("$nvcc_path" --version | tail -1); CUDA_HOME=$CUDA_HOME"
 "$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
 echo "arch $arch, $(nproc) CPUs, in $build"
+# torch's PyPI CUDA wheels bring the CUDA libraries' headers (cuSPARSE,
+# cuBLAS, ...) as nvidia-* packages; a bare toolkit may lack some of them
+nvidia_includes=$("$python" -c 'import glob, os, sys
+import torch
+site = os.path.dirname(os.path.dirname(torch.__file__))
+print(":".join(sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))))')
+export CPATH="${nvidia_includes}${CPATH:+:$CPATH}"
 mkdir -p "$build"
 [ -d "$build/mmcv-2.1.0" ] || tar -xzf "$sdist" -C "$build"
 start=$(date +%s)
