@@ -20,11 +20,15 @@ python="${PYTHON:-python3}"
 sdist=.whl/mmcv-2.1.0.tar.gz
 build="${BUILD_DIR:-/tmp/mmcv-build}"
 [ -f "$sdist" ] || { echo "no $sdist: run tools/device/fetch_wheels.sh"; exit 2; }
-nvcc_path=$(command -v nvcc || ls "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" 2>/dev/null) ||
-  { echo "no nvcc (CUDA_HOME=${CUDA_HOME:-unset}): the ops cannot be compiled here"; exit 2; }
-export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")}"
 "$python" -c 'import torch, ninja, wheel' ||
   { echo "$python needs torch, ninja and wheel"; exit 2; }
+# the toolkit as torch's extension builder finds it (CUDA_HOME, else the
+# folder above nvcc's bin/; where nvcc is a wrapper script, e.g.
+# /usr/local/bin/nvcc, that folder has no CUDA headers: set CUDA_HOME)
+export CUDA_HOME="${CUDA_HOME:-$("$python" -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")' 2>/dev/null)}"
+nvcc_path="$CUDA_HOME/bin/nvcc"
+[ -n "$CUDA_HOME" ] && [ -x "$nvcc_path" ] && [ -f "$CUDA_HOME/include/cuda_runtime_api.h" ] ||
+  { echo "no CUDA toolkit at CUDA_HOME=${CUDA_HOME:-unset} (bin/nvcc and include/cuda_runtime_api.h): set CUDA_HOME to it"; exit 2; }
 arch="${TORCH_CUDA_ARCH_LIST:-$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}"
 echo "$("$nvcc_path" --version | tail -1); CUDA_HOME=$CUDA_HOME"
 "$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
@@ -35,7 +39,8 @@ nvidia_includes=$("$python" -c 'import glob, os, sys
 import torch
 site = os.path.dirname(os.path.dirname(torch.__file__))
 print(":".join(sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))))')
-export CPATH="${nvidia_includes}${CPATH:+:$CPATH}"
+# (after the toolkit's own include folder: their cuda_runtime_api.h lacks crt/)
+export CPATH="$CUDA_HOME/include:${nvidia_includes}${CPATH:+:$CPATH}"
 mkdir -p "$build"
 [ -d "$build/mmcv-2.1.0" ] || tar -xzf "$sdist" -C "$build"
 start=$(date +%s)
