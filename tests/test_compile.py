@@ -120,8 +120,9 @@ def test_multi_scale_training_compiles_dynamically(family, backend, golden,
             model, literal, reference, depth=sum(stage_depths(model)))
     # Inductor (torch 2.13, CPU, measured once: 39 min) compiles a symbolic
     # graph at each new size; its outputs and gradients pass at every size.
-    # Why (saved activations re-strided with integer strides): "Why
-    # Inductor recompiles at each size" in docs/precision_and_export.md.
+    # Why (guards that Inductor adds on symbolic strides while it compiles
+    # the backward graph): "Why Inductor recompiles at each size" in
+    # docs/precision_and_export.md.
     expected = [False, True] if backend == 'aot_eager' else \
         [False] + [True] * (len(SIZES) - 1)
     assert symbolic == expected, (
