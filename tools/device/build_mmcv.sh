@@ -20,7 +20,7 @@ python="${PYTHON:-python3}"
 sdist=.whl/mmcv-2.1.0.tar.gz
 build="${BUILD_DIR:-/tmp/mmcv-build}"
 [ -f "$sdist" ] || { echo "no $sdist: run tools/device/fetch_wheels.sh"; exit 2; }
-"$python" -c 'import torch, ninja, wheel' ||
+"$python" -c 'import sys, torch, ninja, wheel; print("python", sys.version.split()[0], "torch", torch.__version__)' ||
   { echo "$python needs torch, ninja and wheel"; exit 2; }
 # the toolkit as torch's extension builder finds it (CUDA_HOME, else the
 # folder above nvcc's bin/; where nvcc is a wrapper script, e.g.
@@ -31,11 +31,10 @@ nvcc_path="$CUDA_HOME/bin/nvcc"
   { echo "no CUDA toolkit at CUDA_HOME=${CUDA_HOME:-unset} (bin/nvcc and include/cuda_runtime_api.h): set CUDA_HOME to it"; exit 2; }
 arch="${TORCH_CUDA_ARCH_LIST:-$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}"
 echo "$("$nvcc_path" --version | tail -1); CUDA_HOME=$CUDA_HOME"
-"$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__)'
 echo "arch $arch, $(nproc) CPUs, in $build"
 # torch's PyPI CUDA wheels bring the CUDA libraries' headers (cuSPARSE,
 # cuBLAS, ...) as nvidia-* packages; a bare toolkit may lack some of them
-nvidia_includes=$("$python" -c 'import glob, os, sys
+nvidia_includes=$("$python" -c 'import glob, os
 import torch
 site = os.path.dirname(os.path.dirname(torch.__file__))
 print(":".join(sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))))')
