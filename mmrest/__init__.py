@@ -6,11 +6,12 @@ mmdet's and
 (when it imports) mmseg's registries, so
 ``custom_imports=dict(imports=['mmrest'])`` is all a config needs. It
 changes no torch or mmengine setting and no allow-list of ``torch.load``
-(mmrest's own loads use a scoped one, see :mod:`mmrest.checkpoint`). One
-exception, for a torch bug: where Inductor's stride comparison fails on
-ResT's dynamic-shape training graphs (torch 2.13), that one function is
-patched to answer "unknown" (``torch_compat.patch_inductor_stride_check``;
-``MMREST_NO_INDUCTOR_PATCH=1`` refuses it).
+(mmrest's own loads use a scoped one, see :mod:`mmrest.checkpoint`). The
+exception, for two torch bugs that ResT's training graphs meet under
+dynamic shapes (torch 2.13): once Inductor is imported, its stride
+comparison and its ``convolution_backward`` lowering are patched, where
+the bug is detected (:mod:`mmrest.utils.inductor_patches`;
+``MMREST_NO_INDUCTOR_PATCH=1`` refuses both).
 
 The library, by concern:
 
@@ -26,7 +27,8 @@ The library, by concern:
 - :mod:`mmrest.models`: ``Detectron2RetinaHead``, detectron2's RetinaNet
   post-processing for the authors' converted detectors (registered when
   imported, see ``docs/detectron2_checkpoints.md``);
-- :mod:`mmrest.utils`: ``torch_compat``, what differs between torch versions;
+- :mod:`mmrest.utils`: ``torch_compat``, what differs between torch versions,
+  and ``inductor_patches``;
 - :mod:`mmrest.onnx_export`, :mod:`mmrest.deploy`: export to ONNX (a
   backbone) and to ONNX Runtime with mmdeploy (a whole detector);
 - :mod:`mmrest.synthetic`: the generator of the synthetic shapes set
@@ -37,12 +39,13 @@ in the separate package :mod:`mmrest_tools`.
 """
 from .backbones import ResT, ResTV2
 from .registry import register_all
-from .utils import torch_compat
+from .utils import inductor_patches
 from .version import __version__
 
 register_all()
-# Inductor's training graphs of ResT under dynamic shapes fail on torch 2.13
-# without it (a torch bug; no-op where torch does not have it)
-torch_compat.patch_inductor_stride_check()
+# Inductor's training graphs of ResT under dynamic shapes fail, then
+# recompile at every size on torch 2.13 without them (torch bugs; each
+# applied when Inductor is imported, where the bug is detected)
+inductor_patches.install()
 
 __all__ = ['ResT', 'ResTV2', '__version__']

@@ -1,10 +1,6 @@
 """mmrest.utils.torch_compat: the same answers from the torch >= 2.x APIs
 and from their torch 2.1 replacements (each replacement forced here on the
 installed torch, and checked against what is actually the case)."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from _helpers import assert_float64_equal
@@ -166,72 +162,3 @@ def test_sdpa_backend(monkeypatch, old_torch):
                 with torch_compat.sdpa_backend('EFFICIENT_ATTENTION'):
                     F.scaled_dot_product_attention(q.float(), k.float(),
                                                    v.float())
-
-
-def _stage_strides():
-    """:func:`torch_compat._stage_width_and_area` over symbols of a shape
-    environment (as Inductor's are), and the environment."""
-    from torch._dynamo.source import ConstantSource
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    env = ShapeEnv()
-    h = env.create_symbol(64, ConstantSource('h'))
-    w = env.create_symbol(96, ConstantSource('w'))
-    return (*torch_compat._stage_width_and_area(h, w), env)
-
-
-def test_inductor_stride_check_patch():
-    """Where torch's range analysis raises on Inductor's stride comparison
-    (torch 2.13), ``import mmrest`` has patched it to answer "unknown"
-    (False), the function's own answer when it cannot decide, and every
-    answer torch can give is unchanged; elsewhere torch is left as is."""
-    ir = pytest.importorskip('torch._inductor.ir')
-    from types import SimpleNamespace
-
-    from torch._inductor.sizevars import SizeVarAllocator
-    from torch._inductor.virtualized import V
-    from torch.utils._sympy.value_ranges import ValueRangeError
-
-    import mmrest  # noqa: F401  (applies the patch)
-    check = getattr(ir.Layout, '_stride_expr_ge_or_false', None)
-    if check is None:
-        assert not torch_compat.patch_inductor_stride_check()
-        pytest.skip(f'torch {torch.__version__}: no such Inductor function')
-    patched = getattr(check, 'mmrest_patch', False)
-    assert patched == torch_compat._inductor_stride_check_raises()
-    if not patched:
-        pytest.skip(f'torch {torch.__version__}: no range-analysis failure')
-    width, area, env = _stage_strides()
-    with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator(env))):
-        with pytest.raises(ValueRangeError):  # torch's own function
-            check.__wrapped__(width, area)
-        assert bool(check(width, area)) is False
-        # decidable questions: the same answers as torch's
-        for left, right, expected in ((area, width, True), (2 * width, width,
-                                                            True),
-                                      (width, 0, True), (0, width, False)):
-            assert bool(check(left, right)) is expected
-            assert bool(check.__wrapped__(left, right)) is expected
-
-
-@pytest.mark.parametrize('refuse', ['1', None])
-def test_inductor_stride_check_patch_can_be_refused(monkeypatch, refuse):
-    """``MMREST_NO_INDUCTOR_PATCH=1`` set before ``import mmrest``: torch's
-    function stays torch's (checked in a fresh interpreter, where nothing
-    imported mmrest before); without it, the function is patched exactly
-    where the failure is detected."""
-    pytest.importorskip('torch._inductor.ir')
-    if refuse:
-        monkeypatch.setenv('MMREST_NO_INDUCTOR_PATCH', refuse)
-        assert not torch_compat.patch_inductor_stride_check()
-    else:
-        monkeypatch.delenv('MMREST_NO_INDUCTOR_PATCH', raising=False)
-    probe = ('import mmrest; from torch._inductor import ir; '
-             'f = getattr(ir.Layout, "_stride_expr_ge_or_false", None); '
-             'print(getattr(f, "mmrest_patch", False))')
-    result = subprocess.run([sys.executable, '-c', probe],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                            env=os.environ.copy())
-    expected = not refuse and torch_compat._inductor_stride_check_raises()
-    assert result.stdout.strip() == str(expected), result.stdout

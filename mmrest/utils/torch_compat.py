@@ -21,14 +21,11 @@ alone, except where a feature exists earlier in an incomplete form):
   ``(function, 'module.name')`` entries, torch 2.6): whether mmrest's safe
   loading uses torch's weights-only loader or its own restricted unpickler
   (:mod:`mmrest.checkpoint.safe_load`);
-- :func:`patch_inductor_stride_check`: a torch bug, not an API: Inductor's
-  stride comparison raises under dynamic shapes (torch 2.13) where it
-  should answer "unknown"; patched only where it does.
+
+Inductor's bugs under dynamic shapes, not APIs, are fixed in
+:mod:`.inductor_patches`.
 """
-import functools
 import inspect
-import logging
-import os
 from typing import Tuple
 
 import torch
@@ -195,91 +192,4 @@ def drop_unsupported_fused(optimizer_cfg: dict, device_type: str) -> bool:
             CPU_FUSED_ADAMW:
         return False
     optimizer_cfg.pop('fused')
-    return True
-
-
-def _stage_width_and_area(h, w):
-    """A stage's width W and area H * W at stride 16 as Inductor writes a
-    map's strides under dynamic shapes (floor divisions of the input's
-    height ``h`` and width ``w``, the product expanded)."""
-    import sympy
-    from torch.utils._sympy.functions import FloorDiv
-    width = FloorDiv(w - 1, 16) + 1
-    return width, sympy.expand((FloorDiv(h - 1, 16) + 1) * width)
-
-
-def _inductor_stride_check_raises() -> bool:
-    """Whether torch's range analysis raises on the divisibility question
-    that Inductor asks of two strides of a map whose sizes are floor
-    divisions (measured: torch 2.13).
-
-    Inductor's ``Layout._stride_expr_ge_or_false(W, H * W)`` bounds
-    ``Mod(W, H * W)``; with ``W = (w - 1) // 16 + 1`` (a stage's width under
-    dynamic shapes) and ``H * W`` expanded, sympy rewrites the ``Mod`` with
-    a reciprocal, and ``bound_sympy`` raises ``ValueRangeError`` on its
-    negative exponent instead of answering "unknown".
-    """
-    import sympy
-    from torch.utils._sympy.value_ranges import (ValueRangeError, ValueRanges,
-                                                 bound_sympy)
-    h, w = sympy.symbols('h w', integer=True, positive=True)
-    width, area = _stage_width_and_area(h, w)
-    quiet = logging.getLogger('torch.utils._sympy.interp')
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it logs the failure as a warning too
-    try:
-        bound_sympy(
-            sympy.Eq(width % area, 0), {
-                h: ValueRanges(2, 64),
-                w: ValueRanges(2, 64)
-            })
-    except ValueRangeError:
-        return True
-    finally:
-        quiet.setLevel(level)
-    return False
-
-
-def patch_inductor_stride_check() -> bool:
-    """Make Inductor's stride comparison answer "unknown" where torch's
-    range analysis raises (:func:`_inductor_stride_check_raises`).
-
-    ``torch._inductor.ir.Layout._stride_expr_ge_or_false`` answers whether
-    one stride is at least another, ``False`` when that cannot be shown;
-    Inductor then copies the tensor into the layout it needs. On torch
-    2.13 the question raises instead for ResT's maps under dynamic shapes,
-    and the training step of a model compiled with a second input size
-    (mmengine's ``compile=True`` in a multi-scale run) fails in the
-    backward graph (``ValueRangeError: Invalid ranges [0:-1]``). The patch
-    turns that one exception into the function's own "unknown". Applied by
-    ``import mmrest`` only where the function exists and the range
-    analysis raises; ``MMREST_NO_INDUCTOR_PATCH=1``, set before
-    ``import mmrest``, leaves torch as it is (set later, it does not undo
-    a patch already applied).
-    Returns whether it patched (now or before).
-    """
-    if os.environ.get('MMREST_NO_INDUCTOR_PATCH', '') not in ('', '0'):
-        return False
-    try:
-        from torch._inductor import ir
-        from torch.utils._sympy.value_ranges import ValueRangeError
-    except ImportError:
-        return False
-    original = getattr(ir.Layout, '_stride_expr_ge_or_false', None)
-    if original is None:
-        return False
-    if getattr(original, 'mmrest_patch', False):
-        return True
-    if not _inductor_stride_check_raises():
-        return False
-
-    @functools.wraps(original)
-    def stride_expr_ge_or_false(left, right) -> bool:
-        try:
-            return original(left, right)
-        except ValueRangeError:  # the range analysis failed: unknown
-            return False
-
-    stride_expr_ge_or_false.mmrest_patch = True
-    ir.Layout._stride_expr_ge_or_false = staticmethod(stride_expr_ge_or_false)
     return True
