@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from mmrest import ResT
 from mmrest.backbones import to_literal
+from mmrest_tools.gpu_check.measure import recording_backend  # noqa: F401
 
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import pytest
 import torch
 from _helpers import (assert_float32_close, assert_gradients_close,
                       assert_named_float32_close, float64_literal,
-                      golden_model, golden_model_v2, stage_depths)
+                      golden_model, golden_model_v2, recording_backend,
+                      stage_depths)
 
 from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
@@ -34,27 +35,6 @@ INDUCTOR = pytest.param(
         'many minutes on two cores; set MMREST_INDUCTOR_TRAINING=1'))
 
 
-def recording_backend(name: str):
-    """The dynamo backend ``name`` and a list that gets, for each graph
-    dynamo hands it, whether the graph has symbolic sizes."""
-    # torch._dynamo.lookup_backend from torch 2.2; the registry has it in
-    # every supported torch
-    from torch._dynamo.backends.registry import lookup_backend
-    inner = lookup_backend(name)
-    symbolic = []
-
-    def backend(gm, example_inputs):
-        symbolic.append(
-            any(
-                isinstance(v, torch.SymInt) or (
-                    isinstance(v, torch.Tensor) and any(
-                        isinstance(d, torch.SymInt) for d in v.shape))
-                for v in example_inputs))
-        return inner(gm, example_inputs)
-
-    return backend, symbolic
-
-
 @pytest.fixture
 def fresh_dynamo():
     """No compiled frame and no automatic-dynamic history from other tests
@@ -62,6 +42,19 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+def inductor_as_on_cuda(backend: str, monkeypatch) -> None:
+    """For Inductor runs: its layout optimisation off, as Inductor has it
+    on CUDA for graphs with symbolic sizes (on the CPU, with oneDNN, it
+    makes convolutions channels-last also under dynamic shapes, and the
+    backward graph then pins sizes: docs/precision_and_export.md), and
+    no FX graph cache: a graph compiled before (by another run, or with
+    torch's lowering unpatched) would bring its guards along."""
+    if backend == 'inductor':
+        from torch._inductor import config
+        monkeypatch.setattr(config, 'layout_optimization', False)
+        monkeypatch.setattr(config, 'fx_graph_cache', False)
 
 
 # Measured on torch 2.1.2 (the oldest supported): its PixelShuffle backward
@@ -86,13 +79,15 @@ def models(golden, golden_v2):
 @pytest.mark.parametrize('family',
                          ['v1', pytest.param('v2', marks=V2_OLD_TORCH)])
 def test_multi_scale_training_compiles_dynamically(family, backend, golden,
-                                                   golden_v2, fresh_dynamo):
+                                                   golden_v2, fresh_dynamo,
+                                                   monkeypatch):
     """Training steps at four sizes under ``torch.compile`` with automatic
     dynamic shapes: one static graph, then one symbolic graph that serves
     the later sizes (no recompilation at sizes that are not multiples of
     32); at every size the outputs and every parameter's gradient are as
     accurate as the literal float32 computation's, against float64 (the bar
     of the eager tests, tests/_helpers.py)."""
+    inductor_as_on_cuda(backend, monkeypatch)
     model = models(golden, golden_v2)[family]().train()
     literal = to_literal(model)
     reference = float64_literal(model)
@@ -118,13 +113,7 @@ def test_multi_scale_training_compiles_dynamically(family, backend, golden,
                 a, b, c, depth=depth, name=f'{size}: stage {i + 1}')
         assert_gradients_close(
             model, literal, reference, depth=sum(stage_depths(model)))
-    # Inductor (torch 2.13, CPU, measured once: 39 min) compiles a symbolic
-    # graph at each new size; its outputs and gradients pass at every size.
-    # Why (guards that Inductor adds on symbolic strides while it compiles
-    # the backward graph): "Why Inductor recompiles at each size" in
-    # docs/precision_and_export.md.
-    expected = [False, True] if backend == 'aot_eager' else \
-        [False] + [True] * (len(SIZES) - 1)
+    expected = [False, True]
     assert symbolic == expected, (
         f'expected a static graph, then symbolic graphs as {expected}; got '
         f'symbolic={symbolic} for {len(SIZES)} sizes')
@@ -197,7 +186,7 @@ def _run(model, tmp_path, name, compile_cfg):
 
 @pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
 def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
-                                               fresh_dynamo):
+                                               fresh_dynamo, monkeypatch):
     """mmengine 0.10.7's ``compile`` (``Runner._maybe_compile`` wraps
     ``model.train_step`` in ``torch.compile(**cfg)``; ``compile=True`` is
     ``cfg = {}``, here ``dict(backend=...)`` names the backend) on a
@@ -207,6 +196,7 @@ def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
     the run is as close to the float64 run's as the eager float32 run's
     (the float32 bar of tests/_helpers.py, with the gradients' factor).
     """
+    inductor_as_on_cuda(backend, monkeypatch)
     eager_model = _tiny_model(golden)
     compiled_model = copy.deepcopy(eager_model)
     exact_model = _tiny_model(golden, torch.float64)

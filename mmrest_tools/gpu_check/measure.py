@@ -114,6 +114,28 @@ def set_cudnn_benchmark(section: str) -> bool:
     return torch.backends.cudnn.benchmark
 
 
+def recording_backend(name: str):
+    """The dynamo backend ``name`` and a list that gets, for each graph
+    dynamo hands it, whether the graph has symbolic sizes (an integer
+    input, or a tensor input with a symbolic size)."""
+    # torch._dynamo.lookup_backend from torch 2.2; the registry has it in
+    # every supported torch
+    from torch._dynamo.backends.registry import lookup_backend
+    inner = lookup_backend(name)
+    symbolic = []
+
+    def backend(gm, example_inputs):
+        symbolic.append(
+            any(
+                isinstance(v, torch.SymInt) or (
+                    isinstance(v, torch.Tensor) and any(
+                        isinstance(d, torch.SymInt) for d in v.shape))
+                for v in example_inputs))
+        return inner(gm, example_inputs)
+
+    return backend, symbolic
+
+
 def output_error(outs: Sequence[torch.Tensor],
                  refs: Sequence[torch.Tensor]) -> float:
     """The worst, over the outputs, of max |out - ref| / max |ref|."""
