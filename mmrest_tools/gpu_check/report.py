@@ -190,6 +190,32 @@ def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
             _fmt(r.get('err_vs_eager'))
         ])
         lines.append('| ' + ' | '.join(cells) + ' |')
+    for r in rows:
+        lines += _md_multi_scale(r['model'], r.get('multi_scale_training'))
+    return lines
+
+
+def _md_multi_scale(model: str, ms) -> List[str]:
+    """The multi-scale training steps of a ``compile`` row: one line per
+    input size."""
+    if not ms:
+        return []
+    if 'error' in ms:
+        return ['', f'{model}, multi-scale training: {ms["error"]}']
+    graphs = ms['graphs']
+    lines = [
+        '', f'{model}, training steps at several sizes in turn (automatic '
+        f'dynamic shapes): {len(graphs)} graphs '
+        f'({sum(graphs)} symbolic), first pass {ms["first_pass_s"]:.0f} s '
+        f'(compilations included), {ms["graphs_while_timed"]} graphs '
+        'compiled while timed', '',
+        '| size | eager ms | compiled ms | speed-up | grad err vs eager |',
+        '|' + '---|' * 5
+    ]
+    for size, eager, comp, err in zip(ms['sizes'], ms['eager_ms'],
+                                      ms['compiled_ms'], ms['grad_err']):
+        lines.append(f'| {"x".join(map(str, size))} | {eager:.1f} | '
+                     f'{comp:.1f} | {eager / comp:.2f} | {_fmt(err)} |')
     return lines
 
 

@@ -60,6 +60,8 @@ class Settings:
             self.small = (1, 3, 64, 64)  # stands for 224x224 batch 64
             self.large = (1, 3, 64, 96)  # stands for 800x1344 batch 1
             self.train = (2, 3, 64, 96)  # stands for 800x1344 batch 2
+            # the compile section's multi-scale training steps
+            self.train_sizes = [(1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 80, 80)]
             self.mr_image = (96, 128)  # H, W; stands for 800 x 1333
             self.mr_batch = 1
             self.mr_warmup = 0
@@ -80,6 +82,11 @@ class Settings:
             self.small = (64, 3, 224, 224)
             self.large = (1, 3, 800, 1344)
             self.train = (2, 3, 800, 1344)
+            # batches of Mask R-CNN's 1x pipeline (shorter side 800, longer
+            # at most 1333, padded to multiples of 32): the size changes
+            # with the images' aspect ratios
+            self.train_sizes = [(2, 3, 800, 1344), (2, 3, 800, 1216),
+                                (2, 3, 736, 1344), (2, 3, 800, 1088)]
             self.mr_image = (800, 1333)
             self.mr_batch = 2
             self.mr_warmup = 2

@@ -1,6 +1,8 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """Section ``compile``: ``torch.compile`` of ResT-Small in a child process
-with a time limit."""
+with a time limit: inference at one size, then training steps at several
+sizes as a multi-scale run has them (automatic dynamic shapes, as
+mmengine's ``compile=True``)."""
 import json
 import os
 import signal
@@ -8,12 +10,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import torch
 
 from .base import DeadlinePassed
-from .measure import _autocast, _short_error, _sync, output_error, time_calls
+from .measure import (_autocast, _short_error, _sync, grad_error, output_error,
+                      recording_backend, time_calls, time_steps)
 from .models import build_rest
 from .settings import REPO_ROOT
 
@@ -37,6 +40,9 @@ class CompileSection:
             shape=list(self.s.small),
             repeats=self.s.repeats,
             warmup=self.s.warmup,
+            train_sizes=[list(size) for size in self.s.train_sizes],
+            train_repeats=self.s.train_repeats,
+            train_warmup=self.s.train_warmup,
             backend=backend)
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(
@@ -102,6 +108,79 @@ def compile_worker(args: Dict):
             res['err_vs_eager'] = output_error(outs, eager)
     except Exception as e:  # noqa: BLE001
         res['error'] = 'torch.compile: ' + _short_error(e)
+    if args.get('train_sizes'):
+        try:
+            res['multi_scale_training'] = multi_scale_training(
+                model, dev, [tuple(s) for s in args['train_sizes']],
+                args['backend'], args['train_repeats'], args['train_warmup'],
+                amp)
+        except Exception as e:  # noqa: BLE001 (the row keeps the rest)
+            res['multi_scale_training'] = dict(error=_short_error(e))
     if 'eager_error' in res and 'error' not in res:
         res['error'] = 'eager: ' + res['eager_error']
     print('COMPILE_RESULT ' + json.dumps(res), flush=True)
+
+
+def multi_scale_training(model: torch.nn.Module, device: torch.device,
+                         sizes: Sequence[Sequence[int]], backend: str,
+                         repeats: int, warmup: int, amp) -> Dict:
+    """Training steps of ``model`` (train mode, autocast ``amp``; the loss is
+    the sum of the mean squares of its outputs) at each of ``sizes`` (N, C,
+    H, W) in turn: eager, and under ``torch.compile`` with automatic
+    dynamic shapes (the first size compiles a static graph, the second a
+    symbolic one, which should serve the rest).
+
+    Returns a dict: ``graphs`` (whether each graph dynamo compiled is
+    symbolic), ``first_pass_s`` (the compiled steps' first pass over the
+    sizes, compilations included), ``grad_err`` (per size, the compiled
+    step's gradients against the eager step's, relative L2 over all
+    parameters), ``eager_ms`` and ``compiled_ms`` (per size, the median of
+    ``repeats`` steps after ``warmup``), ``graphs_while_timed`` (graphs
+    compiled after the first pass: 0 unless a size recompiled).
+    """
+    model.train()
+    torch._dynamo.reset()  # no frame or size history from earlier calls
+    compiling, graphs = recording_backend(backend)
+    compiled = torch.compile(model, backend=compiling)
+    gen = torch.Generator().manual_seed(7)
+    inputs = [torch.rand(*size, generator=gen).to(device) for size in sizes]
+
+    def step(runner, x):
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                outs = runner(x)
+            sum(o.float().square().mean() for o in outs).backward()
+
+        return run
+
+    def grads():
+        return {
+            n: p.grad.detach().float().clone()
+            for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    res: Dict[str, object] = dict(sizes=[list(s) for s in sizes])
+    errors: List[float] = []
+    first_pass = 0.0
+    for x in inputs:
+        step(model, x)()
+        eager = grads()
+        _sync(device)
+        t = time.perf_counter()
+        step(compiled, x)()
+        _sync(device)
+        first_pass += time.perf_counter() - t
+        errors.append(grad_error(grads(), eager))
+    res.update(graphs=list(graphs), first_pass_s=first_pass, grad_err=errors)
+    compiled_before = len(graphs)
+    for key, runner in (('eager_ms', model), ('compiled_ms', compiled)):
+        res[key] = [
+            statistics.median(
+                time_steps(step(runner, x), device, repeats, warmup))
+            for x in inputs
+        ]
+    res['graphs_while_timed'] = len(graphs) - compiled_before
+    torch._dynamo.reset()
+    return res
