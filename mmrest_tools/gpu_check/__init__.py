@@ -51,7 +51,12 @@ default), recorded in the section's settings and printed.
 ``compile``
     ``torch.compile`` of ResT-Small (eval, fp16 autocast, 224x224 batch 64)
     in a child process with a time limit: compile time, speed, difference
-    from eager.
+    from eager. Then its fp16 training step at four batch sizes of Mask
+    R-CNN's 1x pipeline in turn (2x3x800x1344, 800x1216, 736x1344,
+    800x1088), eager and compiled with automatic dynamic shapes (as
+    mmengine's ``compile=True``): the graphs compiled and which are
+    symbolic, the first pass's seconds, the gradients against eager's, the
+    median step per size after warm-up, and graphs compiled while timed.
 
 Every section and every row is independent: an error is recorded (text in
 the JSON and the table) and the run goes on. After ``--deadline-s``
