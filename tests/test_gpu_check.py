@@ -558,6 +558,26 @@ def test_multi_scale_training_of_the_compile_section(golden):
         ['| 1x3x64x96', '| 1x3x96x64', '| 1x3x80x80']
 
 
+def test_compile_child_result_survives_a_timeout():
+    """The compile child's row is its last printed result: cut short in
+    the training steps, the inference figures stay and the training part
+    says it timed out; with no result, the error says why."""
+    from mmrest_tools.gpu_check.torch_compile import read_child_result
+    first = 'COMPILE_RESULT ' + json.dumps(dict(compiled_ms=5.0))
+    both = 'COMPILE_RESULT ' + json.dumps(
+        dict(compiled_ms=5.0, multi_scale_training=dict(graphs=[False])))
+    cut = read_child_result(f'log\n{first}\ncompiling', -9, True, 300)
+    assert cut == dict(
+        compiled_ms=5.0,
+        multi_scale_training=dict(error='timed out after 300 s'))
+    assert read_child_result(f'{first}\n{both}', 0, False, 300) == \
+        json.loads(both[len('COMPILE_RESULT '):])
+    assert read_child_result('Traceback', 1, False, 300)['error'] == \
+        'child exited 1 without a result'
+    assert read_child_result('', -9, True, 300)['error'] == \
+        'timed out after 300 s'
+
+
 def test_depthwise_by_slices_is_a_depthwise_convolution():
     """gpu_profile's candidate kernel computes what F.conv2d with one group
     per channel computes (float64, ResT's reduction and PA shapes)."""

@@ -57,25 +57,39 @@ class CompileSection:
                                 text=True,
                                 env=env,
                                 start_new_session=True)
+        timed_out = False
         try:
             out, _ = proc.communicate(timeout=budget)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
-            return dict(
-                error=f'timed out after {budget:.0f} s', log_tail=out[-1500:])
-        for line in out.splitlines()[::-1]:
-            if line.startswith('COMPILE_RESULT '):
-                return json.loads(line[len('COMPILE_RESULT '):])
-        return dict(
-            error=f'child exited {proc.returncode} without a result',
-            log_tail=out[-1500:])
+            timed_out = True
+        return read_child_result(out, proc.returncode, timed_out, budget)
+
+
+def read_child_result(out: str, returncode, timed_out: bool,
+                      budget: float) -> Dict:
+    """The compile child's row from its output ``out``: the last
+    ``COMPILE_RESULT`` line (the child prints one after each part); if the
+    time limit cut the multi-scale training short, that part's error says
+    so and the inference figures stay."""
+    for line in out.splitlines()[::-1]:
+        if line.startswith('COMPILE_RESULT '):
+            res = json.loads(line[len('COMPILE_RESULT '):])
+            if timed_out and 'multi_scale_training' not in res:
+                res['multi_scale_training'] = dict(
+                    error=f'timed out after {budget:.0f} s')
+            return res
+    error = (f'timed out after {budget:.0f} s'
+             if timed_out else f'child exited {returncode} without a result')
+    return dict(error=error, log_tail=out[-1500:])
 
 
 def compile_worker(args: Dict):
     """Child process of the compile section: ResT-Small eval under fp16
-    autocast, eager and ``torch.compile``; prints one ``COMPILE_RESULT``
-    JSON line."""
+    autocast, eager and ``torch.compile``, then :func:`multi_scale_training`
+    at ``train_sizes``; prints a ``COMPILE_RESULT`` JSON line after each
+    part (the parent reads the last)."""
     dev = torch.device(args['device'])
     torch.backends.cudnn.benchmark = True
     model = build_rest('small').to(dev)
@@ -108,6 +122,7 @@ def compile_worker(args: Dict):
             res['err_vs_eager'] = output_error(outs, eager)
     except Exception as e:  # noqa: BLE001
         res['error'] = 'torch.compile: ' + _short_error(e)
+    print('COMPILE_RESULT ' + json.dumps(res), flush=True)  # if cut short
     if args.get('train_sizes'):
         try:
             res['multi_scale_training'] = multi_scale_training(
