@@ -44,17 +44,23 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def inductor_as_on_cuda(backend: str, monkeypatch) -> None:
-    """For Inductor runs: its layout optimisation off, as Inductor has it
-    on CUDA for graphs with symbolic sizes (on the CPU, with oneDNN, it
-    makes convolutions channels-last also under dynamic shapes, and the
-    backward graph then pins sizes: docs/precision_and_export.md), and
-    no FX graph cache: a graph compiled before (by another run, or with
-    torch's lowering unpatched) would bring its guards along."""
-    if backend == 'inductor':
-        from torch._inductor import config
-        monkeypatch.setattr(config, 'layout_optimization', False)
-        monkeypatch.setattr(config, 'fx_graph_cache', False)
+@pytest.fixture
+def inductor_as_on_cuda(request):
+    """For a test's Inductor case (its ``backend`` parameter), Inductor's
+    layout optimisation off, as Inductor has it on CUDA for graphs with
+    symbolic sizes (on the CPU, with oneDNN, it makes convolutions
+    channels-last also under dynamic shapes, and the backward graph then
+    pins sizes: docs/precision_and_export.md), and no FX graph cache: a
+    graph compiled before (by another run, or with torch's lowering
+    unpatched) would bring its guards along. (Inductor's own
+    ``config.patch``: pytest's ``monkeypatch`` deletes a setting of torch's
+    config module when it undoes.)"""
+    if request.node.callspec.params.get('backend') != 'inductor':
+        yield
+        return
+    from torch._inductor import config
+    with config.patch(layout_optimization=False, fx_graph_cache=False):
+        yield
 
 
 # Measured on torch 2.1.2 (the oldest supported): its PixelShuffle backward
@@ -80,14 +86,13 @@ def models(golden, golden_v2):
                          ['v1', pytest.param('v2', marks=V2_OLD_TORCH)])
 def test_multi_scale_training_compiles_dynamically(family, backend, golden,
                                                    golden_v2, fresh_dynamo,
-                                                   monkeypatch):
+                                                   inductor_as_on_cuda):
     """Training steps at four sizes under ``torch.compile`` with automatic
     dynamic shapes: one static graph, then one symbolic graph that serves
     the later sizes (no recompilation at sizes that are not multiples of
     32); at every size the outputs and every parameter's gradient are as
     accurate as the literal float32 computation's, against float64 (the bar
     of the eager tests, tests/_helpers.py)."""
-    inductor_as_on_cuda(backend, monkeypatch)
     model = models(golden, golden_v2)[family]().train()
     literal = to_literal(model)
     reference = float64_literal(model)
@@ -186,7 +191,8 @@ def _run(model, tmp_path, name, compile_cfg):
 
 @pytest.mark.parametrize('backend', ['aot_eager', INDUCTOR])
 def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
-                                               fresh_dynamo, monkeypatch):
+                                               fresh_dynamo,
+                                               inductor_as_on_cuda):
     """mmengine 0.10.7's ``compile`` (``Runner._maybe_compile`` wraps
     ``model.train_step`` in ``torch.compile(**cfg)``; ``compile=True`` is
     ``cfg = {}``, here ``dict(backend=...)`` names the backend) on a
@@ -196,7 +202,6 @@ def test_mmengine_compile_true_multi_scale_run(backend, golden, tmp_path,
     the run is as close to the float64 run's as the eager float32 run's
     (the float32 bar of tests/_helpers.py, with the gradients' factor).
     """
-    inductor_as_on_cuda(backend, monkeypatch)
     eager_model = _tiny_model(golden)
     compiled_model = copy.deepcopy(eager_model)
     exact_model = _tiny_model(golden, torch.float64)

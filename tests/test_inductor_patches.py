@@ -203,12 +203,14 @@ def test_inductor_conv_backward_patch(monkeypatch):
     if not patched:
         pytest.skip(f'torch {torch.__version__}: no such lowering')
     from torch._inductor import config
-    monkeypatch.setattr(config, 'layout_optimization', False)
-    # a graph from the cache brings the guards it was compiled with
-    monkeypatch.setattr(config, 'fx_graph_cache', False)
     module = _StridedConv()
-    assert _compiled_training_over_sizes(module) == [False, True]
-    monkeypatch.setitem(lowering.lowerings, CONV_BACKWARD, current.__wrapped__)
-    assert _compiled_training_over_sizes(module) == \
-        [False] + [True] * (len(CONV_SIZES) - 1), \
-        'torch no longer recompiles per size: is the patch still needed?'
+    # as on CUDA; no FX graph cache: a graph from the cache brings the
+    # guards it was compiled with (config.patch: pytest's monkeypatch
+    # deletes a setting of torch's config module when it undoes)
+    with config.patch(layout_optimization=False, fx_graph_cache=False):
+        assert _compiled_training_over_sizes(module) == [False, True]
+        monkeypatch.setitem(lowering.lowerings, CONV_BACKWARD,
+                            current.__wrapped__)
+        assert _compiled_training_over_sizes(module) == \
+            [False] + [True] * (len(CONV_SIZES) - 1), \
+            'torch no longer recompiles per size: is the patch still needed?'

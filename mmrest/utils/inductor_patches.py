@@ -104,6 +104,25 @@ def install() -> None:
                  patch_inductor_conv_backward_strides)
 
 
+def _replace(original, detected, wrap, install) -> bool:
+    """The steps of each patch: nothing without torch's ``original``;
+    ``True`` if it is mmrest's already; else, where ``detected()``, the
+    function ``wrap(original)`` marked as mmrest's (``mmrest_patch``, with
+    ``original`` as its ``__wrapped__``) goes in through ``install``.
+    Nothing if :func:`refused`. Returns whether torch's function is
+    patched now."""
+    if refused() or original is None:
+        return False
+    if getattr(original, 'mmrest_patch', False):
+        return True
+    if not detected():
+        return False
+    patched = functools.wraps(original)(wrap(original))
+    patched.mmrest_patch = True
+    install(patched)
+    return True
+
+
 def _stage_width_and_area(h, w):
     """A stage's width W and area H * W at stride 16 as Inductor writes a
     map's strides under dynamic shapes (floor divisions of the input's
@@ -160,31 +179,26 @@ def patch_inductor_stride_check() -> bool:
     exist, the range analysis does not raise, or :func:`refused`.
     Returns whether it patched (now or before).
     """
-    if refused():
-        return False
     try:
         from torch._inductor import ir
         from torch.utils._sympy.value_ranges import ValueRangeError
     except ImportError:
         return False
-    original = getattr(ir.Layout, '_stride_expr_ge_or_false', None)
-    if original is None:
-        return False
-    if getattr(original, 'mmrest_patch', False):
-        return True
-    if not _inductor_stride_check_raises():
-        return False
 
-    @functools.wraps(original)
-    def stride_expr_ge_or_false(left, right) -> bool:
-        try:
-            return original(left, right)
-        except ValueRangeError:  # the range analysis failed: unknown
-            return False
+    def answer_unknown(original):
 
-    stride_expr_ge_or_false.mmrest_patch = True
-    ir.Layout._stride_expr_ge_or_false = staticmethod(stride_expr_ge_or_false)
-    return True
+        def stride_expr_ge_or_false(left, right) -> bool:
+            try:
+                return original(left, right)
+            except ValueRangeError:  # the range analysis failed: unknown
+                return False
+
+        return stride_expr_ge_or_false
+
+    return _replace(
+        getattr(ir.Layout, '_stride_expr_ge_or_false', None),
+        _inductor_stride_check_raises, answer_unknown, lambda patched: setattr(
+            ir.Layout, '_stride_expr_ge_or_false', staticmethod(patched)))
 
 
 def _conv_backward_guards_integers(conv_module) -> bool:
@@ -235,8 +249,6 @@ def patch_inductor_conv_backward_strides() -> bool:
     where the lowering does not ask for integers, or :func:`refused`.
     Returns whether it patched (now or before).
     """
-    if refused():
-        return False
     try:
         from torch._inductor import lowering
         from torch._inductor.kernel import conv
@@ -244,25 +256,23 @@ def patch_inductor_conv_backward_strides() -> bool:
     except ImportError:
         return False
     key = torch.ops.aten.convolution_backward.default
-    original = lowering.lowerings.get(key)
-    if original is None:
-        return False
-    if getattr(original, 'mmrest_patch', False):
-        return True
-    if not _conv_backward_guards_integers(conv):
-        return False
 
-    @functools.wraps(original)
-    def convolution_backward(*args, **kwargs):
-        sizevars = V.graph.sizevars
-        if 'guard_int_seq' in vars(sizevars):  # already answered: nested
-            return original(*args, **kwargs)
-        sizevars.guard_int_seq = functools.partial(hints_for_symbols, sizevars)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            del sizevars.guard_int_seq
+    def order_by_hints(original):
 
-    convolution_backward.mmrest_patch = True
-    lowering.lowerings[key] = convolution_backward
-    return True
+        def convolution_backward(*args, **kwargs):
+            sizevars = V.graph.sizevars
+            if 'guard_int_seq' in vars(sizevars):  # already answered: nested
+                return original(*args, **kwargs)
+            sizevars.guard_int_seq = functools.partial(hints_for_symbols,
+                                                       sizevars)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                del sizevars.guard_int_seq
+
+        return convolution_backward
+
+    return _replace(
+        lowering.lowerings.get(key),
+        lambda: _conv_backward_guards_integers(conv), order_by_hints,
+        functools.partial(lowering.lowerings.__setitem__, key))
