@@ -16,7 +16,9 @@ dest=.whl
 exclude="$(git rev-parse --git-path info/exclude)"
 mkdir -p "$(dirname "$exclude")" && touch "$exclude"
 grep -qxF "/$dest/" "$exclude" || echo "/$dest/" >>"$exclude"
-rm -rf "$dest" && mkdir -p "$dest"
+# a fresh folder, but an mmcv wheel that build_mmcv.sh made (hours) stays
+mkdir -p "$dest"
+find "$dest" -mindepth 1 ! -name 'mmcv-2.1.0-cp*-linux_x86_64.whl' -delete
 # exact versions: one of each, all of them numpy-2 ready (cp312 builds)
 packages=(
   mmengine==0.10.7
