@@ -258,11 +258,13 @@ def crop_to_tokens(x: torch.Tensor, hw_shape) -> torch.Tensor:
 
     Eagerly a reshape of the cropped channels-last view: no copy when the
     crop keeps the whole map and ``x`` is channels-last. Under
-    ``torch.compile`` a copy into a new (B, H, W, C) tensor: the reshape
-    asks whether the view is contiguous, i.e. whether ``W == W'``, which
-    with symbolic sizes is a guard, so each input size that answers it
-    otherwise would recompile (ResT v2's value branch, ``W' = s ceil(W /
-    s)``); the copy asks nothing.
+    ``torch.compile`` the rows and columns are gathered by index and copied
+    into a new (B, H, W, C) tensor: with symbolic sizes, the reshape of the
+    view asks whether it is contiguous, i.e. whether ``W == W'``, and
+    Inductor slices the gradient of a slice again with ``min(W, W')``
+    settled at the compiled size; either is a guard, so each input size
+    that answers it otherwise would recompile (ResT v2's value branch,
+    ``W' = s ceil(W / s)``). The gather and the copy ask nothing.
 
     Args:
         x (Tensor): The map, (B, C, H', W') with ``H' >= H``, ``W' >= W``.
@@ -270,11 +272,17 @@ def crop_to_tokens(x: torch.Tensor, hw_shape) -> torch.Tensor:
     """
     B, C = x.shape[:2]
     H, W = hw_shape
-    crop = x.permute(0, 2, 3, 1)[:, :H, :W]
     if not is_compiling():
-        return crop.reshape(B, H * W, C)
+        return x.permute(0, 2, 3, 1)[:, :H, :W].reshape(B, H * W, C)
+    # rows and columns gathered by index, not sliced: the gradient of a
+    # slice is a slice-scatter, which Inductor's re-inplacing pass slices
+    # again with its size min(W, W') settled by the compiled size's hint,
+    # guarding W' == W where W was a multiple of s
+    rows = torch.arange(H, device=x.device)
+    cols = torch.arange(W, device=x.device)
+    crop = x.index_select(2, rows).index_select(3, cols)
     out = x.new_empty(B, H, W, C)
-    out.copy_(crop)
+    out.copy_(crop.permute(0, 2, 3, 1))
     return out.view(B, H * W, C)
 
 
