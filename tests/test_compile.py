@@ -124,6 +124,46 @@ def test_multi_scale_training_compiles_dynamically(family, backend, golden,
         f'symbolic={symbolic} for {len(SIZES)} sizes')
 
 
+@pytest.mark.skipif(
+    torch_compat.torch_version() < (2, 2),
+    reason='torch < 2.2: PixelShuffle backward with symbolic sizes fails')
+def test_value_branch_crop_serves_every_size_under_inductor(
+        golden_v2, fresh_dynamo):
+    """ResT v2's attention with a value branch that crops its upsampled
+    map (stage 3, s = 2), trained under Inductor (as on CUDA: layout
+    optimisation off) at grids whose width is and is not a multiple of s:
+    one static graph, then one symbolic graph for the rest (slicing the
+    crop compiled one more where the width stopped being a multiple:
+    kernels.crop_to_tokens), output and gradients as accurate as eager
+    float32 against float64 at every grid."""
+    from torch._inductor import config
+    attn = golden_model_v2(golden_v2).stage3[0].attn.train()
+    assert attn.sr_ratio == 2
+    exact = copy.deepcopy(attn).double()
+    backend, symbolic = recording_backend('inductor')
+    compiled = torch.compile(attn, backend=backend)
+    gen = torch.Generator().manual_seed(0)
+    C = attn.q.in_features
+    with config.patch(layout_optimization=False, fx_graph_cache=False):
+        for H, W in [(8, 8), (10, 12), (9, 11), (11, 13)]:
+            x = torch.randn(2, H * W, C, generator=gen)
+            triples = {}
+            for runner, weights, dtype in ((compiled, attn, torch.float32),
+                                           (attn, attn, torch.float32),
+                                           (exact, exact, torch.float64)):
+                inp = x.to(dtype).detach().requires_grad_()
+                weights.zero_grad(set_to_none=True)
+                out = runner(inp, (H, W))
+                out.square().sum().backward()
+                results = dict(output=out.detach(), input=inp.grad)
+                results.update(
+                    (n, p.grad) for n, p in weights.named_parameters())
+                for name, value in results.items():
+                    triples.setdefault(f'{(H, W)}: {name}', []).append(value)
+            assert_named_float32_close(triples)
+    assert symbolic == [False, True], symbolic
+
+
 class _MultiScaleSet(torch.utils.data.Dataset):
     """Images of the sizes in ``SIZES``, in turn (a multi-scale run)."""
 
