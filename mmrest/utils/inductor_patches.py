@@ -20,7 +20,7 @@ load Inductor, which takes seconds), and only where the problem is
 detected in that torch. ``MMREST_NO_INDUCTOR_PATCH=1``, set before
 ``import mmrest``, refuses both (set later, it does not undo a patch
 already applied). Why Inductor recompiled, and how this was measured:
-``docs/precision_and_export.md``, "Why Inductor recompiles at each size".
+``docs/precision_and_export.md``, "Why Inductor recompiled at each size".
 """
 import functools
 import importlib.abc
@@ -213,7 +213,7 @@ def _conv_backward_guards_integers(conv_module) -> bool:
     return code is not None and 'guard_int_seq' in code.co_names
 
 
-def hints_for_symbols(sizevars, values) -> list:
+def _hints_for_symbols(sizevars, values) -> list:
     """``values`` as integers: symbolic ones by their size hint (no guard),
     the others by ``sizevars.guard_int_seq``, as torch does.
 
@@ -263,7 +263,7 @@ def patch_inductor_conv_backward_strides() -> bool:
             sizevars = V.graph.sizevars
             if 'guard_int_seq' in vars(sizevars):  # already answered: nested
                 return original(*args, **kwargs)
-            sizevars.guard_int_seq = functools.partial(hints_for_symbols,
+            sizevars.guard_int_seq = functools.partial(_hints_for_symbols,
                                                        sizevars)
             try:
                 return original(*args, **kwargs)
