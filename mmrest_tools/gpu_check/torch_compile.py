@@ -143,7 +143,10 @@ def multi_scale_training(model: torch.nn.Module, device: torch.device,
     the sum of the mean squares of its outputs) at each of ``sizes`` (N, C,
     H, W) in turn: eager, and under ``torch.compile`` with automatic
     dynamic shapes (the first size compiles a static graph, the second a
-    symbolic one, which should serve the rest).
+    symbolic one, which should serve the rest). ``model`` must have no
+    randomness in train mode (no drop path; :func:`compile_worker`'s
+    ResT-Small has none): eager and compiled code draw different random
+    numbers, and the gradients would not compare.
 
     Returns a dict: ``graphs`` (whether each graph dynamo compiled is
     symbolic), ``first_pass_s`` (the compiled steps' first pass over the
