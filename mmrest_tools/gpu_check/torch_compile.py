@@ -136,6 +136,21 @@ def compile_worker(args: Dict):
     print('COMPILE_RESULT ' + json.dumps(res), flush=True)
 
 
+def multi_scale_inputs(sizes: Sequence[Sequence[int]],
+                       device: torch.device) -> List[torch.Tensor]:
+    """The batches of :func:`multi_scale_training`, one per size (N, C, H,
+    W): uniform random numbers, the same in every run."""
+    gen = torch.Generator().manual_seed(7)
+    return [torch.rand(*size, generator=gen).to(device) for size in sizes]
+
+
+def training_loss(outs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The loss of :func:`multi_scale_training`'s steps: the sum of the
+    mean squares of the outputs, in float32 (or the outputs' dtype if
+    wider)."""
+    return sum(o.float().square().mean() for o in outs)
+
+
 def multi_scale_training(model: torch.nn.Module, device: torch.device,
                          sizes: Sequence[Sequence[int]], backend: str,
                          repeats: int, warmup: int, amp) -> Dict:
@@ -160,8 +175,7 @@ def multi_scale_training(model: torch.nn.Module, device: torch.device,
     torch._dynamo.reset()  # no frame or size history from earlier calls
     compiling, graphs = recording_backend(backend)
     compiled = torch.compile(model, backend=compiling)
-    gen = torch.Generator().manual_seed(7)
-    inputs = [torch.rand(*size, generator=gen).to(device) for size in sizes]
+    inputs = multi_scale_inputs(sizes, device)
 
     def step(runner, x):
 
@@ -169,7 +183,7 @@ def multi_scale_training(model: torch.nn.Module, device: torch.device,
             model.zero_grad(set_to_none=True)
             with _autocast(device, amp):
                 outs = runner(x)
-            sum(o.float().square().mean() for o in outs).backward()
+            training_loss(outs).backward()
 
         return run
 
