@@ -272,6 +272,27 @@ def assert_gradients_close(fast: torch.nn.Module,
     assert_named_float32_close(triples, depth=depth)
 
 
+def training_step_triples(runs, name: str = '') -> dict:
+    """One training step (loss: the sum of the output's squares) of each
+    ``(call, module, input)`` of ``runs``, in the order fast, literal (or
+    eager float32), float64 reference: ``{name: [three tensors]}`` of the
+    output, the input's gradient and each parameter's gradient, for
+    :func:`assert_named_float32_close`. ``call(input)`` runs the step's
+    forward pass; ``module`` holds the parameters; each input is a fresh
+    leaf with its own gradient."""
+    triples = {}
+    for call, module, x in runs:
+        inp = x.detach().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        out = call(inp)
+        out.square().sum().backward()
+        results = dict(output=out.detach(), input=inp.grad)
+        results.update((n, p.grad) for n, p in module.named_parameters())
+        for key, value in results.items():
+            triples.setdefault(f'{name}{key}', []).append(value)
+    return triples
+
+
 def assert_named_float32_close(triples: dict,
                                *,
                                depth: int = 1,

@@ -16,7 +16,7 @@ import torch
 from _helpers import (assert_float32_close, assert_gradients_close,
                       assert_named_float32_close, float64_literal,
                       golden_model, golden_model_v2, recording_backend,
-                      stage_depths)
+                      stage_depths, training_step_triples)
 
 from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
@@ -147,20 +147,12 @@ def test_value_branch_crop_serves_every_size_under_inductor(
     with config.patch(layout_optimization=False, fx_graph_cache=False):
         for H, W in [(8, 8), (10, 12), (9, 11), (11, 13)]:
             x = torch.randn(2, H * W, C, generator=gen)
-            triples = {}
-            for runner, weights, dtype in ((compiled, attn, torch.float32),
-                                           (attn, attn, torch.float32),
-                                           (exact, exact, torch.float64)):
-                inp = x.to(dtype).detach().requires_grad_()
-                weights.zero_grad(set_to_none=True)
-                out = runner(inp, (H, W))
-                out.square().sum().backward()
-                results = dict(output=out.detach(), input=inp.grad)
-                results.update(
-                    (n, p.grad) for n, p in weights.named_parameters())
-                for name, value in results.items():
-                    triples.setdefault(f'{(H, W)}: {name}', []).append(value)
-            assert_named_float32_close(triples)
+            assert_named_float32_close(
+                training_step_triples(
+                    [(lambda t, f=f: f(t, (H, W)), m, x.to(m.q.weight.dtype))
+                     for f, m in ((compiled, attn), (attn, attn),
+                                  (exact, exact))],
+                    name=f'{(H, W)}: '))
     assert symbolic == [False, True], symbolic
 
 

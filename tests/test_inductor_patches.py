@@ -10,7 +10,8 @@ import sys
 
 import pytest
 import torch
-from _helpers import assert_named_float32_close, recording_backend
+from _helpers import (assert_named_float32_close, recording_backend,
+                      training_step_triples)
 
 from mmrest.utils import inductor_patches
 
@@ -168,22 +169,10 @@ def _compiled_training_over_sizes(module):
     gen = torch.Generator().manual_seed(0)
     for size in CONV_SIZES:
         x = torch.randn(2, 4, *size, generator=gen)
-        results = []
-        for runner, dtype in ((compiled, torch.float32),
-                              (module, torch.float32), (exact, torch.float64)):
-            inp = x.to(dtype).detach().requires_grad_()
-            runner.zero_grad(set_to_none=True)
-            out = runner(inp)
-            out.square().sum().backward()
-            weights = module if runner is compiled else runner
-            results.append((out.detach(), inp.grad, weights.sr.weight.grad,
-                            weights.sr.bias.grad))
-        names = ('output', 'input gradient', 'weight gradient',
-                 'bias gradient')
-        assert_named_float32_close({
-            f'{size}: {name}': triple
-            for name, triple in zip(names, zip(*results))
-        })
+        assert_named_float32_close(
+            training_step_triples([(compiled, module, x), (module, module, x),
+                                   (exact, exact, x.double())],
+                                  name=f'{size}: '))
     torch._dynamo.reset()
     return symbolic
 
