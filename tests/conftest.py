@@ -27,6 +27,12 @@ os.environ['PYTHONPATH'] = os.pathsep.join([_REPO] + [
     if p and p != _REPO
 ])
 
+# The 'triton' EMSA core's kernels (mmrest/backbones/emsa_triton.py) run on
+# the CPU only in Triton's interpreter, chosen when the kernels are defined:
+# set before any test imports them. (The tests run on the CPU.)
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
 
 def _data_file(name: str) -> Path:
     path = DATA / name

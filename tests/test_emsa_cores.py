@@ -12,12 +12,12 @@ from _helpers import (GRADIENT_FACTOR, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 from test_emsa import HW, make_pair
 
-from mmrest.backbones import kernels
+from mmrest.backbones import emsa_triton, kernels
 
 # (B, h, N, M, d): h in {2, 4, 8}, N != M both ways, odd sizes, M = 2
 SHAPES = [(2, 2, 13, 7, 5), (1, 4, 31, 9, 3), (3, 8, 11, 17, 4),
           (1, 2, 6, 2, 2)]
-CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'literal')
+CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton', 'literal')
 
 
 def _inputs(shape, dtype, seed=0, q_scale=1.0):
@@ -36,6 +36,9 @@ def _core(name, chunk_elements=None):
     if name == 'literal':
         return lambda q, k, v, w, b: kernels.literal_attention_core(
             q, k, v, w, b)
+    if name == 'triton':  # tiles of 16 rows: several blocks of N and M
+        return lambda q, k, v, w, b: kernels.triton_attention_core(
+            q, k, v, w, b, block=16 if chunk_elements else None)
     return lambda q, k, v, w, b: kernels.mixed_query_attention(
         q,
         k,
@@ -49,12 +52,18 @@ def _core(name, chunk_elements=None):
 
 def _refused_here(core) -> bool:
     """``'sdpa_lse_kernel'`` on a torch without the CPU flash attention
-    kernel (torch 2.1): it refuses, naming what is missing (and the test
-    asking for it ends there)."""
-    if core != 'sdpa_lse_kernel' or kernels.cpu_flash_attention_available():
+    kernel (torch 2.1), ``'triton'`` without triton 3 (the oldest stack's
+    torch 2.1 brings triton 2.1): it refuses, naming what is missing (and
+    the test asking for it ends there)."""
+    if core == 'sdpa_lse_kernel' and \
+            not kernels.cpu_flash_attention_available():
+        error, match = NotImplementedError, 'no CPU flash attention'
+    elif core == 'triton' and not emsa_triton.available():
+        error, match = ImportError, 'triton >= 3'
+    else:
         return False
     inputs = _inputs(SHAPES[0], torch.float32)
-    with pytest.raises(NotImplementedError, match='no CPU flash attention'):
+    with pytest.raises(error, match=match):
         _core(core)(*inputs)
     return True
 
@@ -100,7 +109,7 @@ def test_core_matches_literal_in_float64(core, shape, chunks):
 
 @pytest.mark.parametrize('shape', [(2, 4, 64, 49, 8), (1, 8, 50, 17, 4)])
 @pytest.mark.parametrize('q_scale', [1.0, 0.02])
-@pytest.mark.parametrize('core', ('sdpa', 'sdpa_lse_kernel'))
+@pytest.mark.parametrize('core', ('sdpa', 'sdpa_lse_kernel', 'triton'))
 def test_core_float32_as_accurate_as_literal(core, shape, q_scale):
     """Float32: against the float64 literal result, as accurate as the
     literal float32 computation (the tests' criterion, _helpers), also

@@ -489,7 +489,7 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     for r in mr.values():  # forward and backward through the shim's ops
         assert 'error' not in r, r
         assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
-    from mmrest.backbones import kernels
+    from mmrest.backbones import emsa_triton, kernels
     var = secs['variants']['rows']
     backends = [r for r in var if r['kind'] == 'sdpa_backends']
     assert len(backends) == 1 and 'error' not in backends[0], backends
@@ -498,12 +498,13 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert found['C128_h2_vd_math'] == 'ok' and found['C512_h8_vC_math'] \
         == 'ok', found
     var = [r for r in var if r['kind'] == 'variant']
-    assert [(r['model'], r['core']) for r in var
-            ] == ([('rest_small_literal', None)] +
-                  [('rest_small', c)
-                   for c in kernels.EMSA_CORES if c != 'literal_compiled'] +
-                  [('restv2_tiny', None), ('swin_t', None),
-                   ('rest_small', 'literal_compiled')])
+    assert [
+        (r['model'], r['core']) for r in var
+    ] == ([('rest_small_literal', None)] + [
+        ('rest_small', c)
+        for c in kernels.EMSA_CORES if c not in ('triton', 'literal_compiled')
+    ] + [('restv2_tiny', None), ('swin_t', None), ('rest_small', 'triton'),
+         ('rest_small', 'literal_compiled')])
     for r in var:
         if r['core'] == 'literal_compiled':  # --compile-backend off
             assert 'skipped' in r
@@ -511,6 +512,9 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         if r['core'] == 'sdpa_lse_kernel' and not \
                 kernels.cpu_flash_attention_available():  # torch 2.1
             assert 'no CPU flash attention kernel' in r['error'], r
+            continue
+        if r['core'] == 'triton' and not emsa_triton.available():
+            assert 'needs triton >= 3' in r['error'], r  # torch 2.1's 2.1
             continue
         assert 'error' not in r, r
         assert r['train_float32_step_ms'] > 0 and r['large_fp32_ms'] > 0, r

@@ -917,8 +917,8 @@ def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # (mmrest_tools/gpu_check.py, section ``variants``) times against it, the
 # literal path and Swin-T. Each computes the same formula (the tests compare
 # them with the literal computation in float64, outputs and gradients).
-EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'literal',
-              'literal_compiled')
+EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
+              'literal', 'literal_compiled')
 _emsa_core_name = 'chunked'
 # torch.compile backend of the 'literal_compiled' core (tests use a cheaper
 # one on the CPU)
@@ -950,6 +950,10 @@ def use_emsa_core(name: str):
     * ``'sdpa_lse_kernel'``: ``'sdpa'`` whose forward takes the row
       log-sum-exps from a fused attention kernel (CUDA: memory-efficient
       attention; CPU: the flash kernel), the backward by chunks;
+    * ``'triton'``: :func:`triton_attention_core`, the same mixed-query
+      form with the attention and the InstanceNorm's statistics from one
+      fused Triton kernel (forward and backward; CUDA tensors, needs
+      ``triton``);
     * ``'literal'``: :func:`literal_attention_core`, the N x M maps in the
       autocast dtypes, as the literal path computes them;
     * ``'literal_compiled'``: the same under ``torch.compile``
@@ -977,6 +981,8 @@ def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
     """The selected non-default core (see :func:`use_emsa_core`)."""
     if _emsa_core_name == 'literal':
         return literal_attention_core(q, k, v, mix, mix_bias, eps)
+    if _emsa_core_name == 'triton':
+        return triton_attention_core(q, k, v, mix, mix_bias, eps)
     if _emsa_core_name == 'literal_compiled':
         fn = _compiled_literal.get(LITERAL_COMPILE_BACKEND)
         if fn is None:
@@ -1186,28 +1192,85 @@ def mixed_query_attention(
     B, h, N, d = q.shape
     M = k.shape[2]
     C = h * d
-    dtype = q.dtype
-    core = torch.promote_types(dtype, torch.float32)
-    # Q_g = concat_j(W[g, j] q_j): (B, h, N, C); K: (B, 1, M, C), centred
-    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
-                         q).reshape(B, h, N, C)
-    with torch.autocast(q.device.type, enabled=False):
-        k32, v32 = k.to(core), v.to(core)
-        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
-        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
-    keys = k_c.transpose(1, 2).reshape(B, 1, M, C)
+    q_mix, keys, v_c = _mixed_query_inputs(q, k, v, mix)
     values = F.pad(v_c, (0, C - d)) if pad_values and C != d else v_c
     out = F.scaled_dot_product_attention(
-        q_mix, keys.expand(B, h, M, C), values, scale=1.0)
+        q_mix, keys[:, None].expand(B, h, M, C), values, scale=1.0)
     if values is not v_c:
         out = out[..., :d]
     if chunk_elements is None:
         chunk_elements = _chunk_elements(q.device)
     rows = max(1, chunk_elements // max(1, B * h * M))
-    gap = RowLseGap.apply(q_mix, keys, rows, lse_source)  # (B, h, N)
+    gap = RowLseGap.apply(q_mix, keys[:, None], rows, lse_source)  # (B,h,N)
     with torch.autocast(q.device.type, enabled=False):
-        if mix_bias is not None:  # cancels: an exact zero gradient
-            gap = gap + (mix_bias.to(gap.dtype) * 0)[None, :, None]
-        var = torch.expm1(gap + math.log(M)).sum(dim=-1) / (N * M * M)
+        # sum_n expm1(gap_n + log M) / M = sum_nm (P - 1/M)^2
+        row_dev = torch.expm1(gap + math.log(M)) / M
+        return _instance_normalised(out, row_dev, M, mix_bias, eps, q.dtype)
+
+
+def _mixed_query_inputs(q, k, v, mix):
+    """The mixed-query form of EMSA's core (:func:`mixed_query_attention`):
+    ``Q_g = concat_j(W[g, j] q_j)``, (B, h, N, C); the keys of all heads,
+    (B, M, C), and the values, (B, h, M, d), both centred over M (in
+    float32 or better), in the dtype of ``Q``."""
+    B, h, N, d = q.shape
+    M = k.shape[2]
+    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
+                         q).reshape(B, h, N, h * d)
+    core = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        k32, v32 = k.to(core), v.to(core)
+        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
+        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
+    return q_mix, k_c.transpose(1, 2).reshape(B, M, h * d), v_c
+
+
+def _instance_normalised(out, row_dev, M, mix_bias, eps, dtype):
+    """``out / sqrt(var + eps)`` per (batch, head), with the InstanceNorm's
+    biased variance ``var = sum_n row_dev_n / (N M)`` from each row's
+    ``row_dev_n = sum_m (P_nm - 1/M)^2``; computed in float32 or better,
+    returned in ``dtype``. ``mix_bias`` (it cancels) enters as an exact
+    zero, so that its gradient is an exact zero as in the literal
+    computation."""
+    N = row_dev.shape[2]
+    core = torch.promote_types(out.dtype, torch.float32)
+    with torch.autocast(out.device.type, enabled=False):
+        row_dev = row_dev.to(core)
+        if mix_bias is not None:
+            row_dev = row_dev + (mix_bias.to(core) * 0)[None, :, None]
+        var = row_dev.sum(dim=-1) / (N * M)
         inv_std = torch.rsqrt(var + eps)[:, :, None, None]
         return (out.to(core) * inv_std).to(dtype)
+
+
+def triton_attention_core(q: torch.Tensor,
+                          k: torch.Tensor,
+                          v: torch.Tensor,
+                          mix: torch.Tensor,
+                          mix_bias: Optional[torch.Tensor] = None,
+                          eps: float = 1e-5,
+                          block: Optional[int] = None) -> torch.Tensor:
+    """EMSA's multi-head core in the mixed-query form of
+    :func:`mixed_query_attention`, its attention and each row's centred
+    second moment from one fused Triton kernel
+    (:func:`mmrest.backbones.emsa_triton.softmax_moments`; its backward
+    likewise): CUDA tensors, or the CPU in Triton's interpreter.
+
+    Args:
+        q (Tensor): Scaled queries, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor): The (h, h) head-mixing weight.
+        mix_bias (Tensor, optional): Its (h, ) bias (cancels).
+        eps (float): The InstanceNorm epsilon.
+        block (int, optional): Rows per tile of the kernels.
+
+    Returns:
+        Tensor: (B, h, N, d), in the dtype of ``q``.
+    """
+    from . import emsa_triton
+    q_mix, keys, v_c = _mixed_query_inputs(q, k, v, mix)
+    with torch.autocast(q.device.type, enabled=False):
+        out, row_dev = emsa_triton.softmax_moments(q_mix, keys, v_c, block)
+    return _instance_normalised(out, row_dev, k.shape[2], mix_bias, eps,
+                                q.dtype)

@@ -1,0 +1,166 @@
+"""The fused Triton kernels of the 'triton' EMSA core
+(mmrest/backbones/emsa_triton.py), run on the CPU in Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1 before they are defined): their
+two outputs, attention ``P V`` and each row's centred second moment
+``sum_m (P - 1/M)^2``, and the gradients of queries, keys and values,
+against the same formulas written out in float64 with N x M maps. The whole
+core against the literal computation is in test_emsa_cores.py."""
+import pytest
+import torch
+from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+                      assert_float64_equal, literal_attention, relative_error)
+
+from mmrest.backbones import emsa_triton, kernels
+
+pytestmark = pytest.mark.skipif(
+    not emsa_triton.available(),
+    reason='needs triton >= 3 (test_emsa_cores checks the refusal)')
+
+
+def moments_written_out(q, keys, values):
+    """The kernels' formulas with N x M maps: softmax of ``q keys^T`` by
+    rows, ``P @ values`` and ``sum_m (P - 1/M)^2``."""
+    p = (q @ keys[:, None].transpose(-2, -1)).softmax(-1)
+    return p @ values, (p - 1 / keys.shape[1]).square().sum(-1)
+
+
+def _inputs(B, H, N, M, C, D, dtype, seed=0, q_scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, N, C, generator=gen, dtype=torch.float64)
+    keys = torch.randn(B, M, C, generator=gen, dtype=torch.float64) + 2.0
+    values = torch.randn(B, H, M, D, generator=gen, dtype=torch.float64)
+    return [(q * q_scale).to(dtype), keys.to(dtype), values.to(dtype)]
+
+
+def _run(fn, inputs, weights):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    out, dev = fn(*inputs)
+    loss = (out * weights[0].to(out.dtype)).sum() + \
+        (dev * weights[1].to(dev.dtype)).sum()
+    return (out.detach(), dev.detach()), torch.autograd.grad(loss, inputs)
+
+
+def _weights(B, H, N, D):
+    gen = torch.Generator().manual_seed(7)
+    return (torch.randn(B, H, N, D, generator=gen, dtype=torch.float64),
+            torch.randn(B, H, N, generator=gen, dtype=torch.float64) * 10)
+
+
+# (B, H, N, M, C, D, block): one tile and several (16 rows: N and M over
+# several blocks, the last one partial), C and D not powers of two, M = 1,
+# one key block exactly full
+CASES = [(2, 2, 13, 7, 10, 5, None), (1, 4, 37, 20, 12, 3, 16),
+         (2, 3, 33, 17, 24, 8, 16), (1, 2, 5, 1, 6, 3, 16),
+         (1, 1, 16, 16, 16, 16, 16)]
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_kernels_match_the_formulas_in_float64(case):
+    """Both outputs and the gradients of queries, keys (shared by the
+    heads: summed over them) and values equal the written-out formulas to
+    1e-8 in float64."""
+    B, H, N, M, C, D, block = case
+    inputs = _inputs(B, H, N, M, C, D, torch.float64)
+    weights = _weights(B, H, N, D)
+    (out, dev), grads = _run(
+        lambda *t: emsa_triton.softmax_moments(*t, block=block), inputs,
+        weights)
+    (ref_out, ref_dev), ref_grads = _run(moments_written_out, inputs, weights)
+    assert out.shape == (B, H, N, D) and dev.shape == (B, H, N)
+    assert out.dtype == dev.dtype == torch.float64
+    named = [
+        ('P V', out, ref_out), ('centred second moment', dev, ref_dev)
+    ] + [(f'grad {n}', g, r)
+         for n, g, r in zip(('q', 'keys', 'values'), grads, ref_grads)]
+    for name, got, want in named:
+        if M == 1 and name in ('centred second moment', 'grad q', 'grad keys'):
+            # one key: P = 1, a constant; zeros up to rounding (the kernel's
+            # dP - delta is a difference of two roundings of dO . V)
+            scale = ref_grads[2].norm()
+            assert want.abs().max() == 0, name
+            assert got.abs().max() < 1e-12 * scale, name
+        else:
+            assert_float64_equal(got, want, name)
+
+
+@pytest.mark.parametrize('q_scale', [1.0, 0.01])
+def test_kernels_float32_as_accurate_as_written_out(q_scale):
+    """Float32 in, float32 accumulators: against the float64 result as
+    accurate as the written-out float32 computation (the tests' criterion),
+    also for almost uniform attention (small queries), where ``sum P^2 -
+    1/M`` would lose its digits to cancellation; the kernel's running
+    deviations keep them."""
+    shape = (2, 2, 45, 33, 20, 10)
+    inputs = _inputs(*shape, torch.float64, seed=3, q_scale=q_scale)
+    weights = _weights(*shape[:3], shape[5])
+    (ref_out, ref_dev), ref_grads = _run(moments_written_out, inputs, weights)
+    in32 = [t.float() for t in inputs]
+    (lit_out, lit_dev), lit_grads = _run(moments_written_out, in32, weights)
+    (out,
+     dev), grads = _run(lambda *t: emsa_triton.softmax_moments(*t, block=16),
+                        in32, weights)
+    assert out.dtype == dev.dtype == torch.float32
+    assert_float32_close(out, lit_out, ref_out, name='P V')
+    assert_float32_close(dev, lit_dev, ref_dev, name='centred moment')
+    for name, g, lg, r in zip(('q', 'keys', 'values'), grads, lit_grads,
+                              ref_grads):
+        assert_float32_close(
+            g, lg, r, name=f'grad {name}', factor=GRADIENT_FACTOR)
+
+
+def test_triton_core_in_float16():
+    """The core with float16 queries, keys and values (the autocast dtype
+    of an fp16 run; Triton's interpreter has no bfloat16): products in
+    float16 accumulating in float32, the result in float16, as close to the
+    float64 literal result as the literal computation under fp16 autocast
+    (the autocast criterion, docs/precision_and_export.md)."""
+    gen = torch.Generator().manual_seed(5)
+    B, h, N, M, d = 2, 4, 40, 25, 8
+    q, k, v = (
+        torch.randn(B, h, n, d, generator=gen, dtype=torch.float64)
+        for n in (N, M, M))
+    mix = torch.randn(h, h, generator=gen, dtype=torch.float64)
+    bias = torch.randn(h, generator=gen, dtype=torch.float64)
+    ref = literal_attention(q, k, v, mix, bias)
+    half = [t.half() for t in (q, k, v)] + [mix.float(), bias.float()]
+    with torch.autocast('cpu', dtype=torch.float16):
+        lit = kernels.literal_attention_core(*half)
+    out = kernels.triton_attention_core(*half)
+    assert out.dtype == torch.float16
+    err_fast, err_lit = (relative_error(o, ref) for o in (out, lit))
+    assert err_fast <= 1.5 * err_lit + 1e-3, (err_fast, err_lit)
+
+
+def test_bad_inputs_are_refused():
+    """Mismatched dtypes, shapes that do not fit, a tile that is not a
+    power of two and (outside the interpreter) CPU tensors: each a clear
+    error naming what was wrong."""
+    q, keys, values = _inputs(1, 2, 5, 4, 6, 3, torch.float32)
+    with pytest.raises(TypeError, match='share a dtype'):
+        emsa_triton.softmax_moments(q, keys.double(), values)
+    with pytest.raises(ValueError, match=r'keys \(1, 4, 7\)'):
+        emsa_triton.softmax_moments(q, torch.zeros(1, 4, 7), values)
+    with pytest.raises(ValueError, match='power of two >= 16, got 24'):
+        emsa_triton.softmax_moments(q, keys, values, block=24)
+    assert emsa_triton.interpreted()  # conftest's TRITON_INTERPRET=1
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    """Compiled (not interpreted) kernels refuse CPU tensors, naming the
+    device and the way to run on the CPU."""
+    monkeypatch.setattr(emsa_triton, 'interpreted', lambda: False)
+    q, keys, values = _inputs(1, 2, 5, 4, 6, 3, torch.float32)
+    with pytest.raises(
+            RuntimeError,
+            match='CUDA tensors.*TRITON_INTERPRET'
+            '.*got queries on cpu'):
+        emsa_triton.softmax_moments(q, keys, values)
+
+
+def test_tiles_shrink_with_channels():
+    """Tiles of at most 8192 elements: 64 rows up to C = 128, 16 at
+    C = 512; channels padded to powers of two, at least 16."""
+    assert emsa_triton.block_sizes(64, 64) == (64, 64, 64, 64)
+    assert emsa_triton.block_sizes(256, 64) == (32, 32, 256, 64)
+    assert emsa_triton.block_sizes(512, 64) == (16, 16, 512, 64)
+    assert emsa_triton.block_sizes(10, 5) == (64, 64, 16, 16)
