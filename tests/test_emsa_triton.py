@@ -5,6 +5,12 @@ two outputs, attention ``P V`` and each row's centred second moment
 ``sum_m (P - 1/M)^2``, and the gradients of queries, keys and values,
 against the same formulas written out in float64 with N x M maps. The whole
 core against the literal computation is in test_emsa_cores.py."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from _helpers import (GRADIENT_FACTOR, assert_float32_close,
@@ -158,9 +164,55 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 
 
 def test_tiles_shrink_with_channels():
-    """Tiles of at most 8192 elements: 64 rows up to C = 128, 16 at
-    C = 512; channels padded to powers of two, at least 16."""
-    assert emsa_triton.block_sizes(64, 64) == (64, 64, 64, 64)
-    assert emsa_triton.block_sizes(256, 64) == (32, 32, 256, 64)
-    assert emsa_triton.block_sizes(512, 64) == (16, 16, 512, 64)
-    assert emsa_triton.block_sizes(10, 5) == (64, 64, 16, 16)
+    """Rows per tile shrink as the channels grow, faster for float32 than
+    for the autocast dtypes; channels padded to powers of two, at least
+    16; float32 pipelined in 2 stages (shared memory)."""
+    rows = {
+        (C, dtype): emsa_triton.launch_config(C, 64, dtype)['BLOCK_N']
+        for C in (10, 128, 256, 512, 768)
+        for dtype in (torch.float16, torch.bfloat16, torch.float32)
+    }
+    assert [rows[C, torch.float16]
+            for C in (10, 128, 256, 512, 768)] == [64, 64, 32, 32, 16]
+    assert [rows[C, torch.bfloat16]
+            for C in (10, 128, 256, 512, 768)] == [64, 64, 32, 32, 16]
+    assert [rows[C, torch.float32]
+            for C in (10, 128, 256, 512, 768)] == [32, 32, 16, 16, 16]
+    config = emsa_triton.launch_config(768, 5, torch.float32)
+    assert (config['BLOCK_C'], config['BLOCK_D'], config['BLOCK_M'],
+            config['num_stages']) == (1024, 16, 16, 2)
+    assert emsa_triton.launch_config(
+        128, 64, torch.float16, block=16)['BLOCK_N'] == 16
+
+
+# Shared memory a program may use: A100 (sm_80) 163 KiB, H100 / H200 (sm_90)
+# 227 KiB (CUDA's occupancy tables, maximum per block)
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+def test_kernels_compile_for_cuda(tmp_path):
+    """The kernels as launched compile for CUDA without a GPU (Triton's
+    ptxas, tests/_triton_aot.py; the interpreter does not run Triton's
+    compiler): for H100 / H200 (sm_90) in fp16 at every C of ResT's
+    multi-head stages (128 to 768), bf16, float32, and float32 at C = 768
+    for A100 (sm_80). Each kernel spills no registers (stack 0) and fits
+    the architecture's shared memory."""
+    specs = [f'90:fp16:{C}:64' for C in (128, 256, 512, 768)] + [
+        '90:bf16:256:64', '90:fp32:128:64', '90:fp32:768:64', '80:fp32:768:64'
+    ]
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['TRITON_CACHE_DIR'] = str(tmp_path)  # compiled here, not cached
+    proc = subprocess.run(
+        [sys.executable,
+         str(Path(__file__).with_name('_triton_aot.py'))] + specs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 3 * len(specs)
+    for row in rows:
+        assert 'error' not in row, row
+        assert row['stack'] == 0, row
+        assert 0 < row['shared'] <= SHARED_LIMIT[row['cc']], row

@@ -69,9 +69,10 @@ def interpreted() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _forward_kernel(Q, K, V, O, LSE, DEV, N, M, H, C, D, ACC: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _forward_kernel(Q, K, V, OUT, LSE, DEV, N, M, H, C, D,
+                        ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
         """One block of query rows of one (batch, head): ``O = P V``, the
         log-sum-exps of the logits and ``r = sum_m (P - 1/M)^2``."""
         bh = tl.program_id(1).to(tl.int64)
@@ -118,7 +119,7 @@ if triton is not None:
             run_max = new_max
         total = run_mean * M  # sum_m exp(l - run_max)
         tl.store(
-            O + bh * N * D + rn[:, None] * D + rd[None, :],
+            OUT + bh * N * D + rn[:, None] * D + rd[None, :],
             acc / total[:, None],
             mask=row_ok[:, None] & (rd[None, :] < D))
         tl.store(LSE + bh * N + rn, run_max + tl.log(total), mask=row_ok)
@@ -229,21 +230,51 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
-def block_sizes(C: int, D: int, block: Optional[int] = None):
-    """The tiles of the kernels: ``(BLOCK_N, BLOCK_M, BLOCK_C, BLOCK_D)``.
+# Rows per tile by the padded channels (BLOCK_C), for 2-byte inputs (the
+# autocast dtypes) and wider ones; 8 warps. Chosen from ptxas's report
+# (Triton 3.6, sm_90, ``cuobjdump -res-usage``): the largest tiles whose
+# three kernels spill no registers (fp16 at C = 256 with 64 rows spills
+# 168-400 bytes a thread, at C = 512 with 64 rows 552-1576).
+_ROWS_2BYTE = ((128, 64), (512, 32))
+_ROWS_WIDER = ((128, 32), )
+NUM_WARPS = 8
 
-    A program holds query (or key) tiles of ``BLOCK x C`` and its gradient
-    accumulators of the same size, so the rows per tile shrink as C grows
-    (64 up to C = 128, 16 at C = 512), keeping each tile at 8192 elements
-    or fewer. ``block`` (a power of two, at least 16) overrides the rows,
-    e.g. for the tests, which need several blocks of small sizes.
+
+def launch_config(C: int,
+                  D: int,
+                  dtype: torch.dtype,
+                  block: Optional[int] = None) -> dict:
+    """The kernels' tiles and launch options for ``C`` query / key channels
+    and ``D`` value channels in ``dtype``: ``BLOCK_N`` query rows and
+    ``BLOCK_M`` key rows per tile, the channels padded to powers of two
+    (``BLOCK_C``, ``BLOCK_D``, at least 16), ``num_warps``,
+    ``num_stages``.
+
+    A program holds query (or key) tiles of ``rows x C`` and gradient
+    accumulators of the same size, so the rows shrink as C grows: 2-byte
+    inputs 64 rows up to C = 128, 32 up to 512, then 16; float32 (and
+    float64) 32 up to C = 128, then 16. Inputs wider than 2 bytes are
+    pipelined in 2 stages instead of 3, which keeps float32 at C = 768
+    (ResT-Base / Large, stage 4) within an A100's 163 KiB of shared memory
+    (137 KiB against 205 KiB). ``block`` (a power of two, at least 16)
+    overrides the rows, e.g. for the tests, which need several blocks of
+    small sizes.
     """
     BLOCK_C, BLOCK_D = _pow2(C), _pow2(D)
+    two_byte = torch.empty((), dtype=dtype).element_size() <= 2
     if block is None:
-        block = max(16, min(64, 8192 // BLOCK_C))
+        block = next(
+            (rows for top, rows in (_ROWS_2BYTE if two_byte else _ROWS_WIDER)
+             if BLOCK_C <= top), 16)
     elif block < 16 or block & (block - 1):
         raise ValueError(f'block must be a power of two >= 16, got {block}')
-    return block, block, BLOCK_C, BLOCK_D
+    return dict(
+        BLOCK_N=block,
+        BLOCK_M=block,
+        BLOCK_C=BLOCK_C,
+        BLOCK_D=BLOCK_D,
+        num_warps=NUM_WARPS,
+        num_stages=3 if two_byte else 2)
 
 
 def _check(q, keys, values):
@@ -291,10 +322,22 @@ class SoftmaxMoments(torch.autograd.Function):
         out = q.new_empty(B, H, N, D, dtype=acc)
         lse = q.new_empty(B, H, N, dtype=acc)
         dev = q.new_empty(B, H, N, dtype=acc)
-        bn, bm, bc, bd = block_sizes(C, D, block)
-        grid = (triton.cdiv(N, bn), B * H)
-        _forward_kernel[grid](q, keys, values, out, lse, dev, N, M, H, C, D,
-                              acc_tl, bn, bm, bc, bd)
+        config = launch_config(C, D, q.dtype, block)
+        grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
+        _forward_kernel[grid](
+            q,
+            keys,
+            values,
+            out,
+            lse,
+            dev,
+            N,
+            M,
+            H,
+            C,
+            D,
+            ACC=acc_tl,
+            **config)
         ctx.save_for_backward(q, keys, values, out, lse, dev)
         ctx.block = block
         return out, dev
@@ -313,14 +356,15 @@ class SoftmaxMoments(torch.autograd.Function):
         dq = torch.empty_like(q, dtype=acc)
         dk = q.new_empty(B, H, M, C, dtype=acc)
         dv = torch.empty_like(values, dtype=acc)
-        bn, bm, bc, bd = block_sizes(C, D, ctx.block)
-        args = (N, M, H, C, D, 1.0 / M, acc_tl, bn, bm, bc, bd)
-        _grad_queries_kernel[(triton.cdiv(N, bn), B * H)](q, keys, values,
-                                                          d_out, lse, d_dev,
-                                                          delta, dq, *args)
-        _grad_keys_values_kernel[(triton.cdiv(M, bm),
-                                  B * H)](q, keys, values, d_out, lse, d_dev,
-                                          delta, dk, dv, *args)
+        config = launch_config(C, D, q.dtype, ctx.block)
+        args = (N, M, H, C, D, 1.0 / M)
+        kw = dict(config, ACC=acc_tl)
+        rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
+        _grad_queries_kernel[rows](q, keys, values, d_out, lse, d_dev, delta,
+                                   dq, *args, **kw)
+        cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
+        _grad_keys_values_kernel[cols](q, keys, values, d_out, lse, d_dev,
+                                       delta, dk, dv, *args, **kw)
         return (dq.to(q.dtype), dk.sum(1).to(keys.dtype), dv.to(values.dtype),
                 None)
 
@@ -341,7 +385,7 @@ def softmax_moments(
         q (Tensor): Queries, (B, H, N, C).
         keys (Tensor): Keys shared by the H heads, (B, M, C).
         values (Tensor): Values, (B, H, M, D).
-        block (int, optional): Rows per tile (see :func:`block_sizes`).
+        block (int, optional): Rows per tile (see :func:`launch_config`).
 
     Returns:
         tuple[Tensor, Tensor]: (B, H, N, D) and (B, H, N).

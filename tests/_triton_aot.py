@@ -1,0 +1,91 @@
+"""Compiles the 'triton' EMSA core's kernels for a CUDA architecture on a
+machine without a GPU (Triton's own ptxas), as launched
+(``emsa_triton.launch_config``), and prints, per kernel, the registers,
+the stack (spilled registers) and the shared memory a program uses, as
+JSON. Run by tests/test_emsa_triton.py in a process without
+TRITON_INTERPRET (the kernels compiled, not interpreted).
+
+Usage: python tests/_triton_aot.py CC:DTYPE:C:D [...]   (e.g. 90:fp16:128:64)
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler import compile as triton_compile
+
+from mmrest.backbones import emsa_triton
+
+DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16, fp32=torch.float32)
+# the pointer arguments of each kernel that hold the inputs' dtype; the
+# other pointers are float32 (outputs, gradients, statistics)
+KERNELS = (('_forward_kernel', 'QKV'), ('_grad_queries_kernel', 'QKV'),
+           ('_grad_keys_values_kernel', 'QKV'))
+INTS = ('N', 'M', 'H', 'C', 'D')
+
+
+def _signature(fn, dtype: str, inputs: str) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in INTS:
+            sig[name] = 'i32'
+        elif name == 'inv_M':
+            sig[name] = 'fp32'
+        elif name.isupper() and name not in ('ACC', ) and \
+                not name.startswith('BLOCK'):
+            sig[name] = '*' + (dtype if name in inputs else 'fp32')
+        else:
+            sig[name] = 'constexpr'
+    return sig
+
+
+def report(cc: int, dtype: str, C: int, D: int) -> list:
+    config = emsa_triton.launch_config(C, D, DTYPES[dtype])
+    options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
+    tool = os.path.join(
+        os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
+        'cuobjdump')
+    rows = []
+    for name, inputs in KERNELS:
+        fn = getattr(emsa_triton, name)
+        row = dict(cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config)
+        try:
+            kernel = triton_compile(
+                ASTSource(
+                    fn,
+                    _signature(fn, dtype, inputs),
+                    constexprs=dict(config, ACC=tl.float32)),
+                target=GPUTarget('cuda', cc, 32),
+                options=options)
+            with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+                f.write(kernel.asm['cubin'])
+                f.flush()
+                usage = subprocess.run([tool, '-res-usage', f.name],
+                                       capture_output=True,
+                                       text=True,
+                                       check=True).stdout
+            found = re.search(r'REG:(\d+).*?STACK:(\d+)', usage)
+            row.update(
+                registers=int(found.group(1)),
+                stack=int(found.group(2)),
+                shared=kernel.metadata.shared)
+        except Exception as e:  # noqa: BLE001 (reported)
+            row['error'] = f'{type(e).__name__}: {e}'[-2000:]
+        rows.append(row)
+    return rows
+
+
+if __name__ == '__main__':
+    assert not emsa_triton.interpreted(), 'unset TRITON_INTERPRET'
+    out = []
+    for spec in sys.argv[1:]:
+        cc, dtype, C, D = spec.split(':')
+        out += report(int(cc), dtype, int(C), int(D))
+    print(json.dumps(out))
