@@ -69,22 +69,55 @@ def interpreted() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _program(H, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+        """This program's (batch x head) index, its batch, its block of
+        rows (queries or keys) and the ranges of the channels."""
+        bh = tl.program_id(1).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        return bh, bh // H, rows, tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_D)
+
+    @triton.jit
+    def _tile(PTR, offset, rows, n_rows, cols, n_cols):
+        """Rows ``rows`` and columns ``cols`` of the row-major
+        ``(n_rows, n_cols)`` matrix at ``PTR + offset``, zeros outside."""
+        return tl.load(
+            PTR + offset + rows[:, None] * n_cols + cols[None, :],
+            mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols),
+            other=0.)
+
+    @triton.jit
+    def _store_tile(PTR, offset, rows, n_rows, cols, n_cols, value):
+        """Stores a tile written as :func:`_tile` reads it."""
+        tl.store(
+            PTR + offset + rows[:, None] * n_cols + cols[None, :],
+            value,
+            mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+
+    @triton.jit
+    def _row_terms(LSE, DR, DELTA, offset, rows, n_rows):
+        """Per query row: the log-sum-exp, ``2 dr`` and ``delta``."""
+        ok = rows < n_rows
+        return (tl.load(LSE + offset + rows, mask=ok, other=0.),
+                2 * tl.load(DR + offset + rows, mask=ok, other=0.),
+                tl.load(DELTA + offset + rows, mask=ok, other=0.))
+
+    @triton.jit
+    def _grad_logits(p, dp, dr2, delta, inv_M):
+        """``dl = P (dP - delta)`` with ``dP = dO V^T + 2 dr (P - 1/M)``
+        (``dp`` the first term; rows or columns broadcast by the caller's
+        shapes)."""
+        return p * (dp + dr2 * (p - inv_M) - delta)
+
+    @triton.jit
     def _forward_kernel(Q, K, V, OUT, LSE, DEV, N, M, H, C, D,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_D: tl.constexpr):
         """One block of query rows of one (batch, head): ``O = P V``, the
         log-sum-exps of the logits and ``r = sum_m (P - 1/M)^2``."""
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rc = tl.arange(0, BLOCK_C)
-        rd = tl.arange(0, BLOCK_D)
-        row_ok = rn < N
-        q = tl.load(
-            Q + bh * N * C + rn[:, None] * C + rc[None, :],
-            mask=row_ok[:, None] & (rc[None, :] < C),
-            other=0.)
+        bh, b, rn, rc, rd = _program(H, BLOCK_N, BLOCK_C, BLOCK_D)
+        q = _tile(Q, bh * N * C, rn, N, rc, C)
         run_max = tl.full([BLOCK_N], float('-inf'), ACC)
         run_mean = tl.zeros([BLOCK_N], ACC)  # of exp(l - run_max)
         run_m2 = tl.zeros([BLOCK_N], ACC)  # their squared deviations
@@ -93,14 +126,8 @@ if triton is not None:
         for start in range(0, M, BLOCK_M):
             rm = start + tl.arange(0, BLOCK_M)
             key_ok = rm < M
-            k = tl.load(
-                K + b * M * C + rm[:, None] * C + rc[None, :],
-                mask=key_ok[:, None] & (rc[None, :] < C),
-                other=0.)
-            v = tl.load(
-                V + bh * M * D + rm[:, None] * D + rd[None, :],
-                mask=key_ok[:, None] & (rd[None, :] < D),
-                other=0.)
+            k = _tile(K, b * M * C, rm, M, rc, C)
+            v = _tile(V, bh * M * D, rm, M, rd, D)
             s = tl.dot(q, tl.trans(k), input_precision='ieee').to(ACC)
             s = tl.where(key_ok[None, :], s, float('-inf'))
             new_max = tl.maximum(run_max, tl.max(s, 1))
@@ -118,12 +145,9 @@ if triton is not None:
                 p.to(v.dtype), v, input_precision='ieee').to(ACC)
             run_max = new_max
         total = run_mean * M  # sum_m exp(l - run_max)
-        tl.store(
-            OUT + bh * N * D + rn[:, None] * D + rd[None, :],
-            acc / total[:, None],
-            mask=row_ok[:, None] & (rd[None, :] < D))
-        tl.store(LSE + bh * N + rn, run_max + tl.log(total), mask=row_ok)
-        tl.store(DEV + bh * N + rn, run_m2 / (total * total), mask=row_ok)
+        _store_tile(OUT, bh * N * D, rn, N, rd, D, acc / total[:, None])
+        tl.store(LSE + bh * N + rn, run_max + tl.log(total), mask=rn < N)
+        tl.store(DEV + bh * N + rn, run_m2 / (total * total), mask=rn < N)
 
     @triton.jit
     def _grad_queries_kernel(Q, K, V, DO, LSE, DR, DELTA, DQ, N, M, H, C, D,
@@ -131,45 +155,21 @@ if triton is not None:
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                              BLOCK_D: tl.constexpr):
         """One block of query rows: ``dQ = dl K``."""
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rc = tl.arange(0, BLOCK_C)
-        rd = tl.arange(0, BLOCK_D)
-        row_ok = rn < N
-        q = tl.load(
-            Q + bh * N * C + rn[:, None] * C + rc[None, :],
-            mask=row_ok[:, None] & (rc[None, :] < C),
-            other=0.)
-        do = tl.load(
-            DO + bh * N * D + rn[:, None] * D + rd[None, :],
-            mask=row_ok[:, None] & (rd[None, :] < D),
-            other=0.).to(q.dtype)
-        lse = tl.load(LSE + bh * N + rn, mask=row_ok, other=0.)
-        dr2 = 2 * tl.load(DR + bh * N + rn, mask=row_ok, other=0.)
-        delta = tl.load(DELTA + bh * N + rn, mask=row_ok, other=0.)
+        bh, b, rn, rc, rd = _program(H, BLOCK_N, BLOCK_C, BLOCK_D)
+        q = _tile(Q, bh * N * C, rn, N, rc, C)
+        do = _tile(DO, bh * N * D, rn, N, rd, D).to(q.dtype)
+        lse, dr2, delta = _row_terms(LSE, DR, DELTA, bh * N, rn, N)
         dq = tl.zeros([BLOCK_N, BLOCK_C], ACC)
         for start in range(0, M, BLOCK_M):
             rm = start + tl.arange(0, BLOCK_M)
-            key_ok = rm < M
-            k = tl.load(
-                K + b * M * C + rm[:, None] * C + rc[None, :],
-                mask=key_ok[:, None] & (rc[None, :] < C),
-                other=0.)
-            v = tl.load(
-                V + bh * M * D + rm[:, None] * D + rd[None, :],
-                mask=key_ok[:, None] & (rd[None, :] < D),
-                other=0.)
+            k = _tile(K, b * M * C, rm, M, rc, C)
+            v = _tile(V, bh * M * D, rm, M, rd, D)
             s = tl.dot(q, tl.trans(k), input_precision='ieee').to(ACC)
-            p = tl.where(key_ok[None, :], tl.exp(s - lse[:, None]), 0.)
+            p = tl.where((rm < M)[None, :], tl.exp(s - lse[:, None]), 0.)
             dp = tl.dot(do, tl.trans(v), input_precision='ieee').to(ACC)
-            dp = dp + dr2[:, None] * (p - inv_M)
-            dl = p * (dp - delta[:, None])
+            dl = _grad_logits(p, dp, dr2[:, None], delta[:, None], inv_M)
             dq += tl.dot(dl.to(k.dtype), k, input_precision='ieee').to(ACC)
-        tl.store(
-            DQ + bh * N * C + rn[:, None] * C + rc[None, :],
-            dq,
-            mask=row_ok[:, None] & (rc[None, :] < C))
+        _store_tile(DQ, bh * N * C, rn, N, rc, C, dq)
 
     @triton.jit
     def _grad_keys_values_kernel(Q, K, V, DO, LSE, DR, DELTA, DK, DV, N, M, H,
@@ -178,52 +178,25 @@ if triton is not None:
                                  BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
         """One block of keys of one (batch, head): that head's share of
         ``dK = dl^T Q`` and ``dV = P^T dO``."""
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rc = tl.arange(0, BLOCK_C)
-        rd = tl.arange(0, BLOCK_D)
-        key_ok = rm < M
-        k = tl.load(
-            K + b * M * C + rm[:, None] * C + rc[None, :],
-            mask=key_ok[:, None] & (rc[None, :] < C),
-            other=0.)
-        v = tl.load(
-            V + bh * M * D + rm[:, None] * D + rd[None, :],
-            mask=key_ok[:, None] & (rd[None, :] < D),
-            other=0.)
+        bh, b, rm, rc, rd = _program(H, BLOCK_M, BLOCK_C, BLOCK_D)
+        k = _tile(K, b * M * C, rm, M, rc, C)
+        v = _tile(V, bh * M * D, rm, M, rd, D)
         dk = tl.zeros([BLOCK_M, BLOCK_C], ACC)
         dv = tl.zeros([BLOCK_M, BLOCK_D], ACC)
         for start in range(0, N, BLOCK_N):
             rn = start + tl.arange(0, BLOCK_N)
-            row_ok = rn < N
-            q = tl.load(
-                Q + bh * N * C + rn[:, None] * C + rc[None, :],
-                mask=row_ok[:, None] & (rc[None, :] < C),
-                other=0.)
-            do = tl.load(
-                DO + bh * N * D + rn[:, None] * D + rd[None, :],
-                mask=row_ok[:, None] & (rd[None, :] < D),
-                other=0.).to(v.dtype)
-            lse = tl.load(LSE + bh * N + rn, mask=row_ok, other=0.)
-            dr2 = 2 * tl.load(DR + bh * N + rn, mask=row_ok, other=0.)
-            delta = tl.load(DELTA + bh * N + rn, mask=row_ok, other=0.)
+            q = _tile(Q, bh * N * C, rn, N, rc, C)
+            do = _tile(DO, bh * N * D, rn, N, rd, D).to(v.dtype)
+            lse, dr2, delta = _row_terms(LSE, DR, DELTA, bh * N, rn, N)
             s_t = tl.dot(k, tl.trans(q), input_precision='ieee').to(ACC)
-            p_t = tl.where(row_ok[None, :] & key_ok[:, None],
+            p_t = tl.where((rn < N)[None, :] & (rm < M)[:, None],
                            tl.exp(s_t - lse[None, :]), 0.)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision='ieee').to(ACC)
             dp_t = tl.dot(v, tl.trans(do), input_precision='ieee').to(ACC)
-            dp_t = dp_t + dr2[None, :] * (p_t - inv_M)
-            dl_t = p_t * (dp_t - delta[None, :])
+            dl_t = _grad_logits(p_t, dp_t, dr2[None, :], delta[None, :], inv_M)
             dk += tl.dot(dl_t.to(q.dtype), q, input_precision='ieee').to(ACC)
-        tl.store(
-            DK + bh * M * C + rm[:, None] * C + rc[None, :],
-            dk,
-            mask=key_ok[:, None] & (rc[None, :] < C))
-        tl.store(
-            DV + bh * M * D + rm[:, None] * D + rd[None, :],
-            dv,
-            mask=key_ok[:, None] & (rd[None, :] < D))
+        _store_tile(DK, bh * M * C, rm, M, rc, C, dk)
+        _store_tile(DV, bh * M * D, rm, M, rd, D, dv)
 
 
 def _pow2(n: int) -> int:
