@@ -24,14 +24,15 @@ from triton.compiler import compile as triton_compile
 from mmrest.backbones import emsa_triton
 
 DTYPES = dict(fp16=torch.float16, bf16=torch.bfloat16, fp32=torch.float32)
-# the pointer arguments of each kernel that hold the inputs' dtype; the
-# other pointers are float32 (outputs, gradients, statistics)
-KERNELS = (('_forward_kernel', 'QKV'), ('_grad_queries_kernel', 'QKV'),
-           ('_grad_keys_values_kernel', 'QKV'))
+KERNELS = ('_forward_kernel', '_grad_queries_kernel',
+           '_grad_keys_values_kernel')
+# the pointer arguments that hold the inputs' dtype; the other pointers are
+# float32 (outputs, gradients, statistics)
+INPUTS = ('Q', 'K', 'V')
 INTS = ('N', 'M', 'H', 'C', 'D')
 
 
-def _signature(fn, dtype: str, inputs: str) -> dict:
+def _signature(fn, dtype: str) -> dict:
     sig = {}
     for name in fn.arg_names:
         if name in INTS:
@@ -40,7 +41,7 @@ def _signature(fn, dtype: str, inputs: str) -> dict:
             sig[name] = 'fp32'
         elif name.isupper() and name not in ('ACC', ) and \
                 not name.startswith('BLOCK'):
-            sig[name] = '*' + (dtype if name in inputs else 'fp32')
+            sig[name] = '*' + (dtype if name in INPUTS else 'fp32')
         else:
             sig[name] = 'constexpr'
     return sig
@@ -53,14 +54,14 @@ def report(cc: int, dtype: str, C: int, D: int) -> list:
         os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
         'cuobjdump')
     rows = []
-    for name, inputs in KERNELS:
+    for name in KERNELS:
         fn = getattr(emsa_triton, name)
         row = dict(cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config)
         try:
             kernel = triton_compile(
                 ASTSource(
                     fn,
-                    _signature(fn, dtype, inputs),
+                    _signature(fn, dtype),
                     constexprs=dict(config, ACC=tl.float32)),
                 target=GPUTarget('cuda', cc, 32),
                 options=options)
