@@ -411,11 +411,87 @@ def test_variants_markdown_lists_every_core():
     assert len(width) == 1, width  # every line of the table has all cells
 
 
+def _variant(core, ms, mib, passes=True, **extra):
+    return dict(
+        kind='variant',
+        model='rest_small',
+        core=core,
+        train_float16_step_ms=ms,
+        train_float16_step_peak_MiB=mib,
+        **{'pass': passes},
+        **extra)
+
+
+def test_choose_core_takes_the_fastest_passing_core_within_memory():
+    """--emsa-core auto: the fastest fp16 training step among the cores
+    that pass and need no more memory than the default; the default
+    otherwise."""
+    settings = dict(train_amp=['float16', 'bfloat16'])
+    rows = [
+        dict(
+            kind='variant',
+            model='rest_small_literal',
+            core=None,
+            train_float16_step_ms=1.0),  # not a core
+        dict(
+            kind='variant',
+            model='swin_t',
+            core=None,
+            train_float16_step_ms=1.0),
+        _variant('chunked', 120.0, 3000.0, passes=None),  # no literal bar
+        _variant('sdpa', 90.0, 2900.0),
+        _variant('sdpa_padded', 80.0, 3100.0),  # faster, more memory
+        _variant('literal', 50.0, 2000.0, passes=False),  # inexact
+        dict(
+            kind='variant',
+            model='rest_small',
+            core='triton',
+            error='RuntimeError: boom'),
+        _variant('sdpa_lse_kernel', 95.0, 3000.0),
+    ]
+    choice = gpu_check.choose_core(dict(settings=settings, rows=rows))
+    assert choice['chosen'] == 'sdpa' and choice['default'] == 'chunked'
+    assert choice['by'] == 'train_float16_step_ms'
+    assert choice['step_ms'] == dict(
+        chunked=120.0, sdpa=90.0, sdpa_lse_kernel=95.0)
+    assert set(choice['excluded']) == {'sdpa_padded', 'literal', 'triton'}
+    assert '3100 MiB > 3000 MiB' in choice['excluded']['sdpa_padded']
+    assert 'boom' in choice['excluded']['triton']
+    # none faster: the default
+    rows[3]['train_float16_step_ms'] = 130.0
+    rows[-1]['train_float16_step_ms'] = 120.5
+    assert gpu_check.choose_core(dict(settings=settings,
+                                      rows=rows))['chosen'] == 'chunked'
+    # the default without figures: kept, whatever the others measured
+    del rows[2]['train_float16_step_ms']
+    choice = gpu_check.choose_core(dict(settings=settings, rows=rows))
+    assert choice['chosen'] == 'chunked' and choice['step_ms'] == {}
+    # quick mode (float32 only) compares the float32 step
+    quick = [
+        dict(
+            kind='variant',
+            model='rest_small',
+            core=c,
+            train_float32_step_ms=ms,
+            **{'pass': True}) for c, ms in (('chunked', 5.0), ('triton', 4.0))
+    ]
+    choice = gpu_check.choose_core(
+        dict(settings=dict(train_amp=['float32']), rows=quick))
+    assert choice['chosen'] == 'triton'
+    assert choice['by'] == 'train_float32_step_ms'
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         gpu_check.parse_args(['--sections', 'equality,speed'])
     with pytest.raises(SystemExit):
         gpu_check.parse_args(['--device', 'tpu'])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(['--emsa-core', 'flash'])
+    with pytest.raises(SystemExit):  # auto chooses from the variants
+        gpu_check.parse_args(
+            ['--sections', 'throughput', '--emsa-core', 'auto'])
+    assert gpu_check.parse_args(['--emsa-core', 'sdpa']).emsa_core == 'sdpa'
 
 
 # --------------------------------------------------------------------------
@@ -431,7 +507,7 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     # logic: test_sections_are_independent_and_saved)
     proc = subprocess.run([
         sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
-        '--deadline-s', '100000', '--out',
+        '--deadline-s', '100000', '--emsa-core', 'auto', '--out',
         str(tmp_path)
     ],
                           cwd=ROOT,
@@ -521,10 +597,25 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         if r['model'] == 'rest_small':  # each core as exact as the literal
             assert r['pass'] is True, r
             assert r['err_fp32'] < 1e-4 and r['grad_err_fp32'] < 1e-4, r
+    # --emsa-core auto: the variants ran first, then the other sections
+    # with the fastest core that passes (CPU: no peak memory to compare)
+    assert list(secs)[0] == 'variants'
+    choice = meta['emsa_core']
+    passing = {
+        r['core']: r['train_float32_step_ms']
+        for r in var if r['model'] == 'rest_small' and r.get('pass') is True
+    }
+    passing['chunked'] = [r for r in var if r['core'] == 'chunked'
+                          ][0]['train_float32_step_ms']
+    assert choice['requested'] == 'auto' and choice['step_ms'] == passing
+    assert choice['chosen'] == min(passing, key=passing.get)
+    for name in ('throughput', 'maskrcnn'):
+        assert secs[name]['settings']['emsa_core'] == choice['chosen']
     md = (tmp_path / 'gpu_check.md').read_text()
     for header in ('### equality', '### throughput', '### maskrcnn',
                    '### variants'):
         assert header in md
+    assert f'sections but variants and compile: {choice["chosen"]}' in md
     assert md.strip() in proc.stdout  # the table is printed last
 
 

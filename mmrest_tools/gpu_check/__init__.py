@@ -58,6 +58,12 @@ default), recorded in the section's settings and printed.
     symbolic, the first pass's seconds, the gradients against eager's, the
     median step per size after warm-up, and graphs compiled while timed.
 
+``--emsa-core`` names the formulation of EMSA's multi-head core that every
+section but ``variants`` and ``compile`` runs with (``default``: the
+library's); ``auto`` runs ``variants`` first and then the fastest core
+that passes with no more peak memory than the default
+(:func:`~.variants.choose_core`), recorded in ``meta.emsa_core``.
+
 Every section and every row is independent: an error is recorded (text in
 the JSON and the table) and the run goes on. After ``--deadline-s``
 seconds no new step starts. ``--device cpu --quick`` runs every section's
@@ -87,13 +93,15 @@ from .settings import (AMP_FACTOR, AMP_FLOOR, CUDNN_BENCHMARK, FP32_FLOOR,
                        MASKRCNN_MODELS, QUICK_REST_ARCH, REPO_ROOT, SECTIONS,
                        THROUGHPUT_MAIN, THROUGHPUT_MORE, Settings)
 from .torch_compile import compile_worker
+from .variants import choose_core
 
 __all__ = [
     'AMP_FACTOR', 'AMP_FLOOR', 'CUDNN_BENCHMARK', 'FP32_FLOOR',
     'MASKRCNN_MODELS', 'QUICK_REST_ARCH', 'REPO_ROOT', 'SECTIONS',
     'THROUGHPUT_MAIN', 'THROUGHPUT_MORE', 'CheckRunner', 'DeadlinePassed',
-    'GpuCheck', 'Settings', 'build_backbone', 'build_rest', 'compile_worker',
-    'device_info', 'grad_error', 'main', 'output_error', 'parse_args',
-    'randomize_norms', 'set_cudnn_benchmark', 'synthetic_det_batch',
-    'time_calls', 'time_steps', 'to_markdown', 'versions'
+    'GpuCheck', 'Settings', 'build_backbone', 'build_rest', 'choose_core',
+    'compile_worker', 'device_info', 'grad_error', 'main', 'output_error',
+    'parse_args', 'randomize_norms', 'set_cudnn_benchmark',
+    'synthetic_det_batch', 'time_calls', 'time_steps', 'to_markdown',
+    'versions'
 ]

@@ -12,6 +12,7 @@ from .check import GpuCheck
 from .measure import _short_error, device_info, versions
 from .report import to_markdown
 from .settings import SECTIONS, Settings
+from .variants import choose_core
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         default=150.0,
         help='time limit of the torch.compile child')
     parser.add_argument(
+        '--emsa-core',
+        default='default',
+        help='EMSA core of every section but variants (kernels.EMSA_CORES; '
+        '"default": the library\'s; "auto": runs variants first, then the '
+        'fastest core that passes, see variants.choose_core)')
+    parser.add_argument(
         '--force-ops-shim',
         action='store_true',
         help='use the mmcv ops shim even where mmcv._ext '
@@ -78,6 +85,14 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f'unknown sections {unknown}; choose from {SECTIONS}')
     args.sections = sections
+    from mmrest.backbones import kernels
+    cores = ('default', 'auto') + tuple(kernels.EMSA_CORES)
+    if args.emsa_core not in cores:
+        parser.error(f'--emsa-core must be one of {cores}, got '
+                     f'{args.emsa_core!r}')
+    if args.emsa_core == 'auto' and 'variants' not in sections:
+        parser.error('--emsa-core auto chooses from the variants section: '
+                     'add variants to --sections')
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.device not in ('cuda', 'cpu'):
@@ -138,25 +153,43 @@ def _prepare_environment(check: GpuCheck, args: argparse.Namespace):
 
 def _run_sections(check: GpuCheck, args: argparse.Namespace):
     """The sections ``--sections`` names, in the order of the check (the
-    further throughput models after the variants)."""
+    further throughput models after the variants); with ``--emsa-core
+    auto`` the variants first. Every section but variants and compile runs
+    with the EMSA core of ``--emsa-core`` (recorded in ``meta``)."""
+    from mmrest.backbones import kernels
     want = set(args.sections)
-    if 'equality' in want:
-        check.run_section('equality', check.equality)
-    if 'syncbn' in want:
-        check.run_section('syncbn', check.syncbn)
-    if 'throughput' in want:
-        check.run_section(
-            'throughput',
-            lambda sec: check.throughput(sec, check.s.throughput_models))
-    if 'maskrcnn' in want:
-        check.run_section('maskrcnn', check.maskrcnn)
-    if 'variants' in want:
-        check.run_section(
-            'variants', lambda sec: check.variants(sec, args.compile_backend))
+    meta = check.results['meta']
+    if args.emsa_core == 'auto':
+        _variants(check, args)
+        meta['emsa_core'] = dict(
+            choose_core(check.results['sections']['variants']),
+            requested='auto')
+        check.log(f'EMSA core of the other sections: '
+                  f'{meta["emsa_core"]["chosen"]} ({meta["emsa_core"]})')
+    else:
+        meta['emsa_core'] = dict(
+            requested=args.emsa_core,
+            chosen=kernels.emsa_core()
+            if args.emsa_core == 'default' else args.emsa_core)
+    core = meta['emsa_core']['chosen']
+    with kernels.use_emsa_core(core):
+        if 'equality' in want:
+            check.run_section('equality', check.equality)
+        if 'syncbn' in want:
+            check.run_section('syncbn', check.syncbn)
+        if 'throughput' in want:
+            check.run_section(
+                'throughput',
+                lambda sec: check.throughput(sec, check.s.throughput_models))
+        if 'maskrcnn' in want:
+            check.run_section('maskrcnn', check.maskrcnn)
+    if 'variants' in want and args.emsa_core != 'auto':
+        _variants(check, args)
     if 'throughput' in want and check.s.more_models:
-        check.run_section(
-            'throughput',
-            lambda sec: check.throughput(sec, check.s.more_models))
+        with kernels.use_emsa_core(core):
+            check.run_section(
+                'throughput',
+                lambda sec: check.throughput(sec, check.s.more_models))
     if 'compile' in want:
         if args.compile_backend == 'off':
             check.results['sections']['compile'] = dict(
@@ -165,3 +198,8 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
             check.run_section(
                 'compile',
                 lambda sec: check.compile(sec, args.compile_backend))
+
+
+def _variants(check: GpuCheck, args: argparse.Namespace):
+    check.run_section('variants',
+                      lambda sec: check.variants(sec, args.compile_backend))

@@ -18,6 +18,7 @@ class MaskRCNNSection:
     """The ``maskrcnn`` section of :class:`~.GpuCheck`."""
 
     def maskrcnn(self, sec: Dict):
+        from mmrest.backbones.kernels import emsa_core
         bench = set_cudnn_benchmark('maskrcnn')  # mmdet's env_cfg default
         self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         sec['settings'] = dict(
@@ -27,7 +28,8 @@ class MaskRCNNSection:
             timed_iters=self.s.mr_iters,
             amp=f'{self.s.amp_name} autocast, GradScaler(init_scale=2**16, '
             'dynamic), AdamW lr 1e-4 wd 0.05, the config\'s clip_grad',
-            cudnn_benchmark=bench)
+            cudnn_benchmark=bench,
+            emsa_core=emsa_core())
         for name, cfg in MASKRCNN_MODELS:
             self.log(f'  Mask R-CNN {name}')
             self._guarded_row(

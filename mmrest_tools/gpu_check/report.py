@@ -319,6 +319,19 @@ def to_markdown(results: Dict) -> str:
              ('used, ' +
               str(shim.get('backend')) if shim.get('used') else 'not used') +
              f' ({shim.get("reason", "")})')[:300])
+    core = meta.get('emsa_core') or {}
+    if core:
+        line = (f'EMSA core of the sections but variants and compile: '
+                f'{core.get("chosen")} (--emsa-core {core.get("requested")}')
+        if core.get('requested') == 'auto':
+            line += (f'; {core.get("by")} of the candidates: ' +
+                     ', '.join(f'{k} {_fmt(v, ".1f")}'
+                               for k, v in core.get('step_ms', {}).items()) +
+                     '; excluded: ' +
+                     (', '.join(f'{k} ({v})'
+                                for k, v in core.get('excluded', {}).items())
+                      or 'none'))
+        lines.append(line + ')')
     secs = results.get('sections', {})
     for name, sec in secs.items():
         lines += [

@@ -15,6 +15,7 @@ class ThroughputSection:
     """The ``throughput`` section of :class:`~.GpuCheck`."""
 
     def throughput(self, sec: Dict, names: Sequence[str]):
+        from mmrest.backbones.kernels import emsa_core
         bench = set_cudnn_benchmark('throughput')
         self.log(f'  torch.backends.cudnn.benchmark = {bench}')
         sec['settings'] = dict(
@@ -27,7 +28,8 @@ class ThroughputSection:
             large='x'.join(map(str, self.s.large)),
             train='x'.join(map(str, self.s.train)),
             train_warmup=self.s.train_warmup,
-            train_repeats=self.s.train_repeats)
+            train_repeats=self.s.train_repeats,
+            emsa_core=emsa_core())
         sec['settings']['amp'] = self.s.amp_name
         for name in names:
             self.log(f'  throughput {name}')

@@ -26,6 +26,53 @@ def _passes(row: Dict, lit: Dict, amps) -> bool:
     return bool(fp32 and amp and row['grads_finite'])
 
 
+def choose_core(sec: Dict) -> Dict:
+    """The EMSA core for the rest of a run (``--emsa-core auto``), from the
+    finished ``variants`` section: of ResT-Small's cores that pass the
+    equality criteria, the fastest training step in the first autocast
+    dtype (float32 in quick mode) whose peak memory is no more than the
+    default core's (``kernels.emsa_core()``); the default when none is
+    faster or the default's row has no figures.
+
+    Returns:
+        dict: ``chosen`` (the core), ``by`` (the figure compared),
+        ``default``, ``step_ms`` of each candidate and ``excluded`` (each
+        other core and why).
+    """
+    from mmrest.backbones import kernels
+    default = kernels.emsa_core()
+    amps = sec.get('settings', {}).get('train_amp') or ['float32']
+    dtype = next((a for a in amps if a != 'float32'), amps[0])
+    key, mem = f'train_{dtype}_step_ms', f'train_{dtype}_step_peak_MiB'
+    rows = {
+        r['core']: r
+        for r in sec.get('rows', []) if r.get('kind') == 'variant'
+        and r.get('model') == 'rest_small' and r.get('core')
+    }
+    out = dict(
+        chosen=default, by=key, default=default, step_ms={}, excluded={})
+    base = rows.get(default, {})
+    if key not in base:
+        out['excluded'][default] = 'no training-step figure: kept'
+        return out
+    for core, r in rows.items():
+        why = None
+        if key not in r:
+            why = r.get('error') or r.get('skipped') or r.get(
+                f'train_{dtype}_error') or 'no training-step figure'
+        elif core != default and r.get('pass') is not True:
+            why = 'fails the equality criteria'
+        elif r.get(mem) is not None and base.get(mem) is not None \
+                and r[mem] > base[mem]:
+            why = f'peak memory {r[mem]:.0f} MiB > {base[mem]:.0f} MiB'
+        if why:
+            out['excluded'][core] = str(why)[:200]
+        else:
+            out['step_ms'][core] = r[key]
+    out['chosen'] = min(out['step_ms'], key=out['step_ms'].get)
+    return out
+
+
 # EMSA cores whose first calls compile kernels (Triton, Inductor)
 COMPILING_CORES = ('triton', 'literal_compiled')
 
