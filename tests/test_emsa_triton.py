@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+from _helpers import (GRADIENT_FACTOR, SavedForBackward, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
@@ -87,6 +87,62 @@ def test_kernels_match_the_formulas_in_float64(case):
             assert got.abs().max() < 1e-12 * scale, name
         else:
             assert_float64_equal(got, want, name)
+
+
+def test_kernels_mix_the_queries_themselves_in_float64():
+    """With ``mix`` the kernels' call forms the mixed queries ``Q_g =
+    concat_j(W[g, j] q_j)`` from per-head queries (again in its backward):
+    both outputs and the gradients of q, W, keys and values equal the
+    written-out formulas on explicitly mixed queries (autograd through the
+    mixing) to 1e-8 in float64."""
+    B, H, N, M, d, D = 2, 3, 21, 11, 4, 5
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(B, H, N, d, generator=gen, dtype=torch.float64)
+    mix = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    keys = torch.randn(B, M, H * d, generator=gen, dtype=torch.float64) + 2
+    values = torch.randn(B, H, M, D, generator=gen, dtype=torch.float64)
+    inputs, weights = [q, keys, values, mix], _weights(B, H, N, D)
+    (out, dev), grads = _run(
+        lambda q, k, v, w: emsa_triton.softmax_moments(
+            q, k, v, block=16, mix=w), inputs, weights)
+    (ref_out, ref_dev), ref_grads = _run(
+        lambda q, k, v, w: moments_written_out(
+            kernels.mixed_queries(q, w), k, v), inputs, weights)
+    assert_float64_equal(out, ref_out, 'P V')
+    assert_float64_equal(dev, ref_dev, 'centred second moment')
+    for name, g, r in zip(('q', 'keys', 'values', 'mix'), grads, ref_grads):
+        assert g.shape == r.shape, name
+        assert_float64_equal(g, r, f'grad {name}')
+    with pytest.raises(
+            ValueError, match=r'mix must be \(3, 3\).*got \(2, 2\)'):
+        emsa_triton.softmax_moments(q, keys, values, mix=mix[:2, :2])
+
+
+def test_triton_core_keeps_less_for_the_backward_than_chunked():
+    """Training-step memory: for the backward the 'triton' core keeps the
+    per-head queries, not their h times larger mixed copy, and under fp16
+    autocast at a ResT stage's proportions (h = 4 heads, M = N / 4 keys) it
+    keeps fewer bytes than the default 'chunked' core (which keeps float32
+    queries and output); no kept tensor has the mixed queries' shape."""
+    B, h, N, M, d = 2, 4, 64, 16, 16
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (
+        torch.randn(B, h, n, d, generator=gen).half().requires_grad_()
+        for n in (N, M, M))
+    mix = torch.randn(h, h, generator=gen, requires_grad=True)
+    bias = torch.randn(h, generator=gen, requires_grad=True)
+    kept = {}
+    for core in ('chunked', 'triton'):
+        with kernels.use_emsa_core(core), SavedForBackward() as saved, \
+                torch.autocast('cpu', dtype=torch.float16):
+            out = kernels.emsa_attention(q, k, v, mix, bias)
+        out.float().sum().backward()  # the kept tensors serve a backward
+        kept[core] = saved
+    shapes = [tuple(t.shape) for t in kept['triton'].tensors]
+    assert (B, h, N, h * d) not in shapes, shapes
+    assert (B, h, N, d) in shapes  # the per-head queries
+    assert kept['triton'].nbytes < kept['chunked'].nbytes, (
+        kept['triton'].nbytes, kept['chunked'].nbytes)
 
 
 @pytest.mark.parametrize('q_scale', [1.0, 0.01])

@@ -5,11 +5,14 @@
 The core is written as attention over all ``C = h d`` channels with mixed
 queries (:func:`~mmrest.backbones.kernels.mixed_query_attention`): per
 (batch, head) the logits are ``l = Q K^T`` (queries ``Q``, N x C; keys
-``K``, M x C, shared by the heads) and ``P = softmax(l)`` by rows. The
-InstanceNorm over ``P`` needs, besides ``P V`` (values centred over M, so
-that ``P V = (P - 1/M) V``), only each row's centred second moment
-``r_n = sum_m (P_nm - 1/M)^2``: the variance is ``sum_n r_n / (N M)``. One
-pass over the keys gives both (:func:`softmax_moments`):
+``K``, M x C, shared by the heads; :func:`softmax_moments` forms ``Q``
+from the per-head queries and the mixing weight, in the forward and again
+in the backward, so that only the per-head queries are kept for it) and
+``P = softmax(l)`` by rows. The InstanceNorm over ``P`` needs, besides
+``P V`` (values centred over M, so that ``P V = (P - 1/M) V``), only each
+row's centred second moment ``r_n = sum_m (P_nm - 1/M)^2``: the variance
+is ``sum_n r_n / (N M)``. One pass over the keys gives both
+(:func:`softmax_moments`):
 
 * the forward kernel keeps flash attention's running maximum, sum and
   ``P V`` product per query row, and beside them the running mean and
@@ -285,20 +288,20 @@ class SoftmaxMoments(torch.autograd.Function):
     the fused kernels; see :func:`softmax_moments`."""
 
     @staticmethod
-    def forward(ctx, q, keys, values, block):
-        _check(q, keys, values)
-        q, keys, values = q.contiguous(), keys.contiguous(), \
-            values.contiguous()
-        B, H, N, C = q.shape
+    def forward(ctx, q, keys, values, block, mix):
+        queries = _queries(q, mix)
+        _check(queries, keys, values)
+        keys, values = keys.contiguous(), values.contiguous()
+        B, H, N, C = queries.shape
         M, D = keys.shape[1], values.shape[3]
-        acc, acc_tl = _acc_dtype(q.dtype)
+        acc, acc_tl = _acc_dtype(queries.dtype)
         out = q.new_empty(B, H, N, D, dtype=acc)
         lse = q.new_empty(B, H, N, dtype=acc)
         dev = q.new_empty(B, H, N, dtype=acc)
-        config = launch_config(C, D, q.dtype, block)
+        config = launch_config(C, D, queries.dtype, block)
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
         _forward_kernel[grid](
-            q,
+            queries,
             keys,
             values,
             out,
@@ -311,56 +314,86 @@ class SoftmaxMoments(torch.autograd.Function):
             D,
             ACC=acc_tl,
             **config)
-        ctx.save_for_backward(q, keys, values, out, lse, dev)
+        # with ``mix``, q rather than the H times larger mixed queries
+        ctx.save_for_backward(q, mix, keys, values, out, lse, dev)
         ctx.block = block
         return out, dev
 
     @staticmethod
     def backward(ctx, d_out, d_dev):
-        q, keys, values, out, lse, dev = ctx.saved_tensors
-        B, H, N, C = q.shape
+        q, mix, keys, values, out, lse, dev = ctx.saved_tensors
+        queries = _queries(q, mix)
+        B, H, N, C = queries.shape
         M, D = keys.shape[1], values.shape[3]
-        acc, acc_tl = _acc_dtype(q.dtype)
+        acc, acc_tl = _acc_dtype(queries.dtype)
         d_out = torch.zeros_like(out) if d_out is None else \
             d_out.to(acc).contiguous()
         d_dev = torch.zeros_like(dev) if d_dev is None else \
             d_dev.to(acc).contiguous()
         delta = (d_out * out).sum(-1) + 2 * d_dev * dev
-        dq = torch.empty_like(q, dtype=acc)
+        dq = torch.empty_like(queries, dtype=acc)
         dk = q.new_empty(B, H, M, C, dtype=acc)
         dv = torch.empty_like(values, dtype=acc)
-        config = launch_config(C, D, q.dtype, ctx.block)
+        config = launch_config(C, D, queries.dtype, ctx.block)
         args = (N, M, H, C, D, 1.0 / M)
         kw = dict(config, ACC=acc_tl)
         rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
-        _grad_queries_kernel[rows](q, keys, values, d_out, lse, d_dev, delta,
-                                   dq, *args, **kw)
+        _grad_queries_kernel[rows](queries, keys, values, d_out, lse, d_dev,
+                                   delta, dq, *args, **kw)
         cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
-        _grad_keys_values_kernel[cols](q, keys, values, d_out, lse, d_dev,
-                                       delta, dk, dv, *args, **kw)
+        _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
+                                       d_dev, delta, dk, dv, *args, **kw)
+        d_mix = None
+        if mix is not None:  # through Q_g = concat_j(W[g, j] q_j)
+            dq = dq.view(B, H, N, H, C // H)
+            d_mix = torch.einsum('bgnjd,bjnd->gj', dq, q.to(acc)).to(mix.dtype)
+            dq = torch.einsum('gj,bgnjd->bjnd', mix.to(acc), dq)
         return (dq.to(q.dtype), dk.sum(1).to(keys.dtype), dv.to(values.dtype),
-                None)
+                None, d_mix)
+
+
+def _queries(q, mix):
+    """The kernels' (B, H, N, C) queries: ``q``, or with ``mix`` the mixed
+    queries ``Q_g = concat_j(W[g, j] q_j)`` of the per-head ``q`` (as
+    :func:`mmrest.backbones.kernels.mixed_queries`; the tests compare the
+    two)."""
+    if mix is None:
+        return q.contiguous()
+    B, H, N, d = q.shape
+    if mix.shape != (H, H):
+        raise ValueError(f'mix must be ({H}, {H}) for queries of {H} heads, '
+                         f'got {tuple(mix.shape)}')
+    return torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
+                        q).reshape(B, H, N, H * d)
 
 
 def softmax_moments(
         q: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        block: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        block: Optional[int] = None,
+        mix: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention with shared keys and each row's centred second moment, in
-    one fused pass (differentiable in all three inputs).
+    one fused pass (differentiable in all inputs).
 
-    With ``P = softmax(q k^T)`` per (batch, head) and row (no scale):
+    With ``P = softmax(Q k^T)`` per (batch, head) and row (no scale):
     returns ``P @ values`` and ``sum_m (P_nm - 1/M)^2`` per row, both in
     float32 (float64 for float64 inputs).
 
     Args:
-        q (Tensor): Queries, (B, H, N, C).
+        q (Tensor): The queries ``Q``, (B, H, N, C); with ``mix``, per-head
+            queries, (B, H, N, d) with C = H d.
         keys (Tensor): Keys shared by the H heads, (B, M, C).
         values (Tensor): Values, (B, H, M, D).
         block (int, optional): Rows per tile (see :func:`launch_config`).
+        mix (Tensor, optional): An (H, H) head-mixing weight ``W``: the
+            queries are then ``Q_g = concat_j(W[g, j] q_j)``
+            (:func:`~mmrest.backbones.kernels.mixed_queries`), formed
+            here and again in the backward, so that the H times larger
+            mixed queries are not kept for it.
 
     Returns:
         tuple[Tensor, Tensor]: (B, H, N, D) and (B, H, N).
     """
-    return SoftmaxMoments.apply(q, keys, values, block)
+    return SoftmaxMoments.apply(q, keys, values, block, mix)

@@ -1192,7 +1192,8 @@ def mixed_query_attention(
     B, h, N, d = q.shape
     M = k.shape[2]
     C = h * d
-    q_mix, keys, v_c = _mixed_query_inputs(q, k, v, mix)
+    q_mix = mixed_queries(q, mix)
+    keys, v_c = _centred_keys_values(k, v, q_mix.dtype)
     values = F.pad(v_c, (0, C - d)) if pad_values and C != d else v_c
     out = F.scaled_dot_product_attention(
         q_mix, keys[:, None].expand(B, h, M, C), values, scale=1.0)
@@ -1208,21 +1209,33 @@ def mixed_query_attention(
         return _instance_normalised(out, row_dev, M, mix_bias, eps, q.dtype)
 
 
-def _mixed_query_inputs(q, k, v, mix):
-    """The mixed-query form of EMSA's core (:func:`mixed_query_attention`):
-    ``Q_g = concat_j(W[g, j] q_j)``, (B, h, N, C); the keys of all heads,
-    (B, M, C), and the values, (B, h, M, d), both centred over M (in
-    float32 or better), in the dtype of ``Q``."""
+def mixed_queries(q: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """The mixed queries of the mixed-query form
+    (:func:`mixed_query_attention`): ``Q_g = concat_j(W[g, j] q_j)``, in the
+    dtype of ``q``.
+
+    Args:
+        q (Tensor): Per-head queries, (B, h, N, d).
+        mix (Tensor): The (h, h) head-mixing weight ``W``.
+
+    Returns:
+        Tensor: (B, h, N, h * d).
+    """
     B, h, N, d = q.shape
-    M = k.shape[2]
-    q_mix = torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
-                         q).reshape(B, h, N, h * d)
-    core = torch.promote_types(q.dtype, torch.float32)
-    with torch.autocast(q.device.type, enabled=False):
+    return torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
+                        q).reshape(B, h, N, h * d)
+
+
+def _centred_keys_values(k, v, dtype):
+    """The keys of all heads, (B, M, C), and the values, (B, h, M, d), both
+    centred over M (in float32 or better), in ``dtype``."""
+    B, h, M, d = k.shape
+    core = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(k.device.type, enabled=False):
         k32, v32 = k.to(core), v.to(core)
-        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
-        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(q_mix.dtype)
-    return q_mix, k_c.transpose(1, 2).reshape(B, M, h * d), v_c
+        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(dtype)
+        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(dtype)
+    return k_c.transpose(1, 2).reshape(B, M, h * d), v_c
 
 
 def _instance_normalised(out, row_dev, M, mix_bias, eps, dtype):
@@ -1269,8 +1282,11 @@ def triton_attention_core(q: torch.Tensor,
         Tensor: (B, h, N, d), in the dtype of ``q``.
     """
     from . import emsa_triton
-    q_mix, keys, v_c = _mixed_query_inputs(q, k, v, mix)
+    keys, v_c = _centred_keys_values(k, v, q.dtype)
     with torch.autocast(q.device.type, enabled=False):
-        out, row_dev = emsa_triton.softmax_moments(q_mix, keys, v_c, block)
+        # the kernels form the mixed queries from q (again in the backward:
+        # the h-fold copy is not kept)
+        out, row_dev = emsa_triton.softmax_moments(
+            q, keys, v_c, block, mix=mix)
     return _instance_normalised(out, row_dev, k.shape[2], mix_bias, eps,
                                 q.dtype)
