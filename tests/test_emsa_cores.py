@@ -209,6 +209,23 @@ def test_use_emsa_core_dispatch(monkeypatch):
     with pytest.raises(ValueError, match="unknown EMSA core 'flash'.*sdpa"):
         with kernels.use_emsa_core('flash'):
             pass
+    # each device type's default, outside a block: 'chunked' on the CPU
+    # and CUDA today; another default routes the core without a block, a
+    # block overrides it, and a type not named runs 'chunked'
+    assert kernels.DEFAULT_EMSA_CORES == dict(cpu='chunked', cuda='chunked')
+    assert kernels.emsa_core('cuda') == kernels.emsa_core('cpu') == 'chunked'
+    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu', 'sdpa')
+    assert kernels.emsa_core() == kernels.emsa_core(q.device) == 'sdpa'
+    kernels.emsa_attention(q, k, v, mix, bias)
+    assert len(calls) == 2 and calls[1]['pad_values'] is False
+    with kernels.use_emsa_core('chunked'):
+        kernels.emsa_attention(q, k, v, mix, bias)
+    assert len(calls) == 2
+    assert kernels.emsa_core('xpu') == 'chunked'
+    # a 'triton' default where triton cannot run gives way to 'chunked'
+    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu', 'triton')
+    monkeypatch.setattr(emsa_triton, 'available', lambda: False)
+    assert kernels.emsa_core() == 'chunked'
     with pytest.raises(ValueError, match='lse_source'):
         kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
 

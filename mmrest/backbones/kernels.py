@@ -62,7 +62,7 @@ otherwise.
 import contextlib
 import copy
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -736,9 +736,11 @@ def emsa_attention(q: torch.Tensor,
             v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
-    if (_emsa_core_name != 'chunked' and fast_paths_allowed()
-            and not (attn_drop > 0 and training)):  # see use_emsa_core
-        return _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements)
+    if fast_paths_allowed() and not (attn_drop > 0 and training):
+        core_name = emsa_core(q.device)  # see use_emsa_core
+        if core_name != 'chunked':
+            return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
+                                 chunk_elements)
     dtype = q.dtype
     # torch.promote_types(dtype, torch.float32) for floating dtypes,
     # without a call that torch 2.1's dynamo breaks its graph on
@@ -912,24 +914,43 @@ def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # Other formulations of EMSA's multi-head core, for the GPU
 # --------------------------------------------------------------------------
 # :func:`emsa_attention` runs its multi-head core with the formulation
-# named here (see :func:`use_emsa_core`). 'chunked' is the default, on every
-# device; the others are candidates for CUDA that the prepared GPU check
-# (mmrest_tools/gpu_check.py, section ``variants``) times against it, the
-# literal path and Swin-T. Each computes the same formula (the tests compare
-# them with the literal computation in float64, outputs and gradients).
+# named here (see :func:`use_emsa_core`), else with its device type's
+# default. 'chunked' is the default on every device; the others are
+# candidates for CUDA that the prepared GPU check (mmrest_tools/gpu_check.py,
+# section ``variants``; ``--emsa-core auto``) times against it, the literal
+# path and Swin-T. Each computes the same formula (the tests compare them
+# with the literal computation in float64, outputs and gradients).
 EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
               'literal', 'literal_compiled')
-_emsa_core_name = 'chunked'
+# The core of each device type outside a use_emsa_core block ('chunked' for
+# a type not named); a default that cannot run there ('triton' without
+# triton >= 3) gives way to 'chunked'.
+DEFAULT_EMSA_CORES = dict(cpu='chunked', cuda='chunked')
+_emsa_core_name = None  # use_emsa_core's choice
 # torch.compile backend of the 'literal_compiled' core (tests use a cheaper
 # one on the CPU)
 LITERAL_COMPILE_BACKEND = 'inductor'
 _compiled_literal = {}
 
 
-def emsa_core() -> str:
+def emsa_core(device: Union[str, torch.device, None] = None) -> str:
     """The formulation of EMSA's multi-head core that
-    :func:`emsa_attention` uses (see :func:`use_emsa_core`)."""
-    return _emsa_core_name
+    :func:`emsa_attention` uses for tensors on ``device`` (default: the CPU):
+    the one :func:`use_emsa_core` selected, else the device type's default
+    (``DEFAULT_EMSA_CORES``).
+
+    Args:
+        device (str | torch.device, optional): Where the tensors are.
+    """
+    if _emsa_core_name is not None:
+        return _emsa_core_name
+    kind = torch.device(device).type if device is not None else 'cpu'
+    name = DEFAULT_EMSA_CORES.get(kind, 'chunked')
+    if name == 'triton':
+        from . import emsa_triton
+        if not emsa_triton.available():
+            return 'chunked'
+    return name
 
 
 @contextlib.contextmanager
@@ -938,8 +959,9 @@ def use_emsa_core(name: str):
     head: ``q k^T``, the 1x1 head mixing, softmax, InstanceNorm, ``@ v``)
     within the block; process-wide, restored on exit.
 
-    * ``'chunked'`` (the default): :func:`_emsa_core`, query chunks in at
-      least float32, no N x M map kept;
+    * ``'chunked'`` (the default, see ``DEFAULT_EMSA_CORES``):
+      :func:`_emsa_core`, query chunks in at least float32, no N x M map
+      kept;
     * ``'sdpa'``: :func:`mixed_query_attention`, the mixed heads as
       attention over all C channels (``F.scaled_dot_product_attention``, in
       the inputs' dtype), the InstanceNorm's variance from per-row
@@ -960,7 +982,7 @@ def use_emsa_core(name: str):
       (``dynamic=True``, backend ``LITERAL_COMPILE_BACKEND``).
 
     Attention dropout in training, a recorded graph and the literal switch
-    keep the default computation.
+    keep the 'chunked' computation.
 
     Args:
         name (str): One of ``EMSA_CORES``.
@@ -977,13 +999,13 @@ def use_emsa_core(name: str):
         _emsa_core_name = previous
 
 
-def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
-    """The selected non-default core (see :func:`use_emsa_core`)."""
-    if _emsa_core_name == 'literal':
+def _core_variant(name, q, k, v, mix, mix_bias, eps, chunk_elements):
+    """The core ``name``, not 'chunked' (see :func:`use_emsa_core`)."""
+    if name == 'literal':
         return literal_attention_core(q, k, v, mix, mix_bias, eps)
-    if _emsa_core_name == 'triton':
+    if name == 'triton':
         return triton_attention_core(q, k, v, mix, mix_bias, eps)
-    if _emsa_core_name == 'literal_compiled':
+    if name == 'literal_compiled':
         fn = _compiled_literal.get(LITERAL_COMPILE_BACKEND)
         if fn is None:
             fn = torch.compile(
@@ -992,7 +1014,7 @@ def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
                 backend=LITERAL_COMPILE_BACKEND)
             _compiled_literal[LITERAL_COMPILE_BACKEND] = fn
         return fn(q, k, v, mix, mix_bias, eps)
-    lse = 'kernel' if _emsa_core_name == 'sdpa_lse_kernel' else 'chunks'
+    lse = 'kernel' if name == 'sdpa_lse_kernel' else 'chunks'
     return mixed_query_attention(
         q,
         k,
@@ -1000,7 +1022,7 @@ def _core_variant(q, k, v, mix, mix_bias, eps, chunk_elements):
         mix,
         mix_bias,
         eps,
-        pad_values=_emsa_core_name == 'sdpa_padded',
+        pad_values=name == 'sdpa_padded',
         lse_source=lse,
         chunk_elements=chunk_elements)
 

@@ -162,14 +162,15 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
     if args.emsa_core == 'auto':
         _variants(check, args)
         meta['emsa_core'] = dict(
-            choose_core(check.results['sections']['variants']),
+            choose_core(check.results['sections']['variants'],
+                        kernels.emsa_core(check.device)),
             requested='auto')
         check.log(f'EMSA core of the other sections: '
                   f'{meta["emsa_core"]["chosen"]} ({meta["emsa_core"]})')
     else:
         meta['emsa_core'] = dict(
             requested=args.emsa_core,
-            chosen=kernels.emsa_core()
+            chosen=kernels.emsa_core(check.device)
             if args.emsa_core == 'default' else args.emsa_core)
     core = meta['emsa_core']['chosen']
     with kernels.use_emsa_core(core):

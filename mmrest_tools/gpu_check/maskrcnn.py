@@ -29,7 +29,7 @@ class MaskRCNNSection:
             amp=f'{self.s.amp_name} autocast, GradScaler(init_scale=2**16, '
             'dynamic), AdamW lr 1e-4 wd 0.05, the config\'s clip_grad',
             cudnn_benchmark=bench,
-            emsa_core=emsa_core())
+            emsa_core=emsa_core(self.device))
         for name, cfg in MASKRCNN_MODELS:
             self.log(f'  Mask R-CNN {name}')
             self._guarded_row(

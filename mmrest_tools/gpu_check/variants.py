@@ -26,13 +26,18 @@ def _passes(row: Dict, lit: Dict, amps) -> bool:
     return bool(fp32 and amp and row['grads_finite'])
 
 
-def choose_core(sec: Dict) -> Dict:
+def choose_core(sec: Dict, default: Optional[str] = None) -> Dict:
     """The EMSA core for the rest of a run (``--emsa-core auto``), from the
     finished ``variants`` section: of ResT-Small's cores that pass the
     equality criteria, the fastest training step in the first autocast
     dtype (float32 in quick mode) whose peak memory is no more than the
-    default core's (``kernels.emsa_core()``); the default when none is
-    faster or the default's row has no figures.
+    default core's; the default when none is faster or the default's row
+    has no figures.
+
+    Args:
+        sec (dict): The ``variants`` section.
+        default (str, optional): The default core of the device (default:
+            the CPU's, ``kernels.emsa_core()``).
 
     Returns:
         dict: ``chosen`` (the core), ``by`` (the figure compared),
@@ -40,7 +45,7 @@ def choose_core(sec: Dict) -> Dict:
         other core and why).
     """
     from mmrest.backbones import kernels
-    default = kernels.emsa_core()
+    default = default or kernels.emsa_core()
     amps = sec.get('settings', {}).get('train_amp') or ['float32']
     dtype = next((a for a in amps if a != 'float32'), amps[0])
     key, mem = f'train_{dtype}_step_ms', f'train_{dtype}_step_peak_MiB'
