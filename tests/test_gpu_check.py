@@ -466,6 +466,7 @@ def test_choose_core_takes_the_fastest_passing_core_within_memory():
     del rows[2]['train_float16_step_ms']
     choice = gpu_check.choose_core(dict(settings=settings, rows=rows))
     assert choice['chosen'] == 'chunked' and choice['step_ms'] == {}
+    assert "'chunked' has no train_float16_step_ms" in choice['reason']
     # quick mode (float32 only) compares the float32 step
     quick = [
         dict(

@@ -331,6 +331,8 @@ def to_markdown(results: Dict) -> str:
                      (', '.join(f'{k} ({v})'
                                 for k, v in core.get('excluded', {}).items())
                       or 'none'))
+            if core.get('reason'):
+                line += f'; {core["reason"]}'
         lines.append(line + ')')
     secs = results.get('sections', {})
     for name, sec in secs.items():

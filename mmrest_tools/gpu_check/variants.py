@@ -42,7 +42,8 @@ def choose_core(sec: Dict, default: Optional[str] = None) -> Dict:
     Returns:
         dict: ``chosen`` (the core), ``by`` (the figure compared),
         ``default``, ``step_ms`` of each candidate and ``excluded`` (each
-        other core and why).
+        other core and why); ``reason`` where the default's row has no
+        figure.
     """
     from mmrest.backbones import kernels
     default = default or kernels.emsa_core()
@@ -58,7 +59,7 @@ def choose_core(sec: Dict, default: Optional[str] = None) -> Dict:
         chosen=default, by=key, default=default, step_ms={}, excluded={})
     base = rows.get(default, {})
     if key not in base:
-        out['excluded'][default] = 'no training-step figure: kept'
+        out['reason'] = f'the default {default!r} has no {key}: kept'
         return out
     for core, r in rows.items():
         why = None
