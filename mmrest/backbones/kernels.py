@@ -736,11 +736,11 @@ def emsa_attention(q: torch.Tensor,
             v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
-    if fast_paths_allowed() and not (attn_drop > 0 and training):
-        core_name = emsa_core(q.device)  # see use_emsa_core
-        if core_name != 'chunked':
-            return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
-                                 chunk_elements)
+    core_name = emsa_core(q.device)  # see use_emsa_core
+    if (core_name != 'chunked' and fast_paths_allowed()
+            and not (attn_drop > 0 and training)):
+        return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
+                             chunk_elements)
     dtype = q.dtype
     # torch.promote_types(dtype, torch.float32) for floating dtypes,
     # without a call that torch 2.1's dynamo breaks its graph on
