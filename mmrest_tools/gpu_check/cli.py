@@ -184,10 +184,10 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
                 lambda sec: check.throughput(sec, check.s.throughput_models))
         if 'maskrcnn' in want:
             check.run_section('maskrcnn', check.maskrcnn)
-    if 'variants' in want and args.emsa_core != 'auto':
-        _variants(check, args)
-    if 'throughput' in want and check.s.more_models:
-        with kernels.use_emsa_core(core):
+        # the variants select each row's core themselves
+        if 'variants' in want and args.emsa_core != 'auto':
+            _variants(check, args)
+        if 'throughput' in want and check.s.more_models:
             check.run_section(
                 'throughput',
                 lambda sec: check.throughput(sec, check.s.more_models))
