@@ -191,7 +191,9 @@ def test_mixed_query_attention_under_autocast():
 def test_use_emsa_core_dispatch(monkeypatch):
     """The default is 'chunked' and stays so outside the block; the block
     routes emsa_attention's multi-head core, except for attention dropout
-    in training; an unknown name is an error naming the choices."""
+    in training; each device type has a default for calls with autograd and
+    one for calls without, and so has a block; an unknown name is an error
+    naming the choices."""
     assert kernels.emsa_core() == 'chunked'
     calls = []
     real = kernels.mixed_query_attention
@@ -209,23 +211,49 @@ def test_use_emsa_core_dispatch(monkeypatch):
     with pytest.raises(ValueError, match="unknown EMSA core 'flash'.*sdpa"):
         with kernels.use_emsa_core('flash'):
             pass
-    # each device type's default, outside a block: 'chunked' on the CPU
-    # and CUDA today; another default routes the core without a block, a
-    # block overrides it, and a type not named runs 'chunked'
-    assert kernels.DEFAULT_EMSA_CORES == dict(cpu='chunked', cuda='chunked')
-    assert kernels.emsa_core('cuda') == kernels.emsa_core('cpu') == 'chunked'
-    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu', 'sdpa')
-    assert kernels.emsa_core() == kernels.emsa_core(q.device) == 'sdpa'
-    kernels.emsa_attention(q, k, v, mix, bias)
+    # each device type's defaults, outside a block: 'chunked' on the CPU
+    # and CUDA today, with and without autograd; another default routes
+    # the core without a block, a block overrides it, and a type not named
+    # runs 'chunked'
+    assert kernels.DEFAULT_EMSA_CORES == dict(
+        cpu=dict(autograd='chunked', inference='chunked'),
+        cuda=dict(autograd='chunked', inference='chunked'))
+    for autograd in (True, False):
+        assert kernels.emsa_core('cuda', autograd) == 'chunked'
+        assert kernels.emsa_core('cpu', autograd) == 'chunked'
+    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',
+                        dict(autograd='chunked', inference='sdpa'))
+    assert kernels.emsa_core(q.device, autograd=False) == 'sdpa'
+    assert kernels.emsa_core() == kernels.emsa_core(q.device) == 'chunked'
+    kernels.emsa_attention(q, k, v, mix, bias)  # no input needs a gradient
     assert len(calls) == 2 and calls[1]['pad_values'] is False
+    with torch.no_grad():
+        kernels.emsa_attention(q.requires_grad_(), k, v, mix, bias)
+    assert len(calls) == 3
+    kernels.emsa_attention(q, k, v, mix, bias)  # autograd: the 'chunked'
+    assert len(calls) == 3
+    q.requires_grad_(False)
     with kernels.use_emsa_core('chunked'):
         kernels.emsa_attention(q, k, v, mix, bias)
-    assert len(calls) == 2
+    assert len(calls) == 3
+    # a block with a core for each mode
+    with kernels.use_emsa_core('sdpa', inference='chunked'):
+        assert kernels.emsa_core(autograd=False) == 'chunked'
+        kernels.emsa_attention(q, k, v, mix, bias)
+        assert len(calls) == 3
+        kernels.emsa_attention(q, k, v, mix.requires_grad_(), bias)
+        assert len(calls) == 4 and calls[3]['pad_values'] is False
+    mix.requires_grad_(False)
+    with pytest.raises(ValueError, match="unknown EMSA core 'flash'"):
+        with kernels.use_emsa_core('sdpa', inference='flash'):
+            pass
     assert kernels.emsa_core('xpu') == 'chunked'
     # a 'triton' default where triton cannot run gives way to 'chunked'
-    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu', 'triton')
+    monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',
+                        dict(autograd='triton', inference='triton'))
     monkeypatch.setattr(emsa_triton, 'available', lambda: False)
     assert kernels.emsa_core() == 'chunked'
+    assert kernels.emsa_core(autograd=False) == 'chunked'
     with pytest.raises(ValueError, match='lse_source'):
         kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
 

@@ -736,7 +736,9 @@ def emsa_attention(q: torch.Tensor,
             v.contiguous(),
             dropout_p=attn_drop if attn_drop > 0 and training else 0.,
             scale=1.0)
-    core_name = emsa_core(q.device)  # see use_emsa_core
+    autograd = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, mix, mix_bias))
+    core_name = emsa_core(q.device, autograd)  # see use_emsa_core
     if (core_name != 'chunked' and fast_paths_allowed()
             and not (attn_drop > 0 and training)):
         return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
@@ -915,37 +917,45 @@ def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------
 # :func:`emsa_attention` runs its multi-head core with the formulation
 # named here (see :func:`use_emsa_core`), else with its device type's
-# default. 'chunked' is the default on every device; the others are
+# default, one for calls that autograd records and one for calls it does
+# not (inference). 'chunked' is the default on every device; the others are
 # candidates for CUDA that the prepared GPU check (mmrest_tools/gpu_check.py,
 # section ``variants``; ``--emsa-core auto``) times against it, the literal
 # path and Swin-T. Each computes the same formula (the tests compare them
 # with the literal computation in float64, outputs and gradients).
 EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
               'literal', 'literal_compiled')
-# The core of each device type outside a use_emsa_core block ('chunked' for
-# a type not named); a default that cannot run there ('triton' without
-# triton >= 3) gives way to 'chunked'.
-DEFAULT_EMSA_CORES = dict(cpu='chunked', cuda='chunked')
-_emsa_core_name = None  # use_emsa_core's choice
+# The cores of each device type outside a use_emsa_core block, with and
+# without autograd ('chunked' for a type not named); a default that cannot
+# run there ('triton' without triton >= 3) gives way to 'chunked'.
+DEFAULT_EMSA_CORES = dict(
+    cpu=dict(autograd='chunked', inference='chunked'),
+    cuda=dict(autograd='chunked', inference='chunked'))
+_emsa_core_names = None  # use_emsa_core's choice: (autograd, inference)
 # torch.compile backend of the 'literal_compiled' core (tests use a cheaper
 # one on the CPU)
 LITERAL_COMPILE_BACKEND = 'inductor'
 _compiled_literal = {}
 
 
-def emsa_core(device: Union[str, torch.device, None] = None) -> str:
+def emsa_core(device: Union[str, torch.device, None] = None,
+              autograd: bool = True) -> str:
     """The formulation of EMSA's multi-head core that
-    :func:`emsa_attention` uses for tensors on ``device`` (default: the CPU):
-    the one :func:`use_emsa_core` selected, else the device type's default
+    :func:`emsa_attention` uses for tensors on ``device``: the one
+    :func:`use_emsa_core` selected, else the device type's default
     (``DEFAULT_EMSA_CORES``).
 
     Args:
-        device (str | torch.device, optional): Where the tensors are.
+        device (str | torch.device, optional): Where the tensors are
+            (default: the CPU).
+        autograd (bool): For calls that autograd records (the default), or
+            for calls it does not (inference).
     """
-    if _emsa_core_name is not None:
-        return _emsa_core_name
+    if _emsa_core_names is not None:
+        return _emsa_core_names[0 if autograd else 1]
     kind = torch.device(device).type if device is not None else 'cpu'
-    name = DEFAULT_EMSA_CORES.get(kind, 'chunked')
+    mode = 'autograd' if autograd else 'inference'
+    name = DEFAULT_EMSA_CORES.get(kind, {}).get(mode, 'chunked')
     if name == 'triton':
         from . import emsa_triton
         if not emsa_triton.available():
@@ -954,7 +964,7 @@ def emsa_core(device: Union[str, torch.device, None] = None) -> str:
 
 
 @contextlib.contextmanager
-def use_emsa_core(name: str):
+def use_emsa_core(name: str, inference: Optional[str] = None):
     """Selects the formulation of EMSA's multi-head core (more than one
     head: ``q k^T``, the 1x1 head mixing, softmax, InstanceNorm, ``@ v``)
     within the block; process-wide, restored on exit.
@@ -985,18 +995,23 @@ def use_emsa_core(name: str):
     keep the 'chunked' computation.
 
     Args:
-        name (str): One of ``EMSA_CORES``.
+        name (str): One of ``EMSA_CORES``, for the calls that autograd
+            records.
+        inference (str, optional): One of ``EMSA_CORES``, for the calls
+            it does not record (no gradient needed); default: ``name``.
     """
-    global _emsa_core_name
-    if name not in EMSA_CORES:
-        raise ValueError(f'unknown EMSA core {name!r}; choose from '
-                         f'{EMSA_CORES}')
-    previous = _emsa_core_name
-    _emsa_core_name = name
+    global _emsa_core_names
+    names = (name, name if inference is None else inference)
+    for n in names:
+        if n not in EMSA_CORES:
+            raise ValueError(f'unknown EMSA core {n!r}; choose from '
+                             f'{EMSA_CORES}')
+    previous = _emsa_core_names
+    _emsa_core_names = names
     try:
         yield
     finally:
-        _emsa_core_name = previous
+        _emsa_core_names = previous
 
 
 def _core_variant(name, q, k, v, mix, mix_bias, eps, chunk_elements):
