@@ -482,6 +482,80 @@ def test_choose_core_takes_the_fastest_passing_core_within_memory():
     assert choice['by'] == 'train_float32_step_ms'
 
 
+def _inference(core, small, large, passes=True, **extra):
+    return dict(
+        kind='variant',
+        model='rest_small',
+        core=core,
+        small_fp16_ms=small,
+        large_fp16_ms=large,
+        **{'pass': passes},
+        **extra)
+
+
+def test_choose_core_for_inference_by_both_sizes():
+    """--emsa-core auto for inference: the least geometric mean of the
+    fp16 inference times at both sizes among the passing cores, chosen
+    apart from the training step (its memory does not count); float32 in
+    quick mode; the default when it has no figures."""
+    settings = dict(train_amp=['float16', 'bfloat16'])
+    rows = [
+        _inference('chunked', 40.0, 10.0, passes=None),  # 20.0
+        _inference('sdpa', 10.0, 30.0, train_float16_step_ms=50.0),  # 17.3
+        _inference('triton', 20.0, 18.0, train_float16_step_ms=40.0),  # 19
+        _inference('literal', 1.0, 1.0, passes=False),  # inexact
+        _inference('sdpa_padded', 30.0, None, large_fp16_error='OOM'),
+        _inference(
+            'sdpa_lse_kernel',
+            5.0,
+            5.0,
+            train_float16_step_ms=10.0,
+            train_float16_step_peak_MiB=9e9),  # memory: training only
+    ]
+    rows[0].update(train_float16_step_ms=60.0, train_float16_step_peak_MiB=3e3)
+    choice = gpu_check.choose_core(dict(settings=settings, rows=rows))
+    assert choice['chosen'] == 'triton'  # with autograd: the step
+    inf = choice['inference']
+    assert inf['chosen'] == 'sdpa_lse_kernel' and inf['default'] == 'chunked'
+    assert inf['by'] == 'geometric mean of small_fp16_ms and large_fp16_ms'
+    assert inf['ms'] == pytest.approx(
+        dict(
+            chunked=20.0, sdpa=300**0.5, triton=360**0.5, sdpa_lse_kernel=5.0))
+    assert set(inf['excluded']) == {'literal', 'sdpa_padded'}
+    assert inf['excluded']['sdpa_padded'] == 'OOM'
+    rows.pop()
+    choice = gpu_check.choose_core(dict(settings=settings, rows=rows))
+    assert choice['inference']['chosen'] == 'sdpa'
+    # the default of each mode is the device's own
+    choice = gpu_check.choose_core(
+        dict(settings=settings, rows=rows), 'triton', 'sdpa')
+    assert choice['default'] == 'triton'
+    assert choice['inference']['default'] == 'sdpa'
+    # none faster: the default; without figures: kept
+    rows[1]['small_fp16_ms'] = rows[2]['small_fp16_ms'] = 100.0
+    assert gpu_check.choose_core(dict(
+        settings=settings, rows=rows))['inference']['chosen'] == 'chunked'
+    del rows[0]['large_fp16_ms']
+    inf = gpu_check.choose_core(dict(settings=settings,
+                                     rows=rows))['inference']
+    assert inf['chosen'] == 'chunked' and inf['ms'] == {}
+    assert "'chunked' has no geometric mean" in inf['reason']
+    # quick mode: no autocast, the float32 times
+    quick = [
+        dict(
+            kind='variant',
+            model='rest_small',
+            core=c,
+            small_fp32_ms=ms,
+            large_fp32_ms=ms,
+            **{'pass': True}) for c, ms in (('chunked', 5.0), ('sdpa', 4.0))
+    ]
+    inf = gpu_check.choose_core(
+        dict(settings=dict(train_amp=['float32']), rows=quick))['inference']
+    assert inf['chosen'] == 'sdpa'
+    assert inf['by'] == 'geometric mean of small_fp32_ms and large_fp32_ms'
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         gpu_check.parse_args(['--sections', 'equality,speed'])
@@ -612,11 +686,21 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert choice['chosen'] == min(passing, key=passing.get)
     for name in ('throughput', 'maskrcnn'):
         assert secs[name]['settings']['emsa_core'] == choice['chosen']
+    # and for inference, the least geometric mean of the inference times
+    inference = {
+        r['core']: (r['small_fp32_ms'] * r['large_fp32_ms'])**0.5
+        for r in var if r['model'] == 'rest_small' and r['core'] in passing
+    }
+    assert choice['inference']['ms'] == pytest.approx(inference)
+    assert choice['inference']['chosen'] == min(inference, key=inference.get)
+    assert secs['throughput']['settings']['emsa_inference_core'] == \
+        choice['inference']['chosen']
     md = (tmp_path / 'gpu_check.md').read_text()
     for header in ('### equality', '### throughput', '### maskrcnn',
                    '### variants'):
         assert header in md
-    assert f'sections but variants and compile: {choice["chosen"]}' in md
+    assert (f'sections but variants and compile: {choice["chosen"]} with '
+            f'autograd, {choice["inference"]["chosen"]} for inference') in md
     assert md.strip() in proc.stdout  # the table is printed last
 
 

@@ -60,8 +60,9 @@ default), recorded in the section's settings and printed.
 
 ``--emsa-core`` names the formulation of EMSA's multi-head core that every
 section but ``variants`` and ``compile`` runs with (``default``: the
-library's); ``auto`` runs ``variants`` first and then the fastest core
-that passes with no more peak memory than the default
+library's); ``auto`` runs ``variants`` first and then, of the cores that
+pass, the fastest training step with no more peak memory than the default
+for calls with autograd, and the fastest inference for calls without
 (:func:`~.variants.choose_core`), recorded in ``meta.emsa_core``.
 
 Every section and every row is independent: an error is recorded (text in

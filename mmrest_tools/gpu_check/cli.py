@@ -66,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--emsa-core',
         default='default',
-        help='EMSA core of every section but variants (kernels.EMSA_CORES; '
+        help='EMSA core of the sections but variants (kernels.EMSA_CORES; '
         '"default": the library\'s; "auto": runs variants first, then the '
-        'fastest core that passes, see variants.choose_core)')
+        'fastest that pass, see variants.choose_core)')
     parser.add_argument(
         '--force-ops-shim',
         action='store_true',
@@ -155,7 +155,7 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
     """The sections ``--sections`` names, in the order of the check (the
     further throughput models after the variants); with ``--emsa-core
     auto`` the variants first. Every section but variants and compile runs
-    with the EMSA core of ``--emsa-core`` (recorded in ``meta``)."""
+    with the EMSA cores of ``--emsa-core`` (recorded in ``meta``)."""
     from mmrest.backbones import kernels
     want = set(args.sections)
     meta = check.results['meta']
@@ -163,17 +163,23 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
         _variants(check, args)
         meta['emsa_core'] = dict(
             choose_core(check.results['sections']['variants'],
-                        kernels.emsa_core(check.device)),
+                        kernels.emsa_core(check.device),
+                        kernels.emsa_core(check.device, autograd=False)),
             requested='auto')
-        check.log(f'EMSA core of the other sections: '
-                  f'{meta["emsa_core"]["chosen"]} ({meta["emsa_core"]})')
     else:
+        fixed = args.emsa_core != 'default'
         meta['emsa_core'] = dict(
             requested=args.emsa_core,
-            chosen=kernels.emsa_core(check.device)
-            if args.emsa_core == 'default' else args.emsa_core)
+            chosen=args.emsa_core
+            if fixed else kernels.emsa_core(check.device),
+            inference=dict(
+                chosen=args.emsa_core if fixed else kernels.
+                emsa_core(check.device, autograd=False)))
     core = meta['emsa_core']['chosen']
-    with kernels.use_emsa_core(core):
+    inference = meta['emsa_core']['inference']['chosen']
+    check.log(f'EMSA cores of the other sections: {core} with autograd, '
+              f'{inference} for inference ({meta["emsa_core"]})')
+    with kernels.use_emsa_core(core, inference=inference):
         if 'equality' in want:
             check.run_section('equality', check.equality)
         if 'syncbn' in want:

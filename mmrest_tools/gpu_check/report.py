@@ -321,18 +321,24 @@ def to_markdown(results: Dict) -> str:
              f' ({shim.get("reason", "")})')[:300])
     core = meta.get('emsa_core') or {}
     if core:
-        line = (f'EMSA core of the sections but variants and compile: '
-                f'{core.get("chosen")} (--emsa-core {core.get("requested")}')
+        inference = core.get('inference') or {}
+        line = (f'EMSA cores of the sections but variants and compile: '
+                f'{core.get("chosen")} with autograd, '
+                f'{inference.get("chosen")} for inference (--emsa-core '
+                f'{core.get("requested")}')
         if core.get('requested') == 'auto':
-            line += (f'; {core.get("by")} of the candidates: ' +
-                     ', '.join(f'{k} {_fmt(v, ".1f")}'
-                               for k, v in core.get('step_ms', {}).items()) +
-                     '; excluded: ' +
-                     (', '.join(f'{k} ({v})'
-                                for k, v in core.get('excluded', {}).items())
-                      or 'none'))
-            if core.get('reason'):
-                line += f'; {core["reason"]}'
+            for mode, choice, key in (('with autograd', core, 'step_ms'),
+                                      ('inference', inference, 'ms')):
+                line += (
+                    f'; {mode}, {choice.get("by")} of the candidates: ' +
+                    ', '.join(f'{k} {_fmt(v, ".1f")}'
+                              for k, v in choice.get(key, {}).items()) +
+                    '; excluded: ' +
+                    (', '.join(f'{k} ({v})'
+                               for k, v in choice.get('excluded', {}).items())
+                     or 'none'))
+                if choice.get('reason'):
+                    line += f'; {choice["reason"]}'
         lines.append(line + ')')
     secs = results.get('sections', {})
     for name, sec in secs.items():

@@ -29,7 +29,8 @@ class ThroughputSection:
             train='x'.join(map(str, self.s.train)),
             train_warmup=self.s.train_warmup,
             train_repeats=self.s.train_repeats,
-            emsa_core=emsa_core(self.device))
+            emsa_core=emsa_core(self.device),
+            emsa_inference_core=emsa_core(self.device, autograd=False))
         sec['settings']['amp'] = self.s.amp_name
         for name in names:
             self.log(f'  throughput {name}')

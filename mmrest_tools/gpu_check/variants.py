@@ -26,28 +26,35 @@ def _passes(row: Dict, lit: Dict, amps) -> bool:
     return bool(fp32 and amp and row['grads_finite'])
 
 
-def choose_core(sec: Dict, default: Optional[str] = None) -> Dict:
-    """The EMSA core for the rest of a run (``--emsa-core auto``), from the
-    finished ``variants`` section: of ResT-Small's cores that pass the
-    equality criteria, the fastest training step in the first autocast
-    dtype (float32 in quick mode) whose peak memory is no more than the
-    default core's; the default when none is faster or the default's row
-    has no figures.
+def choose_core(sec: Dict,
+                default: Optional[str] = None,
+                default_inference: Optional[str] = None) -> Dict:
+    """The EMSA cores for the rest of a run (``--emsa-core auto``), from
+    the finished ``variants`` section, among ResT-Small's cores that pass
+    the equality criteria: for calls with autograd, the fastest training
+    step in the first autocast dtype (float32 in quick mode) whose peak
+    memory is no more than the default core's; for inference, the least
+    geometric mean of the two inference times (``small`` and ``large``)
+    in fp16 autocast (float32 in quick mode). The default stays when none
+    is faster or the default's row has no figures.
 
     Args:
         sec (dict): The ``variants`` section.
-        default (str, optional): The default core of the device (default:
-            the CPU's, ``kernels.emsa_core()``).
+        default (str, optional): The device's default core with autograd
+            (default: the CPU's, ``kernels.emsa_core()``).
+        default_inference (str, optional): Its default for inference
+            (default: the CPU's).
 
     Returns:
-        dict: ``chosen`` (the core), ``by`` (the figure compared),
-        ``default``, ``step_ms`` of each candidate and ``excluded`` (each
-        other core and why); ``reason`` where the default's row has no
-        figure.
+        dict: ``chosen`` (the core with autograd), ``by`` (the figure
+        compared), ``default``, ``step_ms`` of each candidate and
+        ``excluded`` (each other core and why; ``reason`` where the
+        default's row has no figure); ``inference``: the same for
+        inference, with ``ms`` (the geometric means) for ``step_ms``.
     """
     from mmrest.backbones import kernels
-    default = default or kernels.emsa_core()
-    amps = sec.get('settings', {}).get('train_amp') or ['float32']
+    settings = sec.get('settings', {})
+    amps = settings.get('train_amp') or ['float32']
     dtype = next((a for a in amps if a != 'float32'), amps[0])
     key, mem = f'train_{dtype}_step_ms', f'train_{dtype}_step_peak_MiB'
     rows = {
@@ -55,27 +62,57 @@ def choose_core(sec: Dict, default: Optional[str] = None) -> Dict:
         for r in sec.get('rows', []) if r.get('kind') == 'variant'
         and r.get('model') == 'rest_small' and r.get('core')
     }
-    out = dict(
-        chosen=default, by=key, default=default, step_ms={}, excluded={})
+
+    def step(r):
+        return r.get(key)
+
+    def memory(r, base):
+        if r.get(mem) is not None and base.get(mem) is not None \
+                and r[mem] > base[mem]:
+            return f'peak memory {r[mem]:.0f} MiB > {base[mem]:.0f} MiB'
+
+    out = _fastest(rows, default or kernels.emsa_core(), key, step, memory,
+                   lambda r: r.get(f'train_{dtype}_error'))
+    out['step_ms'] = out.pop('ms')
+    amp = 'fp32' if dtype == 'float32' else 'fp16'  # as _variant_one
+    names = (f'small_{amp}_ms', f'large_{amp}_ms')
+
+    def inference(r):
+        if all(r.get(n) is not None for n in names):
+            return math.sqrt(r[names[0]] * r[names[1]])
+
+    out['inference'] = _fastest(
+        rows, default_inference or kernels.emsa_core(autograd=False),
+        f'geometric mean of {names[0]} and {names[1]}', inference,
+        lambda r, base: None,
+        lambda r: r.get(f'small_{amp}_error') or r.get(f'large_{amp}_error'))
+    return out
+
+
+def _fastest(rows: Dict, default: str, by: str, figure, worse, error):
+    """:func:`choose_core`'s choice for one mode: of the cores in ``rows``
+    with a ``figure`` that pass (the default needs no pass) and that are
+    not ``worse`` than the default (a reason, else None), the least figure;
+    ``error`` gives a row's error for that figure."""
+    out = dict(chosen=default, by=by, default=default, ms={}, excluded={})
     base = rows.get(default, {})
-    if key not in base:
-        out['reason'] = f'the default {default!r} has no {key}: kept'
+    if figure(base) is None:
+        out['reason'] = f'the default {default!r} has no {by}: kept'
         return out
     for core, r in rows.items():
         why = None
-        if key not in r:
-            why = r.get('error') or r.get('skipped') or r.get(
-                f'train_{dtype}_error') or 'no training-step figure'
+        if figure(r) is None:
+            why = r.get('error') or r.get('skipped') or error(r) or \
+                'no figure'
         elif core != default and r.get('pass') is not True:
             why = 'fails the equality criteria'
-        elif r.get(mem) is not None and base.get(mem) is not None \
-                and r[mem] > base[mem]:
-            why = f'peak memory {r[mem]:.0f} MiB > {base[mem]:.0f} MiB'
+        else:
+            why = worse(r, base)
         if why:
             out['excluded'][core] = str(why)[:200]
         else:
-            out['step_ms'][core] = r[key]
-    out['chosen'] = min(out['step_ms'], key=out['step_ms'].get)
+            out['ms'][core] = figure(r)
+    out['chosen'] = min(out['ms'], key=out['ms'].get)
     return out
 
 
