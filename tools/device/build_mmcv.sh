@@ -11,14 +11,16 @@
 # build, from PyPI) and a CUDA toolkit of torch's CUDA major version; the
 # build needs no GPU. Compiles the sdist that tools/device/fetch_wheels.sh
 # put in .whl/ for TORCH_CUDA_ARCH_LIST (default: the card's), with
-# MAX_JOBS (default: the CPUs) in BUILD_DIR (default /tmp/mmcv-build;
-# ninja resumes an interrupted build there), and prints how long it took.
+# MAX_JOBS (default: the CPUs) in BUILD_DIR (default
+# ~/.cache/mmrest/mmcv-build-device, outside the checkout: ninja resumes an
+# interrupted build there, in a later checkout too, and fetch_wheels.sh
+# takes the finished wheel from there), and prints how long it took.
 # tools/device/run_gpu_check.sh installs the wheel instead of mmcv-lite.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 python="${PYTHON:-python3}"
 sdist=.whl/mmcv-2.1.0.tar.gz
-build="${BUILD_DIR:-/tmp/mmcv-build}"
+build="${BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mmrest/mmcv-build-device}"
 [ -f "$sdist" ] || { echo "no $sdist: run tools/device/fetch_wheels.sh"; exit 2; }
 "$python" -c 'import sys, torch, ninja, wheel; print("python", sys.version.split()[0], "torch", torch.__version__)' ||
   { echo "$python needs torch, ninja and wheel"; exit 2; }

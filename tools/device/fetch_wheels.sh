@@ -42,5 +42,11 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 # imports torch: the repository's .venv has it)
 "${PYTHON:-.venv/bin/python}" -m pip download --no-deps --no-binary=:all: \
   --no-build-isolation -d "$dest" mmcv==2.1.0
+# the mmcv wheel that build_mmcv.sh made in its default build folder
+# (outside the checkout; it survives a new checkout on the same machine)
+built="${XDG_CACHE_HOME:-$HOME/.cache}/mmrest/mmcv-build-device/mmcv-2.1.0/dist"
+if ls "$built"/mmcv-2.1.0-cp312-*.whl >/dev/null 2>&1; then
+  cp "$built"/mmcv-2.1.0-cp312-*.whl "$dest"/
+fi
 ls -la "$dest"
 du -sh "$dest"
