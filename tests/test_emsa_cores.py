@@ -258,6 +258,36 @@ def test_use_emsa_core_dispatch(monkeypatch):
         kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
 
 
+def test_checkpoint_recomputes_with_the_forwards_core(monkeypatch):
+    """with_cp: a block recomputed in the backward pass uses the EMSA core
+    of its forward pass, also when the backward runs outside the
+    use_emsa_core block; the gradients are the literal model's in
+    float64."""
+    from _helpers import CallCounter, float64_literal
+
+    from mmrest import ResT
+    model = ResT(arch='lite', with_cp=True, drop_path_rate=0.).double()
+    exact = float64_literal(model).train()
+    model.train()
+    multi_head = sum(d for d, h in zip(model.arch_settings['depths'],
+                                       model.arch_settings['num_heads'])
+                     if h > 1)
+    calls = CallCounter(monkeypatch, kernels, 'mixed_query_attention')
+    x = torch.rand(2, 3, 64, 96, dtype=torch.float64)
+    with kernels.use_emsa_core('sdpa'):
+        outs = model(x)
+    assert calls.count == multi_head
+    sum(o.square().sum() for o in outs).backward()
+    assert calls.count == 2 * multi_head  # recomputed with 'sdpa'
+    sum(o.square().sum() for o in exact(x)).backward()
+    total = torch.stack([p.grad.norm() for p in exact.parameters()]).norm()
+    for (name, p), ref in zip(model.named_parameters(), exact.parameters()):
+        if ref.grad.norm() < 1e-12 * total:  # zero: biases before a norm
+            assert p.grad.norm() < 1e-12 * total, name
+        else:
+            assert_float64_equal(p.grad, ref.grad, name)
+
+
 @pytest.mark.parametrize('core', CORES + ('literal_compiled', ))
 @pytest.mark.parametrize('embed_dims,num_heads,sr_ratio', [(32, 2, 4),
                                                            (64, 8, 1)])

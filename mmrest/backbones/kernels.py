@@ -196,9 +196,10 @@ def is_literal(model: nn.Module) -> bool:
 
 def checkpoint(function, *args):
     """``function(*args)`` with non-reentrant gradient checkpointing; its
-    recomputation in the backward pass runs under the setting of the
-    literal switch of the forward pass (:func:`literal`), so that it
-    repeats the same operators wherever the backward pass runs.
+    recomputation in the backward pass runs under the settings of the
+    forward pass, the literal switch (:func:`literal`) and the EMSA cores
+    (:func:`use_emsa_core`), so that it repeats the same operators
+    wherever the backward pass runs.
 
     Args:
         function (callable): The function to checkpoint.
@@ -206,10 +207,10 @@ def checkpoint(function, *args):
     """
     if graph_capture():  # a compiled graph is recorded once, as it runs
         return cp.checkpoint(function, *args, use_reentrant=False)
-    enabled = _use_literal
+    enabled, cores = _use_literal, _emsa_core_names
 
     def run(*inputs):
-        with literal(enabled):
+        with literal(enabled), _selected_cores(cores):
             return function(*inputs)
 
     return cp.checkpoint(run, *args, use_reentrant=False)
@@ -1000,14 +1001,21 @@ def use_emsa_core(name: str, inference: Optional[str] = None):
         inference (str, optional): One of ``EMSA_CORES``, for the calls
             it does not record (no gradient needed); default: ``name``.
     """
-    global _emsa_core_names
     names = (name, name if inference is None else inference)
     for n in names:
         if n not in EMSA_CORES:
             raise ValueError(f'unknown EMSA core {n!r}; choose from '
                              f'{EMSA_CORES}')
-    previous = _emsa_core_names
-    _emsa_core_names = names
+    with _selected_cores(names):
+        yield
+
+
+@contextlib.contextmanager
+def _selected_cores(names: Optional[tuple]):
+    """``names`` (autograd, inference), or None (the defaults), as the
+    selection of :func:`use_emsa_core` within the block."""
+    global _emsa_core_names
+    previous, _emsa_core_names = _emsa_core_names, names
     try:
         yield
     finally:
