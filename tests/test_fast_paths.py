@@ -459,6 +459,15 @@ def test_inference_linear_uses_onednn(gelu, monkeypatch):
     assert onednn.count == 2
     assert_float32_close(out, expected, exact)
     assert_float32_close(no_bias, x @ w.t(), x.double() @ w.double().t())
+    # oneDNN only up to ONEDNN_MAX_IN_FEATURES input features, whatever
+    # the number of tokens (beyond, its float32 error exceeds MKL's)
+    n = kernels.ONEDNN_MAX_IN_FEATURES
+    with torch.no_grad():
+        kernels.linear(torch.randn(2, 3, n), torch.randn(5, n), gelu=gelu)
+        assert onednn.count == 3
+        kernels.linear(torch.randn(2, 3, n + 1), torch.randn(5, n + 1))
+        assert onednn.count == 3
+    onednn.count = 2
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         out = kernels.linear(x, w, b, gelu=gelu)
     assert onednn.count == 2
