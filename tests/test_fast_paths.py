@@ -259,6 +259,32 @@ def test_inference_matches_literal(arch, batch, size, chunks, monkeypatch):
             out, lit, ref, depth=stage_depths(model)[i], name=f'stage {i + 1}')
 
 
+def test_residual_mlp_chunks_share_one_buffer(monkeypatch):
+    """add_residual_mlp_ (inference): ``tokens += fc2(act(fc1(norm(x))))``
+    over chunks of tokens, equal to the literal formula in float64, with
+    more tokens per chunk than channels and a last, shorter chunk; each
+    chunk's fc2 product is written into one buffer of a chunk's rows
+    (torch warns when ``out=`` has to resize it)."""
+    import warnings
+    torch.manual_seed(0)
+    N, C, hidden, rows = 50, 8, 32, 12  # C < rows < N, 50 = 4 x 12 + 2
+    monkeypatch.setattr(kernels, 'per_call', lambda elements: elements)
+    monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', rows * hidden)
+    norm = nn.LayerNorm(C).double()
+    mlp = nn.Module()
+    mlp.fc1, mlp.act, mlp.fc2 = nn.Linear(C, hidden), nn.GELU(), nn.Linear(
+        hidden, C)
+    mlp.double()
+    tokens = torch.randn(2, N // 2, C, dtype=torch.float64)
+    expected = tokens + mlp.fc2(mlp.act(mlp.fc1(norm(tokens))))
+    calls = CallCounter(monkeypatch, torch, 'addmm')
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('error')
+        out = kernels.add_residual_mlp_(tokens, norm, mlp)
+    assert out is tokens and calls.count == 5  # ceil(50 / 12) chunks
+    assert_float64_equal(out, expected, 'tokens')
+
+
 def test_golden_outputs_with_many_chunks(golden, monkeypatch):
     monkeypatch.setattr(kernels, 'CHUNK_ELEMENTS', 500)
     monkeypatch.setattr(kernels, 'MLP_CHUNK_ELEMENTS', 2000)
