@@ -206,8 +206,12 @@ def test_use_emsa_core_dispatch(monkeypatch):
         kernels.emsa_attention(
             q, k, v, mix, bias, attn_drop=0.5, training=True)
         kernels.emsa_attention(q, k, v)  # one head: plain softmax
+        assert len(calls) == 1
+        # training without attention dropout: the selected core
+        kernels.emsa_attention(q, k, v, mix, bias, attn_drop=0., training=True)
     assert kernels.emsa_core() == 'chunked'
-    assert len(calls) == 1 and calls[0]['pad_values'] is True
+    assert len(calls) == 2 and calls[0]['pad_values'] is True
+    calls.pop()
     with pytest.raises(ValueError, match="unknown EMSA core 'flash'.*sdpa"):
         with kernels.use_emsa_core('flash'):
             pass
