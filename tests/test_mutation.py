@@ -1,0 +1,88 @@
+"""mmrest_tools.mutation: the mutants of a source (operators and numbers
+inside the named functions, never docstrings, unary signs or unpacking)
+and a sweep that runs the tests against each in a worktree, leaving the
+repository as it was."""
+import subprocess
+import sys
+
+import pytest
+
+from mmrest_tools import mutation
+
+SOURCE = '''\
+def area(w, h, *rest):
+    """w * h + 1 (a docstring is not mutated)"""
+    return w * h if w >= 0 else -h
+
+
+def untested(x):
+    return x + 0.5
+
+
+def other(x):
+    return x - 1
+'''
+
+
+def test_mutants_of_the_named_functions():
+    found = mutation.mutants(SOURCE, ['area', 'untested'])
+    assert [(m.function, m.line, m.old, m.new) for m in found] == [
+        ('area', 3, '*', '/'),
+        ('area', 3, '>=', '>'),
+        ('area', 3, '0', '1'),
+        ('untested', 7, '+', '-'),
+        ('untested', 7, '0.5', '1.0'),
+    ]  # not `*rest`, not the unary `-h`, nothing of `other`
+    assert mutation.apply(SOURCE, found[0]).splitlines()[2] == \
+        '    return w / h if w >= 0 else -h'
+    with pytest.raises(ValueError, match=r"no function named \['volume'\]"):
+        mutation.mutants(SOURCE, ['area', 'volume'])
+    with pytest.raises(ValueError, match='does not match line 3'):
+        mutation.apply(SOURCE, found[0]._replace(col=5))
+
+
+def test_sweep_kills_what_the_tests_check(tmp_path):
+    """In a small git repository: the tested formula's mutants are killed,
+    the untested function's survive; the file and the worktrees are as
+    before."""
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    (repo / 'calc.py').write_text(SOURCE)
+    (repo / 'test_calc.py').write_text(
+        'from calc import area\n\n\ndef test_area():\n'
+        '    assert area(2, 3) == 6 and area(0, 4) == 0\n')
+
+    def git(*args):
+        return subprocess.run(
+            ['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True).stdout
+
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-q', '-m', 'calc')
+    results = list(
+        mutation.sweep(
+            str(repo),
+            'calc.py', ['area', 'untested'], ['test_calc.py'],
+            python=sys.executable))
+    killed = {
+        (r['function'], r['old'], r['new']): r['killed']
+        for r in results
+    }
+    assert killed == {
+        ('area', '*', '/'): True,
+        ('area', '>=', '>'): True,  # area(0, 4) would be -4
+        ('area', '0', '1'): True,
+        ('untested', '+', '-'): False,
+        ('untested', '0.5', '1.0'): False,
+    }
+    assert results[3]['code'] == 'return x - 0.5'
+    assert (repo / 'calc.py').read_text() == SOURCE
+    assert git('status', '--porcelain') == ''
+    assert len(git('worktree', 'list').splitlines()) == 1
+    table = mutation.survivors_markdown(results)
+    assert table.startswith('2 of 5 mutants survived')
+    assert '| untested | 7 | `+` -> `-` | `return x - 0.5` |' in table

@@ -1,0 +1,52 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Does a test fail when a formula is broken? One mutant at a time of the
+named functions, the tests run against each (see
+:mod:`mmrest_tools.mutation`), in a throw-away worktree of ``HEAD``:
+
+    python tools/mutation_sweep.py mmrest/backbones/kernels.py \\
+        --functions linear,add_residual_mlp_ --tests tests/test_fast_paths.py
+
+Prints one JSON line per mutant as it ends (also to ``--out``), then the
+survivors as a Markdown table.
+"""
+import argparse
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mmrest_tools.mutation import (
+    survivors_markdown,
+    sweep,  # noqa: E402
+    to_json_line)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('path', help='source file, relative to the root')
+    parser.add_argument(
+        '--functions', required=True, help='comma-separated names')
+    parser.add_argument(
+        '--tests', required=True, help='comma-separated pytest arguments')
+    parser.add_argument('--out', help='also write the JSON lines here')
+    parser.add_argument(
+        '--timeout-s', type=float, default=600., help='per mutant')
+    args = parser.parse_args(argv)
+    results = []
+    out = open(args.out, 'w') if args.out else None
+    try:
+        for result in sweep(ROOT, args.path, args.functions.split(','),
+                            args.tests.split(','), args.timeout_s):
+            results.append(result)
+            print(to_json_line(result), flush=True)
+            if out:
+                print(to_json_line(result), file=out, flush=True)
+    finally:
+        if out:
+            out.close()
+    print(survivors_markdown(results))
+
+
+if __name__ == '__main__':
+    main()
