@@ -16,10 +16,8 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mmrest_tools.mutation import (
-    survivors_markdown,
-    sweep,  # noqa: E402
-    to_json_line)
+from mmrest_tools.mutation import sweep  # noqa: E402
+from mmrest_tools.mutation import survivors_markdown, to_json_line
 
 
 def main(argv=None):
