@@ -411,14 +411,22 @@ def test_variants_markdown_lists_every_core():
     assert len(width) == 1, width  # every line of the table has all cells
 
 
-def _variant(core, ms, mib, passes=True, **extra):
+def _core_row(core, passes=True, **figures):
+    """A variants row of ResT-Small with ``core``."""
     return dict(
         kind='variant',
         model='rest_small',
         core=core,
+        **{'pass': passes},
+        **figures)
+
+
+def _variant(core, ms, mib, passes=True, **extra):
+    return _core_row(
+        core,
+        passes,
         train_float16_step_ms=ms,
         train_float16_step_peak_MiB=mib,
-        **{'pass': passes},
         **extra)
 
 
@@ -469,12 +477,8 @@ def test_choose_core_takes_the_fastest_passing_core_within_memory():
     assert "'chunked' has no train_float16_step_ms" in choice['reason']
     # quick mode (float32 only) compares the float32 step
     quick = [
-        dict(
-            kind='variant',
-            model='rest_small',
-            core=c,
-            train_float32_step_ms=ms,
-            **{'pass': True}) for c, ms in (('chunked', 5.0), ('triton', 4.0))
+        _core_row(c, train_float32_step_ms=ms)
+        for c, ms in (('chunked', 5.0), ('triton', 4.0))
     ]
     choice = gpu_check.choose_core(
         dict(settings=dict(train_amp=['float32']), rows=quick))
@@ -483,14 +487,8 @@ def test_choose_core_takes_the_fastest_passing_core_within_memory():
 
 
 def _inference(core, small, large, passes=True, **extra):
-    return dict(
-        kind='variant',
-        model='rest_small',
-        core=core,
-        small_fp16_ms=small,
-        large_fp16_ms=large,
-        **{'pass': passes},
-        **extra)
+    return _core_row(
+        core, passes, small_fp16_ms=small, large_fp16_ms=large, **extra)
 
 
 def test_choose_core_for_inference_by_both_sizes():
@@ -542,13 +540,8 @@ def test_choose_core_for_inference_by_both_sizes():
     assert "'chunked' has no geometric mean" in inf['reason']
     # quick mode: no autocast, the float32 times
     quick = [
-        dict(
-            kind='variant',
-            model='rest_small',
-            core=c,
-            small_fp32_ms=ms,
-            large_fp32_ms=ms,
-            **{'pass': True}) for c, ms in (('chunked', 5.0), ('sdpa', 4.0))
+        _core_row(c, small_fp32_ms=ms, large_fp32_ms=ms)
+        for c, ms in (('chunked', 5.0), ('sdpa', 4.0))
     ]
     inf = gpu_check.choose_core(
         dict(settings=dict(train_amp=['float32']), rows=quick))['inference']
