@@ -10,7 +10,10 @@ from _helpers import ROOT
 
 
 def _python_files():
-    out = subprocess.run(['git', 'ls-files', '*.py'],
+    # tracked files and new ones not yet added (not the ignored ones), so
+    # that a file is checked before its first commit
+    listing = ['git', 'ls-files', '--cached', '--others', '--exclude-standard']
+    out = subprocess.run([*listing, '*.py'],
                          cwd=ROOT,
                          text=True,
                          capture_output=True,
