@@ -11,6 +11,7 @@ survivors as a Markdown table.
 """
 import argparse
 import os.path as osp
+import signal
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -31,6 +32,8 @@ def main(argv=None):
     parser.add_argument(
         '--timeout-s', type=float, default=600., help='per mutant')
     args = parser.parse_args(argv)
+    # a kill (SIGTERM) ends the sweep through its cleanup: the worktree goes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     out = open(args.out, 'w') if args.out else None
     try:
