@@ -262,6 +262,18 @@ def test_use_emsa_core_dispatch(monkeypatch):
         kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
 
 
+def test_one_head_attention_dropout_only_in_training():
+    """One head (plain softmax attention): attention dropout acts in
+    training only; otherwise the output is softmax(q k^T) v in float64."""
+    q, k, v, _, _ = _inputs((2, 1, 40, 30, 4), torch.float64)
+    exact = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+    out = kernels.emsa_attention(q, k, v, attn_drop=0.5, training=False)
+    assert_float64_equal(out, exact, 'eval')
+    torch.manual_seed(0)
+    out = kernels.emsa_attention(q, k, v, attn_drop=0.5, training=True)
+    assert relative_error(out, exact) > 0.1  # half the weights dropped
+
+
 def test_checkpoint_recomputes_with_the_forwards_core(monkeypatch):
     """with_cp: a block recomputed in the backward pass uses the EMSA core
     of its forward pass, also when the backward runs outside the
