@@ -755,13 +755,14 @@ def emsa_attention(q: torch.Tensor,
             mix_bias = mix.new_zeros(mix.shape[0]) if mix_bias is None \
                 else mix_bias.to(core)
         out = _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
-                         chunk_elements)
+                         chunk_elements, autograd)
     return out.to(dtype)
 
 
 def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
-               chunk_elements):
-    """:func:`emsa_attention` on tensors of one dtype, outside autocast."""
+               chunk_elements, needs_grad):
+    """:func:`emsa_attention` on tensors of one dtype, outside autocast;
+    ``needs_grad``: whether autograd records the call (its test there)."""
     dropout = attn_drop > 0 and training
     B, h, N, _ = q.shape
     M = k.shape[2]
@@ -773,8 +774,6 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
 
     if chunk_elements is None:
         chunk_elements = _chunk_elements(q.device)
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, v, mix, mix_bias))
     if not (needs_grad or dropout):
         return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
 
