@@ -100,7 +100,6 @@ def _fastest(rows: Dict, default: str, by: str, figure, worse, error):
         out['reason'] = f'the default {default!r} has no {by}: kept'
         return out
     for core, r in rows.items():
-        why = None
         if figure(r) is None:
             why = r.get('error') or r.get('skipped') or error(r) or \
                 'no figure'
