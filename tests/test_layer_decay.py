@@ -177,6 +177,7 @@ def test_num_layers_is_checked():
 @pytest.mark.parametrize('paramwise,match', [
     (dict(decay_rate=0.9, decay_type='block_wise'), 'decay_type must be'),
     (dict(decay_rate=1.5), r'decay_rate must be a number in \(0, 1\]'),
+    (dict(decay_rate=0), r'decay_rate must be a number in \(0, 1\]'),
     (dict(decay_type='stage_wise'), 'decay_rate must be'),
     (dict(decay_rate=0.9, lr_mult=2.), "unknown paramwise_cfg keys"),
 ])
@@ -306,6 +307,10 @@ OPTION_CASES = {
         dwconv_decay_mult=0.,
         bias_lr_mult=4.,
         bypass_duplicate=True),
+    # norms and biases both without weight decay: only the lr tells a
+    # bias's group from a norm's
+    'bias_lr_mult':
+    dict(bias_lr_mult=2.),
 }
 
 
@@ -450,3 +455,86 @@ def test_decay_multipliers_need_a_weight_decay():
         paramwise_cfg=dict(decay_rate=0.9, norm_decay_mult=1.))
     with pytest.raises(ValueError, match='base_wd should not be None'):
         build_optim_wrapper(narrow_model(ResTV2, 'tiny'), cfg)
+
+
+def test_decay_rate_one_keeps_every_lr():
+    """decay_rate=1 (allowed: the interval is (0, 1]) is no decay at all."""
+    model = narrow_model(ResT, 'lite')
+    got = settings_by_param(build(model, 'layer_wise', rate=1))
+    assert {lr for lr, _ in got.values()} == {BASE_LR}
+
+
+def test_optimizer_without_weight_decay():
+    """With no weight_decay in the optimizer, norms and biases still get
+    none: their groups say 0, the others keep the optimizer's default
+    (AdamW's 0.01), as a group without the key does in torch."""
+    model = narrow_model(ResTV2, 'tiny')
+    cfg = dict(
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=BASE_LR),
+        constructor='ResTLayerDecayOptimizerConstructor',
+        paramwise_cfg=dict(decay_rate=0.9))
+    got = settings_by_param(build_optim_wrapper(model, cfg))
+    adamw_default = torch.optim.AdamW([nn.Parameter(torch.zeros(1))
+                                       ]).defaults['weight_decay']
+    assert adamw_default == 0.01
+    no_decay = no_decay_names(model)
+    for name, p in model.named_parameters():
+        assert got[id(p)][1] == (0. if name in no_decay else 0.01), name
+
+
+def test_flat_parameters():
+    """A 1-D parameter outside norms and biases (none in the backbones; a
+    head may have one) follows flat_decay_mult (default 0); a 2-D one, and
+    a 0-D one, likewise the rule: 0-D is flat too, 2-D decays."""
+    model = narrow_model(ResTV2, 'tiny')
+    head = model.decode_head
+    head.register_parameter('gain', nn.Parameter(torch.ones(3)))
+    head.register_parameter('temperature', nn.Parameter(torch.tensor(1.)))
+    head.register_parameter('table', nn.Parameter(torch.ones(3, 3)))
+    for mult, paramwise in ((0., {}), (0.5, dict(flat_decay_mult=0.5))):
+        got = settings_by_param(build(model, 'stage_wise', **paramwise))
+        assert got[id(head.gain)] == (BASE_LR, BASE_WD * mult)
+        assert got[id(head.temperature)] == (BASE_LR, BASE_WD * mult)
+        assert got[id(head.table)] == (BASE_LR, BASE_WD)
+
+
+def test_group_names_and_the_log(monkeypatch):
+    """Each group is named by its layer id, decay, weight decay, custom
+    key and bias lr, and rank 0 (only) logs one line per group."""
+    from mmrest.engine import layer_decay
+    logged = []
+    monkeypatch.setattr(layer_decay, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
+    model = narrow_model(ResTV2, 'tiny')
+    wrapper = build(
+        model,
+        'stage_wise',
+        norm_decay_mult=0.5,
+        bias_lr_mult=2.,
+        custom_keys={'decode_head': dict(lr_mult=10.)})
+    names = {}
+    for group in wrapper.optimizer.param_groups:
+        for p in group['params']:
+            names[id(p)] = group['group_name']
+    named = dict(model.named_parameters())
+
+    def name_of(param_name):
+        return names[id(named[param_name])]
+
+    assert name_of('backbone.stem.proj.0.weight') == 'layer_0_decay'
+    assert name_of('backbone.stem.proj.1.weight') == 'layer_0_decay_wd0.025'
+    assert name_of('backbone.stage1.0.attn.q.bias') == \
+        'layer_1_no_decay_bias_lr'
+    assert name_of('backbone.stage1.0.attn.q.weight') == 'layer_1_decay'
+    assert name_of('decode_head.1.weight') == \
+        'layer_5_decay_wd0.025_custom[decode_head]'
+    assert name_of('decode_head.0.bias') == 'layer_5_no_decay_custom[' \
+        'decode_head]'
+    (message, ) = logged
+    groups = wrapper.optimizer.param_groups
+    assert message.count('\n') == len(groups)
+    assert '  layer_1_no_decay_bias_lr: ' in message
+    monkeypatch.setattr(layer_decay, 'get_dist_info', lambda: (1, 2))
+    build(model, 'stage_wise')
+    assert len(logged) == 1  # nothing from rank 1
