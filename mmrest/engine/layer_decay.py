@@ -285,13 +285,13 @@ class ResTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         name = f'{module_name}.{param_name}'
         lr = self.base_lr * layer_scale
         settings = {}
-        mult = 1.  # the weight decay's
         key = self.custom_key(name)
         is_norm = isinstance(module, NORM_TYPES)
         if key is not None:
             custom = self.custom_keys[key]
             settings.update(custom)  # other entries go into the group
             lr *= custom.get('lr_mult', 1.)
+            # the weight decay's multiplier
             if 'decay_mult' in custom:
                 mult = custom['decay_mult']
             else:
