@@ -30,7 +30,7 @@ from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       float64_literal, golden_model, golden_model_v2,
                       literal_attention, stage_depths)
 
-from mmrest import ResT
+from mmrest import ResT, ResTV2
 from mmrest.backbones import EMSA, emsa_attention, kernels, to_literal
 
 TINY_ARCH = dict(
@@ -390,3 +390,25 @@ def test_with_cp_under_compile_matches_float64(family, golden, golden_v2,
     for i, (a, b, c, depth) in enumerate(zip(*results, depths)):
         assert_float32_close(a, b, c, depth=depth, name=f'stage {i + 1}')
     assert_gradients_close(model, literal, reference, depth=sum(depths))
+
+
+@pytest.mark.parametrize('cls,arch', [(ResT, 'large'), (ResTV2, 'large')])
+def test_builds_on_the_meta_device(cls, arch):
+    """Built under ``torch.device('meta')`` (to count parameters or for a
+    sharded initialisation): the CPU model's parameter and buffer names
+    and shapes, and its drop-path rates, with no data allocated."""
+    with torch.device('meta'):
+        meta = cls(arch=arch, drop_path_rate=0.3)
+    cpu = cls(arch=arch, drop_path_rate=0.3)
+    assert {k: v.shape for k, v in meta.state_dict().items()} == \
+        {k: v.shape for k, v in cpu.state_dict().items()}
+    assert {t.device.type for t in meta.state_dict().values()} == {'meta'}
+
+    def rates(model):
+        return [
+            getattr(m.drop_path, 'drop_prob', 0.) for m in model.modules()
+            if hasattr(m, 'drop_path')
+        ]
+
+    assert rates(meta) == rates(cpu) and max(rates(cpu)) == \
+        pytest.approx(0.3)

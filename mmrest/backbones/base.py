@@ -310,7 +310,9 @@ class TokenMapsMixin:
         self.norm_eval = norm_eval
         self.embed_dims = list(self.arch_settings['embed_dims'])
         depths = self.arch_settings['depths']
-        return torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # on the CPU whatever the default device (a model built on 'meta')
+        return torch.linspace(
+            0, drop_path_rate, sum(depths), device='cpu').tolist()
 
     def _check_input(self, x: torch.Tensor):
         name = self.display_name
