@@ -253,6 +253,25 @@ def test_anchor_permutation_matches_both_generators():
         assert not torch.allclose(base.double(), d2, atol=1e-3)
 
 
+def test_anchor_reordering_with_unequal_sizes_and_ratios():
+    """The predictor's channel blocks move from detectron2's size-major
+    anchor order to mmdet's ratio-major one, also when the numbers of
+    sizes (2) and ratios (3) differ (the authors' detectors have 3 and
+    3): mmdet anchor r * sizes + s holds detectron2 anchor s * ratios + r;
+    a block's channels stay in order."""
+    from mmrest.checkpoint.detectron2 import _reorder_anchor_channels
+    sizes, ratios, per_anchor = 2, 3, 4
+    d2 = torch.arange(sizes * ratios * per_anchor * 5.).reshape(-1, 5)
+    mm = _reorder_anchor_channels(d2, per_anchor, (sizes, ratios))
+    for r in range(ratios):
+        for s in range(sizes):
+            got = mm[(r * sizes + s) * per_anchor:][:per_anchor]
+            want = d2[(s * ratios + r) * per_anchor:][:per_anchor]
+            assert torch.equal(got, want), (r, s)
+    with pytest.raises(CheckpointError, match='expected 6 anchors x 4'):
+        _reorder_anchor_channels(d2[:-4], per_anchor, (sizes, ratios))
+
+
 # ------------------------------------------------------- refusals, files
 def _d2_file(tmp_path, state, name='model.pth', **extra):
     path = tmp_path / name
@@ -440,3 +459,44 @@ def test_d2_configs_build_with_detectron2_test_time(path):
     assert cfg.model.backbone.init_cfg is None
     assert model.roi_head.bbox_head.num_classes == 80 if 'retinanet' not \
         in path else model.bbox_head.num_classes == 80
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_conversion_facts(name, converted):
+    """What the conversion reports (written into the checkpoint's meta and
+    the refusals): the detector, the family, the classes of the test
+    detectors (reference.json), the FPN's inputs; the test detectors'
+    narrow widths are no published variant."""
+    _, info = converted[name]
+    assert info['detector'] == ('RetinaNet' if name.startswith('retinanet')
+                                else 'MaskRCNN')
+    assert info['family'] == name[-2:]
+    assert info['num_classes'] == META['num_classes'] == 6
+    assert info['variant'] is None
+    assert info['fpn_inputs'] == (['stage2', 'stage3', 'stage4']
+                                  if name.startswith('retinanet') else
+                                  ['stage1', 'stage2', 'stage3', 'stage4'])
+
+
+@pytest.mark.parametrize('family,arch',
+                         [('v1', a)
+                          for a in ('lite', 'small', 'base', 'large')] +
+                         [('v2', a)
+                          for a in ('tiny', 'small', 'base', 'large')])
+def test_conversion_names_the_published_variant(family, arch):
+    """With a published backbone (its full-size keys and shapes, built on
+    the CPU), the conversion names the variant."""
+    from mmrest import ResT, ResTV2
+    backbone = (ResT if family == 'v1' else ResTV2)(arch=arch)
+    state = {
+        k: v
+        for k, v in load_detectron2_checkpoint(
+            DATA / f'mask_rcnn_rest_{family}.pth').items()
+        if not k.startswith('backbone.bottom_up.')
+    }
+    state.update({
+        f'backbone.bottom_up.{k}': v
+        for k, v in backbone.state_dict().items()
+    })
+    _, info = convert_state_dict(state)
+    assert info['variant'] == arch

@@ -64,17 +64,6 @@ from .files import CheckpointError, load_checkpoint_file
 
 #: Anchors per location of the authors' detectors: (sizes, aspect ratios).
 RETINANET_ANCHORS = (3, 3)
-#: Variants by (family, embed_dims[0], depths): the authors' names.
-VARIANTS = {
-    ('v1', 64, (2, 2, 2, 2)): 'lite',
-    ('v1', 64, (2, 2, 6, 2)): 'small',
-    ('v1', 96, (2, 2, 6, 2)): 'base',
-    ('v1', 96, (2, 2, 18, 2)): 'large',
-    ('v2', 96, (1, 2, 6, 2)): 'tiny',
-    ('v2', 96, (1, 2, 12, 2)): 'small',
-    ('v2', 96, (1, 3, 16, 3)): 'base',
-    ('v2', 128, (2, 3, 16, 3)): 'large',
-}
 #: Entries of a detectron2 checkpoint besides ``model`` (training state).
 TRAINING_STATE_KEYS = ('optimizer', 'scheduler', 'iteration', 'trainer',
                        'grad_scaler', '__author__', 'matching_heuristics')
@@ -130,6 +119,12 @@ def identify(checkpoint) -> str:
 
 
 def _variant(family: str, backbone: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The arch name (``ResT.arch_zoo`` / ``ResTV2.arch_zoo``) of a
+    backbone state dict with that zoo entry's first width and depths, or
+    None. (The authors' detection code gives v2-large depths 2, 3, 16, 3;
+    mmrest's ``'large'`` is their classifier's 2, 3, 16, 2.)"""
+    # Imported here: the backbones import this package.
+    from ..backbones import ResT, ResTV2
     depths = []
     for stage in range(1, 5):
         blocks = {
@@ -139,7 +134,12 @@ def _variant(family: str, backbone: Dict[str, torch.Tensor]) -> Optional[str]:
         depths.append(len(blocks))
     stem = 'stem.conv3.weight' if family == 'v1' else 'stem.proj.6.weight'
     width = backbone[stem].shape[0] if stem in backbone else None
-    return VARIANTS.get((family, width, tuple(depths)))
+    zoo = (ResT if family == 'v1' else ResTV2).arch_zoo
+    for name, arch in zoo.items():
+        if len(name) > 1 and arch['embed_dims'][0] == width and \
+                list(arch['depths']) == depths:  # not the one-letter aliases
+            return name
+    return None
 
 
 def anchor_permutation(num_sizes: int, num_ratios: int) -> torch.Tensor:
