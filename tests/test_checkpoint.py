@@ -344,6 +344,27 @@ def test_stand_ins_load_plain_numpy_data(tmp_path, loader):
 
 @pytest.mark.skipif(
     not torch_compat.TORCH_SCOPED_ALLOW_LIST,
+    reason='torch < 2.6: safe_loading refuses to run')
+def test_allow_list_without_numpy_dtypes_module(tmp_path, monkeypatch):
+    """numpy < 1.25 has no ``numpy.dtypes``: the dtype classes then come
+    from numpy's type codes alone, every one but the object dtype's, and
+    numpy data still loads."""
+    dtype_classes = {
+        type(np.dtype(c))
+        for c in np.typecodes['All'] + 'MmV' if c != 'O'
+    }
+    monkeypatch.delattr(np, 'dtypes', raising=False)
+    allowed = set(checkpoint_safe_globals())
+    assert dtype_classes <= allowed
+    assert type(np.dtype(object)) not in allowed
+    data = {'a': np.arange(3, dtype=np.int16), 'f': np.float64(0.5)}
+    torch.save(data, tmp_path / 'np.pth')
+    out = safe_torch_load(tmp_path / 'np.pth')
+    assert out['a'].dtype == np.int16 and out['f'] == 0.5
+
+
+@pytest.mark.skipif(
+    not torch_compat.TORCH_SCOPED_ALLOW_LIST,
     reason='torch < 2.6 has no scoped weights-only '
     'allow-list (safe_loading refuses to run, see '
     'test_safe_loading_on_old_torch_says_so)')
