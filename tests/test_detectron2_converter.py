@@ -372,6 +372,69 @@ def test_failed_conversion_leaves_the_output_as_it_was(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['out.pth']
 
 
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_config_check_names_each_test_time_difference(name, converted):
+    """check_against_config: no warning for the matching config; one for
+    each setting changed away from detectron2's test time (v1's output
+    norms feeding the next stage, the other family's input normalisation,
+    RetinaNet's ReLU before P7), naming the setting."""
+    from mmrest.checkpoint.detectron2 import check_against_config
+    state, info = converted[name]
+    assert check_against_config(state, info, small_config(name)) == []
+    other = dict(
+        v1=dict(
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True),
+        v2=dict(
+            mean=[103.53, 116.28, 123.675], std=[1.] * 3, bgr_to_rgb=False))
+    changes = [('data_preprocessor', other[name[-2:]])]
+    for i in range(3):  # each mean and std alone, by 0.1
+        for key in ('mean', 'std'):
+            values = list(small_config(name).model.data_preprocessor[key])
+            values[i] += 0.1
+            changes.append(('data_preprocessor', {key: values}))
+    if name.endswith('_v1'):
+        changes.append(('out_norms_feed_next_stage', None))
+    if name.startswith('retinanet'):
+        changes.append(('relu_before_extra_convs', None))
+    for setting, update in changes:
+        cfg = small_config(name)
+        if setting == 'data_preprocessor':
+            cfg.model.data_preprocessor.update(update)
+        elif setting == 'out_norms_feed_next_stage':
+            cfg.model.backbone.out_norms_feed_next_stage = False
+        else:
+            cfg.model.neck.relu_before_extra_convs = False
+        (warning, ) = check_against_config(state, info, cfg)
+        assert warning.startswith(setting) or \
+            warning.startswith(f'backbone.{setting}') or \
+            warning.startswith(f'neck.{setting}'), (setting, warning)
+
+
+def test_config_check_lists_the_differences(converted):
+    """A config of other widths or classes is refused with the shapes
+    that differ (the first five, then the count)."""
+    from mmrest.checkpoint.detectron2 import check_against_config
+    state, info = converted['mask_rcnn_rest_v1']
+    cfg = small_config('mask_rcnn_rest_v1')
+    cfg.model.roi_head.bbox_head.num_classes = 3
+    with pytest.raises(CheckpointError) as e:
+        check_against_config(state, info, cfg)
+    message = str(e.value)
+    assert 'MaskRCNN (ResT (v1) of non-standard widths or depths, 6 ' \
+        'classes)' in message
+    assert 'roi_head.bbox_head.fc_cls.weight: checkpoint (7, 32) vs model ' \
+        '(4, 32)' in message and 'in all' not in message
+    cfg = small_config('mask_rcnn_rest_v1')
+    cfg.model.backbone.arch.embed_dims = [16, 32, 64, 128]
+    with pytest.raises(
+            CheckpointError,
+            match=r'other shapes: (.*; ){4}[^;]* \.\.\. '
+            r'\(\d+ in all\)'):
+        check_against_config(state, info, cfg)
+
+
 def test_cli(tmp_path):
     tool = ROOT / 'tools/model_converters/detectron2_to_mmdet.py'
     cfg = small_config('retinanet_rest_v1')

@@ -475,7 +475,7 @@ def _check_fit(own: Dict[str, torch.Tensor],
     if shapes:
         lines.append('other shapes: ' + '; '.join(shapes[:5]) + (
             f' ... ({len(shapes)} in all)' if len(shapes) > 5 else ''))
-    variant = info.get('variant') or 'a non-standard'
+    variant = info.get('variant') or 'of non-standard widths or depths'
     raise CheckpointError(
         f'The converted {info["detector"]} ({FAMILY_NAMES[info["family"]]}'
         f' {variant}, {info["num_classes"]} classes) does not fit the '
