@@ -273,6 +273,9 @@ def uninterrupted(tmp_path_factory, forkserver):
     """Final weights of a run that went straight through."""
     work_dir = tmp_path_factory.mktemp('straight')
     _check_ok(_run(forkserver, work_dir), work_dir)
+    # max_keep_ckpts=-1 (mmengine's default) keeps every checkpoint
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == sorted(
+        f'iter_{i}.pth' for i in range(INTERVAL, MAX_ITERS + 1, INTERVAL))
     final = _weights(work_dir / f'iter_{MAX_ITERS}.pth')
     first = _weights(work_dir / f'iter_{INTERVAL}.pth')
     assert any(not torch.equal(final[k], first[k]) for k in final), \
@@ -334,6 +337,10 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(
         _weights(tmp_path / f'iter_{MAX_ITERS}.pth'), uninterrupted)
     assert not list(tmp_path.glob('.*.tmp')), 'stale temporary file left'
     assert _pointer(tmp_path) == str(tmp_path / f'iter_{MAX_ITERS}.pth')
+    # max_keep_ckpts=1: the older checkpoints were removed once the newer
+    # one was in place
+    assert [p.name
+            for p in tmp_path.glob('*.pth')] == [f'iter_{MAX_ITERS}.pth']
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
