@@ -1,7 +1,8 @@
 """ResT options that no other test exercises: EMSA without the head-mixing
 transform but with several heads (its own attention path), q and kv without
-bias, the dropout rates (``drop_rate``, ``attn_drop_rate``), and gradient
-checkpointing (``with_cp``) under ``torch.compile``.
+bias, the dropout rates (``drop_rate``, ``attn_drop_rate``), gradient
+checkpointing (``with_cp``) under ``torch.compile``, and building on the meta
+device.
 
 EMSA is checked against a float64 computation written here from the paper's
 formulas (ResT, NeurIPS 2021, Sec. 3.2; the authors' ``models/rest.py``):
