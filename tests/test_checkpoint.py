@@ -160,6 +160,14 @@ def test_another_networks_checkpoint_is_an_error(tmp_path, reference):
     assert 'sets 0 of the' in message and 'another network' in message
     assert 'checkpoint keys: 0.weight' in message
     assert 'model keys: stem.conv1.weight' in message
+    # one key of the backbone under a prefix is no reason to suggest it
+    # (half of the backbone's tensors under it would be)
+    state = dict(other.state_dict())
+    state['extra.stem.conv1.weight'] = torch.zeros(0)
+    torch.save({'state_dict': state}, tmp_path / 'other.pth')
+    with pytest.raises(CheckpointError, match='another network') as info:
+        pretrained(tmp_path / 'other.pth', arch)
+    assert 'prefix=' not in str(info.value)
 
 
 def test_partial_checkpoint_needs_the_opt_out(tmp_path, reference):

@@ -59,6 +59,15 @@ def test_frozen_stages_out_of_range(frozen_stages):
         ResT(arch=TINY, frozen_stages=frozen_stages)
 
 
+@pytest.mark.parametrize('rate', [-0.1, 1, 1.5])
+def test_drop_path_rate_out_of_range(rate):
+    """A rate of 1 would drop the deepest block always (the authors' own
+    DropPath divides by 1 - rate): [0, 1) only."""
+    with pytest.raises(ValueError, match=r'drop_path_rate must be in \[0, 1'):
+        ResT(arch=TINY, drop_path_rate=rate)
+    ResT(arch=TINY, drop_path_rate=0.99)
+
+
 @pytest.mark.parametrize('shape', [(3, 32, 32), (1, 1, 3, 32, 32)])
 def test_input_that_is_not_4d(shape):
     with pytest.raises(

@@ -360,6 +360,24 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     assert os.listdir(path.parent) == ['file.bin']
 
 
+@pytest.mark.skipif(os.name != 'posix', reason='folders are fsynced on POSIX')
+def test_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """The data reach the disk before the rename, the rename before the
+    function returns: fsync of the temporary file, then of the folder."""
+    import stat
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        mode = os.fstat(fd).st_mode
+        synced.append('folder' if stat.S_ISDIR(mode) else 'file')
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    atomic_write(tmp_path / 'a.bin', b'data')
+    assert synced == ['file', 'folder']
+
+
 def test_remove_stale_temp_files_only_removes_dead_writers(tmp_path):
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
@@ -368,9 +386,21 @@ def test_remove_stale_temp_files_only_removes_dead_writers(tmp_path):
     other = tmp_path / 'notes.tmp'
     for p in (stale, live, other):
         p.write_bytes(b'x')
-    assert remove_stale_temp_files(str(tmp_path)) == [str(stale)]
+    # another process that is alive: asked with signal 0, which leaves it
+    # running
+    writer = subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        running = tmp_path / f'.iter_9.pth.{writer.pid}.tmp'
+        running.write_bytes(b'x')
+        assert remove_stale_temp_files(str(tmp_path)) == [str(stale)]
+        with pytest.raises(subprocess.TimeoutExpired):  # still running
+            writer.wait(timeout=1)
+    finally:
+        writer.kill()
+        writer.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [live.name, other.name])
+        [live.name, other.name, running.name])
 
 
 # ------------------------------------------------ by epoch, best and last
