@@ -747,3 +747,33 @@ def test_url_checkpoint_is_downloaded_then_loaded_weights_only(
     with pytest.raises(CheckpointError, match='Refused'):
         pretrained('https://example.com/w/evil.pth', arch)
     assert not marker.exists()
+
+
+def test_load_is_logged_and_key_differences_are_warnings(
+        tmp_path, reference, monkeypatch):
+    """What a load did is logged: the tensors loaded at INFO, keys missing
+    from the file (left as initialised) and keys the backbone does not
+    have (ignored) as warnings, each naming the keys."""
+    import logging
+
+    from mmrest.checkpoint import backbone_weights
+    logged = []
+    monkeypatch.setattr(
+        backbone_weights,
+        'print_log',
+        lambda msg, logger=None, level=logging.INFO: logged.append(
+            (level, msg)))
+    state, arch = reference
+    state = dict(state)
+    del state['norm.weight']
+    state['stem.extra.weight'] = torch.zeros(1)
+    path = tmp_path / 'rest_tiny.pth'
+    torch.save(state, path)
+    pretrained(path, arch)
+    levels = {msg.split(' ')[0]: (level, msg) for level, msg in logged}
+    assert levels['Loaded'][0] == logging.INFO
+    assert levels['Keys'] == (logging.WARNING,
+                              f"Keys missing from {str(path)!r} (left as "
+                              "initialised): ['norm.weight']")
+    assert levels['Unexpected'][0] == logging.WARNING
+    assert "'stem.extra.weight'" in levels['Unexpected'][1]
