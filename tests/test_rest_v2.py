@@ -647,14 +647,20 @@ def test_v1_checkpoint_is_refused_by_v2(tmp_path):
     torch.save({'model': state}, path)
     model = ResTV2(
         'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with pytest.raises(CheckpointError, match=r'ResT \(v1\) checkpoint'):
+    with pytest.raises(
+            CheckpointError,
+            match=r"ResT \(v1\) checkpoint, not a ResT v2 one: it cannot "
+            r"initialise ResTV2\. Use it with type='ResT'"):
         model.init_weights()
 
 
 def test_v2_checkpoint_is_detected_for_v1(golden, tmp_path):
     path = tmp_path / 'restv2.pth'
     torch.save(imagenet_checkpoint(golden), path)
-    with pytest.raises(CheckpointError, match='ResT v2 checkpoint'):
+    with pytest.raises(
+            CheckpointError,
+            match=r"ResT v2 checkpoint, not a ResT \(v1\) one: it cannot "
+            r"initialise ResT\. Use it with type='ResTV2'"):
         check_checkpoint_family(str(path), 'v1')
     check_checkpoint_family(str(path), 'v2')  # passes
 
