@@ -112,9 +112,10 @@ def test_detector_checkpoint_with_prefix(tmp_path, reference):
             'epoch': 12
         }
     }, tmp_path / 'det.pth')
-    model = pretrained(tmp_path / 'det.pth', arch, prefix='backbone.')
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
+    for prefix in ('backbone.', 'backbone'):  # the dot may be left out
+        model = pretrained(tmp_path / 'det.pth', arch, prefix=prefix)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key]), (prefix, key)
 
 
 def test_detector_checkpoint_without_prefix_is_an_error(tmp_path, reference):

@@ -162,3 +162,21 @@ def test_sdpa_backend(monkeypatch, old_torch):
                 with torch_compat.sdpa_backend('EFFICIENT_ATTENTION'):
                     F.scaled_dot_product_attention(q.float(), k.float(),
                                                    v.float())
+
+
+def test_sdpa_backend_before_torch_2_3_sets_one_flag(monkeypatch):
+    """Before torch.nn.attention (forced here): sdp_kernel with the named
+    backend's flag on and the others off."""
+    import contextlib
+    monkeypatch.setattr(torch_compat, '_sdpa_kernel_api', lambda: None)
+    calls = []
+
+    def sdp_kernel(**flags):
+        calls.append(flags)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.backends.cuda, 'sdp_kernel', sdp_kernel)
+    torch_compat.sdpa_backend('EFFICIENT_ATTENTION')
+    assert calls == [
+        dict(enable_flash=False, enable_mem_efficient=True, enable_math=False)
+    ]
