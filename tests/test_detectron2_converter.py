@@ -563,3 +563,49 @@ def test_conversion_names_the_published_variant(family, arch):
     })
     _, info = convert_state_dict(state)
     assert info['variant'] == arch
+
+
+def test_retina_head_clips_then_drops_empty_boxes():
+    """Detectron2RetinaHead's test time after NMS: boxes clipped to the
+    image, then those left without width or height dropped (detectron2's
+    detector_postprocess), the others kept as they are."""
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+    from mmengine.structures import InstanceData
+
+    from mmrest.models import Detectron2RetinaHead
+    register_all_modules()
+    head = Detectron2RetinaHead(
+        num_classes=2,
+        in_channels=8,
+        feat_channels=8,
+        stacked_convs=1,
+        anchor_generator=dict(
+            type='AnchorGenerator',
+            octave_base_scale=4,
+            scales_per_octave=3,
+            ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32, 64, 128]),
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder', clip_border=False))
+    results = InstanceData(
+        bboxes=torch.tensor([
+            [10., 10., 20., 30.],  # inside: kept as it is
+            [-5., 90., 20., 130.],  # clipped to [0, 90, 20, 100]
+            [10., 120., 20., 130.],  # below the image: no height left
+            [110., 10., 130., 20.],  # right of it: no width left
+        ]),
+        scores=torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        labels=torch.tensor([0, 1, 0, 1]))
+    cfg = ConfigDict(
+        nms=dict(type='nms', iou_threshold=0.5),
+        max_per_img=100,
+        min_bbox_size=-1,
+        score_thr=0.)
+    out = head._bbox_post_process(
+        results,
+        cfg,
+        rescale=False,
+        with_nms=True,
+        img_meta=dict(img_shape=(100, 100)))
+    assert out.bboxes.tolist() == [[10., 10., 20., 30.], [0., 90., 20., 100.]]
+    assert out.scores.tolist() == pytest.approx([0.9, 0.8])
