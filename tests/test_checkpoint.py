@@ -351,9 +351,6 @@ def test_stand_ins_load_plain_numpy_data(tmp_path, loader):
             value.dtype and np.array_equal(out[key], value), key
 
 
-@pytest.mark.skipif(
-    not torch_compat.TORCH_SCOPED_ALLOW_LIST,
-    reason='torch < 2.6: safe_loading refuses to run')
 def test_allow_list_without_numpy_dtypes_module(tmp_path, monkeypatch):
     """numpy < 1.25 has no ``numpy.dtypes``: the dtype classes then come
     from numpy's type codes alone, every one but the object dtype's, and
