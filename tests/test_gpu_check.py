@@ -549,6 +549,49 @@ def test_choose_core_for_inference_by_both_sizes():
     assert inf['by'] == 'geometric mean of small_fp32_ms and large_fp32_ms'
 
 
+def test_a_core_passes_within_the_literal_paths_error():
+    """The bar a core must clear to be chosen, against the literal path's
+    errors (float64 references): in float32, output and gradient errors
+    at most 4 x the literal's + 100 float32 eps; under each autocast dtype
+    other than float32, the output error at most 1.5 x the literal's +
+    1e-3; finite gradients. At the bound passes, above it fails."""
+    from mmrest_tools.gpu_check.variants import _passes
+    eps = torch.finfo(torch.float32).eps
+    lit = dict(
+        err_fp32=1e-4, grad_err_fp32=2e-4, err_float16=4e-3, err_bfloat16=2e-2)
+    amps = [torch.float16, torch.bfloat16]
+    at_bound = dict(
+        err_fp32=4 * 1e-4 + 100 * eps,
+        grad_err_fp32=4 * 2e-4 + 100 * eps,
+        err_float16=1.5 * 4e-3 + 1e-3,
+        err_bfloat16=1.5 * 2e-2 + 1e-3,
+        grads_finite=True)
+    assert _passes(at_bound, lit, amps)
+    for key, over in (('err_fp32', 4.5e-4), ('grad_err_fp32', 9e-4),
+                      ('err_float16', 7.5e-3), ('err_bfloat16', 3.2e-2)):
+        assert at_bound[key] < over  # just above its bound, far below 4/x
+        assert not _passes(dict(at_bound, **{key: over}), lit, amps), key
+    assert not _passes(dict(at_bound, grads_finite=False), lit, amps)
+    # float32 in the autocast list (quick mode) adds no autocast bar
+    assert _passes(
+        dict(at_bound, err_float16=1.), lit, [torch.float32, torch.bfloat16])
+    assert not _passes(
+        dict(at_bound, err_bfloat16=1.), lit, [torch.float32, torch.bfloat16])
+
+
+def test_choose_core_compares_the_first_autocast_dtype():
+    """Autocast dtypes listed after float32: the training step compared
+    is the first other dtype's."""
+    rows = [
+        _core_row(c, train_float16_step_ms=ms, train_float32_step_ms=1 / ms)
+        for c, ms in (('chunked', 5.0), ('sdpa', 4.0))
+    ]
+    choice = gpu_check.choose_core(
+        dict(settings=dict(train_amp=['float32', 'float16']), rows=rows))
+    assert choice['by'] == 'train_float16_step_ms'
+    assert choice['chosen'] == 'sdpa'
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         gpu_check.parse_args(['--sections', 'equality,speed'])
