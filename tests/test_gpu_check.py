@@ -230,6 +230,34 @@ def test_error_measures():
     r = dict(a=torch.tensor([3.0, 1.0]), b=torch.tensor([0.0, 4.0]))
     assert gpu_check.grad_error(g, r) == pytest.approx(1 / 26**0.5)
     assert gpu_check.grad_error({}, r) == float('inf')
+    # relative to references of any size: below 1, and zero (absolute)
+    small = [torch.tensor([0.5, -0.25])]
+    assert gpu_check.output_error([torch.tensor([0.4, -0.25])],
+                                  small) == pytest.approx(0.2)
+    assert gpu_check.output_error([torch.tensor([0.1])],
+                                  [torch.zeros(1)]) == pytest.approx(0.1)
+    assert gpu_check.grad_error(dict(a=torch.tensor([0.3, 0.4])),
+                                dict(a=torch.tensor([0.3, 0.]))) == \
+        pytest.approx(0.4 / 0.3)
+    assert gpu_check.grad_error(
+        dict(a=torch.tensor([0.3, 0.4])),
+        dict(a=torch.zeros(2))) == pytest.approx(0.5)
+
+
+def test_time_calls_in_milliseconds_after_warmup(monkeypatch):
+    """Off the GPU, each timed call's wall-clock time in milliseconds,
+    after the untimed warm-up calls."""
+    from mmrest_tools.gpu_check import measure
+    now = [100.0]
+    calls = []
+
+    def fn():
+        calls.append(now[0])
+        now[0] += 0.25 if len(calls) > 2 else 5.0  # warm-ups are slow
+
+    monkeypatch.setattr(measure.time, 'perf_counter', lambda: now[0])
+    ms = measure.time_calls(fn, torch.device('cpu'), repeats=3, warmup=2)
+    assert ms == pytest.approx([250.0] * 3) and len(calls) == 5
 
 
 def test_sections_are_independent_and_saved(tmp_path):
@@ -309,6 +337,10 @@ def test_time_steps_warms_up_then_times_each_step_between_syncs():
                         ] * 2 + ['sync', 'clock', 'step', 'sync', 'clock'] * 3
     with pytest.raises(ValueError, match='repeats >= 1'):
         gpu_check.time_steps(fake.step, torch.device('cpu'), 0, 1)
+    one = FakeClock([0.5])
+    assert gpu_check.time_steps(
+        one.step, torch.device('cpu'), 1, 0, clock=one.clock,
+        sync=one.sync) == pytest.approx([500.0])
 
 
 def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
