@@ -5,7 +5,8 @@ Each mutant changes one token inside the named functions of a source file
 (strings, docstrings included, are single tokens and left alone): a binary
 or comparison operator swapped (``+`` and ``-``, ``*`` and ``/``, ``**``
 and ``//`` to ``*``, ``<`` and ``<=``, ``>`` and ``>=``, ``==`` and
-``!=``) or a number changed (0 -> 1, 1 -> 2, 2 -> 3, any other doubled).
+``!=``) or a number changed (0 -> 1, 1 -> 2, 2 -> 3, another zero -> 1.0,
+any other doubled).
 The tests then run against the mutated copy: a mutant that they pass has
 *survived*, and is either equivalent (a chunk size, ``0.`` for ``0.0``, a
 swap that cannot change a result) or a property no test checks. The sweep
@@ -66,9 +67,11 @@ def _changed_number(text: str):
     if text in small:
         return small[text]
     try:
-        return repr(float(text) * 2)
+        value = float(text)
     except ValueError:  # complex, hex, ...
         return None
+    # a zero written otherwise (0.0, 0., 0e0) doubles to itself
+    return repr(value * 2) if value else '1.0'
 
 
 def mutants(source: str, functions: Sequence[str]) -> List[Mutant]:

@@ -33,6 +33,11 @@ def test_mutants_of_the_named_functions():
         ('untested', 7, '+', '-'),
         ('untested', 7, '0.5', '1.0'),
     ]  # not `*rest`, not the unary `-h`, nothing of `other`
+    # a zero becomes 1 however it is written (doubled, 0. would be 0.0)
+    zeros = mutation.mutants('def f(x):\n    return x * 0. + 0e0 - 0\n', ['f'])
+    assert [(m.old, m.new) for m in zeros
+            if m.old[0].isdigit()] == [('0.', '1.0'), ('0e0', '1.0'),
+                                       ('0', '1')]
     assert mutation.apply(SOURCE, found[0]).splitlines()[2] == \
         '    return w / h if w >= 0 else -h'
     with pytest.raises(ValueError, match=r"no function named \['volume'\]"):
