@@ -8,8 +8,8 @@ and ``//`` to ``*``, ``<`` and ``<=``, ``>`` and ``>=``, ``==`` and
 ``!=``) or a number changed (0 -> 1, 1 -> 2, 2 -> 3, another zero -> 1.0,
 any other doubled).
 The tests then run against the mutated copy: a mutant that they pass has
-*survived*, and is either equivalent (a chunk size, ``0.`` for ``0.0``, a
-swap that cannot change a result) or a property no test checks. The sweep
+*survived*, and is either equivalent (a chunk size, a swap that cannot
+change a result) or a property no test checks. The sweep
 runs in a throw-away git worktree of ``HEAD``, so the checkout is never
 written to (uncommitted changes are not in it).
 """
