@@ -77,9 +77,8 @@ def build_feature_extractor(
     if with_neck:
         if cfg.model.get('neck') is None:
             raise ValueError(f'{config} has no neck to export')
-        neck_cfg = cfg.model.neck
-        neck = registry.build(
-            neck_cfg if not isinstance(neck_cfg, list) else neck_cfg[0])
+        # a list of necks runs in sequence, as in mmdet's detectors
+        neck = registry.build(cfg.model.neck)
     model = FeatureExtractor(backbone, neck)
     if checkpoint is not None:
         _load_whole_model_weights(model, checkpoint, config, with_neck)

@@ -97,3 +97,44 @@ def test_foreign_checkpoints_are_refused(tmp_path, detector_checkpoint, golden,
             CheckpointError, match=r'differ in shape.*stem.conv1.weight'):
         build_feature_extractor(
             CONFIG, checkpoint=_save(tmp_path, 'wider.pth', wider))
+
+
+def test_a_list_of_necks_runs_in_sequence(tmp_path):
+    """A config whose neck is a list (mmdet builds it as an
+    ``nn.Sequential``) exports every neck in order, with a whole-model
+    checkpoint's weights under the detector's names."""
+    import torch.nn as nn
+    from mmengine.config import Config
+    cfg = Config.fromfile(CONFIG)
+    necks = [
+        cfg.model.neck.to_dict(),
+        dict(
+            type='BFP',
+            in_channels=256,
+            num_levels=5,
+            refine_level=2,
+            refine_type='conv')
+    ]
+    options = {'model.neck': necks}
+    model = build_feature_extractor(
+        CONFIG, with_neck=True, cfg_options=options)
+    assert isinstance(model.neck, nn.Sequential)
+    assert [type(m).__name__ for m in model.neck] == ['FPN', 'BFP']
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model.neck[1](model.neck[0](model.backbone(x)))
+        got = model(x)
+    assert len(got) == 5 and all(
+        torch.equal(a, b) for a, b in zip(got, expected))
+    state = {
+        k: torch.rand_like(v) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    assert 'neck.1.refine.conv.weight' in state
+    loaded = build_feature_extractor(
+        CONFIG,
+        checkpoint=_save(tmp_path, 'two_necks.pth', state),
+        with_neck=True,
+        cfg_options=options)
+    assert all(
+        torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
