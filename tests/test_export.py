@@ -78,6 +78,41 @@ def test_onnx_export_runs_in_onnxruntime_at_other_sizes(exporter, tmp_path):
     assert len(errs) == 4 and all(onnx_matches(*e) for e in errs)
 
 
+def test_check_onnx_reports_both_errors_against_float64(tmp_path):
+    """check_onnx's figures, recomputed here on its input (one image, the
+    model's channels, drawn after the same seed): for each output, the
+    relative error ||y - y64|| / ||y64|| of onnxruntime's output and of
+    the eager literal float32 path, both against the model in float64."""
+    import onnxruntime as ort
+
+    from mmrest.backbones import kernels
+    from mmrest.onnx_export import check_onnx, export_onnx
+    model = tiny_model()
+    path = str(tmp_path / 'rest.onnx')
+    export_onnx(model, path, SIZES[0])
+    h, w = SIZES[3]
+    torch.manual_seed(5)
+    errors = check_onnx(path, model, [(h, w)])[f'{h}x{w}']
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        with kernels.literal():
+            eager = model(x)
+        exact = to_literal(model).double()(x.double())
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    outs = session.run(None, {'input': x.numpy()})
+    assert len(errors) == 4
+    for (err_onnx, err_eager), got, mine, ref in zip(errors, outs, eager,
+                                                     exact):
+        norm = float(ref.norm())
+        assert err_onnx == pytest.approx(
+            float((torch.from_numpy(got).double() - ref).norm()) / norm,
+            rel=1e-6)
+        assert err_eager == pytest.approx(
+            float((mine.double() - ref).norm()) / norm, rel=1e-6)
+        assert 0 < err_eager < 1e-4  # a float32 error
+
+
 def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
     """The torch 2.1 path (its exporter fails on an explicit SDPA scale, so
     the formula is written out while exporting), forced on any torch: the
