@@ -601,7 +601,8 @@ def test_a_core_passes_within_the_literal_paths_error():
     assert _passes(at_bound, lit, amps)
     for key, over in (('err_fp32', 4.5e-4), ('grad_err_fp32', 9e-4),
                       ('err_float16', 7.5e-3), ('err_bfloat16', 3.2e-2)):
-        assert at_bound[key] < over  # just above its bound, far below 4/x
+        # just above its bound; far below a bound with '/' for '*'
+        assert at_bound[key] < over
         assert not _passes(dict(at_bound, **{key: over}), lit, amps), key
     assert not _passes(dict(at_bound, grads_finite=False), lit, amps)
     # float32 in the autocast list (quick mode) adds no autocast bar
@@ -614,7 +615,7 @@ def test_a_core_passes_within_the_literal_paths_error():
 def test_choose_core_compares_the_first_autocast_dtype():
     """Autocast dtypes listed after float32: the training step compared
     is the first other dtype's."""
-    rows = [
+    rows = [  # by the float32 step, 'chunked' would be the faster
         _core_row(c, train_float16_step_ms=ms, train_float32_step_ms=1 / ms)
         for c, ms in (('chunked', 5.0), ('sdpa', 4.0))
     ]

@@ -484,9 +484,9 @@ def test_optimizer_without_weight_decay():
 
 
 def test_flat_parameters():
-    """A 1-D parameter outside norms and biases (none in the backbones; a
-    head may have one) follows flat_decay_mult (default 0); a 2-D one, and
-    a 0-D one, likewise the rule: 0-D is flat too, 2-D decays."""
+    """A 1-D or 0-D parameter outside norms and biases (none in the
+    backbones; a head may have one) follows flat_decay_mult (default 0); a
+    2-D one gets the optimizer's weight decay."""
     model = narrow_model(ResTV2, 'tiny')
     head = model.decode_head
     head.register_parameter('gain', nn.Parameter(torch.ones(3)))
