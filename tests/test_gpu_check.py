@@ -636,6 +636,33 @@ def test_bad_arguments():
         gpu_check.parse_args(
             ['--sections', 'throughput', '--emsa-core', 'auto'])
     assert gpu_check.parse_args(['--emsa-core', 'sdpa']).emsa_core == 'sdpa'
+    for bad in ('chunked,flash', ','):
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(['--variant-cores', bad])
+    assert gpu_check.parse_args([]).variant_cores is None
+
+
+def test_variant_cores_reach_the_settings(monkeypatch):
+    """``--variant-cores`` lists the cores of the variants section (a short
+    device run): parsed in order and given to the check's settings; without
+    it, all of them."""
+    from mmrest.backbones import kernels
+    from mmrest_tools.gpu_check import cli
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_check(device, out, settings, **kw):
+        seen.append(settings.variant_cores)
+        raise Stop
+
+    monkeypatch.setattr(cli, 'GpuCheck', fake_check)
+    for argv, want in ((['--variant-cores', ' triton, chunked'],
+                        ('triton', 'chunked')), ([], kernels.EMSA_CORES)):
+        with pytest.raises(Stop):
+            cli.main(['--device', 'cpu'] + argv)
+        assert seen.pop() == tuple(want)
 
 
 # --------------------------------------------------------------------------

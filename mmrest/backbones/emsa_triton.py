@@ -9,10 +9,9 @@ queries (:func:`~mmrest.backbones.kernels.mixed_query_attention`): per
 from the per-head queries and the mixing weight, in the forward and again
 in the backward, so that only the per-head queries are kept for it) and
 ``P = softmax(l)`` by rows. The InstanceNorm over ``P`` needs, besides
-``P V`` (values centred over M, so that ``P V = (P - 1/M) V``), only each
-row's centred second moment ``r_n = sum_m (P_nm - 1/M)^2``: the variance
-is ``sum_n r_n / (N M)``. One pass over the keys gives both
-(:func:`softmax_moments`):
+``(P - 1/M) V``, only each row's centred second moment
+``r_n = sum_m (P_nm - 1/M)^2``: the variance is ``sum_n r_n / (N M)``. One
+pass over the keys gives both (:func:`softmax_moments`):
 
 * the forward kernel keeps flash attention's running maximum, sum and
   ``P V`` product per query row, and beside them the running mean and
@@ -20,12 +19,25 @@ is ``sum_n r_n / (N M)``. One pass over the keys gives both
   the key blocks, rescaled with the running maximum), from which
   ``r_n = M2_n / sum_n^2``, without the cancellation of
   ``sum P^2 - 1/M`` when the attention is almost uniform;
+* the products with the values round only deviations to the inputs'
+  dtype, never ``P`` itself: the InstanceNorm divides ``P - 1/M`` by its
+  standard deviation, which is small where the attention is almost uniform
+  (``M std(P)`` about 2e-3 in a ResT at its initialisation), so a rounding
+  of ``P`` (relative 2**-11 in float16) would come out hundreds of times
+  larger. The forward takes each key block's ``sum_m p_m V_m`` as
+  ``sum_m (p_m - mean) V_m`` (the deviations from the block's mean
+  rounded) plus ``mean sum_m V_m`` (the block's sums of the values, from
+  float32); ``(P - 1/M) V = P V - mean_m V_m`` then in float32. The
+  backward's ``dV = (P - 1/M)^T dO`` rounds ``P - 1/M`` likewise. (On the
+  H200 under autocast this took the core's float16 error from 15 times the
+  literal path's to the literal path's, docs/precision_and_export.md.)
 * the backward kernels recompute ``P`` from the saved log-sum-exps, one
   over key blocks (gradients of the keys, per head, and of the values),
   one over query blocks (gradients of the queries). With upstream
-  gradients ``dO`` of ``P V`` and ``dr`` of ``r``:
+  gradients ``dO`` of ``(P - 1/M) V`` and ``dr`` of ``r``:
   ``dP_nm = dO_n . V_m + 2 dr_n (P_nm - 1/M)`` and
-  ``dl_nm = P_nm (dP_nm - delta_n)``, ``delta_n = dO_n . O_n + 2 dr_n r_n``.
+  ``dl_nm = P_nm (dP_nm - delta_n)``,
+  ``delta_n = dO_n . (P V)_n + 2 dr_n r_n``.
 
 No N x M map is stored. Products run in the inputs' dtype (float16,
 bfloat16: the autocast dtypes; float32 at IEEE precision, not TF32, since
@@ -69,7 +81,11 @@ def interpreted() -> bool:
         'InterpretedFunction'
 
 
+# The deviations from the softmax's mean that the products round to the
+# inputs' dtype are scaled by this power of two first (exactly), keeping
+# float16's small ones clear of its subnormal range; |deviation| <= 1.
 if triton is not None:
+    _DEV_SCALE = tl.constexpr(1024.0)
 
     @triton.jit
     def _program(H, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -113,12 +129,13 @@ if triton is not None:
         return p * (dp + dr2 * (p - inv_M) - delta)
 
     @triton.jit
-    def _forward_kernel(Q, K, V, OUT, LSE, DEV, N, M, H, C, D,
+    def _forward_kernel(Q, K, V, V_SUMS, OUT, LSE, DEV, N, M, H, C, D,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_D: tl.constexpr):
-        """One block of query rows of one (batch, head): ``O = P V``, the
-        log-sum-exps of the logits and ``r = sum_m (P - 1/M)^2``."""
+        """One block of query rows of one (batch, head): ``P V`` (the caller
+        subtracts ``mean_m V_m``), the log-sum-exps of the logits and
+        ``r = sum_m (P - 1/M)^2``."""
         bh, b, rn, rc, rd = _program(H, BLOCK_N, BLOCK_C, BLOCK_D)
         q = _tile(Q, bh * N * C, rn, N, rc, C)
         run_max = tl.full([BLOCK_N], float('-inf'), ACC)
@@ -144,11 +161,22 @@ if triton is not None:
                 step * step * seen * count / (seen + count)
             run_mean = run_mean * alpha + step * count / (seen + count)
             seen += count
+            # _DEV_SCALE times sum_m p_m V_m of the block, as
+            # sum_m (p_m - mean) V_m + mean sum_m V_m: only the deviations
+            # are rounded to the inputs' dtype (see the module's docstring)
+            v_sum = tl.load(
+                V_SUMS + (bh * tl.cdiv(M, BLOCK_M) + start // BLOCK_M) * D +
+                rd,
+                mask=rd < D,
+                other=0.)
             acc = acc * alpha[:, None] + tl.dot(
-                p.to(v.dtype), v, input_precision='ieee').to(ACC)
+                (dev * _DEV_SCALE).to(v.dtype), v,
+                input_precision='ieee').to(ACC) + \
+                (block_mean * _DEV_SCALE)[:, None] * v_sum[None, :]
             run_max = new_max
         total = run_mean * M  # sum_m exp(l - run_max)
-        _store_tile(OUT, bh * N * D, rn, N, rd, D, acc / total[:, None])
+        _store_tile(OUT, bh * N * D, rn, N, rd, D,
+                    acc / (total * _DEV_SCALE)[:, None])
         tl.store(LSE + bh * N + rn, run_max + tl.log(total), mask=rn < N)
         tl.store(DEV + bh * N + rn, run_m2 / (total * total), mask=rn < N)
 
@@ -194,12 +222,19 @@ if triton is not None:
             s_t = tl.dot(k, tl.trans(q), input_precision='ieee').to(ACC)
             p_t = tl.where((rn < N)[None, :] & (rm < M)[:, None],
                            tl.exp(s_t - lse[None, :]), 0.)
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision='ieee').to(ACC)
+            centred = p_t - inv_M
             dp_t = tl.dot(v, tl.trans(do), input_precision='ieee').to(ACC)
-            dl_t = _grad_logits(p_t, dp_t, dr2[None, :], delta[None, :], inv_M)
+            dl_t = p_t * (dp_t + dr2[None, :] * centred - delta[None, :])
             dk += tl.dot(dl_t.to(q.dtype), q, input_precision='ieee').to(ACC)
+            # dV = (P - 1/M)^T dO, only the deviations rounded (as in the
+            # forward; columns past N meet zero rows of dO, rows past M are
+            # not stored)
+            dv += tl.dot(
+                (centred * _DEV_SCALE).to(do.dtype),
+                do,
+                input_precision='ieee').to(ACC)
         _store_tile(DK, bh * M * C, rm, M, rc, C, dk)
-        _store_tile(DV, bh * M * D, rm, M, rd, D, dv)
+        _store_tile(DV, bh * M * D, rm, M, rd, D, dv / _DEV_SCALE)
 
 
 def _pow2(n: int) -> int:
@@ -284,8 +319,8 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 class SoftmaxMoments(torch.autograd.Function):
-    """``(P V, sum_m (P - 1/M)^2)`` with ``P = softmax(Q K^T)`` by rows, from
-    the fused kernels; see :func:`softmax_moments`."""
+    """``((P - 1/M) V, sum_m (P - 1/M)^2)`` with ``P = softmax(Q K^T)`` by
+    rows, from the fused kernels; see :func:`softmax_moments`."""
 
     @staticmethod
     def forward(ctx, q, keys, values, block, mix):
@@ -304,6 +339,7 @@ class SoftmaxMoments(torch.autograd.Function):
             queries,
             keys,
             values,
+            _block_sums(values, config['BLOCK_M'], acc),
             out,
             lse,
             dev,
@@ -314,6 +350,8 @@ class SoftmaxMoments(torch.autograd.Function):
             D,
             ACC=acc_tl,
             **config)
+        # (P - 1/M) V = P V - mean_m V_m, in float32 or better
+        out -= values.to(acc).mean(2, keepdim=True)
         # with ``mix``, q rather than the H times larger mixed queries
         ctx.save_for_backward(q, mix, keys, values, out, lse, dev)
         ctx.block = block
@@ -330,7 +368,9 @@ class SoftmaxMoments(torch.autograd.Function):
             d_out.to(acc).contiguous()
         d_dev = torch.zeros_like(dev) if d_dev is None else \
             d_dev.to(acc).contiguous()
-        delta = (d_out * out).sum(-1) + 2 * d_dev * dev
+        # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
+        pv = out + values.to(acc).mean(2, keepdim=True)
+        delta = (d_out * pv).sum(-1) + 2 * d_dev * dev
         dq = torch.empty_like(queries, dtype=acc)
         dk = q.new_empty(B, H, M, C, dtype=acc)
         dv = torch.empty_like(values, dtype=acc)
@@ -350,6 +390,17 @@ class SoftmaxMoments(torch.autograd.Function):
             dq = torch.einsum('gj,bgnjd->bjnd', mix.to(acc), dq)
         return (dq.to(q.dtype), dk.sum(1).to(keys.dtype), dv.to(values.dtype),
                 None, d_mix)
+
+
+def _block_sums(values: torch.Tensor, rows: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The sums of the values (B, H, M, D) over each block of ``rows`` keys,
+    (B, H, ceil(M / rows), D) in ``dtype``."""
+    B, H, M, D = values.shape
+    blocks = -(-M // rows)
+    padded = torch.nn.functional.pad(
+        values.to(dtype), (0, 0, 0, blocks * rows - M))
+    return padded.view(B, H, blocks, rows, D).sum(3).contiguous()
 
 
 def _queries(q, mix):
@@ -378,8 +429,9 @@ def softmax_moments(
     one fused pass (differentiable in all inputs).
 
     With ``P = softmax(Q k^T)`` per (batch, head) and row (no scale):
-    returns ``P @ values`` and ``sum_m (P_nm - 1/M)^2`` per row, both in
-    float32 (float64 for float64 inputs).
+    returns ``(P - 1/M) @ values`` and ``sum_m (P_nm - 1/M)^2`` per row,
+    both in float32 (float64 for float64 inputs). Centred keys (each row of
+    logits then has mean 0) keep the products' roundings small.
 
     Args:
         q (Tensor): The queries ``Q``, (B, H, N, C); with ``mix``, per-head

@@ -63,6 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=150.0,
         help='time limit of the torch.compile child')
+    _add_core_arguments(parser)
+    parser.add_argument(
+        '--force-ops-shim',
+        action='store_true',
+        help='use the mmcv ops shim even where mmcv._ext '
+        'imports (testing)')
+    return parser
+
+
+def _add_core_arguments(parser: argparse.ArgumentParser):
+    """The options that choose EMSA's cores."""
     parser.add_argument(
         '--emsa-core',
         default='default',
@@ -70,11 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         '"default": the library\'s; "auto": runs variants first, then the '
         'fastest that pass, see variants.choose_core)')
     parser.add_argument(
-        '--force-ops-shim',
-        action='store_true',
-        help='use the mmcv ops shim even where mmcv._ext '
-        'imports (testing)')
-    return parser
+        '--variant-cores',
+        default=None,
+        help='comma-separated EMSA cores of the variants section '
+        '(default: all of kernels.EMSA_CORES; the literal path is always '
+        'its reference row)')
 
 
 def parse_args(argv=None):
@@ -90,6 +101,14 @@ def parse_args(argv=None):
     if args.emsa_core not in cores:
         parser.error(f'--emsa-core must be one of {cores}, got '
                      f'{args.emsa_core!r}')
+    if args.variant_cores is not None:
+        names = tuple(c.strip() for c in args.variant_cores.split(',')
+                      if c.strip())
+        bad = [c for c in names if c not in kernels.EMSA_CORES]
+        if bad or not names:
+            parser.error(f'--variant-cores: unknown cores {bad}; choose from '
+                         f'{kernels.EMSA_CORES}')
+        args.variant_cores = names
     if args.emsa_core == 'auto' and 'variants' not in sections:
         parser.error('--emsa-core auto chooses from the variants section: '
                      'add variants to --sections')
@@ -106,10 +125,13 @@ def main(argv=None) -> Dict:
     args = parse_args(argv)
     started = datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec='seconds')
+    settings = Settings(args.quick, args.repeats, args.warmup, args.mr_iters)
+    if args.variant_cores is not None:
+        settings.variant_cores = args.variant_cores
     check = GpuCheck(
         args.device,
         args.out,
-        Settings(args.quick, args.repeats, args.warmup, args.mr_iters),
+        settings,
         deadline_s=args.deadline_s,
         compile_budget_s=args.compile_budget_s)
     meta = check.results['meta']
