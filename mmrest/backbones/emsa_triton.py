@@ -122,11 +122,11 @@ if triton is not None:
                 tl.load(DELTA + offset + rows, mask=ok, other=0.))
 
     @triton.jit
-    def _grad_logits(p, dp, dr2, delta, inv_M):
+    def _grad_logits(p, centred, dp, dr2, delta):
         """``dl = P (dP - delta)`` with ``dP = dO V^T + 2 dr (P - 1/M)``
-        (``dp`` the first term; rows or columns broadcast by the caller's
-        shapes)."""
-        return p * (dp + dr2 * (p - inv_M) - delta)
+        (``dp`` the first term, ``centred`` = P - 1/M; rows or columns
+        broadcast by the caller's shapes)."""
+        return p * (dp + dr2 * centred - delta)
 
     @triton.jit
     def _forward_kernel(Q, K, V, V_SUMS, OUT, LSE, DEV, N, M, H, C, D,
@@ -198,7 +198,7 @@ if triton is not None:
             s = tl.dot(q, tl.trans(k), input_precision='ieee').to(ACC)
             p = tl.where((rm < M)[None, :], tl.exp(s - lse[:, None]), 0.)
             dp = tl.dot(do, tl.trans(v), input_precision='ieee').to(ACC)
-            dl = _grad_logits(p, dp, dr2[:, None], delta[:, None], inv_M)
+            dl = _grad_logits(p, p - inv_M, dp, dr2[:, None], delta[:, None])
             dq += tl.dot(dl.to(k.dtype), k, input_precision='ieee').to(ACC)
         _store_tile(DQ, bh * N * C, rn, N, rc, C, dq)
 
@@ -224,7 +224,8 @@ if triton is not None:
                            tl.exp(s_t - lse[None, :]), 0.)
             centred = p_t - inv_M
             dp_t = tl.dot(v, tl.trans(do), input_precision='ieee').to(ACC)
-            dl_t = p_t * (dp_t + dr2[None, :] * centred - delta[None, :])
+            dl_t = _grad_logits(p_t, centred, dp_t, dr2[None, :],
+                                delta[None, :])
             dk += tl.dot(dl_t.to(q.dtype), q, input_precision='ieee').to(ACC)
             # dV = (P - 1/M)^T dO, only the deviations rounded (as in the
             # forward; columns past N meet zero rows of dO, rows past M are
