@@ -215,16 +215,31 @@ def test_use_emsa_core_dispatch(monkeypatch):
     with pytest.raises(ValueError, match="unknown EMSA core 'flash'.*sdpa"):
         with kernels.use_emsa_core('flash'):
             pass
-    # each device type's defaults, outside a block: 'chunked' on the CPU
-    # and CUDA today, with and without autograd; another default routes
-    # the core without a block, a block overrides it, and a type not named
-    # runs 'chunked'
+    # each device type's defaults, outside a block: 'chunked' on the CPU,
+    # with and without autograd; on CUDA 'triton' with autograd (where it
+    # runs: triton >= 3, compute capability >= 8.0; else 'chunked') and
+    # 'chunked' for inference; another default routes the core without a
+    # block, a block overrides it, and a type not named runs 'chunked'
     assert kernels.DEFAULT_EMSA_CORES == dict(
         cpu=dict(autograd='chunked', inference='chunked'),
-        cuda=dict(autograd='chunked', inference='chunked'))
+        cuda=dict(autograd='triton', inference='chunked'))
     for autograd in (True, False):
-        assert kernels.emsa_core('cuda', autograd) == 'chunked'
         assert kernels.emsa_core('cpu', autograd) == 'chunked'
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, 'is_available', lambda: True)
+        for found, capability, want in ((True, (9, 0),
+                                         'triton'), (True, (8, 0), 'triton'),
+                                        (True, (7, 5), 'chunked'),
+                                        (False, (9, 0), 'chunked')):
+            m.setattr(emsa_triton, 'available', lambda f=found: f)
+            m.setattr(
+                torch.cuda,
+                'get_device_capability',
+                lambda device=None, c=capability: c)
+            assert kernels.emsa_core('cuda') == want, (found, capability)
+            assert kernels.emsa_core('cuda', autograd=False) == 'chunked'
+    if not torch.cuda.is_available():  # no GPU to ask: 'chunked'
+        assert kernels.emsa_core('cuda') == 'chunked'
     monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',
                         dict(autograd='chunked', inference='sdpa'))
     assert kernels.emsa_core(q.device, autograd=False) == 'sdpa'
@@ -255,6 +270,9 @@ def test_use_emsa_core_dispatch(monkeypatch):
     # a 'triton' default where triton cannot run gives way to 'chunked'
     monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',
                         dict(autograd='triton', inference='triton'))
+    # (on the CPU it runs in Triton's interpreter only, as in these tests)
+    assert kernels.emsa_core() == ('triton'
+                                   if emsa_triton.interpreted() else 'chunked')
     monkeypatch.setattr(emsa_triton, 'available', lambda: False)
     assert kernels.emsa_core() == 'chunked'
     assert kernels.emsa_core(autograd=False) == 'chunked'

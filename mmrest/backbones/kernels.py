@@ -927,10 +927,16 @@ EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
               'literal', 'literal_compiled')
 # The cores of each device type outside a use_emsa_core block, with and
 # without autograd ('chunked' for a type not named); a default that cannot
-# run there ('triton' without triton >= 3) gives way to 'chunked'.
+# run there ('triton' without triton >= 3, or on a GPU older than compute
+# capability 8.0, whose kernels are not checked) gives way to 'chunked'.
+# CUDA's: the fastest cores that pass the accuracy criteria on an H200
+# (tools/gpu_check.py --emsa-core auto, docs/results/
+# gpu_h200_2026-12-04.md): 'triton' for the fp16 training step (61.9 ms
+# against 'chunked' 88.9-113 ms, 2051 MiB against 2742); 'chunked' for
+# inference ('triton' 51.5 ms in float32 at 800x1344, 'chunked' 12.8 ms).
 DEFAULT_EMSA_CORES = dict(
     cpu=dict(autograd='chunked', inference='chunked'),
-    cuda=dict(autograd='chunked', inference='chunked'))
+    cuda=dict(autograd='triton', inference='chunked'))
 _emsa_core_names = None  # use_emsa_core's choice: (autograd, inference)
 # torch.compile backend of the 'literal_compiled' core (tests use a cheaper
 # one on the CPU)
@@ -953,14 +959,26 @@ def emsa_core(device: Union[str, torch.device, None] = None,
     """
     if _emsa_core_names is not None:
         return _emsa_core_names[0 if autograd else 1]
-    kind = torch.device(device).type if device is not None else 'cpu'
+    device = torch.device(device if device is not None else 'cpu')
     mode = 'autograd' if autograd else 'inference'
-    name = DEFAULT_EMSA_CORES.get(kind, {}).get(mode, 'chunked')
-    if name == 'triton':
-        from . import emsa_triton
-        if not emsa_triton.available():
-            return 'chunked'
+    name = DEFAULT_EMSA_CORES.get(device.type, {}).get(mode, 'chunked')
+    if name == 'triton' and not _triton_runs_on(device):
+        return 'chunked'
     return name
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Whether the 'triton' core can run as a default on ``device``:
+    triton >= 3 and a CUDA GPU of compute capability 8.0 or newer (the
+    kernels' compilation is checked for 8.0 and 9.0); on the CPU, Triton's
+    interpreter."""
+    from . import emsa_triton
+    if device.type == 'cpu':  # only in Triton's interpreter (the tests)
+        return emsa_triton.interpreted()
+    if device.type != 'cuda' or not emsa_triton.available() or \
+            not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 @contextlib.contextmanager
