@@ -273,6 +273,22 @@ def test_use_emsa_core_dispatch(monkeypatch):
     # (on the CPU it runs in Triton's interpreter only, as in these tests)
     assert kernels.emsa_core() == ('triton'
                                    if emsa_triton.interpreted() else 'chunked')
+    # heads wider than the Triton kernels take: the default gives way to
+    # 'chunked' (the same result); selected explicitly, the core refuses
+    if emsa_triton.interpreted():
+        gen = torch.Generator().manual_seed(3)
+        wide = [
+            torch.randn(1, 2, n, 520, generator=gen, dtype=torch.float64)
+            for n in (5, 3, 3)
+        ]
+        wide_mix = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+        out = kernels.emsa_attention(*wide, wide_mix, None)
+        assert torch.allclose(
+            out, literal_attention(*wide, wide_mix,
+                                   torch.zeros(2).double()))
+        with kernels.use_emsa_core('triton'), \
+                pytest.raises(ValueError, match='at most 1024'):
+            kernels.emsa_attention(*wide, wide_mix, None)
     monkeypatch.setattr(emsa_triton, 'available', lambda: False)
     assert kernels.emsa_core() == 'chunked'
     assert kernels.emsa_core(autograd=False) == 'chunked'

@@ -49,6 +49,7 @@ run on CUDA tensors; on the CPU only in Triton's interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported), which is how
 the tests check them against float64.
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -242,6 +243,29 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
+# The widest padded channels whose compilation the tests check (ResT-Base
+# and -Large at stage 4: C = 768 query / key channels, d = 96 value ones)
+MAX_BLOCK_C = 1024
+MAX_BLOCK_D = 128
+
+
+def fits(C: int, D: int) -> bool:
+    """Whether the kernels take ``C`` query / key channels and ``D`` value
+    channels (padded to powers of two: at most ``MAX_BLOCK_C`` and
+    ``MAX_BLOCK_D``)."""
+    return _pow2(C) <= MAX_BLOCK_C and _pow2(D) <= MAX_BLOCK_D
+
+
+def launch_device(t: torch.Tensor):
+    """The context for the kernels' launches on ``t``: Triton launches on
+    the current CUDA device, so ``t``'s device is made current (a tensor
+    on ``cuda:1`` while ``cuda:0`` is current); nothing for CPU tensors
+    (the interpreter)."""
+    if t.device.type == 'cuda':
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 # Rows per tile by the padded channels (BLOCK_C), for 2-byte inputs (the
 # autocast dtypes) and wider ones; 8 warps. Chosen from ptxas's report
 # (Triton 3.6, sm_90, ``cuobjdump -res-usage``): the largest tiles whose
@@ -311,6 +335,11 @@ def _check(q, keys, values):
             f'shapes do not fit: queries {tuple(q.shape)} (B, H, N, C), keys '
             f'{tuple(keys.shape)} (B, M, C), values {tuple(values.shape)} '
             '(B, H, M, D)')
+    if not fits(C, values.shape[3]):
+        raise ValueError(
+            f"the 'triton' EMSA core takes at most {MAX_BLOCK_C} query / key "
+            f'channels and {MAX_BLOCK_D} value channels (padded to powers of '
+            f'two), got {C} and {values.shape[3]}; use another core')
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -336,21 +365,22 @@ class SoftmaxMoments(torch.autograd.Function):
         dev = q.new_empty(B, H, N, dtype=acc)
         config = launch_config(C, D, queries.dtype, block)
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
-        _forward_kernel[grid](
-            queries,
-            keys,
-            values,
-            _block_sums(values, config['BLOCK_M'], acc),
-            out,
-            lse,
-            dev,
-            N,
-            M,
-            H,
-            C,
-            D,
-            ACC=acc_tl,
-            **config)
+        with launch_device(queries):
+            _forward_kernel[grid](
+                queries,
+                keys,
+                values,
+                _block_sums(values, config['BLOCK_M'], acc),
+                out,
+                lse,
+                dev,
+                N,
+                M,
+                H,
+                C,
+                D,
+                ACC=acc_tl,
+                **config)
         # (P - 1/M) V = P V - mean_m V_m, in float32 or better
         out -= values.to(acc).mean(2, keepdim=True)
         # with ``mix``, q rather than the H times larger mixed queries
@@ -379,11 +409,12 @@ class SoftmaxMoments(torch.autograd.Function):
         args = (N, M, H, C, D, 1.0 / M)
         kw = dict(config, ACC=acc_tl)
         rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
-        _grad_queries_kernel[rows](queries, keys, values, d_out, lse, d_dev,
-                                   delta, dq, *args, **kw)
         cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
-        _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
-                                       d_dev, delta, dk, dv, *args, **kw)
+        with launch_device(queries):
+            _grad_queries_kernel[rows](queries, keys, values, d_out, lse,
+                                       d_dev, delta, dq, *args, **kw)
+            _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
+                                           d_dev, delta, dk, dv, *args, **kw)
         d_mix = None
         if mix is not None:  # through Q_g = concat_j(W[g, j] q_j)
             dq = dq.view(B, H, N, H, C // H)
