@@ -739,16 +739,18 @@ def emsa_attention(q: torch.Tensor,
             scale=1.0)
     autograd = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, mix, mix_bias))
-    core_name = emsa_core(q.device, autograd)  # see use_emsa_core
-    if core_name == 'triton' and _emsa_core_names is None:
-        # the default gives way where its kernels do not take the widths
-        from . import emsa_triton
-        if not emsa_triton.fits(q.shape[1] * q.shape[3], q.shape[3]):
-            core_name = 'chunked'
-    if (core_name != 'chunked' and fast_paths_allowed()
-            and not (attn_drop > 0 and training)):
-        return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
-                             chunk_elements)
+    # the selected or default core (see use_emsa_core), asked only where
+    # one may run: not while a graph is recorded, not with dropout
+    if fast_paths_allowed() and not (attn_drop > 0 and training):
+        core_name = emsa_core(q.device, autograd)
+        if core_name == 'triton' and _emsa_core_names is None:
+            # the default gives way where its kernels do not take the widths
+            from . import emsa_triton
+            if not emsa_triton.fits(q.shape[1] * q.shape[3], q.shape[3]):
+                core_name = 'chunked'
+        if core_name != 'chunked':
+            return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
+                                 chunk_elements)
     dtype = q.dtype
     # torch.promote_types(dtype, torch.float32) for floating dtypes,
     # without a call that torch 2.1's dynamo breaks its graph on
