@@ -170,6 +170,37 @@ def test_row_lse_gap_gradcheck():
             (q.clone().requires_grad_(), k.clone().requires_grad_()))
 
 
+@pytest.mark.parametrize('core, source',
+                         [('sdpa', '_row_lse_chunks'),
+                          ('sdpa_padded', '_row_lse_chunks'),
+                          ('sdpa_lse_kernel', '_row_lse_kernel')])
+def test_sdpa_cores_take_their_log_sum_exps(monkeypatch, core, source):
+    """Each 'sdpa' core's forward takes the row log-sum-exps where its
+    name says (the results are the same either way, so only the calls can
+    tell): 'sdpa_lse_kernel' from the fused kernel, the others by chunks."""
+    if _refused_here(core):
+        pytest.skip(f'{core} is refused here')
+    from _helpers import CallCounter
+    calls = {
+        name: CallCounter(monkeypatch, kernels, name)
+        for name in ('_row_lse_chunks', '_row_lse_kernel')
+    }
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (
+        torch.randn(1, 2, n, 8, generator=gen, dtype=torch.float64)
+        for n in (6, 4, 4))
+    mix = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    with kernels.use_emsa_core(core):
+        kernels.emsa_attention(q, k, v, mix.requires_grad_(), None)
+    assert {
+        n: c.count
+        for n, c in calls.items()
+    } == {
+        n: int(n == source)
+        for n in calls
+    }
+
+
 def test_mixed_query_attention_under_autocast():
     """Under bfloat16 autocast (CPU): the attention in bfloat16, the result
     in the queries' dtype, as close to the float64 result as the literal
