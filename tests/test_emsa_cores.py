@@ -170,14 +170,17 @@ def test_row_lse_gap_gradcheck():
             (q.clone().requires_grad_(), k.clone().requires_grad_()))
 
 
-@pytest.mark.parametrize('core, source',
-                         [('sdpa', '_row_lse_chunks'),
-                          ('sdpa_padded', '_row_lse_chunks'),
-                          ('sdpa_lse_kernel', '_row_lse_kernel')])
-def test_sdpa_cores_take_their_log_sum_exps(monkeypatch, core, source):
-    """Each 'sdpa' core's forward takes the row log-sum-exps where its
-    name says (the results are the same either way, so only the calls can
-    tell): 'sdpa_lse_kernel' from the fused kernel, the others by chunks."""
+@pytest.mark.parametrize('core, source, width',
+                         [('sdpa', '_row_lse_chunks', 8),
+                          ('sdpa_padded', '_row_lse_chunks', 16),
+                          ('sdpa_lse_kernel', '_row_lse_kernel', 8)])
+def test_sdpa_cores_differ_where_their_names_say(monkeypatch, core, source,
+                                                 width):
+    """What distinguishes the 'sdpa' cores (their results are the same, so
+    only the calls can tell): 'sdpa_lse_kernel' takes the row log-sum-exps
+    from the fused kernel, the others by chunks; 'sdpa_padded' gives the
+    attention kernel values of all C = h d channels (zero-padded), the
+    others of d."""
     if _refused_here(core):
         pytest.skip(f'{core} is refused here')
     from _helpers import CallCounter
@@ -185,6 +188,8 @@ def test_sdpa_cores_take_their_log_sum_exps(monkeypatch, core, source):
         name: CallCounter(monkeypatch, kernels, name)
         for name in ('_row_lse_chunks', '_row_lse_kernel')
     }
+    attention = CallCounter(
+        monkeypatch, kernels.F, 'scaled_dot_product_attention', record=True)
     gen = torch.Generator().manual_seed(6)
     q, k, v = (
         torch.randn(1, 2, n, 8, generator=gen, dtype=torch.float64)
@@ -199,6 +204,8 @@ def test_sdpa_cores_take_their_log_sum_exps(monkeypatch, core, source):
         n: int(n == source)
         for n in calls
     }
+    widths = [args[2].shape[-1] for args, _ in attention.calls]
+    assert widths[:1] == [width], widths
 
 
 def test_mixed_query_attention_under_autocast():
