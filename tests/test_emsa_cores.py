@@ -314,6 +314,8 @@ def test_use_emsa_core_dispatch(monkeypatch):
     # heads wider than the Triton kernels take: the default gives way to
     # 'chunked' (the same result); selected explicitly, the core refuses
     if emsa_triton.interpreted():
+        assert kernels.emsa_core(widths=(1040, 520)) == 'chunked'
+        assert kernels.emsa_core(widths=(768, 96)) == 'triton'
         gen = torch.Generator().manual_seed(3)
         wide = [
             torch.randn(1, 2, n, 520, generator=gen, dtype=torch.float64)

@@ -365,12 +365,13 @@ class SoftmaxMoments(torch.autograd.Function):
         dev = q.new_empty(B, H, N, dtype=acc)
         config = launch_config(C, D, queries.dtype, block)
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
+        v_sums = _block_sums(values, config['BLOCK_M'], acc)
         with launch_device(queries):
             _forward_kernel[grid](
                 queries,
                 keys,
                 values,
-                _block_sums(values, config['BLOCK_M'], acc),
+                v_sums,
                 out,
                 lse,
                 dev,
@@ -382,15 +383,16 @@ class SoftmaxMoments(torch.autograd.Function):
                 ACC=acc_tl,
                 **config)
         # (P - 1/M) V = P V - mean_m V_m, in float32 or better
-        out -= values.to(acc).mean(2, keepdim=True)
+        v_mean = v_sums.sum(2, keepdim=True) / M
+        out -= v_mean
         # with ``mix``, q rather than the H times larger mixed queries
-        ctx.save_for_backward(q, mix, keys, values, out, lse, dev)
+        ctx.save_for_backward(q, mix, keys, values, out, lse, dev, v_mean)
         ctx.block = block
         return out, dev
 
     @staticmethod
     def backward(ctx, d_out, d_dev):
-        q, mix, keys, values, out, lse, dev = ctx.saved_tensors
+        q, mix, keys, values, out, lse, dev, v_mean = ctx.saved_tensors
         queries = _queries(q, mix)
         B, H, N, C = queries.shape
         M, D = keys.shape[1], values.shape[3]
@@ -400,8 +402,7 @@ class SoftmaxMoments(torch.autograd.Function):
         d_dev = torch.zeros_like(dev) if d_dev is None else \
             d_dev.to(acc).contiguous()
         # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
-        pv = out + values.to(acc).mean(2, keepdim=True)
-        delta = (d_out * pv).sum(-1) + 2 * d_dev * dev
+        delta = (d_out * (out + v_mean)).sum(-1) + 2 * d_dev * dev
         dq = torch.empty_like(queries, dtype=acc)
         dk = q.new_empty(B, H, M, C, dtype=acc)
         dv = torch.empty_like(values, dtype=acc)

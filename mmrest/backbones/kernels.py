@@ -62,7 +62,7 @@ otherwise.
 import contextlib
 import copy
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -742,12 +742,8 @@ def emsa_attention(q: torch.Tensor,
     # the selected or default core (see use_emsa_core), asked only where
     # one may run: not while a graph is recorded, not with dropout
     if fast_paths_allowed() and not (attn_drop > 0 and training):
-        core_name = emsa_core(q.device, autograd)
-        if core_name == 'triton' and _emsa_core_names is None:
-            # the default gives way where its kernels do not take the widths
-            from . import emsa_triton
-            if not emsa_triton.fits(q.shape[1] * q.shape[3], q.shape[3]):
-                core_name = 'chunked'
+        core_name = emsa_core(
+            q.device, autograd, widths=(q.shape[1] * q.shape[3], q.shape[3]))
         if core_name != 'chunked':
             return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
                                  chunk_elements)
@@ -952,7 +948,8 @@ _compiled_literal = {}
 
 
 def emsa_core(device: Union[str, torch.device, None] = None,
-              autograd: bool = True) -> str:
+              autograd: bool = True,
+              widths: Optional[Tuple[int, int]] = None) -> str:
     """The formulation of EMSA's multi-head core that
     :func:`emsa_attention` uses for tensors on ``device``: the one
     :func:`use_emsa_core` selected, else the device type's default
@@ -963,23 +960,29 @@ def emsa_core(device: Union[str, torch.device, None] = None,
             (default: the CPU).
         autograd (bool): For calls that autograd records (the default), or
             for calls it does not (inference).
+        widths (tuple[int, int], optional): The call's query / key channels
+            C = h d and value channels d: a 'triton' default whose kernels
+            do not take them (``emsa_triton.fits``) gives way to 'chunked'.
     """
     if _emsa_core_names is not None:
         return _emsa_core_names[0 if autograd else 1]
     device = torch.device(device if device is not None else 'cpu')
     mode = 'autograd' if autograd else 'inference'
     name = DEFAULT_EMSA_CORES.get(device.type, {}).get(mode, 'chunked')
-    if name == 'triton' and not _triton_runs_on(device):
+    if name == 'triton' and not _triton_runs_on(device, widths):
         return 'chunked'
     return name
 
 
-def _triton_runs_on(device: torch.device) -> bool:
+def _triton_runs_on(device: torch.device,
+                    widths: Optional[Tuple[int, int]] = None) -> bool:
     """Whether the 'triton' core can run as a default on ``device``:
     triton >= 3 and a CUDA GPU of compute capability 8.0 or newer (the
     kernels' compilation is checked for 8.0 and 9.0); on the CPU, Triton's
-    interpreter."""
+    interpreter; and kernels that take the channels ``widths``, if given."""
     from . import emsa_triton
+    if widths is not None and not emsa_triton.fits(*widths):
+        return False
     if device.type == 'cpu':  # only in Triton's interpreter (the tests)
         return emsa_triton.interpreted()
     if device.type != 'cuda' or not emsa_triton.available() or \
