@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmrest import ResT
 from mmrest.backbones import to_literal
@@ -390,6 +391,25 @@ class SavedForBackward:
     @property
     def nbytes(self) -> int:
         return sum(self.storages.values())
+
+
+# The ATen operators of matrix products (the backward's shapes of
+# interest: see OpsRecorded)
+MATRIX_PRODUCTS = frozenset(('mm', 'bmm', 'addmm', 'baddbmm', 'addbmm', 'mv',
+                             'addmv', 'dot', 'matmul', 'linear'))
+
+
+class OpsRecorded(TorchDispatchMode):
+    """A ``with`` block that records the names of the ATen operators run
+    inside it (``names``, in order; autograd's backward included)."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 def build_detector(config):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import (GRADIENT_FACTOR, SavedForBackward, assert_float32_close,
+from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, OpsRecorded,
+                      SavedForBackward, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
@@ -120,6 +121,29 @@ def test_kernels_mix_the_queries_themselves_in_float64():
     with pytest.raises(
             ValueError, match=r'mix must be \(3, 3\).*got \(2, 2\)'):
         emsa_triton.softmax_moments(q, keys, values, mix=mix[:2, :2])
+
+
+def test_mixing_gradient_runs_no_matrix_product():
+    """The backward of the mixed queries (gradients of q and of W) runs no
+    matrix product: as an einsum, W's gradient was a batched matrix-vector
+    product reducing all B N d products into each (g, j) entry, which
+    CUDA runs without parallelism along that reduction (see
+    kernels.MixHeads). The whole backward of the call then runs only the
+    fused kernels and elementwise operators; the queries' gradient comes
+    back in the (B, N, h, d) layout of the projection that made q."""
+    B, H, N, M, d, D = 2, 4, 40, 9, 8, 8
+    gen = torch.Generator().manual_seed(13)
+    q = torch.randn(B, N, H, d, generator=gen).transpose(1, 2)
+    keys = torch.randn(B, M, H * d, generator=gen)
+    values = torch.randn(B, H, M, D, generator=gen)
+    mix = torch.randn(H, H, generator=gen)
+    q, keys, values, mix = (t.requires_grad_() for t in (q, keys, values, mix))
+    out, dev = emsa_triton.softmax_moments(q, keys, values, block=16, mix=mix)
+    with OpsRecorded() as ops:
+        out.sum().backward()
+    products = [name for name in ops.names if name in MATRIX_PRODUCTS]
+    assert not products, products
+    assert q.grad.transpose(1, 2).is_contiguous()
 
 
 def test_triton_core_keeps_less_for_the_backward_than_chunked():

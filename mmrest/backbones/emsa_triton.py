@@ -417,12 +417,31 @@ class SoftmaxMoments(torch.autograd.Function):
             _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
                                            d_dev, delta, dk, dv, *args, **kw)
         d_mix = None
-        if mix is not None:  # through Q_g = concat_j(W[g, j] q_j)
-            dq = dq.view(B, H, N, H, C // H)
-            d_mix = torch.einsum('bgnjd,bjnd->gj', dq, q.to(acc)).to(mix.dtype)
-            dq = torch.einsum('gj,bgnjd->bjnd', mix.to(acc), dq)
+        if mix is not None:
+            dq, d_mix = _unmix_grad(
+                dq.view(B, H, N, H, C // H), q.to(acc), mix.to(acc))
+            d_mix = d_mix.to(mix.dtype)
         return (dq.to(q.dtype), dk.sum(1).to(keys.dtype), dv.to(values.dtype),
                 None, d_mix)
+
+
+def _unmix_grad(d_queries: torch.Tensor, q: torch.Tensor,
+                mix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of the per-head queries ``q`` (B, H, N, d) and of the
+    mixing weight ``W`` (H, H) from those of the mixed queries
+    ``Q_g = concat_j(W[g, j] q_j)``, given as ``d_queries`` (B, g, N, j, d).
+
+    Elementwise products and sums: as an einsum, the weight's gradient is a
+    batched matrix-vector product that reduces all B N d products into
+    each (g, j) entry, a kernel without parallelism along that reduction
+    on CUDA (the pattern of :class:`~mmrest.backbones.kernels.MixHeads`).
+    The queries' gradient comes out (B, N, H, d)-contiguous, the layout of
+    the projection that made ``q``.
+    """
+    H = mix.shape[0]
+    d_mix = (d_queries * q.transpose(1, 2).unsqueeze(1)).sum((0, 2, 4))
+    dq = (d_queries * mix.view(1, H, 1, H, 1)).sum(1)
+    return dq.transpose(1, 2), d_mix
 
 
 def _block_sums(values: torch.Tensor, rows: int,
