@@ -9,11 +9,16 @@ Swin-T's (10.6 against 10.3 ms), yet its Mask R-CNN AMP iteration takes 497
 against 106 ms, and the literal backbone is as slow: the backward pass, in
 operators both computations share. This script times forward and
 forward + backward of the backbones (fp16 autocast, 2x3x800x1344, with and
-without ``cudnn.benchmark``), lists the profiler's top CUDA kernels of one
-ResT step, times ResT's depthwise convolutions alone (cuDNN, cuDNN
-autotuned, PyTorch's native kernel), in float32 and float16, and times the
-training step with each GPU change of kernels.py undone. Writes
-profile.json (one list of rows per section).
+without ``cudnn.benchmark``, section ``models``), lists the profiler's top
+CUDA kernels of one training step of ResT-Small, Swin-T (fp16 and bf16) and
+ResT v2-T, with each step's wall time beside its kernels' total and the
+kernels' time by category (``profile``), times ResT's depthwise
+convolutions alone (cuDNN, cuDNN autotuned, PyTorch's native kernel), in
+float32, float16 and bfloat16 (``convs``), the multi-head EMSA cores alone
+at ResT-Small's shapes, the 'triton' core with several launches
+(``triton``), and the training step with each GPU change of kernels.py
+undone (``variants``). Writes profile.json (one list of rows per
+section).
 
 Found with it: the gradient of EMSA's head mixing (a long reduction into an
 h x h result) ran as cuBLAS batched matrix-vector kernels, 72% of the step;
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 
 DEVICE = 'cuda'
 SCALE = 1  # sizes divided by this (a CPU smoke test: --smoke)
+REPEATS = (5, 2)  # timed calls and warm-ups (one and none in --smoke)
 
 
 def sync():
@@ -38,7 +44,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats=5, warmup=2):
+def timed(fn, repeats=None, warmup=None):
+    repeats = REPEATS[0] if repeats is None else repeats
+    warmup = REPEATS[1] if warmup is None else warmup
     times = []
     for i in range(repeats + warmup):
         sync()
@@ -105,34 +113,86 @@ def model_rows(names):
     return rows
 
 
-def profile_rows(name, top=15):
+# Kernel categories of the profile's summary: the first whose pattern
+# (lower case) a kernel's name contains
+CATEGORIES = (
+    ('emsa triton', ('_forward_kernel', '_grad_queries_kernel',
+                     '_grad_keys_values_kernel')),
+    ('attention', ('flash', 'fmha', 'sdpa', 'attention')),
+    ('convolution', ('conv', 'dgrad', 'wgrad', 'fprop', 'im2col', 'col2im')),
+    ('gemm', ('gemm', 'gemv', 'xmma', 'cublas', 'cutlass', 'matmul')),
+    ('norm', ('layer_norm', 'layernorm', 'gammabeta', 'batch_norm',
+              'batchnorm', 'welford', 'instance_norm')),
+    ('softmax', ('softmax', )),
+    ('copy / cast', ('copy', 'transform', 'cat_', 'catarray', 'pad')),
+    ('reduce', ('reduce', )),
+    ('elementwise', ('elementwise', )),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The summary's category of a CUDA kernel by its name (CATEGORIES),
+    ``other`` if none."""
+    low = name.lower()
+    for category, patterns in CATEGORIES:
+        if any(p in low for p in patterns):
+            return category
+    return 'other'
+
+
+def profile_rows(name, dtype=torch.float16, top=25):
+    """The profiler's kernels of one training step of ``name`` under
+    ``dtype`` autocast: the ``top`` kernels by self device time, then one
+    summary row (the step's wall time, median of 5, beside the kernels'
+    total: a wall time far above it is time the GPU waited for the
+    launches; kernel launches; milliseconds by kernel_category)."""
     from torch.profiler import ProfilerActivity, profile
     model = build(name)
-    run = step_fn(model, image(), True)
-    run()
-    sync()
+    run = step_fn(model, image(), True, dtype)
+    wall_ms = timed(run)
     with profile(activities=[
             ProfilerActivity.CUDA if DEVICE == 'cuda' else ProfilerActivity.CPU
     ]) as prof:
         run()
         sync()
-    events = sorted(
-        prof.key_averages(),
-        reverse=True,
-        key=lambda e: getattr(e, 'self_device_time_total',
-                              getattr(e, 'self_cpu_time_total', 0)))
-    rows = []
-    for e in events[:top]:
-        t = getattr(e, 'self_device_time_total', 0) or getattr(
-            e, 'self_cpu_time_total', 0)
-        rows.append(
-            dict(
-                model=name,
-                kernel=e.key[:110],
-                calls=e.count,
-                self_ms=round(t / 1e3, 2)))
-        print(json.dumps(rows[-1]), flush=True)
+    events = [(e, getattr(e, 'self_device_time_total', 0)
+               or getattr(e, 'self_cpu_time_total', 0))
+              for e in prof.key_averages()]
+    events = [(e, t) for e, t in events if t > 0]
+    events.sort(key=lambda et: et[1], reverse=True)
+    tag = dict(model=name, dtype=str(dtype).split('.')[-1])
+    rows = [
+        dict(
+            tag,
+            kernel=e.key[:110],
+            category=kernel_category(e.key),
+            calls=e.count,
+            self_ms=round(t / 1e3, 2)) for e, t in events[:top]
+    ]
+    by_category = {}
+    for e, t in events:
+        cat = kernel_category(e.key)
+        by_category[cat] = by_category.get(cat, 0) + t / 1e3
+    rows.append(
+        dict(
+            tag,
+            summary=True,
+            wall_ms=wall_ms,
+            kernels_ms=round(sum(t for _, t in events) / 1e3, 2),
+            launches=sum(e.count for e, _ in events),
+            by_category={
+                k: round(v, 2)
+                for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])
+            }))
+    for row in rows:
+        print(json.dumps(row), flush=True)
     return rows
+
+
+# (model, autocast dtype) of the profile section
+PROFILED = (('rest_small', torch.float16), ('rest_small', torch.bfloat16),
+            ('swin_t', torch.float16), ('swin_t', torch.bfloat16),
+            ('restv2_tiny', torch.float16))
 
 
 def depthwise_by_slices(x, weight, bias, stride, padding):
@@ -163,7 +223,7 @@ def conv_rows():
     rows = []
     for what, c, h, w, k, s, p in cases:
         h, w = h // SCALE, w // SCALE
-        for dtype in (torch.float16, torch.float32):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
             x = torch.randn(
                 2, c, h, w, device=DEVICE, dtype=dtype, requires_grad=True)
             wt = torch.randn(
@@ -277,7 +337,102 @@ def eval224_rows(names=('rest_base', 'rest_lite', 'swin_t'), rounds=3):
     return rows
 
 
-SECTIONS = ('variants', 'profile', 'models', 'convs', 'eval224')
+# ResT-Small's multi-head EMSA cores at 800x1344, batch 2: (stage, heads,
+# queries N, keys M); 64 channels a head
+TRITON_SHAPES = (('stage 2', 2, 100 * 168, 25 * 42),
+                 ('stage 3', 4, 50 * 84, 25 * 42), ('stage 4', 8, 25 * 42,
+                                                    25 * 42))
+# The 'triton' core's launches tried at each shape: (rows per tile, warps,
+# pipeline stages); None is launch_config's own choice (8 warps: 64 rows
+# at stage 2, 32 at stages 3 and 4). With 4 warps, ptxas (sm_90, fp16,
+# tests/_triton_aot.py) reports no spills at 32 rows up to C = 256; at
+# C = 512 a few hundred bytes (stage 4); at 64 rows from C = 128 on.
+TRITON_LAUNCHES = (None, (32, 4, 3), (16, 4, 3), (16, 2, 3), (64, 4, 3),
+                   (32, 4, 2))
+
+
+def _core_inputs(heads, n, m, dtype=torch.float16, seed=0):
+    """Queries (B, h, N, 64), keys and values (B, h, M, 64) in ``dtype``,
+    the mixing weight and bias in float32 (autocast's), all requiring
+    grad, and an upstream gradient of the output."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    d, b = 64, 2
+    q, k, v = (torch.randn(b, heads, rows, d, generator=gen, device=DEVICE) *
+               scale for rows, scale in ((n, d**-0.5), (m, 1.0), (m, 1.0)))
+    mix = torch.randn(heads, heads, generator=gen, device=DEVICE) * 0.5
+    bias = torch.zeros(heads, device=DEVICE)
+    grad = torch.randn(b, heads, n, d, generator=gen, device=DEVICE)
+    tensors = [t.to(dtype) for t in (q, k, v)] + [mix, bias]
+    return [t.requires_grad_() for t in tensors], grad.to(dtype)
+
+
+def _time_core(fn, inputs, grad):
+    """Milliseconds of ``fn(*inputs)`` alone and with its backward; the
+    output (float32) for comparisons."""
+
+    def forward():
+        with torch.no_grad():
+            fn(*inputs)
+
+    def both():
+        fn(*inputs).backward(grad)
+
+    with torch.no_grad():
+        out = fn(*inputs).float()
+    return timed(forward), timed(both), out
+
+
+def triton_rows(budget_s=240.0):
+    """The 'triton' core of EMSA alone at ResT-Small's shapes (fp16 inputs,
+    as under autocast), forward and forward + backward, with each launch of
+    TRITON_LAUNCHES, beside the 'chunked' core; per row the output's
+    relative difference from launch_config's own launch (the same sums in
+    another order: fp16 rounding). Launches stop when ``budget_s`` has
+    passed (each new launch compiles three kernels)."""
+    from mmrest.backbones import emsa_triton, kernels
+    if DEVICE == 'cpu' and not emsa_triton.interpreted():
+        return [dict(skipped='the CPU needs TRITON_INTERPRET=1')]
+    launches = TRITON_LAUNCHES if DEVICE == 'cuda' else TRITON_LAUNCHES[:2]
+    t0, rows = time.time(), []
+    for stage, heads, n, m in TRITON_SHAPES:
+        inputs, grad = _core_inputs(heads, max(1, n // SCALE**2),
+                                    max(1, m // SCALE**2))
+
+        def chunked(q, k, v, mix, bias):
+            with kernels.use_emsa_core('chunked', 'chunked'):
+                return kernels.emsa_attention(q, k, v, mix, bias)
+
+        fwd, both, ref = _time_core(chunked, inputs, grad)
+        rows.append(
+            dict(stage=stage, core='chunked', fwd_ms=fwd, fwd_bwd_ms=both))
+        print(json.dumps(rows[-1]), flush=True)
+        for launch in launches:
+            row = dict(stage=stage, core='triton', launch=launch or 'default')
+            if time.time() - t0 > budget_s:
+                rows.append(dict(row, skipped='budget'))
+                continue
+            options = {} if launch is None else dict(
+                block=launch[0],
+                launch=dict(num_warps=launch[1], num_stages=launch[2]))
+
+            def core(q, k, v, mix, bias, options=options):
+                return kernels.triton_attention_core(q, k, v, mix, bias,
+                                                     **options)
+
+            try:
+                fwd, both, out = _time_core(core, inputs, grad)
+                row.update(
+                    fwd_ms=fwd,
+                    fwd_bwd_ms=both,
+                    rel_diff_chunked=float((out - ref).norm() / ref.norm()))
+            except Exception as e:  # noqa: BLE001
+                row['error'] = f'{type(e).__name__}: {e}'[:200]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+SECTIONS = ('variants', 'profile', 'models', 'convs', 'eval224', 'triton')
 
 
 def main(argv=None):
@@ -293,10 +448,15 @@ def main(argv=None):
         '--sections', nargs='+', default=SECTIONS, choices=SECTIONS)
     parser.add_argument(
         '--models', nargs='+', default=['rest_small', 'restv2_tiny', 'swin_t'])
+    parser.add_argument(
+        '--triton-budget-s',
+        type=float,
+        default=240.0,
+        help='the triton section tries no new launch after this long')
     args = parser.parse_args(argv)
-    global DEVICE, SCALE
+    global DEVICE, SCALE, REPEATS
     if args.smoke:
-        DEVICE, SCALE = 'cpu', 8
+        DEVICE, SCALE, REPEATS = 'cpu', 8, (1, 0)
     else:
         from mmrest_tools import ops_shim
         ops_shim.install(device='cuda')
@@ -315,8 +475,9 @@ def main(argv=None):
         variants=variant_rows,
         convs=conv_rows,
         eval224=eval224_rows,
-        profile=lambda: profile_rows('rest_small') + profile_rows('restv2_tiny'
-                                                                  ),
+        profile=lambda:
+        [row for name, dtype in PROFILED for row in profile_rows(name, dtype)],
+        triton=lambda: triton_rows(args.triton_budget_s),
         models=lambda: model_rows(args.models))
     for key in args.sections:
         fn = sections[key]

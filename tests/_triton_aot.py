@@ -5,7 +5,9 @@ the stack (spilled registers) and the shared memory a program uses, as
 JSON. Run by tests/test_emsa_triton.py in a process without
 TRITON_INTERPRET (the kernels compiled, not interpreted).
 
-Usage: python tests/_triton_aot.py CC:DTYPE:C:D [...]   (e.g. 90:fp16:128:64)
+Usage: python tests/_triton_aot.py CC:DTYPE:C:D[:BLOCK:WARPS:STAGES] [...]
+(e.g. 90:fp16:128:64; 90:fp16:256:64:32:4:3 with launch_config's block,
+num_warps and num_stages overridden, ``-`` for its own choice)
 """
 import json
 import os
@@ -47,8 +49,8 @@ def _signature(fn, dtype: str) -> dict:
     return sig
 
 
-def report(cc: int, dtype: str, C: int, D: int) -> list:
-    config = emsa_triton.launch_config(C, D, DTYPES[dtype])
+def report(cc: int, dtype: str, C: int, D: int, **overrides) -> list:
+    config = emsa_triton.launch_config(C, D, DTYPES[dtype], **overrides)
     options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
     tool = os.path.join(
         os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
@@ -56,7 +58,8 @@ def report(cc: int, dtype: str, C: int, D: int) -> list:
     rows = []
     for name in KERNELS:
         fn = getattr(emsa_triton, name)
-        row = dict(cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config)
+        row = dict(
+            cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config, **options)
         try:
             kernel = triton_compile(
                 ASTSource(
@@ -87,6 +90,11 @@ if __name__ == '__main__':
     assert not emsa_triton.interpreted(), 'unset TRITON_INTERPRET'
     out = []
     for spec in sys.argv[1:]:
-        cc, dtype, C, D = spec.split(':')
-        out += report(int(cc), dtype, int(C), int(D))
+        cc, dtype, C, D, *launch = spec.split(':')
+        overrides = {
+            key: int(value)
+            for key, value in zip(('block', 'num_warps', 'num_stages'), launch)
+            if value != '-'
+        }
+        out += report(int(cc), dtype, int(C), int(D), **overrides)
     print(json.dumps(out))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, OpsRecorded,
-                      SavedForBackward, assert_float32_close,
+from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, CallCounter,
+                      OpsRecorded, SavedForBackward, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
@@ -327,6 +327,41 @@ def test_tiles_shrink_with_channels():
             config['num_stages']) == (1024, 16, 16, 2)
     assert emsa_triton.launch_config(
         128, 64, torch.float16, block=16)['BLOCK_N'] == 16
+
+
+def test_launch_options_reach_the_kernels(monkeypatch):
+    """``launch`` (the device tuning sweep's warps and pipeline stages)
+    overrides launch_config's choice, in the forward and the backward, and
+    leaves the numbers as they were (the interpreter ignores both options);
+    an unknown option or a value no GPU takes is refused by name."""
+    config = emsa_triton.launch_config(
+        256, 64, torch.float16, num_warps=4, num_stages=2)
+    default = emsa_triton.launch_config(256, 64, torch.float16)
+    assert (default['num_warps'], default['num_stages']) == (8, 3)
+    assert config == dict(default, num_warps=4, num_stages=2)
+    recorder = CallCounter(
+        monkeypatch, emsa_triton, 'launch_config', record=True)
+    inputs = _inputs(1, 2, 20, 9, 8, 4, torch.float64)
+    weights = _weights(1, 2, 20, 4)
+    got = _run(
+        lambda *t: emsa_triton.softmax_moments(
+            *t, block=16, launch=dict(num_warps=2, num_stages=4)), inputs,
+        weights)
+    assert recorder.count == 2  # the forward and the backward
+    for _, kwargs in recorder.calls:
+        assert kwargs == dict(block=16, num_warps=2, num_stages=4)
+    want = _run(lambda *t: emsa_triton.softmax_moments(*t, block=16), inputs,
+                weights)
+    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+        assert torch.equal(g, w)
+    q, keys, values = _inputs(1, 2, 5, 4, 6, 3, torch.float32)
+    with pytest.raises(
+            ValueError, match=r"unknown launch options \['warps'\]"):
+        emsa_triton.softmax_moments(q, keys, values, launch=dict(warps=4))
+    with pytest.raises(ValueError, match='num_warps must be.*got 3'):
+        emsa_triton.launch_config(64, 64, torch.float16, num_warps=3)
+    with pytest.raises(ValueError, match='num_stages must be.*got 0'):
+        emsa_triton.launch_config(64, 64, torch.float16, num_stages=0)
 
 
 # Shared memory a program may use: A100 (sm_80) 163 KiB, H100 / H200 (sm_90)

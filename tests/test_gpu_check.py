@@ -891,11 +891,98 @@ def test_depthwise_by_slices_is_a_depthwise_convolution():
             atol=1e-12)
 
 
+def test_device_scripts_run_here(tmp_path):
+    """tools/device/run_gpu_profile.sh and run_gpu_check.sh, as run on the
+    GPU machine (its ``python3``: here this interpreter, first on PATH;
+    the wheels, if a .whl/ folder is here, go to an empty $SITE): the
+    shared set-up is sourced and the program runs from the checkout, its
+    results under $OUT (the profile's CPU smoke run of the triton section;
+    the check's --help)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python3').write_text(
+        f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / 'python3').chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+        OUT=str(tmp_path / 'out'),
+        SITE=str(tmp_path / 'site'),
+        PYTHONPATH='')
+    for script, args in (('run_gpu_profile.sh',
+                          ['--smoke', '--sections',
+                           'triton']), ('run_gpu_check.sh', ['--help'])):
+        proc = subprocess.run(
+            ['bash', f'tools/device/{script}'] + args,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        assert '== ' in proc.stdout and 'setup' in proc.stdout, proc.stdout
+    log = (tmp_path / 'out' / 'gpu_profile' / 'gpu_profile.log').read_text()
+    assert 'gpu_profile exit code 0' in log, log[-3000:]
+    rows = json.loads(
+        (tmp_path / 'out' / 'gpu_profile' / 'profile.json').read_text())
+    assert {r['stage'] for r in rows['triton']} == \
+        {'stage 2', 'stage 3', 'stage 4'}
+    assert 'usage: gpu_check.py' in proc.stdout, proc.stdout[-2000:]
+
+
+def test_profile_kernel_categories():
+    """gpu_profile's summary files CUDA kernels by name: names the H200
+    profiles recorded (docs/results/gpu_profile_h200_*.json), the Triton
+    core's kernels, and an unknown name."""
+    from mmrest_tools.gpu_profile import kernel_category
+    names = {
+        '_grad_keys_values_kernel':
+        'emsa triton',
+        '_forward_kernel':
+        'emsa triton',
+        'cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26':
+        'attention',
+        'fmha_cutlassB_f32_aligned_64x64_k64_sm80(PyTorchMemEffAttention::':
+        'attention',
+        'void cudnn::cnn::wgrad2d_grouped_direct_kernel<false, true, int,':
+        'convolution',
+        'dgrad2d_c1_k1_nhwc':
+        'convolution',
+        'void cutlass__5x_cudnn::Kernel<cutlass_tensorop_f16_s16816fprop_op':
+        'convolution',
+        'sm80_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize64x32x8_stage3':
+        'gemm',
+        'void gemmSN_TN_kernel<float, 128, 16, 2, 4, 2, 2, true, cublasGemvT':
+        'gemm',
+        'void at::native::(anonymous namespace)::vectorized_layer_norm_kerne':
+        'norm',
+        'void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernel':
+        'norm',
+        'void at::native::(anonymous namespace)::cunn_SoftMaxBackward<4, fl':
+        'softmax',
+        'void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_'
+        'impl_nocast<at::native::direct_copy_kernel_':
+        'copy / cast',
+        'void tensorTransformGeneric<__half, __half, float, true, false, fa':
+        'copy / cast',
+        'void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float,':
+        'reduce',
+        'void at::native::vectorized_elementwise_kernel<4, at::native::CUDAF'
+        'unctor_add<float>':
+        'elementwise',
+        'void some_new_kernel<float>':
+        'other',
+    }
+    assert {n: kernel_category(n) for n in names} == names
+
+
 def test_gpu_experiment_command_lines(tmp_path):
     """tools/device/*.py are thin command lines over mmrest_tools: their
-    options come from the programs; gpu_profile's CPU smoke run of the
-    convolution timings writes every row (5 convolutions, 2 dtypes, 4
-    kernels)."""
+    options come from the programs; gpu_profile's CPU smoke run writes
+    every row of the convolution timings (5 convolutions, 3 dtypes, 4
+    kernels) and of the EMSA cores' (per stage the chunked core and two
+    launches of the triton one, in the interpreter), the triton core's
+    output as the chunked core's up to fp16 products (4 roundings)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS='ignore')
     for tool, option in (('gpu_profile', '--smoke'), ('gpu_variants',
                                                       '--out')):
@@ -909,7 +996,7 @@ def test_gpu_experiment_command_lines(tmp_path):
         assert proc.returncode == 0 and option in proc.stdout, proc.stderr
     proc = subprocess.run([
         sys.executable, 'tools/device/gpu_profile.py', '--smoke', '--sections',
-        'convs', '--out',
+        'convs', 'triton', '--out',
         str(tmp_path)
     ],
                           cwd=ROOT,
@@ -918,7 +1005,17 @@ def test_gpu_experiment_command_lines(tmp_path):
                           text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / 'profile.json').read_text())['convs']
-    assert len(rows) == 5 * 2 * 4
+    result = json.loads((tmp_path / 'profile.json').read_text())
+    rows = result['convs']
+    assert len(rows) == 5 * 3 * 4
     assert {r['variant']
             for r in rows} == {'cudnn', 'cudnn benchmark', 'native', 'slices'}
+    assert {r['dtype'] for r in rows} == {'float16', 'bfloat16', 'float32'}
+    rows = result['triton']
+    assert [(r['stage'], r['core']) for r in rows
+            ] == [(f'stage {i}', core) for i in (2, 3, 4)
+                  for core in ('chunked', 'triton', 'triton')], rows
+    for r in rows:
+        assert r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0, r
+        if r['core'] == 'triton':
+            assert r['rel_diff_chunked'] < 4 * 2**-11, r

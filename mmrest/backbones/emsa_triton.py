@@ -279,7 +279,9 @@ NUM_WARPS = 8
 def launch_config(C: int,
                   D: int,
                   dtype: torch.dtype,
-                  block: Optional[int] = None) -> dict:
+                  block: Optional[int] = None,
+                  num_warps: Optional[int] = None,
+                  num_stages: Optional[int] = None) -> dict:
     """The kernels' tiles and launch options for ``C`` query / key channels
     and ``D`` value channels in ``dtype``: ``BLOCK_N`` query rows and
     ``BLOCK_M`` key rows per tile, the channels padded to powers of two
@@ -294,7 +296,9 @@ def launch_config(C: int,
     (ResT-Base / Large, stage 4) within an A100's 163 KiB of shared memory
     (137 KiB against 205 KiB). ``block`` (a power of two, at least 16)
     overrides the rows, e.g. for the tests, which need several blocks of
-    small sizes.
+    small sizes; ``num_warps`` (1 to 16, a power of two) and
+    ``num_stages`` (at least 1) override the launch options (the tuning
+    sweep of ``tools/device/gpu_profile.py``).
     """
     BLOCK_C, BLOCK_D = _pow2(C), _pow2(D)
     two_byte = torch.empty((), dtype=dtype).element_size() <= 2
@@ -304,13 +308,18 @@ def launch_config(C: int,
              if BLOCK_C <= top), 16)
     elif block < 16 or block & (block - 1):
         raise ValueError(f'block must be a power of two >= 16, got {block}')
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError('num_warps must be a power of two from 1 to 16, got '
+                         f'{num_warps}')
+    if num_stages is not None and num_stages < 1:
+        raise ValueError(f'num_stages must be at least 1, got {num_stages}')
     return dict(
         BLOCK_N=block,
         BLOCK_M=block,
         BLOCK_C=BLOCK_C,
         BLOCK_D=BLOCK_D,
-        num_warps=NUM_WARPS,
-        num_stages=3 if two_byte else 2)
+        num_warps=num_warps or NUM_WARPS,
+        num_stages=num_stages or (3 if two_byte else 2))
 
 
 def _check(q, keys, values):
@@ -353,7 +362,7 @@ class SoftmaxMoments(torch.autograd.Function):
     rows, from the fused kernels; see :func:`softmax_moments`."""
 
     @staticmethod
-    def forward(ctx, q, keys, values, block, mix):
+    def forward(ctx, q, keys, values, launch, mix):
         queries = _queries(q, mix)
         _check(queries, keys, values)
         keys, values = keys.contiguous(), values.contiguous()
@@ -363,7 +372,7 @@ class SoftmaxMoments(torch.autograd.Function):
         out = q.new_empty(B, H, N, D, dtype=acc)
         lse = q.new_empty(B, H, N, dtype=acc)
         dev = q.new_empty(B, H, N, dtype=acc)
-        config = launch_config(C, D, queries.dtype, block)
+        config = launch_config(C, D, queries.dtype, **launch)
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
         v_sums = _block_sums(values, config['BLOCK_M'], acc)
         with launch_device(queries):
@@ -387,7 +396,7 @@ class SoftmaxMoments(torch.autograd.Function):
         out -= v_mean
         # with ``mix``, q rather than the H times larger mixed queries
         ctx.save_for_backward(q, mix, keys, values, out, lse, dev, v_mean)
-        ctx.block = block
+        ctx.launch = launch
         return out, dev
 
     @staticmethod
@@ -406,7 +415,7 @@ class SoftmaxMoments(torch.autograd.Function):
         dq = torch.empty_like(queries, dtype=acc)
         dk = q.new_empty(B, H, M, C, dtype=acc)
         dv = torch.empty_like(values, dtype=acc)
-        config = launch_config(C, D, queries.dtype, ctx.block)
+        config = launch_config(C, D, queries.dtype, **ctx.launch)
         args = (N, M, H, C, D, 1.0 / M)
         kw = dict(config, ACC=acc_tl)
         rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
@@ -475,8 +484,8 @@ def softmax_moments(
         keys: torch.Tensor,
         values: torch.Tensor,
         block: Optional[int] = None,
-        mix: Optional[torch.Tensor] = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+        mix: Optional[torch.Tensor] = None,
+        launch: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention with shared keys and each row's centred second moment, in
     one fused pass (differentiable in all inputs).
 
@@ -496,8 +505,16 @@ def softmax_moments(
             (:func:`~mmrest.backbones.kernels.mixed_queries`), formed
             here and again in the backward, so that the H times larger
             mixed queries are not kept for it.
+        launch (dict, optional): The other launch options of
+            :func:`launch_config`: ``num_warps``, ``num_stages``.
 
     Returns:
         tuple[Tensor, Tensor]: (B, H, N, D) and (B, H, N).
     """
-    return SoftmaxMoments.apply(q, keys, values, block, mix)
+    launch = dict(launch or {})
+    unknown = set(launch) - {'num_warps', 'num_stages'}
+    if unknown:
+        raise ValueError(f'unknown launch options {sorted(unknown)}; known: '
+                         'num_warps, num_stages (rows per tile: block)')
+    return SoftmaxMoments.apply(q, keys, values, dict(launch, block=block),
+                                mix)

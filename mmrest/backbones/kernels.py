@@ -1334,7 +1334,8 @@ def triton_attention_core(q: torch.Tensor,
                           mix: torch.Tensor,
                           mix_bias: Optional[torch.Tensor] = None,
                           eps: float = 1e-5,
-                          block: Optional[int] = None) -> torch.Tensor:
+                          block: Optional[int] = None,
+                          launch: Optional[dict] = None) -> torch.Tensor:
     """EMSA's multi-head core in the mixed-query form of
     :func:`mixed_query_attention`, its attention and each row's centred
     second moment from one fused Triton kernel
@@ -1349,6 +1350,8 @@ def triton_attention_core(q: torch.Tensor,
         mix_bias (Tensor, optional): Its (h, ) bias (cancels).
         eps (float): The InstanceNorm epsilon.
         block (int, optional): Rows per tile of the kernels.
+        launch (dict, optional): Their other launch options
+            (:func:`~mmrest.backbones.emsa_triton.softmax_moments`).
 
     Returns:
         Tensor: (B, h, N, d), in the dtype of ``q``.
@@ -1359,6 +1362,6 @@ def triton_attention_core(q: torch.Tensor,
         # the kernels form the mixed queries from q (again in the backward:
         # the h-fold copy is not kept)
         out, row_dev = emsa_triton.softmax_moments(
-            q, keys, v_c, block, mix=mix)
+            q, keys, v_c, block, mix=mix, launch=launch)
     return _instance_normalised(out, row_dev, k.shape[2], mix_bias, eps,
                                 q.dtype)
