@@ -900,9 +900,9 @@ def test_device_scripts_run_here(tmp_path):
     the check's --help)."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
-    (bin_dir / 'python3').write_text(
-        f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (bin_dir / 'python3').chmod(0o755)
+    python3 = bin_dir / 'python3'
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
     env = dict(
         os.environ,
         PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
