@@ -17,7 +17,7 @@ from mmrest.backbones import emsa_triton, kernels
 # (B, h, N, M, d): h in {2, 4, 8}, N != M both ways, odd sizes, M = 2
 SHAPES = [(2, 2, 13, 7, 5), (1, 4, 31, 9, 3), (3, 8, 11, 17, 4),
           (1, 2, 6, 2, 2)]
-CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton', 'literal')
+CORES = ('sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton', 'literal', 'maps')
 
 
 def _inputs(shape, dtype, seed=0, q_scale=1.0):
@@ -36,6 +36,8 @@ def _core(name, chunk_elements=None):
     if name == 'literal':
         return lambda q, k, v, w, b: kernels.literal_attention_core(
             q, k, v, w, b)
+    if name == 'maps':
+        return lambda q, k, v, w, b: kernels.maps_attention_core(q, k, v, w, b)
     if name == 'triton':  # tiles of 16 rows: several blocks of N and M
         return lambda q, k, v, w, b: kernels.triton_attention_core(
             q, k, v, w, b, block=16 if chunk_elements else None)
@@ -82,8 +84,8 @@ def test_core_matches_literal_in_float64(core, shape, chunks):
     """Output and the gradients of q, k, v, the mixing weight and bias:
     equal to the literal computation to 1e-8 in float64; the bias's
     gradient is an exact zero (the literal one is zero up to rounding)."""
-    if chunks == 'many' and core == 'literal':
-        pytest.skip('the literal core has no chunks')
+    if chunks == 'many' and core in ('literal', 'maps'):
+        pytest.skip(f'the {core} core has no chunks')
     if _refused_here(core):
         return
     B, h, N, M, d = shape
@@ -109,7 +111,7 @@ def test_core_matches_literal_in_float64(core, shape, chunks):
 
 @pytest.mark.parametrize('shape', [(2, 4, 64, 49, 8), (1, 8, 50, 17, 4)])
 @pytest.mark.parametrize('q_scale', [1.0, 0.02])
-@pytest.mark.parametrize('core', ('sdpa', 'sdpa_lse_kernel', 'triton'))
+@pytest.mark.parametrize('core', ('sdpa', 'sdpa_lse_kernel', 'triton', 'maps'))
 def test_core_float32_as_accurate_as_literal(core, shape, q_scale):
     """Float32: against the float64 literal result, as accurate as the
     literal float32 computation (the tests' criterion, _helpers), also
@@ -224,6 +226,31 @@ def test_mixed_query_attention_under_autocast():
     assert out.dtype == torch.bfloat16
     err_fast, err_lit = (relative_error(o, ref) for o in (out, lit))
     assert err_fast <= 1.5 * err_lit + 1e-3, (err_fast, err_lit)
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_maps_core_without_and_with_autograd(grad):
+    """The 'maps' core in both of its ways (in place without autograd, out
+    of place with it): in float64 the literal result to 1e-8; under
+    bfloat16 autocast (CPU) the output in bfloat16 and as close to the
+    float64 result as the literal core under the same autocast (the
+    autocast criterion of docs/precision_and_export.md)."""
+    shape = (2, 4, 40, 25, 8)
+    inputs = _inputs(shape, torch.float64, seed=6)
+    ref = literal_attention(*inputs)
+    with torch.set_grad_enabled(grad):
+        inputs = [t.clone().requires_grad_(grad) for t in inputs]
+        assert_float64_equal(
+            kernels.maps_attention_core(*inputs), ref, 'float64 output')
+        in32 = [t.float() for t in inputs]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            lit = kernels.literal_attention_core(*in32)
+            out = kernels.maps_attention_core(
+                *[t.bfloat16() if i < 3 else t for i, t in enumerate(in32)])
+    assert out.dtype == torch.bfloat16
+    assert out.requires_grad == grad
+    err_maps, err_lit = (relative_error(o, ref) for o in (out, lit))
+    assert err_maps <= 1.5 * err_lit + 1e-3, (err_maps, err_lit)
 
 
 def test_use_emsa_core_dispatch(monkeypatch):

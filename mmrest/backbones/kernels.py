@@ -927,7 +927,7 @@ def batch_norm_call(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # path and Swin-T. Each computes the same formula (the tests compare them
 # with the literal computation in float64, outputs and gradients).
 EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
-              'literal', 'literal_compiled')
+              'literal', 'maps', 'literal_compiled')
 # The cores of each device type outside a use_emsa_core block, with and
 # without autograd ('chunked' for a type not named); a default that cannot
 # run there ('triton' without triton >= 3, or on a GPU older than compute
@@ -1016,6 +1016,10 @@ def use_emsa_core(name: str, inference: Optional[str] = None):
       ``triton``);
     * ``'literal'``: :func:`literal_attention_core`, the N x M maps in the
       autocast dtypes, as the literal path computes them;
+    * ``'maps'``: :func:`maps_attention_core`, whole N x M maps in the
+      literal path's dtypes in few operators (the mixing folded into the
+      keys, the InstanceNorm from its known mean): small maps, where
+      kernel launches, not the maps, cost;
     * ``'literal_compiled'``: the same under ``torch.compile``
       (``dynamic=True``, backend ``LITERAL_COMPILE_BACKEND``).
 
@@ -1055,6 +1059,8 @@ def _core_variant(name, q, k, v, mix, mix_bias, eps, chunk_elements):
         return literal_attention_core(q, k, v, mix, mix_bias, eps)
     if name == 'triton':
         return triton_attention_core(q, k, v, mix, mix_bias, eps)
+    if name == 'maps':
+        return maps_attention_core(q, k, v, mix, mix_bias, eps)
     if name == 'literal_compiled':
         fn = _compiled_literal.get(LITERAL_COMPILE_BACKEND)
         if fn is None:
@@ -1102,6 +1108,82 @@ def literal_attention_core(q: torch.Tensor,
     attn = mix_heads(attn, mix.to(attn.dtype), mix_bias.to(attn.dtype))
     attn = F.instance_norm(attn.softmax(dim=-1), eps=eps)
     return attn @ v.to(attn.dtype)
+
+
+def maps_attention_core(q: torch.Tensor,
+                        k: torch.Tensor,
+                        v: torch.Tensor,
+                        mix: torch.Tensor,
+                        mix_bias: Optional[torch.Tensor] = None,
+                        eps: float = 1e-5) -> torch.Tensor:
+    """EMSA's multi-head core with whole N x M maps in the literal path's
+    dtypes, in few operators: for small maps (224x224 inference), where the
+    GPU's time goes to kernel launches rather than to the maps.
+
+    * the head mixing is folded into the keys: ``l_g = sum_j W[g, j] q_j
+      k_j^T = q K_g^T`` with ``K_g = concat_j(W[g, j] k_j)`` (the mixed
+      queries' form of :func:`mixed_queries` on the M keys instead of the
+      N queries, formed in float32 and rounded once) and ``q`` all heads'
+      queries (N x C, the query projection's own layout); all heads' keys
+      side by side (C x h M), the logits of all heads are one product, in
+      the inputs' dtype (under autocast float16 / bfloat16, as the literal
+      path's logits), laid out (B, N, h, M); the mixing's bias cancels in
+      the softmax;
+    * softmax in float32 or better (as autocast's);
+    * the InstanceNorm's mean is exactly ``1/M``, its variance one norm of
+      the centred probabilities;
+    * the normalised map is rounded to the values' dtype for the product
+      with them, as the literal path's InstanceNorm output is under
+      autocast.
+
+    Without autograd the centring works in place, and the mixed keys and
+    the normalised map are each written in one pass (scaled, rounded and,
+    for the map, laid out per head).
+
+    Args:
+        q (Tensor): Scaled queries, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor): The (h, h) head-mixing weight.
+        mix_bias (Tensor, optional): Its (h, ) bias (cancels; with autograd
+            it enters as an exact zero, so that it has a gradient).
+        eps (float): The InstanceNorm epsilon.
+
+    Returns:
+        Tensor: (B, h, N, d), in the dtype of ``v``.
+    """
+    B, h, N, d = q.shape
+    M = k.shape[2]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, mix, mix_bias))
+    core = torch.promote_types(q.dtype, torch.float32)
+    # keys[b, (j, e), (g, m)] = W[g, j] k[b, j, m, e]: (B, C, h M)
+    weight = mix.t().to(core).view(1, h, 1, h, 1)
+    with torch.autocast(q.device.type, enabled=False):
+        if needs_grad:
+            keys = (weight * k.to(core).transpose(2, 3).unsqueeze(3)).to(
+                k.dtype)
+        else:
+            keys = torch.mul(
+                weight,
+                k.transpose(2, 3).unsqueeze(3),
+                out=k.new_empty(B, h, d, h, M))
+    logits = torch.matmul(
+        q.transpose(1, 2).reshape(B, N, h * d), keys.reshape(B, h * d, h * M))
+    probs = torch.softmax(logits.view(B, N, h, M), -1, dtype=core)
+    del logits
+    centred = probs - 1.0 / M if needs_grad else probs.sub_(1.0 / M)
+    norm = torch.linalg.vector_norm(centred, dim=(1, 3))
+    inv_std = torch.rsqrt(norm.square() / (N * M) + eps)
+    if needs_grad and mix_bias is not None:
+        inv_std = inv_std + mix_bias.to(core) * 0
+    scale = inv_std[:, None, :, None]
+    if needs_grad:
+        attn = (centred * scale).to(v.dtype).transpose(1, 2)
+    else:  # scaled, rounded and laid out (B, h, N, M) in one pass
+        attn = v.new_empty(B, h, N, M)
+        torch.mul(centred.transpose(1, 2), scale.transpose(1, 2), out=attn)
+    return attn @ v
 
 
 def _row_lse_chunks(q, k, rows):
