@@ -358,8 +358,15 @@ def test_launch_options_reach_the_kernels(monkeypatch):
     with pytest.raises(
             ValueError, match=r"unknown launch options \['warps'\]"):
         emsa_triton.softmax_moments(q, keys, values, launch=dict(warps=4))
-    with pytest.raises(ValueError, match='num_warps must be.*got 3'):
-        emsa_triton.launch_config(64, 64, torch.float16, num_warps=3)
+    for warps in (1, 2, 4, 8, 16):  # what a GPU takes, and no more
+        assert emsa_triton.launch_config(
+            64, 64, torch.float16, num_warps=warps)['num_warps'] == warps
+    assert emsa_triton.launch_config(
+        64, 64, torch.float16, num_stages=1)['num_stages'] == 1
+    for warps in (3, 32):
+        with pytest.raises(
+                ValueError, match=f'num_warps must be.*got {warps}'):
+            emsa_triton.launch_config(64, 64, torch.float16, num_warps=warps)
     with pytest.raises(ValueError, match='num_stages must be.*got 0'):
         emsa_triton.launch_config(64, 64, torch.float16, num_stages=0)
 
