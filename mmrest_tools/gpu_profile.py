@@ -388,10 +388,15 @@ def triton_rows(budget_s=240.0):
     TRITON_LAUNCHES, beside the 'chunked' core; per row the output's
     relative difference from launch_config's own launch (the same sums in
     another order: fp16 rounding). Launches stop when ``budget_s`` has
-    passed (each new launch compiles three kernels)."""
+    passed (each new launch compiles three kernels). Where the core cannot
+    run (triton < 3; the CPU outside Triton's interpreter) its rows say
+    so."""
     from mmrest.backbones import emsa_triton, kernels
-    if DEVICE == 'cpu' and not emsa_triton.interpreted():
-        return [dict(skipped='the CPU needs TRITON_INTERPRET=1')]
+    unable = None
+    if not emsa_triton.available():
+        unable = 'needs triton >= 3'
+    elif DEVICE == 'cpu' and not emsa_triton.interpreted():
+        unable = 'the CPU needs TRITON_INTERPRET=1'
     launches = TRITON_LAUNCHES if DEVICE == 'cuda' else TRITON_LAUNCHES[:2]
     t0, rows = time.time(), []
     for stage, heads, n, m in TRITON_SHAPES:
@@ -408,8 +413,8 @@ def triton_rows(budget_s=240.0):
         print(json.dumps(rows[-1]), flush=True)
         for launch in launches:
             row = dict(stage=stage, core='triton', launch=launch or 'default')
-            if time.time() - t0 > budget_s:
-                rows.append(dict(row, skipped='budget'))
+            if unable or time.time() - t0 > budget_s:
+                rows.append(dict(row, skipped=unable or 'budget'))
                 continue
             options = {} if launch is None else dict(
                 block=launch[0],
