@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from _helpers import (GRADIENT_FACTOR, assert_float32_close,
+from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 from test_emsa import HW, make_pair
 
@@ -282,9 +282,10 @@ def test_use_emsa_core_dispatch(monkeypatch):
             pass
     # each device type's defaults, outside a block: 'chunked' on the CPU,
     # with and without autograd; on CUDA 'triton' with autograd (where it
-    # runs: triton >= 3, compute capability >= 8.0; else 'chunked') and
-    # 'chunked' for inference; another default routes the core without a
-    # block, a block overrides it, and a type not named runs 'chunked'
+    # runs: triton >= 3, compute capability >= 8.0, float16 / bfloat16
+    # queries; else 'chunked') and 'chunked' for inference; another
+    # default routes the core without a block, a block overrides it, and a
+    # type not named runs 'chunked'
     assert kernels.DEFAULT_EMSA_CORES == dict(
         cpu=dict(autograd='chunked', inference='chunked'),
         cuda=dict(autograd='triton', inference='chunked'))
@@ -303,6 +304,11 @@ def test_use_emsa_core_dispatch(monkeypatch):
                 lambda device=None, c=capability: c)
             assert kernels.emsa_core('cuda') == want, (found, capability)
             assert kernels.emsa_core('cuda', autograd=False) == 'chunked'
+            # the autocast dtypes only: float32 (and wider) keeps 'chunked'
+            for dtype in (torch.float16, torch.bfloat16):
+                assert kernels.emsa_core('cuda', dtype=dtype) == want
+            for dtype in (torch.float32, torch.float64):
+                assert kernels.emsa_core('cuda', dtype=dtype) == 'chunked'
     if not torch.cuda.is_available():  # no GPU to ask: 'chunked'
         assert kernels.emsa_core('cuda') == 'chunked'
     monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',
@@ -359,6 +365,11 @@ def test_use_emsa_core_dispatch(monkeypatch):
     monkeypatch.setattr(emsa_triton, 'available', lambda: False)
     assert kernels.emsa_core() == 'chunked'
     assert kernels.emsa_core(autograd=False) == 'chunked'
+    # emsa_attention asks with its queries' dtype (and widths)
+    asked = CallCounter(monkeypatch, kernels, 'emsa_core', record=True)
+    kernels.emsa_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mix, bias)
+    (device, autograd), kw = asked.calls[0]
+    assert kw == dict(widths=(6, 3), dtype=torch.bfloat16)
     with pytest.raises(ValueError, match='lse_source'):
         kernels.mixed_query_attention(q, k, v, mix, bias, lse_source='gpu')
 

@@ -743,7 +743,10 @@ def emsa_attention(q: torch.Tensor,
     # one may run: not while a graph is recorded, not with dropout
     if fast_paths_allowed() and not (attn_drop > 0 and training):
         core_name = emsa_core(
-            q.device, autograd, widths=(q.shape[1] * q.shape[3], q.shape[3]))
+            q.device,
+            autograd,
+            widths=(q.shape[1] * q.shape[3], q.shape[3]),
+            dtype=q.dtype)
         if core_name != 'chunked':
             return _core_variant(core_name, q, k, v, mix, mix_bias, eps,
                                  chunk_elements)
@@ -937,6 +940,10 @@ EMSA_CORES = ('chunked', 'sdpa', 'sdpa_padded', 'sdpa_lse_kernel', 'triton',
 # gpu_h200_2026-12-04.md): 'triton' for the fp16 training step (61.9 ms
 # against 'chunked' 88.9-113 ms, 2051 MiB against 2742); 'chunked' for
 # inference ('triton' 51.5 ms in float32 at 800x1344, 'chunked' 12.8 ms).
+# The 'triton' default applies to float16 / bfloat16 queries (autocast's)
+# only: in float32 its IEEE-precision products made its forward 4 times
+# slower than 'chunked' (that inference figure), so float32 training on
+# CUDA keeps 'chunked'.
 DEFAULT_EMSA_CORES = dict(
     cpu=dict(autograd='chunked', inference='chunked'),
     cuda=dict(autograd='triton', inference='chunked'))
@@ -949,7 +956,8 @@ _compiled_literal = {}
 
 def emsa_core(device: Union[str, torch.device, None] = None,
               autograd: bool = True,
-              widths: Optional[Tuple[int, int]] = None) -> str:
+              widths: Optional[Tuple[int, int]] = None,
+              dtype: Optional[torch.dtype] = None) -> str:
     """The formulation of EMSA's multi-head core that
     :func:`emsa_attention` uses for tensors on ``device``: the one
     :func:`use_emsa_core` selected, else the device type's default
@@ -963,6 +971,9 @@ def emsa_core(device: Union[str, torch.device, None] = None,
         widths (tuple[int, int], optional): The call's query / key channels
             C = h d and value channels d: a 'triton' default whose kernels
             do not take them (``emsa_triton.fits``) gives way to 'chunked'.
+        dtype (torch.dtype, optional): The call's query dtype: on CUDA a
+            'triton' default gives way to 'chunked' for dtypes wider than
+            2 bytes (see ``DEFAULT_EMSA_CORES``).
     """
     if _emsa_core_names is not None:
         return _emsa_core_names[0 if autograd else 1]
@@ -970,6 +981,9 @@ def emsa_core(device: Union[str, torch.device, None] = None,
     mode = 'autograd' if autograd else 'inference'
     name = DEFAULT_EMSA_CORES.get(device.type, {}).get(mode, 'chunked')
     if name == 'triton' and not _triton_runs_on(device, widths):
+        return 'chunked'
+    if name == 'triton' and device.type == 'cuda' and dtype is not None \
+            and torch.empty((), dtype=dtype).element_size() > 2:
         return 'chunked'
     return name
 
