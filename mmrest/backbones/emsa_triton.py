@@ -154,7 +154,7 @@ if triton is not None:
             new_max = tl.maximum(run_max, tl.max(s, 1))
             alpha = tl.exp(run_max - new_max)
             p = tl.exp(s - new_max[:, None])
-            count = tl.sum(key_ok.to(ACC), 0)
+            count = tl.minimum(M - start, BLOCK_M).to(ACC)  # keys here
             block_mean = tl.sum(p, 1) / count
             dev = tl.where(key_ok[None, :], p - block_mean[:, None], 0.)
             step = block_mean - run_mean * alpha
