@@ -1,6 +1,7 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """EMSA's multi-head core as fused Triton kernels (the ``'triton'`` core of
-:func:`mmrest.backbones.kernels.use_emsa_core`), CUDA's default for training.
+:func:`mmrest.backbones.kernels.use_emsa_core`), CUDA's default for
+training under float16 / bfloat16 autocast.
 
 The core is written as attention over all ``C = h d`` channels with mixed
 queries (:func:`~mmrest.backbones.kernels.mixed_query_attention`): per
