@@ -891,6 +891,26 @@ def test_depthwise_by_slices_is_a_depthwise_convolution():
             atol=1e-12)
 
 
+def test_triton_section_inputs(monkeypatch):
+    """The triton section's inputs are ResT-Small's at batch 2 with 64
+    channels a head: q (2, h, N, 64), k and v (2, h, M, 64) in the autocast
+    dtype, the mixing weight and bias in float32 (the module's, under
+    autocast), all requiring grad; the upstream gradient as the output."""
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    (q, k, v, mix, bias), grad = gpu_profile._core_inputs(4, 30, 7)
+    assert [tuple(t.shape)
+            for t in (q, k, v, mix, bias, grad)] == [(2, 4, 30, 64),
+                                                     (2, 4, 7, 64),
+                                                     (2, 4, 7, 64), (4, 4),
+                                                     (4, ), (2, 4, 30, 64)]
+    assert [t.dtype for t in (q, k, v, mix, bias, grad)] == \
+        [torch.float16] * 3 + [torch.float32] * 2 + [torch.float16]
+    assert all(t.requires_grad for t in (q, k, v, mix, bias))
+    assert [s[1:] for s in gpu_profile.TRITON_SHAPES] == \
+        [(2, 16800, 1050), (4, 4200, 1050), (8, 1050, 1050)]
+
+
 def test_device_scripts_run_here(tmp_path):
     """tools/device/run_gpu_profile.sh and run_gpu_check.sh, as run on the
     GPU machine (its ``python3``: here this interpreter, first on PATH;
