@@ -156,30 +156,29 @@ def profile_rows(name, dtype=torch.float16, top=25):
         run()
         sync()
     events = [(e, getattr(e, 'self_device_time_total', 0)
-               or getattr(e, 'self_cpu_time_total', 0))
+               or getattr(e, 'self_cpu_time_total', 0), kernel_category(e.key))
               for e in prof.key_averages()]
-    events = [(e, t) for e, t in events if t > 0]
-    events.sort(key=lambda et: et[1], reverse=True)
+    events = [event for event in events if event[1] > 0]
+    events.sort(key=lambda event: event[1], reverse=True)
     tag = dict(model=name, dtype=str(dtype).split('.')[-1])
     rows = [
         dict(
             tag,
             kernel=e.key[:110],
-            category=kernel_category(e.key),
+            category=cat,
             calls=e.count,
-            self_ms=round(t / 1e3, 2)) for e, t in events[:top]
+            self_ms=round(t / 1e3, 2)) for e, t, cat in events[:top]
     ]
     by_category = {}
-    for e, t in events:
-        cat = kernel_category(e.key)
+    for _, t, cat in events:
         by_category[cat] = by_category.get(cat, 0) + t / 1e3
     rows.append(
         dict(
             tag,
             summary=True,
             wall_ms=wall_ms,
-            kernels_ms=round(sum(t for _, t in events) / 1e3, 2),
-            launches=sum(e.count for e, _ in events),
+            kernels_ms=round(sum(t for _, t, _ in events) / 1e3, 2),
+            launches=sum(e.count for e, _, _ in events),
             by_category={
                 k: round(v, 2)
                 for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])
@@ -385,9 +384,9 @@ def _time_core(fn, inputs, grad):
 def triton_rows(budget_s=240.0):
     """The 'triton' core of EMSA alone at ResT-Small's shapes (fp16 inputs,
     as under autocast), forward and forward + backward, with each launch of
-    TRITON_LAUNCHES, beside the 'chunked' core; per row the output's
-    relative difference from launch_config's own launch (the same sums in
-    another order: fp16 rounding). Launches stop when ``budget_s`` has
+    TRITON_LAUNCHES, beside the 'chunked' core; per triton row the output's
+    relative difference from the chunked core's (the same formula, the
+    products rounded to fp16). Launches stop when ``budget_s`` has
     passed (each new launch compiles three kernels). Where the core cannot
     run (triton < 3; the CPU outside Triton's interpreter) its rows say
     so."""
@@ -398,15 +397,15 @@ def triton_rows(budget_s=240.0):
     elif DEVICE == 'cpu' and not emsa_triton.interpreted():
         unable = 'the CPU needs TRITON_INTERPRET=1'
     launches = TRITON_LAUNCHES if DEVICE == 'cuda' else TRITON_LAUNCHES[:2]
+
+    def chunked(q, k, v, mix, bias):
+        with kernels.use_emsa_core('chunked'):
+            return kernels.emsa_attention(q, k, v, mix, bias)
+
     t0, rows = time.time(), []
     for stage, heads, n, m in TRITON_SHAPES:
         inputs, grad = _core_inputs(heads, max(1, n // SCALE**2),
                                     max(1, m // SCALE**2))
-
-        def chunked(q, k, v, mix, bias):
-            with kernels.use_emsa_core('chunked', 'chunked'):
-                return kernels.emsa_attention(q, k, v, mix, bias)
-
         fwd, both, ref = _time_core(chunked, inputs, grad)
         rows.append(
             dict(stage=stage, core='chunked', fwd_ms=fwd, fwd_bwd_ms=both))

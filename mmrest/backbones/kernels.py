@@ -980,20 +980,20 @@ def emsa_core(device: Union[str, torch.device, None] = None,
     device = torch.device(device if device is not None else 'cpu')
     mode = 'autograd' if autograd else 'inference'
     name = DEFAULT_EMSA_CORES.get(device.type, {}).get(mode, 'chunked')
-    if name == 'triton' and not _triton_runs_on(device, widths):
-        return 'chunked'
-    if name == 'triton' and device.type == 'cuda' and dtype is not None \
-            and torch.empty((), dtype=dtype).element_size() > 2:
+    if name == 'triton' and not _triton_runs_on(device, widths, dtype):
         return 'chunked'
     return name
 
 
 def _triton_runs_on(device: torch.device,
-                    widths: Optional[Tuple[int, int]] = None) -> bool:
-    """Whether the 'triton' core can run as a default on ``device``:
-    triton >= 3 and a CUDA GPU of compute capability 8.0 or newer (the
-    kernels' compilation is checked for 8.0 and 9.0); on the CPU, Triton's
-    interpreter; and kernels that take the channels ``widths``, if given."""
+                    widths: Optional[Tuple[int, int]] = None,
+                    dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether the 'triton' core runs as a default on ``device``: triton
+    >= 3 and a CUDA GPU of compute capability 8.0 or newer (the kernels'
+    compilation is checked for 8.0 and 9.0), for queries of ``dtype``, if
+    given, no wider than 2 bytes (see ``DEFAULT_EMSA_CORES``); on the CPU,
+    Triton's interpreter; and kernels that take the channels ``widths``,
+    if given."""
     from . import emsa_triton
     if widths is not None and not emsa_triton.fits(*widths):
         return False
@@ -1001,6 +1001,8 @@ def _triton_runs_on(device: torch.device,
         return emsa_triton.interpreted()
     if device.type != 'cuda' or not emsa_triton.available() or \
             not torch.cuda.is_available():
+        return False
+    if dtype is not None and torch.empty((), dtype=dtype).element_size() > 2:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
