@@ -27,8 +27,9 @@ pass over the keys gives both (:func:`softmax_moments`):
   of ``P`` (relative 2**-11 in float16) would come out hundreds of times
   larger. The forward takes each key block's ``sum_m p_m V_m`` as
   ``sum_m (p_m - mean) V_m`` (the deviations from the block's mean
-  rounded) plus ``mean sum_m V_m`` (the block's sums of the values, from
-  float32); ``(P - 1/M) V = P V - mean_m V_m`` then in float32. The
+  rounded) plus ``mean sum_m V_m`` (the block's sums of the values, in
+  float32, by the kernel); ``(P - 1/M) V = P V - mean_m V_m`` then in
+  float32, as the kernel stores it. The
   backward's ``dV = (P - 1/M)^T dO`` rounds ``P - 1/M`` likewise. (On the
   H200 under autocast this took the core's float16 error from 15 times the
   literal path's to the literal path's, docs/precision_and_export.md.)
@@ -39,6 +40,13 @@ pass over the keys gives both (:func:`softmax_moments`):
   ``dP_nm = dO_n . V_m + 2 dr_n (P_nm - 1/M)`` and
   ``dl_nm = P_nm (dP_nm - delta_n)``,
   ``delta_n = dO_n . (P V)_n + 2 dr_n r_n``.
+
+:func:`attention_core` is the whole core around the kernels (the keys and
+values centred, the mixed queries, the InstanceNorm's division) as one
+autograd node with its backward written out: 13 operators besides the
+kernels in the forward and 23 in the backward, where autograd recording
+each operator ran 25 and 42 (on a GPU each is a launch, and at a ResT's
+sizes the tensors around the kernels are small).
 
 No N x M map is stored. Products run in the inputs' dtype (float16,
 bfloat16: the autocast dtypes; float32 at IEEE precision, not TF32, since
@@ -131,12 +139,12 @@ if triton is not None:
         return p * (dp + dr2 * centred - delta)
 
     @triton.jit
-    def _forward_kernel(Q, K, V, V_SUMS, OUT, LSE, DEV, N, M, H, C, D,
+    def _forward_kernel(Q, K, V, OUT, LSE, DEV, N, M, H, C, D,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_D: tl.constexpr):
-        """One block of query rows of one (batch, head): ``P V`` (the caller
-        subtracts ``mean_m V_m``), the log-sum-exps of the logits and
+        """One block of query rows of one (batch, head): ``(P - 1/M) V``
+        (``P V - mean_m V_m``), the log-sum-exps of the logits and
         ``r = sum_m (P - 1/M)^2``."""
         bh, b, rn, rc, rd = _program(H, BLOCK_N, BLOCK_C, BLOCK_D)
         q = _tile(Q, bh * N * C, rn, N, rc, C)
@@ -145,6 +153,7 @@ if triton is not None:
         run_m2 = tl.zeros([BLOCK_N], ACC)  # their squared deviations
         seen = tl.zeros([BLOCK_N], ACC)  # keys so far
         acc = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+        v_total = tl.zeros([BLOCK_D], ACC)  # sum_m V_m
         for start in range(0, M, BLOCK_M):
             rm = start + tl.arange(0, BLOCK_M)
             key_ok = rm < M
@@ -165,20 +174,19 @@ if triton is not None:
             seen += count
             # _DEV_SCALE times sum_m p_m V_m of the block, as
             # sum_m (p_m - mean) V_m + mean sum_m V_m: only the deviations
-            # are rounded to the inputs' dtype (see the module's docstring)
-            v_sum = tl.load(
-                V_SUMS + (bh * tl.cdiv(M, BLOCK_M) + start // BLOCK_M) * D +
-                rd,
-                mask=rd < D,
-                other=0.)
+            # are rounded to the inputs' dtype (see the module's docstring);
+            # the block's sum of the values in ACC (zeros past M and D)
+            v_sum = tl.sum(v.to(ACC), 0)
+            v_total += v_sum
             acc = acc * alpha[:, None] + tl.dot(
                 (dev * _DEV_SCALE).to(v.dtype), v,
                 input_precision='ieee').to(ACC) + \
                 (block_mean * _DEV_SCALE)[:, None] * v_sum[None, :]
             run_max = new_max
         total = run_mean * M  # sum_m exp(l - run_max)
-        _store_tile(OUT, bh * N * D, rn, N, rd, D,
-                    acc / (total * _DEV_SCALE)[:, None])
+        _store_tile(
+            OUT, bh * N * D, rn, N, rd, D,
+            acc / (total * _DEV_SCALE)[:, None] - (v_total / M)[None, :])
         tl.store(LSE + bh * N + rn, run_max + tl.log(total), mask=rn < N)
         tl.store(DEV + bh * N + rn, run_m2 / (total * total), mask=rn < N)
 
@@ -358,6 +366,75 @@ def _acc_dtype(dtype: torch.dtype):
                                                         tl.float32)
 
 
+def _launch_forward(queries, keys, values, launch):
+    """The forward kernel on contiguous ``queries`` (B, H, N, C), ``keys``
+    (B, M, C) and ``values`` (B, H, M, D): ``(P - 1/M) V``, the rows'
+    log-sum-exps and ``r``, in the accumulators' dtype."""
+    B, H, N, C = queries.shape
+    M, D = keys.shape[1], values.shape[3]
+    acc, acc_tl = _acc_dtype(queries.dtype)
+    out = queries.new_empty(B, H, N, D, dtype=acc)
+    lse = queries.new_empty(B, H, N, dtype=acc)
+    dev = queries.new_empty(B, H, N, dtype=acc)
+    config = launch_config(C, D, queries.dtype, **launch)
+    grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
+    with launch_device(queries):
+        _forward_kernel[grid](
+            queries,
+            keys,
+            values,
+            out,
+            lse,
+            dev,
+            N,
+            M,
+            H,
+            C,
+            D,
+            ACC=acc_tl,
+            **config)
+    return out, lse, dev
+
+
+def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
+                     launch):
+    """The backward kernels, given the forward's ``out``, ``lse``, ``dev``
+    and the upstream gradients ``d_out`` (B, H, N, D) and ``d_dev``
+    (B, H, N), contiguous, in the accumulators' dtype: the gradients of
+    the queries (B, H, N, C), of each head's share of the keys
+    (B, H, M, C) and of the values, in that dtype."""
+    B, H, N, C = queries.shape
+    M, D = keys.shape[1], values.shape[3]
+    acc, acc_tl = _acc_dtype(queries.dtype)
+    # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
+    v_mean = values.mean(2, keepdim=True, dtype=acc)
+    delta = (d_out * (out + v_mean)).sum(-1).addcmul_(d_dev, dev, value=2)
+    dq = torch.empty_like(queries, dtype=acc)
+    dk = queries.new_empty(B, H, M, C, dtype=acc)
+    dv = torch.empty_like(values, dtype=acc)
+    config = launch_config(C, D, queries.dtype, **launch)
+    args = (N, M, H, C, D, 1.0 / M)
+    kw = dict(config, ACC=acc_tl)
+    rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
+    cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
+    with launch_device(queries):
+        _grad_queries_kernel[rows](queries, keys, values, d_out, lse, d_dev,
+                                   delta, dq, *args, **kw)
+        _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
+                                       d_dev, delta, dk, dv, *args, **kw)
+    return dq, dk, dv
+
+
+def _query_grads(dq, q, mix):
+    """The gradients of ``q`` (in its dtype) and of ``mix`` from the
+    kernels' queries' gradient ``dq`` (B, H, N, C)."""
+    if mix is None:
+        return dq.to(q.dtype), None
+    B, H, N, d = q.shape
+    dq, d_mix = _unmix_grad(dq.view(B, H, N, H, d), q, mix)
+    return dq.to(q.dtype), d_mix.to(mix.dtype)
+
+
 class SoftmaxMoments(torch.autograd.Function):
     """``((P - 1/M) V, sum_m (P - 1/M)^2)`` with ``P = softmax(Q K^T)`` by
     rows, from the fused kernels; see :func:`softmax_moments`."""
@@ -367,72 +444,77 @@ class SoftmaxMoments(torch.autograd.Function):
         queries = _queries(q, mix)
         _check(queries, keys, values)
         keys, values = keys.contiguous(), values.contiguous()
-        B, H, N, C = queries.shape
-        M, D = keys.shape[1], values.shape[3]
-        acc, acc_tl = _acc_dtype(queries.dtype)
-        out = q.new_empty(B, H, N, D, dtype=acc)
-        lse = q.new_empty(B, H, N, dtype=acc)
-        dev = q.new_empty(B, H, N, dtype=acc)
-        config = launch_config(C, D, queries.dtype, **launch)
-        grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
-        v_sums = _block_sums(values, config['BLOCK_M'], acc)
-        with launch_device(queries):
-            _forward_kernel[grid](
-                queries,
-                keys,
-                values,
-                v_sums,
-                out,
-                lse,
-                dev,
-                N,
-                M,
-                H,
-                C,
-                D,
-                ACC=acc_tl,
-                **config)
-        # (P - 1/M) V = P V - mean_m V_m, in float32 or better
-        v_mean = v_sums.sum(2, keepdim=True) / M
-        out -= v_mean
+        out, lse, dev = _launch_forward(queries, keys, values, launch)
         # with ``mix``, q rather than the H times larger mixed queries
-        ctx.save_for_backward(q, mix, keys, values, out, lse, dev, v_mean)
+        ctx.save_for_backward(q, mix, keys, values, out, lse, dev)
         ctx.launch = launch
         return out, dev
 
     @staticmethod
     def backward(ctx, d_out, d_dev):
-        q, mix, keys, values, out, lse, dev, v_mean = ctx.saved_tensors
-        queries = _queries(q, mix)
-        B, H, N, C = queries.shape
-        M, D = keys.shape[1], values.shape[3]
-        acc, acc_tl = _acc_dtype(queries.dtype)
+        q, mix, keys, values, out, lse, dev = ctx.saved_tensors
         d_out = torch.zeros_like(out) if d_out is None else \
-            d_out.to(acc).contiguous()
+            d_out.to(out.dtype).contiguous()
         d_dev = torch.zeros_like(dev) if d_dev is None else \
-            d_dev.to(acc).contiguous()
-        # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
-        delta = (d_out * (out + v_mean)).sum(-1) + 2 * d_dev * dev
-        dq = torch.empty_like(queries, dtype=acc)
-        dk = q.new_empty(B, H, M, C, dtype=acc)
-        dv = torch.empty_like(values, dtype=acc)
-        config = launch_config(C, D, queries.dtype, **ctx.launch)
-        args = (N, M, H, C, D, 1.0 / M)
-        kw = dict(config, ACC=acc_tl)
-        rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
-        cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
-        with launch_device(queries):
-            _grad_queries_kernel[rows](queries, keys, values, d_out, lse,
-                                       d_dev, delta, dq, *args, **kw)
-            _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
-                                           d_dev, delta, dk, dv, *args, **kw)
-        d_mix = None
-        if mix is not None:
-            dq, d_mix = _unmix_grad(
-                dq.view(B, H, N, H, C // H), q.to(acc), mix.to(acc))
-            d_mix = d_mix.to(mix.dtype)
-        return (dq.to(q.dtype), dk.sum(1).to(keys.dtype), dv.to(values.dtype),
-                None, d_mix)
+            d_dev.to(dev.dtype).contiguous()
+        dq, dk, dv = _launch_backward(
+            _queries(q, mix), keys, values, out, lse, dev, d_out, d_dev,
+            ctx.launch)
+        dq, d_mix = _query_grads(dq, q, mix)
+        return dq, dk.sum(1).to(keys.dtype), dv.to(values.dtype), None, d_mix
+
+
+class EMSACore(torch.autograd.Function):
+    """EMSA's multi-head core around the fused kernels, forward and
+    backward written out (so that autograd records one node, not one per
+    operator around the kernels); see :func:`emsa_core`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mix, mix_bias, eps, launch):
+        B, h, N, d = q.shape
+        M = k.shape[2]
+        keys, values = _centred(k, q.dtype, heads_last=True), \
+            _centred(v, q.dtype)
+        queries = _queries(q, mix)
+        _check(queries, keys, values)
+        out, lse, dev = _launch_forward(queries, keys, values, launch)
+        # the InstanceNorm's biased variance, sum_n r_n / (N M)
+        inv_std = dev.sum(-1, keepdim=True).div_(N * M).add_(eps).rsqrt_()
+        inv_std = inv_std.unsqueeze(-1)  # (B, h, 1, 1)
+        ctx.save_for_backward(q, mix, keys, values, out, lse, dev, inv_std)
+        ctx.launch = launch
+        ctx.bias_grad = mix_bias is not None and ctx.needs_input_grad[4]
+        ctx.dtypes = (k.dtype, v.dtype,
+                      None if mix_bias is None else mix_bias.dtype)
+        # rounded to q's dtype as it is written, in the (B, N, h, d) layout
+        # in which EMSA's output projection reads it (a transposed view)
+        y = q.new_empty(B, N, h, d).transpose(1, 2)
+        return torch.mul(out, inv_std, out=y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, mix, keys, values, out, lse, dev, inv_std = ctx.saved_tensors
+        B, h, N, d = q.shape
+        M = keys.shape[1]
+        # y = out s, s = (sum_n r_n / (N M) + eps)^(-1/2): dO = dy s, and
+        # dr_n is the same for every row, -s^3 / (2 N M) sum(dy * out)
+        # (products in out's dtype: dy, in q's, converts exactly)
+        d_out = torch.mul(grad, inv_std, out=torch.empty_like(out))
+        d_dev = (grad * out).sum(
+            (2, 3), keepdim=True).mul_(inv_std.pow(3)).mul_(-0.5 / (N * M))
+        dq, dk, dv = _launch_backward(
+            _queries(q, mix), keys, values, out, lse, dev, d_out,
+            d_dev.view(B, h, 1).expand(B, h, N).contiguous(), ctx.launch)
+        dq, d_mix = _query_grads(dq, q, mix)
+        # the centring over M needs no step back: the kernels' key and
+        # value gradients already sum to zero over M (dl's rows sum to 0,
+        # and (P - 1/M)'s columns of dV = (P - 1/M)^T dO)
+        dk = dk.sum(1).view(B, M, h, d).transpose(1, 2).to(ctx.dtypes[0])
+        # the mixing bias cancels in the softmax: an exact zero, as in the
+        # literal computation
+        d_bias = mix.new_zeros(h, dtype=ctx.dtypes[2]) if ctx.bias_grad \
+            else None
+        return dq, dk, dv.to(ctx.dtypes[1]), d_mix, d_bias, None, None
 
 
 def _unmix_grad(d_queries: torch.Tensor, q: torch.Tensor,
@@ -454,30 +536,82 @@ def _unmix_grad(d_queries: torch.Tensor, q: torch.Tensor,
     return dq.transpose(1, 2), d_mix
 
 
-def _block_sums(values: torch.Tensor, rows: int,
-                dtype: torch.dtype) -> torch.Tensor:
-    """The sums of the values (B, H, M, D) over each block of ``rows`` keys,
-    (B, H, ceil(M / rows), D) in ``dtype``."""
-    B, H, M, D = values.shape
-    blocks = -(-M // rows)
-    padded = torch.nn.functional.pad(
-        values.to(dtype), (0, 0, 0, blocks * rows - M))
-    return padded.view(B, H, blocks, rows, D).sum(3).contiguous()
+def _centred(x: torch.Tensor,
+             dtype: torch.dtype,
+             heads_last: bool = False) -> torch.Tensor:
+    """``x`` (B, h, M, d) centred over M in float32 or better, rounded once
+    to ``dtype``: (B, h, M, d), or with ``heads_last`` the heads' channels
+    side by side, (B, M, h d) (the keys, shared by the mixed heads)."""
+    B, h, M, d = x.shape
+    core = torch.promote_types(dtype, torch.float32)
+    centred = x - x.mean(2, keepdim=True, dtype=core)
+    if not heads_last:  # contiguous, whatever x's layout
+        return x.new_empty(B, h, M, d, dtype=dtype).copy_(centred)
+    out = x.new_empty(B, M, h, d, dtype=dtype)
+    out.copy_(centred.transpose(1, 2))
+    return out.view(B, M, h * d)
 
 
 def _queries(q, mix):
     """The kernels' (B, H, N, C) queries: ``q``, or with ``mix`` the mixed
     queries ``Q_g = concat_j(W[g, j] q_j)`` of the per-head ``q`` (as
     :func:`mmrest.backbones.kernels.mixed_queries`; the tests compare the
-    two)."""
+    two), written by one product in ``q``'s dtype."""
     if mix is None:
         return q.contiguous()
     B, H, N, d = q.shape
     if mix.shape != (H, H):
         raise ValueError(f'mix must be ({H}, {H}) for queries of {H} heads, '
                          f'got {tuple(mix.shape)}')
-    return torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
-                        q).reshape(B, H, N, H * d)
+    out = q.new_empty(B, H, N, H, d)  # (b, g, n, j, :) = W[g, j] q[b, j, n]
+    torch.mul(
+        mix.to(q.dtype).view(1, H, 1, H, 1),
+        q.transpose(1, 2).unsqueeze(1),
+        out=out)
+    return out.view(B, H, N, H * d)
+
+
+def _launch_options(launch: Optional[dict], block: Optional[int]) -> dict:
+    launch = dict(launch or {})
+    unknown = set(launch) - {'num_warps', 'num_stages'}
+    if unknown:
+        raise ValueError(f'unknown launch options {sorted(unknown)}; known: '
+                         'num_warps, num_stages (rows per tile: block)')
+    return dict(launch, block=block)
+
+
+def attention_core(q: torch.Tensor,
+                   k: torch.Tensor,
+                   v: torch.Tensor,
+                   mix: torch.Tensor,
+                   mix_bias: Optional[torch.Tensor] = None,
+                   eps: float = 1e-5,
+                   block: Optional[int] = None,
+                   launch: Optional[dict] = None) -> torch.Tensor:
+    """EMSA's multi-head core (the ``'triton'`` core of
+    :func:`mmrest.backbones.kernels.use_emsa_core`): the keys and values
+    centred over M (float32, rounded once to ``q``'s dtype), the mixed
+    queries, :func:`softmax_moments`' kernels, and the InstanceNorm's
+    division by ``sqrt(sum_n r_n / (N M) + eps)`` per (batch, head); one
+    autograd node, its backward written out.
+
+    Args:
+        q (Tensor): Scaled per-head queries, (B, h, N, d).
+        k (Tensor): Keys, (B, h, M, d).
+        v (Tensor): Values, (B, h, M, d).
+        mix (Tensor): The (h, h) head-mixing weight.
+        mix_bias (Tensor, optional): Its (h, ) bias; cancels in the
+            softmax, its gradient an exact zero.
+        eps (float): The InstanceNorm epsilon.
+        block (int, optional): Rows per tile (see :func:`launch_config`).
+        launch (dict, optional): ``num_warps``, ``num_stages``.
+
+    Returns:
+        Tensor: (B, h, N, d), in the dtype of ``q``.
+    """
+    launch = _launch_options(launch, block)
+    with torch.autocast(q.device.type, enabled=False):
+        return EMSACore.apply(q, k, v, mix, mix_bias, eps, launch)
 
 
 def softmax_moments(
@@ -512,10 +646,5 @@ def softmax_moments(
     Returns:
         tuple[Tensor, Tensor]: (B, H, N, D) and (B, H, N).
     """
-    launch = dict(launch or {})
-    unknown = set(launch) - {'num_warps', 'num_stages'}
-    if unknown:
-        raise ValueError(f'unknown launch options {sorted(unknown)}; known: '
-                         'num_warps, num_stages (rows per tile: block)')
-    return SoftmaxMoments.apply(q, keys, values, dict(launch, block=block),
-                                mix)
+    return SoftmaxMoments.apply(q, keys, values,
+                                _launch_options(launch, block), mix)

@@ -1436,9 +1436,10 @@ def triton_attention_core(q: torch.Tensor,
                           launch: Optional[dict] = None) -> torch.Tensor:
     """EMSA's multi-head core in the mixed-query form of
     :func:`mixed_query_attention`, its attention and each row's centred
-    second moment from one fused Triton kernel
-    (:func:`mmrest.backbones.emsa_triton.softmax_moments`; its backward
-    likewise): CUDA tensors, or the CPU in Triton's interpreter.
+    second moment from one fused Triton kernel (its backward likewise),
+    the operators around them in one autograd node
+    (:func:`mmrest.backbones.emsa_triton.attention_core`): CUDA tensors, or
+    the CPU in Triton's interpreter.
 
     Args:
         q (Tensor): Scaled queries, (B, h, N, d).
@@ -1452,14 +1453,9 @@ def triton_attention_core(q: torch.Tensor,
             (:func:`~mmrest.backbones.emsa_triton.softmax_moments`).
 
     Returns:
-        Tensor: (B, h, N, d), in the dtype of ``q``.
+        Tensor: (B, h, N, d), in the dtype of ``q`` (a transposed view of
+        a (B, N, h, d) tensor).
     """
     from . import emsa_triton
-    keys, v_c = _centred_keys_values(k, v, q.dtype)
-    with torch.autocast(q.device.type, enabled=False):
-        # the kernels form the mixed queries from q (again in the backward:
-        # the h-fold copy is not kept)
-        out, row_dev = emsa_triton.softmax_moments(
-            q, keys, v_c, block, mix=mix, launch=launch)
-    return _instance_normalised(out, row_dev, k.shape[2], mix_bias, eps,
-                                q.dtype)
+    return emsa_triton.attention_core(q, k, v, mix, mix_bias, eps, block,
+                                      launch)
