@@ -1,0 +1,58 @@
+"""tools/op_census.py (mmrest_tools/op_census.py): the operators of one
+training step, counted on the CPU."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from _helpers import ROOT
+
+from mmrest import ResT
+from mmrest.backbones import emsa_triton
+from mmrest_tools.op_census import KERNELS, step_census, summary
+
+
+def _small_rest():
+    torch.manual_seed(0)
+    return ResT(arch='small', out_indices=(0, 1, 2, 3))
+
+
+@pytest.mark.skipif(
+    not emsa_triton.available(), reason='needs triton >= 3 to import')
+def test_census_of_a_training_step_with_paused_kernels():
+    """ResT-Small under fp16 autocast with the 'triton' core: each of its
+    10 blocks with head mixing (stages 2 to 4: 2 + 6 + 2) launches the
+    forward kernel once and each backward kernel once, counted though
+    paused; every matrix product and convolution runs in float16; views
+    are not counted. The 'chunked' core, whose products run in float32 by
+    design, shows float32 products."""
+    census = step_census(_small_rest(), (64, 64), torch.float16, 'triton')
+    assert [census.count[k] for k in KERNELS] == [10, 10, 10]
+    assert 'view' not in census.count and 'transpose' not in census.count
+    products = {key for key in census.flop if census.flop[key] > 0}
+    assert products and all(key[1:] == ('float16', 'float16')
+                            for key in products), products
+    assert {'mm', 'addmm', 'convolution', 'convolution_backward'} <= \
+        {key[0] for key in products}
+    chunked = step_census(_small_rest(), (64, 64), torch.float16, 'chunked')
+    assert not chunked.count.keys() & set(KERNELS)
+    assert any('float32' in key for key in chunked.flop), chunked.flop
+    row = summary('rest_small', census)
+    assert row['operators'] == sum(census.count.values())
+
+
+def test_op_census_command_line():
+    """The command prints one line per model with its counts, here for
+    ResT-Lite at 32x32 in float32 with the 'chunked' core (no triton
+    needed)."""
+    out = subprocess.run([
+        sys.executable, 'tools/op_census.py', '--models', 'rest_lite',
+        '--size', '32', '32', '--autocast', 'fp32', '--core', 'chunked'
+    ],
+                         cwd=ROOT,
+                         capture_output=True,
+                         text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'rest_lite: ' in out.stdout and ' operators, ' in out.stdout
+    assert "'mm float32 float32'" in out.stdout, out.stdout
