@@ -420,8 +420,8 @@ def triton_rows(budget_s=240.0):
                 launch=dict(num_warps=launch[1], num_stages=launch[2]))
 
             def core(q, k, v, mix, bias, options=options):
-                return kernels.triton_attention_core(q, k, v, mix, bias,
-                                                     **options)
+                return emsa_triton.attention_core(q, k, v, mix, bias,
+                                                  **options)
 
             try:
                 fwd, both, out = _time_core(core, inputs, grad)

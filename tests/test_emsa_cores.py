@@ -39,7 +39,7 @@ def _core(name, chunk_elements=None):
     if name == 'maps':
         return lambda q, k, v, w, b: kernels.maps_attention_core(q, k, v, w, b)
     if name == 'triton':  # tiles of 16 rows: several blocks of N and M
-        return lambda q, k, v, w, b: kernels.triton_attention_core(
+        return lambda q, k, v, w, b: emsa_triton.attention_core(
             q, k, v, w, b, block=16 if chunk_elements else None)
     return lambda q, k, v, w, b: kernels.mixed_query_attention(
         q,

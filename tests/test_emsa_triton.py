@@ -172,7 +172,7 @@ def test_triton_core_is_one_autograd_node_of_few_operators():
     forward, backward = Census(), Census()
     with paused_triton_launches(forward, backward):
         with forward:
-            out = kernels.triton_attention_core(q, k, v, mix, bias, block=16)
+            out = emsa_triton.attention_core(q, k, v, mix, bias, block=16)
         with backward:
             out.backward(grad)
     assert [forward.count[k] for k in KERNELS] == [1, 0, 0]
@@ -261,7 +261,7 @@ def test_triton_core_in_float16():
     half = [t.half() for t in (q, k, v)] + [mix.float(), bias.float()]
     with torch.autocast('cpu', dtype=torch.float16):
         lit = kernels.literal_attention_core(*half)
-    out = kernels.triton_attention_core(*half)
+    out = emsa_triton.attention_core(*half)
     assert out.dtype == torch.float16
     err_fast, err_lit = (relative_error(o, ref) for o in (out, lit))
     assert err_fast <= 1.5 * err_lit + 1e-3, (err_fast, err_lit)
@@ -295,7 +295,7 @@ def test_triton_core_in_float16_for_almost_uniform_attention(q_scale):
         grads = torch.autograd.grad((out.double() * weights).sum(), args[:3])
         return [out.detach()] + list(grads)
 
-    got = run(kernels.triton_attention_core, half)
+    got = run(emsa_triton.attention_core, half)
     want = run(literal_attention, [t.double() for t in half])
     assert got[0].dtype == torch.float16
     for name, g, w in zip(('output', 'grad q', 'grad k', 'grad v'), got, want):

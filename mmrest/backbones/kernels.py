@@ -1026,10 +1026,10 @@ def use_emsa_core(name: str, inference: Optional[str] = None):
     * ``'sdpa_lse_kernel'``: ``'sdpa'`` whose forward takes the row
       log-sum-exps from a fused attention kernel (CUDA: memory-efficient
       attention; CPU: the flash kernel), the backward by chunks;
-    * ``'triton'``: :func:`triton_attention_core`, the same mixed-query
-      form with the attention and the InstanceNorm's statistics from one
-      fused Triton kernel (forward and backward; CUDA tensors, needs
-      ``triton``);
+    * ``'triton'``: :func:`mmrest.backbones.emsa_triton.attention_core`,
+      the same mixed-query form with the attention and the InstanceNorm's
+      statistics from one fused Triton kernel (forward and backward; CUDA
+      tensors, needs ``triton``);
     * ``'literal'``: :func:`literal_attention_core`, the N x M maps in the
       autocast dtypes, as the literal path computes them;
     * ``'maps'``: :func:`maps_attention_core`, whole N x M maps in the
@@ -1074,7 +1074,8 @@ def _core_variant(name, q, k, v, mix, mix_bias, eps, chunk_elements):
     if name == 'literal':
         return literal_attention_core(q, k, v, mix, mix_bias, eps)
     if name == 'triton':
-        return triton_attention_core(q, k, v, mix, mix_bias, eps)
+        from . import emsa_triton  # imports triton: only when asked for
+        return emsa_triton.attention_core(q, k, v, mix, mix_bias, eps)
     if name == 'maps':
         return maps_attention_core(q, k, v, mix, mix_bias, eps)
     if name == 'literal_compiled':
@@ -1424,38 +1425,3 @@ def _instance_normalised(out, row_dev, M, mix_bias, eps, dtype):
         var = row_dev.sum(dim=-1) / (N * M)
         inv_std = torch.rsqrt(var + eps)[:, :, None, None]
         return (out.to(core) * inv_std).to(dtype)
-
-
-def triton_attention_core(q: torch.Tensor,
-                          k: torch.Tensor,
-                          v: torch.Tensor,
-                          mix: torch.Tensor,
-                          mix_bias: Optional[torch.Tensor] = None,
-                          eps: float = 1e-5,
-                          block: Optional[int] = None,
-                          launch: Optional[dict] = None) -> torch.Tensor:
-    """EMSA's multi-head core in the mixed-query form of
-    :func:`mixed_query_attention`, its attention and each row's centred
-    second moment from one fused Triton kernel (its backward likewise),
-    the operators around them in one autograd node
-    (:func:`mmrest.backbones.emsa_triton.attention_core`): CUDA tensors, or
-    the CPU in Triton's interpreter.
-
-    Args:
-        q (Tensor): Scaled queries, (B, h, N, d).
-        k (Tensor): Keys, (B, h, M, d).
-        v (Tensor): Values, (B, h, M, d).
-        mix (Tensor): The (h, h) head-mixing weight.
-        mix_bias (Tensor, optional): Its (h, ) bias (cancels).
-        eps (float): The InstanceNorm epsilon.
-        block (int, optional): Rows per tile of the kernels.
-        launch (dict, optional): Their other launch options
-            (:func:`~mmrest.backbones.emsa_triton.softmax_moments`).
-
-    Returns:
-        Tensor: (B, h, N, d), in the dtype of ``q`` (a transposed view of
-        a (B, N, h, d) tensor).
-    """
-    from . import emsa_triton
-    return emsa_triton.attention_core(q, k, v, mix, mix_bias, eps, block,
-                                      launch)
