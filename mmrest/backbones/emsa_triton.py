@@ -467,7 +467,7 @@ class SoftmaxMoments(torch.autograd.Function):
 class EMSACore(torch.autograd.Function):
     """EMSA's multi-head core around the fused kernels, forward and
     backward written out (so that autograd records one node, not one per
-    operator around the kernels); see :func:`emsa_core`."""
+    operator around the kernels); see :func:`attention_core`."""
 
     @staticmethod
     def forward(ctx, q, k, v, mix, mix_bias, eps, launch):
@@ -507,8 +507,8 @@ class EMSACore(torch.autograd.Function):
             d_dev.view(B, h, 1).expand(B, h, N).contiguous(), ctx.launch)
         dq, d_mix = _query_grads(dq, q, mix)
         # the centring over M needs no step back: the kernels' key and
-        # value gradients already sum to zero over M (dl's rows sum to 0,
-        # and (P - 1/M)'s columns of dV = (P - 1/M)^T dO)
+        # value gradients already sum to zero over M, as the rows of dl
+        # (dK = dl^T Q) and of P - 1/M (dV = (P - 1/M)^T dO) do
         dk = dk.sum(1).view(B, M, h, d).transpose(1, 2).to(ctx.dtypes[0])
         # the mixing bias cancels in the softmax: an exact zero, as in the
         # literal computation
