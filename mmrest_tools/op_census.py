@@ -16,7 +16,8 @@ batch 2) recorded with a ``TorchDispatchMode``, per model:
 * ``mbytes``: the bytes of their tensors (inputs and outputs, each time
   an operator touches them), in MiB;
 * ``gflop``: matrix products and convolutions by input dtype (PyTorch's
-  FLOP formulas), so that float32 products under autocast show;
+  FLOP formulas, torch >= 2.2), so that float32 products under autocast
+  show;
 * ``top``: the most frequent operators.
 
 ResT's multi-head core is the one ``--core`` names (default ``triton``,
@@ -32,8 +33,12 @@ import contextlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry
+from torch.utils._pytree import tree_flatten
+
+try:  # PyTorch's FLOP formulas by operator (torch >= 2.2)
+    from torch.utils.flop_counter import flop_registry as FLOP_FORMULAS
+except ImportError:  # then no FLOPs are counted
+    FLOP_FORMULAS = {}
 
 # ATen operators that launch no kernel on a GPU: views and allocations
 NO_KERNEL = frozenset(
@@ -68,15 +73,15 @@ class Census(TorchDispatchMode):
             return out
         self.record(name)
         tensors = [
-            t for t in tree_leaves((args, kwargs, out))
+            t for t in tree_flatten((args, kwargs, out))[0]
             if isinstance(t, torch.Tensor)
         ]
         self.nbytes[name] += sum(t.numel() * t.element_size() for t in tensors)
-        if func.overloadpacket in flop_registry:
+        if func.overloadpacket in FLOP_FORMULAS:
             dtypes = tuple(
                 str(t.dtype).replace('torch.', '') for t in args
                 if isinstance(t, torch.Tensor))[:2]
-            self.flop[(name, ) + dtypes] += flop_registry[func.overloadpacket](
+            self.flop[(name, ) + dtypes] += FLOP_FORMULAS[func.overloadpacket](
                 *args, **kwargs, out_val=out)
         return out
 

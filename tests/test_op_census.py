@@ -9,7 +9,7 @@ from _helpers import ROOT
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton
-from mmrest_tools.op_census import KERNELS, step_census, summary
+from mmrest_tools.op_census import FLOP_FORMULAS, KERNELS, step_census, summary
 
 
 def _small_rest():
@@ -29,6 +29,8 @@ def test_census_of_a_training_step_with_paused_kernels():
     census = step_census(_small_rest(), (64, 64), torch.float16, 'triton')
     assert [census.count[k] for k in KERNELS] == [10, 10, 10]
     assert 'view' not in census.count and 'transpose' not in census.count
+    if not FLOP_FORMULAS:
+        pytest.skip(f'no FLOP formulas in torch {torch.__version__}')
     products = {key for key in census.flop if census.flop[key] > 0}
     assert products and all(key[1:] == ('float16', 'float16')
                             for key in products), products
@@ -55,4 +57,5 @@ def test_op_census_command_line():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'rest_lite: ' in out.stdout and ' operators, ' in out.stdout
-    assert "'mm float32 float32'" in out.stdout, out.stdout
+    assert "'mm float32 float32'" in out.stdout or not FLOP_FORMULAS, \
+        out.stdout
