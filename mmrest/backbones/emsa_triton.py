@@ -44,9 +44,11 @@ pass over the keys gives both (:func:`softmax_moments`):
 :func:`attention_core` is the whole core around the kernels (the keys and
 values centred, the mixed queries, the InstanceNorm's division) as one
 autograd node with its backward written out: 13 operators besides the
-kernels in the forward and 23 in the backward, where autograd recording
-each operator ran 25 and 42 (on a GPU each is a launch, and at a ResT's
-sizes the tensors around the kernels are small).
+kernels in the forward and 24 in the backward, where autograd recording
+each operator ran 25 and 42 (both counts with autograd's copy of a leaf's
+gradient, ``test_triton_core_is_one_autograd_node_of_few_operators``; on a
+GPU each operator is a launch, and at a ResT's sizes the tensors around the
+kernels are small).
 
 No N x M map is stored. Products run in the inputs' dtype (float16,
 bfloat16: the autocast dtypes; float32 at IEEE precision, not TF32, since
