@@ -101,13 +101,13 @@ class _PausedLaunch:
     """A Triton kernel whose launches do nothing but count in each of the
     censuses that is recording."""
 
-    def __init__(self, name: str, census: list):
-        self.name, self.census = name, census
+    def __init__(self, name: str, censuses: list):
+        self.name, self.censuses = name, censuses
 
     def __getitem__(self, grid):
 
         def launch(*args, **kwargs):
-            for census in self.census:
+            for census in self.censuses:
                 if census.active:
                     census.record(self.name)
 
