@@ -194,8 +194,10 @@ class EMSA(nn.Module):
             x = self.sr(x).permute(0, 2, 3, 1).reshape(B, -1, C)
             x = self.sr_norm(x)
         kv = kernels.linear(x, self.kv.weight, self.kv.bias)
-        kv = kv.reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        # unbind: in the backward one stack of both gradients, where two
+        # indexings each fill a zero tensor of both and add them
+        k, v = kv.reshape(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4).unbind()
+        return k, v
 
     def _forward_one_head(self, x: torch.Tensor, hw_shape: Sequence[int]):
         """:meth:`forward` with one head, in inference: the query and the
