@@ -257,11 +257,17 @@ def test_output_norms_exist_only_for_returned_stages():
 
 
 def test_registered_in_mmdet_and_mmseg():
+    """Built through mmdet's registry and found in mmseg's, whatever default
+    scope an earlier test's Runner left (test_compile.py's left one in
+    which the build failed with a KeyError)."""
     from mmdet.registry import MODELS as DET
-    model = DET.build(dict(type='ResTV2', arch='tiny'))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = DET.build(dict(type='ResTV2', arch='tiny'))
     assert isinstance(model, ResTV2)
     from mmseg.registry import MODELS as SEG
-    assert SEG.get('ResTV2') is ResTV2
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        assert SEG.get('ResTV2') is ResTV2
 
 
 # -------------------------------------------------------------- any size
