@@ -12,7 +12,7 @@ from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
                       assert_float64_equal, literal_attention, relative_error)
 from test_emsa import HW, make_pair
 
-from mmrest.backbones import emsa_triton, kernels
+from mmrest.backbones import emsa_triton, kernels, mixed_heads
 
 # (B, h, N, M, d): h in {2, 4, 8}, N != M both ways, odd sizes, M = 2
 SHAPES = [(2, 2, 13, 7, 5), (1, 4, 31, 9, 3), (3, 8, 11, 17, 4),
@@ -226,6 +226,42 @@ def test_mixed_query_attention_under_autocast():
     assert out.dtype == torch.bfloat16
     err_fast, err_lit = (relative_error(o, ref) for o in (out, lit))
     assert err_fast <= 1.5 * err_lit + 1e-3, (err_fast, err_lit)
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_mixed_heads_inputs_in_float64(grad):
+    """The mixed-query form's inputs that both cores share
+    (mmrest/backbones/mixed_heads.py), against their definitions in float64,
+    with autograd recording and without: ``Q_g = concat_j(W[g, j] q_j)``
+    (an einsum; gradients by gradcheck), keys and values minus their mean
+    over M, contiguous, the keys' heads side by side."""
+    B, h, N, M, d = 2, 3, 5, 7, 4
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(B, N, h, d, generator=gen, dtype=torch.float64)
+    q = q.transpose(1, 2).requires_grad_(grad)  # the projection's layout
+    mix = torch.randn(h, h, generator=gen, dtype=torch.float64)
+    mix.requires_grad_(grad)
+    k = torch.randn(B, M, h, d, generator=gen, dtype=torch.float64) + 3
+    k = k.transpose(1, 2).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        got = mixed_heads.mixed_queries(q, mix)
+        keys = mixed_heads.centred(k, torch.float64, heads_last=True)
+        values = mixed_heads.centred(k, torch.float64)
+    want = torch.einsum('gj,bjnd->bgnjd', mix, q).reshape(B, h, N, h * d)
+    assert_float64_equal(got, want, 'mixed queries')
+    centred = k - k.mean(2, keepdim=True)
+    assert_float64_equal(values, centred, 'centred values')
+    assert values.is_contiguous() and keys.is_contiguous()
+    assert_float64_equal(keys,
+                         centred.transpose(1, 2).reshape(B, M, h * d),
+                         'centred keys, heads side by side')
+    assert got.requires_grad == keys.requires_grad == grad
+    if grad:
+        assert torch.autograd.gradcheck(mixed_heads.mixed_queries, (q, mix))
+        assert torch.autograd.gradcheck(
+            lambda k: mixed_heads.centred(k, torch.float64, True), (k, ))
+    with pytest.raises(ValueError, match=r'mix must be \(3, 3\).*\(2, 2\)'):
+        mixed_heads.mixed_queries(q, mix[:2, :2])
 
 
 @pytest.mark.parametrize('grad', [False, True])

@@ -19,6 +19,7 @@ from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, CallCounter,
                       assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
+from mmrest.backbones.mixed_heads import mixed_queries
 from mmrest_tools.op_census import KERNELS, Census, paused_triton_launches
 
 pytestmark = pytest.mark.skipif(
@@ -112,8 +113,8 @@ def test_kernels_mix_the_queries_themselves_in_float64():
         lambda q, k, v, w: emsa_triton.softmax_moments(
             q, k, v, block=16, mix=w), inputs, weights)
     (ref_out, ref_dev), ref_grads = _run(
-        lambda q, k, v, w: moments_written_out(
-            kernels.mixed_queries(q, w), k, v), inputs, weights)
+        lambda q, k, v, w: moments_written_out(mixed_queries(q, w), k, v),
+        inputs, weights)
     assert_float64_equal(out, ref_out, '(P - 1/M) V')
     assert_float64_equal(dev, ref_dev, 'centred second moment')
     for name, g, r in zip(('q', 'keys', 'values', 'mix'), grads, ref_grads):

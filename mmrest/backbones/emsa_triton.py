@@ -65,6 +65,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .mixed_heads import centred, mixed_queries
+
 try:
     import triton
     import triton.language as tl
@@ -475,8 +477,8 @@ class EMSACore(torch.autograd.Function):
     def forward(ctx, q, k, v, mix, mix_bias, eps, launch):
         B, h, N, d = q.shape
         M = k.shape[2]
-        keys, values = _centred(k, q.dtype, heads_last=True), \
-            _centred(v, q.dtype)
+        keys, values = centred(k, q.dtype, heads_last=True), \
+            centred(v, q.dtype)
         queries = _queries(q, mix)
         _check(queries, keys, values)
         out, lse, dev = _launch_forward(queries, keys, values, launch)
@@ -538,39 +540,10 @@ def _unmix_grad(d_queries: torch.Tensor, q: torch.Tensor,
     return dq.transpose(1, 2), d_mix
 
 
-def _centred(x: torch.Tensor,
-             dtype: torch.dtype,
-             heads_last: bool = False) -> torch.Tensor:
-    """``x`` (B, h, M, d) centred over M in float32 or better, rounded once
-    to ``dtype``: (B, h, M, d), or with ``heads_last`` the heads' channels
-    side by side, (B, M, h d) (the keys, shared by the mixed heads)."""
-    B, h, M, d = x.shape
-    core = torch.promote_types(dtype, torch.float32)
-    centred = x - x.mean(2, keepdim=True, dtype=core)
-    if not heads_last:  # contiguous, whatever x's layout
-        return x.new_empty(B, h, M, d, dtype=dtype).copy_(centred)
-    out = x.new_empty(B, M, h, d, dtype=dtype)
-    out.copy_(centred.transpose(1, 2))
-    return out.view(B, M, h * d)
-
-
 def _queries(q, mix):
     """The kernels' (B, H, N, C) queries: ``q``, or with ``mix`` the mixed
-    queries ``Q_g = concat_j(W[g, j] q_j)`` of the per-head ``q`` (as
-    :func:`mmrest.backbones.kernels.mixed_queries`; the tests compare the
-    two), written by one product in ``q``'s dtype."""
-    if mix is None:
-        return q.contiguous()
-    B, H, N, d = q.shape
-    if mix.shape != (H, H):
-        raise ValueError(f'mix must be ({H}, {H}) for queries of {H} heads, '
-                         f'got {tuple(mix.shape)}')
-    out = q.new_empty(B, H, N, H, d)  # (b, g, n, j, :) = W[g, j] q[b, j, n]
-    torch.mul(
-        mix.to(q.dtype).view(1, H, 1, H, 1),
-        q.transpose(1, 2).unsqueeze(1),
-        out=out)
-    return out.view(B, H, N, H * d)
+    queries (:func:`~mmrest.backbones.mixed_heads.mixed_queries`)."""
+    return q.contiguous() if mix is None else mixed_queries(q, mix)
 
 
 def _launch_options(launch: Optional[dict], block: Optional[int]) -> dict:

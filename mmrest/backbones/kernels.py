@@ -71,6 +71,7 @@ import torch.utils.checkpoint as cp
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..utils import torch_compat
+from .mixed_heads import centred, mixed_queries
 
 # Elements of one query chunk's attention logits (batch x heads x rows x M)
 # per intra-op thread (up to 4) on the CPU. About 4 MB in float32 per
@@ -1139,8 +1140,9 @@ def maps_attention_core(q: torch.Tensor,
 
     * the head mixing is folded into the keys: ``l_g = sum_j W[g, j] q_j
       k_j^T = q K_g^T`` with ``K_g = concat_j(W[g, j] k_j)`` (the mixed
-      queries' form of :func:`mixed_queries` on the M keys instead of the
-      N queries, formed in float32 and rounded once) and ``q`` all heads'
+      queries' form of :func:`~mmrest.backbones.mixed_heads.mixed_queries`
+      on the M keys instead of the N queries, formed in float32 and
+      rounded once) and ``q`` all heads'
       queries (N x C, the query projection's own layout); all heads' keys
       side by side (C x h M), the logits of all heads are one product, in
       the inputs' dtype (under autocast float16 / bfloat16, as the literal
@@ -1364,7 +1366,8 @@ def mixed_query_attention(
     M = k.shape[2]
     C = h * d
     q_mix = mixed_queries(q, mix)
-    keys, v_c = _centred_keys_values(k, v, q_mix.dtype)
+    keys, v_c = centred(k, q_mix.dtype, heads_last=True), \
+        centred(v, q_mix.dtype)
     values = F.pad(v_c, (0, C - d)) if pad_values and C != d else v_c
     out = F.scaled_dot_product_attention(
         q_mix, keys[:, None].expand(B, h, M, C), values, scale=1.0)
@@ -1378,35 +1381,6 @@ def mixed_query_attention(
         # sum_n expm1(gap_n + log M) / M = sum_nm (P - 1/M)^2
         row_dev = torch.expm1(gap + math.log(M)) / M
         return _instance_normalised(out, row_dev, M, mix_bias, eps, q.dtype)
-
-
-def mixed_queries(q: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-    """The mixed queries of the mixed-query form
-    (:func:`mixed_query_attention`): ``Q_g = concat_j(W[g, j] q_j)``, in the
-    dtype of ``q``.
-
-    Args:
-        q (Tensor): Per-head queries, (B, h, N, d).
-        mix (Tensor): The (h, h) head-mixing weight ``W``.
-
-    Returns:
-        Tensor: (B, h, N, h * d).
-    """
-    B, h, N, d = q.shape
-    return torch.einsum('gj,bjnd->bgnjd', mix.to(q.dtype),
-                        q).reshape(B, h, N, h * d)
-
-
-def _centred_keys_values(k, v, dtype):
-    """The keys of all heads, (B, M, C), and the values, (B, h, M, d), both
-    centred over M (in float32 or better), in ``dtype``."""
-    B, h, M, d = k.shape
-    core = torch.promote_types(dtype, torch.float32)
-    with torch.autocast(k.device.type, enabled=False):
-        k32, v32 = k.to(core), v.to(core)
-        k_c = (k32 - k32.mean(dim=2, keepdim=True)).to(dtype)
-        v_c = (v32 - v32.mean(dim=2, keepdim=True)).to(dtype)
-    return k_c.transpose(1, 2).reshape(B, M, h * d), v_c
 
 
 def _instance_normalised(out, row_dev, M, mix_bias, eps, dtype):
