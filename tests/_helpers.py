@@ -401,14 +401,19 @@ MATRIX_PRODUCTS = frozenset(('mm', 'bmm', 'addmm', 'baddbmm', 'addbmm', 'mv',
 
 class OpsRecorded(TorchDispatchMode):
     """A ``with`` block that records the names of the ATen operators run
-    inside it (``names``, in order; autograd's backward included)."""
+    inside it (``names``, in order; autograd's backward included) and the
+    elements of each one's largest tensor argument (``largest``, 0 for
+    none)."""
 
     def __enter__(self):
-        self.names = []
+        self.names, self.largest = [], []
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.overloadpacket.__name__)
+        self.largest.append(
+            max((a.numel() for a in args if isinstance(a, torch.Tensor)),
+                default=0))
         return func(*args, **(kwargs or {}))
 
 

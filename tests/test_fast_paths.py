@@ -9,20 +9,22 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
-                      assert_float64_equal, assert_gradients_close,
-                      float32_floor, float64_literal, golden_model,
-                      literal_attention, relative_error, stage_depths)
+from _helpers import (GRADIENT_FACTOR, CallCounter, OpsRecorded,
+                      assert_float32_close, assert_float64_equal,
+                      assert_gradients_close, float32_floor, float64_literal,
+                      golden_model, literal_attention, relative_error,
+                      stage_depths)
 
 from mmrest import ResT
 from mmrest.backbones import emsa_attention, kernels
 from mmrest.backbones import rest as rest_module
 from mmrest.backbones import to_literal
 from mmrest.backbones.kernels import is_literal
+from mmrest_tools.op_census import NO_KERNEL
 
 # The functions of the fast paths, which the literal computation never calls.
 FAST_FUNCTIONS = ('emsa_attention', '_attention_no_grad', '_attention_chunk',
-                  'linear', 'conv_norm')
+                  'linear', 'conv_norm', 'add_drop_path')
 
 
 def randomised(model):
@@ -128,6 +130,7 @@ def test_the_switch_selects_the_literal_path(train, monkeypatch):
     assert fast_calls['conv_norm'].count == 5
     if train:
         assert fast_calls['emsa_attention'].count == 8
+        assert fast_calls['add_drop_path'].count == 16  # two per block
         assert fast_calls['_attention_chunk'].count > 0
         assert len(bn_calls) == 5  # batch statistics: nothing to fold
     else:
@@ -137,6 +140,92 @@ def test_the_switch_selects_the_literal_path(train, monkeypatch):
         assert fast_calls['_attention_no_grad'].count == 6
         assert fast_calls['linear'].count > 0
         assert len(bn_calls) == 0  # all five folded into their convs
+
+
+@pytest.mark.parametrize('arch', ['rest', 'restv2'])
+def test_drop_path_in_one_operator_drops_as_the_literal_path(arch):
+    """Training with stochastic depth (rate 0.5, batch 8), the same seed:
+    the fast path's sums with ``kernels.add_drop_path`` give the literal
+    path's outputs (mmcv's ``DropPath``, then ``x + ...``) and gradients in
+    float64, to 1e-8: the same samples dropped, the kept branches divided
+    by the same keep rate. Some of the eight samples are dropped and some
+    kept in the first stage's first block, so both sides of the mask are
+    compared."""
+    from mmrest import ResTV2
+    arch_cfg = dict(
+        embed_dims=[8, 16, 32, 64],
+        depths=[2, 1, 1, 1],
+        num_heads=[1, 2, 4, 8])
+    if arch == 'rest':
+        arch_cfg.update(sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4])
+    cls = ResT if arch == 'rest' else ResTV2
+    model = randomised(cls(arch=arch_cfg, drop_path_rate=0.5)).double()
+    model.train()
+    x = torch.rand(8, 3, 64, 64, dtype=torch.float64)
+    results = []
+    for literal in (False, True):
+        torch.manual_seed(7)
+        with kernels.literal(literal):
+            outs = model(x)
+        sum((o * o.detach().sign()).sum() for o in outs).backward()
+        results.append((outs, [p.grad for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (fast, fast_grads), (lit, lit_grads) = results
+    for i, (f, r) in enumerate(zip(fast, lit)):
+        assert_float64_equal(f, r, f'stage {i + 1}')
+    # all gradients as one vector: those of the conv biases before a
+    # training BatchNorm are zero up to rounding (BatchNorm removes shifts)
+    assert_float64_equal(
+        torch.cat([g.flatten() for g in fast_grads]),
+        torch.cat([g.flatten() for g in lit_grads]), 'gradients')
+    torch.manual_seed(7)  # the first draw: the second block of stage 1
+    kept = (torch.rand(8, 1, 1, dtype=torch.float64) + 0.5).floor()
+    assert 0 < kept.sum() < 8
+
+
+def test_add_drop_path_statistics_and_passes():
+    """``x + drop_path(branch)`` sample by sample: each sample is ``x``
+    (dropped) or ``x + branch / keep`` (float64, exactly up to the
+    division); about ``rate`` of 4000 samples dropped (within 4 standard
+    deviations); the branch's gradient is the upstream one where kept
+    (divided by keep) and 0 where dropped, x's the upstream one. Eval mode
+    and ``nn.Identity`` add the branch; another module is called. In
+    training, one operator reads the (B, N, C) tensors in the forward and
+    one in the backward."""
+    from mmcv.cnn.bricks import DropPath
+    rate, B = 0.3, 4000
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, 3, 2, generator=gen, dtype=torch.float64)
+    branch = torch.randn(B, 3, 2, generator=gen, dtype=torch.float64)
+    branch.requires_grad_(True)
+    out = kernels.add_drop_path(x, branch, DropPath(rate).train())
+    dropped = (out == x).all(-1).all(-1)
+    kept = ~dropped
+    assert_float64_equal(out[kept], x[kept] + branch[kept] / (1 - rate))
+    sd = (rate * (1 - rate) / B)**0.5
+    assert abs(dropped.double().mean().item() - rate) < 4 * sd
+    out.backward(torch.ones_like(out))
+    want = kept.double().view(B, 1, 1).expand_as(branch) / (1 - rate)
+    assert_float64_equal(branch.grad, want, 'grad of the branch')
+    y = branch.detach()
+    assert torch.equal(
+        kernels.add_drop_path(x, y,
+                              DropPath(rate).eval()), x + y)
+    assert torch.equal(kernels.add_drop_path(x, y, nn.Identity()), x + y)
+    assert torch.equal(kernels.add_drop_path(x, y, nn.Tanh()), x + y.tanh())
+    # (x a leaf without gradient: autograd would copy the upstream one)
+    small = [x[:4].float(), y[:4].float().requires_grad_()]
+    upstream = torch.ones_like(small[0])
+    with OpsRecorded() as ops:
+        kernels.add_drop_path(*small,
+                              DropPath(rate).train()).backward(upstream)
+    large = [
+        n for n, size in zip(ops.names, ops.largest)
+        if size == upstream.numel() and n not in NO_KERNEL
+    ]
+    # forward: one sum (the draws and the factor are (B, 1, 1)); backward:
+    # one product (mmcv's DropPath: div, mul, add, then mul and div)
+    assert large == ['addcmul', 'mul'], list(zip(ops.names, ops.largest))
 
 
 def test_the_switch_selects_the_literal_path_of_rest_v2(monkeypatch):

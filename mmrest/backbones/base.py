@@ -136,8 +136,16 @@ class PreNormBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor,
                  hw_shape: Sequence[int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self._add(x, self.attn(self.norm1(x), hw_shape))
+        return self._add(x, self.mlp(self.norm2(x)))
+
+    def _add(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``x + drop_path(branch)``: literally, or with stochastic depth as
+        one operator (:func:`~mmrest.backbones.kernels.add_drop_path`, the
+        same draws)."""
+        if kernels.use_literal(self):
+            return x + self.drop_path(branch)
+        return kernels.add_drop_path(x, branch, self.drop_path)
 
     def _forward_inference(self, x: torch.Tensor,
                            hw_shape: Sequence[int]) -> torch.Tensor:

@@ -68,6 +68,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..utils import torch_compat
@@ -426,6 +427,47 @@ def linear(x: torch.Tensor,
         return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
     out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def add_drop_path(x: torch.Tensor, branch: torch.Tensor,
+                  drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(branch)``, a residual block's sum, with mmcv's
+    ``DropPath`` (stochastic depth) as one operator on the large tensors.
+
+    ``DropPath`` draws ``u`` per sample and returns
+    ``branch / keep * floor(keep + u)``, which the block adds to ``x``:
+    three passes over the tokens (a division, a product, a sum) and, in the
+    backward, a product and a division besides the sum's gradient. Here
+    the same draws (the same random numbers, in ``branch``'s dtype, so
+    that the literal path drops the same samples) make a per-sample factor
+    ``floor(keep + u) / keep`` (0 or ``1 / keep``, in ``x``'s dtype), and
+    ``torch.addcmul(x, branch, factor)`` is the sum, in ``x``'s dtype as
+    ``x + branch`` is, the branch divided by ``keep`` without rounding to
+    its own dtype first. Anything but a training ``DropPath`` with a rate
+    is called as it is (``nn.Identity`` and eval mode: ``x + branch``).
+
+    Args:
+        x (Tensor): The residual, (B, ...).
+        branch (Tensor): The block's branch, shaped as ``x``.
+        drop_path (nn.Module): The block's ``drop_path``.
+
+    Returns:
+        Tensor: ``x + drop_path(branch)``.
+    """
+    rate = getattr(drop_path, 'drop_prob', 0.)
+    if not (isinstance(drop_path, DropPath) and drop_path.training
+            and rate > 0):
+        if isinstance(drop_path, nn.Identity) or \
+                isinstance(drop_path, DropPath):
+            return x + branch
+        return x + drop_path(branch)
+    keep = 1 - rate
+    shape = (branch.shape[0], ) + (1, ) * (branch.ndim - 1)
+    kept = torch.rand(
+        shape, dtype=branch.dtype, device=branch.device).add_(keep).floor_()
+    factor = torch.div(kept, keep, out=x.new_empty(shape))
+    with torch.autocast(x.device.type, enabled=False):  # no casts of branch
+        return torch.addcmul(x, branch, factor)
 
 
 def add_residual_mlp_(tokens: torch.Tensor, norm: nn.Module,
