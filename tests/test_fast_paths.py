@@ -188,8 +188,9 @@ def test_add_drop_path_statistics_and_passes():
     (dropped) or ``x + branch / keep`` (float64, exactly up to the
     division); about ``rate`` of 4000 samples dropped (within 4 standard
     deviations); the branch's gradient is the upstream one where kept
-    (divided by keep) and 0 where dropped, x's the upstream one. Eval mode
-    and ``nn.Identity`` add the branch; another module is called. In
+    (divided by keep) and 0 where dropped, x's the upstream one. Eval mode,
+    rate 0 (no draws, as mmcv's) and ``nn.Identity`` add the branch; another
+    module is called. In
     training, one operator reads the (B, N, C) tensors in the forward and
     one in the backward."""
     from mmcv.cnn.bricks import DropPath
@@ -208,9 +209,10 @@ def test_add_drop_path_statistics_and_passes():
     want = kept.double().view(B, 1, 1).expand_as(branch) / (1 - rate)
     assert_float64_equal(branch.grad, want, 'grad of the branch')
     y = branch.detach()
-    assert torch.equal(
-        kernels.add_drop_path(x, y,
-                              DropPath(rate).eval()), x + y)
+    state = torch.random.get_rng_state()
+    for module in (DropPath(rate).eval(), DropPath(0.).train()):
+        assert torch.equal(kernels.add_drop_path(x, y, module), x + y)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no draws
     assert torch.equal(kernels.add_drop_path(x, y, nn.Identity()), x + y)
     assert torch.equal(kernels.add_drop_path(x, y, nn.Tanh()), x + y.tanh())
     # (x a leaf without gradient: autograd would copy the upstream one)

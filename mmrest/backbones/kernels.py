@@ -454,14 +454,13 @@ def add_drop_path(x: torch.Tensor, branch: torch.Tensor,
     Returns:
         Tensor: ``x + drop_path(branch)``.
     """
-    rate = getattr(drop_path, 'drop_prob', 0.)
-    if not (isinstance(drop_path, DropPath) and drop_path.training
-            and rate > 0):
-        if isinstance(drop_path, nn.Identity) or \
-                isinstance(drop_path, DropPath):
-            return x + branch
-        return x + drop_path(branch)
-    keep = 1 - rate
+    if not isinstance(drop_path, DropPath):
+        return x + (
+            branch
+            if isinstance(drop_path, nn.Identity) else drop_path(branch))
+    if not drop_path.training or drop_path.drop_prob == 0:
+        return x + branch  # as DropPath: no draws
+    keep = 1 - drop_path.drop_prob
     shape = (branch.shape[0], ) + (1, ) * (branch.ndim - 1)
     kept = torch.rand(
         shape, dtype=branch.dtype, device=branch.device).add_(keep).floor_()
