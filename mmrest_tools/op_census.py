@@ -17,7 +17,7 @@ batch 2) recorded with a ``TorchDispatchMode``, per model:
   an operator touches them), in MiB;
 * ``gflop``: matrix products and convolutions by input dtype (PyTorch's
   FLOP formulas, torch >= 2.2), so that float32 products under autocast
-  show;
+  show; the 'triton' core's kernels by :func:`kernel_flop` (any torch);
 * ``top``: the most frequent operators.
 
 ResT's multi-head core is the one ``--core`` names (default ``triton``,
@@ -25,7 +25,8 @@ CUDA's default under fp16 / bf16 autocast). The 'triton' core's kernels
 run only on CUDA or in Triton's interpreter; here their launches are
 paused (:func:`paused_triton_launches`: counted under their own names,
 not run, their outputs left as allocated, so the step's numbers mean
-nothing), which counts the operators around them exactly.
+nothing), which counts the operators around them exactly, and their
+matrix products' FLOPs from their arguments' shapes.
 """
 import argparse
 import collections
@@ -48,8 +49,16 @@ NO_KERNEL = frozenset(
      'empty', 'new_empty', 'empty_like', 'empty_strided', 'new_empty_strided',
      'promote_types', 'lift_fresh', 'is_same_size', 'sym_size', 'sym_stride',
      'sym_numel'))
-KERNELS = ('_forward_kernel', '_grad_queries_kernel',
-           '_grad_keys_values_kernel')
+# The matrix products of each Triton kernel per (batch, head, query, key),
+# as multiples of (C, D): the forward's logits and P V; the queries'
+# gradient: the logits again, dO V^T and dl K; the keys' and values':
+# the logits again, dO V^T, (P - 1/M)^T dO and dl^T Q.
+KERNEL_PRODUCTS = {
+    '_forward_kernel': (1, 1),
+    '_grad_queries_kernel': (2, 1),
+    '_grad_keys_values_kernel': (2, 2),
+}
+KERNELS = tuple(KERNEL_PRODUCTS)
 AUTOCAST = dict(fp16=torch.float16, bf16=torch.bfloat16, fp32=None)
 
 
@@ -97,19 +106,35 @@ class Census(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
+def kernel_flop(name: str, queries: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor) -> int:
+    """The FLOPs of one launch of the Triton kernel ``name`` (a multiply
+    and an add counted as 2, as PyTorch's formulas) from the shapes of its
+    ``queries`` (B, H, N, C), ``keys`` (B, M, C) and ``values``
+    (B, H, M, D); the tiles' padding to powers of two not counted."""
+    B, H, N, C = queries.shape
+    M, D = keys.shape[1], values.shape[3]
+    per_c, per_d = KERNEL_PRODUCTS[name]
+    return 2 * B * H * N * M * (per_c * C + per_d * D)
+
+
 class _PausedLaunch:
     """A Triton kernel whose launches do nothing but count in each of the
-    censuses that is recording."""
+    censuses that is recording, with their FLOPs (:func:`kernel_flop`)."""
 
     def __init__(self, name: str, censuses: list):
         self.name, self.censuses = name, censuses
 
     def __getitem__(self, grid):
 
-        def launch(*args, **kwargs):
+        def launch(queries, keys, values, *args, **kwargs):
+            dtypes = tuple(
+                str(t.dtype).replace('torch.', '') for t in (queries, keys))
             for census in self.censuses:
                 if census.active:
                     census.record(self.name)
+                    census.flop[(self.name, ) + dtypes] += kernel_flop(
+                        self.name, queries, keys, values)
 
         return launch
 

@@ -9,7 +9,8 @@ from _helpers import ROOT
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton
-from mmrest_tools.op_census import FLOP_FORMULAS, KERNELS, step_census, summary
+from mmrest_tools.op_census import (FLOP_FORMULAS, KERNELS, kernel_flop,
+                                    step_census, summary)
 
 
 def _small_rest():
@@ -28,6 +29,13 @@ def test_census_of_a_training_step_with_paused_kernels():
     design, shows float32 products."""
     census = step_census(_small_rest(), (64, 64), torch.float16, 'triton')
     assert [census.count[k] for k in KERNELS] == [10, 10, 10]
+    # their FLOPs from their shapes: at 64x64 every stage with head mixing
+    # has 4 keys (stage 2: 8x8 tokens reduced by 4, stage 3: 4x4 by 2,
+    # stage 4: 2x2), per (batch, head) N x M x (C, D) products
+    blocks = [(2, 64, 128), (6, 16, 256), (2, 4, 512)]  # depth, N, C
+    forward = sum(depth * 2 * 2 * (C // 64) * N * 4 * (C + 64)
+                  for depth, N, C in blocks)
+    assert census.flop[('_forward_kernel', 'float16', 'float16')] == forward
     assert 'view' not in census.count and 'transpose' not in census.count
     if not FLOP_FORMULAS:
         pytest.skip(f'no FLOP formulas in torch {torch.__version__}')
@@ -59,3 +67,19 @@ def test_op_census_command_line():
     assert 'rest_lite: ' in out.stdout and ' operators, ' in out.stdout
     assert "'mm float32 float32'" in out.stdout or not FLOP_FORMULAS, \
         out.stdout
+
+
+def test_kernel_flop_formulas():
+    """Each Triton kernel's matrix products from its arguments' shapes,
+    written out for B = 2, H = 3, N = 5, M = 7, C = 12, D = 4 (a multiply
+    and an add: 2): the forward's logits (N M C) and P V (N M D); the
+    queries' gradient: logits, dO V^T, dl K; the keys' and values':
+    logits, dO V^T, (P - 1/M)^T dO, dl^T Q."""
+    q, k, v = torch.empty(2, 3, 5, 12), torch.empty(2, 7, 12), \
+        torch.empty(2, 3, 7, 4)
+    per_head = 2 * 2 * 3 * 5 * 7
+    assert kernel_flop('_forward_kernel', q, k, v) == per_head * (12 + 4)
+    assert kernel_flop('_grad_queries_kernel', q, k, v) == \
+        per_head * (12 + 4 + 12)
+    assert kernel_flop('_grad_keys_values_kernel', q, k, v) == \
+        per_head * (12 + 4 + 4 + 12)
