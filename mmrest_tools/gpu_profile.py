@@ -365,6 +365,23 @@ def _core_inputs(heads, n, m, dtype=torch.float16, seed=0):
     return [t.requires_grad_() for t in tensors], grad.to(dtype)
 
 
+def core_flop(heads: int,
+              n: int,
+              m: int,
+              d: int = 64,
+              batch: int = 2) -> tuple:
+    """The 'triton' core's kernels' FLOPs at a shape (batch, ``heads``
+    heads of ``d`` channels, ``n`` queries, ``m`` keys): the forward
+    kernel's, and the forward's plus both backward kernels'
+    (:func:`mmrest_tools.op_census.kernel_flop`)."""
+    from mmrest_tools.op_census import KERNELS, kernel_flop
+    shapes = ((batch, heads, n, heads * d), (batch, m, heads * d),
+              (batch, heads, m, d))
+    q, k, v = (torch.empty(s, device='meta') for s in shapes)
+    flop = [kernel_flop(name, q, k, v) for name in KERNELS]
+    return flop[0], sum(flop)
+
+
 def _time_core(fn, inputs, grad):
     """Milliseconds of ``fn(*inputs)`` alone and with its backward; the
     output (float32) for comparisons."""
@@ -386,10 +403,11 @@ def triton_rows(budget_s=240.0):
     as under autocast), forward and forward + backward, with each launch of
     TRITON_LAUNCHES, beside the 'chunked' core; per triton row the output's
     relative difference from the chunked core's (the same formula, the
-    products rounded to fp16). Launches stop when ``budget_s`` has
-    passed (each new launch compiles three kernels). Where the core cannot
-    run (triton < 3; the CPU outside Triton's interpreter) its rows say
-    so."""
+    products rounded to fp16) and the kernels' products per second
+    (:func:`core_flop` over the times, TFLOP/s). Launches stop when
+    ``budget_s`` has passed (each new launch compiles three kernels). Where
+    the core cannot run (triton < 3; the CPU outside Triton's interpreter)
+    its rows say so."""
     from mmrest.backbones import emsa_triton, kernels
     unable = None
     if not emsa_triton.available():
@@ -404,8 +422,9 @@ def triton_rows(budget_s=240.0):
 
     t0, rows = time.time(), []
     for stage, heads, n, m in TRITON_SHAPES:
-        inputs, grad = _core_inputs(heads, max(1, n // SCALE**2),
-                                    max(1, m // SCALE**2))
+        n, m = max(1, n // SCALE**2), max(1, m // SCALE**2)
+        inputs, grad = _core_inputs(heads, n, m)
+        flops = core_flop(heads, n, m)
         fwd, both, ref = _time_core(chunked, inputs, grad)
         rows.append(
             dict(stage=stage, core='chunked', fwd_ms=fwd, fwd_bwd_ms=both))
@@ -429,6 +448,12 @@ def triton_rows(budget_s=240.0):
                     fwd_ms=fwd,
                     fwd_bwd_ms=both,
                     rel_diff_chunked=float((out - ref).norm() / ref.norm()))
+                # the kernels' products per second (the operators around
+                # them in the times too): against the GPU's peak
+                row.update(
+                    (f'{key}_tflops', float(f'{flop / (ms * 1e9):.3g}'))
+                    for key, flop, ms in zip(('fwd',
+                                              'fwd_bwd'), flops, (fwd, both)))
             except Exception as e:  # noqa: BLE001
                 row['error'] = f'{type(e).__name__}: {e}'[:200]
             rows.append(row)

@@ -909,6 +909,12 @@ def test_triton_section_inputs(monkeypatch):
     assert all(t.requires_grad for t in (q, k, v, mix, bias))
     assert [s[1:] for s in gpu_profile.TRITON_SHAPES] == \
         [(2, 16800, 1050), (4, 4200, 1050), (8, 1050, 1050)]
+    # stage 3's kernels: per (batch, head) N M (C + D) products forward,
+    # N M (2C + D) and N M (2C + 2D) backward; C = 4 * 64, D = 64
+    per_head = 2 * 2 * 4 * 4200 * 1050
+    assert gpu_profile.core_flop(4, 4200,
+                                 1050) == (per_head * (256 + 64),
+                                           per_head * (5 * 256 + 4 * 64))
 
 
 def test_device_scripts_run_here(tmp_path):
@@ -947,6 +953,9 @@ def test_device_scripts_run_here(tmp_path):
         (tmp_path / 'out' / 'gpu_profile' / 'profile.json').read_text())
     assert {r['stage'] for r in rows['triton']} == \
         {'stage 2', 'stage 3', 'stage 4'}
+    timed = [r for r in rows['triton'] if 'fwd_bwd_ms' in r]
+    assert timed and all(r['fwd_bwd_tflops'] > 0 for r in timed
+                         if r['core'] == 'triton'), rows['triton']
     assert 'usage: gpu_check.py' in proc.stdout, proc.stdout[-2000:]
 
 
