@@ -148,9 +148,9 @@ def test_drop_path_in_one_operator_drops_as_the_literal_path(arch):
     the fast path's sums with ``kernels.add_drop_path`` give the literal
     path's outputs (mmcv's ``DropPath``, then ``x + ...``) and gradients in
     float64, to 1e-8: the same samples dropped, the kept branches divided
-    by the same keep rate. Some of the eight samples are dropped and some
-    kept in the first stage's first block, so both sides of the mask are
-    compared."""
+    by the same keep rate. Both dropped and kept branches occur."""
+    from mmcv.cnn.bricks import DropPath
+
     from mmrest import ResTV2
     arch_cfg = dict(
         embed_dims=[8, 16, 32, 64],
@@ -178,9 +178,16 @@ def test_drop_path_in_one_operator_drops_as_the_literal_path(arch):
     assert_float64_equal(
         torch.cat([g.flatten() for g in fast_grads]),
         torch.cat([g.flatten() for g in lit_grads]), 'gradients')
-    torch.manual_seed(7)  # the first draw: the second block of stage 1
-    kept = (torch.rand(8, 1, 1, dtype=torch.float64) + 0.5).floor()
-    assert 0 < kept.sum() < 8
+    # the draws, as DropPath makes them: two per block with a rate (rate 0
+    # is nn.Identity), in the blocks' order; both sides of the masks occur
+    torch.manual_seed(7)
+    keeps = [
+        1 - m.drop_path.drop_prob for m in model.modules()
+        if isinstance(getattr(m, 'drop_path', None), DropPath)
+    ]
+    kept = torch.cat([(torch.rand(8, dtype=torch.float64) + keep).floor()
+                      for keep in keeps for _ in range(2)])
+    assert len(keeps) == 4 and 0 < kept.sum() < len(kept)
 
 
 def test_add_drop_path_statistics_and_passes():
@@ -190,9 +197,8 @@ def test_add_drop_path_statistics_and_passes():
     deviations); the branch's gradient is the upstream one where kept
     (divided by keep) and 0 where dropped, x's the upstream one. Eval mode,
     rate 0 (no draws, as mmcv's) and ``nn.Identity`` add the branch; another
-    module is called. In
-    training, one operator reads the (B, N, C) tensors in the forward and
-    one in the backward."""
+    module is called. In training, one operator reads the (B, N, C)
+    tensors in the forward and one in the backward."""
     from mmcv.cnn.bricks import DropPath
     rate, B = 0.3, 4000
     gen = torch.Generator().manual_seed(0)
