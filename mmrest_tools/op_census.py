@@ -87,15 +87,20 @@ class Census(TorchDispatchMode):
         ]
         self.nbytes[name] += sum(t.numel() * t.element_size() for t in tensors)
         if func.overloadpacket in FLOP_FORMULAS:
-            dtypes = tuple(
-                str(t.dtype).replace('torch.', '') for t in args
-                if isinstance(t, torch.Tensor))[:2]
-            self.flop[(name, ) + dtypes] += FLOP_FORMULAS[func.overloadpacket](
-                *args, **kwargs, out_val=out)
+            self.add_flop(
+                name, [t for t in args if isinstance(t, torch.Tensor)],
+                FLOP_FORMULAS[func.overloadpacket](
+                    *args, **kwargs, out_val=out))
         return out
 
     def record(self, name: str):
         self.count[name] += 1
+
+    def add_flop(self, name: str, inputs: list, flop: int):
+        """``flop`` FLOPs of ``name``, keyed by the dtypes of its first two
+        tensor ``inputs``."""
+        dtypes = tuple(str(t.dtype).replace('torch.', '') for t in inputs[:2])
+        self.flop[(name, ) + dtypes] += flop
 
     def __enter__(self):
         self.active = True
@@ -128,13 +133,12 @@ class _PausedLaunch:
     def __getitem__(self, grid):
 
         def launch(queries, keys, values, *args, **kwargs):
-            dtypes = tuple(
-                str(t.dtype).replace('torch.', '') for t in (queries, keys))
             for census in self.censuses:
                 if census.active:
                     census.record(self.name)
-                    census.flop[(self.name, ) + dtypes] += kernel_flop(
-                        self.name, queries, keys, values)
+                    census.add_flop(
+                        self.name, [queries, keys],
+                        kernel_flop(self.name, queries, keys, values))
 
         return launch
 

@@ -444,7 +444,8 @@ def add_drop_path(x: torch.Tensor, branch: torch.Tensor,
     ``torch.addcmul(x, branch, factor)`` is the sum, in ``x``'s dtype as
     ``x + branch`` is, the branch divided by ``keep`` without rounding to
     its own dtype first. Anything but a training ``DropPath`` with a rate
-    is called as it is (``nn.Identity`` and eval mode: ``x + branch``).
+    is called as it is (``nn.Identity``, and ``DropPath`` in eval mode or
+    with rate 0, return the branch).
 
     Args:
         x (Tensor): The residual, (B, ...).
@@ -454,12 +455,9 @@ def add_drop_path(x: torch.Tensor, branch: torch.Tensor,
     Returns:
         Tensor: ``x + drop_path(branch)``.
     """
-    if not isinstance(drop_path, DropPath):
-        return x + (
-            branch
-            if isinstance(drop_path, nn.Identity) else drop_path(branch))
-    if not drop_path.training or drop_path.drop_prob == 0:
-        return x + branch  # as DropPath: no draws
+    if not (isinstance(drop_path, DropPath) and drop_path.training
+            and drop_path.drop_prob > 0):
+        return x + drop_path(branch)  # DropPath then draws nothing
     keep = 1 - drop_path.drop_prob
     shape = (branch.shape[0], ) + (1, ) * (branch.ndim - 1)
     kept = torch.rand(
