@@ -6,14 +6,6 @@ _base_ = './retinanet_restv2-tiny_fpn_3x_coco.py'
 max_iters = 90000
 train_cfg = dict(max_iters=max_iters)
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1001),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_iters,
-        by_epoch=False,
-        milestones=[60000, 80000],
-        gamma=0.1),
+    dict(step, end=max_iters, milestones=[60000, 80000])
+    if step.type == 'MultiStepLR' else step for step in _base_.param_scheduler
 ]

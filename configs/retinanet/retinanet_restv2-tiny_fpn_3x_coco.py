@@ -41,20 +41,13 @@ optim_wrapper = dict(
     loss_scale='dynamic',
     paramwise_cfg=dict(custom_keys={'backbone.norm_': dict(decay_mult=1.0)}))
 # 3x: 270,000 iterations, lr / 10 at 210,000 and 250,000, the 1x warm-up;
-# evaluated every 30,000 iterations (the yaml's TEST.EVAL_PERIOD).
+# evaluated every 30,000 iterations (the yaml's TEST.EVAL_PERIOD). The
+# base's schedulers with their end and steps moved.
 max_iters = 270000
 train_cfg = dict(max_iters=max_iters, val_interval=30000)
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1001),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_iters,
-        by_epoch=False,
-        milestones=[210000, 250000],
-        gamma=0.1),
+    dict(step, end=max_iters, milestones=[210000, 250000])
+    if step.type == 'MultiStepLR' else step for step in _base_.param_scheduler
 ]
 
 # The v2 yaml's shorter sides (longer side at most 1333); every other step
