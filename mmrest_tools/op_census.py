@@ -31,6 +31,7 @@ matrix products' FLOPs from their arguments' shapes.
 import argparse
 import collections
 import contextlib
+from typing import Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -111,14 +112,14 @@ class Census(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
-def kernel_flop(name: str, queries: torch.Tensor, keys: torch.Tensor,
-                values: torch.Tensor) -> int:
+def kernel_flop(name: str, queries: Sequence[int], keys: Sequence[int],
+                values: Sequence[int]) -> int:
     """The FLOPs of one launch of the Triton kernel ``name`` (a multiply
     and an add counted as 2, as PyTorch's formulas) from the shapes of its
     ``queries`` (B, H, N, C), ``keys`` (B, M, C) and ``values``
     (B, H, M, D); the tiles' padding to powers of two not counted."""
-    B, H, N, C = queries.shape
-    M, D = keys.shape[1], values.shape[3]
+    B, H, N, C = queries
+    M, D = keys[1], values[3]
     per_c, per_d = KERNEL_PRODUCTS[name]
     return 2 * B * H * N * M * (per_c * C + per_d * D)
 
@@ -138,7 +139,8 @@ class _PausedLaunch:
                     census.record(self.name)
                     census.add_flop(
                         self.name, [queries, keys],
-                        kernel_flop(self.name, queries, keys, values))
+                        kernel_flop(self.name, queries.shape, keys.shape,
+                                    values.shape))
 
         return launch
 

@@ -75,8 +75,7 @@ def test_kernel_flop_formulas():
     and an add: 2): the forward's logits (N M C) and P V (N M D); the
     queries' gradient: logits, dO V^T, dl K; the keys' and values':
     logits, dO V^T, (P - 1/M)^T dO, dl^T Q."""
-    q, k, v = torch.empty(2, 3, 5, 12), torch.empty(2, 7, 12), \
-        torch.empty(2, 3, 7, 4)
+    q, k, v = (2, 3, 5, 12), (2, 7, 12), (2, 3, 7, 4)
     per_head = 2 * 2 * 3 * 5 * 7
     assert kernel_flop('_forward_kernel', q, k, v) == per_head * (12 + 4)
     assert kernel_flop('_grad_queries_kernel', q, k, v) == \
