@@ -358,10 +358,10 @@ def match_detections(ref, got) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def compare(ref, got) -> dict:
     """How two detectors' ``pred_instances`` on one image differ, for the
-    check of ``tools/deploy.py``: numbers of detections, and over the
-    detections of ``ref`` paired by :func:`match_detections`, the lowest box
-    IoU, the largest score and box-corner differences and (with masks) the
-    lowest mask IoU."""
+    check of ``tools/deploy.py`` (:func:`agrees`): numbers of detections,
+    and over the detections of ``ref`` paired by :func:`match_detections`,
+    the lowest box IoU (0 where one is unpaired), the largest score and
+    box-corner differences and (with masks) the lowest mask IoU."""
     ious, index = match_detections(ref, got)
     paired = index >= 0
     out = dict(
@@ -381,3 +381,13 @@ def compare(ref, got) -> dict:
             union = (a | b).flatten(1).sum(1).double().clamp(min=1)
             out['min_mask_iou'] = float((inter / union).min())
     return out
+
+
+def agrees(report: dict, min_iou: float = 0.9) -> bool:
+    """Whether :func:`compare`'s ``report`` shows the same detections: each
+    of the reference's paired with one of the same label at box IoU (and,
+    with masks, mask IoU) of at least ``min_iou``, and none of the other's
+    left over (an extra detection is a difference too)."""
+    return (report['num_paired'] == report['num_ref'] == report['num_got']
+            and report['min_box_iou'] >= min_iou
+            and report.get('min_mask_iou', 1.) >= min_iou)

@@ -1,0 +1,151 @@
+"""The check of ``tools/deploy.py``: ``mmrest.deploy``'s ``box_iou``,
+``match_detections``, ``compare`` and ``agrees`` on detections built by
+hand (no mmdeploy needed), and the tool's exit code on each verdict.
+tests/test_mmdeploy.py exports real detectors; these tests decide whether
+the tool's pass / fail can be trusted."""
+import importlib.util
+
+import pytest
+import torch
+from _helpers import ROOT
+from mmengine.structures import InstanceData
+
+from mmrest.deploy import agrees, box_iou, compare, match_detections
+
+
+def _dets(boxes, labels, scores, masks=None):
+    out = InstanceData()
+    out.bboxes = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
+    out.labels = torch.tensor(labels, dtype=torch.long)
+    out.scores = torch.tensor(scores, dtype=torch.float32)
+    if masks is not None:
+        out.masks = torch.tensor(masks, dtype=torch.bool)
+    return out
+
+
+def test_box_iou_by_hand():
+    """Intersection over union of (x1, y1, x2, y2) boxes, worked out:
+    the same box 1; disjoint 0; a 2x2 box and its copy moved by 1 share
+    2 of 6, and moved by (1, 1) 1 of 7; a 2x2 box inside a 4x4 one
+    4 / 16; a zero-area box 0, not NaN."""
+    a = torch.tensor([[0., 0., 2., 2.], [0., 0., 4., 4.], [5., 5., 5., 9.]])
+    b = torch.tensor([[0., 0., 2., 2.], [1., 0., 3., 2.], [1., 1., 3., 3.],
+                      [10., 10., 12., 12.]])
+    expected = torch.tensor(
+        [[1., 1 / 3, 1 / 7, 0.], [4 / 16, 4 / 16, 4 / 16, 0.], [0.] * 4],
+        dtype=torch.float64)
+    got = box_iou(a, b)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12), got
+
+
+def test_match_detections_by_score_label_and_once_each():
+    """Each reference detection, highest score first, takes the unpaired
+    one of the same label with the highest IoU; a detection is taken once;
+    a label with no partner is left unpaired (IoU 0, index -1)."""
+    ref = _dets(
+        [[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
+        [1, 1, 2, 3], [0.6, 0.9, 0.8, 0.7])
+    got = _dets([[20, 20, 30, 29], [0, 0, 10, 10], [40, 40, 50, 50]],
+                [2, 1, 4], [0.8, 0.9, 0.7])
+    ious, index = match_detections(ref, got)
+    # ref 1 (score 0.9) takes got 1 (IoU 9 / 11); ref 0 finds none left
+    assert index.tolist() == [-1, 1, 0, -1]
+    assert ious[1].item() == pytest.approx(90 / 110)
+    assert ious[2].item() == pytest.approx(0.9)
+    assert ious[0] == 0 and ious[3] == 0
+
+
+def test_compare_reports_pairs_and_differences():
+    """The report of two detectors' outputs: the counts, the lowest box
+    IoU over the reference's detections, the largest score and corner
+    differences over the pairs, the lowest mask IoU."""
+    masks = [[[1, 1, 0], [0, 0, 0]], [[0, 0, 0], [0, 1, 1]]]
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [0.9, 0.5], masks)
+    same = compare(ref, ref)
+    assert same == dict(
+        num_ref=2,
+        num_got=2,
+        num_paired=2,
+        min_box_iou=1.0,
+        max_score_diff=0.0,
+        max_box_diff=0.0,
+        min_mask_iou=1.0)
+    moved = _dets([[20, 20, 30, 31], [0, 0, 10, 10], [50, 50, 60, 60]],
+                  [2, 1, 1], [0.25, 0.875, 0.3],
+                  [[[0, 0, 0], [0, 1, 0]], [[1, 1, 0], [0, 0, 0]],
+                   [[1, 1, 1], [1, 1, 1]]])
+    report = compare(ref, moved)
+    assert report['num_ref'] == 2 and report['num_got'] == 3
+    assert report['num_paired'] == 2
+    assert report['min_box_iou'] == pytest.approx(100 / 110)
+    assert report['max_score_diff'] == pytest.approx(0.25)
+    assert report['max_box_diff'] == pytest.approx(1.0)
+    assert report['min_mask_iou'] == pytest.approx(1 / 2)
+    empty = compare(ref[:0], moved)
+    assert empty['num_ref'] == 0 and empty['min_box_iou'] == 1.0
+    assert 'max_score_diff' not in empty
+
+
+def test_agrees_only_on_the_same_detections():
+    """The verdict: every reference detection paired at box and mask IoU
+    >= the bound, and no detection of the other left over."""
+
+    def detections():  # new tensors each time
+        return _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [0.9, 0.5],
+                     [[[1, 1], [0, 0]], [[0, 1], [0, 1]]])
+
+    ref = detections()
+    assert agrees(compare(ref, detections()))
+    assert not agrees(compare(ref, detections()[:1]))  # one missing
+    extra = InstanceData.cat([detections(), detections()[1:]])
+    extra.bboxes[2] += 40  # elsewhere: no partner
+    assert not agrees(compare(ref, extra))  # one too many
+    shifted = detections()
+    shifted.bboxes[0, 2] = 8  # box IoU 0.8
+    assert not agrees(compare(ref, shifted))
+    assert agrees(compare(ref, shifted), min_iou=0.8)
+    relabelled = detections()
+    relabelled.labels[1] = 3
+    assert not agrees(compare(ref, relabelled), min_iou=0.)
+    remasked = detections()
+    remasked.masks[1] = torch.tensor([[0, 1], [0, 0]])  # mask IoU 1 / 2
+    assert not agrees(compare(ref, remasked))
+    assert agrees(compare(ref, remasked), min_iou=0.5)
+
+
+def _deploy_tool():
+    spec = importlib.util.spec_from_file_location('deploy_tool',
+                                                  ROOT / 'tools' / 'deploy.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.mark.parametrize('case,code,says', [
+    ('same', 0, 'agrees with'),
+    ('missing', 1, 'DIFFERS FROM'),
+    ('extra', 1, 'DIFFERS FROM'),
+    ('none', 0, 'nothing to compare'),
+])
+def test_tool_exit_code(case, code, says, monkeypatch, capsys, tmp_path):
+    """tools/deploy.py with its export and models replaced by stand-ins
+    that return chosen detections: exit code 0 when ONNX Runtime's
+    detections agree, 1 when one is missing or extra, 0 with a message
+    when PyTorch finds nothing."""
+    tool = _deploy_tool()
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [0.9, 0.5])
+    got = dict(
+        same=ref,
+        missing=ref[:1],
+        extra=InstanceData.cat([ref, ref[:1]]),
+        none=ref[:0])[case]
+    models = dict(pytorch=ref if case != 'none' else ref[:0], onnx=got)
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
+    monkeypatch.setattr(tool, 'export_detector',
+                        lambda *a: str(tmp_path / 'end2end.onnx'))
+    monkeypatch.setattr(tool, 'make_input', lambda *a: ({}, None))
+    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
+    monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
+    assert tool.main(['config.py']) == code
+    assert says in capsys.readouterr().out
