@@ -37,6 +37,11 @@ def test_box_iou_by_hand():
     got = box_iou(a, b)
     assert got.dtype == torch.float64
     assert torch.allclose(got, expected, rtol=0, atol=1e-12), got
+    # rectangles (x and y apart): 2 x 2 of 4 x 2 and 2 x 5, 4 / 14; a box
+    # narrower than 1 with itself, 1
+    a = torch.tensor([[0., 0., 4., 2.], [0., 0., 0.5, 2.]])
+    b = torch.tensor([[1., 0., 3., 5.], [0., 0., 0.5, 2.]])
+    assert box_iou(a, b).diagonal().tolist() == pytest.approx([4 / 14, 1.])
 
 
 def test_match_detections_by_score_label_and_once_each():
@@ -54,6 +59,15 @@ def test_match_detections_by_score_label_and_once_each():
     assert ious[1].item() == pytest.approx(90 / 110)
     assert ious[2].item() == pytest.approx(0.9)
     assert ious[0] == 0 and ious[3] == 0
+    # one against one; a partner of the same label at IoU 0 is still one
+    # (compare's lowest IoU then says 0); nothing to pair with
+    ious, index = match_detections(ref[1:2], got[1:2])
+    assert index.tolist() == [0] and ious.tolist() == [pytest.approx(90 / 110)]
+    far = _dets([[60, 60, 70, 70]], [3], [0.5])
+    ious, index = match_detections(ref[3:], far)
+    assert index.tolist() == [0] and ious.tolist() == [0.]
+    ious, index = match_detections(ref, got[:0])
+    assert index.tolist() == [-1] * 4 and ious.tolist() == [0.] * 4
 
 
 def test_compare_reports_pairs_and_differences():
