@@ -1,9 +1,10 @@
 """Compiles the 'triton' EMSA core's kernels for a CUDA architecture on a
 machine without a GPU (Triton's own ptxas), as launched
 (``emsa_triton.launch_config``), and prints, per kernel, the registers,
-the stack (spilled registers) and the shared memory a program uses, as
-JSON. Run by tests/test_emsa_triton.py in a process without
-TRITON_INTERPRET (the kernels compiled, not interpreted).
+the stack (spilled registers) and the shared memory a program uses, and
+the tensor-core instructions its products compile to (``mma``: Hopper's
+``wgmma`` or ``mma.sync``), as JSON. Run by tests/test_emsa_triton.py in a
+process without TRITON_INTERPRET (the kernels compiled, not interpreted).
 
 Usage: python tests/_triton_aot.py CC:DTYPE:C:D[:BLOCK:WARPS:STAGES] [...]
 (e.g. 90:fp16:128:64; 90:fp16:256:64:32:4:3 with launch_config's block,
@@ -50,14 +51,20 @@ def _signature(fn, dtype: str) -> dict:
 
 
 def report(cc: int, dtype: str, C: int, D: int, **overrides) -> list:
-    config = emsa_triton.launch_config(C, D, DTYPES[dtype], **overrides)
-    options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
     tool = os.path.join(
         os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
         'cuobjdump')
     rows = []
     for name in KERNELS:
         fn = getattr(emsa_triton, name)
+        config = emsa_triton.launch_config(
+            C,
+            D,
+            DTYPES[dtype],
+            forward=name == '_forward_kernel',
+            capability=divmod(cc, 10),
+            **overrides)
+        options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
         row = dict(
             cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config, **options)
         try:
@@ -76,10 +83,14 @@ def report(cc: int, dtype: str, C: int, D: int, **overrides) -> list:
                                        text=True,
                                        check=True).stdout
             found = re.search(r'REG:(\d+).*?STACK:(\d+)', usage)
+            ptx = kernel.asm['ptx']
             row.update(
                 registers=int(found.group(1)),
                 stack=int(found.group(2)),
-                shared=kernel.metadata.shared)
+                shared=kernel.metadata.shared,
+                mma=next(
+                    (kind for kind in ('wgmma', 'mma.sync') if kind in ptx),
+                    None))
         except Exception as e:  # noqa: BLE001 (reported)
             row['error'] = f'{type(e).__name__}: {e}'[-2000:]
         rows.append(row)

@@ -376,6 +376,30 @@ def test_tiles_shrink_with_channels():
         128, 64, torch.float16, block=16)['BLOCK_N'] == 16
 
 
+def test_forward_tiles_on_hopper():
+    """The forward kernel on compute capability 9.x takes 64 rows of
+    2-byte inputs up to C = 512 (it holds no gradient accumulators; from
+    64 rows on its products compile to wgmma,
+    test_kernels_compile_for_cuda); the backward kernels, other GPUs, the
+    CPU, float32 and an explicit ``block`` keep the table's rows."""
+
+    def rows(C, dtype=torch.float16, **kw):
+        return emsa_triton.launch_config(C, 64, dtype, **kw)['BLOCK_N']
+
+    hopper = dict(forward=True, capability=(9, 0))
+    assert [rows(C, **hopper)
+            for C in (10, 128, 256, 512, 768)] == [64, 64, 64, 64, 16]
+    assert rows(256, torch.bfloat16, **hopper) == 64
+    assert rows(256, torch.float32, **hopper) == 16
+    assert rows(256, **dict(hopper, block=16)) == 16
+    for other in (dict(forward=False, capability=(9, 0)),
+                  dict(forward=True, capability=(8, 0)),
+                  dict(forward=True, capability=(10, 0)),
+                  dict(forward=True, capability=None)):
+        assert [rows(C, **other) for C in (128, 256, 512)] == [64, 32, 32]
+    assert emsa_triton.capability(torch.zeros(1)) is None
+
+
 def test_launch_options_reach_the_kernels(monkeypatch):
     """``launch`` (the device tuning sweep's warps and pipeline stages)
     overrides launch_config's choice, in the forward and the backward, and
@@ -395,8 +419,10 @@ def test_launch_options_reach_the_kernels(monkeypatch):
             *t, block=16, launch=dict(num_warps=2, num_stages=4)), inputs,
         weights)
     assert recorder.count == 2  # the forward and the backward
-    for _, kwargs in recorder.calls:
-        assert kwargs == dict(block=16, num_warps=2, num_stages=4)
+    (_, forward), (_, backward) = recorder.calls
+    assert backward == dict(block=16, num_warps=2, num_stages=4)
+    # the forward's tiles may differ on a GPU (CPU tensors: no capability)
+    assert forward == dict(backward, forward=True, capability=None)
     want = _run(lambda *t: emsa_triton.softmax_moments(*t, block=16), inputs,
                 weights)
     for g, w in zip(got[0] + got[1], want[0] + want[1]):
@@ -457,3 +483,9 @@ def test_kernels_compile_for_cuda(tmp_path):
         assert row['stack'] <= (64 if
                                 (row['C'], row['D']) == (768, 96) else 0), row
         assert 0 < row['shared'] <= SHARED_LIMIT[row['cc']], row
+        # Hopper's wgmma from 64 rows on: on sm_90 in fp16 / bf16 up to
+        # C = 512 the forward kernel's products (its 64-row tiles), at
+        # C = 128 all three kernels'
+        if row['cc'] == 90 and row['dtype'] != 'fp32' and row['C'] <= 512:
+            wgmma = row['kernel'] == '_forward_kernel' or row['C'] <= 128
+            assert row['mma'] == ('wgmma' if wgmma else 'mma.sync'), row

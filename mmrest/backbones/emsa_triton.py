@@ -279,6 +279,13 @@ def launch_device(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def capability(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """The compute capability of the GPU ``t`` is on; None on the CPU."""
+    if t.device.type == 'cuda':
+        return torch.cuda.get_device_capability(t.device)
+    return None
+
+
 # Rows per tile by the padded channels (BLOCK_C), for 2-byte inputs (the
 # autocast dtypes) and wider ones; 8 warps. Chosen from ptxas's report
 # (Triton 3.6, sm_90, ``cuobjdump -res-usage``): the largest tiles whose
@@ -286,6 +293,13 @@ def launch_device(t: torch.Tensor):
 # 168-400 bytes a thread, at C = 512 with 64 rows 552-1576).
 _ROWS_2BYTE = ((128, 64), (512, 32))
 _ROWS_WIDER = ((128, 32), )
+# The forward kernel alone on Hopper (compute capability 9.x), 2-byte
+# inputs: it holds no gradient accumulators and spills nothing at 64 rows
+# up to C = 512 (252 registers, 136 KiB of shared memory at C = 512, fp16
+# and bf16), and from 64 rows on Triton gives its products Hopper's wgmma
+# instructions (at 32 rows, mma.sync; tests/_triton_aot.py reports which).
+# On sm_80 64 rows spill from C = 256 on (1040 bytes a thread).
+_FORWARD_ROWS_2BYTE_SM90 = ((512, 64), )
 NUM_WARPS = 8
 
 
@@ -294,7 +308,9 @@ def launch_config(C: int,
                   dtype: torch.dtype,
                   block: Optional[int] = None,
                   num_warps: Optional[int] = None,
-                  num_stages: Optional[int] = None) -> dict:
+                  num_stages: Optional[int] = None,
+                  forward: bool = False,
+                  capability: Optional[Tuple[int, int]] = None) -> dict:
     """The kernels' tiles and launch options for ``C`` query / key channels
     and ``D`` value channels in ``dtype``: ``BLOCK_N`` query rows and
     ``BLOCK_M`` key rows per tile, the channels padded to powers of two
@@ -304,7 +320,11 @@ def launch_config(C: int,
     A program holds query (or key) tiles of ``rows x C`` and gradient
     accumulators of the same size, so the rows shrink as C grows: 2-byte
     inputs 64 rows up to C = 128, 32 up to 512, then 16; float32 (and
-    float64) 32 up to C = 128, then 16. Inputs wider than 2 bytes are
+    float64) 32 up to C = 128, then 16. The forward kernel (``forward``),
+    which holds no gradient accumulators, takes 64 rows of 2-byte inputs
+    up to C = 512 on a GPU of compute capability 9.x (``capability``, as
+    ``torch.cuda.get_device_capability`` gives it; None: the CPU's
+    interpreter, the table above). Inputs wider than 2 bytes are
     pipelined in 2 stages instead of 3, which keeps float32 at C = 768
     (ResT-Base / Large, stage 4) within an A100's 163 KiB of shared memory
     (137 KiB against 205 KiB). ``block`` (a power of two, at least 16)
@@ -316,9 +336,11 @@ def launch_config(C: int,
     BLOCK_C, BLOCK_D = _pow2(C), _pow2(D)
     two_byte = torch.empty((), dtype=dtype).element_size() <= 2
     if block is None:
-        block = next(
-            (rows for top, rows in (_ROWS_2BYTE if two_byte else _ROWS_WIDER)
-             if BLOCK_C <= top), 16)
+        table = _ROWS_2BYTE if two_byte else _ROWS_WIDER
+        if forward and two_byte and capability is not None and \
+                capability[0] == 9:
+            table = _FORWARD_ROWS_2BYTE_SM90 + table
+        block = next((rows for top, rows in table if BLOCK_C <= top), 16)
     elif block < 16 or block & (block - 1):
         raise ValueError(f'block must be a power of two >= 16, got {block}')
     if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
@@ -380,7 +402,13 @@ def _launch_forward(queries, keys, values, launch):
     out = queries.new_empty(B, H, N, D, dtype=acc)
     lse = queries.new_empty(B, H, N, dtype=acc)
     dev = queries.new_empty(B, H, N, dtype=acc)
-    config = launch_config(C, D, queries.dtype, **launch)
+    config = launch_config(
+        C,
+        D,
+        queries.dtype,
+        forward=True,
+        capability=capability(queries),
+        **launch)
     grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
     with launch_device(queries):
         _forward_kernel[grid](
