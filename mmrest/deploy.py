@@ -388,6 +388,8 @@ def agrees(report: dict, min_iou: float = 0.9) -> bool:
     of the reference's paired with one of the same label at box IoU (and,
     with masks, mask IoU) of at least ``min_iou``, and none of the other's
     left over (an extra detection is a difference too)."""
+    if not 0 <= min_iou <= 1:
+        raise ValueError(f'an IoU bound lies in [0, 1], got {min_iou}')
     return (report['num_paired'] == report['num_ref'] == report['num_got']
             and report['min_box_iou'] >= min_iou
             and report.get('min_mask_iou', 1.) >= min_iou)

@@ -126,6 +126,11 @@ def test_agrees_only_on_the_same_detections():
     remasked.masks[1] = torch.tensor([[0, 1], [0, 0]])  # mask IoU 1 / 2
     assert not agrees(compare(ref, remasked))
     assert agrees(compare(ref, remasked), min_iou=0.5)
+    dot = _dets([[0, 0, 1, 1]], [1], [0.9], [[[0, 1], [0, 0]]])
+    assert compare(dot, dot)['min_mask_iou'] == 1.0  # a one-pixel union
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f'IoU bound.*got {bad}'):
+            agrees(compare(ref, ref), min_iou=bad)
 
 
 def _deploy_tool():
@@ -163,3 +168,12 @@ def test_tool_exit_code(case, code, says, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
     assert tool.main(['config.py']) == code
     assert says in capsys.readouterr().out
+
+
+def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
+    """--box-iou outside [0, 1] stops the tool before anything is built,
+    naming the option and the value."""
+    with pytest.raises(SystemExit) as exc:
+        _deploy_tool().main(['config.py', '--box-iou', '90'])
+    assert exc.value.code == 2
+    assert '--box-iou must lie in [0, 1], got 90.0' in capsys.readouterr().err

@@ -62,7 +62,10 @@ def parse_args(argv=None):
         nargs='+',
         action=DictAction,
         help='override config entries, key=value')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.box_iou <= 1:  # before the export, not after it
+        parser.error(f'--box-iou must lie in [0, 1], got {args.box_iou}')
+    return args
 
 
 def main(argv=None) -> int:
