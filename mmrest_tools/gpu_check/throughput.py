@@ -45,26 +45,7 @@ class ThroughputSection:
         model = build_backbone(name, quick=self.s.quick).to(dev)
         row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
         gen = torch.Generator().manual_seed(4)
-        for key, shape in (('small', self.s.small), ('large', self.s.large)):
-            x = torch.rand(*shape, generator=gen).to(dev)
-            for amp in ('fp32', 'fp16'):
-                tag = f'{key}_{amp}'
-                amp = self.s.amp if amp == 'fp16' else None
-                try:
-                    with torch.no_grad(), _autocast(dev, amp):
-                        ms = time_calls(
-                            lambda m=model, t=x: m(t),
-                            dev,
-                            self.s.repeats,
-                            self.s.warmup)
-                    med = statistics.median(ms)
-                    row[f'{tag}_ms'] = med
-                    row[f'{tag}_img_s'] = shape[0] * 1e3 / med
-                    row[f'{tag}_all_ms'] = ms
-                except Exception as e:  # noqa: BLE001
-                    row[f'{tag}_error'] = _short_error(e)
-                    self._free()
-            del x
+        row.update(self._inference_times(model, gen))
         x = torch.rand(*self.s.train, generator=gen).to(dev)
         for amp in ('fp32', 'amp'):
             tag = f'train_{amp}'
@@ -79,6 +60,36 @@ class ThroughputSection:
                 self._free()
         del model, x
         self._free()
+        return row
+
+    def _inference_times(self, model, gen: torch.Generator) -> Dict:
+        """``model`` without autograd on the small and the large input
+        (drawn from ``gen`` in that order), in float32 and, with an
+        autocast dtype set, under it (tagged ``fp16``): per tag the median
+        milliseconds, images a second and every timing (``_all_ms``), or
+        the error."""
+        dev, row = self.device, {}
+        for key, shape in (('small', self.s.small), ('large', self.s.large)):
+            x = torch.rand(*shape, generator=gen).to(dev)
+            for amp in (None, self.s.amp) if self.s.amp else (None, ):
+                tag = f'{key}_{"fp32" if amp is None else "fp16"}'
+                try:
+                    with torch.no_grad(), _autocast(dev, amp):
+                        ms = time_calls(
+                            lambda m=model, t=x: m(t),
+                            dev,
+                            self.s.repeats,
+                            self.s.warmup)
+                    med = statistics.median(ms)
+                    row.update({
+                        f'{tag}_ms': med,
+                        f'{tag}_img_s': shape[0] * 1e3 / med,
+                        f'{tag}_all_ms': ms
+                    })
+                except Exception as e:  # noqa: BLE001 (recorded)
+                    row[f'{tag}_error'] = _short_error(e)
+                    self._free()
+            del x
         return row
 
     def _train_step_memory(self, model, x, amp) -> Dict:

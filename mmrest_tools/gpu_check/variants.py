@@ -3,15 +3,13 @@
 import contextlib
 import copy
 import math
-import statistics
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from .measure import (_autocast, _dtype_name, _short_error, grad_error,
-                      output_error, randomize_norms, set_cudnn_benchmark,
-                      time_calls)
+                      output_error, randomize_norms, set_cudnn_benchmark)
 from .models import build_backbone
 from .settings import AMP_FACTOR, AMP_FLOOR, FP32_FLOOR
 
@@ -262,24 +260,7 @@ class VariantsSection:
                     row[f'{tag}_error'] = _short_error(e)
                     self._free()
             del x
-            for key, shape in (('small', self.s.small), ('large',
-                                                         self.s.large)):
-                x = torch.rand(*shape, generator=gen).to(dev)
-                for amp in (None, self.s.amp) if self.s.amp else (None, ):
-                    tag = f'{key}_{"fp32" if amp is None else "fp16"}'
-                    try:
-                        with torch.no_grad(), _autocast(dev, amp):
-                            ms = time_calls(
-                                lambda m=model, t=x: m(t),
-                                dev,
-                                self.s.repeats,
-                                self.s.warmup)
-                        row[f'{tag}_ms'] = statistics.median(ms)
-                        row[f'{tag}_img_s'] = shape[0] * 1e3 / row[f'{tag}_ms']
-                    except Exception as e:  # noqa: BLE001
-                        row[f'{tag}_error'] = _short_error(e)
-                        self._free()
-                del x
+            row.update(self._inference_times(model, gen))
         del model
         self._free()
         return row
