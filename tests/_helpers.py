@@ -1,5 +1,6 @@
 """Helpers shared by the tests (imported by test files; never a test file
 itself, so that no test module imports another)."""
+import importlib.util
 import inspect
 import math
 import os
@@ -17,6 +18,17 @@ from mmrest_tools.gpu_check.measure import recording_backend  # noqa: F401
 
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """The command-line script ``tools/<name>.py`` as a module (its
+    ``main`` callable in the test process)."""
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / 'tools' / f'{name}.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
 
 # float32 machine epsilon, 2**-23.
 EPS32 = torch.finfo(torch.float32).eps

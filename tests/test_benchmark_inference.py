@@ -1,26 +1,17 @@
 """tools/benchmark_inference.py: CPU inference time of a config's detector
 (mmdet's benchmark.py needs CUDA). Figures are not asserted, only that every
 timed call happened and the result is complete."""
-import importlib.util
 import json
 
 import pytest
-from _helpers import ROOT
+from _helpers import ROOT, load_tool
 
 RETINANET = ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_inference', ROOT / 'tools' / 'benchmark_inference.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_benchmark_inference_tool(tmp_path, capsys):
     out = tmp_path / 'speed.json'
-    code = load_tool().main([
+    code = load_tool('benchmark_inference').main([
         str(RETINANET), '--shape', '64', '96', '--repeats', '2', '--warmup',
         '0', '--json',
         str(out), '--threads', '1'

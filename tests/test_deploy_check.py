@@ -3,11 +3,9 @@
 hand (no mmdeploy needed), and the tool's exit code on each verdict.
 tests/test_mmdeploy.py exports real detectors; these tests decide whether
 the tool's pass / fail can be trusted."""
-import importlib.util
-
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import load_tool
 from mmengine.structures import InstanceData
 
 from mmrest.deploy import agrees, box_iou, compare, match_detections
@@ -133,14 +131,6 @@ def test_agrees_only_on_the_same_detections():
             agrees(compare(ref, ref), min_iou=bad)
 
 
-def _deploy_tool():
-    spec = importlib.util.spec_from_file_location('deploy_tool',
-                                                  ROOT / 'tools' / 'deploy.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 @pytest.mark.parametrize('case,code,says', [
     ('same', 0, 'agrees with'),
     ('missing', 1, 'DIFFERS FROM'),
@@ -152,7 +142,7 @@ def test_tool_exit_code(case, code, says, monkeypatch, capsys, tmp_path):
     that return chosen detections: exit code 0 when ONNX Runtime's
     detections agree, 1 when one is missing or extra, 0 with a message
     when PyTorch finds nothing."""
-    tool = _deploy_tool()
+    tool = load_tool('deploy')
     ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [0.9, 0.5])
     got = dict(
         same=ref,
@@ -174,6 +164,6 @@ def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
     """--box-iou outside [0, 1] stops the tool before anything is built,
     naming the option and the value."""
     with pytest.raises(SystemExit) as exc:
-        _deploy_tool().main(['config.py', '--box-iou', '90'])
+        load_tool('deploy').main(['config.py', '--box-iou', '90'])
     assert exc.value.code == 2
     assert '--box-iou must lie in [0, 1], got 90.0' in capsys.readouterr().err

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import (ROOT, assert_float32_close, assert_gradients_close,
-                      float64_literal, golden_model, stage_depths)
+                      float64_literal, golden_model, load_tool, stage_depths)
 
 from mmrest.backbones import to_literal
 from mmrest.utils import torch_compat
@@ -171,15 +171,9 @@ def test_torchscript_export_passes_dynamo_only_where_torch_has_it(
 
 
 def test_export_tool_backbone_and_neck(tmp_path, capsys):
-    import importlib.util
-    root = ROOT
-    spec = importlib.util.spec_from_file_location(
-        'export_onnx', root / 'tools' / 'export_onnx.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     out = tmp_path / 'lite_fpn.onnx'
-    code = tool.main([
-        str(root / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'),
+    code = load_tool('export_onnx').main([
+        str(ROOT / 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'),
         '--with-neck', '--out',
         str(out), '--shape', '128', '160', '--check', '96x128', '65x97'
     ])
