@@ -733,4 +733,7 @@ def test_with_cp_checkpoints_wherever_autograd_records(family, case,
         monkeypatch.undo()
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
-        assert relative_error(grads[1][name], grad) <= 1e-12, name
+        if not grad.any():  # an exactly zero gradient (EMSA's mixing bias)
+            assert not grads[1][name].any(), name
+        else:
+            assert relative_error(grads[1][name], grad) <= 1e-12, name

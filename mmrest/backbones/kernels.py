@@ -41,9 +41,9 @@ The pieces:
 * :func:`emsa_attention`: EMSA's attention core (``q k^T``, the 1x1 head
   mixing, softmax, InstanceNorm, ``@ v``) without N x M maps kept whole:
   query chunks, the InstanceNorm's mean known exactly (1/M), its variance
-  accumulated chunk by chunk and its division applied after ``@ v``; in
-  inference the centred probabilities without cancellation
-  (:func:`centred_softmax_`);
+  accumulated chunk by chunk and its division applied after ``@ v``; the
+  centred probabilities without cancellation (:func:`centred_softmax_`,
+  with autograd :class:`CentredSoftmax`);
 * :func:`linear`: oneDNN's fused linear (bias and GELU applied as the output
   is written) where nothing needs a gradient, on the CPU in float32, for up
   to ``ONEDNN_MAX_IN_FEATURES`` input features;
@@ -591,26 +591,37 @@ def mix_heads_baddbmm(attn: torch.Tensor, mix: torch.Tensor,
 
 
 def _attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mix: Optional[torch.Tensor],
-                     mix_bias: Optional[torch.Tensor], attn_drop: float,
+                     mix: Optional[torch.Tensor], attn_drop: float,
                      training: bool):
     """One query chunk of :func:`emsa_attention` (with autograd).
+
+    The head mixing's bias is left out: it is constant along each softmax
+    row and cancels there, while added to the logits it would round away
+    their low bits, which the InstanceNorm amplifies (the authors
+    initialise it to zero, but a bias of 1 against logits of 1e-3 costs
+    them 10 of their 24 bits).
 
     Returns the centred attention times the values and the chunk's sum of
     squared centred probabilities per (batch, head).
     """
     attn = q @ k.transpose(-2, -1)  # (B, h, n, M)
     if mix is not None:
-        attn = mix_heads(attn, mix, mix_bias)
-    # softmax minus its known mean 1 / M: the InstanceNorm's centring.
-    centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
+        attn = mix_heads(attn, mix, mix.new_zeros(mix.shape[0]))
+    # softmax minus its known mean 1 / M: the InstanceNorm's centring,
+    # without cancellation where no graph is recorded (plain operators
+    # there, which every exporter and compiler takes)
+    if graph_capture():
+        centred = attn.softmax(dim=-1) - 1.0 / attn.shape[-1]
+    else:
+        centred = CentredSoftmax.apply(attn)
     sq_sum = centred.square().sum(dim=(2, 3))
     if attn_drop > 0 and training:
         centred = F.dropout(centred, attn_drop, training=True)
     return centred @ v, sq_sum
 
 
-def centred_softmax_(logits: torch.Tensor) -> torch.Tensor:
+def centred_softmax_(logits: torch.Tensor,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``softmax(logits, -1) - 1 / M`` in place, without cancellation.
 
     EMSA's InstanceNorm centres the probabilities of each row, which lie
@@ -635,25 +646,61 @@ def centred_softmax_(logits: torch.Tensor) -> torch.Tensor:
     the mean of ``exp(x)``, so ``M <= S`` (the ``- 1`` of a small ``e``
     costs no more than ``- 1 / M`` does) and ``e <= M`` (no overflow); on
     a spread-out row ``c`` is the mean. The same formula, no approximation;
-    six passes over the row in cache (mean, max, subtract, expm1, sum, one
-    fused scale) against softmax's three and the subtraction.
+    seven passes over the row (mean, max, subtract, expm1, sum, subtract,
+    scale) against softmax's three and the subtraction.
 
     Args:
-        logits (Tensor): (..., M) logits, overwritten.
+        logits (Tensor): (..., M) logits, overwritten unless ``out`` is
+            given.
+        out (Tensor, optional): Where to write the result instead (same
+            shape and dtype; ``logits`` is then left as it is).
 
     Returns:
-        Tensor: ``logits``, holding the centred probabilities.
+        Tensor: ``out`` (default ``logits``), holding the centred
+        probabilities.
     """
     M = logits.shape[-1]
     shift = torch.maximum(
         logits.mean(dim=-1, keepdim=True),
         logits.amax(dim=-1, keepdim=True).sub_(math.log(M)))
-    torch.expm1(logits.sub_(shift), out=logits)  # z = e - 1
-    excess = logits.sum(dim=-1, keepdim=True)  # S - M
+    out = logits if out is None else out
+    torch.expm1(torch.sub(logits, shift, out=out), out=out)  # z = e - 1
+    excess = out.sum(dim=-1, keepdim=True)  # S - M
     inv_sum = (excess + M).reciprocal_()  # 1 / S
-    # (z - excess / M) / S, in one pass
-    return torch.addcmul(
-        excess.div_(-M).mul_(inv_sum), logits, inv_sum, out=logits)
+    # (z - excess / M) / S (two in-place passes: a broadcasting addcmul
+    # is three times slower on the CPU)
+    return out.sub_(excess.div_(M)).mul_(inv_sum)
+
+
+class CentredSoftmax(torch.autograd.Function):
+    """:func:`centred_softmax_` with autograd, out of place: the centring of
+    the training core's chunks (:func:`_attention_chunk`).
+
+    Its gradient is the softmax's, ``P * (g - sum(g * P))`` with
+    ``P = centred + 1 / M`` (the constant's gradient is zero). Computed
+    as ``softmax - 1 / M``, the forward's cancellation error (see
+    :func:`centred_softmax_`) reached the gradients too, through the
+    InstanceNorm's variance and the product with the values, which the
+    backward pass recomputes from it: on torch 2.1.2's CPU kernels some
+    parameters' gradients were up to 20 times the literal path's error
+    (docs/precision_and_export.md). Logits are not overwritten: they may
+    be a view made inside another autograd function (:class:`MixHeads`),
+    which autograd forbids to modify in place.
+    """
+
+    @staticmethod
+    def forward(ctx, logits):
+        centred = centred_softmax_(logits, out=torch.empty_like(logits))
+        ctx.save_for_backward(centred)
+        return centred
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, = ctx.saved_tensors
+        probs = centred + 1.0 / centred.shape[-1]
+        # the softmax's own backward kernel (one fused pass; written out in
+        # operators it took four times as long on the CPU)
+        return torch._softmax_backward_data(grad, probs, -1, probs.dtype)
 
 
 def _attention_no_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -726,9 +773,11 @@ def emsa_attention(q: torch.Tensor,
 
     Three exact identities remove its cost:
 
-    * the 1x1 conv is a matrix product over heads (its bias, constant along
-      the softmax axis, changes nothing, and is added inside that product
-      for free so that it keeps its exact, zero, gradient);
+    * the 1x1 conv is a matrix product over heads; its bias, constant along
+      the softmax axis, changes nothing: it is left out of the logits
+      (whose low bits it would round away) and enters as an exact zero, so
+      that its gradient is exactly the true one, zero (the literal
+      computation's is rounding noise);
     * every softmax row sums to 1, so the InstanceNorm mean is exactly
       ``1 / M`` and its variance is ``mean((P - 1/M)^2)``, a sum that can
       be accumulated query chunk by query chunk;
@@ -738,9 +787,10 @@ def emsa_attention(q: torch.Tensor,
     Queries are processed in chunks whose logits stay in cache (on a GPU,
     chunks only bound the memory), and during training each chunk is
     recomputed in the backward pass instead of being stored, so no N x M
-    matrix is ever kept. Without autograd (and without dropout) the chunks
-    reuse two preallocated buffers in place and the mixing bias is left out
-    altogether (see :func:`_attention_no_grad`).
+    matrix is ever kept; each chunk's probabilities are centred without
+    cancellation (:class:`CentredSoftmax`). Without autograd (and without
+    dropout) the chunks reuse two preallocated buffers in place (see
+    :func:`_attention_no_grad`).
     While a graph is recorded (tracing, ONNX export, ``torch.compile``)
     all queries form one chunk, so the graph holds for any input size.
 
@@ -813,38 +863,36 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
     B, h, N, _ = q.shape
     M = k.shape[2]
     if graph_capture():  # one chunk: no size is baked into the graph
-        out, sq_sum = _attention_chunk(q, k, v, mix, mix_bias, attn_drop,
-                                       training)
-        inv_std = torch.rsqrt(sq_sum / (N * M) + eps)
-        return out * inv_std[:, :, None, None]
-
-    if chunk_elements is None:
-        chunk_elements = _chunk_elements(q.device)
-    if not (needs_grad or dropout):
-        return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
-
-    rows = max(1, chunk_elements // max(1, B * h * M))
-    outs, sq_sum = [], 0.
-    for q_chunk in q.split(rows, dim=2):
-        if needs_grad:
-            out, sq = cp.checkpoint(
-                _attention_chunk,
-                q_chunk,
-                k,
-                v,
-                mix,
-                mix_bias,
-                attn_drop,
-                training,
-                use_reentrant=False)
-        else:
-            out, sq = _attention_chunk(q_chunk, k, v, mix, mix_bias, attn_drop,
-                                       training)
-        outs.append(out)
-        sq_sum = sq_sum + sq
-    var = sq_sum / (N * M)  # biased, as IN
-    inv_std = torch.rsqrt(var + eps)[:, :, None, None]
-    return torch.cat(outs, dim=2) * inv_std
+        out, sq_sum = _attention_chunk(q, k, v, mix, attn_drop, training)
+    else:
+        if chunk_elements is None:
+            chunk_elements = _chunk_elements(q.device)
+        if not (needs_grad or dropout):
+            return _attention_no_grad(q, k, v, mix, eps, chunk_elements)
+        rows = max(1, chunk_elements // max(1, B * h * M))
+        outs, sq_sum = [], 0.
+        for q_chunk in q.split(rows, dim=2):
+            if needs_grad:
+                out, sq = cp.checkpoint(
+                    _attention_chunk,
+                    q_chunk,
+                    k,
+                    v,
+                    mix,
+                    attn_drop,
+                    training,
+                    use_reentrant=False)
+            else:
+                out, sq = _attention_chunk(q_chunk, k, v, mix, attn_drop,
+                                           training)
+            outs.append(out)
+            sq_sum = sq_sum + sq
+        out = torch.cat(outs, dim=2)
+    # the InstanceNorm's biased variance; the mixing's bias, left out of the
+    # logits (it cancels), enters as an exact zero: its gradient is zero,
+    # as in the literal computation
+    inv_std = torch.rsqrt(sq_sum / (N * M) + eps) + mix_bias * 0
+    return out * inv_std[:, :, None, None]
 
 
 # Terms of a convolution's reduction (in_channels / groups x kernel taps)
