@@ -222,11 +222,16 @@ def test_whole_backbone_matches_literal_in_train_mode(dtype):
             assert relative_error(pa.grad, pb.grad) < 1e-8, name
 
 
+@pytest.mark.parametrize('needs_grad', [(True, True, True),
+                                        (True, False, False),
+                                        (False, True, False),
+                                        (False, False, True)])
 @pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 2, 4, 3), (3, 8, 6, 2)])
-def test_mix_heads_matches_the_1x1_conv_in_float64(shape):
+def test_mix_heads_matches_the_1x1_conv_in_float64(shape, needs_grad):
     """MixHeads (the head mixing with the GPU-friendly backward): output and
     the gradients of the logits, the weight and the bias equal those of the
-    literal 1x1 convolution over heads, in float64."""
+    literal 1x1 convolution over heads, in float64, whichever of them
+    autograd asks for (e.g. a frozen mixing, logits that need none)."""
     gen = torch.Generator().manual_seed(0)
     h = shape[1]
     attn, mix, bias = (
@@ -236,12 +241,17 @@ def test_mix_heads_matches_the_1x1_conv_in_float64(shape):
     results = []
     for fn in (kernels.MixHeads.apply, lambda a, w, b: torch.nn.functional.
                conv2d(a, w[:, :, None, None], b)):
-        inputs = [t.clone().requires_grad_() for t in (attn, mix, bias)]
+        inputs = [
+            t.clone().requires_grad_(needs)
+            for t, needs in zip((attn, mix, bias), needs_grad)
+        ]
         out = fn(*inputs)
         out.backward(grad)
         results.append([out] + [t.grad for t in inputs])
-    for got, want in zip(*results):
-        assert relative_error(got, want) < 1e-12
+    for got, want, needs in zip(*results, (True, ) + needs_grad):
+        assert (got is None) == (want is None) == (not needs)
+        if needs:
+            assert relative_error(got, want) < 1e-12
     assert torch.autograd.gradcheck(kernels.MixHeads.apply, [
         t[..., :2].clone().requires_grad_()
         if t.dim() == 4 else t.clone().requires_grad_()
