@@ -84,9 +84,12 @@ def test_generator_is_valid_coco(tmp_path):
     (dict(splits=dict(train=0)), r"splits\['train'\]"),
     (dict(splits={'../x': 2}), 'split name'),
     (dict(image_size=(8, 128)), 'image_size'),
+    (dict(image_size=(16, 15)), 'image_size'),
     (dict(image_size=128), 'image_size'),
     (dict(max_objects=0), 'max_objects'),
     (dict(object_size=(30, 20)), 'object_size'),
+    (dict(object_size=(3.9, 20)), 'object_size'),
+    (dict(image_size=(64, 48), object_size=(20, 49)), 'object_size'),
     (dict(object_size=(20, 500)), 'object_size'),
     (dict(max_rotation=-5), 'max_rotation'),
     (dict(max_rotation=181), 'max_rotation'),
@@ -96,6 +99,23 @@ def test_generator_is_valid_coco(tmp_path):
 def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate_shapes_coco(str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize('object_size', [(4, 16), (16, 16), (4, 4)])
+def test_generator_accepts_the_edge_of_each_range(tmp_path, object_size):
+    """The smallest set the checks allow is made, not refused: one image
+    of 16 x 16 with at most one object, diameters from 4 up to the image
+    side (equal bounds too), any rotation."""
+    files = generate_shapes_coco(
+        str(tmp_path),
+        splits=dict(train=1),
+        image_size=(16, 16),
+        max_objects=1,
+        object_size=object_size,
+        max_rotation=180,
+        seed=0)
+    images = json.loads(Path(files['train']).read_text())['images']
+    assert [(i['height'], i['width']) for i in images] == [(16, 16)]
 
 
 def _square_masks(max_rotation):
@@ -120,6 +140,40 @@ def test_generator_rotation_range():
     turned = [box_fill(m) for m in _square_masks(180)]
     assert min(upright) > 0.97
     assert sum(f < 0.8 for f in turned) >= 5
+
+
+def test_generator_turns_shapes_within_max_rotation():
+    """Squares drawn with ``max_rotation=30`` lie within 30 degrees of
+    upright (the angle of each mask's minimal rectangle, folded onto
+    [-45, 45); 3 degrees for the pixels), turned both ways."""
+    import cv2
+    angles = []
+    for mask in _square_masks(30):
+        points = cv2.findNonZero(mask.astype(np.uint8))
+        angle = cv2.minAreaRect(points)[2]
+        angles.append((angle + 45) % 90 - 45)
+    assert max(abs(a) for a in angles) <= 33, angles
+    assert min(angles) < -10 and max(angles) > 10, angles
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_one_shape_is_annotated_by_its_pixels(seed):
+    """With one object (nothing hides it) the image holds one annotation,
+    whose box is exactly its pixels' extent and whose area their count (the
+    label map marks the same pixels)."""
+    from mmrest.synthetic.shapes import make_image
+    rng = np.random.RandomState(seed)
+    img, anns, labels = make_image(rng, 64, 80, 1, 12., 40., semantic=True)
+    assert img.shape == (64, 80, 3) and len(anns) == 1
+    ys, xs = np.nonzero(labels)
+    assert anns[0]['bbox'] == [
+        xs.min(),
+        ys.min(),
+        xs.max() - xs.min() + 1,
+        ys.max() - ys.min() + 1
+    ]
+    assert anns[0]['area'] == len(xs)
+    assert anns[0]['category_id'] == labels.max()
 
 
 def test_generator_records_max_rotation(tmp_path):
