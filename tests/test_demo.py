@@ -176,6 +176,77 @@ def test_one_shape_is_annotated_by_its_pixels(seed):
     assert anns[0]['category_id'] == labels.max()
 
 
+def test_each_class_draws_its_shape():
+    """Each class's masks have its shape, measured on the outline of 10
+    masks at any rotation (the medians): a triangle's outline simplifies to
+    3 corners, a square's to 4, a circle's to 7 or more; a star fills half
+    its convex hull, the others more than 90 %."""
+    import cv2
+    from mmrest.synthetic.shapes import _shape_mask
+    rng = np.random.RandomState(0)
+    corners, solidity = {}, {}
+    for k, name in enumerate(SHAPES_CLASSES):
+        found = []
+        for _ in range(10):
+            mask = _shape_mask(rng, k, 96, 96, 40., 180.).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_NONE)
+            outline = max(contours, key=cv2.contourArea)
+            hull_area = cv2.contourArea(cv2.convexHull(outline))
+            found.append((len(
+                cv2.approxPolyDP(outline, 0.04 * cv2.arcLength(outline, True),
+                                 True)), cv2.contourArea(outline) / hull_area))
+        corners[name] = np.median([n for n, _ in found])
+        solidity[name] = np.median([f for _, f in found])
+    assert (corners['triangle'], corners['square']) == (3, 4), corners
+    assert corners['circle'] >= 7, corners
+    assert solidity['star'] < 0.7, solidity
+    assert min(solidity[n] for n in ('circle', 'square', 'triangle')) > 0.9
+
+
+class _AllObjects(np.random.RandomState):
+    """Draws the most objects an image may hold (each image's count is
+    ``randint(1, max_objects + 1)``); every other draw as it was."""
+
+    def randint(self, low, high=None, size=None, dtype=int):
+        if low == 1 and high is not None and size is None:
+            return high - 1
+        return super().randint(low, high, size, dtype)
+
+
+@pytest.mark.parametrize(
+    'first, hidden, annotated',
+    [
+        ((20, 20), 280, True),  # 120 of 400 pixels seen: 30 %, kept
+        ((20, 20), 281, False),  # 119 seen: under 30 %, dropped
+        ((20, 20), 200, True),
+        ((4, 5), 0, True),  # 20 pixels, none hidden: kept
+        ((4, 5), 1, False),  # 19 pixels seen: too few, dropped
+    ])
+def test_mostly_hidden_shapes_are_not_annotated(monkeypatch, first, hidden,
+                                                annotated):
+    """The occlusion rule: a shape under a later one is annotated (its seen
+    pixels) while at least 30 % of it and 20 pixels remain in view. Two
+    masks stand in for the drawn shapes: a rectangle of ``first`` (rows,
+    columns) pixels, then a bar that hides its first ``hidden`` ones (row
+    by row) and, on its own, is always kept."""
+    from mmrest.synthetic import shapes
+    rows, cols = first
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(2)]
+    masks[0][10:10 + rows, 10:10 + cols] = 1
+    covered = np.zeros(rows * cols, np.uint8)
+    covered[:hidden] = 1
+    masks[1][10:10 + rows, 10:10 + cols] = covered.reshape(rows, cols)
+    masks[1][40:50, 10:40] = 1  # the bar's own part, in view
+    drawn = iter(masks)
+    monkeypatch.setattr(shapes, '_shape_mask', lambda *args: next(drawn))
+    _, anns = shapes.make_image(_AllObjects(0), 64, 64, 2, 4., 30.)
+    areas = sorted(a['area'] for a in anns)
+    seen = rows * cols - hidden
+    assert areas == sorted([float((masks[1] > 0).sum())] +
+                           ([float(seen)] if annotated else [])), areas
+
+
 def test_generator_records_max_rotation(tmp_path):
     files = generate_shapes_coco(
         str(tmp_path), seed=1, max_rotation=15, **SMALL)
