@@ -182,6 +182,7 @@ def test_each_class_draws_its_shape():
     3 corners, a square's to 4, a circle's to 7 or more; a star fills half
     its convex hull, the others more than 90 %."""
     import cv2
+
     from mmrest.synthetic.shapes import _shape_mask
     rng = np.random.RandomState(0)
     corners, solidity = {}, {}
