@@ -889,8 +889,8 @@ def _emsa_core(q, k, v, mix, mix_bias, attn_drop, training, eps,
             sq_sum = sq_sum + sq
         out = torch.cat(outs, dim=2)
     # the InstanceNorm's biased variance; the mixing's bias, left out of the
-    # logits (it cancels), enters as an exact zero: its gradient is zero,
-    # as in the literal computation
+    # logits (it cancels), enters as an exact zero: its gradient is exactly
+    # zero, the true value (the literal computation's is rounding noise)
     inv_std = torch.rsqrt(sq_sum / (N * M) + eps) + mix_bias * 0
     return out * inv_std[:, :, None, None]
 
