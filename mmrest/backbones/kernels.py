@@ -682,8 +682,8 @@ class CentredSoftmax(torch.autograd.Function):
     :func:`centred_softmax_`) reached the gradients too, through the
     InstanceNorm's variance and the product with the values, which the
     backward pass recomputes from it: on torch 2.1.2's CPU kernels some
-    parameters' gradients were up to 20 times the literal path's error
-    (docs/precision_and_export.md). Logits are not overwritten: they may
+    parameters' gradients were up to 28 times the literal path's error
+    (docs/testing.md, the oldest stack). Logits are not overwritten: they may
     be a view made inside another autograd function (:class:`MixHeads`),
     which autograd forbids to modify in place.
     """
