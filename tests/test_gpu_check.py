@@ -96,16 +96,23 @@ def _roi_align_loop(x, rois, out_h, out_w, scale, ratio, aligned, grad):
 
 
 @pytest.mark.parametrize('scale,ratio,aligned', [(0.5, 0, True),
-                                                 (0.25, 2, False)])
-def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned):
-    """Against mmcv's kernels written out as loops (no mmcv needed)."""
+                                                 (0.25, 2, False),
+                                                 (0.5, 1, True)])
+@pytest.mark.parametrize('num_rois', [7, 1, 0])
+def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned,
+                                                   num_rois):
+    """Against mmcv's kernels written out as loops (no mmcv needed):
+    boxes of zero width and of zero height (no samples where the grid
+    follows the box, so a zero output), one sample per bin, a single box
+    and none."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 2, 9, 11, generator=gen, dtype=torch.float64)
     rois = torch.tensor([[0, 1.0, 2.0, 13.0, 15.0], [1, -4.0, -3.0, 9.0, 6.5],
                          [0, 15.0, 12.0, 30.0, 22.0], [1, 6.0, 6.0, 6.0, 9.0],
-                         [0, 0.0, 0.0, 44.0, 36.0], [1, 2.3, 4.1, 5.2, 6.9]],
-                        dtype=torch.float64)
-    grad = torch.randn(6, 2, 3, 4, generator=gen, dtype=torch.float64)
+                         [0, 0.0, 0.0, 44.0, 36.0], [1, 2.3, 4.1, 5.2, 6.9],
+                         [0, 3.0, 8.0, 12.0, 8.0]],
+                        dtype=torch.float64)[:num_rois]
+    grad = torch.randn(num_rois, 2, 3, 4, generator=gen, dtype=torch.float64)
     exp_out, exp_grad = _roi_align_loop(x, rois, 3, 4, scale, ratio, aligned,
                                         grad)
     out = ops_shim.roi_align_torch(x, rois, 3, 4, scale, ratio, aligned)
@@ -113,6 +120,10 @@ def test_roi_align_torch_matches_mmcv_kernel_loops(scale, ratio, aligned):
                                             aligned)
     torch.testing.assert_close(out, exp_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gin, exp_grad, rtol=1e-10, atol=1e-10)
+    assert gin.is_contiguous()
+    if num_rois == 7 and aligned and ratio == 0:
+        # a box of zero height: no samples where the grid follows the box
+        assert not exp_out[-1].any() and exp_out[:-1].any()
 
 
 def test_nms_torch_greedy():
@@ -126,6 +137,11 @@ def test_nms_torch_greedy():
     # offset 1: IoU(box3, box0) = 100 / 121, IoU(box3, box1) = 81 / 140
     assert ops_shim.nms_torch(
         boxes, scores, 0.6, offset=1).tolist() == [3, 1, 2]
+    # between 81 / 100 and 100 / 121: only offset 1 (not the default)
+    # suppresses box 0; an IoU equal to the threshold does not suppress
+    assert ops_shim.nms_torch(boxes, scores, 0.82).tolist() == [3, 0, 1, 2]
+    assert ops_shim.nms_torch(boxes, scores, 0.81).tolist() == [3, 0, 1, 2]
+    assert ops_shim.nms_torch(boxes, scores, 0.8099).tolist() == [3, 1, 2]
     assert ops_shim.nms_torch(boxes[:0], scores[:0], 0.5).numel() == 0
 
 
@@ -205,6 +221,93 @@ def test_shim_ext_functions_match_mmcv_signatures(monkeypatch):
             actual = ops_shim.nms(
                 boxes, scores, iou_threshold=thr, offset=offset)
             assert actual.tolist() == expected.tolist()
+
+
+class _RoIAlignFunction(torch.autograd.Function):
+    """The plain functions with autograd, called as torchvision's
+    ``roi_align`` is."""
+
+    @staticmethod
+    def forward(ctx, x, rois, output_size, scale, ratio, aligned):
+        ctx.save_for_backward(rois)
+        ctx.args = (x.shape, scale, ratio, aligned)
+        return ops_shim.roi_align_torch(x, rois, *output_size, scale, ratio,
+                                        aligned)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois, ) = ctx.saved_tensors
+        return (ops_shim.roi_align_torch_backward(grad, rois, *ctx.args), None,
+                None, None, None, None)
+
+
+class _FakeTorchvision:
+    """``torchvision.ops`` (``roi_align``, ``nms``) and the
+    ``torch.ops.torchvision._roi_align_backward`` kernel with torchvision's
+    argument orders, computing mmcv's formulas (times ``1 + error``);
+    records what was called."""
+
+    def __init__(self, error=0.):
+        self.error = error
+        self.calls = []
+
+    def roi_align(self, x, rois, output_size, scale, ratio, aligned):
+        self.calls.append('roi_align')
+        return _RoIAlignFunction.apply(x, rois, output_size, scale, ratio,
+                                       aligned) * (1 + self.error)
+
+    def _roi_align_backward(self, grad, rois, scale, out_h, out_w, batch,
+                            channels, height, width, ratio, aligned):
+        self.calls.append('_roi_align_backward')
+        assert grad.shape[-2:] == (out_h, out_w)
+        return ops_shim.roi_align_torch_backward(
+            grad, rois, (batch, channels, height, width), scale, ratio,
+            aligned) * (1 + self.error)
+
+    def nms(self, boxes, scores, iou_threshold):
+        self.calls.append('nms')
+        return ops_shim.nms_torch(boxes, scores, iou_threshold)
+
+
+@pytest.mark.parametrize('kernel', [True, False])
+def test_self_check_keeps_torchvision_only_where_it_agrees(
+        monkeypatch, kernel):
+    """The GPU machine's torchvision path (not installed here: a stand-in
+    with its argument orders): ``self_check`` keeps it where its RoIAlign
+    forward, backward (torchvision's kernel, or autograd where the kernel
+    is missing) and NMS give mmcv's results, else falls back to plain
+    PyTorch and says why; ``nms`` with mmcv's ``offset=1`` never goes to
+    torchvision (it has no offset)."""
+    fake = _FakeTorchvision()
+    monkeypatch.setattr(ops_shim, '_tv_ops', lambda: fake)
+    monkeypatch.setattr(
+        torch.ops, 'torchvision', fake if kernel else object(), raising=False)
+    monkeypatch.setitem(ops_shim._BACKEND, 'name', None)  # restored after
+    report = ops_shim.self_check()
+    assert report['backend'] == 'torchvision' and 'error' not in report
+    assert report['diffs'].pop('nms_same_keep') is True
+    assert len(report['diffs']) == 6
+    assert max(report['diffs'].values()) < 1e-6
+    assert ('_roi_align_backward' in fake.calls) == kernel
+    assert ops_shim._BACKEND['name'] == 'torchvision'
+
+    boxes = torch.tensor([[0., 0, 10, 10], [0, 0, 9, 9]])
+    scores = torch.tensor([0.9, 0.95])
+    fake.calls.clear()
+    # IoU 81 / 100 with offset 0, 100 / 121 with offset 1
+    assert ops_shim.nms(boxes, scores, 0.82, 1).tolist() == [1]
+    assert ops_shim.nms(boxes, scores, 0.82, 0).tolist() == [1, 0]
+    assert fake.calls == ['nms']
+
+    for error in (1e-3, 0.):
+        wrong = _FakeTorchvision(error)
+        if not error:  # a failing torchvision: plain PyTorch, with the error
+            wrong.nms = None
+        monkeypatch.setattr(ops_shim, '_tv_ops', lambda: wrong)
+        report = ops_shim.self_check()
+        assert report['backend'] == 'torch'
+        assert ops_shim._BACKEND['name'] == 'torch'
+        assert ('disagrees' if error else 'path failed') in report['error']
 
 
 def test_ext_stand_in_module():

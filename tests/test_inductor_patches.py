@@ -29,6 +29,32 @@ def _stage_strides():
     return (*inductor_patches._stage_width_and_area(h, w), env)
 
 
+@pytest.mark.parametrize('size', [(95, 97), (97, 95), (96, 113)])
+def test_stage_width_and_area_are_resTs_stride_16_map(size):
+    """The question the detection asks is about ResT's real maps: the
+    expressions, at an input size, are the width and area of the stage at
+    stride 16 that the backbone computes (sizes around multiples of 16,
+    where ``(w - 1) // 16 + 1`` and its neighbours differ)."""
+    import sympy
+
+    from mmrest import ResT
+    h, w = sympy.symbols('h w', integer=True, positive=True)
+    width, area = inductor_patches._stage_width_and_area(h, w)
+    model = ResT(
+        arch=dict(
+            embed_dims=[8, 16, 32, 64],
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 4, 8],
+            sr_ratios=[8, 4, 2, 1],
+            mlp_ratios=[4, 4, 4, 4]),
+        out_indices=(2, )).eval()
+    with torch.no_grad():
+        stage3 = model(torch.zeros(1, 3, *size))[0]
+    values = {h: size[0], w: size[1]}
+    assert (int(width.subs(values)), int(area.subs(values))) == \
+        (stage3.shape[-1], stage3.shape[-2] * stage3.shape[-1])
+
+
 def test_inductor_stride_check_patch():
     """Where torch's range analysis raises on Inductor's stride comparison
     (torch 2.13), importing Inductor after mmrest has patched it to answer
