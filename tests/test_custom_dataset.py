@@ -593,3 +593,53 @@ def test_class_check_on_mmseg_segmentors(tmp_path):
             r"'square', 'triangle', 'star'\), but\n    "
             r"model.auxiliary_head.num_classes = 150\n"):
         check_classes(demo, ('train', ))
+
+
+def test_class_check_names_duplicate_categories_and_counts_things(tmp_path):
+    """An annotation file with two categories of one name (mmdet would give
+    them separate labels) is named; a panoptic head without
+    ``num_stuff_classes`` counts its things alone (mmdet's default 0); a
+    listing of exactly as many classes as it shows (10) is whole, without
+    "in all"."""
+    from mmrest_tools.prerun_checks import check_classes, head_class_counts
+    names = list('abcdefghij')
+    ann = tmp_path / 'instances.json'
+    ann.write_text(
+        json.dumps(
+            dict(
+                images=[],
+                annotations=[],
+                categories=[
+                    dict(id=i + 1, name=n) for i, n in enumerate(names + ['b'])
+                ])))
+    model = dict(head=dict(num_things_classes=10))
+    assert head_class_counts(model) == [
+        ('model.head.num_things_classes + num_stuff_classes', 10)
+    ]
+    cfg = dict(
+        model=model,
+        train_cfg=dict(),
+        train_dataloader=dict(
+            dataset=dict(
+                type='CocoDataset',
+                ann_file=str(ann),
+                metainfo=dict(classes=tuple(names)))))
+    with pytest.raises(ValueError) as error:
+        check_classes(cfg, ('train', ))
+    message = str(error.value)
+    assert f"{str(ann)!r} has more than one category named 'b'; " in message
+    assert 'num_stuff_classes = ' not in message  # 10 classes, 10 things
+    ann.write_text(
+        json.dumps(
+            dict(
+                images=[],
+                annotations=[],
+                categories=[
+                    dict(id=i + 1, name=n) for i, n in enumerate(names)
+                ])))
+    model['head']['num_things_classes'] = 9
+    with pytest.raises(ValueError) as error:
+        check_classes(cfg, ('train', ))
+    listed = ', '.join(repr(n) for n in names)
+    assert f'has 10 classes (metainfo.classes: {listed}), but\n' in str(
+        error.value)

@@ -174,6 +174,9 @@ def test_train_stops_at_once_without_pretrained_weights(
 
 def test_local_rank_option(monkeypatch):
     monkeypatch.delenv('LOCAL_RANK', raising=False)
+    assert train_args(RETINANET).local_rank == 0  # a single process
+    assert os.environ['LOCAL_RANK'] == '0'
+    monkeypatch.delenv('LOCAL_RANK')
     args = train_args(RETINANET, '--local-rank', '3')
     assert args.local_rank == 3 and os.environ['LOCAL_RANK'] == '3'
     monkeypatch.setenv('LOCAL_RANK', '1')  # set by torchrun: kept
@@ -200,6 +203,8 @@ def test_test_options(tmp_path, monkeypatch, no_data_check):
     cfg = cfg_of(RETINANET, '--show', '--wait-time', '0.5')
     assert cfg.default_hooks.visualization.show
     assert cfg.default_hooks.visualization.wait_time == 0.5
+    cfg = cfg_of(RETINANET, '--show')
+    assert cfg.default_hooks.visualization.wait_time == 2  # mmdet's default
 
     cfg = cfg_of(RETINANET, '--tta')
     assert cfg.model.type == 'DetTTAModel'
@@ -217,6 +222,38 @@ def test_test_options(tmp_path, monkeypatch, no_data_check):
         setup_test_cfg(
             parse_args(test_parser(),
                        [RETINANET, str(tmp_path / 'missing.pth')]))
+
+
+def test_tta_for_a_config_without_its_own():
+    """``--tta`` on a detection config that brings no ``tta_model`` /
+    ``tta_pipeline``: mmdet's DetTTAModel around the model (boxes merged by
+    NMS at IoU 0.5, 100 per image), each image flipped and as is, the test
+    pipeline's own steps before, its packing last with the flip recorded;
+    found inside a dataset wrapper, whose pipeline is left alone."""
+    from mmengine.config import Config
+
+    from mmrest_tools.launch import add_flip_tta
+    raw = Config.fromfile(ROOT / RETINANET).to_dict()
+    raw.pop('tta_model'), raw.pop('tta_pipeline')
+    cfg = Config(raw)
+    pipeline = [dict(t) for t in cfg.test_dataloader.dataset.pipeline]
+    cfg.test_dataloader.dataset = dict(
+        type='RepeatDataset', times=1, dataset=cfg.test_dataloader.dataset)
+    cfg = add_flip_tta(cfg)
+    assert cfg.model.type == 'DetTTAModel'
+    assert cfg.model.module.backbone.type == 'ResT'
+    assert cfg.model.tta_cfg == dict(
+        nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)
+    tta = cfg.test_dataloader.dataset.pipeline
+    assert tta == cfg.tta_pipeline
+    assert tta[:-1] == pipeline[:-1]
+    assert tta[-1].type == 'TestTimeAug'
+    flips, (pack, ) = tta[-1].transforms
+    assert [(f.type, f.prob) for f in flips] == [('RandomFlip', 1.),
+                                                 ('RandomFlip', 0.)]
+    assert pack.type == pipeline[-1]['type'] == 'PackDetInputs'
+    assert {'flip', 'flip_direction', 'scale_factor'} <= set(pack.meta_keys)
+    assert cfg.test_dataloader.dataset.dataset.pipeline == pipeline
 
 
 def test_cpu_distributed_needs_torchrun():
