@@ -18,8 +18,9 @@
 # MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
 #
 # The one slow step is mmcv 2.1.0, which has no wheel on PyPI (and none at
-# all for torch 2.13) and is compiled from source with its ops (about 30 minutes
-# of CPU time: 22 on an idle 2-core machine, about an hour on a busy one). The built wheel is cached in $MMREST_CACHE (default
+# all for torch 2.13) and is compiled from source with its ops (6 to 22
+# minutes on an idle 2-core machine, about an hour on a busy one). The built
+# wheel is cached in $MMREST_CACHE (default
 # ~/.cache/mmrest), outside the repository, one per torch, and reused by
 # every later set-up.
 set -euo pipefail
@@ -76,7 +77,7 @@ mkdir -p "$wheels"
 wheel=$(ls "$wheels"/$dist-2.1.0-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$wheel" ]; then
     if [ "$ops" = 1 ]; then
-        step "building mmcv 2.1.0 with ops from source (one time, about 30 minutes of CPU time: 22 min on an idle 2-core machine, up to an hour on a busy one)"
+        step "building mmcv 2.1.0 with ops from source (one time: 6 to 22 min on an idle 2-core machine, up to an hour on a busy one)"
     else
         step "building mmcv 2.1.0 without its compiled ops (one time, about a minute)"
     fi
