@@ -322,6 +322,8 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
             torch.distributed.destroy_process_group()
     assert cfg.model.decode_head.norm_cfg.type == 'BN'
     assert cfg.model.auxiliary_head.norm_cfg.type == 'BN'
+    assert (logging.INFO, "No CUDA: distributed backend 'nccl' replaced "
+            "by 'gloo'") in logs  # mmseg's default backend
     warnings = [msg for level, msg in logs if level == logging.WARNING]
     assert len(warnings) == 1
     assert 'model.decode_head.norm_cfg, model.auxiliary_head.norm_cfg' in \
