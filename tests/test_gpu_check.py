@@ -244,17 +244,21 @@ class _RoIAlignFunction(torch.autograd.Function):
 class _FakeTorchvision:
     """``torchvision.ops`` (``roi_align``, ``nms``) and the
     ``torch.ops.torchvision._roi_align_backward`` kernel with torchvision's
-    argument orders, computing mmcv's formulas (times ``1 + error``);
-    records what was called."""
+    argument orders, computing mmcv's formulas (the forward times ``1 +
+    forward_error``, the kernel's gradient times ``1 + backward_error``,
+    NMS without its last kept box if ``drop_one``); records what was
+    called."""
 
-    def __init__(self, error=0.):
-        self.error = error
+    def __init__(self, forward_error=0., backward_error=0., drop_one=False):
+        self.forward_error = forward_error
+        self.backward_error = backward_error
+        self.drop_one = drop_one
         self.calls = []
 
     def roi_align(self, x, rois, output_size, scale, ratio, aligned):
         self.calls.append('roi_align')
         return _RoIAlignFunction.apply(x, rois, output_size, scale, ratio,
-                                       aligned) * (1 + self.error)
+                                       aligned) * (1 + self.forward_error)
 
     def _roi_align_backward(self, grad, rois, scale, out_h, out_w, batch,
                             channels, height, width, ratio, aligned):
@@ -262,11 +266,12 @@ class _FakeTorchvision:
         assert grad.shape[-2:] == (out_h, out_w)
         return ops_shim.roi_align_torch_backward(
             grad, rois, (batch, channels, height, width), scale, ratio,
-            aligned) * (1 + self.error)
+            aligned) * (1 + self.backward_error)
 
     def nms(self, boxes, scores, iou_threshold):
         self.calls.append('nms')
-        return ops_shim.nms_torch(boxes, scores, iou_threshold)
+        keep = ops_shim.nms_torch(boxes, scores, iou_threshold)
+        return keep[:-1] if self.drop_one else keep
 
 
 @pytest.mark.parametrize('kernel', [True, False])
@@ -299,15 +304,21 @@ def test_self_check_keeps_torchvision_only_where_it_agrees(
     assert ops_shim.nms(boxes, scores, 0.82, 0).tolist() == [1, 0]
     assert fake.calls == ['nms']
 
-    for error in (1e-3, 0.):
-        wrong = _FakeTorchvision(error)
-        if not error:  # a failing torchvision: plain PyTorch, with the error
-            wrong.nms = None
+    failing = _FakeTorchvision()
+    failing.nms = None
+    for wrong, why in ((_FakeTorchvision(forward_error=1e-3), 'disagrees'),
+                       (_FakeTorchvision(backward_error=1e-3),
+                        'disagrees'), (_FakeTorchvision(drop_one=True),
+                                       'disagrees'), (failing, 'path failed')):
+        if kernel:
+            monkeypatch.setattr(torch.ops, 'torchvision', wrong)
+        elif wrong.backward_error:
+            continue  # autograd: the backward is the forward's
         monkeypatch.setattr(ops_shim, '_tv_ops', lambda: wrong)
         report = ops_shim.self_check()
         assert report['backend'] == 'torch'
         assert ops_shim._BACKEND['name'] == 'torch'
-        assert ('disagrees' if error else 'path failed') in report['error']
+        assert why in report['error']
 
 
 def test_ext_stand_in_module():
