@@ -61,3 +61,62 @@ def test_report_command_prints_the_tables():
     assert 'Batch 2 x 3 x 64 x 64' in out
     assert '| v1 lite | bf16 | literal |' in out
     assert '| v1 lite | bf16 | fast |' in out
+
+
+def _patched(component):
+    """What each component changes while it is on (module attributes),
+    read now."""
+    from mmrest.backbones import kernels, rest, rest_v2
+    return {
+        'onednn':
+        lambda: kernels.ONEDNN_LINEAR,
+        'bn_fold':
+        lambda: kernels.conv_norm,
+        'mlp_chunks':
+        lambda:
+        (rest.Block._forward_inference, rest_v2.BlockV2._forward_inference),
+        'emsa_core':
+        lambda: (kernels.emsa_attention, rest.kernels.emsa_attention),
+        'one_head':
+        lambda: rest.EMSA._forward_one_head,
+        'sdpa_v2':
+        lambda: rest_v2.F.scaled_dot_product_attention,
+    }[component]()
+
+
+@pytest.mark.parametrize('family,arch', [('v1', 'lite'), ('v2', 'tiny')])
+def test_each_literal_component_computes_the_same_function(family, arch):
+    """Each component the report swaps in is the same function as the fast
+    one it replaces (float64 outputs equal to 1e-10 of the all-fast ones:
+    a wrong axis or scale would not be), it changes what it names and only
+    that while on, and everything is restored after; an unknown name is
+    refused."""
+    from mmrest.backbones import kernels
+    model = precision.build(family, arch).double()
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+        with kernels.literal():
+            literal = model(x)
+    for out, ref in zip(literal, expected):  # the bar: the literal path
+        assert (out - ref).norm() <= 1e-10 * ref.norm()
+    before = {c: _patched(c) for c in precision.COMPONENTS}
+    for component in precision.COMPONENTS:
+        with precision.literal_component(component), torch.no_grad():
+            during = {c: _patched(c) for c in precision.COMPONENTS}
+            outs = model(x)
+        assert [c for c in during if during[c] != before[c]] == [component]
+        assert {c: _patched(c) for c in precision.COMPONENTS} == before
+        for stage, (out, ref) in enumerate(zip(outs, expected)):
+            assert (out - ref).norm() <= 1e-10 * ref.norm(), (component, stage)
+    with pytest.raises(ValueError, match="unknown component 'fast'"):
+        with precision.literal_component('fast'):
+            pass
+
+
+def test_stage_errors_are_relative_norms_and_largest_differences():
+    ref = torch.tensor([[3., 0.], [0., 4.]], dtype=torch.float64)  # norm 5
+    out = (ref + torch.tensor([[0., 0.], [0., -0.5]])).float()
+    (errors, ) = precision.stage_errors([out], [ref])
+    assert errors == dict(rel=0.1, max_abs=0.5)
+    assert precision.format_cell(errors) == '1.00e-01 (5.0e-01)'
