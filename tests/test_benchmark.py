@@ -21,6 +21,56 @@ def test_every_backbone_builds_and_is_measured():
         build_backbone('resnet101')
 
 
+# Published parameter counts (M) of each classifier, and its head's input
+# features (1000 classes): the backbones of the table have no head.
+# ResT: the authors' checkpoints (ResT paper, Table 1); ResT v2-T: the v2
+# paper; ResNet-50: torchvision's 25.557 M; Swin-T: 28.29 M (Swin paper,
+# timm); PVT-Small: 24.5 M (PVT paper, one decimal only).
+CLASSIFIERS = {
+    'rest_lite': (10.51, 512),
+    'rest_small': (13.68, 512),
+    'rest_base': (30.33, 768),
+    'rest_large': (51.68, 768),
+    'restv2_tiny': (30.43, 768),
+    'resnet50': (25.557, 2048),
+    'swin_t': (28.29, 768),
+    'pvt_small': (24.5, 512),
+}
+# the last block's drop-path rate: the detection configs' (ResT: 0.1, 0.1,
+# 0.2, 0.2; ResT v2: the authors' 3x config; Swin-T: mmdet's Mask R-CNN;
+# PVT-Small: mmdet's RetinaNet, the class's default); ResNet-50 has none
+DROP_PATH = dict(
+    rest_lite=0.1,
+    rest_small=0.1,
+    rest_base=0.2,
+    rest_large=0.2,
+    restv2_tiny=0.1,
+    swin_t=0.2,
+    pvt_small=0.1)
+
+
+@pytest.mark.parametrize('name', sorted(CLASSIFIERS))
+def test_each_compared_backbone_is_the_network_it_names(name):
+    """The table compares the networks its rows name: each backbone has
+    its classifier's published parameters less the classification head (to
+    0.01 M; PVT-Small's 24.5 M is published to 0.1 M) and the detection
+    recipe's stochastic depth; the literal form is the same network."""
+    published, features = CLASSIFIERS[name]
+    head = (features * 1000 + 1000) / 1e6  # ImageNet's 1000 classes
+    model = build_backbone(name)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert count == pytest.approx(
+        published - head, abs=0.05 if name == 'pvt_small' else 0.01)
+    rates = [
+        m.drop_prob for m in model.modules() if type(m).__name__ == 'DropPath'
+    ]
+    assert max(rates, default=0.) == pytest.approx(DROP_PATH.get(name, 0.))
+    if f'{name}_literal' in BACKBONES:
+        literal = build_backbone(f'{name}_literal')
+        assert sum(p.numel() for p in literal.parameters()) == \
+            sum(p.numel() for p in model.parameters())
+
+
 def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     """The whole report at tiny sizes: speeds, memory from a fresh process,
     the ratios against the literal form and ResNet-50, the Markdown table
