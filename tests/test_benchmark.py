@@ -1,5 +1,6 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
 import pytest
+import torch
 
 from mmrest_tools.benchmark import (BACKBONES, build_backbone, format_row,
                                     measure_speed)
@@ -54,7 +55,8 @@ def test_each_compared_backbone_is_the_network_it_names(name):
     """The table compares the networks its rows name: each backbone has
     its classifier's published parameters less the classification head (to
     0.01 M; PVT-Small's 24.5 M is published to 0.1 M) and the detection
-    recipe's stochastic depth; the literal form is the same network."""
+    recipe's stochastic depth, frozen stages and outputs; the literal form
+    is the same network."""
     published, features = CLASSIFIERS[name]
     head = (features * 1000 + 1000) / 1e6  # ImageNet's 1000 classes
     model = build_backbone(name)
@@ -65,6 +67,17 @@ def test_each_compared_backbone_is_the_network_it_names(name):
         m.drop_prob for m in model.modules() if type(m).__name__ == 'DropPath'
     ]
     assert max(rates, default=0.) == pytest.approx(DROP_PATH.get(name, 0.))
+    # mmdet's Mask R-CNN R-50 freezes the stem and the first stage
+    frozen = {
+        key.split('.')[0]
+        for key, p in model.named_parameters() if not p.requires_grad
+    }
+    assert frozen == ({'conv1', 'bn1', 'layer1'}
+                      if name == 'resnet50' else set())
+    with torch.no_grad():  # four maps for an FPN, at strides 4 to 32
+        outs = model(torch.zeros(1, 3, 64, 96))
+    assert [out.shape[-2:] for out in outs] == [(16, 24), (8, 12), (4, 6),
+                                                (2, 3)]
     if f'{name}_literal' in BACKBONES:
         literal = build_backbone(f'{name}_literal')
         assert sum(p.numel() for p in literal.parameters()) == \
