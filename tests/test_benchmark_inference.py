@@ -36,3 +36,7 @@ def test_benchmark_inference_refuses_an_unpadded_shape():
         detector_inference_time(cfg, (65, 96))
     with pytest.raises(ValueError, match='repeats'):
         detector_inference_time(cfg, (64, 96), repeats=0)
+    with pytest.raises(ValueError, match='warmup'):
+        detector_inference_time(cfg, (64, 96), warmup=-1)
+    once = detector_inference_time(cfg, (64, 96), repeats=1, warmup=0)
+    assert [len(once[f'{n}_all']) for n in ('detector', 'backbone')] == [1, 1]
