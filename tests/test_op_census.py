@@ -9,8 +9,8 @@ from _helpers import ROOT
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton
-from mmrest_tools.op_census import (FLOP_FORMULAS, KERNELS, kernel_flop,
-                                    step_census, summary)
+from mmrest_tools.op_census import (FLOP_FORMULAS, KERNELS, Census,
+                                    kernel_flop, step_census, summary)
 
 
 def _small_rest():
@@ -82,3 +82,23 @@ def test_kernel_flop_formulas():
         per_head * (12 + 4 + 12)
     assert kernel_flop('_grad_keys_values_kernel', q, k, v) == \
         per_head * (12 + 4 + 4 + 12)
+
+
+def test_summary_units():
+    """A row's units: MiB of tensors touched (rounded), GFLOP per (operator,
+    dtypes) to two decimals, the most frequent operators first."""
+    census = Census()
+    census.count.update(mm=3, add=5, relu=1)
+    census.nbytes.update(mm=3 * 2**20, add=2**19)
+    census.flop[('mm', 'float16', 'float16')] = 2.5e9
+    census.flop[('addmm', 'float32', 'float32')] = 1.234e7
+    row = summary('x', census, top=2)
+    assert row == dict(
+        model='x',
+        operators=9,
+        mbytes=4,  # 3.5 MiB, rounded to even
+        gflop={
+            'mm float16 float16': 2.5,
+            'addmm float32 float32': 0.01
+        },
+        top=dict(add=5, mm=3))
