@@ -1,4 +1,6 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
+import time
+
 import pytest
 import torch
 
@@ -95,6 +97,7 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, 'BATCH_224', 2)
     monkeypatch.setattr(benchmark, 'SIZE_800', (64, 96))
     names = ['rest_lite', 'rest_lite_literal', 'resnet50']
+    start = time.perf_counter()
     report = benchmark.run(
         names,
         repeats=2,
@@ -102,12 +105,16 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
         memory_names=['rest_lite', 'rest_lite_literal'],
         log=lambda line: None,
         repeats_224=3)
+    elapsed = time.perf_counter() - start
     rows = {row['model']: row for row in report['rows']}
     assert list(rows) == names
     for row in rows.values():
         assert len(row['seconds_224_b16']) == 3
         assert len(row['seconds_800x1344']) == 2
         assert row['img_per_s_224_b16'] > 0 and row['s_per_img_800x1344'] > 0
+        # each timed pass is a part of the whole run
+        assert all(0 < t < elapsed
+                   for t in row['seconds_224_b16'] + row['seconds_800x1344'])
     assert rows['rest_lite']['params_M'] == \
         rows['rest_lite_literal']['params_M']
     assert rows['rest_lite']['train_peak_MB_800x1344'] > 0
