@@ -604,14 +604,19 @@ def test_class_check_names_duplicate_categories_and_counts_things(tmp_path):
     from mmrest_tools.prerun_checks import check_classes, head_class_counts
     names = list('abcdefghij')
     ann = tmp_path / 'instances.json'
-    ann.write_text(
-        json.dumps(
-            dict(
-                images=[],
-                annotations=[],
-                categories=[
-                    dict(id=i + 1, name=n) for i, n in enumerate(names + ['b'])
-                ])))
+
+    def write_categories(categories):
+        ann.write_text(
+            json.dumps(
+                dict(
+                    images=[],
+                    annotations=[],
+                    categories=[
+                        dict(id=i + 1, name=n)
+                        for i, n in enumerate(categories)
+                    ])))
+
+    write_categories(names + ['b'])
     model = dict(head=dict(num_things_classes=10))
     assert head_class_counts(model) == [
         ('model.head.num_things_classes + num_stuff_classes', 10)
@@ -629,14 +634,7 @@ def test_class_check_names_duplicate_categories_and_counts_things(tmp_path):
     message = str(error.value)
     assert f"{str(ann)!r} has more than one category named 'b'; " in message
     assert 'num_stuff_classes = ' not in message  # 10 classes, 10 things
-    ann.write_text(
-        json.dumps(
-            dict(
-                images=[],
-                annotations=[],
-                categories=[
-                    dict(id=i + 1, name=n) for i, n in enumerate(names)
-                ])))
+    write_categories(names)
     model['head']['num_things_classes'] = 9
     with pytest.raises(ValueError) as error:
         check_classes(cfg, ('train', ))
