@@ -306,10 +306,11 @@ def test_self_check_keeps_torchvision_only_where_it_agrees(
 
     failing = _FakeTorchvision()
     failing.nms = None
-    for wrong, why in ((_FakeTorchvision(forward_error=1e-3), 'disagrees'),
-                       (_FakeTorchvision(backward_error=1e-3),
-                        'disagrees'), (_FakeTorchvision(drop_one=True),
-                                       'disagrees'), (failing, 'path failed')):
+    wrongs = [(_FakeTorchvision(forward_error=1e-3), 'disagrees'),
+              (_FakeTorchvision(backward_error=1e-3), 'disagrees'),
+              (_FakeTorchvision(drop_one=True), 'disagrees'),
+              (failing, 'path failed')]
+    for wrong, why in wrongs:
         if kernel:
             monkeypatch.setattr(torch.ops, 'torchvision', wrong)
         elif wrong.backward_error:
