@@ -63,25 +63,18 @@ def test_report_command_prints_the_tables():
     assert '| v1 lite | bf16 | fast |' in out
 
 
-def _patched(component):
+def _switches() -> dict:
     """What each component changes while it is on (module attributes),
     read now."""
     from mmrest.backbones import kernels, rest, rest_v2
-    return {
-        'onednn':
-        lambda: kernels.ONEDNN_LINEAR,
-        'bn_fold':
-        lambda: kernels.conv_norm,
-        'mlp_chunks':
-        lambda:
-        (rest.Block._forward_inference, rest_v2.BlockV2._forward_inference),
-        'emsa_core':
-        lambda: (kernels.emsa_attention, rest.kernels.emsa_attention),
-        'one_head':
-        lambda: rest.EMSA._forward_one_head,
-        'sdpa_v2':
-        lambda: rest_v2.F.scaled_dot_product_attention,
-    }[component]()
+    return dict(
+        onednn=kernels.ONEDNN_LINEAR,
+        bn_fold=kernels.conv_norm,
+        mlp_chunks=(rest.Block._forward_inference,
+                    rest_v2.BlockV2._forward_inference),
+        emsa_core=(kernels.emsa_attention, rest.kernels.emsa_attention),
+        one_head=rest.EMSA._forward_one_head,
+        sdpa_v2=rest_v2.F.scaled_dot_product_attention)
 
 
 @pytest.mark.parametrize('family,arch', [('v1', 'lite'), ('v2', 'tiny')])
@@ -100,13 +93,18 @@ def test_each_literal_component_computes_the_same_function(family, arch):
             literal = model(x)
     for out, ref in zip(literal, expected):  # the bar: the literal path
         assert (out - ref).norm() <= 1e-10 * ref.norm()
-    before = {c: _patched(c) for c in precision.COMPONENTS}
+    before = _switches()
+    assert set(before) == set(precision.COMPONENTS)
     for component in precision.COMPONENTS:
         with precision.literal_component(component), torch.no_grad():
-            during = {c: _patched(c) for c in precision.COMPONENTS}
+            during = _switches()
             outs = model(x)
-        assert [c for c in during if during[c] != before[c]] == [component]
-        assert {c: _patched(c) for c in precision.COMPONENTS} == before
+        changed = [c for c in during if during[c] != before[c]]
+        if component == 'onednn' and before['onednn'] is None:
+            assert changed == []  # no oneDNN kernel here: F.linear already
+        else:
+            assert changed == [component]
+        assert _switches() == before
         for stage, (out, ref) in enumerate(zip(outs, expected)):
             assert (out - ref).norm() <= 1e-10 * ref.norm(), (component, stage)
     with pytest.raises(ValueError, match="unknown component 'fast'"):
