@@ -6,7 +6,10 @@ Each mutant changes one token inside the named functions of a source file
 or comparison operator swapped (``+`` and ``-``, ``*`` and ``/``, ``**``
 and ``//`` to ``*``, ``<`` and ``<=``, ``>`` and ``>=``, ``==`` and
 ``!=``) or a number changed (0 -> 1, 1 -> 2, 2 -> 3, another zero -> 1.0,
-any other doubled).
+any other doubled). Asked for (``kinds`` with ``'logic'``), the
+conditions too: ``and`` and ``or`` swapped, ``True`` and ``False`` swapped,
+and a ``not`` dropped (so ``not x`` becomes ``x``, ``is not`` ``is`` and
+``not in`` ``in``).
 The tests then run against the mutated copy: a mutant that they pass has
 *survived*, and is either equivalent (a chunk size, a swap that cannot
 change a result) or a property no test checks. The sweep
@@ -39,6 +42,8 @@ SWAPS = {
     '!=': '==',
 }
 ARITHMETIC = ('+', '-', '*', '/', '**', '//')
+#: the conditions' keywords, changed in the 'logic' kind ('not' dropped)
+LOGIC = {'and': 'or', 'or': 'and', 'True': 'False', 'False': 'True', 'not': ''}
 # a token before which + - * / ** are unary or unpacking, not binary
 _NOT_AN_OPERAND = ('lambda', 'return', 'in', 'and', 'or', 'not', 'if', 'else',
                    'yield')
@@ -74,8 +79,20 @@ def _changed_number(text: str):
     return repr(value * 2) if value else '1.0'
 
 
-def mutants(source: str, functions: Sequence[str]) -> List[Mutant]:
-    """Every mutant of ``source`` inside ``functions`` (see the module)."""
+#: the kinds of mutant (see the module), and those made by default
+KINDS = ('operator', 'number', 'logic')
+DEFAULT_KINDS = ('operator', 'number')
+
+
+def mutants(source: str,
+            functions: Sequence[str],
+            kinds: Sequence[str] = DEFAULT_KINDS) -> List[Mutant]:
+    """Every mutant of the ``kinds`` of ``source`` inside ``functions``
+    (see the module)."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f'unknown kinds {sorted(unknown)}; choose from '
+                         f'{KINDS}')
     spans = _function_lines(source, functions)
     missing = set(functions) - {name for _, _, name in spans}
     if missing:
@@ -84,8 +101,8 @@ def mutants(source: str, functions: Sequence[str]) -> List[Mutant]:
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         line, col = tok.start
         name = next((n for a, b, n in spans if a <= line <= b), None)
-        if name is not None and tok.type == tokenize.OP \
-                and tok.string in SWAPS:
+        if 'operator' in kinds and name is not None \
+                and tok.type == tokenize.OP and tok.string in SWAPS:
             binary = prev is not None and (
                 prev.type == tokenize.NUMBER or prev.string in (')', ']') or
                 (prev.type == tokenize.NAME
@@ -93,10 +110,15 @@ def mutants(source: str, functions: Sequence[str]) -> List[Mutant]:
             if binary or tok.string not in ARITHMETIC:
                 found.append(
                     Mutant(name, line, col, tok.string, SWAPS[tok.string]))
-        elif name is not None and tok.type == tokenize.NUMBER:
+        elif 'number' in kinds and name is not None \
+                and tok.type == tokenize.NUMBER:
             new = _changed_number(tok.string)
             if new is not None:
                 found.append(Mutant(name, line, col, tok.string, new))
+        elif 'logic' in kinds and name is not None \
+                and tok.type == tokenize.NAME and tok.string in LOGIC:
+            found.append(
+                Mutant(name, line, col, tok.string, LOGIC[tok.string]))
         if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
                             tokenize.INDENT, tokenize.DEDENT):
             prev = tok
@@ -129,7 +151,8 @@ def sweep(root: str,
           functions: Sequence[str],
           tests: Sequence[str],
           timeout_s: float = 600.,
-          python: str = sys.executable) -> Iterator[Dict]:
+          python: str = sys.executable,
+          kinds: Sequence[str] = DEFAULT_KINDS) -> Iterator[Dict]:
     """Runs ``pytest -x tests`` once per mutant of ``path`` (relative to
     the repository ``root``) in a worktree of ``HEAD``, with that
     worktree first on ``PYTHONPATH``; yields one result per mutant:
@@ -142,7 +165,7 @@ def sweep(root: str,
         source = f.read()
     env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE='1')
     try:
-        for mutant in mutants(source, functions):
+        for mutant in mutants(source, functions, kinds):
             mutated = apply(source, mutant)
             with open(target, 'w') as f:
                 f.write(mutated)
@@ -183,8 +206,9 @@ def survivors_markdown(results: Sequence[Dict]) -> str:
         '| function | line | change | mutated line |', '|---|---|---|---|'
     ]
     lines += [
-        f'| {r["function"]} | {r["line"]} | `{r["old"]}` -> `{r["new"]}` '
-        f'| `{r["code"].replace("|", "&#124;")}` |' for r in alive
+        f'| {r["function"]} | {r["line"]} | `{r["old"]}` -> ' +
+        (f'`{r["new"]}`' if r['new'] else 'dropped') +
+        f' | `{r["code"].replace("|", "&#124;")}` |' for r in alive
     ]
     return '\n'.join(lines)
 

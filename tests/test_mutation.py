@@ -46,6 +46,45 @@ def test_mutants_of_the_named_functions():
         mutation.apply(SOURCE, found[0]._replace(col=5))
 
 
+def test_logic_mutants_only_when_asked():
+    """The 'logic' kind: ``and`` / ``or`` and ``True`` / ``False`` swapped,
+    a ``not`` dropped (``is not`` -> ``is``, ``not in`` -> ``in``), each a
+    source that still compiles; never in docstrings or other functions, nor
+    by default. Each kind alone; an unknown kind refused."""
+    source = ('def ok(x, y):\n'
+              '    """x and not y"""\n'
+              '    if x is not None and y not in (1, ) or not x:\n'
+              '        return True\n'
+              '    return False\n\n\n'
+              'def other(x):\n'
+              '    return x or y\n')
+    default = mutation.mutants(source, ['ok'])
+    assert [(m.old, m.new) for m in default] == [('1', '2')]
+    assert mutation.mutants(source, ['ok'], ['number']) == default
+    assert mutation.mutants(source, ['ok'], ['operator']) == []
+    found = mutation.mutants(source, ['ok'], ['logic'])
+    assert mutation.mutants(source, ['ok'], mutation.KINDS) == \
+        sorted(found + default, key=lambda m: (m.line, m.col))
+    changed = [(m.line, m.old, m.new) for m in found]
+    assert changed == [(3, 'not', ''), (3, 'and', 'or'), (3, 'not', ''),
+                       (3, 'or', 'and'), (3, 'not', ''), (4, 'True', 'False'),
+                       (5, 'False', 'True')]
+    lines = [mutation.apply(source, m).splitlines()[2] for m in found[:3]]
+    assert [' '.join(line.split()) for line in lines] == [
+        'if x is None and y not in (1, ) or not x:',
+        'if x is not None or y not in (1, ) or not x:',
+        'if x is not None and y in (1, ) or not x:',
+    ]
+    for m in found:
+        compile(mutation.apply(source, m), 'ok.py', 'exec')
+    with pytest.raises(ValueError, match=r"unknown kinds \['logical'\]"):
+        mutation.mutants(source, ['ok'], ['logical'])
+    dropped = dict(
+        function='ok', line=3, old='not', new='', code='x', killed=False)
+    assert '| ok | 3 | `not` -> dropped | `x` |' in \
+        mutation.survivors_markdown([dropped])
+
+
 def test_sweep_kills_what_the_tests_check(tmp_path):
     """In a small git repository: the tested formula's mutants are killed,
     the untested function's survive; the file and the worktrees are as

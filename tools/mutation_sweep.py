@@ -18,7 +18,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmrest_tools.mutation import sweep  # noqa: E402
-from mmrest_tools.mutation import survivors_markdown, to_json_line
+from mmrest_tools.mutation import (DEFAULT_KINDS, KINDS, survivors_markdown,
+                                   to_json_line)
 
 
 def main(argv=None):
@@ -31,14 +32,26 @@ def main(argv=None):
     parser.add_argument('--out', help='also write the JSON lines here')
     parser.add_argument(
         '--timeout-s', type=float, default=600., help='per mutant')
+    parser.add_argument(
+        '--kinds',
+        nargs='+',
+        choices=KINDS,
+        default=list(DEFAULT_KINDS),
+        help='which mutants: operators, numbers, the conditions (logic: '
+        'and / or, True / False, a not dropped)')
     args = parser.parse_args(argv)
     # a kill (SIGTERM) ends the sweep through its cleanup: the worktree goes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     out = open(args.out, 'w') if args.out else None
     try:
-        for result in sweep(ROOT, args.path, args.functions.split(','),
-                            args.tests.split(','), args.timeout_s):
+        for result in sweep(
+                ROOT,
+                args.path,
+                args.functions.split(','),
+                args.tests.split(','),
+                args.timeout_s,
+                kinds=args.kinds):
             results.append(result)
             print(to_json_line(result), flush=True)
             if out:
