@@ -328,6 +328,53 @@ def test_stand_ins_refuse_all_but_data(tmp_path, case, loader):
         load_checkpoint_file(path)
 
 
+def test_encode_and_reconstruct_stand_ins_refuse_other_arguments(tmp_path):
+    """The restricted unpickler's ``_codecs.encode`` gives latin-1 text
+    only (how pickle protocol 2 writes bytes), numpy's ``_reconstruct`` a
+    plain ndarray of an int tuple and typecode ``b'b'`` only: each other
+    argument alone is refused, also from a file."""
+    import codecs
+
+    import mmrest.checkpoint.safe_load as ck
+    assert ck._latin1_encode('\xffa') == b'\xffa'
+    assert ck._latin1_encode('\xffa', 'latin-1') == b'\xffa'
+    for args in ((b'x', 'latin1'), ('x', 'utf-8'), ('x', 'rot13')):
+        with pytest.raises(
+                pickle.UnpicklingError, match='refused _codecs.encode'):
+            ck._latin1_encode(*args)
+    path = tmp_path / 'encode.pth'
+    torch.save({'x': Reduce(codecs.encode, 'x', 'rot13')}, path)
+    with pytest.raises(pickle.UnpicklingError, match='refused _codecs.encode'):
+        safe_torch_load(path, restricted=True)
+    empty = ck._safe_reconstruct(np.ndarray, (0, ), b'b')
+    assert type(empty) is np.ndarray and empty.shape == (0, )
+    for args in ((np.matrix, (0, ), b'b'), (np.ndarray, (0, ),
+                                            b'B'), (np.ndarray, [0], b'b'),
+                 (np.ndarray, (0.5, ), b'b'), (np.ndarray, (True, ), b'b')):
+        with pytest.raises(
+                pickle.UnpicklingError, match='refused numpy _reconstruct'):
+            ck._safe_reconstruct(*args)
+
+
+def test_restricted_unpickler_loads_torch_values(tmp_path):
+    """A dtype (a mixed-precision run's meta holds one), a layout (torch
+    pickles it through ``torch.serialization._get_layout``), a size and a
+    sparse tensor load through the restricted unpickler as they were."""
+    values = dict(
+        dtype=torch.float16,
+        layout=torch.sparse_coo,
+        size=torch.Size([2, 3]),
+        sparse=torch.eye(3).to_sparse())
+    path = tmp_path / 'values.pth'
+    torch.save(values, path)
+    out = safe_torch_load(path, restricted=True)
+    assert out['dtype'] is torch.float16
+    assert out['layout'] is torch.sparse_coo
+    assert out['size'] == torch.Size([2, 3])
+    assert out['sparse'].layout is torch.sparse_coo
+    assert torch.equal(out['sparse'].to_dense(), torch.eye(3))
+
+
 def test_scalar_stand_in_refuses_objects():
     import mmrest.checkpoint.safe_load as ck
     with pytest.raises(pickle.UnpicklingError, match='refused numpy scalar'):
