@@ -375,6 +375,29 @@ def test_restricted_unpickler_loads_torch_values(tmp_path):
     assert torch.equal(out['sparse'].to_dense(), torch.eye(3))
 
 
+@pytest.mark.skipif(
+    not os.path.exists('/proc/self/maps'), reason='Linux: /proc/self/maps')
+def test_mmap_maps_the_file(tmp_path, loader):
+    """``mmap=True`` memory-maps the checkpoint (a path object too), and
+    only then: the file is among the process's mappings while the tensors
+    live."""
+    import gc
+    path = tmp_path / 'mapped.pth'
+    torch.save({'w': torch.arange(10.)}, path)
+
+    def mapped() -> bool:
+        with open('/proc/self/maps') as f:
+            return str(path) in f.read()
+
+    out = safe_torch_load(path, mmap=True)
+    assert mapped() and torch.equal(out['w'], torch.arange(10.))
+    del out
+    gc.collect()
+    assert not mapped()
+    out = safe_torch_load(path)
+    assert not mapped() and torch.equal(out['w'], torch.arange(10.))
+
+
 def test_scalar_stand_in_refuses_objects():
     import mmrest.checkpoint.safe_load as ck
     with pytest.raises(pickle.UnpicklingError, match='refused numpy scalar'):

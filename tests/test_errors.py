@@ -233,6 +233,14 @@ def test_another_rest_in_mmdet_is_not_replaced(monkeypatch):
     message = str(info.value)
     assert 'test_errors' in message and 'mmrest.backbones' in message
     assert MODELS.get('ResT') is ResT  # left alone
+    # a ResT at the top of another module: the same qualified name as
+    # mmrest's, another module
+    other = type('ResT', (nn.Module, ), {'__module__': 'someone_else.models'})
+    monkeypatch.setitem(MODELS._module_dict, 'ResT', other)
+    with pytest.raises(
+            registry.RegistryConflictError, match='someone_else.models.ResT'):
+        registry.register_all()
+    assert MODELS.get('ResT') is other
 
 
 def test_another_rest_in_mmseg_turns_mmseg_support_off(monkeypatch):
