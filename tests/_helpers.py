@@ -4,6 +4,7 @@ import importlib.util
 import inspect
 import math
 import os
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -459,14 +460,33 @@ def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
         'visualizer.name': f'visualizer_{tmp.name}_{id(tmp)}',
         **schedule,
     }
+    start = time.perf_counter()
     summary = run_demo(
         str(config),
         str(tmp / 'work'),
         num_threads=2,
         cfg_options=options,
         data_root=str(tmp / 'data'))
+    elapsed = time.perf_counter() - start
     assert summary['data_generated'] is True
+    assert_demo_timings(summary, elapsed)
     return tmp, summary
+
+
+def assert_demo_timings(summary: dict, elapsed: float) -> None:
+    """metrics.json's ``time_s`` (seconds, to 0.1; per iteration to 1e-4)
+    fits the ``elapsed`` seconds of the run: each phase inside the whole,
+    the training iterations inside training and evaluation, the time per
+    iteration their mean."""
+    t, half = summary['time_s'], 0.05  # half the rounding step
+    assert 0 <= t['data'] <= t['total'] + half, t
+    assert 0 <= t['train_and_eval'] <= t['total'] + half, t
+    assert t['total'] <= elapsed + half, (t, elapsed)
+    assert 0 < t['train_iterations'] <= t['train_and_eval'] + 2 * half, t
+    iterations = summary['iterations']
+    assert abs(t['per_iteration'] * iterations - t['train_iterations']) <= \
+        half + iterations * 5e-5, t
+    assert t['cpu_per_iteration'] > 0, t
 
 
 def demo_training_records(work, summary: dict) -> list:
