@@ -1,4 +1,5 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
+import statistics
 import time
 
 import pytest
@@ -97,6 +98,13 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, 'BATCH_224', 2)
     monkeypatch.setattr(benchmark, 'SIZE_800', (64, 96))
     names = ['rest_lite', 'rest_lite_literal', 'resnet50']
+    shapes, time_interleaved = [], benchmark.time_interleaved
+
+    def record_shape(models, shape, *args, **kwargs):
+        shapes.append(tuple(shape))
+        return time_interleaved(models, shape, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, 'time_interleaved', record_shape)
     start = time.perf_counter()
     report = benchmark.run(
         names,
@@ -115,6 +123,12 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
         # each timed pass is a part of the whole run
         assert all(0 < t < elapsed
                    for t in row['seconds_224_b16'] + row['seconds_800x1344'])
+        # the figures from the timings: a batch of 2, one image
+        assert row['img_per_s_224_b16'] == pytest.approx(
+            2 / statistics.median(row['seconds_224_b16']))
+        assert row['s_per_img_800x1344'] == pytest.approx(
+            statistics.median(row['seconds_800x1344']))
+    assert shapes == [(2, 3, 64, 64), (1, 3, 64, 96)]
     assert rows['rest_lite']['params_M'] == \
         rows['rest_lite_literal']['params_M']
     assert rows['rest_lite']['train_peak_MB_800x1344'] > 0
