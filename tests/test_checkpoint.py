@@ -240,6 +240,10 @@ def test_checkpoint_of_another_variant_lists_the_keys(tmp_path, reference):
     model = pretrained(path, 'lite', strict=False, allow_partial=True)
     assert model.stem.norm1.num_batches_tracked.item() == 7
     assert model.stem.conv1.weight.shape == (32, 3, 3, 3)
+    # the function behind init_cfg is as strict by default
+    from mmrest.checkpoint import load_backbone_state_dict
+    with pytest.raises(CheckpointError, match='does not fit this ResT'):
+        load_backbone_state_dict(ResT('lite'), str(path))
 
 
 # ------------------------------------------------------ hostile files
