@@ -244,6 +244,8 @@ def test_checkpoint_of_another_variant_lists_the_keys(tmp_path, reference):
     from mmrest.checkpoint import load_backbone_state_dict
     with pytest.raises(CheckpointError, match='does not fit this ResT'):
         load_backbone_state_dict(ResT('lite'), str(path))
+    with pytest.raises(CheckpointError, match='another variant'):
+        load_backbone_state_dict(ResT('lite'), str(path), strict_shapes=False)
 
 
 # ------------------------------------------------------ hostile files
