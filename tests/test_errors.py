@@ -83,6 +83,9 @@ def test_wrong_channel_count():
         model(torch.rand(1, 1, 32, 32))
     assert len(
         ResT(arch=TINY, in_channels=1).eval()(torch.rand(1, 1, 32, 32))) == 4
+    for bad in (0, -3, 3.0, '3'):  # each refused when built
+        with pytest.raises(ValueError, match='in_channels must be a positive'):
+            ResT(arch=TINY, in_channels=bad)
 
 
 def test_no_input_is_too_small():
