@@ -475,13 +475,14 @@ def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
 
 def assert_demo_timings(summary: dict, elapsed: float) -> None:
     """metrics.json's ``time_s`` (seconds, to 0.1; per iteration to 1e-4)
-    fits the ``elapsed`` seconds of the run: each phase inside the whole,
-    the training iterations inside training and evaluation, the time per
-    iteration their mean."""
+    fits the ``elapsed`` seconds of the run: each phase inside the whole
+    and the phases one after the other, the training iterations inside
+    training and evaluation, the time per iteration their mean."""
     t, half = summary['time_s'], 0.05  # half the rounding step
     assert 0 <= t['data'] <= t['total'] + half, t
     assert 0 <= t['train_and_eval'] <= t['total'] + half, t
     assert t['total'] <= elapsed + half, (t, elapsed)
+    assert t['data'] + t['train_and_eval'] <= t['total'] + 2 * half, t
     assert 0 < t['train_iterations'] <= t['train_and_eval'] + 2 * half, t
     iterations = summary['iterations']
     assert abs(t['per_iteration'] * iterations - t['train_iterations']) <= \
