@@ -1,6 +1,7 @@
 """The embedded shapes set, the demo's training and evaluation through its
 config, and tools/demo.py."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _helpers import ROOT, demo_training_records, run_tiny_demo
 from mmengine.config import Config
 
@@ -464,3 +466,18 @@ def test_targets_met(bbox, segm, met):
         'coco/segm_mAP': segm,
         'coco/bbox_mAP_50': 1.0
     }) is met
+
+
+def test_cpu_threads_one_per_available_core():
+    """The demo's torch threads: the CPUs this process may run on by
+    default, any count of at least one when given, torch set to it."""
+    from mmrest_tools.demo import set_cpu_threads
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+        assert set_cpu_threads() == len(os.sched_getaffinity(0)) == \
+            torch.get_num_threads()
+        with pytest.raises(ValueError, match='num_threads must be >= 1'):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
