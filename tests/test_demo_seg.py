@@ -232,9 +232,11 @@ def test_demo_reuses_and_remakes_data(trained, tmp_path):
     set_data_root(cfg, str(tmp_path))
     assert prepare_shapes_data(cfg) is True
     assert prepare_shapes_data(cfg) is False
-    (tmp_path / 'val_labels/000002.png').unlink()  # a label map lost
-    assert prepare_shapes_data(cfg) is True
-    assert (tmp_path / 'val_labels/000002.png').is_file()
+    for lost in ('val_labels/000002.png', 'train_labels/000001.png',
+                 'val_labels/000003.png'):  # a label map lost: any one
+        (tmp_path / lost).unlink()
+        assert prepare_shapes_data(cfg) is True
+        assert (tmp_path / lost).is_file()
     cfg.merge_from_dict({'shapes_data.seed': 1})  # other arguments: remade
     assert prepare_shapes_data(cfg) is True
     # the detection demo's set (no label maps) is remade with them
