@@ -42,6 +42,21 @@ def test_arch_dict_with_wrong_lengths(key, value):
         ResT(arch=dict(TINY, **{key: value}))
 
 
+@pytest.mark.parametrize('key,value', [('depths', [1, -1, 1, 1]),
+                                       ('embed_dims', [8, 16, 32, 0]),
+                                       ('num_heads', [1, 2.0, 4, 8]),
+                                       ('sr_ratios', [8, 4, '2', 1])])
+def test_arch_dict_with_values_that_are_not_counts(key, value):
+    """Each per-stage count an integer of at least its least value (a
+    stage of depth 0 is allowed): one below it, or one that is not an
+    integer, is refused alone."""
+    with pytest.raises(
+            ValueError, match=f"arch\\['{key}'\\] must hold "
+            'integers >='):
+        ResT(arch=dict(TINY, **{key: value}))
+    ResT(arch=dict(TINY, depths=[1, 0, 1, 1]))
+
+
 def test_heads_that_do_not_divide_the_channels():
     with pytest.raises(ValueError, match='not divisible by num_heads 3'):
         ResT(arch=dict(TINY, num_heads=[1, 2, 3, 8]))
