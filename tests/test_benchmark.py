@@ -173,3 +173,27 @@ def test_training_memory_is_the_childs_own():
     assert result['malloc_mmap_threshold'] == '65536'
     assert 0 < result['peak_increase'] < 300 * 2**20
     assert result['peak_rss'] < ballast.nbytes
+
+
+def test_training_memory_is_one_image_of_the_size(monkeypatch):
+    """The memory figure is of one training step on one image of the size
+    asked for, after a warm-up step; its increase is over the RSS before
+    the step (measured here, in this process, for the shapes only)."""
+    from mmrest_tools import benchmark
+    shapes, step = [], benchmark._training_step
+
+    def record(model, x):
+        shapes.append(tuple(x.shape))
+        return step(model, x)
+
+    monkeypatch.setattr(benchmark, '_training_step', record)
+    threads = torch.get_num_threads()
+    try:
+        result = benchmark.train_step_peak_memory_here(
+            'rest_lite', size=(32, 48), threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(shapes) == 2 and shapes[-1] == (1, 3, 32, 48)
+    assert result['size'] == [32, 48]
+    assert result['peak_increase'] == \
+        result['peak_rss'] - result['baseline_rss']
