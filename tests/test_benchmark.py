@@ -105,6 +105,13 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
         return time_interleaved(models, shape, *args, **kwargs)
 
     monkeypatch.setattr(benchmark, 'time_interleaved', record_shape)
+    children, peak_memory = {}, benchmark.train_step_peak_memory
+
+    def record_child(name, *args, **kwargs):
+        children[name] = peak_memory(name, *args, **kwargs)
+        return children[name]
+
+    monkeypatch.setattr(benchmark, 'train_step_peak_memory', record_child)
     start = time.perf_counter()
     report = benchmark.run(
         names,
@@ -132,6 +139,12 @@ def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     assert rows['rest_lite']['params_M'] == \
         rows['rest_lite_literal']['params_M']
     assert rows['rest_lite']['train_peak_MB_800x1344'] > 0
+    for name, child in children.items():  # the child's bytes, in MiB
+        assert rows[name]['train_peak_MB_800x1344'] == \
+            child['peak_increase'] / 2**20
+    assert sorted(children) == ['rest_lite', 'rest_lite_literal']
+    assert 0 < report['seconds'] <= elapsed + 0.05
+    assert report['settings']['batch_800'] == shapes[1][0] == 1
     assert 'train_peak_MB_800x1344' not in rows['resnet50']
     ratios = report['comparisons']['rest_lite']
     lite, lit = rows['rest_lite'], rows['rest_lite_literal']
