@@ -351,19 +351,24 @@ class CallCounter:
     """Replaces ``owner.name`` (via pytest's ``monkeypatch``, which raises
     if there is no such attribute: a renamed hook fails the test instead
     of leaving it silently unprobed) with a wrapper that counts the calls
-    and passes them on; with ``record`` it keeps each call's arguments."""
+    and passes them on; with ``record`` it keeps each call's arguments
+    (``calls``) and what it returned (``results``)."""
 
     def __init__(self, monkeypatch, owner, name: str, record: bool = False):
         original = getattr(owner, name)
         assert original is not None, f'{owner}.{name} is None'
         self.count = 0
         self.calls = []
+        self.results = []
 
         def wrapper(*args, **kwargs):
             self.count += 1
             if record:
                 self.calls.append((args, kwargs))
-            return original(*args, **kwargs)
+            result = original(*args, **kwargs)
+            if record:
+                self.results.append(result)
+            return result
 
         if isinstance(inspect.getattr_static(owner, name), staticmethod):
             wrapper = staticmethod(wrapper)
