@@ -180,3 +180,81 @@ def test_sdpa_backend_before_torch_2_3_sets_one_flag(monkeypatch):
     assert calls == [
         dict(enable_flash=False, enable_mem_efficient=True, enable_math=False)
     ]
+
+
+def test_autocast_probe(monkeypatch):
+    """The probe asks torch itself: True where ``is_autocast_enabled``
+    takes a device (torch >= 2.4), False where it takes none (forced here
+    with a stand-in of torch 2.1's signature)."""
+    assert torch_compat._autocast_takes_device() is (
+        torch_compat.torch_version() >= (2, 4))
+
+    def no_device():  # torch < 2.4: is_autocast_enabled()
+        return False
+
+    monkeypatch.setattr(torch, 'is_autocast_enabled', no_device)
+    assert torch_compat._autocast_takes_device() is False
+
+
+def test_is_compiling_without_dynamo_flag(monkeypatch):
+    """Without ``torch.compiler.is_compiling`` and without dynamo's flag,
+    nothing is reported as compiling."""
+    import sys
+    import types
+    monkeypatch.delattr(torch.compiler, 'is_compiling', raising=False)
+    monkeypatch.setitem(sys.modules, 'torch._dynamo',
+                        types.ModuleType('torch._dynamo'))
+    function = torch_compat._is_compiling_function()
+    assert function() is False
+
+
+def test_is_exporting_before_torch_2_5(monkeypatch):
+    """Where ``torch.compiler`` has no ``is_exporting`` (torch < 2.5), or
+    torch no ``compiler``, nothing is reported as exporting."""
+    assert torch_compat.is_exporting() is False  # eager, on this torch
+    monkeypatch.delattr(torch.compiler, 'is_exporting', raising=False)
+    assert torch_compat.is_exporting() is False
+    monkeypatch.delattr(torch, 'compiler')
+    assert torch_compat.is_exporting() is False
+
+
+def test_onnx_export_probe(monkeypatch):
+    """The probe reads ``torch.onnx.export``'s signature: ``dynamo=``
+    present or not, and an export whose signature cannot be read (a
+    builtin) taken as without it."""
+    import torch.onnx
+
+    def with_dynamo(model, args, f=None, *, dynamo=False):
+        pass
+
+    def without(model, args, f=None):
+        pass
+
+    monkeypatch.setattr(torch.onnx, 'export', with_dynamo)
+    assert torch_compat._onnx_export_has_dynamo() is True
+    monkeypatch.setattr(torch.onnx, 'export', without)
+    assert torch_compat._onnx_export_has_dynamo() is False
+    monkeypatch.setattr(torch.onnx, 'export', object())  # not callable
+    assert torch_compat._onnx_export_has_dynamo() is False
+
+
+def test_cpu_fused_adamw_probe(monkeypatch):
+    """The probe asks AdamW for the fused kernel with a CPU parameter: an
+    AdamW that refuses it (torch < 2.4: RuntimeError) gives False, one that
+    takes it True."""
+    asked = []
+
+    class AdamW:
+
+        def __init__(self, params, fused=None):
+            asked.append(fused)
+            if fused:
+                raise RuntimeError('`fused=True` requires all the params '
+                                   'to be floating point Tensors of '
+                                   'supported devices')
+
+    monkeypatch.setattr(torch.optim, 'AdamW', AdamW)
+    assert torch_compat._cpu_fused_adamw() is False
+    assert asked == [True]
+    monkeypatch.setattr(torch.optim, 'AdamW', lambda params, fused=None: None)
+    assert torch_compat._cpu_fused_adamw() is True
