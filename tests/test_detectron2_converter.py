@@ -322,6 +322,61 @@ def test_refuses_other_kinds_of_file(tmp_path):
     assert not (tmp_path / 'o.pth').exists()
 
 
+def test_identify_names_each_kind_of_file():
+    """The refusals' description of what a file is instead, for each kind
+    ``identify`` knows; a classifier of another network (a ``head.`` but
+    no ResT keys) is not taken for a ResT classifier."""
+    from mmrest.checkpoint.detectron2 import identify
+    state = torch.load(
+        DATA / 'mask_rcnn_rest_v1.pth', weights_only=True)['model']
+    backbone = {
+        k[len('backbone.bottom_up.'):]: v
+        for k, v in state.items() if k.startswith('backbone.bottom_up.')
+    }
+    head = {'head.weight': torch.zeros(10, 64), 'head.bias': torch.zeros(10)}
+    swin = dict(
+        {
+            'layers.0.blocks.0.attn.qkv.weight': torch.zeros(1),
+            'patch_embed.proj.weight': torch.zeros(1)
+        }, **head)
+    t = torch.zeros(1)
+    cases = [
+        ([t], 'a list, not a checkpoint dict'),
+        (dict(state_dict={'decode_head.conv_seg.weight': t}),
+         'an mmseg (segmentor) checkpoint'),
+        (dict(state_dict={'roi_head.bbox_head.fc_cls.weight': t}),
+         'an mmdet checkpoint (already converted?)'),
+        (dict(state_dict={'backbone.stem.conv1.weight': t}),
+         'an mmpretrain / mmengine classifier checkpoint'),
+        (dict(state_dict={
+            'a': t,
+            'b': t
+        }), 'an mmengine checkpoint with keys a, b'),
+        (dict(model=[t]), 'a dict whose model entry is a list'),
+        (dict(model={'epoch': 3}), 'a dict without tensors (keys: epoch)'),
+        ({
+            'epoch': 3
+        }, 'a dict without tensors (keys: epoch)'),
+        (dict(backbone, **head), 'an ImageNet classifier state dict '
+         '(ResT (v1))'),
+        ({
+            f'module.{k}': v
+            for k, v in dict(backbone, **head).items()
+        }, 'an ImageNet classifier state dict (ResT (v1))'),
+        (backbone, 'a bare ResT (v1) backbone state dict'),
+        (dict(model=backbone), 'a bare ResT (v1) backbone state dict'),
+        (swin, 'an unknown state dict (keys: layers.0.blocks.0.attn.qkv.'
+         'weight, patch_embed.proj.weight, head.weight, head.bias)'),
+        ({
+            f'k{i}': t
+            for i in range(7)
+        }, 'an unknown state dict (keys: k0, k1, k2, k3, '
+         'k4, ... (7 in all))'),
+    ]
+    for checkpoint, words in cases:
+        assert identify(checkpoint) == words
+
+
 class _Payload:
 
     def __reduce__(self):
