@@ -397,6 +397,68 @@ def test_refuses_code_and_runs_none(tmp_path, monkeypatch):
     assert not (tmp_path / 'out.pth').exists()
 
 
+def test_torch_legacy_format_converts(tmp_path, monkeypatch):
+    """A checkpoint in torch.save's legacy format (before torch 1.6, or
+    ``_use_new_zipfile_serialization=False``) is a torch file, not a plain
+    pickle: it converts as the zip one does; with a payload in it, it is
+    refused and runs nothing."""
+    src = DATA / 'mask_rcnn_rest_v1.pth'
+    checkpoint = torch.load(src, weights_only=True)
+    legacy = tmp_path / 'legacy.pth'  # pickle protocol 2, torch's default
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] == b'\x80\x02'
+    _assert_same_conversion(legacy, src, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    torch.save(
+        dict(
+            model={
+                'backbone.bottom_up.stem.conv1.weight': torch.zeros(1),
+                'x': _Payload()
+            }),
+        'evil.pth',
+        _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match='holds objects other than'):
+        convert_detectron2_checkpoint('evil.pth', 'out.pth')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_plain_pickles_are_refused_by_content(tmp_path, monkeypatch):
+    """detectron2's plain pickles are refused whatever their name, and
+    nothing named in them is imported or run; a torch file named .pkl is
+    read."""
+    monkeypatch.chdir(tmp_path)
+    for protocol in (2, 4, 5):
+        with open(f'model{protocol}.pth', 'wb') as f:
+            pickle.dump(
+                dict(model={'x': _Payload()}, number=3), f, protocol=protocol)
+        with pytest.raises(CheckpointError, match='plain pickle'):
+            convert_detectron2_checkpoint(f'model{protocol}.pth', 'o.pth')
+    with open('magic.pth', 'wb') as f:  # torch's number, then a payload
+        pickle.dump(torch.serialization.MAGIC_NUMBER + 1, f, protocol=2)
+        pickle.dump(_Payload(), f, protocol=2)
+    with pytest.raises(CheckpointError, match='plain pickle'):
+        convert_detectron2_checkpoint('magic.pth', 'o.pth')
+    assert not (tmp_path / 'pwned').exists()
+    assert not (tmp_path / 'o.pth').exists()
+    src = DATA / 'mask_rcnn_rest_v1.pth'
+    (tmp_path / 'model.pkl').write_bytes(src.read_bytes())
+    _assert_same_conversion(tmp_path / 'model.pkl', src, tmp_path)
+
+
+def _assert_same_conversion(path, src, tmp_path):
+    """``path`` converts to the checkpoint ``src`` converts to."""
+    out = []
+    for i, f in enumerate((path, src)):
+        info = convert_detectron2_checkpoint(f, tmp_path / f'{i}.pth')
+        info.pop('converted_from')
+        out.append((info, torch.load(tmp_path / f'{i}.pth',
+                                     weights_only=True)['state_dict']))
+    (info, got), (want_info, want) = out
+    assert info == want_info and list(got) == list(want) and len(got) > 100
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+
+
 def test_refuses_unknown_keys(tmp_path):
     state = torch.load(
         DATA / 'mask_rcnn_rest_v1.pth', weights_only=True)['model']

@@ -52,6 +52,7 @@ ResT detector is refused with a message that says what it looks like.
 import io
 import os
 import os.path as osp
+import pickle
 import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -359,6 +360,30 @@ def _rcnn_classes(out: Dict[str, torch.Tensor]) -> int:
     return num_classes
 
 
+class _NoGlobals(pickle.Unpickler):
+    """Reads pickled plain values only: any class or function named in
+    the data is refused before it is imported."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f'{module}.{name}')
+
+
+def _is_torch_file(path: str, head: bytes) -> bool:
+    """Whether ``path`` was written by ``torch.save``: a zip archive (torch
+    >= 1.6) or the legacy format, whose first pickled value is torch's
+    magic number (read without importing anything the file names)."""
+    if head == b'PK\x03\x04':
+        return True
+    if head[:1] != b'\x80':
+        return False
+    with open(path, 'rb') as f:
+        try:
+            first = _NoGlobals(f).load()
+        except Exception:  # a global, bad data: not torch's legacy format
+            return False
+    return type(first) is int and first == torch.serialization.MAGIC_NUMBER
+
+
 def load_detectron2_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """The ``model`` state dict of a detectron2 checkpoint, loaded
     weights-only, or a :class:`CheckpointError` saying what the file is."""
@@ -367,7 +392,8 @@ def load_detectron2_checkpoint(path: str) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f'No such file: {path!r}')
     with open(path, 'rb') as f:
         head = f.read(4)
-    if path.endswith('.pkl') or head[:1] == b'\x80':
+    if not _is_torch_file(path, head) and (path.endswith('.pkl')
+                                           or head[:1] == b'\x80'):
         raise CheckpointError(
             f'{path!r} is a plain pickle (detectron2\'s .pkl format, as in '
             'its model zoo), not a torch checkpoint. Unpickling runs code '
