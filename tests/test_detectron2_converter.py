@@ -459,6 +459,57 @@ def _assert_same_conversion(path, src, tmp_path):
         assert torch.equal(got[k], v), k
 
 
+def test_refuses_a_retinanet_head_of_other_anchors():
+    """RetinaNet's class channels and its box channels are each checked
+    against 9 anchors a location: either alone wrong is refused."""
+    state = torch.load(
+        DATA / 'retinanet_rest_v1.pth', weights_only=True)['model']
+    for name, channels in (('cls_score', 55), ('bbox_pred', 40)):
+        wrong = dict(state)
+        for part in ('weight', 'bias'):
+            key = f'head.{name}.{part}'
+            wrong[key] = torch.zeros(channels, *state[key].shape[1:])
+        with pytest.raises(CheckpointError, match='not 9 anchors'):
+            convert_state_dict(wrong)
+
+
+def test_config_check_names_missing_and_unexpected_keys(converted):
+    """Keys missing from the checkpoint, keys the model lacks and shapes
+    that differ are each refused alone, under their own heading."""
+    from mmrest.checkpoint.detectron2 import check_against_config
+    state, info = converted['mask_rcnn_rest_v1']
+    cfg = small_config('mask_rcnn_rest_v1')
+    key = 'roi_head.bbox_head.fc_cls.bias'
+    headings = ('missing from the checkpoint: ', 'not in the model: ',
+                'other shapes: ')
+    for change, shown in (
+        (lambda s: s.pop(key), f'{headings[0]}{key}'),
+        (lambda s: s.update(extra=torch.zeros(1)), f'{headings[1]}extra'),
+        (lambda s: s.update({key: torch.zeros(2)}),
+         f'{headings[2]}{key}: checkpoint (2,) vs model (7,)')):
+        changed = dict(state)
+        change(changed)
+        with pytest.raises(CheckpointError) as e:
+            check_against_config(changed, info, cfg)
+        assert shown in str(e.value)
+        assert sum(h in str(e.value) for h in headings) == 1, str(e.value)
+
+
+def test_conversion_reorders_anchors_by_default(tmp_path, converted):
+    """The file converter reorders RetinaNet's anchor channels unless told
+    not to (the detections test checks that order against detectron2)."""
+    state, _ = converted['retinanet_rest_v1']
+    convert_detectron2_checkpoint(DATA / 'retinanet_rest_v1.pth',
+                                  tmp_path / 'out.pth')
+    out = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
+    key = 'bbox_head.retina_cls.weight'
+    assert torch.equal(out[key], state[key])
+    raw = convert_state_dict(
+        load_detectron2_checkpoint(DATA / 'retinanet_rest_v1.pth'),
+        permute_anchors=False)[0]
+    assert not torch.equal(out[key], raw[key])
+
+
 def test_refuses_unknown_keys(tmp_path):
     state = torch.load(
         DATA / 'mask_rcnn_rest_v1.pth', weights_only=True)['model']
