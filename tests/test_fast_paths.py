@@ -271,6 +271,8 @@ def test_to_literal_runs_every_call_under_the_switch(monkeypatch):
     literal = to_literal(model)
     assert type(literal) is ResT and literal is not model
     assert is_literal(literal) and not is_literal(model)
+    holder = torch.nn.Sequential(model)  # a model holding a ResT
+    assert not is_literal(holder) and is_literal(to_literal(holder))
     assert list(literal.state_dict()) == list(model.state_dict())
     seen = []
     monkeypatch.setattr(rest_module.EMSA, '_literal_forward',
