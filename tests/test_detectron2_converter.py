@@ -578,6 +578,19 @@ def test_config_check_names_each_test_time_difference(name, converted):
         assert warning.startswith(setting) or \
             warning.startswith(f'backbone.{setting}') or \
             warning.startswith(f'neck.{setting}'), (setting, warning)
+    # a setting the config leaves out is the module's default (ResT's and
+    # mmdet's FPN's False, DetDataPreprocessor's bgr_to_rgb False)
+    for part, key in (('backbone', 'out_norms_feed_next_stage'),
+                      ('neck', 'relu_before_extra_convs'),
+                      ('data_preprocessor', 'bgr_to_rgb')):
+        cfg = small_config(name)
+        cfg.model[part].pop(key, None)
+        warns = part == 'data_preprocessor' and name.endswith('_v2') or (
+            part == 'backbone'
+            and name.endswith('_v1')) or (part == 'neck'
+                                          and name.startswith('retinanet'))
+        got = check_against_config(state, info, cfg)
+        assert len(got) == warns and (not warns or key in got[0]), (key, got)
 
 
 def test_config_check_lists_the_differences(converted):
