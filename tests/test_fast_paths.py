@@ -639,13 +639,107 @@ def test_onednn_linear_is_used_only_if_it_computes_the_linear():
         out = F.linear(x, w, b)
         return F.gelu(out) if attr == 'gelu' else out
 
+    def tanh_gelu(x, w, b, attr, scalars, algorithm):  # its linear right
+        out = F.linear(x, w, b)
+        return F.gelu(out, approximate='tanh') if attr == 'gelu' else out
+
+    def wrong_plain(x, w, b, attr, scalars, algorithm):  # its GELU right
+        out = F.linear(x, w, b)
+        return F.gelu(out) if attr == 'gelu' else out + 1e-3
+
     assert kernels.checked_linear_op(other_signature) is None
     assert kernels.checked_linear_op(other_result) is None
+    assert kernels.checked_linear_op(tanh_gelu) is None
+    assert kernels.checked_linear_op(wrong_plain) is None
     assert kernels.checked_linear_op(right) is right
     assert torch.backends.mkldnn.is_available(), 'this torch has no oneDNN'
     assert kernels.ONEDNN_LINEAR is not None, (
         'torch.ops.mkldnn._linear_pointwise is missing or changed: '
         'the CPU inference path lost its fused linears')
+
+
+def test_the_kernel_choices_rules():
+    """Which inputs and modules the CPU kernels take: oneDNN's linear and
+    the NCHW convolutions only in float32 on the CPU outside CPU autocast;
+    the fused GELU only for ``nn.GELU`` itself with the exact (erf)
+    formula, never the tanh one, a subclass or another activation."""
+    assert kernels.cpu_float32(torch.zeros(1))
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        assert not kernels.cpu_float32(torch.zeros(1, dtype=dtype)), dtype
+    assert not kernels.cpu_float32(torch.zeros(1, device='meta'))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not kernels.cpu_float32(torch.zeros(1))
+
+    class MyGELU(nn.GELU):
+        pass
+
+    assert kernels.is_exact_gelu(nn.GELU())
+    assert kernels.is_exact_gelu(nn.GELU(approximate='none'))
+    for act in (nn.GELU(approximate='tanh'), MyGELU(), nn.ReLU(), nn.SiLU()):
+        assert not kernels.is_exact_gelu(act), act
+
+
+def test_linear_under_autograd_without_gradients(monkeypatch):
+    """oneDNN's linear also runs where autograd records but nothing of the
+    linear needs a gradient (a frozen stage in a training step); a tensor
+    that needs one, the input or the bias alone included, takes
+    ``F.linear``."""
+    onednn = CallCounter(monkeypatch, kernels, 'ONEDNN_LINEAR')
+    x, w, b = torch.randn(2, 5, 8), torch.randn(4, 8), torch.randn(4)
+    assert torch.is_grad_enabled()
+    kernels.linear(x, w, b)
+    kernels.linear(x, w, None)
+    assert onednn.count == 2
+    for needs in ('x', 'w', 'b'):
+        args = dict(x=x.clone(), w=w.clone(), b=b.clone())
+        args[needs].requires_grad_(True)
+        out = kernels.linear(args['x'], args['w'], args['b'])
+        assert out.requires_grad and onednn.count == 2, needs
+
+
+def test_sdpa_writes_the_formula_out_for_torch_2_1s_onnx_exporter(monkeypatch):
+    """While torch 2.1 exports to ONNX (forced here), an explicit scale is
+    written out as ``softmax(q k^T scale + mask) @ v`` (float64, with and
+    without a mask); without a scale, or outside an export, or where the
+    exporter takes the scale, torch's own SDPA runs."""
+    import torch.onnx
+
+    from mmrest.utils import torch_compat
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 3, 5, 4, generator=gen).double() for _ in range(3))
+    mask = torch.randn(2, 3, 5, 5, generator=gen).double()
+    fused = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    for fails in (False, True):
+        monkeypatch.setattr(torch_compat, 'ONNX_SDPA_SCALE_FAILS', fails)
+        for attn_mask in (None, mask):
+            fused.count = 0
+            out = kernels.sdpa(q, k, v, attn_mask, scale=0.3)
+            logits = q @ k.transpose(-2, -1) * 0.3
+            if attn_mask is not None:
+                logits = logits + attn_mask
+            assert_float64_equal(out, logits.softmax(-1) @ v, 'sdpa')
+            assert fused.count == (0 if fails else 1)
+        fused.count = 0
+        kernels.sdpa(q, k, v)  # no explicit scale: torch's own
+        assert fused.count == 1
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: False)
+    fused.count = 0
+    kernels.sdpa(q, k, v, scale=0.3)
+    assert fused.count == 1
+
+
+def test_crop_to_tokens_is_a_view_eagerly():
+    """Eagerly, the crop of a whole channels-last map is its tokens without
+    a copy (the docstring's promise); a smaller crop holds the top-left
+    rows and columns."""
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    tokens = kernels.crop_to_tokens(x, (4, 5))
+    assert tokens.data_ptr() == x.data_ptr()
+    assert torch.equal(tokens, x.flatten(2).transpose(1, 2))
+    crop = kernels.crop_to_tokens(x, (3, 2))
+    assert torch.equal(crop, x[:, :, :3, :2].flatten(2).transpose(1, 2))
 
 
 def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
