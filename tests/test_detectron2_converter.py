@@ -433,6 +433,10 @@ def test_plain_pickles_are_refused_by_content(tmp_path, monkeypatch):
                 dict(model={'x': _Payload()}, number=3), f, protocol=protocol)
         with pytest.raises(CheckpointError, match='plain pickle'):
             convert_detectron2_checkpoint(f'model{protocol}.pth', 'o.pth')
+    with open('model.pkl', 'wb') as f:  # protocol 0: no opcode 0x80
+        pickle.dump(dict(model={'x': 1}), f, protocol=0)
+    with pytest.raises(CheckpointError, match='plain pickle'):
+        convert_detectron2_checkpoint('model.pkl', 'o.pth')
     with open('magic.pth', 'wb') as f:  # torch's number, then a payload
         pickle.dump(torch.serialization.MAGIC_NUMBER + 1, f, protocol=2)
         pickle.dump(_Payload(), f, protocol=2)

@@ -148,10 +148,12 @@ def test_attention_dropout_keeps_its_rate(chunk_elements):
     # every group of 8 query rows (several chunks) drops at that rate too
     share = dropped.double().view(B * h, N // 8, 8 * M).mean(dim=(0, 2))
     assert (share - p).abs().max() < 0.1, share
-    # eval mode or a zero rate: no dropout
-    assert torch.equal(
-        emsa_attention(q, k, v, mix, mix_bias, attn_drop=p, training=False),
-        emsa_attention(q, k, v, mix, mix_bias))
+    # eval mode (the default) or a zero rate: no dropout
+    plain = emsa_attention(q, k, v, mix, mix_bias)
+    for kwargs in (dict(training=False), {}):
+        assert torch.equal(
+            emsa_attention(q, k, v, mix, mix_bias, attn_drop=p, **kwargs),
+            plain), kwargs
 
 
 def test_emsa_module_applies_attention_dropout():
