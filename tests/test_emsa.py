@@ -112,6 +112,38 @@ def test_same_outputs_and_gradients_in_float64(embed_dims, num_heads, sr_ratio,
         fast.zero_grad(), literal.zero_grad()
 
 
+def test_training_core_gradients_by_autograd_grad_and_for_the_mixing_alone():
+    """The chunked training core (each chunk recomputed in the backward
+    pass) under ``torch.autograd.grad``, as a gradient penalty or
+    functorch asks for it, and with only the head mixing needing a
+    gradient (q, k and v frozen): the literal core's gradients in float64
+    (to 1e-10), over several chunks."""
+    gen = torch.Generator().manual_seed(0)
+    B, h, N, M = 2, 3, 40, 24
+    q, k, v = (
+        torch.randn(B, h, n, M, generator=gen).double() for n in (N, M, M))
+    q = q / M**0.5
+    mix, mix_bias = (
+        torch.randn(*s, generator=gen).double() for s in ((h, h), (h, )))
+    weight = torch.randn(B, h, N, M, generator=gen).double()
+    for needs in (('q', 'k', 'v', 'mix'), ('mix', )):
+        grads = []
+        for core in (emsa_attention, literal_attention):
+            args = dict(q=q.clone(), k=k.clone(), v=v.clone(), mix=mix.clone())
+            for name in needs:
+                args[name].requires_grad_(True)
+            kwargs = dict(chunk_elements=B * h * M * 8) \
+                if core is emsa_attention else {}
+            out = core(args['q'], args['k'], args['v'], args['mix'], mix_bias,
+                       **kwargs)
+            assert out.requires_grad
+            grads.append(
+                torch.autograd.grad((out * weight).sum(),
+                                    [args[n] for n in needs]))
+        for name, got, want in zip(needs, *grads):
+            assert_float64_equal(got, want, name, tol=1e-10)
+
+
 @pytest.mark.parametrize('chunk_elements', [1 << 30, 900])
 def test_attention_dropout_keeps_its_rate(chunk_elements):
     """Dropout on the normalised attention (the authors' place): a share
