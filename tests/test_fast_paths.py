@@ -742,6 +742,43 @@ def test_crop_to_tokens_is_a_view_eagerly():
     assert torch.equal(crop, x[:, :, :3, :2].flatten(2).transpose(1, 2))
 
 
+def test_nchw_convolution_rule():
+    """Which convolutions run on an NCHW copy (:func:`kernels.run_conv`):
+    dense ones of at least ``NCHW_CONV_TERMS`` terms on a channels-last
+    float32 CPU map, fast paths allowed, oneDNN on, where nothing needs a
+    gradient (autograd may be recording); each condition alone failing
+    keeps the map's own layout. Either way the values are the conv's and
+    the output is channels-last."""
+    cl = torch.channels_last
+    conv = nn.Conv2d(16, 8, 3, padding=1).requires_grad_(False)  # 144 terms
+    assert 16 * 9 >= kernels.NCHW_CONV_TERMS > 8 * 9
+    x = torch.randn(2, 16, 7, 9).contiguous(memory_format=cl)
+    rule = kernels._nchw_conv
+    with torch.no_grad():
+        assert rule(conv, x, conv.weight, conv.bias)
+    assert rule(conv, x, conv.weight, conv.bias)  # a frozen conv, autograd on
+    with torch.no_grad():
+        assert not rule(conv, x.contiguous(), conv.weight)  # NCHW already
+        assert not rule(conv, x.double(), conv.weight)
+        assert not rule(nn.Conv2d(8, 8, 3), x[:, :8], conv.weight)  # 72
+        assert not rule(nn.Conv2d(16, 8, 3, groups=2), x, conv.weight)
+        with kernels.literal():
+            assert not rule(conv, x, conv.weight)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not rule(conv, x, conv.weight)
+    w = conv.weight.detach().clone().requires_grad_(True)
+    assert not rule(conv, x, w)
+    assert not rule(conv, x.clone().requires_grad_(True), conv.weight)
+    with torch.no_grad():
+        assert rule(conv, x, w)
+    with torch.no_grad():
+        out = kernels.run_conv(conv, x)
+        assert out.is_contiguous(memory_format=cl)
+        expected = F.conv2d(
+            x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        assert_float32_close(out, conv(x.contiguous()), expected)
+
+
 def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
     """An eval-mode BatchNorm after a zero-padded conv is folded into it:
     one ``F.conv2d`` with the folded weight and bias (``w * g / sqrt(var +
