@@ -779,6 +779,21 @@ def test_nchw_convolution_rule():
         assert_float32_close(out, conv(x.contiguous()), expected)
 
 
+def test_layout_of_a_map():
+    """The layout a map is dense in: channels-last only where it is that
+    and not also NCHW (one channel, or 1 x 1 maps, are both: NCHW), NCHW
+    for NCHW maps, for maps dense in neither and for tokens."""
+    cl, nchw = torch.channels_last, torch.contiguous_format
+    x = torch.randn(2, 3, 4, 5)
+    assert kernels._layout_of(x) == nchw
+    assert kernels._layout_of(x.contiguous(memory_format=cl)) == cl
+    for both in (torch.randn(2, 1, 4, 5), torch.randn(2, 3, 1, 1)):
+        both = both.contiguous(memory_format=cl)
+        assert both.is_contiguous() and kernels._layout_of(both) == nchw
+    assert kernels._layout_of(x[:, :, :, ::2]) == nchw  # dense in neither
+    assert kernels._layout_of(torch.randn(2, 5, 3).transpose(1, 2)) == nchw
+
+
 def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
     """An eval-mode BatchNorm after a zero-padded conv is folded into it:
     one ``F.conv2d`` with the folded weight and bias (``w * g / sqrt(var +
