@@ -151,6 +151,46 @@ def test_emsa_options_against_the_paper_in_float64(embed_dims, num_heads,
     assert_gradients_close(fast, literal, reference)
 
 
+def test_the_modules_documented_defaults():
+    """The attention and block modules built with their required arguments
+    only are what their docstrings say: biased q and kv, head mixing (with
+    more than one head), no reduction, the ``d ** -0.5`` scale, no dropout,
+    a 4x MLP, no stochastic depth, no checkpointing."""
+    from mmrest.backbones.rest import Block
+    from mmrest.backbones.rest_v2 import LN_EPS, AttentionV2, BlockV2
+    emsa = EMSA(32)
+    assert emsa.num_heads == 8 and emsa.sr_ratio == 1
+    assert not hasattr(emsa, 'sr') and emsa.apply_transform
+    assert emsa.q.bias is not None and emsa.kv.bias is not None
+    assert emsa.scale == 4**-0.5 and emsa.attn_drop == 0
+    assert emsa.proj_drop.p == 0
+    for block in (Block(32, 2), BlockV2(32, 2)):
+        assert block.with_cp is False
+        assert isinstance(block.drop_path, nn.Identity)
+        assert block.mlp.fc1.out_features == 128
+        assert isinstance(block.mlp.act, nn.GELU)
+    block = Block(32, 2)
+    assert block.attn.apply_transform and block.attn.q.bias is not None
+    assert block.attn.sr_ratio == 1 and block.attn.attn_drop == 0
+    assert block.attn.proj_drop.p == 0
+    attn = AttentionV2(32, 2)
+    assert attn.sr_ratio == 1 and not hasattr(attn, 'sr')
+    assert BlockV2(32, 2).norm1.eps == LN_EPS == 1e-6
+    assert BlockV2(32, 2).attn.sr_ratio == 1
+
+
+@pytest.mark.parametrize('sr_ratio', [0, -1, 2.0, '2', None])
+def test_attention_refuses_a_reduction_that_is_not_a_positive_integer(
+        sr_ratio):
+    from mmrest.backbones.rest_v2 import AttentionV2
+    for cls in (EMSA, AttentionV2):
+        with pytest.raises(
+                ValueError,
+                match='sr_ratio must be a positive integer, got '
+                f'{sr_ratio!r}'):
+            cls(32, 2, sr_ratio)
+
+
 def test_qkv_bias_false_has_no_q_kv_bias_keys():
     """The authors' names: ``stageS.J.attn.q.bias`` and ``.kv.bias`` are
     the only keys that ``qkv_bias=False`` removes; ``apply_transform=False``

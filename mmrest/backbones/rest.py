@@ -122,14 +122,18 @@ class EMSA(nn.Module):
 
     Args:
         embed_dims (int): Token channels C.
-        num_heads (int): Number of heads h.
-        sr_ratio (int): Spatial reduction s of keys and values.
-        qkv_bias (bool): Whether q and kv have a bias.
+        num_heads (int): Number of heads h. Defaults to 8.
+        sr_ratio (int): Spatial reduction s of keys and values, a positive
+            integer. Defaults to 1.
+        qkv_bias (bool): Whether q and kv have a bias. Defaults to True.
         qk_scale (float, optional): Overrides the scale ``d ** -0.5``.
-        attn_drop (float): Dropout on the attention.
-        proj_drop (float): Dropout after the output projection.
+            Defaults to None.
+        attn_drop (float): Dropout on the attention. Defaults to 0.
+        proj_drop (float): Dropout after the output projection. Defaults
+            to 0.
         apply_transform (bool): Whether to mix and normalise the heads'
             attention maps (only effective with more than one head).
+            Defaults to True.
         token_norm_cfg (dict): Config of the LayerNorm of the reduced
             tokens. Defaults to ``dict(type='LN')``.
     """
@@ -152,6 +156,9 @@ class EMSA(nn.Module):
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims {embed_dims} is not divisible by '
                              f'num_heads {num_heads}')
+        if not isinstance(sr_ratio, int) or sr_ratio < 1:
+            raise ValueError(
+                f'sr_ratio must be a positive integer, got {sr_ratio!r}')
         self.num_heads = num_heads
         self.scale = qk_scale or (embed_dims // num_heads)**-0.5
         self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
@@ -279,13 +286,17 @@ class Block(PreNormBlock):
         embed_dims (int): Token channels.
         num_heads (int): EMSA heads.
         mlp_ratio (float): Hidden channels of the MLP over ``embed_dims``.
-        sr_ratio (int): EMSA spatial reduction.
-        qkv_bias (bool): Whether q and kv have a bias.
-        drop (float): Dropout after projections.
-        attn_drop (float): Dropout on the attention.
-        drop_path (float): Stochastic depth rate of this block.
+            Defaults to 4.
+        sr_ratio (int): EMSA spatial reduction. Defaults to 1.
+        qkv_bias (bool): Whether q and kv have a bias. Defaults to True.
+        drop (float): Dropout after projections. Defaults to 0.
+        attn_drop (float): Dropout on the attention. Defaults to 0.
+        drop_path (float): Stochastic depth rate of this block. Defaults
+            to 0.
         apply_transform (bool): EMSA's head mixing and normalisation.
+            Defaults to True.
         with_cp (bool): Gradient checkpointing of the whole block.
+            Defaults to False.
         token_norm_cfg (dict): Config of the LayerNorms. Defaults to
             ``dict(type='LN')``.
         act_cfg (dict): Config of the MLP's activation. Defaults to

@@ -140,9 +140,11 @@ class AttentionV2(nn.Module):
     Args:
         embed_dims (int): Token channels C.
         num_heads (int): Number of heads h (C must be divisible by h).
-        sr_ratio (int): Spatial reduction s of keys and values.
+        sr_ratio (int): Spatial reduction s of keys and values, a positive
+            integer. Defaults to 1.
         token_norm_cfg (dict): Config of the LayerNorms of the reduced
-            tokens and of the value branch.
+            tokens and of the value branch. Defaults to ``TOKEN_NORM_CFG``
+            (``dict(type='LN', eps=1e-6)``).
     """
 
     #: Compute literally in every call (set per instance by
@@ -251,11 +253,17 @@ class BlockV2(PreNormBlock):
         embed_dims (int): Token channels.
         num_heads (int): Attention heads.
         mlp_ratio (float): Hidden channels of the MLP over ``embed_dims``.
-        sr_ratio (int): Spatial reduction of keys and values.
-        drop_path (float): Stochastic depth rate of this block.
+            Defaults to 4.
+        sr_ratio (int): Spatial reduction of keys and values. Defaults to
+            1.
+        drop_path (float): Stochastic depth rate of this block. Defaults
+            to 0.
         with_cp (bool): Gradient checkpointing of the whole block.
-        token_norm_cfg (dict): Config of the LayerNorms.
-        act_cfg (dict): Config of the MLP's activation.
+            Defaults to False.
+        token_norm_cfg (dict): Config of the LayerNorms. Defaults to
+            ``TOKEN_NORM_CFG``.
+        act_cfg (dict): Config of the MLP's activation. Defaults to
+            ``dict(type='GELU')``.
     """
 
     def __init__(self,
