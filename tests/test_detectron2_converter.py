@@ -383,31 +383,10 @@ class _Payload:
         return (os.system, ('touch pwned', ))
 
 
-def test_refuses_code_and_runs_none(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    torch.save(
-        dict(
-            model={
-                'backbone.bottom_up.stem.conv1.weight': torch.zeros(1),
-                'x': _Payload()
-            }), 'evil.pth')
-    with pytest.raises(CheckpointError, match='holds objects other than'):
-        convert_detectron2_checkpoint('evil.pth', 'out.pth')
-    assert not (tmp_path / 'pwned').exists()
-    assert not (tmp_path / 'out.pth').exists()
-
-
-def test_torch_legacy_format_converts(tmp_path, monkeypatch):
-    """A checkpoint in torch.save's legacy format (before torch 1.6, or
-    ``_use_new_zipfile_serialization=False``) is a torch file, not a plain
-    pickle: it converts as the zip one does; with a payload in it, it is
-    refused and runs nothing."""
-    src = DATA / 'mask_rcnn_rest_v1.pth'
-    checkpoint = torch.load(src, weights_only=True)
-    legacy = tmp_path / 'legacy.pth'  # pickle protocol 2, torch's default
-    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
-    assert legacy.read_bytes()[:2] == b'\x80\x02'
-    _assert_same_conversion(legacy, src, tmp_path)
+@pytest.mark.parametrize('zip_format', [True, False])
+def test_refuses_code_and_runs_none(tmp_path, monkeypatch, zip_format):
+    """A payload in a checkpoint is refused and never runs, in torch's
+    zip format and in its legacy one."""
     monkeypatch.chdir(tmp_path)
     torch.save(
         dict(
@@ -416,10 +395,24 @@ def test_torch_legacy_format_converts(tmp_path, monkeypatch):
                 'x': _Payload()
             }),
         'evil.pth',
-        _use_new_zipfile_serialization=False)
+        _use_new_zipfile_serialization=zip_format)
     with pytest.raises(CheckpointError, match='holds objects other than'):
         convert_detectron2_checkpoint('evil.pth', 'out.pth')
     assert not (tmp_path / 'pwned').exists()
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_torch_legacy_format_converts(tmp_path):
+    """A checkpoint in torch.save's legacy format (before torch 1.6, or
+    ``_use_new_zipfile_serialization=False``) is a torch file, not a plain
+    pickle: it converts as the zip one does (a payload in it:
+    ``test_refuses_code_and_runs_none``)."""
+    src = DATA / 'mask_rcnn_rest_v1.pth'
+    checkpoint = torch.load(src, weights_only=True)
+    legacy = tmp_path / 'legacy.pth'  # pickle protocol 2, torch's default
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] == b'\x80\x02'
+    _assert_same_conversion(legacy, src, tmp_path)
 
 
 def test_plain_pickles_are_refused_by_content(tmp_path, monkeypatch):
