@@ -397,6 +397,7 @@ def test_forward_tiles_on_hopper():
                   dict(forward=True, capability=(10, 0)),
                   dict(forward=True, capability=None)):
         assert [rows(C, **other) for C in (128, 256, 512)] == [64, 32, 32]
+    assert rows(256, capability=(9, 0)) == 32  # the default: not forward
     assert emsa_triton.capability(torch.zeros(1)) is None
 
 
