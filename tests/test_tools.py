@@ -103,6 +103,19 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
                        *scratch))
 
 
+def test_set_precision_without_options_changes_nothing():
+    """``set_precision`` with neither ``--amp`` nor ``--no-amp`` keeps the
+    config's wrapper: a plain one on the CPU, an AMP one on a GPU."""
+    from mmengine.config import Config
+
+    from mmrest_tools.launch import set_precision
+    for wrapper, accelerator in ((dict(type='OptimWrapper'), False), (dict(
+            type='AmpOptimWrapper', loss_scale=512.), True)):
+        cfg = Config(dict(optim_wrapper=dict(wrapper)))
+        set_precision(cfg, accelerator=accelerator)
+        assert cfg.optim_wrapper == wrapper
+
+
 def test_train_precision_options(monkeypatch, no_data_check):
     """A config with AmpOptimWrapper (the ResT v2 3x ones) fails at once
     on a machine without a GPU, naming --no-amp; --no-amp gives a plain

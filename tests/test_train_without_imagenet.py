@@ -86,6 +86,15 @@ def test_a_checkpoint_without_the_backbone_does_not_replace_it(no_imagenet):
         setup(MASK_RCNN, '--cfg-options', f'load_from={ckpt}')
 
 
+def test_missing_resume_checkpoint(no_imagenet):
+    """``--resume FILE`` of a local file that is not there stops before
+    anything is built, naming the option."""
+    with pytest.raises(
+            FileNotFoundError,
+            match=r"--resume: checkpoint not found: 'nope.pth'"):
+        setup(MASK_RCNN, '--resume', 'nope.pth')
+
+
 def test_bad_load_from(no_imagenet):
     with pytest.raises(
             FileNotFoundError,
