@@ -322,6 +322,12 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
             torch.distributed.destroy_process_group()
     assert cfg.model.decode_head.norm_cfg.type == 'BN'
     assert cfg.model.auxiliary_head.norm_cfg.type == 'BN'
+    # mmengine's wrapper for the CPU (no device ids), its usual settings
+    assert cfg.model_wrapper_cfg == dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        device_ids=None)
     assert (logging.INFO, "No CUDA: distributed backend 'nccl' replaced "
             "by 'gloo'") in logs  # mmseg's default backend
     warnings = [msg for level, msg in logs if level == logging.WARNING]
