@@ -103,6 +103,42 @@ def test_train_options(tmp_path, monkeypatch, no_data_check):
                        *scratch))
 
 
+def test_test_dumps_detections_only_when_asked(monkeypatch, tmp_path):
+    """``tools/test.py --out FILE`` adds mmdet's DumpDetResults to the
+    test metrics of a detector; without ``--out``, and for a segmentor
+    (whose ``--out`` is a folder of label maps, see setup_seg_test_cfg),
+    the metrics stay as configured."""
+    from mmdet.evaluation import DumpDetResults
+    from mmengine.config import Config
+
+    from mmrest_tools import launch
+
+    class Runner:
+
+        def __init__(self):
+            self.test_evaluator = type('Evaluator', (), {})()
+            self.test_evaluator.metrics = []
+
+        def test(self):
+            return {'metric': 1.0}
+
+    for scope in ('mmdet', 'mmseg'):
+        for out in (None, str(tmp_path / 'out.pkl')):
+            runner = Runner()
+            monkeypatch.setattr(launch, 'setup_test_cfg',
+                                lambda args: Config(dict(default_scope=scope)))
+            monkeypatch.setattr(launch, 'build_runner', lambda cfg: runner)
+            argv = ['config.py', 'model.pth'
+                    ] + ([] if out is None else ['--out', out])
+            assert launch.test(argv) == {'metric': 1.0}
+            dumps = runner.test_evaluator.metrics
+            if scope == 'mmdet' and out is not None:
+                assert len(dumps) == 1 and isinstance(dumps[0], DumpDetResults)
+                assert dumps[0].out_file_path == out
+            else:
+                assert dumps == [], (scope, out)
+
+
 def test_set_precision_without_options_changes_nothing():
     """``set_precision`` with neither ``--amp`` nor ``--no-amp`` keeps the
     config's wrapper: a plain one on the CPU, an AMP one on a GPU."""
