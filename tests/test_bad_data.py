@@ -97,6 +97,52 @@ def test_complete_data_passes_and_a_missing_image_folder_is_named(
     assert f"train_dataloader.dataset.data_prefix.img: " \
         f"'{shapes}/train_images_moved/' does not exist" in message
     assert message.count(' does not exist') == 1, message
+    assert 'images that' not in message  # the folder, not each image
+
+
+def test_coco_summary_of_other_json_files(tmp_path):
+    """Only a JSON object with an ``images`` and a ``categories`` list is
+    read as COCO's layout; other JSON (other data sets' annotation files)
+    gives None, and the checks leave it to the dataset."""
+    import json
+
+    from mmrest_tools.prerun_checks import coco_summary
+    cases = {
+        'list.json': [{
+            'images': [],
+            'categories': []
+        }],
+        'no_categories.json': {
+            'images': [{
+                'file_name': 'a.jpg'
+            }]
+        },
+        'no_images.json': {
+            'categories': [{
+                'name': 'cat'
+            }]
+        },
+        'categories_dict.json': {
+            'images': [],
+            'categories': {
+                'name': 'cat'
+            }
+        },
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        assert coco_summary(str(tmp_path / name)) is None, name
+    (tmp_path / 'coco.json').write_text(
+        json.dumps({
+            'images': [{
+                'file_name': 'a.jpg'
+            }, 7],
+            'categories': [{
+                'name': 'cat'
+            }]
+        }))
+    assert coco_summary(str(tmp_path / 'coco.json')) == dict(
+        categories=['cat'], images=['a.jpg', None])
 
 
 def test_a_file_where_a_folder_belongs_is_named(shapes):
