@@ -145,6 +145,54 @@ def test_coco_summary_of_other_json_files(tmp_path):
         categories=['cat'], images=['a.jpg', None])
 
 
+def test_empty_absent_and_odd_entries_are_left_to_the_dataset(tmp_path):
+    """What the checks do not read: a dataset without an ``ann_file`` or
+    with mmseg's empty one, an empty image prefix (``data_root`` itself,
+    named once when missing), a prefix that is not a string; and an image
+    entry without a string ``file_name`` counts as missing, not as a
+    crash."""
+    import json
+    root = tmp_path / 'data'
+    root.mkdir()
+    (root / 'imgs').mkdir()
+    (root / 'imgs' / 'a.jpg').write_bytes(b'')
+    (root / 'ann.json').write_text(
+        json.dumps({
+            'images': [{
+                'file_name': 'a.jpg'
+            }, {
+                'file_name': 7
+            }, {}],
+            'categories': []
+        }))
+
+    def check(**dataset):
+        cfg = dict(
+            train_dataloader=dict(dataset=dict(type='X', **dataset)),
+            train_cfg=dict())
+        check_data_paths(cfg, ('train', ))
+
+    for ann_file in (None, ''):
+        check(
+            data_root=str(root),
+            ann_file=ann_file,
+            data_prefix=dict(img='imgs/', seg=None))
+    check(data_root=str(root), data_prefix=dict(img=''))
+    with pytest.raises(FileNotFoundError) as info:
+        check(
+            data_root=str(tmp_path / 'gone'),
+            ann_file=None,
+            data_prefix=dict(img=''))
+    assert str(info.value).count('does not exist') == 1
+    with pytest.raises(FileNotFoundError) as info:
+        check(
+            data_root=str(root),
+            ann_file='ann.json',
+            data_prefix=dict(img='imgs/'))
+    assert '2 of the 3 images' in str(info.value)
+    assert '7, None' in str(info.value)
+
+
 def test_a_file_where_a_folder_belongs_is_named(shapes):
     cfg = _point_at(
         _config(CONFIGS[0]), shapes, ann='instances_{}.json', img='{}/')
