@@ -193,6 +193,26 @@ def test_empty_absent_and_odd_entries_are_left_to_the_dataset(tmp_path):
     assert '7, None' in str(info.value)
 
 
+def test_a_seg_prefix_is_checked_for_panoptic_data_only(tmp_path):
+    """``data_prefix.seg`` is read by mmdet's panoptic datasets only: a
+    missing one is named there, and left alone for an instance dataset
+    (Mask2Former's instance config inherits the panoptic one's)."""
+    (tmp_path / 'imgs').mkdir()
+    for kind, named in (('CocoPanopticDataset', True), ('CocoDataset', False)):
+        cfg = dict(
+            train_dataloader=dict(
+                dataset=dict(
+                    type=kind,
+                    data_root=str(tmp_path),
+                    data_prefix=dict(img='imgs/', seg='panoptic/'))),
+            train_cfg=dict())
+        if named:
+            with pytest.raises(FileNotFoundError, match='data_prefix.seg'):
+                check_data_paths(cfg, ('train', ))
+        else:
+            check_data_paths(cfg, ('train', ))
+
+
 def test_a_file_where_a_folder_belongs_is_named(shapes):
     cfg = _point_at(
         _config(CONFIGS[0]), shapes, ann='instances_{}.json', img='{}/')
