@@ -595,6 +595,24 @@ def test_class_check_on_mmseg_segmentors(tmp_path):
         check_classes(demo, ('train', ))
 
 
+def test_class_check_leaves_classes_it_cannot_read(tmp_path):
+    """Classes given otherwise than as names (a file name, numbers) and an
+    annotation file given otherwise than as one path are not checked,
+    rather than misread (a file name as its letters) or crashing."""
+    from mmrest_tools.prerun_checks import _check_categories, check_classes
+    demo = Config.fromfile(ROOT / 'configs/demo/'
+                           'rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
+    for classes in ('classes.txt', [0, 1, 2, 3, 4], ('a', 1)):
+        demo.train_dataloader.dataset.metainfo = dict(classes=classes)
+        check_classes(demo, ('train', ))
+    problems = []
+    for ann_file in (['a.json', 'b.json'], 7, None, ''):
+        _check_categories(('cat', ),
+                          dict(data_root=str(tmp_path), ann_file=ann_file),
+                          'train_dataloader.dataset', problems)
+    assert problems == []
+
+
 def test_class_check_names_duplicate_categories_and_counts_things(tmp_path):
     """An annotation file with two categories of one name (mmdet would give
     them separate labels) is named; a panoptic head without
