@@ -596,15 +596,24 @@ def test_class_check_on_mmseg_segmentors(tmp_path):
 
 
 def test_class_check_leaves_classes_it_cannot_read(tmp_path):
-    """Classes given otherwise than as names (a file name, numbers) and an
-    annotation file given otherwise than as one path are not checked,
-    rather than misread (a file name as its letters) or crashing."""
+    """Classes given otherwise than as names (a file name, numbers), an
+    annotation file given otherwise than as one path, and a split without
+    its loop are not checked, rather than misread (a file name as its
+    letters) or crashing."""
     from mmrest_tools.prerun_checks import _check_categories, check_classes
     demo = Config.fromfile(ROOT / 'configs/demo/'
                            'rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
     for classes in ('classes.txt', [0, 1, 2, 3, 4], ('a', 1)):
         demo.train_dataloader.dataset.metainfo = dict(classes=classes)
         check_classes(demo, ('train', ))
+    # a split whose loop the Runner does not build is not checked
+    demo = Config.fromfile(ROOT / 'configs/demo/'
+                           'rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
+    demo.val_dataloader.dataset.metainfo = dict(classes=('a', 'b'))
+    with pytest.raises(ValueError, match='val_dataloader'):
+        check_classes(demo, ('val', ))
+    demo.val_cfg = None
+    check_classes(demo, ('val', ))
     problems = []
     for ann_file in (['a.json', 'b.json'], 7, None, ''):
         _check_categories(('cat', ),

@@ -86,6 +86,31 @@ def test_a_checkpoint_without_the_backbone_does_not_replace_it(no_imagenet):
         setup(MASK_RCNN, '--cfg-options', f'load_from={ckpt}')
 
 
+def test_checkpoint_to_load_as_mmengine_decides(tmp_path):
+    """``load_from`` first; ``last_checkpoint`` of the work dir only with
+    ``resume`` (mmengine ignores it otherwise) and a work dir; and only
+    ``type='Pretrained'`` init configs name ImageNet files that must
+    exist."""
+    from mmrest_tools.prerun_checks import (checkpoint_to_load,
+                                            find_missing_pretrained)
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_3.pth'))
+    assert checkpoint_to_load(
+        dict(load_from='a.pth', resume=True, work_dir=str(work))) == 'a.pth'
+    assert checkpoint_to_load(dict(resume=True, work_dir=str(work))) == \
+        str(work / 'epoch_3.pth')
+    assert checkpoint_to_load(dict(resume=False, work_dir=str(work))) is None
+    assert checkpoint_to_load(dict(resume=True)) is None
+    assert find_missing_pretrained(
+        dict(
+            backbone=dict(
+                init_cfg=dict(type='Pretrained', checkpoint='gone.pth')),
+            neck=dict(init_cfg=dict(type='Other', checkpoint='gone2.pth')),
+            head=[dict(type='Pretrained',
+                       checkpoint='https://x/y.pth')])) == ['gone.pth']
+
+
 def test_missing_resume_checkpoint(no_imagenet):
     """``--resume FILE`` of a local file that is not there stops before
     anything is built, naming the option."""
