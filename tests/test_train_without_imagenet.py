@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import ROOT, build_detector
+from _helpers import ROOT, CallCounter, build_detector
 
 from mmrest.checkpoint import CheckpointError, load_checkpoint_file
 
@@ -109,6 +109,46 @@ def test_checkpoint_to_load_as_mmengine_decides(tmp_path):
             neck=dict(init_cfg=dict(type='Other', checkpoint='gone2.pth')),
             head=[dict(type='Pretrained',
                        checkpoint='https://x/y.pth')])) == ['gone.pth']
+
+
+class _Payload:
+
+    def __reduce__(self):
+        return (os.system, ('touch pwned', ))
+
+
+def test_reading_load_from_runs_no_code(tmp_path, monkeypatch):
+    """The keys of ``load_from`` are read weights-only and memory-mapped
+    (``torch.load``'s arguments recorded); a checkpoint carrying a payload
+    is refused and the payload never runs."""
+    from mmrest_tools.prerun_checks import _state_dict_keys
+    monkeypatch.chdir(tmp_path)
+    good = fake_checkpoint(tmp_path / 'good.pth')
+    loads = CallCounter(monkeypatch, torch, 'load', record=True)
+    assert _state_dict_keys(str(good)) == ['backbone.w', 'neck.w']
+    ((_, kwargs), ) = loads.calls
+    assert kwargs['weights_only'] is True and kwargs['mmap'] is True
+    torch.save(
+        dict(state_dict={'backbone.w': torch.zeros(1)}, meta=_Payload()),
+        'evil.pth')
+    with pytest.raises(CheckpointError, match='holds objects other than'):
+        _state_dict_keys('evil.pth')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_pretrained_search_passes_over_empty_init_cfgs(no_imagenet):
+    """Init configs that are None, or lists holding None, are passed over
+    on the way to the Pretrained one."""
+    from mmengine.config import Config
+
+    from mmrest_tools.prerun_checks import skip_pretrained_loaded_over
+    ckpt = fake_checkpoint(no_imagenet / 'coco.pth')
+    cfg = Config.fromfile(MASK_RCNN)
+    cfg.model.neck.init_cfg = None
+    cfg.model.rpn_head.init_cfg = [None, dict(type='Normal', std=0.01)]
+    cfg.load_from = str(ckpt)
+    assert len(skip_pretrained_loaded_over(cfg)) == 1
+    assert cfg.model.backbone.init_cfg is None
 
 
 def test_missing_resume_checkpoint(no_imagenet):
