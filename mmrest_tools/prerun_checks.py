@@ -34,11 +34,9 @@ import os
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 from mmrest.checkpoint import (extract_state_dict, is_local_path,
                                load_checkpoint_file, missing_weights_message,
-                               safe_loading)
+                               safe_torch_load)
 
 # Config keys of the datasets that wrap other datasets.
 _WRAPPED = ('dataset', 'datasets')
@@ -495,14 +493,8 @@ def _state_dict_keys(path: str) -> List[str]:
     """The weight names of a local checkpoint; its tensors memory-mapped,
     not read, where the format allows. Raises a clear error for a file that
     cannot be read."""
-    checkpoint = None
-    try:
-        with safe_loading():
-            checkpoint = torch.load(
-                osp.expanduser(path),
-                map_location='cpu',
-                weights_only=True,
-                mmap=True)
+    try:  # weights-only on every torch (torch's loader or mmrest's)
+        checkpoint = safe_torch_load(osp.expanduser(path), mmap=True)
     except Exception:  # legacy format, unsafe or corrupt: the loader says
         checkpoint = load_checkpoint_file(path)
     return list(extract_state_dict(checkpoint, source=repr(path)))

@@ -118,16 +118,19 @@ class _Payload:
 
 
 def test_reading_load_from_runs_no_code(tmp_path, monkeypatch):
-    """The keys of ``load_from`` are read weights-only and memory-mapped
-    (``torch.load``'s arguments recorded); a checkpoint carrying a payload
-    is refused and the payload never runs."""
-    from mmrest_tools.prerun_checks import _state_dict_keys
+    """The keys of ``load_from`` are read by mmrest's weights-only loader,
+    memory-mapped (on torch 2.1 too; the arguments recorded); a checkpoint
+    carrying a payload is refused and the payload never runs."""
+    from mmrest_tools import prerun_checks
     monkeypatch.chdir(tmp_path)
     good = fake_checkpoint(tmp_path / 'good.pth')
-    loads = CallCounter(monkeypatch, torch, 'load', record=True)
-    assert _state_dict_keys(str(good)) == ['backbone.w', 'neck.w']
+    loads = CallCounter(
+        monkeypatch, prerun_checks, 'safe_torch_load', record=True)
+    assert prerun_checks._state_dict_keys(
+        str(good)) == ['backbone.w', 'neck.w']
     ((_, kwargs), ) = loads.calls
-    assert kwargs['weights_only'] is True and kwargs['mmap'] is True
+    assert kwargs == dict(mmap=True)
+    _state_dict_keys = prerun_checks._state_dict_keys
     torch.save(
         dict(state_dict={'backbone.w': torch.zeros(1)}, meta=_Payload()),
         'evil.pth')
