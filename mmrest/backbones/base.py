@@ -50,6 +50,18 @@ def reduction_conv(embed_dims: int, sr_ratio: int) -> nn.Conv2d:
         groups=embed_dims)
 
 
+def check_attention_args(embed_dims: int, num_heads: int,
+                         sr_ratio: int) -> None:
+    """Refuse heads that do not divide the channels and a spatial reduction
+    that is not a positive integer (EMSA and ResT v2's attention alike)."""
+    if embed_dims % num_heads:
+        raise ValueError(f'embed_dims {embed_dims} is not divisible by '
+                         f'num_heads {num_heads}')
+    if not isinstance(sr_ratio, int) or sr_ratio < 1:
+        raise ValueError(
+            f'sr_ratio must be a positive integer, got {sr_ratio!r}')
+
+
 def _check_index(name: str, value: int, low: int, high: int = 3):
     if not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f'{name} must be an integer from {low} to {high}, '

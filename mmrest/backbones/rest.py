@@ -40,7 +40,7 @@ from mmengine.model import BaseModule
 
 from . import kernels
 from .base import (Mlp, PixelAttention, PreNormBlock, TokenMapsMixin,
-                   build_token_norm, reduction_conv)
+                   build_token_norm, check_attention_args, reduction_conv)
 
 
 class Stem(nn.Module):
@@ -153,12 +153,7 @@ class EMSA(nn.Module):
                  apply_transform: bool = True,
                  token_norm_cfg: dict = dict(type='LN')):
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
-        if not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(
-                f'sr_ratio must be a positive integer, got {sr_ratio!r}')
+        check_attention_args(embed_dims, num_heads, sr_ratio)
         self.num_heads = num_heads
         self.scale = qk_scale or (embed_dims // num_heads)**-0.5
         self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)

@@ -48,7 +48,7 @@ from mmengine.model import BaseModule
 
 from . import kernels
 from .base import (Mlp, PixelAttention, PreNormBlock, TokenMapsMixin,
-                   build_token_norm, reduction_conv)
+                   build_token_norm, check_attention_args, reduction_conv)
 
 #: LayerNorm epsilon of every norm in ResT v2 (docs/network.md).
 LN_EPS = 1e-6
@@ -157,12 +157,7 @@ class AttentionV2(nn.Module):
                  sr_ratio: int = 1,
                  token_norm_cfg: dict = TOKEN_NORM_CFG):
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims {embed_dims} is not divisible by '
-                             f'num_heads {num_heads}')
-        if not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(
-                f'sr_ratio must be a positive integer, got {sr_ratio!r}')
+        check_attention_args(embed_dims, num_heads, sr_ratio)
         self.num_heads = num_heads
         self.scale = (embed_dims // num_heads)**-0.5
         self.sr_ratio = sr_ratio
