@@ -347,6 +347,17 @@ def literal_attention(q, k, v, mix, mix_bias, attn_drop=0., eps=1e-5):
     return attn @ v
 
 
+class Reduce:
+    """Pickles as ``func(*args)``: what a hostile checkpoint holds (e.g.
+    ``Reduce(os.system, 'touch pwned')``)."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
 class CallCounter:
     """Replaces ``owner.name`` (via pytest's ``monkeypatch``, which raises
     if there is no such attribute: a renamed hook fails the test instead

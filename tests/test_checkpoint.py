@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from _helpers import relative_error
+from _helpers import Reduce, relative_error
 
 from mmrest import ResT
 from mmrest.backbones import to_literal
@@ -249,16 +249,6 @@ def test_checkpoint_of_another_variant_lists_the_keys(tmp_path, reference):
 
 
 # ------------------------------------------------------ hostile files
-class Reduce:
-    """Pickles as ``func(*args)``: what a hostile checkpoint holds."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
 def _multiarray():
     core = getattr(np, '_core', None)
     return getattr(core, 'multiarray', None) or np.core.multiarray

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, Reduce
 from mmengine.config import Config
 
 from mmrest.checkpoint import CheckpointError
@@ -377,12 +377,6 @@ def test_identify_names_each_kind_of_file():
         assert identify(checkpoint) == words
 
 
-class _Payload:
-
-    def __reduce__(self):
-        return (os.system, ('touch pwned', ))
-
-
 @pytest.mark.parametrize('zip_format', [True, False])
 def test_refuses_code_and_runs_none(tmp_path, monkeypatch, zip_format):
     """A payload in a checkpoint is refused and never runs, in torch's
@@ -392,7 +386,7 @@ def test_refuses_code_and_runs_none(tmp_path, monkeypatch, zip_format):
         dict(
             model={
                 'backbone.bottom_up.stem.conv1.weight': torch.zeros(1),
-                'x': _Payload()
+                'x': Reduce(os.system, 'touch pwned')
             }),
         'evil.pth',
         _use_new_zipfile_serialization=zip_format)
@@ -423,7 +417,9 @@ def test_plain_pickles_are_refused_by_content(tmp_path, monkeypatch):
     for protocol in (2, 4, 5):
         with open(f'model{protocol}.pth', 'wb') as f:
             pickle.dump(
-                dict(model={'x': _Payload()}, number=3), f, protocol=protocol)
+                dict(model={'x': Reduce(os.system, 'touch pwned')}, number=3),
+                f,
+                protocol=protocol)
         with pytest.raises(CheckpointError, match='plain pickle'):
             convert_detectron2_checkpoint(f'model{protocol}.pth', 'o.pth')
     with open('model.pkl', 'wb') as f:  # protocol 0: no opcode 0x80
@@ -432,7 +428,7 @@ def test_plain_pickles_are_refused_by_content(tmp_path, monkeypatch):
         convert_detectron2_checkpoint('model.pkl', 'o.pth')
     with open('magic.pth', 'wb') as f:  # torch's number, then a payload
         pickle.dump(torch.serialization.MAGIC_NUMBER + 1, f, protocol=2)
-        pickle.dump(_Payload(), f, protocol=2)
+        pickle.dump(Reduce(os.system, 'touch pwned'), f, protocol=2)
     with pytest.raises(CheckpointError, match='plain pickle'):
         convert_detectron2_checkpoint('magic.pth', 'o.pth')
     assert not (tmp_path / 'pwned').exists()

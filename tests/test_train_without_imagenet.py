@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import ROOT, CallCounter, build_detector
+from _helpers import ROOT, CallCounter, Reduce, build_detector
 
 from mmrest.checkpoint import CheckpointError, load_checkpoint_file
 
@@ -111,12 +111,6 @@ def test_checkpoint_to_load_as_mmengine_decides(tmp_path):
                        checkpoint='https://x/y.pth')])) == ['gone.pth']
 
 
-class _Payload:
-
-    def __reduce__(self):
-        return (os.system, ('touch pwned', ))
-
-
 def test_reading_load_from_runs_no_code(tmp_path, monkeypatch):
     """The keys of ``load_from`` are read by mmrest's weights-only loader,
     memory-mapped (on torch 2.1 too; the arguments recorded); a checkpoint
@@ -132,8 +126,9 @@ def test_reading_load_from_runs_no_code(tmp_path, monkeypatch):
     assert kwargs == dict(mmap=True)
     _state_dict_keys = prerun_checks._state_dict_keys
     torch.save(
-        dict(state_dict={'backbone.w': torch.zeros(1)}, meta=_Payload()),
-        'evil.pth')
+        dict(
+            state_dict={'backbone.w': torch.zeros(1)},
+            meta=Reduce(os.system, 'touch pwned')), 'evil.pth')
     with pytest.raises(CheckpointError, match='holds objects other than'):
         _state_dict_keys('evil.pth')
     assert not (tmp_path / 'pwned').exists()
