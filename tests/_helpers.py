@@ -347,6 +347,18 @@ def literal_attention(q, k, v, mix, mix_bias, attn_drop=0., eps=1e-5):
     return attn @ v
 
 
+#: Small arch dicts of both families (two blocks at stage 3), for tests
+#: that build many models or compile them.
+TINY_V1 = dict(
+    embed_dims=[8, 16, 32, 64],
+    depths=[1, 1, 2, 1],
+    num_heads=[1, 2, 4, 8],
+    sr_ratios=[8, 4, 2, 1],
+    mlp_ratios=[2, 2, 2, 2])
+TINY_V2 = dict(
+    embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8])
+
+
 class Reduce:
     """Pickles as ``func(*args)``: what a hostile checkpoint holds (e.g.
     ``Reduce(os.system, 'touch pwned')``)."""

@@ -26,10 +26,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import (GRADIENT_FACTOR, CallCounter, assert_float32_close,
-                      assert_gradients_close, float32_errors, float32_floor,
-                      float64_literal, golden_model, golden_model_v2,
-                      literal_attention, relative_error, stage_depths)
+from _helpers import (GRADIENT_FACTOR, TINY_V1, TINY_V2, CallCounter,
+                      assert_float32_close, assert_gradients_close,
+                      float32_errors, float32_floor, float64_literal,
+                      golden_model, golden_model_v2, literal_attention,
+                      relative_error, stage_depths)
 
 from mmrest import ResT, ResTV2
 from mmrest.backbones import EMSA, emsa_attention, kernels, to_literal
@@ -440,12 +441,7 @@ def test_with_cp_under_compile_behind_a_frozen_stem(cls):
     stage's blocks included, gets the gradient of the eager model without
     checkpointing (float64). (Reentrant checkpointing gives the first
     blocks none under torch 2.1's ``torch.compile``.)"""
-    arch = dict(
-        embed_dims=[8, 16, 32, 64],
-        depths=[1, 1, 2, 1],
-        num_heads=[1, 2, 4, 8])
-    if cls is ResT:
-        arch.update(sr_ratios=[8, 4, 2, 1], mlp_ratios=[2, 2, 2, 2])
+    arch = TINY_V1 if cls is ResT else TINY_V2
     torch.manual_seed(0)
     models = [cls(arch, with_cp=cp, frozen_stages=0) for cp in (False, True)]
     models[1].load_state_dict(models[0].state_dict())

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import (GRADIENT_FACTOR, CallCounter, OpsRecorded,
-                      assert_float32_close, assert_float64_equal,
+from _helpers import (GRADIENT_FACTOR, TINY_V1, TINY_V2, CallCounter,
+                      OpsRecorded, assert_float32_close, assert_float64_equal,
                       assert_gradients_close, float32_floor, float64_literal,
                       golden_model, literal_attention, relative_error,
                       stage_depths)
@@ -834,16 +834,6 @@ def test_conv_norm_folds_only_zero_padded_convs(monkeypatch):
         assert relative_error(args[1].double(), weight) < 1e-6
         assert relative_error(args[2].double(), bias) < 1e-6
         assert torch.allclose(out, expected, atol=1e-5)
-
-
-TINY_V1 = dict(
-    embed_dims=[8, 16, 32, 64],
-    depths=[1, 1, 2, 1],
-    num_heads=[1, 2, 4, 8],
-    sr_ratios=[8, 4, 2, 1],
-    mlp_ratios=[2, 2, 2, 2])
-TINY_V2 = dict(
-    embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8])
 
 
 @pytest.mark.parametrize('family', ['v1', 'v2'])
