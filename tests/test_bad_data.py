@@ -145,6 +145,15 @@ def test_coco_summary_of_other_json_files(tmp_path):
         categories=['cat'], images=['a.jpg', None])
 
 
+def _check_train_dataset(kind='X', **dataset):
+    """check_data_paths of a config whose only split is training, with
+    this dataset."""
+    check_data_paths(
+        dict(
+            train_dataloader=dict(dataset=dict(type=kind, **dataset)),
+            train_cfg=dict()), ('train', ))
+
+
 def test_empty_absent_and_odd_entries_are_left_to_the_dataset(tmp_path):
     """What the checks do not read: a dataset without an ``ann_file`` or
     with mmseg's empty one, an empty image prefix (``data_root`` itself,
@@ -166,12 +175,7 @@ def test_empty_absent_and_odd_entries_are_left_to_the_dataset(tmp_path):
             'categories': []
         }))
 
-    def check(**dataset):
-        cfg = dict(
-            train_dataloader=dict(dataset=dict(type='X', **dataset)),
-            train_cfg=dict())
-        check_data_paths(cfg, ('train', ))
-
+    check = _check_train_dataset
     for ann_file in (None, ''):
         check(
             data_root=str(root),
@@ -198,19 +202,12 @@ def test_a_seg_prefix_is_checked_for_panoptic_data_only(tmp_path):
     missing one is named there, and left alone for an instance dataset
     (Mask2Former's instance config inherits the panoptic one's)."""
     (tmp_path / 'imgs').mkdir()
-    for kind, named in (('CocoPanopticDataset', True), ('CocoDataset', False)):
-        cfg = dict(
-            train_dataloader=dict(
-                dataset=dict(
-                    type=kind,
-                    data_root=str(tmp_path),
-                    data_prefix=dict(img='imgs/', seg='panoptic/'))),
-            train_cfg=dict())
-        if named:
-            with pytest.raises(FileNotFoundError, match='data_prefix.seg'):
-                check_data_paths(cfg, ('train', ))
-        else:
-            check_data_paths(cfg, ('train', ))
+    dataset = dict(
+        data_root=str(tmp_path),
+        data_prefix=dict(img='imgs/', seg='panoptic/'))
+    with pytest.raises(FileNotFoundError, match='data_prefix.seg'):
+        _check_train_dataset('CocoPanopticDataset', **dataset)
+    _check_train_dataset('CocoDataset', **dataset)
 
 
 def test_a_file_where_a_folder_belongs_is_named(shapes):
