@@ -1,0 +1,120 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""Every link between the repository's Markdown files leads somewhere.
+
+A relative link must name a file or folder of the repository, and a
+``#fragment`` a heading of its target, as GitHub forms heading anchors
+(lower case, punctuation dropped, spaces to hyphens, ``-1``, ``-2`` for a
+repeated heading). Headings and links inside fenced code are not counted.
+"""
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# [text](target) and [text](target "title"); images too
+_LINK = re.compile(r'\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
+_HEADING = re.compile(r'^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$')
+
+
+def _markdown_files():
+    out = subprocess.run(['git', 'ls-files', '*.md'],
+                         cwd=ROOT,
+                         capture_output=True,
+                         text=True,
+                         check=True).stdout.split()
+    return sorted(out)
+
+
+def _outside_fences(text):
+    """The lines of ``text`` that are not inside fenced code blocks."""
+    fence = None
+    for line in text.splitlines():
+        marker = re.match(r'^ {0,3}(`{3,}|~{3,})', line)
+        if marker:
+            if fence is None:
+                fence = marker.group(1)[0]
+            elif marker.group(1)[0] == fence:
+                fence = None
+            continue
+        if fence is None:
+            yield line
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a heading's text (before de-duplication)."""
+    text = re.sub(r'<[^>]+>', '', heading)  # inline HTML
+    text = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', text)  # links: their text
+    text = text.strip().lower()
+    text = re.sub(r'[^\w\- ]', '', text)  # keeps letters, digits, _ and -
+    return text.replace(' ', '-')
+
+
+def anchors(text):
+    """Every heading anchor of a Markdown text, repeated ones numbered."""
+    seen, found = {}, set()
+    for line in _outside_fences(text):
+        match = _HEADING.match(line)
+        if not match:
+            continue
+        slug = github_anchor(match.group(2))
+        count = seen.get(slug, 0)
+        found.add(slug if count == 0 else f'{slug}-{count}')
+        seen[slug] = count + 1
+    return found
+
+
+def _links(text):
+    for line in _outside_fences(text):
+        line = re.sub(r'`[^`]*`', '', line)  # inline code is not a link
+        for match in _LINK.finditer(line):
+            yield match.group(1)
+
+
+def _broken_links(md_path):
+    with open(osp.join(ROOT, md_path), encoding='utf-8') as f:
+        text = f.read()
+    broken = []
+    for target in _links(text):
+        if re.match(r'^[a-z][a-z0-9+.-]*:', target):  # http:, mailto:
+            continue
+        path, _, fragment = target.partition('#')
+        dest = osp.normpath(osp.join(osp.dirname(md_path), path)) \
+            if path else md_path
+        full = osp.join(ROOT, dest)
+        if not osp.exists(full):
+            broken.append(f'{target}: no file {dest}')
+        elif fragment and dest.endswith('.md'):
+            with open(full, encoding='utf-8') as f:
+                if fragment.lower() not in anchors(f.read()):
+                    broken.append(f'{target}: no heading #{fragment} in '
+                                  f'{dest}')
+    return broken
+
+
+def test_github_anchor_rules():
+    text = ('# Title\n## What was proven, and what not\n'
+            '### `make test` on torch 2.1 (CPU)\n## Title\n'
+            '```\n# not a heading\n```\n## ResT v2: the [paper](x.md)\n')
+    assert anchors(text) == {
+        'title', 'what-was-proven-and-what-not', 'make-test-on-torch-21-cpu',
+        'title-1', 'rest-v2-the-paper'
+    }
+
+
+def test_broken_links_are_found(tmp_path, monkeypatch):
+    (tmp_path / 'a.md').write_text(
+        '# A\n[ok](b.md#b-one) [self](#a) [gone](c.md) [bad](b.md#b-two)\n'
+        '```\n[in code](nowhere.md)\n```\n[web](https://example.com/x#y)\n')
+    (tmp_path / 'b.md').write_text('# B one\n')
+    monkeypatch.setattr(sys.modules[__name__], 'ROOT', str(tmp_path))
+    assert _broken_links('a.md') == [
+        'c.md: no file c.md', 'b.md#b-two: no heading #b-two in b.md'
+    ]
+
+
+@pytest.mark.parametrize('md_path', _markdown_files())
+def test_links_lead_somewhere(md_path):
+    assert _broken_links(md_path) == []
