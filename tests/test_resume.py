@@ -368,14 +368,27 @@ def test_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
 
+    synced_folder = []
+
     def fsync(fd):
         mode = os.fstat(fd).st_mode
         synced.append('folder' if stat.S_ISDIR(mode) else 'file')
+        if stat.S_ISDIR(mode):
+            synced_folder.append(os.fstat(fd).st_ino)
         real_fsync(fd)
 
     monkeypatch.setattr(os, 'fsync', fsync)
     atomic_write(tmp_path / 'a.bin', b'data')
     assert synced == ['file', 'folder']
+    # the folder synced is the file's, not the working directory; a bare
+    # file name's folder is the working directory
+    sub = tmp_path / 'sub'
+    monkeypatch.chdir(tmp_path)
+    for path, folder in ((sub / 'b.bin', sub), ('c.bin', tmp_path)):
+        synced.clear()
+        atomic_write(path, b'data')
+        assert synced == ['file', 'folder']
+        assert synced_folder[-1] == os.stat(folder).st_ino
 
 
 def test_remove_stale_temp_files_only_removes_dead_writers(tmp_path):
@@ -401,6 +414,47 @@ def test_remove_stale_temp_files_only_removes_dead_writers(tmp_path):
         writer.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, other.name, running.name])
+
+
+def test_remove_stale_temp_files_keeps_what_it_cannot_ask_about(
+        tmp_path, monkeypatch):
+    """A writer that cannot be signalled (another user's process: EPERM) or
+    asked at all is taken as alive: its file is kept."""
+    kept = tmp_path / '.iter_9.pth.4242.tmp'
+    kept.write_bytes(b'x')
+    for error in (PermissionError, OSError):
+
+        def kill(pid, sig, error=error):
+            assert (pid, sig) == (4242, 0)
+            raise error('not allowed')
+
+        monkeypatch.setattr(os, 'kill', kill)
+        assert remove_stale_temp_files(str(tmp_path)) == []
+        assert kept.exists()
+
+
+def test_atomic_backend_registration_replaces_a_stale_class():
+    """``register_atomic_backend`` installs mmrest's class under its name
+    also when another class holds that name (e.g. a reloaded module's)."""
+    from mmengine.fileio import register_backend
+    from mmengine.fileio.backends import backends as registered_backends
+
+    from mmrest.checkpoint.atomic_io import (ATOMIC_BACKEND,
+                                             AtomicLocalBackend,
+                                             register_atomic_backend)
+
+    class Stale(AtomicLocalBackend):
+        pass
+
+    register_backend(ATOMIC_BACKEND, Stale, force=True)
+    try:
+        register_atomic_backend()
+    finally:
+        stale = registered_backends[ATOMIC_BACKEND] is Stale
+        register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+    assert not stale
+    register_atomic_backend()  # already registered: nothing changes
+    assert registered_backends[ATOMIC_BACKEND] is AtomicLocalBackend
 
 
 # ------------------------------------------------ by epoch, best and last
