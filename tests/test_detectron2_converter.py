@@ -783,3 +783,22 @@ def test_retina_head_clips_then_drops_empty_boxes():
         img_meta=dict(img_shape=(100, 100)))
     assert out.bboxes.tolist() == [[10., 10., 20., 30.], [0., 90., 20., 100.]]
     assert out.scores.tolist() == pytest.approx([0.9, 0.8])
+    # rescaled: clipped to the original image, after the scaling
+    out = head._bbox_post_process(
+        results.clone(),
+        cfg,
+        rescale=True,
+        with_nms=True,
+        img_meta=dict(
+            img_shape=(100, 100), ori_shape=(50, 50), scale_factor=(2., 2.)))
+    assert out.bboxes.tolist() == [[5., 5., 10., 15.], [0., 45., 10., 50.]]
+    # test-time augmentation (no NMS yet): the boxes are merged first, so
+    # none is clipped or dropped here
+    boxes = results.bboxes.clone()
+    out = head._bbox_post_process(
+        results.clone(),
+        cfg,
+        rescale=False,
+        with_nms=False,
+        img_meta=dict(img_shape=(100, 100)))
+    assert out.bboxes.tolist() == boxes.tolist()
