@@ -41,6 +41,19 @@ def test_loads_every_weight_of_the_checkpoint(detector_checkpoint, with_neck):
     assert set(got) == expected
     for key in expected:
         assert torch.equal(got[key], state[key]), key
+    # its output: the detector's features (backbone, then neck) or the
+    # backbone's maps alone
+    _, detector = build_detector(CONFIG)
+    detector.load_state_dict(state)
+    detector.eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        want = detector.extract_feat(x) if with_neck else \
+            detector.backbone(x)
+        out = model(x)
+    # RetinaNet: stages 2 to 4 (out_indices), then FPN's 5 levels
+    assert isinstance(out, tuple) and len(out) == (5 if with_neck else 3)
+    assert all(torch.equal(a, b) for a, b in zip(out, want))
     # without the checkpoint the weights are others (from scratch)
     scratch = build_feature_extractor(CONFIG).state_dict()
     assert not torch.equal(scratch['backbone.stem.conv1.weight'],
