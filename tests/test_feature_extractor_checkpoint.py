@@ -55,7 +55,9 @@ def test_loads_every_weight_of_the_checkpoint(detector_checkpoint, with_neck):
     assert isinstance(out, tuple) and len(out) == (5 if with_neck else 3)
     assert all(torch.equal(a, b) for a, b in zip(out, want))
     # without the checkpoint the weights are others (from scratch)
-    scratch = build_feature_extractor(CONFIG).state_dict()
+    scratch = build_feature_extractor(CONFIG)
+    assert scratch.neck is None  # the backbone alone unless asked
+    scratch = scratch.state_dict()
     assert not torch.equal(scratch['backbone.stem.conv1.weight'],
                            state['backbone.stem.conv1.weight'])
 
