@@ -746,12 +746,47 @@ def test_mmengine_checkpoint_resumes(tmp_path, saved_by, loader):
     fresh = _toy['runner'](
         tmp_path / 'b', 2, _atomic_hook(), load_from=str(path))
     fresh.call_hook('before_run')  # as train / val / test do, then load
+    wrapped = fresh.load_checkpoint
+    fresh.call_hook('before_run')  # a second loop (train, then test)
+    assert fresh.load_checkpoint is wrapped  # wrapped once, not again
     fresh.load_or_resume()
     assert torch.equal(fresh.model.head.weight,
                        ckpt['state_dict']['head.weight'])
     # and the allow-list is gone again
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_atomic_hook_writes_atomically_only_through_its_own_backend(
+        tmp_path, monkeypatch):
+    """AtomicCheckpointHook is atomic with a local folder and no deprecated
+    ``file_client_args`` (with them it is mmengine's CheckpointHook, which
+    refuses both kinds of arguments at once); only the main process removes
+    the temporary files of a killed writer."""
+    import subprocess
+
+    from mmengine.hooks import CheckpointHook
+
+    import mmrest.engine.hooks as hooks
+    from mmrest.engine import AtomicCheckpointHook
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = f'.iter_9.pth.{dead.pid}.tmp'
+    for folder, main in (('rank1', False), ('rank0', True)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / stale).write_bytes(b'x')
+        hook = _atomic_hook()
+        monkeypatch.setattr(hooks, 'is_main_process', lambda m=main: m)
+        _toy['runner'](tmp_path / folder, 2, hook).train()
+        assert hook.atomic
+        assert (tmp_path / folder / stale).exists() is not main
+    hook = AtomicCheckpointHook(
+        interval=2, by_epoch=False, file_client_args=dict(backend='disk'))
+    calls = []
+    monkeypatch.setattr(CheckpointHook, '_save_checkpoint_with_step',
+                        lambda *args: calls.append(args[2]))
+    _toy['runner'](tmp_path / 'deprecated', 2, hook).train()
+    assert not hook.atomic and calls == [2]
 
 
 def test_mmengine_checkpoint_loads_into_a_backbone(tmp_path, reference):
