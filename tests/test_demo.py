@@ -178,6 +178,25 @@ def test_one_shape_is_annotated_by_its_pixels(seed):
     assert anns[0]['category_id'] == labels.max()
 
 
+def test_only_pieces_of_some_area_become_polygons():
+    """A shape's visible pixels become one polygon per piece of at least
+    3 corners and 4 pixels of enclosed area: a 2x2 speck (area 1) and a
+    one-pixel line (2 corners) left by an occlusion are dropped, a 3x3
+    block (area 4) is kept."""
+    import cv2
+
+    from mmrest.synthetic.shapes import _polygons
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:12, 2:12] = 1  # 10 x 10: outline area 81
+    mask[20:22, 20:22] = 1  # 2 x 2: area 1
+    mask[28, 5:15] = 1  # a line
+    mask[25:28, 25:28] = 1  # 3 x 3: area 4
+    polys = _polygons(mask)
+    areas = sorted(
+        cv2.contourArea(np.array(p, np.float32).reshape(-1, 2)) for p in polys)
+    assert areas == [4.0, 81.0]
+
+
 def test_each_class_draws_its_shape():
     """Each class's masks have its shape, measured on the outline of 10
     masks at any rotation (the medians): a triangle's outline simplifies to
