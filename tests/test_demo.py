@@ -85,10 +85,17 @@ def test_generator_is_valid_coco(tmp_path):
     (dict(splits={}), 'splits'),
     (dict(splits=dict(train=0)), r"splits\['train'\]"),
     (dict(splits={'../x': 2}), 'split name'),
+    (dict(splits={1: 2}), 'split name'),
+    (dict(splits=dict(train=True)), r"splits\['train'\]"),
     (dict(image_size=(8, 128)), 'image_size'),
     (dict(image_size=(16, 15)), 'image_size'),
     (dict(image_size=128), 'image_size'),
+    (dict(image_size=(64., 64)), 'image_size'),
     (dict(max_objects=0), 'max_objects'),
+    (dict(max_objects=2.0), 'max_objects'),
+    (dict(object_size=20), 'object_size'),
+    (dict(object_size=(20, 30, 40)), 'object_size'),
+    (dict(object_size=('a', 'b')), 'object_size'),
     (dict(object_size=(30, 20)), 'object_size'),
     (dict(object_size=(3.9, 20)), 'object_size'),
     (dict(image_size=(64, 48), object_size=(20, 49)), 'object_size'),
@@ -97,6 +104,7 @@ def test_generator_is_valid_coco(tmp_path):
     (dict(max_rotation=181), 'max_rotation'),
     (dict(max_rotation='0'), 'max_rotation'),
     (dict(seed=-1), 'seed'),
+    (dict(seed=True), 'seed'),
 ])
 def test_generator_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
