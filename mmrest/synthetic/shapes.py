@@ -177,13 +177,8 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_args(splits,
-                image_size,
-                max_objects,
-                object_size,
-                max_rotation,
-                seed,
-                semantic_labels=False):
+def _check_args(splits, image_size, max_objects, object_size, max_rotation,
+                seed, semantic_labels):
     if not splits:
         raise ValueError('splits must name at least one split, got {}')
     for split, count in splits.items():
