@@ -38,6 +38,13 @@ def test_generator_same_seed_same_bytes(tmp_path):
     a, b, c = (_files(tmp_path / n) for n in 'abc')
     assert len(a) == 12 + 6 + 2
     assert a == b
+    # generated again over an existing set (with its label maps), the same
+    for _ in range(2):
+        generate_shapes_coco(
+            str(tmp_path / 'a'), seed=4, semantic_labels=True, **SMALL)
+    generate_shapes_coco(str(tmp_path / 'a'), seed=3, **SMALL)
+    again = _files(tmp_path / 'a')
+    assert {k: again[k] for k in a} == a
     assert a.keys() == c.keys() and a != c
     # a split's content depends on the seed and its name only
     generate_shapes_coco(
