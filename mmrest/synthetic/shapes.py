@@ -301,13 +301,10 @@ def generate_shapes_coco(out_dir: str,
     return ann_files
 
 
-def recorded_params(splits: Dict[str, int],
-                    image_size: Sequence[int],
-                    max_objects: int,
-                    object_size: Sequence[float],
-                    max_rotation: float,
-                    seed: int,
-                    semantic_labels: bool = False) -> Dict[str, dict]:
+def recorded_params(splits: Dict[str, int], image_size: Sequence[int],
+                    max_objects: int, object_size: Sequence[float],
+                    max_rotation: float, seed: int,
+                    semantic_labels: bool) -> Dict[str, dict]:
     """What each split's annotation file records as ``info.params`` (read
     back by :func:`shapes_info`) when :func:`generate_shapes_coco` is given
     these arguments. ``semantic_labels`` is recorded only when set, so that
