@@ -75,6 +75,9 @@ def test_inductor_stride_check_patch():
         pytest.skip(f'torch {torch.__version__}: no such Inductor function')
     patched = getattr(check, 'mmrest_patch', False)
     assert patched == inductor_patches._inductor_stride_check_raises()
+    # asked again: "patched (before)", and torch's function wrapped once
+    assert inductor_patches.patch_inductor_stride_check() == patched
+    assert getattr(ir.Layout, '_stride_expr_ge_or_false') is check
     if not patched:
         pytest.skip(f'torch {torch.__version__}: no range-analysis failure')
     width, area, env = _stage_strides()
@@ -131,6 +134,32 @@ def test_inductor_patches_can_be_refused(monkeypatch, refuse):
         result.stdout
 
 
+def test_replace_steps(monkeypatch):
+    """Each patch's steps, whatever torch is here: nothing without the
+    original or when refused, "patched" for mmrest's own function, nothing
+    where the bug is not detected, else the wrapped function installed."""
+    monkeypatch.delenv('MMREST_NO_INDUCTOR_PATCH', raising=False)
+    installed = []
+
+    def original():
+        return 'torch'
+
+    def replace(original, detected):
+        return inductor_patches._replace(original, lambda: detected,
+                                         lambda f: lambda: 'mmrest',
+                                         installed.append)
+
+    assert replace(None, True) is False
+    assert replace(original, False) is False and installed == []
+    assert replace(original, True) is True
+    patched, = installed
+    assert patched() == 'mmrest' and patched.__wrapped__ is original
+    assert patched.mmrest_patch is True
+    assert replace(patched, True) is True and len(installed) == 1
+    monkeypatch.setenv('MMREST_NO_INDUCTOR_PATCH', '1')
+    assert replace(original, True) is False and len(installed) == 1
+
+
 def test_after_import_runs_once_after_the_module(tmp_path, monkeypatch):
     """A callback waits for its module's first import and runs right after
     the module's code (the module's names are there); a module already
@@ -149,7 +178,12 @@ def test_after_import_runs_once_after_the_module(tmp_path, monkeypatch):
 
     inductor_patches.after_import('mmrest_probe_a', record_a)
     inductor_patches.after_import('mmrest_probe_b', broken)
+    inductor_patches.after_import('mmrest_probe_missing', record_a)
     assert seen == []
+    with pytest.raises(ModuleNotFoundError):  # as without the callback
+        import mmrest_probe_missing  # noqa: F401
+    assert 'mmrest_probe_missing' in inductor_patches._FINDER.waiting
+    inductor_patches._FINDER.waiting.pop('mmrest_probe_missing')
     import mmrest_probe_a
     assert seen == [('a', 1)]
     assert 'exec_module' not in vars(mmrest_probe_a.__loader__)
