@@ -5,6 +5,8 @@ A relative link must name a file or folder of the repository, and a
 ``#fragment`` a heading of its target, as GitHub forms heading anchors
 (lower case, punctuation dropped, spaces to hyphens, ``-1``, ``-2`` for a
 repeated heading). Headings and links inside fenced code are not counted.
+The repository paths the text names in code spans exist, and so do the
+``make`` targets it names.
 """
 import os.path as osp
 import re
@@ -118,3 +120,52 @@ def test_broken_links_are_found(tmp_path, monkeypatch):
 @pytest.mark.parametrize('md_path', _markdown_files())
 def test_links_lead_somewhere(md_path):
     assert _broken_links(md_path) == []
+
+
+# Paths of other repositories that the text names as theirs (mmdet's and
+# mmseg's tools and bases, the authors' detectron2 and mmseg 0.x files), a
+# former config name, and the package data a wheel builds.
+OTHER_REPOSITORIES = {
+    'tools/analysis_tools/benchmark.py', 'tools/analysis_tools/get_flops.py',
+    'configs/_base_/datasets/ade20k.py',
+    'configs/_base_/schedules/schedule_160k.py',
+    'configs/ResTv1/retinanet_rest_small_FPN_1x.yaml',
+    'configs/ResTv1/mask_rcnn_rest_small_FPN_1x.yaml',
+    'configs/ResTv2/mask_rcnn_restv2_tiny_FPN_3x.yaml',
+    'configs/_base_/models/upernet_restv2.py', 'tools/align_resize.py',
+    'configs/retinanet/rest_small_fpn_1x_coco.py', 'mmrest/.mim'
+}
+_PATH = re.compile(r'`((?:tools|configs|mmrest|mmrest_tools|tests|docs|'
+                   r'requirements|\.ci)/[^`\s]*)`')
+
+
+def _named_paths(text):
+    """The repository paths in code spans (without wildcards, placeholders,
+    ``::test`` or ``:line`` suffixes)."""
+    for match in _PATH.finditer(text):
+        path = match.group(1).rstrip('/').split(':')[0]
+        if not any(c in path for c in '*<>{}$'):
+            yield path
+
+
+@pytest.mark.parametrize('md_path', _markdown_files())
+def test_named_paths_and_make_targets_exist(md_path):
+    with open(osp.join(ROOT, md_path), encoding='utf-8') as f:
+        text = f.read()
+    missing = [
+        p for p in _named_paths(text)
+        if p not in OTHER_REPOSITORIES and not osp.exists(osp.join(ROOT, p))
+    ]
+    assert missing == []
+    with open(osp.join(ROOT, 'Makefile')) as f:
+        targets = set(re.findall(r'^([\w-]+):', f.read(), re.M))
+    assert {'test', 'demo', 'setup', 'setup-oldest'} <= targets
+    assert set(re.findall(r'`make ([\w-]+)', text)) - targets == set()
+
+
+def test_named_paths_are_found():
+    text = ('`tools/train.py` `configs/x/*.py` `tests/test_a.py::test_b` '
+            '`mmrest/kernels.py:12` `tools/` `docs/<name>.md` `pip install`')
+    assert list(_named_paths(text)) == [
+        'tools/train.py', 'tests/test_a.py', 'mmrest/kernels.py', 'tools'
+    ]
