@@ -155,6 +155,17 @@ def test_dynamo_exporter_needs_torch_2_5(monkeypatch, tmp_path):
     assert not called
 
 
+@pytest.mark.parametrize('shape', [(64, ), (64, 96, 3), (0, 96), (64, -1)])
+def test_export_refuses_a_bad_shape_before_exporting(monkeypatch, tmp_path,
+                                                     shape):
+    from mmrest.onnx_export import export_onnx
+    called = []
+    monkeypatch.setattr(torch.onnx, 'export', lambda *a, **k: called.append(k))
+    with pytest.raises(ValueError, match=r'shape must be \(height, width\)'):
+        export_onnx(tiny_model(), str(tmp_path / 'x.onnx'), shape)
+    assert not called
+
+
 @pytest.mark.parametrize('has_dynamo', [True, False])
 def test_torchscript_export_passes_dynamo_only_where_torch_has_it(
         monkeypatch, tmp_path, has_dynamo):
