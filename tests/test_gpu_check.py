@@ -329,6 +329,63 @@ def test_ext_stand_in_module():
         mod.ball_query_forward()
     with pytest.raises(AttributeError):
         mod.__path__  # not a package for the import system
+    assert mod.MMREST_OPS_SHIM is True  # how install() knows its own
+    for name in ('__private', 'trailing__'):  # stubs, not dunders
+        with pytest.raises(NotImplementedError, match=name):
+            getattr(mod, name)()
+
+
+def test_install_only_where_mmcv_ext_is_missing(monkeypatch):
+    """``install`` leaves a working ``mmcv._ext`` alone, recognises its
+    own stand-in, installs one when forced (the self-check's report with
+    it) and refuses to once ``mmcv.ops`` holds the real functions;
+    ``MMREST_FORCE_OPS_SHIM=0`` is not forcing."""
+    import types
+    real = pytest.importorskip('mmcv._ext')  # the compiled ops
+    if getattr(real, 'MMREST_OPS_SHIM', False):
+        pytest.skip('mmcv without its compiled ops: the shim is in use')
+    monkeypatch.setitem(sys.modules, 'mmcv._ext', real)  # restored after
+    monkeypatch.setitem(ops_shim._BACKEND, 'name', ops_shim._BACKEND['name'])
+    for value in ('', '0'):
+        monkeypatch.setenv(ops_shim.FORCE_ENV, value)
+        assert ops_shim.install() == dict(
+            used=False, reason='mmcv._ext imports')
+    assert sys.modules['mmcv._ext'] is real
+    monkeypatch.setitem(sys.modules, 'mmcv.ops.stand_in',
+                        types.ModuleType('mmcv.ops.stand_in'))
+    monkeypatch.setenv(ops_shim.FORCE_ENV, '1')
+    with pytest.raises(RuntimeError, match='before mmcv.ops is imported'):
+        ops_shim.install()
+    for name in [m for m in sys.modules if m.startswith('mmcv.ops')]:
+        monkeypatch.delitem(sys.modules, name)  # put back after the test
+    report = ops_shim.install()
+    assert report['used'] is True and report['reason'].startswith('forced')
+    assert report['backend'] == report['self_check']['backend']
+    assert sys.modules['mmcv._ext'].MMREST_OPS_SHIM is True
+    monkeypatch.delenv(ops_shim.FORCE_ENV)
+    assert ops_shim.install() == dict(
+        used=True, reason='already installed', backend=report['backend'])
+
+
+def test_package_lookup_without_pkg_resources(monkeypatch):
+    """Where ``pkg_resources`` is gone, mmengine's package lookups answer
+    from the import system: installed or not, and the package's folder."""
+    import mmengine.config.config as cc
+    import mmengine.utils
+    import mmengine.utils.package_utils as pu
+    for mod in (pu, mmengine.utils, cc):  # restored after the test
+        for name in ('is_installed', 'get_installed_path'):
+            monkeypatch.setattr(mod, name, getattr(mod, name))
+    monkeypatch.setitem(sys.modules, 'pkg_resources', None)  # ImportError
+    assert ops_shim.patch_package_lookup() is not None
+    import mmdet
+    for mod in (pu, mmengine.utils, cc):
+        assert mod.is_installed('mmdet') is True
+        assert mod.is_installed('mmrest_no_such_package') is False
+        assert mod.get_installed_path('mmdet') == os.path.dirname(
+            mmdet.__file__)
+        with pytest.raises(ModuleNotFoundError, match='not installed'):
+            mod.get_installed_path('mmrest_no_such_package')
 
 
 # --------------------------------------------------------------------------
