@@ -313,8 +313,9 @@ def synthetic_image(shape: Sequence[int], seed: int = 0):
     img = np.broadcast_to(img, (h, w, 3)).copy()
     for _ in range(6):
         y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
-        img[y:y + rng.integers(8, h // 2), x:x + rng.integers(8, w // 2)] = \
-            rng.uniform(0, 255, 3)
+        # sides of 8 to half the image's (8 where that is under 9)
+        img[y:y + rng.integers(8, max(9, h // 2)),
+            x:x + rng.integers(8, max(9, w // 2))] = rng.uniform(0, 255, 3)
     img += rng.normal(0, 8, img.shape)
     return img.clip(0, 255).astype(np.uint8)
 
