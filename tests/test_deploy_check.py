@@ -97,6 +97,26 @@ def test_compare_reports_pairs_and_differences():
     empty = compare(ref[:0], moved)
     assert empty['num_ref'] == 0 and empty['min_box_iou'] == 1.0
     assert 'max_score_diff' not in empty
+    # masks on one side only (a boxes-only export against Mask R-CNN):
+    # no mask IoU, the boxes compared as before
+    boxes_only = _dets([[20, 20, 30, 31], [0, 0, 10, 10]], [2, 1],
+                       [0.25, 0.875])
+    for a, b in ((ref, boxes_only), (boxes_only, ref)):
+        report = compare(a, b)
+        assert 'min_mask_iou' not in report
+        assert report['num_paired'] == 2
+        assert report['min_box_iou'] == pytest.approx(100 / 110)
+
+
+def test_synthetic_image_is_at_least_16_pixels_each_way():
+    from mmrest.deploy import synthetic_image
+    for shape in ((15, 64), (64, 15), (8, 8)):
+        with pytest.raises(ValueError, match='at least 16x16'):
+            synthetic_image(shape)
+    img = synthetic_image((16, 24), seed=1)
+    assert img.shape == (16, 24, 3) and img.dtype.name == 'uint8'
+    assert (img == synthetic_image((16, 24), seed=1)).all()
+    assert img.std() > 10  # structure, not a flat picture
 
 
 def test_agrees_only_on_the_same_detections():
