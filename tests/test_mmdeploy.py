@@ -232,6 +232,17 @@ def test_shims_are_scoped():
         assert hasattr(opset9, '_cast_Long')
     assert torch.onnx.export is export
     assert hasattr(opset9, '_cast_Long') == had_cast
+    if not had_cast:  # one put in by someone else meanwhile stays
+
+        def theirs(g, x, non_blocking=False):
+            return x
+
+        with mmdeploy_torch_shims():
+            opset9._cast_Long = theirs
+        try:
+            assert opset9._cast_Long is theirs
+        finally:
+            del opset9._cast_Long
     with pytest.raises(KeyError):  # undone on errors too
         with mmdeploy_torch_shims():
             raise KeyError
@@ -268,6 +279,30 @@ def test_missing_packages_are_named(monkeypatch):
             str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py'))
 
 
+def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
+    """A config file's detector with a whole-detector checkpoint's weights
+    (keys the detector does not have are passed over); a missing config
+    file and a checkpoint lacking weights are errors that name them."""
+    from mmrest.checkpoint import CheckpointError
+    path = str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py')
+    with pytest.raises(FileNotFoundError, match='no_such_config.py'):
+        build_detector(str(tmp_path / 'no_such_config.py'))
+    _, model = build_detector(path)
+    state = {
+        k: torch.rand_like(v) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    torch.save(dict(state, extra=torch.zeros(1)), tmp_path / 'whole.pth')
+    _, loaded = build_detector(path, checkpoint=str(tmp_path / 'whole.pth'))
+    assert not loaded.training
+    assert all(
+        torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    del state['bbox_head.retina_cls.weight']
+    torch.save(state, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointError, match='partial.pth.*lacks 1'):
+        build_detector(path, checkpoint=str(tmp_path / 'partial.pth'))
+
+
 def test_deploy_cfg_errors():
     with pytest.raises(ValueError, match="task must be one of"):
         deploy.ort_deploy_cfg('segmentation')
@@ -275,6 +310,11 @@ def test_deploy_cfg_errors():
         deploy.load_deploy_cfg('no_such_deploy_cfg.py')
     cfg = deploy.load_deploy_cfg('instance-seg')
     assert cfg.onnx_config.output_names == ['dets', 'labels', 'masks']
+    # what mmdeploy's base onnx_config sets (configs/_base_/onnx_config.py)
+    # for its own tools: weights in the file, not as inputs; optimised
+    assert (cfg.onnx_config.export_params,
+            cfg.onnx_config.keep_initializers_as_inputs,
+            cfg.onnx_config.optimize) == (True, False, True)
     assert cfg.onnx_config.dynamic_axes['input'] == {
         0: 'batch',
         2: 'height',
@@ -295,8 +335,12 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
                                 task)
     assert 'forward' not in model.__dict__  # mmdeploy's forward was removed
     import onnx
-    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    graph = onnx.load(onnx_file).graph
+    domains = {node.domain for node in graph.node}
     assert domains <= {'', 'ai.onnx'}, f'custom operators: {domains}'
+    # the image is the only input: the weights are initializers
+    assert [i.name for i in graph.input] == ['input']
+    assert len(graph.initializer) > 0
     ort_model = build_ort_model(processor, onnx_file)
     exact_model = copy.deepcopy(model).double()
     floor = float32_floor(DEPTH)
