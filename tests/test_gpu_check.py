@@ -391,6 +391,41 @@ def test_package_lookup_without_pkg_resources(monkeypatch):
 # --------------------------------------------------------------------------
 # helpers and bookkeeping of the check
 # --------------------------------------------------------------------------
+def test_randomize_norms_draws_every_norms_parameters():
+    """BatchNorm's statistics and the affine parameters of BatchNorm,
+    LayerNorm and GroupNorm are drawn (the same for a seed); a norm without
+    affine parameters is left as it is."""
+    from torch import nn
+
+    from mmrest_tools.gpu_check.measure import randomize_norms
+
+    def model():
+        return nn.Sequential(
+            nn.BatchNorm2d(8), nn.LayerNorm(8), nn.GroupNorm(2, 8),
+            nn.LayerNorm(8, elementwise_affine=False),
+            nn.BatchNorm2d(8, affine=False))
+
+    a, b = model(), model()
+    randomize_norms(a, seed=1)
+    randomize_norms(b, seed=1)
+    for m in list(a)[:3]:
+        assert (m.weight != 1).all() and (m.bias != 0).all()
+    assert (a[0].running_mean != 0).all() and (a[0].running_var != 1).all()
+    assert (a[4].running_mean != 0).all()
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_device_info_names_the_cpu(monkeypatch):
+    import platform
+
+    from mmrest_tools.gpu_check.measure import device_info
+    for processor, name in (('', 'cpu'), ('x86_64', 'x86_64')):
+        monkeypatch.setattr(platform, 'processor', lambda p=processor: p)
+        info = device_info(torch.device('cpu'))
+        assert info['name'] == name and info['type'] == 'cpu'
+
+
 def test_error_measures():
     ref = [torch.tensor([1.0, -4.0]), torch.tensor([2.0])]
     out = [torch.tensor([1.5, -4.0]), torch.tensor([2.0 + 1e-3])]
