@@ -74,13 +74,22 @@ def test_inductor_stride_check_patch():
         assert not inductor_patches.patch_inductor_stride_check()
         pytest.skip(f'torch {torch.__version__}: no such Inductor function')
     patched = getattr(check, 'mmrest_patch', False)
-    assert patched == inductor_patches._inductor_stride_check_raises()
+    # torch's own function asked about ResT's stride-16 map: whether it
+    # raises decides, and the detection (a sympy probe) must agree
+    width, area, env = _stage_strides()
+    with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator(env))):
+        try:
+            getattr(check, '__wrapped__', check)(width, area)
+            raises = False
+        except ValueRangeError:
+            raises = True
+    assert patched == raises == inductor_patches._inductor_stride_check_raises(
+    )
     # asked again: "patched (before)", and torch's function wrapped once
     assert inductor_patches.patch_inductor_stride_check() == patched
     assert getattr(ir.Layout, '_stride_expr_ge_or_false') is check
     if not patched:
         pytest.skip(f'torch {torch.__version__}: no range-analysis failure')
-    width, area, env = _stage_strides()
     with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator(env))):
         with pytest.raises(ValueRangeError):  # torch's own function
             check.__wrapped__(width, area)
@@ -94,10 +103,27 @@ def test_inductor_stride_check_patch():
 
 
 def _conv_backward_patch_expected() -> bool:
-    """Whether this torch has the lowering the patch fixes (detected as
-    mmrest detects it)."""
+    """Whether this torch has the lowering the patch fixes: read from its
+    source text (mmrest detects it from the compiled code's names)."""
+    import inspect
+
     from torch._inductor.kernel import conv
-    return inductor_patches._conv_backward_guards_integers(conv)
+    lowering = getattr(conv, 'convolution_backward_lowering', None)
+    if lowering is None:
+        return False
+    expected = 'guard_int_seq(' in inspect.getsource(inspect.unwrap(lowering))
+    assert expected == inductor_patches._conv_backward_guards_integers(conv)
+    return expected
+
+
+def test_patches_need_inductor(monkeypatch):
+    """Without Inductor's modules (an import that fails) neither patch
+    applies, and neither says it did."""
+    for name in ('torch.utils._sympy.value_ranges',
+                 'torch._inductor.virtualized'):
+        monkeypatch.setitem(sys.modules, name, None)  # ImportError
+    assert inductor_patches.patch_inductor_stride_check() is False
+    assert inductor_patches.patch_inductor_conv_backward_strides() is False
 
 
 @pytest.mark.parametrize('refuse', ['1', None])
