@@ -516,3 +516,31 @@ def test_cpu_threads_one_per_available_core():
             set_cpu_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_threads_without_affinity(monkeypatch):
+    """Where the OS has no CPU affinity (not Linux): every CPU, or one
+    where their count is unknown."""
+    from mmrest_tools.demo import set_cpu_threads
+    monkeypatch.delattr(os, 'sched_getaffinity', raising=False)
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)
+    for count, threads in ((3, 3), (None, 1)):
+        monkeypatch.setattr(os, 'cpu_count', lambda c=count: c)
+        assert set_cpu_threads() == threads
+
+
+def test_set_data_root_moves_what_lay_under_the_old_root():
+    """The datasets and evaluators follow the new root; an evaluator's
+    annotation file under the old root keeps its place under the new one,
+    one elsewhere (an absolute path) stays where it is."""
+    from mmrest_tools.demo import set_data_root
+    cfg = Config.fromfile(DEMO_CONFIG)
+    old = cfg.train_dataloader.dataset.data_root
+    assert old and cfg.val_evaluator.ann_file.startswith(old)
+    cfg.test_evaluator.ann_file = '/elsewhere/annotations/val.json'
+    set_data_root(cfg, '/new/root')
+    assert cfg.train_dataloader.dataset.data_root == '/new/root/'
+    assert cfg.val_dataloader.dataset.data_root == '/new/root/'
+    assert cfg.val_evaluator.ann_file == \
+        '/new/root/annotations/instances_val.json'
+    assert cfg.test_evaluator.ann_file == '/elsewhere/annotations/val.json'

@@ -245,17 +245,27 @@ def test_demo_reuses_and_remakes_data(trained, tmp_path):
     assert prepare_shapes_data(cfg) is True
 
 
-@pytest.mark.parametrize('options, match', [
-    ({
-        'shapes_data.semantic_labels': False
-    }, 'semantic_labels=True'),
-    ({
-        'val_dataloader.dataset.data_prefix.seg_map_path': 'labels/'
-    }, 'data_prefix'),
-    ({
-        'train_dataloader.dataset.data_prefix.img_path': '../x/'
-    }, 'data_prefix'),
-])
+@pytest.mark.parametrize(
+    'options, match',
+    [
+        ({
+            'shapes_data.semantic_labels': False
+        }, 'semantic_labels=True'),
+        ({
+            'val_dataloader.dataset.data_prefix.seg_map_path': 'labels/'
+        }, 'data_prefix'),
+        ({
+            'train_dataloader.dataset.data_prefix.img_path': '../x/'
+        }, 'data_prefix'),
+        (
+            {  # a nested folder, its label maps beside it: not the layout
+                'train_dataloader.dataset.data_prefix': {
+                    'img_path': 'x/train/',
+                    'seg_map_path': 'x/train_labels/'
+                }
+            },
+            'data_prefix'),
+    ])
 def test_demo_data_layout_errors(tmp_path, options, match):
     from mmrest_tools.demo import prepare_shapes_data, set_data_root
     cfg = Config.fromfile(CONFIG)
