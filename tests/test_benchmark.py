@@ -1,5 +1,7 @@
 """The benchmark runs and reports what it measured (no timing asserts)."""
+import os
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -85,10 +87,65 @@ def test_each_compared_backbone_is_the_network_it_names(name):
         outs = model(torch.zeros(1, 3, 64, 96))
     assert [out.shape[-2:] for out in outs] == [(16, 24), (8, 12), (4, 6),
                                                 (2, 3)]
+    model.train()
+    if name == 'resnet50':  # its BatchNorms stay in eval mode (norm_eval)
+        norms = [
+            m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        assert norms and not any(m.training for m in norms)
+    if name == 'swin_t':  # the recipe's patch_norm
+        assert isinstance(model.patch_embed.norm, torch.nn.LayerNorm)
     if f'{name}_literal' in BACKBONES:
         literal = build_backbone(f'{name}_literal')
         assert sum(p.numel() for p in literal.parameters()) == \
             sum(p.numel() for p in model.parameters())
+
+
+def test_peak_rss_reset_lowers_the_high_water_mark(monkeypatch):
+    """Reset, the kernel's peak RSS of the process is its current RSS (a
+    freed 300 MiB block no longer counts); refused, it says so."""
+    import builtins
+
+    from mmrest_tools.benchmark import (_peak_rss_bytes, _reset_peak_rss,
+                                        _rss_bytes)
+    block = bytearray(300 * 2**20)
+    block[::4096] = b'\x01' * len(block[::4096])  # touch every page
+    del block
+    before = _peak_rss_bytes()
+    if not os.access('/proc/self/clear_refs', os.W_OK):
+        pytest.skip('no writable /proc/self/clear_refs here')
+    assert _reset_peak_rss() is True
+    assert before - _peak_rss_bytes() > 200 * 2**20
+    assert _peak_rss_bytes() <= _rss_bytes() + 50 * 2**20
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == '/proc/self/clear_refs':
+            raise PermissionError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'open', refuse)
+    assert _reset_peak_rss() is False
+
+
+def test_memory_child_that_fails_or_says_nothing_is_an_error(monkeypatch):
+    """The fresh process's result counts only when it exits with 0 and
+    prints it: a failure after printing, or silence, is an error that
+    quotes the end of its output."""
+    from mmrest_tools import benchmark
+
+    def child(code, out, err=''):
+        monkeypatch.setattr(
+            subprocess, 'run',
+            lambda cmd, **kw: subprocess.CompletedProcess(cmd, code, out, err))
+        return benchmark.train_step_peak_memory('rest_lite')
+
+    assert child(1, '{"peak_rss": 1}\n',
+                 'Killed') == dict(error='exit status 1: Killed')
+    assert child(0, '') == dict(error='exit status 0: ')
+    assert child(0, 'no result\n') == dict(error='exit status 0: no result')
+    assert child(0, 'log\n{"peak_rss": 7}\n') == dict(peak_rss=7)
 
 
 def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
