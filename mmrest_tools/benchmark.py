@@ -275,7 +275,8 @@ def train_step_peak_memory_here(name: str,
     """Peak memory of one training step, measured in this process.
 
     Meant for a fresh process (:func:`train_step_peak_memory` starts one):
-    the kernel's RSS high-water mark cannot be reset.
+    the kernel's RSS high-water mark is reset before the step where Linux
+    allows it (``peak_reset``), and otherwise holds all the process did.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
