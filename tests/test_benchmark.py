@@ -148,6 +148,41 @@ def test_memory_child_that_fails_or_says_nothing_is_an_error(monkeypatch):
     assert child(0, 'log\n{"peak_rss": 7}\n') == dict(peak_rss=7)
 
 
+def test_report_helpers(monkeypatch, tmp_path, capsys):
+    """The CPU's name falls back to the machine type; a ratio needs both
+    figures (a variant measured without its literal form has none); the
+    JSON report overwrites an earlier one in an existing folder; the
+    memory child refuses other arguments."""
+    import json
+    import platform
+
+    from mmrest_tools import benchmark
+    monkeypatch.setattr(platform, 'processor', lambda: '')
+    monkeypatch.setattr(platform, 'machine', lambda: 'x86_64')
+    monkeypatch.setattr('builtins.open', _no_cpuinfo(open))
+    assert benchmark.machine_info(2)['cpu'] == 'x86_64'
+    rows = [dict(model='rest_lite', s_per_img_800x1344=2.0)]
+    assert benchmark.compare(rows) == {}
+    path = tmp_path / 'out' / 'bench.json'
+    for value in (1, 2):
+        benchmark.write_json(dict(value=value), str(path))
+    assert json.loads(path.read_text()) == dict(value=2)
+    for argv in (['train-memory',
+                  'rest_lite'], ['memory', 'rest_lite', '64x64', '1']):
+        with pytest.raises(SystemExit, match='usage'):
+            benchmark._main(argv)
+
+
+def _no_cpuinfo(real_open):
+
+    def fake(path, *args, **kwargs):
+        if str(path) == '/proc/cpuinfo':
+            raise OSError(path)
+        return real_open(path, *args, **kwargs)
+
+    return fake
+
+
 def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
     """The whole report at tiny sizes: speeds, memory from a fresh process,
     the ratios against the literal form and ResNet-50, the Markdown table

@@ -544,3 +544,72 @@ def test_set_data_root_moves_what_lay_under_the_old_root():
     assert cfg.val_evaluator.ann_file == \
         '/new/root/annotations/instances_val.json'
     assert cfg.test_evaluator.ann_file == '/elsewhere/annotations/val.json'
+
+
+def test_loss_plot_draws_the_total_and_each_loss_term(monkeypatch, tmp_path):
+    """loss.png: the total loss first, then every logged term with 'loss'
+    in its name; the learning rate, the gradient norm and the validation
+    records are not plotted."""
+    import matplotlib.pyplot as plt
+
+    from mmrest_tools.demo import plot_loss
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)
+    records = [
+        dict(step=s, loss=2. / s, loss_cls=1. / s, lr=0.1, grad_norm=5.)
+        for s in (1, 2)
+    ] + [dict(step=2, **{'coco/bbox_mAP': 0.1})]
+    plot_loss(records, str(tmp_path / 'loss.png'))
+    assert (tmp_path / 'loss.png').is_file()
+    lines = figures[0].axes[0].lines
+    assert [line.get_label() for line in lines] == ['loss', 'loss_cls']
+    assert list(lines[1].get_ydata()) == [1., 0.5]
+
+
+def test_instances_without_masks_are_drawn_as_boxes():
+    """draw_instances with boxes and labels only (a detector without a
+    mask head): the image as it is, one box per instance above the
+    threshold."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from mmengine.structures import InstanceData
+
+    from mmrest_tools.demo import draw_instances
+    image = np.random.RandomState(0).randint(0, 256, (32, 48, 3), np.uint8)
+    boxes = InstanceData(
+        bboxes=torch.tensor([[2., 2., 20., 20.], [5., 5., 30., 25.]]),
+        labels=torch.tensor([0, 2]),
+        scores=torch.tensor([0.9, 0.2]))
+    fig, ax = plt.subplots()
+    try:
+        draw_instances(ax, image, boxes, SHAPES_CLASSES, score_thr=0.5)
+        drawn = np.asarray(ax.images[0].get_array())
+        assert np.allclose(drawn, image / 255.)
+        assert len(ax.patches) == 1 and not ax.patches[0].get_fill()
+    finally:
+        plt.close(fig)
+
+
+def test_demo_config_twice_in_one_work_dir(tmp_path):
+    """The demo run again with the same work dir (kept between runs)."""
+    from mmrest_tools.demo import _demo_config
+    work = tmp_path / 'demo'
+    for _ in range(2):
+        cfg = _demo_config(DEMO_CONFIG, str(work), None, None)
+        assert cfg.work_dir == str(work) and work.is_dir()
+
+
+def test_segmentation_summary_leaves_out_classes_without_an_iou(capsys):
+    """A class absent from the validation set has no IoU (None): the
+    summary lists the others."""
+    from mmrest_tools.demo import _print_summary
+    summary = dict(
+        mIoU=0.5,
+        aAcc=0.9,
+        IoU=dict(circle=0.5, star=None),
+        time_s=dict(per_iteration=0.1, cpu_per_iteration=0.2))
+    _print_summary(summary, True, dict(mIoU=0.6), 65., 1., 10, 0.5, 'w')
+    out = capsys.readouterr().out
+    assert 'IoU: circle 0.500\n' in out  # and nothing for star
+    assert 'target mIoU >= 0.6: NOT reached' in out

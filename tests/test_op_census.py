@@ -10,7 +10,8 @@ from _helpers import ROOT
 from mmrest import ResT
 from mmrest.backbones import emsa_triton
 from mmrest_tools.op_census import (FLOP_FORMULAS, KERNELS, Census,
-                                    kernel_flop, step_census, summary)
+                                    _PausedLaunch, kernel_flop, step_census,
+                                    summary)
 
 
 def _small_rest():
@@ -102,3 +103,21 @@ def test_summary_units():
             'addmm float32 float32': 0.01
         },
         top=dict(add=5, mm=3))
+
+
+def test_paused_launches_count_only_inside_the_census():
+    """A paused kernel's launch is counted (with its FLOPs) by a census
+    while its block runs, not before it is entered or after it ends."""
+    census = Census()
+    name = KERNELS[0]
+    launch = _PausedLaunch(name, [census])[(1, )]
+    q, k, v = torch.zeros(1, 2, 4, 8), torch.zeros(1, 3,
+                                                   8), torch.zeros(1, 2, 3, 8)
+    launch(q, k, v)
+    with census:
+        launch(q, k, v)
+    launch(q, k, v)
+    assert census.count[name] == 1
+    assert census.flop[(name, 'float32',
+                        'float32')] == kernel_flop(name, q.shape, k.shape,
+                                                   v.shape)
