@@ -2,6 +2,7 @@
 inside the named functions, never docstrings, unary signs or unpacking)
 and a sweep that runs the tests against each in a worktree, leaving the
 repository as it was."""
+import json
 import subprocess
 import sys
 
@@ -38,6 +39,11 @@ def test_mutants_of_the_named_functions():
     assert [(m.old, m.new) for m in zeros
             if m.old[0].isdigit()] == [('0.', '1.0'), ('0e0', '1.0'),
                                        ('0', '1')]
+    # an operator after a number, a closing bracket or a name is binary
+    after = mutation.mutants('def f(x):\n    return 2 * x - (x) / x[0] // 2\n',
+                             ['f'], ['operator'])
+    assert [(m.old, m.new) for m in after] == [('*', '/'), ('-', '+'),
+                                               ('/', '*'), ('//', '*')]
     assert mutation.apply(SOURCE, found[0]).splitlines()[2] == \
         '    return w / h if w >= 0 else -h'
     with pytest.raises(ValueError, match=r"no function named \['volume'\]"):
@@ -124,9 +130,47 @@ def test_sweep_kills_what_the_tests_check(tmp_path):
         ('untested', '0.5', '1.0'): False,
     }
     assert results[3]['code'] == 'return x - 0.5'
+    # pytest's last line, as text; a JSON line with sorted keys
+    assert '1 failed' in results[0]['pytest']
+    assert '1 passed' in results[3]['pytest']
+    line = mutation.to_json_line(results[0])
+    assert json.loads(line) == results[0]
+    assert list(json.loads(line)) == sorted(results[0])
     assert (repo / 'calc.py').read_text() == SOURCE
     assert git('status', '--porcelain') == ''
     assert len(git('worktree', 'list').splitlines()) == 1
     table = mutation.survivors_markdown(results)
     assert table.startswith('2 of 5 mutants survived')
     assert '| untested | 7 | `+` -> `-` | `return x - 0.5` |' in table
+
+
+def test_sweep_counts_a_hanging_mutant_as_killed(tmp_path):
+    """A mutant whose tests run past the timeout (here an endless loop) is
+    killed; a folder that is not a git repository is an error at once."""
+    repo = tmp_path / 'repo'
+    repo.mkdir()
+    (repo / 'count.py').write_text(
+        'def count(n):\n    i = 0\n    while i < n:\n        i = i + 1\n'
+        '    return i\n')
+    (repo / 'test_count.py').write_text(
+        'from count import count\n\n\ndef test_count():\n'
+        '    assert count(3) == 3\n')
+    for args in (['init', '-q'], ['add', '.'], ['commit', '-q', '-m', 'c']):
+        subprocess.run(
+            ['git', '-c', 'user.name=t', '-c', 'user.email=t@t'] + args,
+            cwd=repo,
+            check=True,
+            capture_output=True)
+    results = list(
+        mutation.sweep(
+            str(repo),
+            'count.py', ['count'], ['test_count.py'],
+            timeout_s=5,
+            kinds=['operator']))
+    hanging = [r for r in results if r['code'] == 'i = i - 1']
+    assert len(hanging) == 1 and hanging[0]['killed'] is True
+    assert hanging[0]['pytest'] == 'timed out after 5 s'
+    with pytest.raises(subprocess.CalledProcessError):
+        next(
+            mutation.sweep(
+                str(tmp_path), 'count.py', ['count'], ['test_count.py']))
