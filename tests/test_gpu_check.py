@@ -853,6 +853,46 @@ def test_bad_arguments():
         with pytest.raises(SystemExit):
             gpu_check.parse_args(['--variant-cores', bad])
     assert gpu_check.parse_args([]).variant_cores is None
+    # auto needs the variants section; the other choices do not
+    assert gpu_check.parse_args(['--sections',
+                                 'throughput']).sections == ['throughput']
+    assert gpu_check.parse_args(
+        ['--sections', 'variants,throughput', '--emsa-core',
+         'auto']).emsa_core == 'auto'
+
+
+def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
+    """The check asks for the ops shim as the environment says unless
+    --force-ops-shim forces it, and records a failed install as not
+    used, with the error."""
+    from mmrest_tools.gpu_check import cli
+    asked = []
+
+    def install(force, device):
+        asked.append(force)
+        if force:
+            raise RuntimeError('mmcv.ops imported already')
+        return dict(used=False, reason='mmcv._ext imports')
+
+    monkeypatch.setattr(ops_shim, 'install', install)
+    monkeypatch.setattr(ops_shim, 'patch_package_lookup', lambda: None)
+    check = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path),
+        gpu_check.Settings(quick=True),
+        log=lambda msg: None)
+    meta = check.results['meta']
+    for argv in ([], ['--force-ops-shim']):
+        cli._prepare_environment(check,
+                                 gpu_check.parse_args(argv + ['--quick']))
+        if argv:
+            assert meta['ops_shim']['used'] is False
+            assert 'mmcv.ops imported already' in meta['ops_shim']['error']
+        else:
+            assert meta['ops_shim'] == dict(
+                used=False, reason='mmcv._ext imports')
+    assert asked == [None, True]
+    assert meta['device']['type'] == 'cpu'
 
 
 def test_variant_cores_reach_the_settings(monkeypatch):
