@@ -1308,3 +1308,30 @@ def test_gpu_experiment_command_lines(tmp_path):
         assert r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0, r
         if r['core'] == 'triton':
             assert r['rel_diff_chunked'] < 4 * 2**-11, r
+
+
+def test_check_backbones_are_the_benchmarks_networks():
+    """The GPU check's throughput rows build the networks the CPU benchmark
+    compares (built by another function there): the same classes and
+    parameter counts; Swin-T as mmdet's Mask R-CNN config has it (qkv bias,
+    patch norm, no gradient checkpointing, which would slow only it)."""
+    from mmrest_tools import benchmark
+    from mmrest_tools.gpu_check.models import build_backbone, build_rest
+    for name in ('rest_small', 'restv2_tiny', 'swin_t', 'resnet50'):
+        ours, theirs = build_backbone(name), benchmark.build_backbone(name)
+        assert type(ours) is type(theirs), name
+        assert sum(p.numel() for p in ours.parameters()) == sum(
+            p.numel() for p in theirs.parameters()), name
+    swin = build_backbone('swin_t')
+    blocks = [block for stage in swin.stages for block in stage.blocks]
+    assert len(blocks) == 12 and not any(b.with_cp for b in blocks)
+    assert all(b.attn.w_msa.qkv.bias is not None for b in blocks)
+    assert isinstance(swin.patch_embed.norm, torch.nn.LayerNorm)
+    assert type(build_rest('small')).__name__ == 'ResT'
+    resnet = build_backbone('resnet50')
+    resnet.train()  # its BatchNorms stay frozen (mmdet's train() is None)
+    # stages 2 to 4 learn, their BatchNorms' affine parameters too
+    assert all(p.requires_grad for n, p in resnet.named_parameters()
+               if n.startswith(('layer2', 'layer3', 'layer4')))
+    assert not any(m.training for m in resnet.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
