@@ -650,6 +650,44 @@ def test_variants_markdown_lists_every_core():
     assert len(width) == 1, width  # every line of the table has all cells
 
 
+def test_markdown_header_lines_and_gradscaler_steps():
+    """The report's header names the ops shim when one is recorded and the
+    EMSA cores chosen (with what was excluded, or 'none'); the GradScaler
+    table counts its steps."""
+    meta = dict(
+        ops_shim=dict(used=True, backend='torch', reason='forced'),
+        emsa_core=dict(
+            requested='auto',
+            chosen='sdpa',
+            by='train_float16_step_ms',
+            step_ms=dict(chunked=2.0, sdpa=1.0),
+            excluded={},
+            inference=dict(
+                chosen='chunked',
+                by='ms',
+                ms=dict(chunked=1.0),
+                excluded=dict(maps='slower'))))
+    steps = dict(
+        kind='amp_steps',
+        model='rest_small',
+        path='fast',
+        input='2x3x64x64',
+        steps=[{}, {}, {}],
+        scale=1024.0,
+        skipped_steps=0,
+        nonfinite_grads=0,
+        **{'pass': True})
+    md = gpu_check.to_markdown(
+        dict(
+            meta=meta,
+            sections=dict(equality=dict(status='ok', rows=[steps]))))
+    assert 'mmcv ops shim: used, torch (forced)' in md
+    assert 'sdpa 1.0; excluded: none' in md
+    assert 'chunked 1.0; excluded: maps (slower)' in md
+    assert '| fp16 + GradScaler, 3 steps |' in md
+    assert 'mmcv ops shim' not in gpu_check.to_markdown(dict(meta={}))
+
+
 def _core_row(core, passes=True, **figures):
     """A variants row of ResT-Small with ``core``."""
     return dict(
@@ -1126,6 +1164,47 @@ def test_compile_child_result_survives_a_timeout():
         'child exited 1 without a result'
     assert read_child_result('', -9, True, 300)['error'] == \
         'timed out after 300 s'
+    # finished without the training part: not a timeout
+    assert read_child_result(first, 0, False, 300) == dict(compiled_ms=5.0)
+
+
+def test_compile_child_is_killed_at_its_budget(tmp_path):
+    """The compile child runs in its own process group, killed whole when
+    its time is up; the row says it timed out, with the child's text
+    output as its log."""
+    check = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path),
+        gpu_check.Settings(quick=True),
+        log=lambda msg: None)
+    start = time.perf_counter()
+    row = check._compile_child('eager', 0.5)
+    assert time.perf_counter() - start < 30
+    assert set(row) == {'error', 'log_tail'}
+    assert row['error'] == 'timed out after 0 s'
+    assert isinstance(row['log_tail'], str)  # read as text
+
+
+def test_compile_child_in_time_gives_its_result(monkeypatch, tmp_path):
+    """A child that ends within its budget: its last result as it is."""
+    from mmrest_tools.gpu_check import torch_compile
+
+    class Child:
+        pid, returncode = 0, 0
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def communicate(self, timeout=None):
+            return 'COMPILE_RESULT {"compiled_ms": 4.0}\n', None
+
+    monkeypatch.setattr(torch_compile.subprocess, 'Popen', Child)
+    check = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path),
+        gpu_check.Settings(quick=True),
+        log=lambda msg: None)
+    assert check._compile_child('eager', 60) == dict(compiled_ms=4.0)
 
 
 def test_depthwise_by_slices_is_a_depthwise_convolution():
