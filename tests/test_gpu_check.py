@@ -15,8 +15,9 @@ import time
 
 import pytest
 import torch
-from _helpers import (CPU_GRAD_SCALER, GRADIENT_FACTOR, ROOT, float32_floor,
-                      float64_literal, golden_model, stage_depths)
+from _helpers import (CPU_GRAD_SCALER, GRADIENT_FACTOR, NEEDS_CPU_FLOAT16,
+                      ROOT, float32_floor, float64_literal, golden_model,
+                      stage_depths)
 
 from mmrest.backbones import emsa_triton, to_literal
 from mmrest_tools import gpu_check, ops_shim
@@ -1414,3 +1415,40 @@ def test_check_backbones_are_the_benchmarks_networks():
                if n.startswith(('layer2', 'layer3', 'layer4')))
     assert not any(m.training for m in resnet.modules()
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+@NEEDS_CPU_FLOAT16
+def test_compile_worker_on_the_cpu(capsys):
+    """The compile child's work, run here with dynamo's eager backend at
+    small sizes: a first result after inference (in case the training is
+    cut short), then the whole row: the compiled model's time, speed-up
+    and error against eager, and the multi-scale training's graphs and
+    gradient errors."""
+    from mmrest_tools.gpu_check.torch_compile import compile_worker
+    compile_worker(
+        dict(
+            device='cpu',
+            shape=[1, 3, 64, 64],
+            repeats=1,
+            warmup=0,
+            train_sizes=[[1, 3, 64, 64], [1, 3, 64, 96]],
+            train_repeats=1,
+            train_warmup=0,
+            backend='eager'))
+    results = [
+        json.loads(line[len('COMPILE_RESULT '):])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith('COMPILE_RESULT ')
+    ]
+    assert len(results) == 2 and 'multi_scale_training' not in results[0]
+    row = results[1]
+    assert 'error' not in row and 'eager_error' not in row, row
+    assert row['compiled_ms'] > 0 and row['speedup'] > 0, row
+    assert row['err_vs_eager'] < 1e-2, row  # float16 autocast both ways
+    training = row['multi_scale_training']
+    assert 'error' not in training, training
+    assert len(training['grad_err']) == 2
+    # float16 both ways; the traced graph runs the literal computation,
+    # eager the fast one: about 1e-2 apart here. Above 0: gradients were
+    # compared
+    assert all(0 < e < 5e-2 for e in training['grad_err']), training
