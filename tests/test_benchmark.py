@@ -102,11 +102,22 @@ def test_each_compared_backbone_is_the_network_it_names(name):
             sum(p.numel() for p in model.parameters())
 
 
+def _refuse_opening(monkeypatch, refused: str, error: type) -> None:
+    """``open`` raises ``error`` for the path ``refused`` only."""
+    import builtins
+    real_open = builtins.open
+
+    def fake(path, *args, **kwargs):
+        if str(path) == refused:
+            raise error(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'open', fake)
+
+
 def test_peak_rss_reset_lowers_the_high_water_mark(monkeypatch):
     """Reset, the kernel's peak RSS of the process is its current RSS (a
     freed 300 MiB block no longer counts); refused, it says so."""
-    import builtins
-
     from mmrest_tools.benchmark import (_peak_rss_bytes, _reset_peak_rss,
                                         _rss_bytes)
     block = bytearray(300 * 2**20)
@@ -118,14 +129,7 @@ def test_peak_rss_reset_lowers_the_high_water_mark(monkeypatch):
     assert _reset_peak_rss() is True
     assert before - _peak_rss_bytes() > 200 * 2**20
     assert _peak_rss_bytes() <= _rss_bytes() + 50 * 2**20
-    real_open = builtins.open
-
-    def refuse(path, *args, **kwargs):
-        if str(path) == '/proc/self/clear_refs':
-            raise PermissionError(path)
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, 'open', refuse)
+    _refuse_opening(monkeypatch, '/proc/self/clear_refs', PermissionError)
     assert _reset_peak_rss() is False
 
 
@@ -148,7 +152,7 @@ def test_memory_child_that_fails_or_says_nothing_is_an_error(monkeypatch):
     assert child(0, 'log\n{"peak_rss": 7}\n') == dict(peak_rss=7)
 
 
-def test_report_helpers(monkeypatch, tmp_path, capsys):
+def test_report_helpers(monkeypatch, tmp_path):
     """The CPU's name falls back to the machine type; a ratio needs both
     figures (a variant measured without its literal form has none); the
     JSON report overwrites an earlier one in an existing folder; the
@@ -159,7 +163,7 @@ def test_report_helpers(monkeypatch, tmp_path, capsys):
     from mmrest_tools import benchmark
     monkeypatch.setattr(platform, 'processor', lambda: '')
     monkeypatch.setattr(platform, 'machine', lambda: 'x86_64')
-    monkeypatch.setattr('builtins.open', _no_cpuinfo(open))
+    _refuse_opening(monkeypatch, '/proc/cpuinfo', OSError)
     assert benchmark.machine_info(2)['cpu'] == 'x86_64'
     rows = [dict(model='rest_lite', s_per_img_800x1344=2.0)]
     assert benchmark.compare(rows) == {}
@@ -171,16 +175,6 @@ def test_report_helpers(monkeypatch, tmp_path, capsys):
                   'rest_lite'], ['memory', 'rest_lite', '64x64', '1']):
         with pytest.raises(SystemExit, match='usage'):
             benchmark._main(argv)
-
-
-def _no_cpuinfo(real_open):
-
-    def fake(path, *args, **kwargs):
-        if str(path) == '/proc/cpuinfo':
-            raise OSError(path)
-        return real_open(path, *args, **kwargs)
-
-    return fake
 
 
 def test_run_reports_every_figure_and_ratio(monkeypatch, tmp_path):
