@@ -468,12 +468,17 @@ def test_time_calls_in_milliseconds_after_warmup(monkeypatch):
     assert ms == pytest.approx([250.0] * 3) and len(calls) == 5
 
 
-def test_sections_are_independent_and_saved(tmp_path):
-    check = gpu_check.GpuCheck(
+def _quick_check(out_dir):
+    """A quick-mode check on the CPU writing to ``out_dir``, silent."""
+    return gpu_check.GpuCheck(
         'cpu',
-        str(tmp_path),
+        str(out_dir),
         gpu_check.Settings(quick=True),
         log=lambda msg: None)
+
+
+def test_sections_are_independent_and_saved(tmp_path):
+    check = _quick_check(tmp_path)
 
     def broken(sec):
         sec['rows'].append(dict(kind='maskrcnn', model='m'))
@@ -915,11 +920,7 @@ def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ops_shim, 'install', install)
     monkeypatch.setattr(ops_shim, 'patch_package_lookup', lambda: None)
-    check = gpu_check.GpuCheck(
-        'cpu',
-        str(tmp_path),
-        gpu_check.Settings(quick=True),
-        log=lambda msg: None)
+    check = _quick_check(tmp_path)
     meta = check.results['meta']
     for argv in ([], ['--force-ops-shim']):
         cli._prepare_environment(check,
@@ -1173,11 +1174,7 @@ def test_compile_child_is_killed_at_its_budget(tmp_path):
     """The compile child runs in its own process group, killed whole when
     its time is up; the row says it timed out, with the child's text
     output as its log."""
-    check = gpu_check.GpuCheck(
-        'cpu',
-        str(tmp_path),
-        gpu_check.Settings(quick=True),
-        log=lambda msg: None)
+    check = _quick_check(tmp_path)
     row = check._compile_child('eager', 0.5)
     assert set(row) == {'error', 'log_tail'}
     assert row['error'] == 'timed out after 0 s'
@@ -1198,11 +1195,7 @@ def test_compile_child_in_time_gives_its_result(monkeypatch, tmp_path):
             return 'COMPILE_RESULT {"compiled_ms": 4.0}\n', None
 
     monkeypatch.setattr(torch_compile.subprocess, 'Popen', Child)
-    check = gpu_check.GpuCheck(
-        'cpu',
-        str(tmp_path),
-        gpu_check.Settings(quick=True),
-        log=lambda msg: None)
+    check = _quick_check(tmp_path)
     assert check._compile_child('eager', 60) == dict(compiled_ms=4.0)
 
 
