@@ -470,6 +470,16 @@ def build_detector(config):
     return cfg, MODELS.build(cfg.model)
 
 
+def random_state_dict(model: torch.nn.Module) -> dict:
+    """``model``'s state dict with every floating-point entry drawn anew
+    (uniform in [0, 1)), the others (counters, indices) as they are: weights
+    that differ from the model's own, to see that a load took them."""
+    return {
+        k: torch.rand_like(v) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+
+
 def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
     """:func:`mmrest_tools.demo.run_demo` on a tiny generated set: ``splits``
     images, batches of 2, every iteration logged, the ``schedule``

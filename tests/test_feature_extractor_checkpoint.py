@@ -4,7 +4,7 @@ checkpoint's weights, every one of them; a missing, corrupt or foreign
 checkpoint is a clear error."""
 import pytest
 import torch
-from _helpers import ROOT, build_detector
+from _helpers import ROOT, build_detector, random_state_dict
 
 from mmrest.checkpoint import CheckpointError
 from mmrest.onnx_export import build_feature_extractor
@@ -141,10 +141,7 @@ def test_a_list_of_necks_runs_in_sequence(tmp_path):
         got = model(x)
     assert len(got) == 5 and all(
         torch.equal(a, b) for a, b in zip(got, expected))
-    state = {
-        k: torch.rand_like(v) if v.is_floating_point() else v
-        for k, v in model.state_dict().items()
-    }
+    state = random_state_dict(model)
     assert 'neck.1.refine.conv.weight' in state
     loaded = build_feature_extractor(
         CONFIG,

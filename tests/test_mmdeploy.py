@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import ERROR_FACTOR, float32_floor
+from _helpers import ERROR_FACTOR, float32_floor, random_state_dict
 from mmengine.config import Config
 
 from mmrest import deploy
@@ -288,10 +288,7 @@ def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match='no_such_config.py'):
         build_detector(str(tmp_path / 'no_such_config.py'))
     _, model = build_detector(path)
-    state = {
-        k: torch.rand_like(v) if v.is_floating_point() else v
-        for k, v in model.state_dict().items()
-    }
+    state = random_state_dict(model)
     torch.save(dict(state, extra=torch.zeros(1)), tmp_path / 'whole.pth')
     _, loaded = build_detector(path, checkpoint=str(tmp_path / 'whole.pth'))
     assert not loaded.training
