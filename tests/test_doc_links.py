@@ -8,6 +8,7 @@ repeated heading). Headings and links inside fenced code are not counted.
 The repository paths the text names in code spans exist, and so do the
 ``make`` targets it names.
 """
+import functools
 import os.path as osp
 import re
 import subprocess
@@ -75,11 +76,21 @@ def _links(text):
             yield match.group(1)
 
 
+@functools.lru_cache(maxsize=None)
+def _read(full_path):
+    with open(full_path, encoding='utf-8') as f:
+        return f.read()
+
+
+@functools.lru_cache(maxsize=None)
+def _anchors_of(full_path):
+    """:func:`anchors` of a file, read and parsed once for all its links."""
+    return anchors(_read(full_path))
+
+
 def _broken_links(md_path):
-    with open(osp.join(ROOT, md_path), encoding='utf-8') as f:
-        text = f.read()
     broken = []
-    for target in _links(text):
+    for target in _links(_read(osp.join(ROOT, md_path))):
         if re.match(r'^[a-z][a-z0-9+.-]*:', target):  # http:, mailto:
             continue
         path, _, fragment = target.partition('#')
@@ -88,11 +99,9 @@ def _broken_links(md_path):
         full = osp.join(ROOT, dest)
         if not osp.exists(full):
             broken.append(f'{target}: no file {dest}')
-        elif fragment and dest.endswith('.md'):
-            with open(full, encoding='utf-8') as f:
-                if fragment.lower() not in anchors(f.read()):
-                    broken.append(f'{target}: no heading #{fragment} in '
-                                  f'{dest}')
+        elif fragment and dest.endswith('.md') and \
+                fragment.lower() not in _anchors_of(full):
+            broken.append(f'{target}: no heading #{fragment} in {dest}')
     return broken
 
 
@@ -150,15 +159,14 @@ def _named_paths(text):
 
 @pytest.mark.parametrize('md_path', _markdown_files())
 def test_named_paths_and_make_targets_exist(md_path):
-    with open(osp.join(ROOT, md_path), encoding='utf-8') as f:
-        text = f.read()
+    text = _read(osp.join(ROOT, md_path))
     missing = [
         p for p in _named_paths(text)
         if p not in OTHER_REPOSITORIES and not osp.exists(osp.join(ROOT, p))
     ]
     assert missing == []
-    with open(osp.join(ROOT, 'Makefile')) as f:
-        targets = set(re.findall(r'^([\w-]+):', f.read(), re.M))
+    targets = set(
+        re.findall(r'^([\w-]+):', _read(osp.join(ROOT, 'Makefile')), re.M))
     assert {'test', 'demo', 'setup', 'setup-oldest'} <= targets
     assert set(re.findall(r'`make ([\w-]+)', text)) - targets == set()
 
