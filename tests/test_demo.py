@@ -613,3 +613,63 @@ def test_segmentation_summary_leaves_out_classes_without_an_iou(capsys):
     out = capsys.readouterr().out
     assert 'IoU: circle 0.500\n' in out  # and nothing for star
     assert 'target mIoU >= 0.6: NOT reached' in out
+
+
+def test_demo_step_time_runs_each_model_on_the_same_batches(tmp_path):
+    """tools/demo_step_time.py's timing: the same config under two names
+    gives the same losses step by step (same batches, same start, same
+    random state), the parameters are the detector's, the median leaves
+    out the warm-up."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from mmrest_tools.demo_step_time import time_training_steps
+    generate_shapes_coco(str(tmp_path / 'data'), seed=0, **SMALL)
+    twin = tmp_path / 'twin.py'
+    twin.write_text(f'_base_ = [{str(DEMO_CONFIG)!r}]\n')
+    configs = [str(DEMO_CONFIG), str(twin)]
+    res = time_training_steps(configs, 4, str(tmp_path / 'data'))
+    assert list(res) == configs
+    first, second = res.values()
+    assert first['losses'] == second['losses']
+    assert len(set(first['losses'])) == 4  # four steps on changing batches
+    register_all_modules()
+    params = sum(
+        p.numel()
+        for p in MODELS.build(Config.fromfile(DEMO_CONFIG).model).parameters())
+    for r in res.values():
+        assert r['params'] == params
+        assert len(r['times']) == 4 and min(r['times']) > 0
+        assert r['median_s'] == sorted(r['times'][1:])[1]
+
+
+def test_demo_step_time_refuses_bad_arguments(tmp_path, capsys):
+    from mmrest_tools import demo_step_time
+    config = str(DEMO_CONFIG)
+    for argv, match in (([config, '--rounds', '1'], '--rounds must be'),
+                        ([config, '--threads', '0'], '--threads must be'),
+                        ([config, config], 'name each config once')):
+        with pytest.raises(SystemExit):
+            demo_step_time.main(argv)
+        assert match in capsys.readouterr().err
+    with pytest.raises(ValueError, match='rounds must be an integer'):
+        demo_step_time.time_training_steps([config], 1)
+    # no data set: the missing path named before any step
+    with pytest.raises(FileNotFoundError, match='instances_train.json'):
+        demo_step_time.time_training_steps([config], 2, str(tmp_path / 'none'))
+
+
+def test_demo_step_time_prints_each_config(monkeypatch, capsys):
+    from mmrest_tools import demo_step_time
+    calls = []
+
+    def fake(configs, rounds, data_root):
+        calls.append((configs, rounds, data_root))
+        return {'a.py': dict(params=29_712_345, median_s=2.6318)}
+
+    monkeypatch.setattr(demo_step_time, 'time_training_steps', fake)
+    assert demo_step_time.main(
+        ['a.py', '--rounds', '3', '--threads', '1', '--data-root', 'd']) == 0
+    assert calls == [(['a.py'], 3, 'd')]
+    assert capsys.readouterr().out == (
+        'a.py: 29.71 M parameters, median step 2.632 s (1 threads)\n')
