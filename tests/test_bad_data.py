@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, TINY_V1
 from mmengine.config import Config
 
 from mmrest.synthetic import generate_shapes_coco
@@ -275,12 +275,7 @@ def test_mmdet_itself_names_a_missing_annotation_file_before_training(
     from mmengine.runner import Runner
     missing = tmp_path / 'no_such_coco'
     cfg = _point_at(_config(CONFIGS[0]), missing)
-    cfg.model.backbone.arch = dict(
-        embed_dims=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 2, 4, 8],
-        sr_ratios=[8, 4, 2, 1],
-        mlp_ratios=[2, 2, 2, 2])
+    cfg.model.backbone.arch = dict(TINY_V1, depths=[1, 1, 1, 1])
     cfg.model.backbone.init_cfg = None
     cfg.model.neck.in_channels = [8, 16, 32, 64]
     cfg.work_dir = str(tmp_path / 'work')

@@ -1,17 +1,12 @@
 """Bad arguments and bad input end in errors that name what was wrong."""
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, TINY_V1
 from torch import nn
 
 from mmrest import ResT
 
-TINY = dict(
-    embed_dims=[8, 16, 32, 64],
-    depths=[1, 1, 1, 1],
-    num_heads=[1, 2, 4, 8],
-    sr_ratios=[8, 4, 2, 1],
-    mlp_ratios=[2, 2, 2, 2])
+TINY = dict(TINY_V1, depths=[1, 1, 1, 1])  # one block a stage
 
 
 def test_unknown_arch_lists_the_valid_ones():

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import TINY_V1
 
 from mmrest.checkpoint import (atomic_write, load_checkpoint_file,
                                remove_stale_temp_files)
@@ -34,12 +35,7 @@ from mmrest.checkpoint import (atomic_write, load_checkpoint_file,
 MAX_ITERS = 12
 INTERVAL = 3  # checkpoints after iterations 3, 6, 9 and 12
 MAX_EPOCHS = 5  # by epoch: 5 iterations per epoch (10 images, batches of 2)
-TINY_ARCH = dict(
-    embed_dims=[8, 16, 32, 64],
-    depths=[1, 1, 1, 1],
-    num_heads=[1, 2, 4, 8],
-    sr_ratios=[8, 4, 2, 1],
-    mlp_ratios=[2, 2, 2, 2])
+TINY_ARCH = dict(TINY_V1, depths=[1, 1, 1, 1])  # one block a stage
 needs_proc = pytest.mark.skipif(
     not osp.isdir('/proc/self/fd'),
     reason='the write-kill simulation finds file names in /proc')
