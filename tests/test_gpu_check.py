@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -1244,6 +1245,24 @@ def test_triton_section_inputs(monkeypatch):
                                            per_head * (5 * 256 + 4 * 64))
 
 
+def _device_env(tmp_path, **extra):
+    """The environment of a device script run here: this interpreter as
+    the device's ``python3`` (first on PATH), results under ``tmp/out``,
+    wheels (if a .whl/ folder is here) into an empty ``tmp/site``."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    python3 = bin_dir / 'python3'
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
+    return dict(
+        os.environ,
+        PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+        OUT=str(tmp_path / 'out'),
+        SITE=str(tmp_path / 'site'),
+        PYTHONPATH='',
+        **extra)
+
+
 def test_device_scripts_run_here(tmp_path):
     """tools/device/run_gpu_profile.sh and run_gpu_check.sh, as run on the
     GPU machine (its ``python3``: here this interpreter, first on PATH;
@@ -1251,17 +1270,7 @@ def test_device_scripts_run_here(tmp_path):
     shared set-up is sourced and the program runs from the checkout, its
     results under $OUT (the profile's CPU smoke run of the triton section;
     the check's --help)."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    python3 = bin_dir / 'python3'
-    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    python3.chmod(0o755)
-    env = dict(
-        os.environ,
-        PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
-        OUT=str(tmp_path / 'out'),
-        SITE=str(tmp_path / 'site'),
-        PYTHONPATH='')
+    env = _device_env(tmp_path)
     for script, args in (('run_gpu_profile.sh',
                           ['--smoke', '--sections',
                            'triton']), ('run_gpu_check.sh', ['--help'])):
@@ -1284,6 +1293,59 @@ def test_device_scripts_run_here(tmp_path):
     assert timed and all(r['fwd_bwd_tflops'] > 0 for r in timed
                          if r['core'] == 'triton'), rows['triton']
     assert 'usage: gpu_check.py' in proc.stdout, proc.stdout[-2000:]
+
+
+def test_device_session_parts_fit_their_budget(tmp_path):
+    """tools/device/run_session.sh, the device work left for issue #22:
+    part 1 runs the profile, then the check with the time left of TOTAL_S
+    (its deadline 60 s and its hard limit 10 s before the end), both
+    writing their results; with too little left it says so and fails;
+    part 2 runs the check alone; an unknown part is refused. The programs'
+    arguments are the CPU's (smoke / quick) through PROFILE_ARGS and
+    CHECK_ARGS."""
+    check_args = ('--device cpu --quick --sections variants,maskrcnn '
+                  '--emsa-core auto --variant-cores chunked,maps')
+
+    def run(*args, **extra):
+        return subprocess.run(['bash', 'tools/device/run_session.sh', *args],
+                              cwd=ROOT,
+                              env=_device_env(tmp_path, **extra),
+                              capture_output=True,
+                              text=True,
+                              timeout=900)
+
+    proc = run(
+        PROFILE_ARGS='--smoke --sections triton',
+        CHECK_ARGS=check_args,
+        TOTAL_S='10000')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    out = tmp_path / 'out'
+    log = (out / 'session.log').read_text().splitlines()
+    assert [line.split(': ', 1)[1] for line in log] == [
+        'gpu_profile, limit 200 s', 'gpu_profile done',
+        log[2].split(': ', 1)[1], 'gpu_check done'
+    ], log
+    left = int(re.search(r'gpu_check with (\d+) s left', log[2]).group(1))
+    spent = int(re.search(r', (\d+) s:', log[2]).group(1))
+    assert left == 10000 - spent, log
+    assert 'gpu_profile exit code 0' in (
+        out / 'gpu_profile/gpu_profile.log').read_text()
+    result = json.loads((out / 'gpu_check/gpu_check.json').read_text())
+    assert result['meta']['deadline_s'] == left - 60
+    assert set(result['sections']) == {'variants', 'maskrcnn'}
+    assert result['meta']['emsa_core']['requested'] == 'auto'
+
+    proc = run(
+        'compile', CHECK_ARGS='--help',
+        TOTAL_S='50')  # less than a minute left: no check
+    assert proc.returncode == 1, proc.stdout
+    assert 'no time for the check' in proc.stdout
+    assert 'usage: gpu_check.py' not in proc.stdout
+    proc = run('compile', CHECK_ARGS='--help')
+    assert proc.returncode == 0 and 'usage: gpu_check.py' in proc.stdout
+    proc = run('speed')
+    assert proc.returncode == 2
+    assert "unknown part 'speed'" in proc.stderr
 
 
 def test_profile_kernel_categories():
