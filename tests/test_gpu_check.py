@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 from _helpers import (CPU_GRAD_SCALER, GRADIENT_FACTOR, NEEDS_CPU_FLOAT16,
-                      ROOT, float32_floor, float64_literal, golden_model,
-                      stage_depths)
+                      NEEDS_CPU_GRAD_SCALER, ROOT, float32_floor,
+                      float64_literal, golden_model, stage_depths)
 
 from mmrest.backbones import emsa_triton, to_literal
 from mmrest_tools import gpu_check, ops_shim
@@ -513,6 +513,41 @@ def test_sections_are_independent_and_saved(tmp_path):
         log=lambda msg: None)
     late.run_section('throughput', lambda sec: 1 / 0)
     assert late.results['sections']['throughput']['status'] == 'skipped'
+
+
+@NEEDS_CPU_FLOAT16
+@NEEDS_CPU_GRAD_SCALER
+@pytest.mark.parametrize('start, nonfinite', [(1.0, ['w']), (2.0, [])])
+def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
+                                              nonfinite):
+    """The GradScaler rows: a step whose gradients are not finite (here
+    the square root's at 0: a NaN gradient under a finite loss) is counted,
+    its parameters named, the scaler's skip (scale lowered) seen, the row
+    failed; a parameter without a gradient is not counted; a finite step
+    passes."""
+    from mmrest_tools.gpu_check import equality
+
+    class Net(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((3, ), start))
+            self.unused = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return [torch.sqrt(self.w - 1) * x.mean()]
+
+    monkeypatch.setattr(equality, 'build_rest', lambda arch: Net())
+    check = _quick_check(tmp_path)
+    check.s.amp_steps = 2
+    res = check._amp_steps('quick', Net().state_dict(), 'fast', to_literal)
+    assert [s['nonfinite_grads'] for s in res['steps']] == [len(nonfinite)] * 2
+    assert all(s['nonfinite_examples'] == nonfinite for s in res['steps'])
+    assert all(math.isfinite(s['loss']) for s in res['steps'])
+    assert [s['skipped'] for s in res['steps']] == [bool(nonfinite)] * 2
+    assert res['skipped_steps'] == (2 if nonfinite else 0)
+    assert res['nonfinite_grads'] == 2 * len(nonfinite)
+    assert res['pass'] is (not nonfinite)
 
 
 class FakeClock:
