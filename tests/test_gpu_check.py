@@ -13,13 +13,16 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _helpers import (CPU_GRAD_SCALER, GRADIENT_FACTOR, NEEDS_CPU_FLOAT16,
                       NEEDS_CPU_GRAD_SCALER, ROOT, float32_floor,
                       float64_literal, golden_model, stage_depths)
 
+from mmrest import ResT
 from mmrest.backbones import emsa_triton, to_literal
 from mmrest_tools import gpu_check, ops_shim
 
@@ -1238,7 +1241,6 @@ def test_compile_child_in_time_gives_its_result(monkeypatch, tmp_path):
 def test_depthwise_by_slices_is_a_depthwise_convolution():
     """gpu_profile's candidate kernel computes what F.conv2d with one group
     per channel computes (float64, ResT's reduction and PA shapes)."""
-    import torch.nn.functional as F
 
     from mmrest_tools.gpu_profile import depthwise_by_slices
     gen = torch.Generator().manual_seed(0)
@@ -1427,6 +1429,157 @@ def test_profile_kernel_categories():
         'other',
     }
     assert {n: kernel_category(n) for n in names} == names
+
+
+class _TimedRecorder:
+    """gpu_profile's ``timed`` replaced: each call runs the step once and
+    records the cuDNN flags it ran under and the ``backward`` calls it
+    made (torch.Tensor.backward patched), then returns the call's index,
+    so a row's figure names the call it came from."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self._backwards = [], 0
+        backward = torch.Tensor.backward
+
+        def counted(tensor, *args, **kwargs):
+            self._backwards += 1
+            return backward(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, 'backward', counted)
+
+    def __call__(self, fn, repeats=None, warmup=None):
+        before = self._backwards
+        flags = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark)
+        fn()
+        self.calls.append(
+            dict(
+                cudnn=flags[0],
+                benchmark=flags[1],
+                backward=self._backwards > before))
+        return len(self.calls) - 1
+
+
+def _tiny_profile_model():
+    from mmrest_tools.gpu_check.settings import QUICK_REST_ARCH
+    torch.manual_seed(0)
+    return ResT(arch=dict(QUICK_REST_ARCH, depths=[1, 1, 1, 1])).train()
+
+
+def test_profile_model_rows_label_what_was_timed(monkeypatch):
+    """gpu_profile's ``models`` section: each row's ``fwd_ms`` is a step
+    without backward and ``fwd_bwd_ms`` one with it, under the cuDNN
+    autotuning and dtype the row names (off, then on; fp16, then float32),
+    and autotuning is off afterwards; a model that fails to build gets an
+    error row and the others still run."""
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    timed = _TimedRecorder(monkeypatch)
+    monkeypatch.setattr(gpu_profile, 'timed', timed)
+    dtypes = []
+    step_fn = gpu_profile.step_fn
+    monkeypatch.setattr(
+        gpu_profile, 'step_fn', lambda model, x, backward, dtype:
+        (dtypes.append(dtype), step_fn(model, x, backward, dtype))[1])
+
+    def build(name):
+        if name == 'broken':
+            raise KeyError(name)
+        return _tiny_profile_model()
+
+    monkeypatch.setattr(gpu_profile, 'build', build)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
+    rows = gpu_profile.model_rows(['broken', 'tiny'])
+    assert rows[0] == dict(model='broken', error="KeyError: 'broken'")
+    assert [(r['cudnn_benchmark'], r['dtype'])
+            for r in rows[1:]] == [(False, 'float16'), (False, 'float32'),
+                                   (True, 'float16'), (True, 'float32')]
+    assert dtypes == [
+        d for d in (torch.float16, torch.float32) for _ in range(2)
+    ] * 2
+    for row in rows[1:]:
+        fwd, both = timed.calls[row['fwd_ms']], timed.calls[row['fwd_bwd_ms']]
+        assert not fwd['backward'] and both['backward'], row
+        assert fwd['benchmark'] is both['benchmark'] is \
+            row['cudnn_benchmark'], row
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_profile_conv_rows_label_what_was_timed(monkeypatch):
+    """gpu_profile's ``convs`` section: each row's figure is a forward and
+    backward of its variant: cuDNN as named ('native': off), autotuned only
+    for 'cudnn benchmark', F.conv2d with one group a channel on inputs,
+    weights and bias that all need their gradient, except for 'slices'
+    (depthwise_by_slices); cuDNN back to its defaults afterwards."""
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    timed = _TimedRecorder(monkeypatch)
+    monkeypatch.setattr(gpu_profile, 'timed', timed)
+    seen = []
+
+    def conv2d(x, weight, bias, stride, padding, groups):
+        seen.append(('conv2d', x.requires_grad, weight.requires_grad,
+                     bias.requires_grad, groups == x.shape[1]))
+        return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+
+    def by_slices(x, weight, bias, stride, padding):
+        seen.append(('slices', x.requires_grad, weight.requires_grad,
+                     bias.requires_grad, True))
+        return F.conv2d(x, weight, bias, stride, padding, groups=x.shape[1])
+
+    monkeypatch.setattr(gpu_profile, 'F',
+                        types.SimpleNamespace(conv2d=conv2d, pad=F.pad))
+    monkeypatch.setattr(gpu_profile, 'depthwise_by_slices', by_slices)
+    rows = gpu_profile.conv_rows()
+    assert len(rows) == len(seen) == 5 * 3 * 4
+    expected = {
+        'cudnn': (True, False, 'conv2d'),
+        'cudnn benchmark': (True, True, 'conv2d'),
+        'native': (False, False, 'conv2d'),
+        'slices': (True, False, 'slices'),
+    }
+    for row, (fn, *needs_grad) in zip(rows, seen):
+        call = timed.calls[row['fwd_bwd_ms']]
+        assert (call['cudnn'], call['benchmark'],
+                fn) == expected[row['variant']], row
+        assert call['backward'] and all(needs_grad), (row, needs_grad)
+    assert torch.backends.cudnn.enabled is True
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_profile_rows_rank_one_training_step(monkeypatch):
+    """gpu_profile's ``profile`` section on the CPU (the profiler's CPU
+    events stand for the kernels): the rows rank a training step's
+    operators (backward ones among them) by self time, longest first, at
+    most ``top`` of them, then one summary row whose totals cover every
+    operator, not only the rows shown."""
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    monkeypatch.setattr(gpu_profile, 'build',
+                        lambda name: _tiny_profile_model())
+    rows = gpu_profile.profile_rows('tiny', torch.bfloat16, top=6)
+    *ranked, summary = rows
+    assert len(ranked) == 6 and all('summary' not in r for r in ranked)
+    times = [r['self_ms'] for r in ranked]
+    assert times == sorted(times, reverse=True) and times[-1] >= 0, times
+    # the first is the longest: at least the mean over every operator
+    assert times[0] > 0 and times[0] + 0.01 >= \
+        summary['kernels_ms'] / summary['launches'], (times, summary)
+    assert summary['summary'] is True and summary['dtype'] == 'bfloat16'
+    assert summary['kernels_ms'] >= sum(times) - 0.01 * len(times)
+    assert summary['launches'] > sum(r['calls'] for r in ranked)
+    assert abs(sum(summary['by_category'].values()) -
+               summary['kernels_ms']) <= 0.01 * len(summary['by_category'])
+    # a training step: the ranked operators' names include backward ones
+    # when enough are shown
+    names = [
+        r['kernel'] for r in gpu_profile.profile_rows(
+            'tiny', torch.bfloat16, top=10**6)[:-1]
+    ]
+    assert any('Backward' in n for n in names), names
 
 
 def test_gpu_experiment_command_lines(tmp_path):
