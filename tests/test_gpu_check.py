@@ -1433,12 +1433,13 @@ def test_profile_kernel_categories():
 
 class _TimedRecorder:
     """gpu_profile's ``timed`` replaced: each call runs the step once and
-    records the cuDNN flags it ran under and the ``backward`` calls it
-    made (torch.Tensor.backward patched), then returns the call's index,
-    so a row's figure names the call it came from."""
+    records the cuDNN flags it ran under, the ``backward`` calls it made
+    (torch.Tensor.backward patched) and what ``state()`` returns before it,
+    then returns the call's index, so a row's figure names the call it came
+    from."""
 
-    def __init__(self, monkeypatch):
-        self.calls, self._backwards = [], 0
+    def __init__(self, monkeypatch, state=dict):
+        self.calls, self._backwards, self._state = [], 0, state
         backward = torch.Tensor.backward
 
         def counted(tensor, *args, **kwargs):
@@ -1450,12 +1451,14 @@ class _TimedRecorder:
     def __call__(self, fn, repeats=None, warmup=None):
         before = self._backwards
         flags = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark)
+        state = self._state()
         fn()
         self.calls.append(
             dict(
                 cudnn=flags[0],
                 benchmark=flags[1],
-                backward=self._backwards > before))
+                backward=self._backwards > before,
+                **state))
         return len(self.calls) - 1
 
 
@@ -1465,6 +1468,7 @@ def _tiny_profile_model():
     return ResT(arch=dict(QUICK_REST_ARCH, depths=[1, 1, 1, 1])).train()
 
 
+@NEEDS_CPU_FLOAT16
 def test_profile_model_rows_label_what_was_timed(monkeypatch):
     """gpu_profile's ``models`` section: each row's ``fwd_ms`` is a step
     without backward and ``fwd_bwd_ms`` one with it, under the cuDNN
@@ -1505,6 +1509,9 @@ def test_profile_model_rows_label_what_was_timed(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
 
 
+# float16 convolutions on the CPU: torch 2.1 has neither them nor float16
+# autocast there
+@NEEDS_CPU_FLOAT16
 def test_profile_conv_rows_label_what_was_timed(monkeypatch):
     """gpu_profile's ``convs`` section: each row's figure is a forward and
     backward of its variant: cuDNN as named ('native': off), autotuned only
@@ -1546,6 +1553,98 @@ def test_profile_conv_rows_label_what_was_timed(monkeypatch):
         assert call['backward'] and all(needs_grad), (row, needs_grad)
     assert torch.backends.cudnn.enabled is True
     assert torch.backends.cudnn.benchmark is False
+
+
+def _one_head_dtypes(monkeypatch, kernels):
+    """kernels.emsa_attention wrapped to record, for each one-head call (no
+    mixing), the query dtype, or ``'float32 autocast'`` where float32
+    queries meet CPU autocast (whose products would be low precision), into
+    the returned list."""
+    seen, attention = [], kernels.emsa_attention
+
+    def spy(q, k, v, mix=None, *args, **kwargs):
+        if mix is None:
+            try:
+                autocast = torch.is_autocast_enabled('cpu')
+            except TypeError:  # torch < 2.4: no device argument
+                autocast = torch.is_autocast_cpu_enabled()
+            seen.append('float32 autocast'
+                        if autocast and q.dtype == torch.float32 else q.dtype)
+        return attention(q, k, v, mix, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, 'emsa_attention', spy)
+    return seen
+
+
+@NEEDS_CPU_FLOAT16
+def test_profile_variant_rows_undo_what_they_name(monkeypatch):
+    """gpu_profile's ``variants`` section: each row is an fp16 training
+    step (with backward) with the head mixing and the one-head attention
+    its name says (the baddbmm mixing; the one-head attention's queries in
+    float32, not float16), and kernels' functions are restored after."""
+    from mmrest.backbones import kernels
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    monkeypatch.setattr(gpu_profile, 'build',
+                        lambda name: _tiny_profile_model())
+    seen = _one_head_dtypes(monkeypatch, kernels)
+    mix_heads, attention = kernels.mix_heads, kernels.emsa_attention
+    timed = _TimedRecorder(
+        monkeypatch, lambda: dict(
+            baddbmm=kernels.mix_heads is kernels.mix_heads_baddbmm,
+            seen_from=len(seen)))
+    monkeypatch.setattr(gpu_profile, 'timed', timed)
+    rows = gpu_profile.variant_rows('tiny')
+    assert [r['variant'] for r in rows] == [
+        'this version', 'mix heads by baddbmm', 'one head in float32',
+        'both (the former code)'
+    ]
+    ends = [c['seen_from'] for c in timed.calls[1:]] + [len(seen)]
+    for i, (row, call, end) in enumerate(zip(rows, timed.calls, ends)):
+        assert row['fwd_bwd_fp16_ms'] == i and call['backward'], row
+        assert call['baddbmm'] is ('baddbmm' in row['variant']
+                                   or 'both' in row['variant']), row
+        float32 = 'float32' in row['variant'] or 'both' in row['variant']
+        assert set(seen[call['seen_from']:end]) == {
+            torch.float32 if float32 else torch.float16
+        }, row
+    assert kernels.mix_heads is mix_heads
+    assert kernels.emsa_attention is attention
+
+
+@NEEDS_CPU_FLOAT16
+def test_profile_eval224_rows_interleave_both_attentions(monkeypatch):
+    """gpu_profile's ``eval224`` section: round by round, each model's
+    inference (no backward) with the one-head attention in float16, then
+    for ResT in float32 (not for the others), images per second from the
+    milliseconds of 64 images; kernels' function restored after."""
+    from mmrest.backbones import kernels
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    monkeypatch.setattr(gpu_profile, 'build',
+                        lambda name: _tiny_profile_model())
+    seen = _one_head_dtypes(monkeypatch, kernels)
+    attention = kernels.emsa_attention
+    timed = _TimedRecorder(monkeypatch, lambda: dict(seen_from=len(seen)))
+    monkeypatch.setattr(gpu_profile, 'timed',
+                        lambda fn, **kw: timed(fn, **kw) + 1)
+    rows = gpu_profile.eval224_rows(('rest_a', 'other'), rounds=2)
+    assert [(r['round'], r['model'], r['variant'])
+            for r in rows] == [(r, m, v) for r in range(2)
+                               for m, v in (('rest_a', 'this version'),
+                                            ('rest_a', 'one head in float32'),
+                                            ('other', 'this version'))]
+    ends = [c['seen_from'] for c in timed.calls[1:]] + [len(seen)]
+    for i, (row, call, end) in enumerate(zip(rows, timed.calls, ends)):
+        assert row['img_s'] == round(64 / (i + 1) * 1e3)
+        assert not call['backward'], row
+        float32 = row['variant'] == 'one head in float32'
+        assert set(seen[call['seen_from']:end]) == {
+            torch.float32 if float32 else torch.float16
+        }, row
+    assert kernels.emsa_attention is attention
 
 
 def test_profile_rows_rank_one_training_step(monkeypatch):
