@@ -91,8 +91,9 @@ def _cpu_float16_autocast() -> bool:
 # Tests of float16 autocast on the CPU, and of a GradScaler there, where the
 # installed torch has them: a capability of the platform (as CUDA is), so
 # skipped where it is absent (the oldest stack, torch 2.1).
+CPU_FLOAT16_AUTOCAST = _cpu_float16_autocast()
 NEEDS_CPU_FLOAT16 = pytest.mark.skipif(
-    not _cpu_float16_autocast(),
+    not CPU_FLOAT16_AUTOCAST,
     reason=f'torch {torch.__version__} has no float16 autocast on the CPU')
 CPU_GRAD_SCALER = hasattr(torch.amp, 'GradScaler')  # torch >= 2.3
 NEEDS_CPU_GRAD_SCALER = pytest.mark.skipif(

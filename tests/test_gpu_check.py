@@ -18,9 +18,10 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import (CPU_GRAD_SCALER, GRADIENT_FACTOR, NEEDS_CPU_FLOAT16,
-                      NEEDS_CPU_GRAD_SCALER, ROOT, float32_floor,
-                      float64_literal, golden_model, stage_depths)
+from _helpers import (CPU_FLOAT16_AUTOCAST, CPU_GRAD_SCALER, GRADIENT_FACTOR,
+                      NEEDS_CPU_FLOAT16, NEEDS_CPU_GRAD_SCALER, ROOT,
+                      float32_floor, float64_literal, golden_model,
+                      stage_depths)
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton, to_literal
@@ -553,6 +554,54 @@ def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
     assert res['pass'] is (not nonfinite)
 
 
+def _wrong_literal(model):
+    """to_literal, then the first weight changed: a literal path (and so a
+    float64 reference) that computes something else than ``model``."""
+    literal = to_literal(model)
+    with torch.no_grad():
+        next(literal.parameters()).add_(0.1)
+    return literal
+
+
+@pytest.mark.parametrize('mode', ['eval_nograd', 'train_grad_cp'])
+def test_equality_case_rows(mode):
+    """The equality section's rows of one case, each path against the
+    float64 reference: the models in the case's mode; gradients compared
+    where the mode has them (float32 against float64: never exactly
+    equal); the row passes for the fast path and fails for a fast path
+    that computes something else, in outputs alone when no gradient is
+    measured; an autocast row compares with the float32 result, which it
+    needs first."""
+    from mmrest_tools.gpu_check.equality import EqualityCase
+    from mmrest_tools.gpu_check.models import build_rest
+    from mmrest_tools.gpu_check.settings import QUICK_REST_ARCH
+    torch.manual_seed(0)
+    base = build_rest(QUICK_REST_ARCH)
+    gpu_check.randomize_norms(base)  # as the section does
+    state = base.state_dict()
+    cpu = torch.device('cpu')
+    case = EqualityCase(cpu, QUICK_REST_ARCH, state, (1, 3, 33, 47), mode,
+                        to_literal)
+    with pytest.raises(RuntimeError, match='no float32 result'):
+        case.amp_row(torch.bfloat16)
+    row = case.fp32_row()
+    train = mode.startswith('train')
+    assert [case.built[k].training for k in ('fast', 'lit', 'ref')] == \
+        [train] * 3
+    assert row['pass'] is True and row['err_literal'] > 0, row
+    assert ('grad_err_fast' in row) is train
+    if train:
+        assert row['grad_err_fast'] > 0 and row['grad_err_literal'] > 0, row
+    amp = case.amp_row(torch.bfloat16)
+    assert 0 < amp['err_fast'] < 1 and amp['pass'] is True, amp
+    assert amp.get('grads_finite_fast', True) is True
+
+    wrong = EqualityCase(cpu, QUICK_REST_ARCH, state, (1, 3, 33, 47), mode,
+                         _wrong_literal).fp32_row()
+    assert wrong['err_fast'] > 100 * wrong['err_literal'], wrong
+    assert wrong['pass'] is False, wrong
+
+
 class FakeClock:
     """A clock whose every step call advances it by the next of
     ``durations`` (seconds), and a device sync that logs itself."""
@@ -1038,9 +1087,14 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         assert 0 < r['err_literal'] < 1e-4 and r['err_fast'] < 1e-4, r
         assert r['err_fast'] <= 4 * r['err_literal'] + gpu_check.FP32_FLOOR
         if r['mode'] != 'eval_nograd':  # gradients measured, both paths
-            assert r['grad_err_fast'] >= 0 and r['grad_err_literal'] >= 0
-    for r in eq:  # every low-precision row has figures or an error text
-        assert 'err_fast' in r or r.get('error'), r
+            # (float32 against float64: 0 would mean nothing compared)
+            assert r['grad_err_fast'] > 0 and r['grad_err_literal'] > 0
+    for r in eq:  # every low-precision row has figures (or, where the
+        # CPU has no float16 autocast, an error text)
+        if CPU_FLOAT16_AUTOCAST:
+            assert 'error' not in r and r['err_fast'] > 0, r
+        else:
+            assert 'err_fast' in r or r.get('error'), r
     steps = [r for r in secs['equality']['rows'] if r['kind'] == 'amp_steps']
     assert {r['path'] for r in steps} == {'fast', 'literal'}
     lit = [r for r in steps if r['path'] == 'literal'][0]
