@@ -1735,6 +1735,36 @@ def test_profile_rows_rank_one_training_step(monkeypatch):
     assert any('Backward' in n for n in names), names
 
 
+def test_profile_triton_rows_say_why_they_skip(monkeypatch):
+    """gpu_profile's ``triton`` section on the CPU: per stage the chunked
+    core's row, then one row per launch labelled by it ('default' for the
+    core's own choice); a launch that cannot run says why (no triton 3;
+    outside Triton's interpreter) and one past the budget says 'budget'."""
+    from mmrest.backbones import emsa_triton
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 8)
+    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    cases = ((True, True, 'budget'), (True, False,
+                                      'the CPU needs TRITON_INTERPRET=1'),
+             (False, True, 'needs triton >= 3'))
+    for available, interpreted, why in cases:
+        monkeypatch.setattr(emsa_triton, 'available', lambda: available)
+        monkeypatch.setattr(emsa_triton, 'interpreted', lambda: interpreted)
+        budget = 0.0 if why == 'budget' else 1e9
+        rows = gpu_profile.triton_rows(budget)
+        assert [(r['stage'], r['core'], r.get('launch')) for r in rows] == [
+            (f'stage {i}', core, launch) for i in (2, 3, 4)
+            for core, launch in (('chunked', None), ('triton', 'default'),
+                                 ('triton', (32, 8, 3)))
+        ], rows
+        for r in rows:
+            if r['core'] == 'chunked':
+                assert r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0, r
+            else:
+                assert r['skipped'] == why and 'fwd_ms' not in r, r
+
+
 def test_gpu_experiment_command_lines(tmp_path):
     """tools/device/*.py are thin command lines over mmrest_tools: their
     options come from the programs; gpu_profile's CPU smoke run writes
