@@ -602,6 +602,46 @@ def test_equality_case_rows(mode):
     assert wrong['pass'] is False, wrong
 
 
+@pytest.mark.parametrize('mode', ['eval_nograd', 'train_grad'])
+def test_equality_autocast_row_criterion(mode):
+    """An autocast row passes when the fast path's error against its own
+    float32 result is within AMP_FACTOR times the literal path's plus
+    AMP_FLOOR and, where gradients are measured, they are finite: each of
+    the two conditions alone fails it; without gradients, non-finite ones
+    do not count. The paths' results given directly (relative output
+    errors of ``err``)."""
+    from mmrest_tools.gpu_check.equality import EqualityCase
+    case = EqualityCase(torch.device('cpu'), None, None, (1, ), mode, None)
+    grad = mode != 'eval_nograd'
+    ones, lit_err = torch.ones(4, dtype=torch.float64), 0.01
+    bound = gpu_check.AMP_FACTOR * lit_err + gpu_check.AMP_FLOOR
+
+    def row(err, grads_finite):
+        g = {'w': torch.tensor([1.0 if grads_finite else math.inf])}
+        results = dict(
+            fast=([ones * (1 + err)], g if grad else {}),
+            lit=([ones * (1 + lit_err)], g if grad else {}))
+        case.run = lambda model, dtype, amp: results[model]
+        case.built = dict(
+            fast='fast',
+            lit='lit',
+            fast32=([ones], {
+                'w': torch.ones(1)
+            } if grad else {}),
+            lit32=([ones], {
+                'w': torch.ones(1)
+            } if grad else {}))
+        return case.amp_row(torch.float16)
+
+    ok = row(bound * 0.9, True)
+    assert ok['pass'] is True and ok['err_literal'] == pytest.approx(lit_err)
+    assert row(bound * 1.1, True)['pass'] is False
+    assert row(bound * 0.9, False)['pass'] is (not grad)
+    if grad:
+        assert ok['grads_finite_fast'] is True
+        assert row(bound * 0.9, False)['grads_finite_fast'] is False
+
+
 class FakeClock:
     """A clock whose every step call advances it by the next of
     ``durations`` (seconds), and a device sync that logs itself."""
@@ -1122,6 +1162,13 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     for r in mr.values():  # forward and backward through the shim's ops
         assert 'error' not in r, r
         assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
+        # quick mode trains without autocast, so without loss scaling
+        assert r['loss_scale'] == 1.0 and r['skipped_steps'] == 0, r
+    # the config's gradient clipping (detectron2's, ResT-Small's only)
+    from mmengine.config import Config
+    from mmrest_tools.gpu_check.settings import REST_MASKRCNN_CONFIG
+    clip = Config.fromfile(REST_MASKRCNN_CONFIG).optim_wrapper
+    assert mr['mask_rcnn_rest_small']['clip_grad'] == clip.clip_grad != {}
     from mmrest.backbones import emsa_triton, kernels
     var = secs['variants']['rows']
     backends = [r for r in var if r['kind'] == 'sdpa_backends']
