@@ -1166,6 +1166,7 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         assert r['loss_scale'] == 1.0 and r['skipped_steps'] == 0, r
     # the config's gradient clipping (detectron2's, ResT-Small's only)
     from mmengine.config import Config
+
     from mmrest_tools.gpu_check.settings import REST_MASKRCNN_CONFIG
     clip = Config.fromfile(REST_MASKRCNN_CONFIG).optim_wrapper
     assert mr['mask_rcnn_rest_small']['clip_grad'] == clip.clip_grad != {}
