@@ -642,6 +642,46 @@ def test_equality_autocast_row_criterion(mode):
         assert row(bound * 0.9, False)['grads_finite_fast'] is False
 
 
+@pytest.mark.parametrize('clip', [None, dict(max_norm=0.01, norm_type=2)])
+def test_maskrcnn_iteration_as_amp_optim_wrapper(tmp_path, clip):
+    """One Mask R-CNN iteration of the maskrcnn section, as mmengine's
+    AmpOptimWrapper: the data preprocessed in training mode, the loss
+    terms summed, the config's clipping (if any) applied to the gradients
+    that exist (they stay in ``.grad`` after the step), the loss and the
+    scaler's verdict recorded. A stand-in detector records its calls."""
+    from mmrest.utils.torch_compat import grad_scaler
+
+    class Detector(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+            self.unused = torch.nn.Parameter(torch.ones(1))
+            self.training_flags = []
+
+        def data_preprocessor(self, data, training):
+            self.training_flags.append(training)
+            return dict(inputs=data)
+
+        def forward(self, inputs, mode):
+            assert mode == 'loss'
+            return dict(loss_a=100 * (self.w * inputs).sum(), acc=3.0)
+
+        def parse_losses(self, losses):
+            return sum(v for k, v in losses.items() if 'loss' in k), {}
+
+    check = _quick_check(tmp_path)
+    model, iters = Detector(), []
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = grad_scaler('cpu', enabled=False)  # quick mode: no autocast
+    check._amp_train_iteration(model, opt, scaler, clip, torch.ones(3), iters)
+    assert model.training_flags == [True]
+    assert iters == [dict(loss=300.0, skipped=False)]
+    assert model.unused.grad is None
+    norm = float(model.w.grad.norm())
+    assert norm == pytest.approx(0.01 if clip else 100 * math.sqrt(3))
+
+
 class FakeClock:
     """A clock whose every step call advances it by the next of
     ``durations`` (seconds), and a device sync that logs itself."""
