@@ -1073,6 +1073,18 @@ def test_bad_arguments():
          'auto']).emsa_core == 'auto'
 
 
+def test_cuda_check_without_cuda_is_refused(monkeypatch, tmp_path):
+    """A check on 'cuda' where torch sees no CUDA device stops at once,
+    saying so, and writes nothing; 'cpu' is always taken."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(RuntimeError, match='torch sees no CUDA device'):
+        gpu_check.GpuCheck('cuda', str(tmp_path / 'cuda'),
+                           gpu_check.Settings(quick=True))
+    assert not (tmp_path / 'cuda').exists()
+    _quick_check(tmp_path / 'cpu')
+    assert (tmp_path / 'cpu').is_dir()
+
+
 def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
     """The check asks for the ops shim as the environment says unless
     --force-ops-shim forces it, and records a failed install as not
