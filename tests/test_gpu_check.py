@@ -1085,6 +1085,24 @@ def test_cuda_check_without_cuda_is_refused(monkeypatch, tmp_path):
     assert (tmp_path / 'cpu').is_dir()
 
 
+def test_throughput_settings_name_both_emsa_cores(tmp_path, monkeypatch):
+    """The throughput section records the EMSA core of its training steps
+    and the one of its inference, each the one in force for that kind of
+    call (here two different ones), with its sizes and counts."""
+    from mmrest.backbones import kernels
+    # the section sets cuDNN's autotuning; restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    check = _quick_check(tmp_path)
+    sec = dict(rows=[])
+    with kernels.use_emsa_core('maps', inference='chunked'):
+        check.throughput(sec, names=())
+    settings = sec['settings']
+    assert (settings['emsa_core'], settings['emsa_inference_core']) == \
+        ('maps', 'chunked')
+    assert settings['repeats'] == check.s.repeats and sec['rows'] == []
+    assert settings['cudnn_benchmark'] is True
+
+
 def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
     """The check asks for the ops shim as the environment says unless
     --force-ops-shim forces it, and records a failed install as not
