@@ -1090,6 +1090,7 @@ def test_throughput_settings_name_both_emsa_cores(tmp_path, monkeypatch):
     and the one of its inference, each the one in force for that kind of
     call (here two different ones), with its sizes and counts."""
     from mmrest.backbones import kernels
+
     # the section sets cuDNN's autotuning; restored after the test
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
     check = _quick_check(tmp_path)
