@@ -87,17 +87,23 @@ def _literal_build(orig_build):
     return build
 
 
-def _variant_row(check, literal: bool) -> dict:
-    """The backbone training step, then the Mask R-CNN AMP iteration."""
+def _backbone(literal: bool) -> torch.nn.Module:
+    """ResT-Small of the rows (seed 0, drop path 0.1, initialised), its
+    literal computation if ``literal``."""
     import mmrest
     from mmrest.backbones import to_literal
-    row = {}
     torch.manual_seed(0)
     bb = mmrest.ResT(arch='small', drop_path_rate=0.1)
     bb.init_weights()
     if literal:
         to_literal(bb, copy_model=False)
-    bb = bb.cuda().train()
+    return bb
+
+
+def _variant_row(check, literal: bool) -> dict:
+    """The backbone training step, then the Mask R-CNN AMP iteration."""
+    row = {}
+    bb = _backbone(literal).cuda().train()
     x = torch.randn(2, 3, 800, 1344, device='cuda')
     torch.cuda.reset_peak_memory_stats()
     row['backbone_step_ms'] = backbone_step_ms(bb, x)

@@ -1884,6 +1884,21 @@ def test_profile_triton_rows_say_why_they_skip(monkeypatch):
                 assert r['skipped'] == why and 'fwd_ms' not in r, r
 
 
+def test_gpu_variants_literal_rows_are_literal():
+    """gpu_variants' 'literal' row: the backbone of its step and the one in
+    its Mask R-CNN (mmdet's build wrapped) compute literally, the others
+    do not; a built module without a backbone passes through."""
+    from mmrest.backbones.kernels import is_literal
+    from mmrest_tools import gpu_variants
+    assert is_literal(gpu_variants._backbone(True))
+    assert not is_literal(gpu_variants._backbone(False))
+    detector = types.SimpleNamespace(backbone=_tiny_profile_model())
+    built = gpu_variants._literal_build(lambda cfg: detector)(dict())
+    assert built is detector and is_literal(detector.backbone)
+    head = torch.nn.Linear(2, 2)
+    assert gpu_variants._literal_build(lambda cfg: head)(dict()) is head
+
+
 def test_gpu_experiment_command_lines(tmp_path):
     """tools/device/*.py are thin command lines over mmrest_tools: their
     options come from the programs; gpu_profile's CPU smoke run writes
