@@ -1187,6 +1187,13 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     for name in ('equality', 'throughput', 'maskrcnn', 'variants'):
         assert secs[name]['status'] not in ('error', 'skipped'), secs[name]
     assert secs['compile']['status'] == 'skipped'
+    assert secs['syncbn'] == dict(
+        status='skipped', error='SyncBatchNorm runs on GPUs only', rows=[])
+    md = (tmp_path / 'gpu_check.md').read_text()
+    skipped = md.split(
+        '### syncbn: skipped (SyncBatchNorm runs on GPUs '
+        'only)\n', 1)[1]
+    assert skipped.startswith('\n### '), md  # no empty table
 
     eq = [r for r in secs['equality']['rows'] if r['kind'] == 'equality']
     # quick mode: one size, two modes (eval without autograd, train with

@@ -349,5 +349,7 @@ def to_markdown(results: Dict) -> str:
         if sec.get('note'):
             lines.append(f'{sec["note"]}')
         rows = sec.get('rows', [])
-        lines += _SECTION_MARKDOWN.get(name, lambda sec, rows: [])(sec, rows)
+        if rows:  # (a skipped or failed section without rows: no table)
+            lines += _SECTION_MARKDOWN.get(name, lambda sec, rows: [])(sec,
+                                                                       rows)
     return '\n'.join(lines) + '\n'
