@@ -593,12 +593,14 @@ def test_equality_case_rows(mode):
     if train:
         assert row['grad_err_fast'] > 0 and row['grad_err_literal'] > 0, row
     amp = case.amp_row(torch.bfloat16)
-    assert 0 < amp['err_fast'] < 1 and amp['pass'] is True, amp
+    assert amp['err_fast'] > 0 and amp['pass'] is True, amp
     assert amp.get('grads_finite_fast', True) is True
 
     wrong = EqualityCase(cpu, QUICK_REST_ARCH, state, (1, 3, 33, 47), mode,
                          _wrong_literal).fp32_row()
-    assert wrong['err_fast'] > 100 * wrong['err_literal'], wrong
+    # failed by its outputs (the float32 criterion's first part)
+    assert wrong['err_fast'] > 4 * wrong['err_literal'] + \
+        gpu_check.FP32_FLOOR, wrong
     assert wrong['pass'] is False, wrong
 
 
@@ -1421,7 +1423,6 @@ def test_compile_child_in_time_gives_its_result(monkeypatch, tmp_path):
 def test_depthwise_by_slices_is_a_depthwise_convolution():
     """gpu_profile's candidate kernel computes what F.conv2d with one group
     per channel computes (float64, ResT's reduction and PA shapes)."""
-
     from mmrest_tools.gpu_profile import depthwise_by_slices
     gen = torch.Generator().manual_seed(0)
     for c, h, w, k, s, p in ((4, 17, 23, 9, 8, 4), (3, 10, 9, 5, 4, 2),
