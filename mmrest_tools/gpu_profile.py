@@ -407,8 +407,10 @@ def triton_rows(budget_s=240.0):
     TRITON_LAUNCHES, beside the 'chunked' core; per triton row the output's
     relative difference from the chunked core's (the same formula, the
     products rounded to fp16) and the kernels' products per second
-    (:func:`core_flop` over the times, TFLOP/s). Launches stop when
-    ``budget_s`` has passed (each new launch compiles three kernels). Where
+    (:func:`core_flop` over the times, TFLOP/s). The chunked rows come
+    first, then each launch at the three stages in turn; launches stop
+    when ``budget_s`` has passed (each new launch compiles three kernels),
+    so the first launches of TRITON_LAUNCHES are the ones measured. Where
     the core cannot run (triton < 3; the CPU outside Triton's interpreter)
     its rows say so."""
     from mmrest.backbones import emsa_triton, kernels
@@ -423,16 +425,19 @@ def triton_rows(budget_s=240.0):
         with kernels.use_emsa_core('chunked'):
             return kernels.emsa_attention(q, k, v, mix, bias)
 
-    t0, rows = time.time(), []
+    t0, rows, cases = time.time(), [], []
     for stage, heads, n, m in TRITON_SHAPES:
         n, m = max(1, n // SCALE**2), max(1, m // SCALE**2)
         inputs, grad = _core_inputs(heads, n, m)
-        flops = core_flop(heads, n, m)
         fwd, both, ref = _time_core(chunked, inputs, grad)
         rows.append(
             dict(stage=stage, core='chunked', fwd_ms=fwd, fwd_bwd_ms=both))
         print(json.dumps(rows[-1]), flush=True)
-        for launch in launches:
+        cases.append((stage, inputs, grad, core_flop(heads, n, m), ref))
+    # each launch at every stage before the next launch: a budget that runs
+    # out leaves the last launches untried, not the last stages
+    for launch in launches:
+        for stage, inputs, grad, flops, ref in cases:
             row = dict(stage=stage, core='triton', launch=launch or 'default')
             if unable or time.time() - t0 > budget_s:
                 rows.append(dict(row, skipped=unable or 'budget'))

@@ -1881,9 +1881,9 @@ def test_profile_triton_rows_say_why_they_skip(monkeypatch):
         budget = 0.0 if why == 'budget' else 1e9
         rows = gpu_profile.triton_rows(budget)
         assert [(r['stage'], r['core'], r.get('launch')) for r in rows] == [
-            (f'stage {i}', core, launch) for i in (2, 3, 4)
+            (f'stage {i}', core, launch)
             for core, launch in (('chunked', None), ('triton', 'default'),
-                                 ('triton', (32, 8, 3)))
+                                 ('triton', (32, 8, 3))) for i in (2, 3, 4)
         ], rows
         for r in rows:
             if r['core'] == 'chunked':
@@ -1905,6 +1905,38 @@ def test_gpu_variants_literal_rows_are_literal():
     assert built is detector and is_literal(detector.backbone)
     head = torch.nn.Linear(2, 2)
     assert gpu_variants._literal_build(lambda cfg: head)(dict()) is head
+
+
+def test_profile_triton_budget_leaves_launches_not_stages(monkeypatch):
+    """A triton section whose budget runs out after three launches has
+    measured the first launch at all three stages (the ones that decide
+    the default) and skipped the second everywhere. The clock advances a
+    second at each reading; the kernels are the chunked core's here."""
+    from mmrest.backbones import emsa_triton, kernels
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', 8)
+    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    monkeypatch.setattr(emsa_triton, 'available', lambda: True)
+    monkeypatch.setattr(emsa_triton, 'interpreted', lambda: True)
+
+    def attention_core(q, k, v, mix, bias, **options):
+        with kernels.use_emsa_core('chunked'):
+            return kernels.emsa_attention(q, k, v, mix, bias)
+
+    monkeypatch.setattr(emsa_triton, 'attention_core', attention_core)
+    clock = iter(range(1000))
+    monkeypatch.setattr(
+        gpu_profile, 'time',
+        types.SimpleNamespace(
+            time=lambda: next(clock), perf_counter=time.perf_counter))
+    rows = [r for r in gpu_profile.triton_rows(3.5) if r['core'] == 'triton']
+    assert [
+        (r['stage'], r['launch'], 'fwd_ms' in r, r.get('skipped'))
+        for r in rows
+    ] == [(f'stage {i}', 'default', True, None)
+          for i in (2, 3, 4)] + [(f'stage {i}', (32, 8, 3), False, 'budget')
+                                 for i in (2, 3, 4)]
 
 
 def test_gpu_experiment_command_lines(tmp_path):
@@ -1944,9 +1976,9 @@ def test_gpu_experiment_command_lines(tmp_path):
             for r in rows} == {'cudnn', 'cudnn benchmark', 'native', 'slices'}
     assert {r['dtype'] for r in rows} == {'float16', 'bfloat16', 'float32'}
     rows = result['triton']
-    assert [(r['stage'], r['core']) for r in rows
-            ] == [(f'stage {i}', core) for i in (2, 3, 4)
-                  for core in ('chunked', 'triton', 'triton')], rows
+    stages = [f'stage {i}' for i in (2, 3, 4)]
+    assert [(r['stage'], r['core']) for r in rows] == \
+        [(s, 'chunked') for s in stages] + [(s, 'triton') for s in stages] * 2
     for r in rows:
         if r['core'] == 'triton' and not emsa_triton.available():
             assert r['skipped'] == 'needs triton >= 3', r  # torch 2.1
