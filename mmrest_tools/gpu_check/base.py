@@ -120,6 +120,11 @@ class CheckRunner:
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()
 
+    def skip_section(self, name: str, why: str):
+        """Record section ``name`` as not run, saying ``why``."""
+        self.results['sections'][name] = dict(
+            status='skipped', error=why, rows=[])
+
     def run_section(self, name: str, fn: Callable[[Dict], None]):
         sec = self.results['sections'].setdefault(
             name, dict(status='running', rows=[]))

@@ -204,14 +204,11 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
     with kernels.use_emsa_core(core, inference=inference):
         if 'equality' in want:
             check.run_section('equality', check.equality)
-        if 'syncbn' in want and check.device.type == 'cpu':
-            # (torch's SyncBatchNorm refuses CPU tensors: not an error)
-            check.results['sections']['syncbn'] = dict(
-                status='skipped',
-                error='SyncBatchNorm runs on GPUs only',
-                rows=[])
-        elif 'syncbn' in want:
-            check.run_section('syncbn', check.syncbn)
+        if 'syncbn' in want:
+            if check.device.type == 'cpu':  # torch's refuses CPU tensors
+                check.skip_section('syncbn', 'SyncBatchNorm runs on GPUs only')
+            else:
+                check.run_section('syncbn', check.syncbn)
         if 'throughput' in want:
             check.run_section(
                 'throughput',
@@ -227,8 +224,7 @@ def _run_sections(check: GpuCheck, args: argparse.Namespace):
                 lambda sec: check.throughput(sec, check.s.more_models))
     if 'compile' in want:
         if args.compile_backend == 'off':
-            check.results['sections']['compile'] = dict(
-                status='skipped', error='--compile-backend off', rows=[])
+            check.skip_section('compile', '--compile-backend off')
         else:
             check.run_section(
                 'compile',
