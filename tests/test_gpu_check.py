@@ -1437,13 +1437,22 @@ def test_depthwise_by_slices_is_a_depthwise_convolution():
             atol=1e-12)
 
 
+def _profile_on_cpu(monkeypatch, scale=16):
+    """mmrest_tools.gpu_profile set to run here as its ``--smoke`` does (the
+    CPU, one timed call, no warm-up) at sizes divided by ``scale``."""
+    from mmrest_tools import gpu_profile
+    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    monkeypatch.setattr(gpu_profile, 'SCALE', scale)
+    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    return gpu_profile
+
+
 def test_triton_section_inputs(monkeypatch):
     """The triton section's inputs are ResT-Small's at batch 2 with 64
     channels a head: q (2, h, N, 64), k and v (2, h, M, 64) in the autocast
     dtype, the mixing weight and bias in float32 (the module's, under
     autocast), all requiring grad; the upstream gradient as the output."""
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
+    gpu_profile = _profile_on_cpu(monkeypatch)
     (q, k, v, mix, bias), grad = gpu_profile._core_inputs(4, 30, 7)
     assert [tuple(t.shape)
             for t in (q, k, v, mix, bias, grad)] == [(2, 4, 30, 64),
@@ -1463,22 +1472,29 @@ def test_triton_section_inputs(monkeypatch):
                                            per_head * (5 * 256 + 4 * 64))
 
 
-def _device_env(tmp_path, **extra):
-    """The environment of a device script run here: this interpreter as
-    the device's ``python3`` (first on PATH), results under ``tmp/out``,
-    wheels (if a .whl/ folder is here) into an empty ``tmp/site``."""
+def _run_device_script(tmp_path, script, *args, timeout=900, **extra):
+    """``bash tools/device/<script> <args>`` as on the GPU machine: this
+    interpreter as the device's ``python3`` (first on PATH), results under
+    ``tmp/out``, wheels (if a .whl/ folder is here) into an empty
+    ``tmp/site``, ``extra`` variables set; its output as text."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir(exist_ok=True)
     python3 = bin_dir / 'python3'
     python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python3.chmod(0o755)
-    return dict(
+    env = dict(
         os.environ,
         PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
         OUT=str(tmp_path / 'out'),
         SITE=str(tmp_path / 'site'),
         PYTHONPATH='',
         **extra)
+    return subprocess.run(['bash', f'tools/device/{script}', *args],
+                          cwd=ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
 
 
 def test_device_scripts_run_here(tmp_path):
@@ -1488,17 +1504,10 @@ def test_device_scripts_run_here(tmp_path):
     shared set-up is sourced and the program runs from the checkout, its
     results under $OUT (the profile's CPU smoke run of the triton section;
     the check's --help)."""
-    env = _device_env(tmp_path)
     for script, args in (('run_gpu_profile.sh',
                           ['--smoke', '--sections',
                            'triton']), ('run_gpu_check.sh', ['--help'])):
-        proc = subprocess.run(
-            ['bash', f'tools/device/{script}'] + args,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600)
+        proc = _run_device_script(tmp_path, script, *args, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
         assert '== ' in proc.stdout and 'setup' in proc.stdout, proc.stdout
     log = (tmp_path / 'out' / 'gpu_profile' / 'gpu_profile.log').read_text()
@@ -1525,12 +1534,7 @@ def test_device_session_parts_fit_their_budget(tmp_path):
                   '--emsa-core auto --variant-cores chunked,maps')
 
     def run(*args, **extra):
-        return subprocess.run(['bash', 'tools/device/run_session.sh', *args],
-                              cwd=ROOT,
-                              env=_device_env(tmp_path, **extra),
-                              capture_output=True,
-                              text=True,
-                              timeout=900)
+        return _run_device_script(tmp_path, 'run_session.sh', *args, **extra)
 
     proc = run(
         PROFILE_ARGS='--smoke --sections triton',
@@ -1656,9 +1660,7 @@ def test_profile_model_rows_label_what_was_timed(monkeypatch):
     autotuning and dtype the row names (off, then on; fp16, then float32),
     and autotuning is off afterwards; a model that fails to build gets an
     error row and the others still run."""
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    gpu_profile = _profile_on_cpu(monkeypatch)
     timed = _TimedRecorder(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'timed', timed)
     dtypes = []
@@ -1699,9 +1701,7 @@ def test_profile_conv_rows_label_what_was_timed(monkeypatch):
     for 'cudnn benchmark', F.conv2d with one group a channel on inputs,
     weights and bias that all need their gradient, except for 'slices'
     (depthwise_by_slices); cuDNN back to its defaults afterwards."""
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    gpu_profile = _profile_on_cpu(monkeypatch)
     timed = _TimedRecorder(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'timed', timed)
     seen = []
@@ -1764,9 +1764,7 @@ def test_profile_variant_rows_undo_what_they_name(monkeypatch):
     its name says (the baddbmm mixing; the one-head attention's queries in
     float32, not float16), and kernels' functions are restored after."""
     from mmrest.backbones import kernels
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    gpu_profile = _profile_on_cpu(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'build',
                         lambda name: _tiny_profile_model())
     seen = _one_head_dtypes(monkeypatch, kernels)
@@ -1801,9 +1799,7 @@ def test_profile_eval224_rows_interleave_both_attentions(monkeypatch):
     for ResT in float32 (not for the others), images per second from the
     milliseconds of 64 images; kernels' function restored after."""
     from mmrest.backbones import kernels
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
+    gpu_profile = _profile_on_cpu(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'build',
                         lambda name: _tiny_profile_model())
     seen = _one_head_dtypes(monkeypatch, kernels)
@@ -1834,10 +1830,7 @@ def test_profile_rows_rank_one_training_step(monkeypatch):
     operators (backward ones among them) by self time, longest first, at
     most ``top`` of them, then one summary row whose totals cover every
     operator, not only the rows shown."""
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 16)
-    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    gpu_profile = _profile_on_cpu(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'build',
                         lambda name: _tiny_profile_model())
     rows = gpu_profile.profile_rows('tiny', torch.bfloat16, top=6)
@@ -1868,10 +1861,7 @@ def test_profile_triton_rows_say_why_they_skip(monkeypatch):
     core's own choice); a launch that cannot run says why (no triton 3;
     outside Triton's interpreter) and one past the budget says 'budget'."""
     from mmrest.backbones import emsa_triton
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 8)
-    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    gpu_profile = _profile_on_cpu(monkeypatch, scale=8)
     cases = ((True, True, 'budget'), (True, False,
                                       'the CPU needs TRITON_INTERPRET=1'),
              (False, True, 'needs triton >= 3'))
@@ -1913,10 +1903,7 @@ def test_profile_triton_budget_leaves_launches_not_stages(monkeypatch):
     the default) and skipped the second everywhere. The clock advances a
     second at each reading; the kernels are the chunked core's here."""
     from mmrest.backbones import emsa_triton, kernels
-    from mmrest_tools import gpu_profile
-    monkeypatch.setattr(gpu_profile, 'DEVICE', 'cpu')
-    monkeypatch.setattr(gpu_profile, 'SCALE', 8)
-    monkeypatch.setattr(gpu_profile, 'REPEATS', (1, 0))
+    gpu_profile = _profile_on_cpu(monkeypatch, scale=8)
     monkeypatch.setattr(emsa_triton, 'available', lambda: True)
     monkeypatch.setattr(emsa_triton, 'interpreted', lambda: True)
 
