@@ -91,16 +91,12 @@ def test_logic_mutants_only_when_asked():
         mutation.survivors_markdown([dropped])
 
 
-def test_sweep_kills_what_the_tests_check(tmp_path):
-    """In a small git repository: the tested formula's mutants are killed,
-    the untested function's survive; the file and the worktrees are as
-    before."""
-    repo = tmp_path / 'repo'
+def _git_repo(repo, files):
+    """A git repository at ``repo`` with ``files`` (name: text) committed;
+    returns ``git(*args)``, which runs git there and gives its output."""
     repo.mkdir()
-    (repo / 'calc.py').write_text(SOURCE)
-    (repo / 'test_calc.py').write_text(
-        'from calc import area\n\n\ndef test_area():\n'
-        '    assert area(2, 3) == 6 and area(0, 4) == 0\n')
+    for name, text in files.items():
+        (repo / name).write_text(text)
 
     def git(*args):
         return subprocess.run(
@@ -112,7 +108,23 @@ def test_sweep_kills_what_the_tests_check(tmp_path):
 
     git('init', '-q')
     git('add', '.')
-    git('commit', '-q', '-m', 'calc')
+    git('commit', '-q', '-m', 'files')
+    return git
+
+
+def test_sweep_kills_what_the_tests_check(tmp_path):
+    """In a small git repository: the tested formula's mutants are killed,
+    the untested function's survive; the file and the worktrees are as
+    before."""
+    repo = tmp_path / 'repo'
+    git = _git_repo(
+        repo, {
+            'calc.py':
+            SOURCE,
+            'test_calc.py':
+            'from calc import area\n\n\ndef test_area():\n'
+            '    assert area(2, 3) == 6 and area(0, 4) == 0\n'
+        })
     results = list(
         mutation.sweep(
             str(repo),
@@ -148,19 +160,15 @@ def test_sweep_counts_a_hanging_mutant_as_killed(tmp_path):
     """A mutant whose tests run past the timeout (here an endless loop) is
     killed; a folder that is not a git repository is an error at once."""
     repo = tmp_path / 'repo'
-    repo.mkdir()
-    (repo / 'count.py').write_text(
-        'def count(n):\n    i = 0\n    while i < n:\n        i = i + 1\n'
-        '    return i\n')
-    (repo / 'test_count.py').write_text(
-        'from count import count\n\n\ndef test_count():\n'
-        '    assert count(3) == 3\n')
-    for args in (['init', '-q'], ['add', '.'], ['commit', '-q', '-m', 'c']):
-        subprocess.run(
-            ['git', '-c', 'user.name=t', '-c', 'user.email=t@t'] + args,
-            cwd=repo,
-            check=True,
-            capture_output=True)
+    _git_repo(
+        repo, {
+            'count.py':
+            'def count(n):\n    i = 0\n    while i < n:\n'
+            '        i = i + 1\n    return i\n',
+            'test_count.py':
+            'from count import count\n\n\ndef test_count():\n'
+            '    assert count(3) == 3\n'
+        })
     results = list(
         mutation.sweep(
             str(repo),
