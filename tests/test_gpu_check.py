@@ -443,6 +443,12 @@ def test_error_measures():
     r = dict(a=torch.tensor([3.0, 1.0]), b=torch.tensor([0.0, 4.0]))
     assert gpu_check.grad_error(g, r) == pytest.approx(1 / 26**0.5)
     assert gpu_check.grad_error({}, r) == float('inf')
+    # nothing compared is not an error of 0: NaN fails every bound
+    assert math.isnan(gpu_check.grad_error(g, {}))
+    assert math.isnan(gpu_check.output_error([], []))
+    # outputs missing (or extra) are a mismatch, not a shorter comparison
+    assert gpu_check.output_error(out[:1], ref) == float('inf')
+    assert gpu_check.output_error(out + out, ref) == float('inf')
     # relative to references of any size: below 1, and zero (absolute)
     small = [torch.tensor([0.5, -0.25])]
     assert gpu_check.output_error([torch.tensor([0.4, -0.25])],

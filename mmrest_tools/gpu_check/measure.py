@@ -138,7 +138,16 @@ def recording_backend(name: str):
 
 def output_error(outs: Sequence[torch.Tensor],
                  refs: Sequence[torch.Tensor]) -> float:
-    """The worst, over the outputs, of max |out - ref| / max |ref|."""
+    """The worst, over the outputs, of max |out - ref| / max |ref|.
+
+    NaN where there is nothing to compare (no references): a check that
+    compared nothing must not pass as an error of 0; inf where the outputs
+    are not as many as the references.
+    """
+    if not refs:
+        return float('nan')
+    if len(outs) != len(refs):
+        return float('inf')
     worst = 0.0
     for o, r in zip(outs, refs):
         o, r = o.double(), r.double()
@@ -152,7 +161,14 @@ def output_error(outs: Sequence[torch.Tensor],
 
 def grad_error(grads: Dict[str, torch.Tensor],
                refs: Dict[str, torch.Tensor]) -> float:
-    """||g - g_ref|| / ||g_ref|| over all parameters' gradients at once."""
+    """||g - g_ref|| / ||g_ref|| over all parameters' gradients at once.
+
+    NaN where the reference has no gradients (nothing compared fails every
+    bound instead of passing as 0); inf where a reference's gradient is
+    missing.
+    """
+    if not refs:
+        return float('nan')
     num = den = 0.0
     for name, r in refs.items():
         g = grads.get(name)
