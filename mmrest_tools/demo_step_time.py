@@ -21,6 +21,16 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 
+def _check_arguments(configs: Sequence[str], rounds: int):
+    """Refuse fewer than two rounds and a config named twice (or none)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) \
+            or rounds < 2:
+        raise ValueError(f'rounds must be an integer of at least 2 (the '
+                         f'first is a warm-up), got {rounds!r}')
+    if not configs or len(set(configs)) != len(configs):
+        raise ValueError(f'name each config once, got {list(configs)}')
+
+
 def time_training_steps(configs: Sequence[str],
                         rounds: int = 6,
                         data_root: Optional[str] = None) -> Dict[str, dict]:
@@ -45,12 +55,7 @@ def time_training_steps(configs: Sequence[str],
         summed loss of each step) and ``median_s`` (the median of the timed
         steps, the warm-up left out).
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) \
-            or rounds < 2:
-        raise ValueError(f'rounds must be an integer of at least 2 (the '
-                         f'first is a warm-up), got {rounds!r}')
-    if not configs or len(set(configs)) != len(configs):
-        raise ValueError(f'name each config once, got {list(configs)}')
+    _check_arguments(configs, rounds)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
@@ -114,15 +119,14 @@ def main(argv=None):
         default=None,
         help='the shapes set, if not at the first config\'s data_root')
     args = parser.parse_args(argv)
-    if args.rounds < 2:
-        parser.error(f'--rounds must be at least 2 (the first is a '
-                     f'warm-up), got {args.rounds}')
+    try:
+        _check_arguments(args.configs, args.rounds)
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f'--threads must be at least 1, got {args.threads}')
         torch.set_num_threads(args.threads)
-    if len(set(args.configs)) != len(args.configs):
-        parser.error(f'name each config once, got {args.configs}')
     results = time_training_steps(args.configs, args.rounds, args.data_root)
     for path, res in results.items():
         print(f'{path}: {res["params"] / 1e6:.2f} M parameters, median step '

@@ -646,7 +646,8 @@ def test_demo_step_time_runs_each_model_on_the_same_batches(tmp_path):
 def test_demo_step_time_refuses_bad_arguments(tmp_path, capsys):
     from mmrest_tools import demo_step_time
     config = str(DEMO_CONFIG)
-    for argv, match in (([config, '--rounds', '1'], '--rounds must be'),
+    for argv, match in (([config, '--rounds',
+                          '1'], 'rounds must be an integer of at least 2'),
                         ([config, '--threads', '0'], '--threads must be'),
                         ([config, config], 'name each config once')):
         with pytest.raises(SystemExit):
