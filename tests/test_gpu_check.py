@@ -1093,6 +1093,50 @@ def test_cuda_check_without_cuda_is_refused(monkeypatch, tmp_path):
     assert (tmp_path / 'cpu').is_dir()
 
 
+def test_full_settings_measure_what_the_issue_and_the_configs_say(tmp_path):
+    """The device run's sizes are the comparison's (224x224 batch 64,
+    800x1344 batch 1, training at 2x3x800x1344 in float16 autocast, medians
+    after warm-ups), and Mask R-CNN's are the three configs' own."""
+    s = gpu_check.Settings(quick=False)
+    assert s.small == (64, 3, 224, 224)
+    assert s.large == (1, 3, 800, 1344)
+    assert s.train == (2, 3, 800, 1344) == s.train_sizes[0]
+    assert s.amp is torch.float16 and s.amp_name == 'float16'
+    assert set(s.eq_amp) == {torch.float16, torch.bfloat16}
+    assert set(s.eq_modes) == {
+        'eval_nograd', 'eval_grad', 'train_grad', 'train_grad_cp'
+    }
+    # medians of several timed calls, each after untimed warm-ups
+    for warmup, repeats in ((s.warmup, s.repeats),
+                            (s.train_warmup, s.train_repeats), (s.mr_warmup,
+                                                                s.mr_iters)):
+        assert warmup >= 1 and repeats >= 3
+    assert {'rest_small', 'rest_small_literal', 'restv2_tiny',
+            'swin_t'} <= set(s.throughput_models)
+    check = gpu_check.GpuCheck('cpu', str(tmp_path), s, log=lambda m: None)
+    for name, path in gpu_check.MASKRCNN_MODELS:
+        cfg, _ = check._load_det_config(path)
+        assert s.mr_batch == cfg.train_dataloader.batch_size, name
+        assert gpu_check.CUDNN_BENCHMARK['maskrcnn'] == \
+            cfg.env_cfg.cudnn_benchmark, name
+        # the largest image of the training pipeline, (H, W)
+        resize = [
+            t for t in cfg.train_dataloader.dataset.pipeline
+            if 'Resize' in t['type']
+        ][0]
+        scales = resize.get('scales', [resize.get('scale')])
+        assert s.mr_image == (max(min(x) for x in scales),
+                              max(max(x) for x in scales)), name
+        # the padded batches of that pipeline: at most the padded largest
+        div = cfg.model.data_preprocessor.pad_size_divisor
+        padded = [-(-v // div) * div for v in s.mr_image]
+        for size in s.train_sizes:
+            assert size[:2] == (s.mr_batch, 3), name
+            assert size[2] % div == 0 and size[3] % div == 0, name
+            assert size[2] <= padded[0] and size[3] <= padded[1], name
+        assert list(s.train_sizes[0][2:]) == padded
+
+
 def test_throughput_settings_name_both_emsa_cores(tmp_path, monkeypatch):
     """The throughput section records the EMSA core of its training steps
     and the one of its inference, each the one in force for that kind of
