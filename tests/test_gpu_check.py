@@ -611,6 +611,51 @@ def test_equality_case_rows(mode):
 
 
 @pytest.mark.parametrize('mode', ['eval_nograd', 'train_grad'])
+def test_equality_float32_row_criterion(mode):
+    """A float32 row passes when the fast path's error against the
+    float64 reference is within 4 times the literal path's plus
+    FP32_FLOOR, in outputs and, where measured, in gradients: just inside
+    passes, just outside fails, each part alone, and with an exact literal
+    path the floor alone is the bound; the ratio reported is the fast
+    path's error over the literal one's. The paths' results given
+    directly (relative errors of all ones)."""
+    from mmrest_tools.gpu_check.equality import EqualityCase
+    case = EqualityCase(torch.device('cpu'), None, None, (1, ), mode, None)
+    grad = mode != 'eval_nograd'
+    ones = torch.ones(4, dtype=torch.float64)
+
+    def row(lit_err, err, grad_err=None):
+        grad_err = err if grad_err is None else grad_err
+        results = dict(
+            ref=([ones], {
+                'w': ones
+            }),
+            fast=([ones * (1 + err)], {
+                'w': ones * (1 + grad_err)
+            }),
+            lit=([ones * (1 + lit_err)], {
+                'w': ones * (1 + lit_err)
+            }))
+        case.run = lambda model, dtype, amp: (results[model][0], results[model]
+                                              [1] if grad else {})
+        case.build = lambda: None
+        case.built = dict(fast='fast', lit='lit', ref='ref', reference='r')
+        return case.fp32_row()
+
+    for lit_err in (0.01, 0.0):
+        bound = 4 * lit_err + gpu_check.FP32_FLOOR
+        ok = row(lit_err, bound * 0.9)
+        assert ok['pass'] is True, ok
+        if lit_err:
+            assert ok['ratio'] == pytest.approx(bound * 0.9 / lit_err)
+        assert row(lit_err, bound * 1.1)['pass'] is False
+        # the gradients alone outside the bound fail the row where measured
+        assert row(
+            lit_err, bound * 0.9, grad_err=bound * 1.1)['pass'] is (not grad)
+        assert row(lit_err, bound * 1.1, grad_err=bound * 0.9)['pass'] is False
+
+
+@pytest.mark.parametrize('mode', ['eval_nograd', 'train_grad'])
 def test_equality_autocast_row_criterion(mode):
     """An autocast row passes when the fast path's error against its own
     float32 result is within AMP_FACTOR times the literal path's plus
