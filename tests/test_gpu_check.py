@@ -534,7 +534,7 @@ def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
     the square root's at 0: a NaN gradient under a finite loss) is counted,
     its parameters named, the scaler's skip (scale lowered) seen, the row
     failed; a parameter without a gradient is not counted; a finite step
-    passes."""
+    passes. Only the 'literal' row's model is made literal."""
     from mmrest_tools.gpu_check import equality
 
     class Net(torch.nn.Module):
@@ -550,7 +550,14 @@ def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
     monkeypatch.setattr(equality, 'build_rest', lambda arch: Net())
     check = _quick_check(tmp_path)
     check.s.amp_steps = 2
-    res = check._amp_steps('quick', Net().state_dict(), 'fast', to_literal)
+    made_literal = []  # to_literal's calls: the 'literal' row's only
+
+    def spy(model, copy_model=True):
+        made_literal.append(copy_model)
+        return model
+
+    res = check._amp_steps('quick', Net().state_dict(), 'fast', spy)
+    assert made_literal == []
     assert [s['nonfinite_grads'] for s in res['steps']] == [len(nonfinite)] * 2
     assert all(s['nonfinite_examples'] == nonfinite for s in res['steps'])
     assert all(math.isfinite(s['loss']) for s in res['steps'])
@@ -558,6 +565,8 @@ def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
     assert res['skipped_steps'] == (2 if nonfinite else 0)
     assert res['nonfinite_grads'] == 2 * len(nonfinite)
     assert res['pass'] is (not nonfinite)
+    check._amp_steps('quick', Net().state_dict(), 'literal', spy)
+    assert made_literal == [False]
 
 
 def _wrong_literal(model):
