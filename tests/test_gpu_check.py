@@ -704,6 +704,54 @@ def test_equality_autocast_row_criterion(mode):
         assert row(bound * 0.9, False)['grads_finite_fast'] is False
 
 
+def test_synthetic_det_batch_is_a_coco_training_batch():
+    """The Mask R-CNN section's batch, as mmdet's PackDetInputs gives it:
+    uint8 noise images; boxes inside the image, 10 to 40 % of its sides;
+    COCO's labels (the config's 80 classes); each mask the ellipse
+    inscribed in its box (pixels inside the box, area pi/4 w h, centred);
+    no ignored instances; the same seed, the same batch."""
+    from mmengine.config import Config
+
+    from mmrest_tools.gpu_check.maskrcnn import synthetic_det_batch
+    config = dict(gpu_check.MASKRCNN_MODELS)['mask_rcnn_rest_small']
+    num_classes = Config.fromfile(config).model.roi_head.bbox_head.num_classes
+    h, w, n = 256, 320, 6
+    data = synthetic_det_batch(2, h, w, objects=n, seed=3)
+    assert len(data['inputs']) == len(data['data_samples']) == 2
+    for img, sample in zip(data['inputs'], data['data_samples']):
+        assert img.dtype == torch.uint8 and img.shape == (3, h, w)
+        assert img.float().std() > 60  # uniform over 0..255: 73.9
+        assert sample.ori_shape == sample.img_shape == (h, w)
+        assert sample.scale_factor == (1.0, 1.0) and sample.flip is False
+        gt = sample.gt_instances
+        b = gt.bboxes
+        assert b.shape == (n, 4) and b.dtype == torch.float32
+        assert (b[:, :2] >= 0).all() and (b[:, 2] <= w).all() \
+            and (b[:, 3] <= h).all()
+        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        assert ((bw >= 0.1 * w) & (bw <= 0.4 * w)).all(), bw
+        assert ((bh >= 0.1 * h) & (bh <= 0.4 * h)).all(), bh
+        assert gt.labels.dtype == torch.int64
+        assert 0 <= int(gt.labels.min()) and int(gt.labels.max()) < \
+            num_classes == 80
+        masks = gt.masks.masks
+        assert masks.shape == (n, h, w) and set(masks.ravel()) <= {0, 1}
+        for m, (x1, y1, x2, y2) in zip(masks, b.tolist()):
+            ys, xs = m.nonzero()
+            # pixel centres (index + 0.5) inside the box
+            assert xs.min() + 0.5 >= x1 and xs.max() + 0.5 <= x2 + 1
+            assert ys.min() + 0.5 >= y1 and ys.max() + 0.5 <= y2 + 1
+            ellipse = math.pi / 4 * (x2 - x1) * (y2 - y1)
+            assert abs(m.sum() - ellipse) < 0.1 * ellipse
+            assert abs(xs.mean() - (x1 + x2) / 2) < 1
+            assert abs(ys.mean() - (y1 + y2) / 2) < 1
+        assert sample.ignored_instances.bboxes.shape == (0, 4)
+        assert sample.ignored_instances.labels.shape == (0, )
+    again = synthetic_det_batch(2, h, w, objects=n, seed=3)
+    assert all(
+        torch.equal(a, b) for a, b in zip(data['inputs'], again['inputs']))
+
+
 @pytest.mark.parametrize('clip', [None, dict(max_norm=0.01, norm_type=2)])
 def test_maskrcnn_iteration_as_amp_optim_wrapper(tmp_path, clip):
     """One Mask R-CNN iteration of the maskrcnn section, as mmengine's
