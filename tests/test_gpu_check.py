@@ -752,6 +752,53 @@ def test_synthetic_det_batch_is_a_coco_training_batch():
         torch.equal(a, b) for a, b in zip(data['inputs'], again['inputs']))
 
 
+def test_maskrcnn_optimizer_is_the_configs(tmp_path):
+    """The Mask R-CNN section steps each config's own optimizer as
+    mmengine builds it for training: its type, lr, betas and weight decay,
+    every parameter in a group of its own, the paramwise_cfg's decay (none
+    on the norms; ResT v2's output norms decayed; Swin's position bias
+    tables not)."""
+    from mmrest_tools.gpu_check.maskrcnn import config_optimizer
+    check = _quick_check(tmp_path)
+    decay_of = dict(
+        mask_rcnn_rest_small={
+            'backbone.stage1.0.attn.q.weight': 0.05,
+            'backbone.stage1.0.norm1.weight': 0.0,
+            'backbone.stage1.0.attn.sr_norm.bias': 0.0,
+            'roi_head.bbox_head.fc_cls.weight': 0.05,
+        },
+        mask_rcnn_restv2_tiny={
+            'backbone.stem.norm.weight': 0.0,
+            'backbone.norm_1.weight': 0.05,
+            'neck.lateral_convs.0.conv.weight': 0.05,
+        },
+        mask_rcnn_swin_t={
+            'backbone.stages.0.blocks.0.norm1.weight':
+            0.0,
+            'backbone.stages.0.blocks.0.attn.w_msa.'
+            'relative_position_bias_table':
+            0.0,
+            'backbone.stages.0.blocks.0.ffn.layers.0.0.weight':
+            0.05,
+        })
+    for name, path in gpu_check.MASKRCNN_MODELS:
+        model, cfg, _ = check._build_detector(path)
+        want = cfg.optim_wrapper.optimizer
+        opt = config_optimizer(model, cfg)
+        assert type(opt).__name__ == want.type == 'AdamW', name
+        groups = opt.param_groups
+        params = dict(model.named_parameters())
+        assert len(groups) == len(params), name
+        by_param = {id(g['params'][0]): g for g in groups}
+        for g in groups:
+            assert len(g['params']) == 1, name
+            assert g['lr'] == want.lr and tuple(g['betas']) == tuple(
+                want.betas), name
+        for pname, decay in decay_of[name].items():
+            g = by_param[id(params[pname])]
+            assert g['weight_decay'] == pytest.approx(decay), (name, pname)
+
+
 @pytest.mark.parametrize('clip', [None, dict(max_norm=0.01, norm_type=2)])
 def test_maskrcnn_iteration_as_amp_optim_wrapper(tmp_path, clip):
     """One Mask R-CNN iteration of the maskrcnn section, as mmengine's
@@ -1396,6 +1443,9 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
         assert r['iter_ms'] > 0 and r['iters'][0]['loss'] > 0, r
         # quick mode trains without autocast, so without loss scaling
         assert r['loss_scale'] == 1.0 and r['skipped_steps'] == 0, r
+        # the config's optimizer, a group a parameter as mmengine builds it
+        assert r['optimizer']['type'] == 'AdamW', r
+        assert r['optimizer']['groups'] > 100, r
     # the config's gradient clipping (detectron2's, ResT-Small's only)
     from mmengine.config import Config
 

@@ -27,7 +27,8 @@ class MaskRCNNSection:
             warmup=self.s.mr_warmup,
             timed_iters=self.s.mr_iters,
             amp=f'{self.s.amp_name} autocast, GradScaler(init_scale=2**16, '
-            'dynamic), AdamW lr 1e-4 wd 0.05, the config\'s clip_grad',
+            'dynamic), the config\'s optimizer (with its paramwise_cfg) '
+            'and clip_grad',
             cudnn_benchmark=bench,
             emsa_core=emsa_core(self.device))
         for name, cfg in MASKRCNN_MODELS:
@@ -62,8 +63,7 @@ class MaskRCNNSection:
         model, cfg, used = self._build_detector(cfg_path)
         model.to(dev).train()
         clip = (cfg.get('optim_wrapper', {}) or {}).get('clip_grad')
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+        opt = config_optimizer(model, cfg)
         from mmrest.utils.torch_compat import grad_scaler
 
         # no autocast (quick mode): no scaling either
@@ -85,6 +85,7 @@ class MaskRCNNSection:
         row = dict(
             config=used,
             params_M=sum(p.numel() for p in model.parameters()) / 1e6,
+            optimizer=_describe(opt),
             cudnn_benchmark=torch.backends.cudnn.benchmark,
             iter_ms=statistics.median(i['ms'] for i in timed),
             iters=iters,
@@ -151,6 +152,32 @@ class MaskRCNNSection:
         scaler.update()
         iters.append(
             dict(loss=float(loss), skipped=float(scaler.get_scale()) < before))
+
+
+def config_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optim_wrapper`` as mmengine builds it for
+    training: its type and settings, and the parameter groups of its
+    ``paramwise_cfg`` (mmengine's constructor gives each parameter its own
+    group, so the step launches per parameter as in a user's training). The
+    wrapper's own parts (AMP, clipping) are left to the iteration."""
+    from mmengine.optim import build_optim_wrapper
+    wrapper = {
+        k: v
+        for k, v in dict(cfg.optim_wrapper).items()
+        if k in ('optimizer', 'paramwise_cfg', 'constructor')
+    }
+    return build_optim_wrapper(model, dict(wrapper,
+                                           type='OptimWrapper')).optimizer
+
+
+def _describe(opt: torch.optim.Optimizer) -> Dict:
+    """The optimizer's type, settings of its first group and group count."""
+    first = opt.param_groups[0]
+    return dict(
+        type=type(opt).__name__,
+        groups=len(opt.param_groups),
+        **{k: first[k]
+           for k in ('lr', 'betas', 'weight_decay') if k in first})
 
 
 def synthetic_det_batch(batch: int,
