@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import os.path as osp
 import re
 import subprocess
 import sys
@@ -750,6 +751,36 @@ def test_synthetic_det_batch_is_a_coco_training_batch():
     again = synthetic_det_batch(2, h, w, objects=n, seed=3)
     assert all(
         torch.equal(a, b) for a, b in zip(data['inputs'], again['inputs']))
+
+
+def test_maskrcnn_config_read_directly_where_mmengine_lookup_fails(
+        tmp_path, monkeypatch):
+    """An ``mmdet::`` config is read through mmengine's package lookup, as
+    users write it; where that fails, from mmdet's own copy of its configs
+    (the path named in the log and the row)."""
+    from mmengine.config import Config
+    check = _quick_check(tmp_path)
+    logged = []
+    check.log = logged.append
+    swin = dict(gpu_check.MASKRCNN_MODELS)['mask_rcnn_swin_t']
+    cfg, used = check._load_det_config(swin)
+    assert used == swin and cfg.model.backbone.type == 'SwinTransformer'
+    assert logged == []
+    real = Config.fromfile  # a staticmethod
+
+    def no_lookup(path, *args, **kwargs):
+        if open(path).read().startswith("_base_ = 'mmdet::"):
+            raise FileNotFoundError('no package lookup here')
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Config, 'fromfile', staticmethod(no_lookup))
+    cfg, used = check._load_det_config(swin)
+    assert used.endswith(
+        osp.join('.mim', 'configs', 'swin',
+                 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')), used
+    assert cfg.model.backbone.type == 'SwinTransformer'
+    assert 'via mmengine failed (FileNotFoundError' in logged[0]
+    assert used in logged[0]
 
 
 def test_maskrcnn_optimizer_is_the_configs(tmp_path):
