@@ -830,6 +830,30 @@ def test_maskrcnn_optimizer_is_the_configs(tmp_path):
             assert g['weight_decay'] == pytest.approx(decay), (name, pname)
 
 
+class _StandInDetector(torch.nn.Module):
+    """What the Mask R-CNN section calls of a detector, recording the
+    preprocessor's training flags and each loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.unused = torch.nn.Parameter(torch.ones(1))
+        self.training_flags, self.losses = [], []
+
+    def data_preprocessor(self, data, training):
+        self.training_flags.append(training)
+        return dict(inputs=data)
+
+    def forward(self, inputs, mode):
+        assert mode == 'loss'
+        loss = 100 * (self.w * inputs).sum()
+        self.losses.append(float(loss))
+        return dict(loss_a=loss, acc=3.0)
+
+    def parse_losses(self, losses):
+        return sum(v for k, v in losses.items() if 'loss' in k), {}
+
+
 @pytest.mark.parametrize('clip', [None, dict(max_norm=0.01, norm_type=2)])
 def test_maskrcnn_iteration_as_amp_optim_wrapper(tmp_path, clip):
     """One Mask R-CNN iteration of the maskrcnn section, as mmengine's
@@ -838,28 +862,8 @@ def test_maskrcnn_iteration_as_amp_optim_wrapper(tmp_path, clip):
     that exist (they stay in ``.grad`` after the step), the loss and the
     scaler's verdict recorded. A stand-in detector records its calls."""
     from mmrest.utils.torch_compat import grad_scaler
-
-    class Detector(torch.nn.Module):
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(3))
-            self.unused = torch.nn.Parameter(torch.ones(1))
-            self.training_flags = []
-
-        def data_preprocessor(self, data, training):
-            self.training_flags.append(training)
-            return dict(inputs=data)
-
-        def forward(self, inputs, mode):
-            assert mode == 'loss'
-            return dict(loss_a=100 * (self.w * inputs).sum(), acc=3.0)
-
-        def parse_losses(self, losses):
-            return sum(v for k, v in losses.items() if 'loss' in k), {}
-
     check = _quick_check(tmp_path)
-    model, iters = Detector(), []
+    model, iters = _StandInDetector(), []
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = grad_scaler('cpu', enabled=False)  # quick mode: no autocast
     check._amp_train_iteration(model, opt, scaler, clip, torch.ones(3), iters)
@@ -887,6 +891,49 @@ class FakeClock:
 
     def sync(self, device):
         self.log.append('sync')
+
+
+def test_maskrcnn_row_is_the_median_of_the_timed_iterations(
+        tmp_path, monkeypatch):
+    """The Mask R-CNN row: the warm-up iterations untimed, then each timed
+    one between two syncs; the median of the timed ones; every iteration
+    listed once, in order, the last loss the last iteration's."""
+    from mmengine.config import Config
+
+    from mmrest_tools.gpu_check import maskrcnn
+    check = _quick_check(tmp_path)
+    check.s.mr_warmup, check.s.mr_iters = 2, 3
+    model = _StandInDetector()
+    cfg = Config(
+        dict(
+            optim_wrapper=dict(
+                optimizer=dict(type='AdamW', lr=1e-2), clip_grad=None)))
+    monkeypatch.setattr(check, '_build_detector', lambda path:
+                        (model, cfg, 'used.py'))
+    monkeypatch.setattr(maskrcnn, 'synthetic_det_batch',
+                        lambda batch, h, w: torch.ones(3))
+    fake = FakeClock([0.030, 0.010, 0.020])
+    real = maskrcnn.time_steps
+
+    def timed(step, device, repeats, warmup):
+
+        def step_and_advance():
+            step()
+            fake.step()
+
+        return real(step_and_advance, device, repeats, warmup, fake.clock,
+                    fake.sync)
+
+    monkeypatch.setattr(maskrcnn, 'time_steps', timed)
+    row = check._maskrcnn_one('config.py')
+    assert len(model.losses) == 5 and model.training_flags == [True] * 5
+    assert [i['ms'] for i in row['iters']][:2] == [None, None]
+    assert [i['ms'] for i in row['iters']][2:] == pytest.approx([30, 10, 20])
+    assert [i['loss'] for i in row['iters']] == pytest.approx(model.losses)
+    assert row['iter_ms'] == pytest.approx(20)
+    assert row['loss_last'] == pytest.approx(model.losses[-1])
+    assert row['config'] == 'used.py' and row['skipped_steps'] == 0
+    assert row['optimizer']['type'] == 'AdamW' and row['clip_grad'] is None
 
 
 def test_time_steps_warms_up_then_times_each_step_between_syncs():
