@@ -933,6 +933,7 @@ def test_maskrcnn_row_is_the_median_of_the_timed_iterations(
     assert row['iter_ms'] == pytest.approx(20)
     assert row['loss_last'] == pytest.approx(model.losses[-1])
     assert row['config'] == 'used.py' and row['skipped_steps'] == 0
+    assert row['params_M'] == pytest.approx(4 / 1e6)  # w (3) and unused
     assert row['optimizer']['type'] == 'AdamW' and row['clip_grad'] is None
 
 
