@@ -1384,6 +1384,58 @@ def test_throughput_settings_name_both_emsa_cores(tmp_path, monkeypatch):
     assert settings['cudnn_benchmark'] is True
 
 
+def test_throughput_row_figures_and_what_each_timed(tmp_path, monkeypatch):
+    """A throughput row: parameters in millions; per input size and
+    precision the median of the timed calls and images a second (batch x
+    1000 / median ms); inference without autograd, its 'fp16' rows under
+    the autocast dtype and its 'fp32' rows not; the training steps in
+    train mode with autograd, the 'amp' one under autocast and the 'fp32'
+    one not. A stand-in backbone records each call (a matrix product's
+    dtype tells autocast); the inference timer gives fixed figures."""
+    from mmrest_tools.gpu_check import throughput
+    check = _quick_check(tmp_path)
+    s = check.s
+    s.small, s.large, s.train = (4, 3, 8, 8), (1, 3, 8, 12), (2, 3, 8, 12)
+    s.amp = torch.bfloat16  # the CPU's autocast dtype
+    calls = []
+
+    class Net(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, 2))
+
+        def forward(self, x):
+            y = x.flatten(2)[..., :2] @ self.w
+            calls.append(
+                (x.shape[0], torch.is_grad_enabled(), self.training, y.dtype))
+            return [y]
+
+    monkeypatch.setattr(throughput, 'build_backbone',
+                        lambda name, quick: Net())
+    figures = iter([[4.0, 2.0, 3.0], [5.0] * 3, [8.0, 9.0, 10.0], [2.0] * 3])
+
+    def time_calls(fn, device, repeats, warmup):
+        fn()
+        return next(figures)
+
+    monkeypatch.setattr(throughput, 'time_calls', time_calls)
+    row = check._throughput_one('net')
+    assert row['params_M'] == pytest.approx(4 / 1e6)
+    for tag, ms, batch in (('small_fp32', 3.0, 4), ('small_fp16', 5.0, 4),
+                           ('large_fp32', 9.0, 1), ('large_fp16', 2.0, 1)):
+        assert row[f'{tag}_ms'] == ms, tag
+        assert row[f'{tag}_img_s'] == pytest.approx(batch * 1e3 / ms), tag
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert calls[:4] == [(4, False, False, fp32), (4, False, False, bf16),
+                         (1, False, False, fp32), (1, False, False, bf16)]
+    steps = s.train_warmup + s.train_repeats
+    assert calls[4:] == [(2, True, True, fp32)] * steps + \
+        [(2, True, True, bf16)] * steps
+    assert len(row['train_fp32_step_all_ms']) == s.train_repeats
+    assert 'train_amp_step_ms' in row and 'train_amp_error' not in row
+
+
 def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
     """The check asks for the ops shim as the environment says unless
     --force-ops-shim forces it, and records a failed install as not
