@@ -1753,6 +1753,28 @@ def test_compile_child_in_time_gives_its_result(monkeypatch, tmp_path):
     assert check._compile_child('eager', 60) == dict(compiled_ms=4.0)
 
 
+def test_compile_section_budget_is_what_the_deadline_leaves(
+        monkeypatch, tmp_path):
+    """The compile child gets the check's compile budget, or what the
+    deadline leaves less 5 s (to save the results) where that is less; it
+    is not started with under 30 s."""
+    check = _quick_check(tmp_path)
+    check.compile_budget_s = 100.0
+    budgets = []
+    monkeypatch.setattr(check, '_compile_child',
+                        lambda backend, budget: budgets.append(budget) or {})
+    for left, given in ((500.0, 100.0), (60.0, 55.0), (35.0, 30.0)):
+        monkeypatch.setattr(check, 'remaining', lambda left=left: left)
+        sec = dict(rows=[])
+        check.compile(sec, 'eager')
+        assert budgets[-1] == pytest.approx(given), left
+        assert sec['settings'] == dict(backend='eager', budget_s=given)
+    monkeypatch.setattr(check, 'remaining', lambda: 34.0)
+    with pytest.raises(gpu_check.DeadlinePassed, match='29 s left < 30 s'):
+        check.compile(dict(rows=[]), 'eager')
+    assert len(budgets) == 3
+
+
 def test_depthwise_by_slices_is_a_depthwise_convolution():
     """gpu_profile's candidate kernel computes what F.conv2d with one group
     per channel computes (float64, ResT's reduction and PA shapes)."""
