@@ -496,9 +496,12 @@ def test_sections_are_independent_and_saved(tmp_path):
         sec['rows'].append(dict(kind='maskrcnn', model='m'))
         raise ValueError('boom in section')
 
+    def slow_row():
+        time.sleep(0.05)
+        return dict(iter_ms=12.5, peak_MiB=None)
+
     def rows(sec):
-        check._guarded_row(sec, dict(kind='maskrcnn', model='ok'),
-                           lambda: dict(iter_ms=12.5, peak_MiB=None))
+        check._guarded_row(sec, dict(kind='maskrcnn', model='ok'), slow_row)
         check._guarded_row(sec, dict(kind='maskrcnn', model='bad'),
                            lambda: 1 / 0)
 
@@ -510,6 +513,8 @@ def test_sections_are_independent_and_saved(tmp_path):
     mr = saved['sections']['maskrcnn']
     assert mr['status'] == 'errors in some rows'
     assert mr['rows'][0]['iter_ms'] == 12.5
+    # the row's own duration (its 50-ms sleep), not a clock reading
+    assert 0.05 <= mr['rows'][0]['seconds'] < 30
     assert 'ZeroDivisionError' in mr['rows'][1]['error']
     md = (tmp_path / 'gpu_check.md').read_text()
     assert '### equality: error (ValueError: boom in section)' in md
