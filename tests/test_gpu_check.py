@@ -575,6 +575,62 @@ def test_amp_steps_report_nonfinite_gradients(tmp_path, monkeypatch, start,
     assert made_literal == [False]
 
 
+def test_equality_section_plan_of_the_device_run(tmp_path, monkeypatch):
+    """With the device run's settings, the equality section checks
+    ResT-Small and ResT v2-T (named so) at every shape and mode, each from
+    weights of a fixed seed, then the GradScaler rows of both paths; TF32
+    off (matmul and cuDNN) inside the section and restored after it. The
+    cases and the models' building are recorded, not run."""
+    from mmrest_tools.gpu_check import equality
+    check = gpu_check.GpuCheck(
+        'cpu',
+        str(tmp_path),
+        gpu_check.Settings(quick=False),
+        log=lambda msg: None)
+    built, cases, amp_rows = [], [], []
+
+    def build_rest(arch):
+        built.append((arch, float(torch.rand(1))))  # the seed's first draw
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(equality, 'build_rest', build_rest)
+    tf32_inside = set()
+
+    def case(sec, name, arch, state, shape, mode, to_literal):
+        cases.append((name, arch, shape, mode))
+        tf32_inside.add((torch.backends.cuda.matmul.allow_tf32,
+                         torch.backends.cudnn.allow_tf32))
+
+    monkeypatch.setattr(check, '_equality_case', case)
+    monkeypatch.setattr(
+        check, '_guarded_row', lambda sec, base, fn: amp_rows.append(
+            (base['model'], base['path'], base['input'])))
+    before = (torch.backends.cuda.matmul.allow_tf32,
+              torch.backends.cudnn.allow_tf32)
+    sec = dict(rows=[])
+    try:  # the flags are torch's properties: set and restored by hand
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        check.equality(sec)
+        after = (torch.backends.cuda.matmul.allow_tf32,
+                 torch.backends.cudnn.allow_tf32)
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = before
+    s = check.s
+    assert [a for a, _ in built] == ['small', 'v2_tiny']
+    assert built[0][1] == built[1][1]  # both from torch.manual_seed(0)
+    assert cases == [(name, arch, shape, mode)
+                     for name, arch in (('rest_small', 'small'),
+                                        ('restv2_tiny', 'v2_tiny'))
+                     for shape in s.eq_shapes for mode in s.eq_modes]
+    assert amp_rows == [(name, path, '2x3x224x288')
+                        for name in ('rest_small', 'restv2_tiny')
+                        for path in ('fast', 'literal')]
+    assert sec['tf32'].startswith('off') and after == (True, True)
+    assert tf32_inside == {(False, False)}
+
+
 def _wrong_literal(model):
     """to_literal, then the first weight changed: a literal path (and so a
     float64 reference) that computes something else than ``model``."""
