@@ -2429,7 +2429,7 @@ def test_compile_worker_on_the_cpu(capsys):
     compile_worker(
         dict(
             device='cpu',
-            shape=[1, 3, 64, 64],
+            shape=[2, 3, 64, 64],
             repeats=1,
             warmup=0,
             train_sizes=[[1, 3, 64, 64], [1, 3, 64, 96]],
@@ -2445,6 +2445,11 @@ def test_compile_worker_on_the_cpu(capsys):
     row = results[1]
     assert 'error' not in row and 'eager_error' not in row, row
     assert row['compiled_ms'] > 0 and row['speedup'] > 0, row
+    assert row['img_s'] == pytest.approx(2 * 1e3 / row['compiled_ms'])
+    assert row['speedup'] == pytest.approx(row['eager_ms'] /
+                                           row['compiled_ms'])
+    # the first compiled call's seconds, not a clock reading
+    assert 0 < row['compile_s'] < 600, row
     # the errors are recorded; how close compiled code comes to float64 is
     # test_compile.py's, against the literal path's own error
     assert math.isfinite(row['err_vs_eager']) and row['err_vs_eager'] >= 0
