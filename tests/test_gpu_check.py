@@ -1466,6 +1466,9 @@ def test_throughput_row_figures_and_what_each_timed(tmp_path, monkeypatch):
             super().__init__()
             self.w = torch.nn.Parameter(torch.ones(2, 2))
 
+        def train(self, mode=True):  # as mmdet's Swin: returns None
+            super().train(mode)
+
         def forward(self, x):
             y = x.flatten(2)[..., :2] @ self.w
             calls.append(

@@ -42,8 +42,10 @@ class ThroughputSection:
 
     def _throughput_one(self, name: str) -> Dict:
         dev = self.device
-        # inference in eval mode whatever the builder gives (its steps train)
-        model = build_backbone(name, quick=self.s.quick).to(dev).eval()
+        model = build_backbone(name, quick=self.s.quick).to(dev)
+        # inference in eval mode whatever the builder gives (its steps
+        # train); not chained: mmdet's Swin's train() returns None
+        model.eval()
         row = dict(params_M=sum(p.numel() for p in model.parameters()) / 1e6)
         gen = torch.Generator().manual_seed(4)
         row.update(self._inference_times(model, gen))
