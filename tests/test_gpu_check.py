@@ -759,6 +759,7 @@ def test_equality_autocast_row_criterion(mode):
 
     ok = row(bound * 0.9, True)
     assert ok['pass'] is True and ok['err_literal'] == pytest.approx(lit_err)
+    assert ok['ratio'] == pytest.approx(bound * 0.9 / lit_err)
     assert row(bound * 1.1, True)['pass'] is False
     assert row(bound * 0.9, False)['pass'] is (not grad)
     if grad:
