@@ -1501,6 +1501,49 @@ def test_throughput_row_figures_and_what_each_timed(tmp_path, monkeypatch):
     assert 'train_amp_step_ms' in row and 'train_amp_error' not in row
 
 
+@pytest.mark.parametrize('requested, core', [('maps', 'maps'),
+                                             ('default', 'chunked')])
+def test_sections_run_in_order_under_the_requested_core(requested, core):
+    """Without --emsa-core auto: the sections in the check's order (the
+    further throughput models after the variants; syncbn skipped on the
+    CPU; compile skipped when off), every one but compile under the
+    requested EMSA core, or the device's defaults for 'default' (the CPU:
+    'chunked' both ways); the choice recorded in meta."""
+    from mmrest.backbones import kernels
+    from mmrest_tools.gpu_check import cli
+    ran = []
+
+    class Check:
+        device = torch.device('cpu')
+        s = types.SimpleNamespace(
+            throughput_models=('a', ), more_models=('b', ))
+        results = dict(meta={}, sections={})
+        log = staticmethod(lambda msg: None)
+        equality = syncbn = maskrcnn = throughput = variants = None
+
+        def run_section(self, name, fn):
+            ran.append((name, kernels.emsa_core(self.device),
+                        kernels.emsa_core(self.device, autograd=False)))
+
+        def skip_section(self, name, why):
+            ran.append((name, 'skipped', why))
+
+    check = Check()
+    args = types.SimpleNamespace(
+        sections=list(gpu_check.SECTIONS),
+        emsa_core=requested,
+        compile_backend='off')
+    cli._run_sections(check, args)
+    under = (core, core)
+    assert ran == [('equality', ) + under,
+                   ('syncbn', 'skipped', 'SyncBatchNorm runs on GPUs only'),
+                   ('throughput', ) + under, ('maskrcnn', ) + under,
+                   ('variants', ) + under, ('throughput', ) + under,
+                   ('compile', 'skipped', '--compile-backend off')]
+    assert check.results['meta']['emsa_core'] == dict(
+        requested=requested, chosen=core, inference=dict(chosen=core))
+
+
 def test_prepare_environment_records_the_ops_shim(monkeypatch, tmp_path):
     """The check asks for the ops shim as the environment says unless
     --force-ops-shim forces it, and records a failed install as not
@@ -1578,6 +1621,11 @@ def test_quick_cpu_run_with_ops_shim(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / 'gpu_check.json').read_text())
     meta = res['meta']
+    assert meta['argv'] == [
+        '--device', 'cpu', '--quick', '--deadline-s', '100000', '--emsa-core',
+        'auto', '--out',
+        str(tmp_path)
+    ]
     assert meta['ops_shim']['used'] is True
     assert meta['ops_shim']['backend'] in ('torch', 'torchvision')
     secs = res['sections']
