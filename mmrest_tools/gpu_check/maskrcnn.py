@@ -11,7 +11,7 @@ import torch
 
 from .measure import (_autocast, _mib, _short_error, set_cudnn_benchmark,
                       time_steps)
-from .settings import MASKRCNN_MODELS, QUICK_REST_ARCH
+from .settings import MASKRCNN_MODELS, QUICK_REST_ARCH, QUICK_SWIN_ARCH
 
 
 class MaskRCNNSection:
@@ -122,12 +122,11 @@ class MaskRCNNSection:
             if cfg.model.backbone.type in ('ResT', 'ResTV2'):
                 cfg.model.backbone.arch = QUICK_REST_ARCH
                 cfg.model.neck.in_channels = self.s.eq_arch['embed_dims']
-            else:
-                cfg.model.backbone.update(
-                    embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4,
-                                                                   8])  # as
-                # build_backbone's quick Swin
-                cfg.model.neck.in_channels = [32, 64, 128, 256]
+            else:  # Swin-T
+                cfg.model.backbone.update(QUICK_SWIN_ARCH)
+                cfg.model.neck.in_channels = [
+                    QUICK_SWIN_ARCH['embed_dims'] * 2**i for i in range(4)
+                ]
         model = MODELS.build(cfg.model)
         model.init_weights()
         return model, cfg, used

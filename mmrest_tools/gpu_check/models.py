@@ -2,7 +2,7 @@
 """The backbones the sections build."""
 import torch.nn as nn
 
-from .settings import _REST_DROP_PATH, QUICK_REST_ARCH
+from .settings import _REST_DROP_PATH, QUICK_REST_ARCH, QUICK_SWIN_ARCH
 
 
 def build_rest(arch, v2: bool = False, **kwargs) -> nn.Module:
@@ -49,9 +49,7 @@ def build_backbone(name: str, quick: bool = False) -> nn.Module:
     import mmrest  # noqa: F401  (registers mmrest in mmdet)
     if name == 'swin_t':
         from mmdet.models.backbones import SwinTransformer
-        narrow = dict(
-            embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8
-                                                           ]) if quick else {}
+        narrow = QUICK_SWIN_ARCH if quick else {}
         model = SwinTransformer(
             **{
                 **dict(

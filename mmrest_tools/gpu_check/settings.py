@@ -36,6 +36,10 @@ QUICK_REST_ARCH = dict(
     num_heads=[1, 2, 4, 8],
     sr_ratios=[8, 4, 2, 1],
     mlp_ratios=[4, 4, 4, 4])
+# Swin-T narrowed (32 channels, one block a stage, 1, 2, 4, 8 heads): the
+# quick mode's Swin-T, as a throughput row and as Mask R-CNN's backbone
+QUICK_SWIN_ARCH = dict(
+    embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
 FP32_FLOOR = 100 * torch.finfo(torch.float32).eps  # the fp32 criterion's floor
 AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # the autocast criterion
 
