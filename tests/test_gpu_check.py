@@ -489,15 +489,20 @@ def _quick_check(out_dir):
         log=lambda msg: None)
 
 
-def test_sections_are_independent_and_saved(tmp_path):
+def test_sections_are_independent_and_saved(tmp_path, monkeypatch):
+    from mmrest_tools.gpu_check import base
     check = _quick_check(tmp_path)
+    # a clock that moves only where a row says so: exact durations
+    clock = types.SimpleNamespace(now=check.t0)
+    monkeypatch.setattr(base, 'time',
+                        types.SimpleNamespace(monotonic=lambda: clock.now))
 
     def broken(sec):
         sec['rows'].append(dict(kind='maskrcnn', model='m'))
         raise ValueError('boom in section')
 
     def slow_row():
-        time.sleep(0.05)
+        clock.now += 2.5
         return dict(iter_ms=12.5, peak_MiB=None)
 
     def rows(sec):
@@ -513,14 +518,17 @@ def test_sections_are_independent_and_saved(tmp_path):
     mr = saved['sections']['maskrcnn']
     assert mr['status'] == 'errors in some rows'
     assert mr['rows'][0]['iter_ms'] == 12.5
-    # the row's own duration (its 50-ms sleep), not a clock reading
-    assert 0.05 <= mr['rows'][0]['seconds'] < 30
+    # each row's and section's own duration, not a clock reading
+    assert [r['seconds'] for r in mr['rows']] == [2.5, 0.0]
+    assert mr['seconds'] == 2.5
+    assert saved['sections']['equality']['seconds'] == 0.0
     assert 'ZeroDivisionError' in mr['rows'][1]['error']
     md = (tmp_path / 'gpu_check.md').read_text()
     assert '### equality: error (ValueError: boom in section)' in md
     assert '| ok | - | 12 |' in md or '| ok | - | 13 |' in md
     assert 'error: ZeroDivisionError' in md
 
+    monkeypatch.undo()  # the real clock: a deadline of 0 has passed
     late = gpu_check.GpuCheck(
         'cpu',
         str(tmp_path / 'late'),
@@ -2471,13 +2479,19 @@ def test_check_backbones_are_the_benchmarks_networks():
 
 
 @NEEDS_CPU_FLOAT16
-def test_compile_worker_on_the_cpu(capsys):
+def test_compile_worker_on_the_cpu(capsys, monkeypatch):
     """The compile child's work, run here with dynamo's eager backend at
     small sizes: a first result after inference (in case the training is
     cut short), then the whole row: the compiled model's time, speed-up
     and error against eager, and the multi-scale training's graphs and
-    gradient errors."""
+    gradient errors. Its own clock readings (first compiled calls) from a
+    counter that advances a second a reading."""
+    from mmrest_tools.gpu_check import torch_compile
     from mmrest_tools.gpu_check.torch_compile import compile_worker
+    readings = iter(range(100, 1000))
+    monkeypatch.setattr(
+        torch_compile, 'time',
+        types.SimpleNamespace(perf_counter=lambda: float(next(readings))))
     compile_worker(
         dict(
             device='cpu',
@@ -2500,14 +2514,16 @@ def test_compile_worker_on_the_cpu(capsys):
     assert row['img_s'] == pytest.approx(2 * 1e3 / row['compiled_ms'])
     assert row['speedup'] == pytest.approx(row['eager_ms'] /
                                            row['compiled_ms'])
-    # the first compiled call's seconds, not a clock reading
-    assert 0 < row['compile_s'] < 600, row
+    # the first compiled call's seconds (one reading apart), not a reading
+    assert row['compile_s'] == 1.0, row
     # the errors are recorded; how close compiled code comes to float64 is
     # test_compile.py's, against the literal path's own error
     assert math.isfinite(row['err_vs_eager']) and row['err_vs_eager'] >= 0
     training = row['multi_scale_training']
     assert 'error' not in training, training
     assert len(training['grad_err']) == 2
+    # the first compiled step of each size, summed: one reading apart each
+    assert training['first_pass_s'] == 2.0, training
     # above 0: gradients were compared (float16 both ways, the traced graph
     # the literal computation, eager the fast one)
     assert all(0 < e < math.inf for e in training['grad_err']), training
