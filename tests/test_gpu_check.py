@@ -2478,6 +2478,38 @@ def test_check_backbones_are_the_benchmarks_networks():
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
+def test_check_swin_t_has_the_mask_rcnn_configs_settings(
+        tmp_path, monkeypatch):
+    """The throughput table's Swin-T is built with every setting of the
+    backbone of mmdet's Swin-T Mask R-CNN config (the network ResT is
+    compared with): widths, depths, heads, window, MLP ratio, qkv bias,
+    dropout and stochastic depth, patch norm, outputs, no checkpointing."""
+    import mmdet.models.backbones as backbones
+
+    from mmrest_tools.gpu_check.models import build_backbone
+    swin = dict(gpu_check.MASKRCNN_MODELS)['mask_rcnn_swin_t']
+    cfg, _ = _quick_check(tmp_path)._load_det_config(swin)
+    want = {
+        k: v
+        for k, v in cfg.model.backbone.items()
+        if k not in ('type', 'init_cfg', 'convert_weights')
+    }
+    got = {}
+
+    class Recorder(torch.nn.Module):
+
+        def __init__(self, **kwargs):
+            super().__init__()
+            got.update(kwargs)
+
+        def init_weights(self):
+            pass
+
+    monkeypatch.setattr(backbones, 'SwinTransformer', Recorder)
+    build_backbone('swin_t')
+    assert {k: got.get(k) for k in want} == want
+
+
 @NEEDS_CPU_FLOAT16
 def test_compile_worker_on_the_cpu(capsys, monkeypatch):
     """The compile child's work, run here with dynamo's eager backend at
