@@ -2478,22 +2478,30 @@ def test_check_backbones_are_the_benchmarks_networks():
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
-def test_check_swin_t_has_the_mask_rcnn_configs_settings(
-        tmp_path, monkeypatch):
-    """The throughput table's Swin-T is built with every setting of the
-    backbone of mmdet's Swin-T Mask R-CNN config (the network ResT is
-    compared with): widths, depths, heads, window, MLP ratio, qkv bias,
-    dropout and stochastic depth, patch norm, outputs, no checkpointing."""
+@pytest.mark.parametrize('name, cls, config', [
+    ('swin_t', 'SwinTransformer',
+     'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'),
+    ('resnet50', 'ResNet', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'),
+])
+def test_check_anchors_have_their_mask_rcnn_configs_settings(
+        tmp_path, monkeypatch, name, cls, config):
+    """The throughput table's Swin-T and ResNet-50 are built with every
+    backbone setting of mmdet's Mask R-CNN config of each (the networks
+    ResT is compared with): for Swin-T widths, depths, heads, window, MLP
+    ratio, qkv bias, dropout and stochastic depth, patch norm, outputs, no
+    checkpointing; for ResNet-50 depth, outputs, frozen stem, BatchNorms
+    learning but frozen in statistics, style. A recorder stands in for the
+    class; the settings are read from the config."""
     import mmdet.models.backbones as backbones
 
     from mmrest_tools.gpu_check.models import build_backbone
-    swin = dict(gpu_check.MASKRCNN_MODELS)['mask_rcnn_swin_t']
-    cfg, _ = _quick_check(tmp_path)._load_det_config(swin)
+    cfg, _ = _quick_check(tmp_path)._load_det_config(config)
     want = {
         k: v
         for k, v in cfg.model.backbone.items()
         if k not in ('type', 'init_cfg', 'convert_weights')
     }
+    assert cfg.model.backbone.type == cls
     got = {}
 
     class Recorder(torch.nn.Module):
@@ -2505,8 +2513,8 @@ def test_check_swin_t_has_the_mask_rcnn_configs_settings(
         def init_weights(self):
             pass
 
-    monkeypatch.setattr(backbones, 'SwinTransformer', Recorder)
-    build_backbone('swin_t')
+    monkeypatch.setattr(backbones, cls, Recorder)
+    build_backbone(name)
     assert {k: got.get(k) for k in want} == want
 
 
