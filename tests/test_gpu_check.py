@@ -1130,6 +1130,76 @@ def test_variants_markdown_lists_every_core():
     assert len(width) == 1, width  # every line of the table has all cells
 
 
+def test_markdown_tables_keep_their_columns_on_error_rows():
+    """Every table of the report has as many cells in each row as in its
+    header, for rows with figures, with a failed figure and with a failed
+    or skipped row; a failed figure's cell names its error; the
+    throughput table calls float16 'fp16'."""
+    bad = dict(error='RuntimeError: boom')
+    late = dict(skipped='not started: deadline')
+    thr = dict(
+        kind='throughput',
+        model='ok',
+        params_M=13.7,
+        small_fp32_img_s=100.0,
+        small_fp16_error='RuntimeError: no fp16 here',
+        large_fp32_ms=9.5,
+        large_fp16_ms=8.0,
+        train_fp32_step_ms=50.0,
+        train_amp_error='OutOfMemoryError: 2 GiB',
+        train_fp32_step_peak_MiB=100.0)
+    sections = dict(
+        throughput=dict(
+            settings=dict(amp='float16', small='S', large='L'),
+            rows=[thr,
+                  dict(model='bad', **bad),
+                  dict(model='late', **late)]),
+        maskrcnn=dict(rows=[
+            dict(
+                model='m',
+                params_M=44.0,
+                iter_ms=200.0,
+                skipped_steps=0,
+                loss_last=2.5),
+            dict(model='bad', **bad)
+        ]),
+        syncbn=dict(rows=[
+            dict(
+                model='m',
+                norms=['BN'],
+                grads_finite=True,
+                train_err_vs_bn=0.0,
+                eval_err_vs_bn=0.0),
+            dict(model='bad', **bad)
+        ]),
+        compile=dict(
+            settings=dict(backend='inductor'),
+            rows=[
+                dict(
+                    model='rest_small',
+                    compile_s=40.0,
+                    eager_ms=9.0,
+                    compiled_ms=6.0,
+                    speedup=1.5,
+                    err_vs_eager=1e-6),
+                dict(model='bad', **bad)
+            ]))
+    md = gpu_check.to_markdown(dict(meta={}, sections=sections))
+    tables, table = [], []
+    for line in md.splitlines() + ['']:
+        if line.startswith('|'):
+            table.append(line.count('|'))
+        elif table:
+            tables.append(table)
+            table = []
+    assert len(tables) == 4, md
+    for table in tables:
+        assert len(set(table)) == 1 and len(table) >= 4, (table, md)
+    assert '| S fp16 img/s |' in md and '| train step fp16 ms |' in md
+    assert 'error: RuntimeError: no fp16 here' in md
+    assert 'error: OutOfMemoryError: 2 GiB' in md
+
+
 def test_markdown_header_lines_and_gradscaler_steps():
     """The report's header names the ops shim when one is recorded and the
     EMSA cores chosen (with what was excluded, or 'none'); the GradScaler
