@@ -1134,7 +1134,8 @@ def test_markdown_tables_keep_their_columns_on_error_rows():
     """Every table of the report has as many cells in each row as in its
     header, for rows with figures, with a failed figure and with a failed
     or skipped row; a failed figure's cell names its error; the
-    throughput table calls float16 'fp16'."""
+    throughput table calls float16 'fp16'; the variants' SDPA backends are
+    one line after their table."""
     bad = dict(error='RuntimeError: boom')
     late = dict(skipped='not started: deadline')
     thr = dict(
@@ -1184,6 +1185,20 @@ def test_markdown_tables_keep_their_columns_on_error_rows():
                     err_vs_eager=1e-6),
                 dict(model='bad', **bad)
             ]))
+    sections['variants'] = dict(
+        settings=dict(train_amp=['float16']),
+        rows=[
+            dict(
+                kind='variant',
+                model='rest_small',
+                core='maps',
+                err_fp32=1e-7,
+                grad_err_fp32=1e-7,
+                err_float16=1e-3,
+                train_float16_error='RuntimeError: no kernel'),
+            dict(kind='variant', model='rest_small', core='triton', **bad),
+            dict(kind='sdpa_backends', backends=dict(C128_math='ok'))
+        ])
     md = gpu_check.to_markdown(dict(meta={}, sections=sections))
     tables, table = [], []
     for line in md.splitlines() + ['']:
@@ -1192,12 +1207,15 @@ def test_markdown_tables_keep_their_columns_on_error_rows():
         elif table:
             tables.append(table)
             table = []
-    assert len(tables) == 4, md
+    assert len(tables) == 5, md
     for table in tables:
         assert len(set(table)) == 1 and len(table) >= 4, (table, md)
     assert '| S fp16 img/s |' in md and '| train step fp16 ms |' in md
     assert 'error: RuntimeError: no fp16 here' in md
     assert 'error: OutOfMemoryError: 2 GiB' in md
+    assert 'error: RuntimeError: no kernel' in md
+    # the backends' line once, for the one row that has them
+    assert md.count('SDPA backends') == 1 and 'C128_math: ok' in md
 
 
 def test_markdown_header_lines_and_gradscaler_steps():
