@@ -159,14 +159,22 @@ def config_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     ``paramwise_cfg`` (mmengine's constructor gives each parameter its own
     group, so the step launches per parameter as in a user's training). The
     wrapper's own parts (AMP, clipping) are left to the iteration."""
+    from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     wrapper = {
         k: v
         for k, v in dict(cfg.optim_wrapper).items()
         if k in ('optimizer', 'paramwise_cfg', 'constructor')
     }
-    return build_optim_wrapper(model, dict(wrapper,
-                                           type='OptimWrapper')).optimizer
+    # the constructor logs three lines a parameter: kept out of the output
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')
+    try:
+        return build_optim_wrapper(model, dict(wrapper,
+                                               type='OptimWrapper')).optimizer
+    finally:
+        logger.setLevel(level)
 
 
 def _describe(opt: torch.optim.Optimizer) -> Dict:
