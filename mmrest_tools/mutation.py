@@ -25,7 +25,8 @@ import tempfile
 import time
 import tokenize
 from ast import FunctionDef, parse, walk
-from typing import Dict, Iterator, List, NamedTuple, Sequence
+from typing import (Collection, Dict, Iterable, Iterator, List, NamedTuple,
+                    Optional, Sequence)
 
 SWAPS = {
     '+': '-',
@@ -152,13 +153,15 @@ def sweep(root: str,
           tests: Sequence[str],
           timeout_s: float = 600.,
           python: str = sys.executable,
-          kinds: Sequence[str] = DEFAULT_KINDS) -> Iterator[Dict]:
+          kinds: Sequence[str] = DEFAULT_KINDS,
+          only: Optional[Collection[Mutant]] = None) -> Iterator[Dict]:
     """Runs ``pytest -x tests`` once per mutant of ``path`` (relative to
     the repository ``root``) in a worktree of ``HEAD``, with that
     worktree first on ``PYTHONPATH``; yields one result per mutant:
     the mutant, the mutated line, ``killed`` (the tests failed or timed
-    out), the seconds and pytest's last line. The worktree is removed at
-    the end."""
+    out), the seconds and pytest's last line. With ``only``, just those
+    mutants (e.g. an earlier sweep's survivors, :func:`survivors_of`).
+    The worktree is removed at the end."""
     tree = _worktree(root)
     target = os.path.join(tree, path)
     with open(target) as f:
@@ -166,6 +169,8 @@ def sweep(root: str,
     env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE='1')
     try:
         for mutant in mutants(source, functions, kinds):
+            if only is not None and mutant not in only:
+                continue
             mutated = apply(source, mutant)
             with open(target, 'w') as f:
                 f.write(mutated)
@@ -196,6 +201,17 @@ def sweep(root: str,
         subprocess.run(['git', 'worktree', 'remove', '--force', tree],
                        cwd=root,
                        capture_output=True)
+
+
+def survivors_of(json_lines: Iterable[str]) -> List[Mutant]:
+    """The mutants that survived in a sweep's JSON lines (``--out``)."""
+    found = []
+    for line in json_lines:
+        if line.strip():
+            r = json.loads(line)
+            if not r['killed']:
+                found.append(Mutant(*(r[k] for k in Mutant._fields)))
+    return found
 
 
 def survivors_markdown(results: Sequence[Dict]) -> str:

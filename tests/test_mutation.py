@@ -182,3 +182,38 @@ def test_sweep_counts_a_hanging_mutant_as_killed(tmp_path):
         next(
             mutation.sweep(
                 str(tmp_path), 'count.py', ['count'], ['test_count.py']))
+
+
+def test_sweep_again_only_the_survivors(tmp_path):
+    """An earlier sweep's survivors, read from its JSON lines, are run
+    again, alone, against more tests (here the ones that check them)."""
+    repo = tmp_path / 'repo'
+    _git_repo(
+        repo, {
+            'calc.py':
+            SOURCE,
+            'test_calc.py':
+            'from calc import area\n\n\ndef test_area():\n'
+            '    assert area(2, 3) == 6 and area(0, 4) == 0\n',
+            'test_more.py':
+            'from calc import untested\n\n\ndef test_untested():\n'
+            '    assert untested(1) == 1.5\n'
+        })
+    first = [
+        mutation.to_json_line(r) for r in mutation.sweep(
+            str(repo), 'calc.py', ['area', 'untested'], ['test_calc.py'])
+    ]
+    survivors = mutation.survivors_of(first + [''])
+    assert [(m.function, m.old, m.new)
+            for m in survivors] == [('untested', '+', '-'),
+                                    ('untested', '0.5', '1.0')]
+    again = list(
+        mutation.sweep(
+            str(repo),
+            'calc.py', ['area', 'untested'], ['test_calc.py', 'test_more.py'],
+            only=set(survivors)))
+    assert [
+        mutation.Mutant(*(r[k] for k in mutation.Mutant._fields))
+        for r in again
+    ] == survivors
+    assert all(r['killed'] for r in again)

@@ -7,7 +7,8 @@ named functions, the tests run against each (see
         --functions linear,add_residual_mlp_ --tests tests/test_fast_paths.py
 
 Prints one JSON line per mutant as it ends (also to ``--out``), then the
-survivors as a Markdown table.
+survivors as a Markdown table. ``--survivors-of OUT`` runs again only the
+survivors of an earlier sweep's ``--out``, e.g. against slower tests.
 """
 import argparse
 import os.path as osp
@@ -19,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from mmrest_tools.mutation import sweep  # noqa: E402
 from mmrest_tools.mutation import (DEFAULT_KINDS, KINDS, survivors_markdown,
-                                   to_json_line)
+                                   survivors_of, to_json_line)
 
 
 def main(argv=None):
@@ -39,7 +40,16 @@ def main(argv=None):
         default=list(DEFAULT_KINDS),
         help='which mutants: operators, numbers, the conditions (logic: '
         'and / or, True / False, a not dropped)')
+    parser.add_argument(
+        '--survivors-of',
+        metavar='JSONL',
+        help='run only the mutants that survived in this earlier sweep\'s '
+        '--out (e.g. against more tests); the file must be unchanged since')
     args = parser.parse_args(argv)
+    only = None
+    if args.survivors_of:
+        with open(args.survivors_of) as f:
+            only = set(survivors_of(f))
     # a kill (SIGTERM) ends the sweep through its cleanup: the worktree goes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
@@ -51,7 +61,8 @@ def main(argv=None):
                 args.functions.split(','),
                 args.tests.split(','),
                 args.timeout_s,
-                kinds=args.kinds):
+                kinds=args.kinds,
+                only=only):
             results.append(result)
             print(to_json_line(result), flush=True)
             if out:
@@ -60,6 +71,11 @@ def main(argv=None):
         if out:
             out.close()
     print(survivors_markdown(results))
+    missing = len(only or ()) - len(results)
+    if missing > 0:
+        print(f'{missing} of the {len(only)} survivors named are not '
+              f'mutants of {args.path} at HEAD (moved or changed since their '
+              f'sweep; see --functions and --kinds)')
 
 
 if __name__ == '__main__':
