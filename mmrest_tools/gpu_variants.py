@@ -14,23 +14,24 @@ import argparse
 import json
 import os.path as osp
 import statistics
-import time
 
 import torch
 
 
-def backbone_step_ms(model, x, repeats=5):
-    times = []
-    for i in range(repeats + 2):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.autocast('cuda', dtype=torch.float16):
+def backbone_step_ms(model, x, repeats=5, warmup=2):
+    """The median milliseconds of ``model``'s fp16 autocast training step
+    on ``x`` (forward, the mean of every output, backward) over
+    ``repeats`` steps after ``warmup`` untimed ones, each between two
+    synchronisations: the GPU check's own timing (``time_steps``)."""
+    from mmrest_tools.gpu_check import time_steps
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.float16):
             outs = model(x)
         sum(o.float().mean() for o in outs).backward()
-        torch.cuda.synchronize()
-        if i >= 2:
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+
+    return statistics.median(time_steps(step, x.device, repeats, warmup))
 
 
 #: (name, kernels.GPU_CHUNK_ELEMENTS, literal backbone) of each row
