@@ -167,7 +167,33 @@ def sweep(root: str,
     with open(target) as f:
         source = f.read()
     env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE='1')
+
+    def run_tests():
+        """(the tests failed or timed out, pytest's last line)"""
+        try:
+            proc = subprocess.run([
+                python, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider',
+                *tests
+            ],
+                                  cwd=tree,
+                                  env=env,
+                                  capture_output=True,
+                                  text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return True, f'timed out after {timeout_s:.0f} s'
+        return proc.returncode != 0, (proc.stdout.strip().splitlines()
+                                      or [''])[-1]
+
     try:
+        # without a mutant the tests must pass: tests that fail, collect
+        # nothing (a name HEAD does not have) or hang would count every
+        # mutant as killed
+        failed, last = run_tests()
+        if failed:
+            raise RuntimeError(
+                f'the tests do not pass on HEAD without a mutant ({last}); '
+                f'a sweep against them would count every mutant as killed')
         for mutant in mutants(source, functions, kinds):
             if only is not None and mutant not in only:
                 continue
@@ -175,20 +201,7 @@ def sweep(root: str,
             with open(target, 'w') as f:
                 f.write(mutated)
             start = time.time()
-            try:
-                proc = subprocess.run([
-                    python, '-m', 'pytest', '-q', '-x', '-p',
-                    'no:cacheprovider', *tests
-                ],
-                                      cwd=tree,
-                                      env=env,
-                                      capture_output=True,
-                                      text=True,
-                                      timeout=timeout_s)
-                killed, last = proc.returncode != 0, (
-                    proc.stdout.strip().splitlines() or [''])[-1]
-            except subprocess.TimeoutExpired:
-                killed, last = True, f'timed out after {timeout_s:.0f} s'
+            killed, last = run_tests()
             yield dict(
                 mutant._asdict(),
                 code=mutated.splitlines()[mutant.line - 1].strip(),

@@ -3,6 +3,7 @@ inside the named functions, never docstrings, unary signs or unpacking)
 and a sweep that runs the tests against each in a worktree, leaving the
 repository as it was."""
 import json
+import re
 import subprocess
 import sys
 
@@ -217,3 +218,31 @@ def test_sweep_again_only_the_survivors(tmp_path):
         for r in again
     ] == survivors
     assert all(r['killed'] for r in again)
+
+
+@pytest.mark.parametrize('tests, why', [
+    (['test_none.py'], 'no tests ran|not found'),
+    (['test_calc.py', '-k', 'nothing_by_this_name'], 'deselected'),
+    (['test_wrong.py'], '1 failed'),
+])
+def test_sweep_refuses_tests_that_do_not_pass_without_a_mutant(
+        tmp_path, tests, why):
+    """Tests that collect nothing or fail on HEAD would count every mutant
+    as killed: the sweep refuses them first, saying pytest's last line,
+    and leaves no worktree."""
+    repo = tmp_path / 'repo'
+    git = _git_repo(
+        repo, {
+            'calc.py':
+            SOURCE,
+            'test_calc.py':
+            'from calc import area\n\n\ndef test_area():\n'
+            '    assert area(2, 3) == 6\n',
+            'test_wrong.py':
+            'from calc import area\n\n\ndef test_area():\n'
+            '    assert area(2, 3) == 7\n'
+        })
+    with pytest.raises(RuntimeError, match='do not pass on HEAD') as err:
+        next(mutation.sweep(str(repo), 'calc.py', ['area'], tests))
+    assert re.search(why, str(err.value)), err.value
+    assert len(git('worktree', 'list').splitlines()) == 1
