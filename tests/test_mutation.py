@@ -246,3 +246,22 @@ def test_sweep_refuses_tests_that_do_not_pass_without_a_mutant(
         next(mutation.sweep(str(repo), 'calc.py', ['area'], tests))
     assert re.search(why, str(err.value)), err.value
     assert len(git('worktree', 'list').splitlines()) == 1
+
+
+def test_sweep_command_line_says_why_it_refuses():
+    """tools/mutation_sweep.py ends with the reason, not a traceback, when
+    its tests do not pass without a mutant (here a -k matching nothing in
+    this repository's HEAD)."""
+    from _helpers import ROOT
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try:
+        import mutation_sweep
+    finally:
+        sys.path.remove(str(ROOT / 'tools'))
+    with pytest.raises(SystemExit) as err:
+        mutation_sweep.main([
+            'mmrest_tools/mutation.py', '--functions', 'apply', '--tests',
+            'tests/test_mutation.py,-k,no_test_by_this_name'
+        ])
+    assert str(err.value).startswith('mutation_sweep: the tests do not pass')
+    assert 'deselected' in str(err.value)

@@ -67,6 +67,8 @@ def main(argv=None):
             print(to_json_line(result), flush=True)
             if out:
                 print(to_json_line(result), file=out, flush=True)
+    except RuntimeError as err:  # tests that fail without a mutant
+        raise SystemExit(f'mutation_sweep: {err}')
     finally:
         if out:
             out.close()
