@@ -24,6 +24,9 @@ def untested(x):
 def other(x):
     return x - 1
 '''
+# a test of SOURCE's area only (untested() stays untested)
+TEST_CALC = ('from calc import area\n\n\ndef test_area():\n'
+             '    assert area(2, 3) == 6 and area(0, 4) == 0\n')
 
 
 def test_mutants_of_the_named_functions():
@@ -118,14 +121,7 @@ def test_sweep_kills_what_the_tests_check(tmp_path):
     the untested function's survive; the file and the worktrees are as
     before."""
     repo = tmp_path / 'repo'
-    git = _git_repo(
-        repo, {
-            'calc.py':
-            SOURCE,
-            'test_calc.py':
-            'from calc import area\n\n\ndef test_area():\n'
-            '    assert area(2, 3) == 6 and area(0, 4) == 0\n'
-        })
+    git = _git_repo(repo, {'calc.py': SOURCE, 'test_calc.py': TEST_CALC})
     results = list(
         mutation.sweep(
             str(repo),
@@ -194,8 +190,7 @@ def test_sweep_again_only_the_survivors(tmp_path):
             'calc.py':
             SOURCE,
             'test_calc.py':
-            'from calc import area\n\n\ndef test_area():\n'
-            '    assert area(2, 3) == 6 and area(0, 4) == 0\n',
+            TEST_CALC,
             'test_more.py':
             'from calc import untested\n\n\ndef test_untested():\n'
             '    assert untested(1) == 1.5\n'
@@ -233,14 +228,9 @@ def test_sweep_refuses_tests_that_do_not_pass_without_a_mutant(
     repo = tmp_path / 'repo'
     git = _git_repo(
         repo, {
-            'calc.py':
-            SOURCE,
-            'test_calc.py':
-            'from calc import area\n\n\ndef test_area():\n'
-            '    assert area(2, 3) == 6\n',
-            'test_wrong.py':
-            'from calc import area\n\n\ndef test_area():\n'
-            '    assert area(2, 3) == 7\n'
+            'calc.py': SOURCE,
+            'test_calc.py': TEST_CALC,
+            'test_wrong.py': TEST_CALC.replace('== 6', '== 7')
         })
     with pytest.raises(RuntimeError, match='do not pass on HEAD') as err:
         next(mutation.sweep(str(repo), 'calc.py', ['area'], tests))
