@@ -50,6 +50,10 @@ _NOT_AN_OPERAND = ('lambda', 'return', 'in', 'and', 'or', 'not', 'if', 'else',
                    'yield')
 
 
+class TestsFailWithoutMutant(RuntimeError):
+    """A sweep's tests fail, hang or collect nothing on ``HEAD`` itself."""
+
+
 class Mutant(NamedTuple):
     """One token of ``function`` at ``line`` (1-based) and ``col``
     replaced: ``old`` by ``new``."""
@@ -191,7 +195,7 @@ def sweep(root: str,
         # mutant as killed
         failed, last = run_tests()
         if failed:
-            raise RuntimeError(
+            raise TestsFailWithoutMutant(
                 f'the tests do not pass on HEAD without a mutant ({last}); '
                 f'a sweep against them would count every mutant as killed')
         for mutant in mutants(source, functions, kinds):

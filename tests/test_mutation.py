@@ -232,7 +232,9 @@ def test_sweep_refuses_tests_that_do_not_pass_without_a_mutant(
             'test_calc.py': TEST_CALC,
             'test_wrong.py': TEST_CALC.replace('== 6', '== 7')
         })
-    with pytest.raises(RuntimeError, match='do not pass on HEAD') as err:
+    with pytest.raises(
+            mutation.TestsFailWithoutMutant,
+            match='do not pass on HEAD') as err:
         next(mutation.sweep(str(repo), 'calc.py', ['area'], tests))
     assert re.search(why, str(err.value)), err.value
     assert len(git('worktree', 'list').splitlines()) == 1

@@ -19,7 +19,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmrest_tools.mutation import sweep  # noqa: E402
-from mmrest_tools.mutation import (DEFAULT_KINDS, KINDS, survivors_markdown,
+from mmrest_tools.mutation import (DEFAULT_KINDS, KINDS,
+                                   TestsFailWithoutMutant, survivors_markdown,
                                    survivors_of, to_json_line)
 
 
@@ -67,7 +68,7 @@ def main(argv=None):
             print(to_json_line(result), flush=True)
             if out:
                 print(to_json_line(result), file=out, flush=True)
-    except RuntimeError as err:  # tests that fail without a mutant
+    except TestsFailWithoutMutant as err:
         raise SystemExit(f'mutation_sweep: {err}')
     finally:
         if out:
