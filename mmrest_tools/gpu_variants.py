@@ -7,32 +7,15 @@ literal computation.
 
 Rows: one AMP training iteration of Mask R-CNN ResT-Small (1333x800, batch
 2, as gpu_check's maskrcnn section) and one backbone training step (fp16
-autocast, forward and backward, 800x1344 batch 2), for several values of
+autocast, forward and backward, 800x1344 batch 2, as gpu_check's
+throughput section), for several values of
 ``_GPU_CHUNK_ELEMENTS`` and for the literal backbone. Writes variants.json.
 """
 import argparse
 import json
 import os.path as osp
-import statistics
 
 import torch
-
-
-def backbone_step_ms(model, x, repeats=5, warmup=2):
-    """The median milliseconds of ``model``'s fp16 autocast training step
-    on ``x`` (forward, the mean of every output, backward) over
-    ``repeats`` steps after ``warmup`` untimed ones, each between two
-    synchronisations: the GPU check's own timing (``time_steps``)."""
-    from mmrest_tools.gpu_check import time_steps
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.float16):
-            outs = model(x)
-        sum(o.float().mean() for o in outs).backward()
-
-    return statistics.median(time_steps(step, x.device, repeats, warmup))
-
 
 #: (name, kernels.GPU_CHUNK_ELEMENTS, literal backbone) of each row
 VARIANTS = [('chunks 32M (default)', 1 << 25, False),
@@ -104,11 +87,12 @@ def _backbone(literal: bool) -> torch.nn.Module:
 def _variant_row(check, literal: bool) -> dict:
     """The backbone training step, then the Mask R-CNN AMP iteration."""
     row = {}
-    bb = _backbone(literal).cuda().train()
+    bb = _backbone(literal).cuda()
     x = torch.randn(2, 3, 800, 1344, device='cuda')
-    torch.cuda.reset_peak_memory_stats()
-    row['backbone_step_ms'] = backbone_step_ms(bb, x)
-    row['backbone_peak_MiB'] = torch.cuda.max_memory_allocated() / 2**20
+    # the throughput section's fp16 step: its median after warm-ups, peak
+    step = check._train_step_memory(bb, x, torch.float16)
+    row['backbone_step_ms'] = step['step_ms']
+    row['backbone_peak_MiB'] = step['peak_MiB']
     del bb, x
     torch.cuda.empty_cache()
     r = check._maskrcnn_one(MASKRCNN_CONFIG)

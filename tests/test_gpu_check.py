@@ -2446,40 +2446,6 @@ def test_profile_triton_rows_say_why_they_skip(monkeypatch):
                 assert r['skipped'] == why and 'fwd_ms' not in r, r
 
 
-@NEEDS_CPU_FLOAT16
-def test_gpu_variants_backbone_step_is_the_checks_timing(monkeypatch):
-    """gpu_variants' backbone step is the GPU check's timing (time_steps:
-    warm-ups untimed, then the median of the timed steps) of an fp16
-    autocast training step with fresh gradients each time."""
-    from mmrest_tools import gpu_variants
-    calls, timed = [], []
-
-    class Net(torch.nn.Module):
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(2, 2))
-
-        def forward(self, x):
-            y = x @ self.w
-            calls.append((y.dtype, self.w.grad is None))
-            return [y]
-
-    real = gpu_check.time_steps
-
-    def time_steps(step, device, repeats, warmup):
-        timed.append((repeats, warmup))
-        return [3.0, 1.0, 2.0]
-
-    monkeypatch.setattr(gpu_check, 'time_steps', time_steps)
-    net = Net()
-    assert gpu_variants.backbone_step_ms(net, torch.ones(2, 2)) == 2.0
-    assert timed == [(5, 2)] and calls == []
-    monkeypatch.setattr(gpu_check, 'time_steps', real)
-    gpu_variants.backbone_step_ms(net, torch.ones(2, 2), repeats=2, warmup=1)
-    assert calls == [(torch.float16, True)] * 3
-
-
 def test_gpu_variants_literal_rows_are_literal():
     """gpu_variants' 'literal' row: the backbone of its step and the one in
     its Mask R-CNN (mmdet's build wrapped) compute literally, the others
