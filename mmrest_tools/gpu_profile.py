@@ -34,41 +34,34 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mmrest_tools.gpu_check.measure import _sync, backbone_step, time_steps
+
 DEVICE = 'cuda'
 SCALE = 1  # sizes divided by this (a CPU smoke test: --smoke)
 REPEATS = (5, 2)  # timed calls and warm-ups (one and none in --smoke)
 
 
 def sync():
-    if DEVICE == 'cuda':
-        torch.cuda.synchronize()
+    _sync(torch.device(DEVICE))
 
 
 def timed(fn, repeats=None, warmup=None):
+    """The median milliseconds of ``fn`` (:func:`time_steps`: the device
+    synchronised either side of each timed call) over ``repeats`` calls
+    after ``warmup`` untimed ones (REPEATS by default)."""
     repeats = REPEATS[0] if repeats is None else repeats
     warmup = REPEATS[1] if warmup is None else warmup
-    times = []
-    for i in range(repeats + warmup):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1e3)
-    return round(statistics.median(times), 2)
+    return round(
+        statistics.median(
+            time_steps(fn, torch.device(DEVICE), repeats, warmup)), 2)
 
 
 def step_fn(model, x, backward, dtype=torch.float16):
-
-    def run():
-        with torch.autocast(
-                DEVICE, dtype=dtype, enabled=dtype != torch.float32):
-            with torch.set_grad_enabled(backward):
-                outs = model(x)
-        if backward:
-            sum(o.float().mean() for o in outs).backward()
-
-    return run
+    """A call of :func:`backbone_step` (forward under ``dtype`` autocast,
+    float32 without; with ``backward``, the backward of the outputs'
+    means)."""
+    amp = None if dtype == torch.float32 else dtype
+    return lambda: backbone_step(model, x, amp, backward)
 
 
 def build(name):

@@ -37,6 +37,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mmrest_tools.gpu_check.measure import backbone_step
+
 try:  # PyTorch's FLOP formulas by operator (torch >= 2.2)
     from torch.utils.flop_counter import flop_registry as FLOP_FORMULAS
 except ImportError:  # then no FLOPs are counted
@@ -182,12 +184,7 @@ def step_census(model: torch.nn.Module,
     with paused, kernels.use_emsa_core(core):
         for counted in (False, True):
             with census if counted else contextlib.nullcontext():
-                with torch.autocast(
-                        'cpu',
-                        dtype=autocast or torch.bfloat16,
-                        enabled=autocast is not None):
-                    outs = model(x)
-                sum(o.float().mean() for o in outs).backward()
+                backbone_step(model, x, autocast)
             model.zero_grad(set_to_none=True)
     return census
 

@@ -1030,6 +1030,52 @@ def test_time_steps_warms_up_then_times_each_step_between_syncs():
         sync=one.sync) == pytest.approx([500.0])
 
 
+class _TwoMaps(torch.nn.Module):
+    """A stand-in backbone: two maps from one weight (x @ w and its
+    square), recording the autocast state and grad mode of each call."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.w = torch.nn.Parameter(torch.randn(4, 5, generator=gen))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(
+            (torch.is_autocast_cpu_enabled(), torch.is_grad_enabled()))
+        y = x @ self.w
+        return y, y * y
+
+
+def test_backbone_step_is_the_backward_of_all_outputs_means():
+    """backbone_step: the gradient is that of the sum of every output's
+    mean (float64, by hand: d/dw of mean(xw) + mean((xw)^2)), accumulated
+    over calls; the forward runs under the autocast dtype given (a bfloat16
+    product) and without it otherwise; backward=False is a forward without
+    autograd that leaves the gradients alone."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, generator=gen)
+    model = _TwoMaps()
+    outs = gpu_check.backbone_step(model, x)
+    xd, wd = x.double(), model.w.detach().double()
+    y = xd @ wd
+    expected = xd.T @ (torch.ones_like(y) + 2 * y) / y.numel()
+    torch.testing.assert_close(
+        model.w.grad.double(), expected, rtol=1e-5, atol=1e-6)
+    assert [o.dtype for o in outs] == [torch.float32] * 2
+    gpu_check.backbone_step(model, x)  # accumulates
+    torch.testing.assert_close(
+        model.w.grad.double(), 2 * expected, rtol=1e-5, atol=1e-6)
+    before = model.w.grad.clone()
+    outs = gpu_check.backbone_step(model, x, backward=False)
+    assert not any(o.requires_grad for o in outs)
+    assert torch.equal(model.w.grad, before)
+    outs = gpu_check.backbone_step(model, x, torch.bfloat16)
+    assert outs[0].dtype == torch.bfloat16
+    assert model.seen == [(False, True), (False, True), (False, False),
+                          (True, True)]
+
+
 def test_train_step_is_median_after_warmup(tmp_path, monkeypatch):
     """The backbone training-step column: train_warmup untimed steps, then
     the median of train_repeats timed ones (one slow first step, as
@@ -2178,6 +2224,29 @@ def test_profile_kernel_categories():
         'other',
     }
     assert {n: kernel_category(n) for n in names} == names
+
+
+def test_profile_timed_is_the_rounded_median_of_time_steps(monkeypatch):
+    """gpu_profile's ``timed``: the check's time_steps on the profile's
+    device, REPEATS' timed calls and warm-ups unless given, the median
+    rounded to 0.01 ms."""
+    gpu_profile = _profile_on_cpu(monkeypatch)
+    monkeypatch.setattr(gpu_profile, 'REPEATS', (3, 2))
+    calls = []
+
+    def time_steps(fn, device, repeats, warmup):
+        calls.append((fn, device, repeats, warmup))
+        return [7.0, 1.234567, 2.5]
+
+    monkeypatch.setattr(gpu_profile, 'time_steps', time_steps)
+    step = object()
+    assert gpu_profile.timed(step) == 2.5
+    assert gpu_profile.timed(step, repeats=10, warmup=0) == 2.5
+    assert calls == [(step, torch.device('cpu'), 3, 2),
+                     (step, torch.device('cpu'), 10, 0)]
+    monkeypatch.setattr(gpu_profile, 'time_steps',
+                        lambda *args: [1.234567, 1.0, 9.0])
+    assert gpu_profile.timed(step) == 1.23
 
 
 class _TimedRecorder:

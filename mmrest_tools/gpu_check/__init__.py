@@ -86,8 +86,9 @@ from .base import CheckRunner, DeadlinePassed
 from .check import GpuCheck
 from .cli import main, parse_args
 from .maskrcnn import synthetic_det_batch
-from .measure import (device_info, grad_error, output_error, randomize_norms,
-                      set_cudnn_benchmark, time_calls, time_steps, versions)
+from .measure import (backbone_step, device_info, grad_error, output_error,
+                      randomize_norms, set_cudnn_benchmark, time_calls,
+                      time_steps, versions)
 from .models import build_backbone, build_rest
 from .report import to_markdown
 from .settings import (AMP_FACTOR, AMP_FLOOR, CUDNN_BENCHMARK, FP32_FLOOR,
@@ -100,9 +101,9 @@ __all__ = [
     'AMP_FACTOR', 'AMP_FLOOR', 'CUDNN_BENCHMARK', 'FP32_FLOOR',
     'MASKRCNN_MODELS', 'QUICK_REST_ARCH', 'REPO_ROOT', 'SECTIONS',
     'THROUGHPUT_MAIN', 'THROUGHPUT_MORE', 'CheckRunner', 'DeadlinePassed',
-    'GpuCheck', 'Settings', 'build_backbone', 'build_rest', 'choose_core',
-    'compile_worker', 'device_info', 'grad_error', 'main', 'output_error',
-    'parse_args', 'randomize_norms', 'set_cudnn_benchmark',
+    'GpuCheck', 'Settings', 'backbone_step', 'build_backbone', 'build_rest',
+    'choose_core', 'compile_worker', 'device_info', 'grad_error', 'main',
+    'output_error', 'parse_args', 'randomize_norms', 'set_cudnn_benchmark',
     'synthetic_det_batch', 'time_calls', 'time_steps', 'to_markdown',
     'versions'
 ]

@@ -38,6 +38,23 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def backbone_step(model: nn.Module,
+                  x: torch.Tensor,
+                  amp: Optional[torch.dtype] = None,
+                  backward: bool = True) -> Sequence[torch.Tensor]:
+    """One step of a backbone as the checks time, profile and count it:
+    the forward on ``x`` under ``amp`` autocast on ``x``'s device (None:
+    float32), then the backward of the loss of every output (the sum of
+    their means in float32). With ``backward=False`` the forward alone,
+    without autograd. Gradients accumulate: zeroing them is the caller's.
+    Returns the outputs."""
+    with _autocast(x.device, amp), torch.set_grad_enabled(backward):
+        outs = model(x)
+    if backward:
+        sum(o.float().mean() for o in outs).backward()
+    return outs
+
+
 def time_calls(fn: Callable[[], object], device: torch.device, repeats: int,
                warmup: int) -> List[float]:
     """Milliseconds per call of ``fn``: CUDA events on the GPU (one

@@ -4,7 +4,7 @@ from typing import Dict
 
 import torch
 
-from .measure import output_error
+from .measure import backbone_step, output_error
 
 
 class SyncBNSection:
@@ -33,8 +33,7 @@ class SyncBNSection:
             plain.load_state_dict(sync.state_dict())
             sync, plain = sync.to(dev).train(), plain.to(dev).train()
             x = torch.randn(2, 3, 224, 288, device=dev)
-            outs = sync(x)
-            sum(o.float().mean() for o in outs).backward()
+            outs = backbone_step(sync, x)
             finite = all(
                 torch.isfinite(p.grad).all().item() for p in sync.parameters()
                 if p.grad is not None)

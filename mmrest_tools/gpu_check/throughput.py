@@ -6,8 +6,8 @@ from typing import Dict, Sequence
 
 import torch
 
-from .measure import (_autocast, _mib, _short_error, set_cudnn_benchmark,
-                      time_calls, time_steps)
+from .measure import (_autocast, _mib, _short_error, backbone_step,
+                      set_cudnn_benchmark, time_calls, time_steps)
 from .models import build_backbone
 
 
@@ -107,10 +107,7 @@ class ThroughputSection:
 
         def step():
             model.zero_grad(set_to_none=True)
-            with _autocast(dev, amp):
-                outs = model(x)
-                loss = sum(o.float().mean() for o in outs)
-            loss.backward()
+            backbone_step(model, x, amp)
 
         model.train()
         try:
