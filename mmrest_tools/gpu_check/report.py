@@ -1,6 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
 """The Markdown report of a run's results."""
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 
 def _fmt(v, spec: str = '.3g') -> str:
@@ -23,6 +23,22 @@ def _status(row: Dict) -> Optional[str]:
     return None
 
 
+def _table(header: Sequence[str], rows: Iterable[Dict],
+           lead: Callable[[Dict], List[str]],
+           figures: Callable[[Dict], List[str]]) -> List[str]:
+    """A Markdown table: the ``header`` and its rule, then a line a row:
+    the ``lead`` cells (what the row is), then the row's figures or, for a
+    failed or skipped row, its status (:func:`_status`) and empty cells to
+    the header's width."""
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for r in rows:
+        cells, status = lead(r), _status(r)
+        cells += ([status] + [''] *
+                  (len(header) - len(cells) - 1) if status else figures(r))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def _md_equality(sec: Dict, rows: List[Dict]) -> List[str]:
     """Markdown lines of the ``equality`` section: the equality rows and
     the GradScaler steps."""
@@ -30,46 +46,32 @@ def _md_equality(sec: Dict, rows: List[Dict]) -> List[str]:
     if sec.get('criteria'):
         lines.append('Criteria: fp32 ' + sec['criteria']['fp32'] +
                      '; autocast ' + sec['criteria']['amp'] + '.')
-    lines += [
-        '', '| model | input | mode | dtype | out err fast | '
-        'out err literal | ratio | grad err fast | '
-        'grad err literal | pass |', '|' + '---|' * 10
-    ]
-    for r in rows:
-        if r.get('kind') != 'equality':
-            continue
-        st = _status(r)
-        cells = [r['model'], r['input'], r['mode'], r['dtype']]
-        if st:
-            cells += [st, '', '', '', '', '']
-        else:
-            cells += [
-                _fmt(r.get('err_fast')),
-                _fmt(r.get('err_literal')),
-                _fmt(r.get('ratio'), '.2f'),
-                _fmt(r.get('grad_err_fast')),
-                _fmt(r.get('grad_err_literal')),
-                _fmt(r.get('pass'))
-            ]
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    lines += _table(
+        ('model', 'input', 'mode', 'dtype', 'out err fast', 'out err literal',
+         'ratio', 'grad err fast', 'grad err literal', 'pass'),
+        [r for r in rows if r.get('kind') == 'equality'],
+        lambda r: [r['model'], r['input'], r['mode'], r['dtype']], lambda r: [
+            _fmt(r.get('err_fast')),
+            _fmt(r.get('err_literal')),
+            _fmt(r.get('ratio'), '.2f'),
+            _fmt(r.get('grad_err_fast')),
+            _fmt(r.get('grad_err_literal')),
+            _fmt(r.get('pass'))
+        ])
     steps = [r for r in rows if r.get('kind') == 'amp_steps']
     if steps:
         n = len(steps[0].get('steps', [])) or '?'
-        lines += [
-            '', f'| fp16 + GradScaler, {n} steps | input | '
-            'loss scale | skipped steps | non-finite grads | '
-            'pass |', '|' + '---|' * 6
-        ]
-        for r in steps:
-            st = _status(r)
-            cells = [f'{r["model"]} {r["path"]}', r['input']]
-            cells += ([st, '', '', ''] if st else [
+        lines.append('')
+        lines += _table(
+            (f'fp16 + GradScaler, {n} steps', 'input', 'loss scale',
+             'skipped steps', 'non-finite grads', 'pass'), steps,
+            lambda r: [f'{r["model"]} {r["path"]}', r['input']], lambda r: [
                 _fmt(r.get('scale')),
                 _fmt(r.get('skipped_steps')),
                 _fmt(r.get('nonfinite_grads')),
                 _fmt(r.get('pass'))
             ])
-            lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
 
 
@@ -89,38 +91,34 @@ def _md_throughput(sec: Dict, rows: List[Dict]) -> List[str]:
         f'median of {st.get("train_repeats", 1)} timed steps after '
         f'{st.get("train_warmup", 0)} warm-ups, each between two '
         'synchronisations, and the peak memory above what was allocated '
-        'before the steps.', '',
-        f'| backbone | params (M) | {small} fp32 img/s | {small} {amp} '
-        f'img/s | {large} fp32 ms | {large} {amp} ms | train step '
-        f'fp32 ms | train step {amp} ms | train step '
-        f'fp32 MiB | train step {amp} MiB |', '|' + '---|' * 10
+        'before the steps.', ''
     ]
-    for r in rows:
-        st_ = _status(r)
-        cells = [r['model']]
-        if st_:
-            cells += [st_] + [''] * 8
-        else:
 
-            def cell(key, spec):
-                err = r.get('_'.join(key.split('_')[:2]) + '_error')
-                if key in r:
-                    return _fmt(r[key], spec)
-                return f'error: {err[:80]}' if err else '-'
+    def figures(r):
 
-            cells += [
-                _fmt(r.get('params_M'), '.1f'),
-                cell('small_fp32_img_s', '.0f'),
-                cell('small_fp16_img_s', '.0f'),
-                cell('large_fp32_ms', '.1f'),
-                cell('large_fp16_ms', '.1f'),
-                cell('train_fp32_step_ms', '.1f'),
-                cell('train_amp_step_ms', '.1f'),
-                cell('train_fp32_step_peak_MiB', '.0f'),
-                cell('train_amp_step_peak_MiB', '.0f')
-            ]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return lines
+        def cell(key, spec):
+            err = r.get('_'.join(key.split('_')[:2]) + '_error')
+            if key in r:
+                return _fmt(r[key], spec)
+            return f'error: {err[:80]}' if err else '-'
+
+        return [
+            _fmt(r.get('params_M'), '.1f'),
+            cell('small_fp32_img_s', '.0f'),
+            cell('small_fp16_img_s', '.0f'),
+            cell('large_fp32_ms', '.1f'),
+            cell('large_fp16_ms', '.1f'),
+            cell('train_fp32_step_ms', '.1f'),
+            cell('train_amp_step_ms', '.1f'),
+            cell('train_fp32_step_peak_MiB', '.0f'),
+            cell('train_amp_step_peak_MiB', '.0f')
+        ]
+
+    return lines + _table(
+        ('backbone', 'params (M)', f'{small} fp32 img/s',
+         f'{small} {amp} img/s', f'{large} fp32 ms', f'{large} {amp} ms',
+         'train step fp32 ms', f'train step {amp} ms', 'train step fp32 MiB',
+         f'train step {amp} MiB'), rows, lambda r: [r['model']], figures)
 
 
 def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
@@ -132,64 +130,45 @@ def _md_maskrcnn(sec: Dict, rows: List[Dict]) -> List[str]:
         f'One training iteration at {st.get("image")}, batch '
         f'{st.get("batch")}: {st.get("amp")}; median of '
         f'{st.get("timed_iters")} timed iterations after '
-        f'{st.get("warmup")} warm-ups.', '',
-        '| model | params (M) | iteration ms | peak MiB | '
-        'skipped steps | last loss |', '|' + '---|' * 6
+        f'{st.get("warmup")} warm-ups.', ''
     ]
-    for r in rows:
-        st_ = _status(r)
-        cells = [r['model']]
-        cells += ([st_, '', '', '', ''] if st_ else [
-            _fmt(r.get('params_M'), '.1f'),
-            _fmt(r.get('iter_ms'), '.0f'),
-            _fmt(r.get('peak_MiB'), '.0f'),
-            _fmt(r.get('skipped_steps')),
-            _fmt(r.get('loss_last'), '.3f')
-        ])
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return lines
+    return lines + _table(
+        ('model', 'params (M)', 'iteration ms', 'peak MiB', 'skipped steps',
+         'last loss'), rows, lambda r: [r['model']], lambda r: [
+             _fmt(r.get('params_M'), '.1f'),
+             _fmt(r.get('iter_ms'), '.0f'),
+             _fmt(r.get('peak_MiB'), '.0f'),
+             _fmt(r.get('skipped_steps')),
+             _fmt(r.get('loss_last'), '.3f')
+         ])
 
 
 def _md_syncbn(sec: Dict, rows: List[Dict]) -> List[str]:
     """Markdown lines of the ``syncbn`` section: SyncBatchNorm against
     BatchNorm."""
-    lines: List[str] = []
-    lines += [
-        '', '| model | norms | grads finite | train err vs BN '
-        '| eval err vs BN |', '|' + '---|' * 5
-    ]
-    for r in rows:
-        st_ = _status(r)
-        cells = [r['model']]
-        cells += ([st_, '', '', ''] if st_ else [
-            ', '.join(r.get('norms', [])),
-            str(r.get('grads_finite')),
-            _fmt(r.get('train_err_vs_bn')),
-            _fmt(r.get('eval_err_vs_bn'))
-        ])
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return lines
+    return [''] + _table(
+        ('model', 'norms', 'grads finite', 'train err vs BN',
+         'eval err vs BN'), rows, lambda r: [r['model']], lambda r: [
+             ', '.join(r.get('norms', [])),
+             str(r.get('grads_finite')),
+             _fmt(r.get('train_err_vs_bn')),
+             _fmt(r.get('eval_err_vs_bn'))
+         ])
 
 
 def _md_compile(sec: Dict, rows: List[Dict]) -> List[str]:
     """Markdown lines of the ``compile`` section: torch.compile against
     eager."""
-    lines: List[str] = []
-    lines += [
-        '', '| model | backend | compile s | eager ms | '
-        'compiled ms | speed-up | err vs eager |', '|' + '---|' * 7
-    ]
-    for r in rows:
-        st_ = _status(r)
-        cells = [r['model'], str(sec.get('settings', {}).get('backend'))]
-        cells += ([st_, '', '', '', ''] if st_ else [
-            _fmt(r.get('compile_s'), '.0f'),
-            _fmt(r.get('eager_ms'), '.1f'),
-            _fmt(r.get('compiled_ms'), '.1f'),
-            _fmt(r.get('speedup'), '.2f'),
-            _fmt(r.get('err_vs_eager'))
-        ])
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    backend = str(sec.get('settings', {}).get('backend'))
+    lines = [''] + _table(('model', 'backend', 'compile s', 'eager ms',
+                           'compiled ms', 'speed-up', 'err vs eager'), rows,
+                          lambda r: [r['model'], backend], lambda r: [
+                              _fmt(r.get('compile_s'), '.0f'),
+                              _fmt(r.get('eager_ms'), '.1f'),
+                              _fmt(r.get('compiled_ms'), '.1f'),
+                              _fmt(r.get('speedup'), '.2f'),
+                              _fmt(r.get('err_vs_eager'))
+                          ])
     for r in rows:
         lines += _md_multi_scale(r['model'], r.get('multi_scale_training'))
     return lines
@@ -219,28 +198,22 @@ def _md_multi_scale(model: str, ms) -> List[str]:
     return lines
 
 
-def _variant_cells(r: Dict, amps, ncols: int) -> List[str]:
-    """The cells of one row of the ``variants`` table."""
-    cells = [r['model'], str(r.get('core') or '-')]
-    st_ = _status(r)
-    if st_:
-        cells += [st_] + [''] * (ncols - 3)
-    else:
-        cells += [_fmt(r.get('err_fp32')), _fmt(r.get('grad_err_fp32'))]
-        cells += [_fmt(r.get(f'err_{a}')) for a in amps if a != 'float32']
-        cells.append(_fmt(r.get('pass')))
-        cells += [
-            _fmt(r.get(f'train_{a}_step_ms'), '.1f') if f'train_{a}_step_ms'
-            in r else 'error: ' + r.get(f'train_{a}_error', '-')[:80]
-            for a in amps
-        ]
-        cells += [_fmt(r.get(f'train_{a}_step_peak_MiB'), '.0f') for a in amps]
-        cells += [
-            _fmt(r.get('small_fp32_img_s'), '.0f'),
-            _fmt(r.get('small_fp16_img_s'), '.0f'),
-            _fmt(r.get('large_fp32_ms'), '.1f'),
-            _fmt(r.get('large_fp16_ms'), '.1f')
-        ]
+def _variant_figures(r: Dict, amps) -> List[str]:
+    """The figures of one row of the ``variants`` table."""
+    cells = [_fmt(r.get('err_fp32')), _fmt(r.get('grad_err_fp32'))]
+    cells += [_fmt(r.get(f'err_{a}')) for a in amps if a != 'float32']
+    cells.append(_fmt(r.get('pass')))
+    cells += [
+        _fmt(r.get(f'train_{a}_step_ms'), '.1f') if f'train_{a}_step_ms' in r
+        else 'error: ' + r.get(f'train_{a}_error', '-')[:80] for a in amps
+    ]
+    cells += [_fmt(r.get(f'train_{a}_step_peak_MiB'), '.0f') for a in amps]
+    cells += [
+        _fmt(r.get('small_fp32_img_s'), '.0f'),
+        _fmt(r.get('small_fp16_img_s'), '.0f'),
+        _fmt(r.get('large_fp32_ms'), '.1f'),
+        _fmt(r.get('large_fp16_ms'), '.1f')
+    ]
     return cells
 
 
@@ -259,23 +232,19 @@ def _md_variants(sec: Dict, rows: List[Dict]) -> List[str]:
         'literal path in float64, autocast against the same model in '
         f'float32; pass: fp32 {st.get("criteria", {}).get("fp32")}, '
         f'autocast {st.get("criteria", {}).get("amp")} (err_literal: the '
-        'rest_small_literal row).', '', '| ' + ' | '.join(
-            ['model', 'EMSA core', 'fp32 err', 'fp32 grad err'] +
-            [f'{a} err' for a in amps if a != 'float32'] + ['pass'] +
-            [f'train {a} ms'
-             for a in amps] + [f'train {a} MiB' for a in amps] + [
-                 f'{st.get("small")} fp32 img/s',
-                 f'{st.get("small")} fp16 img/s', f'{st.get("large")} fp32 ms',
-                 f'{st.get("large")} fp16 ms'
-             ]) + ' |'
+        'rest_small_literal row).', ''
     ]
-    ncols = lines[-1].count('|') - 1
-    lines.append('|' + '---|' * ncols)
-    for r in rows:
-        if r.get('kind') != 'variant':
-            continue
-        cells = _variant_cells(r, amps, ncols)
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    header = (
+        ['model', 'EMSA core', 'fp32 err', 'fp32 grad err'] +
+        [f'{a} err' for a in amps if a != 'float32'] + ['pass'] +
+        [f'train {a} ms' for a in amps] + [f'train {a} MiB' for a in amps] + [
+            f'{st.get("small")} fp32 img/s', f'{st.get("small")} fp16 img/s',
+            f'{st.get("large")} fp32 ms', f'{st.get("large")} fp16 ms'
+        ])
+    lines += _table(
+        header, [r for r in rows if r.get('kind') == 'variant'],
+        lambda r: [r['model'], str(r.get('core') or '-')],
+        lambda r: _variant_figures(r, amps))
     for r in rows:
         if r.get('kind') == 'sdpa_backends':
             lines += [
