@@ -42,7 +42,9 @@ warm-up; no memory figure), ``restv2_tiny`` and ``restv2_tiny_literal``
 (ResT v2-T and :func:`mmrest.backbones.to_literal`),
 ``resnet50``, ``swin_t`` and ``pvt_small``
 from mmdet, each configured as in mmdet's detection configs (Mask R-CNN
-R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights.
+R-50, Mask R-CNN Swin-T, RetinaNet PVT-S), without pretrained weights; the
+ResTs with the settings of mmrest's Mask R-CNN configs
+(:mod:`mmrest_tools.compared`, the GPU check's builder too).
 """
 import json
 import os
@@ -57,6 +59,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from mmrest_tools import compared
+
 ARCHS = ('lite', 'small', 'base', 'large')
 BACKBONES = tuple([f'rest_{a}'
                    for a in ARCHS] + [f'rest_{a}_literal' for a in ARCHS] + [
@@ -68,8 +72,6 @@ BACKBONES = tuple([f'rest_{a}'
 COMPILED = ('rest_small_compiled', )
 # the quick table: ResT-S, its literal form and the goal's reference
 QUICK = ('rest_small', 'rest_small_literal', 'resnet50')
-# drop_path_rate of the detection configs (docs/network.md)
-_REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2)
 SIZE_224 = (224, 224)
 BATCH_224 = 16
 SIZE_800 = (800, 1344)
@@ -77,7 +79,9 @@ SIZE_800 = (800, 1344)
 
 def build_backbone(name: str) -> nn.Module:
     """A backbone of the table by name (``BACKBONES``), in eval mode, with
-    its default (random) initialisation.
+    its default (random) initialisation: the compared networks of
+    :func:`mmrest_tools.compared.build_backbone`, and ResT-Small through
+    ``torch.compile`` (``rest_small_compiled``).
 
     Raises:
         KeyError: For an unknown name.
@@ -85,54 +89,10 @@ def build_backbone(name: str) -> nn.Module:
     if name not in BACKBONES:
         raise KeyError(f'unknown backbone {name!r}; choose from '
                        f'{list(BACKBONES)}')
-    if name.startswith('restv2_'):  # drop path of the authors' 3x config
-        from mmrest import ResTV2
-        model = ResTV2(arch='tiny', drop_path_rate=0.1)
-        model.init_weights()
-        if name.endswith('_literal'):
-            from mmrest.backbones import to_literal
-            model = to_literal(model, copy_model=False)
-    elif name.startswith('rest_'):
-        from mmrest import ResT
-        arch = name.split('_')[1]
-        model = ResT(arch=arch, drop_path_rate=_REST_DROP_PATH[arch])
-        model.init_weights()
-        if name.endswith('_literal'):
-            from mmrest.backbones import to_literal
-            model = to_literal(model, copy_model=False)
-        if name.endswith('_compiled'):  # Inductor, one graph per size
-            model.eval()
-            return torch.compile(model, dynamic=False)
-    else:
-        from mmdet.models.backbones import (PyramidVisionTransformer, ResNet,
-                                            SwinTransformer)
-
-        import mmrest  # noqa: F401  (registers mmdet's modules)
-        if name == 'resnet50':  # mmdet's Mask R-CNN R-50-FPN backbone
-            model = ResNet(
-                depth=50,
-                num_stages=4,
-                out_indices=(0, 1, 2, 3),
-                frozen_stages=1,
-                norm_cfg=dict(type='BN', requires_grad=True),
-                norm_eval=True,
-                style='pytorch')
-        elif name == 'swin_t':  # mmdet's Mask R-CNN Swin-T backbone
-            model = SwinTransformer(
-                embed_dims=96,
-                depths=[2, 2, 6, 2],
-                num_heads=[3, 6, 12, 24],
-                window_size=7,
-                mlp_ratio=4,
-                qkv_bias=True,
-                drop_path_rate=0.2,
-                patch_norm=True,
-                out_indices=(0, 1, 2, 3))
-        else:  # mmdet's RetinaNet PVT-Small backbone
-            model = PyramidVisionTransformer(num_layers=[3, 4, 6, 3])
-        model.init_weights()
-    model.eval()  # mmdet's ResNet.train() returns None: do not chain
-    return model
+    if name.endswith('_compiled'):  # Inductor, one graph per size
+        model = compared.build_backbone(name[:-len('_compiled')])
+        return torch.compile(model, dynamic=False)
+    return compared.build_backbone(name)
 
 
 def count_params(model: nn.Module) -> int:

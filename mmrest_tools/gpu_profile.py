@@ -34,6 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mmrest_tools.compared import build_backbone
 from mmrest_tools.gpu_check.measure import _sync, backbone_step, time_steps
 
 DEVICE = 'cuda'
@@ -65,11 +66,9 @@ def step_fn(model, x, backward, dtype=torch.float16):
 
 
 def build(name):
-    from mmrest_tools.gpu_check import build_backbone, build_rest
-    if name.startswith('restv2_'):
-        model = build_rest('v2_' + name[7:], drop_path_rate=0.1)
-    else:
-        model = build_backbone(name)
+    """The compared backbone ``name`` (:func:`build_backbone`) on DEVICE,
+    in train mode."""
+    model = build_backbone(name)
     model.to(DEVICE).train()  # (mmdet's Swin.train returns None)
     return model
 

@@ -211,7 +211,7 @@ def main(argv=None):
     parser.add_argument('--autocast', choices=AUTOCAST, default='fp16')
     parser.add_argument('--core', default='triton')
     args = parser.parse_args(argv)
-    from mmrest_tools.gpu_check import build_backbone
+    from mmrest_tools.compared import build_backbone
     for name in args.models:
         torch.manual_seed(0)
         row = summary(

@@ -6,6 +6,7 @@ in its CPU quick mode with the shim forced in, so that Mask R-CNN's forward
 and backward go through it as they do on the GPU machine (mmcv-lite).
 """
 import functools
+import inspect
 import json
 import math
 import os
@@ -657,9 +658,8 @@ def test_equality_case_rows(mode):
     that computes something else, in outputs alone when no gradient is
     measured; an autocast row compares with the float32 result, which it
     needs first."""
+    from mmrest_tools.compared import QUICK_REST_ARCH, build_rest
     from mmrest_tools.gpu_check.equality import EqualityCase
-    from mmrest_tools.gpu_check.models import build_rest
-    from mmrest_tools.gpu_check.settings import QUICK_REST_ARCH
     torch.manual_seed(0)
     base = build_rest(QUICK_REST_ARCH)
     gpu_check.randomize_norms(base)  # as the section does
@@ -2609,30 +2609,76 @@ def test_gpu_experiment_command_lines(tmp_path):
 
 
 def test_check_backbones_are_the_benchmarks_networks():
-    """The GPU check's throughput rows build the networks the CPU benchmark
-    compares (built by another function there): the same classes and
-    parameter counts; Swin-T as mmdet's Mask R-CNN config has it (qkv bias,
-    patch norm, no gradient checkpointing, which would slow only it)."""
-    from mmrest_tools import benchmark
-    from mmrest_tools.gpu_check.models import build_backbone, build_rest
-    for name in ('rest_small', 'restv2_tiny', 'swin_t', 'resnet50'):
-        ours, theirs = build_backbone(name), benchmark.build_backbone(name)
-        assert type(ours) is type(theirs), name
-        assert sum(p.numel() for p in ours.parameters()) == sum(
-            p.numel() for p in theirs.parameters()), name
-    swin = build_backbone('swin_t')
+    """The GPU check's throughput rows, gpu_profile's and op_census's
+    backbones are the CPU benchmark's (one builder); Swin-T as mmdet's Mask
+    R-CNN config has it (qkv bias, patch norm, no gradient checkpointing,
+    which would slow only it); ResNet-50's BatchNorms frozen in statistics
+    but learning, its stem and first stage frozen."""
+    from mmrest_tools import benchmark, compared, gpu_profile, op_census
+    assert gpu_check.build_backbone is compared.build_backbone
+    assert gpu_check.throughput.build_backbone is compared.build_backbone
+    assert gpu_profile.build_backbone is compared.build_backbone
+    assert benchmark.compared is compared
+    assert 'compared import build_backbone' in inspect.getsource(
+        op_census.main)
+    swin = compared.build_backbone('swin_t')
     blocks = [block for stage in swin.stages for block in stage.blocks]
     assert len(blocks) == 12 and not any(b.with_cp for b in blocks)
     assert all(b.attn.w_msa.qkv.bias is not None for b in blocks)
     assert isinstance(swin.patch_embed.norm, torch.nn.LayerNorm)
-    assert type(build_rest('small')).__name__ == 'ResT'
-    resnet = build_backbone('resnet50')
+    assert type(compared.build_rest('small')).__name__ == 'ResT'
+    assert type(compared.build_rest('v2_tiny')).__name__ == 'ResTV2'
+    resnet = compared.build_backbone('resnet50')
     resnet.train()  # its BatchNorms stay frozen (mmdet's train() is None)
     # stages 2 to 4 learn, their BatchNorms' affine parameters too
     assert all(p.requires_grad for n, p in resnet.named_parameters()
                if n.startswith(('layer2', 'layer3', 'layer4')))
     assert not any(m.training for m in resnet.modules()
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+@pytest.mark.parametrize(
+    'name, config',
+    [(f'rest{v}_{arch}', f'configs/mask_rcnn/mask-rcnn_rest{v}-{arch}_fpn_'
+      f'{"3x" if v else "1x"}_coco.py')
+     for v, archs in (('', ('lite', 'small', 'base', 'large')),
+                      ('v2', ('tiny', 'small', 'base'))) for arch in archs])
+def test_compared_rests_have_their_mask_rcnn_configs_settings(
+        monkeypatch, name, config):
+    """Each compared ResT and ResT v2 (and its literal form) is built with
+    every backbone setting of mmrest's Mask R-CNN config of its arch:
+    arch, outputs, frozen stages, drop-path rate and, for v1, the returned
+    stages' norms fed to the next stage. A recorder stands in for the
+    class; the settings are read from the config, the defaults from the
+    class's signature."""
+    from mmengine.config import Config
+
+    import mmrest
+    from mmrest_tools import compared
+    backbone = Config.fromfile(osp.join(ROOT, config)).model.backbone
+    want = {k: v for k, v in backbone.items() if k not in ('type', 'init_cfg')}
+    cls = getattr(mmrest, backbone.type)
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+    }
+    for built in (name, f'{name}_literal'):
+        got = {}
+
+        class Recorder(torch.nn.Module):
+
+            def __init__(self, **kwargs):
+                super().__init__()
+                got.update(kwargs)
+
+            def init_weights(self):
+                pass
+
+        monkeypatch.setattr(mmrest, backbone.type, Recorder)
+        monkeypatch.setattr('mmrest.backbones.to_literal',
+                            lambda model, copy_model: model)
+        compared.build_backbone(built)
+        assert {k: got.get(k, defaults[k]) for k in want} == want, built
 
 
 @pytest.mark.parametrize('name, cls, config', [
@@ -2651,7 +2697,7 @@ def test_check_anchors_have_their_mask_rcnn_configs_settings(
     class; the settings are read from the config."""
     import mmdet.models.backbones as backbones
 
-    from mmrest_tools.gpu_check.models import build_backbone
+    from mmrest_tools.compared import build_backbone
     cfg, _ = _quick_check(tmp_path)._load_det_config(config)
     want = {
         k: v

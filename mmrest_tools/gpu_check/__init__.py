@@ -75,13 +75,15 @@ stands in for the three that Mask R-CNN needs; the JSON's ``meta.ops_shim``
 says whether it was used.
 
 The package, one module per concern: :mod:`.settings` (sections, models,
-criteria, sizes), :mod:`.measure` (timing and error measures),
-:mod:`.models`, :mod:`.base` (running sections and saving rows), one module
+criteria, sizes), :mod:`.measure` (timing and error measures), the
+backbones of :mod:`mmrest_tools.compared` (shared with the CPU benchmark),
+:mod:`.base` (running sections and saving rows), one module
 per section (:mod:`.equality`, :mod:`.syncbn`, :mod:`.throughput`,
 :mod:`.maskrcnn`, :mod:`.variants`, :mod:`.torch_compile`), :mod:`.check`
 (:class:`GpuCheck`, all of them together), :mod:`.report` (Markdown) and
 :mod:`.cli`.
 """
+from ..compared import build_backbone, build_rest
 from .base import CheckRunner, DeadlinePassed
 from .check import GpuCheck
 from .cli import main, parse_args
@@ -89,7 +91,6 @@ from .maskrcnn import synthetic_det_batch
 from .measure import (backbone_step, device_info, grad_error, output_error,
                       randomize_norms, set_cudnn_benchmark, time_calls,
                       time_steps, versions)
-from .models import build_backbone, build_rest
 from .report import to_markdown
 from .settings import (AMP_FACTOR, AMP_FLOOR, CUDNN_BENCHMARK, FP32_FLOOR,
                        MASKRCNN_MODELS, QUICK_REST_ARCH, REPO_ROOT, SECTIONS,

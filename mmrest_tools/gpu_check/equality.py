@@ -8,9 +8,9 @@ from typing import Dict
 
 import torch
 
+from ..compared import build_rest
 from .measure import (_autocast, _short_error, grad_error, output_error,
                       randomize_norms)
-from .models import build_rest
 from .settings import AMP_FACTOR, AMP_FLOOR, FP32_FLOOR
 
 

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from ..compared import QUICK_REST_ARCH, QUICK_SWIN_ARCH  # noqa: F401
+
 SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'variants',
             'compile')
 # the repository: mmrest_tools/gpu_check/settings.py, three levels up
@@ -23,23 +25,10 @@ THROUGHPUT_MAIN = ('rest_small', 'rest_small_literal', 'restv2_tiny', 'swin_t',
                    'resnet50')
 THROUGHPUT_MORE = ('rest_lite', 'rest_lite_literal', 'rest_base',
                    'rest_base_literal', 'rest_large', 'rest_large_literal')
-_REST_DROP_PATH = dict(lite=0.1, small=0.1, base=0.2, large=0.2, tiny=0.1)
 # cuDNN autotuning of each section (torch.backends.cudnn.benchmark, set
 # explicitly and recorded): on for the backbone timings (fixed input sizes);
 # off for Mask R-CNN, mmdet's default (env_cfg) for its varying sizes.
 CUDNN_BENCHMARK = dict(throughput=True, variants=True, maskrcnn=False)
-# ResT-Small's structure (1, 2, 4, 8 heads; sr 8, 4, 2, 1) at a fraction of
-# its width and depth: every code path in seconds (quick mode)
-QUICK_REST_ARCH = dict(
-    embed_dims=[16, 32, 64, 128],
-    depths=[1, 1, 2, 1],
-    num_heads=[1, 2, 4, 8],
-    sr_ratios=[8, 4, 2, 1],
-    mlp_ratios=[4, 4, 4, 4])
-# Swin-T narrowed (32 channels, one block a stage, 1, 2, 4, 8 heads): the
-# quick mode's Swin-T, as a throughput row and as Mask R-CNN's backbone
-QUICK_SWIN_ARCH = dict(
-    embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
 FP32_FLOOR = 100 * torch.finfo(torch.float32).eps  # the fp32 criterion's floor
 AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # the autocast criterion
 

@@ -6,9 +6,9 @@ from typing import Dict, Sequence
 
 import torch
 
+from ..compared import build_backbone
 from .measure import (_autocast, _mib, _short_error, backbone_step,
                       set_cudnn_benchmark, time_calls, time_steps)
-from .models import build_backbone
 
 
 class ThroughputSection:

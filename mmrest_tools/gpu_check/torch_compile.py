@@ -14,10 +14,10 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ..compared import build_rest
 from .base import DeadlinePassed
 from .measure import (_autocast, _short_error, _sync, grad_error, output_error,
                       recording_backend, time_calls, time_steps)
-from .models import build_rest
 from .settings import REPO_ROOT
 
 

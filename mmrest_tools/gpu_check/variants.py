@@ -8,9 +8,9 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..compared import build_backbone
 from .measure import (_autocast, _dtype_name, _short_error, grad_error,
                       output_error, randomize_norms, set_cudnn_benchmark)
-from .models import build_backbone
 from .settings import AMP_FACTOR, AMP_FLOOR, FP32_FLOOR
 
 
