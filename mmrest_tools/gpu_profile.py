@@ -349,7 +349,10 @@ TRITON_LAUNCHES = (None, (32, 8, 3), (64, 8, 3), (32, 4, 3), (16, 4, 3),
 def _core_inputs(heads, n, m, dtype=torch.float16, seed=0):
     """Queries (B, h, N, 64), keys and values (B, h, M, 64) in ``dtype``,
     the mixing weight and bias in float32 (autocast's), all requiring
-    grad, and an upstream gradient of the output."""
+    grad, and an upstream gradient of the output. Normal draws: the
+    queries with the attention's scale folded in (spread 64 ** -0.5),
+    keys, values and the gradient standard, the mixing weight of spread
+    0.5; a zero bias."""
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     d, b = 64, 2
     q, k, v = (torch.randn(b, heads, rows, d, generator=gen, device=DEVICE) *

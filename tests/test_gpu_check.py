@@ -2072,6 +2072,14 @@ def test_triton_section_inputs(monkeypatch):
     assert [t.dtype for t in (q, k, v, mix, bias, grad)] == \
         [torch.float16] * 3 + [torch.float32] * 2 + [torch.float16]
     assert all(t.requires_grad for t in (q, k, v, mix, bias))
+    # the spreads the docstring gives: queries 64 ** -0.5 (the attention's
+    # scale), keys, values and the gradient 1, the mixing weight 0.5; a
+    # zero bias
+    (q, k, v, mix, bias), grad = gpu_profile._core_inputs(32, 30, 7)
+    for t, std, tol in ((q, 64**-0.5, 0.05), (k, 1.0, 0.05), (v, 1.0, 0.05),
+                        (grad, 1.0, 0.05), (mix, 0.5, 0.1)):
+        assert abs(t.float().std().item() / std - 1) < tol
+    assert not bias.any()
     assert [s[1:] for s in gpu_profile.TRITON_SHAPES] == \
         [(2, 16800, 1050), (4, 4200, 1050), (8, 1050, 1050)]
     # stage 3's kernels: per (batch, head) N M (C + D) products forward,
@@ -2252,7 +2260,8 @@ def test_profile_timed_is_the_rounded_median_of_time_steps(monkeypatch):
 class _TimedRecorder:
     """gpu_profile's ``timed`` replaced: each call runs the step once and
     records the cuDNN flags it ran under, the ``backward`` calls it made
-    (torch.Tensor.backward patched) and what ``state()`` returns before it,
+    (torch.Tensor.backward patched), the timed calls and warm-ups asked
+    for and what ``state()`` returns before it,
     then returns the call's index, so a row's figure names the call it came
     from."""
 
@@ -2276,6 +2285,8 @@ class _TimedRecorder:
                 cudnn=flags[0],
                 benchmark=flags[1],
                 backward=self._backwards > before,
+                repeats=repeats,
+                warmup=warmup,
                 **state))
         return len(self.calls) - 1
 
@@ -2337,16 +2348,20 @@ def test_profile_conv_rows_label_what_was_timed(monkeypatch):
     gpu_profile = _profile_on_cpu(monkeypatch)
     timed = _TimedRecorder(monkeypatch)
     monkeypatch.setattr(gpu_profile, 'timed', timed)
-    seen = []
+    seen, geometry = [], []
 
     def conv2d(x, weight, bias, stride, padding, groups):
         seen.append(('conv2d', x.requires_grad, weight.requires_grad,
                      bias.requires_grad, groups == x.shape[1]))
+        geometry.append(
+            (tuple(x.shape), tuple(weight.shape), stride, padding, x.dtype))
         return F.conv2d(x, weight, bias, stride, padding, groups=groups)
 
     def by_slices(x, weight, bias, stride, padding):
         seen.append(('slices', x.requires_grad, weight.requires_grad,
                      bias.requires_grad, True))
+        geometry.append(
+            (tuple(x.shape), tuple(weight.shape), stride, padding, x.dtype))
         return F.conv2d(x, weight, bias, stride, padding, groups=x.shape[1])
 
     monkeypatch.setattr(gpu_profile, 'F',
@@ -2367,6 +2382,28 @@ def test_profile_conv_rows_label_what_was_timed(monkeypatch):
         assert call['backward'] and all(needs_grad), (row, needs_grad)
     assert torch.backends.cudnn.enabled is True
     assert torch.backends.cudnn.benchmark is False
+    # each row's convolution is ResT-Small's at 800x1344, batch 2 (sizes
+    # divided by SCALE 16): the spatial reduction's of stages 1 to 3 and
+    # the pixel attention's of stages 1 and 2, read from the model
+    small = ResT(arch='small')
+    modules = {
+        'sr stage 1': small.stage1[0].attn.sr,
+        'sr stage 2': small.stage2[0].attn.sr,
+        'sr stage 3': small.stage3[0].attn.sr,
+        'PA stage 1': small.stem.pos.pa_conv,
+        'PA stage 2': small.patch_embed_2.pos.pa_conv,
+    }
+    assert {r['conv'] for r in rows} == set(modules)
+    assert [r['dtype'] for r in rows[::4]] == \
+        ['float16', 'bfloat16', 'float32'] * 5
+    for row, (x, w, stride, padding, dtype) in zip(rows, geometry):
+        conv = modules[row['conv']]
+        c, stage = conv.in_channels, int(row['conv'][-1])
+        assert conv.groups == c and dtype == getattr(torch, row['dtype'])
+        assert x == (2, c, 800 // 2**(stage + 1) // 16,
+                     1344 // 2**(stage + 1) // 16), row
+        assert (w, stride, padding) == ((c, 1) + conv.kernel_size,
+                                        conv.stride[0], conv.padding[0]), row
 
 
 def _one_head_dtypes(monkeypatch, kernels):
@@ -2440,7 +2477,15 @@ def test_profile_eval224_rows_interleave_both_attentions(monkeypatch):
     timed = _TimedRecorder(monkeypatch, lambda: dict(seen_from=len(seen)))
     monkeypatch.setattr(gpu_profile, 'timed',
                         lambda fn, **kw: timed(fn, **kw) + 1)
+    inputs, step_fn = [], gpu_profile.step_fn
+    monkeypatch.setattr(
+        gpu_profile, 'step_fn', lambda model, x, backward:
+        (inputs.append(tuple(x.shape)), step_fn(model, x, backward))[1])
     rows = gpu_profile.eval224_rows(('rest_a', 'other'), rounds=2)
+    # 64 images of 224x224 (divided by SCALE 16), each figure the median
+    # of 10 calls after 3 warm-ups
+    assert set(inputs) == {(64, 3, 14, 14)}
+    assert {(c['repeats'], c['warmup']) for c in timed.calls} == {(10, 3)}
     assert [(r['round'], r['model'], r['variant'])
             for r in rows] == [(r, m, v) for r in range(2)
                                for m, v in (('rest_a', 'this version'),
@@ -2455,6 +2500,80 @@ def test_profile_eval224_rows_interleave_both_attentions(monkeypatch):
             torch.float32 if float32 else torch.float16
         }, row
     assert kernels.emsa_attention is attention
+
+
+def test_profile_inputs_and_default_rounds(monkeypatch):
+    """gpu_profile's training-step input is issue #22's 2x3x800x1344 (each
+    side divided by SCALE); eval224 interleaves three rounds unless told."""
+    gpu_profile = _profile_on_cpu(monkeypatch, scale=1)
+    assert tuple(gpu_profile.image().shape) == (2, 3, 800, 1344)
+    gpu_profile = _profile_on_cpu(monkeypatch, scale=16)
+    assert tuple(gpu_profile.image().shape) == (2, 3, 50, 84)
+    defaults = inspect.signature(gpu_profile.eval224_rows).parameters
+    assert defaults['rounds'].default == 3
+    assert inspect.signature(
+        gpu_profile.profile_rows).parameters['top'].default == 25
+
+
+def test_profile_rows_summarise_the_profilers_events(monkeypatch):
+    """gpu_profile's ``profile`` rows from the profiler's events (a stand-in
+    profiler here): an event's time is its device time, its CPU time where
+    it has no device time (the CPU's events); events without time are left
+    out; the rows are the ``top`` longest (25 by default) in milliseconds
+    to 0.01, then a summary of every event (total, launches, milliseconds
+    by category, each to 0.01)."""
+    gpu_profile = _profile_on_cpu(monkeypatch)
+    monkeypatch.setattr(gpu_profile, 'build',
+                        lambda name: _tiny_profile_model())
+    monkeypatch.setattr(gpu_profile, 'timed', lambda fn: 7.5)
+
+    def event(key, count, device=None, cpu=0.0):
+        e = types.SimpleNamespace(
+            key=key, count=count, self_cpu_time_total=cpu)
+        if device is not None:
+            e.self_device_time_total = device
+        return e
+
+    # microseconds: 30 gemm kernels of 1001.234 .. 30001.234 us, one
+    # softmax known by its CPU time only, one event without time
+    events = [
+        event(f'gemm_{i}', 2, device=1000.0 * i + 1.234, cpu=5.0)
+        for i in range(1, 31)
+    ] + [event('softmax_x', 3, cpu=40000.678),
+         event('idle', 9, device=0.0)]
+
+    class Profile:
+
+        def __init__(self, activities):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def key_averages(self):
+            return events
+
+    monkeypatch.setattr(torch.profiler, 'profile', Profile)
+    *ranked, summary = gpu_profile.profile_rows('tiny')
+    assert len(ranked) == 25
+    assert [(r['kernel'], r['calls'], r['self_ms'], r['category'])
+            for r in ranked[:2]] == [('softmax_x', 3, 40.0, 'softmax'),
+                                     ('gemm_30', 2, 30.0, 'gemm')]
+    assert [r['self_ms'] for r in ranked[1:]] == [
+        round((1000.0 * i + 1.234) / 1e3, 2) for i in range(30, 6, -1)
+    ]
+    gemm_us = sum(1000.0 * i + 1.234 for i in range(1, 31))
+    assert summary == dict(
+        model='tiny',
+        dtype='float16',
+        summary=True,
+        wall_ms=7.5,
+        kernels_ms=round((gemm_us + 40000.678) / 1e3, 2),
+        launches=2 * 30 + 3,
+        by_category=dict(gemm=round(gemm_us / 1e3, 2), softmax=40.0))
 
 
 def test_profile_rows_rank_one_training_step(monkeypatch):
@@ -2530,6 +2649,54 @@ def test_gpu_variants_literal_rows_are_literal():
     assert gpu_variants._literal_build(lambda cfg: head)(dict()) is head
 
 
+def test_profile_triton_rows_launch_as_labelled(monkeypatch):
+    """The triton section's launches: the core gets no options for
+    'default' and (rows, warps, stages) as block, num_warps and num_stages
+    otherwise; the shapes are ResT-Small's divided by SCALE squared (at
+    least one row: SCALE 64); each row's relative difference from the
+    chunked core and its TFLOP/s from core_flop over the times (SCALE 16;
+    the core here is the chunked one times 1.01, each call 2 ms)."""
+    from mmrest.backbones import emsa_triton, kernels
+    calls, shapes = [], []
+
+    def attention_core(q, k, v, mix, bias, **options):
+        calls.append((q.shape[1], repr(options)))
+        with kernels.use_emsa_core('chunked'):
+            return kernels.emsa_attention(q, k, v, mix, bias) * 1.01
+
+    monkeypatch.setattr(emsa_triton, 'attention_core', attention_core)
+    monkeypatch.setattr(emsa_triton, 'interpreted', lambda: True)
+    gpu_profile = _profile_on_cpu(monkeypatch)
+    core_inputs = gpu_profile._core_inputs
+    monkeypatch.setattr(
+        gpu_profile, '_core_inputs', lambda heads, n, m: (shapes.append(
+            (heads, n, m)), core_inputs(heads, n, m))[1])
+    monkeypatch.setattr(gpu_profile, 'timed', lambda fn: (fn(), 2.0)[1])
+    for scale, available in ((64, False), (16, True)):
+        monkeypatch.setattr(gpu_profile, 'SCALE', scale)
+        monkeypatch.setattr(emsa_triton, 'available', lambda: available)
+        shapes.clear()
+        rows = [r for r in gpu_profile.triton_rows() if r['core'] == 'triton']
+        if scale == 64:
+            assert shapes == [(2, 4, 1), (4, 1, 1), (8, 1, 1)]
+            assert not calls
+    assert shapes == [(2, 65, 4), (4, 16, 4), (8, 4, 4)]
+    assert [(r['stage'], r['launch'])
+            for r in rows] == [(f'stage {i}', launch)
+                               for launch in ('default', (32, 8, 3))
+                               for i in (2, 3, 4)]
+    assert sorted(set(calls)) == sorted(
+        (heads, options) for heads in (2, 4, 8) for options in (
+            '{}',
+            repr(dict(block=32, launch=dict(num_warps=8, num_stages=3)))))
+    for row, (heads, n, m) in zip(rows, shapes * 2):
+        assert row['rel_diff_chunked'] == pytest.approx(0.01, rel=0.1), row
+        fwd, both = gpu_profile.core_flop(heads, n, m)
+        assert (row['fwd_tflops'],
+                row['fwd_bwd_tflops']) == (float(f'{fwd / 2e9:.3g}'),
+                                           float(f'{both / 2e9:.3g}')), row
+
+
 def test_profile_triton_budget_leaves_launches_not_stages(monkeypatch):
     """A triton section whose budget runs out after three launches has
     measured the first launch at all three stages (the ones that decide
@@ -2545,7 +2712,7 @@ def test_profile_triton_budget_leaves_launches_not_stages(monkeypatch):
             return kernels.emsa_attention(q, k, v, mix, bias)
 
     monkeypatch.setattr(emsa_triton, 'attention_core', attention_core)
-    clock = iter(range(1000))
+    clock = iter(range(1000, 2000))  # seconds since the epoch, say
     monkeypatch.setattr(
         gpu_profile, 'time',
         types.SimpleNamespace(
