@@ -18,7 +18,6 @@ class EqualitySection:
     """The ``equality`` section of :class:`~.GpuCheck`."""
 
     def equality(self, sec: Dict):
-        import mmrest
         from mmrest.backbones import to_literal
         sec['criteria'] = dict(
             fp32=f'err_fast <= 4 * err_literal + {FP32_FLOOR:.2e} '
@@ -29,10 +28,8 @@ class EqualitySection:
         archs = [self.s.eq_arch]
         if self.s.quick:
             sec['note'] = 'quick mode: ResT-Small narrowed, no ResT v2'
-        elif hasattr(mmrest, 'ResTV2'):
-            archs.append('v2_tiny')
         else:
-            sec['note'] = 'mmrest has no ResTV2: restv2_tiny not checked'
+            archs.append('v2_tiny')
         tf32 = (torch.backends.cuda.matmul.allow_tf32,
                 torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = False
