@@ -2535,12 +2535,16 @@ def test_profile_rows_summarise_the_profilers_events(monkeypatch):
         return e
 
     # microseconds: 30 gemm kernels of 1001.234 .. 30001.234 us, one
-    # softmax known by its CPU time only, one event without time
+    # softmax known by its CPU time only, one event without time, one of
+    # half a microsecond
     events = [
         event(f'gemm_{i}', 2, device=1000.0 * i + 1.234, cpu=5.0)
         for i in range(1, 31)
-    ] + [event('softmax_x', 3, cpu=40000.678),
-         event('idle', 9, device=0.0)]
+    ] + [
+        event('softmax_x', 3, cpu=40000.678),
+        event('idle', 9, device=0.0),
+        event('short', 1, device=0.5)
+    ]
 
     class Profile:
 
@@ -2571,9 +2575,10 @@ def test_profile_rows_summarise_the_profilers_events(monkeypatch):
         dtype='float16',
         summary=True,
         wall_ms=7.5,
-        kernels_ms=round((gemm_us + 40000.678) / 1e3, 2),
-        launches=2 * 30 + 3,
-        by_category=dict(gemm=round(gemm_us / 1e3, 2), softmax=40.0))
+        kernels_ms=round((gemm_us + 40000.678 + 0.5) / 1e3, 2),
+        launches=2 * 30 + 3 + 1,
+        by_category=dict(
+            gemm=round(gemm_us / 1e3, 2), softmax=40.0, other=0.0))
 
 
 def test_profile_rows_rank_one_training_step(monkeypatch):
