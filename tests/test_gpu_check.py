@@ -2809,6 +2809,22 @@ def test_check_backbones_are_the_benchmarks_networks():
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
+def _kwargs_recorder(got: dict) -> type:
+    """A module class to stand in for a backbone class: it records the
+    keyword arguments it is built with into ``got``."""
+
+    class Recorder(torch.nn.Module):
+
+        def __init__(self, **kwargs):
+            super().__init__()
+            got.update(kwargs)
+
+        def init_weights(self):
+            pass
+
+    return Recorder
+
+
 @pytest.mark.parametrize(
     'name, config',
     [(f'rest{v}_{arch}', f'configs/mask_rcnn/mask-rcnn_rest{v}-{arch}_fpn_'
@@ -2837,16 +2853,7 @@ def test_compared_rests_have_their_mask_rcnn_configs_settings(
     for built in (name, f'{name}_literal'):
         got = {}
 
-        class Recorder(torch.nn.Module):
-
-            def __init__(self, **kwargs):
-                super().__init__()
-                got.update(kwargs)
-
-            def init_weights(self):
-                pass
-
-        monkeypatch.setattr(mmrest, backbone.type, Recorder)
+        monkeypatch.setattr(mmrest, backbone.type, _kwargs_recorder(got))
         monkeypatch.setattr('mmrest.backbones.to_literal',
                             lambda model, copy_model: model)
         compared.build_backbone(built)
@@ -2878,17 +2885,7 @@ def test_check_anchors_have_their_mask_rcnn_configs_settings(
     }
     assert cfg.model.backbone.type == cls
     got = {}
-
-    class Recorder(torch.nn.Module):
-
-        def __init__(self, **kwargs):
-            super().__init__()
-            got.update(kwargs)
-
-        def init_weights(self):
-            pass
-
-    monkeypatch.setattr(backbones, cls, Recorder)
+    monkeypatch.setattr(backbones, cls, _kwargs_recorder(got))
     build_backbone(name)
     assert {k: got.get(k) for k in want} == want
 
