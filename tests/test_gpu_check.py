@@ -2561,7 +2561,8 @@ def test_profile_rows_summarise_the_profilers_events(monkeypatch):
             return events
 
     monkeypatch.setattr(torch.profiler, 'profile', Profile)
-    *ranked, summary = gpu_profile.profile_rows('tiny')
+    # bfloat16: the CPU autocast dtype of every supported torch
+    *ranked, summary = gpu_profile.profile_rows('tiny', torch.bfloat16)
     assert len(ranked) == 25
     assert [(r['kernel'], r['calls'], r['self_ms'], r['category'])
             for r in ranked[:2]] == [('softmax_x', 3, 40.0, 'softmax'),
@@ -2572,7 +2573,7 @@ def test_profile_rows_summarise_the_profilers_events(monkeypatch):
     gemm_us = sum(1000.0 * i + 1.234 for i in range(1, 31))
     assert summary == dict(
         model='tiny',
-        dtype='float16',
+        dtype='bfloat16',
         summary=True,
         wall_ms=7.5,
         kernels_ms=round((gemm_us + 40000.678 + 0.5) / 1e3, 2),
