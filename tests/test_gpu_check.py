@@ -1041,8 +1041,8 @@ class _TwoMaps(torch.nn.Module):
         self.seen = []
 
     def forward(self, x):
-        self.seen.append(
-            (torch.is_autocast_cpu_enabled(), torch.is_grad_enabled()))
+        from mmrest.utils.torch_compat import is_autocast_enabled
+        self.seen.append((is_autocast_enabled('cpu'), torch.is_grad_enabled()))
         y = x @ self.w
         return y, y * y
 
