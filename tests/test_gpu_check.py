@@ -1739,28 +1739,37 @@ def test_variant_cores_reach_the_settings(monkeypatch):
         assert seen.pop() == tuple(want)
 
 
+def _run_tool(argv: list, timeout: float, **env: str):
+    """``python <argv>`` (a tool and its arguments) from the repository in
+    a child process (the clone on its ``PYTHONPATH``, warnings off, ``env``
+    added); asserts it succeeded and returns it (its output as text)."""
+    proc = subprocess.run([sys.executable, *argv],
+                          cwd=ROOT,
+                          env=dict(
+                              os.environ,
+                              PYTHONPATH=str(ROOT),
+                              PYTHONWARNINGS='ignore',
+                              **env),
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 # --------------------------------------------------------------------------
 # the whole check, quick mode on the CPU, ops shim forced in
 # --------------------------------------------------------------------------
 def test_quick_cpu_run_with_ops_shim(tmp_path):
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        MMREST_FORCE_OPS_SHIM='1',
-        PYTHONWARNINGS='ignore')
     # no deadline: every row runs however loaded the CPU (the deadline's
     # logic: test_sections_are_independent_and_saved)
-    proc = subprocess.run([
-        sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--quick',
-        '--deadline-s', '100000', '--emsa-core', 'auto', '--out',
+    proc = _run_tool([
+        'tools/gpu_check.py', '--device', 'cpu', '--quick', '--deadline-s',
+        '100000', '--emsa-core', 'auto', '--out',
         str(tmp_path)
     ],
-                          cwd=ROOT,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+                     timeout=1500,
+                     MMREST_FORCE_OPS_SHIM='1')
     res = json.loads((tmp_path / 'gpu_check.json').read_text())
     meta = res['meta']
     assert meta['argv'] == [
@@ -2740,28 +2749,16 @@ def test_gpu_experiment_command_lines(tmp_path):
     launches of the triton one, in the interpreter; without triton 3 those
     rows say why), the triton core's output as the chunked core's up to
     fp16 products (4 roundings)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS='ignore')
     for tool, option in (('gpu_profile', '--smoke'), ('gpu_variants',
                                                       '--out')):
-        proc = subprocess.run(
-            [sys.executable, f'tools/device/{tool}.py', '--help'],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300)
-        assert proc.returncode == 0 and option in proc.stdout, proc.stderr
-    proc = subprocess.run([
-        sys.executable, 'tools/device/gpu_profile.py', '--smoke', '--sections',
-        'convs', 'triton', '--out',
+        proc = _run_tool([f'tools/device/{tool}.py', '--help'], timeout=300)
+        assert option in proc.stdout, proc.stdout
+    _run_tool([
+        'tools/device/gpu_profile.py', '--smoke', '--sections', 'convs',
+        'triton', '--out',
         str(tmp_path)
     ],
-                          cwd=ROOT,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+              timeout=900)
     result = json.loads((tmp_path / 'profile.json').read_text())
     rows = result['convs']
     assert len(rows) == 5 * 3 * 4
