@@ -72,16 +72,13 @@ def _literal_build(orig_build):
 
 
 def _backbone(literal: bool) -> torch.nn.Module:
-    """ResT-Small of the rows (seed 0, drop path 0.1, initialised), its
-    literal computation if ``literal``."""
-    import mmrest
-    from mmrest.backbones import to_literal
+    """ResT-Small of the rows (seed 0) as the throughput section builds it
+    (:func:`~mmrest_tools.compared.build_backbone`: its Mask R-CNN
+    config's settings, initialised), its literal computation if
+    ``literal``."""
+    from mmrest_tools.compared import build_backbone
     torch.manual_seed(0)
-    bb = mmrest.ResT(arch='small', drop_path_rate=0.1)
-    bb.init_weights()
-    if literal:
-        to_literal(bb, copy_model=False)
-    return bb
+    return build_backbone('rest_small_literal' if literal else 'rest_small')
 
 
 def _variant_row(check, literal: bool) -> dict:

@@ -9,9 +9,10 @@ from typing import Dict
 
 import torch
 
+from ..compared import QUICK_REST_ARCH, QUICK_SWIN_ARCH
 from .measure import (_autocast, _mib, _short_error, set_cudnn_benchmark,
                       time_steps)
-from .settings import MASKRCNN_MODELS, QUICK_REST_ARCH, QUICK_SWIN_ARCH
+from .settings import MASKRCNN_MODELS
 
 
 class MaskRCNNSection:

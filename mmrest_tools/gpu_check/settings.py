@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..compared import QUICK_REST_ARCH, QUICK_SWIN_ARCH  # noqa: F401
+from ..compared import QUICK_REST_ARCH
 
 SECTIONS = ('equality', 'syncbn', 'throughput', 'maskrcnn', 'variants',
             'compile')
