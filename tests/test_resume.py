@@ -150,27 +150,25 @@ def _child(opts: dict) -> None:
 
         os.fsync = fsync
 
+    def loader(batch_size: int, shuffle: bool) -> dict:
+        return dict(
+            dataset=TinySet(),
+            sampler=dict(type='DefaultSampler', shuffle=shuffle),
+            collate_fn=dict(type='default_collate'),
+            batch_size=batch_size,
+            num_workers=0)
+
     by_epoch = opts.get('by_epoch', False)
     validation = {}
     if opts.get('save_best'):  # validate on the training set, every epoch
         validation = dict(
-            val_dataloader=dict(
-                dataset=TinySet(),
-                sampler=dict(type='DefaultSampler', shuffle=False),
-                collate_fn=dict(type='default_collate'),
-                batch_size=5,
-                num_workers=0),
+            val_dataloader=loader(5, shuffle=False),
             val_cfg=dict(),
             val_evaluator=dict(type='CrossEntropy'))
     runner = Runner(
         model=dict(type='TinyNet'),
         work_dir=opts['work_dir'],
-        train_dataloader=dict(
-            dataset=TinySet(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            collate_fn=dict(type='default_collate'),
-            batch_size=2,
-            num_workers=0),
+        train_dataloader=loader(2, shuffle=True),
         train_cfg=dict(by_epoch=True, max_epochs=MAX_EPOCHS, val_interval=1)
         if by_epoch else dict(by_epoch=False, max_iters=MAX_ITERS),
         **validation,
