@@ -4,9 +4,10 @@ import importlib.util
 import inspect
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import pytest
 import torch
@@ -29,6 +30,46 @@ def load_tool(name: str):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
+
+
+class Ran(NamedTuple):
+    """What :func:`run_program` returns: the child's exit status and
+    output."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        """Standard output, then standard error."""
+        return self.stdout + self.stderr
+
+
+def run_program(argv: Sequence,
+                *,
+                cwd=ROOT,
+                env: Optional[dict] = None,
+                timeout: float = 900,
+                ok: bool = True) -> Ran:
+    """Runs ``argv`` (its items made strings) in a child process from
+    ``cwd``, with this process's environment and ``env`` over it (conftest
+    has put this clone first on ``PYTHONPATH``), its output captured as
+    text. ``ok``: asserts that it succeeded, with the end of its output as
+    the message."""
+    proc = subprocess.run([str(a) for a in argv],
+                          cwd=cwd,
+                          env={
+                              **os.environ,
+                              **(env or {})
+                          },
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
+    ran = Ran(proc.returncode, proc.stdout, proc.stderr)
+    if ok:
+        assert ran.returncode == 0, (
+            f'{argv[0]} exited with {ran.returncode}:\n{ran.output[-6000:]}')
+    return ran
 
 
 # float32 machine epsilon, 2**-23.

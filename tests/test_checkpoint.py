@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from _helpers import Reduce, relative_error
+from _helpers import Reduce, relative_error, run_program
 
 from mmrest import ResT
 from mmrest.backbones import to_literal
@@ -627,12 +627,8 @@ def test_import_mmrest_changes_no_global_state():
         assert all(n.startswith('torch.') for n in names), names
         print('unchanged')
     ''')
-    out = subprocess.run([sys.executable, '-c', code],
-                         capture_output=True,
-                         text=True,
-                         env=_env(),
-                         timeout=300)
-    assert out.returncode == 0 and 'unchanged' in out.stdout, out.stderr
+    out = run_program([sys.executable, '-c', code], timeout=300)
+    assert 'unchanged' in out.stdout, out.output
 
 
 # ------------------------------------------------ mmengine checkpoints
@@ -691,14 +687,6 @@ _toy = {}
 exec(compile(TOY, 'toy', 'exec'), _toy)
 
 
-def _env():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(
-            [root] + os.environ.get('PYTHONPATH', '').split(os.pathsep)))
-
-
 def _save_without_mmrest(work_dir):
     """Two iterations and a checkpoint, by a process that never imports
     mmrest (mmengine's own CheckpointHook)."""
@@ -709,12 +697,7 @@ def _save_without_mmrest(work_dir):
                ).train()
         assert 'mmrest' not in sys.modules
     ''')
-    out = subprocess.run([sys.executable, '-c', code],
-                         capture_output=True,
-                         text=True,
-                         env=_env(),
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_program([sys.executable, '-c', code], timeout=300)
 
 
 def _atomic_hook():

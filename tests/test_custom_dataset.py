@@ -4,12 +4,11 @@ tools/train.py from a detector checkpoint on a generated set with other
 classes, and the errors that stop a run before it starts (wrong class
 counts or names, missing annotation or image files)."""
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, run_program
 from mmengine.config import Config
 
 from mmrest.synthetic import generate_shapes_coco
@@ -228,19 +227,12 @@ def finetuned(custom_set, coco_detector, tmp_path_factory):
         'model.test_cfg.rcnn.score_thr': 0.0,
         'visualizer.name': f'visualizer_{tmp.name}',
     }
-    proc = subprocess.run([
-        sys.executable,
-        str(ROOT / 'tools/train.py'),
-        str(CONFIG), '--work-dir',
-        str(work), '--no-amp', '--cfg-options', *flat(options)
+    return work, run_program([
+        sys.executable, ROOT / 'tools/train.py', CONFIG, '--work-dir', work,
+        '--no-amp', '--cfg-options', *flat(options)
     ],
-                          cwd=tmp,
-                          capture_output=True,
-                          text=True,
-                          timeout=1800)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
-    return work, output
+                             cwd=tmp,
+                             timeout=1800).output
 
 
 def _records(work):

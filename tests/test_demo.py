@@ -3,14 +3,13 @@ config, and tools/demo.py."""
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, demo_training_records, run_tiny_demo
+from _helpers import ROOT, demo_training_records, run_program, run_tiny_demo
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
@@ -419,20 +418,11 @@ def _eroded_edge(mask):
 
 def _run_demo_tool(image, checkpoint, out, score_thr):
     """tools/demo.py on one image; the (class, score, box) it prints."""
-    proc = subprocess.run([
-        sys.executable,
-        str(ROOT / 'tools/demo.py'),
-        str(image),
-        str(DEMO_CONFIG),
-        str(checkpoint), '--out-file',
-        str(out), '--score-thr',
-        str(score_thr)
+    proc = run_program([
+        sys.executable, ROOT / 'tools/demo.py', image, DEMO_CONFIG, checkpoint,
+        '--out-file', out, '--score-thr', score_thr
     ],
-                          cwd=ROOT,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+                       timeout=600)
     assert f'drawn to {out}' in proc.stdout
     preds = []
     for line in proc.stdout.splitlines():

@@ -16,13 +16,12 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, Reduce
+from _helpers import ROOT, Reduce, run_program
 from mmengine.config import Config
 
 from mmrest.checkpoint import CheckpointError
@@ -614,18 +613,13 @@ def test_cli(tmp_path):
     cfg = small_config('retinanet_rest_v1')
     cfg_path = tmp_path / 'small_retinanet.py'
     cfg.dump(cfg_path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    ok = subprocess.run([
-        sys.executable,
-        str(tool),
-        str(DATA / 'retinanet_rest_v1.pth'),
-        str(tmp_path / 'out.pth'), '--config',
-        str(cfg_path)
-    ],
-                        capture_output=True,
-                        text=True,
-                        env=env)
-    assert ok.returncode == 0, ok.stderr
+
+    def convert(source, out, *options, ok=True):
+        return run_program([sys.executable, tool, source, out, *options],
+                           ok=ok)
+
+    ok = convert(DATA / 'retinanet_rest_v1.pth', tmp_path / 'out.pth',
+                 '--config', cfg_path)
     assert 'RetinaNet with v1 ResT' in ok.stdout
     assert 'warning' not in ok.stderr
     ckpt = torch.load(tmp_path / 'out.pth', weights_only=True)
@@ -638,28 +632,11 @@ def test_cli(tmp_path):
         std=[58.395, 57.12, 57.375],
         bgr_to_rgb=True)
     cfg.dump(cfg_path)
-    warn = subprocess.run([
-        sys.executable,
-        str(tool),
-        str(DATA / 'retinanet_rest_v1.pth'),
-        str(tmp_path / 'out2.pth'), '--config',
-        str(cfg_path)
-    ],
-                          capture_output=True,
-                          text=True,
-                          env=env)
-    assert warn.returncode == 0
+    warn = convert(DATA / 'retinanet_rest_v1.pth', tmp_path / 'out2.pth',
+                   '--config', cfg_path)
     assert 'relu_before_extra_convs' in warn.stderr
     assert 'data_preprocessor' in warn.stderr
-    bad = subprocess.run([
-        sys.executable,
-        str(tool),
-        str(DATA / 'image0.png'),
-        str(tmp_path / 'out3.pth')
-    ],
-                         capture_output=True,
-                         text=True,
-                         env=env)
+    bad = convert(DATA / 'image0.png', tmp_path / 'out3.pth', ok=False)
     assert bad.returncode == 1 and 'error:' in bad.stderr
     assert not (tmp_path / 'out3.pth').exists()
 

@@ -1,15 +1,13 @@
 """Distributed training: tools/dist_train.sh starts 2 CPU processes with
 torchrun (gloo backend, PyTorch DDP through mmengine) that train a few
 iterations on a tiny COCO-format set and evaluate it together."""
-import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 
 import torch
-from _helpers import ROOT
+from _helpers import run_program
 
 CONFIG = 'configs/mask_rcnn/mask-rcnn_rest-lite_fpn_1x_coco.py'
 
@@ -40,23 +38,15 @@ def test_two_process_training(tmp_path):
         options[f'{loader}.persistent_workers'] = False
     work = tmp_path / 'work'
     env = {
-        **os.environ,
         'PYTHON': sys.executable,
         'PORT': str(free_port()),
         'OMP_NUM_THREADS': '1',
     }
-    result = subprocess.run(
-        [
-            'bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir',
-            str(work), '--cfg-options'
-        ] + [f'{k}={v}' for k, v in options.items()],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    run_program([
+        'bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work,
+        '--cfg-options', *[f'{k}={v}' for k, v in options.items()]
+    ],
+                env=env)
     (log, ) = work.glob('*/*.log')  # rank 0 writes the log
     log = log.read_text()
     assert 'Distributed training: True' in log

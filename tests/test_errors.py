@@ -1,7 +1,7 @@
 """Bad arguments and bad input end in errors that name what was wrong."""
 import pytest
 import torch
-from _helpers import ROOT, TINY_V1
+from _helpers import ROOT, TINY_V1, run_program
 from torch import nn
 
 from mmrest import ResT
@@ -148,26 +148,19 @@ def test_nan_loss_stops_training_with_a_message(det):
 def _import_mmrest_in_child(tmp_path, prelude=''):
     """``import mmrest`` in a fresh interpreter, after ``prelude``."""
     import os
-    import subprocess
     import sys
-    root = str(ROOT)
     code = prelude + '\n' + '\n'.join([
         'import warnings', 'warnings.simplefilter("always")', 'import mmrest',
         'from mmdet.registry import MODELS',
         'model = MODELS.build(dict(type="ResT", arch="lite"))',
         'assert type(model) is mmrest.ResT', 'print("mmdet works")'
     ])
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(
-            [str(tmp_path), root] +
-            os.environ.get('PYTHONPATH', '').split(os.pathsep)))
-    return subprocess.run([sys.executable, '-c', code],
-                          capture_output=True,
-                          text=True,
-                          env=env,
-                          timeout=300,
-                          cwd=str(tmp_path))
+    path = os.pathsep.join([str(tmp_path), os.environ['PYTHONPATH']])
+    return run_program([sys.executable, '-c', code],
+                       cwd=tmp_path,
+                       env=dict(PYTHONPATH=path),
+                       timeout=300,
+                       ok=False)
 
 
 def test_broken_mmseg_leaves_mmrest_and_mmdet_working(tmp_path):

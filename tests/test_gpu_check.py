@@ -12,7 +12,6 @@ import math
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 import time
 import types
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from _helpers import (CPU_FLOAT16_AUTOCAST, CPU_GRAD_SCALER, GRADIENT_FACTOR,
                       NEEDS_CPU_FLOAT16, NEEDS_CPU_GRAD_SCALER, ROOT,
                       float32_floor, float64_literal, golden_model,
-                      stage_depths)
+                      run_program, stage_depths)
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton, to_literal
@@ -1741,20 +1740,11 @@ def test_variant_cores_reach_the_settings(monkeypatch):
 
 def _run_tool(argv: list, timeout: float, **env: str):
     """``python <argv>`` (a tool and its arguments) from the repository in
-    a child process (the clone on its ``PYTHONPATH``, warnings off, ``env``
-    added); asserts it succeeded and returns it (its output as text)."""
-    proc = subprocess.run([sys.executable, *argv],
-                          cwd=ROOT,
-                          env=dict(
-                              os.environ,
-                              PYTHONPATH=str(ROOT),
-                              PYTHONWARNINGS='ignore',
-                              **env),
-                          capture_output=True,
-                          text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    a child process (warnings off, ``env`` added); asserts it succeeded and
+    returns it (:func:`_helpers.run_program`)."""
+    return run_program([sys.executable, *argv],
+                       timeout=timeout,
+                       env=dict(PYTHONWARNINGS='ignore', **env))
 
 
 # --------------------------------------------------------------------------
@@ -2110,18 +2100,15 @@ def _run_device_script(tmp_path, script, *args, timeout=900, **extra):
     python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python3.chmod(0o755)
     env = dict(
-        os.environ,
         PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
         OUT=str(tmp_path / 'out'),
         SITE=str(tmp_path / 'site'),
         PYTHONPATH='',
         **extra)
-    return subprocess.run(['bash', f'tools/device/{script}', *args],
-                          cwd=ROOT,
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=timeout)
+    return run_program(['bash', f'tools/device/{script}', *args],
+                       env=env,
+                       timeout=timeout,
+                       ok=False)
 
 
 def test_device_scripts_run_here(tmp_path):
@@ -2135,7 +2122,7 @@ def test_device_scripts_run_here(tmp_path):
                           ['--smoke', '--sections',
                            'triton']), ('run_gpu_check.sh', ['--help'])):
         proc = _run_device_script(tmp_path, script, *args, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        assert proc.returncode == 0, proc.output[-6000:]
         assert '== ' in proc.stdout and 'setup' in proc.stdout, proc.stdout
     log = (tmp_path / 'out' / 'gpu_profile' / 'gpu_profile.log').read_text()
     assert 'gpu_profile exit code 0' in log, log[-3000:]
@@ -2167,7 +2154,7 @@ def test_device_session_parts_fit_their_budget(tmp_path):
         PROFILE_ARGS='--smoke --sections triton',
         CHECK_ARGS=check_args,
         TOTAL_S='10000')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert proc.returncode == 0, proc.output[-6000:]
     out = tmp_path / 'out'
     log = (out / 'session.log').read_text().splitlines()
     assert [line.split(': ', 1)[1] for line in log] == [

@@ -4,14 +4,12 @@ unchanged where torch can answer; and, for the ``convolution_backward``
 lowering, a compiled convolution over six input sizes: two graphs with
 the fix (one per size without), as accurate as eager float32 against
 float64 at every size."""
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from _helpers import (assert_named_float32_close, recording_backend,
-                      training_step_triples)
+                      run_program, training_step_triples)
 
 from mmrest.utils import inductor_patches
 
@@ -148,11 +146,7 @@ def test_inductor_patches_can_be_refused(monkeypatch, refuse):
              'torch.ops.aten.convolution_backward.default); '
              'print(getattr(f, "mmrest_patch", False), '
              'getattr(g, "mmrest_patch", False))')
-    result = subprocess.run([sys.executable, '-c', probe],
-                            capture_output=True,
-                            text=True,
-                            check=True,
-                            env=os.environ.copy())
+    result = run_program([sys.executable, '-c', probe])
     expected = (not refuse
                 and inductor_patches._inductor_stride_check_raises(),
                 not refuse and _conv_backward_patch_expected())

@@ -6,13 +6,12 @@ generated shapes image are those of mmdet's and mmseg's single-image APIs
 (init_detector / inference_detector, init_model / inference_model) with the
 same config and checkpoint, and it writes its drawings and predictions."""
 import json
-import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
-from _helpers import ROOT
+from _helpers import ROOT, run_program
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco
@@ -53,12 +52,7 @@ def _checkpoint(config, scope, path):
 
 def _run(script, cwd):
     """``script`` in a fresh Python; the JSON it prints last."""
-    proc = subprocess.run([sys.executable, '-c', script],
-                          cwd=cwd,
-                          capture_output=True,
-                          text=True,
-                          timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    proc = run_program([sys.executable, '-c', script], cwd=cwd)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -1,11 +1,10 @@
 """tools/op_census.py (mmrest_tools/op_census.py): the operators of one
 training step, counted on the CPU."""
-import subprocess
 import sys
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import run_program
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton
@@ -56,15 +55,11 @@ def test_op_census_command_line():
     """The command prints one line per model with its counts, here for
     ResT-Lite at 32x32 in float32 with the 'chunked' core (no triton
     needed)."""
-    out = subprocess.run([
+    out = run_program([
         sys.executable, 'tools/op_census.py', '--models', 'rest_lite',
         '--size', '32', '32', '--autocast', 'fp32', '--core', 'chunked'
     ],
-                         cwd=ROOT,
-                         capture_output=True,
-                         text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+                      timeout=600)
     assert 'rest_lite: ' in out.stdout and ' operators, ' in out.stdout
     assert "'mm float32 float32'" in out.stdout or not FLOP_FORMULAS, \
         out.stdout

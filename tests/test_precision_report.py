@@ -1,11 +1,10 @@
 """tools/precision_report.py and mmrest_tools.precision: the figures
 docs/precision_and_export.md quotes come from these functions."""
-import subprocess
 import sys
 
 import pytest
 import torch
-from _helpers import CPU_FLOAT16, ERROR_FACTOR, ROOT, float32_floor
+from _helpers import CPU_FLOAT16, ERROR_FACTOR, float32_floor, run_program
 
 from mmrest_tools import precision
 
@@ -48,16 +47,10 @@ def test_report_command_prints_the_tables():
         sys.executable, 'tools/precision_report.py', '--models', 'v1:lite',
         '--size', '64', '64'
     ]
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = run_program(cmd).stdout
     assert '| v1 lite | literal fp32 |' in out
     assert '| v1 lite | fast: all fast |' in out
-    out = subprocess.run(
-        cmd + ['--autocast', 'bf16'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True).stdout
+    out = run_program(cmd + ['--autocast', 'bf16']).stdout
     assert 'Batch 2 x 3 x 64 x 64' in out
     assert '| v1 lite | bf16 | literal |' in out
     assert '| v1 lite | bf16 | fast |' in out

@@ -15,7 +15,6 @@ map as it is, so the expected mIoU is exact, and it depends on every
 image being paired with its own label map, on ADE20K's
 ``reduce_zero_label`` (label k is class k - 1; 0 is ignored) and on
 IoUMetric's sums over the whole split."""
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, run_program
 from mmengine.config import Config
 
 CONFIG = (
@@ -222,21 +221,13 @@ def test_tools_test_tta_show_dir_out(ade, tmp_path):
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
     config = tmp_path / 'tiny_config.py'
     cfg.dump(str(config))
-    proc = subprocess.run([
-        sys.executable,
-        str(ROOT / 'tools/test.py'),
-        str(config),
-        str(checkpoint), '--tta', '--show-dir',
-        str(tmp_path / 'vis'), '--out',
-        str(tmp_path / 'pred'), '--work-dir',
-        str(tmp_path / 'work')
+    output = run_program([
+        sys.executable, ROOT / 'tools/test.py', config, checkpoint, '--tta',
+        '--show-dir', tmp_path / 'vis', '--out', tmp_path / 'pred',
+        '--work-dir', tmp_path / 'work'
     ],
-                          cwd=ROOT,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'mIoU' in proc.stdout + proc.stderr
+                         timeout=600).output
+    assert 'mIoU' in output
     # SegVisualizationHook's names: test_<image file>_<step>
     drawn = sorted(p.stem for p in (tmp_path / 'vis').rglob('*.png'))
     assert drawn == [f'test_{name}.jpg_0' for name in sorted(labels)]

@@ -6,13 +6,13 @@ rate stage by stage, and SyncBN is handled where torch cannot run it."""
 import logging
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import pytest
 import torch
+from _helpers import run_program
 from mmengine.config import Config
 
 from mmrest.checkpoint import WEIGHTS_FILES
@@ -275,19 +275,15 @@ def test_cpu_distributed_run_replaces_sync_bn(tmp_path, monkeypatch):
         pytest.skip('the CPU-only path')
     if not os.environ.get(FRESH_PROCESS):
         node = f'{__file__}::test_cpu_distributed_run_replaces_sync_bn'
-        proc = subprocess.run([
+        output = run_program([
             sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
             node
         ],
-                              env={
-                                  **os.environ, FRESH_PROCESS: '1'
-                              },
-                              cwd=CONFIGS.parents[1],
-                              capture_output=True,
-                              text=True,
-                              timeout=900)
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and '1 passed' in output, output[-4000:]
+                             cwd=CONFIGS.parents[1],
+                             env={
+                                 FRESH_PROCESS: '1'
+                             }).output
+        assert '1 passed' in output, output[-4000:]
         return
     assert not torch.distributed.is_initialized()  # a fresh process
     cfg = narrow(load('restv2-tiny'))

@@ -5,13 +5,12 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, run_program
 
 PY = sys.executable
 RETINANET = 'configs/retinanet/retinanet_rest-lite_fpn_1x_coco.py'
@@ -31,18 +30,8 @@ def flat_options(options, validate=True):
 
 
 def run(args, cwd=ROOT, timeout=900, env=None):
-    result = subprocess.run([str(a) for a in args],
-                            cwd=cwd,
-                            timeout=timeout,
-                            capture_output=True,
-                            text=True,
-                            env={
-                                **os.environ,
-                                **(env or {})
-                            })
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return output
+    """A program run to success; its output (stdout, then stderr)."""
+    return run_program(args, cwd=cwd, timeout=timeout, env=env).output
 
 
 def scalars(work_dir):
@@ -468,6 +457,24 @@ def test_subprocesses_import_this_clone(tmp_path):
     assert len(paths) == 2, out
     for path in paths:
         assert Path(path).resolve().is_relative_to(ROOT), path
+
+
+def test_run_program_reports_the_childs_status_and_output(tmp_path):
+    """The tests' runner of programs: the variables given over this
+    environment, the working folder, stdout and stderr apart and together,
+    the exit status; a failure asserted with the end of the output."""
+    code = ('import os, sys; print(os.environ["MMREST_T"], os.getcwd()); '
+            'print("late", file=sys.stderr); sys.exit(int(sys.argv[1]))')
+    ran = run_program([PY, '-c', code, 0],
+                      cwd=tmp_path,
+                      env={'MMREST_T': 'seen'})
+    assert ran.returncode == 0
+    assert ran.stdout.split() == ['seen', str(tmp_path)]
+    assert (ran.stderr, ran.output) == ('late\n', ran.stdout + 'late\n')
+    failed = run_program([PY, '-c', code, 3], env={'MMREST_T': 'x'}, ok=False)
+    assert failed.returncode == 3 and failed.stdout.startswith('x ')
+    with pytest.raises(AssertionError, match=r'(?s)exited with 3:\n.*late'):
+        run_program([PY, '-c', code, 3], env={'MMREST_T': 'x'})
 
 
 def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):

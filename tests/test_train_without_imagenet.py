@@ -6,12 +6,11 @@ with no checkpoint in the work dir: mmengine starts afresh), or the
 checkpoint holds no backbone, the ImageNet file is needed and its absence
 stops the run at once."""
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from _helpers import ROOT, CallCounter, Reduce, build_detector
+from _helpers import ROOT, CallCounter, Reduce, build_detector, run_program
 
 from mmrest.checkpoint import CheckpointError, load_checkpoint_file
 
@@ -234,17 +233,11 @@ def test_train_tool_runs_from_load_from_without_imagenet(tiny_coco, tmp_path):
         for k, v in options.items()
         if not k.startswith(('val_dataloader.', 'val_evaluator.', 'test_'))
     }
-    result = subprocess.run([
-        sys.executable,
-        str(ROOT / 'tools/train.py'), RETINANET, '--work-dir',
-        str(work), '--cfg-options', *[f'{k}={v}' for k, v in options.items()]
+    output = run_program([
+        sys.executable, ROOT / 'tools/train.py', RETINANET, '--work-dir', work,
+        '--cfg-options', *[f'{k}={v}' for k, v in options.items()]
     ],
-                            cwd=tmp_path,
-                            capture_output=True,
-                            text=True,
-                            timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+                         cwd=tmp_path).output
     assert not (tmp_path / IMAGENET).exists()
     assert 'is missing and not needed' in output
     assert 'Load checkpoint from' in output
