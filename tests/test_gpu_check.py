@@ -2875,6 +2875,57 @@ def test_check_anchors_have_their_mask_rcnn_configs_settings(
     assert {k: got.get(k) for k in want} == want
 
 
+@pytest.mark.parametrize('name', gpu_check.settings.THROUGHPUT_MAIN)
+def test_quick_compared_backbones_are_narrow_forms_of_theirs(name):
+    """The quick mode's backbones (``--quick``, as the CPU run of the check
+    builds them): each of its name's class, narrowed (ResT's and ResT v2's
+    structure at ``QUICK_REST_ARCH``, Swin-T at ``QUICK_SWIN_ARCH``,
+    ResNet-18 for ResNet-50) with the full network's other settings (drop
+    path, v1's fed norms, the literal form), in eval mode, four maps at
+    strides 4 to 32."""
+    from mmdet.models.backbones import ResNet, SwinTransformer
+
+    import mmrest
+    from mmrest.backbones.kernels import is_literal
+    from mmrest_tools import compared
+    model = compared.build_backbone(name, quick=True)
+    rest_blocks = [
+        m for m in model.modules() if type(m).__name__ in ('Block', 'BlockV2')
+    ]
+    drop = max((m.drop_prob
+                for m in model.modules() if type(m).__name__ == 'DropPath'),
+               default=0.)
+    arch = compared.QUICK_REST_ARCH
+    if name.startswith('rest_'):
+        assert type(model) is mmrest.ResT
+        assert model.out_norms_feed_next_stage is True
+        assert drop == pytest.approx(compared.REST_DROP_PATH['small'])
+    elif name.startswith('restv2_'):
+        assert type(model) is mmrest.ResTV2
+        assert drop == pytest.approx(compared.RESTV2_DROP_PATH['tiny'])
+    if name.startswith('rest'):
+        assert len(rest_blocks) == sum(arch['depths'])
+        widths = arch['embed_dims']
+    elif name == 'swin_t':
+        assert type(model) is SwinTransformer
+        assert [len(stage.blocks) for stage in model.stages] == \
+            compared.QUICK_SWIN_ARCH['depths']
+        assert drop == pytest.approx(0.2)
+        widths = [
+            compared.QUICK_SWIN_ARCH['embed_dims'] * 2**i for i in range(4)
+        ]
+    else:
+        assert type(model) is ResNet and model.depth == 18
+        widths = [64, 128, 256, 512]
+    assert is_literal(model) == name.endswith('_literal')
+    assert not model.training
+    with torch.no_grad():
+        outs = model(torch.zeros(1, 3, 64, 96))
+    assert [tuple(out.shape[1:]) for out in outs] == [
+        (c, 64 // s, 96 // s) for c, s in zip(widths, (4, 8, 16, 32))
+    ]
+
+
 @NEEDS_CPU_FLOAT16
 def test_compile_worker_on_the_cpu(capsys, monkeypatch):
     """The compile child's work, run here with dynamo's eager backend at
