@@ -6,15 +6,18 @@ A relative link must name a file or folder of the repository, and a
 (lower case, punctuation dropped, spaces to hyphens, ``-1``, ``-2`` for a
 repeated heading). Headings and links inside fenced code are not counted.
 The repository paths the text names in code spans exist, and so do the
-``make`` targets it names.
+``make`` targets it names and the options its command lines give the
+repository's tools.
 """
 import functools
+import json
 import os.path as osp
 import re
 import subprocess
 import sys
 
 import pytest
+from _helpers import run_program
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # [text](target) and [text](target "title"); images too
@@ -177,3 +180,93 @@ def test_named_paths_are_found():
     assert list(_named_paths(text)) == [
         'tools/train.py', 'tests/test_a.py', 'mmrest/kernels.py', 'tools'
     ]
+
+
+# The shell scripts that pass their options on, and the program reading them
+SCRIPT_PROGRAMS = {
+    'tools/dist_train.sh': 'tools/train.py',
+    'tools/slurm_train.sh': 'tools/train.py',
+    'tools/dist_test.sh': 'tools/test.py',
+    'tools/slurm_test.sh': 'tools/test.py',
+    'tools/device/run_gpu_check.sh': 'tools/gpu_check.py',
+    'tools/device/run_gpu_profile.sh': 'tools/device/gpu_profile.py',
+}
+# A tool's command line in the text: the tool, then the words up to the end
+# of the code span, table cell or line (continued lines joined first)
+_COMMAND = re.compile(
+    r'(?<![\w/.-])(tools/[\w/]+\.(?:py|sh))((?:[ \t]+[^\s`|;&]+)*)')
+# A child that runs each tool named on its command line up to its argument
+# parser and prints the option strings of that parser, as JSON
+_OPTIONS_CHILD = """
+import argparse, json, runpy, sys
+class Parsed(Exception):
+    pass
+def stop(self, *args, **kwargs):
+    raise Parsed(sorted(self._option_string_actions))
+argparse.ArgumentParser.parse_args = stop
+argparse.ArgumentParser.parse_known_args = stop
+options = {}
+for tool in sys.argv[1:]:
+    sys.argv = [tool]
+    try:
+        runpy.run_path(tool, run_name='__main__')
+        options[tool] = 'parsed nothing'
+    except Parsed as e:
+        options[tool] = e.args[0]
+print(json.dumps(options))
+"""
+
+
+def documented_options(text: str) -> dict:
+    """``{program: {option: [line, ...]}}``: the ``--options`` that the
+    text's command lines give each tool (a shell script's options under the
+    program it passes them to)."""
+    found = {}
+    text = re.sub(r'\\\n\s*', ' ', text)
+    for line in text.splitlines():
+        for match in _COMMAND.finditer(line):
+            program = SCRIPT_PROGRAMS.get(match.group(1), match.group(1))
+            for option in re.findall(r'(?<![\w-])(--[a-z][\w-]*)',
+                                     match.group(2)):
+                found.setdefault(program, {}).setdefault(option,
+                                                         []).append(line)
+    return found
+
+
+def test_documented_options_are_found():
+    text = ('    python tools/train.py CONFIG --amp \\\n'
+            '        --cfg-options a=1\n'
+            '`bash tools/dist_train.sh CONFIG 8 --resume` and '
+            '`tools/test.py` with `--tta`; '
+            '`python mmrest_tools/x.py --no` | `tools/x.sh --y && z --w`\n')
+    got = {p: sorted(o) for p, o in documented_options(text).items()}
+    assert got == {
+        'tools/train.py': ['--amp', '--cfg-options', '--resume'],
+        'tools/x.sh': ['--y']
+    }
+
+
+def test_documented_tool_options_exist():
+    """Every ``--option`` that the documents' command lines give one of the
+    repository's tools (or a script that passes it on) is one its argument
+    parser takes, as the tool builds it (a child runs each tool up to its
+    parser). docs/results/ is left out: its commands are records of what
+    ran then."""
+    wanted = {}
+    for md_path in _markdown_files():
+        if md_path.startswith('docs/results/'):
+            continue
+        for program, options in documented_options(
+                _read(osp.join(ROOT, md_path))).items():
+            if not osp.isfile(osp.join(ROOT, program)):
+                continue  # another repository's (named paths: above)
+            for option, lines in options.items():
+                wanted.setdefault(program, {})[option] = (md_path, lines[0])
+    assert sum(map(len, wanted.values())) >= 30  # the commands were read
+    out = run_program([sys.executable, '-c', _OPTIONS_CHILD, *wanted]).stdout
+    known = json.loads(out.strip().splitlines()[-1])
+    unknown = [(program, option, *where)
+               for program, options in wanted.items()
+               for option, where in options.items()
+               if option not in known[program]]
+    assert unknown == []
