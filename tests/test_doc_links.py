@@ -10,6 +10,7 @@ The repository paths the text names in code spans exist, and so do the
 repository's tools.
 """
 import functools
+import glob
 import json
 import os.path as osp
 import re
@@ -270,3 +271,19 @@ def test_documented_tool_options_exist():
                for option, where in options.items()
                if option not in known[program]]
     assert unknown == []
+
+
+def test_every_test_file_is_described():
+    """docs/testing.md's "What each test file checks" names every test file
+    of tests/ (and none that is gone)."""
+    text = _read(osp.join(ROOT, 'docs', 'testing.md'))
+    section = text.split('\n## What each test file checks\n', 1)[1]
+    section = section.split('\n## ', 1)[0]
+    described = set(re.findall(r'`(tests/test_\w+\.py)`', section))
+    files = {
+        osp.relpath(path, ROOT)
+        for path in glob.glob(osp.join(ROOT, 'tests', 'test_*.py'))
+    }
+    assert len(files) > 40
+    assert sorted(files - described) == []
+    assert sorted(described - files) == []
