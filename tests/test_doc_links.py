@@ -287,3 +287,29 @@ def test_every_test_file_is_described():
     assert len(files) > 40
     assert sorted(files - described) == []
     assert sorted(described - files) == []
+
+
+def test_documented_variables_are_read():
+    """Every ``MMREST_*`` environment variable the documents name is one
+    that the repository's code, scripts or tests read (docs/results/ aside:
+    records of past runs)."""
+
+    def named(paths):
+        return {
+            name: path
+            for path in paths
+            for name in re.findall(r'\bMMREST_[A-Z0-9_]*[A-Z0-9]\b',
+                                   _read(osp.join(ROOT, path)))
+        }
+
+    listed = subprocess.run(
+        ['git', 'ls-files', '*.py', '*.sh', 'Makefile', '.ci/*'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True).stdout.split()
+    read = named(p for p in listed if not p.startswith('docs/results/'))
+    documented = named(p for p in _markdown_files()
+                       if not p.startswith('docs/results/'))
+    assert len(documented) >= 5
+    assert sorted(set(documented) - set(read)) == []
