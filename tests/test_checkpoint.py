@@ -666,10 +666,18 @@ TOY = textwrap.dedent('''
 
     def runner(work_dir, max_iters, checkpoint_hook, resume=False,
                load_from=None):
+        import uuid
+
         from mmengine.runner import Runner
+
+        # A name of its own: mmengine names a runner's message hub, logger
+        # and visualizer after the second it starts, and hands a later
+        # runner of the same second the instances (and lr history) of the
+        # earlier one
         return Runner(
             model=Toy(),
             work_dir=str(work_dir),
+            experiment_name=f'toy_{uuid.uuid4().hex}',
             train_dataloader=dict(
                 dataset=RandomImages(), batch_size=4,
                 sampler=dict(type='DefaultSampler', shuffle=True),
