@@ -26,13 +26,24 @@ _LINK = re.compile(r'\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 _HEADING = re.compile(r'^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$')
 
 
-def _markdown_files():
-    out = subprocess.run(['git', 'ls-files', '*.md'],
+def _tracked_files(*patterns):
+    """The repository's files (git's) that match ``patterns``, sorted."""
+    out = subprocess.run(['git', 'ls-files', *patterns],
                          cwd=ROOT,
                          capture_output=True,
                          text=True,
                          check=True).stdout.split()
     return sorted(out)
+
+
+def _markdown_files():
+    return _tracked_files('*.md')
+
+
+def _current_documents():
+    """The Markdown files but docs/results/'s (records of past runs, whose
+    commands are what ran then)."""
+    return [p for p in _markdown_files() if not p.startswith('docs/results/')]
 
 
 def _outside_fences(text):
@@ -254,9 +265,7 @@ def test_documented_tool_options_exist():
     parser). docs/results/ is left out: its commands are records of what
     ran then."""
     wanted = {}
-    for md_path in _markdown_files():
-        if md_path.startswith('docs/results/'):
-            continue
+    for md_path in _current_documents():
         for program, options in documented_options(
                 _read(osp.join(ROOT, md_path))).items():
             if not osp.isfile(osp.join(ROOT, program)):
@@ -296,20 +305,13 @@ def test_documented_variables_are_read():
 
     def named(paths):
         return {
-            name: path
+            name
             for path in paths
             for name in re.findall(r'\bMMREST_[A-Z0-9_]*[A-Z0-9]\b',
                                    _read(osp.join(ROOT, path)))
         }
 
-    listed = subprocess.run(
-        ['git', 'ls-files', '*.py', '*.sh', 'Makefile', '.ci/*'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True).stdout.split()
-    read = named(p for p in listed if not p.startswith('docs/results/'))
-    documented = named(p for p in _markdown_files()
-                       if not p.startswith('docs/results/'))
+    read = named(_tracked_files('*.py', '*.sh', 'Makefile', '.ci/*'))
+    documented = named(_current_documents())
     assert len(documented) >= 5
-    assert sorted(set(documented) - set(read)) == []
+    assert sorted(documented - read) == []
