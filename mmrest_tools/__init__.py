@@ -19,7 +19,9 @@ is all a config needs); the library never imports this package.
 - :mod:`mmrest_tools.gpu_check`: the prepared GPU check
   (``tools/gpu_check.py``), a package with one module per section, and
   :mod:`mmrest_tools.ops_shim`, its stand-ins for mmcv's compiled ops where
-  only ``mmcv-lite`` is installed.
+  only ``mmcv-lite`` is installed; :mod:`mmrest_tools.mmcv_source`, mmcv
+  2.1.0's source made to compile against torch 2.14 and later
+  (``tools/device/build_mmcv.sh``).
 - :mod:`mmrest_tools.gpu_profile`, :mod:`mmrest_tools.gpu_variants`: GPU
   experiments beside the check (``tools/device/gpu_profile.py``,
   ``tools/device/gpu_variants.py``).

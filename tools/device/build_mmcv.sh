@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # mmcv 2.1.0 with its compiled CUDA ops, as a wheel in .whl/ for the GPU
 # machine (OpenMMLab's mmcv CUDA wheels exist for torch 2.0 / 2.1 only; the
-# machine has torch 2.11), from the repository root:
+# machine has torch 2.11; for torch 2.14 and later, which need C++20, the
+# source's C++ standard is raised first: mmrest_tools/mmcv_source.py), from
+# the repository root:
 #
 #   PYTHON=/path/to/python3.12 TORCH_CUDA_ARCH_LIST=9.0 \
 #     bash tools/device/build_mmcv.sh
@@ -44,6 +46,8 @@ print(":".join(sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))))
 export CPATH="$CUDA_HOME/include:${nvidia_includes}${CPATH:+:$CPATH}"
 mkdir -p "$build"
 [ -d "$build/mmcv-2.1.0" ] || tar -xzf "$sdist" -C "$build"
+# mmcv 2.1.0's setup.py asks for C++17; torch 2.14 and later need C++20
+"$python" -m mmrest_tools.mmcv_source "$build/mmcv-2.1.0"
 start=$(date +%s)
 (cd "$build/mmcv-2.1.0" && PATH="$(dirname "$("$python" -c 'import sys; print(sys.executable)')"):$PATH" \
   MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" \
