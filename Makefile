@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test setup-oldest test-oldest demo demo-seg bench clean
+.PHONY: setup test setup-oldest test-oldest setup-newest test-newest demo demo-seg bench clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -19,6 +19,15 @@ setup-oldest:
 
 test-oldest: setup-oldest
 	MMREST_OPS_SHIM=1 .venv-torch2.1/bin/python -m pytest -q tests
+
+# The newest torch (2.15.0, requirements/constraints-newest.txt) in its own
+# environment, .venv-torch2.15, mmcv with its compiled ops; docs/testing.md
+# has its results.
+setup-newest:
+	@bash tools/setup_env.sh newest
+
+test-newest: setup-newest
+	.venv-torch2.15/bin/python -m pytest -q tests
 
 demo: setup
 	$(PY) tools/run_demo.py

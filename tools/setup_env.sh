@@ -8,11 +8,15 @@
 #                               torch 2.1.2 from PyPI, the pins of
 #                               requirements/constraints-oldest.txt
 #                               (`make setup-oldest`, `make test-oldest`)
+#   tools/setup_env.sh newest   .venv-torch2.15: the newest torch, 2.15.0
+#                               from PyPI, the pins of
+#                               requirements/constraints-newest.txt
+#                               (`make setup-newest`, `make test-newest`)
 #
 # MMREST_MMCV_OPS=1 or 0 builds mmcv with or without its compiled ops. The
-# default is 1 for .venv; for the oldest stack it is 0 (mmcv's Python code
-# in about a minute, instead of 10 to 90 minutes of compiling on 2 busy
-# cores): its environment then gets mmrest_tools/ops_shim.py, pure-PyTorch
+# default is 1 for .venv and the newest stack; for the oldest stack it is 0
+# (mmcv's Python code in about a minute, instead of 10 to 90 minutes of
+# compiling on 2 busy cores): its environment then gets mmrest_tools/ops_shim.py, pure-PyTorch
 # stand-ins for the three ops the tests' detectors use (NMS and RoIAlign
 # forward and backward), installed at interpreter start-up when
 # MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
@@ -46,8 +50,18 @@ case "${1:-main}" in
         ops="${MMREST_MMCV_OPS:-0}"
         wheels="$cache/wheels-torch$torch_version"
         [ "$ops" = 1 ] || wheels="$wheels-noops" ;;
+    newest)
+        venv="$root/.venv-torch2.15"
+        constraints="$root/requirements/constraints-newest.txt"
+        torch_version=2.15.0
+        # PyPI's torch 2.15.0 is its CUDA 13.2 build (about 3 GB with its
+        # CUDA libraries); it runs on the CPU as well.
+        torch_note="torch 2.15.0 (PyPI's CUDA build, used on the CPU)"
+        ops="${MMREST_MMCV_OPS:-1}"
+        wheels="$cache/wheels-torch$torch_version"
+        [ "$ops" = 1 ] || wheels="$wheels-noops" ;;
     *)
-        echo "usage: $0 [main|oldest]" >&2
+        echo "usage: $0 [main|oldest|newest]" >&2
         exit 2 ;;
 esac
 stamp="$venv/.mmrest-installed"
@@ -84,17 +98,22 @@ if [ -z "$wheel" ]; then
     # mmcv's setup.py imports torch and pkg_resources: no build isolation.
     "${pipc[@]}" -q addict packaging pillow pyyaml yapf mmengine==0.10.7 opencv-python
     tmp=$(mktemp -d)
+    # The source is fetched, then built from its folder: pip refuses a
+    # distribution named other than asked for (mmcv-lite without the ops),
+    # and torch 2.14 and later need C++20 where mmcv's setup.py asks for
+    # C++17 (mmrest_tools/mmcv_source.py raises it; nothing changes for an
+    # older torch).
+    "${pip[@]}" download -c "$constraints" --no-build-isolation --no-deps \
+        --no-binary mmcv mmcv==2.1.0 -d "$tmp/src"
+    tar -xzf "$tmp"/src/mmcv-2.1.0.tar.gz -C "$tmp/src"
     if [ "$ops" = 1 ]; then
+        (cd "$root" && "$venv/bin/python" -m mmrest_tools.mmcv_source "$tmp/src/mmcv-2.1.0")
         MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
-            "${pip[@]}" wheel -c "$constraints" --no-build-isolation --no-deps \
-            mmcv==2.1.0 -w "$tmp"
+            "${pip[@]}" wheel --no-build-isolation --no-deps \
+            "$tmp/src/mmcv-2.1.0" -w "$tmp"
     else
-        # pip refuses a distribution named other than asked for: the
-        # source is fetched as mmcv, then built from the file.
-        "${pip[@]}" download -c "$constraints" --no-build-isolation --no-deps \
-            --no-binary mmcv mmcv==2.1.0 -d "$tmp/src"
         MMCV_WITH_OPS=0 "${pip[@]}" wheel --no-build-isolation --no-deps \
-            "$tmp"/src/mmcv-2.1.0.tar.gz -w "$tmp"
+            "$tmp/src/mmcv-2.1.0" -w "$tmp"
     fi
     mv "$tmp"/$dist-2.1.0-*.whl "$wheels/"
     rm -rf "$tmp"
