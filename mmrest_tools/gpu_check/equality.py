@@ -111,7 +111,7 @@ class EqualitySection:
             after = float(scaler.get_scale())
             steps.append(
                 dict(
-                    loss=float(loss),
+                    loss=float(loss.detach()),
                     scale_before=before,
                     scale_after=after,
                     skipped=after < before,
