@@ -32,7 +32,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py="${PYTHON:-python3}"
 cache="${MMREST_CACHE:-$HOME/.cache/mmrest}"
-case "${1:-main}" in
+profile="${1:-main}"
+case "$profile" in
     main)
         venv="$root/.venv"
         constraints="$root/requirements/constraints.txt"
@@ -40,30 +41,26 @@ case "${1:-main}" in
         torch_note="torch 2.13.0 (CPU)"
         ops="${MMREST_MMCV_OPS:-1}"
         wheels="$cache/wheels" ;;
+    # PyPI's torch 2.1.2 and 2.15.0 are its CUDA builds (2.1.2: a 670 MB
+    # wheel and about 2 GB of CUDA libraries; 2.15.0: about 3 GB in all);
+    # they run on the CPU as well.
     oldest)
-        venv="$root/.venv-torch2.1"
-        constraints="$root/requirements/constraints-oldest.txt"
         torch_version=2.1.2
-        # PyPI's torch 2.1.2 is its CUDA 12.1 build (a 670 MB wheel and
-        # about 2 GB of CUDA libraries); it runs on the CPU as well.
-        torch_note="torch 2.1.2 (PyPI's CUDA build, used on the CPU)"
-        ops="${MMREST_MMCV_OPS:-0}"
-        wheels="$cache/wheels-torch$torch_version"
-        [ "$ops" = 1 ] || wheels="$wheels-noops" ;;
+        ops="${MMREST_MMCV_OPS:-0}" ;;
     newest)
-        venv="$root/.venv-torch2.15"
-        constraints="$root/requirements/constraints-newest.txt"
         torch_version=2.15.0
-        # PyPI's torch 2.15.0 is its CUDA 13.2 build (about 3 GB with its
-        # CUDA libraries); it runs on the CPU as well.
-        torch_note="torch 2.15.0 (PyPI's CUDA build, used on the CPU)"
-        ops="${MMREST_MMCV_OPS:-1}"
-        wheels="$cache/wheels-torch$torch_version"
-        [ "$ops" = 1 ] || wheels="$wheels-noops" ;;
+        ops="${MMREST_MMCV_OPS:-1}" ;;
     *)
         echo "usage: $0 [main|oldest|newest]" >&2
         exit 2 ;;
 esac
+if [ "$profile" != main ]; then
+    venv="$root/.venv-torch${torch_version%.*}"
+    constraints="$root/requirements/constraints-$profile.txt"
+    torch_note="torch $torch_version (PyPI's CUDA build, used on the CPU)"
+    wheels="$cache/wheels-torch$torch_version"
+    [ "$ops" = 1 ] || wheels="$wheels-noops"
+fi
 stamp="$venv/.mmrest-installed"
 
 # Re-run only when the requirement files changed since the last full set-up.
