@@ -16,10 +16,10 @@
 # MMREST_MMCV_OPS=1 or 0 builds mmcv with or without its compiled ops. The
 # default is 1 for .venv and the newest stack; for the oldest stack it is 0
 # (mmcv's Python code in about a minute, instead of 10 to 90 minutes of
-# compiling on 2 busy cores): its environment then gets mmrest_tools/ops_shim.py, pure-PyTorch
-# stand-ins for the three ops the tests' detectors use (NMS and RoIAlign
-# forward and backward), installed at interpreter start-up when
-# MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
+# compiling on 2 busy cores): its environment then gets
+# mmrest_tools/ops_shim.py, pure-PyTorch stand-ins for the three ops the
+# tests' detectors use (NMS and RoIAlign forward and backward), installed at
+# interpreter start-up when MMREST_OPS_SHIM=1 (`make test-oldest` sets it).
 #
 # The one slow step is mmcv 2.1.0, which has no wheel on PyPI (and none at
 # all for torch 2.13) and is compiled from source with its ops (6 to 22
@@ -41,7 +41,7 @@ case "$profile" in
         torch_note="torch 2.13.0 (CPU)"
         ops="${MMREST_MMCV_OPS:-1}"
         wheels="$cache/wheels" ;;
-    # PyPI's torch 2.1.2 and 2.15.0 are its CUDA builds (2.1.2: a 670 MB
+    # PyPI's torch 2.1.2 and 2.15.0 are CUDA builds (2.1.2: a 670 MB
     # wheel and about 2 GB of CUDA libraries; 2.15.0: about 3 GB in all);
     # they run on the CPU as well.
     oldest)
