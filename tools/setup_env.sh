@@ -105,13 +105,10 @@ if [ -z "$wheel" ]; then
     tar -xzf "$tmp"/src/mmcv-2.1.0.tar.gz -C "$tmp/src"
     if [ "$ops" = 1 ]; then
         (cd "$root" && "$venv/bin/python" -m mmrest_tools.mmcv_source "$tmp/src/mmcv-2.1.0")
-        MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
-            "${pip[@]}" wheel --no-build-isolation --no-deps \
-            "$tmp/src/mmcv-2.1.0" -w "$tmp"
-    else
-        MMCV_WITH_OPS=0 "${pip[@]}" wheel --no-build-isolation --no-deps \
-            "$tmp/src/mmcv-2.1.0" -w "$tmp"
     fi
+    MMCV_WITH_OPS="$ops" FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
+        "${pip[@]}" wheel --no-build-isolation --no-deps \
+        "$tmp/src/mmcv-2.1.0" -w "$tmp"
     mv "$tmp"/$dist-2.1.0-*.whl "$wheels/"
     rm -rf "$tmp"
     wheel=$(ls "$wheels"/$dist-2.1.0-*.whl | head -n 1)
