@@ -194,6 +194,60 @@ def test_export_tool_backbone_and_neck(tmp_path, capsys):
     assert '65x97' in printed and 'matches' in printed
 
 
+@pytest.mark.parametrize('text, expected', [('1x1', (1, 1)),
+                                            ('97X131', (97, 131))])
+def test_export_tool_reads_a_size(text, expected):
+    assert load_tool('export_onnx').size(text) == expected
+
+
+@pytest.mark.parametrize('text', ['0x5', '5x0', '-3x4', '320', '3x4x5', 'ax4'])
+def test_export_tool_refuses_a_bad_size(text):
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+        load_tool('export_onnx').size(text)
+
+
+@pytest.mark.parametrize('shape', [['0', '96'], ['64', '-1']])
+def test_export_tool_refuses_a_bad_shape(capsys, shape):
+    tool = load_tool('export_onnx')
+    with pytest.raises(SystemExit) as e:
+        tool.parse_args(['config.py', '--shape', *shape])
+    assert e.value.code == 2
+    assert '--shape must be positive' in capsys.readouterr().err
+
+
+def test_export_tool_fails_when_one_output_at_one_size_differs(
+        monkeypatch, capsys):
+    """The verdict over every output and size: one error above the bar
+    (4 x the eager error + 1e-5) fails the command and is marked; the
+    errors here are written out, the export itself is tested above."""
+    tool = load_tool('export_onnx')
+    monkeypatch.setattr(tool, 'build_feature_extractor', lambda *a: None)
+    monkeypatch.setattr(tool, 'export_onnx', lambda *a: ['out0', 'out1'])
+    checked = {}
+
+    def check_onnx(path, model, sizes):
+        checked['sizes'] = sizes
+        return {
+            '64x96': [(1e-6, 1e-6), (2e-6, 1e-6)],
+            '32x48': [(3e-6, 1e-6), (4 * 1e-6 + 1e-5 + 1e-7, 1e-6)],
+        }
+
+    monkeypatch.setattr(tool, 'check_onnx', check_onnx)
+    args = ['config.py', '--shape', '64', '96', '--check', '32x48']
+    assert tool.main(args) == 1
+    assert checked['sizes'] == [(64, 96), (32, 48)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith('onnxruntime DIFFERS FROM PyTorch')
+    assert '(!)' not in lines[1] and lines[2].count('(!)') == 1
+    assert lines[2].endswith('1.4e-05/1.0e-06 (!)')
+    # at the bar itself it passes
+    monkeypatch.setattr(tool, 'check_onnx',
+                        lambda *a: {'64x96': [(4 * 1e-6 + 1e-5, 1e-6)]})
+    assert tool.main(args) == 0
+    assert 'onnxruntime matches PyTorch' in capsys.readouterr().out
+
+
 def test_compile_has_no_graph_break():
     explanation = torch._dynamo.explain(tiny_model())(
         torch.randn(1, 3, 64, 96))

@@ -73,7 +73,10 @@ def parse_args(argv=None):
         nargs='+',
         action=DictAction,
         help='override config entries, key=value')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.shape) < 1:
+        parser.error(f'--shape must be positive: {args.shape}')
+    return args
 
 
 def main(argv=None) -> int:
