@@ -522,6 +522,15 @@ def random_state_dict(model: torch.nn.Module) -> dict:
     }
 
 
+def file_bytes(root) -> dict:
+    """Every file below the folder ``root`` (a ``Path``): its path relative
+    to ``root`` to its bytes (to compare two generated data sets)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob('*')) if p.is_file()
+    }
+
+
 def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
     """:func:`mmrest_tools.demo.run_demo` on a tiny generated set: ``splits``
     images, batches of 2, every iteration logged, the ``schedule``

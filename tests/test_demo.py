@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, demo_training_records, run_program, run_tiny_demo
+from _helpers import (ROOT, demo_training_records, file_bytes, run_program,
+                      run_tiny_demo)
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
@@ -23,18 +24,11 @@ SMALL = dict(
     object_size=(16, 48))
 
 
-def _files(root: Path) -> dict:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob('*')) if p.is_file()
-    }
-
-
 def test_generator_same_seed_same_bytes(tmp_path):
     generate_shapes_coco(str(tmp_path / 'a'), seed=3, **SMALL)
     generate_shapes_coco(str(tmp_path / 'b'), seed=3, **SMALL)
     generate_shapes_coco(str(tmp_path / 'c'), seed=4, **SMALL)
-    a, b, c = (_files(tmp_path / n) for n in 'abc')
+    a, b, c = (file_bytes(tmp_path / n) for n in 'abc')
     assert len(a) == 12 + 6 + 2
     assert a == b
     # generated again over an existing set (with its label maps), the same
@@ -42,13 +36,13 @@ def test_generator_same_seed_same_bytes(tmp_path):
         generate_shapes_coco(
             str(tmp_path / 'a'), seed=4, semantic_labels=True, **SMALL)
     generate_shapes_coco(str(tmp_path / 'a'), seed=3, **SMALL)
-    again = _files(tmp_path / 'a')
+    again = file_bytes(tmp_path / 'a')
     assert {k: again[k] for k in a} == a
     assert a.keys() == c.keys() and a != c
     # a split's content depends on the seed and its name only
     generate_shapes_coco(
         str(tmp_path / 'd'), seed=3, **dict(SMALL, splits=dict(val=6)))
-    d = _files(tmp_path / 'd')
+    d = file_bytes(tmp_path / 'd')
     assert all(d[k] == a[k] for k in d if not k.endswith('.json'))
     assert len(d) == 6 + 1
 
@@ -290,7 +284,7 @@ def test_generator_records_max_rotation(tmp_path):
     # same seed, other poses: other images
     generate_shapes_coco(str(tmp_path / 'any'), seed=1, **SMALL)
     generate_shapes_coco(str(tmp_path / 'up'), seed=1, max_rotation=0, **SMALL)
-    any_, up = _files(tmp_path / 'any'), _files(tmp_path / 'up')
+    any_, up = file_bytes(tmp_path / 'any'), file_bytes(tmp_path / 'up')
     assert any_.keys() == up.keys()
     assert any(any_[k] != up[k] for k in any_ if k.endswith('.png'))
 

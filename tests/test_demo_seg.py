@@ -9,8 +9,8 @@ import mmseg  # noqa: F401  (the set-up installs it: missing fails)
 import numpy as np
 import pytest
 import torch
-from _helpers import (EPS32, ROOT, demo_training_records, run_tiny_demo,
-                      settings_by_param)
+from _helpers import (EPS32, ROOT, demo_training_records, file_bytes,
+                      run_tiny_demo, settings_by_param)
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
@@ -29,13 +29,6 @@ TWO_ITERATIONS = {
 }
 
 
-def _files(root: Path) -> dict:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob('*')) if p.is_file()
-    }
-
-
 def _read_label(path: Path) -> np.ndarray:
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert label is not None, path
@@ -49,7 +42,7 @@ def test_label_maps_deterministic_same_images(tmp_path):
         generate_shapes_coco(
             str(tmp_path / name), seed=3, semantic_labels=True, **SMALL)
     generate_shapes_coco(str(tmp_path / 'plain'), seed=3, **SMALL)
-    a, b, plain = (_files(tmp_path / n) for n in ('a', 'b', 'plain'))
+    a, b, plain = (file_bytes(tmp_path / n) for n in ('a', 'b', 'plain'))
     assert a == b
     labels = sorted(k for k in a if '_labels/' in k)
     assert len(labels) == 12 + 6
