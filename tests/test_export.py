@@ -214,6 +214,7 @@ def test_export_tool_refuses_a_bad_shape(capsys, shape):
         tool.parse_args(['config.py', '--shape', *shape])
     assert e.value.code == 2
     assert '--shape must be positive' in capsys.readouterr().err
+    assert tool.parse_args(['config.py', '--shape', '1', '1']).shape == [1, 1]
 
 
 def test_export_tool_fails_when_one_output_at_one_size_differs(
