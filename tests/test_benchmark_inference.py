@@ -43,3 +43,17 @@ def test_benchmark_inference_refuses_an_unpadded_shape():
         detector_inference_time(cfg, (64, 96), warmup=-1)
     once = detector_inference_time(cfg, (64, 96), repeats=1, warmup=0)
     assert [len(once[f'{n}_all']) for n in ('detector', 'backbone')] == [1, 1]
+
+
+@pytest.mark.parametrize('shape', [(0, 0), (0, 96), (64, -32)])
+def test_analysis_refuses_a_shape_below_one(shape):
+    """0 is a multiple of every divisor: before the check, FLOPs at 0 x 0
+    ended in a convolution's error about kernel and input sizes."""
+    from mmengine.config import Config
+
+    from mmrest_tools.analysis import (detector_complexity,
+                                       detector_inference_time)
+    cfg = Config.fromfile(str(RETINANET))
+    for measure in (detector_complexity, detector_inference_time):
+        with pytest.raises(ValueError, match='must be positive'):
+            measure(cfg, shape)
