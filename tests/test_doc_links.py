@@ -315,3 +315,40 @@ def test_documented_variables_are_read():
     documented = named(_current_documents())
     assert len(documented) >= 5
     assert sorted(documented - read) == []
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under the level-2 ``heading`` of a Markdown document, up to
+    the next level-2 heading."""
+    return text.split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
+
+
+def test_backbone_arguments_are_documented():
+    """docs/backbones.md's table of ``ResT``'s arguments names each
+    argument of ``ResT.__init__`` and no other, its ``arch`` row every key
+    of an arch dict; the ``ResTV2`` section names the arguments v2 does not
+    take, and v2 takes all the others, and its arch dict's keys."""
+    import inspect
+
+    from mmrest import ResT, ResTV2
+    text = _read(osp.join(ROOT, 'docs', 'backbones.md'))
+
+    def arguments(cls):
+        return set(inspect.signature(cls.__init__).parameters) - {'self'}
+
+    rows = {}
+    for line in _section(text, '`mmrest.ResT`').splitlines():
+        cells = line.split('|')
+        if line.startswith('|') and len(cells) > 2:
+            for name in re.findall(r'`(\w+)`', cells[1]):
+                rows[name] = cells[2]
+    assert set(rows) == arguments(ResT)
+    arch_keys = [*ResT.essential_keys, *ResT.optional_keys]
+    assert [k for k in arch_keys if f'`{k}`' not in rows['arch']] == []
+    v2 = _section(text, '`mmrest.ResTV2`').strip().split('\n\n')[0]
+    left_out = arguments(ResT) - arguments(ResTV2)
+    assert arguments(ResTV2) < arguments(ResT) and left_out
+    assert [a for a in left_out
+            if f'`{a}`' not in v2.split('with `arch`')[0]] == []
+    arch_keys = [*ResTV2.essential_keys, *ResTV2.optional_keys]
+    assert [k for k in arch_keys if f'`{k}`' not in v2] == []
