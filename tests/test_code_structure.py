@@ -4,12 +4,15 @@
   the imports inside functions as well as those at the top of a module (a
   function-level import hides a cycle from Python, not from a reader);
 - no function in them is longer than :data:`MAX_FUNCTION_LINES` lines of
-  code (blank lines, comment lines and the docstring not counted).
+  code (blank lines, comment lines and the docstring not counted);
+- every public class whose ``__init__`` takes arguments documents each of
+  them, and only those, under ``Args:`` in its docstring.
 
-``docs/code_map.md`` states both rules for contributors.
+``docs/code_map.md`` states the rules for contributors.
 """
 import ast
 import io
+import re
 import tokenize
 from pathlib import Path
 from typing import Dict, List, Optional, Set
@@ -157,6 +160,42 @@ def function_lengths(path: Path) -> Dict[str, int]:
 
 
 # ------------------------------------------------------------ the checks
+_SECTION = re.compile(r'^\S.*:$', re.M)  # "Returns:", "Note:", ...
+_DOCUMENTED = re.compile(r'^    (\w+)(?: \(|:)', re.M)
+
+
+def argument_doc_problems(path: Path) -> List[str]:
+    """The public classes of the module at ``path`` whose ``__init__``
+    takes arguments (``*args`` and ``**kwargs`` aside) and whose docstring
+    lacks an ``Args:`` section, leaves one out or names one it does not
+    take, as ``'Class: what'`` lines."""
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ClassDef) or node.name.startswith('_'):
+            continue
+        init = next(
+            (f for f in node.body
+             if isinstance(f, ast.FunctionDef) and f.name == '__init__'), None)
+        if init is None:
+            continue
+        a = init.args
+        taken = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs][1:]
+        if not taken:
+            continue
+        doc = ast.get_docstring(node) or ''
+        if 'Args:' not in doc:
+            problems.append(f'{node.name}: no Args section for {taken}')
+            continue
+        section = _SECTION.split(doc.split('Args:', 1)[1].lstrip('\n'))[0]
+        named = _DOCUMENTED.findall(section)
+        missing = [t for t in taken if t not in named]
+        extra = [n for n in named if n not in taken]
+        if missing or extra:
+            problems.append(f'{node.name}: Args lacks {missing}, names '
+                            f'{extra} it does not take')
+    return problems
+
+
 # (the helpers above are checked first, on small sources whose answers are
 # known, so that the two rules cannot pass because a helper sees nothing)
 
@@ -258,3 +297,52 @@ def test_no_long_functions():
                 long.append(f'{path.relative_to(ROOT)}: {name} ({lines})')
     assert not long, 'functions over {} lines of code:\n  {}'.format(
         MAX_FUNCTION_LINES, '\n  '.join(long))
+
+
+def test_argument_doc_problems_are_found(tmp_path):
+    path = tmp_path / 'm.py'
+    path.write_text('class Good:\n'
+                    '    """A class.\n\n'
+                    '    Args:\n'
+                    '        a (int): The first.\n'
+                    '            More of it.\n'
+                    '        b: The second.\n\n'
+                    '    Returns:\n'
+                    '        c (int): Not an argument.\n'
+                    '    """\n\n'
+                    '    def __init__(self, a, *args, b=1, **kwargs):\n'
+                    '        pass\n\n'
+                    'class Lacks:\n'
+                    '    """Lacks one.\n\n'
+                    '    Args:\n'
+                    '        a (int): The first.\n'
+                    '        z (int): Gone.\n'
+                    '    """\n\n'
+                    '    def __init__(self, a, b):\n'
+                    '        pass\n\n'
+                    'class Bare:\n'
+                    '    def __init__(self, a):\n'
+                    '        pass\n\n'
+                    'class _Private:\n'
+                    '    def __init__(self, a):\n'
+                    '        pass\n\n'
+                    'class NoArguments:\n'
+                    '    def __init__(self, *args, **kwargs):\n'
+                    '        pass\n')
+    assert argument_doc_problems(path) == [
+        "Lacks: Args lacks ['b'], names ['z'] it does not take",
+        "Bare: no Args section for ['a']",
+    ]
+
+
+def test_public_classes_document_their_arguments():
+    """Every public class of mmrest and mmrest_tools documents each
+    argument of its ``__init__``, and only those, under ``Args:`` (the
+    house style of OpenMMLab's backbones)."""
+    problems = []
+    for module, path in module_files().items():
+        problems += [
+            f'{path.relative_to(ROOT)}: {p}'
+            for p in argument_doc_problems(path)
+        ]
+    assert not problems, '\n  '.join(['classes:', *problems])

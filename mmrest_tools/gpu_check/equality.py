@@ -134,8 +134,20 @@ class EqualitySection:
 class EqualityCase:
     """One row set of the equality section: a model (fast, literal and
     float64 reference paths, built by the float32 row), an input and a
-    mode (``eval_nograd``, ``eval_grad``, ``train_grad``, ``train_cp``).
-    The float32 results are kept in :attr:`built` for the autocast rows.
+    mode. The float32 results are kept in :attr:`built` for the autocast
+    rows.
+
+    Args:
+        device (str | torch.device): Where the models and the input go.
+        arch (str | dict): The backbone's arch, as
+            :func:`mmrest_tools.compared.build_rest` takes it (``'v2_'``
+            names for ResT v2).
+        state (dict): The backbone's state dict, loaded into every path.
+        shape (tuple): The input's (N, C, H, W).
+        mode (str): ``'eval_nograd'``, ``'eval_grad'``, ``'train_grad'``
+            or ``'train_grad_cp'`` (training mode and gradient
+            checkpointing: any mode ending in ``'_cp'``).
+        to_literal (callable): Makes the literal copy of a backbone.
     """
 
     def __init__(self, device, arch, state, shape, mode, to_literal):

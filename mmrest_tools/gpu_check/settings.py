@@ -35,6 +35,16 @@ AMP_FACTOR, AMP_FLOOR = 1.5, 1e-3  # the autocast criterion
 
 class Settings:
     """Sizes and counts of one run (full, or ``quick`` for a CPU smoke test).
+
+    Args:
+        quick (bool): The smoke test's small sizes and counts, and float32
+            where the full run uses float16.
+        repeats (int, optional): Timed calls per figure of the throughput,
+            variants and compile sections. Defaults to 1 (quick) or 10.
+        warmup (int, optional): Untimed calls before them. Defaults to 0
+            (quick) or 3.
+        mr_iters (int, optional): Timed Mask R-CNN iterations. Defaults to
+            1 (quick) or 5.
     """
 
     def __init__(self,
