@@ -142,7 +142,7 @@ class EqualityCase:
         arch (str | dict): The backbone's arch, as
             :func:`mmrest_tools.compared.build_rest` takes it (``'v2_'``
             names for ResT v2).
-        state (dict): The backbone's state dict, loaded into every path.
+        state (dict): The backbone's weights (the other paths copy them).
         shape (tuple): The input's (N, C, H, W).
         mode (str): ``'eval_nograd'``, ``'eval_grad'``, ``'train_grad'``
             or ``'train_grad_cp'`` (training mode and gradient
