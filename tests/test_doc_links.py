@@ -282,12 +282,17 @@ def test_documented_tool_options_exist():
     assert unknown == []
 
 
+def _section(text: str, heading: str) -> str:
+    """The text under the level-2 ``heading`` of a Markdown document, up to
+    the next level-2 heading."""
+    return text.split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
+
+
 def test_every_test_file_is_described():
     """docs/testing.md's "What each test file checks" names every test file
     of tests/ (and none that is gone)."""
     text = _read(osp.join(ROOT, 'docs', 'testing.md'))
-    section = text.split('\n## What each test file checks\n', 1)[1]
-    section = section.split('\n## ', 1)[0]
+    section = _section(text, 'What each test file checks')
     described = set(re.findall(r'`(tests/test_\w+\.py)`', section))
     files = {
         osp.relpath(path, ROOT)
@@ -315,12 +320,6 @@ def test_documented_variables_are_read():
     documented = named(_current_documents())
     assert len(documented) >= 5
     assert sorted(documented - read) == []
-
-
-def _section(text: str, heading: str) -> str:
-    """The text under the level-2 ``heading`` of a Markdown document, up to
-    the next level-2 heading."""
-    return text.split(f'\n## {heading}\n', 1)[1].split('\n## ', 1)[0]
 
 
 def test_backbone_arguments_are_documented():
