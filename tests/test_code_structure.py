@@ -197,7 +197,7 @@ def argument_doc_problems(path: Path) -> List[str]:
 
 
 # (the helpers above are checked first, on small sources whose answers are
-# known, so that the two rules cannot pass because a helper sees nothing)
+# known, so that no rule can pass because a helper sees nothing)
 
 
 def _write(root: Path, files: Dict[str, str]) -> Dict[str, Path]:
@@ -340,7 +340,7 @@ def test_public_classes_document_their_arguments():
     argument of its ``__init__``, and only those, under ``Args:`` (the
     house style of OpenMMLab's backbones)."""
     problems = []
-    for module, path in module_files().items():
+    for path in module_files().values():
         problems += [
             f'{path.relative_to(ROOT)}: {p}'
             for p in argument_doc_problems(path)
