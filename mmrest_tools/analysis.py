@@ -74,13 +74,13 @@ def build_detector_without_weights(cfg: Config, height: int, width: int):
     """``cfg.model`` in eval mode, SyncBN as BN, the backbone without its
     pretrained checkpoint; checks that (height, width) is positive and
     padded as the model's data preprocessor pads."""
+    if height < 1 or width < 1:
+        raise ValueError(f'shape {height} x {width}: height and width must '
+                         'be positive')
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.model import revert_sync_batchnorm
     register_all_modules()
-    if height < 1 or width < 1:
-        raise ValueError(f'shape {height} x {width}: height and width must '
-                         'be positive')
     divisor = cfg.model.get('data_preprocessor', {}).get(
         'pad_size_divisor', 1) or 1
     if height % divisor or width % divisor:
