@@ -16,7 +16,7 @@ from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco
 
-DET_CONFIG = ROOT / 'configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py'
+DET_CONFIG = ROOT / 'configs/demo/mask-rcnn_rest-lite_fpn_3e_shapes.py'
 SEG_CONFIG = (
     ROOT / 'configs/demo/rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
 

@@ -5,8 +5,8 @@ predicted masks, boxes, classes and scores drawn.
 Example (after `make demo`)::
 
     python tools/demo.py data/shapes/val/000001.png \
-        configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py \
-        work_dirs/demo/epoch_2.pth --out-file work_dirs/demo/000001_pred.png
+        configs/demo/mask-rcnn_rest-lite_fpn_3e_shapes.py \
+        work_dirs/demo/epoch_3.pth --out-file work_dirs/demo/000001_pred.png
 """
 import argparse
 import os.path as osp

@@ -24,7 +24,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         '--config',
-        default='configs/demo/mask-rcnn_rest-lite_fpn_2e_shapes.py')
+        default='configs/demo/mask-rcnn_rest-lite_fpn_3e_shapes.py')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument(
         '--data-root',
