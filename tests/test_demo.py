@@ -17,6 +17,7 @@ from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
 from mmrest.synthetic.shapes import GENERATOR_VERSION, MIN_CONTRAST
+from mmrest.utils.torch_compat import drop_unsupported_fused
 
 # make demo's config, and the 2-epoch config it inherits (the tuning runs').
 DEMO_CONFIG = ROOT / 'configs/demo/mask-rcnn_rest-lite_fpn_3e_shapes.py'
@@ -324,7 +325,9 @@ def _iteration_lrs(cfg, epoch_length: int) -> list:
     with the epoch's length, every scheduler after each iteration)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import PARAM_SCHEDULERS
-    optim = build_optim_wrapper(torch.nn.Linear(2, 2), cfg.optim_wrapper)
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    drop_unsupported_fused(optim_cfg.optimizer, 'cpu')  # torch < 2.4
+    optim = build_optim_wrapper(torch.nn.Linear(2, 2), optim_cfg)
     schedulers = [
         PARAM_SCHEDULERS.build(
             s, default_args=dict(optimizer=optim, epoch_length=epoch_length))
