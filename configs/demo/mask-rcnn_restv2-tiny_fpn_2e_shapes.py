@@ -1,6 +1,6 @@
-# `make demo` with ResT v2-Tiny instead of ResT-Lite: the demo config with
-# only the backbone (from scratch) and the neck's input widths changed, to
-# compare the two families on the same data, schedule and budget
+# The 2-epoch demo config with ResT v2-Tiny instead of ResT-Lite: only the
+# backbone (from scratch) and the neck's input widths changed, to compare
+# the two families on the same data, schedule and budget
 # (docs/demo.md, "ResT v2 in the demo"): `.venv/bin/python
 # tools/run_demo.py --config
 # configs/demo/mask-rcnn_restv2-tiny_fpn_2e_shapes.py --work-dir
