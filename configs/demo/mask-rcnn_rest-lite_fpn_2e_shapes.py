@@ -104,9 +104,9 @@ test_evaluator = val_evaluator
 
 # Schedule: 2 epochs over 1000 images, evaluated once at the end, what fit
 # the 20-minute budget on 2 CPU cores at about 1 s a step of 2 images, as
-# the demo was tuned. `make demo` trains 3 (mask-rcnn_rest-lite_fpn_3e_
-# shapes.py): a step now takes 0.3 to 0.6 s, and 2 epochs left the targets
-# inside the run-to-run spread.
+# the demo was tuned. `make demo` trains 3 (the 3e config beside this one):
+# a step now takes 0.3 to 0.6 s, and 2 epochs left the targets inside the
+# run-to-run spread.
 # By epoch, as the demo was tuned with (the COCO configs run detectron2's
 # iterations with an endless sampler): a sampler reshuffled each epoch,
 # checkpoints and logs by epoch.

@@ -2,7 +2,7 @@
 # seed. Two epochs (1000 iterations) put the targets (bbox mAP 0.50, segm
 # mAP 0.45) inside the run-to-run spread: 2 of 8 recorded runs missed them.
 # The third epoch lifts both by more than 0.1 (the same seeds at 2 and 3
-# epochs: docs/demo.md, "Result") and costs 500 iterations, which fit the
+# epochs: docs/demo.md, "Three epochs") and costs 500 iterations, which fit the
 # 20-minute budget on 2 cores. Only the schedule and the seed differ.
 _base_ = './mask-rcnn_rest-lite_fpn_2e_shapes.py'
 
