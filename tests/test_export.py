@@ -1,6 +1,7 @@
 """Graphs: a trace, an ONNX export or a torch.compile graph made at one input
 size gives the eager outputs at any other size."""
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,23 @@ def test_onnx_matches_compares_with_the_eager_error():
     assert onnx_matches(1e-5, 0.)  # the floor
     assert not onnx_matches(5e-4, 1e-4)
     assert not onnx_matches(0.5, 1e-6)  # a wrong graph
+
+
+def test_export_tool_defaults_are_the_documented_ones(capsys):
+    """The sizes exported and checked without --shape / --check are those
+    docs/precision_and_export.md and --help name."""
+    tool = load_tool('export_onnx')
+    args = tool.parse_args(['config.py'])
+    docs = ' '.join(
+        (ROOT / 'docs/precision_and_export.md').read_text().split())
+    stated = re.search(
+        r'Without `--shape` it exports at (\d+) (\d+), and '
+        r'without `--check` it checks ([\dx ]+?) \(', docs)
+    assert stated, 'the sentence on the defaults is gone from the docs'
+    assert args.shape == [int(stated[1]), int(stated[2])]
+    assert args.check == [tool.size(t) for t in stated[3].split()]
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--help'])
+    helped = ' '.join(capsys.readouterr().out.split())
+    assert f'(default: {stated[1]} {stated[2]})' in helped
+    assert f'(default: {stated[3]}:' in helped

@@ -53,13 +53,15 @@ def parse_args(argv=None):
         nargs=2,
         default=[640, 960],
         metavar=('H', 'W'),
-        help='export input size')
+        help='export input size (default: 640 960)')
     parser.add_argument(
         '--check',
         type=size,
         nargs='*',
         default=[(320, 448), (97, 131), (800, 1344)],
-        help='other sizes to check in onnxruntime')
+        help='other sizes to check in onnxruntime (default: 320x448 97x131 '
+        "800x1344: a smaller one, one that is no multiple of the stride, "
+        "COCO's test size)")
     parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript')
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument(
