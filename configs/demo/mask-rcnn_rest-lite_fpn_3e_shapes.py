@@ -6,20 +6,12 @@
 # 20-minute budget on 2 cores. Only the schedule and the seed differ.
 _base_ = './mask-rcnn_rest-lite_fpn_2e_shapes.py'
 
-# The base's entries computed from its max_epochs, restated for 3.
+# The base's entries computed from its max_epochs, set for 3: the loop, the
+# checkpoints and the cosine's length (its warm-up and floor are the base's).
 max_epochs = 3
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(
-        type='CosineAnnealingLR',
-        by_epoch=True,
-        begin=0,
-        end=max_epochs,
-        T_max=max_epochs,
-        eta_min_ratio=0.01,
-        convert_to_iter_based=True),
-]
+param_scheduler = _base_.param_scheduler  # noqa: F821 (mmengine's reference)
+param_scheduler[1].update(end=max_epochs, T_max=max_epochs)
 default_hooks = dict(checkpoint=dict(interval=max_epochs))
 
 # Seeded, as the segmentation demo is: the same machine and thread count
