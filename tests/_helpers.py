@@ -1,5 +1,6 @@
 """Helpers shared by the tests (imported by test files; never a test file
 itself, so that no test module imports another)."""
+import copy
 import importlib.util
 import inspect
 import math
@@ -625,3 +626,39 @@ def settings_by_param(optim_wrapper):
             assert id(p) not in out, 'a parameter in two groups'
             out[id(p)] = (group['lr'], group['weight_decay'])
     return out
+
+
+def scheduled_lrs(optim_wrapper,
+                  param_scheduler,
+                  iterations: int,
+                  epoch_length: Optional[int] = None) -> list:
+    """The lr of the optimizer's first group at each of ``iterations``
+    training iterations under the scheduler configs ``param_scheduler``
+    (left unchanged), stepped as mmengine's ``ParamSchedulerHook`` steps
+    them: iteration-based schedulers after every iteration, then
+    epoch-based ones after the last iteration of each epoch of
+    ``epoch_length`` iterations (also the length with which mmengine's
+    Runner converts ``convert_to_iter_based`` schedulers). Without
+    ``epoch_length`` an epoch-based scheduler is refused."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    default_args = dict(optimizer=optim_wrapper)
+    if epoch_length is not None:
+        default_args['epoch_length'] = epoch_length
+    schedulers = [
+        PARAM_SCHEDULERS.build(
+            copy.deepcopy(dict(s)), default_args=dict(default_args))
+        for s in param_scheduler
+    ]
+    if epoch_length is None and any(s.by_epoch for s in schedulers):
+        raise ValueError('an epoch-based scheduler needs epoch_length')
+    lrs = []
+    for it in range(iterations):
+        lrs.append(optim_wrapper.get_lr()['lr'][0])
+        for s in schedulers:
+            if not s.by_epoch:
+                s.step()
+        if epoch_length is not None and (it + 1) % epoch_length == 0:
+            for s in schedulers:
+                if s.by_epoch:
+                    s.step()
+    return lrs

@@ -1,13 +1,12 @@
 """The COCO configs of the paper (RetinaNet and Mask R-CNN, ResT-S/B) and
 their lite/large siblings: recipe, sizes, pipelines, one training
 iteration and one CocoMetric evaluation on a tiny COCO-format set."""
-import copy
 import json
 import uuid
 
 import pytest
 import torch
-from _helpers import ROOT
+from _helpers import ROOT, scheduled_lrs
 from mmengine.config import Config
 
 DATA = ROOT / 'tests' / 'data'  # the reference data (see its README)
@@ -143,20 +142,11 @@ def test_learning_rate_schedule(det):
     90,000, stepping the schedulers as mmengine's hook does (every
     iteration; the full schedule of every config: test_recipe.py)."""
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     cfg = load(det, 'small')
-    model = torch.nn.Linear(2, 2)
-    optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    schedulers = [
-        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=optim))
-        for s in copy.deepcopy(cfg.param_scheduler)
-    ]
-    assert not any(s.by_epoch for s in schedulers)
-    lr = []  # the lr each iteration uses
-    for _ in range(cfg.train_cfg.max_iters):
-        lr.append(optim.get_lr()['lr'][0])
-        for s in schedulers:
-            s.step()
+    optim = build_optim_wrapper(torch.nn.Linear(2, 2), cfg.optim_wrapper)
+    # the lr each iteration uses; every scheduler iteration-based (an
+    # epoch-based one is refused without an epoch length)
+    lr = scheduled_lrs(optim, cfg.param_scheduler, cfg.train_cfg.max_iters)
 
     assert len(lr) == 90000
     assert lr[0] == pytest.approx(1e-7)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import ROOT, run_program
+from _helpers import ROOT, run_program, scheduled_lrs
 from mmengine.config import Config
 
 from mmrest.synthetic import generate_shapes_coco
@@ -178,28 +178,13 @@ def test_a_learning_rate_warm_up_of_one_epoch():
     """From 0.001 x lr to lr over the first epoch (mmengine steps the
     converted scheduler every iteration), lr / 10 after epochs 8 and 11."""
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     cfg = Config.fromfile(CONFIG)
     optim_cfg = dict(cfg.optim_wrapper, type='OptimWrapper')
     optim_cfg.pop('loss_scale')
     optim = build_optim_wrapper(torch.nn.Linear(2, 2), optim_cfg)
     epoch_len = 7
-    schedulers = [
-        PARAM_SCHEDULERS.build(
-            dict(s),
-            default_args=dict(optimizer=optim, epoch_length=epoch_len))
-        for s in cfg.param_scheduler
-    ]
-    lrs = []
-    for epoch in range(cfg.train_cfg.max_epochs):
-        for _ in range(epoch_len):
-            lrs.append(optim.get_lr()['lr'][0])
-            for s in schedulers:
-                if not s.by_epoch:
-                    s.step()
-        for s in schedulers:
-            if s.by_epoch:
-                s.step()
+    lrs = scheduled_lrs(optim, cfg.param_scheduler,
+                        cfg.train_cfg.max_epochs * epoch_len, epoch_len)
     lr = 1e-4
     assert lrs[0] == pytest.approx(lr * 0.001)
     assert all(a < b for a, b in zip(lrs[:epoch_len], lrs[1:epoch_len]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import (ROOT, demo_training_records, file_bytes, run_program,
-                      run_tiny_demo)
+                      run_tiny_demo, scheduled_lrs)
 from mmengine.config import Config
 
 from mmrest.synthetic import SHAPES_CLASSES, generate_shapes_coco, shapes_info
@@ -320,25 +320,14 @@ def test_demo_config_is_the_coco_model_as_tuned():
 
 
 def _iteration_lrs(cfg, epoch_length: int) -> list:
-    """The lr of each training iteration of ``cfg``'s schedule, stepping its
-    schedulers as mmengine's Runner and hook do (``convert_to_iter_based``
-    with the epoch's length, every scheduler after each iteration)."""
+    """The lr of each training iteration of ``cfg``'s schedule, as
+    mmengine's Runner builds and steps its schedulers."""
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     optim_cfg = copy.deepcopy(cfg.optim_wrapper)
     drop_unsupported_fused(optim_cfg.optimizer, 'cpu')  # torch < 2.4
     optim = build_optim_wrapper(torch.nn.Linear(2, 2), optim_cfg)
-    schedulers = [
-        PARAM_SCHEDULERS.build(
-            s, default_args=dict(optimizer=optim, epoch_length=epoch_length))
-        for s in copy.deepcopy(cfg.param_scheduler)
-    ]
-    lrs = []
-    for _ in range(cfg.train_cfg.max_epochs * epoch_length):
-        lrs.append(optim.get_lr()['lr'][0])
-        for s in schedulers:
-            s.step()
-    return lrs
+    return scheduled_lrs(optim, cfg.param_scheduler,
+                         cfg.train_cfg.max_epochs * epoch_length, epoch_length)
 
 
 @pytest.mark.parametrize('config,epochs', [(DEMO_2E_CONFIG, 2),

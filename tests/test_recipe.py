@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from _helpers import ROOT, settings_by_param
+from _helpers import ROOT, scheduled_lrs, settings_by_param
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -311,21 +311,11 @@ def _lr_per_iteration(schedulers_json, max_iters):
     (their configs as JSON), stepped as mmengine's hook steps
     iteration-based ones."""
     from mmengine.optim import OptimWrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     layer = nn.Linear(1, 1)
     wrapper = OptimWrapper(torch.optim.AdamW(layer.parameters(), lr=LR))
-    schedulers = [
-        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper))
-        for s in json.loads(schedulers_json)
-    ]
-    assert not any(s.by_epoch for s in schedulers)
-    group = wrapper.optimizer.param_groups[0]
-    lrs = np.empty(max_iters)
-    for it in range(max_iters):
-        lrs[it] = group['lr']
-        for s in schedulers:
-            s.step()
-    return lrs
+    # every scheduler iteration-based (an epoch-based one is refused)
+    return np.array(
+        scheduled_lrs(wrapper, json.loads(schedulers_json), max_iters))
 
 
 @pytest.mark.parametrize('path', list(DETECTION))
@@ -815,27 +805,20 @@ def test_segmentation_schedule(path):
     """mmcv 0.x poly (power 1, min_lr 0) over the 160k iterations with a
     linear warm-up from 1e-6 multiplying it for the first 1500."""
     from mmengine.optim import OptimWrapper
-    from mmengine.registry import PARAM_SCHEDULERS
     cfg = load(path)
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'
     assert cfg.train_cfg.max_iters == SEG_ITERS
     base = SEG_OPTIM[SEG[path]][0]
     layer = nn.Linear(1, 1)
     wrapper = OptimWrapper(torch.optim.AdamW(layer.parameters(), lr=base))
-    schedulers = [
-        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper))
-        for s in copy.deepcopy(cfg.param_scheduler)
-    ]
-    assert not any(s.by_epoch for s in schedulers)
+    # every scheduler iteration-based (an epoch-based one is refused)
+    lrs = scheduled_lrs(wrapper, cfg.param_scheduler, SEG_ITERS)
     for it in range(SEG_ITERS):
         if it < 3000 or it % 997 == 0 or it > SEG_ITERS - 3:
             warm = 1.0 if it >= SEG_WARMUP else 1 - (1 - it / SEG_WARMUP) * (
                 1 - SEG_WARMUP_RATIO)
             expected = base * (1 - it / SEG_ITERS)**SEG_POWER * warm
-            assert wrapper.get_lr()['lr'][0] == pytest.approx(
-                expected, rel=1e-7, abs=1e-15), it
-        for s in schedulers:
-            s.step()
+            assert lrs[it] == pytest.approx(expected, rel=1e-7, abs=1e-15), it
 
 
 @pytest.mark.parametrize('path', list(SEG))
