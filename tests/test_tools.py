@@ -495,3 +495,87 @@ def test_mmdet_packaged_train_tool(tiny_coco, tmp_path):
     assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox',
             'loss_mask'} <= set(record)
     shutil.rmtree(work)
+
+
+# What setup.py builds a distribution from (its README, version, model index,
+# configs and tools), copied apart so that the build leaves this clone as it is
+DIST_SOURCES = ('setup.py', 'setup.cfg', 'MANIFEST.in', 'README.md', 'LICENSE',
+                'CITATION.cff', 'model-index.yml', 'requirements', 'configs',
+                'tools', 'mmrest', 'mmrest_tools')
+
+
+def test_wheel_install_under_mim(tiny_coco, tmp_path):
+    """A wheel of mmrest (``pip install .``, not editable) carries the
+    model index, the configs and the tools in mmrest/.mim, where
+    OpenMMLab's mim looks: installed, ``mim search mmrest`` lists every
+    model of the metafiles with its measured size, and ``mim train mmrest
+    <config name>`` (README, docs/detection.md) trains from the installed
+    copy's config and tool."""
+    import yaml
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in DIST_SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(
+                ROOT / name,
+                src / name,
+                ignore=shutil.ignore_patterns('__pycache__', '.mim'))
+        else:
+            shutil.copy2(ROOT / name, src / name)
+    pip = [PY, '-m', 'pip', '--disable-pip-version-check']
+    run([
+        *pip, 'wheel', src, '--no-deps', '--no-build-isolation', '--no-index',
+        '-w', tmp_path / 'dist'
+    ])
+    (wheel, ) = (tmp_path / 'dist').glob('mmrest-*.whl')
+    site = tmp_path / 'site'
+    run([*pip, 'install', '--no-deps', '--no-index', '--target', site, wheel])
+    # the installed copy in place of this clone (conftest's PYTHONPATH)
+    env = {'PYTHONPATH': str(site)}
+    out = run([
+        PY, '-c', 'import mmrest, mmrest_tools\n'
+        'for m in (mmrest, mmrest_tools): print("FROM", m.__file__)'
+    ],
+              cwd=tmp_path,
+              env=env)
+    paths = [line[5:] for line in out.splitlines() if line.startswith('FROM ')]
+    assert len(paths) == 2 and all(
+        Path(p).is_relative_to(site) for p in paths), out
+
+    mim = [PY, '-m', 'mim']
+    models = {}
+    for metafile in sorted(ROOT.glob('configs/*/metafile.yml')):
+        for model in yaml.safe_load(metafile.read_text())['Models']:
+            models[model['Name']] = model
+    listed = run([*mim, 'search', 'mmrest'], cwd=tmp_path, env=env)
+    ids = [
+        line.split(':', 1)[1].strip() for line in listed.splitlines()
+        if line.startswith('config id:')
+    ]
+    assert sorted(ids) == sorted(models)
+    name = 'retinanet_rest-lite_fpn_1x_coco'
+    shown = run([*mim, 'search', 'mmrest', '--config', name],
+                cwd=tmp_path,
+                env=env)
+    size = models[name]['Metadata']['Parameters (M)']
+    assert f'parameters(M)         {size:.2f}' in shown, shown
+
+    installed = site / 'mmrest' / '.mim'
+    work = tmp_path / 'work'
+    out = run([
+        *mim, 'train', 'mmrest', f'{name}.py', '--work-dir', work,
+        '--cfg-options', 'model.backbone.init_cfg=None',
+        'train_cfg.max_iters=1', *flat_options(tiny_coco, validate=False)
+    ],
+              cwd=tmp_path,
+              env=env)
+    command = next(line for line in out.splitlines()
+                   if line.startswith('Training command is '))
+    assert command.split()[4:6] == [
+        str(installed / 'tools' / 'train.py'),
+        str(installed / 'configs' / 'retinanet' / f'{name}.py')
+    ], command
+    assert (work / 'iter_1.pth').is_file()
+    (record, ) = scalars(work)
+    assert {'loss_cls', 'loss_bbox'} <= set(record)
+    shutil.rmtree(work)
