@@ -114,16 +114,17 @@ def test_check_onnx_reports_both_errors_against_float64(tmp_path):
         assert 0 < err_eager < 1e-4  # a float32 error
 
 
-def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
-    """The torch 2.1 path (its exporter fails on an explicit SDPA scale, so
-    the formula is written out while exporting), forced on any torch: the
-    ONNX graph still gives the eager accuracy, and eager calls still use
-    the fused SDPA."""
+@pytest.mark.parametrize('opset', [11, 17])
+def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path, opset):
+    """The one-head attention's SDPA (an explicit scale) is written out
+    while exporting (torch's SDPA with a scale fails in torch 2.1's
+    exporter and before opset 14, mmdeploy's ONNX Runtime opset): at
+    opset 11 and 17 the ONNX graph gives the eager accuracy, and eager
+    calls still use the fused SDPA."""
     import onnxruntime  # noqa: F401 (installed by the set-up)
     import torch.nn.functional as F
 
     from mmrest.onnx_export import export_onnx
-    monkeypatch.setattr(torch_compat, 'ONNX_SDPA_SCALE_FAILS', True)
     model = tiny_model()
     exporting = []  # for each fused SDPA call: whether ONNX export ran
     sdpa = F.scaled_dot_product_attention
@@ -131,7 +132,7 @@ def test_onnx_export_with_sdpa_written_out(monkeypatch, tmp_path):
         F, 'scaled_dot_product_attention', lambda *a, **k: exporting.append(
             torch.onnx.is_in_onnx_export()) or sdpa(*a, **k))
     path = str(tmp_path / 'rest.onnx')
-    export_onnx(model, path, SIZES[0])
+    export_onnx(model, path, SIZES[0], opset_version=opset)
     # the eager run that counts the outputs used the fused kernel; the
     # export wrote the formula out
     assert exporting and not any(exporting)

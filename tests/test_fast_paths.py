@@ -697,33 +697,28 @@ def test_linear_under_autograd_without_gradients(monkeypatch):
         assert out.requires_grad and onednn.count == 2, needs
 
 
-def test_sdpa_writes_the_formula_out_for_torch_2_1s_onnx_exporter(monkeypatch):
-    """While torch 2.1 exports to ONNX (forced here), an explicit scale is
-    written out as ``softmax(q k^T scale + mask) @ v`` (float64, with and
-    without a mask); without a scale, or outside an export, or where the
-    exporter takes the scale, torch's own SDPA runs."""
+def test_sdpa_writes_the_formula_out_while_exporting_to_onnx(monkeypatch):
+    """While exporting to ONNX (forced here), an explicit scale is written
+    out as ``softmax(q k^T scale + mask) @ v`` (float64, with and without a
+    mask), not handed to torch's SDPA (which torch 2.1's exporter and
+    opsets before 14 cannot export, and mmdeploy rewrites dividing by the
+    scale); without a scale, or outside an export, torch's own SDPA runs."""
     import torch.onnx
-
-    from mmrest.utils import torch_compat
     gen = torch.Generator().manual_seed(0)
     q, k, v = (
         torch.randn(2, 3, 5, 4, generator=gen).double() for _ in range(3))
     mask = torch.randn(2, 3, 5, 5, generator=gen).double()
     fused = CallCounter(monkeypatch, F, 'scaled_dot_product_attention')
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
-    for fails in (False, True):
-        monkeypatch.setattr(torch_compat, 'ONNX_SDPA_SCALE_FAILS', fails)
-        for attn_mask in (None, mask):
-            fused.count = 0
-            out = kernels.sdpa(q, k, v, attn_mask, scale=0.3)
-            logits = q @ k.transpose(-2, -1) * 0.3
-            if attn_mask is not None:
-                logits = logits + attn_mask
-            assert_float64_equal(out, logits.softmax(-1) @ v, 'sdpa')
-            assert fused.count == (0 if fails else 1)
-        fused.count = 0
-        kernels.sdpa(q, k, v)  # no explicit scale: torch's own
-        assert fused.count == 1
+    for attn_mask in (None, mask):
+        out = kernels.sdpa(q, k, v, attn_mask, scale=0.3)
+        logits = q @ k.transpose(-2, -1) * 0.3
+        if attn_mask is not None:
+            logits = logits + attn_mask
+        assert_float64_equal(out, logits.softmax(-1) @ v, 'sdpa')
+    assert fused.count == 0
+    kernels.sdpa(q, k, v)  # no explicit scale: torch's own
+    assert fused.count == 1
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: False)
     fused.count = 0
     kernels.sdpa(q, k, v, scale=0.3)

@@ -42,15 +42,15 @@ WINNERS = (3, 17, 42, 60)  # classes given a few clearly winning boxes
 # float32 detector's scores are from the float64 one's.
 SEPARATION = 10
 # Layers between the image and the outputs (ResT-Lite: 4 patch embeddings
-# and 8 blocks; FPN: 2; head: up to 5 convolutions or 2 fc + 4 mask convs):
-# sets the float32 floor, see _helpers.float32_floor.
-DEPTH = 20
+# and 8 blocks, ResT v2-T: 4 and 11; FPN: 2; head: up to 5 convolutions or
+# 2 fc + 4 mask convs): set the float32 floor, see _helpers.float32_floor.
+DEPTH = {'rest-lite': 20, 'restv2-tiny': 23}
 
 
-def model_config(name: str) -> Config:
+def model_config(name: str, backbone: str = 'rest-lite') -> Config:
     algorithm = name.replace('_', '-')  # mask_rcnn -> mask-rcnn
     cfg = Config.fromfile(
-        str(CONFIGS / name / f'{algorithm}_rest-lite_fpn_1x_coco.py'))
+        str(CONFIGS / name / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
     for t in cfg.test_pipeline:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
@@ -319,12 +319,13 @@ def test_deploy_cfg_errors():
     }
 
 
+@pytest.mark.parametrize('backbone', ['rest-lite', 'restv2-tiny'])
 @pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn'])
-def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
+def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, tmp_path,
                                               float64_detector):
     task = 'instance-seg' if name == 'mask_rcnn' else 'detection'
     torch.manual_seed(0)
-    processor, model = build_detector(model_config(name), task)
+    processor, model = build_detector(model_config(name, backbone), task)
     images = [synthetic_image(hw, seed) for seed, hw in enumerate(IMAGES)]
     datas = [make_input(processor, model, img)[0] for img in images]
     set_classifiers(name, model, datas)
@@ -340,7 +341,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
     assert len(graph.initializer) > 0
     ort_model = build_ort_model(processor, onnx_file)
     exact_model = copy.deepcopy(model).double()
-    floor = float32_floor(DEPTH)
+    floor = float32_floor(DEPTH[backbone])
     shapes = set()
     for img, data in zip(images, datas):
         inputs = data['inputs'][0]
@@ -349,7 +350,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, tmp_path,
             eager = sorted_by_class_and_score(predict(model, data))
         exact = sorted_by_class_and_score(predict(exact_model, data))
         got = sorted_by_class_and_score(predict(ort_model, data))
-        where = f'{name} at {tuple(inputs.shape[-2:])}'
+        where = f'{name} {backbone} at {tuple(inputs.shape[-2:])}'
         # the premise: a few detections with scores far apart
         n = len(exact)
         assert 2 <= n < 50, f'{where}: {n} detections'

@@ -327,12 +327,16 @@ def sdpa(q: torch.Tensor,
          attn_mask: Optional[torch.Tensor] = None,
          dropout_p: float = 0.,
          scale: Optional[float] = None) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``; while torch 2.1 exports to ONNX
-    (whose exporter fails on an explicit ``scale``,
-    :data:`~mmrest.utils.torch_compat.ONNX_SDPA_SCALE_FAILS`), the same
-    formula written out: ``softmax(q k^T scale + mask) @ v``."""
-    if scale is not None and torch_compat.ONNX_SDPA_SCALE_FAILS and \
-            torch.onnx.is_in_onnx_export():
+    """``F.scaled_dot_product_attention``; while exporting to ONNX with an
+    explicit ``scale``, the same formula written out,
+    ``softmax(q k^T scale + mask) @ v``, the operators the exporters make
+    of SDPA anyway. Torch's SDPA would fail or mislead there: torch 2.1's
+    TorchScript exporter fails on the explicit scale, every torch's before
+    opset 14 (mmdeploy's ONNX Runtime configs export at opset 11), and
+    mmdeploy 1.3's rewrite of SDPA for its exports divides the logits by
+    ``scale`` instead of multiplying them (ResT v2's d**-0.5 became
+    d**0.5)."""
+    if scale is not None and torch.onnx.is_in_onnx_export():
         attn = (q * scale) @ k.transpose(-2, -1)
         if attn_mask is not None:
             attn = attn + attn_mask

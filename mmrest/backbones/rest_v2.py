@@ -222,9 +222,11 @@ class AttentionV2(nn.Module):
         else:
             Hs, Ws = H, W
         kv = kernels.linear(x, self.kv.weight, self.kv.bias).view(B, -1, 2, C)
-        k = kv[:, :, 0].unflatten(-1, (h, C // h)).transpose(1, 2)
+        # views, as reshape (not unflatten: ONNX has it from opset 13 only,
+        # and mmdeploy's ONNX Runtime configs export at opset 11)
+        k = kv[:, :, 0].view(B, -1, h, C // h).transpose(1, 2)
         v_tokens = kv[:, :, 1]  # (B, M, C)
-        v = v_tokens.unflatten(-1, (h, C // h)).transpose(1, 2)
+        v = v_tokens.view(B, -1, h, C // h).transpose(1, 2)
         out = kernels.sdpa(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
 

@@ -14,9 +14,6 @@ alone, except where a feature exists earlier in an incomplete form):
   ``torch._dynamo.is_compiling``);
 - :data:`ONNX_EXPORT_HAS_DYNAMO` (``torch.onnx.export(dynamo=...)``, torch
   2.5);
-- :data:`ONNX_SDPA_SCALE_FAILS` (torch 2.1's TorchScript ONNX exporter
-  fails on ``scaled_dot_product_attention`` with an explicit ``scale``:
-  mmrest writes the formula out while exporting);
 - :data:`TORCH_SCOPED_ALLOW_LIST` (``torch.serialization.safe_globals`` with
   ``(function, 'module.name')`` entries, torch 2.6): whether mmrest's safe
   loading uses torch's weights-only loader or its own restricted unpickler
@@ -99,11 +96,6 @@ def _onnx_export_has_dynamo() -> bool:
 #: Whether ``torch.onnx.export`` takes ``dynamo=`` (torch >= 2.5): the
 #: ``torch.export``-based ONNX exporter of :mod:`mmrest.onnx_export`.
 ONNX_EXPORT_HAS_DYNAMO = _onnx_export_has_dynamo()
-
-#: Whether torch's TorchScript ONNX exporter fails on
-#: ``F.scaled_dot_product_attention(..., scale=...)`` (torch 2.1: its
-#: symbolic passes the float to a Constant node that wants a tensor).
-ONNX_SDPA_SCALE_FAILS = torch_version() < (2, 2)
 
 #: Whether torch's weights-only loader takes a scoped allow-list with
 #: stand-in functions under another name (``safe_globals`` with
