@@ -198,14 +198,24 @@ def build_detector(config,
     import mmrest  # noqa: F401  (registers ResT)
     from .checkpoint import (CheckpointError, extract_state_dict,
                              load_checkpoint_file)
+    source = 'the config'
     if isinstance(config, str):
         if not osp.isfile(config):
             raise FileNotFoundError(f'Config file not found: {config!r}')
+        source = repr(config)
         config = Config.fromfile(config)
     else:
         config = copy.deepcopy(config)
     if cfg_options:
         config.merge_from_dict(cfg_options)
+    scope = config.get('default_scope', 'mmdet')
+    if scope != 'mmdet':
+        raise ValueError(
+            f'{source} is an {scope} config (model type '
+            f'{config.model.get("type")!r}); mmrest.deploy exports mmdet '
+            'detectors only. Segmentors are not supported: mmdeploy 1.3.1 '
+            "replaces UperNet's adaptive pooling by a fixed average pooling "
+            '(docs/deployment.md)')
     config.model.backbone.init_cfg = None
     deploy_cfg = load_deploy_cfg(deploy_cfg)
     from mmdeploy.apis import build_task_processor

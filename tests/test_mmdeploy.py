@@ -279,6 +279,19 @@ def test_missing_packages_are_named(monkeypatch):
             str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py'))
 
 
+def test_segmentor_configs_are_refused_by_name():
+    """An mmseg config (UperNet) is an error that names the file, its scope
+    and model, before mmdeploy traces anything (its tracer failed on a
+    SegDataSample)."""
+    path = str(CONFIGS / 'upernet' /
+               'rest-small_upernet_8xb2-160k_ade20k-512x512.py')
+    with pytest.raises(
+            ValueError,
+            match=r"rest-small_upernet.*is an mmseg config \(model type "
+            r"'EncoderDecoder'\); mmrest.deploy exports mmdet detectors"):
+        build_detector(path)
+
+
 def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
     """A config file's detector with a whole-detector checkpoint's weights
     (keys the detector does not have are passed over); a missing config
