@@ -700,9 +700,10 @@ def test_linear_under_autograd_without_gradients(monkeypatch):
 def test_sdpa_writes_the_formula_out_while_exporting_to_onnx(monkeypatch):
     """While exporting to ONNX (forced here), an explicit scale is written
     out as ``softmax(q k^T scale + mask) @ v`` (float64, with and without a
-    mask), not handed to torch's SDPA (which torch 2.1's exporter and
-    opsets before 14 cannot export, and mmdeploy rewrites dividing by the
-    scale); without a scale, or outside an export, torch's own SDPA runs."""
+    mask, with dropout as torch's SDPA applies it), not handed to torch's
+    SDPA (which torch 2.1's exporter and opsets before 14 cannot export,
+    and mmdeploy rewrites dividing by the scale); without a scale, or
+    outside an export, torch's own SDPA runs."""
     import torch.onnx
     gen = torch.Generator().manual_seed(0)
     q, k, v = (
@@ -716,6 +717,12 @@ def test_sdpa_writes_the_formula_out_while_exporting_to_onnx(monkeypatch):
         if attn_mask is not None:
             logits = logits + attn_mask
         assert_float64_equal(out, logits.softmax(-1) @ v, 'sdpa')
+    # dropout on the probabilities, as torch's SDPA applies it
+    torch.manual_seed(0)
+    out = kernels.sdpa(q, k, v, dropout_p=0.5, scale=0.3)
+    torch.manual_seed(0)
+    dropped = F.dropout((q @ k.transpose(-2, -1) * 0.3).softmax(-1), 0.5)
+    assert_float64_equal(out, dropped @ v, 'sdpa with dropout')
     assert fused.count == 0
     kernels.sdpa(q, k, v)  # no explicit scale: torch's own
     assert fused.count == 1
