@@ -1,6 +1,7 @@
 """The check of ``tools/deploy.py``: ``mmrest.deploy``'s ``box_iou``,
-``match_detections``, ``compare`` and ``agrees`` on detections built by
-hand (no mmdeploy needed), and the tool's exit code on each verdict.
+``match_detections``, ``compare``, ``agrees``, ``graph_report`` and
+``graph_matches`` on detections built by hand (no mmdeploy needed), and the
+tool's exit code on each verdict.
 tests/test_mmdeploy.py exports real detectors; these tests decide whether
 the tool's pass / fail can be trusted."""
 import pytest
@@ -8,7 +9,8 @@ import torch
 from _helpers import load_tool
 from mmengine.structures import InstanceData
 
-from mmrest.deploy import agrees, box_iou, compare, match_detections
+from mmrest.deploy import (GRAPH_TOLERANCE, agrees, box_iou, compare,
+                           graph_matches, graph_report, match_detections)
 
 
 def _dets(boxes, labels, scores, masks=None):
@@ -151,18 +153,84 @@ def test_agrees_only_on_the_same_detections():
             agrees(compare(ref, ref), min_iou=bad)
 
 
-@pytest.mark.parametrize('case,code,says', [
-    ('same', 0, 'agrees with'),
-    ('missing', 1, 'DIFFERS FROM'),
-    ('extra', 1, 'DIFFERS FROM'),
-    ('none', 0, 'nothing to compare'),
+def _graph(dets, labels, masks=None):
+    """Batched graph outputs of one image: (1, n, 5), (1, n)[, (1, n, h,
+    w)]."""
+    out = (torch.tensor(dets, dtype=torch.float32).view(1, -1, 5),
+           torch.tensor(labels).view(1, -1))
+    return out if masks is None else out + (torch.tensor(masks)[None], )
+
+
+def test_graph_report_and_matches_by_hand():
+    """The graph's outputs against the rewritten detector's: counts,
+    labels, box corners relative to the image's side, scores and mask
+    probabilities; a match only with the same detections and every
+    difference within the tolerance (1e-3)."""
+    masks = [[[0.2, 0.9]], [[0.6, 0.1]]]
+    ref = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4]], [1, 2], masks)
+    assert graph_report(ref, ref, 100) == dict(
+        num_expected=2,
+        num_got=2,
+        same_labels=True,
+        max_box_diff=0.,
+        max_score_diff=0.,
+        max_mask_diff=0.)
+    assert graph_matches(graph_report(ref, ref, 100))
+    assert GRAPH_TOLERANCE == 1e-3
+    # a corner 0.09 pixels off on a 100-pixel image: 9e-4 of it
+    moved = _graph([[0, 0, 10, 10.09, 0.9], [5, 5, 20, 30, 0.4]], [1, 2],
+                   masks)
+    report = graph_report(ref, moved, 100)
+    assert report['max_box_diff'] == pytest.approx(9e-4, rel=1e-4)
+    assert graph_matches(report)
+    assert not graph_matches(graph_report(ref, moved, 50))  # 1.8e-3
+    assert not graph_matches(report, tolerance=8e-4)
+    rescored = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.402]], [1, 2],
+                      masks)
+    report = graph_report(ref, rescored, 100)
+    assert report['max_score_diff'] == pytest.approx(2e-3, rel=1e-4)
+    assert not graph_matches(report)
+    remasked = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4]], [1, 2],
+                      [[[0.2, 0.9]], [[0.6, 0.102]]])
+    report = graph_report(ref, remasked, 100)
+    assert report['max_mask_diff'] == pytest.approx(2e-3, rel=1e-4)
+    assert not graph_matches(report)
+    relabelled = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4]], [1, 3],
+                        masks)
+    assert not graph_report(ref, relabelled, 100)['same_labels']
+    assert not graph_matches(graph_report(ref, relabelled, 100))
+    fewer = _graph([[0, 0, 10, 10, 0.9]], [1], masks[:1])
+    report = graph_report(ref, fewer, 100)
+    assert (report['num_expected'], report['num_got']) == (2, 1)
+    assert 'max_box_diff' not in report and not graph_matches(report)
+    boxes_only = graph_report(ref[:2], ref[:2], 100)  # a detection graph
+    assert 'max_mask_diff' not in boxes_only and graph_matches(boxes_only)
+    none = _graph([], [])
+    assert graph_matches(graph_report(none, none, 100))
+
+
+@pytest.mark.parametrize('case,graph_ok,code,says', [
+    ('same', True, 0, 'agrees with'),
+    ('missing', True, 1, 'difference comes from mmdeploy'),
+    ('extra', True, 1, 'DIFFERS FROM the PyTorch detector'),
+    ('none', True, 0, 'nothing to compare'),
+    ('same', False, 1, "DIFFERS FROM mmdeploy's rewritten"),
+    ('none', False, 1, "DIFFERS FROM mmdeploy's rewritten"),
 ])
-def test_tool_exit_code(case, code, says, monkeypatch, capsys, tmp_path):
+def test_tool_exit_code(case, graph_ok, code, says, monkeypatch, capsys,
+                        tmp_path):
     """tools/deploy.py with its export and models replaced by stand-ins
-    that return chosen detections: exit code 0 when ONNX Runtime's
-    detections agree, 1 when one is missing or extra, 0 with a message
-    when PyTorch finds nothing."""
+    that return chosen outputs: exit code 0 when the graph computes the
+    rewritten detector and ONNX Runtime's detections agree with the
+    detector's (or it finds nothing: a message), 1 when a detection is
+    missing or extra (with the graph right: the cause named) or when the
+    graph differs."""
     tool = load_tool('deploy')
+    graph = _graph([[0, 0, 10, 10, 0.9]], [1])
+    wrong = _graph([[0, 0, 10, 10, 0.5]], [1])
+    monkeypatch.setattr(tool, 'rewritten_outputs', lambda *a: graph)
+    monkeypatch.setattr(tool, 'onnx_outputs', lambda *a: graph
+                        if graph_ok else wrong)
     ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2], [0.9, 0.5])
     got = dict(
         same=ref,
@@ -173,7 +241,8 @@ def test_tool_exit_code(case, code, says, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
     monkeypatch.setattr(tool, 'export_detector',
                         lambda *a: str(tmp_path / 'end2end.onnx'))
-    monkeypatch.setattr(tool, 'make_input', lambda *a: ({}, None))
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        ({}, torch.zeros(1, 3, 32, 48)))
     monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
     monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
     assert tool.main(['config.py']) == code
