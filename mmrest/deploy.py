@@ -21,7 +21,10 @@ of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``
 and ``instance-seg_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no
 config files). :func:`build_ort_model` wraps the file in mmdeploy's ONNX
 Runtime backend model, which takes the same ``test_step`` data as the
-PyTorch detector.
+PyTorch detector. The checks of ``tools/deploy.py``: the graph's outputs
+(:func:`onnx_outputs`) against the detector with mmdeploy's rewrites run
+in PyTorch (:func:`rewritten_outputs`; :func:`graph_matches`), and the
+backend model's detections against the detector's own (:func:`agrees`).
 
 Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``
 (``requirements/deploy.txt`` and ``requirements/mmdeploy.txt``).
