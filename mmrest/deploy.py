@@ -372,7 +372,7 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
             len(labels) == len(got_labels)
             and torch.equal(labels.long(), got_labels.long())))
     if len(dets) == len(got_dets) and len(dets):
-        out['max_box_diff'] = float(
+        out['max_box_diff_of_side'] = float(
             (dets[:, :4] - got_dets[:, :4]).abs().max()) / image_size
         out['max_score_diff'] = float(
             (dets[:, 4] - got_dets[:, 4]).abs().max())
@@ -389,7 +389,7 @@ def graph_matches(report: dict, tolerance: float = GRAPH_TOLERANCE) -> bool:
     return (report['num_expected'] == report['num_got']
             and report['same_labels'] and all(
                 report.get(key, 0.) <= tolerance
-                for key in ('max_box_diff', 'max_score_diff',
+                for key in ('max_box_diff_of_side', 'max_score_diff',
                             'max_mask_diff')))
 
 

@@ -172,7 +172,7 @@ def test_graph_report_and_matches_by_hand():
         num_expected=2,
         num_got=2,
         same_labels=True,
-        max_box_diff=0.,
+        max_box_diff_of_side=0.,
         max_score_diff=0.,
         max_mask_diff=0.)
     assert graph_matches(graph_report(ref, ref, 100))
@@ -181,7 +181,7 @@ def test_graph_report_and_matches_by_hand():
     moved = _graph([[0, 0, 10, 10.09, 0.9], [5, 5, 20, 30, 0.4]], [1, 2],
                    masks)
     report = graph_report(ref, moved, 100)
-    assert report['max_box_diff'] == pytest.approx(9e-4, rel=1e-4)
+    assert report['max_box_diff_of_side'] == pytest.approx(9e-4, rel=1e-4)
     assert graph_matches(report)
     assert not graph_matches(graph_report(ref, moved, 50))  # 1.8e-3
     assert not graph_matches(report, tolerance=8e-4)
@@ -202,7 +202,7 @@ def test_graph_report_and_matches_by_hand():
     fewer = _graph([[0, 0, 10, 10, 0.9]], [1], masks[:1])
     report = graph_report(ref, fewer, 100)
     assert (report['num_expected'], report['num_got']) == (2, 1)
-    assert 'max_box_diff' not in report and not graph_matches(report)
+    assert 'max_box_diff_of_side' not in report and not graph_matches(report)
     boxes_only = graph_report(ref[:2], ref[:2], 100)  # a detection graph
     assert 'max_mask_diff' not in boxes_only and graph_matches(boxes_only)
     none = _graph([], [])
