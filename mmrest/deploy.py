@@ -238,9 +238,10 @@ def build_detector(config,
 
 
 def make_input(task_processor, model, image):
-    """``test_step`` data and the ONNX model's input for ``image`` (a file
-    name or an HxWx3 uint8 BGR array), through the config's test
-    pipeline."""
+    """The detector's data and the ONNX model's input for ``image`` (a file
+    name or an HxWx3 uint8 BGR array), through the config's test pipeline
+    and the detector's data preprocessor (``data['inputs']`` is the
+    normalised batch: feed it to the forward, not to ``test_step``)."""
     data, inputs = task_processor.create_input(
         image, None, data_preprocessor=model.data_preprocessor)
     if isinstance(inputs, list) and len(inputs) == 1:
@@ -415,10 +416,15 @@ def synthetic_image(shape: Sequence[int], seed: int = 0):
 
 
 def predict(model, data):
-    """``pred_instances`` of the first image of ``data``, without
-    autograd."""
+    """``pred_instances`` of the first image of ``data`` (from
+    :func:`make_input`, already through the detector's data preprocessor:
+    the forward takes it as it is, where ``test_step`` would normalise the
+    image a second time), without autograd."""
     with torch.no_grad():
-        return model.test_step(copy.copy(data))[0].pred_instances
+        return model(
+            data['inputs'],
+            copy.deepcopy(data['data_samples']),
+            mode='predict')[0].pred_instances
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

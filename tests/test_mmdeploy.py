@@ -363,7 +363,8 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, tmp_path,
         shapes.add(tuple(inputs.shape[-2:]))
         with kernels.literal():  # the authors' float32 computation
             eager = sorted_by_class_and_score(predict(model, data))
-        exact = sorted_by_class_and_score(predict(exact_model, data))
+        exact = sorted_by_class_and_score(
+            predict(exact_model, dict(data, inputs=data['inputs'].double())))
         got = sorted_by_class_and_score(predict(ort_model, data))
         where = f'{name} {backbone} at {tuple(inputs.shape[-2:])}'
         # the premise: a few detections with scores far apart
@@ -391,8 +392,9 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, tmp_path,
                 f'{err_eager:.3g} + {floor:.3g}')
         if name == 'mask_rcnn':
             ref = exact.masks.bool()
-            assert ref.flatten(1).any(1).all() and (~ref).any(), \
-                f'{where}: masks empty or full'
+            # (random mask heads: most masks, not all, have pixels)
+            assert 2 * ref.flatten(1).any(1).sum() >= len(ref) and \
+                (~ref).any(), f'{where}: most masks empty, or all full'
             # a pixel flips only where the mask probability lies within
             # rounding of 0.5: as few as float32 rounding flips in the
             # eager model, plus one per instance
