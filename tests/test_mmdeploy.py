@@ -293,6 +293,29 @@ def test_segmentor_configs_are_refused_by_name():
         build_detector(path)
 
 
+def test_predict_normalises_the_image_once():
+    """``predict`` on ``make_input``'s data (already through the data
+    preprocessor) feeds the backbone what mmdet's own ``test_step`` feeds
+    it from the pipeline's raw data: the image normalised once. (It ran
+    ``test_step`` on the normalised data, normalising it twice.)"""
+    processor, model = build_detector(model_config('retinanet'))
+    image = synthetic_image((96, 128))
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone()))
+    try:
+        data, inputs = make_input(processor, model, image)
+        predict(model, data)
+        raw, _ = processor.create_input(image, None)
+        with torch.no_grad():
+            model.test_step(raw)
+    finally:
+        hook.remove()
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], seen[1])
+    torch.testing.assert_close(seen[0], inputs)
+
+
 def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
     """A config file's detector with a whole-detector checkpoint's weights
     (keys the detector does not have are passed over); a missing config
