@@ -42,6 +42,8 @@ from .utils import torch_compat
 
 #: The tasks :func:`ort_deploy_cfg` knows, as mmdeploy names them.
 DEPLOY_TASKS = ('detection', 'instance-seg')
+#: The lowest ONNX opset mmdeploy 1.3.1's symbolic functions support.
+MIN_OPSET = 11
 
 _INSTALL = ('pip install -r requirements/deploy.txt -c '
             'requirements/constraints.txt && pip install --no-deps -r '
@@ -62,7 +64,8 @@ def check_requirements() -> None:
             f'with: {_INSTALL}')
 
 
-def ort_deploy_cfg(task: str = 'detection') -> dict:
+def ort_deploy_cfg(task: str = 'detection',
+                   opset_version: int = MIN_OPSET) -> dict:
     """mmdeploy 1.3.1's ONNX Runtime deploy config with dynamic shapes, as a
     dict: ``configs/mmdet/detection/detection_onnxruntime_dynamic.py`` or
     ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py`` with
@@ -72,9 +75,15 @@ def ort_deploy_cfg(task: str = 'detection') -> dict:
     Args:
         task (str): ``'detection'`` (boxes) or ``'instance-seg'`` (boxes
             and masks).
+        opset_version (int): The ONNX opset; mmdeploy's is 11. From 16 on,
+            mmdeploy exports mmcv's aligned RoIAlign as ONNX's with
+            ``half_pixel`` coordinates, which computes RoIs smaller than one
+            feature pixel as mmcv does; before 16 ONNX Runtime widens them
+            to one pixel (Mask R-CNN; docs/deployment.md).
     """
     if task not in DEPLOY_TASKS:
         raise ValueError(f'task must be one of {DEPLOY_TASKS}, got {task!r}')
+    _check_opset(opset_version)
     output_names = ['dets', 'labels']
     axes = {
         'input': {
@@ -108,7 +117,7 @@ def ort_deploy_cfg(task: str = 'detection') -> dict:
             type='onnx',
             export_params=True,
             keep_initializers_as_inputs=False,
-            opset_version=11,
+            opset_version=opset_version,
             save_file='end2end.onnx',
             input_names=['input'],
             output_names=output_names,
@@ -123,19 +132,36 @@ def ort_deploy_cfg(task: str = 'detection') -> dict:
         backend_config=dict(type='onnxruntime'))
 
 
-def load_deploy_cfg(deploy_cfg: Union[str, dict]):
-    """A deploy config as an mmengine ``Config``: a task name of
-    :data:`DEPLOY_TASKS`, an mmdeploy deploy-config file, or a dict."""
+def _check_opset(opset_version) -> None:
+    if isinstance(opset_version, bool) or not isinstance(
+            opset_version, int) or opset_version < MIN_OPSET:
+        raise ValueError(f'opset_version must be an integer of at least '
+                         f'{MIN_OPSET} (mmdeploy 1.3.1\'s lowest), got '
+                         f'{opset_version!r}')
+
+
+def load_deploy_cfg(deploy_cfg, opset_version: Optional[int] = None):
+    """A deploy config as an mmengine ``Config`` (a copy): a task name of
+    :data:`DEPLOY_TASKS`, an mmdeploy deploy-config file, a dict or a
+    ``Config``; ``opset_version``, if given, replaces its
+    ``onnx_config.opset_version``."""
     from mmengine.config import Config
-    if isinstance(deploy_cfg, dict):
-        return Config(copy.deepcopy(deploy_cfg))
-    if deploy_cfg in DEPLOY_TASKS:
-        return Config(ort_deploy_cfg(deploy_cfg))
-    if not osp.isfile(deploy_cfg):
+    if isinstance(deploy_cfg, Config):
+        cfg = copy.deepcopy(deploy_cfg)
+    elif isinstance(deploy_cfg, dict):
+        cfg = Config(copy.deepcopy(deploy_cfg))
+    elif deploy_cfg in DEPLOY_TASKS:
+        cfg = Config(ort_deploy_cfg(deploy_cfg))
+    elif not osp.isfile(deploy_cfg):
         raise FileNotFoundError(
             f'deploy config must be one of {DEPLOY_TASKS} or a file of '
             f'mmdeploy deploy config; {deploy_cfg!r} is neither')
-    return Config.fromfile(deploy_cfg)
+    else:
+        cfg = Config.fromfile(deploy_cfg)
+    if opset_version is not None:
+        _check_opset(opset_version)
+        cfg.onnx_config.opset_version = opset_version
+    return cfg
 
 
 def _cast_long(g, x, non_blocking=False):
@@ -184,7 +210,7 @@ def build_detector(config,
 
     Args:
         config (str | Config): The mmdet config (file or Config).
-        deploy_cfg (str | dict): See :func:`load_deploy_cfg`.
+        deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
         checkpoint (str, optional): A whole-detector checkpoint of that
             config. Without one, the weights are initialised from scratch
             (the backbone's pretrained ``init_cfg`` is dropped, so no file is
@@ -363,9 +389,20 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
     from :func:`rewritten_outputs`' (``expected``), first image: numbers of
     detections, whether the labels are equal and, where the numbers agree,
     the largest box difference relative to ``image_size`` (the input's
-    larger side), score and mask differences."""
-    dets, labels = expected[0][0].double(), expected[1][0]
-    got_dets, got_labels = got[0][0].double(), got[1][0]
+    larger side), score and mask differences.
+
+    Rows scored 0 or less are left out on both sides, as mmdeploy's backend
+    model drops them: its NMS pads its output with one zero box scored 0,
+    whose mask comes from an empty RoI, where mmcv's RoIAlign and ONNX
+    Runtime's differ (docs/deployment.md)."""
+
+    def detections(outputs):
+        keep = outputs[0][0][:, 4] > 0
+        return [out[0][keep] for out in outputs]
+
+    expected, got = detections(expected), detections(got)
+    dets, labels = expected[0].double(), expected[1]
+    got_dets, got_labels = got[0].double(), got[1]
     out = dict(
         num_expected=len(dets),
         num_got=len(got_dets),
@@ -379,7 +416,7 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
             (dets[:, 4] - got_dets[:, 4]).abs().max())
         if len(expected) > 2 and len(got) > 2:
             out['max_mask_diff'] = float(
-                (expected[2][0].double() - got[2][0].double()).abs().max())
+                (expected[2].double() - got[2].double()).abs().max())
     return out
 
 

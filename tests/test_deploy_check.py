@@ -209,6 +209,37 @@ def test_graph_report_and_matches_by_hand():
     assert graph_matches(graph_report(none, none, 100))
 
 
+def test_graph_report_leaves_out_mmdeploys_padding():
+    """mmdeploy's NMS pads its output with a zero box scored 0 (label 0),
+    which its backend model drops: that row's mask (from an empty RoI:
+    mmcv's RoIAlign and ONNX Runtime's differ there) is not compared, nor
+    is the row counted; a detection with any positive score is."""
+    masks = [[[0.2, 0.9]], [[0.6, 0.1]], [[0.5, 0.5]]]
+    ref = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4], [0, 0, 0, 0, 0]],
+                 [1, 2, 0], masks)
+    padded_differently = _graph(
+        [[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4], [0, 0, 0, 0, 0]], [1, 2, 0],
+        masks[:2] + [[[0.9, 0.02]]])
+    report = graph_report(ref, padded_differently, 100)
+    assert (report['num_expected'], report['max_mask_diff']) == (2, 0.)
+    assert graph_matches(report)
+    unpadded = _graph([[0, 0, 10, 10, 0.9], [5, 5, 20, 30, 0.4]], [1, 2],
+                      masks[:2])
+    assert graph_matches(graph_report(ref, unpadded, 100))
+    # the same row with a positive score is a detection like any other
+    for scores in ([0.9, 0.4, 0.01], [0.9, 0.4, 1e-6]):
+        scored = [[0, 0, 10, 10, scores[0]], [5, 5, 20, 30, scores[1]],
+                  [0, 0, 0, 0, scores[2]]]
+        report = graph_report(
+            _graph(scored, [1, 2, 0], masks),
+            _graph(scored, [1, 2, 0], masks[:2] + [[[0.9, 0.02]]]), 100)
+        assert report['num_expected'] == 3
+        assert report['max_mask_diff'] == pytest.approx(0.48)
+        assert not graph_matches(report)
+        assert not graph_matches(
+            graph_report(_graph(scored, [1, 2, 0], masks), unpadded, 100))
+
+
 @pytest.mark.parametrize('case,graph_ok,code,says', [
     ('same', True, 0, 'agrees with'),
     ('missing', True, 1, 'difference comes from mmdeploy'),
@@ -256,3 +287,24 @@ def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
         load_tool('deploy').main(['config.py', '--box-iou', '90'])
     assert exc.value.code == 2
     assert '--box-iou must lie in [0, 1], got 90.0' in capsys.readouterr().err
+
+
+def test_tool_opset(monkeypatch, capsys):
+    """--opset replaces the deploy config's opset in what is built and
+    exported; one under 11 stops the tool before anything is built."""
+    tool = load_tool('deploy')
+    seen = []
+
+    def stop(config, deploy_cfg, *args):
+        seen.append(deploy_cfg.onnx_config.opset_version)
+        raise RuntimeError('stop here')
+
+    monkeypatch.setattr(tool, 'build_detector', stop)
+    for argv, opset in ([], 11), (['--opset', '16'], 16):
+        with pytest.raises(RuntimeError, match='stop here'):
+            tool.main(['config.py', '--deploy-cfg', 'instance-seg', *argv])
+        assert seen.pop() == opset
+    with pytest.raises(SystemExit) as exc:
+        tool.main(['config.py', '--opset', '10'])
+    assert exc.value.code == 2 and not seen
+    assert '--opset must be at least 11' in capsys.readouterr().err

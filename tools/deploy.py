@@ -32,10 +32,10 @@ import sys
 
 from mmengine.config import DictAction
 
-from mmrest.deploy import (DEPLOY_TASKS, GRAPH_TOLERANCE, agrees,
+from mmrest.deploy import (DEPLOY_TASKS, GRAPH_TOLERANCE, MIN_OPSET, agrees,
                            build_detector, build_ort_model, compare,
                            export_detector, graph_matches, graph_report,
-                           make_input, onnx_outputs, predict,
+                           load_deploy_cfg, make_input, onnx_outputs, predict,
                            rewritten_outputs, synthetic_image)
 
 
@@ -50,6 +50,13 @@ def parse_args(argv=None):
         default='detection',
         help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
         'Runtime dynamic configs) or a deploy-config file')
+    parser.add_argument(
+        '--opset',
+        type=int,
+        help='ONNX opset (default: the deploy config\'s, 11 for the two '
+        'task names); 16 or higher exports RoIAlign with half-pixel '
+        'coordinates, exact for RoIs under one feature pixel '
+        '(docs/deployment.md)')
     parser.add_argument('--out', default='deploy', help='output folder')
     parser.add_argument(
         '--image',
@@ -71,6 +78,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.box_iou <= 1:  # before the export, not after it
         parser.error(f'--box-iou must lie in [0, 1], got {args.box_iou}')
+    if args.opset is not None and args.opset < MIN_OPSET:
+        parser.error(f'--opset must be at least {MIN_OPSET} (mmdeploy '
+                     f'1.3.1\'s lowest), got {args.opset}')
     return args
 
 
@@ -79,11 +89,10 @@ def main(argv=None) -> int:
     if args.image is not None and not osp.isfile(args.image):
         raise FileNotFoundError(f'Image not found: {args.image!r}')
     image = args.image if args.image else synthetic_image((480, 640))
-    processor, model = build_detector(args.config, args.deploy_cfg,
-                                      args.checkpoint, args.device,
-                                      args.cfg_options)
-    onnx_file = export_detector(processor, model, image, args.out,
-                                args.deploy_cfg)
+    deploy_cfg = load_deploy_cfg(args.deploy_cfg, args.opset)
+    processor, model = build_detector(args.config, deploy_cfg, args.checkpoint,
+                                      args.device, args.cfg_options)
+    onnx_file = export_detector(processor, model, image, args.out, deploy_cfg)
     print(f'wrote {onnx_file}')
     data, inputs = make_input(processor, model, image)
     # the graph against what mmdeploy meant it to compute
