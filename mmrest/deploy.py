@@ -295,9 +295,7 @@ def export_detector(task_processor, model, image, out_dir: str,
     from mmdeploy.apis.core.pipeline_manager import no_mp
     from mmdeploy.apis.onnx import export
     from mmdeploy.utils import get_backend, get_dynamic_axes, get_onnx_config
-    from mmengine.config import Config
-    if not isinstance(deploy_cfg, Config):
-        deploy_cfg = load_deploy_cfg(deploy_cfg)
+    deploy_cfg = load_deploy_cfg(deploy_cfg)
     onnx_cfg = get_onnx_config(deploy_cfg)
     os.makedirs(out_dir, exist_ok=True)
     prefix = osp.join(
