@@ -487,18 +487,22 @@ def check_graph(processor, model, made, onnx_file, tmp_path, reg, opset):
 
 
 @pytest.mark.parametrize('opset', [11, 16])
-def test_roi_align_of_rois_under_a_feature_pixel(opset):
+def test_roi_align_of_rois_under_a_feature_pixel(opset, tmp_path):
     """mmcv's aligned RoIAlign as mmdeploy exports it for ONNX Runtime:
     from opset 16 ONNX's RoiAlign with half-pixel coordinates, the same as
     mmcv's for every RoI; before 16 the RoIs shifted by half a pixel in the
     graph and ONNX Runtime's RoiAlign, which widens a RoI narrower than one
     feature pixel to one (so mmdeploy's zero padding box gets another mask
-    in the graph than in PyTorch, docs/deployment.md)."""
-    import io
+    in the graph than in PyTorch, docs/deployment.md).
 
+    Exported with mmdeploy's own ``export``, as :func:`export_detector`
+    does: its rewriters include turning off torch's inlining of autograd
+    functions, without which torch 2.1 fails to export mmcv's RoIAlign when
+    it runs the ops shim's traceable PyTorch code (the oldest stack).
+    """
     import onnxruntime
     from mmcv.ops import roi_align
-    from mmdeploy.core import RewriterContext
+    from mmdeploy.apis.onnx import export
 
     class RoIAlign(torch.nn.Module):
 
@@ -516,16 +520,17 @@ def test_roi_align_of_rois_under_a_feature_pixel(opset):
     ref = RoIAlign()(x, rois)
     exact = RoIAlign()(x.double(), rois.double())
     cfg = deploy.load_deploy_cfg('instance-seg', opset)
-    f = io.BytesIO()
-    with torch.no_grad(), mmdeploy_torch_shims(), RewriterContext(
-            cfg=cfg, backend='onnxruntime', opset=opset):
-        torch.onnx.export(
+    prefix = str(tmp_path / 'roi_align')
+    with torch.no_grad(), mmdeploy_torch_shims():
+        export(
             RoIAlign(), (x, rois),
-            f,
-            opset_version=opset,
-            input_names=['x', 'rois'])
+            prefix,
+            backend='onnxruntime',
+            context_info={'deploy_cfg': cfg},
+            input_names=['x', 'rois'],
+            opset_version=opset)
     session = onnxruntime.InferenceSession(
-        f.getvalue(), providers=['CPUExecutionProvider'])
+        prefix + '.onnx', providers=['CPUExecutionProvider'])
     got = torch.from_numpy(
         session.run(None, dict(x=x.numpy(), rois=rois.numpy()))[0])
     # as accurate as mmcv's float32 RoIAlign, element by element: every RoI
