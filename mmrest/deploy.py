@@ -275,8 +275,12 @@ def make_input(task_processor, model, image):
     return data, inputs
 
 
-def export_detector(task_processor, model, image, out_dir: str,
-                    deploy_cfg) -> str:
+def export_detector(task_processor,
+                    model,
+                    image,
+                    out_dir: str,
+                    deploy_cfg,
+                    mmdet_nms: bool = True) -> str:
     """Export ``model`` with mmdeploy as its ``torch2onnx`` would, within
     :func:`mmdeploy_torch_shims`; returns the ``.onnx`` file.
 
@@ -291,10 +295,15 @@ def export_detector(task_processor, model, image, out_dir: str,
         image: The example image (file name or HxWx3 uint8 BGR array).
         out_dir (str): Where to write the file (created if needed).
         deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
+        mmdet_nms (bool): Two-stage detectors' RPN and box-head
+            post-processing as mmdet's instead of mmdeploy's
+            (:mod:`mmrest.deploy_rewrites`).
     """
     from mmdeploy.apis.core.pipeline_manager import no_mp
     from mmdeploy.apis.onnx import export
     from mmdeploy.utils import get_backend, get_dynamic_axes, get_onnx_config
+
+    from .deploy_rewrites import mmdet_post_processing
     deploy_cfg = load_deploy_cfg(deploy_cfg)
     onnx_cfg = get_onnx_config(deploy_cfg)
     os.makedirs(out_dir, exist_ok=True)
@@ -305,7 +314,8 @@ def export_detector(task_processor, model, image, out_dir: str,
     names = onnx_cfg['input_names'] + onnx_cfg['output_names']
     had_forward = 'forward' in model.__dict__
     try:
-        with mmdeploy_torch_shims(), no_mp():
+        with mmdeploy_torch_shims(), no_mp(), \
+                mmdet_post_processing(mmdet_nms):
             export(
                 model,
                 inputs,
@@ -337,22 +347,27 @@ def build_ort_model(task_processor, onnx_file: str):
     return task_processor.build_backend_model([onnx_file])
 
 
-def rewritten_outputs(task_processor, model, data, inputs) -> tuple:
+def rewritten_outputs(task_processor,
+                      model,
+                      data,
+                      inputs,
+                      mmdet_nms: bool = True) -> tuple:
     """What the ONNX graph should compute: the detector's forward with
-    mmdeploy's rewrites applied (its post-processing included), run in
-    PyTorch, on ``make_input``'s ``data`` and ``inputs``: ``(dets,
-    labels)`` or ``(dets, labels, masks)``, batched as the graph's
-    outputs."""
+    mmdeploy's rewrites applied (its post-processing included; with
+    ``mmdet_nms``, as :func:`export_detector`'s), run in PyTorch, on
+    ``make_input``'s ``data`` and ``inputs``: ``(dets, labels)`` or
+    ``(dets, labels, masks)``, batched as the graph's outputs."""
     from mmdeploy.core import RewriterContext
     from mmdeploy.utils import get_backend, get_ir_config
 
     from .backbones import kernels
+    from .deploy_rewrites import mmdet_post_processing
     cfg = task_processor.deploy_cfg
     # the backbones' literal computation (the same formulas): their fast
     # path's SDPA call would meet mmdeploy's rewrite of SDPA, which divides
     # by the scale (the export writes the formula out instead)
     with torch.no_grad(), kernels.literal(), mmdeploy_torch_shims(), \
-            RewriterContext(
+            mmdet_post_processing(mmdet_nms), RewriterContext(
             cfg=cfg,
             backend=get_backend(cfg).value,
             opset=get_ir_config(cfg).get('opset_version', 11)):

@@ -289,6 +289,29 @@ def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
     assert '--box-iou must lie in [0, 1], got 90.0' in capsys.readouterr().err
 
 
+def test_tool_mmdeploy_nms(monkeypatch):
+    """The graph is exported and checked with mmdet's post-processing, or
+    with mmdeploy's own with --mmdeploy-nms: the same choice for both."""
+    tool = load_tool('deploy')
+    seen = []
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, None))
+    monkeypatch.setattr(tool, 'export_detector', lambda *a: seen.append(
+        ('export', a[5])) or 'x.onnx')
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        (None, torch.zeros(1, 3, 8, 8)))
+
+    def stop(*args):
+        seen.append(('check', args[4]))
+        raise RuntimeError('stop here')
+
+    monkeypatch.setattr(tool, 'rewritten_outputs', stop)
+    for argv, mmdet_nms in ([], True), (['--mmdeploy-nms'], False):
+        with pytest.raises(RuntimeError, match='stop here'):
+            tool.main(['config.py', *argv])
+        assert seen == [('export', mmdet_nms), ('check', mmdet_nms)]
+        seen.clear()
+
+
 def test_tool_opset(monkeypatch, capsys):
     """--opset replaces the deploy config's opset in what is built and
     exported; one under 11 stops the tool before anything is built."""

@@ -56,19 +56,16 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
     if name == 'mask_rcnn':
-        # mmdeploy's RPN post-processing is not mmdet's: it runs one NMS
-        # over all levels (mmdet: one per level) with a score threshold of
-        # 0.05 (mmdet: none). Both are switched off, so that both keep
-        # every anchor as a proposal and the detections can be compared.
-        # One anchor shape per place keeps the second stage fast.
+        # Random weights score the anchors about the same: which of two
+        # overlapping anchors the RPN's NMS keeps, or its top-k cuts, would
+        # be decided by rounding (float32 against float64). Every anchor
+        # becomes a proposal instead (the RPN's post-processing is tested
+        # on its own in tests/test_deploy_rewrites.py). One anchor shape
+        # per place keeps the second stage fast.
         cfg.model.rpn_head.anchor_generator.ratios = [1.0]
         rpn = cfg.model.test_cfg.rpn
         rpn.nms_pre = -1
-        # 1024 anchors at both sizes (strides 4 to 64). mmdeploy pads the
-        # output of its NMS with one zero box scored 0: with no more
-        # proposals than max_per_img, that box would become a proposal.
-        rpn.max_per_img = 1024
-        rpn.score_thr = 0.
+        rpn.max_per_img = 1024  # the anchors at both sizes (strides 4-64)
         rpn.nms.iou_threshold = 1.
     return cfg
 
@@ -171,11 +168,8 @@ def set_classifiers(name, model, datas):
             separate(conv.weight, conv.bias, feats, head.cls_out_channels)
         else:
             head = model.roi_head.bbox_head
-            # one box regression for all classes: mmdeploy decodes each RoI
-            # with the regression of its best class only (mmdet: per class)
-            reg = head.fc_reg
-            reg.weight.copy_(reg.weight[:4].repeat(head.num_classes, 1))
-            reg.bias.copy_(reg.bias[:4].repeat(head.num_classes))
+            # each class keeps its own box regression: the graph decodes
+            # every class's box as mmdet does (mmrest.deploy_rewrites)
             fc = head.fc_cls
             separate(
                 fc.weight,

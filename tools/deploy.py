@@ -19,11 +19,12 @@ mmdeploy's rewrites run in PyTorch, which the graph should compute
 (:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections
 (mmdeploy's backend model) against the PyTorch detector's own, mmdet's
 (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The command fails if
-either differs; where only the second does, the difference is mmdeploy's
-post-processing, which is not mmdet's (a trained Mask R-CNN:
-docs/deployment.md). Without a checkpoint the weights are random and no box
-scores above the threshold: no detections are compared. Needs
-``mmdeploy``, ``onnx`` and ``onnxruntime``; see
+either differs. Two-stage detectors' RPN and box-head post-processing are
+mmdet's in the graph (:mod:`mmrest.deploy_rewrites`); with
+``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained Mask
+R-CNN differ from mmdet's (docs/deployment.md). Without a checkpoint the
+weights are random and no box scores above the threshold: no detections are
+compared. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
 :mod:`mmrest.deploy` for the two torch compatibility shims it applies.
 """
 import argparse
@@ -57,6 +58,12 @@ def parse_args(argv=None):
         'task names); 16 or higher exports RoIAlign with half-pixel '
         'coordinates, exact for RoIs under one feature pixel '
         '(docs/deployment.md)')
+    parser.add_argument(
+        '--mmdeploy-nms',
+        action='store_true',
+        help='keep mmdeploy\'s own RPN and box-head post-processing (one '
+        'NMS over all FPN levels, one box per RoI), which is not mmdet\'s; '
+        'by default the graph computes mmdet\'s (docs/deployment.md)')
     parser.add_argument('--out', default='deploy', help='output folder')
     parser.add_argument(
         '--image',
@@ -92,12 +99,14 @@ def main(argv=None) -> int:
     deploy_cfg = load_deploy_cfg(args.deploy_cfg, args.opset)
     processor, model = build_detector(args.config, deploy_cfg, args.checkpoint,
                                       args.device, args.cfg_options)
-    onnx_file = export_detector(processor, model, image, args.out, deploy_cfg)
+    mmdet_nms = not args.mmdeploy_nms
+    onnx_file = export_detector(processor, model, image, args.out, deploy_cfg,
+                                mmdet_nms)
     print(f'wrote {onnx_file}')
     data, inputs = make_input(processor, model, image)
     # the graph against what mmdeploy meant it to compute
     graph = graph_report(
-        rewritten_outputs(processor, model, data, inputs),
+        rewritten_outputs(processor, model, data, inputs, mmdet_nms),
         onnx_outputs(onnx_file, inputs), max(inputs.shape[-2:]))
     faithful = graph_matches(graph)
     print('graph: ' + _listed(graph))
@@ -122,8 +131,9 @@ def main(argv=None) -> int:
           f'{report["min_box_iou"]:.3g} (bound {args.box_iou:g})')
     if faithful and not ok:
         print('The graph computes what mmdeploy meant: the difference comes '
-              "from mmdeploy's rewrites of the detector (its post-processing "
-              "is not mmdet's: docs/deployment.md)")
+              "from mmdeploy's rewrites of the detector (docs/deployment.md)" +
+              ("; its own post-processing is not mmdet's (--mmdeploy-nms)"
+               if args.mmdeploy_nms else ''))
     return 0 if ok and faithful else 1
 
 

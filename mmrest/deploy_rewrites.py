@@ -1,0 +1,327 @@
+# Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
+"""mmdet's own post-processing in mmdeploy's ONNX Runtime graphs.
+
+mmdeploy 1.3.1 rewrites the detectors' post-processing in ways that change
+the detections of a trained detector (docs/deployment.md):
+
+1. **RPN**: one NMS over the proposals of all FPN levels (mmdet: levels
+   never suppress each other), a score threshold (mmdet: none), no
+   ``min_bbox_size`` filter.
+2. **Box head** (Mask R-CNN's): each RoI decoded with the regression of its
+   best class only, that box used for every class (mmdet: each class its
+   own box); the RPN's padding (a zero box) taken as a proposal.
+3. **RetinaNet**: per level the anchors of the ``nms_pre`` best top-class
+   scores (mmdet: the ``nms_pre`` best (anchor, class) pairs above the
+   threshold), no ``min_bbox_size`` filter.
+
+Within :func:`mmdet_post_processing` (on by default in
+:func:`mmrest.deploy.export_detector` and
+:func:`mmrest.deploy.rewritten_outputs`), the three functions below replace
+mmdeploy's for the ONNX Runtime backend. They compute what mmdet computes,
+with the same NMS arithmetic: boxes of different classes (levels, for the
+RPN) are shifted apart by the class times the largest coordinate plus one,
+the largest over the boxes that enter the NMS, as mmdet's ``batched_nms``
+does, and one ONNX ``NonMaxSuppression`` runs over them. Differences remain
+at the level of rounding only: the NMS sees the boxes in the network
+input's coordinates (mmdet's second stage and RetinaNet: rescaled to the
+original image; IoUs are the same up to rounding), and scores at most
+1.2e-38 (float32 ``tiny``: sigmoid logits under -87) are dropped (mmdet's
+RPN keeps them, last). Other heads keep mmdeploy's rewrites.
+
+Outside the ``with`` block mmdeploy's own rewrites apply: the switch is a
+rewriter checker, read when mmdeploy's ``RewriterContext`` starts.
+"""
+import contextlib
+from typing import Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+from mmdeploy.codebase.mmdet.deploy import pad_with_value_if_necessary
+from mmdeploy.core import FUNCTION_REWRITER
+from mmdeploy.core.rewriters.rewriter_utils import Checker
+from mmdeploy.mmcv.ops.nms import ONNXNMSop
+
+#: Scores must exceed this to enter the RPN's NMS (float32's smallest
+#: normal number: mmdeploy's NMS, eager and in ONNX Runtime, keeps
+#: ``score > threshold`` only for a positive threshold).
+MIN_SCORE = torch.finfo(torch.float32).tiny
+
+_SWITCH = {'on': False}
+
+
+class _Switched(Checker):
+    """A rewriter checker that holds within :func:`mmdet_post_processing`."""
+
+    def check(self, env: dict) -> bool:
+        return _SWITCH['on']
+
+
+@contextlib.contextmanager
+def mmdet_post_processing(enabled: bool = True) -> Iterator[None]:
+    """Within the block, mmdeploy rewrites for ONNX Runtime started (its
+    ``RewriterContext``, its ``export``) use mmdet's post-processing for the
+    RPN and the box head (see the module's docstring).
+
+    Args:
+        enabled (bool): False leaves mmdeploy's own rewrites in place.
+    """
+    before = _SWITCH['on']
+    _SWITCH['on'] = bool(enabled)
+    try:
+        yield
+    finally:
+        _SWITCH['on'] = before
+
+
+def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
+                 classes: torch.Tensor, valid: torch.Tensor,
+                 iou_threshold: float, score_threshold: float,
+                 max_num: int) -> tuple:
+    """mmdet's ``batched_nms`` on a batch, traceable to ONNX: per image, the
+    valid candidates above ``score_threshold`` go through one NMS in which
+    boxes of different classes never suppress each other, and the
+    ``max_num`` best are kept.
+
+    As mmdet, the boxes of class ``c`` are shifted by ``c * (m + 1)``,
+    ``m`` the largest coordinate of the image's valid boxes, for the NMS.
+    The output is laid out as mmdeploy's ``multiclass_nms``'s: a row per
+    kept box, rows of other images and one padding row zero (score 0).
+
+    Args:
+        boxes (Tensor): N x K x 4 candidate boxes (x1, y1, x2, y2).
+        scores (Tensor): N x K scores.
+        classes (Tensor): N x K class (or level) of each candidate, long.
+        valid (Tensor): N x K, False for candidates to leave out.
+        iou_threshold (float): Suppress a box whose IoU with a better one
+            of its class exceeds this.
+        score_threshold (float): Keep only scores above this; positive.
+        max_num (int): Boxes kept per image at most.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``dets`` (N x M x 5, box and score, by
+        decreasing score) and ``labels`` (N x M, the classes; -1 on other
+        images' rows), M at most ``max_num``.
+    """
+    n = boxes.shape[0]
+    valid = valid & (scores > score_threshold)
+    highest = torch.where(valid[..., None], boxes,
+                          boxes.new_tensor(float('-inf'))).flatten(1).max(1)[0]
+    highest = torch.where(
+        torch.isfinite(highest), highest, highest.new_zeros(()))
+    offsets = classes.to(boxes.dtype) * (highest[:, None] + 1)
+    scores = torch.where(valid, scores, scores.new_zeros(()))
+    picked = ONNXNMSop.apply(
+        boxes + offsets[..., None], scores[:, None, :], max_num,
+        torch.tensor([iou_threshold], dtype=torch.float32),
+        torch.tensor([score_threshold], dtype=torch.float32))
+    image, box = picked[:, 0], picked[:, 2]
+    dets = torch.cat([boxes[image, box], scores[image, box][:, None]], 1)
+    labels = classes[image, box]
+    own = image[None, :] == torch.arange(n, device=image.device)[:, None]
+    dets = torch.where(own[..., None], dets[None], dets.new_zeros(()))
+    labels = torch.where(own, labels[None], labels.new_full((), -1))
+    dets = torch.cat([dets, dets.new_zeros(n, 1, 5)], 1)
+    labels = torch.cat([labels, labels.new_zeros(n, 1)], 1)
+    order = dets[..., 4].topk(max_num, dim=1)[1]
+    rows = torch.arange(n, device=order.device)[:, None]
+    return dets[rows, order], labels[rows, order]
+
+
+def _nms_settings(nms_cfg) -> float:
+    kind = nms_cfg.get('type', 'nms')
+    if kind != 'nms' or nms_cfg.get('class_agnostic', False):
+        raise NotImplementedError(
+            f'mmdet_post_processing supports nms=dict(type=\'nms\') only '
+            f'(class-aware), got {dict(nms_cfg)}; turn it off to use '
+            'mmdeploy\'s rewrite')
+    return float(nms_cfg['iou_threshold'])
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
+    backend='onnxruntime',
+    extra_checkers=[_Switched()])
+def rpn_head__predict_by_feat(self,
+                              cls_scores: List[torch.Tensor],
+                              bbox_preds: List[torch.Tensor],
+                              score_factors=None,
+                              batch_img_metas: Optional[List[dict]] = None,
+                              cfg=None,
+                              rescale: bool = False,
+                              with_nms: bool = True,
+                              **kwargs) -> tuple:
+    """The RPN's proposals as mmdet computes them: per level the
+    ``nms_pre`` best anchors, decoded and clipped to the image, boxes not
+    wider and higher than ``min_bbox_size`` left out, one NMS in which
+    levels never suppress each other, the ``max_per_img`` best kept.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M,
+        the levels), as mmdeploy's rewrite returns them.
+    """
+    cfg = self.test_cfg if cfg is None else cfg
+    n = cls_scores[0].shape[0]
+    priors = self.prior_generator.grid_priors(
+        [s.shape[-2:] for s in cls_scores],
+        dtype=cls_scores[0].dtype,
+        device=cls_scores[0].device)
+    nms_pre = cfg.get('nms_pre', -1)
+    all_scores, all_deltas, all_priors, levels = [], [], [], []
+    for level, (score, delta,
+                prior) in enumerate(zip(cls_scores, bbox_preds, priors)):
+        score = score.permute(0, 2, 3, 1)
+        if self.use_sigmoid_cls:
+            score = score.reshape(n, -1).sigmoid()
+        else:
+            score = score.reshape(n, -1, 2).softmax(-1)[..., 0]
+        delta = delta.permute(0, 2, 3, 1).reshape(n, -1,
+                                                  self.bbox_coder.encode_size)
+        prior = prior[None].expand(n, -1, -1)
+        if nms_pre > 0:  # padding scores 0: never kept
+            _, score, delta, prior = _best(nms_pre, score, delta, prior)
+        all_scores.append(score)
+        all_deltas.append(delta)
+        all_priors.append(prior)
+        levels.append(torch.full_like(score, level, dtype=torch.long))
+    boxes = self.bbox_coder.decode(
+        torch.cat(all_priors, 1),
+        torch.cat(all_deltas, 1),
+        max_shape=batch_img_metas[0]['img_shape'])
+    return nms_by_class(boxes, torch.cat(all_scores, 1), torch.cat(levels, 1),
+                        _size_filter(boxes, cfg), _nms_settings(cfg.nms),
+                        MIN_SCORE, cfg.max_per_img)
+
+
+def _size_filter(boxes: torch.Tensor, cfg) -> torch.Tensor:
+    """mmdet's ``min_bbox_size`` test: True for boxes wider and higher than
+    it, every box when it is below 0 or unset."""
+    if cfg.get('min_bbox_size', -1) < 0:
+        return torch.ones_like(boxes[..., 0], dtype=torch.bool)
+    side = cfg.min_bbox_size
+    return ((boxes[..., 2] - boxes[..., 0]) > side) & (
+        (boxes[..., 3] - boxes[..., 1]) > side)
+
+
+def _best(k: int, *tensors: torch.Tensor) -> tuple:
+    """The ``k`` best entries along dim 1 by the first tensor (N x K),
+    padded with zeros to ``k`` where K is smaller: the indices and each
+    tensor gathered at them."""
+    padded = [pad_with_value_if_necessary(t, 1, k, 0.) for t in tensors]
+    best = padded[0].topk(k, dim=1)[1]
+    rows = torch.arange(best.shape[0], device=best.device)[:, None]
+    return (best, ) + tuple(t[rows, best] for t in padded)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat',
+    backend='onnxruntime',
+    extra_checkers=[_Switched()])
+def retina_head__predict_by_feat(self,
+                                 cls_scores: List[torch.Tensor],
+                                 bbox_preds: List[torch.Tensor],
+                                 score_factors=None,
+                                 batch_img_metas: Optional[List[dict]] = None,
+                                 cfg=None,
+                                 rescale: bool = False,
+                                 with_nms: bool = True) -> tuple:
+    """RetinaNet's detections as mmdet computes them: per level the
+    ``nms_pre`` best (anchor, class) pairs scoring above ``score_thr``
+    (mmdeploy: the anchors of the best ``nms_pre`` top-class scores),
+    decoded and clipped to the image, boxes not wider and higher than
+    ``min_bbox_size`` left out, one class-aware NMS, the ``max_per_img``
+    best kept.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
+    """
+    if score_factors is not None or not self.use_sigmoid_cls:
+        raise NotImplementedError(
+            'mmdet_post_processing supports RetinaNet\'s sigmoid scores '
+            'without score factors')
+    cfg = self.test_cfg if cfg is None else cfg
+    n, c = cls_scores[0].shape[0], self.cls_out_channels
+    priors = self.prior_generator.grid_priors(
+        [s.shape[-2:] for s in cls_scores],
+        dtype=cls_scores[0].dtype,
+        device=cls_scores[0].device)
+    nms_pre = cfg.get('nms_pre', -1)
+    threshold = max(float(cfg.get('score_thr', 0)), MIN_SCORE)
+    all_scores, all_labels, all_deltas, all_priors = [], [], [], []
+    for score, delta, prior in zip(cls_scores, bbox_preds, priors):
+        score = score.permute(0, 2, 3, 1).reshape(n, -1).sigmoid()
+        score = torch.where(score > threshold, score, score.new_zeros(()))
+        delta = delta.permute(0, 2, 3, 1).reshape(n, -1,
+                                                  self.bbox_coder.encode_size)
+        prior = prior[None].expand(n, -1, -1)
+        pair = torch.arange(score.shape[1], device=score.device)
+        pair = pair[None].expand(n, -1)
+        if nms_pre > 0:  # padding scores 0: never kept
+            _, score, pair = _best(nms_pre, score, pair)
+        rows = torch.arange(n, device=score.device)[:, None]
+        all_scores.append(score)
+        all_labels.append(pair % c)
+        all_deltas.append(delta[rows, pair // c])
+        all_priors.append(prior[rows, pair // c])
+    boxes = self.bbox_coder.decode(
+        torch.cat(all_priors, 1),
+        torch.cat(all_deltas, 1),
+        max_shape=batch_img_metas[0]['img_shape'])
+    return nms_by_class(boxes, torch.cat(all_scores, 1),
+                        torch.cat(all_labels, 1), _size_filter(boxes, cfg),
+                        _nms_settings(cfg.nms), threshold, cfg.max_per_img)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
+    backend='onnxruntime',
+    extra_checkers=[_Switched()])
+def bbox_head__predict_by_feat(self,
+                               rois: torch.Tensor,
+                               cls_scores: torch.Tensor,
+                               bbox_preds: torch.Tensor,
+                               batch_img_metas: List[dict],
+                               rcnn_test_cfg=None,
+                               rescale: bool = False) -> tuple:
+    """The box head's detections as mmdet computes them: every (RoI,
+    class) pair scoring above ``score_thr`` with the class's own decoded
+    box, one class-aware NMS, the ``max_per_img`` best kept. Boxes stay in
+    the network input's coordinates (mmdeploy's backend model rescales).
+    RoIs of zero width or height are left out: they are the RPN's padding
+    (mmdet's RPN has no such proposal unless ``min_bbox_size`` is below 0).
+
+    Args:
+        rois (Tensor): N x R x 5 (batch index, box).
+        cls_scores (Tensor): N x R x (classes + 1) logits.
+        bbox_preds (Tensor): N x R x (4 or 4 x classes) deltas.
+        batch_img_metas (list[dict]): ``img_shape`` of the first image
+            clips the boxes (as mmdeploy).
+        rcnn_test_cfg (ConfigDict): ``score_thr``, ``nms``,
+            ``max_per_img``.
+        rescale (bool): Ignored, as in mmdeploy's rewrite.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
+    """
+    if bbox_preds is None:
+        raise NotImplementedError(
+            'mmdet_post_processing needs box regression (bbox_preds)')
+    if self.custom_cls_channels:
+        scores = self.loss_cls.get_activation(cls_scores)
+    else:
+        scores = F.softmax(cls_scores, dim=-1)
+    n, r = scores.shape[:2]
+    c = self.num_classes
+    scores = scores[..., :c]
+    boxes = self.bbox_coder.decode(
+        rois[..., 1:], bbox_preds, max_shape=batch_img_metas[0]['img_shape'])
+    boxes = boxes.reshape(n, r, -1, 4).expand(n, r, c, 4).reshape(n, r * c, 4)
+    classes = torch.arange(c, device=scores.device).expand(n, r, c)
+    scores = scores.reshape(n, r * c)
+    # the RPN's padding rows (zero boxes) are no proposals: mmdet's RPN
+    # keeps boxes wider and higher than min_bbox_size (0 by default) only
+    real = (rois[..., 3] > rois[..., 1]) & (rois[..., 4] > rois[..., 2])
+    threshold = max(float(rcnn_test_cfg.score_thr), MIN_SCORE)
+    return nms_by_class(boxes, scores, classes.reshape(n, r * c),
+                        real[..., None].expand(n, r, c).reshape(n, r * c),
+                        _nms_settings(rcnn_test_cfg.nms), threshold,
+                        rcnn_test_cfg.max_per_img)

@@ -1,0 +1,403 @@
+"""mmrest.deploy_rewrites: the RPN's proposals and the box head's detections
+of a two-stage detector exported by mmdeploy for ONNX Runtime are mmdet's.
+
+Each head is fed the same raw outputs (random, so no two scores tie) and
+its ``predict_by_feat`` is run three ways: mmdet's own, the rewrite run in
+PyTorch within mmdeploy's ``RewriterContext``, and the rewrite exported by
+mmdeploy's ``export`` and run in ONNX Runtime. The inputs are made so that
+mmdeploy's own rewrite gives other results (the premise: levels that would
+suppress each other's proposals, classes with their own boxes), and the
+rewrites must give mmdet's boxes and scores, to float32 rounding, in
+mmdet's order.
+"""
+import numpy as np
+import pytest
+import torch
+from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
+from mmdet.registry import MODELS
+from mmengine.config import ConfigDict
+
+from mmrest.deploy import load_deploy_cfg, mmdeploy_torch_shims
+from mmrest.deploy_rewrites import mmdet_post_processing, nms_by_class
+
+IMG_SHAPE = (100, 132)  # h, w: not a multiple of the strides
+STRIDES = (4, 8, 16, 32, 64)
+NUM_CLASSES = 80
+
+
+def rpn_head():
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    return MODELS.build(
+        dict(
+            type='RPNHead',
+            in_channels=8,
+            feat_channels=8,
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                scales=[8],
+                ratios=[0.5, 1.0, 2.0],
+                strides=list(STRIDES)),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[.0, .0, .0, .0],
+                target_stds=[1.0, 1.0, 1.0, 1.0]))).eval()
+
+
+def rpn_outputs(n=2):
+    """Raw RPN outputs of ``n`` images: 3 anchors per place, distinct
+    scores, deltas of spread 0.3 (boxes of a level overlap their
+    neighbours at the next level)."""
+    gen = torch.Generator().manual_seed(0)
+    cls, reg = [], []
+    for s in STRIDES:
+        h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
+        cls.append(torch.randn(n, 3, h, w, generator=gen) * 2)
+        reg.append(torch.randn(n, 12, h, w, generator=gen) * 0.3)
+    return cls, reg
+
+
+RPN_CFG = ConfigDict(
+    nms_pre=40,
+    max_per_img=170,
+    nms=dict(type='nms', iou_threshold=0.7),
+    min_bbox_size=6)
+RCNN_CFG = ConfigDict(
+    score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=25)
+
+
+def metas(n):
+    return [
+        dict(img_shape=IMG_SHAPE, scale_factor=(1., 1.), ori_shape=IMG_SHAPE)
+        for _ in range(n)
+    ]
+
+
+def box_head():
+    head = Shared2FCBBoxHead(
+        in_channels=8,
+        fc_out_channels=16,
+        roi_feat_size=7,
+        num_classes=NUM_CLASSES,
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[0., 0., 0., 0.],
+            target_stds=[0.1, 0.1, 0.2, 0.2]),
+        reg_class_agnostic=False)
+    return head.eval()
+
+
+def box_head_outputs(n=2, r=40):
+    """RoIs with per-class logits (a few clear winners per RoI) and a box
+    regression per class, for ``n`` images; the last RoI is the RPN's
+    padding (a zero box) and scores 1 for class 0."""
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand(n, r, 2, generator=gen) * 90
+    wh = 8 + torch.rand(n, r, 2, generator=gen) * 40
+    rois = torch.cat([
+        torch.arange(n, dtype=torch.float)[:, None, None].expand(n, r, 1), xy,
+        xy + wh
+    ], -1)
+    logits = torch.randn(n, r, NUM_CLASSES + 1, generator=gen)
+    logits[..., :NUM_CLASSES:7] += 4  # 12 classes often above 0.05
+    deltas = torch.randn(n, r, 4 * NUM_CLASSES, generator=gen)
+    rois[:, -1, 1:] = 0
+    logits[:, -1, 0] = 30
+    return rois, logits, deltas
+
+
+def mmdet_box_head(head, rois, logits, deltas, cfg=RCNN_CFG):
+    """mmdet's detections, from the RoIs but the padding."""
+    with torch.no_grad():
+        return head.predict_by_feat(
+            tuple(rois[:, :-1]),
+            tuple(logits[:, :-1]),
+            tuple(deltas[:, :-1]),
+            batch_img_metas=metas(len(rois)),
+            rcnn_test_cfg=cfg)
+
+
+def mmdeploys_rewrites():
+    """Register mmdeploy's rewrites of mmdet (as its task processor does)."""
+    from mmdeploy.codebase import import_codebase
+    from mmdeploy.utils import Codebase
+    import_codebase(Codebase.MMDET)
+
+
+def rewritten(call, mmdet_nms=True):
+    """``call()`` within mmdeploy's rewrites for ONNX Runtime."""
+    from mmdeploy.core import RewriterContext
+    mmdeploys_rewrites()
+    cfg = load_deploy_cfg('instance-seg')
+    with torch.no_grad(), mmdet_post_processing(mmdet_nms), RewriterContext(
+            cfg=cfg, backend='onnxruntime', opset=11):
+        return call()
+
+
+def exported(module, args, tmp_path):
+    """``module(*args)`` exported by mmdeploy and run in ONNX Runtime."""
+    import onnxruntime
+    from mmdeploy.apis.onnx import export
+    mmdeploys_rewrites()
+    names = [f'x{i}' for i in range(len(args))]
+    prefix = str(tmp_path / 'head')
+    with torch.no_grad(), mmdeploy_torch_shims(), mmdet_post_processing():
+        export(
+            module,
+            tuple(args),
+            prefix,
+            backend='onnxruntime',
+            context_info={'deploy_cfg': load_deploy_cfg('instance-seg')},
+            input_names=names,
+            output_names=['dets', 'labels'],
+            opset_version=11)
+    session = onnxruntime.InferenceSession(
+        prefix + '.onnx', providers=['CPUExecutionProvider'])
+    return tuple(
+        torch.from_numpy(o) for o in session.run(None, {
+            k: a.numpy()
+            for k, a in zip(names, args)
+        }))
+
+
+def assert_same_as_mmdet(mine, mmdet, labels=True, what=''):
+    """Per image, the rows scored above 0 (mmdeploy's layout) are mmdet's
+    instances, in mmdet's order, to float32 rounding."""
+    dets, got_labels = mine
+    for i, ref in enumerate(mmdet):
+        kept = dets[i, :, 4] > 0
+        assert int(kept.sum()) == len(ref), \
+            f'{what} image {i}: {int(kept.sum())} kept, mmdet {len(ref)}'
+        torch.testing.assert_close(
+            dets[i, kept, :4], ref.bboxes, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            dets[i, kept, 4], ref.scores, rtol=1e-5, atol=1e-7)
+        if labels:
+            assert torch.equal(got_labels[i, kept], ref.labels), what
+
+
+def mmdet_rpn(head, cls, reg):
+    with torch.no_grad():
+        return head.predict_by_feat(
+            cls, reg, batch_img_metas=metas(len(cls[0])), cfg=RPN_CFG)
+
+
+def test_rpn_proposals_are_mmdets(tmp_path):
+    head = rpn_head()
+    cls, reg = rpn_outputs()
+    ref = mmdet_rpn(head, cls, reg)
+    assert 20 < len(ref[0]) < RPN_CFG.max_per_img  # NMS and the size cut act
+
+    def call(*outs):
+        return head.predict_by_feat(
+            list(outs[:5]),
+            list(outs[5:]),
+            batch_img_metas=metas(2),
+            cfg=RPN_CFG)
+
+    # the premise: mmdeploy's own rewrite keeps other proposals here
+    theirs = rewritten(lambda: call(*cls, *reg), mmdet_nms=False)
+    with pytest.raises(AssertionError, match='kept, mmdet'):
+        assert_same_as_mmdet(theirs, ref, labels=False)
+    assert_same_as_mmdet(
+        rewritten(lambda: call(*cls, *reg)), ref, labels=False, what='eager')
+
+    class RPN(torch.nn.Module):
+
+        def forward(self, *outs):
+            return call(*outs)
+
+    assert_same_as_mmdet(
+        exported(RPN(), cls + reg, tmp_path), ref, labels=False, what='ONNX')
+
+
+def test_rpn_without_size_filter_or_top_k():
+    """``min_bbox_size`` below 0 and ``nms_pre`` off, as mmdet allows."""
+    head = rpn_head()
+    cls, reg = rpn_outputs(n=1)
+    cfg = RPN_CFG.copy()
+    cfg.update(min_bbox_size=-1, nms_pre=-1, max_per_img=2000)
+    with torch.no_grad():
+        ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(1), cfg=cfg)
+    mine = rewritten(lambda: head.predict_by_feat(
+        cls, reg, batch_img_metas=metas(1), cfg=cfg))
+    assert len(ref[0]) > 100
+    assert_same_as_mmdet(mine, ref, labels=False)
+
+
+def retina_head():
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    return MODELS.build(
+        dict(
+            type='RetinaHead',
+            num_classes=NUM_CLASSES,
+            in_channels=8,
+            stacked_convs=1,
+            feat_channels=8,
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                octave_base_scale=4,
+                scales_per_octave=3,
+                ratios=[0.5, 1.0, 2.0],
+                strides=[8, 16, 32, 64, 128]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[.0, .0, .0, .0],
+                target_stds=[1.0, 1.0, 1.0, 1.0]))).eval()
+
+
+def retina_outputs(n=2):
+    """Raw RetinaNet outputs: 9 anchors x 80 classes per place, about a
+    third of the pairs above the threshold (more than ``nms_pre`` per
+    level but the last), several classes per anchor."""
+    gen = torch.Generator().manual_seed(2)
+    cls, reg = [], []
+    for s in (8, 16, 32, 64, 128):
+        h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
+        cls.append(
+            torch.randn(n, 9 * NUM_CLASSES, h, w, generator=gen) * 2 - 4)
+        reg.append(torch.randn(n, 36, h, w, generator=gen) * 0.3)
+    return cls, reg
+
+
+RETINA_CFG = ConfigDict(
+    nms_pre=60,
+    min_bbox_size=0,
+    score_thr=0.05,
+    nms=dict(type='nms', iou_threshold=0.5),
+    max_per_img=100)
+
+
+def test_retinanet_detections_are_mmdets(tmp_path):
+    head = retina_head()
+    head.test_cfg = RETINA_CFG  # what mmdeploy's own rewrite reads
+    cls, reg = retina_outputs()
+    with torch.no_grad():
+        ref = head.predict_by_feat(
+            cls, reg, batch_img_metas=metas(2), cfg=RETINA_CFG)
+    assert len(ref[0]) == RETINA_CFG.max_per_img
+    assert len(ref[0].labels.unique()) > 20
+
+    def call(*outs):
+        return head.predict_by_feat(
+            list(outs[:5]),
+            list(outs[5:]),
+            batch_img_metas=metas(2),
+            cfg=RETINA_CFG)
+
+    # the premise: mmdeploy's choice of anchors keeps other detections
+    theirs = rewritten(lambda: call(*cls, *reg), mmdet_nms=False)
+    with pytest.raises(AssertionError):
+        assert_same_as_mmdet(theirs, ref)
+    assert_same_as_mmdet(
+        rewritten(lambda: call(*cls, *reg)), ref, what='eager')
+
+    class Retina(torch.nn.Module):
+
+        def forward(self, *outs):
+            return call(*outs)
+
+    assert_same_as_mmdet(
+        exported(Retina(), cls + reg, tmp_path), ref, what='ONNX')
+
+
+def test_box_head_detections_are_mmdets(tmp_path):
+    head = box_head()
+    rois, logits, deltas = box_head_outputs()
+    ref = mmdet_box_head(head, rois, logits, deltas)
+    assert len(ref[0]) == RCNN_CFG.max_per_img  # enough candidates
+    assert len(ref[0].labels.unique()) > 5
+
+    def call(rois, logits, deltas):
+        return head.predict_by_feat(
+            rois,
+            logits,
+            deltas,
+            batch_img_metas=metas(2),
+            rcnn_test_cfg=RCNN_CFG)
+
+    # the premise: one box per RoI (mmdeploy's) changes the boxes
+    theirs = rewritten(lambda: call(rois, logits, deltas), mmdet_nms=False)
+    with pytest.raises(AssertionError):
+        assert_same_as_mmdet(theirs, ref)
+    assert_same_as_mmdet(
+        rewritten(lambda: call(rois, logits, deltas)), ref, what='eager')
+
+    class Head(torch.nn.Module):
+
+        def forward(self, rois, logits, deltas):
+            return call(rois, logits, deltas)
+
+    assert_same_as_mmdet(
+        exported(Head(), [rois, logits, deltas], tmp_path), ref, what='ONNX')
+
+
+def test_class_agnostic_box_head():
+    head = box_head()
+    head.reg_class_agnostic = True
+    rois, logits, deltas = box_head_outputs(n=1)
+    deltas = deltas[..., :4].contiguous()
+    ref = mmdet_box_head(head, rois, logits, deltas)
+    mine = rewritten(lambda: head.predict_by_feat(
+        rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=RCNN_CFG)
+                     )
+    assert_same_as_mmdet(mine, ref)
+
+
+def test_nms_by_class_keeps_classes_apart():
+    """By hand: two identical boxes of different classes both survive, one
+    of the same class is suppressed; invalid and low scores never enter;
+    the second image's rows are its own."""
+    box = [10., 10., 50., 50.]
+    boxes = torch.tensor([[box, box, box, [60., 60., 90., 90.]]] * 2)
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.01]])
+    classes = torch.tensor([[0, 1, 0, 2], [0, 0, 0, 0]])
+    valid = torch.tensor([[True, True, True, False], [True] * 4])
+    dets, labels = rewritten(
+        lambda: nms_by_class(boxes, scores, classes, valid, 0.5, 0.05, 10))
+    got = [[(round(float(d[4]), 2), int(c)) for d, c in zip(ds, cs)
+            if d[4] > 0] for ds, cs in zip(dets, labels)]
+    assert got == [[(0.9, 0), (0.8, 1)], [(0.9, 0)]]
+
+
+def test_other_nms_is_refused():
+    head = box_head()
+    rois, logits, deltas = box_head_outputs(n=1)
+    cfg = RCNN_CFG.copy()
+    cfg.nms = dict(type='soft_nms', iou_threshold=0.5)
+    with pytest.raises(NotImplementedError, match='soft_nms'):
+        rewritten(lambda: head.predict_by_feat(
+            rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=cfg))
+
+
+def test_switch_is_scoped():
+    """Off by default and after the block, even when the block fails."""
+    head = box_head()
+    rois, logits, deltas = box_head_outputs(n=1)
+
+    def call():
+        return head.predict_by_feat(
+            rois,
+            logits,
+            deltas,
+            batch_img_metas=metas(1),
+            rcnn_test_cfg=RCNN_CFG)
+
+    from mmdeploy.core import RewriterContext
+    cfg = load_deploy_cfg('instance-seg')
+
+    def plain():
+        mmdeploys_rewrites()
+        with torch.no_grad(), RewriterContext(
+                cfg=cfg, backend='onnxruntime', opset=11):
+            return call()
+
+    before = plain()
+    with pytest.raises(RuntimeError):
+        with mmdet_post_processing():
+            raise RuntimeError
+    after = plain()
+    mine = rewritten(call)
+    assert torch.equal(before[0], after[0])
+    assert not np.array_equal(before[0].numpy(), mine[0].numpy())
