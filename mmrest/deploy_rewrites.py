@@ -137,6 +137,46 @@ def _nms_settings(nms_cfg) -> float:
     return float(nms_cfg['iou_threshold'])
 
 
+def _size_filter(boxes: torch.Tensor, cfg) -> torch.Tensor:
+    """mmdet's ``min_bbox_size`` test: True for boxes wider and higher than
+    it, every box when it is below 0 or unset."""
+    if cfg.get('min_bbox_size', -1) < 0:
+        return torch.ones_like(boxes[..., 0], dtype=torch.bool)
+    side = cfg.min_bbox_size
+    return ((boxes[..., 2] - boxes[..., 0]) > side) & (
+        (boxes[..., 3] - boxes[..., 1]) > side)
+
+
+def _levels(head, cls_scores: List[torch.Tensor],
+            bbox_preds: List[torch.Tensor], with_nms: bool) -> Iterator:
+    """A dense head's outputs level by level, as mmdet flattens them: the
+    score logits (N x places*anchors*channels, channels last), the deltas
+    (N x places*anchors x 4) and the anchors (N x places*anchors x 4)."""
+    if not with_nms:
+        raise NotImplementedError('mmdet_post_processing needs with_nms=True')
+    n = cls_scores[0].shape[0]
+    priors = head.prior_generator.grid_priors(
+        [s.shape[-2:] for s in cls_scores],
+        dtype=cls_scores[0].dtype,
+        device=cls_scores[0].device)
+    for score, delta, prior in zip(cls_scores, bbox_preds, priors):
+        yield (score.permute(0, 2, 3, 1).reshape(n, -1),
+               delta.permute(0, 2, 3, 1).reshape(n, -1,
+                                                 head.bbox_coder.encode_size),
+               prior[None].expand(n, -1, -1))
+
+
+def _best(k: int, *tensors: torch.Tensor) -> tuple:
+    """The ``k`` best entries along dim 1 by the first tensor (N x K), as
+    mmdet's ``nms_pre`` top-k: each tensor gathered at them, padded with
+    zeros first where K is smaller than ``k`` (a zero score never enters the
+    NMS)."""
+    padded = [pad_with_value_if_necessary(t, 1, k, 0.) for t in tensors]
+    best = padded[0].topk(k, dim=1)[1]
+    rows = torch.arange(best.shape[0], device=best.device)[:, None]
+    return tuple(t[rows, best] for t in padded)
+
+
 @FUNCTION_REWRITER.register_rewriter(
     'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
     backend='onnxruntime',
@@ -160,25 +200,16 @@ def rpn_head__predict_by_feat(self,
         the levels), as mmdeploy's rewrite returns them.
     """
     cfg = self.test_cfg if cfg is None else cfg
-    n = cls_scores[0].shape[0]
-    priors = self.prior_generator.grid_priors(
-        [s.shape[-2:] for s in cls_scores],
-        dtype=cls_scores[0].dtype,
-        device=cls_scores[0].device)
     nms_pre = cfg.get('nms_pre', -1)
     all_scores, all_deltas, all_priors, levels = [], [], [], []
-    for level, (score, delta,
-                prior) in enumerate(zip(cls_scores, bbox_preds, priors)):
-        score = score.permute(0, 2, 3, 1)
+    for level, (score, delta, prior) in enumerate(
+            _levels(self, cls_scores, bbox_preds, with_nms)):
         if self.use_sigmoid_cls:
-            score = score.reshape(n, -1).sigmoid()
+            score = score.sigmoid()
         else:
-            score = score.reshape(n, -1, 2).softmax(-1)[..., 0]
-        delta = delta.permute(0, 2, 3, 1).reshape(n, -1,
-                                                  self.bbox_coder.encode_size)
-        prior = prior[None].expand(n, -1, -1)
+            score = score.reshape(score.shape[0], -1, 2).softmax(-1)[..., 0]
         if nms_pre > 0:  # padding scores 0: never kept
-            _, score, delta, prior = _best(nms_pre, score, delta, prior)
+            score, delta, prior = _best(nms_pre, score, delta, prior)
         all_scores.append(score)
         all_deltas.append(delta)
         all_priors.append(prior)
@@ -190,26 +221,6 @@ def rpn_head__predict_by_feat(self,
     return nms_by_class(boxes, torch.cat(all_scores, 1), torch.cat(levels, 1),
                         _size_filter(boxes, cfg), _nms_settings(cfg.nms),
                         MIN_SCORE, cfg.max_per_img)
-
-
-def _size_filter(boxes: torch.Tensor, cfg) -> torch.Tensor:
-    """mmdet's ``min_bbox_size`` test: True for boxes wider and higher than
-    it, every box when it is below 0 or unset."""
-    if cfg.get('min_bbox_size', -1) < 0:
-        return torch.ones_like(boxes[..., 0], dtype=torch.bool)
-    side = cfg.min_bbox_size
-    return ((boxes[..., 2] - boxes[..., 0]) > side) & (
-        (boxes[..., 3] - boxes[..., 1]) > side)
-
-
-def _best(k: int, *tensors: torch.Tensor) -> tuple:
-    """The ``k`` best entries along dim 1 by the first tensor (N x K),
-    padded with zeros to ``k`` where K is smaller: the indices and each
-    tensor gathered at them."""
-    padded = [pad_with_value_if_necessary(t, 1, k, 0.) for t in tensors]
-    best = padded[0].topk(k, dim=1)[1]
-    rows = torch.arange(best.shape[0], device=best.device)[:, None]
-    return (best, ) + tuple(t[rows, best] for t in padded)
 
 
 @FUNCTION_REWRITER.register_rewriter(
@@ -239,25 +250,18 @@ def retina_head__predict_by_feat(self,
             'mmdet_post_processing supports RetinaNet\'s sigmoid scores '
             'without score factors')
     cfg = self.test_cfg if cfg is None else cfg
-    n, c = cls_scores[0].shape[0], self.cls_out_channels
-    priors = self.prior_generator.grid_priors(
-        [s.shape[-2:] for s in cls_scores],
-        dtype=cls_scores[0].dtype,
-        device=cls_scores[0].device)
+    c = self.cls_out_channels
     nms_pre = cfg.get('nms_pre', -1)
     threshold = max(float(cfg.get('score_thr', 0)), MIN_SCORE)
     all_scores, all_labels, all_deltas, all_priors = [], [], [], []
-    for score, delta, prior in zip(cls_scores, bbox_preds, priors):
-        score = score.permute(0, 2, 3, 1).reshape(n, -1).sigmoid()
+    for score, delta, prior in _levels(self, cls_scores, bbox_preds, with_nms):
+        score = score.sigmoid()
         score = torch.where(score > threshold, score, score.new_zeros(()))
-        delta = delta.permute(0, 2, 3, 1).reshape(n, -1,
-                                                  self.bbox_coder.encode_size)
-        prior = prior[None].expand(n, -1, -1)
         pair = torch.arange(score.shape[1], device=score.device)
-        pair = pair[None].expand(n, -1)
+        pair = pair[None].expand(score.shape[0], -1)
         if nms_pre > 0:  # padding scores 0: never kept
-            _, score, pair = _best(nms_pre, score, pair)
-        rows = torch.arange(n, device=score.device)[:, None]
+            score, pair = _best(nms_pre, score, pair)
+        rows = torch.arange(score.shape[0], device=score.device)[:, None]
         all_scores.append(score)
         all_labels.append(pair % c)
         all_deltas.append(delta[rows, pair // c])
