@@ -127,6 +127,13 @@ def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
     return dets[rows, order], labels[rows, order]
 
 
+def _rewrites(func_name: str):
+    """Register the decorated function as mmdeploy's rewrite of
+    ``func_name`` for ONNX Runtime, within :func:`mmdet_post_processing`."""
+    return FUNCTION_REWRITER.register_rewriter(
+        func_name, backend='onnxruntime', extra_checkers=[_Switched()])
+
+
 def _nms_settings(nms_cfg) -> float:
     kind = nms_cfg.get('type', 'nms')
     if kind != 'nms' or nms_cfg.get('class_agnostic', False):
@@ -177,10 +184,7 @@ def _best(k: int, *tensors: torch.Tensor) -> tuple:
     return tuple(t[rows, best] for t in padded)
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
-    backend='onnxruntime',
-    extra_checkers=[_Switched()])
+@_rewrites('mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat')
 def rpn_head__predict_by_feat(self,
                               cls_scores: List[torch.Tensor],
                               bbox_preds: List[torch.Tensor],
@@ -223,10 +227,7 @@ def rpn_head__predict_by_feat(self,
                         MIN_SCORE, cfg.max_per_img)
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat',
-    backend='onnxruntime',
-    extra_checkers=[_Switched()])
+@_rewrites('mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat')
 def retina_head__predict_by_feat(self,
                                  cls_scores: List[torch.Tensor],
                                  bbox_preds: List[torch.Tensor],
@@ -275,10 +276,8 @@ def retina_head__predict_by_feat(self,
                         _nms_settings(cfg.nms), threshold, cfg.max_per_img)
 
 
-@FUNCTION_REWRITER.register_rewriter(
-    'mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat',
-    backend='onnxruntime',
-    extra_checkers=[_Switched()])
+@_rewrites(
+    'mmdet.models.roi_heads.bbox_heads.bbox_head.BBoxHead.predict_by_feat')
 def bbox_head__predict_by_feat(self,
                                rois: torch.Tensor,
                                cls_scores: torch.Tensor,

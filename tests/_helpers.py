@@ -22,6 +22,14 @@ from mmrest_tools.gpu_check.measure import recording_backend  # noqa: F401
 #: The repository root.
 ROOT = Path(__file__).resolve().parents[1]
 
+#: RetinaNet's anchors (mmdet's and detectron2's RetinaNet configs).
+RETINANET_ANCHORS = dict(
+    type='AnchorGenerator',
+    octave_base_scale=4,
+    scales_per_octave=3,
+    ratios=[0.5, 1.0, 2.0],
+    strides=[8, 16, 32, 64, 128])
+
 
 def load_tool(name: str):
     """The command-line script ``tools/<name>.py`` as a module (its

@@ -13,6 +13,7 @@ mmdet's order.
 import numpy as np
 import pytest
 import torch
+from _helpers import RETINANET_ANCHORS
 from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
@@ -244,12 +245,7 @@ def retina_head():
             in_channels=8,
             stacked_convs=1,
             feat_channels=8,
-            anchor_generator=dict(
-                type='AnchorGenerator',
-                octave_base_scale=4,
-                scales_per_octave=3,
-                ratios=[0.5, 1.0, 2.0],
-                strides=[8, 16, 32, 64, 128]),
+            anchor_generator=RETINANET_ANCHORS,
             bbox_coder=dict(
                 type='DeltaXYWHBBoxCoder',
                 target_means=[.0, .0, .0, .0],

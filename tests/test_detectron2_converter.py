@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, Reduce, run_program
+from _helpers import RETINANET_ANCHORS, ROOT, Reduce, run_program
 from mmengine.config import Config
 
 from mmrest.checkpoint import CheckpointError
@@ -733,12 +733,7 @@ def test_retina_head_clips_then_drops_empty_boxes():
         in_channels=8,
         feat_channels=8,
         stacked_convs=1,
-        anchor_generator=dict(
-            type='AnchorGenerator',
-            octave_base_scale=4,
-            scales_per_octave=3,
-            ratios=[0.5, 1.0, 2.0],
-            strides=[8, 16, 32, 64, 128]),
+        anchor_generator=RETINANET_ANCHORS,
         bbox_coder=dict(type='DeltaXYWHBBoxCoder', clip_border=False))
     results = InstanceData(
         bboxes=torch.tensor([
