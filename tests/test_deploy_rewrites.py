@@ -339,6 +339,14 @@ def test_box_head_detections_are_mmdets(tmp_path):
     run = exported(Head(), outs, tmp_path)
     assert_same_as_mmdet(run(outs), ref, what='ONNX')
     assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
+    # nothing above the threshold: no detection (only the padding row)
+    background = logits.clone()
+    background[..., NUM_CLASSES] = 30.
+    none = mmdet_box_head(head, rois, background, deltas)
+    assert [len(r) for r in none] == [0, 0]
+    assert_same_as_mmdet(
+        rewritten(lambda: call(rois, background, deltas)), none, what='eager')
+    assert_same_as_mmdet(run([rois, background, deltas]), none, what='ONNX')
 
 
 def test_class_agnostic_box_head():
