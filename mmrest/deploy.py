@@ -19,7 +19,9 @@ With them, :func:`export_detector` does what mmdeploy's ``torch2onnx`` does
 (mmdeploy's ``tools/deploy.py`` for ONNX Runtime), with the deploy configs
 of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``
 and ``instance-seg_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no
-config files). :func:`build_ort_model` wraps the file in mmdeploy's ONNX
+config files); by default the post-processing of the RPN, the box head and
+RetinaNet is mmdet's, not mmdeploy's (:mod:`mmrest.deploy_rewrites`).
+:func:`build_ort_model` wraps the file in mmdeploy's ONNX
 Runtime backend model, which takes the same ``test_step`` data as the
 PyTorch detector. The checks of ``tools/deploy.py``: the graph's outputs
 (:func:`onnx_outputs`) against the detector with mmdeploy's rewrites run
