@@ -23,7 +23,7 @@ from mmrest.deploy_rewrites import mmdet_post_processing, nms_by_class
 
 IMG_SHAPE = (100, 132)  # h, w: not a multiple of the strides
 STRIDES = (4, 8, 16, 32, 64)
-NUM_CLASSES = 80
+NUM_CLASSES = 20  # few: the oldest stack's NMS stand-in is pure PyTorch
 
 
 def rpn_head():
@@ -100,7 +100,7 @@ def box_head_outputs(n=2, r=40):
         xy + wh
     ], -1)
     logits = torch.randn(n, r, NUM_CLASSES + 1, generator=gen)
-    logits[..., :NUM_CLASSES:7] += 4  # 12 classes often above 0.05
+    logits[..., :NUM_CLASSES:3] += 4  # 7 classes often above 0.05
     deltas = torch.randn(n, r, 4 * NUM_CLASSES, generator=gen)
     rois[:, -1, 1:] = 0
     logits[:, -1, 0] = 30
@@ -253,9 +253,9 @@ def retina_head():
 
 
 def retina_outputs(n=2):
-    """Raw RetinaNet outputs: 9 anchors x 80 classes per place, about a
-    third of the pairs above the threshold (more than ``nms_pre`` per
-    level but the last), several classes per anchor."""
+    """Raw RetinaNet outputs: 9 anchors x NUM_CLASSES per place, about a
+    third of the pairs above the threshold (more than ``nms_pre`` on every
+    level), several classes per anchor."""
     gen = torch.Generator().manual_seed(2)
     cls, reg = [], []
     for s in (8, 16, 32, 64, 128):
@@ -282,7 +282,7 @@ def test_retinanet_detections_are_mmdets(tmp_path):
         ref = head.predict_by_feat(
             cls, reg, batch_img_metas=metas(2), cfg=RETINA_CFG)
     assert len(ref[0]) == RETINA_CFG.max_per_img
-    assert len(ref[0].labels.unique()) > 20
+    assert len(ref[0].labels.unique()) > 10
 
     def call(*outs):
         return head.predict_by_feat(
@@ -313,7 +313,7 @@ def test_box_head_detections_are_mmdets(tmp_path):
     rois, logits, deltas = box_head_outputs()
     ref = mmdet_box_head(head, rois, logits, deltas)
     assert len(ref[0]) == RCNN_CFG.max_per_img  # enough candidates
-    assert len(ref[0].labels.unique()) > 5
+    assert len(ref[0].labels.unique()) > 4
 
     def call(rois, logits, deltas):
         return head.predict_by_feat(
