@@ -297,7 +297,7 @@ def export_detector(task_processor,
         image: The example image (file name or HxWx3 uint8 BGR array).
         out_dir (str): Where to write the file (created if needed).
         deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
-        mmdet_nms (bool): Two-stage detectors' RPN and box-head
+        mmdet_nms (bool): The RPN's, the box head's and RetinaNet's
             post-processing as mmdet's instead of mmdeploy's
             (:mod:`mmrest.deploy_rewrites`).
     """

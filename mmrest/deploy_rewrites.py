@@ -60,7 +60,7 @@ class _Switched(Checker):
 def mmdet_post_processing(enabled: bool = True) -> Iterator[None]:
     """Within the block, mmdeploy rewrites for ONNX Runtime started (its
     ``RewriterContext``, its ``export``) use mmdet's post-processing for the
-    RPN and the box head (see the module's docstring).
+    RPN, the box head and RetinaNet (see the module's docstring).
 
     Args:
         enabled (bool): False leaves mmdeploy's own rewrites in place.
@@ -144,12 +144,11 @@ def _nms_settings(nms_cfg) -> float:
     return float(nms_cfg['iou_threshold'])
 
 
-def _size_filter(boxes: torch.Tensor, cfg) -> torch.Tensor:
+def _size_filter(boxes: torch.Tensor, side: float) -> torch.Tensor:
     """mmdet's ``min_bbox_size`` test: True for boxes wider and higher than
-    it, every box when it is below 0 or unset."""
-    if cfg.get('min_bbox_size', -1) < 0:
+    ``side``, every box when ``side`` is below 0."""
+    if side < 0:
         return torch.ones_like(boxes[..., 0], dtype=torch.bool)
-    side = cfg.min_bbox_size
     return ((boxes[..., 2] - boxes[..., 0]) > side) & (
         (boxes[..., 3] - boxes[..., 1]) > side)
 
@@ -171,6 +170,22 @@ def _levels(head, cls_scores: List[torch.Tensor],
                delta.permute(0, 2, 3, 1).reshape(n, -1,
                                                  head.bbox_coder.encode_size),
                prior[None].expand(n, -1, -1))
+
+
+def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
+               scores: List[torch.Tensor], classes: List[torch.Tensor],
+               batch_img_metas: List[dict], cfg, threshold: float) -> tuple:
+    """A dense head's end, as mmdet's ``_bbox_post_process``: the
+    candidates of all levels decoded and clipped to the image, boxes not
+    wider and higher than ``min_bbox_size`` left out, :func:`nms_by_class`
+    with ``cfg``'s NMS and ``max_per_img``."""
+    boxes = head.bbox_coder.decode(
+        torch.cat(priors, 1),
+        torch.cat(deltas, 1),
+        max_shape=batch_img_metas[0]['img_shape'])
+    return nms_by_class(boxes, torch.cat(scores, 1), torch.cat(classes, 1),
+                        _size_filter(boxes, cfg.get('min_bbox_size', -1)),
+                        _nms_settings(cfg.nms), threshold, cfg.max_per_img)
 
 
 def _best(k: int, *tensors: torch.Tensor) -> tuple:
@@ -218,13 +233,8 @@ def rpn_head__predict_by_feat(self,
         all_deltas.append(delta)
         all_priors.append(prior)
         levels.append(torch.full_like(score, level, dtype=torch.long))
-    boxes = self.bbox_coder.decode(
-        torch.cat(all_priors, 1),
-        torch.cat(all_deltas, 1),
-        max_shape=batch_img_metas[0]['img_shape'])
-    return nms_by_class(boxes, torch.cat(all_scores, 1), torch.cat(levels, 1),
-                        _size_filter(boxes, cfg), _nms_settings(cfg.nms),
-                        MIN_SCORE, cfg.max_per_img)
+    return _dense_nms(self, all_priors, all_deltas, all_scores, levels,
+                      batch_img_metas, cfg, MIN_SCORE)
 
 
 @_rewrites('mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat')
@@ -267,13 +277,8 @@ def retina_head__predict_by_feat(self,
         all_labels.append(pair % c)
         all_deltas.append(delta[rows, pair // c])
         all_priors.append(prior[rows, pair // c])
-    boxes = self.bbox_coder.decode(
-        torch.cat(all_priors, 1),
-        torch.cat(all_deltas, 1),
-        max_shape=batch_img_metas[0]['img_shape'])
-    return nms_by_class(boxes, torch.cat(all_scores, 1),
-                        torch.cat(all_labels, 1), _size_filter(boxes, cfg),
-                        _nms_settings(cfg.nms), threshold, cfg.max_per_img)
+    return _dense_nms(self, all_priors, all_deltas, all_scores, all_labels,
+                      batch_img_metas, cfg, threshold)
 
 
 @_rewrites(
@@ -322,7 +327,7 @@ def bbox_head__predict_by_feat(self,
     scores = scores.reshape(n, r * c)
     # the RPN's padding rows (zero boxes) are no proposals: mmdet's RPN
     # keeps boxes wider and higher than min_bbox_size (0 by default) only
-    real = (rois[..., 3] > rois[..., 1]) & (rois[..., 4] > rois[..., 2])
+    real = _size_filter(rois[..., 1:], 0)
     threshold = max(float(rcnn_test_cfg.score_thr), MIN_SCORE)
     return nms_by_class(boxes, scores, classes.reshape(n, r * c),
                         real[..., None].expand(n, r, c).reshape(n, r * c),

@@ -19,10 +19,10 @@ mmdeploy's rewrites run in PyTorch, which the graph should compute
 (:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections
 (mmdeploy's backend model) against the PyTorch detector's own, mmdet's
 (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The command fails if
-either differs. Two-stage detectors' RPN and box-head post-processing are
-mmdet's in the graph (:mod:`mmrest.deploy_rewrites`); with
-``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained Mask
-R-CNN differ from mmdet's (docs/deployment.md). Without a checkpoint the
+either differs. The RPN's, the box head's and RetinaNet's post-processing
+are mmdet's in the graph (:mod:`mmrest.deploy_rewrites`); with
+``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
+detector differ from mmdet's (docs/deployment.md). Without a checkpoint the
 weights are random and no box scores above the threshold: no detections are
 compared. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
 :mod:`mmrest.deploy` for the two torch compatibility shims it applies.
@@ -61,9 +61,10 @@ def parse_args(argv=None):
     parser.add_argument(
         '--mmdeploy-nms',
         action='store_true',
-        help='keep mmdeploy\'s own RPN and box-head post-processing (one '
-        'NMS over all FPN levels, one box per RoI), which is not mmdet\'s; '
-        'by default the graph computes mmdet\'s (docs/deployment.md)')
+        help='keep mmdeploy\'s own post-processing of the RPN, the box '
+        'head and RetinaNet (one NMS over all FPN levels, one box per RoI, '
+        'candidates by their best class), which is not mmdet\'s; by '
+        'default the graph computes mmdet\'s (docs/deployment.md)')
     parser.add_argument('--out', default='deploy', help='output folder')
     parser.add_argument(
         '--image',
