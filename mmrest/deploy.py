@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Whole detectors to ONNX Runtime with mmdeploy 1.3.1 on torch >= 2.9.
+"""Whole detectors and segmentors to ONNX Runtime with mmdeploy 1.3.1 on
+torch >= 2.9.
 
 mmdeploy 1.3.1 (its latest release) predates torch 2.9 and fails with it in
 two places, both fixed for the duration of :func:`mmdeploy_torch_shims`:
@@ -17,25 +18,31 @@ two places, both fixed for the duration of :func:`mmdeploy_torch_shims`:
 
 With them, :func:`export_detector` does what mmdeploy's ``torch2onnx`` does
 (mmdeploy's ``tools/deploy.py`` for ONNX Runtime), with the deploy configs
-of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``
-and ``instance-seg_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no
-config files); by default the post-processing of the RPN, the box head and
-RetinaNet is mmdet's, not mmdeploy's (:mod:`mmrest.deploy_rewrites`).
+of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``,
+``instance-seg_onnxruntime_dynamic.py`` and
+``segmentation_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no config
+files); by default the post-processing of the RPN, the box head and
+RetinaNet is mmdet's, not mmdeploy's, and adaptive pooling (UperNet's) is
+torch's at every size (:mod:`mmrest.deploy_rewrites`).
 :func:`build_ort_model` wraps the file in mmdeploy's ONNX
 Runtime backend model, which takes the same ``test_step`` data as the
-PyTorch detector. The checks of ``tools/deploy.py``: the graph's outputs
-(:func:`onnx_outputs`) against the detector with mmdeploy's rewrites run
-in PyTorch (:func:`rewritten_outputs`; :func:`graph_matches`), and the
-backend model's detections against the detector's own (:func:`agrees`).
+PyTorch model. The checks of ``tools/deploy.py``: the graph's outputs
+(:func:`onnx_outputs`) against the model with mmdeploy's rewrites run
+in PyTorch (:func:`rewritten_outputs`; :func:`graph_matches`,
+:func:`seg_graph_report`), and the backend model's detections or label
+map against the PyTorch model's own (:func:`compare`,
+:func:`compare_maps`, :func:`agrees`).
 
 Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``
 (``requirements/deploy.txt`` and ``requirements/mmdeploy.txt``).
 """
 import contextlib
 import copy
+import functools
 import importlib.util
 import os
 import os.path as osp
+import types
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
@@ -43,7 +50,8 @@ import torch
 from .utils import torch_compat
 
 #: The tasks :func:`ort_deploy_cfg` knows, as mmdeploy names them.
-DEPLOY_TASKS = ('detection', 'instance-seg')
+DEPLOY_TASKS = ('detection', 'instance-seg', 'segmentation',
+                'segmentation-logits')
 #: The lowest ONNX opset mmdeploy 1.3.1's symbolic functions support.
 MIN_OPSET = 11
 
@@ -69,14 +77,18 @@ def check_requirements() -> None:
 def ort_deploy_cfg(task: str = 'detection',
                    opset_version: int = MIN_OPSET) -> dict:
     """mmdeploy 1.3.1's ONNX Runtime deploy config with dynamic shapes, as a
-    dict: ``configs/mmdet/detection/detection_onnxruntime_dynamic.py`` or
-    ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py`` with
-    their bases flattened (opset 11; dynamic batch, height and width; at
-    most 100 detections).
+    dict: ``configs/mmdet/detection/detection_onnxruntime_dynamic.py``,
+    ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py`` or
+    ``configs/mmseg/segmentation_onnxruntime_dynamic.py`` with their bases
+    flattened (opset 11; dynamic batch, height and width; at most 100
+    detections).
 
     Args:
-        task (str): ``'detection'`` (boxes) or ``'instance-seg'`` (boxes
-            and masks).
+        task (str): ``'detection'`` (boxes), ``'instance-seg'`` (boxes
+            and masks), ``'segmentation'`` (a label map at the network
+            input's size) or ``'segmentation-logits'`` (the same config
+            with ``with_argmax=False``: the logits, which
+            :func:`build_ort_model` resizes and labels as mmseg does).
         opset_version (int): The ONNX opset; mmdeploy's is 11. From 16 on,
             mmdeploy exports mmcv's aligned RoIAlign as ONNX's with
             ``half_pixel`` coordinates, which computes RoIs smaller than one
@@ -86,6 +98,24 @@ def ort_deploy_cfg(task: str = 'detection',
     if task not in DEPLOY_TASKS:
         raise ValueError(f'task must be one of {DEPLOY_TASKS}, got {task!r}')
     _check_opset(opset_version)
+    if task.startswith('segmentation'):
+        return _onnx_deploy_cfg(
+            opset_version, ['output'], {
+                'input': {
+                    0: 'batch',
+                    2: 'height',
+                    3: 'width'
+                },
+                'output': {
+                    0: 'batch',
+                    2: 'height',
+                    3: 'width'
+                }
+            },
+            dict(
+                type='mmseg',
+                task='Segmentation',
+                with_argmax=task == 'segmentation'))
     output_names = ['dets', 'labels']
     axes = {
         'input': {
@@ -114,6 +144,17 @@ def ort_deploy_cfg(task: str = 'detection',
         output_names.append('masks')
         axes['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
         post_processing['export_postprocess_mask'] = False
+    return _onnx_deploy_cfg(
+        opset_version, output_names, axes,
+        dict(
+            type='mmdet',
+            task='ObjectDetection',
+            model_type='end2end',
+            post_processing=post_processing))
+
+
+def _onnx_deploy_cfg(opset_version: int, output_names: list,
+                     dynamic_axes: dict, codebase_config: dict) -> dict:
     return dict(
         onnx_config=dict(
             type='onnx',
@@ -125,12 +166,8 @@ def ort_deploy_cfg(task: str = 'detection',
             output_names=output_names,
             input_shape=None,
             optimize=True,
-            dynamic_axes=axes),
-        codebase_config=dict(
-            type='mmdet',
-            task='ObjectDetection',
-            model_type='end2end',
-            post_processing=post_processing),
+            dynamic_axes=dynamic_axes),
+        codebase_config=codebase_config,
         backend_config=dict(type='onnxruntime'))
 
 
@@ -207,17 +244,20 @@ def build_detector(config,
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',
                    cfg_options: Optional[dict] = None):
-    """mmdeploy's task processor for a detector config and the PyTorch
-    detector in eval mode.
+    """mmdeploy's task processor for a detector or segmentor config and the
+    PyTorch model in eval mode.
 
     Args:
-        config (str | Config): The mmdet config (file or Config).
-        deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
-        checkpoint (str, optional): A whole-detector checkpoint of that
+        config (str | Config): The mmdet or mmseg config (file or Config).
+            A segmentor must test whole images (``test_cfg.mode='whole'``,
+            the only mode mmdeploy exports).
+        deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`; for
+            the config's codebase (mmdet or mmseg).
+        checkpoint (str, optional): A checkpoint of the whole model of that
             config. Without one, the weights are initialised from scratch
             (the backbone's pretrained ``init_cfg`` is dropped, so no file is
             needed).
-        device (str): Where to build the detector.
+        device (str): Where to build the model.
         cfg_options (dict, optional): Overrides of config entries.
 
     Returns:
@@ -239,16 +279,25 @@ def build_detector(config,
         config = copy.deepcopy(config)
     if cfg_options:
         config.merge_from_dict(cfg_options)
+    deploy_cfg = load_deploy_cfg(deploy_cfg)
     scope = config.get('default_scope', 'mmdet')
-    if scope != 'mmdet':
+    codebase = deploy_cfg.get('codebase_config', {}).get('type')
+    if scope not in ('mmdet', 'mmseg') or scope != codebase:
         raise ValueError(
             f'{source} is an {scope} config (model type '
-            f'{config.model.get("type")!r}); mmrest.deploy exports mmdet '
-            'detectors only. Segmentors are not supported: mmdeploy 1.3.1 '
-            "replaces UperNet's adaptive pooling by a fixed average pooling "
-            '(docs/deployment.md)')
+            f'{config.model.get("type")!r}) and the deploy config is for '
+            f"{codebase}; mmrest.deploy exports mmdet detectors with the "
+            "deploy configs 'detection' and 'instance-seg', mmseg "
+            "segmentors with 'segmentation' and 'segmentation-logits'")
+    if scope == 'mmseg':
+        mode = config.model.get('test_cfg', {}).get('mode', 'whole')
+        if mode != 'whole':
+            raise ValueError(
+                f"{source} tests in {mode!r} mode; mmdeploy 1.3.1 exports "
+                "whole-image inference only: add --cfg-options "
+                "model.test_cfg.mode=whole (and compare with mmseg in that "
+                'mode)')
     config.model.backbone.init_cfg = None
-    deploy_cfg = load_deploy_cfg(deploy_cfg)
     from mmdeploy.apis import build_task_processor
     task_processor = build_task_processor(config, deploy_cfg, device)
     model = task_processor.build_pytorch_model(None)
@@ -305,7 +354,7 @@ def export_detector(task_processor,
     from mmdeploy.apis.onnx import export
     from mmdeploy.utils import get_backend, get_dynamic_axes, get_onnx_config
 
-    from .deploy_rewrites import mmdet_post_processing
+    from .deploy_rewrites import exact_adaptive_pooling, mmdet_post_processing
     deploy_cfg = load_deploy_cfg(deploy_cfg)
     onnx_cfg = get_onnx_config(deploy_cfg)
     os.makedirs(out_dir, exist_ok=True)
@@ -316,7 +365,7 @@ def export_detector(task_processor,
     names = onnx_cfg['input_names'] + onnx_cfg['output_names']
     had_forward = 'forward' in model.__dict__
     try:
-        with mmdeploy_torch_shims(), no_mp(), \
+        with mmdeploy_torch_shims(), no_mp(), exact_adaptive_pooling(), \
                 mmdet_post_processing(mmdet_nms):
             export(
                 model,
@@ -343,37 +392,67 @@ def export_detector(task_processor,
 
 def build_ort_model(task_processor, onnx_file: str):
     """mmdeploy's ONNX Runtime backend model of ``onnx_file``; its
-    ``test_step(data)`` returns ``DetDataSample``s like the detector's."""
+    ``test_step(data)`` returns ``DetDataSample``s like the detector's, or
+    ``SegDataSample``s like the segmentor's. A segmentor's logits (deploy
+    config ``segmentation-logits``) are resized to the original image and
+    turned into labels as mmseg does (its ``postprocess_result``:
+    bilinear, then the argmax), where mmdeploy's backend model takes the
+    argmax first and resizes the labels (nearest), as it does with the
+    labels of ``segmentation``."""
     if not osp.isfile(onnx_file):
         raise FileNotFoundError(f'ONNX file not found: {onnx_file!r}')
-    return task_processor.build_backend_model([onnx_file])
+    model = task_processor.build_backend_model([onnx_file])
+    if task_processor.deploy_cfg.codebase_config.type == 'mmseg':
+        head = task_processor.model_cfg.model.decode_head
+        segmentor = types.SimpleNamespace(
+            align_corners=head.get('align_corners', False))
+        model.pack_result = functools.partial(_pack_as_mmseg,
+                                              model.pack_result, segmentor)
+    return model
+
+
+def _pack_as_mmseg(mmdeploy_pack, segmentor, batch_outputs, data_samples):
+    if not batch_outputs.is_floating_point() or batch_outputs.shape[1] == 1:
+        return mmdeploy_pack(batch_outputs, data_samples)  # labels
+    from mmseg.models.segmentors import BaseSegmentor
+    return BaseSegmentor.postprocess_result(segmentor, batch_outputs,
+                                            data_samples)
 
 
 def rewritten_outputs(task_processor,
                       model,
                       data,
                       inputs,
-                      mmdet_nms: bool = True) -> tuple:
-    """What the ONNX graph should compute: the detector's forward with
+                      mmdet_nms: bool = True,
+                      with_argmax: Optional[bool] = None) -> tuple:
+    """What the ONNX graph should compute: the model's forward with
     mmdeploy's rewrites applied (its post-processing included; with
     ``mmdet_nms``, as :func:`export_detector`'s), run in PyTorch, on
     ``make_input``'s ``data`` and ``inputs``: ``(dets, labels)`` or
-    ``(dets, labels, masks)``, batched as the graph's outputs."""
+    ``(dets, labels, masks)`` of a detector, ``(labels, )`` of a segmentor
+    (N x 1 x H x W), batched as the graph's outputs. ``with_argmax``, if
+    given, replaces the deploy config's (False: a segmentor's logits)."""
     from mmdeploy.core import RewriterContext
     from mmdeploy.utils import get_backend, get_ir_config
 
     from .backbones import kernels
-    from .deploy_rewrites import mmdet_post_processing
+    from .deploy_rewrites import exact_adaptive_pooling, mmdet_post_processing
     cfg = task_processor.deploy_cfg
+    if with_argmax is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.codebase_config.with_argmax = with_argmax
     # the backbones' literal computation (the same formulas): their fast
     # path's SDPA call would meet mmdeploy's rewrite of SDPA, which divides
     # by the scale (the export writes the formula out instead)
     with torch.no_grad(), kernels.literal(), mmdeploy_torch_shims(), \
-            mmdet_post_processing(mmdet_nms), RewriterContext(
-            cfg=cfg,
-            backend=get_backend(cfg).value,
-            opset=get_ir_config(cfg).get('opset_version', 11)):
-        return tuple(model(inputs, data['data_samples'], mode='predict'))
+            exact_adaptive_pooling(), mmdet_post_processing(mmdet_nms), \
+            RewriterContext(
+                cfg=cfg,
+                backend=get_backend(cfg).value,
+                opset=get_ir_config(cfg).get('opset_version', 11)):
+        out = model(inputs, data['data_samples'], mode='predict')
+    # a segmentor's graph has one output, a detector's several
+    return (out, ) if isinstance(out, torch.Tensor) else tuple(out)
 
 
 def onnx_outputs(onnx_file: str, inputs: torch.Tensor) -> tuple:
@@ -391,10 +470,12 @@ def onnx_outputs(onnx_file: str, inputs: torch.Tensor) -> tuple:
 
 
 #: The largest differences :func:`graph_matches` allows between the graph's
-#: outputs and the rewritten PyTorch detector's: box corners, relative to
-#: the input's larger side; scores and mask probabilities, absolute. Far
-#: above float32 rounding (a ResT-Lite Mask R-CNN at 128 x 128: 1.5e-5
-#: pixels, mask 8e-6), far below a changed weight's effect.
+#: outputs and the rewritten PyTorch model's: box corners, relative to
+#: the input's larger side; scores and mask probabilities, absolute; a
+#: segmentor's logits, relative to the largest. Far above float32 rounding
+#: (a ResT-Lite Mask R-CNN at 128 x 128: 1.5e-5 pixels, mask 8e-6; the
+#: trained demo UperNet: logits 1.7e-5 apart, the largest about 10), far
+#: below a changed weight's effect.
 GRAPH_TOLERANCE = 1e-3
 
 
@@ -435,10 +516,45 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
     return out
 
 
+def seg_graph_report(logits: torch.Tensor, got: torch.Tensor) -> dict:
+    """How a segmentor graph's output (``got``: N x 1 x H x W labels, or
+    with ``with_argmax=False`` N x C x H x W logits) differs from the
+    rewritten segmentor's logits (``logits``: N x C x H x W, from
+    :func:`rewritten_outputs` with ``with_argmax=False``): the largest
+    logit (``logit_scale``, what differences are measured against), the
+    number of pixels, how many labels differ and, of those, the largest
+    margin between the two best logits (a difference within rounding is a
+    tie, not an error); for logits, their largest difference too."""
+    logits = logits.double()
+    out = dict(logit_scale=float(logits.abs().max()))
+    if got.is_floating_point():
+        out['max_logit_diff'] = float((logits - got.double()).abs().max())
+        got = got.argmax(1, keepdim=True)
+    labels = logits.argmax(1, keepdim=True)
+    if labels.shape != got.shape:
+        raise ValueError(f'the graph gave labels of shape {tuple(got.shape)} '
+                         f'for logits of shape {tuple(logits.shape)}')
+    differ = labels != got.long()
+    top2 = logits.topk(min(2, logits.shape[1]), dim=1)[0]
+    margin = top2[:, :1] - top2[:, -1:]
+    out.update(
+        num_pixels=labels.numel(),
+        num_differ=int(differ.sum()),
+        max_margin_where_differ=float(margin[differ].max())
+        if differ.any() else 0.)
+    return out
+
+
 def graph_matches(report: dict, tolerance: float = GRAPH_TOLERANCE) -> bool:
     """Whether :func:`graph_report` shows the rewritten detector's outputs:
     the same detections and labels, each difference within
-    ``tolerance``."""
+    ``tolerance``; or whether :func:`seg_graph_report` shows the rewritten
+    segmentor's labels, except where its two best logits are within
+    ``tolerance`` of the largest logit (and its logits within that)."""
+    if 'num_pixels' in report:
+        bound = tolerance * report['logit_scale']
+        return (report['max_margin_where_differ'] <= bound
+                and report.get('max_logit_diff', 0.) <= bound)
     return (report['num_expected'] == report['num_got']
             and report['same_labels'] and all(
                 report.get(key, 0.) <= tolerance
@@ -468,15 +584,20 @@ def synthetic_image(shape: Sequence[int], seed: int = 0):
 
 
 def predict(model, data):
-    """``pred_instances`` of the first image of ``data`` (from
-    :func:`make_input`, already through the detector's data preprocessor:
-    the forward takes it as it is, where ``test_step`` would normalise the
-    image a second time), without autograd."""
+    """The prediction for the first image of ``data`` (from
+    :func:`make_input`, already through the model's data preprocessor: the
+    forward takes it as it is, where ``test_step`` would normalise the
+    image a second time), without autograd: a detector's
+    ``pred_instances``, a segmentor's label map (H x W, of the original
+    image)."""
     with torch.no_grad():
-        return model(
+        sample = model(
             data['inputs'],
             copy.deepcopy(data['data_samples']),
-            mode='predict')[0].pred_instances
+            mode='predict')[0]
+    if 'pred_sem_seg' in sample:
+        return sample.pred_sem_seg.data[0]
+    return sample.pred_instances
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -536,13 +657,36 @@ def compare(ref, got) -> dict:
     return out
 
 
+def compare_maps(ref: torch.Tensor, got: torch.Tensor) -> dict:
+    """How two label maps of one image (H x W; :func:`predict` of two
+    segmentors) differ, for the check of ``tools/deploy.py``: the
+    fraction of pixels with the same label, and over the labels found in
+    either map, the lowest IoU of a label's pixels in the two maps."""
+    if ref.shape != got.shape:
+        raise ValueError(f'label maps of shapes {tuple(ref.shape)} and '
+                         f'{tuple(got.shape)} cannot be compared')
+    ref, got = ref.long().flatten(), got.long().flatten()
+    labels = torch.unique(torch.cat([ref, got]))
+    a, b = ref[None] == labels[:, None], got[None] == labels[:, None]
+    ious = (a & b).sum(1).double() / (a | b).sum(1).double()
+    return dict(
+        num_pixels=len(ref),
+        pixel_agreement=float((ref == got).double().mean()),
+        num_labels=len(labels),
+        min_label_iou=float(ious.min()))
+
+
 def agrees(report: dict, min_iou: float = 0.9) -> bool:
     """Whether :func:`compare`'s ``report`` shows the same detections: each
     of the reference's paired with one of the same label at box IoU (and,
     with masks, mask IoU) of at least ``min_iou``, and none of the other's
-    left over (an extra detection is a difference too)."""
+    left over (an extra detection is a difference too); for
+    :func:`compare_maps`' report, whether each label's pixels in the two
+    maps have an IoU of at least ``min_iou``."""
     if not 0 <= min_iou <= 1:
         raise ValueError(f'an IoU bound lies in [0, 1], got {min_iou}')
+    if 'pixel_agreement' in report:  # compare_maps'
+        return report['min_label_iou'] >= min_iou
     return (report['num_paired'] == report['num_ref'] == report['num_got']
             and report['min_box_iou'] >= min_iou
             and report.get('min_mask_iou', 1.) >= min_iou)

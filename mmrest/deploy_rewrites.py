@@ -1,5 +1,5 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""mmdet's own post-processing in mmdeploy's ONNX Runtime graphs.
+"""mmdet's and mmseg's own computations in mmdeploy's ONNX Runtime graphs.
 
 mmdeploy 1.3.1 rewrites the detectors' post-processing in ways that change
 the detections of a trained detector (docs/deployment.md):
@@ -28,8 +28,17 @@ original image; IoUs are the same up to rounding), and scores at most
 1.2e-38 (float32 ``tiny``: sigmoid logits under -87) are dropped (mmdet's
 RPN keeps them, last). Other heads keep mmdeploy's rewrites.
 
-Outside the ``with`` block mmdeploy's own rewrites apply: the switch is a
-rewriter checker, read when mmdeploy's ``RewriterContext`` starts.
+For segmentors, mmdeploy replaces adaptive average pooling (UperNet's
+pyramid pooling module) by an ``avg_pool2d`` whose kernel and stride are
+the traced map's size over the output size, rounded down: fixed in the
+graph, wrong for any map size that is not a multiple of the output size,
+and an error for a map smaller than it. Within
+:func:`exact_adaptive_pooling` (always on in :mod:`mmrest.deploy`),
+:func:`adaptive_avg_pool2d` replaces it: torch's windows, as two averaging
+matrices computed from the input's (dynamic) height and width.
+
+Outside the ``with`` blocks mmdeploy's own rewrites apply: the switches are
+rewriter checkers, read when mmdeploy's ``RewriterContext`` starts.
 """
 import contextlib
 from typing import Iterator, List, Optional
@@ -40,24 +49,38 @@ from mmdeploy.codebase.mmdet.deploy import pad_with_value_if_necessary
 from mmdeploy.core import FUNCTION_REWRITER
 from mmdeploy.core.rewriters.rewriter_utils import Checker
 from mmdeploy.mmcv.ops.nms import ONNXNMSop
+from torch.nn.modules.utils import _pair
 
 #: Scores must exceed this to enter the RPN's NMS (float32's smallest
 #: normal number: mmdeploy's NMS, eager and in ONNX Runtime, keeps
 #: ``score > threshold`` only for a positive threshold).
 MIN_SCORE = torch.finfo(torch.float32).tiny
 
-_SWITCH = {'on': False}
+_SWITCH = {'mmdet': False, 'pooling': False}
 
 
 class _Switched(Checker):
-    """A rewriter checker that holds within :func:`mmdet_post_processing`."""
+    """A rewriter checker that holds while the switch ``key`` is on
+    (:func:`mmdet_post_processing`, :func:`exact_adaptive_pooling`)."""
+
+    def __init__(self, key: str):
+        self.key = key
 
     def check(self, env: dict) -> bool:
-        return _SWITCH['on']
+        return _SWITCH[self.key]
 
 
 @contextlib.contextmanager
-def mmdet_post_processing(enabled: bool = True) -> Iterator[None]:
+def _switch(key: str, enabled: bool) -> Iterator[None]:
+    before = _SWITCH[key]
+    _SWITCH[key] = bool(enabled)
+    try:
+        yield
+    finally:
+        _SWITCH[key] = before
+
+
+def mmdet_post_processing(enabled: bool = True):
     """Within the block, mmdeploy rewrites for ONNX Runtime started (its
     ``RewriterContext``, its ``export``) use mmdet's post-processing for the
     RPN, the box head and RetinaNet (see the module's docstring).
@@ -65,12 +88,67 @@ def mmdet_post_processing(enabled: bool = True) -> Iterator[None]:
     Args:
         enabled (bool): False leaves mmdeploy's own rewrites in place.
     """
-    before = _SWITCH['on']
-    _SWITCH['on'] = bool(enabled)
-    try:
-        yield
-    finally:
-        _SWITCH['on'] = before
+    return _switch('mmdet', enabled)
+
+
+def exact_adaptive_pooling(enabled: bool = True):
+    """Within the block, mmdeploy rewrites for ONNX Runtime started use
+    :func:`adaptive_avg_pool2d` for ``F.adaptive_avg_pool2d`` (and so for
+    ``nn.AdaptiveAvgPool2d``) instead of mmdeploy's fixed average pooling.
+
+    Args:
+        enabled (bool): False leaves mmdeploy's own rewrite in place.
+    """
+    return _switch('pooling', enabled)
+
+
+def pooling_matrix(size, out: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``out`` x ``size`` matrix of adaptive average pooling along one
+    axis: row ``i`` averages the entries ``floor(i * size / out)`` to
+    ``ceil((i + 1) * size / out) - 1``, torch's windows. ``size`` may be a
+    traced size (the graph then computes the matrix for each input); the
+    matrix has ``like``'s dtype and device."""
+    i = torch.arange(out, device=like.device)
+    start = torch.div(i * size, out, rounding_mode='floor')
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode='floor')
+    j = torch.arange(size, device=like.device)
+    inside = (j[None] >= start[:, None]) & (j[None] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` of an N x C x H x W tensor as
+    ``rows @ x @ cols.T`` with :func:`pooling_matrix` for the height and
+    the width: the same windows and weights for every H and W (float
+    rounding aside), traceable to ONNX with dynamic H and W (opset 11).
+
+    Args:
+        x (Tensor): N x C x H x W.
+        output_size (int | tuple): The output's height and width (None for
+            the input's own, as torch).
+    """
+    if x.dim() != 4:
+        raise ValueError(f'adaptive_avg_pool2d takes an N x C x H x W '
+                         f'tensor, got {x.dim()} dimensions')
+    out_h, out_w = _pair(output_size)
+    out_h = x.shape[2] if out_h is None else int(out_h)
+    out_w = x.shape[3] if out_w is None else int(out_w)
+    rows = pooling_matrix(x.shape[2], out_h, x)
+    cols = pooling_matrix(x.shape[3], out_w, x)
+    return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'torch.nn.functional.adaptive_avg_pool2d',
+    backend='onnxruntime',
+    extra_checkers=[_Switched('pooling')])
+def adaptive_avg_pool2d__onnxruntime(input: torch.Tensor, output_size):
+    """mmdeploy's rewrite of ``F.adaptive_avg_pool2d`` within
+    :func:`exact_adaptive_pooling`: :func:`adaptive_avg_pool2d` (global
+    pooling stays torch's, ``GlobalAveragePool`` in ONNX)."""
+    if tuple(_pair(output_size)) == (1, 1):
+        return FUNCTION_REWRITER.get_context().origin_func(input, output_size)
+    return adaptive_avg_pool2d(input, output_size)
 
 
 def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
@@ -131,7 +209,7 @@ def _rewrites(func_name: str):
     """Register the decorated function as mmdeploy's rewrite of
     ``func_name`` for ONNX Runtime, within :func:`mmdet_post_processing`."""
     return FUNCTION_REWRITER.register_rewriter(
-        func_name, backend='onnxruntime', extra_checkers=[_Switched()])
+        func_name, backend='onnxruntime', extra_checkers=[_Switched('mmdet')])
 
 
 def _nms_settings(nms_cfg) -> float:

@@ -274,19 +274,6 @@ def test_missing_packages_are_named(monkeypatch):
             str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py'))
 
 
-def test_segmentor_configs_are_refused_by_name():
-    """An mmseg config (UperNet) is an error that names the file, its scope
-    and model, before mmdeploy traces anything (its tracer failed on a
-    SegDataSample)."""
-    path = str(CONFIGS / 'upernet' /
-               'rest-small_upernet_8xb2-160k_ade20k-512x512.py')
-    with pytest.raises(
-            ValueError,
-            match=r"rest-small_upernet.*is an mmseg config \(model type "
-            r"'EncoderDecoder'\); mmrest.deploy exports mmdet detectors"):
-        build_detector(path)
-
-
 def test_predict_normalises_the_image_once():
     """``predict`` on ``make_input``'s data (already through the data
     preprocessor) feeds the backbone what mmdet's own ``test_step`` feeds
@@ -333,7 +320,7 @@ def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
 
 def test_deploy_cfg_errors():
     with pytest.raises(ValueError, match="task must be one of"):
-        deploy.ort_deploy_cfg('segmentation')
+        deploy.ort_deploy_cfg('panoptic-seg')
     with pytest.raises(FileNotFoundError, match='neither'):
         deploy.load_deploy_cfg('no_such_deploy_cfg.py')
     for bad in (10, 16.0, '16', True):
@@ -358,6 +345,21 @@ def test_deploy_cfg_errors():
         2: 'height',
         3: 'width'
     }
+    # mmdeploy's configs/mmseg/segmentation_onnxruntime_dynamic.py (labels),
+    # and with its with_argmax=False (logits)
+    for task, argmax in ('segmentation', True), ('segmentation-logits', False):
+        seg = deploy.load_deploy_cfg(task)
+        assert seg.codebase_config == dict(
+            type='mmseg', task='Segmentation', with_argmax=argmax)
+        assert seg.onnx_config.output_names == ['output']
+        assert seg.onnx_config.dynamic_axes == {
+            k: {
+                0: 'batch',
+                2: 'height',
+                3: 'width'
+            }
+            for k in ('input', 'output')
+        }
 
 
 # mmdeploy's opset 11 with both backbones; 16 (RoIAlign with half-pixel

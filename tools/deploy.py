@@ -1,5 +1,6 @@
 # Copyright (c) mmrest contributors. Licensed under the Apache License 2.0.
-"""Export a whole detector to ONNX Runtime with mmdeploy and check it.
+"""Export a whole detector or segmentor to ONNX Runtime with mmdeploy and
+check it.
 
     python tools/deploy.py \
         configs/retinanet/retinanet_rest-small_fpn_1x_coco.py \
@@ -10,22 +11,34 @@
         work_dirs/mask-rcnn_rest-small_fpn_1x_coco/iter_90000.pth \
         --deploy-cfg instance-seg \
         --image data/coco/val2017/000000000139.jpg --out deploy/mask_rcnn
+    python tools/deploy.py \
+        configs/upernet/rest-small_upernet_8xb2-160k_ade20k-512x512.py \
+        work_dirs/rest-small_upernet_8xb2-160k_ade20k-512x512/iter_160000.pth \
+        --deploy-cfg segmentation-logits \
+        --image ADE_val_00000001.jpg \
+        --out deploy/upernet
 
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
-and masks; or the path of an mmdeploy deploy-config file), then checks it
-twice on the image: the graph's outputs against the detector with
-mmdeploy's rewrites run in PyTorch, which the graph should compute
-(:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections
-(mmdeploy's backend model) against the PyTorch detector's own, mmdet's
-(:func:`mmrest.deploy.agrees`, see ``--box-iou``). The command fails if
-either differs. The RPN's, the box head's and RetinaNet's post-processing
-are mmdet's in the graph (:mod:`mmrest.deploy_rewrites`); with
-``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
-detector differ from mmdet's (docs/deployment.md). Without a checkpoint the
-weights are random and no box scores above the threshold: no detections are
-compared. Needs ``mmdeploy``, ``onnx`` and ``onnxruntime``; see
-:mod:`mmrest.deploy` for the two torch compatibility shims it applies.
+and masks; ``segmentation``, a label map, or ``segmentation-logits``, the
+logits; or the path of an mmdeploy deploy-config file), then checks it
+twice on the image: the graph's outputs against the model with mmdeploy's
+rewrites run in PyTorch, which the graph should compute
+(:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections or
+label map (mmdeploy's backend model) against the PyTorch model's own,
+mmdet's or mmseg's (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The
+command fails if either differs. The RPN's, the box head's and RetinaNet's
+post-processing are mmdet's in the graph (:mod:`mmrest.deploy_rewrites`);
+with ``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
+detector differ from mmdet's (docs/deployment.md). UperNet's pyramid
+pooling is torch's at every size (mmdeploy's is fixed at the export size).
+A label map is resized to the original image by mmdeploy (nearest), which
+differs from mmseg's resizing of the logits where the test pipeline
+resized the image; ``segmentation-logits`` gives mmseg's. Without a
+checkpoint the weights are random and no box scores above the threshold:
+no detections are compared. Needs ``mmdeploy``, ``onnx`` and
+``onnxruntime``; see :mod:`mmrest.deploy` for the two torch compatibility
+shims it applies.
 """
 import argparse
 import os.path as osp
@@ -35,17 +48,19 @@ from mmengine.config import DictAction
 
 from mmrest.deploy import (DEPLOY_TASKS, GRAPH_TOLERANCE, MIN_OPSET, agrees,
                            build_detector, build_ort_model, compare,
-                           export_detector, graph_matches, graph_report,
-                           load_deploy_cfg, make_input, onnx_outputs, predict,
-                           rewritten_outputs, synthetic_image)
+                           compare_maps, export_detector, graph_matches,
+                           graph_report, load_deploy_cfg, make_input,
+                           onnx_outputs, predict, rewritten_outputs,
+                           seg_graph_report, synthetic_image)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Export a detector to ONNX Runtime with mmdeploy and '
-        'check it against PyTorch')
-    parser.add_argument('config', help='mmdet config file')
-    parser.add_argument('checkpoint', nargs='?', help='detector checkpoint')
+        description='Export a detector or segmentor to ONNX Runtime with '
+        'mmdeploy and check it against PyTorch')
+    parser.add_argument('config', help='mmdet or mmseg config file')
+    parser.add_argument(
+        'checkpoint', nargs='?', help='detector or segmentor checkpoint')
     parser.add_argument(
         '--deploy-cfg',
         default='detection',
@@ -77,7 +92,8 @@ def parse_args(argv=None):
         default=0.9,
         help='fail unless every PyTorch detection has an '
         'ONNX one of the same label with at least this box '
-        'IoU (and mask IoU), and ONNX has no other')
+        'IoU (and mask IoU), and ONNX has no other; for a segmentor, '
+        'unless each label\'s pixels in the two maps have this IoU')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -105,19 +121,28 @@ def main(argv=None) -> int:
                                 mmdet_nms)
     print(f'wrote {onnx_file}')
     data, inputs = make_input(processor, model, image)
+    segmentor = deploy_cfg.codebase_config.type == 'mmseg'
     # the graph against what mmdeploy meant it to compute
-    graph = graph_report(
-        rewritten_outputs(processor, model, data, inputs, mmdet_nms),
-        onnx_outputs(onnx_file, inputs), max(inputs.shape[-2:]))
+    if segmentor:
+        graph = seg_graph_report(
+            rewritten_outputs(
+                processor, model, data, inputs, with_argmax=False)[0],
+            onnx_outputs(onnx_file, inputs)[0])
+    else:
+        graph = graph_report(
+            rewritten_outputs(processor, model, data, inputs, mmdet_nms),
+            onnx_outputs(onnx_file, inputs), max(inputs.shape[-2:]))
     faithful = graph_matches(graph)
     print('graph: ' + _listed(graph))
     print(f'The ONNX graph {"computes" if faithful else "DIFFERS FROM"} '
-          "mmdeploy's rewritten detector run in PyTorch (tolerance "
+          "mmdeploy's rewritten model run in PyTorch (tolerance "
           f'{GRAPH_TOLERANCE:g})')
-    # ONNX Runtime's detections against the detector's own (mmdet's)
-    report = compare(
-        predict(model, data),
-        predict(build_ort_model(processor, onnx_file), data))
+    # ONNX Runtime's predictions against the model's own (mmdet's, mmseg's)
+    ref = predict(model, data)
+    got = predict(build_ort_model(processor, onnx_file), data)
+    if segmentor:
+        return _check_maps(compare_maps(ref, got), faithful, args.box_iou)
+    report = compare(ref, got)
     print('detections: ' + _listed(report))
     if report['num_ref'] == 0:
         print('nothing to compare: PyTorch finds no object on this image '
@@ -135,6 +160,22 @@ def main(argv=None) -> int:
               "from mmdeploy's rewrites of the detector (docs/deployment.md)" +
               ("; its own post-processing is not mmdet's (--mmdeploy-nms)"
                if args.mmdeploy_nms else ''))
+    return 0 if ok and faithful else 1
+
+
+def _check_maps(report: dict, faithful: bool, bound: float) -> int:
+    print('label maps: ' + _listed(report))
+    ok = agrees(report, bound)
+    print(f'ONNX Runtime {"agrees with" if ok else "DIFFERS FROM"} the '
+          f'PyTorch segmentor: {report["pixel_agreement"]:.2%} of the pixels '
+          f'labelled alike, lowest IoU of a label\'s pixels '
+          f'{report["min_label_iou"]:.3g} (bound {bound:g})')
+    if faithful and not ok:
+        print("The graph computes what mmdeploy meant: mmdeploy's backend "
+              'model resizes the label map to the original image (nearest), '
+              'mmseg the logits (bilinear) before the argmax; '
+              '--deploy-cfg segmentation-logits exports the logits and '
+              'resizes them as mmseg (docs/deployment.md)')
     return 0 if ok and faithful else 1
 
 

@@ -1,0 +1,346 @@
+"""mmrest.deploy for segmentors: UperNet with a ResT backbone exported by
+mmdeploy 1.3.1 for ONNX Runtime computes mmseg's logits at any input size.
+
+mmdeploy replaces UperNet's adaptive average pooling (its pyramid pooling
+module) by an ``avg_pool2d`` fixed at the traced size, which is wrong for
+most sizes and fails for a stage-4 map smaller than 6 x 6;
+``mmrest.deploy_rewrites.adaptive_avg_pool2d`` computes torch's windows
+from the dynamic size. Its windows are checked against torch's in float64
+and by hand; the exported segmentor against the float64 eager segmentor
+(the rule of ``tests/_helpers.py``: the graph's error of the size of the
+eager float32 segmentor's own), at sizes whose stage-4 maps are smaller
+than, not multiples of, and multiples of the pyramid's 6.
+"""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import (assert_float32_close, assert_float64_equal, load_tool,
+                      relative_error)
+
+from mmrest.backbones import kernels
+from mmrest.deploy import (build_detector, compare_maps, export_detector,
+                           graph_matches, load_deploy_cfg, make_input,
+                           mmdeploy_torch_shims, onnx_outputs,
+                           rewritten_outputs, seg_graph_report,
+                           synthetic_image)
+from mmrest.deploy_rewrites import (adaptive_avg_pool2d,
+                                    exact_adaptive_pooling, pooling_matrix)
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+# UperNet + ResT-Lite with 64-channel heads and 5 classes (the demo's);
+# its test pipeline resizes to 96 x 96 (keeping the ratio): a 128 x 160
+# image becomes a 77 x 96 input, a 3 x 3 stage-4 map.
+SEG_CONFIG = str(CONFIGS / 'demo' /
+                 'rest-lite_upernet_1xb8-1900it_shapes-96x96.py')
+# Network inputs (h, w) and their stage-4 maps (stride 32): 3 x 3, 7 x 5,
+# 6 x 6, 4 x 9.
+SIZES = [(77, 96), (224, 160), (192, 192), (128, 288)]
+# Layers between the image and the logits: ResT-Lite's 4 patch
+# embeddings and 8 blocks, the PPM (2), the FPN (2), the fusion and the
+# classifier (2); see _helpers.float32_floor.
+DEPTH = 18
+
+
+def test_pooling_matrix_by_hand():
+    """5 entries into 3: torch's windows [0, 2), [1, 4), [3, 5); 2 into 3:
+    windows of one entry, the middle one shared."""
+    x = torch.zeros(())
+    torch.testing.assert_close(
+        pooling_matrix(5, 3, x),
+        torch.tensor([[1 / 2, 1 / 2, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0],
+                      [0, 0, 0, 1 / 2, 1 / 2]]))
+    torch.testing.assert_close(
+        pooling_matrix(2, 3, x), torch.tensor([[1., 0.], [.5, .5], [0., 1.]]))
+
+
+@pytest.mark.parametrize('out', [1, 2, 3, 6, (2, 5), (None, 3)])
+def test_adaptive_avg_pool2d_is_torchs(out):
+    """Every map size from 1 to 19 each way, float64: torch's values."""
+    gen = torch.Generator().manual_seed(0)
+    for h in range(1, 20):
+        for w in (1, 2, 5, 6, 7, 13, 19):
+            x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+            torch.testing.assert_close(
+                adaptive_avg_pool2d(x, out),
+                F.adaptive_avg_pool2d(x, out),
+                rtol=0,
+                atol=1e-13,
+                msg=lambda m: f'{h} x {w} -> {out}: {m}')
+
+
+def test_adaptive_avg_pool2d_takes_4d_only():
+    with pytest.raises(ValueError, match='N x C x H x W.*got 3'):
+        adaptive_avg_pool2d(torch.zeros(3, 4, 4), 2)
+
+
+class Pyramid(torch.nn.Module):
+    """UperNet's pooling: the map pooled to 1, 2, 3 and 6 (modules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pools = torch.nn.ModuleList(
+            torch.nn.AdaptiveAvgPool2d(s) for s in (1, 2, 3, 6))
+
+    def forward(self, x):
+        return tuple(pool(x) for pool in self.pools)
+
+
+def export_pyramid(tmp_path, exact: bool):
+    """``Pyramid`` exported by mmdeploy at a 16 x 16 map with dynamic
+    sizes; a function running it in ONNX Runtime."""
+    import onnxruntime
+    from mmdeploy.apis.onnx import export
+    names = ['p1', 'p2', 'p3', 'p6']
+    prefix = str(tmp_path / f'pyramid{int(exact)}')
+    with torch.no_grad(), mmdeploy_torch_shims(), \
+            exact_adaptive_pooling(exact):
+        export(
+            Pyramid(),
+            torch.randn(1, 4, 16, 16),
+            prefix,
+            backend='onnxruntime',
+            context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
+            input_names=['x'],
+            output_names=names,
+            opset_version=11,
+            dynamic_axes={'x': {
+                0: 'batch',
+                2: 'height',
+                3: 'width'
+            }})
+    session = onnxruntime.InferenceSession(
+        prefix + '.onnx', providers=['CPUExecutionProvider'])
+    return lambda x: [
+        torch.from_numpy(o) for o in session.run(None, {'x': x.numpy()})
+    ]
+
+
+def test_exported_pooling_is_torchs_at_every_size(tmp_path):
+    """Traced at 16 x 16, run at sizes below, between and at multiples of
+    the output sizes: torch's pooling. Premise: mmdeploy's own rewrite,
+    traced at the same size, pools 16 x 16 to 8 x 8 instead of 6 x 6."""
+    run = export_pyramid(tmp_path, exact=True)
+    gen = torch.Generator().manual_seed(1)
+    for h, w in [(16, 16), (1, 1), (3, 5), (7, 13), (12, 18), (25, 40)]:
+        x = torch.randn(2, 4, h, w, generator=gen)
+        for got, size in zip(run(x), (1, 2, 3, 6)):
+            torch.testing.assert_close(
+                got,
+                F.adaptive_avg_pool2d(x, size),
+                rtol=0,
+                atol=1e-6,
+                msg=lambda m: f'{h} x {w} -> {size}: {m}')
+    mmdeploys = export_pyramid(tmp_path, exact=False)
+    assert mmdeploys(torch.randn(1, 4, 16, 16))[3].shape[-2:] == (8, 8)
+
+
+def segmentor(deploy_cfg='segmentation'):
+    return build_detector(SEG_CONFIG, deploy_cfg)
+
+
+def inputs_at(size, n=1, seed=0):
+    """A normalised-looking batch of ``n`` network inputs of ``size``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *size, generator=gen)
+
+
+def mmseg_logits(model, inputs):
+    """mmseg's own logits at the input's size (``encode_decode``), eager."""
+    metas = [dict(img_shape=tuple(inputs.shape[-2:]))] * len(inputs)
+    with torch.no_grad():
+        return model.encode_decode(inputs, metas)
+
+
+def test_exported_segmentor_computes_mmsegs_logits(tmp_path):
+    """Exported once (logits, ``with_argmax=False``), the graph gives the
+    float64 eager segmentor's logits at every size of ``SIZES`` (a batch of
+    two at the last) as closely as the float32 eager segmentor does with
+    the backbone's literal computation, the formulas the export writes out
+    (ResT's InstanceNorm over the softmax amplifies its rounding: 1e-4
+    here, against 3e-6 for the fast path)."""
+    cfg = load_deploy_cfg('segmentation')
+    cfg.codebase_config.with_argmax = False
+    processor, model = segmentor(cfg)
+    onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
+                                str(tmp_path), cfg)
+    exact_model = copy.deepcopy(model).double()
+    for i, size in enumerate(SIZES):
+        inputs = inputs_at(size, n=2 if i == len(SIZES) - 1 else 1, seed=i)
+        got, = onnx_outputs(onnx_file, inputs)
+        exact = mmseg_logits(exact_model, inputs.double())
+        assert got.shape == exact.shape == (len(inputs), 5, *size)
+        with kernels.literal():  # the authors' float32 computation
+            literal = mmseg_logits(model, inputs)
+        assert_float32_close(
+            got, literal, exact, depth=DEPTH, name=f'logits at {size}')
+
+
+def test_mmdeploys_pooling_is_not_mmsegs():
+    """The premise: with mmdeploy's own rewrite of the pooling, the
+    rewritten segmentor's logits at a 256 x 256 input (an 8 x 8 stage-4
+    map) are far from mmseg's, and at 77 x 96 (3 x 3) it fails; with
+    mmrest's (``rewritten_outputs``) they are mmseg's."""
+    from mmdeploy.core import RewriterContext
+    cfg = load_deploy_cfg('segmentation')
+    cfg.codebase_config.with_argmax = False
+    processor, model = segmentor(cfg)
+    data, _ = make_input(processor, model, synthetic_image((128, 160)))
+    model.double()  # float64: the rewrites' formulas, not their rounding
+
+    def mmdeploys(inputs):
+        with torch.no_grad(), exact_adaptive_pooling(False), \
+                RewriterContext(cfg=cfg, backend='onnxruntime', opset=11):
+            return model(inputs, copy.deepcopy(data['data_samples']))
+
+    inputs = inputs_at((256, 256)).double()
+    mmseg = mmseg_logits(model, inputs)
+    ours, = rewritten_outputs(
+        processor, model, copy.deepcopy(data), inputs, with_argmax=False)
+    assert_float64_equal(ours, mmseg, name='mmrest\'s pooling')
+    assert relative_error(mmdeploys(inputs), mmseg) > 1e-2
+    with pytest.raises(RuntimeError, match='stride should not be zero'):
+        mmdeploys(inputs_at((77, 96)).double())
+
+
+def test_seg_graph_report_excuses_ties_only():
+    """Labels that differ where the two best logits are within the
+    tolerance (of the largest logit, 2 here) are ties; one beyond it is an
+    error; logits are compared as such, within the tolerance."""
+    logits = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    logits[0, 0] = torch.tensor([[1., 0.], [0., 0.]])
+    logits[0, 1] = torch.tensor([[0., 1.], [2., 0.]])
+    logits[0, 2] = torch.tensor([[0., 0.], [0., 5e-4]])  # a near-tie at 1, 1
+    labels = torch.tensor([[[[0, 1], [1, 0]]]])
+    report = seg_graph_report(logits, labels)
+    assert report == dict(
+        logit_scale=2.,
+        num_pixels=4,
+        num_differ=1,
+        max_margin_where_differ=pytest.approx(5e-4))
+    assert graph_matches(report)
+    labels[0, 0, 0, 0] = 2  # margin 1
+    report = seg_graph_report(logits, labels)
+    assert report['num_differ'] == 2
+    assert report['max_margin_where_differ'] == 1.
+    assert not graph_matches(report)
+    # logits: compared as such, then as labels
+    report = seg_graph_report(logits, logits.float() + 1e-5)
+    assert report['num_differ'] == 0 and graph_matches(report)
+    assert not graph_matches(seg_graph_report(logits, logits + 0.003))
+    assert graph_matches(seg_graph_report(logits * 10, logits * 10 + 0.003))
+    with pytest.raises(ValueError, match=r'labels of shape \(1, 1, 2, 3\)'):
+        seg_graph_report(logits, torch.zeros(1, 1, 2, 3, dtype=torch.long))
+
+
+def test_compare_maps_by_hand():
+    ref = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 1]])
+    got = torch.tensor([[0, 0, 1, 1], [0, 2, 1, 1]])
+    report = compare_maps(ref, got)
+    # label 0: 3 / 3, label 1: 3 / 4, label 2: 1 / 2
+    assert report == dict(
+        num_pixels=8, pixel_agreement=7 / 8, num_labels=3, min_label_iou=0.5)
+    from mmrest.deploy import agrees
+    assert agrees(report, 0.5) and not agrees(report, 0.6)
+    assert compare_maps(ref, ref)['min_label_iou'] == 1.
+    with pytest.raises(ValueError, match=r'shapes \(2, 4\) and \(4, 2\)'):
+        compare_maps(ref, got.T)
+
+
+def test_configs_and_deploy_configs_must_match():
+    """An mmseg config with a detection deploy config, an mmdet config with
+    the segmentation one, and a segmentor tested by sliding windows (which
+    mmdeploy does not export) are errors that name what is wrong."""
+    with pytest.raises(
+            ValueError,
+            match=r"rest-lite_upernet.*is an mmseg config \(model type "
+            r"'EncoderDecoder'\) and the deploy config is for mmdet; "):
+        build_detector(SEG_CONFIG, 'detection')
+    det = str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py')
+    with pytest.raises(
+            ValueError,
+            match=r"is an mmdet config.*for mmseg; .*'segmentation-logits'"):
+        build_detector(det, 'segmentation')
+    with pytest.raises(ValueError, match="'slide' mode.*test_cfg.mode=whole"):
+        build_detector(
+            SEG_CONFIG,
+            'segmentation',
+            cfg_options={
+                'model.test_cfg':
+                dict(mode='slide', crop_size=(64, 64), stride=(32, 32))
+            })
+
+
+def test_make_input_resizes_as_the_test_pipeline():
+    processor, model = segmentor()
+    data, inputs = make_input(processor, model, synthetic_image((128, 160)))
+    assert tuple(inputs.shape) == (1, 3, 77, 96)
+    meta = data['data_samples'][0].metainfo
+    assert meta['ori_shape'] == (128, 160) and meta['img_shape'] == (77, 96)
+
+
+@pytest.mark.parametrize('task,image,code,says', [
+    ('segmentation', (96, 96), 0, 'agrees with the PyTorch segmentor'),
+    ('segmentation-logits',
+     (128, 160), 0, 'agrees with the PyTorch segmentor'),
+    ('segmentation', (128, 160), 1, "mmdeploy's backend model resizes the "
+     'label map'),
+])
+def test_tool_on_a_segmentor(task, image, code, says, tmp_path, capsys):
+    """tools/deploy.py on UperNet (random weights), each label's pixels
+    required alike to IoU 0.99: the graph computes the rewritten
+    segmentor, and ONNX Runtime's label map is mmseg's where the test
+    pipeline keeps the image's size (96 x 96) or the graph gives logits,
+    which are resized as mmseg resizes them; the labels that mmdeploy's
+    backend model resizes (128 x 160, seen at 77 x 96) are not. (Random
+    weights leave near-ties: the literal float32 computation in the graph
+    and mmseg's fast one flip a few of them, 2 of 20480 pixels here.)"""
+    import cv2
+    path = str(tmp_path / 'image.png')
+    cv2.imwrite(path, synthetic_image(image))
+    tool = load_tool('deploy')
+    status = tool.main([
+        SEG_CONFIG, '--deploy-cfg', task, '--image', path, '--box-iou', '0.99',
+        '--out',
+        str(tmp_path / 'out')
+    ])
+    out = capsys.readouterr().out
+    assert status == code, out
+    assert "The ONNX graph computes mmdeploy's rewritten model" in out
+    assert says in out
+
+
+@pytest.mark.parametrize('graph_ok,maps_ok,code,says', [
+    (True, True, 0, 'agrees with the PyTorch segmentor'),
+    (True, False, 1, "mmdeploy's backend model resizes the label map"),
+    (False, True, 1, "DIFFERS FROM mmdeploy's rewritten model"),
+])
+def test_tool_segmentor_exit_code(graph_ok, maps_ok, code, says, monkeypatch,
+                                  capsys, tmp_path):
+    """tools/deploy.py with a segmentation deploy config and stand-ins for
+    the models: 0 only when the graph's labels are the rewritten
+    segmentor's (ties aside) and each label's pixels in ONNX Runtime's map
+    and mmseg's have an IoU of at least --box-iou."""
+    tool = load_tool('deploy')
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 1, :2] = 1.  # label 1 on the top half
+    labels = logits.argmax(1, keepdim=True)
+    ref = labels[0, 0]
+    got = ref.clone()
+    if not maps_ok:
+        got[2] = 1  # label 0: IoU 1 / 2
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
+    monkeypatch.setattr(tool, 'export_detector',
+                        lambda *a: str(tmp_path / 'end2end.onnx'))
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        ({}, torch.zeros(1, 3, 4, 4)))
+    monkeypatch.setattr(tool, 'rewritten_outputs', lambda *a, **k: (logits, ))
+    monkeypatch.setattr(tool, 'onnx_outputs', lambda *a:
+                        (labels if graph_ok else 1 - labels, ))
+    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
+    monkeypatch.setattr(tool, 'predict',
+                        lambda model, data: dict(pytorch=ref, onnx=got)[model])
+    assert tool.main(['config.py', '--deploy-cfg', 'segmentation']) == code
+    assert says in capsys.readouterr().out
