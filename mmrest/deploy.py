@@ -404,6 +404,8 @@ def build_ort_model(task_processor, onnx_file: str):
     model = task_processor.build_backend_model([onnx_file])
     if task_processor.deploy_cfg.codebase_config.type == 'mmseg':
         head = task_processor.model_cfg.model.decode_head
+        if isinstance(head, (list, tuple)):  # a cascade: mmseg's last head
+            head = head[-1]
         segmentor = types.SimpleNamespace(
             align_corners=head.get('align_corners', False))
         model.pack_result = functools.partial(_pack_as_mmseg,
