@@ -344,3 +344,25 @@ def test_tool_segmentor_exit_code(graph_ok, maps_ok, code, says, monkeypatch,
                         lambda model, data: dict(pytorch=ref, onnx=got)[model])
     assert tool.main(['config.py', '--deploy-cfg', 'segmentation']) == code
     assert says in capsys.readouterr().out
+
+
+def test_tool_default_deploy_cfg(monkeypatch):
+    """Without --deploy-cfg, tools/deploy.py exports an mmseg config with
+    segmentation-logits (mmseg's label maps) and anything else with
+    detection (a missing file is build_detector's error)."""
+    tool = load_tool('deploy')
+    seen = []
+
+    def stop(config, deploy_cfg, *args):
+        codebase = deploy_cfg.codebase_config
+        seen.append((codebase.type, codebase.get('with_argmax')))
+        raise RuntimeError('stop here')
+
+    monkeypatch.setattr(tool, 'build_detector', stop)
+    det = str(CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py')
+    for config, expected in ((SEG_CONFIG, ('mmseg', False)),
+                             (det, ('mmdet', None)), ('no_such_config.py',
+                                                      ('mmdet', None))):
+        with pytest.raises(RuntimeError, match='stop here'):
+            tool.main([config])
+        assert seen.pop() == expected, config

@@ -21,7 +21,8 @@ check it.
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
 and masks; ``segmentation``, a label map, or ``segmentation-logits``, the
-logits; or the path of an mmdeploy deploy-config file), then checks it
+logits, the default for an mmseg config; or the path of an mmdeploy
+deploy-config file), then checks it
 twice on the image: the graph's outputs against the model with mmdeploy's
 rewrites run in PyTorch, which the graph should compute
 (:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections or
@@ -63,9 +64,10 @@ def parse_args(argv=None):
         'checkpoint', nargs='?', help='detector or segmentor checkpoint')
     parser.add_argument(
         '--deploy-cfg',
-        default='detection',
         help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
-        'Runtime dynamic configs) or a deploy-config file')
+        'Runtime dynamic configs) or a deploy-config file (default: '
+        'detection for an mmdet config, segmentation-logits for an mmseg '
+        'one)')
     parser.add_argument(
         '--opset',
         type=int,
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
     if args.image is not None and not osp.isfile(args.image):
         raise FileNotFoundError(f'Image not found: {args.image!r}')
     image = args.image if args.image else synthetic_image((480, 640))
-    deploy_cfg = load_deploy_cfg(args.deploy_cfg, args.opset)
+    deploy_cfg = load_deploy_cfg(
+        args.deploy_cfg or _default_task(args.config), args.opset)
     processor, model = build_detector(args.config, deploy_cfg, args.checkpoint,
                                       args.device, args.cfg_options)
     mmdet_nms = not args.mmdeploy_nms
@@ -177,6 +180,16 @@ def _check_maps(report: dict, faithful: bool, bound: float) -> int:
               '--deploy-cfg segmentation-logits exports the logits and '
               'resizes them as mmseg (docs/deployment.md)')
     return 0 if ok and faithful else 1
+
+
+def _default_task(config: str) -> str:
+    """``segmentation-logits`` for an mmseg config, else ``detection`` (a
+    missing file is build_detector's error to report)."""
+    if osp.isfile(config):
+        from mmengine.config import Config
+        if Config.fromfile(config).get('default_scope') == 'mmseg':
+            return 'segmentation-logits'
+    return 'detection'
 
 
 def _listed(report: dict) -> str:
