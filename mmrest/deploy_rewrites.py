@@ -13,10 +13,15 @@ the detections of a trained detector (docs/deployment.md):
 3. **RetinaNet**: per level the anchors of the ``nms_pre`` best top-class
    scores (mmdet: the ``nms_pre`` best (anchor, class) pairs above the
    threshold), no ``min_bbox_size`` filter.
+4. **Cascade R-CNN**: between stages, class-agnostic box regression only
+   (an assertion fails on mmdet's Swin / ConvNeXt cascade recipe, which
+   configs/cascade_rcnn follows: each RoI moves by its best class's
+   regression); the stages' mask logits averaged (mmdet: their
+   probabilities).
 
 Within :func:`mmdet_post_processing` (on by default in
 :func:`mmrest.deploy.export_detector` and
-:func:`mmrest.deploy.rewritten_outputs`), the three functions below replace
+:func:`mmrest.deploy.rewritten_outputs`), the functions below replace
 mmdeploy's for the ONNX Runtime backend. They compute what mmdet computes,
 with the same NMS arithmetic: boxes of different classes (levels, for the
 RPN) are shifted apart by the class times the largest coordinate plus one,
@@ -49,6 +54,7 @@ from mmdeploy.codebase.mmdet.deploy import pad_with_value_if_necessary
 from mmdeploy.core import FUNCTION_REWRITER
 from mmdeploy.core.rewriters.rewriter_utils import Checker
 from mmdeploy.mmcv.ops.nms import ONNXNMSop
+from mmdet.structures.bbox import get_box_tensor
 from torch.nn.modules.utils import _pair
 
 #: Scores must exceed this to enter the RPN's NMS (float32's smallest
@@ -411,3 +417,99 @@ def bbox_head__predict_by_feat(self,
                         real[..., None].expand(n, r, c).reshape(n, r * c),
                         _nms_settings(rcnn_test_cfg.nms), threshold,
                         rcnn_test_cfg.max_per_img)
+
+
+def _with_batch_index(boxes: torch.Tensor) -> torch.Tensor:
+    """N x R x 4 boxes as N x R x 5 RoIs (image index first)."""
+    n, r = boxes.shape[:2]
+    index = torch.arange(n, device=boxes.device, dtype=boxes.dtype)
+    return torch.cat([index.view(n, 1, 1).expand(n, r, 1), boxes], -1)
+
+
+@_rewrites(
+    'mmdet.models.roi_heads.cascade_roi_head.CascadeRoIHead.predict_bbox')
+def cascade_roi_head__predict_bbox(self,
+                                   x,
+                                   batch_img_metas: List[dict],
+                                   rpn_results_list: List[torch.Tensor],
+                                   rcnn_test_cfg,
+                                   rescale: bool = False,
+                                   **kwargs) -> tuple:
+    """A cascade's detections as mmdet computes them: between stages each
+    RoI moves by the regression of its best foreground class (mmdet's
+    ``regress_by_class``; mmdeploy's rewrite asserts class-agnostic
+    regression, which mmdet's Swin / ConvNeXt cascade recipe, and so
+    configs/cascade_rcnn, does not use), the stages' class logits are
+    averaged, and the last stage's box head
+    (:func:`bbox_head__predict_by_feat`) decodes and suppresses. Boxes
+    are clipped to the first image's ``img_shape``, as mmdeploy's.
+
+    Args:
+        x (tuple[Tensor]): The FPN's feature maps.
+        batch_img_metas (list[dict]): Image metas (``img_shape``).
+        rpn_results_list (list[Tensor]): The RPN's N x R x 5 proposals
+            (box, score), as mmdeploy's RPN gives them.
+        rcnn_test_cfg (ConfigDict): The last stage's test config.
+        rescale (bool): Ignored, as in mmdeploy's rewrite.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
+    """
+    proposals = rpn_results_list[0]
+    n, r = proposals.shape[:2]
+    rois = _with_batch_index(proposals[..., :4])
+    max_shape = batch_img_metas[0]['img_shape']
+    stage_scores = []
+    for stage in range(self.num_stages):
+        out = self._bbox_forward(stage, x, rois.reshape(n * r, 5), **kwargs)
+        cls_score = out['cls_score'].reshape(n, r, -1)
+        bbox_pred = out['bbox_pred'].reshape(n, r, -1)
+        stage_scores.append(cls_score)
+        if stage == self.num_stages - 1:
+            break
+        head = self.bbox_head[stage]
+        deltas = bbox_pred
+        if not head.reg_class_agnostic:
+            scores = head.loss_cls.get_activation(
+                cls_score) if head.custom_activation else cls_score
+            label = scores[..., :-1].argmax(-1)
+            dim = head.bbox_coder.encode_size
+            deltas = bbox_pred.reshape(n, r, -1, dim).gather(
+                2, label[..., None, None].expand(n, r, 1, dim)).squeeze(2)
+        boxes = head.bbox_coder.decode(
+            rois[..., 1:], deltas, max_shape=max_shape)
+        rois = _with_batch_index(get_box_tensor(boxes))
+    return self.bbox_head[-1].predict_by_feat(
+        rois=rois,
+        cls_scores=sum(stage_scores) / len(stage_scores),
+        bbox_preds=bbox_pred,
+        batch_img_metas=batch_img_metas,
+        rcnn_test_cfg=rcnn_test_cfg,
+        rescale=rescale)
+
+
+@_rewrites(
+    'mmdet.models.roi_heads.cascade_roi_head.CascadeRoIHead.predict_mask')
+def cascade_roi_head__predict_mask(self,
+                                   x,
+                                   batch_img_metas: List[dict],
+                                   results_list: tuple,
+                                   rescale: bool = False) -> tuple:
+    """A cascade's masks as mmdet computes them: the mean of the stages'
+    mask probabilities (mmdeploy's rewrite: the sigmoid of their mean
+    logit), handed to the mask head's rewrite as the logit of that mean.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``dets``, ``labels`` and ``masks``
+        (N x M x h x w).
+    """
+    dets, labels = results_list
+    n, m = dets.shape[:2]
+    rois = _with_batch_index(dets[..., :4]).reshape(n * m, 5)
+    probs = sum(
+        self._mask_forward(stage, x, rois)['mask_preds'].sigmoid()
+        for stage in range(self.num_stages)) / self.num_stages
+    logits = torch.log(probs) - torch.log1p(-probs)  # sigmoid's inverse
+    masks = self.mask_head[-1].predict_by_feat(
+        logits, results_list, batch_img_metas, self.test_cfg, rescale=rescale)
+    return dets, labels, masks.reshape(n, m, *masks.shape[-2:])

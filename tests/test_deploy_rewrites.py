@@ -10,6 +10,8 @@ suppress each other's proposals, classes with their own boxes), and the
 rewrites must give mmdet's boxes and scores, to float32 rounding, in
 mmdet's order.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -417,3 +419,131 @@ def test_switch_is_scoped():
     mine = rewritten(call)
     assert torch.equal(before[0], after[0])
     assert not np.array_equal(before[0].numpy(), mine[0].numpy())
+
+
+CASCADE_CONFIG = (
+    Path(__file__).resolve().parents[1] / 'configs' / 'cascade_rcnn' /
+    'cascade-mask-rcnn_rest-small_fpn_4conv1fc-giou_ms-crop-3x_coco.py')
+
+
+class RoIOutputs:
+    """Stand-ins for a cascade's per-stage box and mask branches: outputs
+    that are smooth random functions of each RoI's box (random Fourier
+    features), so that mmdet, which sees each image's proposals, and the
+    rewrite, which sees them batched and padded, get the same outputs for
+    the same box, and refined RoIs get other outputs than their first."""
+
+    def __init__(self, stages, num_classes, mask_size=6):
+        gen = torch.Generator().manual_seed(2)
+        self.proj = torch.randn(4, 16, generator=gen) / 30
+        self.cls = [
+            torch.randn(32, num_classes + 1, generator=gen) * 3
+            for _ in range(stages)
+        ]
+        self.reg = [
+            torch.randn(32, 4 * num_classes, generator=gen) * 0.3
+            for _ in range(stages)
+        ]
+        self.mask = [
+            torch.randn(32, num_classes * mask_size**2, generator=gen) * 2
+            for _ in range(stages)
+        ]
+        self.shape = (num_classes, mask_size, mask_size)
+
+    def features(self, rois):
+        z = rois[:, 1:] @ self.proj
+        return torch.cat([torch.sin(z), torch.cos(z)], 1)
+
+    def bbox_forward(self, stage, x, rois, **kwargs):
+        f = self.features(rois)
+        return dict(
+            cls_score=f @ self.cls[stage], bbox_pred=f @ self.reg[stage])
+
+    def mask_forward(self, stage, x, rois, **kwargs):
+        f = self.features(rois)
+        return dict(mask_preds=(f @ self.mask[stage]).view(-1, *self.shape))
+
+
+def cascade_head():
+    """configs/cascade_rcnn's RoI head (3 stages, class-specific box
+    regression) with NUM_CLASSES classes and stand-in branches."""
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg = Config.fromfile(str(CASCADE_CONFIG)).model
+    head_cfg = cfg.roi_head
+    for h in head_cfg.bbox_head:
+        h.num_classes = NUM_CLASSES
+    head_cfg.mask_head.num_classes = NUM_CLASSES
+    head = MODELS.build(
+        dict(head_cfg, train_cfg=None, test_cfg=cfg.test_cfg.rcnn)).eval()
+    assert not any(h.reg_class_agnostic for h in head.bbox_head)
+    outputs = RoIOutputs(head.num_stages, NUM_CLASSES)
+    head._bbox_forward = outputs.bbox_forward
+    head._mask_forward = outputs.mask_forward
+    return head, outputs
+
+
+def test_cascade_detections_are_mmdets(tmp_path):
+    """A cascade with class-specific regression (configs/cascade_rcnn):
+    mmdeploy's rewrite refuses it (the premise); mmrest's gives mmdet's
+    detections eager and in ONNX Runtime, the RPN's padding left out."""
+    from mmengine.structures import InstanceData
+    head, _ = cascade_head()
+    rois, _, _ = box_head_outputs()  # the last RoI of each image: padding
+    proposals = torch.cat([rois[..., 1:], torch.ones_like(rois[..., :1])], -1)
+    with torch.no_grad():
+        ref = head.predict_bbox(
+            None,
+            metas(2), [InstanceData(bboxes=p[:-1, :4]) for p in proposals],
+            rcnn_test_cfg=RCNN_CFG)
+    assert all(len(r) > 5 for r in ref)
+    assert len(ref[0].labels.unique()) > 2
+
+    def call(proposals):
+        return head.predict_bbox(
+            None, metas(2), [proposals], rcnn_test_cfg=RCNN_CFG)
+
+    with pytest.raises(AssertionError):  # mmdeploy's: class-agnostic only
+        rewritten(lambda: call(proposals), mmdet_nms=False)
+    assert_same_as_mmdet(rewritten(lambda: call(proposals)), ref, what='eager')
+
+    class Head(torch.nn.Module):
+
+        def forward(self, proposals):
+            return call(proposals)
+
+    run = exported(Head(), [proposals], tmp_path)
+    assert_same_as_mmdet(run([proposals]), ref, what='ONNX')
+    assert_same_as_mmdet(run([proposals[1:]]), ref[1:], what='ONNX')
+
+
+def test_cascade_masks_are_mmdets():
+    """The cascade's mask probabilities are the mean of the stages'
+    sigmoids (mmdet's), not the sigmoid of the mean logit (mmdeploy's)."""
+    head, outputs = cascade_head()
+    gen = torch.Generator().manual_seed(3)
+    xy = torch.rand(2, 7, 2, generator=gen) * 60
+    dets = torch.cat([
+        xy, xy + 10 + torch.rand(2, 7, 2, generator=gen) * 30,
+        torch.rand(2, 7, 1, generator=gen)
+    ], -1)
+    labels = torch.randint(NUM_CLASSES, (2, 7), generator=gen)
+    rois = torch.cat(
+        [torch.arange(2.).view(2, 1, 1).expand(2, 7, 1), dets[..., :4]],
+        -1).view(-1, 5)
+    rows = torch.arange(14)
+    stages = [
+        outputs.mask_forward(s, None, rois)['mask_preds'][rows,
+                                                          labels.view(-1)]
+        for s in range(head.num_stages)
+    ]
+    mmdet = (sum(s.sigmoid() for s in stages) / len(stages)).view(2, 7, 6, 6)
+
+    def call():
+        return head.predict_mask(None, metas(2), (dets, labels))
+
+    masks = rewritten(call)[2]
+    torch.testing.assert_close(masks, mmdet, rtol=0, atol=1e-6)
+    theirs = rewritten(call, mmdet_nms=False)[2]
+    assert (theirs - mmdet).abs().max() > 1e-2
