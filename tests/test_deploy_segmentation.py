@@ -46,7 +46,7 @@ DEPTH = 18
 
 def test_pooling_matrix_by_hand():
     """5 entries into 3: torch's windows [0, 2), [1, 4), [3, 5); 2 into 3:
-    windows of one entry, the middle one shared."""
+    [0, 1), [0, 2), [1, 2)."""
     x = torch.zeros(())
     torch.testing.assert_close(
         pooling_matrix(5, 3, x),
