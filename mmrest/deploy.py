@@ -54,6 +54,8 @@ DEPLOY_TASKS = ('detection', 'instance-seg', 'segmentation',
                 'segmentation-logits')
 #: The lowest ONNX opset mmdeploy 1.3.1's symbolic functions support.
 MIN_OPSET = 11
+#: The dynamic axes of an image batch (the input, a segmentor's output).
+_IMAGE_AXES = {0: 'batch', 2: 'height', 3: 'width'}
 
 _INSTALL = ('pip install -r requirements/deploy.txt -c '
             'requirements/constraints.txt && pip install --no-deps -r '
@@ -100,38 +102,13 @@ def ort_deploy_cfg(task: str = 'detection',
     _check_opset(opset_version)
     if task.startswith('segmentation'):
         return _onnx_deploy_cfg(
-            opset_version, ['output'], {
-                'input': {
-                    0: 'batch',
-                    2: 'height',
-                    3: 'width'
-                },
-                'output': {
-                    0: 'batch',
-                    2: 'height',
-                    3: 'width'
-                }
-            },
+            opset_version, dict(output=_IMAGE_AXES),
             dict(
                 type='mmseg',
                 task='Segmentation',
                 with_argmax=task == 'segmentation'))
-    output_names = ['dets', 'labels']
-    axes = {
-        'input': {
-            0: 'batch',
-            2: 'height',
-            3: 'width'
-        },
-        'dets': {
-            0: 'batch',
-            1: 'num_dets'
-        },
-        'labels': {
-            0: 'batch',
-            1: 'num_dets'
-        }
-    }
+    detections = {0: 'batch', 1: 'num_dets'}
+    outputs = dict(dets=detections, labels=detections)
     post_processing = dict(
         score_threshold=0.05,
         confidence_threshold=0.005,
@@ -141,11 +118,10 @@ def ort_deploy_cfg(task: str = 'detection',
         keep_top_k=100,
         background_label_id=-1)
     if task == 'instance-seg':
-        output_names.append('masks')
-        axes['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
+        outputs['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
         post_processing['export_postprocess_mask'] = False
     return _onnx_deploy_cfg(
-        opset_version, output_names, axes,
+        opset_version, outputs,
         dict(
             type='mmdet',
             task='ObjectDetection',
@@ -153,8 +129,11 @@ def ort_deploy_cfg(task: str = 'detection',
             post_processing=post_processing))
 
 
-def _onnx_deploy_cfg(opset_version: int, output_names: list,
-                     dynamic_axes: dict, codebase_config: dict) -> dict:
+def _onnx_deploy_cfg(opset_version: int, outputs: dict,
+                     codebase_config: dict) -> dict:
+    """A deploy config for ONNX Runtime; ``outputs`` maps each output's
+    name to its dynamic axes, in the graph's order (each a copy here)."""
+    axes = dict(input=_IMAGE_AXES, **outputs)
     return dict(
         onnx_config=dict(
             type='onnx',
@@ -163,10 +142,13 @@ def _onnx_deploy_cfg(opset_version: int, output_names: list,
             opset_version=opset_version,
             save_file='end2end.onnx',
             input_names=['input'],
-            output_names=output_names,
+            output_names=list(outputs),
             input_shape=None,
             optimize=True,
-            dynamic_axes=dynamic_axes),
+            dynamic_axes={
+                k: dict(v)
+                for k, v in axes.items()
+            }),
         codebase_config=codebase_config,
         backend_config=dict(type='onnxruntime'))
 
