@@ -467,6 +467,9 @@ def cascade_roi_head__predict_bbox(self,
         stage_scores.append(cls_score)
         if stage == self.num_stages - 1:
             break
+        # mmdet's regress_by_class, batched: it takes one image's 2-D
+        # tensors, which mmdeploy's rewrite of the box coder's decode does
+        # not (it expects N x R x 4)
         head = self.bbox_head[stage]
         deltas = bbox_pred
         if not head.reg_class_agnostic:
