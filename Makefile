@@ -7,8 +7,13 @@ export PYTHONHASHSEED := 0
 setup:
 	@bash tools/setup_env.sh
 
+# The suite's worker processes (pytest-xdist; 0: none): each test file runs
+# whole in one of them, and tests/conftest.py gives each its share of the CPUs.
+TEST_WORKERS ?= 2
+PYTEST := -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) $(PYTEST) tests
 
 # The oldest supported stack (torch 2.1.2, requirements/constraints-oldest.txt)
 # in its own environment, .venv-torch2.1, mmcv without compiled ops unless
@@ -18,7 +23,7 @@ setup-oldest:
 	@bash tools/setup_env.sh oldest
 
 test-oldest: setup-oldest
-	MMREST_OPS_SHIM=1 .venv-torch2.1/bin/python -m pytest -q tests
+	MMREST_OPS_SHIM=1 .venv-torch2.1/bin/python $(PYTEST) tests
 
 # The newest torch (2.15.0, requirements/constraints-newest.txt) in its own
 # environment, .venv-torch2.15, mmcv with its compiled ops; docs/testing.md
@@ -27,7 +32,7 @@ setup-newest:
 	@bash tools/setup_env.sh newest
 
 test-newest: setup-newest
-	.venv-torch2.15/bin/python -m pytest -q tests
+	.venv-torch2.15/bin/python $(PYTEST) tests
 
 demo: setup
 	$(PY) tools/run_demo.py

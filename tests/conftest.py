@@ -33,6 +33,15 @@ os.environ['PYTHONPATH'] = os.pathsep.join([_REPO] + [
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# pytest-xdist's workers (`make test` runs two) share the CPUs: each takes
+# its share of intra-op threads, and so do the programs its tests start
+# (OMP_NUM_THREADS), instead of every process taking every core.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+    _SHARE = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_SHARE)
+    os.environ['OMP_NUM_THREADS'] = str(_SHARE)
+
 
 def _data_file(name: str) -> Path:
     path = DATA / name

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -457,6 +458,63 @@ def test_subprocesses_import_this_clone(tmp_path):
     assert len(paths) == 2, out
     for path in paths:
         assert Path(path).resolve().is_relative_to(ROOT), path
+
+
+_SHARE_TEST = '''
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def test_threads():
+    child = subprocess.run(
+        [sys.executable, '-c', 'import torch; print(torch.get_num_threads())'],
+        capture_output=True, text=True, check=True).stdout.strip()
+    Path(__file__).with_name('seen.json').write_text(json.dumps([
+        os.environ.get('PYTEST_XDIST_WORKER_COUNT', '-'),
+        str(torch.get_num_threads()), os.environ.get('OMP_NUM_THREADS', '-'),
+        child]))
+'''
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_test_workers_share_the_cpus(workers, tmp_path):
+    """`make test` runs the suite in two pytest-xdist workers: each takes
+    its share of the CPUs' intra-op threads, and so do the programs its
+    tests start (OMP_NUM_THREADS); without workers nothing is changed.
+    The repository's tests/conftest.py runs a test printing what it sees."""
+    shutil.copy(ROOT / 'tests' / 'conftest.py', tmp_path)
+    (tmp_path / 'test_share.py').write_text(_SHARE_TEST)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith('PYTEST_') and k != 'OMP_NUM_THREADS'
+    }
+    default = subprocess.run(
+        [PY, '-c', 'import torch; print(torch.get_num_threads())'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True).stdout.strip()
+    proc = subprocess.run([
+        PY, '-m', 'pytest', '-p', 'no:cacheprovider', '-n',
+        str(workers), 'test_share.py'
+    ],
+                          cwd=tmp_path,
+                          env=env,
+                          capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads((tmp_path / 'seen.json').read_text())
+    if workers:
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        assert seen == [str(workers), share, share, share]
+    else:
+        assert seen == ['-', default, '-', default]
 
 
 def test_run_program_reports_the_childs_status_and_output(tmp_path):
