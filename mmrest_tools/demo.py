@@ -45,14 +45,20 @@ METRIC_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75',
                'coco/segm_mAP', 'coco/segm_mAP_50', 'coco/segm_mAP_75')
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (every CPU where the OS has no
+    affinity, at least one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def set_cpu_threads(num_threads: Optional[int] = None) -> int:
     """Use one torch thread per CPU this process may run on (or
     ``num_threads``); more threads than cores only adds contention."""
     if num_threads is None:
-        try:
-            num_threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            num_threads = os.cpu_count() or 1
+        num_threads = usable_cpus()
     if num_threads < 1:
         raise ValueError(f'num_threads must be >= 1, got {num_threads}')
     torch.set_num_threads(num_threads)

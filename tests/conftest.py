@@ -38,10 +38,8 @@ if not torch.cuda.is_available():
 # (OMP_NUM_THREADS), instead of every process taking every core.
 _WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 if _WORKERS > 1:
-    _CPUS = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-             else os.cpu_count() or 1)  # not Linux: every CPU
-    _SHARE = max(1, _CPUS // _WORKERS)
-    torch.set_num_threads(_SHARE)
+    from mmrest_tools.demo import set_cpu_threads, usable_cpus
+    _SHARE = set_cpu_threads(max(1, usable_cpus() // _WORKERS))
     os.environ['OMP_NUM_THREADS'] = str(_SHARE)
 
 
