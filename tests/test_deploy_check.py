@@ -331,3 +331,20 @@ def test_tool_opset(monkeypatch, capsys):
         tool.main(['config.py', '--opset', '10'])
     assert exc.value.code == 2 and not seen
     assert '--opset must be at least 11' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('opset', [10, True, 11.0, '16', None])
+def test_load_deploy_cfg_checks_the_opset(opset):
+    """``opset_version`` replaces the deploy config's (an integer of at
+    least 11, mmdeploy's lowest); anything else is refused by value and
+    leaves the config given unchanged; None keeps its own."""
+    from mmrest.deploy import load_deploy_cfg, ort_deploy_cfg
+    given = ort_deploy_cfg('detection')
+    assert given['onnx_config']['opset_version'] == 11
+    assert load_deploy_cfg(given, 16).onnx_config.opset_version == 16
+    if opset is None:
+        assert load_deploy_cfg(given, opset).onnx_config.opset_version == 11
+    else:
+        with pytest.raises(ValueError, match=f'at least 11.*got {opset!r}'):
+            load_deploy_cfg(given, opset)
+    assert given == ort_deploy_cfg('detection')

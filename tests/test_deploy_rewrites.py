@@ -10,6 +10,7 @@ suppress each other's proposals, classes with their own boxes), and the
 rewrites must give mmdet's boxes and scores, to float32 rounding, in
 mmdet's order.
 """
+import re
 from pathlib import Path
 
 import numpy as np
@@ -377,14 +378,36 @@ def test_nms_by_class_keeps_classes_apart():
     got = [[(round(float(d[4]), 2), int(c)) for d, c in zip(ds, cs)
             if d[4] > 0] for ds, cs in zip(dets, labels)]
     assert got == [[(0.9, 0), (0.8, 1)], [(0.9, 0)]]
+    # the rows scored 0: the padding row (class 0), other images' (-1)
+    assert [
+        sorted(cs[ds[:, 4] == 0].tolist()) for ds, cs in zip(dets, labels)
+    ] == [[-1, 0], [-1, -1, 0]]
 
 
-def test_other_nms_is_refused():
+def test_nms_by_class_shifts_classes_past_the_largest_coordinate():
+    """By hand, mmdet's shift: class ``c`` moves by ``c * (m + 1)``, ``m``
+    the largest coordinate (10 here), so a class-1 box at the origin stays
+    apart from a class-0 box at the far corner even when both are 1 x 1 (a
+    shift of ``m - 1`` would lay one on the other)."""
+    boxes = torch.tensor([[[9., 9., 10., 10.], [0., 0., 1., 1.]]])
+    dets, labels = rewritten(lambda: nms_by_class(
+        boxes, torch.tensor([[.9, .8]]), torch.tensor([[0, 1]]),
+        torch.ones(1, 2, dtype=torch.bool), 0.5, 0.05, 10))
+    kept = dets[0, :, 4] > 0
+    torch.testing.assert_close(dets[0, kept, :4], boxes[0])
+    assert labels[0, kept].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize('nms', [
+    dict(type='soft_nms', iou_threshold=0.5),
+    dict(type='nms', iou_threshold=0.5, class_agnostic=True)
+])
+def test_other_nms_is_refused(nms):
     head = box_head()
     rois, logits, deltas = box_head_outputs(n=1)
     cfg = RCNN_CFG.copy()
-    cfg.nms = dict(type='soft_nms', iou_threshold=0.5)
-    with pytest.raises(NotImplementedError, match='soft_nms'):
+    cfg.nms = nms
+    with pytest.raises(NotImplementedError, match=re.escape(str(nms))):
         rewritten(lambda: head.predict_by_feat(
             rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=cfg))
 

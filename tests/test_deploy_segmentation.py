@@ -57,7 +57,7 @@ def test_pooling_matrix_by_hand():
         pooling_matrix(2, 3, x), torch.tensor([[1., 0.], [.5, .5], [0., 1.]]))
 
 
-@pytest.mark.parametrize('out', [1, 2, 3, 6, (2, 5), (None, 3)])
+@pytest.mark.parametrize('out', [1, 2, 3, 6, (2, 5), (None, 3), (4, None)])
 def test_adaptive_avg_pool2d_is_torchs(out):
     """Every map size from 1 to 19 each way, float64: torch's values."""
     gen = torch.Generator().manual_seed(0)
@@ -116,9 +116,13 @@ def export_pyramid(tmp_path, exact: bool):
 
 def test_exported_pooling_is_torchs_at_every_size(tmp_path):
     """Traced at 16 x 16, run at sizes below, between and at multiples of
-    the output sizes: torch's pooling. Premise: mmdeploy's own rewrite,
-    traced at the same size, pools 16 x 16 to 8 x 8 instead of 6 x 6."""
+    the output sizes: torch's pooling; the global pooling stays torch's
+    one ``GlobalAveragePool`` node. Premise: mmdeploy's own rewrite, traced
+    at the same size, pools 16 x 16 to 8 x 8 instead of 6 x 6."""
+    import onnx
     run = export_pyramid(tmp_path, exact=True)
+    ops = [node.op_type for node in onnx.load(run.args[0]).graph.node]
+    assert ops.count('GlobalAveragePool') == 1, ops
     gen = torch.Generator().manual_seed(1)
     for h, w in [(16, 16), (1, 1), (3, 5), (7, 13), (12, 18), (25, 40)]:
         x = torch.randn(2, 4, h, w, generator=gen)
