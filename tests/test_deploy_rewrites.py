@@ -525,11 +525,15 @@ def test_cascade_detections_are_mmdets(tmp_path):
 
     def call(proposals):
         return head.predict_bbox(
-            None, metas(2), [proposals], rcnn_test_cfg=RCNN_CFG)
+            None, metas(len(proposals)), [proposals], rcnn_test_cfg=RCNN_CFG)
 
     with pytest.raises(AssertionError):  # mmdeploy's: class-agnostic only
         rewritten(lambda: call(proposals), mmdet_nms=False)
     assert_same_as_mmdet(rewritten(lambda: call(proposals)), ref, what='eager')
+    assert_same_as_mmdet(  # one image, one image's metas
+        rewritten(lambda: call(proposals[1:])),
+        ref[1:],
+        what='eager')
 
     class Head(torch.nn.Module):
 
