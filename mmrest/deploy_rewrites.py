@@ -50,7 +50,6 @@ from typing import Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
-from mmdeploy.codebase.mmdet.deploy import pad_with_value_if_necessary
 from mmdeploy.core import FUNCTION_REWRITER
 from mmdeploy.core.rewriters.rewriter_utils import Checker
 from mmdeploy.mmcv.ops.nms import ONNXNMSop
@@ -274,13 +273,12 @@ def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
 
 def _best(k: int, *tensors: torch.Tensor) -> tuple:
     """The ``k`` best entries along dim 1 by the first tensor (N x K), as
-    mmdet's ``nms_pre`` top-k: each tensor gathered at them, padded with
-    zeros first where K is smaller than ``k`` (a zero score never enters the
-    NMS)."""
-    padded = [pad_with_value_if_necessary(t, 1, k, 0.) for t in tensors]
-    best = padded[0].topk(k, dim=1)[1]
+    mmdet's ``nms_pre`` top-k: each tensor gathered at them; all K where K
+    is smaller than ``k`` (mmdeploy's rewrite of ``topk`` takes at most K,
+    in the graph too)."""
+    best = tensors[0].topk(k, dim=1)[1]
     rows = torch.arange(best.shape[0], device=best.device)[:, None]
-    return tuple(t[rows, best] for t in padded)
+    return tuple(t[rows, best] for t in tensors)
 
 
 @_rewrites('mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat')
@@ -311,7 +309,7 @@ def rpn_head__predict_by_feat(self,
             score = score.sigmoid()
         else:
             score = score.reshape(score.shape[0], -1, 2).softmax(-1)[..., 0]
-        if nms_pre > 0:  # padding scores 0: never kept
+        if nms_pre > 0:
             score, delta, prior = _best(nms_pre, score, delta, prior)
         all_scores.append(score)
         all_deltas.append(delta)
@@ -354,7 +352,7 @@ def retina_head__predict_by_feat(self,
         score = torch.where(score > threshold, score, score.new_zeros(()))
         pair = torch.arange(score.shape[1], device=score.device)
         pair = pair[None].expand(score.shape[0], -1)
-        if nms_pre > 0:  # padding scores 0: never kept
+        if nms_pre > 0:
             score, pair = _best(nms_pre, score, pair)
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
         all_scores.append(score)

@@ -364,6 +364,22 @@ def test_class_agnostic_box_head():
     assert_same_as_mmdet(mine, ref)
 
 
+def test_box_head_keeps_rois_under_a_pixel():
+    """Only the RPN's padding (zero width and height) is left out: a RoI
+    half a pixel wide and high is a proposal of mmdet's RPN (its
+    ``min_bbox_size`` is 0 by default) and gives its detection."""
+    head = box_head()
+    rois, logits, deltas = box_head_outputs(n=1)
+    rois[0, 0, 3:] = rois[0, 0, 1:3] + 0.5
+    logits[0, 0, 5] = 30.
+    ref = mmdet_box_head(head, rois, logits, deltas)
+    assert 5 in ref[0].labels[ref[0].scores > 0.99].tolist()
+    mine = rewritten(lambda: head.predict_by_feat(
+        rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=RCNN_CFG)
+                     )
+    assert_same_as_mmdet(mine, ref)
+
+
 def test_nms_by_class_keeps_classes_apart():
     """By hand: two identical boxes of different classes both survive, one
     of the same class is suppressed; invalid and low scores never enter;
