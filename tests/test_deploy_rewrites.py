@@ -138,6 +138,17 @@ def rewritten(call, mmdet_nms=True):
         return call()
 
 
+def rewritten_box_head(head, rois, logits, deltas, cfg=RCNN_CFG):
+    """The box head's detections within the rewrites (see ``rewritten``),
+    the batch's images of one shape."""
+    return rewritten(lambda: head.predict_by_feat(
+        rois,
+        logits,
+        deltas,
+        batch_img_metas=metas(len(rois)),
+        rcnn_test_cfg=cfg))
+
+
 def exported(module, args, tmp_path):
     """``module(*args)`` exported by mmdeploy with a dynamic batch axis:
     a function that runs the file in ONNX Runtime on inputs like ``args``."""
@@ -358,10 +369,7 @@ def test_class_agnostic_box_head():
     rois, logits, deltas = box_head_outputs(n=1)
     deltas = deltas[..., :4].contiguous()
     ref = mmdet_box_head(head, rois, logits, deltas)
-    mine = rewritten(lambda: head.predict_by_feat(
-        rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=RCNN_CFG)
-                     )
-    assert_same_as_mmdet(mine, ref)
+    assert_same_as_mmdet(rewritten_box_head(head, rois, logits, deltas), ref)
 
 
 def test_box_head_keeps_rois_under_a_pixel():
@@ -374,10 +382,7 @@ def test_box_head_keeps_rois_under_a_pixel():
     logits[0, 0, 5] = 30.
     ref = mmdet_box_head(head, rois, logits, deltas)
     assert 5 in ref[0].labels[ref[0].scores > 0.99].tolist()
-    mine = rewritten(lambda: head.predict_by_feat(
-        rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=RCNN_CFG)
-                     )
-    assert_same_as_mmdet(mine, ref)
+    assert_same_as_mmdet(rewritten_box_head(head, rois, logits, deltas), ref)
 
 
 def test_nms_by_class_keeps_classes_apart():
@@ -424,8 +429,7 @@ def test_other_nms_is_refused(nms):
     cfg = RCNN_CFG.copy()
     cfg.nms = nms
     with pytest.raises(NotImplementedError, match=re.escape(str(nms))):
-        rewritten(lambda: head.predict_by_feat(
-            rois, logits, deltas, batch_img_metas=metas(1), rcnn_test_cfg=cfg))
+        rewritten_box_head(head, rois, logits, deltas, cfg)
 
 
 def test_switch_is_scoped():
