@@ -333,7 +333,10 @@ def retina_head__predict_by_feat(self,
     (mmdeploy: the anchors of the best ``nms_pre`` top-class scores),
     decoded and clipped to the image, boxes not wider and higher than
     ``min_bbox_size`` left out, one class-aware NMS, the ``max_per_img``
-    best kept.
+    best kept. An ``nms_pre`` of 0 or below is read as mmdet reads it
+    (its pairs sorted, then sliced ``[:nms_pre]``): 0 keeps no pair, -k
+    all but the k lowest of each level, so -1 (mmdet's default) leaves
+    out each level's lowest valid pair.
 
     Returns:
         tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
@@ -354,6 +357,13 @@ def retina_head__predict_by_feat(self,
         pair = pair[None].expand(score.shape[0], -1)
         if nms_pre > 0:
             score, pair = _best(nms_pre, score, pair)
+        elif nms_pre < 0:  # mmdet slices its sorted valid pairs [:nms_pre]
+            score, pair = _best(score.shape[1], score, pair)
+            kept = (score > threshold).sum(1, keepdim=True) + nms_pre
+            place = torch.arange(score.shape[1], device=score.device)
+            score = torch.where(place < kept, score, score.new_zeros(()))
+        else:  # [:0]
+            score = torch.zeros_like(score)
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
         all_scores.append(score)
         all_labels.append(pair % c)

@@ -176,6 +176,7 @@ def test_graph_report_and_matches_by_hand():
         max_score_diff=0.,
         max_mask_diff=0.)
     assert graph_matches(graph_report(ref, ref, 100))
+    assert graph_matches(graph_report(ref, ref, 100), tolerance=0.)
     assert GRAPH_TOLERANCE == 1e-3
     # a corner 0.09 pixels off on a 100-pixel image: 9e-4 of it
     moved = _graph([[0, 0, 10, 10.09, 0.9], [5, 5, 20, 30, 0.4]], [1, 2],

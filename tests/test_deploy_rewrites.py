@@ -29,13 +29,14 @@ STRIDES = (4, 8, 16, 32, 64)
 NUM_CLASSES = 20  # few: the oldest stack's NMS stand-in is pure PyTorch
 
 
-def rpn_head():
+def rpn_head(use_sigmoid=True):
     from mmdet.utils import register_all_modules
     register_all_modules()
     return MODELS.build(
         dict(
             type='RPNHead',
             in_channels=8,
+            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=use_sigmoid),
             feat_channels=8,
             anchor_generator=dict(
                 type='AnchorGenerator',
@@ -48,15 +49,15 @@ def rpn_head():
                 target_stds=[1.0, 1.0, 1.0, 1.0]))).eval()
 
 
-def rpn_outputs(n=2):
-    """Raw RPN outputs of ``n`` images: 3 anchors per place, distinct
-    scores, deltas of spread 0.3 (boxes of a level overlap their
-    neighbours at the next level)."""
+def rpn_outputs(n=2, channels=1):
+    """Raw RPN outputs of ``n`` images: 3 anchors per place (``channels``
+    logits each), distinct scores, deltas of spread 0.3 (boxes of a level
+    overlap their neighbours at the next level)."""
     gen = torch.Generator().manual_seed(0)
     cls, reg = [], []
     for s in STRIDES:
         h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
-        cls.append(torch.randn(n, 3, h, w, generator=gen) * 2)
+        cls.append(torch.randn(n, 3 * channels, h, w, generator=gen) * 2)
         reg.append(torch.randn(n, 12, h, w, generator=gen) * 0.3)
     return cls, reg
 
@@ -235,25 +236,47 @@ def test_rpn_proposals_are_mmdets(tmp_path):
         what='ONNX')
 
 
-def test_rpn_without_size_filter_or_top_k():
-    """``min_bbox_size`` below 0 and ``nms_pre`` off, as mmdet allows."""
+@pytest.mark.parametrize('nms_pre', [-1, 0, 1])
+def test_rpn_without_size_filter_and_nms_pre_at_its_bounds(nms_pre):
+    """``min_bbox_size`` below 0, and ``nms_pre`` off (-1 or 0, as mmdet
+    reads them) or at 1 (the best anchor of each level), as mmdet
+    allows."""
     head = rpn_head()
     cls, reg = rpn_outputs(n=1)
     cfg = RPN_CFG.copy()
-    cfg.update(min_bbox_size=-1, nms_pre=-1, max_per_img=2000)
+    cfg.update(min_bbox_size=-1, nms_pre=nms_pre, max_per_img=2000)
     with torch.no_grad():
         ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(1), cfg=cfg)
     mine = rewritten(lambda: head.predict_by_feat(
         cls, reg, batch_img_metas=metas(1), cfg=cfg))
-    assert len(ref[0]) > 100
+    if nms_pre == 1:
+        assert 1 < len(ref[0]) <= len(STRIDES)
+    else:
+        assert len(ref[0]) > 100
     assert_same_as_mmdet(mine, ref, labels=False)
 
 
-def retina_head():
+def test_rpn_with_softmax_scores():
+    """An RPN trained with a softmax (``use_sigmoid=False``): two logits
+    per anchor, the first the object's; two images, so that the pairs
+    are taken within each image."""
+    head = rpn_head(use_sigmoid=False)
+    assert head.cls_out_channels == 2
+    cls, reg = rpn_outputs(channels=2)
+    ref = mmdet_rpn(head, cls, reg)
+    assert 20 < len(ref[1]) < RPN_CFG.max_per_img
+    mine = rewritten(lambda: head.predict_by_feat(
+        cls, reg, batch_img_metas=metas(2), cfg=RPN_CFG))
+    assert_same_as_mmdet(mine, ref, labels=False)
+
+
+def retina_head(use_sigmoid=True):
     from mmdet.utils import register_all_modules
     register_all_modules()
+    softmax = dict(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False))
     return MODELS.build(
         dict(
+            **({} if use_sigmoid else softmax),
             type='RetinaHead',
             num_classes=NUM_CLASSES,
             in_channels=8,
@@ -320,6 +343,73 @@ def test_retinanet_detections_are_mmdets(tmp_path):
     run = exported(Retina(), cls + reg, tmp_path)
     assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
     assert_same_as_mmdet(run([x[1:] for x in cls + reg]), ref[1:], what='ONNX')
+
+
+def sparse_retina_outputs():
+    """RetinaNet outputs of one image where 3 (anchor, class) pairs per
+    level score 0.27 to 0.95 and every other pair exactly 0 (a logit of
+    -200), each of the 15 pairs a class of its own (no NMS between
+    them)."""
+    gen = torch.Generator().manual_seed(3)
+    cls, reg = retina_outputs(n=1)
+    classes = torch.randperm(NUM_CLASSES, generator=gen)
+    for level, score in enumerate(cls):
+        score.fill_(-200.)
+        h, w = score.shape[-2:]
+        for i in range(3):
+            anchor = int(torch.randint(9, (), generator=gen))
+            y, x = (int(torch.randint(k, (), generator=gen)) for k in (h, w))
+            score[0, anchor * NUM_CLASSES + classes[3 * level + i], y, x] = (
+                torch.rand((), generator=gen) * 4 - 1)
+    return cls, reg
+
+
+@pytest.mark.parametrize('nms_pre,kept', [(None, 10), (-2, 5), (0, 0), (1, 5),
+                                          (2, 10), (4, 15)])
+def test_retinanet_nms_pre_as_mmdet_reads_it(nms_pre, kept, tmp_path):
+    """mmdet sorts each level's pairs above ``score_thr`` and slices them
+    ``[:nms_pre]``: at -1 (its default, here also without ``score_thr``,
+    0 by default) it leaves out each level's lowest, at -2 the two
+    lowest, at 0 every pair, at 1 all but the best; the rewrite, eager
+    and exported, keeps the same."""
+    head = retina_head()
+    cls, reg = sparse_retina_outputs()
+    cfg = ConfigDict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=50)
+    if nms_pre is not None:
+        cfg.update(nms_pre=nms_pre, score_thr=0.05)
+    with torch.no_grad():
+        ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(1), cfg=cfg)
+    assert len(ref[0]) == kept
+
+    class Retina(torch.nn.Module):
+
+        def forward(self, *outs):
+            return head.predict_by_feat(
+                list(outs[:5]),
+                list(outs[5:]),
+                batch_img_metas=metas(1),
+                cfg=cfg)
+
+    assert_same_as_mmdet(rewritten(lambda: Retina()(*cls, *reg)), ref)
+    run = exported(Retina(), cls + reg, tmp_path)
+    assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
+
+
+@pytest.mark.parametrize('case', ['softmax', 'score factors'])
+def test_retinanet_refuses_what_it_does_not_compute(case):
+    """Softmax scores (a RetinaHead trained with cross-entropy) and score
+    factors (heads that pass them, as FCOS's centerness) are refused by
+    name, not computed as sigmoid scores without factors."""
+    head = retina_head(use_sigmoid=case != 'softmax')
+    cls, reg = retina_outputs(n=1)
+    factors = [c[:, :9] for c in cls] if case == 'score factors' else None
+    with pytest.raises(NotImplementedError, match='without score factors'):
+        rewritten(lambda: head.predict_by_feat(
+            cls,
+            reg,
+            score_factors=factors,
+            batch_img_metas=metas(1),
+            cfg=RETINA_CFG))
 
 
 def test_box_head_detections_are_mmdets(tmp_path):

@@ -233,6 +233,13 @@ def test_seg_graph_report_excuses_ties_only():
     assert graph_matches(seg_graph_report(logits * 10, logits * 10 + 0.003))
     with pytest.raises(ValueError, match=r'labels of shape \(1, 1, 2, 3\)'):
         seg_graph_report(logits, torch.zeros(1, 1, 2, 3, dtype=torch.long))
+    # the same labels or logits match even at zero tolerance
+    assert graph_matches(
+        seg_graph_report(logits, logits.argmax(1, keepdim=True)), 0.)
+    assert graph_matches(seg_graph_report(logits, logits), 0.)
+    # one class (one logit a pixel): every label 0, no margin to take
+    one = seg_graph_report(logits[:, :1], torch.zeros(1, 1, 2, 2).long())
+    assert (one['num_differ'], one['max_margin_where_differ']) == (0, 0.)
 
 
 def test_compare_maps_by_hand():
