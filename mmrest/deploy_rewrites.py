@@ -61,6 +61,11 @@ from torch.nn.modules.utils import _pair
 #: ``score > threshold`` only for a positive threshold).
 MIN_SCORE = torch.finfo(torch.float32).tiny
 
+#: ``max_num`` of :func:`nms_by_class` for no limit (ONNX's
+#: ``NonMaxSuppression`` takes 0 as none; mmdeploy's ``topk`` rewrite
+#: takes at most the rows there are).
+EVERY = 2**31 - 1
+
 _SWITCH = {'mmdet': False, 'pooling': False}
 
 
@@ -178,7 +183,8 @@ def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
         iou_threshold (float): Suppress a box whose IoU with a better one
             of its class exceeds this.
         score_threshold (float): Keep only scores above this; positive.
-        max_num (int): Boxes kept per image at most.
+        max_num (int): Boxes kept per image at most, positive
+            (:data:`EVERY` for no limit).
 
     Returns:
         tuple[Tensor, Tensor]: ``dets`` (N x M x 5, box and score, by
@@ -261,14 +267,31 @@ def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
     """A dense head's end, as mmdet's ``_bbox_post_process``: the
     candidates of all levels decoded and clipped to the image, boxes not
     wider and higher than ``min_bbox_size`` left out, :func:`nms_by_class`
-    with ``cfg``'s NMS and ``max_per_img``."""
+    with ``cfg``'s NMS, its boxes sliced ``[:max_per_img]`` (0 keeps none,
+    -k all but the k lowest)."""
     boxes = head.bbox_coder.decode(
         torch.cat(priors, 1),
         torch.cat(deltas, 1),
         max_shape=batch_img_metas[0]['img_shape'])
-    return nms_by_class(boxes, torch.cat(scores, 1), torch.cat(classes, 1),
-                        _size_filter(boxes, cfg.get('min_bbox_size', -1)),
-                        _nms_settings(cfg.nms), threshold, cfg.max_per_img)
+    k = cfg.max_per_img
+    dets, labels = nms_by_class(
+        boxes, torch.cat(scores, 1), torch.cat(classes, 1),
+        _size_filter(boxes, cfg.get('min_bbox_size', -1)),
+        _nms_settings(cfg.nms), threshold, k if k > 0 else EVERY)
+    if k <= 0:
+        dets = torch.where(
+            _sliced(dets[..., 4] > 0, k)[..., None], dets, dets.new_zeros(()))
+    return dets, labels
+
+
+def _sliced(valid: torch.Tensor, k: int) -> torch.Tensor:
+    """mmdet's slice ``[:k]`` with ``k`` 0 or below of rows sorted by
+    decreasing score (N x K, the ``valid`` ones first) as a mask: none at
+    0, all but the last -k valid ones below."""
+    if k == 0:
+        return torch.zeros_like(valid)
+    place = torch.arange(valid.shape[1], device=valid.device)
+    return place < valid.sum(1, keepdim=True) + k
 
 
 def _best(k: int, *tensors: torch.Tensor) -> tuple:
@@ -357,13 +380,11 @@ def retina_head__predict_by_feat(self,
         pair = pair[None].expand(score.shape[0], -1)
         if nms_pre > 0:
             score, pair = _best(nms_pre, score, pair)
-        elif nms_pre < 0:  # mmdet slices its sorted valid pairs [:nms_pre]
+        else:  # mmdet slices its sorted valid pairs [:nms_pre]
             score, pair = _best(score.shape[1], score, pair)
-            kept = (score > threshold).sum(1, keepdim=True) + nms_pre
-            place = torch.arange(score.shape[1], device=score.device)
-            score = torch.where(place < kept, score, score.new_zeros(()))
-        else:  # [:0]
-            score = torch.zeros_like(score)
+            score = torch.where(
+                _sliced(score > threshold, nms_pre), score, score.new_zeros(
+                    ()))
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
         all_scores.append(score)
         all_labels.append(pair % c)
@@ -384,7 +405,8 @@ def bbox_head__predict_by_feat(self,
                                rescale: bool = False) -> tuple:
     """The box head's detections as mmdet computes them: every (RoI,
     class) pair scoring above ``score_thr`` with the class's own decoded
-    box, one class-aware NMS, the ``max_per_img`` best kept. Boxes stay in
+    box, one class-aware NMS, the ``max_per_img`` best kept (all where it
+    is 0 or below, as mmdet's ``multiclass_nms``). Boxes stay in
     the network input's coordinates (mmdeploy's backend model rescales).
     RoIs of zero width or height are left out: they are the RPN's padding
     (mmdet's RPN has no such proposal unless ``min_bbox_size`` is below 0).
@@ -424,7 +446,7 @@ def bbox_head__predict_by_feat(self,
     return nms_by_class(boxes, scores, classes.reshape(n, r * c),
                         real[..., None].expand(n, r, c).reshape(n, r * c),
                         _nms_settings(rcnn_test_cfg.nms), threshold,
-                        rcnn_test_cfg.max_per_img)
+                        max(rcnn_test_cfg.max_per_img, 0) or EVERY)
 
 
 def _with_batch_index(boxes: torch.Tensor) -> torch.Tensor:

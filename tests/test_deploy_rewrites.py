@@ -196,10 +196,12 @@ def assert_same_as_mmdet(mine, mmdet, labels=True, what=''):
             assert torch.equal(got_labels[i, kept], ref.labels), what
 
 
-def mmdet_rpn(head, cls, reg):
+def mmdet_rpn(head, cls, reg, **changes):
+    cfg = RPN_CFG.copy()
+    cfg.update(changes)
     with torch.no_grad():
         return head.predict_by_feat(
-            cls, reg, batch_img_metas=metas(len(cls[0])), cfg=RPN_CFG)
+            cls, reg, batch_img_metas=metas(len(cls[0])), cfg=cfg)
 
 
 def test_rpn_proposals_are_mmdets(tmp_path):
@@ -451,6 +453,60 @@ def test_box_head_detections_are_mmdets(tmp_path):
     assert_same_as_mmdet(
         rewritten(lambda: call(rois, background, deltas)), none, what='eager')
     assert_same_as_mmdet(run([rois, background, deltas]), none, what='ONNX')
+
+
+@pytest.mark.parametrize('max_per_img', [-1, 0])
+def test_box_head_keeps_every_detection_without_max_per_img(
+        max_per_img, tmp_path):
+    """mmdet's ``multiclass_nms`` keeps every box after the NMS where
+    ``max_per_img`` is 0 or below (ONNX's NMS would keep none at 0)."""
+    head = box_head()
+    rois, logits, deltas = box_head_outputs()
+    cfg = RCNN_CFG.copy()
+    cfg.update(max_per_img=max_per_img)
+    ref = mmdet_box_head(head, rois, logits, deltas, cfg)
+    assert len(ref[0]) > 4 * RCNN_CFG.max_per_img
+
+    class Head(torch.nn.Module):
+
+        def forward(self, *outs):
+            return head.predict_by_feat(
+                *outs, batch_img_metas=metas(2), rcnn_test_cfg=cfg)
+
+    outs = [rois, logits, deltas]
+    assert_same_as_mmdet(rewritten(lambda: Head()(*outs)), ref, what='eager')
+    assert_same_as_mmdet(
+        exported(Head(), outs, tmp_path)(outs), ref, what='ONNX')
+
+
+@pytest.mark.parametrize('max_per_img', [-3, -1, 0])
+def test_rpn_max_per_img_as_mmdet_reads_it(max_per_img, tmp_path):
+    """mmdet slices the RPN's proposals after its NMS ``[:max_per_img]``:
+    0 keeps none, -k all but the k lowest of each image."""
+    head = rpn_head()
+    cls, reg = rpn_outputs()
+    cfg = RPN_CFG.copy()
+    cfg.update(max_per_img=max_per_img)
+    with torch.no_grad():
+        ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(2), cfg=cfg)
+        every = mmdet_rpn(head, cls, reg, max_per_img=10**6)
+    assert [len(r) for r in ref] == [(len(e) + max_per_img) * (max_per_img < 0)
+                                     for e in every]
+    assert len(every[0]) != len(every[1])
+
+    class RPN(torch.nn.Module):
+
+        def forward(self, *outs):
+            return head.predict_by_feat(
+                list(outs[:5]),
+                list(outs[5:]),
+                batch_img_metas=metas(2),
+                cfg=cfg)
+
+    assert_same_as_mmdet(
+        rewritten(lambda: RPN()(*cls, *reg)), ref, labels=False, what='eager')
+    run = exported(RPN(), cls + reg, tmp_path)
+    assert_same_as_mmdet(run(cls + reg), ref, labels=False, what='ONNX')
 
 
 def test_class_agnostic_box_head():
