@@ -151,6 +151,9 @@ def test_agrees_only_on_the_same_detections():
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=f'IoU bound.*got {bad}'):
             agrees(compare(ref, ref), min_iou=bad)
+    # the bounds themselves are allowed: 1 asks for the very same boxes
+    assert agrees(compare(ref, ref), min_iou=1.)
+    assert not agrees(compare(ref, shifted), min_iou=1.)
 
 
 def _graph(dets, labels, masks=None):
