@@ -209,6 +209,8 @@ def test_graph_report_and_matches_by_hand():
     assert 'max_box_diff_of_side' not in report and not graph_matches(report)
     boxes_only = graph_report(ref[:2], ref[:2], 100)  # a detection graph
     assert 'max_mask_diff' not in boxes_only and graph_matches(boxes_only)
+    for one, other in ((ref, ref[:2]), (ref[:2], ref)):  # masks on one side
+        assert graph_report(one, other, 100) == boxes_only
     none = _graph([], [])
     assert graph_matches(graph_report(none, none, 100))
 
