@@ -479,10 +479,10 @@ def test_box_head_keeps_every_detection_without_max_per_img(
         exported(Head(), outs, tmp_path)(outs), ref, what='ONNX')
 
 
-@pytest.mark.parametrize('max_per_img', [-3, -1, 0])
+@pytest.mark.parametrize('max_per_img', [-3, -1, 0, 1])
 def test_rpn_max_per_img_as_mmdet_reads_it(max_per_img, tmp_path):
     """mmdet slices the RPN's proposals after its NMS ``[:max_per_img]``:
-    0 keeps none, -k all but the k lowest of each image."""
+    0 keeps none, -k all but the k lowest of each image, 1 the best."""
     head = rpn_head()
     cls, reg = rpn_outputs()
     cfg = RPN_CFG.copy()
@@ -490,8 +490,7 @@ def test_rpn_max_per_img_as_mmdet_reads_it(max_per_img, tmp_path):
     with torch.no_grad():
         ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(2), cfg=cfg)
         every = mmdet_rpn(head, cls, reg, max_per_img=10**6)
-    assert [len(r) for r in ref] == [(len(e) + max_per_img) * (max_per_img < 0)
-                                     for e in every]
+    assert [len(r) for r in ref] == [len(e[:max_per_img]) for e in every]
     assert len(every[0]) != len(every[1])
 
     class RPN(torch.nn.Module):
