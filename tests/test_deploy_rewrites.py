@@ -180,6 +180,22 @@ def exported(module, args, tmp_path):
         }))
 
 
+class DenseHead(torch.nn.Module):
+    """A dense head's ``predict_by_feat`` as a module to export: its
+    inputs the five levels' scores, then their deltas, of a batch."""
+
+    def __init__(self, head, cfg):
+        super().__init__()
+        self.head, self.cfg = head, cfg
+
+    def forward(self, *outs):
+        return self.head.predict_by_feat(
+            list(outs[:5]),
+            list(outs[5:]),
+            batch_img_metas=metas(len(outs[0])),
+            cfg=self.cfg)
+
+
 def assert_same_as_mmdet(mine, mmdet, labels=True, what=''):
     """Per image, the rows scored above 0 (mmdeploy's layout) are mmdet's
     instances, in mmdet's order, to float32 rounding."""
@@ -383,17 +399,9 @@ def test_retinanet_nms_pre_as_mmdet_reads_it(nms_pre, kept, tmp_path):
         ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(1), cfg=cfg)
     assert len(ref[0]) == kept
 
-    class Retina(torch.nn.Module):
-
-        def forward(self, *outs):
-            return head.predict_by_feat(
-                list(outs[:5]),
-                list(outs[5:]),
-                batch_img_metas=metas(1),
-                cfg=cfg)
-
-    assert_same_as_mmdet(rewritten(lambda: Retina()(*cls, *reg)), ref)
-    run = exported(Retina(), cls + reg, tmp_path)
+    retina = DenseHead(head, cfg)
+    assert_same_as_mmdet(rewritten(lambda: retina(*cls, *reg)), ref)
+    run = exported(retina, cls + reg, tmp_path)
     assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
 
 
@@ -493,18 +501,10 @@ def test_rpn_max_per_img_as_mmdet_reads_it(max_per_img, tmp_path):
     assert [len(r) for r in ref] == [len(e[:max_per_img]) for e in every]
     assert len(every[0]) != len(every[1])
 
-    class RPN(torch.nn.Module):
-
-        def forward(self, *outs):
-            return head.predict_by_feat(
-                list(outs[:5]),
-                list(outs[5:]),
-                batch_img_metas=metas(2),
-                cfg=cfg)
-
+    rpn = DenseHead(head, cfg)
     assert_same_as_mmdet(
-        rewritten(lambda: RPN()(*cls, *reg)), ref, labels=False, what='eager')
-    run = exported(RPN(), cls + reg, tmp_path)
+        rewritten(lambda: rpn(*cls, *reg)), ref, labels=False, what='eager')
+    run = exported(rpn, cls + reg, tmp_path)
     assert_same_as_mmdet(run(cls + reg), ref, labels=False, what='ONNX')
 
 
