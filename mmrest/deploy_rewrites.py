@@ -61,7 +61,7 @@ from torch.nn.modules.utils import _pair
 #: ``score > threshold`` only for a positive threshold).
 MIN_SCORE = torch.finfo(torch.float32).tiny
 
-#: ``max_num`` of :func:`nms_by_class` for no limit (ONNX's
+#: The NMS's limit where :func:`nms_by_class` has none (ONNX's
 #: ``NonMaxSuppression`` takes 0 as none; mmdeploy's ``topk`` rewrite
 #: takes at most the rows there are).
 EVERY = 2**31 - 1
@@ -183,8 +183,8 @@ def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
         iou_threshold (float): Suppress a box whose IoU with a better one
             of its class exceeds this.
         score_threshold (float): Keep only scores above this; positive.
-        max_num (int): Boxes kept per image at most, positive
-            (:data:`EVERY` for no limit).
+        max_num (int): Boxes kept per image at most; every box where it
+            is 0 or below, as mmdet's ``multiclass_nms``.
 
     Returns:
         tuple[Tensor, Tensor]: ``dets`` (N x M x 5, box and score, by
@@ -192,6 +192,7 @@ def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,
         images' rows), M at most ``max_num``.
     """
     n = boxes.shape[0]
+    max_num = max_num if max_num > 0 else EVERY
     valid = valid & (scores > score_threshold)
     highest = torch.where(valid[..., None], boxes,
                           boxes.new_tensor(float('-inf'))).flatten(1).max(1)[0]
@@ -277,7 +278,7 @@ def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
     dets, labels = nms_by_class(
         boxes, torch.cat(scores, 1), torch.cat(classes, 1),
         _size_filter(boxes, cfg.get('min_bbox_size', -1)),
-        _nms_settings(cfg.nms), threshold, k if k > 0 else EVERY)
+        _nms_settings(cfg.nms), threshold, k)
     if k <= 0:
         dets = torch.where(
             _sliced(dets[..., 4] > 0, k)[..., None], dets, dets.new_zeros(()))
@@ -382,9 +383,8 @@ def retina_head__predict_by_feat(self,
             score, pair = _best(nms_pre, score, pair)
         else:  # mmdet slices its sorted valid pairs [:nms_pre]
             score, pair = _best(score.shape[1], score, pair)
-            score = torch.where(
-                _sliced(score > threshold, nms_pre), score, score.new_zeros(
-                    ()))
+            kept = _sliced(score > threshold, nms_pre)
+            score = torch.where(kept, score, score.new_zeros(()))
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
         all_scores.append(score)
         all_labels.append(pair % c)
@@ -446,7 +446,7 @@ def bbox_head__predict_by_feat(self,
     return nms_by_class(boxes, scores, classes.reshape(n, r * c),
                         real[..., None].expand(n, r, c).reshape(n, r * c),
                         _nms_settings(rcnn_test_cfg.nms), threshold,
-                        max(rcnn_test_cfg.max_per_img, 0) or EVERY)
+                        rcnn_test_cfg.max_per_img)
 
 
 def _with_batch_index(boxes: torch.Tensor) -> torch.Tensor:
