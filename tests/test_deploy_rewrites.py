@@ -142,12 +142,7 @@ def rewritten(call, mmdet_nms=True):
 def rewritten_box_head(head, rois, logits, deltas, cfg=RCNN_CFG):
     """The box head's detections within the rewrites (see ``rewritten``),
     the batch's images of one shape."""
-    return rewritten(lambda: head.predict_by_feat(
-        rois,
-        logits,
-        deltas,
-        batch_img_metas=metas(len(rois)),
-        rcnn_test_cfg=cfg))
+    return rewritten(lambda: BoxHead(head, cfg)(rois, logits, deltas))
 
 
 def exported(module, args, tmp_path):
@@ -196,6 +191,23 @@ class DenseHead(torch.nn.Module):
             cfg=self.cfg)
 
 
+class BoxHead(torch.nn.Module):
+    """A box head's ``predict_by_feat`` as a module to export: its inputs
+    the batch's RoIs, class logits and box deltas (``box_head_outputs``)."""
+
+    def __init__(self, head, cfg=RCNN_CFG):
+        super().__init__()
+        self.head, self.cfg = head, cfg
+
+    def forward(self, rois, logits, deltas):
+        return self.head.predict_by_feat(
+            rois,
+            logits,
+            deltas,
+            batch_img_metas=metas(len(rois)),
+            rcnn_test_cfg=self.cfg)
+
+
 def assert_same_as_mmdet(mine, mmdet, labels=True, what=''):
     """Per image, the rows scored above 0 (mmdeploy's layout) are mmdet's
     instances, in mmdet's order, to float32 rounding."""
@@ -225,27 +237,14 @@ def test_rpn_proposals_are_mmdets(tmp_path):
     cls, reg = rpn_outputs()
     ref = mmdet_rpn(head, cls, reg)
     assert 20 < len(ref[0]) < RPN_CFG.max_per_img  # NMS and the size cut act
-
-    def call(*outs):
-        return head.predict_by_feat(
-            list(outs[:5]),
-            list(outs[5:]),
-            batch_img_metas=metas(2),
-            cfg=RPN_CFG)
-
+    rpn = DenseHead(head, RPN_CFG)
     # the premise: mmdeploy's own rewrite keeps other proposals here
-    theirs = rewritten(lambda: call(*cls, *reg), mmdet_nms=False)
+    theirs = rewritten(lambda: rpn(*cls, *reg), mmdet_nms=False)
     with pytest.raises(AssertionError, match='kept, mmdet'):
         assert_same_as_mmdet(theirs, ref, labels=False)
     assert_same_as_mmdet(
-        rewritten(lambda: call(*cls, *reg)), ref, labels=False, what='eager')
-
-    class RPN(torch.nn.Module):
-
-        def forward(self, *outs):
-            return call(*outs)
-
-    run = exported(RPN(), cls + reg, tmp_path)
+        rewritten(lambda: rpn(*cls, *reg)), ref, labels=False, what='eager')
+    run = exported(rpn, cls + reg, tmp_path)
     assert_same_as_mmdet(run(cls + reg), ref, labels=False, what='ONNX')
     assert_same_as_mmdet(  # the second image alone: the batch is dynamic
         run([x[1:] for x in cls + reg]),
@@ -283,8 +282,7 @@ def test_rpn_with_softmax_scores():
     cls, reg = rpn_outputs(channels=2)
     ref = mmdet_rpn(head, cls, reg)
     assert 20 < len(ref[1]) < RPN_CFG.max_per_img
-    mine = rewritten(lambda: head.predict_by_feat(
-        cls, reg, batch_img_metas=metas(2), cfg=RPN_CFG))
+    mine = rewritten(lambda: DenseHead(head, RPN_CFG)(*cls, *reg))
     assert_same_as_mmdet(mine, ref, labels=False)
 
 
@@ -338,27 +336,14 @@ def test_retinanet_detections_are_mmdets(tmp_path):
             cls, reg, batch_img_metas=metas(2), cfg=RETINA_CFG)
     assert len(ref[0]) == RETINA_CFG.max_per_img
     assert len(ref[0].labels.unique()) > 10
-
-    def call(*outs):
-        return head.predict_by_feat(
-            list(outs[:5]),
-            list(outs[5:]),
-            batch_img_metas=metas(2),
-            cfg=RETINA_CFG)
-
+    retina = DenseHead(head, RETINA_CFG)
     # the premise: mmdeploy's choice of anchors keeps other detections
-    theirs = rewritten(lambda: call(*cls, *reg), mmdet_nms=False)
+    theirs = rewritten(lambda: retina(*cls, *reg), mmdet_nms=False)
     with pytest.raises(AssertionError):
         assert_same_as_mmdet(theirs, ref)
     assert_same_as_mmdet(
-        rewritten(lambda: call(*cls, *reg)), ref, what='eager')
-
-    class Retina(torch.nn.Module):
-
-        def forward(self, *outs):
-            return call(*outs)
-
-    run = exported(Retina(), cls + reg, tmp_path)
+        rewritten(lambda: retina(*cls, *reg)), ref, what='eager')
+    run = exported(retina, cls + reg, tmp_path)
     assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
     assert_same_as_mmdet(run([x[1:] for x in cls + reg]), ref[1:], what='ONNX')
 
@@ -428,29 +413,15 @@ def test_box_head_detections_are_mmdets(tmp_path):
     ref = mmdet_box_head(head, rois, logits, deltas)
     assert len(ref[0]) == RCNN_CFG.max_per_img  # enough candidates
     assert len(ref[0].labels.unique()) > 4
-
-    def call(rois, logits, deltas):
-        return head.predict_by_feat(
-            rois,
-            logits,
-            deltas,
-            batch_img_metas=metas(2),
-            rcnn_test_cfg=RCNN_CFG)
-
     # the premise: one box per RoI (mmdeploy's) changes the boxes
-    theirs = rewritten(lambda: call(rois, logits, deltas), mmdet_nms=False)
+    theirs = rewritten(
+        lambda: BoxHead(head)(rois, logits, deltas), mmdet_nms=False)
     with pytest.raises(AssertionError):
         assert_same_as_mmdet(theirs, ref)
     assert_same_as_mmdet(
-        rewritten(lambda: call(rois, logits, deltas)), ref, what='eager')
-
-    class Head(torch.nn.Module):
-
-        def forward(self, rois, logits, deltas):
-            return call(rois, logits, deltas)
-
+        rewritten_box_head(head, rois, logits, deltas), ref, what='eager')
     outs = [rois, logits, deltas]
-    run = exported(Head(), outs, tmp_path)
+    run = exported(BoxHead(head), outs, tmp_path)
     assert_same_as_mmdet(run(outs), ref, what='ONNX')
     assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
     # nothing above the threshold: no detection (only the padding row)
@@ -459,7 +430,7 @@ def test_box_head_detections_are_mmdets(tmp_path):
     none = mmdet_box_head(head, rois, background, deltas)
     assert [len(r) for r in none] == [0, 0]
     assert_same_as_mmdet(
-        rewritten(lambda: call(rois, background, deltas)), none, what='eager')
+        rewritten_box_head(head, rois, background, deltas), none, what='eager')
     assert_same_as_mmdet(run([rois, background, deltas]), none, what='ONNX')
 
 
@@ -474,17 +445,11 @@ def test_box_head_keeps_every_detection_without_max_per_img(
     cfg.update(max_per_img=max_per_img)
     ref = mmdet_box_head(head, rois, logits, deltas, cfg)
     assert len(ref[0]) > 4 * RCNN_CFG.max_per_img
-
-    class Head(torch.nn.Module):
-
-        def forward(self, *outs):
-            return head.predict_by_feat(
-                *outs, batch_img_metas=metas(2), rcnn_test_cfg=cfg)
-
-    outs = [rois, logits, deltas]
-    assert_same_as_mmdet(rewritten(lambda: Head()(*outs)), ref, what='eager')
     assert_same_as_mmdet(
-        exported(Head(), outs, tmp_path)(outs), ref, what='ONNX')
+        rewritten_box_head(head, rois, logits, deltas, cfg), ref, what='eager')
+    outs = [rois, logits, deltas]
+    assert_same_as_mmdet(
+        exported(BoxHead(head, cfg), outs, tmp_path)(outs), ref, what='ONNX')
 
 
 @pytest.mark.parametrize('max_per_img', [-3, -1, 0, 1])
