@@ -354,3 +354,91 @@ def test_load_deploy_cfg_checks_the_opset(opset):
         with pytest.raises(ValueError, match=f'at least 11.*got {opset!r}'):
             load_deploy_cfg(given, opset)
     assert given == ort_deploy_cfg('detection')
+
+
+def _mmdeploy_onnx_config(output_names, dynamic_axes):
+    """mmdeploy 1.3.1's ``configs/_base_/onnx_config.py`` with a
+    config's outputs and dynamic axes."""
+    return dict(
+        type='onnx',
+        export_params=True,
+        keep_initializers_as_inputs=False,
+        opset_version=11,
+        save_file='end2end.onnx',
+        input_names=['input'],
+        output_names=output_names,
+        input_shape=None,
+        optimize=True,
+        dynamic_axes=dynamic_axes)
+
+
+def test_deploy_cfgs_are_mmdeploys_files():
+    """``ort_deploy_cfg`` is mmdeploy 1.3.1's ONNX Runtime deploy configs
+    with their bases flattened, every entry: written out here by hand from
+    the files of mmdeploy's v1.3.1 tag (``configs/_base_/onnx_config.py``,
+    ``configs/_base_/backends/onnxruntime.py``,
+    ``configs/mmdet/_base_/base_{static,dynamic,instance-seg_static,
+    instance-seg_dynamic}.py``,
+    ``configs/mmdet/{detection,instance-seg}/*_onnxruntime_dynamic.py``,
+    ``configs/mmseg/segmentation_{static,dynamic,onnxruntime_dynamic}.py``),
+    which the mmdeploy wheel does not ship."""
+    from mmrest.deploy import ort_deploy_cfg
+    image = {0: 'batch', 2: 'height', 3: 'width'}
+    boxes = {0: 'batch', 1: 'num_dets'}
+    post_processing = dict(
+        score_threshold=0.05,
+        confidence_threshold=0.005,
+        iou_threshold=0.5,
+        max_output_boxes_per_class=200,
+        pre_top_k=5000,
+        keep_top_k=100,
+        background_label_id=-1)
+    detection = dict(
+        type='mmdet',
+        task='ObjectDetection',
+        model_type='end2end',
+        post_processing=post_processing)
+    backend = dict(type='onnxruntime')
+    expected = {
+        'detection':
+        dict(
+            onnx_config=_mmdeploy_onnx_config(['dets', 'labels'],
+                                              dict(
+                                                  input=image,
+                                                  dets=boxes,
+                                                  labels=boxes)),
+            codebase_config=detection,
+            backend_config=backend),
+        'instance-seg':
+        dict(
+            onnx_config=_mmdeploy_onnx_config(['dets', 'labels', 'masks'],
+                                              dict(
+                                                  input=image,
+                                                  dets=boxes,
+                                                  labels=boxes,
+                                                  masks={
+                                                      0: 'batch',
+                                                      1: 'num_dets',
+                                                      2: 'height',
+                                                      3: 'width'
+                                                  })),
+            codebase_config=dict(
+                detection,
+                post_processing=dict(
+                    post_processing, export_postprocess_mask=False)),
+            backend_config=backend),
+        'segmentation':
+        dict(
+            onnx_config=_mmdeploy_onnx_config(['output'],
+                                              dict(input=image, output=image)),
+            codebase_config=dict(
+                type='mmseg', task='Segmentation', with_argmax=True),
+            backend_config=backend),
+    }
+    for task, cfg in expected.items():
+        assert ort_deploy_cfg(task) == cfg, task
+    # the logits: the same with mmdeploy's with_argmax=False
+    logits = ort_deploy_cfg('segmentation-logits')
+    assert logits['codebase_config'].pop('with_argmax') is False
+    del expected['segmentation']['codebase_config']['with_argmax']
+    assert logits == expected['segmentation']
