@@ -301,11 +301,10 @@ def make_input(task_processor, model, image):
     name or an HxWx3 uint8 BGR array), through the config's test pipeline
     and the detector's data preprocessor (``data['inputs']`` is the
     normalised batch: feed it to the forward, not to ``test_step``)."""
-    data, inputs = task_processor.create_input(
+    # mmdeploy's detection and segmentation processors return the data
+    # preprocessor's stacked batch (a tensor, one image here)
+    return task_processor.create_input(
         image, None, data_preprocessor=model.data_preprocessor)
-    if isinstance(inputs, list) and len(inputs) == 1:
-        inputs = inputs[0]
-    return data, inputs
 
 
 def export_detector(task_processor,
