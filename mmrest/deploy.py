@@ -375,31 +375,54 @@ def build_ort_model(task_processor, onnx_file: str):
     """mmdeploy's ONNX Runtime backend model of ``onnx_file``; its
     ``test_step(data)`` returns ``DetDataSample``s like the detector's, or
     ``SegDataSample``s like the segmentor's. A segmentor's logits (deploy
-    config ``segmentation-logits``) are resized to the original image and
-    turned into labels as mmseg does (its ``postprocess_result``:
-    bilinear, then the argmax), where mmdeploy's backend model takes the
-    argmax first and resizes the labels (nearest), as it does with the
-    labels of ``segmentation``."""
+    config ``segmentation-logits``: mmdeploy's ``with_argmax=False``) are
+    resized to the original image and turned into labels as mmseg does (its
+    ``postprocess_result``: bilinear, then the argmax), where mmdeploy's
+    backend model takes the argmax first and resizes the labels (nearest),
+    as it does with the labels of ``segmentation``. A binary segmentor's
+    graph (one output channel) gives labels in either config (mmdeploy's
+    rewrite thresholds the logits in the graph): they are resized as
+    ``segmentation``'s, where mmdeploy's backend model would take their
+    argmax over the one channel (every pixel 0)."""
     if not osp.isfile(onnx_file):
         raise FileNotFoundError(f'ONNX file not found: {onnx_file!r}')
     model = task_processor.build_backend_model([onnx_file])
-    if task_processor.deploy_cfg.codebase_config.type == 'mmseg':
-        head = task_processor.model_cfg.model.decode_head
-        if isinstance(head, (list, tuple)):  # a cascade: mmseg's last head
-            head = head[-1]
-        segmentor = types.SimpleNamespace(
-            align_corners=head.get('align_corners', False))
-        model.pack_result = functools.partial(_pack_as_mmseg,
-                                              model.pack_result, segmentor)
+    codebase = task_processor.deploy_cfg.codebase_config
+    if codebase.type == 'mmseg' and codebase.get('with_argmax', True) is False:
+        model.pack_result = functools.partial(
+            _pack_as_mmseg, segmentor_view(task_processor.model_cfg.model))
     return model
 
 
-def _pack_as_mmseg(mmdeploy_pack, segmentor, batch_outputs, data_samples):
-    if not batch_outputs.is_floating_point() or batch_outputs.shape[1] == 1:
-        return mmdeploy_pack(batch_outputs, data_samples)  # labels
-    from mmseg.models.segmentors import BaseSegmentor
-    return BaseSegmentor.postprocess_result(segmentor, batch_outputs,
-                                            data_samples)
+def segmentor_view(model_cfg) -> types.SimpleNamespace:
+    """What mmseg's ``BaseSegmentor.postprocess_result`` reads of a
+    segmentor with several output channels, from its model config:
+    ``align_corners``, the decode head's or a cascade's last head's (as
+    mmseg's ``CascadeEncoderDecoder`` takes it)."""
+    head = model_cfg.decode_head
+    if isinstance(head, (list, tuple)):
+        head = head[-1]
+    return types.SimpleNamespace(
+        align_corners=head.get('align_corners', False))
+
+
+def _pack_as_mmseg(segmentor, batch_outputs, data_samples):
+    """The graph's logits as mmseg's ``postprocess_result`` labels them;
+    labels (a binary segmentor's) resized to the original image
+    (nearest)."""
+    if batch_outputs.is_floating_point():
+        from mmseg.models.segmentors import BaseSegmentor
+        return BaseSegmentor.postprocess_result(segmentor, batch_outputs,
+                                                data_samples)
+    from mmengine.structures import PixelData
+    for labels, sample in zip(batch_outputs, data_samples):
+        size = tuple(sample.metainfo['ori_shape'])
+        if tuple(labels.shape[-2:]) != size:
+            labels = torch.nn.functional.interpolate(
+                labels[None].float(), size=size,
+                mode='nearest')[0].to(labels.dtype)
+        sample.set_data(dict(pred_sem_seg=PixelData(data=labels)))
+    return data_samples
 
 
 def rewritten_outputs(task_processor,

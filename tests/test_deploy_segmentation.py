@@ -166,6 +166,8 @@ def test_exported_segmentor_computes_mmsegs_logits(tmp_path):
     processor, model = segmentor(cfg)
     onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
                                 str(tmp_path), cfg)
+    # named as mmdeploy names it: the deploy config's save_file
+    assert onnx_file == str(tmp_path / 'end2end.onnx')
     exact_model = copy.deepcopy(model).double()
     for i, size in enumerate(SIZES):
         inputs = inputs_at(size, n=2 if i == len(SIZES) - 1 else 1, seed=i)
@@ -373,3 +375,78 @@ def test_tool_default_deploy_cfg(monkeypatch):
         with pytest.raises(RuntimeError, match='stop here'):
             tool.main([config])
         assert seen.pop() == expected, config
+
+
+def test_segmentor_view_reads_what_mmseg_builds():
+    """``segmentor_view``'s ``align_corners`` is that of the segmentor
+    mmseg builds from the same config: the decode head's, and a cascade's
+    last head's (mmseg's ``CascadeEncoderDecoder``), whichever the first
+    head has."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    from mmrest.deploy import segmentor_view
+    base = Config.fromfile(SEG_CONFIG).model
+    base.backbone.init_cfg = None
+    configs = []
+    for corners in (False, True):
+        cfg = copy.deepcopy(base)
+        cfg.decode_head.align_corners = corners
+        configs.append(cfg)
+        cascade = copy.deepcopy(base)
+        cascade.update(type='CascadeEncoderDecoder', num_stages=2)
+        cascade.decode_head = [
+            dict(base.decode_head, align_corners=not corners),
+            dict(base.decode_head, align_corners=corners)
+        ]
+        configs.append(cascade)
+    for cfg in configs:
+        built = MODELS.build(cfg).align_corners
+        assert segmentor_view(cfg).align_corners is built
+    assert [segmentor_view(c).align_corners
+            for c in configs] == [False, False, True, True]
+
+
+@pytest.mark.parametrize('image,min_iou', [((96, 96), 0.999),
+                                           ((128, 160), 0.9)])
+def test_backend_model_labels_binary_segmentors(image, min_iou, tmp_path):
+    """A binary UperNet (one output channel, threshold 0.5) exported with
+    ``segmentation-logits``: mmdeploy's rewrite thresholds the logits in
+    the graph, and its backend model then takes the argmax of the one
+    channel of labels (every pixel 0). ``build_ort_model``'s labels are
+    mmseg's where the test pipeline keeps the image's size (96 x 96),
+    and resized (nearest) where it does not (128 x 160, seen at 77 x 96:
+    mmseg resizes the logits, bilinear). The classifier's weights are
+    drawn wide and its bias centres the logits on the image, so that both
+    labels cover many pixels."""
+    from mmrest.deploy import build_ort_model, predict
+    processor, model = build_detector(
+        SEG_CONFIG,
+        'segmentation-logits',
+        cfg_options={
+            'model.decode_head.num_classes': 2,
+            'model.decode_head.out_channels': 1,
+            'model.decode_head.threshold': 0.5
+        })
+    picture = synthetic_image(image)
+    data, inputs = make_input(processor, model, picture)
+    conv_seg = model.decode_head.conv_seg
+    with torch.no_grad():
+        conv_seg.weight.normal_(
+            0, 1, generator=torch.Generator().manual_seed(0))
+        conv_seg.bias.zero_()
+        conv_seg.bias -= mmseg_logits(model, inputs).median()
+    ref = predict(model, data)
+    assert ref.shape == image
+    assert 0.2 < ref.float().mean() < 0.8  # both labels cover many pixels
+    onnx_file = export_detector(processor, model, picture, str(tmp_path),
+                                'segmentation-logits')
+    graph, = onnx_outputs(onnx_file, inputs)
+    assert graph.dtype == torch.int64 and graph.shape[1] == 1  # labels
+    mmdeploys = predict(processor.build_backend_model([onnx_file]), data)
+    assert mmdeploys.shape == image and not mmdeploys.any()
+    got = predict(build_ort_model(processor, onnx_file), data)
+    assert got.shape == image
+    report = compare_maps(ref, got)
+    assert report['num_labels'] == 2 and report['min_label_iou'] > min_iou, \
+        report
