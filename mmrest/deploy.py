@@ -40,6 +40,7 @@ import contextlib
 import copy
 import functools
 import importlib.util
+import math
 import os
 import os.path as osp
 import types
@@ -437,16 +438,41 @@ def rewritten_outputs(task_processor,
     ``make_input``'s ``data`` and ``inputs``: ``(dets, labels)`` or
     ``(dets, labels, masks)`` of a detector, ``(labels, )`` of a segmentor
     (N x 1 x H x W), batched as the graph's outputs. ``with_argmax``, if
-    given, replaces the deploy config's (False: a segmentor's logits)."""
+    given, replaces the deploy config's (False: a segmentor's logits, but
+    a binary one's labels: see :func:`rewritten_logits`)."""
+    cfg = task_processor.deploy_cfg
+    if with_argmax is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.codebase_config.with_argmax = with_argmax
+    with _rewriting(cfg, mmdet_nms):
+        out = model(inputs, data['data_samples'], mode='predict')
+    # a segmentor's graph has one output, a detector's several
+    return (out, ) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def rewritten_logits(task_processor, model, data, inputs) -> torch.Tensor:
+    """A segmentor's logits at the network input's size (N x C x H x W)
+    as mmdeploy's rewritten forward computes them (run in PyTorch, as in
+    :func:`rewritten_outputs`), before its argmax or, for a binary
+    segmentor (C = 1), its threshold, which it puts in the graph in every
+    deploy config."""
+    samples = copy.deepcopy(data['data_samples'])
+    for sample in samples:  # as mmdeploy's forward sets it
+        sample.set_metainfo(dict(img_shape=tuple(inputs.shape[2:])))
+    with _rewriting(task_processor.deploy_cfg, True):
+        return model.predict(inputs, samples)
+
+
+@contextlib.contextmanager
+def _rewriting(cfg, mmdet_nms: bool) -> Iterator[None]:
+    """mmdeploy's rewrites for ``cfg`` with mmrest's, without autograd, the
+    backbones' literal computation."""
     from mmdeploy.core import RewriterContext
     from mmdeploy.utils import get_backend, get_ir_config
 
     from .backbones import kernels
     from .deploy_rewrites import exact_adaptive_pooling, mmdet_post_processing
-    cfg = task_processor.deploy_cfg
-    if with_argmax is not None:
-        cfg = copy.deepcopy(cfg)
-        cfg.codebase_config.with_argmax = with_argmax
+
     # the backbones' literal computation (the same formulas): their fast
     # path's SDPA call would meet mmdeploy's rewrite of SDPA, which divides
     # by the scale (the export writes the formula out instead)
@@ -456,9 +482,7 @@ def rewritten_outputs(task_processor,
                 cfg=cfg,
                 backend=get_backend(cfg).value,
                 opset=get_ir_config(cfg).get('opset_version', 11)):
-        out = model(inputs, data['data_samples'], mode='predict')
-    # a segmentor's graph has one output, a detector's several
-    return (out, ) if isinstance(out, torch.Tensor) else tuple(out)
+        yield
 
 
 def onnx_outputs(onnx_file: str, inputs: torch.Tensor) -> tuple:
@@ -522,33 +546,53 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
     return out
 
 
-def seg_graph_report(logits: torch.Tensor, got: torch.Tensor) -> dict:
+def seg_graph_report(logits: torch.Tensor,
+                     got: torch.Tensor,
+                     threshold: Optional[float] = None) -> dict:
     """How a segmentor graph's output (``got``: N x 1 x H x W labels, or
     with ``with_argmax=False`` N x C x H x W logits) differs from the
     rewritten segmentor's logits (``logits``: N x C x H x W, from
-    :func:`rewritten_outputs` with ``with_argmax=False``): the largest
-    logit (``logit_scale``, what differences are measured against), the
-    number of pixels, how many labels differ and, of those, the largest
-    margin between the two best logits (a difference within rounding is a
-    tie, not an error); for logits, their largest difference too."""
+    :func:`rewritten_logits`): the largest logit (``logit_scale``, what
+    differences are measured against), the number of pixels, how many
+    labels differ and, of those, the largest margin between the two best
+    logits (a difference within rounding is a tie, not an error); for
+    logits, their largest difference too. A binary segmentor (C = 1, its
+    decode head's ``threshold`` given) labels a pixel 1 where the logit's
+    sigmoid exceeds ``threshold``: the margin is the logit's distance from
+    the threshold's logit."""
     logits = logits.double()
     out = dict(logit_scale=float(logits.abs().max()))
     if got.is_floating_point():
         out['max_logit_diff'] = float((logits - got.double()).abs().max())
         got = got.argmax(1, keepdim=True)
-    labels = logits.argmax(1, keepdim=True)
+    if threshold is not None and logits.shape[1] == 1:
+        cut = -math.inf if threshold <= 0 else math.inf if threshold >= 1 \
+            else math.log(threshold / (1 - threshold))
+        labels = (logits > cut).long()
+        margin = (logits - cut).abs()
+    else:
+        labels = logits.argmax(1, keepdim=True)
+        top2 = logits.topk(min(2, logits.shape[1]), dim=1)[0]
+        margin = top2[:, :1] - top2[:, -1:]
     if labels.shape != got.shape:
         raise ValueError(f'the graph gave labels of shape {tuple(got.shape)} '
                          f'for logits of shape {tuple(logits.shape)}')
     differ = labels != got.long()
-    top2 = logits.topk(min(2, logits.shape[1]), dim=1)[0]
-    margin = top2[:, :1] - top2[:, -1:]
     out.update(
         num_pixels=labels.numel(),
         num_differ=int(differ.sum()),
         max_margin_where_differ=float(margin[differ].max())
         if differ.any() else 0.)
     return out
+
+
+def binary_threshold(segmentor) -> Optional[float]:
+    """A binary segmentor's threshold (its decode head's, or a cascade's
+    last head's, with one output channel), else None."""
+    head = segmentor.decode_head
+    if isinstance(head, torch.nn.ModuleList):
+        head = head[-1]
+    return head.threshold if head.out_channels == 1 else None
 
 
 def graph_matches(report: dict, tolerance: float = GRAPH_TOLERANCE) -> bool:

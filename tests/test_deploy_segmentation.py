@@ -25,8 +25,8 @@ from mmrest.backbones import kernels
 from mmrest.deploy import (build_detector, compare_maps, export_detector,
                            graph_matches, load_deploy_cfg, make_input,
                            mmdeploy_torch_shims, onnx_outputs,
-                           rewritten_outputs, seg_graph_report,
-                           synthetic_image)
+                           rewritten_logits, rewritten_outputs,
+                           seg_graph_report, synthetic_image)
 from mmrest.deploy_rewrites import (adaptive_avg_pool2d,
                                     exact_adaptive_pooling, pooling_matrix)
 
@@ -184,7 +184,8 @@ def test_mmdeploys_pooling_is_not_mmsegs():
     """The premise: with mmdeploy's own rewrite of the pooling, the
     rewritten segmentor's logits at a 256 x 256 input (an 8 x 8 stage-4
     map) are far from mmseg's, and at 77 x 96 (3 x 3) it fails; with
-    mmrest's (``rewritten_outputs``) they are mmseg's."""
+    mmrest's (``rewritten_outputs``, ``rewritten_logits``) they are
+    mmseg's."""
     from mmdeploy.core import RewriterContext
     cfg = load_deploy_cfg('segmentation')
     cfg.codebase_config.with_argmax = False
@@ -202,6 +203,10 @@ def test_mmdeploys_pooling_is_not_mmsegs():
     ours, = rewritten_outputs(
         processor, model, copy.deepcopy(data), inputs, with_argmax=False)
     assert_float64_equal(ours, mmseg, name='mmrest\'s pooling')
+    assert_float64_equal(
+        rewritten_logits(processor, model, copy.deepcopy(data), inputs),
+        mmseg,
+        name='rewritten logits')
     assert relative_error(mmdeploys(inputs), mmseg) > 1e-2
     with pytest.raises(RuntimeError, match='stride should not be zero'):
         mmdeploys(inputs_at((77, 96)).double())
@@ -242,6 +247,40 @@ def test_seg_graph_report_excuses_ties_only():
     # one class (one logit a pixel): every label 0, no margin to take
     one = seg_graph_report(logits[:, :1], torch.zeros(1, 1, 2, 2).long())
     assert (one['num_differ'], one['max_margin_where_differ']) == (0, 0.)
+
+
+def test_seg_graph_report_of_a_binary_segmentor():
+    """A binary segmentor (one logit a pixel, its head's ``threshold``)
+    labels 1 where the logit's sigmoid exceeds the threshold: a label that
+    differs where the logit is within the tolerance of the threshold's
+    logit is a tie; one beyond it an error. Without the threshold one logit
+    gives label 0 everywhere (the multi-class reading)."""
+    logits = torch.tensor([[[[-2., 0.5], [3., 1e-3]]]], dtype=torch.float64)
+    labels = torch.tensor([[[[0, 1], [1, 1]]]])
+    report = seg_graph_report(logits, labels, threshold=0.5)  # logit 0
+    assert report == dict(
+        logit_scale=3., num_pixels=4, num_differ=0, max_margin_where_differ=0.)
+    labels[0, 0, 1, 1] = 0  # 1e-3 above the threshold's logit: a tie
+    report = seg_graph_report(logits, labels, threshold=0.5)
+    assert report['num_differ'] == 1
+    assert report['max_margin_where_differ'] == pytest.approx(1e-3)
+    assert graph_matches(report) and not graph_matches(report, 1e-4)
+    labels[0, 0, 0, 1] = 0  # 0.5 above it: an error
+    report = seg_graph_report(logits, labels, threshold=0.5)
+    assert report['max_margin_where_differ'] == pytest.approx(0.5)
+    assert not graph_matches(report)
+    # threshold 0.8: the logit log(4) = 1.386 (only 3 above it)
+    report = seg_graph_report(
+        logits, torch.tensor([[[[0, 0], [1, 0]]]]), threshold=0.8)
+    assert report['num_differ'] == 0
+    # a threshold of 0 or below labels all 1, of 1 or above all 0
+    assert seg_graph_report(logits,
+                            torch.ones(1, 1, 2, 2).long(),
+                            0.)['num_differ'] == 0
+    assert seg_graph_report(logits,
+                            torch.zeros(1, 1, 2, 2).long(),
+                            1.)['num_differ'] == 0
+    assert seg_graph_report(logits, labels)['num_differ'] == 1  # the 3
 
 
 def test_compare_maps_by_hand():
@@ -321,6 +360,28 @@ def test_tool_on_a_segmentor(task, image, code, says, tmp_path, capsys):
     assert says in out
 
 
+def _tool_with_stand_ins(monkeypatch, tmp_path, logits, graph, threshold,
+                         maps):
+    """tools/deploy.py with a segmentation deploy config and stand-ins for
+    the models: the rewritten segmentor's ``logits``, the ``graph``'s
+    labels, the decode head's binary ``threshold`` and the label maps
+    (mmseg's, ONNX Runtime's); returns the exit code."""
+    tool = load_tool('deploy')
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
+    monkeypatch.setattr(tool, 'export_detector',
+                        lambda *a: str(tmp_path / 'end2end.onnx'))
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        ({}, torch.zeros(1, 3, 4, 4)))
+    monkeypatch.setattr(tool, 'rewritten_logits', lambda *a: logits)
+    monkeypatch.setattr(tool, 'binary_threshold', lambda model: threshold)
+    monkeypatch.setattr(tool, 'onnx_outputs', lambda *a: (graph, ))
+    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
+    monkeypatch.setattr(
+        tool, 'predict',
+        lambda model, data: dict(zip(('pytorch', 'onnx'), maps))[model])
+    return tool.main(['config.py', '--deploy-cfg', 'segmentation'])
+
+
 @pytest.mark.parametrize('graph_ok,maps_ok,code,says', [
     (True, True, 0, 'agrees with the PyTorch segmentor'),
     (True, False, 1, "mmdeploy's backend model resizes the label map"),
@@ -332,7 +393,6 @@ def test_tool_segmentor_exit_code(graph_ok, maps_ok, code, says, monkeypatch,
     the models: 0 only when the graph's labels are the rewritten
     segmentor's (ties aside) and each label's pixels in ONNX Runtime's map
     and mmseg's have an IoU of at least --box-iou."""
-    tool = load_tool('deploy')
     logits = torch.zeros(1, 2, 4, 4)
     logits[:, 1, :2] = 1.  # label 1 on the top half
     labels = logits.argmax(1, keepdim=True)
@@ -340,19 +400,30 @@ def test_tool_segmentor_exit_code(graph_ok, maps_ok, code, says, monkeypatch,
     got = ref.clone()
     if not maps_ok:
         got[2] = 1  # label 0: IoU 1 / 2
-    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
-    monkeypatch.setattr(tool, 'export_detector',
-                        lambda *a: str(tmp_path / 'end2end.onnx'))
-    monkeypatch.setattr(tool, 'make_input', lambda *a:
-                        ({}, torch.zeros(1, 3, 4, 4)))
-    monkeypatch.setattr(tool, 'rewritten_outputs', lambda *a, **k: (logits, ))
-    monkeypatch.setattr(tool, 'onnx_outputs', lambda *a:
-                        (labels if graph_ok else 1 - labels, ))
-    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
-    monkeypatch.setattr(tool, 'predict',
-                        lambda model, data: dict(pytorch=ref, onnx=got)[model])
-    assert tool.main(['config.py', '--deploy-cfg', 'segmentation']) == code
+    graph = labels if graph_ok else 1 - labels
+    assert _tool_with_stand_ins(monkeypatch, tmp_path, logits, graph, None,
+                                (ref, got)) == code
     assert says in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('graph_ok', [True, False])
+def test_tool_checks_a_binary_segmentors_graph(graph_ok, monkeypatch, capsys,
+                                               tmp_path):
+    """A binary segmentor's graph labels are checked against its rewritten
+    logits with its decode head's threshold (one logit a pixel has no
+    second best to make a tie of: read without it, every label differing
+    would pass)."""
+    logits = -torch.ones(1, 1, 4, 4)
+    logits[..., :2, :] = 1.  # sigmoid 0.73 > 0.5 on the top half
+    labels = (logits > 0).long()
+    graph = labels if graph_ok else 1 - labels
+    maps = (labels[0, 0], labels[0, 0])
+    code = _tool_with_stand_ins(monkeypatch, tmp_path, logits, graph, 0.5,
+                                maps)
+    out = capsys.readouterr().out
+    assert code == (0 if graph_ok else 1), out
+    assert ('computes' if graph_ok else 'DIFFERS FROM') + \
+        " mmdeploy's rewritten model" in out
 
 
 def test_tool_default_deploy_cfg(monkeypatch):
@@ -381,11 +452,13 @@ def test_segmentor_view_reads_what_mmseg_builds():
     """``segmentor_view``'s ``align_corners`` is that of the segmentor
     mmseg builds from the same config: the decode head's, and a cascade's
     last head's (mmseg's ``CascadeEncoderDecoder``), whichever the first
-    head has."""
+    head has. ``binary_threshold`` of the built segmentor: None for 5
+    classes; for one output channel the head's threshold, mmseg's 0.3
+    where the config sets none."""
     from mmengine.config import Config
     from mmseg.registry import MODELS
 
-    from mmrest.deploy import segmentor_view
+    from mmrest.deploy import binary_threshold, segmentor_view
     base = Config.fromfile(SEG_CONFIG).model
     base.backbone.init_cfg = None
     configs = []
@@ -401,8 +474,18 @@ def test_segmentor_view_reads_what_mmseg_builds():
         ]
         configs.append(cascade)
     for cfg in configs:
-        built = MODELS.build(cfg).align_corners
-        assert segmentor_view(cfg).align_corners is built
+        built = MODELS.build(cfg)
+        assert segmentor_view(cfg).align_corners is built.align_corners
+        assert binary_threshold(built) is None  # 5 classes
+    # binary: mmseg's threshold (its default where the config has none)
+    for threshold, expected in (None, 0.3), (0.6, 0.6):
+        for cfg in configs[:2]:
+            cfg = copy.deepcopy(cfg)
+            heads = cfg.decode_head if isinstance(cfg.decode_head,
+                                                  list) else [cfg.decode_head]
+            heads[-1].update(
+                num_classes=2, out_channels=1, threshold=threshold)
+            assert binary_threshold(MODELS.build(cfg)) == expected
     assert [segmentor_view(c).align_corners
             for c in configs] == [False, False, True, True]
 
@@ -443,6 +526,11 @@ def test_backend_model_labels_binary_segmentors(image, min_iou, tmp_path):
                                 'segmentation-logits')
     graph, = onnx_outputs(onnx_file, inputs)
     assert graph.dtype == torch.int64 and graph.shape[1] == 1  # labels
+    from mmrest.deploy import binary_threshold
+    assert binary_threshold(model) == 0.5
+    report = seg_graph_report(
+        rewritten_logits(processor, model, data, inputs), graph, 0.5)
+    assert graph_matches(report), report
     mmdeploys = predict(processor.build_backend_model([onnx_file]), data)
     assert mmdeploys.shape == image and not mmdeploys.any()
     got = predict(build_ort_model(processor, onnx_file), data)

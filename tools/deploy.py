@@ -49,11 +49,12 @@ import sys
 from mmengine.config import DictAction
 
 from mmrest.deploy import (DEPLOY_TASKS, GRAPH_TOLERANCE, MIN_OPSET, agrees,
-                           build_detector, build_ort_model, compare,
-                           compare_maps, export_detector, graph_matches,
-                           graph_report, load_deploy_cfg, make_input,
-                           onnx_outputs, predict, rewritten_outputs,
-                           seg_graph_report, synthetic_image)
+                           binary_threshold, build_detector, build_ort_model,
+                           compare, compare_maps, export_detector,
+                           graph_matches, graph_report, load_deploy_cfg,
+                           make_input, onnx_outputs, predict, rewritten_logits,
+                           rewritten_outputs, seg_graph_report,
+                           synthetic_image)
 
 
 def parse_args(argv=None):
@@ -130,9 +131,8 @@ def main(argv=None) -> int:
     # the graph against what mmdeploy meant it to compute
     if segmentor:
         graph = seg_graph_report(
-            rewritten_outputs(
-                processor, model, data, inputs, with_argmax=False)[0],
-            onnx_outputs(onnx_file, inputs)[0])
+            rewritten_logits(processor, model, data, inputs),
+            onnx_outputs(onnx_file, inputs)[0], binary_threshold(model))
     else:
         graph = graph_report(
             rewritten_outputs(processor, model, data, inputs, mmdet_nms),
