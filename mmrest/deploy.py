@@ -364,7 +364,7 @@ def export_detector(task_processor,
                 opset_version=onnx_cfg.get('opset_version', 11),
                 dynamic_axes=get_dynamic_axes(deploy_cfg, names),
                 keep_initializers_as_inputs=onnx_cfg.get(
-                    'keep_initializers_as_inputs', False),
+                    'keep_initializers_as_inputs', True),
                 optimize=False)
     finally:
         if not had_forward:

@@ -543,3 +543,71 @@ def test_roi_align_of_rois_under_a_feature_pixel(opset, tmp_path):
     if opset < 16:  # the others off by about the features' size (unit normal)
         diff = (got - ref).abs().flatten(1).max(1).values
         assert diff[~same].min() > 1e-2, diff
+
+
+def test_export_detector_calls_mmdeploys_export_as_torch2onnx(
+        monkeypatch, tmp_path):
+    """``export_detector`` hands mmdeploy's ``export`` what mmdeploy's own
+    ``torch2onnx`` hands it (its file name from ``save_file``, the opset,
+    names and dynamic axes of the deploy config, ``predict`` mode, and
+    mmdeploy's defaults where a deploy config has no entry: opset 11,
+    initializers as inputs, ``end2end``), with ``optimize`` off (the wheel
+    has no optimiser); mmdet's post-processing and torch's pooling
+    switched on during the export only, the first unless ``mmdet_nms`` is
+    False; mmdeploy's ``forward`` left on the model removed. (mmdeploy's
+    ``export`` stands in here: the real one runs in the tests above.)"""
+    import mmdeploy.apis.onnx
+
+    from mmrest import deploy_rewrites
+    calls = []
+
+    def export(model, inputs, **kwargs):
+        calls.append(
+            dict(
+                kwargs, inputs=inputs, switched=dict(deploy_rewrites._SWITCH)))
+        model.forward = None  # mmdeploy leaves its rewritten forward bound
+
+    monkeypatch.setattr(mmdeploy.apis.onnx, 'export', export)
+    processor, model = build_detector(model_config('retinanet'), 'detection')
+    image = synthetic_image((64, 96))
+    _, inputs = make_input(processor, model, image)
+    axes = {0: 'batch', 1: 'num_dets'}
+    given = deploy.ort_deploy_cfg('detection', 12)
+    given['onnx_config']['save_file'] = 'retina.onnx'
+    bare = deploy.ort_deploy_cfg('detection')
+    for key in ('opset_version', 'keep_initializers_as_inputs', 'save_file'):
+        del bare['onnx_config'][key]
+    for cfg, nms, name, opset, keep in [
+        ('detection', True, 'end2end', 11, False),
+        (given, False, 'retina', 12, False),
+        (bare, True, 'end2end', 11, True),
+    ]:
+        out = tmp_path / f'out{len(calls)}'
+        kwargs = {} if nms else dict(mmdet_nms=False)
+        got = export_detector(processor, model, image, str(out), cfg, **kwargs)
+        assert got == str(out / name) + '.onnx' and out.is_dir()
+        call = calls[-1]
+        torch.testing.assert_close(call.pop('inputs'), inputs)
+        metas = call.pop('input_metas')
+        assert metas['mode'] == 'predict' and len(metas['data_samples']) == 1
+        assert call.pop('context_info')['deploy_cfg'].onnx_config == \
+            deploy.load_deploy_cfg(cfg).onnx_config
+        assert call == dict(
+            output_path_prefix=str(out / name),
+            backend='onnxruntime',
+            input_names=['input'],
+            output_names=['dets', 'labels'],
+            opset_version=opset,
+            dynamic_axes=dict(
+                input={
+                    0: 'batch',
+                    2: 'height',
+                    3: 'width'
+                },
+                dets=axes,
+                labels=axes),
+            keep_initializers_as_inputs=keep,
+            optimize=False,
+            switched=dict(mmdet=nms, pooling=True))
+        assert 'forward' not in model.__dict__
+    assert deploy_rewrites._SWITCH == dict(mmdet=False, pooling=False)
