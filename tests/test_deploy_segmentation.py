@@ -13,6 +13,7 @@ than, not multiples of, and multiples of the pyramid's 6.
 """
 import copy
 import functools
+import math
 from pathlib import Path
 
 import pytest
@@ -269,10 +270,17 @@ def test_seg_graph_report_of_a_binary_segmentor():
     report = seg_graph_report(logits, labels, threshold=0.5)
     assert report['max_margin_where_differ'] == pytest.approx(0.5)
     assert not graph_matches(report)
-    # threshold 0.8: the logit log(4) = 1.386 (only 3 above it)
+    # threshold 0.8: the logit log(4) = 1.386 (only 3 above it); a logit
+    # 1e-4 above it labelled 0 is a tie, its margin taken from log(4)
     report = seg_graph_report(
         logits, torch.tensor([[[[0, 0], [1, 0]]]]), threshold=0.8)
     assert report['num_differ'] == 0
+    near = logits.clone()
+    near[0, 0, 1, 1] = math.log(4) + 1e-4
+    report = seg_graph_report(
+        near, torch.tensor([[[[0, 0], [1, 0]]]]), threshold=0.8)
+    assert report['num_differ'] == 1
+    assert report['max_margin_where_differ'] == pytest.approx(1e-4, rel=1e-6)
     # a threshold of 0 or below labels all 1, of 1 or above all 0
     assert seg_graph_report(logits,
                             torch.ones(1, 1, 2, 2).long(),
