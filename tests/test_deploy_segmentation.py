@@ -481,7 +481,9 @@ def test_segmentor_view_reads_what_mmseg_builds():
             dict(base.decode_head, align_corners=corners)
         ]
         configs.append(cascade)
-    for cfg in configs:
+    unset = copy.deepcopy(base)  # mmseg's default where a head sets none
+    unset.decode_head.pop('align_corners', None)
+    for cfg in configs + [unset]:
         built = MODELS.build(cfg)
         assert segmentor_view(cfg).align_corners is built.align_corners
         assert binary_threshold(built) is None  # 5 classes
