@@ -28,8 +28,10 @@ and Cascade R-CNN is mmdet's, not mmdeploy's, and adaptive pooling
 Runtime backend model, which takes the same ``test_step`` data as the
 PyTorch model. The checks of ``tools/deploy.py``: the graph's outputs
 (:func:`onnx_outputs`) against the model with mmdeploy's rewrites run
-in PyTorch (:func:`rewritten_outputs`; :func:`graph_matches`,
-:func:`seg_graph_report`), and the backend model's detections or label
+in PyTorch (:func:`rewritten_outputs`, a segmentor's
+:func:`rewritten_logits`; :func:`graph_matches`, :func:`seg_graph_report`
+with a binary segmentor's :func:`binary_threshold`), and the backend
+model's detections or label
 map against the PyTorch model's own (:func:`compare`,
 :func:`compare_maps`, :func:`agrees`).
 
