@@ -432,21 +432,16 @@ def rewritten_outputs(task_processor,
                       model,
                       data,
                       inputs,
-                      mmdet_nms: bool = True,
-                      with_argmax: Optional[bool] = None) -> tuple:
+                      mmdet_nms: bool = True) -> tuple:
     """What the ONNX graph should compute: the model's forward with
     mmdeploy's rewrites applied (its post-processing included; with
     ``mmdet_nms``, as :func:`export_detector`'s), run in PyTorch, on
     ``make_input``'s ``data`` and ``inputs``: ``(dets, labels)`` or
     ``(dets, labels, masks)`` of a detector, ``(labels, )`` of a segmentor
-    (N x 1 x H x W), batched as the graph's outputs. ``with_argmax``, if
-    given, replaces the deploy config's (False: a segmentor's logits, but
-    a binary one's labels: see :func:`rewritten_logits`)."""
-    cfg = task_processor.deploy_cfg
-    if with_argmax is not None:
-        cfg = copy.deepcopy(cfg)
-        cfg.codebase_config.with_argmax = with_argmax
-    with _rewriting(cfg, mmdet_nms):
+    (N x 1 x H x W; with ``with_argmax=False`` in the deploy config its
+    logits, but a binary one's labels: see :func:`rewritten_logits`),
+    batched as the graph's outputs."""
+    with _rewriting(task_processor.deploy_cfg, mmdet_nms):
         out = model(inputs, data['data_samples'], mode='predict')
     # a segmentor's graph has one output, a detector's several
     return (out, ) if isinstance(out, torch.Tensor) else tuple(out)
@@ -461,13 +456,14 @@ def rewritten_logits(task_processor, model, data, inputs) -> torch.Tensor:
     samples = copy.deepcopy(data['data_samples'])
     for sample in samples:  # as mmdeploy's forward sets it
         sample.set_metainfo(dict(img_shape=tuple(inputs.shape[2:])))
-    with _rewriting(task_processor.deploy_cfg, True):
+    with _rewriting(task_processor.deploy_cfg):
         return model.predict(inputs, samples)
 
 
 @contextlib.contextmanager
-def _rewriting(cfg, mmdet_nms: bool) -> Iterator[None]:
-    """mmdeploy's rewrites for ``cfg`` with mmrest's, without autograd, the
+def _rewriting(cfg, mmdet_nms: bool = True) -> Iterator[None]:
+    """mmdeploy's rewrites for ``cfg`` with mmrest's (mmdet's
+    post-processing unless ``mmdet_nms`` is False), without autograd, the
     backbones' literal computation."""
     from mmdeploy.core import RewriterContext
     from mmdeploy.utils import get_backend, get_ir_config

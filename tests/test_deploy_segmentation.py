@@ -201,8 +201,7 @@ def test_mmdeploys_pooling_is_not_mmsegs():
 
     inputs = inputs_at((256, 256)).double()
     mmseg = mmseg_logits(model, inputs)
-    ours, = rewritten_outputs(
-        processor, model, copy.deepcopy(data), inputs, with_argmax=False)
+    ours, = rewritten_outputs(processor, model, copy.deepcopy(data), inputs)
     assert_float64_equal(ours, mmseg, name='mmrest\'s pooling')
     assert_float64_equal(
         rewritten_logits(processor, model, copy.deepcopy(data), inputs),
