@@ -411,15 +411,27 @@ def segmentor_view(model_cfg) -> types.SimpleNamespace:
 
 def _pack_as_mmseg(segmentor, batch_outputs, data_samples):
     """The graph's logits as mmseg's ``postprocess_result`` labels them;
-    labels (a binary segmentor's) resized to the original image
-    (nearest)."""
+    labels (a binary segmentor's) taken as it takes logits (the test
+    padding cut off, a flip undone), then resized to the original image
+    nearest, not bilinear."""
     if batch_outputs.is_floating_point():
         from mmseg.models.segmentors import BaseSegmentor
         return BaseSegmentor.postprocess_result(segmentor, batch_outputs,
                                                 data_samples)
     from mmengine.structures import PixelData
     for labels, sample in zip(batch_outputs, data_samples):
-        size = tuple(sample.metainfo['ori_shape'])
+        meta = sample.metainfo
+        left, right, top, bottom = meta.get('img_padding_size',
+                                            meta.get('padding_size', [0] * 4))
+        height, width = labels.shape[-2:]
+        labels = labels[:, top:height - bottom, left:width - right]
+        if meta.get('flip'):
+            direction = meta.get('flip_direction')
+            if direction not in ('horizontal', 'vertical'):
+                raise ValueError('flip_direction must be horizontal or '
+                                 f'vertical, got {direction!r}')
+            labels = labels.flip(-1 if direction == 'horizontal' else -2)
+        size = tuple(meta['ori_shape'])
         if tuple(labels.shape[-2:]) != size:
             labels = torch.nn.functional.interpolate(
                 labels[None].float(), size=size,

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import (assert_float32_close, assert_float64_equal, load_tool,
-                      relative_error)
+from _helpers import (ERROR_FACTOR, assert_float32_close, assert_float64_equal,
+                      float32_floor, load_tool, relative_error)
 
 from mmrest.backbones import kernels
 from mmrest.deploy import (build_detector, compare_maps, export_detector,
@@ -499,27 +499,69 @@ def test_segmentor_view_reads_what_mmseg_builds():
             for c in configs] == [False, False, True, True]
 
 
-@pytest.mark.parametrize('image,min_iou', [((96, 96), 0.999),
-                                           ((128, 160), 0.9)])
-def test_backend_model_labels_binary_segmentors(image, min_iou, tmp_path):
+def test_binary_labels_packed_as_mmseg_packs_logits():
+    """A binary segmentor's graph labels are packed as mmseg's
+    ``postprocess_result`` packs logits: the padding cut off (``left,
+    right, top, bottom``; ``img_padding_size`` before ``padding_size``), a
+    flip undone, then resized to ``ori_shape``, nearest (by hand)."""
+    from mmseg.structures import SegDataSample
+
+    from mmrest.deploy import _pack_as_mmseg
+    labels = torch.tensor([[[[9, 9, 9, 9, 9], [9, 0, 1, 9, 9],
+                             [9, 2, 3, 9, 9]]]])  # padded 1, 2, 1, 0
+
+    def pack(ori_shape=(2, 2), **meta):
+        sample = SegDataSample(metainfo=dict(ori_shape=ori_shape, **meta))
+        packed, = _pack_as_mmseg(None, labels.clone(), [sample])
+        return packed.pred_sem_seg.data.tolist()
+
+    padded = dict(padding_size=(1, 2, 1, 0))
+    assert pack(**padded) == [[[0, 1], [2, 3]]]
+    assert pack(
+        img_padding_size=(1, 2, 1, 0), padding_size=(0, 0, 0, 0)) == [[[0, 1],
+                                                                       [2, 3]]]
+    assert pack(
+        flip=True, flip_direction='horizontal', **padded) == [[[1, 0], [3, 2]]]
+    assert pack(
+        flip=True, flip_direction='vertical', **padded) == [[[2, 3], [0, 1]]]
+    assert pack(
+        flip=False, flip_direction='diagonal', **padded) == [[[0, 1], [2, 3]]]
+    assert pack((4, 3), **padded) == [[[0, 0, 1], [0, 0, 1], [2, 2, 3],
+                                       [2, 2, 3]]]
+    assert pack((1, 5)) == [[[9, 9, 9, 9, 9]]]  # no padding: rows 0
+    with pytest.raises(ValueError, match="flip_direction .* 'diagonal'"):
+        pack(flip=True, flip_direction='diagonal', **padded)
+
+
+@pytest.mark.parametrize('image,pad', [((96, 96), False), ((128, 160), False),
+                                       ((128, 160), True)])
+def test_backend_model_labels_binary_segmentors(image, pad, tmp_path):
     """A binary UperNet (one output channel, threshold 0.5) exported with
     ``segmentation-logits``: mmdeploy's rewrite thresholds the logits in
     the graph, and its backend model then takes the argmax of the one
-    channel of labels (every pixel 0). ``build_ort_model``'s labels are
-    mmseg's where the test pipeline keeps the image's size (96 x 96),
-    and resized (nearest) where it does not (128 x 160, seen at 77 x 96:
-    mmseg resizes the logits, bilinear). The classifier's weights are
-    drawn wide and its bias centres the logits on the image, so that both
-    labels cover many pixels."""
-    from mmrest.deploy import build_ort_model, predict
+    channel of labels (every pixel 0). ``build_ort_model``'s map is the
+    graph's labels resized to the image (nearest: the source row of row
+    ``i`` is ``floor(i h / H)``, by hand; 96 x 96 keeps its size, 128 x 160
+    is a 77 x 96 input; with ``pad``, the data preprocessor's
+    ``test_cfg`` pads it to 96 x 96 and the padding is cut off first, as
+    mmseg cuts it off its logits), and the graph's labels are the float64
+    segmentor's (logit above 0, the threshold's) wherever that logit is
+    farther from 0 than float32 may err: ``ERROR_FACTOR`` times the
+    literal float32 path's largest error plus ``float32_floor`` of the
+    largest logit (the rule of ``tests/_helpers.py``, pixel by pixel).
+    The classifier's weights are drawn wide and its bias centres the
+    logits on the image, so that both labels cover many pixels."""
+    from mmrest.deploy import binary_threshold, build_ort_model, predict
+    options = {
+        'model.decode_head.num_classes': 2,
+        'model.decode_head.out_channels': 1,
+        'model.decode_head.threshold': 0.5
+    }
+    if pad:
+        options['model.data_preprocessor.test_cfg'] = dict(size_divisor=32)
     processor, model = build_detector(
-        SEG_CONFIG,
-        'segmentation-logits',
-        cfg_options={
-            'model.decode_head.num_classes': 2,
-            'model.decode_head.out_channels': 1,
-            'model.decode_head.threshold': 0.5
-        })
+        SEG_CONFIG, 'segmentation-logits', cfg_options=options)
+    assert binary_threshold(model) == 0.5
     picture = synthetic_image(image)
     data, inputs = make_input(processor, model, picture)
     conv_seg = model.decode_head.conv_seg
@@ -528,22 +570,29 @@ def test_backend_model_labels_binary_segmentors(image, min_iou, tmp_path):
             0, 1, generator=torch.Generator().manual_seed(0))
         conv_seg.bias.zero_()
         conv_seg.bias -= mmseg_logits(model, inputs).median()
-    ref = predict(model, data)
-    assert ref.shape == image
-    assert 0.2 < ref.float().mean() < 0.8  # both labels cover many pixels
+    exact = mmseg_logits(copy.deepcopy(model).double(), inputs.double())
+    with kernels.literal():  # the authors' float32 computation
+        literal = mmseg_logits(model, inputs)
+    tol = ERROR_FACTOR * (literal.double() - exact).abs().max() + \
+        float32_floor(DEPTH) * exact.abs().max()
+    exact = exact[0, 0]
+    decided = exact.abs() > tol  # pixels float32 must label as float64
+    assert decided.float().mean() > 0.99, tol
+    assert 0.2 < (exact > 0).float().mean() < 0.8  # both labels, widely
     onnx_file = export_detector(processor, model, picture, str(tmp_path),
                                 'segmentation-logits')
     graph, = onnx_outputs(onnx_file, inputs)
-    assert graph.dtype == torch.int64 and graph.shape[1] == 1  # labels
-    from mmrest.deploy import binary_threshold
-    assert binary_threshold(model) == 0.5
+    assert graph.dtype == torch.int64 and graph.shape == (1, 1, *exact.shape)
+    graph = graph[0, 0]
+    assert torch.equal(graph[decided], (exact > 0).long()[decided])
     report = seg_graph_report(
-        rewritten_logits(processor, model, data, inputs), graph, 0.5)
+        rewritten_logits(processor, model, data, inputs), graph[None, None],
+        0.5)
     assert graph_matches(report), report
     mmdeploys = predict(processor.build_backend_model([onnx_file]), data)
     assert mmdeploys.shape == image and not mmdeploys.any()
     got = predict(build_ort_model(processor, onnx_file), data)
-    assert got.shape == image
-    report = compare_maps(ref, got)
-    assert report['num_labels'] == 2 and report['min_label_iou'] > min_iou, \
-        report
+    (h, w), (H, W) = (77, 96) if image == (128, 160) else image, image
+    assert graph.shape == ((96, 96) if pad else (h, w))
+    rows, cols = torch.arange(H) * h // H, torch.arange(W) * w // W
+    assert torch.equal(got, graph[rows][:, cols])
