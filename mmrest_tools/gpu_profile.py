@@ -334,16 +334,38 @@ TRITON_SHAPES = (('stage 2', 2, 100 * 168, 25 * 42),
                  ('stage 3', 4, 50 * 84, 25 * 42), ('stage 4', 8, 25 * 42,
                                                     25 * 42))
 # The 'triton' core's launches tried at each shape: (rows per tile, warps,
-# pipeline stages); None is launch_config's own choice (8 warps: 64 rows
-# at stage 2; at stages 3 and 4 on an H100 / H200 64 rows in the forward
-# kernel, whose products then compile to wgmma, and 32 in the backward
-# ones). (32, 8, 3) is the choice before the forward's 64 rows at stages 3
-# and 4 (mma.sync); (64, 8, 3) gives the backward kernels wgmma too, and
-# spills 216 to 1544 bytes a thread there. With 4 warps, ptxas (sm_90,
-# fp16, tests/_triton_aot.py) reports no spills at 32 rows up to C = 256;
-# at C = 512 a few hundred bytes (stage 4); at 64 rows from C = 128 on.
-TRITON_LAUNCHES = (None, (32, 8, 3), (64, 8, 3), (32, 4, 3), (16, 4, 3),
-                   (64, 4, 3), (16, 2, 3), (32, 4, 2))
+# pipeline stages[, splits]), None for launch_config's own choice; None
+# alone is the default launch (8 warps: 64 rows at stage 2; at stages 3
+# and 4 on an H100 / H200 64 rows in the forward kernel, whose products
+# then compile to wgmma, and 32 in the backward ones; the keys / values
+# kernel's query rows split by query_splits: 7 ways at stage 2 on an
+# H200, unsplit at 3 and 4). (None, None, None, 1) is the default without
+# the split (the launch before it), to measure what splitting gives.
+# (32, 8, 3) is the choice before the forward's 64 rows at stages 3 and 4
+# (mma.sync); (64, 8, 3) gives the backward kernels wgmma too, and spills
+# 216 to 1544 bytes a thread there. With 4 warps, ptxas (sm_90, fp16,
+# tests/_triton_aot.py) reports no spills at 32 rows up to C = 256; at
+# C = 512 a few hundred bytes (stage 4); at 64 rows from C = 128 on.
+TRITON_LAUNCHES = (None, (None, None, None, 1), (32, 8, 3), (64, 8, 3),
+                   (32, 4, 3), (16, 4, 3), (64, 4, 3), (16, 2, 3), (32, 4, 2))
+
+
+def launch_options(launch) -> dict:
+    """``attention_core``'s options for a launch of ``TRITON_LAUNCHES``:
+    ``block`` and ``launch=dict(num_warps, num_stages, splits)``, each
+    only where given."""
+    if launch is None:
+        return {}
+    block, *rest = launch
+    options = {} if block is None else dict(block=block)
+    given = {
+        key: value
+        for key, value in zip(('num_warps', 'num_stages', 'splits'), rest)
+        if value is not None
+    }
+    if given:
+        options['launch'] = given
+    return options
 
 
 def _core_inputs(heads, n, m, dtype=torch.float16, seed=0):
@@ -437,9 +459,7 @@ def triton_rows(budget_s=240.0):
             if unable or time.time() - t0 > budget_s:
                 rows.append(dict(row, skipped=unable or 'budget'))
                 continue
-            options = {} if launch is None else dict(
-                block=launch[0],
-                launch=dict(num_warps=launch[1], num_stages=launch[2]))
+            options = launch_options(launch)
 
             def core(q, k, v, mix, bias, options=options):
                 return emsa_triton.attention_core(q, k, v, mix, bias,

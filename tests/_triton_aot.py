@@ -6,9 +6,12 @@ the tensor-core instructions its products compile to (``mma``: Hopper's
 ``wgmma`` or ``mma.sync``), as JSON. Run by tests/test_emsa_triton.py in a
 process without TRITON_INTERPRET (the kernels compiled, not interpreted).
 
-Usage: python tests/_triton_aot.py CC:DTYPE:C:D[:BLOCK:WARPS:STAGES] [...]
-(e.g. 90:fp16:128:64; 90:fp16:256:64:32:4:3 with launch_config's block,
-num_warps and num_stages overridden, ``-`` for its own choice)
+Usage: python tests/_triton_aot.py CC:DTYPE:C:D[:BLOCK:WARPS:STAGES[:SPLIT]]
+[...] (e.g. 90:fp16:128:64; 90:fp16:256:64:32:4:3 with launch_config's
+block, num_warps and num_stages overridden, ``-`` for its own choice;
+SPLIT 1: only the keys / values kernel, compiled for split query rows as
+``emsa_triton.query_splits`` may launch it; 0 or absent: all three, the
+keys / values kernel unsplit)
 """
 import json
 import os
@@ -32,7 +35,7 @@ KERNELS = ('_forward_kernel', '_grad_queries_kernel',
 # the pointer arguments that hold the inputs' dtype; the other pointers are
 # float32 (outputs, gradients, statistics)
 INPUTS = ('Q', 'K', 'V')
-INTS = ('N', 'M', 'H', 'C', 'D')
+INTS = ('N', 'M', 'H', 'C', 'D', 'SPLIT_ROWS')
 
 
 def _signature(fn, dtype: str) -> dict:
@@ -42,7 +45,7 @@ def _signature(fn, dtype: str) -> dict:
             sig[name] = 'i32'
         elif name == 'inv_M':
             sig[name] = 'fp32'
-        elif name.isupper() and name not in ('ACC', ) and \
+        elif name.isupper() and name not in ('ACC', 'SPLIT') and \
                 not name.startswith('BLOCK'):
             sig[name] = '*' + (dtype if name in INPUTS else 'fp32')
         else:
@@ -50,12 +53,17 @@ def _signature(fn, dtype: str) -> dict:
     return sig
 
 
-def report(cc: int, dtype: str, C: int, D: int, **overrides) -> list:
+def report(cc: int,
+           dtype: str,
+           C: int,
+           D: int,
+           split: bool = False,
+           **overrides) -> list:
     tool = os.path.join(
         os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
         'cuobjdump')
     rows = []
-    for name in KERNELS:
+    for name in KERNELS[2:] if split else KERNELS:
         fn = getattr(emsa_triton, name)
         config = emsa_triton.launch_config(
             C,
@@ -65,14 +73,21 @@ def report(cc: int, dtype: str, C: int, D: int, **overrides) -> list:
             capability=divmod(cc, 10),
             **overrides)
         options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
+        constexprs = dict(config, ACC=tl.float32)
+        if name == '_grad_keys_values_kernel':
+            constexprs['SPLIT'] = split
         row = dict(
-            cc=cc, dtype=dtype, C=C, D=D, kernel=name, **config, **options)
+            cc=cc,
+            dtype=dtype,
+            C=C,
+            D=D,
+            kernel=name,
+            split=split,
+            **config,
+            **options)
         try:
             kernel = triton_compile(
-                ASTSource(
-                    fn,
-                    _signature(fn, dtype),
-                    constexprs=dict(config, ACC=tl.float32)),
+                ASTSource(fn, _signature(fn, dtype), constexprs=constexprs),
                 target=GPUTarget('cuda', cc, 32),
                 options=options)
             with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
@@ -104,8 +119,8 @@ if __name__ == '__main__':
         cc, dtype, C, D, *launch = spec.split(':')
         overrides = {
             key: int(value)
-            for key, value in zip(('block', 'num_warps', 'num_stages'), launch)
-            if value != '-'
+            for key, value in zip(('block', 'num_warps', 'num_stages',
+                                   'split'), launch) if value != '-'
         }
         out += report(int(cc), dtype, int(C), int(D), **overrides)
     print(json.dumps(out))

@@ -445,6 +445,94 @@ def test_launch_options_reach_the_kernels(monkeypatch):
         emsa_triton.launch_config(64, 64, torch.float16, num_stages=0)
 
 
+class GridRecorder:
+    """Stands in for a kernel in the module, recording the grid of each
+    launch (``kernel[grid](...)``) and launching the kernel itself."""
+
+    def __init__(self, monkeypatch, name):
+        self.kernel, self.grids = getattr(emsa_triton, name), []
+        monkeypatch.setattr(emsa_triton, name, self)
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+# (B, H, N, M, C, D, splits asked, splits launched): N = 37 and 33 are 3
+# blocks of 16 query rows (the last partial): 2 splits of 2 and 1 blocks,
+# 3 of 1; more splits than blocks are 3; N = 80, 5 blocks: 4 asked, 3 of
+# 2, 2 and 1 blocks (none left empty)
+SPLIT_CASES = [(1, 4, 37, 20, 12, 3, 2, 2), (2, 3, 33, 17, 24, 8, 3, 3),
+               (1, 2, 37, 5, 8, 4, 7, 3), (2, 1, 80, 40, 16, 16, 4, 3)]
+
+
+@pytest.mark.parametrize('case', SPLIT_CASES)
+def test_split_queries_match_the_formulas_in_float64(case, monkeypatch):
+    """The keys / values gradient kernel with its query rows split
+    (``launch=dict(splits=...)``: the grid's third dimension, partial sums
+    added after) gives the written-out formulas' gradients to 1e-8 in
+    float64, as unsplit; its grid has the splits asked, fewer where the
+    query blocks are fewer."""
+    B, H, N, M, C, D, asked, launched = case
+    inputs = _inputs(B, H, N, M, C, D, torch.float64)
+    weights = _weights(B, H, N, D)
+    grids = GridRecorder(monkeypatch, '_grad_keys_values_kernel').grids
+    (out, dev), grads = _run(
+        lambda *t: emsa_triton.softmax_moments(
+            *t, block=16, launch=dict(splits=asked)), inputs, weights)
+    assert grids == [(-(-M // 16), B * H, launched)]
+    (ref_out, ref_dev), ref_grads = _run(moments_written_out, inputs, weights)
+    for name, got, want in zip(('q', 'keys', 'values'), grads, ref_grads):
+        assert_float64_equal(got, want, f'grad {name}')
+    # the whole core's backward (its own launch) as well
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (
+        torch.randn(B, H, n, C, generator=gen, dtype=torch.float64)
+        for n in (N, M, M))
+    mix = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    grads = []
+    for launch in (dict(splits=asked), None):
+        t = [x.clone().requires_grad_() for x in (q, k, v, mix)]
+        out = emsa_triton.attention_core(*t, block=16, launch=launch)
+        grads.append(torch.autograd.grad(out.square().sum(), t))
+    assert grids[-2:] == [(-(-M // 16), B * H, launched),
+                          (-(-M // 16), B * H, 1)]
+    for name, got, want in zip(('q', 'k', 'v', 'mix'), *grads):
+        assert_float64_equal(got, want, f'core grad {name}')
+
+
+def test_query_splits_by_hand():
+    """The default splits: the smallest S within 10% of the best waves per
+    split, ``ceil(programs S / multiprocessors) / S``, S from 1 to 16 and
+    at most a quarter of the query blocks. ResT-Small at 800 x 1344 on an
+    H200 (132 multiprocessors): stage 2's 68 programs over 263 query blocks
+    7 (4 waves of 1/7: 0.571; the best, 15, 0.533); stage 3's 264 programs
+    and stage 4's 528 (two and four whole waves) 1. On the CPU 1."""
+    splits = emsa_triton.query_splits
+    assert splits(68, 263, 132) == 7
+    assert splits(264, 132, 132) == splits(528, 33, 132) == 1
+    assert splits(68, 263, None) == 1
+    # an A100 (108): 3 splits, 2 waves of 1/3 (0.667; the best, 11, 0.636)
+    assert splits(68, 263, 108) == 3
+    # 4 programs: 1/S waves, the best S the largest allowed
+    assert splits(4, 40, 132) == 10  # a quarter of 40 blocks
+    # (MAX_QUERY_SPLITS 16: 1/15 is within 10% of 1/16)
+    assert splits(4, 100, 132) == 15
+    assert splits(4, 7, 132) == 1  # fewer than 8 blocks: no split
+    # 200 programs: 5 waves of 1/3 (1.667) against 2 of 1 (the best, 15,
+    # 1.533)
+    assert splits(200, 1000, 132) == 3
+    assert emsa_triton.multiprocessors(torch.zeros(1)) is None
+
+
+@pytest.mark.parametrize('splits', [0, -1, 1.5, '2'])
+def test_bad_splits_are_refused(splits):
+    q, keys, values = _inputs(1, 2, 5, 4, 6, 3, torch.float32)
+    with pytest.raises(ValueError, match='splits must be a positive integer'):
+        emsa_triton.softmax_moments(
+            q, keys, values, launch=dict(splits=splits))
+
+
 # Shared memory a program may use: A100 (sm_80) 163 KiB, H100 / H200 (sm_90)
 # 227 KiB (CUDA's occupancy tables, maximum per block)
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -455,9 +543,11 @@ def test_kernels_compile_for_cuda(tmp_path):
     ptxas, tests/_triton_aot.py; the interpreter does not run Triton's
     compiler): for H100 / H200 (sm_90) in fp16 at every C of ResT's
     multi-head stages (128 to 768, heads of 64 and of 96 channels), bf16,
-    float32, and at C = 768 for A100 (sm_80). Each kernel spills no
-    registers (stack 0; the widest, C = 768 with d = 96, a few) and fits
-    the architecture's shared memory."""
+    float32, and at C = 768 for A100 (sm_80); the keys / values kernel
+    also for split query rows (``query_splits``) where the keys are few
+    enough to split them (stages 2 and 3, C up to 512). Each kernel
+    spills no registers (stack 0; the widest, C = 768 with d = 96, a few)
+    and fits the architecture's shared memory."""
     specs = [f'90:fp16:{C}:64' for C in (128, 256, 512, 768)] + [
         '90:bf16:256:64', '90:fp32:128:64', '90:fp32:768:64', '80:fp32:768:64'
     ]
@@ -467,6 +557,12 @@ def test_kernels_compile_for_cuda(tmp_path):
     # allowed there, up to 64 bytes
     wide = [f'90:fp16:{C}:96' for C in (192, 384, 768)]
     specs += wide + ['90:fp32:768:96', '80:fp16:768:96']
+    # split query rows: the keys / values kernel alone (a row each)
+    split = [
+        f'90:fp16:{C}:{D}:-:-:-:1'
+        for C, D in ((128, 64), (192, 96), (256, 64), (384, 96), (512, 64))
+    ] + ['90:bf16:128:64:-:-:-:1']
+    specs += split
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env['TRITON_CACHE_DIR'] = str(tmp_path)  # compiled here, not cached
     proc = subprocess.run(
@@ -478,7 +574,8 @@ def test_kernels_compile_for_cuda(tmp_path):
         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)
-    assert len(rows) == 3 * len(specs)
+    assert len(rows) == 3 * len(specs) - 2 * len(split)
+    assert sum(row['split'] for row in rows) == len(split)
     # The tiles were chosen with Triton 3.6's ptxas (the constraints' pin;
     # torch 2.11 to 2.13). Another Triton allocates registers otherwise
     # (3.9, torch 2.15's, spills 416 bytes a thread in the keys kernel at

@@ -2609,6 +2609,25 @@ def test_profile_rows_rank_one_training_step(monkeypatch):
     assert any('Backward' in n for n in names), names
 
 
+# gpu_profile's second triton launch: the default without split queries
+UNSPLIT = (None, None, None, 1)
+
+
+def test_profile_launch_options_by_hand():
+    """A launch of TRITON_LAUNCHES as attention_core's options: rows as
+    ``block``, warps, stages and splits in ``launch``, each only where
+    given; None alone: no options (the default launch)."""
+    from mmrest_tools.gpu_profile import TRITON_LAUNCHES, launch_options
+    assert TRITON_LAUNCHES[:3] == (None, UNSPLIT, (32, 8, 3))
+    assert launch_options(None) == {}
+    assert launch_options(UNSPLIT) == dict(launch=dict(splits=1))
+    assert launch_options((32, 8, 3)) == dict(
+        block=32, launch=dict(num_warps=8, num_stages=3))
+    assert launch_options((16, None, 2)) == dict(
+        block=16, launch=dict(num_stages=2))
+    assert launch_options((64, )) == dict(block=64)
+
+
 def test_profile_triton_rows_say_why_they_skip(monkeypatch):
     """gpu_profile's ``triton`` section on the CPU: per stage the chunked
     core's row, then one row per launch labelled by it ('default' for the
@@ -2627,7 +2646,7 @@ def test_profile_triton_rows_say_why_they_skip(monkeypatch):
         assert [(r['stage'], r['core'], r.get('launch')) for r in rows] == [
             (f'stage {i}', core, launch)
             for core, launch in (('chunked', None), ('triton', 'default'),
-                                 ('triton', (32, 8, 3))) for i in (2, 3, 4)
+                                 ('triton', UNSPLIT)) for i in (2, 3, 4)
         ], rows
         for r in rows:
             if r['core'] == 'chunked':
@@ -2653,10 +2672,11 @@ def test_gpu_variants_literal_rows_are_literal():
 
 def test_profile_triton_rows_launch_as_labelled(monkeypatch):
     """The triton section's launches: the core gets no options for
-    'default' and (rows, warps, stages) as block, num_warps and num_stages
-    otherwise; the shapes are ResT-Small's divided by SCALE squared (at
-    least one row: SCALE 64); each row's relative difference from the
-    chunked core and its TFLOP/s from core_flop over the times (SCALE 16;
+    'default' and the launch's given entries otherwise (the second launch
+    the default unsplit: ``splits`` 1 alone); the shapes are ResT-Small's
+    divided by SCALE squared (at least one row: SCALE 64); each row's
+    relative difference from the chunked core and its TFLOP/s from
+    core_flop over the times (SCALE 16;
     the core here is the chunked one times 1.01, each call 2 ms)."""
     from mmrest.backbones import emsa_triton, kernels
     calls, shapes = [], []
@@ -2685,12 +2705,11 @@ def test_profile_triton_rows_launch_as_labelled(monkeypatch):
     assert shapes == [(2, 65, 4), (4, 16, 4), (8, 4, 4)]
     assert [(r['stage'], r['launch'])
             for r in rows] == [(f'stage {i}', launch)
-                               for launch in ('default', (32, 8, 3))
+                               for launch in ('default', UNSPLIT)
                                for i in (2, 3, 4)]
     assert sorted(set(calls)) == sorted(
-        (heads, options) for heads in (2, 4, 8) for options in (
-            '{}',
-            repr(dict(block=32, launch=dict(num_warps=8, num_stages=3)))))
+        (heads, options) for heads in (2, 4, 8)
+        for options in ('{}', repr(dict(launch=dict(splits=1)))))
     for row, (heads, n, m) in zip(rows, shapes * 2):
         assert row['rel_diff_chunked'] == pytest.approx(0.01, rel=0.1), row
         fwd, both = gpu_profile.core_flop(heads, n, m)
@@ -2724,7 +2743,7 @@ def test_profile_triton_budget_leaves_launches_not_stages(monkeypatch):
         (r['stage'], r['launch'], 'fwd_ms' in r, r.get('skipped'))
         for r in rows
     ] == [(f'stage {i}', 'default', True, None)
-          for i in (2, 3, 4)] + [(f'stage {i}', (32, 8, 3), False, 'budget')
+          for i in (2, 3, 4)] + [(f'stage {i}', UNSPLIT, False, 'budget')
                                  for i in (2, 3, 4)]
 
 

@@ -34,8 +34,10 @@ pass over the keys gives both (:func:`softmax_moments`):
   H200 under autocast this took the core's float16 error from 15 times the
   literal path's to the literal path's, docs/precision_and_export.md.)
 * the backward kernels recompute ``P`` from the saved log-sum-exps, one
-  over key blocks (gradients of the keys, per head, and of the values),
-  one over query blocks (gradients of the queries). With upstream
+  over key blocks (gradients of the keys, per head, and of the values;
+  its query rows split where the key blocks are too few to fill the GPU,
+  :func:`query_splits`), one over query blocks (gradients of the
+  queries). With upstream
   gradients ``dO`` of ``(P - 1/M) V`` and ``dr`` of ``r``:
   ``dP_nm = dO_n . V_m + 2 dr_n (P_nm - 1/M)`` and
   ``dl_nm = P_nm (dP_nm - delta_n)``,
@@ -61,6 +63,7 @@ run on CUDA tensors; on the CPU only in Triton's interpreter
 the tests check them against float64.
 """
 import contextlib
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -218,23 +221,38 @@ if triton is not None:
 
     @triton.jit
     def _grad_keys_values_kernel(Q, K, V, DO, LSE, DR, DELTA, DK, DV, N, M, H,
-                                 C, D, inv_M, ACC: tl.constexpr,
-                                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                                 BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+                                 C, D, inv_M, SPLIT_ROWS, SPLIT: tl.constexpr,
+                                 ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                                 BLOCK_D: tl.constexpr):
         """One block of keys of one (batch, head): that head's share of
-        ``dK = dl^T Q`` and ``dV = P^T dO``."""
+        ``dK = dl^T Q`` and ``dV = P^T dO``; with ``SPLIT``, over one split
+        of the query rows (``SPLIT_ROWS`` of them, a multiple of
+        ``BLOCK_N``, from the split's index times that), that split's share.
+        (Without it the kernel compiles as before the splits, which take a
+        few registers more: at C = 768 they spill, tests/_triton_aot.py.)"""
         bh, b, rm, rc, rd = _program(H, BLOCK_M, BLOCK_C, BLOCK_D)
         k = _tile(K, b * M * C, rm, M, rc, C)
         v = _tile(V, bh * M * D, rm, M, rd, D)
         dk = tl.zeros([BLOCK_M, BLOCK_C], ACC)
         dv = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-        for start in range(0, N, BLOCK_N):
+        # this split's query rows: from row ``first``, ``rows`` of them
+        if SPLIT:
+            first = tl.program_id(2) * SPLIT_ROWS
+            rows = tl.minimum(N - first, SPLIT_ROWS)
+            part = bh * tl.num_programs(2) + tl.program_id(2)
+        else:
+            first = 0
+            rows = N
+            part = bh
+        for start in range(0, rows, BLOCK_N):
             rn = start + tl.arange(0, BLOCK_N)
-            q = _tile(Q, bh * N * C, rn, N, rc, C)
-            do = _tile(DO, bh * N * D, rn, N, rd, D).to(v.dtype)
-            lse, dr2, delta = _row_terms(LSE, DR, DELTA, bh * N, rn, N)
+            q = _tile(Q, (bh * N + first) * C, rn, rows, rc, C)
+            do = _tile(DO, (bh * N + first) * D, rn, rows, rd, D).to(v.dtype)
+            lse, dr2, delta = _row_terms(LSE, DR, DELTA, bh * N + first, rn,
+                                         rows)
             s_t = tl.dot(k, tl.trans(q), input_precision='ieee').to(ACC)
-            p_t = tl.where((rn < N)[None, :] & (rm < M)[:, None],
+            p_t = tl.where((rn < rows)[None, :] & (rm < M)[:, None],
                            tl.exp(s_t - lse[None, :]), 0.)
             centred = p_t - inv_M
             dp_t = tl.dot(v, tl.trans(do), input_precision='ieee').to(ACC)
@@ -242,14 +260,14 @@ if triton is not None:
                                 delta[None, :])
             dk += tl.dot(dl_t.to(q.dtype), q, input_precision='ieee').to(ACC)
             # dV = (P - 1/M)^T dO, only the deviations rounded (as in the
-            # forward; columns past N meet zero rows of dO, rows past M are
-            # not stored)
+            # forward; columns past the split's rows meet zero rows of dO,
+            # rows past M are not stored)
             dv += tl.dot(
                 (centred * _DEV_SCALE).to(do.dtype),
                 do,
                 input_precision='ieee').to(ACC)
-        _store_tile(DK, bh * M * C, rm, M, rc, C, dk)
-        _store_tile(DV, bh * M * D, rm, M, rd, D, dv / _DEV_SCALE)
+        _store_tile(DK, part * M * C, rm, M, rc, C, dk)
+        _store_tile(DV, part * M * D, rm, M, rd, D, dv / _DEV_SCALE)
 
 
 def _pow2(n: int) -> int:
@@ -357,6 +375,51 @@ def launch_config(C: int,
         num_stages=num_stages or (3 if two_byte else 2))
 
 
+# The keys / values kernel splits the query rows (see query_splits) at
+# most this many ways, each split at least this many query blocks.
+MAX_QUERY_SPLITS = 16
+MIN_SPLIT_BLOCKS = 4
+
+
+def query_splits(programs: int, query_blocks: int,
+                 multiprocessors: Optional[int]) -> int:
+    """Into how many splits the keys / values kernel divides the query
+    rows, by default: each of its ``programs`` (a block of keys of one
+    (batch, head)) loops over all ``query_blocks``, and where the keys are
+    few the grid is smaller than the GPU (ResT-Small's stage 2 at
+    800 x 1344, batch 2: 1050 keys, 17 blocks of 64 times 4 = 68 programs
+    for an H200's 132 multiprocessors, where at 255 registers a thread
+    (8 warps, tests/_triton_aot.py) each holds one program). With the
+    queries split S ways (partial sums of the gradients, added after) the
+    kernel takes ``ceil(programs S / multiprocessors) / S`` of the
+    unsplit program's time, if each multiprocessor runs one program at a
+    time; this is the smallest S (from 1 to ``MAX_QUERY_SPLITS``, each
+    split at least ``MIN_SPLIT_BLOCKS`` query blocks) within 10% of the
+    best of them: 7 there, 1 where the grid already fills the GPU in whole
+    waves. ``multiprocessors`` None (the CPU's interpreter): 1.
+    """
+    if not multiprocessors:
+        return 1
+    top = max(1, min(MAX_QUERY_SPLITS, query_blocks // MIN_SPLIT_BLOCKS))
+    cost = [-(-programs * s // multiprocessors) / s for s in range(1, top + 1)]
+    best = min(cost)
+    return next(s for s, c in enumerate(cost, 1) if c <= 1.1 * best)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessors(t: torch.Tensor) -> Optional[int]:
+    """The number of multiprocessors of the GPU ``t`` is on; None on the
+    CPU."""
+    if t.device.type == 'cuda':
+        return _multiprocessors(t.device.index if t.device.index is not None
+                                else torch.cuda.current_device())
+    return None
+
+
 def _check(q, keys, values):
     if triton is None:
         raise ImportError(
@@ -408,7 +471,7 @@ def _launch_forward(queries, keys, values, launch):
         queries.dtype,
         forward=True,
         capability=capability(queries),
-        **launch)
+        **_tiles(launch))
     grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
     with launch_device(queries):
         _forward_kernel[grid](
@@ -433,27 +496,48 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
     """The backward kernels, given the forward's ``out``, ``lse``, ``dev``
     and the upstream gradients ``d_out`` (B, H, N, D) and ``d_dev``
     (B, H, N), contiguous, in the accumulators' dtype: the gradients of
-    the queries (B, H, N, C), of each head's share of the keys
-    (B, H, M, C) and of the values, in that dtype."""
+    the queries (B, H, N, C), of the keys as shares to be summed over
+    dimension 1 (B, H S, M, C: per head and split of the queries, see
+    :func:`query_splits`) and of the values, in that dtype."""
     B, H, N, C = queries.shape
     M, D = keys.shape[1], values.shape[3]
     acc, acc_tl = _acc_dtype(queries.dtype)
     # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
     v_mean = values.mean(2, keepdim=True, dtype=acc)
     delta = (d_out * (out + v_mean)).sum(-1).addcmul_(d_dev, dev, value=2)
+    config = launch_config(C, D, queries.dtype, **_tiles(launch))
+    query_blocks = triton.cdiv(N, config['BLOCK_N'])
+    key_programs = triton.cdiv(M, config['BLOCK_M']) * B * H
+    splits = launch.get('splits') or query_splits(key_programs, query_blocks,
+                                                  multiprocessors(queries))
+    # whole query blocks a split; no split left empty
+    split_blocks = triton.cdiv(query_blocks, min(splits, query_blocks))
+    splits = triton.cdiv(query_blocks, split_blocks)
     dq = torch.empty_like(queries, dtype=acc)
-    dk = queries.new_empty(B, H, M, C, dtype=acc)
-    dv = torch.empty_like(values, dtype=acc)
-    config = launch_config(C, D, queries.dtype, **launch)
+    dk = queries.new_empty(B, H * splits, M, C, dtype=acc)
+    dv = queries.new_empty(B, H, splits, M, D, dtype=acc)
     args = (N, M, H, C, D, 1.0 / M)
     kw = dict(config, ACC=acc_tl)
-    rows = (triton.cdiv(N, config['BLOCK_N']), B * H)
-    cols = (triton.cdiv(M, config['BLOCK_M']), B * H)
+    rows = (query_blocks, B * H)
+    cols = (triton.cdiv(M, config['BLOCK_M']), B * H, splits)
     with launch_device(queries):
         _grad_queries_kernel[rows](queries, keys, values, d_out, lse, d_dev,
                                    delta, dq, *args, **kw)
-        _grad_keys_values_kernel[cols](queries, keys, values, d_out, lse,
-                                       d_dev, delta, dk, dv, *args, **kw)
+        _grad_keys_values_kernel[cols](
+            queries,
+            keys,
+            values,
+            d_out,
+            lse,
+            d_dev,
+            delta,
+            dk,
+            dv,
+            *args,
+            split_blocks * config['BLOCK_N'],
+            SPLIT=splits > 1,
+            **kw)
+    dv = dv.squeeze(2) if splits == 1 else dv.sum(2)
     return dq, dk, dv
 
 
@@ -576,11 +660,21 @@ def _queries(q, mix):
 
 def _launch_options(launch: Optional[dict], block: Optional[int]) -> dict:
     launch = dict(launch or {})
-    unknown = set(launch) - {'num_warps', 'num_stages'}
+    unknown = set(launch) - {'num_warps', 'num_stages', 'splits'}
     if unknown:
         raise ValueError(f'unknown launch options {sorted(unknown)}; known: '
-                         'num_warps, num_stages (rows per tile: block)')
+                         'num_warps, num_stages, splits (rows per tile: '
+                         'block)')
+    splits = launch.get('splits')
+    if splits is not None and (not isinstance(splits, int) or splits < 1):
+        raise ValueError(
+            f'splits must be a positive integer or None, got {splits!r}')
     return dict(launch, block=block)
+
+
+def _tiles(launch: dict) -> dict:
+    """:func:`launch_config`'s options among the launch options."""
+    return {key: value for key, value in launch.items() if key != 'splits'}
 
 
 def attention_core(q: torch.Tensor,
@@ -607,7 +701,9 @@ def attention_core(q: torch.Tensor,
             softmax, its gradient an exact zero.
         eps (float): The InstanceNorm epsilon.
         block (int, optional): Rows per tile (see :func:`launch_config`).
-        launch (dict, optional): ``num_warps``, ``num_stages``.
+        launch (dict, optional): ``num_warps``, ``num_stages`` (see
+            :func:`launch_config`), ``splits`` (of the query rows in the
+            keys / values gradient kernel; default :func:`query_splits`).
 
     Returns:
         Tensor: (B, h, N, d), in the dtype of ``q``.
@@ -643,8 +739,9 @@ def softmax_moments(
             (:func:`~mmrest.backbones.kernels.mixed_queries`), formed
             here and again in the backward, so that the H times larger
             mixed queries are not kept for it.
-        launch (dict, optional): The other launch options of
-            :func:`launch_config`: ``num_warps``, ``num_stages``.
+        launch (dict, optional): The other launch options: ``num_warps``,
+            ``num_stages`` (:func:`launch_config`), ``splits`` (see
+            :func:`attention_core`).
 
     Returns:
         tuple[Tensor, Tensor]: (B, H, N, D) and (B, H, N).
