@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -447,15 +448,22 @@ def test_launch_options_reach_the_kernels(monkeypatch):
 
 class GridRecorder:
     """Stands in for a kernel in the module, recording the grid of each
-    launch (``kernel[grid](...)``) and launching the kernel itself."""
+    launch (``kernel[grid](...)``, in ``grids``) and its ``SPLIT`` switch
+    (in ``switches``), and launching the kernel itself."""
 
     def __init__(self, monkeypatch, name):
-        self.kernel, self.grids = getattr(emsa_triton, name), []
+        self.kernel, self.grids, self.switches = getattr(emsa_triton,
+                                                         name), [], []
         monkeypatch.setattr(emsa_triton, name, self)
 
     def __getitem__(self, grid):
         self.grids.append(grid)
-        return self.kernel[grid]
+
+        def launch(*args, **kwargs):
+            self.switches.append(kwargs.get('SPLIT'))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
 
 
 # (B, H, N, M, C, D, splits asked, splits launched): N = 37 and 33 are 3
@@ -523,6 +531,46 @@ def test_query_splits_by_hand():
     # 1.533)
     assert splits(200, 1000, 132) == 3
     assert emsa_triton.multiprocessors(torch.zeros(1)) is None
+
+
+def test_default_splits_follow_the_gpus_multiprocessors(monkeypatch):
+    """Without ``splits`` the keys / values kernel takes ``query_splits``
+    of its grid (here 2 x 2 programs), its query blocks (10 of 16 rows)
+    and the tensors' GPU's multiprocessors (stood in): 4 of them, one wave
+    unsplit, 1 split; 8 of them, half a wave, 2 splits. The gradients are
+    those of the unsplit launch, which compiles the kernel without its
+    ``SPLIT`` switch; ``multiprocessors`` reads the tensor's GPU
+    (properties stood in)."""
+    B, H, N, M, C, D = 2, 2, 160, 16, 16, 8
+    inputs = _inputs(B, H, N, M, C, D, torch.float64)
+    weights = _weights(B, H, N, D)
+    recorder = GridRecorder(monkeypatch, '_grad_keys_values_kernel')
+    unsplit = _run(
+        lambda *t: emsa_triton.softmax_moments(
+            *t, block=16, launch=dict(splits=1)), inputs, weights)
+    for count in (4, 8):
+        monkeypatch.setattr(
+            emsa_triton, 'multiprocessors', lambda t, count=count: count)
+        split = _run(lambda *t: emsa_triton.softmax_moments(*t, block=16),
+                     inputs, weights)
+        for got, want in zip(split[1], unsplit[1]):
+            assert_float64_equal(got, want)
+    assert recorder.grids == [(1, 4, 1), (1, 4, 1), (1, 4, 2)]
+    assert recorder.switches == [False, False, True]
+    monkeypatch.undo()
+    asked = []
+
+    def properties(index):
+        asked.append(index)
+        return types.SimpleNamespace(multi_processor_count=132)
+
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', properties)
+    emsa_triton._multiprocessors.cache_clear()
+    on_gpu = types.SimpleNamespace(device=torch.device('cuda', 1))
+    assert emsa_triton.multiprocessors(on_gpu) == 132
+    assert emsa_triton.multiprocessors(on_gpu) == 132  # asked once
+    assert asked == [1]
+    emsa_triton._multiprocessors.cache_clear()
 
 
 @pytest.mark.parametrize('splits', [0, -1, 1.5, '2'])

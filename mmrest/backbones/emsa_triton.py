@@ -412,11 +412,10 @@ def _multiprocessors(index: int) -> int:
 
 
 def multiprocessors(t: torch.Tensor) -> Optional[int]:
-    """The number of multiprocessors of the GPU ``t`` is on; None on the
-    CPU."""
+    """The number of multiprocessors of the GPU ``t`` is on (a CUDA
+    tensor's device has its index); None on the CPU."""
     if t.device.type == 'cuda':
-        return _multiprocessors(t.device.index if t.device.index is not None
-                                else torch.cuda.current_device())
+        return _multiprocessors(t.device.index)
     return None
 
 
