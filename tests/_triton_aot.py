@@ -11,7 +11,9 @@ Usage: python tests/_triton_aot.py CC:DTYPE:C:D[:BLOCK:WARPS:STAGES[:SPLIT]]
 block, num_warps and num_stages overridden, ``-`` for its own choice;
 SPLIT 1: only the keys / values kernel, compiled for split query rows as
 ``emsa_triton.query_splits`` may launch it; 0 or absent: all three, the
-keys / values kernel unsplit)
+keys / values kernel unsplit). With ``--fit BYTES`` first: each kernel
+with the launch ``emsa_triton.fitted_launch`` takes on a GPU with that much
+shared memory a block (``fitted``).
 """
 import json
 import os
@@ -53,70 +55,110 @@ def _signature(fn, dtype: str) -> dict:
     return sig
 
 
+def compiled(cc: int,
+             dtype: str,
+             C: int,
+             D: int,
+             name: str,
+             config: dict,
+             split: bool = False) -> dict:
+    """One kernel compiled with ``config`` (a launch_config): its row."""
+    tool = os.path.join(
+        os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
+        'cuobjdump')
+    fn = getattr(emsa_triton, name)
+    config = dict(config)
+    options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
+    constexprs = dict(config, ACC=tl.float32)
+    if name == '_grad_keys_values_kernel':
+        constexprs['SPLIT'] = split
+    row = dict(
+        cc=cc,
+        dtype=dtype,
+        C=C,
+        D=D,
+        kernel=name,
+        split=split,
+        **config,
+        **options)
+    try:
+        kernel = triton_compile(
+            ASTSource(fn, _signature(fn, dtype), constexprs=constexprs),
+            target=GPUTarget('cuda', cc, 32),
+            options=options)
+        with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+            f.write(kernel.asm['cubin'])
+            f.flush()
+            usage = subprocess.run([tool, '-res-usage', f.name],
+                                   capture_output=True,
+                                   text=True,
+                                   check=True).stdout
+        found = re.search(r'REG:(\d+).*?STACK:(\d+)', usage)
+        ptx = kernel.asm['ptx']
+        row.update(
+            registers=int(found.group(1)),
+            stack=int(found.group(2)),
+            shared=kernel.metadata.shared,
+            mma=next((kind for kind in ('wgmma', 'mma.sync') if kind in ptx),
+                     None))
+    except Exception as e:  # noqa: BLE001 (reported)
+        row['error'] = f'{type(e).__name__}: {e}'[-2000:]
+    return row
+
+
+def _config(cc, dtype, C, D, name, **overrides):
+    return emsa_triton.launch_config(
+        C,
+        D,
+        DTYPES[dtype],
+        forward=name == '_forward_kernel',
+        capability=divmod(cc, 10),
+        **overrides)
+
+
 def report(cc: int,
            dtype: str,
            C: int,
            D: int,
            split: bool = False,
            **overrides) -> list:
-    tool = os.path.join(
-        os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin',
-        'cuobjdump')
+    """Each kernel (with ``split`` the keys / values kernel alone, split)
+    as launch_config chooses its launch."""
+    return [
+        compiled(cc, dtype, C, D, name,
+                 _config(cc, dtype, C, D, name, **overrides), split)
+        for name in (KERNELS[2:] if split else KERNELS)
+    ]
+
+
+def fitted(cc: int, dtype: str, C: int, D: int, limit: int) -> list:
+    """Each kernel with the launch ``emsa_triton.fitted_launch`` ends at
+    on a GPU with ``limit`` bytes of shared memory a block: the first of
+    ``smaller_launches`` whose compilation needs no more (``tried``: how
+    many were compiled; the last tried where none fits)."""
     rows = []
-    for name in KERNELS[2:] if split else KERNELS:
-        fn = getattr(emsa_triton, name)
-        config = emsa_triton.launch_config(
-            C,
-            D,
-            DTYPES[dtype],
-            forward=name == '_forward_kernel',
-            capability=divmod(cc, 10),
-            **overrides)
-        options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
-        constexprs = dict(config, ACC=tl.float32)
-        if name == '_grad_keys_values_kernel':
-            constexprs['SPLIT'] = split
-        row = dict(
-            cc=cc,
-            dtype=dtype,
-            C=C,
-            D=D,
-            kernel=name,
-            split=split,
-            **config,
-            **options)
-        try:
-            kernel = triton_compile(
-                ASTSource(fn, _signature(fn, dtype), constexprs=constexprs),
-                target=GPUTarget('cuda', cc, 32),
-                options=options)
-            with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
-                f.write(kernel.asm['cubin'])
-                f.flush()
-                usage = subprocess.run([tool, '-res-usage', f.name],
-                                       capture_output=True,
-                                       text=True,
-                                       check=True).stdout
-            found = re.search(r'REG:(\d+).*?STACK:(\d+)', usage)
-            ptx = kernel.asm['ptx']
-            row.update(
-                registers=int(found.group(1)),
-                stack=int(found.group(2)),
-                shared=kernel.metadata.shared,
-                mma=next(
-                    (kind for kind in ('wgmma', 'mma.sync') if kind in ptx),
-                    None))
-        except Exception as e:  # noqa: BLE001 (reported)
-            row['error'] = f'{type(e).__name__}: {e}'[-2000:]
+    for name in KERNELS:
+        for tried, config in enumerate(
+                emsa_triton.smaller_launches(_config(cc, dtype, C, D, name)),
+                1):
+            row = dict(compiled(cc, dtype, C, D, name, config), tried=tried)
+            if row.get('shared', limit + 1) <= limit:
+                break
         rows.append(row)
     return rows
 
 
 if __name__ == '__main__':
     assert not emsa_triton.interpreted(), 'unset TRITON_INTERPRET'
+    specs, limit = sys.argv[1:], None
+    if specs[:1] == ['--fit']:
+        limit, specs = int(specs[1]), specs[2:]
     out = []
-    for spec in sys.argv[1:]:
+    for spec in specs:
         cc, dtype, C, D, *launch = spec.split(':')
+        if limit is not None:
+            out += fitted(int(cc), dtype, int(C), int(D), limit)
+            continue
         overrides = {
             key: int(value)
             for key, value in zip(('block', 'num_warps', 'num_stages',

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, CallCounter,
                       assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
+from mmrest.backbones.emsa_triton import OutOfResources
 from mmrest.backbones.mixed_heads import mixed_queries
 from mmrest_tools.op_census import KERNELS, Census, paused_triton_launches
 
@@ -448,12 +450,15 @@ def test_launch_options_reach_the_kernels(monkeypatch):
 
 class GridRecorder:
     """Stands in for a kernel in the module, recording the grid of each
-    launch (``kernel[grid](...)``, in ``grids``) and its ``SPLIT`` switch
-    (in ``switches``), and launching the kernel itself."""
+    launch (``kernel[grid](...)``, in ``grids``), its ``SPLIT`` switch (in
+    ``switches``) and its rows and stages (in ``launches``), and launching
+    the kernel itself, unless ``refuse`` of the launch's options says the
+    GPU has too little shared memory for it."""
 
-    def __init__(self, monkeypatch, name):
+    def __init__(self, monkeypatch, name, refuse=None):
         self.kernel, self.grids, self.switches = getattr(emsa_triton,
                                                          name), [], []
+        self.launches, self.refuse = [], refuse
         monkeypatch.setattr(emsa_triton, name, self)
 
     def __getitem__(self, grid):
@@ -461,6 +466,11 @@ class GridRecorder:
 
         def launch(*args, **kwargs):
             self.switches.append(kwargs.get('SPLIT'))
+            self.launches.append((kwargs['BLOCK_N'], kwargs['num_stages']))
+            if self.refuse and self.refuse(kwargs):
+                # as Triton refuses a launch beyond the GPU's shared memory
+                raise OutOfResources(kwargs['BLOCK_N'] * 1024, 16 * 1024,
+                                     'shared memory')
             return self.kernel[grid](*args, **kwargs)
 
         return launch
@@ -573,6 +583,108 @@ def test_default_splits_follow_the_gpus_multiprocessors(monkeypatch):
     emsa_triton._multiprocessors.cache_clear()
 
 
+def test_smaller_launches_by_hand():
+    """The launches tried after launch_config's choice: its rows, then
+    each half down to 16, each with its stages down to 1."""
+    config = emsa_triton.launch_config(256, 64, torch.float16)  # 32, 3
+    assert [(c['BLOCK_N'], c['BLOCK_M'], c['num_stages'])
+            for c in emsa_triton.smaller_launches(config)] == [(32, 32, 3),
+                                                               (32, 32, 2),
+                                                               (32, 32, 1),
+                                                               (16, 16, 3),
+                                                               (16, 16, 2),
+                                                               (16, 16, 1)]
+    first = next(emsa_triton.smaller_launches(config))
+    assert first == config  # the choice itself, whole
+    assert len(
+        list(
+            emsa_triton.smaller_launches(
+                dict(config, BLOCK_N=16, num_stages=2)))) == 2
+
+
+def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
+    """A launch that the GPU refuses (Triton's OutOfResources: here, as a
+    stand-in, where rows x stages x 1 KiB exceeds 40 KiB) runs again with
+    the next smaller launch: 64 rows in 3 stages down to 32 in 1; a
+    warning names both; the next call runs the fitted launch at once.
+    Rows or stages given explicitly are run as given, refused or not;
+    where nothing fits the last refusal is raised."""
+    monkeypatch.setattr(emsa_triton, '_FITTED', {})
+    config = emsa_triton.launch_config(128, 64, torch.float16)  # 64, 3
+    t = torch.zeros(1, dtype=torch.float16)
+    tried = []
+
+    def run(config, limit=40):
+        tried.append((config['BLOCK_N'], config['num_stages']))
+        need = config['BLOCK_N'] * config['num_stages']
+        if need > limit:
+            raise OutOfResources(need * 1024, limit * 1024, 'shared memory')
+        return 'ran'
+
+    with pytest.warns(UserWarning) as caught:
+        assert emsa_triton.fitted_launch('_kernel', config, {}, t, run) == \
+            'ran'
+    assert tried == [(64, 3), (64, 2), (64, 1), (32, 3), (32, 2), (32, 1)]
+    message, = [str(w.message) for w in caught]
+    assert message == ('_kernel ran out of shared memory on cpu (196608 '
+                       'bytes against 40960) with 64 rows in 3 stages; it '
+                       'runs 32 rows in 1 stages')
+    tried.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        emsa_triton.fitted_launch('_kernel', config, {}, t, run)
+    assert tried == [(32, 1)]
+    # another dtype, kernel or choice: fitted anew
+    tried.clear()
+    with pytest.warns(UserWarning):
+        emsa_triton.fitted_launch('_kernel', config, {}, t.float(), run)
+    assert len(tried) == 6
+    # a launch the GPU takes: no warning, nothing stepped down
+    tried.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        emsa_triton.fitted_launch('_other', config, {}, t,
+                                  lambda c: run(c, 200))
+    assert tried == [(64, 3)]
+    for given in (dict(block=64), dict(num_stages=3)):
+        tried.clear()
+        with pytest.raises(OutOfResources):
+            emsa_triton.fitted_launch('_kernel', config, given, t, run)
+        assert tried == [(64, 3)]
+    tried.clear()
+    with pytest.raises(OutOfResources, match='Required: 16384'):
+        emsa_triton.fitted_launch('_third', config, {}, t, lambda c: run(c, 8))
+    assert len(tried) == 9
+
+
+def test_kernels_fitted_to_a_small_gpu_compute_the_same(monkeypatch):
+    """On a GPU with less shared memory than the tiles were chosen for
+    (stood in: the keys / values kernel refused above 16 rows), that kernel
+    runs 16 rows, warning once, and the gradients are the float64 formulas'
+    to 1e-8; the queries kernel keeps its 32 rows."""
+    monkeypatch.setattr(emsa_triton, '_FITTED', {})
+    B, H, N, M, C, D = 1, 2, 37, 40, 12, 5
+    inputs = _inputs(B, H, N, M, C, D, torch.float64)
+    weights = _weights(B, H, N, D)
+    keys_kernel = GridRecorder(
+        monkeypatch,
+        '_grad_keys_values_kernel',
+        refuse=lambda kw: kw['BLOCK_N'] > 16)
+    queries_kernel = GridRecorder(monkeypatch, '_grad_queries_kernel')
+    with pytest.warns(UserWarning, match='_grad_keys_values_kernel ran out'):
+        (out, dev), grads = _run(emsa_triton.softmax_moments, inputs, weights)
+    _, ref_grads = _run(moments_written_out, inputs, weights)
+    for name, got, want in zip(('q', 'keys', 'values'), grads, ref_grads):
+        assert_float64_equal(got, want, f'grad {name}')
+    assert keys_kernel.launches == [(32, 2), (32, 1), (16, 2)]
+    assert keys_kernel.grids[-1] == (3, 2, 1)  # 40 keys in blocks of 16
+    assert queries_kernel.launches == [(32, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)
+        _run(emsa_triton.softmax_moments, inputs, weights)
+    assert keys_kernel.launches[3:] == [(16, 2)]
+
+
 @pytest.mark.parametrize('splits', [0, -1, 1.5, '2'])
 def test_bad_splits_are_refused(splits):
     q, keys, values = _inputs(1, 2, 5, 4, 6, 3, torch.float32)
@@ -642,3 +754,49 @@ def test_kernels_compile_for_cuda(tmp_path):
         if row['cc'] == 90 and row['dtype'] != 'fp32' and row['C'] <= 512:
             wgmma = row['kernel'] == '_forward_kernel' or row['C'] <= 128
             assert row['mma'] == ('wgmma' if wgmma else 'mma.sync'), row
+
+
+def test_kernels_fit_a_99_kib_gpu(tmp_path):
+    """On GPUs with 99 KiB of shared memory a block (compute capability
+    8.6 / 8.9 / 12.x: RTX 30xx to 50xx, A10, L4, L40) the tiles chosen
+    for sm_90 do not all fit: ``fitted_launch`` steps down, and every
+    kernel at every C of ResT's multi-head stages, fp16 and bf16, then
+    fits (compiled for sm_86 with Triton's ptxas, tests/_triton_aot.py
+    ``--fit``). With Triton 3.6 the keys / values kernel is the one that
+    steps down: at C = 512 (ResT-Lite / Small, stage 4: 102912 bytes in 3
+    stages) to 2 stages, at C = 384 with d = 96 (ResT-Base / Large,
+    stage 3: 123392) to 16 rows; the others fit as chosen."""
+    limit = 99 * 1024
+    widths = [(128, 64), (192, 96), (256, 64), (384, 96), (512, 64), (768, 96),
+              (768, 64)]
+    specs = [f'86:fp16:{C}:{D}'
+             for C, D in widths] + ['86:bf16:512:64', '86:bf16:384:96']
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['TRITON_CACHE_DIR'] = str(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name('_triton_aot.py')), '--fit',
+            str(limit)
+        ] + specs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 3 * len(specs)
+    for row in rows:
+        assert 'error' not in row and row['shared'] <= limit, row
+    import triton
+    if triton.__version__.startswith('3.6.'):
+        stepped = {
+            (r['dtype'], r['C'], r['kernel']):
+            (r['BLOCK_N'], r['num_stages'], r['tried'])
+            for r in rows if r['tried'] > 1
+        }
+        assert stepped == {
+            (dtype, C, '_grad_keys_values_kernel'): launch
+            for dtype in ('fp16', 'bf16')
+            for C, launch in ((512, (32, 2, 2)), (384, (16, 3, 4)))
+        }

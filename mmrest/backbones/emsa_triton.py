@@ -64,6 +64,7 @@ the tests check them against float64.
 """
 import contextlib
 import functools
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -73,6 +74,8 @@ from .mixed_heads import centred, mixed_queries
 try:
     import triton
     import triton.language as tl
+    # (defined there in triton 2, imported there from its errors since 3)
+    from triton.runtime.autotuner import OutOfResources
 except ImportError:  # where triton is absent
     triton = None
 # The kernels use Triton 3's language (``tl.dot``'s ``input_precision``)
@@ -448,6 +451,56 @@ def _check(q, keys, values):
             f'two), got {C} and {values.shape[3]}; use another core')
 
 
+def smaller_launches(config: dict):
+    """The launches :func:`fitted_launch` tries after ``config`` (a
+    :func:`launch_config`), in order: for the rows per tile and then each
+    half of them down to 16, the pipeline stages from ``config``'s down to
+    1 (``config`` itself first)."""
+    rows = config['BLOCK_N']
+    while rows >= 16:
+        for stages in range(config['num_stages'], 0, -1):
+            yield dict(config, BLOCK_N=rows, BLOCK_M=rows, num_stages=stages)
+        rows //= 2
+
+
+# The launch that fitted, by (kernel, device, dtype, launch_config's choice)
+_FITTED = {}
+
+
+def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
+    """``run(config)``: one kernel's launch, whose shared memory may exceed
+    what the GPU has (99 KiB a block on compute capability 8.6, 8.9 and
+    12.x: RTX 30xx / 40xx / 50xx, A10, L4, L40; 163 KiB on 8.0, 227 KiB
+    on 9.0, for which the tiles were chosen): where Triton refuses the
+    launch (``OutOfResources``), ``run`` again with the next of
+    :func:`smaller_launches` (a warning names the launch taken), and
+    that launch is remembered for the kernel, ``t``'s device and dtype and
+    ``config``, so the next call runs it directly. Rows or stages given in
+    ``launch`` (a tuning sweep) are run as given."""
+    if launch.get('block') or launch.get('num_stages'):
+        return run(config)
+    key = (name, t.device, t.dtype, tuple(sorted(config.items())))
+    if key in _FITTED:
+        return run(_FITTED[key])
+    first = last = None  # refusals: of ``config``, of the last tried
+    for candidate in smaller_launches(config):
+        try:
+            out = run(candidate)
+        except OutOfResources as e:
+            first, last = first or e, e
+            continue
+        _FITTED[key] = candidate
+        if first is not None:
+            warnings.warn(
+                f'{name} ran out of {first.name} on {t.device} '
+                f'({first.required} bytes against {first.limit}) with '
+                f"{config['BLOCK_N']} rows in {config['num_stages']} "
+                f"stages; it runs {candidate['BLOCK_N']} rows in "
+                f"{candidate['num_stages']} stages")
+        return out
+    raise last
+
+
 def _acc_dtype(dtype: torch.dtype):
     return (torch.float64,
             tl.float64) if dtype == torch.float64 else (torch.float32,
@@ -471,22 +524,14 @@ def _launch_forward(queries, keys, values, launch):
         forward=True,
         capability=capability(queries),
         **_tiles(launch))
-    grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
-    with launch_device(queries):
-        _forward_kernel[grid](
-            queries,
-            keys,
-            values,
-            out,
-            lse,
-            dev,
-            N,
-            M,
-            H,
-            C,
-            D,
-            ACC=acc_tl,
-            **config)
+    args = (queries, keys, values, out, lse, dev, N, M, H, C, D)
+
+    def run(config):
+        grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
+        with launch_device(queries):
+            _forward_kernel[grid](*args, ACC=acc_tl, **config)
+
+    fitted_launch('_forward_kernel', config, launch, queries, run)
     return out, lse, dev
 
 
@@ -505,38 +550,57 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
     v_mean = values.mean(2, keepdim=True, dtype=acc)
     delta = (d_out * (out + v_mean)).sum(-1).addcmul_(d_dev, dev, value=2)
     config = launch_config(C, D, queries.dtype, **_tiles(launch))
-    query_blocks = triton.cdiv(N, config['BLOCK_N'])
-    key_programs = triton.cdiv(M, config['BLOCK_M']) * B * H
-    splits = launch.get('splits') or query_splits(key_programs, query_blocks,
-                                                  multiprocessors(queries))
-    # whole query blocks a split; no split left empty
-    split_blocks = triton.cdiv(query_blocks, min(splits, query_blocks))
-    splits = triton.cdiv(query_blocks, split_blocks)
-    dq = torch.empty_like(queries, dtype=acc)
-    dk = queries.new_empty(B, H * splits, M, C, dtype=acc)
-    dv = queries.new_empty(B, H, splits, M, D, dtype=acc)
     args = (N, M, H, C, D, 1.0 / M)
-    kw = dict(config, ACC=acc_tl)
-    rows = (query_blocks, B * H)
-    cols = (triton.cdiv(M, config['BLOCK_M']), B * H, splits)
-    with launch_device(queries):
-        _grad_queries_kernel[rows](queries, keys, values, d_out, lse, d_dev,
-                                   delta, dq, *args, **kw)
-        _grad_keys_values_kernel[cols](
-            queries,
-            keys,
-            values,
-            d_out,
-            lse,
-            d_dev,
-            delta,
-            dk,
-            dv,
-            *args,
-            split_blocks * config['BLOCK_N'],
-            SPLIT=splits > 1,
-            **kw)
-    dv = dv.squeeze(2) if splits == 1 else dv.sum(2)
+    dq = torch.empty_like(queries, dtype=acc)
+
+    def grad_queries(config):
+        grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
+        with launch_device(queries):
+            _grad_queries_kernel[grid](
+                queries,
+                keys,
+                values,
+                d_out,
+                lse,
+                d_dev,
+                delta,
+                dq,
+                *args,
+                ACC=acc_tl,
+                **config)
+
+    def grad_keys_values(config):
+        query_blocks = triton.cdiv(N, config['BLOCK_N'])
+        key_blocks = triton.cdiv(M, config['BLOCK_M'])
+        splits = launch.get('splits') or query_splits(
+            key_blocks * B * H, query_blocks, multiprocessors(queries))
+        # whole query blocks a split; no split left empty
+        split_blocks = triton.cdiv(query_blocks, min(splits, query_blocks))
+        splits = triton.cdiv(query_blocks, split_blocks)
+        dk = queries.new_empty(B, H * splits, M, C, dtype=acc)
+        dv = queries.new_empty(B, H, splits, M, D, dtype=acc)
+        with launch_device(queries):
+            _grad_keys_values_kernel[key_blocks, B * H, splits](
+                queries,
+                keys,
+                values,
+                d_out,
+                lse,
+                d_dev,
+                delta,
+                dk,
+                dv,
+                *args,
+                split_blocks * config['BLOCK_N'],
+                SPLIT=splits > 1,
+                ACC=acc_tl,
+                **config)
+        return dk, dv.squeeze(2) if splits == 1 else dv.sum(2)
+
+    fitted_launch('_grad_queries_kernel', config, launch, queries,
+                  grad_queries)
+    dk, dv = fitted_launch('_grad_keys_values_kernel', config, launch, queries,
+                           grad_keys_values)
     return dq, dk, dv
 
 
