@@ -404,6 +404,28 @@ def test_forward_tiles_on_hopper():
     assert emsa_triton.capability(torch.zeros(1)) is None
 
 
+def test_backward_tiles_where_products_are_mma_sync():
+    """The backward kernels take 32 rows of 2-byte inputs at C = 128 on
+    GPUs of compute capability 8.x and 12.x (where at 64 the keys / values
+    kernel spills, test_kernels_compile_for_cuda), 64 on 9.x and 10.x and
+    in the CPU's interpreter; wider C, float32, the forward kernel and an
+    explicit ``block`` as before."""
+
+    def rows(C, dtype=torch.float16, **kw):
+        return emsa_triton.launch_config(C, 64, dtype, **kw)['BLOCK_N']
+
+    for capability in ((8, 0), (8, 6), (8, 9), (12, 0)):
+        assert [rows(C, capability=capability)
+                for C in (128, 256, 512, 768)] == [32, 32, 32, 16]
+        assert rows(128, torch.bfloat16, capability=capability) == 32
+        assert rows(128, torch.float32, capability=capability) == 32
+        assert rows(128, capability=capability, forward=True) == 64
+        assert rows(128, capability=capability, block=64) == 64
+    for capability in ((9, 0), (10, 0), None):
+        assert [rows(C, capability=capability)
+                for C in (128, 256, 512, 768)] == [64, 32, 32, 16]
+
+
 def test_launch_options_reach_the_kernels(monkeypatch):
     """``launch`` (the device tuning sweep's warps and pipeline stages)
     overrides launch_config's choice, in the forward and the backward, and
@@ -424,9 +446,10 @@ def test_launch_options_reach_the_kernels(monkeypatch):
         weights)
     assert recorder.count == 2  # the forward and the backward
     (_, forward), (_, backward) = recorder.calls
-    assert backward == dict(block=16, num_warps=2, num_stages=4)
-    # the forward's tiles may differ on a GPU (CPU tensors: no capability)
-    assert forward == dict(backward, forward=True, capability=None)
+    # the tiles may differ by GPU (CPU tensors: no capability)
+    assert backward == dict(
+        block=16, num_warps=2, num_stages=4, capability=None)
+    assert forward == dict(backward, forward=True)
     want = _run(lambda *t: emsa_triton.softmax_moments(*t, block=16), inputs,
                 weights)
     for g, w in zip(got[0] + got[1], want[0] + want[1]):
@@ -694,8 +717,9 @@ def test_bad_splits_are_refused(splits):
 
 
 # Shared memory a program may use: A100 (sm_80) 163 KiB, H100 / H200 (sm_90)
-# 227 KiB (CUDA's occupancy tables, maximum per block)
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+# 227 KiB, RTX 30xx (sm_86) and RTX 50xx (sm_120) 99 KiB (CUDA's occupancy
+# tables, maximum per block)
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 90: 227 * 1024, 120: 99 * 1024}
 
 
 def test_kernels_compile_for_cuda(tmp_path):
@@ -703,7 +727,8 @@ def test_kernels_compile_for_cuda(tmp_path):
     ptxas, tests/_triton_aot.py; the interpreter does not run Triton's
     compiler): for H100 / H200 (sm_90) in fp16 at every C of ResT's
     multi-head stages (128 to 768, heads of 64 and of 96 channels), bf16,
-    float32, and at C = 768 for A100 (sm_80); the keys / values kernel
+    float32, at C = 768 for A100 (sm_80), at C = 128 for sm_80, sm_86 and
+    sm_120 (A100, RTX 30xx, RTX 50xx); the keys / values kernel
     also for split query rows (``query_splits``) where the keys are few
     enough to split them (stages 2 and 3, C up to 512). Each kernel
     spills no registers (stack 0; the widest, C = 768 with d = 96, a few)
@@ -717,6 +742,8 @@ def test_kernels_compile_for_cuda(tmp_path):
     # allowed there, up to 64 bytes
     wide = [f'90:fp16:{C}:96' for C in (192, 384, 768)]
     specs += wide + ['90:fp32:768:96', '80:fp16:768:96']
+    # mma.sync GPUs at C = 128 (the backward kernels at 32 rows there)
+    specs += ['80:fp16:128:64', '86:fp16:128:64', '120:bf16:128:64']
     # split query rows: the keys / values kernel alone (a row each)
     split = [
         f'90:fp16:{C}:{D}:-:-:-:1'
@@ -766,7 +793,7 @@ def test_kernels_fit_a_99_kib_gpu(tmp_path):
     steps down: at C = 512 (ResT-Lite / Small, stage 4: 102912 bytes in 3
     stages) to 2 stages, at C = 384 with d = 96 (ResT-Base / Large,
     stage 3: 123392) to 16 rows; the others fit as chosen."""
-    limit = 99 * 1024
+    limit = SHARED_LIMIT[86]
     widths = [(128, 64), (192, 96), (256, 64), (384, 96), (512, 64), (768, 96),
               (768, 64)]
     specs = [f'86:fp16:{C}:{D}'

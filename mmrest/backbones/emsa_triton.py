@@ -321,6 +321,13 @@ _ROWS_WIDER = ((128, 32), )
 # instructions (at 32 rows, mma.sync; tests/_triton_aot.py reports which).
 # On sm_80 64 rows spill from C = 256 on (1040 bytes a thread).
 _FORWARD_ROWS_2BYTE_SM90 = ((512, 64), )
+# The backward kernels where their products compile to mma.sync (compute
+# capability 8.x and 12.x: A100, RTX 30xx to 50xx, A10, L4, L40): at 64
+# rows and C = 128 the keys / values kernel spills 568 bytes a thread on
+# sm_80, 296 on sm_86, 456 on sm_120, and nothing at 32 rows; on 9.x
+# (wgmma) and 10.x it spills nothing at 64.
+_BACKWARD_ROWS_2BYTE_MMA_SYNC = ((512, 32), )
+_NO_BACKWARD_SPILLS_AT_64 = (9, 10)
 NUM_WARPS = 8
 
 
@@ -345,7 +352,9 @@ def launch_config(C: int,
     which holds no gradient accumulators, takes 64 rows of 2-byte inputs
     up to C = 512 on a GPU of compute capability 9.x (``capability``, as
     ``torch.cuda.get_device_capability`` gives it; None: the CPU's
-    interpreter, the table above). Inputs wider than 2 bytes are
+    interpreter, the table above); the backward kernels take 32 rows of
+    2-byte inputs from C = 128 down on GPUs other than 9.x and 10.x, where
+    at 64 the keys / values kernel spills. Inputs wider than 2 bytes are
     pipelined in 2 stages instead of 3, which keeps float32 at C = 768
     (ResT-Base / Large, stage 4) within an A100's 163 KiB of shared memory
     (137 KiB against 205 KiB). ``block`` (a power of two, at least 16)
@@ -361,6 +370,9 @@ def launch_config(C: int,
         if forward and two_byte and capability is not None and \
                 capability[0] == 9:
             table = _FORWARD_ROWS_2BYTE_SM90 + table
+        elif not forward and two_byte and capability is not None and \
+                capability[0] not in _NO_BACKWARD_SPILLS_AT_64:
+            table = _BACKWARD_ROWS_2BYTE_MMA_SYNC + table
         block = next((rows for top, rows in table if BLOCK_C <= top), 16)
     elif block < 16 or block & (block - 1):
         raise ValueError(f'block must be a power of two >= 16, got {block}')
@@ -549,7 +561,8 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
     # delta_n = dO_n . (P V)_n + 2 dr_n r_n, P V = out + mean_m V_m
     v_mean = values.mean(2, keepdim=True, dtype=acc)
     delta = (d_out * (out + v_mean)).sum(-1).addcmul_(d_dev, dev, value=2)
-    config = launch_config(C, D, queries.dtype, **_tiles(launch))
+    config = launch_config(
+        C, D, queries.dtype, capability=capability(queries), **_tiles(launch))
     args = (N, M, H, C, D, 1.0 / M)
     dq = torch.empty_like(queries, dtype=acc)
 
