@@ -469,6 +469,12 @@ def test_launch_options_reach_the_kernels(monkeypatch):
             emsa_triton.launch_config(64, 64, torch.float16, num_warps=warps)
     with pytest.raises(ValueError, match='num_stages must be.*got 0'):
         emsa_triton.launch_config(64, 64, torch.float16, num_stages=0)
+    for block in (8, 24, 48):  # below 16, or not a power of two
+        with pytest.raises(
+                ValueError,
+                match=f'block must be a power of two >= 16, '
+                f'got {block}'):
+            emsa_triton.launch_config(64, 64, torch.float16, block=block)
 
 
 class GridRecorder:
