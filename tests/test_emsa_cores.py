@@ -5,6 +5,7 @@ with its bias, softmax, InstanceNorm, ``@ v``), outputs and gradients, in
 float64 to 1e-8 and in float32 against the float64 result as accurately as
 the literal float32 computation."""
 import math
+import types
 
 import pytest
 import torch
@@ -345,6 +346,18 @@ def test_use_emsa_core_dispatch(monkeypatch):
                 assert kernels.emsa_core('cuda', dtype=dtype) == want
             for dtype in (torch.float32, torch.float64):
                 assert kernels.emsa_core('cuda', dtype=dtype) == 'chunked'
+        # ROCm's torch calls AMD GPUs 'cuda' (MI300X: version 9.4, not a
+        # compute capability): 'chunked'
+        m.setattr(emsa_triton, 'available', lambda: True)
+        m.setattr(torch.version, 'hip', '6.2.41133')
+        m.setattr(
+            torch.cuda, 'get_device_capability', lambda device=None: (9, 4))
+        assert kernels.emsa_core('cuda', dtype=torch.float16) == 'chunked'
+        gpu = types.SimpleNamespace(device=torch.device('cuda', 0))
+        assert emsa_triton.capability(gpu) is None  # the defaults' tiles
+        m.setattr(torch.version, 'hip', None)
+        assert emsa_triton.capability(gpu) == (9, 4)
+        assert kernels.emsa_core('cuda', dtype=torch.float16) == 'triton'
     if not torch.cuda.is_available():  # no GPU to ask: 'chunked'
         assert kernels.emsa_core('cuda') == 'chunked'
     monkeypatch.setitem(kernels.DEFAULT_EMSA_CORES, 'cpu',

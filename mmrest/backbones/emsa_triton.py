@@ -301,8 +301,10 @@ def launch_device(t: torch.Tensor):
 
 
 def capability(t: torch.Tensor) -> Optional[Tuple[int, int]]:
-    """The compute capability of the GPU ``t`` is on; None on the CPU."""
-    if t.device.type == 'cuda':
+    """The compute capability of the NVIDIA GPU ``t`` is on; None on the
+    CPU and under ROCm (whose 'cuda' devices are AMD GPUs: their version
+    numbers are not NVIDIA's, so the defaults' tiles apply)."""
+    if t.device.type == 'cuda' and not torch.version.hip:
         return torch.cuda.get_device_capability(t.device)
     return None
 

@@ -1081,18 +1081,20 @@ def _triton_runs_on(device: torch.device,
                     widths: Optional[Tuple[int, int]] = None,
                     dtype: Optional[torch.dtype] = None) -> bool:
     """Whether the 'triton' core runs as a default on ``device``: triton
-    >= 3 and a CUDA GPU of compute capability 8.0 or newer (the kernels'
-    compilation is checked for 8.0 and 9.0), for queries of ``dtype``, if
-    given, no wider than 2 bytes (see ``DEFAULT_EMSA_CORES``); on the CPU,
-    Triton's interpreter; and kernels that take the channels ``widths``,
-    if given."""
+    >= 3 and an NVIDIA GPU of compute capability 8.0 or newer (the
+    kernels' compilation is checked for NVIDIA's architectures; a ROCm
+    build of torch also calls AMD GPUs 'cuda', with their own version
+    numbers in place of a compute capability: 'chunked' there), for
+    queries of ``dtype``, if given, no wider than 2 bytes (see
+    ``DEFAULT_EMSA_CORES``); on the CPU, Triton's interpreter; and kernels
+    that take the channels ``widths``, if given."""
     from . import emsa_triton
     if widths is not None and not emsa_triton.fits(*widths):
         return False
     if device.type == 'cpu':  # only in Triton's interpreter (the tests)
         return emsa_triton.interpreted()
     if device.type != 'cuda' or not emsa_triton.available() or \
-            not torch.cuda.is_available():
+            not torch.cuda.is_available() or torch.version.hip:
         return False
     if dtype is not None and torch.empty((), dtype=dtype).element_size() > 2:
         return False
