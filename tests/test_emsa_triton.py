@@ -728,6 +728,24 @@ def test_bad_splits_are_refused(splits):
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 90: 227 * 1024, 120: 99 * 1024}
 
 
+def compiled_for_cuda(tmp_path, *argv) -> list:
+    """tests/_triton_aot.py's rows for ``argv``, in a process without
+    TRITON_INTERPRET (the kernels compiled), its Triton cache in
+    ``tmp_path`` (compiled here, not cached)."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['TRITON_CACHE_DIR'] = str(tmp_path)
+    proc = subprocess.run([
+        sys.executable,
+        str(Path(__file__).with_name('_triton_aot.py')), *argv
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 def test_kernels_compile_for_cuda(tmp_path):
     """The kernels as launched compile for CUDA without a GPU (Triton's
     ptxas, tests/_triton_aot.py; the interpreter does not run Triton's
@@ -756,17 +774,7 @@ def test_kernels_compile_for_cuda(tmp_path):
         for C, D in ((128, 64), (192, 96), (256, 64), (384, 96), (512, 64))
     ] + ['90:bf16:128:64:-:-:-:1']
     specs += split
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    env['TRITON_CACHE_DIR'] = str(tmp_path)  # compiled here, not cached
-    proc = subprocess.run(
-        [sys.executable,
-         str(Path(__file__).with_name('_triton_aot.py'))] + specs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout)
+    rows = compiled_for_cuda(tmp_path, *specs)
     assert len(rows) == 3 * len(specs) - 2 * len(split)
     assert sum(row['split'] for row in rows) == len(split)
     # The tiles were chosen with Triton 3.6's ptxas (the constraints' pin;
@@ -804,20 +812,7 @@ def test_kernels_fit_a_99_kib_gpu(tmp_path):
               (768, 64)]
     specs = [f'86:fp16:{C}:{D}'
              for C, D in widths] + ['86:bf16:512:64', '86:bf16:384:96']
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    env['TRITON_CACHE_DIR'] = str(tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name('_triton_aot.py')), '--fit',
-            str(limit)
-        ] + specs,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout)
+    rows = compiled_for_cuda(tmp_path, '--fit', str(limit), *specs)
     assert len(rows) == 3 * len(specs)
     for row in rows:
         assert 'error' not in row and row['shared'] <= limit, row

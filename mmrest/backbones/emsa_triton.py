@@ -567,22 +567,14 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
         C, D, queries.dtype, capability=capability(queries), **_tiles(launch))
     args = (N, M, H, C, D, 1.0 / M)
     dq = torch.empty_like(queries, dtype=acc)
+    # what both kernels read
+    inputs = (queries, keys, values, d_out, lse, d_dev, delta)
 
     def grad_queries(config):
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
         with launch_device(queries):
             _grad_queries_kernel[grid](
-                queries,
-                keys,
-                values,
-                d_out,
-                lse,
-                d_dev,
-                delta,
-                dq,
-                *args,
-                ACC=acc_tl,
-                **config)
+                *inputs, dq, *args, ACC=acc_tl, **config)
 
     def grad_keys_values(config):
         query_blocks = triton.cdiv(N, config['BLOCK_N'])
@@ -596,13 +588,7 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
         dv = queries.new_empty(B, H, splits, M, D, dtype=acc)
         with launch_device(queries):
             _grad_keys_values_kernel[key_blocks, B * H, splits](
-                queries,
-                keys,
-                values,
-                d_out,
-                lse,
-                d_dev,
-                delta,
+                *inputs,
                 dk,
                 dv,
                 *args,
