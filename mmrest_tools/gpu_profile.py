@@ -484,7 +484,76 @@ def triton_rows(budget_s=240.0):
     return rows
 
 
-SECTIONS = ('variants', 'profile', 'models', 'convs', 'eval224', 'triton')
+# The fitted section's stand-in choice of rows: at C = 128 in fp16 far past
+# any GPU's shared memory (64 rows take 81 KiB in the keys / values kernel
+# on sm_90)
+OVERSIZED_ROWS = 256
+
+
+def fitted_rows():
+    """The 'triton' core with launch_config's choice stood in by
+    ``OVERSIZED_ROWS`` rows (stage 2's heads and channels, a few hundred
+    queries and keys), as on a GPU with less shared memory than the tiles
+    were chosen for: on a GPU Triton refuses the launches
+    (``OutOfResources``) and ``emsa_triton.fitted_launch`` steps each
+    kernel down, warning once. The row gives the launch each kernel took
+    (rows, stages), the warnings, the seconds (each refused launch is
+    compiled first), and the output's and gradients' largest relative
+    difference from the default launch's. On the CPU's interpreter nothing
+    is refused."""
+    import warnings
+
+    from mmrest.backbones import emsa_triton
+    if not emsa_triton.available():
+        return [dict(skipped='needs triton >= 3')]
+    if DEVICE == 'cpu' and not emsa_triton.interpreted():
+        return [dict(skipped='the CPU needs TRITON_INTERPRET=1')]
+    inputs, grad = _core_inputs(2, 512 // SCALE, 128 // SCALE)
+
+    def run():
+        out = emsa_triton.attention_core(*inputs)
+        grads = torch.autograd.grad(out, inputs[:4], grad)
+        return [out.detach()] + list(grads)
+
+    ref = run()
+    choice, saved = emsa_triton.launch_config, dict(emsa_triton._FITTED)
+
+    def oversized(*args, **kwargs):
+        return dict(
+            choice(*args, **kwargs),
+            BLOCK_N=OVERSIZED_ROWS,
+            BLOCK_M=OVERSIZED_ROWS)
+
+    emsa_triton._FITTED.clear()
+    emsa_triton.launch_config = oversized
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            got = run()
+        fitted = {
+            key[0]: (config['BLOCK_N'], config['num_stages'])
+            for key, config in emsa_triton._FITTED.items()
+        }
+    finally:
+        emsa_triton.launch_config = choice
+        emsa_triton._FITTED.clear()
+        emsa_triton._FITTED.update(saved)
+    return [
+        dict(
+            fitted=fitted,
+            warnings=[
+                str(w.message) for w in caught if 'ran out' in str(w.message)
+            ],
+            seconds=round(time.time() - t0, 1),
+            max_rel_diff=max(
+                float((g.float() - r.float()).norm() / r.float().norm())
+                for g, r in zip(got, ref)))
+    ]
+
+
+SECTIONS = ('variants', 'profile', 'models', 'convs', 'eval224', 'triton',
+            'fitted')
 
 
 def main(argv=None):
@@ -530,6 +599,7 @@ def main(argv=None):
         profile=lambda:
         [row for name, dtype in PROFILED for row in profile_rows(name, dtype)],
         triton=lambda: triton_rows(args.triton_budget_s),
+        fitted=fitted_rows,
         models=lambda: model_rows(args.models))
     for key in args.sections:
         fn = sections[key]

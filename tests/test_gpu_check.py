@@ -2761,7 +2761,7 @@ def test_gpu_experiment_command_lines(tmp_path):
         assert option in proc.stdout, proc.stdout
     _run_tool([
         'tools/device/gpu_profile.py', '--smoke', '--sections', 'convs',
-        'triton', '--out',
+        'triton', 'fitted', '--out',
         str(tmp_path)
     ],
               timeout=900)
@@ -2782,6 +2782,72 @@ def test_gpu_experiment_command_lines(tmp_path):
         assert r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0, r
         if r['core'] == 'triton':
             assert r['rel_diff_chunked'] < 4 * 2**-11, r
+    # the interpreter refuses no launch: each kernel runs the oversized one
+    row, = result['fitted']
+    if not emsa_triton.available():
+        assert row == dict(skipped='needs triton >= 3')
+    else:
+        assert row['fitted'] == dict.fromkeys(KERNEL_NAMES, [256, 3])  # JSON
+        assert row['warnings'] == [] and row['max_rel_diff'] < 4 * 2**-11
+
+
+KERNEL_NAMES = ('_forward_kernel', '_grad_queries_kernel',
+                '_grad_keys_values_kernel')
+
+
+def test_profile_fitted_section_steps_down(monkeypatch):
+    """gpu_profile's ``fitted`` section, on a stand-in GPU that refuses
+    launches above 32 rows (the interpreted kernels raising Triton's
+    OutOfResources): each kernel steps down from the oversized 256 rows in
+    3 stages to 32 rows in 3 stages, warning once each; the results are the
+    default launch's up to fp16 roundings; launch_config and the fitted
+    launches are restored after."""
+    from mmrest.backbones import emsa_triton
+    if not emsa_triton.available():
+        pytest.skip('needs triton >= 3')
+    gpu_profile = _profile_on_cpu(monkeypatch, scale=8)
+    monkeypatch.setattr(emsa_triton, 'interpreted', lambda: True)
+    launched = []
+    for name in KERNEL_NAMES:
+        kernel = getattr(emsa_triton, name)
+
+        class Refusing:
+
+            def __getitem__(self, grid, kernel=kernel, name=name):
+
+                def launch(*args, **kwargs):
+                    launched.append((name, kwargs['BLOCK_N']))
+                    if kwargs['BLOCK_N'] > 32:
+                        raise emsa_triton.OutOfResources(
+                            1 << 20, 1 << 16, 'shared memory')
+                    return kernel[grid](*args, **kwargs)
+
+                return launch
+
+        monkeypatch.setattr(emsa_triton, name, Refusing())
+    choice = emsa_triton.launch_config
+    monkeypatch.setattr(emsa_triton, '_FITTED', {'kept': 1})
+    row, = gpu_profile.fitted_rows()
+    assert row['fitted'] == dict.fromkeys(KERNEL_NAMES, (32, 3))
+    assert [w.split(' ran out')[0] for w in row['warnings']] == [
+        '_forward_kernel', '_grad_queries_kernel', '_grad_keys_values_kernel'
+    ]
+    assert all('with 256 rows in 3 stages; it runs 32 rows in 3 stages' in w
+               for w in row['warnings'])
+    assert row['max_rel_diff'] < 4 * 2**-11
+    assert emsa_triton.launch_config is choice
+    # kept: what was there and the default launches' fittings (64 rows
+    # to 32); the oversized ones dropped
+    fitted = dict(emsa_triton._FITTED)
+    assert fitted.pop('kept') == 1
+    assert sorted(key[0] for key in fitted) == sorted(KERNEL_NAMES)
+    assert all(
+        dict(key[3])['BLOCK_N'] == 64 and launch['BLOCK_N'] == 32
+        for key, launch in fitted.items())
+    # the default launches (64 rows) refused too, then each oversized one
+    # and its smaller ones: 256, 128 and 64 rows in 3 stages each
+    assert [rows for name, rows in launched
+            if name == '_forward_kernel'][:4] == [64, 64, 64, 32]
 
 
 def test_check_backbones_are_the_benchmarks_networks():

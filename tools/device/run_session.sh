@@ -7,8 +7,10 @@
 #   bash tools/device/run_session.sh          # part 1 (default)
 #   bash tools/device/run_session.sh compile  # part 2
 #
-# Part 1: the profile's triton and profile sections (LIMIT_S PROFILE_S,
-# default 200; its triton launches stop at 2/3 of it), then the GPU check's
+# Part 1: the profile's triton, profile and fitted sections (LIMIT_S
+# PROFILE_S, default 200; its triton launches stop at 2/3 of it; fitted,
+# last, checks the triton core's step-down from launches too large for the
+# GPU's shared memory on a real GPU), then the GPU check's
 # variants and maskrcnn sections with --emsa-core auto and the cores
 # chunked, maps and triton, its deadline and limit from what is left of
 # TOTAL_S (default 560). Part 2: the check's compile section within
@@ -44,7 +46,7 @@ case "$part" in
     note "gpu_profile, limit $profile_s s"
     # shellcheck disable=SC2086
     LIMIT_S="$profile_s" bash tools/device/run_gpu_profile.sh \
-      ${PROFILE_ARGS:---sections triton profile --triton-budget-s $((profile_s * 2 / 3))}
+      ${PROFILE_ARGS:---sections triton profile fitted --triton-budget-s $((profile_s * 2 / 3))}
     note "gpu_profile done"
     # shellcheck disable=SC2086
     check ${CHECK_ARGS:---sections variants,maskrcnn --emsa-core auto --variant-cores chunked,maps,triton}
