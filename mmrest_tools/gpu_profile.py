@@ -484,9 +484,11 @@ def triton_rows(budget_s=240.0):
     return rows
 
 
-# The fitted section's stand-in choice of rows: at C = 128 in fp16 far past
-# any GPU's shared memory (64 rows take 81 KiB in the keys / values kernel
-# on sm_90)
+# The fitted section's stand-in choice of rows. At C = 128 in fp16, for
+# sm_90 (ptxas here, tests/_triton_aot.py 90:fp16:128:64:256), the keys /
+# values kernel then needs 332800 bytes of shared memory, more than any
+# GPU's 227 KiB (the forward 163840, the queries' kernel 196608: those fit
+# an H100 / H200 and run as they are); at 128 rows it needs 165888.
 OVERSIZED_ROWS = 256
 
 
@@ -494,9 +496,10 @@ def fitted_rows():
     """The 'triton' core with launch_config's choice stood in by
     ``OVERSIZED_ROWS`` rows (stage 2's heads and channels, a few hundred
     queries and keys), as on a GPU with less shared memory than the tiles
-    were chosen for: on a GPU Triton refuses the launches
-    (``OutOfResources``) and ``emsa_triton.fitted_launch`` steps each
-    kernel down, warning once. The row gives the launch each kernel took
+    were chosen for: on a GPU Triton refuses the launches that need more
+    than it has (``OutOfResources``; on an H100 / H200 the keys / values
+    kernel's) and ``emsa_triton.fitted_launch`` steps each of those down,
+    warning once. The row gives the launch each kernel took
     (rows, stages), the warnings, the seconds (each refused launch is
     compiled first), and the output's and gradients' largest relative
     difference from the default launch's. On the CPU's interpreter nothing

@@ -9,7 +9,7 @@
 #
 # Part 1: the profile's triton, profile and fitted sections (LIMIT_S
 # PROFILE_S, default 200; its triton launches stop at 2/3 of it; fitted,
-# last, checks the triton core's step-down from launches too large for the
+# last, checks the triton core's step-down from a launch too large for the
 # GPU's shared memory on a real GPU), then the GPU check's
 # variants and maskrcnn sections with --emsa-core auto and the cores
 # chunked, maps and triton, its deadline and limit from what is left of
