@@ -655,8 +655,9 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
             'ran'
     assert tried == [(64, 3), (64, 2), (64, 1), (32, 3), (32, 2), (32, 1)]
     message, = [str(w.message) for w in caught]
-    assert message == ('_kernel ran out of shared memory on cpu (196608 '
-                       'bytes against 40960) with 64 rows in 3 stages; it '
+    # Triton's resource, in its units (bytes of shared memory; threads)
+    assert message == ('_kernel ran out of shared memory on cpu (required '
+                       '196608, limit 40960) with 64 rows in 3 stages; it '
                        'runs 32 rows in 1 stages')
     tried.clear()
     with warnings.catch_warnings():

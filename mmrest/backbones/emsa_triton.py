@@ -507,7 +507,7 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
         if first is not None:
             warnings.warn(
                 f'{name} ran out of {first.name} on {t.device} '
-                f'({first.required} bytes against {first.limit}) with '
+                f'(required {first.required}, limit {first.limit}) with '
                 f"{config['BLOCK_N']} rows in {config['num_stages']} "
                 f"stages; it runs {candidate['BLOCK_N']} rows in "
                 f"{candidate['num_stages']} stages")
