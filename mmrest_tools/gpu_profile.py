@@ -418,6 +418,17 @@ def _time_core(fn, inputs, grad):
     return timed(forward), timed(both), out
 
 
+def _triton_unable():
+    """Why the 'triton' core cannot run here (triton < 3; the CPU outside
+    Triton's interpreter), or None."""
+    from mmrest.backbones import emsa_triton
+    if not emsa_triton.available():
+        return 'needs triton >= 3'
+    if DEVICE == 'cpu' and not emsa_triton.interpreted():
+        return 'the CPU needs TRITON_INTERPRET=1'
+    return None
+
+
 def triton_rows(budget_s=240.0):
     """The 'triton' core of EMSA alone at ResT-Small's shapes (fp16 inputs,
     as under autocast), forward and forward + backward, with each launch of
@@ -431,11 +442,7 @@ def triton_rows(budget_s=240.0):
     the core cannot run (triton < 3; the CPU outside Triton's interpreter)
     its rows say so."""
     from mmrest.backbones import emsa_triton, kernels
-    unable = None
-    if not emsa_triton.available():
-        unable = 'needs triton >= 3'
-    elif DEVICE == 'cpu' and not emsa_triton.interpreted():
-        unable = 'the CPU needs TRITON_INTERPRET=1'
+    unable = _triton_unable()
     launches = TRITON_LAUNCHES if DEVICE == 'cuda' else TRITON_LAUNCHES[:2]
 
     def chunked(q, k, v, mix, bias):
@@ -507,10 +514,9 @@ def fitted_rows():
     import warnings
 
     from mmrest.backbones import emsa_triton
-    if not emsa_triton.available():
-        return [dict(skipped='needs triton >= 3')]
-    if DEVICE == 'cpu' and not emsa_triton.interpreted():
-        return [dict(skipped='the CPU needs TRITON_INTERPRET=1')]
+    unable = _triton_unable()
+    if unable:
+        return [dict(skipped=unable)]
     inputs, grad = _core_inputs(2, 512 // SCALE, 128 // SCALE)
 
     def run():
