@@ -377,21 +377,23 @@ def export_detector(task_processor,
 def build_ort_model(task_processor, onnx_file: str):
     """mmdeploy's ONNX Runtime backend model of ``onnx_file``; its
     ``test_step(data)`` returns ``DetDataSample``s like the detector's, or
-    ``SegDataSample``s like the segmentor's. A segmentor's logits (deploy
-    config ``segmentation-logits``: mmdeploy's ``with_argmax=False``) are
-    resized to the original image and turned into labels as mmseg does (its
-    ``postprocess_result``: bilinear, then the argmax), where mmdeploy's
-    backend model takes the argmax first and resizes the labels (nearest),
-    as it does with the labels of ``segmentation``. A binary segmentor's
-    graph (one output channel) gives labels in either config (mmdeploy's
-    rewrite thresholds the logits in the graph): they are resized as
-    ``segmentation``'s, where mmdeploy's backend model would take their
-    argmax over the one channel (every pixel 0)."""
+    ``SegDataSample``s like the segmentor's, packed by
+    :func:`_pack_as_mmseg` in place of mmdeploy's packing. A segmentor's
+    logits (deploy config ``segmentation-logits``: mmdeploy's
+    ``with_argmax=False``) are resized to the original image and turned
+    into labels as mmseg does (its ``postprocess_result``: bilinear, then
+    the argmax), where mmdeploy's backend model takes the argmax first and
+    resizes the labels (nearest). Labels (``segmentation``'s, and a binary
+    segmentor's in either config: mmdeploy's rewrite thresholds its logits
+    in the graph) are taken as mmseg takes logits (a data preprocessor's
+    test padding cut off, a flip undone) and resized nearest, where
+    mmdeploy's packing resizes the padded map (the padding stretched over
+    the image) and takes a binary segmentor's labels' argmax over the one
+    channel (every pixel 0)."""
     if not osp.isfile(onnx_file):
         raise FileNotFoundError(f'ONNX file not found: {onnx_file!r}')
     model = task_processor.build_backend_model([onnx_file])
-    codebase = task_processor.deploy_cfg.codebase_config
-    if codebase.type == 'mmseg' and codebase.get('with_argmax', True) is False:
+    if task_processor.deploy_cfg.codebase_config.type == 'mmseg':
         model.pack_result = functools.partial(
             _pack_as_mmseg, segmentor_view(task_processor.model_cfg.model))
     return model

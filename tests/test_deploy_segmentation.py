@@ -533,6 +533,35 @@ def test_binary_labels_packed_as_mmseg_packs_logits():
         pack(flip=True, flip_direction='diagonal', **padded)
 
 
+def test_backend_model_cuts_the_test_padding_off_labels(tmp_path):
+    """With ``segmentation`` (labels in the graph) and a data
+    preprocessor's ``test_cfg`` that pads the 77 x 96 input of a 128 x 160
+    image to 96 x 96, ``build_ort_model``'s map is the graph's labels with
+    the padding cut off, resized nearest (source indices by hand);
+    mmdeploy's own backend model resizes the padded map, stretching the
+    padding over the image (the premise)."""
+    from mmrest.deploy import build_ort_model, predict
+    processor, model = build_detector(
+        SEG_CONFIG,
+        'segmentation',
+        cfg_options={
+            'model.data_preprocessor.test_cfg': dict(size_divisor=32)
+        })
+    picture = synthetic_image((128, 160))
+    data, inputs = make_input(processor, model, picture)
+    assert inputs.shape[-2:] == (96, 96)
+    onnx_file = export_detector(processor, model, picture, str(tmp_path),
+                                'segmentation')
+    graph, = onnx_outputs(onnx_file, inputs)
+    assert graph.shape == (1, 1, 96, 96)
+    rows, cols = torch.arange(128) * 77 // 128, torch.arange(160) * 96 // 160
+    want = graph[0, 0, :77, :96][rows][:, cols]
+    assert torch.equal(
+        predict(build_ort_model(processor, onnx_file), data), want)
+    mmdeploys = predict(processor.build_backend_model([onnx_file]), data)
+    assert mmdeploys.shape == want.shape and not torch.equal(mmdeploys, want)
+
+
 @pytest.mark.parametrize('image,pad', [((96, 96), False), ((128, 160), False),
                                        ((128, 160), True)])
 def test_backend_model_labels_binary_segmentors(image, pad, tmp_path):
