@@ -670,3 +670,34 @@ def scheduled_lrs(optim_wrapper,
                 if s.by_epoch:
                     s.step()
     return lrs
+
+
+class GridRecorder:
+    """Stands in for the kernel ``name`` of mmrest.backbones.emsa_triton,
+    recording the grid of each launch (``kernel[grid](...)``, in
+    ``grids``), its ``SPLIT`` switch (in ``switches``) and its rows and
+    stages (in ``launches``), and launching the kernel itself, unless
+    ``refuse`` of the launch's options says the GPU has too little shared
+    memory for it (Triton's ``OutOfResources`` raised)."""
+
+    def __init__(self, monkeypatch, name, refuse=None):
+        from mmrest.backbones import emsa_triton
+        self.module = emsa_triton
+        self.kernel, self.grids, self.switches = getattr(emsa_triton,
+                                                         name), [], []
+        self.launches, self.refuse = [], refuse
+        monkeypatch.setattr(emsa_triton, name, self)
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+
+        def launch(*args, **kwargs):
+            self.switches.append(kwargs.get('SPLIT'))
+            self.launches.append((kwargs['BLOCK_N'], kwargs['num_stages']))
+            if self.refuse and self.refuse(kwargs):
+                # as Triton refuses a launch beyond the GPU's shared memory
+                raise self.module.OutOfResources(kwargs['BLOCK_N'] * 1024,
+                                                 16 * 1024, 'shared memory')
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, CallCounter,
-                      OpsRecorded, SavedForBackward, assert_float32_close,
-                      assert_float64_equal, literal_attention, relative_error)
+                      GridRecorder, OpsRecorded, SavedForBackward,
+                      assert_float32_close, assert_float64_equal,
+                      literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
-from mmrest.backbones.emsa_triton import OutOfResources
 from mmrest.backbones.mixed_heads import mixed_queries
 from mmrest_tools.op_census import KERNELS, Census, paused_triton_launches
 
@@ -477,34 +477,6 @@ def test_launch_options_reach_the_kernels(monkeypatch):
             emsa_triton.launch_config(64, 64, torch.float16, block=block)
 
 
-class GridRecorder:
-    """Stands in for a kernel in the module, recording the grid of each
-    launch (``kernel[grid](...)``, in ``grids``), its ``SPLIT`` switch (in
-    ``switches``) and its rows and stages (in ``launches``), and launching
-    the kernel itself, unless ``refuse`` of the launch's options says the
-    GPU has too little shared memory for it."""
-
-    def __init__(self, monkeypatch, name, refuse=None):
-        self.kernel, self.grids, self.switches = getattr(emsa_triton,
-                                                         name), [], []
-        self.launches, self.refuse = [], refuse
-        monkeypatch.setattr(emsa_triton, name, self)
-
-    def __getitem__(self, grid):
-        self.grids.append(grid)
-
-        def launch(*args, **kwargs):
-            self.switches.append(kwargs.get('SPLIT'))
-            self.launches.append((kwargs['BLOCK_N'], kwargs['num_stages']))
-            if self.refuse and self.refuse(kwargs):
-                # as Triton refuses a launch beyond the GPU's shared memory
-                raise OutOfResources(kwargs['BLOCK_N'] * 1024, 16 * 1024,
-                                     'shared memory')
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 # (B, H, N, M, C, D, splits asked, splits launched): N = 37 and 33 are 3
 # blocks of 16 query rows (the last partial): 2 splits of 2 and 1 blocks,
 # 3 of 1; more splits than blocks are 3; N = 80, 5 blocks: 4 asked, 3 of
@@ -647,7 +619,8 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
         tried.append((config['BLOCK_N'], config['num_stages']))
         need = config['BLOCK_N'] * config['num_stages']
         if need > limit:
-            raise OutOfResources(need * 1024, limit * 1024, 'shared memory')
+            raise emsa_triton.OutOfResources(need * 1024, limit * 1024,
+                                             'shared memory')
         return 'ran'
 
     with pytest.warns(UserWarning) as caught:
@@ -678,11 +651,11 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
     assert tried == [(64, 3)]
     for given in (dict(block=64), dict(num_stages=3)):
         tried.clear()
-        with pytest.raises(OutOfResources):
+        with pytest.raises(emsa_triton.OutOfResources):
             emsa_triton.fitted_launch('_kernel', config, given, t, run)
         assert tried == [(64, 3)]
     tried.clear()
-    with pytest.raises(OutOfResources, match='Required: 16384'):
+    with pytest.raises(emsa_triton.OutOfResources, match='Required: 16384'):
         emsa_triton.fitted_launch('_third', config, {}, t, lambda c: run(c, 8))
     assert len(tried) == 9
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from _helpers import (CPU_FLOAT16_AUTOCAST, CPU_GRAD_SCALER, GRADIENT_FACTOR,
                       NEEDS_CPU_FLOAT16, NEEDS_CPU_GRAD_SCALER, ROOT,
-                      float32_floor, float64_literal, golden_model,
-                      run_program, stage_depths)
+                      GridRecorder, float32_floor, float64_literal,
+                      golden_model, run_program, stage_depths)
 
 from mmrest import ResT
 from mmrest.backbones import emsa_triton, to_literal
@@ -2807,24 +2807,10 @@ def test_profile_fitted_section_steps_down(monkeypatch):
         pytest.skip('needs triton >= 3')
     gpu_profile = _profile_on_cpu(monkeypatch, scale=8)
     monkeypatch.setattr(emsa_triton, 'interpreted', lambda: True)
-    launched = []
-    for name in KERNEL_NAMES:
-        kernel = getattr(emsa_triton, name)
-
-        class Refusing:
-
-            def __getitem__(self, grid, kernel=kernel, name=name):
-
-                def launch(*args, **kwargs):
-                    launched.append((name, kwargs['BLOCK_N']))
-                    if kwargs['BLOCK_N'] > 32:
-                        raise emsa_triton.OutOfResources(
-                            1 << 20, 1 << 16, 'shared memory')
-                    return kernel[grid](*args, **kwargs)
-
-                return launch
-
-        monkeypatch.setattr(emsa_triton, name, Refusing())
+    recorders = [
+        GridRecorder(monkeypatch, name, refuse=lambda kw: kw['BLOCK_N'] > 32)
+        for name in KERNEL_NAMES
+    ]
     choice = emsa_triton.launch_config
     monkeypatch.setattr(emsa_triton, '_FITTED', {'kept': 1})
     row, = gpu_profile.fitted_rows()
@@ -2846,8 +2832,7 @@ def test_profile_fitted_section_steps_down(monkeypatch):
         for key, launch in fitted.items())
     # the default launches (64 rows) refused too, then each oversized one
     # and its smaller ones: 256, 128 and 64 rows in 3 stages each
-    assert [rows for name, rows in launched
-            if name == '_forward_kernel'][:4] == [64, 64, 64, 32]
+    assert [rows for rows, _ in recorders[0].launches][:4] == [64, 64, 64, 32]
 
 
 def test_check_backbones_are_the_benchmarks_networks():
