@@ -533,6 +533,15 @@ def test_binary_labels_packed_as_mmseg_packs_logits():
         pack(flip=True, flip_direction='diagonal', **padded)
 
 
+def nearest_by_hand(labels, image_hw, size):
+    """``labels`` of a network input (H' x W') with its padding past the
+    resized image's ``image_hw`` (h, w) cut off, resized to ``size``
+    (H, W) nearest: row ``i`` is row ``floor(i h / H)``, by hand."""
+    (h, w), (H, W) = image_hw, size
+    rows, cols = torch.arange(H) * h // H, torch.arange(W) * w // W
+    return labels[:h, :w][rows][:, cols]
+
+
 def test_backend_model_cuts_the_test_padding_off_labels(tmp_path):
     """With ``segmentation`` (labels in the graph) and a data
     preprocessor's ``test_cfg`` that pads the 77 x 96 input of a 128 x 160
@@ -554,8 +563,7 @@ def test_backend_model_cuts_the_test_padding_off_labels(tmp_path):
                                 'segmentation')
     graph, = onnx_outputs(onnx_file, inputs)
     assert graph.shape == (1, 1, 96, 96)
-    rows, cols = torch.arange(128) * 77 // 128, torch.arange(160) * 96 // 160
-    want = graph[0, 0, :77, :96][rows][:, cols]
+    want = nearest_by_hand(graph[0, 0], (77, 96), (128, 160))
     assert torch.equal(
         predict(build_ort_model(processor, onnx_file), data), want)
     mmdeploys = predict(processor.build_backend_model([onnx_file]), data)
@@ -623,5 +631,4 @@ def test_backend_model_labels_binary_segmentors(image, pad, tmp_path):
     got = predict(build_ort_model(processor, onnx_file), data)
     (h, w), (H, W) = (77, 96) if image == (128, 160) else image, image
     assert graph.shape == ((96, 96) if pad else (h, w))
-    rows, cols = torch.arange(H) * h // H, torch.arange(W) * w // W
-    assert torch.equal(got, graph[rows][:, cols])
+    assert torch.equal(got, nearest_by_hand(graph, (h, w), (H, W)))
