@@ -99,8 +99,10 @@ def compiled(cc: int,
             registers=int(found.group(1)),
             stack=int(found.group(2)),
             shared=kernel.metadata.shared,
-            mma=next((kind for kind in ('wgmma', 'mma.sync') if kind in ptx),
-                     None))
+            mma=next(
+                (kind
+                 for kind in ('tcgen05', 'wgmma', 'mma.sync') if kind in ptx),
+                None))
     except Exception as e:  # noqa: BLE001 (reported)
         row['error'] = f'{type(e).__name__}: {e}'[-2000:]
     return row

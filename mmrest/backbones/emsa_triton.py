@@ -316,13 +316,18 @@ def capability(t: torch.Tensor) -> Optional[Tuple[int, int]]:
 # 168-400 bytes a thread, at C = 512 with 64 rows 552-1576).
 _ROWS_2BYTE = ((128, 64), (512, 32))
 _ROWS_WIDER = ((128, 32), )
-# The forward kernel alone on Hopper (compute capability 9.x), 2-byte
-# inputs: it holds no gradient accumulators and spills nothing at 64 rows
-# up to C = 512 (252 registers, 136 KiB of shared memory at C = 512, fp16
-# and bf16), and from 64 rows on Triton gives its products Hopper's wgmma
+# The forward kernel alone, 2-byte inputs, by the GPU's compute capability
+# (major version): it holds no gradient accumulators, and from 64 rows on
+# Triton gives its products the architecture's own tensor-core
 # instructions (at 32 rows, mma.sync; tests/_triton_aot.py reports which).
-# On sm_80 64 rows spill from C = 256 on (1040 bytes a thread).
-_FORWARD_ROWS_2BYTE_SM90 = ((512, 64), )
+# Hopper (9.x, wgmma): no spills at 64 rows up to C = 512 (252 registers,
+# 136 KiB of shared memory at C = 512, fp16 and bf16). Blackwell's data
+# centre GPUs (10.x: B200, B300; tcgen05): none up to C = 256; at C = 512
+# (BLOCK_C) none with heads of 64 channels but 32 bytes a thread with 96
+# (C = 384, ResT-Base / Large stage 3), so 32 rows there. On sm_80 64 rows
+# spill from C = 256 on (1040 bytes a thread); RTX 50xx (12.x) compiles
+# to mma.sync at any rows.
+_FORWARD_ROWS_2BYTE = {9: ((512, 64), ), 10: ((256, 64), )}
 # The backward kernels where their products compile to mma.sync (compute
 # capability 8.x and 12.x: A100, RTX 30xx to 50xx, A10, L4, L40): at 64
 # rows and C = 128 the keys / values kernel spills 568 bytes a thread on
@@ -352,16 +357,16 @@ def launch_config(C: int,
     inputs 64 rows up to C = 128, 32 up to 512, then 16; float32 (and
     float64) 32 up to C = 128, then 16. The forward kernel (``forward``),
     which holds no gradient accumulators, takes 64 rows of 2-byte inputs
-    up to C = 512 on a GPU of compute capability 9.x (``capability``, as
-    ``torch.cuda.get_device_capability`` gives it; None: the CPU's
-    interpreter, the table above); the backward kernels take 32 rows of
-    2-byte inputs from C = 128 down on GPUs other than 9.x and 10.x, where
-    at 64 the keys / values kernel spills. Inputs wider than 2 bytes are
-    pipelined in 2 stages instead of 3, which keeps float32 at C = 768
-    (ResT-Base / Large, stage 4) within an A100's 163 KiB of shared memory
-    (137 KiB against 205 KiB). ``block`` (a power of two, at least 16)
-    overrides the rows, e.g. for the tests, which need several blocks of
-    small sizes; ``num_warps`` (1 to 16, a power of two) and
+    up to C = 512 on a GPU of compute capability 9.x and up to C = 256 on
+    10.x (``capability``, as ``torch.cuda.get_device_capability`` gives
+    it; None: the CPU's interpreter, the table above); the backward
+    kernels take 32 rows of 2-byte inputs from C = 128 down on GPUs other
+    than 9.x and 10.x, where at 64 the keys / values kernel spills. Inputs
+    wider than 2 bytes are pipelined in 2 stages instead of 3, which keeps
+    float32 at C = 768 (ResT-Base / Large, stage 4) within an A100's 163
+    KiB of shared memory (137 KiB against 205 KiB). ``block`` (a power of
+    two, at least 16) overrides the rows, e.g. for the tests, which need
+    several blocks of small sizes; ``num_warps`` (1 to 16, a power of two) and
     ``num_stages`` (at least 1) override the launch options (the tuning
     sweep of ``tools/device/gpu_profile.py``).
     """
@@ -370,8 +375,8 @@ def launch_config(C: int,
     if block is None:
         table = _ROWS_2BYTE if two_byte else _ROWS_WIDER
         if forward and two_byte and capability is not None and \
-                capability[0] == 9:
-            table = _FORWARD_ROWS_2BYTE_SM90 + table
+                capability[0] in _FORWARD_ROWS_2BYTE:
+            table = _FORWARD_ROWS_2BYTE[capability[0]] + table
         elif not forward and two_byte and capability is not None and \
                 capability[0] not in _NO_BACKWARD_SPILLS_AT_64:
             table = _BACKWARD_ROWS_2BYTE_MMA_SYNC + table
