@@ -505,12 +505,15 @@ def fitted_rows():
     queries and keys), as on a GPU with less shared memory than the tiles
     were chosen for: on a GPU Triton refuses the launches that need more
     than it has (``OutOfResources``; on an H100 / H200 the keys / values
-    kernel's) and ``emsa_triton.fitted_launch`` steps each of those down,
-    warning once. The row gives the launch each kernel took
-    (rows, stages), the warnings, the seconds (each refused launch is
-    compiled first), and the output's and gradients' largest relative
-    difference from the default launch's. On the CPU's interpreter nothing
-    is refused."""
+    kernel's), the others spill registers, and ``emsa_triton.fitted_launch``
+    steps each down, warning once. The row gives the launch each kernel
+    took (rows, stages), the warnings, the bytes a thread each launch
+    compiled spilled (``emsa_triton.SPILLED``: kernel, BLOCK_C, BLOCK_D,
+    rows, stages, bytes; None where ``spilled_bytes`` learnt nothing, which
+    on a GPU would leave the spill check inert), the seconds (each refused
+    launch is compiled first), and the output's and gradients' largest
+    relative difference from the default launch's. On the CPU's
+    interpreter nothing is refused and nothing spills."""
     import warnings
 
     from mmrest.backbones import emsa_triton
@@ -535,6 +538,7 @@ def fitted_rows():
 
     emsa_triton._FITTED.clear()
     emsa_triton.launch_config = oversized
+    probed = set(emsa_triton.SPILLED)
     t0 = time.time()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -544,6 +548,10 @@ def fitted_rows():
             key[0]: (config['BLOCK_N'], config['num_stages'])
             for key, config in emsa_triton._FITTED.items()
         }
+        spilled = [[
+            key[0], *key[3:], found
+        ] for key, found in sorted(emsa_triton.SPILLED.items(), key=str)
+                   if key not in probed]
     finally:
         emsa_triton.launch_config = choice
         emsa_triton._FITTED.clear()
@@ -552,8 +560,9 @@ def fitted_rows():
         dict(
             fitted=fitted,
             warnings=[
-                str(w.message) for w in caught if 'ran out' in str(w.message)
+                str(w.message) for w in caught if 'it runs' in str(w.message)
             ],
+            spilled=spilled,
             seconds=round(time.time() - t0, 1),
             max_rel_diff=max(
                 float((g.float() - r.float()).norm() / r.float().norm())

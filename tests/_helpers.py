@@ -678,15 +678,30 @@ class GridRecorder:
     ``grids``), its ``SPLIT`` switch (in ``switches``) and its rows and
     stages (in ``launches``), and launching the kernel itself, unless
     ``refuse`` of the launch's options says the GPU has too little shared
-    memory for it (Triton's ``OutOfResources`` raised)."""
+    memory for it (Triton's ``OutOfResources`` raised).
 
-    def __init__(self, monkeypatch, name, refuse=None):
+    Its compilation without a launch (``warmup``, which
+    ``emsa_triton.spilled_bytes`` asks for) is the interpreter's (nothing
+    compiled: None) unless ``spills`` is given: then, as on a GPU, a
+    stand-in for Triton's compiled kernel whose loading
+    (``_init_handles``) raises where ``refuse`` says so and then gives
+    ``spills`` of the options, in bytes a thread, as ``n_spills`` (4-byte
+    words); its rows and stages are recorded in ``compiled``."""
+
+    def __init__(self, monkeypatch, name, refuse=None, spills=None):
         from mmrest.backbones import emsa_triton
         self.module = emsa_triton
         self.kernel, self.grids, self.switches = getattr(emsa_triton,
                                                          name), [], []
         self.launches, self.refuse = [], refuse
+        self.spills, self.compiled = spills, []
         monkeypatch.setattr(emsa_triton, name, self)
+
+    def _refused(self, kwargs):
+        if self.refuse and self.refuse(kwargs):
+            # as Triton refuses a launch beyond the GPU's shared memory
+            raise self.module.OutOfResources(kwargs['BLOCK_N'] * 1024,
+                                             16 * 1024, 'shared memory')
 
     def __getitem__(self, grid):
         self.grids.append(grid)
@@ -694,10 +709,22 @@ class GridRecorder:
         def launch(*args, **kwargs):
             self.switches.append(kwargs.get('SPLIT'))
             self.launches.append((kwargs['BLOCK_N'], kwargs['num_stages']))
-            if self.refuse and self.refuse(kwargs):
-                # as Triton refuses a launch beyond the GPU's shared memory
-                raise self.module.OutOfResources(kwargs['BLOCK_N'] * 1024,
-                                                 16 * 1024, 'shared memory')
+            self._refused(kwargs)
             return self.kernel[grid](*args, **kwargs)
 
         return launch
+
+    def warmup(self, *args, grid, **kwargs):
+        if self.spills is None:
+            return self.kernel.warmup(*args, grid=grid, **kwargs)
+        self.compiled.append((kwargs['BLOCK_N'], kwargs['num_stages']))
+        recorder = self
+
+        class Loaded:
+            n_spills = None
+
+            def _init_handles(self):
+                recorder._refused(kwargs)
+                self.n_spills = recorder.spills(kwargs) // 4
+
+        return Loaded()

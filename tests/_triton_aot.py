@@ -13,7 +13,7 @@ SPLIT 1: only the keys / values kernel, compiled for split query rows as
 ``emsa_triton.query_splits`` may launch it; 0 or absent: all three, the
 keys / values kernel unsplit). With ``--fit BYTES`` first: each kernel
 with the launch ``emsa_triton.fitted_launch`` takes on a GPU with that much
-shared memory a block (``fitted``).
+shared memory a block and this Triton's register allocation (``fitted``).
 """
 import json
 import os
@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import torch
 import triton
@@ -134,19 +135,44 @@ def report(cc: int,
 
 
 def fitted(cc: int, dtype: str, C: int, D: int, limit: int) -> list:
-    """Each kernel with the launch ``emsa_triton.fitted_launch`` ends at
-    on a GPU with ``limit`` bytes of shared memory a block: the first of
-    ``smaller_launches`` whose compilation needs no more (``tried``: how
-    many were compiled; the last tried where none fits)."""
+    """Each kernel with the launch ``emsa_triton.fitted_launch`` takes on a
+    GPU with ``limit`` bytes of shared memory a block, given this Triton's
+    compilation: its loading refused where the kernel needs more shared
+    memory (Triton's ``OutOfResources``), its spills ptxas's stack
+    (``tried``: how many launches were compiled)."""
     rows = []
     for name in KERNELS:
-        for tried, config in enumerate(
-                emsa_triton.smaller_launches(_config(cc, dtype, C, D, name)),
-                1):
-            row = dict(compiled(cc, dtype, C, D, name, config), tried=tried)
-            if row.get('shared', limit + 1) <= limit:
-                break
-        rows.append(row)
+        tried = {}  # the compiled rows, by launch
+
+        def run(config, warmup=False):
+            launch = tuple(sorted(config.items()))
+            if launch not in tried:
+                tried[launch] = compiled(cc, dtype, C, D, name, config)
+            row = tried[launch]
+            if not warmup:
+                return row
+
+            class Loaded:  # a compiled kernel, as spilled_bytes reads it
+                n_spills = None
+
+                def _init_handles(self):
+                    if row.get('shared', limit + 1) > limit:
+                        raise emsa_triton.OutOfResources(
+                            row.get('shared'), limit, 'shared memory')
+                    self.n_spills = row['stack'] // 4
+
+            return Loaded()
+
+        emsa_triton._FITTED.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try:
+                row = emsa_triton.fitted_launch(
+                    name, _config(cc, dtype, C, D, name), {},
+                    torch.zeros(1, dtype=DTYPES[dtype]), run)
+            except emsa_triton.OutOfResources:  # nothing fits: the last
+                row = list(tried.values())[-1]
+        rows.append(dict(row, tried=len(tried)))
     return rows
 
 

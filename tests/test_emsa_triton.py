@@ -6,6 +6,8 @@ second moment ``sum_m (P - 1/M)^2``, and the gradients of queries, keys and
 values,
 against the same formulas written out in float64 with N x M maps. The whole
 core against the literal computation is in test_emsa_cores.py."""
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -616,7 +618,9 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
     t = torch.zeros(1, dtype=torch.float16)
     tried = []
 
-    def run(config, limit=40):
+    def run(config, warmup=False, limit=40):
+        if warmup:  # as the interpreter: nothing compiled, no spills known
+            return None
         tried.append((config['BLOCK_N'], config['num_stages']))
         need = config['BLOCK_N'] * config['num_stages']
         if need > limit:
@@ -630,7 +634,7 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
     assert tried == [(64, 3), (64, 2), (64, 1), (32, 3), (32, 2), (32, 1)]
     message, = [str(w.message) for w in caught]
     # Triton's resource, in its units (bytes of shared memory; threads)
-    assert message == ('_kernel ran out of shared memory on cpu (required '
+    assert message == ('_kernel on cpu ran out of shared memory (required '
                        '196608, limit 40960) with 64 rows in 3 stages; it '
                        'runs 32 rows in 1 stages')
     tried.clear()
@@ -647,8 +651,11 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
     tried.clear()
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        emsa_triton.fitted_launch('_other', config, {}, t,
-                                  lambda c: run(c, 200))
+        emsa_triton.fitted_launch(
+            '_other',
+            config, {},
+            t,
+            lambda c, warmup=False: run(c, warmup, 200))
     assert tried == [(64, 3)]
     for given in (dict(block=64), dict(num_stages=3)):
         tried.clear()
@@ -657,36 +664,200 @@ def test_fitted_launch_steps_down_until_the_gpu_takes_it(monkeypatch):
         assert tried == [(64, 3)]
     tried.clear()
     with pytest.raises(emsa_triton.OutOfResources, match='Required: 16384'):
-        emsa_triton.fitted_launch('_third', config, {}, t, lambda c: run(c, 8))
+        emsa_triton.fitted_launch(
+            '_third', config, {}, t, lambda c, warmup=False: run(c, warmup, 8))
     assert len(tried) == 9
 
 
-def test_kernels_fitted_to_a_small_gpu_compute_the_same(monkeypatch):
-    """On a GPU with less shared memory than the tiles were chosen for
-    (stood in: the keys / values kernel refused above 16 rows), that kernel
-    runs 16 rows, warning once, and the gradients are the float64 formulas'
-    to 1e-8; the queries kernel keeps its 32 rows."""
+class _GPU:
+    """Stands in for a kernel's ``run`` on a GPU (see
+    ``emsa_triton.fitted_launch``): ``run(config, warmup=True)`` compiles
+    (recorded in ``compiled``) and returns a stand-in of Triton's compiled
+    kernel, whose loading refuses rows x stages above ``limit`` (KiB of
+    shared memory, Triton's OutOfResources) and then gives
+    ``spills(rows, stages)`` bytes a thread as ``n_spills`` (4-byte
+    words); ``run(config)`` launches (recorded in ``ran``)."""
+
+    def __init__(self, spills, limit=1000):
+        self.spills, self.limit = spills, limit
+        self.compiled, self.ran = [], []
+
+    def __call__(self, config, warmup=False):
+        launch = config['BLOCK_N'], config['num_stages']
+        if not warmup:
+            self.ran.append(launch)
+            return 'ran'
+        self.compiled.append(launch)
+        gpu, need = self, launch[0] * launch[1]
+
+        class Loaded:
+            n_spills = None
+
+            def _init_handles(self):
+                if need > gpu.limit:
+                    raise emsa_triton.OutOfResources(need * 1024,
+                                                     gpu.limit * 1024,
+                                                     'shared memory')
+                self.n_spills = gpu.spills(*launch) // 4
+
+        return Loaded()
+
+
+def test_fitted_launch_steps_down_from_spilling_kernels(monkeypatch):
+    """Where the compiled kernel (``run(config, warmup=True)``, loaded as
+    on a GPU) keeps more than ``SPILL_LIMIT`` bytes a thread in local
+    memory, the launch goes to half the rows in the same stages (fewer
+    stages hold no fewer registers): 416 bytes at 64 rows (Triton 3.9's
+    keys / values kernel at C = 128) -> 32 rows in 3 stages, compiled
+    twice, launched once, warned once, then run directly. At most
+    ``SPILL_LIMIT`` the choice stays; where every smaller launch spills
+    too, the first that loaded runs (the choice itself: no warning); a
+    refusal then a spill are both named; rows given: not compiled first."""
     monkeypatch.setattr(emsa_triton, '_FITTED', {})
+    config = emsa_triton.launch_config(128, 64, torch.float16)  # 64, 3
+    t = torch.zeros(1, dtype=torch.float16)
+    fitted = functools.partial(emsa_triton.fitted_launch, config=config, t=t)
+    gpu = _GPU(lambda rows, stages: 416 if rows == 64 else 0)
+    with pytest.warns(UserWarning) as caught:
+        assert fitted('_keys', launch={}, run=gpu) == 'ran'
+    assert (gpu.compiled, gpu.ran) == ([(64, 3), (32, 3)], [(32, 3)])
+    assert [str(w.message) for w in caught] == [
+        '_keys on cpu spilled 416 bytes a thread (limit 64) with 64 rows in '
+        '3 stages; it runs 32 rows in 3 stages'
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        fitted('_keys', launch={}, run=gpu)
+        assert (gpu.compiled, gpu.ran) == ([(64, 3), (32, 3)], [(32, 3)] * 2)
+        # the limit itself is kept
+        gpu = _GPU(lambda rows, stages: emsa_triton.SPILL_LIMIT)
+        fitted('_queries', launch={}, run=gpu)
+        assert (gpu.compiled, gpu.ran) == ([(64, 3)], [(64, 3)])
+        # spilling at every size: the first that loaded
+        gpu = _GPU(lambda rows, stages: 100)
+        fitted('_forward', launch={}, run=gpu)
+        assert (gpu.compiled, gpu.ran) == ([(64, 3), (32, 3),
+                                            (16, 3)], [(64, 3)])
+        # rows or stages given: run as given
+        gpu = _GPU(lambda rows, stages: 416)
+        fitted('_given', launch=dict(block=64), run=gpu)
+        assert (gpu.compiled, gpu.ran) == ([], [(64, 3)])
+    # 64 x 3 refused (shared memory), 64 x 2 spills, 32 x 3 fits
+    gpu = _GPU(lambda rows, stages: 200 if rows == 64 else 0, limit=150)
+    with pytest.warns(UserWarning) as caught:
+        fitted('_both', launch={}, run=gpu)
+    assert (gpu.compiled, gpu.ran) == ([(64, 3), (64, 2), (32, 3)], [(32, 3)])
+    assert [str(w.message) for w in caught] == [
+        '_both on cpu ran out of shared memory (required 196608, limit '
+        '153600) with 64 rows in 3 stages and spilled 200 bytes a thread '
+        '(limit 64) with 64 rows in 2 stages; it runs 32 rows in 3 stages'
+    ]
+
+
+def test_spilled_bytes_from_the_loaded_kernel(monkeypatch):
+    """``spilled_bytes``: Triton's ``n_spills`` (4-byte words) of the
+    compiled kernel after loading it on the tensor's device (made current,
+    as for its launch), in bytes; through a future where Triton compiled
+    asynchronously; None where nothing was compiled (Triton's interpreter,
+    the real kernels here) or Triton lacks the interfaces; the GPU's
+    refusal to load it propagates."""
+    events = []
+
+    @contextlib.contextmanager
+    def launch_device(t):
+        events.append(('current', t))
+        yield
+        events.append('restored')
+
+    monkeypatch.setattr(emsa_triton, 'launch_device', launch_device)
+
+    class Loaded:
+        n_spills = None
+
+        def _init_handles(self):
+            events.append('loaded')
+            self.n_spills = 26
+
+    def returning(compiled):
+        return lambda config, warmup=False: compiled
+
+    t = torch.zeros(1)
+    assert emsa_triton.spilled_bytes(returning(Loaded()), {}, t) == 104
+    assert events == [('current', t), 'loaded', 'restored']
+    future = types.SimpleNamespace(result=Loaded)
+    assert emsa_triton.spilled_bytes(returning(future), {}, t) == 104
+    assert emsa_triton.spilled_bytes(returning(object()), {}, t) is None
+    assert emsa_triton.spilled_bytes(lambda config: Loaded(), {}, t) is None
+    assert emsa_triton.interpreted()
+    for name in ('_forward_kernel', '_grad_queries_kernel',
+                 '_grad_keys_values_kernel'):
+        kernel = getattr(emsa_triton, name)
+        assert emsa_triton.spilled_bytes(
+            lambda config, warmup=False: emsa_triton._launch(
+                kernel, (1, 1), warmup), {},
+            t) is None
+
+    class Refused:
+
+        def _init_handles(self):
+            raise emsa_triton.OutOfResources(2048, 1024, 'shared memory')
+
+    with pytest.raises(emsa_triton.OutOfResources):
+        emsa_triton.spilled_bytes(returning(Refused()), {}, t)
+
+
+# How the stand-in GPU treats the keys / values kernel above 16 rows: Triton
+# refuses to launch it (too little shared memory), refuses to load it once
+# compiled (the same, found by spilled_bytes), or it spills 416 bytes a
+# thread; then the launches compiled first, the launches run, the warning
+SMALL_GPUS = {
+    'refused':
+    (dict(refuse=True), [], [(32, 2), (32, 1),
+                             (16, 2)], 'on cpu ran out of shared memory'),
+    'refused at loading': (dict(refuse=True, spills=0), [(32, 2), (32, 1),
+                                                         (16, 2)], [(16, 2)],
+                           'on cpu ran out of shared memory'),
+    'spilling': (dict(spills=416), [(32, 2), (16, 2)], [(16, 2)],
+                 'on cpu spilled 416 bytes a thread'),
+}
+
+
+@pytest.mark.parametrize('gpu', SMALL_GPUS)
+def test_kernels_fitted_to_a_small_gpu_compute_the_same(gpu, monkeypatch):
+    """On a GPU where the tiles chosen for another refuse to launch (less
+    shared memory) or spill registers (stood in: the keys / values kernel
+    above 16 rows, see SMALL_GPUS), that kernel runs 16 rows, warning
+    once, and the gradients are the float64 formulas' to 1e-8; the queries
+    kernel keeps its 32 rows."""
+    monkeypatch.setattr(emsa_triton, '_FITTED', {})
+    options, compiled, launched, warned = SMALL_GPUS[gpu]
     B, H, N, M, C, D = 1, 2, 37, 40, 12, 5
     inputs = _inputs(B, H, N, M, C, D, torch.float64)
     weights = _weights(B, H, N, D)
+    above_16 = lambda kw: kw['BLOCK_N'] > 16  # noqa: E731
     keys_kernel = GridRecorder(
         monkeypatch,
         '_grad_keys_values_kernel',
-        refuse=lambda kw: kw['BLOCK_N'] > 16)
+        refuse=above_16 if options.get('refuse') else None,
+        spills=None if 'spills' not in options else
+        (lambda kw: options['spills'] * above_16(kw)))
     queries_kernel = GridRecorder(monkeypatch, '_grad_queries_kernel')
-    with pytest.warns(UserWarning, match='_grad_keys_values_kernel ran out'):
+    with pytest.warns(UserWarning) as caught:
         (out, dev), grads = _run(emsa_triton.softmax_moments, inputs, weights)
+    message, = [str(w.message) for w in caught if 'it runs' in str(w.message)]
+    assert message.startswith('_grad_keys_values_kernel ' + warned), message
+    assert message.endswith('it runs 16 rows in 2 stages'), message
     _, ref_grads = _run(moments_written_out, inputs, weights)
     for name, got, want in zip(('q', 'keys', 'values'), grads, ref_grads):
         assert_float64_equal(got, want, f'grad {name}')
-    assert keys_kernel.launches == [(32, 2), (32, 1), (16, 2)]
+    assert (keys_kernel.compiled, keys_kernel.launches) == (compiled, launched)
     assert keys_kernel.grids[-1] == (3, 2, 1)  # 40 keys in blocks of 16
     assert queries_kernel.launches == [(32, 2)]
     with warnings.catch_warnings():
         warnings.simplefilter('error', UserWarning)
         _run(emsa_triton.softmax_moments, inputs, weights)
-    assert keys_kernel.launches[3:] == [(16, 2)]
+    assert (keys_kernel.compiled,
+            keys_kernel.launches) == (compiled, launched + [(16, 2)])
 
 
 @pytest.mark.parametrize('splits', [0, -1, 1.5, '2'])
@@ -792,6 +963,31 @@ def test_kernels_compile_for_cuda(tmp_path):
             assert row['mma'] == ('tcgen05'
                                   if row['BLOCK_N'] == 64 else 'mma.sync'), row
             assert row['BLOCK_N'] == (64 if row['C'] <= 256 else 32), row
+
+
+def test_kernels_as_fitted_spill_at_most_the_limit(tmp_path):
+    """On H100 / H200 (sm_90) and B200 (sm_100), every kernel at every C of
+    ResT's multi-head stages, fp16 (and bf16 at C = 512), as
+    ``fitted_launch`` takes it given this Triton's compilation (ptxas's
+    spills; tests/_triton_aot.py ``--fit``), spills at most
+    ``SPILL_LIMIT`` bytes a thread or has the smallest tiles (16 rows).
+    With Triton 3.6, which the tiles were chosen with, nothing steps down;
+    Triton 3.9 (torch 2.15) spills 416 bytes a thread in the keys / values
+    kernel at C = 128 with 64 rows and 168 to 232 in the forward at
+    C = 384 and 512 with 64: there the launches step down to 32 rows."""
+    widths = [(128, 64), (192, 96), (256, 64), (384, 96), (512, 64), (768, 96),
+              (768, 64)]
+    specs = [f'90:fp16:{C}:{D}' for C, D in widths
+             ] + ['90:bf16:512:64', '100:fp16:384:96', '100:fp16:512:64']
+    rows = compiled_for_cuda(tmp_path, '--fit', str(SHARED_LIMIT[90]), *specs)
+    assert len(rows) == 3 * len(specs)
+    for row in rows:
+        assert 'error' not in row and row['shared'] <= SHARED_LIMIT[90], row
+        assert row['stack'] <= emsa_triton.SPILL_LIMIT or \
+            row['BLOCK_N'] == 16, row
+    import triton
+    if triton.__version__.startswith('3.6.'):
+        assert all(row['tried'] == 1 for row in rows), rows
 
 
 def test_kernels_fit_a_99_kib_gpu(tmp_path):

@@ -2815,9 +2815,15 @@ def test_profile_fitted_section_steps_down(monkeypatch):
     monkeypatch.setattr(emsa_triton, '_FITTED', {'kept': 1})
     row, = gpu_profile.fitted_rows()
     assert row['fitted'] == dict.fromkeys(KERNEL_NAMES, (32, 3))
-    assert [w.split(' ran out')[0] for w in row['warnings']] == [
+    assert [w.split(' on cpu ran out')[0] for w in row['warnings']] == [
         '_forward_kernel', '_grad_queries_kernel', '_grad_keys_values_kernel'
     ]
+    # the interpreter compiles nothing: no spills known, for each launch
+    # tried (stage 2's widths; 256 and 128 rows, each in 3 to 1 stages; the
+    # smaller ones were tried first by the default launch, the reference)
+    assert sorted(row['spilled']) == sorted(
+        [name, 128, 64, rows, stages, None] for name in KERNEL_NAMES
+        for rows in (256, 128) for stages in (3, 2, 1))
     assert all('with 256 rows in 3 stages; it runs 32 rows in 3 stages' in w
                for w in row['warnings'])
     assert row['max_rel_diff'] < 4 * 2**-11

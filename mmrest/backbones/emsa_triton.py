@@ -484,40 +484,124 @@ def smaller_launches(config: dict):
 
 # The launch that fitted, by (kernel, device, dtype, launch_config's choice)
 _FITTED = {}
+# What spilled_bytes found of each launch fitted_launch compiled, by
+# (kernel, device, dtype, BLOCK_C, BLOCK_D, rows, stages): bytes a thread,
+# None where unknown (read by tools/device/gpu_profile.py)
+SPILLED = {}
+# A kernel compiled to keep more than this many bytes a thread in local
+# memory (spilled registers) steps down like a refused launch (see
+# fitted_launch). The tiles were chosen with Triton 3.6, whose kernels as
+# launched spill at most 56 bytes (C = 768 with heads of 96, at the
+# smallest tiles, 16 rows; tests/_triton_aot.py); other Tritons allocate
+# registers otherwise: Triton 3.9 (torch 2.15) spills 416 bytes a thread
+# in the keys / values kernel at C = 128 with 64 rows and 168 in the
+# forward at C = 512, nothing at 32 rows.
+SPILL_LIMIT = 64
+
+
+def spilled_bytes(run, config: dict, t: torch.Tensor) -> Optional[int]:
+    """How many bytes a thread the kernel of ``run`` compiled with
+    ``config`` keeps in local memory (its spilled registers: CUDA's
+    LOCAL_SIZE_BYTES of the kernel loaded on ``t``'s GPU, which Triton's
+    loader gives as ``n_spills`` in 4-byte words). ``run(config,
+    warmup=True)`` compiles the launch without running it (Triton's
+    ``warmup``; the launch then finds it, loaded, in Triton's cache). None
+    where that is unknown: Triton's interpreter (whose warmup compiles
+    nothing) or a Triton without these interfaces. Triton's
+    ``OutOfResources`` (a kernel the GPU cannot load, as its launch would
+    raise) propagates."""
+    try:
+        kernel = run(config, warmup=True)
+        if kernel is None:  # the interpreter
+            return None
+        if hasattr(kernel, 'result'):  # compiled asynchronously
+            kernel = kernel.result()
+        with launch_device(t):  # loaded where it will run: reads n_spills
+            kernel._init_handles()
+        return 4 * int(kernel.n_spills)
+    except OutOfResources:
+        raise
+    except Exception:  # noqa: BLE001 (unknown: the launch decides)
+        return None
 
 
 def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
-    """``run(config)``: one kernel's launch, whose shared memory may exceed
-    what the GPU has (99 KiB a block on compute capability 8.6, 8.9 and
-    12.x: RTX 30xx / 40xx / 50xx, A10, L4, L40; 163 KiB on 8.0, 227 KiB
-    on 9.0, for which the tiles were chosen): where Triton refuses the
-    launch (``OutOfResources``), ``run`` again with the next of
-    :func:`smaller_launches` (a warning names the launch taken), and
-    that launch is remembered for the kernel, ``t``'s device and dtype and
-    ``config``, so the next call runs it directly. Rows or stages given in
-    ``launch`` (a tuning sweep) are run as given."""
+    """``run(config)``: one kernel's launch, as ``launch_config`` chose it
+    for the GPU it was tuned on (sm_90 with Triton 3.6), stepped down
+    (:func:`smaller_launches`) where it does not suit this GPU and Triton:
+
+    * where Triton refuses the launch (``OutOfResources``: the shared
+      memory exceeds what the GPU has, 99 KiB a block on compute capability
+      8.6, 8.9 and 12.x: RTX 30xx / 40xx / 50xx, A10, L4, L40; 163 KiB on
+      8.0, 227 KiB on 9.0), the next launch;
+    * where the compiled kernel spills more than ``SPILL_LIMIT`` bytes a
+      thread (:func:`spilled_bytes`, from ``run(config, warmup=True)``,
+      which compiles without launching; another Triton's or GPU's register
+      allocation), half the rows (fewer stages hold no fewer registers).
+      Where every smaller launch spills or is refused, the first that
+      loaded runs.
+
+    A warning names the launch taken when it is not ``config``; that launch
+    is remembered for the kernel, ``t``'s device and dtype and ``config``,
+    so the next call runs it directly. Rows or stages given in ``launch``
+    (a tuning sweep) are run as given."""
     if launch.get('block') or launch.get('num_stages'):
         return run(config)
     key = (name, t.device, t.dtype, tuple(sorted(config.items())))
     if key in _FITTED:
         return run(_FITTED[key])
-    first = last = None  # refusals: of ``config``, of the last tried
+    refused = spilling = None  # the first (launch, refusal / bytes)
+    spilled_rows = None  # the fewest rows that spilled
     for candidate in smaller_launches(config):
+        if spilled_rows and candidate['BLOCK_N'] >= spilled_rows:
+            continue
         try:
+            spilled = spilled_bytes(run, candidate, t)
+            SPILLED[(name, str(t.device), str(t.dtype)) +
+                    tuple(candidate[k]
+                          for k in ('BLOCK_C', 'BLOCK_D', 'BLOCK_N',
+                                    'num_stages'))] = spilled
+            if spilled is not None and spilled > SPILL_LIMIT:
+                spilling = spilling or (candidate, spilled)
+                spilled_rows = candidate['BLOCK_N']
+                continue
             out = run(candidate)
         except OutOfResources as e:
-            first, last = first or e, e
+            refused, last = refused or (candidate, e), e
             continue
-        _FITTED[key] = candidate
-        if first is not None:
-            warnings.warn(
-                f'{name} ran out of {first.name} on {t.device} '
-                f'(required {first.required}, limit {first.limit}) with '
-                f"{config['BLOCK_N']} rows in {config['num_stages']} "
-                f"stages; it runs {candidate['BLOCK_N']} rows in "
-                f"{candidate['num_stages']} stages")
-        return out
-    raise last
+        break
+    else:
+        if spilling is None:
+            raise last
+        candidate = spilling[0]
+        out = run(candidate)
+    _FITTED[key] = candidate
+    if candidate != config:
+
+        def rows(launch):
+            return (f"with {launch['BLOCK_N']} rows in "
+                    f"{launch['num_stages']} stages")
+
+        reasons = []
+        if refused is not None:
+            e = refused[1]
+            reasons.append(f'ran out of {e.name} (required {e.required}, '
+                           f'limit {e.limit}) {rows(refused[0])}')
+        if spilling is not None:
+            reasons.append(f'spilled {spilling[1]} bytes a thread (limit '
+                           f'{SPILL_LIMIT}) {rows(spilling[0])}')
+        warnings.warn(f'{name} on {t.device} {" and ".join(reasons)}; it '
+                      f"runs {candidate['BLOCK_N']} rows in "
+                      f"{candidate['num_stages']} stages")
+    return out
+
+
+def _launch(kernel, grid, warmup: bool, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``; with ``warmup``, Triton's
+    compilation of that launch, not run (see :func:`spilled_bytes`)."""
+    if warmup:
+        return kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel[grid](*args, **kwargs)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -545,10 +629,11 @@ def _launch_forward(queries, keys, values, launch):
         **_tiles(launch))
     args = (queries, keys, values, out, lse, dev, N, M, H, C, D)
 
-    def run(config):
+    def run(config, warmup=False):
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
         with launch_device(queries):
-            _forward_kernel[grid](*args, ACC=acc_tl, **config)
+            return _launch(
+                _forward_kernel, grid, warmup, *args, ACC=acc_tl, **config)
 
     fitted_launch('_forward_kernel', config, launch, queries, run)
     return out, lse, dev
@@ -575,13 +660,20 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
     # what both kernels read
     inputs = (queries, keys, values, d_out, lse, d_dev, delta)
 
-    def grad_queries(config):
+    def grad_queries(config, warmup=False):
         grid = (triton.cdiv(N, config['BLOCK_N']), B * H)
         with launch_device(queries):
-            _grad_queries_kernel[grid](
-                *inputs, dq, *args, ACC=acc_tl, **config)
+            return _launch(
+                _grad_queries_kernel,
+                grid,
+                warmup,
+                *inputs,
+                dq,
+                *args,
+                ACC=acc_tl,
+                **config)
 
-    def grad_keys_values(config):
+    def grad_keys_values(config, warmup=False):
         query_blocks = triton.cdiv(N, config['BLOCK_N'])
         key_blocks = triton.cdiv(M, config['BLOCK_M'])
         splits = launch.get('splits') or query_splits(
@@ -592,7 +684,9 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
         dk = queries.new_empty(B, H * splits, M, C, dtype=acc)
         dv = queries.new_empty(B, H, splits, M, D, dtype=acc)
         with launch_device(queries):
-            _grad_keys_values_kernel[key_blocks, B * H, splits](
+            compiled = _launch(
+                _grad_keys_values_kernel, (key_blocks, B * H, splits),
+                warmup,
                 *inputs,
                 dk,
                 dv,
@@ -601,6 +695,8 @@ def _launch_backward(queries, keys, values, out, lse, dev, d_out, d_dev,
                 SPLIT=splits > 1,
                 ACC=acc_tl,
                 **config)
+        if warmup:
+            return compiled
         return dk, dv.squeeze(2) if splits == 1 else dv.sum(2)
 
     fitted_launch('_grad_queries_kernel', config, launch, queries,
