@@ -69,7 +69,10 @@ def compiled(cc: int,
         'cuobjdump')
     fn = getattr(emsa_triton, name)
     config = dict(config)
-    options = {k: config.pop(k) for k in ('num_warps', 'num_stages')}
+    options = {
+        k: config.pop(k)
+        for k in ('num_warps', 'num_stages', 'enable_fp_fusion')
+    }
     constexprs = dict(config, ACC=tl.float32)
     if name == '_grad_keys_values_kernel':
         constexprs['SPLIT'] = split

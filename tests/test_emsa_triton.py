@@ -437,7 +437,8 @@ def test_launch_options_reach_the_kernels(monkeypatch):
     config = emsa_triton.launch_config(
         256, 64, torch.float16, num_warps=4, num_stages=2)
     default = emsa_triton.launch_config(256, 64, torch.float16)
-    assert (default['num_warps'], default['num_stages']) == (8, 3)
+    assert (default['num_warps'], default['num_stages'],
+            default['enable_fp_fusion']) == (8, 3, True)
     assert config == dict(default, num_warps=4, num_stages=2)
     recorder = CallCounter(
         monkeypatch, emsa_triton, 'launch_config', record=True)

@@ -368,7 +368,10 @@ def launch_config(C: int,
     two, at least 16) overrides the rows, e.g. for the tests, which need
     several blocks of small sizes; ``num_warps`` (1 to 16, a power of two) and
     ``num_stages`` (at least 1) override the launch options (the tuning
-    sweep of ``tools/device/gpu_profile.py``).
+    sweep of ``tools/device/gpu_profile.py``). Products and sums contract
+    to fused multiply-adds (``enable_fp_fusion``, as the kernels were
+    checked on the GPU): Triton 3.9 warns that its default turns that off
+    from 3.10 on.
     """
     BLOCK_C, BLOCK_D = _pow2(C), _pow2(D)
     two_byte = torch.empty((), dtype=dtype).element_size() <= 2
@@ -394,7 +397,8 @@ def launch_config(C: int,
         BLOCK_C=BLOCK_C,
         BLOCK_D=BLOCK_D,
         num_warps=num_warps or NUM_WARPS,
-        num_stages=num_stages or (3 if two_byte else 2))
+        num_stages=num_stages or (3 if two_byte else 2),
+        enable_fp_fusion=True)
 
 
 # The keys / values kernel splits the query rows (see query_splits) at
