@@ -56,6 +56,28 @@ def _signature(fn, dtype: str) -> dict:
     return sig
 
 
+def _source(fn, dtype: str, constexprs: dict):
+    """Triton's description of ``fn`` to compile: its arguments' types and
+    the constexprs' values, by name (Triton 3.3 on), or by position without
+    the constexprs and the values apart (Triton 3.0 to 3.2)."""
+    signature = _signature(fn, dtype)
+    try:
+        return ASTSource(fn, signature, constexprs=constexprs)
+    except TypeError:  # Triton 3.0 to 3.2
+        pass
+    key = (lambda name: name) if triton.__version__ >= '3.2' else \
+        fn.arg_names.index
+    return ASTSource(
+        fn, {
+            key(name): kind
+            for name, kind in signature.items() if kind != 'constexpr'
+        },
+        constants={
+            key(name): value
+            for name, value in constexprs.items()
+        })
+
+
 def compiled(cc: int,
              dtype: str,
              C: int,
@@ -87,7 +109,7 @@ def compiled(cc: int,
         **options)
     try:
         kernel = triton_compile(
-            ASTSource(fn, _signature(fn, dtype), constexprs=constexprs),
+            _source(fn, dtype, constexprs),
             target=GPUTarget('cuda', cc, 32),
             options=options)
         with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
