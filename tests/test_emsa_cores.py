@@ -346,6 +346,18 @@ def test_use_emsa_core_dispatch(monkeypatch):
                 assert kernels.emsa_core('cuda', dtype=dtype) == want
             for dtype in (torch.float32, torch.float64):
                 assert kernels.emsa_core('cuda', dtype=dtype) == 'chunked'
+        # Blackwell (10.x, 12.x) with a Triton before 3.3, whose compiler
+        # aborts there: 'chunked'
+        m.setattr(emsa_triton, 'available', lambda: True)
+        for capability in ((10, 0), (12, 0)):
+            m.setattr(
+                torch.cuda,
+                'get_device_capability',
+                lambda device=None, c=capability: c)
+            for version, want in (((3, 2), 'chunked'), ((3, 3), 'triton')):
+                m.setattr(emsa_triton, 'triton_version', lambda v=version: v)
+                assert kernels.emsa_core(
+                    'cuda', dtype=torch.float16) == want, (capability, version)
         # ROCm's torch calls AMD GPUs 'cuda' (MI300X: version 9.4, not a
         # compute capability): 'chunked'
         m.setattr(emsa_triton, 'available', lambda: True)

@@ -407,6 +407,59 @@ def test_forward_tiles_on_hopper_and_blackwell():
     assert emsa_triton.capability(torch.zeros(1)) is None
 
 
+def test_forward_tiles_on_hopper_with_triton_3_0_and_3_1(monkeypatch):
+    """Triton 3.0 and 3.1 abort compiling the forward for sm_90 at 64 rows
+    (wgmma; docs/benchmarks.md): with them the forward on 9.x takes 32 rows
+    at every C up to 512 (64 from the table at C <= 128 otherwise); from
+    Triton 3.2 on, and without Triton, Hopper's rule; the backward and
+    other GPUs as before. ``triton_version`` reads the installed one."""
+
+    def rows(C, capability=(9, 0), forward=True):
+        return emsa_triton.launch_config(
+            C, 64, torch.float16, forward=forward,
+            capability=capability)['BLOCK_N']
+
+    if emsa_triton.available():
+        import triton
+        assert emsa_triton.triton_version() == tuple(
+            int(part) for part in triton.__version__.split('.')[:2])
+    for version, want in (((3, 0), [32, 32, 32, 32,
+                                    16]), ((3, 1), [32, 32, 32, 32, 16]),
+                          ((3, 2), [64, 64, 64, 64,
+                                    16]), ((3, 10), [64, 64, 64, 64, 16]),
+                          (None, [64, 64, 64, 64, 16])):
+        monkeypatch.setattr(emsa_triton, 'triton_version', lambda: version)
+        assert [rows(C) for C in (10, 128, 256, 512, 768)] == want, version
+        assert [rows(C, forward=False) for C in (128, 256)] == [64, 32]
+        assert rows(128, capability=(8, 0)) == 64
+        old = version in ((3, 0), (3, 1))  # Blackwell's rule needs 3.2+
+        assert rows(256, capability=(10, 0)) == (32 if old else 64)
+
+
+def test_blackwell_needs_triton_3_3(monkeypatch):
+    """Triton 3.2 and older abort the process compiling for compute
+    capability 10.x or 12.x (docs/benchmarks.md): ``compiles_for`` says
+    so, and the core refuses such a GPU by name before compiling
+    anything (here CPU tensors in the interpreter, a B200 stood in)."""
+    for version in ((3, 2), (3, 3), (3, 9)):
+        monkeypatch.setattr(emsa_triton, 'triton_version', lambda: version)
+        blackwell = version >= (3, 3)
+        for capability in ((8, 0), (8, 6), (9, 0), None):
+            assert emsa_triton.compiles_for(capability)
+        for capability in ((10, 0), (10, 3), (12, 0)):
+            assert emsa_triton.compiles_for(capability) == blackwell
+    q, keys, values = _inputs(1, 2, 5, 4, 8, 3, torch.float32)
+    monkeypatch.setattr(emsa_triton, 'capability', lambda t: (10, 0))
+    monkeypatch.setattr(emsa_triton, 'triton_version', lambda: (3, 2))
+    with pytest.raises(
+            RuntimeError,
+            match=r'needs triton >= 3\.3 on a GPU of compute '
+            r'capability \(10, 0\)'):
+        emsa_triton.softmax_moments(q, keys, values)
+    monkeypatch.setattr(emsa_triton, 'triton_version', lambda: (3, 3))
+    emsa_triton.softmax_moments(q, keys, values)
+
+
 def test_backward_tiles_where_products_are_mma_sync():
     """The backward kernels take 32 rows of 2-byte inputs at C = 128 on
     GPUs of compute capability 8.x and 12.x (where at 64 the keys / values

@@ -87,6 +87,13 @@ else:
     _FOUND = 'no triton' if triton is None else None
 
 
+def triton_version() -> Optional[Tuple[int, int]]:
+    """The installed Triton's (major, minor), None without triton >= 3."""
+    if triton is None:
+        return None
+    return tuple(int(part) for part in triton.__version__.split('.')[:2])
+
+
 def available() -> bool:
     """Whether ``triton`` >= 3 is installed (the ``'triton'`` core needs
     it)."""
@@ -328,6 +335,15 @@ _ROWS_WIDER = ((128, 32), )
 # spill from C = 256 on (1040 bytes a thread); RTX 50xx (12.x) compiles
 # to mma.sync at any rows.
 _FORWARD_ROWS_2BYTE = {9: ((512, 64), ), 10: ((256, 64), )}
+# Triton 3.0 and 3.1 (torch 2.4, 2.5) abort the process (a failed assertion
+# in their compiler: "mma -> mma layout conversion is only supported on
+# Ampere") compiling the forward's two chained products as wgmma, i.e. at
+# 64 rows for sm_90, at every C (the table's 64 rows at C <= 128 too); at
+# 32 rows (mma.sync) it compiles. The rules above apply from Triton 3.2 on,
+# before it the forward takes at most 32 rows on 9.x (tests/_triton_aot.py
+# with each Triton, docs/benchmarks.md).
+_WGMMA_FORWARD_SINCE = (3, 2)
+_FORWARD_ROWS_MMA_SYNC = {9: ((512, 32), )}
 # The backward kernels where their products compile to mma.sync (compute
 # capability 8.x and 12.x: A100, RTX 30xx to 50xx, A10, L4, L40): at 64
 # rows and C = 128 the keys / values kernel spills 568 bytes a thread on
@@ -359,7 +375,9 @@ def launch_config(C: int,
     which holds no gradient accumulators, takes 64 rows of 2-byte inputs
     up to C = 512 on a GPU of compute capability 9.x and up to C = 256 on
     10.x (``capability``, as ``torch.cuda.get_device_capability`` gives
-    it; None: the CPU's interpreter, the table above); the backward
+    it; None: the CPU's interpreter, the table above), with Triton 3.2 or
+    newer (3.0 and 3.1 abort compiling it for sm_90 at 64 rows: at most 32
+    there); the backward
     kernels take 32 rows of 2-byte inputs from C = 128 down on GPUs other
     than 9.x and 10.x, where at 64 the keys / values kernel spills. Inputs
     wider than 2 bytes are pipelined in 2 stages instead of 3, which keeps
@@ -377,9 +395,11 @@ def launch_config(C: int,
     two_byte = torch.empty((), dtype=dtype).element_size() <= 2
     if block is None:
         table = _ROWS_2BYTE if two_byte else _ROWS_WIDER
-        if forward and two_byte and capability is not None and \
-                capability[0] in _FORWARD_ROWS_2BYTE:
-            table = _FORWARD_ROWS_2BYTE[capability[0]] + table
+        if forward and two_byte and capability is not None:
+            version = triton_version()  # None: no Triton to work around
+            wgmma = version is None or version >= _WGMMA_FORWARD_SINCE
+            rules = _FORWARD_ROWS_2BYTE if wgmma else _FORWARD_ROWS_MMA_SYNC
+            table = rules.get(capability[0], ()) + table
         elif not forward and two_byte and capability is not None and \
                 capability[0] not in _NO_BACKWARD_SPILLS_AT_64:
             table = _BACKWARD_ROWS_2BYTE_MMA_SYNC + table
@@ -445,6 +465,20 @@ def multiprocessors(t: torch.Tensor) -> Optional[int]:
     return None
 
 
+# The first Triton whose compiler knows Blackwell's compute capabilities
+# (10.x: B200 / B300, 12.x: RTX 50xx); Triton 3.2 aborts the process
+# compiling for sm_100 or sm_120 ("computeCapability not supported").
+BLACKWELL_SINCE = (3, 3)
+
+
+def compiles_for(capability: Optional[Tuple[int, int]]) -> bool:
+    """Whether the installed Triton compiles the kernels for a GPU of
+    compute ``capability`` (None: the interpreter's) rather than abort
+    the process: Blackwell's (10.x, 12.x) from ``BLACKWELL_SINCE`` on."""
+    return capability is None or capability[0] < 10 or \
+        (triton_version() or (0, 0)) >= BLACKWELL_SINCE
+
+
 def _check(q, keys, values):
     if triton is None:
         raise ImportError(
@@ -457,6 +491,12 @@ def _check(q, keys, values):
                 f"the 'triton' EMSA core runs on CUDA tensors (on the CPU "
                 f'only in Triton\'s interpreter, TRITON_INTERPRET=1); got '
                 f'{name} on {t.device}')
+    if not compiles_for(capability(q)):
+        raise RuntimeError(
+            f"the 'triton' EMSA core needs triton >= "
+            f"{'.'.join(map(str, BLACKWELL_SINCE))} on a GPU of compute "
+            f'capability {capability(q)} (found triton {triton.__version__}, '
+            'whose compiler would abort the process); use another core')
     if not (q.dtype == keys.dtype == values.dtype):
         raise TypeError('queries, keys and values must share a dtype, got '
                         f'{q.dtype}, {keys.dtype}, {values.dtype}')

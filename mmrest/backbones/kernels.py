@@ -1086,8 +1086,10 @@ def _triton_runs_on(device: torch.device,
     build of torch also calls AMD GPUs 'cuda', with their own version
     numbers in place of a compute capability: 'chunked' there), for
     queries of ``dtype``, if given, no wider than 2 bytes (see
-    ``DEFAULT_EMSA_CORES``); on the CPU, Triton's interpreter; and kernels
-    that take the channels ``widths``, if given."""
+    ``DEFAULT_EMSA_CORES``), with a Triton that compiles for that GPU
+    (``emsa_triton.compiles_for``: Blackwell's from Triton 3.3 on); on the
+    CPU, Triton's interpreter; and kernels that take the channels
+    ``widths``, if given."""
     from . import emsa_triton
     if widths is not None and not emsa_triton.fits(*widths):
         return False
@@ -1098,7 +1100,8 @@ def _triton_runs_on(device: torch.device,
         return False
     if dtype is not None and torch.empty((), dtype=dtype).element_size() > 2:
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+    capability = torch.cuda.get_device_capability(device)
+    return capability >= (8, 0) and emsa_triton.compiles_for(capability)
 
 
 @contextlib.contextmanager
