@@ -534,13 +534,15 @@ _FITTED = {}
 SPILLED = {}
 # A kernel compiled to keep more than this many bytes a thread in local
 # memory (spilled registers) steps down like a refused launch (see
-# fitted_launch). The tiles were chosen with Triton 3.6, whose kernels as
-# launched spill at most 56 bytes (C = 768 with heads of 96, at the
-# smallest tiles, 16 rows; tests/_triton_aot.py); other Tritons allocate
-# registers otherwise: Triton 3.9 (torch 2.15) spills 416 bytes a thread
-# in the keys / values kernel at C = 128 with 64 rows and 168 in the
-# forward at C = 512, nothing at 32 rows.
-SPILL_LIMIT = 64
+# fitted_launch). The tiles were chosen with Triton 3.6 to spill nothing
+# (56 bytes at most, at C = 768 with heads of 96 and the smallest tiles);
+# other Tritons allocate registers otherwise (tests/_triton_aot.py with
+# each, docs/benchmarks.md): at C = 128 with 64 rows, where the keys /
+# values kernel's products are Hopper's wgmma, Triton 3.5, 3.7 and 3.8
+# spill 64 to 80 bytes a thread there (kept: 32 rows would give up wgmma
+# for a few registers), 3.3, 3.4 and 3.9 152 to 432 (stepped down), and
+# 3.0 to 3.4 and 3.9 spill 150 to 4800 bytes elsewhere.
+SPILL_LIMIT = 128
 
 
 def spilled_bytes(run, config: dict, t: torch.Tensor) -> Optional[int]:
@@ -582,8 +584,8 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
       thread (:func:`spilled_bytes`, from ``run(config, warmup=True)``,
       which compiles without launching; another Triton's or GPU's register
       allocation), half the rows (fewer stages hold no fewer registers).
-      Where every smaller launch spills or is refused, the first that
-      loaded runs.
+      Where every smaller launch spills or is refused, the one that
+      spilled least runs.
 
     A warning names the launch taken when it is not ``config``; that launch
     is remembered for the kernel, ``t``'s device and dtype and ``config``,
@@ -594,10 +596,10 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
     key = (name, t.device, t.dtype, tuple(sorted(config.items())))
     if key in _FITTED:
         return run(_FITTED[key])
-    refused = spilling = None  # the first (launch, refusal / bytes)
-    spilled_rows = None  # the fewest rows that spilled
+    refused = None  # the first refused (launch, refusal)
+    spilling = []  # (launch, bytes) that loaded but spilled, fewer rows on
     for candidate in smaller_launches(config):
-        if spilled_rows and candidate['BLOCK_N'] >= spilled_rows:
+        if spilling and candidate['BLOCK_N'] >= spilling[-1][0]['BLOCK_N']:
             continue
         try:
             spilled = spilled_bytes(run, candidate, t)
@@ -606,18 +608,19 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
                           for k in ('BLOCK_C', 'BLOCK_D', 'BLOCK_N',
                                     'num_stages'))] = spilled
             if spilled is not None and spilled > SPILL_LIMIT:
-                spilling = spilling or (candidate, spilled)
-                spilled_rows = candidate['BLOCK_N']
+                spilling.append((candidate, spilled))
                 continue
             out = run(candidate)
         except OutOfResources as e:
             refused, last = refused or (candidate, e), e
             continue
+        spills = None
         break
     else:
-        if spilling is None:
+        if not spilling:
             raise last
-        candidate = spilling[0]
+        # the one that spilled least (of equals, the larger tiles)
+        candidate, spills = min(spilling, key=lambda launch: launch[1])
         out = run(candidate)
     _FITTED[key] = candidate
     if candidate != config:
@@ -631,12 +634,15 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
             e = refused[1]
             reasons.append(f'ran out of {e.name} (required {e.required}, '
                            f'limit {e.limit}) {rows(refused[0])}')
-        if spilling is not None:
-            reasons.append(f'spilled {spilling[1]} bytes a thread (limit '
-                           f'{SPILL_LIMIT}) {rows(spilling[0])}')
-        warnings.warn(f'{name} on {t.device} {" and ".join(reasons)}; it '
-                      f"runs {candidate['BLOCK_N']} rows in "
-                      f"{candidate['num_stages']} stages")
+        if spilling:
+            reasons.append(f'spilled {spilling[0][1]} bytes a thread (limit '
+                           f'{SPILL_LIMIT}) {rows(spilling[0][0])}')
+        warnings.warn(
+            f'{name} on {t.device} {" and ".join(reasons)}; it runs '
+            f"{candidate['BLOCK_N']} rows in {candidate['num_stages']} "
+            'stages' +
+            ('' if spills is
+             None else f', spilling {spills} bytes a thread, the fewest'))
     return out
 
 
