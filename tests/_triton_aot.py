@@ -65,8 +65,8 @@ def _source(fn, dtype: str, constexprs: dict):
         return ASTSource(fn, signature, constexprs=constexprs)
     except TypeError:  # Triton 3.0 to 3.2
         pass
-    key = (lambda name: name) if triton.__version__ >= '3.2' else \
-        fn.arg_names.index
+    key = (lambda name: name) if emsa_triton.triton_version() >= (3, 2) \
+        else fn.arg_names.index  # 3.2 by name, 3.0 and 3.1 by position
     return ASTSource(
         fn, {
             key(name): kind

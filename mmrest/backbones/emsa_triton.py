@@ -553,9 +553,9 @@ def spilled_bytes(run, config: dict, t: torch.Tensor) -> Optional[int]:
     warmup=True)`` compiles the launch without running it (Triton's
     ``warmup``; the launch then finds it, loaded, in Triton's cache). None
     where that is unknown: Triton's interpreter (whose warmup compiles
-    nothing) or a Triton without these interfaces. Triton's
-    ``OutOfResources`` (a kernel the GPU cannot load, as its launch would
-    raise) propagates."""
+    nothing) or a Triton without these interfaces (Triton 3.0 to 3.9 have
+    them). Triton's ``OutOfResources`` (a kernel the GPU cannot load, as
+    its launch would raise) propagates."""
     try:
         kernel = run(config, warmup=True)
         if kernel is None:  # the interpreter
