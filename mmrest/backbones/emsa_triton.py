@@ -377,16 +377,16 @@ def launch_config(C: int,
     10.x (``capability``, as ``torch.cuda.get_device_capability`` gives
     it; None: the CPU's interpreter, the table above), with Triton 3.2 or
     newer (3.0 and 3.1 abort compiling it for sm_90 at 64 rows: at most 32
-    there); the backward
-    kernels take 32 rows of 2-byte inputs from C = 128 down on GPUs other
-    than 9.x and 10.x, where at 64 the keys / values kernel spills. Inputs
-    wider than 2 bytes are pipelined in 2 stages instead of 3, which keeps
-    float32 at C = 768 (ResT-Base / Large, stage 4) within an A100's 163
-    KiB of shared memory (137 KiB against 205 KiB). ``block`` (a power of
-    two, at least 16) overrides the rows, e.g. for the tests, which need
-    several blocks of small sizes; ``num_warps`` (1 to 16, a power of two) and
-    ``num_stages`` (at least 1) override the launch options (the tuning
-    sweep of ``tools/device/gpu_profile.py``). Products and sums contract
+    there); the backward kernels take 32 rows of 2-byte inputs from
+    C = 128 down on GPUs other than 9.x and 10.x, where at 64 the keys /
+    values kernel spills. Inputs wider than 2 bytes are pipelined in 2
+    stages instead of 3, which keeps float32 at C = 768 (ResT-Base /
+    Large, stage 4) within an A100's 163 KiB of shared memory (137 KiB
+    against 205 KiB). ``block`` (a power of two, at least 16) overrides
+    the rows, e.g. for the tests, which need several blocks of small
+    sizes; ``num_warps`` (1 to 16, a power of two) and ``num_stages`` (at
+    least 1) override the launch options (the tuning sweep of
+    ``tools/device/gpu_profile.py``). Products and sums contract
     to fused multiply-adds (``enable_fp_fusion``, as the kernels were
     checked on the GPU): Triton 3.9 warns that its default turns that off
     from 3.10 on.
@@ -540,8 +540,8 @@ SPILLED = {}
 # each, docs/benchmarks.md): at C = 128 with 64 rows, where the keys /
 # values kernel's products are Hopper's wgmma, Triton 3.5, 3.7 and 3.8
 # spill 64 to 80 bytes a thread there (kept: 32 rows would give up wgmma
-# for a few registers), 3.3, 3.4 and 3.9 152 to 432 (stepped down), and
-# 3.0 to 3.4 and 3.9 spill 150 to 4800 bytes elsewhere.
+# for a few registers), 3.0 to 3.4 and 3.9 144 to 416 (stepped down); 3.0
+# to 3.4 and 3.9 spill up to 4816 bytes elsewhere.
 SPILL_LIMIT = 128
 
 
@@ -637,12 +637,11 @@ def fitted_launch(name: str, config: dict, launch: dict, t: torch.Tensor, run):
         if spilling:
             reasons.append(f'spilled {spilling[0][1]} bytes a thread (limit '
                            f'{SPILL_LIMIT}) {rows(spilling[0][0])}')
-        warnings.warn(
-            f'{name} on {t.device} {" and ".join(reasons)}; it runs '
-            f"{candidate['BLOCK_N']} rows in {candidate['num_stages']} "
-            'stages' +
-            ('' if spills is
-             None else f', spilling {spills} bytes a thread, the fewest'))
+        fewest = '' if spills is None else \
+            f', spilling {spills} bytes a thread, the fewest'
+        warnings.warn(f'{name} on {t.device} {" and ".join(reasons)}; it '
+                      f"runs {candidate['BLOCK_N']} rows in "
+                      f"{candidate['num_stages']} stages{fewest}")
     return out
 
 
