@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -772,14 +773,18 @@ def test_fitted_launch_steps_down_from_spilling_kernels(monkeypatch):
     config = emsa_triton.launch_config(128, 64, torch.float16)  # 64, 3
     t = torch.zeros(1, dtype=torch.float16)
     fitted = functools.partial(emsa_triton.fitted_launch, config=config, t=t)
+
+    def stepped_down(name, gpu):
+        """What fitted_launch on ``gpu`` compiled, launched and warned."""
+        with pytest.warns(UserWarning) as caught:
+            assert fitted(name, launch={}, run=gpu) == 'ran'
+        return gpu.compiled, gpu.ran, [str(w.message) for w in caught]
+
     gpu = _GPU(lambda rows, stages: 416 if rows == 64 else 0)
-    with pytest.warns(UserWarning) as caught:
-        assert fitted('_keys', launch={}, run=gpu) == 'ran'
-    assert (gpu.compiled, gpu.ran) == ([(64, 3), (32, 3)], [(32, 3)])
-    assert [str(w.message) for w in caught] == [
+    assert stepped_down('_keys', gpu) == ([(64, 3), (32, 3)], [(32, 3)], [
         '_keys on cpu spilled 416 bytes a thread (limit 128) with 64 rows in '
         '3 stages; it runs 32 rows in 3 stages'
-    ]
+    ])
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         fitted('_keys', launch={}, run=gpu)
@@ -799,24 +804,23 @@ def test_fitted_launch_steps_down_from_spilling_kernels(monkeypatch):
         assert (gpu.compiled, gpu.ran) == ([], [(64, 3)])
     # spilling at every size, least at 32 rows
     gpu = _GPU(lambda rows, stages: {64: 416, 32: 160, 16: 200}[rows])
-    with pytest.warns(UserWarning) as caught:
-        fitted('_least', launch={}, run=gpu)
-    assert (gpu.compiled, gpu.ran) == ([(64, 3), (32, 3), (16, 3)], [(32, 3)])
-    assert [str(w.message) for w in caught] == [
-        '_least on cpu spilled 416 bytes a thread (limit 128) with 64 rows '
-        'in 3 stages; it runs 32 rows in 3 stages, spilling 160 bytes a '
-        'thread, the fewest'
-    ]
+    assert stepped_down('_least', gpu) == ([(64, 3), (32, 3), (16, 3)], [
+        (32, 3)
+    ], [
+        '_least on cpu spilled 416 bytes a thread (limit 128) with 64 '
+        'rows in 3 stages; it runs 32 rows in 3 stages, spilling 160 '
+        'bytes a thread, the fewest'
+    ])
     # 64 x 3 refused (shared memory), 64 x 2 spills, 32 x 3 fits
     gpu = _GPU(lambda rows, stages: 200 if rows == 64 else 0, limit=150)
-    with pytest.warns(UserWarning) as caught:
-        fitted('_both', launch={}, run=gpu)
-    assert (gpu.compiled, gpu.ran) == ([(64, 3), (64, 2), (32, 3)], [(32, 3)])
-    assert [str(w.message) for w in caught] == [
+    assert stepped_down('_both', gpu) == ([(64, 3), (64, 2), (32, 3)], [
+        (32, 3)
+    ], [
         '_both on cpu ran out of shared memory (required 196608, limit '
         '153600) with 64 rows in 3 stages and spilled 200 bytes a thread '
-        '(limit 128) with 64 rows in 2 stages; it runs 32 rows in 3 stages'
-    ]
+        '(limit 128) with 64 rows in 2 stages; it runs 32 rows in 3 '
+        'stages'
+    ])
 
 
 def test_spilled_bytes_from_the_loaded_kernel(monkeypatch):
@@ -953,12 +957,19 @@ SHARED_LIMIT = {
 SPILLS_ALLOWED = {(80, 768, 96): 64, (90, 768, 96): 64, (100, 384, 96): 8}
 
 
-def compiled_for_cuda(tmp_path, *argv) -> list:
+def compiled_for_cuda(tmp_path, *argv, triton_dir=None) -> list:
     """tests/_triton_aot.py's rows for ``argv``, in a process without
     TRITON_INTERPRET (the kernels compiled), its Triton cache in
-    ``tmp_path`` (compiled here, not cached)."""
+    ``tmp_path`` (compiled here, not cached); with ``triton_dir`` (a
+    folder holding a ``triton`` package) that Triton, not the installed
+    one."""
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env['TRITON_CACHE_DIR'] = str(tmp_path)
+    if triton_dir is not None:
+        repo = str(Path(__file__).resolve().parents[1])
+        env['PYTHONPATH'] = os.pathsep.join(
+            [str(triton_dir), repo,
+             env.get('PYTHONPATH', '')])
     proc = subprocess.run([
         sys.executable,
         str(Path(__file__).with_name('_triton_aot.py')), *argv
@@ -1054,6 +1065,56 @@ def test_kernels_as_fitted_spill_at_most_the_limit(tmp_path):
     import triton
     if triton.__version__.startswith('3.6.'):
         assert all(row['tried'] == 1 for row in rows), rows
+
+
+# On request: folders each holding another Triton (``pip install --no-deps
+# --target DIR triton==V``), separated by the path separator
+OTHER_TRITONS = [
+    Path(d) for d in os.environ.get('MMREST_TRITONS', '').split(os.pathsep)
+    if d
+]
+
+
+def _triton_in(folder: Path) -> tuple:
+    """The (major, minor) of the Triton installed in ``folder``."""
+    text = (folder / 'triton' / '__init__.py').read_text()
+    version = re.search(r"__version__ = ['\"]([0-9.]+)", text).group(1)
+    return tuple(int(part) for part in version.split('.')[:2])
+
+
+@pytest.mark.skipif(
+    not OTHER_TRITONS,
+    reason='compiles with other Tritons, a few minutes each; set '
+    'MMREST_TRITONS to folders holding them')
+@pytest.mark.parametrize('folder', OTHER_TRITONS, ids=str)
+def test_another_triton_compiles_the_launches_as_fitted(folder, tmp_path):
+    """With another Triton (torch 2.4's 3.0 to torch 2.15's 3.9,
+    docs/benchmarks.md), every kernel at every width of ResT's multi-head
+    stages compiles as ``fitted_launch`` takes it (``--fit``) for sm_90
+    (fp16, bf16) and sm_80, and for sm_100 / sm_120 from Triton 3.3 on
+    (before, the core refuses them: their compiler aborts): no process
+    aborted, no error, within the shared memory, spilling at most
+    ``SPILL_LIMIT`` bytes a thread unless at the smallest tiles; the
+    forward for sm_90 at most 32 rows before Triton 3.2."""
+    version = _triton_in(folder)
+    widths = [(128, 64), (192, 96), (256, 64), (384, 96), (512, 64), (768, 96)]
+    runs = [(90, [f'90:fp16:{C}:{D}' for C, D in widths] + ['90:bf16:512:64']),
+            (80, ['80:fp16:128:64', '80:fp16:384:96', '80:fp16:768:96'])]
+    if version >= emsa_triton.BLACKWELL_SINCE:
+        runs += [(100, ['100:fp16:256:64', '100:fp16:384:96']),
+                 (120, ['120:fp16:128:64', '120:fp16:512:64'])]
+    for cc, specs in runs:
+        limit = SHARED_LIMIT[cc]
+        rows = compiled_for_cuda(
+            tmp_path, '--fit', str(limit), *specs, triton_dir=folder)
+        assert len(rows) == 3 * len(specs)
+        for row in rows:
+            assert 'error' not in row and row['shared'] <= limit, row
+            assert row['stack'] <= emsa_triton.SPILL_LIMIT or \
+                row['BLOCK_N'] == 16, row
+            if cc == 90 and row['kernel'] == '_forward_kernel' and \
+                    version < (3, 2):
+                assert row['BLOCK_N'] <= 32, row
 
 
 def test_kernels_fit_a_99_kib_gpu(tmp_path):
