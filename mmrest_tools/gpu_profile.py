@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from mmrest_tools.compared import build_backbone
-from mmrest_tools.gpu_check.measure import _sync, backbone_step, time_steps
+from mmrest_tools.gpu_check.measure import (_sync, backbone_step, time_steps,
+                                            versions)
 
 DEVICE = 'cuda'
 SCALE = 1  # sizes divided by this (a CPU smoke test: --smoke)
@@ -605,6 +606,7 @@ def main(argv=None):
             torch.version.cuda,
             torch.backends.cudnn.version(),
             torch.cuda.get_device_name(0),
+            versions(),
             flush=True)
     import mmrest  # noqa: F401
     os.makedirs(args.out, exist_ok=True)

@@ -433,6 +433,20 @@ def test_device_info_names_the_cpu(monkeypatch):
         assert info['name'] == name and info['type'] == 'cpu'
 
 
+def test_versions_name_triton(monkeypatch):
+    """The check's environment names Triton's release (the 'triton' core's
+    launches depend on it, docs/benchmarks.md) beside OpenMMLab's, or
+    why it is not importable."""
+    from mmrest_tools.gpu_check.measure import versions
+    found = versions()
+    if emsa_triton.available():
+        import triton
+        assert found['triton'] == triton.__version__
+    monkeypatch.setitem(sys.modules, 'triton', None)  # import fails
+    assert versions()['triton'].startswith('not importable')
+    assert set(found) >= {'triton', 'mmengine', 'mmcv', 'mmdet'}
+
+
 def test_error_measures():
     ref = [torch.tensor([1.0, -4.0]), torch.tensor([2.0])]
     out = [torch.tensor([1.5, -4.0]), torch.tensor([2.0 + 1e-3])]

@@ -222,7 +222,9 @@ def randomize_norms(model: nn.Module, seed: int = 0):
 
 def versions() -> Dict[str, Optional[str]]:
     found = {}
-    for name in ('numpy', 'torchvision', 'mmengine', 'mmcv', 'mmdet'):
+    # triton: the 'triton' core's launches depend on its release
+    for name in ('numpy', 'triton', 'torchvision', 'mmengine', 'mmcv',
+                 'mmdet'):
         try:
             mod = __import__(name)
             found[name] = getattr(mod, '__version__', '?')
