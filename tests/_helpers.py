@@ -672,6 +672,23 @@ def scheduled_lrs(optim_wrapper,
     return lrs
 
 
+class LoadedKernel:
+    """Stands in for Triton's compiled kernel as
+    ``emsa_triton.spilled_bytes`` reads it: loading it (``_init_handles``)
+    raises ``refusal`` (Triton's ``OutOfResources``: a GPU without the
+    shared memory), if given, else gives ``spilled`` bytes a thread as
+    ``n_spills`` (Triton's 4-byte words)."""
+    n_spills = None
+
+    def __init__(self, spilled: int, refusal: Optional[Exception] = None):
+        self.spilled, self.refusal = spilled, refusal
+
+    def _init_handles(self):
+        if self.refusal is not None:
+            raise self.refusal
+        self.n_spills = self.spilled // 4
+
+
 class GridRecorder:
     """Stands in for the kernel ``name`` of mmrest.backbones.emsa_triton,
     recording the grid of each launch (``kernel[grid](...)``, in
@@ -697,11 +714,13 @@ class GridRecorder:
         self.spills, self.compiled = spills, []
         monkeypatch.setattr(emsa_triton, name, self)
 
-    def _refused(self, kwargs):
+    def _refusal(self, kwargs):
+        """Triton's refusal of a launch beyond the GPU's shared memory,
+        where ``refuse`` says so, else None."""
         if self.refuse and self.refuse(kwargs):
-            # as Triton refuses a launch beyond the GPU's shared memory
-            raise self.module.OutOfResources(kwargs['BLOCK_N'] * 1024,
-                                             16 * 1024, 'shared memory')
+            return self.module.OutOfResources(kwargs['BLOCK_N'] * 1024,
+                                              16 * 1024, 'shared memory')
+        return None
 
     def __getitem__(self, grid):
         self.grids.append(grid)
@@ -709,7 +728,9 @@ class GridRecorder:
         def launch(*args, **kwargs):
             self.switches.append(kwargs.get('SPLIT'))
             self.launches.append((kwargs['BLOCK_N'], kwargs['num_stages']))
-            self._refused(kwargs)
+            refusal = self._refusal(kwargs)
+            if refusal is not None:
+                raise refusal
             return self.kernel[grid](*args, **kwargs)
 
         return launch
@@ -718,13 +739,4 @@ class GridRecorder:
         if self.spills is None:
             return self.kernel.warmup(*args, grid=grid, **kwargs)
         self.compiled.append((kwargs['BLOCK_N'], kwargs['num_stages']))
-        recorder = self
-
-        class Loaded:
-            n_spills = None
-
-            def _init_handles(self):
-                recorder._refused(kwargs)
-                self.n_spills = recorder.spills(kwargs) // 4
-
-        return Loaded()
+        return LoadedKernel(self.spills(kwargs), self._refusal(kwargs))

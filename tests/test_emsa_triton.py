@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import (GRADIENT_FACTOR, MATRIX_PRODUCTS, CallCounter,
-                      GridRecorder, OpsRecorded, SavedForBackward,
-                      assert_float32_close, assert_float64_equal,
-                      literal_attention, relative_error)
+                      GridRecorder, LoadedKernel, OpsRecorded,
+                      SavedForBackward, assert_float32_close,
+                      assert_float64_equal, literal_attention, relative_error)
 
 from mmrest.backbones import emsa_triton, kernels
 from mmrest.backbones.mixed_heads import mixed_queries
@@ -743,19 +743,11 @@ class _GPU:
             self.ran.append(launch)
             return 'ran'
         self.compiled.append(launch)
-        gpu, need = self, launch[0] * launch[1]
-
-        class Loaded:
-            n_spills = None
-
-            def _init_handles(self):
-                if need > gpu.limit:
-                    raise emsa_triton.OutOfResources(need * 1024,
-                                                     gpu.limit * 1024,
-                                                     'shared memory')
-                self.n_spills = gpu.spills(*launch) // 4
-
-        return Loaded()
+        need = launch[0] * launch[1]
+        refusal = emsa_triton.OutOfResources(
+            need * 1024, self.limit *
+            1024, 'shared memory') if need > self.limit else None
+        return LoadedKernel(self.spills(*launch), refusal)
 
 
 def test_fitted_launch_steps_down_from_spilling_kernels(monkeypatch):
