@@ -87,8 +87,10 @@ else:
     _FOUND = 'no triton' if triton is None else None
 
 
+@functools.lru_cache(maxsize=None)
 def triton_version() -> Optional[Tuple[int, int]]:
-    """The installed Triton's (major, minor), None without triton >= 3."""
+    """The installed Triton's (major, minor), None without triton >= 3
+    (read once: every launch's tiles ask)."""
     if triton is None:
         return None
     return tuple(int(part) for part in triton.__version__.split('.')[:2])
