@@ -26,6 +26,7 @@ import warnings
 import torch
 import triton
 import triton.language as tl
+from _helpers import LoadedKernel
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
@@ -176,17 +177,11 @@ def fitted(cc: int, dtype: str, C: int, D: int, limit: int) -> list:
             row = tried[launch]
             if not warmup:
                 return row
-
-            class Loaded:  # a compiled kernel, as spilled_bytes reads it
-                n_spills = None
-
-                def _init_handles(self):
-                    if row.get('shared', limit + 1) > limit:
-                        raise emsa_triton.OutOfResources(
-                            row.get('shared'), limit, 'shared memory')
-                    self.n_spills = row['stack'] // 4
-
-            return Loaded()
+            # a row without shared memory (a compile error) refused as well
+            refusal = emsa_triton.OutOfResources(
+                row.get('shared'), limit, 'shared memory') if row.get(
+                    'shared', limit + 1) > limit else None
+            return LoadedKernel(row.get('stack', 0), refusal)
 
         emsa_triton._FITTED.clear()
         with warnings.catch_warnings():
