@@ -49,13 +49,20 @@ DEPTH = {'rest-lite': 20, 'restv2-tiny': 23}
 
 
 def model_config(name: str, backbone: str = 'rest-lite') -> Config:
-    algorithm = name.replace('_', '-')  # mask_rcnn -> mask-rcnn
+    # Faster R-CNN, which no paper pairs with ResT: a user's, the Mask R-CNN
+    # config without its mask branch (mmdet's mask-rcnn_r50_fpn is
+    # faster-rcnn_r50_fpn plus the mask RoI extractor and head)
+    source = 'mask_rcnn' if name == 'faster_rcnn' else name
+    algorithm = source.replace('_', '-')  # mask_rcnn -> mask-rcnn
     cfg = Config.fromfile(
-        str(CONFIGS / name / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
+        str(CONFIGS / source / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
     for t in cfg.test_pipeline:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
-    if name == 'mask_rcnn':
+    if name == 'faster_rcnn':
+        cfg.model.roi_head.mask_roi_extractor = None
+        cfg.model.roi_head.mask_head = None
+    if source == 'mask_rcnn':
         # Random weights score the anchors about the same: which of two
         # overlapping anchors the RPN's NMS keeps, or its top-k cuts, would
         # be decided by rounding (float32 against float64). Every anchor
@@ -363,13 +370,18 @@ def test_deploy_cfg_errors():
 
 
 # mmdeploy's opset 11 with both backbones; 16 (RoIAlign with half-pixel
-# coordinates, tools/deploy.py --opset) once
+# coordinates, tools/deploy.py --opset) once; Faster R-CNN (its box head
+# through mmrest's rewrite with no mask head, a detection task) at 11 and
+# at 17 (the highest opset of torch 2.1's TorchScript exporter, its
+# default; torch 2.13's: 20)
 @pytest.mark.parametrize('name,backbone,opset', [
     ('retinanet', 'rest-lite', 11),
     ('retinanet', 'restv2-tiny', 11),
     ('mask_rcnn', 'rest-lite', 11),
     ('mask_rcnn', 'restv2-tiny', 11),
     ('mask_rcnn', 'rest-lite', 16),
+    ('faster_rcnn', 'rest-lite', 11),
+    ('faster_rcnn', 'restv2-tiny', 17),
 ])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
                                               float64_detector):
@@ -377,6 +389,8 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
     deploy_cfg = deploy.load_deploy_cfg(task, opset)
     torch.manual_seed(0)
     processor, model = build_detector(model_config(name, backbone), deploy_cfg)
+    if name != 'retinanet':
+        assert model.roi_head.with_mask == (name == 'mask_rcnn'), name
     images = [synthetic_image(hw, seed) for seed, hw in enumerate(IMAGES)]
     made = [make_input(processor, model, img) for img in images]
     datas = [data for data, _ in made]
@@ -447,9 +461,10 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
 
 
 #: The bias that :func:`check_graph` moves by 0.5 to break a graph: the box
-#: regression's (RetinaNet) or the mask logits' (Mask R-CNN).
+#: regression's (RetinaNet, Faster R-CNN) or the mask logits' (Mask R-CNN).
 BROKEN = dict(
     retinanet='bbox_head.retina_reg.bias',
+    faster_rcnn='roi_head.bbox_head.fc_reg.bias',
     mask_rcnn='roi_head.mask_head.conv_logits.bias')
 
 
