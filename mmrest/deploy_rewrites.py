@@ -40,12 +40,19 @@ graph, wrong for any map size that is not a multiple of the output size,
 and an error for a map smaller than it. Within
 :func:`exact_adaptive_pooling` (always on in :mod:`mmrest.deploy`),
 :func:`adaptive_avg_pool2d` replaces it: torch's windows, as two averaging
-matrices computed from the input's (dynamic) height and width.
+matrices computed from the input's (dynamic) height and width. And mmseg's
+``Upsample`` module (Semantic FPN's ``FPNHead``: each scale head doubles its
+map) computes its output size with Python's ``int`` from the traced input
+size: a constant in the graph, so that at any other input size the map is
+upsampled to the traced size and then resized, wrong. Within
+:func:`exact_upsampling` (always on in :mod:`mmrest.deploy`),
+:func:`upsample__forward` computes the size in the graph.
 
 Outside the ``with`` blocks mmdeploy's own rewrites apply: the switches are
 rewriter checkers, read when mmdeploy's ``RewriterContext`` starts.
 """
 import contextlib
+import importlib.util
 from typing import Iterator, List, Optional
 
 import torch
@@ -66,12 +73,13 @@ MIN_SCORE = torch.finfo(torch.float32).tiny
 #: takes at most the rows there are).
 EVERY = 2**31 - 1
 
-_SWITCH = {'mmdet': False, 'pooling': False}
+_SWITCH = {'mmdet': False, 'pooling': False, 'upsample': False}
 
 
 class _Switched(Checker):
     """A rewriter checker that holds while the switch ``key`` is on
-    (:func:`mmdet_post_processing`, :func:`exact_adaptive_pooling`)."""
+    (:func:`mmdet_post_processing`, :func:`exact_adaptive_pooling`,
+    :func:`exact_upsampling`)."""
 
     def __init__(self, key: str):
         self.key = key
@@ -110,6 +118,45 @@ def exact_adaptive_pooling(enabled: bool = True):
         enabled (bool): False leaves mmdeploy's own rewrite in place.
     """
     return _switch('pooling', enabled)
+
+
+def exact_upsampling(enabled: bool = True):
+    """Within the block, mmdeploy rewrites for ONNX Runtime started use
+    :func:`upsample__forward` for mmseg's ``Upsample`` module: its output
+    size computed in the graph from the input's.
+
+    Args:
+        enabled (bool): False leaves mmseg's own forward, whose size the
+            trace fixes. Without mmseg (an optional requirement) the
+            rewrite stays off: mmdeploy would warn that it finds no
+            ``Upsample`` at each export.
+    """
+    return _switch('upsample', enabled
+                   and importlib.util.find_spec('mmseg') is not None)
+
+
+def scaled_size(size, factor: float):
+    """``int(size * factor)``, mmseg's ``Upsample`` output size, for an
+    int ``size`` or a traced one (a tensor: then computed in the graph, in
+    float64 as Python's product, and rounded down, as ``int`` rounds a
+    positive number)."""
+    if isinstance(size, torch.Tensor):
+        return torch.floor(size.to(torch.float64) * factor).to(torch.int64)
+    return int(size * factor)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmseg.models.utils.Upsample.forward',
+    backend='onnxruntime',
+    extra_checkers=[_Switched('upsample')])
+def upsample__forward(self, x: torch.Tensor) -> torch.Tensor:
+    """mmseg's ``Upsample.forward`` within :func:`exact_upsampling`: a
+    set ``size`` as mmseg, else the input's size times ``scale_factor``
+    (:func:`scaled_size`), computed in the graph."""
+    if self.size:
+        return FUNCTION_REWRITER.get_context().origin_func(self, x)
+    size = [scaled_size(t, self.scale_factor) for t in x.shape[-2:]]
+    return F.interpolate(x, size, None, self.mode, self.align_corners)
 
 
 def pooling_matrix(size, out: int, like: torch.Tensor) -> torch.Tensor:

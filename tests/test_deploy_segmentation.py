@@ -9,7 +9,10 @@ from the dynamic size. Its windows are checked against torch's in float64
 and by hand; the exported segmentor against the float64 eager segmentor
 (the rule of ``tests/_helpers.py``: the graph's error of the size of the
 eager float32 segmentor's own), at sizes whose stage-4 maps are smaller
-than, not multiples of, and multiples of the pyramid's 6.
+than, not multiples of, and multiples of the pyramid's 6. Semantic FPN
+(mmseg's FPN neck and ``FPNHead``) likewise: its scale heads' ``Upsample``
+sizes, which mmseg computes with Python's ``int`` and the trace would fix,
+are computed in the graph (``mmrest.deploy_rewrites.upsample__forward``).
 """
 import copy
 import functools
@@ -28,8 +31,9 @@ from mmrest.deploy import (build_detector, compare_maps, export_detector,
                            mmdeploy_torch_shims, onnx_outputs,
                            rewritten_logits, rewritten_outputs,
                            seg_graph_report, synthetic_image)
-from mmrest.deploy_rewrites import (adaptive_avg_pool2d,
-                                    exact_adaptive_pooling, pooling_matrix)
+from mmrest.deploy_rewrites import (_SWITCH, adaptive_avg_pool2d,
+                                    exact_adaptive_pooling, exact_upsampling,
+                                    pooling_matrix, scaled_size)
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 # UperNet + ResT-Lite with 64-channel heads and 5 classes (the demo's);
@@ -138,8 +142,31 @@ def test_exported_pooling_is_torchs_at_every_size(tmp_path):
     assert mmdeploys(torch.randn(1, 4, 16, 16))[3].shape[-2:] == (8, 8)
 
 
-def segmentor(deploy_cfg='segmentation'):
-    return build_detector(SEG_CONFIG, deploy_cfg)
+def segmentor(deploy_cfg='segmentation', head='upernet'):
+    """The demo's UperNet, or (``head='fpn'``) a user's Semantic FPN on
+    the same ResT-Lite: mmseg's FPN neck and ``FPNHead`` (as its
+    ``fpn_r50`` base, 64 channels), no auxiliary head."""
+    from mmengine.config import Config, ConfigDict
+    cfg = Config.fromfile(SEG_CONFIG)
+    if head == 'fpn':
+        model = cfg.model
+        model.neck = ConfigDict(
+            type='FPN',
+            in_channels=[64, 128, 256, 512],
+            out_channels=64,
+            num_outs=4)
+        model.decode_head = ConfigDict(
+            type='FPNHead',
+            in_channels=[64] * 4,
+            in_index=[0, 1, 2, 3],
+            feature_strides=[4, 8, 16, 32],
+            channels=64,
+            dropout_ratio=0.1,
+            num_classes=model.decode_head.num_classes,
+            norm_cfg=model.decode_head.norm_cfg,
+            align_corners=False)
+        model.auxiliary_head = None
+    return build_detector(cfg, deploy_cfg)
 
 
 def inputs_at(size, n=1, seed=0):
@@ -155,16 +182,19 @@ def mmseg_logits(model, inputs):
         return model.encode_decode(inputs, metas)
 
 
-def test_exported_segmentor_computes_mmsegs_logits(tmp_path):
+@pytest.mark.parametrize('head', ['upernet', 'fpn'])
+def test_exported_segmentor_computes_mmsegs_logits(head, tmp_path):
     """Exported once (logits, ``with_argmax=False``), the graph gives the
     float64 eager segmentor's logits at every size of ``SIZES`` (a batch of
     two at the last) as closely as the float32 eager segmentor does with
     the backbone's literal computation, the formulas the export writes out
     (ResT's InstanceNorm over the softmax amplifies its rounding: 1e-4
-    here, against 3e-6 for the fast path)."""
+    here, against 3e-6 for the fast path); UperNet and Semantic FPN."""
     cfg = load_deploy_cfg('segmentation')
     cfg.codebase_config.with_argmax = False
-    processor, model = segmentor(cfg)
+    processor, model = segmentor(cfg, head)
+    assert type(model.decode_head).__name__ == dict(
+        upernet='UPerHead', fpn='FPNHead')[head]
     onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
                                 str(tmp_path), cfg)
     # named as mmdeploy names it: the deploy config's save_file
@@ -210,6 +240,64 @@ def test_mmdeploys_pooling_is_not_mmsegs():
     assert relative_error(mmdeploys(inputs), mmseg) > 1e-2
     with pytest.raises(RuntimeError, match='stride should not be zero'):
         mmdeploys(inputs_at((77, 96)).double())
+
+
+def test_mmsegs_upsample_is_fixed_at_the_traced_size(tmp_path, monkeypatch):
+    """The premise of ``exact_upsampling``: exported with mmseg's own
+    ``Upsample``, whose output size the trace fixes, Semantic FPN gives
+    mmseg's logits at the traced size (77 x 96, the example image's input)
+    and far from them at another."""
+    import mmrest.deploy_rewrites as rewrites
+    monkeypatch.setattr(rewrites, 'exact_upsampling',
+                        lambda: exact_upsampling(False))
+    cfg = load_deploy_cfg('segmentation')
+    cfg.codebase_config.with_argmax = False
+    processor, model = segmentor(cfg, 'fpn')
+    onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
+                                str(tmp_path), cfg)
+    model.double()
+    errors = []
+    for size in SIZES[:2]:
+        inputs = inputs_at(size)
+        got, = onnx_outputs(onnx_file, inputs)
+        errors.append(
+            relative_error(got, mmseg_logits(model, inputs.double())))
+    assert errors[0] < 1e-4 and errors[1] > 1e-2, errors
+
+
+@pytest.mark.parametrize('factor', [2, 2.0, 0.5, 1.5, 0.7, 1 / 3, 0.1, 4])
+def test_scaled_size_is_pythons_int_of_the_product(factor):
+    """The traced size (a tensor) rounds as mmseg's ``int(size *
+    factor)`` in Python's float64, at every size from 1 to 600."""
+    sizes = torch.arange(1, 601)
+    expected = [int(n * factor) for n in sizes.tolist()]
+    assert [scaled_size(n, factor) for n in sizes.tolist()] == expected
+    traced = [scaled_size(n, factor) for n in sizes]
+    assert all(t.dtype == torch.int64 for t in traced)
+    assert [t.item() for t in traced] == expected
+
+
+def test_scaled_size_needs_float64():
+    """The premise of float64: Python's 90 x 0.7 is just below 63, float32's
+    is 63."""
+    size = torch.tensor(90)
+    assert int(90 * 0.7) == scaled_size(size, 0.7).item() == 62
+    assert torch.floor(size.float() * 0.7).item() == 63
+
+
+def test_exact_upsampling_is_off_without_mmseg(monkeypatch):
+    """mmseg is optional: without it the rewrite, which mmdeploy would
+    not find, stays off."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    with exact_upsampling():
+        assert _SWITCH['upsample']
+    monkeypatch.setattr(
+        importlib.util, 'find_spec', lambda name, *a: None
+        if name == 'mmseg' else find_spec(name, *a))
+    with exact_upsampling():
+        assert not _SWITCH['upsample']
+    assert not _SWITCH['upsample']
 
 
 def test_seg_graph_report_excuses_ties_only():
