@@ -142,29 +142,79 @@ def test_exported_pooling_is_torchs_at_every_size(tmp_path):
     assert mmdeploys(torch.randn(1, 4, 16, 16))[3].shape[-2:] == (8, 8)
 
 
-def segmentor(deploy_cfg='segmentation', head='upernet'):
-    """The demo's UperNet, or (``head='fpn'``) a user's Semantic FPN on
-    the same ResT-Lite: mmseg's FPN neck and ``FPNHead`` (as its
-    ``fpn_r50`` base, 64 channels), no auxiliary head."""
-    from mmengine.config import Config, ConfigDict
-    cfg = Config.fromfile(SEG_CONFIG)
-    if head == 'fpn':
-        model = cfg.model
-        model.neck = ConfigDict(
-            type='FPN',
-            in_channels=[64, 128, 256, 512],
-            out_channels=64,
-            num_outs=4)
-        model.decode_head = ConfigDict(
+def _last(type, **kwargs):
+    """A decode head on ResT-Lite's stage 4 (512 channels)."""
+    return dict(type=type, in_channels=512, in_index=3, **kwargs)
+
+
+#: Decode heads users pair with a backbone in mmseg, on ResT-Lite with 64
+#: channels (their configs' other settings as mmseg's bases), each another
+#: way of resizing or pooling in the exported graph: ``(heads, neck)``;
+#: two heads make a cascade (``CascadeEncoderDecoder``, as OCRNet).
+OTHER_HEADS = dict(
+    # Semantic FPN (mmseg's fpn_r50): the scale heads' Upsample
+    fpn=([
+        dict(
             type='FPNHead',
             in_channels=[64] * 4,
             in_index=[0, 1, 2, 3],
-            feature_strides=[4, 8, 16, 32],
-            channels=64,
-            dropout_ratio=0.1,
-            num_classes=model.decode_head.num_classes,
-            norm_cfg=model.decode_head.norm_cfg,
-            align_corners=False)
+            feature_strides=[4, 8, 16, 32])
+    ], dict(type='FPN', in_channels=[64, 128, 256, 512], num_outs=4)),
+    fcn=([_last('FCNHead', num_convs=2, concat_input=True)], None),
+    # PSPNet: adaptive pooling to 1, 2, 3 and 6
+    psp=([_last('PSPHead', pool_scales=(1, 2, 3, 6))], None),
+    # DeepLabV3: global pooling, resized to the map
+    aspp=([_last('ASPPHead', dilations=(1, 12, 24, 36))], None),
+    # DeepLabV3+: the decoder resized to stage 1's map
+    aspp_plus=([
+        _last(
+            'DepthwiseSeparableASPPHead',
+            dilations=(1, 12, 24, 36),
+            c1_in_channels=64,
+            c1_channels=16)
+    ], None),
+    # SegFormer's all-MLP head: every stage resized to stage 1's map
+    segformer=([
+        dict(
+            type='SegformerHead',
+            in_channels=[64, 128, 256, 512],
+            in_index=[0, 1, 2, 3])
+    ], None),
+    # SETR's progressive upsampling: Upsample again
+    setr_up=([_last('SETRUPHead', num_convs=2, up_scale=2,
+                    kernel_size=3)], None),
+    # EMANet: mmdeploy's own rewrite of its EM attention
+    ema=([_last('EMAHead', ema_channels=64, num_bases=8, num_stages=3)], None),
+    # OCRNet: a cascade, mmdeploy's rewrite of its predict
+    ocr=([
+        _last('FCNHead', num_convs=1, concat_input=False),
+        _last('OCRHead', ocr_channels=32)
+    ], None),
+)
+
+
+def segmentor(deploy_cfg='segmentation', head='upernet'):
+    """The demo's UperNet, or a segmentor of ``OTHER_HEADS`` on the same
+    ResT-Lite (64 channels, no auxiliary head)."""
+    from mmengine.config import Config, ConfigDict
+    cfg = Config.fromfile(SEG_CONFIG)
+    if head != 'upernet':
+        model = cfg.model
+        heads, neck = OTHER_HEADS[head]
+        heads = [
+            ConfigDict(
+                h,
+                channels=64,
+                num_classes=model.decode_head.num_classes,
+                norm_cfg=model.decode_head.norm_cfg,
+                align_corners=False) for h in heads
+        ]
+        if neck is not None:
+            model.neck = ConfigDict(neck, out_channels=64)
+        if len(heads) > 1:
+            model.type = 'CascadeEncoderDecoder'
+            model.num_stages = len(heads)
+        model.decode_head = heads if len(heads) > 1 else heads[0]
         model.auxiliary_head = None
     return build_detector(cfg, deploy_cfg)
 
@@ -182,19 +232,21 @@ def mmseg_logits(model, inputs):
         return model.encode_decode(inputs, metas)
 
 
-@pytest.mark.parametrize('head', ['upernet', 'fpn'])
+@pytest.mark.parametrize('head', ['upernet', *OTHER_HEADS])
 def test_exported_segmentor_computes_mmsegs_logits(head, tmp_path):
     """Exported once (logits, ``with_argmax=False``), the graph gives the
     float64 eager segmentor's logits at every size of ``SIZES`` (a batch of
     two at the last) as closely as the float32 eager segmentor does with
     the backbone's literal computation, the formulas the export writes out
     (ResT's InstanceNorm over the softmax amplifies its rounding: 1e-4
-    here, against 3e-6 for the fast path); UperNet and Semantic FPN."""
+    here, against 3e-6 for the fast path); UperNet and the heads of
+    ``OTHER_HEADS``."""
     cfg = load_deploy_cfg('segmentation')
     cfg.codebase_config.with_argmax = False
     processor, model = segmentor(cfg, head)
-    assert type(model.decode_head).__name__ == dict(
-        upernet='UPerHead', fpn='FPNHead')[head]
+    heads = model.decode_head if head == 'ocr' else [model.decode_head]
+    assert [type(h).__name__ for h in heads] == ['UPerHead'] if \
+        head == 'upernet' else [h['type'] for h in OTHER_HEADS[head][0]]
     onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
                                 str(tmp_path), cfg)
     # named as mmdeploy names it: the deploy config's save_file
