@@ -20,9 +20,9 @@ check it.
 
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
-and masks; ``segmentation``, a label map, or ``segmentation-logits``, the
-logits, the default for an mmseg config; or the path of an mmdeploy
-deploy-config file), then checks it
+and masks, the default for a detector with a mask head; ``segmentation``, a
+label map, or ``segmentation-logits``, the logits, the default for an mmseg
+config; or the path of an mmdeploy deploy-config file), then checks it
 twice on the image: the graph's outputs against the model with mmdeploy's
 rewrites run in PyTorch, which the graph should compute
 (:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections or
@@ -68,8 +68,8 @@ def parse_args(argv=None):
         '--deploy-cfg',
         help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
         'Runtime dynamic configs) or a deploy-config file (default: '
-        'detection for an mmdet config, segmentation-logits for an mmseg '
-        'one)')
+        'instance-seg for a detector whose RoI head has a mask head, '
+        'detection for another, segmentation-logits for an mmseg config)')
     parser.add_argument(
         '--opset',
         type=int,
@@ -185,12 +185,17 @@ def _check_maps(report: dict, faithful: bool, bound: float) -> int:
 
 
 def _default_task(config: str) -> str:
-    """``segmentation-logits`` for an mmseg config, else ``detection`` (a
-    missing file is build_detector's error to report)."""
+    """``segmentation-logits`` for an mmseg config, ``instance-seg`` for a
+    detector whose RoI head has a mask head (Mask R-CNN, Cascade Mask
+    R-CNN), else ``detection`` (a missing file is build_detector's error to
+    report)."""
     if osp.isfile(config):
         from mmengine.config import Config
-        if Config.fromfile(config).get('default_scope') == 'mmseg':
+        cfg = Config.fromfile(config)
+        if cfg.get('default_scope') == 'mmseg':
             return 'segmentation-logits'
+        if (cfg.get('model', {}).get('roi_head') or {}).get('mask_head'):
+            return 'instance-seg'
     return 'detection'
 
 
