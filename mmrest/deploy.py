@@ -21,9 +21,10 @@ With them, :func:`export_detector` does what mmdeploy's ``torch2onnx`` does
 of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``,
 ``instance-seg_onnxruntime_dynamic.py`` and
 ``segmentation_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no config
-files); by default the post-processing of the RPN, the box head, RetinaNet
-and Cascade R-CNN is mmdet's, not mmdeploy's, and adaptive pooling
-(UperNet's) is torch's at every size (:mod:`mmrest.deploy_rewrites`).
+files); by default the post-processing of the RPN, the box head, RetinaNet,
+FCOS, ATSS and Cascade R-CNN is mmdet's, not mmdeploy's, adaptive pooling
+(UperNet's) is torch's at every size and mmseg's ``Upsample`` sizes are
+computed in the graph (:mod:`mmrest.deploy_rewrites`).
 :func:`build_ort_model` wraps the file in mmdeploy's ONNX
 Runtime backend model, which takes the same ``test_step`` data as the
 PyTorch model. The checks of ``tools/deploy.py``: the graph's outputs
@@ -330,9 +331,9 @@ def export_detector(task_processor,
         image: The example image (file name or HxWx3 uint8 BGR array).
         out_dir (str): Where to write the file (created if needed).
         deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
-        mmdet_nms (bool): The RPN's, the box head's, RetinaNet's and the
-            cascade's post-processing as mmdet's instead of mmdeploy's
-            (:mod:`mmrest.deploy_rewrites`).
+        mmdet_nms (bool): The RPN's, the box head's, RetinaNet's, FCOS's,
+            ATSS's and the cascade's post-processing as mmdet's instead of
+            mmdeploy's (:mod:`mmrest.deploy_rewrites`).
     """
     from mmdeploy.apis.core.pipeline_manager import no_mp
     from mmdeploy.apis.onnx import export

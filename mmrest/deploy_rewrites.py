@@ -10,9 +10,10 @@ the detections of a trained detector (docs/deployment.md):
 2. **Box head** (Mask R-CNN's): each RoI decoded with the regression of its
    best class only, that box used for every class (mmdet: each class its
    own box); the RPN's padding (a zero box) taken as a proposal.
-3. **RetinaNet**: per level the anchors of the ``nms_pre`` best top-class
-   scores (mmdet: the ``nms_pre`` best (anchor, class) pairs above the
-   threshold), no ``min_bbox_size`` filter.
+3. **RetinaNet, FCOS, ATSS**: per level the priors of the ``nms_pre`` best
+   top-class scores (mmdet: the ``nms_pre`` best (prior, class) pairs above
+   the threshold), FCOS's and ATSS's multiplied by their centerness before
+   (mmdet: after), no ``min_bbox_size`` filter.
 4. **Cascade R-CNN**: between stages, class-agnostic box regression only
    (an assertion fails on mmdet's Swin / ConvNeXt cascade recipe, which
    configs/cascade_rcnn follows: each RoI moves by its best class's
@@ -28,7 +29,7 @@ RPN) are shifted apart by the class times the largest coordinate plus one,
 the largest over the boxes that enter the NMS, as mmdet's ``batched_nms``
 does, and one ONNX ``NonMaxSuppression`` runs over them. Differences remain
 at the level of rounding only: the NMS sees the boxes in the network
-input's coordinates (mmdet's second stage and RetinaNet: rescaled to the
+input's coordinates (mmdet's second stage and dense heads: rescaled to the
 original image; IoUs are the same up to rounding), and scores at most
 1.2e-38 (float32 ``tiny``: sigmoid logits under -87) are dropped (mmdet's
 RPN keeps them, last). Other heads keep mmdeploy's rewrites.
@@ -101,7 +102,8 @@ def _switch(key: str, enabled: bool) -> Iterator[None]:
 def mmdet_post_processing(enabled: bool = True):
     """Within the block, mmdeploy rewrites for ONNX Runtime started (its
     ``RewriterContext``, its ``export``) use mmdet's post-processing for the
-    RPN, the box head and RetinaNet (see the module's docstring).
+    RPN, the box head, RetinaNet, FCOS, ATSS and the cascade (see the
+    module's docstring).
 
     Args:
         enabled (bool): False leaves mmdeploy's own rewrites in place.
@@ -391,37 +393,50 @@ def rpn_head__predict_by_feat(self,
 
 
 @_rewrites('mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat')
-def retina_head__predict_by_feat(self,
-                                 cls_scores: List[torch.Tensor],
-                                 bbox_preds: List[torch.Tensor],
-                                 score_factors=None,
-                                 batch_img_metas: Optional[List[dict]] = None,
-                                 cfg=None,
-                                 rescale: bool = False,
-                                 with_nms: bool = True) -> tuple:
-    """RetinaNet's detections as mmdet computes them: per level the
-    ``nms_pre`` best (anchor, class) pairs scoring above ``score_thr``
-    (mmdeploy: the anchors of the best ``nms_pre`` top-class scores),
+@_rewrites('mmdet.models.dense_heads.fcos_head.FCOSHead.predict_by_feat')
+@_rewrites('mmdet.models.dense_heads.atss_head.ATSSHead.predict_by_feat')
+def dense_head__predict_by_feat(self,
+                                cls_scores: List[torch.Tensor],
+                                bbox_preds: List[torch.Tensor],
+                                score_factors: Optional[List[
+                                    torch.Tensor]] = None,
+                                batch_img_metas: Optional[List[dict]] = None,
+                                cfg=None,
+                                rescale: bool = False,
+                                with_nms: bool = True) -> tuple:
+    """RetinaNet's, FCOS's and ATSS's detections as mmdet computes them
+    (``BaseDenseHead.predict_by_feat``): per level the ``nms_pre`` best
+    (prior, class) pairs scoring above ``score_thr`` (mmdeploy: the priors
+    of the best ``nms_pre`` top-class scores, FCOS's and ATSS's already
+    multiplied by their centerness), their scores then multiplied by
+    their prior's score factor (FCOS's and ATSS's centerness, sigmoid),
     decoded and clipped to the image, boxes not wider and higher than
     ``min_bbox_size`` left out, one class-aware NMS, the ``max_per_img``
     best kept. An ``nms_pre`` of 0 or below is read as mmdet reads it
     (its pairs sorted, then sliced ``[:nms_pre]``): 0 keeps no pair, -k
     all but the k lowest of each level, so -1 (mmdet's default) leaves
-    out each level's lowest valid pair.
+    out each level's lowest valid pair. A product of score and factor at
+    most 1.2e-38 (float32 ``tiny``) is dropped (mmdet keeps it).
 
     Returns:
         tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
     """
-    if score_factors is not None or not self.use_sigmoid_cls:
+    if not self.use_sigmoid_cls:
         raise NotImplementedError(
-            'mmdet_post_processing supports RetinaNet\'s sigmoid scores '
-            'without score factors')
+            'mmdet_post_processing supports sigmoid class scores only (a '
+            'dense head trained with softmax scores); turn it off to use '
+            'mmdeploy\'s rewrite')
     cfg = self.test_cfg if cfg is None else cfg
     c = self.cls_out_channels
     nms_pre = cfg.get('nms_pre', -1)
     threshold = max(float(cfg.get('score_thr', 0)), MIN_SCORE)
+    factors = [None] * len(cls_scores) if score_factors is None else [
+        f.permute(0, 2, 3, 1).reshape(f.shape[0], -1).sigmoid()
+        for f in score_factors
+    ]
     all_scores, all_labels, all_deltas, all_priors = [], [], [], []
-    for score, delta, prior in _levels(self, cls_scores, bbox_preds, with_nms):
+    for (score, delta, prior), factor in zip(
+            _levels(self, cls_scores, bbox_preds, with_nms), factors):
         score = score.sigmoid()
         score = torch.where(score > threshold, score, score.new_zeros(()))
         pair = torch.arange(score.shape[1], device=score.device)
@@ -433,12 +448,15 @@ def retina_head__predict_by_feat(self,
             kept = _sliced(score > threshold, nms_pre)
             score = torch.where(kept, score, score.new_zeros(()))
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
+        if factor is not None:
+            score = score * factor[rows, pair // c]
         all_scores.append(score)
         all_labels.append(pair % c)
         all_deltas.append(delta[rows, pair // c])
         all_priors.append(prior[rows, pair // c])
     return _dense_nms(self, all_priors, all_deltas, all_scores, all_labels,
-                      batch_img_metas, cfg, threshold)
+                      batch_img_metas, cfg,
+                      threshold if score_factors is None else MIN_SCORE)
 
 
 @_rewrites(

@@ -177,7 +177,8 @@ def exported(module, args, tmp_path):
 
 class DenseHead(torch.nn.Module):
     """A dense head's ``predict_by_feat`` as a module to export: its
-    inputs the five levels' scores, then their deltas, of a batch."""
+    inputs the five levels' scores, then their deltas, then (if given)
+    their score factors, of a batch."""
 
     def __init__(self, head, cfg):
         super().__init__()
@@ -186,7 +187,8 @@ class DenseHead(torch.nn.Module):
     def forward(self, *outs):
         return self.head.predict_by_feat(
             list(outs[:5]),
-            list(outs[5:]),
+            list(outs[5:10]),
+            score_factors=list(outs[10:]) or None,
             batch_img_metas=metas(len(outs[0])),
             cfg=self.cfg)
 
@@ -390,21 +392,99 @@ def test_retinanet_nms_pre_as_mmdet_reads_it(nms_pre, kept, tmp_path):
     assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
 
 
-@pytest.mark.parametrize('case', ['softmax', 'score factors'])
-def test_retinanet_refuses_what_it_does_not_compute(case):
-    """Softmax scores (a RetinaHead trained with cross-entropy) and score
-    factors (heads that pass them, as FCOS's centerness) are refused by
-    name, not computed as sigmoid scores without factors."""
-    head = retina_head(use_sigmoid=case != 'softmax')
+def test_retinanet_refuses_softmax_scores():
+    """Softmax scores (a RetinaHead trained with cross-entropy) are refused
+    by name, not computed as sigmoid scores."""
+    head = retina_head(use_sigmoid=False)
     cls, reg = retina_outputs(n=1)
-    factors = [c[:, :9] for c in cls] if case == 'score factors' else None
-    with pytest.raises(NotImplementedError, match='without score factors'):
+    with pytest.raises(NotImplementedError, match='sigmoid class scores'):
         rewritten(lambda: head.predict_by_feat(
-            cls,
-            reg,
-            score_factors=factors,
-            batch_img_metas=metas(1),
-            cfg=RETINA_CFG))
+            cls, reg, batch_img_metas=metas(1), cfg=RETINA_CFG))
+
+
+def centerness_head(kind):
+    """FCOS's head (points, distances) or ATSS's (one anchor a place,
+    deltas), both with centerness, 8 channels."""
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    common = dict(
+        num_classes=NUM_CLASSES,
+        in_channels=8,
+        stacked_convs=1,
+        feat_channels=8,
+        norm_cfg=None)
+    if kind == 'fcos':
+        return MODELS.build(
+            dict(type='FCOSHead', strides=[8, 16, 32, 64, 128],
+                 **common)).eval()
+    return MODELS.build(
+        dict(
+            type='ATSSHead',
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                ratios=[1.0],
+                octave_base_scale=8,
+                scales_per_octave=1,
+                strides=[8, 16, 32, 64, 128]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[.0, .0, .0, .0],
+                target_stds=[0.1, 0.1, 0.2, 0.2]),
+            **common)).eval()
+
+
+def centerness_outputs(kind, n=2):
+    """Raw outputs of ``centerness_head(kind)``: one prior a place, about a
+    third of the (prior, class) pairs above the threshold, FCOS's
+    distances 0 to 4 strides, ATSS's deltas of spread 0.3, and the
+    centerness logits spread as their scores'."""
+    gen = torch.Generator().manual_seed(4)
+    cls, reg, ctr = [], [], []
+    for s in (8, 16, 32, 64, 128):
+        h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
+        cls.append(torch.randn(n, NUM_CLASSES, h, w, generator=gen) * 2 - 1.5)
+        if kind == 'fcos':
+            reg.append(torch.rand(n, 4, h, w, generator=gen) * 4 * s)
+        else:
+            reg.append(torch.randn(n, 4, h, w, generator=gen) * 0.3)
+        ctr.append(torch.randn(n, 1, h, w, generator=gen) * 2)
+    return cls, reg, ctr
+
+
+DENSE_CFG = ConfigDict(
+    nms_pre=30,
+    min_bbox_size=0,
+    score_thr=0.05,
+    nms=dict(type='nms', iou_threshold=0.6),
+    max_per_img=300)
+
+
+@pytest.mark.parametrize('kind', ['fcos', 'atss'])
+def test_centerness_heads_detections_are_mmdets(kind, tmp_path):
+    """FCOS's and ATSS's detections (mmdet: the pairs chosen by their class
+    scores, then multiplied by their prior's centerness) are mmdet's,
+    eager and in ONNX Runtime, where mmdeploy's own rewrite (the priors
+    chosen by the product's best class) gives others."""
+    head = centerness_head(kind)
+    head.test_cfg = DENSE_CFG  # what mmdeploy's own rewrite reads
+    cls, reg, ctr = centerness_outputs(kind)
+    with torch.no_grad():
+        ref = head.predict_by_feat(
+            cls, reg, ctr, batch_img_metas=metas(2), cfg=DENSE_CFG)
+    # (none cut by max_per_img: products under score_thr are kept)
+    assert 50 < len(ref[0]) < DENSE_CFG.max_per_img
+    assert (ref[0].scores < DENSE_CFG.score_thr).any()
+    assert len(ref[0].labels.unique()) > 10
+    dense = DenseHead(head, DENSE_CFG)
+    outs = cls + reg + ctr
+    # the premise: mmdeploy's choice of priors keeps other detections
+    theirs = rewritten(lambda: dense(*outs), mmdet_nms=False)
+    with pytest.raises(AssertionError):
+        assert_same_as_mmdet(theirs, ref)
+    assert_same_as_mmdet(rewritten(lambda: dense(*outs)), ref, what='eager')
+    run = exported(dense, outs, tmp_path)
+    assert_same_as_mmdet(run(outs), ref, what='ONNX')
+    assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
 
 
 def test_box_head_detections_are_mmdets(tmp_path):

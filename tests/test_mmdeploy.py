@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import ERROR_FACTOR, float32_floor, random_state_dict
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 
 from mmrest import deploy
 from mmrest.backbones import kernels
@@ -52,13 +52,24 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
     # Faster R-CNN, which no paper pairs with ResT: a user's, the Mask R-CNN
     # config without its mask branch (mmdet's mask-rcnn_r50_fpn is
     # faster-rcnn_r50_fpn plus the mask RoI extractor and head)
-    source = 'mask_rcnn' if name == 'faster_rcnn' else name
+    # FCOS likewise: the RetinaNet config with mmdet's FCOS head (its
+    # fcos_r50-caffe_fpn_gn-head base: 4 stacked convs, GroupNorm)
+    source = dict(faster_rcnn='mask_rcnn', fcos='retinanet').get(name, name)
     algorithm = source.replace('_', '-')  # mask_rcnn -> mask-rcnn
     cfg = Config.fromfile(
         str(CONFIGS / source / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
     for t in cfg.test_pipeline:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
+    if name == 'fcos':
+        cfg.model.bbox_head = ConfigDict(
+            type='FCOSHead',
+            num_classes=80,
+            in_channels=256,
+            stacked_convs=4,
+            feat_channels=256,
+            strides=[8, 16, 32, 64, 128],
+            norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))
     if name == 'faster_rcnn':
         cfg.model.roi_head.mask_roi_extractor = None
         cfg.model.roi_head.mask_head = None
@@ -161,9 +172,15 @@ def widest_gap(logits, mine, ranks=64):
 def set_classifiers(name, model, datas):
     """Make a few boxes per class clearly win (see :func:`separate`)."""
     with torch.no_grad():
-        if name == 'retinanet':
+        if name in ('retinanet', 'fcos'):
             head = model.bbox_head
-            conv = head.retina_cls
+            conv = head.retina_cls if name == 'retinanet' else head.conv_cls
+            if name == 'fcos':
+                # centerness 1 everywhere (sigmoid(30)): scores are the
+                # classifier's, whose gaps to the threshold decide (the
+                # product with other factors: tests/test_deploy_rewrites.py)
+                head.conv_centerness.weight.zero_()
+                head.conv_centerness.bias.fill_(30.)
             feats = inputs_of(conv, model, datas)  # per image and level
             levels = len(feats) // len(datas)
             feats = [
@@ -382,6 +399,7 @@ def test_deploy_cfg_errors():
     ('mask_rcnn', 'rest-lite', 16),
     ('faster_rcnn', 'rest-lite', 11),
     ('faster_rcnn', 'restv2-tiny', 17),
+    ('fcos', 'rest-lite', 11),
 ])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
                                               float64_detector):
@@ -389,7 +407,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
     deploy_cfg = deploy.load_deploy_cfg(task, opset)
     torch.manual_seed(0)
     processor, model = build_detector(model_config(name, backbone), deploy_cfg)
-    if name != 'retinanet':
+    if name in ('mask_rcnn', 'faster_rcnn'):
         assert model.roi_head.with_mask == (name == 'mask_rcnn'), name
     images = [synthetic_image(hw, seed) for seed, hw in enumerate(IMAGES)]
     made = [make_input(processor, model, img) for img in images]
@@ -464,6 +482,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
 #: regression's (RetinaNet, Faster R-CNN) or the mask logits' (Mask R-CNN).
 BROKEN = dict(
     retinanet='bbox_head.retina_reg.bias',
+    fcos='bbox_head.conv_reg.bias',
     faster_rcnn='roi_head.bbox_head.fc_reg.bias',
     mask_rcnn='roi_head.mask_head.conv_logits.bias')
 

@@ -28,8 +28,8 @@ rewrites run in PyTorch, which the graph should compute
 (:func:`mmrest.deploy.graph_matches`), and ONNX Runtime's detections or
 label map (mmdeploy's backend model) against the PyTorch model's own,
 mmdet's or mmseg's (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The
-command fails if either differs. The RPN's, the box head's, RetinaNet's and
-the cascade's post-processing are mmdet's in the graph
+command fails if either differs. The RPN's, the box head's, RetinaNet's,
+FCOS's, ATSS's and the cascade's post-processing are mmdet's in the graph
 (:mod:`mmrest.deploy_rewrites`);
 with ``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
 detector differ from mmdet's (docs/deployment.md). UperNet's pyramid
@@ -81,10 +81,10 @@ def parse_args(argv=None):
         '--mmdeploy-nms',
         action='store_true',
         help='keep mmdeploy\'s own post-processing of the RPN, the box '
-        'head, RetinaNet and the cascade (one NMS over all FPN levels, one '
-        'box per RoI, candidates by their best class, class-agnostic '
-        'cascades only), which is not mmdet\'s; by default the graph '
-        'computes mmdet\'s (docs/deployment.md)')
+        'head, RetinaNet, FCOS, ATSS and the cascade (one NMS over all FPN '
+        'levels, one box per RoI, candidates by their best class, '
+        'class-agnostic cascades only), which is not mmdet\'s; by default '
+        'the graph computes mmdet\'s (docs/deployment.md)')
     parser.add_argument('--out', default='deploy', help='output folder')
     parser.add_argument(
         '--image',
