@@ -451,10 +451,10 @@ def centerness_outputs(kind, n=2):
     return cls, reg, ctr
 
 
+# RetinaNet's, with fewer pairs a level and more detections
 DENSE_CFG = ConfigDict(
+    RETINA_CFG,
     nms_pre=30,
-    min_bbox_size=0,
-    score_thr=0.05,
     nms=dict(type='nms', iou_threshold=0.6),
     max_per_img=300)
 
