@@ -392,6 +392,16 @@ def rpn_head__predict_by_feat(self,
                       batch_img_metas, cfg, MIN_SCORE)
 
 
+def _as_base_dense_head(head) -> bool:
+    """Whether ``head`` computes its detections from its outputs as
+    mmdet's ``BaseDenseHead`` does (RetinaNet, FCOS, ATSS and most of their
+    subclasses; not TOOD)."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    return all(
+        getattr(type(head), name) is getattr(BaseDenseHead, name)
+        for name in ('_predict_by_feat_single', '_bbox_post_process'))
+
+
 @_rewrites('mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat')
 @_rewrites('mmdet.models.dense_heads.fcos_head.FCOSHead.predict_by_feat')
 @_rewrites('mmdet.models.dense_heads.atss_head.ATSSHead.predict_by_feat')
@@ -418,9 +428,19 @@ def dense_head__predict_by_feat(self,
     out each level's lowest valid pair. A product of score and factor at
     most 1.2e-38 (float32 ``tiny``) is dropped (mmdet keeps it).
 
+    A subclass that computes its detections otherwise (TOOD, whose outputs
+    are probabilities and boxes) keeps mmdeploy's rewrite of
+    ``BaseDenseHead``, as before.
+
     Returns:
         tuple[Tensor, Tensor]: ``dets`` (N x M x 5) and ``labels`` (N x M).
     """
+    if not _as_base_dense_head(self):
+        # BaseDenseHead's as it stands: mmdeploy's rewrite, in its context
+        from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+        return BaseDenseHead.predict_by_feat(self, cls_scores, bbox_preds,
+                                             score_factors, batch_img_metas,
+                                             cfg, rescale, with_nms)
     if not self.use_sigmoid_cls:
         raise NotImplementedError(
             'mmdet_post_processing supports sigmoid class scores only (a '

@@ -487,6 +487,52 @@ def test_centerness_heads_detections_are_mmdets(kind, tmp_path):
     assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
 
 
+def test_tood_keeps_mmdeploys_rewrite():
+    """TOOD's head, an ATSS head whose outputs are probabilities and boxes
+    (its own ``_predict_by_feat_single``), keeps mmdeploy's rewrite of
+    ``BaseDenseHead`` within ``mmdet_post_processing``, as before the
+    rewrite took ATSS's heads."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+
+    from mmrest.deploy_rewrites import _as_base_dense_head
+    head = MODELS.build(
+        dict(
+            type='TOODHead',
+            num_classes=NUM_CLASSES,
+            in_channels=8,
+            stacked_convs=1,
+            feat_channels=32,  # its GroupNorm's 32 groups
+            anchor_type='anchor_free',
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                ratios=[1.0],
+                octave_base_scale=8,
+                scales_per_octave=1,
+                strides=[8, 16, 32, 64, 128]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[.0, .0, .0, .0],
+                target_stds=[0.1, 0.1, 0.2, 0.2]))).eval()
+    head.test_cfg = DENSE_CFG
+    assert not _as_base_dense_head(head)
+    assert _as_base_dense_head(centerness_head('atss'))
+    # the premise: TOOD inherits ATSS's predict_by_feat
+    assert type(head).predict_by_feat is BaseDenseHead.predict_by_feat
+    gen = torch.Generator().manual_seed(5)
+    probs, boxes = [], []
+    for s in (8, 16, 32, 64, 128):
+        h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
+        probs.append(torch.rand(1, NUM_CLASSES, h, w, generator=gen))
+        corner = torch.rand(1, 2, h, w, generator=gen) * 100 / s
+        boxes.append(torch.cat([corner, corner + 1], 1))
+    dense = DenseHead(head, DENSE_CFG)
+    ours = rewritten(lambda: dense(*probs, *boxes))
+    theirs = rewritten(lambda: dense(*probs, *boxes), mmdet_nms=False)
+    assert ours[0].shape[1] > 10
+    for got, expected in zip(ours, theirs):
+        assert torch.equal(got, expected)
+
+
 def test_box_head_detections_are_mmdets(tmp_path):
     head = box_head()
     rois, logits, deltas = box_head_outputs()
