@@ -245,8 +245,10 @@ def test_exported_segmentor_computes_mmsegs_logits(head, tmp_path):
     cfg.codebase_config.with_argmax = False
     processor, model = segmentor(cfg, head)
     heads = model.decode_head if head == 'ocr' else [model.decode_head]
-    assert [type(h).__name__ for h in heads] == ['UPerHead'] if \
-        head == 'upernet' else [h['type'] for h in OTHER_HEADS[head][0]]
+    expected = ['UPerHead'] if head == 'upernet' else [
+        h['type'] for h in OTHER_HEADS[head][0]
+    ]
+    assert [type(h).__name__ for h in heads] == expected
     onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
                                 str(tmp_path), cfg)
     # named as mmdeploy names it: the deploy config's save_file
@@ -314,7 +316,8 @@ def test_mmsegs_upsample_is_fixed_at_the_traced_size(tmp_path, monkeypatch):
         got, = onnx_outputs(onnx_file, inputs)
         errors.append(
             relative_error(got, mmseg_logits(model, inputs.double())))
-    assert errors[0] < 1e-4 and errors[1] > 1e-2, errors
+    # (float32 rounding, amplified by ResT's InstanceNorm: about 1e-4)
+    assert errors[0] < 1e-3 and errors[1] > 1e-2, errors
 
 
 @pytest.mark.parametrize('factor', [2, 2.0, 0.5, 1.5, 0.7, 1 / 3, 0.1, 4])
