@@ -402,6 +402,20 @@ def test_retinanet_refuses_softmax_scores():
             cls, reg, batch_img_metas=metas(1), cfg=RETINA_CFG))
 
 
+#: ATSS's one anchor a place and its box coder (mmdet's atss_r50_fpn)
+ATSS_PRIORS = dict(
+    anchor_generator=dict(
+        type='AnchorGenerator',
+        ratios=[1.0],
+        octave_base_scale=8,
+        scales_per_octave=1,
+        strides=[8, 16, 32, 64, 128]),
+    bbox_coder=dict(
+        type='DeltaXYWHBBoxCoder',
+        target_means=[.0, .0, .0, .0],
+        target_stds=[0.1, 0.1, 0.2, 0.2]))
+
+
 def centerness_head(kind):
     """FCOS's head (points, distances) or ATSS's (one anchor a place,
     deltas), both with centerness, 8 channels."""
@@ -417,20 +431,7 @@ def centerness_head(kind):
         return MODELS.build(
             dict(type='FCOSHead', strides=[8, 16, 32, 64, 128],
                  **common)).eval()
-    return MODELS.build(
-        dict(
-            type='ATSSHead',
-            anchor_generator=dict(
-                type='AnchorGenerator',
-                ratios=[1.0],
-                octave_base_scale=8,
-                scales_per_octave=1,
-                strides=[8, 16, 32, 64, 128]),
-            bbox_coder=dict(
-                type='DeltaXYWHBBoxCoder',
-                target_means=[.0, .0, .0, .0],
-                target_stds=[0.1, 0.1, 0.2, 0.2]),
-            **common)).eval()
+    return MODELS.build(dict(type='ATSSHead', **ATSS_PRIORS, **common)).eval()
 
 
 def centerness_outputs(kind, n=2):
@@ -503,16 +504,7 @@ def test_tood_keeps_mmdeploys_rewrite():
             stacked_convs=1,
             feat_channels=32,  # its GroupNorm's 32 groups
             anchor_type='anchor_free',
-            anchor_generator=dict(
-                type='AnchorGenerator',
-                ratios=[1.0],
-                octave_base_scale=8,
-                scales_per_octave=1,
-                strides=[8, 16, 32, 64, 128]),
-            bbox_coder=dict(
-                type='DeltaXYWHBBoxCoder',
-                target_means=[.0, .0, .0, .0],
-                target_stds=[0.1, 0.1, 0.2, 0.2]))).eval()
+            **ATSS_PRIORS)).eval()
     head.test_cfg = DENSE_CFG
     assert not _as_base_dense_head(head)
     assert _as_base_dense_head(centerness_head('atss'))

@@ -390,7 +390,7 @@ def test_deploy_cfg_errors():
 # coordinates, tools/deploy.py --opset) once; Faster R-CNN (its box head
 # through mmrest's rewrite with no mask head, a detection task) at 11 and
 # at 17 (the highest opset of torch 2.1's TorchScript exporter, its
-# default; torch 2.13's: 20)
+# default; torch 2.13's: 20); FCOS, ResT-Lite at 11
 @pytest.mark.parametrize('name,backbone,opset', [
     ('retinanet', 'rest-lite', 11),
     ('retinanet', 'restv2-tiny', 11),
@@ -479,7 +479,8 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
 
 
 #: The bias that :func:`check_graph` moves by 0.5 to break a graph: the box
-#: regression's (RetinaNet, Faster R-CNN) or the mask logits' (Mask R-CNN).
+#: regression's (RetinaNet, FCOS, Faster R-CNN) or the mask logits' (Mask
+#: R-CNN).
 BROKEN = dict(
     retinanet='bbox_head.retina_reg.bias',
     fcos='bbox_head.conv_reg.bias',
