@@ -177,10 +177,11 @@ def fitted(cc: int, dtype: str, C: int, D: int, limit: int) -> list:
             row = tried[launch]
             if not warmup:
                 return row
+            refusal = None
             # a row without shared memory (a compile error) refused as well
-            refusal = emsa_triton.OutOfResources(
-                row.get('shared'), limit, 'shared memory') if row.get(
-                    'shared', limit + 1) > limit else None
+            if row.get('shared', limit + 1) > limit:
+                refusal = emsa_triton.OutOfResources(
+                    row.get('shared'), limit, 'shared memory')
             return LoadedKernel(row.get('stack', 0), refusal)
 
         emsa_triton._FITTED.clear()

@@ -743,10 +743,11 @@ class _GPU:
             self.ran.append(launch)
             return 'ran'
         self.compiled.append(launch)
-        need = launch[0] * launch[1]
-        refusal = emsa_triton.OutOfResources(
-            need * 1024, self.limit *
-            1024, 'shared memory') if need > self.limit else None
+        need, refusal = launch[0] * launch[1], None
+        if need > self.limit:
+            refusal = emsa_triton.OutOfResources(need * 1024,
+                                                 self.limit * 1024,
+                                                 'shared memory')
         return LoadedKernel(self.spills(*launch), refusal)
 
 
