@@ -500,14 +500,33 @@ def _rewriting(cfg, mmdet_nms: bool = True) -> Iterator[None]:
         yield
 
 
+def mmdeploy_ops_library() -> Optional[str]:
+    """The ONNX Runtime library of mmdeploy's custom operators that the
+    mmdeploy wheel ships, or None (no mmdeploy, or a build without it).
+    mmdeploy exports ``grid_sample`` as its ``mmdeploy::grid_sampler`` at
+    every opset (DINO's deformable attention, PointRend); its backend model
+    registers the library in every session."""
+    if importlib.util.find_spec('mmdeploy') is None:
+        return None
+    from mmdeploy.backend.onnxruntime.init_plugins import get_ops_path
+    path = get_ops_path()
+    return path if path and osp.isfile(path) else None
+
+
 def onnx_outputs(onnx_file: str, inputs: torch.Tensor) -> tuple:
     """The ONNX file's outputs on ``inputs`` in ONNX Runtime (CPU), as
-    tensors."""
+    tensors, with mmdeploy's custom operators
+    (:func:`mmdeploy_ops_library`) where it has them, as its backend
+    model runs the file."""
     import onnxruntime
     if not osp.isfile(onnx_file):
         raise FileNotFoundError(f'ONNX file not found: {onnx_file!r}')
+    options = onnxruntime.SessionOptions()
+    library = mmdeploy_ops_library()
+    if library is not None:
+        options.register_custom_ops_library(library)
     session = onnxruntime.InferenceSession(
-        onnx_file, providers=['CPUExecutionProvider'])
+        onnx_file, options, providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
     return tuple(
         torch.from_numpy(out)

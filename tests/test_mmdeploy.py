@@ -14,6 +14,7 @@ scores are far apart, so that sorted outputs can be compared one to one.
 import copy
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -648,3 +649,195 @@ def test_export_detector_calls_mmdeploys_export_as_torch2onnx(
         assert 'forward' not in model.__dict__
     assert deploy_rewrites._SWITCH == dict(
         mmdet=False, pooling=False, upsample=False)
+
+
+@pytest.mark.parametrize('padding,align_corners', [('zeros', False),
+                                                   ('border', True)])
+def test_onnx_outputs_runs_mmdeploys_custom_operators(padding, align_corners,
+                                                      tmp_path):
+    """mmdeploy exports ``grid_sample`` (DINO's deformable attention) as
+    its ``mmdeploy::grid_sampler``, which plain ONNX Runtime does not know:
+    ``onnx_outputs`` (the graph check of ``tools/deploy.py``) registers the
+    operator library the mmdeploy wheel ships, as mmdeploy's backend model
+    does, and computes ``F.grid_sample`` as accurately as torch's float32
+    does (each output a sum of 4 bilinear terms)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 7)
+    grid = torch.rand(2, 4, 6, 2) * 2.2 - 1.1  # some points outside
+    node = helper.make_node(
+        'grid_sampler', ['x', 'grid'], ['y'],
+        domain='mmdeploy',
+        interpolation_mode=0,
+        padding_mode=['zeros', 'border'].index(padding),
+        align_corners=int(align_corners))
+    graph = helper.make_graph(
+        [node],
+        'grid_sampler',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(grid.numpy(), 'grid')])
+    path = str(tmp_path / 'grid_sampler.onnx')
+    onnx.save(
+        helper.make_model(
+            graph,
+            opset_imports=[
+                helper.make_opsetid('', 11),
+                helper.make_opsetid('mmdeploy', 1)
+            ]), path)
+    with pytest.raises(Exception, match='grid_sampler'):  # the premise
+        onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    assert deploy.mmdeploy_ops_library() is not None
+    got, = onnx_outputs(path, x)
+
+    def sample(x, grid):
+        return torch.nn.functional.grid_sample(
+            x, grid, 'bilinear', padding, align_corners=align_corners)
+
+    ref, exact = sample(x, grid), sample(x.double(), grid.double())
+    err, err_torch = ((y.double() - exact).abs().max().item()
+                      for y in (got, ref))
+    bound = ERROR_FACTOR * err_torch + float32_floor(terms=4) * \
+        exact.abs().max().item()
+    assert err <= bound, f'{err:.3g} against float64 (torch {err_torch:.3g})'
+
+
+def test_mmdeploy_ops_library_needs_mmdeploy(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, 'find_spec', lambda name, *a: None
+        if name == 'mmdeploy' else find_spec(name, *a))
+    assert deploy.mmdeploy_ops_library() is None
+
+
+# DINO (configs/dino): images large enough for its 900 queries (1343 places
+# of its four levels at 224 x 288), fed as they are and exported at the
+# first; the last decoder layer's classifier is set by :func:`separate`.
+DINO_SCALE = (288, 224)
+DINO_IMAGES = [(224, 288), (288, 224)]
+# ResT v2-T and DINO's 6 encoder and 6 decoder layers
+DINO_DEPTH = DEPTH['restv2-tiny'] + 12
+
+
+def test_dino_onnxruntime_matches_pytorch(tmp_path, float64_detector):
+    """DINO with ResT v2-T (configs/dino), exported by mmdeploy (its DETR
+    rewrites; deformable attention through ``mmdeploy::grid_sampler``),
+    gives mmdet's detections at two sizes, as closely as the eager float32
+    detector, and its graph computes mmdeploy's rewritten model.
+
+    DINO's encoder ranks its 1343 places by their best class score and
+    pairs the 900 best, in order, with its 900 learnt content queries:
+    two places within rounding of each other (random weights have gaps of
+    2e-7) swap content queries between float32 and float64, which changes
+    every output through the decoder's self-attention. The content queries
+    are made equal, so that the order of the chosen places does not matter
+    (their set does: the test checks that the 900th and 901st scores are far
+    apart); the last classifier is set so that a few detections clearly
+    win, and the detections scored above the threshold are compared (DETR
+    keeps its 300 best, the rest near ties)."""
+    cfg = Config.fromfile(
+        str(CONFIGS / 'dino' / 'dino-4scale_restv2-tiny_8xb2-12e_coco.py'))
+    for t in cfg.test_pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = DINO_SCALE
+    deploy_cfg = deploy.load_deploy_cfg('detection')
+    torch.manual_seed(0)
+    processor, model = build_detector(cfg, deploy_cfg)
+    head, queries = model.bbox_head, model.num_queries
+    with torch.no_grad():
+        model.query_embedding.weight[:] = model.query_embedding.weight[0]
+    images = [synthetic_image(hw, seed) for seed, hw in enumerate(DINO_IMAGES)]
+    made = [make_input(processor, model, img) for img in images]
+    datas = [data for data, _ in made]
+    last = head.cls_branches[model.decoder.num_layers - 1]
+    with torch.no_grad():
+        separate(last.weight, last.bias,
+                 [x[0] for x in inputs_of(last, model, datas)],
+                 head.cls_out_channels)
+    onnx_file = export_detector(processor, model, images[0], str(tmp_path),
+                                deploy_cfg)
+    import onnx
+    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    assert domains == {'', 'mmdeploy'}, domains
+    ort_model = build_ort_model(processor, onnx_file)
+    exact_model = copy.deepcopy(model).double()
+    floor = float32_floor(DINO_DEPTH)
+
+    def above_threshold(instances):
+        return sorted_by_class_and_score(
+            instances[instances.scores > SCORE_THR])
+
+    for img, data in zip(images, datas):
+        where = f'DINO at {tuple(data["inputs"].shape[-2:])}'
+        ranked = []  # the encoder's best class score of each place
+        for m in (model, exact_model):
+            encoder_cls = m.bbox_head.cls_branches[model.decoder.num_layers]
+            hook = encoder_cls.register_forward_hook(
+                lambda mod, args, out: ranked.append(out.max(-1)[0][0]))
+            try:
+                with kernels.literal():  # the authors' float32 computation
+                    if m is model:
+                        eager = above_threshold(predict(model, data))
+                    else:
+                        exact = above_threshold(
+                            predict(m,
+                                    dict(data,
+                                         inputs=data['inputs'].double())))
+            finally:
+                hook.remove()
+        rounding = (ranked[0].double() - ranked[1]).abs().max()
+        best = ranked[1].sort(descending=True).values
+        assert best[queries - 1] - best[queries] > SEPARATION * rounding, (
+            f'{where}: the {queries}th and next places within rounding')
+        got = above_threshold(predict(ort_model, data))
+        n = len(exact)
+        assert 2 <= n < 50, f'{where}: {n} detections'
+        assert len(eager) == len(got) == n, (where, len(eager), len(got))
+        rounding = (eager.scores.double() - exact.scores).abs().max()
+        same = exact.labels[:-1] == exact.labels[1:]
+        gaps = torch.cat([(exact.scores[:-1] - exact.scores[1:])[same],
+                          exact.scores - SCORE_THR])
+        assert gaps.min() > SEPARATION * rounding, where
+        assert torch.equal(got.labels, exact.labels), where
+        assert torch.equal(eager.labels, exact.labels), where
+        for key in ('scores', 'bboxes'):
+            err, err_eager = relative_errors(got[key], eager[key], exact[key])
+            assert err <= ERROR_FACTOR * err_eager + floor, (
+                f'{where}: {key} off by {err:.3g} relative to float64 '
+                f'(eager float32 {err_eager:.3g})')
+
+    # the graph against mmdeploy's rewritten model: the rows above the
+    # threshold (first: the graph's detections are sorted by score), and
+    # not a graph whose box regressions' last bias moved by 0.5 (the
+    # exporter keeps one of the equal initial ones, under the first name)
+    import onnx.numpy_helper
+    proto = onnx.load(onnx_file)
+    biases = [
+        t for t in proto.graph.initializer
+        if re.fullmatch(r'bbox_head\.reg_branches\.\d+\.4\.bias', t.name)
+    ]
+    assert biases
+    for bias in biases:
+        bias.CopyFrom(
+            onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
+    broken = str(tmp_path / 'broken.onnx')
+    onnx.save(proto, broken)
+    for data, inputs in made:
+        expected = rewritten_outputs(processor, model, data, inputs)
+        n = int((expected[0][0, :, 4] > SCORE_THR).sum())
+        side = max(inputs.shape[-2:])
+
+        def winners(outputs):
+            return [out[:, :n] for out in outputs]
+
+        report = graph_report(
+            winners(expected), winners(onnx_outputs(onnx_file, inputs)), side)
+        assert graph_matches(report) and report['num_expected'] == n > 0, \
+            report
+        assert not graph_matches(
+            graph_report(
+                winners(expected), winners(onnx_outputs(broken, inputs)),
+                side))

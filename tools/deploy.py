@@ -38,7 +38,10 @@ A label map is resized to the original image by mmdeploy (nearest), which
 differs from mmseg's resizing of the logits where the test pipeline
 resized the image; ``segmentation-logits`` gives mmseg's. Without a
 checkpoint the weights are random and no box scores above the threshold:
-no detections are compared. Needs ``mmdeploy``, ``onnx`` and
+no detections are compared (but DINO keeps its 300 best at any score:
+these are). Graphs with mmdeploy's own operators (DINO's
+``mmdeploy::grid_sampler``) run with the operator library of the mmdeploy
+wheel. Needs ``mmdeploy``, ``onnx`` and
 ``onnxruntime``; see :mod:`mmrest.deploy` for the two torch compatibility
 shims it applies.
 """
