@@ -19,7 +19,8 @@ two places, both fixed for the duration of :func:`mmdeploy_torch_shims`:
 With them, :func:`export_detector` does what mmdeploy's ``torch2onnx`` does
 (mmdeploy's ``tools/deploy.py`` for ONNX Runtime), with the deploy configs
 of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``,
-``instance-seg_onnxruntime_dynamic.py`` and
+``instance-seg_onnxruntime_dynamic.py``,
+``panoptic-seg_maskformer_onnxruntime_dynamic.py`` and
 ``segmentation_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no config
 files); by default the post-processing of the RPN, the box head, RetinaNet,
 FCOS, ATSS and Cascade R-CNN is mmdet's, not mmdeploy's, adaptive pooling
@@ -31,7 +32,8 @@ PyTorch model. The checks of ``tools/deploy.py``: the graph's outputs
 (:func:`onnx_outputs`) against the model with mmdeploy's rewrites run
 in PyTorch (:func:`rewritten_outputs`, a segmentor's
 :func:`rewritten_logits`; :func:`graph_matches`, :func:`seg_graph_report`
-with a binary segmentor's :func:`binary_threshold`), and the backend
+with a binary segmentor's :func:`binary_threshold`, MaskFormer's
+:func:`logits_graph_report`), and the backend
 model's detections or label
 map against the PyTorch model's own (:func:`compare`,
 :func:`compare_maps`, :func:`agrees`).
@@ -54,7 +56,7 @@ import torch
 from .utils import torch_compat
 
 #: The tasks :func:`ort_deploy_cfg` knows, as mmdeploy names them.
-DEPLOY_TASKS = ('detection', 'instance-seg', 'segmentation',
+DEPLOY_TASKS = ('detection', 'instance-seg', 'panoptic-seg', 'segmentation',
                 'segmentation-logits')
 #: The lowest ONNX opset mmdeploy 1.3.1's symbolic functions support.
 MIN_OPSET = 11
@@ -81,21 +83,27 @@ def check_requirements() -> None:
 
 
 def ort_deploy_cfg(task: str = 'detection',
-                   opset_version: int = MIN_OPSET) -> dict:
+                   opset_version: Optional[int] = None) -> dict:
     """mmdeploy 1.3.1's ONNX Runtime deploy config with dynamic shapes, as a
     dict: ``configs/mmdet/detection/detection_onnxruntime_dynamic.py``,
-    ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py`` or
-    ``configs/mmseg/segmentation_onnxruntime_dynamic.py`` with their bases
-    flattened (opset 11; dynamic batch, height and width; at most 100
-    detections).
+    ``configs/mmdet/instance-seg/instance-seg_onnxruntime_dynamic.py``,
+    ``configs/mmdet/panoptic-seg/panoptic-seg_maskformer_onnxruntime_dynamic.py``
+    or ``configs/mmseg/segmentation_onnxruntime_dynamic.py`` with their
+    bases flattened (opset 11, MaskFormer's 13; dynamic batch, height and
+    width; at most 100 detections).
 
     Args:
         task (str): ``'detection'`` (boxes), ``'instance-seg'`` (boxes
-            and masks), ``'segmentation'`` (a label map at the network
-            input's size) or ``'segmentation-logits'`` (the same config
-            with ``with_argmax=False``: the logits, which
+            and masks), ``'panoptic-seg'`` (MaskFormer and Mask2Former: the
+            graph gives the class and mask logits of the queries, and
+            mmdeploy's backend model runs the config's fusion head on them
+            in PyTorch: instances, a panoptic map or both, as the config's
+            ``test_cfg`` asks), ``'segmentation'`` (a label map at the
+            network input's size) or ``'segmentation-logits'`` (the same
+            config with ``with_argmax=False``: the logits, which
             :func:`build_ort_model` resizes and labels as mmseg does).
-        opset_version (int): The ONNX opset; mmdeploy's is 11. From 16 on,
+        opset_version (int, optional): The ONNX opset; mmdeploy's (the
+            default) is 11, 13 for ``'panoptic-seg'``. From 16 on,
             mmdeploy exports mmcv's aligned RoIAlign as ONNX's with
             ``half_pixel`` coordinates, which computes RoIs smaller than one
             feature pixel as mmcv does; before 16 ONNX Runtime widens them
@@ -103,6 +111,8 @@ def ort_deploy_cfg(task: str = 'detection',
     """
     if task not in DEPLOY_TASKS:
         raise ValueError(f'task must be one of {DEPLOY_TASKS}, got {task!r}')
+    if opset_version is None:
+        opset_version = 13 if task == 'panoptic-seg' else MIN_OPSET
     _check_opset(opset_version)
     if task.startswith('segmentation'):
         return _onnx_deploy_cfg(
@@ -121,15 +131,26 @@ def ort_deploy_cfg(task: str = 'detection',
         pre_top_k=5000,
         keep_top_k=100,
         background_label_id=-1)
+    model_type = 'end2end'
     if task == 'instance-seg':
         outputs['masks'] = {0: 'batch', 1: 'num_dets', 2: 'height', 3: 'width'}
         post_processing['export_postprocess_mask'] = False
+    if task == 'panoptic-seg':
+        outputs = dict(
+            cls_logits={0: 'batch'}, mask_logits={
+                0: 'batch',
+                2: 'h',
+                3: 'w'
+            })
+        post_processing.update(
+            score_threshold=0.0, export_postprocess_mask=False)
+        model_type = 'panoptic_end2end'
     return _onnx_deploy_cfg(
         opset_version, outputs,
         dict(
             type='mmdet',
             task='ObjectDetection',
-            model_type='end2end',
+            model_type=model_type,
             post_processing=post_processing))
 
 
@@ -580,6 +601,26 @@ def graph_report(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor],
     return out
 
 
+def logits_graph_report(expected: Sequence[torch.Tensor],
+                        got: Sequence[torch.Tensor]) -> dict:
+    """How a graph's raw outputs (``got``; MaskFormer's class and mask
+    logits, deploy config ``panoptic-seg``) differ from
+    :func:`rewritten_outputs`' (``expected``): the numbers of outputs,
+    whether their shapes agree and, where they do, the largest difference
+    relative to the largest value of its output."""
+    out = dict(
+        num_expected=len(expected),
+        num_got=len(got),
+        same_shapes=len(expected) == len(got)
+        and all(e.shape == g.shape for e, g in zip(expected, got)))
+    if out['same_shapes']:
+        out['max_diff_of_scale'] = max(
+            float((e.double() - g.double()).abs().max() /
+                  e.double().abs().max().clamp(min=1e-12))
+            for e, g in zip(expected, got))
+    return out
+
+
 def seg_graph_report(logits: torch.Tensor,
                      got: torch.Tensor,
                      threshold: Optional[float] = None) -> dict:
@@ -634,7 +675,12 @@ def graph_matches(report: dict, tolerance: float = GRAPH_TOLERANCE) -> bool:
     the same detections and labels, each difference within
     ``tolerance``; or whether :func:`seg_graph_report` shows the rewritten
     segmentor's labels, except where its two best logits are within
-    ``tolerance`` of the largest logit (and its logits within that)."""
+    ``tolerance`` of the largest logit (and its logits within that); or
+    whether :func:`logits_graph_report` shows outputs of the same shapes
+    within ``tolerance`` of their scale."""
+    if 'same_shapes' in report:
+        return report['same_shapes'] and \
+            report['max_diff_of_scale'] <= tolerance
     if 'num_pixels' in report:
         bound = tolerance * report['logit_scale']
         return (report['max_margin_where_differ'] <= bound
@@ -673,7 +719,8 @@ def predict(model, data):
     forward takes it as it is, where ``test_step`` would normalise the
     image a second time), without autograd: a detector's
     ``pred_instances``, a segmentor's label map (H x W, of the original
-    image)."""
+    image), or a panoptic detector's map of segment ids where it predicts
+    no instances (MaskFormer with ``instance_on=False``)."""
     with torch.no_grad():
         sample = model(
             data['inputs'],
@@ -681,6 +728,8 @@ def predict(model, data):
             mode='predict')[0]
     if 'pred_sem_seg' in sample:
         return sample.pred_sem_seg.data[0]
+    if 'pred_instances' not in sample and 'pred_panoptic_seg' in sample:
+        return sample.pred_panoptic_seg.sem_seg[0]
     return sample.pred_instances
 
 

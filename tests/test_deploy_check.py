@@ -215,6 +215,34 @@ def test_graph_report_and_matches_by_hand():
     assert graph_matches(graph_report(none, none, 100))
 
 
+def test_logits_graph_report_and_matches_by_hand():
+    """MaskFormer's graph (class and mask logits) against the rewritten
+    model's: the largest difference relative to each output's largest
+    value; a match only with outputs of the same shapes, each within the
+    tolerance."""
+    from mmrest.deploy import logits_graph_report
+    cls = torch.tensor([[[2., -4.], [1., 0.5]]])
+    masks = torch.tensor([[[[10., -20.]], [[0., 5.]]]])
+    ref = (cls, masks)
+    assert logits_graph_report(ref, ref) == dict(
+        num_expected=2, num_got=2, same_shapes=True, max_diff_of_scale=0.)
+    assert graph_matches(logits_graph_report(ref, ref), tolerance=0.)
+    # 0.018 off a mask logit: 9e-4 of the largest (20), 4.5e-3 of 4
+    moved = (cls, masks + torch.tensor([0., 0.018]))
+    report = logits_graph_report(ref, moved)
+    assert report['max_diff_of_scale'] == pytest.approx(9e-4, rel=1e-4)
+    assert graph_matches(report)
+    assert not graph_matches(report, tolerance=8e-4)
+    report = logits_graph_report(ref, (cls + torch.tensor([0., 0.018]), masks))
+    assert report['max_diff_of_scale'] == pytest.approx(4.5e-3, rel=1e-4)
+    assert not graph_matches(report)
+    for other in ((cls, ), (cls, masks[..., :1]), (cls, masks, masks)):
+        report = logits_graph_report(ref, other)
+        assert not report['same_shapes'] and not graph_matches(report)
+        assert 'max_diff_of_scale' not in report
+    assert logits_graph_report(ref, (cls, masks[..., :1]))['num_got'] == 2
+
+
 def test_graph_report_leaves_out_mmdeploys_padding():
     """mmdeploy's NMS pads its output with a zero box scored 0 (label 0),
     which its backend model drops: that row's mask (from an empty RoI:
@@ -284,6 +312,43 @@ def test_tool_exit_code(case, graph_ok, code, says, monkeypatch, capsys,
     monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
     assert tool.main(['config.py']) == code
     assert says in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('graph_ok,maps_ok,code', [(True, True, 0),
+                                                   (False, True, 1),
+                                                   (True, False, 1)])
+def test_tool_checks_maskformers_logits_and_panoptic_maps(
+        graph_ok, maps_ok, code, monkeypatch, capsys, tmp_path):
+    """With ``--deploy-cfg panoptic-seg`` (MaskFormer, Mask2Former) the
+    tool checks the graph's class and mask logits
+    (``logits_graph_report``), and a panoptic detector's map of segment
+    ids (no instances predicted) as label maps, naming the detector (and
+    not the segmentors' advice); stand-ins as above."""
+    tool = load_tool('deploy')
+    logits = (torch.tensor([[[2., -1.]]]), torch.ones(1, 1, 4, 6))
+    off = (logits[0] + 0.1, logits[1])
+    monkeypatch.setattr(tool, 'rewritten_outputs', lambda *a: logits)
+    monkeypatch.setattr(tool, 'onnx_outputs', lambda *a: logits
+                        if graph_ok else off)
+    ids = torch.zeros(4, 6, dtype=torch.long)
+    ids[1:3, 2:5] = 1 + 1000  # a segment of class 1
+    other = ids.clone()
+    other[1:3, 2:4] = 0
+    models = dict(pytorch=ids, onnx=ids if maps_ok else other)
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
+    monkeypatch.setattr(tool, 'export_detector',
+                        lambda *a: str(tmp_path / 'end2end.onnx'))
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        ({}, torch.zeros(1, 3, 32, 48)))
+    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
+    monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
+    assert tool.main(['config.py', '--deploy-cfg', 'panoptic-seg']) == code
+    out = capsys.readouterr().out
+    assert ('same_shapes True, max_diff_of_scale ' +
+            ('0' if graph_ok else '0.05')) in out
+    assert ('agrees with' if maps_ok else 'DIFFERS FROM') + \
+        ' the PyTorch detector' in out
+    assert 'mmseg' not in out
 
 
 def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
@@ -435,8 +500,33 @@ def test_deploy_cfgs_are_mmdeploys_files():
                 type='mmseg', task='Segmentation', with_argmax=True),
             backend_config=backend),
     }
+    # configs/mmdet/_base_/base_panoptic-seg_static.py and
+    # configs/mmdet/panoptic-seg/panoptic-seg_maskformer_onnxruntime_
+    # {static-800x1344,dynamic}.py: opset 13
+    maskformer = _mmdeploy_onnx_config(['cls_logits', 'mask_logits'],
+                                       dict(
+                                           input=image,
+                                           cls_logits={0: 'batch'},
+                                           mask_logits={
+                                               0: 'batch',
+                                               2: 'h',
+                                               3: 'w'
+                                           }))
+    maskformer['opset_version'] = 13
+    expected['panoptic-seg'] = dict(
+        onnx_config=maskformer,
+        codebase_config=dict(
+            detection,
+            model_type='panoptic_end2end',
+            post_processing=dict(
+                post_processing,
+                score_threshold=0.0,
+                export_postprocess_mask=False)),
+        backend_config=backend)
     for task, cfg in expected.items():
         assert ort_deploy_cfg(task) == cfg, task
+    assert ort_deploy_cfg('panoptic-seg',
+                          16)['onnx_config']['opset_version'] == 16
     # the logits: the same with mmdeploy's with_argmax=False
     logits = ort_deploy_cfg('segmentation-logits')
     assert logits['codebase_config'].pop('with_argmax') is False

@@ -587,27 +587,31 @@ def test_tool_checks_a_binary_segmentors_graph(graph_ok, monkeypatch, capsys,
 def test_tool_default_deploy_cfg(monkeypatch):
     """Without --deploy-cfg, tools/deploy.py exports an mmseg config with
     segmentation-logits (mmseg's label maps), a detector with a mask head
-    with instance-seg (masks too) and anything else with detection (a
-    missing file is build_detector's error)."""
+    with instance-seg (masks too), Mask2Former with panoptic-seg (its
+    logits) and anything else with detection (a missing file is
+    build_detector's error)."""
     tool = load_tool('deploy')
     seen = []
 
     def stop(config, deploy_cfg, *args):
         codebase = deploy_cfg.codebase_config
         seen.append((codebase.type, codebase.get('with_argmax'), 'masks'
-                     in deploy_cfg.onnx_config.output_names))
+                     in deploy_cfg.onnx_config.output_names,
+                     codebase.get('model_type', 'end2end')))
         raise RuntimeError('stop here')
 
     monkeypatch.setattr(tool, 'build_detector', stop)
     det = CONFIGS / 'retinanet' / 'retinanet_rest-lite_fpn_1x_coco.py'
     mask = CONFIGS / 'mask_rcnn' / 'mask-rcnn_rest-lite_fpn_1x_coco.py'
     cascade, = (CONFIGS / 'cascade_rcnn').glob('*restv2-tiny*.py')
+    mask2former, = (CONFIGS / 'mask2former').glob('*.py')
     cases = [
-        (SEG_CONFIG, ('mmseg', False, False)),
-        (det, ('mmdet', None, False)),
-        (mask, ('mmdet', None, True)),
-        (cascade, ('mmdet', None, True)),
-        ('no_such_config.py', ('mmdet', None, False)),
+        (SEG_CONFIG, ('mmseg', False, False, 'end2end')),
+        (det, ('mmdet', None, False, 'end2end')),
+        (mask, ('mmdet', None, True, 'end2end')),
+        (cascade, ('mmdet', None, True, 'end2end')),
+        (mask2former, ('mmdet', None, False, 'panoptic_end2end')),
+        ('no_such_config.py', ('mmdet', None, False, 'end2end')),
     ]
     for config, expected in cases:
         with pytest.raises(RuntimeError, match='stop here'):

@@ -24,10 +24,11 @@ from mmengine.config import Config, ConfigDict
 
 from mmrest import deploy
 from mmrest.backbones import kernels
-from mmrest.deploy import (GRAPH_TOLERANCE, build_detector, build_ort_model,
-                           export_detector, graph_matches, graph_report,
-                           make_input, mmdeploy_torch_shims, onnx_outputs,
-                           predict, rewritten_outputs, synthetic_image)
+from mmrest.deploy import (GRAPH_TOLERANCE, agrees, build_detector,
+                           build_ort_model, compare, export_detector,
+                           graph_matches, graph_report, make_input,
+                           mmdeploy_torch_shims, onnx_outputs, predict,
+                           rewritten_outputs, synthetic_image)
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 # The test pipeline's Resize scale (w, h) and two images, fed as they are at
@@ -345,7 +346,7 @@ def test_build_detector_from_a_file_and_a_checkpoint(tmp_path):
 
 def test_deploy_cfg_errors():
     with pytest.raises(ValueError, match="task must be one of"):
-        deploy.ort_deploy_cfg('panoptic-seg')
+        deploy.ort_deploy_cfg('pose-detection')
     with pytest.raises(FileNotFoundError, match='neither'):
         deploy.load_deploy_cfg('no_such_deploy_cfg.py')
     for bad in (10, 16.0, '16', True):
@@ -841,3 +842,149 @@ def test_dino_onnxruntime_matches_pytorch(tmp_path, float64_detector):
             graph_report(
                 winners(expected), winners(onnx_outputs(broken, inputs)),
                 side))
+
+
+# Mask2Former (configs/mask2former), fed as they are at 64 x 96 (also to
+# export) and 96 x 64: ResT v2-T, the pixel decoder's 6 layers and the
+# transformer decoder's 9.
+M2F_SCALE = (96, 64)
+M2F_IMAGES = [(64, 96), (96, 64)]
+M2F_DEPTH = DEPTH['restv2-tiny'] + 15
+# Random weights whose masked attention has no mask logit near 0 at these
+# sizes: the closest 47x and 66x the float32 rounding away (Intel Xeon;
+# seeds 0 to 7 give 0.3x to 99x, four of them under 10x at one size).
+M2F_SEED = 4
+# Mask2Former's instances kept from its 100 best (query, class) pairs: the
+# winners of the classifier set by :func:`separate` score above this, the
+# other pairs about exp(-30).
+M2F_KEPT = 1e-3
+# The lowest box and mask IoU of a winner with the float64 detector's
+MASK_IOU = 0.9
+
+
+def record_attention_decisions(head, values):
+    """Record, at each of ``head``'s (a Mask2Former head's) predictions,
+    the mask logits its masked attention thresholds at 0 (sigmoid 0.5)."""
+    forward = head._forward_head
+
+    def recording(decoder_out, mask_feature, size):
+        out = forward(decoder_out, mask_feature, size)
+        values.append(
+            torch.nn.functional.interpolate(
+                out[1], size, mode='bilinear', align_corners=False))
+        return out
+
+    head._forward_head = recording
+
+
+def test_mask2former_onnxruntime_matches_pytorch(tmp_path, float64_detector):
+    """Mask2Former with ResT v2-T (configs/mask2former), exported by mmdeploy
+    with its MaskFormer config (``panoptic-seg``: the graph gives the
+    queries' class and mask logits, mmdeploy's backend model runs mmdet's
+    fusion head on them), at two sizes: the graph's logits are as close to
+    the float64 head's as the eager float32 head's, and its instances are
+    mmdet's; the graph check passes, and fails on a broken graph.
+
+    The masked attention attends where a query's mask logit is positive: a
+    logit within rounding of 0 would flip between float32 and float64
+    (checked: none is). The classifier is set so that a few (query, class)
+    pairs clearly win (:func:`separate`, the background class at 0)."""
+    cfg = Config.fromfile(
+        str(CONFIGS / 'mask2former' /
+            'mask2former_restv2-tiny_8xb2-lsj-50e_coco.py'))
+    for t in cfg.test_pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = M2F_SCALE
+    deploy_cfg = deploy.load_deploy_cfg('panoptic-seg')
+    assert deploy_cfg.onnx_config.opset_version == 13  # mmdeploy's
+    torch.manual_seed(M2F_SEED)
+    processor, model = build_detector(cfg, deploy_cfg)
+    head = model.panoptic_head
+    images = [synthetic_image(hw, seed) for seed, hw in enumerate(M2F_IMAGES)]
+    made = [make_input(processor, model, img) for img in images]
+    datas = [data for data, _ in made]
+    with torch.no_grad():
+        feats = inputs_of(head.cls_embed, model, datas)
+        calls = len(feats) // len(datas)  # one per decoder layer, and one
+        separate(
+            head.cls_embed.weight,
+            head.cls_embed.bias, [f[0] for f in feats[calls - 1::calls]],
+            head.num_classes + 1,
+            background=head.num_classes)
+    onnx_file = export_detector(processor, model, images[0], str(tmp_path),
+                                deploy_cfg)
+    import onnx
+    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    assert domains == {'', 'mmdeploy'}, domains
+    ort_model = build_ort_model(processor, onnx_file)
+    exact_model = copy.deepcopy(model).double()
+    floor = float32_floor(M2F_DEPTH)
+
+    def kept(instances):
+        return sorted_by_class_and_score(
+            instances[instances.scores > M2F_KEPT])
+
+    for data, inputs in made:
+        where = f'Mask2Former at {tuple(inputs.shape[-2:])}'
+        decisions = [[], []]
+        for m, values in zip((model, exact_model), decisions):
+            record_attention_decisions(m.panoptic_head, values)
+        try:
+            with torch.no_grad(), kernels.literal():
+                logits = head.predict(
+                    model.extract_feat(inputs), data['data_samples'])
+                exact_logits = exact_model.panoptic_head.predict(
+                    exact_model.extract_feat(inputs.double()),
+                    data['data_samples'])
+        finally:
+            for m in (model, exact_model):
+                del m.panoptic_head._forward_head
+        margin = min(v.abs().min() for v in decisions[1])
+        rounding = max(
+            (a.double() - b).abs().max() for a, b in zip(*decisions))
+        assert margin > SEPARATION * rounding, (
+            f'{where}: a mask logit of the masked attention {margin:.3g} '
+            f'from 0, rounding {rounding:.3g}')
+        for name, got, eager, exact in zip(('class', 'mask'),
+                                           onnx_outputs(onnx_file, inputs),
+                                           logits, exact_logits):
+            err, err_eager = relative_errors(got, eager, exact)
+            assert err <= ERROR_FACTOR * err_eager + floor, (
+                f'{where}: {name} logits off by {err:.3g} relative to '
+                f'float64 (eager float32 {err_eager:.3g})')
+        # the instances: mmdet's fusion head on the graph's logits, the
+        # winners paired with the float64 detector's by label and box and
+        # mask IoU (their scores, products with the mean of the mask's
+        # probabilities, move in steps where a pixel flips), as the check
+        # of tools/deploy.py pairs them
+        with kernels.literal():
+            eager = predict(model, data)
+        exact = predict(exact_model,
+                        dict(data, inputs=data['inputs'].double()))
+        got = predict(ort_model, data)
+        reports = [
+            compare(*(x[x.scores > M2F_KEPT] for x in (exact, y)))
+            for y in (eager, got)
+        ]
+        assert 2 <= reports[0]['num_ref'] < 50, (where, reports[0])
+        assert agrees(reports[0], MASK_IOU), (where, reports[0])
+        assert agrees(reports[1], MASK_IOU), (where, reports[1])
+
+    # the graph check of tools/deploy.py, and a graph whose class logits'
+    # bias moved by 0.5 fails it
+    import onnx.numpy_helper
+    proto = onnx.load(onnx_file)
+    reg = 'panoptic_head.cls_embed.bias'
+    (bias, ) = [t for t in proto.graph.initializer if t.name == reg]
+    bias.CopyFrom(
+        onnx.numpy_helper.from_array(
+            onnx.numpy_helper.to_array(bias) + 0.5, reg))
+    broken = str(tmp_path / 'broken.onnx')
+    onnx.save(proto, broken)
+    for data, inputs in made:
+        expected = rewritten_outputs(processor, model, data, inputs)
+        report = deploy.logits_graph_report(expected,
+                                            onnx_outputs(onnx_file, inputs))
+        assert graph_matches(report) and report['num_expected'] == 2, report
+        assert not graph_matches(
+            deploy.logits_graph_report(expected, onnx_outputs(broken, inputs)))

@@ -20,7 +20,9 @@ check it.
 
 Writes ``DIR/end2end.onnx`` with mmdeploy's ONNX Runtime deploy config with
 dynamic shapes (``--deploy-cfg detection``, boxes, or ``instance-seg``, boxes
-and masks, the default for a detector with a mask head; ``segmentation``, a
+and masks, the default for a detector with a mask head; ``panoptic-seg``,
+MaskFormer's and Mask2Former's class and mask logits, whose fusion head
+mmdeploy's backend model runs in PyTorch, their default; ``segmentation``, a
 label map, or ``segmentation-logits``, the logits, the default for an mmseg
 config; or the path of an mmdeploy deploy-config file), then checks it
 twice on the image: the graph's outputs against the model with mmdeploy's
@@ -38,8 +40,9 @@ A label map is resized to the original image by mmdeploy (nearest), which
 differs from mmseg's resizing of the logits where the test pipeline
 resized the image; ``segmentation-logits`` gives mmseg's. Without a
 checkpoint the weights are random and no box scores above the threshold:
-no detections are compared (but DINO keeps its 300 best at any score:
-these are). Graphs with mmdeploy's own operators (DINO's
+no detections are compared (but DINO and Mask2Former keep their 300 and
+100 best at any score: these are, and random masks, whose logits lie near
+0, can differ). Graphs with mmdeploy's own operators (DINO's
 ``mmdeploy::grid_sampler``) run with the operator library of the mmdeploy
 wheel. Needs ``mmdeploy``, ``onnx`` and
 ``onnxruntime``; see :mod:`mmrest.deploy` for the two torch compatibility
@@ -49,15 +52,16 @@ import argparse
 import os.path as osp
 import sys
 
+import torch
 from mmengine.config import DictAction
 
 from mmrest.deploy import (DEPLOY_TASKS, GRAPH_TOLERANCE, MIN_OPSET, agrees,
                            binary_threshold, build_detector, build_ort_model,
                            compare, compare_maps, export_detector,
                            graph_matches, graph_report, load_deploy_cfg,
-                           make_input, onnx_outputs, predict, rewritten_logits,
-                           rewritten_outputs, seg_graph_report,
-                           synthetic_image)
+                           logits_graph_report, make_input, onnx_outputs,
+                           predict, rewritten_logits, rewritten_outputs,
+                           seg_graph_report, synthetic_image)
 
 
 def parse_args(argv=None):
@@ -72,13 +76,14 @@ def parse_args(argv=None):
         help=f'one of {DEPLOY_TASKS} (mmdeploy\'s ONNX '
         'Runtime dynamic configs) or a deploy-config file (default: '
         'instance-seg for a detector whose RoI head has a mask head, '
-        'detection for another, segmentation-logits for an mmseg config)')
+        'panoptic-seg for MaskFormer and Mask2Former, detection for '
+        'another, segmentation-logits for an mmseg config)')
     parser.add_argument(
         '--opset',
         type=int,
-        help='ONNX opset (default: the deploy config\'s, 11 for the two '
-        'task names); 16 or higher exports RoIAlign with half-pixel '
-        'coordinates, exact for RoIs under one feature pixel '
+        help='ONNX opset (default: the deploy config\'s, 11 for the task '
+        'names, 13 for panoptic-seg); 16 or higher exports RoIAlign '
+        'with half-pixel coordinates, exact for RoIs under one feature pixel '
         '(docs/deployment.md)')
     parser.add_argument(
         '--mmdeploy-nms',
@@ -136,6 +141,10 @@ def main(argv=None) -> int:
         graph = seg_graph_report(
             rewritten_logits(processor, model, data, inputs),
             onnx_outputs(onnx_file, inputs)[0], binary_threshold(model))
+    elif deploy_cfg.codebase_config.get('model_type') == 'panoptic_end2end':
+        graph = logits_graph_report(
+            rewritten_outputs(processor, model, data, inputs),
+            onnx_outputs(onnx_file, inputs))
     else:
         graph = graph_report(
             rewritten_outputs(processor, model, data, inputs, mmdet_nms),
@@ -148,8 +157,9 @@ def main(argv=None) -> int:
     # ONNX Runtime's predictions against the model's own (mmdet's, mmseg's)
     ref = predict(model, data)
     got = predict(build_ort_model(processor, onnx_file), data)
-    if segmentor:
-        return _check_maps(compare_maps(ref, got), faithful, args.box_iou)
+    if isinstance(ref, torch.Tensor):  # a label or panoptic segment map
+        return _check_maps(
+            compare_maps(ref, got), faithful, args.box_iou, segmentor)
     report = compare(ref, got)
     print('detections: ' + _listed(report))
     if report['num_ref'] == 0:
@@ -171,14 +181,18 @@ def main(argv=None) -> int:
     return 0 if ok and faithful else 1
 
 
-def _check_maps(report: dict, faithful: bool, bound: float) -> int:
+def _check_maps(report: dict,
+                faithful: bool,
+                bound: float,
+                segmentor: bool = True) -> int:
     print('label maps: ' + _listed(report))
     ok = agrees(report, bound)
     print(f'ONNX Runtime {"agrees with" if ok else "DIFFERS FROM"} the '
-          f'PyTorch segmentor: {report["pixel_agreement"]:.2%} of the pixels '
+          f'PyTorch {"segmentor" if segmentor else "detector"}: '
+          f'{report["pixel_agreement"]:.2%} of the pixels '
           f'labelled alike, lowest IoU of a label\'s pixels '
           f'{report["min_label_iou"]:.3g} (bound {bound:g})')
-    if faithful and not ok:
+    if faithful and not ok and segmentor:
         print("The graph computes what mmdeploy meant: mmdeploy's backend "
               'model resizes the label map to the original image (nearest), '
               'mmseg the logits (bilinear) before the argmax; '
@@ -188,15 +202,18 @@ def _check_maps(report: dict, faithful: bool, bound: float) -> int:
 
 
 def _default_task(config: str) -> str:
-    """``segmentation-logits`` for an mmseg config, ``instance-seg`` for a
-    detector whose RoI head has a mask head (Mask R-CNN, Cascade Mask
-    R-CNN), else ``detection`` (a missing file is build_detector's error to
+    """``segmentation-logits`` for an mmseg config, ``panoptic-seg`` for
+    MaskFormer and Mask2Former, ``instance-seg`` for a detector whose RoI
+    head has a mask head (Mask R-CNN, Cascade Mask R-CNN), else
+    ``detection`` (a missing file is build_detector's error to
     report)."""
     if osp.isfile(config):
         from mmengine.config import Config
         cfg = Config.fromfile(config)
         if cfg.get('default_scope') == 'mmseg':
             return 'segmentation-logits'
+        if cfg.get('model', {}).get('type') in ('MaskFormer', 'Mask2Former'):
+            return 'panoptic-seg'
         if (cfg.get('model', {}).get('roi_head') or {}).get('mask_head'):
             return 'instance-seg'
     return 'detection'
