@@ -318,11 +318,12 @@ def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
     candidates of all levels decoded and clipped to the image, boxes not
     wider and higher than ``min_bbox_size`` left out, :func:`nms_by_class`
     with ``cfg``'s NMS, its boxes sliced ``[:max_per_img]`` (0 keeps none,
-    -k all but the k lowest)."""
+    -k all but the k lowest). A ``Detectron2RetinaHead``'s boxes are
+    clipped after the NMS instead (its coder does not clip), and those left
+    empty scored 0, which mmdeploy's backend model drops."""
+    img_shape = batch_img_metas[0]['img_shape']
     boxes = head.bbox_coder.decode(
-        torch.cat(priors, 1),
-        torch.cat(deltas, 1),
-        max_shape=batch_img_metas[0]['img_shape'])
+        torch.cat(priors, 1), torch.cat(deltas, 1), max_shape=img_shape)
     k = cfg.max_per_img
     dets, labels = nms_by_class(
         boxes, torch.cat(scores, 1), torch.cat(classes, 1),
@@ -331,7 +332,23 @@ def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
     if k <= 0:
         dets = torch.where(
             _sliced(dets[..., 4] > 0, k)[..., None], dets, dets.new_zeros(()))
+    if _clips_after_nms(head):
+        dets = _clipped_and_kept(dets, img_shape)
     return dets, labels
+
+
+def _clipped_and_kept(dets: torch.Tensor, img_shape) -> torch.Tensor:
+    """``dets`` (N x K x 5) with their boxes clipped to ``img_shape`` (h,
+    w; ints, or a tensor in the graph) and scored 0 where that leaves them
+    without width or height (detectron2's ``detector_postprocess``)."""
+    h, w = img_shape[0], img_shape[1]
+    zero = dets.new_zeros(())
+    xs = torch.minimum(torch.maximum(dets[..., 0::2], zero), zero + w)
+    ys = torch.minimum(torch.maximum(dets[..., 1:4:2], zero), zero + h)
+    boxes = torch.stack([xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]], -1)
+    kept = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    return torch.cat(
+        [boxes, torch.where(kept, dets[..., 4], zero)[..., None]], -1)
 
 
 def _sliced(valid: torch.Tensor, k: int) -> torch.Tensor:
@@ -395,11 +412,22 @@ def rpn_head__predict_by_feat(self,
 def _as_base_dense_head(head) -> bool:
     """Whether ``head`` computes its detections from its outputs as
     mmdet's ``BaseDenseHead`` does (RetinaNet, FCOS, ATSS and most of their
-    subclasses; not TOOD)."""
+    subclasses; not TOOD), or as mmrest's ``Detectron2RetinaHead``
+    (:func:`_clips_after_nms`)."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    return all(
-        getattr(type(head), name) is getattr(BaseDenseHead, name)
-        for name in ('_predict_by_feat_single', '_bbox_post_process'))
+    return type(head)._predict_by_feat_single is \
+        BaseDenseHead._predict_by_feat_single and (
+            type(head)._bbox_post_process is BaseDenseHead._bbox_post_process
+            or _clips_after_nms(head))
+
+
+def _clips_after_nms(head) -> bool:
+    """Whether ``head`` post-processes its boxes as detectron2's RetinaNet
+    (mmrest's ``Detectron2RetinaHead``): clipped to the image after the
+    NMS, empty ones dropped."""
+    from .models.detectron2_heads import Detectron2RetinaHead
+    return type(head)._bbox_post_process is \
+        Detectron2RetinaHead._bbox_post_process
 
 
 @_rewrites('mmdet.models.dense_heads.retina_head.RetinaHead.predict_by_feat')
