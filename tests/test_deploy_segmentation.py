@@ -265,6 +265,39 @@ def test_exported_segmentor_computes_mmsegs_logits(head, tmp_path):
             got, literal, exact, depth=DEPTH, name=f'logits at {size}')
 
 
+# ResT v2-T's 4 patch embeddings and 11 blocks, and UperNet's 6 layers
+V2_DEPTH = 21
+
+
+def test_exported_restv2_upernet_computes_mmsegs_logits(tmp_path):
+    """The ADE20K UperNet on ResT v2-T (the family of the authors' released
+    segmentors; 512 channels, 150 classes), tested whole-image, exported
+    once: the float64 segmentor's logits at every size of ``SIZES`` as
+    closely as the float32 one's (the ResT-Lite UperNet above has ResT
+    v1's attention, not v2's upsampling branch)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        str(CONFIGS / 'upernet' /
+            'restv2-tiny_upernet_8xb2-160k_ade20k-512x512.py'))
+    cfg.model.test_cfg = dict(mode='whole')
+    deploy_cfg = load_deploy_cfg('segmentation-logits')
+    torch.manual_seed(0)
+    processor, model = build_detector(cfg, deploy_cfg)
+    assert type(model.backbone).__name__ == 'ResTV2'
+    onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
+                                str(tmp_path), deploy_cfg)
+    exact_model = copy.deepcopy(model).double()
+    for i, size in enumerate(SIZES):
+        inputs = inputs_at(size, n=2 if i == len(SIZES) - 1 else 1, seed=i)
+        got, = onnx_outputs(onnx_file, inputs)
+        exact = mmseg_logits(exact_model, inputs.double())
+        assert got.shape == exact.shape == (len(inputs), 150, *size)
+        with kernels.literal():
+            literal = mmseg_logits(model, inputs)
+        assert_float32_close(
+            got, literal, exact, depth=V2_DEPTH, name=f'logits at {size}')
+
+
 def test_mmdeploys_pooling_is_not_mmsegs():
     """The premise: with mmdeploy's own rewrite of the pooling, the
     rewritten segmentor's logits at a 256 x 256 input (an 8 x 8 stage-4
