@@ -351,6 +351,50 @@ def test_tool_checks_maskformers_logits_and_panoptic_maps(
     assert 'mmseg' not in out
 
 
+def test_predict_takes_instances_label_maps_or_panoptic_maps():
+    """``predict``'s answer for the first image: a detector's instances
+    (also where a panoptic map comes with them), a segmentor's label map,
+    a panoptic detector's map of segment ids where it has no instances;
+    the data's samples are not changed."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import PixelData
+
+    from mmrest.deploy import predict
+    labels = torch.arange(6).view(1, 2, 3)
+    ids = labels + 1000
+    instances = _dets([[0, 0, 10, 10]], [1], [0.9])
+
+    def model_of(**fields):
+
+        def model(inputs, samples, mode):
+            assert mode == 'predict' and inputs == 'inputs'
+            out = []
+            for i, sample in enumerate(samples):
+                sample.set_metainfo(dict(changed=True))
+                other = DetDataSample()
+                for key, value in fields.items():
+                    if i == 0:  # the second image's sample stays empty
+                        setattr(other, key, value)
+                out.append(other)
+            return out
+
+        return model
+
+    data = dict(inputs='inputs', data_samples=[DetDataSample()] * 2)
+    assert predict(model_of(pred_instances=instances), data) is instances
+    assert predict(
+        model_of(
+            pred_instances=instances,
+            pred_panoptic_seg=PixelData(sem_seg=ids)), data) is instances
+    assert torch.equal(
+        predict(model_of(pred_panoptic_seg=PixelData(sem_seg=ids)), data),
+        ids[0])
+    assert torch.equal(
+        predict(model_of(pred_sem_seg=PixelData(data=labels)), data),
+        labels[0])
+    assert 'changed' not in data['data_samples'][0]
+
+
 def test_tool_refuses_an_iou_bound_outside_0_1(capsys):
     """--box-iou outside [0, 1] stops the tool before anything is built,
     naming the option and the value."""

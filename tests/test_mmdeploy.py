@@ -705,7 +705,16 @@ def test_onnx_outputs_runs_mmdeploys_custom_operators(padding, align_corners,
     assert err <= bound, f'{err:.3g} against float64 (torch {err_torch:.3g})'
 
 
-def test_mmdeploy_ops_library_needs_mmdeploy(monkeypatch):
+def test_mmdeploy_ops_library_needs_mmdeploy_and_the_file(monkeypatch):
+    """None without mmdeploy, or where mmdeploy's search finds no file (it
+    returns ``''``) or names one that is not there."""
+    from mmdeploy.backend.onnxruntime import init_plugins
+    path = deploy.mmdeploy_ops_library()
+    assert path == init_plugins.get_ops_path()
+    for missing in ('', path + '.missing'):
+        monkeypatch.setattr(init_plugins, 'get_ops_path', lambda: missing)
+        assert deploy.mmdeploy_ops_library() is None
+    monkeypatch.undo()
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, 'find_spec', lambda name, *a: None
