@@ -24,8 +24,10 @@ of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``,
 ``segmentation_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no config
 files); by default the post-processing of the RPN, the box head, RetinaNet,
 FCOS, ATSS and Cascade R-CNN is mmdet's, not mmdeploy's, adaptive pooling
-(UperNet's) is torch's at every size and mmseg's ``Upsample`` sizes are
-computed in the graph (:mod:`mmrest.deploy_rewrites`).
+(UperNet's) is torch's at every size and mmseg's ``Upsample`` sizes and
+PointRend's point counts are computed in the graph
+(:mod:`mmrest.deploy_rewrites`); the detectron2 post-processing of mmrest's
+``Detectron2RetinaHead`` likewise.
 :func:`build_ort_model` wraps the file in mmdeploy's ONNX
 Runtime backend model, which takes the same ``test_step`` data as the
 PyTorch model. The checks of ``tools/deploy.py``: the graph's outputs

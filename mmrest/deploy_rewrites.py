@@ -47,7 +47,9 @@ map) computes its output size with Python's ``int`` from the traced input
 size: a constant in the graph, so that at any other input size the map is
 upsampled to the traced size and then resized, wrong. Within
 :func:`exact_upsampling` (always on in :mod:`mmrest.deploy`),
-:func:`upsample__forward` computes the size in the graph.
+:func:`upsample__forward` computes the size in the graph, and
+:func:`point_head__get_points_test` PointRend's number of points (mmseg's
+``min(h * w, subdivision_num_points)``, likewise a Python choice).
 
 Outside the ``with`` blocks mmdeploy's own rewrites apply: the switches are
 rewriter checkers, read when mmdeploy's ``RewriterContext`` starts.
@@ -124,8 +126,10 @@ def exact_adaptive_pooling(enabled: bool = True):
 
 def exact_upsampling(enabled: bool = True):
     """Within the block, mmdeploy rewrites for ONNX Runtime started use
-    :func:`upsample__forward` for mmseg's ``Upsample`` module: its output
-    size computed in the graph from the input's.
+    :func:`upsample__forward` for mmseg's ``Upsample`` module (its output
+    size computed in the graph from the input's) and
+    :func:`point_head__get_points_test` for PointRend's subdivision (its
+    number of points likewise).
 
     Args:
         enabled (bool): False leaves mmseg's own forward, whose size the
@@ -159,6 +163,34 @@ def upsample__forward(self, x: torch.Tensor) -> torch.Tensor:
         return FUNCTION_REWRITER.get_context().origin_func(self, x)
     size = [scaled_size(t, self.scale_factor) for t in x.shape[-2:]]
     return F.interpolate(x, size, None, self.mode, self.align_corners)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmseg.models.decode_heads.point_head.PointHead.get_points_test',
+    backend='onnxruntime',
+    extra_checkers=[_Switched('upsample')])
+def point_head__get_points_test(self, seg_logits: torch.Tensor,
+                                uncertainty_func, cfg) -> tuple:
+    """PointRend's points of one subdivision step (mmseg's
+    ``PointHead.get_points_test``) within :func:`exact_upsampling`: the
+    ``min(h * w, subdivision_num_points)`` most uncertain places of the
+    map and their centres in [0, 1], the count computed in the graph
+    (mmseg's ``min`` is a Python choice, which the trace fixes at the
+    export size's: every place refined at larger sizes)."""
+    uncertainty = uncertainty_func(seg_logits)
+    n, _, h, w = uncertainty.shape
+    places = h * w
+    count = cfg.subdivision_num_points
+    if isinstance(places, torch.Tensor):
+        count = torch.clamp(places, max=count)
+    else:
+        count = min(places, count)
+    indices = uncertainty.view(n, places).topk(count, dim=1)[1]
+    w_step, h_step = 1.0 / w, 1.0 / h
+    x = w_step / 2.0 + (indices % w).float() * w_step
+    y = h_step / 2.0 + torch.div(
+        indices, w, rounding_mode='floor').float() * h_step
+    return indices, torch.stack([x, y], -1)
 
 
 def pooling_matrix(size, out: int, like: torch.Tensor) -> torch.Tensor:

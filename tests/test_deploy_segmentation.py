@@ -381,6 +381,72 @@ def test_scaled_size_needs_float64():
     assert torch.floor(size.float() * 0.7).item() == 63
 
 
+class PointsTest(torch.nn.Module):
+    """PointRend's ``PointHead.get_points_test`` at ``POINTS`` points, as a
+    module to export (its input: a subdivision step's logits)."""
+
+    def __init__(self):
+        super().__init__()
+        from mmengine.config import ConfigDict
+        from mmseg.models.decode_heads import PointHead
+        from mmseg.models.decode_heads.point_head import calculate_uncertainty
+        self.head = PointHead(
+            in_channels=[8], in_index=[0], channels=8, num_classes=3)
+        self.uncertainty = calculate_uncertainty
+        self.cfg = ConfigDict(subdivision_num_points=POINTS)
+
+    def forward(self, logits):
+        return self.head.get_points_test(logits, self.uncertainty, self.cfg)
+
+
+POINTS = 60  # more than the 6 x 8 traced map's places, fewer than others'
+
+
+@pytest.mark.parametrize('exact', [True, False])
+def test_pointrend_points_are_mmsegs_at_every_size(exact, tmp_path):
+    """PointRend's points of a subdivision step, exported at a map of 48
+    places (all of them taken) and run at maps of 48, 49, 60, 61 and 130
+    places: mmseg's (the same places, the same centres) within
+    ``exact_upsampling`` (``point_head__get_points_test``); with mmseg's
+    own, whose ``min(h * w, points)`` the trace fixes, every place is
+    taken beyond 60 (the premise). Random logits: no two places' uncertainty
+    ties."""
+    from mmdeploy.apis.onnx import export
+    torch.manual_seed(0)
+    module = PointsTest().eval()
+    prefix = str(tmp_path / 'points')
+    with torch.no_grad(), mmdeploy_torch_shims(), exact_upsampling(exact):
+        export(
+            module,
+            torch.randn(1, 3, 6, 8),
+            prefix,
+            backend='onnxruntime',
+            context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
+            input_names=['logits'],
+            output_names=['indices', 'points'],
+            opset_version=11,
+            dynamic_axes={'logits': {
+                0: 'batch',
+                2: 'height',
+                3: 'width'
+            }})
+    for h, w in [(6, 8), (7, 7), (6, 10), (1, 61), (10, 13)]:
+        logits = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            indices, points = module(logits)
+        got_indices, got_points = onnx_outputs(prefix + '.onnx', logits)
+        assert indices.shape[1] == min(h * w, POINTS)
+        if not exact and h * w > POINTS:
+            assert got_indices.shape[1] == h * w  # the premise
+            continue
+        order = got_indices.argsort(1)
+        rows = torch.arange(2)[:, None]
+        assert torch.equal(got_indices[rows, order],
+                           indices.sort(1).values), (h, w)
+        torch.testing.assert_close(got_points[rows, order],
+                                   points[rows, indices.argsort(1)])
+
+
 def test_exact_upsampling_is_off_without_mmseg(monkeypatch):
     """mmseg is optional: without it the rewrite, which mmdeploy would
     not find, stays off."""
