@@ -23,7 +23,7 @@ of :func:`ort_deploy_cfg`: mmdeploy's ``detection_onnxruntime_dynamic.py``,
 ``panoptic-seg_maskformer_onnxruntime_dynamic.py`` and
 ``segmentation_onnxruntime_dynamic.py`` (the mmdeploy wheel ships no config
 files); by default the post-processing of the RPN, the box head, RetinaNet,
-FCOS, ATSS and Cascade R-CNN is mmdet's, not mmdeploy's, adaptive pooling
+FCOS, ATSS, TOOD and Cascade R-CNN is mmdet's, not mmdeploy's, adaptive pooling
 (UperNet's) is torch's at every size and mmseg's ``Upsample`` sizes and
 PointRend's point counts are computed in the graph
 (:mod:`mmrest.deploy_rewrites`); the detectron2 post-processing of mmrest's
@@ -355,8 +355,8 @@ def export_detector(task_processor,
         out_dir (str): Where to write the file (created if needed).
         deploy_cfg (str | dict | Config): See :func:`load_deploy_cfg`.
         mmdet_nms (bool): The RPN's, the box head's, RetinaNet's, FCOS's,
-            ATSS's and the cascade's post-processing as mmdet's instead of
-            mmdeploy's (:mod:`mmrest.deploy_rewrites`).
+            ATSS's, TOOD's and the cascade's post-processing as mmdet's
+            instead of mmdeploy's (:mod:`mmrest.deploy_rewrites`).
     """
     from mmdeploy.apis.core.pipeline_manager import no_mp
     from mmdeploy.apis.onnx import export

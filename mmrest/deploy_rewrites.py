@@ -343,19 +343,29 @@ def _levels(head, cls_scores: List[torch.Tensor],
                prior[None].expand(n, -1, -1))
 
 
-def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
-               scores: List[torch.Tensor], classes: List[torch.Tensor],
-               batch_img_metas: List[dict], cfg, threshold: float) -> tuple:
+def _dense_nms(head,
+               priors: List[torch.Tensor],
+               deltas: List[torch.Tensor],
+               scores: List[torch.Tensor],
+               classes: List[torch.Tensor],
+               batch_img_metas: List[dict],
+               cfg,
+               threshold: float,
+               decoded: bool = False) -> tuple:
     """A dense head's end, as mmdet's ``_bbox_post_process``: the
     candidates of all levels decoded and clipped to the image, boxes not
     wider and higher than ``min_bbox_size`` left out, :func:`nms_by_class`
     with ``cfg``'s NMS, its boxes sliced ``[:max_per_img]`` (0 keeps none,
     -k all but the k lowest). A ``Detectron2RetinaHead``'s boxes are
     clipped after the NMS instead (its coder does not clip), and those left
-    empty scored 0, which mmdeploy's backend model drops."""
+    empty scored 0, which mmdeploy's backend model drops. ``decoded``
+    ``deltas`` are boxes already (TOOD's), neither decoded nor clipped."""
     img_shape = batch_img_metas[0]['img_shape']
-    boxes = head.bbox_coder.decode(
-        torch.cat(priors, 1), torch.cat(deltas, 1), max_shape=img_shape)
+    if decoded:
+        boxes = torch.cat(deltas, 1)
+    else:
+        boxes = head.bbox_coder.decode(
+            torch.cat(priors, 1), torch.cat(deltas, 1), max_shape=img_shape)
     k = cfg.max_per_img
     dets, labels = nms_by_class(
         boxes, torch.cat(scores, 1), torch.cat(classes, 1),
@@ -391,6 +401,23 @@ def _sliced(valid: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(valid)
     place = torch.arange(valid.shape[1], device=valid.device)
     return place < valid.sum(1, keepdim=True) + k
+
+
+def _chosen_pairs(score: torch.Tensor, nms_pre: int,
+                  threshold: float) -> tuple:
+    """One level's (prior, class) pairs as mmdet's
+    ``filter_scores_and_topk`` chooses them from their scores (N x pairs):
+    those above ``threshold``, the ``nms_pre`` best (mmdet's slice
+    ``[:nms_pre]`` of the sorted valid pairs where it is 0 or below); the
+    others scored 0. Returns the scores and the pairs' indices."""
+    score = torch.where(score > threshold, score, score.new_zeros(()))
+    pair = torch.arange(score.shape[1], device=score.device)
+    pair = pair[None].expand(score.shape[0], -1)
+    if nms_pre > 0:
+        return _best(nms_pre, score, pair)
+    score, pair = _best(score.shape[1], score, pair)
+    kept = _sliced(score > threshold, nms_pre)
+    return torch.where(kept, score, score.new_zeros(())), pair
 
 
 def _best(k: int, *tensors: torch.Tensor) -> tuple:
@@ -444,13 +471,23 @@ def rpn_head__predict_by_feat(self,
 def _as_base_dense_head(head) -> bool:
     """Whether ``head`` computes its detections from its outputs as
     mmdet's ``BaseDenseHead`` does (RetinaNet, FCOS, ATSS and most of their
-    subclasses; not TOOD), or as mmrest's ``Detectron2RetinaHead``
-    (:func:`_clips_after_nms`)."""
+    subclasses), as TOOD's (:func:`_outputs_boxes`) or as mmrest's
+    ``Detectron2RetinaHead`` (:func:`_clips_after_nms`)."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    single = type(head)._predict_by_feat_single
+    return (single is BaseDenseHead._predict_by_feat_single
+            or _outputs_boxes(head)) and (type(head)._bbox_post_process
+                                          is BaseDenseHead._bbox_post_process
+                                          or _clips_after_nms(head))
+
+
+def _outputs_boxes(head) -> bool:
+    """Whether ``head`` computes its detections as mmdet's TOOD head: its
+    outputs are class probabilities and boxes in units of the level's
+    stride (no sigmoid, no decoding, no clipping)."""
+    from mmdet.models.dense_heads.tood_head import TOODHead
     return type(head)._predict_by_feat_single is \
-        BaseDenseHead._predict_by_feat_single and (
-            type(head)._bbox_post_process is BaseDenseHead._bbox_post_process
-            or _clips_after_nms(head))
+        TOODHead._predict_by_feat_single
 
 
 def _clips_after_nms(head) -> bool:
@@ -488,8 +525,10 @@ def dense_head__predict_by_feat(self,
     out each level's lowest valid pair. A product of score and factor at
     most 1.2e-38 (float32 ``tiny``) is dropped (mmdet keeps it).
 
-    A subclass that computes its detections otherwise (TOOD, whose outputs
-    are probabilities and boxes) keeps mmdeploy's rewrite of
+    TOOD's head (ATSS's subclass, whose outputs are class probabilities
+    and boxes in units of the stride) as mmdet's: the same choice of
+    pairs, without sigmoid, decoding or clipping. Other subclasses that
+    compute their detections otherwise keep mmdeploy's rewrite of
     ``BaseDenseHead``, as before.
 
     Returns:
@@ -510,23 +549,21 @@ def dense_head__predict_by_feat(self,
     c = self.cls_out_channels
     nms_pre = cfg.get('nms_pre', -1)
     threshold = max(float(cfg.get('score_thr', 0)), MIN_SCORE)
+    boxes_out = _outputs_boxes(self)
+    if boxes_out:  # TOOD's: no score factors
+        score_factors = None
     factors = [None] * len(cls_scores) if score_factors is None else [
         f.permute(0, 2, 3, 1).reshape(f.shape[0], -1).sigmoid()
         for f in score_factors
     ]
     all_scores, all_labels, all_deltas, all_priors = [], [], [], []
-    for (score, delta, prior), factor in zip(
-            _levels(self, cls_scores, bbox_preds, with_nms), factors):
-        score = score.sigmoid()
-        score = torch.where(score > threshold, score, score.new_zeros(()))
-        pair = torch.arange(score.shape[1], device=score.device)
-        pair = pair[None].expand(score.shape[0], -1)
-        if nms_pre > 0:
-            score, pair = _best(nms_pre, score, pair)
-        else:  # mmdet slices its sorted valid pairs [:nms_pre]
-            score, pair = _best(score.shape[1], score, pair)
-            kept = _sliced(score > threshold, nms_pre)
-            score = torch.where(kept, score, score.new_zeros(()))
+    for level, ((score, delta, prior), factor) in enumerate(
+            zip(_levels(self, cls_scores, bbox_preds, with_nms), factors)):
+        if boxes_out:  # probabilities, boxes in units of the stride
+            delta = delta * self.prior_generator.strides[level][0]
+        else:
+            score = score.sigmoid()
+        score, pair = _chosen_pairs(score, nms_pre, threshold)
         rows = torch.arange(score.shape[0], device=score.device)[:, None]
         if factor is not None:
             score = score * factor[rows, pair // c]
@@ -534,9 +571,16 @@ def dense_head__predict_by_feat(self,
         all_labels.append(pair % c)
         all_deltas.append(delta[rows, pair // c])
         all_priors.append(prior[rows, pair // c])
-    return _dense_nms(self, all_priors, all_deltas, all_scores, all_labels,
-                      batch_img_metas, cfg,
-                      threshold if score_factors is None else MIN_SCORE)
+    return _dense_nms(
+        self,
+        all_priors,
+        all_deltas,
+        all_scores,
+        all_labels,
+        batch_img_metas,
+        cfg,
+        threshold if score_factors is None else MIN_SCORE,
+        decoded=boxes_out)
 
 
 @_rewrites(

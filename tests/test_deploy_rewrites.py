@@ -523,14 +523,16 @@ def test_centerness_heads_detections_are_mmdets(kind, tmp_path):
     assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
 
 
-def test_tood_keeps_mmdeploys_rewrite():
-    """TOOD's head, an ATSS head whose outputs are probabilities and boxes
-    (its own ``_predict_by_feat_single``), keeps mmdeploy's rewrite of
-    ``BaseDenseHead`` within ``mmdet_post_processing``, as before the
-    rewrite took ATSS's heads."""
+def test_tood_detections_are_mmdets(tmp_path):
+    """TOOD's head, an ATSS head whose outputs are class probabilities and
+    boxes in units of the level's stride (its own
+    ``_predict_by_feat_single``): its detections are mmdet's, eager and in
+    ONNX Runtime, where mmdeploy's rewrite of ``BaseDenseHead`` (which it
+    kept before stop 63) takes the sigmoid of the probabilities and decodes
+    the boxes as deltas."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 
-    from mmrest.deploy_rewrites import _as_base_dense_head
+    from mmrest.deploy_rewrites import _as_base_dense_head, _outputs_boxes
     head = MODELS.build(
         dict(
             type='TOODHead',
@@ -541,23 +543,32 @@ def test_tood_keeps_mmdeploys_rewrite():
             anchor_type='anchor_free',
             **ATSS_PRIORS)).eval()
     head.test_cfg = DENSE_CFG
-    assert not _as_base_dense_head(head)
-    assert _as_base_dense_head(centerness_head('atss'))
+    assert _as_base_dense_head(head) and _outputs_boxes(head)
+    assert not _outputs_boxes(centerness_head('atss'))
     # the premise: TOOD inherits ATSS's predict_by_feat
     assert type(head).predict_by_feat is BaseDenseHead.predict_by_feat
     gen = torch.Generator().manual_seed(5)
     probs, boxes = [], []
     for s in (8, 16, 32, 64, 128):
         h, w = -(-IMG_SHAPE[0] // s), -(-IMG_SHAPE[1] // s)
-        probs.append(torch.rand(1, NUM_CLASSES, h, w, generator=gen))
-        corner = torch.rand(1, 2, h, w, generator=gen) * 100 / s
-        boxes.append(torch.cat([corner, corner + 1], 1))
+        probs.append(torch.rand(2, NUM_CLASSES, h, w, generator=gen))
+        corner = torch.rand(2, 2, h, w, generator=gen) * 100 / s
+        side = torch.rand(2, 2, h, w, generator=gen) * 40 / s
+        boxes.append(torch.cat([corner, corner + side], 1))
+    with torch.no_grad():
+        ref = head.predict_by_feat(
+            probs, boxes, batch_img_metas=metas(2), cfg=DENSE_CFG)
+    assert 50 < len(ref[0]) <= DENSE_CFG.max_per_img
+    assert len(ref[0].labels.unique()) > 10
     dense = DenseHead(head, DENSE_CFG)
-    ours = rewritten(lambda: dense(*probs, *boxes))
-    theirs = rewritten(lambda: dense(*probs, *boxes), mmdet_nms=False)
-    assert ours[0].shape[1] > 10
-    for got, expected in zip(ours, theirs):
-        assert torch.equal(got, expected)
+    outs = probs + boxes
+    theirs = rewritten(lambda: dense(*outs), mmdet_nms=False)
+    with pytest.raises(AssertionError):  # the premise
+        assert_same_as_mmdet(theirs, ref)
+    assert_same_as_mmdet(rewritten(lambda: dense(*outs)), ref, what='eager')
+    run = exported(dense, outs, tmp_path)
+    assert_same_as_mmdet(run(outs), ref, what='ONNX')
+    assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
 
 
 def test_box_head_detections_are_mmdets(tmp_path):

@@ -31,8 +31,8 @@ rewrites run in PyTorch, which the graph should compute
 label map (mmdeploy's backend model) against the PyTorch model's own,
 mmdet's or mmseg's (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The
 command fails if either differs. The RPN's, the box head's, RetinaNet's,
-FCOS's, ATSS's and the cascade's post-processing are mmdet's in the graph
-(:mod:`mmrest.deploy_rewrites`);
+FCOS's, ATSS's, TOOD's and the cascade's post-processing are mmdet's in the
+graph (:mod:`mmrest.deploy_rewrites`);
 with ``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
 detector differ from mmdet's (docs/deployment.md). UperNet's pyramid
 pooling is torch's at every size (mmdeploy's is fixed at the export size).
@@ -89,8 +89,9 @@ def parse_args(argv=None):
         '--mmdeploy-nms',
         action='store_true',
         help='keep mmdeploy\'s own post-processing of the RPN, the box '
-        'head, RetinaNet, FCOS, ATSS and the cascade (one NMS over all FPN '
-        'levels, one box per RoI, candidates by their best class, '
+        'head, RetinaNet, FCOS, ATSS, TOOD and the cascade (one NMS over '
+        'all FPN levels, one box per RoI, candidates by their best class, '
+        'TOOD\'s probabilities and boxes taken for logits and deltas, '
         'class-agnostic cascades only), which is not mmdet\'s; by default '
         'the graph computes mmdet\'s (docs/deployment.md)')
     parser.add_argument('--out', default='deploy', help='output folder')
