@@ -274,6 +274,19 @@ def test_graph_report_leaves_out_mmdeploys_padding():
             graph_report(_graph(scored, [1, 2, 0], masks), unpadded, 100))
 
 
+def stand_in_models(tool, models, monkeypatch, tmp_path):
+    """tools/deploy.py's export and models replaced: ``predict`` answers
+    ``models['pytorch']`` for the PyTorch model, ``models['onnx']`` for
+    ONNX Runtime's."""
+    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
+    monkeypatch.setattr(tool, 'export_detector',
+                        lambda *a: str(tmp_path / 'end2end.onnx'))
+    monkeypatch.setattr(tool, 'make_input', lambda *a:
+                        ({}, torch.zeros(1, 3, 32, 48)))
+    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
+    monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
+
+
 @pytest.mark.parametrize('case,graph_ok,code,says', [
     ('same', True, 0, 'agrees with'),
     ('missing', True, 1, 'difference comes from mmdeploy'),
@@ -303,13 +316,7 @@ def test_tool_exit_code(case, graph_ok, code, says, monkeypatch, capsys,
         extra=InstanceData.cat([ref, ref[:1]]),
         none=ref[:0])[case]
     models = dict(pytorch=ref if case != 'none' else ref[:0], onnx=got)
-    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
-    monkeypatch.setattr(tool, 'export_detector',
-                        lambda *a: str(tmp_path / 'end2end.onnx'))
-    monkeypatch.setattr(tool, 'make_input', lambda *a:
-                        ({}, torch.zeros(1, 3, 32, 48)))
-    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
-    monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
+    stand_in_models(tool, models, monkeypatch, tmp_path)
     assert tool.main(['config.py']) == code
     assert says in capsys.readouterr().out
 
@@ -335,13 +342,7 @@ def test_tool_checks_maskformers_logits_and_panoptic_maps(
     other = ids.clone()
     other[1:3, 2:4] = 0
     models = dict(pytorch=ids, onnx=ids if maps_ok else other)
-    monkeypatch.setattr(tool, 'build_detector', lambda *a: (None, 'pytorch'))
-    monkeypatch.setattr(tool, 'export_detector',
-                        lambda *a: str(tmp_path / 'end2end.onnx'))
-    monkeypatch.setattr(tool, 'make_input', lambda *a:
-                        ({}, torch.zeros(1, 3, 32, 48)))
-    monkeypatch.setattr(tool, 'build_ort_model', lambda *a: 'onnx')
-    monkeypatch.setattr(tool, 'predict', lambda model, data: models[model])
+    stand_in_models(tool, models, monkeypatch, tmp_path)
     assert tool.main(['config.py', '--deploy-cfg', 'panoptic-seg']) == code
     out = capsys.readouterr().out
     assert ('same_shapes True, max_diff_of_scale ' +

@@ -253,16 +253,23 @@ def test_exported_segmentor_computes_mmsegs_logits(head, tmp_path):
                                 str(tmp_path), cfg)
     # named as mmdeploy names it: the deploy config's save_file
     assert onnx_file == str(tmp_path / 'end2end.onnx')
+    assert_logits_at_every_size(model, onnx_file, 5, DEPTH)
+
+
+def assert_logits_at_every_size(model, onnx_file, classes, depth):
+    """The graph's logits at every size of ``SIZES`` (a batch of two at the
+    last) against the float64 segmentor's, as close as the float32 one's
+    with the backbone's literal computation (``depth`` layers)."""
     exact_model = copy.deepcopy(model).double()
     for i, size in enumerate(SIZES):
         inputs = inputs_at(size, n=2 if i == len(SIZES) - 1 else 1, seed=i)
         got, = onnx_outputs(onnx_file, inputs)
         exact = mmseg_logits(exact_model, inputs.double())
-        assert got.shape == exact.shape == (len(inputs), 5, *size)
+        assert got.shape == exact.shape == (len(inputs), classes, *size)
         with kernels.literal():  # the authors' float32 computation
             literal = mmseg_logits(model, inputs)
         assert_float32_close(
-            got, literal, exact, depth=DEPTH, name=f'logits at {size}')
+            got, literal, exact, depth=depth, name=f'logits at {size}')
 
 
 # ResT v2-T's 4 patch embeddings and 11 blocks, and UperNet's 6 layers
@@ -286,16 +293,7 @@ def test_exported_restv2_upernet_computes_mmsegs_logits(tmp_path):
     assert type(model.backbone).__name__ == 'ResTV2'
     onnx_file = export_detector(processor, model, synthetic_image((128, 160)),
                                 str(tmp_path), deploy_cfg)
-    exact_model = copy.deepcopy(model).double()
-    for i, size in enumerate(SIZES):
-        inputs = inputs_at(size, n=2 if i == len(SIZES) - 1 else 1, seed=i)
-        got, = onnx_outputs(onnx_file, inputs)
-        exact = mmseg_logits(exact_model, inputs.double())
-        assert got.shape == exact.shape == (len(inputs), 150, *size)
-        with kernels.literal():
-            literal = mmseg_logits(model, inputs)
-        assert_float32_close(
-            got, literal, exact, depth=V2_DEPTH, name=f'logits at {size}')
+    assert_logits_at_every_size(model, onnx_file, 150, V2_DEPTH)
 
 
 def test_mmdeploys_pooling_is_not_mmsegs():

@@ -490,6 +490,24 @@ BROKEN = dict(
     mask_rcnn='roi_head.mask_head.conv_logits.bias')
 
 
+def broken_copy(onnx_file, pattern, tmp_path):
+    """A copy of ``onnx_file`` in which the initializers whose names match
+    ``pattern`` (at least one) moved by 0.5; its path."""
+    import onnx.numpy_helper
+    proto = onnx.load(onnx_file)
+    biases = [
+        t for t in proto.graph.initializer if re.fullmatch(pattern, t.name)
+    ]
+    assert biases, pattern
+    for bias in biases:
+        bias.CopyFrom(
+            onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
+    broken = str(tmp_path / 'broken.onnx')
+    onnx.save(proto, broken)
+    return broken
+
+
 def check_graph(processor, model, made, onnx_file, tmp_path, reg, opset):
     """tools/deploy.py's first check: the graph's outputs are those of the
     detector with mmdeploy's rewrites, run in PyTorch; not those of a
@@ -497,14 +515,7 @@ def check_graph(processor, model, made, onnx_file, tmp_path, reg, opset):
     row is in both outputs; ``graph_report`` leaves it out. Its mask comes
     from an empty RoI: from opset 16 the same in both, before 16 not, see
     test_roi_align_of_rois_under_a_feature_pixel.)"""
-    import onnx.numpy_helper
-    proto = onnx.load(onnx_file)
-    (bias, ) = [t for t in proto.graph.initializer if t.name == reg]
-    bias.CopyFrom(
-        onnx.numpy_helper.from_array(
-            onnx.numpy_helper.to_array(bias) + 0.5, reg))
-    broken = str(tmp_path / 'broken.onnx')
-    onnx.save(proto, broken)
+    broken = broken_copy(onnx_file, re.escape(reg), tmp_path)
     for data, inputs in made:
         expected = rewritten_outputs(processor, model, data, inputs)
         side = max(inputs.shape[-2:])
@@ -722,6 +733,20 @@ def test_mmdeploy_ops_library_needs_mmdeploy_and_the_file(monkeypatch):
     assert deploy.mmdeploy_ops_library() is None
 
 
+def export_with_mmdeploys_operator(processor, model, image, tmp_path,
+                                   deploy_cfg):
+    """``export_detector``'s file, which holds mmdeploy's ``grid_sampler``
+    and standard operators only; its backend model; a float64 copy of
+    ``model``."""
+    import onnx
+    onnx_file = export_detector(processor, model, image, str(tmp_path),
+                                deploy_cfg)
+    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
+    assert domains == {'', 'mmdeploy'}, domains
+    return (onnx_file, build_ort_model(processor, onnx_file),
+            copy.deepcopy(model).double())
+
+
 # DINO (configs/dino): images large enough for its 900 queries (1343 places
 # of its four levels at 224 x 288), fed as they are and exported at the
 # first; the last decoder layer's classifier is set by :func:`separate`.
@@ -766,13 +791,8 @@ def test_dino_onnxruntime_matches_pytorch(tmp_path, float64_detector):
         separate(last.weight, last.bias,
                  [x[0] for x in inputs_of(last, model, datas)],
                  head.cls_out_channels)
-    onnx_file = export_detector(processor, model, images[0], str(tmp_path),
-                                deploy_cfg)
-    import onnx
-    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
-    assert domains == {'', 'mmdeploy'}, domains
-    ort_model = build_ort_model(processor, onnx_file)
-    exact_model = copy.deepcopy(model).double()
+    onnx_file, ort_model, exact_model = export_with_mmdeploys_operator(
+        processor, model, images[0], tmp_path, deploy_cfg)
     floor = float32_floor(DINO_DEPTH)
 
     def above_threshold(instances):
@@ -822,19 +842,8 @@ def test_dino_onnxruntime_matches_pytorch(tmp_path, float64_detector):
     # threshold (first: the graph's detections are sorted by score), and
     # not a graph whose box regressions' last bias moved by 0.5 (the
     # exporter keeps one of the equal initial ones, under the first name)
-    import onnx.numpy_helper
-    proto = onnx.load(onnx_file)
-    biases = [
-        t for t in proto.graph.initializer
-        if re.fullmatch(r'bbox_head\.reg_branches\.\d+\.4\.bias', t.name)
-    ]
-    assert biases
-    for bias in biases:
-        bias.CopyFrom(
-            onnx.numpy_helper.from_array(
-                onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
-    broken = str(tmp_path / 'broken.onnx')
-    onnx.save(proto, broken)
+    broken = broken_copy(onnx_file, r'bbox_head\.reg_branches\.\d+\.4\.bias',
+                         tmp_path)
     for data, inputs in made:
         expected = rewritten_outputs(processor, model, data, inputs)
         n = int((expected[0][0, :, 4] > SCORE_THR).sum())
@@ -920,18 +929,9 @@ def test_mask2former_onnxruntime_matches_pytorch(tmp_path, float64_detector):
             head.cls_embed.bias, [f[0] for f in feats[calls - 1::calls]],
             head.num_classes + 1,
             background=head.num_classes)
-    onnx_file = export_detector(processor, model, images[0], str(tmp_path),
-                                deploy_cfg)
-    import onnx
-    domains = {node.domain for node in onnx.load(onnx_file).graph.node}
-    assert domains == {'', 'mmdeploy'}, domains
-    ort_model = build_ort_model(processor, onnx_file)
-    exact_model = copy.deepcopy(model).double()
+    onnx_file, ort_model, exact_model = export_with_mmdeploys_operator(
+        processor, model, images[0], tmp_path, deploy_cfg)
     floor = float32_floor(M2F_DEPTH)
-
-    def kept(instances):
-        return sorted_by_class_and_score(
-            instances[instances.scores > M2F_KEPT])
 
     for data, inputs in made:
         where = f'Mask2Former at {tuple(inputs.shape[-2:])}'
@@ -981,15 +981,8 @@ def test_mask2former_onnxruntime_matches_pytorch(tmp_path, float64_detector):
 
     # the graph check of tools/deploy.py, and a graph whose class logits'
     # bias moved by 0.5 fails it
-    import onnx.numpy_helper
-    proto = onnx.load(onnx_file)
-    reg = 'panoptic_head.cls_embed.bias'
-    (bias, ) = [t for t in proto.graph.initializer if t.name == reg]
-    bias.CopyFrom(
-        onnx.numpy_helper.from_array(
-            onnx.numpy_helper.to_array(bias) + 0.5, reg))
-    broken = str(tmp_path / 'broken.onnx')
-    onnx.save(proto, broken)
+    broken = broken_copy(onnx_file, r'panoptic_head\.cls_embed\.bias',
+                         tmp_path)
     for data, inputs in made:
         expected = rewritten_outputs(processor, model, data, inputs)
         report = deploy.logits_graph_report(expected,
