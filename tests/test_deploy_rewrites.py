@@ -427,6 +427,31 @@ def test_retinanet_nms_pre_as_mmdet_reads_it(nms_pre, kept, tmp_path):
     assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
 
 
+@pytest.mark.parametrize('max_per_img', [-3, -1, 0, 1])
+def test_retinanet_max_per_img_as_mmdet_reads_it(max_per_img, tmp_path):
+    """mmdet slices RetinaNet's detections after its NMS ``[:max_per_img]``
+    as the RPN's: 0 keeps none, -k all but the k lowest of each image
+    (images with different numbers of detections), 1 the best; the
+    rewrite, eager and exported, keeps the same."""
+    head = retina_head()
+    cls, reg = retina_outputs()
+    cfg = ConfigDict(RETINA_CFG, max_per_img=max_per_img)
+    with torch.no_grad():
+        ref = head.predict_by_feat(cls, reg, batch_img_metas=metas(2), cfg=cfg)
+        every = head.predict_by_feat(
+            cls,
+            reg,
+            batch_img_metas=metas(2),
+            cfg=ConfigDict(RETINA_CFG, max_per_img=10**6))
+    assert [len(r) for r in ref] == [len(e[:max_per_img]) for e in every]
+    assert len(every[0]) != len(every[1])
+    retina = DenseHead(head, cfg)
+    assert_same_as_mmdet(
+        rewritten(lambda: retina(*cls, *reg)), ref, what='eager')
+    run = exported(retina, cls + reg, tmp_path)
+    assert_same_as_mmdet(run(cls + reg), ref, what='ONNX')
+
+
 def test_retinanet_refuses_softmax_scores():
     """Softmax scores (a RetinaHead trained with cross-entropy) are refused
     by name, not computed as sigmoid scores."""
