@@ -180,12 +180,25 @@ def _onnx_deploy_cfg(opset_version: int, outputs: dict,
         backend_config=dict(type='onnxruntime'))
 
 
+def max_opset() -> int:
+    """The highest opset of this torch's TorchScript ONNX exporter, the one
+    mmdeploy drives: 17 on torch 2.1, 20 on torch 2.13 to 2.15 (above it
+    torch 2.1 warns and writes a graph anyway)."""
+    from torch.onnx import _constants
+    return getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17)
+
+
 def _check_opset(opset_version) -> None:
     if isinstance(opset_version, bool) or not isinstance(
             opset_version, int) or opset_version < MIN_OPSET:
         raise ValueError(f'opset_version must be an integer of at least '
                          f'{MIN_OPSET} (mmdeploy 1.3.1\'s lowest), got '
                          f'{opset_version!r}')
+    if opset_version > max_opset():
+        raise ValueError(
+            f'opset_version {opset_version} is above {max_opset()}, the '
+            f'highest of torch {torch.__version__}\'s TorchScript ONNX '
+            'exporter, which mmdeploy uses')
 
 
 def load_deploy_cfg(deploy_cfg, opset_version: Optional[int] = None):

@@ -60,7 +60,7 @@ from typing import Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
-from mmdeploy.core import FUNCTION_REWRITER
+from mmdeploy.core import FUNCTION_REWRITER, SYMBOLIC_REWRITER
 from mmdeploy.core.rewriters.rewriter_utils import Checker
 from mmdeploy.mmcv.ops.nms import ONNXNMSop
 from mmdet.structures.bbox import get_box_tensor
@@ -191,6 +191,45 @@ def point_head__get_points_test(self, seg_logits: torch.Tensor,
     y = h_step / 2.0 + torch.div(
         indices, w, rounding_mode='floor').float() * h_step
     return indices, torch.stack([x, y], -1)
+
+
+@SYMBOLIC_REWRITER.register_symbolic(
+    'layer_norm',
+    is_pytorch=True,
+    backend='onnxruntime',
+    arg_descriptors=['v', 'is', 'v', 'v', 'f', 'i'])
+def layer_norm__onnxruntime(g, input, normalized_shape, weight, bias, eps,
+                            cudnn_enable):
+    """mmdeploy's symbolic of ``layer_norm`` (two ``ReduceMean``), valid at
+    every opset: from opset 18 ``ReduceMean`` takes its axes as an input,
+    and mmdeploy's, which gives them as an attribute, makes a model that
+    ONNX Runtime refuses ("Unrecognized attribute: axes"); below 18 it is
+    mmdeploy's own."""
+    from mmdeploy.pytorch.symbolics.layer_norm import layer_norm__default
+    from mmdeploy.utils import get_ir_config
+    from torch.onnx import symbolic_helper
+    from torch.onnx.symbolic_opset9 import add, mul, pow, sqrt, sub
+    cfg = SYMBOLIC_REWRITER.get_context('layer_norm').cfg
+    if get_ir_config(cfg).get('opset_version', 11) < 18:
+        return layer_norm__default(g, input, normalized_shape, weight, bias,
+                                   eps, cudnn_enable)
+    axes = g.op(
+        'Constant',
+        value_t=torch.tensor(list(range(-len(normalized_shape), 0))))
+    centred = sub(g, input, g.op('ReduceMean', input, axes, keepdims_i=1))
+    two = symbolic_helper._generate_wrapped_number(g, 2.)
+    variance = g.op('ReduceMean', pow(g, centred, two), axes, keepdims_i=1)
+    out = g.op(
+        'Div', centred,
+        sqrt(
+            g,
+            add(g, variance, symbolic_helper._generate_wrapped_number(g,
+                                                                      eps))))
+    if not (weight is None or symbolic_helper._is_none(weight)):
+        out = mul(g, out, weight)
+    if not (bias is None or symbolic_helper._is_none(bias)):
+        out = add(g, out, bias)
+    return out
 
 
 def pooling_matrix(size, out: int, like: torch.Tensor) -> torch.Tensor:

@@ -447,6 +447,12 @@ def test_tool_opset(monkeypatch, capsys):
         tool.main(['config.py', '--opset', '10'])
     assert exc.value.code == 2 and not seen
     assert '--opset must be at least 11' in capsys.readouterr().err
+    from mmrest.deploy import max_opset
+    with pytest.raises(SystemExit) as exc:
+        tool.main(['config.py', '--opset', str(max_opset() + 1)])
+    assert exc.value.code == 2 and not seen
+    assert f'--opset must be at most {max_opset()}' in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize('opset', [10, True, 11.0, '16', None])
@@ -464,6 +470,28 @@ def test_load_deploy_cfg_checks_the_opset(opset):
         with pytest.raises(ValueError, match=f'at least 11.*got {opset!r}'):
             load_deploy_cfg(given, opset)
     assert given == ort_deploy_cfg('detection')
+
+
+def test_opsets_above_torchs_exporter_are_refused(monkeypatch):
+    """Above the highest opset of torch's TorchScript exporter (torch 2.1
+    warns and writes a graph anyway), refused by value; torch 2.1's is 17,
+    torch 2.13's to 2.15's 20."""
+    from torch.onnx import _constants
+
+    from mmrest.deploy import load_deploy_cfg, max_opset, ort_deploy_cfg
+    from mmrest.utils.torch_compat import torch_version
+    assert max_opset() == (17 if torch_version() < (2, 2) else 20)
+    top = max_opset()
+    assert ort_deploy_cfg('detection',
+                          top)['onnx_config']['opset_version'] == top
+    with pytest.raises(ValueError, match=f'{top + 1} is above {top}'):
+        load_deploy_cfg('detection', top + 1)
+    monkeypatch.setattr(
+        _constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17, raising=False)
+    with pytest.raises(ValueError, match='18 is above 17'):
+        ort_deploy_cfg('detection', 18)
+    monkeypatch.delattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET')
+    assert max_opset() == 17
 
 
 def _mmdeploy_onnx_config(output_names, dynamic_axes):

@@ -119,6 +119,11 @@ def parse_args(argv=None):
     if args.opset is not None and args.opset < MIN_OPSET:
         parser.error(f'--opset must be at least {MIN_OPSET} (mmdeploy '
                      f'1.3.1\'s lowest), got {args.opset}')
+    from mmrest.deploy import max_opset  # torch's, after the lower bound
+    if args.opset is not None and args.opset > max_opset():
+        parser.error(f'--opset must be at most {max_opset()} (the highest '
+                     'of this torch\'s TorchScript ONNX exporter), got '
+                     f'{args.opset}')
     return args
 
 
