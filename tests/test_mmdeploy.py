@@ -56,10 +56,21 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
     # faster-rcnn_r50_fpn plus the mask RoI extractor and head)
     # FCOS likewise: the RetinaNet config with mmdet's FCOS head (its
     # fcos_r50-caffe_fpn_gn-head base: 4 stacked convs, GroupNorm)
-    source = dict(faster_rcnn='mask_rcnn', fcos='retinanet').get(name, name)
+    # The authors' converted RetinaNet (retinanet_d2: its _d2 config, the
+    # detectron2 head that clips after the NMS, out_norms_feed_next_stage)
+    # with ResT-Lite for ResT-Small (the same widths, fewer blocks)
+    source = dict(
+        faster_rcnn='mask_rcnn', fcos='retinanet',
+        retinanet_d2='retinanet').get(name, name)
     algorithm = source.replace('_', '-')  # mask_rcnn -> mask-rcnn
-    cfg = Config.fromfile(
-        str(CONFIGS / source / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
+    if name == 'retinanet_d2':
+        cfg = Config.fromfile(
+            str(CONFIGS / source /
+                f'{algorithm}_rest-small_fpn_1x_coco_d2.py'))
+        cfg.model.backbone.arch = backbone.split('-')[1]
+    else:
+        cfg = Config.fromfile(
+            str(CONFIGS / source / f'{algorithm}_{backbone}_fpn_1x_coco.py'))
     for t in cfg.test_pipeline:
         if t['type'] == 'Resize':
             t['scale'] = SCALE
@@ -174,9 +185,9 @@ def widest_gap(logits, mine, ranks=64):
 def set_classifiers(name, model, datas):
     """Make a few boxes per class clearly win (see :func:`separate`)."""
     with torch.no_grad():
-        if name in ('retinanet', 'fcos'):
+        if name in ('retinanet', 'retinanet_d2', 'fcos'):
             head = model.bbox_head
-            conv = head.retina_cls if name == 'retinanet' else head.conv_cls
+            conv = head.conv_cls if name == 'fcos' else head.retina_cls
             if name == 'fcos':
                 # centerness 1 everywhere (sigmoid(30)): scores are the
                 # classifier's, whose gaps to the threshold decide (the
@@ -405,6 +416,7 @@ def test_deploy_cfg_errors():
     ('fcos', 'rest-lite', 11),
     ('mask_rcnn', 'rest-lite', 18),
     ('retinanet', 'restv2-tiny', 20),
+    ('retinanet_d2', 'rest-lite', 11),
 ])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
                                               float64_detector):
@@ -491,6 +503,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
 #: R-CNN).
 BROKEN = dict(
     retinanet='bbox_head.retina_reg.bias',
+    retinanet_d2='bbox_head.retina_reg.bias',
     fcos='bbox_head.conv_reg.bias',
     faster_rcnn='roi_head.bbox_head.fc_reg.bias',
     mask_rcnn='roi_head.mask_head.conv_logits.bias')
