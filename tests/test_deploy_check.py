@@ -346,7 +346,7 @@ def test_tool_checks_maskformers_logits_and_panoptic_maps(
     assert tool.main(['config.py', '--deploy-cfg', 'panoptic-seg']) == code
     out = capsys.readouterr().out
     assert ('same_shapes True, max_diff_of_scale ' +
-            ('0' if graph_ok else '0.05')) in out
+            ('0\n' if graph_ok else '0.05\n')) in out
     assert ('agrees with' if maps_ok else 'DIFFERS FROM') + \
         ' the PyTorch detector' in out
     assert 'mmseg' not in out
