@@ -382,25 +382,19 @@ def _levels(head, cls_scores: List[torch.Tensor],
                prior[None].expand(n, -1, -1))
 
 
-def _dense_nms(head,
-               priors: List[torch.Tensor],
-               deltas: List[torch.Tensor],
-               scores: List[torch.Tensor],
-               classes: List[torch.Tensor],
-               batch_img_metas: List[dict],
-               cfg,
-               threshold: float,
-               decoded: bool = False) -> tuple:
+def _dense_nms(head, priors: List[torch.Tensor], deltas: List[torch.Tensor],
+               scores: List[torch.Tensor], classes: List[torch.Tensor],
+               batch_img_metas: List[dict], cfg, threshold: float) -> tuple:
     """A dense head's end, as mmdet's ``_bbox_post_process``: the
     candidates of all levels decoded and clipped to the image, boxes not
     wider and higher than ``min_bbox_size`` left out, :func:`nms_by_class`
     with ``cfg``'s NMS, its boxes sliced ``[:max_per_img]`` (0 keeps none,
     -k all but the k lowest). A ``Detectron2RetinaHead``'s boxes are
     clipped after the NMS instead (its coder does not clip), and those left
-    empty scored 0, which mmdeploy's backend model drops. ``decoded``
-    ``deltas`` are boxes already (TOOD's), neither decoded nor clipped."""
+    empty scored 0, which mmdeploy's backend model drops. TOOD's
+    ``deltas`` are boxes already, neither decoded nor clipped."""
     img_shape = batch_img_metas[0]['img_shape']
-    if decoded:
+    if _outputs_boxes(head):
         boxes = torch.cat(deltas, 1)
     else:
         boxes = head.bbox_coder.decode(
@@ -610,16 +604,9 @@ def dense_head__predict_by_feat(self,
         all_labels.append(pair % c)
         all_deltas.append(delta[rows, pair // c])
         all_priors.append(prior[rows, pair // c])
-    return _dense_nms(
-        self,
-        all_priors,
-        all_deltas,
-        all_scores,
-        all_labels,
-        batch_img_metas,
-        cfg,
-        threshold if score_factors is None else MIN_SCORE,
-        decoded=boxes_out)
+    return _dense_nms(self, all_priors, all_deltas, all_scores, all_labels,
+                      batch_img_metas, cfg,
+                      threshold if score_factors is None else MIN_SCORE)
 
 
 @_rewrites(

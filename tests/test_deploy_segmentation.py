@@ -94,22 +94,21 @@ class Pyramid(torch.nn.Module):
         return tuple(pool(x) for pool in self.pools)
 
 
-def export_pyramid(tmp_path, exact: bool):
-    """``Pyramid`` exported by mmdeploy at a 16 x 16 map with dynamic
-    sizes; a function running it in ONNX Runtime."""
+def export_module(module, example, prefix, output_names, switch):
+    """``module`` exported by mmdeploy (the segmentation deploy config,
+    opset 11) at ``example``, with dynamic batch, height and width, within
+    the rewrite switch ``switch``; a function running the file in ONNX
+    Runtime."""
     from mmdeploy.apis.onnx import export
-    names = ['p1', 'p2', 'p3', 'p6']
-    prefix = str(tmp_path / f'pyramid{int(exact)}')
-    with torch.no_grad(), mmdeploy_torch_shims(), \
-            exact_adaptive_pooling(exact):
+    with torch.no_grad(), mmdeploy_torch_shims(), switch:
         export(
-            Pyramid(),
-            torch.randn(1, 4, 16, 16),
+            module,
+            example,
             prefix,
             backend='onnxruntime',
             context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
             input_names=['x'],
-            output_names=names,
+            output_names=output_names,
             opset_version=11,
             dynamic_axes={'x': {
                 0: 'batch',
@@ -117,6 +116,15 @@ def export_pyramid(tmp_path, exact: bool):
                 3: 'width'
             }})
     return functools.partial(onnx_outputs, prefix + '.onnx')
+
+
+def export_pyramid(tmp_path, exact: bool):
+    """``Pyramid`` exported by mmdeploy at a 16 x 16 map with dynamic
+    sizes; a function running it in ONNX Runtime."""
+    return export_module(Pyramid(), torch.randn(1, 4, 16, 16),
+                         str(tmp_path / f'pyramid{int(exact)}'),
+                         ['p1', 'p2', 'p3', 'p6'],
+                         exact_adaptive_pooling(exact))
 
 
 def test_exported_pooling_is_torchs_at_every_size(tmp_path):
@@ -409,30 +417,16 @@ def test_pointrend_points_are_mmsegs_at_every_size(exact, tmp_path):
     own, whose ``min(h * w, points)`` the trace fixes, every place is
     taken beyond 60 (the premise). Random logits: no two places' uncertainty
     ties."""
-    from mmdeploy.apis.onnx import export
     torch.manual_seed(0)
     module = PointsTest().eval()
-    prefix = str(tmp_path / 'points')
-    with torch.no_grad(), mmdeploy_torch_shims(), exact_upsampling(exact):
-        export(
-            module,
-            torch.randn(1, 3, 6, 8),
-            prefix,
-            backend='onnxruntime',
-            context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
-            input_names=['logits'],
-            output_names=['indices', 'points'],
-            opset_version=11,
-            dynamic_axes={'logits': {
-                0: 'batch',
-                2: 'height',
-                3: 'width'
-            }})
+    run = export_module(module, torch.randn(1, 3, 6, 8),
+                        str(tmp_path / 'points'), ['indices', 'points'],
+                        exact_upsampling(exact))
     for h, w in [(6, 8), (7, 7), (6, 10), (1, 61), (10, 13)]:
         logits = torch.randn(2, 3, h, w)
         with torch.no_grad():
             indices, points = module(logits)
-        got_indices, got_points = onnx_outputs(prefix + '.onnx', logits)
+        got_indices, got_points = run(logits)
         assert indices.shape[1] == min(h * w, POINTS)
         if not exact and h * w > POINTS:
             assert got_indices.shape[1] == h * w  # the premise

@@ -254,6 +254,36 @@ def relative_errors(got, eager, exact):
             ((eager.double() - exact).norm() / norm).item())
 
 
+def assert_same_detections(got, eager, exact, floor, where):
+    """ONNX Runtime's detections (``got``) are the float64 detector's
+    (``exact``) as closely as the eager float32 detector's (``eager``),
+    all sorted by class and score: the premise first, a few detections
+    whose scores lie far apart (and from the threshold) for the rounding,
+    then the same labels, and scores and boxes within the float32 rule
+    (``floor``: :func:`float32_floor` of the detector's depth)."""
+    n = len(exact)
+    assert 2 <= n < 50, f'{where}: {n} detections'
+    assert len(eager) == n, f'{where}: float32 {len(eager)}, float64 {n}'
+    rounding = (eager.scores.double() - exact.scores).abs().max()
+    # (NMS and the threshold compare scores of one class only)
+    same = exact.labels[:-1] == exact.labels[1:]
+    gaps = torch.cat([(exact.scores[:-1] - exact.scores[1:])[same],
+                      exact.scores - SCORE_THR])
+    assert gaps.min() > SEPARATION * rounding, (
+        f'{where}: scores {exact.scores} too close for rounding '
+        f'{rounding:.2g}')
+    assert len(got) == n, f'{where}: ONNX {len(got)}, PyTorch {n}'
+    assert torch.equal(got.labels, exact.labels), where
+    assert torch.equal(eager.labels, exact.labels), where
+    for key in ('scores', 'bboxes'):
+        err, err_eager = relative_errors(got[key], eager[key], exact[key])
+        bound = ERROR_FACTOR * err_eager + floor
+        assert err <= bound, (
+            f'{where}: {key} off by {err:.3g} relative to float64, more '
+            f'than {ERROR_FACTOR} x the eager float32 error '
+            f'{err_eager:.3g} + {floor:.3g}')
+
+
 def test_shims_are_scoped():
     import torch.onnx.symbolic_opset9 as opset9
     export = torch.onnx.export
@@ -456,29 +486,8 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
             predict(exact_model, dict(data, inputs=data['inputs'].double())))
         got = sorted_by_class_and_score(predict(ort_model, data))
         where = f'{name} {backbone} at {tuple(inputs.shape[-2:])}'
-        # the premise: a few detections with scores far apart
+        assert_same_detections(got, eager, exact, floor, where)
         n = len(exact)
-        assert 2 <= n < 50, f'{where}: {n} detections'
-        assert len(eager) == n, f'{where}: float32 {len(eager)}, float64 {n}'
-        rounding = (eager.scores.double() - exact.scores).abs().max()
-        # (NMS and the threshold compare scores of one class only)
-        same = exact.labels[:-1] == exact.labels[1:]
-        gaps = torch.cat([(exact.scores[:-1] - exact.scores[1:])[same],
-                          exact.scores - SCORE_THR])
-        assert gaps.min() > SEPARATION * rounding, (
-            f'{where}: scores {exact.scores} too close for rounding '
-            f'{rounding:.2g}')
-        # the same detections
-        assert len(got) == n, f'{where}: ONNX {len(got)}, PyTorch {n}'
-        assert torch.equal(got.labels, exact.labels), where
-        assert torch.equal(eager.labels, exact.labels), where
-        for key in ('scores', 'bboxes'):
-            err, err_eager = relative_errors(got[key], eager[key], exact[key])
-            bound = ERROR_FACTOR * err_eager + floor
-            assert err <= bound, (
-                f'{where}: {key} off by {err:.3g} relative to float64, more '
-                f'than {ERROR_FACTOR} x the eager float32 error '
-                f'{err_eager:.3g} + {floor:.3g}')
         if name == 'mask_rcnn':
             ref = exact.masks.bool()
             # (random mask heads: most masks, not all, have pixels)
@@ -841,21 +850,7 @@ def test_dino_onnxruntime_matches_pytorch(tmp_path, float64_detector):
         assert best[queries - 1] - best[queries] > SEPARATION * rounding, (
             f'{where}: the {queries}th and next places within rounding')
         got = above_threshold(predict(ort_model, data))
-        n = len(exact)
-        assert 2 <= n < 50, f'{where}: {n} detections'
-        assert len(eager) == len(got) == n, (where, len(eager), len(got))
-        rounding = (eager.scores.double() - exact.scores).abs().max()
-        same = exact.labels[:-1] == exact.labels[1:]
-        gaps = torch.cat([(exact.scores[:-1] - exact.scores[1:])[same],
-                          exact.scores - SCORE_THR])
-        assert gaps.min() > SEPARATION * rounding, where
-        assert torch.equal(got.labels, exact.labels), where
-        assert torch.equal(eager.labels, exact.labels), where
-        for key in ('scores', 'bboxes'):
-            err, err_eager = relative_errors(got[key], eager[key], exact[key])
-            assert err <= ERROR_FACTOR * err_eager + floor, (
-                f'{where}: {key} off by {err:.3g} relative to float64 '
-                f'(eager float32 {err_eager:.3g})')
+        assert_same_detections(got, eager, exact, floor, where)
 
     # the graph against mmdeploy's rewritten model: the rows above the
     # threshold (first: the graph's detections are sorted by score), and
