@@ -375,8 +375,7 @@ def export_detector(task_processor,
     from mmdeploy.apis.onnx import export
     from mmdeploy.utils import get_backend, get_dynamic_axes, get_onnx_config
 
-    from .deploy_rewrites import (exact_adaptive_pooling, exact_upsampling,
-                                  mmdet_post_processing)
+    from .deploy_rewrites import mmrest_rewrites
     deploy_cfg = load_deploy_cfg(deploy_cfg)
     onnx_cfg = get_onnx_config(deploy_cfg)
     os.makedirs(out_dir, exist_ok=True)
@@ -387,8 +386,7 @@ def export_detector(task_processor,
     names = onnx_cfg['input_names'] + onnx_cfg['output_names']
     had_forward = 'forward' in model.__dict__
     try:
-        with mmdeploy_torch_shims(), no_mp(), exact_adaptive_pooling(), \
-                exact_upsampling(), mmdet_post_processing(mmdet_nms):
+        with mmdeploy_torch_shims(), no_mp(), mmrest_rewrites(mmdet_nms):
             export(
                 model,
                 inputs,
@@ -521,15 +519,13 @@ def _rewriting(cfg, mmdet_nms: bool = True) -> Iterator[None]:
     from mmdeploy.utils import get_backend, get_ir_config
 
     from .backbones import kernels
-    from .deploy_rewrites import (exact_adaptive_pooling, exact_upsampling,
-                                  mmdet_post_processing)
+    from .deploy_rewrites import mmrest_rewrites
 
     # the backbones' literal computation (the same formulas): their fast
     # path's SDPA call would meet mmdeploy's rewrite of SDPA, which divides
     # by the scale (the export writes the formula out instead)
     with torch.no_grad(), kernels.literal(), mmdeploy_torch_shims(), \
-            exact_adaptive_pooling(), exact_upsampling(), \
-            mmdet_post_processing(mmdet_nms), RewriterContext(
+            mmrest_rewrites(mmdet_nms), RewriterContext(
                 cfg=cfg,
                 backend=get_backend(cfg).value,
                 opset=get_ir_config(cfg).get('opset_version', 11)):

@@ -51,6 +51,15 @@ upsampled to the traced size and then resized, wrong. Within
 :func:`point_head__get_points_test` PointRend's number of points (mmseg's
 ``min(h * w, subdivision_num_points)``, likewise a Python choice).
 
+And mmdeploy cannot export TOOD's head: its symbolic of mmcv's deformable
+convolution (the head's ``deform_sampling``) fails, and the export of
+mmdet's autograd function for the geometric mean of two sigmoids fails
+within mmdeploy's (``Dangling node reference``). Within
+:func:`exportable_tood` (always on in :mod:`mmrest.deploy`),
+:func:`deform_sampling` computes mmcv's sampling with plain gathers and
+:func:`tood_head__sigmoid_geometric_mean` the function's forward.
+:func:`mmrest_rewrites` turns all of them on.
+
 Outside the ``with`` blocks mmdeploy's own rewrites apply: the switches are
 rewriter checkers, read when mmdeploy's ``RewriterContext`` starts.
 """
@@ -76,13 +85,13 @@ MIN_SCORE = torch.finfo(torch.float32).tiny
 #: takes at most the rows there are).
 EVERY = 2**31 - 1
 
-_SWITCH = {'mmdet': False, 'pooling': False, 'upsample': False}
+_SWITCH = {'mmdet': False, 'pooling': False, 'upsample': False, 'tood': False}
 
 
 class _Switched(Checker):
     """A rewriter checker that holds while the switch ``key`` is on
     (:func:`mmdet_post_processing`, :func:`exact_adaptive_pooling`,
-    :func:`exact_upsampling`)."""
+    :func:`exact_upsampling`, :func:`exportable_tood`)."""
 
     def __init__(self, key: str):
         self.key = key
@@ -139,6 +148,34 @@ def exact_upsampling(enabled: bool = True):
     """
     return _switch('upsample', enabled
                    and importlib.util.find_spec('mmseg') is not None)
+
+
+def exportable_tood(enabled: bool = True):
+    """Within the block, mmdeploy rewrites for ONNX Runtime started compute
+    TOOD's head with :func:`tood_head__deform_sampling` and
+    :func:`tood_head__sigmoid_geometric_mean`, which mmdeploy can export.
+
+    Args:
+        enabled (bool): False leaves mmdet's: mmcv's deformable convolution,
+            whose export for ONNX Runtime fails in mmdeploy, and an autograd
+            function, whose export fails within mmdeploy's
+            (``Dangling node reference``).
+    """
+    return _switch('tood', enabled)
+
+
+@contextlib.contextmanager
+def mmrest_rewrites(mmdet_nms: bool = True) -> Iterator[None]:
+    """All of mmrest's rewrites: :func:`exact_adaptive_pooling`,
+    :func:`exact_upsampling`, :func:`exportable_tood` and, unless
+    ``mmdet_nms`` is False, :func:`mmdet_post_processing`.
+
+    Args:
+        mmdet_nms (bool): False keeps mmdeploy's post-processing.
+    """
+    with exact_adaptive_pooling(), exact_upsampling(), \
+            exportable_tood(), mmdet_post_processing(mmdet_nms):
+        yield
 
 
 def scaled_size(size, factor: float):
@@ -279,6 +316,68 @@ def adaptive_avg_pool2d__onnxruntime(input: torch.Tensor, output_size):
     if tuple(_pair(output_size)) == (1, 1):
         return FUNCTION_REWRITER.get_context().origin_func(input, output_size)
     return adaptive_avg_pool2d(input, output_size)
+
+
+def deform_sampling(feat: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """mmcv's ``deform_conv2d`` of ``feat`` with a 1 x 1 kernel of ones, one
+    group and one deformable group per channel (mmdet's
+    ``TOODHead.deform_sampling``): each channel's map sampled bilinearly at
+    each pixel moved by its own offset, zero outside the map. Computed as
+    mmcv computes it (the place ``y + dy``, ``x + dx``; each of the four
+    neighbours weighted by ``(1 - |y - y_i|) (1 - |x - x_i|)``, zero where
+    it lies outside), with plain gathers: traceable to ONNX at any opset
+    without custom operators.
+
+    Args:
+        feat (Tensor): N x C x H x W.
+        offset (Tensor): N x 2C x H x W, the offsets ``(dy, dx)`` of channel
+            ``c`` at ``2c`` and ``2c + 1``, mmcv's layout.
+    """
+    n, c, h, w = feat.shape
+    if not torch.jit.is_tracing() and offset.shape != (n, 2 * c, h, w):
+        raise ValueError(f'deform_sampling takes offsets of shape '
+                         f'{(n, 2 * c, h, w)} for features of shape '
+                         f'{tuple(feat.shape)}, got {tuple(offset.shape)}')
+    ys = offset[:, 0::2] + torch.arange(
+        h, dtype=feat.dtype, device=feat.device)[:, None]
+    xs = offset[:, 1::2] + torch.arange(
+        w, dtype=feat.dtype, device=feat.device)
+    flat = feat.flatten(2)
+    out, zero = torch.zeros_like(feat), feat.new_zeros(())
+    for y in (ys.floor(), ys.floor() + 1):
+        for x in (xs.floor(), xs.floor() + 1):
+            inside = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
+            index = y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
+            value = flat.gather(2, index.long().flatten(2)).view_as(feat)
+            weight = (1 - (ys - y).abs()) * (1 - (xs - x).abs())
+            out = out + torch.where(inside, weight * value, zero)
+    return out
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.dense_heads.tood_head.TOODHead.deform_sampling',
+    backend='onnxruntime',
+    extra_checkers=[_Switched('tood')])
+def tood_head__deform_sampling(self, feat: torch.Tensor,
+                               offset: torch.Tensor) -> torch.Tensor:
+    """mmdet's ``TOODHead.deform_sampling`` within :func:`exportable_tood`:
+    :func:`deform_sampling` (mmdeploy's symbolic of mmcv's deformable
+    convolution fails on TOOD's integer padding, and the operator it writes
+    is not in mmdeploy's ONNX Runtime library)."""
+    return deform_sampling(feat, offset)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.dense_heads.tood_head.sigmoid_geometric_mean',
+    backend='onnxruntime',
+    extra_checkers=[_Switched('tood')])
+def tood_head__sigmoid_geometric_mean(x: torch.Tensor,
+                                      y: torch.Tensor) -> torch.Tensor:
+    """mmdet's ``sigmoid_geometric_mean`` in TOOD's head within
+    :func:`exportable_tood`: the forward of mmdet's autograd function
+    (``sqrt(sigmoid(x) sigmoid(y))``), without the function, whose export
+    fails within mmdeploy's (``Dangling node reference``)."""
+    return (x.sigmoid() * y.sigmoid()).sqrt()
 
 
 def nms_by_class(boxes: torch.Tensor, scores: torch.Tensor,

@@ -10,13 +10,14 @@ suppress each other's proposals, classes with their own boxes), and the
 rewrites must give mmdet's boxes and scores, to float32 rounding, in
 mmdet's order.
 """
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _helpers import RETINANET_ANCHORS
+from _helpers import ERROR_FACTOR, RETINANET_ANCHORS, float32_floor
 from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
@@ -594,6 +595,104 @@ def test_tood_detections_are_mmdets(tmp_path):
     run = exported(dense, outs, tmp_path)
     assert_same_as_mmdet(run(outs), ref, what='ONNX')
     assert_same_as_mmdet(run([x[1:] for x in outs]), ref[1:], what='ONNX')
+
+
+def bilinear_at(plane, y: float, x: float) -> float:
+    """``plane`` (a list of rows) sampled at ``(y, x)`` as mmcv's deformable
+    convolution samples: zero unless -1 < y < h and -1 < x < w, else its
+    four neighbours weighted bilinearly, those outside the plane zero."""
+    h, w = len(plane), len(plane[0])
+    if not (-1 < y < h and -1 < x < w):
+        return 0.
+    y0, x0 = math.floor(y), math.floor(x)
+    total = 0.
+    for yi, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xi, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= yi < h and 0 <= xi < w:
+                total += wy * wx * plane[yi][xi]
+    return total
+
+
+def sampling_case(dtype=torch.float64, shape=(2, 3, 5, 7), seed=0):
+    """Features and TOOD-like offsets (dy, dx per channel): random, up to 4
+    pixels, and places on and around the borders and on the grid."""
+    n, c, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    feat = torch.randn(shape, generator=gen, dtype=dtype)
+    offset = (torch.rand(n, 2 * c, h, w, generator=gen, dtype=dtype) - .5) * 8
+    offset[0, 0:2, 0, 0] = torch.tensor([-1., -1.])  # exactly (-1, -1)
+    offset[0, 2:4, 0, 0] = torch.tensor([-.5, -.25])  # one neighbour inside
+    offset[1, 0:2, h - 1, w - 1] = torch.tensor([.5, 1.])  # x = w: outside
+    offset[1, 2:4, 2, 3] = torch.tensor([2., -3.])  # on the grid
+    offset[1, 4:6, 1, 1] = torch.tensor([-1.75, 1e-3])  # y just above -1
+    return feat, offset
+
+
+def test_deform_sampling_is_mmcvs(tmp_path):
+    """TOOD's deformable sampling as :func:`deform_sampling` computes it
+    (plain gathers, the graph's) is the bilinear sampling that mmcv's
+    deformable convolution computes with TOOD's arguments (a 1 x 1 kernel
+    of ones, one group and one deformable group per channel), in float64:
+    against that sampling written out place by place and, where mmcv's
+    compiled operator exists, the operator itself; and exported alone with
+    dynamic sizes, as eager at another size."""
+    from mmrest.deploy_rewrites import deform_sampling
+    feat, offset = sampling_case()
+    n, c, h, w = feat.shape
+    got = deform_sampling(feat, offset)
+    expected = torch.tensor([[[[
+        bilinear_at(feat[b, k].tolist(), i + offset[b, 2 * k, i, j].item(),
+                    j + offset[b, 2 * k + 1, i, j].item()) for j in range(w)
+    ] for i in range(h)] for k in range(c)] for b in range(n)],
+                            dtype=torch.float64)
+    assert (expected == 0).float().mean() < 0.5  # most places inside
+    assert expected[0, 0, 0, 0] == 0 and expected[1, 0, h - 1, w - 1] == 0
+    assert expected[1, 1, 2, 3] == feat[1, 1, 4, 0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+    try:
+        from mmcv.ops import deform_conv2d
+        ones = feat.new_ones(c, 1, 1, 1)
+        mmcv = deform_conv2d(feat, offset, ones, 1, 0, 1, c, c)
+    except (ImportError, NotImplementedError):  # mmcv without its ops
+        mmcv = None
+    if mmcv is not None:
+        torch.testing.assert_close(mmcv, expected, rtol=0, atol=1e-14)
+
+    class Sampling(torch.nn.Module):
+
+        def forward(self, feat, offset):
+            return deform_sampling(feat, offset)
+
+    import onnxruntime
+    small = sampling_case(torch.float32, (2, 3, 4, 6), seed=1)
+    path = str(tmp_path / 'sampling.onnx')
+    axes = {k: {0: 'n', 2: 'h', 3: 'w'} for k in ('feat', 'offset')}
+    with torch.no_grad(), mmdeploy_torch_shims():
+        torch.onnx.export(
+            Sampling(),
+            tuple(small),
+            path,
+            input_names=['feat', 'offset'],
+            opset_version=11,
+            dynamic_axes=axes)
+    session = onnxruntime.InferenceSession(
+        path, providers=['CPUExecutionProvider'])
+    feat32, offset32 = feat.float(), offset.float()
+    out = session.run(None, dict(feat=feat32.numpy(),
+                                 offset=offset32.numpy()))[0]
+    # relative to the largest value; the floor: sums of 4 products
+    size = expected.abs().max()
+    err = (torch.from_numpy(out).double() - expected).abs().max() / size
+    err_eager = (deform_sampling(feat32, offset32).double() -
+                 expected).abs().max() / size
+    bound = ERROR_FACTOR * err_eager + float32_floor(terms=4)
+    assert err <= bound, f'ONNX off by {err:.3g}, eager {err_eager:.3g}'
+
+
+def test_deform_sampling_names_wrong_offsets():
+    from mmrest.deploy_rewrites import deform_sampling
+    with pytest.raises(ValueError, match=r'offsets of shape \(1, 4, 3, 3\)'):
+        deform_sampling(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3))
 
 
 def test_box_head_detections_are_mmdets(tmp_path):

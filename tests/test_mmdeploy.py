@@ -48,6 +48,13 @@ SEPARATION = 10
 # and 8 blocks, ResT v2-T: 4 and 11; FPN: 2; head: up to 5 convolutions or
 # 2 fc + 4 mask convs): set the float32 floor, see _helpers.float32_floor.
 DEPTH = {'rest-lite': 20, 'restv2-tiny': 23}
+# TOOD's head: 6 stacked convolutions, the layer attention's 2 and the
+# reduction, then the box regression or the offsets' 2 (a RetinaNet's: 5)
+DEEPER = {'tood': 6}
+# The weights' seed: with seed 0, TOOD's second image has a score gap only
+# 3.6x the eager float32 rounding, under the premise's SEPARATION (seeds 1
+# to 5: 8.5x to 127x; stop 64)
+SEEDS = {'tood': 1}
 
 
 def model_config(name: str, backbone: str = 'rest-lite') -> Config:
@@ -59,9 +66,13 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
     # The authors' converted RetinaNet (retinanet_d2: its _d2 config, the
     # detectron2 head that clips after the NMS, out_norms_feed_next_stage)
     # with ResT-Lite for ResT-Small (the same widths, fewer blocks)
+    # TOOD: the RetinaNet config as mmdet's TOOD detector (tood_r50_fpn_1x:
+    # its head, 6 stacked convs, and its train and test settings)
     source = dict(
-        faster_rcnn='mask_rcnn', fcos='retinanet',
-        retinanet_d2='retinanet').get(name, name)
+        faster_rcnn='mask_rcnn',
+        fcos='retinanet',
+        retinanet_d2='retinanet',
+        tood='retinanet').get(name, name)
     algorithm = source.replace('_', '-')  # mask_rcnn -> mask-rcnn
     if name == 'retinanet_d2':
         cfg = Config.fromfile(
@@ -83,6 +94,11 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
             feat_channels=256,
             strides=[8, 16, 32, 64, 128],
             norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))
+    if name == 'tood':
+        from mmengine.hub import get_config
+        tood = get_config('mmdet::tood/tood_r50_fpn_1x_coco.py').model
+        for key in ('type', 'bbox_head', 'train_cfg', 'test_cfg'):
+            cfg.model[key] = tood[key]
     if name == 'faster_rcnn':
         cfg.model.roi_head.mask_roi_extractor = None
         cfg.model.roi_head.mask_head = None
@@ -101,6 +117,17 @@ def model_config(name: str, backbone: str = 'rest-lite') -> Config:
     return cfg
 
 
+def skip_without_deform_conv():
+    """Skip where mmcv has no compiled deformable convolution (the oldest
+    stack's mmcv without ops; TOOD's head calls it)."""
+    try:
+        from mmcv.ops import deform_conv2d
+        x = torch.zeros(1, 1, 2, 2)
+        deform_conv2d(x, torch.zeros(1, 2, 2, 2), torch.ones(1, 1, 1, 1))
+    except (ImportError, NotImplementedError) as e:
+        pytest.skip(f'mmcv without its deformable convolution: {e}')
+
+
 def inputs_of(module, model, datas):
     """The inputs of ``module`` (one per call) in eager runs on ``datas``."""
     inputs = []
@@ -114,7 +141,12 @@ def inputs_of(module, model, datas):
     return inputs
 
 
-def separate(weight, bias, feats, num_classes, background=None):
+def separate(weight,
+             bias,
+             feats,
+             num_classes,
+             background=None,
+             threshold=SCORE_THR):
     """Set the classes ``WINNERS`` of a classifier so that on the test images
     a few boxes of each score above the threshold, with gaps far larger
     than rounding, and the rest well below; every other class is switched
@@ -140,6 +172,8 @@ def separate(weight, bias, feats, num_classes, background=None):
         feats (list[Tensor]): Its input features on each test image, as
             (places, channels).
         background (int, optional): The softmax background class: logit 0.
+        threshold (float): The sigmoid probability that scores the
+            threshold (TOOD's score is its square root).
     """
     w = weight.view(-1, num_classes, *weight.shape[1:])
     b = bias.view(-1, num_classes)
@@ -147,7 +181,7 @@ def separate(weight, bias, feats, num_classes, background=None):
     b.fill_(-30.)
     if background is not None:
         b[:, background] = 0.
-    threshold = math.log(SCORE_THR / (1 - SCORE_THR))
+    threshold = math.log(threshold / (1 - threshold))
     every = torch.cat(feats).double()
     highest = every.max(0).values
     chosen = []
@@ -185,9 +219,19 @@ def widest_gap(logits, mine, ranks=64):
 def set_classifiers(name, model, datas):
     """Make a few boxes per class clearly win (see :func:`separate`)."""
     with torch.no_grad():
-        if name in ('retinanet', 'retinanet_d2', 'fcos'):
+        if name in ('retinanet', 'retinanet_d2', 'fcos', 'tood'):
             head = model.bbox_head
-            conv = head.conv_cls if name == 'fcos' else head.retina_cls
+            conv = dict(
+                fcos='conv_cls', tood='tood_cls').get(name, 'retina_cls')
+            conv = getattr(head, conv)
+            threshold = SCORE_THR
+            if name == 'tood':
+                # its class probability 1 everywhere: scores are the
+                # square roots of the classifier's sigmoids
+                prob = head.cls_prob_module[-1]
+                prob.weight.zero_()
+                prob.bias.fill_(30.)
+                threshold = SCORE_THR**2
             if name == 'fcos':
                 # centerness 1 everywhere (sigmoid(30)): scores are the
                 # classifier's, whose gaps to the threshold decide (the
@@ -202,7 +246,12 @@ def set_classifiers(name, model, datas):
                     for f in feats[i:i + levels]
                 ]) for i in range(0, len(feats), levels)
             ]
-            separate(conv.weight, conv.bias, feats, head.cls_out_channels)
+            separate(
+                conv.weight,
+                conv.bias,
+                feats,
+                head.cls_out_channels,
+                threshold=threshold)
         else:
             head = model.roi_head.bbox_head
             # each class keeps its own box regression: the graph decodes
@@ -447,15 +496,18 @@ def test_deploy_cfg_errors():
     ('mask_rcnn', 'rest-lite', 18),
     ('retinanet', 'restv2-tiny', 20),
     ('retinanet_d2', 'rest-lite', 11),
+    ('tood', 'rest-lite', 11),
 ])
 def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
                                               float64_detector):
     if opset > deploy.max_opset():
         pytest.skip(f'opset {opset} is above torch {torch.__version__}\'s '
                     f'exporter ({deploy.max_opset()})')
+    if name == 'tood':
+        skip_without_deform_conv()
     task = 'instance-seg' if name == 'mask_rcnn' else 'detection'
     deploy_cfg = deploy.load_deploy_cfg(task, opset)
-    torch.manual_seed(0)
+    torch.manual_seed(SEEDS.get(name, 0))
     processor, model = build_detector(model_config(name, backbone), deploy_cfg)
     if name in ('mask_rcnn', 'faster_rcnn'):
         assert model.roi_head.with_mask == (name == 'mask_rcnn'), name
@@ -475,7 +527,7 @@ def test_mmdeploy_onnxruntime_matches_pytorch(name, backbone, opset, tmp_path,
     assert len(graph.initializer) > 0
     ort_model = build_ort_model(processor, onnx_file)
     exact_model = copy.deepcopy(model).double()
-    floor = float32_floor(DEPTH[backbone])
+    floor = float32_floor(DEPTH[backbone] + DEEPER.get(name, 0))
     shapes = set()
     for img, data in zip(images, datas):
         inputs = data['inputs'][0]
@@ -514,6 +566,7 @@ BROKEN = dict(
     retinanet='bbox_head.retina_reg.bias',
     retinanet_d2='bbox_head.retina_reg.bias',
     fcos='bbox_head.conv_reg.bias',
+    tood='bbox_head.tood_reg.bias',
     faster_rcnn='roi_head.bbox_head.fc_reg.bias',
     mask_rcnn='roi_head.mask_head.conv_logits.bias')
 
@@ -556,6 +609,30 @@ def check_graph(processor, model, made, onnx_file, tmp_path, reg, opset):
         assert ('max_mask_diff' in report) == (len(expected) == 3)
         assert not graph_matches(
             graph_report(expected, onnx_outputs(broken, inputs), side))
+
+
+def test_tood_exports_with_mmrests_rewrites_only(tmp_path, monkeypatch):
+    """The premise of ``exportable_tood``: without it, mmdeploy's export of
+    a whole TOOD fails, on mmcv's deformable convolution (mmdeploy's
+    symbolic takes TOOD's integer padding for a pair) and, with the
+    sampling computed as mmrest's, on mmdet's autograd function of the
+    geometric mean (within mmdeploy's export only)."""
+    from mmdet.models.dense_heads.tood_head import TOODHead
+
+    from mmrest import deploy_rewrites as rewrites
+    skip_without_deform_conv()
+    deploy_cfg = deploy.load_deploy_cfg('detection')
+    processor, model = build_detector(model_config('tood'), deploy_cfg)
+    image = synthetic_image(IMAGES[0])
+    switch = rewrites.exportable_tood
+    monkeypatch.setattr(rewrites, 'exportable_tood', lambda: switch(False))
+    with pytest.raises(TypeError, match="'int' object is not iterable"):
+        export_detector(processor, model, image, str(tmp_path), deploy_cfg)
+    monkeypatch.setattr(
+        TOODHead, 'deform_sampling',
+        lambda self, feat, offset: rewrites.deform_sampling(feat, offset))
+    with pytest.raises(RuntimeError, match='Dangling node reference'):
+        export_detector(processor, model, image, str(tmp_path), deploy_cfg)
 
 
 @pytest.mark.parametrize('opset', [11, 16])
