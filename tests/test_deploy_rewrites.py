@@ -695,6 +695,77 @@ def test_deform_sampling_names_wrong_offsets():
         deform_sampling(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3))
 
 
+@pytest.mark.parametrize('shape', [(2, 12, 5, 7), (2, 12, 9), (3, 12)])
+def test_group_norm_is_torchs(shape):
+    """:func:`group_norm` (statistics one axis at a time) is
+    ``F.group_norm`` in float64, with and without the affine parameters, for
+    any number of spatial axes; a channel count that does not split into
+    the groups is named."""
+    from mmrest.deploy_rewrites import group_norm
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2
+    weight, bias = torch.randn(2, 12, generator=gen, dtype=torch.float64)
+    for args in ((None, None), (weight, bias)):
+        torch.testing.assert_close(
+            group_norm(x, 4, *args, eps=1e-3),
+            torch.nn.functional.group_norm(x, 4, *args, eps=1e-3),
+            rtol=0,
+            atol=1e-13)
+    with pytest.raises(ValueError, match='12 channels do not split into 5'):
+        group_norm(x, 5)
+
+
+def test_group_norm_in_onnxruntime_is_as_accurate_as_torch(tmp_path):
+    """A ``GroupNorm`` of detection size (8 channels of 100 x 136 a group,
+    mean 10) exported by mmdeploy within mmrest's rewrites has no
+    ``InstanceNormalization`` (torch's export) and is as close to float64
+    in ONNX Runtime as torch's float32; torch's export is not (the
+    premise)."""
+    import onnx
+    import onnxruntime
+    from mmdeploy.apis.onnx import export
+
+    from mmrest.deploy_rewrites import exact_group_norm
+    mmdeploys_rewrites()
+    gen = torch.Generator().manual_seed(0)
+    norm = torch.nn.GroupNorm(8, 64).eval()
+    with torch.no_grad():
+        norm.weight.normal_(generator=gen)
+        norm.bias.normal_(generator=gen)
+    x = torch.randn(1, 64, 100, 136, generator=gen) * .5 + 10
+    with torch.no_grad():
+        exact = norm.double()(x.double())
+        eager = norm.float()(x).double()
+    size = exact.norm()
+    err_eager = ((eager - exact).norm() / size).item()
+    errors = {}
+    for exact_norm in (True, False):
+        prefix = str(tmp_path / f'norm_{exact_norm}')
+        with torch.no_grad(), mmdeploy_torch_shims(), \
+                exact_group_norm(exact_norm):
+            export(
+                norm, (x[..., :40, :48], ),
+                prefix,
+                backend='onnxruntime',
+                context_info={'deploy_cfg': load_deploy_cfg('detection')},
+                input_names=['x'],
+                output_names=['y'],
+                opset_version=11,
+                dynamic_axes={'x': {
+                    2: 'h',
+                    3: 'w'
+                }})
+        ops = {n.op_type for n in onnx.load(prefix + '.onnx').graph.node}
+        assert ('InstanceNormalization' in ops) != exact_norm, ops
+        session = onnxruntime.InferenceSession(
+            prefix + '.onnx', providers=['CPUExecutionProvider'])
+        got = torch.from_numpy(session.run(None, {'x': x.numpy()})[0])
+        errors[exact_norm] = ((got.double() - exact).norm() / size).item()
+    bound = ERROR_FACTOR * err_eager + float32_floor(terms=8)
+    assert errors[True] <= bound, (errors, err_eager)
+    assert errors[False] > bound, (errors, err_eager)  # the premise
+
+
 def test_box_head_detections_are_mmdets(tmp_path):
     head = box_head()
     rois, logits, deltas = box_head_outputs()

@@ -706,8 +706,9 @@ def test_export_detector_calls_mmdeploys_export_as_torch2onnx(
     names and dynamic axes of the deploy config, ``predict`` mode, and
     mmdeploy's defaults where a deploy config has no entry: opset 11,
     initializers as inputs, ``end2end``), with ``optimize`` off (the wheel
-    has no optimiser); mmdet's post-processing, torch's pooling and mmseg's
-    upsampling switched on during the export only, the first unless
+    has no optimiser); mmdet's post-processing, torch's pooling, mmseg's
+    upsampling, TOOD's export and the exact GroupNorm switched on during
+    the export only, the first unless
     ``mmdet_nms`` is False; mmdeploy's ``forward`` left on the model
     removed. (mmdeploy's ``export`` stands in here: the real one runs in the
     tests above.)"""
@@ -763,10 +764,11 @@ def test_export_detector_calls_mmdeploys_export_as_torch2onnx(
                 labels=axes),
             keep_initializers_as_inputs=keep,
             optimize=False,
-            switched=dict(mmdet=nms, pooling=True, upsample=True))
+            switched=dict(
+                mmdet=nms, pooling=True, upsample=True, tood=True, norm=True))
         assert 'forward' not in model.__dict__
     assert deploy_rewrites._SWITCH == dict(
-        mmdet=False, pooling=False, upsample=False)
+        mmdet=False, pooling=False, upsample=False, tood=False, norm=False)
 
 
 @pytest.mark.parametrize('padding,align_corners', [('zeros', False),
