@@ -33,7 +33,7 @@ mmdet's or mmseg's (:func:`mmrest.deploy.agrees`, see ``--box-iou``). The
 command fails if either differs. The RPN's, the box head's, RetinaNet's,
 FCOS's, ATSS's, TOOD's and the cascade's post-processing are mmdet's in the
 graph (:mod:`mmrest.deploy_rewrites`, which also makes TOOD's head
-exportable);
+exportable and GroupNorm as accurate as torch's);
 with ``--mmdeploy-nms`` they are mmdeploy's, whose detections of a trained
 detector differ from mmdet's (docs/deployment.md). UperNet's pyramid
 pooling is torch's at every size (mmdeploy's is fixed at the export size).
