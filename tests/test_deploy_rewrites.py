@@ -713,6 +713,29 @@ def test_group_norm_is_torchs(shape):
             atol=1e-13)
     with pytest.raises(ValueError, match='12 channels do not split into 5'):
         group_norm(x, 5)
+    # torch's default epsilon, also where mmdeploy's rewrite is called
+    group_norm_of_torch = torch.nn.functional.group_norm
+    ref = group_norm_of_torch(x, 4)
+    torch.testing.assert_close(group_norm(x, 4), ref, rtol=0, atol=1e-13)
+    from mmdeploy.core import RewriterContext
+
+    from mmrest.deploy_rewrites import exact_group_norm
+    mmdeploys_rewrites()
+    with exact_group_norm(), RewriterContext(
+            cfg=load_deploy_cfg('detection'), backend='onnxruntime', opset=11):
+        assert torch.nn.functional.group_norm is not group_norm_of_torch
+        got = torch.nn.functional.group_norm(x, 4)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-13)
+
+
+def test_mmrest_rewrites_switches_all_and_only_within():
+    from mmrest import deploy_rewrites as rewrites
+    with rewrites.mmrest_rewrites():
+        assert all(rewrites._SWITCH.values()), rewrites._SWITCH
+    with rewrites.mmrest_rewrites(False):
+        on = {k for k, v in rewrites._SWITCH.items() if v}
+        assert on == set(rewrites._SWITCH) - {'mmdet'}, rewrites._SWITCH
+    assert not any(rewrites._SWITCH.values()), rewrites._SWITCH
 
 
 def test_group_norm_in_onnxruntime_is_as_accurate_as_torch(tmp_path):
