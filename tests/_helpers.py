@@ -540,6 +540,36 @@ def file_bytes(root) -> dict:
     }
 
 
+def export_module(module, example, prefix, output_names, switch):
+    """``module`` exported by mmdeploy for ONNX Runtime (the segmentation
+    deploy config, opset 11) at ``example``, its input ``x``, with dynamic
+    batch, height and width, within the rewrite switch ``switch``, to
+    ``prefix + '.onnx'``; a function running the file in ONNX Runtime
+    (:func:`mmrest.deploy.onnx_outputs`)."""
+    import functools
+
+    from mmdeploy.apis.onnx import export
+
+    from mmrest.deploy import (load_deploy_cfg, mmdeploy_torch_shims,
+                               onnx_outputs)
+    with torch.no_grad(), mmdeploy_torch_shims(), switch:
+        export(
+            module,
+            example,
+            prefix,
+            backend='onnxruntime',
+            context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
+            input_names=['x'],
+            output_names=output_names,
+            opset_version=11,
+            dynamic_axes={'x': {
+                0: 'batch',
+                2: 'height',
+                3: 'width'
+            }})
+    return functools.partial(onnx_outputs, prefix + '.onnx')
+
+
 def run_tiny_demo(tmp_path_factory, config, splits: dict, schedule: dict):
     """:func:`mmrest_tools.demo.run_demo` on a tiny generated set: ``splits``
     images, batches of 2, every iteration logged, the ``schedule``

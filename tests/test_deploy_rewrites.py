@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import ERROR_FACTOR, RETINANET_ANCHORS, float32_floor
+from _helpers import (ERROR_FACTOR, RETINANET_ANCHORS, export_module,
+                      float32_floor)
 from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
 from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
@@ -745,8 +746,6 @@ def test_group_norm_in_onnxruntime_is_as_accurate_as_torch(tmp_path):
     in ONNX Runtime as torch's float32; torch's export is not (the
     premise)."""
     import onnx
-    import onnxruntime
-    from mmdeploy.apis.onnx import export
 
     from mmrest.deploy_rewrites import exact_group_norm
     mmdeploys_rewrites()
@@ -764,25 +763,11 @@ def test_group_norm_in_onnxruntime_is_as_accurate_as_torch(tmp_path):
     errors = {}
     for exact_norm in (True, False):
         prefix = str(tmp_path / f'norm_{exact_norm}')
-        with torch.no_grad(), mmdeploy_torch_shims(), \
-                exact_group_norm(exact_norm):
-            export(
-                norm, (x[..., :40, :48], ),
-                prefix,
-                backend='onnxruntime',
-                context_info={'deploy_cfg': load_deploy_cfg('detection')},
-                input_names=['x'],
-                output_names=['y'],
-                opset_version=11,
-                dynamic_axes={'x': {
-                    2: 'h',
-                    3: 'w'
-                }})
+        run = export_module(norm, x[..., :40, :48], prefix, ['y'],
+                            exact_group_norm(exact_norm))
         ops = {n.op_type for n in onnx.load(prefix + '.onnx').graph.node}
         assert ('InstanceNormalization' in ops) != exact_norm, ops
-        session = onnxruntime.InferenceSession(
-            prefix + '.onnx', providers=['CPUExecutionProvider'])
-        got = torch.from_numpy(session.run(None, {'x': x.numpy()})[0])
+        got, = run(x)
         errors[exact_norm] = ((got.double() - exact).norm() / size).item()
     bound = ERROR_FACTOR * err_eager + float32_floor(terms=8)
     assert errors[True] <= bound, (errors, err_eager)

@@ -15,7 +15,6 @@ sizes, which mmseg computes with Python's ``int`` and the trace would fix,
 are computed in the graph (``mmrest.deploy_rewrites.upsample__forward``).
 """
 import copy
-import functools
 import math
 from pathlib import Path
 
@@ -23,13 +22,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import (ERROR_FACTOR, assert_float32_close, assert_float64_equal,
-                      float32_floor, load_tool, relative_error)
+                      export_module, float32_floor, load_tool, relative_error)
 
 from mmrest.backbones import kernels
 from mmrest.deploy import (build_detector, compare_maps, export_detector,
                            graph_matches, load_deploy_cfg, make_input,
-                           mmdeploy_torch_shims, onnx_outputs,
-                           rewritten_logits, rewritten_outputs,
+                           onnx_outputs, rewritten_logits, rewritten_outputs,
                            seg_graph_report, synthetic_image)
 from mmrest.deploy_rewrites import (_SWITCH, adaptive_avg_pool2d,
                                     exact_adaptive_pooling, exact_upsampling,
@@ -92,30 +90,6 @@ class Pyramid(torch.nn.Module):
 
     def forward(self, x):
         return tuple(pool(x) for pool in self.pools)
-
-
-def export_module(module, example, prefix, output_names, switch):
-    """``module`` exported by mmdeploy (the segmentation deploy config,
-    opset 11) at ``example``, with dynamic batch, height and width, within
-    the rewrite switch ``switch``; a function running the file in ONNX
-    Runtime."""
-    from mmdeploy.apis.onnx import export
-    with torch.no_grad(), mmdeploy_torch_shims(), switch:
-        export(
-            module,
-            example,
-            prefix,
-            backend='onnxruntime',
-            context_info={'deploy_cfg': load_deploy_cfg('segmentation')},
-            input_names=['x'],
-            output_names=output_names,
-            opset_version=11,
-            dynamic_axes={'x': {
-                0: 'batch',
-                2: 'height',
-                3: 'width'
-            }})
-    return functools.partial(onnx_outputs, prefix + '.onnx')
 
 
 def export_pyramid(tmp_path, exact: bool):
