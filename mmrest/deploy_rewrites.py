@@ -193,8 +193,8 @@ def exact_group_norm(enabled: bool = True):
 def mmrest_rewrites(mmdet_nms: bool = True) -> Iterator[None]:
     """All of mmrest's rewrites: :func:`exact_adaptive_pooling`,
     :func:`exact_upsampling`, :func:`exportable_tood`,
-    :func:`exact_group_norm` and, unless
-    ``mmdet_nms`` is False, :func:`mmdet_post_processing`.
+    :func:`exact_group_norm` and, unless ``mmdet_nms`` is False,
+    :func:`mmdet_post_processing`.
 
     Args:
         mmdet_nms (bool): False keeps mmdeploy's post-processing.
